@@ -1,0 +1,176 @@
+"""The one place that discovers OpenCL platforms and devices and opens the chosen one."""
+
+import os
+from dataclasses import dataclass
+
+import pyopencl as cl
+
+from .errors import DeviceNotFoundError
+
+INSTALL_HINT = ("Install an OpenCL driver: for the CPU, `pip install pocl-binary-distribution` "
+                "(or `apt-get install pocl-opencl-icd`); for a GPU, its vendor's driver.")
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """What `clnet-devices` shows for one device; no OpenCL context is opened."""
+    index: int            # position among all devices of all platforms
+    platform_index: int
+    device_index: int     # position within its platform
+    platform: str
+    platform_vendor: str
+    platform_version: str
+    name: str
+    type: str             # "GPU", "CPU", "ACCELERATOR" or "OTHER"
+    compute_units: int
+    global_mem: int       # bytes
+    max_alloc: int        # bytes
+    local_mem: int        # bytes
+    fp64: bool
+    fp16: bool
+    opencl_c: str
+    driver: str
+
+    @property
+    def label(self):
+        return f"{self.name} [{self.platform}, {self.platform_version.split('  ')[0]}]"
+
+    def matches_platform(self, text):
+        text = text.lower()
+        return any(text in s.lower() for s in (self.platform, self.platform_vendor, self.platform_version))
+
+
+def _type_name(cl_type):
+    for flag, name in ((cl.device_type.GPU, "GPU"), (cl.device_type.CPU, "CPU"),
+                       (cl.device_type.ACCELERATOR, "ACCELERATOR")):
+        if cl_type & flag:
+            return name
+    return "OTHER"
+
+
+def _platforms():
+    try:
+        return cl.get_platforms()
+    except (cl.LogicError, cl.RuntimeError):  # the ICD loader found no platform at all
+        return []
+
+
+def _describe(index, p_index, d_index, platform, dev):
+    extensions = dev.extensions.split()
+    try:
+        opencl_c = dev.opencl_c_version
+    except cl.Error:
+        opencl_c = dev.version
+    return DeviceInfo(
+        index=index, platform_index=p_index, device_index=d_index,
+        platform=platform.name.strip(), platform_vendor=platform.vendor.strip(),
+        platform_version=platform.version.strip(), name=dev.name.strip(), type=_type_name(dev.type),
+        compute_units=dev.max_compute_units, global_mem=dev.global_mem_size,
+        max_alloc=dev.max_mem_alloc_size, local_mem=dev.local_mem_size,
+        fp64="cl_khr_fp64" in extensions or dev.double_fp_config != 0,
+        fp16="cl_khr_fp16" in extensions, opencl_c=opencl_c.strip(), driver=dev.driver_version.strip())
+
+
+def _discover():
+    """(DeviceInfo, cl.Device) for every device of every platform."""
+    found = []
+    for p_index, platform in enumerate(_platforms()):
+        try:
+            devices = platform.get_devices()
+        except cl.Error:  # a platform with no usable device must not hide the others
+            continue
+        for d_index, dev in enumerate(devices):
+            found.append((_describe(len(found), p_index, d_index, platform, dev), dev))
+    return found
+
+
+def list_devices():
+    """Every OpenCL device on this machine, as `DeviceInfo`, in platform order."""
+    return [info for info, _ in _discover()]
+
+
+def _describe_all(found):
+    if not found:
+        return "No OpenCL platform was found. " + INSTALL_HINT
+    lines = ["Available devices (platform:device):"]
+    lines += [f"  {i.platform_index}:{i.device_index}  {i.type:<4} {i.label}" for i, _ in found]
+    return "\n".join(lines)
+
+
+def _select(found, platform, device):
+    candidates = found
+    if platform is not None:
+        platform = str(platform).strip()
+        if platform.isdigit():
+            candidates = [f for f in found if f[0].platform_index == int(platform)]
+        else:
+            candidates = [f for f in found if f[0].matches_platform(platform)]
+        if not candidates:
+            raise DeviceNotFoundError(f"No OpenCL platform matches {platform!r}. " + _describe_all(found))
+    if device is not None:
+        device = str(device).strip()
+        if device.isdigit():
+            # Within a chosen platform the index is the device's own; otherwise the global one.
+            key = (lambda f: f[0].device_index) if platform is not None else (lambda f: f[0].index)
+            chosen = [f for f in candidates if key(f) == int(device)]
+        else:
+            chosen = [f for f in candidates if device.lower() in f[0].name.lower()
+                      or device.lower() == f[0].type.lower()]
+        if not chosen:
+            raise DeviceNotFoundError(f"No OpenCL device matches {device!r}"
+                                      + (f" on platform {platform!r}" if platform is not None else "")
+                                      + ". " + _describe_all(found))
+        return chosen[0]
+    if not candidates:
+        raise DeviceNotFoundError(_describe_all(found))
+    # Best device: a GPU before anything else, then more compute units, then discovery order.
+    rank = {"GPU": 0, "ACCELERATOR": 1, "CPU": 2, "OTHER": 3}
+    return min(candidates, key=lambda f: (rank[f[0].type], -f[0].compute_units, f[0].index))
+
+
+class Device:
+    """An opened OpenCL device: context, one in-order queue, capabilities.
+
+    Everything that runs on it (kernel programs, plans, buffers) keeps a reference to it; programs
+    built for it are cached in `programs` by the kernel library.
+    """
+
+    def __init__(self, info, cl_device):
+        self.info = info
+        self.cl_device = cl_device
+        self.context = cl.Context([cl_device])
+        self.queue = cl.CommandQueue(self.context)
+        self.programs = {}
+
+    @property
+    def name(self):
+        return self.info.name
+
+    @property
+    def is_gpu(self):
+        return self.info.type == "GPU"
+
+    @property
+    def max_work_group_size(self):
+        return self.cl_device.max_work_group_size
+
+    def finish(self):
+        self.queue.finish()
+
+    def __repr__(self):
+        return f"<clnet.Device {self.info.platform_index}:{self.info.device_index} {self.info.label}>"
+
+
+def device(platform=None, device=None):
+    """Open an OpenCL device.
+
+    `platform` and `device` are an index or a case-insensitive name substring (a platform matches on
+    its name, vendor or version, so "pocl", "nvidia" and "intel" work; a device on its name or its
+    type, "gpu"/"cpu"). Unset, they come from CLNET_PLATFORM / CLNET_DEVICE; with neither, the best
+    device is taken: a GPU before a CPU. A device index counts within the platform when one is
+    given, else across all devices as `clnet-devices` numbers them.
+    """
+    platform = platform if platform is not None else os.environ.get("CLNET_PLATFORM") or None
+    device = device if device is not None else os.environ.get("CLNET_DEVICE") or None
+    info, cl_device = _select(_discover(), platform, device)
+    return Device(info, cl_device)

@@ -1,0 +1,216 @@
+"""Graph: a Sequential compiled for one batch size, as a plan of pre-bound launches.
+
+Parameters live in one flat buffer and gradients in another (`ParamStore`), so the optimizer is one
+launch. A training step is: upload the batch, replay forward, the fused loss, backward and the
+optimizer; loss and accuracy accumulate on the device and are read only when someone reports.
+"""
+
+from collections import deque
+from math import prod
+
+import numpy as np
+
+from . import losses
+from .errors import InputError, OutOfDeviceMemoryError, ShapeError
+from .layers import Activation
+from .plan import Plan
+from .tensor import DeviceTensor
+
+PARAM_ALIGN = 16  # elements: each parameter starts on a 64-byte boundary for vector loads
+
+
+class ParamStore:
+    """Every parameter of a model in one flat device buffer, every gradient in another."""
+
+    def __init__(self, device, layers, seed):
+        self.device = device
+        self.entries = []  # (layer index, name, shape, offset)
+        offset = 0
+        for i, layer in enumerate(layers):
+            for name, shape in layer.param_shapes().items():
+                self.entries.append((i, name, tuple(shape), offset))
+                offset += -(-prod(shape) // PARAM_ALIGN) * PARAM_ALIGN
+        self.size = offset
+        self.params = DeviceTensor.empty(device, (max(offset, 1),), what="the parameters")
+        self.grads = DeviceTensor.empty(device, (max(offset, 1),), what="the gradients")
+        self.grads.fill(0)  # alignment gaps are never written but the optimizer reads them
+        self.initialize(layers, seed)
+
+    @property
+    def count(self):
+        return sum(prod(shape) for _, _, shape, _ in self.entries)
+
+    def initialize(self, layers, seed):
+        """Initial values from a counter-based generator (Philox) keyed by the seed and layer index."""
+        flat = np.zeros(self.params.size, np.float32)
+        for i, layer in enumerate(layers):
+            rng = np.random.Generator(np.random.Philox(np.random.SeedSequence([seed, i])))
+            following = layers[i + 1] if i + 1 < len(layers) else None
+            values = layer.init_params(rng, following)
+            for j, name, shape, offset in self.entries:
+                if j == i:
+                    flat[offset:offset + prod(shape)] = values[name].reshape(-1)
+        self.params.upload(flat)
+
+    def views(self, layer_index, tensor):
+        return {name: tensor.view(shape, offset)
+                for i, name, shape, offset in self.entries if i == layer_index}
+
+    def state_dict(self):
+        flat = self.params.download()
+        return {f"{i}.{name}": flat[offset:offset + prod(shape)].reshape(shape).copy()
+                for i, name, shape, offset in self.entries}
+
+    def load_state_dict(self, state):
+        expected = {f"{i}.{name}": (shape, offset) for i, name, shape, offset in self.entries}
+        missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+        if missing or unexpected:
+            raise InputError(f"state_dict does not fit this model: missing keys {missing}, "
+                             f"unexpected keys {unexpected}")
+        flat = self.params.download()
+        for key, (shape, offset) in expected.items():
+            value = np.asarray(state[key], dtype=np.float32)
+            if value.shape != shape:
+                raise ShapeError(f"state_dict[{key!r}] has shape {value.shape}, the model expects {shape}")
+            if not np.all(np.isfinite(value)):
+                raise InputError(f"state_dict[{key!r}] contains NaN or infinity")
+            flat[offset:offset + prod(shape)] = value.reshape(-1)
+        self.params.upload(flat)
+
+
+def plan_nodes(layers, loss, input_shape):
+    """The layers as run: [(layer index, layer, fused activation, input shape, output shape)].
+
+    A link layer ending the model (Softmax before cross-entropy) is left to the loss, and an
+    activation following a layer that can fuse it (Dense) runs in that layer's epilogue.
+    Checks every shape, naming the layer that does not fit.
+    """
+    shapes, shape = [], tuple(input_shape)
+    for i, layer in enumerate(layers):
+        try:
+            out = tuple(layer.output_shape(shape))
+        except ShapeError as exc:
+            raise ShapeError(f"layer {i} ({layer!r}) {exc}") from None
+        shapes.append((shape, out))
+        shape = out
+    count = len(layers)
+    if loss is not None and count and loss.link_layer is not None and type(layers[-1]) is loss.link_layer:
+        count -= 1
+    nodes, i = [], 0
+    while i < count:
+        layer, act, (in_shape, out_shape) = layers[i], "none", shapes[i]
+        nxt = layers[i + 1] if i + 1 < count else None
+        if layer.fuses_activation and isinstance(nxt, Activation):
+            act, out_shape = nxt.kind, shapes[i + 1][1]
+            nodes.append((i, layer, act, in_shape, out_shape))
+            i += 2
+        else:
+            nodes.append((i, layer, act, in_shape, out_shape))
+            i += 1
+    return nodes, shape
+
+
+class Graph:
+    """One compiled plan: training (forward, loss, backward, optimizer) or evaluation (forward, loss
+    metrics and/or predictions) for a fixed batch size and input shape."""
+
+    def __init__(self, model, batch_size, input_shape, training, target_dtype=None):
+        device, store, loss = model.device, model.param_store, model.loss
+        self.model, self.batch_size, self.training = model, int(batch_size), training
+        self.input_shape = tuple(input_shape)
+        nodes, self.output_shape = plan_nodes(model.layers, loss, self.input_shape)
+        plan = self.plan = Plan(device)
+        x = plan.value((self.batch_size, *self.input_shape), "input")
+        x.first = x.last = 0  # the upload precedes launch 0: nothing may share its memory before
+        self.input = x
+        values = [x]
+        for i, layer, act, _, _ in nodes:
+            values.append(layer.forward(plan, values[-1], store.views(i, store.params), act))
+        z = values[-1]
+        z2d = z.view((self.batch_size, prod(z.shape[1:]))) if len(z.shape) != 2 else z
+
+        self.targets = self.loss_launch = self.output = self.opt_launch = None
+        if loss is not None and target_dtype is not None:
+            self.targets = DeviceTensor.empty(device, self._target_shape(target_dtype, z2d.shape),
+                                              dtype=target_dtype, what="the targets")
+        if training:
+            grad = plan.value(z2d.shape, "loss gradient")
+            self.loss_launch = loss.record(plan, z2d, self.targets, grad, None, model.metrics,
+                                           losses.GRAD | losses.METRICS)
+            dy = grad.view(z.shape)
+            for position in range(len(nodes) - 1, -1, -1):
+                i, layer, act, _, _ = nodes[position]
+                dy = layer.backward(plan, values[position], values[position + 1], dy,
+                                    store.views(i, store.params), store.views(i, store.grads),
+                                    need_dx=position > 0, act=act)
+            self.opt_launch = model.optimizer.record(plan, store.params, store.grads)
+        elif loss is not None:
+            probs = plan.value(z2d.shape, "predictions")
+            self.loss_launch = loss.record(plan, z2d, self.targets if self.targets is not None else model.metrics,
+                                           None, probs, model.metrics, losses.PROBS)
+            self.output = probs
+        else:
+            self.output = z2d
+        self._allocate(device)
+        self.n_valid = self.batch_size
+        self._in_flight = deque()
+
+    def _target_shape(self, dtype, out2d):
+        return (self.batch_size,) if np.dtype(dtype) == np.int32 else out2d
+
+    def _allocate(self, device):
+        arena = self.plan.place()
+        needed = arena * 4
+        available = device.info.global_mem - 3 * self.model.param_store.params.nbytes
+        if needed > min(available, device.info.max_alloc):
+            fits = max(1, int(self.batch_size * min(available, device.info.max_alloc) / needed * 0.9))
+            raise OutOfDeviceMemoryError(
+                f"batch size {self.batch_size} needs {needed / 2**20:.0f} MiB of activations on "
+                f"{device.info.name}, which has {min(available, device.info.max_alloc) / 2**20:.0f} MiB for "
+                f"them: use a batch size of {fits} or less")
+        self.plan.finalize(arena, what=f"the plan for batch size {self.batch_size}")
+
+    def _upload(self, x, targets):
+        """Non-blocking uploads; the host arrays are kept until two later steps have been queued."""
+        n = len(x)
+        if n < self.batch_size:
+            x = np.concatenate([x, np.zeros((self.batch_size - n, *x.shape[1:]), x.dtype)])
+            if targets is not None:
+                targets = np.concatenate([targets, np.zeros((self.batch_size - n, *targets.shape[1:]),
+                                                            targets.dtype)])
+        arrays = [np.ascontiguousarray(x, np.float32)]
+        events = [self.input.tensor().upload(arrays[0], wait=False)]
+        if targets is not None:
+            arrays.append(np.ascontiguousarray(targets, self.targets.dtype))
+            events.append(self.targets.upload(arrays[1], wait=False))
+        self._in_flight.append((events, arrays))
+        while len(self._in_flight) > 2:
+            for event in self._in_flight.popleft()[0]:
+                event.wait()
+        if n != self.n_valid and self.loss_launch is not None:
+            cols = self.loss_launch.args[1]
+            self.loss_launch.set(2, n)
+            self.loss_launch.set(4, self.model.loss.grad_scale(n, cols))
+        self.n_valid = n
+
+    def step(self, x, targets):
+        """Queue one training step on a batch of at most batch_size samples. Reads nothing back."""
+        self._upload(x, targets)
+        self.model.optimizer.prepare(self.opt_launch)
+        self.plan.run()
+
+    def infer(self, x, targets=None, want_output=True):
+        """Queue one evaluation batch: metrics accumulate when targets are given; returns the
+        outputs for the valid rows when asked (that download waits for the queue)."""
+        self._upload(x, targets)
+        if self.loss_launch is not None:
+            flags = (losses.PROBS if want_output else 0) | (losses.METRICS if targets is not None else 0)
+            self.loss_launch.set(3, flags)
+        self.plan.run()
+        if want_output:
+            return self.output.tensor().download()[:self.n_valid]
+        return None
+
+    def sync(self):
+        self.model.device.finish()
+        self._in_flight.clear()

@@ -1,0 +1,66 @@
+"""Dense (fully connected) layer: y = x W^T + b, W of shape (out, in) as torch.nn.Linear."""
+
+import numpy as np
+
+from .. import ops
+from .activation import ReLU
+from .base import Layer, glorot_uniform, he_uniform
+
+
+class Dense(Layer):
+    fuses_activation = True
+
+    def __init__(self, in_features, out_features, bias=True, init="auto"):
+        """`init`: "he", "glorot", or "auto" (He before a ReLU, Glorot otherwise); biases start at zero."""
+        if int(in_features) < 1 or int(out_features) < 1:
+            raise ValueError(f"Dense needs positive sizes, got ({in_features}, {out_features})")
+        if init not in ("auto", "he", "glorot"):
+            raise ValueError(f"Dense init must be 'auto', 'he' or 'glorot', not {init!r}")
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.bias, self.init = bool(bias), init
+
+    def param_shapes(self):
+        shapes = {"weight": (self.out_features, self.in_features)}
+        if self.bias:
+            shapes["bias"] = (self.out_features,)
+        return shapes
+
+    def init_params(self, rng, followed_by=None):
+        he = self.init == "he" or (self.init == "auto" and isinstance(followed_by, ReLU))
+        shape = (self.out_features, self.in_features)
+        weight = (he_uniform(rng, shape, self.in_features) if he
+                  else glorot_uniform(rng, shape, self.in_features, self.out_features))
+        params = {"weight": weight}
+        if self.bias:
+            params["bias"] = np.zeros(self.out_features, np.float32)
+        return params
+
+    def output_shape(self, input_shape):
+        if tuple(input_shape) != (self.in_features,):
+            hint = "add a Flatten layer before it" if len(input_shape) > 1 else ""
+            raise self.shape_error((self.in_features,), input_shape, hint)
+        return (self.out_features,)
+
+    def flops(self, input_shape):
+        return 2 * self.in_features * self.out_features
+
+    def forward(self, plan, x, params, act="none"):
+        y = plan.value((x.shape[0], self.out_features), f"{self!r} output")
+        ops.gemm(plan, x, params["weight"], y, trans_b=True, bias=params.get("bias"),
+                 act=ops.ACTIVATIONS[act])
+        return y
+
+    def backward(self, plan, x, y, dy, params, grads, need_dx, act="none"):
+        # dpre: gradient before the fused activation; it is dy itself when there is none.
+        dpre = dy if act == "none" else plan.value(dy.shape, f"{self!r} pre-activation grad")
+        if act != "none" or self.bias:
+            ops.bias_act_backward(plan, act, dy, y, dpre, grads.get("bias"))
+        ops.gemm(plan, dpre, x, grads["weight"], trans_a=True)
+        if not need_dx:
+            return None
+        dx = plan.value(x.shape, f"{self!r} input grad")
+        ops.gemm(plan, dpre, params["weight"], dx)
+        return dx
+
+    def __repr__(self):
+        return f"Dense({self.in_features}, {self.out_features}{'' if self.bias else ', bias=False'})"

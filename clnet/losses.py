@@ -1,0 +1,166 @@
+"""Losses, each one fused kernel with its output link (softmax, sigmoid or none).
+
+A model may end on logits or on the link layer itself (Softmax before cross_entropy, Sigmoid before
+binary_cross_entropy): the graph then hands the loss the link's input, which is exact and stable.
+Losses average over the batch (and over outputs for BCE and MSE), as PyTorch's "mean" reduction.
+"""
+
+import numpy as np
+
+from .errors import InputError
+from .layers import Sigmoid, Softmax
+
+FILE = "loss.cl"
+GRAD, PROBS, METRICS = 1, 2, 4  # flags of kernels_cl/loss.cl
+
+
+def _loss_work_group(device):
+    size = 1
+    while size * 2 <= min(256, device.max_work_group_size):
+        size *= 2
+    return size
+
+
+class Loss:
+    name = ""
+    kernel_name = ""
+    link_layer = None      # layer type folded into the loss when it ends the model
+    target_dtype = np.float32
+
+    def targets(self, y, n, out_shape):
+        """Validated targets for n samples as the kernel reads them, or an InputError saying what to fix."""
+        raise NotImplementedError
+
+    def has_accuracy(self, targets):
+        return True
+
+    def grad_scale(self, n_valid, cols):
+        return 1.0 / (n_valid * cols)
+
+    def defines(self, targets_dtype):
+        return {}
+
+    def record(self, plan, z, targets, grad, probs, metrics, flags):
+        """Record the loss launch for logits z (rows, cols); returns it (n_valid is argument 2)."""
+        rows, cols = z.shape
+        wg = _loss_work_group(plan.device)
+        kernel = plan.kernel(FILE, self.kernel_name, LOSS_WG=wg, **self.defines(targets.dtype))
+        return plan.launch(kernel, (wg,), (wg,), rows, cols, rows, flags, self.grad_scale(rows, cols),
+                           z, grad if grad is not None else z, probs if probs is not None else z,
+                           metrics, targets)
+
+    def __repr__(self):
+        return self.name
+
+
+def _finite(y, what="y"):
+    if not np.all(np.isfinite(y)):
+        bad = np.argwhere(~np.isfinite(y))[0]
+        raise InputError(f"{what} contains NaN or infinity (first at index {tuple(int(i) for i in bad)}): "
+                         "clean or impute the data before training")
+
+
+def _integer_labels(y, n, classes):
+    """Integer class labels from int labels (n,) or one-hot rows (n, classes)."""
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape == (n, classes) and classes > 1:
+        _finite(y)
+        if not (np.isin(y, (0, 1)).all() and (y.sum(axis=1) == 1).all()):
+            raise InputError("2-D labels must be one-hot rows (a single 1 per row); "
+                             "pass integer class labels of shape (n,) otherwise")
+        return y.argmax(axis=1).astype(np.int32)
+    y = y.reshape(-1) if y.ndim == 2 and y.shape[1] == 1 else y
+    if y.ndim != 1 or len(y) != n:
+        raise InputError(f"labels must have shape ({n},) (one class index per sample) "
+                         f"or ({n}, {classes}) one-hot; got {y.shape}")
+    if y.dtype.kind == "f":
+        _finite(y, "labels")
+        if not np.all(y == np.round(y)):
+            raise InputError("labels must be whole class indices, got fractional values")
+    elif y.dtype.kind not in "iub":
+        raise InputError(f"labels must be integers, got dtype {y.dtype}")
+    if len(y) and (y.min() < 0 or y.max() >= classes):
+        bad = int(np.argmax((y < 0) | (y >= classes)))
+        raise InputError(f"label {y[bad]} at index {bad} is out of range: the model has {classes} "
+                         f"outputs, so labels must lie in 0..{classes - 1}")
+    return y.astype(np.int32)
+
+
+class CrossEntropy(Loss):
+    """Softmax cross-entropy on integer labels (one-hot is built on the device), like
+    torch.nn.CrossEntropyLoss. Predictions are the softmax probabilities."""
+    name = "cross_entropy"
+    kernel_name = "softmax_cross_entropy"
+    link_layer = Softmax
+    target_dtype = np.int32
+
+    def targets(self, y, n, out_shape):
+        if len(out_shape) != 1 or out_shape[0] < 2:
+            raise InputError(f"cross_entropy needs a model output of (classes,) with at least 2 classes, "
+                             f"got {out_shape}: use binary_cross_entropy for one output")
+        return _integer_labels(y, n, out_shape[0])
+
+    def grad_scale(self, n_valid, cols):
+        return 1.0 / n_valid
+
+
+class BinaryCrossEntropy(Loss):
+    """Binary cross-entropy of sigmoid outputs against targets in [0, 1], like torch.nn.BCELoss
+    after a Sigmoid (or BCEWithLogitsLoss on logits). Predictions are the probabilities."""
+    name = "binary_cross_entropy"
+    kernel_name = "binary_cross_entropy"
+    link_layer = Sigmoid
+
+    def targets(self, y, n, out_shape):
+        y = np.asarray(y, dtype=np.float64)
+        if y.shape in ((n,), (n, 1)) and out_shape == (1,):
+            y = y.reshape(n, 1)
+        if y.shape != (n, *out_shape):
+            raise InputError(f"binary_cross_entropy targets must have shape ({n}, {', '.join(map(str, out_shape))})"
+                             f" like the model output, got {y.shape}")
+        _finite(y, "targets")
+        if y.size and (y.min() < 0 or y.max() > 1):
+            raise InputError("binary_cross_entropy targets must lie in [0, 1] (0 or 1 for classes)")
+        return y.astype(np.float32)
+
+
+class MeanSquaredError(Loss):
+    """Mean squared error against float targets of the output's shape, or integer labels, which are
+    one-hot encoded on the device. Accuracy is reported for integer labels only."""
+    name = "mean_squared_error"
+    kernel_name = "mean_squared_error"
+
+    def targets(self, y, n, out_shape):
+        y = np.asarray(y)
+        if y.dtype.kind in "iu" and len(out_shape) == 1 and y.shape in ((n,), (n, 1)) and out_shape[0] > 1:
+            return _integer_labels(y, n, out_shape[0])
+        y = y.astype(np.float64)
+        if y.shape in ((n,), (n, 1)) and out_shape == (1,):
+            y = y.reshape(n, 1)
+        if y.shape != (n, *out_shape):
+            raise InputError(f"mean_squared_error targets must have the model output's shape "
+                             f"({n}, {', '.join(map(str, out_shape))}) or be integer labels, got {y.shape}")
+        _finite(y, "targets")
+        return y.astype(np.float32)
+
+    def has_accuracy(self, targets):
+        return targets.dtype == np.int32
+
+    def defines(self, targets_dtype):
+        return {"INT_LABELS": np.dtype(targets_dtype) == np.int32}
+
+
+LOSSES = {
+    "cross_entropy": CrossEntropy, "categorical_crossentropy": CrossEntropy,
+    "sparse_categorical_crossentropy": CrossEntropy,
+    "binary_cross_entropy": BinaryCrossEntropy, "binary_crossentropy": BinaryCrossEntropy, "bce": BinaryCrossEntropy,
+    "mean_squared_error": MeanSquaredError, "mse": MeanSquaredError,
+}
+
+
+def get(loss):
+    if isinstance(loss, Loss):
+        return loss
+    if isinstance(loss, str) and loss.lower() in LOSSES:
+        return LOSSES[loss.lower()]()
+    raise ValueError(f"unknown loss {loss!r}; choose one of {', '.join(sorted(set(LOSSES)))} or pass a clnet Loss")

@@ -1,0 +1,226 @@
+"""Sequential: the Keras-like model (compile / fit / evaluate / predict) over compiled graphs."""
+
+import sys
+from math import prod
+
+import numpy as np
+
+from . import losses, optim
+from .device import device as open_device
+from .errors import InputError
+from .graph import Graph, ParamStore, plan_nodes
+from .layers import Layer
+from .progress import ProgressBar
+from .tensor import DeviceTensor
+
+
+class History:
+    """What `fit` returns: per-epoch metrics in `history` ({"loss": [...], "accuracy": [...], ...})."""
+
+    def __init__(self):
+        self.history = {}
+        self.epochs = []
+
+    def record(self, epoch, logs):
+        self.epochs.append(epoch)
+        for key, value in logs.items():
+            self.history.setdefault(key, []).append(value)
+
+    def __repr__(self):
+        return f"History({self.history})"
+
+
+def _inputs(x, what="x"):
+    x = np.asarray(x)
+    if x.dtype.kind not in "fiub":
+        raise InputError(f"{what} must be a numeric array, got dtype {x.dtype}")
+    if x.ndim < 2:
+        raise InputError(f"{what} must have a batch dimension first: shape (samples, features...), got {x.shape}")
+    x = x.astype(np.float32, copy=False)
+    if not np.all(np.isfinite(x)):
+        bad = np.argwhere(~np.isfinite(x))[0]
+        raise InputError(f"{what} contains NaN or infinity (first at index {tuple(int(i) for i in bad)}): "
+                         "clean or impute the data first")
+    return x
+
+
+class Sequential:
+    """A stack of layers trained on one OpenCL device.
+
+    Parameters are created and initialised (He / Glorot from `seed`) on the device at construction;
+    state_dict keys and layouts are those of the same torch.nn.Sequential ("0.weight", ...).
+    """
+
+    def __init__(self, layers, device=None, seed=0):
+        self.layers = list(layers)
+        for i, layer in enumerate(self.layers):
+            if not isinstance(layer, Layer):
+                raise TypeError(f"layer {i} is {layer!r}, not a clnet layer")
+        self.device = device if device is not None else open_device()
+        self.seed = int(seed)
+        self.param_store = ParamStore(self.device, self.layers, self.seed)
+        self.metrics = DeviceTensor.empty(self.device, (4,), what="the metrics")
+        self.loss = self.optimizer = None
+        self.input_shape = None
+        self._graphs = {}
+
+    # ------------------------------------------------------------------ set-up
+    def compile(self, loss="cross_entropy", optimizer="sgd"):
+        """Choose the loss (name or clnet.losses.Loss) and optimizer (name or clnet.optim.Optimizer)."""
+        self.loss = losses.get(loss)
+        self.optimizer = optim.get(optimizer)
+        self._graphs.clear()
+        return self
+
+    def count_params(self):
+        return self.param_store.count
+
+    def _graph(self, batch_size, input_shape, training, target_dtype=None):
+        key = (batch_size, tuple(input_shape), training, target_dtype and np.dtype(target_dtype).str)
+        if key not in self._graphs:
+            self._graphs[key] = Graph(self, batch_size, input_shape, training, target_dtype)
+        self.input_shape = tuple(input_shape)
+        return self._graphs[key]
+
+    def _require_compiled(self, what):
+        if self.loss is None:
+            raise InputError(f"call model.compile(loss=..., optimizer=...) before {what}")
+
+    def _prepare(self, x, y):
+        """Validated float32 inputs and the loss's targets."""
+        x = _inputs(x)
+        _, out_shape = plan_nodes(self.layers, self.loss, x.shape[1:])
+        if len(np.shape(y)) == 0 or len(y) != len(x):
+            raise InputError(f"x has {len(x)} samples but y has {len(y) if np.ndim(y) else 0}: they must match")
+        return x, self.loss.targets(y, len(x), out_shape)
+
+    # ------------------------------------------------------------------ training
+    def fit(self, x, y, epochs=1, batch_size=32, validation_split=0.0, validation_data=None,
+            shuffle=True, verbose=1, seed=None, stream=None):
+        """Train; returns a History of loss/accuracy (and val_loss/val_accuracy) per epoch.
+
+        validation_split holds out a seeded random fraction of (x, y); validation_data=(xv, yv)
+        takes precedence. Shuffling each epoch is seeded by `seed` (default: the model's seed).
+        """
+        self._require_compiled("fit")
+        if batch_size < 1 or epochs < 0:
+            raise InputError(f"batch_size must be >= 1 and epochs >= 0, got {batch_size} and {epochs}")
+        x, targets = self._prepare(x, y)
+        rng = np.random.Generator(np.random.Philox(np.random.SeedSequence(
+            [self.seed if seed is None else int(seed), 0x5EED])))
+        if validation_data is None and validation_split:
+            if not 0 < validation_split < 1:
+                raise InputError(f"validation_split must lie in (0, 1), got {validation_split}")
+            order = rng.permutation(len(x))
+            n_val = max(1, int(round(len(x) * validation_split)))
+            val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
+            validation_data = (x[val_idx], targets[val_idx])
+            x, targets = x[train_idx], targets[train_idx]
+        if len(x) == 0:
+            raise InputError("no training samples left (x is empty or validation_split took them all)")
+        graph = self._graph(min(batch_size, len(x)), x.shape[1:], True, targets.dtype)
+        history = History()
+        stream = stream or sys.stdout
+        steps = -(-len(x) // graph.batch_size)
+        for epoch in range(1, epochs + 1):
+            self.metrics.fill(0)
+            order = rng.permutation(len(x)) if shuffle else np.arange(len(x))
+            bar = ProgressBar(steps, f"Epoch {epoch}/{epochs}", stream, enabled=bool(verbose))
+            for s in range(steps):
+                idx = order[s * graph.batch_size:(s + 1) * graph.batch_size]
+                graph.step(x[idx], targets[idx])
+                bar.update(s + 1)
+            logs = self._read_metrics(targets)
+            graph.sync()
+            if validation_data is not None:
+                val = self.evaluate(*validation_data, batch_size=graph.batch_size)
+                logs.update({f"val_{k}": v for k, v in val.items()})
+            history.record(epoch, logs)
+            bar.close()
+            if verbose:
+                text = "  ".join(f"{k} {v:.4f}" for k, v in logs.items())
+                print(f"Epoch {epoch}/{epochs}  {text}  ({bar.elapsed:.1f} s)", file=stream, flush=True)
+        return history
+
+    def train_on_batch(self, x, y):
+        """One optimizer step on (x, y) as one batch; returns that batch's loss."""
+        self._require_compiled("train_on_batch")
+        x, targets = self._prepare(x, y)
+        graph = self._graph(len(x), x.shape[1:], True, targets.dtype)
+        self.metrics.fill(0)
+        graph.step(x, targets)
+        return self._read_metrics(targets)["loss"]
+
+    def _read_metrics(self, targets):
+        loss_sum, _, correct, count = self.metrics.download()
+        logs = {"loss": float(loss_sum / max(count, 1))}
+        if self.loss.has_accuracy(targets):
+            logs["accuracy"] = float(correct / max(count, 1))
+        return logs
+
+    # ------------------------------------------------------------------ inference
+    def evaluate(self, x, y, batch_size=256):
+        """{"loss": mean loss, "accuracy": fraction correct} over (x, y)."""
+        self._require_compiled("evaluate")
+        x, targets = self._prepare(x, y)
+        if len(x) == 0:
+            raise InputError("evaluate needs at least one sample")
+        graph = self._graph(min(batch_size, len(x)), x.shape[1:], False, targets.dtype)
+        self.metrics.fill(0)
+        for start in range(0, len(x), graph.batch_size):
+            graph.infer(x[start:start + graph.batch_size], targets[start:start + graph.batch_size],
+                        want_output=False)
+        logs = self._read_metrics(targets)
+        graph.sync()
+        return logs
+
+    def predict(self, x, batch_size=256):
+        """Model outputs as numpy: class probabilities for cross-entropy (softmax) and binary
+        cross-entropy (sigmoid), the raw outputs otherwise."""
+        x = _inputs(x)
+        if len(x) == 0:
+            raise InputError("predict needs at least one sample")
+        graph = self._graph(min(batch_size, len(x)), x.shape[1:], False)
+        out = [graph.infer(x[start:start + graph.batch_size])
+               for start in range(0, len(x), graph.batch_size)]
+        graph.sync()
+        return np.concatenate(out).reshape(len(x), *graph.output_shape)
+
+    # ------------------------------------------------------------------ weights
+    def state_dict(self):
+        """{"0.weight": array, ...}: float32 numpy arrays in PyTorch's layouts and keys."""
+        return self.param_store.state_dict()
+
+    def load_state_dict(self, state):
+        """Load arrays (numpy, or anything np.asarray takes, such as CPU torch tensors)."""
+        self.param_store.load_state_dict(state)
+
+    # ------------------------------------------------------------------ description
+    def summary(self, input_shape=None, stream=None):
+        """Print a table of layers, output shapes, parameters and FLOPs; returns it as text."""
+        input_shape = tuple(input_shape or self.input_shape or ())
+        if not input_shape:
+            raise InputError("summary needs the input shape: model.summary(input_shape=(1, 28, 28)), "
+                             "or call it after fit/predict")
+        rows, shape, total_flops = [], input_shape, 0
+        plan_nodes(self.layers, None, input_shape)  # checks shapes, naming the layer that fails
+        for i, layer in enumerate(self.layers):
+            out = layer.output_shape(shape)
+            params = sum(prod(s) for s in layer.param_shapes().values())
+            flops = layer.flops(shape)
+            total_flops += flops
+            rows.append((f"{i}: {layer!r}", str(out), f"{params:,}", f"{flops:,}"))
+            shape = out
+        header = ("Layer", "Output shape", "Params", "FLOPs")
+        widths = [max(len(r[c]) for r in rows + [header]) for c in range(4)]
+        line = lambda r: "  ".join(v.ljust(w) if c == 0 else v.rjust(w) for c, (v, w) in enumerate(zip(r, widths)))
+        rule = "-" * len(line(header))
+        text = "\n".join([line(header), rule, *map(line, rows), rule,
+                          f"Input {input_shape}  parameters {self.count_params():,}  "
+                          f"forward FLOPs per sample {total_flops:,}  device {self.device.name}"])
+        print(text, file=stream or sys.stdout)
+        return text
+
+    def __repr__(self):
+        return f"Sequential([{', '.join(map(repr, self.layers))}])"
+

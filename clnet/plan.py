@@ -1,0 +1,165 @@
+"""Plan: a recorded list of kernel launches over tensors placed in one arena by liveness.
+
+Layers, losses and optimizers record launches with symbolic `Value`s; `place` then gives each
+value an offset in a single arena buffer (a value's memory is reused once its last reader has run),
+`finalize` allocates it and binds every kernel argument once, and `run` replays the list with one
+enqueue per launch.
+"""
+
+from math import prod
+
+import numpy as np
+import pyopencl as cl
+
+from .kernels import KernelLibrary
+from .tensor import DeviceTensor, allocate
+
+ALIGN = 64  # elements; keeps every arena tensor 256-byte aligned for vector loads
+
+
+def _align(n):
+    return -(-n // ALIGN) * ALIGN
+
+
+def round_up(n, multiple):
+    return -(-n // multiple) * multiple
+
+
+def _scalar(value):
+    if isinstance(value, np.generic):
+        return value
+    if isinstance(value, (bool, int, np.integer)):
+        return np.int32(value)
+    return np.float32(value)
+
+
+class Value:
+    """A tensor of the plan whose place in the arena is decided at `finalize`.
+
+    A view shares its root's memory under another shape (Flatten); liveness is tracked on roots.
+    """
+
+    def __init__(self, plan, shape, name, root=None):
+        self.plan, self.shape, self.name = plan, tuple(shape), name
+        self.root = root or self
+        self.first = self.last = None  # launch indices of the first and last use (roots only)
+        self.base = None               # arena offset in elements (roots only)
+
+    @property
+    def size(self):
+        return prod(self.shape)
+
+    def view(self, shape):
+        if prod(shape) != self.size:
+            raise ValueError(f"view of {self.shape} as {shape}")
+        return Value(self.plan, shape, self.name, root=self.root)
+
+    @property
+    def buffer(self):
+        return self.plan.arena.buffer
+
+    @property
+    def offset(self):
+        return self.root.base
+
+    def tensor(self):
+        return DeviceTensor(self.plan.device, self.shape, self.buffer, self.offset)
+
+    def __repr__(self):
+        return f"<Value {self.name} {self.shape}>"
+
+
+class Launch:
+    """One kernel launch; tensor arguments become (buffer, int offset) pairs when bound."""
+
+    def __init__(self, kernel, global_size, local_size, args):
+        self.kernel = kernel
+        self.global_size, self.local_size = tuple(global_size), local_size and tuple(local_size)
+        self.args = list(args)
+        self.positions = []
+
+    def bind(self):
+        self.positions, i = [], 0
+        for arg in self.args:
+            self.positions.append(i)
+            if hasattr(arg, "buffer"):
+                self.kernel.set_arg(i, arg.buffer)
+                self.kernel.set_arg(i + 1, np.int32(arg.offset))
+                i += 2
+            else:
+                self.kernel.set_arg(i, _scalar(arg))
+                i += 1
+
+    def set(self, index, value):
+        """Change scalar argument `index` (counted as recorded) for later runs."""
+        self.args[index] = value
+        self.kernel.set_arg(self.positions[index], _scalar(value))
+
+
+class Plan:
+    def __init__(self, device):
+        self.device = device
+        self.library = KernelLibrary(device)
+        self.launches = []
+        self.values = []
+        self.arena = None
+
+    def value(self, shape, name):
+        v = Value(self, shape, name)
+        self.values.append(v)
+        return v
+
+    def kernel(self, filename, name, **defines):
+        return self.library.kernel(filename, name, **defines)
+
+    def launch(self, kernel, global_size, local_size, *args):
+        """Record a launch; `global_size` is rounded up to a multiple of `local_size`."""
+        if local_size is not None:
+            global_size = [round_up(g, l) for g, l in zip(global_size, local_size)]
+        index = len(self.launches)
+        for arg in args:
+            if isinstance(arg, Value):
+                root = arg.root
+                root.first = index if root.first is None else root.first
+                root.last = index
+        launch = Launch(kernel, global_size, local_size, args)
+        self.launches.append(launch)
+        return launch
+
+    def place(self):
+        """Give every used value an arena offset by liveness; returns the arena size in elements.
+
+        First fit, largest first: a value may share memory with any value whose live range
+        (first to last launch using it) does not overlap its own.
+        """
+        roots = sorted((v for v in self.values if v.root is v and v.first is not None),
+                       key=lambda v: (-v.size, v.first))
+        placed, end = [], 0
+        for v in roots:
+            overlapping = sorted((p for p in placed if p.first <= v.last and v.first <= p.last),
+                                 key=lambda p: p.base)
+            offset = 0
+            for p in overlapping:
+                if offset + v.size <= p.base:
+                    break
+                offset = max(offset, _align(p.base + p.size))
+            v.base = offset
+            placed.append(v)
+            end = max(end, offset + v.size)
+        return max(end, 1)
+
+    def finalize(self, arena_size, what="the plan"):
+        """Allocate the arena placed by `place` and bind every launch's arguments once."""
+        self.arena = DeviceTensor(self.device, (arena_size,))
+        self.arena.buffer = allocate(self.device, self.arena.nbytes, what)
+        for launch in self.launches:
+            launch.bind()
+
+    @property
+    def arena_bytes(self):
+        return self.arena.nbytes if self.arena else 0
+
+    def run(self):
+        queue = self.device.queue
+        for launch in self.launches:
+            cl.enqueue_nd_range_kernel(queue, launch.kernel, launch.global_size, launch.local_size)

@@ -1,0 +1,77 @@
+// Activations, their gradients, the fused bias/activation backward, and row-wise softmax.
+// ACT (common.h) selects the activation.
+
+// y = act(x) over n elements.
+__kernel void activation_forward(const int n, __global const float* x, const int xo,
+                                 __global float* y, const int yo)
+{
+    const int i = get_global_id(0);
+    if (i >= n) return;
+    y[yo + i] = act_forward(x[xo + i]);
+}
+
+// dx = dy * act'(x), with act' written in terms of the output y.
+__kernel void activation_backward(const int n, __global const float* y, const int yo,
+                                  __global const float* dy, const int dyo,
+                                  __global float* dx, const int dxo)
+{
+    const int i = get_global_id(0);
+    if (i >= n) return;
+    dx[dxo + i] = dy[dyo + i] * act_grad_from_output(y[yo + i]);
+}
+
+// For a dense layer whose output y = act(x W^T + b) has shape rows x cols: dpre = dy * act'(y) and
+// db[c] = sum over rows of dpre. One work-item per column sums the rows in order: deterministic,
+// and neighbouring work-items read neighbouring addresses. Without an activation dpre is dy itself
+// and is not written.
+__kernel void bias_act_backward(const int rows, const int cols,
+                                __global const float* dy, const int dyo,
+                                __global const float* y, const int yo,
+                                __global float* dpre, const int dpo,
+                                __global float* db, const int dbo)
+{
+    const int c = get_global_id(0);
+    if (c >= cols) return;
+    float s = 0.0f;
+    for (int r = 0; r < rows; r++) {
+        const int i = r * cols + c;
+#if ACT == ACT_NONE
+        s += dy[dyo + i];
+#else
+        const float g = dy[dyo + i] * act_grad_from_output(y[yo + i]);
+        dpre[dpo + i] = g;
+        s += g;
+#endif
+    }
+#ifdef HAS_BIAS
+    db[dbo + c] = s;
+#endif
+}
+
+// Row-wise softmax of a rows x cols matrix, one work-item per row.
+__kernel void softmax_forward(const int rows, const int cols, __global const float* x, const int xo,
+                              __global float* y, const int yo)
+{
+    const int r = get_global_id(0);
+    if (r >= rows) return;
+    __global const float* xr = x + xo + r * cols;
+    __global float* yr = y + yo + r * cols;
+    float mx = xr[0];
+    for (int c = 1; c < cols; c++) mx = fmax(mx, xr[c]);
+    float s = 0.0f;
+    for (int c = 0; c < cols; c++) s += exp(xr[c] - mx);
+    const float inv = 1.0f / s;
+    for (int c = 0; c < cols; c++) yr[c] = exp(xr[c] - mx) * inv;
+}
+
+// dx = y * (dy - sum(dy * y)) row by row.
+__kernel void softmax_backward(const int rows, const int cols, __global const float* y, const int yo,
+                               __global const float* dy, const int dyo, __global float* dx, const int dxo)
+{
+    const int r = get_global_id(0);
+    if (r >= rows) return;
+    const int base = r * cols;
+    float dot = 0.0f;
+    for (int c = 0; c < cols; c++) dot += dy[dyo + base + c] * y[yo + base + c];
+    for (int c = 0; c < cols; c++) dx[dxo + base + c] = y[yo + base + c] * (dy[dyo + base + c] - dot);
+}
