@@ -56,10 +56,15 @@ class ParamStore:
         return {name: tensor.view(shape, offset)
                 for i, name, shape, offset in self.entries if i == layer_index}
 
-    def state_dict(self):
-        flat = self.params.download()
+    def _unflatten(self, flat):
         return {f"{i}.{name}": flat[offset:offset + prod(shape)].reshape(shape).copy()
                 for i, name, shape, offset in self.entries}
+
+    def state_dict(self):
+        return self._unflatten(self.params.download())
+
+    def gradients(self):
+        return self._unflatten(self.grads.download())
 
     def load_state_dict(self, state):
         expected = {f"{i}.{name}": (shape, offset) for i, name, shape, offset in self.entries}

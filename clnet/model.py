@@ -191,6 +191,10 @@ class Sequential:
         """{"0.weight": array, ...}: float32 numpy arrays in PyTorch's layouts and keys."""
         return self.param_store.state_dict()
 
+    def gradients(self):
+        """The gradients of the last training step, keyed like state_dict (computed before the update)."""
+        return self.param_store.gradients()
+
     def load_state_dict(self, state):
         """Load arrays (numpy, or anything np.asarray takes, such as CPU torch tensors)."""
         self.param_store.load_state_dict(state)

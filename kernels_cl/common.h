@@ -38,3 +38,7 @@ inline float act_grad_from_output(float y) {
 }
 
 inline float sigmoid(float x) { return 1.0f / (1.0f + exp(-x)); }
+
+// 16 consecutive floats from any (4-byte aligned) address. Two halves, because vload16 of PoCL 3.0
+// (pip's pocl-binary-distribution) fills only the first 8 lanes.
+inline float16 load16(__global const float* p) { return (float16)(vload8(0, p), vload8(0, p + 8)); }

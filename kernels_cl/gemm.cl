@@ -139,12 +139,14 @@ __kernel void gemm_cpu(GEMM_ARGS)
         float16 acc[CPU_ROWS];
         for (int r = 0; r < CPU_ROWS; r++) acc[r] = (float16)(0.0f);
         for (int k = 0; k < K; k++) {
-            const float16 b = vload16(0, B + b_off + k * ldb + n0);
+            const float16 b = load16(B + b_off + k * ldb + n0);
             for (int r = 0; r < CPU_ROWS; r++) acc[r] = A_AT(mr[r], k) * b + acc[r];
         }
         for (int r = 0; r < CPU_ROWS && m0 + r < M; r++) {
-            float out[16];
-            vstore16(acc[r], 0, out);
+            // A vector store into an aligned private array: PoCL 3.0's kernel cache loses
+            // kernels that call vstore16.
+            __attribute__((aligned(64))) float out[16];
+            *(float16*)out = acc[r];
             for (int j = 0; j < 16; j++)
                 C[c_off + (m0 + r) * ldc + n0 + j] = act_forward(out[j] + BIAS_AT(n0 + j));
         }
@@ -175,9 +177,9 @@ __kernel void gemm_cpu_dot(GEMM_ARGS)
     int k = 0;
     for (; k + 16 <= K; k += 16) {
         float16 a[CPU_ROWS];
-        for (int r = 0; r < CPU_ROWS; r++) a[r] = vload16(0, A + a_off + mr[r] * lda + k);
+        for (int r = 0; r < CPU_ROWS; r++) a[r] = load16(A + a_off + mr[r] * lda + k);
         for (int c = 0; c < CPU_COLS; c++) {
-            const float16 b = vload16(0, B + b_off + nc[c] * ldb + k);
+            const float16 b = load16(B + b_off + nc[c] * ldb + k);
             for (int r = 0; r < CPU_ROWS; r++) acc[r][c] = a[r] * b + acc[r][c];
         }
     }

@@ -1,0 +1,76 @@
+"""A float64 numpy twin of clnet's dense networks and losses, for checking the device's results."""
+
+import numpy as np
+
+from clnet import layers as L
+
+
+def _act(kind, x):
+    return {"relu": lambda v: np.maximum(v, 0), "sigmoid": lambda v: 1 / (1 + np.exp(-v)),
+            "tanh": np.tanh, "softmax": _softmax}[kind](x)
+
+
+def _softmax(z):
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _kind(layer):
+    return "softmax" if isinstance(layer, L.Softmax) else layer.kind
+
+
+def forward(layers, state, x):
+    """Output of the network on x (float64), as torch.nn.Sequential computes it."""
+    a = np.asarray(x, np.float64)
+    for i, layer in enumerate(layers):
+        if isinstance(layer, L.Flatten):
+            a = a.reshape(len(a), -1)
+        elif isinstance(layer, L.Dense):
+            a = a @ state[f"{i}.weight"].astype(np.float64).T
+            if layer.bias:
+                a = a + state[f"{i}.bias"]
+        else:
+            a = _act(_kind(layer), a)
+    return a
+
+
+def loss(name, out, y):
+    """Mean loss of the model output `out` (after any final Softmax/Sigmoid layer) against y.
+
+    cross_entropy and binary_cross_entropy take logits unless the network ended on the link."""
+    n = len(out)
+    if name == "cross_entropy_logits":
+        out = _softmax(out)
+        name = "cross_entropy"
+    if name == "cross_entropy":
+        return -np.mean(np.log(out[np.arange(n), y]))
+    if name == "binary_cross_entropy_logits":
+        out = 1 / (1 + np.exp(-out))
+        name = "binary_cross_entropy"
+    if name == "binary_cross_entropy":
+        t = np.asarray(y, np.float64).reshape(out.shape)
+        return -np.mean(t * np.log(out) + (1 - t) * np.log(1 - out))
+    if name == "mean_squared_error":
+        t = np.asarray(y)
+        if t.dtype.kind in "iu" and t.ndim == 1 and out.shape[1] > 1:
+            t = np.eye(out.shape[1])[t]
+        return np.mean((out - t.reshape(out.shape)) ** 2)
+    raise ValueError(name)
+
+
+def numeric_gradients(layers, state, x, y, loss_name, eps=1e-6):
+    """Central finite differences of the float64 loss with respect to every parameter."""
+    state = {k: v.astype(np.float64) for k, v in state.items()}
+    grads = {}
+    for key, value in state.items():
+        g = np.zeros_like(value)
+        for idx in np.ndindex(value.shape):
+            old = value[idx]
+            value[idx] = old + eps
+            up = loss(loss_name, forward(layers, state, x), y)
+            value[idx] = old - eps
+            down = loss(loss_name, forward(layers, state, x), y)
+            value[idx] = old
+            g[idx] = (up - down) / (2 * eps)
+        grads[key] = g
+    return grads
