@@ -14,7 +14,7 @@ from . import losses
 from .errors import InputError, OutOfDeviceMemoryError, ShapeError
 from .layers import Activation
 from .plan import Plan
-from .tensor import DeviceTensor
+from .tensor import DeviceTensor, allocate
 
 PARAM_ALIGN = 16  # elements: each parameter starts on a 64-byte boundary for vector loads
 
@@ -136,8 +136,8 @@ class Graph:
 
         self.targets = self.loss_launch = self.output = self.opt_launch = None
         if loss is not None and target_dtype is not None:
-            self.targets = DeviceTensor.empty(device, self._target_shape(target_dtype, z2d.shape),
-                                              dtype=target_dtype, what="the targets")
+            # allocated with the arena, once the plan is known to fit
+            self.targets = DeviceTensor(device, self._target_shape(target_dtype, z2d.shape), dtype=target_dtype)
         if training:
             grad = plan.value(z2d.shape, "loss gradient")
             self.loss_launch = loss.record(plan, z2d, self.targets, grad, None, model.metrics,
@@ -164,15 +164,19 @@ class Graph:
         return (self.batch_size,) if np.dtype(dtype) == np.int32 else out2d
 
     def _allocate(self, device):
+        """Check that the batch fits before allocating anything; say which batch size would."""
         arena = self.plan.place()
-        needed = arena * 4
-        available = device.info.global_mem - 3 * self.model.param_store.params.nbytes
-        if needed > min(available, device.info.max_alloc):
-            fits = max(1, int(self.batch_size * min(available, device.info.max_alloc) / needed * 0.9))
+        targets = self.targets.nbytes if self.targets is not None else 0
+        needed = arena * 4 + targets  # both scale with the batch size
+        # parameters, gradients and up to two optimizer states are already resident
+        room = min(device.info.global_mem - 4 * self.model.param_store.params.nbytes, device.info.max_alloc)
+        if needed > room:
+            fits = max(1, int(self.batch_size * room / needed * 0.9))
             raise OutOfDeviceMemoryError(
-                f"batch size {self.batch_size} needs {needed / 2**20:.0f} MiB of activations on "
-                f"{device.info.name}, which has {min(available, device.info.max_alloc) / 2**20:.0f} MiB for "
-                f"them: use a batch size of {fits} or less")
+                f"batch size {self.batch_size} needs {needed / 2**20:.0f} MiB for activations and targets on "
+                f"{device.info.name}, which has {room / 2**20:.0f} MiB for them: use a batch size of {fits} or less")
+        if self.targets is not None:
+            self.targets.buffer = allocate(device, targets, "the targets")
         self.plan.finalize(arena, what=f"the plan for batch size {self.batch_size}")
 
     def _upload(self, x, targets):

@@ -1,0 +1,65 @@
+"""The command-line tools through click's runner, and once each as a real process."""
+
+import shutil
+import subprocess
+
+import pytest
+from click.testing import CliRunner
+
+import clnet
+from clnet.cli import devices, train
+
+
+def test_devices_lists_every_device():
+    result = CliRunner().invoke(devices, [])
+    assert result.exit_code == 0, result.output
+    for info in clnet.list_devices():
+        assert f"[{info.index}] platform {info.platform_index}, device {info.device_index}: {info.name}" in result.output
+    for field in ("compute units", "global memory", "max allocation", "local memory", "fp64 / fp16",
+                  "OpenCL C", "driver"):
+        assert field in result.output
+    assert '"compute_units"' in CliRunner().invoke(devices, ["--json"]).output
+
+
+def test_train_runs_and_reports_test_accuracy():
+    result = CliRunner().invoke(train, ["--device", "0", "--platform", str(clnet.list_devices()[0].platform_index),
+                                       "--epochs", "2", "--batch-size", "128", "--seed", "1"])
+    assert result.exit_code == 0, result.output
+    assert "Epoch 2/2" in result.output and "val_accuracy" in result.output
+    accuracy = float(result.output.split("Test accuracy ")[1].split()[0])
+    assert accuracy > 0.85
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["--platform", "no-such-platform"], 1, "Error: No OpenCL platform matches 'no-such-platform'"),
+    (["--epochs", "0"], 2, "Invalid value for '--epochs'"),
+    (["--model", "resnet"], 2, "Invalid value for '--model'"),
+    (["--lr", "-1"], 2, "Invalid value for '--lr'"),
+])
+def test_user_errors_exit_with_a_message_and_no_traceback(args, code, message):
+    result = CliRunner().invoke(train, args)
+    assert result.exit_code == code
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_debug_shows_the_traceback():
+    result = CliRunner().invoke(train, ["--platform", "no-such-platform", "--debug"])
+    assert isinstance(result.exception, clnet.DeviceNotFoundError)
+
+
+def test_help_has_examples():
+    result = CliRunner().invoke(train, ["--help"])
+    assert result.exit_code == 0 and "Examples:" in result.output and "--platform pocl" in result.output
+
+
+def test_console_scripts_run_as_processes():
+    exe = shutil.which("clnet-train")
+    assert exe, "clnet is not installed: pip install -e '.[test]'"
+    done = subprocess.run([exe, "--quiet", "--epochs", "1", "--device", "0", "--platform",
+                           str(clnet.list_devices()[0].platform_index)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("Test accuracy")
+    failed = subprocess.run([shutil.which("clnet-devices"), "--bogus"], capture_output=True, text=True)
+    assert failed.returncode == 2 and "No such option" in failed.stderr

@@ -1,0 +1,89 @@
+"""Device discovery and selection, and the kernel library (no device fixture: these pick their own)."""
+
+import pyopencl as cl
+import pytest
+
+import clnet
+from clnet.device import _select
+from clnet.kernels import KernelLibrary, kernel_dir
+
+
+def fake(index, p_index, d_index, platform, name, kind, units=4):
+    info = clnet.DeviceInfo(index, p_index, d_index, platform, platform + " vendor", "OpenCL 3.0 " + platform,
+                            name, kind, units, 2**30, 2**28, 2**16, True, False, "OpenCL C 1.2", "1.0")
+    return info, object()
+
+
+FAKE = [fake(0, 0, 0, "Portable Computing Language", "pthread-cpu", "CPU", 16),
+        fake(1, 1, 0, "NVIDIA CUDA", "NVIDIA H100", "GPU"),
+        fake(2, 1, 1, "NVIDIA CUDA", "NVIDIA A100", "GPU", 8),
+        fake(3, 2, 0, "Portable Computing Language", "pthread-cpu-old", "CPU")]
+
+
+def test_best_device_is_a_gpu_then_the_most_compute_units():
+    assert _select(FAKE, None, None)[0].name == "NVIDIA A100"
+    assert _select(FAKE[:1] + FAKE[3:], None, None)[0].name == "pthread-cpu"
+
+
+@pytest.mark.parametrize("platform, device, expected", [
+    ("nvidia", None, "NVIDIA A100"), ("NVIDIA", "0", "NVIDIA H100"), ("1", "1", "NVIDIA A100"),
+    ("portable", None, "pthread-cpu"), ("2", None, "pthread-cpu-old"), (None, "3", "pthread-cpu-old"),
+    (None, "h100", "NVIDIA H100"), ("vendor", "cpu", "pthread-cpu"),
+])
+def test_selection_by_index_or_name(platform, device, expected):
+    assert _select(FAKE, platform, device)[0].name == expected
+
+
+def test_no_match_lists_what_exists():
+    with pytest.raises(clnet.DeviceNotFoundError, match=r"(?s)'amd'.*1:1  GPU  NVIDIA A100"):
+        _select(FAKE, "amd", None)
+    with pytest.raises(clnet.DeviceNotFoundError, match="No OpenCL device matches '7' on platform 'nvidia'"):
+        _select(FAKE, "nvidia", "7")
+
+
+def test_no_opencl_at_all_says_how_to_install_a_driver(monkeypatch):
+    def no_platform():
+        raise cl.LogicError("clGetPlatformIDs failed: PLATFORM_NOT_FOUND_KHR")
+    monkeypatch.setattr(cl, "get_platforms", no_platform)
+    assert clnet.list_devices() == []
+    with pytest.raises(clnet.DeviceNotFoundError, match="pocl-binary-distribution"):
+        clnet.device()
+
+
+def test_real_devices_are_listed_and_opened_by_environment(monkeypatch):
+    infos = clnet.list_devices()
+    assert infos, "the tests need at least one OpenCL device"
+    last = infos[-1]
+    monkeypatch.setenv("CLNET_DEVICE", str(last.index))
+    dev = clnet.device()
+    assert dev.info == last
+    assert "Device" in repr(dev)
+    monkeypatch.setenv("CLNET_PLATFORM", "no-such-platform")
+    with pytest.raises(clnet.DeviceNotFoundError):
+        clnet.device()
+    assert clnet.device(platform=str(last.platform_index), device=str(last.device_index)).info == last
+
+
+def test_kernel_sources_are_found_and_programs_cached(tmp_path):
+    assert (kernel_dir() / "gemm.cl").is_file() and (kernel_dir() / "common.h").is_file()
+    dev = clnet.device(device=0)
+    library = KernelLibrary(dev)
+    first = library.program("elementwise.cl", ACT=1)
+    assert library.program("elementwise.cl", ACT=1) is first
+    assert KernelLibrary(dev).program("elementwise.cl", ACT=1) is first  # cached on the device
+    assert library.program("elementwise.cl", ACT=2) is not first
+    k1, k2 = library.kernel("elementwise.cl", "activation_forward", ACT=1), \
+        library.kernel("elementwise.cl", "activation_forward", ACT=1)
+    assert k1 is not k2  # a plan binds its own arguments to each launch's kernel
+
+
+def test_a_kernel_that_does_not_build_reports_file_options_and_log(tmp_path):
+    (tmp_path / "common.h").write_text("// header\n")
+    (tmp_path / "broken.cl").write_text("__kernel void f(__global float* x) { x[0] = undefined_thing; }\n")
+    library = KernelLibrary(clnet.device(device=0), source_dir=tmp_path)
+    with pytest.raises(clnet.KernelBuildError) as caught:
+        library.program("broken.cl", ACT=2, TILE=8)
+    error = caught.value
+    assert error.filename == "broken.cl" and error.options == ["-DACT=2", "-DTILE=8"]
+    assert "undefined_thing" in error.log
+    assert "broken.cl" in str(error) and "-DACT=2 -DTILE=8" in str(error)

@@ -1,0 +1,218 @@
+"""The model API end to end: training on real data, transfers per step, padding of the last batch,
+determinism, weights in PyTorch's layout, and clear failures on bad input."""
+
+import numpy as np
+import pyopencl as cl
+import pytest
+
+import clnet
+from clnet import layers as L
+
+from reference import forward
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    return clnet.data.load_mnist_5k()
+
+
+def small_mlp(device, seed=0, classes=3, features=6):
+    return clnet.Sequential([L.Dense(features, 8), L.ReLU(), L.Dense(8, classes)], device=device, seed=seed)
+
+
+def test_mlp_learns_bundled_mnist(device, mnist):
+    """The default MLP reaches at least 92% test accuracy on the 1000 held-out images in 5 epochs
+    (it reaches about 93-95%: 4000 training images are few for an MLP)."""
+    (x, y), (x_test, y_test) = mnist
+    model = clnet.models.mlp(device=device, seed=1)
+    model.compile("cross_entropy", clnet.optim.SGD(lr=0.05, momentum=0.9))
+    history = model.fit(x, y, epochs=5, batch_size=64, validation_split=0.1, verbose=0)
+    assert set(history.history) == {"loss", "accuracy", "val_loss", "val_accuracy"}
+    assert history.history["loss"][-1] < history.history["loss"][0] / 4
+    result = model.evaluate(x_test, y_test)
+    assert result["accuracy"] >= 0.92
+    probs = model.predict(x_test)
+    assert probs.shape == (1000, 10)
+    np.testing.assert_allclose(probs.sum(axis=1), 1, atol=1e-5)
+    assert np.mean(probs.argmax(axis=1) == y_test) == pytest.approx(result["accuracy"])
+
+
+def test_adam_and_nesterov_train(device, mnist):
+    (x, y), (x_test, y_test) = mnist
+    for optimizer in (clnet.optim.Adam(lr=1e-3), clnet.optim.AdamW(lr=1e-3),
+                      clnet.optim.SGD(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-4)):
+        model = clnet.models.mlp(device=device, seed=0)
+        model.compile("cross_entropy", optimizer)
+        model.fit(x[:2000], y[:2000], epochs=2, batch_size=100, verbose=0)
+        assert model.evaluate(x_test, y_test)["accuracy"] > 0.85, optimizer
+
+
+class CopyCounter:
+    """Counts every host<->device copy and map pyopencl is asked for."""
+
+    def __init__(self, monkeypatch):
+        self.copies = self.maps = 0
+        real_copy, real_map = cl.enqueue_copy, cl.enqueue_map_buffer
+
+        def copy(*args, **kwargs):
+            self.copies += 1
+            return real_copy(*args, **kwargs)
+
+        def map_buffer(*args, **kwargs):
+            self.maps += 1
+            return real_map(*args, **kwargs)
+
+        monkeypatch.setattr(cl, "enqueue_copy", copy)
+        monkeypatch.setattr(cl, "enqueue_map_buffer", map_buffer)
+
+
+def test_training_step_transfers_only_the_batch(device, monkeypatch):
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(100, 6)), rng.integers(0, 3, 100)
+    model = small_mlp(device)
+    model.compile("cross_entropy", clnet.optim.Adam())
+    model.fit(x, y, epochs=1, batch_size=32, verbose=0)  # compiles the plan
+    graph = model._graph(32, (6,), True, np.int32)
+    counter = CopyCounter(monkeypatch)
+    for start in range(0, 96, 32):
+        graph.step(x[start:start + 32].astype(np.float32), y[start:start + 32].astype(np.int32))
+    graph.sync()
+    assert (counter.copies, counter.maps) == (2 * 3, 0)  # images and labels, nothing else
+
+    counter.copies = 0
+    model.fit(x, y, epochs=2, batch_size=32, verbose=0)  # 4 steps an epoch, one metrics read each
+    assert (counter.copies, counter.maps) == (2 * (2 * 4 + 1), 0)
+
+
+def test_partial_last_batch_counts_only_real_samples(device):
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(10, 6)), rng.integers(0, 3, 10)
+    model = small_mlp(device)
+    model.compile("cross_entropy", "sgd")
+    whole = model.evaluate(x, y, batch_size=10)
+    padded = model.evaluate(x, y, batch_size=4)  # batches of 4, 4 and 2
+    assert padded["loss"] == pytest.approx(whole["loss"], rel=1e-5)
+    assert padded["accuracy"] == whole["accuracy"]
+    np.testing.assert_allclose(model.predict(x, batch_size=3), model.predict(x), rtol=1e-6)
+
+    # Training on 10 samples in batches of 4: the last step sees 2 real samples and zero padding.
+    a, b = small_mlp(device, seed=2), small_mlp(device, seed=2)
+    a.compile("cross_entropy", clnet.optim.SGD(lr=0.1))
+    b.compile("cross_entropy", clnet.optim.SGD(lr=0.1))
+    a.fit(x, y, epochs=1, batch_size=4, shuffle=False, verbose=0)
+    for start in (0, 4, 8):
+        b.train_on_batch(x[start:start + 4], y[start:start + 4])
+    for key, value in a.state_dict().items():
+        np.testing.assert_allclose(value, b.state_dict()[key], rtol=1e-5, atol=1e-7)
+
+
+def test_same_seed_same_weights(device, mnist):
+    (x, y), _ = mnist
+    weights = []
+    for _ in range(2):
+        model = clnet.models.mlp(device=device, seed=5)
+        model.compile("cross_entropy", clnet.optim.SGD(lr=0.05, momentum=0.9))
+        model.fit(x[:1000], y[:1000], epochs=2, batch_size=50, validation_split=0.1, verbose=0)
+        weights.append(model.state_dict())
+    for key in weights[0]:
+        np.testing.assert_array_equal(weights[0][key], weights[1][key])
+    other = clnet.models.mlp(device=device, seed=6).state_dict()
+    assert not np.array_equal(other["1.weight"], weights[0]["1.weight"])
+
+
+def test_state_dict_uses_pytorch_keys_and_layouts(device):
+    model = clnet.Sequential([L.Flatten(), L.Dense(12, 5), L.ReLU(), L.Dense(5, 2, bias=False)], device=device)
+    state = model.state_dict()
+    assert list(state) == ["1.weight", "1.bias", "3.weight"]
+    assert state["1.weight"].shape == (5, 12) and state["3.weight"].shape == (2, 5)
+    rng = np.random.default_rng(3)
+    new = {k: rng.normal(size=v.shape).astype(np.float32) for k, v in state.items()}
+    model.load_state_dict(new)
+    for key in new:
+        np.testing.assert_array_equal(model.state_dict()[key], new[key])
+    x = rng.normal(size=(4, 3, 2, 2))
+    np.testing.assert_allclose(model.predict(x), forward(model.layers, new, x), rtol=1e-5, atol=1e-6)
+
+
+def test_init_is_he_before_relu_and_glorot_otherwise(device):
+    model = clnet.Sequential([L.Dense(400, 300), L.ReLU(), L.Dense(300, 200), L.Tanh()], device=device)
+    state = model.state_dict()
+    assert np.abs(state["0.weight"]).max() == pytest.approx(np.sqrt(6 / 400), rel=0.01)
+    assert np.abs(state["2.weight"]).max() == pytest.approx(np.sqrt(6 / 500), rel=0.01)
+    assert not state["0.bias"].any()
+
+
+def test_summary_lists_layers_and_totals(device):
+    model = clnet.models.mlp(device=device)
+    text = model.summary(input_shape=(1, 28, 28), stream=open("/dev/null", "w"))
+    assert "Dense(784, 256)" in text and "200,960" in text and "235,146" in text
+
+
+# ---------------------------------------------------------------- failures that must be clear
+
+def test_wrong_input_shape_names_the_layer(device):
+    model = clnet.Sequential([L.Flatten(), L.Dense(784, 10)], device=device)
+    model.compile("cross_entropy", "sgd")
+    with pytest.raises(clnet.ShapeError, match=r"layer 1 \(Dense\(784, 10\)\) expects input \(784,\).*got \(3,\)"):
+        model.fit(np.zeros((4, 3)), np.zeros(4, int), verbose=0)
+    with pytest.raises(clnet.ShapeError, match="add a Flatten layer"):
+        clnet.Sequential([L.Dense(4, 2)], device=device).predict(np.zeros((2, 2, 2)))
+
+
+@pytest.mark.parametrize("labels, message", [
+    (np.array([0, 1, 3, 0]), "label 3 at index 2 is out of range.*0..2"),
+    (np.array([0, 1, -1, 0]), "label -1 at index 2 is out of range"),
+    (np.array([0, 1, 1]), "x has 4 samples but y has 3"),
+    (np.array([[0, 1], [1, 0], [1, 0], [0, 1]]), r"shape \(4,\)"),
+    (np.array([0.5, 1, 1, 0]), "whole class indices"),
+    (np.array(["a", "b", "c", "d"]), "integers"),
+])
+def test_bad_labels_fail_clearly(device, labels, message):
+    model = small_mlp(device)
+    model.compile("cross_entropy", "sgd")
+    with pytest.raises(clnet.InputError, match=message):
+        model.fit(np.zeros((4, 6)), labels, verbose=0)
+
+
+def test_nan_in_data_fails_clearly_and_changes_nothing(device):
+    model = small_mlp(device)
+    model.compile("cross_entropy", "sgd")
+    before = model.state_dict()
+    x = np.zeros((4, 6))
+    x[2, 3] = np.nan
+    with pytest.raises(clnet.InputError, match=r"NaN or infinity \(first at index \(2, 3\)\)"):
+        model.fit(x, np.zeros(4, int), verbose=0)
+    with pytest.raises(clnet.InputError, match="NaN"):
+        model.predict(x)
+    for key, value in model.state_dict().items():
+        np.testing.assert_array_equal(value, before[key])
+
+
+def test_other_misuse_fails_clearly(device):
+    model = small_mlp(device)
+    with pytest.raises(clnet.InputError, match="compile"):
+        model.fit(np.zeros((4, 6)), np.zeros(4, int))
+    model.compile("binary_cross_entropy", "sgd")
+    with pytest.raises(clnet.InputError, match="targets must have shape"):
+        model.fit(np.zeros((4, 6)), np.zeros(4), verbose=0)
+    bce = clnet.Sequential([L.Dense(6, 1), L.Sigmoid()], device=device).compile("bce", "sgd")
+    with pytest.raises(clnet.InputError, match=r"\[0, 1\]"):
+        bce.fit(np.zeros((4, 6)), np.array([0, 1, 2, 0]), verbose=0)
+    with pytest.raises(clnet.InputError, match="samples"):
+        bce.fit(np.zeros((4, 6)), np.zeros(3), verbose=0)
+    with pytest.raises(ValueError, match="unknown loss"):
+        model.compile("hinge", "sgd")
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        model.compile("cross_entropy", "rmsprop")
+    with pytest.raises(clnet.ShapeError, match=r"0.weight.*\(6, 8\).*\(8, 6\)"):
+        model.load_state_dict({**model.state_dict(), "0.weight": np.zeros((6, 8))})
+    with pytest.raises(clnet.InputError, match="missing keys"):
+        model.load_state_dict({"0.weight": np.zeros((8, 6))})
+
+
+def test_a_batch_too_large_for_the_device_says_what_fits(device):
+    model = clnet.Sequential([L.Dense(4096, 4096)], device=device)
+    model.compile("mse", "sgd")
+    too_many = device.info.global_mem // (4096 * 4) + 1
+    with pytest.raises(clnet.OutOfDeviceMemoryError, match="use a batch size of"):
+        model._graph(too_many, (4096,), True, np.float32)
