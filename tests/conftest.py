@@ -17,8 +17,8 @@ def _selected():
     infos = clnet.list_devices()
     wanted = [w.strip().lower() for w in os.environ.get("CLNET_TEST_DEVICES", "").split(",") if w.strip()]
     if wanted:
-        infos = [i for i in infos if any(w == str(i.index) or w in i.name.lower() or i.matches_platform(w)
-                                         for w in wanted)]
+        infos = [i for i in infos if any(w == str(i.index) if w.isdigit() else
+                                         w in i.name.lower() or i.matches_platform(w) for w in wanted)]
     return infos
 
 

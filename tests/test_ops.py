@@ -1,0 +1,548 @@
+"""Every kernel against a float64 numpy reference, on awkward sizes and at non-zero buffer offsets.
+
+Each tensor a kernel sees lives inside a larger buffer (a `Slot`): inputs are surrounded by NaN, so
+a kernel that ignores an offset or reads past its tensor poisons its own result, and outputs are
+surrounded by GUARD, which must survive every launch (nothing is written outside the tensor).
+Outputs start as NaN, so an element a kernel forgets to write is caught as well.
+"""
+
+import numpy as np
+import pytest
+from conftest import execute, new_plan
+
+from clnet import losses, ops, optim
+from clnet.tensor import DeviceTensor
+
+GUARD = 12345.0
+
+
+class Slot:
+    """`array` at element `offset` of a larger buffer whose other elements hold `fill`."""
+
+    def __init__(self, device, array, offset, dtype=np.float32, fill=np.nan, tail=29):
+        array = np.asarray(array, dtype)
+        self.shape, self.offset, self.size, self.fill = array.shape, offset, array.size, fill
+        flat = np.full(offset + array.size + tail, fill, dtype)
+        flat[offset:offset + array.size] = array.reshape(-1)
+        self.whole = DeviceTensor.from_numpy(device, flat, dtype)
+        self.tensor = self.whole.view(array.shape, offset)
+
+    @classmethod
+    def output(cls, device, shape, offset):
+        """An output tensor: NaN until written, GUARD around it."""
+        return cls(device, np.full(shape, np.nan), offset, fill=GUARD)
+
+    def read(self):
+        """The tensor's contents, after checking that nothing around it changed."""
+        flat = self.whole.download()
+        around = np.concatenate([flat[:self.offset], flat[self.offset + self.size:]])
+        if np.isnan(self.fill):
+            assert np.isnan(around).all(), "a kernel wrote outside its tensor"
+        else:
+            assert (around == self.fill).all(), "a kernel wrote outside its tensor"
+        return flat[self.offset:self.offset + self.size].reshape(self.shape)
+
+
+def act_ref(act, x):
+    x = np.asarray(x, np.float64)
+    return {"none": lambda: x, "relu": lambda: np.maximum(x, 0.0),
+            "sigmoid": lambda: 0.5 * (1.0 + np.tanh(0.5 * x)),  # = 1 / (1 + exp(-x)), no overflow
+            "tanh": lambda: np.tanh(x)}[act]()
+
+
+def act_grad_ref(act, y):
+    y = np.asarray(y, np.float64)
+    return {"none": lambda: np.ones_like(y), "relu": lambda: (y > 0).astype(np.float64),
+            "sigmoid": lambda: y * (1.0 - y), "tanh": lambda: 1.0 - y * y}[act]()
+
+
+def softmax_ref(z):
+    z = np.asarray(z, np.float64)
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def f32(a):
+    return np.asarray(a, np.float32)
+
+
+# ----------------------------------------------------------------------------------------- GEMM
+
+LAYOUTS = {"NN": (False, False), "TN": (True, False), "NT": (False, True), "TT": (True, True)}
+# (M, N, K): batch 1, K = 1, K < 16, N and M not multiples of 4, 16 or 64, exact 16-blocks, K > 16
+# with a remainder, several 64 x 64 tiles with partial edges.
+GEMM_SHAPES = [(1, 1, 1), (1, 19, 3), (7, 5, 1), (13, 17, 9), (9, 16, 32), (66, 71, 17), (130, 33, 70)]
+
+
+def _gemm_case(device, rng, plan, m, n, k, layout, offsets, has_bias=False, act="none"):
+    """Records one GEMM on random operands; returns (output slot, float64 reference)."""
+    trans_a, trans_b = LAYOUTS[layout]
+    a = f32(rng.uniform(-1, 1, (k, m) if trans_a else (m, k)))
+    b = f32(rng.uniform(-1, 1, (n, k) if trans_b else (k, n)))
+    bias = f32(rng.uniform(-1, 1, n))
+    oa, ob, oc, obias = offsets
+    sa, sb, sbias = Slot(device, a, oa), Slot(device, b, ob), Slot(device, bias, obias)
+    sc = Slot.output(device, (m, n), oc)
+    ops.gemm(plan, sa.tensor, sb.tensor, sc.tensor, trans_a=trans_a, trans_b=trans_b,
+             bias=sbias.tensor if has_bias else None, act=ops.ACTIVATIONS[act])
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    pre = (a64.T if trans_a else a64) @ (b64.T if trans_b else b64)
+    if has_bias:
+        pre = pre + bias
+    return sc, act_ref(act, pre), pre
+
+
+def _check_gemm(sc, ref, k, what):
+    got = sc.read()
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6 * (k + 1), err_msg=what)
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_gemm_layouts(device, gemm_family, layout):
+    """C = op(A) op(B) for every layout on every awkward shape, operands at odd offsets."""
+    rng = np.random.default_rng(1)
+    plan = new_plan(device)
+    if gemm_family == "cpu" and layout == "TT":
+        a, b, c = (DeviceTensor(device, s) for s in ((3, 2), (4, 3), (2, 4)))
+        with pytest.raises(ValueError, match="transposed"):
+            ops.gemm(plan, a, b, c, trans_a=True, trans_b=True)
+        return
+    cases = []
+    for i, (m, n, k) in enumerate(GEMM_SHAPES):
+        offsets = (0, 0, 0, 0) if i == 0 else (7 * i + 1, 3 * i, 64 * i, 5)
+        cases.append(((m, n, k), _gemm_case(device, rng, plan, m, n, k, layout, offsets)))
+    execute(plan)
+    for (m, n, k), (sc, ref, _) in cases:
+        _check_gemm(sc, ref, k, f"{gemm_family} {layout} M={m} N={n} K={k}")
+
+
+# Every activation with and without bias, each through both CPU kernels (gemm_cpu for NN / TN,
+# gemm_cpu_dot for NT) and through gemm_tiled.
+EPILOGUES = [("none", True, "NT"), ("none", True, "TN"),
+             ("relu", True, "TN"), ("relu", False, "NT"),
+             ("sigmoid", True, "NN"), ("sigmoid", False, "NT"),
+             ("tanh", True, "NT"), ("tanh", False, "TN")]
+
+
+@pytest.mark.parametrize("act,has_bias,layout", EPILOGUES)
+def test_gemm_bias_activation(device, gemm_family, act, has_bias, layout):
+    """The fused epilogue act(op(A) op(B) + bias)."""
+    rng = np.random.default_rng(2)
+    plan = new_plan(device)
+    shapes = ((67, 35, 19), (1, 35, 19), (5, 3, 1))
+    cases = [_gemm_case(device, rng, plan, m, n, k, layout, (3, 41, 17, 9), has_bias, act) for m, n, k in shapes]
+    execute(plan)
+    for (sc, ref, pre), (m, n, k) in zip(cases, shapes):
+        _check_gemm(sc, ref, k, f"{gemm_family} {layout} {act} bias={has_bias} M={m} N={n} K={k}")
+    # The inputs reach where the activation is far from the identity, so ignoring ACT would fail.
+    ref, pre = cases[0][1], cases[0][2]
+    assert act == "none" or np.abs(ref - pre).max() > 0.5
+
+
+@pytest.mark.parametrize("a_shape,b_shape,c_shape,trans_a,trans_b", [
+    ((3, 4), (5, 6), (3, 6), False, False),   # K of A (4) != K of B (5)
+    ((3, 4), (4, 6), (3, 5), False, False),   # C has the wrong width
+    ((3, 4), (4, 6), (4, 6), False, False),   # C has the wrong height
+    ((4, 3), (5, 6), (3, 6), True, False),    # A^T is 3 x 4, B is 5 x 6
+    ((3, 4), (6, 5), (3, 6), False, True),    # B^T is 5 x 6
+    ((3, 4), (6, 4), (6, 3), False, True),    # C transposed
+    ((4, 3), (6, 5), (3, 6), True, True),
+])
+def test_gemm_shape_mismatch_raises(gemm_family, a_shape, b_shape, c_shape, trans_a, trans_b):
+    plan = new_plan(None)  # nothing may be built or allocated: the check comes first
+    a, b, c = (plan.value(s, n) for s, n in ((a_shape, "a"), (b_shape, "b"), (c_shape, "c")))
+    with pytest.raises(ValueError, match="gemm shapes"):
+        ops.gemm(plan, a, b, c, trans_a=trans_a, trans_b=trans_b)
+    assert not plan.launches
+
+
+# ---------------------------------------------------------------------------------- activations
+
+EXTREMES = [-1000.0, -100.0, -88.0, -20.0, -1.5, -1e-3, 0.0, 1e-3, 0.7, 20.0, 88.0, 100.0, 1000.0]
+
+
+def _activation_inputs(rng, n):
+    x = rng.normal(0, 3, n)
+    x[:min(n, len(EXTREMES))] = EXTREMES[:min(n, len(EXTREMES))]
+    return f32(rng.permutation(x) if n > 1 else x)
+
+
+@pytest.mark.parametrize("act", ["none", "relu", "sigmoid", "tanh"])
+def test_activation_forward_backward(device, act):
+    rng = np.random.default_rng(3)
+    plan = new_plan(device)
+    cases = []
+    for i, n in enumerate((1, 13, 67, 300)):
+        x = _activation_inputs(rng, n)
+        y = f32(act_ref(act, x))     # what a correct forward produces, fed to backward
+        dy = f32(rng.normal(size=n))
+        sx, sy_in, sdy = Slot(device, x, 5 + i), Slot(device, y, 17 * i), Slot(device, dy, 3)
+        sy, sdx = Slot.output(device, (n,), 11 * i + 1), Slot.output(device, (n,), 2)
+        ops.activation_forward(plan, act, sx.tensor, sy.tensor)
+        ops.activation_backward(plan, act, sy_in.tensor, sdy.tensor, sdx.tensor)
+        cases.append((x, y, dy, sy, sdx))
+    execute(plan)
+    for x, y, dy, sy, sdx in cases:
+        got_y = sy.read()
+        assert np.isfinite(got_y).all()
+        np.testing.assert_allclose(got_y, act_ref(act, x), rtol=2e-6, atol=1e-7, err_msg=f"{act} forward")
+        np.testing.assert_allclose(sdx.read(), dy * act_grad_ref(act, y), rtol=2e-6, atol=1e-7,
+                                   err_msg=f"{act} backward")
+    if act in ("sigmoid", "tanh"):  # saturated, not NaN, at +-1000
+        x, _, _, sy, _ = cases[-1]
+        got = sy.read()
+        low = 0.0 if act == "sigmoid" else -1.0
+        assert abs(got[x == 1000.0][0] - 1.0) <= 1e-6 and abs(got[x == -1000.0][0] - low) <= 1e-6
+
+
+@pytest.mark.parametrize("act,has_bias", [("none", True), ("relu", True), ("relu", False),
+                                          ("sigmoid", True), ("sigmoid", False), ("tanh", True),
+                                          ("tanh", False)])
+def test_bias_act_backward(device, act, has_bias):
+    """dpre = dy * act'(y), db = column sums of dpre; for "none" dpre is dy itself (not written)."""
+    rng = np.random.default_rng(4)
+    plan = new_plan(device)
+    cases = []
+    for i, (rows, cols) in enumerate(((1, 5), (37, 70), (300, 3))):
+        pre = rng.normal(0, 2, (rows, cols))
+        pre[0, 0] = 0.0  # relu: y == 0 has gradient 0
+        y = f32(act_ref(act, pre))
+        dy = f32(rng.normal(size=(rows, cols)))
+        sdy, sy = Slot(device, dy, 9 + i), Slot(device, y, 23)
+        sdpre = Slot.output(device, (rows, cols), 4 * i + 1)
+        sdb = Slot.output(device, (cols,), 13) if has_bias else None
+        ops.bias_act_backward(plan, act, sdy.tensor, sy.tensor, sdpre.tensor,
+                              sdb.tensor if has_bias else None)
+        cases.append((dy, y, sdy, sdpre, sdb))
+    execute(plan)
+    for dy, y, sdy, sdpre, sdb in cases:
+        dpre = dy * act_grad_ref(act, y)
+        np.testing.assert_array_equal(sdy.read(), dy)
+        if act == "none":
+            assert np.isnan(sdpre.read()).all(), "dpre is written although it is dy itself"
+        else:
+            np.testing.assert_allclose(sdpre.read(), dpre, rtol=2e-6, atol=1e-7)
+        if has_bias:
+            np.testing.assert_allclose(sdb.read(), dpre.sum(axis=0), rtol=1e-5,
+                                       atol=1e-6 * np.sqrt(dy.shape[0]))
+
+
+def test_bias_act_backward_in_place_none(device):
+    """Dense without activation passes dy as dpre: only db is written, dy is left alone."""
+    rng = np.random.default_rng(5)
+    dy = f32(rng.normal(size=(45, 66)))
+    sdy, sdb = Slot(device, dy, 31, fill=GUARD), Slot.output(device, (66,), 7)
+    plan = new_plan(device)
+    ops.bias_act_backward(plan, "none", sdy.tensor, sdy.tensor, sdy.tensor, sdb.tensor)
+    execute(plan)
+    np.testing.assert_array_equal(sdy.read(), dy)
+    np.testing.assert_allclose(sdb.read(), dy.astype(np.float64).sum(axis=0), rtol=1e-5, atol=1e-5)
+
+
+# -------------------------------------------------------------------------------------- softmax
+
+def _softmax_inputs(rng, rows, cols):
+    z = f32(rng.normal(0, 3, (rows, cols)))
+    if cols >= 3 and rows >= 4:
+        z[0, :3] = (1000.0, 999.0, 0.0)        # exp(1000) overflows float32 unless shifted
+        z[1, :] = -1000.0
+        z[1, -1] = -1001.0
+        z[2, :] = 5.0                          # a uniform row
+        z[3, :3] = (88.0, 89.0, -1000.0)
+    return z
+
+
+@pytest.mark.parametrize("rows,cols", [(1, 1), (1, 10), (5, 3), (70, 130), (300, 7)])
+def test_softmax_forward_backward(device, rows, cols):
+    rng = np.random.default_rng(6)
+    z = _softmax_inputs(rng, rows, cols)
+    y = f32(softmax_ref(z))
+    dy = f32(rng.normal(size=(rows, cols)))
+    sz, sy_in, sdy = Slot(device, z, 19), Slot(device, y, 4), Slot(device, dy, 1)
+    sy, sdx = Slot.output(device, (rows, cols), 33), Slot.output(device, (rows, cols), 6)
+    plan = new_plan(device)
+    ops.softmax_forward(plan, sz.tensor, sy.tensor)
+    ops.softmax_backward(plan, sy_in.tensor, sdy.tensor, sdx.tensor)
+    execute(plan)
+    got = sy.read()
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, softmax_ref(z), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(got.sum(axis=1), 1.0, rtol=1e-5)
+    y64, dy64 = y.astype(np.float64), dy.astype(np.float64)
+    dx = y64 * (dy64 - (dy64 * y64).sum(axis=1, keepdims=True))
+    np.testing.assert_allclose(sdx.read(), dx, rtol=1e-5, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------- losses
+
+LOSS_KINDS = {"ce": losses.CrossEntropy, "bce": losses.BinaryCrossEntropy,
+              "mse": losses.MeanSquaredError, "mse_labels": losses.MeanSquaredError}
+LABELS = ("ce", "mse_labels")
+
+
+def _targets(kind, rng, rows, cols):
+    if kind in LABELS:
+        return rng.integers(0, cols, rows).astype(np.int32)
+    if kind == "bce":
+        return f32(rng.choice([0.0, 1.0, 0.25, 0.5, 0.8], size=(rows, cols)))
+    return f32(rng.normal(size=(rows, cols)))
+
+
+def loss_reference(kind, z, t, n_valid):
+    """Float64 PyTorch "mean" reduction over the first n_valid rows: per-row losses (their sum is
+    mean loss * n_valid), the gradient of the mean loss (zero on padded rows), correct count, link."""
+    rows, cols = z.shape
+    z = z[:n_valid].astype(np.float64)
+    t = t[:n_valid]
+    grad = np.zeros((rows, cols))
+    if kind == "ce":
+        zmax = z.max(axis=1, keepdims=True)
+        lse = (zmax + np.log(np.exp(z - zmax).sum(axis=1, keepdims=True)))[:, 0]
+        onehot = np.eye(cols)[t]
+        probs = np.exp(z - lse[:, None])
+        row_loss = lse - z[np.arange(n_valid), t]
+        grad[:n_valid] = (probs - onehot) / n_valid
+        correct = np.sum(z.argmax(axis=1) == t)
+    elif kind == "bce":
+        t = t.astype(np.float64)
+        probs = act_ref("sigmoid", z)
+        row_loss = (np.maximum(z, 0) - z * t + np.log1p(np.exp(-np.abs(z)))).mean(axis=1)
+        grad[:n_valid] = (probs - t) / (n_valid * cols)
+        correct = ((z >= 0) == (t >= 0.5)).mean(axis=1).sum()
+    else:
+        target = np.eye(cols)[t] if kind == "mse_labels" else t.astype(np.float64)
+        probs = z
+        row_loss = ((z - target) ** 2).mean(axis=1)
+        grad[:n_valid] = 2 * (z - target) / (n_valid * cols)
+        correct = np.sum(z.argmax(axis=1) == target.argmax(axis=1))
+    return dict(loss=row_loss.sum(), grad=grad, correct=correct, probs=probs, scale=1.0 / n_valid
+                if kind == "ce" else 1.0 / (n_valid * cols))
+
+
+def _loss_slots(device, kind, z, t, i=0):
+    tdtype = np.int32 if kind in LABELS else np.float32
+    rows, cols = z.shape
+    return (Slot(device, z, 11 + i), Slot(device, t, 5 + 2 * i, dtype=tdtype, fill=0 if kind in LABELS else np.nan),
+            Slot.output(device, (rows, cols), 19 + i), Slot.output(device, (rows, cols), 3 + i))
+
+
+def run_loss(device, kind, z, t, n_valid, flags, metrics0=(0.0, 0.0, 0.0, 0.0), runs=1):
+    """One loss launch with n_valid set as graph.py sets it; returns (grad, probs, metrics)."""
+    loss = LOSS_KINDS[kind]()
+    rows, cols = z.shape
+    sz, st, sgrad, sprobs = _loss_slots(device, kind, z, t)
+    smetrics = Slot(device, metrics0, 7, fill=GUARD)
+    plan = new_plan(device)
+    launch = loss.record(plan, sz.tensor, st.tensor, sgrad.tensor, sprobs.tensor, smetrics.tensor, flags)
+    plan.finalize(plan.place())
+    launch.set(2, n_valid)
+    launch.set(4, loss.grad_scale(n_valid, cols))
+    for _ in range(runs):
+        plan.run()
+    device.finish()
+    np.testing.assert_array_equal(sz.read(), z)
+    return sgrad.read(), sprobs.read(), smetrics.read().astype(np.float64)
+
+
+def _loss_inputs(kind, rng, rows, cols, n_valid):
+    z = f32(rng.normal(0, 2, (rows, cols)))
+    t = _targets(kind, rng, rows, cols)
+    z[n_valid:] = np.nan  # padded rows hold garbage: they must not count
+    if kind not in LABELS:
+        t[n_valid:] = np.nan
+    else:
+        t[n_valid:] = cols - 1
+    return z, t
+
+
+def _check_metrics(metrics, ref, n_valid, runs=1):
+    assert np.isfinite(metrics).all()
+    np.testing.assert_allclose(metrics[0], runs * ref["loss"], rtol=1e-5, atol=1e-5 * n_valid)
+    np.testing.assert_allclose(metrics[2], runs * ref["correct"], rtol=1e-6)
+    assert metrics[3] == runs * n_valid
+
+
+def _check_grad(grad, ref, n_valid):
+    np.testing.assert_allclose(grad, ref["grad"], rtol=1e-5, atol=1e-6 * ref["scale"])
+    assert (grad[n_valid:] == 0).all()
+
+
+LOSS_CASES = [(kind, rows, cols, n_valid) for kind in LOSS_KINDS
+              for rows, cols, n_valid in ((1, 2, 1), (7, 10, 5), (300, 3, 300), (600, 4, 517))] + [
+    ("bce", 5, 1, 3), ("mse", 5, 1, 5), ("ce", 257, 33, 256)]
+
+
+@pytest.mark.parametrize("kind,rows,cols,n_valid", LOSS_CASES)
+def test_loss_gradient_and_metrics(device, kind, rows, cols, n_valid):
+    """GRAD | METRICS: the mean-loss gradient (zero on padded rows) and {loss sum, _, correct, rows}."""
+    rng = np.random.default_rng(rows * 31 + cols)
+    z, t = _loss_inputs(kind, rng, rows, cols, n_valid)
+    grad, probs, metrics = run_loss(device, kind, z, t, n_valid, losses.GRAD | losses.METRICS)
+    ref = loss_reference(kind, z, t, n_valid)
+    _check_grad(grad, ref, n_valid)
+    _check_metrics(metrics, ref, n_valid)
+    assert np.isnan(probs).all(), "probabilities written without PROBS"
+
+
+@pytest.mark.parametrize("kind", list(LOSS_KINDS))
+def test_loss_probs(device, kind):
+    """PROBS alone writes the link's output and nothing else; with GRAD | METRICS as well, all three."""
+    rng = np.random.default_rng(8)
+    rows, cols, n_valid = 9, 6, 7
+    z, t = _loss_inputs(kind, rng, rows, cols, n_valid)
+    ref = loss_reference(kind, z, t, n_valid)
+    grad, probs, metrics = run_loss(device, kind, z, t, n_valid, losses.PROBS)
+    np.testing.assert_allclose(probs[:n_valid], ref["probs"], rtol=1e-5, atol=1e-7)
+    assert np.isnan(grad).all(), "gradient written without GRAD"
+    assert (metrics == 0).all(), "metrics changed without METRICS"
+    grad, probs, metrics = run_loss(device, kind, z, t, n_valid, losses.PROBS | losses.GRAD | losses.METRICS)
+    np.testing.assert_allclose(probs[:n_valid], ref["probs"], rtol=1e-5, atol=1e-7)
+    _check_grad(grad, ref, n_valid)
+    _check_metrics(metrics, ref, n_valid)
+
+
+@pytest.mark.parametrize("kind", list(LOSS_KINDS))
+def test_loss_extreme_logits(device, kind):
+    """Logits of +-100: finite, exact losses (a naive log(softmax) or log(sigmoid) gives inf)."""
+    rows, cols = 6, 4
+    z = np.full((rows, cols), -100.0, np.float32)
+    z[np.arange(rows), np.arange(rows) % cols] = 100.0
+    z[5] = (100.0, -100.0, 100.0, -100.0) if kind == "bce" else (100.0, -100.0, 0.0, -100.0)
+    if kind in LABELS:
+        t = np.array([0, 0, 2, 3, 1, 2], np.int32)  # right, wrong by 200, right, right, wrong by 200, by 100
+    else:
+        t = np.where(np.random.default_rng(9).random((rows, cols)) < 0.5, 0.0, 1.0).astype(np.float32)
+    grad, probs, metrics = run_loss(device, kind, z, t, rows, losses.GRAD | losses.PROBS | losses.METRICS)
+    ref = loss_reference(kind, z, t, rows)
+    assert np.isfinite(grad).all() and np.isfinite(probs).all() and np.isfinite(metrics).all()
+    _check_grad(grad, ref, rows)
+    _check_metrics(metrics, ref, rows)
+    np.testing.assert_allclose(probs, ref["probs"], rtol=1e-6, atol=1e-30)
+    if kind == "ce":  # rows 1 and 4 miss by 200, row 5 by 100 (its label's logit is 0)
+        np.testing.assert_allclose(metrics[0], 500.0, atol=1e-3)
+        assert metrics[2] == 3
+
+
+@pytest.mark.parametrize("kind", list(LOSS_KINDS))
+def test_loss_metrics_accumulate(device, kind):
+    """Two launches into one metrics buffer, replayed twice: everything adds up."""
+    rng = np.random.default_rng(10)
+    loss = LOSS_KINDS[kind]()
+    plan = new_plan(device)
+    smetrics = Slot(device, np.zeros(4), 66, fill=GUARD)
+    cases, launches = [], []
+    for i, (rows, cols, n_valid) in enumerate(((300, 5, 300), (40, 5, 33))):
+        z, t = _loss_inputs(kind, rng, rows, cols, n_valid)
+        sz, st, sgrad, sprobs = _loss_slots(device, kind, z, t, i)
+        launches.append((loss.record(plan, sz.tensor, st.tensor, sgrad.tensor, None, smetrics.tensor,
+                                     losses.GRAD | losses.METRICS), n_valid, cols))
+        cases.append((loss_reference(kind, z, t, n_valid), sgrad, n_valid))
+    plan.finalize(plan.place())
+    for launch, n_valid, cols in launches:
+        launch.set(2, n_valid)
+        launch.set(4, loss.grad_scale(n_valid, cols))
+    plan.run()
+    plan.run()
+    metrics = smetrics.read().astype(np.float64)
+    total = dict(loss=sum(r["loss"] for r, _, _ in cases), correct=sum(r["correct"] for r, _, _ in cases))
+    _check_metrics(metrics, total, 333, runs=2)
+    for ref, sgrad, n_valid in cases:
+        _check_grad(sgrad.read(), ref, n_valid)  # the gradient is overwritten, not accumulated
+
+
+def test_loss_metrics_kahan(device):
+    """The loss sum is compensated: 20 losses of 0.049 added to 2**20 (float32 spacing 0.125) are
+    lost by a plain float sum but kept by the Kahan sum."""
+    z, t = np.array([[3.0, 0.0]], np.float32), np.array([0], np.int32)
+    _, _, metrics = run_loss(device, "ce", z, t, 1, losses.METRICS, metrics0=(2.0 ** 20, 0, 0, 0), runs=20)
+    true = 2.0 ** 20 + 20 * np.log1p(np.exp(-3.0))
+    assert abs(metrics[0] - true) <= 0.125
+    assert abs((metrics[0] - metrics[1]) - true) < 1e-2
+    assert metrics[2] == 20 and metrics[3] == 20
+
+
+# ----------------------------------------------------------------------------------- optimizers
+
+def sgd_reference(p, grads, lrs, momentum=0.0, nesterov=False, weight_decay=0.0):
+    """torch.optim.SGD (dampening 0), from its documented algorithm."""
+    p, buf = p.astype(np.float64), None
+    for g, lr in zip(grads, lrs):
+        g = g.astype(np.float64) + weight_decay * p
+        if momentum:
+            buf = g if buf is None else momentum * buf + g
+            g = g + momentum * buf if nesterov else buf
+        p = p - lr * g
+    return p
+
+
+def adam_reference(p, grads, lrs, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, decoupled=False):
+    """torch.optim.Adam (L2 weight decay added to the gradient) and AdamW (decoupled decay)."""
+    p = p.astype(np.float64)
+    m, v = np.zeros_like(p), np.zeros_like(p)
+    b1, b2 = betas
+    for step, (g, lr) in enumerate(zip(grads, lrs), start=1):
+        g = g.astype(np.float64)
+        if decoupled:
+            p = p * (1 - lr * weight_decay)
+        else:
+            g = g + weight_decay * p
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        m_hat, v_hat = m / (1 - b1 ** step), v / (1 - b2 ** step)
+        p = p - lr * m_hat / (np.sqrt(v_hat) + eps)
+    return p
+
+
+def run_optimizer(device, opt, p0, grads, lrs, replan_at=None):
+    """Steps as graph.py takes them (new gradients, prepare, run), params at an odd offset; at
+    `replan_at` the update is recorded again in a new plan (optimizer state must carry over)."""
+    sp = Slot(device, p0, 13, fill=GUARD)
+    sg = Slot(device, np.zeros_like(p0), 21)
+    plan = launch = None
+    for step, (g, lr) in enumerate(zip(grads, lrs)):
+        if plan is None or step == replan_at:
+            plan = new_plan(device)
+            launch = opt.record(plan, sp.tensor, sg.tensor)
+            plan.finalize(plan.place())
+        opt.lr = lr
+        sg.tensor.upload(g)
+        opt.prepare(launch)
+        plan.run()
+    device.finish()
+    np.testing.assert_array_equal(sg.read(), grads[-1])  # gradients are read, never written
+    return sp.read()
+
+
+OPTIMIZER_CASES = [
+    ("sgd", dict(lr=0.1), {}),
+    ("sgd", dict(lr=0.1, momentum=0.9), dict(momentum=0.9)),
+    ("sgd", dict(lr=0.1, momentum=0.9, nesterov=True), dict(momentum=0.9, nesterov=True)),
+    ("sgd", dict(lr=0.1, weight_decay=0.05), dict(weight_decay=0.05)),
+    ("sgd", dict(lr=0.05, momentum=0.5, nesterov=True, weight_decay=0.1),
+     dict(momentum=0.5, nesterov=True, weight_decay=0.1)),
+    ("adam", dict(lr=0.01), {}),
+    ("adam", dict(lr=0.01, betas=(0.8, 0.99), weight_decay=0.1), dict(betas=(0.8, 0.99), weight_decay=0.1)),
+    ("adam", dict(lr=0.01, eps=1e-3), dict(eps=1e-3)),  # tiny gradients: eps outside the sqrt matters
+    ("adamw", dict(lr=0.05), dict(weight_decay=0.01, decoupled=True)),
+    ("adamw", dict(lr=0.05, betas=(0.5, 0.9), weight_decay=0.3), dict(betas=(0.5, 0.9), weight_decay=0.3,
+                                                                     decoupled=True)),
+]
+
+
+@pytest.mark.parametrize("name,kwargs,ref_kwargs", OPTIMIZER_CASES,
+                         ids=[f"{c[0]}-{i}" for i, c in enumerate(OPTIMIZER_CASES)])
+@pytest.mark.parametrize("n", [1, 67])
+def test_optimizer_steps(device, name, kwargs, ref_kwargs, n):
+    rng = np.random.default_rng(11 + n)
+    p0 = f32(rng.normal(size=n))
+    grad_scale = 1e-3 if kwargs.get("eps") == 1e-3 else 1.0
+    grads = [f32(rng.normal(size=n) * grad_scale) for _ in range(6)]
+    lr = kwargs["lr"]
+    lrs = [lr, lr, lr, lr / 2, lr / 2, lr * 1.5]  # a schedule: prepare must pass the current lr
+    opt = optim.get(name, **kwargs)
+    got = run_optimizer(device, opt, p0, grads, lrs, replan_at=4)
+    reference = sgd_reference if name == "sgd" else adam_reference
+    want = reference(p0, grads, lrs, **ref_kwargs)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert opt.steps == 6
+    assert np.abs(want - p0).max() > 1e-3  # the steps moved the parameters well beyond the tolerance
