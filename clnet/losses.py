@@ -60,6 +60,20 @@ def _finite(y, what="y"):
                          "clean or impute the data before training")
 
 
+def _float_targets(y, n, out_shape, requirement):
+    """float32 targets of shape (n, *out_shape); (n,) is accepted for a single output.
+    `requirement` is the error message, with {} for the expected shape."""
+    y = np.asarray(y)
+    if y.dtype.kind not in "fiub":
+        raise InputError(f"targets must be numbers, got dtype {y.dtype}")
+    if y.shape == (n,) and out_shape == (1,):
+        y = y.reshape(n, 1)
+    if y.shape != (n, *out_shape):
+        raise InputError(requirement.format((n, *out_shape)) + f", got {y.shape}")
+    _finite(y, "targets")
+    return y.astype(np.float32)
+
+
 def _integer_labels(y, n, classes):
     """Integer class labels from int labels (n,) or one-hot rows (n, classes)."""
     y = np.asarray(y)
@@ -112,16 +126,10 @@ class BinaryCrossEntropy(Loss):
     link_layer = Sigmoid
 
     def targets(self, y, n, out_shape):
-        y = np.asarray(y, dtype=np.float64)
-        if y.shape in ((n,), (n, 1)) and out_shape == (1,):
-            y = y.reshape(n, 1)
-        if y.shape != (n, *out_shape):
-            raise InputError(f"binary_cross_entropy targets must have shape ({n}, {', '.join(map(str, out_shape))})"
-                             f" like the model output, got {y.shape}")
-        _finite(y, "targets")
+        y = _float_targets(y, n, out_shape, "binary_cross_entropy targets must have shape {}, like the model output")
         if y.size and (y.min() < 0 or y.max() > 1):
             raise InputError("binary_cross_entropy targets must lie in [0, 1] (0 or 1 for classes)")
-        return y.astype(np.float32)
+        return y
 
 
 class MeanSquaredError(Loss):
@@ -134,14 +142,8 @@ class MeanSquaredError(Loss):
         y = np.asarray(y)
         if y.dtype.kind in "iu" and len(out_shape) == 1 and y.shape in ((n,), (n, 1)) and out_shape[0] > 1:
             return _integer_labels(y, n, out_shape[0])
-        y = y.astype(np.float64)
-        if y.shape in ((n,), (n, 1)) and out_shape == (1,):
-            y = y.reshape(n, 1)
-        if y.shape != (n, *out_shape):
-            raise InputError(f"mean_squared_error targets must have the model output's shape "
-                             f"({n}, {', '.join(map(str, out_shape))}) or be integer labels, got {y.shape}")
-        _finite(y, "targets")
-        return y.astype(np.float32)
+        return _float_targets(y, n, out_shape, "mean_squared_error targets must have the model output's "
+                                               "shape {} or be integer labels")
 
     def has_accuracy(self, targets):
         return targets.dtype == np.int32
