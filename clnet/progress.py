@@ -9,11 +9,15 @@ class ProgressBar:
         self.total, self.label, self.width = total, label, width
         self.stream = stream or sys.stderr
         self.live = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.start = time.perf_counter()
+        self.start = self.shown = time.perf_counter()
 
     def update(self, done):
         if not self.live:
             return
+        now = time.perf_counter()
+        if now - self.shown < 0.1 and done < self.total:  # redraw at most ten times a second
+            return
+        self.shown = now
         filled = int(self.width * done / max(self.total, 1))
         bar = "=" * filled + (">" if filled < self.width else "") + " " * (self.width - filled - 1)
         self.stream.write(f"\r{self.label} [{bar}] {done}/{self.total}")
