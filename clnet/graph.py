@@ -12,75 +12,93 @@ import numpy as np
 
 from . import losses
 from .errors import InputError, OutOfDeviceMemoryError, ShapeError
-from .layers import Activation
+from .layers import Activation, LayerContext
 from .plan import Plan
 from .tensor import DeviceTensor, allocate
 
-PARAM_ALIGN = 16  # elements: each parameter starts on a 64-byte boundary for vector loads
+PARAM_ALIGN = 16  # elements: each tensor starts on a 64-byte boundary for vector loads
+
+
+class Entry:
+    """Where one parameter or buffer of a layer lives in its flat tensor."""
+
+    def __init__(self, layer, name, shape, offset, trainable):
+        self.layer, self.name, self.shape, self.offset, self.trainable = layer, name, shape, offset, trainable
+        self.key = f"{layer}.{name}"
+        self.size = prod(shape)
 
 
 class ParamStore:
-    """Every parameter of a model in one flat device buffer, every gradient in another."""
+    """Every trainable parameter of a model in one flat device buffer and every gradient in another,
+    so that the optimizer is one launch; non-trainable state (batch-norm running statistics) in a
+    third that the optimizer never touches."""
 
     def __init__(self, device, layers, seed):
         self.device = device
-        self.entries = []  # (layer index, name, shape, offset)
-        offset = 0
+        self.entries, sizes = [], {True: 0, False: 0}
         for i, layer in enumerate(layers):
-            for name, shape in layer.param_shapes().items():
-                self.entries.append((i, name, tuple(shape), offset))
-                offset += -(-prod(shape) // PARAM_ALIGN) * PARAM_ALIGN
-        self.size = offset
-        self.params = DeviceTensor.empty(device, (max(offset, 1),), what="the parameters")
-        self.grads = DeviceTensor.empty(device, (max(offset, 1),), what="the gradients")
+            for trainable, shapes in ((True, layer.param_shapes()), (False, layer.buffer_shapes())):
+                for name, shape in shapes.items():
+                    self.entries.append(Entry(i, name, tuple(shape), sizes[trainable], trainable))
+                    sizes[trainable] += -(-prod(shape) // PARAM_ALIGN) * PARAM_ALIGN
+        self.params = DeviceTensor.empty(device, (max(sizes[True], 1),), what="the parameters")
+        self.grads = DeviceTensor.empty(device, (max(sizes[True], 1),), what="the gradients")
+        self.buffers = DeviceTensor.empty(device, (max(sizes[False], 1),), what="the layer buffers")
         self.grads.fill(0)  # alignment gaps are never written but the optimizer reads them
         self.initialize(layers, seed)
 
     @property
     def count(self):
-        return sum(prod(shape) for _, _, shape, _ in self.entries)
+        return sum(e.size for e in self.entries if e.trainable)
+
+    def _flat(self, trainable):
+        return self.params if trainable else self.buffers
 
     def initialize(self, layers, seed):
         """Initial values from a counter-based generator (Philox) keyed by the seed and layer index."""
-        flat = np.zeros(self.params.size, np.float32)
+        flats = {True: np.zeros(self.params.size, np.float32), False: np.zeros(self.buffers.size, np.float32)}
         for i, layer in enumerate(layers):
             rng = np.random.Generator(np.random.Philox(np.random.SeedSequence([seed, i])))
             following = layers[i + 1] if i + 1 < len(layers) else None
             values = layer.init_params(rng, following)
-            for j, name, shape, offset in self.entries:
-                if j == i:
-                    flat[offset:offset + prod(shape)] = values[name].reshape(-1)
-        self.params.upload(flat)
+            for e in self.entries:
+                if e.layer == i:
+                    flats[e.trainable][e.offset:e.offset + e.size] = values[e.name].reshape(-1)
+        self.params.upload(flats[True])
+        self.buffers.upload(flats[False])
 
-    def views(self, layer_index, tensor):
-        return {name: tensor.view(shape, offset)
-                for i, name, shape, offset in self.entries if i == layer_index}
-
-    def _unflatten(self, flat):
-        return {f"{i}.{name}": flat[offset:offset + prod(shape)].reshape(shape).copy()
-                for i, name, shape, offset in self.entries}
+    def views(self, layer_index, kind):
+        """{name: tensor} of one layer's "params", "grads" or "buffers"."""
+        tensor = {"params": self.params, "grads": self.grads, "buffers": self.buffers}[kind]
+        return {e.name: tensor.view(e.shape, e.offset) for e in self.entries
+                if e.layer == layer_index and e.trainable == (kind != "buffers")}
 
     def state_dict(self):
-        return self._unflatten(self.params.download())
+        flats = {True: self.params.download(), False: self.buffers.download()}
+        return {e.key: flats[e.trainable][e.offset:e.offset + e.size].reshape(e.shape).copy()
+                for e in self.entries}
 
     def gradients(self):
-        return self._unflatten(self.grads.download())
+        flat = self.grads.download()
+        return {e.key: flat[e.offset:e.offset + e.size].reshape(e.shape).copy()
+                for e in self.entries if e.trainable}
 
     def load_state_dict(self, state):
-        expected = {f"{i}.{name}": (shape, offset) for i, name, shape, offset in self.entries}
+        expected = {e.key: e for e in self.entries}
         missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
         if missing or unexpected:
             raise InputError(f"state_dict does not fit this model: missing keys {missing}, "
                              f"unexpected keys {unexpected}")
-        flat = self.params.download()
-        for key, (shape, offset) in expected.items():
+        flats = {True: self.params.download(), False: self.buffers.download()}
+        for key, e in expected.items():
             value = np.asarray(state[key], dtype=np.float32)
-            if value.shape != shape:
-                raise ShapeError(f"state_dict[{key!r}] has shape {value.shape}, the model expects {shape}")
+            if value.shape != e.shape:
+                raise ShapeError(f"state_dict[{key!r}] has shape {value.shape}, the model expects {e.shape}")
             if not np.all(np.isfinite(value)):
                 raise InputError(f"state_dict[{key!r}] contains NaN or infinity")
-            flat[offset:offset + prod(shape)] = value.reshape(-1)
-        self.params.upload(flat)
+            flats[e.trainable][e.offset:e.offset + e.size] = value.reshape(-1)
+        self.params.upload(flats[True])
+        self.buffers.upload(flats[False])
 
 
 def plan_nodes(layers, loss, input_shape):
@@ -128,9 +146,12 @@ class Graph:
         x = plan.value((self.batch_size, *self.input_shape), "input")
         x.first = x.last = 0  # the upload precedes launch 0: nothing may share its memory before
         self.input = x
+        contexts = [LayerContext(plan, store.views(i, "params"), store.views(i, "grads"),
+                                 store.views(i, "buffers"), act, training, seed=model.seed * 1000 + i)
+                    for i, _, act, _, _ in nodes]
         values = [x]
-        for i, layer, act, _, _ in nodes:
-            values.append(layer.forward(plan, values[-1], store.views(i, store.params), act))
+        for ctx, (_, layer, _, _, _) in zip(contexts, nodes):
+            values.append(layer.forward(ctx, values[-1]))
         z = values[-1]
         z2d = z.view((self.batch_size, prod(z.shape[1:]))) if len(z.shape) != 2 else z
 
@@ -144,10 +165,8 @@ class Graph:
                                            losses.GRAD | losses.METRICS)
             dy = grad.view(z.shape)
             for position in range(len(nodes) - 1, -1, -1):
-                i, layer, act, _, _ = nodes[position]
-                dy = layer.backward(plan, values[position], values[position + 1], dy,
-                                    store.views(i, store.params), store.views(i, store.grads),
-                                    need_dx=position > 0, act=act)
+                dy = nodes[position][1].backward(contexts[position], values[position], values[position + 1],
+                                                 dy, need_dx=position > 0)
             self.opt_launch = model.optimizer.record(plan, store.params, store.grads)
         elif loss is not None:
             probs = plan.value(z2d.shape, "predictions")
@@ -196,16 +215,15 @@ class Graph:
         while len(self._in_flight) > 2:
             for event in self._in_flight.popleft()[0]:
                 event.wait()
-        if n != self.n_valid and self.loss_launch is not None:
-            cols = self.loss_launch.args[1]
-            self.loss_launch.set(2, n)
-            self.loss_launch.set(4, self.model.loss.grad_scale(n, cols))
+        if n != self.n_valid:
+            self.plan.set_dynamic("n_valid", n)
         self.n_valid = n
 
     def step(self, x, targets):
         """Queue one training step on a batch of at most batch_size samples. Reads nothing back."""
         self._upload(x, targets)
         self.model.optimizer.prepare(self.opt_launch)
+        self.plan.set_dynamic("step", self.model.optimizer.steps)
         self.plan.run()
 
     def infer(self, x, targets=None, want_output=True):

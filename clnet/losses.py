@@ -41,13 +41,17 @@ class Loss:
         return {}
 
     def record(self, plan, z, targets, grad, probs, metrics, flags):
-        """Record the loss launch for logits z (rows, cols); returns it (n_valid is argument 2)."""
+        """Record the loss launch for logits z (rows, cols); returns it. Its valid rows follow the
+        plan's dynamic "n_valid"; argument 3 holds the flags."""
         rows, cols = z.shape
         wg = _loss_work_group(plan.device)
         kernel = plan.kernel(FILE, self.kernel_name, LOSS_WG=wg, **self.defines(targets.dtype))
-        return plan.launch(kernel, (wg,), (wg,), rows, cols, rows, flags, self.grad_scale(rows, cols),
-                           z, grad if grad is not None else z, probs if probs is not None else z,
-                           metrics, targets)
+        launch = plan.launch(kernel, (wg,), (wg,), rows, cols, rows, flags, self.grad_scale(rows, cols),
+                             z, grad if grad is not None else z, probs if probs is not None else z,
+                             metrics, targets)
+        plan.bind_dynamic("n_valid", launch, 2)
+        plan.bind_dynamic("n_valid", launch, 4, lambda n: self.grad_scale(n, cols))
+        return launch
 
     def __repr__(self):
         return self.name

@@ -39,9 +39,9 @@ class Value:
     A view shares its root's memory under another shape (Flatten); liveness is tracked on roots.
     """
 
-    def __init__(self, plan, shape, name, root=None):
+    def __init__(self, plan, shape, name, root=None, relative=0):
         self.plan, self.shape, self.name = plan, tuple(shape), name
-        self.root = root or self
+        self.root, self.relative = root or self, relative  # views: root and offset within it
         self.first = self.last = None  # launch indices of the first and last use (roots only)
         self.base = None               # arena offset in elements (roots only)
 
@@ -49,10 +49,11 @@ class Value:
     def size(self):
         return prod(self.shape)
 
-    def view(self, shape):
-        if prod(shape) != self.size:
-            raise ValueError(f"view of {self.shape} as {shape}")
-        return Value(self.plan, shape, self.name, root=self.root)
+    def view(self, shape, offset=0):
+        """The same memory (or the part `offset` elements on) under another shape."""
+        if offset < 0 or offset + prod(shape) > self.size:
+            raise ValueError(f"view of {self.shape} as {shape} at {offset}")
+        return Value(self.plan, shape, self.name, root=self.root, relative=self.relative + offset)
 
     @property
     def buffer(self):
@@ -60,7 +61,8 @@ class Value:
 
     @property
     def offset(self):
-        return self.root.base
+        """Arena offset in elements; None until placed (or if never used)."""
+        return None if self.root.base is None else self.root.base + self.relative
 
     def tensor(self):
         return DeviceTensor(self.plan.device, self.shape, self.buffer, self.offset)
@@ -103,6 +105,7 @@ class Plan:
         self.launches = []
         self.values = []
         self.arena = None
+        self.dynamic = {}  # name -> [(launch, argument index, value -> argument)]
 
     def value(self, shape, name):
         v = Value(self, shape, name)
@@ -125,6 +128,15 @@ class Plan:
         launch = Launch(kernel, global_size, local_size, args)
         self.launches.append(launch)
         return launch
+
+    def bind_dynamic(self, name, launch, index, convert=None):
+        """Let `set_dynamic(name, value)` set argument `index` of `launch` (to `convert(value)`)."""
+        self.dynamic.setdefault(name, []).append((launch, index, convert or (lambda v: v)))
+
+    def set_dynamic(self, name, value):
+        """Change, between runs, every argument bound to `name` (the valid rows of a batch, the step)."""
+        for launch, index, convert in self.dynamic.get(name, ()):
+            launch.set(index, convert(value))
 
     def place(self):
         """Give every used value an arena offset by liveness; returns the arena size in elements.

@@ -112,12 +112,18 @@ def test_place_alignment_and_unused_values():
     assert arena == max(v.base + v.size for v in vals)
 
 
-def test_value_view_size_must_match():
+def test_value_view_must_fit_inside_its_value():
     plan = Plan(None)
     x = plan.value((3, 4), "x")
     with pytest.raises(ValueError):
-        x.view((5, 2))
+        x.view((13,))
+    with pytest.raises(ValueError):
+        x.view((2, 4), offset=5)
     assert x.view((12,)).size == 12
+    part = x.view((2, 4), offset=4).view((4,), offset=2)  # offsets add up, memory stays x's
+    plan.launch(KERNEL, (64,), None, part)
+    plan.place()
+    assert part.root is x and part.offset == x.offset + 6
 
 
 def test_launch_rounds_global_size():

@@ -1,8 +1,8 @@
 """Layers, in PyTorch's layouts (NCHW activations, Dense weight (out, in))."""
 
 from .activation import Activation, ReLU, Sigmoid, Softmax, Tanh
-from .base import Layer
+from .base import Layer, LayerContext
 from .dense import Dense
 from .reshape import Flatten
 
-__all__ = ["Activation", "Dense", "Flatten", "Layer", "ReLU", "Sigmoid", "Softmax", "Tanh"]
+__all__ = ["Activation", "Dense", "Flatten", "Layer", "LayerContext", "ReLU", "Sigmoid", "Softmax", "Tanh"]

@@ -7,16 +7,16 @@ from .base import Layer
 class Activation(Layer):
     kind = "none"
 
-    def forward(self, plan, x, params, act="none"):
-        y = plan.value(x.shape, f"{self!r} output")
-        ops.activation_forward(plan, self.kind, x, y)
+    def forward(self, ctx, x):
+        y = ctx.plan.value(x.shape, f"{self!r} output")
+        ops.activation_forward(ctx.plan, self.kind, x, y)
         return y
 
-    def backward(self, plan, x, y, dy, params, grads, need_dx, act="none"):
+    def backward(self, ctx, x, y, dy, need_dx):
         if not need_dx:
             return None
-        dx = plan.value(x.shape, f"{self!r} input grad")
-        ops.activation_backward(plan, self.kind, y, dy, dx)
+        dx = ctx.plan.value(x.shape, f"{self!r} input grad")
+        ops.activation_backward(ctx.plan, self.kind, y, dy, dx)
         return dx
 
 
@@ -41,14 +41,14 @@ class Softmax(Layer):
             raise self.shape_error("(features,)", input_shape, "add a Flatten layer before it")
         return tuple(input_shape)
 
-    def forward(self, plan, x, params, act="none"):
-        y = plan.value(x.shape, f"{self!r} output")
-        ops.softmax_forward(plan, x, y)
+    def forward(self, ctx, x):
+        y = ctx.plan.value(x.shape, f"{self!r} output")
+        ops.softmax_forward(ctx.plan, x, y)
         return y
 
-    def backward(self, plan, x, y, dy, params, grads, need_dx, act="none"):
+    def backward(self, ctx, x, y, dy, need_dx):
         if not need_dx:
             return None
-        dx = plan.value(x.shape, f"{self!r} input grad")
-        ops.softmax_backward(plan, y, dy, dx)
+        dx = ctx.plan.value(x.shape, f"{self!r} input grad")
+        ops.softmax_backward(ctx.plan, y, dy, dx)
         return dx

@@ -5,32 +5,47 @@ import numpy as np
 from ..errors import ShapeError
 
 
+class LayerContext:
+    """What a layer's passes record with: the plan, the layer's parameter, gradient and buffer
+    tensors, the activation fused into it, whether the plan trains, and a seed for its randomness."""
+
+    def __init__(self, plan, params, grads, buffers, act="none", training=False, seed=0):
+        self.plan, self.params, self.grads, self.buffers = plan, params, grads, buffers
+        self.act, self.training, self.seed = act, training, seed
+
+
 class Layer:
     """Base of all layers. Shapes passed around exclude the batch dimension.
 
     Layers never allocate device memory or read results back: `forward` and `backward` record
-    launches into a plan over the values the graph hands them, and return the values they create.
+    launches into `ctx.plan` over the values the graph hands them, and return the values they create.
     """
 
-    #: True for layers whose GEMM epilogue can apply a following activation (Dense).
+    #: True for layers whose GEMM epilogue can apply a following activation (Dense, Conv2D).
     fuses_activation = False
 
     def param_shapes(self):
         """{name: shape} of the trainable parameters, in state_dict order."""
         return {}
 
+    def buffer_shapes(self):
+        """{name: shape} of non-trainable state (running statistics), after the parameters in state_dict."""
+        return {}
+
     def init_params(self, rng, followed_by=None):
-        """{name: float32 array} initial values; `followed_by` is the next layer (chooses the init)."""
+        """{name: float32 array} initial values of parameters and buffers; `followed_by` is the next
+        layer (it chooses the initialisation)."""
         return {}
 
     def output_shape(self, input_shape):
         return tuple(input_shape)
 
-    def forward(self, plan, x, params, act="none"):
+    def forward(self, ctx, x):
         raise NotImplementedError
 
-    def backward(self, plan, x, y, dy, params, grads, need_dx, act="none"):
-        """Record the gradients: fill `grads` (same keys as params) and return dx (None if not need_dx)."""
+    def backward(self, ctx, x, y, dy, need_dx):
+        """Record the gradients: write ctx.grads (same keys as ctx.params) and return dx (None if
+        not need_dx). x and y are the forward pass's input and output values."""
         raise NotImplementedError
 
     def flops(self, input_shape):

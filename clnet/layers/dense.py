@@ -44,22 +44,23 @@ class Dense(Layer):
     def flops(self, input_shape):
         return 2 * self.in_features * self.out_features
 
-    def forward(self, plan, x, params, act="none"):
-        y = plan.value((x.shape[0], self.out_features), f"{self!r} output")
-        ops.gemm(plan, x, params["weight"], y, trans_b=True, bias=params.get("bias"),
-                 act=ops.ACTIVATIONS[act])
+    def forward(self, ctx, x):
+        y = ctx.plan.value((x.shape[0], self.out_features), f"{self!r} output")
+        ops.gemm(ctx.plan, x, ctx.params["weight"], y, trans_b=True, bias=ctx.params.get("bias"),
+                 act=ops.ACTIVATIONS[ctx.act])
         return y
 
-    def backward(self, plan, x, y, dy, params, grads, need_dx, act="none"):
+    def backward(self, ctx, x, y, dy, need_dx):
+        plan, act = ctx.plan, ctx.act
         # dpre: gradient before the fused activation; it is dy itself when there is none.
         dpre = dy if act == "none" else plan.value(dy.shape, f"{self!r} pre-activation grad")
         if act != "none" or self.bias:
-            ops.bias_act_backward(plan, act, dy, y, dpre, grads.get("bias"))
-        ops.gemm(plan, dpre, x, grads["weight"], trans_a=True)
+            ops.bias_act_backward(plan, act, dy, y, dpre, ctx.grads.get("bias"))
+        ops.gemm(plan, dpre, x, ctx.grads["weight"], trans_a=True)
         if not need_dx:
             return None
         dx = plan.value(x.shape, f"{self!r} input grad")
-        ops.gemm(plan, dpre, params["weight"], dx)
+        ops.gemm(plan, dpre, ctx.params["weight"], dx)
         return dx
 
     def __repr__(self):

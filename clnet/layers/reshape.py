@@ -9,8 +9,8 @@ class Flatten(Layer):
     def output_shape(self, input_shape):
         return (prod(input_shape),)
 
-    def forward(self, plan, x, params, act="none"):
+    def forward(self, ctx, x):
         return x.view((x.shape[0], prod(x.shape[1:])))
 
-    def backward(self, plan, x, y, dy, params, grads, need_dx, act="none"):
+    def backward(self, ctx, x, y, dy, need_dx):
         return dy.view(x.shape) if need_dx else None
