@@ -164,9 +164,13 @@ class Graph:
             self.loss_launch = loss.record(plan, z2d, self.targets, grad, None, model.metrics,
                                            losses.GRAD | losses.METRICS)
             dy = grad.view(z.shape)
+            # the gradient reaching a layer's input is needed only if a layer before it has parameters
+            trainable_before = [any(node[1].param_shapes() for node in nodes[:p]) for p in range(len(nodes))]
             for position in range(len(nodes) - 1, -1, -1):
+                if dy is None:
+                    break
                 dy = nodes[position][1].backward(contexts[position], values[position], values[position + 1],
-                                                 dy, need_dx=position > 0)
+                                                 dy, need_dx=trainable_before[position])
             self.opt_launch = model.optimizer.record(plan, store.params, store.grads)
         elif loss is not None:
             probs = plan.value(z2d.shape, "predictions")

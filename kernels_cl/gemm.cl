@@ -1,7 +1,11 @@
-// C[M,N] = act(A[M,K] * B[K,N] + bias[N]), row-major C with leading dimension ldc.
+// C[M,N] = act(A[M,K] * B[K,N] + bias), row-major C with leading dimension ldc.
 // TRANS_A: A is stored K x M (A[m,k] = a[k*lda + m]); TRANS_B: B is stored N x K (B[k,n] = b[n*ldb + k]).
-// HAS_BIAS adds bias[n]; ACT (common.h) applies an activation. Two families share these semantics:
-// gemm_tiled for GPUs (local-memory tiles) and gemm_cpu / gemm_cpu_dot for CPUs (no local memory).
+// HAS_BIAS adds bias[n], or bias[m] with BIAS_PER_ROW; ACT (common.h) applies an activation.
+// C_IMAGE_COLS=P stores column n as pixel n % P of image n / P of an NCHW tensor whose rows are
+// channels: C[m,n] at c[(n / P) * ldc + m * P + n % P] (ldc is then the image stride).
+// ACCUMULATE adds the product to C instead (no bias, no activation).
+// Two families share these semantics: gemm_tiled for GPUs (local-memory tiles) and
+// gemm_cpu / gemm_cpu_dot for CPUs (no local memory).
 
 #ifndef TRANS_A
 #define TRANS_A 0
@@ -21,10 +25,24 @@
 #define B_AT(k, n) B[b_off + (k) * ldb + (n)]
 #endif
 
-#ifdef HAS_BIAS
-#define BIAS_AT(n) bias[bias_off + (n)]
+#if !defined(HAS_BIAS)
+#define BIAS_AT(m, n) 0.0f
+#elif defined(BIAS_PER_ROW)
+#define BIAS_AT(m, n) bias[bias_off + (m)]
 #else
-#define BIAS_AT(n) 0.0f
+#define BIAS_AT(m, n) bias[bias_off + (n)]
+#endif
+
+#ifdef C_IMAGE_COLS
+#define C_INDEX(m, n) (c_off + ((n) / C_IMAGE_COLS) * ldc + (m) * C_IMAGE_COLS + (n) % C_IMAGE_COLS)
+#else
+#define C_INDEX(m, n) (c_off + (m) * ldc + (n))
+#endif
+
+#ifdef ACCUMULATE
+#define STORE(m, n, v) C[C_INDEX(m, n)] += (v)
+#else
+#define STORE(m, n, v) C[C_INDEX(m, n)] = act_forward((v) + BIAS_AT(m, n))
 #endif
 
 #define GEMM_ARGS const int M, const int N, const int K, \
@@ -104,8 +122,7 @@ void gemm_tiled(GEMM_ARGS)
         const int m = m0 + tm + i * WG_M;
         for (int j = 0; j < WPT_N; j++) {
             const int n = n0 + tn + j * WG_N;
-            if (m < M && n < N)
-                C[c_off + m * ldc + n] = act_forward(acc[i][j] + BIAS_AT(n));
+            if (m < M && n < N) STORE(m, n, acc[i][j]);
         }
     }
 }
@@ -147,15 +164,14 @@ __kernel void gemm_cpu(GEMM_ARGS)
             // kernels that call vstore16.
             __attribute__((aligned(64))) float out[16];
             *(float16*)out = acc[r];
-            for (int j = 0; j < 16; j++)
-                C[c_off + (m0 + r) * ldc + n0 + j] = act_forward(out[j] + BIAS_AT(n0 + j));
+            for (int j = 0; j < 16; j++) STORE(m0 + r, n0 + j, out[j]);
         }
     } else {  // the last, partial block of columns
         for (int r = 0; r < CPU_ROWS && m0 + r < M; r++)
             for (int n = n0; n < N; n++) {
                 float s = 0.0f;
                 for (int k = 0; k < K; k++) s = A_AT(m0 + r, k) * B_AT(k, n) + s;
-                C[c_off + (m0 + r) * ldc + n] = act_forward(s + BIAS_AT(n));
+                STORE(m0 + r, n, s);
             }
     }
 }
@@ -187,6 +203,6 @@ __kernel void gemm_cpu_dot(GEMM_ARGS)
         for (int c = 0; c < CPU_COLS && n0 + c < N; c++) {
             float s = hsum16(acc[r][c]);
             for (int kk = k; kk < K; kk++) s = A_AT(mr[r], kk) * B_AT(kk, nc[c]) + s;
-            C[c_off + (m0 + r) * ldc + n0 + c] = act_forward(s + BIAS_AT(n0 + c));
+            STORE(m0 + r, n0 + c, s);
         }
 }

@@ -216,3 +216,12 @@ def test_a_batch_too_large_for_the_device_says_what_fits(device):
     too_many = device.info.global_mem // (4096 * 4) + 1
     with pytest.raises(clnet.OutOfDeviceMemoryError, match="use a batch size of"):
         model._graph(too_many, (4096,), True, np.float32)
+
+
+def test_no_gradient_is_computed_for_the_network_input(device):
+    """Flatten first: the first Dense must not compute d(loss)/d(input), which nobody reads."""
+    model = clnet.models.mlp(device=device)
+    model.compile("cross_entropy", "sgd")
+    graph = model._graph(8, (1, 28, 28), True, np.int32)
+    gemms = [l for l in graph.plan.launches if l.kernel.function_name.startswith("gemm")]
+    assert len(gemms) == 3 + 3 + 2  # forward, weight gradients, input gradients of layers 3 and 5
