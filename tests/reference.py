@@ -19,12 +19,34 @@ def _kind(layer):
     return "softmax" if isinstance(layer, L.Softmax) else layer.kind
 
 
+def conv2d(x, weight, bias, layer):
+    """float64 NCHW convolution with PyTorch's semantics (padding="same" pads bottom/right more)."""
+    (kh, kw), (sh, sw), (dh, dw) = layer.kernel_size, layer.stride, layer.dilation
+    if layer.padding == "same":
+        th, tw = dh * (kh - 1), dw * (kw - 1)
+        pads = ((th // 2, th - th // 2), (tw // 2, tw - tw // 2))
+    else:
+        pads = ((layer.padding[0],) * 2, (layer.padding[1],) * 2)
+    xp = np.pad(x, ((0, 0), (0, 0), *pads))
+    oh = (xp.shape[2] - dh * (kh - 1) - 1) // sh + 1
+    ow = (xp.shape[3] - dw * (kw - 1) - 1) // sw + 1
+    y = np.zeros((len(x), weight.shape[0], oh, ow))
+    for i in range(kh):
+        for j in range(kw):
+            patch = xp[:, :, i * dh:i * dh + sh * (oh - 1) + 1:sh, j * dw:j * dw + sw * (ow - 1) + 1:sw]
+            y += np.einsum("nchw,oc->nohw", patch, weight[:, :, i, j])
+    return y if bias is None else y + bias[None, :, None, None]
+
+
 def forward(layers, state, x):
     """Output of the network on x (float64), as torch.nn.Sequential computes it."""
     a = np.asarray(x, np.float64)
     for i, layer in enumerate(layers):
         if isinstance(layer, L.Flatten):
             a = a.reshape(len(a), -1)
+        elif isinstance(layer, L.Conv2D):
+            a = conv2d(a, state[f"{i}.weight"].astype(np.float64),
+                       state[f"{i}.bias"].astype(np.float64) if layer.bias else None, layer)
         elif isinstance(layer, L.Dense):
             a = a @ state[f"{i}.weight"].astype(np.float64).T
             if layer.bias:

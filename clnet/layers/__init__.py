@@ -2,7 +2,8 @@
 
 from .activation import Activation, ReLU, Sigmoid, Softmax, Tanh
 from .base import Layer, LayerContext
+from .conv import Conv2D
 from .dense import Dense
 from .reshape import Flatten
 
-__all__ = ["Activation", "Dense", "Flatten", "Layer", "LayerContext", "ReLU", "Sigmoid", "Softmax", "Tanh"]
+__all__ = ["Activation", "Conv2D", "Dense", "Flatten", "Layer", "LayerContext", "ReLU", "Sigmoid", "Softmax", "Tanh"]

@@ -8,6 +8,23 @@ WORK_GROUP = 16    # TILE / WPT: gemm_tiled's work-group is 16 x 16
 CPU_ROWS = CPU_COLS = 4
 
 
+class Matrix:
+    """A rows x cols row-major matrix inside a tensor, with leading dimension ld.
+
+    As the output, `image_cols=P` says that column n is pixel n % P of image n // P of an NCHW
+    tensor whose channels are the rows; ld is then the stride between images.
+    """
+
+    def __init__(self, tensor, rows, cols, ld=None, image_cols=None):
+        self.tensor, self.shape = tensor, (int(rows), int(cols))
+        self.ld = int(ld if ld is not None else cols)
+        self.image_cols = image_cols
+
+
+def _matrix(x):
+    return x if isinstance(x, Matrix) else Matrix(x, *x.shape)
+
+
 def family(device):
     """"tiled" (local-memory tiles) on GPUs and accelerators, "cpu" on CPUs; CLNET_GEMM overrides."""
     chosen = os.environ.get("CLNET_GEMM") or ("cpu" if device.info.type == "CPU" else "tiled")
@@ -16,19 +33,24 @@ def family(device):
     return chosen
 
 
-def gemm(plan, a, b, c, trans_a=False, trans_b=False, bias=None, act=0):
-    """Record C = act(op(A) op(B) + bias) where op transposes when asked.
+def gemm(plan, a, b, c, trans_a=False, trans_b=False, bias=None, act=0, bias_per_row=False, accumulate=False):
+    """Record C = act(op(A) op(B) + bias) where op transposes when asked, or C += op(A) op(B).
 
-    a, b, c are 2-D tensors (plan values or device tensors) in their stored shapes:
-    A is (M, K), or (K, M) with trans_a; B is (K, N), or (N, K) with trans_b; C is (M, N).
+    a, b, c are 2-D tensors (plan values or device tensors) or `Matrix` views, in their stored
+    shapes: A is (M, K), or (K, M) with trans_a; B is (K, N), or (N, K) with trans_b; C is (M, N).
+    The bias has one value per column of C, or per row with bias_per_row.
     """
+    a, b, c = _matrix(a), _matrix(b), _matrix(c)
     m, k = a.shape[::-1] if trans_a else a.shape
     n, kb = b.shape if trans_b else b.shape[::-1]
-    if kb != k or tuple(c.shape) != (m, n):
+    if kb != k or c.shape != (m, n):
         raise ValueError(f"gemm shapes: A{a.shape}{'^T' if trans_a else ''} B{b.shape}{'^T' if trans_b else ''} "
                          f"C{c.shape}")
-    defines = dict(TRANS_A=int(trans_a), TRANS_B=int(trans_b), HAS_BIAS=bias is not None, ACT=act)
-    args = (m, n, k, a, a.shape[1], b, b.shape[1], c, n, bias if bias is not None else c)
+    if accumulate and (bias is not None or act):
+        raise ValueError("an accumulating gemm takes no bias or activation")
+    defines = dict(TRANS_A=int(trans_a), TRANS_B=int(trans_b), HAS_BIAS=bias is not None, ACT=act,
+                   BIAS_PER_ROW=bias_per_row, ACCUMULATE=accumulate, C_IMAGE_COLS=c.image_cols)
+    args = (m, n, k, a.tensor, a.ld, b.tensor, b.ld, c.tensor, c.ld, bias if bias is not None else c.tensor)
     if family(plan.device) == "tiled":
         kernel = plan.kernel(GEMM_FILE, "gemm_tiled", **defines)
         tiles = (-(-n // TILE) * WORK_GROUP, -(-m // TILE) * WORK_GROUP)

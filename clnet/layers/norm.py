@@ -1,0 +1,115 @@
+"""Batch normalisation layers with PyTorch's semantics (torch.nn.BatchNorm1d / BatchNorm2d).
+
+Training normalises with the statistics of the batch (its valid rows only, when the last batch is
+padded) and updates the running statistics; evaluation uses the running statistics. Parameters
+`weight` and `bias` (when affine) are trainable; `running_mean`, `running_var` and
+`num_batches_tracked` are buffers, in torch's state_dict order.
+"""
+
+from math import prod
+
+import numpy as np
+
+from ..errors import InputError
+from ..ops import norm as norm_ops
+from .base import Layer
+
+
+class _BatchNorm(Layer):
+    #: input shapes per sample that the layer accepts, as text for errors
+    expected = ""
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True):
+        """`momentum`: weight of the new batch in the running statistics; None for a cumulative
+        average (as torch). `affine`: learn a per-channel weight and bias."""
+        if int(num_features) < 1:
+            raise ValueError(f"{type(self).__name__} needs a positive number of features, got {num_features}")
+        if not eps > 0:
+            raise ValueError(f"{type(self).__name__} eps must be positive, got {eps}")
+        if momentum is not None and not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"{type(self).__name__} momentum must lie in [0, 1] or be None, got {momentum}")
+        self.num_features, self.eps = int(num_features), float(eps)
+        self.momentum = None if momentum is None else float(momentum)
+        self.affine = bool(affine)
+
+    def _accepts(self, input_shape):
+        raise NotImplementedError
+
+    def param_shapes(self):
+        c = self.num_features
+        return {"weight": (c,), "bias": (c,)} if self.affine else {}
+
+    def buffer_shapes(self):
+        c = self.num_features
+        return {"running_mean": (c,), "running_var": (c,), "num_batches_tracked": ()}
+
+    def init_params(self, rng, followed_by=None):
+        c = self.num_features
+        values = {"running_mean": np.zeros(c, np.float32), "running_var": np.ones(c, np.float32),
+                  "num_batches_tracked": np.zeros((), np.float32)}
+        if self.affine:
+            values.update(weight=np.ones(c, np.float32), bias=np.zeros(c, np.float32))
+        return values
+
+    def output_shape(self, input_shape):
+        if not self._accepts(tuple(input_shape)):
+            raise self.shape_error(self.expected, input_shape)
+        return tuple(input_shape)
+
+    def flops(self, input_shape):
+        return 2 * prod(input_shape)
+
+    def forward(self, ctx, x):
+        plan, p, b = ctx.plan, ctx.params, ctx.buffers
+        y = plan.value(x.shape, f"{self!r} output")
+        weight, bias = p.get("weight"), p.get("bias")
+        if not ctx.training:
+            norm_ops.batchnorm_forward_eval(plan, x, y, weight, bias, b["running_mean"], b["running_var"], self.eps)
+            return y
+        per_channel = x.shape[0] * prod(x.shape[2:])
+        if per_channel < 2:
+            raise InputError(f"{self!r} needs more than one value per channel in training, got a batch of "
+                             f"{x.shape[0]} of shape {tuple(x.shape[1:])}: use a batch size of 2 or more")
+        c = self.num_features
+        mean, invstd = plan.value((c,), f"{self!r} batch mean"), plan.value((c,), f"{self!r} batch 1/std")
+        launch = norm_ops.batchnorm_forward_train(
+            plan, x, y, weight, bias, b["running_mean"], b["running_var"], b["num_batches_tracked"],
+            mean, invstd, self.eps, self.momentum)
+        plan.bind_dynamic("n_valid", launch, norm_ops.N_VALID_ARG)
+        ctx.batchnorm_stats = (mean, invstd)  # read by backward, which gets the same context
+        return y
+
+    def backward(self, ctx, x, y, dy, need_dx):
+        if not ctx.training:
+            raise NotImplementedError(f"{self!r} records its backward pass only in training plans")
+        plan = ctx.plan
+        mean, invstd = ctx.batchnorm_stats
+        dx = plan.value(x.shape, f"{self!r} input grad") if need_dx else None
+        launch = norm_ops.batchnorm_backward(plan, x, dy, dx, ctx.params.get("weight"), ctx.grads.get("weight"),
+                                             ctx.grads.get("bias"), mean, invstd)
+        plan.bind_dynamic("n_valid", launch, norm_ops.N_VALID_ARG)
+        return dx
+
+    def __repr__(self):
+        extra = "" if self.eps == 1e-5 else f", eps={self.eps:g}"
+        extra += "" if self.momentum == 0.1 else f", momentum={self.momentum}"
+        extra += "" if self.affine else ", affine=False"
+        return f"{type(self).__name__}({self.num_features}{extra})"
+
+
+class BatchNorm2d(_BatchNorm):
+    """Per-channel normalisation of images (C, H, W), statistics over (N, H, W)."""
+
+    expected = "(num_features, H, W)"
+
+    def _accepts(self, shape):
+        return len(shape) == 3 and shape[0] == self.num_features
+
+
+class BatchNorm1d(_BatchNorm):
+    """Per-feature normalisation of vectors (F,) (or of sequences (F, L), statistics over (N, L))."""
+
+    expected = "(num_features,) or (num_features, L)"
+
+    def _accepts(self, shape):
+        return len(shape) in (1, 2) and shape[0] == self.num_features

@@ -1,0 +1,147 @@
+"""Pooling layers over NCHW images, as torch.nn.MaxPool2d, AvgPool2d and AdaptiveAvgPool2d(1).
+
+Output size per dimension: floor((size + 2 padding - kernel) / stride) + 1 (ceil_mode=False).
+Padding is -inf for max pooling and zeros, counted in the divisor, for average pooling
+(count_include_pad=True). Backward passes are deterministic gathers (kernels_cl/pool.cl).
+"""
+
+import operator
+
+from ..ops.pool import (avgpool_backward, avgpool_forward, global_avgpool_backward, global_avgpool_forward,
+                        maxpool_backward, maxpool_forward, output_hw)
+from .base import Layer
+
+
+def _pair(cls, name, value, minimum):
+    """(h, w) from an int or a pair of ints, each >= minimum; a ValueError naming the argument otherwise."""
+    items = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+    try:
+        if len(items) != 2 or any(isinstance(v, bool) for v in items):
+            raise TypeError
+        items = tuple(operator.index(v) for v in items)
+    except TypeError:
+        raise ValueError(f"{cls} {name} must be an int or a pair of ints (height, width), got {value!r}") from None
+    if min(items) < minimum:
+        raise ValueError(f"{cls} {name} must be >= {minimum}, got {value!r}")
+    return items
+
+
+def _show(p):
+    """An int when both sides agree, as PyTorch prints them."""
+    return str(p[0]) if p[0] == p[1] else str(p)
+
+
+class _Pool2D(Layer):
+    """Shared by MaxPool2D and AvgPool2D: the window, shape inference, flops and repr."""
+
+    def __init__(self, kernel_size, stride=None, padding=0):
+        cls = type(self).__name__
+        self.kernel_size = _pair(cls, "kernel_size", kernel_size, 1)
+        self.stride = self.kernel_size if stride is None else _pair(cls, "stride", stride, 1)
+        self.padding = _pair(cls, "padding", padding, 0)
+        (kh, kw), (ph, pw) = self.kernel_size, self.padding
+        if 2 * ph > kh or 2 * pw > kw:
+            raise ValueError(f"{cls} padding {_show(self.padding)} is more than half the kernel size "
+                             f"{_show(self.kernel_size)}: padding must be at most kernel_size // 2 "
+                             "(as in PyTorch), so that every window overlaps the image")
+
+    def output_shape(self, input_shape):
+        if len(input_shape) != 3:
+            hint = ("pooling takes images; put it before Flatten" if len(input_shape) == 1
+                    else "pooling takes NCHW images")
+            raise self.shape_error("(channels, height, width)", input_shape, hint)
+        c, h, w = input_shape
+        oh, ow = output_hw(h, w, self.kernel_size, self.stride, self.padding)
+        if oh < 1 or ow < 1:
+            (kh, kw), (ph, pw) = self.kernel_size, self.padding
+            raise self.shape_error(
+                f"(channels, height >= {kh - 2 * ph}, width >= {kw - 2 * pw})", input_shape,
+                f"the {kh}x{kw} window is larger than the {h}x{w} image padded to {h + 2 * ph}x{w + 2 * pw}")
+        return (c, oh, ow)
+
+    def flops(self, input_shape):
+        """Comparisons or additions for one sample: output elements x window size."""
+        c, oh, ow = self.output_shape(input_shape)
+        return c * oh * ow * self.kernel_size[0] * self.kernel_size[1]
+
+    def _output(self, ctx, x):
+        n, c, h, w = x.shape
+        return ctx.plan.value((n, *self.output_shape((c, h, w))), f"{self!r} output")
+
+    def __repr__(self):
+        text = _show(self.kernel_size)
+        if self.stride != self.kernel_size:
+            text += f", stride={_show(self.stride)}"
+        if self.padding != (0, 0):
+            text += f", padding={_show(self.padding)}"
+        return f"{type(self).__name__}({text})"
+
+
+class MaxPool2D(_Pool2D):
+    """Max over each window. Training plans keep the argmax of every window (int32, in the plan's
+    arena) for the backward pass, so the input need not stay alive until then; ties go to the first
+    maximum in row-major window order, as PyTorch."""
+
+    def forward(self, ctx, x):
+        y = self._output(ctx, x)
+        argmax = ctx.plan.value(y.shape, f"{self!r} argmax") if ctx.training else None
+        maxpool_forward(ctx.plan, x, y, self.kernel_size, self.stride, self.padding, argmax)
+        # The context lives as long as the plan and is handed to backward: it carries the argmax there.
+        ctx.pool_argmax = argmax
+        return y
+
+    def backward(self, ctx, x, y, dy, need_dx):
+        if not need_dx:
+            return None
+        argmax = getattr(ctx, "pool_argmax", None)
+        if argmax is None:
+            raise RuntimeError(f"{self!r}.backward needs the argmax of a training forward pass in the same context")
+        dx = ctx.plan.value(x.shape, f"{self!r} input grad")
+        maxpool_backward(ctx.plan, argmax, dy, dx, self.kernel_size, self.stride, self.padding)
+        return dx
+
+
+class AvgPool2D(_Pool2D):
+    """Mean of each window; zero padding counts in the divisor (count_include_pad=True)."""
+
+    def forward(self, ctx, x):
+        y = self._output(ctx, x)
+        avgpool_forward(ctx.plan, x, y, self.kernel_size, self.stride, self.padding)
+        return y
+
+    def backward(self, ctx, x, y, dy, need_dx):
+        if not need_dx:
+            return None
+        dx = ctx.plan.value(x.shape, f"{self!r} input grad")
+        avgpool_backward(ctx.plan, dy, dx, self.kernel_size, self.stride, self.padding)
+        return dx
+
+
+class GlobalAvgPool2D(Layer):
+    """Mean of each channel's image: (C, H, W) -> (C, 1, 1), as torch.nn.AdaptiveAvgPool2d(1);
+    a Flatten after it gives (C,)."""
+
+    def output_shape(self, input_shape):
+        if len(input_shape) != 3:
+            hint = ("pooling takes images; put it before Flatten" if len(input_shape) == 1
+                    else "pooling takes NCHW images")
+            raise self.shape_error("(channels, height, width)", input_shape, hint)
+        return (input_shape[0], 1, 1)
+
+    def flops(self, input_shape):
+        """Additions for one sample: every input element once."""
+        self.output_shape(input_shape)
+        c, h, w = input_shape
+        return c * h * w
+
+    def forward(self, ctx, x):
+        y = ctx.plan.value((x.shape[0], x.shape[1], 1, 1), f"{self!r} output")
+        global_avgpool_forward(ctx.plan, x, y)
+        return y
+
+    def backward(self, ctx, x, y, dy, need_dx):
+        if not need_dx:
+            return None
+        dx = ctx.plan.value(x.shape, f"{self!r} input grad")
+        global_avgpool_backward(ctx.plan, dy, dx)
+        return dx

@@ -1,0 +1,37 @@
+"""Launcher for dropout (kernels_cl/dropout.cl): out = in * keep / (1 - p), keep from Philox4x32-10."""
+
+import numpy as np
+
+FILE = "dropout.cl"
+LOCAL = 64
+STEP_ARG = 3  # argument index of the step in dropout_apply (for plan.bind_dynamic)
+
+
+def step_arg(step):
+    """The step as the kernel's uint argument (steps count from 1; wraps after 2^32)."""
+    return np.uint32(int(step) % 2 ** 32)
+
+
+def seed_key(seed):
+    """The generator's 64-bit key (low word, high word) from an integer seed of any size or sign."""
+    seed = int(seed) % 2 ** 64
+    return np.uint32(seed & 0xFFFFFFFF), np.uint32(seed >> 32)
+
+
+def threshold(p):
+    """Draws below round(p * 2^32) drop their element: the keep probability is 1 - p within 2^-33."""
+    return np.uint32(min(round(float(p) * 2 ** 32), 2 ** 32 - 1))
+
+
+def dropout(plan, x, y, p, seed, step=0):
+    """Record y = x * keep / (1 - p) over every element of x (any shape); the same seed and step give
+    the same mask, so the backward pass is this launch over (dy, dx). Returns the launch, whose
+    argument STEP_ARG is the step."""
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout probability must satisfy 0 <= p < 1, got {p}")
+    if x.size != y.size:
+        raise ValueError(f"dropout of {x.shape} into {y.shape}")
+    lo, hi = seed_key(seed)
+    k = plan.kernel(FILE, "dropout_apply")
+    return plan.launch(k, (-(-x.size // 4),), (LOCAL,), x.size, lo, hi, step_arg(step), threshold(p),
+                       np.float32(1.0 / (1.0 - p)), x, y)

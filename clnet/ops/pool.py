@@ -1,0 +1,92 @@
+"""Launchers for max and average pooling over NCHW tensors (kernels_cl/pool.cl).
+
+`kernel`, `stride` and `padding` are ints or (height, width) pairs. Shapes are checked before
+anything is built or recorded; a mismatch is a ValueError (layers check their shapes earlier, with
+a ShapeError naming the layer).
+"""
+
+FILE = "pool.cl"
+LOCAL = 64
+
+
+def pair(value):
+    """(h, w) from an int or a pair."""
+    if isinstance(value, (tuple, list)):
+        h, w = value
+        return int(h), int(w)
+    return int(value), int(value)
+
+
+def output_size(size, kernel, stride, padding):
+    """floor((size + 2 padding - kernel) / stride) + 1, as PyTorch with ceil_mode=False; <= 0 when
+    the window is larger than the padded input."""
+    room = size + 2 * padding - kernel
+    return room // stride + 1 if room >= 0 else 0
+
+
+def output_hw(height, width, kernel, stride, padding):
+    (kh, kw), (sh, sw), (ph, pw) = pair(kernel), pair(stride), pair(padding)
+    return output_size(height, kh, sh, ph), output_size(width, kw, sw, pw)
+
+
+def _require_4d(what, shape):
+    if len(shape) != 4:
+        raise ValueError(f"{what} shapes: input {tuple(shape)} is not (N, C, H, W)")
+
+
+def _geometry(what, x_shape, y_shape, kernel, stride, padding):
+    """The scalar arguments every pool kernel starts with, after checking the shapes."""
+    (kh, kw), (sh, sw), (ph, pw) = pair(kernel), pair(stride), pair(padding)
+    if min(kh, kw, sh, sw) < 1 or min(ph, pw) < 0 or 2 * ph > kh or 2 * pw > kw:
+        raise ValueError(f"{what}: bad window: kernel {(kh, kw)}, stride {(sh, sw)}, padding {(ph, pw)}")
+    _require_4d(what, x_shape)
+    n, c, h, w = x_shape
+    oh, ow = output_hw(h, w, (kh, kw), (sh, sw), (ph, pw))
+    if oh < 1 or ow < 1 or tuple(y_shape) != (n, c, oh, ow):
+        raise ValueError(f"{what} shapes: input {tuple(x_shape)} with kernel {(kh, kw)}, stride {(sh, sw)}, "
+                         f"padding {(ph, pw)} gives output {(n, c, oh, ow)}, not {tuple(y_shape)}")
+    return n * c, h, w, oh, ow, kh, kw, sh, sw, ph, pw
+
+
+def maxpool_forward(plan, x, y, kernel, stride, padding=0, argmax=None):
+    """y = max over each window; argmax (int32, shape of y), when given, gets the flat index h*W+w of
+    the chosen element within its (n, c) plane. Without argmax (inference) nothing else is written."""
+    geometry = _geometry("maxpool_forward", x.shape, y.shape, kernel, stride, padding)
+    if argmax is not None and tuple(argmax.shape) != tuple(y.shape):
+        raise ValueError(f"maxpool_forward shapes: argmax {tuple(argmax.shape)} differs from output {tuple(y.shape)}")
+    k = plan.kernel(FILE, "maxpool_forward")
+    return plan.launch(k, (y.size,), (LOCAL,), *geometry, int(argmax is not None), x, y,
+                       argmax if argmax is not None else y)  # y stands in for an unused argmax
+
+
+def maxpool_backward(plan, argmax, dy, dx, kernel, stride, padding=0):
+    """dx = for each input element, the sum of dy over the windows whose argmax it is."""
+    geometry = _geometry("maxpool_backward", dx.shape, dy.shape, kernel, stride, padding)
+    if tuple(argmax.shape) != tuple(dy.shape):
+        raise ValueError(f"maxpool_backward shapes: argmax {tuple(argmax.shape)} differs from dy {tuple(dy.shape)}")
+    k = plan.kernel(FILE, "maxpool_backward")
+    return plan.launch(k, (dx.size,), (LOCAL,), *geometry, argmax, dy, dx)
+
+
+def avgpool_forward(plan, x, y, kernel, stride, padding=0):
+    """y = mean of each window, zero padding included (count_include_pad=True)."""
+    geometry = _geometry("avgpool_forward", x.shape, y.shape, kernel, stride, padding)
+    return plan.launch(plan.kernel(FILE, "avgpool_forward"), (y.size,), (LOCAL,), *geometry, x, y)
+
+
+def avgpool_backward(plan, dy, dx, kernel, stride, padding=0):
+    """dx = for each input element, the sum of dy / window size over the windows covering it."""
+    geometry = _geometry("avgpool_backward", dx.shape, dy.shape, kernel, stride, padding)
+    return plan.launch(plan.kernel(FILE, "avgpool_backward"), (dx.size,), (LOCAL,), *geometry, dy, dx)
+
+
+def global_avgpool_forward(plan, x, y):
+    """y (N, C, 1, 1) = mean of each H x W plane of x: one window covering the whole image."""
+    _require_4d("global_avgpool_forward", x.shape)
+    return avgpool_forward(plan, x, y, x.shape[2:], 1, 0)
+
+
+def global_avgpool_backward(plan, dy, dx):
+    """dx = dy / (H W), spread over each plane."""
+    _require_4d("global_avgpool_backward", dx.shape)
+    return avgpool_backward(plan, dy, dx, dx.shape[2:], 1, 0)

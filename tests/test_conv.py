@@ -1,0 +1,96 @@
+"""Conv2D forward and gradients against float64 references, on awkward geometries."""
+
+import numpy as np
+import pytest
+
+import clnet
+from clnet import layers as L
+from clnet.ops import conv as conv_ops
+
+from reference import conv2d, forward, loss, numeric_gradients
+
+GEOMETRIES = [  # (batch, in, height, width, out, kernel, stride, padding, dilation)
+    (2, 3, 7, 5, 4, 3, 1, 0, 1),                   # non-square, no padding
+    (1, 1, 6, 6, 2, 3, 2, 1, 1),                   # batch 1, one channel, stride 2, padding
+    (3, 2, 9, 8, 5, (3, 2), (2, 1), (1, 0), (2, 1)),  # rectangular kernel, mixed stride, dilation
+    (2, 3, 5, 6, 4, 4, 1, "same", 1),              # even kernel, "same" padding (asymmetric)
+    (2, 5, 4, 4, 3, 1, 1, 0, 1),                   # 1x1 kernel
+    (2, 2, 5, 5, 3, 2, 3, 0, 1),                   # stride larger than the kernel
+    (1, 3, 3, 3, 17, 3, 1, 1, 1),                  # output channels beyond a tile's edge
+]
+
+
+def _conv(geometry):
+    n, c, h, w, o, k, s, p, d = geometry
+    return n, (c, h, w), L.Conv2D(c, o, k, stride=s, padding=p, dilation=d)
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=[f"g{i}" for i in range(len(GEOMETRIES))])
+def test_forward_matches_reference(device, gemm_family, geometry):
+    n, shape, conv = _conv(geometry)
+    model = clnet.Sequential([conv, L.Tanh(), L.Flatten()], device=device, seed=1)
+    x = np.random.default_rng(0).normal(size=(n, *shape))
+    state = model.state_dict()
+    expected = np.tanh(conv2d(x, state["0.weight"].astype(np.float64), state["0.bias"].astype(np.float64), conv))
+    assert model.predict(x).shape == (n, expected[0].size)
+    np.testing.assert_allclose(model.predict(x), expected.reshape(n, -1), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES[:4], ids=[f"g{i}" for i in range(4)])
+def test_gradients_match_finite_differences(device, gemm_family, geometry):
+    """Two convolutions (the second needs its input gradient: col2im), then a dense classifier."""
+    n, (c, h, w), first = _conv(geometry)
+    out_shape = first.output_shape((c, h, w))
+    second = L.Conv2D(out_shape[0], 2, 2, padding=1, bias=False)
+    features = int(np.prod(second.output_shape(out_shape)))
+    layers = [first, L.ReLU(), second, L.Sigmoid(), L.Flatten(), L.Dense(features, 3)]
+    model = clnet.Sequential(layers, device=device, seed=2)
+    model.compile("cross_entropy", clnet.optim.SGD(lr=1e-3))
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(n, c, h, w)), rng.integers(0, 3, n)
+    state = model.state_dict()
+    assert model.train_on_batch(x, y) == pytest.approx(
+        loss("cross_entropy_logits", forward(layers, state, x), y), rel=1e-4)
+    grads, expected = model.gradients(), numeric_gradients(layers, state, x, y, "cross_entropy_logits")
+    for key in expected:
+        np.testing.assert_allclose(grads[key], expected[key], rtol=2e-3, atol=2e-5, err_msg=key)
+
+
+def test_chunked_columns_give_the_same_results(device, monkeypatch):
+    """A batch whose im2col matrix exceeds the budget runs in chunks (the last one partial); the
+    weight gradient accumulates over them in a fixed order."""
+    layers = lambda: [L.Conv2D(2, 3, 3, padding=1), L.ReLU(), L.Conv2D(3, 2, 3), L.Flatten(), L.Dense(2 * 4 * 3, 3)]
+    rng = np.random.default_rng(2)
+    x, y = rng.normal(size=(7, 2, 6, 5)), rng.integers(0, 3, 7)
+    results = []
+    for budget in (conv_ops.COLUMNS, 3 * 18 * 30):  # everything at once, then 3 images per chunk
+        monkeypatch.setattr(conv_ops, "COLUMNS", budget)
+        model = clnet.Sequential(layers(), device=device, seed=3)
+        model.compile("cross_entropy", clnet.optim.SGD(lr=0.1))
+        model.train_on_batch(x, y)
+        results.append((model.gradients(), model.predict(x)))
+    for key in results[0][0]:
+        np.testing.assert_allclose(results[1][0][key], results[0][0][key], rtol=1e-5, atol=1e-6, err_msg=key)
+    np.testing.assert_allclose(results[1][1], results[0][1], rtol=1e-5, atol=1e-7)
+
+
+def test_shapes_are_checked_and_named(device):
+    model = clnet.Sequential([L.Conv2D(3, 4, 3), L.Flatten(), L.Dense(4, 2)], device=device)
+    with pytest.raises(clnet.ShapeError, match=r"layer 0 \(Conv2D\(3, 4, 3\)\) expects input \(3, height, width\)"):
+        model.predict(np.zeros((1, 1, 8, 8)))
+    with pytest.raises(clnet.ShapeError, match="too small for this kernel"):
+        model.predict(np.zeros((1, 3, 2, 8)))
+    with pytest.raises(clnet.ShapeError, match=r"layer 2 \(Dense\(4, 2\)\) expects input \(4,\).*\(16,\)"):
+        model.predict(np.zeros((1, 3, 4, 4)))
+    with pytest.raises(ValueError, match="stride 1"):
+        L.Conv2D(1, 1, 3, stride=2, padding="same")
+    with pytest.raises(ValueError, match="pair of ints"):
+        L.Conv2D(1, 1, (3, 3, 3))
+
+
+def test_weights_have_pytorch_layout(device):
+    model = clnet.Sequential([L.Conv2D(3, 8, (5, 3), bias=False), L.ReLU(), L.Conv2D(8, 4, 1)], device=device)
+    state = model.state_dict()
+    assert list(state) == ["0.weight", "2.weight", "2.bias"]
+    assert state["0.weight"].shape == (8, 3, 5, 3) and state["2.weight"].shape == (4, 8, 1, 1)
+    assert np.abs(state["0.weight"]).max() == pytest.approx(np.sqrt(6 / (3 * 5 * 3)), rel=0.05)  # He before ReLU
