@@ -13,6 +13,7 @@ import click
 from . import data, models, optim
 from .device import INSTALL_HINT, device as open_device, list_devices
 from .errors import ClnetError
+from .text import format_bytes
 
 DEFAULT_LR = {"sgd": 0.05, "adam": 0.001, "adamw": 0.001}
 
@@ -40,13 +41,6 @@ def _friendly_errors(command):
     return click.option("--debug", is_flag=True, help="Show the full traceback on errors.")(wrapper)
 
 
-def _size(n):
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-
-
 @click.command(context_settings={"help_option_names": ["-h", "--help"]}, epilog="""\b
 Examples:
   clnet-devices
@@ -71,9 +65,9 @@ def devices(as_json):
         rows = [("platform", f"{info.platform} ({info.platform_vendor})"),
                 ("version", info.platform_version),
                 ("compute units", info.compute_units),
-                ("global memory", _size(info.global_mem)),
-                ("max allocation", _size(info.max_alloc)),
-                ("local memory", _size(info.local_mem)),
+                ("global memory", format_bytes(info.global_mem)),
+                ("max allocation", format_bytes(info.max_alloc)),
+                ("local memory", format_bytes(info.local_mem)),
                 ("fp64 / fp16", f"{'yes' if info.fp64 else 'no'} / {'yes' if info.fp16 else 'no'}"),
                 ("OpenCL C", info.opencl_c),
                 ("driver", info.driver)]

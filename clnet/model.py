@@ -12,6 +12,7 @@ from .graph import Graph, ParamStore, plan_nodes
 from .layers import Layer
 from .progress import ProgressBar
 from .tensor import DeviceTensor
+from .text import format_bytes
 
 
 class History:
@@ -200,28 +201,38 @@ class Sequential:
         self.param_store.load_state_dict(state)
 
     # ------------------------------------------------------------------ description
-    def summary(self, input_shape=None, stream=None):
-        """Print a table of layers, output shapes, parameters and FLOPs; returns it as text."""
+    def summary(self, input_shape=None, batch_size=32, stream=None):
+        """Print a table of layers: output shape, parameters, forward FLOPs and activation memory per
+        sample; then the totals and the device memory planned for `batch_size` (a training plan
+        once compiled, else an inference plan). Returns the text."""
         input_shape = tuple(input_shape or self.input_shape or ())
         if not input_shape:
             raise InputError("summary needs the input shape: model.summary(input_shape=(1, 28, 28)), "
                              "or call it after fit/predict")
-        rows, shape, total_flops = [], input_shape, 0
         plan_nodes(self.layers, None, input_shape)  # checks shapes, naming the layer that fails
+        rows, shape, flops = [], input_shape, 0
         for i, layer in enumerate(self.layers):
             out = layer.output_shape(shape)
             params = sum(prod(s) for s in layer.param_shapes().values())
-            flops = layer.flops(shape)
-            total_flops += flops
-            rows.append((f"{i}: {layer!r}", str(out), f"{params:,}", f"{flops:,}"))
+            flops += layer.flops(shape)
+            rows.append((f"{i}: {layer!r}", str(out), f"{params:,}", f"{layer.flops(shape):,}",
+                         format_bytes(prod(out) * 4)))
             shape = out
-        header = ("Layer", "Output shape", "Params", "FLOPs")
-        widths = [max(len(r[c]) for r in rows + [header]) for c in range(4)]
+        header = ("Layer", "Output shape", "Params", "FLOPs", "Activations")
+        widths = [max(len(r[c]) for r in rows + [header]) for c in range(len(header))]
         line = lambda r: "  ".join(v.ljust(w) if c == 0 else v.rjust(w) for c, (v, w) in enumerate(zip(r, widths)))
         rule = "-" * len(line(header))
-        text = "\n".join([line(header), rule, *map(line, rows), rule,
-                          f"Input {input_shape}  parameters {self.count_params():,}  "
-                          f"forward FLOPs per sample {total_flops:,}  device {self.device.name}"])
+        training = self.loss is not None
+        graph = self._graph(batch_size, input_shape, training, self.loss.target_dtype if training else None)
+        store = self.param_store
+        resident = store.params.nbytes * (2 + (len(self.optimizer._state or ()) if training else 0)) \
+            + store.buffers.nbytes
+        text = "\n".join([
+            line(header), rule, *map(line, rows), rule,
+            f"Input {input_shape}: {self.count_params():,} parameters, {flops:,} forward FLOPs per sample",
+            f"Planned device memory for {'training' if training else 'inference'} at batch size {batch_size}: "
+            f"{format_bytes(graph.plan.arena_bytes + resident)} ({format_bytes(graph.plan.arena_bytes)} activations and "
+            f"gradients, {format_bytes(resident)} parameters, gradients and optimizer state) on {self.device.name}"])
         print(text, file=stream or sys.stdout)
         return text
 

@@ -142,10 +142,17 @@ def test_init_is_he_before_relu_and_glorot_otherwise(device):
     assert not state["0.bias"].any()
 
 
-def test_summary_lists_layers_and_totals(device):
+def test_summary_lists_layers_totals_and_planned_memory(device):
     model = clnet.models.mlp(device=device)
-    text = model.summary(input_shape=(1, 28, 28), stream=open("/dev/null", "w"))
+    quiet = open("/dev/null", "w")
+    text = model.summary(input_shape=(1, 28, 28), stream=quiet)
     assert "Dense(784, 256)" in text and "200,960" in text and "235,146" in text
+    assert "401,408" in text and "3.1 KiB" in text  # FLOPs and activation memory of one sample
+    assert "inference at batch size 32" in text
+    model.compile("cross_entropy", clnet.optim.Adam())
+    text = model.summary(input_shape=(1, 28, 28), batch_size=64, stream=quiet)
+    arena = model._graph(64, (1, 28, 28), True, np.int32).plan.arena_bytes
+    assert "training at batch size 64" in text and f"{arena / 1024:.1f} KiB activations" in text
 
 
 # ---------------------------------------------------------------- failures that must be clear
