@@ -4,6 +4,8 @@ from .activation import Activation, ReLU, Sigmoid, Softmax, Tanh
 from .base import Layer, LayerContext
 from .conv import Conv2D
 from .dense import Dense
+from .dropout import Dropout
+from .norm import BatchNorm1d, BatchNorm2d
 from .reshape import Flatten
 
-__all__ = ["Activation", "Conv2D", "Dense", "Flatten", "Layer", "LayerContext", "ReLU", "Sigmoid", "Softmax", "Tanh"]
+__all__ = ["Activation", "BatchNorm1d", "BatchNorm2d", "Conv2D", "Dense", "Dropout", "Flatten", "Layer", "LayerContext", "ReLU", "Sigmoid", "Softmax", "Tanh"]

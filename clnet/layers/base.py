@@ -7,11 +7,13 @@ from ..errors import ShapeError
 
 class LayerContext:
     """What a layer's passes record with: the plan, the layer's parameter, gradient and buffer
-    tensors, the activation fused into it, whether the plan trains, and a seed for its randomness."""
+    tensors, the activation fused into it, whether the plan trains, a seed for its randomness, and
+    `saved`, where forward leaves values for backward (the same context serves both)."""
 
     def __init__(self, plan, params, grads, buffers, act="none", training=False, seed=0):
         self.plan, self.params, self.grads, self.buffers = plan, params, grads, buffers
         self.act, self.training, self.seed = act, training, seed
+        self.saved = {}
 
 
 class Layer:

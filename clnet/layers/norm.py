@@ -76,14 +76,14 @@ class _BatchNorm(Layer):
             plan, x, y, weight, bias, b["running_mean"], b["running_var"], b["num_batches_tracked"],
             mean, invstd, self.eps, self.momentum)
         plan.bind_dynamic("n_valid", launch, norm_ops.N_VALID_ARG)
-        ctx.batchnorm_stats = (mean, invstd)  # read by backward, which gets the same context
+        ctx.saved["stats"] = (mean, invstd)
         return y
 
     def backward(self, ctx, x, y, dy, need_dx):
         if not ctx.training:
             raise NotImplementedError(f"{self!r} records its backward pass only in training plans")
         plan = ctx.plan
-        mean, invstd = ctx.batchnorm_stats
+        mean, invstd = ctx.saved["stats"]
         dx = plan.value(x.shape, f"{self!r} input grad") if need_dx else None
         launch = norm_ops.batchnorm_backward(plan, x, dy, dx, ctx.params.get("weight"), ctx.grads.get("weight"),
                                              ctx.grads.get("bias"), mean, invstd)
