@@ -6,6 +6,8 @@ from .conv import Conv2D
 from .dense import Dense
 from .dropout import Dropout
 from .norm import BatchNorm1d, BatchNorm2d
+from .pool import AvgPool2D, GlobalAvgPool2D, MaxPool2D
 from .reshape import Flatten
 
-__all__ = ["Activation", "BatchNorm1d", "BatchNorm2d", "Conv2D", "Dense", "Dropout", "Flatten", "Layer", "LayerContext", "ReLU", "Sigmoid", "Softmax", "Tanh"]
+__all__ = ["Activation", "AvgPool2D", "BatchNorm1d", "BatchNorm2d", "Conv2D", "Dense", "Dropout", "Flatten",
+           "GlobalAvgPool2D", "Layer", "LayerContext", "MaxPool2D", "ReLU", "Sigmoid", "Softmax", "Tanh"]

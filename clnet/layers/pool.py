@@ -86,16 +86,16 @@ class MaxPool2D(_Pool2D):
         y = self._output(ctx, x)
         argmax = ctx.plan.value(y.shape, f"{self!r} argmax") if ctx.training else None
         maxpool_forward(ctx.plan, x, y, self.kernel_size, self.stride, self.padding, argmax)
-        # The context lives as long as the plan and is handed to backward: it carries the argmax there.
-        ctx.pool_argmax = argmax
+        ctx.saved["argmax"] = argmax  # for backward, which gets the same context
         return y
 
     def backward(self, ctx, x, y, dy, need_dx):
         if not need_dx:
             return None
-        argmax = getattr(ctx, "pool_argmax", None)
+        argmax = ctx.saved.get("argmax")
         if argmax is None:
-            raise RuntimeError(f"{self!r}.backward needs the argmax of a training forward pass in the same context")
+            raise RuntimeError(f"{self!r}.backward needs the argmax that a training forward pass "
+                               "(ctx.training) keeps in the same context")
         dx = ctx.plan.value(x.shape, f"{self!r} input grad")
         maxpool_backward(ctx.plan, argmax, dy, dx, self.kernel_size, self.stride, self.padding)
         return dx

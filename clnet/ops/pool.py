@@ -42,6 +42,8 @@ def _geometry(what, x_shape, y_shape, kernel, stride, padding):
     _require_4d(what, x_shape)
     n, c, h, w = x_shape
     oh, ow = output_hw(h, w, (kh, kw), (sh, sw), (ph, pw))
+    if n * c * max(h * w, oh * ow) >= 2**31:
+        raise ValueError(f"{what}: {tuple(x_shape)} is too large for the kernels' int32 indices")
     if oh < 1 or ow < 1 or tuple(y_shape) != (n, c, oh, ow):
         raise ValueError(f"{what} shapes: input {tuple(x_shape)} with kernel {(kh, kw)}, stride {(sh, sw)}, "
                          f"padding {(ph, pw)} gives output {(n, c, oh, ow)}, not {tuple(y_shape)}")
@@ -53,7 +55,8 @@ def maxpool_forward(plan, x, y, kernel, stride, padding=0, argmax=None):
     the chosen element within its (n, c) plane. Without argmax (inference) nothing else is written."""
     geometry = _geometry("maxpool_forward", x.shape, y.shape, kernel, stride, padding)
     if argmax is not None and tuple(argmax.shape) != tuple(y.shape):
-        raise ValueError(f"maxpool_forward shapes: argmax {tuple(argmax.shape)} differs from output {tuple(y.shape)}")
+        raise ValueError(f"maxpool_forward shapes: argmax {tuple(argmax.shape)} differs from "
+                         f"output {tuple(y.shape)}")
     k = plan.kernel(FILE, "maxpool_forward")
     return plan.launch(k, (y.size,), (LOCAL,), *geometry, int(argmax is not None), x, y,
                        argmax if argmax is not None else y)  # y stands in for an unused argmax
@@ -63,7 +66,8 @@ def maxpool_backward(plan, argmax, dy, dx, kernel, stride, padding=0):
     """dx = for each input element, the sum of dy over the windows whose argmax it is."""
     geometry = _geometry("maxpool_backward", dx.shape, dy.shape, kernel, stride, padding)
     if tuple(argmax.shape) != tuple(dy.shape):
-        raise ValueError(f"maxpool_backward shapes: argmax {tuple(argmax.shape)} differs from dy {tuple(dy.shape)}")
+        raise ValueError(f"maxpool_backward shapes: argmax {tuple(argmax.shape)} differs from "
+                         f"dy {tuple(dy.shape)}")
     k = plan.kernel(FILE, "maxpool_backward")
     return plan.launch(k, (dx.size,), (LOCAL,), *geometry, argmax, dy, dx)
 

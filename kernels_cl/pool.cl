@@ -1,0 +1,132 @@
+// Max and average pooling over NCHW images, forward and backward, as torch.nn.MaxPool2d and
+// torch.nn.AvgPool2d (ceil_mode=False, count_include_pad=True).
+//
+// Every launch sees `planes` = batch x channels independent H x W input planes and their
+// OH x OW output planes. A window (oh, ow) covers padded rows oh*SH .. oh*SH+KH-1, that is input
+// rows oh*SH-PH .. oh*SH-PH+KH-1 (likewise for columns). Padding is -inf for max pooling (it never
+// wins: with PH <= KH/2 every window holds at least one input element) and 0 for average pooling,
+// whose divisor is always KH*KW (with ceil_mode=False no window reaches past the padding).
+//
+// Backward passes are gathers: one work-item per input element sums the gradients of the output
+// windows that cover it, in a fixed order, so results are deterministic and need no atomics.
+//
+// The geometry is passed at run time, so one build serves every layer.
+
+// The window rows [*lo, *hi) covering input coordinate i (0 <= i < size): windows o with
+// o*s <= i+p < o*s+k, clipped to the out windows that exist.
+inline void covering(const int i, const int k, const int s, const int p, const int out,
+                     int* lo, int* hi)
+{
+    const int q = i + p;                       // position in the padded input, >= 0
+    *lo = q < k ? 0 : (q - k) / s + 1;
+    *hi = min(q / s + 1, out);
+}
+
+// y = max over each window; if save_argmax, argmax = the flat index h*W+w of the chosen input
+// element within its plane (the first maximum in row-major window order; a NaN wins, as PyTorch).
+// One work-item per output element.
+__kernel void maxpool_forward(const int planes, const int H, const int W, const int OH, const int OW,
+                              const int KH, const int KW, const int SH, const int SW,
+                              const int PH, const int PW, const int save_argmax,
+                              __global const float* x, const int xo,
+                              __global float* y, const int yo,
+                              __global int* argmax, const int ao)
+{
+    const int gid = get_global_id(0);
+    if (gid >= planes * OH * OW) return;
+    const int ow = gid % OW;
+    const int oh = (gid / OW) % OH;
+    const int plane = gid / (OW * OH);
+    __global const float* xp = x + xo + plane * H * W;
+    const int h0 = oh * SH - PH, w0 = ow * SW - PW;
+    const int hs = max(h0, 0), he = min(h0 + KH, H);
+    const int ws = max(w0, 0), we = min(w0 + KW, W);
+    float best = -INFINITY;
+    int best_at = hs * W + ws;
+    for (int h = hs; h < he; h++) {
+        for (int w = ws; w < we; w++) {
+            const float v = xp[h * W + w];
+            if (v > best || isnan(v)) {
+                best = v;
+                best_at = h * W + w;
+            }
+        }
+    }
+    y[yo + gid] = best;
+    if (save_argmax) argmax[ao + gid] = best_at;
+}
+
+// dx = for each input element, the sum of dy over the windows that cover it and chose it.
+// One work-item per input element.
+__kernel void maxpool_backward(const int planes, const int H, const int W, const int OH, const int OW,
+                               const int KH, const int KW, const int SH, const int SW,
+                               const int PH, const int PW,
+                               __global const int* argmax, const int ao,
+                               __global const float* dy, const int dyo,
+                               __global float* dx, const int dxo)
+{
+    const int gid = get_global_id(0);
+    if (gid >= planes * H * W) return;
+    const int at = gid % (H * W);              // index of this element within its plane
+    const int h = at / W, w = at % W;
+    const int plane = gid / (H * W);
+    int oh0, oh1, ow0, ow1;
+    covering(h, KH, SH, PH, OH, &oh0, &oh1);
+    covering(w, KW, SW, PW, OW, &ow0, &ow1);
+    const int base = plane * OH * OW;
+    float s = 0.0f;
+    for (int oh = oh0; oh < oh1; oh++) {
+        for (int ow = ow0; ow < ow1; ow++) {
+            const int o = base + oh * OW + ow;
+            if (argmax[ao + o] == at) s += dy[dyo + o];
+        }
+    }
+    dx[dxo + gid] = s;
+}
+
+// y = the mean of each window, zero padding included (divisor KH*KW). One work-item per output.
+__kernel void avgpool_forward(const int planes, const int H, const int W, const int OH, const int OW,
+                              const int KH, const int KW, const int SH, const int SW,
+                              const int PH, const int PW,
+                              __global const float* x, const int xo,
+                              __global float* y, const int yo)
+{
+    const int gid = get_global_id(0);
+    if (gid >= planes * OH * OW) return;
+    const int ow = gid % OW;
+    const int oh = (gid / OW) % OH;
+    const int plane = gid / (OW * OH);
+    __global const float* xp = x + xo + plane * H * W;
+    const int h0 = oh * SH - PH, w0 = ow * SW - PW;
+    const int hs = max(h0, 0), he = min(h0 + KH, H);
+    const int ws = max(w0, 0), we = min(w0 + KW, W);
+    float s = 0.0f;
+    for (int h = hs; h < he; h++)
+        for (int w = ws; w < we; w++)
+            s += xp[h * W + w];
+    y[yo + gid] = s / (float)(KH * KW);
+}
+
+// dx = for each input element, the sum of dy / (KH*KW) over the windows that cover it.
+// One work-item per input element.
+__kernel void avgpool_backward(const int planes, const int H, const int W, const int OH, const int OW,
+                               const int KH, const int KW, const int SH, const int SW,
+                               const int PH, const int PW,
+                               __global const float* dy, const int dyo,
+                               __global float* dx, const int dxo)
+{
+    const int gid = get_global_id(0);
+    if (gid >= planes * H * W) return;
+    const int at = gid % (H * W);
+    const int h = at / W, w = at % W;
+    const int plane = gid / (H * W);
+    int oh0, oh1, ow0, ow1;
+    covering(h, KH, SH, PH, OH, &oh0, &oh1);
+    covering(w, KW, SW, PW, OW, &ow0, &ow1);
+    __global const float* g = dy + dyo + plane * OH * OW;
+    float s = 0.0f;
+    for (int oh = oh0; oh < oh1; oh++)
+        for (int ow = ow0; ow < ow1; ow++)
+            s += g[oh * OW + ow];
+    dx[dxo + gid] = s / (float)(KH * KW);
+}
