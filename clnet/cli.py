@@ -80,6 +80,7 @@ Examples:
   clnet-train
   clnet-train --platform pocl --device 0 --model mlp --epochs 5 --batch-size 64 --lr 0.05 \\
               --optimizer sgd --momentum 0.9 --seed 1
+  clnet-train --model mnist-cnn --epochs 3 --lr 0.02
   clnet-train --optimizer adam --epochs 20
   CLNET_PLATFORM=nvidia clnet-train""")
 @_friendly_errors
@@ -87,8 +88,8 @@ Examples:
               "Default: CLNET_PLATFORM, else the best device's.")
 @click.option("--device", help="Device: index (within the platform if one is given) or name substring. "
               "Default: CLNET_DEVICE, else the best (a GPU before a CPU).")
-@click.option("--model", "model_name", type=click.Choice(sorted(models.PRESETS)), default="mlp",
-              show_default=True, help="Preset network.")
+@click.option("--model", "model_name", type=click.Choice(sorted(models.PRESETS)), default="lenet5",
+              show_default=True, help="Preset network (cifar-cnn needs 3x32x32 images).")
 @click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--optimizer", type=click.Choice(sorted(optim.OPTIMIZERS)), default="sgd", show_default=True)

@@ -7,41 +7,52 @@
     const int OH, const int OW, const int sh, const int sw, const int ph, const int pw, \
     const int dh, const int dw
 
-// One work-item per column element; neighbours along dimension 0 read and write neighbouring pixels.
+// One work-item per (column-matrix row k, image, output row oh) copies that output row's OW
+// pixels: index arithmetic once per row, contiguous writes.
 __kernel void im2col(const int images, GEOMETRY, const int ldcol,
                      __global const float* restrict x, const int xo,
                      __global float* restrict col, const int co)
 {
-    const int n = get_global_id(0), k = get_global_id(1);
-    const int P = OH * OW;
-    if (n >= images * P || k >= C * KH * KW) return;
-    const int g = n / P, p = n % P, oh = p / OW, ow = p % OW;
+    const int r = get_global_id(0), k = get_global_id(1);  // r = image * OH + oh
+    if (r >= images * OH || k >= C * KH * KW) return;
+    const int g = r / OH, oh = r % OH;
     const int kw = k % KW, kh = (k / KW) % KH, c = k / (KH * KW);
-    const int ih = oh * sh - ph + kh * dh, iw = ow * sw - pw + kw * dw;
-    col[co + k * ldcol + n] = (ih >= 0 && ih < H && iw >= 0 && iw < W)
-        ? x[xo + ((g * C + c) * H + ih) * W + iw] : 0.0f;
+    const int ih = oh * sh - ph + kh * dh;
+    __global float* out = col + co + k * ldcol + r * OW;  // column (image, oh, ow) = r * OW + ow
+    if (ih < 0 || ih >= H) {
+        for (int ow = 0; ow < OW; ow++) out[ow] = 0.0f;
+        return;
+    }
+    __global const float* in = x + xo + ((g * C + c) * H + ih) * W;
+    for (int ow = 0; ow < OW; ow++) {
+        const int iw = ow * sw - pw + kw * dw;
+        out[ow] = (iw >= 0 && iw < W) ? in[iw] : 0.0f;
+    }
 }
 
 // The gradient of im2col as a gather: each input element sums the column entries it was copied to,
-// in a fixed order (no atomics, the same result every run).
+// in a fixed order (no atomics, the same result every run). One work-item per input row (image,
+// channel, ih) walks its W pixels.
 __kernel void col2im(const int images, GEOMETRY, const int ldcol,
                      __global const float* restrict col, const int co,
                      __global float* restrict dx, const int xo)
 {
-    const int i = get_global_id(0);
-    if (i >= images * C * H * W) return;
-    const int iw = i % W, ih = (i / W) % H, c = (i / (H * W)) % C, g = i / (C * H * W);
-    float s = 0.0f;
-    for (int kh = 0; kh < KH; kh++) {
-        const int t = ih + ph - kh * dh;
-        if (t < 0 || t % sh != 0 || t / sh >= OH) continue;
-        for (int kw = 0; kw < KW; kw++) {
-            const int u = iw + pw - kw * dw;
-            if (u < 0 || u % sw != 0 || u / sw >= OW) continue;
-            s += col[co + ((c * KH + kh) * KW + kw) * ldcol + (g * OH + t / sh) * OW + u / sw];
+    const int r = get_global_id(0);  // r = (image * C + c) * H + ih
+    if (r >= images * C * H) return;
+    const int ih = r % H, c = (r / H) % C, g = r / (C * H);
+    for (int iw = 0; iw < W; iw++) {
+        float s = 0.0f;
+        for (int kh = 0; kh < KH; kh++) {
+            const int t = ih + ph - kh * dh, oh = t / sh;
+            if (t < 0 || oh * sh != t || oh >= OH) continue;
+            for (int kw = 0; kw < KW; kw++) {
+                const int u = iw + pw - kw * dw, ow = u / sw;
+                if (u < 0 || ow * sw != u || ow >= OW) continue;
+                s += col[co + ((c * KH + kh) * KW + kw) * ldcol + (g * OH + oh) * OW + ow];
+            }
         }
+        dx[xo + r * W + iw] = s;
     }
-    dx[xo + i] = s;
 }
 
 #ifndef CONV_WG

@@ -42,15 +42,15 @@ def images_per_chunk(geometry, batch):
 def im2col(plan, geometry, images, x, col, ldcol):
     """col[(c, kh, kw), (image, oh, ow)] from `images` images of x."""
     k = plan.kernel(FILE, "im2col")
-    return plan.launch(k, (images * geometry.pixels, geometry.rows), (LOCAL, 1),
+    return plan.launch(k, (images * geometry.OH, geometry.rows), (LOCAL, 1),
                        images, *astuple(geometry), ldcol, x, col)
 
 
 def col2im(plan, geometry, images, col, dx, ldcol):
     """dx (images, C, H, W) = the gradient of im2col, gathered from col."""
     k = plan.kernel(FILE, "col2im")
-    n = images * geometry.C * geometry.H * geometry.W
-    return plan.launch(k, (n,), (LOCAL,), images, *astuple(geometry), ldcol, col, dx)
+    rows = images * geometry.C * geometry.H
+    return plan.launch(k, (rows,), (LOCAL,), images, *astuple(geometry), ldcol, col, dx)
 
 
 def conv_bias_act_backward(plan, act_code, dy, y, dpre, db):
