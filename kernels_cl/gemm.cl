@@ -4,6 +4,9 @@
 // C_IMAGE_COLS=P stores column n as pixel n % P of image n / P of an NCHW tensor whose rows are
 // channels: C[m,n] at c[(n / P) * ldc + m * P + n % P] (ldc is then the image stride).
 // ACCUMULATE adds the product to C instead (no bias, no activation).
+// SPLIT_K (gemm_tiled only): work-group z of a 3-D launch sums its share of K into slice z of a
+// (slices, M, ldc) buffer, which sum_slices then adds up: for products with few output tiles and
+// a long K, such as weight gradients.
 // Two families share these semantics: gemm_tiled for GPUs (local-memory tiles) and
 // gemm_cpu / gemm_cpu_dot for CPUs (no local memory).
 
@@ -39,7 +42,9 @@
 #define C_INDEX(m, n) (c_off + (m) * ldc + (n))
 #endif
 
-#ifdef ACCUMULATE
+#if defined(SPLIT_K)
+#define STORE(m, n, v) C[c_off + get_group_id(2) * M * ldc + (m) * ldc + (n)] = (v)
+#elif defined(ACCUMULATE)
 #define STORE(m, n, v) C[C_INDEX(m, n)] += (v)
 #else
 #define STORE(m, n, v) C[C_INDEX(m, n)] = act_forward((v) + BIAS_AT(m, n))
@@ -86,7 +91,14 @@ void gemm_tiled(GEMM_ARGS)
         for (int j = 0; j < WPT_N; j++)
             acc[i][j] = 0.0f;
 
-    for (int k0 = 0; k0 < K; k0 += TILE_K) {
+#ifdef SPLIT_K
+    const int slices = get_num_groups(2);
+    const int share = (K + slices * TILE_K - 1) / (slices * TILE_K) * TILE_K;
+    const int k_begin = get_group_id(2) * share, k_end = min(K, k_begin + share);
+#else
+    const int k_begin = 0, k_end = K;
+#endif
+    for (int k0 = k_begin; k0 < k_end; k0 += TILE_K) {
         // Consecutive work-items read consecutive addresses of whichever layout A and B have.
         for (int i = tid; i < TILE_K * TILE_M; i += WG_M * WG_N) {
 #if TRANS_A
@@ -95,7 +107,7 @@ void gemm_tiled(GEMM_ARGS)
             const int kk = i % TILE_K, mm = i / TILE_K;
 #endif
             const int m = m0 + mm, k = k0 + kk;
-            As[kk][mm] = (m < M && k < K) ? A_AT(m, k) : 0.0f;
+            As[kk][mm] = (m < M && k < k_end) ? A_AT(m, k) : 0.0f;
         }
         for (int i = tid; i < TILE_K * TILE_N; i += WG_M * WG_N) {
 #if TRANS_B
@@ -104,7 +116,7 @@ void gemm_tiled(GEMM_ARGS)
             const int nn = i % TILE_N, kk = i / TILE_N;
 #endif
             const int n = n0 + nn, k = k0 + kk;
-            Bs[kk][nn] = (n < N && k < K) ? B_AT(k, n) : 0.0f;
+            Bs[kk][nn] = (n < N && k < k_end) ? B_AT(k, n) : 0.0f;
         }
         barrier(CLK_LOCAL_MEM_FENCE);
         for (int kk = 0; kk < TILE_K; kk++) {
@@ -125,6 +137,22 @@ void gemm_tiled(GEMM_ARGS)
             if (m < M && n < N) STORE(m, n, acc[i][j]);
         }
     }
+}
+
+// C[m, n] (+)= the sum over `slices` of P[slice, m, n] (P is slices x M x N), in slice order.
+__kernel void sum_slices(const int M, const int N, const int slices,
+                         __global const float* restrict P, const int p_off,
+                         __global float* restrict C, const int c_off, const int ldc)
+{
+    const int i = get_global_id(0);
+    if (i >= M * N) return;
+    float s = 0.0f;
+    for (int z = 0; z < slices; z++) s += P[p_off + z * M * N + i];
+#ifdef ACCUMULATE
+    C[c_off + (i / N) * ldc + i % N] += s;
+#else
+    C[c_off + (i / N) * ldc + i % N] = s;
+#endif
 }
 
 // ---------------------------------------------------------------- CPU family

@@ -11,6 +11,7 @@ import pytest
 from conftest import execute, new_plan
 
 from clnet import losses, ops, optim
+from clnet.ops.gemm import split_k
 from clnet.tensor import DeviceTensor
 
 GUARD = 12345.0
@@ -114,6 +115,28 @@ def test_gemm_layouts(device, gemm_family, layout):
     execute(plan)
     for (m, n, k), (sc, ref, _) in cases:
         _check_gemm(sc, ref, k, f"{gemm_family} {layout} M={m} N={n} K={k}")
+
+
+@pytest.mark.parametrize("layout", ["NN", "TN", "NT"])
+def test_gemm_split_k(device, monkeypatch, layout):
+    """Few output tiles and a long K: gemm_tiled splits K over work-groups and sums the slices."""
+    monkeypatch.setenv("CLNET_GEMM", "tiled")
+    rng = np.random.default_rng(5)
+    plan = new_plan(device)
+    m, n, k = 5, 70, 3001
+    assert split_k(device, m, n, k) > 1 and split_k(device, 300, 300, 100) == 1
+    sc, ref, _ = _gemm_case(device, rng, plan, m, n, k, layout, (3, 5, 64, 0))
+    # accumulating into a matrix whose leading dimension is wider than its columns
+    a, b = f32(rng.uniform(-1, 1, (m, k))), f32(rng.uniform(-1, 1, (k, n)))
+    wide = f32(rng.uniform(-1, 1, (m, n + 3)))
+    sa, sb, sw = Slot(device, a, 1), Slot(device, b, 2), Slot(device, wide, 7)
+    ops.gemm(plan, sa.tensor, sb.tensor, ops.Matrix(sw.tensor, m, n, ld=n + 3), accumulate=True)
+    assert [launch.kernel.function_name for launch in plan.launches].count("sum_slices") == 2
+    execute(plan)
+    _check_gemm(sc, ref, k, f"split-K {layout}")
+    expected = wide.astype(np.float64)
+    expected[:, :n] += a.astype(np.float64) @ b.astype(np.float64)
+    np.testing.assert_allclose(sw.read(), expected, rtol=1e-5, atol=1e-6 * k)
 
 
 # Every activation with and without bias, each through both CPU kernels (gemm_cpu for NN / TN,

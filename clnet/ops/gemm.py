@@ -6,6 +6,7 @@ GEMM_FILE = "gemm.cl"
 TILE = 64          # TILE_M = TILE_N of gemm_tiled (its defaults)
 WORK_GROUP = 16    # TILE / WPT: gemm_tiled's work-group is 16 x 16
 CPU_ROWS = CPU_COLS = 4
+SPLIT_MIN = 256    # shortest K slice worth its own work-groups
 
 
 class Matrix:
@@ -33,6 +34,24 @@ def family(device):
     return chosen
 
 
+def split_k(device, m, n, k):
+    """Slices of K for gemm_tiled: enough work-groups to fill the device when the output has few
+    tiles (weight gradients: K is the batch, or batch x pixels), each slice at least SPLIT_MIN long."""
+    tiles = -(-m // TILE) * -(-n // TILE)
+    wanted = -(-4 * device.info.compute_units // tiles)
+    return max(1, min(wanted, k // SPLIT_MIN))
+
+
+def _gemm_split_k(plan, a, b, c, m, n, k, grid, slices, defines):
+    """Partial products of K slices in one 3-D launch, then their sum in slice order (deterministic)."""
+    partial = plan.value((slices, m, n), "split-K partial sums")
+    kernel = plan.kernel(GEMM_FILE, "gemm_tiled", **{**defines, "SPLIT_K": True, "ACCUMULATE": False})
+    plan.launch(kernel, (*grid, slices), (WORK_GROUP, WORK_GROUP, 1),
+                m, n, k, a.tensor, a.ld, b.tensor, b.ld, partial, n, partial)
+    total = plan.kernel(GEMM_FILE, "sum_slices", ACCUMULATE=defines["ACCUMULATE"])
+    return plan.launch(total, (m * n,), (64,), m, n, slices, partial, c.tensor, c.ld)
+
+
 def gemm(plan, a, b, c, trans_a=False, trans_b=False, bias=None, act=0, bias_per_row=False, accumulate=False):
     """Record C = act(op(A) op(B) + bias) where op transposes when asked, or C += op(A) op(B).
 
@@ -52,9 +71,12 @@ def gemm(plan, a, b, c, trans_a=False, trans_b=False, bias=None, act=0, bias_per
                    BIAS_PER_ROW=bias_per_row, ACCUMULATE=accumulate, C_IMAGE_COLS=c.image_cols)
     args = (m, n, k, a.tensor, a.ld, b.tensor, b.ld, c.tensor, c.ld, bias if bias is not None else c.tensor)
     if family(plan.device) == "tiled":
+        grid = (-(-n // TILE) * WORK_GROUP, -(-m // TILE) * WORK_GROUP)
+        slices = split_k(plan.device, m, n, k) if bias is None and not act and c.image_cols is None else 1
+        if slices > 1:
+            return _gemm_split_k(plan, a, b, c, m, n, k, grid, slices, defines)
         kernel = plan.kernel(GEMM_FILE, "gemm_tiled", **defines)
-        tiles = (-(-n // TILE) * WORK_GROUP, -(-m // TILE) * WORK_GROUP)
-        return plan.launch(kernel, tiles, (WORK_GROUP, WORK_GROUP), *args)
+        return plan.launch(kernel, grid, (WORK_GROUP, WORK_GROUP), *args)
     if trans_b:
         if trans_a:
             raise ValueError("gemm with both operands transposed is not supported by the CPU family")
