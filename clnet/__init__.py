@@ -1,6 +1,6 @@
 """clnet: train and run image-classification networks with OpenCL kernels, on any OpenCL device."""
 
-from . import data, layers, losses, models, optim
+from . import datasets, layers, losses, models, optim
 from .device import Device, DeviceInfo, device, list_devices
 from .errors import (ClnetError, DatasetError, DeviceNotFoundError, InputError, KernelBuildError,
                      OutOfDeviceMemoryError, ShapeError)
@@ -10,4 +10,4 @@ __version__ = "0.1.0"
 
 __all__ = ["ClnetError", "DatasetError", "Device", "DeviceInfo", "DeviceNotFoundError", "History",
            "InputError", "KernelBuildError", "OutOfDeviceMemoryError", "Sequential", "ShapeError",
-           "data", "device", "layers", "list_devices", "losses", "models", "optim"]
+           "datasets", "device", "layers", "list_devices", "losses", "models", "optim"]

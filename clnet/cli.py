@@ -10,7 +10,7 @@ import time
 
 import click
 
-from . import data, models, optim
+from . import datasets, models, optim
 from .device import INSTALL_HINT, device as open_device, list_devices
 from .errors import ClnetError
 from .text import format_bytes
@@ -108,7 +108,7 @@ def train(platform, device, model_name, epochs, batch_size, optimizer, lr, momen
     """Train a network on the bundled MNIST-5k images (4000 train, 1000 test) and report test accuracy."""
     start = time.perf_counter()
     dev = open_device(platform, device)
-    (x, y), (x_test, y_test) = data.load_mnist_5k()
+    (x, y), (x_test, y_test) = datasets.load_mnist_5k()
     model = models.PRESETS[model_name](device=dev, seed=seed)
     lr = lr or DEFAULT_LR[optimizer]
     opt = (optim.SGD(lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)

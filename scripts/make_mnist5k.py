@@ -1,8 +1,8 @@
 """Convert the 5000 MNIST images of mnist_5k.csv.gz (784 pixels 0-255 then the label per row) into
-clnet/data/mnist_5k.npz: uint8 images (N, 1, 28, 28) and labels, split stratified and seeded into
+clnet/datasets/mnist_5k.npz: uint8 images (N, 1, 28, 28) and labels, split stratified and seeded into
 4000 training and 1000 test images (400 / 100 per class).
 
-    python scripts/make_mnist5k.py ../shared/data/mnist_5k.csv.gz clnet/data/mnist_5k.npz
+    python scripts/make_mnist5k.py ../shared/data/mnist_5k.csv.gz clnet/datasets/mnist_5k.npz
 """
 
 import sys

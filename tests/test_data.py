@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import clnet
-from clnet.data.bundled import load_mnist_5k
+from clnet.datasets.bundled import load_mnist_5k
 
 
 def test_bundled_split_is_stratified_and_scaled():

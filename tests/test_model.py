@@ -13,7 +13,7 @@ from reference import forward
 
 @pytest.fixture(scope="module")
 def mnist():
-    return clnet.data.load_mnist_5k()
+    return clnet.datasets.load_mnist_5k()
 
 
 def small_mlp(device, seed=0, classes=3, features=6):

@@ -27,7 +27,7 @@ def test_preset_shapes_and_sizes(device, name):
 def test_mnist_cnn_learns_bundled_mnist(device):
     """Two epochs of mnist-cnn with Adam on the 4000 training images reach 95.6% on the 1000 test
     images (PoCL 3.1); 94.5% is the floor."""
-    (x, y), (x_test, y_test) = clnet.data.load_mnist_5k()
+    (x, y), (x_test, y_test) = clnet.datasets.load_mnist_5k()
     model = clnet.models.mnist_cnn(device=device, seed=0)
     model.compile("cross_entropy", clnet.optim.Adam(lr=1e-3))
     model.fit(x, y, epochs=2, batch_size=64, verbose=0)
@@ -42,7 +42,7 @@ def test_conv_training_is_deterministic(device):
         model.fit(x, y, epochs=2, batch_size=32, verbose=0)
         return model.state_dict()
 
-    (x, y), _ = clnet.data.load_mnist_5k()
+    (x, y), _ = clnet.datasets.load_mnist_5k()
     x, y = x[:200, :, 7:21, 7:21], y[:200]  # 14x14 crops keep this quick
     first, second, other = train(3), train(3), train(4)
     for key in first:
