@@ -1,5 +1,6 @@
-"""Datasets. For now the bundled MNIST-5k; readers for IDX, CIFAR and image folders come later."""
+"""Datasets: the bundled MNIST-5k, readers for the common formats, and the device input pipeline."""
 
 from .bundled import load_mnist_5k
+from .dataset import Dataset
 
-__all__ = ["load_mnist_5k"]
+__all__ = ["Dataset", "load_mnist_5k"]

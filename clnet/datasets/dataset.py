@@ -1,0 +1,49 @@
+"""Dataset: images and integer labels in memory, as every reader returns them."""
+
+import numpy as np
+
+from ..errors import DatasetError
+
+
+class Dataset:
+    """`x`: images (N, C, H, W), uint8 (0-255, scaled to [0, 1] when training) or float32;
+    `y`: int64 class labels (N,); `classes`: the class names when known; `name`: where it came from.
+
+    Unpacks like a pair: `x, y = dataset`.
+    """
+
+    def __init__(self, x, y, classes=None, name="dataset"):
+        x, y = np.asarray(x), np.asarray(y)
+        if x.ndim == 3:  # (N, H, W): one channel
+            x = x[:, None]
+        if x.ndim != 4:
+            raise DatasetError(f"{name}: images must be (N, C, H, W) or (N, H, W), got shape {x.shape}")
+        if x.dtype != np.uint8:
+            if x.dtype.kind not in "fiu":
+                raise DatasetError(f"{name}: images must be numbers, got dtype {x.dtype}")
+            x = x.astype(np.float32, copy=False)
+        if y.ndim != 1 or len(y) != len(x):
+            raise DatasetError(f"{name}: {len(x)} images but labels of shape {y.shape}")
+        if y.dtype.kind not in "iu" or (len(y) and y.min() < 0):
+            raise DatasetError(f"{name}: labels must be non-negative integers")
+        self.x, self.y = x, y.astype(np.int64, copy=False)
+        self.classes = list(classes) if classes is not None else None
+        self.name = name
+
+    @property
+    def num_classes(self):
+        return len(self.classes) if self.classes is not None else int(self.y.max()) + 1 if len(self.y) else 0
+
+    @property
+    def image_shape(self):
+        return self.x.shape[1:]
+
+    def __len__(self):
+        return len(self.x)
+
+    def __iter__(self):
+        return iter((self.x, self.y))
+
+    def __repr__(self):
+        return (f"Dataset({self.name!r}: {len(self)} images of {self.image_shape} {self.x.dtype}, "
+                f"{self.num_classes} classes)")
