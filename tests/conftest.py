@@ -66,3 +66,41 @@ def execute(plan):
 
 def new_plan(device):
     return Plan(device)
+
+
+GUARD = 12345.0        # around float outputs
+INT_GUARD = -777       # around int32 outputs
+INT_UNWRITTEN = -5     # inside int32 outputs before the launch: never a valid index
+
+
+class Slot:
+    """`array` at element `offset` of a larger buffer whose other elements hold `fill`.
+
+    Inputs are surrounded by NaN, so a kernel that ignores an offset or reads past its tensor
+    poisons its own result; outputs (`Slot.output`) start unwritten and are surrounded by a guard
+    value that `read` checks, so a stray write or a forgotten element is caught."""
+
+    def __init__(self, device, array, offset, fill=np.nan, dtype=np.float32, tail=29):
+        array = np.asarray(array, dtype)
+        self.shape, self.offset, self.size, self.fill = array.shape, offset, array.size, fill
+        flat = np.full(offset + array.size + tail, fill, dtype)
+        flat[offset:offset + array.size] = array.reshape(-1)
+        self.whole = DeviceTensor.from_numpy(device, flat, dtype)
+        self.tensor = self.whole.view(array.shape, offset)
+
+    @classmethod
+    def output(cls, device, shape, offset, dtype=np.float32):
+        """An output: NaN (int32: INT_UNWRITTEN) until written, GUARD (INT_GUARD) around it."""
+        if np.dtype(dtype) == np.int32:
+            return cls(device, np.full(shape, INT_UNWRITTEN), offset, fill=INT_GUARD, dtype=np.int32)
+        return cls(device, np.full(shape, np.nan), offset, fill=GUARD)
+
+    def read(self):
+        """The tensor's contents, after checking that nothing around it changed."""
+        flat = self.whole.download()
+        around = np.concatenate([flat[:self.offset], flat[self.offset + self.size:]])
+        if np.isnan(self.fill):
+            assert np.isnan(around).all(), "a kernel wrote outside its tensor"
+        else:
+            assert (around == self.fill).all(), "a kernel wrote outside its tensor"
+        return flat[self.offset:self.offset + self.size].reshape(self.shape)

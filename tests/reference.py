@@ -1,4 +1,4 @@
-"""A float64 numpy twin of clnet's dense networks and losses, for checking the device's results."""
+"""A float64 numpy twin of clnet's networks and losses, for checking the device's results."""
 
 import numpy as np
 
@@ -7,10 +7,12 @@ from clnet import layers as L
 
 def _act(kind, x):
     return {"relu": lambda v: np.maximum(v, 0), "sigmoid": lambda v: 1 / (1 + np.exp(-v)),
-            "tanh": np.tanh, "softmax": _softmax}[kind](x)
+            "tanh": np.tanh, "softmax": softmax}[kind](x)
 
 
-def _softmax(z):
+def softmax(z):
+    """Row-wise softmax of (N, classes)."""
+    z = np.asarray(z, np.float64)
     e = np.exp(z - z.max(axis=1, keepdims=True))
     return e / e.sum(axis=1, keepdims=True)
 
@@ -38,11 +40,88 @@ def conv2d(x, weight, bias, layer):
     return y if bias is None else y + bias[None, :, None, None]
 
 
-def forward(layers, state, x):
-    """Output of the network on x (float64), as torch.nn.Sequential computes it."""
+def pair(value):
+    """(h, w) from an int or a pair."""
+    return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+
+
+def windows(h, w, kernel, stride, padding):
+    """Index of every window element in a plane flattened to h*w values plus one padding value at
+    index h*w: shape (OH, OW, KH*KW), window elements in row-major order."""
+    (kh, kw), (sh, sw), (ph, pw) = pair(kernel), pair(stride), pair(padding)
+    oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    rows = (np.arange(oh) * sh - ph)[:, None, None, None] + np.arange(kh)[None, None, :, None]
+    cols = (np.arange(ow) * sw - pw)[None, :, None, None] + np.arange(kw)[None, None, None, :]
+    inside = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
+    return np.where(inside, rows * w + cols, h * w).reshape(oh, ow, kh * kw)
+
+
+def window_values(x, index, pad_value):
+    """The values of x (N, C, H, W) at `index` (from `windows`), with pad_value on the padding:
+    shape (N, C, OH, OW, KH*KW)."""
+    n, c, h, w = x.shape
+    planes = np.concatenate([x.reshape(n, c, h * w), np.full((n, c, 1), pad_value)], axis=2)
+    return planes[:, :, index]
+
+
+def maxpool2d(x, kernel, stride, padding):
+    """(y, argmax) as torch.nn.functional.max_pool2d(..., return_indices=True): -inf padding, the
+    first maximum of a window in row-major order; argmax is the flat index h*W+w in the plane."""
+    x = np.asarray(x, np.float64)
+    index = windows(*x.shape[2:], kernel, stride, padding)
+    values = window_values(x, index, -np.inf)
+    choice = np.argmax(values, axis=-1)[..., None]
+    y = np.take_along_axis(values, choice, -1)[..., 0]
+    argmax = np.take_along_axis(np.broadcast_to(index, values.shape), choice, -1)[..., 0]
+    return y, argmax
+
+
+def avgpool2d(x, kernel, stride, padding):
+    """torch.nn.functional.avg_pool2d with count_include_pad=True: zero padding, divisor KH*KW."""
+    x = np.asarray(x, np.float64)
+    index = windows(*x.shape[2:], kernel, stride, padding)
+    return window_values(x, index, 0.0).mean(axis=-1)
+
+
+def batchnorm_train(x, n_valid, weight, bias, eps):
+    """Training-mode batch norm of the first n_valid rows of x (N, C, ...): (y, mean, biased var,
+    values per channel). weight and bias are None without affine."""
+    x = np.asarray(x[:n_valid], np.float64)
+    xr = x.reshape(n_valid, x.shape[1], -1)
+    mean, var = xr.mean(axis=(0, 2)), xr.var(axis=(0, 2))
+    y = (xr - mean[:, None]) / np.sqrt(var[:, None] + eps)
+    if weight is not None:
+        y = y * np.asarray(weight, np.float64)[:, None] + np.asarray(bias, np.float64)[:, None]
+    return y.reshape(x.shape), mean, var, xr.shape[0] * xr.shape[2]
+
+
+def batchnorm_eval(x, weight, bias, running_mean, running_var, eps):
+    """Evaluation-mode batch norm of x (N, C, ...) with the running statistics."""
+    x = np.asarray(x, np.float64)
+    shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)
+
+    def per_channel(v):
+        return np.asarray(v, np.float64).reshape(shape)
+
+    y = (x - per_channel(running_mean)) / np.sqrt(per_channel(running_var) + eps)
+    if weight is not None:
+        y = y * per_channel(weight) + per_channel(bias)
+    return y
+
+
+def forward(layers, state, x, training=False, dropout_keep=None, stats=None):
+    """Output of the network on x (float64), as torch.nn.Sequential computes it.
+
+    Evaluation (the default): BatchNorm uses the running statistics in `state`, Dropout is the
+    identity. Training: BatchNorm uses the batch's statistics, recorded in `stats` when it is given
+    ({layer index: (mean, biased var, values per channel)}), and Dropout keeps the elements where
+    dropout_keep(layer index, layer, shape) is true, scaled by 1 / (1 - p). A test-only layer may
+    bring its own float64 forward as a method `reference_forward(a)`."""
     a = np.asarray(x, np.float64)
     for i, layer in enumerate(layers):
-        if isinstance(layer, L.Flatten):
+        if hasattr(layer, "reference_forward"):
+            a = layer.reference_forward(a)
+        elif isinstance(layer, L.Flatten):
             a = a.reshape(len(a), -1)
         elif isinstance(layer, L.Conv2D):
             a = conv2d(a, state[f"{i}.weight"].astype(np.float64),
@@ -51,6 +130,23 @@ def forward(layers, state, x):
             a = a @ state[f"{i}.weight"].astype(np.float64).T
             if layer.bias:
                 a = a + state[f"{i}.bias"]
+        elif isinstance(layer, L.MaxPool2D):
+            a = maxpool2d(a, layer.kernel_size, layer.stride, layer.padding)[0]
+        elif isinstance(layer, L.AvgPool2D):
+            a = avgpool2d(a, layer.kernel_size, layer.stride, layer.padding)
+        elif isinstance(layer, L.GlobalAvgPool2D):
+            a = a.mean(axis=(2, 3), keepdims=True)
+        elif isinstance(layer, (L.BatchNorm1d, L.BatchNorm2d)):
+            w, b = (state[f"{i}.weight"], state[f"{i}.bias"]) if layer.affine else (None, None)
+            if training:
+                a, mean, var, m = batchnorm_train(a, len(a), w, b, layer.eps)
+                if stats is not None:
+                    stats[i] = (mean, var, m)
+            else:
+                a = batchnorm_eval(a, w, b, state[f"{i}.running_mean"], state[f"{i}.running_var"], layer.eps)
+        elif isinstance(layer, L.Dropout):
+            if training and layer.p > 0:
+                a = a * dropout_keep(i, layer, a.shape) / (1 - layer.p)
         else:
             a = _act(_kind(layer), a)
     return a
@@ -62,7 +158,7 @@ def loss(name, out, y):
     cross_entropy and binary_cross_entropy take logits unless the network ended on the link."""
     n = len(out)
     if name == "cross_entropy_logits":
-        out = _softmax(out)
+        out = softmax(out)
         name = "cross_entropy"
     if name == "cross_entropy":
         return -np.mean(np.log(out[np.arange(n), y]))
@@ -80,18 +176,21 @@ def loss(name, out, y):
     raise ValueError(name)
 
 
-def numeric_gradients(layers, state, x, y, loss_name, eps=1e-6):
-    """Central finite differences of the float64 loss with respect to every parameter."""
+def numeric_gradients(layers, state, x, y, loss_name, eps=1e-6, **forward_options):
+    """Central finite differences of the float64 loss with respect to every trainable parameter
+    (buffers such as running statistics are not differentiated); forward_options go to `forward`."""
     state = {k: v.astype(np.float64) for k, v in state.items()}
+    trainable = {f"{i}.{name}" for i, layer in enumerate(layers) for name in layer.param_shapes()}
     grads = {}
-    for key, value in state.items():
+    for key in [k for k in state if k in trainable]:
+        value = state[key]
         g = np.zeros_like(value)
         for idx in np.ndindex(value.shape):
             old = value[idx]
             value[idx] = old + eps
-            up = loss(loss_name, forward(layers, state, x), y)
+            up = loss(loss_name, forward(layers, state, x, **forward_options), y)
             value[idx] = old - eps
-            down = loss(loss_name, forward(layers, state, x), y)
+            down = loss(loss_name, forward(layers, state, x, **forward_options), y)
             value[idx] = old
             g[idx] = (up - down) / (2 * eps)
         grads[key] = g

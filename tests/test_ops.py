@@ -8,40 +8,11 @@ Outputs start as NaN, so an element a kernel forgets to write is caught as well.
 
 import numpy as np
 import pytest
-from conftest import execute, new_plan
+from conftest import GUARD, Slot, execute, new_plan
 
 from clnet import losses, ops, optim
 from clnet.ops.gemm import split_k
 from clnet.tensor import DeviceTensor
-
-GUARD = 12345.0
-
-
-class Slot:
-    """`array` at element `offset` of a larger buffer whose other elements hold `fill`."""
-
-    def __init__(self, device, array, offset, dtype=np.float32, fill=np.nan, tail=29):
-        array = np.asarray(array, dtype)
-        self.shape, self.offset, self.size, self.fill = array.shape, offset, array.size, fill
-        flat = np.full(offset + array.size + tail, fill, dtype)
-        flat[offset:offset + array.size] = array.reshape(-1)
-        self.whole = DeviceTensor.from_numpy(device, flat, dtype)
-        self.tensor = self.whole.view(array.shape, offset)
-
-    @classmethod
-    def output(cls, device, shape, offset):
-        """An output tensor: NaN until written, GUARD around it."""
-        return cls(device, np.full(shape, np.nan), offset, fill=GUARD)
-
-    def read(self):
-        """The tensor's contents, after checking that nothing around it changed."""
-        flat = self.whole.download()
-        around = np.concatenate([flat[:self.offset], flat[self.offset + self.size:]])
-        if np.isnan(self.fill):
-            assert np.isnan(around).all(), "a kernel wrote outside its tensor"
-        else:
-            assert (around == self.fill).all(), "a kernel wrote outside its tensor"
-        return flat[self.offset:self.offset + self.size].reshape(self.shape)
 
 
 def act_ref(act, x):

@@ -1,4 +1,5 @@
-"""Pooling (MaxPool2D, AvgPool2D, GlobalAvgPool2D) against float64 numpy references written here.
+"""Pooling (MaxPool2D, AvgPool2D, GlobalAvgPool2D) against the float64 numpy references of reference.py
+(forward) and of this file (backward).
 
 Op level: every launcher on awkward geometries (batch 1 and 3, non-square and one-row images,
 overlapping windows, stride larger than the kernel, padding, windows that do not divide the input)
@@ -7,91 +8,27 @@ test_ops.py: inputs surrounded by NaN, outputs by a guard value, outputs startin
 impossible index), so an ignored offset, a stray write or a forgotten element is caught.
 
 Network level: the layers inside Sequential models, with gradients against central finite
-differences of a float64 twin of the network; a test-only Unflatten lets a Dense layer feed the
-pooling layer, so that its backward pass reaches trainable parameters.
+differences of the float64 twin of the network in reference.py; a test-only Unflatten lets a Dense
+layer feed the pooling layer, so that its backward pass reaches trainable parameters.
 """
 
 from math import prod
 
 import numpy as np
 import pytest
-from conftest import execute, new_plan
+from conftest import Slot, execute, new_plan
 
 import clnet
 from clnet import layers as L
 from clnet.errors import ShapeError
 from clnet.layers.pool import AvgPool2D, GlobalAvgPool2D, MaxPool2D
 from clnet.ops import pool as pool_ops
-from clnet.tensor import DeviceTensor
 
-GUARD = 12345.0
-INT_GUARD = -777      # around int32 outputs
-INT_UNWRITTEN = -5    # inside int32 outputs before the launch: never a valid index
+from reference import (avgpool2d, forward, loss, maxpool2d, numeric_gradients, pair, softmax, window_values,
+                       windows)
 
 
 # ------------------------------------------------------------------------------------ helpers
-
-class Slot:
-    """`array` at element `offset` of a larger buffer whose other elements hold `fill`."""
-
-    def __init__(self, device, array, offset, fill=np.nan, dtype=np.float32, tail=23):
-        array = np.asarray(array, dtype)
-        self.shape, self.offset, self.size, self.fill = array.shape, offset, array.size, fill
-        flat = np.full(offset + array.size + tail, fill, dtype)
-        flat[offset:offset + array.size] = array.reshape(-1)
-        self.whole = DeviceTensor.from_numpy(device, flat, dtype)
-        self.tensor = self.whole.view(array.shape, offset)
-
-    @classmethod
-    def output(cls, device, shape, offset, dtype=np.float32):
-        """An output: NaN (int: INT_UNWRITTEN) until written, a guard value around it."""
-        if np.dtype(dtype) == np.int32:
-            return cls(device, np.full(shape, INT_UNWRITTEN), offset, fill=INT_GUARD, dtype=np.int32)
-        return cls(device, np.full(shape, np.nan), offset, fill=GUARD)
-
-    def read(self):
-        """The contents, after checking that nothing around them changed."""
-        flat = self.whole.download()
-        around = np.concatenate([flat[:self.offset], flat[self.offset + self.size:]])
-        if isinstance(self.fill, float) and np.isnan(self.fill):
-            assert np.isnan(around).all(), "a kernel wrote outside its tensor"
-        else:
-            assert (around == self.fill).all(), "a kernel wrote outside its tensor"
-        return flat[self.offset:self.offset + self.size].reshape(self.shape)
-
-
-def hw(value):
-    return tuple(value) if isinstance(value, tuple) else (value, value)
-
-
-def windows(h, w, kernel, stride, padding):
-    """Index of every window element in a plane flattened to h*w values plus one padding value at
-    index h*w: shape (OH, OW, KH*KW), window elements in row-major order."""
-    (kh, kw), (sh, sw), (ph, pw) = hw(kernel), hw(stride), hw(padding)
-    oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
-    rows = (np.arange(oh) * sh - ph)[:, None, None, None] + np.arange(kh)[None, None, :, None]
-    cols = (np.arange(ow) * sw - pw)[None, :, None, None] + np.arange(kw)[None, None, None, :]
-    inside = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
-    return np.where(inside, rows * w + cols, h * w).reshape(oh, ow, kh * kw)
-
-
-def _gather(x, index, pad_value):
-    n, c, h, w = x.shape
-    planes = np.concatenate([x.reshape(n, c, h * w), np.full((n, c, 1), pad_value)], axis=2)
-    return planes[:, :, index]  # (N, C, OH, OW, K)
-
-
-def maxpool_ref(x, kernel, stride, padding):
-    """(y, argmax) as torch.nn.functional.max_pool2d(..., return_indices=True): -inf padding, the
-    first maximum of a window in row-major order."""
-    x = np.asarray(x, np.float64)
-    index = windows(*x.shape[2:], kernel, stride, padding)
-    values = _gather(x, index, -np.inf)
-    choice = np.argmax(values, axis=-1)[..., None]
-    y = np.take_along_axis(values, choice, -1)[..., 0]
-    argmax = np.take_along_axis(np.broadcast_to(index, values.shape), choice, -1)[..., 0]
-    return y, argmax
-
 
 def maxpool_backward_ref(argmax, dy, h, w):
     """Scatter: each window adds its gradient to the input element it chose."""
@@ -102,13 +39,6 @@ def maxpool_backward_ref(argmax, dy, h, w):
             dx[i, j] = np.bincount(argmax[i, j].ravel(), weights=np.asarray(dy[i, j], np.float64).ravel(),
                                    minlength=h * w)
     return dx.reshape(n, c, h, w)
-
-
-def avgpool_ref(x, kernel, stride, padding):
-    """torch.nn.functional.avg_pool2d with count_include_pad=True: zero padding, divisor KH*KW."""
-    x = np.asarray(x, np.float64)
-    index = windows(*x.shape[2:], kernel, stride, padding)
-    return _gather(x, index, 0.0).mean(axis=-1)
 
 
 def avgpool_backward_ref(dy, h, w, kernel, stride, padding):
@@ -165,7 +95,7 @@ def test_maxpool_op(device, case, kind):
     rng = np.random.default_rng(CASES.index(case))
     shape, kernel, stride, padding = _geometry(case)
     x = make_input(kind, rng, shape)
-    y_ref, argmax_ref = maxpool_ref(x, kernel, stride, padding)
+    y_ref, argmax_ref = maxpool2d(x, kernel, stride, padding)
     dy = rng.normal(size=y_ref.shape).astype(np.float32)
 
     sx, sdy = Slot(device, x, 7), Slot(device, dy, 11)
@@ -186,9 +116,9 @@ def test_maxpool_op(device, case, kind):
     np.testing.assert_array_equal(sdy.read(), dy)
     if kind == "negative":
         assert (y_ref < 0).all()  # padding that won (as 0 or as anything above the image) would show
-    if kind in ("ties", "equal") and prod(hw(kernel)) > 1:
+    if kind in ("ties", "equal") and prod(pair(kernel)) > 1:
         # windows whose maximum occurs more than once: choosing any but the first would fail
-        values = _gather(x.astype(np.float64), windows(*shape[2:], kernel, stride, padding), -np.inf)
+        values = window_values(x.astype(np.float64), windows(*shape[2:], kernel, stride, padding), -np.inf)
         assert ((values == y_ref[..., None]).sum(axis=-1) > 1).any()
 
 
@@ -198,7 +128,7 @@ def test_avgpool_op(device, case, kind):
     rng = np.random.default_rng(CASES.index(case) + 50)
     shape, kernel, stride, padding = _geometry(case)
     x = make_input(kind, rng, shape)
-    y_ref = avgpool_ref(x, kernel, stride, padding)
+    y_ref = avgpool2d(x, kernel, stride, padding)
     dy = rng.normal(size=y_ref.shape).astype(np.float32)
     sx, sdy = Slot(device, x, 17), Slot(device, dy, 1)
     sy, sdx = Slot.output(device, y_ref.shape, 6), Slot.output(device, shape, 21)
@@ -395,59 +325,9 @@ class Unflatten(L.Layer):
     def backward(self, ctx, x, y, dy, need_dx):
         return dy.view(x.shape) if need_dx else None
 
-
-def reference_forward(layers, state, x, until=None):
-    """The network's output in float64 (logits: cross-entropy's softmax is in the loss), or the
-    input of layer `until`."""
-    a = np.asarray(x, np.float64)
-    for i, layer in enumerate(layers):
-        if i == until:
-            return a
-        if isinstance(layer, L.Dense):
-            a = a @ state[f"{i}.weight"].T + (state[f"{i}.bias"] if layer.bias else 0.0)
-        elif isinstance(layer, L.Flatten):
-            a = a.reshape(len(a), -1)
-        elif isinstance(layer, Unflatten):
-            a = a.reshape(len(a), *layer.shape)
-        elif isinstance(layer, L.ReLU):
-            a = np.maximum(a, 0.0)
-        elif isinstance(layer, L.Tanh):
-            a = np.tanh(a)
-        elif isinstance(layer, MaxPool2D):
-            a = maxpool_ref(a, layer.kernel_size, layer.stride, layer.padding)[0]
-        elif isinstance(layer, AvgPool2D):
-            a = avgpool_ref(a, layer.kernel_size, layer.stride, layer.padding)
-        elif isinstance(layer, GlobalAvgPool2D):
-            a = a.mean(axis=(2, 3), keepdims=True)
-        else:
-            raise TypeError(layer)
-    return a
-
-
-def softmax(z):
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def cross_entropy(z, y):
-    return -np.mean(np.log(softmax(z)[np.arange(len(y)), y]))
-
-
-def finite_difference_gradients(layers, state, x, y, eps=1e-6):
-    state = {k: v.astype(np.float64) for k, v in state.items()}
-    grads = {}
-    for key, value in state.items():
-        g = np.zeros_like(value)
-        for idx in np.ndindex(value.shape):
-            old = value[idx]
-            value[idx] = old + eps
-            up = cross_entropy(reference_forward(layers, state, x), y)
-            value[idx] = old - eps
-            down = cross_entropy(reference_forward(layers, state, x), y)
-            value[idx] = old
-            g[idx] = (up - down) / (2 * eps)
-        grads[key] = g
-    return grads
+    def reference_forward(self, a):
+        """The float64 twin, for reference.forward."""
+        return a.reshape(len(a), *self.shape)
 
 
 def check_network(device, layers, x, y, pool_index):
@@ -456,13 +336,13 @@ def check_network(device, layers, x, y, pool_index):
     model = clnet.Sequential(layers, device=device, seed=4)
     model.compile("cross_entropy", clnet.optim.SGD(lr=1e-3))
     state = {k: v.astype(np.float64) for k, v in model.state_dict().items()}
-    logits = reference_forward(layers, state, x)
+    logits = forward(layers, state, x)
     if isinstance(layers[pool_index], MaxPool2D) and pool_index > 0:
         # float32 on the device could choose differently from float64 between near-equal values
-        a = reference_forward(layers, state, x, until=pool_index)
+        a = forward(layers[:pool_index], state, x)
         layer = layers[pool_index]
-        values = np.sort(_gather(a, windows(*a.shape[2:], layer.kernel_size, layer.stride, layer.padding),
-                                 -np.inf), axis=-1)
+        index = windows(*a.shape[2:], layer.kernel_size, layer.stride, layer.padding)
+        values = np.sort(window_values(a, index, -np.inf), axis=-1)
         gaps = values[..., -1] - values[..., -2]
         assert ((gaps > 1e-4) | (gaps == 0) & (values[..., -1] == 0)).all(), "near tie: change the seed"
 
@@ -471,9 +351,9 @@ def check_network(device, layers, x, y, pool_index):
     train_loss = model.train_on_batch(x, y)
     eval_loss = -np.mean(np.log(probs[np.arange(len(y)), y].astype(np.float64)))
     assert train_loss == pytest.approx(eval_loss, rel=1e-5, abs=1e-6)
-    assert train_loss == pytest.approx(cross_entropy(logits, y), rel=1e-5, abs=1e-6)
+    assert train_loss == pytest.approx(loss("cross_entropy_logits", logits, y), rel=1e-5, abs=1e-6)
 
-    grads, expected = model.gradients(), finite_difference_gradients(layers, state, x, y)
+    grads, expected = model.gradients(), numeric_gradients(layers, state, x, y, "cross_entropy_logits")
     assert grads.keys() == expected.keys()
     for key in expected:
         np.testing.assert_allclose(grads[key], expected[key], rtol=1e-3, atol=1e-5, err_msg=key)

@@ -9,13 +9,6 @@ from .activation import ReLU
 from .base import Layer, glorot_uniform, he_uniform
 
 
-def _pair(value, name):
-    pair = (value, value) if np.isscalar(value) else tuple(value)
-    if len(pair) != 2 or any(int(v) != v for v in pair):
-        raise ValueError(f"Conv2D {name} must be an int or a pair of ints, got {value!r}")
-    return tuple(int(v) for v in pair)
-
-
 class Conv2D(Layer):
     """2-D convolution over (C, H, W) inputs; kernel_size, stride, padding and dilation are ints or
     (h, w) pairs, and padding="same" keeps the size for stride 1 (the extra row/column of an even
@@ -28,8 +21,9 @@ class Conv2D(Layer):
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         if self.in_channels < 1 or self.out_channels < 1:
             raise ValueError(f"Conv2D needs positive channel counts, got ({in_channels}, {out_channels})")
-        self.kernel_size = _pair(kernel_size, "kernel_size")
-        self.stride, self.dilation = _pair(stride, "stride"), _pair(dilation, "dilation")
+        self.kernel_size = ops.int_pair(kernel_size, "Conv2D kernel_size")
+        self.stride = ops.int_pair(stride, "Conv2D stride")
+        self.dilation = ops.int_pair(dilation, "Conv2D dilation")
         if min(self.kernel_size + self.stride + self.dilation) < 1:
             raise ValueError("Conv2D kernel_size, stride and dilation must be at least 1")
         if padding == "same":
@@ -37,7 +31,7 @@ class Conv2D(Layer):
                 raise ValueError('Conv2D padding="same" needs stride 1 (as in PyTorch)')
             self.padding = "same"
         else:
-            self.padding = _pair(padding, "padding")
+            self.padding = ops.int_pair(padding, "Conv2D padding")
             if min(self.padding) < 0:
                 raise ValueError(f"Conv2D padding must not be negative, got {padding!r}")
         if init not in ("auto", "he", "glorot"):

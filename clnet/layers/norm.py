@@ -60,11 +60,12 @@ class _BatchNorm(Layer):
         return 2 * prod(input_shape)
 
     def forward(self, ctx, x):
-        plan, p, b = ctx.plan, ctx.params, ctx.buffers
+        plan, buffers = ctx.plan, ctx.buffers
         y = plan.value(x.shape, f"{self!r} output")
-        weight, bias = p.get("weight"), p.get("bias")
+        weight, bias = ctx.params.get("weight"), ctx.params.get("bias")  # None without affine
         if not ctx.training:
-            norm_ops.batchnorm_forward_eval(plan, x, y, weight, bias, b["running_mean"], b["running_var"], self.eps)
+            norm_ops.batchnorm_forward_eval(plan, x, y, weight, bias, buffers["running_mean"],
+                                            buffers["running_var"], self.eps)
             return y
         per_channel = x.shape[0] * prod(x.shape[2:])
         if per_channel < 2:
@@ -73,8 +74,9 @@ class _BatchNorm(Layer):
         c = self.num_features
         mean, invstd = plan.value((c,), f"{self!r} batch mean"), plan.value((c,), f"{self!r} batch 1/std")
         launch = norm_ops.batchnorm_forward_train(
-            plan, x, y, weight, bias, b["running_mean"], b["running_var"], b["num_batches_tracked"],
-            mean, invstd, self.eps, self.momentum)
+            plan, x, y, weight, bias, buffers["running_mean"], buffers["running_var"],
+            buffers["num_batches_tracked"], mean, invstd, self.eps, self.momentum)
+        # statistics over the valid rows only: the graph sets n_valid for a padded last batch
         plan.bind_dynamic("n_valid", launch, norm_ops.N_VALID_ARG)
         ctx.saved["stats"] = (mean, invstd)
         return y

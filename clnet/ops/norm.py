@@ -1,4 +1,8 @@
-"""Launchers for batch normalisation (kernels_cl/norm.cl) over tensors seen as (N, C, S)."""
+"""Launchers for batch normalisation (kernels_cl/norm.cl) over tensors seen as (N, C, S).
+
+Pointer arguments that a kernel variant does not read (weight and bias without AFFINE, dx without
+NEED_DX) are given another tensor of the call as a placeholder, since every argument must be set.
+"""
 
 from math import prod
 
@@ -36,7 +40,7 @@ def batchnorm_forward_train(plan, x, y, weight, bias, running_mean, running_var,
 
 def batchnorm_forward_eval(plan, x, y, weight, bias, running_mean, running_var, eps):
     """y = (x - running_mean) / sqrt(running_var + eps) * weight + bias, per channel."""
-    n, c, s = _dims(x, running_mean.shape[0])
+    _, c, s = _dims(x, running_mean.shape[0])
     affine = weight is not None
     k = plan.kernel(FILE, "bn_forward_eval", AFFINE=affine)
     return plan.launch(k, (x.size,), (LOCAL,), x.size, c, s, float(eps), x, y,

@@ -5,16 +5,10 @@ anything is built or recorded; a mismatch is a ValueError (layers check their sh
 a ShapeError naming the layer).
 """
 
+from . import int_pair
+
 FILE = "pool.cl"
 LOCAL = 64
-
-
-def pair(value):
-    """(h, w) from an int or a pair."""
-    if isinstance(value, (tuple, list)):
-        h, w = value
-        return int(h), int(w)
-    return int(value), int(value)
 
 
 def output_size(size, kernel, stride, padding):
@@ -25,7 +19,8 @@ def output_size(size, kernel, stride, padding):
 
 
 def output_hw(height, width, kernel, stride, padding):
-    (kh, kw), (sh, sw), (ph, pw) = pair(kernel), pair(stride), pair(padding)
+    """(OH, OW) of an image; kernel, stride and padding are (height, width) pairs."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
     return output_size(height, kh, sh, ph), output_size(width, kw, sw, pw)
 
 
@@ -36,7 +31,8 @@ def _require_4d(what, shape):
 
 def _geometry(what, x_shape, y_shape, kernel, stride, padding):
     """The scalar arguments every pool kernel starts with, after checking the shapes."""
-    (kh, kw), (sh, sw), (ph, pw) = pair(kernel), pair(stride), pair(padding)
+    (kh, kw), (sh, sw), (ph, pw) = (int_pair(kernel, f"{what} kernel"), int_pair(stride, f"{what} stride"),
+                                    int_pair(padding, f"{what} padding"))
     if min(kh, kw, sh, sw) < 1 or min(ph, pw) < 0 or 2 * ph > kh or 2 * pw > kw:
         raise ValueError(f"{what}: bad window: kernel {(kh, kw)}, stride {(sh, sw)}, padding {(ph, pw)}")
     _require_4d(what, x_shape)
