@@ -129,7 +129,8 @@ def _select(found, platform, device):
 
 
 class Device:
-    """An opened OpenCL device: context, one in-order queue, capabilities.
+    """An opened OpenCL device: context, an in-order queue for kernels (and a second one for uploads
+    that overlap them), capabilities.
 
     Everything that runs on it (kernel programs, plans, buffers) keeps a reference to it; programs
     built for it are cached in `programs` by the kernel library.
@@ -140,6 +141,7 @@ class Device:
         self.cl_device = cl_device
         self.context = cl.Context([cl_device])
         self.queue = cl.CommandQueue(self.context)
+        self.copy_queue = cl.CommandQueue(self.context)  # uploads that overlap the queue's kernels
         self.programs = {}
 
     @property
@@ -155,6 +157,7 @@ class Device:
         return self.cl_device.max_work_group_size
 
     def finish(self):
+        self.copy_queue.finish()
         self.queue.finish()
 
     def __repr__(self):

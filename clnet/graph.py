@@ -5,14 +5,17 @@ launch. A training step is: upload the batch, replay forward, the fused loss, ba
 optimizer; loss and accuracy accumulate on the device and are read only when someone reports.
 """
 
-from collections import deque
 from math import prod
 
 import numpy as np
+import pyopencl as cl
 
 from . import losses
 from .errors import InputError, OutOfDeviceMemoryError, ShapeError
+from .datasets.feed import InputSpec, image_dims
 from .layers import Activation, LayerContext
+from .ops import data as data_ops
+from .ops.random import step_arg
 from .plan import Plan
 from .tensor import DeviceTensor, allocate
 
@@ -134,18 +137,22 @@ def plan_nodes(layers, loss, input_shape):
 
 
 class Graph:
-    """One compiled plan: training (forward, loss, backward, optimizer) or evaluation (forward, loss
-    metrics and/or predictions) for a fixed batch size and input shape."""
+    """One compiled plan: training (input stage, forward, loss, backward, optimizer) or evaluation
+    (input stage, forward, loss metrics and/or predictions) for a fixed batch size and input shape.
 
-    def __init__(self, model, batch_size, input_shape, training, target_dtype=None):
+    The input stage gathers the batch from a source of raw images through an index list: the whole
+    dataset held on the device (`step_resident`: nothing crosses the bus), or the batch just uploaded
+    into one of two staging buffers (`step`: the upload of the next batch overlaps this one's
+    kernels), converting, normalising and augmenting it on the way (`InputSpec`).
+    """
+
+    def __init__(self, model, batch_size, input_shape, training, target_dtype=None, spec=InputSpec()):
         device, store, loss = model.device, model.param_store, model.loss
         self.model, self.batch_size, self.training = model, int(batch_size), training
-        self.input_shape = tuple(input_shape)
+        self.input_shape, self.spec = tuple(input_shape), spec if training else spec.without_augmentation()
         nodes, self.output_shape = plan_nodes(model.layers, loss, self.input_shape)
         plan = self.plan = Plan(device)
-        x = plan.value((self.batch_size, *self.input_shape), "input")
-        x.first = x.last = 0  # the upload precedes launch 0: nothing may share its memory before
-        self.input = x
+        x = self._input_stage(plan, model.seed, target_dtype, loss)
         contexts = [LayerContext(plan, store.views(i, "params"), store.views(i, "grads"),
                                  store.views(i, "buffers"), act, training, seed=model.seed * 1000 + i)
                     for i, _, act, _, _ in nodes]
@@ -155,10 +162,7 @@ class Graph:
         z = values[-1]
         z2d = z.view((self.batch_size, prod(z.shape[1:]))) if len(z.shape) != 2 else z
 
-        self.targets = self.loss_launch = self.output = self.opt_launch = None
-        if loss is not None and target_dtype is not None:
-            # allocated with the arena, once the plan is known to fit
-            self.targets = DeviceTensor(device, self._target_shape(target_dtype, z2d.shape), dtype=target_dtype)
+        self.loss_launch = self.output = self.opt_launch = None
         if training:
             grad = plan.value(z2d.shape, "loss gradient")
             self.loss_launch = loss.record(plan, z2d, self.targets, grad, None, model.metrics,
@@ -174,74 +178,132 @@ class Graph:
             self.opt_launch = model.optimizer.record(plan, store.params, store.grads)
         elif loss is not None:
             probs = plan.value(z2d.shape, "predictions")
-            self.loss_launch = loss.record(plan, z2d, self.targets if self.targets is not None else model.metrics,
+            self.loss_launch = loss.record(plan, z2d, self.targets if self.targets is not None else probs,
                                            None, probs, model.metrics, losses.PROBS)
             self.output = probs
         else:
             self.output = z2d
         self._allocate(device)
+        self._slot, self._slots = 0, [None, None]
+        self._source = None
         self.n_valid = self.batch_size
-        self._in_flight = deque()
 
-    def _target_shape(self, dtype, out2d):
-        return (self.batch_size,) if np.dtype(dtype) == np.int32 else out2d
+    def _input_stage(self, plan, seed, target_dtype, loss):
+        """Record the gathers that fill the input (and targets) from staging buffers or a dataset on
+        the device; the buffers themselves are allocated with the arena."""
+        device, rows, spec = plan.device, self.batch_size, self.spec
+        images = [DeviceTensor(device, (rows, *self.input_shape), dtype=np.dtype(spec.dtype)) for _ in range(2)]
+        self.staging = [(slot, None) for slot in images]  # (images, targets) of the two slots
+        self.identity = DeviceTensor(device, (rows,), dtype=np.int32)
+        self.norm = DeviceTensor(device, (2 * image_dims(self.input_shape)[0],))
+        x = plan.value((rows, *self.input_shape), "input")
+        self.gather = data_ops.gather_images(plan, self.identity, images[0], self.norm, x, spec.scale, spec.crop,
+                                             spec.flip, seed=seed)
+        for name, index in (("n_valid", data_ops.N_VALID), ("start", data_ops.START),
+                            ("image_order", data_ops.IMAGE_ORDER), ("image_source", data_ops.IMAGE_SOURCE)):
+            plan.bind_dynamic(name, self.gather, index)
+        if spec.crop or spec.flip:
+            plan.bind_dynamic("step", self.gather, data_ops.STEP, step_arg)
+        self.targets, self.input_launches = None, 1
+        if loss is not None and target_dtype is not None:
+            shape = (rows,) if np.dtype(target_dtype) == np.int32 else (rows, prod(self.output_shape))
+            self.targets = plan.value(shape, "targets", target_dtype)
+            self.staging = [(slot, DeviceTensor(device, shape, dtype=np.dtype(target_dtype))) for slot in images]
+            gather = data_ops.gather_targets(plan, self.identity, self.staging[0][1], self.targets)
+            self.input_launches = 2
+            for name, index in (("n_valid", data_ops.N_VALID), ("start", data_ops.START),
+                                ("target_order", data_ops.TARGET_ORDER), ("target_source", data_ops.TARGET_SOURCE)):
+                plan.bind_dynamic(name, gather, index)
+        return x
 
     def _allocate(self, device):
         """Check that the batch fits before allocating anything; say which batch size would."""
         arena = self.plan.place()
-        targets = self.targets.nbytes if self.targets is not None else 0
-        needed = arena * 4 + targets  # both scale with the batch size
+        staging = [t for pair in self.staging for t in pair if t is not None]
+        needed = arena * 4 + sum(t.nbytes for t in staging)  # all scale with the batch size
         # parameters, gradients and up to two optimizer states are already resident
         room = min(device.info.global_mem - 4 * self.model.param_store.params.nbytes, device.info.max_alloc)
         if needed > room:
             fits = max(1, int(self.batch_size * room / needed * 0.9))
             raise OutOfDeviceMemoryError(
-                f"batch size {self.batch_size} needs {needed / 2**20:.0f} MiB for activations and targets on "
+                f"batch size {self.batch_size} needs {needed / 2**20:.0f} MiB for activations and batches on "
                 f"{device.info.name}, which has {room / 2**20:.0f} MiB for them: use a batch size of {fits} or less")
-        if self.targets is not None:
-            self.targets.buffer = allocate(device, targets, "the targets")
+        for t in staging + [self.identity, self.norm]:
+            t.buffer = allocate(device, t.nbytes, "the input batches")
+        self.identity.upload(np.arange(self.batch_size, dtype=np.int32))
+        self.norm.upload(self.spec.norm(image_dims(self.input_shape)[0]))
         self.plan.finalize(arena, what=f"the plan for batch size {self.batch_size}")
 
-    def _upload(self, x, targets):
-        """Non-blocking uploads; the host arrays are kept until two later steps have been queued."""
-        n = len(x)
-        if n < self.batch_size:
-            x = np.concatenate([x, np.zeros((self.batch_size - n, *x.shape[1:]), x.dtype)])
+    def _bind_source(self, images, targets, order, start, n):
+        """Point the input stage at a source; arguments are set only when they change."""
+        source = (images, targets, order)
+        if source != self._source:
+            self.plan.set_dynamic("image_source", images)
+            self.plan.set_dynamic("image_order", order)
             if targets is not None:
-                targets = np.concatenate([targets, np.zeros((self.batch_size - n, *targets.shape[1:]),
-                                                            targets.dtype)])
-        arrays = [np.ascontiguousarray(x, np.float32)]
-        events = [self.input.tensor().upload(arrays[0], wait=False)]
-        if targets is not None:
-            arrays.append(np.ascontiguousarray(targets, self.targets.dtype))
-            events.append(self.targets.upload(arrays[1], wait=False))
-        self._in_flight.append((events, arrays))
-        while len(self._in_flight) > 2:
-            for event in self._in_flight.popleft()[0]:
-                event.wait()
+                self.plan.set_dynamic("target_source", targets)
+                self.plan.set_dynamic("target_order", order)
+            self._source = source
+        self.plan.set_dynamic("start", start)
         if n != self.n_valid:
             self.plan.set_dynamic("n_valid", n)
-        self.n_valid = n
+            self.n_valid = n
+
+    def _stage(self, x, targets):
+        """Upload a batch into the next staging slot on the copy queue; returns the upload events.
+
+        A slot is refilled only after the gather that read it two steps ago has run, and its host
+        arrays are kept until their upload is done."""
+        self._slot ^= 1
+        images, target_tensor = self.staging[self._slot]
+        wait_for = []
+        if self._slots[self._slot] is not None:
+            uploads, _, gathered = self._slots[self._slot]
+            cl.wait_for_events(uploads)
+            wait_for = [gathered]
+        queue = self.model.device.copy_queue
+        arrays = [np.ascontiguousarray(x, images.dtype)]
+        events = [images.view((len(x), *images.shape[1:])).upload(arrays[0], False, queue, wait_for)]
+        if targets is not None:
+            arrays.append(np.ascontiguousarray(targets, target_tensor.dtype).reshape(len(x), -1))
+            events.append(target_tensor.view((len(x), *target_tensor.shape[1:]))
+                          .upload(arrays[1], False, queue, wait_for))
+        queue.flush()
+        self._bind_source(images, target_tensor if targets is not None else None, self.identity, 0, len(x))
+        return events, arrays
+
+    def _run(self, staged=None):
+        events = self.plan.run(wait_for=staged[0] if staged else None)
+        if staged:  # the slot may be refilled once the input stage's gathers have read it
+            self._slots[self._slot] = (*staged, events[self.input_launches - 1])
 
     def step(self, x, targets):
-        """Queue one training step on a batch of at most batch_size samples. Reads nothing back."""
-        self._upload(x, targets)
+        """Queue one training step on a host batch of at most batch_size samples (raw images)."""
+        staged = self._stage(x, targets)
+        self._train(staged)
+
+    def step_resident(self, data, start, n):
+        """Queue one training step on samples data.order[start:start + n] of a DeviceDataset."""
+        self._bind_source(data.images, data.targets, data.order, start, n)
+        self._train(None)
+
+    def _train(self, staged):
         self.model.optimizer.prepare(self.opt_launch)
         self.plan.set_dynamic("step", self.model.optimizer.steps)
-        self.plan.run()
+        self._run(staged)
 
     def infer(self, x, targets=None, want_output=True):
         """Queue one evaluation batch: metrics accumulate when targets are given; returns the
         outputs for the valid rows when asked (that download waits for the queue)."""
-        self._upload(x, targets)
+        staged = self._stage(x, targets)
         if self.loss_launch is not None:
             flags = (losses.PROBS if want_output else 0) | (losses.METRICS if targets is not None else 0)
             self.loss_launch.set(3, flags)
-        self.plan.run()
+        self._run(staged)
         if want_output:
             return self.output.tensor().download()[:self.n_valid]
         return None
 
     def sync(self):
         self.model.device.finish()
-        self._in_flight.clear()
+        self._slots = [None, None]

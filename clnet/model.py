@@ -8,6 +8,8 @@ import numpy as np
 from . import losses, optim
 from .device import device as open_device
 from .errors import InputError
+from .datasets import Dataset
+from .datasets.feed import DeviceDataset, InputSpec, channel_statistics, image_dims, parse_augment
 from .graph import Graph, ParamStore, plan_nodes
 from .layers import Layer
 from .progress import ProgressBar
@@ -32,11 +34,17 @@ class History:
 
 
 def _inputs(x, what="x"):
+    """Images or features with the batch first: uint8 kept as it is (scaled by 1/255 on the
+    device), anything else as float32, checked for NaN and infinity."""
+    if isinstance(x, Dataset):
+        x = x.x
     x = np.asarray(x)
     if x.dtype.kind not in "fiub":
         raise InputError(f"{what} must be a numeric array, got dtype {x.dtype}")
     if x.ndim < 2:
         raise InputError(f"{what} must have a batch dimension first: shape (samples, features...), got {x.shape}")
+    if x.dtype == np.uint8:
+        return x
     x = x.astype(np.float32, copy=False)
     if not np.all(np.isfinite(x)):
         bad = np.argwhere(~np.isfinite(x))[0]
@@ -63,6 +71,7 @@ class Sequential:
         self.metrics = DeviceTensor.empty(self.device, (4,), what="the metrics")
         self.loss = self.optimizer = None
         self.input_shape = None
+        self.normalization = None  # per-channel (mean, std) applied to every input, set by fit(normalize=...)
         self._graphs = {}
 
     # ------------------------------------------------------------------ set-up
@@ -76,10 +85,14 @@ class Sequential:
     def count_params(self):
         return self.param_store.count
 
-    def _graph(self, batch_size, input_shape, training, target_dtype=None):
-        key = (batch_size, tuple(input_shape), training, target_dtype and np.dtype(target_dtype).str)
+    def _spec(self, x, crop=0, flip=False):
+        mean, std = self.normalization or ((), ())
+        return InputSpec(str(x.dtype), tuple(mean), tuple(std), crop, flip)
+
+    def _graph(self, batch_size, input_shape, training, target_dtype=None, spec=InputSpec()):
+        key = (batch_size, tuple(input_shape), training, target_dtype and np.dtype(target_dtype).str, spec)
         if key not in self._graphs:
-            self._graphs[key] = Graph(self, batch_size, input_shape, training, target_dtype)
+            self._graphs[key] = Graph(self, batch_size, input_shape, training, target_dtype, spec)
         self.input_shape = tuple(input_shape)
         return self._graphs[key]
 
@@ -87,21 +100,34 @@ class Sequential:
         if self.loss is None:
             raise InputError(f"call model.compile(loss=..., optimizer=...) before {what}")
 
-    def _prepare(self, x, y):
-        """Validated float32 inputs and the loss's targets."""
+    def _prepare(self, x, y=None):
+        """Validated inputs and the loss's targets (y may come with x as a Dataset)."""
+        if isinstance(x, Dataset) and y is None:
+            x, y = x
         x = _inputs(x)
+        if y is None:
+            raise InputError("labels are missing: pass y, or a clnet.datasets.Dataset as x")
         _, out_shape = plan_nodes(self.layers, self.loss, x.shape[1:])
         if len(np.shape(y)) == 0 or len(y) != len(x):
             raise InputError(f"x has {len(x)} samples but y has {len(y) if np.ndim(y) else 0}: they must match")
         return x, self.loss.targets(y, len(x), out_shape)
 
     # ------------------------------------------------------------------ training
-    def fit(self, x, y, epochs=1, batch_size=32, validation_split=0.0, validation_data=None,
-            shuffle=True, verbose=1, seed=None, stream=None):
+    def fit(self, x, y=None, epochs=1, batch_size=32, validation_split=0.0, validation_data=None,
+            shuffle=True, verbose=1, seed=None, stream=None, normalize=None, augment=None, resident="auto"):
         """Train; returns a History of loss/accuracy (and val_loss/val_accuracy) per epoch.
 
-        validation_split holds out a seeded random fraction of (x, y); validation_data=(xv, yv)
-        takes precedence. Shuffling each epoch is seeded by `seed` (default: the model's seed).
+        x: images (N, C, H, W) or features (N, ...), uint8 (scaled to [0, 1]) or float, or a
+        clnet.datasets.Dataset (then y comes with it). validation_split holds out a seeded random
+        fraction of (x, y); validation_data=(xv, yv) or a Dataset takes precedence. Shuffling each
+        epoch is seeded by `seed` (default: the model's seed).
+        normalize: True computes per-channel mean and std on the training images, or give
+        (mean, std); the model keeps them and applies them in evaluate and predict too.
+        augment: "crop" (random crops of the image padded by 4 pixels, "crop=N" for N), "flip"
+        (random horizontal flips), or both "crop,flip"; on the device, training only.
+        resident: keep the training set in device memory ("auto": when it fits), so that batches
+        are gathered there and nothing but the epoch's sample order crosses the bus; otherwise each
+        batch is uploaded while the previous one computes.
         """
         self._require_compiled("fit")
         if batch_size < 1 or epochs < 0:
@@ -119,22 +145,38 @@ class Sequential:
             x, targets = x[train_idx], targets[train_idx]
         if len(x) == 0:
             raise InputError("no training samples left (x is empty or validation_split took them all)")
-        graph = self._graph(min(batch_size, len(x)), x.shape[1:], True, targets.dtype)
+        if normalize is True:
+            self.normalization = channel_statistics(x.reshape(len(x), *image_dims(x.shape[1:])))
+        elif normalize:
+            self.normalization = tuple(tuple(float(v) for v in np.ravel(part)) for part in normalize)
+        graph = self._graph(min(batch_size, len(x)), x.shape[1:], True, targets.dtype,
+                            self._spec(x, *parse_augment(augment)))
+        if resident == "auto":
+            in_use = graph.plan.arena_bytes + 4 * self.param_store.params.nbytes
+            resident = DeviceDataset.fits(self.device, x, targets, in_use)
+        data = DeviceDataset(self.device, x, targets) if resident else None
         history = History()
         stream = stream or sys.stdout
-        steps = -(-len(x) // graph.batch_size)
+        size = graph.batch_size
+        steps = -(-len(x) // size)
         for epoch in range(1, epochs + 1):
             self.metrics.fill(0)
             order = rng.permutation(len(x)) if shuffle else np.arange(len(x))
+            if data is not None:
+                data.shuffle(order)
             bar = ProgressBar(steps, f"Epoch {epoch}/{epochs}", stream, enabled=bool(verbose))
             for s in range(steps):
-                idx = order[s * graph.batch_size:(s + 1) * graph.batch_size]
-                graph.step(x[idx], targets[idx])
+                if data is not None:
+                    graph.step_resident(data, s * size, min(size, len(x) - s * size))
+                else:
+                    idx = order[s * size:(s + 1) * size]
+                    graph.step(x[idx], targets[idx])
                 bar.update(s + 1)
             logs = self._read_metrics(targets)
             graph.sync()
             if validation_data is not None:
-                val = self.evaluate(*validation_data, batch_size=graph.batch_size)
+                val = self.evaluate(*validation_data, batch_size=size) if not isinstance(validation_data, Dataset) \
+                    else self.evaluate(validation_data, batch_size=size)
                 logs.update({f"val_{k}": v for k, v in val.items()})
             history.record(epoch, logs)
             bar.close()
@@ -147,7 +189,7 @@ class Sequential:
         """One optimizer step on (x, y) as one batch; returns that batch's loss."""
         self._require_compiled("train_on_batch")
         x, targets = self._prepare(x, y)
-        graph = self._graph(len(x), x.shape[1:], True, targets.dtype)
+        graph = self._graph(len(x), x.shape[1:], True, targets.dtype, self._spec(x))
         self.metrics.fill(0)
         graph.step(x, targets)
         return self._read_metrics(targets)["loss"]
@@ -160,13 +202,13 @@ class Sequential:
         return logs
 
     # ------------------------------------------------------------------ inference
-    def evaluate(self, x, y, batch_size=256):
-        """{"loss": mean loss, "accuracy": fraction correct} over (x, y)."""
+    def evaluate(self, x, y=None, batch_size=256):
+        """{"loss": mean loss, "accuracy": fraction correct} over (x, y) or a Dataset."""
         self._require_compiled("evaluate")
         x, targets = self._prepare(x, y)
         if len(x) == 0:
             raise InputError("evaluate needs at least one sample")
-        graph = self._graph(min(batch_size, len(x)), x.shape[1:], False, targets.dtype)
+        graph = self._graph(min(batch_size, len(x)), x.shape[1:], False, targets.dtype, self._spec(x))
         self.metrics.fill(0)
         for start in range(0, len(x), graph.batch_size):
             graph.infer(x[start:start + graph.batch_size], targets[start:start + graph.batch_size],
@@ -177,11 +219,12 @@ class Sequential:
 
     def predict(self, x, batch_size=256):
         """Model outputs as numpy: class probabilities for cross-entropy (softmax) and binary
-        cross-entropy (sigmoid), the raw outputs otherwise."""
+        cross-entropy (sigmoid), the raw outputs otherwise. x as for fit (uint8 images are scaled,
+        the model's normalisation applies)."""
         x = _inputs(x)
         if len(x) == 0:
             raise InputError("predict needs at least one sample")
-        graph = self._graph(min(batch_size, len(x)), x.shape[1:], False)
+        graph = self._graph(min(batch_size, len(x)), x.shape[1:], False, spec=self._spec(x))
         out = [graph.infer(x[start:start + graph.batch_size])
                for start in range(0, len(x), graph.batch_size)]
         graph.sync()

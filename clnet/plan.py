@@ -39,8 +39,11 @@ class Value:
     A view shares its root's memory under another shape (Flatten); liveness is tracked on roots.
     """
 
-    def __init__(self, plan, shape, name, root=None, relative=0):
+    def __init__(self, plan, shape, name, root=None, relative=0, dtype=np.float32):
         self.plan, self.shape, self.name = plan, tuple(shape), name
+        self.dtype = np.dtype(dtype)
+        if self.dtype.itemsize != 4:
+            raise ValueError(f"plan values hold 4-byte elements (float32, int32), not {self.dtype}")
         self.root, self.relative = root or self, relative  # views: root and offset within it
         self.first = self.last = None  # launch indices of the first and last use (roots only)
         self.base = None               # arena offset in elements (roots only)
@@ -53,7 +56,7 @@ class Value:
         """The same memory (or the part `offset` elements on) under another shape."""
         if offset < 0 or offset + prod(shape) > self.size:
             raise ValueError(f"view of {self.shape} as {shape} at {offset}")
-        return Value(self.plan, shape, self.name, root=self.root, relative=self.relative + offset)
+        return Value(self.plan, shape, self.name, root=self.root, relative=self.relative + offset, dtype=self.dtype)
 
     @property
     def buffer(self):
@@ -65,7 +68,7 @@ class Value:
         return None if self.root.base is None else self.root.base + self.relative
 
     def tensor(self):
-        return DeviceTensor(self.plan.device, self.shape, self.buffer, self.offset)
+        return DeviceTensor(self.plan.device, self.shape, self.buffer, self.offset, self.dtype)
 
     def __repr__(self):
         return f"<Value {self.name} {self.shape}>"
@@ -93,9 +96,14 @@ class Launch:
                 i += 1
 
     def set(self, index, value):
-        """Change scalar argument `index` (counted as recorded) for later runs."""
+        """Change argument `index` (counted as recorded), a scalar or a tensor, for later runs."""
         self.args[index] = value
-        self.kernel.set_arg(self.positions[index], _scalar(value))
+        i = self.positions[index]
+        if hasattr(value, "buffer"):
+            self.kernel.set_arg(i, value.buffer)
+            self.kernel.set_arg(i + 1, np.int32(value.offset))
+        else:
+            self.kernel.set_arg(i, _scalar(value))
 
 
 class Plan:
@@ -107,8 +115,8 @@ class Plan:
         self.arena = None
         self.dynamic = {}  # name -> [(launch, argument index, value -> argument)]
 
-    def value(self, shape, name):
-        v = Value(self, shape, name)
+    def value(self, shape, name, dtype=np.float32):
+        v = Value(self, shape, name, dtype=dtype)
         self.values.append(v)
         return v
 
@@ -171,7 +179,9 @@ class Plan:
     def arena_bytes(self):
         return self.arena.nbytes if self.arena else 0
 
-    def run(self):
+    def run(self, wait_for=None):
+        """Enqueue every launch, the first after the events `wait_for`; returns their events."""
         queue = self.device.queue
-        for launch in self.launches:
-            cl.enqueue_nd_range_kernel(queue, launch.kernel, launch.global_size, launch.local_size)
+        return [cl.enqueue_nd_range_kernel(queue, launch.kernel, launch.global_size, launch.local_size,
+                                           wait_for=wait_for if i == 0 else None)
+                for i, launch in enumerate(self.launches)]

@@ -45,12 +45,13 @@ class DeviceTensor:
         """A tensor over part of the same memory, `offset` elements further on."""
         return DeviceTensor(self.device, shape, self.buffer, self.offset + offset, self.dtype)
 
-    def upload(self, array, wait=True):
-        """Copy a host array into this tensor; returns the event. The array must outlive it if not waited."""
+    def upload(self, array, wait=True, queue=None, wait_for=None):
+        """Copy a host array into this tensor (on `queue`, by default the device's, after the events
+        `wait_for`); returns the event. The array must outlive it when not waited for."""
         array = np.ascontiguousarray(array, dtype=self.dtype)
         if array.size != self.size:
             raise ValueError(f"upload of {array.size} elements into a tensor of shape {self.shape}")
-        return cl.enqueue_copy(self.device.queue, self.buffer, array,
+        return cl.enqueue_copy(queue or self.device.queue, self.buffer, array, wait_for=wait_for,
                                dst_offset=self.offset * self.dtype.itemsize, is_blocking=wait)
 
     def download(self):

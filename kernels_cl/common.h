@@ -42,3 +42,26 @@ inline float sigmoid(float x) { return 1.0f / (1.0f + exp(-x)); }
 // 16 consecutive floats from any (4-byte aligned) address. Two halves, because vload16 of PoCL 3.0
 // (pip's pocl-binary-distribution) fills only the first 8 lanes.
 inline float16 load16(__global const float* p) { return (float16)(vload8(0, p), vload8(0, p + 8)); }
+
+// Counter-based random numbers for dropout and augmentation: Philox4x32-10 (Salmon, Moraes, Dror and
+// Shaw, "Parallel random numbers: as easy as 1, 2, 3", SC 2011): ten rounds of two 32 x 32 -> 64-bit
+// multiplications mixing a 128-bit counter under a 64-bit key (the seed).
+
+#define PHILOX_M0 0xD2511F53u  // round multipliers
+#define PHILOX_M1 0xCD9E8D57u
+#define PHILOX_W0 0x9E3779B9u  // key schedule increments (golden ratio, sqrt(3) - 1)
+#define PHILOX_W1 0xBB67AE85u
+
+inline uint4 philox_round(uint4 c, uint2 k) {
+    const uint hi0 = mul_hi(PHILOX_M0, c.x), lo0 = PHILOX_M0 * c.x;
+    const uint hi1 = mul_hi(PHILOX_M1, c.z), lo1 = PHILOX_M1 * c.z;
+    return (uint4)(hi1 ^ c.y ^ k.x, lo1, hi0 ^ c.w ^ k.y, lo0);
+}
+
+inline uint4 philox4x32_10(uint4 c, uint2 k) {
+    for (int r = 0; r < 9; r++) {
+        c = philox_round(c, k);
+        k += (uint2)(PHILOX_W0, PHILOX_W1);
+    }
+    return philox_round(c, k);
+}

@@ -2,29 +2,8 @@
 // mask needs no storage: forward (in = x, out = y) and backward (in = dy, out = dx) compute the same
 // mask from the same counters.
 //
-// The generator is Philox4x32-10 (Salmon, Moraes, Dror and Shaw, "Parallel random numbers: as easy
-// as 1, 2, 3", SC 2011): ten rounds of two 32 x 32 -> 64-bit multiplications mixing a 128-bit counter
-// under a 64-bit key. Here the key is the layer's seed and the counter is (group of four elements,
-// step, 0, 0); each call gives the four 32-bit draws of elements 4g .. 4g+3.
-
-#define PHILOX_M0 0xD2511F53u  // round multipliers
-#define PHILOX_M1 0xCD9E8D57u
-#define PHILOX_W0 0x9E3779B9u  // key schedule increments (golden ratio, sqrt(3) - 1)
-#define PHILOX_W1 0xBB67AE85u
-
-inline uint4 philox_round(uint4 c, uint2 k) {
-    const uint hi0 = mul_hi(PHILOX_M0, c.x), lo0 = PHILOX_M0 * c.x;
-    const uint hi1 = mul_hi(PHILOX_M1, c.z), lo1 = PHILOX_M1 * c.z;
-    return (uint4)(hi1 ^ c.y ^ k.x, lo1, hi0 ^ c.w ^ k.y, lo0);
-}
-
-inline uint4 philox4x32_10(uint4 c, uint2 k) {
-    for (int r = 0; r < 9; r++) {
-        c = philox_round(c, k);
-        k += (uint2)(PHILOX_W0, PHILOX_W1);
-    }
-    return philox_round(c, k);
-}
+// The generator is Philox4x32-10 (common.h), keyed by the layer's seed; the counter is (group of
+// four elements, step, 0, 0), and each call gives the four 32-bit draws of elements 4g .. 4g+3.
 
 // n elements; element i is kept when its draw is >= threshold (= round(p * 2^32)), which happens
 // with probability 1 - threshold / 2^32, and then scaled by `scale` (= 1 / (1 - p)).

@@ -72,7 +72,7 @@ def test_training_step_transfers_only_the_batch(device, monkeypatch):
     model = small_mlp(device)
     model.compile("cross_entropy", clnet.optim.Adam())
     model.fit(x, y, epochs=1, batch_size=32, verbose=0)  # compiles the plan
-    graph = model._graph(32, (6,), True, np.int32)
+    graph = model._graph(32, (6,), True, np.int32, model._spec(x.astype(np.float32)))
     counter = CopyCounter(monkeypatch)
     for start in range(0, 96, 32):
         graph.step(x[start:start + 32].astype(np.float32), y[start:start + 32].astype(np.int32))
@@ -80,8 +80,31 @@ def test_training_step_transfers_only_the_batch(device, monkeypatch):
     assert (counter.copies, counter.maps) == (2 * 3, 0)  # images and labels, nothing else
 
     counter.copies = 0
-    model.fit(x, y, epochs=2, batch_size=32, verbose=0)  # 4 steps an epoch, one metrics read each
+    model.fit(x, y, epochs=2, batch_size=32, verbose=0, resident=False)  # 4 steps an epoch, metrics read
     assert (counter.copies, counter.maps) == (2 * (2 * 4 + 1), 0)
+
+    counter.copies = 0  # the training set on the device: its upload, then per epoch the order and metrics
+    model.fit(x, y, epochs=3, batch_size=32, verbose=0, resident=True)
+    assert (counter.copies, counter.maps) == (2 + 3 * 2, 0)
+
+
+def test_resident_and_streamed_training_agree(device, mnist):
+    """Batches gathered from the dataset on the device, or uploaded into alternating staging
+    buffers while the previous step computes: the same steps, the same weights, every time (a
+    staging buffer refilled before the step that reads it has run would show here)."""
+    (x, y), _ = mnist
+    x, y = (x[:2000] * 255).round().astype(np.uint8), y[:2000]
+    states, evaluations = [], []
+    for resident in (True, False, False):
+        model = clnet.models.mlp(device=device, seed=1)
+        model.compile("cross_entropy", clnet.optim.SGD(lr=0.05, momentum=0.9))
+        model.fit(x, y, epochs=1, batch_size=64, verbose=0, resident=resident)
+        states.append(model.state_dict())
+        evaluations.append(model.evaluate(x, y, batch_size=64))
+    for state in states[1:]:
+        for key in states[0]:
+            np.testing.assert_array_equal(state[key], states[0][key], err_msg=key)
+    assert evaluations[1] == evaluations[0] == evaluations[2]
 
 
 def test_partial_last_batch_counts_only_real_samples(device):

@@ -1,4 +1,5 @@
-"""BatchNorm1d / BatchNorm2d and Dropout against float64 numpy references written here.
+"""BatchNorm1d / BatchNorm2d and Dropout against float64 numpy references (reference.py, and this file
+for the backward pass, the running statistics and the dropout mask).
 
 Op-level tests drive the layers directly on a plan (a LayerContext over tensors placed at odd offsets
 inside NaN-filled buffers, so a kernel that ignores an offset or reads a padded row poisons its own
@@ -10,7 +11,7 @@ from math import prod
 
 import numpy as np
 import pytest
-from conftest import execute, new_plan
+from conftest import GUARD, Slot, execute, new_plan
 
 import clnet
 from clnet import layers as L
@@ -19,39 +20,9 @@ from clnet.layers.base import LayerContext
 from clnet.layers.dropout import Dropout
 from clnet.layers.norm import BatchNorm1d, BatchNorm2d
 from clnet.ops import dropout as dropout_ops
-from clnet.tensor import DeviceTensor
+from clnet.ops.random import step_arg
 
-GUARD = 12345.0
-
-
-class Slot:
-    """`array` at element `offset` of a larger buffer whose other elements hold `fill`."""
-
-    def __init__(self, device, array, offset, fill=np.nan, tail=21):
-        array = np.asarray(array, np.float32)
-        self.shape, self.offset, self.size, self.fill = array.shape, offset, array.size, fill
-        flat = np.full(offset + array.size + tail, fill, np.float32)
-        flat[offset:offset + array.size] = array.reshape(-1)
-        self.whole = DeviceTensor.from_numpy(device, flat)
-        self.tensor = self.whole.view(array.shape, offset)
-
-    @classmethod
-    def output(cls, device, shape, offset):
-        """NaN until written, GUARD around it."""
-        return cls(device, np.full(shape, np.nan), offset, fill=GUARD)
-
-    def upload(self, array):
-        self.tensor.upload(np.asarray(array, np.float32))
-
-    def read(self):
-        """The contents, after checking that nothing around the tensor changed."""
-        flat = self.whole.download()
-        around = np.concatenate([flat[:self.offset], flat[self.offset + self.size:]])
-        if np.isnan(self.fill):
-            assert np.isnan(around).all(), "a kernel wrote outside its tensor"
-        else:
-            assert (around == self.fill).all(), "a kernel wrote outside its tensor"
-        return flat[self.offset:self.offset + self.size].reshape(self.shape)
+from reference import batchnorm_eval, batchnorm_train, forward, loss, numeric_gradients, softmax
 
 
 def f64(a):
@@ -60,33 +31,12 @@ def f64(a):
 
 # ------------------------------------------------------------------------------ references
 
-def bn_train_ref(x, n_valid, weight, bias, eps):
-    """Training-mode batch norm of the first n_valid rows of x (N, C, ...): y, mean, biased var, m."""
-    x = f64(x[:n_valid])
-    c = x.shape[1]
-    xr = x.reshape(n_valid, c, -1)
-    mean, var = xr.mean(axis=(0, 2)), xr.var(axis=(0, 2))
-    y = (xr - mean[:, None]) / np.sqrt(var[:, None] + eps)
-    if weight is not None:
-        y = y * f64(weight)[:, None] + f64(bias)[:, None]
-    return y.reshape(x.shape), mean, var, xr.shape[0] * xr.shape[2]
-
-
 def bn_running_ref(running_mean, running_var, count, mean, var, m, momentum):
     """torch's update: momentum (or 1 / (count + 1) when None), unbiased variance, count + 1."""
     factor = 1.0 / (count + 1.0) if momentum is None else momentum
     rm = (1 - factor) * f64(running_mean) + factor * mean
     rv = (1 - factor) * f64(running_var) + factor * var * m / (m - 1) if m > 1 else f64(running_var)
     return rm, rv, count + 1.0
-
-
-def bn_eval_ref(x, weight, bias, running_mean, running_var, eps):
-    x = f64(x)
-    shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)
-    y = (x - f64(running_mean).reshape(shape)) / np.sqrt(f64(running_var).reshape(shape) + eps)
-    if weight is not None:
-        y = y * f64(weight).reshape(shape) + f64(bias).reshape(shape)
-    return y
 
 
 def bn_backward_ref(x, dy, n_valid, weight, eps):
@@ -138,67 +88,9 @@ def layer_seed(model, index):
     return model.seed * 1000 + index
 
 
-def _act(layer, a):
-    if isinstance(layer, L.ReLU):
-        return np.maximum(a, 0)
-    if isinstance(layer, L.Tanh):
-        return np.tanh(a)
-    if isinstance(layer, L.Sigmoid):
-        return 1 / (1 + np.exp(-a))
-    raise TypeError(layer)
-
-
-def forward_ref(layers, state, x, training, model=None, step=1):
-    """The network's float64 output; in training, batch norm uses batch statistics and dropout the
-    mask of `step` (seeded as `model` seeds its layers). Also returns {layer index: (mean, var, m)}."""
-    a, stats = f64(x), {}
-    for i, layer in enumerate(layers):
-        if isinstance(layer, L.Flatten):
-            a = a.reshape(len(a), -1)
-        elif isinstance(layer, L.Dense):
-            a = a @ f64(state[f"{i}.weight"]).T + (f64(state[f"{i}.bias"]) if layer.bias else 0.0)
-        elif isinstance(layer, (BatchNorm1d, BatchNorm2d)):
-            w, b = (state[f"{i}.weight"], state[f"{i}.bias"]) if layer.affine else (None, None)
-            if training:
-                a, mean, var, m = bn_train_ref(a, len(a), w, b, layer.eps)
-                stats[i] = (mean, var, m)
-            else:
-                a = bn_eval_ref(a, w, b, state[f"{i}.running_mean"], state[f"{i}.running_var"], layer.eps)
-        elif isinstance(layer, Dropout):
-            if training and layer.p > 0:
-                a = a * keep_ref(a.size, layer_seed(model, i), step, layer.p).reshape(a.shape) / (1 - layer.p)
-        else:
-            a = _act(layer, a)
-    return a, stats
-
-
-def ce_ref(z, labels):
-    z = z - z.max(axis=1, keepdims=True)
-    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-    return -logp[np.arange(len(z)), labels].mean()
-
-
-def trainable(layers, state):
-    keys = {f"{i}.{name}" for i, layer in enumerate(layers) for name in layer.param_shapes()}
-    return [k for k in state if k in keys]
-
-
-def numeric_gradients(layers, state, x, labels, model, eps=1e-6):
-    """Central differences of the float64 training-mode loss over every trainable parameter."""
-    state = {k: f64(v).copy() for k, v in state.items()}
-    grads = {}
-    for key in trainable(layers, state):
-        value, g = state[key], np.zeros(state[key].shape)
-        for idx in np.ndindex(value.shape):
-            old = value[idx]
-            losses = []
-            for shifted in (old + eps, old - eps):
-                value[idx] = shifted
-                losses.append(ce_ref(forward_ref(layers, state, x, True, model)[0], labels))
-            value[idx] = old
-            g[idx] = (losses[0] - losses[1]) / (2 * eps)
-        grads[key] = g
-    return grads
+def dropout_keep(model, step=1):
+    """reference.forward's dropout_keep: the masks `model` draws at `step`."""
+    return lambda i, layer, shape: keep_ref(prod(shape), layer_seed(model, i), step, layer.p).reshape(shape)
 
 
 # ------------------------------------------------------------------- batch norm, op level
@@ -257,9 +149,9 @@ def test_batchnorm_forward_training_and_running_stats(device, shape, n_valid, af
     b = slots["bias"].read() if affine else None
     for step in range(3):
         x = _bn_input(rng, shape, n_valid)
-        sx.upload(x)
+        sx.tensor.upload(x)
         ctx.plan.run()
-        y_ref, mean, var, m = bn_train_ref(x, n_valid, w, b, layer.eps)
+        y_ref, mean, var, m = batchnorm_train(x, n_valid, w, b, layer.eps)
         rm, rv, count = bn_running_ref(rm, rv, count, mean, var, m, momentum)
         got = y.tensor().download()
         np.testing.assert_allclose(got[:n_valid], y_ref, rtol=1e-5, atol=2e-5, err_msg=f"y, step {step}")
@@ -286,7 +178,7 @@ def test_batchnorm_forward_evaluation(device, shape, affine):
     y = layer.forward(ctx, sx.tensor)
     execute(ctx.plan)
     w, b = (before["weight"], before["bias"]) if affine else (None, None)
-    ref = bn_eval_ref(x.astype(np.float32), w, b, before["running_mean"], before["running_var"], 1e-3)
+    ref = batchnorm_eval(x.astype(np.float32), w, b, before["running_mean"], before["running_var"], 1e-3)
     np.testing.assert_allclose(y.tensor().download(), ref, rtol=1e-5, atol=1e-5)
     for k, s in slots.items():
         np.testing.assert_array_equal(s.read(), before[k], err_msg=k)
@@ -346,7 +238,7 @@ def _dropout_run(device, n, p, seed, steps, offset=7):
     sx, sy = Slot(device, x, offset), Slot.output(device, (n,), offset + 3)
     plan = new_plan(device)
     launch = dropout_ops.dropout(plan, sx.tensor, sy.tensor, p, seed)
-    plan.bind_dynamic("step", launch, dropout_ops.STEP_ARG, dropout_ops.step_arg)
+    plan.bind_dynamic("step", launch, dropout_ops.STEP_ARG, step_arg)
     plan.finalize(plan.place())
     outs = []
     for step in steps:
@@ -486,9 +378,11 @@ def test_network_gradients_match_finite_differences(device, net):
     state = _randomize_affine(model, rng)
     x, labels = rng.normal(0.5, 1.5, x_shape), rng.integers(0, 3, x_shape[0])
     device_loss = model.train_on_batch(x, labels)
-    out, stats = forward_ref(layers, state, x, True, model)
-    assert device_loss == pytest.approx(ce_ref(out, labels), rel=1e-5, abs=1e-6)
-    grads, expected = model.gradients(), numeric_gradients(layers, state, x, labels, model)
+    stats = {}
+    out = forward(layers, state, x, training=True, dropout_keep=dropout_keep(model), stats=stats)
+    assert device_loss == pytest.approx(loss("cross_entropy_logits", out, labels), rel=1e-5, abs=1e-6)
+    grads, expected = model.gradients(), numeric_gradients(layers, state, x, labels, "cross_entropy_logits",
+                                                           training=True, dropout_keep=dropout_keep(model))
     assert list(grads) == list(expected)
     for key in expected:
         np.testing.assert_allclose(grads[key], expected[key], rtol=2e-3, atol=2e-5, err_msg=key)
@@ -578,7 +472,7 @@ def test_evaluation_mode_uses_running_statistics(device):
     state = model.state_dict()
     x = rng.normal(0, 2, (5, 3, 2, 2))
     for batch_size in (5, 2):
-        np.testing.assert_allclose(model.predict(x, batch_size=batch_size), forward_ref(layers, state, x, False)[0],
+        np.testing.assert_allclose(model.predict(x, batch_size=batch_size), forward(layers, state, x),
                                    rtol=1e-5, atol=1e-5)
     for key, value in model.state_dict().items():
         np.testing.assert_array_equal(value, state[key], err_msg=key)
@@ -587,9 +481,7 @@ def test_evaluation_mode_uses_running_statistics(device):
     model.fit(x, rng.integers(0, 2, 5), epochs=2, batch_size=5, verbose=0)
     trained = model.state_dict()
     assert trained["3.num_batches_tracked"] == 2 and not np.allclose(trained["3.running_var"], state["3.running_var"])
-    z = forward_ref(layers, trained, x, False)[0]
-    probs = np.exp(z - z.max(axis=1, keepdims=True))
-    np.testing.assert_allclose(model.predict(x), probs / probs.sum(axis=1, keepdims=True), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model.predict(x), softmax(forward(layers, trained, x)), rtol=1e-5, atol=1e-6)
 
 
 def _dropout_net():
@@ -625,5 +517,10 @@ def test_dropout_training_is_seeded(device):
     model.train_on_batch(x, labels)
     state = model.state_dict()
     loss2 = model.train_on_batch(x, labels)
-    assert loss2 == pytest.approx(ce_ref(forward_ref(layers, state, x, True, model, step=2)[0], labels), rel=1e-5)
-    assert loss2 != pytest.approx(ce_ref(forward_ref(layers, state, x, True, model, step=1)[0], labels), rel=1e-3)
+
+    def reference_loss(step):
+        out = forward(layers, state, x, training=True, dropout_keep=dropout_keep(model, step))
+        return loss("cross_entropy_logits", out, labels)
+
+    assert loss2 == pytest.approx(reference_loss(step=2), rel=1e-5)
+    assert loss2 != pytest.approx(reference_loss(step=1), rel=1e-3)

@@ -7,6 +7,7 @@ the backward pass draws the same mask again.
 """
 
 from ..ops import dropout as dropout_ops
+from ..ops.random import step_arg
 from .base import Layer
 
 
@@ -17,29 +18,22 @@ class Dropout(Layer):
             raise ValueError(f"Dropout probability must satisfy 0 <= p < 1, got {p}")
         self.p = p
 
-    def _active(self, ctx):
-        return ctx.training and self.p > 0.0
+    def _apply(self, ctx, src, what):
+        """src * keep / (1 - p) with the mask of the current step, or src itself (as a view) when the
+        layer is inactive: in evaluation or with p = 0."""
+        if not (ctx.training and self.p > 0.0):
+            return src.view(src.shape)
+        out = ctx.plan.value(src.shape, f"{self!r} {what}")
+        launch = dropout_ops.dropout(ctx.plan, src, out, self.p, ctx.seed)
+        ctx.plan.bind_dynamic("step", launch, dropout_ops.STEP_ARG, step_arg)
+        return out
 
     def forward(self, ctx, x):
-        if not self._active(ctx):
-            return x.view(x.shape)
-        y = ctx.plan.value(x.shape, f"{self!r} output")
-        launch = dropout_ops.dropout(ctx.plan, x, y, self.p, ctx.seed)
-        ctx.plan.bind_dynamic("step", launch, dropout_ops.STEP_ARG, dropout_ops.step_arg)
-        return y
+        return self._apply(ctx, x, "output")
 
     def backward(self, ctx, x, y, dy, need_dx):
-        if not need_dx:
-            return None
-        if not self._active(ctx):
-            return dy.view(dy.shape)
-        dx = ctx.plan.value(dy.shape, f"{self!r} input grad")
-        launch = dropout_ops.dropout(ctx.plan, dy, dx, self.p, ctx.seed)
-        ctx.plan.bind_dynamic("step", launch, dropout_ops.STEP_ARG, dropout_ops.step_arg)
-        return dx
-
-    def flops(self, input_shape):
-        return 0
+        # The same seed and step draw the forward's mask again: dx = dy * keep / (1 - p).
+        return self._apply(ctx, dy, "input grad") if need_dx else None
 
     def __repr__(self):
         return f"Dropout(p={self.p:g})"

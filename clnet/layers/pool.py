@@ -5,8 +5,9 @@ Padding is -inf for max pooling and zeros, counted in the divisor, for average p
 (count_include_pad=True). Backward passes are deterministic gathers (kernels_cl/pool.cl).
 """
 
-import operator
+import numpy as np
 
+from ..ops import int_pair
 from ..ops.pool import (avgpool_backward, avgpool_forward, global_avgpool_backward, global_avgpool_forward,
                         maxpool_backward, maxpool_forward, output_hw)
 from .base import Layer
@@ -14,16 +15,17 @@ from .base import Layer
 
 def _pair(cls, name, value, minimum):
     """(h, w) from an int or a pair of ints, each >= minimum; a ValueError naming the argument otherwise."""
-    items = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
-    try:
-        if len(items) != 2 or any(isinstance(v, bool) for v in items):
-            raise TypeError
-        items = tuple(operator.index(v) for v in items)
-    except TypeError:
-        raise ValueError(f"{cls} {name} must be an int or a pair of ints (height, width), got {value!r}") from None
+    items = int_pair(value, f"{cls} {name}")
     if min(items) < minimum:
         raise ValueError(f"{cls} {name} must be >= {minimum}, got {value!r}")
     return items
+
+
+def _require_image(layer, input_shape):
+    if len(input_shape) != 3:
+        hint = ("pooling takes images; put it before Flatten" if len(input_shape) == 1
+                else "pooling takes NCHW images")
+        raise layer.shape_error("(channels, height, width)", input_shape, hint)
 
 
 def _show(p):
@@ -46,10 +48,7 @@ class _Pool2D(Layer):
                              "(as in PyTorch), so that every window overlaps the image")
 
     def output_shape(self, input_shape):
-        if len(input_shape) != 3:
-            hint = ("pooling takes images; put it before Flatten" if len(input_shape) == 1
-                    else "pooling takes NCHW images")
-            raise self.shape_error("(channels, height, width)", input_shape, hint)
+        _require_image(self, input_shape)
         c, h, w = input_shape
         oh, ow = output_hw(h, w, self.kernel_size, self.stride, self.padding)
         if oh < 1 or ow < 1:
@@ -84,7 +83,7 @@ class MaxPool2D(_Pool2D):
 
     def forward(self, ctx, x):
         y = self._output(ctx, x)
-        argmax = ctx.plan.value(y.shape, f"{self!r} argmax") if ctx.training else None
+        argmax = ctx.plan.value(y.shape, f"{self!r} argmax", np.int32) if ctx.training else None
         maxpool_forward(ctx.plan, x, y, self.kernel_size, self.stride, self.padding, argmax)
         ctx.saved["argmax"] = argmax  # for backward, which gets the same context
         return y
@@ -122,10 +121,7 @@ class GlobalAvgPool2D(Layer):
     a Flatten after it gives (C,)."""
 
     def output_shape(self, input_shape):
-        if len(input_shape) != 3:
-            hint = ("pooling takes images; put it before Flatten" if len(input_shape) == 1
-                    else "pooling takes NCHW images")
-            raise self.shape_error("(channels, height, width)", input_shape, hint)
+        _require_image(self, input_shape)
         return (input_shape[0], 1, 1)
 
     def flops(self, input_shape):

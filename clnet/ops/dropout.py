@@ -2,20 +2,11 @@
 
 import numpy as np
 
+from .random import seed_key, step_arg
+
 FILE = "dropout.cl"
 LOCAL = 64
 STEP_ARG = 3  # argument index of the step in dropout_apply (for plan.bind_dynamic)
-
-
-def step_arg(step):
-    """The step as the kernel's uint argument (steps count from 1; wraps after 2^32)."""
-    return np.uint32(int(step) % 2 ** 32)
-
-
-def seed_key(seed):
-    """The generator's 64-bit key (low word, high word) from an integer seed of any size or sign."""
-    seed = int(seed) % 2 ** 64
-    return np.uint32(seed & 0xFFFFFFFF), np.uint32(seed >> 32)
 
 
 def threshold(p):

@@ -1,0 +1,68 @@
+// The input stage of every plan: gather a batch from a source of images (the whole dataset in
+// device memory, or the batch just uploaded) through an index list, convert it to float, normalise
+// it per channel and, when training, augment it, all in one pass.
+//
+// SRC_UINT8 reads 8-bit images, scaled by `scale` (1/255); otherwise floats. TARGET_FLOAT gathers
+// float targets (rows of `width`), otherwise int labels.
+
+#ifdef SRC_UINT8
+#define SRC_T uchar
+#else
+#define SRC_T float
+#endif
+
+// out[b] = normalise(augment(src[order[start + b]] * scale)) for rows b < n_valid, zeros after.
+// norm holds mean[c] then 1/std[c] per channel. Augmentation per sample, from Philox keyed by the
+// seed with counter (start + b, step): a shift of the image by (dy, dx) in [-crop, crop] with zero
+// fill (a random crop of the image padded by `crop`), then, when `flip`, a horizontal mirror with
+// probability 1/2. One work-item per output row (b, c, h).
+__kernel void gather_images(const int rows, const int n_valid, const int start, const int C,
+                            const int H, const int W, const float scale, const int crop, const int flip,
+                            const uint seed_lo, const uint seed_hi, const uint step,
+                            __global const int* restrict order, const int oo,
+                            __global const SRC_T* restrict src, const int so,
+                            __global const float* restrict norm, const int no,
+                            __global float* restrict out, const int outo)
+{
+    const int r = get_global_id(0);
+    if (r >= rows * C * H) return;
+    const int h = r % H, c = (r / H) % C, b = r / (C * H);
+    __global float* dst = out + outo + r * W;
+    if (b >= n_valid) {
+        for (int w = 0; w < W; w++) dst[w] = 0.0f;
+        return;
+    }
+    int dy = 0, dx = 0, mirror = 0;
+    if (crop > 0 || flip) {
+        const uint4 draw = philox4x32_10((uint4)((uint)(start + b), step, 0u, 0u), (uint2)(seed_lo, seed_hi));
+        dy = (int)(draw.x % (uint)(2 * crop + 1)) - crop;
+        dx = (int)(draw.y % (uint)(2 * crop + 1)) - crop;
+        mirror = flip && (draw.z & 1u);
+    }
+    const float mean = norm[no + c], inv_std = norm[no + C + c];
+    const int sh = h + dy;
+    __global const SRC_T* row = src + so + ((size_t)order[oo + start + b] * C + c) * H * W + sh * W;
+    for (int w = 0; w < W; w++) {
+        const int sw = (mirror ? W - 1 - w : w) + dx;
+        const float v = (sh >= 0 && sh < H && sw >= 0 && sw < W) ? (float)row[sw] * scale : 0.0f;
+        dst[w] = (v - mean) * inv_std;
+    }
+}
+
+#ifdef TARGET_FLOAT
+#define TARGET_T float
+#else
+#define TARGET_T int
+#endif
+
+// out[b, j] = src[order[start + b], j] for rows b < n_valid (width values a row), zeros after.
+__kernel void gather_targets(const int rows, const int n_valid, const int start, const int width,
+                             __global const int* restrict order, const int oo,
+                             __global const TARGET_T* restrict src, const int so,
+                             __global TARGET_T* restrict out, const int outo)
+{
+    const int i = get_global_id(0);
+    if (i >= rows * width) return;
+    const int b = i / width, j = i % width;
+    out[outo + i] = b < n_valid ? src[so + order[oo + start + b] * width + j] : (TARGET_T)0;
+}
