@@ -75,21 +75,43 @@ def devices(as_json):
             click.echo(f"    {key:<15} {value}")
 
 
+def _image_size(ctx, param, value):
+    """"64x64" (or "64") -> (64, 64)."""
+    if value is None:
+        return None
+    try:
+        h, _, w = value.lower().partition("x")
+        return int(h), int(w or h)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not HxW, e.g. 64x64") from None
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]}, epilog="""\b
 Examples:
   clnet-train
   clnet-train --platform pocl --device 0 --model mlp --epochs 5 --batch-size 64 --lr 0.05 \\
               --optimizer sgd --momentum 0.9 --seed 1
   clnet-train --model mnist-cnn --epochs 3 --lr 0.02
-  clnet-train --optimizer adam --epochs 20
+  clnet-train --dataset fashion-mnist --data-dir /usr/share/datasets/fashion-mnist
+  clnet-train --dataset cifar10 --model cifar-cnn --augment crop,flip --normalize --lr 0.02
+  clnet-train --dataset ./my_images/ --image-size 64x64 --model cifar-cnn
+  clnet-train --dataset data.npz --optimizer adam --epochs 20
   CLNET_PLATFORM=nvidia clnet-train""")
 @_friendly_errors
 @click.option("--platform", help="OpenCL platform: index or name substring (pocl, nvidia, intel, ...). "
               "Default: CLNET_PLATFORM, else the best device's.")
 @click.option("--device", help="Device: index (within the platform if one is given) or name substring. "
               "Default: CLNET_DEVICE, else the best (a GPU before a CPU).")
+@click.option("--dataset", default="mnist-5k", show_default=True,
+              help="A known dataset (" + ", ".join(sorted(datasets.DATASETS)) + "), found on disk or "
+              "downloaded, or a path: an image folder (a sub-folder per class), a .npz file, a CIFAR "
+              "archive or a folder of IDX files.")
+@click.option("--data-dir", type=click.Path(file_okay=False),
+              help="Where to look for a known dataset first (then the cache, then /usr/share/datasets).")
+@click.option("--offline", is_flag=True, help="Never download: fail if the files are not on disk.")
+@click.option("--image-size", callback=_image_size, help="Resize the images of an image folder, e.g. 64x64.")
 @click.option("--model", "model_name", type=click.Choice(sorted(models.PRESETS)), default="lenet5",
-              show_default=True, help="Preset network (cifar-cnn needs 3x32x32 images).")
+              show_default=True, help="Preset network, sized for the dataset's images and classes.")
 @click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--optimizer", type=click.Choice(sorted(optim.OPTIMIZERS)), default="sgd", show_default=True)
@@ -99,28 +121,41 @@ Examples:
               show_default=True, help="SGD momentum.")
 @click.option("--nesterov", is_flag=True, help="Nesterov momentum (SGD).")
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=0.0, show_default=True)
+@click.option("--augment", help="On the device, training only: crop (random crops of the image padded "
+              "by 4 pixels; crop=N for N), flip (random horizontal flips), or crop,flip.")
+@click.option("--normalize", is_flag=True, help="Normalise each channel by the training images' mean and std.")
 @click.option("--validation-split", type=click.FloatRange(min=0, max=1, max_open=True), default=0.1,
               show_default=True, help="Fraction of the training images held out to report val_accuracy.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds initialisation and shuffling.")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the final result.")
-def train(platform, device, model_name, epochs, batch_size, optimizer, lr, momentum, nesterov,
-          weight_decay, validation_split, seed, quiet):
-    """Train a network on the bundled MNIST-5k images (4000 train, 1000 test) and report test accuracy."""
+def train(platform, device, dataset, data_dir, offline, image_size, model_name, epochs, batch_size, optimizer,
+          lr, momentum, nesterov, weight_decay, augment, normalize, validation_split, seed, quiet):
+    """Train a preset network on a dataset (by default the bundled MNIST-5k: 4000 training and 1000
+    test images) and report its test accuracy."""
     start = time.perf_counter()
     dev = open_device(platform, device)
-    (x, y), (x_test, y_test) = datasets.load_mnist_5k()
-    model = models.PRESETS[model_name](device=dev, seed=seed)
+    train_set, test_set = datasets.load(dataset, data_dir=data_dir, download=not offline, image_size=image_size)
+    model = models.PRESETS[model_name](device=dev, seed=seed, input_shape=train_set.image_shape,
+                                       classes=train_set.num_classes)
     lr = lr or DEFAULT_LR[optimizer]
     opt = (optim.SGD(lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
            if optimizer == "sgd" else optim.get(optimizer, lr=lr, weight_decay=weight_decay))
     model.compile(loss="cross_entropy", optimizer=opt)
     if not quiet:
         click.echo(f"Device:    {dev.info.label}")
+        click.echo(f"Data:      {train_set.name}, {len(train_set)} training images of {train_set.image_shape} "
+                   f"({validation_split:.0%} held out for validation), {train_set.num_classes} classes, "
+                   + (f"{len(test_set)} test images" if test_set is not None else "no test set"))
         click.echo(f"Model:     {model_name}, {model.count_params():,} parameters; {opt!r}")
-        click.echo(f"Data:      MNIST-5k (bundled), {len(x)} training images "
-                   f"({validation_split:.0%} held out for validation), {len(x_test)} test images")
-    model.fit(x, y, epochs=epochs, batch_size=batch_size, validation_split=validation_split,
-              verbose=not quiet, stream=sys.stdout)
-    result = model.evaluate(x_test, y_test)
-    click.echo(f"Test accuracy {result['accuracy']:.4f}  test loss {result['loss']:.4f}  "
-               f"({time.perf_counter() - start:.1f} s in all)")
+    history = model.fit(train_set, epochs=epochs, batch_size=batch_size, validation_split=validation_split,
+                        verbose=not quiet, stream=sys.stdout, normalize=normalize or None, augment=augment)
+    elapsed = f"({time.perf_counter() - start:.1f} s in all)"
+    if test_set is not None:
+        result = model.evaluate(test_set)
+        click.echo(f"Test accuracy {result['accuracy']:.4f}  test loss {result['loss']:.4f}  {elapsed}")
+    elif "val_accuracy" in history.history:
+        click.echo(f"Validation accuracy {history.history['val_accuracy'][-1]:.4f} (the dataset has no test "
+                   f"split)  {elapsed}")
+    else:
+        click.echo(f"Training accuracy {history.history['accuracy'][-1]:.4f} (no test split, no validation) "
+                   f"{elapsed}")

@@ -35,8 +35,8 @@ def test_train_runs_and_reports_test_accuracy():
     (["--epochs", "0"], 2, "Invalid value for '--epochs'"),
     (["--model", "resnet"], 2, "Invalid value for '--model'"),
     (["--lr", "-1"], 2, "Invalid value for '--lr'"),
-    (["--model", "cifar-cnn", "--device", "0"], 1,
-     "Error: layer 0 (Conv2D(3, 32, 3, padding=(1, 1))) expects input (3, height, width) per sample, got (1, 28, 28)"),
+    (["--dataset", "nmist", "--device", "0"], 1, "did you mean 'mnist'"),
+    (["--image-size", "big"], 2, "is not HxW"),
 ])
 def test_user_errors_exit_with_a_message_and_no_traceback(args, code, message):
     result = CliRunner().invoke(train, args)

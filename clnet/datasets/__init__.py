@@ -1,6 +1,13 @@
-"""Datasets: the bundled MNIST-5k, readers for the common formats, and the device input pipeline."""
+"""Datasets: the bundled MNIST-5k, known datasets by name (found on disk or downloaded and
+verified), readers for the common formats, and feeding the device."""
 
+from .arrays import load_arrays
 from .bundled import load_mnist_5k
+from .cifar import load_cifar
 from .dataset import Dataset
+from .folder import ImageFolder
+from .idx import load_idx_pair, read_idx
+from .registry import DATASETS, cache_dir, fetch, load, locate
 
-__all__ = ["Dataset", "load_mnist_5k"]
+__all__ = ["DATASETS", "Dataset", "ImageFolder", "cache_dir", "fetch", "load", "load_arrays", "load_cifar",
+           "load_idx_pair", "load_mnist_5k", "locate", "read_idx"]

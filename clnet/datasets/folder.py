@@ -1,0 +1,144 @@
+"""Image folders: one sub-folder per class holding PNG, JPEG or BMP files, read with Pillow.
+
+    root/
+      cat/ 001.png 002.jpg ...
+      dog/ a.bmp b.JPEG ...
+
+The sorted sub-folder names are the classes. Files with other extensions, and hidden files and
+folders (names starting with '.', such as macOS '._x.jpg' companions), are ignored. Images in
+nested folders inside a class folder belong to that class.
+"""
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DatasetError
+from .dataset import Dataset
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
+PILLOW_HINT = 'reading image folders needs Pillow, which is not installed: pip install "clnet[images]"'
+_GRAY_MODES = {"1", "L", "LA", "F"}
+
+
+def _import_pillow(root):
+    try:
+        from PIL import Image
+    except ImportError:
+        raise DatasetError(f"{root}: {PILLOW_HINT}") from None
+    return Image
+
+
+def _image_size(image_size):
+    if image_size is None:
+        return None
+    if isinstance(image_size, (int, np.integer)):
+        image_size = (image_size, image_size)
+    try:
+        h, w = (int(v) for v in image_size)
+    except (TypeError, ValueError):
+        raise ValueError(f"image_size must be (height, width) or one int, not {image_size!r}") from None
+    if h < 1 or w < 1:
+        raise ValueError(f"image_size must be positive, not {image_size!r}")
+    return h, w
+
+
+def _list_images(folder):
+    """Image files under `folder`, sorted by their path relative to it; hidden entries skipped."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        found += [Path(dirpath, f) for f in filenames
+                  if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)]
+    return sorted(found, key=lambda p: p.relative_to(folder).parts)
+
+
+def _decode(Image, path, grayscale, size):
+    """One image as uint8 (H, W) when grayscale or (H, W, 3) when colour, resized to `size` (h, w)."""
+    with Image.open(path) as im:
+        im.load()
+        mode = im.mode
+        if mode == "I" or mode.startswith("I;16"):  # 16-bit grayscale PNG: keep the high byte
+            im = Image.fromarray((np.asarray(im).astype(np.int64) >> 8).clip(0, 255).astype(np.uint8))
+        elif mode in _GRAY_MODES:
+            im = im.convert("L")
+        else:  # RGB, RGBA (alpha dropped), P/PA (palette), CMYK, YCbCr, ...
+            im = im.convert("RGB")
+            if mode in ("P", "PA"):  # a palette of greys is a grayscale image
+                rgb = np.asarray(im)
+                if (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all():
+                    im = Image.fromarray(np.ascontiguousarray(rgb[..., 0]))
+        if grayscale is True and im.mode == "RGB":
+            im = im.convert("L")  # ITU-R 601-2 luma, as Pillow converts
+        if size is not None and im.size != (size[1], size[0]):
+            bilinear = getattr(getattr(Image, "Resampling", Image), "BILINEAR")
+            im = im.resize((size[1], size[0]), bilinear)
+        return np.array(im, dtype=np.uint8)
+
+
+class ImageFolder(Dataset):
+    """A Dataset read from `root`/<class>/<image>: x uint8 (N, C, H, W), y int64, classes the folder names.
+
+    `image_size`: (height, width) to resize every image to (bilinear); without it all images must
+    have one size. `grayscale`: None gives RGB when any image is colour and one channel otherwise;
+    True or False forces one or three channels.
+    """
+
+    def __init__(self, root, image_size=None, grayscale=None, name=None):
+        root = Path(root)
+        size = _image_size(image_size)
+        if grayscale not in (None, True, False):
+            raise ValueError(f"grayscale must be None, True or False, not {grayscale!r}")
+        if not root.exists():
+            raise DatasetError(f"{root}: no such folder: give a folder with one sub-folder of images per class")
+        if not root.is_dir():
+            raise DatasetError(f"{root} is a file, not a folder: give a folder with one sub-folder of images "
+                               "per class")
+        Image = _import_pillow(root)
+        try:
+            class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+        except OSError as exc:
+            raise DatasetError(f"{root}: cannot list the folder ({exc.strerror or exc})") from None
+        if not class_dirs:
+            loose = [p.name for p in root.iterdir() if p.name.lower().endswith(IMAGE_EXTENSIONS)]
+            hint = f" (it holds {len(loose)} images directly: move them into class folders)" if loose else ""
+            raise DatasetError(f"{root}: no class folders{hint}: put the images of each class in a sub-folder "
+                               "named after the class")
+
+        files, labels = [], []
+        for label, folder in enumerate(class_dirs):
+            images = _list_images(folder)
+            if not images:
+                raise DatasetError(f"{folder}: class folder {folder.name!r} holds no images "
+                                   f"({', '.join(IMAGE_EXTENSIONS)}): add images or remove the folder")
+            files += images
+            labels += [label] * len(images)
+
+        arrays, first = [], None
+        for path in files:
+            try:
+                array = _decode(Image, path, grayscale, size)
+            except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, ... for bad files
+                raise DatasetError(f"{path}: unreadable or corrupt image ({type(exc).__name__}: {exc}): "
+                                   "replace or delete the file") from None
+            if size is None:
+                if first is None:
+                    first = (path, array.shape[:2])
+                elif array.shape[:2] != first[1]:
+                    (h0, w0), (h1, w1) = first[1], array.shape[:2]
+                    raise DatasetError(
+                        f"{root}: images differ in size: {first[0]} is {h0}x{w0} (height x width) but {path} "
+                        f"is {h1}x{w1}: pass --image-size H W (image_size=(h, w)) to resize them all")
+            arrays.append(array)
+
+        channels = 1 if grayscale is True else 3 if grayscale is False else \
+            3 if any(a.ndim == 3 for a in arrays) else 1
+        h, w = arrays[0].shape[:2]
+        x = np.empty((len(arrays), channels, h, w), dtype=np.uint8)
+        for i, array in enumerate(arrays):
+            x[i] = array.transpose(2, 0, 1) if array.ndim == 3 else array  # grey broadcasts to 3 channels
+        super().__init__(x, np.array(labels, dtype=np.int64), classes=[d.name for d in class_dirs],
+                         name=name or root.name or str(root))
+        self.root = root
+        self.files = files  # the image behind each row of x, in order

@@ -1,0 +1,122 @@
+"""IDX files (the MNIST / Fashion-MNIST / EMNIST format), raw or gzip-compressed.
+
+Layout: two zero bytes, a type code, the number of dimensions, then one big-endian uint32 per
+dimension, then the values in C order, big-endian. Compression is detected from the content
+(the gzip magic bytes), never from the file name.
+"""
+
+import gzip
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DatasetError
+from .dataset import Dataset
+
+# type code -> big-endian element type
+IDX_TYPES = {
+    0x08: np.dtype(np.uint8),
+    0x09: np.dtype(np.int8),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+GZIP_MAGIC = b"\x1f\x8b"
+REDOWNLOAD = "download it again"
+
+
+def _read_bytes(path):
+    """The file's bytes, gunzipped when the content is gzip."""
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: no such file: check the path") from None
+    except IsADirectoryError:
+        raise DatasetError(f"{path} is a directory, not an IDX file: give the file's path") from None
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read the file ({exc.strerror or exc})") from None
+    if raw[:2] != GZIP_MAGIC:
+        return raw
+    try:
+        return gzip.decompress(raw)
+    except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
+        raise DatasetError(f"{path}: corrupt gzip stream ({exc}): {REDOWNLOAD}") from None
+
+
+def read_idx(path):
+    """The array stored in an IDX file (raw or gzip), in native byte order.
+
+    Raises DatasetError for a missing file, a wrong magic number, an unknown type code, a file
+    shorter than its header promises, bytes left after the data, or a corrupt gzip stream.
+    """
+    data = _read_bytes(path)
+    if len(data) < 4:
+        raise DatasetError(f"{path}: only {len(data)} bytes, too short for an IDX header: {REDOWNLOAD}")
+    if data[0] != 0 or data[1] != 0:
+        raise DatasetError(f"{path} is not an IDX file: it starts with bytes {data[:4].hex(' ')}, "
+                           "an IDX file with 00 00 (type) (dimensions)")
+    code, ndim = data[2], data[3]
+    if code not in IDX_TYPES:
+        known = ", ".join(f"0x{c:02X} {t.name}" for c, t in IDX_TYPES.items())
+        raise DatasetError(f"{path}: unknown IDX type code 0x{code:02X} (known: {known}): "
+                           f"the file is corrupt or not IDX: {REDOWNLOAD}")
+    if ndim == 0:
+        raise DatasetError(f"{path}: IDX header declares 0 dimensions: the file is corrupt: {REDOWNLOAD}")
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DatasetError(f"{path} is truncated: its header declares {ndim} dimensions but the file has "
+                           f"only {len(data)} bytes: {REDOWNLOAD}")
+    shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+    dtype = IDX_TYPES[code]
+    count = 1
+    for n in shape:
+        count *= n
+    expected = count * dtype.itemsize
+    have = len(data) - header
+    dims = " x ".join(map(str, shape))
+    if have < expected:
+        raise DatasetError(f"{path} is truncated: the header promises {dims} {dtype.name} values "
+                           f"({expected} bytes) but only {have} bytes follow it: {REDOWNLOAD}")
+    if have > expected:
+        raise DatasetError(f"{path}: {have - expected} unexpected bytes after the {dims} {dtype.name} "
+                           f"values the header declares: the file is corrupt: {REDOWNLOAD}")
+    values = np.frombuffer(data, dtype=dtype, count=count, offset=header).reshape(shape)
+    return values.astype(dtype.newbyteorder("="))  # a writable copy in native byte order
+
+
+def _images_to_uint8(images, path):
+    if images.dtype == np.uint8 or images.dtype.kind == "f":
+        return images
+    # other integer types: fine when the values are pixel values anyway
+    if images.size and (images.min() < 0 or images.max() > 255):
+        raise DatasetError(f"{path}: images of type {images.dtype} with values {images.min()}..{images.max()}, "
+                           "outside 0..255: expected uint8 pixels (IDX type 0x08)")
+    return images.astype(np.uint8)
+
+
+def load_idx_pair(images_path, labels_path, name=None):
+    """A Dataset from an IDX images file (N, H, W) and an IDX labels file (N,).
+
+    Images become (N, 1, H, W) uint8 (float IDX images stay float, as float32); labels int64.
+    `name` defaults to the images file's name.
+    """
+    images = read_idx(images_path)
+    labels = read_idx(labels_path)
+    if images.ndim != 3:
+        hint = " (that looks like a labels file: are the two paths swapped?)" if images.ndim == 1 else ""
+        raise DatasetError(f"{images_path}: images must be 3-D (count, height, width), got shape "
+                           f"{images.shape}{hint}")
+    if labels.ndim != 1:
+        hint = " (that looks like an images file: are the two paths swapped?)" if labels.ndim == 3 else ""
+        raise DatasetError(f"{labels_path}: labels must be 1-D (count,), got shape {labels.shape}{hint}")
+    if len(images) != len(labels):
+        raise DatasetError(f"{images_path} holds {len(images)} images but {labels_path} holds "
+                           f"{len(labels)} labels: use the images and labels files of the same split")
+    if labels.dtype.kind not in "iu":
+        raise DatasetError(f"{labels_path}: labels must be integers, got IDX type {labels.dtype}")
+    if len(labels) and labels.min() < 0:
+        raise DatasetError(f"{labels_path}: negative label {labels.min()}: labels must be 0, 1, 2, ...")
+    images = _images_to_uint8(images, images_path)
+    return Dataset(images, labels.astype(np.int64), name=name or Path(images_path).name)

