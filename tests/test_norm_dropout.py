@@ -22,7 +22,7 @@ from clnet.layers.norm import BatchNorm1d, BatchNorm2d
 from clnet.ops import dropout as dropout_ops
 from clnet.ops.random import step_arg
 
-from reference import batchnorm_eval, batchnorm_train, forward, loss, numeric_gradients, softmax
+from reference import batchnorm_eval, batchnorm_train, forward, loss, numeric_gradients, philox4x32_10, softmax
 
 
 def f64(a):
@@ -55,23 +55,6 @@ def bn_backward_ref(x, dy, n_valid, weight, eps):
     dx = np.zeros(x.shape)
     dx[:n_valid] = dxr.reshape(xv.shape)
     return dx, dw, db
-
-
-M32 = np.uint64(0xFFFFFFFF)
-PHILOX_M = (np.uint64(0xD2511F53), np.uint64(0xCD9E8D57))
-PHILOX_W = (np.uint64(0x9E3779B9), np.uint64(0xBB67AE85))
-
-
-def philox4x32_10(counter, key):
-    """Philox4x32-10 (Salmon et al., SC 2011) over arrays of counters: (..., 4) uint64 words."""
-    c = [np.asarray(v, np.uint64) for v in np.broadcast_arrays(*(np.asarray(v, np.uint64) for v in counter))]
-    k0, k1 = np.uint64(key[0]), np.uint64(key[1])
-    for r in range(10):
-        if r:
-            k0, k1 = (k0 + PHILOX_W[0]) & M32, (k1 + PHILOX_W[1]) & M32
-        p0, p1 = PHILOX_M[0] * c[0], PHILOX_M[1] * c[2]
-        c = [(p1 >> np.uint64(32)) ^ c[1] ^ k0, p1 & M32, (p0 >> np.uint64(32)) ^ c[3] ^ k1, p0 & M32]
-    return np.stack(c, axis=-1)
 
 
 def keep_ref(n, seed, step, p):
