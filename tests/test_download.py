@@ -277,7 +277,7 @@ def test_interrupted_download_leaves_nothing(dirs, server, fake_mnist, monkeypat
     def interrupt(self, done):
         raise KeyboardInterrupt
     monkeypatch.setattr(registry._Progress, "update", interrupt)
-    with pytest.raises(DatasetError, match="interrupted"):
+    with pytest.raises(KeyboardInterrupt):
         registry.fetch("mnist")
     assert cache_contents(dirs) in ([], ["mnist"])
 

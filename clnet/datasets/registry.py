@@ -262,7 +262,7 @@ def _not_found_message(ds, data_dir, mirror, reason):
 def download_file(url, dest, size=None, sha256=None, timeout=None):
     """Download url to dest (a Path) atomically: the bytes go to a temporary file in dest's folder,
     are checked against size and sha256, then renamed to dest. On any failure the temporary file
-    is deleted and DatasetError raised (KeyboardInterrupt included)."""
+    is deleted and DatasetError raised (a KeyboardInterrupt goes on, once the file is gone)."""
     dest = Path(dest)
     timeout = TIMEOUT_S if timeout is None else timeout
     try:
@@ -306,7 +306,7 @@ def download_file(url, dest, size=None, sha256=None, timeout=None):
             progress.close()
         _unlink(tmp)
         reason = _describe(exc, timeout)
-        if reason is None:
+        if reason is None:  # Ctrl-C stays an interruption; anything unforeseen is a bug
             raise
         raise DatasetError(f"download of {url} failed: {reason} (nothing of it was kept)") from None
     return dest
@@ -317,9 +317,7 @@ class _Rejected(Exception):
 
 
 def _describe(exc, timeout):
-    """A one-line reason for a failed download, or None for an unexpected exception (a bug)."""
-    if isinstance(exc, KeyboardInterrupt):
-        return "interrupted"
+    """A one-line reason for a failed download, or None for an interruption or a bug."""
     if isinstance(exc, _Rejected):
         return str(exc)
     if isinstance(exc, urllib.error.HTTPError):
