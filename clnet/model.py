@@ -17,6 +17,19 @@ from .tensor import DeviceTensor
 from .text import format_bytes
 
 
+def _split(rng, targets, fraction):
+    """(validation, training) indices: a seeded random `fraction`, of each class for class labels."""
+    if targets.dtype == np.int32:
+        groups = [np.flatnonzero(targets == c) for c in np.unique(targets)]
+    else:
+        groups = [np.arange(len(targets))]
+    chosen = [rng.permutation(g)[:int(round(len(g) * fraction))] for g in groups]
+    validation = np.sort(np.concatenate(chosen))
+    if len(validation) == 0:  # a tiny set: still one sample to validate on
+        validation = rng.permutation(len(targets))[:1]
+    return validation, np.setdiff1d(np.arange(len(targets)), validation)
+
+
 class History:
     """What `fit` returns: per-epoch metrics in `history` ({"loss": [...], "accuracy": [...], ...})."""
 
@@ -119,7 +132,7 @@ class Sequential:
 
         x: images (N, C, H, W) or features (N, ...), uint8 (scaled to [0, 1]) or float, or a
         clnet.datasets.Dataset (then y comes with it). validation_split holds out a seeded random
-        fraction of (x, y); validation_data=(xv, yv) or a Dataset takes precedence. Shuffling each
+        fraction of (x, y), stratified by class; validation_data=(xv, yv) or a Dataset takes precedence. Shuffling each
         epoch is seeded by `seed` (default: the model's seed).
         normalize: True computes per-channel mean and std on the training images, or give
         (mean, std); the model keeps them and applies them in evaluate and predict too.
@@ -138,9 +151,7 @@ class Sequential:
         if validation_data is None and validation_split:
             if not 0 < validation_split < 1:
                 raise InputError(f"validation_split must lie in (0, 1), got {validation_split}")
-            order = rng.permutation(len(x))
-            n_val = max(1, int(round(len(x) * validation_split)))
-            val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
+            val_idx, train_idx = _split(rng, targets, validation_split)
             validation_data = (x[val_idx], targets[val_idx])
             x, targets = x[train_idx], targets[train_idx]
         if len(x) == 0:

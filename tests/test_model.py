@@ -129,6 +129,18 @@ def test_partial_last_batch_counts_only_real_samples(device):
         np.testing.assert_allclose(value, b.state_dict()[key], rtol=1e-5, atol=1e-7)
 
 
+def test_validation_split_is_stratified_and_seeded():
+    from clnet.model import _split
+    labels = np.repeat(np.arange(4, dtype=np.int32), [100, 50, 30, 20])
+    val, train = _split(np.random.default_rng(0), labels, 0.1)
+    assert np.bincount(labels[val]).tolist() == [10, 5, 3, 2]
+    assert len(np.intersect1d(val, train)) == 0 and len(val) + len(train) == 200
+    again, _ = _split(np.random.default_rng(0), labels, 0.1)
+    other, _ = _split(np.random.default_rng(1), labels, 0.1)
+    assert np.array_equal(val, again) and not np.array_equal(val, other)
+    assert len(_split(np.random.default_rng(0), np.zeros((3, 2), np.float32), 0.1)[0]) == 1
+
+
 def test_same_seed_same_weights(device, mnist):
     (x, y), _ = mnist
     weights = []
