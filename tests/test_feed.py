@@ -158,13 +158,13 @@ def test_training_set_too_large_for_the_device_is_streamed(device, monkeypatch):
 
 @pytest.mark.skipif(not FASHION.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
 def test_fashion_mnist_trains(device):
-    """Real data: one epoch of the MLP on the 60000 Fashion-MNIST training images (held on the
-    device) reaches about 84% on the 10000 test images (82% is the floor)."""
+    """Real data: two epochs of the MLP on the 60000 Fashion-MNIST training images (held on the
+    device) reach 85.2% on the 10000 test images (PoCL 3.0 and 3.1 alike); 83% is the floor."""
     train_set, test_set = clnet.datasets.load("fashion-mnist")
     model = clnet.models.mlp(device=device, seed=0)
     model.compile("cross_entropy", clnet.optim.SGD(lr=0.05, momentum=0.9))
-    model.fit(train_set, epochs=1, batch_size=128, verbose=0)
-    assert model.evaluate(test_set)["accuracy"] > 0.82
+    model.fit(train_set, epochs=2, batch_size=128, verbose=0)
+    assert model.evaluate(test_set)["accuracy"] > 0.83
 
 
 def test_cli_trains_on_npz_and_image_folders(tmp_path):
