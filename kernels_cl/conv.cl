@@ -7,40 +7,49 @@
     const int OH, const int OW, const int sh, const int sw, const int ph, const int pw, \
     const int dh, const int dw
 
-// One work-item per (column-matrix row k, image, output row oh) copies that output row's OW
-// pixels: index arithmetic once per row, contiguous writes.
+// PER_PIXEL (GPUs): one work-item per pixel, so that neighbouring work-items touch neighbouring
+// addresses. Otherwise (CPUs) one work-item per row of pixels, with the index arithmetic done once
+// per row.
+
+// col[k, (image, oh, ow)] = x[image, c, oh*sh - ph + kh*dh, ow*sw - pw + kw*dw] (0 in the padding),
+// row k = (c, kh, kw). Global size (images*OH*OW or images*OH, C*KH*KW).
 __kernel void im2col(const int images, GEOMETRY, const int ldcol,
                      __global const float* restrict x, const int xo,
                      __global float* restrict col, const int co)
 {
-    const int r = get_global_id(0), k = get_global_id(1);  // r = image * OH + oh
+#ifdef PER_PIXEL
+    const int r = get_global_id(0) / OW, ow0 = get_global_id(0) % OW, ow1 = ow0 + 1;
+#else
+    const int r = get_global_id(0), ow0 = 0, ow1 = OW;
+#endif
+    const int k = get_global_id(1);  // r = image * OH + oh
     if (r >= images * OH || k >= C * KH * KW) return;
     const int g = r / OH, oh = r % OH;
     const int kw = k % KW, kh = (k / KW) % KH, c = k / (KH * KW);
     const int ih = oh * sh - ph + kh * dh;
     __global float* out = col + co + k * ldcol + r * OW;  // column (image, oh, ow) = r * OW + ow
-    if (ih < 0 || ih >= H) {
-        for (int ow = 0; ow < OW; ow++) out[ow] = 0.0f;
-        return;
-    }
     __global const float* in = x + xo + ((g * C + c) * H + ih) * W;
-    for (int ow = 0; ow < OW; ow++) {
+    const int inside = ih >= 0 && ih < H;
+    for (int ow = ow0; ow < ow1; ow++) {
         const int iw = ow * sw - pw + kw * dw;
-        out[ow] = (iw >= 0 && iw < W) ? in[iw] : 0.0f;
+        out[ow] = (inside && iw >= 0 && iw < W) ? in[iw] : 0.0f;
     }
 }
 
 // The gradient of im2col as a gather: each input element sums the column entries it was copied to,
-// in a fixed order (no atomics, the same result every run). One work-item per input row (image,
-// channel, ih) walks its W pixels.
+// in a fixed order (no atomics, the same result every run). Global size images*C*H*W or images*C*H.
 __kernel void col2im(const int images, GEOMETRY, const int ldcol,
                      __global const float* restrict col, const int co,
                      __global float* restrict dx, const int xo)
 {
-    const int r = get_global_id(0);  // r = (image * C + c) * H + ih
-    if (r >= images * C * H) return;
+#ifdef PER_PIXEL
+    const int r = get_global_id(0) / W, iw0 = get_global_id(0) % W, iw1 = iw0 + 1;
+#else
+    const int r = get_global_id(0), iw0 = 0, iw1 = W;
+#endif
+    if (r >= images * C * H) return;  // r = (image * C + c) * H + ih
     const int ih = r % H, c = (r / H) % C, g = r / (C * H);
-    for (int iw = 0; iw < W; iw++) {
+    for (int iw = iw0; iw < iw1; iw++) {
         float s = 0.0f;
         for (int kh = 0; kh < KH; kh++) {
             const int t = ih + ph - kh * dh, oh = t / sh;
@@ -60,22 +69,26 @@ __kernel void col2im(const int images, GEOMETRY, const int ldcol,
 #endif
 
 // For a convolution output y (B, C, P) = act(conv + bias): dpre = dy * act'(y) transposed to
-// (C, B * P), the layout the weight- and input-gradient GEMMs read, and db[c] = sum of dpre[c, :].
-// One work-group per channel, reduced in a fixed order.
+// (C, B * P), the layout the weight- and input-gradient GEMMs read, and the bias gradient.
+// Work-group (c, s) of a (C, S) grid handles slice s of channel c's B * P values and writes their
+// sum, reduced in a fixed order, to sums[s * C + c]: the bias gradient itself when S = 1, else
+// partial sums that sum_slices (gemm.cl) adds up. Several slices keep a GPU busy.
 __kernel __attribute__((reqd_work_group_size(CONV_WG, 1, 1)))
 void conv_bias_act_backward(const int B, const int C, const int P,
                             __global const float* restrict dy, const int dyo,
                             __global const float* restrict y, const int yo,
                             __global float* restrict dpre, const int dpo,
-                            __global float* restrict db, const int dbo)
+                            __global float* restrict sums, const int so)
 {
     __local float part[CONV_WG];
     const int c = get_group_id(0), lid = get_local_id(0);
+    const int slices = get_num_groups(1), n = B * P;
+    const int share = (n + slices - 1) / slices, begin = get_group_id(1) * share, end = min(n, begin + share);
     float s = 0.0f;
-    for (int i = lid; i < B * P; i += CONV_WG) {
+    for (int i = begin + lid; i < end; i += CONV_WG) {
         const int src = ((i / P) * C + c) * P + i % P;
         const float g = dy[dyo + src] * act_grad_from_output(y[yo + src]);
-        dpre[dpo + c * B * P + i] = g;
+        dpre[dpo + c * n + i] = g;
         s += g;
     }
     part[lid] = s;
@@ -85,6 +98,6 @@ void conv_bias_act_backward(const int B, const int C, const int P,
         barrier(CLK_LOCAL_MEM_FENCE);
     }
 #ifdef HAS_BIAS
-    if (lid == 0) db[dbo + c] = part[0];
+    if (lid == 0) sums[so + get_group_id(1) * C + c] = part[0];
 #endif
 }

@@ -7,6 +7,7 @@ import clnet
 from clnet import layers as L
 from clnet.ops import conv as conv_ops
 
+from conftest import Slot, execute, new_plan
 from reference import conv2d, forward, loss, numeric_gradients
 
 GEOMETRIES = [  # (batch, in, height, width, out, kernel, stride, padding, dilation)
@@ -94,3 +95,25 @@ def test_weights_have_pytorch_layout(device):
     assert list(state) == ["0.weight", "2.weight", "2.bias"]
     assert state["0.weight"].shape == (8, 3, 5, 3) and state["2.weight"].shape == (4, 8, 1, 1)
     assert np.abs(state["0.weight"]).max() == pytest.approx(np.sqrt(6 / (3 * 5 * 3)), rel=0.05)  # He before ReLU
+
+
+@pytest.mark.parametrize("act", ["none", "relu"])
+@pytest.mark.parametrize("batch, channels, pixels", [(3, 2, 300), (1, 5, 7), (2, 64, 1100)])
+def test_conv_bias_act_backward_in_slices(device, act, batch, channels, pixels):
+    """dpre transposed to (C, B*P) and the bias gradient, with each channel split into slices
+    (partial sums added in a fixed order) when that gives the device more work-groups."""
+    from clnet import ops
+    rng = np.random.default_rng(6)
+    dy, y = rng.normal(size=(batch, channels, pixels)), np.abs(rng.normal(size=(batch, channels, pixels)))
+    y[..., ::3] = 0.0  # ReLU's gradient is 0 there
+    plan = new_plan(device)
+    s_dy, s_y = Slot(device, dy, 3), Slot(device, y, 5)
+    dpre, db = Slot.output(device, (channels, batch * pixels), 7), Slot.output(device, (channels,), 2)
+    conv_ops.conv_bias_act_backward(plan, ops.ACTIVATIONS[act], s_dy.tensor, s_y.tensor, dpre.tensor, db.tensor)
+    execute(plan)
+    grad = dy * (y > 0) if act == "relu" else dy
+    expected = grad.transpose(1, 0, 2).reshape(channels, -1)
+    np.testing.assert_allclose(dpre.read(), expected, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(db.read(), expected.sum(axis=1), rtol=1e-5, atol=1e-5)
+    slices = [l for l in plan.launches if l.kernel.function_name == "sum_slices"]
+    assert bool(slices) == (batch * pixels >= 2 * conv_ops.SLICE_MIN and channels < 4 * device.info.compute_units)
