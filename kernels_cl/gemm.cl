@@ -157,10 +157,13 @@ __kernel void sum_slices(const int M, const int N, const int slices,
 
 // ---------------------------------------------------------------- CPU family
 #ifndef CPU_ROWS
-#define CPU_ROWS 4  // rows of C per work-item (register blocking)
+#define CPU_ROWS 8  // rows of C per work-item in gemm_cpu (register blocking)
 #endif
-#ifndef CPU_COLS
-#define CPU_COLS 4  // columns of C per work-item in gemm_cpu_dot
+#ifndef DOT_ROWS
+#define DOT_ROWS 4  // rows of C per work-item in gemm_cpu_dot
+#endif
+#ifndef DOT_COLS
+#define DOT_COLS 4  // columns of C per work-item in gemm_cpu_dot
 #endif
 
 inline float hsum16(float16 v)
@@ -205,30 +208,30 @@ __kernel void gemm_cpu(GEMM_ARGS)
 }
 
 // For A stored M x K and B stored N x K (TRANS_A == 0, TRANS_B == 1): both operands are contiguous
-// in k, so a work-item computes CPU_ROWS x CPU_COLS dot products with float16 partial sums.
-// Global size (ceil(N/CPU_COLS), ceil(M/CPU_ROWS)).
+// in k, so a work-item computes DOT_ROWS x DOT_COLS dot products with float16 partial sums.
+// Global size (ceil(N/DOT_COLS), ceil(M/DOT_ROWS)).
 __kernel void gemm_cpu_dot(GEMM_ARGS)
 {
-    const int n0 = get_global_id(0) * CPU_COLS, m0 = get_global_id(1) * CPU_ROWS;
+    const int n0 = get_global_id(0) * DOT_COLS, m0 = get_global_id(1) * DOT_ROWS;
     if (n0 >= N || m0 >= M) return;
-    int mr[CPU_ROWS], nc[CPU_COLS];  // indices past the edge re-read the last row / column
-    for (int r = 0; r < CPU_ROWS; r++) mr[r] = min(m0 + r, M - 1);
-    for (int c = 0; c < CPU_COLS; c++) nc[c] = min(n0 + c, N - 1);
+    int mr[DOT_ROWS], nc[DOT_COLS];  // indices past the edge re-read the last row / column
+    for (int r = 0; r < DOT_ROWS; r++) mr[r] = min(m0 + r, M - 1);
+    for (int c = 0; c < DOT_COLS; c++) nc[c] = min(n0 + c, N - 1);
 
-    float16 acc[CPU_ROWS][CPU_COLS];
-    for (int r = 0; r < CPU_ROWS; r++)
-        for (int c = 0; c < CPU_COLS; c++) acc[r][c] = (float16)(0.0f);
+    float16 acc[DOT_ROWS][DOT_COLS];
+    for (int r = 0; r < DOT_ROWS; r++)
+        for (int c = 0; c < DOT_COLS; c++) acc[r][c] = (float16)(0.0f);
     int k = 0;
     for (; k + 16 <= K; k += 16) {
-        float16 a[CPU_ROWS];
-        for (int r = 0; r < CPU_ROWS; r++) a[r] = load16(A + a_off + mr[r] * lda + k);
-        for (int c = 0; c < CPU_COLS; c++) {
+        float16 a[DOT_ROWS];
+        for (int r = 0; r < DOT_ROWS; r++) a[r] = load16(A + a_off + mr[r] * lda + k);
+        for (int c = 0; c < DOT_COLS; c++) {
             const float16 b = load16(B + b_off + nc[c] * ldb + k);
-            for (int r = 0; r < CPU_ROWS; r++) acc[r][c] = a[r] * b + acc[r][c];
+            for (int r = 0; r < DOT_ROWS; r++) acc[r][c] = a[r] * b + acc[r][c];
         }
     }
-    for (int r = 0; r < CPU_ROWS && m0 + r < M; r++)
-        for (int c = 0; c < CPU_COLS && n0 + c < N; c++) {
+    for (int r = 0; r < DOT_ROWS && m0 + r < M; r++)
+        for (int c = 0; c < DOT_COLS && n0 + c < N; c++) {
             float s = hsum16(acc[r][c]);
             for (int kk = k; kk < K; kk++) s = A_AT(mr[r], kk) * B_AT(kk, nc[c]) + s;
             STORE(m0 + r, n0 + c, s);

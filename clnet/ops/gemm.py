@@ -5,7 +5,8 @@ import os
 GEMM_FILE = "gemm.cl"
 TILE = 64          # TILE_M = TILE_N of gemm_tiled (its defaults)
 WORK_GROUP = 16    # TILE / WPT: gemm_tiled's work-group is 16 x 16
-CPU_ROWS = CPU_COLS = 4
+CPU_ROWS = 8      # gemm_cpu's rows per work-item (its CPU_ROWS)
+DOT_ROWS = DOT_COLS = 4  # gemm_cpu_dot's block per work-item
 SPLIT_MIN = 256    # shortest K slice worth its own work-groups
 
 
@@ -81,6 +82,6 @@ def gemm(plan, a, b, c, trans_a=False, trans_b=False, bias=None, act=0, bias_per
         if trans_a:
             raise ValueError("gemm with both operands transposed is not supported by the CPU family")
         kernel = plan.kernel(GEMM_FILE, "gemm_cpu_dot", **defines)
-        return plan.launch(kernel, (-(-n // CPU_COLS), -(-m // CPU_ROWS)), None, *args)
+        return plan.launch(kernel, (-(-n // DOT_COLS), -(-m // DOT_ROWS)), None, *args)
     kernel = plan.kernel(GEMM_FILE, "gemm_cpu", **defines)
     return plan.launch(kernel, (-(-n // 16), -(-m // CPU_ROWS)), None, *args)
