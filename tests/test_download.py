@@ -274,9 +274,9 @@ def test_connection_refused_is_a_clear_error(dirs, server, fake_mnist, refused_u
 
 
 def test_interrupted_download_leaves_nothing(dirs, server, fake_mnist, monkeypatch):
-    def interrupt(self, done):
+    def interrupt(self, done, text=None):
         raise KeyboardInterrupt
-    monkeypatch.setattr(registry._Progress, "update", interrupt)
+    monkeypatch.setattr(registry.ProgressBar, "update", interrupt)
     with pytest.raises(KeyboardInterrupt):
         registry.fetch("mnist")
     assert cache_contents(dirs) in ([], ["mnist"])
@@ -599,9 +599,9 @@ def test_progress_bar_only_on_a_terminal():
 
     tty, pipe = Stream(True), Stream(False)
     for stream in (tty, pipe):
-        bar = registry._Progress("f.gz", 2_000_000, stream)
-        bar.update(1_000_000)
-        bar.update(2_000_000)
-        bar.close()
+        bar = registry.ProgressBar(2_000_000, "f.gz", stream)
+        bar.update(1_000_000, registry._transferred(1_000_000, bar))
+        bar.update(2_000_000, registry._transferred(2_000_000, bar))
+        bar.close(keep=True)
     assert "\rf.gz [" in tty.getvalue() and "100%" in tty.getvalue() and tty.getvalue().endswith("\n")
     assert pipe.getvalue() == ""

@@ -27,7 +27,6 @@ import difflib
 import hashlib
 import importlib
 import os
-import sys
 import tarfile
 import tempfile
 import time
@@ -42,6 +41,7 @@ import numpy as np
 import platformdirs
 
 from ..errors import DatasetError
+from ..progress import ProgressBar
 from .dataset import Dataset
 
 CACHE_ENV = "CLNET_DATA_DIR"
@@ -281,7 +281,7 @@ def download_file(url, dest, size=None, sha256=None, timeout=None):
                 offered = int(length) if length and length.strip().isdigit() else None
                 if size is not None and offered is not None and offered != size:
                     raise _Rejected(f"the server offers {offered:,} bytes, expected {size:,}")
-                progress = _Progress(dest.name, offered if offered is not None else size)
+                progress = ProgressBar(offered if offered is not None else size, dest.name)
                 digest, done = hashlib.sha256(), 0
                 while True:
                     chunk = response.read(CHUNK)
@@ -292,8 +292,8 @@ def download_file(url, dest, size=None, sha256=None, timeout=None):
                         raise _Rejected(f"the server sent more than the expected {size:,} bytes")
                     digest.update(chunk)
                     out.write(chunk)
-                    progress.update(done)
-                progress.close()
+                    progress.update(done, _transferred(done, progress))
+                progress.close(keep=True)
         if size is not None and done != size:
             raise _Rejected(f"got {done:,} bytes, expected {size:,} (the transfer was cut short)")
         if sha256 is not None and digest.hexdigest() != sha256.lower():
@@ -355,40 +355,13 @@ def _sweep_stale(dest, age_s=24 * 3600):
             pass
 
 
-class _Progress:
-    """A one-line progress bar on stderr, drawn only when stderr is a terminal."""
-
-    def __init__(self, label, total, stream=None):
-        self.label, self.total = label, total
-        self.stream = stream if stream is not None else sys.stderr
-        self.active = bool(getattr(self.stream, "isatty", lambda: False)())
-        self.start = self.last = time.monotonic()
-        self.drawn = False
-
-    def update(self, done):
-        if not self.active:
-            return
-        now = time.monotonic()
-        if now - self.last < 0.1 and done != self.total:
-            return
-        self.last = now
-        rate = done / max(now - self.start, 1e-6)
-        mb = lambda n: f"{n / 1e6:.1f}"
-        if self.total:
-            frac = min(done / self.total, 1.0)
-            bar = "#" * int(frac * 30)
-            text = f"{self.label} [{bar:<30}] {frac:4.0%} {mb(done)}/{mb(self.total)} MB {mb(rate)} MB/s"
-        else:
-            text = f"{self.label} {mb(done)} MB {mb(rate)} MB/s"
-        self.stream.write("\r" + text)
-        self.stream.flush()
-        self.drawn = True
-
-    def close(self):
-        if self.drawn:
-            self.stream.write("\n")
-            self.stream.flush()
-            self.drawn = False
+def _transferred(done, bar):
+    """ "50% 1.0/2.0 MB 3.1 MB/s": what a download's progress bar says."""
+    mb = lambda n: f"{n / 1e6:.1f}"
+    rate = f"{mb(done / max(bar.elapsed, 1e-6))} MB/s"
+    if bar.total:
+        return f"{min(done / bar.total, 1.0):4.0%} {mb(done)}/{mb(bar.total)} MB {rate}"
+    return f"{mb(done)} MB {rate}"
 
 
 # ---------------------------------------------------------------- load
