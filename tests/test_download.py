@@ -23,7 +23,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from clnet.datasets import registry
+from clnet.datasets import download, registry
 from clnet.datasets.dataset import Dataset
 from clnet.errors import DatasetError
 
@@ -171,7 +171,7 @@ def local_only(monkeypatch):
 
     monkeypatch.setattr(urllib.request, "urlopen", guarded)
     monkeypatch.delenv(registry.MIRROR_ENV, raising=False)
-    monkeypatch.setattr(registry, "TIMEOUT_S", 5.0)
+    monkeypatch.setattr(download, "TIMEOUT_S", 5.0)
 
 
 @pytest.fixture
@@ -276,7 +276,7 @@ def test_connection_refused_is_a_clear_error(dirs, server, fake_mnist, refused_u
 def test_interrupted_download_leaves_nothing(dirs, server, fake_mnist, monkeypatch):
     def interrupt(self, done, text=None):
         raise KeyboardInterrupt
-    monkeypatch.setattr(registry.ProgressBar, "update", interrupt)
+    monkeypatch.setattr(download.ProgressBar, "update", interrupt)
     with pytest.raises(KeyboardInterrupt):
         registry.fetch("mnist")
     assert cache_contents(dirs) in ([], ["mnist"])
@@ -599,9 +599,9 @@ def test_progress_bar_only_on_a_terminal():
 
     tty, pipe = Stream(True), Stream(False)
     for stream in (tty, pipe):
-        bar = registry.ProgressBar(2_000_000, "f.gz", stream)
-        bar.update(1_000_000, registry._transferred(1_000_000, bar))
-        bar.update(2_000_000, registry._transferred(2_000_000, bar))
+        bar = download.ProgressBar(2_000_000, "f.gz", stream)
+        bar.update(1_000_000, download._transferred(1_000_000, bar))
+        bar.update(2_000_000, download._transferred(2_000_000, bar))
         bar.close(keep=True)
     assert "\rf.gz [" in tty.getvalue() and "100%" in tty.getvalue() and tty.getvalue().endswith("\n")
     assert pipe.getvalue() == ""

@@ -12,7 +12,7 @@ from clnet import layers as L
 from clnet.cli import train
 from clnet.datasets.feed import InputSpec, channel_statistics, parse_augment
 from clnet.ops import data as data_ops
-from conftest import Slot, execute, new_plan
+from conftest import Slot, new_plan
 
 from reference import forward, philox4x32_10
 
