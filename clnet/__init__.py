@@ -1,13 +1,14 @@
 """clnet: train and run image-classification networks with OpenCL kernels, on any OpenCL device."""
 
-from . import datasets, layers, losses, models, optim
+from . import datasets, io, layers, losses, models, optim
 from .device import Device, DeviceInfo, device, list_devices
 from .errors import (ClnetError, DatasetError, DeviceNotFoundError, InputError, KernelBuildError,
-                     OutOfDeviceMemoryError, ShapeError)
+                     ModelFileError, OutOfDeviceMemoryError, ShapeError)
+from .io import load
 from .model import History, Sequential
 
 __version__ = "0.1.0"
 
 __all__ = ["ClnetError", "DatasetError", "Device", "DeviceInfo", "DeviceNotFoundError", "History",
-           "InputError", "KernelBuildError", "OutOfDeviceMemoryError", "Sequential", "ShapeError",
-           "datasets", "device", "layers", "list_devices", "losses", "models", "optim"]
+           "InputError", "KernelBuildError", "ModelFileError", "OutOfDeviceMemoryError", "Sequential",
+           "ShapeError", "datasets", "device", "io", "layers", "list_devices", "load", "losses", "models", "optim"]

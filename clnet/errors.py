@@ -35,3 +35,13 @@ class InputError(ClnetError, ValueError):
 
 class DatasetError(ClnetError):
     """A dataset file is missing or corrupt."""
+
+
+class ModelFileError(ClnetError):
+    """A model or checkpoint file that cannot be read or written: missing, truncated, corrupt, not a
+    clnet file, of a newer format version, or with an architecture or weights that do not fit.
+    `path` is the file and `problem` says what is wrong."""
+
+    def __init__(self, path, problem):
+        self.path, self.problem = str(path), problem
+        super().__init__(f"{path}: {problem}")

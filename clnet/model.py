@@ -254,6 +254,13 @@ class Sequential:
         """Load arrays (numpy, or anything np.asarray takes, such as CPU torch tensors)."""
         self.param_store.load_state_dict(state)
 
+    def save(self, path, classes=None):
+        """Write the model to one file (conventionally `*.clnet`), atomically: the architecture, the
+        weights, the seed, the loss, the input shape, the normalisation and the class names
+        (`classes`, in output order). `clnet.load(path)` reads it back; clnet/io.py documents the format."""
+        from . import io
+        io.save(self, path, classes=classes)
+
     # ------------------------------------------------------------------ description
     def summary(self, input_shape=None, batch_size=32, stream=None):
         """Print a table of layers: output shape, parameters, forward FLOPs and activation memory per

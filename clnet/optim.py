@@ -3,6 +3,8 @@
 Semantics follow torch.optim (SGD, Adam, AdamW), so hyper-parameters carry over unchanged.
 """
 
+import numpy as np
+
 from .tensor import DeviceTensor
 
 FILE = "optim.cl"
@@ -26,6 +28,41 @@ class Optimizer:
             self.steps = 0
         return self._state
 
+    def config(self):
+        """The constructor arguments (hyper-parameters), JSON-able: `type(opt)(**opt.config())`."""
+        raise NotImplementedError
+
+    def state_dict(self):
+        """Everything needed to continue training: {"class", "config" (hyper-parameters), "steps",
+        "state": [float32 numpy arrays over the flat parameter buffer]} (downloaded; [] before the
+        first step or for plain SGD)."""
+        return {"class": type(self).__name__, "config": self.config(), "steps": self.steps,
+                "state": [t.download() for t in self._state or ()]}
+
+    def load_state_dict(self, state, device=None):
+        """Restore a state_dict of the same optimizer class: hyper-parameters, step count and state
+        tensors, uploaded to `device` (default: where this optimizer's state already is). Tensors
+        that already exist with the same shapes are overwritten in place, so plans recorded with
+        them keep working (hyper-parameters other than lr reach only plans recorded afterwards, as
+        after model.compile)."""
+        if state["class"] != type(self).__name__:
+            raise ValueError(f"a {state['class']} state_dict cannot be loaded into {type(self).__name__}")
+        fresh = type(self)(**state["config"])  # validates the hyper-parameters
+        self.__dict__.update({k: v for k, v in vars(fresh).items() if k not in ("steps", "_state")})
+        arrays = [np.ascontiguousarray(a, dtype=np.float32).reshape(-1) for a in state["state"]]
+        if not arrays:
+            self._state = None
+        else:
+            device = device or (self._state[0].device if self._state else None)
+            if device is None:
+                raise ValueError("load_state_dict needs the device to put the optimizer state on")
+            if not (self._state and len(self._state) == len(arrays) and self._state[0].device is device
+                    and all(t.size == a.size for t, a in zip(self._state, arrays))):
+                self._state = [DeviceTensor.empty(device, a.shape, what="optimizer state") for a in arrays]
+            for tensor, array in zip(self._state, arrays):
+                tensor.upload(array)
+        self.steps = int(state["steps"])
+
     def record(self, plan, params, grads):
         """Record the update launch of `params` (flat tensor) from `grads`."""
         raise NotImplementedError
@@ -41,6 +78,10 @@ class SGD(Optimizer):
         if nesterov and momentum <= 0:
             raise ValueError("Nesterov momentum needs momentum > 0")
         self.momentum, self.nesterov, self.weight_decay = float(momentum), bool(nesterov), float(weight_decay)
+
+    def config(self):
+        return {"lr": self.lr, "momentum": self.momentum, "nesterov": self.nesterov,
+                "weight_decay": self.weight_decay}
 
     def record(self, plan, params, grads):
         velocity = self._buffers(plan.device, params.size, 1)[0] if self.momentum else params
@@ -66,6 +107,10 @@ class Adam(Optimizer):
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise ValueError(f"Adam betas must lie in [0, 1), got {betas}")
         self.eps, self.weight_decay = float(eps), float(weight_decay)
+
+    def config(self):
+        return {"lr": self.lr, "betas": [self.beta1, self.beta2], "eps": self.eps,
+                "weight_decay": self.weight_decay}
 
     def record(self, plan, params, grads):
         m, v = self._buffers(plan.device, params.size, 2)

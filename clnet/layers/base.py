@@ -26,6 +26,12 @@ class Layer:
     #: True for layers whose GEMM epilogue can apply a following activation (Dense, Conv2D).
     fuses_activation = False
 
+    def config(self):
+        """The constructor arguments as a JSON-able dict (lists for pairs), so that
+        `type(layer)(**layer.config())` rebuilds the layer; model files store it. Layers that take
+        arguments override this."""
+        return {}
+
     def param_shapes(self):
         """{name: shape} of the trainable parameters, in state_dict order."""
         return {}

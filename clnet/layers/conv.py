@@ -38,6 +38,12 @@ class Conv2D(Layer):
             raise ValueError(f"Conv2D init must be 'auto', 'he' or 'glorot', not {init!r}")
         self.bias, self.init = bool(bias), init
 
+    def config(self):
+        return {"in_channels": self.in_channels, "out_channels": self.out_channels,
+                "kernel_size": list(self.kernel_size), "stride": list(self.stride),
+                "padding": self.padding if self.padding == "same" else list(self.padding),
+                "dilation": list(self.dilation), "bias": self.bias, "init": self.init}
+
     def param_shapes(self):
         shapes = {"weight": (self.out_channels, self.in_channels, *self.kernel_size)}
         if self.bias:

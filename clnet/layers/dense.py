@@ -19,6 +19,10 @@ class Dense(Layer):
         self.in_features, self.out_features = int(in_features), int(out_features)
         self.bias, self.init = bool(bias), init
 
+    def config(self):
+        return {"in_features": self.in_features, "out_features": self.out_features, "bias": self.bias,
+                "init": self.init}
+
     def param_shapes(self):
         shapes = {"weight": (self.out_features, self.in_features)}
         if self.bias:

@@ -18,6 +18,9 @@ class Dropout(Layer):
             raise ValueError(f"Dropout probability must satisfy 0 <= p < 1, got {p}")
         self.p = p
 
+    def config(self):
+        return {"p": self.p}
+
     def _apply(self, ctx, src, what):
         """src * keep / (1 - p) with the mask of the current step, or src itself (as a view) when the
         layer is inactive: in evaluation or with p = 0."""

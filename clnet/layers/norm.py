@@ -32,6 +32,10 @@ class _BatchNorm(Layer):
         self.momentum = None if momentum is None else float(momentum)
         self.affine = bool(affine)
 
+    def config(self):
+        return {"num_features": self.num_features, "eps": self.eps, "momentum": self.momentum,
+                "affine": self.affine}
+
     def _accepts(self, input_shape):
         raise NotImplementedError
 

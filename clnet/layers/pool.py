@@ -47,6 +47,9 @@ class _Pool2D(Layer):
                              f"{_show(self.kernel_size)}: padding must be at most kernel_size // 2 "
                              "(as in PyTorch), so that every window overlaps the image")
 
+    def config(self):
+        return {"kernel_size": list(self.kernel_size), "stride": list(self.stride), "padding": list(self.padding)}
+
     def output_shape(self, input_shape):
         _require_image(self, input_shape)
         c, h, w = input_shape

@@ -1,0 +1,482 @@
+"""Model files and checkpoints: one documented format, written atomically.
+
+Model file format, version 1
+----------------------------
+A model file (conventionally named ``*.clnet``) is a zip archive, members stored uncompressed:
+
+``model.json``
+    A UTF-8 JSON object:
+
+    - ``"format": "clnet-model"``: says what the file is.
+    - ``"format_version": 1``: an integer; a reader refuses versions newer than it knows.
+    - ``"clnet_version"``: the clnet that wrote the file (for information).
+    - ``"layers"``: the architecture, in order, as ``[{"class": "Conv2D", "config": {...}}, ...]``;
+      ``class`` names a class of ``clnet.layers`` and ``config`` holds its constructor arguments
+      (``Layer.config()``: pairs as lists), so that ``Conv2D(**config)`` rebuilds the layer.
+    - ``"seed"``: the model's seed (initialisation, dropout masks).
+    - ``"loss"``: the name of the compiled loss (``"cross_entropy"``, ...) or null.
+    - ``"input_shape"``: the per-sample input shape, such as ``[1, 28, 28]``, or null when unknown.
+    - ``"normalization"``: ``{"mean": [...], "std": [...]}`` per input channel, applied to every
+      input, or null.
+    - ``"classes"``: the class names (a list of strings) or null.
+
+``weights.npz``
+    A numpy ``.npz`` archive (one ``<key>.npy`` member per array) of the model's ``state_dict``:
+    float32 arrays under PyTorch's keys and layouts (``"0.weight"``, ``"0.bias"``, batch-norm
+    ``running_mean`` ...), exactly the arrays ``Sequential.state_dict()`` returns.
+
+A **checkpoint** is a model file (``clnet.load`` reads it as one) with three more members:
+
+``checkpoint.json``
+    ``{"format": "clnet-checkpoint", "format_version": 1, "epoch": E, "step": S, "optimizer": O,
+    "state": T}``: ``epoch`` and ``step`` as the training loop passed them (by convention the epochs
+    completed and the batches done in the epoch in progress); ``optimizer`` is null or
+    ``{"class": "Adam", "config": {hyper-parameters}, "steps": optimizer steps taken, "arrays": n}``;
+    ``state`` is the training loop's JSON-able state (RNG states, data order, schedule state), with
+    every numpy array in it replaced by ``{"__clnet_array__": "<name>"}``. NaN and infinities are
+    written as Python's json writes them (``NaN``, ``Infinity``).
+``optimizer.npz``
+    The optimizer's state tensors over the flat parameter buffer, as float32 arrays ``"0"``,
+    ``"1"``, ... (SGD with momentum: the velocity; Adam and AdamW: the first and second moments).
+``state.npz``
+    The numpy arrays taken out of ``state``, under their names.
+
+Writing is atomic: the archive goes to a temporary file in the target's folder, which is flushed
+and fsync'ed, renamed over the target with ``os.replace``, and the folder fsync'ed; a crash at any
+moment leaves either the previous file or the new one, never a mixture. Reading checks everything
+(zip CRCs, JSON structure, format version, layer classes and arguments, weight keys and shapes) and
+raises ``ModelFileError`` naming the file and what is wrong.
+"""
+
+import contextlib
+import json
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from io import BytesIO
+
+import numpy as np
+
+from . import layers as _layers
+from . import losses, optim
+from .errors import InputError, ModelFileError, ShapeError
+from .graph import plan_nodes
+from .model import Sequential
+
+FORMAT_VERSION = 1
+CHECKPOINT_VERSION = 1
+MODEL_FORMAT, CHECKPOINT_FORMAT = "clnet-model", "clnet-checkpoint"
+ARRAY_TAG = "__clnet_array__"
+_ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed member times: the same model gives the same bytes
+
+#: The layer classes a model file may name: the concrete layers of clnet.layers, and nothing else.
+LAYER_CLASSES = {name: getattr(_layers, name) for name in _layers.__all__
+                 if isinstance(getattr(_layers, name), type) and issubclass(getattr(_layers, name), _layers.Layer)
+                 and getattr(_layers, name) not in (_layers.Layer, _layers.Activation)}
+#: The optimizer classes a checkpoint may name.
+OPTIMIZER_CLASSES = {cls.__name__: cls for cls in optim.OPTIMIZERS.values()}
+
+
+def _clnet_version():
+    from . import __version__
+    return __version__
+
+
+@dataclass
+class Checkpoint:
+    """What `load_checkpoint` returns: the model (compiled with its loss and its optimizer, state
+    and step count restored), the epoch and step reached, and the training loop's `state`."""
+    model: Sequential
+    epoch: int
+    step: int
+    state: object
+
+
+# ---------------------------------------------------------------------- writing
+def _npz_bytes(arrays):
+    """An .npz archive (as np.savez writes it, without pickles) with fixed member times."""
+    buffer = BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as zf:
+        for key, array in arrays.items():
+            member = BytesIO()
+            np.lib.format.write_array(member, np.asarray(array), allow_pickle=False)
+            zf.writestr(zipfile.ZipInfo(f"{key}.npy", _ZIP_TIME), member.getvalue())
+    return buffer.getvalue()
+
+
+def _json_bytes(value, allow_nan=False):
+    return json.dumps(value, indent=1, allow_nan=allow_nan).encode("utf-8")
+
+
+def _fsync_folder(folder):
+    """Make the rename durable; some systems (Windows) cannot open a folder, which is harmless."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _file_mode(path):
+    """The mode the file gets: the previous file's, else what open() would give (0666 & ~umask)."""
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+def write_atomic(path, members):
+    """Write a zip archive of `members` ((name, bytes) pairs) to `path` atomically: a temporary
+    file in the same folder, flush, fsync, os.replace, fsync of the folder. On any failure the
+    temporary file is removed and the previous file at `path` is untouched."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ModelFileError(path, "is a folder: give a file name such as model.clnet")
+    try:
+        fd, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise ModelFileError(path, f"cannot be written: {exc.strerror or exc}") from exc
+    try:
+        with os.fdopen(fd, "wb") as f:
+            with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+                for name, data in members:
+                    zf.writestr(zipfile.ZipInfo(name, _ZIP_TIME), data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(temporary, _file_mode(path))
+        os.replace(temporary, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        if isinstance(exc, OSError):
+            raise ModelFileError(path, f"cannot be written: {exc.strerror or exc}") from exc
+        raise
+    _fsync_folder(folder)
+
+
+def _describe(model, path, classes):
+    """model.json's object for `model`; refuses what a file could not rebuild."""
+    specs = []
+    for i, layer in enumerate(model.layers):
+        name = type(layer).__name__
+        if LAYER_CLASSES.get(name) is not type(layer):
+            raise ModelFileError(path, f"cannot save layer {i} ({layer!r}): model files hold only the layers "
+                                       f"of clnet.layers ({', '.join(sorted(LAYER_CLASSES))})")
+        specs.append({"class": name, "config": layer.config()})
+    loss = None
+    if model.loss is not None:
+        loss = model.loss.name
+        if losses.LOSSES.get(loss) is not type(model.loss):
+            raise ModelFileError(path, f"cannot save the loss {model.loss!r}: model files hold only clnet's "
+                                       f"losses ({', '.join(sorted(set(losses.LOSSES)))})")
+    normalization = None
+    if model.normalization:
+        mean, std = model.normalization
+        normalization = {"mean": [float(v) for v in mean], "std": [float(v) for v in std]}
+    if classes is None:
+        classes = getattr(model, "classes", None)
+    if classes is not None:
+        classes = [c if isinstance(c, str) else str(c) for c in classes]
+    return {"format": MODEL_FORMAT, "format_version": FORMAT_VERSION, "clnet_version": _clnet_version(),
+            "layers": specs, "seed": model.seed, "loss": loss,
+            "input_shape": list(model.input_shape) if model.input_shape else None,
+            "normalization": normalization, "classes": classes}
+
+
+def _model_members(model, path, classes):
+    description = _describe(model, path, classes)
+    try:
+        text = _json_bytes(description)
+    except (TypeError, ValueError) as exc:  # a layer config that is not JSON, a NaN normalisation
+        raise ModelFileError(path, f"cannot describe the model as JSON: {exc}") from exc
+    return [("model.json", text), ("weights.npz", _npz_bytes(model.state_dict()))]
+
+
+def save(model, path, classes=None):
+    """Write `model` to `path` (see the module docstring for the format), atomically.
+    `classes`: the class names, in output order (default: those the model was loaded with)."""
+    write_atomic(path, _model_members(model, os.fspath(path), classes))
+
+
+def _encode_state(value, arrays, where):
+    """`value` as JSON, numpy arrays moved to `arrays` and replaced by a tag."""
+    if isinstance(value, dict):
+        if ARRAY_TAG in value:
+            raise InputError(f"checkpoint state{where} uses the reserved key {ARRAY_TAG!r}")
+        encoded = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise InputError(f"checkpoint state{where} has the key {key!r}: JSON keys must be strings")
+            encoded[key] = _encode_state(item, arrays, f"{where}[{key!r}]")
+        return encoded
+    if isinstance(value, (list, tuple)):
+        return [_encode_state(item, arrays, f"{where}[{i}]") for i, item in enumerate(value)]
+    if isinstance(value, np.ndarray):
+        if value.dtype.hasobject:
+            raise InputError(f"checkpoint state{where} is an array of Python objects: use numbers")
+        name = f"a{len(arrays)}"
+        arrays[name] = value
+        return {ARRAY_TAG: name}
+    if isinstance(value, np.generic):
+        return value.item()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise InputError(f"checkpoint state{where} is a {type(value).__name__}: the state may hold only JSON "
+                     "values (dict, list, str, int, float, bool, None) and numpy arrays")
+
+
+def save_checkpoint(path, model, state=None, *, epoch=0, step=0, classes=None):
+    """Write a checkpoint, atomically: the model file plus the optimizer (class, hyper-parameters,
+    state tensors, step count), `epoch` and `step`, and the training loop's `state` (JSON values and
+    numpy arrays, such as `numpy.random.Generator.bit_generator.state`, the data order and the
+    schedule's state), returned as it was by `load_checkpoint` (tuples come back as lists)."""
+    path = os.fspath(path)
+    members = _model_members(model, path, classes)
+    optimizer, optimizer_arrays = None, {}
+    if model.optimizer is not None:
+        saved = model.optimizer.state_dict()
+        if OPTIMIZER_CLASSES.get(saved["class"]) is not type(model.optimizer):
+            raise ModelFileError(path, f"cannot save the optimizer {model.optimizer!r}: checkpoints hold only "
+                                       f"clnet's optimizers ({', '.join(sorted(OPTIMIZER_CLASSES))})")
+        optimizer = {"class": saved["class"], "config": saved["config"], "steps": saved["steps"],
+                     "arrays": len(saved["state"])}
+        optimizer_arrays = {str(i): a for i, a in enumerate(saved["state"])}
+    state_arrays = {}
+    record = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, "epoch": int(epoch),
+              "step": int(step), "optimizer": optimizer,
+              "state": _encode_state({} if state is None else state, state_arrays, "")}
+    members += [("checkpoint.json", _json_bytes(record, allow_nan=True)),
+                ("optimizer.npz", _npz_bytes(optimizer_arrays)), ("state.npz", _npz_bytes(state_arrays))]
+    write_atomic(path, members)
+
+
+# ---------------------------------------------------------------------- reading
+class _Archive:
+    """A model file opened for reading; every failure becomes a ModelFileError naming the file."""
+
+    def __init__(self, path):
+        self.path = path = os.fspath(path)
+        if not os.path.exists(path):
+            raise ModelFileError(path, "no such file")
+        if os.path.isdir(path):
+            raise ModelFileError(path, "is a folder, not a clnet model file")
+        try:
+            self.zip = zipfile.ZipFile(path)
+        except zipfile.BadZipFile as exc:
+            raise ModelFileError(path, f"is not a clnet model file, or it is truncated: not a complete zip "
+                                       f"archive ({exc})") from None
+        except OSError as exc:
+            raise ModelFileError(path, f"cannot be read: {exc.strerror or exc}") from exc
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.zip.close()
+
+    def error(self, problem):
+        return ModelFileError(self.path, problem)
+
+    def read(self, name, missing):
+        if name not in self.zip.namelist():
+            raise self.error(missing)
+        try:
+            return self.zip.read(name)
+        except Exception as exc:  # bad CRC, truncated member, bad header: the bytes are not what was written
+            raise self.error(f"is corrupt: {name} cannot be read ({exc})") from None
+
+    def json(self, name, missing, format_name, version):
+        try:
+            value = json.loads(self.read(name, missing).decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise self.error(f"is corrupt: {name} is not valid JSON ({exc})") from None
+        if not isinstance(value, dict) or value.get("format") != format_name:
+            raise self.error(f"{name} does not describe a {format_name} (no \"format\": \"{format_name}\")")
+        found = value.get("format_version")
+        if not _is_int(found) or found < 1:
+            raise self.error(f"{name} has no valid format_version (got {found!r})")
+        if found > version:
+            raise self.error(f"has {name} format version {found} (written by clnet "
+                             f"{value.get('clnet_version', 'of a newer version')}); this clnet "
+                             f"{_clnet_version()} reads versions up to {version}: upgrade clnet to read it")
+        return value
+
+    def arrays(self, name, missing):
+        try:
+            with np.load(BytesIO(self.read(name, missing)), allow_pickle=False) as npz:
+                return {key: npz[key] for key in npz.files}
+        except ModelFileError:
+            raise
+        except Exception as exc:
+            raise self.error(f"is corrupt: {name} is not a valid numpy .npz archive ({exc})") from None
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+
+
+def _check_description(archive, meta):
+    """Types of model.json's fields; the values are checked while the model is rebuilt."""
+    def check(ok, what):
+        if not ok:
+            raise archive.error(f"model.json is invalid: {what}")
+    check(isinstance(meta.get("layers"), list), "'layers' must be a list of layers")
+    check(_is_int(meta.get("seed")), "'seed' must be an integer")
+    loss = meta.get("loss")
+    check(loss is None or loss in losses.LOSSES, f"unknown loss {loss!r}")
+    shape = meta.get("input_shape")
+    check(shape is None or (isinstance(shape, list) and shape and all(_is_int(s) and s > 0 for s in shape)),
+          f"'input_shape' must be a list of positive integers or null, got {shape!r}")
+    norm = meta.get("normalization")
+    if norm is not None:
+        check(isinstance(norm, dict) and isinstance(norm.get("mean"), list) and isinstance(norm.get("std"), list)
+              and len(norm["mean"]) == len(norm["std"]) > 0 and all(map(_is_number, norm["mean"] + norm["std"]))
+              and all(s > 0 for s in norm["std"]),
+              "'normalization' must be {\"mean\": [...], \"std\": [...]} of equal lengths, std positive")
+    classes = meta.get("classes")
+    check(classes is None or (isinstance(classes, list) and all(isinstance(c, str) for c in classes)),
+          "'classes' must be a list of strings or null")
+
+
+def _build_layers(archive, specs):
+    built = []
+    for i, spec in enumerate(specs):
+        if not (isinstance(spec, dict) and isinstance(spec.get("class"), str)
+                and isinstance(spec.get("config", {}), dict)):
+            raise archive.error(f"model.json is invalid: layer {i} is not {{\"class\": name, \"config\": {{...}}}}")
+        name, config = spec["class"], spec.get("config", {})
+        cls = LAYER_CLASSES.get(name)
+        if cls is None:
+            raise archive.error(f"layer {i} has the unknown class {name!r}; clnet {_clnet_version()} knows "
+                                f"{', '.join(sorted(LAYER_CLASSES))} (a file from a newer clnet? upgrade clnet)")
+        try:
+            built.append(cls(**config))
+        except (TypeError, ValueError) as exc:
+            raise archive.error(f"layer {i} ({name}) has invalid arguments {config}: {exc}") from None
+    return built
+
+
+def _read_model(archive):
+    """(model.json's object, the weights) of an open archive."""
+    meta = archive.json("model.json", "is not a clnet model file: the archive has no model.json",
+                        MODEL_FORMAT, FORMAT_VERSION)
+    _check_description(archive, meta)
+    weights = archive.arrays("weights.npz", "is incomplete: the archive has no weights.npz")
+    for key, value in weights.items():
+        if value.dtype.kind != "f":
+            raise archive.error(f"weights.npz holds {key!r} as {value.dtype}, not floating point")
+    return meta, weights
+
+
+def _build_model(archive, meta, weights, device):
+    """The Sequential that model.json describes, with the weights loaded (not compiled)."""
+    layers = _build_layers(archive, meta["layers"])
+    if meta.get("input_shape"):
+        try:
+            plan_nodes(layers, None, meta["input_shape"])
+        except ShapeError as exc:
+            raise archive.error(f"the layers do not fit the input shape {tuple(meta['input_shape'])}: {exc}") from None
+    model = Sequential(layers, device=device, seed=meta["seed"])
+    try:
+        model.load_state_dict(weights)
+    except (InputError, ShapeError) as exc:
+        raise archive.error(f"the weights do not fit the architecture: {exc}") from None
+    model.input_shape = tuple(meta["input_shape"]) if meta.get("input_shape") else None
+    norm = meta.get("normalization")
+    model.normalization = (tuple(norm["mean"]), tuple(norm["std"])) if norm else None
+    model.classes = meta.get("classes")
+    return model
+
+
+def info(path):
+    """model.json's object (architecture, seed, loss, input shape, normalisation, classes), checked,
+    without building the model or opening a device."""
+    with _Archive(path) as archive:
+        return _read_model(archive)[0]
+
+
+def load(path, device=None):
+    """The model saved at `path`, on `device` (default: the best device; any device works, whatever
+    made the file). Compiled with its saved loss and a default SGD optimizer (call compile again to
+    train otherwise); not compiled if it was saved uncompiled. Class names are in `model.classes`."""
+    with _Archive(path) as archive:
+        meta, weights = _read_model(archive)
+        model = _build_model(archive, meta, weights, device)
+    if meta.get("loss"):
+        model.compile(meta["loss"], "sgd")
+    return model
+
+
+def _decode_state(archive, value, arrays):
+    if isinstance(value, dict):
+        if set(value) == {ARRAY_TAG}:
+            if value[ARRAY_TAG] not in arrays:
+                raise archive.error(f"is corrupt: state.npz has no array {value[ARRAY_TAG]!r}")
+            return arrays[value[ARRAY_TAG]]
+        return {key: _decode_state(archive, item, arrays) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_decode_state(archive, item, arrays) for item in value]
+    return value
+
+
+def _restore_optimizer(archive, model, record, arrays):
+    def check(ok, what):
+        if not ok:
+            raise archive.error(f"checkpoint.json is invalid: {what}")
+    check(isinstance(record, dict) and isinstance(record.get("config"), dict), "'optimizer' must be an object")
+    cls = OPTIMIZER_CLASSES.get(record.get("class"))
+    check(cls is not None, f"unknown optimizer class {record.get('class')!r}")
+    check(_is_int(record.get("steps")) and record["steps"] >= 0, "the optimizer's 'steps' must be an integer >= 0")
+    check(_is_int(record.get("arrays")) and sorted(arrays) == sorted(map(str, range(record["arrays"]))),
+          f"optimizer.npz holds {sorted(arrays)}, expected {record.get('arrays')!r} arrays")
+    if model.loss is None:
+        raise archive.error("checkpoint.json names an optimizer but model.json no loss")
+    try:
+        optimizer = cls(**record["config"])
+    except (TypeError, ValueError) as exc:
+        raise archive.error(f"the optimizer {record['class']} has invalid hyper-parameters "
+                            f"{record['config']}: {exc}") from None
+    size = model.param_store.params.size
+    state = [arrays[str(i)] for i in range(record["arrays"])]
+    for i, array in enumerate(state):
+        if array.dtype.kind != "f" or array.size != size:
+            raise archive.error(f"optimizer.npz array {i} ({array.dtype}, {array.size} values) does not fit "
+                                f"the model's {size} parameter slots")
+    model.compile(model.loss, optimizer)
+    optimizer.load_state_dict({"class": record["class"], "config": record["config"], "steps": record["steps"],
+                               "state": state}, device=model.device)
+
+
+def load_checkpoint(path, device=None):
+    """A `Checkpoint` (model, epoch, step, state) read from `path`, on `device` (default: the best
+    device). The model is compiled with its loss and optimizer, the optimizer's state tensors and
+    step count restored, so that training continues as if it had never stopped."""
+    with _Archive(path) as archive:
+        meta, weights = _read_model(archive)
+        record = archive.json("checkpoint.json", "is a model file, not a checkpoint: the archive has no "
+                              "checkpoint.json", CHECKPOINT_FORMAT, CHECKPOINT_VERSION)
+        for key in ("epoch", "step"):
+            if not (_is_int(record.get(key)) and record[key] >= 0):
+                raise archive.error(f"checkpoint.json is invalid: {key!r} must be an integer >= 0")
+        optimizer_arrays = archive.arrays("optimizer.npz", "is incomplete: the archive has no optimizer.npz")
+        state_arrays = archive.arrays("state.npz", "is incomplete: the archive has no state.npz")
+        state = _decode_state(archive, record.get("state"), state_arrays)
+        model = _build_model(archive, meta, weights, device)
+        if meta.get("loss"):
+            model.compile(meta["loss"], "sgd")
+        if record.get("optimizer") is not None:
+            _restore_optimizer(archive, model, record["optimizer"], optimizer_arrays)
+    return Checkpoint(model, record["epoch"], record["step"], state)
