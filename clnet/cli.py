@@ -95,7 +95,7 @@ Examples:
   clnet-train --dataset fashion-mnist --data-dir /usr/share/datasets/fashion-mnist
   clnet-train --dataset cifar10 --model cifar-cnn --augment crop,flip --normalize --lr 0.02
   clnet-train --dataset ./my_images/ --image-size 64x64 --model cifar-cnn
-  clnet-train --dataset data.npz --optimizer adam --epochs 20
+  clnet-train --dataset data.npz --optimizer adam --epochs 20 --save model.clnet
   CLNET_PLATFORM=nvidia clnet-train""")
 @_friendly_errors
 @click.option("--platform", help="OpenCL platform: index or name substring (pocl, nvidia, intel, ...). "
@@ -127,9 +127,11 @@ Examples:
 @click.option("--validation-split", type=click.FloatRange(min=0, max=1, max_open=True), default=0.1,
               show_default=True, help="Fraction of the training images held out to report val_accuracy.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds initialisation and shuffling.")
+@click.option("--save", "save_path", type=click.Path(dir_okay=False),
+              help="Write the trained model to this file (load it with clnet.load).")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the final result.")
 def train(platform, device, dataset, data_dir, offline, image_size, model_name, epochs, batch_size, optimizer,
-          lr, momentum, nesterov, weight_decay, augment, normalize, validation_split, seed, quiet):
+          lr, momentum, nesterov, weight_decay, augment, normalize, validation_split, seed, save_path, quiet):
     """Train a preset network on a dataset (by default the bundled MNIST-5k: 4000 training and 1000
     test images) and report its test accuracy."""
     start = time.perf_counter()
@@ -149,6 +151,8 @@ def train(platform, device, dataset, data_dir, offline, image_size, model_name, 
         click.echo(f"Model:     {model_name}, {model.count_params():,} parameters; {opt!r}")
     history = model.fit(train_set, epochs=epochs, batch_size=batch_size, validation_split=validation_split,
                         verbose=not quiet, stream=sys.stdout, normalize=normalize or None, augment=augment)
+    if save_path:
+        model.save(save_path, classes=train_set.classes)
     elapsed = f"({time.perf_counter() - start:.1f} s in all)"
     if test_set is not None:
         result = model.evaluate(test_set)

@@ -30,6 +30,16 @@ def test_train_runs_and_reports_test_accuracy():
     assert accuracy > 0.85
 
 
+def test_train_saves_the_model(tmp_path):
+    path = tmp_path / "lenet.clnet"
+    result = CliRunner().invoke(train, ["--device", "0", "--epochs", "1", "--quiet", "--save", str(path)])
+    assert result.exit_code == 0, result.output
+    accuracy = float(result.output.split("Test accuracy ")[1].split()[0])
+    model = clnet.load(path, device=clnet.device(device=0))
+    assert model.classes == [str(d) for d in range(10)]
+    assert model.evaluate(clnet.datasets.load("mnist-5k")[1])["accuracy"] == pytest.approx(accuracy, abs=1e-4)
+
+
 @pytest.mark.parametrize("args, code, message", [
     (["--platform", "no-such-platform"], 1, "Error: No OpenCL platform matches 'no-such-platform'"),
     (["--epochs", "0"], 2, "Invalid value for '--epochs'"),
