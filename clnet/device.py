@@ -130,18 +130,20 @@ def _select(found, platform, device):
 
 class Device:
     """An opened OpenCL device: context, an in-order queue for kernels (and a second one for uploads
-    that overlap them), capabilities.
+    that overlap them), capabilities. With `profiling`, both queues record the start and end of
+    every command on its event (`event.profile`), at some cost in launch overhead.
 
     Everything that runs on it (kernel programs, plans, buffers) keeps a reference to it; programs
     built for it are cached in `programs` by the kernel library.
     """
 
-    def __init__(self, info, cl_device):
+    def __init__(self, info, cl_device, profiling=False):
         self.info = info
         self.cl_device = cl_device
         self.context = cl.Context([cl_device])
-        self.queue = cl.CommandQueue(self.context)
-        self.copy_queue = cl.CommandQueue(self.context)  # uploads that overlap the queue's kernels
+        properties = cl.command_queue_properties.PROFILING_ENABLE if profiling else 0
+        self.queue = cl.CommandQueue(self.context, properties=properties)
+        self.copy_queue = cl.CommandQueue(self.context, properties=properties)  # uploads that overlap the kernels
         self.programs = {}
 
     @property
@@ -164,16 +166,17 @@ class Device:
         return f"<clnet.Device {self.info.platform_index}:{self.info.device_index} {self.info.label}>"
 
 
-def device(platform=None, device=None):
+def device(platform=None, device=None, profiling=False):
     """Open an OpenCL device.
 
     `platform` and `device` are an index or a case-insensitive name substring (a platform matches on
     its name, vendor or version, so "pocl", "nvidia" and "intel" work; a device on its name or its
     type, "gpu"/"cpu"). Unset, they come from CLNET_PLATFORM / CLNET_DEVICE; with neither, the best
     device is taken: a GPU before a CPU. A device index counts within the platform when one is
-    given, else across all devices as `clnet-devices` numbers them.
+    given, else across all devices as `clnet-devices` numbers them. `profiling` opens queues whose
+    events carry device timestamps.
     """
     platform = platform if platform is not None else os.environ.get("CLNET_PLATFORM") or None
     device = device if device is not None else os.environ.get("CLNET_DEVICE") or None
     info, cl_device = _select(_discover(), platform, device)
-    return Device(info, cl_device)
+    return Device(info, cl_device, profiling)

@@ -1,0 +1,597 @@
+"""clnet-bench: clnet side by side with PyTorch on the same hardware, in one run.
+
+Measures, for DESIGN.md's reference networks, training and inference images/s of clnet and of a
+PyTorch twin (CUDA with TF32 off when the clnet device is a GPU, else PyTorch on the CPU), and GEMM
+GFLOP/s of clnet against cuBLAS (through PyTorch) or numpy; `--profile` (or CLNET_PROFILE=1) adds
+the device time of every kernel of one training step, from OpenCL event profiling.
+
+Protocol: SGD lr 0.01 momentum 0.9, softmax cross-entropy (mean), float32, synthetic data. Before
+anything is timed its results are checked: the twin starts from clnet's weights, and the softmax
+outputs, the loss of a training step, every parameter's first update and the loss after that step
+must agree within float32 tolerances on the very batch to be timed; a GEMM must match its reference.
+Every training step uploads its batch from host memory on both sides; inference is the forward
+pass to the logits, not read back. Warm-up steps are not timed; each timed run lasts about
+--min-time seconds (or --steps steps) and ends when the device is idle; the median of --repeats
+runs is reported.
+
+    clnet-bench --platform pocl --models mlp --batch-sizes 128 1024 --json bench.json
+    clnet-bench --platform nvidia --markdown --profile
+"""
+
+import argparse
+import dataclasses
+import datetime
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyopencl as cl
+
+from . import __version__, optim
+from .device import Device
+from .device import device as open_device
+from .errors import DeviceNotFoundError
+from .models import INPUT_SHAPES, PRESETS
+from .ops import gemm
+from .plan import Plan
+from .tensor import DeviceTensor
+
+try:
+    import torch
+    from torch import nn
+except ImportError:
+    torch = nn = None
+
+SEED = 0
+CLASSES = 10
+LR, MOMENTUM = 0.01, 0.9
+GEMM_SIZES = (512, 1024, 2048, 4096)
+# What "agree" means before timing (float32 on both sides, different summation orders):
+PROB_ATOL = 1e-4     # softmax outputs: largest absolute difference
+LOSS_RTOL = 1e-4     # losses: relative difference
+# First update of each parameter tensor, |clnet - torch| / |torch| (L2 norms). Loose because a
+# max-pool window whose two largest inputs differ by a rounding error routes its gradient to either:
+# measured up to 2e-3 between float32 and float64 PyTorch itself for cifar-cnn at batch 32.
+UPDATE_RTOL = 1e-2
+GEMM_RTOL = 1e-4     # GEMM: largest error relative to the largest |entry| of the reference
+ENV_SHOWN = ("OMP_NUM_THREADS", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS",
+             "MKL_NUM_THREADS", "POCL_MAX_PTHREAD_COUNT", "CLNET_GEMM", "CUDA_VISIBLE_DEVICES")
+
+
+class CheckError(RuntimeError):
+    """clnet and its reference disagree on a result that was about to be timed."""
+
+
+# ---------------------------------------------------------------------- timing
+@dataclasses.dataclass
+class Timing:
+    warmup: int       # untimed steps first
+    steps: int        # steps per timed run; 0: as many as last about min_time seconds
+    repeats: int      # timed runs; their median is reported
+    min_time: float
+
+
+@dataclasses.dataclass
+class Measurement:
+    steps: int        # steps of each timed run
+    seconds: list     # wall time of each run, the device idle at its end
+
+    def summary(self, work, unit):
+        """`work` units per step as rates: the median and the best run, and the raw times."""
+        return {"unit": unit, "median": work * self.steps / statistics.median(self.seconds),
+                "best": work * self.steps / min(self.seconds), "steps": self.steps, "seconds": self.seconds}
+
+
+def measure(step, sync, timing):
+    """Time `step` (enqueue one unit of work) under `timing`; `sync` waits for the device."""
+    def run(steps):
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        sync()
+        return time.perf_counter() - start
+
+    run(timing.warmup)
+    steps = timing.steps or calibrate(run, timing.min_time)
+    return Measurement(steps, [run(steps) for _ in range(timing.repeats)])
+
+
+def calibrate(run, min_time):
+    """Steps for a run of about `min_time` seconds, grown tenfold until a run takes a tenth of it
+    (timeit.autorange's idea); these runs add to the warm-up."""
+    steps = 1
+    while True:
+        elapsed = run(steps)
+        if elapsed >= min_time / 10:
+            return max(1, math.ceil(steps * min_time / elapsed))
+        steps *= 10
+
+
+# ---------------------------------------------------------------------- the networks
+def _mlp():
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU(),
+                         nn.Linear(128, 10))
+
+
+def _mnist_cnn():
+    return nn.Sequential(nn.Conv2d(1, 32, 3), nn.ReLU(), nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Flatten(), nn.Linear(9216, 128), nn.ReLU(), nn.Linear(128, 10))
+
+
+def _cifar_cnn():
+    return nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
+                         nn.MaxPool2d(2), nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                         nn.Linear(4096, 512), nn.ReLU(), nn.Linear(512, 10))
+
+
+# the reference networks (clnet presets of the same names) and their torch.nn.Sequential twins
+TWINS = {"mlp": _mlp, "mnist-cnn": _mnist_cnn, "cifar-cnn": _cifar_cnn}
+
+
+def clnet_model(name, device):
+    model = PRESETS[name](device=device, seed=SEED)
+    return model.compile(loss="cross_entropy", optimizer=optim.SGD(lr=LR, momentum=MOMENTUM))
+
+
+def batch_data(batch, shape):
+    rng = np.random.default_rng(SEED)
+    return rng.random((batch, *shape), dtype=np.float32), rng.integers(0, CLASSES, batch).astype(np.int32)
+
+
+def clnet_rates(model, x, y, timing):
+    """Training and inference Measurements of a compiled clnet model on the batch (x, y)."""
+    train = model._graph(len(x), x.shape[1:], True, y.dtype)
+    infer = model._graph(len(x), x.shape[1:], False)
+    finish = model.device.finish
+    return {"train": measure(lambda: train.step(x, y), finish, timing),
+            "infer": measure(lambda: infer.infer(x, want_output=False), finish, timing)}
+
+
+class TorchTwin:
+    """The PyTorch twin of a clnet model, from its current weights, with the same loss and optimizer."""
+
+    def __init__(self, name, model, device):
+        self.device = device
+        self.net = TWINS[name]()
+        self.net.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
+        self.net.to(device)
+        self.loss_fn = nn.CrossEntropyLoss()
+        self.optimizer = torch.optim.SGD(self.net.parameters(), lr=LR, momentum=MOMENTUM)
+        self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def train_step(self, x, y):
+        """One optimizer step on host tensors; returns the loss (a device tensor)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.loss_fn(self.net(x.to(self.device)), y.to(self.device))
+        loss.backward()
+        self.optimizer.step()
+        return loss
+
+    def logits(self, x):
+        with torch.inference_mode():
+            return self.net(x.to(self.device))
+
+    def probabilities(self, x):
+        return torch.softmax(self.logits(torch.from_numpy(x)), 1).cpu().numpy()
+
+    def train_loss(self, x, y):
+        return self.train_step(torch.from_numpy(x), torch.from_numpy(y).long()).item()
+
+    def state_dict(self):
+        return {k: v.detach().cpu().numpy() for k, v in self.net.state_dict().items()}
+
+    def rates(self, x, y, timing):
+        xh, yh = torch.from_numpy(x), torch.from_numpy(y).long()
+        return {"train": measure(lambda: self.train_step(xh, yh), self.sync, timing),
+                "infer": measure(lambda: self.logits(xh), self.sync, timing)}
+
+
+# ---------------------------------------------------------------------- correctness
+def _update_difference(before, clnet_after, torch_after):
+    """(difference, key) of the parameter tensor whose updates differ most between the two sides,
+    relative to the size of PyTorch's update (L2 norms; NaN counts as infinitely different)."""
+    def difference(key):
+        ours, theirs = clnet_after[key] - before[key], torch_after[key] - before[key]
+        return float(np.nan_to_num(np.linalg.norm(ours - theirs) / max(np.linalg.norm(theirs), 1e-30), nan=np.inf))
+    return max((difference(key), key) for key in before)
+
+
+def check_twin(model, twin, x, y):
+    """Compare clnet with its twin on the batch (x, y): forward, one training step, the loss after it.
+    Returns the differences found; raises CheckError when one exceeds its tolerance."""
+    start = model.state_dict()
+    prob_diff = float(np.abs(model.predict(x, batch_size=len(x)) - twin.probabilities(x)).max())
+    losses = [[model.train_on_batch(x, y), twin.train_loss(x, y)]]
+    update_diff, worst = _update_difference(start, model.state_dict(), twin.state_dict())
+    losses.append([model.train_on_batch(x, y), twin.train_loss(x, y)])
+    found = {"max_probability_difference": prob_diff, "loss": losses[0], "loss_after_step": losses[1],
+             "max_update_difference": update_diff, "max_update_difference_at": worst}
+    failures = []
+    if not prob_diff <= PROB_ATOL:
+        failures.append(f"softmax outputs differ by up to {prob_diff:.2e} (tolerance {PROB_ATOL:g})")
+    for what, (ours, theirs) in (("loss", losses[0]), ("loss after one step", losses[1])):
+        if not abs(ours - theirs) <= LOSS_RTOL * abs(theirs):
+            failures.append(f"{what}: clnet {ours:.6f}, PyTorch {theirs:.6f} (relative tolerance {LOSS_RTOL:g})")
+    if not update_diff <= UPDATE_RTOL:
+        failures.append(f"the first update of {worst} differs by {update_diff:.2e} of its size "
+                        f"(tolerance {UPDATE_RTOL:g})")
+    if failures:
+        raise CheckError("; ".join(failures))
+    return found
+
+
+def bench_model(name, batch, cl_device, torch_device, timing):
+    """One row: clnet (and its twin, checked against it first) training and inferring on one batch."""
+    model = clnet_model(name, cl_device)
+    x, y = batch_data(batch, INPUT_SHAPES[name])
+    row = {"model": name, "batch": batch, "check": None, "clnet": None, "torch": None, "ratio": None}
+    if torch_device is not None:
+        twin = TorchTwin(name, model, torch_device)
+        try:
+            row["check"] = check_twin(model, twin, x, y)
+        except CheckError as exc:
+            raise CheckError(f"{name} at batch {batch}: clnet and PyTorch disagree, so nothing was timed: "
+                             f"{exc}") from None
+    row["clnet"] = {k: m.summary(batch, "images/s") for k, m in clnet_rates(model, x, y, timing).items()}
+    if torch_device is not None:
+        row["torch"] = {k: m.summary(batch, "images/s") for k, m in twin.rates(x, y, timing).items()}
+        row["ratio"] = {k: row["clnet"][k]["median"] / row["torch"][k]["median"] for k in ("train", "infer")}
+    return row
+
+
+# ---------------------------------------------------------------------- GEMM
+@dataclasses.dataclass
+class GemmRunner:
+    """C = A B for one implementation: `step` enqueues it, `sync` waits, `result` reads C."""
+    step: object
+    sync: object
+    result: object
+
+
+def clnet_gemm(device, a, b):
+    """clnet.ops.gemm recorded into a plan over device tensors; a step replays the plan."""
+    plan = Plan(device)
+    c = DeviceTensor.empty(device, (len(a), b.shape[1]), what="the GEMM output")
+    gemm(plan, DeviceTensor.from_numpy(device, a), DeviceTensor.from_numpy(device, b), c)
+    plan.finalize(plan.place(), what=f"the {len(a)}x{b.shape[1]} GEMM")
+    return GemmRunner(plan.run, device.finish, c.download)
+
+
+def torch_gemm(device, a, b):
+    ta, tb = torch.from_numpy(a).to(device), torch.from_numpy(b).to(device)
+    tc = torch.empty((len(a), b.shape[1]), device=device)
+    return GemmRunner(lambda: torch.matmul(ta, tb, out=tc), torch.cuda.synchronize, lambda: tc.cpu().numpy())
+
+
+def numpy_gemm(a, b):
+    c = np.empty((len(a), b.shape[1]), np.float32)
+    return GemmRunner(lambda: np.matmul(a, b, out=c), lambda: None, lambda: c)
+
+
+def gemm_reference(torch_device):
+    """(name, maker of its GemmRunner): cuBLAS through PyTorch on CUDA, else numpy on the CPU."""
+    if torch_device is not None and torch_device.type == "cuda":
+        return "cuBLAS", lambda a, b: torch_gemm(torch_device, a, b)
+    return "numpy", numpy_gemm
+
+
+def bench_gemm(n, cl_device, reference, timing):
+    """Square float32 C = A B, clnet against `reference` (see gemm_reference); the results are
+    compared before anything is timed."""
+    rng = np.random.default_rng(SEED)
+    a, b = (rng.uniform(-1, 1, (n, n)).astype(np.float32) for _ in range(2))
+    name, make = reference
+    ours, theirs = clnet_gemm(cl_device, a, b), make(a, b)
+    for runner in (ours, theirs):
+        runner.step()
+        runner.sync()
+    expected = theirs.result()
+    error = float(np.abs(ours.result() - expected).max() / np.abs(expected).max())
+    if not error <= GEMM_RTOL:
+        raise CheckError(f"GEMM {n}x{n}x{n}: clnet differs from {name} by {error:.2e} of the largest entry "
+                         f"(tolerance {GEMM_RTOL:g}), so nothing was timed")
+    flops = 2.0 * n ** 3
+    ours_rate, theirs_rate = (measure(r.step, r.sync, timing).summary(flops / 1e9, "GFLOP/s") for r in (ours, theirs))
+    return {"n": n, "flop": flops, "max_relative_error": error, "clnet": ours_rate,
+            "reference": {"name": name, **theirs_rate}, "ratio": ours_rate["median"] / theirs_rate["median"]}
+
+
+# ---------------------------------------------------------------------- profile
+def profile_step(name, batch, device, warmup):
+    """Device time of every launch of one training step, from the events of the plan's replay
+    (`device` has profiling queues). The step runs `warmup` times first, which also stages the batch."""
+    model = clnet_model(name, device)
+    x, y = batch_data(batch, INPUT_SHAPES[name])
+    graph = model._graph(batch, x.shape[1:], True, y.dtype)
+    for _ in range(max(1, warmup)):
+        graph.step(x, y)
+    device.finish()
+    events = graph.plan.run()
+    device.finish()
+    launches = [{"kernel": launch.kernel.function_name, "global_size": list(launch.global_size),
+                 "local_size": launch.local_size and list(launch.local_size),
+                 "ms": (event.profile.end - event.profile.start) / 1e6}
+                for launch, event in zip(graph.plan.launches, events)]
+    total = sum(launch["ms"] for launch in launches)
+    kernels = {}
+    for launch in launches:
+        launch["share"] = launch["ms"] / total
+        entry = kernels.setdefault(launch["kernel"], {"kernel": launch["kernel"], "launches": 0, "ms": 0.0})
+        entry["launches"] += 1
+        entry["ms"] += launch["ms"]
+    for entry in kernels.values():
+        entry["share"] = entry["ms"] / total
+    return {"model": name, "batch": batch, "kernel_ms": total,
+            "span_ms": (events[-1].profile.end - events[0].profile.start) / 1e6,
+            "launches": launches, "kernels": sorted(kernels.values(), key=lambda e: -e["ms"])}
+
+
+# ---------------------------------------------------------------------- description
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+    except OSError:
+        names = []
+    return f"{names[0] if names else platform.processor() or 'unknown CPU'}, {os.cpu_count()} logical CPUs"
+
+
+def source_commit():
+    """`git describe --always --dirty` of the tree clnet is imported from, or None outside git."""
+    try:
+        out = subprocess.run(["git", "-C", str(Path(__file__).resolve().parent), "describe", "--always", "--dirty"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def pick_torch_device(choice, cl_device):
+    if torch is None or choice == "none":
+        return None
+    if choice == "auto":
+        choice = "cuda" if cl_device.is_gpu and torch.cuda.is_available() else "cpu"
+    if choice == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit("--torch-device cuda: this PyTorch sees no CUDA device")
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest algorithms
+    return torch.device(choice)
+
+
+def describe_torch(torch_device):
+    if torch_device is None:
+        return {"device": None, "why": "not installed" if torch is None else "--torch-device none"}
+    if torch_device.type == "cuda":
+        return {"device": "cuda", "name": torch.cuda.get_device_name(torch_device), "cuda": torch.version.cuda,
+                "cudnn": torch.backends.cudnn.version(), "tf32": False, "cudnn_benchmark": True}
+    return {"device": "cpu", "threads": torch.get_num_threads()}
+
+
+def describe(cl_device, torch_device, args, argv):
+    """The hardware, software and protocol of this run, as JSON-able values."""
+    versions = {"clnet": __version__, "commit": source_commit(), "torch": torch and torch.__version__,
+                "pyopencl": cl.VERSION_TEXT, "numpy": np.__version__, "python": platform.python_version()}
+    protocol = {"optimizer": f"SGD lr {LR} momentum {MOMENTUM}", "loss": "softmax cross-entropy (mean)",
+                "dtype": "float32", "data": "synthetic (uniform images, random labels)",
+                "warmup_steps": args.warmup, "steps_per_run": args.steps or None, "min_time_s": args.min_time,
+                "repeats": args.repeats, "statistic": "median of the runs (best also in JSON)",
+                "training": "every step uploads its batch from host memory",
+                "inference": "forward to the logits, not read back",
+                "check": {"probability_atol": PROB_ATOL, "loss_rtol": LOSS_RTOL, "update_rtol": UPDATE_RTOL,
+                          "gemm_rtol": GEMM_RTOL}}
+    return {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "command": ["clnet-bench", *argv],
+            "opencl": dataclasses.asdict(cl_device.info), "cpu": cpu_model(), "torch": describe_torch(torch_device),
+            "environment": {k: os.environ[k] for k in ENV_SHOWN if k in os.environ},
+            "versions": versions, "protocol": protocol}
+
+
+def header(desc):
+    info, t, v, p = desc["opencl"], desc["torch"], desc["versions"], desc["protocol"]
+    if t["device"] is None:
+        peer = f"PyTorch: not run ({t['why']})"
+    elif t["device"] == "cuda":
+        peer = f"PyTorch device: {t['name']} (CUDA {t['cuda']}, cuDNN {t['cudnn']}, TF32 off, cudnn.benchmark on)"
+    else:
+        peer = f"PyTorch device: the CPU; torch.get_num_threads() = {t['threads']}"
+    env = " ".join(f"{k}={value}" for k, value in desc["environment"].items())
+    return [f"clnet vs PyTorch, {desc['date']}",
+            f"OpenCL device: {info['name']} ({info['type']}, {info['compute_units']} compute units); "
+            f"platform {info['platform']} [{info['platform_version']}]; driver {info['driver']}",
+            peer, f"CPU: {desc['cpu']}",
+            "versions: " + ", ".join(f"{k} {value}" for k, value in v.items() if value is not None),
+            f"protocol: {p['optimizer']}, {p['loss']}, {p['dtype']}, {p['data']}; warm-up: {p['warmup_steps']} "
+            f"steps; timed: the median of {p['repeats']} runs, each of "
+            + (f"{p['steps_per_run']} steps" if p["steps_per_run"] else f"about {p['min_time_s']} s")
+            + f"; training: {p['training']}; inference: {p['inference']}; results checked before timing",
+            "environment: " + (env or "no thread/BLAS variables set")]
+
+
+# ---------------------------------------------------------------------- output
+class Table:
+    """Prints rows as they come, as aligned text or markdown; the first `left` columns align left."""
+
+    def __init__(self, columns, markdown, left=1, widths=None):
+        self.markdown, self.left = markdown, left
+        self.widths = widths or [max(len(c), 9) for c in columns]
+        self.row(columns)
+        if markdown:
+            print("|" + "|".join(" --- " if i < left else " ---: " for i in range(len(columns))) + "|")
+
+    def row(self, cells):
+        if self.markdown:
+            print("| " + " | ".join(cells) + " |", flush=True)
+        else:
+            print("  ".join(c.ljust(w) if i < self.left else c.rjust(w)
+                            for i, (c, w) in enumerate(zip(cells, self.widths))).rstrip(), flush=True)
+
+
+def print_table(columns, rows, markdown, left=1):
+    """A whole table at once, the columns as wide as their longest cell."""
+    widths = [max(len(c) for c in column) for column in zip(columns, *rows)]
+    table = Table(columns, markdown, left, widths)
+    for cells in rows:
+        table.row(cells)
+
+
+def model_table(markdown, with_torch):
+    columns = ["model", "batch", "clnet train img/s"]
+    columns += (["torch train img/s", "train clnet/torch", "clnet infer img/s", "torch infer img/s",
+                 "infer clnet/torch"] if with_torch else ["clnet infer img/s"])
+    return Table(columns, markdown, left=2)
+
+
+def model_cells(row):
+    cells = [row["model"], str(row["batch"])]
+    for kind in ("train", "infer"):
+        cells.append(f"{row['clnet'][kind]['median']:,.0f}")
+        if row["torch"] is not None:
+            cells += [f"{row['torch'][kind]['median']:,.0f}", f"{row['ratio'][kind]:.2f}"]
+    return cells
+
+
+def check_note(row):
+    c = row["check"]
+    return (f"{row['model']} batch {row['batch']}: softmax outputs within {c['max_probability_difference']:.1e}, "
+            f"loss {c['loss'][0]:.5f} / {c['loss'][1]:.5f}, after one step {c['loss_after_step'][0]:.5f} / "
+            f"{c['loss_after_step'][1]:.5f}, first updates within {c['max_update_difference']:.1e} (relative, "
+            f"at {c['max_update_difference_at']})")
+
+
+def gemm_table(markdown, reference):
+    return Table(["n", "clnet GFLOP/s", f"{reference} GFLOP/s", f"clnet/{reference}", "max rel. error"],
+                 markdown)
+
+
+def gemm_cells(result):
+    return [str(result["n"]), f"{result['clnet']['median']:,.1f}", f"{result['reference']['median']:,.1f}",
+            f"{result['ratio']:.2f}", f"{result['max_relative_error']:.1e}"]
+
+
+def print_profile(profile, markdown):
+    print(f"\nProfile of one training step: {profile['model']}, batch {profile['batch']}: kernels "
+          f"{profile['kernel_ms']:.3f} ms, first start to last end {profile['span_ms']:.3f} ms\n")
+    print_table(["#", "kernel", "global size", "local size", "ms", "share"],
+                [[str(i), e["kernel"], "x".join(map(str, e["global_size"])),
+                  "x".join(map(str, e["local_size"])) if e["local_size"] else "-", f"{e['ms']:.3f}",
+                  f"{e['share']:.1%}"] for i, e in enumerate(profile["launches"])], markdown, left=2)
+    print()
+    print_table(["kernel", "launches", "ms", "share"],
+                [[e["kernel"], str(e["launches"]), f"{e['ms']:.3f}", f"{e['share']:.1%}"]
+                 for e in profile["kernels"]], markdown)
+
+
+# ---------------------------------------------------------------------- main
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="clnet-bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--platform", help="clnet OpenCL platform: index or name substring (nvidia, pocl, 3.1...)")
+    p.add_argument("--device", help="clnet OpenCL device within the platform: index or name substring")
+    p.add_argument("--models", nargs="*", default=list(TWINS), choices=list(TWINS), metavar="MODEL",
+                   help=f"reference networks to run, of {', '.join(TWINS)} (default: all; none: skip them)")
+    p.add_argument("--batch-sizes", nargs="+", type=int, default=[128, 1024], metavar="N",
+                   help="batch sizes of the networks (default 128 1024)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps before the timed runs (default 3)")
+    p.add_argument("--steps", type=int, default=0,
+                   help="steps per timed run (default: as many as take --min-time seconds)")
+    p.add_argument("--min-time", type=float, default=0.5,
+                   help="about how long a timed run lasts without --steps, in seconds (default 0.5)")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs; the median is reported (default 5)")
+    p.add_argument("--torch-device", choices=("auto", "cpu", "cuda", "none"), default="auto",
+                   help="auto: CUDA when the clnet device is a GPU, else the CPU")
+    p.add_argument("--gemm-sizes", nargs="+", type=int, default=list(GEMM_SIZES), metavar="N",
+                   help="square GEMM sizes (default 512 1024 2048 4096)")
+    p.add_argument("--no-gemm", action="store_true", help="skip the GEMM benchmark")
+    p.add_argument("--profile", action="store_true", default=os.environ.get("CLNET_PROFILE", "0") not in ("", "0"),
+                   help="also print the device time of every kernel of one training step (or CLNET_PROFILE=1)")
+    p.add_argument("--markdown", action="store_true", help="print the tables as markdown")
+    p.add_argument("--json", type=Path, metavar="PATH", help="write every number and the hardware description here")
+    args = p.parse_args(argv)
+    if min(args.batch_sizes + args.gemm_sizes) < 1 or args.repeats < 1 or args.warmup < 0 or args.steps < 0:
+        p.error("batch sizes, GEMM sizes and --repeats must be positive, --warmup and --steps not negative")
+    if args.json is not None and not args.json.parent.is_dir():
+        p.error(f"--json {args.json}: the folder {args.json.parent} does not exist")
+    return args
+
+
+def write_json(path, results):
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(results, indent=1) + "\n")
+    tmp.replace(path)
+
+
+def run_models(args, cl_device, torch_device, timing):
+    rows, table = [], model_table(args.markdown, torch_device is not None)
+    for name in args.models:
+        for batch in args.batch_sizes:
+            rows.append(bench_model(name, batch, cl_device, torch_device, timing))
+            table.row(model_cells(rows[-1]))
+    notes = [("- " if args.markdown else "  ") + check_note(row) for row in rows if row["check"]]
+    print("\nchecked before timing (clnet / PyTorch):\n" + "\n".join(notes) if notes else
+          "\nnot checked against PyTorch (not run)")
+    return rows
+
+
+def run_gemm(args, cl_device, torch_device, timing):
+    print()
+    results, reference = [], gemm_reference(torch_device)
+    table = gemm_table(args.markdown, reference[0])
+    for n in args.gemm_sizes:
+        results.append(bench_gemm(n, cl_device, reference, timing))
+        table.row(gemm_cells(results[-1]))
+    return results
+
+
+def run_profiles(args, cl_device):
+    profiling, profiles = Device(cl_device.info, cl_device.cl_device, profiling=True), []
+    for name in args.models:
+        for batch in args.batch_sizes:
+            profiles.append(profile_step(name, batch, profiling, args.warmup))
+            print_profile(profiles[-1], args.markdown)
+    return profiles
+
+
+def run(args, argv):
+    """Measure and print everything `args` asks for; returns the results as JSON-able values."""
+    try:
+        cl_device = open_device(platform=args.platform, device=args.device)
+    except DeviceNotFoundError as exc:
+        raise SystemExit(str(exc)) from None
+    torch_device = pick_torch_device(args.torch_device, cl_device)
+    timing = Timing(args.warmup, args.steps, args.repeats, args.min_time)
+    results = describe(cl_device, torch_device, args, argv)
+    lines = header(results)
+    if args.markdown:
+        lines = [f"**{lines[0]}**", ""] + [f"- {line}" for line in lines[1:]]
+    print("\n".join(lines) + "\n", flush=True)
+    results["models"] = run_models(args, cl_device, torch_device, timing) if args.models else []
+    results["gemm"] = [] if args.no_gemm else run_gemm(args, cl_device, torch_device, timing)
+    results["profile"] = run_profiles(args, cl_device) if args.profile else []
+    return results
+
+
+def main(argv=None):
+    """The `clnet-bench` command; `argv` defaults to the command line."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    try:
+        results = run(args, argv)
+    except CheckError as exc:
+        raise SystemExit(f"clnet-bench: {exc}") from None
+    if args.json is not None:
+        write_json(args.json, results)
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
