@@ -24,6 +24,8 @@ def _friendly_errors(command):
     def wrapper(*args, debug=False, **kwargs):
         try:
             return command(*args, **kwargs)
+        except click.ClickException:  # usage errors: click prints them and exits 2
+            raise
         except (ClnetError, OSError) as exc:
             if debug:
                 raise
@@ -96,6 +98,7 @@ Examples:
   clnet-train --dataset cifar10 --model cifar-cnn --augment crop,flip --normalize --lr 0.02
   clnet-train --dataset ./my_images/ --image-size 64x64 --model cifar-cnn
   clnet-train --dataset data.npz --optimizer adam --epochs 20 --save model.clnet
+  clnet-train --dataset fashion-mnist --epochs 30 --checkpoint run.clnet     # Ctrl-C, then the same with --resume
   CLNET_PLATFORM=nvidia clnet-train""")
 @_friendly_errors
 @click.option("--platform", help="OpenCL platform: index or name substring (pocl, nvidia, intel, ...). "
@@ -129,9 +132,13 @@ Examples:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds initialisation and shuffling.")
 @click.option("--save", "save_path", type=click.Path(dir_okay=False),
               help="Write the trained model to this file (load it with clnet.load).")
+@click.option("--checkpoint", type=click.Path(dir_okay=False),
+              help="Write a checkpoint to this file after every epoch and on Ctrl-C.")
+@click.option("--resume", is_flag=True, help="Continue the run saved in --checkpoint (same options).")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the final result.")
 def train(platform, device, dataset, data_dir, offline, image_size, model_name, epochs, batch_size, optimizer,
-          lr, momentum, nesterov, weight_decay, augment, normalize, validation_split, seed, save_path, quiet):
+          lr, momentum, nesterov, weight_decay, augment, normalize, validation_split, seed, save_path,
+          checkpoint, resume, quiet):
     """Train a preset network on a dataset (by default the bundled MNIST-5k: 4000 training and 1000
     test images) and report its test accuracy."""
     start = time.perf_counter()
@@ -149,8 +156,18 @@ def train(platform, device, dataset, data_dir, offline, image_size, model_name, 
                    f"({validation_split:.0%} held out for validation), {train_set.num_classes} classes, "
                    + (f"{len(test_set)} test images" if test_set is not None else "no test set"))
         click.echo(f"Model:     {model_name}, {model.count_params():,} parameters; {opt!r}")
-    history = model.fit(train_set, epochs=epochs, batch_size=batch_size, validation_split=validation_split,
-                        verbose=not quiet, stream=sys.stdout, normalize=normalize or None, augment=augment)
+    if resume and not checkpoint:
+        raise click.UsageError("--resume needs --checkpoint, the file of the run to continue")
+    try:
+        history = model.fit(train_set, epochs=epochs, batch_size=batch_size, validation_split=validation_split,
+                            verbose=not quiet, stream=sys.stdout, normalize=normalize or None, augment=augment,
+                            checkpoint=checkpoint, resume=resume)
+    except KeyboardInterrupt:
+        if checkpoint:
+            click.echo(f"Interrupted: the run is saved in {checkpoint}; continue it with the same command "
+                       "and --resume.", err=True)
+            sys.exit(130)
+        raise
     if save_path:
         model.save(save_path, classes=train_set.classes)
     elapsed = f"({time.perf_counter() - start:.1f} s in all)"

@@ -1,6 +1,9 @@
 """Sequential: the Keras-like model (compile / fit / evaluate / predict) over compiled graphs."""
 
+import os
+import signal
 import sys
+import threading
 from math import prod
 
 import numpy as np
@@ -15,6 +18,25 @@ from .layers import Layer
 from .progress import ProgressBar
 from .tensor import DeviceTensor
 from .text import format_bytes
+
+
+class _InterruptBetweenSteps:
+    """Ctrl-C during fit takes effect after the step under way (or the end-of-epoch work), so that
+    a checkpoint never holds half a step; a second Ctrl-C interrupts at once."""
+
+    def __enter__(self):
+        self.requested, self.previous = False, None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._request)
+        return self
+
+    def _request(self, signum, frame):
+        self.requested = True
+        signal.signal(signal.SIGINT, self.previous)
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
 
 
 def _split(rng, targets, fraction):
@@ -127,7 +149,8 @@ class Sequential:
 
     # ------------------------------------------------------------------ training
     def fit(self, x, y=None, epochs=1, batch_size=32, validation_split=0.0, validation_data=None,
-            shuffle=True, verbose=1, seed=None, stream=None, normalize=None, augment=None, resident="auto"):
+            shuffle=True, verbose=1, seed=None, stream=None, normalize=None, augment=None, resident="auto",
+            checkpoint=None, resume=False):
         """Train; returns a History of loss/accuracy (and val_loss/val_accuracy) per epoch.
 
         x: images (N, C, H, W) or features (N, ...), uint8 (scaled to [0, 1]) or float, or a
@@ -141,6 +164,9 @@ class Sequential:
         resident: keep the training set in device memory ("auto": when it fits), so that batches
         are gathered there and nothing but the epoch's sample order crosses the bus; otherwise each
         batch is uploaded while the previous one computes.
+        checkpoint: a file written atomically after every epoch and on Ctrl-C (weights, optimizer
+        state, random state, data order, history); with resume=True an existing one is continued, so
+        that an interrupted run, resumed with the same arguments, ends with the same weights.
         """
         self._require_compiled("fit")
         if batch_size < 1 or epochs < 0:
@@ -170,31 +196,76 @@ class Sequential:
         stream = stream or sys.stdout
         size = graph.batch_size
         steps = -(-len(x) // size)
-        for epoch in range(1, epochs + 1):
-            self.metrics.fill(0)
-            order = rng.permutation(len(x)) if shuffle else np.arange(len(x))
-            if data is not None:
-                data.shuffle(order)
-            bar = ProgressBar(steps, f"Epoch {epoch}/{epochs}", stream, enabled=bool(verbose))
-            for s in range(steps):
+        start_epoch, start_step, order = 1, 0, None
+        if checkpoint is not None and resume and os.path.exists(checkpoint):
+            start_epoch, start_step, order = self._resume(checkpoint, rng, history)
+        with _InterruptBetweenSteps() as interrupt:
+            for epoch in range(start_epoch, epochs + 1):
+                if order is None:
+                    self.metrics.fill(0)
+                    order = rng.permutation(len(x)) if shuffle else np.arange(len(x))
                 if data is not None:
-                    graph.step_resident(data, s * size, min(size, len(x) - s * size))
-                else:
-                    idx = order[s * size:(s + 1) * size]
-                    graph.step(x[idx], targets[idx])
-                bar.update(s + 1)
-            logs = self._read_metrics(targets)
-            graph.sync()
-            if validation_data is not None:
-                val = self.evaluate(*validation_data, batch_size=size) if not isinstance(validation_data, Dataset) \
-                    else self.evaluate(validation_data, batch_size=size)
-                logs.update({f"val_{k}": v for k, v in val.items()})
-            history.record(epoch, logs)
-            bar.close()
-            if verbose:
-                text = "  ".join(f"{k} {v:.4f}" for k, v in logs.items())
-                print(f"Epoch {epoch}/{epochs}  {text}  ({bar.elapsed:.1f} s)", file=stream, flush=True)
+                    data.shuffle(order)
+                bar = ProgressBar(steps, f"Epoch {epoch}/{epochs}", stream, enabled=bool(verbose))
+                for s in range(start_step, steps):
+                    if data is not None:
+                        graph.step_resident(data, s * size, min(size, len(x) - s * size))
+                    else:
+                        idx = order[s * size:(s + 1) * size]
+                        graph.step(x[idx], targets[idx])
+                    bar.update(s + 1)
+                    if interrupt.requested and s + 1 < steps:  # keep what is done, then stop
+                        bar.close()
+                        graph.sync()
+                        if checkpoint is not None:
+                            self._checkpoint(checkpoint, rng, history, epoch - 1, s + 1, order)
+                        raise KeyboardInterrupt
+                start_step = 0
+                logs = self._read_metrics(targets)
+                graph.sync()
+                if validation_data is not None:
+                    val = (self.evaluate(validation_data, batch_size=size) if isinstance(validation_data, Dataset)
+                           else self.evaluate(*validation_data, batch_size=size))
+                    logs.update({f"val_{k}": v for k, v in val.items()})
+                history.record(epoch, logs)
+                bar.close()
+                order = None
+                if checkpoint is not None:
+                    self._checkpoint(checkpoint, rng, history, epoch, 0, None)
+                if verbose:
+                    text = "  ".join(f"{k} {v:.4f}" for k, v in logs.items())
+                    print(f"Epoch {epoch}/{epochs}  {text}  ({bar.elapsed:.1f} s)", file=stream, flush=True)
+                if interrupt.requested:
+                    raise KeyboardInterrupt
         return history
+
+    def _checkpoint(self, path, rng, history, epochs_done, steps_done, order):
+        """Everything a resumed fit needs: the weights and optimizer (clnet.io), and the random
+        state, this epoch's order, the metrics summed so far and the history."""
+        from . import io
+        state = {"rng": rng.bit_generator.state, "history": history.history, "epochs": history.epochs,
+                 "order": order, "metrics": self.metrics.download() if order is not None else None}
+        io.save_checkpoint(path, self, state, epoch=epochs_done, step=steps_done)
+
+    def _resume(self, path, rng, history):
+        """Restore a checkpoint written by `_checkpoint` into this model; returns (epoch, step,
+        order) to continue from."""
+        from . import io
+        saved = io.load_checkpoint(path, self.device)
+        if type(saved.model.optimizer) is not type(self.optimizer):
+            raise InputError(f"{path} was written by a {type(saved.model.optimizer).__name__} run: compile "
+                             f"with the same optimizer to resume it")
+        self.load_state_dict(saved.model.state_dict())
+        self.optimizer.load_state_dict(saved.model.optimizer.state_dict(), self.device)
+        self.normalization = saved.model.normalization
+        state = saved.state
+        rng.bit_generator.state = state["rng"]
+        for epoch, values in zip(state["epochs"], zip(*state["history"].values()) if state["history"] else ()):
+            history.record(epoch, dict(zip(state["history"], values)))
+        if state["order"] is None:
+            return saved.epoch + 1, 0, None
+        self.metrics.upload(np.asarray(state["metrics"], np.float32))
+        return saved.epoch + 1, saved.step, np.asarray(state["order"])
 
     def train_on_batch(self, x, y):
         """One optimizer step on (x, y) as one batch; returns that batch's loss."""

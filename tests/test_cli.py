@@ -40,6 +40,16 @@ def test_train_saves_the_model(tmp_path):
     assert model.evaluate(clnet.datasets.load("mnist-5k")[1])["accuracy"] == pytest.approx(accuracy, abs=1e-4)
 
 
+def test_train_resumes_a_checkpointed_run(tmp_path):
+    base = ["--device", "0", "--quiet", "--checkpoint", str(tmp_path / "run.clnet"), "--model", "mlp"]
+    straight = CliRunner().invoke(train, ["--device", "0", "--quiet", "--model", "mlp", "--epochs", "3"])
+    first = CliRunner().invoke(train, base + ["--epochs", "2"])
+    resumed = CliRunner().invoke(train, base + ["--epochs", "3", "--resume"])
+    assert straight.exit_code == first.exit_code == resumed.exit_code == 0, resumed.output
+    accuracy = lambda result: result.output.split("Test accuracy ")[1].split()[:4]
+    assert accuracy(resumed) == accuracy(straight)
+
+
 @pytest.mark.parametrize("args, code, message", [
     (["--platform", "no-such-platform"], 1, "Error: No OpenCL platform matches 'no-such-platform'"),
     (["--epochs", "0"], 2, "Invalid value for '--epochs'"),
@@ -47,6 +57,7 @@ def test_train_saves_the_model(tmp_path):
     (["--lr", "-1"], 2, "Invalid value for '--lr'"),
     (["--dataset", "nmist", "--device", "0"], 1, "did you mean 'mnist'"),
     (["--image-size", "big"], 2, "is not HxW"),
+    (["--resume"], 2, "--resume needs --checkpoint"),
 ])
 def test_user_errors_exit_with_a_message_and_no_traceback(args, code, message):
     result = CliRunner().invoke(train, args)

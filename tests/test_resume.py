@@ -1,0 +1,108 @@
+"""Checkpointed training: a run interrupted (Ctrl-C, or killed outright) and resumed ends with the
+same weights and history as one never interrupted."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+import clnet
+
+EPOCHS = 4
+CHILD = textwrap.dedent("""
+    import sys, clnet
+    (x, y), _ = clnet.datasets.load_mnist_5k()
+    model = clnet.models.lenet5(device=clnet.device(device=sys.argv[2]), seed=3)
+    model.compile("cross_entropy", clnet.optim.Adam(lr=1e-3))
+    model.fit(x[:600], y[:600], epochs=%d, batch_size=8, validation_split=0.1, verbose=0,
+              augment="crop=2,flip", checkpoint=sys.argv[1], resume=True)
+""" % EPOCHS)
+
+
+def train(device, checkpoint=None, resume=False, epochs=EPOCHS):
+    (x, y), _ = clnet.datasets.load_mnist_5k()
+    model = clnet.models.lenet5(device=device, seed=3)
+    model.compile("cross_entropy", clnet.optim.Adam(lr=1e-3))
+    history = model.fit(x[:600], y[:600], epochs=epochs, batch_size=8, validation_split=0.1, verbose=0,
+                        augment="crop=2,flip", checkpoint=checkpoint, resume=resume)
+    return model, history
+
+
+_straight = {}
+
+
+@pytest.fixture
+def straight(device):
+    """The uninterrupted run's weights and history, once per device."""
+    if device.info.index not in _straight:
+        model, history = train(device)
+        _straight[device.info.index] = model.state_dict(), history.history
+    return _straight[device.info.index]
+
+
+def assert_same_run(model, history, straight):
+    weights, logs = straight
+    for key in weights:
+        np.testing.assert_array_equal(model.state_dict()[key], weights[key], err_msg=key)
+    assert history.history == logs
+
+
+def test_resuming_after_some_epochs_equals_training_straight(device, straight, tmp_path):
+    checkpoint = tmp_path / "run.clnet"
+    train(device, checkpoint, epochs=2)
+    model, history = train(device, checkpoint, resume=True)
+    assert_same_run(model, history, straight)
+    assert clnet.io.load_checkpoint(checkpoint, device).epoch == EPOCHS
+
+
+def run_child(device, checkpoint, stop, when):
+    """Train in a subprocess and `stop` it (a signal) once the checkpoint exists, `when` seconds on."""
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(checkpoint), str(device.info.index)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists() and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(when)
+    child.send_signal(stop)
+    out, err = child.communicate(timeout=120)
+    return child.returncode, err
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill"])
+def test_interrupted_process_resumes_to_the_same_weights(device, straight, tmp_path, stop):
+    checkpoint = tmp_path / "run.clnet"
+    code, err = run_child(device, checkpoint, stop, when=0.3)
+    assert code != 0, "the child finished before it was interrupted: make its run longer"
+    if stop == signal.SIGINT:
+        assert "KeyboardInterrupt" in err and "Traceback" in err
+    assert not [p for p in os.listdir(tmp_path) if p != "run.clnet"]  # no temporary file left
+    model, history = train(device, checkpoint, resume=True)
+    assert_same_run(model, history, straight)
+
+
+def test_ctrl_c_mid_epoch_saves_the_steps_done(device, straight, tmp_path, monkeypatch):
+    """Ctrl-C arriving during the 20th step of the second epoch: that step completes, the checkpoint
+    holds the 20 steps, the epoch's order and the metrics summed so far, and the resumed run ends
+    where the straight one does."""
+    checkpoint = tmp_path / "run.clnet"
+    real_step, calls = clnet.graph.Graph.step_resident, []
+
+    def step(self, *args):
+        calls.append(1)
+        if len(calls) == 68 + 20:  # 539 training images in batches of 8: 68 steps an epoch
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_step(self, *args)
+
+    monkeypatch.setattr(clnet.graph.Graph, "step_resident", step)
+    with pytest.raises(KeyboardInterrupt):
+        train(device, checkpoint)
+    monkeypatch.undo()
+    saved = clnet.io.load_checkpoint(checkpoint, device)
+    assert (saved.epoch, saved.step) == (1, 20) and len(saved.state["order"]) == 539
+    model, history = train(device, checkpoint, resume=True)
+    assert_same_run(model, history, straight)
