@@ -1,17 +1,20 @@
-"""Command-line tools: clnet-train and clnet-devices.
+"""Command-line tools: clnet-train, clnet-eval, clnet-predict and clnet-devices.
 
 A user mistake exits 2 (usage, from click) or 1 with a one-line message; --debug shows the traceback.
 """
 
 import functools
 import json
+import os
 import sys
 import time
 
 import click
+import numpy as np
 
-from . import datasets, models, optim
+from . import datasets, metrics, models, optim
 from .device import INSTALL_HINT, device as open_device, list_devices
+from .io import load as load_model
 from .errors import ClnetError
 from .text import format_bytes
 
@@ -135,10 +138,12 @@ Examples:
 @click.option("--checkpoint", type=click.Path(dir_okay=False),
               help="Write a checkpoint to this file after every epoch and on Ctrl-C.")
 @click.option("--resume", is_flag=True, help="Continue the run saved in --checkpoint (same options).")
+@click.option("--log", "log_path", type=click.Path(dir_okay=False),
+              help="Append every epoch's metrics, seconds and images/s to this .csv (or .json) file.")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the final result.")
 def train(platform, device, dataset, data_dir, offline, image_size, model_name, epochs, batch_size, optimizer,
           lr, momentum, nesterov, weight_decay, augment, normalize, validation_split, seed, save_path,
-          checkpoint, resume, quiet):
+          checkpoint, resume, log_path, quiet):
     """Train a preset network on a dataset (by default the bundled MNIST-5k: 4000 training and 1000
     test images) and report its test accuracy."""
     start = time.perf_counter()
@@ -161,7 +166,7 @@ def train(platform, device, dataset, data_dir, offline, image_size, model_name, 
     try:
         history = model.fit(train_set, epochs=epochs, batch_size=batch_size, validation_split=validation_split,
                             verbose=not quiet, stream=sys.stdout, normalize=normalize or None, augment=augment,
-                            checkpoint=checkpoint, resume=resume)
+                            checkpoint=checkpoint, resume=resume, log=log_path)
     except KeyboardInterrupt:
         if checkpoint:
             click.echo(f"Interrupted: the run is saved in {checkpoint}; continue it with the same command "
@@ -180,3 +185,190 @@ def train(platform, device, dataset, data_dir, offline, image_size, model_name, 
     else:
         click.echo(f"Training accuracy {history.history['accuracy'][-1]:.4f} (no test split, no validation) "
                    f"{elapsed}")
+
+
+_PLATFORM_HELP = "OpenCL platform: index or name substring (pocl, nvidia, intel, ...). Default: CLNET_PLATFORM."
+_DEVICE_HELP = ("Device: index (within the platform if one is given) or name substring. "
+                "Default: CLNET_DEVICE, else the best (a GPU before a CPU).")
+
+
+def _open_model(model_file, platform, device):
+    """(device, model) for a model file, which must exist (checked here for a one-line message)."""
+    if not os.path.isfile(model_file):
+        raise ClnetError(f"{model_file}: no such model file")
+    dev = open_device(platform, device)
+    return dev, load_model(model_file, dev)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]}, epilog="""\b
+Examples:
+  clnet-eval lenet.clnet                                  # the bundled MNIST-5k test images
+  clnet-eval fashion.clnet --dataset fashion-mnist --data-dir /usr/share/datasets/fashion-mnist
+  clnet-eval c10.clnet --dataset cifar10 --confusion-matrix
+  clnet-eval model.clnet --dataset ./my_images/ --split train --top-k 3 --json""")
+@_friendly_errors
+@click.argument("model_file", type=click.Path(dir_okay=False))
+@click.option("--platform", help=_PLATFORM_HELP)
+@click.option("--device", help=_DEVICE_HELP)
+@click.option("--dataset", default="mnist-5k", show_default=True,
+              help="A known dataset (" + ", ".join(sorted(datasets.DATASETS)) + ") or a path, as for "
+              "clnet-train. Image folders are resized to the model's input size.")
+@click.option("--data-dir", type=click.Path(file_okay=False),
+              help="Where to look for a known dataset first (then the cache, then /usr/share/datasets).")
+@click.option("--offline", is_flag=True, help="Never download: fail if the files are not on disk.")
+@click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--top-k", "k", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Report top-k accuracy for this k (at most the number of classes).")
+@click.option("--confusion-matrix", "show_matrix", is_flag=True,
+              help="Also print the confusion matrix (rows: true class) with per-class precision and recall.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+def evaluate(model_file, platform, device, dataset, data_dir, offline, split, batch_size, k, show_matrix, as_json):
+    """Evaluate a saved model (MODEL_FILE, from --save or model.save) on a dataset: loss, accuracy
+    and top-k accuracy, and optionally the confusion matrix and per-class precision and recall."""
+    dev, model = _open_model(model_file, platform, device)
+    shape = model.input_shape
+    image_size = tuple(shape[1:]) if shape and len(shape) == 3 else None
+    train_set, test_set = datasets.load(dataset, data_dir=data_dir, download=not offline, image_size=image_size)
+    data = train_set if split == "train" else test_set
+    if data is None:
+        raise ClnetError(f"{dataset} has no test split: use --split train")
+    if len(data) == 0:
+        raise ClnetError(f"{dataset}: the {split} split has no images")
+    result = model.evaluate(data, batch_size=batch_size)
+    probs = model.predict(data.x, batch_size=batch_size)
+    if probs.ndim != 2:
+        raise ClnetError(f"{model_file}: the model's outputs have shape {probs.shape[1:]}, not one score per class")
+    classes_n = probs.shape[1]
+    if data.y.max() >= classes_n:
+        raise ClnetError(f"{dataset}: labels go up to {data.y.max()} but the model has {classes_n} classes")
+    k = min(k, classes_n)
+    names = model.classes if model.classes and len(model.classes) == classes_n else \
+        (data.classes if data.classes and len(data.classes) == classes_n else None)
+    report = metrics.report(probs, data.y, k=k, classes=names)
+    out = {"model": model_file, "dataset": data.name, "split": split, "samples": len(data), "device": dev.info.label,
+           "loss": result["loss"], "accuracy": result.get("accuracy", report["accuracy"]),
+           "top_k": k, "top_k_accuracy": report["top_k_accuracy"]}
+    if show_matrix:
+        out.update({key: report[key] for key in ("classes", "confusion_matrix", "precision", "recall", "support")})
+    if as_json:
+        click.echo(json.dumps(out))
+        return
+    click.echo(f"Model:     {model_file}")
+    click.echo(f"Device:    {dev.info.label}")
+    click.echo(f"Data:      {data.name}, {split} split, {len(data)} images")
+    click.echo(f"Loss {out['loss']:.4f}  accuracy {out['accuracy']:.4f}  top-{k} accuracy {out['top_k_accuracy']:.4f}")
+    if show_matrix:
+        click.echo("")
+        click.echo(metrics.format_confusion_matrix(np.array(report["confusion_matrix"]), report["classes"]))
+
+
+def _read_array_file(path):
+    """The images of an .npy file, or of an .npz file's 'x' / 'x_test' / only array."""
+    try:
+        data = np.load(path, allow_pickle=False)
+        if isinstance(data, np.lib.npyio.NpzFile):
+            with data:
+                keys = list(data.keys())
+                key = next((k for k in ("x", "x_test", "images") if k in keys), keys[0] if len(keys) == 1 else None)
+                if key is None:
+                    raise ClnetError(f"{path}: holds {', '.join(keys) or 'no arrays'}; expected an array named x")
+                return np.asarray(data[key])
+        return np.asarray(data)
+    except ClnetError:
+        raise
+    except Exception as exc:  # corrupt, truncated, pickled objects, ...
+        raise ClnetError(f"{path}: cannot read the array file ({type(exc).__name__}: {exc})") from None
+
+
+def _fit_array(path, x, shape):
+    """x as a batch of samples of the model's input shape (N, *shape)."""
+    if x.dtype.kind not in "fiub":
+        raise ClnetError(f"{path}: holds {x.dtype} values, not numbers")
+    if shape is None:
+        return x if x.ndim >= 2 else x[None]
+    shape = tuple(shape)
+    if x.shape == shape:
+        return x[None]
+    if x.shape[1:] == shape:
+        return x
+    if shape[0] == 1 and (x.shape == shape[1:] or x.shape[1:] == shape[1:]):  # grey images without a channel axis
+        return x.reshape(-1, *shape)
+    raise ClnetError(f"{path}: arrays of shape {x.shape} do not fit the model's input {shape} "
+                     f"(expected (N, {', '.join(map(str, shape))}))")
+
+
+def _read_image(path, shape):
+    """An image file as uint8 (C, H, W) in the model's channels and size."""
+    from .datasets.folder import PILLOW_HINT, _decode
+    try:
+        from PIL import Image
+    except ImportError:
+        raise ClnetError(PILLOW_HINT) from None
+    if shape is None or len(shape) != 3 or shape[0] not in (1, 3):
+        raise ClnetError(f"the model's input shape {shape} is not an image (channels 1 or 3, height, width)")
+    channels, h, w = shape
+    try:
+        pixels = _decode(Image, path, channels == 1, (h, w))
+    except Exception as exc:  # not an image, truncated, unsupported format, ...
+        raise ClnetError(f"{path}: cannot read the image ({type(exc).__name__}: {exc})") from None
+    if pixels.ndim == 2:
+        pixels = np.repeat(pixels[None], channels, axis=0)
+    else:
+        pixels = pixels.transpose(2, 0, 1)
+    return np.ascontiguousarray(pixels)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]}, epilog="""\b
+Examples:
+  clnet-predict lenet.clnet digit.png
+  clnet-predict c10.clnet cat.png dog.jpg --top-k 3
+  clnet-predict c10.clnet images.npz --json          # every image of an array file (x: (N, C, H, W))""")
+@_friendly_errors
+@click.argument("model_file", type=click.Path(dir_okay=False))
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--platform", help=_PLATFORM_HELP)
+@click.option("--device", help=_DEVICE_HELP)
+@click.option("--top-k", "k", type=click.IntRange(min=1), default=3, show_default=True,
+              help="How many of the most probable classes to print for each input.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list with one object per input.")
+def predict(model_file, files, platform, device, k, as_json):
+    """Classify image files (PNG, JPEG, BMP: converted to the model's channels and resized to its
+    input size) or the images of .npz/.npy array files with a saved model (MODEL_FILE), printing
+    the most probable classes of each with their probabilities."""
+    for path in files:
+        if not os.path.isfile(path):
+            raise ClnetError(f"{path}: no such file")
+    _, model = _open_model(model_file, platform, device)
+    shape = model.input_shape
+    inputs = []  # per file: (names, images), in the order given
+    for path in files:
+        if path.lower().endswith((".npz", ".npy")):
+            x = _fit_array(path, _read_array_file(path), shape)
+            inputs.append(([f"{path}[{i}]" for i in range(len(x))], x))
+        else:
+            inputs.append(([path], _read_image(path, shape)[None]))
+    images = [x for _, x in inputs if x.dtype == np.uint8 and len(x)]
+    names = [name for batch_names, _ in inputs for name in batch_names]
+    if not names:
+        raise ClnetError("no images to classify in " + ", ".join(files))
+    # one predict call for all uint8 images (image files), one per float array file
+    uint8_probs = iter(model.predict(np.concatenate(images))) if images else iter(())
+    probs = []
+    for _, x in inputs:
+        if x.dtype == np.uint8:
+            probs += [next(uint8_probs) for _ in range(len(x))]
+        elif len(x):
+            probs += list(model.predict(x))
+    probs = np.stack(probs).reshape(len(names), -1)
+    classes_n = probs.shape[1]
+    labels = model.classes if model.classes and len(model.classes) == classes_n else [str(i) for i in range(classes_n)]
+    indices, values = metrics.top_k(probs, min(k, classes_n))
+    results = [{"input": name, "top_k": [{"class": labels[i], "index": int(i), "probability": float(p)}
+                                         for i, p in zip(row_i, row_p)]}
+               for name, row_i, row_p in zip(names, indices, values)]
+    if as_json:
+        click.echo(json.dumps(results))
+        return
+    for result in results:
+        click.echo(f"{result['input']}: " + ", ".join(f"{t['class']} ({t['probability']:.4f})" for t in result["top_k"]))

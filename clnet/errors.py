@@ -45,3 +45,7 @@ class ModelFileError(ClnetError):
     def __init__(self, path, problem):
         self.path, self.problem = str(path), problem
         super().__init__(f"{path}: {problem}")
+
+
+class TrainingError(ClnetError):
+    """Training cannot go on: the loss became NaN or infinite."""

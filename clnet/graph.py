@@ -5,6 +5,7 @@ launch. A training step is: upload the batch, replay forward, the fused loss, ba
 optimizer; loss and accuracy accumulate on the device and are read only when someone reports.
 """
 
+from collections import deque
 from math import prod
 
 import numpy as np
@@ -20,6 +21,7 @@ from .plan import Plan
 from .tensor import DeviceTensor, allocate
 
 PARAM_ALIGN = 16  # elements: each tensor starts on a 64-byte boundary for vector loads
+AHEAD = 3  # steps the host may queue before the device has finished them
 
 
 class Entry:
@@ -184,7 +186,7 @@ class Graph:
         else:
             self.output = z2d
         self._allocate(device)
-        self._slot, self._slots = 0, [None, None]
+        self._slot, self._slots, self._ahead = 0, [None, None], deque()
         self._source = None
         self.n_valid = self.batch_size
 
@@ -276,6 +278,10 @@ class Graph:
         events = self.plan.run(wait_for=staged[0] if staged else None)
         if staged:  # the slot may be refilled once the input stage's gathers have read it
             self._slots[self._slot] = (*staged, events[self.input_launches - 1])
+        # The host stays at most AHEAD steps in front of the device: progress shown is progress made.
+        self._ahead.append(events[-1])
+        if len(self._ahead) > AHEAD:
+            self._ahead.popleft().wait()
 
     def step(self, x, targets):
         """Queue one training step on a host batch of at most batch_size samples (raw images)."""
@@ -307,3 +313,4 @@ class Graph:
     def sync(self):
         self.model.device.finish()
         self._slots = [None, None]
+        self._ahead.clear()

@@ -1,5 +1,7 @@
 """Sequential: the Keras-like model (compile / fit / evaluate / predict) over compiled graphs."""
 
+import csv
+import json
 import os
 import signal
 import sys
@@ -10,7 +12,7 @@ import numpy as np
 
 from . import losses, optim
 from .device import device as open_device
-from .errors import InputError
+from .errors import InputError, TrainingError
 from .datasets import Dataset
 from .datasets.feed import DeviceDataset, InputSpec, channel_statistics, image_dims, parse_augment
 from .graph import Graph, ParamStore, plan_nodes
@@ -18,6 +20,31 @@ from .layers import Layer
 from .progress import ProgressBar
 from .tensor import DeviceTensor
 from .text import format_bytes
+
+
+def _throughput(done, total, batch, elapsed):
+    """ "120/450  5,120 img/s  ETA 3 s": the progress bar's text during an epoch."""
+    rate = done * batch / max(elapsed, 1e-9)
+    return f"{done}/{total}  {rate:,.0f} img/s  ETA {(total - done) * batch / max(rate, 1e-9):.0f} s"
+
+
+def _append_log(path, row):
+    """Add an epoch's row to a metrics log: CSV (a header first) or JSON (a list, rewritten)."""
+    path = str(path)
+    if path.endswith(".json"):
+        rows = []
+        if os.path.exists(path):
+            with open(path) as f:
+                rows = json.load(f)
+        with open(path, "w") as f:
+            json.dump(rows + [row], f, indent=1)
+        return
+    new = not os.path.exists(path) or os.path.getsize(path) == 0
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
 
 
 class _InterruptBetweenSteps:
@@ -150,7 +177,7 @@ class Sequential:
     # ------------------------------------------------------------------ training
     def fit(self, x, y=None, epochs=1, batch_size=32, validation_split=0.0, validation_data=None,
             shuffle=True, verbose=1, seed=None, stream=None, normalize=None, augment=None, resident="auto",
-            checkpoint=None, resume=False):
+            checkpoint=None, resume=False, log=None):
         """Train; returns a History of loss/accuracy (and val_loss/val_accuracy) per epoch.
 
         x: images (N, C, H, W) or features (N, ...), uint8 (scaled to [0, 1]) or float, or a
@@ -167,6 +194,9 @@ class Sequential:
         checkpoint: a file written atomically after every epoch and on Ctrl-C (weights, optimizer
         state, random state, data order, history); with resume=True an existing one is continued, so
         that an interrupted run, resumed with the same arguments, ends with the same weights.
+        log: a .csv or .json file that gets every epoch's metrics, seconds and images/s.
+        A loss that becomes NaN or infinite stops training with a TrainingError (the checkpoint
+        keeps the last good epoch).
         """
         self._require_compiled("fit")
         if batch_size < 1 or epochs < 0:
@@ -213,22 +243,31 @@ class Sequential:
                     else:
                         idx = order[s * size:(s + 1) * size]
                         graph.step(x[idx], targets[idx])
-                    bar.update(s + 1)
+                    bar.update(s + 1, _throughput(s + 1 - start_step, steps - start_step, size, bar.elapsed))
                     if interrupt.requested and s + 1 < steps:  # keep what is done, then stop
                         bar.close()
                         graph.sync()
                         if checkpoint is not None:
                             self._checkpoint(checkpoint, rng, history, epoch - 1, s + 1, order)
                         raise KeyboardInterrupt
+                done = steps - start_step
                 start_step = 0
                 logs = self._read_metrics(targets)
                 graph.sync()
+                if not np.isfinite(logs["loss"]):
+                    bar.close()
+                    kept = f"; {checkpoint} keeps the last good epoch" if checkpoint is not None else ""
+                    raise TrainingError(f"the loss became {logs['loss']} in epoch {epoch}: lower the learning "
+                                        f"rate (now {self.optimizer.lr:g}) or normalise the inputs{kept}")
                 if validation_data is not None:
                     val = (self.evaluate(validation_data, batch_size=size) if isinstance(validation_data, Dataset)
                            else self.evaluate(*validation_data, batch_size=size))
                     logs.update({f"val_{k}": v for k, v in val.items()})
                 history.record(epoch, logs)
                 bar.close()
+                if log is not None:
+                    _append_log(log, {"epoch": epoch, **logs, "seconds": round(bar.elapsed, 3),
+                                      "images_per_second": round(min(done * size, len(x)) / bar.elapsed, 1)})
                 order = None
                 if checkpoint is not None:
                     self._checkpoint(checkpoint, rng, history, epoch, 0, None)

@@ -41,13 +41,15 @@ def test_train_saves_the_model(tmp_path):
 
 
 def test_train_resumes_a_checkpointed_run(tmp_path):
-    base = ["--device", "0", "--quiet", "--checkpoint", str(tmp_path / "run.clnet"), "--model", "mlp"]
+    base = ["--device", "0", "--quiet", "--checkpoint", str(tmp_path / "run.clnet"), "--model", "mlp",
+            "--log", str(tmp_path / "log.csv")]
     straight = CliRunner().invoke(train, ["--device", "0", "--quiet", "--model", "mlp", "--epochs", "3"])
     first = CliRunner().invoke(train, base + ["--epochs", "2"])
     resumed = CliRunner().invoke(train, base + ["--epochs", "3", "--resume"])
     assert straight.exit_code == first.exit_code == resumed.exit_code == 0, resumed.output
     accuracy = lambda result: result.output.split("Test accuracy ")[1].split()[:4]
     assert accuracy(resumed) == accuracy(straight)
+    assert [line.split(",")[0] for line in (tmp_path / "log.csv").read_text().split()] == ["epoch", "1", "2", "3"]
 
 
 @pytest.mark.parametrize("args, code, message", [

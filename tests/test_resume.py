@@ -106,3 +106,37 @@ def test_ctrl_c_mid_epoch_saves_the_steps_done(device, straight, tmp_path, monke
     assert (saved.epoch, saved.step) == (1, 20) and len(saved.state["order"]) == 539
     model, history = train(device, checkpoint, resume=True)
     assert_same_run(model, history, straight)
+
+
+def test_a_diverging_loss_stops_training_and_keeps_the_last_good_checkpoint(device, tmp_path):
+    (x, y), _ = clnet.datasets.load_mnist_5k()
+    checkpoint = tmp_path / "run.clnet"
+    model = clnet.models.mlp(device=device, seed=0)
+    model.compile("cross_entropy", clnet.optim.SGD(lr=0.05))
+    model.fit(x[:256], y[:256], epochs=1, verbose=0, checkpoint=checkpoint)
+    model.optimizer.lr = 1e12  # the next run's weights blow up
+    with pytest.raises(clnet.TrainingError, match=r"the loss became (nan|inf) in epoch 1: lower the learning "
+                                                  r"rate \(now 1e\+12\).*run.clnet keeps the last good epoch"):
+        model.fit(x[:256], y[:256], epochs=3, verbose=0, checkpoint=checkpoint)
+    saved = clnet.io.load_checkpoint(checkpoint, device)
+    assert saved.epoch == 1 and all(np.isfinite(v).all() for v in saved.model.state_dict().values())
+
+
+@pytest.mark.parametrize("suffix", ["csv", "json"])
+def test_metrics_log(device, tmp_path, suffix):
+    import csv
+    import json
+    (x, y), _ = clnet.datasets.load_mnist_5k()
+    model = clnet.models.mlp(device=device, seed=0)
+    model.compile("cross_entropy", "sgd")
+    log = tmp_path / f"metrics.{suffix}"
+    history = model.fit(x[:300], y[:300], epochs=3, validation_split=0.2, verbose=0, log=log)
+    rows = json.loads(log.read_text()) if suffix == "json" else list(csv.DictReader(log.open()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert [float(r["val_accuracy"]) for r in rows] == pytest.approx(history.history["val_accuracy"])
+    assert all(float(r["images_per_second"]) > 0 and float(r["seconds"]) > 0 for r in rows)
+
+
+def test_progress_text():
+    from clnet.model import _throughput
+    assert _throughput(120, 450, 64, 2.0) == "120/450  3,840 img/s  ETA 6 s"
