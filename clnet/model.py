@@ -177,7 +177,7 @@ class Sequential:
     # ------------------------------------------------------------------ training
     def fit(self, x, y=None, epochs=1, batch_size=32, validation_split=0.0, validation_data=None,
             shuffle=True, verbose=1, seed=None, stream=None, normalize=None, augment=None, resident="auto",
-            checkpoint=None, resume=False, log=None):
+            checkpoint=None, resume=False, log=None, schedule=None, early_stopping=None):
         """Train; returns a History of loss/accuracy (and val_loss/val_accuracy) per epoch.
 
         x: images (N, C, H, W) or features (N, ...), uint8 (scaled to [0, 1]) or float, or a
@@ -195,6 +195,9 @@ class Sequential:
         state, random state, data order, history); with resume=True an existing one is continued, so
         that an interrupted run, resumed with the same arguments, ends with the same weights.
         log: a .csv or .json file that gets every epoch's metrics, seconds and images/s.
+        schedule: a clnet.training schedule (StepLR, CosineLR, ReduceLROnPlateau, warm-up) that sets
+        the learning rate before every step from the optimizer's rate; early_stopping: a
+        clnet.training.EarlyStopping that ends training when a metric stops improving.
         A loss that becomes NaN or infinite stops training with a TrainingError (the checkpoint
         keeps the last good epoch).
         """
@@ -226,9 +229,10 @@ class Sequential:
         stream = stream or sys.stdout
         size = graph.batch_size
         steps = -(-len(x) // size)
+        steer = {"base_lr": self.optimizer.lr, "schedule": schedule, "early": early_stopping}
         start_epoch, start_step, order = 1, 0, None
         if checkpoint is not None and resume and os.path.exists(checkpoint):
-            start_epoch, start_step, order = self._resume(checkpoint, rng, history)
+            start_epoch, start_step, order = self._resume(checkpoint, rng, history, steer)
         with _InterruptBetweenSteps() as interrupt:
             for epoch in range(start_epoch, epochs + 1):
                 if order is None:
@@ -238,6 +242,8 @@ class Sequential:
                     data.shuffle(order)
                 bar = ProgressBar(steps, f"Epoch {epoch}/{epochs}", stream, enabled=bool(verbose))
                 for s in range(start_step, steps):
+                    if schedule is not None:
+                        self.optimizer.lr = schedule.lr(steer["base_lr"], epoch - 1 + s / steps)
                     if data is not None:
                         graph.step_resident(data, s * size, min(size, len(x) - s * size))
                     else:
@@ -248,7 +254,7 @@ class Sequential:
                         bar.close()
                         graph.sync()
                         if checkpoint is not None:
-                            self._checkpoint(checkpoint, rng, history, epoch - 1, s + 1, order)
+                            self._checkpoint(checkpoint, rng, history, epoch - 1, s + 1, order, steer)
                         raise KeyboardInterrupt
                 done = steps - start_step
                 start_step = 0
@@ -263,30 +269,45 @@ class Sequential:
                     val = (self.evaluate(validation_data, batch_size=size) if isinstance(validation_data, Dataset)
                            else self.evaluate(*validation_data, batch_size=size))
                     logs.update({f"val_{k}": v for k, v in val.items()})
+                logs["lr"] = self.optimizer.lr
                 history.record(epoch, logs)
                 bar.close()
+                if schedule is not None:
+                    schedule.end_epoch(logs)
+                stop = early_stopping is not None and early_stopping.update(epoch, logs, self)
                 if log is not None:
                     _append_log(log, {"epoch": epoch, **logs, "seconds": round(bar.elapsed, 3),
                                       "images_per_second": round(min(done * size, len(x)) / bar.elapsed, 1)})
                 order = None
                 if checkpoint is not None:
-                    self._checkpoint(checkpoint, rng, history, epoch, 0, None)
+                    self._checkpoint(checkpoint, rng, history, epoch, 0, None, steer)
                 if verbose:
-                    text = "  ".join(f"{k} {v:.4f}" for k, v in logs.items())
+                    text = "  ".join(f"{k} {v:.4g}" if k == "lr" else f"{k} {v:.4f}" for k, v in logs.items())
                     print(f"Epoch {epoch}/{epochs}  {text}  ({bar.elapsed:.1f} s)", file=stream, flush=True)
                 if interrupt.requested:
                     raise KeyboardInterrupt
+                if stop:
+                    if verbose:
+                        print(f"Early stopping: {early_stopping.monitor} has not improved since epoch "
+                              f"{early_stopping.best_epoch}" + (", whose weights are restored"
+                                                                 if early_stopping.restore_best else ""),
+                              file=stream, flush=True)
+                    break
         return history
 
-    def _checkpoint(self, path, rng, history, epochs_done, steps_done, order):
+    def _checkpoint(self, path, rng, history, epochs_done, steps_done, order, steer):
         """Everything a resumed fit needs: the weights and optimizer (clnet.io), and the random
-        state, this epoch's order, the metrics summed so far and the history."""
+        state, this epoch's order, the metrics summed so far, the history, the schedule and early
+        stopping."""
         from . import io
         state = {"rng": rng.bit_generator.state, "history": history.history, "epochs": history.epochs,
-                 "order": order, "metrics": self.metrics.download() if order is not None else None}
+                 "order": order, "metrics": self.metrics.download() if order is not None else None,
+                 "base_lr": steer["base_lr"],
+                 "schedule": steer["schedule"].state() if steer["schedule"] is not None else None,
+                 "early": steer["early"].state() if steer["early"] is not None else None}
         io.save_checkpoint(path, self, state, epoch=epochs_done, step=steps_done)
 
-    def _resume(self, path, rng, history):
+    def _resume(self, path, rng, history, steer):
         """Restore a checkpoint written by `_checkpoint` into this model; returns (epoch, step,
         order) to continue from."""
         from . import io
@@ -299,6 +320,10 @@ class Sequential:
         self.normalization = saved.model.normalization
         state = saved.state
         rng.bit_generator.state = state["rng"]
+        steer["base_lr"] = state["base_lr"]
+        for key in ("schedule", "early"):
+            if steer[key] is not None and state[key] is not None:
+                steer[key].load_state(state[key])
         for epoch, values in zip(state["epochs"], zip(*state["history"].values()) if state["history"] else ()):
             history.record(epoch, dict(zip(state["history"], values)))
         if state["order"] is None:

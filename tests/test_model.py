@@ -27,7 +27,7 @@ def test_mlp_learns_bundled_mnist(device, mnist):
     model = clnet.models.mlp(device=device, seed=1)
     model.compile("cross_entropy", clnet.optim.SGD(lr=0.05, momentum=0.9))
     history = model.fit(x, y, epochs=5, batch_size=64, validation_split=0.1, verbose=0)
-    assert set(history.history) == {"loss", "accuracy", "val_loss", "val_accuracy"}
+    assert set(history.history) == {"loss", "accuracy", "val_loss", "val_accuracy", "lr"}
     assert history.history["loss"][-1] < history.history["loss"][0] / 4
     result = model.evaluate(x_test, y_test)
     assert result["accuracy"] >= 0.92
