@@ -12,10 +12,10 @@ import time
 import click
 import numpy as np
 
-from . import datasets, metrics, models, optim
+from . import datasets, metrics, models, optim, training
 from .device import INSTALL_HINT, device as open_device, list_devices
-from .io import load as load_model
 from .errors import ClnetError
+from .io import load as load_model
 from .text import format_bytes
 
 DEFAULT_LR = {"sgd": 0.05, "adam": 0.001, "adamw": 0.001}
@@ -102,6 +102,7 @@ Examples:
   clnet-train --dataset ./my_images/ --image-size 64x64 --model cifar-cnn
   clnet-train --dataset data.npz --optimizer adam --epochs 20 --save model.clnet
   clnet-train --dataset fashion-mnist --epochs 30 --checkpoint run.clnet     # Ctrl-C, then the same with --resume
+  clnet-train --dataset cifar10 --model cifar-cnn --epochs 30 --lr-schedule cosine --warmup 2 --early-stopping 5
   CLNET_PLATFORM=nvidia clnet-train""")
 @_friendly_errors
 @click.option("--platform", help="OpenCL platform: index or name substring (pocl, nvidia, intel, ...). "
@@ -127,6 +128,13 @@ Examples:
               show_default=True, help="SGD momentum.")
 @click.option("--nesterov", is_flag=True, help="Nesterov momentum (SGD).")
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=0.0, show_default=True)
+@click.option("--lr-schedule", type=click.Choice(sorted(training.SCHEDULES)), default="constant",
+              show_default=True, help="step: x0.1 every third of the epochs; cosine: down to 0 at the end; "
+              "plateau: x0.1 when val_loss stalls for 2 epochs.")
+@click.option("--warmup", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Epochs of linear learning-rate warm-up.")
+@click.option("--early-stopping", type=click.IntRange(min=1), metavar="PATIENCE",
+              help="Stop when val_loss has not improved for PATIENCE epochs, keeping the best weights.")
 @click.option("--augment", help="On the device, training only: crop (random crops of the image padded "
               "by 4 pixels; crop=N for N), flip (random horizontal flips), or crop,flip.")
 @click.option("--normalize", is_flag=True, help="Normalise each channel by the training images' mean and std.")
@@ -142,8 +150,8 @@ Examples:
               help="Append every epoch's metrics, seconds and images/s to this .csv (or .json) file.")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the final result.")
 def train(platform, device, dataset, data_dir, offline, image_size, model_name, epochs, batch_size, optimizer,
-          lr, momentum, nesterov, weight_decay, augment, normalize, validation_split, seed, save_path,
-          checkpoint, resume, log_path, quiet):
+          lr, momentum, nesterov, weight_decay, lr_schedule, warmup, early_stopping, augment, normalize,
+          validation_split, seed, save_path, checkpoint, resume, log_path, quiet):
     """Train a preset network on a dataset (by default the bundled MNIST-5k: 4000 training and 1000
     test images) and report its test accuracy."""
     start = time.perf_counter()
@@ -166,7 +174,9 @@ def train(platform, device, dataset, data_dir, offline, image_size, model_name, 
     try:
         history = model.fit(train_set, epochs=epochs, batch_size=batch_size, validation_split=validation_split,
                             verbose=not quiet, stream=sys.stdout, normalize=normalize or None, augment=augment,
-                            checkpoint=checkpoint, resume=resume, log=log_path)
+                            checkpoint=checkpoint, resume=resume, log=log_path,
+                            schedule=training.SCHEDULES[lr_schedule](epochs, warmup),
+                            early_stopping=training.EarlyStopping(patience=early_stopping) if early_stopping else None)
     except KeyboardInterrupt:
         if checkpoint:
             click.echo(f"Interrupted: the run is saved in {checkpoint}; continue it with the same command "
@@ -212,7 +222,8 @@ Examples:
 @click.option("--device", help=_DEVICE_HELP)
 @click.option("--dataset", default="mnist-5k", show_default=True,
               help="A known dataset (" + ", ".join(sorted(datasets.DATASETS)) + ") or a path, as for "
-              "clnet-train. Image folders are resized to the model's input size.")
+              "clnet-train. Images are resized (image folders) and converted between grey and RGB to "
+              "fit the model's input.")
 @click.option("--data-dir", type=click.Path(file_okay=False),
               help="Where to look for a known dataset first (then the cache, then /usr/share/datasets).")
 @click.option("--offline", is_flag=True, help="Never download: fail if the files are not on disk.")
@@ -235,6 +246,8 @@ def evaluate(model_file, platform, device, dataset, data_dir, offline, split, ba
         raise ClnetError(f"{dataset} has no test split: use --split train")
     if len(data) == 0:
         raise ClnetError(f"{dataset}: the {split} split has no images")
+    if shape and len(shape) == 3:
+        data = datasets.Dataset(_match_channels(data.x, shape[0]), data.y, data.classes, data.name)
     result = model.evaluate(data, batch_size=batch_size)
     probs = model.predict(data.x, batch_size=batch_size)
     if probs.ndim != 2:
@@ -261,6 +274,19 @@ def evaluate(model_file, platform, device, dataset, data_dir, offline, split, ba
     if show_matrix:
         click.echo("")
         click.echo(metrics.format_confusion_matrix(np.array(report["confusion_matrix"]), report["classes"]))
+
+
+def _match_channels(x, channels):
+    """Images (N, C, H, W) converted between grey and RGB to the model's channels (grey as Pillow's
+    ITU-R 601-2 luma); other channel counts are left for the model to reject."""
+    if x.shape[1] == 3 and channels == 1:
+        if x.dtype == np.uint8:
+            r, g, b = (x[:, i].astype(np.uint32) for i in range(3))
+            return ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16).astype(np.uint8)[:, None]
+        return (x[:, 0] * 0.299 + x[:, 1] * 0.587 + x[:, 2] * 0.114)[:, None].astype(x.dtype)
+    if x.shape[1] == 1 and channels == 3:
+        return np.repeat(x, 3, axis=1)
+    return x
 
 
 def _read_array_file(path):
