@@ -80,6 +80,31 @@ def devices(as_json):
             click.echo(f"    {key:<15} {value}")
 
 
+def _options(*options):
+    """A decorator adding several click options at once."""
+    def decorate(command):
+        for option in reversed(options):
+            command = option(command)
+        return command
+    return decorate
+
+
+_device_options = _options(
+    click.option("--platform", help="OpenCL platform: index or name substring (pocl, nvidia, intel, ...). "
+                 "Default: CLNET_PLATFORM, else the best device's."),
+    click.option("--device", help="Device: index (within the platform if one is given) or name substring. "
+                 "Default: CLNET_DEVICE, else the best (a GPU before a CPU)."))
+
+_data_options = _options(
+    click.option("--dataset", default="mnist-5k", show_default=True,
+                 help="A known dataset (" + ", ".join(sorted(datasets.DATASETS)) + "), found on disk or "
+                 "downloaded, or a path: an image folder (a sub-folder per class), a .npz file, a CIFAR "
+                 "archive or a folder of IDX files."),
+    click.option("--data-dir", type=click.Path(file_okay=False),
+                 help="Where to look for a known dataset first (then the cache, then /usr/share/datasets)."),
+    click.option("--offline", is_flag=True, help="Never download: fail if the files are not on disk."))
+
+
 def _image_size(ctx, param, value):
     """"64x64" (or "64") -> (64, 64)."""
     if value is None:
@@ -105,17 +130,8 @@ Examples:
   clnet-train --dataset cifar10 --model cifar-cnn --epochs 30 --lr-schedule cosine --warmup 2 --early-stopping 5
   CLNET_PLATFORM=nvidia clnet-train""")
 @_friendly_errors
-@click.option("--platform", help="OpenCL platform: index or name substring (pocl, nvidia, intel, ...). "
-              "Default: CLNET_PLATFORM, else the best device's.")
-@click.option("--device", help="Device: index (within the platform if one is given) or name substring. "
-              "Default: CLNET_DEVICE, else the best (a GPU before a CPU).")
-@click.option("--dataset", default="mnist-5k", show_default=True,
-              help="A known dataset (" + ", ".join(sorted(datasets.DATASETS)) + "), found on disk or "
-              "downloaded, or a path: an image folder (a sub-folder per class), a .npz file, a CIFAR "
-              "archive or a folder of IDX files.")
-@click.option("--data-dir", type=click.Path(file_okay=False),
-              help="Where to look for a known dataset first (then the cache, then /usr/share/datasets).")
-@click.option("--offline", is_flag=True, help="Never download: fail if the files are not on disk.")
+@_device_options
+@_data_options
 @click.option("--image-size", callback=_image_size, help="Resize the images of an image folder, e.g. 64x64.")
 @click.option("--model", "model_name", type=click.Choice(sorted(models.PRESETS)), default="lenet5",
               show_default=True, help="Preset network, sized for the dataset's images and classes.")
@@ -197,10 +213,6 @@ def train(platform, device, dataset, data_dir, offline, image_size, model_name, 
                    f"{elapsed}")
 
 
-_PLATFORM_HELP = "OpenCL platform: index or name substring (pocl, nvidia, intel, ...). Default: CLNET_PLATFORM."
-_DEVICE_HELP = ("Device: index (within the platform if one is given) or name substring. "
-                "Default: CLNET_DEVICE, else the best (a GPU before a CPU).")
-
 
 def _open_model(model_file, platform, device):
     """(device, model) for a model file, which must exist (checked here for a one-line message)."""
@@ -218,15 +230,8 @@ Examples:
   clnet-eval model.clnet --dataset ./my_images/ --split train --top-k 3 --json""")
 @_friendly_errors
 @click.argument("model_file", type=click.Path(dir_okay=False))
-@click.option("--platform", help=_PLATFORM_HELP)
-@click.option("--device", help=_DEVICE_HELP)
-@click.option("--dataset", default="mnist-5k", show_default=True,
-              help="A known dataset (" + ", ".join(sorted(datasets.DATASETS)) + ") or a path, as for "
-              "clnet-train. Images are resized (image folders) and converted between grey and RGB to "
-              "fit the model's input.")
-@click.option("--data-dir", type=click.Path(file_okay=False),
-              help="Where to look for a known dataset first (then the cache, then /usr/share/datasets).")
-@click.option("--offline", is_flag=True, help="Never download: fail if the files are not on disk.")
+@_device_options
+@_data_options
 @click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--top-k", "k", type=click.IntRange(min=1), default=5, show_default=True,
@@ -353,8 +358,7 @@ Examples:
 @_friendly_errors
 @click.argument("model_file", type=click.Path(dir_okay=False))
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("--platform", help=_PLATFORM_HELP)
-@click.option("--device", help=_DEVICE_HELP)
+@_device_options
 @click.option("--top-k", "k", type=click.IntRange(min=1), default=3, show_default=True,
               help="How many of the most probable classes to print for each input.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list with one object per input.")
