@@ -1,4 +1,4 @@
-"""Command-line tools: clnet-train, clnet-eval, clnet-predict and clnet-devices.
+"""Command-line tools: clnet-train, clnet-eval, clnet-predict, clnet-export and clnet-devices.
 
 A user mistake exits 2 (usage, from click) or 1 with a one-line message; --debug shows the traceback.
 """
@@ -402,3 +402,32 @@ def predict(model_file, files, platform, device, k, as_json):
         return
     for result in results:
         click.echo(f"{result['input']}: " + ", ".join(f"{t['class']} ({t['probability']:.4f})" for t in result["top_k"]))
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]}, epilog="""\b
+Examples:
+  clnet-export lenet.clnet lenet.onnx
+  clnet-export c10.clnet c10.onnx --opset 17
+  python -c "import onnxruntime as ort; s = ort.InferenceSession('lenet.onnx'); print(s.get_inputs()[0])"
+""")
+@_friendly_errors
+@click.argument("model_file", type=click.Path(dir_okay=False))
+@click.argument("out_file", metavar="OUT.onnx", type=click.Path(dir_okay=False))
+@_device_options
+@click.option("--opset", type=click.IntRange(min=1), default=13, show_default=True,
+              help="ONNX operator set version to target.")
+def export(model_file, out_file, platform, device, opset):
+    """Export a saved model (MODEL_FILE, from --save or model.save) as an ONNX file (needs the onnx
+    package: pip install "clnet[onnx]").
+
+    The ONNX graph takes "input": float32 images (N, C, H, W) already scaled to [0, 1] (uint8
+    images are not converted), applies the model's normalisation, and returns "probabilities" as
+    clnet-predict computes them."""
+    from .export import _import_onnx, to_onnx
+    _import_onnx()  # a missing onnx fails before a device is opened
+    _, model = _open_model(model_file, platform, device)
+    proto = to_onnx(model, out_file, opset=opset)
+    def dims(value):
+        return "(" + ", ".join(d.dim_param or str(d.dim_value) for d in value.type.tensor_type.shape.dim) + ")"
+    click.echo(f"Wrote {out_file}: ONNX opset {opset}, input {dims(proto.graph.input[0])} float32 in [0, 1], "
+               f"output probabilities {dims(proto.graph.output[0])}")
