@@ -126,7 +126,8 @@ Examples:
   clnet-train --dataset cifar10 --model cifar-cnn --augment crop,flip --normalize --lr 0.02
   clnet-train --dataset ./my_images/ --image-size 64x64 --model cifar-cnn
   clnet-train --dataset data.npz --optimizer adam --epochs 20 --save model.clnet
-  clnet-train --dataset fashion-mnist --epochs 30 --checkpoint run.clnet     # Ctrl-C, then the same with --resume
+  clnet-train --dataset fashion-mnist --epochs 30 --checkpoint-dir runs/f30 --plot runs/f30/curves.png
+  clnet-train --resume runs/f30                    # after Ctrl-C or a crash: continues where it stopped
   clnet-train --dataset cifar10 --model cifar-cnn --epochs 30 --lr-schedule cosine --warmup 2 --early-stopping 5
   CLNET_PLATFORM=nvidia clnet-train""")
 @_friendly_errors
@@ -159,18 +160,54 @@ Examples:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds initialisation and shuffling.")
 @click.option("--save", "save_path", type=click.Path(dir_okay=False),
               help="Write the trained model to this file (load it with clnet.load).")
-@click.option("--checkpoint", type=click.Path(dir_okay=False),
-              help="Write a checkpoint to this file after every epoch and on Ctrl-C.")
-@click.option("--resume", is_flag=True, help="Continue the run saved in --checkpoint (same options).")
+@click.option("--checkpoint-dir", type=click.Path(file_okay=False),
+              help="A folder for the run: its options, a checkpoint after every epoch and on Ctrl-C, the "
+              "best model (best.clnet, by val_accuracy), the final model (model.clnet) and metrics.csv.")
+@click.option("--resume", "resume_dir", type=click.Path(file_okay=False, exists=True),
+              help="Continue the run in this --checkpoint-dir folder, with the options it was started with.")
 @click.option("--log", "log_path", type=click.Path(dir_okay=False),
               help="Append every epoch's metrics, seconds and images/s to this .csv (or .json) file.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
+              help="Draw the loss and accuracy curves into this PNG after every epoch (needs matplotlib).")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the final result.")
-def train(platform, device, dataset, data_dir, offline, image_size, model_name, epochs, batch_size, optimizer,
-          lr, momentum, nesterov, weight_decay, lr_schedule, warmup, early_stopping, augment, normalize,
-          validation_split, seed, save_path, checkpoint, resume, log_path, quiet):
+def train(**options):
     """Train a preset network on a dataset (by default the bundled MNIST-5k: 4000 training and 1000
     test images) and report its test accuracy."""
+    if options["resume_dir"]:
+        options = _run_options(options)
+    _train(**options)
+
+
+RUN_OPTIONS = "options.json"
+
+
+def _run_options(given):
+    """The options a --checkpoint-dir run was started with; where to run and how much to print may
+    change on resuming."""
+    path = os.path.join(given["resume_dir"], RUN_OPTIONS)
+    try:
+        with open(path) as f:
+            options = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise ClnetError(f"{given['resume_dir']} is not a run folder of clnet-train --checkpoint-dir "
+                         f"({path}: {exc})") from None
+    options.update({key: given[key] for key in ("platform", "device", "quiet")},
+                   resume_dir=given["resume_dir"], checkpoint_dir=given["resume_dir"])
+    return options
+
+
+def _train(platform, device, dataset, data_dir, offline, image_size, model_name, epochs, batch_size, optimizer,
+           lr, momentum, nesterov, weight_decay, lr_schedule, warmup, early_stopping, augment, normalize,
+           validation_split, seed, save_path, checkpoint_dir, resume_dir, log_path, plot_path, quiet):
     start = time.perf_counter()
+    callbacks, checkpoint = [], None
+    if plot_path:
+        callbacks.append(training.PlotCurves(plot_path))
+    if checkpoint_dir and not resume_dir:
+        os.makedirs(checkpoint_dir, exist_ok=True)
+        options = {k: v for k, v in locals().items() if k not in ("start", "callbacks", "checkpoint")}
+        with open(os.path.join(checkpoint_dir, RUN_OPTIONS), "w") as f:
+            json.dump({**options, "image_size": image_size and list(image_size)}, f, indent=1)
     dev = open_device(platform, device)
     train_set, test_set = datasets.load(dataset, data_dir=data_dir, download=not offline, image_size=image_size)
     model = models.PRESETS[model_name](device=dev, seed=seed, input_shape=train_set.image_shape,
@@ -179,24 +216,29 @@ def train(platform, device, dataset, data_dir, offline, image_size, model_name, 
     opt = (optim.SGD(lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
            if optimizer == "sgd" else optim.get(optimizer, lr=lr, weight_decay=weight_decay))
     model.compile(loss="cross_entropy", optimizer=opt)
+    if checkpoint_dir:
+        checkpoint = os.path.join(checkpoint_dir, "checkpoint.clnet")
+        log_path = log_path or os.path.join(checkpoint_dir, "metrics.csv")
+        save_path = save_path or os.path.join(checkpoint_dir, "model.clnet")
+        if validation_split:
+            callbacks.append(training.SaveBest(os.path.join(checkpoint_dir, "best.clnet"), classes=train_set.classes))
     if not quiet:
         click.echo(f"Device:    {dev.info.label}")
         click.echo(f"Data:      {train_set.name}, {len(train_set)} training images of {train_set.image_shape} "
                    f"({validation_split:.0%} held out for validation), {train_set.num_classes} classes, "
                    + (f"{len(test_set)} test images" if test_set is not None else "no test set"))
         click.echo(f"Model:     {model_name}, {model.count_params():,} parameters; {opt!r}")
-    if resume and not checkpoint:
-        raise click.UsageError("--resume needs --checkpoint, the file of the run to continue")
     try:
         history = model.fit(train_set, epochs=epochs, batch_size=batch_size, validation_split=validation_split,
                             verbose=not quiet, stream=sys.stdout, normalize=normalize or None, augment=augment,
-                            checkpoint=checkpoint, resume=resume, log=log_path,
+                            checkpoint=checkpoint, resume=bool(resume_dir), log=log_path,
                             schedule=training.SCHEDULES[lr_schedule](epochs, warmup),
-                            early_stopping=training.EarlyStopping(patience=early_stopping) if early_stopping else None)
+                            early_stopping=training.EarlyStopping(patience=early_stopping) if early_stopping else None,
+                            callbacks=callbacks)
     except KeyboardInterrupt:
         if checkpoint:
-            click.echo(f"Interrupted: the run is saved in {checkpoint}; continue it with the same command "
-                       "and --resume.", err=True)
+            click.echo(f"Interrupted: the run is saved in {checkpoint_dir}; continue it with "
+                       f"clnet-train --resume {checkpoint_dir}", err=True)
             sys.exit(130)
         raise
     if save_path:

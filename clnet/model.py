@@ -134,6 +134,7 @@ class Sequential:
         self.loss = self.optimizer = None
         self.input_shape = None
         self.normalization = None  # per-channel (mean, std) applied to every input, set by fit(normalize=...)
+        self.history = None  # the History of the last (or current) fit
         self._graphs = {}
 
     # ------------------------------------------------------------------ set-up
@@ -177,7 +178,7 @@ class Sequential:
     # ------------------------------------------------------------------ training
     def fit(self, x, y=None, epochs=1, batch_size=32, validation_split=0.0, validation_data=None,
             shuffle=True, verbose=1, seed=None, stream=None, normalize=None, augment=None, resident="auto",
-            checkpoint=None, resume=False, log=None, schedule=None, early_stopping=None):
+            checkpoint=None, resume=False, log=None, schedule=None, early_stopping=None, callbacks=()):
         """Train; returns a History of loss/accuracy (and val_loss/val_accuracy) per epoch.
 
         x: images (N, C, H, W) or features (N, ...), uint8 (scaled to [0, 1]) or float, or a
@@ -197,7 +198,9 @@ class Sequential:
         log: a .csv or .json file that gets every epoch's metrics, seconds and images/s.
         schedule: a clnet.training schedule (StepLR, CosineLR, ReduceLROnPlateau, warm-up) that sets
         the learning rate before every step from the optimizer's rate; early_stopping: a
-        clnet.training.EarlyStopping that ends training when a metric stops improving.
+        clnet.training.EarlyStopping that ends training when a metric stops improving; callbacks:
+        clnet.training.Callback objects called after each epoch (SaveBest, PlotCurves). The history
+        so far is `model.history` while training.
         A loss that becomes NaN or infinite stops training with a TrainingError (the checkpoint
         keeps the last good epoch).
         """
@@ -229,7 +232,9 @@ class Sequential:
         stream = stream or sys.stdout
         size = graph.batch_size
         steps = -(-len(x) // size)
-        steer = {"base_lr": self.optimizer.lr, "schedule": schedule, "early": early_stopping}
+        steer = {"base_lr": self.optimizer.lr, "schedule": schedule, "early": early_stopping,
+                 "callbacks": list(callbacks)}
+        self.history = history
         start_epoch, start_step, order = 1, 0, None
         if checkpoint is not None and resume and os.path.exists(checkpoint):
             start_epoch, start_step, order = self._resume(checkpoint, rng, history, steer)
@@ -275,6 +280,8 @@ class Sequential:
                 if schedule is not None:
                     schedule.end_epoch(logs)
                 stop = early_stopping is not None and early_stopping.update(epoch, logs, self)
+                for callback in callbacks:
+                    callback.on_epoch_end(epoch, logs, self)
                 if log is not None:
                     _append_log(log, {"epoch": epoch, **logs, "seconds": round(bar.elapsed, 3),
                                       "images_per_second": round(min(done * size, len(x)) / bar.elapsed, 1)})
@@ -304,7 +311,8 @@ class Sequential:
                  "order": order, "metrics": self.metrics.download() if order is not None else None,
                  "base_lr": steer["base_lr"],
                  "schedule": steer["schedule"].state() if steer["schedule"] is not None else None,
-                 "early": steer["early"].state() if steer["early"] is not None else None}
+                 "early": steer["early"].state() if steer["early"] is not None else None,
+                 "callbacks": [callback.state() for callback in steer["callbacks"]]}
         io.save_checkpoint(path, self, state, epoch=epochs_done, step=steps_done)
 
     def _resume(self, path, rng, history, steer):
@@ -324,6 +332,8 @@ class Sequential:
         for key in ("schedule", "early"):
             if steer[key] is not None and state[key] is not None:
                 steer[key].load_state(state[key])
+        for callback, saved_state in zip(steer["callbacks"], state.get("callbacks", ())):
+            callback.load_state(saved_state)
         for epoch, values in zip(state["epochs"], zip(*state["history"].values()) if state["history"] else ()):
             history.record(epoch, dict(zip(state["history"], values)))
         if state["order"] is None:

@@ -1,4 +1,5 @@
-"""What steers a fit from epoch to epoch: learning-rate schedules and early stopping.
+"""What steers a fit from epoch to epoch: learning-rate schedules, early stopping, and callbacks
+that keep the best model or plot the training curves.
 
 Schedules give the learning rate for a point in training measured in epochs (1.5 = half-way
 through the second epoch), so `fit` sets it before every step; ReduceLROnPlateau also watches a
@@ -7,6 +8,7 @@ resumes exactly.
 """
 
 import math
+import os
 
 import numpy as np
 
@@ -140,6 +142,67 @@ class EarlyStopping:
         self.__dict__.update(state)
         if self.weights is not None:
             self.weights = {k: np.asarray(v) for k, v in self.weights.items()}
+
+
+class Callback:
+    """Called by fit after each epoch, once the epoch's metrics are known; its state goes into
+    checkpoints so that a resumed run behaves as if it had never stopped."""
+
+    def on_epoch_end(self, epoch, logs, model):
+        pass
+
+    def state(self):
+        return {}
+
+    def load_state(self, state):
+        self.__dict__.update(state)
+
+
+class SaveBest(Callback):
+    """Save the model (clnet.io format) whenever `monitor` reaches its best value so far."""
+
+    def __init__(self, path, monitor="val_accuracy", classes=None):
+        self.path, self.monitor, self.classes = str(path), monitor, classes
+        self.best = None
+
+    def on_epoch_end(self, epoch, logs, model):
+        value = _monitored(logs, self.monitor)
+        if self.best is None or _mode(self.monitor) * (value - self.best) > 0:
+            self.best = value
+            model.save(self.path, classes=self.classes)
+
+    def state(self):
+        return {"best": self.best}
+
+
+class PlotCurves(Callback):
+    """Draw loss and accuracy (training and validation) per epoch into a PNG file (needs matplotlib:
+    pip install "clnet[plot]")."""
+
+    def __init__(self, path):
+        try:
+            import matplotlib
+        except ImportError:
+            raise ImportError('plotting training curves needs matplotlib: pip install "clnet[plot]"') from None
+        matplotlib.use("Agg")
+        self.path = str(path)
+
+    def on_epoch_end(self, epoch, logs, model):
+        import matplotlib.pyplot as plt
+        history = model.history.history
+        figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+        for ax, metric in zip(axes, ("loss", "accuracy")):
+            for key in (metric, f"val_{metric}"):
+                if key in history:
+                    ax.plot(model.history.epochs, history[key], marker="o", label=key)
+            ax.set_xlabel("epoch")
+            ax.set_title(metric)
+            ax.legend()
+        figure.tight_layout()
+        temporary = self.path + ".tmp.png"
+        figure.savefig(temporary)
+        plt.close(figure)
+        os.replace(temporary, self.path)
 
 
 SCHEDULES = {"step": lambda epochs, warmup: StepLR(max(1, epochs // 3), warmup=warmup),

@@ -1,5 +1,6 @@
 """The command-line tools through click's runner, and once each as a real process."""
 
+import json
 import shutil
 import subprocess
 
@@ -40,16 +41,34 @@ def test_train_saves_the_model(tmp_path):
     assert model.evaluate(clnet.datasets.load("mnist-5k")[1])["accuracy"] == pytest.approx(accuracy, abs=1e-4)
 
 
-def test_train_resumes_a_checkpointed_run(tmp_path):
-    base = ["--device", "0", "--quiet", "--checkpoint", str(tmp_path / "run.clnet"), "--model", "mlp",
-            "--log", str(tmp_path / "log.csv")]
+def test_train_resumes_a_run_folder(tmp_path):
+    run = tmp_path / "run"
     straight = CliRunner().invoke(train, ["--device", "0", "--quiet", "--model", "mlp", "--epochs", "3"])
-    first = CliRunner().invoke(train, base + ["--epochs", "2"])
-    resumed = CliRunner().invoke(train, base + ["--epochs", "3", "--resume"])
-    assert straight.exit_code == first.exit_code == resumed.exit_code == 0, resumed.output
+    first = CliRunner().invoke(train, ["--device", "0", "--quiet", "--model", "mlp", "--epochs", "2",
+                                       "--checkpoint-dir", str(run)])
+    assert first.exit_code == 0, first.output
+    options = json.loads((run / "options.json").read_text())
+    options["epochs"] = 3  # as if the first run had been stopped after two of its three epochs
+    (run / "options.json").write_text(json.dumps(options))
+    resumed = CliRunner().invoke(train, ["--resume", str(run), "--quiet"])
+    assert straight.exit_code == resumed.exit_code == 0, resumed.output
     accuracy = lambda result: result.output.split("Test accuracy ")[1].split()[:4]
     assert accuracy(resumed) == accuracy(straight)
-    assert [line.split(",")[0] for line in (tmp_path / "log.csv").read_text().split()] == ["epoch", "1", "2", "3"]
+    assert [line.split(",")[0] for line in (run / "metrics.csv").read_text().split()] == ["epoch", "1", "2", "3"]
+    assert {p.name for p in run.iterdir()} == {"options.json", "checkpoint.clnet", "best.clnet", "model.clnet",
+                                               "metrics.csv"}
+    best = clnet.load(run / "best.clnet", device=clnet.device(device=0))
+    assert best.classes == [str(d) for d in range(10)]
+    missing = CliRunner().invoke(train, ["--resume", str(tmp_path)])
+    assert missing.exit_code == 1 and "is not a run folder" in missing.output
+
+
+def test_train_plots_its_curves(tmp_path):
+    pytest.importorskip("matplotlib")
+    result = CliRunner().invoke(train, ["--device", "0", "--quiet", "--model", "mlp", "--epochs", "2",
+                                        "--plot", str(tmp_path / "curves.png")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.parametrize("args, code, message", [
@@ -59,7 +78,7 @@ def test_train_resumes_a_checkpointed_run(tmp_path):
     (["--lr", "-1"], 2, "Invalid value for '--lr'"),
     (["--dataset", "nmist", "--device", "0"], 1, "did you mean 'mnist'"),
     (["--image-size", "big"], 2, "is not HxW"),
-    (["--resume"], 2, "--resume needs --checkpoint"),
+    (["--resume"], 2, "Option '--resume' requires an argument"),
 ])
 def test_user_errors_exit_with_a_message_and_no_traceback(args, code, message):
     result = CliRunner().invoke(train, args)
