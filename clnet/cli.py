@@ -3,6 +3,7 @@
 A user mistake exits 2 (usage, from click) or 1 with a one-line message; --debug shows the traceback.
 """
 
+import csv
 import functools
 import json
 import os
@@ -268,7 +269,7 @@ def _open_model(model_file, platform, device):
 Examples:
   clnet-eval lenet.clnet                                  # the bundled MNIST-5k test images
   clnet-eval fashion.clnet --dataset fashion-mnist --data-dir /usr/share/datasets/fashion-mnist
-  clnet-eval c10.clnet --dataset cifar10 --confusion-matrix
+  clnet-eval c10.clnet --dataset cifar10 --confusion-matrix --save-matrix c10-confusion.csv
   clnet-eval model.clnet --dataset ./my_images/ --split train --top-k 3 --json""")
 @_friendly_errors
 @click.argument("model_file", type=click.Path(dir_okay=False))
@@ -280,8 +281,11 @@ Examples:
               help="Report top-k accuracy for this k (at most the number of classes).")
 @click.option("--confusion-matrix", "show_matrix", is_flag=True,
               help="Also print the confusion matrix (rows: true class) with per-class precision and recall.")
+@click.option("--save-matrix", "matrix_path", type=click.Path(dir_okay=False),
+              help="Write the confusion matrix to this CSV file (rows: true class, columns: predicted).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
-def evaluate(model_file, platform, device, dataset, data_dir, offline, split, batch_size, k, show_matrix, as_json):
+def evaluate(model_file, platform, device, dataset, data_dir, offline, split, batch_size, k, show_matrix,
+             matrix_path, as_json):
     """Evaluate a saved model (MODEL_FILE, from --save or model.save) on a dataset: loss, accuracy
     and top-k accuracy, and optionally the confusion matrix and per-class precision and recall."""
     dev, model = _open_model(model_file, platform, device)
@@ -311,6 +315,8 @@ def evaluate(model_file, platform, device, dataset, data_dir, offline, split, ba
            "top_k": k, "top_k_accuracy": report["top_k_accuracy"]}
     if show_matrix:
         out.update({key: report[key] for key in ("classes", "confusion_matrix", "precision", "recall", "support")})
+    if matrix_path:
+        _write_matrix(matrix_path, report["confusion_matrix"], report["classes"])
     if as_json:
         click.echo(json.dumps(out))
         return
@@ -321,6 +327,14 @@ def evaluate(model_file, platform, device, dataset, data_dir, offline, split, ba
     if show_matrix:
         click.echo("")
         click.echo(metrics.format_confusion_matrix(np.array(report["confusion_matrix"]), report["classes"]))
+
+
+def _write_matrix(path, matrix, classes):
+    """The confusion matrix as CSV: a header of predicted classes, then one row per true class."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["true \\ predicted", *classes])
+        writer.writerows([name, *row] for name, row in zip(classes, matrix))
 
 
 def _match_channels(x, channels):

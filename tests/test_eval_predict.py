@@ -1,5 +1,6 @@
 """clnet-eval and clnet-predict through click's runner, once each as a real process, and their failures."""
 
+import csv
 import json
 import shutil
 import subprocess
@@ -75,6 +76,14 @@ def test_eval_prints_the_confusion_table(trained, tmp_path, monkeypatch):
     assert [row[0] for row in rows] == NAMES
     assert sum(int(v) for row in rows for v in row[1:11]) == 1000
     assert list(tmp_path.iterdir()) == []  # writes nothing
+
+
+def test_eval_saves_the_confusion_matrix(trained, tmp_path):
+    path = tmp_path / "confusion.csv"
+    report = json.loads(run(evaluate, [trained["path"], "--json", "--confusion-matrix", "--save-matrix", str(path)]))
+    rows = list(csv.reader(path.open()))
+    assert rows[0][1:] == NAMES and [row[0] for row in rows[1:]] == NAMES
+    assert [[int(v) for v in row[1:]] for row in rows[1:]] == report["confusion_matrix"]
 
 
 def test_eval_resizes_an_image_folder(trained, tmp_path):

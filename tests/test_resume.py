@@ -140,3 +140,28 @@ def test_metrics_log(device, tmp_path, suffix):
 def test_progress_text():
     from clnet.model import _throughput
     assert _throughput(120, 450, 64, 2.0) == "120/450  3,840 img/s  ETA 6 s"
+
+
+def test_a_checkpoint_resumes_on_another_device(tmp_path):
+    """Started on one device, continued on another: the run goes on where it stopped (results
+    agree with an uninterrupted run on the second device to float32 rounding)."""
+    from conftest import DEVICES
+    if len(DEVICES) < 2:
+        pytest.skip("needs two OpenCL devices")
+    first, second = (clnet.device(device=info.index) for info in DEVICES[:2])
+    (x, y), _ = clnet.datasets.load_mnist_5k()
+
+    def run(device, epochs, checkpoint=None, resume=False):
+        model = clnet.models.mlp(device=device, seed=2)
+        model.compile("cross_entropy", clnet.optim.Adam(lr=1e-3))
+        history = model.fit(x[:500], y[:500], epochs=epochs, batch_size=50, validation_split=0.1, verbose=0,
+                            checkpoint=checkpoint, resume=resume)
+        return model, history
+
+    run(first, 2, tmp_path / "run.clnet")
+    moved, history = run(second, 4, tmp_path / "run.clnet", resume=True)
+    straight, straight_history = run(second, 4)
+    assert history.epochs == [1, 2, 3, 4]
+    np.testing.assert_allclose(history.history["loss"], straight_history.history["loss"], rtol=1e-4)
+    for key, value in straight.state_dict().items():
+        np.testing.assert_allclose(moved.state_dict()[key], value, rtol=1e-4, atol=1e-6, err_msg=key)
