@@ -254,7 +254,10 @@ class Sequential:
                     else:
                         idx = order[s * size:(s + 1) * size]
                         graph.step(x[idx], targets[idx])
-                    bar.update(s + 1, _throughput(s + 1 - start_step, steps - start_step, size, bar.elapsed))
+                    if bar.due():  # a terminal shows the running loss: one small read now and then
+                        running = "  ".join(f"{k} {v:.4f}" for k, v in self._read_metrics(targets).items())
+                        bar.update(s + 1, _throughput(s + 1 - start_step, steps - start_step, size,
+                                                      bar.elapsed) + "  " + running)
                     if interrupt.requested and s + 1 < steps:  # keep what is done, then stop
                         bar.close()
                         graph.sync()

@@ -14,6 +14,10 @@ class ProgressBar:
         self.start = self.shown = time.perf_counter()
         self.drawn = 0  # length of the line on screen
 
+    def due(self, interval=0.25):
+        """Whether a redraw is due: the bar is live and `interval` seconds have passed since the last."""
+        return self.live and time.perf_counter() - self.shown >= interval
+
     def update(self, done, text=None):
         """Show `done` (of total), described by `text` (default "done/total")."""
         if not self.live:
