@@ -22,6 +22,20 @@ inline void covering(const int i, const int k, const int s, const int p, const i
     *hi = min(q / s + 1, out);
 }
 
+// The input window of output element gid = (plane, oh, ow), clipped to the image: rows [*hs, *he),
+// columns [*ws, *we). Returns the offset of the plane's first input element.
+inline int window(const int gid, const int H, const int W, const int OH, const int OW, const int KH, const int KW,
+                  const int SH, const int SW, const int PH, const int PW, int* hs, int* he, int* ws, int* we)
+{
+    const int ow = gid % OW, oh = (gid / OW) % OH, plane = gid / (OW * OH);
+    const int h0 = oh * SH - PH, w0 = ow * SW - PW;
+    *hs = max(h0, 0);
+    *he = min(h0 + KH, H);
+    *ws = max(w0, 0);
+    *we = min(w0 + KW, W);
+    return plane * H * W;
+}
+
 // y = max over each window; if save_argmax, argmax = the flat index h*W+w of the chosen input
 // element within its plane (the first maximum in row-major window order; a NaN wins, as PyTorch).
 // One work-item per output element.
@@ -34,13 +48,8 @@ __kernel void maxpool_forward(const int planes, const int H, const int W, const 
 {
     const int gid = get_global_id(0);
     if (gid >= planes * OH * OW) return;
-    const int ow = gid % OW;
-    const int oh = (gid / OW) % OH;
-    const int plane = gid / (OW * OH);
-    __global const float* xp = x + xo + plane * H * W;
-    const int h0 = oh * SH - PH, w0 = ow * SW - PW;
-    const int hs = max(h0, 0), he = min(h0 + KH, H);
-    const int ws = max(w0, 0), we = min(w0 + KW, W);
+    int hs, he, ws, we;
+    __global const float* xp = x + xo + window(gid, H, W, OH, OW, KH, KW, SH, SW, PH, PW, &hs, &he, &ws, &we);
     float best = -INFINITY;
     int best_at = hs * W + ws;
     for (int h = hs; h < he; h++) {
@@ -93,13 +102,8 @@ __kernel void avgpool_forward(const int planes, const int H, const int W, const 
 {
     const int gid = get_global_id(0);
     if (gid >= planes * OH * OW) return;
-    const int ow = gid % OW;
-    const int oh = (gid / OW) % OH;
-    const int plane = gid / (OW * OH);
-    __global const float* xp = x + xo + plane * H * W;
-    const int h0 = oh * SH - PH, w0 = ow * SW - PW;
-    const int hs = max(h0, 0), he = min(h0 + KH, H);
-    const int ws = max(w0, 0), we = min(w0 + KW, W);
+    int hs, he, ws, we;
+    __global const float* xp = x + xo + window(gid, H, W, OH, OW, KH, KW, SH, SW, PH, PW, &hs, &he, &ws, &we);
     float s = 0.0f;
     for (int h = hs; h < he; h++)
         for (int w = ws; w < we; w++)
