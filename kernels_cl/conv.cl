@@ -9,7 +9,12 @@
 
 // PER_PIXEL (GPUs): one work-item per pixel, so that neighbouring work-items touch neighbouring
 // addresses. Otherwise (CPUs) one work-item per row of pixels, with the index arithmetic done once
-// per row.
+// per row. ROW_AND_PIXELS(width) gives the work-item's row r and its pixels [p0, p1) of that row.
+#ifdef PER_PIXEL
+#define ROW_AND_PIXELS(width) const int r = get_global_id(0) / (width), p0 = get_global_id(0) % (width), p1 = p0 + 1
+#else
+#define ROW_AND_PIXELS(width) const int r = get_global_id(0), p0 = 0, p1 = (width)
+#endif
 
 // col[k, (image, oh, ow)] = x[image, c, oh*sh - ph + kh*dh, ow*sw - pw + kw*dw] (0 in the padding),
 // row k = (c, kh, kw). Global size (images*OH*OW or images*OH, C*KH*KW).
@@ -17,12 +22,8 @@ __kernel void im2col(const int images, GEOMETRY, const int ldcol,
                      __global const float* restrict x, const int xo,
                      __global float* restrict col, const int co)
 {
-#ifdef PER_PIXEL
-    const int r = get_global_id(0) / OW, ow0 = get_global_id(0) % OW, ow1 = ow0 + 1;
-#else
-    const int r = get_global_id(0), ow0 = 0, ow1 = OW;
-#endif
-    const int k = get_global_id(1);  // r = image * OH + oh
+    ROW_AND_PIXELS(OW);  // r = image * OH + oh
+    const int k = get_global_id(1);
     if (r >= images * OH || k >= C * KH * KW) return;
     const int g = r / OH, oh = r % OH;
     const int kw = k % KW, kh = (k / KW) % KH, c = k / (KH * KW);
@@ -30,7 +31,7 @@ __kernel void im2col(const int images, GEOMETRY, const int ldcol,
     __global float* out = col + co + k * ldcol + r * OW;  // column (image, oh, ow) = r * OW + ow
     __global const float* in = x + xo + ((g * C + c) * H + ih) * W;
     const int inside = ih >= 0 && ih < H;
-    for (int ow = ow0; ow < ow1; ow++) {
+    for (int ow = p0; ow < p1; ow++) {
         const int iw = ow * sw - pw + kw * dw;
         out[ow] = (inside && iw >= 0 && iw < W) ? in[iw] : 0.0f;
     }
@@ -42,14 +43,10 @@ __kernel void col2im(const int images, GEOMETRY, const int ldcol,
                      __global const float* restrict col, const int co,
                      __global float* restrict dx, const int xo)
 {
-#ifdef PER_PIXEL
-    const int r = get_global_id(0) / W, iw0 = get_global_id(0) % W, iw1 = iw0 + 1;
-#else
-    const int r = get_global_id(0), iw0 = 0, iw1 = W;
-#endif
-    if (r >= images * C * H) return;  // r = (image * C + c) * H + ih
+    ROW_AND_PIXELS(W);  // r = (image * C + c) * H + ih
+    if (r >= images * C * H) return;
     const int ih = r % H, c = (r / H) % C, g = r / (C * H);
-    for (int iw = iw0; iw < iw1; iw++) {
+    for (int iw = p0; iw < p1; iw++) {
         float s = 0.0f;
         for (int kh = 0; kh < KH; kh++) {
             const int t = ih + ph - kh * dh, oh = t / sh;
