@@ -205,6 +205,9 @@ def _train(platform, device, dataset, data_dir, offline, image_size, model_name,
     if plot_path:
         callbacks.append(training.PlotCurves(plot_path))
     if checkpoint_dir and not resume_dir:
+        if os.path.exists(os.path.join(checkpoint_dir, RUN_OPTIONS)):  # never overwrite a run
+            raise ClnetError(f"{checkpoint_dir} holds a run already: continue it with --resume {checkpoint_dir}, "
+                             "or give a new --checkpoint-dir")
         os.makedirs(checkpoint_dir, exist_ok=True)
         options = {k: v for k, v in locals().items() if k not in ("start", "callbacks", "checkpoint")}
         with open(os.path.join(checkpoint_dir, RUN_OPTIONS), "w") as f:
@@ -304,8 +307,6 @@ def evaluate(model_file, platform, device, dataset, data_dir, offline, split, ba
     if probs.ndim != 2:
         raise ClnetError(f"{model_file}: the model's outputs have shape {probs.shape[1:]}, not one score per class")
     classes_n = probs.shape[1]
-    if data.y.max() >= classes_n:
-        raise ClnetError(f"{dataset}: labels go up to {data.y.max()} but the model has {classes_n} classes")
     k = min(k, classes_n)
     names = model.classes if model.classes and len(model.classes) == classes_n else \
         (data.classes if data.classes and len(data.classes) == classes_n else None)

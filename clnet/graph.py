@@ -17,7 +17,7 @@ from .datasets.feed import InputSpec, image_dims
 from .layers import Activation, LayerContext
 from .ops import data as data_ops
 from .ops.random import step_arg
-from .plan import Plan
+from .plan import Plan, round_up
 from .tensor import DeviceTensor, allocate
 
 PARAM_ALIGN = 16  # elements: each tensor starts on a 64-byte boundary for vector loads
@@ -45,7 +45,7 @@ class ParamStore:
             for trainable, shapes in ((True, layer.param_shapes()), (False, layer.buffer_shapes())):
                 for name, shape in shapes.items():
                     self.entries.append(Entry(i, name, tuple(shape), sizes[trainable], trainable))
-                    sizes[trainable] += -(-prod(shape) // PARAM_ALIGN) * PARAM_ALIGN
+                    sizes[trainable] += round_up(prod(shape), PARAM_ALIGN)
         self.params = DeviceTensor.empty(device, (max(sizes[True], 1),), what="the parameters")
         self.grads = DeviceTensor.empty(device, (max(sizes[True], 1),), what="the gradients")
         self.buffers = DeviceTensor.empty(device, (max(sizes[False], 1),), what="the layer buffers")
@@ -55,9 +55,6 @@ class ParamStore:
     @property
     def count(self):
         return sum(e.size for e in self.entries if e.trainable)
-
-    def _flat(self, trainable):
-        return self.params if trainable else self.buffers
 
     def initialize(self, layers, seed):
         """Initial values from a counter-based generator (Philox) keyed by the seed and layer index."""
@@ -311,6 +308,9 @@ class Graph:
         return None
 
     def sync(self):
+        """Wait for the device; forget the source, so that a dataset held on the device is freed
+        once its fit ends (the next step binds its source again)."""
         self.model.device.finish()
         self._slots = [None, None]
         self._ahead.clear()
+        self._source = None

@@ -382,7 +382,8 @@ def _read_model(archive):
 
 
 def _build_model(archive, meta, weights, device):
-    """The Sequential that model.json describes, with the weights loaded (not compiled)."""
+    """The Sequential that model.json describes, with the weights loaded, compiled with its loss
+    and a default SGD (a checkpoint then restores its own optimizer)."""
     layers = _build_layers(archive, meta["layers"])
     if meta.get("input_shape"):
         try:
@@ -398,6 +399,8 @@ def _build_model(archive, meta, weights, device):
     norm = meta.get("normalization")
     model.normalization = (tuple(norm["mean"]), tuple(norm["std"])) if norm else None
     model.classes = meta.get("classes")
+    if meta.get("loss"):
+        model.compile(meta["loss"], "sgd")
     return model
 
 
@@ -415,8 +418,6 @@ def load(path, device=None):
     with _Archive(path) as archive:
         meta, weights = _read_model(archive)
         model = _build_model(archive, meta, weights, device)
-    if meta.get("loss"):
-        model.compile(meta["loss"], "sgd")
     return model
 
 
@@ -475,8 +476,6 @@ def load_checkpoint(path, device=None):
         state_arrays = archive.arrays("state.npz", "is incomplete: the archive has no state.npz")
         state = _decode_state(archive, record.get("state"), state_arrays)
         model = _build_model(archive, meta, weights, device)
-        if meta.get("loss"):
-            model.compile(meta["loss"], "sgd")
         if record.get("optimizer") is not None:
             _restore_optimizer(archive, model, record["optimizer"], optimizer_arrays)
     return Checkpoint(model, record["epoch"], record["step"], state)

@@ -218,7 +218,17 @@ class Sequential:
             x, targets = x[train_idx], targets[train_idx]
         if len(x) == 0:
             raise InputError("no training samples left (x is empty or validation_split took them all)")
-        if normalize is True:
+        monitored = [c.monitor for c in (schedule, early_stopping, *callbacks) if getattr(c, "monitor", None)]
+        if validation_data is None and any(m.startswith("val_") for m in monitored):
+            raise InputError(f"{', '.join(monitored)} needs validation data: pass validation_split or validation_data")
+        history = History()
+        self.history = history
+        steer = {"base_lr": self.optimizer.lr, "schedule": schedule, "early": early_stopping,
+                 "callbacks": list(callbacks)}
+        start_epoch, start_step, order = 1, 0, None
+        if checkpoint is not None and resume and os.path.exists(checkpoint):  # before the graph: it
+            start_epoch, start_step, order = self._resume(checkpoint, rng, history, steer)  # normalises
+        elif normalize is True:
             self.normalization = channel_statistics(x.reshape(len(x), *image_dims(x.shape[1:])))
         elif normalize:
             self.normalization = tuple(tuple(float(v) for v in np.ravel(part)) for part in normalize)
@@ -228,16 +238,9 @@ class Sequential:
             in_use = graph.plan.arena_bytes + 4 * self.param_store.params.nbytes
             resident = DeviceDataset.fits(self.device, x, targets, in_use)
         data = DeviceDataset(self.device, x, targets) if resident else None
-        history = History()
         stream = stream or sys.stdout
         size = graph.batch_size
         steps = -(-len(x) // size)
-        steer = {"base_lr": self.optimizer.lr, "schedule": schedule, "early": early_stopping,
-                 "callbacks": list(callbacks)}
-        self.history = history
-        start_epoch, start_step, order = 1, 0, None
-        if checkpoint is not None and resume and os.path.exists(checkpoint):
-            start_epoch, start_step, order = self._resume(checkpoint, rng, history, steer)
         with _InterruptBetweenSteps() as interrupt:
             for epoch in range(start_epoch, epochs + 1):
                 if order is None:
@@ -337,8 +340,7 @@ class Sequential:
                 steer[key].load_state(state[key])
         for callback, saved_state in zip(steer["callbacks"], state.get("callbacks", ())):
             callback.load_state(saved_state)
-        for epoch, values in zip(state["epochs"], zip(*state["history"].values()) if state["history"] else ()):
-            history.record(epoch, dict(zip(state["history"], values)))
+        history.history, history.epochs = state["history"], state["epochs"]
         if state["order"] is None:
             return saved.epoch + 1, 0, None
         self.metrics.upload(np.asarray(state["metrics"], np.float32))
@@ -367,7 +369,7 @@ class Sequential:
         x, targets = self._prepare(x, y)
         if len(x) == 0:
             raise InputError("evaluate needs at least one sample")
-        graph = self._graph(min(batch_size, len(x)), x.shape[1:], False, targets.dtype, self._spec(x))
+        graph = self._graph(batch_size, x.shape[1:], False, targets.dtype, self._spec(x))
         self.metrics.fill(0)
         for start in range(0, len(x), graph.batch_size):
             graph.infer(x[start:start + graph.batch_size], targets[start:start + graph.batch_size],
@@ -383,7 +385,7 @@ class Sequential:
         x = _inputs(x)
         if len(x) == 0:
             raise InputError("predict needs at least one sample")
-        graph = self._graph(min(batch_size, len(x)), x.shape[1:], False, spec=self._spec(x))
+        graph = self._graph(batch_size, x.shape[1:], False, spec=self._spec(x))
         out = [graph.infer(x[start:start + graph.batch_size])
                for start in range(0, len(x), graph.batch_size)]
         graph.sync()

@@ -17,10 +17,6 @@ from .tensor import DeviceTensor, allocate
 ALIGN = 64  # elements; keeps every arena tensor 256-byte aligned for vector loads
 
 
-def _align(n):
-    return -(-n // ALIGN) * ALIGN
-
-
 def round_up(n, multiple):
     return -(-n // multiple) * multiple
 
@@ -162,7 +158,7 @@ class Plan:
             for p in overlapping:
                 if offset + v.size <= p.base:
                     break
-                offset = max(offset, _align(p.base + p.size))
+                offset = max(offset, round_up(p.base + p.size, ALIGN))
             v.base = offset
             placed.append(v)
             end = max(end, offset + v.size)

@@ -12,6 +12,8 @@ import os
 
 import numpy as np
 
+from .errors import ClnetError, InputError
+
 
 def _mode(monitor):
     """+1 when larger is better (accuracy), -1 for losses."""
@@ -63,7 +65,7 @@ class CosineLR(Schedule):
     def __init__(self, epochs, min_lr=0.0, warmup=0):
         super().__init__(warmup)
         if epochs <= warmup:
-            raise ValueError(f"a cosine schedule needs more epochs ({epochs}) than warm-up ({warmup})")
+            raise InputError(f"a cosine schedule needs more epochs ({epochs}) than warm-up epochs ({warmup})")
         self.epochs, self.min_lr = epochs, float(min_lr)
 
     def lr(self, base, progress):
@@ -105,8 +107,8 @@ class ReduceLROnPlateau(Schedule):
 
 def _monitored(logs, monitor):
     if monitor not in logs:
-        raise KeyError(f"cannot monitor {monitor!r}: the epoch reported {', '.join(logs)} "
-                       "(val_ metrics need validation_split or validation_data)")
+        raise InputError(f"cannot monitor {monitor!r}: the epoch reported {', '.join(logs)} "
+                         "(val_ metrics need validation_split or validation_data)")
     return logs[monitor]
 
 
@@ -183,7 +185,7 @@ class PlotCurves(Callback):
         try:
             import matplotlib
         except ImportError:
-            raise ImportError('plotting training curves needs matplotlib: pip install "clnet[plot]"') from None
+            raise ClnetError('plotting training curves needs matplotlib: pip install "clnet[plot]"') from None
         matplotlib.use("Agg")
         self.path = str(path)
 

@@ -13,7 +13,8 @@
 
 // out[b] = normalise(augment(src[order[start + b]] * scale)) for rows b < n_valid, zeros after.
 // norm holds mean[c] then 1/std[c] per channel. Augmentation per sample, from Philox keyed by the
-// seed with counter (start + b, step): a shift of the image by (dy, dx) in [-crop, crop] with zero
+// seed with counter (b, step), the same whether the batch was uploaded or gathered on the device:
+// first a shift of the image by (dy, dx) in [-crop, crop] with zero
 // fill (a random crop of the image padded by `crop`), then, when `flip`, a horizontal mirror with
 // probability 1/2. One work-item per output row (b, c, h).
 __kernel void gather_images(const int rows, const int n_valid, const int start, const int C,
@@ -34,7 +35,7 @@ __kernel void gather_images(const int rows, const int n_valid, const int start, 
     }
     int dy = 0, dx = 0, mirror = 0;
     if (crop > 0 || flip) {
-        const uint4 draw = philox4x32_10((uint4)((uint)(start + b), step, 0u, 0u), (uint2)(seed_lo, seed_hi));
+        const uint4 draw = philox4x32_10((uint4)((uint)b, step, 0u, 0u), (uint2)(seed_lo, seed_hi));
         dy = (int)(draw.x % (uint)(2 * crop + 1)) - crop;
         dx = (int)(draw.y % (uint)(2 * crop + 1)) - crop;
         mirror = flip && (draw.z & 1u);

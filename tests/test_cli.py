@@ -61,6 +61,8 @@ def test_train_resumes_a_run_folder(tmp_path):
     assert best.classes == [str(d) for d in range(10)]
     missing = CliRunner().invoke(train, ["--resume", str(tmp_path)])
     assert missing.exit_code == 1 and "is not a run folder" in missing.output
+    again = CliRunner().invoke(train, ["--device", "0", "--checkpoint-dir", str(run)])
+    assert again.exit_code == 1 and "holds a run already: continue it with --resume" in again.output
 
 
 def test_train_plots_its_curves(tmp_path):

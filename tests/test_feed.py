@@ -30,15 +30,15 @@ def gather_reference(src, order, start, rows, n_valid, spec, seed, step):
         dy = dx = 0
         mirror = False
         if spec.crop or spec.flip:
-            draw = philox4x32_10((start + b, step, 0, 0), (seed & 0xFFFFFFFF, seed >> 32))
+            draw = philox4x32_10((b, step, 0, 0), (seed & 0xFFFFFFFF, seed >> 32))
             dy = int(draw[0] % (2 * spec.crop + 1)) - spec.crop
             dx = int(draw[1] % (2 * spec.crop + 1)) - spec.crop
             mirror = spec.flip and bool(draw[2] & 1)
-        if mirror:
-            image = image[:, :, ::-1]
-        shifted = np.zeros_like(image)
+        shifted = np.zeros_like(image)  # the crop first (a shift with zero fill), then the flip
         ys, xs = slice(max(0, -dy), min(h, h - dy)), slice(max(0, -dx), min(w, w - dx))
         shifted[:, ys, xs] = image[:, max(0, dy):min(h, h + dy), max(0, dx):min(w, w + dx)]
+        if mirror:
+            shifted = shifted[:, :, ::-1]
         out[b] = (shifted - mean[:, None, None]) * inv_std[:, None, None]
     return out
 

@@ -90,15 +90,15 @@ def test_training_step_transfers_only_the_batch(device, monkeypatch):
 
 def test_resident_and_streamed_training_agree(device, mnist):
     """Batches gathered from the dataset on the device, or uploaded into alternating staging
-    buffers while the previous step computes: the same steps, the same weights, every time (a
-    staging buffer refilled before the step that reads it has run would show here)."""
+    buffers while the previous step computes: the same steps and augmentation, the same weights,
+    every time (a staging buffer refilled before the step that reads it has run would show here)."""
     (x, y), _ = mnist
     x, y = (x[:2000] * 255).round().astype(np.uint8), y[:2000]
     states, evaluations = [], []
     for resident in (True, False, False):
         model = clnet.models.mlp(device=device, seed=1)
         model.compile("cross_entropy", clnet.optim.SGD(lr=0.05, momentum=0.9))
-        model.fit(x, y, epochs=1, batch_size=64, verbose=0, resident=resident)
+        model.fit(x, y, epochs=1, batch_size=64, verbose=0, resident=resident, augment="crop=2,flip")
         states.append(model.state_dict())
         evaluations.append(model.evaluate(x, y, batch_size=64))
     for state in states[1:]:

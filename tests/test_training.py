@@ -19,7 +19,7 @@ def test_schedules():
     for loss in (1.0, 0.9, 0.95, 0.91, 0.92, 0.93):
         plateau.end_epoch({"val_loss": loss})
     assert plateau.lr(1.0, 6) == 0.25 and plateau.wait == 0  # reduced after epochs 4 and 6
-    with pytest.raises(KeyError, match="val_ metrics need validation"):
+    with pytest.raises(clnet.InputError, match="val_ metrics need validation"):
         plateau.end_epoch({"loss": 1.0})
     with pytest.raises(ValueError):
         CosineLR(2, warmup=3)

@@ -1,4 +1,4 @@
-"""Activation layers. After a Dense layer the graph fuses them into its GEMM epilogue."""
+"""Activation layers. After a Dense or Conv2D layer the graph fuses them into its GEMM epilogue."""
 
 from .. import ops
 from .base import Layer
