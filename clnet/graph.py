@@ -301,7 +301,7 @@ class Graph:
         staged = self._stage(x, targets)
         if self.loss_launch is not None:
             flags = (losses.PROBS if want_output else 0) | (losses.METRICS if targets is not None else 0)
-            self.loss_launch.set(3, flags)
+            self.loss_launch.set(losses.FLAGS_ARG, flags)
         self._run(staged)
         if want_output:
             return self.output.tensor().download()[:self.n_valid]

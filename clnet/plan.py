@@ -83,23 +83,21 @@ class Launch:
         self.positions, i = [], 0
         for arg in self.args:
             self.positions.append(i)
-            if hasattr(arg, "buffer"):
-                self.kernel.set_arg(i, arg.buffer)
-                self.kernel.set_arg(i + 1, np.int32(arg.offset))
-                i += 2
-            else:
-                self.kernel.set_arg(i, _scalar(arg))
-                i += 1
+            i += self._set_arg(i, arg)
 
     def set(self, index, value):
         """Change argument `index` (counted as recorded), a scalar or a tensor, for later runs."""
         self.args[index] = value
-        i = self.positions[index]
+        self._set_arg(self.positions[index], value)
+
+    def _set_arg(self, i, value):
+        """Set kernel argument i (and i + 1, the offset, for a tensor); returns how many were set."""
         if hasattr(value, "buffer"):
             self.kernel.set_arg(i, value.buffer)
             self.kernel.set_arg(i + 1, np.int32(value.offset))
-        else:
-            self.kernel.set_arg(i, _scalar(value))
+            return 2
+        self.kernel.set_arg(i, _scalar(value))
+        return 1
 
 
 class Plan:
