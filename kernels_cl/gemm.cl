@@ -80,8 +80,10 @@
 __kernel __attribute__((reqd_work_group_size(WG_N, WG_M, 1)))
 void gemm_tiled(GEMM_ARGS)
 {
-    __local float As[TILE_K][TILE_M];
-    __local float Bs[TILE_K][TILE_N];
+    // One float of padding per row: the stores below walk the tiles along k, and a row length
+    // that is a multiple of the bank count would put them all in one local-memory bank.
+    __local float As[TILE_K][TILE_M + 1];
+    __local float Bs[TILE_K][TILE_N + 1];
     const int tn = get_local_id(0), tm = get_local_id(1);
     const int m0 = get_group_id(1) * TILE_M, n0 = get_group_id(0) * TILE_N;
     const int tid = tm * WG_N + tn;

@@ -42,8 +42,9 @@ def f32(a):
 
 LAYOUTS = {"NN": (False, False), "TN": (True, False), "NT": (False, True), "TT": (True, True)}
 # (M, N, K): batch 1, K = 1, K < 16, N and M not multiples of 4, 16 or 64, exact 16-blocks, K > 16
-# with a remainder, several 64 x 64 tiles with partial edges.
-GEMM_SHAPES = [(1, 1, 1), (1, 19, 3), (7, 5, 1), (13, 17, 9), (9, 16, 32), (66, 71, 17), (130, 33, 70)]
+# with a remainder, several 64 x 64 tiles with partial edges, and 128 x 128 tiles (outputs of 256+).
+GEMM_SHAPES = [(1, 1, 1), (1, 19, 3), (7, 5, 1), (13, 17, 9), (9, 16, 32), (66, 71, 17), (130, 33, 70),
+               (257, 300, 33)]  # the last takes 128 x 128 tiles where there are enough for the device
 
 
 def _gemm_case(device, rng, plan, m, n, k, layout, offsets, has_bias=False, act="none"):

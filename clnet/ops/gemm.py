@@ -3,8 +3,9 @@
 import os
 
 GEMM_FILE = "gemm.cl"
-TILE = 64          # TILE_M = TILE_N of gemm_tiled (its defaults)
-WORK_GROUP = 16    # TILE / WPT: gemm_tiled's work-group is 16 x 16
+TILE = 64          # TILE_M = TILE_N of gemm_tiled (its defaults, 4 x 4 outputs per work-item)
+BIG_TILE = 128     # large outputs: 8 x 8 per work-item
+WORK_GROUP = 16    # gemm_tiled's work-group is 16 x 16 either way
 CPU_ROWS = 8      # gemm_cpu's rows per work-item (its CPU_ROWS)
 DOT_ROWS = DOT_COLS = 4  # gemm_cpu_dot's block per work-item
 SPLIT_MIN = 256    # shortest K slice worth its own work-groups
@@ -43,6 +44,12 @@ def split_k(device, m, n, k):
     return max(1, min(wanted, k // SPLIT_MIN))
 
 
+def _big_tiles(device, m, n):
+    """128 x 128 tiles (8 x 8 outputs per work-item, half the loads per multiply-add) when there
+    are enough of them for every compute unit; otherwise more, smaller tiles keep it busier."""
+    return min(m, n) >= BIG_TILE and -(-m // BIG_TILE) * -(-n // BIG_TILE) >= device.info.compute_units
+
+
 def _gemm_split_k(plan, a, b, c, m, n, k, grid, slices, defines):
     """Partial products of K slices in one 3-D launch, then their sum in slice order (deterministic)."""
     partial = plan.value((slices, m, n), "split-K partial sums")
@@ -72,11 +79,15 @@ def gemm(plan, a, b, c, trans_a=False, trans_b=False, bias=None, act=0, bias_per
                    BIAS_PER_ROW=bias_per_row, ACCUMULATE=accumulate, C_IMAGE_COLS=c.image_cols)
     args = (m, n, k, a.tensor, a.ld, b.tensor, b.ld, c.tensor, c.ld, bias if bias is not None else c.tensor)
     if family(plan.device) == "tiled":
-        grid = (-(-n // TILE) * WORK_GROUP, -(-m // TILE) * WORK_GROUP)
         slices = split_k(plan.device, m, n, k) if bias is None and not act and c.image_cols is None else 1
         if slices > 1:
+            grid = (-(-n // TILE) * WORK_GROUP, -(-m // TILE) * WORK_GROUP)
             return _gemm_split_k(plan, a, b, c, m, n, k, grid, slices, defines)
+        tile = BIG_TILE if _big_tiles(plan.device, m, n) else TILE
+        if tile != TILE:
+            defines.update(TILE_M=tile, TILE_N=tile, WPT_M=tile // WORK_GROUP, WPT_N=tile // WORK_GROUP)
         kernel = plan.kernel(GEMM_FILE, "gemm_tiled", **defines)
+        grid = (-(-n // tile) * WORK_GROUP, -(-m // tile) * WORK_GROUP)
         return plan.launch(kernel, grid, (WORK_GROUP, WORK_GROUP), *args)
     if trans_b:
         if trans_a:
