@@ -64,7 +64,8 @@ class KernelLibrary:
         try:
             with warnings.catch_warnings():  # pyopencl warns with the build log of every success
                 warnings.simplefilter("ignore")
-                return program.build(options=options, devices=[self.device.cl_device])
+                # -w: some compilers (pip's PoCL 3.0) print their warnings to stderr themselves
+                return program.build(options=options + ["-w"], devices=[self.device.cl_device])
         except cl.MemoryError as exc:
             raise OutOfDeviceMemoryError(f"Out of host or device memory while building {filename}: {exc}") from exc
         except cl.Error as exc:
