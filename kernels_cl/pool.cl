@@ -11,6 +11,8 @@
 // windows that cover it, in a fixed order, so results are deterministic and need no atomics.
 //
 // The geometry is passed at run time, so one build serves every layer.
+#define POOL_GEOMETRY const int planes, const int H, const int W, const int OH, const int OW, \
+    const int KH, const int KW, const int SH, const int SW, const int PH, const int PW
 
 // The window rows [*lo, *hi) covering input coordinate i (0 <= i < size): windows o with
 // o*s <= i+p < o*s+k, clipped to the out windows that exist.
@@ -39,9 +41,7 @@ inline int window(const int gid, const int H, const int W, const int OH, const i
 // y = max over each window; if save_argmax, argmax = the flat index h*W+w of the chosen input
 // element within its plane (the first maximum in row-major window order; a NaN wins, as PyTorch).
 // One work-item per output element.
-__kernel void maxpool_forward(const int planes, const int H, const int W, const int OH, const int OW,
-                              const int KH, const int KW, const int SH, const int SW,
-                              const int PH, const int PW, const int save_argmax,
+__kernel void maxpool_forward(POOL_GEOMETRY, const int save_argmax,
                               __global const float* x, const int xo,
                               __global float* y, const int yo,
                               __global int* argmax, const int ao)
@@ -67,9 +67,7 @@ __kernel void maxpool_forward(const int planes, const int H, const int W, const 
 
 // dx = for each input element, the sum of dy over the windows that cover it and chose it.
 // One work-item per input element.
-__kernel void maxpool_backward(const int planes, const int H, const int W, const int OH, const int OW,
-                               const int KH, const int KW, const int SH, const int SW,
-                               const int PH, const int PW,
+__kernel void maxpool_backward(POOL_GEOMETRY,
                                __global const int* argmax, const int ao,
                                __global const float* dy, const int dyo,
                                __global float* dx, const int dxo)
@@ -94,9 +92,7 @@ __kernel void maxpool_backward(const int planes, const int H, const int W, const
 }
 
 // y = the mean of each window, zero padding included (divisor KH*KW). One work-item per output.
-__kernel void avgpool_forward(const int planes, const int H, const int W, const int OH, const int OW,
-                              const int KH, const int KW, const int SH, const int SW,
-                              const int PH, const int PW,
+__kernel void avgpool_forward(POOL_GEOMETRY,
                               __global const float* x, const int xo,
                               __global float* y, const int yo)
 {
@@ -113,9 +109,7 @@ __kernel void avgpool_forward(const int planes, const int H, const int W, const 
 
 // dx = for each input element, the sum of dy / (KH*KW) over the windows that cover it.
 // One work-item per input element.
-__kernel void avgpool_backward(const int planes, const int H, const int W, const int OH, const int OW,
-                               const int KH, const int KW, const int SH, const int SW,
-                               const int PH, const int PW,
+__kernel void avgpool_backward(POOL_GEOMETRY,
                                __global const float* dy, const int dyo,
                                __global float* dx, const int dxo)
 {
