@@ -226,8 +226,9 @@ class Sequential:
         steer = {"base_lr": self.optimizer.lr, "schedule": schedule, "early": early_stopping,
                  "callbacks": list(callbacks)}
         start_epoch, start_step, order = 1, 0, None
-        if checkpoint is not None and resume and os.path.exists(checkpoint):  # before the graph: it
-            start_epoch, start_step, order = self._resume(checkpoint, rng, history, steer)  # normalises
+        # a resumed run takes its normalisation from the checkpoint: before the graph, which applies it
+        if checkpoint is not None and resume and os.path.exists(checkpoint):
+            start_epoch, start_step, order = self._resume(checkpoint, rng, history, steer)
         elif normalize is True:
             self.normalization = channel_statistics(x.reshape(len(x), *image_dims(x.shape[1:])))
         elif normalize:
