@@ -19,14 +19,13 @@ Softmax over each sample's outputs (unless the model already ends with Softmax),
 Weights are initializers named by their state_dict keys ("0.weight", ...).
 """
 
-import contextlib
 import os
-import tempfile
 
 import numpy as np
 
 from . import layers as L
 from .errors import ClnetError, InputError
+from .files import replace_atomically
 from .graph import plan_nodes
 
 ONNX_HINT = 'ONNX export needs the onnx package: pip install "clnet[onnx]" (or pip install onnx)'
@@ -146,28 +145,6 @@ def _final_activation(b, model, layers, out_shape):
         b.add("Identity", "probabilities", output="probabilities")
 
 
-def _write_atomic(path, data):
-    """The bytes to a temporary file in the target's folder, flushed and fsynced, then renamed."""
-    from .io import _file_mode, _fsync_folder
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        raise ClnetError(f"{path} is a folder: give a file name such as model.onnx")
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(temporary, _file_mode(path))
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
-    _fsync_folder(folder)
-
-
 def build_onnx(model, input_shape=None, opset=13):
     """The onnx.ModelProto of a clnet.Sequential (checked by onnx.checker), without writing it."""
     onnx, helper, numpy_helper = _import_onnx()
@@ -213,5 +190,8 @@ def to_onnx(model, path, input_shape=None, opset=13):
     graph takes float32 inputs "input" (N, *input_shape) scaled to [0, 1] (uint8 images are not
     handled: divide them by 255) and gives "probabilities" as model.predict does."""
     proto = build_onnx(model, input_shape, opset)
-    _write_atomic(path, proto.SerializeToString())
+    if os.path.isdir(path):
+        raise ClnetError(f"{os.fspath(path)} is a folder: give a file name such as model.onnx")
+    data = proto.SerializeToString()
+    replace_atomically(path, lambda f: f.write(data))
     return proto

@@ -48,10 +48,8 @@ moment leaves either the previous file or the new one, never a mixture. Reading 
 raises ``ModelFileError`` naming the file and what is wrong.
 """
 
-import contextlib
 import json
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from io import BytesIO
@@ -61,6 +59,7 @@ import numpy as np
 from . import layers as _layers
 from . import losses, optim
 from .errors import InputError, ModelFileError, ShapeError
+from .files import replace_atomically
 from .graph import plan_nodes
 from .model import Sequential
 
@@ -109,58 +108,21 @@ def _json_bytes(value, allow_nan=False):
     return json.dumps(value, indent=1, allow_nan=allow_nan).encode("utf-8")
 
 
-def _fsync_folder(folder):
-    """Make the rename durable; some systems (Windows) cannot open a folder, which is harmless."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _file_mode(path):
-    """The mode the file gets: the previous file's, else what open() would give (0666 & ~umask)."""
-    try:
-        return os.stat(path).st_mode & 0o7777
-    except OSError:
-        umask = os.umask(0)
-        os.umask(umask)
-        return 0o666 & ~umask
-
-
 def write_atomic(path, members):
-    """Write a zip archive of `members` ((name, bytes) pairs) to `path` atomically: a temporary
-    file in the same folder, flush, fsync, os.replace, fsync of the folder. On any failure the
-    temporary file is removed and the previous file at `path` is untouched."""
+    """Write a zip archive of `members` ((name, bytes) pairs) to `path` atomically (files.py): on
+    any failure the previous file at `path` is untouched."""
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         raise ModelFileError(path, "is a folder: give a file name such as model.clnet")
+
+    def write(f):
+        with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+            for name, data in members:
+                zf.writestr(zipfile.ZipInfo(name, _ZIP_TIME), data)
     try:
-        fd, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+        replace_atomically(path, write)
     except OSError as exc:
         raise ModelFileError(path, f"cannot be written: {exc.strerror or exc}") from exc
-    try:
-        with os.fdopen(fd, "wb") as f:
-            with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
-                for name, data in members:
-                    zf.writestr(zipfile.ZipInfo(name, _ZIP_TIME), data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(temporary, _file_mode(path))
-        os.replace(temporary, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        if isinstance(exc, OSError):
-            raise ModelFileError(path, f"cannot be written: {exc.strerror or exc}") from exc
-        raise
-    _fsync_folder(folder)
 
 
 def _describe(model, path, classes):
