@@ -9,6 +9,16 @@
 // a long K, such as weight gradients.
 // Two families share these semantics: gemm_tiled for GPUs (local-memory tiles) and
 // gemm_cpu / gemm_cpu_dot for CPUs (no local memory).
+//
+// Implicit convolution (gemm_tiled only; the geometry of conv.cl in CONV_C, CONV_H, ... CONV_DW):
+// CONV_B: B is the im2col matrix of the NCHW input b, gathered while it is loaded, never stored:
+//   its element (row, col) with row = (c, kh, kw) and col = (image, oh, ow) is
+//   b[image, c, oh*SH - PH + kh*DH, ow*SW - PW + kw*DW], 0 in the padding. With TRANS_B the same
+//   matrix is read transposed, for the weight gradient dY . cols^T.
+// CONV_DX: the input gradient as one product over K = (o, kh, kw): A[c, (o, kh, kw)] is the weight
+//   w[o, c, kh, kw] (a holds the weight as stored) and B[(o, kh, kw), (image, ih, iw)] is dY[o,
+//   (image, oh, ow)] for the output pixel that read input pixel (ih, iw) through tap (kh, kw), 0 if
+//   none; b holds dY as O rows of ldb.
 
 #ifndef TRANS_A
 #define TRANS_A 0
@@ -17,15 +27,48 @@
 #define TRANS_B 0
 #endif
 
+#if defined(CONV_B) || defined(CONV_DX)
+#define CONV_TAPS (CONV_KH * CONV_KW)
+#endif
+
+#ifdef CONV_B
+inline float conv_column(__global const float* restrict x, const int x_off, const int row, const int col)
+{
+    const int c = row / CONV_TAPS, kh = row / CONV_KW % CONV_KH, kw = row % CONV_KW;
+    const int image = col / (CONV_OH * CONV_OW), oh = col / CONV_OW % CONV_OH, ow = col % CONV_OW;
+    const int ih = oh * CONV_SH - CONV_PH + kh * CONV_DH, iw = ow * CONV_SW - CONV_PW + kw * CONV_DW;
+    return (ih >= 0 && ih < CONV_H && iw >= 0 && iw < CONV_W)
+        ? x[x_off + ((image * CONV_C + c) * CONV_H + ih) * CONV_W + iw] : 0.0f;
+}
+#define B_STORED(row, col) conv_column(B, b_off, row, col)
+#else
+#define B_STORED(row, col) B[b_off + (row) * ldb + (col)]
+#endif
+
+#ifdef CONV_DX
+inline float conv_output_grad(__global const float* restrict dy, const int dy_off, const int ld,
+                              const int k, const int col)
+{
+    const int o = k / CONV_TAPS, kh = k / CONV_KW % CONV_KH, kw = k % CONV_KW;
+    const int image = col / (CONV_H * CONV_W), ih = col / CONV_W % CONV_H, iw = col % CONV_W;
+    const int t = ih + CONV_PH - kh * CONV_DH, u = iw + CONV_PW - kw * CONV_DW;
+    const int oh = t / CONV_SH, ow = u / CONV_SW;
+    return (t >= 0 && u >= 0 && oh * CONV_SH == t && ow * CONV_SW == u && oh < CONV_OH && ow < CONV_OW)
+        ? dy[dy_off + o * ld + (image * CONV_OH + oh) * CONV_OW + ow] : 0.0f;
+}
+#define A_AT(m, k) A[a_off + ((k) / CONV_TAPS) * (CONV_C * CONV_TAPS) + (m) * CONV_TAPS + (k) % CONV_TAPS]
+#define B_AT(k, n) conv_output_grad(B, b_off, ldb, k, n)
+#else
 #if TRANS_A
 #define A_AT(m, k) A[a_off + (k) * lda + (m)]
 #else
 #define A_AT(m, k) A[a_off + (m) * lda + (k)]
 #endif
 #if TRANS_B
-#define B_AT(k, n) B[b_off + (n) * ldb + (k)]
+#define B_AT(k, n) B_STORED(n, k)
 #else
-#define B_AT(k, n) B[b_off + (k) * ldb + (n)]
+#define B_AT(k, n) B_STORED(k, n)
+#endif
 #endif
 
 #if !defined(HAS_BIAS)
@@ -72,8 +115,33 @@
 #ifndef WPT_N
 #define WPT_N 4     // columns of C per work-item
 #endif
+#ifndef PREFETCH
+#define PREFETCH 1  // 1: the next tiles are read from global memory while this one is multiplied
+#endif
 #define WG_M (TILE_M / WPT_M)
 #define WG_N (TILE_N / WPT_N)
+#define WG_SIZE (WG_M * WG_N)
+#define A_LOADS ((TILE_K * TILE_M + WG_SIZE - 1) / WG_SIZE)  // tile elements per work-item
+#define B_LOADS ((TILE_K * TILE_N + WG_SIZE - 1) / WG_SIZE)
+
+// Element i of a tile (work-item tid takes i = tid + l * WG_SIZE, so that consecutive work-items
+// read consecutive addresses of whichever layout A and B have): its place (kk, mm) or (kk, nn).
+#if TRANS_A
+#define A_PLACE(i) const int mm = (i) % TILE_M, kk = (i) / TILE_M
+#else
+#define A_PLACE(i) const int kk = (i) % TILE_K, mm = (i) / TILE_K
+#endif
+#if TRANS_B
+#define B_PLACE(i) const int kk = (i) % TILE_K, nn = (i) / TILE_K
+#else
+#define B_PLACE(i) const int nn = (i) % TILE_N, kk = (i) / TILE_N
+#endif
+#define A_VALUE(k0) ((m0 + mm < M && (k0) + kk < k_end) ? A_AT(m0 + mm, (k0) + kk) : 0.0f)
+#define B_VALUE(k0) ((n0 + nn < N && (k0) + kk < k_end) ? B_AT((k0) + kk, n0 + nn) : 0.0f)
+// (l, i) over this work-item's elements of a tile of `total`: a constant trip count, so that the
+// compiler unrolls it and keeps a_next / b_next in registers.
+#define FOR_ELEMENTS(l, i, loads, total) \
+    for (int l = 0, i = tid; l < (loads); l++, i += WG_SIZE) if (i < (total))
 
 // Work-group (WG_N, WG_M); each work-item owns a WPT_M x WPT_N grid of outputs strided by the
 // work-group size, so that the loads from local memory and the stores to C are both coalesced.
@@ -100,27 +168,25 @@ void gemm_tiled(GEMM_ARGS)
 #else
     const int k_begin = 0, k_end = K;
 #endif
+#if PREFETCH
+    float a_next[A_LOADS], b_next[B_LOADS];
+    FOR_ELEMENTS(l, i, A_LOADS, TILE_K * TILE_M) { A_PLACE(i); a_next[l] = A_VALUE(k_begin); }
+    FOR_ELEMENTS(l, i, B_LOADS, TILE_K * TILE_N) { B_PLACE(i); b_next[l] = B_VALUE(k_begin); }
+#endif
     for (int k0 = k_begin; k0 < k_end; k0 += TILE_K) {
-        // Consecutive work-items read consecutive addresses of whichever layout A and B have.
-        for (int i = tid; i < TILE_K * TILE_M; i += WG_M * WG_N) {
-#if TRANS_A
-            const int mm = i % TILE_M, kk = i / TILE_M;
-#else
-            const int kk = i % TILE_K, mm = i / TILE_K;
-#endif
-            const int m = m0 + mm, k = k0 + kk;
-            As[kk][mm] = (m < M && k < k_end) ? A_AT(m, k) : 0.0f;
-        }
-        for (int i = tid; i < TILE_K * TILE_N; i += WG_M * WG_N) {
-#if TRANS_B
-            const int kk = i % TILE_K, nn = i / TILE_K;
-#else
-            const int nn = i % TILE_N, kk = i / TILE_N;
-#endif
-            const int n = n0 + nn, k = k0 + kk;
-            Bs[kk][nn] = (n < N && k < k_end) ? B_AT(k, n) : 0.0f;
-        }
+#if PREFETCH
+        FOR_ELEMENTS(l, i, A_LOADS, TILE_K * TILE_M) { A_PLACE(i); As[kk][mm] = a_next[l]; }
+        FOR_ELEMENTS(l, i, B_LOADS, TILE_K * TILE_N) { B_PLACE(i); Bs[kk][nn] = b_next[l]; }
         barrier(CLK_LOCAL_MEM_FENCE);
+        if (k0 + TILE_K < k_end) {
+            FOR_ELEMENTS(l, i, A_LOADS, TILE_K * TILE_M) { A_PLACE(i); a_next[l] = A_VALUE(k0 + TILE_K); }
+            FOR_ELEMENTS(l, i, B_LOADS, TILE_K * TILE_N) { B_PLACE(i); b_next[l] = B_VALUE(k0 + TILE_K); }
+        }
+#else
+        FOR_ELEMENTS(l, i, A_LOADS, TILE_K * TILE_M) { A_PLACE(i); As[kk][mm] = A_VALUE(k0); }
+        FOR_ELEMENTS(l, i, B_LOADS, TILE_K * TILE_N) { B_PLACE(i); Bs[kk][nn] = B_VALUE(k0); }
+        barrier(CLK_LOCAL_MEM_FENCE);
+#endif
         for (int kk = 0; kk < TILE_K; kk++) {
             float a[WPT_M], b[WPT_N];
             for (int i = 0; i < WPT_M; i++) a[i] = As[kk][tm + i * WG_M];

@@ -3,6 +3,7 @@ CLNET_TEST_DEVICES: comma-separated global indices or platform/device name subst
 (e.g. CLNET_TEST_DEVICES=pocl, or =0)."""
 
 import os
+import tempfile
 
 import numpy as np
 import pytest
@@ -11,6 +12,10 @@ import clnet
 from clnet.device import INSTALL_HINT
 from clnet.plan import Plan
 from clnet.tensor import DeviceTensor
+
+
+# The tests never read the developer's tuning cache (clnet-tune): defaults unless a test says otherwise.
+os.environ["CLNET_TUNING_FILE"] = os.path.join(tempfile.mkdtemp(prefix="clnet-tests-"), "tuning.json")
 
 
 def _selected():

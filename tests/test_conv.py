@@ -1,5 +1,7 @@
 """Conv2D forward and gradients against float64 references, on awkward geometries."""
 
+import importlib
+
 import numpy as np
 import pytest
 
@@ -57,9 +59,24 @@ def test_gradients_match_finite_differences(device, gemm_family, geometry):
         np.testing.assert_allclose(grads[key], expected[key], rtol=2e-3, atol=2e-5, err_msg=key)
 
 
+@pytest.mark.parametrize("tile", [(32, 64, 8, 2, 4, 0), (128, 128, 16, 8, 8, 1)])
+def test_implicit_gemms_with_tuned_parameters(device, monkeypatch, tile):
+    """The implicit convolutions with parameters clnet-tune may pick (other tiles, K split in 3)
+    still match the reference, forward and gradients."""
+    monkeypatch.setenv("CLNET_GEMM", "tiled")
+    tm, tn, tk, wm, wn, prefetch = tile
+    params = {"TILE_M": tm, "TILE_N": tn, "TILE_K": tk, "WPT_M": wm, "WPT_N": wn, "PREFETCH": prefetch, "SLICES": 3}
+    gemm_module = importlib.import_module("clnet.ops.gemm")  # clnet.ops.gemm is also the function
+    assert gemm_module.valid_params("gemm_tiled", params)
+    monkeypatch.setattr(gemm_module, "lookup", lambda device, case: params)
+    test_forward_matches_reference(device, "tiled", GEOMETRIES[2])
+    test_gradients_match_finite_differences(device, "tiled", GEOMETRIES[2])
+
+
 def test_chunked_columns_give_the_same_results(device, monkeypatch):
     """A batch whose im2col matrix exceeds the budget runs in chunks (the last one partial); the
-    weight gradient accumulates over them in a fixed order."""
+    weight gradient accumulates over them in a fixed order (the CPU family's im2col path)."""
+    monkeypatch.setenv("CLNET_GEMM", "cpu")
     layers = lambda: [L.Conv2D(2, 3, 3, padding=1), L.ReLU(), L.Conv2D(3, 2, 3), L.Flatten(), L.Dense(2 * 4 * 3, 3)]
     rng = np.random.default_rng(2)
     x, y = rng.normal(size=(7, 2, 6, 5)), rng.integers(0, 3, 7)

@@ -6,13 +6,17 @@ surrounded by GUARD, which must survive every launch (nothing is written outside
 Outputs start as NaN, so an element a kernel forgets to write is caught as well.
 """
 
+import importlib
+
 import numpy as np
 import pytest
 from conftest import GUARD, Slot, execute, new_plan
 
-from clnet import losses, ops, optim
+from clnet import losses, ops, optim, tune
 from clnet.ops.gemm import split_k
 from clnet.tensor import DeviceTensor
+
+gemm_module = importlib.import_module("clnet.ops.gemm")  # clnet.ops.gemm is also the function's name
 
 
 def act_ref(act, x):
@@ -109,6 +113,37 @@ def test_gemm_split_k(device, monkeypatch, layout):
     expected = wide.astype(np.float64)
     expected[:, :n] += a.astype(np.float64) @ b.astype(np.float64)
     np.testing.assert_allclose(sw.read(), expected, rtol=1e-5, atol=1e-6 * k)
+
+
+def _tuning_candidates(device, kernel):
+    if kernel == "gemm_cpu":
+        return [{"CPU_ROWS": r} for r in tune.CPU_ROWS]
+    if kernel == "gemm_cpu_dot":
+        return [{"DOT_ROWS": r, "DOT_COLS": c} for r, c in tune.DOT_BLOCKS]
+    return [{**tile, "SLICES": s} for tile in tune.tile_params(device) for s in (1, 3)]
+
+
+@pytest.mark.parametrize("kernel", ["gemm_tiled", "gemm_cpu", "gemm_cpu_dot"])
+def test_gemm_every_tuning_candidate(device, monkeypatch, kernel):
+    """Whatever clnet-tune may pick computes the same products: every parameter set of the tuner's
+    space, on each layout the kernel serves, at awkward shapes and offsets, split over K or not."""
+    monkeypatch.setenv("CLNET_GEMM", "tiled" if kernel == "gemm_tiled" else "cpu")
+    layouts = {"gemm_tiled": ["NN", "TN", "NT", "TT"], "gemm_cpu": ["NN", "TN"], "gemm_cpu_dot": ["NT"]}[kernel]
+    rng = np.random.default_rng(3)
+    for params in _tuning_candidates(device, kernel):
+        monkeypatch.setattr(gemm_module, "lookup", lambda device, case: params)
+        plan, cases = new_plan(device), []
+        for layout in layouts[:2] if params.get("SLICES", 1) > 1 else layouts:
+            for m, n, k in ((13, 17, 9), (66, 131, 17), (130, 33, 300)):
+                cases.append((k, layout, _gemm_case(device, rng, plan, m, n, k, layout, (3, 5, 64, 0))))
+        launched = [launch for launch in plan.launches if launch.kernel.function_name == kernel]
+        if kernel == "gemm_tiled":  # the parameters were taken: work-groups of the tiles' shape
+            local = (params["TILE_N"] // params["WPT_N"], params["TILE_M"] // params["WPT_M"])
+            assert launched and all(launch.local_size[:2] == local for launch in launched)
+        assert launched
+        execute(plan)
+        for k, layout, (sc, ref, _) in cases:
+            _check_gemm(sc, ref, k, f"{kernel} {layout} {params}")
 
 
 # Every activation with and without bias, each through both CPU kernels (gemm_cpu for NN / TN,

@@ -1,10 +1,13 @@
-"""Conv2D: NCHW convolution as im2col + GEMM, weight (out, in, kh, kw) as torch.nn.Conv2d."""
+"""Conv2D: NCHW convolution, weight (out, in, kh, kw) as torch.nn.Conv2d. On the GPU GEMM family
+it runs as implicit GEMMs (operands gathered from the NCHW tensors); on the CPU family as im2col
+into a column matrix, then the CPU GEMMs (which want contiguous rows)."""
 
 import numpy as np
 
 from .. import ops
+from ..ops import conv as conv_ops
 from ..ops.conv import ConvGeometry, col2im, conv_bias_act_backward, im2col, images_per_chunk
-from ..ops.gemm import Matrix
+from ..ops.gemm import Matrix, family
 from .activation import ReLU
 from .base import Layer, glorot_uniform, he_uniform
 
@@ -100,9 +103,12 @@ class Conv2D(Layer):
         plan, batch = ctx.plan, x.shape[0]
         g = self.geometry(x.shape[1:])
         y = plan.value((batch, self.out_channels, g.OH, g.OW), f"{self!r} output")
+        weight = ctx.params["weight"].view((self.out_channels, g.rows))
+        if family(plan.device) == "tiled":
+            conv_ops.implicit_forward(plan, g, batch, x, weight, y, ctx.params.get("bias"), ops.ACTIVATIONS[ctx.act])
+            return y
         per, chunks = self._chunks(g, batch)
         col = plan.value((g.rows, per * g.pixels), f"{self!r} columns")
-        weight = ctx.params["weight"].view((self.out_channels, g.rows))
         image, out_image = g.C * g.H * g.W, self.out_channels * g.pixels
         for start, images in chunks:
             im2col(plan, g, images, x.view((images, g.C, g.H, g.W), start * image), col, per * g.pixels)
@@ -122,12 +128,17 @@ class Conv2D(Layer):
         shape = (batch, self.out_channels, g.pixels)
         conv_bias_act_backward(plan, act, dy.view(shape), (y if act else dy).view(shape), dpre,
                                ctx.grads.get("bias"))
-        per, chunks = self._chunks(g, batch)
-        col = plan.value((g.rows, per * g.pixels), f"{self!r} columns")
-        dcol = plan.value((g.rows, per * g.pixels), f"{self!r} column grads") if need_dx else None
         dx = plan.value(x.shape, f"{self!r} input grad") if need_dx else None
         weight = ctx.params["weight"].view((self.out_channels, g.rows))
         dweight = ctx.grads["weight"].view((self.out_channels, g.rows))
+        if family(plan.device) == "tiled":
+            conv_ops.implicit_weight_grad(plan, g, batch, dpre, x, dweight)
+            if need_dx:
+                conv_ops.implicit_input_grad(plan, g, batch, weight, dpre, dx)
+            return dx
+        per, chunks = self._chunks(g, batch)
+        col = plan.value((g.rows, per * g.pixels), f"{self!r} columns")
+        dcol = plan.value((g.rows, per * g.pixels), f"{self!r} column grads") if need_dx else None
         image = g.C * g.H * g.W
         for start, images in chunks:
             cols = Matrix(col, g.rows, images * g.pixels, ld=per * g.pixels)

@@ -1,8 +1,9 @@
-"""Launchers for the convolution's im2col, col2im and fused bias/activation backward."""
+"""Launchers for the convolution: im2col and col2im (CPU family), the implicit GEMMs (GPU family),
+and the fused bias/activation backward."""
 
-from dataclasses import astuple, dataclass
+from dataclasses import asdict, astuple, dataclass
 
-from .gemm import family
+from .gemm import Matrix, family, record_gemm
 
 FILE = "conv.cl"
 LOCAL = 64
@@ -79,3 +80,41 @@ def conv_bias_act_backward(plan, act_code, dy, y, dpre, db):
         return launch
     total = plan.kernel("gemm.cl", "sum_slices", ACCUMULATE=False)
     return plan.launch(total, (channels,), (LOCAL,), 1, channels, slices, sums, db, channels)
+
+
+# Implicit convolution (the GPU family): each product below is one gemm_tiled launch that gathers
+# its operand straight from the NCHW tensors (CONV_B, CONV_DX in gemm.cl): no column matrix, no
+# im2col or col2im pass, the whole batch at once.
+
+def _implicit(geometry, **defines):
+    fixed = dict(TRANS_A=0, TRANS_B=0, HAS_BIAS=False, ACT=0, BIAS_PER_ROW=False, ACCUMULATE=False)
+    return {**fixed, **defines, **{f"CONV_{name.upper()}": value for name, value in asdict(geometry).items()}}
+
+
+def implicit_forward(plan, geometry, batch, x, weight, y, bias, act_code):
+    """y (batch, O, OH, OW) = act(weight . cols(x) + bias), weight viewed as (O, C*KH*KW)."""
+    g, out = geometry, weight.shape[0]
+    columns = batch * g.pixels
+    defines = _implicit(g, CONV_B=True, HAS_BIAS=bias is not None, BIAS_PER_ROW=True, ACT=act_code)
+    y_matrix = Matrix(y, out, columns, ld=out * g.pixels, image_cols=g.pixels)
+    return record_gemm(plan, "gemm_tiled", defines, (out, columns, g.rows), Matrix(weight, out, g.rows),
+                       Matrix(x, g.rows, columns, ld=0), y_matrix, bias)
+
+
+def implicit_weight_grad(plan, geometry, batch, dpre, x, dweight):
+    """dweight (O, C*KH*KW) = dpre . cols(x)^T, dpre being (O, batch*OH*OW)."""
+    g, out = geometry, dpre.shape[0]
+    columns = batch * g.pixels
+    return record_gemm(plan, "gemm_tiled", _implicit(g, CONV_B=True, TRANS_B=1), (out, g.rows, columns),
+                       Matrix(dpre, out, columns), Matrix(x, g.rows, columns, ld=0), Matrix(dweight, out, g.rows))
+
+
+def implicit_input_grad(plan, geometry, batch, weight, dpre, dx):
+    """dx (batch, C, H, W) from the weight (O, C*KH*KW) and dpre (O, batch*OH*OW): for every input
+    pixel, the sum over the output pixels and taps that read it."""
+    g, out = geometry, weight.shape[0]
+    columns, taps = batch * g.H * g.W, out * g.KH * g.KW
+    dx_matrix = Matrix(dx, g.C, columns, ld=g.C * g.H * g.W, image_cols=g.H * g.W)
+    return record_gemm(plan, "gemm_tiled", _implicit(g, CONV_DX=True), (g.C, columns, taps),
+                       Matrix(weight, g.C, taps, ld=0), Matrix(dpre, taps, batch * g.pixels, ld=batch * g.pixels),
+                       dx_matrix)

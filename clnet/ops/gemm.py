@@ -1,13 +1,19 @@
-"""GEMM launcher: picks the kernel family for the device and the layout of the operands."""
+"""GEMM launcher: picks the kernel family for the device, the layout of the operands, and the
+kernel parameters (tuned by `clnet-tune` where the tuning cache has them, else defaults)."""
 
 import os
+from dataclasses import dataclass
+from math import prod
+
+from ..tuning import Case, lookup, record
 
 GEMM_FILE = "gemm.cl"
-TILE = 64          # TILE_M = TILE_N of gemm_tiled (its defaults, 4 x 4 outputs per work-item)
-BIG_TILE = 128     # large outputs: 8 x 8 per work-item
-WORK_GROUP = 16    # gemm_tiled's work-group is 16 x 16 either way
-CPU_ROWS = 8      # gemm_cpu's rows per work-item (its CPU_ROWS)
-DOT_ROWS = DOT_COLS = 4  # gemm_cpu_dot's block per work-item
+# Parameters as the kernels' -D options; SLICES (gemm_tiled) is the host's: split-K slices.
+TILED = {"TILE_M": 64, "TILE_N": 64, "TILE_K": 16, "WPT_M": 4, "WPT_N": 4, "PREFETCH": 1, "SLICES": 1}
+TILED_BIG = {**TILED, "TILE_M": 128, "TILE_N": 128, "WPT_M": 8, "WPT_N": 8}  # 8 x 8 outputs per work-item
+CPU = {"CPU_ROWS": 8}                    # gemm_cpu: rows x 16 columns per work-item
+CPU_DOT = {"DOT_ROWS": 4, "DOT_COLS": 4}  # gemm_cpu_dot: the block of dot products per work-item
+DEFAULTS = {"gemm_tiled": TILED, "gemm_cpu": CPU, "gemm_cpu_dot": CPU_DOT}
 SPLIT_MIN = 256    # shortest K slice worth its own work-groups
 
 
@@ -24,6 +30,19 @@ class Matrix:
         self.image_cols = image_cols
 
 
+@dataclass(frozen=True)
+class Call:
+    """What the tuner needs to record the same GEMM again on fresh operands: the kernel and its
+    fixed options, the size, and each operand's size in elements, leading dimension and layout."""
+    kernel: str
+    defines: tuple
+    shape: tuple
+    a: tuple    # (elements, ld)
+    b: tuple
+    c: tuple    # (elements, ld, image_cols)
+    bias: int   # elements, 0 without a bias
+
+
 def _matrix(x):
     return x if isinstance(x, Matrix) else Matrix(x, *x.shape)
 
@@ -36,28 +55,45 @@ def family(device):
     return chosen
 
 
-def split_k(device, m, n, k):
+def layout(defines):
+    """The operand layout of a GEMM as the tuning cache names it, e.g. "NT" or "NN+conv"."""
+    name = ("T" if defines.get("TRANS_A") else "N") + ("T" if defines.get("TRANS_B") else "N")
+    return name + ("+conv" if defines.get("CONV_B") else "+conv-dx" if defines.get("CONV_DX") else "")
+
+
+def split_k(device, m, n, k, params=TILED):
     """Slices of K for gemm_tiled: enough work-groups to fill the device when the output has few
     tiles (weight gradients: K is the batch, or batch x pixels), each slice at least SPLIT_MIN long."""
-    tiles = -(-m // TILE) * -(-n // TILE)
+    tiles = -(-m // params["TILE_M"]) * -(-n // params["TILE_N"])
     wanted = -(-4 * device.info.compute_units // tiles)
     return max(1, min(wanted, k // SPLIT_MIN))
 
 
-def _big_tiles(device, m, n):
-    """128 x 128 tiles (8 x 8 outputs per work-item, half the loads per multiply-add) when there
-    are enough of them for every compute unit; otherwise more, smaller tiles keep it busier."""
-    return min(m, n) >= BIG_TILE and -(-m // BIG_TILE) * -(-n // BIG_TILE) >= device.info.compute_units
+def default_params(device, kernel, m, n, k, splittable):
+    """Without tuning: gemm_tiled splits K where the output has few tiles; otherwise it takes
+    128 x 128 tiles (half the loads per multiply-add) where there are enough of them for every
+    compute unit, and more, smaller tiles where that keeps the device busier."""
+    if kernel != "gemm_tiled":
+        return dict(DEFAULTS[kernel])
+    slices = split_k(device, m, n, k) if splittable else 1
+    if slices > 1:
+        return {**TILED, "SLICES": slices}
+    big = min(m, n) >= 128 and -(-m // 128) * -(-n // 128) >= device.info.compute_units
+    return dict(TILED_BIG if big else TILED)
 
 
-def _gemm_split_k(plan, a, b, c, m, n, k, grid, slices, defines):
-    """Partial products of K slices in one 3-D launch, then their sum in slice order (deterministic)."""
-    partial = plan.value((slices, m, n), "split-K partial sums")
-    kernel = plan.kernel(GEMM_FILE, "gemm_tiled", **{**defines, "SPLIT_K": True, "ACCUMULATE": False})
-    plan.launch(kernel, (*grid, slices), (WORK_GROUP, WORK_GROUP, 1),
-                m, n, k, a.tensor, a.ld, b.tensor, b.ld, partial, n, partial)
-    total = plan.kernel(GEMM_FILE, "sum_slices", ACCUMULATE=defines["ACCUMULATE"])
-    return plan.launch(total, (m * n,), (64,), m, n, slices, partial, c.tensor, c.ld)
+def valid_params(kernel, params):
+    """Parameters the kernel can take: every name it knows, positive (PREFETCH 0 or 1), tiles divisible."""
+    if not isinstance(params, dict) or set(params) != set(DEFAULTS[kernel]):
+        return False
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in params.values()):
+        return False
+    if min(v for key, v in params.items() if key != "PREFETCH") < 1:
+        return False
+    if kernel != "gemm_tiled":
+        return True
+    return params["PREFETCH"] in (0, 1) and params["TILE_M"] % params["WPT_M"] == 0 \
+        and params["TILE_N"] % params["WPT_N"] == 0
 
 
 def gemm(plan, a, b, c, trans_a=False, trans_b=False, bias=None, act=0, bias_per_row=False, accumulate=False):
@@ -76,23 +112,55 @@ def gemm(plan, a, b, c, trans_a=False, trans_b=False, bias=None, act=0, bias_per
     if accumulate and (bias is not None or act):
         raise ValueError("an accumulating gemm takes no bias or activation")
     defines = dict(TRANS_A=int(trans_a), TRANS_B=int(trans_b), HAS_BIAS=bias is not None, ACT=act,
-                   BIAS_PER_ROW=bias_per_row, ACCUMULATE=accumulate, C_IMAGE_COLS=c.image_cols)
-    args = (m, n, k, a.tensor, a.ld, b.tensor, b.ld, c.tensor, c.ld, bias if bias is not None else c.tensor)
+                   BIAS_PER_ROW=bias_per_row, ACCUMULATE=accumulate)
     if family(plan.device) == "tiled":
-        slices = split_k(plan.device, m, n, k) if bias is None and not act and c.image_cols is None else 1
-        if slices > 1:
-            grid = (-(-n // TILE) * WORK_GROUP, -(-m // TILE) * WORK_GROUP)
-            return _gemm_split_k(plan, a, b, c, m, n, k, grid, slices, defines)
-        tile = BIG_TILE if _big_tiles(plan.device, m, n) else TILE
-        if tile != TILE:
-            defines.update(TILE_M=tile, TILE_N=tile, WPT_M=tile // WORK_GROUP, WPT_N=tile // WORK_GROUP)
-        kernel = plan.kernel(GEMM_FILE, "gemm_tiled", **defines)
-        grid = (-(-n // tile) * WORK_GROUP, -(-m // tile) * WORK_GROUP)
-        return plan.launch(kernel, grid, (WORK_GROUP, WORK_GROUP), *args)
-    if trans_b:
-        if trans_a:
-            raise ValueError("gemm with both operands transposed is not supported by the CPU family")
-        kernel = plan.kernel(GEMM_FILE, "gemm_cpu_dot", **defines)
-        return plan.launch(kernel, (-(-n // DOT_COLS), -(-m // DOT_ROWS)), None, *args)
-    kernel = plan.kernel(GEMM_FILE, "gemm_cpu", **defines)
-    return plan.launch(kernel, (-(-n // 16), -(-m // CPU_ROWS)), None, *args)
+        kernel = "gemm_tiled"
+    elif not trans_b:
+        kernel = "gemm_cpu"
+    elif not trans_a:
+        kernel = "gemm_cpu_dot"
+    else:
+        raise ValueError("gemm with both operands transposed is not supported by the CPU family")
+    return record_gemm(plan, kernel, defines, (m, n, k), a, b, c, bias)
+
+
+def _size(tensor):
+    return prod(tensor.shape)
+
+
+def record_gemm(plan, kernel, defines, shape, a, b, c, bias=None, params=None):
+    """Record one launch of `kernel` (gemm_tiled, gemm_cpu or gemm_cpu_dot, with its fixed options
+    `defines`) computing the (M, N, K) product of Matrix operands. `params` (the tuner's candidates)
+    overrides the tuned or default parameters."""
+    m, n, k = shape
+    defines = {**defines, "C_IMAGE_COLS": c.image_cols}
+    splittable = kernel == "gemm_tiled" and bias is None and not defines.get("ACT") and c.image_cols is None
+    case = Case(kernel, layout(defines), m, n, k)
+    record(case, Call(kernel, tuple(sorted(defines.items())), shape, (_size(a.tensor), a.ld), (_size(b.tensor), b.ld),
+                      (_size(c.tensor), c.ld, c.image_cols), 0 if bias is None else _size(bias)))
+    if params is None:
+        params = lookup(plan.device, case)
+        if not valid_params(kernel, params):
+            params = default_params(plan.device, kernel, m, n, k, splittable)
+    args = (m, n, k, a.tensor, a.ld, b.tensor, b.ld, c.tensor, c.ld, bias if bias is not None else c.tensor)
+    if kernel == "gemm_cpu":
+        program = plan.kernel(GEMM_FILE, kernel, **defines, **params)
+        return plan.launch(program, (-(-n // 16), -(-m // params["CPU_ROWS"])), None, *args)
+    if kernel == "gemm_cpu_dot":
+        program = plan.kernel(GEMM_FILE, kernel, **defines, **params)
+        return plan.launch(program, (-(-n // params["DOT_COLS"]), -(-m // params["DOT_ROWS"])), None, *args)
+    params = dict(params)
+    slices = params.pop("SLICES")
+    if not splittable:
+        slices = 1
+    local = (params["TILE_N"] // params["WPT_N"], params["TILE_M"] // params["WPT_M"])
+    grid = (-(-n // params["TILE_N"]) * local[0], -(-m // params["TILE_M"]) * local[1])
+    if slices == 1:
+        program = plan.kernel(GEMM_FILE, kernel, **defines, **params)
+        return plan.launch(program, grid, local, *args)
+    # Partial products of K slices in one 3-D launch, then their sum in slice order (deterministic).
+    partial = plan.value((slices, m, n), "split-K partial sums")
+    program = plan.kernel(GEMM_FILE, kernel, **{**defines, "SPLIT_K": True, "ACCUMULATE": False}, **params)
+    plan.launch(program, (*grid, slices), (*local, 1), m, n, k, a.tensor, a.ld, b.tensor, b.ld, partial, n, partial)
+    total = plan.kernel(GEMM_FILE, "sum_slices", ACCUMULATE=defines["ACCUMULATE"])
+    return plan.launch(total, (m * n,), (64,), m, n, slices, partial, c.tensor, c.ld)

@@ -1,0 +1,231 @@
+"""clnet-tune: times GEMM kernel parameters on this device and caches the fastest (tuning.py).
+
+The cases are the GEMMs of the networks to be run, the implicit convolutions included, as the
+layer graph asks for them (the reference networks at batch 128 and 1024 unless told otherwise),
+plus square GEMMs. Every candidate is first checked against the default parameters' result on the
+same operands; a candidate that fails to build, to launch or to agree is reported and skipped.
+Each candidate is timed for about --min-time seconds, several times; the median counts. The winners
+go to the tuning cache, which every later plan on this device reads.
+
+    clnet-tune --platform nvidia
+    clnet-tune --platform pocl --models mnist-cnn --batch-sizes 128 --sizes
+"""
+
+import argparse
+import statistics
+import sys
+import time
+
+import numpy as np
+import pyopencl as cl
+
+from . import tuning
+from .device import device as open_device
+from .errors import ClnetError
+from .models import INPUT_SHAPES, PRESETS
+from .ops.gemm import TILED, Matrix, default_params, family, gemm, record_gemm, split_k
+from .plan import Plan
+from .tensor import DeviceTensor
+
+SIZES = (1024, 4096)
+REPEATS = 3
+MIN_TIME = 0.05    # seconds per timed run
+AGREE = 1e-3       # a candidate's largest difference from the default, relative to the largest |entry|
+
+# gemm_tiled: (TILE_M, TILE_N, TILE_K, WPT_M, WPT_N), each with and without PREFETCH; work-groups
+# of 8 x 8 to 16 x 16
+TILES = [(64, 64, 16, 4, 4), (128, 128, 16, 8, 8), (128, 128, 8, 8, 8), (128, 128, 32, 8, 8),
+         (128, 64, 16, 8, 4), (64, 128, 16, 4, 8), (64, 64, 32, 4, 4), (32, 64, 16, 2, 4),
+         (64, 32, 16, 4, 2), (32, 32, 16, 4, 4)]
+CPU_ROWS = (2, 4, 6, 8, 12)
+DOT_BLOCKS = [(4, 4), (2, 4), (4, 2), (2, 8), (8, 2), (2, 2)]
+
+
+def tile_params(device):
+    """The gemm_tiled tile shapes this device can take (work-group size, local memory), unsplit."""
+    limit, local_mem = device.max_work_group_size, device.info.local_mem
+    return [{**TILED, "TILE_M": tm, "TILE_N": tn, "TILE_K": tk, "WPT_M": wm, "WPT_N": wn, "PREFETCH": prefetch}
+            for tm, tn, tk, wm, wn in TILES for prefetch in (1, 0)
+            if (tm // wm) * (tn // wn) <= limit and 4 * tk * (tm + tn + 2) <= local_mem]
+
+
+def candidates(device, call, splittable):
+    """Every parameter set worth timing for a recorded GEMM call on this device, the default first."""
+    m, n, k = call.shape
+    default = default_params(device, call.kernel, m, n, k, splittable)
+    if call.kernel == "gemm_cpu":
+        found = [{"CPU_ROWS": r} for r in CPU_ROWS]
+    elif call.kernel == "gemm_cpu_dot":
+        found = [{"DOT_ROWS": r, "DOT_COLS": c} for r, c in DOT_BLOCKS]
+    else:
+        found = []
+        for tile in tile_params(device):
+            slices = split_k(device, m, n, k, tile) if splittable else 1
+            found += [{**tile, "SLICES": s} for s in sorted({1, slices, max(1, slices // 2), 2 * slices})
+                      if s == 1 or slices > 1]
+    return [default] + [p for p in found if p != default]
+
+
+def collect(device, models, batch_sizes, sizes):
+    """(Case, Call) of every distinct GEMM of the networks' training and inference graphs, and of
+    square products of `sizes`, in the order first met."""
+    with tuning.recording() as calls:
+        for name in models:
+            model = PRESETS[name](device=device, seed=0).compile("cross_entropy", "sgd")
+            for batch in batch_sizes:
+                model._graph(batch, INPUT_SHAPES[name], True, np.int32)
+                model._graph(batch, INPUT_SHAPES[name], False)
+        scratch = Plan(device)
+        for n in sizes:
+            square = scratch.value((n, n), "square")
+            gemm(scratch, square, square, square)
+    distinct = {}
+    for case, call in calls:
+        distinct.setdefault(case, call)
+    return list(distinct.items())
+
+
+class Operands:
+    """Random operands for a recorded call, uploaded once; a fresh C (from the same values) per run."""
+
+    def __init__(self, device, call, rng):
+        self.device, self.call = device, call
+        self.a = self._upload(rng.uniform(-1, 1, call.a[0]))
+        self.b = self._upload(rng.uniform(-1, 1, call.b[0]))
+        self.c0 = rng.uniform(-1, 1, call.c[0]).astype(np.float32)
+        self.bias = self._upload(rng.uniform(-1, 1, call.bias)) if call.bias else None
+
+    def _upload(self, values):
+        return DeviceTensor.from_numpy(self.device, values.astype(np.float32))
+
+    def plan(self, params):
+        """A finalized plan of this one GEMM with `params`, and its output tensor."""
+        call, c = self.call, DeviceTensor.from_numpy(self.device, self.c0)
+        plan = Plan(self.device)
+        m, n, k = call.shape
+        a_rows, a_cols = ((k, m) if dict(call.defines).get("TRANS_A") else (m, k))
+        b_rows, b_cols = ((n, k) if dict(call.defines).get("TRANS_B") else (k, n))
+        record_gemm(plan, call.kernel, {key: v for key, v in call.defines if key != "C_IMAGE_COLS"}, call.shape,
+                    Matrix(self.a, a_rows, a_cols, ld=call.a[1]), Matrix(self.b, b_rows, b_cols, ld=call.b[1]),
+                    Matrix(c, m, n, ld=call.c[1], image_cols=call.c[2]), self.bias, params=params)
+        plan.finalize(plan.place())
+        return plan, c
+
+
+def time_plan(plan, min_time, repeats):
+    """Median seconds of one run of the plan, over `repeats` runs of about `min_time` seconds each."""
+    finish = plan.device.finish
+    plan.run()
+    finish()
+    runs = 1
+    while True:
+        start = time.perf_counter()
+        for _ in range(runs):
+            plan.run()
+        finish()
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_time / 4 or runs >= 1 << 16:
+            break
+        runs *= 4
+    samples = [elapsed / runs]
+    for _ in range(repeats - 1):
+        start = time.perf_counter()
+        for _ in range(runs):
+            plan.run()
+        finish()
+        samples.append((time.perf_counter() - start) / runs)
+    return statistics.median(samples)
+
+
+def _agrees(got, reference):
+    scale = max(1.0, float(np.abs(reference).max(initial=0.0)))
+    return bool(np.all(np.isfinite(got))) and float(np.abs(got - reference).max(initial=0.0)) <= AGREE * scale
+
+
+def tune_case(device, case, call, min_time=MIN_TIME, repeats=REPEATS, report=print):
+    """The fastest correct parameters for one call: {"params", "seconds", "default_seconds"}."""
+    splittable = call.kernel == "gemm_tiled" and call.bias == 0 and not dict(call.defines).get("ACT") \
+        and call.c[2] is None
+    operands = Operands(device, call, np.random.default_rng(0))
+    options = candidates(device, call, splittable)
+    reference, best = None, None
+    for params in options:
+        try:
+            plan, c = operands.plan(params)
+            plan.run()
+            got = c.download()
+        except (ClnetError, cl.Error) as exc:
+            report(f"  skipped {params}: {str(exc).splitlines()[0]}")
+            continue
+        if reference is None:
+            reference = got
+        elif not _agrees(got, reference):
+            report(f"  skipped {params}: its result differs from the default's")
+            continue
+        seconds = time_plan(plan, min_time, repeats)
+        if reference is got:
+            default_seconds = seconds
+        if best is None or seconds < best[1]:
+            best = (params, seconds)
+    if reference is None:
+        raise ClnetError(f"{case.key}: not even the default parameters run on {device.info.name}")
+    return {"params": best[0], "seconds": best[1], "default_seconds": default_seconds}
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="clnet-tune", description=__doc__.split("\n\n")[0])
+    p.add_argument("--platform", help="OpenCL platform: index or name substring (nvidia, pocl, ...)")
+    p.add_argument("--device", help="OpenCL device within the platform: index or name substring")
+    p.add_argument("--models", nargs="*", default=list(PRESETS), choices=list(PRESETS), metavar="MODEL",
+                   help=f"networks whose GEMMs to tune, of {', '.join(PRESETS)} (default: all)")
+    p.add_argument("--batch-sizes", nargs="+", type=int, default=[128, 1024], metavar="N",
+                   help="their batch sizes (default 128 1024)")
+    p.add_argument("--sizes", nargs="*", type=int, default=list(SIZES), metavar="N",
+                   help="square GEMM sizes to tune as well (default 1024 4096)")
+    p.add_argument("--min-time", type=float, default=MIN_TIME, help=f"seconds per timed run (default {MIN_TIME})")
+    p.add_argument("--repeats", type=int, default=REPEATS, help=f"timed runs per candidate (default {REPEATS})")
+    p.add_argument("--max-seconds", type=float, default=None,
+                   help="stop tuning new cases after this long; what is tuned is kept")
+    p.add_argument("--output", help=f"the tuning cache to update (default {tuning.cache_path()})")
+    args = p.parse_args(argv)
+    if min(args.batch_sizes + args.sizes, default=1) < 1 or args.repeats < 1 or args.min_time <= 0:
+        p.error("batch sizes, sizes, --repeats and --min-time must be positive")
+    return args
+
+
+def main(argv=None):
+    """The `clnet-tune` command; `argv` defaults to the command line."""
+    args = parse_args(sys.argv[1:] if argv is None else list(argv))
+    try:
+        device = open_device(platform=args.platform, device=args.device)
+        cases = collect(device, args.models, args.batch_sizes, args.sizes)
+    except ClnetError as exc:
+        raise SystemExit(f"clnet-tune: {exc}") from None
+    print(f"tuning {len(cases)} GEMMs on {device.info.label} ({family(device)} family)", flush=True)
+    started, results = time.perf_counter(), {}
+    for case, call in cases:
+        if args.max_seconds is not None and time.perf_counter() - started > args.max_seconds:
+            print(f"stopped after {args.max_seconds:g} s: {len(cases) - len(results)} cases left untuned")
+            break
+        try:
+            result = tune_case(device, case, call, args.min_time, args.repeats)
+        except ClnetError as exc:
+            print(f"{case.key}: {exc}")
+            continue
+        results[case] = result
+        m, n, k = case.m, case.n, case.k
+        gflops = 2e-9 * m * n * k / result["seconds"]
+        print(f"{case.key:<42} {gflops:9.1f} GFLOP/s  x{result['default_seconds'] / result['seconds']:.2f} "
+              f"over the default  {_short(result['params'])}", flush=True)
+    if results:
+        path = tuning.store(device, results, args.output)
+        print(f"wrote {len(results)} tuned cases to {path}")
+    return 0
+
+
+def _short(params):
+    return " ".join(f"{key}={value}" for key, value in params.items())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

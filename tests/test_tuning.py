@@ -1,0 +1,124 @@
+"""The tuning cache (what clnet-tune writes, what the GEMM launcher reads) and the tuner itself."""
+
+import importlib
+import json
+
+import numpy as np
+import pytest
+
+import clnet
+from clnet import layers as L
+from clnet import tune, tuning
+from clnet.ops.gemm import TILED
+from clnet.tuning import Case
+
+TUNED = {**TILED, "TILE_M": 32, "TILE_N": 64, "WPT_M": 2}
+
+
+class FakeInfo:
+    platform, name, driver = "Some Platform", "Some Device", "1.0"
+
+
+class FakeDevice:
+    info = FakeInfo()
+
+
+def _store(path, cases, device=None):
+    return tuning.store(device or FakeDevice(), {case: {"params": params} for case, params in cases.items()}, path)
+
+
+def test_lookup_takes_the_nearest_case_of_the_same_kernel_and_layout(tmp_path):
+    path = tmp_path / "tuning.json"
+    near, far = dict(TUNED), {**TUNED, "TILE_K": 8}
+    _store(path, {Case("gemm_tiled", "NT", 128, 256, 784): near, Case("gemm_tiled", "NT", 1024, 256, 784): far})
+    device = FakeDevice()
+    assert tuning.lookup(device, Case("gemm_tiled", "NT", 128, 256, 784), path) == near
+    assert tuning.lookup(device, Case("gemm_tiled", "NT", 200, 300, 600), path) == near
+    assert tuning.lookup(device, Case("gemm_tiled", "NT", 900, 256, 784), path) == far
+    assert tuning.lookup(device, Case("gemm_tiled", "NT", 128, 1024, 784), path) is None  # 4x away
+    assert tuning.lookup(device, Case("gemm_tiled", "NN", 128, 256, 784), path) is None   # another layout
+    assert tuning.lookup(device, Case("gemm_cpu", "NT", 128, 256, 784), path) is None     # another kernel
+
+
+def test_entries_of_other_devices_and_other_sources_are_not_used(tmp_path, monkeypatch):
+    path = tmp_path / "tuning.json"
+    case = Case("gemm_tiled", "NN", 64, 64, 64)
+    _store(path, {case: TUNED})
+    other = FakeDevice()
+    other.info = type("Info", (), {"platform": "Some Platform", "name": "Some Device", "driver": "2.0"})()
+    _store(path, {case: TILED}, other)  # a driver upgrade is another entry; the first one is kept
+    assert tuning.lookup(FakeDevice(), case, path) == TUNED and tuning.lookup(other, case, path) == TILED
+    monkeypatch.setenv("CLNET_TUNING", "0")
+    assert tuning.lookup(FakeDevice(), case, path) is None
+    monkeypatch.delenv("CLNET_TUNING")
+    monkeypatch.setattr(tuning, "source_hash", lambda: "changed-kernels")
+    assert tuning.lookup(FakeDevice(), case, path) is None  # tuned for other kernel sources: stale
+    _store(path, {Case("gemm_tiled", "NN", 8, 8, 8): TUNED})  # replaces the stale entry
+    entry = json.loads(path.read_text())["devices"]["Some Platform | Some Device | 1.0"]
+    assert entry["source"] == "changed-kernels" and list(entry["cases"]) == ["gemm_tiled NN 8x8x8"]
+
+
+@pytest.mark.parametrize("content", ["{not json", json.dumps({"format": "something else"}), "[]"])
+def test_a_corrupt_cache_is_reported_ignored_and_replaced(tmp_path, content):
+    path = tmp_path / "tuning.json"
+    path.write_text(content)
+    case = Case("gemm_tiled", "NN", 64, 64, 64)
+    with pytest.warns(UserWarning, match="ignoring the tuning cache .*clnet-tune"):
+        assert tuning.lookup(FakeDevice(), case, path) is None
+    _store(path, {case: TUNED})
+    assert tuning.lookup(FakeDevice(), case, path) == TUNED
+
+
+def test_invalid_tuned_parameters_fall_back_to_the_defaults(device, monkeypatch):
+    """A hand-edited cache with parameters a kernel cannot take changes nothing."""
+    monkeypatch.setenv("CLNET_GEMM", "tiled")
+    model = clnet.Sequential([L.Dense(5, 3)], device=device, seed=0)
+    x = np.random.default_rng(0).normal(size=(4, 5))
+    expected = model.predict(x)
+    for broken in ({"TILE_M": 64}, {**TILED, "WPT_M": 3}, {**TILED, "TILE_K": 0}, "fast"):
+        monkeypatch.setattr(importlib.import_module("clnet.ops.gemm"), "lookup", lambda d, c: broken)
+        model = clnet.Sequential([L.Dense(5, 3)], device=device, seed=0)
+        np.testing.assert_array_equal(model.predict(x), expected)
+
+
+def test_the_tuner_writes_what_later_plans_use(device, tmp_path, monkeypatch, capsys):
+    """clnet-tune on one small network: every GEMM of its training graph is tuned and cached for
+    this device, and a model built afterwards computes the same as with the defaults."""
+    path = tmp_path / "cache" / "tuning.json"
+    x = np.random.default_rng(0).normal(size=(8, 1, 28, 28))
+    before = clnet.models.mlp(device=device, seed=0).predict(x)
+    args = ["--device", str(device.info.index), "--models", "mlp", "--batch-sizes", "8", "--sizes", "40",
+            "--min-time", "0.001", "--repeats", "1", "--output", str(path)]
+    assert tune.main(args) == 0
+    out = capsys.readouterr().out
+    assert "tuning 9 GEMMs" in out and f"wrote 9 tuned cases to {path}" in out
+    entry = json.loads(path.read_text())["devices"][tuning.device_key(device)]
+    assert len(entry["cases"]) == 9 and entry["source"] == tuning.source_hash()
+    for key, result in entry["cases"].items():
+        assert result["seconds"] <= result["default_seconds"] and tuning.lookup(device, Case.from_key(key), path)
+    monkeypatch.setenv("CLNET_TUNING_FILE", str(path))
+    np.testing.assert_allclose(clnet.models.mlp(device=device, seed=0).predict(x), before, rtol=1e-5, atol=1e-6)
+
+
+def test_the_tuner_checks_each_candidate_against_the_default(device, monkeypatch):
+    """A candidate whose result differs is reported and never chosen."""
+    calls = tune.collect(device, [], [], [48])
+    (case, call), = calls
+    real = tune.Operands.plan
+
+    def corrupt(self, params):
+        plan, c = real(self, params)
+        if params != tune.candidates(device, call, True)[0]:
+            c.upload(np.full(c.shape, 7.0, np.float32))
+            plan.launches.clear()  # the "kernel" leaves a wrong result
+        return plan, c
+    monkeypatch.setattr(tune.Operands, "plan", corrupt)
+    reports = []
+    result = tune.tune_case(device, case, call, 0.001, 1, reports.append)
+    assert result["params"] == tune.candidates(device, call, True)[0]
+    assert reports and all("differs from the default" in line for line in reports)
+
+
+def test_the_tuner_names_a_missing_device():
+    with pytest.raises(SystemExit, match="clnet-tune: .*no-such-platform"):
+        tune.main(["--platform", "no-such-platform"])
