@@ -29,11 +29,10 @@ from .tensor import DeviceTensor
 
 SIZES = (1024, 4096)
 REPEATS = 3
-MIN_TIME = 0.05    # seconds per timed run
+MIN_TIME = 0.02    # seconds per timed run
 AGREE = 1e-3       # a candidate's largest difference from the default, relative to the largest |entry|
 
-# gemm_tiled: (TILE_M, TILE_N, TILE_K, WPT_M, WPT_N), each with and without PREFETCH; work-groups
-# of 8 x 8 to 16 x 16
+# gemm_tiled: (TILE_M, TILE_N, TILE_K, WPT_M, WPT_N); work-groups of 8 x 8 to 16 x 16
 TILES = [(64, 64, 16, 4, 4), (128, 128, 16, 8, 8), (128, 128, 8, 8, 8), (128, 128, 32, 8, 8),
          (128, 64, 16, 8, 4), (64, 128, 16, 4, 8), (64, 64, 32, 4, 4), (32, 64, 16, 2, 4),
          (64, 32, 16, 4, 2), (32, 32, 16, 4, 4)]
@@ -44,15 +43,15 @@ DOT_BLOCKS = [(4, 4), (2, 4), (4, 2), (2, 8), (8, 2), (2, 2)]
 def tile_params(device):
     """The gemm_tiled tile shapes this device can take (work-group size, local memory), unsplit."""
     limit, local_mem = device.max_work_group_size, device.info.local_mem
-    return [{**TILED, "TILE_M": tm, "TILE_N": tn, "TILE_K": tk, "WPT_M": wm, "WPT_N": wn, "PREFETCH": prefetch}
-            for tm, tn, tk, wm, wn in TILES for prefetch in (1, 0)
+    return [{**TILED, "TILE_M": tm, "TILE_N": tn, "TILE_K": tk, "WPT_M": wm, "WPT_N": wn}
+            for tm, tn, tk, wm, wn in TILES
             if (tm // wm) * (tn // wn) <= limit and 4 * tk * (tm + tn + 2) <= local_mem]
 
 
 def candidates(device, call, splittable):
     """Every parameter set worth timing for a recorded GEMM call on this device, the default first."""
     m, n, k = call.shape
-    default = default_params(device, call.kernel, m, n, k, splittable)
+    default = default_params(device, call.kernel, m, n, k, splittable, bool(dict(call.defines).get("TRANS_B")))
     if call.kernel == "gemm_cpu":
         found = [{"CPU_ROWS": r} for r in CPU_ROWS]
     elif call.kernel == "gemm_cpu_dot":
@@ -202,24 +201,22 @@ def main(argv=None):
     except ClnetError as exc:
         raise SystemExit(f"clnet-tune: {exc}") from None
     print(f"tuning {len(cases)} GEMMs on {device.info.label} ({family(device)} family)", flush=True)
-    started, results = time.perf_counter(), {}
+    started, tuned, path = time.perf_counter(), 0, args.output or tuning.cache_path()
     for case, call in cases:
         if args.max_seconds is not None and time.perf_counter() - started > args.max_seconds:
-            print(f"stopped after {args.max_seconds:g} s: {len(cases) - len(results)} cases left untuned")
+            print(f"stopped after {args.max_seconds:g} s: {len(cases) - tuned} cases left untuned")
             break
         try:
             result = tune_case(device, case, call, args.min_time, args.repeats)
         except ClnetError as exc:
             print(f"{case.key}: {exc}")
             continue
-        results[case] = result
-        m, n, k = case.m, case.n, case.k
-        gflops = 2e-9 * m * n * k / result["seconds"]
+        tuning.store(device, {case: result}, path)  # case by case: an interrupted run keeps its work
+        tuned += 1
+        gflops = 2e-9 * case.m * case.n * case.k / result["seconds"]
         print(f"{case.key:<42} {gflops:9.1f} GFLOP/s  x{result['default_seconds'] / result['seconds']:.2f} "
               f"over the default  {_short(result['params'])}", flush=True)
-    if results:
-        path = tuning.store(device, results, args.output)
-        print(f"wrote {len(results)} tuned cases to {path}")
+    print(f"wrote {tuned} tuned cases to {path}")
     return 0
 
 

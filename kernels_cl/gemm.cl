@@ -115,9 +115,6 @@ inline float conv_output_grad(__global const float* restrict dy, const int dy_of
 #ifndef WPT_N
 #define WPT_N 4     // columns of C per work-item
 #endif
-#ifndef PREFETCH
-#define PREFETCH 1  // 1: the next tiles are read from global memory while this one is multiplied
-#endif
 #define WG_M (TILE_M / WPT_M)
 #define WG_N (TILE_N / WPT_N)
 #define WG_SIZE (WG_M * WG_N)
@@ -168,13 +165,11 @@ void gemm_tiled(GEMM_ARGS)
 #else
     const int k_begin = 0, k_end = K;
 #endif
-#if PREFETCH
+    // The next tiles are read from global memory into registers while this one is multiplied.
     float a_next[A_LOADS], b_next[B_LOADS];
     FOR_ELEMENTS(l, i, A_LOADS, TILE_K * TILE_M) { A_PLACE(i); a_next[l] = A_VALUE(k_begin); }
     FOR_ELEMENTS(l, i, B_LOADS, TILE_K * TILE_N) { B_PLACE(i); b_next[l] = B_VALUE(k_begin); }
-#endif
     for (int k0 = k_begin; k0 < k_end; k0 += TILE_K) {
-#if PREFETCH
         FOR_ELEMENTS(l, i, A_LOADS, TILE_K * TILE_M) { A_PLACE(i); As[kk][mm] = a_next[l]; }
         FOR_ELEMENTS(l, i, B_LOADS, TILE_K * TILE_N) { B_PLACE(i); Bs[kk][nn] = b_next[l]; }
         barrier(CLK_LOCAL_MEM_FENCE);
@@ -182,11 +177,6 @@ void gemm_tiled(GEMM_ARGS)
             FOR_ELEMENTS(l, i, A_LOADS, TILE_K * TILE_M) { A_PLACE(i); a_next[l] = A_VALUE(k0 + TILE_K); }
             FOR_ELEMENTS(l, i, B_LOADS, TILE_K * TILE_N) { B_PLACE(i); b_next[l] = B_VALUE(k0 + TILE_K); }
         }
-#else
-        FOR_ELEMENTS(l, i, A_LOADS, TILE_K * TILE_M) { A_PLACE(i); As[kk][mm] = A_VALUE(k0); }
-        FOR_ELEMENTS(l, i, B_LOADS, TILE_K * TILE_N) { B_PLACE(i); Bs[kk][nn] = B_VALUE(k0); }
-        barrier(CLK_LOCAL_MEM_FENCE);
-#endif
         for (int kk = 0; kk < TILE_K; kk++) {
             float a[WPT_M], b[WPT_N];
             for (int i = 0; i < WPT_M; i++) a[i] = As[kk][tm + i * WG_M];

@@ -9,12 +9,12 @@ from ..tuning import Case, lookup, record
 
 GEMM_FILE = "gemm.cl"
 # Parameters as the kernels' -D options; SLICES (gemm_tiled) is the host's: split-K slices.
-TILED = {"TILE_M": 64, "TILE_N": 64, "TILE_K": 16, "WPT_M": 4, "WPT_N": 4, "PREFETCH": 1, "SLICES": 1}
+TILED = {"TILE_M": 64, "TILE_N": 64, "TILE_K": 16, "WPT_M": 4, "WPT_N": 4, "SLICES": 1}
 TILED_BIG = {**TILED, "TILE_M": 128, "TILE_N": 128, "WPT_M": 8, "WPT_N": 8}  # 8 x 8 outputs per work-item
 CPU = {"CPU_ROWS": 8}                    # gemm_cpu: rows x 16 columns per work-item
 CPU_DOT = {"DOT_ROWS": 4, "DOT_COLS": 4}  # gemm_cpu_dot: the block of dot products per work-item
 DEFAULTS = {"gemm_tiled": TILED, "gemm_cpu": CPU, "gemm_cpu_dot": CPU_DOT}
-SPLIT_MIN = 256    # shortest K slice worth its own work-groups
+SPLIT_MIN = 128    # shortest K slice worth its own work-groups
 
 
 class Matrix:
@@ -64,36 +64,39 @@ def layout(defines):
 def split_k(device, m, n, k, params=TILED):
     """Slices of K for gemm_tiled: enough work-groups to fill the device when the output has few
     tiles (weight gradients: K is the batch, or batch x pixels), each slice at least SPLIT_MIN long."""
-    tiles = -(-m // params["TILE_M"]) * -(-n // params["TILE_N"])
-    wanted = -(-4 * device.info.compute_units // tiles)
+    wanted = -(-4 * device.info.compute_units // _tiles(m, n, params))
     return max(1, min(wanted, k // SPLIT_MIN))
 
 
-def default_params(device, kernel, m, n, k, splittable):
-    """Without tuning: gemm_tiled splits K where the output has few tiles; otherwise it takes
-    128 x 128 tiles (half the loads per multiply-add) where there are enough of them for every
-    compute unit, and more, smaller tiles where that keeps the device busier."""
+def _tiles(m, n, params):
+    return -(-m // params["TILE_M"]) * -(-n // params["TILE_N"])
+
+
+def default_params(device, kernel, m, n, k, splittable, trans_b=False):
+    """Without tuning: gemm_tiled splits K where the output has few tiles; otherwise it takes the
+    largest tiles (the fewest loads per multiply-add) of which there are enough for every compute
+    unit: 128 x 128, 64 x 64, else 64 x 32 (32 x 64 when B is not transposed), the shapes clnet-tune
+    picks most often on an H200 for outputs too small to fill it."""
     if kernel != "gemm_tiled":
         return dict(DEFAULTS[kernel])
     slices = split_k(device, m, n, k) if splittable else 1
     if slices > 1:
         return {**TILED, "SLICES": slices}
-    big = min(m, n) >= 128 and -(-m // 128) * -(-n // 128) >= device.info.compute_units
-    return dict(TILED_BIG if big else TILED)
+    narrow = {**TILED, "TILE_M": 64, "TILE_N": 32, "WPT_M": 4, "WPT_N": 2} if trans_b else \
+        {**TILED, "TILE_M": 32, "TILE_N": 64, "WPT_M": 2, "WPT_N": 4}
+    for params in (TILED_BIG, TILED):
+        if min(m, n) >= params["TILE_M"] and _tiles(m, n, params) >= device.info.compute_units:
+            return dict(params)
+    return narrow
 
 
 def valid_params(kernel, params):
-    """Parameters the kernel can take: every name it knows, positive (PREFETCH 0 or 1), tiles divisible."""
+    """Parameters the kernel can take: every name it knows, positive, tiles divisible."""
     if not isinstance(params, dict) or set(params) != set(DEFAULTS[kernel]):
         return False
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in params.values()):
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in params.values()):
         return False
-    if min(v for key, v in params.items() if key != "PREFETCH") < 1:
-        return False
-    if kernel != "gemm_tiled":
-        return True
-    return params["PREFETCH"] in (0, 1) and params["TILE_M"] % params["WPT_M"] == 0 \
-        and params["TILE_N"] % params["WPT_N"] == 0
+    return kernel != "gemm_tiled" or (params["TILE_M"] % params["WPT_M"] == 0 and params["TILE_N"] % params["WPT_N"] == 0)
 
 
 def gemm(plan, a, b, c, trans_a=False, trans_b=False, bias=None, act=0, bias_per_row=False, accumulate=False):
@@ -141,7 +144,7 @@ def record_gemm(plan, kernel, defines, shape, a, b, c, bias=None, params=None):
     if params is None:
         params = lookup(plan.device, case)
         if not valid_params(kernel, params):
-            params = default_params(plan.device, kernel, m, n, k, splittable)
+            params = default_params(plan.device, kernel, m, n, k, splittable, bool(defines.get("TRANS_B")))
     args = (m, n, k, a.tensor, a.ld, b.tensor, b.ld, c.tensor, c.ld, bias if bias is not None else c.tensor)
     if kernel == "gemm_cpu":
         program = plan.kernel(GEMM_FILE, kernel, **defines, **params)
