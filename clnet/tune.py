@@ -23,7 +23,7 @@ from . import tuning
 from .device import device as open_device
 from .errors import ClnetError
 from .models import INPUT_SHAPES, PRESETS
-from .ops.gemm import TILED, Matrix, default_params, family, gemm, record_gemm, split_k
+from .ops.gemm import TILED, Matrix, default_params, family, gemm, record_gemm, split_k, valid_params
 from .plan import Plan
 from .tensor import DeviceTensor
 
@@ -35,21 +35,36 @@ AGREE = 1e-3       # a candidate's largest difference from the default, relative
 # gemm_tiled: (TILE_M, TILE_N, TILE_K, WPT_M, WPT_N); work-groups of 8 x 8 to 16 x 16
 TILES = [(64, 64, 16, 4, 4), (128, 128, 16, 8, 8), (128, 128, 8, 8, 8), (128, 128, 32, 8, 8),
          (128, 64, 16, 8, 4), (64, 128, 16, 4, 8), (64, 64, 32, 4, 4), (32, 64, 16, 2, 4),
-         (64, 32, 16, 4, 2), (32, 32, 16, 4, 4)]
+         (64, 32, 16, 4, 2), (32, 32, 16, 4, 4), (32, 128, 16, 4, 8), (64, 128, 16, 8, 8)]
 CPU_ROWS = (2, 4, 6, 8, 12)
 DOT_BLOCKS = [(4, 4), (2, 4), (4, 2), (2, 8), (8, 2), (2, 2)]
+FINALISTS = 2      # tile shapes whose PREFETCH / VECTOR variants are timed too
+
+
+def _fits(device, params):
+    """The work-group size and the local tiles (with their padding) fit this device."""
+    pad = 4 if params["VECTOR"] else 1
+    local = 4 * params["TILE_K"] * (params["TILE_M"] + params["TILE_N"] + 2 * pad)
+    threads = (params["TILE_M"] // params["WPT_M"]) * (params["TILE_N"] // params["WPT_N"])
+    return threads <= device.max_work_group_size and local <= device.info.local_mem
 
 
 def tile_params(device):
-    """The gemm_tiled tile shapes this device can take (work-group size, local memory), unsplit."""
-    limit, local_mem = device.max_work_group_size, device.info.local_mem
-    return [{**TILED, "TILE_M": tm, "TILE_N": tn, "TILE_K": tk, "WPT_M": wm, "WPT_N": wn}
-            for tm, tn, tk, wm, wn in TILES
-            if (tm // wm) * (tn // wn) <= limit and 4 * tk * (tm + tn + 2) <= local_mem]
+    """The gemm_tiled tile shapes this device can take, unsplit, with the default switches."""
+    tiles = [{**TILED, "TILE_M": tm, "TILE_N": tn, "TILE_K": tk, "WPT_M": wm, "WPT_N": wn}
+             for tm, tn, tk, wm, wn in TILES]
+    return [params for params in tiles if _fits(device, params)]
+
+
+def variants(device, params):
+    """The same tiles with the other settings of the switches (prefetch, float4 local reads)."""
+    found = [{**params, "PREFETCH": prefetch, "VECTOR": vector} for prefetch in (1, 0) for vector in (0, 1)]
+    return [v for v in found if v != params and valid_params("gemm_tiled", v) and _fits(device, v)]
 
 
 def candidates(device, call, splittable):
-    """Every parameter set worth timing for a recorded GEMM call on this device, the default first."""
+    """The parameter sets to time first for a recorded GEMM call on this device, the default first:
+    for gemm_tiled every tile shape (with its K splits where K may be split), default switches."""
     m, n, k = call.shape
     default = default_params(device, call.kernel, m, n, k, splittable, bool(dict(call.defines).get("TRANS_B")))
     if call.kernel == "gemm_cpu":
@@ -141,34 +156,47 @@ def _agrees(got, reference):
     return bool(np.all(np.isfinite(got))) and float(np.abs(got - reference).max(initial=0.0)) <= AGREE * scale
 
 
-def tune_case(device, case, call, min_time=MIN_TIME, repeats=REPEATS, report=print):
-    """The fastest correct parameters for one call: {"params", "seconds", "default_seconds"}."""
-    splittable = call.kernel == "gemm_tiled" and call.bias == 0 and not dict(call.defines).get("ACT") \
-        and call.c[2] is None
-    operands = Operands(device, call, np.random.default_rng(0))
-    options = candidates(device, call, splittable)
-    reference, best = None, None
-    for params in options:
+class _Trial:
+    """Runs candidates of one call on the same operands: checked against the first that runs (the
+    default), then timed."""
+
+    def __init__(self, device, call, min_time, repeats, report):
+        self.operands = Operands(device, call, np.random.default_rng(0))
+        self.min_time, self.repeats, self.report = min_time, repeats, report
+        self.reference, self.timed = None, []   # timed: (seconds, params)
+
+    def __call__(self, params):
         try:
-            plan, c = operands.plan(params)
+            plan, c = self.operands.plan(params)
             plan.run()
             got = c.download()
         except (ClnetError, cl.Error) as exc:
-            report(f"  skipped {params}: {str(exc).splitlines()[0]}")
-            continue
-        if reference is None:
-            reference = got
-        elif not _agrees(got, reference):
-            report(f"  skipped {params}: its result differs from the default's")
-            continue
-        seconds = time_plan(plan, min_time, repeats)
-        if reference is got:
-            default_seconds = seconds
-        if best is None or seconds < best[1]:
-            best = (params, seconds)
-    if reference is None:
+            self.report(f"  skipped {params}: {str(exc).splitlines()[0]}")
+            return
+        if self.reference is None:
+            self.reference = got
+        elif not _agrees(got, self.reference):
+            self.report(f"  skipped {params}: its result differs from the default's")
+            return
+        self.timed.append((time_plan(plan, self.min_time, self.repeats), params))
+
+
+def tune_case(device, case, call, min_time=MIN_TIME, repeats=REPEATS, report=print):
+    """The fastest correct parameters for one call: {"params", "seconds", "default_seconds"}.
+    gemm_tiled's switches are tried on the FINALISTS fastest tile shapes only."""
+    splittable = call.kernel == "gemm_tiled" and call.bias == 0 and not dict(call.defines).get("ACT") \
+        and call.c[2] is None
+    trial = _Trial(device, call, min_time, repeats, report)
+    for params in candidates(device, call, splittable):
+        trial(params)
+    if not trial.timed:
         raise ClnetError(f"{case.key}: not even the default parameters run on {device.info.name}")
-    return {"params": best[0], "seconds": best[1], "default_seconds": default_seconds}
+    if call.kernel == "gemm_tiled":
+        for _, params in sorted(trial.timed, key=lambda t: t[0])[:FINALISTS]:
+            for variant in variants(device, params):
+                trial(variant)
+    seconds, params = min(trial.timed, key=lambda t: t[0])
+    return {"params": params, "seconds": seconds, "default_seconds": trial.timed[0][0]}
 
 
 def parse_args(argv):

@@ -115,6 +115,12 @@ inline float conv_output_grad(__global const float* restrict dy, const int dy_of
 #ifndef WPT_N
 #define WPT_N 4     // columns of C per work-item
 #endif
+#ifndef PREFETCH
+#define PREFETCH 1  // 1: the next tiles are read from global memory while this one is multiplied
+#endif
+#ifndef VECTOR
+#define VECTOR 0    // 1: local tiles are read as float4 (WPT_M and WPT_N multiples of 4)
+#endif
 #define WG_M (TILE_M / WPT_M)
 #define WG_N (TILE_N / WPT_N)
 #define WG_SIZE (WG_M * WG_N)
@@ -140,15 +146,27 @@ inline float conv_output_grad(__global const float* restrict dy, const int dy_of
 #define FOR_ELEMENTS(l, i, loads, total) \
     for (int l = 0, i = tid; l < (loads); l++, i += WG_SIZE) if (i < (total))
 
-// Work-group (WG_N, WG_M); each work-item owns a WPT_M x WPT_N grid of outputs strided by the
-// work-group size, so that the loads from local memory and the stores to C are both coalesced.
+// Output i of a work-item's WPT_M rows (j of its WPT_N columns) is strided by the work-group size,
+// so that the loads from local memory and the stores to C are both coalesced; with VECTOR, in runs
+// of 4 adjacent ones (a float4 of the local tile) strided by 4 x the work-group size.
+#if VECTOR
+#define ROW_OF(t, i) (((i) / 4 * WG_M + (t)) * 4 + (i) % 4)
+#define COL_OF(t, j) (((j) / 4 * WG_N + (t)) * 4 + (j) % 4)
+#define PAD 4  // keeps every row of the local tiles 16-byte aligned
+#else
+#define ROW_OF(t, i) ((t) + (i) * WG_M)
+#define COL_OF(t, j) ((t) + (j) * WG_N)
+#define PAD 1
+#endif
+
+// Work-group (WG_N, WG_M); each work-item owns WPT_M x WPT_N outputs (ROW_OF, COL_OF).
 __kernel __attribute__((reqd_work_group_size(WG_N, WG_M, 1)))
 void gemm_tiled(GEMM_ARGS)
 {
-    // One float of padding per row: the stores below walk the tiles along k, and a row length
-    // that is a multiple of the bank count would put them all in one local-memory bank.
-    __local float As[TILE_K][TILE_M + 1];
-    __local float Bs[TILE_K][TILE_N + 1];
+    // Padded rows: the stores below walk the tiles along k, and a row length that is a multiple
+    // of the bank count would put them all in one local-memory bank.
+    __local float As[TILE_K][TILE_M + PAD] __attribute__((aligned(16)));
+    __local float Bs[TILE_K][TILE_N + PAD] __attribute__((aligned(16)));
     const int tn = get_local_id(0), tm = get_local_id(1);
     const int m0 = get_group_id(1) * TILE_M, n0 = get_group_id(0) * TILE_N;
     const int tid = tm * WG_N + tn;
@@ -165,11 +183,13 @@ void gemm_tiled(GEMM_ARGS)
 #else
     const int k_begin = 0, k_end = K;
 #endif
-    // The next tiles are read from global memory into registers while this one is multiplied.
+#if PREFETCH
     float a_next[A_LOADS], b_next[B_LOADS];
     FOR_ELEMENTS(l, i, A_LOADS, TILE_K * TILE_M) { A_PLACE(i); a_next[l] = A_VALUE(k_begin); }
     FOR_ELEMENTS(l, i, B_LOADS, TILE_K * TILE_N) { B_PLACE(i); b_next[l] = B_VALUE(k_begin); }
+#endif
     for (int k0 = k_begin; k0 < k_end; k0 += TILE_K) {
+#if PREFETCH
         FOR_ELEMENTS(l, i, A_LOADS, TILE_K * TILE_M) { A_PLACE(i); As[kk][mm] = a_next[l]; }
         FOR_ELEMENTS(l, i, B_LOADS, TILE_K * TILE_N) { B_PLACE(i); Bs[kk][nn] = b_next[l]; }
         barrier(CLK_LOCAL_MEM_FENCE);
@@ -177,10 +197,26 @@ void gemm_tiled(GEMM_ARGS)
             FOR_ELEMENTS(l, i, A_LOADS, TILE_K * TILE_M) { A_PLACE(i); a_next[l] = A_VALUE(k0 + TILE_K); }
             FOR_ELEMENTS(l, i, B_LOADS, TILE_K * TILE_N) { B_PLACE(i); b_next[l] = B_VALUE(k0 + TILE_K); }
         }
+#else
+        FOR_ELEMENTS(l, i, A_LOADS, TILE_K * TILE_M) { A_PLACE(i); As[kk][mm] = A_VALUE(k0); }
+        FOR_ELEMENTS(l, i, B_LOADS, TILE_K * TILE_N) { B_PLACE(i); Bs[kk][nn] = B_VALUE(k0); }
+        barrier(CLK_LOCAL_MEM_FENCE);
+#endif
         for (int kk = 0; kk < TILE_K; kk++) {
             float a[WPT_M], b[WPT_N];
-            for (int i = 0; i < WPT_M; i++) a[i] = As[kk][tm + i * WG_M];
-            for (int j = 0; j < WPT_N; j++) b[j] = Bs[kk][tn + j * WG_N];
+#if VECTOR
+            for (int i = 0; i < WPT_M; i += 4) {
+                const float4 v = *(__local const float4*)&As[kk][ROW_OF(tm, i)];
+                a[i] = v.x; a[i + 1] = v.y; a[i + 2] = v.z; a[i + 3] = v.w;
+            }
+            for (int j = 0; j < WPT_N; j += 4) {
+                const float4 v = *(__local const float4*)&Bs[kk][COL_OF(tn, j)];
+                b[j] = v.x; b[j + 1] = v.y; b[j + 2] = v.z; b[j + 3] = v.w;
+            }
+#else
+            for (int i = 0; i < WPT_M; i++) a[i] = As[kk][ROW_OF(tm, i)];
+            for (int j = 0; j < WPT_N; j++) b[j] = Bs[kk][COL_OF(tn, j)];
+#endif
             for (int i = 0; i < WPT_M; i++)
                 for (int j = 0; j < WPT_N; j++)
                     acc[i][j] = a[i] * b[j] + acc[i][j];
@@ -189,9 +225,9 @@ void gemm_tiled(GEMM_ARGS)
     }
 
     for (int i = 0; i < WPT_M; i++) {
-        const int m = m0 + tm + i * WG_M;
+        const int m = m0 + ROW_OF(tm, i);
         for (int j = 0; j < WPT_N; j++) {
-            const int n = n0 + tn + j * WG_N;
+            const int n = n0 + COL_OF(tn, j);
             if (m < M && n < N) STORE(m, n, acc[i][j]);
         }
     }

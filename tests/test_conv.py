@@ -59,13 +59,14 @@ def test_gradients_match_finite_differences(device, gemm_family, geometry):
         np.testing.assert_allclose(grads[key], expected[key], rtol=2e-3, atol=2e-5, err_msg=key)
 
 
-@pytest.mark.parametrize("tile", [(32, 64, 8, 2, 4), (128, 128, 16, 8, 8)])
+@pytest.mark.parametrize("tile", [(32, 64, 8, 2, 4, 0, 0), (128, 128, 16, 8, 8, 1, 1)])
 def test_implicit_gemms_with_tuned_parameters(device, monkeypatch, tile):
-    """The implicit convolutions with parameters clnet-tune may pick (other tiles, K split in 3)
-    still match the reference, forward and gradients."""
+    """The implicit convolutions with parameters clnet-tune may pick (other tiles, switches, K split
+    in 3) still match the reference, forward and gradients."""
     monkeypatch.setenv("CLNET_GEMM", "tiled")
-    tm, tn, tk, wm, wn = tile
-    params = {"TILE_M": tm, "TILE_N": tn, "TILE_K": tk, "WPT_M": wm, "WPT_N": wn, "SLICES": 3}
+    tm, tn, tk, wm, wn, prefetch, vector = tile
+    params = {"TILE_M": tm, "TILE_N": tn, "TILE_K": tk, "WPT_M": wm, "WPT_N": wn, "PREFETCH": prefetch,
+              "VECTOR": vector, "SLICES": 3}
     gemm_module = importlib.import_module("clnet.ops.gemm")  # clnet.ops.gemm is also the function
     assert gemm_module.valid_params("gemm_tiled", params)
     monkeypatch.setattr(gemm_module, "lookup", lambda device, case: params)

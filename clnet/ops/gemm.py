@@ -9,7 +9,7 @@ from ..tuning import Case, lookup, record
 
 GEMM_FILE = "gemm.cl"
 # Parameters as the kernels' -D options; SLICES (gemm_tiled) is the host's: split-K slices.
-TILED = {"TILE_M": 64, "TILE_N": 64, "TILE_K": 16, "WPT_M": 4, "WPT_N": 4, "SLICES": 1}
+TILED = {"TILE_M": 64, "TILE_N": 64, "TILE_K": 16, "WPT_M": 4, "WPT_N": 4, "PREFETCH": 1, "VECTOR": 0, "SLICES": 1}
 TILED_BIG = {**TILED, "TILE_M": 128, "TILE_N": 128, "WPT_M": 8, "WPT_N": 8}  # 8 x 8 outputs per work-item
 CPU = {"CPU_ROWS": 8}                    # gemm_cpu: rows x 16 columns per work-item
 CPU_DOT = {"DOT_ROWS": 4, "DOT_COLS": 4}  # gemm_cpu_dot: the block of dot products per work-item
@@ -90,13 +90,23 @@ def default_params(device, kernel, m, n, k, splittable, trans_b=False):
     return narrow
 
 
+SWITCHES = ("PREFETCH", "VECTOR")  # gemm_tiled's parameters that are 0 or 1
+
+
 def valid_params(kernel, params):
-    """Parameters the kernel can take: every name it knows, positive, tiles divisible."""
+    """Parameters the kernel can take: every name it knows, switches 0 or 1, sizes positive, tiles
+    divisible into work-items (into float4 runs with VECTOR)."""
     if not isinstance(params, dict) or set(params) != set(DEFAULTS[kernel]):
         return False
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in params.values()):
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in params.values()):
         return False
-    return kernel != "gemm_tiled" or (params["TILE_M"] % params["WPT_M"] == 0 and params["TILE_N"] % params["WPT_N"] == 0)
+    if not all(params[key] in (0, 1) if key in SWITCHES else params[key] > 0 for key in params):
+        return False
+    if kernel != "gemm_tiled":
+        return True
+    step = 4 if params["VECTOR"] else 1
+    return params["WPT_M"] % step == 0 and params["WPT_N"] % step == 0 \
+        and params["TILE_M"] % params["WPT_M"] == 0 and params["TILE_N"] % params["WPT_N"] == 0
 
 
 def gemm(plan, a, b, c, trans_a=False, trans_b=False, bias=None, act=0, bias_per_row=False, accumulate=False):
