@@ -12,9 +12,11 @@ go to the tuning cache, which every later plan on this device reads.
 """
 
 import argparse
+import os
 import statistics
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pyopencl as cl
@@ -39,6 +41,7 @@ TILES = [(64, 64, 16, 4, 4), (128, 128, 16, 8, 8), (128, 128, 8, 8, 8), (128, 12
 CPU_ROWS = (2, 4, 6, 8, 12)
 DOT_BLOCKS = [(4, 4), (2, 4), (4, 2), (2, 8), (8, 2), (2, 2)]
 FINALISTS = 2      # tile shapes whose PREFETCH / VECTOR variants are timed too
+BUILDERS = 8       # threads that build the candidates' programs on GPUs (one on CPUs)
 
 
 def _fits(device, params):
@@ -62,11 +65,11 @@ def variants(device, params):
     return [v for v in found if v != params and valid_params("gemm_tiled", v) and _fits(device, v)]
 
 
-def candidates(device, call, splittable):
+def candidates(device, call):
     """The parameter sets to time first for a recorded GEMM call on this device, the default first:
     for gemm_tiled every tile shape (with its K splits where K may be split), default switches."""
     m, n, k = call.shape
-    default = default_params(device, call.kernel, m, n, k, splittable, bool(dict(call.defines).get("TRANS_B")))
+    default = default_params(device, call.kernel, m, n, k, bool(dict(call.defines).get("TRANS_B")))
     if call.kernel == "gemm_cpu":
         found = [{"CPU_ROWS": r} for r in CPU_ROWS]
     elif call.kernel == "gemm_cpu_dot":
@@ -74,9 +77,8 @@ def candidates(device, call, splittable):
     else:
         found = []
         for tile in tile_params(device):
-            slices = split_k(device, m, n, k, tile) if splittable else 1
-            found += [{**tile, "SLICES": s} for s in sorted({1, slices, max(1, slices // 2), 2 * slices})
-                      if s == 1 or slices > 1]
+            slices = split_k(device, m, n, k, tile)
+            found += [{**tile, "SLICES": s} for s in ({slices, 2 * slices} if slices > 1 else {1})]
     return [default] + [p for p in found if p != default]
 
 
@@ -100,30 +102,36 @@ def collect(device, models, batch_sizes, sizes):
 
 
 class Operands:
-    """Random operands for a recorded call, uploaded once; a fresh C (from the same values) per run."""
+    """Random operands for a recorded call, uploaded once; C starts from the same values each run."""
 
     def __init__(self, device, call, rng):
         self.device, self.call = device, call
         self.a = self._upload(rng.uniform(-1, 1, call.a[0]))
         self.b = self._upload(rng.uniform(-1, 1, call.b[0]))
         self.c0 = rng.uniform(-1, 1, call.c[0]).astype(np.float32)
+        self.c = DeviceTensor.from_numpy(device, self.c0)
         self.bias = self._upload(rng.uniform(-1, 1, call.bias)) if call.bias else None
 
     def _upload(self, values):
         return DeviceTensor.from_numpy(self.device, values.astype(np.float32))
 
-    def plan(self, params):
-        """A finalized plan of this one GEMM with `params`, and its output tensor."""
-        call, c = self.call, DeviceTensor.from_numpy(self.device, self.c0)
-        plan = Plan(self.device)
+    def record(self, params):
+        """A plan of this one GEMM with `params`, not yet placed; recording it builds its programs."""
+        call, plan = self.call, Plan(self.device)
         m, n, k = call.shape
         a_rows, a_cols = ((k, m) if dict(call.defines).get("TRANS_A") else (m, k))
         b_rows, b_cols = ((n, k) if dict(call.defines).get("TRANS_B") else (k, n))
         record_gemm(plan, call.kernel, {key: v for key, v in call.defines if key != "C_IMAGE_COLS"}, call.shape,
                     Matrix(self.a, a_rows, a_cols, ld=call.a[1]), Matrix(self.b, b_rows, b_cols, ld=call.b[1]),
-                    Matrix(c, m, n, ld=call.c[1], image_cols=call.c[2]), self.bias, params=params)
+                    Matrix(self.c, m, n, ld=call.c[1], image_cols=call.c[2]), self.bias, params=params)
+        return plan
+
+    def run(self, plan):
+        """Place and run the plan once from the initial C; its result."""
+        self.c.upload(self.c0)
         plan.finalize(plan.place())
-        return plan, c
+        plan.run()
+        return self.c.download()
 
 
 def time_plan(plan, min_time, repeats):
@@ -160,41 +168,50 @@ class _Trial:
     """Runs candidates of one call on the same operands: checked against the first that runs (the
     default), then timed."""
 
-    def __init__(self, device, call, min_time, repeats, report):
+    def __init__(self, device, call, min_time, repeats, report, builders):
         self.operands = Operands(device, call, np.random.default_rng(0))
-        self.min_time, self.repeats, self.report = min_time, repeats, report
+        self.min_time, self.repeats, self.report, self.builders = min_time, repeats, report, builders
         self.reference, self.timed = None, []   # timed: (seconds, params)
 
-    def __call__(self, params):
+    def _record(self, params):
         try:
-            plan, c = self.operands.plan(params)
-            plan.run()
-            got = c.download()
+            return self.operands.record(params)
         except (ClnetError, cl.Error) as exc:
-            self.report(f"  skipped {params}: {str(exc).splitlines()[0]}")
-            return
-        if self.reference is None:
-            self.reference = got
-        elif not _agrees(got, self.reference):
-            self.report(f"  skipped {params}: its result differs from the default's")
-            return
-        self.timed.append((time_plan(plan, self.min_time, self.repeats), params))
+            return exc
+
+    def __call__(self, candidates):
+        with ThreadPoolExecutor(max_workers=self.builders) as pool:
+            plans = list(pool.map(self._record, candidates))
+        for params, plan in zip(candidates, plans):
+            try:
+                if isinstance(plan, Exception):
+                    raise plan
+                got = self.operands.run(plan)
+            except (ClnetError, cl.Error) as exc:
+                self.report(f"  skipped {params}: {str(exc).splitlines()[0]}")
+                continue
+            if self.reference is None:
+                self.reference = got
+            elif not _agrees(got, self.reference):
+                self.report(f"  skipped {params}: its result differs from the default's")
+                continue
+            self.timed.append((time_plan(plan, self.min_time, self.repeats), params))
 
 
-def tune_case(device, case, call, min_time=MIN_TIME, repeats=REPEATS, report=print):
+def tune_case(device, case, call, min_time=MIN_TIME, repeats=REPEATS, report=print, builders=None):
     """The fastest correct parameters for one call: {"params", "seconds", "default_seconds"}.
-    gemm_tiled's switches are tried on the FINALISTS fastest tile shapes only."""
-    splittable = call.kernel == "gemm_tiled" and call.bias == 0 and not dict(call.defines).get("ACT") \
-        and call.c[2] is None
-    trial = _Trial(device, call, min_time, repeats, report)
-    for params in candidates(device, call, splittable):
-        trial(params)
+    gemm_tiled's switches are tried on the FINALISTS fastest tile shapes only. `builders` threads
+    build the candidates' programs: by default several on GPUs, whose drivers compile on the
+    otherwise idle host cores, and one on CPUs, where compiling competes with the timing."""
+    if builders is None:
+        builders = 1 if device.info.type == "CPU" else min(BUILDERS, os.cpu_count() or 1)
+    trial = _Trial(device, call, min_time, repeats, report, builders)
+    trial(candidates(device, call))
     if not trial.timed:
         raise ClnetError(f"{case.key}: not even the default parameters run on {device.info.name}")
     if call.kernel == "gemm_tiled":
-        for _, params in sorted(trial.timed, key=lambda t: t[0])[:FINALISTS]:
-            for variant in variants(device, params):
-                trial(variant)
+        finalists = sorted(trial.timed, key=lambda t: t[0])[:FINALISTS]
+        trial([variant for _, params in finalists for variant in variants(device, params)])
     seconds, params = min(trial.timed, key=lambda t: t[0])
     return {"params": params, "seconds": seconds, "default_seconds": trial.timed[0][0]}
 

@@ -5,8 +5,8 @@
 // channels: C[m,n] at c[(n / P) * ldc + m * P + n % P] (ldc is then the image stride).
 // ACCUMULATE adds the product to C instead (no bias, no activation).
 // SPLIT_K (gemm_tiled only): work-group z of a 3-D launch sums its share of K into slice z of a
-// (slices, M, ldc) buffer, which sum_slices then adds up: for products with few output tiles and
-// a long K, such as weight gradients.
+// (slices, M, ldc) buffer, which sum_slices then adds up and stores as above: for products with few
+// output tiles and a long K, such as weight gradients and dense layers with many inputs.
 // Two families share these semantics: gemm_tiled for GPUs (local-memory tiles) and
 // gemm_cpu / gemm_cpu_dot for CPUs (no local memory).
 //
@@ -233,20 +233,19 @@ void gemm_tiled(GEMM_ARGS)
     }
 }
 
-// C[m, n] (+)= the sum over `slices` of P[slice, m, n] (P is slices x M x N), in slice order.
+// C[m, n] = act(the sum over `slices` of P[slice, m, n] + bias), or C[m, n] += that sum (the
+// options of the split gemm_tiled launch: ACCUMULATE, HAS_BIAS, ACT, C_IMAGE_COLS); P is
+// slices x M x N, summed in slice order.
 __kernel void sum_slices(const int M, const int N, const int slices,
                          __global const float* restrict P, const int p_off,
-                         __global float* restrict C, const int c_off, const int ldc)
+                         __global float* restrict C, const int c_off, const int ldc,
+                         __global const float* restrict bias, const int bias_off)
 {
     const int i = get_global_id(0);
     if (i >= M * N) return;
     float s = 0.0f;
     for (int z = 0; z < slices; z++) s += P[p_off + z * M * N + i];
-#ifdef ACCUMULATE
-    C[c_off + (i / N) * ldc + i % N] += s;
-#else
-    C[c_off + (i / N) * ldc + i % N] = s;
-#endif
+    STORE(i / N, i % N, s);
 }
 
 // ---------------------------------------------------------------- CPU family

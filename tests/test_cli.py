@@ -109,3 +109,5 @@ def test_console_scripts_run_as_processes():
     assert done.stdout.startswith("Test accuracy")
     failed = subprocess.run([shutil.which("clnet-devices"), "--bogus"], capture_output=True, text=True)
     assert failed.returncode == 2 and "No such option" in failed.stderr
+    tune_help = subprocess.run([shutil.which("clnet-tune"), "--help"], capture_output=True, text=True)
+    assert tune_help.returncode == 0 and "--max-seconds" in tune_help.stdout

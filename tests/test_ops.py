@@ -127,8 +127,8 @@ def _tuning_candidates(device, kernel):
 @pytest.mark.parametrize("kernel", ["gemm_tiled", "gemm_cpu", "gemm_cpu_dot"])
 def test_gemm_every_tuning_candidate(device, monkeypatch, kernel):
     """Whatever clnet-tune may pick computes the same products: every parameter set of the tuner's
-    space (a third of them splitting K), each on one of the layouts the kernel serves in turn, at
-    awkward shapes and offsets."""
+    space (a third of them splitting K), each on one of the layouts the kernel serves in turn, with
+    and without a bias and activation, at awkward shapes and offsets."""
     monkeypatch.setenv("CLNET_GEMM", "tiled" if kernel == "gemm_tiled" else "cpu")
     layouts = {"gemm_tiled": ["NN", "TN", "NT", "TT"], "gemm_cpu": ["NN", "TN"], "gemm_cpu_dot": ["NT"]}[kernel]
     rng = np.random.default_rng(3)
@@ -136,7 +136,8 @@ def test_gemm_every_tuning_candidate(device, monkeypatch, kernel):
         monkeypatch.setattr(gemm_module, "lookup", lambda device, case: params)
         plan, cases, layout = new_plan(device), [], layouts[i % len(layouts)]
         for m, n, k in ((13, 17, 9), (66, 131, 17), (130, 33, 300)):
-            cases.append((k, _gemm_case(device, rng, plan, m, n, k, layout, (3, 5, 64, 0))))
+            epilogue = (True, "relu") if i % 2 else (False, "none")
+            cases.append((k, _gemm_case(device, rng, plan, m, n, k, layout, (3, 5, 64, 0), *epilogue)))
         launched = [launch for launch in plan.launches if launch.kernel.function_name == kernel]
         if kernel == "gemm_tiled":  # the parameters were taken: work-groups of the tiles' shape
             local = (params["TILE_N"] // params["WPT_N"], params["TILE_M"] // params["WPT_M"])

@@ -78,8 +78,8 @@ def conv_bias_act_backward(plan, act_code, dy, y, dpre, db):
                          sums if sums is not None else dpre)
     if sums is db:
         return launch
-    total = plan.kernel("gemm.cl", "sum_slices", ACCUMULATE=False)
-    return plan.launch(total, (channels,), (LOCAL,), 1, channels, slices, sums, db, channels)
+    total = plan.kernel("gemm.cl", "sum_slices")
+    return plan.launch(total, (channels,), (LOCAL,), 1, channels, slices, sums, db, channels, db)
 
 
 # Implicit convolution (the GPU family): each product below is one gemm_tiled launch that gathers

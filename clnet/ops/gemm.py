@@ -72,14 +72,14 @@ def _tiles(m, n, params):
     return -(-m // params["TILE_M"]) * -(-n // params["TILE_N"])
 
 
-def default_params(device, kernel, m, n, k, splittable, trans_b=False):
+def default_params(device, kernel, m, n, k, trans_b=False):
     """Without tuning: gemm_tiled splits K where the output has few tiles; otherwise it takes the
     largest tiles (the fewest loads per multiply-add) of which there are enough for every compute
     unit: 128 x 128, 64 x 64, else 64 x 32 (32 x 64 when B is not transposed), the shapes clnet-tune
     picks most often on an H200 for outputs too small to fill it."""
     if kernel != "gemm_tiled":
         return dict(DEFAULTS[kernel])
-    slices = split_k(device, m, n, k) if splittable else 1
+    slices = split_k(device, m, n, k)
     if slices > 1:
         return {**TILED, "SLICES": slices}
     narrow = {**TILED, "TILE_M": 64, "TILE_N": 32, "WPT_M": 4, "WPT_N": 2} if trans_b else \
@@ -147,14 +147,13 @@ def record_gemm(plan, kernel, defines, shape, a, b, c, bias=None, params=None):
     overrides the tuned or default parameters."""
     m, n, k = shape
     defines = {**defines, "C_IMAGE_COLS": c.image_cols}
-    splittable = kernel == "gemm_tiled" and bias is None and not defines.get("ACT") and c.image_cols is None
     case = Case(kernel, layout(defines), m, n, k)
     record(case, Call(kernel, tuple(sorted(defines.items())), shape, (_size(a.tensor), a.ld), (_size(b.tensor), b.ld),
                       (_size(c.tensor), c.ld, c.image_cols), 0 if bias is None else _size(bias)))
     if params is None:
         params = lookup(plan.device, case)
         if not valid_params(kernel, params):
-            params = default_params(plan.device, kernel, m, n, k, splittable, bool(defines.get("TRANS_B")))
+            params = default_params(plan.device, kernel, m, n, k, bool(defines.get("TRANS_B")))
     args = (m, n, k, a.tensor, a.ld, b.tensor, b.ld, c.tensor, c.ld, bias if bias is not None else c.tensor)
     if kernel == "gemm_cpu":
         program = plan.kernel(GEMM_FILE, kernel, **defines, **params)
@@ -164,8 +163,6 @@ def record_gemm(plan, kernel, defines, shape, a, b, c, bias=None, params=None):
         return plan.launch(program, (-(-n // params["DOT_COLS"]), -(-m // params["DOT_ROWS"])), None, *args)
     params = dict(params)
     slices = params.pop("SLICES")
-    if not splittable:
-        slices = 1
     local = (params["TILE_N"] // params["WPT_N"], params["TILE_M"] // params["WPT_M"])
     grid = (-(-n // params["TILE_N"]) * local[0], -(-m // params["TILE_M"]) * local[1])
     if slices == 1:
@@ -173,7 +170,9 @@ def record_gemm(plan, kernel, defines, shape, a, b, c, bias=None, params=None):
         return plan.launch(program, grid, local, *args)
     # Partial products of K slices in one 3-D launch, then their sum in slice order (deterministic).
     partial = plan.value((slices, m, n), "split-K partial sums")
-    program = plan.kernel(GEMM_FILE, kernel, **{**defines, "SPLIT_K": True, "ACCUMULATE": False}, **params)
+    epilogue = {key: defines[key] for key in ("ACCUMULATE", "HAS_BIAS", "BIAS_PER_ROW", "ACT", "C_IMAGE_COLS")}
+    products = {key: value for key, value in defines.items() if key not in epilogue}
+    program = plan.kernel(GEMM_FILE, kernel, **products, SPLIT_K=True, **params)
     plan.launch(program, (*grid, slices), (*local, 1), m, n, k, a.tensor, a.ld, b.tensor, b.ld, partial, n, partial)
-    total = plan.kernel(GEMM_FILE, "sum_slices", ACCUMULATE=defines["ACCUMULATE"])
-    return plan.launch(total, (m * n,), (64,), m, n, slices, partial, c.tensor, c.ld)
+    total = plan.kernel(GEMM_FILE, "sum_slices", **epilogue)
+    return plan.launch(total, (m * n,), (64,), m, n, slices, partial, c.tensor, c.ld, args[-1])
