@@ -36,6 +36,7 @@ import pyopencl as cl
 
 from . import __version__, optim
 from .device import Device
+from .device import add_arguments as add_device_arguments
 from .device import device as open_device
 from .errors import DeviceNotFoundError
 from .models import INPUT_SHAPES, PRESETS
@@ -494,8 +495,7 @@ def print_profile(profile, markdown):
 # ---------------------------------------------------------------------- main
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="clnet-bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--platform", help="clnet OpenCL platform: index or name substring (nvidia, pocl, 3.1...)")
-    p.add_argument("--device", help="clnet OpenCL device within the platform: index or name substring")
+    add_device_arguments(p)
     p.add_argument("--models", nargs="*", default=list(TWINS), choices=list(TWINS), metavar="MODEL",
                    help=f"reference networks to run, of {', '.join(TWINS)} (default: all; none: skip them)")
     p.add_argument("--batch-sizes", nargs="+", type=int, default=[128, 1024], metavar="N",

@@ -116,8 +116,8 @@ inline float conv_output_grad(__global const float* restrict dy, const int dy_of
 #define WPT_N 4     // columns of C per work-item
 #endif
 #ifndef PREFETCH
-#define PREFETCH 1  // 1: the next tiles are read from global memory while this one is multiplied
-#endif
+#define PREFETCH 1  // 1: the next tiles are read from global memory while this one is multiplied;
+#endif              // 2: and stored into a second pair of local tiles (one barrier per step)
 #ifndef VECTOR
 #define VECTOR 0    // 1: local tiles are read as float4 (WPT_M and WPT_N multiples of 4)
 #endif
@@ -159,14 +159,53 @@ inline float conv_output_grad(__global const float* restrict dy, const int dy_of
 #define PAD 1
 #endif
 
+#define STAGES (PREFETCH == 2 ? 2 : 1)  // pairs of local tiles
+
+// a[], b[]: row kk of the local tiles of stage s, this work-item's entries
+#if VECTOR
+#define READ_TILES(s, kk) \
+    for (int i = 0; i < WPT_M; i += 4) { \
+        const float4 v = *(__local const float4*)&As[s][kk][ROW_OF(tm, i)]; \
+        a[i] = v.x; a[i + 1] = v.y; a[i + 2] = v.z; a[i + 3] = v.w; \
+    } \
+    for (int j = 0; j < WPT_N; j += 4) { \
+        const float4 v = *(__local const float4*)&Bs[s][kk][COL_OF(tn, j)]; \
+        b[j] = v.x; b[j + 1] = v.y; b[j + 2] = v.z; b[j + 3] = v.w; \
+    }
+#else
+#define READ_TILES(s, kk) \
+    for (int i = 0; i < WPT_M; i++) a[i] = As[s][kk][ROW_OF(tm, i)]; \
+    for (int j = 0; j < WPT_N; j++) b[j] = Bs[s][kk][COL_OF(tn, j)];
+#endif
+// acc += the product of the local tiles of stage s
+#define MULTIPLY(s) \
+    for (int kk = 0; kk < TILE_K; kk++) { \
+        float a[WPT_M], b[WPT_N]; \
+        READ_TILES(s, kk) \
+        for (int i = 0; i < WPT_M; i++) \
+            for (int j = 0; j < WPT_N; j++) \
+                acc[i][j] = a[i] * b[j] + acc[i][j]; \
+    }
+// the global tiles at k0 into registers, registers into the local tiles of stage s, global
+// tiles at k0 straight into the local tiles of stage s
+#define FETCH(k0) \
+    FOR_ELEMENTS(l, i, A_LOADS, TILE_K * TILE_M) { A_PLACE(i); a_next[l] = A_VALUE(k0); } \
+    FOR_ELEMENTS(l, i, B_LOADS, TILE_K * TILE_N) { B_PLACE(i); b_next[l] = B_VALUE(k0); }
+#define STAGE(s) \
+    FOR_ELEMENTS(l, i, A_LOADS, TILE_K * TILE_M) { A_PLACE(i); As[s][kk][mm] = a_next[l]; } \
+    FOR_ELEMENTS(l, i, B_LOADS, TILE_K * TILE_N) { B_PLACE(i); Bs[s][kk][nn] = b_next[l]; }
+#define LOAD(s, k0) \
+    FOR_ELEMENTS(l, i, A_LOADS, TILE_K * TILE_M) { A_PLACE(i); As[s][kk][mm] = A_VALUE(k0); } \
+    FOR_ELEMENTS(l, i, B_LOADS, TILE_K * TILE_N) { B_PLACE(i); Bs[s][kk][nn] = B_VALUE(k0); }
+
 // Work-group (WG_N, WG_M); each work-item owns WPT_M x WPT_N outputs (ROW_OF, COL_OF).
 __kernel __attribute__((reqd_work_group_size(WG_N, WG_M, 1)))
 void gemm_tiled(GEMM_ARGS)
 {
     // Padded rows: the stores below walk the tiles along k, and a row length that is a multiple
     // of the bank count would put them all in one local-memory bank.
-    __local float As[TILE_K][TILE_M + PAD] __attribute__((aligned(16)));
-    __local float Bs[TILE_K][TILE_N + PAD] __attribute__((aligned(16)));
+    __local float As[STAGES][TILE_K][TILE_M + PAD] __attribute__((aligned(16)));
+    __local float Bs[STAGES][TILE_K][TILE_N + PAD] __attribute__((aligned(16)));
     const int tn = get_local_id(0), tm = get_local_id(1);
     const int m0 = get_group_id(1) * TILE_M, n0 = get_group_id(0) * TILE_N;
     const int tid = tm * WG_N + tn;
@@ -183,46 +222,36 @@ void gemm_tiled(GEMM_ARGS)
 #else
     const int k_begin = 0, k_end = K;
 #endif
-#if PREFETCH
+#if PREFETCH == 2
     float a_next[A_LOADS], b_next[B_LOADS];
-    FOR_ELEMENTS(l, i, A_LOADS, TILE_K * TILE_M) { A_PLACE(i); a_next[l] = A_VALUE(k_begin); }
-    FOR_ELEMENTS(l, i, B_LOADS, TILE_K * TILE_N) { B_PLACE(i); b_next[l] = B_VALUE(k_begin); }
-#endif
-    for (int k0 = k_begin; k0 < k_end; k0 += TILE_K) {
-#if PREFETCH
-        FOR_ELEMENTS(l, i, A_LOADS, TILE_K * TILE_M) { A_PLACE(i); As[kk][mm] = a_next[l]; }
-        FOR_ELEMENTS(l, i, B_LOADS, TILE_K * TILE_N) { B_PLACE(i); Bs[kk][nn] = b_next[l]; }
-        barrier(CLK_LOCAL_MEM_FENCE);
-        if (k0 + TILE_K < k_end) {
-            FOR_ELEMENTS(l, i, A_LOADS, TILE_K * TILE_M) { A_PLACE(i); a_next[l] = A_VALUE(k0 + TILE_K); }
-            FOR_ELEMENTS(l, i, B_LOADS, TILE_K * TILE_N) { B_PLACE(i); b_next[l] = B_VALUE(k0 + TILE_K); }
-        }
-#else
-        FOR_ELEMENTS(l, i, A_LOADS, TILE_K * TILE_M) { A_PLACE(i); As[kk][mm] = A_VALUE(k0); }
-        FOR_ELEMENTS(l, i, B_LOADS, TILE_K * TILE_N) { B_PLACE(i); Bs[kk][nn] = B_VALUE(k0); }
-        barrier(CLK_LOCAL_MEM_FENCE);
-#endif
-        for (int kk = 0; kk < TILE_K; kk++) {
-            float a[WPT_M], b[WPT_N];
-#if VECTOR
-            for (int i = 0; i < WPT_M; i += 4) {
-                const float4 v = *(__local const float4*)&As[kk][ROW_OF(tm, i)];
-                a[i] = v.x; a[i + 1] = v.y; a[i + 2] = v.z; a[i + 3] = v.w;
-            }
-            for (int j = 0; j < WPT_N; j += 4) {
-                const float4 v = *(__local const float4*)&Bs[kk][COL_OF(tn, j)];
-                b[j] = v.x; b[j + 1] = v.y; b[j + 2] = v.z; b[j + 3] = v.w;
-            }
-#else
-            for (int i = 0; i < WPT_M; i++) a[i] = As[kk][ROW_OF(tm, i)];
-            for (int j = 0; j < WPT_N; j++) b[j] = Bs[kk][COL_OF(tn, j)];
-#endif
-            for (int i = 0; i < WPT_M; i++)
-                for (int j = 0; j < WPT_N; j++)
-                    acc[i][j] = a[i] * b[j] + acc[i][j];
-        }
+    LOAD(0, k_begin)
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int k0 = k_begin, s = 0; k0 < k_end; k0 += TILE_K, s ^= 1) {
+        const int more = k0 + TILE_K < k_end;  // the same for the whole work-group
+        if (more) { FETCH(k0 + TILE_K) }
+        MULTIPLY(s)
+        // the other stage was last read before the previous barrier; this one is read until the next
+        if (more) { STAGE(s ^ 1) }
         barrier(CLK_LOCAL_MEM_FENCE);
     }
+#elif PREFETCH == 1
+    float a_next[A_LOADS], b_next[B_LOADS];
+    FETCH(k_begin)
+    for (int k0 = k_begin; k0 < k_end; k0 += TILE_K) {
+        STAGE(0)
+        barrier(CLK_LOCAL_MEM_FENCE);
+        if (k0 + TILE_K < k_end) { FETCH(k0 + TILE_K) }
+        MULTIPLY(0)
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+#else
+    for (int k0 = k_begin; k0 < k_end; k0 += TILE_K) {
+        LOAD(0, k0)
+        barrier(CLK_LOCAL_MEM_FENCE);
+        MULTIPLY(0)
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+#endif
 
     for (int i = 0; i < WPT_M; i++) {
         const int m = m0 + ROW_OF(tm, i);

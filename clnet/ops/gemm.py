@@ -90,17 +90,17 @@ def default_params(device, kernel, m, n, k, trans_b=False):
     return narrow
 
 
-SWITCHES = ("PREFETCH", "VECTOR")  # gemm_tiled's parameters that are 0 or 1
+SWITCHES = {"PREFETCH": (0, 1, 2), "VECTOR": (0, 1)}  # gemm_tiled's parameters that are choices
 
 
 def valid_params(kernel, params):
-    """Parameters the kernel can take: every name it knows, switches 0 or 1, sizes positive, tiles
-    divisible into work-items (into float4 runs with VECTOR)."""
+    """Parameters the kernel can take: every name it knows, switches at one of their values, sizes
+    positive, tiles divisible into work-items (into float4 runs with VECTOR)."""
     if not isinstance(params, dict) or set(params) != set(DEFAULTS[kernel]):
         return False
     if not all(isinstance(v, int) and not isinstance(v, bool) for v in params.values()):
         return False
-    if not all(params[key] in (0, 1) if key in SWITCHES else params[key] > 0 for key in params):
+    if not all(params[key] in SWITCHES[key] if key in SWITCHES else params[key] > 0 for key in params):
         return False
     if kernel != "gemm_tiled":
         return True
