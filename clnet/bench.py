@@ -39,6 +39,7 @@ from .device import Device
 from .device import add_arguments as add_device_arguments
 from .device import device as open_device
 from .errors import DeviceNotFoundError
+from .files import replace_atomically
 from .models import INPUT_SHAPES, PRESETS
 from .ops import gemm
 from .plan import Plan
@@ -524,9 +525,8 @@ def parse_args(argv):
 
 
 def write_json(path, results):
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(results, indent=1) + "\n")
-    tmp.replace(path)
+    text = (json.dumps(results, indent=1) + "\n").encode()
+    replace_atomically(path, lambda f: f.write(text))
 
 
 def run_models(args, cl_device, torch_device, timing):

@@ -122,3 +122,23 @@ def test_the_tuner_checks_each_candidate_against_the_default(device, monkeypatch
 def test_the_tuner_names_a_missing_device():
     with pytest.raises(SystemExit, match="clnet-tune: .*no-such-platform"):
         tune.main(["--platform", "no-such-platform"])
+
+
+def test_the_tuner_covers_what_chunked_convolutions_read(device, monkeypatch):
+    """On the CPU family a convolution's GEMMs run on column chunks: views whose leading dimension
+    reaches past their own shape. The tuner's operands span all of it, and every candidate agrees."""
+    monkeypatch.setenv("CLNET_GEMM", "cpu")
+    monkeypatch.setattr(importlib.import_module("clnet.ops.conv"), "COLUMNS", 3 * 18 * 30)  # 3 images a chunk
+    model = clnet.Sequential([L.Conv2D(2, 3, 3, padding=1), L.ReLU(), L.Conv2D(3, 2, 3), L.Flatten(),
+                              L.Dense(2 * 4 * 3, 3)], device=device, seed=0).compile("cross_entropy", "sgd")
+    with tuning.recording() as calls:
+        model._graph(7, (2, 6, 5), True, np.int32)
+    chunked = [(case, call) for case, call in calls if call.a[1] > (call.shape[2] if case.layout[0] == "N" else 0)]
+    assert chunked
+    for case, call in chunked:
+        m, n, k = call.shape
+        rows, cols = (k, m) if case.layout[0] == "T" else (m, k)
+        assert call.a[0] >= (rows - 1) * call.a[1] + cols, case.key
+        reports = []
+        tune.tune_case(device, case, call, 0.001, 1, reports.append)
+        assert not reports, reports

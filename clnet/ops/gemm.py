@@ -14,6 +14,7 @@ TILED_BIG = {**TILED, "TILE_M": 128, "TILE_N": 128, "WPT_M": 8, "WPT_N": 8}  # 8
 CPU = {"CPU_ROWS": 8}                    # gemm_cpu: rows x 16 columns per work-item
 CPU_DOT = {"DOT_ROWS": 4, "DOT_COLS": 4}  # gemm_cpu_dot: the block of dot products per work-item
 DEFAULTS = {"gemm_tiled": TILED, "gemm_cpu": CPU, "gemm_cpu_dot": CPU_DOT}
+SWITCHES = {"PREFETCH": (0, 1, 2), "VECTOR": (0, 1)}  # gemm_tiled's parameters that are choices
 SPLIT_MIN = 128    # shortest K slice worth its own work-groups
 
 
@@ -37,9 +38,9 @@ class Call:
     kernel: str
     defines: tuple
     shape: tuple
-    a: tuple    # (elements, ld)
+    a: tuple    # (elements spanned, ld)
     b: tuple
-    c: tuple    # (elements, ld, image_cols)
+    c: tuple    # (elements spanned, ld, image_cols)
     bias: int   # elements, 0 without a bias
 
 
@@ -90,9 +91,6 @@ def default_params(device, kernel, m, n, k, trans_b=False):
     return narrow
 
 
-SWITCHES = {"PREFETCH": (0, 1, 2), "VECTOR": (0, 1)}  # gemm_tiled's parameters that are choices
-
-
 def valid_params(kernel, params):
     """Parameters the kernel can take: every name it knows, switches at one of their values, sizes
     positive, tiles divisible into work-items (into float4 runs with VECTOR)."""
@@ -137,8 +135,15 @@ def gemm(plan, a, b, c, trans_a=False, trans_b=False, bias=None, act=0, bias_per
     return record_gemm(plan, kernel, defines, (m, n, k), a, b, c, bias)
 
 
-def _size(tensor):
-    return prod(tensor.shape)
+def _span(x):
+    """The elements a Matrix spans as the kernels index it (a view with a leading dimension reaches
+    past its own shape), at least its tensor's size (a gathered convolution operand)."""
+    rows, cols = x.shape
+    if x.image_cols:
+        span = (cols - 1) // x.image_cols * x.ld + rows * x.image_cols
+    else:
+        span = (rows - 1) * x.ld + cols
+    return max(span, prod(x.tensor.shape))
 
 
 def record_gemm(plan, kernel, defines, shape, a, b, c, bias=None, params=None):
@@ -148,8 +153,8 @@ def record_gemm(plan, kernel, defines, shape, a, b, c, bias=None, params=None):
     m, n, k = shape
     defines = {**defines, "C_IMAGE_COLS": c.image_cols}
     case = Case(kernel, layout(defines), m, n, k)
-    record(case, Call(kernel, tuple(sorted(defines.items())), shape, (_size(a.tensor), a.ld), (_size(b.tensor), b.ld),
-                      (_size(c.tensor), c.ld, c.image_cols), 0 if bias is None else _size(bias)))
+    record(case, Call(kernel, tuple(sorted(defines.items())), shape, (_span(a), a.ld), (_span(b), b.ld),
+                      (_span(c), c.ld, c.image_cols), 0 if bias is None else prod(bias.shape)))
     if params is None:
         params = lookup(plan.device, case)
         if not valid_params(kernel, params):
