@@ -136,6 +136,11 @@ inline float conv_output_grad(__global const float* restrict dy, const int dy_of
 #endif
 #if TRANS_B
 #define B_PLACE(i) const int kk = (i) % TILE_K, nn = (i) / TILE_K
+#elif (defined(CONV_B) || defined(CONV_DX)) && WG_SIZE % TILE_K == 0 && TILE_N % (WG_SIZE / TILE_K) == 0
+// A gathered B: a work-item keeps one k of the tile for all its elements, so that the gather
+// decomposes k once per tile; its columns are strided by B_ROW_ITEMS, the work-items of a row.
+#define B_ROW_ITEMS (WG_SIZE / TILE_K)
+#define B_PLACE(i) const int kk = tid / B_ROW_ITEMS, nn = tid % B_ROW_ITEMS + ((i) - tid) / WG_SIZE * B_ROW_ITEMS
 #else
 #define B_PLACE(i) const int nn = (i) % TILE_N, kk = (i) / TILE_N
 #endif
