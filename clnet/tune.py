@@ -41,7 +41,7 @@ TILES = [(64, 64, 16, 4, 4), (128, 128, 16, 8, 8), (128, 128, 8, 8, 8), (128, 12
          (128, 64, 16, 8, 4), (64, 128, 16, 4, 8), (64, 64, 32, 4, 4), (32, 64, 16, 2, 4),
          (64, 32, 16, 4, 2), (32, 32, 16, 4, 4), (32, 128, 16, 4, 8), (64, 128, 16, 8, 8)]
 CPU_ROWS = (2, 4, 6, 8, 12)
-DOT_BLOCKS = [(4, 4), (2, 4), (4, 2), (2, 8), (8, 2), (2, 2)]
+DOT_BLOCKS = [(4, 4), (2, 4), (4, 2), (2, 8), (8, 2), (2, 2), (4, 8)]
 FINALISTS = 2      # tile shapes whose PREFETCH / VECTOR variants are timed too
 BUILDERS = 8       # threads that build the candidates' programs on GPUs (one on CPUs)
 

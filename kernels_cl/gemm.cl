@@ -284,7 +284,7 @@ __kernel void sum_slices(const int M, const int N, const int slices,
 
 // ---------------------------------------------------------------- CPU family
 #ifndef CPU_ROWS
-#define CPU_ROWS 8  // rows of C per work-item in gemm_cpu (register blocking)
+#define CPU_ROWS 12 // rows of C per work-item in gemm_cpu (register blocking)
 #endif
 #ifndef DOT_ROWS
 #define DOT_ROWS 4  // rows of C per work-item in gemm_cpu_dot

@@ -11,7 +11,8 @@ GEMM_FILE = "gemm.cl"
 # Parameters as the kernels' -D options; SLICES (gemm_tiled) is the host's: split-K slices.
 TILED = {"TILE_M": 64, "TILE_N": 64, "TILE_K": 16, "WPT_M": 4, "WPT_N": 4, "PREFETCH": 1, "VECTOR": 0, "SLICES": 1}
 TILED_BIG = {**TILED, "TILE_M": 128, "TILE_N": 128, "WPT_M": 8, "WPT_N": 8}  # 8 x 8 outputs per work-item
-CPU = {"CPU_ROWS": 8}                    # gemm_cpu: rows x 16 columns per work-item
+CPU = {"CPU_ROWS": 12}  # gemm_cpu: rows x 16 columns per work-item (mnist-cnn trained 1-7% faster than
+                        # with 8 on a 2-core EPYC, under PoCL 3.1 (AVX-512) and PoCL 3.0 (AVX2) alike)
 CPU_DOT = {"DOT_ROWS": 4, "DOT_COLS": 4}  # gemm_cpu_dot: the block of dot products per work-item
 DEFAULTS = {"gemm_tiled": TILED, "gemm_cpu": CPU, "gemm_cpu_dot": CPU_DOT}
 SWITCHES = {"PREFETCH": (0, 1, 2), "VECTOR": (0, 1)}  # gemm_tiled's parameters that are choices
