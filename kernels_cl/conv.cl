@@ -1,29 +1,21 @@
-// Convolution as im2col + GEMM (gemm.cl). Geometry arguments, shared by im2col and col2im:
-// input (C, H, W) per image, kernel KH x KW, output OH x OW, stride sh/sw, top/left padding ph/pw,
-// dilation dh/dw. The column matrix has a row per (c, kh, kw) and a column per (image, oh, ow), with
-// leading dimension ldcol; `images` consecutive images starting at the tensors' offsets.
+// Convolution as im2col + GEMM for the CPU GEMM family (the GPU family gathers inside gemm_tiled:
+// CONV_B, CONV_DX in gemm.cl). Geometry arguments, shared by im2col and col2im: input (C, H, W) per
+// image, kernel KH x KW, output OH x OW, stride sh/sw, top/left padding ph/pw, dilation dh/dw. The
+// column matrix has a row per (c, kh, kw) and a column per (image, oh, ow), with leading dimension
+// ldcol; `images` consecutive images starting at the tensors' offsets. A work-item handles a row of
+// pixels, with the index arithmetic done once per row.
 
 #define GEOMETRY const int C, const int H, const int W, const int KH, const int KW, \
     const int OH, const int OW, const int sh, const int sw, const int ph, const int pw, \
     const int dh, const int dw
 
-// PER_PIXEL (GPUs): one work-item per pixel, so that neighbouring work-items touch neighbouring
-// addresses. Otherwise (CPUs) one work-item per row of pixels, with the index arithmetic done once
-// per row. ROW_AND_PIXELS(width) gives the work-item's row r and its pixels [p0, p1) of that row.
-#ifdef PER_PIXEL
-#define ROW_AND_PIXELS(width) const int r = get_global_id(0) / (width), p0 = get_global_id(0) % (width), p1 = p0 + 1
-#else
-#define ROW_AND_PIXELS(width) const int r = get_global_id(0), p0 = 0, p1 = (width)
-#endif
-
 // col[k, (image, oh, ow)] = x[image, c, oh*sh - ph + kh*dh, ow*sw - pw + kw*dw] (0 in the padding),
-// row k = (c, kh, kw). Global size (images*OH*OW or images*OH, C*KH*KW).
+// row k = (c, kh, kw). Global size (images*OH, C*KH*KW).
 __kernel void im2col(const int images, GEOMETRY, const int ldcol,
                      __global const float* restrict x, const int xo,
                      __global float* restrict col, const int co)
 {
-    ROW_AND_PIXELS(OW);  // r = image * OH + oh
-    const int k = get_global_id(1);
+    const int r = get_global_id(0), k = get_global_id(1);  // r = image * OH + oh
     if (r >= images * OH || k >= C * KH * KW) return;
     const int g = r / OH, oh = r % OH;
     const int kw = k % KW, kh = (k / KW) % KH, c = k / (KH * KW);
@@ -31,22 +23,22 @@ __kernel void im2col(const int images, GEOMETRY, const int ldcol,
     __global float* out = col + co + k * ldcol + r * OW;  // column (image, oh, ow) = r * OW + ow
     __global const float* in = x + xo + ((g * C + c) * H + ih) * W;
     const int inside = ih >= 0 && ih < H;
-    for (int ow = p0; ow < p1; ow++) {
+    for (int ow = 0; ow < OW; ow++) {
         const int iw = ow * sw - pw + kw * dw;
         out[ow] = (inside && iw >= 0 && iw < W) ? in[iw] : 0.0f;
     }
 }
 
 // The gradient of im2col as a gather: each input element sums the column entries it was copied to,
-// in a fixed order (no atomics, the same result every run). Global size images*C*H*W or images*C*H.
+// in a fixed order (no atomics, the same result every run). Global size images*C*H.
 __kernel void col2im(const int images, GEOMETRY, const int ldcol,
                      __global const float* restrict col, const int co,
                      __global float* restrict dx, const int xo)
 {
-    ROW_AND_PIXELS(W);  // r = (image * C + c) * H + ih
+    const int r = get_global_id(0);  // r = (image * C + c) * H + ih
     if (r >= images * C * H) return;
     const int ih = r % H, c = (r / H) % C, g = r / (C * H);
-    for (int iw = p0; iw < p1; iw++) {
+    for (int iw = 0; iw < W; iw++) {
         float s = 0.0f;
         for (int kh = 0; kh < KH; kh++) {
             const int t = ih + ph - kh * dh, oh = t / sh;

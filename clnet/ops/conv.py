@@ -3,7 +3,7 @@ and the fused bias/activation backward."""
 
 from dataclasses import asdict, astuple, dataclass
 
-from .gemm import Matrix, family, record_gemm
+from .gemm import Matrix, record_gemm
 
 FILE = "conv.cl"
 LOCAL = 64
@@ -43,26 +43,16 @@ def images_per_chunk(geometry, batch):
     return max(1, min(batch, COLUMNS // (geometry.rows * geometry.pixels)))
 
 
-def _per_pixel(device):
-    """The GPU kernel family takes a work-item per pixel (coalesced), the CPU family one per row of
-    pixels (less index arithmetic); CLNET_GEMM chooses for both."""
-    return family(device) == "tiled"
-
-
 def im2col(plan, geometry, images, x, col, ldcol):
     """col[(c, kh, kw), (image, oh, ow)] from `images` images of x."""
-    per_pixel = _per_pixel(plan.device)
-    k = plan.kernel(FILE, "im2col", PER_PIXEL=per_pixel)
-    rows = images * geometry.OH * (geometry.OW if per_pixel else 1)
-    return plan.launch(k, (rows, geometry.rows), (LOCAL, 1), images, *astuple(geometry), ldcol, x, col)
+    k = plan.kernel(FILE, "im2col")
+    return plan.launch(k, (images * geometry.OH, geometry.rows), (LOCAL, 1), images, *astuple(geometry), ldcol, x, col)
 
 
 def col2im(plan, geometry, images, col, dx, ldcol):
     """dx (images, C, H, W) = the gradient of im2col, gathered from col."""
-    per_pixel = _per_pixel(plan.device)
-    k = plan.kernel(FILE, "col2im", PER_PIXEL=per_pixel)
-    rows = images * geometry.C * geometry.H * (geometry.W if per_pixel else 1)
-    return plan.launch(k, (rows,), (LOCAL,), images, *astuple(geometry), ldcol, col, dx)
+    k = plan.kernel(FILE, "col2im")
+    return plan.launch(k, (images * geometry.C * geometry.H,), (LOCAL,), images, *astuple(geometry), ldcol, col, dx)
 
 
 def conv_bias_act_backward(plan, act_code, dy, y, dpre, db):
