@@ -22,13 +22,10 @@ import argparse
 import dataclasses
 import datetime
 import json
-import math
 import os
 import platform
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +41,7 @@ from .models import INPUT_SHAPES, PRESETS
 from .ops import gemm
 from .plan import Plan
 from .tensor import DeviceTensor
+from .timing import Timing, measure
 
 try:
     import torch
@@ -71,49 +69,6 @@ class CheckError(RuntimeError):
     """clnet and its reference disagree on a result that was about to be timed."""
 
 
-# ---------------------------------------------------------------------- timing
-@dataclasses.dataclass
-class Timing:
-    warmup: int       # untimed steps first
-    steps: int        # steps per timed run; 0: as many as last about min_time seconds
-    repeats: int      # timed runs; their median is reported
-    min_time: float
-
-
-@dataclasses.dataclass
-class Measurement:
-    steps: int        # steps of each timed run
-    seconds: list     # wall time of each run, the device idle at its end
-
-    def summary(self, work, unit):
-        """`work` units per step as rates: the median and the best run, and the raw times."""
-        return {"unit": unit, "median": work * self.steps / statistics.median(self.seconds),
-                "best": work * self.steps / min(self.seconds), "steps": self.steps, "seconds": self.seconds}
-
-
-def measure(step, sync, timing):
-    """Time `step` (enqueue one unit of work) under `timing`; `sync` waits for the device."""
-    def run(steps):
-        start = time.perf_counter()
-        for _ in range(steps):
-            step()
-        sync()
-        return time.perf_counter() - start
-
-    run(timing.warmup)
-    steps = timing.steps or calibrate(run, timing.min_time)
-    return Measurement(steps, [run(steps) for _ in range(timing.repeats)])
-
-
-def calibrate(run, min_time):
-    """Steps for a run of about `min_time` seconds, grown tenfold until a run takes a tenth of it
-    (timeit.autorange's idea); these runs add to the warm-up."""
-    steps = 1
-    while True:
-        elapsed = run(steps)
-        if elapsed >= min_time / 10:
-            return max(1, math.ceil(steps * min_time / elapsed))
-        steps *= 10
 
 
 # ---------------------------------------------------------------------- the networks

@@ -29,6 +29,7 @@ from .models import INPUT_SHAPES, PRESETS
 from .ops.gemm import TILED, Matrix, default_params, family, gemm, record_gemm, split_k, valid_params
 from .plan import Plan
 from .tensor import DeviceTensor
+from .timing import Timing, measure
 
 SIZES = (1024, 4096)
 REPEATS = 3
@@ -137,28 +138,9 @@ class Operands:
 
 
 def time_plan(plan, min_time, repeats):
-    """Median seconds of one run of the plan, over `repeats` runs of about `min_time` seconds each."""
-    finish = plan.device.finish
-    plan.run()
-    finish()
-    runs = 1
-    while True:
-        start = time.perf_counter()
-        for _ in range(runs):
-            plan.run()
-        finish()
-        elapsed = time.perf_counter() - start
-        if elapsed >= min_time / 4 or runs >= 1 << 16:
-            break
-        runs *= 4
-    samples = [elapsed / runs]
-    for _ in range(repeats - 1):
-        start = time.perf_counter()
-        for _ in range(runs):
-            plan.run()
-        finish()
-        samples.append((time.perf_counter() - start) / runs)
-    return statistics.median(samples)
+    """Median seconds of one run of the plan, over `repeats` timed runs of about `min_time` seconds."""
+    result = measure(plan.run, plan.device.finish, Timing(warmup=1, steps=0, repeats=repeats, min_time=min_time))
+    return statistics.median(result.seconds) / result.steps
 
 
 def _agrees(got, reference):

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from clnet import bench
+from clnet import bench, timing
 
 TINY = ["--models", "mlp", "--batch-sizes", "4", "--steps", "1", "--repeats", "1", "--warmup", "0"]
 
@@ -77,12 +77,12 @@ def test_disagreement_aborts_before_timing(device, monkeypatch):
 
 def test_adaptive_steps_fill_the_minimum_time(monkeypatch):
     clock = [0.0]  # a step takes 1 ms of this clock
-    monkeypatch.setattr(bench.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: clock[0])
 
     def step():
         clock[0] += 0.001
 
-    result = bench.measure(step, lambda: None, bench.Timing(warmup=2, steps=0, repeats=3, min_time=0.05))
+    result = timing.measure(step, lambda: None, timing.Timing(warmup=2, steps=0, repeats=3, min_time=0.05))
     assert result.steps in (50, 51)  # calibrated on 1, then 10 steps
     assert result.seconds == pytest.approx([result.steps * 0.001] * 3)
     assert result.summary(10, "items/s")["median"] == pytest.approx(10_000)

@@ -1,0 +1,50 @@
+"""Timing device work on the host clock: the protocol of clnet-bench, also used by clnet-tune."""
+
+import dataclasses
+import math
+import statistics
+import time
+
+
+@dataclasses.dataclass
+class Timing:
+    warmup: int       # untimed steps first
+    steps: int        # steps per timed run; 0: as many as last about min_time seconds
+    repeats: int      # timed runs; their median is reported
+    min_time: float
+
+
+@dataclasses.dataclass
+class Measurement:
+    steps: int        # steps of each timed run
+    seconds: list     # wall time of each run, the device idle at its end
+
+    def summary(self, work, unit):
+        """`work` units per step as rates: the median and the best run, and the raw times."""
+        return {"unit": unit, "median": work * self.steps / statistics.median(self.seconds),
+                "best": work * self.steps / min(self.seconds), "steps": self.steps, "seconds": self.seconds}
+
+
+def measure(step, sync, timing):
+    """Time `step` (enqueue one unit of work) under `timing`; `sync` waits for the device."""
+    def run(steps):
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        sync()
+        return time.perf_counter() - start
+
+    run(timing.warmup)
+    steps = timing.steps or calibrate(run, timing.min_time)
+    return Measurement(steps, [run(steps) for _ in range(timing.repeats)])
+
+
+def calibrate(run, min_time):
+    """Steps for a run of about `min_time` seconds, grown tenfold until a run takes a tenth of it
+    (timeit.autorange's idea); these runs add to the warm-up."""
+    steps = 1
+    while True:
+        elapsed = run(steps)
+        if elapsed >= min_time / 10:
+            return max(1, math.ceil(steps * min_time / elapsed))
+        steps *= 10
