@@ -10,6 +10,7 @@ dimension), else its built-in defaults. CLNET_TUNING=0 ignores the cache.
 """
 
 import contextlib
+import functools
 import hashlib
 import json
 import math
@@ -64,6 +65,7 @@ def device_key(device):
     return f"{info.platform} | {info.name} | {info.driver}"
 
 
+@functools.cache  # every GEMM a plan records looks it up; the installed sources do not change
 def source_hash():
     """A short hash of the tuned kernels' sources: parameters tuned for other sources are stale."""
     digest = hashlib.sha256()
