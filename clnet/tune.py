@@ -124,7 +124,7 @@ class Operands:
         m, n, k = call.shape
         a_rows, a_cols = ((k, m) if dict(call.defines).get("TRANS_A") else (m, k))
         b_rows, b_cols = ((n, k) if dict(call.defines).get("TRANS_B") else (k, n))
-        record_gemm(plan, call.kernel, {key: v for key, v in call.defines if key != "C_IMAGE_COLS"}, call.shape,
+        record_gemm(plan, call.kernel, dict(call.defines), call.shape,
                     Matrix(self.a, a_rows, a_cols, ld=call.a[1]), Matrix(self.b, b_rows, b_cols, ld=call.b[1]),
                     Matrix(self.c, m, n, ld=call.c[1], image_cols=call.c[2]), self.bias, params=params)
         return plan

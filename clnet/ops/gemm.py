@@ -34,8 +34,8 @@ class Matrix:
 
 @dataclass(frozen=True)
 class Call:
-    """What the tuner needs to record the same GEMM again on fresh operands: the kernel and its
-    fixed options, the size, and each operand's size in elements, leading dimension and layout."""
+    """What the tuner needs to record the same GEMM again on fresh operands: the kernel and the
+    fixed options it was given, the size, and each operand's span, leading dimension and layout."""
     kernel: str
     defines: tuple
     shape: tuple
@@ -152,10 +152,10 @@ def record_gemm(plan, kernel, defines, shape, a, b, c, bias=None, params=None):
     `defines`) computing the (M, N, K) product of Matrix operands. `params` (the tuner's candidates)
     overrides the tuned or default parameters."""
     m, n, k = shape
-    defines = {**defines, "C_IMAGE_COLS": c.image_cols}
     case = Case(kernel, layout(defines), m, n, k)
     record(case, Call(kernel, tuple(sorted(defines.items())), shape, (_span(a), a.ld), (_span(b), b.ld),
                       (_span(c), c.ld, c.image_cols), 0 if bias is None else prod(bias.shape)))
+    defines = {**defines, "C_IMAGE_COLS": c.image_cols}
     if params is None:
         params = lookup(plan.device, case)
         if not valid_params(kernel, params):
