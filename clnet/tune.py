@@ -41,8 +41,7 @@ MARGIN = 1.03      # how much faster than the default a candidate must be to rep
 TILES = [(64, 64, 16, 4, 4), (128, 128, 16, 8, 8), (128, 128, 8, 8, 8), (128, 128, 32, 8, 8),
          (128, 64, 16, 8, 4), (64, 128, 16, 4, 8), (64, 64, 32, 4, 4), (32, 64, 16, 2, 4),
          (64, 32, 16, 4, 2), (32, 32, 16, 4, 4), (32, 128, 16, 4, 8), (64, 128, 16, 8, 8)]
-CPU_ROWS = (2, 4, 6, 8, 12)
-DOT_BLOCKS = [(4, 4), (2, 4), (4, 2), (2, 8), (8, 2), (2, 2), (4, 8)]
+CPU_ROWS = (4, 6, 8, 10, 12, 14)  # gemm_packed; more than 14 float16 accumulators spill on AVX-512
 FINALISTS = 2      # tile shapes whose PREFETCH / VECTOR variants are timed too
 BUILDERS = 8       # threads that build the candidates' programs on GPUs (one on CPUs)
 
@@ -70,13 +69,13 @@ def variants(device, params):
 
 def candidates(device, call):
     """The parameter sets to time first for a recorded GEMM call on this device, the default first:
-    for gemm_tiled every tile shape (with its K splits where K may be split), default switches."""
+    for gemm_tiled every tile shape (with its K splits where K may be split), default switches; for
+    gemm_packed every row block, unsplit and with the default's K slices, twice and half as many."""
     m, n, k = call.shape
     default = default_params(device, call.kernel, m, n, k, bool(dict(call.defines).get("TRANS_B")))
-    if call.kernel == "gemm_cpu":
-        found = [{"CPU_ROWS": r} for r in CPU_ROWS]
-    elif call.kernel == "gemm_cpu_dot":
-        found = [{"DOT_ROWS": r, "DOT_COLS": c} for r, c in DOT_BLOCKS]
+    if call.kernel == "gemm_packed":
+        slices = {1, default["SLICES"], 2 * default["SLICES"], max(1, default["SLICES"] // 2)}
+        found = [{"CPU_ROWS": r, "SLICES": s} for r in CPU_ROWS for s in sorted(slices)]
     else:
         found = []
         for tile in tile_params(device):

@@ -1,40 +1,20 @@
-// Convolution as im2col + GEMM for the CPU GEMM family (the GPU family gathers inside gemm_tiled:
-// CONV_B, CONV_DX in gemm.cl). Geometry arguments, shared by im2col and col2im: input (C, H, W) per
-// image, kernel KH x KW, output OH x OW, stride sh/sw, top/left padding ph/pw, dilation dh/dw. The
-// column matrix has a row per (c, kh, kw) and a column per (image, oh, ow), with leading dimension
-// ldcol; `images` consecutive images starting at the tensors' offsets. A work-item handles a row of
-// pixels, with the index arithmetic done once per row.
-
-#define GEOMETRY const int C, const int H, const int W, const int KH, const int KW, \
-    const int OH, const int OW, const int sh, const int sw, const int ph, const int pw, \
-    const int dh, const int dw
-
-// col[k, (image, oh, ow)] = x[image, c, oh*sh - ph + kh*dh, ow*sw - pw + kw*dw] (0 in the padding),
-// row k = (c, kh, kw). Global size (images*OH, C*KH*KW).
-__kernel void im2col(const int images, GEOMETRY, const int ldcol,
-                     __global const float* restrict x, const int xo,
-                     __global float* restrict col, const int co)
-{
-    const int r = get_global_id(0), k = get_global_id(1);  // r = image * OH + oh
-    if (r >= images * OH || k >= C * KH * KW) return;
-    const int g = r / OH, oh = r % OH;
-    const int kw = k % KW, kh = (k / KW) % KH, c = k / (KH * KW);
-    const int ih = oh * sh - ph + kh * dh;
-    __global float* out = col + co + k * ldcol + r * OW;  // column (image, oh, ow) = r * OW + ow
-    __global const float* in = x + xo + ((g * C + c) * H + ih) * W;
-    const int inside = ih >= 0 && ih < H;
-    for (int ow = 0; ow < OW; ow++) {
-        const int iw = ow * sw - pw + kw * dw;
-        out[ow] = (inside && iw >= 0 && iw < W) ? in[iw] : 0.0f;
-    }
-}
+// The CPU family's input gradient of a convolution: col2im of the column-matrix gradient (the
+// forward pass and the weight gradient gather their columns inside the GEMM: CONV_B in gemm.cl;
+// GPUs gather the input gradient too: CONV_DX). The geometry comes as compile-time constants, as
+// for gemm.cl: input (CONV_C, CONV_H, CONV_W) per image, kernel CONV_KH x CONV_KW, output CONV_OH x
+// CONV_OW, stride CONV_SH/SW, top/left padding CONV_PH/PW, dilation CONV_DH/DW. The column matrix
+// has a row per (c, kh, kw) and a column per (image, oh, ow), with leading dimension ldcol.
 
 // The gradient of im2col as a gather: each input element sums the column entries it was copied to,
-// in a fixed order (no atomics, the same result every run). Global size images*C*H.
-__kernel void col2im(const int images, GEOMETRY, const int ldcol,
+// in a fixed order (no atomics, the same result every run). Global size images*C*H: a work-item
+// handles a row of input pixels. Built only with the geometry.
+#ifdef CONV_C
+__kernel void col2im(const int images, const int ldcol,
                      __global const float* restrict col, const int co,
                      __global float* restrict dx, const int xo)
 {
+    const int C = CONV_C, H = CONV_H, W = CONV_W, KH = CONV_KH, KW = CONV_KW, OH = CONV_OH, OW = CONV_OW,
+        sh = CONV_SH, sw = CONV_SW, ph = CONV_PH, pw = CONV_PW, dh = CONV_DH, dw = CONV_DW;
     const int r = get_global_id(0);  // r = (image * C + c) * H + ih
     if (r >= images * C * H) return;
     const int ih = r % H, c = (r / H) % C, g = r / (C * H);
@@ -52,6 +32,7 @@ __kernel void col2im(const int images, GEOMETRY, const int ldcol,
         dx[xo + r * W + iw] = s;
     }
 }
+#endif
 
 #ifndef CONV_WG
 #define CONV_WG 64  // work-group size of conv_bias_act_backward, a power of two

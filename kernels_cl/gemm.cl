@@ -4,18 +4,18 @@
 // C_IMAGE_COLS=P stores column n as pixel n % P of image n / P of an NCHW tensor whose rows are
 // channels: C[m,n] at c[(n / P) * ldc + m * P + n % P] (ldc is then the image stride).
 // ACCUMULATE adds the product to C instead (no bias, no activation).
-// SPLIT_K (gemm_tiled only): work-group z of a 3-D launch sums its share of K into slice z of a
+// SPLIT_K: work-group z of a 3-D launch sums its share of K into slice z of a
 // (slices, M, ldc) buffer, which sum_slices then adds up and stores as above: for products with few
 // output tiles and a long K, such as weight gradients and dense layers with many inputs.
 // Two families share these semantics: gemm_tiled for GPUs (local-memory tiles) and
-// gemm_cpu / gemm_cpu_dot for CPUs (no local memory).
+// gemm_packed for CPUs (register blocks over operands copied into panels, no local memory).
 //
-// Implicit convolution (gemm_tiled only; the geometry of conv.cl in CONV_C, CONV_H, ... CONV_DW):
-// CONV_B: B is the im2col matrix of the NCHW input b, gathered while it is loaded, never stored:
-//   its element (row, col) with row = (c, kh, kw) and col = (image, oh, ow) is
+// Implicit convolution (the geometry of conv.cl in CONV_C, CONV_H, ... CONV_DW):
+// CONV_B: B is the im2col matrix of the NCHW input b, gathered as it is read (by gemm_tiled as it
+//   loads its tiles, by pack_b into gemm_packed's panels), never stored whole: its element (row, col) with row = (c, kh, kw) and col = (image, oh, ow) is
 //   b[image, c, oh*SH - PH + kh*DH, ow*SW - PW + kw*DW], 0 in the padding. With TRANS_B the same
 //   matrix is read transposed, for the weight gradient dY . cols^T.
-// CONV_DX: the input gradient as one product over K = (o, kh, kw): A[c, (o, kh, kw)] is the weight
+// CONV_DX (gemm_tiled only): the input gradient as one product over K = (o, kh, kw): A[c, (o, kh, kw)] is the weight
 //   w[o, c, kh, kw] (a holds the weight as stored) and B[(o, kh, kw), (image, ih, iw)] is dY[o,
 //   (image, oh, ow)] for the output pixel that read input pixel (ih, iw) through tap (kh, kw), 0 if
 //   none; b holds dY as O rows of ldb.
@@ -283,84 +283,91 @@ __kernel void sum_slices(const int M, const int N, const int slices,
 }
 
 // ---------------------------------------------------------------- CPU family
+// gemm_packed multiplies operands copied into panels, so that it reads both sequentially: A in
+// panels of CPU_ROWS rows (element (m, k) at ((m / CPU_ROWS) * K + k) * CPU_ROWS + m % CPU_ROWS) and
+// B in panels of 16 columns (element (k, n) at ((n / 16) * K + k) * 16 + n % 16). pack_a and pack_b
+// copy any layout into panels; im2col (conv.cl) writes its column matrix as panels directly. Rows
+// and columns past the edges of the last panels are computed but never stored, so they may hold
+// anything (pack_a and pack_b write zeros there).
 #ifndef CPU_ROWS
-#define CPU_ROWS 12 // rows of C per work-item in gemm_cpu (register blocking)
+#define CPU_ROWS 12  // rows of C per work-item: float16 accumulators kept in registers
 #endif
-#ifndef DOT_ROWS
-#define DOT_ROWS 4  // rows of C per work-item in gemm_cpu_dot
-#endif
-#ifndef DOT_COLS
-#define DOT_COLS 4  // columns of C per work-item in gemm_cpu_dot
-#endif
+#define PANEL 16     // columns of a B panel: one float16
 
-inline float hsum16(float16 v)
+// Global size (K, ceil(M / CPU_ROWS)).
+__kernel void pack_a(const int M, const int K, __global const float* restrict A, const int a_off,
+                     const int lda, __global float* restrict P, const int p_off)
 {
-    const float8 a = v.lo + v.hi;
-    const float4 b = a.lo + a.hi;
-    const float2 c = b.lo + b.hi;
-    return c.x + c.y;
-}
-
-// For B stored K x N (TRANS_B == 0): a work-item keeps CPU_ROWS rows x 16 columns of C in float16
-// accumulators and streams rows of B as vectors. Global size (ceil(N/16), ceil(M/CPU_ROWS)).
-__kernel void gemm_cpu(GEMM_ARGS)
-{
-    const int n0 = get_global_id(0) * 16, m0 = get_global_id(1) * CPU_ROWS;
-    if (n0 >= N || m0 >= M) return;
-    int mr[CPU_ROWS];  // rows past M re-read the last row; their results are not stored
-    for (int r = 0; r < CPU_ROWS; r++) mr[r] = min(m0 + r, M - 1);
-
-    if (n0 + 16 <= N) {
-        float16 acc[CPU_ROWS];
-        for (int r = 0; r < CPU_ROWS; r++) acc[r] = (float16)(0.0f);
-        for (int k = 0; k < K; k++) {
-            const float16 b = load16(B + b_off + k * ldb + n0);
-            for (int r = 0; r < CPU_ROWS; r++) acc[r] = A_AT(mr[r], k) * b + acc[r];
-        }
-        for (int r = 0; r < CPU_ROWS && m0 + r < M; r++) {
-            // A vector store into an aligned private array: PoCL 3.0's kernel cache loses
-            // kernels that call vstore16.
-            __attribute__((aligned(64))) float out[16];
-            *(float16*)out = acc[r];
-            for (int j = 0; j < 16; j++) STORE(m0 + r, n0 + j, out[j]);
-        }
-    } else {  // the last, partial block of columns
-        for (int r = 0; r < CPU_ROWS && m0 + r < M; r++)
-            for (int n = n0; n < N; n++) {
-                float s = 0.0f;
-                for (int k = 0; k < K; k++) s = A_AT(m0 + r, k) * B_AT(k, n) + s;
-                STORE(m0 + r, n, s);
-            }
+    const int k = get_global_id(0), q = get_global_id(1);
+    __global float* out = P + p_off + (q * K + k) * CPU_ROWS;
+    for (int r = 0; r < CPU_ROWS; r++) {
+        const int m = q * CPU_ROWS + r;
+        out[r] = m < M ? A_AT(m, k) : 0.0f;
     }
 }
 
-// For A stored M x K and B stored N x K (TRANS_A == 0, TRANS_B == 1): both operands are contiguous
-// in k, so a work-item computes DOT_ROWS x DOT_COLS dot products with float16 partial sums.
-// Global size (ceil(N/DOT_COLS), ceil(M/DOT_ROWS)).
-__kernel void gemm_cpu_dot(GEMM_ARGS)
+// Global size (K, ceil(N / 16)). With CONV_B, B is the im2col matrix of the NCHW input (as for
+// gemm_tiled), so that this copy is the im2col pass, writing panels.
+__kernel void pack_b(const int K, const int N, __global const float* restrict B, const int b_off,
+                     const int ldb, __global float* restrict P, const int p_off)
 {
-    const int n0 = get_global_id(0) * DOT_COLS, m0 = get_global_id(1) * DOT_ROWS;
-    if (n0 >= N || m0 >= M) return;
-    int mr[DOT_ROWS], nc[DOT_COLS];  // indices past the edge re-read the last row / column
-    for (int r = 0; r < DOT_ROWS; r++) mr[r] = min(m0 + r, M - 1);
-    for (int c = 0; c < DOT_COLS; c++) nc[c] = min(n0 + c, N - 1);
-
-    float16 acc[DOT_ROWS][DOT_COLS];
-    for (int r = 0; r < DOT_ROWS; r++)
-        for (int c = 0; c < DOT_COLS; c++) acc[r][c] = (float16)(0.0f);
-    int k = 0;
-    for (; k + 16 <= K; k += 16) {
-        float16 a[DOT_ROWS];
-        for (int r = 0; r < DOT_ROWS; r++) a[r] = load16(A + a_off + mr[r] * lda + k);
-        for (int c = 0; c < DOT_COLS; c++) {
-            const float16 b = load16(B + b_off + nc[c] * ldb + k);
-            for (int r = 0; r < DOT_ROWS; r++) acc[r][c] = a[r] * b + acc[r][c];
-        }
+    const int k = get_global_id(0), n0 = get_global_id(1) * PANEL;
+    __global float* out = P + p_off + (get_global_id(1) * K + k) * PANEL;  // 64-byte aligned
+#ifdef CONV_B
+    // The 16 values run along one row of the column matrix (forward: consecutive pixels) or along
+    // one column of it (TRANS_B, the weight gradient: consecutive (c, kh, kw)); the gather's index
+    // arithmetic is done once and then stepped.
+    __attribute__((aligned(64))) float v[PANEL];
+#if TRANS_B
+    const int pixel = k, image = pixel / (CONV_OH * CONV_OW), oh = pixel / CONV_OW % CONV_OH, ow = pixel % CONV_OW;
+    int c = n0 / CONV_TAPS, kh = n0 / CONV_KW % CONV_KH, kw = n0 % CONV_KW;
+#else
+    const int row = k, c = row / CONV_TAPS, kh = row / CONV_KW % CONV_KH, kw = row % CONV_KW;
+    int image = n0 / (CONV_OH * CONV_OW), oh = n0 / CONV_OW % CONV_OH, ow = n0 % CONV_OW;
+#endif
+    for (int j = 0; j < PANEL; j++) {
+        const int ih = oh * CONV_SH - CONV_PH + kh * CONV_DH, iw = ow * CONV_SW - CONV_PW + kw * CONV_DW;
+        v[j] = n0 + j < N && ih >= 0 && ih < CONV_H && iw >= 0 && iw < CONV_W
+            ? B[b_off + ((image * CONV_C + c) * CONV_H + ih) * CONV_W + iw] : 0.0f;
+#if TRANS_B
+        if (++kw == CONV_KW) { kw = 0; if (++kh == CONV_KH) { kh = 0; c++; } }
+#else
+        if (++ow == CONV_OW) { ow = 0; if (++oh == CONV_OH) { oh = 0; image++; } }
+#endif
     }
-    for (int r = 0; r < DOT_ROWS && m0 + r < M; r++)
-        for (int c = 0; c < DOT_COLS && n0 + c < N; c++) {
-            float s = hsum16(acc[r][c]);
-            for (int kk = k; kk < K; kk++) s = A_AT(mr[r], kk) * B_AT(kk, nc[c]) + s;
-            STORE(m0 + r, n0 + c, s);
-        }
+    *(__global float16*)out = *(float16*)v;
+#else
+    if (!TRANS_B && n0 + PANEL <= N) {
+        *(__global float16*)out = load16(B + b_off + k * ldb + n0);
+        return;
+    }
+    for (int j = 0; j < PANEL; j++) out[j] = n0 + j < N ? B_AT(k, n0 + j) : 0.0f;
+#endif
+}
+
+// Global size (ceil(N / 16), ceil(M / CPU_ROWS), slices): work-item (p, q, z) multiplies panel q of
+// A by panel p of B over slice z of K (all of it unless SPLIT_K) and stores its CPU_ROWS x 16 block.
+// A and B are panels: lda and ldb are unused.
+__kernel void gemm_packed(GEMM_ARGS)
+{
+    const int p = get_global_id(0), q = get_global_id(1);
+    const int share = (K + get_global_size(2) - 1) / get_global_size(2);
+    const int k0 = get_global_id(2) * share, k1 = min(K, k0 + share);
+    __global const float* a = A + a_off + q * K * CPU_ROWS;
+    __global const float* b = B + b_off + p * K * PANEL;
+    float16 acc[CPU_ROWS];
+    // Unrolled, or the accumulators live in memory instead of registers (2-3x slower under PoCL).
+    _Pragma("unroll") for (int r = 0; r < CPU_ROWS; r++) acc[r] = (float16)(0.0f);
+    for (int k = k0; k < k1; k++) {
+        const float16 bk = load16(b + k * PANEL);
+        _Pragma("unroll") for (int r = 0; r < CPU_ROWS; r++) acc[r] = a[k * CPU_ROWS + r] * bk + acc[r];
+    }
+    const int m0 = q * CPU_ROWS, n0 = p * PANEL;
+    for (int r = 0; r < CPU_ROWS && m0 + r < M; r++) {
+        // A vector store into an aligned private array: PoCL 3.0's kernel cache loses kernels
+        // that call vstore16.
+        __attribute__((aligned(64))) float out[PANEL];
+        *(float16*)out = acc[r];
+        for (int j = 0; j < PANEL && n0 + j < N; j++) STORE(m0 + r, n0 + j, out[j]);
+    }
 }

@@ -10,9 +10,11 @@
 // Backward passes are gathers: one work-item per input element sums the gradients of the output
 // windows that cover it, in a fixed order, so results are deterministic and need no atomics.
 //
-// The geometry is passed at run time, so one build serves every layer.
-#define POOL_GEOMETRY const int planes, const int H, const int W, const int OH, const int OW, \
-    const int KH, const int KW, const int SH, const int SW, const int PH, const int PW
+// The geometry comes as compile-time constants (POOL_H, POOL_W, ... from the launcher), which turn
+// the index arithmetic's divisions into multiplications: on CPUs, run-time divisions bounded it.
+#define POOL_GEOMETRY const int planes
+#define POOL_CONSTANTS const int H = POOL_H, W = POOL_W, OH = POOL_OH, OW = POOL_OW, KH = POOL_KH, \
+    KW = POOL_KW, SH = POOL_SH, SW = POOL_SW, PH = POOL_PH, PW = POOL_PW
 
 // The window rows [*lo, *hi) covering input coordinate i (0 <= i < size): windows o with
 // o*s <= i+p < o*s+k, clipped to the out windows that exist.
@@ -46,6 +48,7 @@ __kernel void maxpool_forward(POOL_GEOMETRY, const int save_argmax,
                               __global float* y, const int yo,
                               __global int* argmax, const int ao)
 {
+    POOL_CONSTANTS;
     const int gid = get_global_id(0);
     if (gid >= planes * OH * OW) return;
     int hs, he, ws, we;
@@ -72,6 +75,7 @@ __kernel void maxpool_backward(POOL_GEOMETRY,
                                __global const float* dy, const int dyo,
                                __global float* dx, const int dxo)
 {
+    POOL_CONSTANTS;
     const int gid = get_global_id(0);
     if (gid >= planes * H * W) return;
     const int at = gid % (H * W);              // index of this element within its plane
@@ -96,6 +100,7 @@ __kernel void avgpool_forward(POOL_GEOMETRY,
                               __global const float* x, const int xo,
                               __global float* y, const int yo)
 {
+    POOL_CONSTANTS;
     const int gid = get_global_id(0);
     if (gid >= planes * OH * OW) return;
     int hs, he, ws, we;
@@ -113,6 +118,7 @@ __kernel void avgpool_backward(POOL_GEOMETRY,
                                __global const float* dy, const int dyo,
                                __global float* dx, const int dxo)
 {
+    POOL_CONSTANTS;
     const int gid = get_global_id(0);
     if (gid >= planes * H * W) return;
     const int at = gid % (H * W);

@@ -7,6 +7,7 @@ import pytest
 
 import clnet
 from clnet import layers as L
+from clnet.text import format_bytes
 
 from reference import forward
 
@@ -187,7 +188,7 @@ def test_summary_lists_layers_totals_and_planned_memory(device):
     model.compile("cross_entropy", clnet.optim.Adam())
     text = model.summary(input_shape=(1, 28, 28), batch_size=64, stream=quiet)
     arena = model._graph(64, (1, 28, 28), True, np.int32).plan.arena_bytes
-    assert "training at batch size 64" in text and f"{arena / 1024:.1f} KiB activations" in text
+    assert "training at batch size 64" in text and f"{format_bytes(arena)} activations" in text
 
 
 # ---------------------------------------------------------------- failures that must be clear

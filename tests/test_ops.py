@@ -13,8 +13,7 @@ import pytest
 from conftest import GUARD, Slot, execute, new_plan
 
 from clnet import losses, ops, optim, tune
-from clnet.ops.gemm import split_k
-from clnet.tensor import DeviceTensor
+from clnet.ops.gemm import cpu_params, split_k
 
 gemm_module = importlib.import_module("clnet.ops.gemm")  # clnet.ops.gemm is also the function's name
 
@@ -79,11 +78,6 @@ def test_gemm_layouts(device, gemm_family, layout):
     """C = op(A) op(B) for every layout on every awkward shape, operands at odd offsets."""
     rng = np.random.default_rng(1)
     plan = new_plan(device)
-    if gemm_family == "cpu" and layout == "TT":
-        a, b, c = (DeviceTensor(device, s) for s in ((3, 2), (4, 3), (2, 4)))
-        with pytest.raises(ValueError, match="transposed"):
-            ops.gemm(plan, a, b, c, trans_a=True, trans_b=True)
-        return
     cases = []
     for i, (m, n, k) in enumerate(GEMM_SHAPES):
         offsets = (0, 0, 0, 0) if i == 0 else (7 * i + 1, 3 * i, 64 * i, 5)
@@ -94,13 +88,13 @@ def test_gemm_layouts(device, gemm_family, layout):
 
 
 @pytest.mark.parametrize("layout", ["NN", "TN", "NT"])
-def test_gemm_split_k(device, monkeypatch, layout):
-    """Few output tiles and a long K: gemm_tiled splits K over work-groups and sums the slices."""
-    monkeypatch.setenv("CLNET_GEMM", "tiled")
+def test_gemm_split_k(device, gemm_family, layout):
+    """Few output tiles and a long K: both families split K over work-groups and sum the slices."""
     rng = np.random.default_rng(5)
     plan = new_plan(device)
     m, n, k = 5, 70, 3001
     assert split_k(device, m, n, k) > 1 and split_k(device, 300, 300, 100) == 1
+    assert cpu_params(m, n, k)["SLICES"] > 1 and cpu_params(300, 300, 100)["SLICES"] == 1
     sc, ref, _ = _gemm_case(device, rng, plan, m, n, k, layout, (3, 5, 64, 0))
     # accumulating into a matrix whose leading dimension is wider than its columns
     a, b = f32(rng.uniform(-1, 1, (m, k))), f32(rng.uniform(-1, 1, (k, n)))
@@ -116,21 +110,20 @@ def test_gemm_split_k(device, monkeypatch, layout):
 
 
 def _tuning_candidates(device, kernel):
-    if kernel == "gemm_cpu":
-        return [{"CPU_ROWS": r} for r in tune.CPU_ROWS]
-    if kernel == "gemm_cpu_dot":
-        return [{"DOT_ROWS": r, "DOT_COLS": c} for r, c in tune.DOT_BLOCKS]
-    found = [params for tile in tune.tile_params(device) for params in [tile] + tune.variants(device, tile)]
+    if kernel == "gemm_packed":
+        found = [{"CPU_ROWS": r} for r in tune.CPU_ROWS]
+    else:
+        found = [params for tile in tune.tile_params(device) for params in [tile] + tune.variants(device, tile)]
     return [{**params, "SLICES": 3 if i % 3 == 0 else 1} for i, params in enumerate(found)]
 
 
-@pytest.mark.parametrize("kernel", ["gemm_tiled", "gemm_cpu", "gemm_cpu_dot"])
+@pytest.mark.parametrize("kernel", ["gemm_tiled", "gemm_packed"])
 def test_gemm_every_tuning_candidate(device, monkeypatch, kernel):
     """Whatever clnet-tune may pick computes the same products: every parameter set of the tuner's
     space (a third of them splitting K), each on one of the layouts the kernel serves in turn, with
     and without a bias and activation, at awkward shapes and offsets."""
     monkeypatch.setenv("CLNET_GEMM", "tiled" if kernel == "gemm_tiled" else "cpu")
-    layouts = {"gemm_tiled": ["NN", "TN", "NT", "TT"], "gemm_cpu": ["NN", "TN"], "gemm_cpu_dot": ["NT"]}[kernel]
+    layouts = list(LAYOUTS)
     rng = np.random.default_rng(3)
     for i, params in enumerate(_tuning_candidates(device, kernel)):
         monkeypatch.setattr(gemm_module, "lookup", lambda device, case: params)
@@ -148,8 +141,7 @@ def test_gemm_every_tuning_candidate(device, monkeypatch, kernel):
             _check_gemm(sc, ref, k, f"{kernel} {layout} {params}")
 
 
-# Every activation with and without bias, each through both CPU kernels (gemm_cpu for NN / TN,
-# gemm_cpu_dot for NT) and through gemm_tiled.
+# Every activation with and without bias, through both families, on several layouts.
 EPILOGUES = [("none", True, "NT"), ("none", True, "TN"),
              ("relu", True, "TN"), ("relu", False, "NT"),
              ("sigmoid", True, "NN"), ("sigmoid", False, "NT"),

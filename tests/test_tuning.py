@@ -37,7 +37,7 @@ def test_lookup_takes_the_nearest_case_of_the_same_kernel_and_layout(tmp_path):
     assert tuning.lookup(device, Case("gemm_tiled", "NT", 900, 256, 784), path) == far
     assert tuning.lookup(device, Case("gemm_tiled", "NT", 128, 1024, 784), path) is None  # 4x away
     assert tuning.lookup(device, Case("gemm_tiled", "NN", 128, 256, 784), path) is None   # another layout
-    assert tuning.lookup(device, Case("gemm_cpu", "NT", 128, 256, 784), path) is None     # another kernel
+    assert tuning.lookup(device, Case("gemm_packed", "NT", 128, 256, 784), path) is None     # another kernel
 
 
 def test_entries_of_other_devices_and_other_sources_are_not_used(tmp_path, monkeypatch):

@@ -1,12 +1,13 @@
-"""Conv2D: NCHW convolution, weight (out, in, kh, kw) as torch.nn.Conv2d. On the GPU GEMM family
-it runs as implicit GEMMs (operands gathered from the NCHW tensors); on the CPU family as im2col
-into a column matrix, then the CPU GEMMs (which want contiguous rows)."""
+"""Conv2D: NCHW convolution, weight (out, in, kh, kw) as torch.nn.Conv2d. The forward pass and the
+weight gradient run as implicit GEMMs (operands gathered from the NCHW tensors; the CPU family
+gathers into the panels its GEMM reads, in chunks of images within a budget). The input gradient is
+one implicit GEMM on the GPU family, and a GEMM into a column matrix plus col2im on the CPU family."""
 
 import numpy as np
 
 from .. import ops
 from ..ops import conv as conv_ops
-from ..ops.conv import ConvGeometry, col2im, conv_bias_act_backward, im2col, images_per_chunk
+from ..ops.conv import ConvGeometry, col2im, conv_bias_act_backward, images_per_chunk
 from ..ops.gemm import Matrix, family
 from .activation import ReLU
 from .base import Layer, glorot_uniform, he_uniform
@@ -94,9 +95,10 @@ class Conv2D(Layer):
         return 2 * self.out_channels * g.rows * g.pixels
 
     @staticmethod
-    def _chunks(g, batch):
-        """(first image, images) chunks so that one im2col matrix stays within the budget."""
-        per = images_per_chunk(g, batch)
+    def _chunks(plan, g, batch):
+        """(first image, images) chunks: the whole batch on the GPU family; on the CPU family, so
+        that one column matrix (the panels B is copied into) stays within the budget."""
+        per = batch if family(plan.device) == "tiled" else images_per_chunk(g, batch)
         return per, [(start, min(per, batch - start)) for start in range(0, batch, per)]
 
     def forward(self, ctx, x):
@@ -104,18 +106,11 @@ class Conv2D(Layer):
         g = self.geometry(x.shape[1:])
         y = plan.value((batch, self.out_channels, g.OH, g.OW), f"{self!r} output")
         weight = ctx.params["weight"].view((self.out_channels, g.rows))
-        if family(plan.device) == "tiled":
-            conv_ops.implicit_forward(plan, g, batch, x, weight, y, ctx.params.get("bias"), ops.ACTIVATIONS[ctx.act])
-            return y
-        per, chunks = self._chunks(g, batch)
-        col = plan.value((g.rows, per * g.pixels), f"{self!r} columns")
         image, out_image = g.C * g.H * g.W, self.out_channels * g.pixels
-        for start, images in chunks:
-            im2col(plan, g, images, x.view((images, g.C, g.H, g.W), start * image), col, per * g.pixels)
-            out = Matrix(y.view((images, self.out_channels, g.pixels), start * out_image),
-                         self.out_channels, images * g.pixels, ld=out_image, image_cols=g.pixels)
-            ops.gemm(plan, weight, Matrix(col, g.rows, images * g.pixels, ld=per * g.pixels), out,
-                     bias=ctx.params.get("bias"), bias_per_row=True, act=ops.ACTIVATIONS[ctx.act])
+        for start, images in self._chunks(plan, g, batch)[1]:
+            conv_ops.implicit_forward(plan, g, images, x.view((images, g.C, g.H, g.W), start * image), weight,
+                                      y.view((images, self.out_channels, g.OH, g.OW), start * out_image),
+                                      ctx.params.get("bias"), ops.ACTIVATIONS[ctx.act])
         return y
 
     def backward(self, ctx, x, y, dy, need_dx):
@@ -131,26 +126,23 @@ class Conv2D(Layer):
         dx = plan.value(x.shape, f"{self!r} input grad") if need_dx else None
         weight = ctx.params["weight"].view((self.out_channels, g.rows))
         dweight = ctx.grads["weight"].view((self.out_channels, g.rows))
-        if family(plan.device) == "tiled":
-            conv_ops.implicit_weight_grad(plan, g, batch, dpre, x, dweight)
-            if need_dx:
-                conv_ops.implicit_input_grad(plan, g, batch, weight, dpre, dx)
-            return dx
-        per, chunks = self._chunks(g, batch)
-        col = plan.value((g.rows, per * g.pixels), f"{self!r} columns")
-        dcol = plan.value((g.rows, per * g.pixels), f"{self!r} column grads") if need_dx else None
+        per, chunks = self._chunks(plan, g, batch)
         image = g.C * g.H * g.W
-        for start, images in chunks:
-            cols = Matrix(col, g.rows, images * g.pixels, ld=per * g.pixels)
-            grads = Matrix(dpre.view((self.out_channels, pixels - start * g.pixels), start * g.pixels),
-                           self.out_channels, images * g.pixels, ld=pixels)
-            im2col(plan, g, images, x.view((images, g.C, g.H, g.W), start * image), col, per * g.pixels)
-            # dW = sum over chunks of dpre . col^T, accumulated in chunk order
-            ops.gemm(plan, grads, cols, dweight, trans_b=True, accumulate=start > 0)
-            if need_dx:
-                ops.gemm(plan, weight, grads, Matrix(dcol, g.rows, images * g.pixels, ld=per * g.pixels),
-                         trans_a=True)
-                col2im(plan, g, images, dcol, dx.view((images, g.C, g.H, g.W), start * image), per * g.pixels)
+        grads = [Matrix(dpre.view((self.out_channels, pixels - start * g.pixels), start * g.pixels),
+                        self.out_channels, images * g.pixels, ld=pixels) for start, images in chunks]
+        for (start, images), chunk in zip(chunks, grads):
+            # dW = sum over chunks of dpre . cols^T, accumulated in chunk order
+            conv_ops.implicit_weight_grad(plan, g, images, chunk, x.view((images, g.C, g.H, g.W), start * image),
+                                          dweight, accumulate=start > 0)
+        if not need_dx:
+            return dx
+        if family(plan.device) == "tiled":
+            conv_ops.implicit_input_grad(plan, g, batch, weight, dpre, dx)
+            return dx
+        dcol = plan.value((g.rows, per * g.pixels), f"{self!r} column grads")
+        for (start, images), chunk in zip(chunks, grads):
+            ops.gemm(plan, weight, chunk, Matrix(dcol, g.rows, images * g.pixels, ld=per * g.pixels), trans_a=True)
+            col2im(plan, g, images, dcol, dx.view((images, g.C, g.H, g.W), start * image), per * g.pixels)
         return dx
 
     def __repr__(self):

@@ -1,13 +1,13 @@
-"""Launchers for the convolution: im2col and col2im (CPU family), the implicit GEMMs (GPU family),
-and the fused bias/activation backward."""
+"""Launchers for the convolution: the implicit GEMMs, col2im (the CPU family's input gradient), and
+the fused bias/activation backward."""
 
-from dataclasses import asdict, astuple, dataclass
+from dataclasses import asdict, dataclass
 
-from .gemm import Matrix, record_gemm
+from .gemm import Matrix, family, record_gemm
 
 FILE = "conv.cl"
 LOCAL = 64
-COLUMNS = 16 * 2**20  # floats (64 MiB) for the im2col matrices of one convolution, at most
+COLUMNS = 16 * 2**20  # floats (64 MiB) for the column matrices of one CPU convolution, at most
 SLICE_MIN = 256  # values of one channel that make a slice worth a work-group of its own
 
 
@@ -37,22 +37,20 @@ class ConvGeometry:
     def pixels(self):
         return self.OH * self.OW
 
+    def defines(self):
+        """The geometry as the kernels' compile-time constants CONV_C, CONV_H, ... CONV_DW."""
+        return {f"CONV_{name.upper()}": value for name, value in asdict(self).items()}
+
 
 def images_per_chunk(geometry, batch):
-    """How many images' columns one im2col matrix holds, so that it stays within COLUMNS floats."""
+    """How many images' columns one column matrix holds, so that it stays within COLUMNS floats."""
     return max(1, min(batch, COLUMNS // (geometry.rows * geometry.pixels)))
-
-
-def im2col(plan, geometry, images, x, col, ldcol):
-    """col[(c, kh, kw), (image, oh, ow)] from `images` images of x."""
-    k = plan.kernel(FILE, "im2col")
-    return plan.launch(k, (images * geometry.OH, geometry.rows), (LOCAL, 1), images, *astuple(geometry), ldcol, x, col)
 
 
 def col2im(plan, geometry, images, col, dx, ldcol):
     """dx (images, C, H, W) = the gradient of im2col, gathered from col."""
-    k = plan.kernel(FILE, "col2im")
-    return plan.launch(k, (images * geometry.C * geometry.H,), (LOCAL,), images, *astuple(geometry), ldcol, col, dx)
+    k = plan.kernel(FILE, "col2im", **geometry.defines())
+    return plan.launch(k, (images * geometry.C * geometry.H,), (LOCAL,), images, ldcol, col, dx)
 
 
 def conv_bias_act_backward(plan, act_code, dy, y, dpre, db):
@@ -72,13 +70,17 @@ def conv_bias_act_backward(plan, act_code, dy, y, dpre, db):
     return plan.launch(total, (channels,), (LOCAL,), 1, channels, slices, sums, db, channels, db)
 
 
-# Implicit convolution (the GPU family): each product below is one gemm_tiled launch that gathers
-# its operand straight from the NCHW tensors (CONV_B, CONV_DX in gemm.cl): no column matrix, no
-# im2col or col2im pass, the whole batch at once.
+# Implicit convolution: each product below is one GEMM that gathers its operand from the NCHW
+# tensors (CONV_B, CONV_DX in gemm.cl), with no column matrix stored whole: gemm_tiled (the GPU
+# family) as it loads its tiles, gemm_packed (the CPU family) as it copies B into panels.
 
 def _implicit(geometry, **defines):
     fixed = dict(TRANS_A=0, TRANS_B=0, HAS_BIAS=False, ACT=0, BIAS_PER_ROW=False, ACCUMULATE=False)
-    return {**fixed, **defines, **{f"CONV_{name.upper()}": value for name, value in asdict(geometry).items()}}
+    return {**fixed, **defines, **geometry.defines()}
+
+
+def _kernel(plan):
+    return "gemm_tiled" if family(plan.device) == "tiled" else "gemm_packed"
 
 
 def implicit_forward(plan, geometry, batch, x, weight, y, bias, act_code):
@@ -87,21 +89,22 @@ def implicit_forward(plan, geometry, batch, x, weight, y, bias, act_code):
     columns = batch * g.pixels
     defines = _implicit(g, CONV_B=True, HAS_BIAS=bias is not None, BIAS_PER_ROW=True, ACT=act_code)
     y_matrix = Matrix(y, out, columns, ld=out * g.pixels, image_cols=g.pixels)
-    return record_gemm(plan, "gemm_tiled", defines, (out, columns, g.rows), Matrix(weight, out, g.rows),
+    return record_gemm(plan, _kernel(plan), defines, (out, columns, g.rows), Matrix(weight, out, g.rows),
                        Matrix(x, g.rows, columns, ld=0), y_matrix, bias)
 
 
-def implicit_weight_grad(plan, geometry, batch, dpre, x, dweight):
-    """dweight (O, C*KH*KW) = dpre . cols(x)^T, dpre being (O, batch*OH*OW)."""
+def implicit_weight_grad(plan, geometry, batch, dpre, x, dweight, accumulate=False):
+    """dweight (O, C*KH*KW) = dpre . cols(x)^T (+= with accumulate), dpre being an (O, batch*OH*OW)
+    Matrix."""
     g, out = geometry, dpre.shape[0]
     columns = batch * g.pixels
-    return record_gemm(plan, "gemm_tiled", _implicit(g, CONV_B=True, TRANS_B=1), (out, g.rows, columns),
-                       Matrix(dpre, out, columns), Matrix(x, g.rows, columns, ld=0), Matrix(dweight, out, g.rows))
+    return record_gemm(plan, _kernel(plan), _implicit(g, CONV_B=True, TRANS_B=1, ACCUMULATE=accumulate),
+                       (out, g.rows, columns), dpre, Matrix(x, g.rows, columns, ld=0), Matrix(dweight, out, g.rows))
 
 
 def implicit_input_grad(plan, geometry, batch, weight, dpre, dx):
     """dx (batch, C, H, W) from the weight (O, C*KH*KW) and dpre (O, batch*OH*OW): for every input
-    pixel, the sum over the output pixels and taps that read it."""
+    pixel, the sum over the output pixels and taps that read it (gemm_tiled only)."""
     g, out = geometry, weight.shape[0]
     columns, taps = batch * g.H * g.W, out * g.KH * g.KW
     dx_matrix = Matrix(dx, g.C, columns, ld=g.C * g.H * g.W, image_cols=g.H * g.W)

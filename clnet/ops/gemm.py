@@ -11,12 +11,13 @@ GEMM_FILE = "gemm.cl"
 # Parameters as the kernels' -D options; SLICES (gemm_tiled) is the host's: split-K slices.
 TILED = {"TILE_M": 64, "TILE_N": 64, "TILE_K": 16, "WPT_M": 4, "WPT_N": 4, "PREFETCH": 1, "VECTOR": 0, "SLICES": 1}
 TILED_BIG = {**TILED, "TILE_M": 128, "TILE_N": 128, "WPT_M": 8, "WPT_N": 8}  # 8 x 8 outputs per work-item
-CPU = {"CPU_ROWS": 12}  # gemm_cpu: rows x 16 columns per work-item (mnist-cnn trained 1-7% faster than
-                        # with 8 on a 2-core EPYC, under PoCL 3.1 (AVX-512) and PoCL 3.0 (AVX2) alike)
-CPU_DOT = {"DOT_ROWS": 4, "DOT_COLS": 4}  # gemm_cpu_dot: the block of dot products per work-item
-DEFAULTS = {"gemm_tiled": TILED, "gemm_cpu": CPU, "gemm_cpu_dot": CPU_DOT}
+CPU = {"CPU_ROWS": 12, "SLICES": 1}  # gemm_packed: rows x 16 columns of C per work-item; K slices
+DEFAULTS = {"gemm_tiled": TILED, "gemm_packed": CPU}
 SWITCHES = {"PREFETCH": (0, 1, 2), "VECTOR": (0, 1)}  # gemm_tiled's parameters that are choices
 SPLIT_MIN = 128    # shortest K slice worth its own work-groups
+PANEL = 16         # columns of a B panel (gemm_packed)
+CPU_SLICE = 512    # gemm_packed: K steps per slice when the output is one work-group's worth
+CPU_GROUP = 1024   # work-items of that work-group at most
 
 
 class Matrix:
@@ -50,7 +51,8 @@ def _matrix(x):
 
 
 def family(device):
-    """"tiled" (local-memory tiles) on GPUs and accelerators, "cpu" on CPUs; CLNET_GEMM overrides."""
+    """"tiled" (local-memory tiles, gemm_tiled) on GPUs and accelerators, "cpu" (gemm_packed) on
+    CPUs; CLNET_GEMM overrides."""
     chosen = os.environ.get("CLNET_GEMM") or ("cpu" if device.info.type == "CPU" else "tiled")
     if chosen not in ("tiled", "cpu"):
         raise ValueError(f"CLNET_GEMM must be 'tiled' or 'cpu', not {chosen!r}")
@@ -74,13 +76,24 @@ def _tiles(m, n, params):
     return -(-m // params["TILE_M"]) * -(-n // params["TILE_N"])
 
 
+def cpu_params(m, n, k):
+    """gemm_packed without tuning: 12 rows per work-item (4 or 8 for smaller M); K split into
+    CPU_SLICE steps when the whole output is one work-group's worth, so that each work-group
+    multiplies one slice of the panels while it is in cache rather than every work-item streaming
+    all of K."""
+    rows = 12 if m >= 12 else -(-m // 4) * 4
+    panels = -(-n // PANEL) * -(-m // rows)
+    slices = k // CPU_SLICE if panels <= CPU_GROUP and k >= 2 * CPU_SLICE else 1
+    return {"CPU_ROWS": rows, "SLICES": slices}
+
+
 def default_params(device, kernel, m, n, k, trans_b=False):
     """Without tuning: gemm_tiled splits K where the output has few tiles; otherwise it takes the
     largest tiles (the fewest loads per multiply-add) of which there are enough for every compute
     unit: 128 x 128, 64 x 64, else 64 x 32 (32 x 64 when B is not transposed), the shapes clnet-tune
     picks most often on an H200 for outputs too small to fill it."""
-    if kernel != "gemm_tiled":
-        return dict(DEFAULTS[kernel])
+    if kernel == "gemm_packed":
+        return cpu_params(m, n, k)
     slices = split_k(device, m, n, k)
     if slices > 1:
         return {**TILED, "SLICES": slices}
@@ -125,14 +138,7 @@ def gemm(plan, a, b, c, trans_a=False, trans_b=False, bias=None, act=0, bias_per
         raise ValueError("an accumulating gemm takes no bias or activation")
     defines = dict(TRANS_A=int(trans_a), TRANS_B=int(trans_b), HAS_BIAS=bias is not None, ACT=act,
                    BIAS_PER_ROW=bias_per_row, ACCUMULATE=accumulate)
-    if family(plan.device) == "tiled":
-        kernel = "gemm_tiled"
-    elif not trans_b:
-        kernel = "gemm_cpu"
-    elif not trans_a:
-        kernel = "gemm_cpu_dot"
-    else:
-        raise ValueError("gemm with both operands transposed is not supported by the CPU family")
+    kernel = "gemm_tiled" if family(plan.device) == "tiled" else "gemm_packed"
     return record_gemm(plan, kernel, defines, (m, n, k), a, b, c, bias)
 
 
@@ -148,9 +154,9 @@ def _span(x):
 
 
 def record_gemm(plan, kernel, defines, shape, a, b, c, bias=None, params=None):
-    """Record one launch of `kernel` (gemm_tiled, gemm_cpu or gemm_cpu_dot, with its fixed options
-    `defines`) computing the (M, N, K) product of Matrix operands. `params` (the tuner's candidates)
-    overrides the tuned or default parameters."""
+    """Record one launch of `kernel` (gemm_tiled or gemm_packed, with its fixed options `defines`)
+    computing the (M, N, K) product of Matrix operands. `params` (the tuner's candidates) overrides
+    the tuned or default parameters."""
     m, n, k = shape
     case = Case(kernel, layout(defines), m, n, k)
     record(case, Call(kernel, tuple(sorted(defines.items())), shape, (_span(a), a.ld), (_span(b), b.ld),
@@ -160,25 +166,41 @@ def record_gemm(plan, kernel, defines, shape, a, b, c, bias=None, params=None):
         params = lookup(plan.device, case)
         if not valid_params(kernel, params):
             params = default_params(plan.device, kernel, m, n, k, bool(defines.get("TRANS_B")))
-    args = (m, n, k, a.tensor, a.ld, b.tensor, b.ld, c.tensor, c.ld, bias if bias is not None else c.tensor)
-    if kernel == "gemm_cpu":
-        program = plan.kernel(GEMM_FILE, kernel, **defines, **params)
-        return plan.launch(program, (-(-n // 16), -(-m // params["CPU_ROWS"])), None, *args)
-    if kernel == "gemm_cpu_dot":
-        program = plan.kernel(GEMM_FILE, kernel, **defines, **params)
-        return plan.launch(program, (-(-n // params["DOT_COLS"]), -(-m // params["DOT_ROWS"])), None, *args)
     params = dict(params)
     slices = params.pop("SLICES")
-    local = (params["TILE_N"] // params["WPT_N"], params["TILE_M"] // params["WPT_M"])
-    grid = (-(-n // params["TILE_N"]) * local[0], -(-m // params["TILE_M"]) * local[1])
+    epilogue = {key: defines[key] for key in ("ACCUMULATE", "HAS_BIAS", "BIAS_PER_ROW", "ACT", "C_IMAGE_COLS")}
+    if kernel == "gemm_packed":
+        a, b, product, grid, local = _packed_operands(plan, defines, shape, a, b, params, slices)
+    else:
+        product = {key: value for key, value in defines.items() if key not in epilogue}
+        local = (params["TILE_N"] // params["WPT_N"], params["TILE_M"] // params["WPT_M"])
+        grid = (-(-n // params["TILE_N"]) * local[0], -(-m // params["TILE_M"]) * local[1])
+        product = {**product, **params}
+    bias = bias if bias is not None else c.tensor
     if slices == 1:
-        program = plan.kernel(GEMM_FILE, kernel, **defines, **params)
-        return plan.launch(program, grid, local, *args)
+        program = plan.kernel(GEMM_FILE, kernel, **product, **epilogue)
+        return plan.launch(program, grid, local, m, n, k, a.tensor, a.ld, b.tensor, b.ld, c.tensor, c.ld, bias)
     # Partial products of K slices in one 3-D launch, then their sum in slice order (deterministic).
     partial = plan.value((slices, m, n), "split-K partial sums")
-    epilogue = {key: defines[key] for key in ("ACCUMULATE", "HAS_BIAS", "BIAS_PER_ROW", "ACT", "C_IMAGE_COLS")}
-    products = {key: value for key, value in defines.items() if key not in epilogue}
-    program = plan.kernel(GEMM_FILE, kernel, **products, SPLIT_K=True, **params)
-    plan.launch(program, (*grid, slices), (*local, 1), m, n, k, a.tensor, a.ld, b.tensor, b.ld, partial, n, partial)
+    program = plan.kernel(GEMM_FILE, kernel, **product, SPLIT_K=True)
+    plan.launch(program, (*grid, slices), local and (*local, 1), m, n, k, a.tensor, a.ld, b.tensor, b.ld,
+                partial, n, partial)
     total = plan.kernel(GEMM_FILE, "sum_slices", **epilogue)
-    return plan.launch(total, (m * n,), (64,), m, n, slices, partial, c.tensor, c.ld, args[-1])
+    return plan.launch(total, (m * n,), (64,), m, n, slices, partial, c.tensor, c.ld, bias)
+
+
+def _packed_operands(plan, defines, shape, a, b, params, slices):
+    """Record the copies of A and B into gemm_packed's panels (B's is the im2col pass of an implicit
+    convolution); the panels as operands, gemm_packed's options, its grid and work-group size. With
+    K in slices, a work-group holds every work-item of one slice."""
+    m, n, k = shape
+    rows = params["CPU_ROWS"]
+    grid = (-(-n // PANEL), -(-m // rows))
+    packed_a = plan.value((grid[1], k, rows), "A panels")
+    pack = plan.kernel(GEMM_FILE, "pack_a", TRANS_A=defines["TRANS_A"], CPU_ROWS=rows)
+    plan.launch(pack, (k, grid[1]), None, m, k, a.tensor, a.ld, packed_a)
+    packed_b = plan.value((grid[0], k, PANEL), "B panels")
+    gather = {key: value for key, value in defines.items() if key == "TRANS_B" or key.startswith("CONV_")}
+    plan.launch(plan.kernel(GEMM_FILE, "pack_b", **gather), (k, grid[0]), None, k, n, b.tensor, b.ld, packed_b)
+    local = grid if slices > 1 and prod(grid) <= CPU_GROUP else None
+    return Matrix(packed_a, m, k, ld=0), Matrix(packed_b, k, n, ld=0), {"CPU_ROWS": rows}, grid, local

@@ -30,7 +30,8 @@ def _require_4d(what, shape):
 
 
 def _geometry(what, x_shape, y_shape, kernel, stride, padding):
-    """The scalar arguments every pool kernel starts with, after checking the shapes."""
+    """The planes (batch x channels) every pool kernel takes, and the rest of the geometry as the
+    kernels' compile-time constants, after checking the shapes."""
     (kh, kw), (sh, sw), (ph, pw) = (int_pair(kernel, f"{what} kernel"), int_pair(stride, f"{what} stride"),
                                     int_pair(padding, f"{what} padding"))
     if min(kh, kw, sh, sw) < 1 or min(ph, pw) < 0 or 2 * ph > kh or 2 * pw > kw:
@@ -43,41 +44,42 @@ def _geometry(what, x_shape, y_shape, kernel, stride, padding):
     if oh < 1 or ow < 1 or tuple(y_shape) != (n, c, oh, ow):
         raise ValueError(f"{what} shapes: input {tuple(x_shape)} with kernel {(kh, kw)}, stride {(sh, sw)}, "
                          f"padding {(ph, pw)} gives output {(n, c, oh, ow)}, not {tuple(y_shape)}")
-    return n * c, h, w, oh, ow, kh, kw, sh, sw, ph, pw
+    sizes = dict(H=h, W=w, OH=oh, OW=ow, KH=kh, KW=kw, SH=sh, SW=sw, PH=ph, PW=pw)
+    return n * c, {f"POOL_{name}": value for name, value in sizes.items()}
 
 
 def maxpool_forward(plan, x, y, kernel, stride, padding=0, argmax=None):
     """y = max over each window; argmax (int32, shape of y), when given, gets the flat index h*W+w of
     the chosen element within its (n, c) plane. Without argmax (inference) nothing else is written."""
-    geometry = _geometry("maxpool_forward", x.shape, y.shape, kernel, stride, padding)
+    planes, sizes = _geometry("maxpool_forward", x.shape, y.shape, kernel, stride, padding)
     if argmax is not None and tuple(argmax.shape) != tuple(y.shape):
         raise ValueError(f"maxpool_forward shapes: argmax {tuple(argmax.shape)} differs from "
                          f"output {tuple(y.shape)}")
-    k = plan.kernel(FILE, "maxpool_forward")
-    return plan.launch(k, (y.size,), (LOCAL,), *geometry, int(argmax is not None), x, y,
+    k = plan.kernel(FILE, "maxpool_forward", **sizes)
+    return plan.launch(k, (y.size,), (LOCAL,), planes, int(argmax is not None), x, y,
                        argmax if argmax is not None else y)  # y stands in for an unused argmax
 
 
 def maxpool_backward(plan, argmax, dy, dx, kernel, stride, padding=0):
     """dx = for each input element, the sum of dy over the windows whose argmax it is."""
-    geometry = _geometry("maxpool_backward", dx.shape, dy.shape, kernel, stride, padding)
+    planes, sizes = _geometry("maxpool_backward", dx.shape, dy.shape, kernel, stride, padding)
     if tuple(argmax.shape) != tuple(dy.shape):
         raise ValueError(f"maxpool_backward shapes: argmax {tuple(argmax.shape)} differs from "
                          f"dy {tuple(dy.shape)}")
-    k = plan.kernel(FILE, "maxpool_backward")
-    return plan.launch(k, (dx.size,), (LOCAL,), *geometry, argmax, dy, dx)
+    k = plan.kernel(FILE, "maxpool_backward", **sizes)
+    return plan.launch(k, (dx.size,), (LOCAL,), planes, argmax, dy, dx)
 
 
 def avgpool_forward(plan, x, y, kernel, stride, padding=0):
     """y = mean of each window, zero padding included (count_include_pad=True)."""
-    geometry = _geometry("avgpool_forward", x.shape, y.shape, kernel, stride, padding)
-    return plan.launch(plan.kernel(FILE, "avgpool_forward"), (y.size,), (LOCAL,), *geometry, x, y)
+    planes, sizes = _geometry("avgpool_forward", x.shape, y.shape, kernel, stride, padding)
+    return plan.launch(plan.kernel(FILE, "avgpool_forward", **sizes), (y.size,), (LOCAL,), planes, x, y)
 
 
 def avgpool_backward(plan, dy, dx, kernel, stride, padding=0):
     """dx = for each input element, the sum of dy / window size over the windows covering it."""
-    geometry = _geometry("avgpool_backward", dx.shape, dy.shape, kernel, stride, padding)
-    return plan.launch(plan.kernel(FILE, "avgpool_backward"), (dx.size,), (LOCAL,), *geometry, dy, dx)
+    planes, sizes = _geometry("avgpool_backward", dx.shape, dy.shape, kernel, stride, padding)
+    return plan.launch(plan.kernel(FILE, "avgpool_backward", **sizes), (dx.size,), (LOCAL,), planes, dy, dx)
 
 
 def global_avgpool_forward(plan, x, y):
