@@ -85,12 +85,22 @@ inline float conv_output_grad(__global const float* restrict dy, const int dy_of
 #define C_INDEX(m, n) (c_off + (m) * ldc + (n))
 #endif
 
+// STORE_AT(i, m, n, v): element (m, n) of the product, v, stored at C[i], i = C_AT(m, n).
 #if defined(SPLIT_K)
-#define STORE(m, n, v) C[c_off + get_group_id(2) * M * ldc + (m) * ldc + (n)] = (v)
+#define C_AT(m, n) (c_off + get_group_id(2) * M * ldc + (m) * ldc + (n))
+#define STORE_AT(i, m, n, v) C[i] = (v)
 #elif defined(ACCUMULATE)
-#define STORE(m, n, v) C[C_INDEX(m, n)] += (v)
+#define C_AT(m, n) C_INDEX(m, n)
+#define STORE_AT(i, m, n, v) C[i] += (v)
 #else
-#define STORE(m, n, v) C[C_INDEX(m, n)] = act_forward((v) + BIAS_AT(m, n))
+#define C_AT(m, n) C_INDEX(m, n)
+#define STORE_AT(i, m, n, v) C[i] = act_forward((v) + BIAS_AT(m, n))
+#endif
+#define STORE(m, n, v) STORE_AT(C_AT(m, n), m, n, v)
+#if defined(C_IMAGE_COLS) && !defined(SPLIT_K)
+#define C_RUN(n0, count) ((n0) / C_IMAGE_COLS == ((n0) + (count) - 1) / C_IMAGE_COLS)  // in one image
+#else
+#define C_RUN(n0, count) 1  // columns n0 .. n0 + count - 1 of a row lie at consecutive addresses
 #endif
 
 #define GEMM_ARGS const int M, const int N, const int K, \
@@ -286,9 +296,8 @@ __kernel void sum_slices(const int M, const int N, const int slices,
 // gemm_packed multiplies operands copied into panels, so that it reads both sequentially: A in
 // panels of CPU_ROWS rows (element (m, k) at ((m / CPU_ROWS) * K + k) * CPU_ROWS + m % CPU_ROWS) and
 // B in panels of 16 columns (element (k, n) at ((n / 16) * K + k) * 16 + n % 16). pack_a and pack_b
-// copy any layout into panels; im2col (conv.cl) writes its column matrix as panels directly. Rows
-// and columns past the edges of the last panels are computed but never stored, so they may hold
-// anything (pack_a and pack_b write zeros there).
+// copy any layout into panels, pack_columns gathers the im2col matrix of a convolution (CONV_B)
+// into them. The last panels are padded with zeros.
 #ifndef CPU_ROWS
 #define CPU_ROWS 12  // rows of C per work-item: float16 accumulators kept in registers
 #endif
@@ -306,44 +315,50 @@ __kernel void pack_a(const int M, const int K, __global const float* restrict A,
     }
 }
 
-// Global size (K, ceil(N / 16)). With CONV_B, B is the im2col matrix of the NCHW input (as for
-// gemm_tiled), so that this copy is the im2col pass, writing panels.
+// Global size (K, ceil(N / 16)).
 __kernel void pack_b(const int K, const int N, __global const float* restrict B, const int b_off,
                      const int ldb, __global float* restrict P, const int p_off)
 {
     const int k = get_global_id(0), n0 = get_global_id(1) * PANEL;
-    __global float* out = P + p_off + (get_global_id(1) * K + k) * PANEL;  // 64-byte aligned
-#ifdef CONV_B
-    // The 16 values run along one row of the column matrix (forward: consecutive pixels) or along
-    // one column of it (TRANS_B, the weight gradient: consecutive (c, kh, kw)); the gather's index
-    // arithmetic is done once and then stepped.
-    __attribute__((aligned(64))) float v[PANEL];
-#if TRANS_B
-    const int pixel = k, image = pixel / (CONV_OH * CONV_OW), oh = pixel / CONV_OW % CONV_OH, ow = pixel % CONV_OW;
-    int c = n0 / CONV_TAPS, kh = n0 / CONV_KW % CONV_KH, kw = n0 % CONV_KW;
-#else
-    const int row = k, c = row / CONV_TAPS, kh = row / CONV_KW % CONV_KH, kw = row % CONV_KW;
-    int image = n0 / (CONV_OH * CONV_OW), oh = n0 / CONV_OW % CONV_OH, ow = n0 % CONV_OW;
-#endif
-    for (int j = 0; j < PANEL; j++) {
-        const int ih = oh * CONV_SH - CONV_PH + kh * CONV_DH, iw = ow * CONV_SW - CONV_PW + kw * CONV_DW;
-        v[j] = n0 + j < N && ih >= 0 && ih < CONV_H && iw >= 0 && iw < CONV_W
-            ? B[b_off + ((image * CONV_C + c) * CONV_H + ih) * CONV_W + iw] : 0.0f;
-#if TRANS_B
-        if (++kw == CONV_KW) { kw = 0; if (++kh == CONV_KH) { kh = 0; c++; } }
-#else
-        if (++ow == CONV_OW) { ow = 0; if (++oh == CONV_OH) { oh = 0; image++; } }
-#endif
-    }
-    *(__global float16*)out = *(float16*)v;
-#else
+    __global float* out = P + p_off + (get_global_id(1) * K + k) * PANEL;
     if (!TRANS_B && n0 + PANEL <= N) {
-        *(__global float16*)out = load16(B + b_off + k * ldb + n0);
+        *(__global float16*)out = load16(B + b_off + k * ldb + n0);  // panels are 64-byte aligned
         return;
     }
     for (int j = 0; j < PANEL; j++) out[j] = n0 + j < N ? B_AT(k, n0 + j) : 0.0f;
+}
+
+#ifdef CONV_B
+// The panels of B, the im2col matrix of the NCHW input (transposed with TRANS_B, for the weight
+// gradient): the CPU family's im2col pass. Work-item (row, r) copies row `row` = (c, kh, kw) of
+// the column matrix over the pixels of output row r = (image, oh), reading an input row in order.
+// Global size (round_up(C*KH*KW, 16), images*OH); `pixels` = images*OH*OW.
+__kernel void pack_columns(const int pixels, __global const float* restrict B, const int b_off,
+                           __global float* restrict P, const int p_off)
+{
+    const int row = get_global_id(0), r = get_global_id(1), rows = CONV_C * CONV_TAPS;
+#if !TRANS_B
+    if (row >= rows) return;  // (with TRANS_B, these rows are the zeros that pad the last panel)
+#endif
+    const int c = row / CONV_TAPS, kh = row / CONV_KW % CONV_KH, kw = row % CONV_KW;
+    const int image = r / CONV_OH, ih = r % CONV_OH * CONV_SH - CONV_PH + kh * CONV_DH;
+    const int inside = row < rows && ih >= 0 && ih < CONV_H;
+    __global const float* in = B + b_off + ((image * CONV_C + c) * CONV_H + ih) * CONV_W;
+    for (int ow = 0; ow < CONV_OW; ow++) {
+        const int iw = ow * CONV_SW - CONV_PW + kw * CONV_DW, pixel = r * CONV_OW + ow;
+#if TRANS_B
+        const int at = ((row / PANEL) * pixels + pixel) * PANEL + row % PANEL;  // (k, n) = (pixel, row)
+#else
+        const int at = ((pixel / PANEL) * rows + row) * PANEL + pixel % PANEL;  // (k, n) = (row, pixel)
+#endif
+        P[p_off + at] = inside && iw >= 0 && iw < CONV_W ? in[iw] : 0.0f;
+    }
+#if !TRANS_B
+    if (r == get_global_size(1) - 1)  // the zeros that pad the last panel
+        for (int pixel = pixels; pixel % PANEL; pixel++) P[p_off + ((pixel / PANEL) * rows + row) * PANEL + pixel % PANEL] = 0.0f;
 #endif
 }
+#endif
 
 // Global size (ceil(N / 16), ceil(M / CPU_ROWS), slices): work-item (p, q, z) multiplies panel q of
 // A by panel p of B over slice z of K (all of it unless SPLIT_K) and stores its CPU_ROWS x 16 block.
@@ -368,6 +383,11 @@ __kernel void gemm_packed(GEMM_ARGS)
         // that call vstore16.
         __attribute__((aligned(64))) float out[PANEL];
         *(float16*)out = acc[r];
-        for (int j = 0; j < PANEL && n0 + j < N; j++) STORE(m0 + r, n0 + j, out[j]);
+        if (n0 + PANEL <= N && C_RUN(n0, PANEL)) {  // one run of addresses: vector stores
+            const int at = C_AT(m0 + r, n0);
+            for (int j = 0; j < PANEL; j++) STORE_AT(at + j, m0 + r, n0 + j, out[j]);
+        } else {
+            for (int j = 0; j < PANEL && n0 + j < N; j++) STORE(m0 + r, n0 + j, out[j]);
+        }
     }
 }

@@ -51,17 +51,19 @@ __kernel void maxpool_forward(POOL_GEOMETRY, const int save_argmax,
     POOL_CONSTANTS;
     const int gid = get_global_id(0);
     if (gid >= planes * OH * OW) return;
-    int hs, he, ws, we;
-    __global const float* xp = x + xo + window(gid, H, W, OH, OW, KH, KW, SH, SW, PH, PW, &hs, &he, &ws, &we);
+    const int h0 = gid / OW % OH * SH - PH, w0 = gid % OW * SW - PW;  // the window's first row, column
+    __global const float* xp = x + xo + gid / (OH * OW) * H * W;
     float best = -INFINITY;
-    int best_at = hs * W + ws;
-    for (int h = hs; h < he; h++) {
-        for (int w = ws; w < we; w++) {
+    int best_at = max(h0, 0) * W + max(w0, 0);
+    // Constant trip counts (padding skipped), so that the loops unroll.
+    for (int i = 0; i < KH; i++) {
+        for (int j = 0; j < KW; j++) {
+            const int h = h0 + i, w = w0 + j;
+            if (h < 0 || h >= H || w < 0 || w >= W) continue;
             const float v = xp[h * W + w];
-            if (v > best || isnan(v)) {
-                best = v;
-                best_at = h * W + w;
-            }
+            const int wins = v > best || v != v;  // v != v: isnan, which PoCL does not inline
+            best = wins ? v : best;
+            best_at = wins ? h * W + w : best_at;
         }
     }
     y[yo + gid] = best;
@@ -81,10 +83,16 @@ __kernel void maxpool_backward(POOL_GEOMETRY,
     const int at = gid % (H * W);              // index of this element within its plane
     const int h = at / W, w = at % W;
     const int plane = gid / (H * W);
+    const int base = plane * OH * OW;
+#if POOL_SH >= POOL_KH && POOL_SW >= POOL_KW
+    // Windows that do not overlap: at most one covers this element. Branch-free, so it vectorises.
+    const int oh = (h + PH) / SH, ow = (w + PW) / SW, o = base + oh * OW + ow;
+    const int covered = oh < OH && ow < OW && h + PH - oh * SH < KH && w + PW - ow * SW < KW;
+    dx[dxo + gid] = covered && argmax[ao + o] == at ? dy[dyo + o] : 0.0f;
+#else
     int oh0, oh1, ow0, ow1;
     covering(h, KH, SH, PH, OH, &oh0, &oh1);
     covering(w, KW, SW, PW, OW, &ow0, &ow1);
-    const int base = plane * OH * OW;
     float s = 0.0f;
     for (int oh = oh0; oh < oh1; oh++) {
         for (int ow = ow0; ow < ow1; ow++) {
@@ -93,6 +101,7 @@ __kernel void maxpool_backward(POOL_GEOMETRY,
         }
     }
     dx[dxo + gid] = s;
+#endif
 }
 
 // y = the mean of each window, zero padding included (divisor KH*KW). One work-item per output.

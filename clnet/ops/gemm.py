@@ -200,7 +200,13 @@ def _packed_operands(plan, defines, shape, a, b, params, slices):
     pack = plan.kernel(GEMM_FILE, "pack_a", TRANS_A=defines["TRANS_A"], CPU_ROWS=rows)
     plan.launch(pack, (k, grid[1]), None, m, k, a.tensor, a.ld, packed_a)
     packed_b = plan.value((grid[0], k, PANEL), "B panels")
-    gather = {key: value for key, value in defines.items() if key == "TRANS_B" or key.startswith("CONV_")}
-    plan.launch(plan.kernel(GEMM_FILE, "pack_b", **gather), (k, grid[0]), None, k, n, b.tensor, b.ld, packed_b)
+    if defines.get("CONV_B"):  # the im2col pass
+        gather = {key: value for key, value in defines.items() if key == "TRANS_B" or key.startswith("CONV_")}
+        taps, pixels = (n, k) if defines["TRANS_B"] else (k, n)  # (c, kh, kw) and (image, oh, ow)
+        plan.launch(plan.kernel(GEMM_FILE, "pack_columns", **gather), (-(-taps // PANEL) * PANEL,
+                    pixels // defines["CONV_OW"]), (PANEL, 1), pixels, b.tensor, packed_b)
+    else:
+        plan.launch(plan.kernel(GEMM_FILE, "pack_b", TRANS_B=defines["TRANS_B"]), (k, grid[0]), None,
+                    k, n, b.tensor, b.ld, packed_b)
     local = grid if slices > 1 and prod(grid) <= CPU_GROUP else None
     return Matrix(packed_a, m, k, ld=0), Matrix(packed_b, k, n, ld=0), {"CPU_ROWS": rows}, grid, local
