@@ -18,19 +18,20 @@ __kernel void col2im(const int images, const int ldcol,
     const int r = get_global_id(0);  // r = (image * C + c) * H + ih
     if (r >= images * C * H) return;
     const int ih = r % H, c = (r / H) % C, g = r / (C * H);
-    for (int iw = 0; iw < W; iw++) {
-        float s = 0.0f;
-        for (int kh = 0; kh < KH; kh++) {
-            const int t = ih + ph - kh * dh, oh = t / sh;
-            if (t < 0 || oh * sh != t || oh >= OH) continue;
-            for (int kw = 0; kw < KW; kw++) {
+    float s[CONV_W];  // the row, summed over the taps in order, a tap at a time so that it vectorises
+    for (int iw = 0; iw < W; iw++) s[iw] = 0.0f;
+    for (int kh = 0; kh < KH; kh++) {
+        const int t = ih + ph - kh * dh, oh = t / sh;
+        if (t < 0 || oh * sh != t || oh >= OH) continue;
+        for (int kw = 0; kw < KW; kw++) {
+            __global const float* tap = col + co + ((c * KH + kh) * KW + kw) * ldcol + (g * OH + oh) * OW;
+            for (int iw = 0; iw < W; iw++) {
                 const int u = iw + pw - kw * dw, ow = u / sw;
-                if (u < 0 || ow * sw != u || ow >= OW) continue;
-                s += col[co + ((c * KH + kh) * KW + kw) * ldcol + (g * OH + oh) * OW + ow];
+                if (u >= 0 && ow * sw == u && ow < OW) s[iw] += tap[ow];
             }
         }
-        dx[xo + r * W + iw] = s;
     }
+    for (int iw = 0; iw < W; iw++) dx[xo + r * W + iw] = s[iw];
 }
 #endif
 
@@ -38,20 +39,22 @@ __kernel void col2im(const int images, const int ldcol,
 #define CONV_WG 64  // work-group size of conv_bias_act_backward, a power of two
 #endif
 
-// For a convolution output y (B, C, P) = act(conv + bias): dpre = dy * act'(y) transposed to
+// For a convolution output y (B, C, P) = act(conv + bias), P = CONV_P (a compile-time constant, so
+// that the index arithmetic has no run-time division): dpre = dy * act'(y) transposed to
 // (C, B * P), the layout the weight- and input-gradient GEMMs read, and the bias gradient.
 // Work-group (c, s) of a (C, S) grid handles slice s of channel c's B * P values and writes their
 // sum, reduced in a fixed order, to sums[s * C + c]: the bias gradient itself when S = 1, else
 // partial sums that sum_slices (gemm.cl) adds up. Several slices keep a GPU busy.
+#ifdef CONV_P
 __kernel __attribute__((reqd_work_group_size(CONV_WG, 1, 1)))
-void conv_bias_act_backward(const int B, const int C, const int P,
+void conv_bias_act_backward(const int B, const int C,
                             __global const float* restrict dy, const int dyo,
                             __global const float* restrict y, const int yo,
                             __global float* restrict dpre, const int dpo,
                             __global float* restrict sums, const int so)
 {
     __local float part[CONV_WG];
-    const int c = get_group_id(0), lid = get_local_id(0);
+    const int P = CONV_P, c = get_group_id(0), lid = get_local_id(0);
     const int slices = get_num_groups(1), n = B * P;
     const int share = (n + slices - 1) / slices, begin = get_group_id(1) * share, end = min(n, begin + share);
     float s = 0.0f;
@@ -71,3 +74,4 @@ void conv_bias_act_backward(const int B, const int C, const int P,
     if (lid == 0) sums[so + get_group_id(1) * C + c] = part[0];
 #endif
 }
+#endif

@@ -57,12 +57,15 @@ def conv_bias_act_backward(plan, act_code, dy, y, dpre, db):
     """dpre (C, B*P) = dy * act'(y) from dy, y (B, C, P); db[c] = sum of dpre's row c (unless None).
 
     Each channel is split into enough slices to give every compute unit work; their partial sums
-    are added in a fixed order."""
+    are added in a fixed order. A slice is a work-group of LOCAL work-items on the GPU family, of
+    one on the CPU family, which then reads its slice in order instead of in LOCAL strided passes."""
     batch, channels, pixels = dy.shape
     slices = max(1, min(-(-4 * plan.device.info.compute_units // channels), batch * pixels // SLICE_MIN))
     sums = db if db is None or slices == 1 else plan.value((slices, channels), "bias gradient slices")
-    k = plan.kernel(FILE, "conv_bias_act_backward", ACT=act_code, HAS_BIAS=db is not None, CONV_WG=LOCAL)
-    launch = plan.launch(k, (channels * LOCAL, slices), (LOCAL, 1), batch, channels, pixels, dy, y, dpre,
+    group = LOCAL if family(plan.device) == "tiled" else 1
+    k = plan.kernel(FILE, "conv_bias_act_backward", ACT=act_code, HAS_BIAS=db is not None, CONV_WG=group,
+                    CONV_P=pixels)
+    launch = plan.launch(k, (channels * group, slices), (group, 1), batch, channels, dy, y, dpre,
                          sums if sums is not None else dpre)
     if sums is db:
         return launch
