@@ -366,6 +366,7 @@ __kernel void pack_columns(const int pixels, __global const float* restrict B, c
 __kernel void gemm_packed(GEMM_ARGS)
 {
     const int p = get_global_id(0), q = get_global_id(1);
+    if (p * PANEL >= N) return;  // the grid may be rounded up to whole work-groups
     const int share = (K + get_global_size(2) - 1) / get_global_size(2);
     const int k0 = get_global_id(2) * share, k1 = min(K, k0 + share);
     __global const float* a = A + a_off + q * K * CPU_ROWS;
