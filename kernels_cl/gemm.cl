@@ -4,8 +4,8 @@
 // C_IMAGE_COLS=P stores column n as pixel n % P of image n / P of an NCHW tensor whose rows are
 // channels: C[m,n] at c[(n / P) * ldc + m * P + n % P] (ldc is then the image stride).
 // ACCUMULATE adds the product to C instead (no bias, no activation).
-// SPLIT_K: work-group z of a 3-D launch sums its share of K into slice z of a
-// (slices, M, ldc) buffer, which sum_slices then adds up and stores as above: for products with few
+// SPLIT_K: work-items z of a 3-D launch (work-groups one deep in z) sum their share of K into
+// slice z of a (slices, M, ldc) buffer, which sum_slices then adds up and stores as above: for products with few
 // output tiles and a long K, such as weight gradients and dense layers with many inputs.
 // Two families share these semantics: gemm_tiled for GPUs (local-memory tiles) and
 // gemm_packed for CPUs (register blocks over operands copied into panels, no local memory).
@@ -87,7 +87,7 @@ inline float conv_output_grad(__global const float* restrict dy, const int dy_of
 
 // STORE_AT(i, m, n, v): element (m, n) of the product, v, stored at C[i], i = C_AT(m, n).
 #if defined(SPLIT_K)
-#define C_AT(m, n) (c_off + get_group_id(2) * M * ldc + (m) * ldc + (n))
+#define C_AT(m, n) (c_off + get_global_id(2) * M * ldc + (m) * ldc + (n))
 #define STORE_AT(i, m, n, v) C[i] = (v)
 #elif defined(ACCUMULATE)
 #define C_AT(m, n) C_INDEX(m, n)

@@ -109,6 +109,21 @@ def test_gemm_split_k(device, gemm_family, layout):
     np.testing.assert_allclose(sw.read(), expected, rtol=1e-5, atol=1e-6 * k)
 
 
+def test_gemm_packed_slices_whatever_the_work_groups(device, monkeypatch):
+    """gemm_packed finds its K slice from its global index: a driver free to choose the work-groups
+    of a split launch may make them more than one slice deep (PoCL 5 did, on a 16-core Xeon)."""
+    monkeypatch.setenv("CLNET_GEMM", "cpu")
+    monkeypatch.setattr(gemm_module, "lookup", lambda device, case: {"CPU_ROWS": 4, "SLICES": 4})
+    rng = np.random.default_rng(8)
+    plan = new_plan(device)
+    sc, ref, _ = _gemm_case(device, rng, plan, 9, 40, 103, "NN", (0, 0, 0, 0), True, "relu")
+    split = [launch for launch in plan.launches if launch.kernel.function_name == "gemm_packed"]
+    assert len(split) == 1 and split[0].global_size[2] == 4
+    split[0].local_size = (1, 1, 2)
+    execute(plan)
+    _check_gemm(sc, ref, 103, "slices in work-groups two deep")
+
+
 def _tuning_candidates(device, kernel):
     if kernel == "gemm_packed":
         found = [{"CPU_ROWS": r} for r in tune.CPU_ROWS]
@@ -128,7 +143,10 @@ def test_gemm_every_tuning_candidate(device, monkeypatch, kernel):
     for i, params in enumerate(_tuning_candidates(device, kernel)):
         monkeypatch.setattr(gemm_module, "lookup", lambda device, case: params)
         plan, cases, layout = new_plan(device), [], layouts[i % len(layouts)]
-        for m, n, k in ((13, 17, 9), (66, 131, 17), (130, 33, 300)):
+        # gemm_packed: the last shape has more panels than one work-group takes (CPU_GROUP), so
+        # that split K runs in work-groups of the driver's choosing
+        shapes = ((13, 17, 9), (66, 131, 17), (130, 33, 300)) + (((200, 1300, 20),) if kernel == "gemm_packed" else ())
+        for m, n, k in shapes:
             epilogue = (True, "relu") if i % 2 else (False, "none")
             cases.append((k, _gemm_case(device, rng, plan, m, n, k, layout, (3, 5, 64, 0), *epilogue)))
         launched = [launch for launch in plan.launches if launch.kernel.function_name == kernel]
