@@ -20,6 +20,9 @@ CPU_SLICE = 512    # gemm_packed: K steps per slice when the output is one work-
 CPU_GROUP = 1024   # work-items of that work-group at most
 CPU_SHARED_B = 8   # gemm_packed: A panels at most for work-groups of one B panel (9-25% faster
                    # convolutions with 32-64 output channels on a 2-core EPYC; slower for 288-576)
+CPU_LOCAL = 4      # gemm_packed's work-groups otherwise: 4 x 1 work-items. PoCL 5's own choice made
+                   # squares of 512 / 1024 1.9x / 1.7x slower on a 16-core Xeon; 4 x 4 and 16 x 1
+                   # made them 2x slower on a 2-core EPYC
 
 
 class Matrix:
@@ -211,6 +214,8 @@ def _packed_operands(plan, defines, shape, a, b, params, slices):
                     k, n, b.tensor, b.ld, packed_b)
     if slices > 1 and prod(grid) <= CPU_GROUP:
         local = grid
-    else:  # few panels of A: a work-group multiplies one panel of B by all of them, while it is in cache
-        local = (1, grid[1]) if grid[1] <= CPU_SHARED_B else None
+    elif grid[1] <= CPU_SHARED_B:  # few panels of A: a work-group multiplies one panel of B by all of them
+        local = (1, grid[1])
+    else:  # small work-groups, which the driver's threads share out evenly
+        local = (CPU_LOCAL, 1)
     return Matrix(packed_a, m, k, ld=0), Matrix(packed_b, k, n, ld=0), {"CPU_ROWS": rows}, grid, local
