@@ -308,6 +308,7 @@ __kernel void pack_a(const int M, const int K, __global const float* restrict A,
                      const int lda, __global float* restrict P, const int p_off)
 {
     const int k = get_global_id(0), q = get_global_id(1);
+    if (k >= K) return;  // the grid is rounded up to whole work-groups
     __global float* out = P + p_off + (q * K + k) * CPU_ROWS;
     for (int r = 0; r < CPU_ROWS; r++) {
         const int m = q * CPU_ROWS + r;
@@ -320,6 +321,7 @@ __kernel void pack_b(const int K, const int N, __global const float* restrict B,
                      const int ldb, __global float* restrict P, const int p_off)
 {
     const int k = get_global_id(0), n0 = get_global_id(1) * PANEL;
+    if (k >= K) return;  // the grid is rounded up to whole work-groups
     __global float* out = P + p_off + (get_global_id(1) * K + k) * PANEL;
     if (!TRANS_B && n0 + PANEL <= N) {
         *(__global float16*)out = load16(B + b_off + k * ldb + n0);  // panels are 64-byte aligned

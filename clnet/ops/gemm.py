@@ -202,7 +202,7 @@ def _packed_operands(plan, defines, shape, a, b, params, slices):
     grid = (-(-n // PANEL), -(-m // rows))
     packed_a = plan.value((grid[1], k, rows), "A panels")
     pack = plan.kernel(GEMM_FILE, "pack_a", TRANS_A=defines["TRANS_A"], CPU_ROWS=rows)
-    plan.launch(pack, (k, grid[1]), None, m, k, a.tensor, a.ld, packed_a)
+    plan.launch(pack, (k, grid[1]), (PANEL, 1), m, k, a.tensor, a.ld, packed_a)
     packed_b = plan.value((grid[0], k, PANEL), "B panels")
     if defines.get("CONV_B"):  # the im2col pass
         gather = {key: value for key, value in defines.items() if key == "TRANS_B" or key.startswith("CONV_")}
@@ -210,7 +210,7 @@ def _packed_operands(plan, defines, shape, a, b, params, slices):
         plan.launch(plan.kernel(GEMM_FILE, "pack_columns", **gather), (-(-taps // PANEL) * PANEL,
                     pixels // defines["CONV_OW"]), (PANEL, 1), pixels, b.tensor, packed_b)
     else:
-        plan.launch(plan.kernel(GEMM_FILE, "pack_b", TRANS_B=defines["TRANS_B"]), (k, grid[0]), None,
+        plan.launch(plan.kernel(GEMM_FILE, "pack_b", TRANS_B=defines["TRANS_B"]), (k, grid[0]), (PANEL, 1),
                     k, n, b.tensor, b.ld, packed_b)
     if slices > 1 and prod(grid) <= CPU_GROUP:
         local = grid
