@@ -20,9 +20,10 @@ CPU_SLICE = 512    # gemm_packed: K steps per slice when the output is one work-
 CPU_GROUP = 1024   # work-items of that work-group at most
 CPU_SHARED_B = 8   # gemm_packed: A panels at most for work-groups of one B panel (9-25% faster
                    # convolutions with 32-64 output channels on a 2-core EPYC; slower for 288-576)
-CPU_LOCAL = 4      # gemm_packed's work-groups otherwise: 4 x 1 work-items. PoCL 5's own choice made
-                   # squares of 512 / 1024 1.9x / 1.7x slower on a 16-core Xeon; 4 x 4 and 16 x 1
-                   # made them 2x slower on a 2-core EPYC
+CPU_LOCAL = 4      # gemm_packed's work-groups otherwise, up to CPU_SMALL_GRID work-items: 4 x 1.
+CPU_SMALL_GRID = 8192  # PoCL 5's own choice made squares of 512 / 1024 1.9x / 1.7x slower on a
+                       # 16-core Xeon; 4 x 4 and 16 x 1 made them 2x slower on a 2-core EPYC. From
+                       # 2048 (21,888 work-items) PoCL's choice is as fast there and 1.4x faster here
 
 
 class Matrix:
@@ -216,6 +217,8 @@ def _packed_operands(plan, defines, shape, a, b, params, slices):
         local = grid
     elif grid[1] <= CPU_SHARED_B:  # few panels of A: a work-group multiplies one panel of B by all of them
         local = (1, grid[1])
-    else:  # small work-groups, which the driver's threads share out evenly
+    elif prod(grid) <= CPU_SMALL_GRID:  # small work-groups, which the driver's threads share out evenly
         local = (CPU_LOCAL, 1)
+    else:
+        local = None
     return Matrix(packed_a, m, k, ld=0), Matrix(packed_b, k, n, ld=0), {"CPU_ROWS": rows}, grid, local
