@@ -41,7 +41,8 @@ MARGIN = 1.03      # how much faster than the default a candidate must be to rep
 TILES = [(64, 64, 16, 4, 4), (128, 128, 16, 8, 8), (128, 128, 8, 8, 8), (128, 128, 32, 8, 8),
          (128, 64, 16, 8, 4), (64, 128, 16, 4, 8), (64, 64, 32, 4, 4), (32, 64, 16, 2, 4),
          (64, 32, 16, 4, 2), (32, 32, 16, 4, 4), (32, 128, 16, 4, 8), (64, 128, 16, 8, 8)]
-CPU_ROWS = (4, 6, 8, 10, 12, 14)  # gemm_packed; more than 14 float16 accumulators spill on AVX-512
+CPU_ROWS = (4, 6, 8, 10, 12, 14)  # gemm_packed; 16 float16 accumulators would take all 32 vector
+                                  # registers, as PoCL splits them into 256-bit halves
 FINALISTS = 2      # tile shapes whose PREFETCH / VECTOR variants are timed too
 BUILDERS = 8       # threads that build the candidates' programs on GPUs (one on CPUs)
 

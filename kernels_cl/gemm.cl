@@ -5,20 +5,22 @@
 // channels: C[m,n] at c[(n / P) * ldc + m * P + n % P] (ldc is then the image stride).
 // ACCUMULATE adds the product to C instead (no bias, no activation).
 // SPLIT_K: work-items z of a 3-D launch (work-groups one deep in z) sum their share of K into
-// slice z of a (slices, M, ldc) buffer, which sum_slices then adds up and stores as above: for products with few
-// output tiles and a long K, such as weight gradients and dense layers with many inputs.
+// slice z of a (slices, M, ldc) buffer, which sum_slices then adds up and stores as above: for
+// products with few output tiles and a long K, such as weight gradients and dense layers with many
+// inputs.
 // Two families share these semantics: gemm_tiled for GPUs (local-memory tiles) and
 // gemm_packed for CPUs (register blocks over operands copied into panels, no local memory).
 //
 // Implicit convolution (the geometry of conv.cl in CONV_C, CONV_H, ... CONV_DW):
 // CONV_B: B is the im2col matrix of the NCHW input b, gathered as it is read (by gemm_tiled as it
-//   loads its tiles, by pack_b into gemm_packed's panels), never stored whole: its element (row, col) with row = (c, kh, kw) and col = (image, oh, ow) is
+//   loads its tiles, by pack_columns into gemm_packed's panels), never stored whole: its element
+//   (row, col) with row = (c, kh, kw) and col = (image, oh, ow) is
 //   b[image, c, oh*SH - PH + kh*DH, ow*SW - PW + kw*DW], 0 in the padding. With TRANS_B the same
 //   matrix is read transposed, for the weight gradient dY . cols^T.
-// CONV_DX (gemm_tiled only): the input gradient as one product over K = (o, kh, kw): A[c, (o, kh, kw)] is the weight
-//   w[o, c, kh, kw] (a holds the weight as stored) and B[(o, kh, kw), (image, ih, iw)] is dY[o,
-//   (image, oh, ow)] for the output pixel that read input pixel (ih, iw) through tap (kh, kw), 0 if
-//   none; b holds dY as O rows of ldb.
+// CONV_DX (gemm_tiled only): the input gradient as one product over K = (o, kh, kw):
+//   A[c, (o, kh, kw)] is the weight w[o, c, kh, kw] (a holds the weight as stored) and
+//   B[(o, kh, kw), (image, ih, iw)] is dY[o, (image, oh, ow)] for the output pixel that read input
+//   pixel (ih, iw) through tap (kh, kw), 0 if none; b holds dY as O rows of ldb.
 
 #ifndef TRANS_A
 #define TRANS_A 0
@@ -357,7 +359,8 @@ __kernel void pack_columns(const int pixels, __global const float* restrict B, c
     }
 #if !TRANS_B
     if (r == get_global_size(1) - 1)  // the zeros that pad the last panel
-        for (int pixel = pixels; pixel % PANEL; pixel++) P[p_off + ((pixel / PANEL) * rows + row) * PANEL + pixel % PANEL] = 0.0f;
+        for (int pixel = pixels; pixel % PANEL; pixel++)
+            P[p_off + ((pixel / PANEL) * rows + row) * PANEL + pixel % PANEL] = 0.0f;
 #endif
 }
 #endif

@@ -8,7 +8,7 @@ from math import prod
 from ..tuning import Case, lookup, record
 
 GEMM_FILE = "gemm.cl"
-# Parameters as the kernels' -D options; SLICES (gemm_tiled) is the host's: split-K slices.
+# Parameters as the kernels' -D options; SLICES is the host's: split-K slices.
 TILED = {"TILE_M": 64, "TILE_N": 64, "TILE_K": 16, "WPT_M": 4, "WPT_N": 4, "PREFETCH": 1, "VECTOR": 0, "SLICES": 1}
 TILED_BIG = {**TILED, "TILE_M": 128, "TILE_N": 128, "WPT_M": 8, "WPT_N": 8}  # 8 x 8 outputs per work-item
 CPU = {"CPU_ROWS": 12, "SLICES": 1}  # gemm_packed: rows x 16 columns of C per work-item; K slices
@@ -22,8 +22,9 @@ CPU_SHARED_B = 8   # gemm_packed: A panels at most for work-groups of one B pane
                    # convolutions with 32-64 output channels on a 2-core EPYC; slower for 288-576)
 CPU_LOCAL = 4      # gemm_packed's work-groups otherwise, up to CPU_SMALL_GRID work-items: 4 x 1.
 CPU_SMALL_GRID = 8192  # PoCL 5's own choice made squares of 512 / 1024 1.9x / 1.7x slower on a
-                       # 16-core Xeon; 4 x 4 and 16 x 1 made them 2x slower on a 2-core EPYC. From
-                       # 2048 (21,888 work-items) PoCL's choice is as fast there and 1.4x faster here
+                       # 16-core Xeon; 4 x 4 and 16 x 1 made them 2x slower on a 2-core EPYC. At
+                       # 2048 (21,888 work-items) PoCL's choice is as fast on the Xeon and 1.3x
+                       # faster on the EPYC
 
 
 class Matrix:
