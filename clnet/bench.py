@@ -69,8 +69,6 @@ class CheckError(RuntimeError):
     """clnet and its reference disagree on a result that was about to be timed."""
 
 
-
-
 # ---------------------------------------------------------------------- the networks
 def _mlp():
     return nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU(),

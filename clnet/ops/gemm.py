@@ -179,10 +179,9 @@ def record_gemm(plan, kernel, defines, shape, a, b, c, bias=None, params=None):
     if kernel == "gemm_packed":
         a, b, product, grid, local = _packed_operands(plan, defines, shape, a, b, params, slices)
     else:
-        product = {key: value for key, value in defines.items() if key not in epilogue}
+        product = {**{key: value for key, value in defines.items() if key not in epilogue}, **params}
         local = (params["TILE_N"] // params["WPT_N"], params["TILE_M"] // params["WPT_M"])
         grid = (-(-n // params["TILE_N"]) * local[0], -(-m // params["TILE_M"]) * local[1])
-        product = {**product, **params}
     bias = bias if bias is not None else c.tensor
     if slices == 1:
         program = plan.kernel(GEMM_FILE, kernel, **product, **epilogue)
