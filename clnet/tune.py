@@ -73,7 +73,7 @@ def candidates(device, call):
     for gemm_tiled every tile shape (with its K splits where K may be split), default switches; for
     gemm_packed every row block, unsplit and with the default's K slices, twice and half as many."""
     m, n, k = call.shape
-    default = default_params(device, call.kernel, m, n, k, bool(dict(call.defines).get("TRANS_B")))
+    default = default_params(device, call.kernel, m, n, k, dict(call.defines))
     if call.kernel == "gemm_packed":
         slices = {1, default["SLICES"], 2 * default["SLICES"], max(1, default["SLICES"] // 2)}
         found = [{"CPU_ROWS": r, "SLICES": s} for r in CPU_ROWS for s in sorted(slices)]

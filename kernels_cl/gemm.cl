@@ -3,7 +3,6 @@
 // HAS_BIAS adds bias[n], or bias[m] with BIAS_PER_ROW; ACT (common.h) applies an activation.
 // C_IMAGE_COLS=P stores column n as pixel n % P of image n / P of an NCHW tensor whose rows are
 // channels: C[m,n] at c[(n / P) * ldc + m * P + n % P] (ldc is then the image stride).
-// ACCUMULATE adds the product to C instead (no bias, no activation).
 // SPLIT_K: work-items z of a 3-D launch (work-groups one deep in z) sum their share of K into
 // slice z of a (slices, M, ldc) buffer, which sum_slices then adds up and stores as above: for
 // products with few output tiles and a long K, such as weight gradients and dense layers with many
@@ -13,8 +12,8 @@
 //
 // Implicit convolution (the geometry of conv.cl in CONV_C, CONV_H, ... CONV_DW):
 // CONV_B: B is the im2col matrix of the NCHW input b, gathered as it is read (by gemm_tiled as it
-//   loads its tiles, by pack_columns into gemm_packed's panels), never stored whole: its element
-//   (row, col) with row = (c, kh, kw) and col = (image, oh, ow) is
+//   loads its tiles; by gemm_packed, given PANEL_K, into panels in local memory), never stored
+//   whole: its element (row, col) with row = (c, kh, kw) and col = (image, oh, ow) is
 //   b[image, c, oh*SH - PH + kh*DH, ow*SW - PW + kw*DW], 0 in the padding. With TRANS_B the same
 //   matrix is read transposed, for the weight gradient dY . cols^T.
 // CONV_DX (gemm_tiled only): the input gradient as one product over K = (o, kh, kw):
@@ -91,9 +90,6 @@ inline float conv_output_grad(__global const float* restrict dy, const int dy_of
 #if defined(SPLIT_K)
 #define C_AT(m, n) (c_off + get_global_id(2) * M * ldc + (m) * ldc + (n))
 #define STORE_AT(i, m, n, v) C[i] = (v)
-#elif defined(ACCUMULATE)
-#define C_AT(m, n) C_INDEX(m, n)
-#define STORE_AT(i, m, n, v) C[i] += (v)
 #else
 #define C_AT(m, n) C_INDEX(m, n)
 #define STORE_AT(i, m, n, v) C[i] = act_forward((v) + BIAS_AT(m, n))
@@ -279,9 +275,8 @@ void gemm_tiled(GEMM_ARGS)
     }
 }
 
-// C[m, n] = act(the sum over `slices` of P[slice, m, n] + bias), or C[m, n] += that sum (the
-// options of the split gemm_tiled launch: ACCUMULATE, HAS_BIAS, ACT, C_IMAGE_COLS); P is
-// slices x M x N, summed in slice order.
+// C[m, n] = act(the sum over `slices` of P[slice, m, n] + bias) (the options of the split
+// launch: HAS_BIAS, ACT, C_IMAGE_COLS); P is slices x M x N, summed in slice order.
 __kernel void sum_slices(const int M, const int N, const int slices,
                          __global const float* restrict P, const int p_off,
                          __global float* restrict C, const int c_off, const int ldc,
@@ -298,8 +293,9 @@ __kernel void sum_slices(const int M, const int N, const int slices,
 // gemm_packed multiplies operands copied into panels, so that it reads both sequentially: A in
 // panels of CPU_ROWS rows (element (m, k) at ((m / CPU_ROWS) * K + k) * CPU_ROWS + m % CPU_ROWS) and
 // B in panels of 16 columns (element (k, n) at ((n / 16) * K + k) * 16 + n % 16). pack_a and pack_b
-// copy any layout into panels, pack_columns gathers the im2col matrix of a convolution (CONV_B)
-// into them. The last panels are padded with zeros.
+// copy any layout into panels; the last panels are padded with zeros. An implicit convolution
+// (CONV_B) instead gathers each panel of B into local memory, where it stays in cache while every
+// panel of A is multiplied by it: the column matrix never goes through main memory.
 #ifndef CPU_ROWS
 #define CPU_ROWS 12  // rows of C per work-item: float16 accumulators kept in registers
 #endif
@@ -332,68 +328,146 @@ __kernel void pack_b(const int K, const int N, __global const float* restrict B,
     for (int j = 0; j < PANEL; j++) out[j] = n0 + j < N ? B_AT(k, n0 + j) : 0.0f;
 }
 
-#ifdef CONV_B
-// The panels of B, the im2col matrix of the NCHW input (transposed with TRANS_B, for the weight
-// gradient): the CPU family's im2col pass. Work-item (row, r) copies row `row` = (c, kh, kw) of
-// the column matrix over the pixels of output row r = (image, oh), reading an input row in order.
-// Global size (round_up(C*KH*KW, 16), images*OH); `pixels` = images*OH*OW.
-__kernel void pack_columns(const int pixels, __global const float* restrict B, const int b_off,
-                           __global float* restrict P, const int p_off)
+#ifdef PANEL_K  // (set with CONV_B for gemm_packed)
+// An element of the im2col matrix, x[image, c, oh*SH - PH + kh*DH, ow*SW - PW + kw*DW], is
+// x[ih * W + iw + base] with ih, iw and base each the sum of a part from its pixel (image, oh, ow)
+// and a part from its row (c, kh, kw); `at` sums the three.
+inline void pixel_part(const int pixel, int* top, int* left, int* at)
 {
-    const int row = get_global_id(0), r = get_global_id(1), rows = CONV_C * CONV_TAPS;
-#if !TRANS_B
-    if (row >= rows) return;  // (with TRANS_B, these rows are the zeros that pad the last panel)
-#endif
-    const int c = row / CONV_TAPS, kh = row / CONV_KW % CONV_KH, kw = row % CONV_KW;
-    const int image = r / CONV_OH, ih = r % CONV_OH * CONV_SH - CONV_PH + kh * CONV_DH;
-    const int inside = row < rows && ih >= 0 && ih < CONV_H;
-    __global const float* in = B + b_off + ((image * CONV_C + c) * CONV_H + ih) * CONV_W;
-    for (int ow = 0; ow < CONV_OW; ow++) {
-        const int iw = ow * CONV_SW - CONV_PW + kw * CONV_DW, pixel = r * CONV_OW + ow;
-#if TRANS_B
-        const int at = ((row / PANEL) * pixels + pixel) * PANEL + row % PANEL;  // (k, n) = (pixel, row)
+    *top = pixel / CONV_OW % CONV_OH * CONV_SH - CONV_PH;
+    *left = pixel % CONV_OW * CONV_SW - CONV_PW;
+    *at = *top * CONV_W + *left + pixel / (CONV_OH * CONV_OW) * (CONV_C * CONV_H * CONV_W);
+}
+
+inline void row_part(const int row, int* top, int* left, int* at)
+{
+    *top = row / CONV_KW % CONV_KH * CONV_DH;
+    *left = row % CONV_KW * CONV_DW;
+    *at = *top * CONV_W + *left + row / CONV_TAPS * (CONV_H * CONV_W);
+}
+
+// out[j] = the element of row k and column j of a panel, from the 16 columns' parts and k's part.
+inline void gather_row(__local float* out, __global const float* restrict x, const int* top,
+                       const int* left, const int* at, const int ktop, const int kleft, const int kat)
+{
+    for (int j = 0; j < PANEL; j++) {
+#if CONV_PH || CONV_PW
+        // (unsigned: one comparison for each bound)
+        const int inside = (uint)(top[j] + ktop) < CONV_H && (uint)(left[j] + kleft) < CONV_W;
+        out[j] = inside ? x[at[j] + kat] : 0.0f;
 #else
-        const int at = ((pixel / PANEL) * rows + row) * PANEL + pixel % PANEL;  // (k, n) = (row, pixel)
+        out[j] = x[at[j] + kat];  // without padding, every window lies inside the image
 #endif
-        P[p_off + at] = inside && iw >= 0 && iw < CONV_W ? in[iw] : 0.0f;
     }
-#if !TRANS_B
-    if (r == get_global_size(1) - 1)  // the zeros that pad the last panel
-        for (int pixel = pixels; pixel % PANEL; pixel++)
-            P[p_off + ((pixel / PANEL) * rows + row) * PANEL + pixel % PANEL] = 0.0f;
+}
+
+// Runs of 16 pixels in one output row read 16 consecutive input elements, one vector load where
+// none is padding: the 16 columns of a panel (PANEL_RUNS) or, with TRANS_B, 16 rows (K_RUNS).
+#define RUNS (CONV_SW == 1 && CONV_OW >= PANEL && CONV_W >= PANEL)
+#define PANEL_RUNS (RUNS && !TRANS_B)
+#define K_RUNS (RUNS && TRANS_B)
+
+// panel[k - k0] = the 16 values of row k of panel p of B (k0 <= k < k1), 0 in the padding and past
+// column N. B is the im2col matrix of x: its columns are pixels and its rows (c, kh, kw), or the
+// other way round with TRANS_B (the weight gradient's dY . cols^T). The parts of the 16 columns are
+// found once, those of each k once.
+inline void gather_panel(__local float* panel, __global const float* restrict x, const int N,
+                         const int p, const int k0, const int k1)
+{
+    int top[PANEL], left[PANEL], at[PANEL];
+    for (int j = 0; j < PANEL; j++) {
+        const int n = min(p * PANEL + j, N - 1);  // columns past N are gathered as column N - 1
+#if TRANS_B
+        row_part(n, top + j, left + j, at + j);
+#else
+        pixel_part(n, top + j, left + j, at + j);
 #endif
+    }
+    const int valid = N - p * PANEL;  // ... and then zeroed
+#if PANEL_RUNS
+    const int run = p * PANEL / CONV_OW == (p * PANEL + PANEL - 1) / CONV_OW && valid >= PANEL;
+#endif
+    for (int k = k0; k < k1; k++) {
+        int ktop, kleft, kat;
+#if TRANS_B
+        pixel_part(k, &ktop, &kleft, &kat);
+#else
+        row_part(k, &ktop, &kleft, &kat);
+#endif
+        __local float* out = panel + (k - k0) * PANEL;
+#if PANEL_RUNS
+        if (run && (uint)(top[0] + ktop) < CONV_H && (uint)(left[0] + kleft) <= CONV_W - PANEL) {
+            *(__local float16*)out = load16(x + at[0] + kat);
+            continue;
+        }
+#elif K_RUNS
+        if (k + PANEL <= k1 && k % CONV_OW + PANEL <= CONV_OW) {  // rows k .. k + 15, stored transposed
+            for (int j = 0; j < PANEL; j++) {
+                __attribute__((aligned(64))) float run[PANEL];
+                if ((uint)(top[j] + ktop) < CONV_H && (uint)(left[j] + kleft) <= CONV_W - PANEL) {
+                    *(float16*)run = load16(x + at[j] + kat);
+                } else {
+                    for (int i = 0; i < PANEL; i++) {
+                        const int inside = (uint)(top[j] + ktop) < CONV_H && (uint)(left[j] + kleft + i) < CONV_W;
+                        run[i] = inside ? x[at[j] + kat + i] : 0.0f;
+                    }
+                }
+                for (int i = 0; i < PANEL; i++) out[i * PANEL + j] = run[i];
+            }
+            k += PANEL - 1;
+            continue;
+        }
+#endif
+        gather_row(out, x, top, left, at, ktop, kleft, kat);
+    }
+    if (valid < PANEL)
+        for (int k = k0; k < k1; k++)
+            for (int j = valid; j < PANEL; j++) panel[(k - k0) * PANEL + j] = 0.0f;
 }
 #endif
 
-// Global size (ceil(N / 16), ceil(M / CPU_ROWS), slices): work-item (p, q, z) multiplies panel q of
-// A by panel p of B over slice z of K (all of it unless SPLIT_K) and stores its CPU_ROWS x 16 block.
-// A and B are panels: lda and ldb are unused.
+// Work-item (p, q, z) multiplies panel q of A by panel p of B over slice z of K (all of it unless
+// SPLIT_K) and stores its CPU_ROWS x 16 block of C. Global size (ceil(N / 16), ceil(M / CPU_ROWS),
+// slices), except with CONV_B: (ceil(N / 16), 1, slices), one work-item per work-group multiplying
+// every panel of A by its gathered panel of B (a slice of at most PANEL_K rows). A and B are panels:
+// lda and ldb are unused.
 __kernel void gemm_packed(GEMM_ARGS)
 {
-    const int p = get_global_id(0), q = get_global_id(1);
+    const int p = get_global_id(0);
     if (p * PANEL >= N) return;  // the grid may be rounded up to whole work-groups
     const int share = (K + get_global_size(2) - 1) / get_global_size(2);
     const int k0 = get_global_id(2) * share, k1 = min(K, k0 + share);
-    __global const float* a = A + a_off + q * K * CPU_ROWS;
+#ifdef PANEL_K
+    __local float16 panel[PANEL_K];
+    gather_panel((__local float*)panel, B + b_off, N, p, k0, k1);
+#define B_ROW(k) panel[(k) - k0]
+    for (int q = 0; q * CPU_ROWS < M; q++) {
+#else
     __global const float* b = B + b_off + p * K * PANEL;
-    float16 acc[CPU_ROWS];
-    // Unrolled, or the accumulators live in memory instead of registers (2-3x slower under PoCL).
-    _Pragma("unroll") for (int r = 0; r < CPU_ROWS; r++) acc[r] = (float16)(0.0f);
-    for (int k = k0; k < k1; k++) {
-        const float16 bk = load16(b + k * PANEL);
-        _Pragma("unroll") for (int r = 0; r < CPU_ROWS; r++) acc[r] = a[k * CPU_ROWS + r] * bk + acc[r];
-    }
-    const int m0 = q * CPU_ROWS, n0 = p * PANEL;
-    for (int r = 0; r < CPU_ROWS && m0 + r < M; r++) {
-        // A vector store into an aligned private array: PoCL 3.0's kernel cache loses kernels
-        // that call vstore16.
-        __attribute__((aligned(64))) float out[PANEL];
-        *(float16*)out = acc[r];
-        if (n0 + PANEL <= N && C_RUN(n0, PANEL)) {  // one run of addresses: vector stores
-            const int at = C_AT(m0 + r, n0);
-            for (int j = 0; j < PANEL; j++) STORE_AT(at + j, m0 + r, n0 + j, out[j]);
-        } else {
-            for (int j = 0; j < PANEL && n0 + j < N; j++) STORE(m0 + r, n0 + j, out[j]);
+#define B_ROW(k) load16(b + (k) * PANEL)
+    {
+        const int q = get_global_id(1);
+#endif
+        __global const float* a = A + a_off + q * K * CPU_ROWS;
+        float16 acc[CPU_ROWS];
+        // Unrolled, or the accumulators live in memory instead of registers (2-3x slower under PoCL).
+        _Pragma("unroll") for (int r = 0; r < CPU_ROWS; r++) acc[r] = (float16)(0.0f);
+        for (int k = k0; k < k1; k++) {
+            const float16 bk = B_ROW(k);
+            _Pragma("unroll") for (int r = 0; r < CPU_ROWS; r++) acc[r] = a[k * CPU_ROWS + r] * bk + acc[r];
+        }
+        const int m0 = q * CPU_ROWS, n0 = p * PANEL;
+        for (int r = 0; r < CPU_ROWS && m0 + r < M; r++) {
+            // A vector store into an aligned private array: PoCL 3.0's kernel cache loses kernels
+            // that call vstore16.
+            __attribute__((aligned(64))) float out[PANEL];
+            *(float16*)out = acc[r];
+            if (n0 + PANEL <= N && C_RUN(n0, PANEL)) {  // one run of addresses: vector stores
+                const int at = C_AT(m0 + r, n0);
+                for (int j = 0; j < PANEL; j++) STORE_AT(at + j, m0 + r, n0 + j, out[j]);
+            } else {
+                for (int j = 0; j < PANEL && n0 + j < N; j++) STORE(m0 + r, n0 + j, out[j]);
+            }
         }
     }
 }

@@ -20,6 +20,8 @@ GEOMETRIES = [  # (batch, in, height, width, out, kernel, stride, padding, dilat
     (2, 5, 4, 4, 3, 1, 1, 0, 1),                   # 1x1 kernel
     (2, 2, 5, 5, 3, 2, 3, 0, 1),                   # stride larger than the kernel
     (1, 3, 3, 3, 17, 3, 1, 1, 1),                  # output channels beyond a tile's edge
+    (2, 2, 4, 19, 3, 3, 1, 1, 1),                  # rows of 16+ pixels (vector loads on CPUs), padding
+    (1, 2, 3, 18, 3, (1, 2), 1, 0, 1),             # the same without padding
 ]
 
 
@@ -39,7 +41,7 @@ def test_forward_matches_reference(device, gemm_family, geometry):
     np.testing.assert_allclose(model.predict(x), expected.reshape(n, -1), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("geometry", GEOMETRIES[:4], ids=[f"g{i}" for i in range(4)])
+@pytest.mark.parametrize("geometry", GEOMETRIES[:4] + GEOMETRIES[7:8], ids=[f"g{i}" for i in (0, 1, 2, 3, 7)])
 def test_gradients_match_finite_differences(device, gemm_family, geometry):
     """Two convolutions (the second needs its input gradient: col2im), then a dense classifier."""
     n, (c, h, w), first = _conv(geometry)
@@ -74,9 +76,23 @@ def test_implicit_gemms_with_tuned_parameters(device, monkeypatch, tile):
     test_gradients_match_finite_differences(device, "tiled", GEOMETRIES[2])
 
 
+@pytest.mark.parametrize("rows", [4, 12])
+def test_gathered_panels_in_slices(device, monkeypatch, rows):
+    """The CPU family's implicit convolutions with parameters clnet-tune may pick (rows per
+    work-item, K split in 3), and with gathered panels capped at 5 rows of B (more slices), still
+    match the reference, forward and gradients."""
+    monkeypatch.setenv("CLNET_GEMM", "cpu")
+    gemm_module = importlib.import_module("clnet.ops.gemm")
+    monkeypatch.setattr(gemm_module, "lookup", lambda device, case: {"CPU_ROWS": rows, "SLICES": 3})
+    for cap in (gemm_module.CPU_GATHER_K, 5):
+        monkeypatch.setattr(gemm_module, "CPU_GATHER_K", cap)
+        test_forward_matches_reference(device, "cpu", GEOMETRIES[2])
+        test_gradients_match_finite_differences(device, "cpu", GEOMETRIES[2])
+
+
 def test_chunked_columns_give_the_same_results(device, monkeypatch):
-    """A batch whose im2col matrix exceeds the budget runs in chunks (the last one partial); the
-    weight gradient accumulates over them in a fixed order (the CPU family's im2col path)."""
+    """A batch whose column gradients exceed the budget runs its input gradient in chunks (the last
+    one partial): the CPU family's GEMM + col2im path."""
     monkeypatch.setenv("CLNET_GEMM", "cpu")
     layers = lambda: [L.Conv2D(2, 3, 3, padding=1), L.ReLU(), L.Conv2D(3, 2, 3), L.Flatten(), L.Dense(2 * 4 * 3, 3)]
     rng = np.random.default_rng(2)

@@ -125,20 +125,20 @@ def test_the_tuner_names_a_missing_device():
 
 
 def test_the_tuner_covers_what_chunked_convolutions_read(device, monkeypatch):
-    """On the CPU family a convolution's GEMMs run on column chunks: views whose leading dimension
-    reaches past their own shape. The tuner's operands span all of it, and every candidate agrees."""
+    """On the CPU family a convolution's input gradient runs on chunks of dY: views whose leading
+    dimension reaches past their own shape. The tuner's operands span all of it, and every
+    candidate agrees."""
     monkeypatch.setenv("CLNET_GEMM", "cpu")
     monkeypatch.setattr(importlib.import_module("clnet.ops.conv"), "COLUMNS", 3 * 18 * 30)  # 3 images a chunk
     model = clnet.Sequential([L.Conv2D(2, 3, 3, padding=1), L.ReLU(), L.Conv2D(3, 2, 3), L.Flatten(),
                               L.Dense(2 * 4 * 3, 3)], device=device, seed=0).compile("cross_entropy", "sgd")
     with tuning.recording() as calls:
         model._graph(7, (2, 6, 5), True, np.int32)
-    chunked = [(case, call) for case, call in calls if call.a[1] > (call.shape[2] if case.layout[0] == "N" else 0)]
+    chunked = [(case, call) for case, call in calls if case.layout == "TN" and call.b[1] > call.shape[1]]
     assert chunked
     for case, call in chunked:
         m, n, k = call.shape
-        rows, cols = (k, m) if case.layout[0] == "T" else (m, k)
-        assert call.a[0] >= (rows - 1) * call.a[1] + cols, case.key
+        assert call.b[0] >= (k - 1) * call.b[1] + n, case.key
         reports = []
         tune.tune_case(device, case, call, 0.001, 1, reports.append)
         assert not reports, reports

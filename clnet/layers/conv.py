@@ -1,7 +1,7 @@
 """Conv2D: NCHW convolution, weight (out, in, kh, kw) as torch.nn.Conv2d. The forward pass and the
-weight gradient run as implicit GEMMs (operands gathered from the NCHW tensors; the CPU family
-gathers into the panels its GEMM reads, in chunks of images within a budget). The input gradient is
-one implicit GEMM on the GPU family, and a GEMM into a column matrix plus col2im on the CPU family."""
+weight gradient run as implicit GEMMs (operands gathered from the NCHW tensors as the GEMM reads
+them). The input gradient is one implicit GEMM on the GPU family; on the CPU family, a GEMM into a
+column matrix (in chunks of images within a budget) plus col2im."""
 
 import numpy as np
 
@@ -94,23 +94,12 @@ class Conv2D(Layer):
         g = self.geometry(input_shape)
         return 2 * self.out_channels * g.rows * g.pixels
 
-    @staticmethod
-    def _chunks(plan, g, batch):
-        """(first image, images) chunks: the whole batch on the GPU family; on the CPU family, so
-        that one column matrix (the panels B is copied into) stays within the budget."""
-        per = batch if family(plan.device) == "tiled" else images_per_chunk(g, batch)
-        return per, [(start, min(per, batch - start)) for start in range(0, batch, per)]
-
     def forward(self, ctx, x):
-        plan, batch = ctx.plan, x.shape[0]
         g = self.geometry(x.shape[1:])
-        y = plan.value((batch, self.out_channels, g.OH, g.OW), f"{self!r} output")
+        y = ctx.plan.value((x.shape[0], self.out_channels, g.OH, g.OW), f"{self!r} output")
         weight = ctx.params["weight"].view((self.out_channels, g.rows))
-        image, out_image = g.C * g.H * g.W, self.out_channels * g.pixels
-        for start, images in self._chunks(plan, g, batch)[1]:
-            conv_ops.implicit_forward(plan, g, images, x.view((images, g.C, g.H, g.W), start * image), weight,
-                                      y.view((images, self.out_channels, g.OH, g.OW), start * out_image),
-                                      ctx.params.get("bias"), ops.ACTIVATIONS[ctx.act])
+        conv_ops.implicit_forward(ctx.plan, g, x.shape[0], x, weight, y, ctx.params.get("bias"),
+                                  ops.ACTIVATIONS[ctx.act])
         return y
 
     def backward(self, ctx, x, y, dy, need_dx):
@@ -123,24 +112,23 @@ class Conv2D(Layer):
         shape = (batch, self.out_channels, g.pixels)
         conv_bias_act_backward(plan, act, dy.view(shape), (y if act else dy).view(shape), dpre,
                                ctx.grads.get("bias"))
-        dx = plan.value(x.shape, f"{self!r} input grad") if need_dx else None
         weight = ctx.params["weight"].view((self.out_channels, g.rows))
-        dweight = ctx.grads["weight"].view((self.out_channels, g.rows))
-        per, chunks = self._chunks(plan, g, batch)
-        image = g.C * g.H * g.W
-        grads = [Matrix(dpre.view((self.out_channels, pixels - start * g.pixels), start * g.pixels),
-                        self.out_channels, images * g.pixels, ld=pixels) for start, images in chunks]
-        for (start, images), chunk in zip(chunks, grads):
-            # dW = sum over chunks of dpre . cols^T, accumulated in chunk order
-            conv_ops.implicit_weight_grad(plan, g, images, chunk, x.view((images, g.C, g.H, g.W), start * image),
-                                          dweight, accumulate=start > 0)
+        conv_ops.implicit_weight_grad(plan, g, batch, dpre, x, ctx.grads["weight"].view((self.out_channels, g.rows)))
         if not need_dx:
-            return dx
+            return None
+        dx = plan.value(x.shape, f"{self!r} input grad")
         if family(plan.device) == "tiled":
             conv_ops.implicit_input_grad(plan, g, batch, weight, dpre, dx)
             return dx
+        # The CPU family: dcol = weight^T . dpre in chunks of images within the column budget, each
+        # folded back into dx by col2im.
+        per = images_per_chunk(g, batch)
         dcol = plan.value((g.rows, per * g.pixels), f"{self!r} column grads")
-        for (start, images), chunk in zip(chunks, grads):
+        image = g.C * g.H * g.W
+        for start in range(0, batch, per):
+            images = min(per, batch - start)
+            chunk = Matrix(dpre.view((self.out_channels, pixels - start * g.pixels), start * g.pixels),
+                           self.out_channels, images * g.pixels, ld=pixels)
             ops.gemm(plan, weight, chunk, Matrix(dcol, g.rows, images * g.pixels, ld=per * g.pixels), trans_a=True)
             col2im(plan, g, images, dcol, dx.view((images, g.C, g.H, g.W), start * image), per * g.pixels)
         return dx

@@ -7,7 +7,7 @@ from .gemm import Matrix, family, record_gemm
 
 FILE = "conv.cl"
 LOCAL = 64
-COLUMNS = 16 * 2**20  # floats (64 MiB) for the column matrices of one CPU convolution, at most
+COLUMNS = 16 * 2**20  # floats (64 MiB) for the column gradients of one CPU convolution, at most
 SLICE_MIN = 256  # values of one channel that make a slice worth a work-group of its own
 
 
@@ -43,7 +43,7 @@ class ConvGeometry:
 
 
 def images_per_chunk(geometry, batch):
-    """How many images' columns one column matrix holds, so that it stays within COLUMNS floats."""
+    """How many images' column gradients one matrix holds, so that it stays within COLUMNS floats."""
     return max(1, min(batch, COLUMNS // (geometry.rows * geometry.pixels)))
 
 
@@ -78,7 +78,7 @@ def conv_bias_act_backward(plan, act_code, dy, y, dpre, db):
 # family) as it loads its tiles, gemm_packed (the CPU family) as it copies B into panels.
 
 def _implicit(geometry, **defines):
-    fixed = dict(TRANS_A=0, TRANS_B=0, HAS_BIAS=False, ACT=0, BIAS_PER_ROW=False, ACCUMULATE=False)
+    fixed = dict(TRANS_A=0, TRANS_B=0, HAS_BIAS=False, ACT=0, BIAS_PER_ROW=False)
     return {**fixed, **defines, **geometry.defines()}
 
 
@@ -96,13 +96,12 @@ def implicit_forward(plan, geometry, batch, x, weight, y, bias, act_code):
                        Matrix(x, g.rows, columns, ld=0), y_matrix, bias)
 
 
-def implicit_weight_grad(plan, geometry, batch, dpre, x, dweight, accumulate=False):
-    """dweight (O, C*KH*KW) = dpre . cols(x)^T (+= with accumulate), dpre being an (O, batch*OH*OW)
-    Matrix."""
+def implicit_weight_grad(plan, geometry, batch, dpre, x, dweight):
+    """dweight (O, C*KH*KW) = dpre . cols(x)^T, dpre being (O, batch*OH*OW)."""
     g, out = geometry, dpre.shape[0]
     columns = batch * g.pixels
-    return record_gemm(plan, _kernel(plan), _implicit(g, CONV_B=True, TRANS_B=1, ACCUMULATE=accumulate),
-                       (out, g.rows, columns), dpre, Matrix(x, g.rows, columns, ld=0), Matrix(dweight, out, g.rows))
+    return record_gemm(plan, _kernel(plan), _implicit(g, CONV_B=True, TRANS_B=1), (out, g.rows, columns),
+                       Matrix(dpre, out, columns), Matrix(x, g.rows, columns, ld=0), Matrix(dweight, out, g.rows))
 
 
 def implicit_input_grad(plan, geometry, batch, weight, dpre, dx):

@@ -16,6 +16,8 @@ DEFAULTS = {"gemm_tiled": TILED, "gemm_packed": CPU}
 SWITCHES = {"PREFETCH": (0, 1, 2), "VECTOR": (0, 1)}  # gemm_tiled's parameters that are choices
 SPLIT_MIN = 128    # shortest K slice worth its own work-groups
 PANEL = 16         # columns of a B panel (gemm_packed)
+CPU_GATHER_K = 4096  # gemm_packed: rows of a gathered panel of B at most (256 KiB of local memory)
+CPU_GATHER_ITEMS = 64  # work-items wanted for a gathered B at least
 CPU_SLICE = 512    # gemm_packed: K steps per slice when the output is one work-group's worth
 CPU_GROUP = 1024   # work-items of that work-group at most
 CPU_SHARED_B = 8   # gemm_packed: A panels at most for work-groups of one B panel (9-25% faster
@@ -83,28 +85,34 @@ def _tiles(m, n, params):
     return -(-m // params["TILE_M"]) * -(-n // params["TILE_N"])
 
 
-def cpu_params(m, n, k):
+def cpu_params(m, n, k, gathered=False):
     """gemm_packed without tuning: 12 rows per work-item (4 or 8 for smaller M); K split into
     CPU_SLICE steps when the whole output is one work-group's worth, so that each work-group
     multiplies one slice of the panels while it is in cache rather than every work-item streaming
-    all of K."""
+    all of K. A gathered B (an implicit convolution's) is split into slices of at most CPU_GATHER_K
+    rows, and shorter ones (down to CPU_SLICE) where its panels are too few to share out
+    (CPU_GATHER_ITEMS work-items)."""
     rows = 12 if m >= 12 else -(-m // 4) * 4
+    if gathered:
+        wanted = -(-CPU_GATHER_ITEMS // -(-n // PANEL))
+        return {"CPU_ROWS": rows, "SLICES": max(-(-k // CPU_GATHER_K), min(wanted, k // CPU_SLICE))}
     panels = -(-n // PANEL) * -(-m // rows)
     slices = k // CPU_SLICE if panels <= CPU_GROUP and k >= 2 * CPU_SLICE else 1
     return {"CPU_ROWS": rows, "SLICES": slices}
 
 
-def default_params(device, kernel, m, n, k, trans_b=False):
-    """Without tuning: gemm_tiled splits K where the output has few tiles; otherwise it takes the
-    largest tiles (the fewest loads per multiply-add) of which there are enough for every compute
-    unit: 128 x 128, 64 x 64, else 64 x 32 (32 x 64 when B is not transposed), the shapes clnet-tune
-    picks most often on an H200 for outputs too small to fill it."""
+def default_params(device, kernel, m, n, k, defines):
+    """Without tuning (`defines`: the GEMM's fixed options): gemm_tiled splits K where the output
+    has few tiles; otherwise it takes the largest tiles (the fewest loads per multiply-add) of
+    which there are enough for every compute unit: 128 x 128, 64 x 64, else 64 x 32 (32 x 64 when
+    B is not transposed), the shapes clnet-tune picks most often on an H200 for outputs too small
+    to fill it."""
     if kernel == "gemm_packed":
-        return cpu_params(m, n, k)
+        return cpu_params(m, n, k, gathered=bool(defines.get("CONV_B")))
     slices = split_k(device, m, n, k)
     if slices > 1:
         return {**TILED, "SLICES": slices}
-    narrow = {**TILED, "TILE_M": 64, "TILE_N": 32, "WPT_M": 4, "WPT_N": 2} if trans_b else \
+    narrow = {**TILED, "TILE_M": 64, "TILE_N": 32, "WPT_M": 4, "WPT_N": 2} if defines.get("TRANS_B") else \
         {**TILED, "TILE_M": 32, "TILE_N": 64, "WPT_M": 2, "WPT_N": 4}
     for params in (TILED_BIG, TILED):
         if min(m, n) >= params["TILE_M"] and _tiles(m, n, params) >= device.info.compute_units:
@@ -128,8 +136,8 @@ def valid_params(kernel, params):
         and params["TILE_M"] % params["WPT_M"] == 0 and params["TILE_N"] % params["WPT_N"] == 0
 
 
-def gemm(plan, a, b, c, trans_a=False, trans_b=False, bias=None, act=0, bias_per_row=False, accumulate=False):
-    """Record C = act(op(A) op(B) + bias) where op transposes when asked, or C += op(A) op(B).
+def gemm(plan, a, b, c, trans_a=False, trans_b=False, bias=None, act=0, bias_per_row=False):
+    """Record C = act(op(A) op(B) + bias) where op transposes when asked.
 
     a, b, c are 2-D tensors (plan values or device tensors) or `Matrix` views, in their stored
     shapes: A is (M, K), or (K, M) with trans_a; B is (K, N), or (N, K) with trans_b; C is (M, N).
@@ -141,10 +149,8 @@ def gemm(plan, a, b, c, trans_a=False, trans_b=False, bias=None, act=0, bias_per
     if kb != k or c.shape != (m, n):
         raise ValueError(f"gemm shapes: A{a.shape}{'^T' if trans_a else ''} B{b.shape}{'^T' if trans_b else ''} "
                          f"C{c.shape}")
-    if accumulate and (bias is not None or act):
-        raise ValueError("an accumulating gemm takes no bias or activation")
     defines = dict(TRANS_A=int(trans_a), TRANS_B=int(trans_b), HAS_BIAS=bias is not None, ACT=act,
-                   BIAS_PER_ROW=bias_per_row, ACCUMULATE=accumulate)
+                   BIAS_PER_ROW=bias_per_row)
     kernel = "gemm_tiled" if family(plan.device) == "tiled" else "gemm_packed"
     return record_gemm(plan, kernel, defines, (m, n, k), a, b, c, bias)
 
@@ -172,12 +178,12 @@ def record_gemm(plan, kernel, defines, shape, a, b, c, bias=None, params=None):
     if params is None:
         params = lookup(plan.device, case)
         if not valid_params(kernel, params):
-            params = default_params(plan.device, kernel, m, n, k, bool(defines.get("TRANS_B")))
+            params = default_params(plan.device, kernel, m, n, k, defines)
     params = dict(params)
     slices = params.pop("SLICES")
-    epilogue = {key: defines[key] for key in ("ACCUMULATE", "HAS_BIAS", "BIAS_PER_ROW", "ACT", "C_IMAGE_COLS")}
+    epilogue = {key: defines[key] for key in ("HAS_BIAS", "BIAS_PER_ROW", "ACT", "C_IMAGE_COLS")}
     if kernel == "gemm_packed":
-        a, b, product, grid, local = _packed_operands(plan, defines, shape, a, b, params, slices)
+        a, b, product, grid, local, slices = _packed_operands(plan, defines, shape, a, b, params, slices)
     else:
         product = {**{key: value for key, value in defines.items() if key not in epilogue}, **params}
         local = (params["TILE_N"] // params["WPT_N"], params["TILE_M"] // params["WPT_M"])
@@ -196,23 +202,23 @@ def record_gemm(plan, kernel, defines, shape, a, b, c, bias=None, params=None):
 
 
 def _packed_operands(plan, defines, shape, a, b, params, slices):
-    """Record the copies of A and B into gemm_packed's panels (B's is the im2col pass of an implicit
-    convolution); the panels as operands, gemm_packed's options, its grid and work-group size."""
+    """Record the copies of the operands into gemm_packed's panels (B's only where it is not an
+    implicit convolution's, which gemm_packed gathers itself); the panels as operands, gemm_packed's
+    options, its grid, work-group size and K slices."""
     m, n, k = shape
     rows = params["CPU_ROWS"]
     grid = (-(-n // PANEL), -(-m // rows))
     packed_a = plan.value((grid[1], k, rows), "A panels")
     pack = plan.kernel(GEMM_FILE, "pack_a", TRANS_A=defines["TRANS_A"], CPU_ROWS=rows)
     plan.launch(pack, (k, grid[1]), (PANEL, 1), m, k, a.tensor, a.ld, packed_a)
-    packed_b = plan.value((grid[0], k, PANEL), "B panels")
-    if defines.get("CONV_B"):  # the im2col pass
+    packed_a = Matrix(packed_a, m, k, ld=0)
+    if defines.get("CONV_B"):  # one work-item per panel of B (or slice of it): every panel of A
+        slices = max(slices, -(-k // CPU_GATHER_K))  # (a tuned or forced split may not know the limit)
         gather = {key: value for key, value in defines.items() if key == "TRANS_B" or key.startswith("CONV_")}
-        taps, pixels = (n, k) if defines["TRANS_B"] else (k, n)  # (c, kh, kw) and (image, oh, ow)
-        plan.launch(plan.kernel(GEMM_FILE, "pack_columns", **gather), (-(-taps // PANEL) * PANEL,
-                    pixels // defines["CONV_OW"]), (PANEL, 1), pixels, b.tensor, packed_b)
-    else:
-        plan.launch(plan.kernel(GEMM_FILE, "pack_b", TRANS_B=defines["TRANS_B"]), (k, grid[0]), (PANEL, 1),
-                    k, n, b.tensor, b.ld, packed_b)
+        return packed_a, b, {"CPU_ROWS": rows, "PANEL_K": -(-k // slices), **gather}, (grid[0], 1), (1, 1), slices
+    packed_b = plan.value((grid[0], k, PANEL), "B panels")
+    plan.launch(plan.kernel(GEMM_FILE, "pack_b", TRANS_B=defines["TRANS_B"]), (k, grid[0]), (PANEL, 1),
+                k, n, b.tensor, b.ld, packed_b)
     if slices > 1 and prod(grid) <= CPU_GROUP:
         local = grid
     elif grid[1] <= CPU_SHARED_B:  # few panels of A: a work-group multiplies one panel of B by all of them
@@ -221,4 +227,4 @@ def _packed_operands(plan, defines, shape, a, b, params, slices):
         local = (CPU_LOCAL, 1)
     else:
         local = None
-    return Matrix(packed_a, m, k, ld=0), Matrix(packed_b, k, n, ld=0), {"CPU_ROWS": rows}, grid, local
+    return packed_a, Matrix(packed_b, k, n, ld=0), {"CPU_ROWS": rows}, grid, local, slices
