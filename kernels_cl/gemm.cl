@@ -367,6 +367,20 @@ inline void gather_row(__local float* out, __global const float* restrict x, con
 #define PANEL_RUNS (RUNS && !TRANS_B)
 #define K_RUNS (RUNS && TRANS_B)
 
+// Transposes the 16 x 16 block v[row][column] in registers: four rounds of unzipping pairs of rows,
+// each of which rotates the 8 bits of an element's (row, column) index by one.
+inline void transpose16(float16* v)
+{
+    _Pragma("unroll") for (int round = 0; round < 4; round++) {
+        float16 t[PANEL];
+        _Pragma("unroll") for (int i = 0; i < PANEL / 2; i++) {
+            t[i] = (float16)(v[2 * i].even, v[2 * i + 1].even);
+            t[i + PANEL / 2] = (float16)(v[2 * i].odd, v[2 * i + 1].odd);
+        }
+        _Pragma("unroll") for (int i = 0; i < PANEL; i++) v[i] = t[i];
+    }
+}
+
 // panel[k - k0] = the 16 values of row k of panel p of B (k0 <= k < k1), 0 in the padding and past
 // column N. B is the im2col matrix of x: its columns are pixels and its rows (c, kh, kw), or the
 // other way round with TRANS_B (the weight gradient's dY . cols^T). The parts of the 16 columns are
@@ -401,19 +415,22 @@ inline void gather_panel(__local float* panel, __global const float* restrict x,
             continue;
         }
 #elif K_RUNS
-        if (k + PANEL <= k1 && k % CONV_OW + PANEL <= CONV_OW) {  // rows k .. k + 15, stored transposed
-            for (int j = 0; j < PANEL; j++) {
-                __attribute__((aligned(64))) float run[PANEL];
+        if (k + PANEL <= k1 && k % CONV_OW + PANEL <= CONV_OW) {  // rows k .. k + 15 as one 16 x 16 block
+            float16 block[PANEL];  // block[j] = column j over the 16 rows
+            _Pragma("unroll") for (int j = 0; j < PANEL; j++) {
                 if ((uint)(top[j] + ktop) < CONV_H && (uint)(left[j] + kleft) <= CONV_W - PANEL) {
-                    *(float16*)run = load16(x + at[j] + kat);
+                    block[j] = load16(x + at[j] + kat);
                 } else {
+                    __attribute__((aligned(64))) float run[PANEL];
                     for (int i = 0; i < PANEL; i++) {
                         const int inside = (uint)(top[j] + ktop) < CONV_H && (uint)(left[j] + kleft + i) < CONV_W;
                         run[i] = inside ? x[at[j] + kat + i] : 0.0f;
                     }
+                    block[j] = *(float16*)run;
                 }
-                for (int i = 0; i < PANEL; i++) out[i * PANEL + j] = run[i];
             }
+            transpose16(block);
+            _Pragma("unroll") for (int i = 0; i < PANEL; i++) ((__local float16*)out)[i] = block[i];
             k += PANEL - 1;
             continue;
         }
