@@ -410,22 +410,29 @@ inline void gather_panel(__local float* panel, __global const float* restrict x,
 #endif
         __local float* out = panel + (k - k0) * PANEL;
 #if PANEL_RUNS
-        if (run && (uint)(top[0] + ktop) < CONV_H && (uint)(left[0] + kleft) <= CONV_W - PANEL) {
-            *(__local float16*)out = load16(x + at[0] + kat);
+        if (run) {
+            const int ih = top[0] + ktop, iw = left[0] + kleft;
+            if ((uint)ih >= CONV_H) {
+                *(__local float16*)out = (float16)(0.0f);
+            } else if ((uint)iw <= CONV_W - PANEL) {
+                *(__local float16*)out = load16(x + at[0] + kat);
+            } else {  // over the left or right edge of the image
+                for (int j = 0; j < PANEL; j++) out[j] = (uint)(iw + j) < CONV_W ? x[at[0] + kat + j] : 0.0f;
+            }
             continue;
         }
 #elif K_RUNS
         if (k + PANEL <= k1 && k % CONV_OW + PANEL <= CONV_OW) {  // rows k .. k + 15 as one 16 x 16 block
             float16 block[PANEL];  // block[j] = column j over the 16 rows
             _Pragma("unroll") for (int j = 0; j < PANEL; j++) {
-                if ((uint)(top[j] + ktop) < CONV_H && (uint)(left[j] + kleft) <= CONV_W - PANEL) {
+                const int ih = top[j] + ktop, iw = left[j] + kleft;
+                if ((uint)ih >= CONV_H) {
+                    block[j] = (float16)(0.0f);
+                } else if ((uint)iw <= CONV_W - PANEL) {
                     block[j] = load16(x + at[j] + kat);
-                } else {
+                } else {  // over the left or right edge of the image
                     __attribute__((aligned(64))) float run[PANEL];
-                    for (int i = 0; i < PANEL; i++) {
-                        const int inside = (uint)(top[j] + ktop) < CONV_H && (uint)(left[j] + kleft + i) < CONV_W;
-                        run[i] = inside ? x[at[j] + kat + i] : 0.0f;
-                    }
+                    for (int i = 0; i < PANEL; i++) run[i] = (uint)(iw + i) < CONV_W ? x[at[j] + kat + i] : 0.0f;
                     block[j] = *(float16*)run;
                 }
             }
