@@ -42,42 +42,63 @@ inline int window(const int gid, const int H, const int W, const int OH, const i
 
 // y = max over each window; if save_argmax, argmax = the flat index h*W+w of the chosen input
 // element within its plane (the first maximum in row-major window order; a NaN wins, as PyTorch).
-// One work-item per output element.
+// One work-item per output element, or with POOL_ROWS (CPUs) per output row, read in order.
 __kernel void maxpool_forward(POOL_GEOMETRY, const int save_argmax,
                               __global const float* x, const int xo,
                               __global float* y, const int yo,
                               __global int* argmax, const int ao)
 {
     POOL_CONSTANTS;
-    const int gid = get_global_id(0);
-    if (gid >= planes * OH * OW) return;
-    const int h0 = gid / OW % OH * SH - PH, w0 = gid % OW * SW - PW;  // the window's first row, column
-    __global const float* xp = x + xo + gid / (OH * OW) * H * W;
-    float best = -INFINITY;
-    int best_at = max(h0, 0) * W + max(w0, 0);
-    // Constant trip counts (padding skipped), so that the loops unroll.
-    for (int i = 0; i < KH; i++) {
-        for (int j = 0; j < KW; j++) {
-            const int h = h0 + i, w = w0 + j;
-            if (h < 0 || h >= H || w < 0 || w >= W) continue;
-            const float v = xp[h * W + w];
-            const int wins = v > best || v != v;  // v != v: isnan, which PoCL does not inline
-            best = wins ? v : best;
-            best_at = wins ? h * W + w : best_at;
+#ifdef POOL_ROWS
+    const int first = get_global_id(0) * OW, count = OW;
+#else
+    const int first = get_global_id(0), count = 1;
+#endif
+    if (first >= planes * OH * OW) return;
+    for (int gid = first; gid < first + count; gid++) {
+        const int h0 = gid / OW % OH * SH - PH, w0 = gid % OW * SW - PW;  // the window's first row, column
+        __global const float* xp = x + xo + gid / (OH * OW) * H * W;
+        float best = -INFINITY;
+        int best_at = max(h0, 0) * W + max(w0, 0);
+        // Constant trip counts (padding skipped), so that the loops unroll.
+        for (int i = 0; i < KH; i++) {
+            for (int j = 0; j < KW; j++) {
+                const int h = h0 + i, w = w0 + j;
+                if (h < 0 || h >= H || w < 0 || w >= W) continue;
+                const float v = xp[h * W + w];
+                const int wins = v > best || v != v;  // v != v: isnan, which PoCL does not inline
+                best = wins ? v : best;
+                best_at = wins ? h * W + w : best_at;
+            }
         }
+        y[yo + gid] = best;
+        if (save_argmax) argmax[ao + gid] = best_at;
     }
-    y[yo + gid] = best;
-    if (save_argmax) argmax[ao + gid] = best_at;
 }
 
 // dx = for each input element, the sum of dy over the windows that cover it and chose it.
-// One work-item per input element.
+// One work-item per input element; with POOL_CELLS (CPUs, windows that do not overlap), one per
+// output element, writing its cell of the input: rows oh*SH-PH .. (oh+1)*SH-PH-1 (from the image's
+// edge for the first, to it for the last; likewise for columns), which holds its window. The cells
+// cover the image once.
 __kernel void maxpool_backward(POOL_GEOMETRY,
                                __global const int* argmax, const int ao,
                                __global const float* dy, const int dyo,
                                __global float* dx, const int dxo)
 {
     POOL_CONSTANTS;
+#ifdef POOL_CELLS
+    const int o = get_global_id(0);
+    if (o >= planes * OH * OW) return;
+    const int ow = o % OW, oh = o / OW % OH;
+    const int h0 = oh == 0 ? 0 : oh * SH - PH, h1 = oh == OH - 1 ? H : (oh + 1) * SH - PH;
+    const int w0 = ow == 0 ? 0 : ow * SW - PW, w1 = ow == OW - 1 ? W : (ow + 1) * SW - PW;
+    const int chosen = argmax[ao + o];
+    const float g = dy[dyo + o];
+    __global float* plane = dx + dxo + o / (OH * OW) * H * W;
+    for (int h = h0; h < h1; h++)
+        for (int w = w0; w < w1; w++) plane[h * W + w] = h * W + w == chosen ? g : 0.0f;
+#else
     const int gid = get_global_id(0);
     if (gid >= planes * H * W) return;
     const int at = gid % (H * W);              // index of this element within its plane
@@ -101,6 +122,7 @@ __kernel void maxpool_backward(POOL_GEOMETRY,
         }
     }
     dx[dxo + gid] = s;
+#endif
 #endif
 }
 

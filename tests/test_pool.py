@@ -90,7 +90,7 @@ def _geometry(case):
 
 @pytest.mark.parametrize("kind", ["normal", "ties", "equal", "negative"])
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
-def test_maxpool_op(device, case, kind):
+def test_maxpool_op(device, gemm_family, case, kind):
     """Forward with and without the argmax, and the gather backward reading the forward's argmax."""
     rng = np.random.default_rng(CASES.index(case))
     shape, kernel, stride, padding = _geometry(case)
@@ -177,7 +177,7 @@ def _run_small(device, x, dy, kernel, stride, padding, max_pool=True):
     return sy.read(), sarg.read() if max_pool else None, sdx.read()
 
 
-def test_maxpool_worked_examples(device):
+def test_maxpool_worked_examples(device, gemm_family):
     """Worked by hand (independent of the references above): overlapping windows sharing a maximum,
     ties going to the first maximum, a padded window of negatives."""
     x = np.array([[1, 2, 0], [4, 9, 3], [5, 6, 7]], np.float32).reshape(1, 1, 3, 3)
@@ -210,7 +210,7 @@ def test_avgpool_worked_example(device):
     np.testing.assert_allclose(dx.reshape(2, 2), [[12 / 4, 16 / 4], [24 / 4, 28 / 4]], rtol=1e-7)
 
 
-def test_maxpool_nan_propagates(device):
+def test_maxpool_nan_propagates(device, gemm_family):
     """A NaN wins its windows, as in PyTorch, rather than being skipped by a comparison."""
     x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
     x[0, 0, 1, 2] = np.nan

@@ -6,9 +6,11 @@ a ShapeError naming the layer).
 """
 
 from . import int_pair
+from .gemm import family
 
 FILE = "pool.cl"
 LOCAL = 64
+CPU_LOCAL = 8  # work-groups of output rows for max pooling on CPUs (faster than 1 or 64 on PoCL)
 
 
 def output_size(size, kernel, stride, padding):
@@ -55,8 +57,13 @@ def maxpool_forward(plan, x, y, kernel, stride, padding=0, argmax=None):
     if argmax is not None and tuple(argmax.shape) != tuple(y.shape):
         raise ValueError(f"maxpool_forward shapes: argmax {tuple(argmax.shape)} differs from "
                          f"output {tuple(y.shape)}")
-    k = plan.kernel(FILE, "maxpool_forward", **sizes)
-    return plan.launch(k, (y.size,), (LOCAL,), planes, int(argmax is not None), x, y,
+    if family(plan.device) == "cpu":  # a work-item per output row
+        k = plan.kernel(FILE, "maxpool_forward", **sizes, POOL_ROWS=True)
+        grid, local = (y.size // sizes["POOL_OW"],), (CPU_LOCAL,)
+    else:
+        k = plan.kernel(FILE, "maxpool_forward", **sizes)
+        grid, local = (y.size,), (LOCAL,)
+    return plan.launch(k, grid, local, planes, int(argmax is not None), x, y,
                        argmax if argmax is not None else y)  # y stands in for an unused argmax
 
 
@@ -66,6 +73,10 @@ def maxpool_backward(plan, argmax, dy, dx, kernel, stride, padding=0):
     if tuple(argmax.shape) != tuple(dy.shape):
         raise ValueError(f"maxpool_backward shapes: argmax {tuple(argmax.shape)} differs from "
                          f"dy {tuple(dy.shape)}")
+    if family(plan.device) == "cpu" and sizes["POOL_SH"] >= sizes["POOL_KH"] and sizes["POOL_SW"] >= sizes["POOL_KW"]:
+        # windows that do not overlap: a work-item per output element writes its cell of dx
+        k = plan.kernel(FILE, "maxpool_backward", **sizes, POOL_CELLS=True)
+        return plan.launch(k, (dy.size,), None, planes, argmax, dy, dx)
     k = plan.kernel(FILE, "maxpool_backward", **sizes)
     return plan.launch(k, (dx.size,), (LOCAL,), planes, argmax, dy, dx)
 
