@@ -1,6 +1,6 @@
-// The CPU family's input gradient of a convolution: col2im of the column-matrix gradient (the
-// forward pass and the weight gradient gather their columns inside the GEMM: CONV_B in gemm.cl;
-// GPUs gather the input gradient too: CONV_DX). The geometry comes as compile-time constants, as
+// The CPU family's input gradient of a strided convolution: col2im of the column-matrix gradient
+// (the forward pass, the weight gradient and a stride-1 input gradient gather their columns inside
+// the GEMM: CONV_B in gemm.cl; GPUs gather every input gradient: CONV_DX). The geometry comes as compile-time constants, as
 // for gemm.cl: input (CONV_C, CONV_H, CONV_W) per image, kernel CONV_KH x CONV_KW, output CONV_OH x
 // CONV_OW, stride CONV_SH/SW, top/left padding CONV_PH/PW, dilation CONV_DH/DW. The column matrix
 // has a row per (c, kh, kw) and a column per (image, oh, ow), with leading dimension ldcol.

@@ -15,7 +15,10 @@
 //   loads its tiles; by gemm_packed, given PANEL_K, into panels in local memory), never stored
 //   whole: its element (row, col) with row = (c, kh, kw) and col = (image, oh, ow) is
 //   b[image, c, oh*SH - PH + kh*DH, ow*SW - PW + kw*DW], 0 in the padding. With TRANS_B the same
-//   matrix is read transposed, for the weight gradient dY . cols^T.
+//   matrix is read transposed, for the weight gradient dY . cols^T. gemm_packed also gathers the
+//   input gradient of a stride-1 convolution as a convolution of dY: CONV_IMAGE_STRIDE and
+//   CONV_CHANNEL_STRIDE then give dY's (C, images, H, W) layout, and pack_a flips the weight's taps
+//   (CONV_FLIP).
 // CONV_DX (gemm_tiled only): the input gradient as one product over K = (o, kh, kw):
 //   A[c, (o, kh, kw)] is the weight w[o, c, kh, kw] (a holds the weight as stored) and
 //   B[(o, kh, kw), (image, ih, iw)] is dY[o, (image, oh, ow)] for the output pixel that read input
@@ -60,7 +63,11 @@ inline float conv_output_grad(__global const float* restrict dy, const int dy_of
 #define A_AT(m, k) A[a_off + ((k) / CONV_TAPS) * (CONV_C * CONV_TAPS) + (m) * CONV_TAPS + (k) % CONV_TAPS]
 #define B_AT(k, n) conv_output_grad(B, b_off, ldb, k, n)
 #else
-#if TRANS_A
+#if defined(CONV_FLIP)
+// pack_a of the CPU family's input gradient (the convolution of dY with the flipped weight):
+// A[c, (o, t)] = w[o, c, CONV_FLIP - 1 - t] over the CONV_FLIP taps, a holding w as stored.
+#define A_AT(m, k) A[a_off + ((k) / CONV_FLIP * M + (m)) * CONV_FLIP + CONV_FLIP - 1 - (k) % CONV_FLIP]
+#elif TRANS_A
 #define A_AT(m, k) A[a_off + (k) * lda + (m)]
 #else
 #define A_AT(m, k) A[a_off + (m) * lda + (k)]
@@ -329,6 +336,10 @@ __kernel void pack_b(const int K, const int N, __global const float* restrict B,
 }
 
 #ifdef PANEL_K  // (set with CONV_B for gemm_packed)
+#ifndef CONV_IMAGE_STRIDE  // x is NCHW; the input gradient's dY is (C, images, H, W) instead
+#define CONV_IMAGE_STRIDE (CONV_C * CONV_H * CONV_W)
+#define CONV_CHANNEL_STRIDE (CONV_H * CONV_W)
+#endif
 // An element of the im2col matrix, x[image, c, oh*SH - PH + kh*DH, ow*SW - PW + kw*DW], is
 // x[ih * W + iw + base] with ih, iw and base each the sum of a part from its pixel (image, oh, ow)
 // and a part from its row (c, kh, kw); `at` sums the three.
@@ -336,14 +347,14 @@ inline void pixel_part(const int pixel, int* top, int* left, int* at)
 {
     *top = pixel / CONV_OW % CONV_OH * CONV_SH - CONV_PH;
     *left = pixel % CONV_OW * CONV_SW - CONV_PW;
-    *at = *top * CONV_W + *left + pixel / (CONV_OH * CONV_OW) * (CONV_C * CONV_H * CONV_W);
+    *at = *top * CONV_W + *left + pixel / (CONV_OH * CONV_OW) * CONV_IMAGE_STRIDE;
 }
 
 inline void row_part(const int row, int* top, int* left, int* at)
 {
     *top = row / CONV_KW % CONV_KH * CONV_DH;
     *left = row % CONV_KW * CONV_DW;
-    *at = *top * CONV_W + *left + row / CONV_TAPS * (CONV_H * CONV_W);
+    *at = *top * CONV_W + *left + row / CONV_TAPS * CONV_CHANNEL_STRIDE;
 }
 
 // out[j] = the element of row k and column j of a panel, from the 16 columns' parts and k's part.

@@ -43,12 +43,13 @@ def test_forward_matches_reference(device, gemm_family, geometry):
 
 @pytest.mark.parametrize("geometry", GEOMETRIES[:4] + GEOMETRIES[7:8], ids=[f"g{i}" for i in (0, 1, 2, 3, 7)])
 def test_gradients_match_finite_differences(device, gemm_family, geometry):
-    """Two convolutions (the second needs its input gradient: col2im), then a dense classifier."""
+    """A 1x1 convolution, the geometry's (whose input gradient it needs), a second one, then a
+    dense classifier."""
     n, (c, h, w), first = _conv(geometry)
     out_shape = first.output_shape((c, h, w))
     second = L.Conv2D(out_shape[0], 2, 2, padding=1, bias=False)
     features = int(np.prod(second.output_shape(out_shape)))
-    layers = [first, L.ReLU(), second, L.Sigmoid(), L.Flatten(), L.Dense(features, 3)]
+    layers = [L.Conv2D(c, c, 1), L.Tanh(), first, L.ReLU(), second, L.Sigmoid(), L.Flatten(), L.Dense(features, 3)]
     model = clnet.Sequential(layers, device=device, seed=2)
     model.compile("cross_entropy", clnet.optim.SGD(lr=1e-3))
     rng = np.random.default_rng(1)
@@ -86,24 +87,29 @@ def test_gathered_panels_in_slices(device, monkeypatch, rows):
     monkeypatch.setattr(gemm_module, "lookup", lambda device, case: {"CPU_ROWS": rows, "SLICES": 3})
     for cap in (gemm_module.CPU_GATHER_K, 5):
         monkeypatch.setattr(gemm_module, "CPU_GATHER_K", cap)
-        test_forward_matches_reference(device, "cpu", GEOMETRIES[2])
-        test_gradients_match_finite_differences(device, "cpu", GEOMETRIES[2])
+        for geometry in (GEOMETRIES[2], GEOMETRIES[7]):  # input gradients: col2im, and gathered
+            test_forward_matches_reference(device, "cpu", geometry)
+            test_gradients_match_finite_differences(device, "cpu", geometry)
 
 
 def test_chunked_columns_give_the_same_results(device, monkeypatch):
     """A batch whose column gradients exceed the budget runs its input gradient in chunks (the last
-    one partial): the CPU family's GEMM + col2im path."""
+    one partial): the CPU family's GEMM + col2im path, for strides other than 1."""
     monkeypatch.setenv("CLNET_GEMM", "cpu")
-    layers = lambda: [L.Conv2D(2, 3, 3, padding=1), L.ReLU(), L.Conv2D(3, 2, 3), L.Flatten(), L.Dense(2 * 4 * 3, 3)]
+    layers = lambda: [L.Conv2D(2, 3, 3, padding=1), L.ReLU(), L.Conv2D(3, 2, 3, stride=2), L.Flatten(),
+                      L.Dense(2 * 2 * 2, 3)]
     rng = np.random.default_rng(2)
     x, y = rng.normal(size=(7, 2, 6, 5)), rng.integers(0, 3, 7)
-    results = []
-    for budget in (conv_ops.COLUMNS, 3 * 18 * 30):  # everything at once, then 3 images per chunk
+    results, chunks = [], []
+    for budget in (conv_ops.COLUMNS, 3 * 27 * 4):  # everything at once, then 3 images per chunk
         monkeypatch.setattr(conv_ops, "COLUMNS", budget)
         model = clnet.Sequential(layers(), device=device, seed=3)
         model.compile("cross_entropy", clnet.optim.SGD(lr=0.1))
         model.train_on_batch(x, y)
         results.append((model.gradients(), model.predict(x)))
+        plan = model._graph(7, (2, 6, 5), True, np.int32).plan
+        chunks.append(sum(launch.kernel.function_name == "col2im" for launch in plan.launches))
+    assert chunks == [1, 3]
     for key in results[0][0]:
         np.testing.assert_allclose(results[1][0][key], results[0][0][key], rtol=1e-5, atol=1e-6, err_msg=key)
     np.testing.assert_allclose(results[1][1], results[0][1], rtol=1e-5, atol=1e-7)

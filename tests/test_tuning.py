@@ -125,13 +125,13 @@ def test_the_tuner_names_a_missing_device():
 
 
 def test_the_tuner_covers_what_chunked_convolutions_read(device, monkeypatch):
-    """On the CPU family a convolution's input gradient runs on chunks of dY: views whose leading
-    dimension reaches past their own shape. The tuner's operands span all of it, and every
+    """On the CPU family the input gradient of a strided convolution runs on chunks of dY: views whose
+    leading dimension reaches past their own shape. The tuner's operands span all of it, and every
     candidate agrees."""
     monkeypatch.setenv("CLNET_GEMM", "cpu")
-    monkeypatch.setattr(importlib.import_module("clnet.ops.conv"), "COLUMNS", 3 * 18 * 30)  # 3 images a chunk
-    model = clnet.Sequential([L.Conv2D(2, 3, 3, padding=1), L.ReLU(), L.Conv2D(3, 2, 3), L.Flatten(),
-                              L.Dense(2 * 4 * 3, 3)], device=device, seed=0).compile("cross_entropy", "sgd")
+    monkeypatch.setattr(importlib.import_module("clnet.ops.conv"), "COLUMNS", 3 * 27 * 4)  # 3 images a chunk
+    model = clnet.Sequential([L.Conv2D(2, 3, 3, padding=1), L.ReLU(), L.Conv2D(3, 2, 3, stride=2), L.Flatten(),
+                              L.Dense(2 * 2 * 2, 3)], device=device, seed=0).compile("cross_entropy", "sgd")
     with tuning.recording() as calls:
         model._graph(7, (2, 6, 5), True, np.int32)
     chunked = [(case, call) for case, call in calls if case.layout == "TN" and call.b[1] > call.shape[1]]

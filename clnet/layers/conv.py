@@ -1,7 +1,8 @@
 """Conv2D: NCHW convolution, weight (out, in, kh, kw) as torch.nn.Conv2d. The forward pass and the
 weight gradient run as implicit GEMMs (operands gathered from the NCHW tensors as the GEMM reads
-them). The input gradient is one implicit GEMM on the GPU family; on the CPU family, a GEMM into a
-column matrix (in chunks of images within a budget) plus col2im."""
+them). The input gradient is one implicit GEMM on the GPU family; on the CPU family, for stride 1,
+the convolution of dY with the flipped weight (again a gathering GEMM), else a GEMM into a column
+matrix (in chunks of images within a budget) plus col2im."""
 
 import numpy as np
 
@@ -120,7 +121,10 @@ class Conv2D(Layer):
         if family(plan.device) == "tiled":
             conv_ops.implicit_input_grad(plan, g, batch, weight, dpre, dx)
             return dx
-        # The CPU family: dcol = weight^T . dpre in chunks of images within the column budget, each
+        if conv_ops.transposed(g, self.out_channels):  # stride 1: a convolution of dpre
+            conv_ops.gathered_input_grad(plan, g, batch, weight, dpre, dx)
+            return dx
+        # Otherwise dcol = weight^T . dpre in chunks of images within the column budget, each
         # folded back into dx by col2im.
         per = images_per_chunk(g, batch)
         dcol = plan.value((g.rows, per * g.pixels), f"{self!r} column grads")

@@ -104,6 +104,32 @@ def implicit_weight_grad(plan, geometry, batch, dpre, x, dweight):
                        Matrix(dpre, out, columns), Matrix(x, g.rows, columns, ld=0), Matrix(dweight, out, g.rows))
 
 
+def transposed(geometry, out_channels):
+    """For a convolution of stride 1, the geometry of its input gradient as a convolution of dY
+    (out_channels, OH, OW) with the flipped weight: output pixel (ih, iw) reads dY at
+    (ih + PH - kh*DH, iw + PW - kw*DW) through tap (KH-1-kh, KW-1-kw). None for other strides, and
+    for padding beyond the kernel's reach."""
+    g = geometry
+    ph, pw = g.dh * (g.KH - 1) - g.ph, g.dw * (g.KW - 1) - g.pw
+    if (g.sh, g.sw) != (1, 1) or min(ph, pw) < 0:
+        return None
+    return ConvGeometry(out_channels, g.OH, g.OW, g.KH, g.KW, g.H, g.W, 1, 1, ph, pw, g.dh, g.dw)
+
+
+def gathered_input_grad(plan, geometry, batch, weight, dpre, dx):
+    """The CPU family's input gradient where `transposed` gives a geometry: dx (batch, C, H, W), the
+    convolution of dpre (O, batch*OH*OW) with the weight (O, C*KH*KW) flipped, as one GEMM that
+    gathers its panels from dpre."""
+    g = geometry
+    t = transposed(g, weight.shape[0])
+    columns = batch * g.H * g.W
+    defines = _implicit(t, CONV_B=True, CONV_FLIP=g.KH * g.KW, CONV_IMAGE_STRIDE=g.pixels,
+                        CONV_CHANNEL_STRIDE=batch * g.pixels)
+    dx_matrix = Matrix(dx, g.C, columns, ld=g.C * g.H * g.W, image_cols=g.H * g.W)
+    return record_gemm(plan, "gemm_packed", defines, (g.C, columns, t.rows), Matrix(weight, g.C, t.rows, ld=0),
+                       Matrix(dpre, t.rows, columns, ld=0), dx_matrix)
+
+
 def implicit_input_grad(plan, geometry, batch, weight, dpre, dx):
     """dx (batch, C, H, W) from the weight (O, C*KH*KW) and dpre (O, batch*OH*OW): for every input
     pixel, the sum over the output pixels and taps that read it (gemm_tiled only)."""

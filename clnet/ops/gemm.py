@@ -209,7 +209,7 @@ def _packed_operands(plan, defines, shape, a, b, params, slices):
     rows = params["CPU_ROWS"]
     grid = (-(-n // PANEL), -(-m // rows))
     packed_a = plan.value((grid[1], k, rows), "A panels")
-    pack = plan.kernel(GEMM_FILE, "pack_a", TRANS_A=defines["TRANS_A"], CPU_ROWS=rows)
+    pack = plan.kernel(GEMM_FILE, "pack_a", TRANS_A=defines["TRANS_A"], CPU_ROWS=rows, CONV_FLIP=defines.get("CONV_FLIP"))
     plan.launch(pack, (k, grid[1]), (PANEL, 1), m, k, a.tensor, a.ld, packed_a)
     packed_a = Matrix(packed_a, m, k, ld=0)
     if defines.get("CONV_B"):  # one work-item per panel of B (or slice of it): every panel of A
