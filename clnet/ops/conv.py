@@ -1,5 +1,5 @@
-"""Launchers for the convolution: the implicit GEMMs, col2im (the CPU family's input gradient), and
-the fused bias/activation backward."""
+"""Launchers for the convolution: the implicit GEMMs, col2im (the CPU family's input gradient for
+strides other than 1), and the fused bias/activation backward."""
 
 from dataclasses import asdict, dataclass
 
