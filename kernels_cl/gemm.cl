@@ -372,11 +372,24 @@ inline void gather_row(__local float* out, __global const float* restrict x, con
     }
 }
 
-// Runs of 16 pixels in one output row read 16 consecutive input elements, one vector load where
-// none is padding: the 16 columns of a panel (PANEL_RUNS) or, with TRANS_B, 16 rows (K_RUNS).
+// Runs of 16 pixels in one output row read 16 consecutive input elements (load_run): the 16
+// columns of a panel (PANEL_RUNS) or, with TRANS_B, 16 rows (K_RUNS).
 #define RUNS (CONV_SW == 1 && CONV_OW >= PANEL && CONV_W >= PANEL)
 #define PANEL_RUNS (RUNS && !TRANS_B)
 #define K_RUNS (RUNS && TRANS_B)
+
+#if RUNS
+// The 16 elements x[at .. at + 15], input row ih and columns iw .. iw + 15 of an image: one vector
+// load where none is padding, zeros for a row of padding, else read in order up to the edge.
+inline float16 load_run(__global const float* restrict x, const int at, const int ih, const int iw)
+{
+    if ((uint)ih >= CONV_H) return (float16)(0.0f);
+    if ((uint)iw <= CONV_W - PANEL) return load16(x + at);
+    __attribute__((aligned(64))) float run[PANEL];
+    for (int i = 0; i < PANEL; i++) run[i] = (uint)(iw + i) < CONV_W ? x[at + i] : 0.0f;
+    return *(float16*)run;
+}
+#endif
 
 // Transposes the 16 x 16 block v[row][column] in registers: four rounds of unzipping pairs of rows,
 // each of which rotates the 8 bits of an element's (row, column) index by one.
@@ -422,31 +435,14 @@ inline void gather_panel(__local float* panel, __global const float* restrict x,
         __local float* out = panel + (k - k0) * PANEL;
 #if PANEL_RUNS
         if (run) {
-            const int ih = top[0] + ktop, iw = left[0] + kleft;
-            if ((uint)ih >= CONV_H) {
-                *(__local float16*)out = (float16)(0.0f);
-            } else if ((uint)iw <= CONV_W - PANEL) {
-                *(__local float16*)out = load16(x + at[0] + kat);
-            } else {  // over the left or right edge of the image
-                for (int j = 0; j < PANEL; j++) out[j] = (uint)(iw + j) < CONV_W ? x[at[0] + kat + j] : 0.0f;
-            }
+            *(__local float16*)out = load_run(x, at[0] + kat, top[0] + ktop, left[0] + kleft);
             continue;
         }
 #elif K_RUNS
         if (k + PANEL <= k1 && k % CONV_OW + PANEL <= CONV_OW) {  // rows k .. k + 15 as one 16 x 16 block
             float16 block[PANEL];  // block[j] = column j over the 16 rows
-            _Pragma("unroll") for (int j = 0; j < PANEL; j++) {
-                const int ih = top[j] + ktop, iw = left[j] + kleft;
-                if ((uint)ih >= CONV_H) {
-                    block[j] = (float16)(0.0f);
-                } else if ((uint)iw <= CONV_W - PANEL) {
-                    block[j] = load16(x + at[j] + kat);
-                } else {  // over the left or right edge of the image
-                    __attribute__((aligned(64))) float run[PANEL];
-                    for (int i = 0; i < PANEL; i++) run[i] = (uint)(iw + i) < CONV_W ? x[at[j] + kat + i] : 0.0f;
-                    block[j] = *(float16*)run;
-                }
-            }
+            _Pragma("unroll") for (int j = 0; j < PANEL; j++)
+                block[j] = load_run(x, at[j] + kat, top[j] + ktop, left[j] + kleft);
             transpose16(block);
             _Pragma("unroll") for (int i = 0; i < PANEL; i++) ((__local float16*)out)[i] = block[i];
             k += PANEL - 1;
