@@ -103,10 +103,10 @@ def batch_data(batch, shape):
 
 def clnet_rates(model, x, y, timing):
     """Training and inference Measurements of a compiled clnet model on the batch (x, y)."""
-    train = model._graph(len(x), x.shape[1:], True, y.dtype)
-    infer = model._graph(len(x), x.shape[1:], False)
+    train = model._runner(len(x), x.shape[1:], True, y.dtype)
+    infer = model._runner(len(x), x.shape[1:], False)
     finish = model.device.finish
-    return {"train": measure(lambda: train.step(x, y), finish, timing),
+    return {"train": measure(lambda: train.train(x, y), finish, timing),
             "infer": measure(lambda: infer.infer(x, want_output=False), finish, timing)}
 
 
@@ -265,16 +265,16 @@ def profile_step(name, batch, device, warmup):
     (`device` has profiling queues). The step runs `warmup` times first, which also stages the batch."""
     model = clnet_model(name, device)
     x, y = batch_data(batch, INPUT_SHAPES[name])
-    graph = model._graph(batch, x.shape[1:], True, y.dtype)
+    runner = model._runner(batch, x.shape[1:], True, y.dtype)
     for _ in range(max(1, warmup)):
-        graph.step(x, y)
+        runner.train(x, y)
     device.finish()
-    events = graph.plan.run()
+    events = runner.plan.run()
     device.finish()
     launches = [{"kernel": launch.kernel.function_name, "global_size": list(launch.global_size),
                  "local_size": launch.local_size and list(launch.local_size),
                  "ms": (event.profile.end - event.profile.start) / 1e6}
-                for launch, event in zip(graph.plan.launches, events)]
+                for launch, event in zip(runner.plan.launches, events)]
     total = sum(launch["ms"] for launch in launches)
     kernels = {}
     for launch in launches:

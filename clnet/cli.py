@@ -13,7 +13,7 @@ import time
 import click
 import numpy as np
 
-from . import datasets, metrics, models, optim, training
+from . import callbacks, datasets, metrics, models, optim
 from .device import INSTALL_HINT, device as open_device, list_devices
 from .errors import ClnetError
 from .io import load as load_model
@@ -146,7 +146,7 @@ Examples:
               show_default=True, help="SGD momentum.")
 @click.option("--nesterov", is_flag=True, help="Nesterov momentum (SGD).")
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=0.0, show_default=True)
-@click.option("--lr-schedule", type=click.Choice(sorted(training.SCHEDULES)), default="constant",
+@click.option("--lr-schedule", type=click.Choice(sorted(callbacks.SCHEDULES)), default="constant",
               show_default=True, help="step: x0.1 every third of the epochs; cosine: down to 0 at the end; "
               "plateau: x0.1 when val_loss stalls for 2 epochs.")
 @click.option("--warmup", type=click.IntRange(min=0), default=0, show_default=True,
@@ -203,7 +203,7 @@ def _train(platform, device, dataset, data_dir, offline, image_size, model_name,
     start = time.perf_counter()
     callbacks, checkpoint = [], None
     if plot_path:
-        callbacks.append(training.PlotCurves(plot_path))
+        callbacks.append(callbacks.PlotCurves(plot_path))
     if checkpoint_dir and not resume_dir:
         if os.path.exists(os.path.join(checkpoint_dir, RUN_OPTIONS)):  # never overwrite a run
             raise ClnetError(f"{checkpoint_dir} holds a run already: continue it with --resume {checkpoint_dir}, "
@@ -225,7 +225,7 @@ def _train(platform, device, dataset, data_dir, offline, image_size, model_name,
         log_path = log_path or os.path.join(checkpoint_dir, "metrics.csv")
         save_path = save_path or os.path.join(checkpoint_dir, "model.clnet")
         if validation_split:
-            callbacks.append(training.SaveBest(os.path.join(checkpoint_dir, "best.clnet"), classes=train_set.classes))
+            callbacks.append(callbacks.SaveBest(os.path.join(checkpoint_dir, "best.clnet"), classes=train_set.classes))
     if not quiet:
         click.echo(f"Device:    {dev.info.label}")
         click.echo(f"Data:      {train_set.name}, {len(train_set)} training images of {train_set.image_shape} "
@@ -236,8 +236,8 @@ def _train(platform, device, dataset, data_dir, offline, image_size, model_name,
         history = model.fit(train_set, epochs=epochs, batch_size=batch_size, validation_split=validation_split,
                             verbose=not quiet, stream=sys.stdout, normalize=normalize or None, augment=augment,
                             checkpoint=checkpoint, resume=bool(resume_dir), log=log_path,
-                            schedule=training.SCHEDULES[lr_schedule](epochs, warmup),
-                            early_stopping=training.EarlyStopping(patience=early_stopping) if early_stopping else None,
+                            schedule=callbacks.SCHEDULES[lr_schedule](epochs, warmup),
+                            early_stopping=callbacks.EarlyStopping(patience=early_stopping) if early_stopping else None,
                             callbacks=callbacks)
     except KeyboardInterrupt:
         if checkpoint:

@@ -26,7 +26,7 @@ import numpy as np
 from . import layers as L
 from .errors import ClnetError, InputError
 from .files import replace_atomically
-from .graph import plan_nodes
+from .version import __version__
 
 ONNX_HINT = 'ONNX export needs the onnx package: pip install "clnet[onnx]" (or pip install onnx)'
 MIN_OPSET = 9  # BatchNormalization without the "spatial" attribute
@@ -157,7 +157,7 @@ def build_onnx(model, input_shape=None, opset=13):
     if not input_shape:
         raise InputError("the model's input shape is unknown: pass input_shape=(C, H, W), or export a model "
                          "that has been trained, evaluated or loaded from a file")
-    _, out_shape = plan_nodes(model.layers, None, input_shape)  # checks every shape, naming the layer
+    out_shape = model.network.output_shape(input_shape)  # checks every shape, naming the layer
     state = model.state_dict()
     b = _Builder(helper, numpy_helper)
     if model.normalization is not None:
@@ -174,7 +174,6 @@ def build_onnx(model, input_shape=None, opset=13):
                               ir_version=helper.find_min_ir_version_for(opsets),
                               doc_string="float32 input (N, " + ", ".join(map(str, input_shape))
                               + ") scaled to [0, 1]; output: probabilities (as clnet's model.predict)")
-    from . import __version__
     proto.producer_version = __version__
     try:
         onnx.checker.check_model(proto, full_check=True)

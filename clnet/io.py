@@ -60,8 +60,8 @@ from . import layers as _layers
 from . import losses, optim
 from .errors import InputError, ModelFileError, ShapeError
 from .files import replace_atomically
-from .graph import plan_nodes
-from .model import Sequential
+from .network import Network
+from .version import __version__
 
 FORMAT_VERSION = 1
 CHECKPOINT_VERSION = 1
@@ -77,18 +77,37 @@ LAYER_CLASSES = {name: getattr(_layers, name) for name in _layers.__all__
 OPTIMIZER_CLASSES = {cls.__name__: cls for cls in optim.OPTIMIZERS.values()}
 
 
-def _clnet_version():
-    from . import __version__
-    return __version__
+@dataclass
+class SavedModel:
+    """What a model file holds, checked: the network (its layers fit `input_shape` when that is
+    known), the weights (a state_dict, not yet checked against the network), the seed, the loss
+    name or None, the input shape, the normalisation ((mean, std) per channel) and the class names."""
+    network: Network
+    weights: dict
+    seed: int
+    loss: object
+    input_shape: object
+    normalization: object
+    classes: object
 
 
 @dataclass
-class Checkpoint:
-    """What `load_checkpoint` returns: the model (compiled with its loss and its optimizer, state
-    and step count restored), the epoch and step reached, and the training loop's `state`."""
-    model: Sequential
+class SavedOptimizer:
+    """A checkpoint's optimizer: a fresh one with the saved hyper-parameters, the steps it had
+    taken and its state arrays (over the flat parameters)."""
+    optimizer: optim.Optimizer
+    steps: int
+    state: list
+
+
+@dataclass
+class SavedCheckpoint:
+    """What a checkpoint holds beside its model: the epoch and step reached, the optimizer (None if
+    none was saved) and the training loop's `state`."""
+    model: SavedModel
     epoch: int
     step: int
+    optimizer: object
     state: object
 
 
@@ -128,7 +147,7 @@ def write_atomic(path, members):
 def _describe(model, path, classes):
     """model.json's object for `model`; refuses what a file could not rebuild."""
     specs = []
-    for i, layer in enumerate(model.layers):
+    for i, layer in enumerate(_chain_layers(model.network, path)):
         name = type(layer).__name__
         if LAYER_CLASSES.get(name) is not type(layer):
             raise ModelFileError(path, f"cannot save layer {i} ({layer!r}): model files hold only the layers "
@@ -145,13 +164,21 @@ def _describe(model, path, classes):
         mean, std = model.normalization
         normalization = {"mean": [float(v) for v in mean], "std": [float(v) for v in std]}
     if classes is None:
-        classes = getattr(model, "classes", None)
+        classes = model.classes
     if classes is not None:
         classes = [c if isinstance(c, str) else str(c) for c in classes]
-    return {"format": MODEL_FORMAT, "format_version": FORMAT_VERSION, "clnet_version": _clnet_version(),
+    return {"format": MODEL_FORMAT, "format_version": FORMAT_VERSION, "clnet_version": __version__,
             "layers": specs, "seed": model.seed, "loss": loss,
             "input_shape": list(model.input_shape) if model.input_shape else None,
             "normalization": normalization, "classes": classes}
+
+
+def _chain_layers(network, path):
+    """The layers of a network that is a chain (what format version 1 describes)."""
+    if network.nodes != Network.chain(network.layers).nodes:
+        raise ModelFileError(path, "cannot save a network that is not a chain of layers in format version "
+                                   f"{FORMAT_VERSION}")
+    return network.layers
 
 
 def _model_members(model, path, classes):
@@ -205,7 +232,7 @@ def save_checkpoint(path, model, state=None, *, epoch=0, step=0, classes=None):
     members = _model_members(model, path, classes)
     optimizer, optimizer_arrays = None, {}
     if model.optimizer is not None:
-        saved = model.optimizer.state_dict()
+        saved = model.optimizer_state_dict()
         if OPTIMIZER_CLASSES.get(saved["class"]) is not type(model.optimizer):
             raise ModelFileError(path, f"cannot save the optimizer {model.optimizer!r}: checkpoints hold only "
                                        f"clnet's optimizers ({', '.join(sorted(OPTIMIZER_CLASSES))})")
@@ -269,7 +296,7 @@ class _Archive:
         if found > version:
             raise self.error(f"has {name} format version {found} (written by clnet "
                              f"{value.get('clnet_version', 'of a newer version')}); this clnet "
-                             f"{_clnet_version()} reads versions up to {version}: upgrade clnet to read it")
+                             f"{__version__} reads versions up to {version}: upgrade clnet to read it")
         return value
 
     def arrays(self, name, missing):
@@ -322,7 +349,7 @@ def _build_layers(archive, specs):
         name, config = spec["class"], spec.get("config", {})
         cls = LAYER_CLASSES.get(name)
         if cls is None:
-            raise archive.error(f"layer {i} has the unknown class {name!r}; clnet {_clnet_version()} knows "
+            raise archive.error(f"layer {i} has the unknown class {name!r}; clnet {__version__} knows "
                                 f"{', '.join(sorted(LAYER_CLASSES))} (a file from a newer clnet? upgrade clnet)")
         try:
             built.append(cls(**config))
@@ -343,27 +370,18 @@ def _read_model(archive):
     return meta, weights
 
 
-def _build_model(archive, meta, weights, device):
-    """The Sequential that model.json describes, with the weights loaded, compiled with its loss
-    and a default SGD (a checkpoint then restores its own optimizer)."""
-    layers = _build_layers(archive, meta["layers"])
-    if meta.get("input_shape"):
+def _saved_model(archive, meta, weights):
+    """The SavedModel of model.json's object and the weights."""
+    network = Network.chain(_build_layers(archive, meta["layers"]))
+    input_shape = tuple(meta["input_shape"]) if meta.get("input_shape") else None
+    if input_shape:
         try:
-            plan_nodes(layers, None, meta["input_shape"])
+            network.shapes(input_shape)
         except ShapeError as exc:
-            raise archive.error(f"the layers do not fit the input shape {tuple(meta['input_shape'])}: {exc}") from None
-    model = Sequential(layers, device=device, seed=meta["seed"])
-    try:
-        model.load_state_dict(weights)
-    except (InputError, ShapeError) as exc:
-        raise archive.error(f"the weights do not fit the architecture: {exc}") from None
-    model.input_shape = tuple(meta["input_shape"]) if meta.get("input_shape") else None
+            raise archive.error(f"the layers do not fit the input shape {input_shape}: {exc}") from None
     norm = meta.get("normalization")
-    model.normalization = (tuple(norm["mean"]), tuple(norm["std"])) if norm else None
-    model.classes = meta.get("classes")
-    if meta.get("loss"):
-        model.compile(meta["loss"], "sgd")
-    return model
+    return SavedModel(network, weights, meta["seed"], meta.get("loss"), input_shape,
+                      (tuple(norm["mean"]), tuple(norm["std"])) if norm else None, meta.get("classes"))
 
 
 def info(path):
@@ -373,14 +391,11 @@ def info(path):
         return _read_model(archive)[0]
 
 
-def load(path, device=None):
-    """The model saved at `path`, on `device` (default: the best device; any device works, whatever
-    made the file). Compiled with its saved loss and a default SGD optimizer (call compile again to
-    train otherwise); not compiled if it was saved uncompiled. Class names are in `model.classes`."""
+def read_model(path):
+    """The SavedModel in the model file (or checkpoint) at `path`; a ModelFileError says what is
+    wrong with a file that cannot be read. `clnet.load` builds the model on a device."""
     with _Archive(path) as archive:
-        meta, weights = _read_model(archive)
-        model = _build_model(archive, meta, weights, device)
-    return model
+        return _saved_model(archive, *_read_model(archive))
 
 
 def _decode_state(archive, value, arrays):
@@ -395,7 +410,7 @@ def _decode_state(archive, value, arrays):
     return value
 
 
-def _restore_optimizer(archive, model, record, arrays):
+def _saved_optimizer(archive, record, arrays, loss):
     def check(ok, what):
         if not ok:
             raise archive.error(f"checkpoint.json is invalid: {what}")
@@ -405,28 +420,23 @@ def _restore_optimizer(archive, model, record, arrays):
     check(_is_int(record.get("steps")) and record["steps"] >= 0, "the optimizer's 'steps' must be an integer >= 0")
     check(_is_int(record.get("arrays")) and sorted(arrays) == sorted(map(str, range(record["arrays"]))),
           f"optimizer.npz holds {sorted(arrays)}, expected {record.get('arrays')!r} arrays")
-    if model.loss is None:
+    if loss is None:
         raise archive.error("checkpoint.json names an optimizer but model.json no loss")
     try:
         optimizer = cls(**record["config"])
     except (TypeError, ValueError) as exc:
         raise archive.error(f"the optimizer {record['class']} has invalid hyper-parameters "
                             f"{record['config']}: {exc}") from None
-    size = model.param_store.params.size
     state = [arrays[str(i)] for i in range(record["arrays"])]
     for i, array in enumerate(state):
-        if array.dtype.kind != "f" or array.size != size:
-            raise archive.error(f"optimizer.npz array {i} ({array.dtype}, {array.size} values) does not fit "
-                                f"the model's {size} parameter slots")
-    model.compile(model.loss, optimizer)
-    optimizer.load_state_dict({"class": record["class"], "config": record["config"], "steps": record["steps"],
-                               "state": state}, device=model.device)
+        if array.dtype.kind != "f":
+            raise archive.error(f"optimizer.npz array {i} holds {array.dtype}, not floating point")
+    return SavedOptimizer(optimizer, record["steps"], state)
 
 
-def load_checkpoint(path, device=None):
-    """A `Checkpoint` (model, epoch, step, state) read from `path`, on `device` (default: the best
-    device). The model is compiled with its loss and optimizer, the optimizer's state tensors and
-    step count restored, so that training continues as if it had never stopped."""
+def read_checkpoint(path):
+    """The SavedCheckpoint at `path` (model, epoch, step, optimizer, training state), checked;
+    `clnet.load_checkpoint` builds its model, and a fit with `resume=True` loads it into its own."""
     with _Archive(path) as archive:
         meta, weights = _read_model(archive)
         record = archive.json("checkpoint.json", "is a model file, not a checkpoint: the archive has no "
@@ -437,7 +447,8 @@ def load_checkpoint(path, device=None):
         optimizer_arrays = archive.arrays("optimizer.npz", "is incomplete: the archive has no optimizer.npz")
         state_arrays = archive.arrays("state.npz", "is incomplete: the archive has no state.npz")
         state = _decode_state(archive, record.get("state"), state_arrays)
-        model = _build_model(archive, meta, weights, device)
+        saved = _saved_model(archive, meta, weights)
+        optimizer = None
         if record.get("optimizer") is not None:
-            _restore_optimizer(archive, model, record["optimizer"], optimizer_arrays)
-    return Checkpoint(model, record["epoch"], record["step"], state)
+            optimizer = _saved_optimizer(archive, record["optimizer"], optimizer_arrays, saved.loss)
+    return SavedCheckpoint(saved, record["epoch"], record["step"], optimizer, state)

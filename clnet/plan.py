@@ -108,11 +108,22 @@ class Plan:
         self.values = []
         self.arena = None
         self.dynamic = {}  # name -> [(launch, argument index, value -> argument)]
+        self.phases = {}   # name -> index of the phase's first launch, in recording order
 
     def value(self, shape, name, dtype=np.float32):
         v = Value(self, shape, name, dtype=dtype)
         self.values.append(v)
         return v
+
+    def mark(self, phase):
+        """Start the phase `phase`: the launches recorded from now on, until the next mark, are its."""
+        self.phases[phase] = len(self.launches)
+
+    def phase_range(self, first, last):
+        """(start, stop) launch indices of the phases `first` to `last`, in recording order."""
+        names = list(self.phases)
+        stop = self.phases[names[names.index(last) + 1]] if names.index(last) + 1 < len(names) else len(self.launches)
+        return self.phases[first], stop
 
     def kernel(self, filename, name, **defines):
         return self.library.kernel(filename, name, **defines)
@@ -173,9 +184,10 @@ class Plan:
     def arena_bytes(self):
         return self.arena.nbytes if self.arena else 0
 
-    def run(self, wait_for=None):
-        """Enqueue every launch, the first after the events `wait_for`; returns their events."""
+    def run(self, wait_for=None, start=0, stop=None):
+        """Enqueue the launches from `start` to `stop` (default: all), the first after the events
+        `wait_for`; returns their events."""
         queue = self.device.queue
         return [cl.enqueue_nd_range_kernel(queue, launch.kernel, launch.global_size, launch.local_size,
                                            wait_for=wait_for if i == 0 else None)
-                for i, launch in enumerate(self.launches)]
+                for i, launch in enumerate(self.launches[start:stop])]

@@ -92,8 +92,8 @@ def collect(device, models, batch_sizes, sizes):
         for name in models:
             model = PRESETS[name](device=device, seed=0).compile("cross_entropy", "sgd")
             for batch in batch_sizes:
-                model._graph(batch, INPUT_SHAPES[name], True, np.int32)
-                model._graph(batch, INPUT_SHAPES[name], False)
+                model._runner(batch, INPUT_SHAPES[name], True, np.int32)
+                model._runner(batch, INPUT_SHAPES[name], False)
         scratch = Plan(device)
         for n in sizes:
             square = scratch.value((n, n), "square")

@@ -107,7 +107,7 @@ def test_chunked_columns_give_the_same_results(device, monkeypatch):
         model.compile("cross_entropy", clnet.optim.SGD(lr=0.1))
         model.train_on_batch(x, y)
         results.append((model.gradients(), model.predict(x)))
-        plan = model._graph(7, (2, 6, 5), True, np.int32).plan
+        plan = model._runner(7, (2, 6, 5), True, np.int32).plan
         chunks.append(sum(launch.kernel.function_name == "col2im" for launch in plan.launches))
     assert chunks == [1, 3]
     for key in results[0][0]:

@@ -67,7 +67,7 @@ def keep_ref(n, seed, step, p):
 
 
 def layer_seed(model, index):
-    """The seed graph.py hands layer `index` of a model (LayerContext.seed)."""
+    """The seed the compiler hands layer `index` of a model (LayerContext.seed)."""
     return model.seed * 1000 + index
 
 
@@ -125,7 +125,7 @@ def test_batchnorm_forward_training_and_running_stats(device, shape, n_valid, af
     y = layer.forward(ctx, sx.tensor)
     mean_v, invstd_v = ctx.saved["stats"]
     ctx.plan.finalize(ctx.plan.place())
-    ctx.plan.set_dynamic("n_valid", n_valid)  # as graph.py sets it for a padded last batch
+    ctx.plan.set_dynamic("n_valid", n_valid)  # as the runner sets it for a padded last batch
     rm, rv = slots["running_mean"].read(), slots["running_var"].read()
     count = float(slots["num_batches_tracked"].read())
     w = slots["weight"].read() if affine else None

@@ -16,8 +16,8 @@ import clnet
 EPOCHS = 4
 CHILD = textwrap.dedent("""
     import sys, time, clnet
-    step = clnet.graph.Graph.step_resident  # 5 ms a step: the run outlasts the signal on fast devices
-    clnet.graph.Graph.step_resident = lambda self, *args: (time.sleep(0.005), step(self, *args))[1]
+    step = clnet.runner.Runner.train_resident  # 5 ms a step: the run outlasts the signal on fast devices
+    clnet.runner.Runner.train_resident = lambda self, *args: (time.sleep(0.005), step(self, *args))[1]
     (x, y), _ = clnet.datasets.load_mnist_5k()
     model = clnet.models.lenet5(device=clnet.device(device=sys.argv[2]), seed=3)
     model.compile("cross_entropy", clnet.optim.Adam(lr=1e-3))
@@ -59,7 +59,7 @@ def test_resuming_after_some_epochs_equals_training_straight(device, straight, t
     train(device, checkpoint, epochs=2)
     model, history = train(device, checkpoint, resume=True)
     assert_same_run(model, history, straight)
-    assert clnet.io.load_checkpoint(checkpoint, device).epoch == EPOCHS
+    assert clnet.load_checkpoint(checkpoint, device).epoch == EPOCHS
 
 
 def run_child(device, checkpoint, stop, when):
@@ -92,7 +92,7 @@ def test_ctrl_c_mid_epoch_saves_the_steps_done(device, straight, tmp_path, monke
     holds the 20 steps, the epoch's order and the metrics summed so far, and the resumed run ends
     where the straight one does."""
     checkpoint = tmp_path / "run.clnet"
-    real_step, calls = clnet.graph.Graph.step_resident, []
+    real_step, calls = clnet.runner.Runner.train_resident, []
 
     def step(self, *args):
         calls.append(1)
@@ -100,11 +100,11 @@ def test_ctrl_c_mid_epoch_saves_the_steps_done(device, straight, tmp_path, monke
             os.kill(os.getpid(), signal.SIGINT)
         return real_step(self, *args)
 
-    monkeypatch.setattr(clnet.graph.Graph, "step_resident", step)
+    monkeypatch.setattr(clnet.runner.Runner, "train_resident", step)
     with pytest.raises(KeyboardInterrupt):
         train(device, checkpoint)
     monkeypatch.undo()
-    saved = clnet.io.load_checkpoint(checkpoint, device)
+    saved = clnet.load_checkpoint(checkpoint, device)
     assert (saved.epoch, saved.step) == (1, 20) and len(saved.state["order"]) == 539
     model, history = train(device, checkpoint, resume=True)
     assert_same_run(model, history, straight)
@@ -120,7 +120,7 @@ def test_a_diverging_loss_stops_training_and_keeps_the_last_good_checkpoint(devi
     with pytest.raises(clnet.TrainingError, match=r"the loss became (nan|inf) in epoch 1: lower the learning "
                                                   r"rate \(now 1e\+12\).*run.clnet keeps the last good epoch"):
         model.fit(x[:256], y[:256], epochs=3, verbose=0, checkpoint=checkpoint)
-    saved = clnet.io.load_checkpoint(checkpoint, device)
+    saved = clnet.load_checkpoint(checkpoint, device)
     assert saved.epoch == 1 and all(np.isfinite(v).all() for v in saved.model.state_dict().values())
 
 
@@ -140,8 +140,8 @@ def test_metrics_log(device, tmp_path, suffix):
 
 
 def test_progress_text():
-    from clnet.model import _throughput
-    assert _throughput(120, 450, 64, 2.0) == "120/450  3,840 img/s  ETA 6 s"
+    from clnet.callbacks.progress import throughput
+    assert throughput(120, 450, 64, 2.0) == "120/450  3,840 img/s  ETA 6 s"
 
 
 def test_a_checkpoint_resumes_on_another_device(tmp_path):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import clnet
-from clnet.training import CosineLR, EarlyStopping, ReduceLROnPlateau, Schedule, StepLR
+from clnet.callbacks import CosineLR, EarlyStopping, ReduceLROnPlateau, Schedule, StepLR
 
 
 def test_schedules():

@@ -133,7 +133,7 @@ def test_the_tuner_covers_what_chunked_convolutions_read(device, monkeypatch):
     model = clnet.Sequential([L.Conv2D(2, 3, 3, padding=1), L.ReLU(), L.Conv2D(3, 2, 3, stride=2), L.Flatten(),
                               L.Dense(2 * 2 * 2, 3)], device=device, seed=0).compile("cross_entropy", "sgd")
     with tuning.recording() as calls:
-        model._graph(7, (2, 6, 5), True, np.int32)
+        model._runner(7, (2, 6, 5), True, np.int32)
     chunked = [(case, call) for case, call in calls if case.layout == "TN" and call.b[1] > call.shape[1]]
     assert chunked
     for case, call in chunked:

@@ -1,0 +1,74 @@
+"""Callback: what a Trainer calls at each point of a fit, as Keras's callbacks; subclass it to add
+your own. `self.trainer` is the Trainer running (set before `on_train_begin`), `self.model` its
+model."""
+
+from ..errors import InputError
+
+
+class Callback:
+    """Override the hooks you need; each does nothing by default.
+
+    Hooks, in the order a fit calls them:
+        on_train_begin()            before the first epoch (a checkpoint resumes here)
+        on_epoch_begin(epoch)       epochs count from 1
+        on_step_begin(epoch, step)  before the step's launches are queued (step counts from 0)
+        on_step_end(epoch, step)    after they are queued (the device may still be running them)
+        on_epoch_end(epoch, logs)   with the epoch's metrics: loss, accuracy, val_loss, ..., lr
+        on_interrupt(epoch, steps)  Ctrl-C: after the step under way, `steps` of the epoch done
+        on_train_end()              when training ends, normally or by an exception
+
+    `state()` returns what the callback must remember across a resume (JSON values and numpy
+    arrays) and `load_state(state)` puts it back: checkpoints keep every callback's state.
+
+    Example:
+        >>> class PrintLoss(Callback):
+        ...     def on_epoch_end(self, epoch, logs):
+        ...         print(epoch, logs["loss"])
+        >>> model.fit(x, y, callbacks=[PrintLoss()])
+    """
+
+    trainer = None
+
+    @property
+    def model(self):
+        return self.trainer.model
+
+    def on_train_begin(self):
+        pass
+
+    def on_epoch_begin(self, epoch):
+        pass
+
+    def on_step_begin(self, epoch, step):
+        pass
+
+    def on_step_end(self, epoch, step):
+        pass
+
+    def on_epoch_end(self, epoch, logs):
+        pass
+
+    def on_interrupt(self, epoch, steps):
+        pass
+
+    def on_train_end(self):
+        pass
+
+    def state(self):
+        return {}
+
+    def load_state(self, state):
+        self.__dict__.update(state)
+
+
+def improvement_sign(monitor):
+    """+1 when larger is better (accuracy), -1 for losses."""
+    return 1.0 if "acc" in monitor else -1.0
+
+
+def monitored(logs, monitor):
+    """logs[monitor], or an InputError saying which metrics the epoch reported."""
+    if monitor not in logs:
+        raise InputError(f"cannot monitor {monitor!r}: the epoch reported {', '.join(logs)} "
+                         "(val_ metrics need validation_split or validation_data)")
+    return logs[monitor]
