@@ -4,7 +4,6 @@ A user mistake exits 2 (usage, from click) or 1 with a one-line message; --debug
 """
 
 import csv
-import functools
 import json
 import os
 import sys
@@ -14,6 +13,7 @@ import click
 import numpy as np
 
 from . import datasets, metrics, models, optim, training
+from .cli_options import CONTEXT_SETTINGS, device_options, friendly_errors, option_group
 from .device import INSTALL_HINT, device as open_device, list_devices
 from .errors import ClnetError
 from .io import load as load_model
@@ -22,36 +22,11 @@ from .text import format_bytes
 DEFAULT_LR = {"sgd": 0.05, "adam": 0.001, "adamw": 0.001}
 
 
-def _friendly_errors(command):
-    """Turn clnet errors (and any unexpected one) into a message and exit status 1, unless --debug."""
-    @functools.wraps(command)
-    def wrapper(*args, debug=False, **kwargs):
-        try:
-            return command(*args, **kwargs)
-        except click.ClickException:  # usage errors: click prints them and exits 2
-            raise
-        except (ClnetError, OSError) as exc:
-            if debug:
-                raise
-            click.echo(f"Error: {exc}", err=True)
-        except KeyboardInterrupt:
-            if debug:
-                raise
-            click.echo("Interrupted.", err=True)
-            sys.exit(130)
-        except Exception as exc:  # a bug: still one line, with the way to see more
-            if debug:
-                raise
-            click.echo(f"Error: {type(exc).__name__}: {exc} (run again with --debug for the traceback)", err=True)
-        sys.exit(1)
-    return click.option("--debug", is_flag=True, help="Show the full traceback on errors.")(wrapper)
-
-
-@click.command(context_settings={"help_option_names": ["-h", "--help"]}, epilog="""\b
+@click.command(context_settings=CONTEXT_SETTINGS, epilog="""\b
 Examples:
   clnet-devices
   clnet-devices --json""")
-@_friendly_errors
+@friendly_errors
 @click.option("--json", "as_json", is_flag=True, help="Print the devices as JSON.")
 def devices(as_json):
     """List every OpenCL platform and device clnet can use.
@@ -81,22 +56,7 @@ def devices(as_json):
             click.echo(f"    {key:<15} {value}")
 
 
-def _options(*options):
-    """A decorator adding several click options at once."""
-    def decorate(command):
-        for option in reversed(options):
-            command = option(command)
-        return command
-    return decorate
-
-
-_device_options = _options(
-    click.option("--platform", help="OpenCL platform: index or name substring (pocl, nvidia, intel, ...). "
-                 "Default: CLNET_PLATFORM, else the best device's."),
-    click.option("--device", help="Device: index (within the platform if one is given) or name substring. "
-                 "Default: CLNET_DEVICE, else the best (a GPU before a CPU)."))
-
-_data_options = _options(
+_data_options = option_group(
     click.option("--dataset", default="mnist-5k", show_default=True,
                  help="A known dataset (" + ", ".join(sorted(datasets.DATASETS)) + "), found on disk or "
                  "downloaded, or a path: an image folder (a sub-folder per class), a .npz file, a CIFAR "
@@ -117,7 +77,7 @@ def _image_size(ctx, param, value):
         raise click.BadParameter(f"{value!r} is not HxW, e.g. 64x64") from None
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]}, epilog="""\b
+@click.command(context_settings=CONTEXT_SETTINGS, epilog="""\b
 Examples:
   clnet-train
   clnet-train --platform pocl --device 0 --model mlp --epochs 5 --batch-size 64 --lr 0.05 \\
@@ -131,8 +91,8 @@ Examples:
   clnet-train --resume runs/f30                    # after Ctrl-C or a crash: continues where it stopped
   clnet-train --dataset cifar10 --model cifar-cnn --epochs 30 --lr-schedule cosine --warmup 2 --early-stopping 5
   CLNET_PLATFORM=nvidia clnet-train""")
-@_friendly_errors
-@_device_options
+@friendly_errors
+@device_options
 @_data_options
 @click.option("--image-size", callback=_image_size, help="Resize the images of an image folder, e.g. 64x64.")
 @click.option("--model", "model_name", type=click.Choice(sorted(models.PRESETS)), default="lenet5",
@@ -268,15 +228,15 @@ def _open_model(model_file, platform, device):
     return dev, load_model(model_file, dev)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]}, epilog="""\b
+@click.command(context_settings=CONTEXT_SETTINGS, epilog="""\b
 Examples:
   clnet-eval lenet.clnet                                  # the bundled MNIST-5k test images
   clnet-eval fashion.clnet --dataset fashion-mnist --data-dir /usr/share/datasets/fashion-mnist
   clnet-eval c10.clnet --dataset cifar10 --confusion-matrix --save-matrix c10-confusion.csv
   clnet-eval model.clnet --dataset ./my_images/ --split train --top-k 3 --json""")
-@_friendly_errors
+@friendly_errors
 @click.argument("model_file", type=click.Path(dir_okay=False))
-@_device_options
+@device_options
 @_data_options
 @click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
@@ -407,15 +367,15 @@ def _read_image(path, shape):
     return np.ascontiguousarray(pixels)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]}, epilog="""\b
+@click.command(context_settings=CONTEXT_SETTINGS, epilog="""\b
 Examples:
   clnet-predict lenet.clnet digit.png
   clnet-predict c10.clnet cat.png dog.jpg --top-k 3
   clnet-predict c10.clnet images.npz --json          # every image of an array file (x: (N, C, H, W))""")
-@_friendly_errors
+@friendly_errors
 @click.argument("model_file", type=click.Path(dir_okay=False))
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@_device_options
+@device_options
 @click.option("--top-k", "k", type=click.IntRange(min=1), default=3, show_default=True,
               help="How many of the most probable classes to print for each input.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list with one object per input.")
@@ -461,16 +421,16 @@ def predict(model_file, files, platform, device, k, as_json):
         click.echo(f"{result['input']}: " + ", ".join(f"{t['class']} ({t['probability']:.4f})" for t in result["top_k"]))
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]}, epilog="""\b
+@click.command(context_settings=CONTEXT_SETTINGS, epilog="""\b
 Examples:
   clnet-export lenet.clnet lenet.onnx
   clnet-export c10.clnet c10.onnx --opset 17
   python -c "import onnxruntime as ort; s = ort.InferenceSession('lenet.onnx'); print(s.get_inputs()[0])"
 """)
-@_friendly_errors
+@friendly_errors
 @click.argument("model_file", type=click.Path(dir_okay=False))
 @click.argument("out_file", metavar="OUT.onnx", type=click.Path(dir_okay=False))
-@_device_options
+@device_options
 @click.option("--opset", type=click.IntRange(min=1), default=13, show_default=True,
               help="ONNX operator set version to target.")
 def export(model_file, out_file, platform, device, opset):
