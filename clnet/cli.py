@@ -21,7 +21,6 @@ from .text import format_bytes
 
 DEFAULT_LR = {"sgd": 0.05, "adam": 0.001, "adamw": 0.001}
 
-
 @click.command(context_settings=CONTEXT_SETTINGS, epilog="""\b
 Examples:
   clnet-devices
@@ -261,7 +260,7 @@ def evaluate(model_file, platform, device, dataset, data_dir, offline, split, ba
     if len(data) == 0:
         raise ClnetError(f"{dataset}: the {split} split has no images")
     if shape and len(shape) == 3:
-        data = datasets.Dataset(_match_channels(data.x, shape[0]), data.y, data.classes, data.name)
+        data = datasets.Dataset(datasets.match_channels(data.x, shape[0]), data.y, data.classes, data.name)
     result = model.evaluate(data, batch_size=batch_size)
     probs = model.predict(data.x, batch_size=batch_size)
     if probs.ndim != 2:
@@ -298,75 +297,6 @@ def _write_matrix(path, matrix, classes):
         writer.writerows([name, *row] for name, row in zip(classes, matrix))
 
 
-def _match_channels(x, channels):
-    """Images (N, C, H, W) converted between grey and RGB to the model's channels (grey as Pillow's
-    ITU-R 601-2 luma); other channel counts are left for the model to reject."""
-    if x.shape[1] == 3 and channels == 1:
-        if x.dtype == np.uint8:
-            r, g, b = (x[:, i].astype(np.uint32) for i in range(3))
-            return ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16).astype(np.uint8)[:, None]
-        return (x[:, 0] * 0.299 + x[:, 1] * 0.587 + x[:, 2] * 0.114)[:, None].astype(x.dtype)
-    if x.shape[1] == 1 and channels == 3:
-        return np.repeat(x, 3, axis=1)
-    return x
-
-
-def _read_array_file(path):
-    """The images of an .npy file, or of an .npz file's 'x' / 'x_test' / only array."""
-    try:
-        data = np.load(path, allow_pickle=False)
-        if isinstance(data, np.lib.npyio.NpzFile):
-            with data:
-                keys = list(data.keys())
-                key = next((k for k in ("x", "x_test", "images") if k in keys), keys[0] if len(keys) == 1 else None)
-                if key is None:
-                    raise ClnetError(f"{path}: holds {', '.join(keys) or 'no arrays'}; expected an array named x")
-                return np.asarray(data[key])
-        return np.asarray(data)
-    except ClnetError:
-        raise
-    except Exception as exc:  # corrupt, truncated, pickled objects, ...
-        raise ClnetError(f"{path}: cannot read the array file ({type(exc).__name__}: {exc})") from None
-
-
-def _fit_array(path, x, shape):
-    """x as a batch of samples of the model's input shape (N, *shape)."""
-    if x.dtype.kind not in "fiub":
-        raise ClnetError(f"{path}: holds {x.dtype} values, not numbers")
-    if shape is None:
-        return x if x.ndim >= 2 else x[None]
-    shape = tuple(shape)
-    if x.shape == shape:
-        return x[None]
-    if x.shape[1:] == shape:
-        return x
-    if shape[0] == 1 and (x.shape == shape[1:] or x.shape[1:] == shape[1:]):  # grey images without a channel axis
-        return x.reshape(-1, *shape)
-    raise ClnetError(f"{path}: arrays of shape {x.shape} do not fit the model's input {shape} "
-                     f"(expected (N, {', '.join(map(str, shape))}))")
-
-
-def _read_image(path, shape):
-    """An image file as uint8 (C, H, W) in the model's channels and size."""
-    from .datasets.folder import PILLOW_HINT, _decode
-    try:
-        from PIL import Image
-    except ImportError:
-        raise ClnetError(PILLOW_HINT) from None
-    if shape is None or len(shape) != 3 or shape[0] not in (1, 3):
-        raise ClnetError(f"the model's input shape {shape} is not an image (channels 1 or 3, height, width)")
-    channels, h, w = shape
-    try:
-        pixels = _decode(Image, path, channels == 1, (h, w))
-    except Exception as exc:  # not an image, truncated, unsupported format, ...
-        raise ClnetError(f"{path}: cannot read the image ({type(exc).__name__}: {exc})") from None
-    if pixels.ndim == 2:
-        pixels = np.repeat(pixels[None], channels, axis=0)
-    else:
-        pixels = pixels.transpose(2, 0, 1)
-    return np.ascontiguousarray(pixels)
-
-
 @click.command(context_settings=CONTEXT_SETTINGS, epilog="""\b
 Examples:
   clnet-predict lenet.clnet digit.png
@@ -387,14 +317,7 @@ def predict(model_file, files, platform, device, k, as_json):
         if not os.path.isfile(path):
             raise ClnetError(f"{path}: no such file")
     _, model = _open_model(model_file, platform, device)
-    shape = model.input_shape
-    inputs = []  # per file: (names, images), in the order given
-    for path in files:
-        if path.lower().endswith((".npz", ".npy")):
-            x = _fit_array(path, _read_array_file(path), shape)
-            inputs.append(([f"{path}[{i}]" for i in range(len(x))], x))
-        else:
-            inputs.append(([path], _read_image(path, shape)[None]))
+    inputs = [datasets.read_inputs(path, model.input_shape) for path in files]  # (names, images) per file
     images = [x for _, x in inputs if x.dtype == np.uint8 and len(x)]
     names = [name for batch_names, _ in inputs for name in batch_names]
     if not names:
