@@ -19,7 +19,6 @@ from .errors import ClnetError
 from .io import load as load_model
 from .text import format_bytes
 
-DEFAULT_LR = {"sgd": 0.05, "adam": 0.001, "adamw": 0.001}
 
 @click.command(context_settings=CONTEXT_SETTINGS, epilog="""\b
 Examples:
@@ -65,6 +64,14 @@ _data_options = option_group(
     click.option("--offline", is_flag=True, help="Never download: fail if the files are not on disk."))
 
 
+def _default_lrs():
+    """"0.05 for sgd, 0.001 for adam/adamw": every optimizer's default --lr, for the help."""
+    names = {}
+    for name, cls in optim.OPTIMIZERS.items():
+        names.setdefault(cls.cli_lr, []).append(name)
+    return ", ".join(f"{lr:g} for {'/'.join(group)}" for lr, group in names.items())
+
+
 def _image_size(ctx, param, value):
     """"64x64" (or "64") -> (64, 64)."""
     if value is None:
@@ -100,7 +107,7 @@ Examples:
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--optimizer", type=click.Choice(sorted(optim.OPTIMIZERS)), default="sgd", show_default=True)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True),
-              help="Learning rate. Default: 0.05 for sgd, 0.001 for adam/adamw.")
+              help=f"Learning rate. Default: {_default_lrs()}.")
 @click.option("--momentum", type=click.FloatRange(min=0, max=1, max_open=True), default=0.9,
               show_default=True, help="SGD momentum.")
 @click.option("--nesterov", is_flag=True, help="Nesterov momentum (SGD).")
@@ -175,9 +182,7 @@ def _train(platform, device, dataset, data_dir, offline, image_size, model_name,
     train_set, test_set = datasets.load(dataset, data_dir=data_dir, download=not offline, image_size=image_size)
     model = models.PRESETS[model_name](device=dev, seed=seed, input_shape=train_set.image_shape,
                                        classes=train_set.num_classes)
-    lr = lr or DEFAULT_LR[optimizer]
-    opt = (optim.SGD(lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
-           if optimizer == "sgd" else optim.get(optimizer, lr=lr, weight_decay=weight_decay))
+    opt = optim.from_options(optimizer, lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
     model.compile(loss="cross_entropy", optimizer=opt)
     if checkpoint_dir:
         checkpoint = os.path.join(checkpoint_dir, "checkpoint.clnet")
