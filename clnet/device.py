@@ -181,8 +181,3 @@ def device(platform=None, device=None, profiling=False):
     info, cl_device = _select(_discover(), platform, device)
     return Device(info, cl_device, profiling)
 
-
-def add_arguments(parser):
-    """--platform and --device for the argparse commands (clnet-bench, clnet-tune), as `device()` takes them."""
-    parser.add_argument("--platform", help="OpenCL platform: index or name substring (nvidia, pocl, 3.1...)")
-    parser.add_argument("--device", help="OpenCL device within the platform: index or name substring")

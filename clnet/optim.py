@@ -3,6 +3,9 @@
 Semantics follow torch.optim (SGD, Adam, AdamW), so hyper-parameters carry over unchanged.
 """
 
+import inspect
+from typing import Any, Optional
+
 FILE = "optim.cl"
 LOCAL = 64
 
@@ -35,6 +38,8 @@ class Optimizer:
 
 
 class SGD(Optimizer):
+    cli_lr = 0.05  # clnet-train's --lr when none is given
+
     def __init__(self, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0):
         super().__init__(lr)
         if nesterov and momentum <= 0:
@@ -62,6 +67,7 @@ class SGD(Optimizer):
 
 class Adam(Optimizer):
     decoupled = False
+    cli_lr = 0.001  # clnet-train's --lr when none is given
 
     def __init__(self, lr=0.001, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
         super().__init__(lr)
@@ -109,3 +115,22 @@ def get(optimizer, **kwargs):
     if isinstance(optimizer, str) and optimizer.lower() in OPTIMIZERS:
         return OPTIMIZERS[optimizer.lower()](**kwargs)
     raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)} or pass a clnet Optimizer")
+
+
+def from_options(name: str, lr: Optional[float] = None, **options: Any) -> Optimizer:
+    """The optimizer `name` of OPTIMIZERS built from command-line options, as clnet-train does: an
+    optimizer added to OPTIMIZERS (with its `cli_lr`) is then offered by clnet-train as it is.
+
+    Args:
+        name: a key of OPTIMIZERS.
+        lr: the learning rate; None takes the optimizer's `cli_lr`.
+        **options: hyper-parameters of the command line (momentum, nesterov, weight_decay, ...);
+            those the optimizer's constructor does not take are left out.
+
+    Example:
+        >>> from_options("adam", momentum=0.9, weight_decay=1e-4)
+        Adam(lr=0.001, betas=(0.9, 0.999), eps=1e-08, weight_decay=0.0001)
+    """
+    cls = OPTIMIZERS[name]
+    accepted = inspect.signature(cls).parameters
+    return cls(lr=cls.cli_lr if lr is None else lr, **{k: v for k, v in options.items() if k in accepted})

@@ -11,18 +11,17 @@ go to the tuning cache, which every later plan on this device reads.
     clnet-tune --platform pocl --models mnist-cnn --batch-sizes 128 --sizes
 """
 
-import argparse
 import os
 import statistics
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import click
 import numpy as np
 import pyopencl as cl
 
 from . import tuning
-from .device import add_arguments as add_device_arguments
+from .cli_options import CONTEXT_SETTINGS, Several, SeveralValuesCommand, device_options, friendly_errors
 from .device import device as open_device
 from .errors import ClnetError
 from .models import INPUT_SHAPES, PRESETS
@@ -205,52 +204,49 @@ def tune_case(device, case, call, min_time=MIN_TIME, repeats=REPEATS, report=pri
     return {"params": params, "seconds": seconds, "default_seconds": default_seconds}
 
 
-def parse_args(argv):
-    p = argparse.ArgumentParser(prog="clnet-tune", description=__doc__.split("\n\n")[0])
-    add_device_arguments(p)
-    p.add_argument("--models", nargs="*", default=list(PRESETS), choices=list(PRESETS), metavar="MODEL",
-                   help=f"networks whose GEMMs to tune, of {', '.join(PRESETS)} (default: all)")
-    p.add_argument("--batch-sizes", nargs="+", type=int, default=[128, 1024], metavar="N",
-                   help="their batch sizes (default 128 1024)")
-    p.add_argument("--sizes", nargs="*", type=int, default=list(SIZES), metavar="N",
-                   help="square GEMM sizes to tune as well (default 1024 4096)")
-    p.add_argument("--min-time", type=float, default=MIN_TIME, help=f"seconds per timed run (default {MIN_TIME})")
-    p.add_argument("--repeats", type=int, default=REPEATS, help=f"timed runs per candidate (default {REPEATS})")
-    p.add_argument("--max-seconds", type=float, default=None,
-                   help="stop tuning new cases after this long; what is tuned is kept")
-    p.add_argument("--output", help=f"the tuning cache to update (default {tuning.cache_path()})")
-    args = p.parse_args(argv)
-    if min(args.batch_sizes + args.sizes, default=1) < 1 or args.repeats < 1 or args.min_time <= 0:
-        p.error("batch sizes, sizes, --repeats and --min-time must be positive")
-    return args
-
-
-def main(argv=None):
-    """The `clnet-tune` command; `argv` defaults to the command line."""
-    args = parse_args(sys.argv[1:] if argv is None else list(argv))
-    try:
-        device = open_device(platform=args.platform, device=args.device)
-        cases = collect(device, args.models, args.batch_sizes, args.sizes)
-    except ClnetError as exc:
-        raise SystemExit(f"clnet-tune: {exc}") from None
-    print(f"tuning {len(cases)} GEMMs on {device.info.label} ({family(device)} family)", flush=True)
-    started, tuned, path = time.perf_counter(), 0, args.output or tuning.cache_path()
+@click.command(cls=SeveralValuesCommand, context_settings=CONTEXT_SETTINGS, epilog="""\b
+Examples:
+  clnet-tune --platform nvidia
+  clnet-tune --platform pocl --models mnist-cnn --batch-sizes 128 --sizes
+  clnet-tune --models --sizes 1024 4096 --max-seconds 300""")
+@friendly_errors
+@device_options
+@click.option("--models", type=Several(click.Choice(list(PRESETS))), default=list(PRESETS), show_default=True,
+              metavar="[MODEL...]", help="Networks whose GEMMs to tune.")
+@click.option("--batch-sizes", type=Several(click.IntRange(min=1), at_least=1), default=[128, 1024],
+              show_default=True, metavar="N...", help="Their batch sizes.")
+@click.option("--sizes", type=Several(click.IntRange(min=1)), default=list(SIZES), show_default=True,
+              metavar="[N...]", help="Square GEMM sizes to tune as well.")
+@click.option("--min-time", type=click.FloatRange(min=0, min_open=True), default=MIN_TIME, show_default=True,
+              help="Seconds per timed run.")
+@click.option("--repeats", type=click.IntRange(min=1), default=REPEATS, show_default=True,
+              help="Timed runs per candidate.")
+@click.option("--max-seconds", type=float, help="Stop tuning new cases after this long; what is tuned is kept.")
+@click.option("--output", type=click.Path(dir_okay=False),
+              help="The tuning cache to update. Default: CLNET_TUNING_FILE, else clnet/tuning.json in "
+              "$XDG_CACHE_HOME or ~/.cache.")
+def main(platform, device, models, batch_sizes, sizes, min_time, repeats, max_seconds, output):
+    """Time GEMM kernel parameters on this device and cache the fastest, for every later plan: the
+    GEMMs of the networks at these batch sizes (convolutions included), and square ones."""
+    dev = open_device(platform=platform, device=device)
+    cases = collect(dev, models, batch_sizes, sizes)
+    click.echo(f"tuning {len(cases)} GEMMs on {dev.info.label} ({family(dev)} family)")
+    started, tuned, path = time.perf_counter(), 0, output or tuning.cache_path()
     for case, call in cases:
-        if args.max_seconds is not None and time.perf_counter() - started > args.max_seconds:
-            print(f"stopped after {args.max_seconds:g} s: {len(cases) - tuned} cases left untuned")
+        if max_seconds is not None and time.perf_counter() - started > max_seconds:
+            click.echo(f"stopped after {max_seconds:g} s: {len(cases) - tuned} cases left untuned")
             break
         try:
-            result = tune_case(device, case, call, args.min_time, args.repeats)
+            result = tune_case(dev, case, call, min_time, repeats)
         except ClnetError as exc:
-            print(f"{case.key}: {exc}")
+            click.echo(f"{case.key}: {exc}")
             continue
-        tuning.store(device, {case: result}, path)  # case by case: an interrupted run keeps its work
+        tuning.store(dev, {case: result}, path)  # case by case: an interrupted run keeps its work
         tuned += 1
         gflops = 2e-9 * case.m * case.n * case.k / result["seconds"]
-        print(f"{case.key:<42} {gflops:9.1f} GFLOP/s  x{result['default_seconds'] / result['seconds']:.2f} "
-              f"over the default  {_short(result['params'])}", flush=True)
-    print(f"wrote {tuned} tuned cases to {path}")
-    return 0
+        click.echo(f"{case.key:<42} {gflops:9.1f} GFLOP/s  x{result['default_seconds'] / result['seconds']:.2f} "
+                   f"over the default  {_short(result['params'])}")
+    click.echo(f"wrote {tuned} tuned cases to {path}")
 
 
 def _short(params):
@@ -258,4 +254,4 @@ def _short(params):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -2,9 +2,11 @@
 
 import importlib
 import json
+import re
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
 import clnet
 from clnet import layers as L
@@ -81,7 +83,7 @@ def test_invalid_tuned_parameters_fall_back_to_the_defaults(device, monkeypatch)
         np.testing.assert_array_equal(model.predict(x), expected)
 
 
-def test_the_tuner_writes_what_later_plans_use(device, tmp_path, monkeypatch, capsys):
+def test_the_tuner_writes_what_later_plans_use(device, tmp_path, monkeypatch):
     """clnet-tune on one small network: every GEMM of its training graph is tuned and cached for
     this device, and a model built afterwards computes the same as with the defaults."""
     path = tmp_path / "cache" / "tuning.json"
@@ -89,8 +91,9 @@ def test_the_tuner_writes_what_later_plans_use(device, tmp_path, monkeypatch, ca
     before = clnet.models.mlp(device=device, seed=0).predict(x)
     args = ["--device", str(device.info.index), "--models", "mlp", "--batch-sizes", "8", "--sizes", "40",
             "--min-time", "0.001", "--repeats", "1", "--output", str(path)]
-    assert tune.main(args) == 0
-    out = capsys.readouterr().out
+    result = CliRunner().invoke(tune.main, args)
+    assert result.exit_code == 0, result.output
+    out = result.output
     assert "tuning 9 GEMMs" in out and f"wrote 9 tuned cases to {path}" in out
     entry = json.loads(path.read_text())["devices"][tuning.device_key(device)]
     assert len(entry["cases"]) == 9 and entry["source"] == tuning.source_hash()
@@ -120,8 +123,8 @@ def test_the_tuner_checks_each_candidate_against_the_default(device, monkeypatch
 
 
 def test_the_tuner_names_a_missing_device():
-    with pytest.raises(SystemExit, match="clnet-tune: .*no-such-platform"):
-        tune.main(["--platform", "no-such-platform"])
+    result = CliRunner().invoke(tune.main, ["--platform", "no-such-platform"])
+    assert result.exit_code == 1 and re.match("Error: .*no-such-platform", result.output)
 
 
 def test_the_tuner_covers_what_chunked_convolutions_read(device, monkeypatch):
