@@ -26,7 +26,7 @@ from .device import add_arguments as add_device_arguments
 from .device import device as open_device
 from .errors import ClnetError
 from .models import INPUT_SHAPES, PRESETS
-from .ops.gemm import TILED, Matrix, default_params, family, gemm, record_gemm, split_k, valid_params
+from .ops.gemm import TILED, Matrix, default_params, gemm, record_gemm, split_k, valid_params
 from .plan import Plan
 from .tensor import DeviceTensor
 from .timing import Timing, measure
@@ -233,7 +233,7 @@ def main(argv=None):
         cases = collect(device, args.models, args.batch_sizes, args.sizes)
     except ClnetError as exc:
         raise SystemExit(f"clnet-tune: {exc}") from None
-    print(f"tuning {len(cases)} GEMMs on {device.info.label} ({family(device)} family)", flush=True)
+    print(f"tuning {len(cases)} GEMMs on {device.info.label} ({device.family} family)", flush=True)
     started, tuned, path = time.perf_counter(), 0, args.output or tuning.cache_path()
     for case, call in cases:
         if args.max_seconds is not None and time.perf_counter() - started > args.max_seconds:

@@ -112,7 +112,7 @@ def test_gemm_split_k(device, gemm_family, layout):
 def test_gemm_packed_slices_whatever_the_work_groups(device, monkeypatch):
     """gemm_packed finds its K slice from its global index: a driver free to choose the work-groups
     of a split launch may make them more than one slice deep (PoCL 5 did, on a 16-core Xeon)."""
-    monkeypatch.setenv("CLNET_GEMM", "cpu")
+    monkeypatch.setattr(device, "family", "cpu")
     monkeypatch.setattr(gemm_module, "lookup", lambda device, case: {"CPU_ROWS": 4, "SLICES": 4})
     rng = np.random.default_rng(8)
     plan = new_plan(device)
@@ -137,7 +137,7 @@ def test_gemm_every_tuning_candidate(device, monkeypatch, kernel):
     """Whatever clnet-tune may pick computes the same products: every parameter set of the tuner's
     space (a third of them splitting K), each on one of the layouts the kernel serves in turn, with
     and without a bias and activation, at awkward shapes and offsets."""
-    monkeypatch.setenv("CLNET_GEMM", "tiled" if kernel == "gemm_tiled" else "cpu")
+    monkeypatch.setattr(device, "family", "tiled" if kernel == "gemm_tiled" else "cpu")
     layouts = list(LAYOUTS)
     rng = np.random.default_rng(3)
     for i, params in enumerate(_tuning_candidates(device, kernel)):

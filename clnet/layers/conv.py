@@ -9,7 +9,7 @@ import numpy as np
 from .. import ops
 from ..ops import conv as conv_ops
 from ..ops.conv import ConvGeometry, col2im, conv_bias_act_backward, images_per_chunk
-from ..ops.gemm import Matrix, family
+from ..ops.gemm import Matrix
 from .activation import ReLU
 from .base import Layer, glorot_uniform, he_uniform
 
@@ -118,7 +118,7 @@ class Conv2D(Layer):
         if not need_dx:
             return None
         dx = plan.value(x.shape, f"{self!r} input grad")
-        if family(plan.device) == "tiled":
+        if plan.device.family == "tiled":
             conv_ops.implicit_input_grad(plan, g, batch, weight, dpre, dx)
             return dx
         if conv_ops.transposed(g, self.out_channels):  # stride 1: a convolution of dpre

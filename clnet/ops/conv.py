@@ -3,7 +3,7 @@ strides other than 1), and the fused bias/activation backward."""
 
 from dataclasses import asdict, dataclass
 
-from .gemm import Matrix, family, record_gemm
+from .gemm import Matrix, record_gemm
 
 FILE = "conv.cl"
 LOCAL = 64
@@ -62,7 +62,7 @@ def conv_bias_act_backward(plan, act_code, dy, y, dpre, db):
     batch, channels, pixels = dy.shape
     slices = max(1, min(-(-4 * plan.device.info.compute_units // channels), batch * pixels // SLICE_MIN))
     sums = db if db is None or slices == 1 else plan.value((slices, channels), "bias gradient slices")
-    group = LOCAL if family(plan.device) == "tiled" else 1
+    group = LOCAL if plan.device.family == "tiled" else 1
     k = plan.kernel(FILE, "conv_bias_act_backward", ACT=act_code, HAS_BIAS=db is not None, CONV_WG=group,
                     CONV_P=pixels)
     launch = plan.launch(k, (channels * group, slices), (group, 1), batch, channels, dy, y, dpre,
@@ -83,7 +83,7 @@ def _implicit(geometry, **defines):
 
 
 def _kernel(plan):
-    return "gemm_tiled" if family(plan.device) == "tiled" else "gemm_packed"
+    return "gemm_tiled" if plan.device.family == "tiled" else "gemm_packed"
 
 
 def implicit_forward(plan, geometry, batch, x, weight, y, bias, act_code):
