@@ -198,11 +198,11 @@ class Graph:
         x = plan.value((rows, *self.input_shape), "input")
         self.gather = data_ops.gather_images(plan, self.identity, images[0], self.norm, x, spec.scale, spec.crop,
                                              spec.flip, seed=seed)
-        for name, index in (("n_valid", data_ops.N_VALID), ("start", data_ops.START),
-                            ("image_order", data_ops.IMAGE_ORDER), ("image_source", data_ops.IMAGE_SOURCE)):
-            plan.bind_dynamic(name, self.gather, index)
+        for name, argument in (("n_valid", "n_valid"), ("start", "start"), ("image_order", "order"),
+                               ("image_source", "src")):
+            plan.bind_dynamic(name, self.gather, argument)
         if spec.crop or spec.flip:
-            plan.bind_dynamic("step", self.gather, data_ops.STEP, step_arg)
+            plan.bind_dynamic("step", self.gather, "step", step_arg)
         self.targets, self.input_launches = None, 1
         if loss is not None and target_dtype is not None:
             shape = (rows,) if np.dtype(target_dtype) == np.int32 else (rows, prod(self.output_shape))
@@ -210,9 +210,9 @@ class Graph:
             self.staging = [(slot, DeviceTensor(device, shape, dtype=np.dtype(target_dtype))) for slot in images]
             gather = data_ops.gather_targets(plan, self.identity, self.staging[0][1], self.targets)
             self.input_launches = 2
-            for name, index in (("n_valid", data_ops.N_VALID), ("start", data_ops.START),
-                                ("target_order", data_ops.TARGET_ORDER), ("target_source", data_ops.TARGET_SOURCE)):
-                plan.bind_dynamic(name, gather, index)
+            for name, argument in (("n_valid", "n_valid"), ("start", "start"), ("target_order", "order"),
+                                   ("target_source", "src")):
+                plan.bind_dynamic(name, gather, argument)
         return x
 
     def _allocate(self, device):
@@ -301,7 +301,7 @@ class Graph:
         staged = self._stage(x, targets)
         if self.loss_launch is not None:
             flags = (losses.PROBS if want_output else 0) | (losses.METRICS if targets is not None else 0)
-            self.loss_launch.set(losses.FLAGS_ARG, flags)
+            self.loss_launch.set("flags", flags)
         self._run(staged)
         if want_output:
             return self.output.tensor().download()[:self.n_valid]

@@ -91,7 +91,7 @@ class SGD(Optimizer):
 
     def prepare(self, launch):
         self.steps += 1
-        launch.set(4, self.lr)
+        launch.set("lr", self.lr)
 
     def __repr__(self):
         return (f"SGD(lr={self.lr}, momentum={self.momentum}, nesterov={self.nesterov}, "
@@ -120,9 +120,9 @@ class Adam(Optimizer):
 
     def prepare(self, launch):
         self.steps += 1
-        launch.set(5, self.lr)
-        launch.set(11, 1.0 - self.beta1 ** self.steps)
-        launch.set(12, 1.0 - self.beta2 ** self.steps)
+        launch.set("lr", self.lr)
+        launch.set("bc1", 1.0 - self.beta1 ** self.steps)
+        launch.set("bc2", 1.0 - self.beta2 ** self.steps)
 
     def __repr__(self):
         return (f"{type(self).__name__}(lr={self.lr}, betas=({self.beta1}, {self.beta2}), eps={self.eps}, "

@@ -377,8 +377,8 @@ def run_loss(device, kind, z, t, n_valid, flags, metrics0=(0.0, 0.0, 0.0, 0.0), 
     plan = new_plan(device)
     launch = loss.record(plan, sz.tensor, st.tensor, sgrad.tensor, sprobs.tensor, smetrics.tensor, flags)
     plan.finalize(plan.place())
-    launch.set(losses.N_VALID_ARG, n_valid)
-    launch.set(losses.SCALE_ARG, loss.grad_scale(n_valid, cols))
+    launch.set("n_valid", n_valid)
+    launch.set("scale", loss.grad_scale(n_valid, cols))
     for _ in range(runs):
         plan.run()
     device.finish()
@@ -481,8 +481,8 @@ def test_loss_metrics_accumulate(device, kind):
         cases.append((loss_reference(kind, z, t, n_valid), sgrad, n_valid))
     plan.finalize(plan.place())
     for launch, n_valid, cols in launches:
-        launch.set(losses.N_VALID_ARG, n_valid)
-        launch.set(losses.SCALE_ARG, loss.grad_scale(n_valid, cols))
+        launch.set("n_valid", n_valid)
+        launch.set("scale", loss.grad_scale(n_valid, cols))
     plan.run()
     plan.run()
     metrics = smetrics.read().astype(np.float64)
