@@ -7,6 +7,7 @@ import pyopencl as cl
 
 from .errors import DeviceNotFoundError
 
+FAMILIES = ("tiled", "cpu")  # the kernel families: local-memory tiles (GPUs), packed panels (CPUs)
 INSTALL_HINT = ("Install an OpenCL driver: for the CPU, `pip install pocl-binary-distribution` "
                 "(or `apt-get install pocl-opencl-icd`); for a GPU, its vendor's driver.")
 
@@ -128,16 +129,28 @@ def _select(found, platform, device):
     return min(candidates, key=lambda f: (rank[f[0].type], -f[0].compute_units, f[0].index))
 
 
+def _family(info, family):
+    """`family`, else CLNET_GEMM, else "tiled" (gemm_tiled, local-memory tiles) on GPUs and
+    accelerators and "cpu" (gemm_packed and the other CPU variants) on CPUs."""
+    chosen = family or os.environ.get("CLNET_GEMM") or ("cpu" if info.type == "CPU" else "tiled")
+    if chosen not in FAMILIES:
+        source = "family" if family else "CLNET_GEMM"
+        raise ValueError(f"{source} must be 'tiled' or 'cpu', not {chosen!r}")
+    return chosen
+
+
 class Device:
     """An opened OpenCL device: context, an in-order queue for kernels (and a second one for uploads
     that overlap them), capabilities. With `profiling`, both queues record the start and end of
-    every command on its event (`event.profile`), at some cost in launch overhead.
+    every command on its event (`event.profile`), at some cost in launch overhead. `family` is the
+    kernel family its launchers record ("tiled" or "cpu"), decided once when it is opened.
 
     Everything that runs on it (kernel programs, plans, buffers) keeps a reference to it; programs
     built for it are cached in `programs` by the kernel library.
     """
 
-    def __init__(self, info, cl_device, profiling=False):
+    def __init__(self, info, cl_device, profiling=False, family=None):
+        self.family = _family(info, family)
         self.info = info
         self.cl_device = cl_device
         self.context = cl.Context([cl_device])
@@ -166,7 +179,7 @@ class Device:
         return f"<clnet.Device {self.info.platform_index}:{self.info.device_index} {self.info.label}>"
 
 
-def device(platform=None, device=None, profiling=False):
+def device(platform=None, device=None, profiling=False, family=None):
     """Open an OpenCL device.
 
     `platform` and `device` are an index or a case-insensitive name substring (a platform matches on
@@ -174,10 +187,11 @@ def device(platform=None, device=None, profiling=False):
     type, "gpu"/"cpu"). Unset, they come from CLNET_PLATFORM / CLNET_DEVICE; with neither, the best
     device is taken: a GPU before a CPU. A device index counts within the platform when one is
     given, else across all devices as `clnet-devices` numbers them. `profiling` opens queues whose
-    events carry device timestamps.
+    events carry device timestamps. `family` ("tiled" or "cpu") overrides the kernel family the
+    device's type implies, as CLNET_GEMM does when it is not given.
     """
     platform = platform if platform is not None else os.environ.get("CLNET_PLATFORM") or None
     device = device if device is not None else os.environ.get("CLNET_DEVICE") or None
     info, cl_device = _select(_discover(), platform, device)
-    return Device(info, cl_device, profiling)
+    return Device(info, cl_device, profiling, family)
 

@@ -1,6 +1,8 @@
-"""KernelLibrary: loads kernels_cl/*.cl, specialises them with -D options, builds once per device."""
+"""KernelLibrary: loads kernels_cl/*.cl, specialises them with -D options, builds once per device,
+and hands out kernels that know their arguments by the names of their OpenCL C signatures."""
 
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyopencl as cl
@@ -32,11 +34,63 @@ def _options(defines):
     return opts
 
 
-class KernelLibrary:
-    """Builds each (file, defines) program once per device; hands out fresh `cl.Kernel` objects.
+@dataclass(frozen=True)
+class Argument:
+    """One argument of a kernel as launches give it: a scalar, or a tensor, which the kernel takes as
+    a `__global` pointer (whose name the argument has) followed by the pointer's int offset."""
+    name: str
+    index: int    # the OpenCL argument index (of the pointer, for a tensor)
+    tensor: bool
 
-    A plan makes one `cl.Kernel` per launch and binds its arguments once, so kernels are not shared
-    between launches; programs are, through the device's `programs` cache.
+
+# PoCL's headers #define OpenCL C built-in names as _cl_<name> (step, sign, ...), which its argument
+# info then reports for arguments of those names.
+POCL_RENAMED = "_cl_"
+
+
+def read_arguments(kernel):
+    """A `cl.Kernel`'s arguments, from the argument info of its program (built with
+    -cl-kernel-arg-info), so that they come from the source as compiled, macros expanded."""
+    found, count, index = [], kernel.num_args, 0
+    while index < count:
+        name = kernel.get_arg_info(index, cl.kernel_arg_info.NAME).removeprefix(POCL_RENAMED)
+        tensor = (kernel.get_arg_info(index, cl.kernel_arg_info.ADDRESS_QUALIFIER)
+                  == cl.kernel_arg_address_qualifier.GLOBAL)
+        if tensor and (index + 1 == count or kernel.get_arg_info(index + 1, cl.kernel_arg_info.TYPE_NAME) != "int"):
+            raise TypeError(f"{kernel.function_name}: the pointer {name} must be followed by its int offset")
+        found.append(Argument(name, index, tensor))
+        index += 2 if tensor else 1
+    return tuple(found)
+
+
+class Kernel:
+    """A `cl.Kernel` (`cl_kernel`) with its `arguments` as launches give them, in signature order."""
+
+    def __init__(self, cl_kernel, function_name, arguments):
+        self.cl_kernel, self.function_name, self.arguments = cl_kernel, function_name, arguments
+
+    @property
+    def names(self):
+        return [argument.name for argument in self.arguments]
+
+    def position(self, name):
+        """The position of argument `name` among `arguments`; a TypeError listing them if none has it."""
+        for position, argument in enumerate(self.arguments):
+            if argument.name == name:
+                return position
+        raise TypeError(f"kernel {self.function_name} has no argument {name!r}; its arguments are "
+                        f"{', '.join(self.names)}")
+
+    def __repr__(self):
+        return f"<Kernel {self.function_name}({', '.join(self.names)})>"
+
+
+class KernelLibrary:
+    """Builds each (file, defines) program once per device; hands out fresh `Kernel` objects.
+
+    A plan makes one `Kernel` per launch and binds its arguments once, so kernels are not shared
+    between launches; programs are, through the device's `programs` cache, which also keeps each
+    program's kernels' arguments (read once: plans record many launches of few kernels).
     """
 
     def __init__(self, device, source_dir=None):
@@ -49,15 +103,23 @@ class KernelLibrary:
         return f"{header}\n#line 1\n{body}"
 
     def program(self, filename, **defines):
+        return self._built(filename, defines)[0]
+
+    def kernel(self, filename, name, **defines):
+        program, arguments = self._built(filename, defines)
+        cl_kernel = cl.Kernel(program, name)
+        if name not in arguments:
+            arguments[name] = read_arguments(cl_kernel)
+        return Kernel(cl_kernel, name, arguments[name])
+
+    def _built(self, filename, defines):
+        """The program of `filename` with `defines` and its kernels' arguments by kernel name."""
         options = _options(defines)
         key = (str(self.source_dir), filename, tuple(options))
         cache = self.device.programs
         if key not in cache:
-            cache[key] = self._build(filename, options)
+            cache[key] = (self._build(filename, options), {})
         return cache[key]
-
-    def kernel(self, filename, name, **defines):
-        return cl.Kernel(self.program(filename, **defines), name)
 
     def _build(self, filename, options):
         program = cl.Program(self.device.context, self.source(filename))
@@ -65,7 +127,7 @@ class KernelLibrary:
             with warnings.catch_warnings():  # pyopencl warns with the build log of every success
                 warnings.simplefilter("ignore")
                 # -w: some compilers (pip's PoCL 3.0) print their warnings to stderr themselves
-                return program.build(options=options + ["-w"], devices=[self.device.cl_device])
+                return program.build(options=options + ["-cl-kernel-arg-info", "-w"], devices=[self.device.cl_device])
         except cl.MemoryError as exc:
             raise OutOfDeviceMemoryError(f"Out of host or device memory while building {filename}: {exc}") from exc
         except cl.Error as exc:

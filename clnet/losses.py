@@ -12,7 +12,6 @@ from .layers import Sigmoid, Softmax
 
 FILE = "loss.cl"
 GRAD, PROBS, METRICS = 1, 2, 4  # flags of kernels_cl/loss.cl
-N_VALID_ARG, FLAGS_ARG, SCALE_ARG = 2, 3, 4  # argument positions of the loss kernels
 
 
 def _loss_work_group(device):
@@ -43,15 +42,15 @@ class Loss:
 
     def record(self, plan, z, targets, grad, probs, metrics, flags):
         """Record the loss launch for logits z (rows, cols); returns it. Its valid rows follow the
-        plan's dynamic "n_valid"; argument FLAGS_ARG holds the flags."""
+        plan's dynamic "n_valid"; its argument "flags" holds the flags."""
         rows, cols = z.shape
         wg = _loss_work_group(plan.device)
         kernel = plan.kernel(FILE, self.kernel_name, LOSS_WG=wg, **self.defines(targets.dtype))
         launch = plan.launch(kernel, (wg,), (wg,), rows, cols, rows, flags, self.grad_scale(rows, cols),
                              z, grad if grad is not None else z, probs if probs is not None else z,
                              metrics, targets)
-        plan.bind_dynamic("n_valid", launch, N_VALID_ARG)
-        plan.bind_dynamic("n_valid", launch, SCALE_ARG, lambda n: self.grad_scale(n, cols))
+        plan.bind_dynamic("n_valid", launch, "n_valid")
+        plan.bind_dynamic("n_valid", launch, "scale", lambda n: self.grad_scale(n, cols))
         return launch
 
     def __repr__(self):

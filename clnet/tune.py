@@ -25,7 +25,7 @@ from .cli_options import CONTEXT_SETTINGS, Several, SeveralValuesCommand, device
 from .device import device as open_device
 from .errors import ClnetError
 from .models import INPUT_SHAPES, PRESETS
-from .ops.gemm import TILED, Matrix, default_params, family, gemm, record_gemm, split_k, valid_params
+from .ops.gemm import TILED, Matrix, default_params, gemm, record_gemm, split_k, valid_params
 from .plan import Plan
 from .tensor import DeviceTensor
 from .timing import Timing, measure
@@ -230,7 +230,7 @@ def main(platform, device, models, batch_sizes, sizes, min_time, repeats, max_se
     GEMMs of the networks at these batch sizes (convolutions included), and square ones."""
     dev = open_device(platform=platform, device=device)
     cases = collect(dev, models, batch_sizes, sizes)
-    click.echo(f"tuning {len(cases)} GEMMs on {dev.info.label} ({family(dev)} family)")
+    click.echo(f"tuning {len(cases)} GEMMs on {dev.info.label} ({dev.family} family)")
     started, tuned, path = time.perf_counter(), 0, output or tuning.cache_path()
     for case, call in cases:
         if max_seconds is not None and time.perf_counter() - started > max_seconds:

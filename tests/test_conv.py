@@ -66,7 +66,7 @@ def test_gradients_match_finite_differences(device, gemm_family, geometry):
 def test_implicit_gemms_with_tuned_parameters(device, monkeypatch, tile):
     """The implicit convolutions with parameters clnet-tune may pick (other tiles, switches, K split
     in 3) still match the reference, forward and gradients."""
-    monkeypatch.setenv("CLNET_GEMM", "tiled")
+    monkeypatch.setattr(device, "family", "tiled")
     tm, tn, tk, wm, wn, prefetch, vector = tile
     params = {"TILE_M": tm, "TILE_N": tn, "TILE_K": tk, "WPT_M": wm, "WPT_N": wn, "PREFETCH": prefetch,
               "VECTOR": vector, "SLICES": 3}
@@ -82,7 +82,7 @@ def test_gathered_panels_in_slices(device, monkeypatch, rows):
     """The CPU family's implicit convolutions with parameters clnet-tune may pick (rows per
     work-item, K split in 3), and with gathered panels capped at 5 rows of B (more slices), still
     match the reference, forward and gradients."""
-    monkeypatch.setenv("CLNET_GEMM", "cpu")
+    monkeypatch.setattr(device, "family", "cpu")
     gemm_module = importlib.import_module("clnet.ops.gemm")
     monkeypatch.setattr(gemm_module, "lookup", lambda device, case: {"CPU_ROWS": rows, "SLICES": 3})
     for cap in (gemm_module.CPU_GATHER_K, 5):
@@ -95,7 +95,7 @@ def test_gathered_panels_in_slices(device, monkeypatch, rows):
 def test_chunked_columns_give_the_same_results(device, monkeypatch):
     """A batch whose column gradients exceed the budget runs its input gradient in chunks (the last
     one partial): the CPU family's GEMM + col2im path, for strides other than 1."""
-    monkeypatch.setenv("CLNET_GEMM", "cpu")
+    monkeypatch.setattr(device, "family", "cpu")
     layers = lambda: [L.Conv2D(2, 3, 3, padding=1), L.ReLU(), L.Conv2D(3, 2, 3, stride=2), L.Flatten(),
                       L.Dense(2 * 2 * 2, 3)]
     rng = np.random.default_rng(2)

@@ -87,3 +87,19 @@ def test_a_kernel_that_does_not_build_reports_file_options_and_log(tmp_path):
     assert error.filename == "broken.cl" and error.options == ["-DACT=2", "-DTILE=8"]
     assert "undefined_thing" in error.log
     assert "broken.cl" in str(error) and "-DACT=2 -DTILE=8" in str(error)
+
+
+def test_the_kernel_family_is_decided_when_the_device_is_opened(monkeypatch):
+    monkeypatch.delenv("CLNET_GEMM", raising=False)
+    dev = clnet.device(device=0)
+    assert dev.family == ("cpu" if dev.info.type == "CPU" else "tiled")
+    monkeypatch.setenv("CLNET_GEMM", "tiled")
+    assert clnet.device(device=0).family == "tiled"
+    assert clnet.device(device=0, family="cpu").family == "cpu"  # the keyword before the variable
+    monkeypatch.setenv("CLNET_GEMM", "cpu")
+    assert dev.family == ("cpu" if dev.info.type == "CPU" else "tiled")  # an opened device keeps its own
+    monkeypatch.setenv("CLNET_GEMM", "fast")
+    with pytest.raises(ValueError, match="CLNET_GEMM must be 'tiled' or 'cpu', not 'fast'"):
+        clnet.device(device=0)
+    with pytest.raises(ValueError, match="family must be 'tiled' or 'cpu', not 'gpu'"):
+        clnet.device(device=0, family="gpu")

@@ -221,7 +221,7 @@ def _dropout_run(device, n, p, seed, steps, offset=7):
     sx, sy = Slot(device, x, offset), Slot.output(device, (n,), offset + 3)
     plan = new_plan(device)
     launch = dropout_ops.dropout(plan, sx.tensor, sy.tensor, p, seed)
-    plan.bind_dynamic("step", launch, dropout_ops.STEP_ARG, step_arg)
+    plan.bind_dynamic("step", launch, "step", step_arg)
     plan.finalize(plan.place())
     outs = []
     for step in steps:

@@ -112,7 +112,7 @@ def test_gemm_split_k(device, gemm_family, layout):
 def test_gemm_packed_slices_whatever_the_work_groups(device, monkeypatch):
     """gemm_packed finds its K slice from its global index: a driver free to choose the work-groups
     of a split launch may make them more than one slice deep (PoCL 5 did, on a 16-core Xeon)."""
-    monkeypatch.setenv("CLNET_GEMM", "cpu")
+    monkeypatch.setattr(device, "family", "cpu")
     monkeypatch.setattr(gemm_module, "lookup", lambda device, case: {"CPU_ROWS": 4, "SLICES": 4})
     rng = np.random.default_rng(8)
     plan = new_plan(device)
@@ -137,7 +137,7 @@ def test_gemm_every_tuning_candidate(device, monkeypatch, kernel):
     """Whatever clnet-tune may pick computes the same products: every parameter set of the tuner's
     space (a third of them splitting K), each on one of the layouts the kernel serves in turn, with
     and without a bias and activation, at awkward shapes and offsets."""
-    monkeypatch.setenv("CLNET_GEMM", "tiled" if kernel == "gemm_tiled" else "cpu")
+    monkeypatch.setattr(device, "family", "tiled" if kernel == "gemm_tiled" else "cpu")
     layouts = list(LAYOUTS)
     rng = np.random.default_rng(3)
     for i, params in enumerate(_tuning_candidates(device, kernel)):
@@ -377,8 +377,8 @@ def run_loss(device, kind, z, t, n_valid, flags, metrics0=(0.0, 0.0, 0.0, 0.0), 
     plan = new_plan(device)
     launch = loss.record(plan, sz.tensor, st.tensor, sgrad.tensor, sprobs.tensor, smetrics.tensor, flags)
     plan.finalize(plan.place())
-    launch.set(losses.N_VALID_ARG, n_valid)
-    launch.set(losses.SCALE_ARG, loss.grad_scale(n_valid, cols))
+    launch.set("n_valid", n_valid)
+    launch.set("scale", loss.grad_scale(n_valid, cols))
     for _ in range(runs):
         plan.run()
     device.finish()
@@ -481,8 +481,8 @@ def test_loss_metrics_accumulate(device, kind):
         cases.append((loss_reference(kind, z, t, n_valid), sgrad, n_valid))
     plan.finalize(plan.place())
     for launch, n_valid, cols in launches:
-        launch.set(losses.N_VALID_ARG, n_valid)
-        launch.set(losses.SCALE_ARG, loss.grad_scale(n_valid, cols))
+        launch.set("n_valid", n_valid)
+        launch.set("scale", loss.grad_scale(n_valid, cols))
     plan.run()
     plan.run()
     metrics = smetrics.read().astype(np.float64)

@@ -73,7 +73,7 @@ def test_a_corrupt_cache_is_reported_ignored_and_replaced(tmp_path, content):
 
 def test_invalid_tuned_parameters_fall_back_to_the_defaults(device, monkeypatch):
     """A hand-edited cache with parameters a kernel cannot take changes nothing."""
-    monkeypatch.setenv("CLNET_GEMM", "tiled")
+    monkeypatch.setattr(device, "family", "tiled")
     model = clnet.Sequential([L.Dense(5, 3)], device=device, seed=0)
     x = np.random.default_rng(0).normal(size=(4, 5))
     expected = model.predict(x)
@@ -131,7 +131,7 @@ def test_the_tuner_covers_what_chunked_convolutions_read(device, monkeypatch):
     """On the CPU family the input gradient of a strided convolution runs on chunks of dY: views whose
     leading dimension reaches past their own shape. The tuner's operands span all of it, and every
     candidate agrees."""
-    monkeypatch.setenv("CLNET_GEMM", "cpu")
+    monkeypatch.setattr(device, "family", "cpu")
     monkeypatch.setattr(importlib.import_module("clnet.ops.conv"), "COLUMNS", 3 * 27 * 4)  # 3 images a chunk
     model = clnet.Sequential([L.Conv2D(2, 3, 3, padding=1), L.ReLU(), L.Conv2D(3, 2, 3, stride=2), L.Flatten(),
                               L.Dense(2 * 2 * 2, 3)], device=device, seed=0).compile("cross_entropy", "sgd")

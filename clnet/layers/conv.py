@@ -1,15 +1,11 @@
-"""Conv2D: NCHW convolution, weight (out, in, kh, kw) as torch.nn.Conv2d. The forward pass and the
-weight gradient run as implicit GEMMs (operands gathered from the NCHW tensors as the GEMM reads
-them). The input gradient is one implicit GEMM on the GPU family; on the CPU family, for stride 1,
-the convolution of dY with the flipped weight (again a gathering GEMM), else a GEMM into a column
-matrix (in chunks of images within a budget) plus col2im."""
+"""Conv2D: NCHW convolution, weight (out, in, kh, kw) as torch.nn.Conv2d; its passes are the
+launchers of ops/conv.py, which choose the algorithm for the device."""
 
 import numpy as np
 
 from .. import ops
 from ..ops import conv as conv_ops
-from ..ops.conv import ConvGeometry, col2im, conv_bias_act_backward, images_per_chunk
-from ..ops.gemm import Matrix, family
+from ..ops.conv import ConvGeometry, conv_bias_act_backward
 from .activation import ReLU
 from .base import Layer, glorot_uniform, he_uniform
 
@@ -99,7 +95,7 @@ class Conv2D(Layer):
         g = self.geometry(x.shape[1:])
         y = ctx.plan.value((x.shape[0], self.out_channels, g.OH, g.OW), f"{self!r} output")
         weight = ctx.params["weight"].view((self.out_channels, g.rows))
-        conv_ops.implicit_forward(ctx.plan, g, x.shape[0], x, weight, y, ctx.params.get("bias"),
+        conv_ops.forward(ctx.plan, g, x.shape[0], x, weight, y, ctx.params.get("bias"),
                                   ops.ACTIVATIONS[ctx.act])
         return y
 
@@ -114,27 +110,11 @@ class Conv2D(Layer):
         conv_bias_act_backward(plan, act, dy.view(shape), (y if act else dy).view(shape), dpre,
                                ctx.grads.get("bias"))
         weight = ctx.params["weight"].view((self.out_channels, g.rows))
-        conv_ops.implicit_weight_grad(plan, g, batch, dpre, x, ctx.grads["weight"].view((self.out_channels, g.rows)))
+        conv_ops.weight_grad(plan, g, batch, dpre, x, ctx.grads["weight"].view((self.out_channels, g.rows)))
         if not need_dx:
             return None
         dx = plan.value(x.shape, f"{self!r} input grad")
-        if family(plan.device) == "tiled":
-            conv_ops.implicit_input_grad(plan, g, batch, weight, dpre, dx)
-            return dx
-        if conv_ops.transposed(g, self.out_channels):  # stride 1: a convolution of dpre
-            conv_ops.gathered_input_grad(plan, g, batch, weight, dpre, dx)
-            return dx
-        # Otherwise dcol = weight^T . dpre in chunks of images within the column budget, each
-        # folded back into dx by col2im.
-        per = images_per_chunk(g, batch)
-        dcol = plan.value((g.rows, per * g.pixels), f"{self!r} column grads")
-        image = g.C * g.H * g.W
-        for start in range(0, batch, per):
-            images = min(per, batch - start)
-            chunk = Matrix(dpre.view((self.out_channels, pixels - start * g.pixels), start * g.pixels),
-                           self.out_channels, images * g.pixels, ld=pixels)
-            ops.gemm(plan, weight, chunk, Matrix(dcol, g.rows, images * g.pixels, ld=per * g.pixels), trans_a=True)
-            col2im(plan, g, images, dcol, dx.view((images, g.C, g.H, g.W), start * image), per * g.pixels)
+        conv_ops.input_grad(plan, g, batch, weight, dpre, dx)
         return dx
 
     def __repr__(self):

@@ -28,7 +28,7 @@ class Dropout(Layer):
             return src.view(src.shape)
         out = ctx.plan.value(src.shape, f"{self!r} {what}")
         launch = dropout_ops.dropout(ctx.plan, src, out, self.p, ctx.seed)
-        ctx.plan.bind_dynamic("step", launch, dropout_ops.STEP_ARG, step_arg)
+        ctx.plan.bind_dynamic("step", launch, "step", step_arg)
         return out
 
     def forward(self, ctx, x):

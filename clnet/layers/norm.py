@@ -81,7 +81,7 @@ class _BatchNorm(Layer):
             plan, x, y, weight, bias, buffers["running_mean"], buffers["running_var"],
             buffers["num_batches_tracked"], mean, invstd, self.eps, self.momentum)
         # statistics over the valid rows only: the graph sets n_valid for a padded last batch
-        plan.bind_dynamic("n_valid", launch, norm_ops.N_VALID_ARG)
+        plan.bind_dynamic("n_valid", launch, "n_valid")
         ctx.saved["stats"] = (mean, invstd)
         return y
 
@@ -93,7 +93,7 @@ class _BatchNorm(Layer):
         dx = plan.value(x.shape, f"{self!r} input grad") if need_dx else None
         launch = norm_ops.batchnorm_backward(plan, x, dy, dx, ctx.params.get("weight"), ctx.grads.get("weight"),
                                              ctx.grads.get("bias"), mean, invstd)
-        plan.bind_dynamic("n_valid", launch, norm_ops.N_VALID_ARG)
+        plan.bind_dynamic("n_valid", launch, "n_valid")
         return dx
 
     def __repr__(self):

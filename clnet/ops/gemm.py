@@ -1,7 +1,6 @@
-"""GEMM launcher: picks the kernel family for the device, the layout of the operands, and the
+"""GEMM launcher: picks the kernel of the device's family, the layout of the operands, and the
 kernel parameters (tuned by `clnet-tune` where the tuning cache has them, else defaults)."""
 
-import os
 from dataclasses import dataclass
 from math import prod
 
@@ -57,15 +56,6 @@ class Call:
 
 def _matrix(x):
     return x if isinstance(x, Matrix) else Matrix(x, *x.shape)
-
-
-def family(device):
-    """"tiled" (local-memory tiles, gemm_tiled) on GPUs and accelerators, "cpu" (gemm_packed) on
-    CPUs; CLNET_GEMM overrides."""
-    chosen = os.environ.get("CLNET_GEMM") or ("cpu" if device.info.type == "CPU" else "tiled")
-    if chosen not in ("tiled", "cpu"):
-        raise ValueError(f"CLNET_GEMM must be 'tiled' or 'cpu', not {chosen!r}")
-    return chosen
 
 
 def layout(defines):
@@ -151,7 +141,7 @@ def gemm(plan, a, b, c, trans_a=False, trans_b=False, bias=None, act=0, bias_per
                          f"C{c.shape}")
     defines = dict(TRANS_A=int(trans_a), TRANS_B=int(trans_b), HAS_BIAS=bias is not None, ACT=act,
                    BIAS_PER_ROW=bias_per_row)
-    kernel = "gemm_tiled" if family(plan.device) == "tiled" else "gemm_packed"
+    kernel = "gemm_tiled" if plan.device.family == "tiled" else "gemm_packed"
     return record_gemm(plan, kernel, defines, (m, n, k), a, b, c, bias)
 
 
