@@ -167,15 +167,15 @@ def _train(platform, device, dataset, data_dir, offline, image_size, model_name,
            lr, momentum, nesterov, weight_decay, lr_schedule, warmup, early_stopping, augment, normalize,
            validation_split, seed, save_path, checkpoint_dir, resume_dir, log_path, plot_path, quiet):
     start = time.perf_counter()
-    callbacks, checkpoint = [], None
+    extra, checkpoint = [], None
     if plot_path:
-        callbacks.append(callbacks.PlotCurves(plot_path))
+        extra.append(callbacks.PlotCurves(plot_path))
     if checkpoint_dir and not resume_dir:
         if os.path.exists(os.path.join(checkpoint_dir, RUN_OPTIONS)):  # never overwrite a run
             raise ClnetError(f"{checkpoint_dir} holds a run already: continue it with --resume {checkpoint_dir}, "
                              "or give a new --checkpoint-dir")
         os.makedirs(checkpoint_dir, exist_ok=True)
-        options = {k: v for k, v in locals().items() if k not in ("start", "callbacks", "checkpoint")}
+        options = {k: v for k, v in locals().items() if k not in ("start", "extra", "checkpoint")}
         with open(os.path.join(checkpoint_dir, RUN_OPTIONS), "w") as f:
             json.dump({**options, "image_size": image_size and list(image_size)}, f, indent=1)
     dev = open_device(platform, device)
@@ -189,7 +189,7 @@ def _train(platform, device, dataset, data_dir, offline, image_size, model_name,
         log_path = log_path or os.path.join(checkpoint_dir, "metrics.csv")
         save_path = save_path or os.path.join(checkpoint_dir, "model.clnet")
         if validation_split:
-            callbacks.append(callbacks.SaveBest(os.path.join(checkpoint_dir, "best.clnet"), classes=train_set.classes))
+            extra.append(callbacks.SaveBest(os.path.join(checkpoint_dir, "best.clnet"), classes=train_set.classes))
     if not quiet:
         click.echo(f"Device:    {dev.info.label}")
         click.echo(f"Data:      {train_set.name}, {len(train_set)} training images of {train_set.image_shape} "
@@ -202,7 +202,7 @@ def _train(platform, device, dataset, data_dir, offline, image_size, model_name,
                             checkpoint=checkpoint, resume=bool(resume_dir), log=log_path,
                             schedule=callbacks.SCHEDULES[lr_schedule](epochs, warmup),
                             early_stopping=callbacks.EarlyStopping(patience=early_stopping) if early_stopping else None,
-                            callbacks=callbacks)
+                            callbacks=extra)
     except KeyboardInterrupt:
         if checkpoint:
             click.echo(f"Interrupted: the run is saved in {checkpoint_dir}; continue it with "

@@ -73,7 +73,8 @@ class CompiledStep:
             plan.mark("backward")
             self._backward(stages, contexts, values, grad.view(z.shape))
             plan.mark("update")
-            self.update_launch = optimizer.record(plan, store.params, store.grads, store.optimizer_state)
+            self.update_launch = optimizer.record(plan, store.params, store.grads,
+                                                  store.require_optimizer_state(optimizer.slots))
         elif loss is not None:
             probs = plan.value(z2d.shape, "predictions")
             self.loss_launch = loss.record(plan, z2d, self.targets if self.targets is not None else probs,

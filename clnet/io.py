@@ -360,8 +360,9 @@ def _build_layers(archive, specs):
 
 def _read_model(archive):
     """(model.json's object, the weights) of an open archive."""
-    meta = archive.json("model.json", "is not a clnet model file: the archive has no model.json",
-                        MODEL_FORMAT, FORMAT_VERSION)
+    # A truncated file can still open as a zip: that of a stored .npz member, without model.json.
+    meta = archive.json("model.json", "is not a clnet model file, or it is truncated: the archive has no "
+                        "model.json", MODEL_FORMAT, FORMAT_VERSION)
     _check_description(archive, meta)
     weights = archive.arrays("weights.npz", "is incomplete: the archive has no weights.npz")
     for key, value in weights.items():

@@ -96,7 +96,7 @@ class Model:
         """
         self.loss = losses.get(loss)
         self.optimizer = optim.get(optimizer)
-        self.param_store.reset_optimizer_state(self.optimizer.slots)
+        self.param_store.reset_optimizer_state()
         self._runners.clear()
         return self
 

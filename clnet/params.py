@@ -70,13 +70,19 @@ class ParamStore:
         return {e.name: tensor.view(e.shape, e.offset) for e in self.entries
                 if e.node == node and e.trainable == (kind != "buffers")}
 
-    def reset_optimizer_state(self, count):
-        """`count` zeroed state buffers for a newly compiled optimizer, and no steps taken."""
-        self.optimizer_state = [DeviceTensor.empty(self.device, self.params.shape, what="optimizer state")
-                                for _ in range(count)]
-        for tensor in self.optimizer_state:
-            tensor.fill(0)
-        self.steps = 0
+    def reset_optimizer_state(self):
+        """No optimizer state and no steps taken, for a newly compiled optimizer."""
+        self.optimizer_state, self.steps = [], 0
+
+    def require_optimizer_state(self, count):
+        """`count` state buffers, zeroed when they are made: made by the first training step
+        compiled for an optimizer, kept by every later one."""
+        if len(self.optimizer_state) != count:
+            self.optimizer_state = [DeviceTensor.empty(self.device, self.params.shape, what="optimizer state")
+                                    for _ in range(count)]
+            for tensor in self.optimizer_state:
+                tensor.fill(0)
+        return self.optimizer_state
 
     def load_optimizer_state(self, arrays, steps):
         """Restore saved optimizer state (float32 arrays of the parameters' size) and step count."""
@@ -85,9 +91,7 @@ class ParamStore:
             if array.size != self.params.size:
                 raise ShapeError(f"optimizer state {i} has {array.size} values, the model's parameters "
                                  f"{self.params.size} slots")
-        if len(arrays) != len(self.optimizer_state):
-            self.reset_optimizer_state(len(arrays))
-        for tensor, array in zip(self.optimizer_state, arrays):
+        for tensor, array in zip(self.require_optimizer_state(len(arrays)), arrays):
             tensor.upload(array)  # in place: plans recorded with these tensors keep working
         self.steps = int(steps)
 
