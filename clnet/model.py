@@ -2,7 +2,10 @@
 / evaluate / predict / save); Sequential builds it from a stack of layers. Loading model files and
 checkpoints onto a device is here too, above the file format (clnet.io)."""
 
+from __future__ import annotations
+
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from math import prod
 
@@ -13,8 +16,10 @@ from . import io, losses, optim
 from .compiler import CompiledStep, Target
 from .datasets import Dataset
 from .datasets.feed import InputSpec, channel_statistics, image_dims
+from .device import Device
 from .device import device as open_device
 from .errors import InputError, ModelFileError, ShapeError
+from .layers import Layer
 from .network import Network
 from .params import ParamStore
 from .runner import Runner
@@ -70,7 +75,7 @@ class Model:
         seed: seeds initialisation, dropout, augmentation and (unless fit is given one) shuffling.
     """
 
-    def __init__(self, network, device=None, seed=0):
+    def __init__(self, network: Network, device: Device | None = None, seed: int = 0):
         self.network = network
         self.device = device if device is not None else open_device()
         self.seed = int(seed)
@@ -84,7 +89,7 @@ class Model:
         self._runners = {}
 
     # ------------------------------------------------------------------ set-up
-    def compile(self, loss="cross_entropy", optimizer="sgd"):
+    def compile(self, loss: str | losses.Loss = "cross_entropy", optimizer: str | optim.Optimizer = "sgd") -> Model:
         """Choose the loss and the optimizer; the optimizer's state starts from zero.
 
         Args:
@@ -100,7 +105,7 @@ class Model:
         self._runners.clear()
         return self
 
-    def count_params(self):
+    def count_params(self) -> int:
         return self.param_store.count
 
     def _spec(self, x, crop=0, flip=False):
@@ -136,9 +141,11 @@ class Model:
         return x, self.loss.targets(y, len(x), out_shape)
 
     # ------------------------------------------------------------------ training
-    def fit(self, x, y=None, epochs=1, batch_size=32, validation_split=0.0, validation_data=None,
-            shuffle=True, verbose=1, seed=None, stream=None, normalize=None, augment=None, resident="auto",
-            checkpoint=None, resume=False, log=None, schedule=None, early_stopping=None, callbacks=()):
+    def fit(self, x, y=None, epochs: int = 1, batch_size: int = 32, validation_split: float = 0.0,
+            validation_data=None, shuffle: bool = True, verbose: int = 1, seed: int | None = None, stream=None,
+            normalize=None, augment: str | dict | None = None, resident: bool | str = "auto", checkpoint=None,
+            resume: bool = False, log=None, schedule: cb.Schedule | None = None,
+            early_stopping: cb.EarlyStopping | None = None, callbacks: Sequence[cb.Callback] = ()) -> History:
         """Train; returns a History of loss/accuracy (and val_loss/val_accuracy) and lr per epoch.
 
         Args:
@@ -198,7 +205,7 @@ class Model:
                           verbose=verbose, stream=stream)
         return trainer.fit(x, targets, epochs, batch_size, rng, validation_data, shuffle, augment, resident)
 
-    def train_on_batch(self, x, y):
+    def train_on_batch(self, x, y) -> float:
         """One optimizer step on (x, y) as one batch; returns that batch's loss."""
         self._require_compiled("train_on_batch")
         x, targets = self._prepare(x, y)
@@ -215,7 +222,7 @@ class Model:
         return logs
 
     # ------------------------------------------------------------------ inference
-    def evaluate(self, x, y=None, batch_size=256):
+    def evaluate(self, x, y=None, batch_size: int = 256) -> dict:
         """{"loss": mean loss, "accuracy": fraction correct} over (x, y) or a Dataset."""
         self._require_compiled("evaluate")
         x, targets = self._prepare(x, y)
@@ -230,7 +237,7 @@ class Model:
         runner.sync()
         return logs
 
-    def predict(self, x, batch_size=256):
+    def predict(self, x, batch_size: int = 256) -> np.ndarray:
         """Model outputs as numpy: class probabilities for cross-entropy (softmax) and binary
         cross-entropy (sigmoid), the raw outputs otherwise. x as for fit (uint8 images are scaled,
         the model's normalisation applies)."""
@@ -244,25 +251,25 @@ class Model:
         return np.concatenate(out).reshape(len(x), *runner.compiled.output_shape)
 
     # ------------------------------------------------------------------ weights
-    def state_dict(self):
+    def state_dict(self) -> dict:
         """{"0.weight": array, ...}: float32 numpy arrays in PyTorch's layouts and keys."""
         return self.param_store.state_dict()
 
-    def gradients(self):
+    def gradients(self) -> dict:
         """The gradients of the last training step, keyed like state_dict (computed before the update)."""
         return self.param_store.gradients()
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: dict) -> None:
         """Load arrays (numpy, or anything np.asarray takes, such as CPU torch tensors)."""
         self.param_store.load_state_dict(state)
 
-    def optimizer_state_dict(self):
+    def optimizer_state_dict(self) -> dict:
         """Everything the optimizer needs to continue: {"class", "config" (hyper-parameters),
         "steps" (taken), "state": [float32 arrays over the flat parameters]}."""
         return {"class": type(self.optimizer).__name__, "config": self.optimizer.config(),
                 "steps": self.param_store.steps, "state": [t.download() for t in self.param_store.optimizer_state]}
 
-    def load_optimizer_state_dict(self, state):
+    def load_optimizer_state_dict(self, state: dict) -> None:
         """Restore `optimizer_state_dict()` of the same optimizer class: hyper-parameters, steps
         and state (hyper-parameters other than lr reach the steps compiled from now on)."""
         if state["class"] != type(self.optimizer).__name__:
@@ -271,14 +278,14 @@ class Model:
         self.param_store.load_optimizer_state(state["state"], state["steps"])
         self._runners.clear()
 
-    def save(self, path, classes=None):
+    def save(self, path, classes: Sequence[str] | None = None) -> None:
         """Write the model to one file (conventionally `*.clnet`), atomically: the architecture, the
         weights, the seed, the loss, the input shape, the normalisation and the class names
         (`classes`, in output order; default `model.classes`). `clnet.load(path)` reads it back;
         clnet/io.py documents the format."""
         io.save(self, path, classes=classes)
 
-    def restore(self, saved, path):
+    def restore(self, saved: io.SavedCheckpoint, path) -> None:
         """Load a checkpoint (`io.read_checkpoint`'s SavedCheckpoint read from `path`) into this
         model: weights, normalisation, and the optimizer's hyper-parameters, state and steps."""
         saved_optimizer = saved.optimizer and saved.optimizer.optimizer
@@ -290,7 +297,7 @@ class Model:
         self.normalization = saved.model.normalization
 
     # ------------------------------------------------------------------ description
-    def summary(self, input_shape=None, batch_size=32, stream=None):
+    def summary(self, input_shape: tuple | None = None, batch_size: int = 32, stream=None) -> str:
         """Print a table of nodes: output shape, parameters, forward FLOPs and activation memory per
         sample; then the totals and the device memory planned for `batch_size` (a training plan
         once compiled, else an inference plan). Returns the text."""
@@ -342,11 +349,11 @@ class Sequential(Model):
         >>> model.compile("cross_entropy", "adam").fit(x, y, epochs=3)
     """
 
-    def __init__(self, layers, device=None, seed=0):
+    def __init__(self, layers: Sequence[Layer], device: Device | None = None, seed: int = 0):
         super().__init__(Network.chain(layers), device, seed)
 
     @property
-    def layers(self):
+    def layers(self) -> list:
         return self.network.layers
 
     def __repr__(self):
@@ -377,7 +384,7 @@ def _build(saved, path, device):
     return model
 
 
-def load(path, device=None):
+def load(path, device: Device | None = None) -> Model:
     """The model saved at `path` (a model file or a checkpoint), on `device` (default: the best
     device; any device works, whatever made the file). Compiled with its saved loss and a default
     SGD optimizer (call compile again to train otherwise); not compiled if it was saved uncompiled.
@@ -399,7 +406,7 @@ class Checkpoint:
     state: object
 
 
-def load_checkpoint(path, device=None):
+def load_checkpoint(path, device: Device | None = None) -> Checkpoint:
     """A `Checkpoint` (model, epoch, step, state) read from `path`, on `device` (default: the best
     device). The model is compiled with its loss and optimizer, the optimizer's state and step count
     restored. To continue a fit, pass `checkpoint=path, resume=True` to `fit` instead: it loads

@@ -6,6 +6,9 @@ its parameters are keyed "<node name>.<parameter>" (so a chain named "0", "1", .
 the same torch.nn.Sequential). The last node is the output.
 """
 
+from __future__ import annotations
+
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .errors import ShapeError
@@ -49,7 +52,7 @@ class Network:
         (10,)
     """
 
-    def __init__(self, nodes):
+    def __init__(self, nodes: Sequence[Node]):
         self.nodes = list(nodes)
         known = {INPUT}
         for node in self.nodes:
@@ -70,7 +73,7 @@ class Network:
                 self.consumers[name] += 1
 
     @classmethod
-    def chain(cls, layers):
+    def chain(cls, layers: Sequence[Layer]) -> Network:
         """Each layer reading the one before: nodes named "0", "1", ..."""
         layers = list(layers)
         for i, layer in enumerate(layers):
@@ -91,7 +94,7 @@ class Network:
         readers = [n.layer for n in self.nodes if node.name in n.inputs]
         return readers[0] if len(readers) == 1 else None
 
-    def shapes(self, input_shape):
+    def shapes(self, input_shape: tuple) -> dict:
         """{value name: per-sample shape}; a ShapeError names the node that does not fit."""
         shapes = {INPUT: tuple(input_shape)}
         for node in self.nodes:
@@ -102,10 +105,10 @@ class Network:
                 raise ShapeError(f"layer {node.name} ({node.layer!r}) {exc}") from None
         return shapes
 
-    def output_shape(self, input_shape):
+    def output_shape(self, input_shape: tuple) -> tuple:
         return self.shapes(input_shape)[self.output]
 
-    def stages(self, input_shape, loss=None):
+    def stages(self, input_shape: tuple, loss=None) -> list:
         """The nodes as they run, after checking every shape.
 
         A link layer ending the network (Softmax before cross-entropy) is left to the loss, and an

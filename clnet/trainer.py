@@ -5,15 +5,19 @@ device or from host batches, reads the metrics once an epoch, validates, and rec
 everything else (progress, logs, checkpoints, schedules, early stopping) is a callback.
 """
 
+from __future__ import annotations
+
 import signal
 import sys
 import threading
 import time
+from collections.abc import Sequence
 
 import numpy as np
 
 from .datasets import Dataset
 from .datasets.feed import DeviceDataset, parse_augment
+from .callbacks import Callback
 from .errors import InputError
 
 
@@ -72,7 +76,7 @@ class Trainer:
         >>> history = trainer.fit(x, y, epochs=5, batch_size=64, rng=np.random.default_rng(0))
     """
 
-    def __init__(self, model, callbacks=(), verbose=True, stream=None):
+    def __init__(self, model, callbacks: Sequence[Callback] = (), verbose: bool = True, stream=None):
         self.model, self.callbacks = model, list(callbacks)
         self.verbose, self.stream = bool(verbose), stream or sys.stdout
 
@@ -80,15 +84,16 @@ class Trainer:
         for callback in self.callbacks:
             getattr(callback, hook)(*args)
 
-    def read_metrics(self):
+    def read_metrics(self) -> dict:
         return self.model._read_metrics(self.targets)
 
     @property
     def epoch_seconds(self):
         return time.perf_counter() - self._epoch_start
 
-    def fit(self, x, targets, epochs, batch_size, rng, validation_data=None, shuffle=True, augment=None,
-            resident="auto"):
+    def fit(self, x: np.ndarray, targets: np.ndarray, epochs: int, batch_size: int, rng: np.random.Generator,
+            validation_data=None, shuffle: bool = True, augment: str | dict | None = None,
+            resident: bool | str = "auto") -> History:
         """Train on validated inputs `x` and the loss's `targets`; returns the History.
 
         validation_data: (x, targets) or a Dataset, evaluated after every epoch; rng: the

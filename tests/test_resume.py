@@ -167,3 +167,39 @@ def test_a_checkpoint_resumes_on_another_device(tmp_path):
     np.testing.assert_allclose(history.history["loss"], straight_history.history["loss"], rtol=1e-4)
     for key, value in straight.state_dict().items():
         np.testing.assert_allclose(moved.state_dict()[key], value, rtol=1e-4, atol=1e-6, err_msg=key)
+
+
+def test_a_checkpoint_written_before_the_trainer_resumes(device, tmp_path):
+    """tests/data/checkpoint-0.1.0.clnet was written by clnet at f0c1ae7, which kept the schedule's
+    and early stopping's states under keys of their own: after 2 of 4 epochs of the fit below. Its
+    weights, optimizer and every callback's state come back, and the run goes on from epoch 3."""
+    import shutil
+    from pathlib import Path
+    from clnet import layers as L
+    from clnet.callbacks import EarlyStopping, ReduceLROnPlateau, SaveBest
+    checkpoint = tmp_path / "run.clnet"
+    shutil.copy(Path(__file__).parent / "data" / "checkpoint-0.1.0.clnet", checkpoint)
+    saved = clnet.load_checkpoint(checkpoint, device)
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(60, 12)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int32) + (x[:, 1] > 0.5)
+
+    def fit(epochs):
+        model = clnet.Sequential([L.Dense(12, 8), L.ReLU(), L.Dense(8, 3)], device=device, seed=4)
+        model.compile("cross_entropy", clnet.optim.SGD(lr=0.1, momentum=0.9))
+        callbacks = (ReduceLROnPlateau(patience=1, factor=0.5, warmup=1), EarlyStopping(patience=3),
+                     SaveBest(tmp_path / "best.clnet", monitor="val_loss"))
+        history = model.fit(x, y, epochs=epochs, batch_size=16, validation_split=0.25, verbose=0,
+                            schedule=callbacks[0], early_stopping=callbacks[1], callbacks=[callbacks[2]],
+                            checkpoint=checkpoint, resume=True)
+        return model, history, callbacks
+
+    model, history, (schedule, stop, best) = fit(2)  # nothing left to run: the checkpoint, loaded
+    assert history.epochs == [1, 2] and history.history == saved.state["history"]
+    assert schedule.state() == saved.state["schedule"] and stop.best == saved.state["early"]["best"]
+    assert best.best == saved.state["callbacks"][0]["best"]
+    for key, value in saved.model.state_dict().items():
+        np.testing.assert_array_equal(model.state_dict()[key], value, err_msg=key)
+    assert model.optimizer_state_dict()["steps"] == saved.model.optimizer_state_dict()["steps"] == 6
+    model, history, _ = fit(4)
+    assert history.epochs == [1, 2, 3, 4] and history.history["loss"][:2] == saved.state["history"]["loss"]

@@ -22,7 +22,7 @@ class Callback:
 
     Example:
         >>> class PrintLoss(Callback):
-        ...     def on_epoch_end(self, epoch, logs):
+        ...     def on_epoch_end(self, epoch: int, logs: dict) -> None:
         ...         print(epoch, logs["loss"])
         >>> model.fit(x, y, callbacks=[PrintLoss()])
     """
@@ -33,40 +33,40 @@ class Callback:
     def model(self):
         return self.trainer.model
 
-    def on_train_begin(self):
+    def on_train_begin(self) -> None:
         pass
 
-    def on_epoch_begin(self, epoch):
+    def on_epoch_begin(self, epoch: int) -> None:
         pass
 
-    def on_step_begin(self, epoch, step):
+    def on_step_begin(self, epoch: int, step: int) -> None:
         pass
 
-    def on_step_end(self, epoch, step):
+    def on_step_end(self, epoch: int, step: int) -> None:
         pass
 
-    def on_epoch_end(self, epoch, logs):
+    def on_epoch_end(self, epoch: int, logs: dict) -> None:
         pass
 
-    def on_interrupt(self, epoch, steps):
+    def on_interrupt(self, epoch: int, steps: int) -> None:
         pass
 
-    def on_train_end(self):
+    def on_train_end(self) -> None:
         pass
 
-    def state(self):
+    def state(self) -> dict:
         return {}
 
-    def load_state(self, state):
+    def load_state(self, state: dict) -> None:
         self.__dict__.update(state)
 
 
-def improvement_sign(monitor):
+def improvement_sign(monitor: str) -> float:
     """+1 when larger is better (accuracy), -1 for losses."""
     return 1.0 if "acc" in monitor else -1.0
 
 
-def monitored(logs, monitor):
+def monitored(logs: dict, monitor: str) -> float:
     """logs[monitor], or an InputError saying which metrics the epoch reported."""
     if monitor not in logs:
         raise InputError(f"cannot monitor {monitor!r}: the epoch reported {', '.join(logs)} "
