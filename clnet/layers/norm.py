@@ -6,6 +6,8 @@ padded) and updates the running statistics; evaluation uses the running statisti
 `num_batches_tracked` are buffers, in torch's state_dict order.
 """
 
+from __future__ import annotations
+
 from math import prod
 
 import numpy as np
@@ -16,12 +18,12 @@ from .base import Layer
 
 
 class _BatchNorm(Layer):
+    """Shared by BatchNorm1d and BatchNorm2d: all but the input shapes they accept."""
+
     #: input shapes per sample that the layer accepts, as text for errors
     expected = ""
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True):
-        """`momentum`: weight of the new batch in the running statistics; None for a cumulative
-        average (as torch). `affine`: learn a per-channel weight and bias."""
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True):
         if int(num_features) < 1:
             raise ValueError(f"{type(self).__name__} needs a positive number of features, got {num_features}")
         if not eps > 0:
@@ -55,7 +57,7 @@ class _BatchNorm(Layer):
             values.update(weight=np.ones(c, np.float32), bias=np.zeros(c, np.float32))
         return values
 
-    def output_shape(self, input_shape):
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         if not self._accepts(tuple(input_shape)):
             raise self.shape_error(self.expected, input_shape)
         return tuple(input_shape)
@@ -96,6 +98,40 @@ class _BatchNorm(Layer):
         plan.bind_dynamic("n_valid", launch, norm_ops.N_VALID_ARG)
         return dx
 
+    def to_onnx(self, builder, name, prefix, arrays):
+        c = self.num_features
+        if self.affine:
+            scale = builder.constant(f"{prefix}.weight", arrays["weight"])
+            shift = builder.constant(f"{prefix}.bias", arrays["bias"])
+        else:  # BatchNormalization requires a scale and a shift
+            scale = builder.constant(f"{prefix}.scale", np.ones(c, np.float32))
+            shift = builder.constant(f"{prefix}.shift", np.zeros(c, np.float32))
+        statistics = [builder.constant(f"{prefix}.{key}", arrays[key]) for key in ("running_mean", "running_var")]
+        builder.add("BatchNormalization", name, [scale, shift, *statistics], epsilon=self.eps)
+
+    def reference_statistics(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+        """(mean, biased variance, values per channel) of a batch x (N, C, ...) in float64: what
+        training normalises with."""
+        x = np.asarray(x, np.float64)
+        per_channel = x.reshape(len(x), x.shape[1], -1)
+        return (per_channel.mean(axis=(0, 2)), per_channel.var(axis=(0, 2)),
+                per_channel.shape[0] * per_channel.shape[2])
+
+    def reference(self, params, x, training=False):
+        """Training normalises with the batch's statistics, evaluation with the running ones."""
+        x = np.asarray(x, np.float64)
+        if training:
+            mean, var, _ = self.reference_statistics(x)
+        else:
+            mean, var = params["running_mean"], params["running_var"]
+        shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)
+
+        def per_channel(v):
+            return np.asarray(v, np.float64).reshape(shape)
+
+        y = (x - per_channel(mean)) / np.sqrt(per_channel(var) + self.eps)
+        return y * per_channel(params["weight"]) + per_channel(params["bias"]) if self.affine else y
+
     def __repr__(self):
         extra = "" if self.eps == 1e-5 else f", eps={self.eps:g}"
         extra += "" if self.momentum == 0.1 else f", momentum={self.momentum}"
@@ -104,7 +140,20 @@ class _BatchNorm(Layer):
 
 
 class BatchNorm2d(_BatchNorm):
-    """Per-channel normalisation of images (C, H, W), statistics over (N, H, W)."""
+    """Per-channel normalisation of images, as torch.nn.BatchNorm2d: statistics over (N, H, W).
+
+    Args:
+        num_features: the channels C.
+        eps: added to the variance.
+        momentum: the new batch's weight in the running statistics; None for a cumulative average.
+        affine: learn a per-channel weight and bias (initially 1 and 0).
+
+    Shape:
+        Input (C, H, W); the output has the same shape.
+
+    Example:
+        >>> clnet.Sequential([Conv2D(3, 16, 3, padding=1), BatchNorm2d(16), ReLU()])
+    """
 
     expected = "(num_features, H, W)"
 
@@ -113,7 +162,20 @@ class BatchNorm2d(_BatchNorm):
 
 
 class BatchNorm1d(_BatchNorm):
-    """Per-feature normalisation of vectors (F,) (or of sequences (F, L), statistics over (N, L))."""
+    """Per-feature normalisation, as torch.nn.BatchNorm1d: statistics over N (and L for sequences).
+
+    Args:
+        num_features: the features F.
+        eps: added to the variance.
+        momentum: the new batch's weight in the running statistics; None for a cumulative average.
+        affine: learn a per-feature weight and bias (initially 1 and 0).
+
+    Shape:
+        Input (F,) or (F, L); the output has the same shape.
+
+    Example:
+        >>> clnet.Sequential([Flatten(), Dense(784, 128), BatchNorm1d(128), ReLU(), Dense(128, 10)])
+    """
 
     expected = "(num_features,) or (num_features, L)"
 
