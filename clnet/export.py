@@ -10,7 +10,7 @@ of shape (N, *input_shape) with a symbolic batch dimension "N", images already s
     MaxPool2D / AvgPool2D -> MaxPool / AveragePool (count_include_pad=1)
     GlobalAvgPool2D -> GlobalAveragePool        Flatten -> Flatten(axis=1)
     ReLU, Sigmoid, Tanh -> the same             Softmax -> Softmax(axis=1)
-    BatchNorm1d / BatchNorm2d -> BatchNormalization (running statistics; ones/zeros without affine)
+    BatchNorm1D / BatchNorm2D -> BatchNormalization (running statistics; ones/zeros without affine)
     Dropout -> nothing (the identity in inference)
 
 The output, "probabilities", is what `model.predict` returns: for the loss "cross_entropy" a final

@@ -25,7 +25,7 @@ def forward(layers, state, x, training=False, dropout_keep=None, stats=None):
             keep = dropout_keep(i, layer, a.shape) if training and layer.p > 0 else None
             a = layer.reference(params, a, training, keep)
             continue
-        if training and stats is not None and isinstance(layer, (L.BatchNorm1d, L.BatchNorm2d)):
+        if training and stats is not None and isinstance(layer, (L.BatchNorm1D, L.BatchNorm2D)):
             stats[i] = layer.reference_statistics(a)
         a = layer.reference(params, a, training)
     return a

@@ -208,7 +208,7 @@ def test_batchnorm_shape_checks_and_arguments():
     for kwargs in (dict(num_features=0), dict(num_features=3, eps=0.0), dict(num_features=3, momentum=1.5)):
         with pytest.raises(ValueError):
             BatchNorm2d(**kwargs)
-    assert repr(BatchNorm1d(4, momentum=None, affine=False)) == "BatchNorm1d(4, momentum=None, affine=False)"
+    assert repr(BatchNorm1d(4, momentum=None, affine=False)) == "BatchNorm1D(4, momentum=None, affine=False)"
 
 
 # ------------------------------------------------------------------------- dropout, op level

@@ -1,4 +1,5 @@
-"""Batch normalisation layers with PyTorch's semantics (torch.nn.BatchNorm1d / BatchNorm2d).
+"""Batch normalisation layers with PyTorch's semantics (torch.nn.BatchNorm1d / BatchNorm2d): BatchNorm1D
+and BatchNorm2D (also importable by their former names BatchNorm1d and BatchNorm2d).
 
 Training normalises with the statistics of the batch (its valid rows only, when the last batch is
 padded) and updates the running statistics; evaluation uses the running statistics. Parameters
@@ -18,7 +19,7 @@ from .base import Layer
 
 
 class _BatchNorm(Layer):
-    """Shared by BatchNorm1d and BatchNorm2d: all but the input shapes they accept."""
+    """Shared by BatchNorm1D and BatchNorm2D: all but the input shapes they accept."""
 
     #: input shapes per sample that the layer accepts, as text for errors
     expected = ""
@@ -139,7 +140,7 @@ class _BatchNorm(Layer):
         return f"{type(self).__name__}({self.num_features}{extra})"
 
 
-class BatchNorm2d(_BatchNorm):
+class BatchNorm2D(_BatchNorm):
     """Per-channel normalisation of images, as torch.nn.BatchNorm2d: statistics over (N, H, W).
 
     Args:
@@ -152,7 +153,7 @@ class BatchNorm2d(_BatchNorm):
         Input (C, H, W); the output has the same shape.
 
     Example:
-        >>> clnet.Sequential([Conv2D(3, 16, 3, padding=1), BatchNorm2d(16), ReLU()])
+        >>> clnet.Sequential([Conv2D(3, 16, 3, padding=1), BatchNorm2D(16), ReLU()])
     """
 
     expected = "(num_features, H, W)"
@@ -161,7 +162,7 @@ class BatchNorm2d(_BatchNorm):
         return len(shape) == 3 and shape[0] == self.num_features
 
 
-class BatchNorm1d(_BatchNorm):
+class BatchNorm1D(_BatchNorm):
     """Per-feature normalisation, as torch.nn.BatchNorm1d: statistics over N (and L for sequences).
 
     Args:
@@ -174,10 +175,14 @@ class BatchNorm1d(_BatchNorm):
         Input (F,) or (F, L); the output has the same shape.
 
     Example:
-        >>> clnet.Sequential([Flatten(), Dense(784, 128), BatchNorm1d(128), ReLU(), Dense(128, 10)])
+        >>> clnet.Sequential([Flatten(), Dense(784, 128), BatchNorm1D(128), ReLU(), Dense(128, 10)])
     """
 
     expected = "(num_features,) or (num_features, L)"
 
     def _accepts(self, shape):
         return len(shape) in (1, 2) and shape[0] == self.num_features
+
+
+# The former names (before one casing for all layers): the same classes.
+BatchNorm1d, BatchNorm2d = BatchNorm1D, BatchNorm2D
