@@ -38,21 +38,21 @@ class Layer:
     #: True for layers whose GEMM epilogue can apply a following activation (Dense, Conv2D).
     fuses_activation = False
 
-    def config(self):
+    def config(self) -> dict:
         """The constructor arguments as a JSON-able dict (lists for pairs), so that
         `type(layer)(**layer.config())` rebuilds the layer; model files store it. Layers that take
         arguments override this."""
         return {}
 
-    def param_shapes(self):
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
         """{name: shape} of the trainable parameters, in state_dict order."""
         return {}
 
-    def buffer_shapes(self):
+    def buffer_shapes(self) -> dict[str, tuple[int, ...]]:
         """{name: shape} of non-trainable state (running statistics), after the parameters in state_dict."""
         return {}
 
-    def init_params(self, rng, followed_by=None):
+    def init_params(self, rng: np.random.Generator, followed_by: Layer | None = None) -> dict[str, np.ndarray]:
         """{name: float32 array} initial values of parameters and buffers; `followed_by` is the next
         layer (it chooses the initialisation)."""
         return {}
@@ -70,11 +70,11 @@ class Layer:
         not need_dx). x and y are the forward pass's input and output values."""
         raise NotImplementedError
 
-    def flops(self, input_shape):
+    def flops(self, input_shape: tuple[int, ...]) -> int:
         """Forward multiply-adds x 2 for one sample."""
         return 0
 
-    def arrays_in(self, state: Mapping[str, np.ndarray], prefix: object) -> dict[str, np.ndarray]:
+    def arrays_in(self, state: Mapping[str, np.ndarray], prefix: str | int) -> dict[str, np.ndarray]:
         """The layer's parameters and buffers, by name ("weight", ...), out of a state_dict whose
         keys for this layer start with `prefix` ("0.weight" for prefix 0)."""
         return {name: state[f"{prefix}.{name}"] for name in (*self.param_shapes(), *self.buffer_shapes())}
