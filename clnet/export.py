@@ -3,14 +3,14 @@
 Needs the `onnx` package (`pip install "clnet[onnx]"`). The graph has one input, "input": float32
 of shape (N, *input_shape) with a symbolic batch dimension "N", images already scaled to [0, 1]
 (uint8 images are not converted: divide them by 255 first). The model's per-channel normalisation
-((x - mean) / std) comes first as Sub and Div nodes, then the layers in order:
+((x - mean) / std) comes first as Sub and Div nodes, then the nodes of each layer's `to_onnx`, in order:
 
     Dense -> Gemm (transB=1: the weight is PyTorch's (out, in))
     Conv2D -> Conv (pads [top, left, bottom, right]; "same" with an even kernel pads bottom/right more)
     MaxPool2D / AvgPool2D -> MaxPool / AveragePool (count_include_pad=1)
     GlobalAvgPool2D -> GlobalAveragePool        Flatten -> Flatten(axis=1)
     ReLU, Sigmoid, Tanh -> the same             Softmax -> Softmax(axis=1)
-    BatchNorm1d / BatchNorm2d -> BatchNormalization (running statistics; ones/zeros without affine)
+    BatchNorm1D / BatchNorm2D -> BatchNormalization (running statistics; ones/zeros without affine)
     Dropout -> nothing (the identity in inference)
 
 The output, "probabilities", is what `model.predict` returns: for the loss "cross_entropy" a final
@@ -41,18 +41,9 @@ def _import_onnx():
     return onnx, helper, numpy_helper
 
 
-def _conv_pads(layer):
-    """[top, left, bottom, right] padding of a Conv2D: "same" puts the odd extra row/column of an
-    even (dilated) kernel at the bottom/right, as the layer does."""
-    if layer.padding == "same":
-        totals = [d * (k - 1) for d, k in zip(layer.dilation, layer.kernel_size)]
-        top_left = [t // 2 for t in totals]
-        return top_left + [t - b for t, b in zip(totals, top_left)]
-    return list(layer.padding) * 2
-
-
-class _Builder:
-    """Accumulates nodes and initializers, naming values after the layer that makes them."""
+class OnnxBuilder:
+    """Accumulates nodes and initializers; `value` is the name of the current value, which the next
+    node takes as its first input. Layers add their nodes through it (`Layer.to_onnx`)."""
 
     def __init__(self, helper, numpy_helper):
         self.helper, self.numpy_helper = helper, numpy_helper
@@ -60,11 +51,13 @@ class _Builder:
         self.value = "input"
 
     def constant(self, name, array):
+        """Add an initializer; returns its name."""
         self.initializers.append(self.numpy_helper.from_array(np.ascontiguousarray(array), name))
         return name
 
     def add(self, op, name, inputs=(), output=None, **attrs):
-        """A node taking the current value (and `inputs`), whose output becomes the current value."""
+        """A node taking the current value (and `inputs`), whose output (by default f"{name}.out")
+        becomes the current value."""
         output = output or f"{name}.out"
         self.nodes.append(self.helper.make_node(op, [self.value, *inputs], [output], name=name, **attrs))
         self.value = output
@@ -80,50 +73,6 @@ def _normalization(b, model, input_shape):
     shape = (1, channels) + (1,) * (len(input_shape) - 1) if len(input_shape) != 2 else (1, 1, 1)
     b.add("Sub", "normalize_sub", [b.constant("normalization.mean", mean.reshape(shape))])
     b.add("Div", "normalize_div", [b.constant("normalization.std", std.reshape(shape))])
-
-
-def _layer(b, i, layer, state):
-    """Add the nodes of layer `i` (nothing for Dropout)."""
-    name = f"{i}.{type(layer).__name__}"
-    key = lambda k: f"{i}.{k}"
-    if isinstance(layer, L.Dense):
-        inputs = [b.constant(key("weight"), state[key("weight")])]
-        if layer.bias:
-            inputs.append(b.constant(key("bias"), state[key("bias")]))
-        b.add("Gemm", name, inputs, transB=1)
-    elif isinstance(layer, L.Conv2D):
-        inputs = [b.constant(key("weight"), state[key("weight")])]
-        if layer.bias:
-            inputs.append(b.constant(key("bias"), state[key("bias")]))
-        b.add("Conv", name, inputs, kernel_shape=list(layer.kernel_size), strides=list(layer.stride),
-              dilations=list(layer.dilation), pads=_conv_pads(layer), group=1)
-    elif isinstance(layer, (L.MaxPool2D, L.AvgPool2D)):
-        attrs = dict(kernel_shape=list(layer.kernel_size), strides=list(layer.stride), pads=list(layer.padding) * 2)
-        if isinstance(layer, L.AvgPool2D):
-            b.add("AveragePool", name, count_include_pad=1, **attrs)
-        else:
-            b.add("MaxPool", name, **attrs)
-    elif isinstance(layer, L.GlobalAvgPool2D):
-        b.add("GlobalAveragePool", name)
-    elif isinstance(layer, L.Flatten):
-        b.add("Flatten", name, axis=1)
-    elif isinstance(layer, (L.ReLU, L.Sigmoid, L.Tanh)):
-        b.add({L.ReLU: "Relu", L.Sigmoid: "Sigmoid", L.Tanh: "Tanh"}[type(layer)], name)
-    elif isinstance(layer, L.Softmax):
-        b.add("Softmax", name, axis=1)
-    elif isinstance(layer, L.Dropout):
-        pass
-    elif isinstance(layer, (L.BatchNorm1d, L.BatchNorm2d)):
-        c = layer.num_features
-        weight = state[key("weight")] if layer.affine else np.ones(c, np.float32)
-        bias = state[key("bias")] if layer.affine else np.zeros(c, np.float32)
-        inputs = [b.constant(key("weight") if layer.affine else f"{i}.scale", weight),
-                  b.constant(key("bias") if layer.affine else f"{i}.shift", bias),
-                  b.constant(key("running_mean"), state[key("running_mean")]),
-                  b.constant(key("running_var"), state[key("running_var")])]
-        b.add("BatchNormalization", name, inputs, epsilon=layer.eps)
-    else:
-        raise InputError(f"layer {i} ({layer!r}) has no ONNX export")
 
 
 def _final_activation(b, model, layers, out_shape):
@@ -159,11 +108,11 @@ def build_onnx(model, input_shape=None, opset=13):
                          "that has been trained, evaluated or loaded from a file")
     out_shape = model.network.output_shape(input_shape)  # checks every shape, naming the layer
     state = model.state_dict()
-    b = _Builder(helper, numpy_helper)
+    b = OnnxBuilder(helper, numpy_helper)
     if model.normalization is not None:
         _normalization(b, model, input_shape)
     for i, layer in enumerate(model.layers):
-        _layer(b, i, layer, state)
+        layer.to_onnx(b, f"{i}.{type(layer).__name__}", str(i), layer.arrays_in(state, i))
     _final_activation(b, model, model.layers, out_shape)
     f32 = onnx.TensorProto.FLOAT
     graph = helper.make_graph(

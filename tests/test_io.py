@@ -97,7 +97,8 @@ LAYER_EXAMPLES = [
 
 
 def test_every_layer_class_is_described_by_its_config():
-    assert set(cio.LAYER_CLASSES) == {type(layer).__name__ for layer in LAYER_EXAMPLES}
+    assert set(L.LAYERS) == {type(layer).__name__ for layer in LAYER_EXAMPLES}
+    assert set(cio.LAYER_CLASSES) == set(L.LAYERS) | set(L.ALIASES)
     for layer in LAYER_EXAMPLES:
         config = layer.config()
         assert json.loads(json.dumps(config)) == config, layer  # JSON as it is
@@ -165,6 +166,34 @@ def test_batchnorm_dropout_pool_net_round_trip_with_normalisation(device, tmp_pa
         assert moved.normalization == model.normalization
         assert_same_weights(moved.state_dict(), model.state_dict())
         assert_same_outputs_across(device, other, moved.predict(x), expected)
+
+
+def _layer_classes(path):
+    with zipfile.ZipFile(path) as zf:
+        return [spec["class"] for spec in json.loads(zf.read("model.json"))["layers"]]
+
+
+def test_files_naming_former_layer_names_load(device, tmp_path):
+    """Files written before BatchNorm1d / BatchNorm2d became BatchNorm1D / BatchNorm2D still load;
+    saving again writes the canonical names."""
+    model = perturbed(norm_net(device))
+    x = np.random.default_rng(3).uniform(size=(2, 3, 9, 8)).astype(np.float32)
+    path = tmp_path / "old.clnet"
+    model.save(path)
+    former = {cls.__name__: name for name, cls in L.ALIASES.items()}
+
+    def write_former_names(meta):
+        for spec in meta["layers"]:
+            spec["class"] = former.get(spec["class"], spec["class"])
+    edit_json(path, write_former_names)
+    assert {"BatchNorm1d", "BatchNorm2d"} <= set(_layer_classes(path))
+
+    loaded = clnet.load(path, device=device)
+    assert repr(loaded) == repr(model) and "BatchNorm2D(4" in repr(loaded)
+    assert_same_weights(loaded.state_dict(), model.state_dict())
+    np.testing.assert_array_equal(loaded.predict(x), model.predict(x))
+    loaded.save(tmp_path / "new.clnet")
+    assert _layer_classes(tmp_path / "new.clnet") == [type(layer).__name__ for layer in model.layers]
 
 
 def test_saving_is_deterministic_and_keeps_loaded_class_names(device, tmp_path):
