@@ -26,6 +26,7 @@ import numpy as np
 from . import layers as L
 from .errors import ClnetError, InputError
 from .files import replace_atomically
+from .layers.onnx_builder import OnnxBuilder
 from .version import __version__
 
 ONNX_HINT = 'ONNX export needs the onnx package: pip install "clnet[onnx]" (or pip install onnx)'
@@ -39,29 +40,6 @@ def _import_onnx():
     except ImportError:
         raise ClnetError(ONNX_HINT) from None
     return onnx, helper, numpy_helper
-
-
-class OnnxBuilder:
-    """Accumulates nodes and initializers; `value` is the name of the current value, which the next
-    node takes as its first input. Layers add their nodes through it (`Layer.to_onnx`)."""
-
-    def __init__(self, helper, numpy_helper):
-        self.helper, self.numpy_helper = helper, numpy_helper
-        self.nodes, self.initializers = [], []
-        self.value = "input"
-
-    def constant(self, name, array):
-        """Add an initializer; returns its name."""
-        self.initializers.append(self.numpy_helper.from_array(np.ascontiguousarray(array), name))
-        return name
-
-    def add(self, op, name, inputs=(), output=None, **attrs):
-        """A node taking the current value (and `inputs`), whose output (by default f"{name}.out")
-        becomes the current value."""
-        output = output or f"{name}.out"
-        self.nodes.append(self.helper.make_node(op, [self.value, *inputs], [output], name=name, **attrs))
-        self.value = output
-        return output
 
 
 def _normalization(b, model, input_shape):
@@ -111,9 +89,10 @@ def build_onnx(model, input_shape=None, opset=13):
     b = OnnxBuilder(helper, numpy_helper)
     if model.normalization is not None:
         _normalization(b, model, input_shape)
-    for i, layer in enumerate(model.layers):
-        layer.to_onnx(b, f"{i}.{type(layer).__name__}", str(i), layer.arrays_in(state, i))
-    _final_activation(b, model, model.layers, out_shape)
+    for node in model.network.nodes:  # a chain: each node reads the value the one before made
+        node.layer.to_onnx(b, f"{node.name}.{type(node.layer).__name__}", node.name,
+                           node.layer.arrays_in(state, node.name))
+    _final_activation(b, model, model.network.layers, out_shape)
     f32 = onnx.TensorProto.FLOAT
     graph = helper.make_graph(
         b.nodes, "clnet", [helper.make_tensor_value_info("input", f32, ["N", *input_shape])],

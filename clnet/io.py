@@ -70,9 +70,7 @@ ARRAY_TAG = "__clnet_array__"
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed member times: the same model gives the same bytes
 
 #: The layer classes a model file may name: the concrete layers of clnet.layers, and nothing else.
-LAYER_CLASSES = {name: getattr(_layers, name) for name in _layers.__all__
-                 if isinstance(getattr(_layers, name), type) and issubclass(getattr(_layers, name), _layers.Layer)
-                 and getattr(_layers, name) not in (_layers.Layer, _layers.Activation)}
+LAYER_CLASSES = {**_layers.LAYERS, **_layers.ALIASES}  # files name layers as they are called (or were)
 #: The optimizer classes a checkpoint may name.
 OPTIMIZER_CLASSES = {cls.__name__: cls for cls in optim.OPTIMIZERS.values()}
 
@@ -149,9 +147,9 @@ def _describe(model, path, classes):
     specs = []
     for i, layer in enumerate(_chain_layers(model.network, path)):
         name = type(layer).__name__
-        if LAYER_CLASSES.get(name) is not type(layer):
+        if _layers.LAYERS.get(name) is not type(layer):
             raise ModelFileError(path, f"cannot save layer {i} ({layer!r}): model files hold only the layers "
-                                       f"of clnet.layers ({', '.join(sorted(LAYER_CLASSES))})")
+                                       f"of clnet.layers ({', '.join(sorted(_layers.LAYERS))})")
         specs.append({"class": name, "config": layer.config()})
     loss = None
     if model.loss is not None:
@@ -350,7 +348,7 @@ def _build_layers(archive, specs):
         cls = LAYER_CLASSES.get(name)
         if cls is None:
             raise archive.error(f"layer {i} has the unknown class {name!r}; clnet {__version__} knows "
-                                f"{', '.join(sorted(LAYER_CLASSES))} (a file from a newer clnet? upgrade clnet)")
+                                f"{', '.join(sorted(_layers.LAYERS))} (a file from a newer clnet? upgrade clnet)")
         try:
             built.append(cls(**config))
         except (TypeError, ValueError) as exc:

@@ -4,14 +4,12 @@ nodes and its float64 numpy reference."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Union
+from typing import Union
 
 import numpy as np
 
 from ..errors import InputError, ShapeError
-
-if TYPE_CHECKING:
-    from ..export import OnnxBuilder
+from .onnx_builder import OnnxBuilder
 
 #: A size given for both image dimensions (an int) or per dimension (an (h, w) pair).
 IntOrPair = Union[int, Sequence[int]]
