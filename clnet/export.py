@@ -19,7 +19,11 @@ Softmax over each sample's outputs (unless the model already ends with Softmax),
 Weights are initializers named by their state_dict keys ("0.weight", ...).
 """
 
+from __future__ import annotations
+
 import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -28,6 +32,9 @@ from .errors import ClnetError, InputError
 from .files import replace_atomically
 from .layers.onnx_builder import OnnxBuilder
 from .version import __version__
+
+if TYPE_CHECKING:
+    import onnx
 
 ONNX_HINT = 'ONNX export needs the onnx package: pip install "clnet[onnx]" (or pip install onnx)'
 MIN_OPSET = 9  # BatchNormalization without the "spatial" attribute
@@ -72,8 +79,24 @@ def _final_activation(b, model, layers, out_shape):
         b.add("Identity", "probabilities", output="probabilities")
 
 
-def build_onnx(model, input_shape=None, opset=13):
-    """The onnx.ModelProto of a clnet.Sequential (checked by onnx.checker), without writing it."""
+def build_onnx(model, input_shape: Sequence[int] | None = None, opset: int = 13) -> onnx.ModelProto:
+    """The onnx.ModelProto of a clnet.Sequential (checked by onnx.checker), without writing it.
+
+    Args:
+        model: a clnet.Model whose network is a chain of layers, as a Sequential's.
+        input_shape: the shape of one sample, e.g. (1, 28, 28); None takes the model's, known once
+            it has been trained, evaluated or loaded from a file.
+        opset: the ONNX opset, from MIN_OPSET (9) to the newest the installed onnx knows.
+
+    Raises:
+        ClnetError: the onnx package is missing.
+        InputError: the opset is out of range, the input shape is unknown, or a layer has no export.
+        ShapeError: the model cannot take `input_shape`.
+
+    Example:
+        >>> proto = build_onnx(model, input_shape=(1, 28, 28))
+        >>> [node.op_type for node in proto.graph.node]
+    """
     onnx, helper, numpy_helper = _import_onnx()
     newest = onnx.defs.onnx_opset_version()
     if not MIN_OPSET <= int(opset) <= newest:
@@ -111,11 +134,25 @@ def build_onnx(model, input_shape=None, opset=13):
     return proto
 
 
-def to_onnx(model, path, input_shape=None, opset=13):
+def to_onnx(model, path: str | os.PathLike, input_shape: Sequence[int] | None = None,
+            opset: int = 13) -> onnx.ModelProto:
     """Write `model` (a clnet.Sequential) as an ONNX file at `path`, atomically; returns the
     onnx.ModelProto. `input_shape` (per sample, e.g. (1, 28, 28)) defaults to the model's. The
     graph takes float32 inputs "input" (N, *input_shape) scaled to [0, 1] (uint8 images are not
-    handled: divide them by 255) and gives "probabilities" as model.predict does."""
+    handled: divide them by 255) and gives "probabilities" as model.predict does.
+
+    Args:
+        model: a clnet.Model whose network is a chain of layers, as a Sequential's.
+        path: the file to write; an existing folder there is an error.
+        input_shape, opset: as `build_onnx`.
+
+    Example:
+        >>> from clnet.export import to_onnx
+        >>> to_onnx(model, "lenet.onnx")
+        >>> import onnxruntime
+        >>> session = onnxruntime.InferenceSession("lenet.onnx")
+        >>> probs = session.run(None, {"input": (x / 255).astype("float32")})[0]   # x: (n, 1, 28, 28) uint8
+    """
     proto = build_onnx(model, input_shape, opset)
     if os.path.isdir(path):
         raise ClnetError(f"{os.fspath(path)} is a folder: give a file name such as model.onnx")
