@@ -48,11 +48,15 @@ moment leaves either the previous file or the new one, never a mixture. Reading 
 raises ``ModelFileError`` naming the file and what is wrong.
 """
 
+from __future__ import annotations
+
 import json
 import os
 import zipfile
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from io import BytesIO
+from typing import Any
 
 import numpy as np
 
@@ -81,12 +85,12 @@ class SavedModel:
     known), the weights (a state_dict, not yet checked against the network), the seed, the loss
     name or None, the input shape, the normalisation ((mean, std) per channel) and the class names."""
     network: Network
-    weights: dict
+    weights: dict[str, np.ndarray]
     seed: int
-    loss: object
-    input_shape: object
-    normalization: object
-    classes: object
+    loss: str | None
+    input_shape: tuple[int, ...] | None
+    normalization: tuple[tuple[float, ...], tuple[float, ...]] | None
+    classes: list[str] | None
 
 
 @dataclass
@@ -95,7 +99,7 @@ class SavedOptimizer:
     taken and its state arrays (over the flat parameters)."""
     optimizer: optim.Optimizer
     steps: int
-    state: list
+    state: list[np.ndarray]
 
 
 @dataclass
@@ -105,8 +109,8 @@ class SavedCheckpoint:
     model: SavedModel
     epoch: int
     step: int
-    optimizer: object
-    state: object
+    optimizer: SavedOptimizer | None
+    state: Any
 
 
 # ---------------------------------------------------------------------- writing
@@ -125,9 +129,17 @@ def _json_bytes(value, allow_nan=False):
     return json.dumps(value, indent=1, allow_nan=allow_nan).encode("utf-8")
 
 
-def write_atomic(path, members):
+def write_atomic(path: str | os.PathLike, members: Iterable[tuple[str, bytes]]) -> None:
     """Write a zip archive of `members` ((name, bytes) pairs) to `path` atomically (files.py): on
-    any failure the previous file at `path` is untouched."""
+    any failure the previous file at `path` is untouched. Members are stored uncompressed, with
+    fixed times, so the same members give the same bytes.
+
+    Raises:
+        ModelFileError: `path` is a folder or cannot be written.
+
+    Example:
+        >>> write_atomic("notes.zip", [("a.txt", b"first"), ("b.txt", b"second")])
+    """
     path = os.fspath(path)
     if os.path.isdir(path):
         raise ModelFileError(path, "is a folder: give a file name such as model.clnet")
@@ -188,9 +200,21 @@ def _model_members(model, path, classes):
     return [("model.json", text), ("weights.npz", _npz_bytes(model.state_dict()))]
 
 
-def save(model, path, classes=None):
+def save(model, path: str | os.PathLike, classes: Sequence[str] | None = None) -> None:
     """Write `model` to `path` (see the module docstring for the format), atomically.
-    `classes`: the class names, in output order (default: those the model was loaded with)."""
+    `classes`: the class names, in output order (default: those the model was loaded with).
+
+    Args:
+        model: a clnet.Model whose network is a chain of clnet.layers, with clnet's loss (or none).
+        path: the file to write, conventionally `*.clnet`.
+        classes: the class names; entries that are not strings are written as `str(c)`.
+
+    Raises:
+        ModelFileError: the model cannot be described in the format, or the file cannot be written.
+
+    Example:
+        >>> save(model, "mnist.clnet", classes=[str(d) for d in range(10)])   # what model.save does
+    """
     write_atomic(path, _model_members(model, os.fspath(path), classes))
 
 
@@ -221,11 +245,30 @@ def _encode_state(value, arrays, where):
                      "values (dict, list, str, int, float, bool, None) and numpy arrays")
 
 
-def save_checkpoint(path, model, state=None, *, epoch=0, step=0, classes=None):
+def save_checkpoint(path: str | os.PathLike, model, state: dict[str, Any] | None = None, *, epoch: int = 0,
+                    step: int = 0, classes: Sequence[str] | None = None) -> None:
     """Write a checkpoint, atomically: the model file plus the optimizer (class, hyper-parameters,
     state tensors, step count), `epoch` and `step`, and the training loop's `state` (JSON values and
     numpy arrays, such as `numpy.random.Generator.bit_generator.state`, the data order and the
-    schedule's state), returned as it was by `load_checkpoint` (tuples come back as lists)."""
+    schedule's state), returned as it was by `load_checkpoint` (tuples come back as lists).
+
+    Args:
+        path: the file to write.
+        model: as `save`; its optimizer, if it is compiled, must be one of clnet's.
+        state: a dict with string keys of JSON values and numpy arrays, at any depth.
+        epoch, step: where training stands (by convention the epochs completed and the batches done
+            in the epoch in progress).
+        classes: as `save`.
+
+    Raises:
+        InputError: `state` holds something other than JSON values and numpy arrays.
+        ModelFileError: as `save`, or the optimizer is not one of clnet's.
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> save_checkpoint("run.clnet", model, {"rng": rng.bit_generator.state}, epoch=3)
+        >>> read_checkpoint("run.clnet").state["rng"]
+    """
     path = os.fspath(path)
     members = _model_members(model, path, classes)
     optimizer, optimizer_arrays = None, {}
@@ -383,16 +426,26 @@ def _saved_model(archive, meta, weights):
                       (tuple(norm["mean"]), tuple(norm["std"])) if norm else None, meta.get("classes"))
 
 
-def info(path):
+def info(path: str | os.PathLike) -> dict[str, Any]:
     """model.json's object (architecture, seed, loss, input shape, normalisation, classes), checked,
-    without building the model or opening a device."""
+    without building the model or opening a device.
+
+    Example:
+        >>> meta = info("mnist.clnet")
+        >>> [layer["class"] for layer in meta["layers"]], meta["input_shape"], meta["classes"]
+    """
     with _Archive(path) as archive:
         return _read_model(archive)[0]
 
 
-def read_model(path):
+def read_model(path: str | os.PathLike) -> SavedModel:
     """The SavedModel in the model file (or checkpoint) at `path`; a ModelFileError says what is
-    wrong with a file that cannot be read. `clnet.load` builds the model on a device."""
+    wrong with a file that cannot be read. `clnet.load` builds the model on a device.
+
+    Example:
+        >>> saved = read_model("mnist.clnet")
+        >>> saved.network.layers, saved.weights["0.weight"].shape, saved.classes
+    """
     with _Archive(path) as archive:
         return _saved_model(archive, *_read_model(archive))
 
@@ -433,9 +486,15 @@ def _saved_optimizer(archive, record, arrays, loss):
     return SavedOptimizer(optimizer, record["steps"], state)
 
 
-def read_checkpoint(path):
+def read_checkpoint(path: str | os.PathLike) -> SavedCheckpoint:
     """The SavedCheckpoint at `path` (model, epoch, step, optimizer, training state), checked;
-    `clnet.load_checkpoint` builds its model, and a fit with `resume=True` loads it into its own."""
+    `clnet.load_checkpoint` builds its model, and a fit with `resume=True` loads it into its own.
+    A model file that is not a checkpoint is a ModelFileError.
+
+    Example:
+        >>> saved = read_checkpoint("run.clnet")
+        >>> saved.epoch, saved.step, saved.optimizer and saved.optimizer.optimizer
+    """
     with _Archive(path) as archive:
         meta, weights = _read_model(archive)
         record = archive.json("checkpoint.json", "is a model file, not a checkpoint: the archive has no "
