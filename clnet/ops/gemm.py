@@ -6,7 +6,7 @@ from math import prod
 
 from ..tuning import Case, lookup, record
 
-GEMM_FILE = "gemm.cl"
+SUM_SLICES_FILE = "sum_slices.cl"  # split-K: the slices' sum, stored with the epilogue
 SPLIT_MIN = 128    # shortest K slice worth its own work-groups
 PANEL = 16         # columns of a B panel (gemm_packed)
 CPU_GATHER_K = 4096  # gemm_packed: rows of a gathered panel of B at most (256 KiB of local memory)
@@ -63,7 +63,7 @@ class GemmSpec:
     `defaults` (the kernel's -D options, plus SLICES: the host's split of K into slices), the
     `switches` among them (name -> settings), which sets the kernel can take, the parameters a
     product gets without tuning, and the sets the tuner times."""
-    kernel = None
+    kernel = file = None
     defaults = {}
     switches = {}
 
@@ -102,7 +102,7 @@ class GemmSpec:
 class TiledSpec(GemmSpec):
     """gemm_tiled (the GPU family): TILE_M x TILE_N of C per work-group, WPT_M x WPT_N per
     work-item, tiles TILE_K deep staged in local memory; PREFETCH and VECTOR are switches."""
-    kernel = "gemm_tiled"
+    kernel, file = "gemm_tiled", "gemm_tiled.cl"
     defaults = {"TILE_M": 64, "TILE_N": 64, "TILE_K": 16, "WPT_M": 4, "WPT_N": 4, "PREFETCH": 1, "VECTOR": 0,
                 "SLICES": 1}
     big = {**defaults, "TILE_M": 128, "TILE_N": 128, "WPT_M": 8, "WPT_N": 8}  # 8 x 8 outputs per work-item
@@ -171,7 +171,7 @@ class TiledSpec(GemmSpec):
 
 class PackedSpec(GemmSpec):
     """gemm_packed (the CPU family): CPU_ROWS x 16 of C per work-item."""
-    kernel = "gemm_packed"
+    kernel, file = "gemm_packed", "gemm_packed.cl"  # with pack_a and pack_b
     defaults = {"CPU_ROWS": 12, "SLICES": 1}
     # the row blocks clnet-tune tries; 16 float16 accumulators would take all 32 vector registers,
     # as PoCL splits them into 256-bit halves
@@ -256,15 +256,16 @@ def record_gemm(plan, kernel, defines, shape, a, b, c, bias=None, params=None):
         local = (params["TILE_N"] // params["WPT_N"], params["TILE_M"] // params["WPT_M"])
         grid = (-(-n // params["TILE_N"]) * local[0], -(-m // params["TILE_M"]) * local[1])
     bias = bias if bias is not None else c.tensor
+    file = SPECS[kernel].file
     if slices == 1:
-        program = plan.kernel(GEMM_FILE, kernel, **product, **epilogue)
+        program = plan.kernel(file, kernel, **product, **epilogue)
         return plan.launch(program, grid, local, m, n, k, a.tensor, a.ld, b.tensor, b.ld, c.tensor, c.ld, bias)
     # Partial products of K slices in one 3-D launch, then their sum in slice order (deterministic).
     partial = plan.value((slices, m, n), "split-K partial sums")
-    program = plan.kernel(GEMM_FILE, kernel, **product, SPLIT_K=True)
+    program = plan.kernel(file, kernel, **product, SPLIT_K=True)
     plan.launch(program, (*grid, slices), local and (*local, 1), m, n, k, a.tensor, a.ld, b.tensor, b.ld,
                 partial, n, partial)
-    total = plan.kernel(GEMM_FILE, "sum_slices", **epilogue)
+    total = plan.kernel(SUM_SLICES_FILE, "sum_slices", **epilogue)
     return plan.launch(total, (m * n,), (64,), m, n, slices, partial, c.tensor, c.ld, bias)
 
 
@@ -276,7 +277,7 @@ def _packed_operands(plan, defines, shape, a, b, params, slices):
     rows = params["CPU_ROWS"]
     grid = (-(-n // PANEL), -(-m // rows))
     packed_a = plan.value((grid[1], k, rows), "A panels")
-    pack = plan.kernel(GEMM_FILE, "pack_a", TRANS_A=defines["TRANS_A"], CPU_ROWS=rows, CONV_FLIP=defines.get("CONV_FLIP"))
+    pack = plan.kernel(GEMM_PACKED.file, "pack_a", TRANS_A=defines["TRANS_A"], CPU_ROWS=rows, CONV_FLIP=defines.get("CONV_FLIP"))
     plan.launch(pack, (k, grid[1]), (PANEL, 1), m, k, a.tensor, a.ld, packed_a)
     packed_a = Matrix(packed_a, m, k, ld=0)
     if defines.get("CONV_B"):  # one work-item per panel of B (or slice of it): every panel of A
@@ -284,7 +285,7 @@ def _packed_operands(plan, defines, shape, a, b, params, slices):
         gather = {key: value for key, value in defines.items() if key == "TRANS_B" or key.startswith("CONV_")}
         return packed_a, b, {"CPU_ROWS": rows, "PANEL_K": -(-k // slices), **gather}, (grid[0], 1), (1, 1), slices
     packed_b = plan.value((grid[0], k, PANEL), "B panels")
-    plan.launch(plan.kernel(GEMM_FILE, "pack_b", TRANS_B=defines["TRANS_B"]), (k, grid[0]), (PANEL, 1),
+    plan.launch(plan.kernel(GEMM_PACKED.file, "pack_b", TRANS_B=defines["TRANS_B"]), (k, grid[0]), (PANEL, 1),
                 k, n, b.tensor, b.ld, packed_b)
     if slices > 1 and prod(grid) <= CPU_GROUP:
         local = grid
