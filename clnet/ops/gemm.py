@@ -237,12 +237,11 @@ def record_gemm(plan, kernel, defines, shape, a, b, c, bias=None, params=None):
     computing the (M, N, K) product of Matrix operands. `params` (the tuner's candidates) overrides
     the tuned or default parameters."""
     m, n, k = shape
-    case = Case(kernel, layout(defines), m, n, k)
+    spec, case = SPECS[kernel], Case(kernel, layout(defines), m, n, k)
     record(case, Call(kernel, tuple(sorted(defines.items())), shape, (_span(a), a.ld), (_span(b), b.ld),
                       (_span(c), c.ld, c.image_cols), 0 if bias is None else prod(bias.shape)))
     defines = {**defines, "C_IMAGE_COLS": c.image_cols}
     if params is None:
-        spec = SPECS[kernel]
         params = lookup(plan.device, case)
         if not spec.valid(params):
             params = spec.default(plan.device, m, n, k, defines)
@@ -256,13 +255,12 @@ def record_gemm(plan, kernel, defines, shape, a, b, c, bias=None, params=None):
         local = (params["TILE_N"] // params["WPT_N"], params["TILE_M"] // params["WPT_M"])
         grid = (-(-n // params["TILE_N"]) * local[0], -(-m // params["TILE_M"]) * local[1])
     bias = bias if bias is not None else c.tensor
-    file = SPECS[kernel].file
     if slices == 1:
-        program = plan.kernel(file, kernel, **product, **epilogue)
+        program = plan.kernel(spec.file, kernel, **product, **epilogue)
         return plan.launch(program, grid, local, m, n, k, a.tensor, a.ld, b.tensor, b.ld, c.tensor, c.ld, bias)
     # Partial products of K slices in one 3-D launch, then their sum in slice order (deterministic).
     partial = plan.value((slices, m, n), "split-K partial sums")
-    program = plan.kernel(file, kernel, **product, SPLIT_K=True)
+    program = plan.kernel(spec.file, kernel, **product, SPLIT_K=True)
     plan.launch(program, (*grid, slices), local and (*local, 1), m, n, k, a.tensor, a.ld, b.tensor, b.ld,
                 partial, n, partial)
     total = plan.kernel(SUM_SLICES_FILE, "sum_slices", **epilogue)
