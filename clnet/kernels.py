@@ -1,6 +1,10 @@
 """KernelLibrary: loads kernels_cl/*.cl, specialises them with -D options, builds once per device,
-and hands out kernels that know their arguments by the names of their OpenCL C signatures."""
+and hands out kernels that know their arguments by the names of their OpenCL C signatures.
 
+Every file is built after common.h; a file may also #include "header.h" the headers beside it.
+"""
+
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +24,35 @@ def kernel_dir():
             return candidate
     raise FileNotFoundError(f"clnet's OpenCL sources (kernels_cl/{HEADER}) are missing next to {here}; "
                             "reinstall clnet")
+
+
+# Includes are expanded here rather than by the OpenCL compiler (-I): the program's source text
+# then holds everything it is built from, which is all that the drivers' binary caches (PoCL's,
+# NVIDIA's) and pyopencl's key a program on, so that a changed header can never reuse a stale
+# binary; nor does the build depend on how a driver parses an -I path (PoCL 3.1 fails on a quoted
+# one with a space).
+INCLUDE = re.compile(r'[ \t]*#[ \t]*include[ \t]+"([^"]+)"[ \t]*')
+
+
+def _expand(source_dir, name, including=()):
+    """The text of `name` with each #include "header" line replaced by the header's expanded text;
+    #line markers keep the build log's file names and line numbers."""
+    if name in including:
+        raise ValueError(f"{name} includes itself (through {' -> '.join(including)})")
+    lines = [f'#line 1 "{name}"']
+    for number, line in enumerate((Path(source_dir) / name).read_text().split("\n"), 1):
+        match = INCLUDE.fullmatch(line)
+        if match is None:
+            lines.append(line)
+        else:
+            lines += [_expand(source_dir, match.group(1), including + (name,)), f'#line {number + 1} "{name}"']
+    return "\n".join(lines)
+
+
+def program_source(source_dir, filename):
+    """The whole source a program of `filename` is built from: common.h, then the file, its
+    includes expanded."""
+    return f"{_expand(source_dir, HEADER)}\n{_expand(source_dir, filename)}"
 
 
 def _options(defines):
@@ -98,9 +131,7 @@ class KernelLibrary:
         self.source_dir = Path(source_dir) if source_dir else kernel_dir()
 
     def source(self, filename):
-        header = (self.source_dir / HEADER).read_text()
-        body = (self.source_dir / filename).read_text()
-        return f"{header}\n#line 1\n{body}"
+        return program_source(self.source_dir, filename)
 
     def program(self, filename, **defines):
         return self._built(filename, defines)[0]
@@ -126,7 +157,8 @@ class KernelLibrary:
         try:
             with warnings.catch_warnings():  # pyopencl warns with the build log of every success
                 warnings.simplefilter("ignore")
-                # -w: some compilers (pip's PoCL 3.0) print their warnings to stderr themselves
+                # -cl-kernel-arg-info keeps the argument names that `read_arguments` reads; -w: some
+                # compilers (pip's PoCL 3.0) print their warnings to stderr themselves
                 return program.build(options=options + ["-cl-kernel-arg-info", "-w"], devices=[self.device.cl_device])
         except cl.MemoryError as exc:
             raise OutOfDeviceMemoryError(f"Out of host or device memory while building {filename}: {exc}") from exc

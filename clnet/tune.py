@@ -25,7 +25,7 @@ from .cli_options import CONTEXT_SETTINGS, Several, SeveralValuesCommand, device
 from .device import device as open_device
 from .errors import ClnetError
 from .models import INPUT_SHAPES, PRESETS
-from .ops.gemm import TILED, Matrix, default_params, gemm, record_gemm, split_k, valid_params
+from .ops.gemm import SPECS, Matrix, gemm, record_gemm
 from .plan import Plan
 from .tensor import DeviceTensor
 from .timing import Timing, measure
@@ -35,53 +35,8 @@ REPEATS = 3
 MIN_TIME = 0.02    # seconds per timed run
 AGREE = 1e-3       # a candidate's largest difference from the default, relative to the largest |entry|
 MARGIN = 1.03      # how much faster than the default a candidate must be to replace it
-
-# gemm_tiled: (TILE_M, TILE_N, TILE_K, WPT_M, WPT_N); work-groups of 8 x 8 to 16 x 16
-TILES = [(64, 64, 16, 4, 4), (128, 128, 16, 8, 8), (128, 128, 8, 8, 8), (128, 128, 32, 8, 8),
-         (128, 64, 16, 8, 4), (64, 128, 16, 4, 8), (64, 64, 32, 4, 4), (32, 64, 16, 2, 4),
-         (64, 32, 16, 4, 2), (32, 32, 16, 4, 4), (32, 128, 16, 4, 8), (64, 128, 16, 8, 8)]
-CPU_ROWS = (4, 6, 8, 10, 12, 14)  # gemm_packed; 16 float16 accumulators would take all 32 vector
-                                  # registers, as PoCL splits them into 256-bit halves
-FINALISTS = 2      # tile shapes whose PREFETCH / VECTOR variants are timed too
+FINALISTS = 2      # candidates whose switch variants (gemm_tiled's PREFETCH / VECTOR) are timed too
 BUILDERS = 8       # threads that build the candidates' programs on GPUs (one on CPUs)
-
-
-def _fits(device, params):
-    """The work-group size and the local tiles (with their padding, in one or two stages) fit this device."""
-    pad, stages = 4 if params["VECTOR"] else 1, 2 if params["PREFETCH"] == 2 else 1
-    local = 4 * stages * params["TILE_K"] * (params["TILE_M"] + params["TILE_N"] + 2 * pad)
-    threads = (params["TILE_M"] // params["WPT_M"]) * (params["TILE_N"] // params["WPT_N"])
-    return threads <= device.max_work_group_size and local <= device.info.local_mem
-
-
-def tile_params(device):
-    """The gemm_tiled tile shapes this device can take, unsplit, with the default switches."""
-    tiles = [{**TILED, "TILE_M": tm, "TILE_N": tn, "TILE_K": tk, "WPT_M": wm, "WPT_N": wn}
-             for tm, tn, tk, wm, wn in TILES]
-    return [params for params in tiles if _fits(device, params)]
-
-
-def variants(device, params):
-    """The same tiles with the other settings of the switches (prefetch, float4 local reads)."""
-    found = [{**params, "PREFETCH": prefetch, "VECTOR": vector} for prefetch in (1, 2, 0) for vector in (0, 1)]
-    return [v for v in found if v != params and valid_params("gemm_tiled", v) and _fits(device, v)]
-
-
-def candidates(device, call):
-    """The parameter sets to time first for a recorded GEMM call on this device, the default first:
-    for gemm_tiled every tile shape (with its K splits where K may be split), default switches; for
-    gemm_packed every row block, unsplit and with the default's K slices, twice and half as many."""
-    m, n, k = call.shape
-    default = default_params(device, call.kernel, m, n, k, dict(call.defines))
-    if call.kernel == "gemm_packed":
-        slices = {1, default["SLICES"], 2 * default["SLICES"], max(1, default["SLICES"] // 2)}
-        found = [{"CPU_ROWS": r, "SLICES": s} for r in CPU_ROWS for s in sorted(slices)]
-    else:
-        found = []
-        for tile in tile_params(device):
-            slices = split_k(device, m, n, k, tile)
-            found += [{**tile, "SLICES": s} for s in ({slices, 2 * slices} if slices > 1 else {1})]
-    return [default] + [p for p in found if p != default]
 
 
 def collect(device, models, batch_sizes, sizes):
@@ -183,18 +138,18 @@ class _Trial:
 
 def tune_case(device, case, call, min_time=MIN_TIME, repeats=REPEATS, report=print, builders=None):
     """The fastest correct parameters for one call: {"params", "seconds", "default_seconds"}.
-    gemm_tiled's switches are tried on the FINALISTS fastest tile shapes only. `builders` threads
+    The switches (gemm_tiled's) are tried on the FINALISTS fastest candidates only. `builders` threads
     build the candidates' programs: by default several on GPUs, whose drivers compile on the
     otherwise idle host cores, and one on CPUs, where compiling competes with the timing."""
     if builders is None:
         builders = 1 if device.info.type == "CPU" else min(BUILDERS, os.cpu_count() or 1)
-    trial = _Trial(device, call, min_time, repeats, report, builders)
-    trial(candidates(device, call))
+    spec, trial = SPECS[call.kernel], _Trial(device, call, min_time, repeats, report, builders)
+    trial(spec.candidates(device, call))
     if not trial.timed:
         raise ClnetError(f"{case.key}: not even the default parameters run on {device.info.name}")
-    if call.kernel == "gemm_tiled":
+    if spec.switches:
         finalists = sorted(trial.timed, key=lambda t: t[0])[:FINALISTS]
-        trial([variant for _, params in finalists for variant in variants(device, params)])
+        trial([variant for _, params in finalists for variant in spec.variants(device, params)])
     default_seconds, params = trial.timed[0]
     seconds, fastest = min(trial.timed, key=lambda t: t[0])
     if seconds < default_seconds / MARGIN:  # else a tie within the timing noise: the default stays

@@ -71,7 +71,7 @@ def test_implicit_gemms_with_tuned_parameters(device, monkeypatch, tile):
     params = {"TILE_M": tm, "TILE_N": tn, "TILE_K": tk, "WPT_M": wm, "WPT_N": wn, "PREFETCH": prefetch,
               "VECTOR": vector, "SLICES": 3}
     gemm_module = importlib.import_module("clnet.ops.gemm")  # clnet.ops.gemm is also the function
-    assert gemm_module.valid_params("gemm_tiled", params)
+    assert gemm_module.GEMM_TILED.valid(params)
     monkeypatch.setattr(gemm_module, "lookup", lambda device, case: params)
     test_forward_matches_reference(device, "tiled", GEOMETRIES[2])
     test_gradients_match_finite_differences(device, "tiled", GEOMETRIES[2])

@@ -65,7 +65,7 @@ def test_real_devices_are_listed_and_opened_by_environment(monkeypatch):
 
 
 def test_kernel_sources_are_found_and_programs_cached(tmp_path):
-    assert (kernel_dir() / "gemm.cl").is_file() and (kernel_dir() / "common.h").is_file()
+    assert (kernel_dir() / "gemm_tiled.cl").is_file() and (kernel_dir() / "gemm_common.h").is_file() and (kernel_dir() / "common.h").is_file()
     dev = clnet.device(device=0)
     library = KernelLibrary(dev)
     first = library.program("elementwise.cl", ACT=1)
@@ -103,3 +103,24 @@ def test_the_kernel_family_is_decided_when_the_device_is_opened(monkeypatch):
         clnet.device(device=0)
     with pytest.raises(ValueError, match="family must be 'tiled' or 'cpu', not 'gpu'"):
         clnet.device(device=0, family="gpu")
+
+
+def test_kernel_files_include_headers_into_the_source_that_keys_the_build(tmp_path):
+    """A file may #include the headers beside it (from any directory: this one has a space in its
+    name); they are expanded into the program's source, which the drivers' caches key on, so that a
+    changed header is a new program for them. Build logs name the file and line of an error."""
+    folder = tmp_path / "kernel sources"
+    folder.mkdir()
+    (folder / "common.h").write_text("// header\n")
+    (folder / "value.h").write_text("#define VALUE 3\n")
+    (folder / "broken.h").write_text("\n#define BROKEN undefined_thing\n")
+    (folder / "k.cl").write_text('#include "value.h"\n'
+                                 "__kernel void f(__global int* x, const int xo) { x[xo] = VALUE; }\n")
+    (folder / "bad.cl").write_text('#include "broken.h"\n\n'
+                                   "__kernel void g(__global int* x) { x[0] = BROKEN; }\n")
+    library = KernelLibrary(clnet.device(device=0), source_dir=folder)
+    assert library.kernel("k.cl", "f").names == ["x"]
+    assert "#define VALUE 3" in library.source("k.cl")
+    with pytest.raises(clnet.KernelBuildError) as caught:
+        library.program("bad.cl")
+    assert "undefined_thing" in caught.value.log and "bad.cl:3" in caught.value.log

@@ -13,7 +13,7 @@ import pytest
 from conftest import GUARD, Slot, execute, new_plan, upload
 
 from clnet import losses, ops, optim, tune
-from clnet.ops.gemm import cpu_params, split_k
+from clnet.ops.gemm import GEMM_PACKED, GEMM_TILED
 
 gemm_module = importlib.import_module("clnet.ops.gemm")  # clnet.ops.gemm is also the function's name
 
@@ -93,8 +93,9 @@ def test_gemm_split_k(device, gemm_family, layout):
     rng = np.random.default_rng(5)
     plan = new_plan(device)
     m, n, k = 5, 70, 3001
-    assert split_k(device, m, n, k) > 1 and split_k(device, 300, 300, 100) == 1
-    assert cpu_params(m, n, k)["SLICES"] > 1 and cpu_params(300, 300, 100)["SLICES"] == 1
+    assert GEMM_TILED.split_k(device, m, n, k) > 1 and GEMM_TILED.split_k(device, 300, 300, 100) == 1
+    cpu_slices = lambda m, n, k: GEMM_PACKED.default(device, m, n, k, {})["SLICES"]
+    assert cpu_slices(m, n, k) > 1 and cpu_slices(300, 300, 100) == 1
     sc, ref, _ = _gemm_case(device, rng, plan, m, n, k, layout, (3, 5, 64, 0))
     # into a matrix whose leading dimension is wider than its columns, which stay as they were
     a, b = f32(rng.uniform(-1, 1, (m, k))), f32(rng.uniform(-1, 1, (k, n)))
@@ -126,9 +127,10 @@ def test_gemm_packed_slices_whatever_the_work_groups(device, monkeypatch):
 
 def _tuning_candidates(device, kernel):
     if kernel == "gemm_packed":
-        found = [{"CPU_ROWS": r} for r in tune.CPU_ROWS]
+        found = [{"CPU_ROWS": r} for r in gemm_module.GEMM_PACKED.rows]
     else:
-        found = [params for tile in tune.tile_params(device) for params in [tile] + tune.variants(device, tile)]
+        tiled = gemm_module.GEMM_TILED
+        found = [params for tile in tiled.tile_params(device) for params in [tile] + tiled.variants(device, tile)]
     return [{**params, "SLICES": 3 if i % 3 == 0 else 1} for i, params in enumerate(found)]
 
 

@@ -11,9 +11,10 @@ from click.testing import CliRunner
 import clnet
 from clnet import layers as L
 from clnet import tune, tuning
-from clnet.ops.gemm import TILED
+from clnet.ops.gemm import GEMM_TILED, SPECS, Call
 from clnet.tuning import Case
 
+TILED = GEMM_TILED.defaults
 TUNED = {**TILED, "TILE_M": 32, "TILE_N": 64, "WPT_M": 2}
 
 
@@ -108,7 +109,7 @@ def test_the_tuner_checks_each_candidate_against_the_default(device, monkeypatch
     threads, as on GPUs)."""
     calls = tune.collect(device, [], [], [48])
     (case, call), = calls
-    real, default = tune.Operands.record, tune.candidates(device, call)[0]
+    real, default = tune.Operands.record, SPECS[call.kernel].candidates(device, call)[0]
 
     def broken(self, params):
         plan = real(self, params)
@@ -145,3 +146,17 @@ def test_the_tuner_covers_what_chunked_convolutions_read(device, monkeypatch):
         reports = []
         tune.tune_case(device, case, call, 0.001, 1, reports.append)
         assert not reports, reports
+
+
+@pytest.mark.parametrize("kernel", ["gemm_tiled", "gemm_packed"])
+def test_the_tuner_tries_only_what_the_launcher_takes(device, kernel):
+    """One spec per kernel serves both: every candidate (and switch variant) of the tuner is a
+    valid parameter set for the launcher, the default first."""
+    spec = SPECS[kernel]
+    for shape in ((300, 200, 1000), (16, 16, 4096)):
+        call = Call(kernel, (("TRANS_B", 1),), shape, (0, 0), (0, 0), (0, 0, None), 0)
+        found = spec.candidates(device, call)
+        assert found[0] == spec.default(device, *shape, {"TRANS_B": 1}) and len(found) > 1
+        for params in found:
+            assert spec.valid(params), params
+            assert all(spec.valid(variant) for variant in spec.variants(device, params))

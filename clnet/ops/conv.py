@@ -8,7 +8,7 @@ else a GEMM into a column matrix (in chunks of images within COLUMNS) plus col2i
 
 from dataclasses import asdict, dataclass
 
-from .gemm import Matrix, gemm, record_gemm
+from .gemm import SUM_SLICES_FILE, Matrix, gemm, record_gemm
 
 FILE = "conv.cl"
 LOCAL = 64
@@ -74,12 +74,12 @@ def conv_bias_act_backward(plan, act_code, dy, y, dpre, db):
                          sums if sums is not None else dpre)
     if sums is db:
         return launch
-    total = plan.kernel("gemm.cl", "sum_slices")
+    total = plan.kernel(SUM_SLICES_FILE, "sum_slices")
     return plan.launch(total, (channels,), (LOCAL,), 1, channels, slices, sums, db, channels, db)
 
 
 # Implicit convolution: each product below is one GEMM that gathers its operand from the NCHW
-# tensors (CONV_B, CONV_DX in gemm.cl), with no column matrix stored whole: gemm_tiled (the GPU
+# tensors (CONV_B, CONV_DX in gemm_common.h), with no column matrix stored whole: gemm_tiled (the GPU
 # family) as it loads its tiles, gemm_packed (the CPU family) as it copies B into panels.
 
 def _implicit(geometry, **defines):
