@@ -486,7 +486,7 @@ def run_gemm(args, cl_device, torch_device, timing):
 
 
 def run_profiles(args, cl_device):
-    profiling, profiles = Device(cl_device.info, cl_device.cl_device, profiling=True), []
+    profiling, profiles = Device(cl_device.info, cl_device.cl_device, profiling=True, family=cl_device.family), []
     for name in args.models:
         for batch in args.batch_sizes:
             profiles.append(profile_step(name, batch, profiling, args.warmup))
