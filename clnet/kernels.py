@@ -49,6 +49,22 @@ def _expand(source_dir, name, including=()):
     return "\n".join(lines)
 
 
+LINE = re.compile(r'#line (\d+) "([^"]+)"')
+UNMARKED = re.compile(r"<(?:kernel|source)>:(\d+)")  # NVIDIA's compiler numbers the program's lines
+
+
+def _with_source_lines(log, source):
+    """The build log with the program's own line numbers, where a compiler ignores #line and
+    reports them, turned into the file and line they come from."""
+    places, file, line = [], "?", 1  # the place of each line; (file, line): the next line's
+    for text in source.split("\n"):
+        places.append(f"{file}:{line}")
+        marker = LINE.fullmatch(text)
+        file, line = (marker.group(2), int(marker.group(1))) if marker else (file, line + 1)
+    return UNMARKED.sub(lambda m: places[int(m.group(1)) - 1] if 0 < int(m.group(1)) <= len(places) else m.group(0),
+                        log)
+
+
 def program_source(source_dir, filename):
     """The whole source a program of `filename` is built from: common.h, then the file, its
     includes expanded."""
@@ -153,7 +169,8 @@ class KernelLibrary:
         return cache[key]
 
     def _build(self, filename, options):
-        program = cl.Program(self.device.context, self.source(filename))
+        source = self.source(filename)
+        program = cl.Program(self.device.context, source)
         try:
             with warnings.catch_warnings():  # pyopencl warns with the build log of every success
                 warnings.simplefilter("ignore")
@@ -167,4 +184,4 @@ class KernelLibrary:
                 log = program.get_build_info(self.device.cl_device, cl.program_build_info.LOG)
             except cl.Error:
                 log = str(exc)
-            raise KernelBuildError(filename, options, log or str(exc)) from exc
+            raise KernelBuildError(filename, options, _with_source_lines(log, source) or str(exc)) from exc

@@ -5,7 +5,7 @@ import pytest
 
 import clnet
 from clnet.device import _select
-from clnet.kernels import KernelLibrary, kernel_dir
+from clnet.kernels import KernelLibrary, kernel_dir, _with_source_lines
 
 
 def fake(index, p_index, d_index, platform, name, kind, units=4):
@@ -124,3 +124,13 @@ def test_kernel_files_include_headers_into_the_source_that_keys_the_build(tmp_pa
     with pytest.raises(clnet.KernelBuildError) as caught:
         library.program("bad.cl")
     assert "undefined_thing" in caught.value.log and "bad.cl:3" in caught.value.log
+
+
+def test_a_build_log_numbered_by_the_program_names_the_files():
+    """NVIDIA's compiler ignores #line and numbers the lines of the expanded program (<kernel>:11):
+    the library turns those into the file and line they come from."""
+    source = "\n".join(['#line 1 "common.h"', "// header", "", '#line 1 "bad.cl"', '#line 1 "broken.h"', "",
+                        "#define BROKEN undefined_thing", '#line 2 "bad.cl"', "", "__kernel void g() { BROKEN; }"])
+    log = "<kernel>:10:21: error: use of undeclared identifier\n<kernel>:7:16: note: expanded from macro\n<kernel>:99:1"
+    assert _with_source_lines(log, source) == ("bad.cl:3:21: error: use of undeclared identifier\n"
+                                               "broken.h:2:16: note: expanded from macro\n<kernel>:99:1")
