@@ -46,7 +46,7 @@ class CompiledStep:
     (probabilities, or the raw outputs without a loss)."""
 
     def __init__(self, device, network, store, loss, optimizer, metrics, seed, target):
-        self.device, self.target = device, target
+        self.device = device
         self.batch_size, self.input_shape = target.batch_size, tuple(target.input_shape)
         self.training = target.training
         self.spec = target.spec if self.training else target.spec.without_augmentation()

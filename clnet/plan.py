@@ -128,8 +128,8 @@ class Plan:
     def phase_range(self, first, last):
         """(start, stop) launch indices of the phases `first` to `last`, in recording order."""
         names = list(self.phases)
-        stop = self.phases[names[names.index(last) + 1]] if names.index(last) + 1 < len(names) else len(self.launches)
-        return self.phases[first], stop
+        following = names[names.index(last) + 1:]
+        return self.phases[first], self.phases[following[0]] if following else len(self.launches)
 
     def kernel(self, filename, name, **defines):
         return self.library.kernel(filename, name, **defines)

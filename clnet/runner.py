@@ -23,6 +23,7 @@ class Runner:
         self._slot, self._slots, self._ahead = 0, [None, None], deque()
         self._source = None
         self.n_valid = compiled.batch_size
+        self._gathers = self.plan.phase_range("input", "input")[1]  # launches of the input stage, first in the plan
         if compiled.training:
             self._gradients = self.plan.phase_range("input", "backward")
             self._update = self.plan.phase_range("update", "update")
@@ -71,8 +72,7 @@ class Runner:
         for start, stop in ranges:
             events += self.plan.run(wait_for=staged[0] if staged and not events else None, start=start, stop=stop)
         if staged:  # the slot may be refilled once the input stage's gathers have read it
-            gathers = self.plan.phases["forward"] - self.plan.phases["input"]
-            self._slots[self._slot] = (*staged, events[gathers - 1])
+            self._slots[self._slot] = (*staged, events[self._gathers - 1])
         # The host stays at most AHEAD steps in front of the device: progress shown is progress made.
         self._ahead.append(events[-1])
         if len(self._ahead) > AHEAD:
