@@ -20,22 +20,19 @@ from . import losses
 from .datasets.feed import InputSpec, image_dims
 from .errors import OutOfDeviceMemoryError
 from .layers import LayerContext
-from .network import INPUT
+from .network import INPUT, loss_input
 from .ops import data as data_ops
 from .ops.random import step_arg
 from .plan import Plan
 from .tensor import DeviceTensor, allocate
 
-PHASES = ("input", "forward", "loss", "backward", "update")
-
-
-@dataclass
+@dataclass(frozen=True)
 class Target:
-    """What a step is compiled for."""
+    """What a step is compiled for (a model keeps one runner per Target)."""
     batch_size: int
     input_shape: tuple
     training: bool
-    target_dtype: object = None  # np.int32 labels, np.float32 targets, None: no loss metrics
+    target_dtype: object = None  # the dtype string of the targets: "<i4" labels, "<f4" targets; None: none
     spec: InputSpec = InputSpec()
 
 
@@ -51,7 +48,7 @@ class CompiledStep:
         self.training = target.training
         self.spec = target.spec if self.training else target.spec.without_augmentation()
         stages = network.stages(self.input_shape, loss)
-        self.output_shape = stages[-1].output_shape
+        output, self.output_shape = loss_input(stages, self.input_shape)
         plan = self.plan = Plan(device)
         plan.mark("input")
         x = self._input_stage(plan, seed, target.target_dtype, loss)
@@ -62,7 +59,7 @@ class CompiledStep:
         values = {INPUT: x}
         for ctx, stage in zip(contexts, stages):
             values[stage.output] = stage.layer.forward(ctx, *(values[name] for name in stage.inputs))
-        z = values[stages[-1].output]
+        z = values[output]
         z2d = z.view((self.batch_size, prod(z.shape[1:]))) if len(z.shape) != 2 else z
 
         plan.mark("loss")
@@ -91,7 +88,7 @@ class CompiledStep:
         trainable = {INPUT: False}
         for stage in stages:
             trainable[stage.output] = any(trainable[name] for name in stage.inputs) or bool(stage.layer.param_shapes())
-        grads = {stages[-1].output: dy}
+        grads = {stages[-1].output: dy} if stages else {}
         for ctx, stage in zip(reversed(contexts), reversed(stages)):
             if stage.output not in grads:  # nothing before it learns
                 continue

@@ -176,7 +176,11 @@ class KernelLibrary:
                 warnings.simplefilter("ignore")
                 # -cl-kernel-arg-info keeps the argument names that `read_arguments` reads; -w: some
                 # compilers (pip's PoCL 3.0) print their warnings to stderr themselves
-                return program.build(options=options + ["-cl-kernel-arg-info", "-w"], devices=[self.device.cl_device])
+                # cache_dir=False: pyopencl's binary cache (used for drivers without their own) would make
+                # programs from binaries, whose kernels have no argument names (OpenCL keeps them only
+                # for programs built from source)
+                return program.build(options=options + ["-cl-kernel-arg-info", "-w"], devices=[self.device.cl_device],
+                                     cache_dir=False)
         except cl.MemoryError as exc:
             raise OutOfDeviceMemoryError(f"Out of host or device memory while building {filename}: {exc}") from exc
         except cl.Error as exc:

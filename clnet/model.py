@@ -20,14 +20,14 @@ from .device import Device
 from .device import device as open_device
 from .errors import InputError, ModelFileError, ShapeError
 from .layers import Layer
-from .network import Network
+from .network import Network, loss_input
 from .params import ParamStore
 from .runner import Runner
 from .tensor import DeviceTensor
 from .text import format_bytes
 from .trainer import History, Trainer
 
-__all__ = ["Checkpoint", "History", "Model", "Sequential", "load", "load_checkpoint"]
+__all__ = ["History", "LoadedCheckpoint", "Model", "Sequential", "load", "load_checkpoint"]
 
 
 def _inputs(x, what="x"):
@@ -116,13 +116,12 @@ class Model:
         """The runner of the step compiled for these, compiled on first use."""
         target = Target(int(batch_size), tuple(input_shape), training, target_dtype and np.dtype(target_dtype).str,
                         spec)
-        key = (target.batch_size, target.input_shape, training, target.target_dtype, spec)
-        if key not in self._runners:
+        if target not in self._runners:
             compiled = CompiledStep(self.device, self.network, self.param_store, self.loss, self.optimizer,
                                     self.metrics, self.seed, target)
-            self._runners[key] = Runner(compiled, self.param_store, self.optimizer)
-        self.input_shape = tuple(input_shape)
-        return self._runners[key]
+            self._runners[target] = Runner(compiled, self.param_store, self.optimizer)
+        self.input_shape = target.input_shape
+        return self._runners[target]
 
     def _require_compiled(self, what):
         if self.loss is None:
@@ -135,7 +134,7 @@ class Model:
         x = _inputs(x)
         if y is None:
             raise InputError("labels are missing: pass y, or a clnet.datasets.Dataset as x")
-        out_shape = self.network.stages(x.shape[1:], self.loss)[-1].output_shape
+        _, out_shape = loss_input(self.network.stages(x.shape[1:], self.loss), x.shape[1:])
         if len(np.shape(y)) == 0 or len(y) != len(x):
             raise InputError(f"x has {len(x)} samples but y has {len(y) if np.ndim(y) else 0}: they must match")
         return x, self.loss.targets(y, len(x), out_shape)
@@ -192,18 +191,17 @@ class Model:
             x, targets = x[train_idx], targets[train_idx]
         if len(x) == 0:
             raise InputError("no training samples left (x is empty or validation_split took them all)")
-        if normalize is True:  # a resumed run takes the checkpoint's instead
-            self.normalization = channel_statistics(x.reshape(len(x), *image_dims(x.shape[1:])))
-        elif normalize:
-            self.normalization = tuple(tuple(float(v) for v in np.ravel(part)) for part in normalize)
-        steering = [cb.NaNGuard()]
+        steering = [cb.Progress(), cb.NaNGuard()]
         steering += [cb.LearningRateScheduler(schedule)] if schedule is not None else []
         steering += [early_stopping] if early_stopping is not None else []
         reporting = [cb.MetricsLog(log)] if log is not None else []
         reporting += [cb.Checkpoint(checkpoint, resume)] if checkpoint is not None else []
-        trainer = Trainer(self, steering + list(callbacks) + reporting + [cb.Progress(stream, verbose)],
-                          verbose=verbose, stream=stream)
-        return trainer.fit(x, targets, epochs, batch_size, rng, validation_data, shuffle, augment, resident)
+        trainer = Trainer(self, steering + list(callbacks) + reporting, validation_data, verbose, stream)
+        if normalize is True:  # a resumed run takes the checkpoint's instead
+            self.normalization = channel_statistics(x.reshape(len(x), *image_dims(x.shape[1:])))
+        elif normalize:
+            self.normalization = tuple(tuple(float(v) for v in np.ravel(part)) for part in normalize)
+        return trainer.fit(x, targets, epochs, batch_size, rng, shuffle, augment, resident)
 
     def train_on_batch(self, x, y) -> float:
         """One optimizer step on (x, y) as one batch; returns that batch's loss."""
@@ -271,11 +269,16 @@ class Model:
 
     def load_optimizer_state_dict(self, state: dict) -> None:
         """Restore `optimizer_state_dict()` of the same optimizer class: hyper-parameters, steps
-        and state (hyper-parameters other than lr reach the steps compiled from now on)."""
+        and state."""
         if state["class"] != type(self.optimizer).__name__:
             raise ValueError(f"a {state['class']} state cannot be loaded into {type(self.optimizer).__name__}")
-        vars(self.optimizer).update(vars(type(self.optimizer)(**state["config"])))  # validates them
-        self.param_store.load_optimizer_state(state["state"], state["steps"])
+        self._restore_optimizer(type(self.optimizer)(**state["config"]), state["state"], state["steps"])
+
+    def _restore_optimizer(self, optimizer, arrays, steps):
+        """The hyper-parameters of `optimizer` (of this model's optimizer's class), and its state and
+        step count. Steps are compiled again, as the launches hold the hyper-parameters."""
+        vars(self.optimizer).update(vars(optimizer))
+        self.param_store.load_optimizer_state(arrays, steps)
         self._runners.clear()
 
     def save(self, path, classes: Sequence[str] | None = None) -> None:
@@ -361,14 +364,11 @@ class Sequential(Model):
 
 
 def _load_optimizer(model, saved, path):
-    """A checkpoint's optimizer state into a model compiled with the same optimizer class."""
-    size = model.param_store.params.size
-    for i, array in enumerate(saved.state):
-        if array.size != size:
-            raise ModelFileError(path, f"optimizer.npz array {i} ({array.dtype}, {array.size} values) does not fit "
-                                       f"the model's {size} parameter slots")
-    model.load_optimizer_state_dict({"class": type(saved.optimizer).__name__, "config": saved.optimizer.config(),
-                                     "steps": saved.steps, "state": saved.state})
+    """A checkpoint's optimizer (io.SavedOptimizer) into a model compiled with the same class."""
+    try:
+        model._restore_optimizer(saved.optimizer, saved.state, saved.steps)
+    except ShapeError as exc:
+        raise ModelFileError(path, f"optimizer.npz: {exc}") from None
 
 
 def _build(saved, path, device):
@@ -397,7 +397,7 @@ def load(path, device: Device | None = None) -> Model:
 
 
 @dataclass
-class Checkpoint:
+class LoadedCheckpoint:
     """What `load_checkpoint` returns: the model (compiled with its loss and its optimizer, state
     and step count restored), the epoch and step reached, and the training loop's `state`."""
     model: Model
@@ -406,8 +406,8 @@ class Checkpoint:
     state: object
 
 
-def load_checkpoint(path, device: Device | None = None) -> Checkpoint:
-    """A `Checkpoint` (model, epoch, step, state) read from `path`, on `device` (default: the best
+def load_checkpoint(path, device: Device | None = None) -> LoadedCheckpoint:
+    """A `LoadedCheckpoint` (model, epoch, step, state) read from `path`, on `device` (default: the best
     device). The model is compiled with its loss and optimizer, the optimizer's state and step count
     restored. To continue a fit, pass `checkpoint=path, resume=True` to `fit` instead: it loads
     into the model being trained."""
@@ -416,4 +416,4 @@ def load_checkpoint(path, device: Device | None = None) -> Checkpoint:
     if saved.optimizer is not None:
         model.compile(model.loss, saved.optimizer.optimizer)
         _load_optimizer(model, saved.optimizer, path)
-    return Checkpoint(model, saved.epoch, saved.step, saved.state)
+    return LoadedCheckpoint(model, saved.epoch, saved.step, saved.state)

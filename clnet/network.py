@@ -141,3 +141,9 @@ class Network:
 
     def __repr__(self):
         return f"Network({', '.join(f'{n.name}={n.layer!r}' for n in self.nodes)})"
+
+
+def loss_input(stages: list, input_shape: tuple) -> tuple:
+    """(name, per-sample shape) of the value that the loss reads, from a network's `stages`: the
+    last stage's output (that of a stage before a link layer the loss takes over)."""
+    return (stages[-1].output, stages[-1].output_shape) if stages else (INPUT, tuple(input_shape))

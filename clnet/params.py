@@ -89,8 +89,8 @@ class ParamStore:
         arrays = [np.ascontiguousarray(a, dtype=np.float32).reshape(-1) for a in arrays]
         for i, array in enumerate(arrays):
             if array.size != self.params.size:
-                raise ShapeError(f"optimizer state {i} has {array.size} values, the model's parameters "
-                                 f"{self.params.size} slots")
+                raise ShapeError(f"optimizer state {i} ({array.size} values) does not fit the model's "
+                                 f"{self.params.size} parameter slots")
         for tensor, array in zip(self.require_optimizer_state(len(arrays)), arrays):
             tensor.upload(array)  # in place: plans recorded with these tensors keep working
         self.steps = int(steps)

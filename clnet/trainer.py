@@ -69,15 +69,22 @@ class Trainer:
     Args:
         model: a compiled clnet model.
         callbacks: called in order at each point of training.
-        verbose: whether callbacks should print; stream: where to.
+        validation_data: (x, targets) or a Dataset, evaluated after every epoch; a callback that
+            monitors a "val_" metric needs it.
+        verbose: whether callbacks should print; stream: where to (default stdout).
 
     Example:
-        >>> trainer = Trainer(model, [callbacks.NaNGuard(), callbacks.Progress()])
-        >>> history = trainer.fit(x, y, epochs=5, batch_size=64, rng=np.random.default_rng(0))
+        >>> x, targets = model._prepare(x, y)   # validated inputs, and targets as the loss takes them
+        >>> trainer = Trainer(model, [callbacks.Progress(), callbacks.NaNGuard()])
+        >>> history = trainer.fit(x, targets, epochs=5, batch_size=64, rng=np.random.default_rng(0))
     """
 
-    def __init__(self, model, callbacks: Sequence[Callback] = (), verbose: bool = True, stream=None):
-        self.model, self.callbacks = model, list(callbacks)
+    def __init__(self, model, callbacks: Sequence[Callback] = (), validation_data=None, verbose: bool = True,
+                 stream=None):
+        monitors = [c.monitor for c in callbacks if getattr(c, "monitor", None)]
+        if validation_data is None and any(m.startswith("val_") for m in monitors):
+            raise InputError(f"{', '.join(monitors)} needs validation data: pass validation_split or validation_data")
+        self.model, self.callbacks, self.validation_data = model, list(callbacks), validation_data
         self.verbose, self.stream = bool(verbose), stream or sys.stdout
 
     def _call(self, hook, *args):
@@ -92,17 +99,12 @@ class Trainer:
         return time.perf_counter() - self._epoch_start
 
     def fit(self, x: np.ndarray, targets: np.ndarray, epochs: int, batch_size: int, rng: np.random.Generator,
-            validation_data=None, shuffle: bool = True, augment: str | dict | None = None,
-            resident: bool | str = "auto") -> History:
+            shuffle: bool = True, augment: str | dict | None = None, resident: bool | str = "auto") -> History:
         """Train on validated inputs `x` and the loss's `targets`; returns the History.
 
-        validation_data: (x, targets) or a Dataset, evaluated after every epoch; rng: the
-        generator of every epoch's sample order; augment: as `Model.fit`; resident: keep the
-        training set in device memory ("auto": when it fits)."""
+        rng: the generator of every epoch's sample order; augment: as `Model.fit`; resident: keep
+        the training set in device memory ("auto": when it fits)."""
         model = self.model
-        monitors = [c.monitor for c in self.callbacks if getattr(c, "monitor", None)]
-        if validation_data is None and any(m.startswith("val_") for m in monitors):
-            raise InputError(f"{', '.join(monitors)} needs validation data: pass validation_split or validation_data")
         self.targets, self.epochs, self.rng = targets, epochs, rng
         self.history = model.history = History()
         self.start_epoch, self.start_step, self.order = 1, 0, None
@@ -121,7 +123,7 @@ class Trainer:
             data = DeviceDataset(model.device, x, targets) if resident else None
             with _InterruptBetweenSteps() as interrupt:
                 for epoch in range(self.start_epoch, epochs + 1):
-                    self._epoch(epoch, runner, x, targets, data, shuffle, validation_data, interrupt)
+                    self._epoch(epoch, runner, x, targets, data, shuffle, interrupt)
                     if interrupt.requested:
                         raise KeyboardInterrupt
                     if self.stop_training:
@@ -130,7 +132,7 @@ class Trainer:
             self._call("on_train_end")
         return self.history
 
-    def _epoch(self, epoch, runner, x, targets, data, shuffle, validation_data, interrupt):
+    def _epoch(self, epoch, runner, x, targets, data, shuffle, interrupt):
         model, size, steps = self.model, self.batch_size, self.steps_per_epoch
         if self.order is None:
             model.metrics.fill(0)
@@ -155,9 +157,10 @@ class Trainer:
         self.start_step = 0
         logs = self.read_metrics()
         runner.sync()
-        if validation_data is not None:
-            val = (model.evaluate(validation_data, batch_size=size) if isinstance(validation_data, Dataset)
-                   else model.evaluate(*validation_data, batch_size=size))
+        self._call("on_epoch_metrics", epoch, logs)
+        if self.validation_data is not None:
+            val = (model.evaluate(self.validation_data, batch_size=size) if isinstance(self.validation_data, Dataset)
+                   else model.evaluate(*self.validation_data, batch_size=size))
             logs.update({f"val_{k}": v for k, v in val.items()})
         logs["lr"] = model.optimizer.lr
         self.epoch_images = min(done * size, len(x))

@@ -1,37 +1,34 @@
 """The layering of ARCHITECTURE.md as a contract: every clnet module imports only modules of its own
-room or of rooms below it, and the imports have no circle. Read from the sources (every import
-statement, at module level or inside functions), so nothing is imported to check it."""
+room or of rooms below it, and the imports have no circle. The rooms are read from ARCHITECTURE.md's
+table, and the imports from the sources (every import statement, at module level or inside
+functions, also those only for type checking), so nothing is imported to check it."""
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "clnet"
+ARCHITECTURE = PACKAGE.parent / "ARCHITECTURE.md"
 
-# Rooms from the top down, as ARCHITECTURE.md draws them; a module belongs to the first room one
-# of whose names is the module or a package above it.
-ROOMS = [
-    ("commands", ["clnet.cli", "clnet.cli_options", "clnet.bench", "clnet.tune"]),
-    ("the public face and presets", ["clnet.__init__", "clnet.models"]),
-    ("model", ["clnet.model"]),
-    ("trainer", ["clnet.trainer"]),
-    ("callbacks", ["clnet.callbacks"]),
-    ("files and export", ["clnet.io", "clnet.export"]),
-    ("runner", ["clnet.runner"]),
-    ("compiler", ["clnet.compiler"]),
-    ("parameters", ["clnet.params"]),
-    ("network", ["clnet.network"]),
-    ("losses and optimizers", ["clnet.losses", "clnet.optim"]),
-    ("layers", ["clnet.layers"]),
-    ("ops", ["clnet.ops"]),
-    ("plan and tuning", ["clnet.plan", "clnet.tuning"]),
-    ("datasets and the feed", ["clnet.datasets"]),
-    ("kernels and tensors", ["clnet.kernels", "clnet.tensor"]),
-    ("device", ["clnet.device"]),
-    ("leaves", ["clnet.errors", "clnet.files", "clnet.text", "clnet.progress", "clnet.timing",
-                "clnet.metrics", "clnet.version"]),
-]
+
+def read_rooms():
+    """The rooms of ARCHITECTURE.md's table "The rooms, from the top down", in order: (room, the
+    modules and packages it holds), `cli.py` read as clnet.cli and `callbacks/` as clnet.callbacks."""
+    section = ARCHITECTURE.read_text().split("## The rooms, from the top down", 1)[1].split("\n## ", 1)[0]
+    rooms = []
+    for row in section.splitlines():
+        cells = [cell.strip() for cell in row.strip().strip("|").split("|")]
+        if not row.startswith("|") or len(cells) < 3 or cells[0] in ("room", "---"):
+            continue
+        files = re.findall(r"`([^`]+)`", cells[1])
+        rooms.append((cells[0], ["clnet." + re.sub(r"(\.py|/)$", "", name) for name in files]))
+    return rooms
+
+
+# A module belongs to the first room one of whose names is the module or a package above it.
+ROOMS = read_rooms()
 
 
 def module_name(path):
@@ -82,6 +79,11 @@ def imports(module):
 GRAPH = {module: imports(module) for module in MODULES}
 
 
+def test_the_rooms_are_read_from_the_architecture_page():
+    assert len(ROOMS) >= 15 and ROOMS[0][0] == "commands" and "clnet.device" in ROOMS[-2][1]
+    assert all(names for _, names in ROOMS)
+
+
 def test_every_module_has_a_room():
     for module in MODULES:
         room(module)
@@ -113,6 +115,36 @@ def test_no_circle():
             visit(module, [module])
 
 
+# The modules that talk to OpenCL: everything else records into plans or calls these.
+OPENCL = {"clnet.device", "clnet.tensor", "clnet.kernels", "clnet.plan", "clnet.runner", "clnet.bench", "clnet.tune"}
+
+
+def third_party(module):
+    """The top-level packages outside clnet that `module` imports."""
+    found = set()
+    for node in ast.walk(ast.parse(MODULES[module].read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_only_the_device_rooms_talk_to_opencl(module):
+    """No module-level OpenCL state and no transfers elsewhere: layers, ops, losses, the compiler
+    and the rooms above them reach OpenCL only through the device, tensor, kernel, plan and runner
+    modules."""
+    assert "pyopencl" not in third_party(module) or module in OPENCL, f"{module} imports pyopencl"
+
+
+def test_layers_allocate_nothing():
+    """Layers record launches over the values the compiler hands them: they never make device
+    tensors (clnet.tensor) themselves."""
+    offenders = sorted(m for m in MODULES if m.startswith("clnet.layers.") and "clnet.tensor" in GRAPH[m])
+    assert not offenders, f"{offenders} import clnet.tensor"
+
+
 def test_the_contract_can_fail():
     """The checks see what they must: a known upward import and a known circle are caught."""
     assert "clnet.network" in GRAPH["clnet.compiler"] and room("clnet.network") > room("clnet.compiler")
@@ -124,3 +156,4 @@ def test_the_contract_can_fail():
             test_no_circle()
     finally:
         GRAPH["clnet.device"].discard("clnet.model")
+    assert "pyopencl" in third_party("clnet.plan") and "clnet.tensor" in GRAPH["clnet.plan"]

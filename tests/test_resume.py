@@ -120,6 +120,7 @@ def test_a_diverging_loss_stops_training_and_keeps_the_last_good_checkpoint(devi
     with pytest.raises(clnet.TrainingError, match=r"the loss became (nan|inf) in epoch 1: lower the learning "
                                                   r"rate \(now 1e\+12\).*run.clnet keeps the last good epoch"):
         model.fit(x[:256], y[:256], epochs=3, verbose=0, checkpoint=checkpoint)
+    assert model.history.epochs == []  # stopped before the diverged epoch was validated or recorded
     saved = clnet.load_checkpoint(checkpoint, device)
     assert saved.epoch == 1 and all(np.isfinite(v).all() for v in saved.model.state_dict().values())
 
@@ -203,3 +204,44 @@ def test_a_checkpoint_written_before_the_trainer_resumes(device, tmp_path):
     assert model.optimizer_state_dict()["steps"] == saved.model.optimizer_state_dict()["steps"] == 6
     model, history, _ = fit(4)
     assert history.epochs == [1, 2, 3, 4] and history.history["loss"][:2] == saved.state["history"]["loss"]
+
+
+def test_a_checkpoint_written_before_the_trainer_with_a_stateless_schedule_resumes(device, tmp_path):
+    """tests/data/checkpoint-0.1.0-steplr.clnet (clnet at f0c1ae7: Adam, StepLR(1, 0.5), a log; 2 of
+    4 epochs), whose schedule saved an empty state: the base rate comes back, so the rate keeps
+    halving from where the run stopped."""
+    import shutil
+    from pathlib import Path
+    from clnet import layers as L
+    from clnet.callbacks import StepLR
+    checkpoint = tmp_path / "run.clnet"
+    shutil.copy(Path(__file__).parent / "data" / "checkpoint-0.1.0-steplr.clnet", checkpoint)
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(60, 12)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int32) + (x[:, 1] > 0.5)
+    model = clnet.Sequential([L.Dense(12, 8), L.ReLU(), L.Dense(8, 3)], device=device, seed=4)
+    model.compile("cross_entropy", clnet.optim.Adam(lr=0.5))  # the checkpoint's rate, 0.01, comes back
+    history = model.fit(x, y, epochs=4, batch_size=16, validation_split=0.25, verbose=0, schedule=StepLR(1, 0.5),
+                        log=tmp_path / "log.csv", checkpoint=checkpoint, resume=True)
+    assert history.epochs == [1, 2, 3, 4]
+    assert history.history["lr"] == pytest.approx([0.01, 0.005, 0.0025, 0.00125])
+    assert model.optimizer_state_dict()["steps"] == 12
+
+
+def test_a_run_resumed_with_a_log_added_ends_as_the_straight_one(device, tmp_path):
+    """Callback states are matched by class: a stateless callback more (a log) changes nothing."""
+    (x, y), _ = clnet.datasets.load_mnist_5k()
+
+    def run(epochs, **extra):
+        model = clnet.models.mlp(device=device, seed=2)
+        model.compile("cross_entropy", clnet.optim.SGD(lr=0.1, momentum=0.9))
+        history = model.fit(x[:300], y[:300], epochs=epochs, batch_size=30, validation_split=0.2, verbose=0,
+                            schedule=clnet.callbacks.StepLR(1, 0.5), **extra)
+        return model.state_dict(), history.history
+
+    straight = run(3)
+    run(2, checkpoint=tmp_path / "run.clnet")
+    resumed = run(3, checkpoint=tmp_path / "run.clnet", resume=True, log=tmp_path / "log.csv")
+    assert resumed[1] == straight[1]
+    for key in straight[0]:
+        np.testing.assert_array_equal(resumed[0][key], straight[0][key], err_msg=key)

@@ -13,12 +13,15 @@ class Callback:
         on_epoch_begin(epoch)       epochs count from 1
         on_step_begin(epoch, step)  before the step's launches are queued (step counts from 0)
         on_step_end(epoch, step)    after they are queued (the device may still be running them)
-        on_epoch_end(epoch, logs)   with the epoch's metrics: loss, accuracy, val_loss, ..., lr
+        on_epoch_metrics(epoch, logs)  with the epoch's training metrics (loss, accuracy), before
+                                    validation and before the epoch enters the history
+        on_epoch_end(epoch, logs)   with all the epoch's metrics: loss, accuracy, val_loss, ..., lr
         on_interrupt(epoch, steps)  Ctrl-C: after the step under way, `steps` of the epoch done
         on_train_end()              when training ends, normally or by an exception
 
-    `state()` returns what the callback must remember across a resume (JSON values and numpy
-    arrays) and `load_state(state)` puts it back: checkpoints keep every callback's state.
+    A callback that must remember something across a resume overrides `state()` (JSON values and
+    numpy arrays) and `load_state(state)`: checkpoints keep the state of every such callback, by
+    class and order, and a resumed fit gives it back to the callback of that class in that place.
 
     Example:
         >>> class PrintLoss(Callback):
@@ -43,6 +46,9 @@ class Callback:
         pass
 
     def on_step_end(self, epoch: int, step: int) -> None:
+        pass
+
+    def on_epoch_metrics(self, epoch: int, logs: dict) -> None:
         pass
 
     def on_epoch_end(self, epoch: int, logs: dict) -> None:

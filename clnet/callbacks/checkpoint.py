@@ -5,7 +5,6 @@ import os
 import numpy as np
 
 from .. import io
-from ..errors import InputError
 from .base import Callback
 from .early_stopping import EarlyStopping
 from .schedule import LearningRateScheduler
@@ -14,9 +13,10 @@ from .schedule import LearningRateScheduler
 class Checkpoint(Callback):
     """Write `path` atomically after every epoch and when Ctrl-C stops a fit mid-epoch: the weights
     and the optimizer (clnet.io's checkpoint format), the random state, the epoch's sample order and
-    the metrics summed so far, the history, and every callback's state. With `resume`, an existing
-    file is loaded into the model when training begins, so that a run interrupted and resumed with
-    the same arguments ends with the same weights as one never interrupted.
+    the metrics summed so far, the history, and the state of every callback that has one. With
+    `resume`, an existing file is loaded into the model when training begins, so that a run
+    interrupted and resumed with the same arguments ends with the same weights as one never
+    interrupted.
 
     Example:
         >>> model.fit(x, y, epochs=30, checkpoint="run.clnet", resume=True)   # adds one
@@ -40,24 +40,27 @@ class Checkpoint(Callback):
         state = {"rng": trainer.rng.bit_generator.state, "history": trainer.history.history,
                  "epochs": trainer.history.epochs, "order": order,
                  "metrics": model.metrics.download() if order is not None else None,
-                 "callbacks": [callback.state() for callback in trainer.callbacks]}
+                 "callbacks": [[type(c).__name__, c.state()] for c in trainer.callbacks if _keeps_state(c)]}
         io.save_checkpoint(self.path, model, state, epoch=epochs_done, step=steps_done)
 
     def _restore(self):
         """Load the checkpoint into the model and the trainer; the trainer continues from the
-        epoch and step it names."""
+        epoch and step it names. Each saved callback state goes to the callback of its class in
+        its place among those of that class; a callback the checkpoint has no state for starts
+        afresh."""
         trainer, model = self.trainer, self.model
         saved = io.read_checkpoint(self.path)
         model.restore(saved, self.path)
         state = saved.state
         trainer.rng.bit_generator.state = state["rng"]
-        states = state["callbacks"] if "schedule" not in state else _states_of_the_first_layout(trainer, state)
-        if len(states) != len(trainer.callbacks):
-            raise InputError(f"{self.path} was written by a fit with {len(states)} callbacks, this one has "
-                             f"{len(trainer.callbacks)}: resume with the arguments the run was started with")
-        for callback, callback_state in zip(trainer.callbacks, states):
-            if callback_state is not None:
-                callback.load_state(callback_state)
+        by_class = {}
+        for name, callback_state in (state["callbacks"] if "schedule" not in state
+                                     else _states_of_the_first_layout(trainer, state)):
+            by_class.setdefault(name, []).append(callback_state)
+        for callback in filter(_keeps_state, trainer.callbacks):
+            states = by_class.get(type(callback).__name__)
+            if states:
+                callback.load_state(states.pop(0))
         trainer.history.history, trainer.history.epochs = state["history"], state["epochs"]
         trainer.start_epoch = saved.epoch + 1
         if state["order"] is not None:
@@ -65,20 +68,23 @@ class Checkpoint(Callback):
             trainer.start_step, trainer.order = saved.step, np.asarray(state["order"])
 
 
+def _keeps_state(callback):
+    return type(callback).state is not Callback.state
+
+
 def _states_of_the_first_layout(trainer, state):
     """Checkpoints written before clnet had a Trainer kept the schedule's and early stopping's
-    states under keys of their own, and the states of fit's `callbacks` in a list: each callback's
-    state in the order of `trainer.callbacks`, None where nothing was saved (callbacks without a
-    state of their own, such as those fit adds, had none or an empty one)."""
+    states under keys of their own, and the states of fit's `callbacks` in a list (an empty one
+    for those without a state): (class name, state) pairs as checkpoints keep them now."""
     given = iter([saved for saved in state["callbacks"] if saved])
-    states = []
-    for callback in trainer.callbacks:
+    pairs = []
+    for callback in filter(_keeps_state, trainer.callbacks):
         if isinstance(callback, LearningRateScheduler):
-            states.append(state["schedule"] and {"base_lr": state["base_lr"], "schedule": state["schedule"]})
+            saved = None if state["schedule"] is None else {"base_lr": state["base_lr"], "schedule": state["schedule"]}
         elif isinstance(callback, EarlyStopping):
-            states.append(state["early"])
-        elif type(callback).state is Callback.state:
-            states.append(None)
+            saved = state["early"]
         else:
-            states.append(next(given, None))
-    return states
+            saved = next(given, None)
+        if saved is not None:
+            pairs.append([type(callback).__name__, saved])
+    return pairs

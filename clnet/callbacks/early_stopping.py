@@ -24,7 +24,6 @@ class EarlyStopping(Callback):
             raise ValueError(f"patience must be at least 1, got {patience}")
         self.monitor, self.patience, self.min_delta, self.restore_best = monitor, int(patience), min_delta, restore_best
         self.best, self.best_epoch, self.wait, self.weights = None, 0, 0, None
-        self.stopped = False
 
     def update(self, epoch, logs, model):
         """Record an epoch; True when training should stop (the best weights are then restored)."""
@@ -42,12 +41,10 @@ class EarlyStopping(Callback):
         return True
 
     def on_epoch_end(self, epoch, logs):
-        self.stopped = self.update(epoch, logs, self.model)
-        if self.stopped:
-            self.trainer.stop_training = True
-
-    def on_train_end(self):
-        if self.stopped and self.trainer.verbose:
+        if not self.update(epoch, logs, self.model):
+            return
+        self.trainer.stop_training = True
+        if self.trainer.verbose:
             print(f"Early stopping: {self.monitor} has not improved since epoch {self.best_epoch}"
                   + (", whose weights are restored" if self.restore_best else ""),
                   file=self.trainer.stream, flush=True)

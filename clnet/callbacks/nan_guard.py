@@ -8,10 +8,11 @@ from .checkpoint import Checkpoint
 
 
 class NaNGuard(Callback):
-    """Raise a TrainingError, saying what to change, when an epoch's loss is NaN or infinite.
-    `fit` puts it first, so nothing after it (a checkpoint) records the diverged epoch."""
+    """Raise a TrainingError, saying what to change, when an epoch's loss is NaN or infinite: as
+    soon as the epoch's training metrics are read, before validation, the history or a checkpoint
+    takes in the diverged epoch."""
 
-    def on_epoch_end(self, epoch, logs):
+    def on_epoch_metrics(self, epoch, logs):
         if np.isfinite(logs["loss"]):
             return
         kept = "".join(f"; {c.path} keeps the last good epoch" for c in self.trainer.callbacks

@@ -1,7 +1,5 @@
 """Progress: the progress bar during an epoch and a line of metrics after it."""
 
-import sys
-
 from ..progress import ProgressBar
 from .base import Callback
 
@@ -14,16 +12,15 @@ def throughput(done, total, batch, elapsed):
 
 class Progress(Callback):
     """A bar with the running loss and images/s while an epoch runs (on a terminal only), then
-    "Epoch 3/10  loss 0.2134  accuracy 0.9372 ... (4.1 s)" on `stream` (default stdout).
-    `fit(verbose=1)` adds one; with verbose=0 it stays silent."""
+    "Epoch 3/10  loss 0.2134  accuracy 0.9372 ... (4.1 s)", on the trainer's stream when it is
+    verbose. `fit` puts it first, so that the bar is closed before other callbacks print."""
 
-    def __init__(self, stream=None, verbose=True):
-        self.stream, self.verbose, self.bar = stream or sys.stdout, bool(verbose), None
+    bar = None
 
     def on_epoch_begin(self, epoch):
         trainer = self.trainer
-        self.bar = ProgressBar(trainer.steps_per_epoch, f"Epoch {epoch}/{trainer.epochs}", self.stream,
-                               enabled=self.verbose)
+        self.bar = ProgressBar(trainer.steps_per_epoch, f"Epoch {epoch}/{trainer.epochs}", trainer.stream,
+                               enabled=trainer.verbose)
         self.first = trainer.start_step
 
     def on_step_end(self, epoch, step):
@@ -35,9 +32,9 @@ class Progress(Callback):
 
     def on_epoch_end(self, epoch, logs):
         self.bar.close()
-        if self.verbose:
+        if self.trainer.verbose:
             text = "  ".join(f"{k} {v:.4g}" if k == "lr" else f"{k} {v:.4f}" for k, v in logs.items())
-            print(f"Epoch {epoch}/{self.trainer.epochs}  {text}  ({self.bar.elapsed:.1f} s)", file=self.stream,
+            print(f"Epoch {epoch}/{self.trainer.epochs}  {text}  ({self.bar.elapsed:.1f} s)", file=self.trainer.stream,
                   flush=True)
 
     def on_interrupt(self, epoch, steps):
