@@ -18,24 +18,25 @@ runs is reported.
     clnet-bench --platform nvidia --markdown --profile
 """
 
-import argparse
 import dataclasses
 import datetime
 import json
 import os
 import platform
 import subprocess
-import sys
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Dict, List, Optional
 
+import click
 import numpy as np
 import pyopencl as cl
 
 from . import __version__, optim
+from .cli_options import CONTEXT_SETTINGS, Several, SeveralValuesCommand, device_options, friendly_errors
 from .device import Device
-from .device import add_arguments as add_device_arguments
 from .device import device as open_device
-from .errors import DeviceNotFoundError
+from .errors import ClnetError
 from .files import replace_atomically
 from .models import INPUT_SHAPES, PRESETS
 from .ops import gemm
@@ -65,7 +66,7 @@ ENV_SHOWN = ("OMP_NUM_THREADS", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBL
              "MKL_NUM_THREADS", "POCL_MAX_PTHREAD_COUNT", "CLNET_GEMM", "CUDA_VISIBLE_DEVICES")
 
 
-class CheckError(RuntimeError):
+class CheckError(ClnetError, RuntimeError):
     """clnet and its reference disagree on a result that was about to be timed."""
 
 
@@ -103,10 +104,10 @@ def batch_data(batch, shape):
 
 def clnet_rates(model, x, y, timing):
     """Training and inference Measurements of a compiled clnet model on the batch (x, y)."""
-    train = model._graph(len(x), x.shape[1:], True, y.dtype)
-    infer = model._graph(len(x), x.shape[1:], False)
+    train = model._runner(len(x), x.shape[1:], True, y.dtype)
+    infer = model._runner(len(x), x.shape[1:], False)
     finish = model.device.finish
-    return {"train": measure(lambda: train.step(x, y), finish, timing),
+    return {"train": measure(lambda: train.train(x, y), finish, timing),
             "infer": measure(lambda: infer.infer(x, want_output=False), finish, timing)}
 
 
@@ -265,16 +266,16 @@ def profile_step(name, batch, device, warmup):
     (`device` has profiling queues). The step runs `warmup` times first, which also stages the batch."""
     model = clnet_model(name, device)
     x, y = batch_data(batch, INPUT_SHAPES[name])
-    graph = model._graph(batch, x.shape[1:], True, y.dtype)
+    runner = model._runner(batch, x.shape[1:], True, y.dtype)
     for _ in range(max(1, warmup)):
-        graph.step(x, y)
+        runner.train(x, y)
     device.finish()
-    events = graph.plan.run()
+    events = runner.plan.run()
     device.finish()
     launches = [{"kernel": launch.kernel.function_name, "global_size": list(launch.global_size),
                  "local_size": launch.local_size and list(launch.local_size),
                  "ms": (event.profile.end - event.profile.start) / 1e6}
-                for launch, event in zip(graph.plan.launches, events)]
+                for launch, event in zip(runner.plan.launches, events)]
     total = sum(launch["ms"] for launch in launches)
     kernels = {}
     for launch in launches:
@@ -309,14 +310,24 @@ def source_commit():
     return out.stdout.strip() or None
 
 
-def pick_torch_device(choice, cl_device):
+def pick_torch_device(choice: str, cl_device: Device) -> Optional["torch.device"]:
+    """The PyTorch device of the twins, or None where PyTorch is not run.
+
+    Args:
+        choice: --torch-device: "auto" (CUDA when `cl_device` is a GPU and PyTorch sees CUDA, else
+            the CPU), "cpu", "cuda" or "none".
+        cl_device: the clnet device being measured.
+
+    Example:
+        pick_torch_device("auto", clnet.device("pocl"))  # torch.device("cpu"), or None without PyTorch
+    """
     if torch is None or choice == "none":
         return None
     if choice == "auto":
         choice = "cuda" if cl_device.is_gpu and torch.cuda.is_available() else "cpu"
     if choice == "cuda":
         if not torch.cuda.is_available():
-            raise SystemExit("--torch-device cuda: this PyTorch sees no CUDA device")
+            raise ClnetError("--torch-device cuda: this PyTorch sees no CUDA device")
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest algorithms
@@ -447,36 +458,6 @@ def print_profile(profile, markdown):
 
 
 # ---------------------------------------------------------------------- main
-def parse_args(argv):
-    p = argparse.ArgumentParser(prog="clnet-bench", description=__doc__.split("\n\n")[0])
-    add_device_arguments(p)
-    p.add_argument("--models", nargs="*", default=list(TWINS), choices=list(TWINS), metavar="MODEL",
-                   help=f"reference networks to run, of {', '.join(TWINS)} (default: all; none: skip them)")
-    p.add_argument("--batch-sizes", nargs="+", type=int, default=[128, 1024], metavar="N",
-                   help="batch sizes of the networks (default 128 1024)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps before the timed runs (default 3)")
-    p.add_argument("--steps", type=int, default=0,
-                   help="steps per timed run (default: as many as take --min-time seconds)")
-    p.add_argument("--min-time", type=float, default=0.5,
-                   help="about how long a timed run lasts without --steps, in seconds (default 0.5)")
-    p.add_argument("--repeats", type=int, default=5, help="timed runs; the median is reported (default 5)")
-    p.add_argument("--torch-device", choices=("auto", "cpu", "cuda", "none"), default="auto",
-                   help="auto: CUDA when the clnet device is a GPU, else the CPU")
-    p.add_argument("--gemm-sizes", nargs="+", type=int, default=list(GEMM_SIZES), metavar="N",
-                   help="square GEMM sizes (default 512 1024 2048 4096)")
-    p.add_argument("--no-gemm", action="store_true", help="skip the GEMM benchmark")
-    p.add_argument("--profile", action="store_true", default=os.environ.get("CLNET_PROFILE", "0") not in ("", "0"),
-                   help="also print the device time of every kernel of one training step (or CLNET_PROFILE=1)")
-    p.add_argument("--markdown", action="store_true", help="print the tables as markdown")
-    p.add_argument("--json", type=Path, metavar="PATH", help="write every number and the hardware description here")
-    args = p.parse_args(argv)
-    if min(args.batch_sizes + args.gemm_sizes) < 1 or args.repeats < 1 or args.warmup < 0 or args.steps < 0:
-        p.error("batch sizes, GEMM sizes and --repeats must be positive, --warmup and --steps not negative")
-    if args.json is not None and not args.json.parent.is_dir():
-        p.error(f"--json {args.json}: the folder {args.json.parent} does not exist")
-    return args
-
-
 def write_json(path, results):
     text = (json.dumps(results, indent=1) + "\n").encode()
     replace_atomically(path, lambda f: f.write(text))
@@ -505,7 +486,7 @@ def run_gemm(args, cl_device, torch_device, timing):
 
 
 def run_profiles(args, cl_device):
-    profiling, profiles = Device(cl_device.info, cl_device.cl_device, profiling=True), []
+    profiling, profiles = Device(cl_device.info, cl_device.cl_device, profiling=True, family=cl_device.family), []
     for name in args.models:
         for batch in args.batch_sizes:
             profiles.append(profile_step(name, batch, profiling, args.warmup))
@@ -513,12 +494,17 @@ def run_profiles(args, cl_device):
     return profiles
 
 
-def run(args, argv):
-    """Measure and print everything `args` asks for; returns the results as JSON-able values."""
-    try:
-        cl_device = open_device(platform=args.platform, device=args.device)
-    except DeviceNotFoundError as exc:
-        raise SystemExit(str(exc)) from None
+def run(args: SimpleNamespace, argv: List[str]) -> Dict[str, Any]:
+    """Measure and print everything `args` asks for; returns the results as JSON-able values.
+
+    Args:
+        args: the options of clnet-bench as attributes (platform, device, models, batch_sizes, ...).
+        argv: the command line, recorded in the results as the command that produced them.
+
+    Example:
+        clnet-bench --json bench.json ...  # writes what run() returns
+    """
+    cl_device = open_device(platform=args.platform, device=args.device)
     torch_device = pick_torch_device(args.torch_device, cl_device)
     timing = Timing(args.warmup, args.steps, args.repeats, args.min_time)
     results = describe(cl_device, torch_device, args, argv)
@@ -532,19 +518,52 @@ def run(args, argv):
     return results
 
 
-def main(argv=None):
-    """The `clnet-bench` command; `argv` defaults to the command line."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = parse_args(argv)
-    try:
-        results = run(args, argv)
-    except CheckError as exc:
-        raise SystemExit(f"clnet-bench: {exc}") from None
+def _existing_folder(ctx, param, path):
+    if path is not None and not path.parent.is_dir():
+        raise click.BadParameter(f"the folder {path.parent} does not exist")
+    return path
+
+
+@click.command(cls=SeveralValuesCommand, context_settings=CONTEXT_SETTINGS, epilog="""\b
+Examples:
+  clnet-bench --platform pocl --models mlp --batch-sizes 128 1024 --json bench.json
+  clnet-bench --platform nvidia --markdown --profile
+  clnet-bench --models mnist-cnn --batch-sizes 128 --no-gemm --torch-device none""")
+@friendly_errors
+@device_options
+@click.option("--models", type=Several(click.Choice(list(TWINS))), default=list(TWINS), show_default=True,
+              metavar="[MODEL...]", help="Reference networks to run (none: skip them).")
+@click.option("--batch-sizes", type=Several(click.IntRange(min=1), at_least=1), default=[128, 1024],
+              show_default=True, metavar="N...", help="Batch sizes of the networks.")
+@click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True,
+              help="Untimed steps before the timed runs.")
+@click.option("--steps", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Steps per timed run (0: as many as take --min-time seconds).")
+@click.option("--min-time", type=float, default=0.5, show_default=True,
+              help="About how long a timed run lasts without --steps, in seconds.")
+@click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Timed runs; the median is reported.")
+@click.option("--torch-device", type=click.Choice(["auto", "cpu", "cuda", "none"]), default="auto", show_default=True,
+              help="auto: CUDA when the clnet device is a GPU, else the CPU.")
+@click.option("--gemm-sizes", type=Several(click.IntRange(min=1), at_least=1), default=list(GEMM_SIZES),
+              show_default=True, metavar="N...", help="Square GEMM sizes.")
+@click.option("--no-gemm", is_flag=True, help="Skip the GEMM benchmark.")
+@click.option("--profile", is_flag=True, default=lambda: os.environ.get("CLNET_PROFILE", "0") not in ("", "0"),
+              help="Also print the device time of every kernel of one training step (or CLNET_PROFILE=1).")
+@click.option("--markdown", is_flag=True, help="Print the tables as markdown.")
+@click.option("--json", type=click.Path(dir_okay=False, path_type=Path), callback=_existing_folder, metavar="PATH",
+              help="Write every number and the hardware description here.")
+@click.pass_context
+def main(ctx, **options):
+    """clnet side by side with PyTorch on the same hardware, in one run: training and inference
+    images/s of the reference networks, GEMM GFLOP/s, each checked against PyTorch (or numpy)
+    before it is timed."""
+    args = SimpleNamespace(**options)  # the options as run() and describe() read them
+    results = run(args, ctx.meta["argv"])
     if args.json is not None:
         write_json(args.json, results)
         print(f"\nwrote {args.json}")
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -4,7 +4,6 @@ A user mistake exits 2 (usage, from click) or 1 with a one-line message; --debug
 """
 
 import csv
-import functools
 import json
 import os
 import sys
@@ -13,45 +12,19 @@ import time
 import click
 import numpy as np
 
-from . import datasets, metrics, models, optim, training
+from . import callbacks, datasets, metrics, models, optim
+from .cli_options import CONTEXT_SETTINGS, device_options, friendly_errors, option_group
 from .device import INSTALL_HINT, device as open_device, list_devices
 from .errors import ClnetError
-from .io import load as load_model
+from .model import load as load_model
 from .text import format_bytes
 
-DEFAULT_LR = {"sgd": 0.05, "adam": 0.001, "adamw": 0.001}
 
-
-def _friendly_errors(command):
-    """Turn clnet errors (and any unexpected one) into a message and exit status 1, unless --debug."""
-    @functools.wraps(command)
-    def wrapper(*args, debug=False, **kwargs):
-        try:
-            return command(*args, **kwargs)
-        except click.ClickException:  # usage errors: click prints them and exits 2
-            raise
-        except (ClnetError, OSError) as exc:
-            if debug:
-                raise
-            click.echo(f"Error: {exc}", err=True)
-        except KeyboardInterrupt:
-            if debug:
-                raise
-            click.echo("Interrupted.", err=True)
-            sys.exit(130)
-        except Exception as exc:  # a bug: still one line, with the way to see more
-            if debug:
-                raise
-            click.echo(f"Error: {type(exc).__name__}: {exc} (run again with --debug for the traceback)", err=True)
-        sys.exit(1)
-    return click.option("--debug", is_flag=True, help="Show the full traceback on errors.")(wrapper)
-
-
-@click.command(context_settings={"help_option_names": ["-h", "--help"]}, epilog="""\b
+@click.command(context_settings=CONTEXT_SETTINGS, epilog="""\b
 Examples:
   clnet-devices
   clnet-devices --json""")
-@_friendly_errors
+@friendly_errors
 @click.option("--json", "as_json", is_flag=True, help="Print the devices as JSON.")
 def devices(as_json):
     """List every OpenCL platform and device clnet can use.
@@ -81,22 +54,7 @@ def devices(as_json):
             click.echo(f"    {key:<15} {value}")
 
 
-def _options(*options):
-    """A decorator adding several click options at once."""
-    def decorate(command):
-        for option in reversed(options):
-            command = option(command)
-        return command
-    return decorate
-
-
-_device_options = _options(
-    click.option("--platform", help="OpenCL platform: index or name substring (pocl, nvidia, intel, ...). "
-                 "Default: CLNET_PLATFORM, else the best device's."),
-    click.option("--device", help="Device: index (within the platform if one is given) or name substring. "
-                 "Default: CLNET_DEVICE, else the best (a GPU before a CPU)."))
-
-_data_options = _options(
+_data_options = option_group(
     click.option("--dataset", default="mnist-5k", show_default=True,
                  help="A known dataset (" + ", ".join(sorted(datasets.DATASETS)) + "), found on disk or "
                  "downloaded, or a path: an image folder (a sub-folder per class), a .npz file, a CIFAR "
@@ -104,6 +62,14 @@ _data_options = _options(
     click.option("--data-dir", type=click.Path(file_okay=False),
                  help="Where to look for a known dataset first (then the cache, then /usr/share/datasets)."),
     click.option("--offline", is_flag=True, help="Never download: fail if the files are not on disk."))
+
+
+def _default_lrs():
+    """"0.05 for sgd, 0.001 for adam/adamw": every optimizer's default --lr, for the help."""
+    names = {}
+    for name, cls in optim.OPTIMIZERS.items():
+        names.setdefault(cls.cli_lr, []).append(name)
+    return ", ".join(f"{lr:g} for {'/'.join(group)}" for lr, group in names.items())
 
 
 def _image_size(ctx, param, value):
@@ -117,7 +83,7 @@ def _image_size(ctx, param, value):
         raise click.BadParameter(f"{value!r} is not HxW, e.g. 64x64") from None
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]}, epilog="""\b
+@click.command(context_settings=CONTEXT_SETTINGS, epilog="""\b
 Examples:
   clnet-train
   clnet-train --platform pocl --device 0 --model mlp --epochs 5 --batch-size 64 --lr 0.05 \\
@@ -131,8 +97,8 @@ Examples:
   clnet-train --resume runs/f30                    # after Ctrl-C or a crash: continues where it stopped
   clnet-train --dataset cifar10 --model cifar-cnn --epochs 30 --lr-schedule cosine --warmup 2 --early-stopping 5
   CLNET_PLATFORM=nvidia clnet-train""")
-@_friendly_errors
-@_device_options
+@friendly_errors
+@device_options
 @_data_options
 @click.option("--image-size", callback=_image_size, help="Resize the images of an image folder, e.g. 64x64.")
 @click.option("--model", "model_name", type=click.Choice(sorted(models.PRESETS)), default="lenet5",
@@ -141,12 +107,12 @@ Examples:
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--optimizer", type=click.Choice(sorted(optim.OPTIMIZERS)), default="sgd", show_default=True)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True),
-              help="Learning rate. Default: 0.05 for sgd, 0.001 for adam/adamw.")
+              help=f"Learning rate. Default: {_default_lrs()}.")
 @click.option("--momentum", type=click.FloatRange(min=0, max=1, max_open=True), default=0.9,
               show_default=True, help="SGD momentum.")
 @click.option("--nesterov", is_flag=True, help="Nesterov momentum (SGD).")
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=0.0, show_default=True)
-@click.option("--lr-schedule", type=click.Choice(sorted(training.SCHEDULES)), default="constant",
+@click.option("--lr-schedule", type=click.Choice(sorted(callbacks.SCHEDULES)), default="constant",
               show_default=True, help="step: x0.1 every third of the epochs; cosine: down to 0 at the end; "
               "plateau: x0.1 when val_loss stalls for 2 epochs.")
 @click.option("--warmup", type=click.IntRange(min=0), default=0, show_default=True,
@@ -201,31 +167,29 @@ def _train(platform, device, dataset, data_dir, offline, image_size, model_name,
            lr, momentum, nesterov, weight_decay, lr_schedule, warmup, early_stopping, augment, normalize,
            validation_split, seed, save_path, checkpoint_dir, resume_dir, log_path, plot_path, quiet):
     start = time.perf_counter()
-    callbacks, checkpoint = [], None
+    extra, checkpoint = [], None
     if plot_path:
-        callbacks.append(training.PlotCurves(plot_path))
+        extra.append(callbacks.PlotCurves(plot_path))
     if checkpoint_dir and not resume_dir:
         if os.path.exists(os.path.join(checkpoint_dir, RUN_OPTIONS)):  # never overwrite a run
             raise ClnetError(f"{checkpoint_dir} holds a run already: continue it with --resume {checkpoint_dir}, "
                              "or give a new --checkpoint-dir")
         os.makedirs(checkpoint_dir, exist_ok=True)
-        options = {k: v for k, v in locals().items() if k not in ("start", "callbacks", "checkpoint")}
+        options = {k: v for k, v in locals().items() if k not in ("start", "extra", "checkpoint")}
         with open(os.path.join(checkpoint_dir, RUN_OPTIONS), "w") as f:
             json.dump({**options, "image_size": image_size and list(image_size)}, f, indent=1)
     dev = open_device(platform, device)
     train_set, test_set = datasets.load(dataset, data_dir=data_dir, download=not offline, image_size=image_size)
     model = models.PRESETS[model_name](device=dev, seed=seed, input_shape=train_set.image_shape,
                                        classes=train_set.num_classes)
-    lr = lr or DEFAULT_LR[optimizer]
-    opt = (optim.SGD(lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
-           if optimizer == "sgd" else optim.get(optimizer, lr=lr, weight_decay=weight_decay))
+    opt = optim.from_options(optimizer, lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
     model.compile(loss="cross_entropy", optimizer=opt)
     if checkpoint_dir:
         checkpoint = os.path.join(checkpoint_dir, "checkpoint.clnet")
         log_path = log_path or os.path.join(checkpoint_dir, "metrics.csv")
         save_path = save_path or os.path.join(checkpoint_dir, "model.clnet")
         if validation_split:
-            callbacks.append(training.SaveBest(os.path.join(checkpoint_dir, "best.clnet"), classes=train_set.classes))
+            extra.append(callbacks.SaveBest(os.path.join(checkpoint_dir, "best.clnet"), classes=train_set.classes))
     if not quiet:
         click.echo(f"Device:    {dev.info.label}")
         click.echo(f"Data:      {train_set.name}, {len(train_set)} training images of {train_set.image_shape} "
@@ -236,9 +200,9 @@ def _train(platform, device, dataset, data_dir, offline, image_size, model_name,
         history = model.fit(train_set, epochs=epochs, batch_size=batch_size, validation_split=validation_split,
                             verbose=not quiet, stream=sys.stdout, normalize=normalize or None, augment=augment,
                             checkpoint=checkpoint, resume=bool(resume_dir), log=log_path,
-                            schedule=training.SCHEDULES[lr_schedule](epochs, warmup),
-                            early_stopping=training.EarlyStopping(patience=early_stopping) if early_stopping else None,
-                            callbacks=callbacks)
+                            schedule=callbacks.SCHEDULES[lr_schedule](epochs, warmup),
+                            early_stopping=callbacks.EarlyStopping(patience=early_stopping) if early_stopping else None,
+                            callbacks=extra)
     except KeyboardInterrupt:
         if checkpoint:
             click.echo(f"Interrupted: the run is saved in {checkpoint_dir}; continue it with "
@@ -268,15 +232,15 @@ def _open_model(model_file, platform, device):
     return dev, load_model(model_file, dev)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]}, epilog="""\b
+@click.command(context_settings=CONTEXT_SETTINGS, epilog="""\b
 Examples:
   clnet-eval lenet.clnet                                  # the bundled MNIST-5k test images
   clnet-eval fashion.clnet --dataset fashion-mnist --data-dir /usr/share/datasets/fashion-mnist
   clnet-eval c10.clnet --dataset cifar10 --confusion-matrix --save-matrix c10-confusion.csv
   clnet-eval model.clnet --dataset ./my_images/ --split train --top-k 3 --json""")
-@_friendly_errors
+@friendly_errors
 @click.argument("model_file", type=click.Path(dir_okay=False))
-@_device_options
+@device_options
 @_data_options
 @click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
@@ -301,7 +265,7 @@ def evaluate(model_file, platform, device, dataset, data_dir, offline, split, ba
     if len(data) == 0:
         raise ClnetError(f"{dataset}: the {split} split has no images")
     if shape and len(shape) == 3:
-        data = datasets.Dataset(_match_channels(data.x, shape[0]), data.y, data.classes, data.name)
+        data = datasets.Dataset(datasets.match_channels(data.x, shape[0]), data.y, data.classes, data.name)
     result = model.evaluate(data, batch_size=batch_size)
     probs = model.predict(data.x, batch_size=batch_size)
     if probs.ndim != 2:
@@ -338,84 +302,15 @@ def _write_matrix(path, matrix, classes):
         writer.writerows([name, *row] for name, row in zip(classes, matrix))
 
 
-def _match_channels(x, channels):
-    """Images (N, C, H, W) converted between grey and RGB to the model's channels (grey as Pillow's
-    ITU-R 601-2 luma); other channel counts are left for the model to reject."""
-    if x.shape[1] == 3 and channels == 1:
-        if x.dtype == np.uint8:
-            r, g, b = (x[:, i].astype(np.uint32) for i in range(3))
-            return ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16).astype(np.uint8)[:, None]
-        return (x[:, 0] * 0.299 + x[:, 1] * 0.587 + x[:, 2] * 0.114)[:, None].astype(x.dtype)
-    if x.shape[1] == 1 and channels == 3:
-        return np.repeat(x, 3, axis=1)
-    return x
-
-
-def _read_array_file(path):
-    """The images of an .npy file, or of an .npz file's 'x' / 'x_test' / only array."""
-    try:
-        data = np.load(path, allow_pickle=False)
-        if isinstance(data, np.lib.npyio.NpzFile):
-            with data:
-                keys = list(data.keys())
-                key = next((k for k in ("x", "x_test", "images") if k in keys), keys[0] if len(keys) == 1 else None)
-                if key is None:
-                    raise ClnetError(f"{path}: holds {', '.join(keys) or 'no arrays'}; expected an array named x")
-                return np.asarray(data[key])
-        return np.asarray(data)
-    except ClnetError:
-        raise
-    except Exception as exc:  # corrupt, truncated, pickled objects, ...
-        raise ClnetError(f"{path}: cannot read the array file ({type(exc).__name__}: {exc})") from None
-
-
-def _fit_array(path, x, shape):
-    """x as a batch of samples of the model's input shape (N, *shape)."""
-    if x.dtype.kind not in "fiub":
-        raise ClnetError(f"{path}: holds {x.dtype} values, not numbers")
-    if shape is None:
-        return x if x.ndim >= 2 else x[None]
-    shape = tuple(shape)
-    if x.shape == shape:
-        return x[None]
-    if x.shape[1:] == shape:
-        return x
-    if shape[0] == 1 and (x.shape == shape[1:] or x.shape[1:] == shape[1:]):  # grey images without a channel axis
-        return x.reshape(-1, *shape)
-    raise ClnetError(f"{path}: arrays of shape {x.shape} do not fit the model's input {shape} "
-                     f"(expected (N, {', '.join(map(str, shape))}))")
-
-
-def _read_image(path, shape):
-    """An image file as uint8 (C, H, W) in the model's channels and size."""
-    from .datasets.folder import PILLOW_HINT, _decode
-    try:
-        from PIL import Image
-    except ImportError:
-        raise ClnetError(PILLOW_HINT) from None
-    if shape is None or len(shape) != 3 or shape[0] not in (1, 3):
-        raise ClnetError(f"the model's input shape {shape} is not an image (channels 1 or 3, height, width)")
-    channels, h, w = shape
-    try:
-        pixels = _decode(Image, path, channels == 1, (h, w))
-    except Exception as exc:  # not an image, truncated, unsupported format, ...
-        raise ClnetError(f"{path}: cannot read the image ({type(exc).__name__}: {exc})") from None
-    if pixels.ndim == 2:
-        pixels = np.repeat(pixels[None], channels, axis=0)
-    else:
-        pixels = pixels.transpose(2, 0, 1)
-    return np.ascontiguousarray(pixels)
-
-
-@click.command(context_settings={"help_option_names": ["-h", "--help"]}, epilog="""\b
+@click.command(context_settings=CONTEXT_SETTINGS, epilog="""\b
 Examples:
   clnet-predict lenet.clnet digit.png
   clnet-predict c10.clnet cat.png dog.jpg --top-k 3
   clnet-predict c10.clnet images.npz --json          # every image of an array file (x: (N, C, H, W))""")
-@_friendly_errors
+@friendly_errors
 @click.argument("model_file", type=click.Path(dir_okay=False))
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@_device_options
+@device_options
 @click.option("--top-k", "k", type=click.IntRange(min=1), default=3, show_default=True,
               help="How many of the most probable classes to print for each input.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list with one object per input.")
@@ -427,14 +322,7 @@ def predict(model_file, files, platform, device, k, as_json):
         if not os.path.isfile(path):
             raise ClnetError(f"{path}: no such file")
     _, model = _open_model(model_file, platform, device)
-    shape = model.input_shape
-    inputs = []  # per file: (names, images), in the order given
-    for path in files:
-        if path.lower().endswith((".npz", ".npy")):
-            x = _fit_array(path, _read_array_file(path), shape)
-            inputs.append(([f"{path}[{i}]" for i in range(len(x))], x))
-        else:
-            inputs.append(([path], _read_image(path, shape)[None]))
+    inputs = [datasets.read_inputs(path, model.input_shape) for path in files]  # (names, images) per file
     images = [x for _, x in inputs if x.dtype == np.uint8 and len(x)]
     names = [name for batch_names, _ in inputs for name in batch_names]
     if not names:
@@ -461,16 +349,16 @@ def predict(model_file, files, platform, device, k, as_json):
         click.echo(f"{result['input']}: " + ", ".join(f"{t['class']} ({t['probability']:.4f})" for t in result["top_k"]))
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]}, epilog="""\b
+@click.command(context_settings=CONTEXT_SETTINGS, epilog="""\b
 Examples:
   clnet-export lenet.clnet lenet.onnx
   clnet-export c10.clnet c10.onnx --opset 17
   python -c "import onnxruntime as ort; s = ort.InferenceSession('lenet.onnx'); print(s.get_inputs()[0])"
 """)
-@_friendly_errors
+@friendly_errors
 @click.argument("model_file", type=click.Path(dir_okay=False))
 @click.argument("out_file", metavar="OUT.onnx", type=click.Path(dir_okay=False))
-@_device_options
+@device_options
 @click.option("--opset", type=click.IntRange(min=1), default=13, show_default=True,
               help="ONNX operator set version to target.")
 def export(model_file, out_file, platform, device, opset):

@@ -1,5 +1,7 @@
 """The one place that discovers OpenCL platforms and devices and opens the chosen one."""
 
+from __future__ import annotations
+
 import os
 from dataclasses import dataclass
 
@@ -7,13 +9,18 @@ import pyopencl as cl
 
 from .errors import DeviceNotFoundError
 
+FAMILIES = ("tiled", "cpu")  # the kernel families: local-memory tiles (GPUs), packed panels (CPUs)
 INSTALL_HINT = ("Install an OpenCL driver: for the CPU, `pip install pocl-binary-distribution` "
                 "(or `apt-get install pocl-opencl-icd`); for a GPU, its vendor's driver.")
 
 
 @dataclass(frozen=True)
 class DeviceInfo:
-    """What `clnet-devices` shows for one device; no OpenCL context is opened."""
+    """What `clnet-devices` shows for one device; no OpenCL context is opened.
+
+    Example:
+        >>> [(d.index, d.type, d.label) for d in clnet.list_devices()]
+    """
     index: int            # position among all devices of all platforms
     platform_index: int
     device_index: int     # position within its platform
@@ -32,10 +39,12 @@ class DeviceInfo:
     driver: str
 
     @property
-    def label(self):
+    def label(self) -> str:
+        """The device's name, its platform's name and the first part of the platform's version."""
         return f"{self.name} [{self.platform}, {self.platform_version.split('  ')[0]}]"
 
-    def matches_platform(self, text):
+    def matches_platform(self, text: str) -> bool:
+        """Whether `text` is a case-insensitive substring of the platform's name, vendor or version."""
         text = text.lower()
         return any(text in s.lower() for s in (self.platform, self.platform_vendor, self.platform_version))
 
@@ -84,8 +93,16 @@ def _discover():
     return found
 
 
-def list_devices():
-    """Every OpenCL device on this machine, as `DeviceInfo`, in platform order."""
+def list_devices() -> list[DeviceInfo]:
+    """Every OpenCL device on this machine, as `DeviceInfo`, in platform order; no context is opened.
+
+    A platform whose devices cannot be listed is skipped; with no OpenCL platform at all the list is
+    empty.
+
+    Example:
+        >>> for d in clnet.list_devices():
+        ...     print(d.platform_index, d.device_index, d.type, d.label)
+    """
     return [info for info, _ in _discover()]
 
 
@@ -128,16 +145,47 @@ def _select(found, platform, device):
     return min(candidates, key=lambda f: (rank[f[0].type], -f[0].compute_units, f[0].index))
 
 
+def _family(info, family):
+    """`family`, else CLNET_GEMM, else "tiled" (gemm_tiled, local-memory tiles) on GPUs and
+    accelerators and "cpu" (gemm_packed and the other CPU variants) on CPUs."""
+    chosen = family or os.environ.get("CLNET_GEMM") or ("cpu" if info.type == "CPU" else "tiled")
+    if chosen not in FAMILIES:
+        source = "family" if family else "CLNET_GEMM"
+        raise ValueError(f"{source} must be 'tiled' or 'cpu', not {chosen!r}")
+    return chosen
+
+
 class Device:
     """An opened OpenCL device: context, an in-order queue for kernels (and a second one for uploads
     that overlap them), capabilities. With `profiling`, both queues record the start and end of
-    every command on its event (`event.profile`), at some cost in launch overhead.
+    every command on its event (`event.profile`), at some cost in launch overhead. `family` is the
+    kernel family its launchers record ("tiled" or "cpu"), decided once when it is opened.
 
     Everything that runs on it (kernel programs, plans, buffers) keeps a reference to it; programs
-    built for it are cached in `programs` by the kernel library.
+    built for it are cached in `programs` by the kernel library. Open one with `clnet.device()`.
+
+    Args:
+        info: the device's `DeviceInfo`.
+        cl_device: the pyopencl device it describes.
+        profiling: open both queues with profiling enabled.
+        family: "tiled" or "cpu"; None takes CLNET_GEMM, else "cpu" for a CPU and "tiled" otherwise.
+
+    Attributes:
+        info: the `DeviceInfo`.
+        family: the kernel family, "tiled" or "cpu".
+        cl_device, context: the pyopencl device and its context.
+        queue: the in-order queue the kernels run on.
+        copy_queue: a second queue for uploads that overlap the kernels.
+        programs: kernel programs built for this device, cached by the kernel library.
+
+    Example:
+        >>> dev = clnet.device(device="cpu")
+        >>> dev.name, dev.family, dev.is_gpu, dev.max_work_group_size
     """
 
-    def __init__(self, info, cl_device, profiling=False):
+    def __init__(self, info: DeviceInfo, cl_device: cl.Device, profiling: bool = False,
+                 family: str | None = None):
+        self.family = _family(info, family)
         self.info = info
         self.cl_device = cl_device
         self.context = cl.Context([cl_device])
@@ -147,18 +195,22 @@ class Device:
         self.programs = {}
 
     @property
-    def name(self):
+    def name(self) -> str:
+        """The device's name, as its driver reports it."""
         return self.info.name
 
     @property
-    def is_gpu(self):
+    def is_gpu(self) -> bool:
+        """Whether the device's type is GPU."""
         return self.info.type == "GPU"
 
     @property
-    def max_work_group_size(self):
+    def max_work_group_size(self) -> int:
+        """The most work-items one work-group may have on this device."""
         return self.cl_device.max_work_group_size
 
-    def finish(self):
+    def finish(self) -> None:
+        """Wait until every command enqueued on both queues has completed."""
         self.copy_queue.finish()
         self.queue.finish()
 
@@ -166,7 +218,8 @@ class Device:
         return f"<clnet.Device {self.info.platform_index}:{self.info.device_index} {self.info.label}>"
 
 
-def device(platform=None, device=None, profiling=False):
+def device(platform: int | str | None = None, device: int | str | None = None, profiling: bool = False,
+           family: str | None = None) -> Device:
     """Open an OpenCL device.
 
     `platform` and `device` are an index or a case-insensitive name substring (a platform matches on
@@ -174,15 +227,20 @@ def device(platform=None, device=None, profiling=False):
     type, "gpu"/"cpu"). Unset, they come from CLNET_PLATFORM / CLNET_DEVICE; with neither, the best
     device is taken: a GPU before a CPU. A device index counts within the platform when one is
     given, else across all devices as `clnet-devices` numbers them. `profiling` opens queues whose
-    events carry device timestamps.
+    events carry device timestamps. `family` ("tiled" or "cpu") overrides the kernel family the
+    device's type implies, as CLNET_GEMM does when it is not given.
+
+    Raises:
+        DeviceNotFoundError: nothing matches (its message lists the devices there are), or there is
+            no OpenCL platform at all.
+
+    Example:
+        >>> dev = clnet.device()                                  # the best device
+        >>> dev = clnet.device(platform="pocl", device="cpu")
+        >>> model = clnet.Sequential(layers, device=dev)
     """
     platform = platform if platform is not None else os.environ.get("CLNET_PLATFORM") or None
     device = device if device is not None else os.environ.get("CLNET_DEVICE") or None
     info, cl_device = _select(_discover(), platform, device)
-    return Device(info, cl_device, profiling)
+    return Device(info, cl_device, profiling, family)
 
-
-def add_arguments(parser):
-    """--platform and --device for the argparse commands (clnet-bench, clnet-tune), as `device()` takes them."""
-    parser.add_argument("--platform", help="OpenCL platform: index or name substring (nvidia, pocl, 3.1...)")
-    parser.add_argument("--device", help="OpenCL device within the platform: index or name substring")

@@ -3,14 +3,14 @@
 Needs the `onnx` package (`pip install "clnet[onnx]"`). The graph has one input, "input": float32
 of shape (N, *input_shape) with a symbolic batch dimension "N", images already scaled to [0, 1]
 (uint8 images are not converted: divide them by 255 first). The model's per-channel normalisation
-((x - mean) / std) comes first as Sub and Div nodes, then the layers in order:
+((x - mean) / std) comes first as Sub and Div nodes, then the nodes of each layer's `to_onnx`, in order:
 
     Dense -> Gemm (transB=1: the weight is PyTorch's (out, in))
     Conv2D -> Conv (pads [top, left, bottom, right]; "same" with an even kernel pads bottom/right more)
     MaxPool2D / AvgPool2D -> MaxPool / AveragePool (count_include_pad=1)
     GlobalAvgPool2D -> GlobalAveragePool        Flatten -> Flatten(axis=1)
     ReLU, Sigmoid, Tanh -> the same             Softmax -> Softmax(axis=1)
-    BatchNorm1d / BatchNorm2d -> BatchNormalization (running statistics; ones/zeros without affine)
+    BatchNorm1D / BatchNorm2D -> BatchNormalization (running statistics; ones/zeros without affine)
     Dropout -> nothing (the identity in inference)
 
 The output, "probabilities", is what `model.predict` returns: for the loss "cross_entropy" a final
@@ -19,14 +19,22 @@ Softmax over each sample's outputs (unless the model already ends with Softmax),
 Weights are initializers named by their state_dict keys ("0.weight", ...).
 """
 
+from __future__ import annotations
+
 import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from . import layers as L
 from .errors import ClnetError, InputError
 from .files import replace_atomically
-from .graph import plan_nodes
+from .layers.onnx_builder import OnnxBuilder
+from .version import __version__
+
+if TYPE_CHECKING:
+    import onnx
 
 ONNX_HINT = 'ONNX export needs the onnx package: pip install "clnet[onnx]" (or pip install onnx)'
 MIN_OPSET = 9  # BatchNormalization without the "spatial" attribute
@@ -41,36 +49,6 @@ def _import_onnx():
     return onnx, helper, numpy_helper
 
 
-def _conv_pads(layer):
-    """[top, left, bottom, right] padding of a Conv2D: "same" puts the odd extra row/column of an
-    even (dilated) kernel at the bottom/right, as the layer does."""
-    if layer.padding == "same":
-        totals = [d * (k - 1) for d, k in zip(layer.dilation, layer.kernel_size)]
-        top_left = [t // 2 for t in totals]
-        return top_left + [t - b for t, b in zip(totals, top_left)]
-    return list(layer.padding) * 2
-
-
-class _Builder:
-    """Accumulates nodes and initializers, naming values after the layer that makes them."""
-
-    def __init__(self, helper, numpy_helper):
-        self.helper, self.numpy_helper = helper, numpy_helper
-        self.nodes, self.initializers = [], []
-        self.value = "input"
-
-    def constant(self, name, array):
-        self.initializers.append(self.numpy_helper.from_array(np.ascontiguousarray(array), name))
-        return name
-
-    def add(self, op, name, inputs=(), output=None, **attrs):
-        """A node taking the current value (and `inputs`), whose output becomes the current value."""
-        output = output or f"{name}.out"
-        self.nodes.append(self.helper.make_node(op, [self.value, *inputs], [output], name=name, **attrs))
-        self.value = output
-        return output
-
-
 def _normalization(b, model, input_shape):
     mean, std = (np.asarray(part, np.float32).ravel() for part in model.normalization)
     channels = 1 if len(input_shape) == 2 else input_shape[0]
@@ -80,50 +58,6 @@ def _normalization(b, model, input_shape):
     shape = (1, channels) + (1,) * (len(input_shape) - 1) if len(input_shape) != 2 else (1, 1, 1)
     b.add("Sub", "normalize_sub", [b.constant("normalization.mean", mean.reshape(shape))])
     b.add("Div", "normalize_div", [b.constant("normalization.std", std.reshape(shape))])
-
-
-def _layer(b, i, layer, state):
-    """Add the nodes of layer `i` (nothing for Dropout)."""
-    name = f"{i}.{type(layer).__name__}"
-    key = lambda k: f"{i}.{k}"
-    if isinstance(layer, L.Dense):
-        inputs = [b.constant(key("weight"), state[key("weight")])]
-        if layer.bias:
-            inputs.append(b.constant(key("bias"), state[key("bias")]))
-        b.add("Gemm", name, inputs, transB=1)
-    elif isinstance(layer, L.Conv2D):
-        inputs = [b.constant(key("weight"), state[key("weight")])]
-        if layer.bias:
-            inputs.append(b.constant(key("bias"), state[key("bias")]))
-        b.add("Conv", name, inputs, kernel_shape=list(layer.kernel_size), strides=list(layer.stride),
-              dilations=list(layer.dilation), pads=_conv_pads(layer), group=1)
-    elif isinstance(layer, (L.MaxPool2D, L.AvgPool2D)):
-        attrs = dict(kernel_shape=list(layer.kernel_size), strides=list(layer.stride), pads=list(layer.padding) * 2)
-        if isinstance(layer, L.AvgPool2D):
-            b.add("AveragePool", name, count_include_pad=1, **attrs)
-        else:
-            b.add("MaxPool", name, **attrs)
-    elif isinstance(layer, L.GlobalAvgPool2D):
-        b.add("GlobalAveragePool", name)
-    elif isinstance(layer, L.Flatten):
-        b.add("Flatten", name, axis=1)
-    elif isinstance(layer, (L.ReLU, L.Sigmoid, L.Tanh)):
-        b.add({L.ReLU: "Relu", L.Sigmoid: "Sigmoid", L.Tanh: "Tanh"}[type(layer)], name)
-    elif isinstance(layer, L.Softmax):
-        b.add("Softmax", name, axis=1)
-    elif isinstance(layer, L.Dropout):
-        pass
-    elif isinstance(layer, (L.BatchNorm1d, L.BatchNorm2d)):
-        c = layer.num_features
-        weight = state[key("weight")] if layer.affine else np.ones(c, np.float32)
-        bias = state[key("bias")] if layer.affine else np.zeros(c, np.float32)
-        inputs = [b.constant(key("weight") if layer.affine else f"{i}.scale", weight),
-                  b.constant(key("bias") if layer.affine else f"{i}.shift", bias),
-                  b.constant(key("running_mean"), state[key("running_mean")]),
-                  b.constant(key("running_var"), state[key("running_var")])]
-        b.add("BatchNormalization", name, inputs, epsilon=layer.eps)
-    else:
-        raise InputError(f"layer {i} ({layer!r}) has no ONNX export")
 
 
 def _final_activation(b, model, layers, out_shape):
@@ -145,8 +79,24 @@ def _final_activation(b, model, layers, out_shape):
         b.add("Identity", "probabilities", output="probabilities")
 
 
-def build_onnx(model, input_shape=None, opset=13):
-    """The onnx.ModelProto of a clnet.Sequential (checked by onnx.checker), without writing it."""
+def build_onnx(model, input_shape: Sequence[int] | None = None, opset: int = 13) -> onnx.ModelProto:
+    """The onnx.ModelProto of a clnet.Sequential (checked by onnx.checker), without writing it.
+
+    Args:
+        model: a clnet.Model whose network is a chain of layers, as a Sequential's.
+        input_shape: the shape of one sample, e.g. (1, 28, 28); None takes the model's, known once
+            it has been trained, evaluated or loaded from a file.
+        opset: the ONNX opset, from MIN_OPSET (9) to the newest the installed onnx knows.
+
+    Raises:
+        ClnetError: the onnx package is missing.
+        InputError: the opset is out of range, the input shape is unknown, or a layer has no export.
+        ShapeError: the model cannot take `input_shape`.
+
+    Example:
+        >>> proto = build_onnx(model, input_shape=(1, 28, 28))
+        >>> [node.op_type for node in proto.graph.node]
+    """
     onnx, helper, numpy_helper = _import_onnx()
     newest = onnx.defs.onnx_opset_version()
     if not MIN_OPSET <= int(opset) <= newest:
@@ -157,14 +107,15 @@ def build_onnx(model, input_shape=None, opset=13):
     if not input_shape:
         raise InputError("the model's input shape is unknown: pass input_shape=(C, H, W), or export a model "
                          "that has been trained, evaluated or loaded from a file")
-    _, out_shape = plan_nodes(model.layers, None, input_shape)  # checks every shape, naming the layer
+    out_shape = model.network.output_shape(input_shape)  # checks every shape, naming the layer
     state = model.state_dict()
-    b = _Builder(helper, numpy_helper)
+    b = OnnxBuilder(helper, numpy_helper)
     if model.normalization is not None:
         _normalization(b, model, input_shape)
-    for i, layer in enumerate(model.layers):
-        _layer(b, i, layer, state)
-    _final_activation(b, model, model.layers, out_shape)
+    for node in model.network.nodes:  # a chain: each node reads the value the one before made
+        node.layer.to_onnx(b, f"{node.name}.{type(node.layer).__name__}", node.name,
+                           node.layer.arrays_in(state, node.name))
+    _final_activation(b, model, model.network.layers, out_shape)
     f32 = onnx.TensorProto.FLOAT
     graph = helper.make_graph(
         b.nodes, "clnet", [helper.make_tensor_value_info("input", f32, ["N", *input_shape])],
@@ -174,7 +125,6 @@ def build_onnx(model, input_shape=None, opset=13):
                               ir_version=helper.find_min_ir_version_for(opsets),
                               doc_string="float32 input (N, " + ", ".join(map(str, input_shape))
                               + ") scaled to [0, 1]; output: probabilities (as clnet's model.predict)")
-    from . import __version__
     proto.producer_version = __version__
     try:
         onnx.checker.check_model(proto, full_check=True)
@@ -184,11 +134,25 @@ def build_onnx(model, input_shape=None, opset=13):
     return proto
 
 
-def to_onnx(model, path, input_shape=None, opset=13):
+def to_onnx(model, path: str | os.PathLike, input_shape: Sequence[int] | None = None,
+            opset: int = 13) -> onnx.ModelProto:
     """Write `model` (a clnet.Sequential) as an ONNX file at `path`, atomically; returns the
     onnx.ModelProto. `input_shape` (per sample, e.g. (1, 28, 28)) defaults to the model's. The
     graph takes float32 inputs "input" (N, *input_shape) scaled to [0, 1] (uint8 images are not
-    handled: divide them by 255) and gives "probabilities" as model.predict does."""
+    handled: divide them by 255) and gives "probabilities" as model.predict does.
+
+    Args:
+        model: a clnet.Model whose network is a chain of layers, as a Sequential's.
+        path: the file to write; an existing folder there is an error.
+        input_shape, opset: as `build_onnx`.
+
+    Example:
+        >>> from clnet.export import to_onnx
+        >>> to_onnx(model, "lenet.onnx")
+        >>> import onnxruntime
+        >>> session = onnxruntime.InferenceSession("lenet.onnx")
+        >>> probs = session.run(None, {"input": (x / 255).astype("float32")})[0]   # x: (n, 1, 28, 28) uint8
+    """
     proto = build_onnx(model, input_shape, opset)
     if os.path.isdir(path):
         raise ClnetError(f"{os.fspath(path)} is a folder: give a file name such as model.onnx")

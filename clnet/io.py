@@ -48,11 +48,15 @@ moment leaves either the previous file or the new one, never a mixture. Reading 
 raises ``ModelFileError`` naming the file and what is wrong.
 """
 
+from __future__ import annotations
+
 import json
 import os
 import zipfile
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from io import BytesIO
+from typing import Any
 
 import numpy as np
 
@@ -60,8 +64,8 @@ from . import layers as _layers
 from . import losses, optim
 from .errors import InputError, ModelFileError, ShapeError
 from .files import replace_atomically
-from .graph import plan_nodes
-from .model import Sequential
+from .network import Network
+from .version import __version__
 
 FORMAT_VERSION = 1
 CHECKPOINT_VERSION = 1
@@ -70,26 +74,43 @@ ARRAY_TAG = "__clnet_array__"
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed member times: the same model gives the same bytes
 
 #: The layer classes a model file may name: the concrete layers of clnet.layers, and nothing else.
-LAYER_CLASSES = {name: getattr(_layers, name) for name in _layers.__all__
-                 if isinstance(getattr(_layers, name), type) and issubclass(getattr(_layers, name), _layers.Layer)
-                 and getattr(_layers, name) not in (_layers.Layer, _layers.Activation)}
+LAYER_CLASSES = {**_layers.LAYERS, **_layers.ALIASES}  # files name layers as they are called (or were)
 #: The optimizer classes a checkpoint may name.
 OPTIMIZER_CLASSES = {cls.__name__: cls for cls in optim.OPTIMIZERS.values()}
 
 
-def _clnet_version():
-    from . import __version__
-    return __version__
+@dataclass
+class SavedModel:
+    """What a model file holds, checked: the network (its layers fit `input_shape` when that is
+    known), the weights (a state_dict, not yet checked against the network), the seed, the loss
+    name or None, the input shape, the normalisation ((mean, std) per channel) and the class names."""
+    network: Network
+    weights: dict[str, np.ndarray]
+    seed: int
+    loss: str | None
+    input_shape: tuple[int, ...] | None
+    normalization: tuple[tuple[float, ...], tuple[float, ...]] | None
+    classes: list[str] | None
 
 
 @dataclass
-class Checkpoint:
-    """What `load_checkpoint` returns: the model (compiled with its loss and its optimizer, state
-    and step count restored), the epoch and step reached, and the training loop's `state`."""
-    model: Sequential
+class SavedOptimizer:
+    """A checkpoint's optimizer: a fresh one with the saved hyper-parameters, the steps it had
+    taken and its state arrays (over the flat parameters)."""
+    optimizer: optim.Optimizer
+    steps: int
+    state: list[np.ndarray]
+
+
+@dataclass
+class SavedCheckpoint:
+    """What a checkpoint holds beside its model: the epoch and step reached, the optimizer (None if
+    none was saved) and the training loop's `state`."""
+    model: SavedModel
     epoch: int
     step: int
-    state: object
+    optimizer: SavedOptimizer | None
+    state: Any
 
 
 # ---------------------------------------------------------------------- writing
@@ -108,9 +129,17 @@ def _json_bytes(value, allow_nan=False):
     return json.dumps(value, indent=1, allow_nan=allow_nan).encode("utf-8")
 
 
-def write_atomic(path, members):
+def write_atomic(path: str | os.PathLike, members: Iterable[tuple[str, bytes]]) -> None:
     """Write a zip archive of `members` ((name, bytes) pairs) to `path` atomically (files.py): on
-    any failure the previous file at `path` is untouched."""
+    any failure the previous file at `path` is untouched. Members are stored uncompressed, with
+    fixed times, so the same members give the same bytes.
+
+    Raises:
+        ModelFileError: `path` is a folder or cannot be written.
+
+    Example:
+        >>> write_atomic("notes.zip", [("a.txt", b"first"), ("b.txt", b"second")])
+    """
     path = os.fspath(path)
     if os.path.isdir(path):
         raise ModelFileError(path, "is a folder: give a file name such as model.clnet")
@@ -128,11 +157,11 @@ def write_atomic(path, members):
 def _describe(model, path, classes):
     """model.json's object for `model`; refuses what a file could not rebuild."""
     specs = []
-    for i, layer in enumerate(model.layers):
+    for i, layer in enumerate(_chain_layers(model.network, path)):
         name = type(layer).__name__
-        if LAYER_CLASSES.get(name) is not type(layer):
+        if _layers.LAYERS.get(name) is not type(layer):
             raise ModelFileError(path, f"cannot save layer {i} ({layer!r}): model files hold only the layers "
-                                       f"of clnet.layers ({', '.join(sorted(LAYER_CLASSES))})")
+                                       f"of clnet.layers ({', '.join(sorted(_layers.LAYERS))})")
         specs.append({"class": name, "config": layer.config()})
     loss = None
     if model.loss is not None:
@@ -145,13 +174,21 @@ def _describe(model, path, classes):
         mean, std = model.normalization
         normalization = {"mean": [float(v) for v in mean], "std": [float(v) for v in std]}
     if classes is None:
-        classes = getattr(model, "classes", None)
+        classes = model.classes
     if classes is not None:
         classes = [c if isinstance(c, str) else str(c) for c in classes]
-    return {"format": MODEL_FORMAT, "format_version": FORMAT_VERSION, "clnet_version": _clnet_version(),
+    return {"format": MODEL_FORMAT, "format_version": FORMAT_VERSION, "clnet_version": __version__,
             "layers": specs, "seed": model.seed, "loss": loss,
             "input_shape": list(model.input_shape) if model.input_shape else None,
             "normalization": normalization, "classes": classes}
+
+
+def _chain_layers(network, path):
+    """The layers of a network that is a chain (what format version 1 describes)."""
+    if network.nodes != Network.chain(network.layers).nodes:
+        raise ModelFileError(path, "cannot save a network that is not a chain of layers in format version "
+                                   f"{FORMAT_VERSION}")
+    return network.layers
 
 
 def _model_members(model, path, classes):
@@ -163,9 +200,21 @@ def _model_members(model, path, classes):
     return [("model.json", text), ("weights.npz", _npz_bytes(model.state_dict()))]
 
 
-def save(model, path, classes=None):
+def save(model, path: str | os.PathLike, classes: Sequence[str] | None = None) -> None:
     """Write `model` to `path` (see the module docstring for the format), atomically.
-    `classes`: the class names, in output order (default: those the model was loaded with)."""
+    `classes`: the class names, in output order (default: those the model was loaded with).
+
+    Args:
+        model: a clnet.Model whose network is a chain of clnet.layers, with clnet's loss (or none).
+        path: the file to write, conventionally `*.clnet`.
+        classes: the class names; entries that are not strings are written as `str(c)`.
+
+    Raises:
+        ModelFileError: the model cannot be described in the format, or the file cannot be written.
+
+    Example:
+        >>> save(model, "mnist.clnet", classes=[str(d) for d in range(10)])   # what model.save does
+    """
     write_atomic(path, _model_members(model, os.fspath(path), classes))
 
 
@@ -196,16 +245,35 @@ def _encode_state(value, arrays, where):
                      "values (dict, list, str, int, float, bool, None) and numpy arrays")
 
 
-def save_checkpoint(path, model, state=None, *, epoch=0, step=0, classes=None):
+def save_checkpoint(path: str | os.PathLike, model, state: dict[str, Any] | None = None, *, epoch: int = 0,
+                    step: int = 0, classes: Sequence[str] | None = None) -> None:
     """Write a checkpoint, atomically: the model file plus the optimizer (class, hyper-parameters,
     state tensors, step count), `epoch` and `step`, and the training loop's `state` (JSON values and
     numpy arrays, such as `numpy.random.Generator.bit_generator.state`, the data order and the
-    schedule's state), returned as it was by `load_checkpoint` (tuples come back as lists)."""
+    schedule's state), returned as it was by `load_checkpoint` (tuples come back as lists).
+
+    Args:
+        path: the file to write.
+        model: as `save`; its optimizer, if it is compiled, must be one of clnet's.
+        state: a dict with string keys of JSON values and numpy arrays, at any depth.
+        epoch, step: where training stands (by convention the epochs completed and the batches done
+            in the epoch in progress).
+        classes: as `save`.
+
+    Raises:
+        InputError: `state` holds something other than JSON values and numpy arrays.
+        ModelFileError: as `save`, or the optimizer is not one of clnet's.
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> save_checkpoint("run.clnet", model, {"rng": rng.bit_generator.state}, epoch=3)
+        >>> read_checkpoint("run.clnet").state["rng"]
+    """
     path = os.fspath(path)
     members = _model_members(model, path, classes)
     optimizer, optimizer_arrays = None, {}
     if model.optimizer is not None:
-        saved = model.optimizer.state_dict()
+        saved = model.optimizer_state_dict()
         if OPTIMIZER_CLASSES.get(saved["class"]) is not type(model.optimizer):
             raise ModelFileError(path, f"cannot save the optimizer {model.optimizer!r}: checkpoints hold only "
                                        f"clnet's optimizers ({', '.join(sorted(OPTIMIZER_CLASSES))})")
@@ -269,7 +337,7 @@ class _Archive:
         if found > version:
             raise self.error(f"has {name} format version {found} (written by clnet "
                              f"{value.get('clnet_version', 'of a newer version')}); this clnet "
-                             f"{_clnet_version()} reads versions up to {version}: upgrade clnet to read it")
+                             f"{__version__} reads versions up to {version}: upgrade clnet to read it")
         return value
 
     def arrays(self, name, missing):
@@ -322,8 +390,8 @@ def _build_layers(archive, specs):
         name, config = spec["class"], spec.get("config", {})
         cls = LAYER_CLASSES.get(name)
         if cls is None:
-            raise archive.error(f"layer {i} has the unknown class {name!r}; clnet {_clnet_version()} knows "
-                                f"{', '.join(sorted(LAYER_CLASSES))} (a file from a newer clnet? upgrade clnet)")
+            raise archive.error(f"layer {i} has the unknown class {name!r}; clnet {__version__} knows "
+                                f"{', '.join(sorted(_layers.LAYERS))} (a file from a newer clnet? upgrade clnet)")
         try:
             built.append(cls(**config))
         except (TypeError, ValueError) as exc:
@@ -333,8 +401,9 @@ def _build_layers(archive, specs):
 
 def _read_model(archive):
     """(model.json's object, the weights) of an open archive."""
-    meta = archive.json("model.json", "is not a clnet model file: the archive has no model.json",
-                        MODEL_FORMAT, FORMAT_VERSION)
+    # A truncated file can still open as a zip: that of a stored .npz member, without model.json.
+    meta = archive.json("model.json", "is not a clnet model file, or it is truncated: the archive has no "
+                        "model.json", MODEL_FORMAT, FORMAT_VERSION)
     _check_description(archive, meta)
     weights = archive.arrays("weights.npz", "is incomplete: the archive has no weights.npz")
     for key, value in weights.items():
@@ -343,44 +412,42 @@ def _read_model(archive):
     return meta, weights
 
 
-def _build_model(archive, meta, weights, device):
-    """The Sequential that model.json describes, with the weights loaded, compiled with its loss
-    and a default SGD (a checkpoint then restores its own optimizer)."""
-    layers = _build_layers(archive, meta["layers"])
-    if meta.get("input_shape"):
+def _saved_model(archive, meta, weights):
+    """The SavedModel of model.json's object and the weights."""
+    network = Network.chain(_build_layers(archive, meta["layers"]))
+    input_shape = tuple(meta["input_shape"]) if meta.get("input_shape") else None
+    if input_shape:
         try:
-            plan_nodes(layers, None, meta["input_shape"])
+            network.shapes(input_shape)
         except ShapeError as exc:
-            raise archive.error(f"the layers do not fit the input shape {tuple(meta['input_shape'])}: {exc}") from None
-    model = Sequential(layers, device=device, seed=meta["seed"])
-    try:
-        model.load_state_dict(weights)
-    except (InputError, ShapeError) as exc:
-        raise archive.error(f"the weights do not fit the architecture: {exc}") from None
-    model.input_shape = tuple(meta["input_shape"]) if meta.get("input_shape") else None
+            raise archive.error(f"the layers do not fit the input shape {input_shape}: {exc}") from None
     norm = meta.get("normalization")
-    model.normalization = (tuple(norm["mean"]), tuple(norm["std"])) if norm else None
-    model.classes = meta.get("classes")
-    if meta.get("loss"):
-        model.compile(meta["loss"], "sgd")
-    return model
+    return SavedModel(network, weights, meta["seed"], meta.get("loss"), input_shape,
+                      (tuple(norm["mean"]), tuple(norm["std"])) if norm else None, meta.get("classes"))
 
 
-def info(path):
+def info(path: str | os.PathLike) -> dict[str, Any]:
     """model.json's object (architecture, seed, loss, input shape, normalisation, classes), checked,
-    without building the model or opening a device."""
+    without building the model or opening a device.
+
+    Example:
+        >>> meta = info("mnist.clnet")
+        >>> [layer["class"] for layer in meta["layers"]], meta["input_shape"], meta["classes"]
+    """
     with _Archive(path) as archive:
         return _read_model(archive)[0]
 
 
-def load(path, device=None):
-    """The model saved at `path`, on `device` (default: the best device; any device works, whatever
-    made the file). Compiled with its saved loss and a default SGD optimizer (call compile again to
-    train otherwise); not compiled if it was saved uncompiled. Class names are in `model.classes`."""
+def read_model(path: str | os.PathLike) -> SavedModel:
+    """The SavedModel in the model file (or checkpoint) at `path`; a ModelFileError says what is
+    wrong with a file that cannot be read. `clnet.load` builds the model on a device.
+
+    Example:
+        >>> saved = read_model("mnist.clnet")
+        >>> saved.network.layers, saved.weights["0.weight"].shape, saved.classes
+    """
     with _Archive(path) as archive:
-        meta, weights = _read_model(archive)
-        model = _build_model(archive, meta, weights, device)
-    return model
+        return _saved_model(archive, *_read_model(archive))
 
 
 def _decode_state(archive, value, arrays):
@@ -395,7 +462,7 @@ def _decode_state(archive, value, arrays):
     return value
 
 
-def _restore_optimizer(archive, model, record, arrays):
+def _saved_optimizer(archive, record, arrays, loss):
     def check(ok, what):
         if not ok:
             raise archive.error(f"checkpoint.json is invalid: {what}")
@@ -405,28 +472,29 @@ def _restore_optimizer(archive, model, record, arrays):
     check(_is_int(record.get("steps")) and record["steps"] >= 0, "the optimizer's 'steps' must be an integer >= 0")
     check(_is_int(record.get("arrays")) and sorted(arrays) == sorted(map(str, range(record["arrays"]))),
           f"optimizer.npz holds {sorted(arrays)}, expected {record.get('arrays')!r} arrays")
-    if model.loss is None:
+    if loss is None:
         raise archive.error("checkpoint.json names an optimizer but model.json no loss")
     try:
         optimizer = cls(**record["config"])
     except (TypeError, ValueError) as exc:
         raise archive.error(f"the optimizer {record['class']} has invalid hyper-parameters "
                             f"{record['config']}: {exc}") from None
-    size = model.param_store.params.size
     state = [arrays[str(i)] for i in range(record["arrays"])]
     for i, array in enumerate(state):
-        if array.dtype.kind != "f" or array.size != size:
-            raise archive.error(f"optimizer.npz array {i} ({array.dtype}, {array.size} values) does not fit "
-                                f"the model's {size} parameter slots")
-    model.compile(model.loss, optimizer)
-    optimizer.load_state_dict({"class": record["class"], "config": record["config"], "steps": record["steps"],
-                               "state": state}, device=model.device)
+        if array.dtype.kind != "f":
+            raise archive.error(f"optimizer.npz array {i} holds {array.dtype}, not floating point")
+    return SavedOptimizer(optimizer, record["steps"], state)
 
 
-def load_checkpoint(path, device=None):
-    """A `Checkpoint` (model, epoch, step, state) read from `path`, on `device` (default: the best
-    device). The model is compiled with its loss and optimizer, the optimizer's state tensors and
-    step count restored, so that training continues as if it had never stopped."""
+def read_checkpoint(path: str | os.PathLike) -> SavedCheckpoint:
+    """The SavedCheckpoint at `path` (model, epoch, step, optimizer, training state), checked;
+    `clnet.load_checkpoint` builds its model, and a fit with `resume=True` loads it into its own.
+    A model file that is not a checkpoint is a ModelFileError.
+
+    Example:
+        >>> saved = read_checkpoint("run.clnet")
+        >>> saved.epoch, saved.step, saved.optimizer and saved.optimizer.optimizer
+    """
     with _Archive(path) as archive:
         meta, weights = _read_model(archive)
         record = archive.json("checkpoint.json", "is a model file, not a checkpoint: the archive has no "
@@ -437,7 +505,8 @@ def load_checkpoint(path, device=None):
         optimizer_arrays = archive.arrays("optimizer.npz", "is incomplete: the archive has no optimizer.npz")
         state_arrays = archive.arrays("state.npz", "is incomplete: the archive has no state.npz")
         state = _decode_state(archive, record.get("state"), state_arrays)
-        model = _build_model(archive, meta, weights, device)
+        saved = _saved_model(archive, meta, weights)
+        optimizer = None
         if record.get("optimizer") is not None:
-            _restore_optimizer(archive, model, record["optimizer"], optimizer_arrays)
-    return Checkpoint(model, record["epoch"], record["step"], state)
+            optimizer = _saved_optimizer(archive, record["optimizer"], optimizer_arrays, saved.loss)
+    return SavedCheckpoint(saved, record["epoch"], record["step"], optimizer, state)

@@ -5,14 +5,22 @@ binary_cross_entropy): the graph then hands the loss the link's input, which is 
 Losses average over the batch (and over outputs for BCE and MSE), as PyTorch's "mean" reduction.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
 
 from .errors import InputError
-from .layers import Sigmoid, Softmax
+from .layers import Layer, Sigmoid, Softmax
+
+if TYPE_CHECKING:
+    from .plan import Launch, Plan, Value
+    from .tensor import DeviceTensor
 
 FILE = "loss.cl"
 GRAD, PROBS, METRICS = 1, 2, 4  # flags of kernels_cl/loss.cl
-N_VALID_ARG, FLAGS_ARG, SCALE_ARG = 2, 3, 4  # argument positions of the loss kernels
 
 
 def _loss_work_group(device):
@@ -23,35 +31,49 @@ def _loss_work_group(device):
 
 
 class Loss:
+    """Base of the losses: each is one kernel of kernels_cl/loss.cl that computes, for the model's
+    output rows, the loss and accuracy (added to the metrics), its gradient and/or the predictions.
+
+    A subclass sets `name`, `kernel_name` (its kernel), `link_layer` (the output layer the kernel
+    applies itself, or None) and `target_dtype` (what its targets are, for compiling the training
+    step), and implements `targets`; it overrides `has_accuracy`, `grad_scale` and `defines` where
+    the defaults do not fit. `record` launches the kernel with the arguments all losses share.
+    """
+
     name = ""
     kernel_name = ""
-    link_layer = None      # layer type folded into the loss when it ends the model
-    target_dtype = np.float32
+    link_layer: type[Layer] | None = None      # layer type folded into the loss when it ends the model
+    target_dtype: DTypeLike = np.float32
 
-    def targets(self, y, n, out_shape):
-        """Validated targets for n samples as the kernel reads them, or an InputError saying what to fix."""
+    def targets(self, y: ArrayLike, n: int, out_shape: tuple[int, ...]) -> np.ndarray:
+        """Validated targets for n samples as the kernel reads them, or an InputError saying what to fix.
+        `out_shape` is the model's output shape per sample."""
         raise NotImplementedError
 
-    def has_accuracy(self, targets):
+    def has_accuracy(self, targets: np.ndarray) -> bool:
+        """Whether an accuracy is reported for these targets (those `targets` returned)."""
         return True
 
-    def grad_scale(self, n_valid, cols):
+    def grad_scale(self, n_valid: int, cols: int) -> float:
+        """The factor of the gradient for `n_valid` rows of `cols` outputs: the mean over both by default."""
         return 1.0 / (n_valid * cols)
 
-    def defines(self, targets_dtype):
+    def defines(self, targets_dtype: DTypeLike) -> dict[str, Any]:
+        """Preprocessor definitions the kernel is built with for targets of `targets_dtype`."""
         return {}
 
-    def record(self, plan, z, targets, grad, probs, metrics, flags):
+    def record(self, plan: Plan, z: Value, targets: Value, grad: Value | None, probs: Value | None,
+               metrics: DeviceTensor, flags: int) -> Launch:
         """Record the loss launch for logits z (rows, cols); returns it. Its valid rows follow the
-        plan's dynamic "n_valid"; argument FLAGS_ARG holds the flags."""
+        plan's dynamic "n_valid"; its argument "flags" holds the flags."""
         rows, cols = z.shape
         wg = _loss_work_group(plan.device)
         kernel = plan.kernel(FILE, self.kernel_name, LOSS_WG=wg, **self.defines(targets.dtype))
         launch = plan.launch(kernel, (wg,), (wg,), rows, cols, rows, flags, self.grad_scale(rows, cols),
                              z, grad if grad is not None else z, probs if probs is not None else z,
                              metrics, targets)
-        plan.bind_dynamic("n_valid", launch, N_VALID_ARG)
-        plan.bind_dynamic("n_valid", launch, SCALE_ARG, lambda n: self.grad_scale(n, cols))
+        plan.bind_dynamic("n_valid", launch, "n_valid")
+        plan.bind_dynamic("n_valid", launch, "scale", lambda n: self.grad_scale(n, cols))
         return launch
 
     def __repr__(self):
@@ -107,30 +129,50 @@ def _integer_labels(y, n, classes):
 
 class CrossEntropy(Loss):
     """Softmax cross-entropy on integer labels (one-hot is built on the device), like
-    torch.nn.CrossEntropyLoss. Predictions are the softmax probabilities."""
+    torch.nn.CrossEntropyLoss. Predictions are the softmax probabilities.
+
+    Shape:
+        output: (n, classes), classes >= 2, logits (or a final Softmax, folded into the loss).
+        targets: (n,) or (n, 1) class indices in 0..classes-1 (integers, or floats with whole
+            values), or (n, classes) one-hot rows. Accuracy: the argmax of the output against the label.
+
+    Example:
+        >>> model.compile(CrossEntropy(), "adam").fit(x, labels)        # or compile("cross_entropy")
+    """
     name = "cross_entropy"
     kernel_name = "softmax_cross_entropy"
     link_layer = Softmax
     target_dtype = np.int32
 
-    def targets(self, y, n, out_shape):
+    def targets(self, y: ArrayLike, n: int, out_shape: tuple[int, ...]) -> np.ndarray:
         if len(out_shape) != 1 or out_shape[0] < 2:
             raise InputError(f"cross_entropy needs a model output of (classes,) with at least 2 classes, "
                              f"got {out_shape}: use binary_cross_entropy for one output")
         return _integer_labels(y, n, out_shape[0])
 
-    def grad_scale(self, n_valid, cols):
+    def grad_scale(self, n_valid: int, cols: int) -> float:
         return 1.0 / n_valid
 
 
 class BinaryCrossEntropy(Loss):
     """Binary cross-entropy of sigmoid outputs against targets in [0, 1], like torch.nn.BCELoss
-    after a Sigmoid (or BCEWithLogitsLoss on logits). Predictions are the probabilities."""
+    after a Sigmoid (or BCEWithLogitsLoss on logits). Predictions are the probabilities.
+
+    Shape:
+        output: (n, *out_shape), logits (or a final Sigmoid, folded into the loss), each output an
+            independent probability.
+        targets: floats in [0, 1] of the output's shape (n, *out_shape); (n,) for a single output.
+            Accuracy: the share of outputs whose probability is on the target's side of 0.5.
+
+    Example:
+        >>> model = clnet.Sequential([L.Flatten(), L.Dense(784, 1)])
+        >>> model.compile("binary_cross_entropy", "adam").fit(x, (labels == 3).astype("float32"))
+    """
     name = "binary_cross_entropy"
     kernel_name = "binary_cross_entropy"
     link_layer = Sigmoid
 
-    def targets(self, y, n, out_shape):
+    def targets(self, y: ArrayLike, n: int, out_shape: tuple[int, ...]) -> np.ndarray:
         y = _float_targets(y, n, out_shape, "binary_cross_entropy targets must have shape {}, like the model output")
         if y.size and (y.min() < 0 or y.max() > 1):
             raise InputError("binary_cross_entropy targets must lie in [0, 1] (0 or 1 for classes)")
@@ -139,21 +181,32 @@ class BinaryCrossEntropy(Loss):
 
 class MeanSquaredError(Loss):
     """Mean squared error against float targets of the output's shape, or integer labels, which are
-    one-hot encoded on the device. Accuracy is reported for integer labels only."""
+    one-hot encoded on the device. Accuracy is reported for integer labels only.
+    Predictions are the outputs themselves (no link), like torch.nn.MSELoss.
+
+    Shape:
+        output: (n, *out_shape).
+        targets: floats of the output's shape (n, *out_shape), (n,) for a single output; or, for an
+            output (n, classes) with classes >= 2, integer labels (n,) or (n, 1), compared with
+            one-hot rows (accuracy: the argmax of the output against the label).
+
+    Example:
+        >>> model.compile("mse", "sgd").fit(x, y)      # y: float32, (n, outputs)
+    """
     name = "mean_squared_error"
     kernel_name = "mean_squared_error"
 
-    def targets(self, y, n, out_shape):
+    def targets(self, y: ArrayLike, n: int, out_shape: tuple[int, ...]) -> np.ndarray:
         y = np.asarray(y)
         if y.dtype.kind in "iu" and len(out_shape) == 1 and y.shape in ((n,), (n, 1)) and out_shape[0] > 1:
             return _integer_labels(y, n, out_shape[0])
         return _float_targets(y, n, out_shape, "mean_squared_error targets must have the model output's "
                                                "shape {} or be integer labels")
 
-    def has_accuracy(self, targets):
+    def has_accuracy(self, targets: np.ndarray) -> bool:
         return targets.dtype == np.int32
 
-    def defines(self, targets_dtype):
+    def defines(self, targets_dtype: DTypeLike) -> dict[str, Any]:
         return {"INT_LABELS": np.dtype(targets_dtype) == np.int32}
 
 
@@ -165,7 +218,21 @@ LOSSES = {
 }
 
 
-def get(loss):
+def get(loss: str | Loss) -> Loss:
+    """A loss from its name, or the one given.
+
+    Args:
+        loss: a key of LOSSES, any case ("cross_entropy" and the Keras names "categorical_crossentropy"
+            and "sparse_categorical_crossentropy"; "binary_cross_entropy", "binary_crossentropy",
+            "bce"; "mean_squared_error", "mse"), or a Loss, returned as it is.
+
+    Raises:
+        ValueError: `loss` is neither a known name nor a Loss.
+
+    Example:
+        >>> get("bce")
+        binary_cross_entropy
+    """
     if isinstance(loss, Loss):
         return loss
     if isinstance(loss, str) and loss.lower() in LOSSES:

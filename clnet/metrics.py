@@ -8,7 +8,13 @@ Precision of a class that is never predicted, and recall of a class that never o
 (their denominators are 0), as scikit-learn's default.
 """
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
+from numpy.typing import ArrayLike
 
 
 def _check(probs, labels):
@@ -24,18 +30,18 @@ def _check(probs, labels):
     return probs, labels.astype(np.int64)
 
 
-def predictions(probs):
+def predictions(probs: ArrayLike) -> np.ndarray:
     """The predicted class of each sample: the most probable, the lowest index among equals."""
     return np.argmax(np.asarray(probs), axis=1)
 
 
-def accuracy(probs, labels):
+def accuracy(probs: ArrayLike, labels: ArrayLike) -> float:
     """Fraction of samples whose predicted class is the label (0.0 for no samples)."""
     probs, labels = _check(probs, labels)
     return float(np.mean(predictions(probs) == labels)) if len(labels) else 0.0
 
 
-def rank_of_label(probs, labels):
+def rank_of_label(probs: ArrayLike, labels: ArrayLike) -> np.ndarray:
     """0-based rank of each sample's true class: the classes more probable than it, plus the
     equally probable classes with a lower index."""
     probs, labels = _check(probs, labels)
@@ -44,7 +50,7 @@ def rank_of_label(probs, labels):
     return np.sum((probs > true) | ((probs == true) & lower_index), axis=1)
 
 
-def top_k_accuracy(probs, labels, k=5):
+def top_k_accuracy(probs: ArrayLike, labels: ArrayLike, k: int = 5) -> float:
     """Fraction of samples whose true class is among the k most probable (ties as in the module doc)."""
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
@@ -52,7 +58,7 @@ def top_k_accuracy(probs, labels, k=5):
     return float(np.mean(ranks < k)) if len(ranks) else 0.0
 
 
-def top_k(probs, k):
+def top_k(probs: ArrayLike, k: int) -> tuple[np.ndarray, np.ndarray]:
     """(indices, probabilities), each (N, min(k, C)): the k most probable classes of each sample,
     most probable first, ties by lowest index."""
     probs = np.asarray(probs)
@@ -60,14 +66,14 @@ def top_k(probs, k):
     return order, np.take_along_axis(probs, order, axis=1)
 
 
-def confusion_matrix(probs, labels):
+def confusion_matrix(probs: ArrayLike, labels: ArrayLike) -> np.ndarray:
     """(C, C) int64 counts: row = true class, column = predicted class."""
     probs, labels = _check(probs, labels)
     c = probs.shape[1]
     return np.bincount(labels * c + predictions(probs), minlength=c * c).reshape(c, c)
 
 
-def precision_recall(matrix):
+def precision_recall(matrix: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     """(precision, recall) per class, float64 arrays, from a confusion matrix (rows = true class).
     A zero denominator gives 0."""
     matrix = np.asarray(matrix, dtype=np.float64)
@@ -78,9 +84,16 @@ def precision_recall(matrix):
     return precision, recall
 
 
-def report(probs, labels, k=5, classes=None):
+def report(probs: ArrayLike, labels: ArrayLike, k: int = 5, classes: Sequence[str] | None = None) -> dict[str, Any]:
     """Every metric as a JSON-ready dict: accuracy, top_k, top_k_accuracy, confusion_matrix (lists),
-    precision, recall and support per class, classes (names, or indices as strings)."""
+    precision, recall and support per class, classes (names, or indices as strings).
+
+    Example:
+        >>> probs = model.predict(x_test)
+        >>> r = report(probs, y_test, k=3, classes=test.classes)
+        >>> r["accuracy"], r["top_k_accuracy"]
+        >>> print(format_confusion_matrix(np.array(r["confusion_matrix"]), r["classes"]))
+    """
     probs, labels = _check(probs, labels)
     matrix = confusion_matrix(probs, labels)
     precision, recall = precision_recall(matrix)
@@ -97,7 +110,7 @@ def _names(classes, count):
     return [str(c) for c in classes]
 
 
-def format_confusion_matrix(matrix, classes=None, max_name=16):
+def format_confusion_matrix(matrix: ArrayLike, classes: Sequence[str] | None = None, max_name: int = 16) -> str:
     """A text table: one row per true class (its counts per predicted class, then its precision,
     recall and support), headed by the predicted classes."""
     matrix = np.asarray(matrix)

@@ -1,98 +1,33 @@
-"""Sequential: the Keras-like model (compile / fit / evaluate / predict) over compiled graphs."""
+"""Model: a network with its parameters on one device, trained and run as in Keras (compile / fit
+/ evaluate / predict / save); Sequential builds it from a stack of layers. Loading model files and
+checkpoints onto a device is here too, above the file format (clnet.io)."""
 
-import csv
-import json
-import os
-import signal
+from __future__ import annotations
+
 import sys
-import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
 from math import prod
 
 import numpy as np
 
-from . import losses, optim
-from .device import device as open_device
-from .errors import InputError, TrainingError
+from . import callbacks as cb
+from . import io, losses, optim
+from .compiler import CompiledStep, Target
 from .datasets import Dataset
-from .datasets.feed import DeviceDataset, InputSpec, channel_statistics, image_dims, parse_augment
-from .graph import Graph, ParamStore, plan_nodes
+from .datasets.feed import InputSpec, channel_statistics, image_dims
+from .device import Device
+from .device import device as open_device
+from .errors import InputError, ModelFileError, ShapeError
 from .layers import Layer
-from .progress import ProgressBar
+from .network import Network, loss_input
+from .params import ParamStore
+from .runner import Runner
 from .tensor import DeviceTensor
 from .text import format_bytes
+from .trainer import History, Trainer
 
-
-def _throughput(done, total, batch, elapsed):
-    """ "120/450  5,120 img/s  ETA 3 s": the progress bar's text during an epoch."""
-    rate = done * batch / max(elapsed, 1e-9)
-    return f"{done}/{total}  {rate:,.0f} img/s  ETA {(total - done) * batch / max(rate, 1e-9):.0f} s"
-
-
-def _append_log(path, row):
-    """Add an epoch's row to a metrics log: CSV (a header first) or JSON (a list, rewritten)."""
-    path = str(path)
-    if path.endswith(".json"):
-        rows = []
-        if os.path.exists(path):
-            with open(path) as f:
-                rows = json.load(f)
-        with open(path, "w") as f:
-            json.dump(rows + [row], f, indent=1)
-        return
-    new = not os.path.exists(path) or os.path.getsize(path) == 0
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(row))
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
-
-
-class _InterruptBetweenSteps:
-    """Ctrl-C during fit takes effect after the step under way (or the end-of-epoch work), so that
-    a checkpoint never holds half a step; a second Ctrl-C interrupts at once."""
-
-    def __enter__(self):
-        self.requested, self.previous = False, None
-        if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGINT, self._request)
-        return self
-
-    def _request(self, signum, frame):
-        self.requested = True
-        signal.signal(signal.SIGINT, self.previous)
-
-    def __exit__(self, *exc):
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
-
-
-def _split(rng, targets, fraction):
-    """(validation, training) indices: a seeded random `fraction`, of each class for class labels."""
-    if targets.dtype == np.int32:
-        groups = [np.flatnonzero(targets == c) for c in np.unique(targets)]
-    else:
-        groups = [np.arange(len(targets))]
-    chosen = [rng.permutation(g)[:int(round(len(g) * fraction))] for g in groups]
-    validation = np.sort(np.concatenate(chosen))
-    if len(validation) == 0:  # a tiny set: still one sample to validate on
-        validation = rng.permutation(len(targets))[:1]
-    return validation, np.setdiff1d(np.arange(len(targets)), validation)
-
-
-class History:
-    """What `fit` returns: per-epoch metrics in `history` ({"loss": [...], "accuracy": [...], ...})."""
-
-    def __init__(self):
-        self.history = {}
-        self.epochs = []
-
-    def record(self, epoch, logs):
-        self.epochs.append(epoch)
-        for key, value in logs.items():
-            self.history.setdefault(key, []).append(value)
-
-    def __repr__(self):
-        return f"History({self.history})"
+__all__ = ["History", "LoadedCheckpoint", "Model", "Sequential", "load", "load_checkpoint"]
 
 
 def _inputs(x, what="x"):
@@ -115,49 +50,78 @@ def _inputs(x, what="x"):
     return x
 
 
-class Sequential:
-    """A stack of layers trained on one OpenCL device.
+def _split(rng, targets, fraction):
+    """(validation, training) indices: a seeded random `fraction`, of each class for class labels."""
+    if targets.dtype == np.int32:
+        groups = [np.flatnonzero(targets == c) for c in np.unique(targets)]
+    else:
+        groups = [np.arange(len(targets))]
+    chosen = [rng.permutation(g)[:int(round(len(g) * fraction))] for g in groups]
+    validation = np.sort(np.concatenate(chosen))
+    if len(validation) == 0:  # a tiny set: still one sample to validate on
+        validation = rng.permutation(len(targets))[:1]
+    return validation, np.setdiff1d(np.arange(len(targets)), validation)
+
+
+class Model:
+    """A network trained and run on one OpenCL device.
 
     Parameters are created and initialised (He / Glorot from `seed`) on the device at construction;
-    state_dict keys and layouts are those of the same torch.nn.Sequential ("0.weight", ...).
+    state_dict keys are "<node name>.<parameter>" in PyTorch's layouts.
+
+    Args:
+        network: a clnet.network.Network.
+        device: a clnet.Device (default: the best device, see `clnet.device`).
+        seed: seeds initialisation, dropout, augmentation and (unless fit is given one) shuffling.
     """
 
-    def __init__(self, layers, device=None, seed=0):
-        self.layers = list(layers)
-        for i, layer in enumerate(self.layers):
-            if not isinstance(layer, Layer):
-                raise TypeError(f"layer {i} is {layer!r}, not a clnet layer")
+    def __init__(self, network: Network, device: Device | None = None, seed: int = 0):
+        self.network = network
         self.device = device if device is not None else open_device()
         self.seed = int(seed)
-        self.param_store = ParamStore(self.device, self.layers, self.seed)
-        self.metrics = DeviceTensor.empty(self.device, (4,), what="the metrics")
+        self.param_store = ParamStore(self.device, network, self.seed)
+        self.metrics = DeviceTensor.empty(self.device, (4,), what="the metrics")  # loss, -, correct, count
         self.loss = self.optimizer = None
         self.input_shape = None
         self.normalization = None  # per-channel (mean, std) applied to every input, set by fit(normalize=...)
-        self.history = None  # the History of the last (or current) fit
-        self._graphs = {}
+        self.classes = None        # class names in output order, kept in model files
+        self.history = None        # the History of the last (or current) fit
+        self._runners = {}
 
     # ------------------------------------------------------------------ set-up
-    def compile(self, loss="cross_entropy", optimizer="sgd"):
-        """Choose the loss (name or clnet.losses.Loss) and optimizer (name or clnet.optim.Optimizer)."""
+    def compile(self, loss: str | losses.Loss = "cross_entropy", optimizer: str | optim.Optimizer = "sgd") -> Model:
+        """Choose the loss and the optimizer; the optimizer's state starts from zero.
+
+        Args:
+            loss: a name ("cross_entropy", "binary_cross_entropy", "mse", ...) or a clnet.losses.Loss.
+            optimizer: a name ("sgd", "adam", "adamw") or a clnet.optim.Optimizer.
+
+        Example:
+            >>> model.compile("cross_entropy", clnet.optim.SGD(lr=0.05, momentum=0.9))
+        """
         self.loss = losses.get(loss)
         self.optimizer = optim.get(optimizer)
-        self._graphs.clear()
+        self.param_store.reset_optimizer_state()
+        self._runners.clear()
         return self
 
-    def count_params(self):
+    def count_params(self) -> int:
         return self.param_store.count
 
     def _spec(self, x, crop=0, flip=False):
         mean, std = self.normalization or ((), ())
         return InputSpec(str(x.dtype), tuple(mean), tuple(std), crop, flip)
 
-    def _graph(self, batch_size, input_shape, training, target_dtype=None, spec=InputSpec()):
-        key = (batch_size, tuple(input_shape), training, target_dtype and np.dtype(target_dtype).str, spec)
-        if key not in self._graphs:
-            self._graphs[key] = Graph(self, batch_size, input_shape, training, target_dtype, spec)
-        self.input_shape = tuple(input_shape)
-        return self._graphs[key]
+    def _runner(self, batch_size, input_shape, training, target_dtype=None, spec=InputSpec()):
+        """The runner of the step compiled for these, compiled on first use."""
+        target = Target(int(batch_size), tuple(input_shape), training, target_dtype and np.dtype(target_dtype).str,
+                        spec)
+        if target not in self._runners:
+            compiled = CompiledStep(self.device, self.network, self.param_store, self.loss, self.optimizer,
+                                    self.metrics, self.seed, target)
+            self._runners[target] = Runner(compiled, self.param_store, self.optimizer)
+        self.input_shape = target.input_shape
+        return self._runners[target]
 
     def _require_compiled(self, what):
         if self.loss is None:
@@ -170,39 +134,48 @@ class Sequential:
         x = _inputs(x)
         if y is None:
             raise InputError("labels are missing: pass y, or a clnet.datasets.Dataset as x")
-        _, out_shape = plan_nodes(self.layers, self.loss, x.shape[1:])
+        _, out_shape = loss_input(self.network.stages(x.shape[1:], self.loss), x.shape[1:])
         if len(np.shape(y)) == 0 or len(y) != len(x):
             raise InputError(f"x has {len(x)} samples but y has {len(y) if np.ndim(y) else 0}: they must match")
         return x, self.loss.targets(y, len(x), out_shape)
 
     # ------------------------------------------------------------------ training
-    def fit(self, x, y=None, epochs=1, batch_size=32, validation_split=0.0, validation_data=None,
-            shuffle=True, verbose=1, seed=None, stream=None, normalize=None, augment=None, resident="auto",
-            checkpoint=None, resume=False, log=None, schedule=None, early_stopping=None, callbacks=()):
-        """Train; returns a History of loss/accuracy (and val_loss/val_accuracy) per epoch.
+    def fit(self, x, y=None, epochs: int = 1, batch_size: int = 32, validation_split: float = 0.0,
+            validation_data=None, shuffle: bool = True, verbose: int = 1, seed: int | None = None, stream=None,
+            normalize=None, augment: str | dict | None = None, resident: bool | str = "auto", checkpoint=None,
+            resume: bool = False, log=None, schedule: cb.Schedule | None = None,
+            early_stopping: cb.EarlyStopping | None = None, callbacks: Sequence[cb.Callback] = ()) -> History:
+        """Train; returns a History of loss/accuracy (and val_loss/val_accuracy) and lr per epoch.
 
-        x: images (N, C, H, W) or features (N, ...), uint8 (scaled to [0, 1]) or float, or a
-        clnet.datasets.Dataset (then y comes with it). validation_split holds out a seeded random
-        fraction of (x, y), stratified by class; validation_data=(xv, yv) or a Dataset takes precedence. Shuffling each
-        epoch is seeded by `seed` (default: the model's seed).
-        normalize: True computes per-channel mean and std on the training images, or give
-        (mean, std); the model keeps them and applies them in evaluate and predict too.
-        augment: "crop" (random crops of the image padded by 4 pixels, "crop=N" for N), "flip"
-        (random horizontal flips), or both "crop,flip"; on the device, training only.
-        resident: keep the training set in device memory ("auto": when it fits), so that batches
-        are gathered there and nothing but the epoch's sample order crosses the bus; otherwise each
-        batch is uploaded while the previous one computes.
-        checkpoint: a file written atomically after every epoch and on Ctrl-C (weights, optimizer
-        state, random state, data order, history); with resume=True an existing one is continued, so
-        that an interrupted run, resumed with the same arguments, ends with the same weights.
-        log: a .csv or .json file that gets every epoch's metrics, seconds and images/s.
-        schedule: a clnet.training schedule (StepLR, CosineLR, ReduceLROnPlateau, warm-up) that sets
-        the learning rate before every step from the optimizer's rate; early_stopping: a
-        clnet.training.EarlyStopping that ends training when a metric stops improving; callbacks:
-        clnet.training.Callback objects called after each epoch (SaveBest, PlotCurves). The history
-        so far is `model.history` while training.
+        Args:
+            x: images (N, C, H, W) or features (N, ...), uint8 (scaled to [0, 1]) or float, or a
+                clnet.datasets.Dataset (then y comes with it).
+            y: integer labels (N,) (or one-hot), or float targets as the loss takes them.
+            validation_split: hold out a seeded random fraction of (x, y), stratified by class;
+                validation_data=(xv, yv) or a Dataset takes precedence.
+            shuffle: a new seeded order every epoch (`seed`, default the model's).
+            verbose: a progress bar and a line per epoch on `stream` (default stdout).
+            normalize: True computes per-channel mean and std on the training images, or give
+                (mean, std); the model keeps them and applies them in evaluate and predict too.
+            augment: "crop" (random crops of the image padded by 4 pixels, "crop=N" for N), "flip"
+                (random horizontal flips), or both "crop,flip"; on the device, training only.
+            resident: keep the training set in device memory ("auto": when it fits), so that
+                batches are gathered there and only the epoch's sample order crosses the bus;
+                otherwise each batch is uploaded while the previous one computes.
+            checkpoint: a file written atomically after every epoch and on Ctrl-C; with
+                resume=True an existing one is continued, so that an interrupted run, resumed with
+                the same arguments, ends with the same weights (callbacks.Checkpoint).
+            log: a .csv or .json file that gets every epoch's metrics, seconds and images/s.
+            schedule: a learning-rate schedule (callbacks.StepLR, CosineLR, ReduceLROnPlateau,
+                Schedule for a warm-up alone) applied before every step.
+            early_stopping: a callbacks.EarlyStopping.
+            callbacks: further clnet.callbacks.Callback objects (SaveBest, PlotCurves, your own).
+
         A loss that becomes NaN or infinite stops training with a TrainingError (the checkpoint
-        keeps the last good epoch).
+        keeps the last good epoch). The history so far is `model.history` while training.
+
+        Example:
+            >>> history = model.fit(x, y, epochs=10, batch_size=64, validation_split=0.1)
         """
         self._require_compiled("fit")
         if batch_size < 1 or epochs < 0:
@@ -218,142 +191,25 @@ class Sequential:
             x, targets = x[train_idx], targets[train_idx]
         if len(x) == 0:
             raise InputError("no training samples left (x is empty or validation_split took them all)")
-        monitored = [c.monitor for c in (schedule, early_stopping, *callbacks) if getattr(c, "monitor", None)]
-        if validation_data is None and any(m.startswith("val_") for m in monitored):
-            raise InputError(f"{', '.join(monitored)} needs validation data: pass validation_split or validation_data")
-        history = History()
-        self.history = history
-        steer = {"base_lr": self.optimizer.lr, "schedule": schedule, "early": early_stopping,
-                 "callbacks": list(callbacks)}
-        start_epoch, start_step, order = 1, 0, None
-        # a resumed run takes its normalisation from the checkpoint: before the graph, which applies it
-        if checkpoint is not None and resume and os.path.exists(checkpoint):
-            start_epoch, start_step, order = self._resume(checkpoint, rng, history, steer)
-        elif normalize is True:
+        steering = [cb.Progress(), cb.NaNGuard()]
+        steering += [cb.LearningRateScheduler(schedule)] if schedule is not None else []
+        steering += [early_stopping] if early_stopping is not None else []
+        reporting = [cb.MetricsLog(log)] if log is not None else []
+        reporting += [cb.Checkpoint(checkpoint, resume)] if checkpoint is not None else []
+        trainer = Trainer(self, steering + list(callbacks) + reporting, validation_data, verbose, stream)
+        if normalize is True:  # a resumed run takes the checkpoint's instead
             self.normalization = channel_statistics(x.reshape(len(x), *image_dims(x.shape[1:])))
         elif normalize:
             self.normalization = tuple(tuple(float(v) for v in np.ravel(part)) for part in normalize)
-        graph = self._graph(min(batch_size, len(x)), x.shape[1:], True, targets.dtype,
-                            self._spec(x, *parse_augment(augment)))
-        if resident == "auto":
-            in_use = graph.plan.arena_bytes + 4 * self.param_store.params.nbytes
-            resident = DeviceDataset.fits(self.device, x, targets, in_use)
-        data = DeviceDataset(self.device, x, targets) if resident else None
-        stream = stream or sys.stdout
-        size = graph.batch_size
-        steps = -(-len(x) // size)
-        with _InterruptBetweenSteps() as interrupt:
-            for epoch in range(start_epoch, epochs + 1):
-                if order is None:
-                    self.metrics.fill(0)
-                    order = rng.permutation(len(x)) if shuffle else np.arange(len(x))
-                if data is not None:
-                    data.shuffle(order)
-                bar = ProgressBar(steps, f"Epoch {epoch}/{epochs}", stream, enabled=bool(verbose))
-                for s in range(start_step, steps):
-                    if schedule is not None:
-                        self.optimizer.lr = schedule.lr(steer["base_lr"], epoch - 1 + s / steps)
-                    if data is not None:
-                        graph.step_resident(data, s * size, min(size, len(x) - s * size))
-                    else:
-                        idx = order[s * size:(s + 1) * size]
-                        graph.step(x[idx], targets[idx])
-                    if bar.due():  # a terminal shows the running loss: one small read now and then
-                        running = "  ".join(f"{k} {v:.4f}" for k, v in self._read_metrics(targets).items())
-                        bar.update(s + 1, _throughput(s + 1 - start_step, steps - start_step, size,
-                                                      bar.elapsed) + "  " + running)
-                    if interrupt.requested and s + 1 < steps:  # keep what is done, then stop
-                        bar.close()
-                        graph.sync()
-                        if checkpoint is not None:
-                            self._checkpoint(checkpoint, rng, history, epoch - 1, s + 1, order, steer)
-                        raise KeyboardInterrupt
-                done = steps - start_step
-                start_step = 0
-                logs = self._read_metrics(targets)
-                graph.sync()
-                if not np.isfinite(logs["loss"]):
-                    bar.close()
-                    kept = f"; {checkpoint} keeps the last good epoch" if checkpoint is not None else ""
-                    raise TrainingError(f"the loss became {logs['loss']} in epoch {epoch}: lower the learning "
-                                        f"rate (now {self.optimizer.lr:g}) or normalise the inputs{kept}")
-                if validation_data is not None:
-                    val = (self.evaluate(validation_data, batch_size=size) if isinstance(validation_data, Dataset)
-                           else self.evaluate(*validation_data, batch_size=size))
-                    logs.update({f"val_{k}": v for k, v in val.items()})
-                logs["lr"] = self.optimizer.lr
-                history.record(epoch, logs)
-                bar.close()
-                if schedule is not None:
-                    schedule.end_epoch(logs)
-                stop = early_stopping is not None and early_stopping.update(epoch, logs, self)
-                for callback in callbacks:
-                    callback.on_epoch_end(epoch, logs, self)
-                if log is not None:
-                    _append_log(log, {"epoch": epoch, **logs, "seconds": round(bar.elapsed, 3),
-                                      "images_per_second": round(min(done * size, len(x)) / bar.elapsed, 1)})
-                order = None
-                if checkpoint is not None:
-                    self._checkpoint(checkpoint, rng, history, epoch, 0, None, steer)
-                if verbose:
-                    text = "  ".join(f"{k} {v:.4g}" if k == "lr" else f"{k} {v:.4f}" for k, v in logs.items())
-                    print(f"Epoch {epoch}/{epochs}  {text}  ({bar.elapsed:.1f} s)", file=stream, flush=True)
-                if interrupt.requested:
-                    raise KeyboardInterrupt
-                if stop:
-                    if verbose:
-                        print(f"Early stopping: {early_stopping.monitor} has not improved since epoch "
-                              f"{early_stopping.best_epoch}" + (", whose weights are restored"
-                                                                 if early_stopping.restore_best else ""),
-                              file=stream, flush=True)
-                    break
-        return history
+        return trainer.fit(x, targets, epochs, batch_size, rng, shuffle, augment, resident)
 
-    def _checkpoint(self, path, rng, history, epochs_done, steps_done, order, steer):
-        """Everything a resumed fit needs: the weights and optimizer (clnet.io), and the random
-        state, this epoch's order, the metrics summed so far, the history, the schedule and early
-        stopping."""
-        from . import io
-        state = {"rng": rng.bit_generator.state, "history": history.history, "epochs": history.epochs,
-                 "order": order, "metrics": self.metrics.download() if order is not None else None,
-                 "base_lr": steer["base_lr"],
-                 "schedule": steer["schedule"].state() if steer["schedule"] is not None else None,
-                 "early": steer["early"].state() if steer["early"] is not None else None,
-                 "callbacks": [callback.state() for callback in steer["callbacks"]]}
-        io.save_checkpoint(path, self, state, epoch=epochs_done, step=steps_done)
-
-    def _resume(self, path, rng, history, steer):
-        """Restore a checkpoint written by `_checkpoint` into this model; returns (epoch, step,
-        order) to continue from."""
-        from . import io
-        saved = io.load_checkpoint(path, self.device)
-        if type(saved.model.optimizer) is not type(self.optimizer):
-            raise InputError(f"{path} was written by a {type(saved.model.optimizer).__name__} run: compile "
-                             f"with the same optimizer to resume it")
-        self.load_state_dict(saved.model.state_dict())
-        self.optimizer.load_state_dict(saved.model.optimizer.state_dict(), self.device)
-        self.normalization = saved.model.normalization
-        state = saved.state
-        rng.bit_generator.state = state["rng"]
-        steer["base_lr"] = state["base_lr"]
-        for key in ("schedule", "early"):
-            if steer[key] is not None and state[key] is not None:
-                steer[key].load_state(state[key])
-        for callback, saved_state in zip(steer["callbacks"], state.get("callbacks", ())):
-            callback.load_state(saved_state)
-        history.history, history.epochs = state["history"], state["epochs"]
-        if state["order"] is None:
-            return saved.epoch + 1, 0, None
-        self.metrics.upload(np.asarray(state["metrics"], np.float32))
-        return saved.epoch + 1, saved.step, np.asarray(state["order"])
-
-    def train_on_batch(self, x, y):
+    def train_on_batch(self, x, y) -> float:
         """One optimizer step on (x, y) as one batch; returns that batch's loss."""
         self._require_compiled("train_on_batch")
         x, targets = self._prepare(x, y)
-        graph = self._graph(len(x), x.shape[1:], True, targets.dtype, self._spec(x))
+        runner = self._runner(len(x), x.shape[1:], True, targets.dtype, self._spec(x))
         self.metrics.fill(0)
-        graph.step(x, targets)
+        runner.train(x, targets)
         return self._read_metrics(targets)["loss"]
 
     def _read_metrics(self, targets):
@@ -364,90 +220,200 @@ class Sequential:
         return logs
 
     # ------------------------------------------------------------------ inference
-    def evaluate(self, x, y=None, batch_size=256):
+    def evaluate(self, x, y=None, batch_size: int = 256) -> dict:
         """{"loss": mean loss, "accuracy": fraction correct} over (x, y) or a Dataset."""
         self._require_compiled("evaluate")
         x, targets = self._prepare(x, y)
         if len(x) == 0:
             raise InputError("evaluate needs at least one sample")
-        graph = self._graph(batch_size, x.shape[1:], False, targets.dtype, self._spec(x))
+        runner = self._runner(batch_size, x.shape[1:], False, targets.dtype, self._spec(x))
         self.metrics.fill(0)
-        for start in range(0, len(x), graph.batch_size):
-            graph.infer(x[start:start + graph.batch_size], targets[start:start + graph.batch_size],
-                        want_output=False)
+        size = runner.compiled.batch_size
+        for start in range(0, len(x), size):
+            runner.infer(x[start:start + size], targets[start:start + size], want_output=False)
         logs = self._read_metrics(targets)
-        graph.sync()
+        runner.sync()
         return logs
 
-    def predict(self, x, batch_size=256):
+    def predict(self, x, batch_size: int = 256) -> np.ndarray:
         """Model outputs as numpy: class probabilities for cross-entropy (softmax) and binary
         cross-entropy (sigmoid), the raw outputs otherwise. x as for fit (uint8 images are scaled,
         the model's normalisation applies)."""
         x = _inputs(x)
         if len(x) == 0:
             raise InputError("predict needs at least one sample")
-        graph = self._graph(batch_size, x.shape[1:], False, spec=self._spec(x))
-        out = [graph.infer(x[start:start + graph.batch_size])
-               for start in range(0, len(x), graph.batch_size)]
-        graph.sync()
-        return np.concatenate(out).reshape(len(x), *graph.output_shape)
+        runner = self._runner(batch_size, x.shape[1:], False, spec=self._spec(x))
+        size = runner.compiled.batch_size
+        out = [runner.infer(x[start:start + size]) for start in range(0, len(x), size)]
+        runner.sync()
+        return np.concatenate(out).reshape(len(x), *runner.compiled.output_shape)
 
     # ------------------------------------------------------------------ weights
-    def state_dict(self):
+    def state_dict(self) -> dict:
         """{"0.weight": array, ...}: float32 numpy arrays in PyTorch's layouts and keys."""
         return self.param_store.state_dict()
 
-    def gradients(self):
+    def gradients(self) -> dict:
         """The gradients of the last training step, keyed like state_dict (computed before the update)."""
         return self.param_store.gradients()
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: dict) -> None:
         """Load arrays (numpy, or anything np.asarray takes, such as CPU torch tensors)."""
         self.param_store.load_state_dict(state)
 
-    def save(self, path, classes=None):
+    def optimizer_state_dict(self) -> dict:
+        """Everything the optimizer needs to continue: {"class", "config" (hyper-parameters),
+        "steps" (taken), "state": [float32 arrays over the flat parameters]}."""
+        return {"class": type(self.optimizer).__name__, "config": self.optimizer.config(),
+                "steps": self.param_store.steps, "state": [t.download() for t in self.param_store.optimizer_state]}
+
+    def load_optimizer_state_dict(self, state: dict) -> None:
+        """Restore `optimizer_state_dict()` of the same optimizer class: hyper-parameters, steps
+        and state."""
+        if state["class"] != type(self.optimizer).__name__:
+            raise ValueError(f"a {state['class']} state cannot be loaded into {type(self.optimizer).__name__}")
+        self._restore_optimizer(type(self.optimizer)(**state["config"]), state["state"], state["steps"])
+
+    def _restore_optimizer(self, optimizer, arrays, steps):
+        """The hyper-parameters of `optimizer` (of this model's optimizer's class), and its state and
+        step count. Steps are compiled again, as the launches hold the hyper-parameters."""
+        vars(self.optimizer).update(vars(optimizer))
+        self.param_store.load_optimizer_state(arrays, steps)
+        self._runners.clear()
+
+    def save(self, path, classes: Sequence[str] | None = None) -> None:
         """Write the model to one file (conventionally `*.clnet`), atomically: the architecture, the
         weights, the seed, the loss, the input shape, the normalisation and the class names
-        (`classes`, in output order). `clnet.load(path)` reads it back; clnet/io.py documents the format."""
-        from . import io
+        (`classes`, in output order; default `model.classes`). `clnet.load(path)` reads it back;
+        clnet/io.py documents the format."""
         io.save(self, path, classes=classes)
 
+    def restore(self, saved: io.SavedCheckpoint, path) -> None:
+        """Load a checkpoint (`io.read_checkpoint`'s SavedCheckpoint read from `path`) into this
+        model: weights, normalisation, and the optimizer's hyper-parameters, state and steps."""
+        saved_optimizer = saved.optimizer and saved.optimizer.optimizer
+        if type(saved_optimizer) is not type(self.optimizer):
+            raise InputError(f"{path} was written by a {type(saved_optimizer).__name__} run: compile "
+                             f"with the same optimizer to resume it")
+        self.load_state_dict(saved.model.weights)
+        _load_optimizer(self, saved.optimizer, path)
+        self.normalization = saved.model.normalization
+
     # ------------------------------------------------------------------ description
-    def summary(self, input_shape=None, batch_size=32, stream=None):
-        """Print a table of layers: output shape, parameters, forward FLOPs and activation memory per
+    def summary(self, input_shape: tuple | None = None, batch_size: int = 32, stream=None) -> str:
+        """Print a table of nodes: output shape, parameters, forward FLOPs and activation memory per
         sample; then the totals and the device memory planned for `batch_size` (a training plan
         once compiled, else an inference plan). Returns the text."""
         input_shape = tuple(input_shape or self.input_shape or ())
         if not input_shape:
             raise InputError("summary needs the input shape: model.summary(input_shape=(1, 28, 28)), "
                              "or call it after fit/predict")
-        plan_nodes(self.layers, None, input_shape)  # checks shapes, naming the layer that fails
-        rows, shape, flops = [], input_shape, 0
-        for i, layer in enumerate(self.layers):
-            out = layer.output_shape(shape)
-            params = sum(prod(s) for s in layer.param_shapes().values())
-            flops += layer.flops(shape)
-            rows.append((f"{i}: {layer!r}", str(out), f"{params:,}", f"{layer.flops(shape):,}",
+        shapes = self.network.shapes(input_shape)  # checks shapes, naming the node that fails
+        rows, flops = [], 0
+        for node in self.network.nodes:
+            shape, out = shapes[node.inputs[0]], shapes[node.name]
+            params = sum(prod(s) for s in node.layer.param_shapes().values())
+            flops += node.layer.flops(shape)
+            rows.append((f"{node.name}: {node.layer!r}", str(out), f"{params:,}", f"{node.layer.flops(shape):,}",
                          format_bytes(prod(out) * 4)))
-            shape = out
         header = ("Layer", "Output shape", "Params", "FLOPs", "Activations")
         widths = [max(len(r[c]) for r in rows + [header]) for c in range(len(header))]
         line = lambda r: "  ".join(v.ljust(w) if c == 0 else v.rjust(w) for c, (v, w) in enumerate(zip(r, widths)))
         rule = "-" * len(line(header))
         training = self.loss is not None
-        graph = self._graph(batch_size, input_shape, training, self.loss.target_dtype if training else None)
+        runner = self._runner(batch_size, input_shape, training, self.loss.target_dtype if training else None)
         store = self.param_store
-        resident = store.params.nbytes * (2 + (len(self.optimizer._state or ()) if training else 0)) \
-            + store.buffers.nbytes
+        resident = store.params.nbytes * (2 + (len(store.optimizer_state) if training else 0)) + store.buffers.nbytes
+        arena = runner.plan.arena_bytes
         text = "\n".join([
             line(header), rule, *map(line, rows), rule,
             f"Input {input_shape}: {self.count_params():,} parameters, {flops:,} forward FLOPs per sample",
             f"Planned device memory for {'training' if training else 'inference'} at batch size {batch_size}: "
-            f"{format_bytes(graph.plan.arena_bytes + resident)} ({format_bytes(graph.plan.arena_bytes)} activations and "
+            f"{format_bytes(arena + resident)} ({format_bytes(arena)} activations and "
             f"gradients, {format_bytes(resident)} parameters, gradients and optimizer state) on {self.device.name}"])
         print(text, file=stream or sys.stdout)
         return text
 
     def __repr__(self):
+        return f"Model({self.network!r})"
+
+
+class Sequential(Model):
+    """A stack of layers, each reading the one before; state_dict keys and layouts are those of
+    the same torch.nn.Sequential ("0.weight", ...).
+
+    Args:
+        layers: clnet layers, in order.
+        device: a clnet.Device (default: the best device).
+        seed: as for Model.
+
+    Example:
+        >>> model = clnet.Sequential([L.Flatten(), L.Dense(784, 128), L.ReLU(), L.Dense(128, 10)])
+        >>> model.compile("cross_entropy", "adam").fit(x, y, epochs=3)
+    """
+
+    def __init__(self, layers: Sequence[Layer], device: Device | None = None, seed: int = 0):
+        super().__init__(Network.chain(layers), device, seed)
+
+    @property
+    def layers(self) -> list:
+        return self.network.layers
+
+    def __repr__(self):
         return f"Sequential([{', '.join(map(repr, self.layers))}])"
 
+
+def _load_optimizer(model, saved, path):
+    """A checkpoint's optimizer (io.SavedOptimizer) into a model compiled with the same class."""
+    try:
+        model._restore_optimizer(saved.optimizer, saved.state, saved.steps)
+    except ShapeError as exc:
+        raise ModelFileError(path, f"optimizer.npz: {exc}") from None
+
+
+def _build(saved, path, device):
+    """The model of an io.SavedModel on `device`, compiled with its loss and a default SGD."""
+    model = Sequential(saved.network.layers, device=device, seed=saved.seed)
+    try:
+        model.load_state_dict(saved.weights)
+    except (InputError, ShapeError) as exc:
+        raise ModelFileError(path, f"the weights do not fit the architecture: {exc}") from None
+    model.input_shape, model.normalization, model.classes = saved.input_shape, saved.normalization, saved.classes
+    if saved.loss:
+        model.compile(saved.loss, "sgd")
+    return model
+
+
+def load(path, device: Device | None = None) -> Model:
+    """The model saved at `path` (a model file or a checkpoint), on `device` (default: the best
+    device; any device works, whatever made the file). Compiled with its saved loss and a default
+    SGD optimizer (call compile again to train otherwise); not compiled if it was saved uncompiled.
+    Class names are in `model.classes`.
+
+    Example:
+        >>> model = clnet.load("lenet.clnet", device=clnet.device(platform="pocl"))
+    """
+    return _build(io.read_model(path), path, device)
+
+
+@dataclass
+class LoadedCheckpoint:
+    """What `load_checkpoint` returns: the model (compiled with its loss and its optimizer, state
+    and step count restored), the epoch and step reached, and the training loop's `state`."""
+    model: Model
+    epoch: int
+    step: int
+    state: object
+
+
+def load_checkpoint(path, device: Device | None = None) -> LoadedCheckpoint:
+    """A `LoadedCheckpoint` (model, epoch, step, state) read from `path`, on `device` (default: the best
+    device). The model is compiled with its loss and optimizer, the optimizer's state and step count
+    restored. To continue a fit, pass `checkpoint=path, resume=True` to `fit` instead: it loads
+    into the model being trained."""
+    saved = io.read_checkpoint(path)
+    model = _build(saved.model, path, device)
+    if saved.optimizer is not None:
+        model.compile(model.loss, saved.optimizer.optimizer)
+        _load_optimizer(model, saved.optimizer, path)
+    return LoadedCheckpoint(model, saved.epoch, saved.step, saved.state)

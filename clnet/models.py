@@ -2,11 +2,22 @@
 
 Each takes the per-sample `input_shape` (C, H, W) and the number of classes; the defaults are the
 reference ones (28x28 grey images for mlp, mnist-cnn and lenet5, 32x32 RGB for cifar-cnn, 10
-classes). The first Dense layer is sized for the input, so any image size works.
+classes). The first Dense layer is sized for the input, so any image size works. `device` and
+`seed` are those of `clnet.Sequential`. `PRESETS` names them as clnet-train does.
+
+Example:
+    >>> model = clnet.models.lenet5(seed=1)
+    >>> model.compile("cross_entropy", "adam").fit(x, y, epochs=5)
+    >>> clnet.models.cifar_cnn(input_shape=(3, 64, 64), classes=100)   # Dense 16384->512 first
+    >>> clnet.models.PRESETS["mnist-cnn"](device=clnet.device(device="cpu"))
 """
 
+from __future__ import annotations
+
+from collections.abc import Sequence
 from math import prod
 
+from .device import Device
 from .layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
 from .model import Sequential
 
@@ -27,12 +38,14 @@ def _classifier(features, input_shape, hidden, classes, device, seed):
     return Sequential(features + head + [Dense(width, classes)], device=device, seed=seed)
 
 
-def mlp(device=None, seed=0, input_shape=(1, 28, 28), classes=10):
+def mlp(device: Device | None = None, seed: int = 0, input_shape: Sequence[int] = (1, 28, 28),
+        classes: int = 10) -> Sequential:
     """Flatten, Dense 784->256, ReLU, Dense 256->128, ReLU, Dense 128->10."""
     return _classifier([], input_shape, (256, 128), classes, device, seed)
 
 
-def mnist_cnn(device=None, seed=0, input_shape=(1, 28, 28), classes=10):
+def mnist_cnn(device: Device | None = None, seed: int = 0, input_shape: Sequence[int] = (1, 28, 28),
+              classes: int = 10) -> Sequential:
     """PyTorch's MNIST example without dropout: Conv2D 1->32 k3, ReLU, Conv2D 32->64 k3, ReLU,
     MaxPool 2, Flatten, Dense 9216->128, ReLU, Dense 128->10."""
     c = input_shape[0]
@@ -40,7 +53,8 @@ def mnist_cnn(device=None, seed=0, input_shape=(1, 28, 28), classes=10):
     return _classifier(features, input_shape, (128,), classes, device, seed)
 
 
-def cifar_cnn(device=None, seed=0, input_shape=(3, 32, 32), classes=10):
+def cifar_cnn(device: Device | None = None, seed: int = 0, input_shape: Sequence[int] = (3, 32, 32),
+              classes: int = 10) -> Sequential:
     """Two blocks of two 3x3 convolutions (32, then 64 channels, padding 1) with ReLU and a 2x2
     max-pool, then Dense 4096->512, ReLU, Dense 512->10."""
     c = input_shape[0]
@@ -49,7 +63,8 @@ def cifar_cnn(device=None, seed=0, input_shape=(3, 32, 32), classes=10):
     return _classifier(features, input_shape, (512,), classes, device, seed)
 
 
-def lenet5(device=None, seed=0, input_shape=(1, 28, 28), classes=10):
+def lenet5(device: Device | None = None, seed: int = 0, input_shape: Sequence[int] = (1, 28, 28),
+           classes: int = 10) -> Sequential:
     """LeNet-5 with ReLU and max-pooling: Conv2D 1->6 k5 p2, pool, Conv2D 6->16 k5, pool, Dense
     400->120->84->10."""
     c = input_shape[0]

@@ -71,33 +71,39 @@ class Value:
 
 
 class Launch:
-    """One kernel launch; tensor arguments become (buffer, int offset) pairs when bound."""
+    """One launch of a `Kernel`, its arguments in the order of the kernel's signature; a tensor
+    argument becomes its (buffer, int offset) pair when bound."""
 
     def __init__(self, kernel, global_size, local_size, args):
         self.kernel = kernel
         self.global_size, self.local_size = tuple(global_size), local_size and tuple(local_size)
         self.args = list(args)
-        self.positions = []
+        self.bound = False
 
     def bind(self):
-        self.positions, i = [], 0
-        for arg in self.args:
-            self.positions.append(i)
-            i += self._set_arg(i, arg)
+        for argument, value in zip(self.kernel.arguments, self.args):
+            self._set_arg(argument, value)
+        self.bound = True
 
-    def set(self, index, value):
-        """Change argument `index` (counted as recorded), a scalar or a tensor, for later runs."""
-        self.args[index] = value
-        self._set_arg(self.positions[index], value)
+    def set(self, name, value):
+        """Change the argument `name` (as the kernel's signature names it; a tensor by its pointer),
+        a scalar or a tensor, for later runs."""
+        position = self.kernel.position(name)
+        self.args[position] = value
+        if self.bound:
+            self._set_arg(self.kernel.arguments[position], value)
 
-    def _set_arg(self, i, value):
-        """Set kernel argument i (and i + 1, the offset, for a tensor); returns how many were set."""
-        if hasattr(value, "buffer"):
-            self.kernel.set_arg(i, value.buffer)
-            self.kernel.set_arg(i + 1, np.int32(value.offset))
-            return 2
-        self.kernel.set_arg(i, _scalar(value))
-        return 1
+    def _set_arg(self, argument, value):
+        """Set the kernel's argument (for a tensor, its pointer and offset)."""
+        if argument.tensor != hasattr(value, "buffer"):
+            raise TypeError(f"kernel {self.kernel.function_name}: argument {argument.name} is "
+                            f"{'a tensor' if argument.tensor else 'a scalar'}, given {value!r}")
+        cl_kernel = self.kernel.cl_kernel
+        if argument.tensor:
+            cl_kernel.set_arg(argument.index, value.buffer)
+            cl_kernel.set_arg(argument.index + 1, np.int32(value.offset))
+        else:
+            cl_kernel.set_arg(argument.index, _scalar(value))
 
 
 class Plan:
@@ -107,18 +113,33 @@ class Plan:
         self.launches = []
         self.values = []
         self.arena = None
-        self.dynamic = {}  # name -> [(launch, argument index, value -> argument)]
+        self.dynamic = {}  # name -> [(launch, argument name, value -> argument)]
+        self.phases = {}   # name -> index of the phase's first launch, in recording order
 
     def value(self, shape, name, dtype=np.float32):
         v = Value(self, shape, name, dtype=dtype)
         self.values.append(v)
         return v
 
+    def mark(self, phase):
+        """Start the phase `phase`: the launches recorded from now on, until the next mark, are its."""
+        self.phases[phase] = len(self.launches)
+
+    def phase_range(self, first, last):
+        """(start, stop) launch indices of the phases `first` to `last`, in recording order."""
+        names = list(self.phases)
+        following = names[names.index(last) + 1:]
+        return self.phases[first], self.phases[following[0]] if following else len(self.launches)
+
     def kernel(self, filename, name, **defines):
         return self.library.kernel(filename, name, **defines)
 
     def launch(self, kernel, global_size, local_size, *args):
-        """Record a launch; `global_size` is rounded up to a multiple of `local_size`."""
+        """Record a launch of `kernel` (a `Kernel`, from `kernel`) given every one of its arguments,
+        in the order of its signature; `global_size` is rounded up to a multiple of `local_size`."""
+        if len(args) != len(kernel.arguments):
+            raise TypeError(f"kernel {kernel.function_name} takes {len(kernel.arguments)} arguments "
+                            f"({', '.join(kernel.names)}), given {len(args)}")
         if local_size is not None:
             global_size = [round_up(g, l) for g, l in zip(global_size, local_size)]
         index = len(self.launches)
@@ -131,14 +152,15 @@ class Plan:
         self.launches.append(launch)
         return launch
 
-    def bind_dynamic(self, name, launch, index, convert=None):
-        """Let `set_dynamic(name, value)` set argument `index` of `launch` (to `convert(value)`)."""
-        self.dynamic.setdefault(name, []).append((launch, index, convert or (lambda v: v)))
+    def bind_dynamic(self, name, launch, argument, convert=None):
+        """Let `set_dynamic(name, value)` set `launch`'s argument named `argument` (to `convert(value)`)."""
+        launch.kernel.position(argument)  # an unknown name fails here, not at the first run
+        self.dynamic.setdefault(name, []).append((launch, argument, convert or (lambda v: v)))
 
     def set_dynamic(self, name, value):
         """Change, between runs, every argument bound to `name` (the valid rows of a batch, the step)."""
-        for launch, index, convert in self.dynamic.get(name, ()):
-            launch.set(index, convert(value))
+        for launch, argument, convert in self.dynamic.get(name, ()):
+            launch.set(argument, convert(value))
 
     def place(self):
         """Give every used value an arena offset by liveness; returns the arena size in elements.
@@ -173,9 +195,10 @@ class Plan:
     def arena_bytes(self):
         return self.arena.nbytes if self.arena else 0
 
-    def run(self, wait_for=None):
-        """Enqueue every launch, the first after the events `wait_for`; returns their events."""
+    def run(self, wait_for=None, start=0, stop=None):
+        """Enqueue the launches from `start` to `stop` (default: all), the first after the events
+        `wait_for`; returns their events."""
         queue = self.device.queue
-        return [cl.enqueue_nd_range_kernel(queue, launch.kernel, launch.global_size, launch.local_size,
+        return [cl.enqueue_nd_range_kernel(queue, launch.kernel.cl_kernel, launch.global_size, launch.local_size,
                                            wait_for=wait_for if i == 0 else None)
-                for i, launch in enumerate(self.launches)]
+                for i, launch in enumerate(self.launches[start:stop])]

@@ -11,22 +11,21 @@ go to the tuning cache, which every later plan on this device reads.
     clnet-tune --platform pocl --models mnist-cnn --batch-sizes 128 --sizes
 """
 
-import argparse
 import os
 import statistics
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import click
 import numpy as np
 import pyopencl as cl
 
 from . import tuning
-from .device import add_arguments as add_device_arguments
+from .cli_options import CONTEXT_SETTINGS, Several, SeveralValuesCommand, device_options, friendly_errors
 from .device import device as open_device
 from .errors import ClnetError
 from .models import INPUT_SHAPES, PRESETS
-from .ops.gemm import TILED, Matrix, default_params, family, gemm, record_gemm, split_k, valid_params
+from .ops.gemm import SPECS, Matrix, gemm, record_gemm
 from .plan import Plan
 from .tensor import DeviceTensor
 from .timing import Timing, measure
@@ -36,53 +35,8 @@ REPEATS = 3
 MIN_TIME = 0.02    # seconds per timed run
 AGREE = 1e-3       # a candidate's largest difference from the default, relative to the largest |entry|
 MARGIN = 1.03      # how much faster than the default a candidate must be to replace it
-
-# gemm_tiled: (TILE_M, TILE_N, TILE_K, WPT_M, WPT_N); work-groups of 8 x 8 to 16 x 16
-TILES = [(64, 64, 16, 4, 4), (128, 128, 16, 8, 8), (128, 128, 8, 8, 8), (128, 128, 32, 8, 8),
-         (128, 64, 16, 8, 4), (64, 128, 16, 4, 8), (64, 64, 32, 4, 4), (32, 64, 16, 2, 4),
-         (64, 32, 16, 4, 2), (32, 32, 16, 4, 4), (32, 128, 16, 4, 8), (64, 128, 16, 8, 8)]
-CPU_ROWS = (4, 6, 8, 10, 12, 14)  # gemm_packed; 16 float16 accumulators would take all 32 vector
-                                  # registers, as PoCL splits them into 256-bit halves
-FINALISTS = 2      # tile shapes whose PREFETCH / VECTOR variants are timed too
+FINALISTS = 2      # candidates whose switch variants (gemm_tiled's PREFETCH / VECTOR) are timed too
 BUILDERS = 8       # threads that build the candidates' programs on GPUs (one on CPUs)
-
-
-def _fits(device, params):
-    """The work-group size and the local tiles (with their padding, in one or two stages) fit this device."""
-    pad, stages = 4 if params["VECTOR"] else 1, 2 if params["PREFETCH"] == 2 else 1
-    local = 4 * stages * params["TILE_K"] * (params["TILE_M"] + params["TILE_N"] + 2 * pad)
-    threads = (params["TILE_M"] // params["WPT_M"]) * (params["TILE_N"] // params["WPT_N"])
-    return threads <= device.max_work_group_size and local <= device.info.local_mem
-
-
-def tile_params(device):
-    """The gemm_tiled tile shapes this device can take, unsplit, with the default switches."""
-    tiles = [{**TILED, "TILE_M": tm, "TILE_N": tn, "TILE_K": tk, "WPT_M": wm, "WPT_N": wn}
-             for tm, tn, tk, wm, wn in TILES]
-    return [params for params in tiles if _fits(device, params)]
-
-
-def variants(device, params):
-    """The same tiles with the other settings of the switches (prefetch, float4 local reads)."""
-    found = [{**params, "PREFETCH": prefetch, "VECTOR": vector} for prefetch in (1, 2, 0) for vector in (0, 1)]
-    return [v for v in found if v != params and valid_params("gemm_tiled", v) and _fits(device, v)]
-
-
-def candidates(device, call):
-    """The parameter sets to time first for a recorded GEMM call on this device, the default first:
-    for gemm_tiled every tile shape (with its K splits where K may be split), default switches; for
-    gemm_packed every row block, unsplit and with the default's K slices, twice and half as many."""
-    m, n, k = call.shape
-    default = default_params(device, call.kernel, m, n, k, dict(call.defines))
-    if call.kernel == "gemm_packed":
-        slices = {1, default["SLICES"], 2 * default["SLICES"], max(1, default["SLICES"] // 2)}
-        found = [{"CPU_ROWS": r, "SLICES": s} for r in CPU_ROWS for s in sorted(slices)]
-    else:
-        found = []
-        for tile in tile_params(device):
-            slices = split_k(device, m, n, k, tile)
-            found += [{**tile, "SLICES": s} for s in ({slices, 2 * slices} if slices > 1 else {1})]
-    return [default] + [p for p in found if p != default]
 
 
 def collect(device, models, batch_sizes, sizes):
@@ -92,8 +46,8 @@ def collect(device, models, batch_sizes, sizes):
         for name in models:
             model = PRESETS[name](device=device, seed=0).compile("cross_entropy", "sgd")
             for batch in batch_sizes:
-                model._graph(batch, INPUT_SHAPES[name], True, np.int32)
-                model._graph(batch, INPUT_SHAPES[name], False)
+                model._runner(batch, INPUT_SHAPES[name], True, np.int32)
+                model._runner(batch, INPUT_SHAPES[name], False)
         scratch = Plan(device)
         for n in sizes:
             square = scratch.value((n, n), "square")
@@ -184,18 +138,18 @@ class _Trial:
 
 def tune_case(device, case, call, min_time=MIN_TIME, repeats=REPEATS, report=print, builders=None):
     """The fastest correct parameters for one call: {"params", "seconds", "default_seconds"}.
-    gemm_tiled's switches are tried on the FINALISTS fastest tile shapes only. `builders` threads
+    The switches (gemm_tiled's) are tried on the FINALISTS fastest candidates only. `builders` threads
     build the candidates' programs: by default several on GPUs, whose drivers compile on the
     otherwise idle host cores, and one on CPUs, where compiling competes with the timing."""
     if builders is None:
         builders = 1 if device.info.type == "CPU" else min(BUILDERS, os.cpu_count() or 1)
-    trial = _Trial(device, call, min_time, repeats, report, builders)
-    trial(candidates(device, call))
+    spec, trial = SPECS[call.kernel], _Trial(device, call, min_time, repeats, report, builders)
+    trial(spec.candidates(device, call))
     if not trial.timed:
         raise ClnetError(f"{case.key}: not even the default parameters run on {device.info.name}")
-    if call.kernel == "gemm_tiled":
+    if spec.switches:
         finalists = sorted(trial.timed, key=lambda t: t[0])[:FINALISTS]
-        trial([variant for _, params in finalists for variant in variants(device, params)])
+        trial([variant for _, params in finalists for variant in spec.variants(device, params)])
     default_seconds, params = trial.timed[0]
     seconds, fastest = min(trial.timed, key=lambda t: t[0])
     if seconds < default_seconds / MARGIN:  # else a tie within the timing noise: the default stays
@@ -205,52 +159,49 @@ def tune_case(device, case, call, min_time=MIN_TIME, repeats=REPEATS, report=pri
     return {"params": params, "seconds": seconds, "default_seconds": default_seconds}
 
 
-def parse_args(argv):
-    p = argparse.ArgumentParser(prog="clnet-tune", description=__doc__.split("\n\n")[0])
-    add_device_arguments(p)
-    p.add_argument("--models", nargs="*", default=list(PRESETS), choices=list(PRESETS), metavar="MODEL",
-                   help=f"networks whose GEMMs to tune, of {', '.join(PRESETS)} (default: all)")
-    p.add_argument("--batch-sizes", nargs="+", type=int, default=[128, 1024], metavar="N",
-                   help="their batch sizes (default 128 1024)")
-    p.add_argument("--sizes", nargs="*", type=int, default=list(SIZES), metavar="N",
-                   help="square GEMM sizes to tune as well (default 1024 4096)")
-    p.add_argument("--min-time", type=float, default=MIN_TIME, help=f"seconds per timed run (default {MIN_TIME})")
-    p.add_argument("--repeats", type=int, default=REPEATS, help=f"timed runs per candidate (default {REPEATS})")
-    p.add_argument("--max-seconds", type=float, default=None,
-                   help="stop tuning new cases after this long; what is tuned is kept")
-    p.add_argument("--output", help=f"the tuning cache to update (default {tuning.cache_path()})")
-    args = p.parse_args(argv)
-    if min(args.batch_sizes + args.sizes, default=1) < 1 or args.repeats < 1 or args.min_time <= 0:
-        p.error("batch sizes, sizes, --repeats and --min-time must be positive")
-    return args
-
-
-def main(argv=None):
-    """The `clnet-tune` command; `argv` defaults to the command line."""
-    args = parse_args(sys.argv[1:] if argv is None else list(argv))
-    try:
-        device = open_device(platform=args.platform, device=args.device)
-        cases = collect(device, args.models, args.batch_sizes, args.sizes)
-    except ClnetError as exc:
-        raise SystemExit(f"clnet-tune: {exc}") from None
-    print(f"tuning {len(cases)} GEMMs on {device.info.label} ({family(device)} family)", flush=True)
-    started, tuned, path = time.perf_counter(), 0, args.output or tuning.cache_path()
+@click.command(cls=SeveralValuesCommand, context_settings=CONTEXT_SETTINGS, epilog="""\b
+Examples:
+  clnet-tune --platform nvidia
+  clnet-tune --platform pocl --models mnist-cnn --batch-sizes 128 --sizes
+  clnet-tune --models --sizes 1024 4096 --max-seconds 300""")
+@friendly_errors
+@device_options
+@click.option("--models", type=Several(click.Choice(list(PRESETS))), default=list(PRESETS), show_default=True,
+              metavar="[MODEL...]", help="Networks whose GEMMs to tune.")
+@click.option("--batch-sizes", type=Several(click.IntRange(min=1), at_least=1), default=[128, 1024],
+              show_default=True, metavar="N...", help="Their batch sizes.")
+@click.option("--sizes", type=Several(click.IntRange(min=1)), default=list(SIZES), show_default=True,
+              metavar="[N...]", help="Square GEMM sizes to tune as well.")
+@click.option("--min-time", type=click.FloatRange(min=0, min_open=True), default=MIN_TIME, show_default=True,
+              help="Seconds per timed run.")
+@click.option("--repeats", type=click.IntRange(min=1), default=REPEATS, show_default=True,
+              help="Timed runs per candidate.")
+@click.option("--max-seconds", type=float, help="Stop tuning new cases after this long; what is tuned is kept.")
+@click.option("--output", type=click.Path(dir_okay=False),
+              help="The tuning cache to update. Default: CLNET_TUNING_FILE, else clnet/tuning.json in "
+              "$XDG_CACHE_HOME or ~/.cache.")
+def main(platform, device, models, batch_sizes, sizes, min_time, repeats, max_seconds, output):
+    """Time GEMM kernel parameters on this device and cache the fastest, for every later plan: the
+    GEMMs of the networks at these batch sizes (convolutions included), and square ones."""
+    dev = open_device(platform=platform, device=device)
+    cases = collect(dev, models, batch_sizes, sizes)
+    click.echo(f"tuning {len(cases)} GEMMs on {dev.info.label} ({dev.family} family)")
+    started, tuned, path = time.perf_counter(), 0, output or tuning.cache_path()
     for case, call in cases:
-        if args.max_seconds is not None and time.perf_counter() - started > args.max_seconds:
-            print(f"stopped after {args.max_seconds:g} s: {len(cases) - tuned} cases left untuned")
+        if max_seconds is not None and time.perf_counter() - started > max_seconds:
+            click.echo(f"stopped after {max_seconds:g} s: {len(cases) - tuned} cases left untuned")
             break
         try:
-            result = tune_case(device, case, call, args.min_time, args.repeats)
+            result = tune_case(dev, case, call, min_time, repeats)
         except ClnetError as exc:
-            print(f"{case.key}: {exc}")
+            click.echo(f"{case.key}: {exc}")
             continue
-        tuning.store(device, {case: result}, path)  # case by case: an interrupted run keeps its work
+        tuning.store(dev, {case: result}, path)  # case by case: an interrupted run keeps its work
         tuned += 1
         gflops = 2e-9 * case.m * case.n * case.k / result["seconds"]
-        print(f"{case.key:<42} {gflops:9.1f} GFLOP/s  x{result['default_seconds'] / result['seconds']:.2f} "
-              f"over the default  {_short(result['params'])}", flush=True)
-    print(f"wrote {tuned} tuned cases to {path}")
-    return 0
+        click.echo(f"{case.key:<42} {gflops:9.1f} GFLOP/s  x{result['default_seconds'] / result['seconds']:.2f} "
+                   f"over the default  {_short(result['params'])}")
+    click.echo(f"wrote {tuned} tuned cases to {path}")
 
 
 def _short(params):
@@ -258,4 +209,4 @@ def _short(params):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

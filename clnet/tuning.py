@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .files import replace_atomically
-from .kernels import HEADER, kernel_dir
+from .kernels import kernel_dir, program_source
 
 FORMAT = "clnet-tuning"
 VERSION = 1
-SOURCES = (HEADER, "gemm.cl")  # the kernels whose parameters are tuned
+SOURCES = ("gemm_tiled.cl", "gemm_packed.cl", "sum_slices.cl")  # the files of the tuned kernels
 NEAR = 2.0                    # how far, per dimension, a tuned case still speaks for a GEMM
 
 _loaded = {}      # path -> ((mtime_ns, size), parsed file)
@@ -67,10 +67,11 @@ def device_key(device):
 
 @functools.cache  # every GEMM a plan records looks it up; the installed sources do not change
 def source_hash():
-    """A short hash of the tuned kernels' sources: parameters tuned for other sources are stale."""
+    """A short hash of the tuned kernels' whole sources (the headers they include with them):
+    parameters tuned for other sources are stale."""
     digest = hashlib.sha256()
     for name in SOURCES:
-        digest.update((kernel_dir() / name).read_bytes())
+        digest.update(program_source(kernel_dir(), name).encode())
     return digest.hexdigest()[:16]
 
 

@@ -1,7 +1,7 @@
 // The CPU family's input gradient of a strided convolution: col2im of the column-matrix gradient
 // (the forward pass, the weight gradient and a stride-1 input gradient gather their columns inside
-// the GEMM: CONV_B in gemm.cl; GPUs gather every input gradient: CONV_DX). The geometry comes as compile-time constants, as
-// for gemm.cl: input (CONV_C, CONV_H, CONV_W) per image, kernel CONV_KH x CONV_KW, output CONV_OH x
+// the GEMM: CONV_B in conv_gather.h; GPUs gather every input gradient: CONV_DX). The geometry comes as compile-time constants, as
+// for the GEMMs: input (CONV_C, CONV_H, CONV_W) per image, kernel CONV_KH x CONV_KW, output CONV_OH x
 // CONV_OW, stride CONV_SH/SW, top/left padding CONV_PH/PW, dilation CONV_DH/DW. The column matrix
 // has a row per (c, kh, kw) and a column per (image, oh, ow), with leading dimension ldcol.
 
@@ -44,7 +44,7 @@ __kernel void col2im(const int images, const int ldcol,
 // (C, B * P), the layout the weight- and input-gradient GEMMs read, and the bias gradient.
 // Work-group (c, s) of a (C, S) grid handles slice s of channel c's B * P values and writes their
 // sum, reduced in a fixed order, to sums[s * C + c]: the bias gradient itself when S = 1, else
-// partial sums that sum_slices (gemm.cl) adds up. Several slices keep a GPU busy.
+// partial sums that sum_slices (sum_slices.cl) adds up. Several slices keep a GPU busy.
 #ifdef CONV_P
 __kernel __attribute__((reqd_work_group_size(CONV_WG, 1, 1)))
 void conv_bias_act_backward(const int B, const int C,

@@ -3,9 +3,7 @@
     python scripts/bench.py --platform pocl --models mlp --batch-sizes 128 1024 --json bench.json
 """
 
-import sys
-
 from clnet.bench import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main(prog_name="clnet-bench")

@@ -3,9 +3,7 @@
     python scripts/tune.py --platform nvidia
 """
 
-import sys
-
 from clnet.tune import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main(prog_name="clnet-tune")

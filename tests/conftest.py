@@ -52,8 +52,9 @@ def device(request):
 
 @pytest.fixture(params=["tiled", "cpu"])
 def gemm_family(request, monkeypatch):
-    """Runs a test with each GEMM kernel family (both work on any device)."""
-    monkeypatch.setenv("CLNET_GEMM", request.param)
+    """Runs a test with each kernel family (both work on any device) on the test's device."""
+    if "device" in request.fixturenames:
+        monkeypatch.setattr(request.getfixturevalue("device"), "family", request.param)
     return request.param
 
 

@@ -5,150 +5,29 @@ import numpy as np
 from clnet import layers as L
 
 
-def _act(kind, x):
-    return {"relu": lambda v: np.maximum(v, 0), "sigmoid": lambda v: 1 / (1 + np.exp(-v)),
-            "tanh": np.tanh, "softmax": softmax}[kind](x)
-
-
 def softmax(z):
     """Row-wise softmax of (N, classes)."""
-    z = np.asarray(z, np.float64)
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def _kind(layer):
-    return "softmax" if isinstance(layer, L.Softmax) else layer.kind
-
-
-def conv2d(x, weight, bias, layer):
-    """float64 NCHW convolution with PyTorch's semantics (padding="same" pads bottom/right more)."""
-    (kh, kw), (sh, sw), (dh, dw) = layer.kernel_size, layer.stride, layer.dilation
-    if layer.padding == "same":
-        th, tw = dh * (kh - 1), dw * (kw - 1)
-        pads = ((th // 2, th - th // 2), (tw // 2, tw - tw // 2))
-    else:
-        pads = ((layer.padding[0],) * 2, (layer.padding[1],) * 2)
-    xp = np.pad(x, ((0, 0), (0, 0), *pads))
-    oh = (xp.shape[2] - dh * (kh - 1) - 1) // sh + 1
-    ow = (xp.shape[3] - dw * (kw - 1) - 1) // sw + 1
-    y = np.zeros((len(x), weight.shape[0], oh, ow))
-    for i in range(kh):
-        for j in range(kw):
-            patch = xp[:, :, i * dh:i * dh + sh * (oh - 1) + 1:sh, j * dw:j * dw + sw * (ow - 1) + 1:sw]
-            y += np.einsum("nchw,oc->nohw", patch, weight[:, :, i, j])
-    return y if bias is None else y + bias[None, :, None, None]
-
-
-def pair(value):
-    """(h, w) from an int or a pair."""
-    return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
-
-
-def windows(h, w, kernel, stride, padding):
-    """Index of every window element in a plane flattened to h*w values plus one padding value at
-    index h*w: shape (OH, OW, KH*KW), window elements in row-major order."""
-    (kh, kw), (sh, sw), (ph, pw) = pair(kernel), pair(stride), pair(padding)
-    oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
-    rows = (np.arange(oh) * sh - ph)[:, None, None, None] + np.arange(kh)[None, None, :, None]
-    cols = (np.arange(ow) * sw - pw)[None, :, None, None] + np.arange(kw)[None, None, None, :]
-    inside = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
-    return np.where(inside, rows * w + cols, h * w).reshape(oh, ow, kh * kw)
-
-
-def window_values(x, index, pad_value):
-    """The values of x (N, C, H, W) at `index` (from `windows`), with pad_value on the padding:
-    shape (N, C, OH, OW, KH*KW)."""
-    n, c, h, w = x.shape
-    planes = np.concatenate([x.reshape(n, c, h * w), np.full((n, c, 1), pad_value)], axis=2)
-    return planes[:, :, index]
-
-
-def maxpool2d(x, kernel, stride, padding):
-    """(y, argmax) as torch.nn.functional.max_pool2d(..., return_indices=True): -inf padding, the
-    first maximum of a window in row-major order; argmax is the flat index h*W+w in the plane."""
-    x = np.asarray(x, np.float64)
-    index = windows(*x.shape[2:], kernel, stride, padding)
-    values = window_values(x, index, -np.inf)
-    choice = np.argmax(values, axis=-1)[..., None]
-    y = np.take_along_axis(values, choice, -1)[..., 0]
-    argmax = np.take_along_axis(np.broadcast_to(index, values.shape), choice, -1)[..., 0]
-    return y, argmax
-
-
-def avgpool2d(x, kernel, stride, padding):
-    """torch.nn.functional.avg_pool2d with count_include_pad=True: zero padding, divisor KH*KW."""
-    x = np.asarray(x, np.float64)
-    index = windows(*x.shape[2:], kernel, stride, padding)
-    return window_values(x, index, 0.0).mean(axis=-1)
-
-
-def batchnorm_train(x, n_valid, weight, bias, eps):
-    """Training-mode batch norm of the first n_valid rows of x (N, C, ...): (y, mean, biased var,
-    values per channel). weight and bias are None without affine."""
-    x = np.asarray(x[:n_valid], np.float64)
-    xr = x.reshape(n_valid, x.shape[1], -1)
-    mean, var = xr.mean(axis=(0, 2)), xr.var(axis=(0, 2))
-    y = (xr - mean[:, None]) / np.sqrt(var[:, None] + eps)
-    if weight is not None:
-        y = y * np.asarray(weight, np.float64)[:, None] + np.asarray(bias, np.float64)[:, None]
-    return y.reshape(x.shape), mean, var, xr.shape[0] * xr.shape[2]
-
-
-def batchnorm_eval(x, weight, bias, running_mean, running_var, eps):
-    """Evaluation-mode batch norm of x (N, C, ...) with the running statistics."""
-    x = np.asarray(x, np.float64)
-    shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)
-
-    def per_channel(v):
-        return np.asarray(v, np.float64).reshape(shape)
-
-    y = (x - per_channel(running_mean)) / np.sqrt(per_channel(running_var) + eps)
-    if weight is not None:
-        y = y * per_channel(weight) + per_channel(bias)
-    return y
+    return L.Softmax().reference({}, z)
 
 
 def forward(layers, state, x, training=False, dropout_keep=None, stats=None):
-    """Output of the network on x (float64), as torch.nn.Sequential computes it.
+    """Output of the network on x (float64), as torch.nn.Sequential computes it: each layer's
+    `reference` in turn.
 
     Evaluation (the default): BatchNorm uses the running statistics in `state`, Dropout is the
     identity. Training: BatchNorm uses the batch's statistics, recorded in `stats` when it is given
     ({layer index: (mean, biased var, values per channel)}), and Dropout keeps the elements where
-    dropout_keep(layer index, layer, shape) is true, scaled by 1 / (1 - p). A test-only layer may
-    bring its own float64 forward as a method `reference_forward(a)`."""
+    dropout_keep(layer index, layer, shape) is true, scaled by 1 / (1 - p)."""
     a = np.asarray(x, np.float64)
     for i, layer in enumerate(layers):
-        if hasattr(layer, "reference_forward"):
-            a = layer.reference_forward(a)
-        elif isinstance(layer, L.Flatten):
-            a = a.reshape(len(a), -1)
-        elif isinstance(layer, L.Conv2D):
-            a = conv2d(a, state[f"{i}.weight"].astype(np.float64),
-                       state[f"{i}.bias"].astype(np.float64) if layer.bias else None, layer)
-        elif isinstance(layer, L.Dense):
-            a = a @ state[f"{i}.weight"].astype(np.float64).T
-            if layer.bias:
-                a = a + state[f"{i}.bias"]
-        elif isinstance(layer, L.MaxPool2D):
-            a = maxpool2d(a, layer.kernel_size, layer.stride, layer.padding)[0]
-        elif isinstance(layer, L.AvgPool2D):
-            a = avgpool2d(a, layer.kernel_size, layer.stride, layer.padding)
-        elif isinstance(layer, L.GlobalAvgPool2D):
-            a = a.mean(axis=(2, 3), keepdims=True)
-        elif isinstance(layer, (L.BatchNorm1d, L.BatchNorm2d)):
-            w, b = (state[f"{i}.weight"], state[f"{i}.bias"]) if layer.affine else (None, None)
-            if training:
-                a, mean, var, m = batchnorm_train(a, len(a), w, b, layer.eps)
-                if stats is not None:
-                    stats[i] = (mean, var, m)
-            else:
-                a = batchnorm_eval(a, w, b, state[f"{i}.running_mean"], state[f"{i}.running_var"], layer.eps)
-        elif isinstance(layer, L.Dropout):
-            if training and layer.p > 0:
-                a = a * dropout_keep(i, layer, a.shape) / (1 - layer.p)
-        else:
-            a = _act(_kind(layer), a)
+        params = layer.arrays_in(state, i)
+        if isinstance(layer, L.Dropout):
+            keep = dropout_keep(i, layer, a.shape) if training and layer.p > 0 else None
+            a = layer.reference(params, a, training, keep)
+            continue
+        if training and stats is not None and isinstance(layer, (L.BatchNorm1D, L.BatchNorm2D)):
+            stats[i] = layer.reference_statistics(a)
+        a = layer.reference(params, a, training)
     return a
 
 

@@ -4,10 +4,16 @@ its timings. Speed itself is never asserted."""
 import json
 
 import pytest
+from click.testing import CliRunner
 
 from clnet import bench, timing
 
 TINY = ["--models", "mlp", "--batch-sizes", "4", "--steps", "1", "--repeats", "1", "--warmup", "0"]
+
+
+def _bench(*args):
+    """clnet-bench run with `args` through click's runner: its result (exit code, output)."""
+    return CliRunner().invoke(bench.main, list(args))
 
 
 def _positive(summary):
@@ -16,8 +22,9 @@ def _positive(summary):
 
 def test_json_has_every_number(device, tmp_path):
     path = tmp_path / "bench.json"
-    assert bench.main(["--device", str(device.info.index), *TINY, "--torch-device", "none", "--gemm-sizes", "64",
-                       "--json", str(path)]) == 0
+    result = _bench("--device", str(device.info.index), *TINY, "--torch-device", "none", "--gemm-sizes", "64",
+                    "--json", str(path))
+    assert result.exit_code == 0, result.output
     results = json.loads(path.read_text())
     assert set(results) == {"date", "command", "opencl", "cpu", "torch", "environment", "versions", "protocol",
                             "models", "gemm", "profile"}
@@ -34,10 +41,9 @@ def test_json_has_every_number(device, tmp_path):
     assert results["profile"] == []
 
 
-def test_profile_prints_every_kernel(device, capsys, monkeypatch):
+def test_profile_prints_every_kernel(device, monkeypatch):
     monkeypatch.setenv("CLNET_PROFILE", "1")
-    bench.main(["--device", str(device.info.index), *TINY, "--torch-device", "none", "--no-gemm"])
-    out = capsys.readouterr().out
+    out = _bench("--device", str(device.info.index), *TINY, "--torch-device", "none", "--no-gemm").output
     assert "Profile of one training step: mlp, batch 4" in out
     for name in ("gather_images", "softmax_cross_entropy", "sgd_step", "gemm_"):
         assert name in out
@@ -53,10 +59,12 @@ def test_profile_covers_the_step(device):
     assert 0 < profile["kernel_ms"] <= profile["span_ms"] * 1.001
 
 
-def test_twin_is_checked_before_timing(device):
+def test_twin_is_checked_before_timing(device, tmp_path):
     pytest.importorskip("torch")
-    results = bench.run(bench.parse_args(["--device", str(device.info.index), *TINY, "--torch-device", "cpu",
-                                          "--no-gemm"]), [])
+    path = tmp_path / "bench.json"
+    assert _bench("--device", str(device.info.index), *TINY, "--torch-device", "cpu", "--no-gemm",
+                  "--json", str(path)).exit_code == 0
+    results = json.loads(path.read_text())
     check = results["models"][0]["check"]
     assert check["max_probability_difference"] <= bench.PROB_ATOL
     assert check["loss"][0] == pytest.approx(check["loss"][1], rel=bench.LOSS_RTOL)
@@ -70,9 +78,10 @@ def test_disagreement_aborts_before_timing(device, monkeypatch):
     monkeypatch.setitem(bench.TWINS, "mlp", lambda: nn.Sequential(
         nn.Flatten(), nn.Linear(784, 256), nn.Tanh(), nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 10)))
     monkeypatch.setattr(bench, "measure", lambda *args: pytest.fail("timed after a failed check"))
-    with pytest.raises(SystemExit, match="mlp at batch 4: clnet and PyTorch disagree, so nothing was timed: "
-                                         "softmax outputs differ"):
-        bench.main(["--device", str(device.info.index), *TINY, "--torch-device", "cpu", "--no-gemm"])
+    result = _bench("--device", str(device.info.index), *TINY, "--torch-device", "cpu", "--no-gemm")
+    assert result.exit_code == 1
+    assert ("Error: mlp at batch 4: clnet and PyTorch disagree, so nothing was timed: softmax outputs differ"
+            in result.output)
 
 
 def test_adaptive_steps_fill_the_minimum_time(monkeypatch):

@@ -8,6 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 import clnet
+from clnet import bench, tune
 from clnet.cli import devices, train
 
 
@@ -97,6 +98,28 @@ def test_debug_shows_the_traceback():
 def test_help_has_examples():
     result = CliRunner().invoke(train, ["--help"])
     assert result.exit_code == 0 and "Examples:" in result.output and "--platform pocl" in result.output
+
+
+@pytest.mark.parametrize("args, models, batch_sizes, sizes", [
+    ([], list(clnet.models.PRESETS), [128, 1024], [1024, 4096]),
+    (["--models", "mlp", "lenet5", "--batch-sizes", "8", "16", "--sizes"], ["mlp", "lenet5"], [8, 16], []),
+    (["--models", "--sizes", "40", "--batch-sizes=32"], [], [32], [40]),
+])
+def test_options_of_several_values_read_as_argparse_did(args, models, batch_sizes, sizes):
+    params = tune.main.make_context("clnet-tune", ["--device", "0", *args]).params
+    assert (params["models"], params["batch_sizes"], params["sizes"]) == (models, batch_sizes, sizes)
+    assert params["device"] == "0"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--batch-sizes"], "expected at least 1 value"),
+    (["--batch-sizes", "-4"], "-4 is not in the range x>=1"),
+    (["--models", "mlp", "resnet"], "'resnet' is not one of"),
+    (["--json", "no/such/folder/bench.json"], "the folder no/such/folder does not exist"),
+])
+def test_bench_usage_errors_exit_2(args, message):
+    result = CliRunner().invoke(bench.main, args)
+    assert result.exit_code == 2 and message in result.output
 
 
 def test_console_scripts_run_as_processes():

@@ -10,7 +10,7 @@ from clnet import layers as L
 from clnet.ops import conv as conv_ops
 
 from conftest import Slot, execute, new_plan
-from reference import conv2d, forward, loss, numeric_gradients
+from reference import forward, loss, numeric_gradients
 
 GEOMETRIES = [  # (batch, in, height, width, out, kernel, stride, padding, dilation)
     (2, 3, 7, 5, 4, 3, 1, 0, 1),                   # non-square, no padding
@@ -36,7 +36,7 @@ def test_forward_matches_reference(device, gemm_family, geometry):
     model = clnet.Sequential([conv, L.Tanh(), L.Flatten()], device=device, seed=1)
     x = np.random.default_rng(0).normal(size=(n, *shape))
     state = model.state_dict()
-    expected = np.tanh(conv2d(x, state["0.weight"].astype(np.float64), state["0.bias"].astype(np.float64), conv))
+    expected = np.tanh(conv.reference(conv.arrays_in(state, 0), x))
     assert model.predict(x).shape == (n, expected[0].size)
     np.testing.assert_allclose(model.predict(x), expected.reshape(n, -1), rtol=1e-5, atol=1e-5)
 
@@ -66,12 +66,12 @@ def test_gradients_match_finite_differences(device, gemm_family, geometry):
 def test_implicit_gemms_with_tuned_parameters(device, monkeypatch, tile):
     """The implicit convolutions with parameters clnet-tune may pick (other tiles, switches, K split
     in 3) still match the reference, forward and gradients."""
-    monkeypatch.setenv("CLNET_GEMM", "tiled")
+    monkeypatch.setattr(device, "family", "tiled")
     tm, tn, tk, wm, wn, prefetch, vector = tile
     params = {"TILE_M": tm, "TILE_N": tn, "TILE_K": tk, "WPT_M": wm, "WPT_N": wn, "PREFETCH": prefetch,
               "VECTOR": vector, "SLICES": 3}
     gemm_module = importlib.import_module("clnet.ops.gemm")  # clnet.ops.gemm is also the function
-    assert gemm_module.valid_params("gemm_tiled", params)
+    assert gemm_module.GEMM_TILED.valid(params)
     monkeypatch.setattr(gemm_module, "lookup", lambda device, case: params)
     test_forward_matches_reference(device, "tiled", GEOMETRIES[2])
     test_gradients_match_finite_differences(device, "tiled", GEOMETRIES[2])
@@ -82,7 +82,7 @@ def test_gathered_panels_in_slices(device, monkeypatch, rows):
     """The CPU family's implicit convolutions with parameters clnet-tune may pick (rows per
     work-item, K split in 3), and with gathered panels capped at 5 rows of B (more slices), still
     match the reference, forward and gradients."""
-    monkeypatch.setenv("CLNET_GEMM", "cpu")
+    monkeypatch.setattr(device, "family", "cpu")
     gemm_module = importlib.import_module("clnet.ops.gemm")
     monkeypatch.setattr(gemm_module, "lookup", lambda device, case: {"CPU_ROWS": rows, "SLICES": 3})
     for cap in (gemm_module.CPU_GATHER_K, 5):
@@ -95,7 +95,7 @@ def test_gathered_panels_in_slices(device, monkeypatch, rows):
 def test_chunked_columns_give_the_same_results(device, monkeypatch):
     """A batch whose column gradients exceed the budget runs its input gradient in chunks (the last
     one partial): the CPU family's GEMM + col2im path, for strides other than 1."""
-    monkeypatch.setenv("CLNET_GEMM", "cpu")
+    monkeypatch.setattr(device, "family", "cpu")
     layers = lambda: [L.Conv2D(2, 3, 3, padding=1), L.ReLU(), L.Conv2D(3, 2, 3, stride=2), L.Flatten(),
                       L.Dense(2 * 2 * 2, 3)]
     rng = np.random.default_rng(2)
@@ -107,7 +107,7 @@ def test_chunked_columns_give_the_same_results(device, monkeypatch):
         model.compile("cross_entropy", clnet.optim.SGD(lr=0.1))
         model.train_on_batch(x, y)
         results.append((model.gradients(), model.predict(x)))
-        plan = model._graph(7, (2, 6, 5), True, np.int32).plan
+        plan = model._runner(7, (2, 6, 5), True, np.int32).plan
         chunks.append(sum(launch.kernel.function_name == "col2im" for launch in plan.launches))
     assert chunks == [1, 3]
     for key in results[0][0]:

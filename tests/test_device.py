@@ -5,7 +5,7 @@ import pytest
 
 import clnet
 from clnet.device import _select
-from clnet.kernels import KernelLibrary, kernel_dir
+from clnet.kernels import KernelLibrary, kernel_dir, _with_source_lines
 
 
 def fake(index, p_index, d_index, platform, name, kind, units=4):
@@ -65,7 +65,7 @@ def test_real_devices_are_listed_and_opened_by_environment(monkeypatch):
 
 
 def test_kernel_sources_are_found_and_programs_cached(tmp_path):
-    assert (kernel_dir() / "gemm.cl").is_file() and (kernel_dir() / "common.h").is_file()
+    assert (kernel_dir() / "gemm_tiled.cl").is_file() and (kernel_dir() / "gemm_common.h").is_file() and (kernel_dir() / "common.h").is_file()
     dev = clnet.device(device=0)
     library = KernelLibrary(dev)
     first = library.program("elementwise.cl", ACT=1)
@@ -87,3 +87,50 @@ def test_a_kernel_that_does_not_build_reports_file_options_and_log(tmp_path):
     assert error.filename == "broken.cl" and error.options == ["-DACT=2", "-DTILE=8"]
     assert "undefined_thing" in error.log
     assert "broken.cl" in str(error) and "-DACT=2 -DTILE=8" in str(error)
+
+
+def test_the_kernel_family_is_decided_when_the_device_is_opened(monkeypatch):
+    monkeypatch.delenv("CLNET_GEMM", raising=False)
+    dev = clnet.device(device=0)
+    assert dev.family == ("cpu" if dev.info.type == "CPU" else "tiled")
+    monkeypatch.setenv("CLNET_GEMM", "tiled")
+    assert clnet.device(device=0).family == "tiled"
+    assert clnet.device(device=0, family="cpu").family == "cpu"  # the keyword before the variable
+    monkeypatch.setenv("CLNET_GEMM", "cpu")
+    assert dev.family == ("cpu" if dev.info.type == "CPU" else "tiled")  # an opened device keeps its own
+    monkeypatch.setenv("CLNET_GEMM", "fast")
+    with pytest.raises(ValueError, match="CLNET_GEMM must be 'tiled' or 'cpu', not 'fast'"):
+        clnet.device(device=0)
+    with pytest.raises(ValueError, match="family must be 'tiled' or 'cpu', not 'gpu'"):
+        clnet.device(device=0, family="gpu")
+
+
+def test_kernel_files_include_headers_into_the_source_that_keys_the_build(tmp_path):
+    """A file may #include the headers beside it (from any directory: this one has a space in its
+    name); they are expanded into the program's source, which the drivers' caches key on, so that a
+    changed header is a new program for them. Build logs name the file and line of an error."""
+    folder = tmp_path / "kernel sources"
+    folder.mkdir()
+    (folder / "common.h").write_text("// header\n")
+    (folder / "value.h").write_text("#define VALUE 3\n")
+    (folder / "broken.h").write_text("\n#define BROKEN undefined_thing\n")
+    (folder / "k.cl").write_text('#include "value.h"\n'
+                                 "__kernel void f(__global int* x, const int xo) { x[xo] = VALUE; }\n")
+    (folder / "bad.cl").write_text('#include "broken.h"\n\n'
+                                   "__kernel void g(__global int* x) { x[0] = BROKEN; }\n")
+    library = KernelLibrary(clnet.device(device=0), source_dir=folder)
+    assert library.kernel("k.cl", "f").names == ["x"]
+    assert "#define VALUE 3" in library.source("k.cl")
+    with pytest.raises(clnet.KernelBuildError) as caught:
+        library.program("bad.cl")
+    assert "undefined_thing" in caught.value.log and "bad.cl:3" in caught.value.log
+
+
+def test_a_build_log_numbered_by_the_program_names_the_files():
+    """NVIDIA's compiler ignores #line and numbers the lines of the expanded program (<kernel>:11):
+    the library turns those into the file and line they come from."""
+    source = "\n".join(['#line 1 "common.h"', "// header", "", '#line 1 "bad.cl"', '#line 1 "broken.h"', "",
+                        "#define BROKEN undefined_thing", '#line 2 "bad.cl"', "", "__kernel void g() { BROKEN; }"])
+    log = "<kernel>:10:21: error: use of undeclared identifier\n<kernel>:7:16: note: expanded from macro\n<kernel>:99:1"
+    assert _with_source_lines(log, source) == ("bad.cl:3:21: error: use of undeclared identifier\n"
+                                               "broken.h:2:16: note: expanded from macro\n<kernel>:99:1")

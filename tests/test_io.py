@@ -97,7 +97,8 @@ LAYER_EXAMPLES = [
 
 
 def test_every_layer_class_is_described_by_its_config():
-    assert set(cio.LAYER_CLASSES) == {type(layer).__name__ for layer in LAYER_EXAMPLES}
+    assert set(L.LAYERS) == {type(layer).__name__ for layer in LAYER_EXAMPLES}
+    assert set(cio.LAYER_CLASSES) == set(L.LAYERS) | set(L.ALIASES)
     for layer in LAYER_EXAMPLES:
         config = layer.config()
         assert json.loads(json.dumps(config)) == config, layer  # JSON as it is
@@ -165,6 +166,34 @@ def test_batchnorm_dropout_pool_net_round_trip_with_normalisation(device, tmp_pa
         assert moved.normalization == model.normalization
         assert_same_weights(moved.state_dict(), model.state_dict())
         assert_same_outputs_across(device, other, moved.predict(x), expected)
+
+
+def _layer_classes(path):
+    with zipfile.ZipFile(path) as zf:
+        return [spec["class"] for spec in json.loads(zf.read("model.json"))["layers"]]
+
+
+def test_files_naming_former_layer_names_load(device, tmp_path):
+    """Files written before BatchNorm1d / BatchNorm2d became BatchNorm1D / BatchNorm2D still load;
+    saving again writes the canonical names."""
+    model = perturbed(norm_net(device))
+    x = np.random.default_rng(3).uniform(size=(2, 3, 9, 8)).astype(np.float32)
+    path = tmp_path / "old.clnet"
+    model.save(path)
+    former = {cls.__name__: name for name, cls in L.ALIASES.items()}
+
+    def write_former_names(meta):
+        for spec in meta["layers"]:
+            spec["class"] = former.get(spec["class"], spec["class"])
+    edit_json(path, write_former_names)
+    assert {"BatchNorm1d", "BatchNorm2d"} <= set(_layer_classes(path))
+
+    loaded = clnet.load(path, device=device)
+    assert repr(loaded) == repr(model) and "BatchNorm2D(4" in repr(loaded)
+    assert_same_weights(loaded.state_dict(), model.state_dict())
+    np.testing.assert_array_equal(loaded.predict(x), model.predict(x))
+    loaded.save(tmp_path / "new.clnet")
+    assert _layer_classes(tmp_path / "new.clnet") == [type(layer).__name__ for layer in model.layers]
 
 
 def test_saving_is_deterministic_and_keeps_loaded_class_names(device, tmp_path):
@@ -249,7 +278,7 @@ def test_a_bad_file_fails_clearly_naming_the_file(device, tmp_path, case, kind):
         read = clnet.load
     else:
         cio.save_checkpoint(path, model, {"epoch_order": np.arange(4)}, epoch=1)
-        read = cio.load_checkpoint
+        read = clnet.load_checkpoint
     spoil(path)
     with pytest.raises(ModelFileError) as failure:
         read(path, device=device)
@@ -265,7 +294,7 @@ def test_missing_files_and_model_files_read_as_checkpoints_fail_clearly(device, 
     path = tmp_path / "model.clnet"
     small_net(device).save(path)
     with pytest.raises(ModelFileError, match="not a checkpoint"):
-        cio.load_checkpoint(path, device=device)
+        clnet.load_checkpoint(path, device=device)
 
 
 def test_what_a_file_cannot_hold_is_refused_before_anything_is_written(device, tmp_path):
@@ -359,11 +388,11 @@ def test_checkpoint_continues_training_bit_for_bit(device, tmp_path, name):
     weights = model.state_dict()
     cio.save_checkpoint(path, model, state, epoch=2, step=5, classes=["a", "b", "c", "d"])
 
-    restored = cio.load_checkpoint(path, device=device)
+    restored = clnet.load_checkpoint(path, device=device)
     loaded = restored.model
     assert (restored.epoch, restored.step) == (2, 5) and loaded.classes == ["a", "b", "c", "d"]
-    assert repr(loaded.optimizer) == repr(model.optimizer) and loaded.optimizer.steps == 3
-    saved, back = model.optimizer.state_dict(), loaded.optimizer.state_dict()
+    assert repr(loaded.optimizer) == repr(model.optimizer) and loaded.optimizer_state_dict()["steps"] == 3
+    saved, back = model.optimizer_state_dict(), loaded.optimizer_state_dict()
     assert back["config"] == saved["config"] and len(back["state"]) == len(saved["state"])
     for a, b in zip(saved["state"], back["state"]):
         np.testing.assert_array_equal(a, b)
@@ -386,16 +415,16 @@ def test_checkpoint_continues_training_bit_for_bit(device, tmp_path, name):
 
     other = other_device(device)
     if other is not None:
-        moved = cio.load_checkpoint(path, device=other).model
-        assert moved.optimizer.steps == 3
-        for a, b in zip(saved["state"], moved.optimizer.state_dict()["state"]):
+        moved = clnet.load_checkpoint(path, device=other).model
+        assert moved.optimizer_state_dict()["steps"] == 3
+        for a, b in zip(saved["state"], moved.optimizer_state_dict()["state"]):
             np.testing.assert_array_equal(a, b)
 
 
 def test_checkpoint_of_an_uncompiled_model_and_bad_checkpoints(device, tmp_path):
     path = tmp_path / "plain.ckpt"
     cio.save_checkpoint(path, small_net(device))
-    restored = cio.load_checkpoint(path, device=device)
+    restored = clnet.load_checkpoint(path, device=device)
     assert restored.model.optimizer is None and restored.state == {} and (restored.epoch, restored.step) == (0, 0)
 
     model = small_net(device)
@@ -417,6 +446,6 @@ def test_checkpoint_of_an_uncompiled_model_and_bad_checkpoints(device, tmp_path)
         cio.save_checkpoint(path, model, {"order": np.arange(3)})
         spoil()
         with pytest.raises(ModelFileError, match=message) as failure:
-            cio.load_checkpoint(path, device=device)
+            clnet.load_checkpoint(path, device=device)
         assert str(path) in str(failure.value)
         clnet.load(path, device=device)  # the model part is still readable

@@ -73,11 +73,11 @@ def test_training_step_transfers_only_the_batch(device, monkeypatch):
     model = small_mlp(device)
     model.compile("cross_entropy", clnet.optim.Adam())
     model.fit(x, y, epochs=1, batch_size=32, verbose=0)  # compiles the plan
-    graph = model._graph(32, (6,), True, np.int32, model._spec(x.astype(np.float32)))
+    runner = model._runner(32, (6,), True, np.int32, model._spec(x.astype(np.float32)))
     counter = CopyCounter(monkeypatch)
     for start in range(0, 96, 32):
-        graph.step(x[start:start + 32].astype(np.float32), y[start:start + 32].astype(np.int32))
-    graph.sync()
+        runner.train(x[start:start + 32].astype(np.float32), y[start:start + 32].astype(np.int32))
+    runner.sync()
     assert (counter.copies, counter.maps) == (2 * 3, 0)  # images and labels, nothing else
 
     counter.copies = 0
@@ -187,7 +187,7 @@ def test_summary_lists_layers_totals_and_planned_memory(device):
     assert "inference at batch size 32" in text
     model.compile("cross_entropy", clnet.optim.Adam())
     text = model.summary(input_shape=(1, 28, 28), batch_size=64, stream=quiet)
-    arena = model._graph(64, (1, 28, 28), True, np.int32).plan.arena_bytes
+    arena = model._runner(64, (1, 28, 28), True, np.int32).plan.arena_bytes
     assert "training at batch size 64" in text and f"{format_bytes(arena)} activations" in text
 
 
@@ -258,13 +258,13 @@ def test_a_batch_too_large_for_the_device_says_what_fits(device):
     model.compile("mse", "sgd")
     too_many = device.info.global_mem // (4096 * 4) + 1
     with pytest.raises(clnet.OutOfDeviceMemoryError, match="use a batch size of"):
-        model._graph(too_many, (4096,), True, np.float32)
+        model._runner(too_many, (4096,), True, np.float32)
 
 
 def test_no_gradient_is_computed_for_the_network_input(device):
     """Flatten first: the first Dense must not compute d(loss)/d(input), which nobody reads."""
     model = clnet.models.mlp(device=device)
     model.compile("cross_entropy", "sgd")
-    graph = model._graph(8, (1, 28, 28), True, np.int32)
-    gemms = [l for l in graph.plan.launches if l.kernel.function_name.startswith("gemm")]
+    runner = model._runner(8, (1, 28, 28), True, np.int32)
+    gemms = [l for l in runner.plan.launches if l.kernel.function_name.startswith("gemm")]
     assert len(gemms) == 3 + 3 + 2  # forward, weight gradients, input gradients of layers 3 and 5

@@ -1,5 +1,5 @@
-"""BatchNorm1d / BatchNorm2d and Dropout against float64 numpy references (reference.py, and this file
-for the backward pass, the running statistics and the dropout mask).
+"""BatchNorm1d / BatchNorm2d and Dropout against float64 numpy references (the layers' own, and this
+file's for the backward pass, the running statistics and the dropout mask).
 
 Op-level tests drive the layers directly on a plan (a LayerContext over tensors placed at odd offsets
 inside NaN-filled buffers, so a kernel that ignores an offset or reads a padded row poisons its own
@@ -22,7 +22,7 @@ from clnet.layers.norm import BatchNorm1d, BatchNorm2d
 from clnet.ops import dropout as dropout_ops
 from clnet.ops.random import step_arg
 
-from reference import batchnorm_eval, batchnorm_train, forward, loss, numeric_gradients, philox4x32_10, softmax
+from reference import forward, loss, numeric_gradients, philox4x32_10, softmax
 
 
 def f64(a):
@@ -67,7 +67,7 @@ def keep_ref(n, seed, step, p):
 
 
 def layer_seed(model, index):
-    """The seed graph.py hands layer `index` of a model (LayerContext.seed)."""
+    """The seed the compiler hands layer `index` of a model (LayerContext.seed)."""
     return model.seed * 1000 + index
 
 
@@ -125,16 +125,16 @@ def test_batchnorm_forward_training_and_running_stats(device, shape, n_valid, af
     y = layer.forward(ctx, sx.tensor)
     mean_v, invstd_v = ctx.saved["stats"]
     ctx.plan.finalize(ctx.plan.place())
-    ctx.plan.set_dynamic("n_valid", n_valid)  # as graph.py sets it for a padded last batch
+    ctx.plan.set_dynamic("n_valid", n_valid)  # as the runner sets it for a padded last batch
     rm, rv = slots["running_mean"].read(), slots["running_var"].read()
     count = float(slots["num_batches_tracked"].read())
-    w = slots["weight"].read() if affine else None
-    b = slots["bias"].read() if affine else None
+    params = {k: slots[k].read() for k in layer.param_shapes()}
     for step in range(3):
         x = _bn_input(rng, shape, n_valid)
         sx.tensor.upload(x)
         ctx.plan.run()
-        y_ref, mean, var, m = batchnorm_train(x, n_valid, w, b, layer.eps)
+        y_ref = layer.reference(params, x[:n_valid], training=True)
+        mean, var, m = layer.reference_statistics(x[:n_valid])
         rm, rv, count = bn_running_ref(rm, rv, count, mean, var, m, momentum)
         got = y.tensor().download()
         np.testing.assert_allclose(got[:n_valid], y_ref, rtol=1e-5, atol=2e-5, err_msg=f"y, step {step}")
@@ -160,8 +160,7 @@ def test_batchnorm_forward_evaluation(device, shape, affine):
     before = {k: s.read().copy() for k, s in slots.items()}
     y = layer.forward(ctx, sx.tensor)
     execute(ctx.plan)
-    w, b = (before["weight"], before["bias"]) if affine else (None, None)
-    ref = batchnorm_eval(x.astype(np.float32), w, b, before["running_mean"], before["running_var"], 1e-3)
+    ref = layer.reference(before, x.astype(np.float32))
     np.testing.assert_allclose(y.tensor().download(), ref, rtol=1e-5, atol=1e-5)
     for k, s in slots.items():
         np.testing.assert_array_equal(s.read(), before[k], err_msg=k)
@@ -209,7 +208,7 @@ def test_batchnorm_shape_checks_and_arguments():
     for kwargs in (dict(num_features=0), dict(num_features=3, eps=0.0), dict(num_features=3, momentum=1.5)):
         with pytest.raises(ValueError):
             BatchNorm2d(**kwargs)
-    assert repr(BatchNorm1d(4, momentum=None, affine=False)) == "BatchNorm1d(4, momentum=None, affine=False)"
+    assert repr(BatchNorm1d(4, momentum=None, affine=False)) == "BatchNorm1D(4, momentum=None, affine=False)"
 
 
 # ------------------------------------------------------------------------- dropout, op level
@@ -221,7 +220,7 @@ def _dropout_run(device, n, p, seed, steps, offset=7):
     sx, sy = Slot(device, x, offset), Slot.output(device, (n,), offset + 3)
     plan = new_plan(device)
     launch = dropout_ops.dropout(plan, sx.tensor, sy.tensor, p, seed)
-    plan.bind_dynamic("step", launch, dropout_ops.STEP_ARG, step_arg)
+    plan.bind_dynamic("step", launch, "step", step_arg)
     plan.finalize(plan.place())
     outs = []
     for step in steps:

@@ -10,10 +10,10 @@ import importlib
 
 import numpy as np
 import pytest
-from conftest import GUARD, Slot, execute, new_plan
+from conftest import GUARD, Slot, execute, new_plan, upload
 
 from clnet import losses, ops, optim, tune
-from clnet.ops.gemm import cpu_params, split_k
+from clnet.ops.gemm import GEMM_PACKED, GEMM_TILED
 
 gemm_module = importlib.import_module("clnet.ops.gemm")  # clnet.ops.gemm is also the function's name
 
@@ -93,8 +93,9 @@ def test_gemm_split_k(device, gemm_family, layout):
     rng = np.random.default_rng(5)
     plan = new_plan(device)
     m, n, k = 5, 70, 3001
-    assert split_k(device, m, n, k) > 1 and split_k(device, 300, 300, 100) == 1
-    assert cpu_params(m, n, k)["SLICES"] > 1 and cpu_params(300, 300, 100)["SLICES"] == 1
+    assert GEMM_TILED.split_k(device, m, n, k) > 1 and GEMM_TILED.split_k(device, 300, 300, 100) == 1
+    cpu_slices = lambda m, n, k: GEMM_PACKED.default(device, m, n, k, {})["SLICES"]
+    assert cpu_slices(m, n, k) > 1 and cpu_slices(300, 300, 100) == 1
     sc, ref, _ = _gemm_case(device, rng, plan, m, n, k, layout, (3, 5, 64, 0))
     # into a matrix whose leading dimension is wider than its columns, which stay as they were
     a, b = f32(rng.uniform(-1, 1, (m, k))), f32(rng.uniform(-1, 1, (k, n)))
@@ -112,7 +113,7 @@ def test_gemm_split_k(device, gemm_family, layout):
 def test_gemm_packed_slices_whatever_the_work_groups(device, monkeypatch):
     """gemm_packed finds its K slice from its global index: a driver free to choose the work-groups
     of a split launch may make them more than one slice deep (PoCL 5 did, on a 16-core Xeon)."""
-    monkeypatch.setenv("CLNET_GEMM", "cpu")
+    monkeypatch.setattr(device, "family", "cpu")
     monkeypatch.setattr(gemm_module, "lookup", lambda device, case: {"CPU_ROWS": 4, "SLICES": 4})
     rng = np.random.default_rng(8)
     plan = new_plan(device)
@@ -126,9 +127,10 @@ def test_gemm_packed_slices_whatever_the_work_groups(device, monkeypatch):
 
 def _tuning_candidates(device, kernel):
     if kernel == "gemm_packed":
-        found = [{"CPU_ROWS": r} for r in tune.CPU_ROWS]
+        found = [{"CPU_ROWS": r} for r in gemm_module.GEMM_PACKED.rows]
     else:
-        found = [params for tile in tune.tile_params(device) for params in [tile] + tune.variants(device, tile)]
+        tiled = gemm_module.GEMM_TILED
+        found = [params for tile in tiled.tile_params(device) for params in [tile] + tiled.variants(device, tile)]
     return [{**params, "SLICES": 3 if i % 3 == 0 else 1} for i, params in enumerate(found)]
 
 
@@ -137,7 +139,7 @@ def test_gemm_every_tuning_candidate(device, monkeypatch, kernel):
     """Whatever clnet-tune may pick computes the same products: every parameter set of the tuner's
     space (a third of them splitting K), each on one of the layouts the kernel serves in turn, with
     and without a bias and activation, at awkward shapes and offsets."""
-    monkeypatch.setenv("CLNET_GEMM", "tiled" if kernel == "gemm_tiled" else "cpu")
+    monkeypatch.setattr(device, "family", "tiled" if kernel == "gemm_tiled" else "cpu")
     layouts = list(LAYOUTS)
     rng = np.random.default_rng(3)
     for i, params in enumerate(_tuning_candidates(device, kernel)):
@@ -369,7 +371,7 @@ def _loss_slots(device, kind, z, t, i=0):
 
 
 def run_loss(device, kind, z, t, n_valid, flags, metrics0=(0.0, 0.0, 0.0, 0.0), runs=1):
-    """One loss launch with n_valid set as graph.py sets it; returns (grad, probs, metrics)."""
+    """One loss launch with n_valid set as the runner sets it; returns (grad, probs, metrics)."""
     loss = LOSS_KINDS[kind]()
     rows, cols = z.shape
     sz, st, sgrad, sprobs = _loss_slots(device, kind, z, t)
@@ -377,8 +379,8 @@ def run_loss(device, kind, z, t, n_valid, flags, metrics0=(0.0, 0.0, 0.0, 0.0), 
     plan = new_plan(device)
     launch = loss.record(plan, sz.tensor, st.tensor, sgrad.tensor, sprobs.tensor, smetrics.tensor, flags)
     plan.finalize(plan.place())
-    launch.set(losses.N_VALID_ARG, n_valid)
-    launch.set(losses.SCALE_ARG, loss.grad_scale(n_valid, cols))
+    launch.set("n_valid", n_valid)
+    launch.set("scale", loss.grad_scale(n_valid, cols))
     for _ in range(runs):
         plan.run()
     device.finish()
@@ -481,8 +483,8 @@ def test_loss_metrics_accumulate(device, kind):
         cases.append((loss_reference(kind, z, t, n_valid), sgrad, n_valid))
     plan.finalize(plan.place())
     for launch, n_valid, cols in launches:
-        launch.set(losses.N_VALID_ARG, n_valid)
-        launch.set(losses.SCALE_ARG, loss.grad_scale(n_valid, cols))
+        launch.set("n_valid", n_valid)
+        launch.set("scale", loss.grad_scale(n_valid, cols))
     plan.run()
     plan.run()
     metrics = smetrics.read().astype(np.float64)
@@ -536,19 +538,20 @@ def adam_reference(p, grads, lrs, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0
 
 
 def run_optimizer(device, opt, p0, grads, lrs, replan_at=None):
-    """Steps as graph.py takes them (new gradients, prepare, run), params at an odd offset; at
+    """Steps as the runner takes them (new gradients, prepare, run), params at an odd offset; at
     `replan_at` the update is recorded again in a new plan (optimizer state must carry over)."""
     sp = Slot(device, p0, 13, fill=GUARD)
     sg = Slot(device, np.zeros_like(p0), 21)
+    state = [upload(device, np.zeros_like(p0)) for _ in range(opt.slots)]
     plan = launch = None
     for step, (g, lr) in enumerate(zip(grads, lrs)):
         if plan is None or step == replan_at:
             plan = new_plan(device)
-            launch = opt.record(plan, sp.tensor, sg.tensor)
+            launch = opt.record(plan, sp.tensor, sg.tensor, state)
             plan.finalize(plan.place())
         opt.lr = lr
         sg.tensor.upload(g)
-        opt.prepare(launch)
+        opt.prepare(launch, step + 1)
         plan.run()
     device.finish()
     np.testing.assert_array_equal(sg.read(), grads[-1])  # gradients are read, never written
@@ -586,5 +589,4 @@ def test_optimizer_steps(device, name, kwargs, ref_kwargs, n):
     reference = sgd_reference if name == "sgd" else adam_reference
     want = reference(p0, grads, lrs, **ref_kwargs)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-    assert opt.steps == 6
     assert np.abs(want - p0).max() > 1e-3  # the steps moved the parameters well beyond the tolerance

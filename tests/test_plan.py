@@ -5,10 +5,15 @@ import pytest
 from conftest import new_plan
 
 from clnet import ops
+from clnet.kernels import Argument, Kernel
 from clnet.plan import ALIGN, Plan
 from clnet.tensor import DeviceTensor
 
-KERNEL = object()  # placement only looks at the arguments of a launch, never at its kernel
+
+def _launch(plan, global_size, local_size, *args):
+    """A launch for placement only, which looks at the arguments of a launch, never at its kernel."""
+    arguments = tuple(Argument(f"a{i}", i, False) for i in range(len(args)))
+    return plan.launch(Kernel(None, "placement_only", arguments), global_size, local_size, *args)
 
 
 def _live(v):
@@ -42,7 +47,7 @@ def test_place_random_plans(seed):
         values.append(v.view((1, v.size)))
     for _ in range(int(rng.integers(1, 30))):
         args = rng.choice(len(values), size=int(rng.integers(1, 4)), replace=False)
-        plan.launch(KERNEL, (64,), (64,), 3, *(values[i] for i in args), 1.5)
+        _launch(plan, (64,), (64,), 3, *(values[i] for i in args), 1.5)
     arena = plan.place()
     check_placement(plan, arena)
     for v in values:
@@ -57,7 +62,7 @@ def test_place_reuses_memory_along_a_chain():
     plan = Plan(None)
     xs = [plan.value((5, 20), f"x{i}") for i in range(5)]
     for a, b in zip(xs, xs[1:]):
-        plan.launch(KERNEL, (100,), None, a, b)
+        _launch(plan, (100,), None, a, b)
     arena = plan.place()
     check_placement(plan, arena)
     slot = -(-100 // ALIGN) * ALIGN
@@ -71,11 +76,11 @@ def test_place_mixed_sizes_share():
     keep = plan.value((10,), "kept")
     big = plan.value((1000,), "big")
     small = [plan.value((300,), f"s{i}") for i in range(3)]
-    plan.launch(KERNEL, (1,), None, keep, big)      # 0
-    plan.launch(KERNEL, (1,), None, big, small[0])  # 1: big dies here
-    plan.launch(KERNEL, (1,), None, small[0], small[1])
-    plan.launch(KERNEL, (1,), None, small[1], small[2])
-    plan.launch(KERNEL, (1,), None, small[2], keep)  # keep lives from 0 to 4
+    _launch(plan, (1,), None, keep, big)      # 0
+    _launch(plan, (1,), None, big, small[0])  # 1: big dies here
+    _launch(plan, (1,), None, small[0], small[1])
+    _launch(plan, (1,), None, small[1], small[2])
+    _launch(plan, (1,), None, small[2], keep)  # keep lives from 0 to 4
     arena = plan.place()
     check_placement(plan, arena)
     reused = [v for v in small[1:] if v.base < big.base + big.size and big.base < v.base + v.size]
@@ -88,10 +93,10 @@ def test_place_views_extend_their_root():
     plan = Plan(None)
     x = plan.value((4, 25), "x")
     a, b, c = (plan.value((100,), n) for n in "abc")
-    plan.launch(KERNEL, (1,), None, x, a)           # 0
-    plan.launch(KERNEL, (1,), None, a, b)           # 1: x is not an argument, but still live
+    _launch(plan, (1,), None, x, a)           # 0
+    _launch(plan, (1,), None, a, b)           # 1: x is not an argument, but still live
     flat = x.view((100,))
-    plan.launch(KERNEL, (1,), None, b, flat, c)     # 2
+    _launch(plan, (1,), None, b, flat, c)     # 2
     assert (x.first, x.last) == (0, 2)
     assert flat.root is x and flat.first is None    # liveness lives on the root
     arena = plan.place()
@@ -104,7 +109,7 @@ def test_place_alignment_and_unused_values():
     plan = Plan(None)
     vals = [plan.value((n,), f"v{n}") for n in (1, 3, 65, 129, 64)]
     unused = plan.value((10_000,), "never used")
-    plan.launch(KERNEL, (1,), None, *vals)
+    _launch(plan, (1,), None, *vals)
     arena = plan.place()
     check_placement(plan, arena)
     assert len({v.base for v in vals}) == len(vals)  # all live together
@@ -121,16 +126,16 @@ def test_value_view_must_fit_inside_its_value():
         x.view((2, 4), offset=5)
     assert x.view((12,)).size == 12
     part = x.view((2, 4), offset=4).view((4,), offset=2)  # offsets add up, memory stays x's
-    plan.launch(KERNEL, (64,), None, part)
+    _launch(plan, (64,), None, part)
     plan.place()
     assert part.root is x and part.offset == x.offset + 6
 
 
 def test_launch_rounds_global_size():
     plan = Plan(None)
-    launch = plan.launch(KERNEL, (100, 3), (64, 4))
+    launch = _launch(plan, (100, 3), (64, 4))
     assert launch.global_size == (128, 4)
-    assert plan.launch(KERNEL, (100,), None).global_size == (100,)
+    assert _launch(plan, (100,), None).global_size == (100,)
 
 
 def test_placed_chain_computes_the_right_thing(device, gemm_family):
@@ -179,3 +184,51 @@ def test_placed_chain_computes_the_right_thing(device, gemm_family):
         plan.run()
         got = out.tensor().download()
         np.testing.assert_allclose(got, reference(xv), rtol=1e-5, atol=1e-6)
+
+
+def test_arguments_are_set_by_the_names_of_the_kernel_signature(device):
+    """Launch.set and bind_dynamic name an argument as the .cl source does (a tensor by its pointer),
+    and change what the next run computes."""
+    x, y = DeviceTensor.from_numpy(device, np.array([-1, 2, -3, 4], np.float32)), DeviceTensor.empty(device, (4,))
+    plan = new_plan(device)
+    launch = ops.activation_forward(plan, "relu", x, y)
+    assert launch.kernel.names == ["n", "x", "y"]
+    plan.bind_dynamic("count", launch, "n")
+    plan.finalize(plan.place())
+    plan.set_dynamic("count", 2)
+    plan.run()
+    np.testing.assert_array_equal(y.download()[:2], [0, 2])
+    y.fill(7)
+    launch.set("x", x.view((2,), 2))  # a tensor argument: its pointer and offset
+    plan.run()
+    np.testing.assert_array_equal(y.download(), [0, 4, 7, 7])
+
+
+def test_wrong_argument_counts_and_names_are_errors_naming_the_kernel(device):
+    plan = new_plan(device)
+    x = plan.value((4,), "x")
+    kernel = plan.kernel("elementwise.cl", "activation_forward", ACT=1)
+    with pytest.raises(TypeError, match=r"kernel activation_forward takes 3 arguments \(n, x, y\), given 2"):
+        plan.launch(kernel, (4,), None, 4, x)
+    with pytest.raises(TypeError, match=r"takes 3 arguments .*given 4"):
+        plan.launch(kernel, (4,), None, 4, x, x, x)
+    assert not plan.launches
+    launch = plan.launch(kernel, (4,), None, 4, x, x)
+    with pytest.raises(TypeError, match=r"kernel activation_forward has no argument 'xo'; its arguments are n, x, y"):
+        launch.set("xo", 0)  # an offset is part of its tensor, not an argument of its own
+    with pytest.raises(TypeError, match="has no argument 'size'"):
+        plan.bind_dynamic("n_valid", launch, "size")
+    plan.finalize(plan.place())
+    with pytest.raises(TypeError, match="argument x is a tensor, given 3"):
+        launch.set("x", 3)
+
+
+def test_kernel_arguments_come_from_signatures_with_macros(device):
+    """Argument names are read from the compiled kernel, so macro-built signatures (LOSS_ARGS) and
+    type macros (SRC_T) name theirs too."""
+    plan = new_plan(device)
+    loss = plan.kernel("loss.cl", "softmax_cross_entropy", LOSS_WG=64)
+    assert loss.names == ["rows", "cols", "n_valid", "flags", "scale", "z", "grad", "probs", "metrics", "labels"]
+    gather = plan.kernel("data.cl", "gather_images", SRC_UINT8=True)
+    assert gather.names[-4:] == ["order", "src", "norm", "out"]
+    assert [a.index for a in gather.arguments[-4:]] == [12, 14, 16, 18]

@@ -1,4 +1,4 @@
-"""Pooling (MaxPool2D, AvgPool2D, GlobalAvgPool2D) against the float64 numpy references of reference.py
+"""Pooling (MaxPool2D, AvgPool2D, GlobalAvgPool2D) against the float64 numpy references of the layers
 (forward) and of this file (backward).
 
 Op level: every launcher on awkward geometries (batch 1 and 3, non-square and one-row images,
@@ -21,11 +21,11 @@ from conftest import Slot, execute, new_plan
 import clnet
 from clnet import layers as L
 from clnet.errors import ShapeError
-from clnet.layers.pool import AvgPool2D, GlobalAvgPool2D, MaxPool2D
+from clnet.layers.pool import AvgPool2D, GlobalAvgPool2D, MaxPool2D, window_index, window_values
+from clnet.ops import int_pair
 from clnet.ops import pool as pool_ops
 
-from reference import (avgpool2d, forward, loss, maxpool2d, numeric_gradients, pair, softmax, window_values,
-                       windows)
+from reference import forward, loss, numeric_gradients, softmax
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -43,7 +43,7 @@ def maxpool_backward_ref(argmax, dy, h, w):
 
 def avgpool_backward_ref(dy, h, w, kernel, stride, padding):
     """Scatter: each window spreads dy / (KH*KW) over its elements; what falls on padding is dropped."""
-    index = windows(h, w, kernel, stride, padding)
+    index = window_index(h, w, kernel, stride, padding)
     k = index.shape[-1]
     n, c = dy.shape[:2]
     dx = np.zeros((n, c, h * w + 1))
@@ -95,7 +95,7 @@ def test_maxpool_op(device, gemm_family, case, kind):
     rng = np.random.default_rng(CASES.index(case))
     shape, kernel, stride, padding = _geometry(case)
     x = make_input(kind, rng, shape)
-    y_ref, argmax_ref = maxpool2d(x, kernel, stride, padding)
+    y_ref, argmax_ref = MaxPool2D(kernel, stride, padding).reference_with_argmax(x)
     dy = rng.normal(size=y_ref.shape).astype(np.float32)
 
     sx, sdy = Slot(device, x, 7), Slot(device, dy, 11)
@@ -116,9 +116,9 @@ def test_maxpool_op(device, gemm_family, case, kind):
     np.testing.assert_array_equal(sdy.read(), dy)
     if kind == "negative":
         assert (y_ref < 0).all()  # padding that won (as 0 or as anything above the image) would show
-    if kind in ("ties", "equal") and prod(pair(kernel)) > 1:
+    if kind in ("ties", "equal") and prod(int_pair(kernel)) > 1:
         # windows whose maximum occurs more than once: choosing any but the first would fail
-        values = window_values(x.astype(np.float64), windows(*shape[2:], kernel, stride, padding), -np.inf)
+        values = window_values(x.astype(np.float64), window_index(*shape[2:], kernel, stride, padding), -np.inf)
         assert ((values == y_ref[..., None]).sum(axis=-1) > 1).any()
 
 
@@ -128,7 +128,7 @@ def test_avgpool_op(device, case, kind):
     rng = np.random.default_rng(CASES.index(case) + 50)
     shape, kernel, stride, padding = _geometry(case)
     x = make_input(kind, rng, shape)
-    y_ref = avgpool2d(x, kernel, stride, padding)
+    y_ref = AvgPool2D(kernel, stride, padding).reference({}, x)
     dy = rng.normal(size=y_ref.shape).astype(np.float32)
     sx, sdy = Slot(device, x, 17), Slot(device, dy, 1)
     sy, sdx = Slot.output(device, y_ref.shape, 6), Slot.output(device, shape, 21)
@@ -325,9 +325,8 @@ class Unflatten(L.Layer):
     def backward(self, ctx, x, y, dy, need_dx):
         return dy.view(x.shape) if need_dx else None
 
-    def reference_forward(self, a):
-        """The float64 twin, for reference.forward."""
-        return a.reshape(len(a), *self.shape)
+    def reference(self, params, x, training=False):
+        return x.reshape(len(x), *self.shape)
 
 
 def check_network(device, layers, x, y, pool_index):
@@ -341,7 +340,7 @@ def check_network(device, layers, x, y, pool_index):
         # float32 on the device could choose differently from float64 between near-equal values
         a = forward(layers[:pool_index], state, x)
         layer = layers[pool_index]
-        index = windows(*a.shape[2:], layer.kernel_size, layer.stride, layer.padding)
+        index = window_index(*a.shape[2:], layer.kernel_size, layer.stride, layer.padding)
         values = np.sort(window_values(a, index, -np.inf), axis=-1)
         gaps = values[..., -1] - values[..., -2]
         assert ((gaps > 1e-4) | (gaps == 0) & (values[..., -1] == 0)).all(), "near tie: change the seed"

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import clnet
-from clnet.training import CosineLR, EarlyStopping, ReduceLROnPlateau, Schedule, StepLR
+from clnet.callbacks import CosineLR, EarlyStopping, ReduceLROnPlateau, Schedule, StepLR
 
 
 def test_schedules():
@@ -82,3 +82,35 @@ def test_schedule_and_early_stopping_resume_exactly(device, tmp_path):
     assert resumed[1] == straight[1]
     for key in straight[0]:
         np.testing.assert_array_equal(resumed[0][key], straight[0][key])
+
+
+def test_a_callback_of_ones_own_sees_every_hook_in_order_and_can_stop_training(device):
+    (x, y), _ = clnet.datasets.load_mnist_5k()
+    calls = []
+
+    class Recorder(clnet.callbacks.Callback):
+        def on_train_begin(self):
+            calls.append(("train_begin", self.trainer.steps_per_epoch, self.model is model))
+
+        def on_epoch_begin(self, epoch):
+            calls.append(("epoch_begin", epoch))
+
+        def on_step_begin(self, epoch, step):
+            calls.append(("step_begin", epoch, step))
+
+        def on_step_end(self, epoch, step):
+            calls.append(("step_end", epoch, step))
+
+        def on_epoch_end(self, epoch, logs):
+            calls.append(("epoch_end", epoch, sorted(logs)))
+            self.trainer.stop_training = epoch == 2
+
+        def on_train_end(self):
+            calls.append(("train_end", self.trainer.history.epochs))
+
+    model = clnet.models.mlp(device=device, seed=0)
+    model.compile("cross_entropy", "sgd")
+    model.fit(x[:100], y[:100], epochs=5, batch_size=40, validation_split=0.2, verbose=0, callbacks=[Recorder()])
+    epoch = lambda e: [("epoch_begin", e), ("step_begin", e, 0), ("step_end", e, 0), ("step_begin", e, 1),
+                       ("step_end", e, 1), ("epoch_end", e, ["accuracy", "loss", "lr", "val_accuracy", "val_loss"])]
+    assert calls == [("train_begin", 2, True), *epoch(1), *epoch(2), ("train_end", [1, 2])]

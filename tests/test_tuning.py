@@ -2,16 +2,19 @@
 
 import importlib
 import json
+import re
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
 import clnet
 from clnet import layers as L
 from clnet import tune, tuning
-from clnet.ops.gemm import TILED
+from clnet.ops.gemm import GEMM_TILED, SPECS, Call
 from clnet.tuning import Case
 
+TILED = GEMM_TILED.defaults
 TUNED = {**TILED, "TILE_M": 32, "TILE_N": 64, "WPT_M": 2}
 
 
@@ -71,7 +74,7 @@ def test_a_corrupt_cache_is_reported_ignored_and_replaced(tmp_path, content):
 
 def test_invalid_tuned_parameters_fall_back_to_the_defaults(device, monkeypatch):
     """A hand-edited cache with parameters a kernel cannot take changes nothing."""
-    monkeypatch.setenv("CLNET_GEMM", "tiled")
+    monkeypatch.setattr(device, "family", "tiled")
     model = clnet.Sequential([L.Dense(5, 3)], device=device, seed=0)
     x = np.random.default_rng(0).normal(size=(4, 5))
     expected = model.predict(x)
@@ -81,7 +84,7 @@ def test_invalid_tuned_parameters_fall_back_to_the_defaults(device, monkeypatch)
         np.testing.assert_array_equal(model.predict(x), expected)
 
 
-def test_the_tuner_writes_what_later_plans_use(device, tmp_path, monkeypatch, capsys):
+def test_the_tuner_writes_what_later_plans_use(device, tmp_path, monkeypatch):
     """clnet-tune on one small network: every GEMM of its training graph is tuned and cached for
     this device, and a model built afterwards computes the same as with the defaults."""
     path = tmp_path / "cache" / "tuning.json"
@@ -89,8 +92,9 @@ def test_the_tuner_writes_what_later_plans_use(device, tmp_path, monkeypatch, ca
     before = clnet.models.mlp(device=device, seed=0).predict(x)
     args = ["--device", str(device.info.index), "--models", "mlp", "--batch-sizes", "8", "--sizes", "40",
             "--min-time", "0.001", "--repeats", "1", "--output", str(path)]
-    assert tune.main(args) == 0
-    out = capsys.readouterr().out
+    result = CliRunner().invoke(tune.main, args)
+    assert result.exit_code == 0, result.output
+    out = result.output
     assert "tuning 9 GEMMs" in out and f"wrote 9 tuned cases to {path}" in out
     entry = json.loads(path.read_text())["devices"][tuning.device_key(device)]
     assert len(entry["cases"]) == 9 and entry["source"] == tuning.source_hash()
@@ -105,7 +109,7 @@ def test_the_tuner_checks_each_candidate_against_the_default(device, monkeypatch
     threads, as on GPUs)."""
     calls = tune.collect(device, [], [], [48])
     (case, call), = calls
-    real, default = tune.Operands.record, tune.candidates(device, call)[0]
+    real, default = tune.Operands.record, SPECS[call.kernel].candidates(device, call)[0]
 
     def broken(self, params):
         plan = real(self, params)
@@ -120,20 +124,20 @@ def test_the_tuner_checks_each_candidate_against_the_default(device, monkeypatch
 
 
 def test_the_tuner_names_a_missing_device():
-    with pytest.raises(SystemExit, match="clnet-tune: .*no-such-platform"):
-        tune.main(["--platform", "no-such-platform"])
+    result = CliRunner().invoke(tune.main, ["--platform", "no-such-platform"])
+    assert result.exit_code == 1 and re.match("Error: .*no-such-platform", result.output)
 
 
 def test_the_tuner_covers_what_chunked_convolutions_read(device, monkeypatch):
     """On the CPU family the input gradient of a strided convolution runs on chunks of dY: views whose
     leading dimension reaches past their own shape. The tuner's operands span all of it, and every
     candidate agrees."""
-    monkeypatch.setenv("CLNET_GEMM", "cpu")
+    monkeypatch.setattr(device, "family", "cpu")
     monkeypatch.setattr(importlib.import_module("clnet.ops.conv"), "COLUMNS", 3 * 27 * 4)  # 3 images a chunk
     model = clnet.Sequential([L.Conv2D(2, 3, 3, padding=1), L.ReLU(), L.Conv2D(3, 2, 3, stride=2), L.Flatten(),
                               L.Dense(2 * 2 * 2, 3)], device=device, seed=0).compile("cross_entropy", "sgd")
     with tuning.recording() as calls:
-        model._graph(7, (2, 6, 5), True, np.int32)
+        model._runner(7, (2, 6, 5), True, np.int32)
     chunked = [(case, call) for case, call in calls if case.layout == "TN" and call.b[1] > call.shape[1]]
     assert chunked
     for case, call in chunked:
@@ -142,3 +146,17 @@ def test_the_tuner_covers_what_chunked_convolutions_read(device, monkeypatch):
         reports = []
         tune.tune_case(device, case, call, 0.001, 1, reports.append)
         assert not reports, reports
+
+
+@pytest.mark.parametrize("kernel", ["gemm_tiled", "gemm_packed"])
+def test_the_tuner_tries_only_what_the_launcher_takes(device, kernel):
+    """One spec per kernel serves both: every candidate (and switch variant) of the tuner is a
+    valid parameter set for the launcher, the default first."""
+    spec = SPECS[kernel]
+    for shape in ((300, 200, 1000), (16, 16, 4096)):
+        call = Call(kernel, (("TRANS_B", 1),), shape, (0, 0), (0, 0), (0, 0, None), 0)
+        found = spec.candidates(device, call)
+        assert found[0] == spec.default(device, *shape, {"TRANS_B": 1}) and len(found) > 1
+        for params in found:
+            assert spec.valid(params), params
+            assert all(spec.valid(variant) for variant in spec.variants(device, params))

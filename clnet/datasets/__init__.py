@@ -7,7 +7,9 @@ from .cifar import load_cifar
 from .dataset import Dataset
 from .folder import ImageFolder
 from .idx import load_idx_pair, read_idx
+from .inputs import fit_array, match_channels, read_array_file, read_image, read_inputs
 from .registry import DATASETS, cache_dir, fetch, load, locate
 
-__all__ = ["DATASETS", "Dataset", "ImageFolder", "cache_dir", "fetch", "load", "load_arrays", "load_cifar",
-           "load_idx_pair", "load_mnist_5k", "locate", "read_idx"]
+__all__ = ["DATASETS", "Dataset", "ImageFolder", "cache_dir", "fetch", "fit_array", "load", "load_arrays",
+           "load_cifar", "load_idx_pair", "load_mnist_5k", "locate", "match_channels", "read_array_file",
+           "read_idx", "read_image", "read_inputs"]

@@ -4,6 +4,9 @@ Pickled Python objects are never loaded (np.load with allow_pickle=False): a .np
 dict, or an object array, is refused.
 """
 
+from __future__ import annotations
+
+import os
 import zipfile
 import zlib
 from pathlib import Path
@@ -94,12 +97,18 @@ def _labels(y, count, where):
     return y.astype(np.int64)
 
 
-def load_arrays(path, name=None):
+def load_arrays(path: str | os.PathLike, name: str | None = None) -> tuple[Dataset, Dataset | None]:
     """(train, test) Datasets from numpy arrays; test is None when the file holds one pair.
 
     `path`: an .npz with keys x and y, or x_train and y_train (plus x_test and y_test); or a folder
     holding x.npy and y.npy (or x_train.npy, y_train.npy, x_test.npy, y_test.npy).
     Images (N, C, H, W) or (N, H, W), uint8 or float; labels integers (N,).
+    `name` (default: the file's name without its suffix) names the datasets, with "-train" and "-test"
+    appended when there are two.
+
+    Example:
+        >>> np.savez("digits.npz", x_train=x, y_train=y, x_test=x_test, y_test=y_test)
+        >>> train, test = load_arrays("digits.npz")
     """
     path = Path(path)
     base = name or path.stem or str(path)

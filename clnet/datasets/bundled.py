@@ -1,5 +1,8 @@
 """The bundled dataset: 5000 real MNIST images (500 per class), split 4000 / 1000 stratified."""
 
+from __future__ import annotations
+
+import os
 import zipfile
 from pathlib import Path
 
@@ -11,8 +14,20 @@ MNIST_5K = Path(__file__).with_name("mnist_5k.npz")
 SHAPES = {"x_train": (4000, 1, 28, 28), "y_train": (4000,), "x_test": (1000, 1, 28, 28), "y_test": (1000,)}
 
 
-def load_mnist_5k(path=MNIST_5K):
-    """((x_train, y_train), (x_test, y_test)): float32 images in [0, 1] of shape (N, 1, 28, 28), int64 labels."""
+def load_mnist_5k(path: str | os.PathLike = MNIST_5K) -> tuple[tuple[np.ndarray, np.ndarray],
+                                                                tuple[np.ndarray, np.ndarray]]:
+    """((x_train, y_train), (x_test, y_test)): float32 images in [0, 1] of shape (N, 1, 28, 28), int64 labels.
+
+    Shape:
+        x_train: (4000, 1, 28, 28), y_train: (4000,); x_test: (1000, 1, 28, 28), y_test: (1000,).
+
+    Args:
+        path: the .npz to read; the default is the copy inside the package.
+
+    Example:
+        >>> (x, y), (x_test, y_test) = clnet.datasets.load_mnist_5k()
+        >>> model.fit(x, y, epochs=3)
+    """
     try:
         with np.load(path) as archive:
             arrays = {key: archive[key] for key in SHAPES}

@@ -10,7 +10,10 @@ Both distributions are read:
 Pixels are 1024 red, 1024 green, 1024 blue values, each plane 32 rows of 32: (3, 32, 32).
 """
 
+from __future__ import annotations
+
 import io
+import os
 import pickle
 import tarfile
 import zlib
@@ -315,13 +318,20 @@ def _text_names(source, name, count):
     return _names([line for line in lines if line], count, where, "the file")
 
 
-def load_cifar(path, variant, split, name=None, label_mode="fine"):
+def load_cifar(path: str | os.PathLike, variant: str, split: str, name: str | None = None,
+               label_mode: str = "fine") -> Dataset:
     """A Dataset of CIFAR-10 or CIFAR-100 images (N, 3, 32, 32) uint8, int64 labels and the class names.
 
     `path`: an official archive (python or binary version), or a folder holding one unpacked
     (cifar-10-batches-py, cifar-10-batches-bin, cifar-100-python, cifar-100-binary) or holding
     their files directly. `variant`: "cifar10" or "cifar100"; `split`: "train" or "test";
     `label_mode` (CIFAR-100 only): "fine" (100 classes) or "coarse" (20 superclasses).
+    `name` defaults to "<variant>-<split>".
+
+    Example:
+        >>> train = load_cifar("cifar-10-python.tar.gz", "cifar10", "train")
+        >>> train.x.shape, train.classes[:3]
+        ((50000, 3, 32, 32), ['airplane', 'automobile', 'bird'])
     """
     if variant not in LAYOUTS:
         raise ValueError(f"variant must be 'cifar10' or 'cifar100', not {variant!r}")

@@ -1,6 +1,11 @@
 """Dataset: images and integer labels in memory, as every reader returns them."""
 
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ..errors import DatasetError
 
@@ -10,9 +15,20 @@ class Dataset:
     `y`: int64 class labels (N,); `classes`: the class names when known; `name`: where it came from.
 
     Unpacks like a pair: `x, y = dataset`.
+
+    Args:
+        x: images (N, C, H, W), or (N, H, W) for one channel; uint8 is kept, other numbers become float32.
+        y: non-negative integer labels (N,).
+        classes: the class names, in label order.
+        name: where the data came from, for messages.
+
+    Example:
+        >>> train = Dataset(np.zeros((10, 28, 28), np.uint8), np.arange(10) % 2, classes=["even", "odd"])
+        >>> train.image_shape, train.num_classes, len(train)
+        ((1, 28, 28), 2, 10)
     """
 
-    def __init__(self, x, y, classes=None, name="dataset"):
+    def __init__(self, x: ArrayLike, y: ArrayLike, classes: Sequence[str] | None = None, name: str = "dataset"):
         x, y = np.asarray(x), np.asarray(y)
         if x.ndim == 3:  # (N, H, W): one channel
             x = x[:, None]
@@ -31,17 +47,19 @@ class Dataset:
         self.name = name
 
     @property
-    def num_classes(self):
+    def num_classes(self) -> int:
+        """len(classes) when they are known, else the largest label + 1 (0 for no samples)."""
         return len(self.classes) if self.classes is not None else int(self.y.max()) + 1 if len(self.y) else 0
 
     @property
-    def image_shape(self):
+    def image_shape(self) -> tuple[int, ...]:
+        """The shape of one image, (C, H, W)."""
         return self.x.shape[1:]
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.x)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[np.ndarray]:
         return iter((self.x, self.y))
 
     def __repr__(self):

@@ -5,7 +5,10 @@ dimension, then the values in C order, big-endian. Compression is detected from 
 (the gzip magic bytes), never from the file name.
 """
 
+from __future__ import annotations
+
 import gzip
+import os
 import zlib
 from pathlib import Path
 
@@ -45,11 +48,15 @@ def _read_bytes(path):
         raise DatasetError(f"{path}: corrupt gzip stream ({exc}): {REDOWNLOAD}") from None
 
 
-def read_idx(path):
+def read_idx(path: str | os.PathLike) -> np.ndarray:
     """The array stored in an IDX file (raw or gzip), in native byte order.
 
     Raises DatasetError for a missing file, a wrong magic number, an unknown type code, a file
     shorter than its header promises, bytes left after the data, or a corrupt gzip stream.
+
+    Example:
+        >>> read_idx("train-labels-idx1-ubyte.gz").shape
+        (60000,)
     """
     data = _read_bytes(path)
     if len(data) < 4:
@@ -96,11 +103,17 @@ def _images_to_uint8(images, path):
     return images.astype(np.uint8)
 
 
-def load_idx_pair(images_path, labels_path, name=None):
+def load_idx_pair(images_path: str | os.PathLike, labels_path: str | os.PathLike,
+                  name: str | None = None) -> Dataset:
     """A Dataset from an IDX images file (N, H, W) and an IDX labels file (N,).
 
     Images become (N, 1, H, W) uint8 (float IDX images stay float, as float32); labels int64.
     `name` defaults to the images file's name.
+
+    Example:
+        >>> test = load_idx_pair("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+        >>> test.x.shape, test.x.dtype
+        ((10000, 1, 28, 28), dtype('uint8'))
     """
     images = read_idx(images_path)
     labels = read_idx(labels_path)

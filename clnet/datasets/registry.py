@@ -23,11 +23,14 @@ folder part of every download URL: file `f` of dataset `d` comes from `<mirror>/
 Fashion-MNIST and KMNIST use the same file names). Checksums are verified all the same.
 """
 
+from __future__ import annotations
+
 import difflib
 import importlib
 import os
 import tarfile
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,7 +149,7 @@ def known(name):
     return next((ds for key, ds in DATASETS.items() if _key(key) == _key(name)), None)
 
 
-def cache_dir():
+def cache_dir() -> Path:
     """Where downloads go: $CLNET_DATA_DIR, else platformdirs' user cache folder for clnet + "datasets"."""
     env = os.environ.get(CACHE_ENV)
     if env:
@@ -187,8 +190,12 @@ def _present(ds, folder):
     return found
 
 
-def locate(name, data_dir=None):
-    """The first folder holding all of a known dataset's files, or None."""
+def locate(name: str, data_dir: str | os.PathLike | None = None) -> Path | None:
+    """The first folder holding all of a known dataset's files, or None; nothing is downloaded.
+
+    Example:
+        >>> locate("fashion-mnist")   # e.g. PosixPath('/usr/share/datasets/fashion-mnist')
+    """
     ds = _require(name)
     for folder in search_dirs(ds.name, data_dir):
         if len(_present(ds, folder)) == len(ds.files):
@@ -196,9 +203,20 @@ def locate(name, data_dir=None):
     return None
 
 
-def fetch(name, data_dir=None, download=True, mirror=None):
+def fetch(name: str, data_dir: str | os.PathLike | None = None, download: bool = True,
+          mirror: str | None = None) -> Path:
     """The folder holding a known dataset's files: found on disk, else downloaded into the cache
-    (when `download`). Raises DatasetError naming the files, URLs and folders when neither works."""
+    (when `download`). Raises DatasetError naming the files, URLs and folders when neither works.
+
+    Args:
+        name: a known dataset (a key of DATASETS; case, '-' and '_' ignored), not the bundled one.
+        data_dir: a folder to look in first (see the module's docstring).
+        download: download the missing files into the cache when they are found nowhere.
+        mirror: replaces the folder part of the download URLs (default: $CLNET_DATASET_MIRROR).
+
+    Example:
+        >>> folder = fetch("mnist")            # ~/.cache/clnet/datasets/mnist after a download
+    """
     ds = _require(name)
     if ds.format == "bundled":
         raise DatasetError(f"{ds.name} ships inside clnet: load it with load({ds.name!r})")
@@ -253,7 +271,8 @@ def _not_found_message(ds, data_dir, mirror, reason):
 # ---------------------------------------------------------------- load
 
 
-def load(name_or_path, data_dir=None, download=True, image_size=None, label_mode="fine"):
+def load(name_or_path: str | os.PathLike, data_dir: str | os.PathLike | None = None, download: bool = True,
+         image_size: int | Sequence[int] | None = None, label_mode: str = "fine") -> tuple[Dataset, Dataset | None]:
     """(train, test) Datasets for a known dataset name or a path; test is None when the source
     has no test split.
 
@@ -262,6 +281,11 @@ def load(name_or_path, data_dir=None, download=True, image_size=None, label_mode
     `data_dir` and `download` apply to known names (see the module's docstring); `image_size`
     (int or (h, w)) resizes folders of images and must otherwise match the images' size;
     `label_mode` ("fine" or "coarse") chooses CIFAR-100's labels.
+
+    Example:
+        >>> train, test = clnet.datasets.load("fashion-mnist")       # found on disk or downloaded
+        >>> train, test = clnet.datasets.load("./photos", image_size=64)   # one folder per class
+        >>> model.fit(train, epochs=5, validation_data=test)
     """
     if label_mode not in ("fine", "coarse"):
         raise DatasetError(f"label_mode must be 'fine' or 'coarse', not {label_mode!r}")

@@ -1,8 +1,18 @@
-"""Layer: shape inference, parameters and the launches of its forward and backward passes."""
+"""Layer: shape inference, parameters, the launches of its forward and backward passes, its ONNX
+nodes and its float64 numpy reference."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Union
 
 import numpy as np
 
-from ..errors import ShapeError
+from ..errors import InputError, ShapeError
+from .onnx_builder import OnnxBuilder
+
+#: A size given for both image dimensions (an int) or per dimension (an (h, w) pair).
+IntOrPair = Union[int, Sequence[int]]
 
 
 class LayerContext:
@@ -26,26 +36,28 @@ class Layer:
     #: True for layers whose GEMM epilogue can apply a following activation (Dense, Conv2D).
     fuses_activation = False
 
-    def config(self):
+    def config(self) -> dict:
         """The constructor arguments as a JSON-able dict (lists for pairs), so that
         `type(layer)(**layer.config())` rebuilds the layer; model files store it. Layers that take
         arguments override this."""
         return {}
 
-    def param_shapes(self):
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
         """{name: shape} of the trainable parameters, in state_dict order."""
         return {}
 
-    def buffer_shapes(self):
+    def buffer_shapes(self) -> dict[str, tuple[int, ...]]:
         """{name: shape} of non-trainable state (running statistics), after the parameters in state_dict."""
         return {}
 
-    def init_params(self, rng, followed_by=None):
+    def init_params(self, rng: np.random.Generator, followed_by: Layer | None = None) -> dict[str, np.ndarray]:
         """{name: float32 array} initial values of parameters and buffers; `followed_by` is the next
         layer (it chooses the initialisation)."""
         return {}
 
-    def output_shape(self, input_shape):
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The output shape per sample of an input shape per sample; a ShapeError if the layer
+        cannot take it."""
         return tuple(input_shape)
 
     def forward(self, ctx, x):
@@ -56,9 +68,27 @@ class Layer:
         not need_dx). x and y are the forward pass's input and output values."""
         raise NotImplementedError
 
-    def flops(self, input_shape):
+    def flops(self, input_shape: tuple[int, ...]) -> int:
         """Forward multiply-adds x 2 for one sample."""
         return 0
+
+    def arrays_in(self, state: Mapping[str, np.ndarray], prefix: str | int) -> dict[str, np.ndarray]:
+        """The layer's parameters and buffers, by name ("weight", ...), out of a state_dict whose
+        keys for this layer start with `prefix` ("0.weight" for prefix 0)."""
+        return {name: state[f"{prefix}.{name}"] for name in (*self.param_shapes(), *self.buffer_shapes())}
+
+    def to_onnx(self, builder: OnnxBuilder, name: str, prefix: str, arrays: Mapping[str, np.ndarray]) -> None:
+        """Add the layer's ONNX nodes to `builder` (clnet/export.py): they read its current value and
+        leave the layer's output as the current value. `name` names the nodes, `prefix` the
+        initializers (f"{prefix}.weight", the state_dict keys); `arrays` are the layer's parameters
+        and buffers by name (`arrays_in`)."""
+        raise InputError(f"layer {name} ({self!r}) has no ONNX export")
+
+    def reference(self, params: Mapping[str, np.ndarray], x: np.ndarray, training: bool = False) -> np.ndarray:
+        """The float64 numpy forward pass of a batch x (N, *input_shape), with PyTorch's semantics:
+        the twin the tests check the device against. `params` are the layer's parameters and
+        buffers by name (`arrays_in`); `training` selects training behaviour (batch statistics)."""
+        raise NotImplementedError(f"{self!r} has no float64 reference")
 
     def shape_error(self, expected, got, hint=""):
         """The graph prefixes the layer's position and name."""

@@ -1,28 +1,42 @@
-"""Conv2D: NCHW convolution, weight (out, in, kh, kw) as torch.nn.Conv2d. The forward pass and the
-weight gradient run as implicit GEMMs (operands gathered from the NCHW tensors as the GEMM reads
-them). The input gradient is one implicit GEMM on the GPU family; on the CPU family, for stride 1,
-the convolution of dY with the flipped weight (again a gathering GEMM), else a GEMM into a column
-matrix (in chunks of images within a budget) plus col2im."""
+"""Conv2D: NCHW convolution, weight (out, in, kh, kw) as torch.nn.Conv2d; its passes are the
+launchers of ops/conv.py, which choose the algorithm for the device."""
+
+from __future__ import annotations
 
 import numpy as np
 
 from .. import ops
 from ..ops import conv as conv_ops
-from ..ops.conv import ConvGeometry, col2im, conv_bias_act_backward, images_per_chunk
-from ..ops.gemm import Matrix, family
+from ..ops.conv import ConvGeometry, conv_bias_act_backward
 from .activation import ReLU
-from .base import Layer, glorot_uniform, he_uniform
+from .base import IntOrPair, Layer, glorot_uniform, he_uniform
 
 
 class Conv2D(Layer):
-    """2-D convolution over (C, H, W) inputs; kernel_size, stride, padding and dilation are ints or
-    (h, w) pairs, and padding="same" keeps the size for stride 1 (the extra row/column of an even
-    kernel goes bottom/right, as PyTorch pads). A following activation runs in the GEMM epilogue."""
+    """2-D convolution of images, as torch.nn.Conv2d (cross-correlation, weight (out, in, kh, kw)).
+    A following activation runs in the GEMM epilogue.
+
+    Args:
+        in_channels, out_channels: channels of the input and of the output.
+        kernel_size, stride, dilation: ints or (h, w) pairs.
+        padding: zeros added on each side, an int or an (h, w) pair; or "same" (stride 1 only),
+            which keeps the size; an even kernel's extra row/column goes bottom/right, as PyTorch.
+        bias: learn a per-channel bias (initially zero).
+        init: the weight's initialisation: "he", "glorot", or "auto" (He before a ReLU, Glorot
+            otherwise).
+
+    Shape:
+        Input (in_channels, H, W); output (out_channels, OH, OW) with
+        OH = (H + 2 padding - dilation (kernel - 1) - 1) // stride + 1 (likewise OW).
+
+    Example:
+        >>> clnet.Sequential([Conv2D(1, 8, 3, padding=1), ReLU(), MaxPool2D(2)])  # (1, 28, 28) -> (8, 14, 14)
+    """
 
     fuses_activation = True
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
-                 bias=True, init="auto"):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: IntOrPair, stride: IntOrPair = 1,
+                 padding: IntOrPair | str = 0, dilation: IntOrPair = 1, bias: bool = True, init: str = "auto"):
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         if self.in_channels < 1 or self.out_channels < 1:
             raise ValueError(f"Conv2D needs positive channel counts, got ({in_channels}, {out_channels})")
@@ -65,12 +79,18 @@ class Conv2D(Layer):
             params["bias"] = np.zeros(self.out_channels, np.float32)
         return params
 
-    def _top_left_padding(self):
-        if self.padding == "same":
-            return tuple(d * (k - 1) // 2 for d, k in zip(self.dilation, self.kernel_size))
-        return self.padding
+    def _padding_sides(self):
+        """((top, bottom), (left, right)): "same" puts the odd extra row/column of an even (dilated)
+        kernel at the bottom/right, as PyTorch pads."""
+        if self.padding != "same":
+            return tuple((p, p) for p in self.padding)
+        totals = [d * (k - 1) for d, k in zip(self.dilation, self.kernel_size)]
+        return tuple((t // 2, t - t // 2) for t in totals)
 
-    def geometry(self, input_shape):
+    def _top_left_padding(self):
+        return tuple(before for before, _ in self._padding_sides())
+
+    def geometry(self, input_shape: tuple[int, int, int]) -> ConvGeometry:
         c, h, w = input_shape
         (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
         ph, pw = self._top_left_padding()
@@ -81,7 +101,7 @@ class Conv2D(Layer):
             ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
         return ConvGeometry(c, h, w, kh, kw, oh, ow, sh, sw, ph, pw, dh, dw)
 
-    def output_shape(self, input_shape):
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, int, int]:
         if len(input_shape) != 3 or input_shape[0] != self.in_channels:
             raise self.shape_error(f"({self.in_channels}, height, width)", input_shape)
         g = self.geometry(input_shape)
@@ -99,7 +119,7 @@ class Conv2D(Layer):
         g = self.geometry(x.shape[1:])
         y = ctx.plan.value((x.shape[0], self.out_channels, g.OH, g.OW), f"{self!r} output")
         weight = ctx.params["weight"].view((self.out_channels, g.rows))
-        conv_ops.implicit_forward(ctx.plan, g, x.shape[0], x, weight, y, ctx.params.get("bias"),
+        conv_ops.forward(ctx.plan, g, x.shape[0], x, weight, y, ctx.params.get("bias"),
                                   ops.ACTIVATIONS[ctx.act])
         return y
 
@@ -114,28 +134,33 @@ class Conv2D(Layer):
         conv_bias_act_backward(plan, act, dy.view(shape), (y if act else dy).view(shape), dpre,
                                ctx.grads.get("bias"))
         weight = ctx.params["weight"].view((self.out_channels, g.rows))
-        conv_ops.implicit_weight_grad(plan, g, batch, dpre, x, ctx.grads["weight"].view((self.out_channels, g.rows)))
+        conv_ops.weight_grad(plan, g, batch, dpre, x, ctx.grads["weight"].view((self.out_channels, g.rows)))
         if not need_dx:
             return None
         dx = plan.value(x.shape, f"{self!r} input grad")
-        if family(plan.device) == "tiled":
-            conv_ops.implicit_input_grad(plan, g, batch, weight, dpre, dx)
-            return dx
-        if conv_ops.transposed(g, self.out_channels):  # stride 1: a convolution of dpre
-            conv_ops.gathered_input_grad(plan, g, batch, weight, dpre, dx)
-            return dx
-        # Otherwise dcol = weight^T . dpre in chunks of images within the column budget, each
-        # folded back into dx by col2im.
-        per = images_per_chunk(g, batch)
-        dcol = plan.value((g.rows, per * g.pixels), f"{self!r} column grads")
-        image = g.C * g.H * g.W
-        for start in range(0, batch, per):
-            images = min(per, batch - start)
-            chunk = Matrix(dpre.view((self.out_channels, pixels - start * g.pixels), start * g.pixels),
-                           self.out_channels, images * g.pixels, ld=pixels)
-            ops.gemm(plan, weight, chunk, Matrix(dcol, g.rows, images * g.pixels, ld=per * g.pixels), trans_a=True)
-            col2im(plan, g, images, dcol, dx.view((images, g.C, g.H, g.W), start * image), per * g.pixels)
+        conv_ops.input_grad(plan, g, batch, weight, dpre, dx)
         return dx
+
+    def to_onnx(self, builder, name, prefix, arrays):
+        inputs = [builder.constant(f"{prefix}.weight", arrays["weight"])]
+        if self.bias:
+            inputs.append(builder.constant(f"{prefix}.bias", arrays["bias"]))
+        (top, bottom), (left, right) = self._padding_sides()
+        builder.add("Conv", name, inputs, kernel_shape=list(self.kernel_size), strides=list(self.stride),
+                    dilations=list(self.dilation), pads=[top, left, bottom, right], group=1)
+
+    def reference(self, params, x, training=False):
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
+        weight = np.asarray(params["weight"], np.float64)
+        xp = np.pad(np.asarray(x, np.float64), ((0, 0), (0, 0), *self._padding_sides()))
+        oh = (xp.shape[2] - dh * (kh - 1) - 1) // sh + 1
+        ow = (xp.shape[3] - dw * (kw - 1) - 1) // sw + 1
+        y = np.zeros((len(xp), self.out_channels, oh, ow))
+        for i in range(kh):
+            for j in range(kw):
+                patch = xp[:, :, i * dh:i * dh + sh * (oh - 1) + 1:sh, j * dw:j * dw + sw * (ow - 1) + 1:sw]
+                y += np.einsum("nchw,oc->nohw", patch, weight[:, :, i, j])
+        return y + np.asarray(params["bias"], np.float64)[None, :, None, None] if self.bias else y
 
     def __repr__(self):
         extra = "".join(f", {name}={value!r}" for name, value, default in (

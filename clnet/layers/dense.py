@@ -1,5 +1,7 @@
 """Dense (fully connected) layer: y = x W^T + b, W of shape (out, in) as torch.nn.Linear."""
 
+from __future__ import annotations
+
 import numpy as np
 
 from .. import ops
@@ -8,10 +10,25 @@ from .base import Layer, glorot_uniform, he_uniform
 
 
 class Dense(Layer):
+    """Fully connected layer, as torch.nn.Linear: y = x W^T + b. A following activation runs in the
+    GEMM epilogue.
+
+    Args:
+        in_features, out_features: sizes of each input and output sample.
+        bias: learn a bias (initially zero).
+        init: the weight's initialisation: "he", "glorot", or "auto" (He before a ReLU, Glorot
+            otherwise).
+
+    Shape:
+        Input (in_features,); output (out_features,). Images need a Flatten first.
+
+    Example:
+        >>> clnet.Sequential([Flatten(), Dense(784, 128), ReLU(), Dense(128, 10)])
+    """
+
     fuses_activation = True
 
-    def __init__(self, in_features, out_features, bias=True, init="auto"):
-        """`init`: "he", "glorot", or "auto" (He before a ReLU, Glorot otherwise); biases start at zero."""
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, init: str = "auto"):
         if int(in_features) < 1 or int(out_features) < 1:
             raise ValueError(f"Dense needs positive sizes, got ({in_features}, {out_features})")
         if init not in ("auto", "he", "glorot"):
@@ -39,7 +56,7 @@ class Dense(Layer):
             params["bias"] = np.zeros(self.out_features, np.float32)
         return params
 
-    def output_shape(self, input_shape):
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int]:
         if tuple(input_shape) != (self.in_features,):
             hint = "add a Flatten layer before it" if len(input_shape) > 1 else ""
             raise self.shape_error((self.in_features,), input_shape, hint)
@@ -66,6 +83,16 @@ class Dense(Layer):
         dx = plan.value(x.shape, f"{self!r} input grad")
         ops.gemm(plan, dpre, ctx.params["weight"], dx)
         return dx
+
+    def to_onnx(self, builder, name, prefix, arrays):
+        inputs = [builder.constant(f"{prefix}.weight", arrays["weight"])]
+        if self.bias:
+            inputs.append(builder.constant(f"{prefix}.bias", arrays["bias"]))
+        builder.add("Gemm", name, inputs, transB=1)  # the weight is (out, in)
+
+    def reference(self, params, x, training=False):
+        y = np.asarray(x, np.float64) @ np.asarray(params["weight"], np.float64).T
+        return y + np.asarray(params["bias"], np.float64) if self.bias else y
 
     def __repr__(self):
         return f"Dense({self.in_features}, {self.out_features}{'' if self.bias else ', bias=False'})"

@@ -1,10 +1,13 @@
-"""Batch normalisation layers with PyTorch's semantics (torch.nn.BatchNorm1d / BatchNorm2d).
+"""Batch normalisation layers with PyTorch's semantics (torch.nn.BatchNorm1d / BatchNorm2d): BatchNorm1D
+and BatchNorm2D (also importable by their former names BatchNorm1d and BatchNorm2d).
 
 Training normalises with the statistics of the batch (its valid rows only, when the last batch is
 padded) and updates the running statistics; evaluation uses the running statistics. Parameters
 `weight` and `bias` (when affine) are trainable; `running_mean`, `running_var` and
 `num_batches_tracked` are buffers, in torch's state_dict order.
 """
+
+from __future__ import annotations
 
 from math import prod
 
@@ -16,12 +19,12 @@ from .base import Layer
 
 
 class _BatchNorm(Layer):
+    """Shared by BatchNorm1D and BatchNorm2D: all but the input shapes they accept."""
+
     #: input shapes per sample that the layer accepts, as text for errors
     expected = ""
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True):
-        """`momentum`: weight of the new batch in the running statistics; None for a cumulative
-        average (as torch). `affine`: learn a per-channel weight and bias."""
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True):
         if int(num_features) < 1:
             raise ValueError(f"{type(self).__name__} needs a positive number of features, got {num_features}")
         if not eps > 0:
@@ -55,7 +58,7 @@ class _BatchNorm(Layer):
             values.update(weight=np.ones(c, np.float32), bias=np.zeros(c, np.float32))
         return values
 
-    def output_shape(self, input_shape):
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         if not self._accepts(tuple(input_shape)):
             raise self.shape_error(self.expected, input_shape)
         return tuple(input_shape)
@@ -81,7 +84,7 @@ class _BatchNorm(Layer):
             plan, x, y, weight, bias, buffers["running_mean"], buffers["running_var"],
             buffers["num_batches_tracked"], mean, invstd, self.eps, self.momentum)
         # statistics over the valid rows only: the graph sets n_valid for a padded last batch
-        plan.bind_dynamic("n_valid", launch, norm_ops.N_VALID_ARG)
+        plan.bind_dynamic("n_valid", launch, "n_valid")
         ctx.saved["stats"] = (mean, invstd)
         return y
 
@@ -93,8 +96,42 @@ class _BatchNorm(Layer):
         dx = plan.value(x.shape, f"{self!r} input grad") if need_dx else None
         launch = norm_ops.batchnorm_backward(plan, x, dy, dx, ctx.params.get("weight"), ctx.grads.get("weight"),
                                              ctx.grads.get("bias"), mean, invstd)
-        plan.bind_dynamic("n_valid", launch, norm_ops.N_VALID_ARG)
+        plan.bind_dynamic("n_valid", launch, "n_valid")
         return dx
+
+    def to_onnx(self, builder, name, prefix, arrays):
+        c = self.num_features
+        if self.affine:
+            scale = builder.constant(f"{prefix}.weight", arrays["weight"])
+            shift = builder.constant(f"{prefix}.bias", arrays["bias"])
+        else:  # BatchNormalization requires a scale and a shift
+            scale = builder.constant(f"{prefix}.scale", np.ones(c, np.float32))
+            shift = builder.constant(f"{prefix}.shift", np.zeros(c, np.float32))
+        statistics = [builder.constant(f"{prefix}.{key}", arrays[key]) for key in ("running_mean", "running_var")]
+        builder.add("BatchNormalization", name, [scale, shift, *statistics], epsilon=self.eps)
+
+    def reference_statistics(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+        """(mean, biased variance, values per channel) of a batch x (N, C, ...) in float64: what
+        training normalises with."""
+        x = np.asarray(x, np.float64)
+        per_channel = x.reshape(len(x), x.shape[1], -1)
+        return (per_channel.mean(axis=(0, 2)), per_channel.var(axis=(0, 2)),
+                per_channel.shape[0] * per_channel.shape[2])
+
+    def reference(self, params, x, training=False):
+        """Training normalises with the batch's statistics, evaluation with the running ones."""
+        x = np.asarray(x, np.float64)
+        if training:
+            mean, var, _ = self.reference_statistics(x)
+        else:
+            mean, var = params["running_mean"], params["running_var"]
+        shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)
+
+        def per_channel(v):
+            return np.asarray(v, np.float64).reshape(shape)
+
+        y = (x - per_channel(mean)) / np.sqrt(per_channel(var) + self.eps)
+        return y * per_channel(params["weight"]) + per_channel(params["bias"]) if self.affine else y
 
     def __repr__(self):
         extra = "" if self.eps == 1e-5 else f", eps={self.eps:g}"
@@ -103,8 +140,21 @@ class _BatchNorm(Layer):
         return f"{type(self).__name__}({self.num_features}{extra})"
 
 
-class BatchNorm2d(_BatchNorm):
-    """Per-channel normalisation of images (C, H, W), statistics over (N, H, W)."""
+class BatchNorm2D(_BatchNorm):
+    """Per-channel normalisation of images, as torch.nn.BatchNorm2d: statistics over (N, H, W).
+
+    Args:
+        num_features: the channels C.
+        eps: added to the variance.
+        momentum: the new batch's weight in the running statistics; None for a cumulative average.
+        affine: learn a per-channel weight and bias (initially 1 and 0).
+
+    Shape:
+        Input (C, H, W); the output has the same shape.
+
+    Example:
+        >>> clnet.Sequential([Conv2D(3, 16, 3, padding=1), BatchNorm2D(16), ReLU()])
+    """
 
     expected = "(num_features, H, W)"
 
@@ -112,10 +162,27 @@ class BatchNorm2d(_BatchNorm):
         return len(shape) == 3 and shape[0] == self.num_features
 
 
-class BatchNorm1d(_BatchNorm):
-    """Per-feature normalisation of vectors (F,) (or of sequences (F, L), statistics over (N, L))."""
+class BatchNorm1D(_BatchNorm):
+    """Per-feature normalisation, as torch.nn.BatchNorm1d: statistics over N (and L for sequences).
+
+    Args:
+        num_features: the features F.
+        eps: added to the variance.
+        momentum: the new batch's weight in the running statistics; None for a cumulative average.
+        affine: learn a per-feature weight and bias (initially 1 and 0).
+
+    Shape:
+        Input (F,) or (F, L); the output has the same shape.
+
+    Example:
+        >>> clnet.Sequential([Flatten(), Dense(784, 128), BatchNorm1D(128), ReLU(), Dense(128, 10)])
+    """
 
     expected = "(num_features,) or (num_features, L)"
 
     def _accepts(self, shape):
         return len(shape) in (1, 2) and shape[0] == self.num_features
+
+
+# The former names (before one casing for all layers): the same classes.
+BatchNorm1d, BatchNorm2d = BatchNorm1D, BatchNorm2D

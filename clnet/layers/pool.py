@@ -5,12 +5,14 @@ Padding is -inf for max pooling and zeros, counted in the divisor, for average p
 (count_include_pad=True). Backward passes are deterministic gathers (kernels_cl/pool.cl).
 """
 
+from __future__ import annotations
+
 import numpy as np
 
 from ..ops import int_pair
 from ..ops.pool import (avgpool_backward, avgpool_forward, global_avgpool_backward, global_avgpool_forward,
                         maxpool_backward, maxpool_forward, output_hw)
-from .base import Layer
+from .base import IntOrPair, Layer
 
 
 def _pair(cls, name, value, minimum):
@@ -28,6 +30,25 @@ def _require_image(layer, input_shape):
         raise layer.shape_error("(channels, height, width)", input_shape, hint)
 
 
+def window_index(h: int, w: int, kernel_size: IntOrPair, stride: IntOrPair, padding: IntOrPair) -> np.ndarray:
+    """Index of every window element in a plane flattened to h*w values plus one padding value at
+    index h*w: shape (OH, OW, KH*KW), window elements in row-major order (for the references)."""
+    (kh, kw), (sh, sw), (ph, pw) = int_pair(kernel_size), int_pair(stride), int_pair(padding)
+    oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    rows = (np.arange(oh) * sh - ph)[:, None, None, None] + np.arange(kh)[None, None, :, None]
+    cols = (np.arange(ow) * sw - pw)[None, :, None, None] + np.arange(kw)[None, None, None, :]
+    inside = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
+    return np.where(inside, rows * w + cols, h * w).reshape(oh, ow, kh * kw)
+
+
+def window_values(x: np.ndarray, index: np.ndarray, pad_value: float) -> np.ndarray:
+    """The values of x (N, C, H, W) at `index` (from `window_index`), with pad_value on the padding:
+    shape (N, C, OH, OW, KH*KW)."""
+    n, c, h, w = x.shape
+    planes = np.concatenate([x.reshape(n, c, h * w), np.full((n, c, 1), pad_value)], axis=2)
+    return planes[:, :, index]
+
+
 def _show(p):
     """An int when both sides agree, as PyTorch prints them."""
     return str(p[0]) if p[0] == p[1] else str(p)
@@ -36,7 +57,7 @@ def _show(p):
 class _Pool2D(Layer):
     """Shared by MaxPool2D and AvgPool2D: the window, shape inference, flops and repr."""
 
-    def __init__(self, kernel_size, stride=None, padding=0):
+    def __init__(self, kernel_size: IntOrPair, stride: IntOrPair | None = None, padding: IntOrPair = 0):
         cls = type(self).__name__
         self.kernel_size = _pair(cls, "kernel_size", kernel_size, 1)
         self.stride = self.kernel_size if stride is None else _pair(cls, "stride", stride, 1)
@@ -50,7 +71,7 @@ class _Pool2D(Layer):
     def config(self):
         return {"kernel_size": list(self.kernel_size), "stride": list(self.stride), "padding": list(self.padding)}
 
-    def output_shape(self, input_shape):
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, int, int]:
         _require_image(self, input_shape)
         c, h, w = input_shape
         oh, ow = output_hw(h, w, self.kernel_size, self.stride, self.padding)
@@ -66,6 +87,13 @@ class _Pool2D(Layer):
         c, oh, ow = self.output_shape(input_shape)
         return c * oh * ow * self.kernel_size[0] * self.kernel_size[1]
 
+    def _onnx_window(self):
+        """The ONNX attributes of the window: pads are [top, left, bottom, right]."""
+        return dict(kernel_shape=list(self.kernel_size), strides=list(self.stride), pads=list(self.padding) * 2)
+
+    def _window_index(self, x):
+        return window_index(*x.shape[2:], self.kernel_size, self.stride, self.padding)
+
     def _output(self, ctx, x):
         n, c, h, w = x.shape
         return ctx.plan.value((n, *self.output_shape((c, h, w))), f"{self!r} output")
@@ -80,9 +108,21 @@ class _Pool2D(Layer):
 
 
 class MaxPool2D(_Pool2D):
-    """Max over each window. Training plans keep the argmax of every window (int32, in the plan's
-    arena) for the backward pass, so the input need not stay alive until then; ties go to the first
-    maximum in row-major window order, as PyTorch."""
+    """Max over each window, as torch.nn.MaxPool2d; padding is -inf. Training plans keep the argmax
+    of every window (int32, in the plan's arena) for the backward pass, so the input need not stay
+    alive until then; ties go to the first maximum in row-major window order, as PyTorch.
+
+    Args:
+        kernel_size: the window, an int or an (h, w) pair.
+        stride: the window's step, an int or a pair; by default the kernel size.
+        padding: added on each side, at most half the kernel size, an int or a pair.
+
+    Shape:
+        Input (C, H, W); output (C, OH, OW), OH = (H + 2 padding - kernel) // stride + 1 (likewise OW).
+
+    Example:
+        >>> clnet.Sequential([Conv2D(1, 8, 3, padding=1), ReLU(), MaxPool2D(2)])  # (1, 28, 28) -> (8, 14, 14)
+    """
 
     def forward(self, ctx, x):
         y = self._output(ctx, x)
@@ -102,9 +142,39 @@ class MaxPool2D(_Pool2D):
         maxpool_backward(ctx.plan, argmax, dy, dx, self.kernel_size, self.stride, self.padding)
         return dx
 
+    def to_onnx(self, builder, name, prefix, arrays):
+        builder.add("MaxPool", name, **self._onnx_window())
+
+    def reference_with_argmax(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(y, argmax) in float64 as torch.nn.functional.max_pool2d(..., return_indices=True): the
+        first maximum of a window in row-major order; argmax is its flat index h*W+w in the plane."""
+        x = np.asarray(x, np.float64)
+        index = self._window_index(x)
+        values = window_values(x, index, -np.inf)
+        choice = np.argmax(values, axis=-1)[..., None]
+        y = np.take_along_axis(values, choice, -1)[..., 0]
+        argmax = np.take_along_axis(np.broadcast_to(index, values.shape), choice, -1)[..., 0]
+        return y, argmax
+
+    def reference(self, params, x, training=False):
+        return self.reference_with_argmax(x)[0]
+
 
 class AvgPool2D(_Pool2D):
-    """Mean of each window; zero padding counts in the divisor (count_include_pad=True)."""
+    """Mean of each window, as torch.nn.AvgPool2d: zero padding counts in the divisor
+    (count_include_pad=True).
+
+    Args:
+        kernel_size: the window, an int or an (h, w) pair.
+        stride: the window's step, an int or a pair; by default the kernel size.
+        padding: zeros added on each side, at most half the kernel size, an int or a pair.
+
+    Shape:
+        Input (C, H, W); output (C, OH, OW), OH = (H + 2 padding - kernel) // stride + 1 (likewise OW).
+
+    Example:
+        >>> clnet.Sequential([Conv2D(3, 8, 3), Tanh(), AvgPool2D(3, stride=2, padding=1)])
+    """
 
     def forward(self, ctx, x):
         y = self._output(ctx, x)
@@ -118,12 +188,25 @@ class AvgPool2D(_Pool2D):
         avgpool_backward(ctx.plan, dy, dx, self.kernel_size, self.stride, self.padding)
         return dx
 
+    def to_onnx(self, builder, name, prefix, arrays):
+        builder.add("AveragePool", name, count_include_pad=1, **self._onnx_window())
+
+    def reference(self, params, x, training=False):
+        x = np.asarray(x, np.float64)
+        return window_values(x, self._window_index(x), 0.0).mean(axis=-1)
+
 
 class GlobalAvgPool2D(Layer):
-    """Mean of each channel's image: (C, H, W) -> (C, 1, 1), as torch.nn.AdaptiveAvgPool2d(1);
-    a Flatten after it gives (C,)."""
+    """Mean of each channel's image, as torch.nn.AdaptiveAvgPool2d(1).
 
-    def output_shape(self, input_shape):
+    Shape:
+        Input (C, H, W); output (C, 1, 1): a Flatten after it gives (C,).
+
+    Example:
+        >>> clnet.Sequential([Conv2D(3, 16, 3), ReLU(), GlobalAvgPool2D(), Flatten(), Dense(16, 10)])
+    """
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, int, int]:
         _require_image(self, input_shape)
         return (input_shape[0], 1, 1)
 
@@ -144,3 +227,9 @@ class GlobalAvgPool2D(Layer):
         dx = ctx.plan.value(x.shape, f"{self!r} input grad")
         global_avgpool_backward(ctx.plan, dy, dx)
         return dx
+
+    def to_onnx(self, builder, name, prefix, arrays):
+        builder.add("GlobalAveragePool", name)
+
+    def reference(self, params, x, training=False):
+        return np.asarray(x, np.float64).mean(axis=(2, 3), keepdims=True)

@@ -1,9 +1,14 @@
-"""Launchers for the convolution: the implicit GEMMs, col2im (the CPU family's input gradient for
-strides other than 1), and the fused bias/activation backward."""
+"""Launchers for the convolution's passes: `forward`, `weight_grad` and `input_grad` (each choosing
+its algorithm for the device's family and the geometry), and the fused bias/activation backward.
+
+The forward pass and the weight gradient are implicit GEMMs (operands gathered from the NCHW
+tensors as the GEMM reads them). The input gradient is one implicit GEMM on the GPU family; on the
+CPU family, for stride 1, the convolution of dY with the flipped weight (again a gathering GEMM),
+else a GEMM into a column matrix (in chunks of images within COLUMNS) plus col2im."""
 
 from dataclasses import asdict, dataclass
 
-from .gemm import Matrix, family, record_gemm
+from .gemm import SUM_SLICES_FILE, Matrix, gemm, record_gemm
 
 FILE = "conv.cl"
 LOCAL = 64
@@ -62,19 +67,19 @@ def conv_bias_act_backward(plan, act_code, dy, y, dpre, db):
     batch, channels, pixels = dy.shape
     slices = max(1, min(-(-4 * plan.device.info.compute_units // channels), batch * pixels // SLICE_MIN))
     sums = db if db is None or slices == 1 else plan.value((slices, channels), "bias gradient slices")
-    group = LOCAL if family(plan.device) == "tiled" else 1
+    group = LOCAL if plan.device.family == "tiled" else 1
     k = plan.kernel(FILE, "conv_bias_act_backward", ACT=act_code, HAS_BIAS=db is not None, CONV_WG=group,
                     CONV_P=pixels)
     launch = plan.launch(k, (channels * group, slices), (group, 1), batch, channels, dy, y, dpre,
                          sums if sums is not None else dpre)
     if sums is db:
         return launch
-    total = plan.kernel("gemm.cl", "sum_slices")
+    total = plan.kernel(SUM_SLICES_FILE, "sum_slices")
     return plan.launch(total, (channels,), (LOCAL,), 1, channels, slices, sums, db, channels, db)
 
 
 # Implicit convolution: each product below is one GEMM that gathers its operand from the NCHW
-# tensors (CONV_B, CONV_DX in gemm.cl), with no column matrix stored whole: gemm_tiled (the GPU
+# tensors (CONV_B, CONV_DX in gemm_common.h), with no column matrix stored whole: gemm_tiled (the GPU
 # family) as it loads its tiles, gemm_packed (the CPU family) as it copies B into panels.
 
 def _implicit(geometry, **defines):
@@ -83,10 +88,10 @@ def _implicit(geometry, **defines):
 
 
 def _kernel(plan):
-    return "gemm_tiled" if family(plan.device) == "tiled" else "gemm_packed"
+    return "gemm_tiled" if plan.device.family == "tiled" else "gemm_packed"
 
 
-def implicit_forward(plan, geometry, batch, x, weight, y, bias, act_code):
+def forward(plan, geometry, batch, x, weight, y, bias, act_code):
     """y (batch, O, OH, OW) = act(weight . cols(x) + bias), weight viewed as (O, C*KH*KW)."""
     g, out = geometry, weight.shape[0]
     columns = batch * g.pixels
@@ -96,12 +101,22 @@ def implicit_forward(plan, geometry, batch, x, weight, y, bias, act_code):
                        Matrix(x, g.rows, columns, ld=0), y_matrix, bias)
 
 
-def implicit_weight_grad(plan, geometry, batch, dpre, x, dweight):
+def weight_grad(plan, geometry, batch, dpre, x, dweight):
     """dweight (O, C*KH*KW) = dpre . cols(x)^T, dpre being (O, batch*OH*OW)."""
     g, out = geometry, dpre.shape[0]
     columns = batch * g.pixels
     return record_gemm(plan, _kernel(plan), _implicit(g, CONV_B=True, TRANS_B=1), (out, g.rows, columns),
                        Matrix(dpre, out, columns), Matrix(x, g.rows, columns, ld=0), Matrix(dweight, out, g.rows))
+
+
+def input_grad(plan, geometry, batch, weight, dpre, dx):
+    """dx (batch, C, H, W) from the weight (O, C*KH*KW) and dpre (O, batch*OH*OW), by the algorithm
+    of the device's family and the geometry (see the module's docstring)."""
+    if plan.device.family == "tiled":
+        return _tiled_input_grad(plan, geometry, batch, weight, dpre, dx)
+    if transposed(geometry, weight.shape[0]):  # stride 1: a convolution of dpre
+        return _gathered_input_grad(plan, geometry, batch, weight, dpre, dx)
+    return _col2im_input_grad(plan, geometry, batch, weight, dpre, dx)
 
 
 def transposed(geometry, out_channels):
@@ -116,7 +131,7 @@ def transposed(geometry, out_channels):
     return ConvGeometry(out_channels, g.OH, g.OW, g.KH, g.KW, g.H, g.W, 1, 1, ph, pw, g.dh, g.dw)
 
 
-def gathered_input_grad(plan, geometry, batch, weight, dpre, dx):
+def _gathered_input_grad(plan, geometry, batch, weight, dpre, dx):
     """The CPU family's input gradient where `transposed` gives a geometry: dx (batch, C, H, W), the
     convolution of dpre (O, batch*OH*OW) with the weight (O, C*KH*KW) flipped, as one GEMM that
     gathers its panels from dpre."""
@@ -130,7 +145,7 @@ def gathered_input_grad(plan, geometry, batch, weight, dpre, dx):
                        Matrix(dpre, t.rows, columns, ld=0), dx_matrix)
 
 
-def implicit_input_grad(plan, geometry, batch, weight, dpre, dx):
+def _tiled_input_grad(plan, geometry, batch, weight, dpre, dx):
     """dx (batch, C, H, W) from the weight (O, C*KH*KW) and dpre (O, batch*OH*OW): for every input
     pixel, the sum over the output pixels and taps that read it (gemm_tiled only)."""
     g, out = geometry, weight.shape[0]
@@ -139,3 +154,20 @@ def implicit_input_grad(plan, geometry, batch, weight, dpre, dx):
     return record_gemm(plan, "gemm_tiled", _implicit(g, CONV_DX=True), (g.C, columns, taps),
                        Matrix(weight, g.C, taps, ld=0), Matrix(dpre, taps, batch * g.pixels, ld=batch * g.pixels),
                        dx_matrix)
+
+
+def _col2im_input_grad(plan, geometry, batch, weight, dpre, dx):
+    """The CPU family's input gradient for other strides: dcol = weight^T . dpre in chunks of images
+    within the column budget, each folded back into dx by col2im."""
+    g, out = geometry, weight.shape[0]
+    pixels = batch * g.pixels
+    per = images_per_chunk(g, batch)
+    dcol = plan.value((g.rows, per * g.pixels), "convolution column grads")
+    image = g.C * g.H * g.W
+    for start in range(0, batch, per):
+        images = min(per, batch - start)
+        chunk = Matrix(dpre.view((out, pixels - start * g.pixels), start * g.pixels), out, images * g.pixels,
+                       ld=pixels)
+        gemm(plan, weight, chunk, Matrix(dcol, g.rows, images * g.pixels, ld=per * g.pixels), trans_a=True)
+        launch = col2im(plan, g, images, dcol, dx.view((images, g.C, g.H, g.W), start * image), per * g.pixels)
+    return launch

@@ -7,10 +7,6 @@ from .random import seed_key, step_arg
 
 FILE = "data.cl"
 LOCAL = 64
-# argument positions, for plan.bind_dynamic
-N_VALID, START, STEP = 1, 2, 11
-IMAGE_ORDER, IMAGE_SOURCE = 12, 13
-TARGET_ORDER, TARGET_SOURCE = 4, 5
 
 
 def gather_images(plan, order, src, norm, out, scale, crop=0, flip=False, seed=0):

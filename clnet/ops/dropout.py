@@ -6,7 +6,6 @@ from .random import seed_key, step_arg
 
 FILE = "dropout.cl"
 LOCAL = 64
-STEP_ARG = 3  # argument index of the step in dropout_apply (for plan.bind_dynamic)
 
 
 def threshold(p):
@@ -17,7 +16,7 @@ def threshold(p):
 def dropout(plan, x, y, p, seed, step=0):
     """Record y = x * keep / (1 - p) over every element of x (any shape); the same seed and step give
     the same mask, so the backward pass is this launch over (dy, dx). Returns the launch, whose
-    argument STEP_ARG is the step."""
+    argument "step" is the step."""
     if not 0.0 <= p < 1.0:
         raise ValueError(f"dropout probability must satisfy 0 <= p < 1, got {p}")
     if x.size != y.size:

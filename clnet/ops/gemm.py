@@ -1,19 +1,12 @@
-"""GEMM launcher: picks the kernel family for the device, the layout of the operands, and the
+"""GEMM launcher: picks the kernel of the device's family, the layout of the operands, and the
 kernel parameters (tuned by `clnet-tune` where the tuning cache has them, else defaults)."""
 
-import os
 from dataclasses import dataclass
 from math import prod
 
 from ..tuning import Case, lookup, record
 
-GEMM_FILE = "gemm.cl"
-# Parameters as the kernels' -D options; SLICES is the host's: split-K slices.
-TILED = {"TILE_M": 64, "TILE_N": 64, "TILE_K": 16, "WPT_M": 4, "WPT_N": 4, "PREFETCH": 1, "VECTOR": 0, "SLICES": 1}
-TILED_BIG = {**TILED, "TILE_M": 128, "TILE_N": 128, "WPT_M": 8, "WPT_N": 8}  # 8 x 8 outputs per work-item
-CPU = {"CPU_ROWS": 12, "SLICES": 1}  # gemm_packed: rows x 16 columns of C per work-item; K slices
-DEFAULTS = {"gemm_tiled": TILED, "gemm_packed": CPU}
-SWITCHES = {"PREFETCH": (0, 1, 2), "VECTOR": (0, 1)}  # gemm_tiled's parameters that are choices
+SUM_SLICES_FILE = "sum_slices.cl"  # split-K: the slices' sum, stored with the epilogue
 SPLIT_MIN = 128    # shortest K slice worth its own work-groups
 PANEL = 16         # columns of a B panel (gemm_packed)
 CPU_GATHER_K = 4096  # gemm_packed: rows of a gathered panel of B at most (256 KiB of local memory)
@@ -59,81 +52,154 @@ def _matrix(x):
     return x if isinstance(x, Matrix) else Matrix(x, *x.shape)
 
 
-def family(device):
-    """"tiled" (local-memory tiles, gemm_tiled) on GPUs and accelerators, "cpu" (gemm_packed) on
-    CPUs; CLNET_GEMM overrides."""
-    chosen = os.environ.get("CLNET_GEMM") or ("cpu" if device.info.type == "CPU" else "tiled")
-    if chosen not in ("tiled", "cpu"):
-        raise ValueError(f"CLNET_GEMM must be 'tiled' or 'cpu', not {chosen!r}")
-    return chosen
-
-
 def layout(defines):
     """The operand layout of a GEMM as the tuning cache names it, e.g. "NT" or "NN+conv"."""
     name = ("T" if defines.get("TRANS_A") else "N") + ("T" if defines.get("TRANS_B") else "N")
     return name + ("+conv" if defines.get("CONV_B") else "+conv-dx" if defines.get("CONV_DX") else "")
 
 
-def split_k(device, m, n, k, params=TILED):
-    """Slices of K for gemm_tiled: enough work-groups to fill the device when the output has few
-    tiles (weight gradients: K is the batch, or batch x pixels), each slice at least SPLIT_MIN long."""
-    wanted = -(-4 * device.info.compute_units // _tiles(m, n, params))
-    return max(1, min(wanted, k // SPLIT_MIN))
+class GemmSpec:
+    """A tunable GEMM kernel's parameters, for the launcher and clnet-tune alike: their names and
+    `defaults` (the kernel's -D options, plus SLICES: the host's split of K into slices), the
+    `switches` among them (name -> settings), which sets the kernel can take, the parameters a
+    product gets without tuning, and the sets the tuner times."""
+    kernel = file = None
+    defaults = {}
+    switches = {}
 
+    def valid(self, params):
+        """Parameters the kernel can take: every name it knows, switches at one of their settings,
+        sizes positive, and what the kernel itself needs (`_fits_kernel`)."""
+        if not isinstance(params, dict) or set(params) != set(self.defaults):
+            return False
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in params.values()):
+            return False
+        if not all(params[key] in self.switches[key] if key in self.switches else params[key] > 0 for key in params):
+            return False
+        return self._fits_kernel(params)
 
-def _tiles(m, n, params):
-    return -(-m // params["TILE_M"]) * -(-n // params["TILE_N"])
-
-
-def cpu_params(m, n, k, gathered=False):
-    """gemm_packed without tuning: 12 rows per work-item (4 or 8 for smaller M); K split into
-    CPU_SLICE steps when the whole output is one work-group's worth, so that each work-group
-    multiplies one slice of the panels while it is in cache rather than every work-item streaming
-    all of K. A gathered B (an implicit convolution's) is split into slices of at most CPU_GATHER_K
-    rows, and shorter ones (down to CPU_SLICE) where its panels are too few to share out
-    (CPU_GATHER_ITEMS work-items)."""
-    rows = 12 if m >= 12 else -(-m // 4) * 4
-    if gathered:
-        wanted = -(-CPU_GATHER_ITEMS // -(-n // PANEL))
-        return {"CPU_ROWS": rows, "SLICES": max(-(-k // CPU_GATHER_K), min(wanted, k // CPU_SLICE))}
-    panels = -(-n // PANEL) * -(-m // rows)
-    slices = k // CPU_SLICE if panels <= CPU_GROUP and k >= 2 * CPU_SLICE else 1
-    return {"CPU_ROWS": rows, "SLICES": slices}
-
-
-def default_params(device, kernel, m, n, k, defines):
-    """Without tuning (`defines`: the GEMM's fixed options): gemm_tiled splits K where the output
-    has few tiles; otherwise it takes the largest tiles (the fewest loads per multiply-add) of
-    which there are enough for every compute unit: 128 x 128, 64 x 64, else 64 x 32 (32 x 64 when
-    B is not transposed), the shapes clnet-tune picks most often on an H200 for outputs too small
-    to fill it."""
-    if kernel == "gemm_packed":
-        return cpu_params(m, n, k, gathered=bool(defines.get("CONV_B")))
-    slices = split_k(device, m, n, k)
-    if slices > 1:
-        return {**TILED, "SLICES": slices}
-    narrow = {**TILED, "TILE_M": 64, "TILE_N": 32, "WPT_M": 4, "WPT_N": 2} if defines.get("TRANS_B") else \
-        {**TILED, "TILE_M": 32, "TILE_N": 64, "WPT_M": 2, "WPT_N": 4}
-    for params in (TILED_BIG, TILED):
-        if min(m, n) >= params["TILE_M"] and _tiles(m, n, params) >= device.info.compute_units:
-            return dict(params)
-    return narrow
-
-
-def valid_params(kernel, params):
-    """Parameters the kernel can take: every name it knows, switches at one of their values, sizes
-    positive, tiles divisible into work-items (into float4 runs with VECTOR)."""
-    if not isinstance(params, dict) or set(params) != set(DEFAULTS[kernel]):
-        return False
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in params.values()):
-        return False
-    if not all(params[key] in SWITCHES[key] if key in SWITCHES else params[key] > 0 for key in params):
-        return False
-    if kernel != "gemm_tiled":
+    def _fits_kernel(self, params):
         return True
-    step = 4 if params["VECTOR"] else 1
-    return params["WPT_M"] % step == 0 and params["WPT_N"] % step == 0 \
-        and params["TILE_M"] % params["WPT_M"] == 0 and params["TILE_N"] % params["WPT_N"] == 0
+
+    def default(self, device, m, n, k, defines):
+        """The parameters of an (M, N, K) product without tuning (`defines`: its fixed options)."""
+        raise NotImplementedError
+
+    def candidates(self, device, call):
+        """The parameter sets clnet-tune times first for a recorded `Call`, the default first."""
+        default = self.default(device, *call.shape, dict(call.defines))
+        return [default] + [p for p in self._alternatives(device, call.shape, default) if p != default]
+
+    def _alternatives(self, device, shape, default):
+        raise NotImplementedError
+
+    def variants(self, device, params):
+        """`params` with the other settings of the switches that the device takes, which clnet-tune
+        times on the fastest of the candidates."""
+        return []
+
+
+class TiledSpec(GemmSpec):
+    """gemm_tiled (the GPU family): TILE_M x TILE_N of C per work-group, WPT_M x WPT_N per
+    work-item, tiles TILE_K deep staged in local memory; PREFETCH and VECTOR are switches."""
+    kernel, file = "gemm_tiled", "gemm_tiled.cl"
+    defaults = {"TILE_M": 64, "TILE_N": 64, "TILE_K": 16, "WPT_M": 4, "WPT_N": 4, "PREFETCH": 1, "VECTOR": 0,
+                "SLICES": 1}
+    big = {**defaults, "TILE_M": 128, "TILE_N": 128, "WPT_M": 8, "WPT_N": 8}  # 8 x 8 outputs per work-item
+    switches = {"PREFETCH": (0, 1, 2), "VECTOR": (0, 1)}
+    # the tile shapes clnet-tune tries, (TILE_M, TILE_N, TILE_K, WPT_M, WPT_N): work-groups of 8 x 8 to 16 x 16
+    tiles = [(64, 64, 16, 4, 4), (128, 128, 16, 8, 8), (128, 128, 8, 8, 8), (128, 128, 32, 8, 8),
+             (128, 64, 16, 8, 4), (64, 128, 16, 4, 8), (64, 64, 32, 4, 4), (32, 64, 16, 2, 4),
+             (64, 32, 16, 4, 2), (32, 32, 16, 4, 4), (32, 128, 16, 4, 8), (64, 128, 16, 8, 8)]
+
+    def _fits_kernel(self, params):
+        """Tiles divisible into work-items (into float4 runs with VECTOR)."""
+        step = 4 if params["VECTOR"] else 1
+        return params["WPT_M"] % step == 0 and params["WPT_N"] % step == 0 \
+            and params["TILE_M"] % params["WPT_M"] == 0 and params["TILE_N"] % params["WPT_N"] == 0
+
+    def fits(self, device, params):
+        """The work-group size and the local tiles (with their padding, in one or two stages) fit the device."""
+        pad, stages = 4 if params["VECTOR"] else 1, 2 if params["PREFETCH"] == 2 else 1
+        local = 4 * stages * params["TILE_K"] * (params["TILE_M"] + params["TILE_N"] + 2 * pad)
+        threads = (params["TILE_M"] // params["WPT_M"]) * (params["TILE_N"] // params["WPT_N"])
+        return threads <= device.max_work_group_size and local <= device.info.local_mem
+
+    @staticmethod
+    def _tile_count(m, n, params):
+        return -(-m // params["TILE_M"]) * -(-n // params["TILE_N"])
+
+    def split_k(self, device, m, n, k, params=None):
+        """Slices of K: enough work-groups to fill the device when the output has few tiles (weight
+        gradients: K is the batch, or batch x pixels), each slice at least SPLIT_MIN long."""
+        wanted = -(-4 * device.info.compute_units // self._tile_count(m, n, params or self.defaults))
+        return max(1, min(wanted, k // SPLIT_MIN))
+
+    def default(self, device, m, n, k, defines):
+        """K split where the output has few tiles; otherwise the largest tiles (the fewest loads per
+        multiply-add) of which there are enough for every compute unit: 128 x 128, 64 x 64, else
+        64 x 32 (32 x 64 when B is not transposed), the shapes clnet-tune picks most often on an
+        H200 for outputs too small to fill it."""
+        slices = self.split_k(device, m, n, k)
+        if slices > 1:
+            return {**self.defaults, "SLICES": slices}
+        narrow = {**self.defaults, "TILE_M": 64, "TILE_N": 32, "WPT_M": 4, "WPT_N": 2} if defines.get("TRANS_B") \
+            else {**self.defaults, "TILE_M": 32, "TILE_N": 64, "WPT_M": 2, "WPT_N": 4}
+        for params in (self.big, self.defaults):
+            if min(m, n) >= params["TILE_M"] and self._tile_count(m, n, params) >= device.info.compute_units:
+                return dict(params)
+        return narrow
+
+    def tile_params(self, device):
+        """The tile shapes the device can take, unsplit, with the default switches."""
+        tiles = [{**self.defaults, "TILE_M": tm, "TILE_N": tn, "TILE_K": tk, "WPT_M": wm, "WPT_N": wn}
+                 for tm, tn, tk, wm, wn in self.tiles]
+        return [params for params in tiles if self.fits(device, params)]
+
+    def _alternatives(self, device, shape, default):
+        """Every tile shape, with its K splits where K may be split (twice as many too)."""
+        found = []
+        for tile in self.tile_params(device):
+            slices = self.split_k(device, *shape, tile)
+            found += [{**tile, "SLICES": s} for s in ({slices, 2 * slices} if slices > 1 else {1})]
+        return found
+
+    def variants(self, device, params):
+        found = [{**params, "PREFETCH": prefetch, "VECTOR": vector} for prefetch in (1, 2, 0) for vector in (0, 1)]
+        return [v for v in found if v != params and self.valid(v) and self.fits(device, v)]
+
+
+class PackedSpec(GemmSpec):
+    """gemm_packed (the CPU family): CPU_ROWS x 16 of C per work-item."""
+    kernel, file = "gemm_packed", "gemm_packed.cl"  # with pack_a and pack_b
+    defaults = {"CPU_ROWS": 12, "SLICES": 1}
+    # the row blocks clnet-tune tries; 16 float16 accumulators would take all 32 vector registers,
+    # as PoCL splits them into 256-bit halves
+    rows = (4, 6, 8, 10, 12, 14)
+
+    def default(self, device, m, n, k, defines):
+        """12 rows per work-item (4 or 8 for smaller M); K split into CPU_SLICE steps when the whole
+        output is one work-group's worth, so that each work-group multiplies one slice of the panels
+        while it is in cache rather than every work-item streaming all of K. A gathered B (an
+        implicit convolution's, CONV_B) is split into slices of at most CPU_GATHER_K rows, and
+        shorter ones (down to CPU_SLICE) where its panels are too few to share out
+        (CPU_GATHER_ITEMS work-items)."""
+        rows = 12 if m >= 12 else -(-m // 4) * 4
+        if defines.get("CONV_B"):
+            wanted = -(-CPU_GATHER_ITEMS // -(-n // PANEL))
+            return {"CPU_ROWS": rows, "SLICES": max(-(-k // CPU_GATHER_K), min(wanted, k // CPU_SLICE))}
+        panels = -(-n // PANEL) * -(-m // rows)
+        slices = k // CPU_SLICE if panels <= CPU_GROUP and k >= 2 * CPU_SLICE else 1
+        return {"CPU_ROWS": rows, "SLICES": slices}
+
+    def _alternatives(self, device, shape, default):
+        """Every row block, unsplit and with the default's K slices, twice and half as many."""
+        slices = {1, default["SLICES"], 2 * default["SLICES"], max(1, default["SLICES"] // 2)}
+        return [{"CPU_ROWS": r, "SLICES": s} for r in self.rows for s in sorted(slices)]
+
+
+GEMM_TILED, GEMM_PACKED = TiledSpec(), PackedSpec()
+SPECS = {spec.kernel: spec for spec in (GEMM_TILED, GEMM_PACKED)}
 
 
 def gemm(plan, a, b, c, trans_a=False, trans_b=False, bias=None, act=0, bias_per_row=False):
@@ -151,7 +217,7 @@ def gemm(plan, a, b, c, trans_a=False, trans_b=False, bias=None, act=0, bias_per
                          f"C{c.shape}")
     defines = dict(TRANS_A=int(trans_a), TRANS_B=int(trans_b), HAS_BIAS=bias is not None, ACT=act,
                    BIAS_PER_ROW=bias_per_row)
-    kernel = "gemm_tiled" if family(plan.device) == "tiled" else "gemm_packed"
+    kernel = "gemm_tiled" if plan.device.family == "tiled" else "gemm_packed"
     return record_gemm(plan, kernel, defines, (m, n, k), a, b, c, bias)
 
 
@@ -171,14 +237,14 @@ def record_gemm(plan, kernel, defines, shape, a, b, c, bias=None, params=None):
     computing the (M, N, K) product of Matrix operands. `params` (the tuner's candidates) overrides
     the tuned or default parameters."""
     m, n, k = shape
-    case = Case(kernel, layout(defines), m, n, k)
+    spec, case = SPECS[kernel], Case(kernel, layout(defines), m, n, k)
     record(case, Call(kernel, tuple(sorted(defines.items())), shape, (_span(a), a.ld), (_span(b), b.ld),
                       (_span(c), c.ld, c.image_cols), 0 if bias is None else prod(bias.shape)))
     defines = {**defines, "C_IMAGE_COLS": c.image_cols}
     if params is None:
         params = lookup(plan.device, case)
-        if not valid_params(kernel, params):
-            params = default_params(plan.device, kernel, m, n, k, defines)
+        if not spec.valid(params):
+            params = spec.default(plan.device, m, n, k, defines)
     params = dict(params)
     slices = params.pop("SLICES")
     epilogue = {key: defines[key] for key in ("HAS_BIAS", "BIAS_PER_ROW", "ACT", "C_IMAGE_COLS")}
@@ -190,14 +256,14 @@ def record_gemm(plan, kernel, defines, shape, a, b, c, bias=None, params=None):
         grid = (-(-n // params["TILE_N"]) * local[0], -(-m // params["TILE_M"]) * local[1])
     bias = bias if bias is not None else c.tensor
     if slices == 1:
-        program = plan.kernel(GEMM_FILE, kernel, **product, **epilogue)
+        program = plan.kernel(spec.file, kernel, **product, **epilogue)
         return plan.launch(program, grid, local, m, n, k, a.tensor, a.ld, b.tensor, b.ld, c.tensor, c.ld, bias)
     # Partial products of K slices in one 3-D launch, then their sum in slice order (deterministic).
     partial = plan.value((slices, m, n), "split-K partial sums")
-    program = plan.kernel(GEMM_FILE, kernel, **product, SPLIT_K=True)
+    program = plan.kernel(spec.file, kernel, **product, SPLIT_K=True)
     plan.launch(program, (*grid, slices), local and (*local, 1), m, n, k, a.tensor, a.ld, b.tensor, b.ld,
                 partial, n, partial)
-    total = plan.kernel(GEMM_FILE, "sum_slices", **epilogue)
+    total = plan.kernel(SUM_SLICES_FILE, "sum_slices", **epilogue)
     return plan.launch(total, (m * n,), (64,), m, n, slices, partial, c.tensor, c.ld, bias)
 
 
@@ -209,7 +275,7 @@ def _packed_operands(plan, defines, shape, a, b, params, slices):
     rows = params["CPU_ROWS"]
     grid = (-(-n // PANEL), -(-m // rows))
     packed_a = plan.value((grid[1], k, rows), "A panels")
-    pack = plan.kernel(GEMM_FILE, "pack_a", TRANS_A=defines["TRANS_A"], CPU_ROWS=rows, CONV_FLIP=defines.get("CONV_FLIP"))
+    pack = plan.kernel(GEMM_PACKED.file, "pack_a", TRANS_A=defines["TRANS_A"], CPU_ROWS=rows, CONV_FLIP=defines.get("CONV_FLIP"))
     plan.launch(pack, (k, grid[1]), (PANEL, 1), m, k, a.tensor, a.ld, packed_a)
     packed_a = Matrix(packed_a, m, k, ld=0)
     if defines.get("CONV_B"):  # one work-item per panel of B (or slice of it): every panel of A
@@ -217,7 +283,7 @@ def _packed_operands(plan, defines, shape, a, b, params, slices):
         gather = {key: value for key, value in defines.items() if key == "TRANS_B" or key.startswith("CONV_")}
         return packed_a, b, {"CPU_ROWS": rows, "PANEL_K": -(-k // slices), **gather}, (grid[0], 1), (1, 1), slices
     packed_b = plan.value((grid[0], k, PANEL), "B panels")
-    plan.launch(plan.kernel(GEMM_FILE, "pack_b", TRANS_B=defines["TRANS_B"]), (k, grid[0]), (PANEL, 1),
+    plan.launch(plan.kernel(GEMM_PACKED.file, "pack_b", TRANS_B=defines["TRANS_B"]), (k, grid[0]), (PANEL, 1),
                 k, n, b.tensor, b.ld, packed_b)
     if slices > 1 and prod(grid) <= CPU_GROUP:
         local = grid

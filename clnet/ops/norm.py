@@ -9,7 +9,6 @@ from math import prod
 FILE = "norm.cl"
 BN_LOCAL = 128  # work-items per channel in the reducing kernels (a power of two)
 LOCAL = 64      # work-group of the element-wise evaluation kernel
-N_VALID_ARG = 0  # argument index of n_valid in bn_forward_train and bn_backward (for plan.bind_dynamic)
 
 
 def _dims(x, channels):
@@ -24,7 +23,7 @@ def batchnorm_forward_train(plan, x, y, weight, bias, running_mean, running_var,
     """y = batch-normalised x (statistics of its first n_valid rows, all of them by default);
     save_mean / save_invstd get the statistics for backward; the running statistics and the batch
     count are updated (momentum None: cumulative average). weight and bias may be None (affine=False).
-    Returns the launch whose argument N_VALID_ARG is n_valid."""
+    Returns the launch, whose argument "n_valid" is n_valid."""
     n, c, s = _dims(x, running_mean.shape[0])
     affine = weight is not None
     cumulative = momentum is None
@@ -49,7 +48,7 @@ def batchnorm_forward_eval(plan, x, y, weight, bias, running_mean, running_var, 
 
 def batchnorm_backward(plan, x, dy, dx, weight, dweight, dbias, save_mean, save_invstd, n_valid=None):
     """From the training forward's statistics: dweight, dbias (when weight is not None) and dx (when
-    not None; zero on rows >= n_valid). Returns the launch whose argument N_VALID_ARG is n_valid."""
+    not None; zero on rows >= n_valid). Returns the launch, whose argument "n_valid" is n_valid."""
     n, c, s = _dims(x, save_mean.shape[0])
     affine, need_dx = weight is not None, dx is not None
     k = plan.kernel(FILE, "bn_backward", BN_LOCAL=BN_LOCAL, AFFINE=affine, NEED_DX=need_dx)

@@ -6,7 +6,6 @@ a ShapeError naming the layer).
 """
 
 from . import int_pair
-from .gemm import family
 
 FILE = "pool.cl"
 LOCAL = 64
@@ -57,7 +56,7 @@ def maxpool_forward(plan, x, y, kernel, stride, padding=0, argmax=None):
     if argmax is not None and tuple(argmax.shape) != tuple(y.shape):
         raise ValueError(f"maxpool_forward shapes: argmax {tuple(argmax.shape)} differs from "
                          f"output {tuple(y.shape)}")
-    if family(plan.device) == "cpu":  # a work-item per output row
+    if plan.device.family == "cpu":  # a work-item per output row
         k = plan.kernel(FILE, "maxpool_forward", **sizes, POOL_ROWS=True)
         grid, local = (y.size // sizes["POOL_OW"],), (CPU_LOCAL,)
     else:
@@ -73,7 +72,7 @@ def maxpool_backward(plan, argmax, dy, dx, kernel, stride, padding=0):
     if tuple(argmax.shape) != tuple(dy.shape):
         raise ValueError(f"maxpool_backward shapes: argmax {tuple(argmax.shape)} differs from "
                          f"dy {tuple(dy.shape)}")
-    if family(plan.device) == "cpu" and sizes["POOL_SH"] >= sizes["POOL_KH"] and sizes["POOL_SW"] >= sizes["POOL_KW"]:
+    if plan.device.family == "cpu" and sizes["POOL_SH"] >= sizes["POOL_KH"] and sizes["POOL_SW"] >= sizes["POOL_KW"]:
         # windows that do not overlap: a work-item per output element writes its cell of dx
         k = plan.kernel(FILE, "maxpool_backward", **sizes, POOL_CELLS=True)
         return plan.launch(k, (dy.size,), None, planes, argmax, dy, dx)

@@ -1,0 +1,40 @@
+"""PlotCurves: the training curves, drawn into a PNG after every epoch."""
+
+import os
+
+from ..errors import ClnetError
+from .base import Callback
+
+
+class PlotCurves(Callback):
+    """Draw loss and accuracy (training and validation) per epoch into a PNG file (needs matplotlib:
+    pip install "clnet[plot]").
+
+    Example:
+        >>> model.fit(x, y, epochs=20, callbacks=[PlotCurves("curves.png")])
+    """
+
+    def __init__(self, path):
+        try:
+            import matplotlib
+        except ImportError:
+            raise ClnetError('plotting training curves needs matplotlib: pip install "clnet[plot]"') from None
+        matplotlib.use("Agg")
+        self.path = str(path)
+
+    def on_epoch_end(self, epoch, logs):
+        import matplotlib.pyplot as plt
+        history = self.trainer.history
+        figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+        for ax, metric in zip(axes, ("loss", "accuracy")):
+            for key in (metric, f"val_{metric}"):
+                if key in history.history:
+                    ax.plot(history.epochs, history.history[key], marker="o", label=key)
+            ax.set_xlabel("epoch")
+            ax.set_title(metric)
+            ax.legend()
+        figure.tight_layout()
+        temporary = self.path + ".tmp.png"
+        figure.savefig(temporary)
+        plt.close(figure)
+        os.replace(temporary, self.path)

@@ -1,0 +1,147 @@
+"""The compiler: a network, its parameters, a loss and an optimizer become one `CompiledStep` for a
+device, a batch size and an input shape: a plan of pre-bound launches in phases.
+
+    input     gather the batch from a source of raw images (converted, normalised, augmented)
+    forward   the stages of the network
+    loss      the fused loss (gradient, metrics and/or probabilities)
+    backward  the stages' gradients, into the flat gradient buffer
+    update    the optimizer's one launch over the flat parameters
+
+Between backward and update lies the seam where replicas will reduce their gradients. The compiler
+never sees a model object: what it needs comes as arguments.
+"""
+
+from dataclasses import dataclass
+from math import prod
+
+import numpy as np
+
+from . import losses
+from .datasets.feed import InputSpec, image_dims
+from .errors import OutOfDeviceMemoryError
+from .layers import LayerContext
+from .network import INPUT, loss_input
+from .ops import data as data_ops
+from .ops.random import step_arg
+from .plan import Plan
+from .tensor import DeviceTensor, allocate
+
+@dataclass(frozen=True)
+class Target:
+    """What a step is compiled for (a model keeps one runner per Target)."""
+    batch_size: int
+    input_shape: tuple
+    training: bool
+    target_dtype: object = None  # the dtype string of the targets: "<i4" labels, "<f4" targets; None: none
+    spec: InputSpec = InputSpec()
+
+
+class CompiledStep:
+    """One plan over a batch size and input shape, with the tensors its runner feeds: two staging
+    slots of (images, targets), the identity order, the normalisation table; the loss launch (its
+    flags choose gradient, probabilities and metrics), the update launch, and the output value
+    (probabilities, or the raw outputs without a loss)."""
+
+    def __init__(self, device, network, store, loss, optimizer, metrics, seed, target):
+        self.device = device
+        self.batch_size, self.input_shape = target.batch_size, tuple(target.input_shape)
+        self.training = target.training
+        self.spec = target.spec if self.training else target.spec.without_augmentation()
+        stages = network.stages(self.input_shape, loss)
+        output, self.output_shape = loss_input(stages, self.input_shape)
+        plan = self.plan = Plan(device)
+        plan.mark("input")
+        x = self._input_stage(plan, seed, target.target_dtype, loss)
+        plan.mark("forward")
+        contexts = [LayerContext(plan, store.views(s.name, "params"), store.views(s.name, "grads"),
+                                 store.views(s.name, "buffers"), s.act, self.training, seed=seed * 1000 + s.index)
+                    for s in stages]
+        values = {INPUT: x}
+        for ctx, stage in zip(contexts, stages):
+            values[stage.output] = stage.layer.forward(ctx, *(values[name] for name in stage.inputs))
+        z = values[output]
+        z2d = z.view((self.batch_size, prod(z.shape[1:]))) if len(z.shape) != 2 else z
+
+        plan.mark("loss")
+        self.loss_launch = self.output = self.update_launch = None
+        if self.training:
+            grad = plan.value(z2d.shape, "loss gradient")
+            self.loss_launch = loss.record(plan, z2d, self.targets, grad, None, metrics, losses.GRAD | losses.METRICS)
+            plan.mark("backward")
+            self._backward(stages, contexts, values, grad.view(z.shape))
+            plan.mark("update")
+            self.update_launch = optimizer.record(plan, store.params, store.grads,
+                                                  store.require_optimizer_state(optimizer.slots))
+        elif loss is not None:
+            probs = plan.value(z2d.shape, "predictions")
+            self.loss_launch = loss.record(plan, z2d, self.targets if self.targets is not None else probs,
+                                           None, probs, metrics, losses.PROBS)
+            self.output = probs
+        else:
+            self.output = z2d
+        self._allocate(device, store)
+
+    @staticmethod
+    def _backward(stages, contexts, values, dy):
+        """Record the stages' gradients in reverse. The gradient reaching a stage's input is made
+        only when a stage before it has parameters."""
+        trainable = {INPUT: False}
+        for stage in stages:
+            trainable[stage.output] = any(trainable[name] for name in stage.inputs) or bool(stage.layer.param_shapes())
+        grads = {stages[-1].output: dy} if stages else {}
+        for ctx, stage in zip(reversed(contexts), reversed(stages)):
+            if stage.output not in grads:  # nothing before it learns
+                continue
+            (source,) = stage.inputs
+            if source in grads:
+                raise NotImplementedError(f"the value {source!r} is read by several nodes: training a network "
+                                          "that branches is not supported yet")
+            dx = stage.layer.backward(ctx, values[source], values[stage.output], grads[stage.output],
+                                      need_dx=trainable[source])
+            if dx is not None:
+                grads[source] = dx
+
+    def _input_stage(self, plan, seed, target_dtype, loss):
+        """Record the gathers that fill the input (and targets) from staging buffers or a dataset on
+        the device; the buffers themselves are allocated with the arena."""
+        device, rows, spec = plan.device, self.batch_size, self.spec
+        images = [DeviceTensor(device, (rows, *self.input_shape), dtype=np.dtype(spec.dtype)) for _ in range(2)]
+        self.staging = [(slot, None) for slot in images]  # (images, targets) of the two slots
+        self.identity = DeviceTensor(device, (rows,), dtype=np.int32)
+        self.norm = DeviceTensor(device, (2 * image_dims(self.input_shape)[0],))
+        x = plan.value((rows, *self.input_shape), "input")
+        gather = data_ops.gather_images(plan, self.identity, images[0], self.norm, x, spec.scale, spec.crop,
+                                        spec.flip, seed=seed)
+        for name, argument in (("n_valid", "n_valid"), ("start", "start"), ("image_order", "order"),
+                               ("image_source", "src")):
+            plan.bind_dynamic(name, gather, argument)
+        if spec.crop or spec.flip:
+            plan.bind_dynamic("step", gather, "step", step_arg)
+        self.targets = None
+        if loss is not None and target_dtype is not None:
+            shape = (rows,) if np.dtype(target_dtype) == np.int32 else (rows, prod(self.output_shape))
+            self.targets = plan.value(shape, "targets", target_dtype)
+            self.staging = [(slot, DeviceTensor(device, shape, dtype=np.dtype(target_dtype))) for slot in images]
+            gather = data_ops.gather_targets(plan, self.identity, self.staging[0][1], self.targets)
+            for name, argument in (("n_valid", "n_valid"), ("start", "start"), ("target_order", "order"),
+                                   ("target_source", "src")):
+                plan.bind_dynamic(name, gather, argument)
+        return x
+
+    def _allocate(self, device, store):
+        """Check that the batch fits before allocating anything; say which batch size would."""
+        arena = self.plan.place()
+        staging = [t for pair in self.staging for t in pair if t is not None]
+        needed = arena * 4 + sum(t.nbytes for t in staging)  # all scale with the batch size
+        # parameters, gradients and up to two optimizer states are already resident
+        room = min(device.info.global_mem - 4 * store.params.nbytes, device.info.max_alloc)
+        if needed > room:
+            fits = max(1, int(self.batch_size * room / needed * 0.9))
+            raise OutOfDeviceMemoryError(
+                f"batch size {self.batch_size} needs {needed / 2**20:.0f} MiB for activations and batches on "
+                f"{device.info.name}, which has {room / 2**20:.0f} MiB for them: use a batch size of {fits} or less")
+        for t in staging + [self.identity, self.norm]:
+            t.buffer = allocate(device, t.nbytes, "the input batches")
+        self.identity.upload(np.arange(self.batch_size, dtype=np.int32))
+        self.norm.upload(self.spec.norm(image_dims(self.input_shape)[0]))
+        self.plan.finalize(arena, what=f"the plan for batch size {self.batch_size}")

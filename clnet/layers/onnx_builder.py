@@ -1,0 +1,26 @@
+"""OnnxBuilder: what a layer's `to_onnx` adds its nodes to (clnet/export.py drives it)."""
+
+import numpy as np
+
+
+class OnnxBuilder:
+    """Accumulates nodes and initializers; `value` is the name of the current value, which the next
+    node takes as its first input. Layers add their nodes through it (`Layer.to_onnx`)."""
+
+    def __init__(self, helper, numpy_helper):
+        self.helper, self.numpy_helper = helper, numpy_helper
+        self.nodes, self.initializers = [], []
+        self.value = "input"
+
+    def constant(self, name, array):
+        """Add an initializer; returns its name."""
+        self.initializers.append(self.numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    def add(self, op, name, inputs=(), output=None, **attrs):
+        """A node taking the current value (and `inputs`), whose output (by default f"{name}.out")
+        becomes the current value."""
+        output = output or f"{name}.out"
+        self.nodes.append(self.helper.make_node(op, [self.value, *inputs], [output], name=name, **attrs))
+        self.value = output
+        return output

@@ -1,0 +1,149 @@
+"""Network: what a model is, apart from any device: named nodes (a layer and the names of the
+values it reads) in topological order, with shape inference, consumer counts and the fusion pass.
+
+The network's input value is named "input"; every node's output value bears the node's name, and
+its parameters are keyed "<node name>.<parameter>" (so a chain named "0", "1", ... has the keys of
+the same torch.nn.Sequential). The last node is the output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .errors import ShapeError
+from .layers import Activation, Layer
+
+INPUT = "input"
+
+
+@dataclass(frozen=True)
+class Node:
+    """A layer applied to the values named in `inputs` (the network's "input" or earlier nodes)."""
+    name: str
+    layer: Layer
+    inputs: tuple
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A node as it runs: `act` is the activation fused into its epilogue ("none" otherwise), and
+    `output` the name of the value it makes (the fused activation's, when there is one). `index` is
+    the node's position in the network (it keys the node's random streams)."""
+    index: int
+    name: str
+    layer: Layer
+    act: str
+    inputs: tuple
+    input_shapes: tuple
+    output: str
+    output_shape: tuple
+
+
+class Network:
+    """Named nodes in topological order; `Network.chain(layers)` makes the stack of a Sequential.
+
+    Args:
+        nodes: `Node`s, each reading only the network's input or nodes before it.
+
+    Example:
+        >>> net = Network.chain([Flatten(), Dense(784, 10)])
+        >>> net.shapes((1, 28, 28))["1"]
+        (10,)
+    """
+
+    def __init__(self, nodes: Sequence[Node]):
+        self.nodes = list(nodes)
+        known = {INPUT}
+        for node in self.nodes:
+            if not isinstance(node.layer, Layer):
+                raise TypeError(f"node {node.name!r} holds {node.layer!r}, not a clnet layer")
+            if node.name in known:
+                raise ValueError(f"two values are named {node.name!r}: node names must be unique and not {INPUT!r}")
+            missing = [name for name in node.inputs if name not in known]
+            if missing or not node.inputs:
+                raise ValueError(f"node {node.name!r} reads {missing or 'nothing'}: a node reads the network's "
+                                 f"input or nodes before it")
+            known.add(node.name)
+        if not self.nodes:
+            raise ValueError("a network needs at least one node")
+        self.consumers = {name: 0 for name in known}
+        for node in self.nodes:
+            for name in node.inputs:
+                self.consumers[name] += 1
+
+    @classmethod
+    def chain(cls, layers: Sequence[Layer]) -> Network:
+        """Each layer reading the one before: nodes named "0", "1", ..."""
+        layers = list(layers)
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Layer):
+                raise TypeError(f"layer {i} is {layer!r}, not a clnet layer")
+        return cls(Node(str(i), layer, (str(i - 1) if i else INPUT,)) for i, layer in enumerate(layers))
+
+    @property
+    def layers(self):
+        return [node.layer for node in self.nodes]
+
+    @property
+    def output(self):
+        return self.nodes[-1].name
+
+    def following(self, node):
+        """The layer that alone reads `node`'s output (it chooses the node's initialisation), or None."""
+        readers = [n.layer for n in self.nodes if node.name in n.inputs]
+        return readers[0] if len(readers) == 1 else None
+
+    def shapes(self, input_shape: tuple) -> dict:
+        """{value name: per-sample shape}; a ShapeError names the node that does not fit."""
+        shapes = {INPUT: tuple(input_shape)}
+        for node in self.nodes:
+            shape = shapes[node.inputs[0]]
+            try:
+                shapes[node.name] = tuple(node.layer.output_shape(shape))
+            except ShapeError as exc:
+                raise ShapeError(f"layer {node.name} ({node.layer!r}) {exc}") from None
+        return shapes
+
+    def output_shape(self, input_shape: tuple) -> tuple:
+        return self.shapes(input_shape)[self.output]
+
+    def stages(self, input_shape: tuple, loss=None) -> list:
+        """The nodes as they run, after checking every shape.
+
+        A link layer ending the network (Softmax before cross-entropy) is left to the loss, and an
+        activation whose producer can fuse it (Dense, Conv2D) runs in the producer's epilogue when
+        it is the producer's sole reader.
+        """
+        shapes = self.shapes(input_shape)
+        nodes = list(self.nodes)
+        if loss is not None and loss.link_layer is not None and type(nodes[-1].layer) is loss.link_layer:
+            nodes.pop()
+        by_name = {node.name: node for node in nodes}
+        fused = {}  # producer name -> the activation node it runs
+        for node in nodes:
+            producer = by_name.get(node.inputs[0])
+            if (isinstance(node.layer, Activation) and producer is not None and producer.layer.fuses_activation
+                    and self.consumers[producer.name] == 1 and producer.name not in fused):
+                fused[producer.name] = node
+        absorbed = {node.name for node in fused.values()}
+        index = {node.name: i for i, node in enumerate(self.nodes)}
+        stages = []
+        for node in nodes:
+            if node.name in absorbed:
+                continue
+            act_node = fused.get(node.name)
+            output = act_node.name if act_node else node.name
+            stages.append(Stage(index[node.name], node.name, node.layer, act_node.layer.kind if act_node else "none",
+                                node.inputs,
+                                tuple(shapes[name] for name in node.inputs), output, shapes[output]))
+        return stages
+
+    def __repr__(self):
+        return f"Network({', '.join(f'{n.name}={n.layer!r}' for n in self.nodes)})"
+
+
+def loss_input(stages: list, input_shape: tuple) -> tuple:
+    """(name, per-sample shape) of the value that the loss reads, from a network's `stages`: the
+    last stage's output (that of a stage before a link layer the loss takes over)."""
+    return (stages[-1].output, stages[-1].output_shape) if stages else (INPUT, tuple(input_shape))

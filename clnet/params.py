@@ -1,0 +1,123 @@
+"""ParamStore: a network's parameters, gradients, layer buffers and optimizer state, each one flat
+device buffer, so that the optimizer is one launch over all of them and a replica's gradients are
+one buffer to reduce."""
+
+from math import prod
+
+import numpy as np
+
+from .errors import InputError, ShapeError
+from .plan import round_up
+from .tensor import DeviceTensor
+
+PARAM_ALIGN = 16  # elements: each tensor starts on a 64-byte boundary for vector loads
+
+
+class Entry:
+    """Where one parameter or buffer of a node lives in its flat tensor."""
+
+    def __init__(self, node, name, shape, offset, trainable):
+        self.node, self.name, self.shape, self.offset, self.trainable = node, name, shape, offset, trainable
+        self.key = f"{node}.{name}"
+        self.size = prod(shape)
+
+
+class ParamStore:
+    """Every trainable parameter of a network in one flat device buffer and every gradient in
+    another; non-trainable state (batch-norm running statistics) in a third that the optimizer never
+    touches; the optimizer's state (momentum, moments) as further flat buffers of the parameters'
+    size, and the number of optimizer steps taken (`steps`), which also keys dropout and
+    augmentation.
+
+    Initial values come from a counter-based generator (Philox) keyed by the seed and the node's
+    position, so they do not depend on the device.
+    """
+
+    def __init__(self, device, network, seed):
+        self.device = device
+        self.entries, sizes = [], {True: 0, False: 0}
+        for node in network.nodes:
+            for trainable, shapes in ((True, node.layer.param_shapes()), (False, node.layer.buffer_shapes())):
+                for name, shape in shapes.items():
+                    self.entries.append(Entry(node.name, name, tuple(shape), sizes[trainable], trainable))
+                    sizes[trainable] += round_up(prod(shape), PARAM_ALIGN)
+        self.params = DeviceTensor.empty(device, (max(sizes[True], 1),), what="the parameters")
+        self.grads = DeviceTensor.empty(device, (max(sizes[True], 1),), what="the gradients")
+        self.buffers = DeviceTensor.empty(device, (max(sizes[False], 1),), what="the layer buffers")
+        self.grads.fill(0)  # alignment gaps are never written but the optimizer reads them
+        self.optimizer_state, self.steps = [], 0
+        self._initialize(network, seed)
+
+    @property
+    def count(self):
+        """Trainable parameters."""
+        return sum(e.size for e in self.entries if e.trainable)
+
+    def _initialize(self, network, seed):
+        flats = {True: np.zeros(self.params.size, np.float32), False: np.zeros(self.buffers.size, np.float32)}
+        for i, node in enumerate(network.nodes):
+            rng = np.random.Generator(np.random.Philox(np.random.SeedSequence([seed, i])))
+            values = node.layer.init_params(rng, network.following(node))
+            for e in self.entries:
+                if e.node == node.name:
+                    flats[e.trainable][e.offset:e.offset + e.size] = values[e.name].reshape(-1)
+        self.params.upload(flats[True])
+        self.buffers.upload(flats[False])
+
+    def views(self, node, kind):
+        """{name: tensor} of one node's "params", "grads" or "buffers"."""
+        tensor = {"params": self.params, "grads": self.grads, "buffers": self.buffers}[kind]
+        return {e.name: tensor.view(e.shape, e.offset) for e in self.entries
+                if e.node == node and e.trainable == (kind != "buffers")}
+
+    def reset_optimizer_state(self):
+        """No optimizer state and no steps taken, for a newly compiled optimizer."""
+        self.optimizer_state, self.steps = [], 0
+
+    def require_optimizer_state(self, count):
+        """`count` state buffers, zeroed when they are made: made by the first training step
+        compiled for an optimizer, kept by every later one."""
+        if len(self.optimizer_state) != count:
+            self.optimizer_state = [DeviceTensor.empty(self.device, self.params.shape, what="optimizer state")
+                                    for _ in range(count)]
+            for tensor in self.optimizer_state:
+                tensor.fill(0)
+        return self.optimizer_state
+
+    def load_optimizer_state(self, arrays, steps):
+        """Restore saved optimizer state (float32 arrays of the parameters' size) and step count."""
+        arrays = [np.ascontiguousarray(a, dtype=np.float32).reshape(-1) for a in arrays]
+        for i, array in enumerate(arrays):
+            if array.size != self.params.size:
+                raise ShapeError(f"optimizer state {i} ({array.size} values) does not fit the model's "
+                                 f"{self.params.size} parameter slots")
+        for tensor, array in zip(self.require_optimizer_state(len(arrays)), arrays):
+            tensor.upload(array)  # in place: plans recorded with these tensors keep working
+        self.steps = int(steps)
+
+    def state_dict(self):
+        flats = {True: self.params.download(), False: self.buffers.download()}
+        return {e.key: flats[e.trainable][e.offset:e.offset + e.size].reshape(e.shape).copy()
+                for e in self.entries}
+
+    def gradients(self):
+        flat = self.grads.download()
+        return {e.key: flat[e.offset:e.offset + e.size].reshape(e.shape).copy()
+                for e in self.entries if e.trainable}
+
+    def load_state_dict(self, state):
+        expected = {e.key: e for e in self.entries}
+        missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+        if missing or unexpected:
+            raise InputError(f"state_dict does not fit this model: missing keys {missing}, "
+                             f"unexpected keys {unexpected}")
+        flats = {True: self.params.download(), False: self.buffers.download()}
+        for key, e in expected.items():
+            value = np.asarray(state[key], dtype=np.float32)
+            if value.shape != e.shape:
+                raise ShapeError(f"state_dict[{key!r}] has shape {value.shape}, the model expects {e.shape}")
+            if not np.all(np.isfinite(value)):
+                raise InputError(f"state_dict[{key!r}] contains NaN or infinity")
+            flats[e.trainable][e.offset:e.offset + e.size] = value.reshape(-1)
+        self.params.upload(flats[True])
+        self.buffers.upload(flats[False])

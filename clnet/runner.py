@@ -1,0 +1,115 @@
+"""The runner: replays a CompiledStep. It stages host batches into the plan's two upload slots (the
+upload of the next batch overlaps this one's kernels), binds the input stage to its source (a staged
+batch, or a dataset held on the device), sets the per-step arguments, and keeps the host at most
+AHEAD steps in front of the device."""
+
+from collections import deque
+
+import numpy as np
+import pyopencl as cl
+
+from . import losses
+
+AHEAD = 3  # steps the host may queue before the device has finished them
+
+
+class Runner:
+    """Runs one CompiledStep on its device. Training steps advance `store.steps`, the optimizer
+    step count that also keys dropout and augmentation."""
+
+    def __init__(self, compiled, store, optimizer=None):
+        self.compiled, self.store, self.optimizer = compiled, store, optimizer
+        self.plan, self.device = compiled.plan, compiled.device
+        self._slot, self._slots, self._ahead = 0, [None, None], deque()
+        self._source = None
+        self.n_valid = compiled.batch_size
+        self._gathers = self.plan.phase_range("input", "input")[1]  # launches of the input stage, first in the plan
+        if compiled.training:
+            self._gradients = self.plan.phase_range("input", "backward")
+            self._update = self.plan.phase_range("update", "update")
+
+    def _bind_source(self, images, targets, order, start, n):
+        """Point the input stage at a source; arguments are set only when they change."""
+        source = (images, targets, order)
+        if source != self._source:
+            self.plan.set_dynamic("image_source", images)
+            self.plan.set_dynamic("image_order", order)
+            if targets is not None:
+                self.plan.set_dynamic("target_source", targets)
+                self.plan.set_dynamic("target_order", order)
+            self._source = source
+        self.plan.set_dynamic("start", start)
+        if n != self.n_valid:
+            self.plan.set_dynamic("n_valid", n)
+            self.n_valid = n
+
+    def _stage(self, x, targets):
+        """Upload a batch into the next staging slot on the copy queue; returns the upload events
+        and the host arrays, which must live until the uploads are done.
+
+        A slot is refilled only after the gather that read it two steps ago has run."""
+        self._slot ^= 1
+        images, target_tensor = self.compiled.staging[self._slot]
+        wait_for = []
+        if self._slots[self._slot] is not None:
+            uploads, _, gathered = self._slots[self._slot]
+            cl.wait_for_events(uploads)
+            wait_for = [gathered]
+        queue = self.device.copy_queue
+        arrays = [np.ascontiguousarray(x, images.dtype)]
+        events = [images.view((len(x), *images.shape[1:])).upload(arrays[0], False, queue, wait_for)]
+        if targets is not None:
+            arrays.append(np.ascontiguousarray(targets, target_tensor.dtype).reshape(len(x), -1))
+            events.append(target_tensor.view((len(x), *target_tensor.shape[1:]))
+                          .upload(arrays[1], False, queue, wait_for))
+        queue.flush()
+        self._bind_source(images, target_tensor if targets is not None else None, self.compiled.identity, 0, len(x))
+        return events, arrays
+
+    def _run(self, staged, *ranges):
+        """Enqueue the launch ranges in order, the first after the staged uploads."""
+        events = []
+        for start, stop in ranges:
+            events += self.plan.run(wait_for=staged[0] if staged and not events else None, start=start, stop=stop)
+        if staged:  # the slot may be refilled once the input stage's gathers have read it
+            self._slots[self._slot] = (*staged, events[self._gathers - 1])
+        # The host stays at most AHEAD steps in front of the device: progress shown is progress made.
+        self._ahead.append(events[-1])
+        if len(self._ahead) > AHEAD:
+            self._ahead.popleft().wait()
+
+    def train(self, x, targets):
+        """Queue one training step on a host batch of at most batch_size samples (raw images)."""
+        self._train(self._stage(x, targets))
+
+    def train_resident(self, data, start, n):
+        """Queue one training step on samples data.order[start:start + n] of a DeviceDataset."""
+        self._bind_source(data.images, data.targets, data.order, start, n)
+        self._train(None)
+
+    def _train(self, staged):
+        self.store.steps += 1
+        self.optimizer.prepare(self.compiled.update_launch, self.store.steps)
+        self.plan.set_dynamic("step", self.store.steps)
+        # The gradients, then the update: between them is where replicas will reduce their gradients.
+        self._run(staged, self._gradients, self._update)
+
+    def infer(self, x, targets=None, want_output=True):
+        """Queue one evaluation batch: metrics accumulate when targets are given; returns the
+        outputs for the valid rows when asked (that download waits for the queue)."""
+        staged = self._stage(x, targets)
+        if self.compiled.loss_launch is not None:
+            flags = (losses.PROBS if want_output else 0) | (losses.METRICS if targets is not None else 0)
+            self.compiled.loss_launch.set("flags", flags)
+        self._run(staged, (0, None))
+        if want_output:
+            return self.compiled.output.tensor().download()[:self.n_valid]
+        return None
+
+    def sync(self):
+        """Wait for the device; forget the source, so that a dataset held on the device is freed
+        once its fit ends (the next step binds its source again)."""
+        self.device.finish()
+        self._slots = [None, None]
+        self._ahead.clear()
+        self._source = None

@@ -1,0 +1,169 @@
+"""Trainer: the epoch loop of a fit, in one short place, calling its callbacks at every point.
+
+It shuffles with its seeded generator, feeds the compiled training step from a dataset held on the
+device or from host batches, reads the metrics once an epoch, validates, and records the history;
+everything else (progress, logs, checkpoints, schedules, early stopping) is a callback.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from .datasets import Dataset
+from .datasets.feed import DeviceDataset, parse_augment
+from .callbacks import Callback
+from .errors import InputError
+
+
+class History:
+    """What `fit` returns: per-epoch metrics in `history` ({"loss": [...], "accuracy": [...], ...})
+    and the epochs they belong to in `epochs`."""
+
+    def __init__(self):
+        self.history = {}
+        self.epochs = []
+
+    def record(self, epoch, logs):
+        self.epochs.append(epoch)
+        for key, value in logs.items():
+            self.history.setdefault(key, []).append(value)
+
+    def __repr__(self):
+        return f"History({self.history})"
+
+
+class _InterruptBetweenSteps:
+    """Ctrl-C during a fit takes effect after the step under way (or the end-of-epoch work), so that
+    a checkpoint never holds half a step; a second Ctrl-C interrupts at once."""
+
+    def __enter__(self):
+        self.requested, self.previous = False, None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._request)
+        return self
+
+    def _request(self, signum, frame):
+        self.requested = True
+        signal.signal(signal.SIGINT, self.previous)
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+
+class Trainer:
+    """Trains a compiled model with a list of callbacks (`clnet.callbacks`).
+
+    What callbacks may read: `model`, `epochs`, `steps_per_epoch`, `batch_size`, `history`,
+    `rng` (the generator of the sample order), `order` (this epoch's), `start_epoch` and
+    `start_step` (where the loop begins, moved by a resumed checkpoint), `epoch_seconds` and
+    `epoch_images` (at the end of an epoch), `read_metrics()` (the running metrics: one small read
+    from the device), `verbose` and `stream`; setting `stop_training` ends the fit after the epoch.
+
+    Args:
+        model: a compiled clnet model.
+        callbacks: called in order at each point of training.
+        validation_data: (x, targets) or a Dataset, evaluated after every epoch; a callback that
+            monitors a "val_" metric needs it.
+        verbose: whether callbacks should print; stream: where to (default stdout).
+
+    Example:
+        >>> x, targets = model._prepare(x, y)   # validated inputs, and targets as the loss takes them
+        >>> trainer = Trainer(model, [callbacks.Progress(), callbacks.NaNGuard()])
+        >>> history = trainer.fit(x, targets, epochs=5, batch_size=64, rng=np.random.default_rng(0))
+    """
+
+    def __init__(self, model, callbacks: Sequence[Callback] = (), validation_data=None, verbose: bool = True,
+                 stream=None):
+        monitors = [c.monitor for c in callbacks if getattr(c, "monitor", None)]
+        if validation_data is None and any(m.startswith("val_") for m in monitors):
+            raise InputError(f"{', '.join(monitors)} needs validation data: pass validation_split or validation_data")
+        self.model, self.callbacks, self.validation_data = model, list(callbacks), validation_data
+        self.verbose, self.stream = bool(verbose), stream or sys.stdout
+
+    def _call(self, hook, *args):
+        for callback in self.callbacks:
+            getattr(callback, hook)(*args)
+
+    def read_metrics(self) -> dict:
+        return self.model._read_metrics(self.targets)
+
+    @property
+    def epoch_seconds(self):
+        return time.perf_counter() - self._epoch_start
+
+    def fit(self, x: np.ndarray, targets: np.ndarray, epochs: int, batch_size: int, rng: np.random.Generator,
+            shuffle: bool = True, augment: str | dict | None = None, resident: bool | str = "auto") -> History:
+        """Train on validated inputs `x` and the loss's `targets`; returns the History.
+
+        rng: the generator of every epoch's sample order; augment: as `Model.fit`; resident: keep
+        the training set in device memory ("auto": when it fits)."""
+        model = self.model
+        self.targets, self.epochs, self.rng = targets, epochs, rng
+        self.history = model.history = History()
+        self.start_epoch, self.start_step, self.order = 1, 0, None
+        self.stop_training = False
+        self.batch_size = min(batch_size, len(x))
+        self.steps_per_epoch = -(-len(x) // self.batch_size)
+        for callback in self.callbacks:
+            callback.trainer = self
+        try:
+            self._call("on_train_begin")  # a checkpoint resumes here, normalisation included
+            runner = model._runner(self.batch_size, x.shape[1:], True, targets.dtype,
+                                   model._spec(x, *parse_augment(augment)))
+            if resident == "auto":
+                in_use = runner.plan.arena_bytes + 4 * model.param_store.params.nbytes
+                resident = DeviceDataset.fits(model.device, x, targets, in_use)
+            data = DeviceDataset(model.device, x, targets) if resident else None
+            with _InterruptBetweenSteps() as interrupt:
+                for epoch in range(self.start_epoch, epochs + 1):
+                    self._epoch(epoch, runner, x, targets, data, shuffle, interrupt)
+                    if interrupt.requested:
+                        raise KeyboardInterrupt
+                    if self.stop_training:
+                        break
+        finally:
+            self._call("on_train_end")
+        return self.history
+
+    def _epoch(self, epoch, runner, x, targets, data, shuffle, interrupt):
+        model, size, steps = self.model, self.batch_size, self.steps_per_epoch
+        if self.order is None:
+            model.metrics.fill(0)
+            self.order = self.rng.permutation(len(x)) if shuffle else np.arange(len(x))
+        if data is not None:
+            data.shuffle(self.order)
+        self._epoch_start = time.perf_counter()
+        self._call("on_epoch_begin", epoch)
+        for step in range(self.start_step, steps):
+            self._call("on_step_begin", epoch, step)
+            if data is not None:
+                runner.train_resident(data, step * size, min(size, len(x) - step * size))
+            else:
+                batch = self.order[step * size:(step + 1) * size]
+                runner.train(x[batch], targets[batch])
+            self._call("on_step_end", epoch, step)
+            if interrupt.requested and step + 1 < steps:  # keep what is done, then stop
+                runner.sync()
+                self._call("on_interrupt", epoch, step + 1)
+                raise KeyboardInterrupt
+        done = steps - self.start_step
+        self.start_step = 0
+        logs = self.read_metrics()
+        runner.sync()
+        self._call("on_epoch_metrics", epoch, logs)
+        if self.validation_data is not None:
+            val = (model.evaluate(self.validation_data, batch_size=size) if isinstance(self.validation_data, Dataset)
+                   else model.evaluate(*self.validation_data, batch_size=size))
+            logs.update({f"val_{k}": v for k, v in val.items()})
+        logs["lr"] = model.optimizer.lr
+        self.epoch_images = min(done * size, len(x))
+        self.history.record(epoch, logs)
+        self.order = None
+        self._call("on_epoch_end", epoch, logs)

@@ -1,0 +1,89 @@
+// gemm_packed, the CPU family's GEMM (semantics, operands and epilogue in gemm_common.h), and the
+// copies of its operands into panels.
+#include "gemm_common.h"
+
+// gemm_packed multiplies operands copied into panels, so that it reads both sequentially: A in
+// panels of CPU_ROWS rows (element (m, k) at ((m / CPU_ROWS) * K + k) * CPU_ROWS + m % CPU_ROWS) and
+// B in panels of 16 columns (element (k, n) at ((n / 16) * K + k) * 16 + n % 16). pack_a and pack_b
+// copy any layout into panels; the last panels are padded with zeros. An implicit convolution
+// (CONV_B) instead gathers each panel of B into local memory, where it stays in cache while every
+// panel of A is multiplied by it: the column matrix never goes through main memory.
+#ifndef CPU_ROWS
+#define CPU_ROWS 12  // rows of C per work-item: float16 accumulators kept in registers
+#endif
+#define PANEL 16     // columns of a B panel: one float16
+
+// Global size (K, ceil(M / CPU_ROWS)).
+__kernel void pack_a(const int M, const int K, __global const float* restrict A, const int a_off,
+                     const int lda, __global float* restrict P, const int p_off)
+{
+    const int k = get_global_id(0), q = get_global_id(1);
+    if (k >= K) return;  // the grid is rounded up to whole work-groups
+    __global float* out = P + p_off + (q * K + k) * CPU_ROWS;
+    for (int r = 0; r < CPU_ROWS; r++) {
+        const int m = q * CPU_ROWS + r;
+        out[r] = m < M ? A_AT(m, k) : 0.0f;
+    }
+}
+
+// Global size (K, ceil(N / 16)).
+__kernel void pack_b(const int K, const int N, __global const float* restrict B, const int b_off,
+                     const int ldb, __global float* restrict P, const int p_off)
+{
+    const int k = get_global_id(0), n0 = get_global_id(1) * PANEL;
+    if (k >= K) return;  // the grid is rounded up to whole work-groups
+    __global float* out = P + p_off + (get_global_id(1) * K + k) * PANEL;
+    if (!TRANS_B && n0 + PANEL <= N) {
+        *(__global float16*)out = load16(B + b_off + k * ldb + n0);  // panels are 64-byte aligned
+        return;
+    }
+    for (int j = 0; j < PANEL; j++) out[j] = n0 + j < N ? B_AT(k, n0 + j) : 0.0f;
+}
+
+#include "conv_panel.h"
+
+// Work-item (p, q, z) multiplies panel q of A by panel p of B over slice z of K (all of it unless
+// SPLIT_K) and stores its CPU_ROWS x 16 block of C. Global size (ceil(N / 16), ceil(M / CPU_ROWS),
+// slices), except with CONV_B: (ceil(N / 16), 1, slices), one work-item per work-group multiplying
+// every panel of A by its gathered panel of B (a slice of at most PANEL_K rows). A and B are panels:
+// lda and ldb are unused.
+__kernel void gemm_packed(GEMM_ARGS)
+{
+    const int p = get_global_id(0);
+    if (p * PANEL >= N) return;  // the grid may be rounded up to whole work-groups
+    const int share = (K + get_global_size(2) - 1) / get_global_size(2);
+    const int k0 = get_global_id(2) * share, k1 = min(K, k0 + share);
+#ifdef PANEL_K
+    __local float16 panel[PANEL_K];
+    gather_panel((__local float*)panel, B + b_off, N, p, k0, k1);
+#define B_ROW(k) panel[(k) - k0]
+    for (int q = 0; q * CPU_ROWS < M; q++) {
+#else
+    __global const float* b = B + b_off + p * K * PANEL;
+#define B_ROW(k) load16(b + (k) * PANEL)
+    {
+        const int q = get_global_id(1);
+#endif
+        __global const float* a = A + a_off + q * K * CPU_ROWS;
+        float16 acc[CPU_ROWS];
+        // Unrolled, or the accumulators live in memory instead of registers (2-3x slower under PoCL).
+        _Pragma("unroll") for (int r = 0; r < CPU_ROWS; r++) acc[r] = (float16)(0.0f);
+        for (int k = k0; k < k1; k++) {
+            const float16 bk = B_ROW(k);
+            _Pragma("unroll") for (int r = 0; r < CPU_ROWS; r++) acc[r] = a[k * CPU_ROWS + r] * bk + acc[r];
+        }
+        const int m0 = q * CPU_ROWS, n0 = p * PANEL;
+        for (int r = 0; r < CPU_ROWS && m0 + r < M; r++) {
+            // A vector store into an aligned private array: PoCL 3.0's kernel cache loses kernels
+            // that call vstore16.
+            __attribute__((aligned(64))) float out[PANEL];
+            *(float16*)out = acc[r];
+            if (n0 + PANEL <= N && C_RUN(n0, PANEL)) {  // one run of addresses: vector stores
+                const int at = C_AT(m0 + r, n0);
+                for (int j = 0; j < PANEL; j++) STORE_AT(at + j, m0 + r, n0 + j, out[j]);
+            } else {
+                for (int j = 0; j < PANEL && n0 + j < N; j++) STORE(m0 + r, n0 + j, out[j]);
+            }
+        }
+    }
+}

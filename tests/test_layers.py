@@ -1,0 +1,75 @@
+"""Every layer of the registry (layer_registry.py) in evaluation: its forward pass on the device
+against its float64 reference, and its ONNX export run by onnxruntime against the device; the
+registry against clnet.layers, so that no layer goes unchecked; every layer's docstring."""
+
+import inspect
+import re
+
+import numpy as np
+import pytest
+
+import clnet
+from clnet import layers as L
+
+from layer_registry import LAYER_CASES, case_id
+from reference import forward
+
+
+def _model(device, case):
+    """A one-layer model on `case`'s layer, its parameters and buffers away from their initial
+    values (running variances positive), and an input batch."""
+    layer, shape, batch = case
+    model = clnet.Sequential([layer], device=device, seed=1)
+    rng = np.random.default_rng(LAYER_CASES.index(case))
+    state = {key: (rng.uniform(0.5, 2.0, value.shape) if key.endswith("running_var")
+                   else value + rng.normal(0, 0.5, value.shape)).astype(np.float32)
+             for key, value in model.state_dict().items()}
+    model.load_state_dict(state)
+    return model, rng.normal(size=(batch, *shape)).astype(np.float32)
+
+
+def _layer_classes(cls=L.Layer):
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from _layer_classes(sub)
+
+
+def test_the_registry_holds_every_layer():
+    """Every public layer class of clnet.layers (but the Activation base) is in LAYERS, and every
+    one of LAYERS has a registry entry."""
+    public = {cls for cls in _layer_classes() if cls.__module__.startswith("clnet.layers.")
+              and not cls.__name__.startswith("_")}
+    assert public - {L.Activation} == set(L.LAYERS.values())
+    assert {type(layer) for layer, _, _ in LAYER_CASES} == set(L.LAYERS.values())
+    assert all(L.LAYERS[name] is cls and cls.__name__ == name for name, cls in L.LAYERS.items())
+
+
+@pytest.mark.parametrize("name", sorted(L.LAYERS))
+def test_every_layer_documents_its_arguments_shapes_and_an_example(name):
+    doc = inspect.getdoc(L.LAYERS[name])
+    assert "\nShape:\n" in doc and "\nExample:\n" in doc, name
+    arguments = list(inspect.signature(L.LAYERS[name]).parameters)
+    if arguments:
+        documented = doc.split("\nArgs:\n")[1].split("\n\n")[0]
+        assert all(re.search(rf"\b{argument}\b", documented) for argument in arguments), name
+
+
+@pytest.mark.parametrize("case", LAYER_CASES, ids=[case_id(c) for c in LAYER_CASES])
+def test_forward_matches_the_reference(device, case):
+    model, x = _model(device, case)
+    expected = forward(model.layers, model.state_dict(), x)
+    got = model.predict(x)
+    assert got.shape == expected.shape == (len(x), *model.layers[0].output_shape(x.shape[1:]))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", LAYER_CASES, ids=[case_id(c) for c in LAYER_CASES])
+def test_onnx_export_matches_the_device(device, case, tmp_path):
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from clnet.export import to_onnx
+
+    model, x = _model(device, case)
+    to_onnx(model, tmp_path / "layer.onnx", input_shape=x.shape[1:])
+    session = ort.InferenceSession(str(tmp_path / "layer.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"input": x})[0], model.predict(x), rtol=0, atol=1e-4)
