@@ -1,7 +1,7 @@
 """Layers, in PyTorch's layouts (NCHW activations, Dense weight (out, in)).
 
-`LAYERS` maps the canonical class name of every concrete layer to its class: the names that model
-files store. `ALIASES` maps former names to the same classes, so that code importing them and model
+`LAYERS` maps the canonical class name of every concrete layer imported here to its class: the
+names that model files store. A new layer is its file and one import line here. `ALIASES` maps former names to the same classes, so that code importing them and model
 files naming them keep working (BatchNorm1d and BatchNorm2d became BatchNorm1D and BatchNorm2D).
 """
 
@@ -14,11 +14,10 @@ from .norm import BatchNorm1D, BatchNorm1d, BatchNorm2D, BatchNorm2d
 from .pool import AvgPool2D, GlobalAvgPool2D, MaxPool2D
 from .reshape import Flatten
 
-LAYERS: dict[str, type[Layer]] = {cls.__name__: cls for cls in (
-    AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool2D, MaxPool2D, ReLU,
-    Sigmoid, Softmax, Tanh)}
+# Every concrete layer imported above, by the name it has (an alias is imported under another name).
+LAYERS: dict[str, type[Layer]] = {name: value for name, value in sorted(globals().items())
+                                  if isinstance(value, type) and issubclass(value, Layer)
+                                  and value not in (Layer, Activation) and value.__name__ == name}
 ALIASES: dict[str, type[Layer]] = {"BatchNorm1d": BatchNorm1d, "BatchNorm2d": BatchNorm2d}
 
-__all__ = ["ALIASES", "Activation", "AvgPool2D", "BatchNorm1D", "BatchNorm1d", "BatchNorm2D", "BatchNorm2d",
-           "Conv2D", "Dense", "Dropout", "Flatten", "GlobalAvgPool2D", "LAYERS", "Layer", "LayerContext",
-           "MaxPool2D", "ReLU", "Sigmoid", "Softmax", "Tanh"]
+__all__ = sorted([*LAYERS, *ALIASES, "ALIASES", "Activation", "LAYERS", "Layer", "LayerContext"])
