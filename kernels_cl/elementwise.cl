@@ -75,3 +75,12 @@ __kernel void softmax_backward(const int rows, const int cols, __global const fl
     for (int c = 0; c < cols; c++) dot += dy[dyo + base + c] * y[yo + base + c];
     for (int c = 0; c < cols; c++) dx[dxo + base + c] = y[yo + base + c] * (dy[dyo + base + c] - dot);
 }
+
+// out = a + b, element by element (out may be a or b).
+__kernel void add_tensors(const int n, __global const float* a, const int ao, __global const float* b, const int bo,
+                          __global float* out, const int outo)
+{
+    const int i = get_global_id(0);
+    if (i >= n) return;
+    out[outo + i] = a[ao + i] + b[bo + i];
+}

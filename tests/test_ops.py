@@ -590,3 +590,19 @@ def test_optimizer_steps(device, name, kwargs, ref_kwargs, n):
     want = reference(p0, grads, lrs, **ref_kwargs)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     assert np.abs(want - p0).max() > 1e-3  # the steps moved the parameters well beyond the tolerance
+
+
+@pytest.mark.parametrize("n", [1, 67, 1000])
+def test_add(device, n):
+    """out = a + b at odd offsets in NaN-guarded buffers; also into one of its operands."""
+    from clnet.ops.elementwise import add
+    rng = np.random.default_rng(n)
+    a, b = f32(rng.normal(size=n)), f32(rng.normal(size=(n, 1)))
+    sa, sb, out = Slot(device, a, 5), Slot(device, b, 11), Slot.output(device, (n,), 7)
+    plan = new_plan(device)
+    add(plan, sa.tensor, sb.tensor, out.tensor)
+    add(plan, out.tensor, sb.tensor, out.tensor)  # in place: out = a + 2 b
+    execute(plan)
+    np.testing.assert_allclose(out.read(), a.astype(np.float64) + 2 * b[:, 0].astype(np.float64), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="add of"):
+        add(new_plan(device), sa.tensor, sb.tensor.view((n - 1,)) if n > 1 else sa.tensor.view((0,)), out.tensor)

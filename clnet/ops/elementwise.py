@@ -1,4 +1,4 @@
-"""Launchers for activations, the fused bias/activation backward and row-wise softmax."""
+"""Launchers for activations, the fused bias/activation backward, row-wise softmax and sums."""
 
 FILE = "elementwise.cl"
 LOCAL = 64
@@ -30,3 +30,10 @@ def softmax_forward(plan, x, y):
 def softmax_backward(plan, y, dy, dx):
     rows, cols = y.shape
     return plan.launch(plan.kernel(FILE, "softmax_backward"), (rows,), (LOCAL,), rows, cols, y, dy, dx)
+
+
+def add(plan, a, b, out):
+    """out = a + b over every element (tensors of one size, any shapes)."""
+    if not a.size == b.size == out.size:
+        raise ValueError(f"add of {a.shape} and {b.shape} into {out.shape}")
+    return plan.launch(plan.kernel(FILE, "add_tensors"), (out.size,), (LOCAL,), out.size, a, b, out)
