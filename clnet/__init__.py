@@ -4,11 +4,12 @@ from . import callbacks, datasets, io, layers, losses, models, optim
 from .device import Device, DeviceInfo, device, list_devices
 from .errors import (ClnetError, DatasetError, DeviceNotFoundError, InputError, KernelBuildError,
                      ModelFileError, OutOfDeviceMemoryError, ShapeError, TrainingError)
+from .layers import Input
 from .model import History, Model, Sequential, load, load_checkpoint
 
 from .version import __version__
 
 __all__ = ["ClnetError", "DatasetError", "Device", "DeviceInfo", "DeviceNotFoundError", "History",
-           "InputError", "KernelBuildError", "Model", "ModelFileError", "OutOfDeviceMemoryError", "Sequential",
+           "Input", "InputError", "KernelBuildError", "Model", "ModelFileError", "OutOfDeviceMemoryError", "Sequential",
            "ShapeError", "TrainingError", "callbacks", "datasets", "device", "io", "layers", "list_devices", "load",
            "load_checkpoint", "losses", "models", "optim"]

@@ -22,6 +22,7 @@ from .errors import OutOfDeviceMemoryError
 from .layers import LayerContext
 from .network import INPUT, loss_input
 from .ops import data as data_ops
+from .ops.elementwise import add
 from .ops.random import step_arg
 from .plan import Plan
 from .tensor import DeviceTensor, allocate
@@ -68,7 +69,7 @@ class CompiledStep:
             grad = plan.value(z2d.shape, "loss gradient")
             self.loss_launch = loss.record(plan, z2d, self.targets, grad, None, metrics, losses.GRAD | losses.METRICS)
             plan.mark("backward")
-            self._backward(stages, contexts, values, grad.view(z.shape))
+            self._backward(plan, stages, contexts, values, grad.view(z.shape))
             plan.mark("update")
             self.update_launch = optimizer.record(plan, store.params, store.grads,
                                                   store.require_optimizer_state(optimizer.slots))
@@ -82,9 +83,10 @@ class CompiledStep:
         self._allocate(device, store)
 
     @staticmethod
-    def _backward(stages, contexts, values, dy):
-        """Record the stages' gradients in reverse. The gradient reaching a stage's input is made
-        only when a stage before it has parameters."""
+    def _backward(plan, stages, contexts, values, dy):
+        """Record the stages' gradients in reverse. The gradient reaching a value is made only when
+        a stage before it has parameters; a value read by several stages gets the sum of their
+        gradients, added in the reverse order of the stages (deterministic, no atomics)."""
         trainable = {INPUT: False}
         for stage in stages:
             trainable[stage.output] = any(trainable[name] for name in stage.inputs) or bool(stage.layer.param_shapes())
@@ -92,14 +94,20 @@ class CompiledStep:
         for ctx, stage in zip(reversed(contexts), reversed(stages)):
             if stage.output not in grads:  # nothing before it learns
                 continue
-            (source,) = stage.inputs
-            if source in grads:
-                raise NotImplementedError(f"the value {source!r} is read by several nodes: training a network "
-                                          "that branches is not supported yet")
-            dx = stage.layer.backward(ctx, values[source], values[stage.output], grads[stage.output],
-                                      need_dx=trainable[source])
-            if dx is not None:
-                grads[source] = dx
+            need = tuple(trainable[name] for name in stage.inputs)
+            inputs = tuple(values[name] for name in stage.inputs)
+            if stage.layer.arity == 1:
+                dxs = (stage.layer.backward(ctx, inputs[0], values[stage.output], grads[stage.output], need[0]),)
+            else:
+                dxs = stage.layer.backward(ctx, inputs, values[stage.output], grads[stage.output], need)
+            for name, dx in zip(stage.inputs, dxs):
+                if dx is None:
+                    continue
+                if name in grads:  # read by a later stage too
+                    total = plan.value(dx.shape, f"{name} gradient sum")
+                    add(plan, grads[name], dx, total)
+                    dx = total
+                grads[name] = dx
 
     def _input_stage(self, plan, seed, target_dtype, loss):
         """Record the gathers that fill the input (and targets) from staging buffers or a dataset on

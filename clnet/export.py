@@ -31,6 +31,7 @@ from . import layers as L
 from .errors import ClnetError, InputError
 from .files import replace_atomically
 from .layers.onnx_builder import OnnxBuilder
+from .network import INPUT
 from .version import __version__
 
 if TYPE_CHECKING:
@@ -112,9 +113,14 @@ def build_onnx(model, input_shape: Sequence[int] | None = None, opset: int = 13)
     b = OnnxBuilder(helper, numpy_helper)
     if model.normalization is not None:
         _normalization(b, model, input_shape)
-    for node in model.network.nodes:  # a chain: each node reads the value the one before made
+    made = {INPUT: b.value}  # the ONNX value of each network value
+    for node in model.network.nodes:
+        b.inputs = [made[name] for name in node.inputs]
+        b.value = b.inputs[0]
         node.layer.to_onnx(b, f"{node.name}.{type(node.layer).__name__}", node.name,
                            node.layer.arrays_in(state, node.name))
+        made[node.name] = b.value
+    b.value = made[model.network.output]
     _final_activation(b, model, model.network.layers, out_shape)
     f32 = onnx.TensorProto.FLOAT
     graph = helper.make_graph(

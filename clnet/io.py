@@ -1,18 +1,24 @@
 """Model files and checkpoints: one documented format, written atomically.
 
-Model file format, version 1
-----------------------------
+Model file format, versions 1 and 2
+-----------------------------------
 A model file (conventionally named ``*.clnet``) is a zip archive, members stored uncompressed:
 
 ``model.json``
     A UTF-8 JSON object:
 
     - ``"format": "clnet-model"``: says what the file is.
-    - ``"format_version": 1``: an integer; a reader refuses versions newer than it knows.
+    - ``"format_version"``: 1 for a stack of layers, 2 for a graph; a reader refuses versions newer
+      than it knows.
     - ``"clnet_version"``: the clnet that wrote the file (for information).
-    - ``"layers"``: the architecture, in order, as ``[{"class": "Conv2D", "config": {...}}, ...]``;
+    - Version 1, ``"layers"``: the stack of layers (a Sequential: nodes ``"0"``, ``"1"``, ... each
+      reading the one before), in order, as ``[{"class": "Conv2D", "config": {...}}, ...]``;
       ``class`` names a class of ``clnet.layers`` and ``config`` holds its constructor arguments
       (``Layer.config()``: pairs as lists), so that ``Conv2D(**config)`` rebuilds the layer.
+    - Version 2, ``"nodes"``: the graph, in topological order, as ``[{"name": "conv1", "class": ...,
+      "config": {...}, "inputs": ["input"]}, ...]``: each node's layer as in version 1, its name (the
+      prefix of its weights' keys) and the names of the values it reads (``"input"``, the
+      network's input, or earlier nodes); the last node is the output.
     - ``"seed"``: the model's seed (initialisation, dropout masks).
     - ``"loss"``: the name of the compiled loss (``"cross_entropy"``, ...) or null.
     - ``"input_shape"``: the per-sample input shape, such as ``[1, 28, 28]``, or null when unknown.
@@ -64,10 +70,10 @@ from . import layers as _layers
 from . import losses, optim
 from .errors import InputError, ModelFileError, ShapeError
 from .files import replace_atomically
-from .network import Network
+from .network import Network, Node
 from .version import __version__
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest this clnet reads; a chain of layers is still written as version 1
 CHECKPOINT_VERSION = 1
 MODEL_FORMAT, CHECKPOINT_FORMAT = "clnet-model", "clnet-checkpoint"
 ARRAY_TAG = "__clnet_array__"
@@ -156,13 +162,16 @@ def write_atomic(path: str | os.PathLike, members: Iterable[tuple[str, bytes]]) 
 
 def _describe(model, path, classes):
     """model.json's object for `model`; refuses what a file could not rebuild."""
-    specs = []
-    for i, layer in enumerate(_chain_layers(model.network, path)):
-        name = type(layer).__name__
-        if _layers.LAYERS.get(name) is not type(layer):
-            raise ModelFileError(path, f"cannot save layer {i} ({layer!r}): model files hold only the layers "
-                                       f"of clnet.layers ({', '.join(sorted(_layers.LAYERS))})")
-        specs.append({"class": name, "config": layer.config()})
+    network, specs = model.network, []
+    for node in network.nodes:
+        name = type(node.layer).__name__
+        if _layers.LAYERS.get(name) is not type(node.layer):
+            raise ModelFileError(path, f"cannot save layer {node.name} ({node.layer!r}): model files hold only the "
+                                       f"layers of clnet.layers ({', '.join(sorted(_layers.LAYERS))})")
+        specs.append({"name": node.name, "class": name, "config": node.layer.config(), "inputs": list(node.inputs)})
+    chain = network.is_sequential
+    architecture = {"layers": [{k: spec[k] for k in ("class", "config")} for spec in specs]} if chain \
+        else {"nodes": specs}
     loss = None
     if model.loss is not None:
         loss = model.loss.name
@@ -177,18 +186,10 @@ def _describe(model, path, classes):
         classes = model.classes
     if classes is not None:
         classes = [c if isinstance(c, str) else str(c) for c in classes]
-    return {"format": MODEL_FORMAT, "format_version": FORMAT_VERSION, "clnet_version": __version__,
-            "layers": specs, "seed": model.seed, "loss": loss,
+    return {"format": MODEL_FORMAT, "format_version": 1 if chain else 2, "clnet_version": __version__,
+            **architecture, "seed": model.seed, "loss": loss,
             "input_shape": list(model.input_shape) if model.input_shape else None,
             "normalization": normalization, "classes": classes}
-
-
-def _chain_layers(network, path):
-    """The layers of a network that is a chain (what format version 1 describes)."""
-    if network.nodes != Network.chain(network.layers).nodes:
-        raise ModelFileError(path, "cannot save a network that is not a chain of layers in format version "
-                                   f"{FORMAT_VERSION}")
-    return network.layers
 
 
 def _model_members(model, path, classes):
@@ -363,7 +364,8 @@ def _check_description(archive, meta):
     def check(ok, what):
         if not ok:
             raise archive.error(f"model.json is invalid: {what}")
-    check(isinstance(meta.get("layers"), list), "'layers' must be a list of layers")
+    key = "layers" if meta["format_version"] == 1 else "nodes"
+    check(isinstance(meta.get(key), list), f"{key!r} must be a list of {key}")
     check(_is_int(meta.get("seed")), "'seed' must be an integer")
     loss = meta.get("loss")
     check(loss is None or loss in losses.LOSSES, f"unknown loss {loss!r}")
@@ -399,6 +401,19 @@ def _build_layers(archive, specs):
     return built
 
 
+def _graph(archive, nodes):
+    """The Network of version 2's "nodes"."""
+    for i, node in enumerate(nodes):
+        if not (isinstance(node, dict) and isinstance(node.get("name"), str) and isinstance(node.get("inputs"), list)
+                and all(isinstance(name, str) for name in node["inputs"])):
+            raise archive.error(f"model.json is invalid: node {i} has no \"name\" or no list of \"inputs\"")
+    layers = _build_layers(archive, nodes)
+    try:
+        return Network(Node(node["name"], layer, tuple(node["inputs"])) for node, layer in zip(nodes, layers))
+    except ValueError as exc:
+        raise archive.error(f"model.json is invalid: {exc}") from None
+
+
 def _read_model(archive):
     """(model.json's object, the weights) of an open archive."""
     # A truncated file can still open as a zip: that of a stored .npz member, without model.json.
@@ -414,7 +429,10 @@ def _read_model(archive):
 
 def _saved_model(archive, meta, weights):
     """The SavedModel of model.json's object and the weights."""
-    network = Network.chain(_build_layers(archive, meta["layers"]))
+    if meta["format_version"] == 1:
+        network = Network.chain(_build_layers(archive, meta["layers"]))
+    else:
+        network = _graph(archive, meta["nodes"])
     input_shape = tuple(meta["input_shape"]) if meta.get("input_shape") else None
     if input_shape:
         try:

@@ -19,7 +19,7 @@ from .datasets.feed import InputSpec, channel_statistics, image_dims
 from .device import Device
 from .device import device as open_device
 from .errors import InputError, ModelFileError, ShapeError
-from .layers import Layer
+from .layers import Layer, SymbolicTensor
 from .network import Network, loss_input
 from .params import ParamStore
 from .runner import Runner
@@ -70,19 +70,33 @@ class Model:
     state_dict keys are "<node name>.<parameter>" in PyTorch's layouts.
 
     Args:
-        network: a clnet.network.Network.
+        inputs: the network's `clnet.Input(...)`, with `outputs` the symbolic tensor the layers
+            called on it make; or a clnet.network.Network (then no `outputs`).
         device: a clnet.Device (default: the best device, see `clnet.device`).
         seed: seeds initialisation, dropout, augmentation and (unless fit is given one) shuffling.
+
+    Example:
+        >>> x = clnet.Input((3, 32, 32))
+        >>> h = L.ReLU()(L.Conv2D(3, 16, 3, padding=1)(x))
+        >>> h = L.ReLU()(L.Add()([h, L.Conv2D(16, 16, 3, padding=1)(h)]))
+        >>> model = clnet.Model(x, L.Dense(16, 10)(L.Flatten()(L.GlobalAvgPool2D()(h))), seed=0)
     """
 
-    def __init__(self, network: Network, device: Device | None = None, seed: int = 0):
+    def __init__(self, inputs: SymbolicTensor | Network, outputs: SymbolicTensor | None = None,
+                 device: Device | None = None, seed: int = 0):
+        if isinstance(inputs, Network):
+            if outputs is not None:
+                raise TypeError("give a Network alone, or an Input and the outputs made from it")
+            network, input_shape = inputs, None
+        else:
+            network, input_shape = Network.from_symbolic(inputs, outputs), inputs.shape
         self.network = network
         self.device = device if device is not None else open_device()
         self.seed = int(seed)
         self.param_store = ParamStore(self.device, network, self.seed)
         self.metrics = DeviceTensor.empty(self.device, (4,), what="the metrics")  # loss, -, correct, count
         self.loss = self.optimizer = None
-        self.input_shape = None
+        self.input_shape = input_shape
         self.normalization = None  # per-channel (mean, std) applied to every input, set by fit(normalize=...)
         self.classes = None        # class names in output order, kept in model files
         self.history = None        # the History of the last (or current) fit
@@ -309,12 +323,14 @@ class Model:
             raise InputError("summary needs the input shape: model.summary(input_shape=(1, 28, 28)), "
                              "or call it after fit/predict")
         shapes = self.network.shapes(input_shape)  # checks shapes, naming the node that fails
-        rows, flops = [], 0
+        rows, flops, chain = [], 0, self.network.is_sequential
         for node in self.network.nodes:
-            shape, out = shapes[node.inputs[0]], shapes[node.name]
+            given, out = [shapes[name] for name in node.inputs], shapes[node.name]
             params = sum(prod(s) for s in node.layer.param_shapes().values())
-            flops += node.layer.flops(shape)
-            rows.append((f"{node.name}: {node.layer!r}", str(out), f"{params:,}", f"{node.layer.flops(shape):,}",
+            node_flops = node.layer.flops(*given)
+            flops += node_flops
+            reads = "" if chain else f" <- {', '.join(node.inputs)}"
+            rows.append((f"{node.name}: {node.layer!r}{reads}", str(out), f"{params:,}", f"{node_flops:,}",
                          format_bytes(prod(out) * 4)))
         header = ("Layer", "Output shape", "Params", "FLOPs", "Activations")
         widths = [max(len(r[c]) for r in rows + [header]) for c in range(len(header))]
@@ -353,7 +369,7 @@ class Sequential(Model):
     """
 
     def __init__(self, layers: Sequence[Layer], device: Device | None = None, seed: int = 0):
-        super().__init__(Network.chain(layers), device, seed)
+        super().__init__(Network.chain(layers), device=device, seed=seed)
 
     @property
     def layers(self) -> list:
@@ -373,7 +389,9 @@ def _load_optimizer(model, saved, path):
 
 def _build(saved, path, device):
     """The model of an io.SavedModel on `device`, compiled with its loss and a default SGD."""
-    model = Sequential(saved.network.layers, device=device, seed=saved.seed)
+    network = saved.network
+    model = (Sequential(network.layers, device=device, seed=saved.seed) if network.is_sequential
+             else Model(network, device=device, seed=saved.seed))
     try:
         model.load_state_dict(saved.weights)
     except (InputError, ShapeError) as exc:

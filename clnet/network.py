@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .errors import ShapeError
-from .layers import Activation, Layer
+from .layers import Activation, Layer, SymbolicTensor
 
 INPUT = "input"
 
@@ -64,6 +64,10 @@ class Network:
             if missing or not node.inputs:
                 raise ValueError(f"node {node.name!r} reads {missing or 'nothing'}: a node reads the network's "
                                  f"input or nodes before it")
+            arity = node.layer.arity
+            if (arity is None and len(node.inputs) < 2) or (arity is not None and len(node.inputs) != arity):
+                raise ValueError(f"node {node.name!r} ({node.layer!r}) reads {len(node.inputs)} values; it takes "
+                                 + ("two or more" if arity is None else str(arity)))
             known.add(node.name)
         if not self.nodes:
             raise ValueError("a network needs at least one node")
@@ -80,6 +84,56 @@ class Network:
             if not isinstance(layer, Layer):
                 raise TypeError(f"layer {i} is {layer!r}, not a clnet layer")
         return cls(Node(str(i), layer, (str(i - 1) if i else INPUT,)) for i, layer in enumerate(layers))
+
+    @classmethod
+    def from_symbolic(cls, input: SymbolicTensor, output: SymbolicTensor) -> Network:
+        """The network from `input` (clnet.Input) to `output`, traced back through the layers
+        called on them, in a stable order (depth first, inputs in order). Nodes without a name get
+        their class name in lower case, numbered from the second on ("conv2d", "conv2d_1", ...)."""
+        order, seen, layers = [], set(), {}
+
+        def visit(tensor):
+            if id(tensor) in seen:
+                return
+            seen.add(id(tensor))
+            if tensor.layer is None:
+                if tensor is not input:
+                    raise ValueError("the output depends on an Input that is not the model's input")
+                return
+            if id(tensor.layer) in layers:
+                raise ValueError(f"{tensor.layer!r} is called twice: each call is a node with parameters of "
+                                 "its own, so make one layer object per call")
+            layers[id(tensor.layer)] = tensor
+            for source in tensor.inputs:
+                visit(source)
+            order.append(tensor)
+
+        if not isinstance(output, SymbolicTensor) or output.layer is None:
+            raise TypeError(f"the output must be a layer's result on the model's input, not {output!r}")
+        visit(output)
+        if id(input) not in seen:
+            raise ValueError("the output does not depend on the model's input")
+        given = [t.name for t in order if t.name]
+        repeated = sorted({name for name in given if given.count(name) > 1 or name == INPUT})
+        if repeated:
+            raise ValueError(f"node names must be unique and not {INPUT!r}: {repeated}")
+        names, used, counts = {id(input): INPUT}, {INPUT, *given}, {}
+        for tensor in order:
+            name, base = tensor.name, type(tensor.layer).__name__.lower()
+            count = counts.get(base, 0)
+            while name is None:
+                candidate = base if count == 0 else f"{base}_{count}"
+                count += 1
+                name = None if candidate in used else candidate
+            counts[base] = count
+            used.add(name)
+            names[id(tensor)] = name
+        return cls(Node(names[id(t)], t.layer, tuple(names[id(x)] for x in t.inputs)) for t in order)
+
+    @property
+    def is_sequential(self) -> bool:
+        """Whether this is `Network.chain` of its layers: each reading the one before, named "0", "1", ..."""
+        return self.nodes == Network.chain(self.layers).nodes
 
     @property
     def layers(self):
@@ -98,11 +152,12 @@ class Network:
         """{value name: per-sample shape}; a ShapeError names the node that does not fit."""
         shapes = {INPUT: tuple(input_shape)}
         for node in self.nodes:
-            shape = shapes[node.inputs[0]]
+            given = [shapes[name] for name in node.inputs]
             try:
-                shapes[node.name] = tuple(node.layer.output_shape(shape))
+                shapes[node.name] = tuple(node.layer.output_shape(*given))
             except ShapeError as exc:
-                raise ShapeError(f"layer {node.name} ({node.layer!r}) {exc}") from None
+                reads = "" if len(given) == 1 else f" reading {', '.join(f'{n} {s}' for n, s in zip(node.inputs, given))}"
+                raise ShapeError(f"layer {node.name} ({node.layer!r}){reads} {exc}") from None
         return shapes
 
     def output_shape(self, input_shape: tuple) -> tuple:

@@ -13,6 +13,7 @@ from .dropout import Dropout
 from .norm import BatchNorm1D, BatchNorm1d, BatchNorm2D, BatchNorm2d
 from .pool import AvgPool2D, GlobalAvgPool2D, MaxPool2D
 from .reshape import Flatten
+from .symbolic import Input, SymbolicTensor
 
 # Every concrete layer imported above, by the name it has (an alias is imported under another name).
 LAYERS: dict[str, type[Layer]] = {name: value for name, value in sorted(globals().items())
@@ -20,4 +21,5 @@ LAYERS: dict[str, type[Layer]] = {name: value for name, value in sorted(globals(
                                   and value not in (Layer, Activation) and value.__name__ == name}
 ALIASES: dict[str, type[Layer]] = {"BatchNorm1d": BatchNorm1d, "BatchNorm2d": BatchNorm2d}
 
-__all__ = sorted([*LAYERS, *ALIASES, "ALIASES", "Activation", "LAYERS", "Layer", "LayerContext"])
+__all__ = sorted([*LAYERS, *ALIASES, "ALIASES", "Activation", "Input", "LAYERS", "Layer", "LayerContext",
+                  "SymbolicTensor"])

@@ -10,6 +10,7 @@ import numpy as np
 
 from ..errors import InputError, ShapeError
 from .onnx_builder import OnnxBuilder
+from .symbolic import SymbolicTensor
 
 #: A size given for both image dimensions (an int) or per dimension (an (h, w) pair).
 IntOrPair = Union[int, Sequence[int]]
@@ -35,6 +36,20 @@ class Layer:
 
     #: True for layers whose GEMM epilogue can apply a following activation (Dense, Conv2D).
     fuses_activation = False
+    #: How many values the layer reads: 1, or None for two or more (Add, Concatenate), whose
+    #: output_shape, flops, forward and reference take one argument per input, and whose backward
+    #: takes the tuple of inputs and a tuple of need_dx flags and returns a tuple of gradients.
+    arity = 1
+
+    def __call__(self, inputs, name: str | None = None) -> SymbolicTensor:
+        """This layer applied to symbolic tensors (`clnet.Input(...)` or other layers' results):
+        one, or a list for layers of several inputs; `name` names the node (its parameters'
+        state_dict prefix), by default the class name in lower case, numbered when repeated."""
+        inputs = tuple(inputs) if isinstance(inputs, (list, tuple)) else (inputs,)
+        if not all(isinstance(x, SymbolicTensor) for x in inputs):
+            raise TypeError(f"{self!r} was called on {inputs!r}: call a layer on clnet.Input(...) or on "
+                            "another layer's result")
+        return SymbolicTensor(self, inputs, name)
 
     def config(self) -> dict:
         """The constructor arguments as a JSON-able dict (lists for pairs), so that

@@ -5,12 +5,14 @@ import numpy as np
 
 class OnnxBuilder:
     """Accumulates nodes and initializers; `value` is the name of the current value, which the next
-    node takes as its first input. Layers add their nodes through it (`Layer.to_onnx`)."""
+    node takes as its first input, and `inputs` the names of the values the layer being exported
+    reads (its first is `value`). Layers add their nodes through it (`Layer.to_onnx`)."""
 
     def __init__(self, helper, numpy_helper):
         self.helper, self.numpy_helper = helper, numpy_helper
         self.nodes, self.initializers = [], []
         self.value = "input"
+        self.inputs = [self.value]
 
     def constant(self, name, array):
         """Add an initializer; returns its name."""
