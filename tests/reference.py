@@ -3,6 +3,7 @@
 import numpy as np
 
 from clnet import layers as L
+from clnet.network import INPUT, Network
 
 
 def softmax(z):
@@ -10,25 +11,32 @@ def softmax(z):
     return L.Softmax().reference({}, z)
 
 
-def forward(layers, state, x, training=False, dropout_keep=None, stats=None):
-    """Output of the network on x (float64), as torch.nn.Sequential computes it: each layer's
-    `reference` in turn.
+def network_of(net):
+    """A Network from a list of layers (a Sequential's chain) or a Network."""
+    return net if isinstance(net, Network) else Network.chain(net)
+
+
+def forward(net, state, x, training=False, dropout_keep=None, stats=None):
+    """Output of the network (a list of layers, or a Network) on x (float64), as torch computes it:
+    each node's layer's `reference` on the values it reads, in order.
 
     Evaluation (the default): BatchNorm uses the running statistics in `state`, Dropout is the
     identity. Training: BatchNorm uses the batch's statistics, recorded in `stats` when it is given
-    ({layer index: (mean, biased var, values per channel)}), and Dropout keeps the elements where
-    dropout_keep(layer index, layer, shape) is true, scaled by 1 / (1 - p)."""
-    a = np.asarray(x, np.float64)
-    for i, layer in enumerate(layers):
-        params = layer.arrays_in(state, i)
+    ({node index: (mean, biased var, values per channel)}), and Dropout keeps the elements where
+    dropout_keep(node index, layer, shape) is true, scaled by 1 / (1 - p)."""
+    network = network_of(net)
+    values = {INPUT: np.asarray(x, np.float64)}
+    for i, node in enumerate(network.nodes):
+        layer, inputs = node.layer, [values[name] for name in node.inputs]
+        params = layer.arrays_in(state, node.name)
         if isinstance(layer, L.Dropout):
-            keep = dropout_keep(i, layer, a.shape) if training and layer.p > 0 else None
-            a = layer.reference(params, a, training, keep)
+            keep = dropout_keep(i, layer, inputs[0].shape) if training and layer.p > 0 else None
+            values[node.name] = layer.reference(params, inputs[0], training, keep)
             continue
         if training and stats is not None and isinstance(layer, (L.BatchNorm1D, L.BatchNorm2D)):
-            stats[i] = layer.reference_statistics(a)
-        a = layer.reference(params, a, training)
-    return a
+            stats[i] = layer.reference_statistics(inputs[0])
+        values[node.name] = layer.reference(params, *inputs, training=training)
+    return values[network.output]
 
 
 def loss(name, out, y):
@@ -55,11 +63,12 @@ def loss(name, out, y):
     raise ValueError(name)
 
 
-def numeric_gradients(layers, state, x, y, loss_name, eps=1e-6, **forward_options):
+def numeric_gradients(net, state, x, y, loss_name, eps=1e-6, **forward_options):
     """Central finite differences of the float64 loss with respect to every trainable parameter
     (buffers such as running statistics are not differentiated); forward_options go to `forward`."""
+    layers = network_of(net)
     state = {k: v.astype(np.float64) for k, v in state.items()}
-    trainable = {f"{i}.{name}" for i, layer in enumerate(layers) for name in layer.param_shapes()}
+    trainable = {f"{node.name}.{name}" for node in layers.nodes for name in node.layer.param_shapes()}
     grads = {}
     for key in [k for k in state if k in trainable]:
         value = state[key]
