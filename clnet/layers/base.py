@@ -33,6 +33,9 @@ class Layer:
     launches into `ctx.plan` over the values the graph hands them, and return the values they create.
     """
 
+    #: How many values the layer reads: 1, or None for two or more (the merge layers Add, Concatenate).
+    arity = 1
+
     #: True for layers whose GEMM epilogue can apply a following activation (Dense, Conv2D).
     fuses_activation = False
 
