@@ -1,4 +1,5 @@
-// Activations, their gradients, the fused bias/activation backward, and row-wise softmax.
+// Activations, their gradients, the fused bias/activation backward, row-wise softmax, sums and
+// strided row copies.
 // ACT (common.h) selects the activation.
 
 // y = act(x) over n elements.
@@ -83,4 +84,17 @@ __kernel void add_tensors(const int n, __global const float* a, const int ao, __
     const int i = get_global_id(0);
     if (i >= n) return;
     out[outo + i] = a[ao + i] + b[bo + i];
+}
+
+// Copies a block of rows x cols floats between strided layouts: dst[r * dst_stride + c] =
+// src[r * src_stride + c]. A work-item per element on a (cols, rows) grid, so no index division.
+// Concatenation along channels copies each input's images into their channel range of the output
+// (forward) and each range of the output's gradient back out (backward).
+__kernel void copy_rows(const int rows, const int cols, const int src_stride, const int dst_stride,
+                        __global const float* src, const int srco, __global float* dst, const int dsto)
+{
+    const int c = get_global_id(0);
+    const int r = get_global_id(1);
+    if (c >= cols || r >= rows) return;
+    dst[dsto + r * dst_stride + c] = src[srco + r * src_stride + c];
 }

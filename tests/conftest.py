@@ -110,3 +110,22 @@ class Slot:
         else:
             assert (around == self.fill).all(), "a kernel wrote outside its tensor"
         return flat[self.offset:self.offset + self.size].reshape(self.shape)
+
+
+class SlotPlan(Plan):
+    """A plan whose values are `Slot.output`s at odd offsets, each in a buffer of its own: a layer's
+    outputs (made with ctx.plan.value) are then checked as an op's, unwritten elements and stray
+    writes included, by `read`. Run it with `execute`."""
+
+    def __init__(self, device):
+        super().__init__(device)
+        self.slots = {}  # id of a value's tensor -> its Slot
+
+    def value(self, shape, name, dtype=np.float32):
+        slot = Slot.output(self.device, shape, 3 + 2 * len(self.slots), dtype)
+        self.slots[id(slot.tensor)] = slot
+        return slot.tensor
+
+    def read(self, value):
+        """The contents of a value this plan made, after checking the guard around it."""
+        return self.slots[id(value)].read()

@@ -2,11 +2,12 @@
 sizes, non-square and one-row images, strides, padding, dilation), gathered from the layers' own
 tests. test_layers.py checks each entry's forward pass against the layer's float64 reference and
 its ONNX export, and fails when a layer of clnet.layers has no entry: a new layer is its file in
-clnet/layers plus its entries here."""
+clnet/layers plus its entries here. A layer of several inputs (arity None) has a list of input
+shapes, one per input."""
 
 from clnet import layers as L
 
-# (layer, input shape per sample, batch size)
+# (layer, input shape per sample (a list of them for several inputs), batch size)
 LAYER_CASES = [
     (L.Dense(7, 3), (7,), 1),                                          # batch 1, odd sizes
     (L.Dense(5, 4, bias=False), (5,), 3),
@@ -33,9 +34,15 @@ LAYER_CASES = [
     (L.Tanh(), (2, 5), 2),
     (L.Softmax(), (7,), 3),
     (L.Softmax(), (1,), 1),                                             # one feature: all ones
+    (L.Add(), [(3, 7, 5), (3, 7, 5)], 2),
+    (L.Add(), [(9,), (9,), (9,)], 1),                                   # three inputs, batch 1
+    (L.Concatenate(), [(3, 7, 5), (5, 7, 5)], 2),                       # unequal channels, odd H, W
+    (L.Concatenate(), [(2, 1, 9), (1, 1, 9), (4, 1, 9)], 1),            # three inputs, a one-row image
+    (L.Concatenate(), [(7,), (2,)], 3),                                 # feature vectors
 ]
 
 
 def case_id(case):
     layer, shape, batch = case
-    return f"{layer!r}-{'x'.join(map(str, (batch, *shape)))}".replace(" ", "")
+    shapes = shape if isinstance(shape, list) else [shape]
+    return f"{layer!r}-{'+'.join('x'.join(map(str, (batch, *s))) for s in shapes)}".replace(" ", "")

@@ -93,7 +93,8 @@ LAYER_EXAMPLES = [
                                                     bias=False, init="he"),
     L.Conv2D(1, 2, 4, padding="same"), L.MaxPool2D(3, stride=2, padding=1), L.AvgPool2D((2, 4), padding=(1, 2)),
     L.GlobalAvgPool2D(), L.Dropout(0.3), L.BatchNorm2d(4, eps=1e-3, momentum=None, affine=False),
-    L.BatchNorm1d(9, momentum=0.05), L.ReLU(), L.Sigmoid(), L.Tanh(), L.Softmax(), L.Flatten()]
+    L.BatchNorm1d(9, momentum=0.05), L.ReLU(), L.Sigmoid(), L.Tanh(), L.Softmax(), L.Flatten(),
+    L.Add(), L.Concatenate()]
 
 
 def test_every_layer_class_is_described_by_its_config():

@@ -606,3 +606,27 @@ def test_add(device, n):
     np.testing.assert_allclose(out.read(), a.astype(np.float64) + 2 * b[:, 0].astype(np.float64), rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match="add of"):
         add(new_plan(device), sa.tensor, sb.tensor.view((n - 1,)) if n > 1 else sa.tensor.view((0,)), out.tensor)
+
+
+@pytest.mark.parametrize("rows, cols, src_stride, dst_stride",
+                         [(1, 1, 1, 1), (3, 5, 5, 13), (2, 67, 70, 67), (4, 9, 9, 9), (1, 130, 131, 200)])
+def test_copy_rows(device, rows, cols, src_stride, dst_stride):
+    """A block of rows between strided layouts, at odd offsets in guarded buffers: the NaN between
+    the rows of src is not read, the elements between the rows of dst are left as they were."""
+    from clnet.ops.elementwise import copy_rows
+    rng = np.random.default_rng(rows * cols)
+    src = np.full((rows - 1) * src_stride + cols, np.nan, np.float32)
+    for r in range(rows):
+        src[r * src_stride:r * src_stride + cols] = rng.normal(size=cols)
+    before = f32(rng.normal(size=(rows - 1) * dst_stride + cols))
+    ssrc, sdst = Slot(device, src, 9), Slot(device, before, 3, fill=GUARD)
+    plan = new_plan(device)
+    copy_rows(plan, ssrc.tensor, sdst.tensor, rows, cols, src_stride, dst_stride)
+    execute(plan)
+    expected = before.copy()
+    for r in range(rows):
+        expected[r * dst_stride:r * dst_stride + cols] = src[r * src_stride:r * src_stride + cols]
+    np.testing.assert_array_equal(sdst.read(), expected)
+    with pytest.raises(ValueError, match="do not fit in dst"):
+        copy_rows(new_plan(device), ssrc.tensor, sdst.tensor.view((sdst.size - 1,)), rows, cols, src_stride,
+                  dst_stride)

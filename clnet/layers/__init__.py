@@ -10,6 +10,7 @@ from .base import Layer, LayerContext
 from .conv import Conv2D
 from .dense import Dense
 from .dropout import Dropout
+from .merge import Add, Concatenate
 from .norm import BatchNorm1D, BatchNorm1d, BatchNorm2D, BatchNorm2d
 from .pool import AvgPool2D, GlobalAvgPool2D, MaxPool2D
 from .reshape import Flatten

@@ -6,7 +6,8 @@ import numpy as np
 class OnnxBuilder:
     """Accumulates nodes and initializers; `value` is the name of the current value, which the next
     node takes as its first input, and `inputs` the names of the values the layer being exported
-    reads (its first is `value`). Layers add their nodes through it (`Layer.to_onnx`)."""
+    reads (the export sets both per node; a layer of several inputs, such as Add, reads `inputs`).
+    Layers add their nodes through it (`Layer.to_onnx`)."""
 
     def __init__(self, helper, numpy_helper):
         self.helper, self.numpy_helper = helper, numpy_helper
@@ -22,7 +23,12 @@ class OnnxBuilder:
     def add(self, op, name, inputs=(), output=None, **attrs):
         """A node taking the current value (and `inputs`), whose output (by default f"{name}.out")
         becomes the current value."""
+        return self.node(op, name, [self.value, *inputs], output, **attrs)
+
+    def node(self, op, name, inputs, output=None, **attrs):
+        """A node taking exactly the values named `inputs`, whose output (by default f"{name}.out")
+        becomes the current value."""
         output = output or f"{name}.out"
-        self.nodes.append(self.helper.make_node(op, [self.value, *inputs], [output], name=name, **attrs))
+        self.nodes.append(self.helper.make_node(op, list(inputs), [output], name=name, **attrs))
         self.value = output
         return output

@@ -1,4 +1,5 @@
-"""Launchers for activations, the fused bias/activation backward, row-wise softmax and sums."""
+"""Launchers for activations, the fused bias/activation backward, row-wise softmax, sums and strided
+row copies."""
 
 FILE = "elementwise.cl"
 LOCAL = 64
@@ -37,3 +38,19 @@ def add(plan, a, b, out):
     if not a.size == b.size == out.size:
         raise ValueError(f"add of {a.shape} and {b.shape} into {out.shape}")
     return plan.launch(plan.kernel(FILE, "add_tensors"), (out.size,), (LOCAL,), out.size, a, b, out)
+
+
+def copy_rows(plan, src, dst, rows, cols, src_stride, dst_stride):
+    """dst[r * dst_stride + c] = src[r * src_stride + c] for r < rows, c < cols: a block of rows
+    copied between strided layouts. `src` and `dst` start at the block's first element (a view at
+    an offset selects a block inside a larger tensor)."""
+    if min(rows, cols) < 1 or cols > min(src_stride, dst_stride):
+        raise ValueError(f"copy_rows of {rows} rows of {cols} with strides {src_stride} and {dst_stride}")
+    for what, tensor, stride in (("src", src, src_stride), ("dst", dst, dst_stride)):
+        if (rows - 1) * stride + cols > tensor.size:
+            raise ValueError(f"copy_rows: {rows} rows of {cols} at stride {stride} do not fit in {what} "
+                             f"{tuple(tensor.shape)}")
+    if (rows - 1) * max(src_stride, dst_stride) + cols >= 2**31:
+        raise ValueError(f"copy_rows: {rows} rows at strides {src_stride}, {dst_stride} exceed int32 indices")
+    return plan.launch(plan.kernel(FILE, "copy_rows"), (cols, rows), (LOCAL, 1), rows, cols, src_stride, dst_stride,
+                       src, dst)
