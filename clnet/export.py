@@ -1,9 +1,10 @@
-"""ONNX export of a clnet.Sequential: `to_onnx(model, "model.onnx")`, or `clnet-export`.
+"""ONNX export of a clnet model (a Sequential or a graph): `to_onnx(model, "model.onnx")`, or `clnet-export`.
 
 Needs the `onnx` package (`pip install "clnet[onnx]"`). The graph has one input, "input": float32
 of shape (N, *input_shape) with a symbolic batch dimension "N", images already scaled to [0, 1]
 (uint8 images are not converted: divide them by 255 first). The model's per-channel normalisation
-((x - mean) / std) comes first as Sub and Div nodes, then the nodes of each layer's `to_onnx`, in order:
+((x - mean) / std) comes first as Sub and Div nodes, then the nodes of each layer's `to_onnx`, in
+the network's order, each reading the ONNX values of the nodes it reads:
 
     Dense -> Gemm (transB=1: the weight is PyTorch's (out, in))
     Conv2D -> Conv (pads [top, left, bottom, right]; "same" with an even kernel pads bottom/right more)
@@ -11,6 +12,7 @@ of shape (N, *input_shape) with a symbolic batch dimension "N", images already s
     GlobalAvgPool2D -> GlobalAveragePool        Flatten -> Flatten(axis=1)
     ReLU, Sigmoid, Tanh -> the same             Softmax -> Softmax(axis=1)
     BatchNorm1D / BatchNorm2D -> BatchNormalization (running statistics; ones/zeros without affine)
+    Add -> Sum                                  Concatenate -> Concat(axis=1)
     Dropout -> nothing (the identity in inference)
 
 The output, "probabilities", is what `model.predict` returns: for the loss "cross_entropy" a final

@@ -110,9 +110,7 @@ class Network:
 
         if not isinstance(output, SymbolicTensor) or output.layer is None:
             raise TypeError(f"the output must be a layer's result on the model's input, not {output!r}")
-        visit(output)
-        if id(input) not in seen:
-            raise ValueError("the output does not depend on the model's input")
+        visit(output)  # every path back from the output ends at an Input: the model's, as checked
         given = [t.name for t in order if t.name]
         repeated = sorted({name for name in given if given.count(name) > 1 or name == INPUT})
         if repeated:
@@ -133,7 +131,8 @@ class Network:
     @property
     def is_sequential(self) -> bool:
         """Whether this is `Network.chain` of its layers: each reading the one before, named "0", "1", ..."""
-        return self.nodes == Network.chain(self.layers).nodes
+        return all(node.name == str(i) and node.inputs == (str(i - 1) if i else INPUT,)
+                   for i, node in enumerate(self.nodes))
 
     @property
     def layers(self):
@@ -156,7 +155,8 @@ class Network:
             try:
                 shapes[node.name] = tuple(node.layer.output_shape(*given))
             except ShapeError as exc:
-                reads = "" if len(given) == 1 else f" reading {', '.join(f'{n} {s}' for n, s in zip(node.inputs, given))}"
+                pairs = ", ".join(f"{name} {shape}" for name, shape in zip(node.inputs, given))
+                reads = f" reading {pairs}" if len(given) > 1 else ""
                 raise ShapeError(f"layer {node.name} ({node.layer!r}){reads} {exc}") from None
         return shapes
 

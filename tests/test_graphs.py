@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import clnet
+from clnet.export import to_onnx
 from clnet import layers as L
 
 from reference import forward, loss, numeric_gradients
@@ -74,7 +75,7 @@ def test_a_graph_saves_loads_resumes_and_exports(device, tmp_path):
 
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
-    clnet.export.to_onnx(straight, tmp_path / "graph.onnx")
+    to_onnx(straight, tmp_path / "graph.onnx")
     session = ort.InferenceSession(str(tmp_path / "graph.onnx"))
     np.testing.assert_allclose(session.run(None, {"input": x})[0], straight.predict(x), rtol=1e-4, atol=1e-5)
 
@@ -87,9 +88,8 @@ def test_a_malformed_graph_fails_clearly():
         clnet.network.Network.from_symbolic(x, conv(h))
     with pytest.raises(ValueError, match="not the model's input"):
         clnet.network.Network.from_symbolic(x, L.Add()([h, clnet.Input((3, 4, 4))]))
-    with pytest.raises(ValueError, match="does not depend on the model's input"):
-        other = clnet.Input((3, 4, 4))
-        clnet.network.Network.from_symbolic(x, L.ReLU()(other))
+    with pytest.raises(ValueError, match="not the model's input"):
+        clnet.network.Network.from_symbolic(x, L.ReLU()(clnet.Input((3, 4, 4))))
     with pytest.raises(ValueError, match="unique"):
         clnet.network.Network.from_symbolic(x, L.ReLU()(L.ReLU()(x, name="a"), name="a"))
     with pytest.raises(TypeError, match="call a layer on clnet.Input"):
@@ -97,5 +97,6 @@ def test_a_malformed_graph_fails_clearly():
     with pytest.raises(ValueError, match="takes two or more"):
         clnet.network.Network.from_symbolic(x, L.Add()(x))
     network = clnet.network.Network.from_symbolic(x, L.Add()([h, L.Conv2D(3, 2, 1)(x)]))
-    with pytest.raises(clnet.ShapeError, match=r"layer add \(Add\(\)\) reading conv2d \(3, 4, 4\), conv2d_1 \(2, 4, 4\)"):
+    reading = r"layer add \(Add\(\)\) reading conv2d \(3, 4, 4\), conv2d_1 \(2, 4, 4\)"
+    with pytest.raises(clnet.ShapeError, match=reading):
         network.shapes((3, 4, 4))

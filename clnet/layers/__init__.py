@@ -1,8 +1,10 @@
 """Layers, in PyTorch's layouts (NCHW activations, Dense weight (out, in)).
 
 `LAYERS` maps the canonical class name of every concrete layer imported here to its class: the
-names that model files store. A new layer is its file and one import line here. `ALIASES` maps former names to the same classes, so that code importing them and model
-files naming them keep working (BatchNorm1d and BatchNorm2d became BatchNorm1D and BatchNorm2D).
+names that model files store. A new layer is its file and one import line here. `ALIASES` maps
+former names to the same classes, so that code importing them and model files naming them keep
+working (BatchNorm1d and BatchNorm2d became BatchNorm1D and BatchNorm2D). `Input` and layers
+called on symbolic tensors write networks that branch (clnet.Model).
 """
 
 from .activation import Activation, ReLU, Sigmoid, Softmax, Tanh
