@@ -121,7 +121,8 @@ def test_merge_onnx_export_matches_the_device(device, case):
         builder.nodes, "merge", [helper.make_tensor_value_info(name, f32, ["N", *shape])
                                  for name, shape in zip(builder.inputs, shapes)],
         [helper.make_tensor_value_info(builder.value, f32, ["N", *layer.output_shape(*shapes)])])
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    opsets = [helper.make_opsetid("", 13)]  # and the oldest IR that has it, as export writes: any onnxruntime reads it
+    proto = helper.make_model(graph, opset_imports=opsets, ir_version=helper.find_min_ir_version_for(opsets))
     onnx.checker.check_model(proto, full_check=True)
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     outputs = session.run(None, dict(zip(builder.inputs, xs)))
