@@ -90,7 +90,7 @@ class Network:
         """The network from `input` (clnet.Input) to `output`, traced back through the layers
         called on them, in a stable order (depth first, inputs in order). Nodes without a name get
         their class name in lower case, numbered from the second on ("conv2d", "conv2d_1", ...)."""
-        order, seen, layers = [], set(), {}
+        order, seen, called = [], set(), set()
 
         def visit(tensor):
             if id(tensor) in seen:
@@ -100,10 +100,10 @@ class Network:
                 if tensor is not input:
                     raise ValueError("the output depends on an Input that is not the model's input")
                 return
-            if id(tensor.layer) in layers:
+            if id(tensor.layer) in called:
                 raise ValueError(f"{tensor.layer!r} is called twice: each call is a node with parameters of "
                                  "its own, so make one layer object per call")
-            layers[id(tensor.layer)] = tensor
+            called.add(id(tensor.layer))
             for source in tensor.inputs:
                 visit(source)
             order.append(tensor)
