@@ -18,10 +18,11 @@ IntOrPair = Union[int, Sequence[int]]
 
 class LayerContext:
     """What a layer's passes record with: the plan, the layer's parameter, gradient and buffer
-    tensors, the activation fused into it, whether the plan trains, a seed for its randomness, and
-    `saved`, where forward leaves values for backward (the same context serves both)."""
+    tensors, the activation fused into it (its kernel options, `ops.activation(...)`, or None),
+    whether the plan trains, a seed for its randomness, and `saved`, where forward leaves values for
+    backward (the same context serves both)."""
 
-    def __init__(self, plan, params, grads, buffers, act="none", training=False, seed=0):
+    def __init__(self, plan, params, grads, buffers, act=None, training=False, seed=0):
         self.plan, self.params, self.grads, self.buffers = plan, params, grads, buffers
         self.act, self.training, self.seed = act, training, seed
         self.saved = {}

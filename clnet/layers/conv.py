@@ -119,8 +119,7 @@ class Conv2D(Layer):
         g = self.geometry(x.shape[1:])
         y = ctx.plan.value((x.shape[0], self.out_channels, g.OH, g.OW), f"{self!r} output")
         weight = ctx.params["weight"].view((self.out_channels, g.rows))
-        conv_ops.forward(ctx.plan, g, x.shape[0], x, weight, y, ctx.params.get("bias"),
-                                  ops.ACTIVATIONS[ctx.act])
+        conv_ops.forward(ctx.plan, g, x.shape[0], x, weight, y, ctx.params.get("bias"), ctx.act)
         return y
 
     def backward(self, ctx, x, y, dy, need_dx):
@@ -129,9 +128,8 @@ class Conv2D(Layer):
         pixels = batch * g.pixels
         # dpre: the gradient before the activation, channels first, (out, batch * pixels)
         dpre = plan.value((self.out_channels, pixels), f"{self!r} pre-activation grad")
-        act = ops.ACTIVATIONS[ctx.act]
         shape = (batch, self.out_channels, g.pixels)
-        conv_bias_act_backward(plan, act, dy.view(shape), (y if act else dy).view(shape), dpre,
+        conv_bias_act_backward(plan, ctx.act, dy.view(shape), (y if ctx.act else dy).view(shape), dpre,
                                ctx.grads.get("bias"))
         weight = ctx.params["weight"].view((self.out_channels, g.rows))
         conv_ops.weight_grad(plan, g, batch, dpre, x, ctx.grads["weight"].view((self.out_channels, g.rows)))

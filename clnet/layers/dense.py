@@ -67,15 +67,14 @@ class Dense(Layer):
 
     def forward(self, ctx, x):
         y = ctx.plan.value((x.shape[0], self.out_features), f"{self!r} output")
-        ops.gemm(ctx.plan, x, ctx.params["weight"], y, trans_b=True, bias=ctx.params.get("bias"),
-                 act=ops.ACTIVATIONS[ctx.act])
+        ops.gemm(ctx.plan, x, ctx.params["weight"], y, trans_b=True, bias=ctx.params.get("bias"), act=ctx.act)
         return y
 
     def backward(self, ctx, x, y, dy, need_dx):
         plan, act = ctx.plan, ctx.act
         # dpre: gradient before the fused activation; it is dy itself when there is none.
-        dpre = dy if act == "none" else plan.value(dy.shape, f"{self!r} pre-activation grad")
-        if act != "none" or self.bias:
+        dpre = dy if act is None else plan.value(dy.shape, f"{self!r} pre-activation grad")
+        if act is not None or self.bias:
             ops.bias_act_backward(plan, act, dy, y, dpre, ctx.grads.get("bias"))
         ops.gemm(plan, dpre, x, ctx.grads["weight"], trans_a=True)
         if not need_dx:
