@@ -174,6 +174,15 @@ def _layer_classes(path):
         return [spec["class"] for spec in json.loads(zf.read("model.json"))["layers"]]
 
 
+def test_model_files_keep_each_layers_initialisation(device, tmp_path):
+    """Dense and Conv2D store `init`, so a loaded model rebuilds as it was."""
+    layers = [L.Conv2D(1, 2, 3, init="torch"), L.ReLU(), L.Conv2D(2, 2, 1), L.Flatten(), L.Dense(8, 3, init="he"),
+              L.Dense(3, 2, init="torch")]
+    clnet.Sequential(layers, device=device).save(tmp_path / "m.clnet")
+    loaded = clnet.load(tmp_path / "m.clnet", device=device)
+    assert [layer.init for layer in loaded.layers if hasattr(layer, "init")] == ["torch", "auto", "he", "torch"]
+
+
 def test_files_naming_former_layer_names_load(device, tmp_path):
     """Files written before BatchNorm1d / BatchNorm2d became BatchNorm1D / BatchNorm2D still load;
     saving again writes the canonical names."""
