@@ -27,13 +27,13 @@ class Node:
 
 @dataclass(frozen=True)
 class Stage:
-    """A node as it runs: `act` is the activation fused into its epilogue ("none" otherwise), and
-    `output` the name of the value it makes (the fused activation's, when there is one). `index` is
-    the node's position in the network (it keys the node's random streams)."""
+    """A node as it runs: `act` is the activation fused into its epilogue (its kernel options, None
+    without one), and `output` the name of the value it makes (the fused activation's, when there is
+    one). `index` is the node's position in the network (it keys the node's random streams)."""
     index: int
     name: str
     layer: Layer
-    act: str
+    act: dict | None
     inputs: tuple
     input_shapes: tuple
     output: str
@@ -168,7 +168,8 @@ class Network:
 
         A link layer ending the network (Softmax before cross-entropy) is left to the loss, and an
         activation whose producer can fuse it (Dense, Conv2D) runs in the producer's epilogue when
-        it is the producer's sole reader.
+        it is the producer's sole reader and its gradient needs only its output (the epilogue
+        keeps no input: not SiLU).
         """
         shapes = self.shapes(input_shape)
         nodes = list(self.nodes)
@@ -178,7 +179,8 @@ class Network:
         fused = {}  # producer name -> the activation node it runs
         for node in nodes:
             producer = by_name.get(node.inputs[0])
-            if (isinstance(node.layer, Activation) and producer is not None and producer.layer.fuses_activation
+            if (isinstance(node.layer, Activation) and node.layer.grad_from_output
+                    and producer is not None and producer.layer.fuses_activation
                     and self.consumers[producer.name] == 1 and producer.name not in fused):
                 fused[producer.name] = node
         absorbed = {node.name for node in fused.values()}
@@ -189,8 +191,8 @@ class Network:
                 continue
             act_node = fused.get(node.name)
             output = act_node.name if act_node else node.name
-            stages.append(Stage(index[node.name], node.name, node.layer, act_node.layer.kind if act_node else "none",
-                                node.inputs,
+            act = act_node.layer.kernel_options() if act_node else None
+            stages.append(Stage(index[node.name], node.name, node.layer, act, node.inputs,
                                 tuple(shapes[name] for name in node.inputs), output, shapes[output]))
         return stages
 

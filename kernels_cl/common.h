@@ -1,15 +1,21 @@
 // Shared by every clnet kernel: activation codes and their derivatives, rounding helpers.
 // The host passes -D options; each file documents its own tunables.
 
-// Activation codes, chosen with -DACT=<code> (same numbering as clnet/ops/activations.py).
+// Activation codes, chosen with -DACT=<code> (same numbering as clnet/ops/elementwise.py); LeakyReLU
+// takes its negative slope as -DACT_SLOPE=<float literal>.
 #define ACT_NONE 0
 #define ACT_RELU 1
 #define ACT_SIGMOID 2
 #define ACT_TANH 3
+#define ACT_RELU6 4
+#define ACT_LEAKY_RELU 5
+#define ACT_SILU 6
 
 #ifndef ACT
 #define ACT ACT_NONE
 #endif
+
+inline float sigmoid(float x) { return 1.0f / (1.0f + exp(-x)); }
 
 // The activation applied to a pre-activation value x.
 inline float act_forward(float x) {
@@ -19,12 +25,19 @@ inline float act_forward(float x) {
     return 1.0f / (1.0f + exp(-x));
 #elif ACT == ACT_TANH
     return tanh(x);
+#elif ACT == ACT_RELU6
+    return fmin(fmax(x, 0.0f), 6.0f);
+#elif ACT == ACT_LEAKY_RELU
+    return x > 0.0f ? x : (ACT_SLOPE) * x;
+#elif ACT == ACT_SILU
+    return x * sigmoid(x);
 #else
     return x;
 #endif
 }
 
-// d act / d x written with the activation's output y, so backward needs only the output.
+// d act / d x written with the activation's output y, so backward needs only the output (LeakyReLU:
+// for a slope >= 0, where y > 0 exactly when x > 0).
 inline float act_grad_from_output(float y) {
 #if ACT == ACT_RELU
     return y > 0.0f ? 1.0f : 0.0f;
@@ -32,12 +45,29 @@ inline float act_grad_from_output(float y) {
     return y * (1.0f - y);
 #elif ACT == ACT_TANH
     return 1.0f - y * y;
+#elif ACT == ACT_RELU6
+    return y > 0.0f && y < 6.0f ? 1.0f : 0.0f;
+#elif ACT == ACT_LEAKY_RELU
+    return y > 0.0f ? 1.0f : (ACT_SLOPE);
+#elif ACT == ACT_SILU
+    return NAN;  // not a function of y: SiLU's backward reads its input (act_grad_from_input)
 #else
     return 1.0f;
 #endif
 }
 
-inline float sigmoid(float x) { return 1.0f / (1.0f + exp(-x)); }
+// d act / d x written with the input x, for activations whose derivative the output does not
+// determine: SiLU, and LeakyReLU of a negative slope.
+inline float act_grad_from_input(float x) {
+#if ACT == ACT_SILU
+    const float s = sigmoid(x);
+    return s * (1.0f + x * (1.0f - s));
+#elif ACT == ACT_LEAKY_RELU
+    return x > 0.0f ? 1.0f : (ACT_SLOPE);
+#else
+    return act_grad_from_output(act_forward(x));
+#endif
+}
 
 // 16 consecutive floats from any (4-byte aligned) address. Two halves, because vload16 of PoCL 3.0
 // (pip's pocl-binary-distribution) fills only the first 8 lanes.

@@ -1,6 +1,6 @@
 // Activations, their gradients, the fused bias/activation backward, row-wise softmax, sums and
 // strided row copies.
-// ACT (common.h) selects the activation.
+// ACT (common.h) selects the activation, ACT_SLOPE LeakyReLU's negative slope.
 
 // y = act(x) over n elements.
 __kernel void activation_forward(const int n, __global const float* x, const int xo,
@@ -19,6 +19,16 @@ __kernel void activation_backward(const int n, __global const float* y, const in
     const int i = get_global_id(0);
     if (i >= n) return;
     dx[dxo + i] = dy[dyo + i] * act_grad_from_output(y[yo + i]);
+}
+
+// dx = dy * act'(x), for activations whose derivative needs the input x (SiLU).
+__kernel void activation_backward_from_input(const int n, __global const float* x, const int xo,
+                                             __global const float* dy, const int dyo,
+                                             __global float* dx, const int dxo)
+{
+    const int i = get_global_id(0);
+    if (i >= n) return;
+    dx[dxo + i] = dy[dyo + i] * act_grad_from_input(x[xo + i]);
 }
 
 // For a dense layer whose output y = act(x W^T + b) has shape rows x cols: dpre = dy * act'(y) and

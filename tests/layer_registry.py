@@ -32,6 +32,13 @@ LAYER_CASES = [
     (L.ReLU(), (3, 7, 5), 1),
     (L.Sigmoid(), (9,), 3),
     (L.Tanh(), (2, 5), 2),
+    (L.ReLU6(), (3, 7, 5), 2),
+    (L.LeakyReLU(), (9,), 3),
+    (L.LeakyReLU(0.2), (2, 5), 1),
+    (L.LeakyReLU(-0.3), (3, 1, 7), 2),                                  # negative slope: backward reads x
+    (L.SiLU(), (3, 7, 5), 1),
+    (L.Identity(), (3, 7, 5), 2),
+    (L.Identity(), (9,), 1),
     (L.Softmax(), (7,), 3),
     (L.Softmax(), (1,), 1),                                             # one feature: all ones
     (L.Add(), [(3, 7, 5), (3, 7, 5)], 2),

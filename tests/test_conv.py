@@ -149,7 +149,7 @@ def test_conv_bias_act_backward_in_slices(device, act, batch, channels, pixels):
     plan = new_plan(device)
     s_dy, s_y = Slot(device, dy, 3), Slot(device, y, 5)
     dpre, db = Slot.output(device, (channels, batch * pixels), 7), Slot.output(device, (channels,), 2)
-    conv_ops.conv_bias_act_backward(plan, ops.ACTIVATIONS[act], s_dy.tensor, s_y.tensor, dpre.tensor, db.tensor)
+    conv_ops.conv_bias_act_backward(plan, ops.activation(act), s_dy.tensor, s_y.tensor, dpre.tensor, db.tensor)
     execute(plan)
     grad = dy * (y > 0) if act == "relu" else dy
     expected = grad.transpose(1, 0, 2).reshape(channels, -1)

@@ -94,7 +94,7 @@ LAYER_EXAMPLES = [
     L.Conv2D(1, 2, 4, padding="same"), L.MaxPool2D(3, stride=2, padding=1), L.AvgPool2D((2, 4), padding=(1, 2)),
     L.GlobalAvgPool2D(), L.Dropout(0.3), L.BatchNorm2d(4, eps=1e-3, momentum=None, affine=False),
     L.BatchNorm1d(9, momentum=0.05), L.ReLU(), L.Sigmoid(), L.Tanh(), L.Softmax(), L.Flatten(),
-    L.Add(), L.Concatenate()]
+    L.Add(), L.Concatenate(), L.ReLU6(), L.LeakyReLU(0.2), L.SiLU(), L.Identity()]
 
 
 def test_every_layer_class_is_described_by_its_config():
@@ -172,6 +172,15 @@ def test_batchnorm_dropout_pool_net_round_trip_with_normalisation(device, tmp_pa
 def _layer_classes(path):
     with zipfile.ZipFile(path) as zf:
         return [spec["class"] for spec in json.loads(zf.read("model.json"))["layers"]]
+
+
+def test_model_files_keep_each_layers_initialisation(device, tmp_path):
+    """Dense and Conv2D store `init`, so a loaded model rebuilds as it was."""
+    layers = [L.Conv2D(1, 2, 3, init="torch"), L.ReLU(), L.Conv2D(2, 2, 1), L.Flatten(), L.Dense(8, 3, init="he"),
+              L.Dense(3, 2, init="torch")]
+    clnet.Sequential(layers, device=device).save(tmp_path / "m.clnet")
+    loaded = clnet.load(tmp_path / "m.clnet", device=device)
+    assert [layer.init for layer in loaded.layers if hasattr(layer, "init")] == ["torch", "auto", "he", "torch"]
 
 
 def test_files_naming_former_layer_names_load(device, tmp_path):

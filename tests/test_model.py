@@ -178,6 +178,34 @@ def test_init_is_he_before_relu_and_glorot_otherwise(device):
     assert not state["0.bias"].any()
 
 
+# (clnet layer, its torch twin's constructor and arguments): many weights, and many biases
+TORCH_INIT_CASES = [(L.Dense(1000, 2000, init="torch"), "Linear", (1000, 2000)),
+                    (L.Dense(50, 5000, init="torch"), "Linear", (50, 5000)),
+                    (L.Conv2D(3, 2000, 5, init="torch"), "Conv2d", (3, 2000, 5)),
+                    (L.Conv2D(16, 4000, (1, 2), init="torch"), "Conv2d", (16, 4000, (1, 2)))]
+
+
+@pytest.mark.parametrize("case", TORCH_INIT_CASES, ids=lambda case: repr(case[0]))
+def test_torch_init_is_pytorchs(case):
+    """init="torch" as torch.nn's reset_parameters: weight and bias uniform within 1 / sqrt(fan_in),
+    drawn weight first; the empirical bounds and spreads of torch's own."""
+    torch = pytest.importorskip("torch")
+    layer, name, args = case
+    torch.manual_seed(0)
+    twin = getattr(torch.nn, name)(*args)
+    params = layer.init_params(np.random.default_rng(3))
+    fan_in = np.prod(params["weight"].shape[1:])
+    drawn = np.random.default_rng(3).uniform(-1, 1, params["weight"].size + params["bias"].size) / np.sqrt(fan_in)
+    np.testing.assert_array_equal(np.concatenate([params["weight"].ravel(), params["bias"]]), np.float32(drawn))
+    for key in ("weight", "bias"):
+        ours, theirs = params[key].astype(np.float64), getattr(twin, key).detach().numpy().astype(np.float64)
+        assert ours.shape == theirs.shape
+        assert np.abs(ours).max() <= 1 / np.sqrt(fan_in) and np.abs(theirs).max() <= 1 / np.sqrt(fan_in)
+        assert np.abs(ours).max() == pytest.approx(np.abs(theirs).max(), rel=0.01), key
+        assert ours.std() == pytest.approx(theirs.std(), rel=0.05), key
+        assert abs(ours.mean()) < 0.05 * ours.std(), key
+
+
 def test_summary_lists_layers_totals_and_planned_memory(device):
     model = clnet.models.mlp(device=device)
     quiet = open("/dev/null", "w")

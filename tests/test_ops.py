@@ -60,7 +60,7 @@ def _gemm_case(device, rng, plan, m, n, k, layout, offsets, has_bias=False, act=
     sa, sb, sbias = Slot(device, a, oa), Slot(device, b, ob), Slot(device, bias, obias)
     sc = Slot.output(device, (m, n), oc)
     ops.gemm(plan, sa.tensor, sb.tensor, sc.tensor, trans_a=trans_a, trans_b=trans_b,
-             bias=sbias.tensor if has_bias else None, act=ops.ACTIVATIONS[act])
+             bias=sbias.tensor if has_bias else None, act=ops.activation(act))
     a64, b64 = a.astype(np.float64), b.astype(np.float64)
     pre = (a64.T if trans_a else a64) @ (b64.T if trans_b else b64)
     if has_bias:
@@ -222,8 +222,8 @@ def test_activation_forward_backward(device, act):
         dy = f32(rng.normal(size=n))
         sx, sy_in, sdy = Slot(device, x, 5 + i), Slot(device, y, 17 * i), Slot(device, dy, 3)
         sy, sdx = Slot.output(device, (n,), 11 * i + 1), Slot.output(device, (n,), 2)
-        ops.activation_forward(plan, act, sx.tensor, sy.tensor)
-        ops.activation_backward(plan, act, sy_in.tensor, sdy.tensor, sdx.tensor)
+        ops.activation_forward(plan, ops.activation(act), sx.tensor, sy.tensor)
+        ops.activation_backward(plan, ops.activation(act), sy_in.tensor, sdy.tensor, sdx.tensor)
         cases.append((x, y, dy, sy, sdx))
     execute(plan)
     for x, y, dy, sy, sdx in cases:
@@ -255,7 +255,7 @@ def test_bias_act_backward(device, act, has_bias):
         sdy, sy = Slot(device, dy, 9 + i), Slot(device, y, 23)
         sdpre = Slot.output(device, (rows, cols), 4 * i + 1)
         sdb = Slot.output(device, (cols,), 13) if has_bias else None
-        ops.bias_act_backward(plan, act, sdy.tensor, sy.tensor, sdpre.tensor,
+        ops.bias_act_backward(plan, ops.activation(act), sdy.tensor, sy.tensor, sdpre.tensor,
                               sdb.tensor if has_bias else None)
         cases.append((dy, y, sdy, sdpre, sdb))
     execute(plan)
@@ -277,7 +277,7 @@ def test_bias_act_backward_in_place_none(device):
     dy = f32(rng.normal(size=(45, 66)))
     sdy, sdb = Slot(device, dy, 31, fill=GUARD), Slot.output(device, (66,), 7)
     plan = new_plan(device)
-    ops.bias_act_backward(plan, "none", sdy.tensor, sdy.tensor, sdy.tensor, sdb.tensor)
+    ops.bias_act_backward(plan, None, sdy.tensor, sdy.tensor, sdy.tensor, sdb.tensor)
     execute(plan)
     np.testing.assert_array_equal(sdy.read(), dy)
     np.testing.assert_allclose(sdb.read(), dy.astype(np.float64).sum(axis=0), rtol=1e-5, atol=1e-5)

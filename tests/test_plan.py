@@ -157,12 +157,12 @@ def test_placed_chain_computes_the_right_thing(device, gemm_family):
     s = plan.value((batch, d_out), "s")
     r = plan.value((d_in, d_out), "r")
     out = plan.value((d_in * d_out,), "out")
-    ops.gemm(plan, x, tw1, h1, trans_b=True, bias=tb1, act=ops.ACTIVATIONS["relu"])  # 0
-    ops.activation_forward(plan, "sigmoid", h1, h2)                                   # 1
-    ops.gemm(plan, h2, tw2, h3, act=ops.ACTIVATIONS["tanh"])                          # 2
-    ops.softmax_forward(plan, h3, s)                                                  # 3
-    ops.gemm(plan, x, s, r, trans_a=True)                                             # 4: x is still live
-    ops.activation_forward(plan, "tanh", r.view((d_in * d_out,)), out)                # 5
+    ops.gemm(plan, x, tw1, h1, trans_b=True, bias=tb1, act=ops.activation("relu"))          # 0
+    ops.activation_forward(plan, ops.activation("sigmoid"), h1, h2)                         # 1
+    ops.gemm(plan, h2, tw2, h3, act=ops.activation("tanh"))                                 # 2
+    ops.softmax_forward(plan, h3, s)                                                        # 3
+    ops.gemm(plan, x, s, r, trans_a=True)                                                   # 4: x is still live
+    ops.activation_forward(plan, ops.activation("tanh"), r.view((d_in * d_out,)), out)      # 5
     arena = plan.place()
     check_placement(plan, arena)
     roots = [v for v in plan.values if v.first is not None]
@@ -191,7 +191,7 @@ def test_arguments_are_set_by_the_names_of_the_kernel_signature(device):
     and change what the next run computes."""
     x, y = DeviceTensor.from_numpy(device, np.array([-1, 2, -3, 4], np.float32)), DeviceTensor.empty(device, (4,))
     plan = new_plan(device)
-    launch = ops.activation_forward(plan, "relu", x, y)
+    launch = ops.activation_forward(plan, ops.activation("relu"), x, y)
     assert launch.kernel.names == ["n", "x", "y"]
     plan.bind_dynamic("count", launch, "n")
     plan.finalize(plan.place())

@@ -7,7 +7,7 @@ working (BatchNorm1d and BatchNorm2d became BatchNorm1D and BatchNorm2D). `Input
 called on symbolic tensors write networks that branch (clnet.Model).
 """
 
-from .activation import Activation, ReLU, Sigmoid, Softmax, Tanh
+from .activation import Activation, Identity, LeakyReLU, ReLU, ReLU6, Sigmoid, SiLU, Softmax, Tanh
 from .base import Layer, LayerContext
 from .conv import Conv2D
 from .dense import Dense

@@ -18,10 +18,11 @@ IntOrPair = Union[int, Sequence[int]]
 
 class LayerContext:
     """What a layer's passes record with: the plan, the layer's parameter, gradient and buffer
-    tensors, the activation fused into it, whether the plan trains, a seed for its randomness, and
-    `saved`, where forward leaves values for backward (the same context serves both)."""
+    tensors, the activation fused into it (its kernel options, `ops.activation(...)`, or None),
+    whether the plan trains, a seed for its randomness, and `saved`, where forward leaves values for
+    backward (the same context serves both)."""
 
-    def __init__(self, plan, params, grads, buffers, act="none", training=False, seed=0):
+    def __init__(self, plan, params, grads, buffers, act=None, training=False, seed=0):
         self.plan, self.params, self.grads, self.buffers = plan, params, grads, buffers
         self.act, self.training, self.seed = act, training, seed
         self.saved = {}
@@ -113,11 +114,23 @@ class Layer:
         return f"{type(self).__name__}()"
 
 
-def glorot_uniform(rng, shape, fan_in, fan_out):
-    limit = np.sqrt(6.0 / (fan_in + fan_out))
-    return rng.uniform(-limit, limit, size=shape).astype(np.float32)
+#: The initialisations of Dense and Conv2D (see `weight_and_bias`).
+INITS = ("torch", "auto", "he", "glorot")
 
 
-def he_uniform(rng, shape, fan_in):
-    limit = np.sqrt(6.0 / fan_in)
-    return rng.uniform(-limit, limit, size=shape).astype(np.float32)
+def weight_and_bias(rng, init, weight_shape, fan_in, fan_out, bias_size, before_relu):
+    """The initial weight and bias (None for bias_size 0) of a Dense or Conv2D layer, drawn in that
+    order from `rng`. "torch" is PyTorch's reset_parameters of Linear and Conv2d: the weight
+    kaiming_uniform_ with a = sqrt(5), uniform within gain * sqrt(3 / fan_in) where
+    gain = sqrt(2 / (1 + a^2)) = sqrt(1 / 3), that is within 1 / sqrt(fan_in), and the bias uniform
+    within 1 / sqrt(fan_in) too. "he" (uniform within sqrt(6 / fan_in)) and "glorot" (within
+    sqrt(6 / (fan_in + fan_out))) leave the bias zero; "auto" is He before a ReLU, Glorot otherwise."""
+    if init == "torch":
+        bound = 1.0 / np.sqrt(fan_in)
+        weight = rng.uniform(-bound, bound, size=weight_shape).astype(np.float32)
+        bias = rng.uniform(-bound, bound, size=bias_size).astype(np.float32) if bias_size else None
+        return weight, bias
+    he = init == "he" or (init == "auto" and before_relu)
+    bound = np.sqrt(6.0 / fan_in) if he else np.sqrt(6.0 / (fan_in + fan_out))
+    weight = rng.uniform(-bound, bound, size=weight_shape).astype(np.float32)
+    return weight, np.zeros(bias_size, np.float32) if bias_size else None

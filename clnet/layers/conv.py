@@ -9,7 +9,7 @@ from .. import ops
 from ..ops import conv as conv_ops
 from ..ops.conv import ConvGeometry, conv_bias_act_backward
 from .activation import ReLU
-from .base import IntOrPair, Layer, glorot_uniform, he_uniform
+from .base import INITS, IntOrPair, Layer, weight_and_bias
 
 
 class Conv2D(Layer):
@@ -21,9 +21,10 @@ class Conv2D(Layer):
         kernel_size, stride, dilation: ints or (h, w) pairs.
         padding: zeros added on each side, an int or an (h, w) pair; or "same" (stride 1 only),
             which keeps the size; an even kernel's extra row/column goes bottom/right, as PyTorch.
-        bias: learn a per-channel bias (initially zero).
-        init: the weight's initialisation: "he", "glorot", or "auto" (He before a ReLU, Glorot
-            otherwise).
+        bias: learn a per-channel bias.
+        init: the initialisation: "auto" (He before a ReLU, Glorot otherwise), "he" or "glorot",
+            with a zero bias; or "torch" (PyTorch's: weight and bias uniform within
+            1 / sqrt(in_channels * kernel height * kernel width)).
 
     Shape:
         Input (in_channels, H, W); output (out_channels, OH, OW) with
@@ -53,8 +54,8 @@ class Conv2D(Layer):
             self.padding = ops.int_pair(padding, "Conv2D padding")
             if min(self.padding) < 0:
                 raise ValueError(f"Conv2D padding must not be negative, got {padding!r}")
-        if init not in ("auto", "he", "glorot"):
-            raise ValueError(f"Conv2D init must be 'auto', 'he' or 'glorot', not {init!r}")
+        if init not in INITS:
+            raise ValueError(f"Conv2D init must be one of {', '.join(map(repr, INITS))}, not {init!r}")
         self.bias, self.init = bool(bias), init
 
     def config(self):
@@ -72,12 +73,9 @@ class Conv2D(Layer):
     def init_params(self, rng, followed_by=None):
         kh, kw = self.kernel_size
         fan_in, fan_out = self.in_channels * kh * kw, self.out_channels * kh * kw
-        shape = self.param_shapes()["weight"]
-        he = self.init == "he" or (self.init == "auto" and isinstance(followed_by, ReLU))
-        params = {"weight": he_uniform(rng, shape, fan_in) if he else glorot_uniform(rng, shape, fan_in, fan_out)}
-        if self.bias:
-            params["bias"] = np.zeros(self.out_channels, np.float32)
-        return params
+        weight, bias = weight_and_bias(rng, self.init, self.param_shapes()["weight"], fan_in, fan_out,
+                                       self.out_channels if self.bias else 0, isinstance(followed_by, ReLU))
+        return {"weight": weight, "bias": bias} if self.bias else {"weight": weight}
 
     def _padding_sides(self):
         """((top, bottom), (left, right)): "same" puts the odd extra row/column of an even (dilated)
@@ -119,8 +117,7 @@ class Conv2D(Layer):
         g = self.geometry(x.shape[1:])
         y = ctx.plan.value((x.shape[0], self.out_channels, g.OH, g.OW), f"{self!r} output")
         weight = ctx.params["weight"].view((self.out_channels, g.rows))
-        conv_ops.forward(ctx.plan, g, x.shape[0], x, weight, y, ctx.params.get("bias"),
-                                  ops.ACTIVATIONS[ctx.act])
+        conv_ops.forward(ctx.plan, g, x.shape[0], x, weight, y, ctx.params.get("bias"), ctx.act)
         return y
 
     def backward(self, ctx, x, y, dy, need_dx):
@@ -129,9 +126,8 @@ class Conv2D(Layer):
         pixels = batch * g.pixels
         # dpre: the gradient before the activation, channels first, (out, batch * pixels)
         dpre = plan.value((self.out_channels, pixels), f"{self!r} pre-activation grad")
-        act = ops.ACTIVATIONS[ctx.act]
         shape = (batch, self.out_channels, g.pixels)
-        conv_bias_act_backward(plan, act, dy.view(shape), (y if act else dy).view(shape), dpre,
+        conv_bias_act_backward(plan, ctx.act, dy.view(shape), (y if ctx.act else dy).view(shape), dpre,
                                ctx.grads.get("bias"))
         weight = ctx.params["weight"].view((self.out_channels, g.rows))
         conv_ops.weight_grad(plan, g, batch, dpre, x, ctx.grads["weight"].view((self.out_channels, g.rows)))

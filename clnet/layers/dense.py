@@ -6,7 +6,7 @@ import numpy as np
 
 from .. import ops
 from .activation import ReLU
-from .base import Layer, glorot_uniform, he_uniform
+from .base import INITS, Layer, weight_and_bias
 
 
 class Dense(Layer):
@@ -15,9 +15,10 @@ class Dense(Layer):
 
     Args:
         in_features, out_features: sizes of each input and output sample.
-        bias: learn a bias (initially zero).
-        init: the weight's initialisation: "he", "glorot", or "auto" (He before a ReLU, Glorot
-            otherwise).
+        bias: learn a bias.
+        init: the initialisation: "auto" (He before a ReLU, Glorot otherwise), "he" or "glorot",
+            with a zero bias; or "torch" (PyTorch's: weight and bias uniform within
+            1 / sqrt(in_features)).
 
     Shape:
         Input (in_features,); output (out_features,). Images need a Flatten first.
@@ -31,8 +32,8 @@ class Dense(Layer):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, init: str = "auto"):
         if int(in_features) < 1 or int(out_features) < 1:
             raise ValueError(f"Dense needs positive sizes, got ({in_features}, {out_features})")
-        if init not in ("auto", "he", "glorot"):
-            raise ValueError(f"Dense init must be 'auto', 'he' or 'glorot', not {init!r}")
+        if init not in INITS:
+            raise ValueError(f"Dense init must be one of {', '.join(map(repr, INITS))}, not {init!r}")
         self.in_features, self.out_features = int(in_features), int(out_features)
         self.bias, self.init = bool(bias), init
 
@@ -47,14 +48,10 @@ class Dense(Layer):
         return shapes
 
     def init_params(self, rng, followed_by=None):
-        he = self.init == "he" or (self.init == "auto" and isinstance(followed_by, ReLU))
-        shape = (self.out_features, self.in_features)
-        weight = (he_uniform(rng, shape, self.in_features) if he
-                  else glorot_uniform(rng, shape, self.in_features, self.out_features))
-        params = {"weight": weight}
-        if self.bias:
-            params["bias"] = np.zeros(self.out_features, np.float32)
-        return params
+        weight, bias = weight_and_bias(rng, self.init, (self.out_features, self.in_features), self.in_features,
+                                       self.out_features, self.out_features if self.bias else 0,
+                                       isinstance(followed_by, ReLU))
+        return {"weight": weight, "bias": bias} if self.bias else {"weight": weight}
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int]:
         if tuple(input_shape) != (self.in_features,):
@@ -67,15 +64,14 @@ class Dense(Layer):
 
     def forward(self, ctx, x):
         y = ctx.plan.value((x.shape[0], self.out_features), f"{self!r} output")
-        ops.gemm(ctx.plan, x, ctx.params["weight"], y, trans_b=True, bias=ctx.params.get("bias"),
-                 act=ops.ACTIVATIONS[ctx.act])
+        ops.gemm(ctx.plan, x, ctx.params["weight"], y, trans_b=True, bias=ctx.params.get("bias"), act=ctx.act)
         return y
 
     def backward(self, ctx, x, y, dy, need_dx):
         plan, act = ctx.plan, ctx.act
         # dpre: gradient before the fused activation; it is dy itself when there is none.
-        dpre = dy if act == "none" else plan.value(dy.shape, f"{self!r} pre-activation grad")
-        if act != "none" or self.bias:
+        dpre = dy if act is None else plan.value(dy.shape, f"{self!r} pre-activation grad")
+        if act is not None or self.bias:
             ops.bias_act_backward(plan, act, dy, y, dpre, ctx.grads.get("bias"))
         ops.gemm(plan, dpre, x, ctx.grads["weight"], trans_a=True)
         if not need_dx:

@@ -2,11 +2,12 @@
 
 import operator
 
-from .elementwise import ACTIVATIONS, activation_backward, activation_forward, bias_act_backward, softmax_backward, softmax_forward
+from .elementwise import (ACTIVATIONS, activation, activation_backward, activation_backward_from_input,
+                          activation_forward, bias_act_backward, softmax_backward, softmax_forward)
 from .gemm import Matrix, gemm
 
-__all__ = ["ACTIVATIONS", "activation_backward", "activation_forward", "bias_act_backward", "gemm", "int_pair",
-           "Matrix", "softmax_backward", "softmax_forward"]
+__all__ = ["ACTIVATIONS", "activation", "activation_backward", "activation_backward_from_input", "activation_forward",
+           "bias_act_backward", "gemm", "int_pair", "Matrix", "softmax_backward", "softmax_forward"]
 
 
 def int_pair(value, name="value"):

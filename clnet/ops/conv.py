@@ -8,6 +8,7 @@ else a GEMM into a column matrix (in chunks of images within COLUMNS) plus col2i
 
 from dataclasses import asdict, dataclass
 
+from .elementwise import activation
 from .gemm import SUM_SLICES_FILE, Matrix, gemm, record_gemm
 
 FILE = "conv.cl"
@@ -58,8 +59,9 @@ def col2im(plan, geometry, images, col, dx, ldcol):
     return plan.launch(k, (images * geometry.C * geometry.H,), (LOCAL,), images, ldcol, col, dx)
 
 
-def conv_bias_act_backward(plan, act_code, dy, y, dpre, db):
+def conv_bias_act_backward(plan, act, dy, y, dpre, db):
     """dpre (C, B*P) = dy * act'(y) from dy, y (B, C, P); db[c] = sum of dpre's row c (unless None).
+    `act` is the activation's options (`activation(...)`), None for none.
 
     Each channel is split into enough slices to give every compute unit work; their partial sums
     are added in a fixed order. A slice is a work-group of LOCAL work-items on the GPU family, of
@@ -68,7 +70,7 @@ def conv_bias_act_backward(plan, act_code, dy, y, dpre, db):
     slices = max(1, min(-(-4 * plan.device.info.compute_units // channels), batch * pixels // SLICE_MIN))
     sums = db if db is None or slices == 1 else plan.value((slices, channels), "bias gradient slices")
     group = LOCAL if plan.device.family == "tiled" else 1
-    k = plan.kernel(FILE, "conv_bias_act_backward", ACT=act_code, HAS_BIAS=db is not None, CONV_WG=group,
+    k = plan.kernel(FILE, "conv_bias_act_backward", **(act or activation()), HAS_BIAS=db is not None, CONV_WG=group,
                     CONV_P=pixels)
     launch = plan.launch(k, (channels * group, slices), (group, 1), batch, channels, dy, y, dpre,
                          sums if sums is not None else dpre)
@@ -91,11 +93,12 @@ def _kernel(plan):
     return "gemm_tiled" if plan.device.family == "tiled" else "gemm_packed"
 
 
-def forward(plan, geometry, batch, x, weight, y, bias, act_code):
-    """y (batch, O, OH, OW) = act(weight . cols(x) + bias), weight viewed as (O, C*KH*KW)."""
+def forward(plan, geometry, batch, x, weight, y, bias, act):
+    """y (batch, O, OH, OW) = act(weight . cols(x) + bias), weight viewed as (O, C*KH*KW); `act` is
+    the activation's options (`activation(...)`), None for none."""
     g, out = geometry, weight.shape[0]
     columns = batch * g.pixels
-    defines = _implicit(g, CONV_B=True, HAS_BIAS=bias is not None, BIAS_PER_ROW=True, ACT=act_code)
+    defines = _implicit(g, CONV_B=True, HAS_BIAS=bias is not None, BIAS_PER_ROW=True, **(act or {}))
     y_matrix = Matrix(y, out, columns, ld=out * g.pixels, image_cols=g.pixels)
     return record_gemm(plan, _kernel(plan), defines, (out, columns, g.rows), Matrix(weight, out, g.rows),
                        Matrix(x, g.rows, columns, ld=0), y_matrix, bias)

@@ -1,25 +1,46 @@
 """Launchers for activations, the fused bias/activation backward, row-wise softmax, sums and strided
 row copies."""
 
+import numpy as np
+
 FILE = "elementwise.cl"
 LOCAL = 64
-ACTIVATIONS = {"none": 0, "relu": 1, "sigmoid": 2, "tanh": 3}  # codes of kernels_cl/common.h
+# codes of kernels_cl/common.h
+ACTIVATIONS = {"none": 0, "relu": 1, "sigmoid": 2, "tanh": 3, "relu6": 4, "leaky_relu": 5, "silu": 6}
+
+
+def activation(kind="none", negative_slope=None):
+    """The -D options that select an activation in every kernel (common.h): ACT, and for
+    "leaky_relu" ACT_SLOPE, the slope as a float32 literal (exactly the float32 of `negative_slope`).
+    The launchers below, `gemm` and the convolutions take them as `act`; None means no activation."""
+    options = {"ACT": ACTIVATIONS[kind]}
+    if kind == "leaky_relu":
+        options["ACT_SLOPE"] = f"{np.float32(negative_slope)!s}f"  # the shortest exact spelling
+    return options
 
 
 def activation_forward(plan, act, x, y):
-    k = plan.kernel(FILE, "activation_forward", ACT=ACTIVATIONS[act])
+    k = plan.kernel(FILE, "activation_forward", **act)
     return plan.launch(k, (x.size,), (LOCAL,), x.size, x, y)
 
 
 def activation_backward(plan, act, y, dy, dx):
-    k = plan.kernel(FILE, "activation_backward", ACT=ACTIVATIONS[act])
+    """dx = dy * act'(x), the derivative written with the output y."""
+    k = plan.kernel(FILE, "activation_backward", **act)
     return plan.launch(k, (y.size,), (LOCAL,), y.size, y, dy, dx)
 
 
+def activation_backward_from_input(plan, act, x, dy, dx):
+    """dx = dy * act'(x), for the activations whose derivative the output does not determine (SiLU)."""
+    k = plan.kernel(FILE, "activation_backward_from_input", **act)
+    return plan.launch(k, (x.size,), (LOCAL,), x.size, x, dy, dx)
+
+
 def bias_act_backward(plan, act, dy, y, dpre, db):
-    """dpre = dy * act'(y) (not written for "none"), db = column sums of dpre (skipped when db is None)."""
+    """dpre = dy * act'(y) (not written without an activation, act None), db = column sums of dpre
+    (skipped when db is None)."""
     rows, cols = dy.shape
-    k = plan.kernel(FILE, "bias_act_backward", ACT=ACTIVATIONS[act], HAS_BIAS=db is not None)
+    k = plan.kernel(FILE, "bias_act_backward", **(act or activation()), HAS_BIAS=db is not None)
     return plan.launch(k, (cols,), (LOCAL,), rows, cols, dy, y, dpre, db if db is not None else dpre)
 
 

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from math import prod
 
 from ..tuning import Case, lookup, record
+from .elementwise import activation
 
 SUM_SLICES_FILE = "sum_slices.cl"  # split-K: the slices' sum, stored with the epilogue
 SPLIT_MIN = 128    # shortest K slice worth its own work-groups
@@ -202,12 +203,13 @@ GEMM_TILED, GEMM_PACKED = TiledSpec(), PackedSpec()
 SPECS = {spec.kernel: spec for spec in (GEMM_TILED, GEMM_PACKED)}
 
 
-def gemm(plan, a, b, c, trans_a=False, trans_b=False, bias=None, act=0, bias_per_row=False):
+def gemm(plan, a, b, c, trans_a=False, trans_b=False, bias=None, act=None, bias_per_row=False):
     """Record C = act(op(A) op(B) + bias) where op transposes when asked.
 
     a, b, c are 2-D tensors (plan values or device tensors) or `Matrix` views, in their stored
     shapes: A is (M, K), or (K, M) with trans_a; B is (K, N), or (N, K) with trans_b; C is (M, N).
-    The bias has one value per column of C, or per row with bias_per_row.
+    The bias has one value per column of C, or per row with bias_per_row; `act` is the activation's
+    options (`activation(...)`), None for none.
     """
     a, b, c = _matrix(a), _matrix(b), _matrix(c)
     m, k = a.shape[::-1] if trans_a else a.shape
@@ -215,8 +217,8 @@ def gemm(plan, a, b, c, trans_a=False, trans_b=False, bias=None, act=0, bias_per
     if kb != k or c.shape != (m, n):
         raise ValueError(f"gemm shapes: A{a.shape}{'^T' if trans_a else ''} B{b.shape}{'^T' if trans_b else ''} "
                          f"C{c.shape}")
-    defines = dict(TRANS_A=int(trans_a), TRANS_B=int(trans_b), HAS_BIAS=bias is not None, ACT=act,
-                   BIAS_PER_ROW=bias_per_row)
+    defines = dict(TRANS_A=int(trans_a), TRANS_B=int(trans_b), HAS_BIAS=bias is not None,
+                   BIAS_PER_ROW=bias_per_row, **(act or activation()))
     kernel = "gemm_tiled" if plan.device.family == "tiled" else "gemm_packed"
     return record_gemm(plan, kernel, defines, (m, n, k), a, b, c, bias)
 
@@ -247,7 +249,7 @@ def record_gemm(plan, kernel, defines, shape, a, b, c, bias=None, params=None):
             params = spec.default(plan.device, m, n, k, defines)
     params = dict(params)
     slices = params.pop("SLICES")
-    epilogue = {key: defines[key] for key in ("HAS_BIAS", "BIAS_PER_ROW", "ACT", "C_IMAGE_COLS")}
+    epilogue = {key: defines.get(key) for key in ("HAS_BIAS", "BIAS_PER_ROW", "ACT", "ACT_SLOPE", "C_IMAGE_COLS")}
     if kernel == "gemm_packed":
         a, b, product, grid, local, slices = _packed_operands(plan, defines, shape, a, b, params, slices)
     else:
