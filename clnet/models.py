@@ -1,15 +1,23 @@
-"""Preset networks: DESIGN.md's reference networks and LeNet-5.
+"""Preset networks: DESIGN.md's reference networks, LeNet-5 and ResNets.
 
 Each takes the per-sample `input_shape` (C, H, W) and the number of classes; the defaults are the
-reference ones (28x28 grey images for mlp, mnist-cnn and lenet5, 32x32 RGB for cifar-cnn, 10
-classes). The first Dense layer is sized for the input, so any image size works. `device` and
-`seed` are those of `clnet.Sequential`. `PRESETS` names them as clnet-train does.
+reference ones (28x28 grey images for mlp, mnist-cnn and lenet5, 32x32 RGB for cifar-cnn and the
+CIFAR ResNets, 224x224 RGB for the ImageNet ResNets, 10 classes). The first Dense layer of the
+others is sized for the input, and the ResNets pool globally, so any image size works. `device` and `seed` are those of `clnet.Model`. `PRESETS`
+names them as clnet-train does.
+
+The ResNets are functional graphs (`clnet.Model`) whose nodes carry torchvision's module names
+("conv1", "layer1.0.bn2", "layer2.0.downsample.0", "fc", ...), so their state_dict keys and shapes
+are those of torchvision's `resnet18()` and its relatives; convolutions before a BatchNorm have no
+bias, and start He-uniform.
 
 Example:
     >>> model = clnet.models.lenet5(seed=1)
     >>> model.compile("cross_entropy", "adam").fit(x, y, epochs=5)
     >>> clnet.models.cifar_cnn(input_shape=(3, 64, 64), classes=100)   # Dense 16384->512 first
     >>> clnet.models.PRESETS["mnist-cnn"](device=clnet.device(device="cpu"))
+    >>> net = clnet.models.resnet18(input_shape=(3, 32, 32))            # the CIFAR stem, chosen by size
+    >>> net.load_state_dict(torchvision.models.resnet18(num_classes=10).state_dict())
 """
 
 from __future__ import annotations
@@ -18,8 +26,8 @@ from collections.abc import Sequence
 from math import prod
 
 from .device import Device
-from .layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
-from .model import Sequential
+from .layers import Add, BatchNorm2D, Conv2D, Dense, Flatten, GlobalAvgPool2D, Input, MaxPool2D, ReLU
+from .model import Model, Sequential
 
 
 def _flat(features, input_shape):
@@ -72,5 +80,128 @@ def lenet5(device: Device | None = None, seed: int = 0, input_shape: Sequence[in
     return _classifier(features, input_shape, (120, 84), classes, device, seed)
 
 
-PRESETS = {"mlp": mlp, "mnist-cnn": mnist_cnn, "cifar-cnn": cifar_cnn, "lenet5": lenet5}
-INPUT_SHAPES = {"mlp": (1, 28, 28), "mnist-cnn": (1, 28, 28), "cifar-cnn": (3, 32, 32), "lenet5": (1, 28, 28)}
+def _conv_bn(x, in_channels, out_channels, kernel, stride, conv_name, bn_name):
+    """A convolution padded to keep the size at stride 1, and its BatchNorm; no bias, as the
+    BatchNorm's shift takes its place."""
+    x = Conv2D(in_channels, out_channels, kernel, stride, padding=kernel // 2, bias=False, init="he")(x, name=conv_name)
+    return BatchNorm2D(out_channels)(x, name=bn_name)
+
+
+def _residual_block(x, in_channels, width, stride, bottleneck, name):
+    """torchvision's BasicBlock (3x3, 3x3 convolutions of `width` channels) or Bottleneck (1x1 of
+    `width`, 3x3 of `width` with the stride, 1x1 of 4 `width`), each convolution with a BatchNorm,
+    added to the input, then ReLU. Where the shape changes the input passes through a projection,
+    a strided 1x1 convolution and BatchNorm ("downsample"). Returns the output and its channels."""
+    kernels, strides, widths = ((1, 3, 1), (1, stride, 1), (width, width, 4 * width)) if bottleneck else         ((3, 3), (stride, 1), (width, width))
+    h, channels = x, in_channels
+    for i, (kernel, step, out_channels) in enumerate(zip(kernels, strides, widths), 1):
+        if i > 1:
+            h = ReLU()(h, name=f"{name}.relu{i - 1}")
+        h = _conv_bn(h, channels, out_channels, kernel, step, f"{name}.conv{i}", f"{name}.bn{i}")
+        channels = out_channels
+    shortcut = x
+    if stride != 1 or in_channels != channels:
+        shortcut = _conv_bn(x, in_channels, channels, 1, stride, f"{name}.downsample.0", f"{name}.downsample.1")
+    return ReLU()(Add()([h, shortcut], name=f"{name}.add"), name=f"{name}.relu{len(kernels)}"), channels
+
+
+def _resnet(stem, blocks, widths, bottleneck, input_shape, classes, device, seed):
+    """A ResNet named as torchvision's: the stem ("imagenet": conv1 7x7 stride 2 to 64 channels,
+    bn1, relu, maxpool 3x3 stride 2 padding 1; "cifar": conv1 3x3 stride 1 to widths[0], bn1,
+    relu), then stages layer1, layer2, ... of `blocks[i]` residual blocks of `widths[i]`, the first
+    of each stage after the first with stride 2, then avgpool (global), flatten and fc."""
+    x = Input(input_shape)
+    if stem == "imagenet":
+        h = ReLU()(_conv_bn(x, input_shape[0], 64, 7, 2, "conv1", "bn1"), name="relu")
+        h, channels = MaxPool2D(3, 2, padding=1)(h, name="maxpool"), 64
+    else:
+        h = ReLU()(_conv_bn(x, input_shape[0], widths[0], 3, 1, "conv1", "bn1"), name="relu")
+        channels = widths[0]
+    for stage, (count, width) in enumerate(zip(blocks, widths)):
+        for block in range(count):
+            stride = 2 if stage > 0 and block == 0 else 1
+            h, channels = _residual_block(h, channels, width, stride, bottleneck, f"layer{stage + 1}.{block}")
+    h = Flatten()(GlobalAvgPool2D()(h, name="avgpool"), name="flatten")
+    return Model(x, Dense(channels, classes)(h, name="fc"), device=device, seed=seed)
+
+
+def _cifar_resnet(n, input_shape, classes, device, seed):
+    return _resnet("cifar", (n, n, n), (16, 32, 64), False, input_shape, classes, device, seed)
+
+
+def resnet20(device: Device | None = None, seed: int = 0, input_shape: Sequence[int] = (3, 32, 32),
+             classes: int = 10) -> Model:
+    """The CIFAR ResNet-20 of He et al. (2016): a 3x3 convolution to 16 channels, BatchNorm and
+    ReLU; three stages of 3 basic blocks (two 3x3 convolutions with BatchNorm) of 16, 32 and 64
+    channels, the second and third starting with stride 2; global average pooling; Dense 64->10.
+    Where a block changes the shape, its shortcut is a projection (1x1 convolution with stride 2
+    and BatchNorm, the paper's option B), elsewhere the identity. 0.27M parameters."""
+    return _cifar_resnet(3, input_shape, classes, device, seed)
+
+
+def resnet32(device: Device | None = None, seed: int = 0, input_shape: Sequence[int] = (3, 32, 32),
+             classes: int = 10) -> Model:
+    """The CIFAR ResNet-32 of He et al. (2016): resnet20 with 5 blocks per stage. 0.47M parameters."""
+    return _cifar_resnet(5, input_shape, classes, device, seed)
+
+
+def resnet56(device: Device | None = None, seed: int = 0, input_shape: Sequence[int] = (3, 32, 32),
+             classes: int = 10) -> Model:
+    """The CIFAR ResNet-56 of He et al. (2016): resnet20 with 9 blocks per stage. 0.86M parameters."""
+    return _cifar_resnet(9, input_shape, classes, device, seed)
+
+
+def _imagenet_resnet(blocks, bottleneck, input_shape, classes, stem, device, seed):
+    if stem == "auto":
+        stem = "cifar" if max(input_shape[1:]) <= 64 else "imagenet"
+    if stem not in ("imagenet", "cifar"):
+        raise ValueError(f'stem must be "auto", "imagenet" or "cifar", not {stem!r}')
+    return _resnet(stem, blocks, (64, 128, 256, 512), bottleneck, input_shape, classes, device, seed)
+
+
+def resnet18(device: Device | None = None, seed: int = 0, input_shape: Sequence[int] = (3, 224, 224),
+             classes: int = 10, stem: str = "auto") -> Model:
+    """torchvision's ResNet-18: the stem, four stages of 2 basic blocks (two 3x3 convolutions with
+    BatchNorm) of 64, 128, 256 and 512 channels, each stage after the first starting with stride 2
+    and a projection shortcut (1x1 convolution with stride 2 and BatchNorm), global average
+    pooling, Dense 512->classes. 11.2M parameters for 10 classes. The state_dict is
+    torchvision.models.resnet18(num_classes=classes)'s: keys, shapes and layouts.
+
+    Args:
+        stem: "imagenet" (torchvision's: a 7x7 convolution with stride 2, BatchNorm, ReLU and a
+            3x3 max-pool with stride 2 and padding 1, so the last stage sees 1/32 of the image),
+            "cifar" (a 3x3 convolution with stride 1, BatchNorm and ReLU, no max-pool, as commonly
+            used for 32x32 images: the last stage sees 1/8), or "auto": "cifar" for images of at
+            most 64 pixels a side, "imagenet" for larger ones. Both have the same state_dict keys;
+            conv1.weight is 7x7 or 3x3.
+        device, seed, input_shape, classes: as for the other presets.
+
+    Example:
+        >>> model = clnet.models.resnet18(input_shape=(3, 32, 32))   # the CIFAR stem
+        >>> model.load_state_dict(torchvision.models.resnet18(num_classes=10).state_dict())
+    """
+    return _imagenet_resnet((2, 2, 2, 2), False, input_shape, classes, stem, device, seed)
+
+
+def resnet34(device: Device | None = None, seed: int = 0, input_shape: Sequence[int] = (3, 224, 224),
+             classes: int = 10, stem: str = "auto") -> Model:
+    """torchvision's ResNet-34: resnet18 with 3, 4, 6 and 3 basic blocks per stage. 21.3M
+    parameters for 10 classes. `stem` and the other arguments as for resnet18."""
+    return _imagenet_resnet((3, 4, 6, 3), False, input_shape, classes, stem, device, seed)
+
+
+def resnet50(device: Device | None = None, seed: int = 0, input_shape: Sequence[int] = (3, 224, 224),
+             classes: int = 10, stem: str = "auto") -> Model:
+    """torchvision's ResNet-50 (v1.5): 3, 4, 6 and 3 bottleneck blocks per stage (1x1, 3x3 with
+    the stage's stride, 1x1 to 4 times the stage's 64, 128, 256 or 512 channels, each with
+    BatchNorm), a projection shortcut at the first block of every stage, Dense 2048->classes.
+    23.5M parameters for 10 classes. `stem` and the other arguments as for resnet18."""
+    return _imagenet_resnet((3, 4, 6, 3), True, input_shape, classes, stem, device, seed)
+
+
+PRESETS = {"mlp": mlp, "mnist-cnn": mnist_cnn, "cifar-cnn": cifar_cnn, "lenet5": lenet5, "resnet20": resnet20,
+           "resnet32": resnet32, "resnet56": resnet56, "resnet18": resnet18, "resnet34": resnet34,
+           "resnet50": resnet50}
+INPUT_SHAPES = {"mlp": (1, 28, 28), "mnist-cnn": (1, 28, 28), "cifar-cnn": (3, 32, 32), "lenet5": (1, 28, 28),
+                "resnet20": (3, 32, 32), "resnet32": (3, 32, 32), "resnet56": (3, 32, 32),
+                "resnet18": (3, 224, 224), "resnet34": (3, 224, 224), "resnet50": (3, 224, 224)}
