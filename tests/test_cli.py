@@ -101,7 +101,7 @@ def test_help_has_examples():
 
 
 @pytest.mark.parametrize("args, models, batch_sizes, sizes", [
-    ([], list(clnet.models.PRESETS), [128, 1024], [1024, 4096]),
+    ([], list(tune.DEFAULT_MODELS), [128, 1024], [1024, 4096]),
     (["--models", "mlp", "lenet5", "--batch-sizes", "8", "16", "--sizes"], ["mlp", "lenet5"], [8, 16], []),
     (["--models", "--sizes", "40", "--batch-sizes=32"], [], [32], [40]),
 ])
