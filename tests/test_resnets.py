@@ -18,6 +18,7 @@ from torchvision.models.resnet import BasicBlock  # noqa: E402
 
 LR = 0.1
 CLASSES = 10
+KINK = 1e-6  # float32 rounding of a deep network's activations (4e-7 here), relative to their largest
 
 
 class CifarResNet(nn.Module):
@@ -74,8 +75,30 @@ def assert_close(actual, expected, what, tol):
     assert error <= tol, f"{what}: {error:.1e} of the largest entry, more than {tol:.1e}"
 
 
-def torch_gradients(net, x, y, dtype):
+class ShiftedReLU(nn.Module):
+    """ReLU whose kink lies at `shift` times the largest |input| of the call instead of at 0."""
+
+    def __init__(self, shift):
+        super().__init__()
+        self.shift = shift
+
+    def forward(self, x):
+        return torch.where(x > self.shift * x.detach().abs().max(), x, torch.zeros_like(x))
+
+
+def with_shifted_relus(net, shift):
+    """`net` with each of its ReLU modules a ShiftedReLU(shift)."""
+    for module in list(net.modules()):
+        for name, child in module.named_children():
+            if isinstance(child, nn.ReLU):
+                setattr(module, name, ShiftedReLU(shift))
+    return net
+
+
+def torch_gradients(net, x, y, dtype, relu_shift=None):
     net = copy.deepcopy(net).to(dtype).train()
+    if relu_shift is not None:
+        net = with_shifted_relus(net, relu_shift)
     net.zero_grad(set_to_none=True)
     nn.functional.cross_entropy(net(torch.from_numpy(x).to(dtype)), torch.from_numpy(y)).backward()
     return {key: parameter.grad.double().numpy() for key, parameter in net.named_parameters()}
@@ -86,7 +109,13 @@ def assert_twins(model, net, size, batch=2, tol=2e-4):
     evaluation; the loss and the running statistics of one SGD step with batch statistics; and
     every gradient, against torch in float64, within the larger of 20 `tol` and ten
     times torch's own float32 error (deep bottleneck networks on tiny batches amplify
-    rounding: 20% for resnet50 here)."""
+    rounding: 20% for resnet50 here), and twice the gradients' sensitivity to the ReLUs' kinks:
+    a ReLU input within float32 rounding of 0 (KINK of the call's largest |input|) may fall on
+    either side of it, as torch's float32 or another summation order rounds, and a single one
+    can move the gradients below it by several percent (resnet18's layer4.0 output at batch 2
+    holds one of -7.9e-7 in float64, -3.2e-6 in torch's float32 and +1.2e-6 in the CPU
+    family's: 2-33% below it). The sensitivity is the change of the float64 gradients with
+    every kink moved by KINK either way."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=(batch, 3, size, size)).astype(np.float32)
     y = rng.integers(0, CLASSES, batch)
@@ -107,9 +136,12 @@ def assert_twins(model, net, size, batch=2, tol=2e-4):
     model.compile("cross_entropy", clnet.optim.SGD(lr=LR))
     assert model.train_on_batch(x, y) == pytest.approx(loss.item(), rel=tol)
     grads, exact = model.gradients(), torch_gradients(net_before_step, x, y, torch.float64)
+    shifted = [torch_gradients(net_before_step, x, y, torch.float64, shift) for shift in (-KINK, KINK)]
     for key, parameter in net_before_step.named_parameters():
-        float32_error = np.abs(parameter.grad.numpy() - exact[key]).max() / np.abs(exact[key]).max()
-        assert_close(grads[key], exact[key], f"gradient of {key}", max(20 * tol, 10 * float32_error))
+        scale = np.abs(exact[key]).max()
+        float32_error = np.abs(parameter.grad.numpy() - exact[key]).max() / scale
+        kink_error = max(np.abs(g[key] - exact[key]).max() for g in shifted) / scale
+        assert_close(grads[key], exact[key], f"gradient of {key}", max(20 * tol, 10 * float32_error, 2 * kink_error))
     state, parameters = model.state_dict(), dict(net.named_parameters())
     for key, value in net.state_dict().items():
         if key not in parameters:  # the running statistics; the update is SGD's, given the gradients
@@ -126,11 +158,7 @@ def test_cifar_resnet_matches_its_torch_twin(device, name, n):
 
 
 @pytest.mark.parametrize("depth, stem, size", [(18, "cifar", 32), (34, "imagenet", 64), (50, "imagenet", 64)])
-def test_torchvision_resnet_weights_load_and_match(device, depth, stem, size, request):
-    if depth == 18 and device.family == "cpu":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "the CPU GEMM family's gradients of resnet18 below layer4.1 are 2% off (torch's float32: 2e-6; "
-            "the tiled family agrees): a kernel bug outside the presets")))
+def test_torchvision_resnet_weights_load_and_match(device, depth, stem, size):
     torch.manual_seed(depth)
     net = torchvision_resnet(depth, stem)
     net.load_state_dict({key: torch.as_tensor(value) for key, value in
