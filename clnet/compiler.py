@@ -43,7 +43,7 @@ class CompiledStep:
     flags choose gradient, probabilities and metrics), the update launch, and the output value
     (probabilities, or the raw outputs without a loss)."""
 
-    def __init__(self, device, network, store, loss, optimizer, metrics, seed, target):
+    def __init__(self, device, network, store, loss, optimizer, metrics, seed, target, allocate=True):
         self.device = device
         self.batch_size, self.input_shape = target.batch_size, tuple(target.input_shape)
         self.training = target.training
@@ -80,7 +80,8 @@ class CompiledStep:
             self.output = probs
         else:
             self.output = z2d
-        self._allocate(device, store)
+        if allocate:  # else only planned: `plan.place()` tells the arena's size (summary)
+            self._allocate(device, store)
 
     @staticmethod
     def _backward(plan, stages, contexts, values, dy):

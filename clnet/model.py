@@ -126,14 +126,16 @@ class Model:
         mean, std = self.normalization or ((), ())
         return InputSpec(str(x.dtype), tuple(mean), tuple(std), crop, flip)
 
+    def _compile(self, target, allocate=True):
+        return CompiledStep(self.device, self.network, self.param_store, self.loss, self.optimizer, self.metrics,
+                            self.seed, target, allocate)
+
     def _runner(self, batch_size, input_shape, training, target_dtype=None, spec=InputSpec()):
         """The runner of the step compiled for these, compiled on first use."""
         target = Target(int(batch_size), tuple(input_shape), training, target_dtype and np.dtype(target_dtype).str,
                         spec)
         if target not in self._runners:
-            compiled = CompiledStep(self.device, self.network, self.param_store, self.loss, self.optimizer,
-                                    self.metrics, self.seed, target)
-            self._runners[target] = Runner(compiled, self.param_store, self.optimizer)
+            self._runners[target] = Runner(self._compile(target), self.param_store, self.optimizer)
         self.input_shape = target.input_shape
         return self._runners[target]
 
@@ -317,7 +319,8 @@ class Model:
     def summary(self, input_shape: tuple | None = None, batch_size: int = 32, stream=None) -> str:
         """Print a table of nodes: output shape, parameters, forward FLOPs and activation memory per
         sample; then the totals and the device memory planned for `batch_size` (a training plan
-        once compiled, else an inference plan). Returns the text."""
+        once compiled, else an inference plan), planned without allocating it, so that a batch too
+        large for the device is reported too. Returns the text."""
         input_shape = tuple(input_shape or self.input_shape or ())
         if not input_shape:
             raise InputError("summary needs the input shape: model.summary(input_shape=(1, 28, 28)), "
@@ -337,10 +340,11 @@ class Model:
         line = lambda r: "  ".join(v.ljust(w) if c == 0 else v.rjust(w) for c, (v, w) in enumerate(zip(r, widths)))
         rule = "-" * len(line(header))
         training = self.loss is not None
-        runner = self._runner(batch_size, input_shape, training, self.loss.target_dtype if training else None)
+        target = Target(int(batch_size), input_shape, training,
+                        np.dtype(self.loss.target_dtype).str if training else None)
+        arena = 4 * self._compile(target, allocate=False).plan.place()  # planned, not allocated
         store = self.param_store
         resident = store.params.nbytes * (2 + (len(store.optimizer_state) if training else 0)) + store.buffers.nbytes
-        arena = runner.plan.arena_bytes
         text = "\n".join([
             line(header), rule, *map(line, rows), rule,
             f"Input {input_shape}: {self.count_params():,} parameters, {flops:,} forward FLOPs per sample",

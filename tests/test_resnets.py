@@ -177,8 +177,8 @@ def test_the_stem_follows_the_image_size(device):
 
 
 def test_resnet18_summary_plans_a_training_batch_of_64_at_224(device):
-    """summary compiles the step, so its 1.4 GiB arena is allocated, but never touched: on PoCL
-    this takes 3-11 s (cached kernels or not) and under 400 MiB of host memory."""
+    """summary plans the step without allocating its 1.4 GiB arena: on PoCL this takes a few
+    seconds (kernels are built) and little host memory."""
     model = models.resnet18(device=device).compile("cross_entropy", "sgd")
     text = model.summary(batch_size=64, stream=io.StringIO())
     assert "layer4.1.bn2: BatchNorm2D(512)" in text and "(512, 7, 7)" in text
