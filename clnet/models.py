@@ -1,10 +1,10 @@
-"""Preset networks: DESIGN.md's reference networks, LeNet-5 and ResNets.
+"""Preset networks: ARCHITECTURE.md's reference networks, LeNet-5 and ResNets.
 
 Each takes the per-sample `input_shape` (C, H, W) and the number of classes; the defaults are the
 reference ones (28x28 grey images for mlp, mnist-cnn and lenet5, 32x32 RGB for cifar-cnn and the
 CIFAR ResNets, 224x224 RGB for the ImageNet ResNets, 10 classes). The first Dense layer of the
-others is sized for the input, and the ResNets pool globally, so any image size works. `device` and `seed` are those of `clnet.Model`. `PRESETS`
-names them as clnet-train does.
+others is sized for the input, and the ResNets pool globally, so any image size works. `device`
+and `seed` are those of `clnet.Model`. `PRESETS` names them as clnet-train does.
 
 The ResNets are functional graphs (`clnet.Model`) whose nodes carry torchvision's module names
 ("conv1", "layer1.0.bn2", "layer2.0.downsample.0", "fc", ...), so their state_dict keys and shapes
@@ -83,7 +83,8 @@ def lenet5(device: Device | None = None, seed: int = 0, input_shape: Sequence[in
 def _conv_bn(x, in_channels, out_channels, kernel, stride, conv_name, bn_name):
     """A convolution padded to keep the size at stride 1, and its BatchNorm; no bias, as the
     BatchNorm's shift takes its place."""
-    x = Conv2D(in_channels, out_channels, kernel, stride, padding=kernel // 2, bias=False, init="he")(x, name=conv_name)
+    conv = Conv2D(in_channels, out_channels, kernel, stride, padding=kernel // 2, bias=False, init="he")
+    x = conv(x, name=conv_name)
     return BatchNorm2D(out_channels)(x, name=bn_name)
 
 
@@ -92,7 +93,10 @@ def _residual_block(x, in_channels, width, stride, bottleneck, name):
     `width`, 3x3 of `width` with the stride, 1x1 of 4 `width`), each convolution with a BatchNorm,
     added to the input, then ReLU. Where the shape changes the input passes through a projection,
     a strided 1x1 convolution and BatchNorm ("downsample"). Returns the output and its channels."""
-    kernels, strides, widths = ((1, 3, 1), (1, stride, 1), (width, width, 4 * width)) if bottleneck else         ((3, 3), (stride, 1), (width, width))
+    if bottleneck:
+        kernels, strides, widths = (1, 3, 1), (1, stride, 1), (width, width, 4 * width)
+    else:
+        kernels, strides, widths = (3, 3), (stride, 1), (width, width)
     h, channels = x, in_channels
     for i, (kernel, step, out_channels) in enumerate(zip(kernels, strides, widths), 1):
         if i > 1:

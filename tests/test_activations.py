@@ -95,7 +95,8 @@ def test_the_gemm_epilogue_and_the_fused_backward(device, gemm_family, kind, slo
     for m, n, k in ((67, 35, 19), (5, 70, 3001)):  # the second splits K in both families
         a, b = np.float32(rng.uniform(-1, 1, (m, k))), np.float32(rng.uniform(-1, 1, (n, k)))
         bias = np.float32(rng.uniform(-8, 8, n))  # beyond 6 and below 0
-        sa, sb, sbias, sc = Slot(device, a, 3), Slot(device, b, 41), Slot(device, bias, 9), Slot.output(device, (m, n), 17)
+        sa, sb, sbias = Slot(device, a, 3), Slot(device, b, 41), Slot(device, bias, 9)
+        sc = Slot.output(device, (m, n), 17)
         ops.gemm(plan, sa.tensor, sb.tensor, sc.tensor, trans_b=True, bias=sbias.tensor, act=act)
         cases.append((sc, forward_ref(kind, slope, f64(a) @ f64(b).T + bias), k))
     pre = rng.normal(0, 5, (2, 3, 7))

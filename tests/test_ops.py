@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import GUARD, Slot, execute, new_plan, upload
 
-from clnet import losses, ops, optim, tune
+from clnet import losses, ops, optim
 from clnet.ops.gemm import GEMM_PACKED, GEMM_TILED
 
 gemm_module = importlib.import_module("clnet.ops.gemm")  # clnet.ops.gemm is also the function's name
