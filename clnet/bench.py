@@ -1,6 +1,6 @@
 """clnet-bench: clnet side by side with PyTorch on the same hardware, in one run.
 
-Measures, for DESIGN.md's reference networks, training and inference images/s of clnet and of a
+Measures, for ARCHITECTURE.md's reference networks, training and inference images/s of clnet and of a
 PyTorch twin (CUDA with TF32 off when the clnet device is a GPU, else PyTorch on the CPU), and GEMM
 GFLOP/s of clnet against cuBLAS (through PyTorch) or numpy; `--profile` (or CLNET_PROFILE=1) adds
 the device time of every kernel of one training step, from OpenCL event profiling.
