@@ -25,7 +25,7 @@ def test_devices_lists_every_device():
 
 def test_train_runs_and_reports_test_accuracy():
     result = CliRunner().invoke(train, ["--device", "0", "--platform", str(clnet.list_devices()[0].platform_index),
-                                       "--epochs", "2", "--batch-size", "128", "--seed", "1"])
+                                       "--epochs", "2", "--batch-size", "32", "--seed", "1"])
     assert result.exit_code == 0, result.output
     assert "Epoch 2/2" in result.output and "val_accuracy" in result.output
     accuracy = float(result.output.split("Test accuracy ")[1].split()[0])
