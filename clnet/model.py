@@ -125,17 +125,20 @@ class Model:
         return values[self.network.output]
 
     # ------------------------------------------------------------------ set-up
-    def compile(self, loss: str | losses.Loss = "cross_entropy", optimizer: str | optim.Optimizer = "sgd") -> Model:
+    def compile(self, loss: str | losses.Loss = "cross_entropy", optimizer: str | optim.Optimizer = "sgd",
+                label_smoothing: float = 0.0) -> Model:
         """Choose the loss and the optimizer; the optimizer's state starts from zero.
 
         Args:
             loss: a name ("cross_entropy", "binary_cross_entropy", "mse", ...) or a clnet.losses.Loss.
             optimizer: a name ("sgd", "adam", "adamw") or a clnet.optim.Optimizer.
+            label_smoothing: for cross_entropy, the share of the target spread over all classes,
+                as torch.nn.CrossEntropyLoss(label_smoothing=...).
 
         Example:
-            >>> model.compile("cross_entropy", clnet.optim.SGD(lr=0.05, momentum=0.9))
+            >>> model.compile("cross_entropy", clnet.optim.SGD(lr=0.05, momentum=0.9), label_smoothing=0.1)
         """
-        self.loss = losses.get(loss)
+        self.loss = losses.get(loss, **({"label_smoothing": label_smoothing} if label_smoothing else {}))
         self.optimizer = optim.get(optimizer)
         self.param_store.reset_optimizer_state()
         self._runners.clear()
