@@ -170,7 +170,7 @@ class Network:
         """The nodes as they run, after checking every shape.
 
         A link layer ending the network (Softmax before cross-entropy) is left to the loss, and an
-        activation whose producer can fuse it (Dense, Conv2D) runs in the producer's epilogue when
+        activation whose producer can fuse it (Dense, Conv2D, BatchNorm) runs as the producer writes when
         it is the producer's sole reader and its gradient needs only its output (the epilogue
         keeps no input: not SiLU).
         """

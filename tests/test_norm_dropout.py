@@ -344,6 +344,8 @@ GRAD_NETS = {
     "bn2d-7x5": (lambda: [BatchNorm2d(3), L.Tanh(), L.Flatten(), L.Dense(105, 4),
                           BatchNorm1d(4, affine=False), L.Dense(4, 3)], (3, 3, 7, 5)),
     "bn2d-batch1": (lambda: [BatchNorm2d(2, momentum=None), L.Flatten(), L.Dense(30, 3)], (1, 2, 3, 5)),
+    "bn-fused-activations": (lambda: [BatchNorm2d(3), L.Sigmoid(), L.Flatten(), L.Dense(105, 4), BatchNorm1d(4),
+                                      L.LeakyReLU(0.1), L.Dense(4, 3)], (3, 3, 7, 5)),
     "dropout": (lambda: [L.Dense(4, 6), L.Tanh(), Dropout(0.4), L.Dense(6, 3)], (5, 4)),
 }
 
@@ -375,6 +377,15 @@ def test_network_gradients_match_finite_differences(device, net):
         np.testing.assert_allclose(after[f"{i}.running_mean"], rm, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(after[f"{i}.running_var"], rv, rtol=1e-5, atol=1e-6)
         assert after[f"{i}.num_batches_tracked"] == count == 1
+
+
+def test_batchnorm_applies_the_activation_after_it():
+    """BatchNorm runs a following activation (of a gradient from its output) as it writes, in
+    training and evaluation: the "bn-fused-activations" network above is five stages."""
+    network = clnet.network.Network.chain(GRAD_NETS["bn-fused-activations"][0]())
+    stages = network.stages((3, 7, 5))
+    assert [(s.name, s.act and s.act["ACT"]) for s in stages] == [("0", 2), ("2", None), ("3", None), ("4", 5),
+                                                                  ("6", None)]
 
 
 def test_batchnorm1d_batch_of_one_fails_in_training_only(device):

@@ -40,7 +40,8 @@ class Layer:
 
     #: The node's name given at construction (a subclass that skips Layer.__init__ has none).
     name = None
-    #: True for layers whose GEMM epilogue can apply a following activation (Dense, Conv2D).
+    #: True for layers that can apply a following activation as they write their output: the GEMM
+    #: epilogue of Dense and Conv2D, BatchNorm's normalisation.
     fuses_activation = False
     #: How many values the layer reads: 1, or None for two or more (Add, Concatenate), whose
     #: output_shape, flops, forward and reference take one argument per input, and whose backward
