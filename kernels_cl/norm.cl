@@ -125,6 +125,38 @@ __kernel void bn_forward_eval(const int total, const int channels, const int spa
     y[yo + i] = act_forward((x[xo + i] - running_mean[rmo + c]) * scale + shift);
 }
 
+// Folds an evaluation BatchNorm into the Dense or Conv2D layer before it, whose output channel o is
+// row o of its weight (per_row values): with s = w / sqrt(running_var + eps) per channel,
+// folded_weight = weight * s[o] and folded_bias = (bias - running_mean) * s + b (bias 0 without
+// HAS_BIAS). One work-item per weight value; the first of each row writes the bias.
+__kernel void bn_fold(const int rows, const int per_row, const float eps,
+                      __global const float* weight, const int wto, __global const float* bias, const int bso,
+                      __global const float* w, const int wo, __global const float* b, const int bo,
+                      __global const float* running_mean, const int rmo,
+                      __global const float* running_var, const int rvo,
+                      __global float* folded_weight, const int fwo, __global float* folded_bias, const int fbo)
+{
+    const int i = get_global_id(0);
+    if (i >= rows * per_row) return;
+    const int o = i / per_row;
+    float scale = 1.0f / sqrt(running_var[rvo + o] + eps);
+#ifdef AFFINE
+    scale *= w[wo + o];
+    const float shift = b[bo + o];
+#else
+    const float shift = 0.0f;
+#endif
+    folded_weight[fwo + i] = weight[wto + i] * scale;
+    if (i - o * per_row == 0) {
+#ifdef HAS_BIAS
+        const float before = bias[bso + o];
+#else
+        const float before = 0.0f;
+#endif
+        folded_bias[fbo + o] = (before - running_mean[rmo + o]) * scale + shift;
+    }
+}
+
 // Training backward, one work-group per channel. With xhat = (x - mean) * invstd over the valid rows
 // and g = dy * act'(y) the gradient of the normalised value: db = sum(g), dw = sum(g * xhat),
 // dx = w * invstd * (g - db / m - xhat * dw / m); dx = 0 on the padded rows.

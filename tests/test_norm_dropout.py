@@ -452,12 +452,17 @@ def test_state_dict_matches_torch_modules(device):
 
 
 def test_evaluation_mode_uses_running_statistics(device):
-    """predict: batch norm with the running statistics, dropout the identity; nothing is updated."""
+    """predict: batch norm with the running statistics (folded into the Conv2D and the Dense before
+    them), dropout the identity; nothing is updated."""
     rng = np.random.default_rng(29)
-    layers = [BatchNorm2d(3), L.Flatten(), L.Dense(12, 4), BatchNorm1d(4), Dropout(0.5), L.Dense(4, 2)]
+    layers = [BatchNorm2d(3), L.Conv2D(3, 3, 1, bias=False), BatchNorm2d(3, affine=False), L.ReLU6(), L.Flatten(),
+              L.Dense(12, 4), BatchNorm1d(4), Dropout(0.5), L.Dense(4, 2)]
     model = clnet.Sequential(layers, device=device, seed=2)
+    stages = model.network.stages((3, 2, 2), fold_norms=True)
+    assert [(s.name, s.folded and s.folded.name, s.output) for s in stages][:4] == [
+        ("0", None, "0"), ("1", "2", "3"), ("4", None, "4"), ("5", "6", "6")]
     state = model.state_dict()
-    for i in (0, 3):
+    for i in (0, 2, 6):
         c = len(state[f"{i}.running_mean"])
         state[f"{i}.running_mean"] = rng.normal(0, 1, c).astype(np.float32)
         state[f"{i}.running_var"] = rng.uniform(0.3, 3, c).astype(np.float32)
@@ -473,7 +478,7 @@ def test_evaluation_mode_uses_running_statistics(device):
     model.compile("cross_entropy", clnet.optim.SGD(lr=0.05))
     model.fit(x, rng.integers(0, 2, 5), epochs=2, batch_size=5, verbose=0)
     trained = model.state_dict()
-    assert trained["3.num_batches_tracked"] == 2 and not np.allclose(trained["3.running_var"], state["3.running_var"])
+    assert trained["6.num_batches_tracked"] == 2 and not np.allclose(trained["6.running_var"], state["6.running_var"])
     np.testing.assert_allclose(model.predict(x), softmax(forward(layers, trained, x)), rtol=1e-5, atol=1e-6)
 
 

@@ -24,6 +24,7 @@ class _BatchNorm(Layer):
     #: input shapes per sample that the layer accepts, as text for errors
     expected = ""
     fuses_activation = True
+    folds_into_producer = True
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
                  name: str | None = None):
@@ -90,6 +91,18 @@ class _BatchNorm(Layer):
         plan.bind_dynamic("n_valid", launch, "n_valid")
         ctx.saved["stats"] = (mean, invstd)
         return y
+
+    def fold(self, plan, producer_params, params, buffers):
+        """The weight and bias of the Dense or Conv2D layer before this one with this evaluation
+        normalisation folded in, recorded into `plan` (so they follow the parameters as they train):
+        {"weight": ..., "bias": ...} values for the producer's forward, which then does both."""
+        weight = producer_params["weight"]
+        folded = {"weight": plan.value(weight.shape, f"{self!r} folded weight"),
+                  "bias": plan.value((weight.shape[0],), f"{self!r} folded bias")}
+        norm_ops.batchnorm_fold(plan, weight, producer_params.get("bias"), params.get("weight"), params.get("bias"),
+                                buffers["running_mean"], buffers["running_var"], self.eps, folded["weight"],
+                                folded["bias"])
+        return folded
 
     def backward(self, ctx, x, y, dy, need_dx):
         if not ctx.training:

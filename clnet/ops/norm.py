@@ -50,6 +50,16 @@ def batchnorm_forward_eval(plan, x, y, weight, bias, running_mean, running_var, 
                        weight if affine else x, bias if affine else x, running_mean, running_var)
 
 
+def batchnorm_fold(plan, weight, bias, w, b, running_mean, running_var, eps, folded_weight, folded_bias):
+    """folded_weight, folded_bias: those of a Dense or Conv2D layer (weight (out, ...), bias (out,)
+    or None) with the evaluation BatchNorm after it (w, b: its weight and bias, or None) folded in."""
+    rows, affine = weight.shape[0], w is not None
+    k = plan.kernel(FILE, "bn_fold", AFFINE=affine, HAS_BIAS=bias is not None)
+    return plan.launch(k, (weight.size,), (LOCAL,), rows, weight.size // rows, float(eps), weight,
+                       bias if bias is not None else weight, w if affine else weight, b if affine else weight,
+                       running_mean, running_var, folded_weight, folded_bias)
+
+
 def batchnorm_backward(plan, x, y, dy, dx, weight, dweight, dbias, save_mean, save_invstd, n_valid=None, act=None):
     """From the training forward's statistics and its output y: dweight, dbias (when weight is not
     None) and dx (when not None; zero on rows >= n_valid), dy being the gradient of act's output
