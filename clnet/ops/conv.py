@@ -19,7 +19,8 @@ SLICE_MIN = 256  # values of one channel that make a slice worth a work-group of
 
 @dataclass(frozen=True)
 class ConvGeometry:
-    """Input (C, H, W), kernel, output size, stride, top/left padding and dilation, as kernels take them."""
+    """Input (C, H, W), kernel, output size, stride, top/left padding, dilation and groups (G), as
+    kernels take them. C counts all the input channels; each group reads C / G of them."""
     C: int
     H: int
     W: int
@@ -33,11 +34,13 @@ class ConvGeometry:
     pw: int
     dh: int
     dw: int
+    G: int = 1
 
     @property
     def rows(self):
-        """Rows of the column matrix: one per (channel, kernel row, kernel column)."""
-        return self.C * self.KH * self.KW
+        """Rows of a group's column matrix (K of its GEMMs): one per (channel of the group, kernel
+        row, kernel column)."""
+        return self.C // self.G * self.KH * self.KW
 
     @property
     def pixels(self):
