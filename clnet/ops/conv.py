@@ -218,11 +218,11 @@ def depthwise_forward(plan, geometry, batch, x, weight, y, bias, act):
     g, out = geometry, weight.shape[0]
     k = plan.kernel(DEPTHWISE_FILE, "depthwise_forward", **_depthwise_defines(plan, g, out),
                     HAS_BIAS=bias is not None, **(act or activation()))
-    rows = batch * out * g.OH
+    planes = batch * out
     if plan.device.family == "tiled":  # an output a work-item
-        size, local = (rows * g.OW,), (LOCAL,)
-    else:  # an output row a work-item
-        size, local = (rows,), None
+        size, local = (planes * g.pixels,), (LOCAL,)
+    else:  # an output plane a work-item
+        size, local = (planes,), (1,)
     return plan.launch(k, size, local, batch, x, weight, bias if bias is not None else weight, y)
 
 
@@ -231,11 +231,11 @@ def depthwise_input_grad(plan, geometry, batch, weight, dpre, dx):
     pixel, the sum over its channel's outputs and the taps that read it."""
     g, out = geometry, weight.shape[0]
     k = plan.kernel(DEPTHWISE_FILE, "depthwise_input_grad", **_depthwise_defines(plan, g, out))
-    rows = batch * g.C * g.H
+    planes = batch * g.C
     if plan.device.family == "tiled":
-        size, local = (rows * g.W,), (LOCAL,)
+        size, local = (planes * g.H * g.W,), (LOCAL,)
     else:
-        size, local = (rows,), None
+        size, local = (planes,), (1,)
     return plan.launch(k, size, local, batch, weight, dpre, dx)
 
 
