@@ -249,6 +249,8 @@ def depthwise_weight_grad(plan, geometry, batch, dpre, x, dweight):
     slices = max(1, min(-(-DEPTHWISE_GROUPS * units // out), n // SLICE_MIN))
     sums = dweight if slices == 1 else plan.value((slices, out, taps), "depthwise weight gradient slices")
     group = LOCAL if plan.device.family == "tiled" else 1
+    while group > 1 and group * taps * 4 > plan.device.info.local_mem // 2:  # large kernels: the taps' sums
+        group //= 2
     k = plan.kernel(DEPTHWISE_FILE, "depthwise_weight_grad", **_depthwise_defines(plan, g, out), DW_WG=group)
     launch = plan.launch(k, (out * group, slices), (group, 1), batch, dpre, x, sums)
     if slices == 1:
