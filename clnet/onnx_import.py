@@ -577,7 +577,7 @@ class _Importer:
     def _per_channel(array, channels):
         """A constant of one value per channel ((1, C, 1, 1), (C, 1, 1) or one for all) as a tuple, else None."""
         if array.size == 1 or (array.size == channels and array.ndim >= 3 and array.shape[-3] == channels):
-            return tuple(float(v) for v in np.broadcast_to(array.reshape(-1), (channels,)))
+            return tuple(_f32(v) for v in np.broadcast_to(array.reshape(-1), (channels,)))
         return None
 
     # ------------------------------------------------------------------ constants
