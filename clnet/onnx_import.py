@@ -263,13 +263,13 @@ class _Importer:
     def _emit(self, node, layer, inputs, params=None, output=None, weight=None):
         """Call `layer` on the graph values `inputs` as the node making `output` (default: the ONNX
         node's first output); `params` are its state_dict entries by parameter name."""
-        shapes = [self.shapes[name] for name in inputs]
+        shapes = [self.shapes[value] for value in inputs]
         try:
             shape = tuple(layer.output_shape(*shapes))
         except ShapeError as exc:
             raise self._error(node, f"{layer!r} {exc}") from None
         name = self._name(node, weight)
-        symbolic = [self.tensors[name] for name in inputs]
+        symbolic = [self.tensors[value] for value in inputs]
         tensor = layer(symbolic if layer.arity is None else symbolic[0], name=name)
         for key, value in (params or {}).items():
             self.state[f"{name}.{key}"] = np.asarray(value, np.float32)
