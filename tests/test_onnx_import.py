@@ -130,6 +130,21 @@ def test_torchvision_resnet18_imports_with_its_state_dict_keys(device, tmp_path)
     np.testing.assert_allclose(raw_outputs(folded, x), torch_outputs(net, x), atol=1e-4)
 
 
+def test_a_vgg_like_network_keeps_torchs_keys(device, tmp_path):
+    """torchvision's VGG in small: features and classifier as nn.Sequential (with a Dropout that an
+    export in evaluation leaves out), AdaptiveAvgPool2d as an AveragePool."""
+    torch.manual_seed(6)
+    net = nn.Sequential()
+    net.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(True), nn.MaxPool2d(2),
+                                 nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(True), nn.MaxPool2d(2))
+    net.avgpool, net.flatten = nn.AdaptiveAvgPool2d((2, 2)), nn.Flatten()
+    net.classifier = nn.Sequential(nn.Linear(32, 16), nn.ReLU(True), nn.Dropout(), nn.Linear(16, 10))
+    model = clnet.from_onnx(export(net, (3, 16, 16), tmp_path / "vgg.onnx"), device=device)
+    assert list(model.state_dict()) == list(net.state_dict())
+    x = np.random.default_rng(9).random((3, 3, 16, 16), np.float32)
+    np.testing.assert_allclose(raw_outputs(model, x), torch_outputs(net, x), atol=TOLERANCE)
+
+
 class Branches(nn.Module):
     """Two branches concatenated along channels, a residual Add, global average pooling as
     x.mean((2, 3)), a linear layer written as x @ W + b, and a Softmax at the end."""
