@@ -78,12 +78,15 @@ class Network:
 
     @classmethod
     def chain(cls, layers: Sequence[Layer]) -> Network:
-        """Each layer reading the one before: nodes named "0", "1", ..."""
+        """Each layer reading the one before: nodes named by their position "0", "1", ... unless
+        the layer was given a name."""
         layers = list(layers)
         for i, layer in enumerate(layers):
             if not isinstance(layer, Layer):
                 raise TypeError(f"layer {i} is {layer!r}, not a clnet layer")
-        return cls(Node(str(i), layer, (str(i - 1) if i else INPUT,)) for i, layer in enumerate(layers))
+        names = [layer.name or str(i) for i, layer in enumerate(layers)]
+        return cls(Node(name, layer, (names[i - 1] if i else INPUT,)) for i, (name, layer) in
+                   enumerate(zip(names, layers)))
 
     @classmethod
     def from_symbolic(cls, input: SymbolicTensor, output: SymbolicTensor) -> Network:

@@ -24,7 +24,9 @@ class _BatchNorm(Layer):
     #: input shapes per sample that the layer accepts, as text for errors
     expected = ""
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True):
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
+                 name: str | None = None):
+        super().__init__(name)
         if int(num_features) < 1:
             raise ValueError(f"{type(self).__name__} needs a positive number of features, got {num_features}")
         if not eps > 0:
