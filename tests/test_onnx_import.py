@@ -5,6 +5,7 @@ naming the node."""
 
 import inspect
 import json
+import re
 import sys
 import warnings
 
@@ -331,6 +332,23 @@ def test_what_clnet_cannot_express_fails_in_one_line(device, tmp_path, nodes, in
         clnet.from_onnx(path, device=device)
     text = str(caught.value)
     assert text.startswith(f"{path}: ") and message in text and "\n" not in text
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda g: g.output.append(helper.make_tensor_value_info("a", onnx.TensorProto.FLOAT, None)),
+     "the graph has 2 outputs: clnet models have one"),
+    (lambda g: g.input.append(helper.make_tensor_value_info("mask", onnx.TensorProto.FLOAT, ["N", 3, 8, 8])),
+     "the graph has 2 inputs (input, mask): clnet models have one"),
+    (lambda g: setattr(g.input[0].type.tensor_type, "elem_type", onnx.TensorProto.UINT8),
+     "the input 'input' is not float32"),
+], ids=["two outputs", "two inputs", "uint8 input"])
+def test_graphs_of_other_signatures_are_refused(device, tmp_path, change, message):
+    path = _graph(tmp_path, [helper.make_node("Relu", ["input"], ["a"]), helper.make_node("Relu", ["a"], ["b"])])
+    proto = onnx.load(str(path))
+    change(proto.graph)
+    onnx.save(proto, str(path))
+    with pytest.raises(clnet.ModelFileError, match=re.escape(message)):
+        clnet.from_onnx(path, device=device)
 
 
 def test_a_dynamic_image_size_is_refused(device, tmp_path):
