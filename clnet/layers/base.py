@@ -40,8 +40,14 @@ class Layer:
 
     #: The node's name given at construction (a subclass that skips Layer.__init__ has none).
     name = None
-    #: True for layers whose GEMM epilogue can apply a following activation (Dense, Conv2D).
+    #: True for layers that can apply a following activation as they write their output: the GEMM
+    #: epilogue of Dense and Conv2D, BatchNorm's normalisation.
     fuses_activation = False
+    #: True for layers whose output channels are the rows of their weight (Dense, Conv2D), so that
+    #: a BatchNorm after them folds into their weight and bias for evaluation.
+    takes_folded_norm = False
+    #: True for layers that fold into such a layer before them for evaluation (BatchNorm: `fold`).
+    folds_into_producer = False
     #: How many values the layer reads: 1, or None for two or more (Add, Concatenate), whose
     #: output_shape, flops, forward and reference take one argument per input, and whose backward
     #: takes the tuple of inputs and a tuple of need_dx flags and returns a tuple of gradients.

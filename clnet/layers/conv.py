@@ -35,6 +35,7 @@ class Conv2D(Layer):
     """
 
     fuses_activation = True
+    takes_folded_norm = True
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: IntOrPair, stride: IntOrPair = 1,
                  padding: IntOrPair | str = 0, dilation: IntOrPair = 1, bias: bool = True, init: str = "torch",

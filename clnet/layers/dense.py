@@ -28,6 +28,7 @@ class Dense(Layer):
     """
 
     fuses_activation = True
+    takes_folded_norm = True
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, init: str = "torch",
                  name: str | None = None):
