@@ -320,10 +320,8 @@ class _Importer:
             raise self._error(node, f"pads {list(attrs.get('pads', []))} (auto_pad {attrs.get('auto_pad', 'NOTSET')}"
                               ") are uneven: clnet's Conv2D pads both sides equally, or as padding='same' at "
                               "stride 1 (the extra row and column at the bottom and right)")
-        if group != 1:
-            raise self._error(node, f"group {group}: grouped convolutions are not supported yet")
         layer = self._layer(node, L.Conv2D, weight.shape[1] * group, weight.shape[0], kernel, stride, padding,
-                            dilation, bias=bias is not None)
+                            dilation, groups=group, bias=bias is not None)
         params = {"weight": weight} if bias is None else {"weight": weight, "bias": bias}
         self._emit(node, layer, [x], params, weight=node.input[1])
 

@@ -131,6 +131,25 @@ def test_torchvision_resnet18_imports_with_its_state_dict_keys(device, tmp_path)
     np.testing.assert_allclose(raw_outputs(folded, x), torch_outputs(net, x), atol=1e-4)
 
 
+def small_mobilenet_v2(classes=10):
+    """torchvision's MobileNetV2 with two stages of inverted residuals (1x1 expansions, depthwise 3x3
+    convolutions of groups = channels, ReLU6 as Clip, residual Adds)."""
+    return torchvision.models.mobilenet_v2(num_classes=classes, inverted_residual_setting=[[1, 16, 1, 1],
+                                                                                          [6, 24, 2, 2]])
+
+
+def test_torchvision_mobilenet_v2_with_depthwise_convolutions(device, tmp_path):
+    torch.manual_seed(7)
+    net = randomize_batchnorm(small_mobilenet_v2(), 7)
+    path = export(net, (3, 32, 32), tmp_path / "mobilenet.onnx", do_constant_folding=False)
+    model = clnet.from_onnx(path, device=device)
+    assert list(model.state_dict()) == list(net.state_dict())
+    convs = [node.layer for node in model.network.nodes if isinstance(node.layer, L.Conv2D)]
+    assert [conv.groups for conv in convs] == [1, 32, 1, 1, 96, 1, 1, 144, 1, 1]
+    x = np.random.default_rng(10).random((3, 3, 32, 32), np.float32)
+    np.testing.assert_allclose(raw_outputs(model, x), onnx_outputs(path, x), atol=1e-4)
+
+
 def test_a_vgg_like_network_keeps_torchs_keys(device, tmp_path):
     """torchvision's VGG in small: features and classifier as nn.Sequential (with a Dropout that an
     export in evaluation leaves out), AdaptiveAvgPool2d as an AveragePool."""
@@ -206,16 +225,22 @@ def test_activations_pools_and_dropout_match(device, tmp_path):
     np.testing.assert_allclose(raw_outputs(model, x), torch_outputs(net, x), atol=TOLERANCE)
 
 
-def test_a_training_step_matches_torch(device, tmp_path):
+@pytest.mark.parametrize("make, size", [(lambda: SmallCNN(classes=4), 8), (lambda: small_mobilenet_v2(4), 16)],
+                         ids=["cnn", "mobilenet_v2"])
+def test_a_training_step_matches_torch(device, tmp_path, make, size):
     """Batch statistics in training, the running statistics' update, the gradients and SGD's update."""
     torch.manual_seed(4)
-    net = randomize_batchnorm(SmallCNN(classes=4), 4)
-    model = clnet.from_onnx(export(net, (3, 8, 8), tmp_path / "cnn.onnx", do_constant_folding=False), device=device)
+    net = randomize_batchnorm(make(), 4)
+    path = export(net, (3, size, size), tmp_path / "net.onnx", do_constant_folding=False)
+    model = clnet.from_onnx(path, device=device)
     rng = np.random.default_rng(5)
-    x, y = rng.random((6, 3, 8, 8), np.float32), rng.integers(0, 4, 6)
+    x, y = rng.random((6, 3, size, size), np.float32), rng.integers(0, 4, 6)
     model.compile("cross_entropy", clnet.optim.SGD(lr=0.5))
     loss = model.train_on_batch(x, y)
     net.train()
+    for module in net.modules():  # an export in evaluation leaves Dropout out: the twin trains without it too
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
     expected = nn.functional.cross_entropy(net(torch.from_numpy(x)), torch.from_numpy(y))
     expected.backward()
     torch.optim.SGD(net.parameters(), lr=0.5).step()
@@ -226,14 +251,15 @@ def test_a_training_step_matches_torch(device, tmp_path):
 
 
 def _graph_model(device):
-    """A clnet graph of most layers, with asymmetric "same" padding, a normalisation and a Softmax."""
+    """A clnet graph of most layers, with asymmetric "same" padding, a normalisation, a BatchNorm
+    that the export folds into the Dense before it and one it keeps, and a Softmax."""
     x = clnet.Input((3, 9, 9))
-    h = L.BatchNorm2D(6)(L.Conv2D(3, 6, 4, padding="same")(x, name="stem"), name="stem_bn")
-    h = L.MaxPool2D(3, stride=1, padding=1)(L.LeakyReLU(0.1)(h))
+    h = L.MaxPool2D(3, stride=1, padding=1)(L.LeakyReLU(0.1)(L.Conv2D(3, 6, 4, padding="same")(x, name="stem")))
     branch = L.ReLU6()(L.Conv2D(6, 6, 3, padding=1, bias=False)(h, name="branch"))
     h = L.Concatenate()([L.Add()([h, branch]), L.SiLU()(L.Conv2D(6, 2, 1)(h))])
-    h = L.Flatten()(L.GlobalAvgPool2D()(L.AvgPool2D(3, 2, padding=1)(L.Sigmoid()(h))))
-    h = L.Dropout(0.2)(L.Tanh()(L.BatchNorm1D(8)(L.Dense(8, 8)(h, name="hidden"))))
+    h = L.Sigmoid()(L.BatchNorm2D(8)(h, name="mixed_bn"))
+    h = L.Flatten()(L.GlobalAvgPool2D()(L.AvgPool2D(3, 2, padding=1)(h)))
+    h = L.Dropout(0.2)(L.Tanh()(L.BatchNorm1D(8)(L.Dense(8, 8)(h, name="hidden"), name="hidden_bn")))
     model = clnet.Model(x, L.Dense(8, 5)(h, name="classifier"), device=device, seed=1)
     model.normalization = ((0.4, 0.5, 0.6), (0.2, 0.25, 0.3))
     return model
@@ -248,10 +274,12 @@ def test_clnet_export_round_trips(device, tmp_path, opset):
     to_onnx(model, tmp_path / "graph.onnx", input_shape=(3, 9, 9), opset=opset)
     imported = clnet.from_onnx(tmp_path / "graph.onnx", device=device)
     assert imported.normalization == model.normalization
+    assert "hidden_bn" not in [node.name for node in imported.network.nodes]  # folded into hidden
     state = imported.state_dict()
-    assert {k: v.shape for k, v in state.items()} == {k: v.shape for k, v in model.state_dict().items()}
-    for key, value in model.state_dict().items():
-        if "num_batches" not in key:
+    kept = {key: value for key, value in model.state_dict().items() if not key.startswith("hidden_bn.")}
+    assert {k: v.shape for k, v in state.items()} == {k: v.shape for k, v in kept.items()}
+    for key, value in kept.items():
+        if not key.startswith("hidden.") and "num_batches" not in key:  # hidden's weights hold hidden_bn's
             np.testing.assert_array_equal(state[key], value, err_msg=key)
     np.testing.assert_allclose(imported.predict(x), model.predict(x), atol=TOLERANCE)
     np.testing.assert_allclose(imported.predict(x), onnx_outputs(tmp_path / "graph.onnx", x), atol=TOLERANCE)
