@@ -6,10 +6,11 @@ from .errors import (ClnetError, DatasetError, DeviceNotFoundError, InputError, 
                      ModelFileError, OutOfDeviceMemoryError, ShapeError, TrainingError)
 from .layers import Input
 from .model import History, Model, Sequential, load, load_checkpoint
+from .onnx_import import from_onnx
 
 from .version import __version__
 
 __all__ = ["ClnetError", "DatasetError", "Device", "DeviceInfo", "DeviceNotFoundError", "History",
            "Input", "InputError", "KernelBuildError", "Model", "ModelFileError", "OutOfDeviceMemoryError", "Sequential",
-           "ShapeError", "TrainingError", "callbacks", "datasets", "device", "io", "layers", "list_devices", "load",
-           "load_checkpoint", "losses", "models", "optim"]
+           "ShapeError", "TrainingError", "callbacks", "datasets", "device", "from_onnx", "io", "layers",
+           "list_devices", "load", "load_checkpoint", "losses", "models", "optim"]

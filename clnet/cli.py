@@ -17,6 +17,7 @@ from .cli_options import CONTEXT_SETTINGS, device_options, friendly_errors, opti
 from .device import INSTALL_HINT, device as open_device, list_devices
 from .errors import ClnetError
 from .model import load as load_model
+from .onnx_import import from_onnx
 from .text import format_bytes
 
 
@@ -83,6 +84,18 @@ def _image_size(ctx, param, value):
         raise click.BadParameter(f"{value!r} is not HxW, e.g. 64x64") from None
 
 
+def _is_onnx(path):
+    return path.lower().endswith(".onnx")
+
+
+def _model_option(ctx, param, value):
+    """A preset's name, or the path of an ONNX file."""
+    if value in models.PRESETS or _is_onnx(value):
+        return value
+    raise click.BadParameter(f"{value!r} is neither a preset ({', '.join(sorted(models.PRESETS))}) nor an ONNX "
+                             "file (*.onnx)")
+
+
 @click.command(context_settings=CONTEXT_SETTINGS, epilog="""\b
 Examples:
   clnet-train
@@ -92,6 +105,7 @@ Examples:
   clnet-train --dataset fashion-mnist --data-dir /usr/share/datasets/fashion-mnist
   clnet-train --dataset cifar10 --model cifar-cnn --augment crop,flip --normalize --lr 0.02
   clnet-train --dataset ./my_images/ --image-size 64x64 --model cifar-cnn
+  clnet-train --dataset ./my_images/ --model exported.onnx --lr 0.01   # fine-tune an ONNX network
   clnet-train --dataset data.npz --optimizer adam --epochs 20 --save model.clnet
   clnet-train --dataset fashion-mnist --epochs 30 --checkpoint-dir runs/f30 --plot runs/f30/curves.png
   clnet-train --resume runs/f30                    # after Ctrl-C or a crash: continues where it stopped
@@ -101,8 +115,10 @@ Examples:
 @device_options
 @_data_options
 @click.option("--image-size", callback=_image_size, help="Resize the images of an image folder, e.g. 64x64.")
-@click.option("--model", "model_name", type=click.Choice(sorted(models.PRESETS)), default="lenet5",
-              show_default=True, help="Preset network, sized for the dataset's images and classes.")
+@click.option("--model", "model_name", callback=_model_option, default="lenet5", show_default=True,
+              metavar="PRESET|FILE.onnx", help="A preset network (" + ", ".join(sorted(models.PRESETS)) + "), "
+              "sized for the dataset's images and classes; or an ONNX file of a network to fine-tune, whose "
+              "outputs must match the classes (images are resized to its input unless --image-size says otherwise).")
 @click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--optimizer", type=click.Choice(sorted(optim.OPTIMIZERS)), default="sgd", show_default=True)
@@ -182,9 +198,21 @@ def _train(platform, device, dataset, data_dir, offline, image_size, model_name,
         with open(os.path.join(checkpoint_dir, RUN_OPTIONS), "w") as f:
             json.dump({**options, "image_size": image_size and list(image_size)}, f, indent=1)
     dev = open_device(platform, device)
-    train_set, test_set = datasets.load(dataset, data_dir=data_dir, download=not offline, image_size=image_size)
-    model = models.PRESETS[model_name](device=dev, seed=seed, input_shape=train_set.image_shape,
-                                       classes=train_set.num_classes)
+    if _is_onnx(model_name):
+        model = from_onnx(model_name, dev, seed)
+        train_set, test_set = datasets.load(dataset, data_dir=data_dir, download=not offline,
+                                            image_size=image_size or _model_image_size(model))
+        train_set, test_set = _fit_channels(train_set, model), test_set and _fit_channels(test_set, model)
+        outputs = model.network.output_shape(train_set.image_shape)
+        if outputs != (train_set.num_classes,):
+            raise ClnetError(f"{model_name} gives outputs {outputs} per image but {train_set.name} has "
+                             f"{train_set.num_classes} classes: export the network with one output per class "
+                             "(for a torchvision network, replace its last layer first, e.g. net.fc = "
+                             f"torch.nn.Linear(net.fc.in_features, {train_set.num_classes}))")
+    else:
+        train_set, test_set = datasets.load(dataset, data_dir=data_dir, download=not offline, image_size=image_size)
+        model = models.PRESETS[model_name](device=dev, seed=seed, input_shape=train_set.image_shape,
+                                           classes=train_set.num_classes)
     opt = optim.from_options(optimizer, lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
     model.compile(loss="cross_entropy", optimizer=opt, label_smoothing=label_smoothing)
     if checkpoint_dir:
@@ -228,11 +256,26 @@ def _train(platform, device, dataset, data_dir, offline, image_size, model_name,
 
 
 def _open_model(model_file, platform, device):
-    """(device, model) for a model file, which must exist (checked here for a one-line message)."""
+    """(device, model) for a model file (.clnet, or .onnx), which must exist (checked here for a
+    one-line message)."""
     if not os.path.isfile(model_file):
         raise ClnetError(f"{model_file}: no such model file")
     dev = open_device(platform, device)
-    return dev, load_model(model_file, dev)
+    return dev, (from_onnx(model_file, dev) if _is_onnx(model_file) else load_model(model_file, dev))
+
+
+def _model_image_size(model):
+    """The (height, width) of a model's images, None for a model of other inputs."""
+    shape = model.input_shape
+    return tuple(shape[1:]) if shape and len(shape) == 3 else None
+
+
+def _fit_channels(data, model):
+    """A dataset's images converted between grey and RGB to the model's channels."""
+    shape = model.input_shape
+    if not (shape and len(shape) == 3):
+        return data
+    return datasets.Dataset(datasets.match_channels(data.x, shape[0]), data.y, data.classes, data.name)
 
 
 @click.command(context_settings=CONTEXT_SETTINGS, epilog="""\b
@@ -240,7 +283,8 @@ Examples:
   clnet-eval lenet.clnet                                  # the bundled MNIST-5k test images
   clnet-eval fashion.clnet --dataset fashion-mnist --data-dir /usr/share/datasets/fashion-mnist
   clnet-eval c10.clnet --dataset cifar10 --confusion-matrix --save-matrix c10-confusion.csv
-  clnet-eval model.clnet --dataset ./my_images/ --split train --top-k 3 --json""")
+  clnet-eval model.clnet --dataset ./my_images/ --split train --top-k 3 --json
+  clnet-eval exported.onnx --dataset cifar10              # an ONNX network (torch.onnx.export's)""")
 @friendly_errors
 @click.argument("model_file", type=click.Path(dir_okay=False))
 @device_options
@@ -256,19 +300,18 @@ Examples:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 def evaluate(model_file, platform, device, dataset, data_dir, offline, split, batch_size, k, show_matrix,
              matrix_path, as_json):
-    """Evaluate a saved model (MODEL_FILE, from --save or model.save) on a dataset: loss, accuracy
-    and top-k accuracy, and optionally the confusion matrix and per-class precision and recall."""
+    """Evaluate a saved model (MODEL_FILE, from --save or model.save, or an ONNX file *.onnx) on a
+    dataset: loss, accuracy and top-k accuracy, and optionally the confusion matrix and per-class
+    precision and recall."""
     dev, model = _open_model(model_file, platform, device)
-    shape = model.input_shape
-    image_size = tuple(shape[1:]) if shape and len(shape) == 3 else None
-    train_set, test_set = datasets.load(dataset, data_dir=data_dir, download=not offline, image_size=image_size)
+    train_set, test_set = datasets.load(dataset, data_dir=data_dir, download=not offline,
+                                        image_size=_model_image_size(model))
     data = train_set if split == "train" else test_set
     if data is None:
         raise ClnetError(f"{dataset} has no test split: use --split train")
     if len(data) == 0:
         raise ClnetError(f"{dataset}: the {split} split has no images")
-    if shape and len(shape) == 3:
-        data = datasets.Dataset(datasets.match_channels(data.x, shape[0]), data.y, data.classes, data.name)
+    data = _fit_channels(data, model)
     result = model.evaluate(data, batch_size=batch_size)
     probs = model.predict(data.x, batch_size=batch_size)
     if probs.ndim != 2:
@@ -309,7 +352,8 @@ def _write_matrix(path, matrix, classes):
 Examples:
   clnet-predict lenet.clnet digit.png
   clnet-predict c10.clnet cat.png dog.jpg --top-k 3
-  clnet-predict c10.clnet images.npz --json          # every image of an array file (x: (N, C, H, W))""")
+  clnet-predict c10.clnet images.npz --json          # every image of an array file (x: (N, C, H, W))
+  clnet-predict exported.onnx cat.png                # an ONNX network (torch.onnx.export's)""")
 @friendly_errors
 @click.argument("model_file", type=click.Path(dir_okay=False))
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
@@ -319,8 +363,8 @@ Examples:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list with one object per input.")
 def predict(model_file, files, platform, device, k, as_json):
     """Classify image files (PNG, JPEG, BMP: converted to the model's channels and resized to its
-    input size) or the images of .npz/.npy array files with a saved model (MODEL_FILE), printing
-    the most probable classes of each with their probabilities."""
+    input size) or the images of .npz/.npy array files with a saved model (MODEL_FILE, or an ONNX
+    file *.onnx), printing the most probable classes of each with their probabilities."""
     for path in files:
         if not os.path.isfile(path):
             raise ClnetError(f"{path}: no such file")
@@ -365,8 +409,8 @@ Examples:
 @click.option("--opset", type=click.IntRange(min=1), default=13, show_default=True,
               help="ONNX operator set version to target.")
 def export(model_file, out_file, platform, device, opset):
-    """Export a saved model (MODEL_FILE, from --save or model.save) as an ONNX file (needs the onnx
-    package: pip install "clnet[onnx]").
+    """Export a saved model (MODEL_FILE, from --save or model.save, or an ONNX file it imports) as an
+    ONNX file (needs the onnx package: pip install "clnet[onnx]").
 
     The ONNX graph takes "input": float32 images (N, C, H, W) already scaled to [0, 1] (uint8
     images are not converted), applies the model's normalisation, and returns "probabilities" as

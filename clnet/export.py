@@ -39,7 +39,7 @@ from .version import __version__
 if TYPE_CHECKING:
     import onnx
 
-ONNX_HINT = 'ONNX export needs the onnx package: pip install "clnet[onnx]" (or pip install onnx)'
+ONNX_HINT = 'ONNX export and import need the onnx package: pip install "clnet[onnx]" (or pip install onnx)'
 MIN_OPSET = 9  # BatchNormalization without the "spatial" attribute
 
 
