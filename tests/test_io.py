@@ -94,7 +94,8 @@ LAYER_EXAMPLES = [
     L.Conv2D(1, 2, 4, padding="same"), L.MaxPool2D(3, stride=2, padding=1), L.AvgPool2D((2, 4), padding=(1, 2)),
     L.GlobalAvgPool2D(), L.Dropout(0.3), L.BatchNorm2d(4, eps=1e-3, momentum=None, affine=False),
     L.BatchNorm1d(9, momentum=0.05), L.ReLU(), L.Sigmoid(), L.Tanh(), L.Softmax(), L.Flatten(),
-    L.Add(), L.Concatenate(), L.ReLU6(), L.LeakyReLU(0.2), L.SiLU(), L.Identity()]
+    L.Add(), L.Concatenate(), L.ReLU6(), L.LeakyReLU(0.2), L.SiLU(), L.Identity(),
+    L.AdaptiveAvgPool2D((7, 5))]
 
 
 def test_every_layer_class_is_described_by_its_config():
