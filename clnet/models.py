@@ -26,7 +26,8 @@ from collections.abc import Sequence
 from math import prod
 
 from .device import Device
-from .layers import Add, BatchNorm2D, Conv2D, Dense, Flatten, GlobalAvgPool2D, Input, MaxPool2D, ReLU
+from .layers import (AdaptiveAvgPool2D, Add, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool2D, Input,
+                     MaxPool2D, ReLU)
 from .model import Model, Sequential
 
 
@@ -203,9 +204,78 @@ def resnet50(device: Device | None = None, seed: int = 0, input_shape: Sequence[
     return _imagenet_resnet((3, 4, 6, 3), True, input_shape, classes, stem, device, seed)
 
 
+def _sequential(h, modules, prefix):
+    """h through `modules` in turn, each node named as the child of a torch.nn.Sequential
+    (f"{prefix}.{i}"); a list stands for a nested nn.Sequential, its children numbered under it."""
+    for i, module in enumerate(modules):
+        name = f"{prefix}.{i}"
+        h = _sequential(h, module, name) if isinstance(module, list) else module(h, name=name)
+    return h
+
+
+# torchvision's VGG configurations: the output channels of each 3x3 convolution, "M" a 2x2 max-pool
+VGG_FEATURES = {11: (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
+                16: (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")}
+
+
+def _vgg_bn(depth, input_shape, classes, device, seed):
+    """torchvision's VGG with BatchNorm, its nodes named as its modules: `features` (each 3x3
+    convolution, with a bias, then BatchNorm and ReLU; the 2x2 max-pools), avgpool (adaptive, to
+    7x7), flatten and `classifier` (Dense to 4096, ReLU, Dropout(0.5), Dense to 4096, ReLU,
+    Dropout(0.5), Dense to `classes`)."""
+    features, channels = [], input_shape[0]
+    for item in VGG_FEATURES[depth]:
+        if item == "M":
+            features.append(MaxPool2D(2))
+        else:
+            features += [Conv2D(channels, item, 3, padding=1, init="he"), BatchNorm2D(item), ReLU()]
+            channels = item
+    x = Input(input_shape)
+    h = _sequential(x, features, "features")
+    h = Flatten()(AdaptiveAvgPool2D(7)(h, name="avgpool"), name="flatten")
+    classifier = [Dense(channels * 7 * 7, 4096), ReLU(), Dropout(0.5), Dense(4096, 4096), ReLU(), Dropout(0.5),
+                  Dense(4096, classes)]
+    return Model(x, _sequential(h, classifier, "classifier"), device=device, seed=seed)
+
+
+def vgg11_bn(device: Device | None = None, seed: int = 0, input_shape: Sequence[int] = (3, 224, 224),
+             classes: int = 10) -> Model:
+    """torchvision's VGG-11 with BatchNorm (configuration "A" of Simonyan and Zisserman): 3x3
+    convolutions of 64, M, 128, M, 256, 256, M, 512, 512, M, 512, 512, M channels (M: a 2x2
+    max-pool), each with BatchNorm and ReLU; adaptive average pooling to 7x7; Dense 25088->4096,
+    ReLU, Dropout(0.5), Dense 4096->4096, ReLU, Dropout(0.5), Dense 4096->classes. 128.8M
+    parameters for 10 classes, 102.8M of them in the first Dense layer. The state_dict is
+    torchvision.models.vgg11_bn(num_classes=classes)'s: keys, shapes and layouts.
+
+    Images of any size of at least 32 pixels a side work without a special stem: the adaptive pool
+    averages the last feature map (7x7 at 224x224) into the 7x7 grid the classifier takes, or, for
+    smaller maps, repeats it (32x32 images leave a 1x1 map, copied 49 times), as torchvision does.
+    Convolutions start He-uniform (they feed a ReLU through BatchNorm), with a zero bias; the
+    Dense layers He-uniform before a ReLU and Glorot-uniform last (torchvision's initialisation,
+    normal distributions, differs; load its weights to start from them).
+
+    Args:
+        device, seed, input_shape, classes: as for the other presets.
+
+    Example:
+        >>> model = clnet.models.vgg11_bn(input_shape=(3, 32, 32))
+        >>> model.load_state_dict(torchvision.models.vgg11_bn(num_classes=10).state_dict())
+    """
+    return _vgg_bn(11, input_shape, classes, device, seed)
+
+
+def vgg16_bn(device: Device | None = None, seed: int = 0, input_shape: Sequence[int] = (3, 224, 224),
+             classes: int = 10) -> Model:
+    """torchvision's VGG-16 with BatchNorm (configuration "D"): vgg11_bn with 13 convolutions, of
+    64, 64, M, 128, 128, M, 256 x 3, M, 512 x 3, M, 512 x 3, M channels. 134.3M parameters for 10
+    classes. The arguments, the state_dict and the initialisation are as for vgg11_bn."""
+    return _vgg_bn(16, input_shape, classes, device, seed)
+
+
 PRESETS = {"mlp": mlp, "mnist-cnn": mnist_cnn, "cifar-cnn": cifar_cnn, "lenet5": lenet5, "resnet20": resnet20,
            "resnet32": resnet32, "resnet56": resnet56, "resnet18": resnet18, "resnet34": resnet34,
-           "resnet50": resnet50}
+           "resnet50": resnet50, "vgg11-bn": vgg11_bn, "vgg16-bn": vgg16_bn}
 INPUT_SHAPES = {"mlp": (1, 28, 28), "mnist-cnn": (1, 28, 28), "cifar-cnn": (3, 32, 32), "lenet5": (1, 28, 28),
                 "resnet20": (3, 32, 32), "resnet32": (3, 32, 32), "resnet56": (3, 32, 32),
-                "resnet18": (3, 224, 224), "resnet34": (3, 224, 224), "resnet50": (3, 224, 224)}
+                "resnet18": (3, 224, 224), "resnet34": (3, 224, 224), "resnet50": (3, 224, 224),
+                "vgg11-bn": (3, 224, 224), "vgg16-bn": (3, 224, 224)}
