@@ -40,7 +40,7 @@ def test_preset_shapes_and_sizes(device, name):
     x = rng.uniform(size=(3, *SHAPES[name]))
     loss = model.train_on_batch(x, rng.integers(0, 10, 3))
     assert np.isfinite(loss) and 1.0 < loss < 6.0  # about ln(10) for a fresh network, more for deep ResNets
-    assert model.predict(x).shape == (3, 10)
+    assert model.predict(x, batch_size=3).shape == (3, 10)
 
 
 def test_mnist_cnn_learns_bundled_mnist(device):
