@@ -1,15 +1,17 @@
-"""Preset networks: ARCHITECTURE.md's reference networks, LeNet-5 and ResNets.
+"""Preset networks: ARCHITECTURE.md's reference networks, LeNet-5, ResNets and VGGs.
 
 Each takes the per-sample `input_shape` (C, H, W) and the number of classes; the defaults are the
 reference ones (28x28 grey images for mlp, mnist-cnn and lenet5, 32x32 RGB for cifar-cnn and the
-CIFAR ResNets, 224x224 RGB for the ImageNet ResNets, 10 classes). The first Dense layer of the
-others is sized for the input, and the ResNets pool globally, so any image size works. `device`
-and `seed` are those of `clnet.Model`. `PRESETS` names them as clnet-train does.
+CIFAR ResNets, 224x224 RGB for the torchvision networks, 10 classes). The first Dense layer of the
+others is sized for the input; the ResNets pool globally and the VGGs adaptively, so any image
+size works (at least 32 pixels a side for the VGGs). `device` and `seed` are those of
+`clnet.Model`. `PRESETS` names them as clnet-train does.
 
-The ResNets are functional graphs (`clnet.Model`) whose nodes carry torchvision's module names
-("conv1", "layer1.0.bn2", "layer2.0.downsample.0", "fc", ...), so their state_dict keys and shapes
-are those of torchvision's `resnet18()` and its relatives; convolutions before a BatchNorm have no
-bias, and start He-uniform.
+The torchvision networks (ResNets, VGGs) are functional graphs (`clnet.Model`) whose nodes carry
+torchvision's module names ("conv1", "layer1.0.bn2", "layer2.0.downsample.0", "fc",
+"features.0", "classifier.6", ...), so their state_dict keys and shapes are those of
+torchvision's `resnet18()`, `vgg11_bn()` and their relatives; convolutions start He-uniform, and
+have no bias before a BatchNorm where torchvision's have none.
 
 Example:
     >>> model = clnet.models.lenet5(seed=1)
