@@ -112,6 +112,8 @@ Examples:
               show_default=True, help="SGD momentum.")
 @click.option("--nesterov", is_flag=True, help="Nesterov momentum (SGD).")
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=0.0, show_default=True)
+@click.option("--label-smoothing", type=click.FloatRange(min=0, max=1, max_open=True), default=0.0,
+              show_default=True, help="Spread this share of each target over all classes (as PyTorch's).")
 @click.option("--lr-schedule", type=click.Choice(sorted(callbacks.SCHEDULES)), default="constant",
               show_default=True, help="step: x0.1 every third of the epochs; cosine: down to 0 at the end; "
               "plateau: x0.1 when val_loss stalls for 2 epochs.")
@@ -165,7 +167,8 @@ def _run_options(given):
 
 def _train(platform, device, dataset, data_dir, offline, image_size, model_name, epochs, batch_size, optimizer,
            lr, momentum, nesterov, weight_decay, lr_schedule, warmup, early_stopping, augment, normalize,
-           validation_split, seed, save_path, checkpoint_dir, resume_dir, log_path, plot_path, quiet):
+           validation_split, seed, save_path, checkpoint_dir, resume_dir, log_path, plot_path, quiet,
+           label_smoothing=0.0):  # a default for run folders made before the option
     start = time.perf_counter()
     extra, checkpoint = [], None
     if plot_path:
@@ -183,7 +186,7 @@ def _train(platform, device, dataset, data_dir, offline, image_size, model_name,
     model = models.PRESETS[model_name](device=dev, seed=seed, input_shape=train_set.image_shape,
                                        classes=train_set.num_classes)
     opt = optim.from_options(optimizer, lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
-    model.compile(loss="cross_entropy", optimizer=opt)
+    model.compile(loss="cross_entropy", optimizer=opt, label_smoothing=label_smoothing)
     if checkpoint_dir:
         checkpoint = os.path.join(checkpoint_dir, "checkpoint.clnet")
         log_path = log_path or os.path.join(checkpoint_dir, "metrics.csv")
@@ -195,7 +198,7 @@ def _train(platform, device, dataset, data_dir, offline, image_size, model_name,
         click.echo(f"Data:      {train_set.name}, {len(train_set)} training images of {train_set.image_shape} "
                    f"({validation_split:.0%} held out for validation), {train_set.num_classes} classes, "
                    + (f"{len(test_set)} test images" if test_set is not None else "no test set"))
-        click.echo(f"Model:     {model_name}, {model.count_params():,} parameters; {opt!r}")
+        click.echo(f"Model:     {model_name}, {model.count_params():,} parameters; {model.loss!r}, {opt!r}")
     try:
         history = model.fit(train_set, epochs=epochs, batch_size=batch_size, validation_split=validation_split,
                             verbose=not quiet, stream=sys.stdout, normalize=normalize or None, augment=augment,

@@ -48,17 +48,18 @@ class CompiledStep:
         self.batch_size, self.input_shape = target.batch_size, tuple(target.input_shape)
         self.training = target.training
         self.spec = target.spec if self.training else target.spec.without_augmentation()
-        stages = network.stages(self.input_shape, loss)
+        stages = network.stages(self.input_shape, loss, fold_norms=not self.training)
         output, self.output_shape = loss_input(stages, self.input_shape)
         plan = self.plan = Plan(device)
         plan.mark("input")
         x = self._input_stage(plan, seed, target.target_dtype, loss)
         plan.mark("forward")
-        contexts = [LayerContext(plan, store.views(s.name, "params"), store.views(s.name, "grads"),
-                                 store.views(s.name, "buffers"), s.act, self.training, seed=seed * 1000 + s.index)
-                    for s in stages]
-        values = {INPUT: x}
-        for ctx, stage in zip(contexts, stages):
+        contexts, values = [], {INPUT: x}
+        for stage in stages:  # a folded stage's parameters are folded just before it runs
+            ctx = LayerContext(plan, self._params(plan, store, stage), store.views(stage.name, "grads"),
+                               store.views(stage.name, "buffers"), stage.act, self.training,
+                               seed=seed * 1000 + stage.index)
+            contexts.append(ctx)
             values[stage.output] = stage.layer.forward(ctx, *(values[name] for name in stage.inputs))
         z = values[output]
         z2d = z.view((self.batch_size, prod(z.shape[1:]))) if len(z.shape) != 2 else z
@@ -82,6 +83,16 @@ class CompiledStep:
             self.output = z2d
         if allocate:  # else only planned: `plan.place()` tells the arena's size (summary)
             self._allocate(device, store)
+
+    @staticmethod
+    def _params(plan, store, stage):
+        """The stage's parameters: its own, or with the BatchNorm folded into it, folded as the
+        step runs (a launch before the stage's), so that they follow the parameters as they train."""
+        params = store.views(stage.name, "params")
+        if stage.folded is None:
+            return params
+        norm = stage.folded
+        return norm.layer.fold(plan, params, store.views(norm.name, "params"), store.views(norm.name, "buffers"))
 
     @staticmethod
     def _backward(plan, stages, contexts, values, dy):

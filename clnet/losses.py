@@ -136,13 +136,30 @@ class CrossEntropy(Loss):
         targets: (n,) or (n, 1) class indices in 0..classes-1 (integers, or floats with whole
             values), or (n, classes) one-hot rows. Accuracy: the argmax of the output against the label.
 
+    Args:
+        label_smoothing: e in [0, 1): the target puts 1 - e on the label and spreads e over all
+            classes (e / classes each), as torch.nn.CrossEntropyLoss(label_smoothing=e); the loss
+            reported is against that target, as torch's.
+
     Example:
         >>> model.compile(CrossEntropy(), "adam").fit(x, labels)        # or compile("cross_entropy")
+        >>> model.compile("cross_entropy", "sgd", label_smoothing=0.1)
     """
     name = "cross_entropy"
     kernel_name = "softmax_cross_entropy"
     link_layer = Softmax
     target_dtype = np.int32
+
+    def __init__(self, label_smoothing: float = 0.0):
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must lie in [0, 1), got {label_smoothing!r}")
+        self.label_smoothing = float(label_smoothing)
+
+    def defines(self, targets_dtype: DTypeLike) -> dict[str, Any]:
+        return {"LABEL_SMOOTHING": f"{self.label_smoothing!r}f" if self.label_smoothing else None}
+
+    def __repr__(self):
+        return f"{self.name}(label_smoothing={self.label_smoothing})" if self.label_smoothing else self.name
 
     def targets(self, y: ArrayLike, n: int, out_shape: tuple[int, ...]) -> np.ndarray:
         if len(out_shape) != 1 or out_shape[0] < 2:
@@ -218,23 +235,29 @@ LOSSES = {
 }
 
 
-def get(loss: str | Loss) -> Loss:
+def get(loss: str | Loss, **options) -> Loss:
     """A loss from its name, or the one given.
 
     Args:
         loss: a key of LOSSES, any case ("cross_entropy" and the Keras names "categorical_crossentropy"
             and "sparse_categorical_crossentropy"; "binary_cross_entropy", "binary_crossentropy",
             "bce"; "mean_squared_error", "mse"), or a Loss, returned as it is.
+        options: the named loss's constructor arguments (label_smoothing= for cross_entropy).
 
     Raises:
-        ValueError: `loss` is neither a known name nor a Loss.
+        ValueError: `loss` is neither a known name nor a Loss, or takes no such option.
 
     Example:
         >>> get("bce")
         binary_cross_entropy
     """
-    if isinstance(loss, Loss):
+    if isinstance(loss, Loss) and not options:
         return loss
     if isinstance(loss, str) and loss.lower() in LOSSES:
-        return LOSSES[loss.lower()]()
+        try:
+            return LOSSES[loss.lower()](**options)
+        except TypeError:
+            raise ValueError(f"the {loss} loss takes no {', '.join(options)}") from None
+    if isinstance(loss, Loss):
+        raise ValueError(f"give {', '.join(options)} to the Loss itself, such as CrossEntropy(label_smoothing=0.1)")
     raise ValueError(f"unknown loss {loss!r}; choose one of {', '.join(sorted(set(LOSSES)))} or pass a clnet Loss")

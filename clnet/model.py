@@ -20,7 +20,7 @@ from .device import Device
 from .device import device as open_device
 from .errors import InputError, ModelFileError, ShapeError
 from .layers import Layer, SymbolicTensor
-from .network import Network, loss_input
+from .network import INPUT, Network, loss_input
 from .params import ParamStore
 from .runner import Runner
 from .tensor import DeviceTensor
@@ -102,18 +102,43 @@ class Model:
         self.history = None        # the History of the last (or current) fit
         self._runners = {}
 
+    def __call__(self, inputs: SymbolicTensor, name: str | None = None) -> SymbolicTensor:
+        """This model's network as a block of a larger functional graph: its nodes called in turn
+        on `inputs` (a symbolic tensor), named "<name>.<node>" (so name="features" gives the keys
+        "features.0.weight", ... of a torch.nn.Sequential inside a module), or without `name` by
+        their own names (positional ones "0", "1", ... by the default naming). The block brings its
+        layers, not its weights: the model built around it initialises them from its own seed.
+
+        Example:
+            >>> features = clnet.Sequential([L.Conv2D(3, 16, 3, padding=1), L.ReLU(), L.MaxPool2D(2)])
+            >>> x = clnet.Input((3, 32, 32))
+            >>> model = clnet.Model(x, L.Dense(4096, 10)(L.Flatten()(features(x, name="features"))))
+        """
+        if not isinstance(inputs, SymbolicTensor):
+            raise TypeError(f"a model is called as a block on one symbolic tensor (clnet.Input(...) or a layer's "
+                            f"result), not on {inputs!r}")
+        values = {INPUT: inputs}
+        for i, node in enumerate(self.network.nodes):
+            local = None if node.name == str(i) and node.layer.name is None else node.name
+            full = f"{name}.{node.name}" if name else local
+            values[node.name] = node.layer([values[source] for source in node.inputs], name=full)
+        return values[self.network.output]
+
     # ------------------------------------------------------------------ set-up
-    def compile(self, loss: str | losses.Loss = "cross_entropy", optimizer: str | optim.Optimizer = "sgd") -> Model:
+    def compile(self, loss: str | losses.Loss = "cross_entropy", optimizer: str | optim.Optimizer = "sgd",
+                label_smoothing: float = 0.0) -> Model:
         """Choose the loss and the optimizer; the optimizer's state starts from zero.
 
         Args:
             loss: a name ("cross_entropy", "binary_cross_entropy", "mse", ...) or a clnet.losses.Loss.
             optimizer: a name ("sgd", "adam", "adamw") or a clnet.optim.Optimizer.
+            label_smoothing: for cross_entropy, the share of the target spread over all classes,
+                as torch.nn.CrossEntropyLoss(label_smoothing=...).
 
         Example:
-            >>> model.compile("cross_entropy", clnet.optim.SGD(lr=0.05, momentum=0.9))
+            >>> model.compile("cross_entropy", clnet.optim.SGD(lr=0.05, momentum=0.9), label_smoothing=0.1)
         """
-        self.loss = losses.get(loss)
+        self.loss = losses.get(loss, **({"label_smoothing": label_smoothing} if label_smoothing else {}))
         self.optimizer = optim.get(optimizer)
         self.param_store.reset_optimizer_state()
         self._runners.clear()

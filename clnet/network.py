@@ -38,6 +38,7 @@ class Stage:
     input_shapes: tuple
     output: str
     output_shape: tuple
+    folded: Node | None = None  # the BatchNorm folded into this Dense or Conv2D (evaluation)
 
 
 class Network:
@@ -78,12 +79,15 @@ class Network:
 
     @classmethod
     def chain(cls, layers: Sequence[Layer]) -> Network:
-        """Each layer reading the one before: nodes named "0", "1", ..."""
+        """Each layer reading the one before: nodes named by their position "0", "1", ... unless
+        the layer was given a name."""
         layers = list(layers)
         for i, layer in enumerate(layers):
             if not isinstance(layer, Layer):
                 raise TypeError(f"layer {i} is {layer!r}, not a clnet layer")
-        return cls(Node(str(i), layer, (str(i - 1) if i else INPUT,)) for i, layer in enumerate(layers))
+        names = [layer.name or str(i) for i, layer in enumerate(layers)]
+        return cls(Node(name, layer, (names[i - 1] if i else INPUT,)) for i, (name, layer) in
+                   enumerate(zip(names, layers)))
 
     @classmethod
     def from_symbolic(cls, input: SymbolicTensor, output: SymbolicTensor) -> Network:
@@ -163,37 +167,47 @@ class Network:
     def output_shape(self, input_shape: tuple) -> tuple:
         return self.shapes(input_shape)[self.output]
 
-    def stages(self, input_shape: tuple, loss=None) -> list:
+    def stages(self, input_shape: tuple, loss=None, fold_norms: bool = False) -> list:
         """The nodes as they run, after checking every shape.
 
-        A link layer ending the network (Softmax before cross-entropy) is left to the loss, and an
-        activation whose producer can fuse it (Dense, Conv2D) runs in the producer's epilogue when
-        it is the producer's sole reader and its gradient needs only its output (the epilogue
-        keeps no input: not SiLU).
+        A link layer ending the network (Softmax before cross-entropy) is left to the loss. With
+        `fold_norms` (evaluation), a BatchNorm that is the sole reader of a Dense or Conv2D folds
+        into its weight and bias. An activation whose producer can fuse it (Dense, Conv2D,
+        BatchNorm; a producer with a BatchNorm folded in) runs as the producer writes when it is the
+        producer's sole reader and its gradient needs only its output (not SiLU).
         """
         shapes = self.shapes(input_shape)
         nodes = list(self.nodes)
         if loss is not None and loss.link_layer is not None and type(nodes[-1].layer) is loss.link_layer:
             nodes.pop()
         by_name = {node.name: node for node in nodes}
+        folds = {}  # producer name -> the BatchNorm node folded into it
+        if fold_norms:
+            for node in nodes:
+                producer = by_name.get(node.inputs[0])
+                if (node.layer.folds_into_producer and producer is not None and producer.layer.takes_folded_norm
+                        and self.consumers[producer.name] == 1):
+                    folds[producer.name] = node
+        runs_as = {norm.name: by_name[name] for name, norm in folds.items()}  # a folded norm's output: its producer's
         fused = {}  # producer name -> the activation node it runs
         for node in nodes:
-            producer = by_name.get(node.inputs[0])
+            producer = runs_as.get(node.inputs[0], by_name.get(node.inputs[0]))
             if (isinstance(node.layer, Activation) and node.layer.grad_from_output
                     and producer is not None and producer.layer.fuses_activation
-                    and self.consumers[producer.name] == 1 and producer.name not in fused):
+                    and self.consumers[node.inputs[0]] == 1 and producer.name not in fused):
                 fused[producer.name] = node
-        absorbed = {node.name for node in fused.values()}
+        absorbed = {node.name for node in fused.values()} | set(runs_as)
         index = {node.name: i for i, node in enumerate(self.nodes)}
         stages = []
         for node in nodes:
             if node.name in absorbed:
                 continue
-            act_node = fused.get(node.name)
-            output = act_node.name if act_node else node.name
-            act = act_node.layer.kernel_options() if act_node else None
+            last = fused.get(node.name) or folds.get(node.name)
+            output = last.name if last else node.name
+            act = fused[node.name].layer.kernel_options() if node.name in fused else None
             stages.append(Stage(index[node.name], node.name, node.layer, act, node.inputs,
-                                tuple(shapes[name] for name in node.inputs), output, shapes[output]))
+                                tuple(shapes[name] for name in node.inputs), output, shapes[output],
+                                folds.get(node.name)))
         return stages
 
     def __repr__(self):

@@ -46,7 +46,11 @@ inline void add_to_metrics(float loss, float correct, const int n_valid, const i
     }
 }
 
-// Softmax cross-entropy on integer labels; z are logits, scale = 1 / n_valid.
+// Softmax cross-entropy on integer labels; z are logits, scale = 1 / n_valid. LABEL_SMOOTHING e
+// spreads e of the target over all classes, as torch: q_c = (1 - e) [c == y] + e / cols.
+#ifndef LABEL_SMOOTHING
+#define LABEL_SMOOTHING 0.0f
+#endif
 __kernel __attribute__((reqd_work_group_size(LOSS_WG, 1, 1)))
 void softmax_cross_entropy(LOSS_ARGS, __global const int* restrict labels, const int lo)
 {
@@ -63,18 +67,22 @@ void softmax_cross_entropy(LOSS_ARGS, __global const int* restrict labels, const
         int best = 0;
         for (int c = 1; c < cols; c++)
             if (zr[c] > mx) { mx = zr[c]; best = c; }
-        float s = 0.0f;
-        for (int c = 0; c < cols; c++) s += exp(zr[c] - mx);
+        float s = 0.0f, zsum = 0.0f;
+        for (int c = 0; c < cols; c++) {
+            s += exp(zr[c] - mx);
+            zsum += zr[c];
+        }
         const float inv = 1.0f / s;
         if (flags & LOSS_PROBS)
             for (int c = 0; c < cols; c++) probs[po + r * cols + c] = exp(zr[c] - mx) * inv;
         if (flags & LOSS_METRICS) {
             const int y = labels[lo + r];
-            loss += log(s) + mx - zr[y];
+            loss += log(s) + mx - (1.0f - LABEL_SMOOTHING) * zr[y] - LABEL_SMOOTHING / cols * zsum;
             correct += (best == y) ? 1.0f : 0.0f;
             if (flags & LOSS_GRAD)
                 for (int c = 0; c < cols; c++)
-                    grad[go + r * cols + c] = (exp(zr[c] - mx) * inv - (c == y ? 1.0f : 0.0f)) * scale;
+                    grad[go + r * cols + c] = (exp(zr[c] - mx) * inv - ((c == y ? 1.0f - LABEL_SMOOTHING : 0.0f)
+                                                                      + LABEL_SMOOTHING / cols)) * scale;
         }
     }
     add_to_metrics(loss, correct, n_valid, flags, metrics, mo, l_loss, l_correct);

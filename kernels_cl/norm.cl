@@ -12,6 +12,9 @@
 // AFFINE: weight and bias exist (else the w, b, dw, db arguments are placeholders).
 // CUMULATIVE: momentum=None, the running statistics are a cumulative average (factor 1 / count).
 // NEED_DX: the backward pass writes the input gradient.
+// ACT: an activation fused after the normalisation (common.h): the forward kernels write act(y),
+// and the backward pass takes the gradient of that output and the output itself (y), applying
+// act'(y) as it reads dy, so the activation costs no pass of its own.
 
 #ifndef BN_LOCAL
 #define BN_LOCAL 128 // work-items per channel; a power of two
@@ -92,7 +95,7 @@ __kernel void bn_forward_train(const int n_valid, const int n, const int channel
     const int total = n * spatial;
     for (int e = lid; e < total; e += BN_LOCAL) {
         const int i = bn_index(e, c, channels, spatial);
-        y[yo + i] = (xs[i] - mean) * scale + shift;
+        y[yo + i] = act_forward((xs[i] - mean) * scale + shift);
     }
 }
 
@@ -119,14 +122,52 @@ __kernel void bn_forward_eval(const int total, const int channels, const int spa
 #else
     const float shift = 0.0f;
 #endif
-    y[yo + i] = (x[xo + i] - running_mean[rmo + c]) * scale + shift;
+    y[yo + i] = act_forward((x[xo + i] - running_mean[rmo + c]) * scale + shift);
 }
 
-// Training backward, one work-group per channel. With xhat = (x - mean) * invstd over the valid rows:
-// db = sum(dy), dw = sum(dy * xhat), dx = w * invstd * (dy - db / m - xhat * dw / m); dx = 0 on the
-// padded rows.
+// Folds an evaluation BatchNorm into the Dense or Conv2D layer before it, whose output channel o is
+// row o of its weight (per_row values): with s = w / sqrt(running_var + eps) per channel,
+// folded_weight = weight * s[o] and folded_bias = (bias - running_mean) * s + b (bias 0 without
+// HAS_BIAS). One work-item per weight value; the first of each row writes the bias.
+__kernel void bn_fold(const int rows, const int per_row, const float eps,
+                      __global const float* weight, const int wto, __global const float* bias, const int bso,
+                      __global const float* w, const int wo, __global const float* b, const int bo,
+                      __global const float* running_mean, const int rmo,
+                      __global const float* running_var, const int rvo,
+                      __global float* folded_weight, const int fwo, __global float* folded_bias, const int fbo)
+{
+    const int i = get_global_id(0);
+    if (i >= rows * per_row) return;
+    const int o = i / per_row;
+    float scale = 1.0f / sqrt(running_var[rvo + o] + eps);
+#ifdef AFFINE
+    scale *= w[wo + o];
+    const float shift = b[bo + o];
+#else
+    const float shift = 0.0f;
+#endif
+    folded_weight[fwo + i] = weight[wto + i] * scale;
+    if (i - o * per_row == 0) {
+#ifdef HAS_BIAS
+        const float before = bias[bso + o];
+#else
+        const float before = 0.0f;
+#endif
+        folded_bias[fbo + o] = (before - running_mean[rmo + o]) * scale + shift;
+    }
+}
+
+// Training backward, one work-group per channel. With xhat = (x - mean) * invstd over the valid rows
+// and g = dy * act'(y) the gradient of the normalised value: db = sum(g), dw = sum(g * xhat),
+// dx = w * invstd * (g - db / m - xhat * dw / m); dx = 0 on the padded rows.
+#if ACT == ACT_NONE
+#define BN_GRAD(i) dy[dyo + (i)]
+#else
+#define BN_GRAD(i) (dy[dyo + (i)] * act_grad_from_output(y[yo + (i)]))
+#endif
 __kernel void bn_backward(const int n_valid, const int n, const int channels, const int spatial,
-                          __global const float* x, const int xo, __global const float* dy, const int dyo,
+                          __global const float* x, const int xo, __global const float* y, const int yo,
+                          __global const float* dy, const int dyo,
                           __global float* dx, const int dxo,
                           __global const float* w, const int wo,
                           __global float* dw, const int dwo, __global float* db, const int dbo,
@@ -141,7 +182,7 @@ __kernel void bn_backward(const int n_valid, const int n, const int channels, co
     float s = 0.0f, t = 0.0f;
     for (int e = lid; e < m; e += BN_LOCAL) {
         const int i = bn_index(e, c, channels, spatial);
-        const float g = dy[dyo + i];
+        const float g = BN_GRAD(i);
         s += g;
         t += g * (x[xo + i] - mean);
     }
@@ -164,7 +205,7 @@ __kernel void bn_backward(const int n_valid, const int n, const int channels, co
     for (int e = lid; e < total; e += BN_LOCAL) {
         const int i = bn_index(e, c, channels, spatial);
         float g = 0.0f;
-        if (e < m) g = gain * (dy[dyo + i] - mean_dy - (x[xo + i] - mean) * invstd * mean_dy_xhat);
+        if (e < m) g = gain * (BN_GRAD(i) - mean_dy - (x[xo + i] - mean) * invstd * mean_dy_xhat);
         dx[dxo + i] = g;
     }
 #endif

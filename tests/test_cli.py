@@ -25,11 +25,19 @@ def test_devices_lists_every_device():
 
 def test_train_runs_and_reports_test_accuracy():
     result = CliRunner().invoke(train, ["--device", "0", "--platform", str(clnet.list_devices()[0].platform_index),
-                                       "--epochs", "2", "--batch-size", "128", "--seed", "1"])
+                                       "--epochs", "2", "--batch-size", "32", "--seed", "1"])
     assert result.exit_code == 0, result.output
     assert "Epoch 2/2" in result.output and "val_accuracy" in result.output
     accuracy = float(result.output.split("Test accuracy ")[1].split()[0])
     assert accuracy > 0.85
+
+
+def test_train_with_label_smoothing():
+    result = CliRunner().invoke(train, ["--device", "0", "--model", "mlp", "--epochs", "1", "--label-smoothing", "0.1"])
+    assert result.exit_code == 0, result.output
+    assert "cross_entropy(label_smoothing=0.1)" in result.output
+    bad = CliRunner().invoke(train, ["--device", "0", "--label-smoothing", "1"])
+    assert bad.exit_code == 2 and "--label-smoothing" in bad.output
 
 
 def test_train_saves_the_model(tmp_path):
@@ -50,6 +58,7 @@ def test_train_resumes_a_run_folder(tmp_path):
     assert first.exit_code == 0, first.output
     options = json.loads((run / "options.json").read_text())
     options["epochs"] = 3  # as if the first run had been stopped after two of its three epochs
+    del options["label_smoothing"]  # as a run folder made before --label-smoothing
     (run / "options.json").write_text(json.dumps(options))
     resumed = CliRunner().invoke(train, ["--resume", str(run), "--quiet"])
     assert straight.exit_code == resumed.exit_code == 0, resumed.output

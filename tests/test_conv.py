@@ -134,7 +134,7 @@ def test_weights_have_pytorch_layout(device):
     state = model.state_dict()
     assert list(state) == ["0.weight", "2.weight", "2.bias"]
     assert state["0.weight"].shape == (8, 3, 5, 3) and state["2.weight"].shape == (4, 8, 1, 1)
-    assert np.abs(state["0.weight"]).max() == pytest.approx(np.sqrt(6 / (3 * 5 * 3)), rel=0.05)  # He before ReLU
+    assert np.abs(state["0.weight"]).max() == pytest.approx(np.sqrt(1 / (3 * 5 * 3)), rel=0.05)  # PyTorch's bound
 
 
 @pytest.mark.parametrize("act", ["none", "relu"])

@@ -126,3 +126,37 @@ def test_reference_network_trains_and_its_gradients_check(device, hidden):
     p = model.predict(x)
     assert p.shape == (len(x), 1) and np.all((p >= 0) & (p <= 1))
     np.testing.assert_allclose(p, forward(layers, model.state_dict(), x), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("final", [[], [L.Softmax()]], ids=["logits", "softmax"])
+def test_label_smoothing_matches_float64_and_torch(device, final):
+    """cross_entropy with label_smoothing e: target (1 - e) on the label plus e / classes on every
+    class; the loss and gradient against a float64 reference, and the loss against torch's."""
+    rng = np.random.default_rng(8)
+    x, y, e = rng.normal(size=(7, 5)), rng.integers(0, 4, 7), 0.2
+    model = clnet.Sequential([L.Dense(5, 4), *final], device=device, seed=2)
+    model.compile("cross_entropy", clnet.optim.SGD(lr=1e-3), label_smoothing=e)
+    state = model.state_dict()
+    device_loss = model.train_on_batch(x, y)
+    z = x @ state["0.weight"].astype(np.float64).T + state["0.bias"]
+    log_p = z - z.max(axis=1, keepdims=True)
+    log_p -= np.log(np.exp(log_p).sum(axis=1, keepdims=True))
+    q = (1 - e) * np.eye(4)[y] + e / 4
+    expected_loss = -np.mean((q * log_p).sum(axis=1))
+    assert device_loss == pytest.approx(expected_loss, rel=1e-5)
+    dz = (np.exp(log_p) - q) / len(x)
+    grads = model.gradients()
+    np.testing.assert_allclose(grads["0.weight"], dz.T @ x, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(grads["0.bias"], dz.sum(axis=0), rtol=1e-4, atol=1e-6)
+    torch = pytest.importorskip("torch")
+    twin = torch.nn.CrossEntropyLoss(label_smoothing=e)(torch.tensor(z), torch.tensor(y))
+    assert device_loss == pytest.approx(twin.item(), rel=1e-5)
+
+
+def test_label_smoothing_is_checked():
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        clnet.losses.CrossEntropy(label_smoothing=1.0)
+    with pytest.raises(ValueError, match="takes no label_smoothing"):
+        clnet.losses.get("mse", label_smoothing=0.1)
+    with pytest.raises(ValueError, match="to the Loss itself"):
+        clnet.losses.get(clnet.losses.CrossEntropy(), label_smoothing=0.1)

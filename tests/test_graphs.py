@@ -100,3 +100,31 @@ def test_a_malformed_graph_fails_clearly():
     reading = r"layer add \(Add\(\)\) reading conv2d \(3, 4, 4\), conv2d_1 \(2, 4, 4\)"
     with pytest.raises(clnet.ShapeError, match=reading):
         network.shapes((3, 4, 4))
+
+
+def test_layers_named_at_construction_and_blocks(device, tmp_path):
+    features = clnet.Sequential([L.Conv2D(2, 3, 3, padding=1), L.ReLU(), L.MaxPool2D(2, name="pool")],
+                                device=device)
+    assert [n.name for n in features.network.nodes] == ["0", "1", "pool"]
+    x = clnet.Input((2, 4, 4))
+    y = L.Dense(12, 3, name="fc")(L.Flatten()(features(x, name="features")))
+    model = clnet.Model(x, y, device=device, seed=1)
+    assert [n.name for n in model.network.nodes] == ["features.0", "features.1", "features.pool", "flatten", "fc"]
+    assert list(model.state_dict()) == ["features.0.weight", "features.0.bias", "fc.weight", "fc.bias"]
+    inputs = np.random.default_rng(0).normal(size=(2, 2, 4, 4))
+    np.testing.assert_allclose(model.predict(inputs), clnet.load(_saved(model, tmp_path), device).predict(inputs),
+                               rtol=0, atol=0)
+    unnamed = clnet.Model(x, L.Flatten()(features(x)), device=device)  # a second call of the same layers
+    assert [n.name for n in unnamed.network.nodes] == ["conv2d", "relu", "pool", "flatten"]
+    with pytest.raises(ValueError, match="called twice"):
+        clnet.Model(x, L.Add()([features(x), features(x)]), device=device)
+    with pytest.raises(ValueError, match="non-empty string"):
+        L.ReLU(name="")
+    with pytest.raises(TypeError, match="one symbolic tensor"):
+        features(np.zeros((2, 4, 4)))
+
+
+def _saved(model, tmp_path):
+    path = tmp_path / "model.clnet"
+    model.save(path)
+    return path

@@ -178,11 +178,11 @@ def _layer_classes(path):
 
 def test_model_files_keep_each_layers_initialisation(device, tmp_path):
     """Dense and Conv2D store `init`, so a loaded model rebuilds as it was."""
-    layers = [L.Conv2D(1, 2, 3, init="torch"), L.ReLU(), L.Conv2D(2, 2, 1), L.Flatten(), L.Dense(8, 3, init="he"),
-              L.Dense(3, 2, init="torch")]
+    layers = [L.Conv2D(1, 2, 3, init="glorot"), L.ReLU(), L.Conv2D(2, 2, 1, init="auto"), L.Flatten(),
+              L.Dense(8, 3, init="he"), L.Dense(3, 2)]
     clnet.Sequential(layers, device=device).save(tmp_path / "m.clnet")
     loaded = clnet.load(tmp_path / "m.clnet", device=device)
-    assert [layer.init for layer in loaded.layers if hasattr(layer, "init")] == ["torch", "auto", "he", "torch"]
+    assert [layer.init for layer in loaded.layers if hasattr(layer, "init")] == ["glorot", "auto", "he", "torch"]
 
 
 def test_files_naming_former_layer_names_load(device, tmp_path):

@@ -55,10 +55,16 @@ def test_the_registry_holds_every_layer():
 def test_every_layer_documents_its_arguments_shapes_and_an_example(name):
     doc = inspect.getdoc(L.LAYERS[name])
     assert "\nShape:\n" in doc and "\nExample:\n" in doc, name
-    arguments = list(inspect.signature(L.LAYERS[name]).parameters)
+    arguments = [a for a in inspect.signature(L.LAYERS[name]).parameters if a != "name"]  # Layer's, documented there
     if arguments:
         documented = doc.split("\nArgs:\n")[1].split("\n\n")[0]
         assert all(re.search(rf"\b{argument}\b", documented) for argument in arguments), name
+
+
+def test_every_layer_takes_a_name():
+    assert "`name=`" in inspect.getdoc(L.Layer)
+    for cls in L.LAYERS.values():
+        assert "name" in inspect.signature(cls).parameters, cls
 
 
 @pytest.mark.parametrize("case", SINGLE_INPUT_CASES, ids=[case_id(c) for c in SINGLE_INPUT_CASES])

@@ -22,8 +22,9 @@ def small_mlp(device, seed=0, classes=3, features=6):
 
 
 def test_mlp_learns_bundled_mnist(device, mnist):
-    """The default MLP reaches at least 92% test accuracy on the 1000 held-out images in 5 epochs
-    (it reaches about 93-95%: 4000 training images are few for an MLP)."""
+    """The default MLP reaches at least 90% test accuracy on the 1000 held-out images in 5 epochs:
+    about 90.5-92.5% from PyTorch's initialisation, as the same recipe in PyTorch (six seeds: 90.5
+    to 92.4%); 4000 training images are few for an MLP."""
     (x, y), (x_test, y_test) = mnist
     model = clnet.models.mlp(device=device, seed=1)
     model.compile("cross_entropy", clnet.optim.SGD(lr=0.05, momentum=0.9))
@@ -31,7 +32,7 @@ def test_mlp_learns_bundled_mnist(device, mnist):
     assert set(history.history) == {"loss", "accuracy", "val_loss", "val_accuracy", "lr"}
     assert history.history["loss"][-1] < history.history["loss"][0] / 4
     result = model.evaluate(x_test, y_test)
-    assert result["accuracy"] >= 0.92
+    assert result["accuracy"] >= 0.90
     probs = model.predict(x_test)
     assert probs.shape == (1000, 10)
     np.testing.assert_allclose(probs.sum(axis=1), 1, atol=1e-5)
@@ -44,8 +45,8 @@ def test_adam_and_nesterov_train(device, mnist):
                       clnet.optim.SGD(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-4)):
         model = clnet.models.mlp(device=device, seed=0)
         model.compile("cross_entropy", optimizer)
-        model.fit(x[:2000], y[:2000], epochs=2, batch_size=100, verbose=0)
-        assert model.evaluate(x_test, y_test)["accuracy"] > 0.85, optimizer
+        model.fit(x, y, epochs=2, batch_size=100, verbose=0)
+        assert model.evaluate(x_test, y_test)["accuracy"] > 0.85, optimizer  # 88.1-88.8% seen (seeds 0-2)
 
 
 class CopyCounter:
@@ -170,8 +171,9 @@ def test_state_dict_uses_pytorch_keys_and_layouts(device):
     np.testing.assert_allclose(model.predict(x), forward(model.layers, new, x), rtol=1e-5, atol=1e-6)
 
 
-def test_init_is_he_before_relu_and_glorot_otherwise(device):
-    model = clnet.Sequential([L.Dense(400, 300), L.ReLU(), L.Dense(300, 200), L.Tanh()], device=device)
+def test_auto_init_is_he_before_relu_and_glorot_otherwise(device):
+    model = clnet.Sequential([L.Dense(400, 300, init="auto"), L.ReLU(), L.Dense(300, 200, init="auto"), L.Tanh()],
+                             device=device)
     state = model.state_dict()
     assert np.abs(state["0.weight"]).max() == pytest.approx(np.sqrt(6 / 400), rel=0.01)
     assert np.abs(state["2.weight"]).max() == pytest.approx(np.sqrt(6 / 500), rel=0.01)

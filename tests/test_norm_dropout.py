@@ -344,6 +344,8 @@ GRAD_NETS = {
     "bn2d-7x5": (lambda: [BatchNorm2d(3), L.Tanh(), L.Flatten(), L.Dense(105, 4),
                           BatchNorm1d(4, affine=False), L.Dense(4, 3)], (3, 3, 7, 5)),
     "bn2d-batch1": (lambda: [BatchNorm2d(2, momentum=None), L.Flatten(), L.Dense(30, 3)], (1, 2, 3, 5)),
+    "bn-fused-activations": (lambda: [BatchNorm2d(3), L.Sigmoid(), L.Flatten(), L.Dense(105, 4), BatchNorm1d(4),
+                                      L.LeakyReLU(0.1), L.Dense(4, 3)], (3, 3, 7, 5)),
     "dropout": (lambda: [L.Dense(4, 6), L.Tanh(), Dropout(0.4), L.Dense(6, 3)], (5, 4)),
 }
 
@@ -375,6 +377,15 @@ def test_network_gradients_match_finite_differences(device, net):
         np.testing.assert_allclose(after[f"{i}.running_mean"], rm, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(after[f"{i}.running_var"], rv, rtol=1e-5, atol=1e-6)
         assert after[f"{i}.num_batches_tracked"] == count == 1
+
+
+def test_batchnorm_applies_the_activation_after_it():
+    """BatchNorm runs a following activation (of a gradient from its output) as it writes, in
+    training and evaluation: the "bn-fused-activations" network above is five stages."""
+    network = clnet.network.Network.chain(GRAD_NETS["bn-fused-activations"][0]())
+    stages = network.stages((3, 7, 5))
+    assert [(s.name, s.act and s.act["ACT"]) for s in stages] == [("0", 2), ("2", None), ("3", None), ("4", 5),
+                                                                  ("6", None)]
 
 
 def test_batchnorm1d_batch_of_one_fails_in_training_only(device):
@@ -441,12 +452,17 @@ def test_state_dict_matches_torch_modules(device):
 
 
 def test_evaluation_mode_uses_running_statistics(device):
-    """predict: batch norm with the running statistics, dropout the identity; nothing is updated."""
+    """predict: batch norm with the running statistics (folded into the Conv2D and the Dense before
+    them), dropout the identity; nothing is updated."""
     rng = np.random.default_rng(29)
-    layers = [BatchNorm2d(3), L.Flatten(), L.Dense(12, 4), BatchNorm1d(4), Dropout(0.5), L.Dense(4, 2)]
+    layers = [BatchNorm2d(3), L.Conv2D(3, 3, 1, bias=False), BatchNorm2d(3, affine=False), L.ReLU6(), L.Flatten(),
+              L.Dense(12, 4), BatchNorm1d(4), Dropout(0.5), L.Dense(4, 2)]
     model = clnet.Sequential(layers, device=device, seed=2)
+    stages = model.network.stages((3, 2, 2), fold_norms=True)
+    assert [(s.name, s.folded and s.folded.name, s.output) for s in stages][:4] == [
+        ("0", None, "0"), ("1", "2", "3"), ("4", None, "4"), ("5", "6", "6")]
     state = model.state_dict()
-    for i in (0, 3):
+    for i in (0, 2, 6):
         c = len(state[f"{i}.running_mean"])
         state[f"{i}.running_mean"] = rng.normal(0, 1, c).astype(np.float32)
         state[f"{i}.running_var"] = rng.uniform(0.3, 3, c).astype(np.float32)
@@ -462,7 +478,7 @@ def test_evaluation_mode_uses_running_statistics(device):
     model.compile("cross_entropy", clnet.optim.SGD(lr=0.05))
     model.fit(x, rng.integers(0, 2, 5), epochs=2, batch_size=5, verbose=0)
     trained = model.state_dict()
-    assert trained["3.num_batches_tracked"] == 2 and not np.allclose(trained["3.running_var"], state["3.running_var"])
+    assert trained["6.num_batches_tracked"] == 2 and not np.allclose(trained["6.running_var"], state["6.running_var"])
     np.testing.assert_allclose(model.predict(x), softmax(forward(layers, trained, x)), rtol=1e-5, atol=1e-6)
 
 
@@ -505,4 +521,4 @@ def test_dropout_training_is_seeded(device):
         return loss("cross_entropy_logits", out, labels)
 
     assert loss2 == pytest.approx(reference_loss(step=2), rel=1e-5)
-    assert loss2 != pytest.approx(reference_loss(step=1), rel=1e-3)
+    assert loss2 != pytest.approx(reference_loss(step=1), rel=1e-5)

@@ -44,13 +44,13 @@ def test_preset_shapes_and_sizes(device, name):
 
 
 def test_mnist_cnn_learns_bundled_mnist(device):
-    """Two epochs of mnist-cnn with Adam on the 4000 training images reach 95.6% on the 1000 test
-    images (PoCL 3.1); 94.5% is the floor."""
+    """Two epochs of mnist-cnn with Adam on the 4000 training images reach 93.0-94.3% on the 1000
+    test images (PoCL 3.1, seeds 0-2, PyTorch's initialisation); 92.5% is the floor."""
     (x, y), (x_test, y_test) = clnet.datasets.load_mnist_5k()
     model = clnet.models.mnist_cnn(device=device, seed=0)
     model.compile("cross_entropy", clnet.optim.Adam(lr=1e-3))
     model.fit(x, y, epochs=2, batch_size=64, verbose=0)
-    assert model.evaluate(x_test, y_test)["accuracy"] > 0.945
+    assert model.evaluate(x_test, y_test)["accuracy"] > 0.925
 
 
 def test_conv_training_is_deterministic(device):

@@ -129,7 +129,8 @@ class LeakyReLU(Activation):
 
     kind, onnx_op = "leaky_relu", "LeakyRelu"
 
-    def __init__(self, negative_slope: float = 0.01):
+    def __init__(self, negative_slope: float = 0.01, name: str | None = None):
+        super().__init__(name)
         if not np.isfinite(negative_slope):
             raise ValueError(f"LeakyReLU needs a finite negative_slope, got {negative_slope!r}")
         self.negative_slope = float(negative_slope)

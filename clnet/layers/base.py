@@ -29,28 +29,44 @@ class LayerContext:
 
 
 class Layer:
-    """Base of all layers. Shapes passed around exclude the batch dimension.
+    """Base of all layers. Shapes passed around exclude the batch dimension. Every layer takes
+    `name=`, the name of its node in a network (the state_dict prefix of its parameters, such as
+    "layer1.0.conv1"); by default a Sequential names its nodes "0", "1", ... and a functional graph
+    by the class name in lower case.
 
     Layers never allocate device memory or read results back: `forward` and `backward` record
     launches into `ctx.plan` over the values the graph hands them, and return the values they create.
     """
 
-    #: True for layers whose GEMM epilogue can apply a following activation (Dense, Conv2D).
+    #: The node's name given at construction (a subclass that skips Layer.__init__ has none).
+    name = None
+    #: True for layers that can apply a following activation as they write their output: the GEMM
+    #: epilogue of Dense and Conv2D, BatchNorm's normalisation.
     fuses_activation = False
+    #: True for layers whose output channels are the rows of their weight (Dense, Conv2D), so that
+    #: a BatchNorm after them folds into their weight and bias for evaluation.
+    takes_folded_norm = False
+    #: True for layers that fold into such a layer before them for evaluation (BatchNorm: `fold`).
+    folds_into_producer = False
     #: How many values the layer reads: 1, or None for two or more (Add, Concatenate), whose
     #: output_shape, flops, forward and reference take one argument per input, and whose backward
     #: takes the tuple of inputs and a tuple of need_dx flags and returns a tuple of gradients.
     arity = 1
 
+    def __init__(self, name: str | None = None):
+        """`name` names the layer's node in a network: the state_dict prefix of its parameters."""
+        self.name = node_name(name)
+
     def __call__(self, inputs, name: str | None = None) -> SymbolicTensor:
         """This layer applied to symbolic tensors (`clnet.Input(...)` or other layers' results):
         one, or a list for layers of several inputs; `name` names the node (its parameters'
-        state_dict prefix), by default the class name in lower case, numbered when repeated."""
+        state_dict prefix); by default the layer's own name, else the class name in lower case,
+        numbered when repeated."""
         inputs = tuple(inputs) if isinstance(inputs, (list, tuple)) else (inputs,)
         if not all(isinstance(x, SymbolicTensor) for x in inputs):
             raise TypeError(f"{self!r} was called on {inputs!r}: call a layer on clnet.Input(...) or on "
                             "another layer's result")
-        return SymbolicTensor(self, inputs, name)
+        return SymbolicTensor(self, inputs, node_name(name) or self.name)
 
     def config(self) -> dict:
         """The constructor arguments as a JSON-able dict (lists for pairs), so that
@@ -112,6 +128,13 @@ class Layer:
 
     def __repr__(self):
         return f"{type(self).__name__}()"
+
+
+def node_name(name):
+    """`name` checked as a node's name: None, or a non-empty string."""
+    if name is not None and (not isinstance(name, str) or not name):
+        raise ValueError(f"a layer's name must be a non-empty string, not {name!r}")
+    return name
 
 
 #: The initialisations of Dense and Conv2D (see `weight_and_bias`).

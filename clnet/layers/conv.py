@@ -22,9 +22,9 @@ class Conv2D(Layer):
         padding: zeros added on each side, an int or an (h, w) pair; or "same" (stride 1 only),
             which keeps the size; an even kernel's extra row/column goes bottom/right, as PyTorch.
         bias: learn a per-channel bias.
-        init: the initialisation: "auto" (He before a ReLU, Glorot otherwise), "he" or "glorot",
-            with a zero bias; or "torch" (PyTorch's: weight and bias uniform within
-            1 / sqrt(in_channels * kernel height * kernel width)).
+        init: the initialisation: "torch" (the default: PyTorch's, weight and bias uniform within
+            1 / sqrt(in_channels * kernel height * kernel width)); "he" or "glorot" (uniform, with a
+            zero bias); or "auto" (He before a ReLU, Glorot otherwise).
 
     Shape:
         Input (in_channels, H, W); output (out_channels, OH, OW) with
@@ -35,9 +35,12 @@ class Conv2D(Layer):
     """
 
     fuses_activation = True
+    takes_folded_norm = True
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: IntOrPair, stride: IntOrPair = 1,
-                 padding: IntOrPair | str = 0, dilation: IntOrPair = 1, bias: bool = True, init: str = "auto"):
+                 padding: IntOrPair | str = 0, dilation: IntOrPair = 1, bias: bool = True, init: str = "torch",
+                 name: str | None = None):
+        super().__init__(name)
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         if self.in_channels < 1 or self.out_channels < 1:
             raise ValueError(f"Conv2D needs positive channel counts, got ({in_channels}, {out_channels})")

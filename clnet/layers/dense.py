@@ -16,9 +16,9 @@ class Dense(Layer):
     Args:
         in_features, out_features: sizes of each input and output sample.
         bias: learn a bias.
-        init: the initialisation: "auto" (He before a ReLU, Glorot otherwise), "he" or "glorot",
-            with a zero bias; or "torch" (PyTorch's: weight and bias uniform within
-            1 / sqrt(in_features)).
+        init: the initialisation: "torch" (the default: PyTorch's, weight and bias uniform within
+            1 / sqrt(in_features)); "he" or "glorot" (uniform, with a zero bias); or "auto" (He
+            before a ReLU, Glorot otherwise).
 
     Shape:
         Input (in_features,); output (out_features,). Images need a Flatten first.
@@ -28,8 +28,11 @@ class Dense(Layer):
     """
 
     fuses_activation = True
+    takes_folded_norm = True
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, init: str = "auto"):
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, init: str = "torch",
+                 name: str | None = None):
+        super().__init__(name)
         if int(in_features) < 1 or int(out_features) < 1:
             raise ValueError(f"Dense needs positive sizes, got ({in_features}, {out_features})")
         if init not in INITS:

@@ -29,7 +29,8 @@ class Dropout(Layer):
         >>> clnet.Sequential([Dense(784, 256), ReLU(), Dropout(0.3), Dense(256, 10)])
     """
 
-    def __init__(self, p: float = 0.5):
+    def __init__(self, p: float = 0.5, name: str | None = None):
+        super().__init__(name)
         p = float(p)
         if not 0.0 <= p < 1.0:
             raise ValueError(f"Dropout probability must satisfy 0 <= p < 1, got {p}")

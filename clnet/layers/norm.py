@@ -23,8 +23,12 @@ class _BatchNorm(Layer):
 
     #: input shapes per sample that the layer accepts, as text for errors
     expected = ""
+    fuses_activation = True
+    folds_into_producer = True
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True):
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
+                 name: str | None = None):
+        super().__init__(name)
         if int(num_features) < 1:
             raise ValueError(f"{type(self).__name__} needs a positive number of features, got {num_features}")
         if not eps > 0:
@@ -72,7 +76,7 @@ class _BatchNorm(Layer):
         weight, bias = ctx.params.get("weight"), ctx.params.get("bias")  # None without affine
         if not ctx.training:
             norm_ops.batchnorm_forward_eval(plan, x, y, weight, bias, buffers["running_mean"],
-                                            buffers["running_var"], self.eps)
+                                            buffers["running_var"], self.eps, act=ctx.act)
             return y
         per_channel = x.shape[0] * prod(x.shape[2:])
         if per_channel < 2:
@@ -82,11 +86,23 @@ class _BatchNorm(Layer):
         mean, invstd = plan.value((c,), f"{self!r} batch mean"), plan.value((c,), f"{self!r} batch 1/std")
         launch = norm_ops.batchnorm_forward_train(
             plan, x, y, weight, bias, buffers["running_mean"], buffers["running_var"],
-            buffers["num_batches_tracked"], mean, invstd, self.eps, self.momentum)
+            buffers["num_batches_tracked"], mean, invstd, self.eps, self.momentum, act=ctx.act)
         # statistics over the valid rows only: the graph sets n_valid for a padded last batch
         plan.bind_dynamic("n_valid", launch, "n_valid")
         ctx.saved["stats"] = (mean, invstd)
         return y
+
+    def fold(self, plan, producer_params, params, buffers):
+        """The weight and bias of the Dense or Conv2D layer before this one with this evaluation
+        normalisation folded in, recorded into `plan` (so they follow the parameters as they train):
+        {"weight": ..., "bias": ...} values for the producer's forward, which then does both."""
+        weight = producer_params["weight"]
+        folded = {"weight": plan.value(weight.shape, f"{self!r} folded weight"),
+                  "bias": plan.value((weight.shape[0],), f"{self!r} folded bias")}
+        norm_ops.batchnorm_fold(plan, weight, producer_params.get("bias"), params.get("weight"), params.get("bias"),
+                                buffers["running_mean"], buffers["running_var"], self.eps, folded["weight"],
+                                folded["bias"])
+        return folded
 
     def backward(self, ctx, x, y, dy, need_dx):
         if not ctx.training:
@@ -94,8 +110,8 @@ class _BatchNorm(Layer):
         plan = ctx.plan
         mean, invstd = ctx.saved["stats"]
         dx = plan.value(x.shape, f"{self!r} input grad") if need_dx else None
-        launch = norm_ops.batchnorm_backward(plan, x, dy, dx, ctx.params.get("weight"), ctx.grads.get("weight"),
-                                             ctx.grads.get("bias"), mean, invstd)
+        launch = norm_ops.batchnorm_backward(plan, x, y, dy, dx, ctx.params.get("weight"), ctx.grads.get("weight"),
+                                             ctx.grads.get("bias"), mean, invstd, act=ctx.act)
         plan.bind_dynamic("n_valid", launch, "n_valid")
         return dx
 

@@ -60,7 +60,9 @@ def _show(p):
 class _Pool2D(Layer):
     """Shared by MaxPool2D and AvgPool2D: the window, shape inference, flops and repr."""
 
-    def __init__(self, kernel_size: IntOrPair, stride: IntOrPair | None = None, padding: IntOrPair = 0):
+    def __init__(self, kernel_size: IntOrPair, stride: IntOrPair | None = None, padding: IntOrPair = 0,
+                 name: str | None = None):
+        super().__init__(name)
         cls = type(self).__name__
         self.kernel_size = _pair(cls, "kernel_size", kernel_size, 1)
         self.stride = self.kernel_size if stride is None else _pair(cls, "stride", stride, 1)
