@@ -252,9 +252,9 @@ def vgg11_bn(device: Device | None = None, seed: int = 0, input_shape: Sequence[
     Images of any size of at least 32 pixels a side work without a special stem: the adaptive pool
     averages the last feature map (7x7 at 224x224) into the 7x7 grid the classifier takes, or, for
     smaller maps, repeats it (32x32 images leave a 1x1 map, copied 49 times), as torchvision does.
-    Convolutions start He-uniform (they feed a ReLU through BatchNorm), with a zero bias; the
-    Dense layers He-uniform before a ReLU and Glorot-uniform last (torchvision's initialisation,
-    normal distributions, differs; load its weights to start from them).
+    Convolutions start He-uniform (they feed a ReLU through BatchNorm), with a zero bias, as the
+    ResNets'; the Dense layers as PyTorch's reset_parameters, clnet's default (torchvision's VGG
+    draws from normal distributions instead; load its weights to start from them).
 
     Args:
         device, seed, input_shape, classes: as for the other presets.

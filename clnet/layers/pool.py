@@ -268,7 +268,8 @@ class AdaptiveAvgPool2D(Layer):
         >>> clnet.Sequential([Conv2D(3, 8, 3), ReLU(), AdaptiveAvgPool2D(7), Flatten(), Dense(8 * 7 * 7, 10)])
     """
 
-    def __init__(self, output_size: IntOrPair):
+    def __init__(self, output_size: IntOrPair, name: str | None = None):
+        super().__init__(name)
         self.output_size = _pair(type(self).__name__, "output_size", output_size, 1)
 
     def config(self):
