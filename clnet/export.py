@@ -85,10 +85,12 @@ def _final_activation(b, model, layers, out_shape):
 
 
 def build_onnx(model, input_shape: Sequence[int] | None = None, opset: int = 13) -> onnx.ModelProto:
-    """The onnx.ModelProto of a clnet.Sequential (checked by onnx.checker), without writing it.
+    """The onnx.ModelProto of a clnet model (checked by onnx.checker), without writing it. A
+    BatchNorm that alone reads a Dense or Conv2D is folded into its weight and bias, as evaluation
+    runs it.
 
     Args:
-        model: a clnet.Model whose network is a chain of layers, as a Sequential's.
+        model: a clnet.Model (a Sequential or a graph).
         input_shape: the shape of one sample, e.g. (1, 28, 28); None takes the model's, known once
             it has been trained, evaluated or loaded from a file.
         opset: the ONNX opset, from MIN_OPSET (9) to the newest the installed onnx knows.
@@ -119,12 +121,20 @@ def build_onnx(model, input_shape: Sequence[int] | None = None, opset: int = 13)
     if model.normalization is not None:
         _normalization(b, model, input_shape)
     made = {INPUT: b.value}  # the ONNX value of each network value
+    folds = {stage.name: stage.folded for stage in model.network.stages(input_shape, fold_norms=True) if stage.folded}
+    into = {norm.name: name for name, norm in folds.items()}  # a folded BatchNorm: its producer gives its value
     for node in model.network.nodes:
+        if node.name in into:
+            made[node.name] = made[into[node.name]]
+            continue
         b.inputs = [made[name] for name in node.inputs]
         b.input_shapes = [shapes[name] for name in node.inputs]
         b.value = b.inputs[0]
-        node.layer.to_onnx(b, f"{node.name}.{type(node.layer).__name__}", node.name,
-                           node.layer.arrays_in(state, node.name))
+        arrays = node.layer.arrays_in(state, node.name)
+        if node.name in folds:
+            norm = folds[node.name]
+            arrays = norm.layer.folded_arrays(arrays, norm.layer.arrays_in(state, norm.name))
+        node.layer.to_onnx(b, f"{node.name}.{type(node.layer).__name__}", node.name, arrays)
         made[node.name] = b.value
     b.value = made[model.network.output]
     _final_activation(b, model, model.network.layers, out_shape)
@@ -148,13 +158,13 @@ def build_onnx(model, input_shape: Sequence[int] | None = None, opset: int = 13)
 
 def to_onnx(model, path: str | os.PathLike, input_shape: Sequence[int] | None = None,
             opset: int = 13) -> onnx.ModelProto:
-    """Write `model` (a clnet.Sequential) as an ONNX file at `path`, atomically; returns the
+    """Write `model` (a clnet.Model) as an ONNX file at `path`, atomically; returns the
     onnx.ModelProto. `input_shape` (per sample, e.g. (1, 28, 28)) defaults to the model's. The
     graph takes float32 inputs "input" (N, *input_shape) scaled to [0, 1] (uint8 images are not
     handled: divide them by 255) and gives "probabilities" as model.predict does.
 
     Args:
-        model: a clnet.Model whose network is a chain of layers, as a Sequential's.
+        model: a clnet.Model (a Sequential or a graph).
         path: the file to write; an existing folder there is an error.
         input_shape, opset: as `build_onnx`.
 

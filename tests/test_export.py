@@ -79,6 +79,8 @@ def test_other_layers_match_predict(device, normalize, tmp_path):
     before = model.state_dict()
     assert not np.allclose(before["1.running_mean"], 0) and not np.allclose(before["14.running_var"], 1)
     _check(model, x, tmp_path)
+    nodes = [n.op_type for n in onnx.load(str(tmp_path / "model.onnx")).graph.node]
+    assert "BatchNormalization" not in nodes and nodes.count("Conv") == 3  # each folded into the layer before
 
 
 @pytest.mark.parametrize("loss, final", [("cross_entropy", [L.Softmax()]), ("binary_cross_entropy", []),

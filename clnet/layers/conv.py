@@ -142,7 +142,7 @@ class Conv2D(Layer):
 
     def to_onnx(self, builder, name, prefix, arrays):
         inputs = [builder.constant(f"{prefix}.weight", arrays["weight"])]
-        if self.bias:
+        if "bias" in arrays:  # also without a bias of its own when a BatchNorm was folded in
             inputs.append(builder.constant(f"{prefix}.bias", arrays["bias"]))
         (top, bottom), (left, right) = self._padding_sides()
         builder.add("Conv", name, inputs, kernel_shape=list(self.kernel_size), strides=list(self.stride),

@@ -85,7 +85,7 @@ class Dense(Layer):
 
     def to_onnx(self, builder, name, prefix, arrays):
         inputs = [builder.constant(f"{prefix}.weight", arrays["weight"])]
-        if self.bias:
+        if "bias" in arrays:  # also without a bias of its own when a BatchNorm was folded in
             inputs.append(builder.constant(f"{prefix}.bias", arrays["bias"]))
         builder.add("Gemm", name, inputs, transB=1)  # the weight is (out, in)
 

@@ -104,6 +104,19 @@ class _BatchNorm(Layer):
                                 folded["bias"])
         return folded
 
+    def folded_arrays(self, producer_arrays, arrays):
+        """What `fold` computes, as float32 numpy arrays from the producer's and this layer's arrays
+        (the ONNX export folds with it)."""
+        weight = np.asarray(producer_arrays["weight"], np.float64)
+        scale = 1.0 / np.sqrt(np.asarray(arrays["running_var"], np.float64) + self.eps)
+        shift = np.zeros_like(scale)
+        if self.affine:
+            scale, shift = scale * arrays["weight"], np.asarray(arrays["bias"], np.float64)
+        bias = np.asarray(producer_arrays.get("bias", 0.0), np.float64)
+        folded_bias = (bias - arrays["running_mean"]) * scale + shift
+        folded_weight = weight * scale.reshape(-1, *(1,) * (weight.ndim - 1))
+        return {"weight": folded_weight.astype(np.float32), "bias": folded_bias.astype(np.float32)}
+
     def backward(self, ctx, x, y, dy, need_dx):
         if not ctx.training:
             raise NotImplementedError(f"{self!r} records its backward pass only in training plans")
