@@ -16,7 +16,7 @@ def _module(nn, layer):
         return nn.Linear(layer.in_features, layer.out_features, bias=layer.bias)
     if isinstance(layer, L.Conv2D):
         return nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
-                         layer.dilation, groups=getattr(layer, "groups", 1), bias=layer.bias)
+                         layer.dilation, groups=layer.groups, bias=layer.bias)
     if isinstance(layer, (L.BatchNorm2D, L.BatchNorm1D)):
         norm = nn.BatchNorm2d if isinstance(layer, L.BatchNorm2D) else nn.BatchNorm1d
         return norm(layer.num_features, layer.eps, layer.momentum, layer.affine)

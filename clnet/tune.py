@@ -81,9 +81,12 @@ class Operands:
         m, n, k = call.shape
         a_rows, a_cols = ((k, m) if dict(call.defines).get("TRANS_A") else (m, k))
         b_rows, b_cols = ((n, k) if dict(call.defines).get("TRANS_B") else (k, n))
+        group_a, group_b = call.group_strides
         record_gemm(plan, call.kernel, dict(call.defines), call.shape,
-                    Matrix(self.a, a_rows, a_cols, ld=call.a[1]), Matrix(self.b, b_rows, b_cols, ld=call.b[1]),
-                    Matrix(self.c, m, n, ld=call.c[1], image_cols=call.c[2]), self.bias, params=params)
+                    Matrix(self.a, a_rows, a_cols, ld=call.a[1], group_stride=group_a),
+                    Matrix(self.b, b_rows, b_cols, ld=call.b[1], group_stride=group_b),
+                    Matrix(self.c, m, n, ld=call.c[1], image_cols=call.c[2]), self.bias, params=params,
+                    groups=call.groups)
         return plan
 
     def run(self, plan):

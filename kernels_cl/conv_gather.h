@@ -3,6 +3,10 @@
 
 #if defined(CONV_B) || defined(CONV_DX)
 #define CONV_TAPS (CONV_KH * CONV_KW)
+#ifndef CONV_G
+#define CONV_G 1
+#endif
+#define CONV_CG (CONV_C / CONV_G)  // the input channels of a group (CONV_C counts all of them)
 #endif
 
 #ifdef CONV_B

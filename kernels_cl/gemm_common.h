@@ -7,6 +7,12 @@
 // slice z of a (slices, M, ldc) buffer, which sum_slices then adds up and stores as above: for
 // products with few output tiles and a long K, such as weight gradients and dense layers with many
 // inputs.
+// GROUPS=G: G independent products in one launch, each (M, N, K) (the groups of a grouped
+// convolution): product g reads A at a_off + g * GROUP_A and B at b_off + g * GROUP_B (elements;
+// gemm_packed's packed panels of each group follow one another instead) and stores rows
+// g * M .. g * M + M - 1 of a C of G * M rows (the bias per row likewise). Work-item z of the third
+// dimension (work-groups one deep in z) works on group z % G of K slice z / G; SPLIT_K's slices are
+// then (slices, G * M, ldc).
 // Two families share these semantics: gemm_tiled for GPUs (local-memory tiles, gemm_tiled.cl) and
 // gemm_packed for CPUs (register blocks over operands copied into panels, no local memory,
 // gemm_packed.cl). This header, which both include (and sum_slices.cl), holds how they address
@@ -26,10 +32,25 @@
 //   A[c, (o, kh, kw)] is the weight w[o, c, kh, kw] (a holds the weight as stored) and
 //   B[(o, kh, kw), (image, ih, iw)] is dY[o, (image, oh, ow)] for the output pixel that read input
 //   pixel (ih, iw) through tap (kh, kw), 0 if none; b holds dY as O rows of ldb.
+// A grouped convolution (CONV_G groups, with GROUPS = CONV_G) is a product per group: CONV_C still
+// counts every input channel (x's layout), a group's rows of the column matrix are its CONV_CG =
+// CONV_C / CONV_G channels, and GROUP_A / GROUP_B move the weight, x and dY to the group's own.
 
 #ifndef TRANS_A
 #define TRANS_A 0
 #endif
+#ifndef GROUPS
+#define GROUPS 1
+#endif
+#ifndef GROUP_A
+#define GROUP_A 0  // elements between the A operands of consecutive groups
+#endif
+#ifndef GROUP_B
+#define GROUP_B 0  // ... and between their B operands
+#endif
+#define GROUP_ID ((int)get_global_id(2) % GROUPS)  // this work-item's group and K slice
+#define SLICE_ID ((int)get_global_id(2) / GROUPS)
+#define SLICE_COUNT ((int)get_global_size(2) / GROUPS)
 #ifndef TRANS_B
 #define TRANS_B 0
 #endif
@@ -43,7 +64,7 @@
 #endif
 
 #ifdef CONV_DX
-#define A_AT(m, k) A[a_off + ((k) / CONV_TAPS) * (CONV_C * CONV_TAPS) + (m) * CONV_TAPS + (k) % CONV_TAPS]
+#define A_AT(m, k) A[a_off + ((k) / CONV_TAPS) * (CONV_CG * CONV_TAPS) + (m) * CONV_TAPS + (k) % CONV_TAPS]
 #define B_AT(k, n) conv_output_grad(B, b_off, ldb, k, n)
 #else
 #if defined(CONV_FLIP)
@@ -76,9 +97,10 @@
 #define C_INDEX(m, n) (c_off + (m) * ldc + (n))
 #endif
 
-// STORE_AT(i, m, n, v): element (m, n) of the product, v, stored at C[i], i = C_AT(m, n).
+// STORE_AT(i, m, n, v): element (m, n) of the product, v, stored at C[i], i = C_AT(m, n); m counts
+// the rows of every group (a group's row r is row GROUP_ID * M + r).
 #if defined(SPLIT_K)
-#define C_AT(m, n) (c_off + get_global_id(2) * M * ldc + (m) * ldc + (n))
+#define C_AT(m, n) (c_off + (SLICE_ID * GROUPS * M + (m)) * ldc + (n))
 #define STORE_AT(i, m, n, v) C[i] = (v)
 #else
 #define C_AT(m, n) C_INDEX(m, n)
@@ -92,7 +114,7 @@
 #endif
 
 #define GEMM_ARGS const int M, const int N, const int K, \
-    __global const float* restrict A, const int a_off, const int lda, \
-    __global const float* restrict B, const int b_off, const int ldb, \
+    __global const float* restrict A, int a_off, const int lda, \
+    __global const float* restrict B, int b_off, const int ldb, \
     __global float* restrict C, const int c_off, const int ldc, \
     __global const float* restrict bias, const int bias_off

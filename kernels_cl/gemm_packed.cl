@@ -13,26 +13,29 @@
 #endif
 #define PANEL 16     // columns of a B panel: one float16
 
-// Global size (K, ceil(M / CPU_ROWS)).
-__kernel void pack_a(const int M, const int K, __global const float* restrict A, const int a_off,
+// Global size (K, ceil(M / CPU_ROWS), GROUPS): the panels of each group's A (at a_off + g * GROUP_A)
+// follow those of the group before.
+__kernel void pack_a(const int M, const int K, __global const float* restrict A, int a_off,
                      const int lda, __global float* restrict P, const int p_off)
 {
     const int k = get_global_id(0), q = get_global_id(1);
     if (k >= K) return;  // the grid is rounded up to whole work-groups
-    __global float* out = P + p_off + (q * K + k) * CPU_ROWS;
+    a_off += GROUP_ID * GROUP_A;
+    __global float* out = P + p_off + ((GROUP_ID * ((M + CPU_ROWS - 1) / CPU_ROWS) + q) * K + k) * CPU_ROWS;
     for (int r = 0; r < CPU_ROWS; r++) {
         const int m = q * CPU_ROWS + r;
         out[r] = m < M ? A_AT(m, k) : 0.0f;
     }
 }
 
-// Global size (K, ceil(N / 16)).
-__kernel void pack_b(const int K, const int N, __global const float* restrict B, const int b_off,
+// Global size (K, ceil(N / 16), GROUPS), the groups' panels one after another as pack_a's.
+__kernel void pack_b(const int K, const int N, __global const float* restrict B, int b_off,
                      const int ldb, __global float* restrict P, const int p_off)
 {
     const int k = get_global_id(0), n0 = get_global_id(1) * PANEL;
     if (k >= K) return;  // the grid is rounded up to whole work-groups
-    __global float* out = P + p_off + (get_global_id(1) * K + k) * PANEL;
+    b_off += GROUP_ID * GROUP_B;
+    __global float* out = P + p_off + ((GROUP_ID * ((N + PANEL - 1) / PANEL) + get_global_id(1)) * K + k) * PANEL;
     if (!TRANS_B && n0 + PANEL <= N) {
         *(__global float16*)out = load16(B + b_off + k * ldb + n0);  // panels are 64-byte aligned
         return;
@@ -46,25 +49,26 @@ __kernel void pack_b(const int K, const int N, __global const float* restrict B,
 // SPLIT_K) and stores its CPU_ROWS x 16 block of C. Global size (ceil(N / 16), ceil(M / CPU_ROWS),
 // slices), except with CONV_B: (ceil(N / 16), 1, slices), one work-item per work-group multiplying
 // every panel of A by its gathered panel of B (a slice of at most PANEL_K rows). A and B are panels:
-// lda and ldb are unused.
+// lda and ldb are unused. With GROUPS, z runs over slices x groups (gemm_common.h).
 __kernel void gemm_packed(GEMM_ARGS)
 {
     const int p = get_global_id(0);
     if (p * PANEL >= N) return;  // the grid may be rounded up to whole work-groups
-    const int share = (K + get_global_size(2) - 1) / get_global_size(2);
-    const int k0 = get_global_id(2) * share, k1 = min(K, k0 + share);
+    const int share = (K + SLICE_COUNT - 1) / SLICE_COUNT;
+    const int k0 = SLICE_ID * share, k1 = min(K, k0 + share);
+    const int group = GROUP_ID, row0 = group * M, a_panels = (M + CPU_ROWS - 1) / CPU_ROWS;
 #ifdef PANEL_K
     __local float16 panel[PANEL_K];
-    gather_panel((__local float*)panel, B + b_off, N, p, k0, k1);
+    gather_panel((__local float*)panel, B + b_off + group * GROUP_B, N, p, k0, k1);
 #define B_ROW(k) panel[(k) - k0]
     for (int q = 0; q * CPU_ROWS < M; q++) {
 #else
-    __global const float* b = B + b_off + p * K * PANEL;
+    __global const float* b = B + b_off + (group * ((N + PANEL - 1) / PANEL) + p) * K * PANEL;
 #define B_ROW(k) load16(b + (k) * PANEL)
     {
         const int q = get_global_id(1);
 #endif
-        __global const float* a = A + a_off + q * K * CPU_ROWS;
+        __global const float* a = A + a_off + (group * a_panels + q) * K * CPU_ROWS;
         float16 acc[CPU_ROWS];
         // Unrolled, or the accumulators live in memory instead of registers (2-3x slower under PoCL).
         _Pragma("unroll") for (int r = 0; r < CPU_ROWS; r++) acc[r] = (float16)(0.0f);
@@ -78,11 +82,12 @@ __kernel void gemm_packed(GEMM_ARGS)
             // that call vstore16.
             __attribute__((aligned(64))) float out[PANEL];
             *(float16*)out = acc[r];
+            const int m = row0 + m0 + r;
             if (n0 + PANEL <= N && C_RUN(n0, PANEL)) {  // one run of addresses: vector stores
-                const int at = C_AT(m0 + r, n0);
-                for (int j = 0; j < PANEL; j++) STORE_AT(at + j, m0 + r, n0 + j, out[j]);
+                const int at = C_AT(m, n0);
+                for (int j = 0; j < PANEL; j++) STORE_AT(at + j, m, n0 + j, out[j]);
             } else {
-                for (int j = 0; j < PANEL && n0 + j < N; j++) STORE(m0 + r, n0 + j, out[j]);
+                for (int j = 0; j < PANEL && n0 + j < N; j++) STORE(m, n0 + j, out[j]);
             }
         }
     }

@@ -116,6 +116,9 @@ void gemm_tiled(GEMM_ARGS)
     const int tn = get_local_id(0), tm = get_local_id(1);
     const int m0 = get_group_id(1) * TILE_M, n0 = get_group_id(0) * TILE_N;
     const int tid = tm * WG_N + tn;
+    const int row0 = GROUP_ID * M;  // this group's first row of C; its operands:
+    a_off += GROUP_ID * GROUP_A;
+    b_off += GROUP_ID * GROUP_B;
 
     float acc[WPT_M][WPT_N];
     for (int i = 0; i < WPT_M; i++)
@@ -123,9 +126,9 @@ void gemm_tiled(GEMM_ARGS)
             acc[i][j] = 0.0f;
 
 #ifdef SPLIT_K
-    const int slices = get_num_groups(2);
+    const int slices = SLICE_COUNT;
     const int share = (K + slices * TILE_K - 1) / (slices * TILE_K) * TILE_K;
-    const int k_begin = get_group_id(2) * share, k_end = min(K, k_begin + share);
+    const int k_begin = SLICE_ID * share, k_end = min(K, k_begin + share);
 #else
     const int k_begin = 0, k_end = K;
 #endif
@@ -164,7 +167,7 @@ void gemm_tiled(GEMM_ARGS)
         const int m = m0 + ROW_OF(tm, i);
         for (int j = 0; j < WPT_N; j++) {
             const int n = n0 + COL_OF(tn, j);
-            if (m < M && n < N) STORE(m, n, acc[i][j]);
+            if (m < M && n < N) STORE(row0 + m, n, acc[i][j]);
         }
     }
 }

@@ -1,5 +1,5 @@
 """Every layer of clnet.layers with constructor arguments and awkward input shapes (batch 1, odd
-sizes, non-square and one-row images, strides, padding, dilation), gathered from the layers' own
+sizes, non-square and one-row images, strides, padding, dilation, groups), gathered from the layers' own
 tests. test_layers.py checks each entry's forward pass against the layer's float64 reference and
 its ONNX export, and fails when a layer of clnet.layers has no entry: a new layer is its file in
 clnet/layers plus its entries here. A layer of several inputs (arity None) has a list of input
@@ -16,6 +16,12 @@ LAYER_CASES = [
     (L.Conv2D(2, 5, (3, 2), stride=(2, 1), padding=(1, 0), dilation=(2, 1), bias=False), (2, 9, 8), 3),
     (L.Conv2D(3, 4, 4, padding="same"), (3, 5, 6), 2),                  # even kernel: asymmetric "same"
     (L.Conv2D(2, 3, 2, stride=3), (2, 5, 5), 2),                        # stride larger than the kernel
+    (L.Conv2D(6, 9, 3, padding=1, groups=3), (6, 7, 5), 2),             # groups dividing no tile size
+    (L.Conv2D(12, 8, (3, 2), stride=(2, 1), groups=4, bias=False), (12, 7, 9), 3),  # odd sizes, 3 -> 2 a group
+    (L.Conv2D(4, 8, 3, padding=2, dilation=2, groups=2), (4, 9, 8), 1),  # dilation with groups
+    (L.Conv2D(5, 5, 3, stride=2, padding=1, groups=5), (5, 9, 7), 2),   # depthwise, stride 2 and padding
+    (L.Conv2D(3, 6, (2, 3), padding="same", groups=3), (3, 5, 6), 2),   # depthwise, multiplier 2, "same"
+    (L.Conv2D(4, 8, 3, stride=(2, 1), dilation=(2, 1), groups=4, bias=False), (4, 9, 8), 3),
     (L.MaxPool2D(2), (1, 7, 5), 1),                                     # windows divide neither 7 nor 5
     (L.MaxPool2D((3, 2), stride=(2, 1), padding=1), (3, 9, 8), 3),      # rectangular, overlapping
     (L.MaxPool2D((1, 3), stride=(1, 2), padding=(0, 1)), (5, 1, 9), 2),  # a one-row image

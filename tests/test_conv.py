@@ -1,5 +1,7 @@
-"""Conv2D forward and gradients against float64 references, on awkward geometries."""
+"""Conv2D forward and gradients against float64 references, on awkward geometries; grouped and
+depthwise convolutions against them and torch.nn.Conv2d(groups=...)."""
 
+import copy
 import importlib
 
 import numpy as np
@@ -157,3 +159,164 @@ def test_conv_bias_act_backward_in_slices(device, act, batch, channels, pixels):
     np.testing.assert_allclose(db.read(), expected.sum(axis=1), rtol=1e-5, atol=1e-5)
     slices = [l for l in plan.launches if l.kernel.function_name == "sum_slices"]
     assert bool(slices) == (batch * pixels >= 2 * conv_ops.SLICE_MIN and channels < 4 * device.info.compute_units)
+
+
+# Grouped and depthwise convolutions: (batch, in, height, width, out, kernel, stride, padding, dilation, groups)
+GROUPED = [
+    (2, 6, 7, 5, 9, 3, 1, 1, 1, 3),                  # groups dividing no tile size, 2 -> 3 channels a group
+    (3, 12, 7, 9, 8, (3, 2), (2, 1), 0, 1, 4),        # 3 -> 2 channels a group, odd sizes, mixed stride
+    (2, 4, 9, 8, 8, 3, 1, 2, 2, 2),                  # dilation with groups
+    (1, 3, 5, 6, 6, (2, 3), 1, "same", 1, 3),        # depthwise, multiplier 2, asymmetric "same"
+    (2, 5, 9, 21, 5, 3, 2, 1, 1, 5),                 # depthwise, stride 2 and padding (MobileNetV2's), 11 columns
+    (2, 4, 9, 8, 8, 3, (2, 1), (1, 2), (2, 1), 4),   # depthwise, multiplier 2, dilation, mixed stride
+    (2, 4, 4, 19, 4, 3, 1, 1, 1, 2),                 # rows of 16+ pixels (vector loads on CPUs)
+]
+GROUPED_IDS = [f"grouped{i}" for i in range(len(GROUPED))]
+
+
+def _grouped(geometry):
+    n, c, h, w, o, k, s, p, d, groups = geometry
+    return n, (c, h, w), L.Conv2D(c, o, k, stride=s, padding=p, dilation=d, groups=groups)
+
+
+@pytest.mark.parametrize("geometry", GROUPED, ids=GROUPED_IDS)
+def test_grouped_forward_matches_reference(device, gemm_family, geometry):
+    """With the bias and a fused ReLU6 (as MobileNetV2 follows its depthwise convolutions)."""
+    n, shape, conv = _grouped(geometry)
+    model = clnet.Sequential([conv, L.ReLU6(), L.Flatten()], device=device, seed=1)
+    rng = np.random.default_rng(0)
+    state = {key: value + rng.normal(0, 0.5, value.shape).astype(np.float32)
+             for key, value in model.state_dict().items()}
+    model.load_state_dict(state)
+    x = 3 * rng.normal(size=(n, *shape))
+    expected = np.clip(conv.reference(conv.arrays_in(state, 0), x), 0, 6).reshape(n, -1)
+    assert 0 < (expected == 6).sum() and 0 < (expected == 0).sum()
+    np.testing.assert_allclose(model.predict(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def _grouped_network(geometry):
+    """A 1x1 convolution (so that the grouped one's input gradient counts), the grouped convolution
+    and its fused ReLU6, a second convolution, then a dense classifier."""
+    n, (c, h, w), grouped = _grouped(geometry)
+    out_shape = grouped.output_shape((c, h, w))
+    second = L.Conv2D(out_shape[0], 2, 2, padding=1, bias=False)
+    features = int(np.prod(second.output_shape(out_shape)))
+    return n, (c, h, w), [L.Conv2D(c, c, 1), L.Tanh(), grouped, L.ReLU6(), second, L.Sigmoid(), L.Flatten(),
+                          L.Dense(features, 3)]
+
+
+@pytest.mark.parametrize("geometry", GROUPED, ids=GROUPED_IDS)
+def test_grouped_gradients_match_finite_differences(device, gemm_family, geometry):
+    n, shape, layers = _grouped_network(geometry)
+    model = clnet.Sequential(layers, device=device, seed=2)
+    model.compile("cross_entropy", clnet.optim.SGD(lr=1e-3))
+    rng = np.random.default_rng(1)
+    x, y = 2 * rng.normal(size=(n, *shape)), rng.integers(0, 3, n)
+    state = model.state_dict()
+    assert model.train_on_batch(x, y) == pytest.approx(
+        loss("cross_entropy_logits", forward(layers, state, x), y), rel=1e-4)
+    grads, expected = model.gradients(), numeric_gradients(layers, state, x, y, "cross_entropy_logits")
+    for key in expected:
+        np.testing.assert_allclose(grads[key], expected[key], rtol=2e-3, atol=2e-5, err_msg=key)
+
+
+def test_grouped_products_split_over_k(device, monkeypatch, gemm_family):
+    """The grouped GEMMs with K split in 3 (the slices of every group in one launch, then summed),
+    as clnet-tune may pick them, and on the CPU family with gathered panels capped at 5 rows."""
+    gemm_module = importlib.import_module("clnet.ops.gemm")
+    params = {"CPU_ROWS": 4, "SLICES": 3} if gemm_family == "cpu" else {**gemm_module.GEMM_TILED.defaults, "SLICES": 3}
+    monkeypatch.setattr(gemm_module, "lookup", lambda device, case: params)
+    monkeypatch.setattr(gemm_module, "CPU_GATHER_K", 5)
+    for geometry in GROUPED[:3]:
+        test_grouped_forward_matches_reference(device, gemm_family, geometry)
+        test_grouped_gradients_match_finite_differences(device, gemm_family, geometry)
+
+
+def test_grouped_columns_in_chunks(device, monkeypatch):
+    """The CPU family's input gradient of a strided grouped convolution: every group's column
+    gradients in one matrix, in chunks of images when they exceed the budget."""
+    monkeypatch.setattr(device, "family", "cpu")
+    monkeypatch.setattr(conv_ops, "COLUMNS", 2 * 12 * 7 * 9)  # 2 images a chunk of GROUPED[1]'s 3
+    test_grouped_gradients_match_finite_differences(device, "cpu", GROUPED[1])
+
+
+def test_depthwise_weight_gradient_in_slices(device, gemm_family, monkeypatch):
+    """A batch of many pixels per channel: the depthwise weight gradient in slices, summed in a
+    fixed order (sum_slices), as finite differences say."""
+    monkeypatch.setattr(conv_ops, "SLICE_MIN", 16)
+    geometry = (3, 3, 11, 12, 6, 3, 1, 1, 1, 3)
+    test_grouped_gradients_match_finite_differences(device, gemm_family, geometry)
+    n, shape, layers = _grouped_network(geometry)
+    plan = clnet.Sequential(layers, device=device).compile("cross_entropy", "sgd")._runner(
+        n, shape, True, np.int32).plan
+    names = [launch.kernel.function_name for launch in plan.launches]
+    assert "depthwise_weight_grad" in names and "sum_slices" in names[names.index("depthwise_weight_grad"):]
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same'")  # torch's, about its own padded copy
+@pytest.mark.parametrize("geometry", GROUPED, ids=GROUPED_IDS)
+def test_grouped_convolution_matches_torch(device, gemm_family, geometry):
+    """Outputs, loss and gradients (input, weight and bias of the grouped convolution, through the
+    1x1 convolution before it) against torch.nn.Conv2d(groups=...) in float64, within ten times
+    torch's own float32 error (or 1e-5)."""
+    torch = pytest.importorskip("torch")
+    n, (c, h, w), conv = _grouped(geometry)
+    out_shape = conv.output_shape((c, h, w))
+    layers = [L.Conv2D(c, c, 1), L.Tanh(), conv, L.ReLU6(), L.Flatten(), L.Dense(int(np.prod(out_shape)), 3)]
+    model = clnet.Sequential(layers, device=device, seed=4)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(c, c, 1), torch.nn.Tanh(),
+        torch.nn.Conv2d(c, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                        conv.groups), torch.nn.ReLU6(), torch.nn.Flatten(), torch.nn.Linear(int(np.prod(out_shape)), 3))
+    net.load_state_dict({key: torch.as_tensor(value) for key, value in model.state_dict().items()})
+    rng = np.random.default_rng(5)
+    x, y = 3 * rng.normal(size=(n, c, h, w)).astype(np.float32), rng.integers(0, 3, n)
+
+    def torch_run(dtype):
+        twin = copy.deepcopy(net).to(dtype)
+        logits = twin(torch.from_numpy(x).to(dtype))
+        loss_value = torch.nn.functional.cross_entropy(logits, torch.from_numpy(y))
+        loss_value.backward()
+        return (logits.detach().double().numpy(), loss_value.item(),
+                {key: p.grad.double().numpy() for key, p in twin.named_parameters()})
+
+    exact, single = torch_run(torch.float64), torch_run(torch.float32)
+    model.compile("mean_squared_error")  # predict returns the raw outputs
+    outputs = [model.predict(x)]
+    model.compile("cross_entropy", clnet.optim.SGD(lr=1e-3))
+    outputs.append(model.train_on_batch(x, y))
+    outputs.append(model.gradients())
+    for what, got, want, float32 in zip(("outputs", "loss"), outputs, exact, single):
+        error = np.abs(np.asarray(float32) - want).max() / np.abs(want).max()
+        np.testing.assert_allclose(got, want, rtol=max(1e-5, 10 * error), atol=1e-6, err_msg=what)
+    for key, want in exact[2].items():
+        scale = np.abs(want).max()
+        tolerance = max(1e-5, 10 * np.abs(single[2][key] - want).max() / scale)
+        assert np.abs(outputs[2][key] - want).max() <= tolerance * scale, key
+
+
+def test_groups_are_checked_and_kept(device, tmp_path):
+    """groups must divide both channel counts (a one-line error); the weight is (out, in / groups,
+    kh, kw) with PyTorch's fan_in; the layer's config, repr, FLOPs and model files keep it, and a
+    file written before groups existed still loads."""
+    for args in ((6, 8, 3), (8, 6, 3)):
+        with pytest.raises(ValueError, match=r"groups=4 must divide both in_channels .* and out_channels"):
+            L.Conv2D(*args, groups=4)
+    for groups in (0, 1.5, True):
+        with pytest.raises(ValueError, match="positive int"):
+            L.Conv2D(4, 4, 3, groups=groups)
+    conv = L.Conv2D(8, 16, 3, padding=1, groups=8, bias=False, init="torch")
+    assert repr(conv) == "Conv2D(8, 16, 3, padding=(1, 1), groups=8, bias=False)"
+    assert repr(L.Conv2D(8, 16, 3)) == "Conv2D(8, 16, 3)"
+    assert L.Conv2D(**conv.config()).config() == conv.config() and conv.config()["groups"] == 8
+    assert conv.flops((8, 10, 10)) == 2 * 16 * 9 * 100
+    model = clnet.Sequential([conv, L.ReLU(), L.Conv2D(16, 4, 1, groups=2)], device=device, seed=0)
+    state = model.state_dict()
+    assert state["0.weight"].shape == (16, 1, 3, 3) and state["2.weight"].shape == (4, 8, 1, 1)
+    assert np.abs(state["0.weight"]).max() == pytest.approx(1 / 3, rel=0.05)  # torch: 1 / sqrt(1 * 3 * 3)
+    model.save(tmp_path / "grouped.clnet")
+    loaded = clnet.load(tmp_path / "grouped.clnet", device=device)
+    assert [layer.config() for layer in loaded.layers] == [layer.config() for layer in model.layers]
+    old = L.Conv2D(3, 4, 3).config()
+    del old["groups"]  # a model file written before groups existed
+    assert L.Conv2D(**old).groups == 1

@@ -41,6 +41,7 @@ def test_lookup_takes_the_nearest_case_of_the_same_kernel_and_layout(tmp_path):
     assert tuning.lookup(device, Case("gemm_tiled", "NT", 128, 1024, 784), path) is None  # 4x away
     assert tuning.lookup(device, Case("gemm_tiled", "NN", 128, 256, 784), path) is None   # another layout
     assert tuning.lookup(device, Case("gemm_packed", "NT", 128, 256, 784), path) is None     # another kernel
+    assert tuning.lookup(device, Case("gemm_tiled", "NT+g4", 128, 256, 784), path) is None  # 4 groups of it
 
 
 def test_entries_of_other_devices_and_other_sources_are_not_used(tmp_path, monkeypatch):
@@ -160,3 +161,22 @@ def test_the_tuner_tries_only_what_the_launcher_takes(device, kernel):
         for params in found:
             assert spec.valid(params), params
             assert all(spec.valid(variant) for variant in spec.variants(device, params))
+
+
+@pytest.mark.parametrize("family", ["tiled", "cpu"])
+def test_the_tuner_takes_grouped_convolutions(device, monkeypatch, family):
+    """A grouped convolution's GEMMs are cases of their own, keyed by the number of groups (a tuned
+    plain product of a group's size does not speak for them, nor for other group counts); the tuner
+    launches them over every group's operands, and every candidate agrees with the default."""
+    monkeypatch.setattr(device, "family", family)
+    model = clnet.Sequential([L.Conv2D(6, 9, 3, padding=1), L.ReLU(), L.Conv2D(9, 6, 3, groups=3), L.Flatten(),
+                              L.Dense(6 * 5 * 3, 3)], device=device, seed=0).compile("cross_entropy", "sgd")
+    with tuning.recording() as calls:
+        model._runner(5, (6, 7, 5), True, np.int32)
+    grouped = [(case, call) for case, call in calls if call.groups > 1]
+    assert grouped and all(case.layout.endswith("+g3") and call.groups == 3 for case, call in grouped)
+    assert {case.layout for case, _ in grouped} >= {"NN+conv+g3", "NT+conv+g3"}
+    for case, call in grouped:
+        reports = []
+        result = tune.tune_case(device, case, call, 0.001, 1, reports.append)
+        assert not reports and SPECS[call.kernel].valid(result["params"]), (case.key, reports)

@@ -4,7 +4,11 @@ its algorithm for the device's family and the geometry), and the fused bias/acti
 The forward pass and the weight gradient are implicit GEMMs (operands gathered from the NCHW
 tensors as the GEMM reads them). The input gradient is one implicit GEMM on the GPU family; on the
 CPU family, for stride 1, the convolution of dY with the flipped weight (again a gathering GEMM),
-else a GEMM into a column matrix (in chunks of images within COLUMNS) plus col2im."""
+else a GEMM into a column matrix (in chunks of images within COLUMNS) plus col2im.
+
+A grouped convolution runs every one of these GEMMs once for all its groups, a product per group
+in one launch (the groups a dimension of the grid). A depthwise convolution (groups > 1, one input
+channel per group: a GEMM with K = KH * KW) runs direct kernels of its own instead (depthwise.cl)."""
 
 from dataclasses import asdict, dataclass
 
@@ -15,11 +19,13 @@ FILE = "conv.cl"
 LOCAL = 64
 COLUMNS = 16 * 2**20  # floats (64 MiB) for the column gradients of one CPU convolution, at most
 SLICE_MIN = 256  # values of one channel that make a slice worth a work-group of its own
+DEPTHWISE_GROUPS = 16  # work-groups per compute unit wanted for a depthwise weight gradient
 
 
 @dataclass(frozen=True)
 class ConvGeometry:
-    """Input (C, H, W), kernel, output size, stride, top/left padding and dilation, as kernels take them."""
+    """Input (C, H, W), kernel, output size, stride, top/left padding, dilation and groups (G), as
+    kernels take them. C counts all the input channels; each group reads C / G of them."""
     C: int
     H: int
     W: int
@@ -33,11 +39,13 @@ class ConvGeometry:
     pw: int
     dh: int
     dw: int
+    G: int = 1
 
     @property
     def rows(self):
-        """Rows of the column matrix: one per (channel, kernel row, kernel column)."""
-        return self.C * self.KH * self.KW
+        """Rows of a group's column matrix (K of its GEMMs): one per (channel of the group, kernel
+        row, kernel column)."""
+        return self.C // self.G * self.KH * self.KW
 
     @property
     def pixels(self):
@@ -50,7 +58,7 @@ class ConvGeometry:
 
 def images_per_chunk(geometry, batch):
     """How many images' column gradients one matrix holds, so that it stays within COLUMNS floats."""
-    return max(1, min(batch, COLUMNS // (geometry.rows * geometry.pixels)))
+    return max(1, min(batch, COLUMNS // (geometry.G * geometry.rows * geometry.pixels)))
 
 
 def col2im(plan, geometry, images, col, dx, ldcol):
@@ -93,28 +101,44 @@ def _kernel(plan):
     return "gemm_tiled" if plan.device.family == "tiled" else "gemm_packed"
 
 
+def depthwise(geometry):
+    """Whether a convolution runs the depthwise kernels: groups > 1 of one input channel each."""
+    return geometry.G > 1 and geometry.C == geometry.G
+
+
 def forward(plan, geometry, batch, x, weight, y, bias, act):
-    """y (batch, O, OH, OW) = act(weight . cols(x) + bias), weight viewed as (O, C*KH*KW); `act` is
-    the activation's options (`activation(...)`), None for none."""
+    """y (batch, O, OH, OW) = act(weight . cols(x) + bias), weight viewed as (O, C/G*KH*KW) (group g's
+    outputs reading its own input channels); `act` is the activation's options (`activation(...)`),
+    None for none."""
+    if depthwise(geometry):
+        return depthwise_forward(plan, geometry, batch, x, weight, y, bias, act)
     g, out = geometry, weight.shape[0]
-    columns = batch * g.pixels
+    columns, o = batch * g.pixels, out // g.G  # o: the outputs of a group
     defines = _implicit(g, CONV_B=True, HAS_BIAS=bias is not None, BIAS_PER_ROW=True, **(act or {}))
-    y_matrix = Matrix(y, out, columns, ld=out * g.pixels, image_cols=g.pixels)
-    return record_gemm(plan, _kernel(plan), defines, (out, columns, g.rows), Matrix(weight, out, g.rows),
-                       Matrix(x, g.rows, columns, ld=0), y_matrix, bias)
+    y_matrix = Matrix(y, o, columns, ld=out * g.pixels, image_cols=g.pixels)
+    return record_gemm(plan, _kernel(plan), defines, (o, columns, g.rows),
+                       Matrix(weight, o, g.rows, group_stride=o * g.rows),
+                       Matrix(x, g.rows, columns, ld=0, group_stride=g.C // g.G * g.H * g.W), y_matrix, bias,
+                       groups=g.G)
 
 
 def weight_grad(plan, geometry, batch, dpre, x, dweight):
-    """dweight (O, C*KH*KW) = dpre . cols(x)^T, dpre being (O, batch*OH*OW)."""
+    """dweight (O, C/G*KH*KW) = dpre . cols(x)^T per group, dpre being (O, batch*OH*OW)."""
+    if depthwise(geometry):
+        return depthwise_weight_grad(plan, geometry, batch, dpre, x, dweight)
     g, out = geometry, dpre.shape[0]
-    columns = batch * g.pixels
-    return record_gemm(plan, _kernel(plan), _implicit(g, CONV_B=True, TRANS_B=1), (out, g.rows, columns),
-                       Matrix(dpre, out, columns), Matrix(x, g.rows, columns, ld=0), Matrix(dweight, out, g.rows))
+    columns, o = batch * g.pixels, out // g.G
+    return record_gemm(plan, _kernel(plan), _implicit(g, CONV_B=True, TRANS_B=1), (o, g.rows, columns),
+                       Matrix(dpre, o, columns, group_stride=o * columns),
+                       Matrix(x, g.rows, columns, ld=0, group_stride=g.C // g.G * g.H * g.W),
+                       Matrix(dweight, o, g.rows), groups=g.G)
 
 
 def input_grad(plan, geometry, batch, weight, dpre, dx):
-    """dx (batch, C, H, W) from the weight (O, C*KH*KW) and dpre (O, batch*OH*OW), by the algorithm
+    """dx (batch, C, H, W) from the weight (O, C/G*KH*KW) and dpre (O, batch*OH*OW), by the algorithm
     of the device's family and the geometry (see the module's docstring)."""
+    if depthwise(geometry):
+        return depthwise_input_grad(plan, geometry, batch, weight, dpre, dx)
     if plan.device.family == "tiled":
         return _tiled_input_grad(plan, geometry, batch, weight, dpre, dx)
     if transposed(geometry, weight.shape[0]):  # stride 1: a convolution of dpre
@@ -131,46 +155,105 @@ def transposed(geometry, out_channels):
     ph, pw = g.dh * (g.KH - 1) - g.ph, g.dw * (g.KW - 1) - g.pw
     if (g.sh, g.sw) != (1, 1) or min(ph, pw) < 0:
         return None
-    return ConvGeometry(out_channels, g.OH, g.OW, g.KH, g.KW, g.H, g.W, 1, 1, ph, pw, g.dh, g.dw)
+    return ConvGeometry(out_channels, g.OH, g.OW, g.KH, g.KW, g.H, g.W, 1, 1, ph, pw, g.dh, g.dw, g.G)
 
 
 def _gathered_input_grad(plan, geometry, batch, weight, dpre, dx):
     """The CPU family's input gradient where `transposed` gives a geometry: dx (batch, C, H, W), the
-    convolution of dpre (O, batch*OH*OW) with the weight (O, C*KH*KW) flipped, as one GEMM that
-    gathers its panels from dpre."""
+    convolution of dpre (O, batch*OH*OW) with the weight (O, C/G*KH*KW) flipped, as one GEMM per
+    group that gathers its panels from dpre."""
     g = geometry
     t = transposed(g, weight.shape[0])
-    columns = batch * g.H * g.W
+    columns, c, o = batch * g.H * g.W, g.C // g.G, weight.shape[0] // g.G
     defines = _implicit(t, CONV_B=True, CONV_FLIP=g.KH * g.KW, CONV_IMAGE_STRIDE=g.pixels,
                         CONV_CHANNEL_STRIDE=batch * g.pixels)
-    dx_matrix = Matrix(dx, g.C, columns, ld=g.C * g.H * g.W, image_cols=g.H * g.W)
-    return record_gemm(plan, "gemm_packed", defines, (g.C, columns, t.rows), Matrix(weight, g.C, t.rows, ld=0),
-                       Matrix(dpre, t.rows, columns, ld=0), dx_matrix)
+    dx_matrix = Matrix(dx, c, columns, ld=g.C * g.H * g.W, image_cols=g.H * g.W)
+    return record_gemm(plan, "gemm_packed", defines, (c, columns, t.rows),
+                       Matrix(weight, c, t.rows, ld=0, group_stride=o * g.rows),
+                       Matrix(dpre, t.rows, columns, ld=0, group_stride=o * batch * g.pixels), dx_matrix, groups=g.G)
 
 
 def _tiled_input_grad(plan, geometry, batch, weight, dpre, dx):
-    """dx (batch, C, H, W) from the weight (O, C*KH*KW) and dpre (O, batch*OH*OW): for every input
-    pixel, the sum over the output pixels and taps that read it (gemm_tiled only)."""
-    g, out = geometry, weight.shape[0]
-    columns, taps = batch * g.H * g.W, out * g.KH * g.KW
-    dx_matrix = Matrix(dx, g.C, columns, ld=g.C * g.H * g.W, image_cols=g.H * g.W)
-    return record_gemm(plan, "gemm_tiled", _implicit(g, CONV_DX=True), (g.C, columns, taps),
-                       Matrix(weight, g.C, taps, ld=0), Matrix(dpre, taps, batch * g.pixels, ld=batch * g.pixels),
-                       dx_matrix)
+    """dx (batch, C, H, W) from the weight (O, C/G*KH*KW) and dpre (O, batch*OH*OW): for every input
+    pixel, the sum over the output pixels and taps (of its group) that read it (gemm_tiled only)."""
+    g, o = geometry, weight.shape[0] // geometry.G
+    columns, taps, c = batch * g.H * g.W, o * g.KH * g.KW, g.C // g.G
+    dx_matrix = Matrix(dx, c, columns, ld=g.C * g.H * g.W, image_cols=g.H * g.W)
+    return record_gemm(plan, "gemm_tiled", _implicit(g, CONV_DX=True), (c, columns, taps),
+                       Matrix(weight, c, taps, ld=0, group_stride=o * g.rows),
+                       Matrix(dpre, taps, batch * g.pixels, ld=batch * g.pixels, group_stride=o * batch * g.pixels),
+                       dx_matrix, groups=g.G)
 
 
 def _col2im_input_grad(plan, geometry, batch, weight, dpre, dx):
-    """The CPU family's input gradient for other strides: dcol = weight^T . dpre in chunks of images
-    within the column budget, each folded back into dx by col2im."""
+    """The CPU family's input gradient for other strides: dcol = weight^T . dpre (per group, the
+    groups' rows one after another) in chunks of images within the column budget, each folded back
+    into dx by col2im."""
     g, out = geometry, weight.shape[0]
-    pixels = batch * g.pixels
+    pixels, o = batch * g.pixels, out // g.G
     per = images_per_chunk(g, batch)
-    dcol = plan.value((g.rows, per * g.pixels), "convolution column grads")
+    dcol = plan.value((g.G * g.rows, per * g.pixels), "convolution column grads")
     image = g.C * g.H * g.W
     for start in range(0, batch, per):
         images = min(per, batch - start)
-        chunk = Matrix(dpre.view((out, pixels - start * g.pixels), start * g.pixels), out, images * g.pixels,
-                       ld=pixels)
-        gemm(plan, weight, chunk, Matrix(dcol, g.rows, images * g.pixels, ld=per * g.pixels), trans_a=True)
+        chunk = Matrix(dpre.view((out, pixels - start * g.pixels), start * g.pixels), o, images * g.pixels,
+                       ld=pixels, group_stride=o * pixels)
+        gemm(plan, Matrix(weight, o, g.rows, group_stride=o * g.rows), chunk,
+             Matrix(dcol, g.rows, images * g.pixels, ld=per * g.pixels), trans_a=True, groups=g.G)
         launch = col2im(plan, g, images, dcol, dx.view((images, g.C, g.H, g.W), start * image), per * g.pixels)
     return launch
+
+
+# Depthwise convolution: output channel o reads input channel o // (O / C) alone, K = KH * KW.
+
+DEPTHWISE_FILE = "depthwise.cl"
+
+
+def _depthwise_defines(plan, geometry, out):
+    return {**geometry.defines(), "DW_MULT": out // geometry.C, "DW_CPU": plan.device.family != "tiled"}
+
+
+def depthwise_forward(plan, geometry, batch, x, weight, y, bias, act):
+    """y (batch, O, OH, OW) = act(bias + the depthwise convolution of x (batch, C, H, W)), weight (O, KH*KW)."""
+    g, out = geometry, weight.shape[0]
+    k = plan.kernel(DEPTHWISE_FILE, "depthwise_forward", **_depthwise_defines(plan, g, out),
+                    HAS_BIAS=bias is not None, **(act or activation()))
+    planes = batch * out
+    if plan.device.family == "tiled":  # an output a work-item
+        size, local = (planes * g.pixels,), (LOCAL,)
+    else:  # an output plane a work-item
+        size, local = (planes,), (1,)
+    return plan.launch(k, size, local, batch, x, weight, bias if bias is not None else weight, y)
+
+
+def depthwise_input_grad(plan, geometry, batch, weight, dpre, dx):
+    """dx (batch, C, H, W) from the weight (O, KH*KW) and dpre (O, batch*OH*OW): for every input
+    pixel, the sum over its channel's outputs and the taps that read it."""
+    g, out = geometry, weight.shape[0]
+    k = plan.kernel(DEPTHWISE_FILE, "depthwise_input_grad", **_depthwise_defines(plan, g, out))
+    planes = batch * g.C
+    if plan.device.family == "tiled":
+        size, local = (planes * g.H * g.W,), (LOCAL,)
+    else:
+        size, local = (planes,), (1,)
+    return plan.launch(k, size, local, batch, weight, dpre, dx)
+
+
+def depthwise_weight_grad(plan, geometry, batch, dpre, x, dweight):
+    """dweight (O, KH*KW): for each output channel and tap, the sum over the batch's output pixels
+    of dpre (O, batch*OH*OW) times the input the tap read. Each channel is split into slices, as in
+    `conv_bias_act_backward`, whose partial sums sum_slices adds in a fixed order."""
+    g, out = geometry, dpre.shape[0]
+    taps, n = g.KH * g.KW, batch * g.pixels
+    units = plan.device.info.compute_units
+    slices = max(1, min(-(-DEPTHWISE_GROUPS * units // out), n // SLICE_MIN))
+    sums = dweight if slices == 1 else plan.value((slices, out, taps), "depthwise weight gradient slices")
+    group = LOCAL if plan.device.family == "tiled" else 1
+    while group > 1 and group * taps * 4 > plan.device.info.local_mem // 2:  # large kernels: the taps' sums
+        group //= 2
+    k = plan.kernel(DEPTHWISE_FILE, "depthwise_weight_grad", **_depthwise_defines(plan, g, out), DW_WG=group)
+    launch = plan.launch(k, (out * group, slices), (group, 1), batch, dpre, x, sums)
+    if slices == 1:
+        return launch
+    total = plan.kernel(SUM_SLICES_FILE, "sum_slices")
+    return plan.launch(total, (out * taps,), (LOCAL,), 1, out * taps, slices, sums, dweight, out * taps, dweight)

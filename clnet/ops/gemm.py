@@ -28,12 +28,17 @@ class Matrix:
 
     As the output, `image_cols=P` says that column n is pixel n % P of image n // P of an NCHW
     tensor whose channels are the rows; ld is then the stride between images.
+
+    In a grouped product (`groups` > 1), an operand A or B is the first group's, and `group_stride`
+    the elements between the operands of consecutive groups; the output C is the first group's
+    rows, which the other groups' follow.
     """
 
-    def __init__(self, tensor, rows, cols, ld=None, image_cols=None):
+    def __init__(self, tensor, rows, cols, ld=None, image_cols=None, group_stride=0):
         self.tensor, self.shape = tensor, (int(rows), int(cols))
         self.ld = int(ld if ld is not None else cols)
         self.image_cols = image_cols
+        self.group_stride = int(group_stride)
 
 
 @dataclass(frozen=True)
@@ -47,16 +52,20 @@ class Call:
     b: tuple
     c: tuple    # (elements spanned, ld, image_cols)
     bias: int   # elements, 0 without a bias
+    groups: int = 1
+    group_strides: tuple = (0, 0)  # A's and B's
 
 
 def _matrix(x):
     return x if isinstance(x, Matrix) else Matrix(x, *x.shape)
 
 
-def layout(defines):
-    """The operand layout of a GEMM as the tuning cache names it, e.g. "NT" or "NN+conv"."""
+def layout(defines, groups=1):
+    """The operand layout of a GEMM as the tuning cache names it, e.g. "NT", "NN+conv", or "NN+conv+g4"
+    for 4 groups (a grouped product is tuned apart from a plain one of its groups' size)."""
     name = ("T" if defines.get("TRANS_A") else "N") + ("T" if defines.get("TRANS_B") else "N")
-    return name + ("+conv" if defines.get("CONV_B") else "+conv-dx" if defines.get("CONV_DX") else "")
+    name += "+conv" if defines.get("CONV_B") else "+conv-dx" if defines.get("CONV_DX") else ""
+    return name + (f"+g{groups}" if groups > 1 else "")
 
 
 class GemmSpec:
@@ -83,15 +92,16 @@ class GemmSpec:
         return True
 
     def default(self, device, m, n, k, defines):
-        """The parameters of an (M, N, K) product without tuning (`defines`: its fixed options)."""
+        """The parameters of an (M, N, K) product without tuning (`defines`: its fixed options, and
+        GROUPS for a grouped product of GROUPS such products)."""
         raise NotImplementedError
 
     def candidates(self, device, call):
         """The parameter sets clnet-tune times first for a recorded `Call`, the default first."""
-        default = self.default(device, *call.shape, dict(call.defines))
-        return [default] + [p for p in self._alternatives(device, call.shape, default) if p != default]
+        default = self.default(device, *call.shape, {**dict(call.defines), "GROUPS": call.groups})
+        return [default] + [p for p in self._alternatives(device, call.shape, default, call.groups) if p != default]
 
-    def _alternatives(self, device, shape, default):
+    def _alternatives(self, device, shape, default, groups):
         raise NotImplementedError
 
     def variants(self, device, params):
@@ -127,13 +137,14 @@ class TiledSpec(GemmSpec):
         return threads <= device.max_work_group_size and local <= device.info.local_mem
 
     @staticmethod
-    def _tile_count(m, n, params):
-        return -(-m // params["TILE_M"]) * -(-n // params["TILE_N"])
+    def _tile_count(m, n, params, groups=1):
+        return groups * -(-m // params["TILE_M"]) * -(-n // params["TILE_N"])
 
-    def split_k(self, device, m, n, k, params=None):
-        """Slices of K: enough work-groups to fill the device when the output has few tiles (weight
-        gradients: K is the batch, or batch x pixels), each slice at least SPLIT_MIN long."""
-        wanted = -(-4 * device.info.compute_units // self._tile_count(m, n, params or self.defaults))
+    def split_k(self, device, m, n, k, params=None, groups=1):
+        """Slices of K: enough work-groups to fill the device when the output (of all the groups)
+        has few tiles (weight gradients: K is the batch, or batch x pixels), each slice at least
+        SPLIT_MIN long."""
+        wanted = -(-4 * device.info.compute_units // self._tile_count(m, n, params or self.defaults, groups))
         return max(1, min(wanted, k // SPLIT_MIN))
 
     def default(self, device, m, n, k, defines):
@@ -141,13 +152,14 @@ class TiledSpec(GemmSpec):
         multiply-add) of which there are enough for every compute unit: 128 x 128, 64 x 64, else
         64 x 32 (32 x 64 when B is not transposed), the shapes clnet-tune picks most often on an
         H200 for outputs too small to fill it."""
-        slices = self.split_k(device, m, n, k)
+        groups = defines.get("GROUPS", 1)
+        slices = self.split_k(device, m, n, k, groups=groups)
         if slices > 1:
             return {**self.defaults, "SLICES": slices}
         narrow = {**self.defaults, "TILE_M": 64, "TILE_N": 32, "WPT_M": 4, "WPT_N": 2} if defines.get("TRANS_B") \
             else {**self.defaults, "TILE_M": 32, "TILE_N": 64, "WPT_M": 2, "WPT_N": 4}
         for params in (self.big, self.defaults):
-            if min(m, n) >= params["TILE_M"] and self._tile_count(m, n, params) >= device.info.compute_units:
+            if min(m, n) >= params["TILE_M"] and self._tile_count(m, n, params, groups) >= device.info.compute_units:
                 return dict(params)
         return narrow
 
@@ -157,11 +169,11 @@ class TiledSpec(GemmSpec):
                  for tm, tn, tk, wm, wn in self.tiles]
         return [params for params in tiles if self.fits(device, params)]
 
-    def _alternatives(self, device, shape, default):
+    def _alternatives(self, device, shape, default, groups):
         """Every tile shape, with its K splits where K may be split (twice as many too)."""
         found = []
         for tile in self.tile_params(device):
-            slices = self.split_k(device, *shape, tile)
+            slices = self.split_k(device, *shape, tile, groups)
             found += [{**tile, "SLICES": s} for s in ({slices, 2 * slices} if slices > 1 else {1})]
         return found
 
@@ -185,15 +197,15 @@ class PackedSpec(GemmSpec):
         implicit convolution's, CONV_B) is split into slices of at most CPU_GATHER_K rows, and
         shorter ones (down to CPU_SLICE) where its panels are too few to share out
         (CPU_GATHER_ITEMS work-items)."""
-        rows = 12 if m >= 12 else -(-m // 4) * 4
+        rows, groups = 12 if m >= 12 else -(-m // 4) * 4, defines.get("GROUPS", 1)
         if defines.get("CONV_B"):
-            wanted = -(-CPU_GATHER_ITEMS // -(-n // PANEL))
+            wanted = -(-CPU_GATHER_ITEMS // (groups * -(-n // PANEL)))
             return {"CPU_ROWS": rows, "SLICES": max(-(-k // CPU_GATHER_K), min(wanted, k // CPU_SLICE))}
-        panels = -(-n // PANEL) * -(-m // rows)
+        panels = groups * -(-n // PANEL) * -(-m // rows)
         slices = k // CPU_SLICE if panels <= CPU_GROUP and k >= 2 * CPU_SLICE else 1
         return {"CPU_ROWS": rows, "SLICES": slices}
 
-    def _alternatives(self, device, shape, default):
+    def _alternatives(self, device, shape, default, groups):
         """Every row block, unsplit and with the default's K slices, twice and half as many."""
         slices = {1, default["SLICES"], 2 * default["SLICES"], max(1, default["SLICES"] // 2)}
         return [{"CPU_ROWS": r, "SLICES": s} for r in self.rows for s in sorted(slices)]
@@ -203,13 +215,15 @@ GEMM_TILED, GEMM_PACKED = TiledSpec(), PackedSpec()
 SPECS = {spec.kernel: spec for spec in (GEMM_TILED, GEMM_PACKED)}
 
 
-def gemm(plan, a, b, c, trans_a=False, trans_b=False, bias=None, act=None, bias_per_row=False):
+def gemm(plan, a, b, c, trans_a=False, trans_b=False, bias=None, act=None, bias_per_row=False, groups=1):
     """Record C = act(op(A) op(B) + bias) where op transposes when asked.
 
     a, b, c are 2-D tensors (plan values or device tensors) or `Matrix` views, in their stored
     shapes: A is (M, K), or (K, M) with trans_a; B is (K, N), or (N, K) with trans_b; C is (M, N).
     The bias has one value per column of C, or per row with bias_per_row; `act` is the activation's
-    options (`activation(...)`), None for none.
+    options (`activation(...)`), None for none. With `groups` > 1, `groups` such products in one
+    launch: a and b are the first group's operands, with their `group_stride`s, and c the first
+    group's rows, which the others' follow (see `Matrix`).
     """
     a, b, c = _matrix(a), _matrix(b), _matrix(c)
     m, k = a.shape[::-1] if trans_a else a.shape
@@ -220,72 +234,85 @@ def gemm(plan, a, b, c, trans_a=False, trans_b=False, bias=None, act=None, bias_
     defines = dict(TRANS_A=int(trans_a), TRANS_B=int(trans_b), HAS_BIAS=bias is not None,
                    BIAS_PER_ROW=bias_per_row, **(act or activation()))
     kernel = "gemm_tiled" if plan.device.family == "tiled" else "gemm_packed"
-    return record_gemm(plan, kernel, defines, (m, n, k), a, b, c, bias)
+    return record_gemm(plan, kernel, defines, (m, n, k), a, b, c, bias, groups=groups)
 
 
-def _span(x):
+def _span(x, groups=1):
     """The elements a Matrix spans as the kernels index it (a view with a leading dimension reaches
-    past its own shape), at least its tensor's size (a gathered convolution operand)."""
+    past its own shape; the operands of every group), at least its tensor's size (a gathered
+    convolution operand)."""
     rows, cols = x.shape
     if x.image_cols:
         span = (cols - 1) // x.image_cols * x.ld + rows * x.image_cols
     else:
         span = (rows - 1) * x.ld + cols
-    return max(span, prod(x.tensor.shape))
+    return max(span + (groups - 1) * x.group_stride, prod(x.tensor.shape))
 
 
-def record_gemm(plan, kernel, defines, shape, a, b, c, bias=None, params=None):
+def record_gemm(plan, kernel, defines, shape, a, b, c, bias=None, params=None, groups=1):
     """Record one launch of `kernel` (gemm_tiled or gemm_packed, with its fixed options `defines`)
-    computing the (M, N, K) product of Matrix operands. `params` (the tuner's candidates) overrides
-    the tuned or default parameters."""
+    computing the (M, N, K) product of Matrix operands, or `groups` of them (a grouped convolution:
+    see `Matrix`). `params` (the tuner's candidates) overrides the tuned or default parameters."""
     m, n, k = shape
-    spec, case = SPECS[kernel], Case(kernel, layout(defines), m, n, k)
-    record(case, Call(kernel, tuple(sorted(defines.items())), shape, (_span(a), a.ld), (_span(b), b.ld),
-                      (_span(c), c.ld, c.image_cols), 0 if bias is None else prod(bias.shape)))
+    spec, case = SPECS[kernel], Case(kernel, layout(defines, groups), m, n, k)
+    c_all = Matrix(c.tensor, groups * m, n, c.ld, c.image_cols)  # the rows of every group
+    record(case, Call(kernel, tuple(sorted(defines.items())), shape, (_span(a, groups), a.ld),
+                      (_span(b, groups), b.ld), (_span(c_all), c.ld, c.image_cols),
+                      0 if bias is None else prod(bias.shape), groups, (a.group_stride, b.group_stride)))
     defines = {**defines, "C_IMAGE_COLS": c.image_cols}
     if params is None:
         params = lookup(plan.device, case)
         if not spec.valid(params):
-            params = spec.default(plan.device, m, n, k, defines)
+            params = spec.default(plan.device, m, n, k, {**defines, "GROUPS": groups})
     params = dict(params)
     slices = params.pop("SLICES")
     epilogue = {key: defines.get(key) for key in ("HAS_BIAS", "BIAS_PER_ROW", "ACT", "ACT_SLOPE", "C_IMAGE_COLS")}
+    grouping = {"GROUPS": groups} if groups > 1 else {}
     if kernel == "gemm_packed":
-        a, b, product, grid, local, slices = _packed_operands(plan, defines, shape, a, b, params, slices)
+        a, b, product, grid, local, slices = _packed_operands(plan, defines, shape, a, b, params, slices, groups)
     else:
         product = {**{key: value for key, value in defines.items() if key not in epilogue}, **params}
+        if groups > 1:
+            grouping.update(GROUP_A=a.group_stride, GROUP_B=b.group_stride)
         local = (params["TILE_N"] // params["WPT_N"], params["TILE_M"] // params["WPT_M"])
         grid = (-(-n // params["TILE_N"]) * local[0], -(-m // params["TILE_M"]) * local[1])
     bias = bias if bias is not None else c.tensor
+    depth = groups * slices  # the third dimension: (slice, group)
+    if depth > 1:
+        grid, local = (*grid, depth), local and (*local, 1)
     if slices == 1:
-        program = plan.kernel(spec.file, kernel, **product, **epilogue)
+        program = plan.kernel(spec.file, kernel, **product, **grouping, **epilogue)
         return plan.launch(program, grid, local, m, n, k, a.tensor, a.ld, b.tensor, b.ld, c.tensor, c.ld, bias)
     # Partial products of K slices in one 3-D launch, then their sum in slice order (deterministic).
-    partial = plan.value((slices, m, n), "split-K partial sums")
-    program = plan.kernel(spec.file, kernel, **product, SPLIT_K=True)
-    plan.launch(program, (*grid, slices), local and (*local, 1), m, n, k, a.tensor, a.ld, b.tensor, b.ld,
-                partial, n, partial)
+    partial = plan.value((slices, groups * m, n), "split-K partial sums")
+    program = plan.kernel(spec.file, kernel, **product, **grouping, SPLIT_K=True)
+    plan.launch(program, grid, local, m, n, k, a.tensor, a.ld, b.tensor, b.ld, partial, n, partial)
     total = plan.kernel(SUM_SLICES_FILE, "sum_slices", **epilogue)
-    return plan.launch(total, (m * n,), (64,), m, n, slices, partial, c.tensor, c.ld, bias)
+    return plan.launch(total, (groups * m * n,), (64,), groups * m, n, slices, partial, c.tensor, c.ld, bias)
 
 
-def _packed_operands(plan, defines, shape, a, b, params, slices):
+def _packed_operands(plan, defines, shape, a, b, params, slices, groups):
     """Record the copies of the operands into gemm_packed's panels (B's only where it is not an
-    implicit convolution's, which gemm_packed gathers itself); the panels as operands, gemm_packed's
-    options, its grid, work-group size and K slices."""
+    implicit convolution's, which gemm_packed gathers itself; every group's, one after another); the
+    panels as operands, gemm_packed's options, its grid, work-group size and K slices."""
     m, n, k = shape
     rows = params["CPU_ROWS"]
     grid = (-(-n // PANEL), -(-m // rows))
-    packed_a = plan.value((grid[1], k, rows), "A panels")
-    pack = plan.kernel(GEMM_PACKED.file, "pack_a", TRANS_A=defines["TRANS_A"], CPU_ROWS=rows, CONV_FLIP=defines.get("CONV_FLIP"))
-    plan.launch(pack, (k, grid[1]), (PANEL, 1), m, k, a.tensor, a.ld, packed_a)
+    grouped = {"GROUPS": groups} if groups > 1 else {}
+    packed_a = plan.value((groups * grid[1], k, rows), "A panels")
+    pack = plan.kernel(GEMM_PACKED.file, "pack_a", TRANS_A=defines["TRANS_A"], CPU_ROWS=rows,
+                       CONV_FLIP=defines.get("CONV_FLIP"), **grouped, GROUP_A=a.group_stride or None)
+    z, z_local = ((groups,), (1,)) if groups > 1 else ((), ())  # a third dimension for the groups
+    plan.launch(pack, (k, grid[1], *z), (PANEL, 1, *z_local), m, k, a.tensor, a.ld, packed_a)
     packed_a = Matrix(packed_a, m, k, ld=0)
     if defines.get("CONV_B"):  # one work-item per panel of B (or slice of it): every panel of A
         slices = max(slices, -(-k // CPU_GATHER_K))  # (a tuned or forced split may not know the limit)
         gather = {key: value for key, value in defines.items() if key == "TRANS_B" or key.startswith("CONV_")}
-        return packed_a, b, {"CPU_ROWS": rows, "PANEL_K": -(-k // slices), **gather}, (grid[0], 1), (1, 1), slices
-    packed_b = plan.value((grid[0], k, PANEL), "B panels")
-    plan.launch(plan.kernel(GEMM_PACKED.file, "pack_b", TRANS_B=defines["TRANS_B"]), (k, grid[0]), (PANEL, 1),
+        options = {"CPU_ROWS": rows, "PANEL_K": -(-k // slices), **gather, "GROUP_B": b.group_stride or None}
+        return packed_a, b, options, (grid[0], 1), (1, 1), slices
+    packed_b = plan.value((groups * grid[0], k, PANEL), "B panels")
+    plan.launch(plan.kernel(GEMM_PACKED.file, "pack_b", TRANS_B=defines["TRANS_B"], **grouped,
+                            GROUP_B=b.group_stride or None), (k, grid[0], *z), (PANEL, 1, *z_local),
                 k, n, b.tensor, b.ld, packed_b)
     if slices > 1 and prod(grid) <= CPU_GROUP:
         local = grid

@@ -63,12 +63,12 @@ def batchnorm_fold(plan, weight, bias, w, b, running_mean, running_var, eps, fol
 def batchnorm_backward(plan, x, y, dy, dx, weight, dweight, dbias, save_mean, save_invstd, n_valid=None, act=None):
     """From the training forward's statistics and its output y: dweight, dbias (when weight is not
     None) and dx (when not None; zero on rows >= n_valid), dy being the gradient of act's output
-    when an activation `act` was fused (y is read only then). Returns the launch, whose argument
+    when an activation `act` was fused (y is read only then, and not kept alive otherwise). Returns the launch, whose argument
     "n_valid" is n_valid."""
     n, c, s = _dims(x, save_mean.shape[0])
     affine, need_dx = weight is not None, dx is not None
     k = plan.kernel(FILE, "bn_backward", BN_LOCAL=BN_LOCAL, AFFINE=affine, NEED_DX=need_dx, **(act or activation()))
     return plan.launch(k, (c * BN_LOCAL,), (BN_LOCAL,), n if n_valid is None else n_valid, n, c, s,
-                       x, y, dy, dx if need_dx else dy, weight if affine else x,
+                       x, y if act else dy, dy, dx if need_dx else dy, weight if affine else x,
                        dweight if affine else save_mean, dbias if affine else save_mean,
                        save_mean, save_invstd)
