@@ -14,7 +14,7 @@ torchvision = pytest.importorskip("torchvision")
 from torch import nn  # noqa: E402
 from torchvision.models.resnet import BasicBlock  # noqa: E402
 
-from torch_twins import CLASSES, assert_twins, with_random_batchnorm  # noqa: E402
+from twin_comparison import CLASSES, assert_twins, with_random_batchnorm  # noqa: E402
 
 
 class CifarResNet(nn.Module):

@@ -24,7 +24,7 @@ torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
 from torch import nn  # noqa: E402
 
-from torch_twins import CLASSES, assert_same_outputs, assert_twins, with_random_batchnorm  # noqa: E402
+from twin_comparison import CLASSES, assert_same_outputs, assert_twins, with_random_batchnorm  # noqa: E402
 
 # clnet's layer for each kind of torch module these networks hold
 LAYER_OF = {nn.Conv2d: L.Conv2D, nn.BatchNorm2d: L.BatchNorm2D, nn.ReLU: L.ReLU, nn.ReLU6: L.ReLU6,
@@ -32,7 +32,7 @@ LAYER_OF = {nn.Conv2d: L.Conv2D, nn.BatchNorm2d: L.BatchNorm2D, nn.ReLU: L.ReLU,
             nn.Linear: L.Dense}
 # float32 rounding of MobileNetV2's activations, relative to the largest of their call: torch's own
 # float32 drifts from float64 by up to 1.2e-4 before its last ReLU6s at batch 2 (BatchNorm over 8
-# values a channel at 2x2), more than the ResNets' 4e-7 (torch_twins.KINK)
+# values a channel at 2x2), more than the ResNets' 4e-7 (twin_comparison.KINK)
 MOBILENET_KINK = 1e-4
 
 
