@@ -485,6 +485,12 @@ def make(tmp_path, layout):
     if layout == "train and test folders":
         touch(root / "train" / "cat" / "1.png"), touch(root / "test" / "cat" / "1.png")
         return root
+    if layout == "train folder alone":  # as the CIFAR-10 JPEG folders: cifar10-jpg/train/<class>/
+        touch(root / "train" / "cat" / "1.png")
+        return root
+    if layout == "a class named train":
+        touch(root / "train" / "1.png"), touch(root / "bus" / "1.png")
+        return root
     raise AssertionError(layout)
 
 
@@ -502,6 +508,8 @@ DISPATCH = {
     "idx train only": [("idx", IDX_NAMES[0], IDX_NAMES[1])],
     "image folder": [("folder", "in", None)],
     "train and test folders": [("folder", "train", None), ("folder", "test", None)],
+    "train folder alone": [("folder", "train", None)],
+    "a class named train": [("folder", "in", None)],
 }
 
 

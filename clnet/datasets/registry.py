@@ -135,7 +135,7 @@ FORMATS_UNDERSTOOD = (
     "or the folder unpacked from one; "
     "a folder of IDX files (train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], "
     "optionally t10k-...); "
-    "a folder with one sub-folder of images per class (or train/ and test/ folders of those)")
+    "a folder with one sub-folder of images per class (or train/ and test/ folders of those, or train/ alone)")
 
 
 def _key(name):
@@ -442,9 +442,13 @@ def _load_idx_folder(folder, pairs):
 def _load_image_folders(root, subdirs, image_size):
     image_folder = _reader("folder", "ImageFolder")
     names = {p.name.lower(): p for p in subdirs}
-    test_dir = next((names[n] for n in ("test", "val", "valid", "validation") if n in names), None)
-    if "train" in names and test_dir is not None:
+    held_out = ("test", "val", "valid", "validation")
+    test_dir = next((names[n] for n in held_out if n in names), None)
+    # train/ with test/ beside it, or train/ alone (no other folder, so "train" is no class)
+    if "train" in names and (test_dir is not None or set(names) <= {"train", *held_out}):
         train = image_folder(names["train"], image_size=image_size, name=f"{root.name}/train")
+        if test_dir is None:
+            return train, None
         test = image_folder(test_dir, image_size=image_size, grayscale=train.x.shape[1] == 1,  # same channels
                             name=f"{root.name}/{test_dir.name}")
         return train, _align_classes(train, test)
