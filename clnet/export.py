@@ -10,6 +10,8 @@ the network's order, each reading the ONNX values of the nodes it reads:
     Conv2D -> Conv (pads [top, left, bottom, right]; "same" with an even kernel pads bottom/right more)
     MaxPool2D / AvgPool2D -> MaxPool / AveragePool (count_include_pad=1)
     GlobalAvgPool2D -> GlobalAveragePool        Flatten -> Flatten(axis=1)
+    AdaptiveAvgPool2D -> GlobalAveragePool (1x1 output), AveragePool (the output divides the image),
+        otherwise MatMul by the bins' averaging matrices over columns, then rows
     ReLU, Sigmoid, Tanh -> the same             Softmax -> Softmax(axis=1)
     BatchNorm1D / BatchNorm2D -> BatchNormalization (running statistics; ones/zeros without affine)
     Add -> Sum                                  Concatenate -> Concat(axis=1)
@@ -112,7 +114,8 @@ def build_onnx(model, input_shape: Sequence[int] | None = None, opset: int = 13)
     if not input_shape:
         raise InputError("the model's input shape is unknown: pass input_shape=(C, H, W), or export a model "
                          "that has been trained, evaluated or loaded from a file")
-    out_shape = model.network.output_shape(input_shape)  # checks every shape, naming the layer
+    shapes = model.network.shapes(input_shape)  # checks every shape, naming the layer
+    out_shape = shapes[model.network.output]
     state = model.state_dict()
     b = OnnxBuilder(helper, numpy_helper)
     if model.normalization is not None:
@@ -125,6 +128,7 @@ def build_onnx(model, input_shape: Sequence[int] | None = None, opset: int = 13)
             made[node.name] = made[into[node.name]]
             continue
         b.inputs = [made[name] for name in node.inputs]
+        b.input_shapes = [shapes[name] for name in node.inputs]
         b.value = b.inputs[0]
         arrays = node.layer.arrays_in(state, node.name)
         if node.name in folds:

@@ -1,15 +1,17 @@
-"""Preset networks: ARCHITECTURE.md's reference networks, LeNet-5 and ResNets.
+"""Preset networks: ARCHITECTURE.md's reference networks, LeNet-5, ResNets, VGGs and MobileNetV2.
 
 Each takes the per-sample `input_shape` (C, H, W) and the number of classes; the defaults are the
 reference ones (28x28 grey images for mlp, mnist-cnn and lenet5, 32x32 RGB for cifar-cnn and the
-CIFAR ResNets, 224x224 RGB for the ImageNet ResNets, 10 classes). The first Dense layer of the
-others is sized for the input, and the ResNets pool globally, so any image size works. `device`
-and `seed` are those of `clnet.Model`. `PRESETS` names them as clnet-train does.
+CIFAR ResNets, 224x224 RGB for the torchvision networks, 10 classes). The first Dense layer of the
+others is sized for the input; the ResNets and MobileNetV2 pool globally and the VGGs
+adaptively, so any image size works (at least 32 pixels a side for the VGGs). `device` and `seed`
+are those of `clnet.Model`. `PRESETS` names them as clnet-train does.
 
-The ResNets are functional graphs (`clnet.Model`) whose nodes carry torchvision's module names
-("conv1", "layer1.0.bn2", "layer2.0.downsample.0", "fc", ...), so their state_dict keys and shapes
-are those of torchvision's `resnet18()` and its relatives; convolutions before a BatchNorm have no
-bias, and start He-uniform.
+The torchvision networks (ResNets, VGGs, MobileNetV2) are functional graphs (`clnet.Model`) whose
+nodes carry torchvision's module names ("conv1", "layer1.0.bn2", "layer2.0.downsample.0", "fc",
+"features.0", "features.2.conv.1.0", "classifier.6", ...), so their state_dict keys and shapes
+are those of torchvision's `resnet18()`, `vgg11_bn()`, `mobilenet_v2()` and their relatives;
+convolutions start He-uniform, and have no bias before a BatchNorm where torchvision's have none.
 
 Example:
     >>> model = clnet.models.lenet5(seed=1)
@@ -26,7 +28,8 @@ from collections.abc import Sequence
 from math import prod
 
 from .device import Device
-from .layers import Add, BatchNorm2D, Conv2D, Dense, Flatten, GlobalAvgPool2D, Input, MaxPool2D, ReLU
+from .layers import (AdaptiveAvgPool2D, Add, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool2D, Input,
+                     MaxPool2D, ReLU, ReLU6)
 from .model import Model, Sequential
 
 
@@ -155,11 +158,17 @@ def resnet56(device: Device | None = None, seed: int = 0, input_shape: Sequence[
     return _cifar_resnet(9, input_shape, classes, device, seed)
 
 
-def _imagenet_resnet(blocks, bottleneck, input_shape, classes, stem, device, seed):
+def _choose_stem(stem, input_shape):
+    """ "imagenet" or "cifar"; "auto" chooses "cifar" for images of at most 64 pixels a side."""
     if stem == "auto":
         stem = "cifar" if max(input_shape[1:]) <= 64 else "imagenet"
     if stem not in ("imagenet", "cifar"):
         raise ValueError(f'stem must be "auto", "imagenet" or "cifar", not {stem!r}')
+    return stem
+
+
+def _imagenet_resnet(blocks, bottleneck, input_shape, classes, stem, device, seed):
+    stem = _choose_stem(stem, input_shape)
     return _resnet(stem, blocks, (64, 128, 256, 512), bottleneck, input_shape, classes, device, seed)
 
 
@@ -203,9 +212,144 @@ def resnet50(device: Device | None = None, seed: int = 0, input_shape: Sequence[
     return _imagenet_resnet((3, 4, 6, 3), True, input_shape, classes, stem, device, seed)
 
 
+def _sequential(h, modules, prefix):
+    """h through `modules` in turn, each node named as the child of a torch.nn.Sequential
+    (f"{prefix}.{i}"); a list stands for a nested nn.Sequential, its children numbered under it."""
+    for i, module in enumerate(modules):
+        name = f"{prefix}.{i}"
+        h = _sequential(h, module, name) if isinstance(module, list) else module(h, name=name)
+    return h
+
+
+# torchvision's VGG configurations: the output channels of each 3x3 convolution, "M" a 2x2 max-pool
+VGG_FEATURES = {11: (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
+                16: (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")}
+
+
+def _vgg_bn(depth, input_shape, classes, device, seed):
+    """torchvision's VGG with BatchNorm, its nodes named as its modules: `features` (each 3x3
+    convolution, with a bias, then BatchNorm and ReLU; the 2x2 max-pools), avgpool (adaptive, to
+    7x7), flatten and `classifier` (Dense to 4096, ReLU, Dropout(0.5), Dense to 4096, ReLU,
+    Dropout(0.5), Dense to `classes`)."""
+    features, channels = [], input_shape[0]
+    for item in VGG_FEATURES[depth]:
+        if item == "M":
+            features.append(MaxPool2D(2))
+        else:
+            features += [Conv2D(channels, item, 3, padding=1, init="he"), BatchNorm2D(item), ReLU()]
+            channels = item
+    x = Input(input_shape)
+    h = _sequential(x, features, "features")
+    h = Flatten()(AdaptiveAvgPool2D(7)(h, name="avgpool"), name="flatten")
+    classifier = [Dense(channels * 7 * 7, 4096), ReLU(), Dropout(0.5), Dense(4096, 4096), ReLU(), Dropout(0.5),
+                  Dense(4096, classes)]
+    return Model(x, _sequential(h, classifier, "classifier"), device=device, seed=seed)
+
+
+def vgg11_bn(device: Device | None = None, seed: int = 0, input_shape: Sequence[int] = (3, 224, 224),
+             classes: int = 10) -> Model:
+    """torchvision's VGG-11 with BatchNorm (configuration "A" of Simonyan and Zisserman): 3x3
+    convolutions of 64, M, 128, M, 256, 256, M, 512, 512, M, 512, 512, M channels (M: a 2x2
+    max-pool), each with BatchNorm and ReLU; adaptive average pooling to 7x7; Dense 25088->4096,
+    ReLU, Dropout(0.5), Dense 4096->4096, ReLU, Dropout(0.5), Dense 4096->classes. 128.8M
+    parameters for 10 classes, 102.8M of them in the first Dense layer. The state_dict is
+    torchvision.models.vgg11_bn(num_classes=classes)'s: keys, shapes and layouts.
+
+    Images of any size of at least 32 pixels a side work without a special stem: the adaptive pool
+    averages the last feature map (7x7 at 224x224) into the 7x7 grid the classifier takes, or, for
+    smaller maps, repeats it (32x32 images leave a 1x1 map, copied 49 times), as torchvision does.
+    Convolutions start He-uniform (they feed a ReLU through BatchNorm), with a zero bias, as the
+    ResNets'; the Dense layers as PyTorch's reset_parameters, clnet's default (torchvision's VGG
+    draws from normal distributions instead; load its weights to start from them).
+
+    Args:
+        device, seed, input_shape, classes: as for the other presets.
+
+    Example:
+        >>> model = clnet.models.vgg11_bn(input_shape=(3, 32, 32))
+        >>> model.load_state_dict(torchvision.models.vgg11_bn(num_classes=10).state_dict())
+    """
+    return _vgg_bn(11, input_shape, classes, device, seed)
+
+
+def vgg16_bn(device: Device | None = None, seed: int = 0, input_shape: Sequence[int] = (3, 224, 224),
+             classes: int = 10) -> Model:
+    """torchvision's VGG-16 with BatchNorm (configuration "D"): vgg11_bn with 13 convolutions, of
+    64, 64, M, 128, 128, M, 256 x 3, M, 512 x 3, M, 512 x 3, M channels. 134.3M parameters for 10
+    classes. The arguments, the state_dict and the initialisation are as for vgg11_bn."""
+    return _vgg_bn(16, input_shape, classes, device, seed)
+
+
+# torchvision's MobileNetV2 of width 1.0, stage by stage: (expansion ratio, output channels, blocks,
+# stride of the first block)
+MOBILENET_V2_STAGES = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
+                       (6, 320, 1, 1))
+
+
+def _conv_bn_relu6(in_channels, out_channels, kernel, stride=1, groups=1):
+    """torchvision's Conv2dNormActivation as MobileNetV2 uses it: a convolution without bias, padded
+    to keep the size at stride 1, BatchNorm and ReLU6."""
+    conv = Conv2D(in_channels, out_channels, kernel, stride, padding=(kernel - 1) // 2, groups=groups, bias=False,
+                  init="he")
+    return [conv, BatchNorm2D(out_channels), ReLU6()]
+
+
+def _inverted_residual(x, in_channels, out_channels, stride, expansion, name):
+    """torchvision's InvertedResidual, its modules under f"{name}.conv": a 1x1 expansion to
+    `expansion` times the channels (none at ratio 1), a depthwise 3x3 convolution with the stride
+    (each with BatchNorm and ReLU6), a linear 1x1 projection and BatchNorm; the input added where
+    the shape is kept."""
+    hidden = in_channels * expansion
+    conv = [_conv_bn_relu6(in_channels, hidden, 1)] if expansion != 1 else []
+    conv += [_conv_bn_relu6(hidden, hidden, 3, stride, groups=hidden),
+             Conv2D(hidden, out_channels, 1, bias=False, init="he"), BatchNorm2D(out_channels)]
+    h = _sequential(x, conv, f"{name}.conv")
+    return Add()([x, h], name=f"{name}.add") if stride == 1 and in_channels == out_channels else h
+
+
+def mobilenet_v2(device: Device | None = None, seed: int = 0, input_shape: Sequence[int] = (3, 224, 224),
+                 classes: int = 10, stem: str = "auto") -> Model:
+    """torchvision's MobileNetV2 (Sandler et al., 2018; width 1.0): features.0, a 3x3 convolution to
+    32 channels with the stem's stride, BatchNorm and ReLU6; 17 inverted residual blocks
+    (features.1 to features.17: a 1x1 expansion, a depthwise 3x3 convolution, a linear 1x1
+    projection, each with BatchNorm, ReLU6 after the first two; the input added where the shape is
+    kept) in stages of 1, 2, 3, 4, 3, 3, 1 blocks to 16, 24, 32, 64, 96, 160, 320 channels,
+    expanding 6 times (1 in the first), the first block of the second, third, fourth and sixth
+    stage with stride 2; features.18, a 1x1 convolution to 1280 channels with BatchNorm and ReLU6;
+    global average pooling; classifier: Dropout(0.2), Dense 1280->classes. 2.24M parameters for 10
+    classes. The state_dict is torchvision.models.mobilenet_v2(num_classes=classes)'s: keys, shapes
+    and layouts. Convolutions (none with a bias) start He-uniform, as the ResNets', the Dense layer
+    as PyTorch's reset_parameters, clnet's default (torchvision draws from normal distributions
+    instead).
+
+    Args:
+        stem: "imagenet" (torchvision's: features.0 with stride 2, so the last feature map is 1/32
+            of the image), "cifar" (features.0 with stride 1 and the rest as torchvision's, so a
+            32x32 image leaves a 2x2 map rather than 1x1), or "auto": "cifar" for images of at
+            most 64 pixels a side, "imagenet" for larger ones. Both have the same state_dict.
+        device, seed, input_shape, classes: as for the other presets.
+
+    Example:
+        >>> model = clnet.models.mobilenet_v2(input_shape=(3, 32, 32))   # the CIFAR stem
+        >>> model.load_state_dict(torchvision.models.mobilenet_v2(num_classes=10).state_dict())
+    """
+    first_stride = 2 if _choose_stem(stem, input_shape) == "imagenet" else 1
+    x = Input(input_shape)
+    h, channels = _sequential(x, _conv_bn_relu6(input_shape[0], 32, 3, first_stride), "features.0"), 32
+    index = 1
+    for expansion, width, blocks, stride in MOBILENET_V2_STAGES:
+        for block in range(blocks):
+            h = _inverted_residual(h, channels, width, stride if block == 0 else 1, expansion, f"features.{index}")
+            channels, index = width, index + 1
+    h = _sequential(h, _conv_bn_relu6(channels, 1280, 1), f"features.{index}")
+    h = Flatten()(GlobalAvgPool2D()(h, name="avgpool"), name="flatten")
+    return Model(x, _sequential(h, [Dropout(0.2), Dense(1280, classes)], "classifier"), device=device, seed=seed)
+
+
 PRESETS = {"mlp": mlp, "mnist-cnn": mnist_cnn, "cifar-cnn": cifar_cnn, "lenet5": lenet5, "resnet20": resnet20,
            "resnet32": resnet32, "resnet56": resnet56, "resnet18": resnet18, "resnet34": resnet34,
-           "resnet50": resnet50}
+           "resnet50": resnet50, "vgg11-bn": vgg11_bn, "vgg16-bn": vgg16_bn, "mobilenet-v2": mobilenet_v2}
 INPUT_SHAPES = {"mlp": (1, 28, 28), "mnist-cnn": (1, 28, 28), "cifar-cnn": (3, 32, 32), "lenet5": (1, 28, 28),
                 "resnet20": (3, 32, 32), "resnet32": (3, 32, 32), "resnet56": (3, 32, 32),
-                "resnet18": (3, 224, 224), "resnet34": (3, 224, 224), "resnet50": (3, 224, 224)}
+                "resnet18": (3, 224, 224), "resnet34": (3, 224, 224), "resnet50": (3, 224, 224),
+                "vgg11-bn": (3, 224, 224), "vgg16-bn": (3, 224, 224), "mobilenet-v2": (3, 224, 224)}

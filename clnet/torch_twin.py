@@ -24,6 +24,8 @@ def _module(nn, layer):
         return nn.MaxPool2d(layer.kernel_size, layer.stride, layer.padding)
     if isinstance(layer, L.AvgPool2D):
         return nn.AvgPool2d(layer.kernel_size, layer.stride, layer.padding, count_include_pad=True)
+    if isinstance(layer, L.AdaptiveAvgPool2D):
+        return nn.AdaptiveAvgPool2d(layer.output_size)
     if isinstance(layer, L.LeakyReLU):
         return nn.LeakyReLU(layer.negative_slope)
     simple = {L.GlobalAvgPool2D: lambda: nn.AdaptiveAvgPool2d(1), L.Dropout: lambda: nn.Dropout(layer.p),

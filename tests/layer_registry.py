@@ -29,6 +29,11 @@ LAYER_CASES = [
     (L.AvgPool2D((3, 2), stride=4, padding=1), (3, 5, 4), 1),           # stride larger than the kernel
     (L.GlobalAvgPool2D(), (3, 7, 5), 2),
     (L.GlobalAvgPool2D(), (2, 1, 9), 1),
+    (L.AdaptiveAvgPool2D(7), (3, 1, 1), 2),                             # a 1x1 image repeated 7x7 (VGG at 32x32)
+    (L.AdaptiveAvgPool2D((3, 2)), (2, 7, 5), 3),                        # overlapping bins of unequal sizes
+    (L.AdaptiveAvgPool2D((2, 3)), (3, 4, 9), 1),                        # bins that divide the image
+    (L.AdaptiveAvgPool2D(1), (2, 5, 3), 2),                             # global
+    (L.AdaptiveAvgPool2D((5, 4)), (1, 3, 9), 2),                        # rows repeated, columns overlapping
     (L.BatchNorm2D(3), (3, 7, 5), 1),
     (L.BatchNorm2D(5, eps=1e-3, affine=False), (5, 2, 6), 3),
     (L.BatchNorm1D(7), (7,), 5),

@@ -1,5 +1,6 @@
-"""Pooling (MaxPool2D, AvgPool2D, GlobalAvgPool2D) against the float64 numpy references of the layers
-(forward) and of this file (backward).
+"""Pooling (MaxPool2D, AvgPool2D, GlobalAvgPool2D, AdaptiveAvgPool2D) against the float64 numpy
+references of the layers (forward) and of this file (backward); AdaptiveAvgPool2D's reference also
+against PyTorch's, where it is installed.
 
 Op level: every launcher on awkward geometries (batch 1 and 3, non-square and one-row images,
 overlapping windows, stride larger than the kernel, padding, windows that do not divide the input)
@@ -21,7 +22,8 @@ from conftest import Slot, execute, new_plan
 import clnet
 from clnet import layers as L
 from clnet.errors import ShapeError
-from clnet.layers.pool import AvgPool2D, GlobalAvgPool2D, MaxPool2D, window_index, window_values
+from clnet.layers.pool import (AdaptiveAvgPool2D, AvgPool2D, GlobalAvgPool2D, MaxPool2D, bin_matrix, window_index,
+                               window_values)
 from clnet.ops import int_pair
 from clnet.ops import pool as pool_ops
 
@@ -159,6 +161,59 @@ def test_global_avgpool_op(device, shape):
     np.testing.assert_allclose(sdx.read(), dx_ref, rtol=1e-6, atol=1e-7)
 
 
+# (N, C, H, W, OH, OW): pooling, overlapping bins, repetition, and a mix of them
+ADAPTIVE_CASES = [
+    (2, 3, 1, 1, 7, 7),       # a 1x1 image repeated (VGG's classifier on 32x32 images)
+    (1, 2, 2, 2, 7, 7),       # 2 -> 7: bins of one and two rows (VGG at 64x64)
+    (3, 2, 7, 5, 3, 2),       # overlapping bins of unequal sizes
+    (1, 3, 8, 6, 4, 3),       # bins that divide the image: AvgPool2D(2)
+    (2, 1, 3, 9, 5, 4),       # rows repeated, columns overlapping
+    (1, 4, 5, 3, 1, 1),       # global
+    (3, 1, 7, 7, 7, 7),       # the identity (VGG at 224x224)
+]
+ADAPTIVE_IDS = ["-".join(map(str, case)) for case in ADAPTIVE_CASES]
+
+
+def adaptive_avgpool_backward_ref(dy, h, w):
+    """Scatter: each bin spreads its gradient evenly over its elements, rows^T @ dy @ columns."""
+    return bin_matrix(h, dy.shape[2]).T @ np.asarray(dy, np.float64) @ bin_matrix(w, dy.shape[3])
+
+
+@pytest.mark.parametrize("case", ADAPTIVE_CASES, ids=ADAPTIVE_IDS)
+def test_adaptive_avgpool_op(device, case):
+    n, c, h, w, oh, ow = case
+    rng = np.random.default_rng(ADAPTIVE_CASES.index(case) + 70)
+    x = rng.normal(size=(n, c, h, w)).astype(np.float32)
+    y_ref = AdaptiveAvgPool2D((oh, ow)).reference({}, x)
+    dy = rng.normal(size=y_ref.shape).astype(np.float32)
+    sx, sdy = Slot(device, x, 5), Slot(device, dy, 14)
+    sy, sdx = Slot.output(device, y_ref.shape, 9), Slot.output(device, x.shape, 2)
+    plan = new_plan(device)
+    pool_ops.adaptive_avgpool_forward(plan, sx.tensor, sy.tensor)
+    pool_ops.adaptive_avgpool_backward(plan, sdy.tensor, sdx.tensor)
+    execute(plan)
+    np.testing.assert_allclose(sy.read(), y_ref, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(sdx.read(), adaptive_avgpool_backward_ref(dy, h, w), rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(sx.read(), x)
+
+
+def test_adaptive_bins_worked_example():
+    """By hand: 2 rows into 7 bins ([0], [0], [0], [0, 1], [1], [1], [1]); 5 into 3 ([0, 1], [1, 2, 3], [3, 4])."""
+    np.testing.assert_array_equal(bin_matrix(2, 7), [[1, 0], [1, 0], [1, 0], [0.5, 0.5], [0, 1], [0, 1], [0, 1]])
+    np.testing.assert_allclose(bin_matrix(5, 3), [[1 / 2, 1 / 2, 0, 0, 0], [0, 1 / 3, 1 / 3, 1 / 3, 0],
+                                                  [0, 0, 0, 1 / 2, 1 / 2]])
+    np.testing.assert_array_equal(bin_matrix(6, 3), np.kron(np.eye(3), [[0.5, 0.5]]))
+
+
+@pytest.mark.parametrize("case", ADAPTIVE_CASES, ids=ADAPTIVE_IDS)
+def test_adaptive_avgpool_reference_matches_pytorch(case):
+    torch = pytest.importorskip("torch")
+    n, c, h, w, oh, ow = case
+    x = np.random.default_rng(ADAPTIVE_CASES.index(case)).normal(size=(n, c, h, w))
+    expected = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(x), (oh, ow)).numpy()
+    np.testing.assert_allclose(AdaptiveAvgPool2D((oh, ow)).reference({}, x), expected, rtol=1e-12, atol=1e-12)
+
+
 def _run_small(device, x, dy, kernel, stride, padding, max_pool=True):
     """(y, argmax, dx) of one plane set, computed on the device."""
     n, c, h, w = x.shape
@@ -233,6 +288,10 @@ def test_maxpool_nan_propagates(device, gemm_family):
     lambda p, v: pool_ops.avgpool_backward(p, v((1, 2, 3, 3)), v((1, 1, 6, 6)), 2, 2),
     lambda p, v: pool_ops.global_avgpool_forward(p, v((2, 3)), v((2, 3, 1, 1))),
     lambda p, v: pool_ops.global_avgpool_forward(p, v((2, 3, 4, 4)), v((2, 3))),
+    lambda p, v: pool_ops.adaptive_avgpool_forward(p, v((2, 3, 4, 4)), v((2, 4, 7, 7))),
+    lambda p, v: pool_ops.adaptive_avgpool_forward(p, v((2, 3, 4, 4)), v((2, 3, 0, 7))),
+    lambda p, v: pool_ops.adaptive_avgpool_backward(p, v((2, 3, 7)), v((2, 3, 4, 4))),
+    lambda p, v: pool_ops.adaptive_avgpool_backward(p, v((2, 3, 7, 7)), v((3, 4, 4))),
 ])
 def test_launcher_shape_checks(call):
     plan = new_plan(None)  # nothing may be built or recorded: the check comes first
@@ -250,6 +309,8 @@ def test_repr():
     assert repr(AvgPool2D(3, stride=1, padding=(1, 0))) == "AvgPool2D(3, stride=1, padding=(1, 0))"
     assert repr(AvgPool2D([2, 2], stride=(3, 3))) == "AvgPool2D(2, stride=3)"
     assert repr(GlobalAvgPool2D()) == "GlobalAvgPool2D()"
+    assert repr(AdaptiveAvgPool2D((7, 7))) == "AdaptiveAvgPool2D(7)"
+    assert repr(AdaptiveAvgPool2D((3, 2))) == "AdaptiveAvgPool2D((3, 2))"
 
 
 @pytest.mark.parametrize("make,match", [
@@ -266,6 +327,8 @@ def test_repr():
     (lambda: MaxPool2D(2.5), "kernel_size must be an int or a pair"),
     (lambda: AvgPool2D(True), "kernel_size must be an int or a pair"),
     (lambda: MaxPool2D(2, stride="2"), "stride must be an int or a pair"),
+    (lambda: AdaptiveAvgPool2D(0), "output_size must be >= 1"),
+    (lambda: AdaptiveAvgPool2D((7, None)), "output_size must be an int or a pair"),
 ])
 def test_bad_arguments(make, match):
     with pytest.raises(ValueError, match=match):
@@ -292,6 +355,16 @@ def test_output_shape(layer, shape, out):
     assert layer.flops(shape) == prod(out) * prod(window)  # output elements x window size
 
 
+@pytest.mark.parametrize("size,shape,out,flops", [
+    (7, (5, 1, 1), (5, 7, 7), 5 * 7 * 7),                       # every output reads its one element
+    ((2, 3), (3, 8, 6), (3, 2, 3), 3 * 8 * 6),                  # bins that divide the image read it once
+    (3, (1, 5, 5), (1, 3, 3), (2 + 3 + 2) ** 2),                # overlapping bins read rows 1 and 3 twice
+])
+def test_adaptive_output_shape_and_flops(size, shape, out, flops):
+    assert AdaptiveAvgPool2D(size).output_shape(shape) == out
+    assert AdaptiveAvgPool2D(size).flops(shape) == flops
+
+
 @pytest.mark.parametrize("layer,shape,match", [
     (MaxPool2D(3), (1, 2, 5), r"height >= 3.*3x3 window is larger than the 2x5 image"),
     (AvgPool2D((2, 4), padding=(1, 1)), (4, 3, 1), r"width >= 2.*padded to 5x3"),
@@ -299,6 +372,7 @@ def test_output_shape(layer, shape, out):
     (AvgPool2D(2), (1, 3, 4, 4), r"got \(1, 3, 4, 4\)"),
     (GlobalAvgPool2D(), (7,), r"got \(7,\).*before Flatten"),
     (GlobalAvgPool2D(), (2, 7), r"got \(2, 7\)"),
+    (AdaptiveAvgPool2D(7), (512,), r"got \(512,\).*before Flatten"),
 ])
 def test_shape_errors(layer, shape, match):
     with pytest.raises(ShapeError, match=match):
@@ -369,6 +443,7 @@ IMAGE_NETS = {
     "avg-stride-over-kernel": (lambda: AvgPool2D(2, stride=3), 1, (1, 8, 7), "normal"),
     "global": (lambda: GlobalAvgPool2D(), 3, (5, 7, 5), "normal"),
     "global-one-row": (lambda: GlobalAvgPool2D(), 1, (3, 1, 9), "normal"),
+    "adaptive-repeat": (lambda: AdaptiveAvgPool2D((3, 2)), 3, (2, 1, 1), "normal"),
 }
 
 
@@ -394,6 +469,8 @@ HIDDEN_NETS = {
     "global": ([L.Tanh(), GlobalAvgPool2D()], 3, (5, 3, 4)),
     "max-then-avg": ([MaxPool2D(3, stride=1, padding=1), AvgPool2D(2)], 3, (2, 5, 6)),
     "max-then-global": ([MaxPool2D(2, stride=1), GlobalAvgPool2D()], 1, (4, 4, 3)),
+    "adaptive-overlap": ([L.Tanh(), AdaptiveAvgPool2D((3, 2))], 3, (2, 7, 5)),
+    "adaptive-repeat-and-overlap": ([AdaptiveAvgPool2D((5, 2))], 1, (3, 2, 3)),
 }
 
 
@@ -405,8 +482,8 @@ def test_pooling_backward_in_a_network(device, net):
     for layer in middle:
         out = layer.output_shape(out)
     layers = [L.Dense(3, prod(shape)), Unflatten(shape), *middle, L.Flatten(), L.Dense(prod(out), 3)]
-    pool_index = next(i for i, layer in enumerate(layers) if isinstance(layer, (MaxPool2D, AvgPool2D,
-                                                                                   GlobalAvgPool2D)))
+    pool_index = next(i for i, layer in enumerate(layers)
+                      if isinstance(layer, (MaxPool2D, AvgPool2D, GlobalAvgPool2D, AdaptiveAvgPool2D)))
     grads = check_network(device, layers, rng.normal(size=(batch, 3)), rng.integers(0, 3, batch), pool_index)
     # The first Dense layer's gradient is what the pooling backward pass produced: it must not vanish.
     assert np.abs(grads["0.weight"]).max() > 1e-3

@@ -1,22 +1,37 @@
-"""The preset networks: their sizes match PyTorch's twins, the convolutional ones train, and
-training is deterministic for a seed."""
+"""The preset networks: their sizes match PyTorch's twins, the convolutional ones train, training
+is deterministic for a seed, and clnet-train offers every one."""
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
 import clnet
 from clnet import layers as L
+from clnet.cli import train
 from clnet.models import INPUT_SHAPES, PRESETS
 
 # parameter counts of the same networks built with torch.nn; resnet18/34/50 are torchvision's with
-# conv1 3x3 (the CIFAR stem, 7680 fewer than torchvision's 7x7): they run here on 32x32 images, quickly
+# conv1 3x3 (the CIFAR stem, 7680 fewer than torchvision's 7x7): the presets of 224x224 images run
+# here on 32x32 ones, quickly. The VGGs, whose first Dense layer alone has 100M parameters whatever
+# the image size, are counted and trained once each in test_torchvision_presets.py.
 TORCH_PARAMETERS = {"mlp": 235_146, "mnist-cnn": 1_199_882, "cifar-cnn": 2_168_362, "lenet5": 61_706,
                     "resnet20": 272_474, "resnet32": 466_906, "resnet56": 855_770, "resnet18": 11_173_962,
-                    "resnet34": 21_282_122, "resnet50": 23_520_842}
-SHAPES = {**INPUT_SHAPES, **{name: (3, 32, 32) for name in ("resnet18", "resnet34", "resnet50")}}
+                    "resnet34": 21_282_122, "resnet50": 23_520_842, "mobilenet-v2": 2_236_682}
+SHAPES = {name: (3, 32, 32) if shape == (3, 224, 224) else shape for name, shape in INPUT_SHAPES.items()}
 
 
-@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_is_tested():
+    assert set(PRESETS) == set(INPUT_SHAPES) == set(TORCH_PARAMETERS) | {"vgg11-bn", "vgg16-bn"}
+
+
+def test_clnet_train_offers_every_preset():
+    result = CliRunner().invoke(train, ["--model", "nothing"])
+    assert result.exit_code == 2
+    offered = result.output.split("'nothing' is not one of ")[1]
+    assert all(f"'{name}'" in offered for name in PRESETS), offered
+
+
+@pytest.mark.parametrize("name", sorted(TORCH_PARAMETERS))
 def test_preset_shapes_and_sizes(device, name):
     model = PRESETS[name](device=device, input_shape=SHAPES[name])
     assert model.count_params() == TORCH_PARAMETERS[name]
@@ -25,7 +40,7 @@ def test_preset_shapes_and_sizes(device, name):
     x = rng.uniform(size=(3, *SHAPES[name]))
     loss = model.train_on_batch(x, rng.integers(0, 10, 3))
     assert np.isfinite(loss) and 1.0 < loss < 6.0  # about ln(10) for a fresh network, more for deep ResNets
-    assert model.predict(x).shape == (3, 10)
+    assert model.predict(x, batch_size=3).shape == (3, 10)
 
 
 def test_mnist_cnn_learns_bundled_mnist(device):

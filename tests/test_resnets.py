@@ -2,13 +2,11 @@
 ResNets built from torchvision's BasicBlock share their state_dicts with clnet's, and give the same
 outputs in evaluation and the same gradients, running statistics and updates in a training step."""
 
-import copy
 import io
 
 import numpy as np
 import pytest
 
-import clnet
 from clnet import models
 
 torch = pytest.importorskip("torch")
@@ -16,9 +14,7 @@ torchvision = pytest.importorskip("torchvision")
 from torch import nn  # noqa: E402
 from torchvision.models.resnet import BasicBlock  # noqa: E402
 
-LR = 0.1
-CLASSES = 10
-KINK = 1e-6  # float32 rounding of a deep network's activations (4e-7 here), relative to their largest
+from twin_comparison import CLASSES, assert_twins, with_random_batchnorm  # noqa: E402
 
 
 class CifarResNet(nn.Module):
@@ -51,101 +47,6 @@ def torchvision_resnet(depth, stem):
     if stem == "cifar":
         net.conv1, net.maxpool = nn.Conv2d(3, 64, 3, padding=1, bias=False), nn.Identity()
     return net
-
-
-def with_random_batchnorm(state, rng):
-    """`state` (numpy arrays or torch tensors) as numpy arrays, the BatchNorm scales, shifts and
-    running statistics random, so that evaluation differs from training and from the identity."""
-    random = {"running_mean": lambda s: rng.normal(0, 0.2, s), "running_var": lambda s: rng.uniform(0.5, 2, s),
-              "weight": lambda s: rng.uniform(0.5, 1.5, s), "bias": lambda s: rng.normal(0, 0.2, s),
-              "num_batches_tracked": lambda s: np.full(s, 7)}
-    out = {}
-    for key, value in state.items():
-        value = np.asarray(value)
-        module, name = key.rsplit(".", 1)
-        is_norm = f"{module}.running_mean" in state
-        out[key] = random[name](value.shape).astype(value.dtype) if is_norm else value
-    return out
-
-
-def assert_close(actual, expected, what, tol):
-    """Within `tol` of the largest |expected| entry: float32 sums in another order."""
-    expected = np.asarray(expected, np.float64)
-    error = np.abs(np.asarray(actual, np.float64) - expected).max() / max(np.abs(expected).max(), 1e-6)
-    assert error <= tol, f"{what}: {error:.1e} of the largest entry, more than {tol:.1e}"
-
-
-class ShiftedReLU(nn.Module):
-    """ReLU whose kink lies at `shift` times the largest |input| of the call instead of at 0."""
-
-    def __init__(self, shift):
-        super().__init__()
-        self.shift = shift
-
-    def forward(self, x):
-        return torch.where(x > self.shift * x.detach().abs().max(), x, torch.zeros_like(x))
-
-
-def with_shifted_relus(net, shift):
-    """`net` with each of its ReLU modules a ShiftedReLU(shift)."""
-    for module in list(net.modules()):
-        for name, child in module.named_children():
-            if isinstance(child, nn.ReLU):
-                setattr(module, name, ShiftedReLU(shift))
-    return net
-
-
-def torch_gradients(net, x, y, dtype, relu_shift=None):
-    net = copy.deepcopy(net).to(dtype).train()
-    if relu_shift is not None:
-        net = with_shifted_relus(net, relu_shift)
-    net.zero_grad(set_to_none=True)
-    nn.functional.cross_entropy(net(torch.from_numpy(x).to(dtype)), torch.from_numpy(y)).backward()
-    return {key: parameter.grad.double().numpy() for key, parameter in net.named_parameters()}
-
-
-def assert_twins(model, net, size, batch=2, tol=2e-4):
-    """clnet's `model` and torch's `net` (same weights) agree on images of `size`: the outputs in
-    evaluation; the loss and the running statistics of one SGD step with batch statistics; and
-    every gradient, against torch in float64, within the larger of 20 `tol` and ten
-    times torch's own float32 error (deep bottleneck networks on tiny batches amplify
-    rounding: 20% for resnet50 here), and twice the gradients' sensitivity to the ReLUs' kinks:
-    a ReLU input within float32 rounding of 0 (KINK of the call's largest |input|) may fall on
-    either side of it, as torch's float32 or another summation order rounds, and a single one
-    can move the gradients below it by several percent (resnet18's layer4.0 output at batch 2
-    holds one of -7.9e-7 in float64, -3.2e-6 in torch's float32 and +1.2e-6 in the CPU
-    family's: 2-33% below it). The sensitivity is the change of the float64 gradients with
-    every kink moved by KINK either way."""
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(batch, 3, size, size)).astype(np.float32)
-    y = rng.integers(0, CLASSES, batch)
-    net.eval()
-    with torch.no_grad():
-        logits = net(torch.from_numpy(x)).numpy()
-    model.compile("mean_squared_error")  # predict returns the raw outputs
-    assert_close(model.predict(x), logits, "eval outputs", tol)
-
-    net.train()
-    net_before_step = copy.deepcopy(net)
-    optimizer = torch.optim.SGD(net.parameters(), lr=LR)
-    loss = nn.functional.cross_entropy(net(torch.from_numpy(x)), torch.from_numpy(y))
-    loss.backward()
-    for mine, twin in zip(net.parameters(), net_before_step.parameters()):
-        twin.grad = mine.grad.clone()
-    optimizer.step()
-    model.compile("cross_entropy", clnet.optim.SGD(lr=LR))
-    assert model.train_on_batch(x, y) == pytest.approx(loss.item(), rel=tol)
-    grads, exact = model.gradients(), torch_gradients(net_before_step, x, y, torch.float64)
-    shifted = [torch_gradients(net_before_step, x, y, torch.float64, shift) for shift in (-KINK, KINK)]
-    for key, parameter in net_before_step.named_parameters():
-        scale = np.abs(exact[key]).max()
-        float32_error = np.abs(parameter.grad.numpy() - exact[key]).max() / scale
-        kink_error = max(np.abs(g[key] - exact[key]).max() for g in shifted) / scale
-        assert_close(grads[key], exact[key], f"gradient of {key}", max(20 * tol, 10 * float32_error, 2 * kink_error))
-    state, parameters = model.state_dict(), dict(net.named_parameters())
-    for key, value in net.state_dict().items():
-        if key not in parameters:  # the running statistics; the update is SGD's, given the gradients
-            assert_close(state[key], value, f"{key} after the step", tol)
 
 
 @pytest.mark.parametrize("name, n", [("resnet20", 3)])

@@ -23,7 +23,10 @@ def _twin_of(model):
                                   lambda device: clnet.Sequential([
                                       L.Conv2D(3, 4, 3, padding="same"), L.BatchNorm2D(4), L.LeakyReLU(0.2),
                                       L.MaxPool2D(2), L.Dropout(0.5), L.Flatten(), L.Dense(4 * 16 * 16, 3),
-                                      L.Softmax()], device=device)], ids=["branching", "resnet20", "sequential"])
+                                      L.Softmax()], device=device),
+                                  lambda device: clnet.Sequential([
+                                      L.Conv2D(3, 4, 3), L.AdaptiveAvgPool2D((7, 4)), L.Flatten(), L.Dense(4 * 28, 3)],
+                                      device=device)], ids=["branching", "resnet20", "sequential", "adaptive-pool"])
 def test_twin_matches_the_network(device, make):
     model = make(device=device)
     shape = model.input_shape or (3, 32, 32)

@@ -14,7 +14,7 @@ from .dense import Dense
 from .dropout import Dropout
 from .merge import Add, Concatenate
 from .norm import BatchNorm1D, BatchNorm1d, BatchNorm2D, BatchNorm2d
-from .pool import AvgPool2D, GlobalAvgPool2D, MaxPool2D
+from .pool import AdaptiveAvgPool2D, AvgPool2D, GlobalAvgPool2D, MaxPool2D
 from .reshape import Flatten
 from .symbolic import Input, SymbolicTensor
 

@@ -5,15 +5,17 @@ import numpy as np
 
 class OnnxBuilder:
     """Accumulates nodes and initializers; `value` is the name of the current value, which the next
-    node takes as its first input, and `inputs` the names of the values the layer being exported
-    reads (the export sets both per node; a layer of several inputs, such as Add, reads `inputs`).
-    Layers add their nodes through it (`Layer.to_onnx`)."""
+    node takes as its first input, `inputs` the names of the values the layer being exported reads
+    and `input_shapes` their per-sample shapes (the export sets all three per node; a layer of
+    several inputs, such as Add, reads `inputs`; one whose nodes depend on the image size, such as
+    AdaptiveAvgPool2D, reads `input_shapes`). Layers add their nodes through it (`Layer.to_onnx`)."""
 
     def __init__(self, helper, numpy_helper):
         self.helper, self.numpy_helper = helper, numpy_helper
         self.nodes, self.initializers = [], []
         self.value = "input"
         self.inputs = [self.value]
+        self.input_shapes = []
 
     def constant(self, name, array):
         """Add an initializer; returns its name."""

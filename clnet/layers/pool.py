@@ -1,8 +1,10 @@
-"""Pooling layers over NCHW images, as torch.nn.MaxPool2d, AvgPool2d and AdaptiveAvgPool2d(1).
+"""Pooling layers over NCHW images, as torch.nn.MaxPool2d, AvgPool2d, AdaptiveAvgPool2d(1)
+(GlobalAvgPool2D) and AdaptiveAvgPool2d(output_size) (AdaptiveAvgPool2D).
 
 Output size per dimension: floor((size + 2 padding - kernel) / stride) + 1 (ceil_mode=False).
 Padding is -inf for max pooling and zeros, counted in the divisor, for average pooling
-(count_include_pad=True). Backward passes are deterministic gathers (kernels_cl/pool.cl).
+(count_include_pad=True). Adaptive pooling chooses its bins from the sizes instead (see
+`bin_matrix`). Backward passes are deterministic gathers (kernels_cl/pool.cl).
 """
 
 from __future__ import annotations
@@ -10,8 +12,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..ops import int_pair
-from ..ops.pool import (avgpool_backward, avgpool_forward, global_avgpool_backward, global_avgpool_forward,
-                        maxpool_backward, maxpool_forward, output_hw)
+from ..ops.pool import (adaptive_avgpool_backward, adaptive_avgpool_forward, avgpool_backward, avgpool_forward,
+                        global_avgpool_backward, global_avgpool_forward, maxpool_backward, maxpool_forward,
+                        output_hw)
 from .base import IntOrPair, Layer
 
 
@@ -235,3 +238,89 @@ class GlobalAvgPool2D(Layer):
 
     def reference(self, params, x, training=False):
         return np.asarray(x, np.float64).mean(axis=(2, 3), keepdims=True)
+
+
+def bin_matrix(size: int, out: int) -> np.ndarray:
+    """The (out, size) float64 matrix that averages adaptive pooling's bins along one dimension: row o
+    holds 1 / (bin size) over input positions floor(o size / out) .. ceil((o + 1) size / out) - 1,
+    PyTorch's rule. Bins overlap where out does not divide size, and repeat where out > size."""
+    matrix = np.zeros((out, size))
+    for o in range(out):
+        start, end = o * size // out, -(-(o + 1) * size // out)
+        matrix[o, start:end] = 1.0 / (end - start)
+    return matrix
+
+
+class AdaptiveAvgPool2D(Layer):
+    """Mean over bins that divide the image into an `output_size` grid, whatever its size, as
+    torch.nn.AdaptiveAvgPool2d: output row o averages input rows floor(o H / OH) to
+    ceil((o + 1) H / OH) - 1 (likewise columns). Where OH divides H this is AvgPool2D(H // OH); bins
+    overlap where it does not; where OH > H rows repeat (a 1x1 image becomes OH x OW copies), so a
+    classifier sized for a 7x7 grid takes images of any size, as torchvision's VGG does.
+
+    Args:
+        output_size: the output's (OH, OW), an int or a pair, each >= 1.
+
+    Shape:
+        Input (C, H, W); output (C, OH, OW).
+
+    Example:
+        >>> clnet.Sequential([Conv2D(3, 8, 3), ReLU(), AdaptiveAvgPool2D(7), Flatten(), Dense(8 * 7 * 7, 10)])
+    """
+
+    def __init__(self, output_size: IntOrPair, name: str | None = None):
+        super().__init__(name)
+        self.output_size = _pair(type(self).__name__, "output_size", output_size, 1)
+
+    def config(self):
+        return {"output_size": list(self.output_size)}
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, int, int]:
+        _require_image(self, input_shape)
+        return (input_shape[0], *self.output_size)
+
+    def _bins(self, h, w):
+        """The averaging matrices of rows (OH, H) and columns (OW, W)."""
+        return bin_matrix(h, self.output_size[0]), bin_matrix(w, self.output_size[1])
+
+    def flops(self, input_shape):
+        """Additions for one sample: the size of every bin."""
+        c, h, w = input_shape
+        self.output_shape(input_shape)
+        rows, cols = self._bins(h, w)
+        return c * np.count_nonzero(rows) * np.count_nonzero(cols)
+
+    def forward(self, ctx, x):
+        y = ctx.plan.value((x.shape[0], x.shape[1], *self.output_size), f"{self!r} output")
+        adaptive_avgpool_forward(ctx.plan, x, y)
+        return y
+
+    def backward(self, ctx, x, y, dy, need_dx):
+        if not need_dx:
+            return None
+        dx = ctx.plan.value(x.shape, f"{self!r} input grad")
+        adaptive_avgpool_backward(ctx.plan, dy, dx)
+        return dx
+
+    def to_onnx(self, builder, name, prefix, arrays):
+        """GlobalAveragePool for a 1x1 output, AveragePool where the output divides the image, and
+        otherwise (overlapping or repeated bins) the product rows @ x @ columns^T: two MatMuls with
+        the averaging matrices, which ONNX broadcasts over batch and channels."""
+        (h, w), (oh, ow) = builder.input_shapes[0][1:], self.output_size
+        if (oh, ow) == (1, 1):
+            builder.add("GlobalAveragePool", name)
+        elif h % oh == 0 and w % ow == 0:
+            window = [h // oh, w // ow]
+            builder.add("AveragePool", name, kernel_shape=window, strides=window)
+        else:
+            rows, cols = (m.astype(np.float32) for m in self._bins(h, w))
+            builder.add("MatMul", f"{name}.columns", [builder.constant(f"{prefix}.columns", cols.T)])
+            builder.node("MatMul", name, [builder.constant(f"{prefix}.rows", rows), builder.value])
+
+    def reference(self, params, x, training=False):
+        x = np.asarray(x, np.float64)
+        rows, cols = self._bins(*x.shape[2:])
+        return rows @ x @ cols.T
+
+    def __repr__(self):
+        return f"AdaptiveAvgPool2D({_show(self.output_size)})"

@@ -1,13 +1,15 @@
-"""Launchers for max and average pooling over NCHW tensors (kernels_cl/pool.cl).
+"""Launchers for max and average pooling (kernels_cl/pool.cl) and adaptive average pooling
+(adaptive_pool.cl) over NCHW tensors.
 
-`kernel`, `stride` and `padding` are ints or (height, width) pairs. Shapes are checked before
-anything is built or recorded; a mismatch is a ValueError (layers check their shapes earlier, with
-a ShapeError naming the layer).
+`kernel`, `stride` and `padding` are ints or (height, width) pairs; adaptive pooling takes its
+output size from the output's shape. Shapes are checked before anything is built or recorded; a
+mismatch is a ValueError (layers check their shapes earlier, with a ShapeError naming the layer).
 """
 
 from . import int_pair
 
 FILE = "pool.cl"
+ADAPTIVE_FILE = "adaptive_pool.cl"
 LOCAL = 64
 CPU_LOCAL = 8  # work-groups of output rows for max pooling on CPUs (faster than 1 or 64 on PoCL)
 
@@ -102,3 +104,30 @@ def global_avgpool_backward(plan, dy, dx):
     """dx = dy / (H W), spread over each plane."""
     _require_4d("global_avgpool_backward", dx.shape)
     return avgpool_backward(plan, dy, dx, dx.shape[2:], 1, 0)
+
+
+def _adaptive_geometry(what, x_shape, y_shape):
+    """The planes and the compile-time sizes of adaptive pooling from x (N, C, H, W) to y (N, C, OH, OW)."""
+    _require_4d(what, x_shape)
+    n, c, h, w = x_shape
+    if len(y_shape) != 4 or tuple(y_shape[:2]) != (n, c) or min(y_shape[2:]) < 1:
+        raise ValueError(f"{what} shapes: output {tuple(y_shape)} is not (N, C, OH, OW) for input {tuple(x_shape)}")
+    oh, ow = y_shape[2:]
+    if n * c * max(h * w, oh * ow) >= 2**31 or max(oh * h, ow * w) >= 2**31:
+        raise ValueError(f"{what}: {tuple(x_shape)} -> {tuple(y_shape)} is too large for the kernels' int32 indices")
+    return n * c, {"POOL_H": h, "POOL_W": w, "POOL_OH": oh, "POOL_OW": ow}
+
+
+def adaptive_avgpool_forward(plan, x, y):
+    """y (N, C, OH, OW) = the mean of each of x's bins: output row o averages input rows
+    floor(o H / OH) .. ceil((o + 1) H / OH) - 1, as torch.nn.AdaptiveAvgPool2d (likewise columns)."""
+    planes, sizes = _adaptive_geometry("adaptive_avgpool_forward", x.shape, y.shape)
+    k = plan.kernel(ADAPTIVE_FILE, "adaptive_avgpool_forward", **sizes)
+    return plan.launch(k, (y.size,), (LOCAL,), planes, x, y)
+
+
+def adaptive_avgpool_backward(plan, dy, dx):
+    """dx = for each input element, the sum of dy / (bin size) over the bins that hold it."""
+    planes, sizes = _adaptive_geometry("adaptive_avgpool_backward", dx.shape, dy.shape)
+    k = plan.kernel(ADAPTIVE_FILE, "adaptive_avgpool_backward", **sizes)
+    return plan.launch(k, (dx.size,), (LOCAL,), planes, dy, dx)
