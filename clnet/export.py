@@ -117,7 +117,7 @@ def build_onnx(model, input_shape: Sequence[int] | None = None, opset: int = 13)
     shapes = model.network.shapes(input_shape)  # checks every shape, naming the layer
     out_shape = shapes[model.network.output]
     state = model.state_dict()
-    b = OnnxBuilder(helper, numpy_helper)
+    b = OnnxBuilder(helper, numpy_helper, opset)
     if model.normalization is not None:
         _normalization(b, model, input_shape)
     made = {INPUT: b.value}  # the ONNX value of each network value

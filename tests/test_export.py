@@ -96,6 +96,18 @@ def test_output_link_follows_the_loss(device, loss, final, tmp_path):
         assert out.min() < 0 or out.max() > 1  # raw outputs, no link
 
 
+@pytest.mark.parametrize("opset", [9, 10, 11, 13])
+def test_relu6_exports_at_every_opset(device, opset, tmp_path):
+    """Clip's bounds are attributes before opset 11 and inputs from it on."""
+    x = np.random.default_rng(4).normal(0, 8, (5, 6)).astype(np.float32)
+    model = clnet.Sequential([L.Dense(6, 6), L.ReLU6(), L.Dense(6, 3)], device=device)
+    path = tmp_path / "model.onnx"
+    to_onnx(model, path, input_shape=(6,), opset=opset)
+    clip = next(n for n in onnx.load(str(path)).graph.node if n.op_type == "Clip")
+    assert (len(clip.input), len(clip.attribute)) == ((1, 2) if opset < 11 else (3, 0))
+    np.testing.assert_allclose(_onnx_outputs(path, x), model.predict(x), rtol=0, atol=TOLERANCE)
+
+
 def test_softmax_over_image_outputs(device, tmp_path):
     """predict's softmax spans all of a sample's outputs, in their shape."""
     x = np.random.default_rng(3).random((4, 2, 5, 5), np.float32)

@@ -103,7 +103,9 @@ class ReLU6(Activation):
     kind = "relu6"
 
     def to_onnx(self, builder, name, prefix, arrays):
-        # Clip of opset 11 and later takes its bounds as inputs, not attributes
+        if builder.opset < 11:  # Clip's bounds were attributes before opset 11, inputs since
+            builder.add("Clip", name, min=0.0, max=6.0)
+            return
         bounds = [builder.constant(f"{prefix}.{bound}", np.array(value, np.float32))
                   for bound, value in (("min", 0.0), ("max", 6.0))]
         builder.add("Clip", name, bounds)

@@ -8,10 +8,11 @@ class OnnxBuilder:
     node takes as its first input, `inputs` the names of the values the layer being exported reads
     and `input_shapes` their per-sample shapes (the export sets all three per node; a layer of
     several inputs, such as Add, reads `inputs`; one whose nodes depend on the image size, such as
-    AdaptiveAvgPool2D, reads `input_shapes`). Layers add their nodes through it (`Layer.to_onnx`)."""
+    AdaptiveAvgPool2D, reads `input_shapes`). Layers add their nodes through it (`Layer.to_onnx`);
+    `opset` is the opset being written, for operators whose form changed (Clip)."""
 
-    def __init__(self, helper, numpy_helper):
-        self.helper, self.numpy_helper = helper, numpy_helper
+    def __init__(self, helper, numpy_helper, opset=13):
+        self.helper, self.numpy_helper, self.opset = helper, numpy_helper, opset
         self.nodes, self.initializers = [], []
         self.value = "input"
         self.inputs = [self.value]
