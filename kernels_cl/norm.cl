@@ -105,6 +105,18 @@ __kernel void bn_count_batch(__global float* count, const int co)
     if (get_global_id(0) == 0) count[co] += 1.0f;
 }
 
+// Evaluation's normalisation of channel c as (scale, shift): y = (x - running_mean) * scale + shift.
+inline float2 bn_eval_affine(const int c, const float eps, __global const float* w, const int wo,
+                             __global const float* b, const int bo, __global const float* running_var, const int rvo)
+{
+    const float scale = 1.0f / sqrt(running_var[rvo + c] + eps);
+#ifdef AFFINE
+    return (float2)(scale * w[wo + c], b[bo + c]);
+#else
+    return (float2)(scale, 0.0f);
+#endif
+}
+
 // Evaluation forward with the running statistics, one work-item per element of the n x C x S tensor.
 __kernel void bn_forward_eval(const int total, const int channels, const int spatial, const float eps,
                               __global const float* x, const int xo, __global float* y, const int yo,
@@ -115,14 +127,8 @@ __kernel void bn_forward_eval(const int total, const int channels, const int spa
     const int i = get_global_id(0);
     if (i >= total) return;
     const int c = (i / spatial) % channels;
-    float scale = 1.0f / sqrt(running_var[rvo + c] + eps);
-#ifdef AFFINE
-    scale *= w[wo + c];
-    const float shift = b[bo + c];
-#else
-    const float shift = 0.0f;
-#endif
-    y[yo + i] = act_forward((x[xo + i] - running_mean[rmo + c]) * scale + shift);
+    const float2 affine = bn_eval_affine(c, eps, w, wo, b, bo, running_var, rvo);
+    y[yo + i] = act_forward((x[xo + i] - running_mean[rmo + c]) * affine.x + affine.y);
 }
 
 // Folds an evaluation BatchNorm into the Dense or Conv2D layer before it, whose output channel o is
@@ -139,13 +145,8 @@ __kernel void bn_fold(const int rows, const int per_row, const float eps,
     const int i = get_global_id(0);
     if (i >= rows * per_row) return;
     const int o = i / per_row;
-    float scale = 1.0f / sqrt(running_var[rvo + o] + eps);
-#ifdef AFFINE
-    scale *= w[wo + o];
-    const float shift = b[bo + o];
-#else
-    const float shift = 0.0f;
-#endif
+    const float2 affine = bn_eval_affine(o, eps, w, wo, b, bo, running_var, rvo);
+    const float scale = affine.x, shift = affine.y;
     folded_weight[fwo + i] = weight[wto + i] * scale;
     if (i - o * per_row == 0) {
 #ifdef HAS_BIAS
