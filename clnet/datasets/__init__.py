@@ -8,7 +8,7 @@ from .dataset import Dataset
 from .folder import ImageFolder
 from .idx import load_idx_pair, read_idx
 from .inputs import fit_array, match_channels, read_array_file, read_image, read_inputs
-from .pack import open_pack, pack
+from .packed import open_pack, pack
 from .registry import DATASETS, cache_dir, fetch, load, locate
 
 __all__ = ["DATASETS", "Dataset", "ImageFolder", "cache_dir", "fetch", "fit_array", "load", "load_arrays",

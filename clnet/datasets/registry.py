@@ -350,8 +350,8 @@ def _reader(module, attr):
 
 def _load_path(path, image_size, label_mode, verify):
     """(train, test, format) for a path, dispatched on what is there."""
-    if _reader("pack", "is_pack")(path):  # also an unfinished one, for its message
-        return (*_reader("pack", "open_pack")(path, verify), "pack")
+    if _reader("packed", "is_pack")(path):  # also an unfinished one, for its message
+        return (*_reader("packed", "open_pack")(path, verify), "pack")
     if not path.exists():
         close = difflib.get_close_matches(path.name.lower(), list(DATASETS), n=1)
         maybe = f" (did you mean {close[0]!r}?)" if close and len(path.parts) == 1 else ""
