@@ -61,7 +61,8 @@ class Trainer:
     """Trains a compiled model with a list of callbacks (`clnet.callbacks`).
 
     What callbacks may read: `model`, `epochs`, `steps_per_epoch`, `batch_size`, `history`,
-    `rng` (the generator of the sample order), `order` (this epoch's), `start_epoch` and
+    `rng` (the generator of the sample order), `order` (this epoch's, over the training samples:
+    `rows` maps it to rows of x when some are held out), `start_epoch` and
     `start_step` (where the loop begins, moved by a resumed checkpoint), `epoch_seconds` and
     `epoch_images` (at the end of an epoch), `read_metrics()` (the running metrics: one small read
     from the device), `verbose` and `stream`; setting `stop_training` ends the fit after the epoch.

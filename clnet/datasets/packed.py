@@ -19,7 +19,7 @@ on demand (`verify=True`), since that reads every byte.
 Packing writes into DEST.partial beside DEST, recording its progress there (which images are
 written, the running CRC-32), and renames the folder to DEST only when every image is in. An
 interrupted pack is refused by `open_pack` with a message to re-run `pack`, which resumes after the
-images already written. Worker processes decode; the main process writes in the source's order,
+images already written (or starts over, should the source's files or the options have changed). Worker processes decode; the main process writes in the source's order,
 so the bytes do not depend on the number of workers.
 """
 
@@ -31,7 +31,6 @@ import json
 import multiprocessing
 import os
 import shutil
-import time
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -50,7 +49,7 @@ VERSION = 1
 INDEX = "index.clnetpack"
 PROGRESS = "progress.json"
 PARTIAL_SUFFIX = ".partial"
-SAVE_EVERY = 256  # images between progress records: what an interruption may have to redo
+CHUNK = 256  # images decoded between progress records: bounds memory, and what an interruption may redo
 SHOWN_SKIPPED = 10  # bad files named in the report and the index
 
 
@@ -143,19 +142,22 @@ def pack(source: str | os.PathLike, destination: str | os.PathLike, image_size: 
         partial.mkdir(parents=True)
         progress = {"plan": fingerprint, "source": str(source), "destination": str(destination), "channels": None,
                     "splits": {}}
-    context = multiprocessing.get_context()
-    with contextlib.ExitStack() as stack:
-        pool = stack.enter_context(context.Pool(workers)) if workers > 1 else None
+    with multiprocessing.get_context().Pool(workers) if workers > 1 else contextlib.nullcontext() as pool:
         imap = (lambda f, tasks: pool.imap(f, tasks, chunksize=8)) if pool else map
         if progress["channels"] is None:
-            colour = any(imap(_is_colour, splits["train"][0])) if grayscale is None else not grayscale
+            colour = _any_colour(splits["train"][0], imap) if grayscale is None else not grayscale
             progress["channels"] = 3 if colour else 1
             _write_progress(partial, progress)
         channels = progress["channels"]
         for name, (files, _) in splits.items():
             _pack_split(partial, name, files, size, channels, on_error, progress, imap)
+    return _finish(partial, destination, plan, splits, progress)
 
-    index = {"image_size": list(size), "channels": channels, "classes": classes, "splits": {}}
+
+def _finish(partial, destination, plan, splits, progress):
+    """Write the index of a pack whose images are all in, and move it into place; returns the report."""
+    index = {"image_size": plan["image_size"], "channels": progress["channels"], "classes": plan["classes"],
+             "splits": {}}
     report = PackReport(destination, {}, {}, [])
     for name, (files, labels) in splits.items():
         done = progress["splits"][name]
@@ -200,25 +202,29 @@ def _pack_split(partial, name, files, size, channels, on_error, progress, imap):
     with open(path, "r+b" if path.exists() else "w+b") as data:
         data.truncate(done["count"] * image_bytes)  # drop what was written after the last record
         data.seek(0, os.SEEK_END)
-        saved = time.monotonic()
         try:
-            tasks = ((f, grayscale, size, channels) for f in files[done["next"]:])
-            for image, reason in imap(_decode_file, tasks):
-                if image is None:
-                    if on_error == "raise":
-                        raise DatasetError(f"{files[done['next']]}: unreadable or corrupt image ({reason}): replace "
-                                           "or delete the file, or pack with on_error='skip' (--on-error skip)")
-                    done["skipped"].append((done["next"], reason))
-                else:
-                    data.write(image)
-                    done["crc32"] = zlib.crc32(image, done["crc32"])
-                    done["count"] += 1
-                done["next"] += 1
-                if done["next"] % SAVE_EVERY == 0 or time.monotonic() - saved > 5:
-                    _save(data, partial, progress)
-                    saved = time.monotonic()
+            while done["next"] < len(files):
+                chunk = files[done["next"]:done["next"] + CHUNK]
+                for image, reason in imap(_decode_file, [(f, grayscale, size, channels) for f in chunk]):
+                    if image is None:
+                        if on_error == "raise":
+                            raise DatasetError(f"{files[done['next']]}: unreadable or corrupt image ({reason}): "
+                                               "replace or delete the file, or pack with on_error='skip' "
+                                               "(--on-error skip)")
+                        done["skipped"].append((done["next"], reason))
+                    else:
+                        data.write(image)
+                        done["crc32"] = zlib.crc32(image, done["crc32"])
+                        done["count"] += 1
+                    done["next"] += 1
+                _save(data, partial, progress)
         finally:  # also on an error or Ctrl-C: what is written is kept for the next run
             _save(data, partial, progress)
+
+
+def _any_colour(files, imap):
+    """Whether any of the images decodes to colour, looked at a chunk at a time."""
+    return any(any(imap(_is_colour, files[start:start + CHUNK])) for start in range(0, len(files), CHUNK))
 
 
 def _save(data, partial, progress):
@@ -260,8 +266,8 @@ def open_pack(path: str | os.PathLike, verify: bool = False) -> tuple[Dataset, D
         >>> train, test = open_pack("photos-128", verify=True)
     """
     path = Path(path)
-    unfinished = path if (path / PROGRESS).is_file() else partial_path(path) if not path.exists() else None
-    if unfinished is not None:
+    unfinished = path if (path / PROGRESS).is_file() else partial_path(path)
+    if unfinished == path or (not path.exists() and unfinished.is_dir()):
         progress = _read_progress(unfinished) or {}
         raise DatasetError(f"{path}: an unfinished pack (in {unfinished}): re-run clnet-pack "
                            f"{progress.get('source', 'SOURCE')} {progress.get('destination', 'DEST')} with the same "
