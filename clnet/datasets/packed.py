@@ -19,8 +19,9 @@ on demand (`verify=True`), since that reads every byte.
 Packing writes into DEST.partial beside DEST, recording its progress there (which images are
 written, the running CRC-32), and renames the folder to DEST only when every image is in. An
 interrupted pack is refused by `open_pack` with a message to re-run `pack`, which resumes after the
-images already written (or starts over, should the source's files or the options have changed). Worker processes decode; the main process writes in the source's order,
-so the bytes do not depend on the number of workers.
+images already written (or starts over, should the source's files or the options have changed).
+Worker processes decode; the main process writes in the source's order, so the bytes do not depend
+on the number of workers.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ INDEX = "index.clnetpack"
 PROGRESS = "progress.json"
 PARTIAL_SUFFIX = ".partial"
 CHUNK = 256  # images decoded between progress records: bounds memory, and what an interruption may redo
-SHOWN_SKIPPED = 10  # bad files named in the report and the index
+SHOWN_SKIPPED = 10  # bad files named in the report
 
 
 @dataclass

@@ -467,7 +467,7 @@ def _load_image_folders(root, image_size):
         return train, None
     test = image_folder(test_dir, image_size=image_size, grayscale=train.x.shape[1] == 1,  # same channels
                         name=f"{root.name}/{test_dir.name}")
-    if train.classes is None or test.classes is None or list(test.classes) == list(train.classes):
+    if test.classes == train.classes:
         return train, test
     mapping = class_mapping(train.classes, test.classes, test.name)
     return train, Dataset(test.x, mapping[test.y], classes=train.classes, name=test.name)
