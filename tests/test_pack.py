@@ -76,6 +76,18 @@ def test_round_trip_matches_image_folder(tmp_path, Image):
                                   ImageFolder(tmp_path / "src", image_size=9, grayscale=True).x)
 
 
+def test_grey_images_pack_to_one_channel(tmp_path, Image):
+    for i, c in enumerate(("a", "b")):
+        (tmp_path / "src" / c).mkdir(parents=True)
+        grey = Image.fromarray(rng.integers(0, 256, (7, 5), dtype=np.uint8))
+        grey.save(tmp_path / "src" / c / "grey.png")
+        grey.convert("P").save(tmp_path / "src" / c / "palette.png")  # greys in a palette are grey
+    pack(tmp_path / "src", tmp_path / "packed", image_size=6, workers=2)
+    train, _ = load(tmp_path / "packed")
+    assert train.x.shape == (4, 1, 6, 6)
+    np.testing.assert_array_equal(train.x, ImageFolder(tmp_path / "src", image_size=6).x)
+
+
 def test_train_and_test_splits_kept(tmp_path, Image):
     write_images(Image, tmp_path / "src" / "train", classes=("ant", "bee", "cow"), per_class=2)
     write_images(Image, tmp_path / "src" / "val", classes=("bee", "cow"), per_class=3)  # no ants held out
