@@ -1,4 +1,4 @@
-"""Command-line tools: clnet-train, clnet-eval, clnet-predict, clnet-export and clnet-devices.
+"""Command-line tools: clnet-train, clnet-eval, clnet-predict, clnet-export, clnet-pack and clnet-devices.
 
 A user mistake exits 2 (usage, from click) or 1 with a one-line message; --debug shows the traceback.
 """
@@ -59,7 +59,7 @@ _data_options = option_group(
     click.option("--dataset", default="mnist-5k", show_default=True,
                  help="A known dataset (" + ", ".join(sorted(datasets.DATASETS)) + "), found on disk or "
                  "downloaded, or a path: an image folder (a sub-folder per class), a .npz file, a CIFAR "
-                 "archive or a folder of IDX files."),
+                 "archive, a folder of IDX files or a pack from clnet-pack."),
     click.option("--data-dir", type=click.Path(file_okay=False),
                  help="Where to look for a known dataset first (then the cache, then /usr/share/datasets)."),
     click.option("--offline", is_flag=True, help="Never download: fail if the files are not on disk."))
@@ -423,3 +423,29 @@ def export(model_file, out_file, platform, device, opset):
         return "(" + ", ".join(d.dim_param or str(d.dim_value) for d in value.type.tensor_type.shape.dim) + ")"
     click.echo(f"Wrote {out_file}: ONNX opset {opset}, input {dims(proto.graph.input[0])} float32 in [0, 1], "
                f"output probabilities {dims(proto.graph.output[0])}")
+
+
+@click.command(context_settings=CONTEXT_SETTINGS, epilog="""\b
+Examples:
+  clnet-pack ./my_images packed/ --image-size 128
+  clnet-train --dataset packed/ --model resnet18""")
+@friendly_errors
+@click.argument("source", type=click.Path(file_okay=False))
+@click.argument("dest", type=click.Path(file_okay=False))
+@click.option("--image-size", callback=_image_size, required=True, help="Resize every image, e.g. 128 or 128x96.")
+@click.option("--grayscale/--rgb", default=None, help="Force one or three channels (default: RGB when any training "
+              "image is colour).")
+@click.option("--workers", type=click.IntRange(min=1), help="Decoding processes (default: the cores).")
+@click.option("--on-error", type=click.Choice(["skip", "raise"]), default="skip", show_default=True,
+              help="Unreadable images: leave them out and count them, or stop at the first.")
+def pack(source, dest, image_size, grayscale, workers, on_error):
+    """Decode and resize an image folder (SOURCE: a sub-folder per class, or train/ and test/ folders
+    of those) once into a pack at DEST, which clnet-train --dataset DEST reads memory-mapped, with
+    no decoding. An interrupted pack resumes when run again with the same arguments."""
+    report = datasets.pack(source, dest, image_size, grayscale=grayscale, workers=workers, on_error=on_error)
+    counts = ", ".join(f"{n} {name}" for name, n in report.counts.items())
+    click.echo(f"Packed {counts} images of {image_size[0]}x{image_size[1]} into {report.path}")
+    skipped = sum(report.skipped.values())
+    if skipped:
+        first = "; ".join(f"{path} ({reason})" for path, reason in report.first_skipped)
+        click.echo(f"Skipped {skipped} unreadable images, the first: {first}", err=True)

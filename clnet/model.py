@@ -224,13 +224,13 @@ class Model:
         x, targets = self._prepare(x, y)
         rng = np.random.Generator(np.random.Philox(np.random.SeedSequence(
             [self.seed if seed is None else int(seed), 0x5EED])))
+        rows = None  # the training rows of x when some are held out: indices, no copy of a memory-mapped set
         if validation_data is None and validation_split:
             if not 0 < validation_split < 1:
                 raise InputError(f"validation_split must lie in (0, 1), got {validation_split}")
-            val_idx, train_idx = _split(rng, targets, validation_split)
-            validation_data = (x[val_idx], targets[val_idx])
-            x, targets = x[train_idx], targets[train_idx]
-        if len(x) == 0:
+            val_idx, rows = _split(rng, targets, validation_split)
+            validation_data = (x, targets, val_idx)
+        if len(x if rows is None else rows) == 0:
             raise InputError("no training samples left (x is empty or validation_split took them all)")
         steering = [cb.Progress(), cb.NaNGuard()]
         steering += [cb.LearningRateScheduler(schedule)] if schedule is not None else []
@@ -239,10 +239,10 @@ class Model:
         reporting += [cb.Checkpoint(checkpoint, resume)] if checkpoint is not None else []
         trainer = Trainer(self, steering + list(callbacks) + reporting, validation_data, verbose, stream)
         if normalize is True:  # a resumed run takes the checkpoint's instead
-            self.normalization = channel_statistics(x.reshape(len(x), *image_dims(x.shape[1:])))
+            self.normalization = channel_statistics(x.reshape(len(x), *image_dims(x.shape[1:])), rows)
         elif normalize:
             self.normalization = tuple(tuple(float(v) for v in np.ravel(part)) for part in normalize)
-        return trainer.fit(x, targets, epochs, batch_size, rng, shuffle, augment, resident)
+        return trainer.fit(x, targets, epochs, batch_size, rng, shuffle, augment, resident, rows)
 
     def train_on_batch(self, x, y) -> float:
         """One optimizer step on (x, y) as one batch; returns that batch's loss."""
@@ -264,14 +264,19 @@ class Model:
     def evaluate(self, x, y=None, batch_size: int = 256) -> dict:
         """{"loss": mean loss, "accuracy": fraction correct} over (x, y) or a Dataset."""
         self._require_compiled("evaluate")
-        x, targets = self._prepare(x, y)
-        if len(x) == 0:
+        return self._evaluate(*self._prepare(x, y), batch_size=batch_size)
+
+    def _evaluate(self, x, targets, rows=None, batch_size=256):
+        """evaluate on validated inputs and targets, or on their `rows` (batches gathered from x)."""
+        n = len(x if rows is None else rows)
+        if n == 0:
             raise InputError("evaluate needs at least one sample")
         runner = self._runner(batch_size, x.shape[1:], False, targets.dtype, self._spec(x))
         self.metrics.fill(0)
         size = runner.compiled.batch_size
-        for start in range(0, len(x), size):
-            runner.infer(x[start:start + size], targets[start:start + size], want_output=False)
+        for start in range(0, n, size):
+            batch = slice(start, start + size) if rows is None else rows[start:start + size]
+            runner.infer(x[batch], targets[batch], want_output=False)
         logs = self._read_metrics(targets)
         runner.sync()
         return logs

@@ -61,7 +61,8 @@ class Trainer:
     """Trains a compiled model with a list of callbacks (`clnet.callbacks`).
 
     What callbacks may read: `model`, `epochs`, `steps_per_epoch`, `batch_size`, `history`,
-    `rng` (the generator of the sample order), `order` (this epoch's), `start_epoch` and
+    `rng` (the generator of the sample order), `order` (this epoch's, over the training samples:
+    `rows` maps it to rows of x when some are held out), `start_epoch` and
     `start_step` (where the loop begins, moved by a resumed checkpoint), `epoch_seconds` and
     `epoch_images` (at the end of an epoch), `read_metrics()` (the running metrics: one small read
     from the device), `verbose` and `stream`; setting `stop_training` ends the fit after the epoch.
@@ -69,7 +70,8 @@ class Trainer:
     Args:
         model: a compiled clnet model.
         callbacks: called in order at each point of training.
-        validation_data: (x, targets) or a Dataset, evaluated after every epoch; a callback that
+        validation_data: (x, targets) or a Dataset, evaluated after every epoch, or (x, targets,
+            rows) for rows of validated inputs held out of the training set; a callback that
             monitors a "val_" metric needs it.
         verbose: whether callbacks should print; stream: where to (default stdout).
 
@@ -99,18 +101,22 @@ class Trainer:
         return time.perf_counter() - self._epoch_start
 
     def fit(self, x: np.ndarray, targets: np.ndarray, epochs: int, batch_size: int, rng: np.random.Generator,
-            shuffle: bool = True, augment: str | dict | None = None, resident: bool | str = "auto") -> History:
+            shuffle: bool = True, augment: str | dict | None = None, resident: bool | str = "auto",
+            rows: np.ndarray | None = None) -> History:
         """Train on validated inputs `x` and the loss's `targets`; returns the History.
 
         rng: the generator of every epoch's sample order; augment: as `Model.fit`; resident: keep
-        the training set in device memory ("auto": when it fits)."""
+        the training set in device memory ("auto": when it fits); rows: the indices of the training
+        samples in x (default all), so that held-out rows are never copied out of x, which may be a
+        memory-mapped file: only batches are read from it."""
         model = self.model
-        self.targets, self.epochs, self.rng = targets, epochs, rng
+        self.targets, self.epochs, self.rng, self.rows = targets, epochs, rng, rows
+        samples = len(x) if rows is None else len(rows)
         self.history = model.history = History()
         self.start_epoch, self.start_step, self.order = 1, 0, None
         self.stop_training = False
-        self.batch_size = min(batch_size, len(x))
-        self.steps_per_epoch = -(-len(x) // self.batch_size)
+        self.batch_size = min(batch_size, samples)
+        self.steps_per_epoch = -(-samples // self.batch_size)
         for callback in self.callbacks:
             callback.trainer = self
         try:
@@ -123,7 +129,7 @@ class Trainer:
             data = DeviceDataset(model.device, x, targets) if resident else None
             with _InterruptBetweenSteps() as interrupt:
                 for epoch in range(self.start_epoch, epochs + 1):
-                    self._epoch(epoch, runner, x, targets, data, shuffle, interrupt)
+                    self._epoch(epoch, runner, x, targets, samples, data, shuffle, interrupt)
                     if interrupt.requested:
                         raise KeyboardInterrupt
                     if self.stop_training:
@@ -132,21 +138,25 @@ class Trainer:
             self._call("on_train_end")
         return self.history
 
-    def _epoch(self, epoch, runner, x, targets, data, shuffle, interrupt):
+    def _rows_of(self, positions):
+        """The rows of x at these positions of the training samples."""
+        return positions if self.rows is None else self.rows[positions]
+
+    def _epoch(self, epoch, runner, x, targets, samples, data, shuffle, interrupt):
         model, size, steps = self.model, self.batch_size, self.steps_per_epoch
         if self.order is None:
             model.metrics.fill(0)
-            self.order = self.rng.permutation(len(x)) if shuffle else np.arange(len(x))
+            self.order = self.rng.permutation(samples) if shuffle else np.arange(samples)
         if data is not None:
-            data.shuffle(self.order)
+            data.shuffle(self._rows_of(self.order))
         self._epoch_start = time.perf_counter()
         self._call("on_epoch_begin", epoch)
         for step in range(self.start_step, steps):
             self._call("on_step_begin", epoch, step)
             if data is not None:
-                runner.train_resident(data, step * size, min(size, len(x) - step * size))
+                runner.train_resident(data, step * size, min(size, samples - step * size))
             else:
-                batch = self.order[step * size:(step + 1) * size]
+                batch = self._rows_of(self.order[step * size:(step + 1) * size])
                 runner.train(x[batch], targets[batch])
             self._call("on_step_end", epoch, step)
             if interrupt.requested and step + 1 < steps:  # keep what is done, then stop
@@ -160,10 +170,11 @@ class Trainer:
         self._call("on_epoch_metrics", epoch, logs)
         if self.validation_data is not None:
             val = (model.evaluate(self.validation_data, batch_size=size) if isinstance(self.validation_data, Dataset)
+                   else model._evaluate(*self.validation_data, batch_size=size) if len(self.validation_data) == 3
                    else model.evaluate(*self.validation_data, batch_size=size))
             logs.update({f"val_{k}": v for k, v in val.items()})
         logs["lr"] = model.optimizer.lr
-        self.epoch_images = min(done * size, len(x))
+        self.epoch_images = min(done * size, samples)
         self.history.record(epoch, logs)
         self.order = None
         self._call("on_epoch_end", epoch, logs)

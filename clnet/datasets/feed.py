@@ -66,16 +66,18 @@ def parse_augment(augment):
     return crop, flip
 
 
-def channel_statistics(x):
-    """Per-channel mean and standard deviation of images (N, C, H, W), in [0, 1] units for uint8."""
+def channel_statistics(x, rows=None):
+    """Per-channel mean and standard deviation of images (N, C, H, W), or of their `rows` (sorted
+    indices), in [0, 1] units for uint8."""
     scale = 1.0 / 255.0 if x.dtype == np.uint8 else 1.0
+    n = len(x if rows is None else rows)
     mean = np.zeros(x.shape[1])
     square = np.zeros(x.shape[1])
-    for start in range(0, len(x), 4096):  # in slices: no float copy of the whole dataset
-        part = x[start:start + 4096].astype(np.float64) * scale
+    for start in range(0, n, 4096):  # in slices: no float copy of the whole dataset
+        part = x[slice(start, start + 4096) if rows is None else rows[start:start + 4096]].astype(np.float64) * scale
         mean += part.sum(axis=(0, 2, 3))
         square += (part ** 2).sum(axis=(0, 2, 3))
-    count = len(x) * x.shape[2] * x.shape[3]
+    count = n * x.shape[2] * x.shape[3]
     mean /= count
     std = np.sqrt(np.maximum(square / count - mean ** 2, 0.0))
     return tuple(mean.tolist()), tuple(np.maximum(std, 1e-6).tolist())
@@ -102,4 +104,6 @@ class DeviceDataset:
                 and max(x.nbytes, targets.nbytes) < info.max_alloc)
 
     def shuffle(self, order):
-        self.order.upload(np.asarray(order, np.int32))
+        """The samples of an epoch, in order: all of them, or fewer when some are held out."""
+        order = np.asarray(order, np.int32)
+        self.order.view(order.shape).upload(order)

@@ -80,6 +80,53 @@ def _decode(Image, path, grayscale, size):
         return np.array(im, dtype=np.uint8)
 
 
+def list_classes(root: Path) -> tuple[list[str], list[Path], list[int]]:
+    """(class names, image files, their labels) of a folder of class folders, checked: the sorted
+    sub-folder names are the classes, each holding at least one image."""
+    if not root.exists():
+        raise DatasetError(f"{root}: no such folder: give a folder with one sub-folder of images per class")
+    if not root.is_dir():
+        raise DatasetError(f"{root} is a file, not a folder: give a folder with one sub-folder of images "
+                           "per class")
+    try:
+        class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    except OSError as exc:
+        raise DatasetError(f"{root}: cannot list the folder ({exc.strerror or exc})") from None
+    if not class_dirs:
+        loose = [p.name for p in root.iterdir() if p.name.lower().endswith(IMAGE_EXTENSIONS)]
+        hint = f" (it holds {len(loose)} images directly: move them into class folders)" if loose else ""
+        raise DatasetError(f"{root}: no class folders{hint}: put the images of each class in a sub-folder "
+                           "named after the class")
+
+    files, labels = [], []
+    for label, folder in enumerate(class_dirs):
+        images = _list_images(folder)
+        if not images:
+            raise DatasetError(f"{folder}: class folder {folder.name!r} holds no images "
+                               f"({', '.join(IMAGE_EXTENSIONS)}): add images or remove the folder")
+        files += images
+        labels += [label] * len(images)
+    return [d.name for d in class_dirs], files, labels
+
+
+def decodes_to_colour(Image, path: Path) -> bool:
+    """Whether `_decode` gives `path` colour channels (grayscale=None), mostly from the header alone;
+    False for an unreadable file, which decoding then reports."""
+    try:
+        with Image.open(path) as im:
+            mode = im.mode
+        if mode == "I" or mode.startswith("I;16") or mode in _GRAY_MODES:
+            return False
+        return mode not in ("P", "PA") or _decode(Image, path, None, None).ndim == 3  # a palette may be grey
+    except Exception:  # Pillow raises OSError, SyntaxError, ValueError, ... for bad files
+        return False
+
+
+def to_chw(array: np.ndarray) -> np.ndarray:
+    """A decoded image (H, W) or (H, W, 3) as (C, H, W); assigned to 3 channels, grey broadcasts."""
+    return array.transpose(2, 0, 1) if array.ndim == 3 else array
+
+
 class ImageFolder(Dataset):
     """A Dataset read from `root`/<class>/<image>: x uint8 (N, C, H, W), y int64, classes the folder names.
 
@@ -108,30 +155,8 @@ class ImageFolder(Dataset):
         size = _image_size(image_size)
         if grayscale not in (None, True, False):
             raise ValueError(f"grayscale must be None, True or False, not {grayscale!r}")
-        if not root.exists():
-            raise DatasetError(f"{root}: no such folder: give a folder with one sub-folder of images per class")
-        if not root.is_dir():
-            raise DatasetError(f"{root} is a file, not a folder: give a folder with one sub-folder of images "
-                               "per class")
         Image = _import_pillow(root)
-        try:
-            class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-        except OSError as exc:
-            raise DatasetError(f"{root}: cannot list the folder ({exc.strerror or exc})") from None
-        if not class_dirs:
-            loose = [p.name for p in root.iterdir() if p.name.lower().endswith(IMAGE_EXTENSIONS)]
-            hint = f" (it holds {len(loose)} images directly: move them into class folders)" if loose else ""
-            raise DatasetError(f"{root}: no class folders{hint}: put the images of each class in a sub-folder "
-                               "named after the class")
-
-        files, labels = [], []
-        for label, folder in enumerate(class_dirs):
-            images = _list_images(folder)
-            if not images:
-                raise DatasetError(f"{folder}: class folder {folder.name!r} holds no images "
-                                   f"({', '.join(IMAGE_EXTENSIONS)}): add images or remove the folder")
-            files += images
-            labels += [label] * len(images)
+        classes, files, labels = list_classes(root)
 
         arrays, first = [], None
         for path in files:
@@ -155,8 +180,8 @@ class ImageFolder(Dataset):
         h, w = arrays[0].shape[:2]
         x = np.empty((len(arrays), channels, h, w), dtype=np.uint8)
         for i, array in enumerate(arrays):
-            x[i] = array.transpose(2, 0, 1) if array.ndim == 3 else array  # grey broadcasts to 3 channels
-        super().__init__(x, np.array(labels, dtype=np.int64), classes=[d.name for d in class_dirs],
+            x[i] = to_chw(array)
+        super().__init__(x, np.array(labels, dtype=np.int64), classes=classes,
                          name=name or root.name or str(root))
         self.root = root
         self.files = files  # the image behind each row of x, in order

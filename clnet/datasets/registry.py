@@ -135,7 +135,8 @@ FORMATS_UNDERSTOOD = (
     "or the folder unpacked from one; "
     "a folder of IDX files (train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], "
     "optionally t10k-...); "
-    "a folder with one sub-folder of images per class (or train/ and test/ folders of those, or train/ alone)")
+    "a folder with one sub-folder of images per class (or train/ and test/ folders of those, or train/ alone); "
+    "a pack from clnet-pack")
 
 
 def _key(name):
@@ -272,7 +273,8 @@ def _not_found_message(ds, data_dir, mirror, reason):
 
 
 def load(name_or_path: str | os.PathLike, data_dir: str | os.PathLike | None = None, download: bool = True,
-         image_size: int | Sequence[int] | None = None, label_mode: str = "fine") -> tuple[Dataset, Dataset | None]:
+         image_size: int | Sequence[int] | None = None, label_mode: str = "fine",
+         verify: bool = False) -> tuple[Dataset, Dataset | None]:
     """(train, test) Datasets for a known dataset name or a path; test is None when the source
     has no test split.
 
@@ -280,11 +282,13 @@ def load(name_or_path: str | os.PathLike, data_dir: str | os.PathLike | None = N
     "./mnist" for a folder called mnist); anything else is a path: see FORMATS_UNDERSTOOD.
     `data_dir` and `download` apply to known names (see the module's docstring); `image_size`
     (int or (h, w)) resizes folders of images and must otherwise match the images' size;
-    `label_mode` ("fine" or "coarse") chooses CIFAR-100's labels.
+    `label_mode` ("fine" or "coarse") chooses CIFAR-100's labels; `verify` checks a packed
+    dataset's images against their checksum (reading them all), see `clnet.datasets.pack`.
 
     Example:
         >>> train, test = clnet.datasets.load("fashion-mnist")       # found on disk or downloaded
         >>> train, test = clnet.datasets.load("./photos", image_size=64)   # one folder per class
+        >>> train, test = clnet.datasets.load("./photos-64")   # clnet-pack photos photos-64 --image-size 64
         >>> model.fit(train, epochs=5, validation_data=test)
     """
     if label_mode not in ("fine", "coarse"):
@@ -299,7 +303,7 @@ def load(name_or_path: str | os.PathLike, data_dir: str | os.PathLike | None = N
         source = ds.name
     else:
         path = Path(text).expanduser()
-        train, test, fmt = _load_path(path, image_size, label_mode)
+        train, test, fmt = _load_path(path, image_size, label_mode, verify)
         source = str(path)
         if label_mode != "fine" and fmt != "cifar100":
             raise DatasetError(f"{source}: label_mode={label_mode!r} applies to CIFAR-100 only")
@@ -344,8 +348,10 @@ def _reader(module, attr):
     return getattr(importlib.import_module(f"{__package__}.{module}"), attr)
 
 
-def _load_path(path, image_size, label_mode):
+def _load_path(path, image_size, label_mode, verify):
     """(train, test, format) for a path, dispatched on what is there."""
+    if _reader("packed", "is_pack")(path):  # also an unfinished one, for its message
+        return (*_reader("packed", "open_pack")(path, verify), "pack")
     if not path.exists():
         close = difflib.get_close_matches(path.name.lower(), list(DATASETS), n=1)
         maybe = f" (did you mean {close[0]!r}?)" if close and len(path.parts) == 1 else ""
@@ -368,9 +374,8 @@ def _load_path(path, image_size, label_mode):
     idx = _idx_in(path)
     if idx:
         return (*_load_idx_folder(path, idx), "idx")
-    subdirs = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if subdirs:
-        return (*_load_image_folders(path, subdirs, image_size), "folder")
+    if any(p.is_dir() and not p.name.startswith(".") for p in path.iterdir()):
+        return (*_load_image_folders(path, image_size), "folder")
     raise DatasetError(f"{path}: no dataset found in this folder. Understood: {FORMATS_UNDERSTOOD}")
 
 
@@ -439,33 +444,43 @@ def _load_idx_folder(folder, pairs):
     return train, test
 
 
-def _load_image_folders(root, subdirs, image_size):
-    image_folder = _reader("folder", "ImageFolder")
+def split_folders(root: Path) -> tuple[Path, Path | None]:
+    """(training folder, held-out folder or None) of a folder of images: train/ beside test/ (or val/,
+    valid/, validation/), train/ alone, or else `root` itself as the folder of class folders."""
+    subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     names = {p.name.lower(): p for p in subdirs}
     held_out = ("test", "val", "valid", "validation")
     test_dir = next((names[n] for n in held_out if n in names), None)
     # train/ with test/ beside it, or train/ alone (no other folder, so "train" is no class)
     if "train" in names and (test_dir is not None or set(names) <= {"train", *held_out}):
-        train = image_folder(names["train"], image_size=image_size, name=f"{root.name}/train")
-        if test_dir is None:
-            return train, None
-        test = image_folder(test_dir, image_size=image_size, grayscale=train.x.shape[1] == 1,  # same channels
-                            name=f"{root.name}/{test_dir.name}")
-        return train, _align_classes(train, test)
-    return image_folder(root, image_size=image_size, name=root.name), None
+        return names["train"], test_dir
+    return root, None
 
 
-def _align_classes(train, test):
-    """test with its labels renumbered to train's class list (a test folder may lack some classes)."""
-    if train.classes is None or test.classes is None or list(test.classes) == list(train.classes):
-        return test
-    index = {c: i for i, c in enumerate(train.classes)}
-    unknown = [c for c in test.classes if c not in index]
+def _load_image_folders(root, image_size):
+    image_folder = _reader("folder", "ImageFolder")
+    train_dir, test_dir = split_folders(root)
+    if train_dir == root:
+        return image_folder(root, image_size=image_size, name=root.name), None
+    train = image_folder(train_dir, image_size=image_size, name=f"{root.name}/train")
+    if test_dir is None:
+        return train, None
+    test = image_folder(test_dir, image_size=image_size, grayscale=train.x.shape[1] == 1,  # same channels
+                        name=f"{root.name}/{test_dir.name}")
+    if test.classes == train.classes:
+        return train, test
+    mapping = class_mapping(train.classes, test.classes, test.name)
+    return train, Dataset(test.x, mapping[test.y], classes=train.classes, name=test.name)
+
+
+def class_mapping(train_classes: Sequence[str], test_classes: Sequence[str], name: str) -> np.ndarray:
+    """The training label of each test class (a test folder may lack some classes), as an index array."""
+    index = {c: i for i, c in enumerate(train_classes)}
+    unknown = [c for c in test_classes if c not in index]
     if unknown:
-        raise DatasetError(f"{test.name}: classes {unknown} are not among the training classes "
-                           f"({len(train.classes)} folders in train/): add or rename the folders")
-    mapping = np.array([index[c] for c in test.classes], dtype=np.int64)
-    return Dataset(test.x, mapping[test.y], classes=train.classes, name=test.name)
+        raise DatasetError(f"{name}: classes {unknown} are not among the training classes "
+                           f"({len(train_classes)} folders in train/): add or rename the folders")
+    return np.array([index[c] for c in test_classes], dtype=np.int64)
 
 
 def _check_image_size(source, train, test, image_size):
