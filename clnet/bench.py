@@ -40,6 +40,7 @@ from .errors import ClnetError
 from .files import replace_atomically
 from .models import INPUT_SHAPES, PRESETS
 from .ops import gemm
+from .torch_twin import torch_twin
 from .plan import Plan
 from .tensor import DeviceTensor
 from .timing import Timing, measure
@@ -71,25 +72,8 @@ class CheckError(ClnetError, RuntimeError):
 
 
 # ---------------------------------------------------------------------- the networks
-def _mlp():
-    return nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU(),
-                         nn.Linear(128, 10))
-
-
-def _mnist_cnn():
-    return nn.Sequential(nn.Conv2d(1, 32, 3), nn.ReLU(), nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Flatten(), nn.Linear(9216, 128), nn.ReLU(), nn.Linear(128, 10))
-
-
-def _cifar_cnn():
-    return nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
-                         nn.MaxPool2d(2), nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(),
-                         nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                         nn.Linear(4096, 512), nn.ReLU(), nn.Linear(512, 10))
-
-
-# the reference networks (clnet presets of the same names) and their torch.nn.Sequential twins
-TWINS = {"mlp": _mlp, "mnist-cnn": _mnist_cnn, "cifar-cnn": _cifar_cnn}
+# the reference networks (ARCHITECTURE.md), run unless --models says otherwise; any preset can be
+REFERENCE_MODELS = ("mlp", "mnist-cnn", "cifar-cnn")
 
 
 def clnet_model(name, device):
@@ -112,11 +96,12 @@ def clnet_rates(model, x, y, timing):
 
 
 class TorchTwin:
-    """The PyTorch twin of a clnet model, from its current weights, with the same loss and optimizer."""
+    """The PyTorch twin of a clnet model (clnet.torch_twin), from its current weights, with the same
+    loss and optimizer."""
 
-    def __init__(self, name, model, device):
+    def __init__(self, model, device):
         self.device = device
-        self.net = TWINS[name]()
+        self.net = torch_twin(model.network)
         self.net.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
         self.net.to(device)
         self.loss_fn = nn.CrossEntropyLoss()
@@ -136,9 +121,11 @@ class TorchTwin:
             return self.net(x.to(self.device))
 
     def probabilities(self, x):
+        self.net.eval()  # running statistics, as clnet's predict (and no update of them)
         return torch.softmax(self.logits(torch.from_numpy(x)), 1).cpu().numpy()
 
     def train_loss(self, x, y):
+        self.net.train()
         return self.train_step(torch.from_numpy(x), torch.from_numpy(y).long()).item()
 
     def state_dict(self):
@@ -146,8 +133,10 @@ class TorchTwin:
 
     def rates(self, x, y, timing):
         xh, yh = torch.from_numpy(x), torch.from_numpy(y).long()
-        return {"train": measure(lambda: self.train_step(xh, yh), self.sync, timing),
-                "infer": measure(lambda: self.logits(xh), self.sync, timing)}
+        self.net.train()
+        train = measure(lambda: self.train_step(xh, yh), self.sync, timing)
+        self.net.eval()
+        return {"train": train, "infer": measure(lambda: self.logits(xh), self.sync, timing)}
 
 
 # ---------------------------------------------------------------------- correctness
@@ -190,7 +179,7 @@ def bench_model(name, batch, cl_device, torch_device, timing):
     x, y = batch_data(batch, INPUT_SHAPES[name])
     row = {"model": name, "batch": batch, "check": None, "clnet": None, "torch": None, "ratio": None}
     if torch_device is not None:
-        twin = TorchTwin(name, model, torch_device)
+        twin = TorchTwin(model, torch_device)
         try:
             row["check"] = check_twin(model, twin, x, y)
         except CheckError as exc:
@@ -531,8 +520,9 @@ Examples:
   clnet-bench --models mnist-cnn --batch-sizes 128 --no-gemm --torch-device none""")
 @friendly_errors
 @device_options
-@click.option("--models", type=Several(click.Choice(list(TWINS))), default=list(TWINS), show_default=True,
-              metavar="[MODEL...]", help="Reference networks to run (none: skip them).")
+@click.option("--models", type=Several(click.Choice(sorted(PRESETS))), default=list(REFERENCE_MODELS),
+              show_default=True, metavar="[MODEL...]", help="Presets to run, at their default input size "
+              "(none: skip them).")
 @click.option("--batch-sizes", type=Several(click.IntRange(min=1), at_least=1), default=[128, 1024],
               show_default=True, metavar="N...", help="Batch sizes of the networks.")
 @click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True,
