@@ -39,6 +39,7 @@ from .device import device as open_device
 from .errors import ClnetError
 from .files import replace_atomically
 from .models import INPUT_SHAPES, PRESETS
+from .layers import Dropout
 from .ops import gemm
 from .torch_twin import torch_twin
 from .plan import Plan
@@ -62,6 +63,7 @@ LOSS_RTOL = 1e-4     # losses: relative difference
 # max-pool window whose two largest inputs differ by a rounding error routes its gradient to either:
 # measured up to 2e-3 between float32 and float64 PyTorch itself for cifar-cnn at batch 32.
 UPDATE_RTOL = 1e-2
+UPDATE_FLOOR = 1e-2  # updates below this share of the largest are compared against it (_update_difference)
 GEMM_RTOL = 1e-4     # GEMM: largest error relative to the largest |entry| of the reference
 ENV_SHOWN = ("OMP_NUM_THREADS", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS",
              "MKL_NUM_THREADS", "POCL_MAX_PTHREAD_COUNT", "CLNET_GEMM", "CUDA_VISIBLE_DEVICES")
@@ -77,7 +79,12 @@ REFERENCE_MODELS = ("mlp", "mnist-cnn", "cifar-cnn")
 
 
 def clnet_model(name, device):
+    """The preset, compiled as the protocol says, its Dropout layers off: the two sides would draw
+    different masks, and the check could not compare their steps."""
     model = PRESETS[name](device=device, seed=SEED)
+    for layer in model.network.layers:
+        if isinstance(layer, Dropout):
+            layer.p = 0.0
     return model.compile(loss="cross_entropy", optimizer=optim.SGD(lr=LR, momentum=MOMENTUM))
 
 
@@ -140,13 +147,20 @@ class TorchTwin:
 
 
 # ---------------------------------------------------------------------- correctness
-def _update_difference(before, clnet_after, torch_after):
-    """(difference, key) of the parameter tensor whose updates differ most between the two sides,
-    relative to the size of PyTorch's update (L2 norms; NaN counts as infinitely different)."""
+def _update_difference(before, clnet_after, torch_after, keys):
+    """(difference, key) of the parameter tensor (of `keys`: the trainable ones) whose updates differ
+    most between the two sides, relative to the size of PyTorch's update, or to UPDATE_FLOOR of the
+    largest tensor's update where it is smaller: there it is a sum that cancels (a BatchNorm bias
+    before a residual add), whose float32 rounding is its own size (L2 norms; NaN counts as
+    infinitely different)."""
+    theirs = {key: torch_after[key] - before[key] for key in keys}
+    floor = UPDATE_FLOOR * max(np.linalg.norm(update) for update in theirs.values())
+
     def difference(key):
-        ours, theirs = clnet_after[key] - before[key], torch_after[key] - before[key]
-        return float(np.nan_to_num(np.linalg.norm(ours - theirs) / max(np.linalg.norm(theirs), 1e-30), nan=np.inf))
-    return max((difference(key), key) for key in before)
+        ours = clnet_after[key] - before[key]
+        size = max(np.linalg.norm(theirs[key]), floor, 1e-30)
+        return float(np.nan_to_num(np.linalg.norm(ours - theirs[key]) / size, nan=np.inf))
+    return max((difference(key), key) for key in keys)
 
 
 def check_twin(model, twin, x, y):
@@ -155,7 +169,7 @@ def check_twin(model, twin, x, y):
     start = model.state_dict()
     prob_diff = float(np.abs(model.predict(x, batch_size=len(x)) - twin.probabilities(x)).max())
     losses = [[model.train_on_batch(x, y), twin.train_loss(x, y)]]
-    update_diff, worst = _update_difference(start, model.state_dict(), twin.state_dict())
+    update_diff, worst = _update_difference(start, model.state_dict(), twin.state_dict(), model.gradients())
     losses.append([model.train_on_batch(x, y), twin.train_loss(x, y)])
     found = {"max_probability_difference": prob_diff, "loss": losses[0], "loss_after_step": losses[1],
              "max_update_difference": update_diff, "max_update_difference_at": worst}
@@ -337,7 +351,7 @@ def describe(cl_device, torch_device, args, argv):
     versions = {"clnet": __version__, "commit": source_commit(), "torch": torch and torch.__version__,
                 "pyopencl": cl.VERSION_TEXT, "numpy": np.__version__, "python": platform.python_version()}
     protocol = {"optimizer": f"SGD lr {LR} momentum {MOMENTUM}", "loss": "softmax cross-entropy (mean)",
-                "dtype": "float32", "data": "synthetic (uniform images, random labels)",
+                "dtype": "float32", "data": "synthetic (uniform images, random labels)", "dropout": "off (p = 0)",
                 "warmup_steps": args.warmup, "steps_per_run": args.steps or None, "min_time_s": args.min_time,
                 "repeats": args.repeats, "statistic": "median of the runs (best also in JSON)",
                 "training": "every step uploads its batch from host memory",
@@ -365,7 +379,8 @@ def header(desc):
             f"platform {info['platform']} [{info['platform_version']}]; driver {info['driver']}",
             peer, f"CPU: {desc['cpu']}",
             "versions: " + ", ".join(f"{k} {value}" for k, value in v.items() if value is not None),
-            f"protocol: {p['optimizer']}, {p['loss']}, {p['dtype']}, {p['data']}; warm-up: {p['warmup_steps']} "
+            f"protocol: {p['optimizer']}, {p['loss']}, {p['dtype']}, {p['data']}, dropout {p['dropout']}; "
+            f"warm-up: {p['warmup_steps']} "
             f"steps; timed: the median of {p['repeats']} runs, each of "
             + (f"{p['steps_per_run']} steps" if p["steps_per_run"] else f"about {p['min_time_s']} s")
             + f"; training: {p['training']}; inference: {p['inference']}; results checked before timing",
