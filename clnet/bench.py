@@ -39,7 +39,9 @@ from .device import device as open_device
 from .errors import ClnetError
 from .files import replace_atomically
 from .models import INPUT_SHAPES, PRESETS
+from .layers import Dropout
 from .ops import gemm
+from .torch_twin import torch_twin
 from .plan import Plan
 from .tensor import DeviceTensor
 from .timing import Timing, measure
@@ -61,6 +63,7 @@ LOSS_RTOL = 1e-4     # losses: relative difference
 # max-pool window whose two largest inputs differ by a rounding error routes its gradient to either:
 # measured up to 2e-3 between float32 and float64 PyTorch itself for cifar-cnn at batch 32.
 UPDATE_RTOL = 1e-2
+UPDATE_FLOOR = 1e-2  # updates below this share of the largest are compared against it (_update_difference)
 GEMM_RTOL = 1e-4     # GEMM: largest error relative to the largest |entry| of the reference
 ENV_SHOWN = ("OMP_NUM_THREADS", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS",
              "MKL_NUM_THREADS", "POCL_MAX_PTHREAD_COUNT", "CLNET_GEMM", "CUDA_VISIBLE_DEVICES")
@@ -71,29 +74,17 @@ class CheckError(ClnetError, RuntimeError):
 
 
 # ---------------------------------------------------------------------- the networks
-def _mlp():
-    return nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU(),
-                         nn.Linear(128, 10))
-
-
-def _mnist_cnn():
-    return nn.Sequential(nn.Conv2d(1, 32, 3), nn.ReLU(), nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Flatten(), nn.Linear(9216, 128), nn.ReLU(), nn.Linear(128, 10))
-
-
-def _cifar_cnn():
-    return nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
-                         nn.MaxPool2d(2), nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(),
-                         nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                         nn.Linear(4096, 512), nn.ReLU(), nn.Linear(512, 10))
-
-
-# the reference networks (clnet presets of the same names) and their torch.nn.Sequential twins
-TWINS = {"mlp": _mlp, "mnist-cnn": _mnist_cnn, "cifar-cnn": _cifar_cnn}
+# the reference networks (ARCHITECTURE.md), run unless --models says otherwise; any preset can be
+REFERENCE_MODELS = ("mlp", "mnist-cnn", "cifar-cnn")
 
 
 def clnet_model(name, device):
+    """The preset, compiled as the protocol says, its Dropout layers off: the two sides would draw
+    different masks, and the check could not compare their steps."""
     model = PRESETS[name](device=device, seed=SEED)
+    for layer in model.network.layers:
+        if isinstance(layer, Dropout):
+            layer.p = 0.0
     return model.compile(loss="cross_entropy", optimizer=optim.SGD(lr=LR, momentum=MOMENTUM))
 
 
@@ -112,11 +103,12 @@ def clnet_rates(model, x, y, timing):
 
 
 class TorchTwin:
-    """The PyTorch twin of a clnet model, from its current weights, with the same loss and optimizer."""
+    """The PyTorch twin of a clnet model (clnet.torch_twin), from its current weights, with the same
+    loss and optimizer."""
 
-    def __init__(self, name, model, device):
+    def __init__(self, model, device):
         self.device = device
-        self.net = TWINS[name]()
+        self.net = torch_twin(model.network)
         self.net.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
         self.net.to(device)
         self.loss_fn = nn.CrossEntropyLoss()
@@ -136,9 +128,11 @@ class TorchTwin:
             return self.net(x.to(self.device))
 
     def probabilities(self, x):
+        self.net.eval()  # running statistics, as clnet's predict (and no update of them)
         return torch.softmax(self.logits(torch.from_numpy(x)), 1).cpu().numpy()
 
     def train_loss(self, x, y):
+        self.net.train()
         return self.train_step(torch.from_numpy(x), torch.from_numpy(y).long()).item()
 
     def state_dict(self):
@@ -146,18 +140,27 @@ class TorchTwin:
 
     def rates(self, x, y, timing):
         xh, yh = torch.from_numpy(x), torch.from_numpy(y).long()
-        return {"train": measure(lambda: self.train_step(xh, yh), self.sync, timing),
-                "infer": measure(lambda: self.logits(xh), self.sync, timing)}
+        self.net.train()
+        train = measure(lambda: self.train_step(xh, yh), self.sync, timing)
+        self.net.eval()
+        return {"train": train, "infer": measure(lambda: self.logits(xh), self.sync, timing)}
 
 
 # ---------------------------------------------------------------------- correctness
-def _update_difference(before, clnet_after, torch_after):
-    """(difference, key) of the parameter tensor whose updates differ most between the two sides,
-    relative to the size of PyTorch's update (L2 norms; NaN counts as infinitely different)."""
+def _update_difference(before, clnet_after, torch_after, keys):
+    """(difference, key) of the parameter tensor (of `keys`: the trainable ones) whose updates differ
+    most between the two sides, relative to the size of PyTorch's update, or to UPDATE_FLOOR of the
+    largest tensor's update where it is smaller: there it is a sum that cancels (a BatchNorm bias
+    before a residual add), whose float32 rounding is its own size (L2 norms; NaN counts as
+    infinitely different)."""
+    theirs = {key: torch_after[key] - before[key] for key in keys}
+    floor = UPDATE_FLOOR * max(np.linalg.norm(update) for update in theirs.values())
+
     def difference(key):
-        ours, theirs = clnet_after[key] - before[key], torch_after[key] - before[key]
-        return float(np.nan_to_num(np.linalg.norm(ours - theirs) / max(np.linalg.norm(theirs), 1e-30), nan=np.inf))
-    return max((difference(key), key) for key in before)
+        ours = clnet_after[key] - before[key]
+        size = max(np.linalg.norm(theirs[key]), floor, 1e-30)
+        return float(np.nan_to_num(np.linalg.norm(ours - theirs[key]) / size, nan=np.inf))
+    return max((difference(key), key) for key in keys)
 
 
 def check_twin(model, twin, x, y):
@@ -166,7 +169,7 @@ def check_twin(model, twin, x, y):
     start = model.state_dict()
     prob_diff = float(np.abs(model.predict(x, batch_size=len(x)) - twin.probabilities(x)).max())
     losses = [[model.train_on_batch(x, y), twin.train_loss(x, y)]]
-    update_diff, worst = _update_difference(start, model.state_dict(), twin.state_dict())
+    update_diff, worst = _update_difference(start, model.state_dict(), twin.state_dict(), model.gradients())
     losses.append([model.train_on_batch(x, y), twin.train_loss(x, y)])
     found = {"max_probability_difference": prob_diff, "loss": losses[0], "loss_after_step": losses[1],
              "max_update_difference": update_diff, "max_update_difference_at": worst}
@@ -190,7 +193,7 @@ def bench_model(name, batch, cl_device, torch_device, timing):
     x, y = batch_data(batch, INPUT_SHAPES[name])
     row = {"model": name, "batch": batch, "check": None, "clnet": None, "torch": None, "ratio": None}
     if torch_device is not None:
-        twin = TorchTwin(name, model, torch_device)
+        twin = TorchTwin(model, torch_device)
         try:
             row["check"] = check_twin(model, twin, x, y)
         except CheckError as exc:
@@ -348,7 +351,7 @@ def describe(cl_device, torch_device, args, argv):
     versions = {"clnet": __version__, "commit": source_commit(), "torch": torch and torch.__version__,
                 "pyopencl": cl.VERSION_TEXT, "numpy": np.__version__, "python": platform.python_version()}
     protocol = {"optimizer": f"SGD lr {LR} momentum {MOMENTUM}", "loss": "softmax cross-entropy (mean)",
-                "dtype": "float32", "data": "synthetic (uniform images, random labels)",
+                "dtype": "float32", "data": "synthetic (uniform images, random labels)", "dropout": "off (p = 0)",
                 "warmup_steps": args.warmup, "steps_per_run": args.steps or None, "min_time_s": args.min_time,
                 "repeats": args.repeats, "statistic": "median of the runs (best also in JSON)",
                 "training": "every step uploads its batch from host memory",
@@ -376,7 +379,8 @@ def header(desc):
             f"platform {info['platform']} [{info['platform_version']}]; driver {info['driver']}",
             peer, f"CPU: {desc['cpu']}",
             "versions: " + ", ".join(f"{k} {value}" for k, value in v.items() if value is not None),
-            f"protocol: {p['optimizer']}, {p['loss']}, {p['dtype']}, {p['data']}; warm-up: {p['warmup_steps']} "
+            f"protocol: {p['optimizer']}, {p['loss']}, {p['dtype']}, {p['data']}, dropout {p['dropout']}; "
+            f"warm-up: {p['warmup_steps']} "
             f"steps; timed: the median of {p['repeats']} runs, each of "
             + (f"{p['steps_per_run']} steps" if p["steps_per_run"] else f"about {p['min_time_s']} s")
             + f"; training: {p['training']}; inference: {p['inference']}; results checked before timing",
@@ -531,8 +535,9 @@ Examples:
   clnet-bench --models mnist-cnn --batch-sizes 128 --no-gemm --torch-device none""")
 @friendly_errors
 @device_options
-@click.option("--models", type=Several(click.Choice(list(TWINS))), default=list(TWINS), show_default=True,
-              metavar="[MODEL...]", help="Reference networks to run (none: skip them).")
+@click.option("--models", type=Several(click.Choice(sorted(PRESETS))), default=list(REFERENCE_MODELS),
+              show_default=True, metavar="[MODEL...]", help="Presets to run, at their default input size "
+              "(none: skip them).")
 @click.option("--batch-sizes", type=Several(click.IntRange(min=1), at_least=1), default=[128, 1024],
               show_default=True, metavar="N...", help="Batch sizes of the networks.")
 @click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True,

@@ -4,20 +4,25 @@
 // Only the first n_valid rows of a (possibly padded) batch count: they give the statistics and the
 // gradients; the input gradient of the other rows is zero.
 //
-// The reductions are deterministic: one work-group per channel, each work-item adding the elements
-// e = lid, lid + BN_LOCAL, ... of the channel in order, then a fixed tree over the work-group. The
-// split of elements among work-items depends on e only, so a padded batch gives the same sums as
-// the unpadded one.
+// Training reduces each channel in slices of BN_SLICE values, one work-group a slice, so that a
+// channel of many values occupies many compute units; a second kernel combines a channel's slices
+// in order, one work-item a channel; a third applies the result element by element. Every sum is
+// deterministic: within a slice each work-item adds the elements e = start + lid, + BN_LOCAL, ...
+// in order, then a fixed tree over the work-group; the slices are combined in order. Which slice
+// and work-item takes an element depends on e only, so a padded batch gives the same sums as the
+// unpadded one.
 //
 // AFFINE: weight and bias exist (else the w, b, dw, db arguments are placeholders).
 // CUMULATIVE: momentum=None, the running statistics are a cumulative average (factor 1 / count).
-// NEED_DX: the backward pass writes the input gradient.
 // ACT: an activation fused after the normalisation (common.h): the forward kernels write act(y),
 // and the backward pass takes the gradient of that output and the output itself (y), applying
 // act'(y) as it reads dy, so the activation costs no pass of its own.
 
 #ifndef BN_LOCAL
-#define BN_LOCAL 128 // work-items per channel; a power of two
+#define BN_LOCAL 128 // work-items of a reducing work-group; a power of two
+#endif
+#ifndef BN_SLICE
+#define BN_SLICE 4096 // values of a channel per reducing work-group; a multiple of BN_LOCAL
 #endif
 
 // The sum of each work-item's v over the work-group; every work-item gets it.
@@ -40,63 +45,98 @@ inline int bn_index(const int e, const int c, const int channels, const int spat
     return (r * channels + c) * spatial + (e - r * spatial);
 }
 
-// Training forward, one work-group per channel: batch mean and biased variance over the valid
-// rows (two passes), saved mean and 1 / sqrt(var + eps) for backward, the running statistics
-// updated with the unbiased variance, then y = (x - mean) / sqrt(var + eps) * w + b on every row.
-// A channel with a single valid value leaves running_var as it is (its unbiased variance does not
-// exist; PyTorch refuses such a batch). Work-group 0 counts the batch in num_batches_tracked, unless
-// CUMULATIVE, where every group reads the count and bn_count_batch increments it afterwards.
-__kernel void bn_forward_train(const int n_valid, const int n, const int channels, const int spatial,
-                               const float eps, const float momentum,
-                               __global const float* x, const int xo, __global float* y, const int yo,
-                               __global const float* w, const int wo, __global const float* b, const int bo,
-                               __global float* running_mean, const int rmo,
-                               __global float* running_var, const int rvo,
-                               __global float* count, const int co,
-                               __global float* save_mean, const int smo,
-                               __global float* save_invstd, const int sio)
+// The values [start, end) of channel c's first m in slice k.
+inline int2 bn_slice(const int k, const int m) {
+    const int start = k * BN_SLICE;
+    return (int2)(start, max(start, min(start + BN_SLICE, m)));
+}
+
+// Training forward, statistics of slice k = group 0 of channel c = group 1: the mean of its values
+// among the valid rows and the sum of their squared deviations from it (two passes), into
+// partial[(k * channels + c) * 2 + 0, 1].
+__kernel void bn_slice_statistics(const int n_valid, const int channels, const int spatial,
+                                  __global const float* x, const int xo, __global float* partial, const int po)
 {
     __local float scratch[BN_LOCAL];
-    const int c = get_group_id(0), lid = get_local_id(0);
-    const int m = n_valid * spatial;
+    const int k = get_group_id(0), c = get_group_id(1), lid = get_local_id(0);
+    const int2 range = bn_slice(k, n_valid * spatial);
     __global const float* xs = x + xo;
-
     float s = 0.0f;
-    for (int e = lid; e < m; e += BN_LOCAL) s += xs[bn_index(e, c, channels, spatial)];
-    const float mean = group_sum(scratch, s) / (float)m;
-
+    for (int e = range.x + lid; e < range.y; e += BN_LOCAL) s += xs[bn_index(e, c, channels, spatial)];
+    const float total = group_sum(scratch, s);
+    const float mean = range.y > range.x ? total / (float)(range.y - range.x) : 0.0f;
     float q = 0.0f;
-    for (int e = lid; e < m; e += BN_LOCAL) {
+    for (int e = range.x + lid; e < range.y; e += BN_LOCAL) {
         const float d = xs[bn_index(e, c, channels, spatial)] - mean;
         q += d * d;
     }
-    const float var = group_sum(scratch, q) / (float)m;
-    const float invstd = 1.0f / sqrt(var + eps);
-
+    const float squares = group_sum(scratch, q);
     if (lid == 0) {
-        save_mean[smo + c] = mean;
-        save_invstd[sio + c] = invstd;
-#ifdef CUMULATIVE
-        const float factor = 1.0f / (count[co] + 1.0f);
-#else
-        const float factor = momentum;
-        if (c == 0) count[co] += 1.0f;
-#endif
-        running_mean[rmo + c] = (1.0f - factor) * running_mean[rmo + c] + factor * mean;
-        if (m > 1)
-            running_var[rvo + c] = (1.0f - factor) * running_var[rvo + c] + factor * (var * (float)m / (float)(m - 1));
+        partial[po + (k * channels + c) * 2] = mean;
+        partial[po + (k * channels + c) * 2 + 1] = squares;
     }
+}
 
-#ifdef AFFINE
-    const float scale = invstd * w[wo + c], shift = b[bo + c];
-#else
-    const float scale = invstd, shift = 0.0f;
-#endif
-    const int total = n * spatial;
-    for (int e = lid; e < total; e += BN_LOCAL) {
-        const int i = bn_index(e, c, channels, spatial);
-        y[yo + i] = act_forward((xs[i] - mean) * scale + shift);
+// Training forward, one work-item per channel: the slices' statistics combined in order (the mean
+// and squared deviations of two parts make those of their union), the batch mean and biased
+// variance saved as mean and 1 / sqrt(var + eps) for backward, the running statistics updated with
+// the unbiased variance. A channel with a single valid value leaves running_var as it is (its
+// unbiased variance does not exist; PyTorch refuses such a batch). Work-item 0 counts the batch in
+// num_batches_tracked, unless CUMULATIVE, where every work-item reads the count and bn_count_batch
+// increments it afterwards.
+__kernel void bn_combine_statistics(const int n_valid, const int channels, const int spatial, const int slices,
+                                    const float eps, const float momentum,
+                                    __global const float* partial, const int po,
+                                    __global float* running_mean, const int rmo,
+                                    __global float* running_var, const int rvo,
+                                    __global float* count, const int co,
+                                    __global float* save_mean, const int smo,
+                                    __global float* save_invstd, const int sio)
+{
+    const int c = get_global_id(0);
+    if (c >= channels) return;
+    const int m = n_valid * spatial;
+    float n = 0.0f, mean = 0.0f, squares = 0.0f;
+    for (int k = 0; k < slices; k++) {
+        const int2 range = bn_slice(k, m);
+        if (range.y == range.x) break;
+        const float n_k = (float)(range.y - range.x), union_n = n + n_k;
+        const float delta = partial[po + (k * channels + c) * 2] - mean;
+        mean += delta * (n_k / union_n);
+        squares += partial[po + (k * channels + c) * 2 + 1] + delta * delta * (n * n_k / union_n);
+        n = union_n;
     }
+    const float var = squares / (float)m;
+    save_mean[smo + c] = mean;
+    save_invstd[sio + c] = 1.0f / sqrt(var + eps);
+#ifdef CUMULATIVE
+    const float factor = 1.0f / (count[co] + 1.0f);
+#else
+    const float factor = momentum;
+    if (c == 0) count[co] += 1.0f;
+#endif
+    running_mean[rmo + c] = (1.0f - factor) * running_mean[rmo + c] + factor * mean;
+    if (m > 1)
+        running_var[rvo + c] = (1.0f - factor) * running_var[rvo + c] + factor * (var * (float)m / (float)(m - 1));
+}
+
+// Training forward, one work-item per element of the n x C x S tensor, padded rows included:
+// y = act((x - mean) * invstd * w + b).
+__kernel void bn_normalize(const int total, const int channels, const int spatial,
+                           __global const float* x, const int xo, __global float* y, const int yo,
+                           __global const float* w, const int wo, __global const float* b, const int bo,
+                           __global const float* save_mean, const int smo,
+                           __global const float* save_invstd, const int sio)
+{
+    const int i = get_global_id(0);
+    if (i >= total) return;
+    const int c = (i / spatial) % channels;
+#ifdef AFFINE
+    const float scale = save_invstd[sio + c] * w[wo + c], shift = b[bo + c];
+#else
+    const float scale = save_invstd[sio + c], shift = 0.0f;
+#endif
+    y[yo + i] = act_forward((x[xo + i] - save_mean[smo + c]) * scale + shift);
 }
 
 // num_batches_tracked += 1, after a CUMULATIVE forward has read it. One work-item.
@@ -158,56 +198,89 @@ __kernel void bn_fold(const int rows, const int per_row, const float eps,
     }
 }
 
-// Training backward, one work-group per channel. With xhat = (x - mean) * invstd over the valid rows
-// and g = dy * act'(y) the gradient of the normalised value: db = sum(g), dw = sum(g * xhat),
+// Training backward. With xhat = (x - mean) * invstd over the valid rows and g = dy * act'(y) the
+// gradient of the normalised value: db = sum(g), dw = sum(g * xhat),
 // dx = w * invstd * (g - db / m - xhat * dw / m); dx = 0 on the padded rows.
 #if ACT == ACT_NONE
 #define BN_GRAD(i) dy[dyo + (i)]
 #else
 #define BN_GRAD(i) (dy[dyo + (i)] * act_grad_from_output(y[yo + (i)]))
 #endif
-__kernel void bn_backward(const int n_valid, const int n, const int channels, const int spatial,
-                          __global const float* x, const int xo, __global const float* y, const int yo,
-                          __global const float* dy, const int dyo,
-                          __global float* dx, const int dxo,
-                          __global const float* w, const int wo,
-                          __global float* dw, const int dwo, __global float* db, const int dbo,
-                          __global const float* save_mean, const int smo,
-                          __global const float* save_invstd, const int sio)
+
+// Training backward, the sums of slice k = group 0 of channel c = group 1: of g and of
+// g * (x - mean), into partial[(k * channels + c) * 2 + 0, 1].
+__kernel void bn_slice_gradient_sums(const int n_valid, const int channels, const int spatial,
+                                     __global const float* x, const int xo, __global const float* y, const int yo,
+                                     __global const float* dy, const int dyo,
+                                     __global const float* save_mean, const int smo,
+                                     __global float* partial, const int po)
 {
     __local float scratch[BN_LOCAL];
-    const int c = get_group_id(0), lid = get_local_id(0);
-    const int m = n_valid * spatial;
-    const float mean = save_mean[smo + c], invstd = save_invstd[sio + c];
-
+    const int k = get_group_id(0), c = get_group_id(1), lid = get_local_id(0);
+    const int2 range = bn_slice(k, n_valid * spatial);
+    const float mean = save_mean[smo + c];
     float s = 0.0f, t = 0.0f;
-    for (int e = lid; e < m; e += BN_LOCAL) {
+    for (int e = range.x + lid; e < range.y; e += BN_LOCAL) {
         const int i = bn_index(e, c, channels, spatial);
         const float g = BN_GRAD(i);
         s += g;
         t += g * (x[xo + i] - mean);
     }
-    const float sum_dy = group_sum(scratch, s);
-    const float sum_dy_xhat = group_sum(scratch, t) * invstd;
-
-#ifdef AFFINE
+    const float sum_g = group_sum(scratch, s);
+    const float sum_gx = group_sum(scratch, t);
     if (lid == 0) {
-        dw[dwo + c] = sum_dy_xhat;
-        db[dbo + c] = sum_dy;
+        partial[po + (k * channels + c) * 2] = sum_g;
+        partial[po + (k * channels + c) * 2 + 1] = sum_gx;
     }
+}
+
+// Training backward, one work-item per channel: the slices' sums added in order; dw and db (AFFINE)
+// and, for bn_input_gradient, means[c] = db / m and means[channels + c] = dw / m.
+__kernel void bn_combine_gradient_sums(const int n_valid, const int channels, const int spatial, const int slices,
+                                       __global const float* partial, const int po,
+                                       __global const float* save_invstd, const int sio,
+                                       __global float* dw, const int dwo, __global float* db, const int dbo,
+                                       __global float* means, const int mo)
+{
+    const int c = get_global_id(0);
+    if (c >= channels) return;
+    const int m = n_valid * spatial;
+    float sum_g = 0.0f, sum_gx = 0.0f;
+    for (int k = 0; k < slices && k * BN_SLICE < m; k++) {
+        sum_g += partial[po + (k * channels + c) * 2];
+        sum_gx += partial[po + (k * channels + c) * 2 + 1];
+    }
+    const float sum_g_xhat = sum_gx * save_invstd[sio + c];
+#ifdef AFFINE
+    dw[dwo + c] = sum_g_xhat;
+    db[dbo + c] = sum_g;
+#endif
+    means[mo + c] = sum_g / (float)m;
+    means[mo + channels + c] = sum_g_xhat / (float)m;
+}
+
+// Training backward, one work-item per element: dx from the channel's means (bn_combine_gradient_sums).
+__kernel void bn_input_gradient(const int total, const int n_valid, const int channels, const int spatial,
+                                __global const float* x, const int xo, __global const float* y, const int yo,
+                                __global const float* dy, const int dyo, __global float* dx, const int dxo,
+                                __global const float* w, const int wo,
+                                __global const float* save_mean, const int smo,
+                                __global const float* save_invstd, const int sio,
+                                __global const float* means, const int mo)
+{
+    const int i = get_global_id(0);
+    if (i >= total) return;
+    if (i / (channels * spatial) >= n_valid) {
+        dx[dxo + i] = 0.0f;
+        return;
+    }
+    const int c = (i / spatial) % channels;
+    const float invstd = save_invstd[sio + c];
+#ifdef AFFINE
     const float gain = w[wo + c] * invstd;
 #else
     const float gain = invstd;
 #endif
-
-#ifdef NEED_DX
-    const float mean_dy = sum_dy / (float)m, mean_dy_xhat = sum_dy_xhat / (float)m;
-    const int total = n * spatial;
-    for (int e = lid; e < total; e += BN_LOCAL) {
-        const int i = bn_index(e, c, channels, spatial);
-        float g = 0.0f;
-        if (e < m) g = gain * (BN_GRAD(i) - mean_dy - (x[xo + i] - mean) * invstd * mean_dy_xhat);
-        dx[dxo + i] = g;
-    }
-#endif
+    const float xhat = (x[xo + i] - save_mean[smo + c]) * invstd;
+    dx[dxo + i] = gain * (BN_GRAD(i) - means[mo + c] - xhat * means[mo + channels + c]);
 }

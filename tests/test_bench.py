@@ -75,7 +75,7 @@ def test_twin_is_checked_before_timing(device, tmp_path):
 def test_disagreement_aborts_before_timing(device, monkeypatch):
     torch = pytest.importorskip("torch")
     nn = torch.nn
-    monkeypatch.setitem(bench.TWINS, "mlp", lambda: nn.Sequential(
+    monkeypatch.setattr(bench, "torch_twin", lambda network: nn.Sequential(
         nn.Flatten(), nn.Linear(784, 256), nn.Tanh(), nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 10)))
     monkeypatch.setattr(bench, "measure", lambda *args: pytest.fail("timed after a failed check"))
     result = _bench("--device", str(device.info.index), *TINY, "--torch-device", "cpu", "--no-gemm")

@@ -108,9 +108,11 @@ def _bn_input(rng, shape, n_valid):
 
 
 # (input shape, valid rows): batch 1 with H*W > 1; batch 3; 1, 3, 5 channels; 7 x 5 images; odd
-# feature counts; (F, L) sequences; more values per channel than work-items; padded last batches.
+# feature counts; (F, L) sequences; more values per channel than work-items; padded last batches;
+# channels of several slices (ops.norm.BN_SLICE values each), the padding inside the last one.
 BN_CASES = [((1, 3, 7, 5), 1), ((3, 5, 4, 4), 3), ((4, 1, 7, 5), 2), ((2, 3, 20, 20), 2),
-            ((5, 7), 5), ((6, 7), 3), ((4, 3, 9), 4), ((300, 5), 257)]
+            ((5, 7), 5), ((6, 7), 3), ((4, 3, 9), 4), ((300, 5), 257),
+            ((3, 2, 50, 50), 2), ((40, 3, 16, 16), 37), ((9000, 3), 8999)]
 BN_IDS = [f"{'x'.join(map(str, s))}-valid{v}" for s, v in BN_CASES]
 
 

@@ -84,11 +84,10 @@ class _BatchNorm(Layer):
                              f"{x.shape[0]} of shape {tuple(x.shape[1:])}: use a batch size of 2 or more")
         c = self.num_features
         mean, invstd = plan.value((c,), f"{self!r} batch mean"), plan.value((c,), f"{self!r} batch 1/std")
-        launch = norm_ops.batchnorm_forward_train(
-            plan, x, y, weight, bias, buffers["running_mean"], buffers["running_var"],
-            buffers["num_batches_tracked"], mean, invstd, self.eps, self.momentum, act=ctx.act)
-        # statistics over the valid rows only: the graph sets n_valid for a padded last batch
-        plan.bind_dynamic("n_valid", launch, "n_valid")
+        # statistics over the valid rows only: the runner sets the plan's n_valid for a padded last batch
+        norm_ops.batchnorm_forward_train(plan, x, y, weight, bias, buffers["running_mean"], buffers["running_var"],
+                                         buffers["num_batches_tracked"], mean, invstd, self.eps, self.momentum,
+                                         act=ctx.act)
         ctx.saved["stats"] = (mean, invstd)
         return y
 
@@ -123,9 +122,8 @@ class _BatchNorm(Layer):
         plan = ctx.plan
         mean, invstd = ctx.saved["stats"]
         dx = plan.value(x.shape, f"{self!r} input grad") if need_dx else None
-        launch = norm_ops.batchnorm_backward(plan, x, y, dy, dx, ctx.params.get("weight"), ctx.grads.get("weight"),
-                                             ctx.grads.get("bias"), mean, invstd, act=ctx.act)
-        plan.bind_dynamic("n_valid", launch, "n_valid")
+        norm_ops.batchnorm_backward(plan, x, y, dy, dx, ctx.params.get("weight"), ctx.grads.get("weight"),
+                                    ctx.grads.get("bias"), mean, invstd, act=ctx.act)
         return dx
 
     def to_onnx(self, builder, name, prefix, arrays):

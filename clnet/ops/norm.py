@@ -9,8 +9,9 @@ from math import prod
 from .elementwise import activation
 
 FILE = "norm.cl"
-BN_LOCAL = 128  # work-items per channel in the reducing kernels (a power of two)
-LOCAL = 64      # work-group of the element-wise evaluation kernel
+BN_LOCAL = 128   # work-items of a reducing work-group (a power of two)
+BN_SLICE = 4096  # values of a channel per reducing work-group (a multiple of BN_LOCAL)
+LOCAL = 64       # work-group of the element-wise kernels
 
 
 def _dims(x, channels):
@@ -20,25 +21,33 @@ def _dims(x, channels):
     return n, c, s
 
 
+def _slices(n, s):
+    """How many slices of BN_SLICE values a channel of n rows of s values takes."""
+    return -(-n * s // BN_SLICE)
+
+
 def batchnorm_forward_train(plan, x, y, weight, bias, running_mean, running_var, num_batches_tracked,
-                            save_mean, save_invstd, eps, momentum, n_valid=None, act=None):
-    """y = batch-normalised x (statistics of its first n_valid rows, all of them by default), then
-    the activation `act` (its kernel options, None for none);
+                            save_mean, save_invstd, eps, momentum, act=None):
+    """y = batch-normalised x (statistics of its first n_valid rows: the plan's dynamic "n_valid",
+    all rows until it is set), then the activation `act` (its kernel options, None for none);
     save_mean / save_invstd get the statistics for backward; the running statistics and the batch
-    count are updated (momentum None: cumulative average). weight and bias may be None (affine=False).
-    Returns the launch, whose argument "n_valid" is n_valid."""
+    count are updated (momentum None: cumulative average). weight and bias may be None
+    (affine=False). Each channel is reduced in slices (kernels_cl/norm.cl), combined in order."""
     n, c, s = _dims(x, running_mean.shape[0])
-    affine = weight is not None
-    cumulative = momentum is None
-    k = plan.kernel(FILE, "bn_forward_train", BN_LOCAL=BN_LOCAL, AFFINE=affine, CUMULATIVE=cumulative,
-                    **(act or activation()))
-    launch = plan.launch(k, (c * BN_LOCAL,), (BN_LOCAL,), n if n_valid is None else n_valid, n, c, s,
-                         float(eps), 0.0 if cumulative else float(momentum), x, y,
-                         weight if affine else x, bias if affine else x, running_mean, running_var,
-                         num_batches_tracked, save_mean, save_invstd)
+    affine, cumulative, slices = weight is not None, momentum is None, _slices(n, s)
+    partial = plan.value((slices, c, 2), "batch norm slice statistics")
+    k = plan.kernel(FILE, "bn_slice_statistics", BN_LOCAL=BN_LOCAL, BN_SLICE=BN_SLICE)
+    reduce = plan.launch(k, (slices * BN_LOCAL, c), (BN_LOCAL, 1), n, c, s, x, partial)
+    k = plan.kernel(FILE, "bn_combine_statistics", BN_SLICE=BN_SLICE, CUMULATIVE=cumulative)
+    combine = plan.launch(k, (c,), None, n, c, s, slices, float(eps), 0.0 if cumulative else float(momentum),
+                          partial, running_mean, running_var, num_batches_tracked, save_mean, save_invstd)
+    for launch in (reduce, combine):
+        plan.bind_dynamic("n_valid", launch, "n_valid")
     if cumulative:
         plan.launch(plan.kernel(FILE, "bn_count_batch"), (1,), (1,), num_batches_tracked)
-    return launch
+    k = plan.kernel(FILE, "bn_normalize", AFFINE=affine, **(act or activation()))
+    plan.launch(k, (x.size,), (LOCAL,), x.size, c, s, x, y, weight if affine else x, bias if affine else x,
+                save_mean, save_invstd)
 
 
 def batchnorm_forward_eval(plan, x, y, weight, bias, running_mean, running_var, eps, act=None):
@@ -60,15 +69,28 @@ def batchnorm_fold(plan, weight, bias, w, b, running_mean, running_var, eps, fol
                        running_mean, running_var, folded_weight, folded_bias)
 
 
-def batchnorm_backward(plan, x, y, dy, dx, weight, dweight, dbias, save_mean, save_invstd, n_valid=None, act=None):
+def batchnorm_backward(plan, x, y, dy, dx, weight, dweight, dbias, save_mean, save_invstd, act=None):
     """From the training forward's statistics and its output y: dweight, dbias (when weight is not
-    None) and dx (when not None; zero on rows >= n_valid), dy being the gradient of act's output
-    when an activation `act` was fused (y is read only then, and not kept alive otherwise). Returns the launch, whose argument
-    "n_valid" is n_valid."""
+    None) and dx (when not None; zero on the rows from the plan's dynamic "n_valid" on), dy being
+    the gradient of act's output when an activation `act` was fused (y is read only then, and not
+    kept alive otherwise). Each channel's sums are reduced in slices, combined in order."""
     n, c, s = _dims(x, save_mean.shape[0])
-    affine, need_dx = weight is not None, dx is not None
-    k = plan.kernel(FILE, "bn_backward", BN_LOCAL=BN_LOCAL, AFFINE=affine, NEED_DX=need_dx, **(act or activation()))
-    return plan.launch(k, (c * BN_LOCAL,), (BN_LOCAL,), n if n_valid is None else n_valid, n, c, s,
-                       x, y if act else dy, dy, dx if need_dx else dy, weight if affine else x,
-                       dweight if affine else save_mean, dbias if affine else save_mean,
-                       save_mean, save_invstd)
+    affine, need_dx, slices = weight is not None, dx is not None, _slices(n, s)
+    if not (affine or need_dx):
+        return
+    y = y if act else dy
+    act = act or activation()
+    partial = plan.value((slices, c, 2), "batch norm slice gradient sums")
+    means = plan.value((2, c), "batch norm gradient means")
+    k = plan.kernel(FILE, "bn_slice_gradient_sums", BN_LOCAL=BN_LOCAL, BN_SLICE=BN_SLICE, **act)
+    reduce = plan.launch(k, (slices * BN_LOCAL, c), (BN_LOCAL, 1), n, c, s, x, y, dy, save_mean, partial)
+    k = plan.kernel(FILE, "bn_combine_gradient_sums", BN_SLICE=BN_SLICE, AFFINE=affine)
+    combine = plan.launch(k, (c,), None, n, c, s, slices, partial, save_invstd,
+                          dweight if affine else means, dbias if affine else means, means)
+    launches = [reduce, combine]
+    if need_dx:
+        k = plan.kernel(FILE, "bn_input_gradient", AFFINE=affine, **act)
+        launches.append(plan.launch(k, (x.size,), (LOCAL,), x.size, n, c, s, x, y, dy, dx,
+                                    weight if affine else x, save_mean, save_invstd, means))
+    for launch in launches:
+        plan.bind_dynamic("n_valid", launch, "n_valid")
