@@ -137,6 +137,7 @@ class CompiledStep:
             plan.bind_dynamic(name, gather, argument)
         if spec.crop or spec.flip:
             plan.bind_dynamic("step", gather, "step", step_arg)
+            plan.bind_dynamic("first_row", gather, "first_row", np.uint32)
         self.targets = None
         if loss is not None and target_dtype is not None:
             shape = (rows,) if np.dtype(target_dtype) == np.int32 else (rows, prod(self.output_shape))

@@ -156,3 +156,18 @@ def test_resident_needs_one_device(device):
     x, y = batch(8)
     with pytest.raises(InputError, match="resident=True needs a model on one device"):
         compiled(mlp, [device, device]).fit(x, y, verbose=0, resident=True)
+
+
+def test_dropout_and_augmentation_draw_the_whole_batch_masks(device):
+    """A replica's shard draws the random crops, flips and dropout masks of the same samples of the
+    whole batch (keyed by global row and element, also where a shard's elements are not aligned to
+    the generator's groups of four), so a step equals one device's."""
+    def net(devices, shares=None):
+        return clnet.Sequential([L.Conv2D(1, 3, 3), L.Dropout(0.3), L.ReLU(), L.Flatten(), L.Dense(3 * 26 * 26, 13),
+                                 L.Dropout(0.5), L.Dense(13, 10)], device=devices, seed=4, shares=shares)
+    x, y = batch(7)  # shards of 2, 3 and 2 rows: the second Dropout's shards start at elements 26 and 65
+    single, replicated = compiled(net, device), compiled(net, [device] * 3)
+    for model in (single, replicated):
+        model.fit(x, y, epochs=2, batch_size=7, shuffle=False, augment="crop=2,flip", verbose=0)
+    assert replicated.history.history["loss"] == pytest.approx(single.history.history["loss"], rel=1e-5)
+    assert_close(single.state_dict(), replicated.state_dict())
