@@ -1,6 +1,6 @@
-"""Model: a network with its parameters on one device (or replicated on several), trained and run as in Keras (compile / fit
-/ evaluate / predict / save); Sequential builds it from a stack of layers. Loading model files and
-checkpoints onto a device is here too, above the file format (clnet.io)."""
+"""Model: a network with its parameters on one device (or replicated on several), trained and run
+as in Keras (compile / fit / evaluate / predict / save); Sequential builds it from a stack of layers.
+Loading model files and checkpoints onto a device is here too, above the file format (clnet.io)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from .device import device as open_device
 from .errors import InputError, ModelFileError, ShapeError
 from .layers import Layer, SymbolicTensor
 from .network import INPUT, Network, loss_input
-from .replicas import Replica, SummedMetrics, device_list, make_runner, share_weights
+from .replicas import Replica, SummedMetrics, capacity, device_list, make_runner, share_weights
 from .text import format_bytes
 from .trainer import History, Trainer
 
@@ -378,7 +378,8 @@ class Model:
         line = lambda r: "  ".join(v.ljust(w) if c == 0 else v.rjust(w) for c, (v, w) in enumerate(zip(r, widths)))
         rule = "-" * len(line(header))
         training = self.loss is not None
-        target = Target(int(batch_size), input_shape, training,
+        shard = capacity(int(batch_size), self.shares)[0]  # the first replica's rows; the batch on one device
+        target = Target(shard, input_shape, training,
                         np.dtype(self.loss.target_dtype).str if training else None)
         arena = 4 * self._compile(target, allocate=False).plan.place()  # planned, not allocated
         store = self.param_store
@@ -388,7 +389,9 @@ class Model:
             f"Input {input_shape}: {self.count_params():,} parameters, {flops:,} forward FLOPs per sample",
             f"Planned device memory for {'training' if training else 'inference'} at batch size {batch_size}: "
             f"{format_bytes(arena + resident)} ({format_bytes(arena)} activations and "
-            f"gradients, {format_bytes(resident)} parameters, gradients and optimizer state) on {self.device.name}"])
+            f"gradients, {format_bytes(resident)} parameters, gradients and optimizer state) on {self.device.name}"
+            + (f" (the first of {len(self.replicas)} replicas, {shard} rows of each batch)" if len(self.replicas) > 1
+               else "")])
         print(text, file=stream or sys.stdout)
         return text
 
@@ -447,9 +450,9 @@ def _build(saved, path, device):
 
 def load(path, device: Device | Sequence[Device] | None = None) -> Model:
     """The model saved at `path` (a model file or a checkpoint), on `device` (default: the best
-    device; any device works, whatever made the file; a list of devices makes replicas). Compiled with its saved loss and a default
-    SGD optimizer (call compile again to train otherwise); not compiled if it was saved uncompiled.
-    Class names are in `model.classes`.
+    device; any device works, whatever made the file; a list of devices makes replicas). Compiled
+    with its saved loss and a default SGD optimizer (call compile again to train otherwise); not
+    compiled if it was saved uncompiled. Class names are in `model.classes`.
 
     Example:
         >>> model = clnet.load("lenet.clnet", device=clnet.device(platform="pocl"))
@@ -469,9 +472,9 @@ class LoadedCheckpoint:
 
 def load_checkpoint(path, device: Device | Sequence[Device] | None = None) -> LoadedCheckpoint:
     """A `LoadedCheckpoint` (model, epoch, step, state) read from `path`, on `device` (default: the best
-    device; a list of devices makes replicas). The model is compiled with its loss and optimizer, the optimizer's state and step count
-    restored. To continue a fit, pass `checkpoint=path, resume=True` to `fit` instead: it loads
-    into the model being trained."""
+    device; a list of devices makes replicas). The model is compiled with its loss and optimizer,
+    the optimizer's state and step count restored. To continue a fit, pass `checkpoint=path,
+    resume=True` to `fit` instead: it loads into the model being trained."""
     saved = io.read_checkpoint(path)
     model = _build(saved.model, path, device)
     if saved.optimizer is not None:

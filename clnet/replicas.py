@@ -61,8 +61,8 @@ class Replica:
 
 
 class SummedMetrics:
-    """The metrics of every replica as one: read as their sum, written into the first (the rest zeroed),
-    so that a fit's running metrics and a checkpoint's copy of them span all shards."""
+    """The metrics of every replica as one, read as their sum; a checkpoint keeps each replica's
+    (`state`), so that a resumed fit adds in the same order as one never interrupted."""
 
     def __init__(self, replicas):
         self.tensors = [r.metrics for r in replicas]
@@ -74,9 +74,18 @@ class SummedMetrics:
     def download(self):
         return np.sum([t.download() for t in self.tensors], axis=0, dtype=np.float32)
 
-    def upload(self, array):
-        self.fill(0)
-        self.tensors[0].upload(array)
+    def state(self):
+        """Each replica's metrics: (4,) on one device, (replicas, 4) on several."""
+        rows = np.stack([t.download() for t in self.tensors])
+        return rows[0] if len(rows) == 1 else rows
+
+    def load_state(self, state):
+        """`state()` of the same replicas, or else metrics as one (4,) row, which the first replica takes."""
+        rows = np.asarray(state, np.float32).reshape(-1, 4)
+        if len(rows) != len(self.tensors):
+            rows = np.concatenate([rows.sum(axis=0, keepdims=True), np.zeros((len(self.tensors) - 1, 4), np.float32)])
+        for tensor, row in zip(self.tensors, rows):
+            tensor.upload(row)
 
 
 def combine(tensors, weights):

@@ -2,6 +2,9 @@
 times, against the same model on one device: one step, a short fit, shares, tiny batches,
 prediction, files and bad input."""
 
+import os
+import signal
+
 import numpy as np
 import pytest
 
@@ -130,6 +133,33 @@ def test_checkpointed_fit_resumes_on_replicas(device, tmp_path):
     loaded = clnet.load_checkpoint(tmp_path / "c.ckpt", device=[device, device])
     assert loaded.model.param_store.steps == 3 and len(loaded.model.replicas) == 2
     assert_close(model.state_dict(), loaded.model.state_dict(), rtol=0)
+
+
+class InterruptAt(clnet.callbacks.Callback):
+    """Ctrl-C after one step of the second epoch."""
+
+    def on_step_end(self, epoch, step):
+        if (epoch, step) == (2, 1):
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_interrupted_fit_resumes_on_replicas(device, tmp_path):
+    """Interrupted mid-epoch and resumed, a replicated fit ends as one never interrupted: weights
+    and history (whose training metrics span the checkpoint, summed over the replicas)."""
+    x, y = batch(60)
+    runs = []
+    for interrupt in (False, True):
+        model = compiled(bn_net, [device, device], [2, 1])
+        options = dict(epochs=3, batch_size=16, verbose=0, augment="flip", checkpoint=tmp_path / f"{interrupt}.ckpt",
+                       resume=True)
+        if interrupt:
+            with pytest.raises(KeyboardInterrupt):
+                model.fit(x, y, callbacks=[InterruptAt()], **options)
+            model = compiled(bn_net, [device, device], [2, 1])
+        model.fit(x, y, **options)
+        runs.append((model.state_dict(), model.history.history))
+    assert runs[1][1] == runs[0][1]
+    assert_close(runs[0][0], runs[1][0], rtol=0)
 
 
 def test_shards_and_capacity():
