@@ -279,9 +279,8 @@ class Model:
             raise InputError("evaluate needs at least one sample")
         runner = self._runner(batch_size, x.shape[1:], False, targets.dtype, self._spec(x))
         self.metrics.fill(0)
-        size = batch_size
-        for start in range(0, len(x), size):
-            runner.infer(x[start:start + size], targets[start:start + size], want_output=False)
+        for start in range(0, len(x), batch_size):
+            runner.infer(x[start:start + batch_size], targets[start:start + batch_size], want_output=False)
         logs = self._read_metrics(targets)
         runner.sync()
         return logs
@@ -294,8 +293,7 @@ class Model:
         if len(x) == 0:
             raise InputError("predict needs at least one sample")
         runner = self._runner(batch_size, x.shape[1:], False, spec=self._spec(x))
-        size = batch_size
-        out = [runner.infer(x[start:start + size]) for start in range(0, len(x), size)]
+        out = [runner.infer(x[start:start + batch_size]) for start in range(0, len(x), batch_size)]
         runner.sync()
         return np.concatenate(out).reshape(len(x), *runner.output_shape)
 
