@@ -7,8 +7,8 @@ device, a batch size and an input shape: a plan of pre-bound launches in phases.
     backward  the stages' gradients, into the flat gradient buffer
     update    the optimizer's one launch over the flat parameters
 
-Between backward and update lies the seam where replicas will reduce their gradients. The compiler
-never sees a model object: what it needs comes as arguments.
+Between backward and update lies the seam where replicas combine their gradients (replicas.py).
+The compiler never sees a model object: what it needs comes as arguments.
 """
 
 from dataclasses import dataclass

@@ -44,11 +44,12 @@ def share_weights(shares, replicas: int) -> np.ndarray:
     return weights / weights.sum()
 
 
-def shard_bounds(n: int, weights: np.ndarray) -> np.ndarray:
+def shard_bounds(n, weights: np.ndarray) -> np.ndarray:
     """Where each replica's contiguous shard of `n` samples starts, and where the last ends (R + 1
-    bounds): the cumulative shares of n, rounded half up, so that a batch splits the same way every time."""
+    bounds): the cumulative shares of n, rounded half up, so that a batch splits the same way every
+    time. For an array of batch sizes, a row of bounds per size."""
     cumulative = np.concatenate([[0.0], np.cumsum(weights)[:-1], [1.0]])
-    return np.floor(cumulative * n + 0.5).astype(int)
+    return np.floor(np.multiply.outer(n, cumulative) + 0.5).astype(int)
 
 
 class Replica:
@@ -149,9 +150,7 @@ class ReplicatedRunner:
 def capacity(batch_size: int, weights: np.ndarray) -> list:
     """The rows each replica's step is compiled for: the most its shard of any batch up to
     `batch_size` samples holds (at least 1, as a replica without a shard still updates)."""
-    sizes = np.arange(1, batch_size + 1)[:, None]
-    cumulative = np.concatenate([[0.0], np.cumsum(weights)[:-1], [1.0]])
-    bounds = np.floor(cumulative * sizes + 0.5).astype(int)  # shard_bounds of every batch size at once
+    bounds = shard_bounds(np.arange(1, batch_size + 1), weights)
     return [max(1, int(c)) for c in np.diff(bounds, axis=1).max(axis=0)]
 
 
