@@ -7,8 +7,8 @@ device, a batch size and an input shape: a plan of pre-bound launches in phases.
     backward  the stages' gradients, into the flat gradient buffer
     update    the optimizer's one launch over the flat parameters
 
-Between backward and update lies the seam where replicas will reduce their gradients. The compiler
-never sees a model object: what it needs comes as arguments.
+Between backward and update lies the seam where replicas combine their gradients (replicas.py).
+The compiler never sees a model object: what it needs comes as arguments.
 """
 
 from dataclasses import dataclass
@@ -137,6 +137,7 @@ class CompiledStep:
             plan.bind_dynamic(name, gather, argument)
         if spec.crop or spec.flip:
             plan.bind_dynamic("step", gather, "step", step_arg)
+            plan.bind_dynamic("first_row", gather, "first_row", np.uint32)
         self.targets = None
         if loss is not None and target_dtype is not None:
             shape = (rows,) if np.dtype(target_dtype) == np.int32 else (rows, prod(self.output_shape))

@@ -1,6 +1,6 @@
-"""Model: a network with its parameters on one device, trained and run as in Keras (compile / fit
-/ evaluate / predict / save); Sequential builds it from a stack of layers. Loading model files and
-checkpoints onto a device is here too, above the file format (clnet.io)."""
+"""Model: a network with its parameters on one device (or replicated on several), trained and run
+as in Keras (compile / fit / evaluate / predict / save); Sequential builds it from a stack of layers.
+Loading model files and checkpoints onto a device is here too, above the file format (clnet.io)."""
 
 from __future__ import annotations
 
@@ -21,9 +21,7 @@ from .device import device as open_device
 from .errors import InputError, ModelFileError, ShapeError
 from .layers import Layer, SymbolicTensor
 from .network import INPUT, Network, loss_input
-from .params import ParamStore
-from .runner import Runner
-from .tensor import DeviceTensor
+from .replicas import Replica, SummedMetrics, capacity, device_list, make_runner, share_weights
 from .text import format_bytes
 from .trainer import History, Trainer
 
@@ -64,7 +62,7 @@ def _split(rng, targets, fraction):
 
 
 class Model:
-    """A network trained and run on one OpenCL device.
+    """A network trained and run on one OpenCL device, or data-parallel on several (replicas).
 
     Parameters are created and initialised (He / Glorot from `seed`) on the device at construction;
     state_dict keys are "<node name>.<parameter>" in PyTorch's layouts.
@@ -72,18 +70,23 @@ class Model:
     Args:
         inputs: the network's `clnet.Input(...)`, with `outputs` the symbolic tensor the layers
             called on it make; or a clnet.network.Network (then no `outputs`).
-        device: a clnet.Device (default: the best device, see `clnet.device`).
+        device: a clnet.Device (default: the best device, see `clnet.device`), or a list of them:
+            one replica per entry (the same device may be listed twice), each step's batch split
+            among them and their gradients combined into one update.
         seed: seeds initialisation, dropout, augmentation and (unless fit is given one) shuffling.
+        shares: with several devices, each one's share of every batch (default equal), as weights.
 
     Example:
         >>> x = clnet.Input((3, 32, 32))
         >>> h = L.ReLU()(L.Conv2D(3, 16, 3, padding=1)(x))
         >>> h = L.ReLU()(L.Add()([h, L.Conv2D(16, 16, 3, padding=1)(h)]))
         >>> model = clnet.Model(x, L.Dense(16, 10)(L.Flatten()(L.GlobalAvgPool2D()(h))), seed=0)
+        >>> replicated = clnet.Model(x, ..., device=[clnet.device(device=0), clnet.device(device=1)])
     """
 
     def __init__(self, inputs: SymbolicTensor | Network, outputs: SymbolicTensor | None = None,
-                 device: Device | None = None, seed: int = 0):
+                 device: Device | Sequence[Device] | None = None, seed: int = 0,
+                 shares: Sequence[float] | None = None):
         if isinstance(inputs, Network):
             if outputs is not None:
                 raise TypeError("give a Network alone, or an Input and the outputs made from it")
@@ -91,10 +94,14 @@ class Model:
         else:
             network, input_shape = Network.from_symbolic(inputs, outputs), inputs.shape
         self.network = network
-        self.device = device if device is not None else open_device()
+        self.devices = device_list(device if device is not None else open_device())
+        self.device = self.devices[0]  # the first replica's: state_dict, save and summary read it
         self.seed = int(seed)
-        self.param_store = ParamStore(self.device, network, self.seed)
-        self.metrics = DeviceTensor.empty(self.device, (4,), what="the metrics")  # loss, -, correct, count
+        self.shares = share_weights(shares, len(self.devices))
+        first = Replica(self.device, network, self.seed)
+        self.replicas = [first] + [Replica(d, network, self.seed, like=first) for d in self.devices[1:]]
+        self.param_store = first.store
+        self.metrics = SummedMetrics(self.replicas)  # loss, -, correct, count over every replica
         self.loss = self.optimizer = None
         self.input_shape = input_shape
         self.normalization = None  # per-channel (mean, std) applied to every input, set by fit(normalize=...)
@@ -140,7 +147,8 @@ class Model:
         """
         self.loss = losses.get(loss, **({"label_smoothing": label_smoothing} if label_smoothing else {}))
         self.optimizer = optim.get(optimizer)
-        self.param_store.reset_optimizer_state()
+        for replica in self.replicas:
+            replica.store.reset_optimizer_state()
         self._runners.clear()
         return self
 
@@ -151,8 +159,9 @@ class Model:
         mean, std = self.normalization or ((), ())
         return InputSpec(str(x.dtype), tuple(mean), tuple(std), crop, flip)
 
-    def _compile(self, target, allocate=True):
-        return CompiledStep(self.device, self.network, self.param_store, self.loss, self.optimizer, self.metrics,
+    def _compile(self, target, allocate=True, replica=None):
+        replica = replica or self.replicas[0]
+        return CompiledStep(replica.device, self.network, replica.store, self.loss, self.optimizer, replica.metrics,
                             self.seed, target, allocate)
 
     def _runner(self, batch_size, input_shape, training, target_dtype=None, spec=InputSpec()):
@@ -160,7 +169,8 @@ class Model:
         target = Target(int(batch_size), tuple(input_shape), training, target_dtype and np.dtype(target_dtype).str,
                         spec)
         if target not in self._runners:
-            self._runners[target] = Runner(self._compile(target), self.param_store, self.optimizer)
+            self._runners[target] = make_runner(self.replicas, self.shares, target,
+                                                lambda replica, t: self._compile(t, replica=replica), self.optimizer)
         self.input_shape = target.input_shape
         return self._runners[target]
 
@@ -273,9 +283,8 @@ class Model:
             raise InputError("evaluate needs at least one sample")
         runner = self._runner(batch_size, x.shape[1:], False, targets.dtype, self._spec(x))
         self.metrics.fill(0)
-        size = runner.compiled.batch_size
-        for start in range(0, n, size):
-            batch = slice(start, start + size) if rows is None else rows[start:start + size]
+        for start in range(0, n, batch_size):
+            batch = slice(start, start + batch_size) if rows is None else rows[start:start + batch_size]
             runner.infer(x[batch], targets[batch], want_output=False)
         logs = self._read_metrics(targets)
         runner.sync()
@@ -289,14 +298,14 @@ class Model:
         if len(x) == 0:
             raise InputError("predict needs at least one sample")
         runner = self._runner(batch_size, x.shape[1:], False, spec=self._spec(x))
-        size = runner.compiled.batch_size
-        out = [runner.infer(x[start:start + size]) for start in range(0, len(x), size)]
+        out = [runner.infer(x[start:start + batch_size]) for start in range(0, len(x), batch_size)]
         runner.sync()
-        return np.concatenate(out).reshape(len(x), *runner.compiled.output_shape)
+        return np.concatenate(out).reshape(len(x), *runner.output_shape)
 
     # ------------------------------------------------------------------ weights
     def state_dict(self) -> dict:
-        """{"0.weight": array, ...}: float32 numpy arrays in PyTorch's layouts and keys."""
+        """{"0.weight": array, ...}: float32 numpy arrays in PyTorch's layouts and keys (of the first
+        replica: every replica holds the same)."""
         return self.param_store.state_dict()
 
     def gradients(self) -> dict:
@@ -304,8 +313,9 @@ class Model:
         return self.param_store.gradients()
 
     def load_state_dict(self, state: dict) -> None:
-        """Load arrays (numpy, or anything np.asarray takes, such as CPU torch tensors)."""
-        self.param_store.load_state_dict(state)
+        """Load arrays (numpy, or anything np.asarray takes, such as CPU torch tensors) into every replica."""
+        for replica in self.replicas:
+            replica.store.load_state_dict(state)
 
     def optimizer_state_dict(self) -> dict:
         """Everything the optimizer needs to continue: {"class", "config" (hyper-parameters),
@@ -324,7 +334,8 @@ class Model:
         """The hyper-parameters of `optimizer` (of this model's optimizer's class), and its state and
         step count. Steps are compiled again, as the launches hold the hyper-parameters."""
         vars(self.optimizer).update(vars(optimizer))
-        self.param_store.load_optimizer_state(arrays, steps)
+        for replica in self.replicas:
+            replica.store.load_optimizer_state(arrays, steps)
         self._runners.clear()
 
     def save(self, path, classes: Sequence[str] | None = None) -> None:
@@ -370,7 +381,8 @@ class Model:
         line = lambda r: "  ".join(v.ljust(w) if c == 0 else v.rjust(w) for c, (v, w) in enumerate(zip(r, widths)))
         rule = "-" * len(line(header))
         training = self.loss is not None
-        target = Target(int(batch_size), input_shape, training,
+        shard = capacity(int(batch_size), self.shares)[0]  # the first replica's rows; the batch on one device
+        target = Target(shard, input_shape, training,
                         np.dtype(self.loss.target_dtype).str if training else None)
         arena = 4 * self._compile(target, allocate=False).plan.place()  # planned, not allocated
         store = self.param_store
@@ -380,7 +392,9 @@ class Model:
             f"Input {input_shape}: {self.count_params():,} parameters, {flops:,} forward FLOPs per sample",
             f"Planned device memory for {'training' if training else 'inference'} at batch size {batch_size}: "
             f"{format_bytes(arena + resident)} ({format_bytes(arena)} activations and "
-            f"gradients, {format_bytes(resident)} parameters, gradients and optimizer state) on {self.device.name}"])
+            f"gradients, {format_bytes(resident)} parameters, gradients and optimizer state) on {self.device.name}"
+            + (f" (the first of {len(self.replicas)} replicas, {shard} rows of each batch)" if len(self.replicas) > 1
+               else "")])
         print(text, file=stream or sys.stdout)
         return text
 
@@ -394,16 +408,17 @@ class Sequential(Model):
 
     Args:
         layers: clnet layers, in order.
-        device: a clnet.Device (default: the best device).
-        seed: as for Model.
+        device: a clnet.Device (default: the best device), or a list of them (replicas, see Model).
+        seed, shares: as for Model.
 
     Example:
         >>> model = clnet.Sequential([L.Flatten(), L.Dense(784, 128), L.ReLU(), L.Dense(128, 10)])
         >>> model.compile("cross_entropy", "adam").fit(x, y, epochs=3)
     """
 
-    def __init__(self, layers: Sequence[Layer], device: Device | None = None, seed: int = 0):
-        super().__init__(Network.chain(layers), device=device, seed=seed)
+    def __init__(self, layers: Sequence[Layer], device: Device | Sequence[Device] | None = None, seed: int = 0,
+                 shares: Sequence[float] | None = None):
+        super().__init__(Network.chain(layers), device=device, seed=seed, shares=shares)
 
     @property
     def layers(self) -> list:
@@ -436,11 +451,11 @@ def _build(saved, path, device):
     return model
 
 
-def load(path, device: Device | None = None) -> Model:
+def load(path, device: Device | Sequence[Device] | None = None) -> Model:
     """The model saved at `path` (a model file or a checkpoint), on `device` (default: the best
-    device; any device works, whatever made the file). Compiled with its saved loss and a default
-    SGD optimizer (call compile again to train otherwise); not compiled if it was saved uncompiled.
-    Class names are in `model.classes`.
+    device; any device works, whatever made the file; a list of devices makes replicas). Compiled
+    with its saved loss and a default SGD optimizer (call compile again to train otherwise); not
+    compiled if it was saved uncompiled. Class names are in `model.classes`.
 
     Example:
         >>> model = clnet.load("lenet.clnet", device=clnet.device(platform="pocl"))
@@ -458,11 +473,11 @@ class LoadedCheckpoint:
     state: object
 
 
-def load_checkpoint(path, device: Device | None = None) -> LoadedCheckpoint:
+def load_checkpoint(path, device: Device | Sequence[Device] | None = None) -> LoadedCheckpoint:
     """A `LoadedCheckpoint` (model, epoch, step, state) read from `path`, on `device` (default: the best
-    device). The model is compiled with its loss and optimizer, the optimizer's state and step count
-    restored. To continue a fit, pass `checkpoint=path, resume=True` to `fit` instead: it loads
-    into the model being trained."""
+    device; a list of devices makes replicas). The model is compiled with its loss and optimizer,
+    the optimizer's state and step count restored. To continue a fit, pass `checkpoint=path,
+    resume=True` to `fit` instead: it loads into the model being trained."""
     saved = io.read_checkpoint(path)
     model = _build(saved.model, path, device)
     if saved.optimizer is not None:

@@ -5,7 +5,7 @@ reference ones (28x28 grey images for mlp, mnist-cnn and lenet5, 32x32 RGB for c
 CIFAR ResNets, 224x224 RGB for the torchvision networks, 10 classes). The first Dense layer of the
 others is sized for the input; the ResNets and MobileNetV2 pool globally and the VGGs
 adaptively, so any image size works (at least 32 pixels a side for the VGGs). `device` and `seed`
-are those of `clnet.Model`. `PRESETS` names them as clnet-train does.
+are those of `clnet.Model` (a list of devices makes replicas). `PRESETS` names them as clnet-train does.
 
 The torchvision networks (ResNets, VGGs, MobileNetV2) are functional graphs (`clnet.Model`) whose
 nodes carry torchvision's module names ("conv1", "layer1.0.bn2", "layer2.0.downsample.0", "fc",
@@ -18,6 +18,7 @@ Example:
     >>> model.compile("cross_entropy", "adam").fit(x, y, epochs=5)
     >>> clnet.models.cifar_cnn(input_shape=(3, 64, 64), classes=100)   # Dense 16384->512 first
     >>> clnet.models.PRESETS["mnist-cnn"](device=clnet.device(device="cpu"))
+    >>> clnet.models.mlp(device=[clnet.device(device=0), clnet.device(device=1)])   # two replicas
     >>> net = clnet.models.resnet18(input_shape=(3, 32, 32))            # the CIFAR stem, chosen by size
     >>> net.load_state_dict(torchvision.models.resnet18(num_classes=10).state_dict())
 """

@@ -48,7 +48,7 @@ OPSETS = range(9, 26)
 _BATCH = -(2 ** 62)
 
 
-def from_onnx(path: str | os.PathLike, device: Device | None = None, seed: int = 0) -> Model:
+def from_onnx(path: str | os.PathLike, device: Device | list[Device] | None = None, seed: int = 0) -> Model:
     """The clnet.Model of an ONNX file, its weights loaded, compiled with the cross-entropy loss
     (binary cross-entropy when the graph ends with Sigmoid) and a default SGD optimizer, as
     `clnet.load` does: `predict` returns class probabilities (the softmax of an exported network's
@@ -56,7 +56,7 @@ def from_onnx(path: str | os.PathLike, device: Device | None = None, seed: int =
 
     Args:
         path: an .onnx file, such as torch.onnx.export writes (opsets 9 to 25).
-        device: a clnet.Device (default: the best device).
+        device: a clnet.Device (default: the best device), or a list of them (replicas).
         seed: as for clnet.Model (dropout masks, and the initial values before the weights load).
 
     The graph's input is taken as float32 images scaled to [0, 1], as clnet feeds uint8 images;

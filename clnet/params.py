@@ -30,10 +30,11 @@ class ParamStore:
     augmentation.
 
     Initial values come from a counter-based generator (Philox) keyed by the seed and the node's
-    position, so they do not depend on the device.
+    position, so they do not depend on the device; a replica's store copies them from the first
+    replica's (`like`) instead.
     """
 
-    def __init__(self, device, network, seed):
+    def __init__(self, device, network, seed, like=None):
         self.device = device
         self.entries, sizes = [], {True: 0, False: 0}
         for node in network.nodes:
@@ -46,7 +47,11 @@ class ParamStore:
         self.buffers = DeviceTensor.empty(device, (max(sizes[False], 1),), what="the layer buffers")
         self.grads.fill(0)  # alignment gaps are never written but the optimizer reads them
         self.optimizer_state, self.steps = [], 0
-        self._initialize(network, seed)
+        if like is None:
+            self._initialize(network, seed)
+        else:
+            self.params.upload(like.params.download())
+            self.buffers.upload(like.buffers.download())
 
     @property
     def count(self):

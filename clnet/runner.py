@@ -19,7 +19,7 @@ class Runner:
 
     def __init__(self, compiled, store, optimizer=None):
         self.compiled, self.store, self.optimizer = compiled, store, optimizer
-        self.plan, self.device = compiled.plan, compiled.device
+        self.plan, self.device, self.output_shape = compiled.plan, compiled.device, compiled.output_shape
         self._slot, self._slots, self._ahead = 0, [None, None], deque()
         self._source = None
         self.n_valid = compiled.batch_size
@@ -78,33 +78,49 @@ class Runner:
         if len(self._ahead) > AHEAD:
             self._ahead.popleft().wait()
 
-    def train(self, x, targets):
-        """Queue one training step on a host batch of at most batch_size samples (raw images)."""
-        self._train(self._stage(x, targets))
+    def train(self, x, targets, update=True):
+        """Queue one training step on a host batch of at most batch_size samples (raw images).
+
+        With update=False the step stops at the seam: the batch's gradients are in `store.grads` and
+        `update()` applies them. An empty batch only counts the step (a replica without a shard)."""
+        self._begin_step()
+        ranges = [self._update] if update else []
+        staged = None
+        if len(x):
+            staged = self._stage(x, targets)
+            ranges.insert(0, self._gradients)
+        if ranges:
+            self._run(staged, *ranges)
+
+    def update(self):
+        """Queue the optimizer's update of a step trained with update=False."""
+        self._run(None, self._update)
 
     def train_resident(self, data, start, n):
         """Queue one training step on samples data.order[start:start + n] of a DeviceDataset."""
         self._bind_source(data.images, data.targets, data.order, start, n)
-        self._train(None)
+        self._begin_step()
+        self._run(None, self._gradients, self._update)
 
-    def _train(self, staged):
+    def _begin_step(self):
         self.store.steps += 1
         self.optimizer.prepare(self.compiled.update_launch, self.store.steps)
         self.plan.set_dynamic("step", self.store.steps)
-        # The gradients, then the update: between them is where replicas will reduce their gradients.
-        self._run(staged, self._gradients, self._update)
 
-    def infer(self, x, targets=None, want_output=True):
+    def infer(self, x, targets=None, want_output=True, read=True):
         """Queue one evaluation batch: metrics accumulate when targets are given; returns the
-        outputs for the valid rows when asked (that download waits for the queue)."""
+        outputs for the valid rows when asked (that download waits for the queue), or with
+        read=False computes them for `output()` to read later."""
         staged = self._stage(x, targets)
         if self.compiled.loss_launch is not None:
             flags = (losses.PROBS if want_output else 0) | (losses.METRICS if targets is not None else 0)
             self.compiled.loss_launch.set("flags", flags)
         self._run(staged, (0, None))
-        if want_output:
-            return self.compiled.output.tensor().download()[:self.n_valid]
-        return None
+        return self.output() if want_output and read else None
+
+    def output(self):
+        """The outputs of the valid rows of the last batch run (waits for the queue)."""
+        return self.compiled.output.tensor().download()[:self.n_valid]
 
     def sync(self):
         """Wait for the device; forget the source, so that a dataset held on the device is freed

@@ -123,6 +123,11 @@ class Trainer:
             self._call("on_train_begin")  # a checkpoint resumes here, normalisation included
             runner = model._runner(self.batch_size, x.shape[1:], True, targets.dtype,
                                    model._spec(x, *parse_augment(augment)))
+            if len(model.replicas) > 1:  # each replica's shard is uploaded: no dataset held on one device
+                if resident is True:
+                    raise InputError("resident=True needs a model on one device: a replicated model's fit "
+                                     "uploads each replica's shard (pass resident='auto' or False)")
+                resident = False
             if resident == "auto":
                 in_use = runner.plan.arena_bytes + 4 * model.param_store.params.nbytes
                 resident = DeviceDataset.fits(model.device, x, targets, in_use)

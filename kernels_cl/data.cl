@@ -13,13 +13,14 @@
 
 // out[b] = normalise(augment(src[order[start + b]] * scale)) for rows b < n_valid, zeros after.
 // norm holds mean[c] then 1/std[c] per channel. Augmentation per sample, from Philox keyed by the
-// seed with counter (b, step), the same whether the batch was uploaded or gathered on the device:
+// seed with counter (first_row + b, step): the same whether the batch was uploaded or gathered on
+// the device, and for a replica's shard (rows first_row... of the global batch) as for the whole batch:
 // first a shift of the image by (dy, dx) in [-crop, crop] with zero
 // fill (a random crop of the image padded by `crop`), then, when `flip`, a horizontal mirror with
 // probability 1/2. One work-item per output row (b, c, h).
 __kernel void gather_images(const int rows, const int n_valid, const int start, const int C,
                             const int H, const int W, const float scale, const int crop, const int flip,
-                            const uint seed_lo, const uint seed_hi, const uint step,
+                            const uint seed_lo, const uint seed_hi, const uint step, const uint first_row,
                             __global const int* restrict order, const int oo,
                             __global const SRC_T* restrict src, const int so,
                             __global const float* restrict norm, const int no,
@@ -35,7 +36,7 @@ __kernel void gather_images(const int rows, const int n_valid, const int start, 
     }
     int dy = 0, dx = 0, mirror = 0;
     if (crop > 0 || flip) {
-        const uint4 draw = philox4x32_10((uint4)((uint)b, step, 0u, 0u), (uint2)(seed_lo, seed_hi));
+        const uint4 draw = philox4x32_10((uint4)(first_row + (uint)b, step, 0u, 0u), (uint2)(seed_lo, seed_hi));
         dy = (int)(draw.x % (uint)(2 * crop + 1)) - crop;
         dx = (int)(draw.y % (uint)(2 * crop + 1)) - crop;
         mirror = flip && (draw.z & 1u);

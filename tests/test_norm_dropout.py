@@ -256,6 +256,21 @@ def test_dropout_mask_is_the_seeded_counter_based_draw(device, n, p, seed):
     np.testing.assert_array_equal(outs[0], outs[2])  # the same step gives the same mask
 
 
+@pytest.mark.parametrize("first", [1, 2, 3, 4, 4097])
+def test_dropout_counts_elements_from_its_offset(device, first):
+    """A launch whose elements are counted from `first` (a replica's shard) draws the masks of those
+    elements of the whole tensor, also where they do not start a group of four draws."""
+    n, p, seed, step = 4099, 0.5, 9, 3
+    x = np.random.default_rng(0).uniform(0.5, 2.0, n).astype(np.float32)
+    sx, sy = Slot(device, x, 5), Slot.output(device, (n,), 2)
+    plan = new_plan(device)
+    dropout_ops.dropout(plan, sx.tensor, sy.tensor, p, seed, step, offset=first)
+    plan.finalize(plan.place())
+    plan.run()
+    keep = keep_ref(first + n, seed, step, p)[first:]
+    np.testing.assert_array_equal(sy.read(), np.where(keep, x * np.float32(1 / (1 - p)), np.float32(0)))
+
+
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.8])
 def test_dropout_mask_statistics(device, p):
     """The keep rate is 1 - p; masks of different steps, of neighbouring elements and of

@@ -39,7 +39,7 @@ class Checkpoint(Callback):
         trainer, model = self.trainer, self.model
         state = {"rng": trainer.rng.bit_generator.state, "history": trainer.history.history,
                  "epochs": trainer.history.epochs, "order": order,
-                 "metrics": model.metrics.download() if order is not None else None,
+                 "metrics": model.metrics.state() if order is not None else None,
                  "callbacks": [[type(c).__name__, c.state()] for c in trainer.callbacks if _keeps_state(c)]}
         io.save_checkpoint(self.path, model, state, epoch=epochs_done, step=steps_done)
 
@@ -64,7 +64,7 @@ class Checkpoint(Callback):
         trainer.history.history, trainer.history.epochs = state["history"], state["epochs"]
         trainer.start_epoch = saved.epoch + 1
         if state["order"] is not None:
-            model.metrics.upload(np.asarray(state["metrics"], np.float32))
+            model.metrics.load_state(state["metrics"])
             trainer.start_step, trainer.order = saved.step, np.asarray(state["order"])
 
 

@@ -47,6 +47,8 @@ class Dropout(Layer):
         out = ctx.plan.value(src.shape, f"{self!r} {what}")
         launch = dropout_ops.dropout(ctx.plan, src, out, self.p, ctx.seed)
         ctx.plan.bind_dynamic("step", launch, "step", step_arg)
+        per_row = src.size // src.shape[0]  # a replica's shard starts at row first_row of the batch
+        ctx.plan.bind_dynamic("first_row", launch, "offset", lambda row: np.uint32(row * per_row))
         return out
 
     def forward(self, ctx, x):

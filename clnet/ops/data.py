@@ -15,7 +15,7 @@ def gather_images(plan, order, src, norm, out, scale, crop=0, flip=False, seed=0
     lo, hi = seed_key(seed)
     k = plan.kernel(FILE, "gather_images", SRC_UINT8=np.dtype(src.dtype) == np.uint8)
     return plan.launch(k, (rows * c * h,), (LOCAL,), rows, rows, 0, c, h, w, np.float32(scale), int(crop),
-                       int(bool(flip)), lo, hi, step_arg(0), order, src, norm, out)
+                       int(bool(flip)), lo, hi, step_arg(0), np.uint32(0), order, src, norm, out)
 
 
 def gather_targets(plan, order, src, out):

@@ -1,0 +1,164 @@
+"""Replicas: one network trained data-parallel on several devices of one process (the same device may
+be listed twice). Each replica holds its own ParamStore, metrics and compiled steps over the same
+network; parameters are identical on every replica at every step.
+
+A training step splits the global batch into contiguous shards by the replicas' shares; each replica
+runs input to backward on its shard and stops at the seam; the flat gradients are combined, each
+weighted by its shard's share of the batch, into the gradient of the global batch's mean loss; every
+replica then applies the same update. The combination goes through the host for now: each replica's
+flat buffer is read, summed in replica order in float64, and written back to every replica.
+BatchNorm's running statistics are combined the same way after the step (each replica normalised
+by its own shard's statistics, as PyTorch's DistributedDataParallel without SyncBatchNorm).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from .device import Device
+from .errors import InputError
+from .params import ParamStore
+from .runner import Runner
+from .tensor import DeviceTensor
+
+
+def device_list(device) -> list:
+    """The devices of `device=`: one Device, or a non-empty list of them (repeats allowed)."""
+    devices = [device] if isinstance(device, Device) else device
+    if not isinstance(devices, (list, tuple)) or not devices or not all(isinstance(d, Device) for d in devices):
+        raise InputError(f"device= takes a clnet.Device or a non-empty list of them (from clnet.device(...)), "
+                         f"got {device!r}")
+    return list(devices)
+
+
+def share_weights(shares, replicas: int) -> np.ndarray:
+    """The replicas' shares of a batch as fractions summing to 1 (equal when `shares` is None)."""
+    if shares is None:
+        return np.full(replicas, 1.0 / replicas)
+    weights = np.asarray(shares, dtype=np.float64).reshape(-1)
+    if len(weights) != replicas or not np.all(np.isfinite(weights)) or np.any(weights < 0) or weights.sum() <= 0:
+        raise InputError(f"shares= needs {replicas} non-negative numbers, one per device, not all zero; "
+                         f"got {shares!r}")
+    return weights / weights.sum()
+
+
+def shard_bounds(n, weights: np.ndarray) -> np.ndarray:
+    """Where each replica's contiguous shard of `n` samples starts, and where the last ends (R + 1
+    bounds): the cumulative shares of n, rounded half up, so that a batch splits the same way every
+    time. For an array of batch sizes, a row of bounds per size."""
+    cumulative = np.concatenate([[0.0], np.cumsum(weights)[:-1], [1.0]])
+    return np.floor(np.multiply.outer(n, cumulative) + 0.5).astype(int)
+
+
+class Replica:
+    """One device's copy of a model: its parameter store and its metrics (loss, -, correct, count)."""
+
+    def __init__(self, device, network, seed, like=None):
+        self.device = device
+        self.store = ParamStore(device, network, seed, like=like and like.store)
+        self.metrics = DeviceTensor.empty(device, (4,), what="the metrics")
+
+
+class SummedMetrics:
+    """The metrics of every replica as one, read as their sum; a checkpoint keeps each replica's
+    (`state`), so that a resumed fit adds in the same order as one never interrupted."""
+
+    def __init__(self, replicas):
+        self.tensors = [r.metrics for r in replicas]
+
+    def fill(self, value=0):
+        for tensor in self.tensors:
+            tensor.fill(value)
+
+    def download(self):
+        return np.sum([t.download() for t in self.tensors], axis=0, dtype=np.float32)
+
+    def state(self):
+        """Each replica's metrics: (4,) on one device, (replicas, 4) on several."""
+        rows = np.stack([t.download() for t in self.tensors])
+        return rows[0] if len(rows) == 1 else rows
+
+    def load_state(self, state):
+        """`state()` of the same replicas, or else metrics as one (4,) row, which the first replica takes."""
+        rows = np.asarray(state, np.float32).reshape(-1, 4)
+        if len(rows) != len(self.tensors):
+            rows = np.concatenate([rows.sum(axis=0, keepdims=True), np.zeros((len(self.tensors) - 1, 4), np.float32)])
+        for tensor, row in zip(self.tensors, rows):
+            tensor.upload(row)
+
+
+def combine(tensors, weights):
+    """Write sum_i weights[i] * tensors[i] (float64, in replica order) into every tensor."""
+    total = np.zeros(tensors[0].size, np.float64)
+    for tensor, weight in zip(tensors, weights):
+        if weight:
+            total += weight * tensor.download()
+    total = total.astype(np.float32)
+    for tensor in tensors:
+        tensor.upload(total)
+
+
+class ReplicatedRunner:
+    """Runs one step over the replicas' runners, each compiled for the most rows its shard can have.
+
+    Args:
+        runners: a Runner per replica, in the replicas' order.
+        weights: the replicas' shares (`share_weights`).
+    """
+
+    def __init__(self, runners, weights):
+        self.runners, self.weights = runners, weights
+        self.output_shape = runners[0].output_shape
+        stores = [r.store for r in runners]
+        self._grads = [s.grads for s in stores]
+        self._buffers = [s.buffers for s in stores] if any(not e.trainable for e in stores[0].entries) else None
+
+    def _shards(self, n):
+        bounds = shard_bounds(n, self.weights)
+        return [slice(start, stop) for start, stop in zip(bounds[:-1], bounds[1:])]
+
+    def train(self, x, targets):
+        """One step on a host batch: gradients per shard, combined, then the same update everywhere."""
+        shards = self._shards(len(x))
+        for runner, shard in zip(self.runners, shards):
+            runner.plan.set_dynamic("first_row", shard.start)
+            runner.train(x[shard], targets[shard], update=False)
+        weights = [(shard.stop - shard.start) / len(x) for shard in shards]
+        combine(self._grads, weights)
+        if self._buffers is not None:
+            combine(self._buffers, weights)
+        for runner in self.runners:
+            runner.update()
+
+    def infer(self, x, targets=None, want_output=True):
+        """One evaluation batch split into shards; the outputs of the valid rows in order when asked."""
+        shards = [(runner, shard) for runner, shard in zip(self.runners, self._shards(len(x)))
+                  if shard.stop > shard.start]
+        for runner, shard in shards:
+            runner.infer(x[shard], None if targets is None else targets[shard], want_output, read=False)
+        if want_output:
+            return np.concatenate([runner.output() for runner, _ in shards])
+        return None
+
+    def sync(self):
+        for runner in self.runners:
+            runner.sync()
+
+
+def capacity(batch_size: int, weights: np.ndarray) -> list:
+    """The rows each replica's step is compiled for: the most its shard of any batch up to
+    `batch_size` samples holds (at least 1, as a replica without a shard still updates)."""
+    bounds = shard_bounds(np.arange(1, batch_size + 1), weights)
+    return [max(1, int(c)) for c in np.diff(bounds, axis=1).max(axis=0)]
+
+
+def make_runner(replicas, weights, target, compile_step, optimizer):
+    """A Runner for one replica, or a ReplicatedRunner over all of them; `compile_step(replica, target)`
+    compiles one replica's step, `target` the global batch's."""
+    if len(replicas) == 1:
+        return Runner(compile_step(replicas[0], target), replicas[0].store, optimizer)
+    runners = [Runner(compile_step(replica, replace(target, batch_size=rows)), replica.store, optimizer)
+               for replica, rows in zip(replicas, capacity(target.batch_size, weights))]
+    return ReplicatedRunner(runners, weights)

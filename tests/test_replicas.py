@@ -1,0 +1,203 @@
+"""Replicas (clnet/replicas.py): a model on a list of devices, here the same device listed several
+times, against the same model on one device: one step, a short fit, shares, tiny batches,
+prediction, files and bad input."""
+
+import os
+import signal
+
+import numpy as np
+import pytest
+
+import clnet
+from clnet import layers as L
+from clnet.errors import InputError
+from clnet.replicas import capacity, shard_bounds, share_weights
+
+
+def mlp(devices, shares=None):
+    return clnet.Sequential([L.Flatten(), L.Dense(784, 64), L.ReLU(), L.Dense(64, 10)], device=devices, seed=4,
+                            shares=shares)
+
+
+def bn_net(devices, shares=None):
+    """A small conv net with BatchNorm: per-replica batch statistics, combined running statistics."""
+    return clnet.Sequential([L.Conv2D(1, 8, 3, stride=2), L.BatchNorm2D(8), L.ReLU(), L.MaxPool2D(2), L.Flatten(),
+                             L.Dense(8 * 6 * 6, 10)], device=devices, seed=4, shares=shares)
+
+
+def compiled(make, devices, shares=None):
+    return make(devices, shares).compile("cross_entropy", clnet.optim.SGD(lr=0.05, momentum=0.9))
+
+
+def batch(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.random((n, 1, 28, 28), np.float32), rng.integers(0, 10, n)
+
+
+def assert_close(single, replicated, rtol=1e-5):
+    """Every tensor of state_dict within rtol of its largest magnitude."""
+    for key, value in single.items():
+        scale = max(float(np.abs(value).max()), 1e-6)
+        assert np.abs(replicated[key] - value).max() <= rtol * scale, key
+
+
+def assert_replicas_identical(model):
+    first = model.replicas[0].store.state_dict()
+    for replica in model.replicas[1:]:
+        for key, value in replica.store.state_dict().items():
+            np.testing.assert_array_equal(value, first[key], err_msg=key)
+
+
+SPLITS = pytest.mark.parametrize("replicas, shares, n", [(2, None, 32), (3, [1, 3, 0.5], 32), (3, None, 2),
+                                                         (2, [0, 1], 8)],
+                                 ids=["equal", "uneven", "smaller-than-replicas", "empty-share"])
+
+
+@SPLITS
+def test_steps_match_one_device(device, replicas, shares, n):
+    """Each step's parameters, gradients and loss as on one device with the global batch: the
+    shards' gradients are weighted by their sizes."""
+    x, y = batch(n)
+    single, replicated = compiled(mlp, device), compiled(mlp, [device] * replicas, shares)
+    for _ in range(3):
+        loss = single.train_on_batch(x, y)
+        assert replicated.train_on_batch(x, y) == pytest.approx(loss, rel=1e-5)
+        assert_close(single.gradients(), replicated.gradients())
+        assert_replicas_identical(replicated)
+    assert_close(single.state_dict(), replicated.state_dict())
+    assert replicated.param_store.steps == single.param_store.steps == 3
+
+
+@SPLITS
+def test_batchnorm_running_statistics(device, replicas, shares, n):
+    """Each replica normalises by its shard's statistics; the running statistics are combined by
+    shard size, so the running means are the global batch's (as on one device) and every replica
+    holds the same after every step."""
+    x, y = batch(n)
+    single, replicated = compiled(bn_net, device), compiled(bn_net, [device] * replicas, shares)
+    single.train_on_batch(x, y)
+    replicated.train_on_batch(x, y)
+    means = [k for k in single.state_dict() if k.endswith("running_mean") or k.endswith("num_batches_tracked")]
+    assert_close({k: single.state_dict()[k] for k in means}, replicated.state_dict())
+    changed = replicated.state_dict()["1.running_var"] != bn_net(device).state_dict()["1.running_var"]
+    assert changed.all()
+    for _ in range(2):
+        replicated.train_on_batch(x, y)
+        assert_replicas_identical(replicated)
+
+
+def test_fit_reaches_one_device_accuracy(device):
+    """A short fit (a padded last batch every epoch) reaches the one-device accuracy within half a
+    point, for an MLP and for a conv net with per-replica BatchNorm statistics."""
+    (x, y), (xt, yt) = clnet.datasets.load_mnist_5k()
+    for make in (mlp, bn_net):
+        accuracy = []
+        for devices in (device, [device, device]):
+            model = compiled(make, devices)
+            model.fit(x[:3000], y[:3000], epochs=2, batch_size=70, verbose=0)
+            assert model.history.history["loss"][-1] < 0.6
+            accuracy.append(model.evaluate(xt, yt, batch_size=128)["accuracy"])
+        assert abs(accuracy[0] - accuracy[1]) <= 0.005, (make.__name__, accuracy)
+
+
+def test_evaluate_and_predict_split_in_order(device):
+    """Shards of every batch (padded last ones too) concatenated in order, metrics over all."""
+    x, y = batch(13, seed=1)
+    single, replicated = compiled(bn_net, device), compiled(bn_net, [device] * 3, [2, 1, 1])
+    single.train_on_batch(x, y)
+    replicated.load_state_dict(single.state_dict())  # into every replica
+    assert_replicas_identical(replicated)
+    for size in (5, 13, 2):
+        np.testing.assert_allclose(replicated.predict(x, batch_size=size), single.predict(x, batch_size=size),
+                                   atol=1e-5)
+        one, many = single.evaluate(x, y, batch_size=size), replicated.evaluate(x, y, batch_size=size)
+        assert many["loss"] == pytest.approx(one["loss"], rel=1e-5) and many["accuracy"] == one["accuracy"]
+
+
+def test_save_and_load_replicated(device, tmp_path):
+    x, y = batch(16)
+    model = compiled(bn_net, [device, device])
+    model.train_on_batch(x, y)
+    model.save(tmp_path / "m.clnet")
+    alone, again = clnet.load(tmp_path / "m.clnet", device=device), clnet.load(tmp_path / "m.clnet", [device] * 2)
+    for key, value in model.state_dict().items():
+        np.testing.assert_array_equal(alone.state_dict()[key], value)
+    assert_replicas_identical(again)
+    np.testing.assert_allclose(again.predict(x, batch_size=5), alone.predict(x, batch_size=5), atol=1e-6)
+
+
+def test_checkpointed_fit_resumes_on_replicas(device, tmp_path):
+    x, y = batch(40)
+    model = compiled(mlp, [device, device])
+    model.fit(x, y, epochs=1, batch_size=16, verbose=0, checkpoint=tmp_path / "c.ckpt")
+    loaded = clnet.load_checkpoint(tmp_path / "c.ckpt", device=[device, device])
+    assert loaded.model.param_store.steps == 3 and len(loaded.model.replicas) == 2
+    assert_close(model.state_dict(), loaded.model.state_dict(), rtol=0)
+
+
+class InterruptAt(clnet.callbacks.Callback):
+    """Ctrl-C after one step of the second epoch."""
+
+    def on_step_end(self, epoch, step):
+        if (epoch, step) == (2, 1):
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_interrupted_fit_resumes_on_replicas(device, tmp_path):
+    """Interrupted mid-epoch and resumed, a replicated fit ends as one never interrupted: weights
+    and history (whose training metrics span the checkpoint, summed over the replicas)."""
+    x, y = batch(60)
+    runs = []
+    for interrupt in (False, True):
+        model = compiled(bn_net, [device, device], [2, 1])
+        options = dict(epochs=3, batch_size=16, verbose=0, augment="flip", checkpoint=tmp_path / f"{interrupt}.ckpt",
+                       resume=True)
+        if interrupt:
+            with pytest.raises(KeyboardInterrupt):
+                model.fit(x, y, callbacks=[InterruptAt()], **options)
+            model = compiled(bn_net, [device, device], [2, 1])
+        model.fit(x, y, **options)
+        runs.append((model.state_dict(), model.history.history))
+    assert runs[1][1] == runs[0][1]
+    assert_close(runs[0][0], runs[1][0], rtol=0)
+
+
+def test_shards_and_capacity():
+    weights = share_weights([1, 3, 0.5], 3)
+    assert list(shard_bounds(32, share_weights(None, 2))) == [0, 16, 32]
+    rows = capacity(64, weights)
+    for n in range(1, 65):
+        bounds = shard_bounds(n, weights)
+        assert bounds[0] == 0 and bounds[-1] == n and np.all(np.diff(bounds) >= 0)
+        assert np.all(np.diff(bounds) <= rows)
+
+
+@pytest.mark.parametrize("device_arg, shares, message", [
+    ([], None, "non-empty list"), (["cpu"], None, "clnet.Device"), ("pocl", None, "clnet.Device"),
+    (2, [1, 2, 3], "2 non-negative numbers"), (2, [1, -1], "non-negative"), (2, [0, 0], "not all zero")])
+def test_bad_devices_and_shares(device, device_arg, shares, message):
+    devices = [device] * device_arg if isinstance(device_arg, int) else device_arg
+    with pytest.raises(InputError, match=message) as error:
+        clnet.models.mlp(device=devices) if shares is None else mlp(devices, shares)
+    assert "\n" not in str(error.value)
+
+
+def test_resident_needs_one_device(device):
+    x, y = batch(8)
+    with pytest.raises(InputError, match="resident=True needs a model on one device"):
+        compiled(mlp, [device, device]).fit(x, y, verbose=0, resident=True)
+
+
+def test_dropout_and_augmentation_draw_the_whole_batch_masks(device):
+    """A replica's shard draws the random crops, flips and dropout masks of the same samples of the
+    whole batch (keyed by global row and element, also where a shard's elements are not aligned to
+    the generator's groups of four), so a step equals one device's."""
+    def net(devices, shares=None):
+        return clnet.Sequential([L.Conv2D(1, 3, 3), L.Dropout(0.3), L.ReLU(), L.Flatten(), L.Dense(3 * 26 * 26, 13),
+                                 L.Dropout(0.5), L.Dense(13, 10)], device=devices, seed=4, shares=shares)
+    x, y = batch(7)  # shards of 2, 3 and 2 rows: the second Dropout's shards start at elements 26 and 65
+    single, replicated = compiled(net, device), compiled(net, [device] * 3)
+    for model in (single, replicated):
+        model.fit(x, y, epochs=2, batch_size=7, shuffle=False, augment="crop=2,flip", verbose=0)
+    assert replicated.history.history["loss"] == pytest.approx(single.history.history["loss"], rel=1e-5)
+    assert_close(single.state_dict(), replicated.state_dict())
