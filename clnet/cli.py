@@ -14,7 +14,8 @@ import numpy as np
 
 from . import callbacks, datasets, metrics, models, optim
 from .cli_options import CONTEXT_SETTINGS, device_options, friendly_errors, option_group
-from .device import INSTALL_HINT, device as open_device, list_devices
+from .device import INSTALL_HINT, list_devices
+from .device import devices as open_devices
 from .errors import ClnetError
 from .model import load as load_model
 from .onnx_import import from_onnx
@@ -197,7 +198,7 @@ def _train(platform, device, dataset, data_dir, offline, image_size, model_name,
         options = {k: v for k, v in locals().items() if k not in ("start", "extra", "checkpoint")}
         with open(os.path.join(checkpoint_dir, RUN_OPTIONS), "w") as f:
             json.dump({**options, "image_size": image_size and list(image_size)}, f, indent=1)
-    dev = open_device(platform, device)
+    dev = _open_devices(platform, device)
     if _is_onnx(model_name):
         model = from_onnx(model_name, dev, seed)
         train_set, test_set = datasets.load(dataset, data_dir=data_dir, download=not offline,
@@ -222,7 +223,7 @@ def _train(platform, device, dataset, data_dir, offline, image_size, model_name,
         if validation_split:
             extra.append(callbacks.SaveBest(os.path.join(checkpoint_dir, "best.clnet"), classes=train_set.classes))
     if not quiet:
-        click.echo(f"Device:    {dev.info.label}")
+        click.echo(f"Device:    {_label(dev)}")
         click.echo(f"Data:      {train_set.name}, {len(train_set)} training images of {train_set.image_shape} "
                    f"({validation_split:.0%} held out for validation), {train_set.num_classes} classes, "
                    + (f"{len(test_set)} test images" if test_set is not None else "no test set"))
@@ -255,12 +256,23 @@ def _train(platform, device, dataset, data_dir, offline, image_size, model_name,
 
 
 
+def _open_devices(platform, device):
+    """The device the options name, or the list of them (replicas: "--device 0,1", "all", "--platform a,b")."""
+    opened = open_devices(platform, device)
+    return opened[0] if len(opened) == 1 else opened
+
+
+def _label(dev):
+    """The device's label, or the replicas' labels joined."""
+    return "; ".join(d.info.label for d in dev) if isinstance(dev, list) else dev.info.label
+
+
 def _open_model(model_file, platform, device):
     """(device, model) for a model file (.clnet, or .onnx), which must exist (checked here for a
     one-line message)."""
     if not os.path.isfile(model_file):
         raise ClnetError(f"{model_file}: no such model file")
-    dev = open_device(platform, device)
+    dev = _open_devices(platform, device)
     return dev, (from_onnx(model_file, dev) if _is_onnx(model_file) else load_model(model_file, dev))
 
 
@@ -321,7 +333,7 @@ def evaluate(model_file, platform, device, dataset, data_dir, offline, split, ba
     names = model.classes if model.classes and len(model.classes) == classes_n else \
         (data.classes if data.classes and len(data.classes) == classes_n else None)
     report = metrics.report(probs, data.y, k=k, classes=names)
-    out = {"model": model_file, "dataset": data.name, "split": split, "samples": len(data), "device": dev.info.label,
+    out = {"model": model_file, "dataset": data.name, "split": split, "samples": len(data), "device": _label(dev),
            "loss": result["loss"], "accuracy": result.get("accuracy", report["accuracy"]),
            "top_k": k, "top_k_accuracy": report["top_k_accuracy"]}
     if show_matrix:
@@ -332,7 +344,7 @@ def evaluate(model_file, platform, device, dataset, data_dir, offline, split, ba
         click.echo(json.dumps(out))
         return
     click.echo(f"Model:     {model_file}")
-    click.echo(f"Device:    {dev.info.label}")
+    click.echo(f"Device:    {_label(dev)}")
     click.echo(f"Data:      {data.name}, {split} split, {len(data)} images")
     click.echo(f"Loss {out['loss']:.4f}  accuracy {out['accuracy']:.4f}  top-{k} accuracy {out['top_k_accuracy']:.4f}")
     if show_matrix:

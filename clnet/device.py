@@ -114,16 +114,20 @@ def _describe_all(found):
     return "\n".join(lines)
 
 
+def _platform_devices(found, platform):
+    """The (DeviceInfo, cl.Device) pairs of the platform named by index or name substring."""
+    platform = str(platform).strip()
+    if platform.isdigit():
+        candidates = [f for f in found if f[0].platform_index == int(platform)]
+    else:
+        candidates = [f for f in found if f[0].matches_platform(platform)]
+    if not candidates:
+        raise DeviceNotFoundError(f"No OpenCL platform matches {platform!r}. " + _describe_all(found))
+    return candidates
+
+
 def _select(found, platform, device):
-    candidates = found
-    if platform is not None:
-        platform = str(platform).strip()
-        if platform.isdigit():
-            candidates = [f for f in found if f[0].platform_index == int(platform)]
-        else:
-            candidates = [f for f in found if f[0].matches_platform(platform)]
-        if not candidates:
-            raise DeviceNotFoundError(f"No OpenCL platform matches {platform!r}. " + _describe_all(found))
+    candidates = found if platform is None else _platform_devices(found, platform)
     if device is not None:
         device = str(device).strip()
         if device.isdigit():
@@ -143,6 +147,34 @@ def _select(found, platform, device):
     # Best device: a GPU before anything else, then more compute units, then discovery order.
     rank = {"GPU": 0, "ACCELERATOR": 1, "CPU": 2, "OTHER": 3}
     return min(candidates, key=lambda f: (rank[f[0].type], -f[0].compute_units, f[0].index))
+
+
+def devices(platform: str | None = None, device: str | None = None) -> list[Device]:
+    """Open the devices that `platform` and `device` name, for a model's replicas: either may list
+    several, comma-separated ("nvidia,pocl"; "0,1"), each platform taking each device, and device
+    "all" (or several platforms without a device) takes every device of the platforms named (of
+    every platform without one). Otherwise one device, as `device()` chooses it. A device named
+    twice is opened twice (two replicas on one device).
+
+    Raises:
+        DeviceNotFoundError: a name matches nothing (its message lists the devices there are).
+
+    Example:
+        >>> clnet.models.cifar_cnn(device=clnet.devices("nvidia", "all"))    # every NVIDIA GPU
+        >>> clnet.devices("nvidia,pocl")                                       # and the CPU too
+    """
+    platform = platform if platform is not None else os.environ.get("CLNET_PLATFORM") or None
+    device = device if device is not None else os.environ.get("CLNET_DEVICE") or None
+    return [Device(info, cl_device) for info, cl_device in _select_several(_discover(), platform, device)]
+
+
+def _select_several(found, platform, device):
+    """The (DeviceInfo, cl.Device) pairs `devices` opens."""
+    platforms = [p.strip() for p in str(platform).split(",")] if platform is not None else [None]
+    names = [d.strip() for d in str(device).split(",")] if device is not None else [None]
+    if names == ["all"] or (names == [None] and len(platforms) > 1):
+        return [f for p in platforms for f in (found if p is None else _platform_devices(found, p))]
+    return [_select(found, p, name) for p in platforms for name in names]
 
 
 def _family(info, family):

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 import clnet
 from clnet import bench, tune
-from clnet.cli import devices, train
+from clnet.cli import devices, evaluate, train
 
 
 def test_devices_lists_every_device():
@@ -38,6 +38,22 @@ def test_train_with_label_smoothing():
     assert "cross_entropy(label_smoothing=0.1)" in result.output
     bad = CliRunner().invoke(train, ["--device", "0", "--label-smoothing", "1"])
     assert bad.exit_code == 2 and "--label-smoothing" in bad.output
+
+
+def test_train_and_eval_on_replicas(tmp_path):
+    """--device 0,0: two replicas on one device, as two GPUs would be; the model saved from them loads."""
+    path = tmp_path / "mlp.clnet"
+    result = CliRunner().invoke(train, ["--device", "0,0", "--model", "mlp", "--epochs", "1", "--save", str(path)])
+    assert result.exit_code == 0, result.output
+    label = clnet.list_devices()[0].label
+    assert f"Device:    {label}; {label}" in result.output
+    accuracy = float(result.output.split("Test accuracy ")[1].split()[0])
+    assert accuracy > 0.5  # learns (79% after this epoch)
+    evaluated = CliRunner().invoke(evaluate, [str(path), "--device", "0,0", "--json"])
+    assert evaluated.exit_code == 0, evaluated.output
+    assert json.loads(evaluated.output)["accuracy"] == pytest.approx(accuracy, abs=1e-4)
+    missing = CliRunner().invoke(train, ["--device", "0,99", "--model", "mlp"])
+    assert missing.exit_code == 1 and "No OpenCL device matches '99'" in missing.output
 
 
 def test_train_saves_the_model(tmp_path):

@@ -4,7 +4,7 @@ import pyopencl as cl
 import pytest
 
 import clnet
-from clnet.device import _select
+from clnet.device import _select, _select_several
 from clnet.kernels import KernelLibrary, kernel_dir, _with_source_lines
 
 
@@ -34,11 +34,23 @@ def test_selection_by_index_or_name(platform, device, expected):
     assert _select(FAKE, platform, device)[0].name == expected
 
 
+@pytest.mark.parametrize("platform, device, expected", [
+    (None, None, ["NVIDIA A100"]), ("nvidia", "all", ["NVIDIA H100", "NVIDIA A100"]),
+    ("nvidia,portable", None, ["NVIDIA H100", "NVIDIA A100", "pthread-cpu", "pthread-cpu-old"]),
+    (None, "all", [f[0].name for f in FAKE]), ("nvidia", "1,0", ["NVIDIA A100", "NVIDIA H100"]),
+    (None, "0, 0", ["pthread-cpu", "pthread-cpu"]), ("1,2", "0", ["NVIDIA H100", "pthread-cpu-old"]),
+])
+def test_several_devices_for_replicas(platform, device, expected):
+    assert [f[0].name for f in _select_several(FAKE, platform, device)] == expected
+
+
 def test_no_match_lists_what_exists():
     with pytest.raises(clnet.DeviceNotFoundError, match=r"(?s)'amd'.*1:1  GPU  NVIDIA A100"):
         _select(FAKE, "amd", None)
     with pytest.raises(clnet.DeviceNotFoundError, match="No OpenCL device matches '7' on platform 'nvidia'"):
         _select(FAKE, "nvidia", "7")
+    with pytest.raises(clnet.DeviceNotFoundError, match="No OpenCL platform matches 'amd'"):
+        _select_several(FAKE, "nvidia,amd", "all")
 
 
 def test_no_opencl_at_all_says_how_to_install_a_driver(monkeypatch):
