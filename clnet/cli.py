@@ -17,6 +17,7 @@ from .cli_options import CONTEXT_SETTINGS, device_options, friendly_errors, opti
 from .device import INSTALL_HINT, list_devices
 from .device import devices as open_devices
 from .errors import ClnetError
+from .files import check_writable
 from .model import load as load_model
 from .onnx_import import from_onnx
 from .text import format_bytes
@@ -187,6 +188,9 @@ def _train(platform, device, dataset, data_dir, offline, image_size, model_name,
            validation_split, seed, save_path, checkpoint_dir, resume_dir, log_path, plot_path, quiet,
            label_smoothing=0.0):  # a default for run folders made before the option
     start = time.perf_counter()
+    for output in (save_path, log_path, plot_path):  # fail now, not after the training they would record
+        if output:
+            check_writable(output)
     extra, checkpoint = [], None
     if plot_path:
         extra.append(callbacks.PlotCurves(plot_path))
