@@ -24,10 +24,8 @@ def special_kind(path):
     return next((kind for test, kind in _KINDS if test(mode)), "not a regular file")
 
 
-def check_writable(path):
-    """Raise a ClnetError unless `path` can become a regular file: absent or regular (through a
-    symlink too), in a folder that exists and can be written. Called before long work (training)
-    so that a bad output path fails first, not after the work is done."""
+def refuse_special(path):
+    """Raise a ClnetError unless `path` is absent or a regular file (through a symlink too)."""
     path = os.fspath(path)
     try:
         kind = special_kind(path)
@@ -36,6 +34,13 @@ def check_writable(path):
     if kind:
         raise ClnetError(f"{path} is {kind}, not a regular file: clnet writes only regular files; "
                          "give the path of a file to create or replace")
+
+
+def check_writable(path):
+    """Raise a ClnetError unless `path` can become a regular file: absent or regular, in a folder
+    that exists and can be written. Called before long work (training) so that a bad output path
+    fails first, not after the work is done."""
+    refuse_special(path)
     folder = os.path.dirname(os.path.realpath(path))
     if not os.path.isdir(folder):
         raise ClnetError(f"cannot write {path}: the folder {folder} does not exist; create it first")
@@ -75,7 +80,7 @@ def replace_atomically(path, write):
     A `path` that exists and is not a regular file (a device, a FIFO, a socket, a folder) is refused
     with a ClnetError, never replaced. A symlink is written through: its target (a regular file or
     absent) is replaced and the link is kept."""
-    check_writable(path)
+    refuse_special(path)
     path = os.path.realpath(path)
     folder = os.path.dirname(os.path.abspath(path))
     fd, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
