@@ -17,6 +17,7 @@ from .cli_options import CONTEXT_SETTINGS, device_options, friendly_errors, opti
 from .device import INSTALL_HINT, list_devices
 from .device import devices as open_devices
 from .errors import ClnetError
+from .files import check_writable
 from .model import load as load_model
 from .onnx_import import from_onnx
 from .text import format_bytes
@@ -182,11 +183,19 @@ def _run_options(given):
     return options
 
 
+def _check_outputs(*paths):
+    """Fail now on an output path that cannot be written, not after the training it would record."""
+    for path in paths:
+        if path:
+            check_writable(path)
+
+
 def _train(platform, device, dataset, data_dir, offline, image_size, model_name, epochs, batch_size, optimizer,
            lr, momentum, nesterov, weight_decay, lr_schedule, warmup, early_stopping, augment, normalize,
            validation_split, seed, save_path, checkpoint_dir, resume_dir, log_path, plot_path, quiet,
            label_smoothing=0.0):  # a default for run folders made before the option
     start = time.perf_counter()
+    _check_outputs(save_path, log_path, plot_path)
     extra, checkpoint = [], None
     if plot_path:
         extra.append(callbacks.PlotCurves(plot_path))

@@ -176,8 +176,6 @@ def to_onnx(model, path: str | os.PathLike, input_shape: Sequence[int] | None = 
         >>> probs = session.run(None, {"input": (x / 255).astype("float32")})[0]   # x: (n, 1, 28, 28) uint8
     """
     proto = build_onnx(model, input_shape, opset)
-    if os.path.isdir(path):
-        raise ClnetError(f"{os.fspath(path)} is a folder: give a file name such as model.onnx")
     data = proto.SerializeToString()
     replace_atomically(path, lambda f: f.write(data))
     return proto

@@ -2,7 +2,51 @@
 
 import contextlib
 import os
+import stat
 import tempfile
+
+from .errors import ClnetError
+
+_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+          (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"))
+
+
+def special_kind(path):
+    """What `path` is ("a FIFO", "a folder", ...) when it exists and is not a regular file, else None.
+    Symlinks are followed: a link to a regular file is a regular file. Only stat is used, so a FIFO
+    or a device is never opened (opening a FIFO blocks; reading /dev/zero never ends)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    return next((kind for test, kind in _KINDS if test(mode)), "not a regular file")
+
+
+def refuse_special(path):
+    """Raise a ClnetError unless `path` is absent or a regular file (through a symlink too)."""
+    path = os.fspath(path)
+    try:
+        kind = special_kind(path)
+    except OSError as exc:  # a link loop, a folder on the way that cannot be searched
+        raise ClnetError(f"cannot write {path}: {exc.strerror or exc}") from None
+    if kind:
+        raise ClnetError(f"{path} is {kind}, not a regular file: clnet writes only regular files; "
+                         "give the path of a file to create or replace")
+
+
+def check_writable(path):
+    """Raise a ClnetError unless `path` can become a regular file: absent or regular, in a folder
+    that exists and can be written. Called before long work (training) so that a bad output path
+    fails first, not after the work is done."""
+    refuse_special(path)
+    folder = os.path.dirname(os.path.realpath(path))
+    if not os.path.isdir(folder):
+        raise ClnetError(f"cannot write {path}: the folder {folder} does not exist; create it first")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ClnetError(f"cannot write {path}: the folder {folder} is not writable; "
+                         "give a path in a writable folder")
 
 
 def _fsync_folder(folder):
@@ -32,8 +76,12 @@ def _file_mode(path):
 def replace_atomically(path, write):
     """Make `path` hold what `write(f)` writes to a binary file, or leave it untouched: the content
     goes to a temporary file in the same folder (flushed, fsynced), which then replaces `path`.
-    On any failure the temporary file is removed and the exception propagates (OSError included)."""
-    path = os.fspath(path)
+    On any failure the temporary file is removed and the exception propagates (OSError included).
+    A `path` that exists and is not a regular file (a device, a FIFO, a socket, a folder) is refused
+    with a ClnetError, never replaced. A symlink is written through: its target (a regular file or
+    absent) is replaced and the link is kept."""
+    refuse_special(path)
+    path = os.path.realpath(path)
     folder = os.path.dirname(os.path.abspath(path))
     fd, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
     try:

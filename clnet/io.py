@@ -69,7 +69,7 @@ import numpy as np
 from . import layers as _layers
 from . import losses, optim
 from .errors import InputError, ModelFileError, ShapeError
-from .files import replace_atomically
+from .files import replace_atomically, special_kind
 from .network import Network, Node
 from .version import __version__
 
@@ -141,14 +141,13 @@ def write_atomic(path: str | os.PathLike, members: Iterable[tuple[str, bytes]]) 
     fixed times, so the same members give the same bytes.
 
     Raises:
-        ModelFileError: `path` is a folder or cannot be written.
+        ClnetError: `path` is not a regular file (a folder, a device, a FIFO): see files.py.
+        ModelFileError: `path` cannot be written.
 
     Example:
         >>> write_atomic("notes.zip", [("a.txt", b"first"), ("b.txt", b"second")])
     """
     path = os.fspath(path)
-    if os.path.isdir(path):
-        raise ModelFileError(path, "is a folder: give a file name such as model.clnet")
 
     def write(f):
         with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
@@ -296,11 +295,16 @@ class _Archive:
 
     def __init__(self, path):
         self.path = path = os.fspath(path)
+        try:
+            kind = special_kind(path)  # stat before opening: a FIFO would block, /dev/zero never end
+        except OSError as exc:
+            raise ModelFileError(path, f"cannot be read: {exc.strerror or exc}") from None
         if not os.path.exists(path):
             raise ModelFileError(path, "no such file")
-        if os.path.isdir(path):
-            raise ModelFileError(path, "is a folder, not a clnet model file")
+        if kind:
+            raise ModelFileError(path, f"is {kind}, not a clnet model file: give the path of a .clnet file")
         try:
+            self.size = os.path.getsize(path)
             self.zip = zipfile.ZipFile(path)
         except zipfile.BadZipFile as exc:
             raise ModelFileError(path, f"is not a clnet model file, or it is truncated: not a complete zip "
@@ -317,9 +321,22 @@ class _Archive:
     def error(self, problem):
         return ModelFileError(self.path, problem)
 
+    def check(self, members, size, where=""):
+        """Refuse, before reading them, zip members that are compressed (clnet stores every member
+        as it is, so a compressed one was not written by clnet and could inflate far beyond the file)
+        or that declare more bytes than the `size` of what holds them."""
+        for member in members:
+            if member.compress_type != zipfile.ZIP_STORED:
+                raise self.error(f"is not a clnet model file: member {where}{member.filename} is compressed, "
+                                 "and clnet stores members uncompressed")
+            if member.file_size > size:
+                raise self.error(f"is corrupt: member {where}{member.filename} declares {member.file_size} bytes, "
+                                 f"more than the {size} there are")
+
     def read(self, name, missing):
         if name not in self.zip.namelist():
             raise self.error(missing)
+        self.check([self.zip.getinfo(name)], self.size)
         try:
             return self.zip.read(name)
         except Exception as exc:  # bad CRC, truncated member, bad header: the bytes are not what was written
@@ -343,7 +360,9 @@ class _Archive:
 
     def arrays(self, name, missing):
         try:
-            with np.load(BytesIO(self.read(name, missing)), allow_pickle=False) as npz:
+            data = self.read(name, missing)
+            with np.load(BytesIO(data), allow_pickle=False) as npz:
+                self.check(npz.zip.infolist(), len(data), f"{name}/")
                 return {key: npz[key] for key in npz.files}
         except ModelFileError:
             raise

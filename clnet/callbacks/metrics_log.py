@@ -4,6 +4,7 @@ import csv
 import json
 import os
 
+from ..files import check_writable
 from .base import Callback
 
 
@@ -24,6 +25,7 @@ class MetricsLog(Callback):
                      "images_per_second": round(self.trainer.epoch_images / seconds, 1)})
 
     def append(self, row):
+        check_writable(self.path)  # an append to a FIFO would block, to a device would write into it
         if self.path.endswith(".json"):
             rows = []
             if os.path.exists(self.path):
