@@ -83,8 +83,8 @@ def _image_size(ctx, param, value):
         h, _, w = value.lower().partition("x")
         size = int(h), int(w or h)
     except ValueError:
-        size = (0,)
-    if min(size) < 1:
+        size = None
+    if size is None or min(size) < 1:
         raise click.BadParameter(f"{value!r} is not HxW of positive integers, e.g. 64x64")
     return size
 
@@ -151,12 +151,14 @@ Examples:
               help="Epochs of linear learning-rate warm-up.")
 @click.option("--early-stopping", type=click.IntRange(min=1), metavar="PATIENCE",
               help="Stop when val_loss has not improved for PATIENCE epochs, keeping the best weights.")
-@click.option("--augment", callback=_augment, help="On the device, training only: crop (random crops of the image padded "
-              "by 4 pixels; crop=N for N), flip (random horizontal flips), or crop,flip.")
+@click.option("--augment", callback=_augment,
+              help="On the device, training only: crop (random crops of the image padded by 4 pixels; crop=N for "
+              "N), flip (random horizontal flips), or crop,flip.")
 @click.option("--normalize", is_flag=True, help="Normalise each channel by the training images' mean and std.")
 @click.option("--validation-split", type=FiniteFloatRange(min=0, max=1, max_open=True), default=0.1,
               show_default=True, help="Fraction of the training images held out to report val_accuracy.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seeds initialisation and shuffling.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seeds initialisation and shuffling.")
 @click.option("--save", "save_path", type=click.Path(dir_okay=False),
               help="Write the trained model to this file (load it with clnet.load).")
 @click.option("--checkpoint-dir", type=click.Path(file_okay=False),

@@ -54,7 +54,7 @@ def parse_augment(augment):
     crop, flip = 0, False
     for item in str(augment).split(","):
         name, _, value = item.strip().partition("=")
-        if name == "crop" and (not value or value.strip().isdigit()):
+        if name == "crop" and (not value or value.strip().isdecimal()):
             crop = int(value) if value else CROP_PADDING
         elif name == "flip" and not value:
             flip = True
