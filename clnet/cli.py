@@ -13,10 +13,11 @@ import click
 import numpy as np
 
 from . import callbacks, datasets, metrics, models, optim
-from .cli_options import CONTEXT_SETTINGS, device_options, friendly_errors, option_group
+from .cli_options import CONTEXT_SETTINGS, FiniteFloatRange, device_options, friendly_errors, option_group
+from .datasets.feed import parse_augment
 from .device import INSTALL_HINT, list_devices
 from .device import devices as open_devices
-from .errors import ClnetError
+from .errors import ClnetError, InputError
 from .files import check_writable
 from .model import load as load_model
 from .onnx_import import from_onnx
@@ -81,9 +82,21 @@ def _image_size(ctx, param, value):
         return None
     try:
         h, _, w = value.lower().partition("x")
-        return int(h), int(w or h)
+        size = int(h), int(w or h)
     except ValueError:
-        raise click.BadParameter(f"{value!r} is not HxW, e.g. 64x64") from None
+        size = None
+    if size is None or min(size) < 1:
+        raise click.BadParameter(f"{value!r} is not HxW of positive integers, e.g. 64x64")
+    return size
+
+
+def _augment(ctx, param, value):
+    """The --augment spec, checked here so that a malformed one is a usage error before any data loads."""
+    try:
+        parse_augment(value)
+    except InputError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return value
 
 
 def _is_onnx(path):
@@ -124,13 +137,13 @@ Examples:
 @click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--optimizer", type=click.Choice(sorted(optim.OPTIMIZERS)), default="sgd", show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True),
+@click.option("--lr", type=FiniteFloatRange(min=0, min_open=True),
               help=f"Learning rate. Default: {_default_lrs()}.")
-@click.option("--momentum", type=click.FloatRange(min=0, max=1, max_open=True), default=0.9,
+@click.option("--momentum", type=FiniteFloatRange(min=0, max=1, max_open=True), default=0.9,
               show_default=True, help="SGD momentum.")
 @click.option("--nesterov", is_flag=True, help="Nesterov momentum (SGD).")
-@click.option("--weight-decay", type=click.FloatRange(min=0), default=0.0, show_default=True)
-@click.option("--label-smoothing", type=click.FloatRange(min=0, max=1, max_open=True), default=0.0,
+@click.option("--weight-decay", type=FiniteFloatRange(min=0), default=0.0, show_default=True)
+@click.option("--label-smoothing", type=FiniteFloatRange(min=0, max=1, max_open=True), default=0.0,
               show_default=True, help="Spread this share of each target over all classes (as PyTorch's).")
 @click.option("--lr-schedule", type=click.Choice(sorted(callbacks.SCHEDULES)), default="constant",
               show_default=True, help="step: x0.1 every third of the epochs; cosine: down to 0 at the end; "
@@ -139,12 +152,14 @@ Examples:
               help="Epochs of linear learning-rate warm-up.")
 @click.option("--early-stopping", type=click.IntRange(min=1), metavar="PATIENCE",
               help="Stop when val_loss has not improved for PATIENCE epochs, keeping the best weights.")
-@click.option("--augment", help="On the device, training only: crop (random crops of the image padded "
-              "by 4 pixels; crop=N for N), flip (random horizontal flips), or crop,flip.")
+@click.option("--augment", callback=_augment,
+              help="On the device, training only: crop (random crops of the image padded by 4 pixels; crop=N for "
+              "N), flip (random horizontal flips), or crop,flip.")
 @click.option("--normalize", is_flag=True, help="Normalise each channel by the training images' mean and std.")
-@click.option("--validation-split", type=click.FloatRange(min=0, max=1, max_open=True), default=0.1,
+@click.option("--validation-split", type=FiniteFloatRange(min=0, max=1, max_open=True), default=0.1,
               show_default=True, help="Fraction of the training images held out to report val_accuracy.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seeds initialisation and shuffling.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seeds initialisation and shuffling.")
 @click.option("--save", "save_path", type=click.Path(dir_okay=False),
               help="Write the trained model to this file (load it with clnet.load).")
 @click.option("--checkpoint-dir", type=click.Path(file_okay=False),

@@ -6,6 +6,7 @@ from click) or 1 with a one-line message; --debug shows the traceback.
 """
 
 import functools
+import math
 import re
 import sys
 from typing import Any, Callable, List, Optional, Sequence
@@ -75,6 +76,16 @@ device_options = option_group(
                  "Default: CLNET_DEVICE, else the best (a GPU before a CPU). clnet-train, -eval and -predict "
                  "take several, comma-separated, or all (of the platforms given), as replicas of the model; "
                  "so does a comma-separated --platform without --device."))
+
+
+class FiniteFloatRange(click.FloatRange):
+    """click.FloatRange that also refuses nan (which passes every comparison) and infinity."""
+
+    def convert(self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]) -> float:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
 
 
 class Several(click.ParamType):

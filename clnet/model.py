@@ -4,6 +4,7 @@ Loading model files and checkpoints onto a device is here too, above the file fo
 
 from __future__ import annotations
 
+import numbers
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -46,6 +47,13 @@ def _inputs(x, what="x"):
         raise InputError(f"{what} contains NaN or infinity (first at index {tuple(int(i) for i in bad)}): "
                          "clean or impute the data first")
     return x
+
+
+def _count(value, name, least):
+    """`value` checked to be a whole number (not bool) of at least `least`, for the argument `name`."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+        raise InputError(f"{name} must be a whole number >= {least}, got {value!r}")
+    return int(value)
 
 
 def _split(rng, targets, fraction):
@@ -229,8 +237,7 @@ class Model:
             >>> history = model.fit(x, y, epochs=10, batch_size=64, validation_split=0.1)
         """
         self._require_compiled("fit")
-        if batch_size < 1 or epochs < 0:
-            raise InputError(f"batch_size must be >= 1 and epochs >= 0, got {batch_size} and {epochs}")
+        batch_size, epochs = _count(batch_size, "batch_size", 1), _count(epochs, "epochs", 0)
         x, targets = self._prepare(x, y)
         rng = np.random.Generator(np.random.Philox(np.random.SeedSequence(
             [self.seed if seed is None else int(seed), 0x5EED])))
@@ -281,6 +288,7 @@ class Model:
         n = len(x if rows is None else rows)
         if n == 0:
             raise InputError("evaluate needs at least one sample")
+        batch_size = min(_count(batch_size, "batch_size", 1), n)  # no plan (nor indices) beyond the data
         runner = self._runner(batch_size, x.shape[1:], False, targets.dtype, self._spec(x))
         self.metrics.fill(0)
         for start in range(0, n, batch_size):
@@ -297,6 +305,7 @@ class Model:
         x = _inputs(x)
         if len(x) == 0:
             raise InputError("predict needs at least one sample")
+        batch_size = min(_count(batch_size, "batch_size", 1), len(x))  # no plan (nor indices) beyond the data
         runner = self._runner(batch_size, x.shape[1:], False, spec=self._spec(x))
         out = [runner.infer(x[start:start + batch_size]) for start in range(0, len(x), batch_size)]
         runner.sync()

@@ -118,7 +118,10 @@ class ParamStore:
                              f"unexpected keys {unexpected}")
         flats = {True: self.params.download(), False: self.buffers.download()}
         for key, e in expected.items():
-            value = np.asarray(state[key], dtype=np.float32)
+            try:
+                value = np.asarray(state[key], dtype=np.float32)
+            except (TypeError, ValueError) as exc:
+                raise InputError(f"state_dict[{key!r}] is not a numeric array: {exc}") from None
             if value.shape != e.shape:
                 raise ShapeError(f"state_dict[{key!r}] has shape {value.shape}, the model expects {e.shape}")
             if not np.all(np.isfinite(value)):

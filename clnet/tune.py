@@ -21,7 +21,8 @@ import numpy as np
 import pyopencl as cl
 
 from . import tuning
-from .cli_options import CONTEXT_SETTINGS, Several, SeveralValuesCommand, device_options, friendly_errors
+from .cli_options import (CONTEXT_SETTINGS, FiniteFloatRange, Several, SeveralValuesCommand, device_options,
+                          friendly_errors)
 from .device import device as open_device
 from .errors import ClnetError
 from .models import INPUT_SHAPES, PRESETS
@@ -178,11 +179,12 @@ Examples:
               show_default=True, metavar="N...", help="Their batch sizes.")
 @click.option("--sizes", type=Several(click.IntRange(min=1)), default=list(SIZES), show_default=True,
               metavar="[N...]", help="Square GEMM sizes to tune as well.")
-@click.option("--min-time", type=click.FloatRange(min=0, min_open=True), default=MIN_TIME, show_default=True,
+@click.option("--min-time", type=FiniteFloatRange(min=0, min_open=True), default=MIN_TIME, show_default=True,
               help="Seconds per timed run.")
 @click.option("--repeats", type=click.IntRange(min=1), default=REPEATS, show_default=True,
               help="Timed runs per candidate.")
-@click.option("--max-seconds", type=float, help="Stop tuning new cases after this long; what is tuned is kept.")
+@click.option("--max-seconds", type=FiniteFloatRange(min=0),
+              help="Stop tuning new cases after this long; what is tuned is kept.")
 @click.option("--output", type=click.Path(dir_okay=False),
               help="The tuning cache to update. Default: CLNET_TUNING_FILE, else clnet/tuning.json in "
               "$XDG_CACHE_HOME or ~/.cache.")

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 import clnet
 from clnet import bench, tune
-from clnet.cli import devices, evaluate, train
+from clnet.cli import devices, evaluate, pack, train
 
 
 def test_devices_lists_every_device():
@@ -113,6 +113,41 @@ def test_user_errors_exit_with_a_message_and_no_traceback(args, code, message):
     assert result.exit_code == code
     assert message in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("command, args, option", [
+    (train, ["--image-size", "0x0"], "--image-size"),
+    (train, ["--image-size", "64x-1"], "--image-size"),
+    (pack, ["in", "out", "--image-size", "0"], "--image-size"),
+    (train, ["--seed", "-1"], "--seed"),
+    (train, ["--augment", "crop=abc"], "--augment"),
+    (train, ["--augment", "crop=-1"], "--augment"),
+    (train, ["--augment", "crop,rotate"], "--augment"),
+    (train, ["--augment", "flip=1"], "--augment"),
+    (train, ["--momentum", "nan"], "--momentum"),
+    (train, ["--weight-decay", "inf"], "--weight-decay"),
+    (train, ["--lr", "nan"], "--lr"),
+    (train, ["--lr", "inf"], "--lr"),
+    (train, ["--label-smoothing", "nan"], "--label-smoothing"),
+    (train, ["--validation-split", "nan"], "--validation-split"),
+    (tune.main, ["--min-time", "nan"], "--min-time"),
+    (tune.main, ["--max-seconds", "inf"], "--max-seconds"),
+])
+def test_bad_values_are_usage_errors(command, args, option):
+    """Refused while the arguments are read (exit 2, naming the option), before any data or device;
+    each of these ran, or failed later with exit 1, before. --epochs 1 bounds a run should one start."""
+    result = CliRunner().invoke(command, [*args, "--epochs", "1"] if command is train else args)
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for '{option}'" in result.output
+
+
+def test_eval_clamps_a_batch_size_beyond_the_data(tmp_path):
+    """1,000 test images with --batch-size 1000000: evaluated as one batch of 1,000."""
+    path = tmp_path / "mlp.clnet"
+    clnet.models.mlp(device=clnet.device(device=0)).compile("cross_entropy", "sgd").save(path)
+    result = CliRunner().invoke(evaluate, [str(path), "--device", "0", "--batch-size", "1000000", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["samples"] == 1000
 
 
 def test_debug_shows_the_traceback():

@@ -298,3 +298,35 @@ def test_no_gradient_is_computed_for_the_network_input(device):
     runner = model._runner(8, (1, 28, 28), True, np.int32)
     gemms = [l for l in runner.plan.launches if l.kernel.function_name.startswith("gemm")]
     assert len(gemms) == 3 + 3 + 2  # forward, weight gradients, input gradients of layers 3 and 5
+
+
+@pytest.mark.parametrize("call, name", [
+    (lambda m, x, y: m.predict(x, batch_size=0), "batch_size"),
+    (lambda m, x, y: m.predict(x, batch_size=-5), "batch_size"),
+    (lambda m, x, y: m.evaluate(x, y, batch_size=0), "batch_size"),
+    (lambda m, x, y: m.evaluate(x, y, batch_size=2.5), "batch_size"),
+    (lambda m, x, y: m.fit(x, y, batch_size=0, verbose=0), "batch_size"),
+    (lambda m, x, y: m.fit(x, y, epochs=1.5, verbose=0), "epochs"),
+    (lambda m, x, y: m.fit(x, y, epochs=True, verbose=0), "epochs"),
+])
+def test_bad_counts_name_the_argument(device, call, name):
+    model = small_mlp(device).compile("cross_entropy", "sgd")
+    x, y = np.zeros((4, 6), np.float32), np.zeros(4, int)
+    with pytest.raises(clnet.InputError, match=rf"^{name} must be a whole number >= \d, got [^\n]*$"):
+        call(model, x, y)
+
+
+def test_a_batch_size_beyond_the_data_is_clamped_to_it(device):
+    """A plan of 2**40 rows would not fit any device (nor int32 indices); 5 rows need a plan of 5."""
+    model = small_mlp(device).compile("cross_entropy", "sgd")
+    x, y = np.random.default_rng(0).random((5, 6), np.float32), np.arange(5) % 3
+    np.testing.assert_allclose(model.predict(x, batch_size=2 ** 40), model.predict(x, batch_size=2), rtol=1e-6)
+    assert model.evaluate(x, y, batch_size=2 ** 40)["loss"] == pytest.approx(model.evaluate(x, y, batch_size=2)["loss"])
+
+
+@pytest.mark.parametrize("value", [np.full((8, 6), "a"), {"a": 1}], ids=["strings", "dict"])
+def test_a_value_that_is_not_numeric_names_its_key(device, value):
+    """(A wrong shape names it too: test_other_misuse_fails_clearly.)"""
+    model = small_mlp(device)
+    with pytest.raises(clnet.InputError, match=r"^state_dict\['0.weight'\] is not a numeric array"):
+        model.load_state_dict({**model.state_dict(), "0.weight": value})

@@ -54,13 +54,13 @@ def parse_augment(augment):
     crop, flip = 0, False
     for item in str(augment).split(","):
         name, _, value = item.strip().partition("=")
-        if name == "crop":
+        if name == "crop" and (not value or value.strip().isdecimal()):
             crop = int(value) if value else CROP_PADDING
         elif name == "flip" and not value:
             flip = True
         else:
-            raise InputError(f"unknown augmentation {item.strip()!r}: use crop, crop=N and/or flip, "
-                             "separated by commas")
+            raise InputError(f"unknown augmentation {item.strip()!r}: use crop, crop=N (N a whole number of "
+                             "pixels) and/or flip, separated by commas")
     if crop < 0:
         raise InputError(f"crop padding must not be negative, got {crop}")
     return crop, flip
