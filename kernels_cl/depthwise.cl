@@ -15,6 +15,15 @@
 #define DW_TAPS (CONV_KH * CONV_KW)
 #define DW_P (CONV_OH * CONV_OW)
 
+// The output row (or column) whose tap k reads input row (or column) i, given that dimension's
+// padding, dilation, stride and output size; -1 where the stride skips i or the row falls outside.
+inline int dw_reading_output(const int i, const int k, const int pad, const int dilation, const int stride,
+                             const int out)
+{
+    const int t = i + pad - k * dilation, o = t / stride;
+    return (t < 0 || o * stride != t || o >= out) ? -1 : o;
+}
+
 #ifndef DW_WG
 #define DW_WG 64  // work-group size of depthwise_weight_grad (GPU family), a power of two
 #endif
@@ -83,8 +92,8 @@ __kernel void depthwise_input_grad(const int B, __global const float* restrict w
             __global const float* d = dpre + dpo + o * (B * DW_P) + image * DW_P;
             __global const float* wt = w + wo + o * DW_TAPS;
             for (int kh = 0; kh < CONV_KH; kh++) {
-                const int t = ih + CONV_PH - kh * CONV_DH, oh = t / CONV_SH;
-                if (t < 0 || oh * CONV_SH != t || oh >= CONV_OH) continue;
+                const int oh = dw_reading_output(ih, kh, CONV_PH, CONV_DH, CONV_SH, CONV_OH);
+                if (oh < 0) continue;
                 __global const float* dr = d + oh * CONV_OW;
                 for (int kw = 0; kw < CONV_KW; kw++) {
                     const float v = wt[kh * CONV_KW + kw];
@@ -168,11 +177,11 @@ __kernel void depthwise_input_grad(const int B, __global const float* restrict w
         __global const float* d = dpre + dpo + o * (B * DW_P) + image * DW_P;
         __global const float* wt = w + wo + o * DW_TAPS;
         for (int kh = 0; kh < CONV_KH; kh++) {
-            const int t = ih + CONV_PH - kh * CONV_DH, oh = t / CONV_SH;
-            if (t < 0 || oh * CONV_SH != t || oh >= CONV_OH) continue;
+            const int oh = dw_reading_output(ih, kh, CONV_PH, CONV_DH, CONV_SH, CONV_OH);
+            if (oh < 0) continue;
             for (int kw = 0; kw < CONV_KW; kw++) {
-                const int u = iw + CONV_PW - kw * CONV_DW, ow = u / CONV_SW;
-                if (u >= 0 && ow * CONV_SW == u && ow < CONV_OW) acc += wt[kh * CONV_KW + kw] * d[oh * CONV_OW + ow];
+                const int ow = dw_reading_output(iw, kw, CONV_PW, CONV_DW, CONV_SW, CONV_OW);
+                if (ow >= 0) acc += wt[kh * CONV_KW + kw] * d[oh * CONV_OW + ow];
             }
         }
     }
