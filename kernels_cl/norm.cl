@@ -120,6 +120,18 @@ __kernel void bn_combine_statistics(const int n_valid, const int channels, const
         running_var[rvo + c] = (1.0f - factor) * running_var[rvo + c] + factor * (var * (float)m / (float)(m - 1));
 }
 
+// Channel c's normalisation as (scale, shift), y = (x - mean) * scale + shift, from its 1 / std:
+// scale = invstd * w, shift = b (AFFINE), else invstd and 0.
+inline float2 bn_affine(const int c, const float invstd, __global const float* w, const int wo,
+                        __global const float* b, const int bo)
+{
+#ifdef AFFINE
+    return (float2)(invstd * w[wo + c], b[bo + c]);
+#else
+    return (float2)(invstd, 0.0f);
+#endif
+}
+
 // Training forward, one work-item per element of the n x C x S tensor, padded rows included:
 // y = act((x - mean) * invstd * w + b).
 __kernel void bn_normalize(const int total, const int channels, const int spatial,
@@ -131,30 +143,14 @@ __kernel void bn_normalize(const int total, const int channels, const int spatia
     const int i = get_global_id(0);
     if (i >= total) return;
     const int c = (i / spatial) % channels;
-#ifdef AFFINE
-    const float scale = save_invstd[sio + c] * w[wo + c], shift = b[bo + c];
-#else
-    const float scale = save_invstd[sio + c], shift = 0.0f;
-#endif
-    y[yo + i] = act_forward((x[xo + i] - save_mean[smo + c]) * scale + shift);
+    const float2 affine = bn_affine(c, save_invstd[sio + c], w, wo, b, bo);
+    y[yo + i] = act_forward((x[xo + i] - save_mean[smo + c]) * affine.x + affine.y);
 }
 
 // num_batches_tracked += 1, after a CUMULATIVE forward has read it. One work-item.
 __kernel void bn_count_batch(__global float* count, const int co)
 {
     if (get_global_id(0) == 0) count[co] += 1.0f;
-}
-
-// Evaluation's normalisation of channel c as (scale, shift): y = (x - running_mean) * scale + shift.
-inline float2 bn_eval_affine(const int c, const float eps, __global const float* w, const int wo,
-                             __global const float* b, const int bo, __global const float* running_var, const int rvo)
-{
-    const float scale = 1.0f / sqrt(running_var[rvo + c] + eps);
-#ifdef AFFINE
-    return (float2)(scale * w[wo + c], b[bo + c]);
-#else
-    return (float2)(scale, 0.0f);
-#endif
 }
 
 // Evaluation forward with the running statistics, one work-item per element of the n x C x S tensor.
@@ -167,7 +163,7 @@ __kernel void bn_forward_eval(const int total, const int channels, const int spa
     const int i = get_global_id(0);
     if (i >= total) return;
     const int c = (i / spatial) % channels;
-    const float2 affine = bn_eval_affine(c, eps, w, wo, b, bo, running_var, rvo);
+    const float2 affine = bn_affine(c, 1.0f / sqrt(running_var[rvo + c] + eps), w, wo, b, bo);
     y[yo + i] = act_forward((x[xo + i] - running_mean[rmo + c]) * affine.x + affine.y);
 }
 
@@ -185,7 +181,7 @@ __kernel void bn_fold(const int rows, const int per_row, const float eps,
     const int i = get_global_id(0);
     if (i >= rows * per_row) return;
     const int o = i / per_row;
-    const float2 affine = bn_eval_affine(o, eps, w, wo, b, bo, running_var, rvo);
+    const float2 affine = bn_affine(o, 1.0f / sqrt(running_var[rvo + o] + eps), w, wo, b, bo);
     const float scale = affine.x, shift = affine.y;
     folded_weight[fwo + i] = weight[wto + i] * scale;
     if (i - o * per_row == 0) {
