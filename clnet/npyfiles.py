@@ -84,7 +84,7 @@ def read_npz(source, size: int, where: str, error, compressed: bool = True) -> d
     try:
         archive = zipfile.ZipFile(source)
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
-        raise error(f"{where}: not a valid .npz archive ({exc})") from None
+        raise error(f"{where}: not a valid .npz archive, corrupt or truncated ({exc})") from None
     arrays = {}
     with archive:
         for member in archive.infolist():
