@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DatasetError
+from ..files import special_kind
+from ..memory import check_host_memory
 from .dataset import Dataset
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
@@ -48,12 +50,17 @@ def _image_size(image_size):
 
 
 def _list_images(folder):
-    """Image files under `folder`, sorted by their path relative to it; hidden entries skipped."""
+    """Image files under `folder`, sorted by their path relative to it; hidden entries skipped. An
+    image name that is not a regular file (a FIFO would block its reader) is refused."""
     found = []
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         found += [Path(dirpath, f) for f in filenames
                   if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)]
+    for path in found:
+        kind = special_kind(path)
+        if kind:
+            raise DatasetError(f"{path} is {kind}, not an image file: remove it from the image folder")
     return sorted(found, key=lambda p: p.relative_to(folder).parts)
 
 
@@ -157,6 +164,9 @@ class ImageFolder(Dataset):
             raise ValueError(f"grayscale must be None, True or False, not {grayscale!r}")
         Image = _import_pillow(root)
         classes, files, labels = list_classes(root)
+        if size is not None:  # the decoded images' memory, checked before the first is decoded
+            check_host_memory(len(files) * (1 if grayscale is not False else 3) * size[0] * size[1],
+                              f"{root}: {len(files):,} images of {size[0]}x{size[1]}", DatasetError)
 
         arrays, first = [], None
         for path in files:

@@ -131,6 +131,7 @@ def read_inputs(path: str, shape: Optional[Sequence[int]]) -> Tuple[List[str], n
         >>> names[:2], x.shape
         (['digits.npz[0]', 'digits.npz[1]'], (10, 1, 28, 28))
     """
+    readable_size(path, ClnetError)  # a FIFO or a device is refused before it is opened
     if path.lower().endswith(ARRAY_EXTENSIONS):
         x = fit_array(path, read_array_file(path), shape)
         return [f"{path}[{i}]" for i in range(len(x))], x
