@@ -37,11 +37,14 @@ class ParamStore:
     def __init__(self, device, network, seed, like=None):
         self.device = device
         self.entries, sizes = [], {True: 0, False: 0}
+        self._node_entries = {}  # node name -> its entries: looked up per node, never by a scan of all
         for node in network.nodes:
+            own = self._node_entries.setdefault(node.name, [])
             for trainable, shapes in ((True, node.layer.param_shapes()), (False, node.layer.buffer_shapes())):
                 for name, shape in shapes.items():
-                    self.entries.append(Entry(node.name, name, tuple(shape), sizes[trainable], trainable))
+                    own.append(Entry(node.name, name, tuple(shape), sizes[trainable], trainable))
                     sizes[trainable] += round_up(prod(shape), PARAM_ALIGN)
+            self.entries += own
         self.params = DeviceTensor.empty(device, (max(sizes[True], 1),), what="the parameters")
         self.grads = DeviceTensor.empty(device, (max(sizes[True], 1),), what="the gradients")
         self.buffers = DeviceTensor.empty(device, (max(sizes[False], 1),), what="the layer buffers")
@@ -63,17 +66,16 @@ class ParamStore:
         for i, node in enumerate(network.nodes):
             rng = np.random.Generator(np.random.Philox(np.random.SeedSequence([seed, i])))
             values = node.layer.init_params(rng, network.following(node))
-            for e in self.entries:
-                if e.node == node.name:
-                    flats[e.trainable][e.offset:e.offset + e.size] = values[e.name].reshape(-1)
+            for e in self._node_entries[node.name]:
+                flats[e.trainable][e.offset:e.offset + e.size] = values[e.name].reshape(-1)
         self.params.upload(flats[True])
         self.buffers.upload(flats[False])
 
     def views(self, node, kind):
         """{name: tensor} of one node's "params", "grads" or "buffers"."""
         tensor = {"params": self.params, "grads": self.grads, "buffers": self.buffers}[kind]
-        return {e.name: tensor.view(e.shape, e.offset) for e in self.entries
-                if e.node == node and e.trainable == (kind != "buffers")}
+        return {e.name: tensor.view(e.shape, e.offset) for e in self._node_entries.get(node, ())
+                if e.trainable == (kind != "buffers")}
 
     def reset_optimizer_state(self):
         """No optimizer state and no steps taken, for a newly compiled optimizer."""

@@ -15,6 +15,7 @@ from .kernels import KernelLibrary
 from .tensor import DeviceTensor, allocate
 
 ALIGN = 64  # elements; keeps every arena tensor 256-byte aligned for vector loads
+PLACE_BLOCK = 64  # launches: `place` finds the values live beside a short-lived one by these blocks
 
 
 def round_up(n, multiple):
@@ -171,8 +172,13 @@ class Plan:
         roots = sorted((v for v in self.values if v.root is v and v.first is not None),
                        key=lambda v: (-v.size, v.first))
         placed, end = [], 0
+        by_block = {}  # launch index // PLACE_BLOCK -> the placed values live in that block of launches
         for v in roots:
-            overlapping = sorted((p for p in placed if p.first <= v.last and v.first <= p.last),
+            blocks = range(v.first // PLACE_BLOCK, v.last // PLACE_BLOCK + 1)
+            # a short-lived value meets few others: look only where it lives, so that a deep network's
+            # inference plan is placed in linear time; a long-lived one looks at every placed value
+            near = placed if len(blocks) > 2 else {id(p): p for b in blocks for p in by_block.get(b, ())}.values()
+            overlapping = sorted((p for p in near if p.first <= v.last and v.first <= p.last),
                                  key=lambda p: p.base)
             offset = 0
             for p in overlapping:
@@ -181,6 +187,8 @@ class Plan:
                 offset = max(offset, round_up(p.base + p.size, ALIGN))
             v.base = offset
             placed.append(v)
+            for b in blocks:
+                by_block.setdefault(b, []).append(v)
             end = max(end, offset + v.size)
         return max(end, 1)
 
