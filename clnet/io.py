@@ -62,6 +62,7 @@ import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from io import BytesIO
+from math import prod
 from typing import Any
 
 import numpy as np
@@ -416,9 +417,10 @@ def _check_description(archive, meta):
     loss = meta.get("loss")
     check(loss is None or loss in losses.LOSSES, f"unknown loss {loss!r}")
     shape = meta.get("input_shape")
-    check(shape is None or (isinstance(shape, list) and shape and all(_is_int(s) and 0 < s <= INDEX_LIMIT
-                                                                          for s in shape)),
-          f"'input_shape' must be a list of positive integers (up to {INDEX_LIMIT}) or null, got {shape!r}")
+    check(shape is None or (isinstance(shape, list) and shape and all(_is_int(s) and s > 0 for s in shape)),
+          f"'input_shape' must be a list of positive integers or null, got {shape!r}")
+    check(shape is None or prod(shape) <= INDEX_LIMIT,
+          f"'input_shape' {shape} holds more than the {INDEX_LIMIT} values per sample that clnet's kernels index")
     norm = meta.get("normalization")
     if norm is not None:
         check(isinstance(norm, dict) and isinstance(norm.get("mean"), list) and isinstance(norm.get("std"), list)

@@ -6,9 +6,11 @@ from math import prod
 
 import numpy as np
 
-from .errors import InputError, ShapeError
+from .errors import InputError, OutOfDeviceMemoryError, ShapeError
+from .memory import check_host_memory
 from .plan import round_up
 from .tensor import DeviceTensor
+from .text import format_bytes
 
 PARAM_ALIGN = 16  # elements: each tensor starts on a 64-byte boundary for vector loads
 
@@ -20,6 +22,19 @@ class Entry:
         self.node, self.name, self.shape, self.offset, self.trainable = node, name, shape, offset, trainable
         self.key = f"{node}.{name}"
         self.size = prod(shape)
+
+
+def _check_fits(device, sizes):
+    """Refuse, before anything is allocated, parameters that cannot fit: on the device with their
+    gradients, and on the host as they are initialised (a model file or an image size can ask for any)."""
+    needed = 4 * (2 * sizes[True] + sizes[False])
+    if needed > device.info.global_mem:
+        raise OutOfDeviceMemoryError(
+            f"the parameters ({sizes[True]:,} values) need {format_bytes(needed)} with their gradients and buffers, "
+            f"more than the {format_bytes(device.info.global_mem)} of {device.info.name}: use a smaller model or "
+            "smaller images")
+    check_host_memory(4 * (sizes[True] + sizes[False]), f"the parameters' initial values ({sizes[True]:,})",
+                      OutOfDeviceMemoryError)
 
 
 class ParamStore:
@@ -45,6 +60,7 @@ class ParamStore:
                     own.append(Entry(node.name, name, tuple(shape), sizes[trainable], trainable))
                     sizes[trainable] += round_up(prod(shape), PARAM_ALIGN)
             self.entries += own
+        _check_fits(device, sizes)
         self.params = DeviceTensor.empty(device, (max(sizes[True], 1),), what="the parameters")
         self.grads = DeviceTensor.empty(device, (max(sizes[True], 1),), what="the gradients")
         self.buffers = DeviceTensor.empty(device, (max(sizes[False], 1),), what="the layer buffers")
