@@ -389,7 +389,7 @@ def _encodes(text):
 
 
 def _too_large(value):
-    """The first integer in a layer's arguments (a JSON value) beyond INDEX_LIMIT, or None."""
+    """The first integer in a layer's description (a JSON value) beyond INDEX_LIMIT, or None."""
     stack = [value]
     while stack:
         item = stack.pop()
@@ -413,6 +413,9 @@ def _check_description(archive, meta):
             raise archive.error(f"model.json is invalid: {what}")
     key = "layers" if meta["format_version"] == 1 else "nodes"
     check(isinstance(meta.get(key), list), f"{key!r} must be a list of {key}")
+    for i, spec in enumerate(meta[key]):
+        large = _too_large(spec)
+        check(large is None, f"layer {i} has the argument {large}, beyond the {INDEX_LIMIT} that clnet's kernels index")
     check(_is_int(meta.get("seed")) and 0 <= meta["seed"] < 2**63, "'seed' must be an integer in [0, 2**63)")
     loss = meta.get("loss")
     check(loss is None or loss in losses.LOSSES, f"unknown loss {loss!r}")
@@ -445,10 +448,6 @@ def _build_layers(archive, specs):
         if cls is None:
             raise archive.error(f"layer {i} has the unknown class {name!r}; clnet {__version__} knows "
                                 f"{', '.join(sorted(_layers.LAYERS))} (a file from a newer clnet? upgrade clnet)")
-        large = _too_large(config)
-        if large is not None:
-            raise archive.error(f"layer {i} ({name}) has the argument {large}, beyond the {INDEX_LIMIT} that clnet's "
-                                "kernels index: the file is corrupt or crafted")
         try:
             built.append(cls(**config))
         except (TypeError, ValueError, OverflowError) as exc:

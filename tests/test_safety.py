@@ -11,7 +11,9 @@ import struct
 import subprocess
 import sys
 import textwrap
+import time
 import zipfile
+import zlib
 
 import numpy as np
 import pytest
@@ -25,6 +27,8 @@ from clnet.callbacks import MetricsLog
 from clnet.cli import evaluate, train
 from clnet.datasets import folder
 from clnet.errors import ClnetError, DatasetError, ModelFileError, OutOfDeviceMemoryError
+from clnet.network import Network
+from clnet.plan import Plan, Value
 from clnet.files import replace_atomically
 
 
@@ -390,3 +394,125 @@ def test_predict_plans_for_the_inputs_given(device):
     model = small_net(device)
     model.predict(np.zeros((1, 3, 2, 2), np.float32))
     assert [target.batch_size for target in model._runners] == [1]
+
+
+def test_a_gzip_idx_that_inflates_beyond_its_header_is_refused_in_bounded_memory(tmp_path):
+    path = tmp_path / "train-labels-idx1-ubyte.gz"
+    packer = zlib.compressobj(1, zlib.DEFLATED, 31)  # gzip framing
+    zeros = bytes(1 << 24)
+    data = packer.compress(b"\0\0\x08\x01" + struct.pack(">I", 10) + bytes(range(10)))
+    data += b"".join(packer.compress(zeros) for _ in range(64))  # 1 GiB of trailing zeros
+    path.write_bytes(data + packer.flush())
+    status, stderr = limited(f"""
+        from clnet.datasets import read_idx
+        read_idx({str(path)!r})""", limit=1 << 30)
+    assert status == 1 and "MemoryError" not in stderr
+    assert f"{path}: the gzip stream inflates beyond the 18 bytes its IDX header declares" in stderr
+    with open(path, "wb") as f:  # a raw file shorter than its header says: refused before reading the values
+        f.write(b"\0\0\x08\x03" + struct.pack(">III", 10**6, 28, 28) + bytes(100))
+    with pytest.raises(DatasetError, match="is truncated: its header declares 784,000,016 bytes but the file has 116"):
+        datasets.read_idx(path)
+
+
+@pytest.mark.parametrize("label", [5_000_000, 10**12])
+def test_a_label_far_beyond_the_data_is_an_input_error_naming_it(tmp_path, label):
+    x, y = np.zeros((200, 1, 28, 28), np.uint8), np.arange(200) % 10
+    y[7] = label
+    np.savez(tmp_path / "stray.npz", x=x, y=y)
+    with pytest.raises(DatasetError, match=f"stray.npz\\['y'\\] \\(with x\\): label {label} \\(sample 7\\) is far "
+                                           "beyond the data: 200 samples have labels below 3,200"):
+        datasets.load_arrays(tmp_path / "stray.npz")
+    result = CliRunner().invoke(train, ["--device", "0", "--dataset", str(tmp_path / "stray.npz"), "--epochs", "1"])
+    assert result.exit_code == 1 and f"label {label} (sample 7)" in result.output and "Model:" not in result.output
+    y[7] = 1023  # the rule: below max(1024, 16 x samples)
+    datasets.Dataset(x, y)
+    with pytest.raises(DatasetError, match="label 3200 .* below 3,200"):
+        datasets.Dataset(x, np.where(np.arange(200) == 0, 3200, y))
+
+
+def test_empty_arrays_are_refused_naming_the_file(tmp_path):
+    np.savez(tmp_path / "empty.npz", x=np.zeros((0, 1, 28, 28), np.uint8), y=np.zeros(0, np.int64))
+    with pytest.raises(DatasetError, match=r"empty.npz\['x'\]: holds no images"):
+        datasets.load_arrays(tmp_path / "empty.npz")
+
+
+class Crafted:
+    """A pickle that rebuilds an object through the given callable and arguments (and state)."""
+
+    def __init__(self, *reduced):
+        self.reduced = reduced
+
+    def __reduce__(self):
+        return self.reduced
+
+
+@pytest.mark.parametrize("data, refused", [
+    (Crafted(np.ndarray, ((10**6, 3072), "u1", bytes(3072), 0, (0, 1))), r"numpy.ndarray\(...\) called"),
+    (Crafted(np.ndarray, ((2, 3072), "u1")), r"numpy.ndarray\(...\) called"),
+    (Crafted(np.zeros(0).__reduce__()[0], (np.ndarray, (0,), b"b"), (1, (10**6, 3072), np.dtype("u1"), False,
+                                                                        bytes(3072))),
+     r"an array of shape \(1000000, 3072\) uint8 with 3072 bytes"),
+    (Crafted(np.zeros(0).__reduce__()[0], (np.ndarray, (0,), b"b")), "an array without its data"),
+    (np.zeros((1, 3072), object), "the dtype 'O8'"),
+])
+def test_the_cifar_unpickler_allows_only_arrays_whose_bytes_match_their_shape(tmp_path, data, refused):
+    import pickle
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for name in ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5"):
+        (folder / name).write_bytes(b"")
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": [str(i) for i in range(10)]}, protocol=2))
+    for protocol in (2, 4, 5):
+        (folder / "test_batch").write_bytes(pickle.dumps({"data": data, "labels": [0]}, protocol=protocol))
+        with pytest.raises(DatasetError, match=f"test_batch: refused to unpickle .*{refused}"):
+            datasets.load_cifar(tmp_path, "cifar10", "test")
+
+
+# ---------------------------------------------------------------------- model.json: one-line errors
+def broken_model(device, tmp_path, change):
+    path, _ = saved(device, tmp_path)
+    with zipfile.ZipFile(path) as zf:
+        text = zf.read("model.json").decode()
+    rewrite(path, {"model.json": change(text).encode()})
+    return path
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda t: t.replace('"in_features": 12', '"in_features": Infinity'), "Infinity is not a number a model file"),
+    (lambda t: t.replace('"in_features": 12', f'"in_features": {10**400}'), "beyond the 2147483647 that clnet"),
+    (lambda t: t.replace('"seed": 0', '"seed": -1'), r"'seed' must be an integer in \[0, 2\*\*63\)"),
+    (lambda t: t.replace('"classes": null', '"classes": ["\\udc80"]'), "is not valid Unicode text"),
+    (lambda t: t.replace('"input_shape": null', '"input_shape": [3, 100000, 100000]'),
+     "holds more than the 2147483647 values per sample"),
+    (lambda t: t.replace('"seed": 0', '"seed": ' + "[" * 100_000 + "]" * 100_000), "nests its JSON too deeply"),
+])
+def test_model_json_values_that_would_raise_generic_errors_name_the_file(device, tmp_path, change, message):
+    path = broken_model(device, tmp_path, change)
+    for read in (clnet.load, cio.info):
+        with pytest.raises(ModelFileError, match=message) as failure:
+            read(path)
+        assert str(failure.value).startswith(str(path))
+
+
+# ---------------------------------------------------------------------- deep networks, linear plans
+def test_a_deep_network_builds_and_plans_in_linear_time(device):
+    layers = [L.Flatten(), L.Dense(4, 4)] + [L.ReLU() if i % 2 else L.Dense(4, 4) for i in range(20_000)]
+    network = Network.chain(layers)
+    assert network.following(network.nodes[0]) is layers[1] and network.following(network.nodes[-1]) is None
+    plan = Plan.__new__(Plan)  # places values only: no device, no kernels
+    plan.values = []
+    rng = np.random.default_rng(0)
+    for i in range(20_000):  # a chain's short-lived values, and a few long-lived ones across it
+        value = Value(plan, (int(rng.integers(1, 300)),), f"v{i}")
+        value.first = i
+        value.last = i + 1 if i % 500 else min(i + 5000, 20_000)
+        plan.values.append(value)
+    start = time.perf_counter()
+    end = plan.place()
+    assert time.perf_counter() - start < 30  # a scan of every placed value took minutes
+    for a, b in zip(plan.values, plan.values[1:]):  # neighbours overlap in time: never in memory
+        assert a.base + a.size <= b.base or b.base + b.size <= a.base
+    live = sorted(plan.values, key=lambda v: v.base)
+    assert end == max(v.base + v.size for v in live)
+    model = clnet.Sequential(layers[:4001], device=device)  # ParamStore and stages: no scan per node
+    assert len(model.state_dict()) == 2 * 2001
