@@ -188,6 +188,10 @@ def _describe(model, path, classes):
         classes = model.classes
     if classes is not None:
         classes = [c if isinstance(c, str) else str(c) for c in classes]
+        unencodable = next((c for c in classes if not _encodes(c)), None)
+        if unencodable is not None:
+            raise ModelFileError(path, f"cannot save the class name {unencodable!r}: it is not valid Unicode text "
+                                       "(a folder name in another encoding?): rename it or pass classes=")
     return {"format": MODEL_FORMAT, "format_version": 1 if chain else 2, "clnet_version": __version__,
             **architecture, "seed": model.seed, "loss": loss,
             "input_shape": list(model.input_shape) if model.input_shape else None,

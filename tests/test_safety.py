@@ -516,3 +516,18 @@ def test_a_deep_network_builds_and_plans_in_linear_time(device):
     assert end == max(v.base + v.size for v in live)
     model = clnet.Sequential(layers[:4001], device=device)  # ParamStore and stages: no scan per node
     assert len(model.state_dict()) == 2 * 2001
+
+
+def test_class_names_that_are_not_unicode_are_refused(device, tmp_path):
+    from PIL import Image
+    folder_name = os.fsdecode(b"caf\xe9")  # Latin-1 bytes: a lone surrogate in Python's name
+    try:
+        (tmp_path / "data" / folder_name).mkdir(parents=True)
+    except (OSError, UnicodeEncodeError):
+        pytest.skip("this file system takes only Unicode names")
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "data" / folder_name / "a.png")
+    with pytest.raises(DatasetError, match="the class folder's name is not valid Unicode text"):
+        datasets.ImageFolder(tmp_path / "data")
+    with pytest.raises(ModelFileError, match="cannot save the class name 'caf\\\\udce9'"):
+        small_net(device).save(tmp_path / "m.clnet", classes=["a", folder_name, "c"])
+    assert not (tmp_path / "m.clnet").exists()

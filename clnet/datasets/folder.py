@@ -87,6 +87,14 @@ def _decode(Image, path, grayscale, size):
         return np.array(im, dtype=np.uint8)
 
 
+def _encodes(name):
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # bytes of another encoding, which os.listdir keeps as lone surrogates
+        return False
+    return True
+
+
 def list_classes(root: Path) -> tuple[list[str], list[Path], list[int]]:
     """(class names, image files, their labels) of a folder of class folders, checked: the sorted
     sub-folder names are the classes, each holding at least one image."""
@@ -99,6 +107,10 @@ def list_classes(root: Path) -> tuple[list[str], list[Path], list[int]]:
         class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     except OSError as exc:
         raise DatasetError(f"{root}: cannot list the folder ({exc.strerror or exc})") from None
+    unencodable = next((d for d in class_dirs if not _encodes(d.name)), None)
+    if unencodable is not None:
+        raise DatasetError(f"{unencodable}: the class folder's name is not valid Unicode text (another encoding?): "
+                           "rename the folder, as it becomes the class name")
     if not class_dirs:
         loose = [p.name for p in root.iterdir() if p.name.lower().endswith(IMAGE_EXTENSIONS)]
         hint = f" (it holds {len(loose)} images directly: move them into class folders)" if loose else ""
