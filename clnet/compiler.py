@@ -24,7 +24,7 @@ from .network import INPUT, loss_input
 from .ops import data as data_ops
 from .ops.elementwise import add
 from .ops.random import step_arg
-from .plan import Plan
+from .plan import INDEX_LIMIT, Plan
 from .tensor import DeviceTensor, allocate
 
 @dataclass(frozen=True)
@@ -158,6 +158,7 @@ class CompiledStep:
         needed = arena * 4 + sum(t.nbytes for t in staging)  # all scale with the batch size
         # parameters, gradients and up to two optimizer states are already resident
         room = min(device.info.global_mem - 4 * store.params.nbytes, device.info.max_alloc)
+        room = min(room, 4 * INDEX_LIMIT)  # kernels take int offsets into the arena: no element beyond them
         if needed > room:
             fits = int(self.batch_size * room / needed * 0.9)
             advice = f"use a batch size of {fits} or less" if fits else "even one sample does not fit: use smaller inputs"

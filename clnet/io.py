@@ -73,13 +73,13 @@ from .errors import InputError, ModelFileError, ShapeError
 from .files import replace_atomically, special_kind
 from .network import Network, Node
 from .npyfiles import read_npz
+from .plan import INDEX_LIMIT
 from .version import __version__
 
 FORMAT_VERSION = 2  # the newest this clnet reads; a chain of layers is still written as version 1
 CHECKPOINT_VERSION = 1
 MODEL_FORMAT, CHECKPOINT_FORMAT = "clnet-model", "clnet-checkpoint"
 ARRAY_TAG = "__clnet_array__"
-INDEX_LIMIT = 2**31 - 1  # kernels index with int: no size or argument in a model file goes beyond
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed member times: the same model gives the same bytes
 
 #: The layer classes a model file may name: the concrete layers of clnet.layers, and nothing else.

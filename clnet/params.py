@@ -8,7 +8,7 @@ import numpy as np
 
 from .errors import InputError, OutOfDeviceMemoryError, ShapeError
 from .memory import check_host_memory
-from .plan import round_up
+from .plan import INDEX_LIMIT, round_up
 from .tensor import DeviceTensor
 from .text import format_bytes
 
@@ -28,6 +28,9 @@ def _check_fits(device, sizes):
     """Refuse, before anything is allocated, parameters that cannot fit: on the device with their
     gradients, and on the host as they are initialised (a model file or an image size can ask for any)."""
     needed = 4 * (2 * sizes[True] + sizes[False])
+    if max(sizes.values()) > INDEX_LIMIT:  # kernels index the flat buffers with int
+        raise OutOfDeviceMemoryError(f"the parameters ({sizes[True]:,} values) are more than the {INDEX_LIMIT:,} "
+                                     "that clnet's kernels index: use a smaller model or smaller images")
     if needed > device.info.global_mem:
         raise OutOfDeviceMemoryError(
             f"the parameters ({sizes[True]:,} values) need {format_bytes(needed)} with their gradients and buffers, "

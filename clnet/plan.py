@@ -15,6 +15,7 @@ from .kernels import KernelLibrary
 from .tensor import DeviceTensor, allocate
 
 ALIGN = 64  # elements; keeps every arena tensor 256-byte aligned for vector loads
+INDEX_LIMIT = 2**31 - 1  # kernels index with int: no tensor, offset or size in a plan goes beyond
 PLACE_BLOCK = 64  # launches: `place` finds the values live beside a short-lived one by these blocks
 
 
