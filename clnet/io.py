@@ -422,7 +422,7 @@ def _check_description(archive, meta):
         check(large is None, f"layer {i} has the argument {large}, beyond the {INDEX_LIMIT} that clnet's kernels index")
     check(_is_int(meta.get("seed")) and 0 <= meta["seed"] < 2**63, "'seed' must be an integer in [0, 2**63)")
     loss = meta.get("loss")
-    check(loss is None or loss in losses.LOSSES, f"unknown loss {loss!r}")
+    check(loss is None or (isinstance(loss, str) and loss in losses.LOSSES), f"unknown loss {loss!r}")
     shape = meta.get("input_shape")
     check(shape is None or (isinstance(shape, list) and shape and all(_is_int(s) and s > 0 for s in shape)),
           f"'input_shape' must be a list of positive integers or null, got {shape!r}")
