@@ -596,7 +596,7 @@ def test_real_arrays_reader(tmp_path):
 # ------------------------------------------------------------------ the progress bar
 
 
-def test_progress_bar_only_on_a_terminal():
+def test_progress_bar_redraws_on_a_terminal_and_writes_a_line_to_a_pipe():
     class Stream(io.StringIO):
         def __init__(self, tty):
             super().__init__()
@@ -607,9 +607,10 @@ def test_progress_bar_only_on_a_terminal():
 
     tty, pipe = Stream(True), Stream(False)
     for stream in (tty, pipe):
-        bar = download.ProgressBar(2_000_000, "f.gz", stream)
-        bar.update(1_000_000, download._transferred(1_000_000, bar))
-        bar.update(2_000_000, download._transferred(2_000_000, bar))
+        bar = download.ProgressBar(2_000_000, "f.gz", stream, scaled=True)
+        bar.update(1_000_000, download._rate(1_000_000, bar))
+        bar.update(2_000_000, download._rate(2_000_000, bar))
         bar.close(keep=True)
-    assert "\rf.gz [" in tty.getvalue() and "100%" in tty.getvalue() and tty.getvalue().endswith("\n")
-    assert pipe.getvalue() == ""
+    assert "\rf.gz 100%" in tty.getvalue() and "2.00M/2.00M" in tty.getvalue() and tty.getvalue().endswith("\n")
+    assert pipe.getvalue().startswith("f.gz 100% 2.00M/2.00M [") and "MB/s]" in pipe.getvalue()
+    assert "\r" not in pipe.getvalue() and pipe.getvalue().count("\n") == 1
