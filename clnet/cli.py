@@ -446,7 +446,7 @@ Examples:
               help="ONNX operator set version to target.")
 def export(model_file, out_file, platform, device, opset):
     """Export a saved model (MODEL_FILE, from --save or model.save, or an ONNX file it imports) as an
-    ONNX file (needs the onnx package: pip install "clnet[onnx]").
+    ONNX file (needs the onnx package: pip install onnx, or clnet's onnx extra).
 
     The ONNX graph takes "input": float32 images (N, C, H, W) already scaled to [0, 1] (uint8
     images are not converted), applies the model's normalisation, and returns "probabilities" as

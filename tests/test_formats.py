@@ -571,7 +571,7 @@ def test_image_folder_errors(tmp_path, Image):
 def test_image_folder_without_pillow(tmp_path, monkeypatch):
     (tmp_path / "a").mkdir()
     monkeypatch.setitem(sys.modules, "PIL", None)  # import PIL now fails
-    with raises_naming(tmp_path, r'pip install "clnet\[images\]"'):
+    with raises_naming(tmp_path, r'pip install pillow .*pip install "\.\[images\]"'):
         ImageFolder(tmp_path)
 
 

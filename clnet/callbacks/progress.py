@@ -10,7 +10,7 @@ def images_per_second(steps, batch, seconds):
 
 
 class Progress(Callback):
-    """A bar with images/s and the running loss and accuracy while an epoch runs, then
+    """A bar with the running loss and accuracy and images/s while an epoch runs, then
     "Epoch 3/10  loss 0.2134  accuracy 0.9372 ... (4.1 s, 5,120 img/s)", on the trainer's stream
     when it is verbose. The bar is tqdm's on a terminal (fitted to its width) and in a notebook;
     in a pipe or a file it is a plain line every half minute (clnet.progress). `fit` puts it
@@ -29,20 +29,20 @@ class Progress(Callback):
             self.bar.update(step + 1, ", ".join(self.figures(step)))
 
     def figures(self, step):
-        """What the bar shows after `step` (counted in the epoch from 0), most telling first:
-        images/s, then the running metrics. A figure of your own (an input pipeline's wait, say)
-        goes here: override, and append to what this returns.
+        """What the bar shows after `step` (counted in the epoch from 0), most telling first (a
+        narrow terminal cuts the line's end): the running metrics, then images/s. A figure of your
+        own (an input pipeline's wait, say) goes here: override, and append to what this returns.
 
         Args:
             step: the step that has just ended.
 
         Example:
             >>> Progress().figures(119)     # during a fit
-            ['5,120 img/s', 'loss 0.2134', 'accuracy 0.9372']
+            ['loss 0.2134', 'accuracy 0.9372', '5,120 img/s']
         """
         trainer = self.trainer
         rate = images_per_second(step + 1 - self.first, trainer.batch_size, self.bar.elapsed)
-        return [rate] + [f"{k} {v:.4f}" for k, v in trainer.read_metrics().items()]
+        return [f"{k} {v:.4f}" for k, v in trainer.read_metrics().items()] + [rate]
 
     def on_epoch_end(self, epoch, logs):
         self.bar.close()

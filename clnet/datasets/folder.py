@@ -26,7 +26,8 @@ from .dataset import Dataset
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif")
-PILLOW_HINT = 'reading image folders needs Pillow, which is not installed: pip install "clnet[images]"'
+PILLOW_HINT = ("reading image folders needs Pillow, which is not installed: pip install pillow (or clnet's "
+               'images extra: pip install ".[images]" in its checkout)')
 _GRAY_MODES = {"1", "L", "LA", "F"}
 
 
