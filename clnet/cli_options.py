@@ -117,7 +117,7 @@ def diagnostics_to_stderr(level: int) -> Iterator[None]:
 
     Example:
         with diagnostics_to_stderr(logging.DEBUG):
-            clnet.device()          # "Opened device ..." on stderr
+            clnet.device()          # "Opened <the device> (tiled kernels)" on stderr
     """
     logger = logging.getLogger("clnet")
     handler = logging.StreamHandler(sys.stderr)

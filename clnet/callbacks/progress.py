@@ -4,9 +4,9 @@ from ..progress import ProgressBar
 from .base import Callback
 
 
-def images_per_second(steps, batch, seconds):
-    """ "3,840 img/s": the rate of `steps` steps of `batch` images each in `seconds`."""
-    return f"{steps * batch / max(seconds, 1e-9):,.0f} img/s"
+def images_per_second(images, seconds):
+    """ "3,840 img/s": the rate of `images` in `seconds`."""
+    return f"{images / max(seconds, 1e-9):,.0f} img/s"
 
 
 class Progress(Callback):
@@ -41,7 +41,7 @@ class Progress(Callback):
             ['loss 0.2134', 'accuracy 0.9372', '5,120 img/s']
         """
         trainer = self.trainer
-        rate = images_per_second(step + 1 - self.first, trainer.batch_size, self.bar.elapsed)
+        rate = images_per_second((step + 1 - self.first) * trainer.batch_size, self.bar.elapsed)
         return [f"{k} {v:.4f}" for k, v in trainer.read_metrics().items()] + [rate]
 
     def on_epoch_end(self, epoch, logs):
@@ -51,7 +51,7 @@ class Progress(Callback):
             text = "  ".join(f"{k} {v:.4g}" if k == "lr" else f"{k} {v:.4f}" for k, v in logs.items())
             seconds = trainer.epoch_seconds  # validation included, as the metrics log counts it
             print(f"Epoch {epoch}/{trainer.epochs}  {text}  ({seconds:.1f} s, "
-                  f"{images_per_second(trainer.epoch_images, 1, seconds)})", file=trainer.stream, flush=True)
+                  f"{images_per_second(trainer.epoch_images, seconds)})", file=trainer.stream, flush=True)
 
     def on_interrupt(self, epoch, steps):
         self.bar.close()
