@@ -56,8 +56,8 @@ class ProgressBar:
         self.bar = None
         if not enabled:
             self.mode = "off"
-        elif hasattr(self.stream, "isatty") and self.stream.isatty() or \
-                _in_notebook() and self.stream in (sys.stdout, sys.stderr):
+        elif (hasattr(self.stream, "isatty") and self.stream.isatty()) or \
+                (_in_notebook() and self.stream in (sys.stdout, sys.stderr)):
             self.mode = "bar"
             tqdm_class = auto_tqdm if _in_notebook() else terminal_tqdm
             self.bar = tqdm_class(total=total, desc=label, file=self.stream, initial=initial, unit_scale=scaled,

@@ -10,6 +10,7 @@ import gzip
 import hashlib
 import http.server
 import io
+import logging
 import os
 import pickle
 import socket
@@ -214,10 +215,13 @@ def test_download_is_verified_then_cached(dirs, server, fake_mnist):
     np.testing.assert_array_equal(again.x, train.x)
 
 
-def test_only_missing_files_are_downloaded(dirs, server, fake_mnist):
+def test_only_missing_files_are_downloaded(dirs, server, fake_mnist, caplog):
     write_files(dirs.cache / "mnist", {n: fake_mnist[n] for n in IDX_NAMES[:2]})
-    assert registry.fetch("mnist") == dirs.cache / "mnist"
+    with caplog.at_level(logging.INFO, logger="clnet"):
+        assert registry.fetch("mnist") == dirs.cache / "mnist"
     assert sorted(server.requests) == sorted(f"/mnist/{n}" for n in IDX_NAMES[2:])
+    said = [r.getMessage() for r in caplog.records if r.name == "clnet.datasets.download"]  # a diagnostic each
+    assert [m.split()[0] for m in said] == ["Downloading"] * 2 and IDX_NAMES[2] in said[0]
 
 
 @pytest.mark.parametrize("damage", ["flipped byte", "longer", "shorter"])

@@ -186,6 +186,18 @@ def test_diagnostics_go_to_the_clnet_logger(caplog, tmp_path):
     assert all(record.name.startswith("clnet.") for record in caplog.records)
 
 
+def test_a_resume_is_a_diagnostic(device, tmp_path, caplog):
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(32, 4)).astype(np.float32), rng.integers(0, 3, 32)
+    path = tmp_path / "run.clnet"
+    for epochs in (1, 2):
+        model = clnet.Sequential([L.Dense(4, 3)], device=device, seed=0).compile("cross_entropy", "sgd")
+        with caplog.at_level(logging.INFO, logger="clnet"):
+            model.fit(x, y, epochs=epochs, batch_size=8, verbose=0, checkpoint=path, resume=True)
+    [record] = [r for r in caplog.records if r.name == "clnet.callbacks.checkpoint"]
+    assert record.getMessage() == f"Resuming from {path} at epoch 2, step 0"
+
+
 def test_library_code_never_configures_logging():
     for path in (ROOT / "clnet").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):

@@ -69,7 +69,7 @@ class Checkpoint(Callback):
         if state["order"] is not None:
             model.metrics.load_state(state["metrics"])
             trainer.start_step, trainer.order = saved.step, np.asarray(state["order"])
-        log.info("Resuming from %s: epoch %d, step %d", self.path, trainer.start_epoch, trainer.start_step)
+        log.info("Resuming from %s at epoch %d, step %d", self.path, trainer.start_epoch, trainer.start_step)
 
 
 def _keeps_state(callback):
