@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterator, List, Optional, Sequence
 import click
 
 from .errors import ClnetError
+from .progress import beside_bars
 from .version import __version__
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
@@ -98,12 +99,17 @@ def _silence_stdout() -> None:
         pass
 
 
-class _DiagnosticFormat(logging.Formatter):
-    """A diagnostic as one line: "Warning: ..." for a warning or an error, the message alone below."""
+class _DiagnosticHandler(logging.StreamHandler):
+    """A diagnostic as one line on stderr, beside a progress bar rather than through it: "Warning:
+    ..." for a warning or an error, the message alone below."""
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
         return text if record.levelno < logging.WARNING else f"{record.levelname.capitalize()}: {text}"
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with beside_bars(self.stream):
+            super().emit(record)
 
 
 @contextlib.contextmanager
@@ -120,8 +126,7 @@ def diagnostics_to_stderr(level: int) -> Iterator[None]:
             clnet.device()          # "Opened <the device> (tiled kernels)" on stderr
     """
     logger = logging.getLogger("clnet")
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_DiagnosticFormat())
+    handler = _DiagnosticHandler(sys.stderr)
     saved = logger.level
     logger.setLevel(level)
     logger.addHandler(handler)

@@ -21,6 +21,20 @@ FORMATS = {"bar": ("{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elaps
                      "{desc} {n_fmt} [{elapsed}{postfix}]")}
 
 
+def beside_bars(stream):
+    """A context in which `stream` may be written to without breaking a bar drawn there (or on the
+    terminal's other standard stream): the bars are wiped first and drawn again after.
+
+    Args:
+        stream: the stream about to be written to.
+
+    Example:
+        >>> with beside_bars(sys.stderr):
+        ...     print("a kernel built", file=sys.stderr)
+    """
+    return terminal_tqdm.external_write_mode(file=stream)
+
+
 def _in_notebook() -> bool:
     """Whether tqdm.auto draws widgets here (a Jupyter kernel with ipywidgets)."""
     return chosen_tqdm is not terminal_tqdm

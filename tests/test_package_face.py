@@ -26,7 +26,7 @@ from click.testing import CliRunner
 import clnet
 from clnet import layers as L
 from clnet.callbacks.progress import images_per_second
-from clnet.cli_options import SIGPIPE_STATUS, friendly_errors
+from clnet.cli_options import SIGPIPE_STATUS, diagnostics_to_stderr, friendly_errors
 from clnet.commands import main
 from clnet.progress import ProgressBar
 
@@ -168,6 +168,22 @@ def test_progress_on_an_80_column_terminal_never_wraps(device, monkeypatch):
     assert len(bars) >= 9 and max(len(r) for r in redraws) <= 79  # tqdm keeps the last column free
     assert max(len(b) for b in bars) >= 70  # fitted to the width, not a fixed small one
     assert "Epoch 2/2  loss" in text
+
+
+def test_a_diagnostic_during_a_bar_is_written_beside_it(monkeypatch):
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    bar = ProgressBar(10, "Epoch 1/1", terminal)
+    bar.update(5, "loss 1.0")
+    with diagnostics_to_stderr(logging.INFO):
+        logging.getLogger("clnet.somewhere").info("a download")
+    bar.close()
+    before, after = terminal.getvalue().split("a download\n")
+    assert re.search(r"\r +\r$", before) and after.startswith("\rEpoch 1/1  50%")  # wiped, then drawn again
 
 
 def test_images_per_second():
