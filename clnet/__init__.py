@@ -21,6 +21,9 @@ _MOVED = {"training": "callbacks"}  # modules renamed since an earlier README na
 
 
 def __getattr__(name):
+    """A renamed module still answers to its old name, with a DeprecationWarning naming the new one."""
     if name in _MOVED:
-        raise AttributeError(f"clnet.{name} is now clnet.{_MOVED[name]} (e.g. clnet.{_MOVED[name]}.EarlyStopping)")
+        import warnings
+        warnings.warn(f"clnet.{name} is now clnet.{_MOVED[name]}", DeprecationWarning, stacklevel=2)
+        return globals()[_MOVED[name]]
     raise AttributeError(f"module 'clnet' has no attribute {name!r}")
