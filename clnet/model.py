@@ -13,7 +13,7 @@ from math import prod
 import numpy as np
 
 from . import callbacks as cb
-from . import io, losses, optim
+from . import io, losses, optim, weights_files
 from .compiler import CompiledStep, Target
 from .datasets import Dataset
 from .datasets.feed import InputSpec, channel_statistics, image_dims
@@ -22,6 +22,7 @@ from .device import device as open_device
 from .errors import InputError, ModelFileError, ShapeError
 from .layers import Layer, SymbolicTensor
 from .network import INPUT, Network, loss_input
+from .params import IncompatibleKeys
 from .replicas import Replica, SummedMetrics, capacity, device_list, make_runner, share_weights
 from .text import format_bytes
 from .trainer import History, Trainer
@@ -321,10 +322,57 @@ class Model:
         """The gradients of the last training step, keyed like state_dict (computed before the update)."""
         return self.param_store.gradients()
 
-    def load_state_dict(self, state: dict) -> None:
-        """Load arrays (numpy, or anything np.asarray takes, such as CPU torch tensors) into every replica."""
+    def load_state_dict(self, state: dict, strict: bool = True) -> IncompatibleKeys:
+        """Load arrays (numpy, or anything np.asarray takes, such as CPU torch tensors) into every
+        replica, as torch.nn.Module.load_state_dict does.
+
+        Args:
+            state: {key: array} under the model's state_dict keys (PyTorch's names and layouts).
+            strict: every key of the model must be in `state` and no other (else an InputError
+                naming them, and nothing is loaded); with False the keys both have are loaded.
+
+        Returns:
+            IncompatibleKeys(missing_keys, unexpected_keys): the model's keys that `state` lacks,
+            and the keys of `state` the model does not have. A shape that differs is a ShapeError
+            naming the key, strict or not.
+
+        Example:
+            >>> result = model.load_state_dict(torchvision.models.resnet18().state_dict(), strict=False)
+            >>> result.missing_keys, result.unexpected_keys
+        """
+        keys = None
         for replica in self.replicas:
-            replica.store.load_state_dict(state)
+            keys = replica.store.load_state_dict(state, strict)
+        return keys
+
+    def save_weights(self, path) -> None:
+        """Write the state_dict to a weights file, atomically, in the format of its suffix:
+        `.safetensors` (the `clnet[safetensors]` extra), `.pt` / `.pth` (PyTorch's, needs torch) or
+        `.npz`. PyTorch's keys and layouts, so `torch_module.load_state_dict(safetensors.torch.
+        load_file(path))` loads it (BatchNorm's num_batches_tracked is int64, as torch's).
+
+        Args:
+            path: the file to write; its suffix chooses the format.
+
+        Example:
+            >>> model.save_weights("resnet18.safetensors")
+        """
+        weights_files.write_weights(self.state_dict(), path)
+
+    def load_weights(self, path, strict: bool = True) -> IncompatibleKeys:
+        """Load a weights file (`.safetensors`, `.pt` / `.pth`, `.npz`, or a `.clnet` model file's
+        weights) into the model, as `load_state_dict(state, strict)`. A `.pt` file is read with
+        `torch.load(weights_only=True)`: one that pickles a whole module or other code is refused.
+
+        Args:
+            path: the weights file; its suffix chooses the format.
+            strict: as for load_state_dict.
+
+        Example:
+            >>> model = clnet.models.resnet18(classes=10)
+            >>> model.load_weights("resnet18.safetensors")    # saved by torch's safetensors.torch.save_file
+        """
+        return self.load_state_dict(weights_files.read_weights(path), strict)
 
     def optimizer_state_dict(self) -> dict:
         """Everything the optimizer needs to continue: {"class", "config" (hyper-parameters),
