@@ -16,7 +16,7 @@ from . import callbacks as cb
 from . import io, losses, optim, weights_files
 from .compiler import CompiledStep, Target
 from .datasets import Dataset
-from .datasets.feed import InputSpec, channel_statistics, image_dims
+from .datasets.feed import InputSpec, channel_statistics, device_images, image_dims, is_device_array
 from .device import Device
 from .device import device as open_device
 from .errors import InputError, ModelFileError, ShapeError
@@ -30,11 +30,17 @@ from .trainer import History, Trainer
 __all__ = ["History", "LoadedCheckpoint", "Model", "Sequential", "load", "load_checkpoint"]
 
 
-def _inputs(x, what="x"):
+def _inputs(x, what="x", devices=None):
     """Images or features with the batch first: uint8 kept as it is (scaled by 1/255 on the
-    device), anything else as float32, checked for NaN and infinity."""
+    device), anything else as float32, checked for NaN and infinity. With `devices` (predict,
+    evaluate), a pyopencl array on them is taken where it lies, as a DeviceTensor."""
     if isinstance(x, Dataset):
         x = x.x
+    if is_device_array(x):
+        if devices is None:
+            raise InputError(f"{what} is a pyopencl array: training takes host arrays (numpy); pyopencl arrays "
+                             "feed predict and evaluate")
+        return device_images(x, devices, what)
     x = np.asarray(x)
     if x.dtype.kind not in "fiub":
         raise InputError(f"{what} must be a numeric array, got dtype {x.dtype}")
@@ -187,11 +193,12 @@ class Model:
         if self.loss is None:
             raise InputError(f"call model.compile(loss=..., optimizer=...) before {what}")
 
-    def _prepare(self, x, y=None):
-        """Validated inputs and the loss's targets (y may come with x as a Dataset)."""
+    def _prepare(self, x, y=None, devices=None):
+        """Validated inputs and the loss's targets (y may come with x as a Dataset); x may be a
+        pyopencl array on `devices` when they are given (`_inputs`)."""
         if isinstance(x, Dataset) and y is None:
             x, y = x
-        x = _inputs(x)
+        x = _inputs(x, devices=devices)
         if y is None:
             raise InputError("labels are missing: pass y, or a clnet.datasets.Dataset as x")
         _, out_shape = loss_input(self.network.stages(x.shape[1:], self.loss), x.shape[1:])
@@ -280,9 +287,10 @@ class Model:
 
     # ------------------------------------------------------------------ inference
     def evaluate(self, x, y=None, batch_size: int = 256) -> dict:
-        """{"loss": mean loss, "accuracy": fraction correct} over (x, y) or a Dataset."""
+        """{"loss": mean loss, "accuracy": fraction correct} over (x, y) or a Dataset; x as for
+        predict (a pyopencl array included), y on the host."""
         self._require_compiled("evaluate")
-        return self._evaluate(*self._prepare(x, y), batch_size=batch_size)
+        return self._evaluate(*self._prepare(x, y, self.devices), batch_size=batch_size)
 
     def _evaluate(self, x, targets, rows=None, batch_size=256):
         """evaluate on validated inputs and targets, or on their `rows` (batches gathered from x)."""
@@ -301,9 +309,21 @@ class Model:
 
     def predict(self, x, batch_size: int = 256) -> np.ndarray:
         """Model outputs as numpy: class probabilities for cross-entropy (softmax) and binary
-        cross-entropy (sigmoid), the raw outputs otherwise. x as for fit (uint8 images are scaled,
-        the model's normalisation applies)."""
-        x = _inputs(x)
+        cross-entropy (sigmoid), the raw outputs otherwise.
+
+        Args:
+            x: as for fit (uint8 images are scaled, the model's normalisation applies); or a
+                pyopencl.array.Array (float32 or uint8, C-contiguous) in the model's device's
+                context (`clnet.device(context=...)` or `queue=`), read where it lies: no copy
+                through the host (its values are not checked for NaN).
+            batch_size: samples per step.
+
+        Example:
+            >>> probabilities = model.predict(x_test)
+            >>> dev = clnet.device(queue=queue); model = clnet.load("m.clnet", device=dev)
+            >>> model.predict(pyopencl.array.to_device(queue, x_test))    # the same probabilities
+        """
+        x = _inputs(x, devices=self.devices)
         if len(x) == 0:
             raise InputError("predict needs at least one sample")
         batch_size = min(_count(batch_size, "batch_size", 1), len(x))  # no plan (nor indices) beyond the data

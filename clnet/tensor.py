@@ -45,6 +45,17 @@ class DeviceTensor:
         """A tensor over part of the same memory, `offset` elements further on."""
         return DeviceTensor(self.device, shape, self.buffer, self.offset + offset, self.dtype)
 
+    def __len__(self):
+        return self.shape[0]
+
+    def __getitem__(self, rows):
+        """Rows `start:stop` (a slice of step 1) as a view: a batch of images held on the device."""
+        start, stop, step = rows.indices(self.shape[0]) if isinstance(rows, slice) else (None, None, None)
+        if step != 1:
+            raise TypeError(f"a DeviceTensor is indexed by a slice of rows (step 1), not {rows!r}")
+        stop = max(start, stop)
+        return self.view((stop - start, *self.shape[1:]), start * prod(self.shape[1:]))
+
     def upload(self, array, wait=True, queue=None, wait_for=None):
         """Copy a host array into this tensor (on `queue`, by default the device's, after the events
         `wait_for`); returns the event. The array must outlive it when not waited for."""
