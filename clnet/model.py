@@ -16,7 +16,7 @@ from . import callbacks as cb
 from . import io, losses, optim, weights_files
 from .compiler import CompiledStep, Target
 from .datasets import Dataset
-from .datasets.feed import InputSpec, channel_statistics, device_images, image_dims, is_device_array
+from .datasets.feed import InputSpec, channel_statistics, image_dims
 from .device import Device
 from .device import device as open_device
 from .errors import InputError, ModelFileError, ShapeError
@@ -24,6 +24,7 @@ from .layers import Layer, SymbolicTensor
 from .network import INPUT, Network, loss_input
 from .params import IncompatibleKeys
 from .replicas import Replica, SummedMetrics, capacity, device_list, make_runner, share_weights
+from .tensor import is_pyopencl_array, pyopencl_images
 from .text import format_bytes
 from .trainer import History, Trainer
 
@@ -36,11 +37,11 @@ def _inputs(x, what="x", devices=None):
     evaluate), a pyopencl array on them is taken where it lies, as a DeviceTensor."""
     if isinstance(x, Dataset):
         x = x.x
-    if is_device_array(x):
+    if is_pyopencl_array(x):
         if devices is None:
             raise InputError(f"{what} is a pyopencl array: training takes host arrays (numpy); pyopencl arrays "
                              "feed predict and evaluate")
-        return device_images(x, devices, what)
+        return pyopencl_images(x, devices, what)
     x = np.asarray(x)
     if x.dtype.kind not in "fiub":
         raise InputError(f"{what} must be a numeric array, got dtype {x.dtype}")
