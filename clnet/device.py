@@ -305,8 +305,8 @@ def device(platform: int | str | None = None, device: int | str | None = None, p
             buffers made in it, so that pyopencl arrays of it feed `predict` directly. With several
             devices in it, `device` (a name substring, or an index as `clnet-devices` numbers the
             devices) chooses one, else the best of them.
-        queue: a pyopencl CommandQueue (in order) to run the kernels on; its context and device
-            are taken. Uploads go on a second queue made in the same context.
+        queue: a pyopencl CommandQueue (in order) to run the kernels on; its context, device and
+            profiling setting are taken. Uploads go on a second queue made in the same context.
 
     Raises:
         DeviceNotFoundError: nothing matches (its message lists the devices there are), or there is
