@@ -54,7 +54,7 @@ def download_file(url, dest, size=None, sha256=None, timeout=None):
                 resumed = _transfer(url, tmp, size, timeout, progress)  # the size is checked as it comes
                 _verify(tmp, sha256, resumed)
                 break
-            except (_Rejected, _Transient, urllib.error.URLError, OSError, HTTPException) as exc:
+            except (_Rejected, _Transient, OSError, HTTPException) as exc:  # URLError and timeouts are OSErrors
                 afresh = isinstance(exc, _Rejected) and exc.resumed
                 if attempts > RETRIES or not (afresh or _transient(exc)):
                     raise
