@@ -16,6 +16,7 @@ import socket
 import sys
 import tarfile
 import threading
+import time
 import types
 import urllib.parse
 import urllib.request
@@ -97,12 +98,14 @@ class Server:
     end (or the whole file as 200 when `ranges` is False). Paths in `truncate` announce the length
     of what they send but send half and close; paths in `no_length` are sent without a
     Content-Length (until the connection closes); `fail[path]` answers that many next requests
-    with 503; `cut[path]` cuts that many next responses after `cut_at` bytes. Every request's path
+    with 503; `stall[path]` answers that many next requests only after a second; `cut[path]` cuts
+    that many next responses after `cut_at` bytes. Every request's path
     is recorded in `requests`, its Range header (or None) in `ranges_asked`."""
 
     def __init__(self):
         self.files, self.truncate, self.no_length, self.requests = {}, set(), set(), []
         self.fail, self.cut, self.cut_at, self.ranges, self.ranges_asked = {}, {}, 100, True, []
+        self.stall = {}
         owner = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -120,6 +123,9 @@ class Server:
                     owner.fail[self.path] -= 1
                     self.send_error(503)
                     return
+                if owner.stall.get(self.path):
+                    owner.stall[self.path] -= 1
+                    time.sleep(1.0)  # longer than the test's timeout: the client gives up first
                 start = int(asked[len("bytes="):-1]) if asked and owner.ranges else 0
                 if start >= len(data) > 0:
                     self.send_error(416)
@@ -284,6 +290,15 @@ def test_transient_failures_are_retried_after_growing_waits(dirs, server, fake_m
     server.fail[path] = 3
     registry.fetch("mnist")
     assert server.requests.count(path) == 4 and waits == [0.5, 1.0, 2.0]
+    assert (dirs.cache / "mnist" / IDX_NAMES[0]).read_bytes() == fake_mnist[IDX_NAMES[0]]
+
+
+def test_a_server_that_does_not_answer_in_time_is_asked_again(dirs, server, fake_mnist, monkeypatch):
+    monkeypatch.setattr(download, "TIMEOUT_S", 0.3)
+    path = f"/mnist/{IDX_NAMES[0]}"
+    server.stall[path] = 1
+    registry.fetch("mnist")
+    assert server.requests.count(path) == 2
     assert (dirs.cache / "mnist" / IDX_NAMES[0]).read_bytes() == fake_mnist[IDX_NAMES[0]]
 
 
