@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
 import pyopencl as cl
 
 from .errors import DeviceNotFoundError, InputError
+
+log = logging.getLogger(__name__)
 
 FAMILIES = ("tiled", "cpu")  # the kernel families: local-memory tiles (GPUs), packed panels (CPUs)
 INSTALL_HINT = ("Install an OpenCL driver: for the CPU, `pip install pocl-binary-distribution` "
@@ -259,6 +262,7 @@ class Device:
         # uploads that overlap the kernels
         self.copy_queue = cl.CommandQueue(self.context, cl_device, properties)
         self.programs = {}
+        log.debug("Opened %s (%s kernels)", info.label, self.family)
 
     @property
     def name(self) -> str:

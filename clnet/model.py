@@ -368,7 +368,7 @@ class Model:
 
     def save_weights(self, path) -> None:
         """Write the state_dict to a weights file, atomically, in the format of its suffix:
-        `.safetensors` (the `clnet[safetensors]` extra), `.pt` / `.pth` (PyTorch's, needs torch) or
+        `.safetensors` (the `safetensors` extra), `.pt` / `.pth` (PyTorch's, needs torch) or
         `.npz`. PyTorch's keys and layouts, so `torch_module.load_state_dict(safetensors.torch.
         load_file(path))` loads it (BatchNorm's num_batches_tracked is int64, as torch's).
 

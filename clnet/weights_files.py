@@ -22,6 +22,7 @@ from .files import replace_atomically, special_kind
 
 FORMATS = {".safetensors": "safetensors", ".pt": "torch", ".pth": "torch", ".npz": "npz", ".clnet": "clnet"}
 WRITTEN = (".safetensors", ".pt", ".pth", ".npz")
+SAFETENSORS_HINT = 'pip install safetensors (or clnet\'s safetensors extra: pip install ".[safetensors]" in its checkout)'
 
 
 def _format(path, formats):
@@ -37,8 +38,7 @@ def _require(module, install, path):
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise ModelFileError(path, f"needs the {module.split('.')[0]} package for this format: "
-                                   f"pip install {install}") from None
+        raise ModelFileError(path, f"needs the {module.split('.')[0]} package for this format: {install}") from None
 
 
 def write_weights(state: Mapping[str, np.ndarray], path: str | os.PathLike) -> None:
@@ -46,7 +46,7 @@ def write_weights(state: Mapping[str, np.ndarray], path: str | os.PathLike) -> N
 
     Args:
         state: {key: array}, as `Model.state_dict()` gives it (float32, int64 counters).
-        path: a `.safetensors` file (needs the `safetensors` package: the `clnet[safetensors]`
+        path: a `.safetensors` file (needs the `safetensors` package: clnet's `safetensors`
             extra), a `.pt` / `.pth` file (PyTorch's `torch.save` of a dict of tensors; needs
             torch) or a `.npz` file.
 
@@ -56,10 +56,10 @@ def write_weights(state: Mapping[str, np.ndarray], path: str | os.PathLike) -> N
     kind = _format(path, WRITTEN)
     arrays = {key: np.asarray(value, order="C") for key, value in state.items()}  # 0-d stays 0-d
     if kind == "safetensors":
-        data = _require("safetensors.numpy", '"clnet[safetensors]"', path).save(arrays)
+        data = _require("safetensors.numpy", SAFETENSORS_HINT, path).save(arrays)
         replace_atomically(path, lambda f: f.write(data))
     elif kind == "torch":
-        torch = _require("torch", "torch", path)
+        torch = _require("torch", "pip install torch", path)
         replace_atomically(path, lambda f: torch.save({k: torch.from_numpy(v) for k, v in arrays.items()}, f))
     else:
         replace_atomically(path, lambda f: np.savez(f, **arrays))
@@ -94,7 +94,7 @@ def read_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 
 def _read_safetensors(path):
-    safetensors_numpy = _require("safetensors.numpy", '"clnet[safetensors]"', path)
+    safetensors_numpy = _require("safetensors.numpy", SAFETENSORS_HINT, path)
     try:
         return safetensors_numpy.load_file(path)
     except TypeError as exc:  # a dtype numpy lacks (bfloat16): torch reads it
@@ -108,7 +108,7 @@ def _read_safetensors(path):
 
 
 def _read_torch(path):
-    torch = _require("torch", "torch", path)
+    torch = _require("torch", "pip install torch", path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:

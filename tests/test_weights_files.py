@@ -166,7 +166,7 @@ def test_bad_weights_files_are_one_line_errors(device, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "safetensors.numpy", None)  # as if the extra were not installed
     for action in (lambda: model.save_weights(tmp_path / "w.safetensors"),
                    lambda: model.load_weights(tmp_path / "junk.safetensors")):
-        with pytest.raises(ModelFileError, match=r'needs the safetensors package.*pip install "clnet\[safetensors\]"'):
+        with pytest.raises(ModelFileError, match=r'needs the safetensors package.*pip install "\.\[safetensors\]"'):
             action()
     assert not (tmp_path / "w.safetensors").exists()
 

@@ -6,6 +6,7 @@ request, when the server honours it); what was received when the attempts run ou
 is kept as `.<name>.partial`, and the next download of the file resumes from it."""
 
 import hashlib
+import logging
 import os
 import socket
 import tempfile
@@ -17,6 +18,8 @@ from pathlib import Path
 
 from ..errors import DatasetError
 from ..progress import ProgressBar
+
+log = logging.getLogger(__name__)
 
 TIMEOUT_S = 30.0  # seconds without a byte from the server before a download is given up
 RETRIES = 4       # further attempts after a transient failure
@@ -47,7 +50,12 @@ def download_file(url, dest, size=None, sha256=None, timeout=None):
         os.replace(partial, tmp)  # taken by this download: another one at the same time starts afresh
     except FileNotFoundError:
         pass
-    progress, attempts = ProgressBar(size, dest.name), 1
+    have = os.path.getsize(tmp)
+    if have:
+        log.info("Resuming the download of %s into %s after its first %s bytes", url, dest, f"{have:,}")
+    else:
+        log.info("Downloading %s to %s", url, dest)
+    progress, attempts = ProgressBar(size, dest.name, initial=have, scaled=True), 1
     try:
         while True:
             try:
@@ -60,7 +68,9 @@ def download_file(url, dest, size=None, sha256=None, timeout=None):
                     raise
                 if afresh:  # the bytes kept from before were of another file: start again from none
                     os.truncate(tmp, 0)
-                time.sleep(BACKOFF_S * 2 ** (attempts - 1))
+                wait = BACKOFF_S * 2 ** (attempts - 1)
+                log.warning("Download of %s: %s; trying again in %g s", url, _describe(exc, timeout), wait)
+                time.sleep(wait)
                 attempts += 1
         progress.close(keep=True)
         os.chmod(tmp, 0o644)  # mkstemp makes it private; a finished download is an ordinary file
@@ -118,7 +128,7 @@ def _transfer(url, tmp, size, timeout, progress):
                 if size is not None and done > size:
                     raise _Rejected(f"the server sent more than the expected {size:,} bytes")
                 out.write(chunk)
-                progress.update(done, _transferred(done, progress))
+                progress.update(done, _rate(done, progress))
     expected = size if size is not None else offered
     if expected is not None and done != expected:
         raise _Transient(f"got {done:,} bytes, expected {expected:,} (the transfer was cut short)")
@@ -219,10 +229,7 @@ def _sweep_stale(dest, age_s=24 * 3600):
             pass
 
 
-def _transferred(done, bar):
-    """ "50% 1.0/2.0 MB 3.1 MB/s": what a download's progress bar says."""
-    mb = lambda n: f"{n / 1e6:.1f}"
-    rate = f"{mb(done / max(bar.elapsed, 1e-6))} MB/s"
-    if bar.total:
-        return f"{min(done / bar.total, 1.0):4.0%} {mb(done)}/{mb(bar.total)} MB {rate}"
-    return f"{mb(done)} MB {rate}"
+def _rate(done, bar):
+    """ "3.1 MB/s": the rate a download's progress bar shows beside the bytes done (those resumed
+    from an earlier download left out)."""
+    return f"{max(done - bar.initial, 0) / max(bar.elapsed, 1e-6) / 1e6:.1f} MB/s"
