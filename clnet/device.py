@@ -262,7 +262,8 @@ class Device:
         # uploads that overlap the kernels
         self.copy_queue = cl.CommandQueue(self.context, cl_device, properties)
         self.programs = {}
-        log.debug("Opened %s (%s kernels)", info.label, self.family)
+        log.debug("Opened %s (%s kernels%s)", info.label, self.family,
+                  "" if context is None else ", in the caller's pyopencl context")
 
     @property
     def name(self) -> str:
