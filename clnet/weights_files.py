@@ -53,16 +53,23 @@ def write_weights(state: Mapping[str, np.ndarray], path: str | os.PathLike) -> N
     Example:
         >>> write_weights(model.state_dict(), "weights.safetensors")
     """
-    kind = _format(path, WRITTEN)
     arrays = {key: np.asarray(value, order="C") for key, value in state.items()}  # 0-d stays 0-d
+    write = _writer(_format(path, WRITTEN), arrays, path)
+    try:
+        replace_atomically(path, write)
+    except OSError as exc:
+        raise ModelFileError(path, f"cannot be written: {exc.strerror or exc}") from exc
+
+
+def _writer(kind, arrays, path):
+    """A function that writes `arrays` in the format `kind` to an open binary file."""
     if kind == "safetensors":
         data = _require("safetensors.numpy", SAFETENSORS_HINT, path).save(arrays)
-        replace_atomically(path, lambda f: f.write(data))
-    elif kind == "torch":
+        return lambda f: f.write(data)
+    if kind == "torch":
         torch = _require("torch", "pip install torch", path)
-        replace_atomically(path, lambda f: torch.save({k: torch.from_numpy(v) for k, v in arrays.items()}, f))
-    else:
-        replace_atomically(path, lambda f: np.savez(f, **arrays))
+        return lambda f: torch.save({key: torch.from_numpy(value) for key, value in arrays.items()}, f)
+    return lambda f: np.savez(f, **arrays)
 
 
 def read_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:

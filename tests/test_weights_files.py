@@ -169,6 +169,8 @@ def test_bad_weights_files_are_one_line_errors(device, tmp_path, monkeypatch):
         with pytest.raises(ModelFileError, match=r'needs the safetensors package.*pip install "\.\[safetensors\]"'):
             action()
     assert not (tmp_path / "w.safetensors").exists()
+    with pytest.raises(ModelFileError, match="w.npz: cannot be written"):
+        model.save_weights(tmp_path / "no-such-folder" / "w.npz")
 
 
 def test_bfloat16_safetensors_are_widened(device, tmp_path):
