@@ -29,7 +29,8 @@ A model file (conventionally named ``*.clnet``) is a zip archive, members stored
 ``weights.npz``
     A numpy ``.npz`` archive (one ``<key>.npy`` member per array) of the model's ``state_dict``:
     float32 arrays under PyTorch's keys and layouts (``"0.weight"``, ``"0.bias"``, batch-norm
-    ``running_mean`` ...), exactly the arrays ``Sequential.state_dict()`` returns.
+    ``running_mean`` ...), the arrays ``Sequential.state_dict()`` returns, all float32 (the int64
+    ``num_batches_tracked`` too, so that every reader of format version 1 reads them).
 
 A **checkpoint** is a model file (``clnet.load`` reads it as one) with three more members:
 
@@ -74,6 +75,7 @@ from .files import replace_atomically, special_kind
 from .network import Network, Node
 from .npyfiles import read_npz
 from .plan import INDEX_LIMIT
+from .text import is_unicode
 from .version import __version__
 
 FORMAT_VERSION = 2  # the newest this clnet reads; a chain of layers is still written as version 1
@@ -188,7 +190,7 @@ def _describe(model, path, classes):
         classes = model.classes
     if classes is not None:
         classes = [c if isinstance(c, str) else str(c) for c in classes]
-        unencodable = next((c for c in classes if not _encodes(c)), None)
+        unencodable = next((c for c in classes if not is_unicode(c)), None)
         if unencodable is not None:
             raise ModelFileError(path, f"cannot save the class name {unencodable!r}: it is not valid Unicode text "
                                        "(a folder name in another encoding?): rename it or pass classes=")
@@ -204,7 +206,8 @@ def _model_members(model, path, classes):
         text = _json_bytes(description)
     except (TypeError, ValueError) as exc:  # a layer config that is not JSON, a NaN normalisation
         raise ModelFileError(path, f"cannot describe the model as JSON: {exc}") from exc
-    return [("model.json", text), ("weights.npz", _npz_bytes(model.state_dict()))]
+    weights = {key: value.astype(np.float32) for key, value in model.state_dict().items()}  # counters too
+    return [("model.json", text), ("weights.npz", _npz_bytes(weights))]
 
 
 def save(model, path: str | os.PathLike, classes: Sequence[str] | None = None) -> None:
@@ -384,14 +387,6 @@ def _is_int(value):
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _encodes(text):
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:  # lone surrogates, as "\udc80" in JSON gives
-        return False
-    return True
-
-
 def _too_large(value):
     """The first integer in a layer's description (a JSON value) beyond INDEX_LIMIT, or None."""
     stack = [value]
@@ -437,7 +432,7 @@ def _check_description(archive, meta):
     classes = meta.get("classes")
     check(classes is None or (isinstance(classes, list) and all(isinstance(c, str) for c in classes)),
           "'classes' must be a list of strings or null")
-    unencodable = next((c for c in classes or () if not _encodes(c)), None)
+    unencodable = next((c for c in classes or () if not is_unicode(c)), None)
     check(unencodable is None, f"the class name {unencodable!r} is not valid Unicode text (UTF-8)")
 
 

@@ -72,8 +72,9 @@ def read_npz(source, size: int, where: str, error, compressed: bool = True) -> d
     Args:
         source: the archive: a path, or a binary file object.
         size: its length in bytes.
-        where: how messages name it ("m.clnet: weights.npz", "data.npz").
-        error: the ClnetError class raised; its message starts with `where`.
+        where: how messages name it ("weights.npz" in a model file, "data.npz"), or "" where `error`
+            names it.
+        error: the ClnetError class raised (or a callable making one from a message).
         compressed: whether members may be compressed (np.savez_compressed): their declared size is
             then checked against the host's memory, as it can exceed the archive's.
 
@@ -81,16 +82,17 @@ def read_npz(source, size: int, where: str, error, compressed: bool = True) -> d
         >>> with open("data.npz", "rb") as f:
         ...     arrays = read_npz(f, os.path.getsize("data.npz"), "data.npz", DatasetError)
     """
+    prefix = f"{where}: " if where else ""
     try:
         archive = zipfile.ZipFile(source)
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
-        raise error(f"{where}: not a valid .npz archive, corrupt or truncated ({exc})") from None
+        raise error(f"{prefix}not a valid numpy .npz archive, corrupt or truncated ({exc})") from None
     arrays = {}
     with archive:
         for member in archive.infolist():
-            name = f"{where}/{member.filename}"
+            name = f"{where}/{member.filename}" if where else member.filename
             if member.is_dir() or not member.filename.endswith(".npy"):
-                raise error(f"{where} holds {member.filename!r}, which is not a .npy array: an .npz holds arrays only")
+                raise error(f"{prefix}holds {member.filename!r}, which is not a .npy array: an .npz holds arrays only")
             if member.compress_type != zipfile.ZIP_STORED and not compressed:
                 raise error(f"member {name} is compressed, and clnet stores members uncompressed")
             if member.compress_type == zipfile.ZIP_STORED and member.file_size > size:

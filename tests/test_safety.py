@@ -300,7 +300,7 @@ def test_weights_npz_headers_are_checked_against_their_member(device, tmp_path):
             zf.writestr(f"{key}.npy", _npy(value))
         zf.writestr("notes.txt", b"not an array")
     rewrite(path, {"weights.npz": extra.getvalue()})
-    with pytest.raises(ModelFileError, match="weights.npz holds 'notes.txt', which is not a .npy array"):
+    with pytest.raises(ModelFileError, match="weights.npz: holds 'notes.txt', which is not a .npy array"):
         clnet.load(path, device=device)
 
 

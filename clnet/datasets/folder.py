@@ -1,16 +1,19 @@
-"""Image folders: one sub-folder per class holding PNG, JPEG or BMP files, read with Pillow.
+"""Image folders: one sub-folder per class holding PNG, JPEG, BMP, WebP, TIFF or GIF files (a GIF's
+or TIFF's first frame), read with Pillow.
 
     root/
       cat/ 001.png 002.jpg ...
-      dog/ a.bmp b.JPEG ...
+      dog/ a.bmp b.JPEG c.webp ...
 
-The sorted sub-folder names are the classes. Files with other extensions, and hidden files and
-folders (names starting with '.', such as macOS '._x.jpg' companions), are ignored. Images in
-nested folders inside a class folder belong to that class.
+The sorted sub-folder names are the classes. Files with other extensions are left out and counted
+in a warning (the "clnet" logger's); hidden files and folders (names starting with '.', such as
+macOS '._x.jpg' companions) are ignored. Images in nested folders inside a class folder belong to
+that class.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,10 +23,14 @@ import numpy as np
 from ..errors import DatasetError
 from ..files import special_kind
 from ..memory import check_host_memory
+from ..text import is_unicode
 from .dataset import Dataset
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
-PILLOW_HINT = 'reading image folders needs Pillow, which is not installed: pip install "clnet[images]"'
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif")
+PILLOW_HINT = ("reading image folders needs Pillow, which is not installed: pip install pillow (or clnet's "
+               'images extra: pip install ".[images]" in its checkout)')
 _GRAY_MODES = {"1", "L", "LA", "F"}
 
 
@@ -50,18 +57,19 @@ def _image_size(image_size):
 
 
 def _list_images(folder):
-    """Image files under `folder`, sorted by their path relative to it; hidden entries skipped. An
-    image name that is not a regular file (a FIFO would block its reader) is refused."""
-    found = []
+    """(image files under `folder`, sorted by their path relative to it; the other files), hidden
+    entries skipped. An image name that is not a regular file (a FIFO would block its reader) is refused."""
+    found, others = [], []
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        found += [Path(dirpath, f) for f in filenames
-                  if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)]
+        for f in filenames:
+            if not f.startswith("."):
+                (found if f.lower().endswith(IMAGE_EXTENSIONS) else others).append(Path(dirpath, f))
     for path in found:
         kind = special_kind(path)
         if kind:
             raise DatasetError(f"{path} is {kind}, not an image file: remove it from the image folder")
-    return sorted(found, key=lambda p: p.relative_to(folder).parts)
+    return sorted(found, key=lambda p: p.relative_to(folder).parts), others
 
 
 def _decode(Image, path, grayscale, size):
@@ -87,14 +95,6 @@ def _decode(Image, path, grayscale, size):
         return np.array(im, dtype=np.uint8)
 
 
-def _encodes(name):
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:  # bytes of another encoding, which os.listdir keeps as lone surrogates
-        return False
-    return True
-
-
 def list_classes(root: Path) -> tuple[list[str], list[Path], list[int]]:
     """(class names, image files, their labels) of a folder of class folders, checked: the sorted
     sub-folder names are the classes, each holding at least one image."""
@@ -107,7 +107,7 @@ def list_classes(root: Path) -> tuple[list[str], list[Path], list[int]]:
         class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     except OSError as exc:
         raise DatasetError(f"{root}: cannot list the folder ({exc.strerror or exc})") from None
-    unencodable = next((d for d in class_dirs if not _encodes(d.name)), None)
+    unencodable = next((d for d in class_dirs if not is_unicode(d.name)), None)
     if unencodable is not None:
         raise DatasetError(f"{unencodable}: the class folder's name is not valid Unicode text (another encoding?): "
                            "rename the folder, as it becomes the class name")
@@ -117,14 +117,18 @@ def list_classes(root: Path) -> tuple[list[str], list[Path], list[int]]:
         raise DatasetError(f"{root}: no class folders{hint}: put the images of each class in a sub-folder "
                            "named after the class")
 
-    files, labels = [], []
+    files, labels, others = [], [], []
     for label, folder in enumerate(class_dirs):
-        images = _list_images(folder)
+        images, not_images = _list_images(folder)
         if not images:
             raise DatasetError(f"{folder}: class folder {folder.name!r} holds no images "
                                f"({', '.join(IMAGE_EXTENSIONS)}): add images or remove the folder")
         files += images
         labels += [label] * len(images)
+        others += not_images
+    if others:
+        log.warning("%s: %d files are not images (%s) and were left out, the first: %s", root, len(others),
+                    ", ".join(IMAGE_EXTENSIONS), sorted(others)[0])
     return [d.name for d in class_dirs], files, labels
 
 
