@@ -511,6 +511,9 @@ def _saved_optimizer(archive, record, arrays, loss):
           f"optimizer.npz holds {sorted(arrays)}, expected {record.get('arrays')!r} arrays")
     if loss is None:
         raise archive.error("checkpoint.json names an optimizer but model.json no loss")
+    for key, value in record["config"].items():  # NaN passes every range check the optimizers make
+        check(all(map(_is_number, value if isinstance(value, list) else [value])) or isinstance(value, bool),
+              f"the optimizer's {key!r} must be a finite number, got {value!r}")
     try:
         optimizer = cls(**record["config"])
     except (TypeError, ValueError) as exc:
@@ -520,6 +523,8 @@ def _saved_optimizer(archive, record, arrays, loss):
     for i, array in enumerate(state):
         if array.dtype.kind != "f":
             raise archive.error(f"optimizer.npz array {i} holds {array.dtype}, not floating point")
+        if not np.isfinite(array).all():
+            raise archive.error(f"optimizer.npz array {i} holds NaN or infinity")
     return SavedOptimizer(optimizer, record["steps"], state)
 
 

@@ -358,10 +358,17 @@ class Model:
         """Load a checkpoint (`io.read_checkpoint`'s SavedCheckpoint read from `path`) into this
         model: weights, normalisation, and the optimizer's hyper-parameters, state and steps."""
         saved_optimizer = saved.optimizer and saved.optimizer.optimizer
+        if saved_optimizer is None:
+            raise ModelFileError(path, "holds no optimizer state (it was written from a model not compiled): "
+                                       "it cannot be resumed")
         if type(saved_optimizer) is not type(self.optimizer):
             raise InputError(f"{path} was written by a {type(saved_optimizer).__name__} run: compile "
                              f"with the same optimizer to resume it")
-        self.load_state_dict(saved.model.weights)
+        try:
+            self.load_state_dict(saved.model.weights)
+        except (InputError, ShapeError) as exc:
+            raise ModelFileError(path, f"the weights do not fit this model (a checkpoint of another run?): "
+                                       f"{exc}") from None
         _load_optimizer(self, saved.optimizer, path)
         self.normalization = saved.model.normalization
 

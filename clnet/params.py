@@ -110,13 +110,15 @@ class ParamStore:
         return {e.key: flat[e.offset:e.offset + e.size].reshape(e.shape).copy()
                 for e in self.entries if e.trainable}
 
-    def load_state_dict(self, state):
+    def check_state_dict(self, state):
+        """`state` as float32 arrays, checked to hold this store's keys, shapes and finite values
+        (an InputError or ShapeError names the key), without touching the device."""
         expected = {e.key: e for e in self.entries}
         missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
         if missing or unexpected:
             raise InputError(f"state_dict does not fit this model: missing keys {missing}, "
                              f"unexpected keys {unexpected}")
-        flats = {True: self.params.download(), False: self.buffers.download()}
+        checked = {}
         for key, e in expected.items():
             try:
                 value = np.asarray(state[key], dtype=np.float32)
@@ -126,6 +128,13 @@ class ParamStore:
                 raise ShapeError(f"state_dict[{key!r}] has shape {value.shape}, the model expects {e.shape}")
             if not np.all(np.isfinite(value)):
                 raise InputError(f"state_dict[{key!r}] contains NaN or infinity")
-            flats[e.trainable][e.offset:e.offset + e.size] = value.reshape(-1)
+            checked[key] = value
+        return checked
+
+    def load_state_dict(self, state):
+        checked = self.check_state_dict(state)
+        flats = {True: self.params.download(), False: self.buffers.download()}
+        for e in self.entries:
+            flats[e.trainable][e.offset:e.offset + e.size] = checked[e.key].reshape(-1)
         self.params.upload(flats[True])
         self.buffers.upload(flats[False])

@@ -2,6 +2,7 @@
 same weights and history as one never interrupted."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -245,3 +246,148 @@ def test_a_run_resumed_with_a_log_added_ends_as_the_straight_one(device, tmp_pat
     assert resumed[1] == straight[1]
     for key in straight[0]:
         np.testing.assert_array_equal(resumed[0][key], straight[0][key], err_msg=key)
+
+
+# ---------------------------------------------------------------------- crafted checkpoints (issue 17, item 2)
+def small_fit(device, checkpoint, epochs, resume=False, batch_size=30, hidden=8, **extra):
+    """A fit of a small network on 300 random samples (10 steps an epoch), with every callback
+    that keeps a state."""
+    from clnet import layers as L
+    from clnet.callbacks import EarlyStopping, ReduceLROnPlateau, SaveBest
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(300, 12)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int32)
+    model = clnet.Sequential([L.Dense(12, hidden), L.ReLU(), L.Dense(hidden, 2)], device=device, seed=1)
+    model.compile("cross_entropy", clnet.optim.SGD(lr=0.1, momentum=0.9))
+    history = model.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=0, validation_data=(x[:30], y[:30]),
+                        schedule=ReduceLROnPlateau(patience=1), early_stopping=EarlyStopping(patience=3),
+                        callbacks=[SaveBest(checkpoint.parent / "best.clnet", monitor="val_loss")],
+                        checkpoint=checkpoint, resume=resume, **extra)
+    return model, history
+
+
+def members_of(path):
+    import zipfile
+    with zipfile.ZipFile(path) as zf:
+        return {name: zf.read(name) for name in zf.namelist()}
+
+
+def rewrite(path, members):
+    import zipfile
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+
+
+@pytest.fixture
+def mid_epoch_checkpoint(device, tmp_path, monkeypatch):
+    """A checkpoint of small_fit interrupted (Ctrl-C) after 3 steps of its second epoch: it keeps
+    the epoch's order and metrics."""
+    checkpoint = tmp_path / "run.clnet"
+    real_step, calls = clnet.runner.Runner.train_resident, []
+
+    def step(self, *args):
+        calls.append(1)
+        if len(calls) == 13:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_step(self, *args)
+
+    monkeypatch.setattr(clnet.runner.Runner, "train_resident", step)
+    with pytest.raises(KeyboardInterrupt):
+        small_fit(device, checkpoint, epochs=3)
+    monkeypatch.undo()
+    return checkpoint
+
+
+def with_state(change):
+    """A change of checkpoint.json's record, given the record and its state."""
+    return lambda record: change(record, record["state"])
+
+
+CRAFTED = {  # what is changed -> what the error says
+    "order past the samples": (with_state(lambda r, s: s.update(order=list(range(300, 600)))),
+                               r"state.order must be a permutation of this fit's 300 training samples \(0 to 299\), "
+                               r"got 300 indices from 300 to 599"),
+    "order far out": (with_state(lambda r, s: s.update(order=[10 ** 9] * 300)), r"state.order .* from 1000000000"),
+    "order negative": (with_state(lambda r, s: s.update(order=[-100000] * 300)), r"state.order .* from -100000"),
+    "order repeated": (with_state(lambda r, s: s.update(order=[0] * 300)), "state.order must be a permutation"),
+    "order short": (with_state(lambda r, s: s.update(order=list(range(299)))), "got 299 indices"),
+    "order of floats": (with_state(lambda r, s: s.update(order=[float(i) for i in range(300)])), "state.order"),
+    "order nested": (with_state(lambda r, s: s.update(order=[[i] for i in range(300)])), "state.order"),
+    "order a string": (with_state(lambda r, s: s.update(order="0123")), "state.order"),
+    "step past the epoch": (lambda r: r.update(step=10 ** 9), r"'step' is 1000000000, but an epoch of this fit has "
+                                                             r"10 steps of 30: resume with the batch size"),
+    "step without an order": (with_state(lambda r, s: s.update(order=None)), "'step' is 3, but state.order is null"),
+    "epoch beyond the history": (lambda r: r.update(epoch=10 ** 9), r"state.epochs must list the epochs done, "
+                                                                   r"1 to 1000000000"),
+    "history too short": (with_state(lambda r, s: s["history"].update(loss=[])), "state.history must map each metric"),
+    "generator position": (with_state(lambda r, s: s["rng"].update(buffer_pos=-5)), "state.rng.buffer_pos must be a "
+                                                                                    "whole number >= 0"),
+    "generator position past": (with_state(lambda r, s: s["rng"].update(buffer_pos=99)),
+                                "state.rng.buffer_pos must lie in 0 to 4, got 99"),
+    "generator of another kind": (with_state(lambda r, s: s["rng"].update(bit_generator="PCG64")),
+                                  "state.rng.bit_generator must be 'Philox'"),
+    "generator flag": (with_state(lambda r, s: s["rng"].update(has_uint32=7)), "state.rng.has_uint32 must be 0 or 1"),
+    "generator of floats": (with_state(lambda r, s: s["rng"].update(uinteger=1.5)), "state.rng.uinteger must be"),
+    "no generator": (with_state(lambda r, s: s.pop("rng")), "'state' has no 'rng'"),
+    "state a list": (lambda r: r.update(state=[1, 2]), "'state' must be an object, got list"),
+    "metrics not finite": (with_state(lambda r, s: s.update(metrics=[float("nan"), 0, 0, 0])),
+                           "state.metrics must be 4 finite numbers"),
+    "metrics of another shape": (with_state(lambda r, s: s.update(metrics=[1, 2, 3])), r"got shape \(3,\)"),
+    "metrics of replicas": (with_state(lambda r, s: s.update(metrics=[[1, 2, 3]] * 2)), r"got shape \(2, 3\)"),
+    "callbacks not pairs": (with_state(lambda r, s: s.update(callbacks=[1])), "state.callbacks must be a list of"),
+    "schedule's scale": (with_state(lambda r, s: s["callbacks"][0][1]["schedule"].update(scale=-1)),
+                         r"the state of LearningRateScheduler: 'schedule' \(ReduceLROnPlateau\): 'scale' must be a "
+                         r"finite number > 0, got -1"),
+    "schedule's base": (with_state(lambda r, s: s["callbacks"][0][1].update(base_lr=None)),
+                        "'base_lr' must be a finite number > 0, got None"),
+    "schedule's unknown field": (with_state(lambda r, s: s["callbacks"][0][1]["schedule"].update(step_size=0)),
+                                 "unknown field 'step_size'"),
+    "early stopping's wait": (with_state(lambda r, s: s["callbacks"][1][1].update(wait="2")),
+                              "the state of EarlyStopping: 'wait' must be a whole number >= 0, got '2'"),
+    "early stopping's weights": (with_state(lambda r, s: s["callbacks"][1][1].update(weights={"0.weight": [1.0]})),
+                                 "the state of EarlyStopping: state_dict does not fit this model"),
+    "a path for SaveBest": (with_state(lambda r, s: s["callbacks"][2][1].update(path="/tmp/elsewhere.clnet")),
+                            "the state of SaveBest: unknown field 'path'"),
+    "optimizer rate": (lambda r: r["optimizer"]["config"].update(lr=float("nan")),
+                       "the optimizer's 'lr' must be a finite number, got nan"),
+}
+
+
+@pytest.mark.parametrize("case", CRAFTED)
+def test_a_crafted_checkpoint_is_refused_before_anything_runs(device, mid_epoch_checkpoint, case):
+    """Issue 17, item 2: each value a resumed fit takes from a checkpoint is checked against the fit,
+    and a bad one is a ModelFileError naming the file and the field (a crafted order used to index
+    outside the training set on the device: a segfault). The file is left as it is."""
+    import json
+    change, message = CRAFTED[case]
+    members = members_of(mid_epoch_checkpoint)
+    record = json.loads(members["checkpoint.json"])
+    if isinstance(record["state"], dict) and record["state"].get("order") is not None:
+        assert len(record["state"]["callbacks"]) == 3  # the schedule, early stopping, SaveBest
+    change(record)
+    members["checkpoint.json"] = json.dumps(record).encode()
+    rewrite(mid_epoch_checkpoint, members)
+    crafted = mid_epoch_checkpoint.read_bytes()
+    with pytest.raises(clnet.ModelFileError, match=f"^{re.escape(str(mid_epoch_checkpoint))}: .*{message}"):
+        small_fit(device, mid_epoch_checkpoint, epochs=3, resume=True)
+    assert mid_epoch_checkpoint.read_bytes() == crafted
+
+
+def test_the_checkpoint_the_crafted_cases_start_from_resumes(device, mid_epoch_checkpoint):
+    """The cases above fail by their change alone: unchanged, the checkpoint resumes to the end."""
+    import json
+    state = json.loads(members_of(mid_epoch_checkpoint)["checkpoint.json"])["state"]
+    assert state["order"] is not None and [name for name, _ in state["callbacks"]] == [
+        "LearningRateScheduler", "EarlyStopping", "SaveBest"]
+    model, history = small_fit(device, mid_epoch_checkpoint, epochs=3, resume=True)
+    assert history.epochs == [1, 2, 3]
+
+
+def test_another_runs_checkpoint_names_the_file(device, tmp_path):
+    """Issue 17, item 10: a checkpoint of another model says which file does not fit."""
+    checkpoint = tmp_path / "other.clnet"
+    small_fit(device, checkpoint, epochs=1, hidden=5)
+    with pytest.raises(clnet.ModelFileError, match=f"^{re.escape(str(checkpoint))}: the weights do not fit this model \\(a checkpoint "
+                                                   "of another run\\?\\): state_dict\\['0.weight'\\] has shape"):
+        small_fit(device, checkpoint, epochs=2, resume=True)
