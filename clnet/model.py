@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numbers
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from math import prod
@@ -115,6 +116,7 @@ class Model:
         self.normalization = None  # per-channel (mean, std) applied to every input, set by fit(normalize=...)
         self.classes = None        # class names in output order, kept in model files
         self.history = None        # the History of the last (or current) fit
+        self._warned_not_finite = False  # predict warns once about outputs that are not numbers
         self._runners = {}
 
     def __call__(self, inputs: SymbolicTensor, name: str | None = None) -> SymbolicTensor:
@@ -230,8 +232,9 @@ class Model:
             early_stopping: a callbacks.EarlyStopping.
             callbacks: further clnet.callbacks.Callback objects (SaveBest, PlotCurves, your own).
 
-        A loss that becomes NaN or infinite stops training with a TrainingError (the checkpoint
-        keeps the last good epoch). The history so far is `model.history` while training.
+        A loss (or weights) that becomes NaN or infinite stops training with a TrainingError, and
+        the model gets back the weights and optimizer state of the last good epoch (callbacks.NaNGuard).
+        The history so far is `model.history` while training.
 
         Example:
             >>> history = model.fit(x, y, epochs=10, batch_size=64, validation_split=0.1)
@@ -309,7 +312,12 @@ class Model:
         runner = self._runner(batch_size, x.shape[1:], False, spec=self._spec(x))
         out = [runner.infer(x[start:start + batch_size]) for start in range(0, len(x), batch_size)]
         runner.sync()
-        return np.concatenate(out).reshape(len(x), *runner.output_shape)
+        out = np.concatenate(out).reshape(len(x), *runner.output_shape)
+        if not self._warned_not_finite and not np.isfinite(out).all():  # the inputs are finite: the weights are not
+            self._warned_not_finite = True
+            warnings.warn("predict: the model's outputs are NaN or infinite, so its weights are not finite "
+                          "(from a fit that diverged?): load or train good weights", RuntimeWarning, stacklevel=2)
+        return out
 
     # ------------------------------------------------------------------ weights
     def state_dict(self) -> dict:

@@ -117,13 +117,81 @@ def test_a_diverging_loss_stops_training_and_keeps_the_last_good_checkpoint(devi
     model = clnet.models.mlp(device=device, seed=0)
     model.compile("cross_entropy", clnet.optim.SGD(lr=0.05))
     model.fit(x[:256], y[:256], epochs=1, verbose=0, checkpoint=checkpoint)
+    before = model.state_dict()
     model.optimizer.lr = 1e12  # the next run's weights blow up
     with pytest.raises(clnet.TrainingError, match=r"the loss became (nan|inf) in epoch 1: lower the learning "
-                                                  r"rate \(now 1e\+12\).*run.clnet keeps the last good epoch"):
+                                                  r"rate \(now 1e\+12\) or normalise the inputs; the weights the "
+                                                  r"fit started from are restored$") as error:
         model.fit(x[:256], y[:256], epochs=3, verbose=0, checkpoint=checkpoint)
+    assert "keeps" not in str(error.value)  # this fit wrote no checkpoint: it claims none
     assert model.history.epochs == []  # stopped before the diverged epoch was validated or recorded
     saved = clnet.load_checkpoint(checkpoint, device)
     assert saved.epoch == 1 and all(np.isfinite(v).all() for v in saved.model.state_dict().values())
+    for key, value in model.state_dict().items():  # issue 17, item 12: the model keeps no NaN weights
+        np.testing.assert_array_equal(value, before[key], err_msg=key)
+    assert np.isfinite(model.predict(x[:10])).all()
+
+
+class Diverge(clnet.callbacks.Callback):
+    """Makes epoch `epoch` diverge: a huge learning rate, or (`weights`) NaN weights after its last
+    step, which the epoch's loss (computed before each update) does not show."""
+
+    def __init__(self, epoch, weights=False):
+        self.epoch, self.weights = epoch, weights
+
+    def on_step_begin(self, epoch, step):
+        if epoch == self.epoch and not self.weights:
+            self.model.optimizer.lr = 1e12
+
+    def on_step_end(self, epoch, step):
+        if epoch == self.epoch and self.weights and step == self.trainer.steps_per_epoch - 1:
+            store = self.model.param_store
+            store.params.upload(np.full(store.params.size, np.nan, np.float32))
+
+
+@pytest.mark.parametrize("weights", [False, True], ids=["loss", "weights"])
+@pytest.mark.parametrize("with_checkpoint", [False, True], ids=["", "checkpoint"])
+def test_a_diverged_fit_restores_the_last_good_epoch(device, tmp_path, weights, with_checkpoint):
+    """Issue 17, item 12: after a NaN stop the model holds the weights, buffers and optimizer state
+    of the last good epoch, the checkpoint is named only when it holds them, and predict on NaN
+    weights warns once."""
+    (x, y), _ = clnet.datasets.load_mnist_5k()
+    checkpoint = tmp_path / "run.clnet" if with_checkpoint else None
+    model = clnet.models.mlp(device=device, seed=0)
+    model.compile("cross_entropy", clnet.optim.SGD(lr=0.05, momentum=0.9))
+    good = []
+
+    class Remember(clnet.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs):
+            good.append((self.model.state_dict(), self.model.optimizer_state_dict()))
+
+    problem = "the weights became NaN or infinite in epoch 2" if weights else r"the loss became (nan|inf) in epoch 2"
+    kept = f"; {re.escape(str(checkpoint))} keeps them too" if with_checkpoint else ""
+    with pytest.raises(clnet.TrainingError, match=f"^{problem}: .*; the weights of epoch 1 \\(the last good one\\) "
+                                                  f"are restored{kept}$"):
+        model.fit(x[:256], y[:256], epochs=3, verbose=0, checkpoint=checkpoint,
+                  callbacks=[Diverge(2, weights), Remember()])
+    assert model.history.epochs == [1] and len(good) == 1
+    weights_1, optimizer_1 = good[0]
+    for key, value in model.state_dict().items():
+        np.testing.assert_array_equal(value, weights_1[key], err_msg=key)
+    restored = model.optimizer_state_dict()
+    assert restored["steps"] == optimizer_1["steps"] == 8 and restored["config"] == optimizer_1["config"]
+    np.testing.assert_array_equal(restored["state"][0], optimizer_1["state"][0])
+    if with_checkpoint:
+        assert clnet.load_checkpoint(checkpoint, device).epoch == 1
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.isfinite(model.predict(x[:10])).all()
+    store = model.param_store
+    store.params.upload(np.full(store.params.size, np.nan, np.float32))
+    with pytest.warns(RuntimeWarning, match="predict: the model's outputs are NaN or infinite, so its weights are "
+                                            "not finite"):
+        model.predict(x[:10])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.predict(x[:10])  # once
 
 
 @pytest.mark.parametrize("suffix", ["csv", "json"])
@@ -391,3 +459,179 @@ def test_another_runs_checkpoint_names_the_file(device, tmp_path):
     with pytest.raises(clnet.ModelFileError, match=f"^{re.escape(str(checkpoint))}: the weights do not fit this model \\(a checkpoint "
                                                    "of another run\\?\\): state_dict\\['0.weight'\\] has shape"):
         small_fit(device, checkpoint, epochs=2, resume=True)
+
+
+# ---------------------------------------------------------------------- leftovers (issue 17, item 14)
+def dead_pid():
+    """The pid of a process that has ended."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_stale_temporaries_of_killed_writers_are_removed_and_nothing_else(tmp_path):
+    from clnet.files import replace_atomically
+    target = tmp_path / "run.clnet"
+    target.write_bytes(b"old")
+    dead = dead_pid()
+    stale = tmp_path / f".run.clnet.{dead}.abcd_123.tmp"
+    kept = [tmp_path / f".run.clnet.{os.getpid()}.abcdefgh.tmp",  # a live writer's (this process)
+            tmp_path / ".run.clnet.1.abcdefgh.tmp",               # a live writer's (init)
+            tmp_path / ".run.clnet.abcdefgh.tmp",                 # not clnet's naming: no pid
+            tmp_path / f".other.clnet.{dead}.abcdefgh.tmp",       # another target's
+            tmp_path / f"run.clnet.{dead}.abcdefgh.tmp",          # not hidden: a user's
+            tmp_path / f".run.clnet.{dead}.abcdefgh.tmp.bak"]     # a user's
+    for path in [stale, *kept]:
+        path.write_bytes(b"partial")
+    folder = tmp_path / f".run.clnet.{dead}.zzzzzzzz.tmp"  # not a regular file
+    folder.mkdir()
+    replace_atomically(target, lambda f: f.write(b"new"))
+    assert target.read_bytes() == b"new" and not stale.exists() and folder.is_dir()
+    assert all(path.read_bytes() == b"partial" for path in kept)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([target.name, folder.name] + [p.name for p in kept])
+
+
+def test_a_writer_killed_mid_write_leaves_a_temporary_that_the_next_run_removes(device, tmp_path):
+    """SIGKILL during an atomic write leaves `.<name>.<pid>.<random>.tmp`; the target is untouched,
+    and the next fit with that checkpoint (or the next write) removes the leftover."""
+    target = tmp_path / "run.clnet"
+    target.write_bytes(b"previous")
+    child = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
+        import sys, time
+        from clnet.files import replace_atomically
+        def write(f):
+            f.write(b"half")
+            print("writing", flush=True)
+            time.sleep(60)
+        replace_atomically(sys.argv[1], write)
+        """), str(target)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline() == "writing\n"
+    finally:
+        child.kill()
+        child.wait(timeout=30)
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name != target.name]
+    assert len(leftovers) == 1 and re.fullmatch(rf"\.run\.clnet\.{child.pid}\.[a-z0-9_]{{8}}\.tmp", leftovers[0])
+    assert target.read_bytes() == b"previous"
+    target.unlink()
+    small_fit(device, target, epochs=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.clnet", "run.clnet"]
+
+
+@pytest.mark.parametrize("suffix", ["csv", "json"])
+def test_a_kill_between_the_log_and_the_checkpoint_repeats_no_row(device, tmp_path, monkeypatch, suffix):
+    """The log gets an epoch's row before the checkpoint is written; a process that dies between
+    the two left that row in the log, which the checkpoint does not cover: the resumed fit cuts the
+    log back to the checkpoint's rows, so every epoch has one row."""
+    import csv
+    import json
+    from clnet.callbacks import checkpoint as checkpoint_module
+    log, checkpoint = tmp_path / f"metrics.{suffix}", tmp_path / "run.clnet"
+    real_save, saves = checkpoint_module.io.save_checkpoint, []
+
+    def save(*args, **kwargs):
+        saves.append(kwargs["epoch"])
+        if kwargs["epoch"] == 2:
+            raise SystemExit("killed")  # as if the process died here
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoint_module.io, "save_checkpoint", save)
+    with pytest.raises(SystemExit):
+        small_fit(device, checkpoint, epochs=3, log=log)
+    monkeypatch.undo()
+    rows = lambda: json.loads(log.read_text()) if suffix == "json" else list(csv.DictReader(log.open()))
+    assert [int(r["epoch"]) for r in rows()] == [1, 2]  # epoch 2 logged, not checkpointed
+    small_fit(device, checkpoint, epochs=3, resume=True, log=log)
+    assert [int(r["epoch"]) for r in rows()] == [1, 2, 3]
+    assert clnet.load_checkpoint(checkpoint, device).epoch == 3
+
+
+# ---------------------------------------------------------------------- clnet-train --resume (issue 17, item 10)
+@pytest.fixture(scope="module")
+def run_folder(tmp_path_factory):
+    """A run folder of one epoch of clnet-train --checkpoint-dir."""
+    from click.testing import CliRunner
+    from clnet.cli import train
+    run = tmp_path_factory.mktemp("cli") / "run"
+    result = CliRunner().invoke(train, ["--device", "0", "--quiet", "--model", "mlp", "--epochs", "1",
+                                        "--validation-split", "0", "--checkpoint-dir", str(run)])
+    assert result.exit_code == 0, result.output
+    return run
+
+
+DAMAGED_OPTIONS = {  # options.json -> what the error says after naming the file
+    "a list": (lambda o: [o], "holds a JSON list, not an object of options"),
+    "empty": (lambda o: {}, "the field 'platform' is missing"),
+    "an unknown key": (lambda o: {**o, "colour": "blue"}, "unknown field 'colour'"),
+    "an unknown optimizer": (lambda o: {**o, "optimizer": "nosuch"},
+                             "the field 'optimizer': 'nosuch' is not one of 'adam', 'adamw', 'sgd'"),
+    "epochs as text": (lambda o: {**o, "epochs": "10"}, "the field 'epochs' must be a whole number, got '10'"),
+    "epochs as a float": (lambda o: {**o, "epochs": 2.5}, "the field 'epochs' must be a whole number, got 2.5"),
+    "epochs of zero": (lambda o: {**o, "epochs": 0}, "the field 'epochs': 0 is not in the range x>=1"),
+    "a flag as a number": (lambda o: {**o, "nesterov": 1}, "the field 'nesterov' must be true or false, got 1"),
+    "a count as a flag": (lambda o: {**o, "batch_size": True}, "the field 'batch_size' must be a whole number, got True"),
+    "a rate not finite": (lambda o: {**o, "lr": float("inf")}, "the field 'lr': .*inf"),
+    "momentum NaN": (lambda o: {**o, "momentum": float("nan")}, "the field 'momentum': .*nan"),
+    "a required null": (lambda o: {**o, "seed": None}, "the field 'seed' must be a whole number, got None"),
+    "a preset unknown": (lambda o: {**o, "model_name": "resnet"}, "the field 'model_name': 'resnet' is neither a preset"),
+    "an image size": (lambda o: {**o, "image_size": [0, 28]}, "the field 'image_size': '0x28' is not HxW"),
+    "an augmentation": (lambda o: {**o, "augment": "crop=abc"}, "the field 'augment': unknown augmentation"),
+}
+
+
+@pytest.mark.parametrize("case", DAMAGED_OPTIONS)
+def test_resume_checks_options_json_as_the_command_line(run_folder, tmp_path, case):
+    import json
+    import shutil
+    from click.testing import CliRunner
+    from clnet.cli import train
+    run = tmp_path / "run"
+    shutil.copytree(run_folder, run)
+    options = json.loads((run / "options.json").read_text())
+    damage, message = DAMAGED_OPTIONS[case]
+    (run / "options.json").write_text(json.dumps(damage(options)))
+    result = CliRunner().invoke(train, ["--resume", str(run), "--device", "0"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert re.fullmatch(f"Error: {re.escape(str(run / 'options.json'))}: {message}.*; it should hold the options of "
+                        "clnet-train --checkpoint-dir as it wrote them\n", result.output), result.output
+
+
+def test_resume_of_a_good_run_folder_and_the_folder_options(run_folder, tmp_path):
+    """The folder the cases above damage resumes; --checkpoint-dir that cannot be a folder, or with
+    a checkpoint path that is not a regular file, fails in one line before training."""
+    import json
+    import shutil
+    from click.testing import CliRunner
+    from clnet.cli import train
+    run = tmp_path / "run"
+    shutil.copytree(run_folder, run)
+    options = json.loads((run / "options.json").read_text())
+    (run / "options.json").write_text(json.dumps({**options, "epochs": 2, "image_size": [28, 28]}))
+    result = CliRunner().invoke(train, ["--resume", str(run), "--device", "0", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert [line.split(",")[0] for line in (run / "metrics.csv").read_text().split()] == ["epoch", "1", "2"]
+    (tmp_path / "file").write_text("")
+    for folder, message in [(tmp_path / "file", "is a file"),
+                            (tmp_path / "file" / "sub", f"cannot make the --checkpoint-dir folder {tmp_path / 'file'}"
+                                                        "/sub: Not a directory")]:
+        result = CliRunner().invoke(train, ["--device", "0", "--model", "mlp", "--checkpoint-dir", str(folder)])
+        assert result.exit_code in (1, 2) and message in result.output and "Device:" not in result.output
+    os.remove(run / "checkpoint.clnet")
+    os.mkfifo(run / "checkpoint.clnet")
+    result = CliRunner().invoke(train, ["--resume", str(run), "--device", "0"])
+    assert result.exit_code == 1 and "checkpoint.clnet is a FIFO, not a regular file" in result.output
+    assert "Device:" not in result.output
+
+
+def test_a_run_killed_before_its_first_checkpoint_starts_its_log_again(run_folder, tmp_path):
+    """Killed between the first epoch's row and the first checkpoint: resuming starts the run
+    again, and its own metrics.csv with it."""
+    import shutil
+    from click.testing import CliRunner
+    from clnet.cli import train
+    run = tmp_path / "run"
+    shutil.copytree(run_folder, run)
+    os.remove(run / "checkpoint.clnet")
+    result = CliRunner().invoke(train, ["--resume", str(run), "--device", "0", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert [line.split(",")[0] for line in (run / "metrics.csv").read_text().split()] == ["epoch", "1"]

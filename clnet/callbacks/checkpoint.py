@@ -10,6 +10,7 @@ from ..errors import ModelFileError
 from ..files import remove_stale_temporaries
 from .base import Callback, is_count
 from .early_stopping import EarlyStopping
+from .metrics_log import MetricsLog
 from .schedule import LearningRateScheduler
 
 
@@ -195,6 +196,8 @@ def _states_of_the_first_layout(trainer, state):
     given = iter([saved for saved in state["callbacks"] if saved])
     pairs = []
     for callback in filter(_keeps_state, trainer.callbacks):
+        if isinstance(callback, MetricsLog):  # it kept no state then
+            continue
         if isinstance(callback, LearningRateScheduler):
             saved = None if state["schedule"] is None else {"base_lr": state["base_lr"], "schedule": state["schedule"]}
         elif isinstance(callback, EarlyStopping):
