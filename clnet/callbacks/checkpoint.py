@@ -115,8 +115,8 @@ def _checked_state(saved, path, trainer):
         order = _checked_order(order, trainer.samples, fail)
         steps = trainer.steps_per_epoch
         if not 0 <= saved.step < steps:
-            fail("'step'", f"is {saved.step}, but an epoch of this fit has {steps} steps of {trainer.batch_size}: "
-                           "resume with the batch size the run was started with")
+            fail("'step'", f"is {saved.step}, but an epoch of this fit has {steps} steps (batches of "
+                           f"{trainer.batch_size}): resume with the batch size the run was started with")
         metrics = state["metrics"]
         try:
             metrics = np.asarray(metrics, np.float64)
