@@ -1,18 +1,29 @@
 """Checkpointed training: a run interrupted (Ctrl-C, or killed outright) and resumed ends with the
 same weights and history as one never interrupted."""
 
+import csv
+import io
+import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+import warnings
+import zipfile
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
 import clnet
+from clnet import layers as L
+from clnet.callbacks import EarlyStopping, ReduceLROnPlateau, SaveBest
+from clnet.cli import train as train_command
+from clnet.files import replace_atomically
 
 EPOCHS = 4
 CHILD = textwrap.dedent("""
@@ -180,7 +191,6 @@ def test_a_diverged_fit_restores_the_last_good_epoch(device, tmp_path, weights, 
     np.testing.assert_array_equal(restored["state"][0], optimizer_1["state"][0])
     if with_checkpoint:
         assert clnet.load_checkpoint(checkpoint, device).epoch == 1
-    import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert np.isfinite(model.predict(x[:10])).all()
@@ -196,8 +206,6 @@ def test_a_diverged_fit_restores_the_last_good_epoch(device, tmp_path, weights, 
 
 @pytest.mark.parametrize("suffix", ["csv", "json"])
 def test_metrics_log(device, tmp_path, suffix):
-    import csv
-    import json
     (x, y), _ = clnet.datasets.load_mnist_5k()
     model = clnet.models.mlp(device=device, seed=0)
     model.compile("cross_entropy", "sgd")
@@ -243,10 +251,7 @@ def test_a_checkpoint_written_before_the_trainer_resumes(device, tmp_path):
     """tests/data/checkpoint-0.1.0.clnet was written by clnet at f0c1ae7, which kept the schedule's
     and early stopping's states under keys of their own: after 2 of 4 epochs of the fit below. Its
     weights, optimizer and every callback's state come back, and the run goes on from epoch 3."""
-    import shutil
     from pathlib import Path
-    from clnet import layers as L
-    from clnet.callbacks import EarlyStopping, ReduceLROnPlateau, SaveBest
     checkpoint = tmp_path / "run.clnet"
     shutil.copy(Path(__file__).parent / "data" / "checkpoint-0.1.0.clnet", checkpoint)
     saved = clnet.load_checkpoint(checkpoint, device)
@@ -279,9 +284,7 @@ def test_a_checkpoint_written_before_the_trainer_with_a_stateless_schedule_resum
     """tests/data/checkpoint-0.1.0-steplr.clnet (clnet at f0c1ae7: Adam, StepLR(1, 0.5), a log; 2 of
     4 epochs), whose schedule saved an empty state: the base rate comes back, so the rate keeps
     halving from where the run stopped."""
-    import shutil
     from pathlib import Path
-    from clnet import layers as L
     from clnet.callbacks import StepLR
     checkpoint = tmp_path / "run.clnet"
     shutil.copy(Path(__file__).parent / "data" / "checkpoint-0.1.0-steplr.clnet", checkpoint)
@@ -320,8 +323,6 @@ def test_a_run_resumed_with_a_log_added_ends_as_the_straight_one(device, tmp_pat
 def small_fit(device, checkpoint, epochs, resume=False, batch_size=30, hidden=8, **extra):
     """A fit of a small network on 300 random samples (10 steps an epoch), with every callback
     that keeps a state."""
-    from clnet import layers as L
-    from clnet.callbacks import EarlyStopping, ReduceLROnPlateau, SaveBest
     rng = np.random.default_rng(5)
     x = rng.normal(size=(300, 12)).astype(np.float32)
     y = (x[:, 0] > 0).astype(np.int32)
@@ -335,13 +336,11 @@ def small_fit(device, checkpoint, epochs, resume=False, batch_size=30, hidden=8,
 
 
 def members_of(path):
-    import zipfile
     with zipfile.ZipFile(path) as zf:
         return {name: zf.read(name) for name in zf.namelist()}
 
 
 def rewrite(path, members):
-    import zipfile
     with zipfile.ZipFile(path, "w") as zf:
         for name, data in members.items():
             zf.writestr(name, data)
@@ -427,7 +426,6 @@ def test_a_crafted_checkpoint_is_refused_before_anything_runs(device, mid_epoch_
     """Issue 17, item 2: each value a resumed fit takes from a checkpoint is checked against the fit,
     and a bad one is a ModelFileError naming the file and the field (a crafted order used to index
     outside the training set on the device: a segfault). The file is left as it is."""
-    import json
     change, message = CRAFTED[case]
     members = members_of(mid_epoch_checkpoint)
     record = json.loads(members["checkpoint.json"])
@@ -444,12 +442,24 @@ def test_a_crafted_checkpoint_is_refused_before_anything_runs(device, mid_epoch_
 
 def test_the_checkpoint_the_crafted_cases_start_from_resumes(device, mid_epoch_checkpoint):
     """The cases above fail by their change alone: unchanged, the checkpoint resumes to the end."""
-    import json
     state = json.loads(members_of(mid_epoch_checkpoint)["checkpoint.json"])["state"]
     assert state["order"] is not None and [name for name, _ in state["callbacks"]] == [
         "LearningRateScheduler", "EarlyStopping", "SaveBest"]
     model, history = small_fit(device, mid_epoch_checkpoint, epochs=3, resume=True)
     assert history.epochs == [1, 2, 3]
+
+
+def test_optimizer_state_that_is_not_finite_is_refused(device, mid_epoch_checkpoint):
+    members = members_of(mid_epoch_checkpoint)
+    with np.load(io.BytesIO(members["optimizer.npz"])) as npz:
+        arrays = {key: npz[key] for key in npz.files}
+    arrays["0"][5] = np.inf
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    rewrite(mid_epoch_checkpoint, {**members, "optimizer.npz": buffer.getvalue()})
+    with pytest.raises(clnet.ModelFileError, match=f"^{re.escape(str(mid_epoch_checkpoint))}: optimizer.npz array 0 "
+                                                   "holds NaN or infinity$"):
+        small_fit(device, mid_epoch_checkpoint, epochs=3, resume=True)
 
 
 def test_another_runs_checkpoint_names_the_file(device, tmp_path):
@@ -470,7 +480,6 @@ def dead_pid():
 
 
 def test_stale_temporaries_of_killed_writers_are_removed_and_nothing_else(tmp_path):
-    from clnet.files import replace_atomically
     target = tmp_path / "run.clnet"
     target.write_bytes(b"old")
     dead = dead_pid()
@@ -501,12 +510,15 @@ def test_a_writer_killed_mid_write_leaves_a_temporary_that_the_next_run_removes(
         from clnet.files import replace_atomically
         def write(f):
             f.write(b"half")
-            print("writing", flush=True)
+            f.flush()
             time.sleep(60)
         replace_atomically(sys.argv[1], write)
-        """), str(target)], stdout=subprocess.PIPE, text=True)
+        """), str(target)])
+    deadline = time.monotonic() + 60
     try:
-        assert child.stdout.readline() == "writing\n"
+        while not any(p.stat().st_size for p in tmp_path.iterdir() if p != target) and time.monotonic() < deadline:
+            assert child.poll() is None, "the writer ended before it was killed"
+            time.sleep(0.02)
     finally:
         child.kill()
         child.wait(timeout=30)
@@ -523,8 +535,6 @@ def test_a_kill_between_the_log_and_the_checkpoint_repeats_no_row(device, tmp_pa
     """The log gets an epoch's row before the checkpoint is written; a process that dies between
     the two left that row in the log, which the checkpoint does not cover: the resumed fit cuts the
     log back to the checkpoint's rows, so every epoch has one row."""
-    import csv
-    import json
     from clnet.callbacks import checkpoint as checkpoint_module
     log, checkpoint = tmp_path / f"metrics.{suffix}", tmp_path / "run.clnet"
     real_save, saves = checkpoint_module.io.save_checkpoint, []
@@ -550,10 +560,8 @@ def test_a_kill_between_the_log_and_the_checkpoint_repeats_no_row(device, tmp_pa
 @pytest.fixture(scope="module")
 def run_folder(tmp_path_factory):
     """A run folder of one epoch of clnet-train --checkpoint-dir."""
-    from click.testing import CliRunner
-    from clnet.cli import train
     run = tmp_path_factory.mktemp("cli") / "run"
-    result = CliRunner().invoke(train, ["--device", "0", "--quiet", "--model", "mlp", "--epochs", "1",
+    result = CliRunner().invoke(train_command, ["--device", "0", "--quiet", "--model", "mlp", "--epochs", "1",
                                         "--validation-split", "0", "--checkpoint-dir", str(run)])
     assert result.exit_code == 0, result.output
     return run
@@ -581,16 +589,12 @@ DAMAGED_OPTIONS = {  # options.json -> what the error says after naming the file
 
 @pytest.mark.parametrize("case", DAMAGED_OPTIONS)
 def test_resume_checks_options_json_as_the_command_line(run_folder, tmp_path, case):
-    import json
-    import shutil
-    from click.testing import CliRunner
-    from clnet.cli import train
     run = tmp_path / "run"
     shutil.copytree(run_folder, run)
     options = json.loads((run / "options.json").read_text())
     damage, message = DAMAGED_OPTIONS[case]
     (run / "options.json").write_text(json.dumps(damage(options)))
-    result = CliRunner().invoke(train, ["--resume", str(run), "--device", "0"])
+    result = CliRunner().invoke(train_command, ["--resume", str(run), "--device", "0"])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert re.fullmatch(f"Error: {re.escape(str(run / 'options.json'))}: {message}.*; it should hold the options of "
                         "clnet-train --checkpoint-dir as it wrote them\n", result.output), result.output
@@ -599,26 +603,22 @@ def test_resume_checks_options_json_as_the_command_line(run_folder, tmp_path, ca
 def test_resume_of_a_good_run_folder_and_the_folder_options(run_folder, tmp_path):
     """The folder the cases above damage resumes; --checkpoint-dir that cannot be a folder, or with
     a checkpoint path that is not a regular file, fails in one line before training."""
-    import json
-    import shutil
-    from click.testing import CliRunner
-    from clnet.cli import train
     run = tmp_path / "run"
     shutil.copytree(run_folder, run)
     options = json.loads((run / "options.json").read_text())
     (run / "options.json").write_text(json.dumps({**options, "epochs": 2, "image_size": [28, 28]}))
-    result = CliRunner().invoke(train, ["--resume", str(run), "--device", "0", "--quiet"])
+    result = CliRunner().invoke(train_command, ["--resume", str(run), "--device", "0", "--quiet"])
     assert result.exit_code == 0, result.output
     assert [line.split(",")[0] for line in (run / "metrics.csv").read_text().split()] == ["epoch", "1", "2"]
     (tmp_path / "file").write_text("")
     for folder, message in [(tmp_path / "file", "is a file"),
                             (tmp_path / "file" / "sub", f"cannot make the --checkpoint-dir folder {tmp_path / 'file'}"
                                                         "/sub: Not a directory")]:
-        result = CliRunner().invoke(train, ["--device", "0", "--model", "mlp", "--checkpoint-dir", str(folder)])
+        result = CliRunner().invoke(train_command, ["--device", "0", "--model", "mlp", "--checkpoint-dir", str(folder)])
         assert result.exit_code in (1, 2) and message in result.output and "Device:" not in result.output
     os.remove(run / "checkpoint.clnet")
     os.mkfifo(run / "checkpoint.clnet")
-    result = CliRunner().invoke(train, ["--resume", str(run), "--device", "0"])
+    result = CliRunner().invoke(train_command, ["--resume", str(run), "--device", "0"])
     assert result.exit_code == 1 and "checkpoint.clnet is a FIFO, not a regular file" in result.output
     assert "Device:" not in result.output
 
@@ -626,12 +626,9 @@ def test_resume_of_a_good_run_folder_and_the_folder_options(run_folder, tmp_path
 def test_a_run_killed_before_its_first_checkpoint_starts_its_log_again(run_folder, tmp_path):
     """Killed between the first epoch's row and the first checkpoint: resuming starts the run
     again, and its own metrics.csv with it."""
-    import shutil
-    from click.testing import CliRunner
-    from clnet.cli import train
     run = tmp_path / "run"
     shutil.copytree(run_folder, run)
     os.remove(run / "checkpoint.clnet")
-    result = CliRunner().invoke(train, ["--resume", str(run), "--device", "0", "--quiet"])
+    result = CliRunner().invoke(train_command, ["--resume", str(run), "--device", "0", "--quiet"])
     assert result.exit_code == 0, result.output
     assert [line.split(",")[0] for line in (run / "metrics.csv").read_text().split()] == ["epoch", "1"]
