@@ -266,7 +266,8 @@ def _train(platform, device, dataset, data_dir, offline, image_size, model_name,
         try:
             os.makedirs(checkpoint_dir, exist_ok=True)
         except OSError as exc:
-            raise ClnetError(f"cannot make the --checkpoint-dir folder {checkpoint_dir}: {exc.strerror or exc}") from None
+            raise ClnetError(f"cannot make the --checkpoint-dir folder {checkpoint_dir}: "
+                             f"{exc.strerror or exc}") from None
         options = {k: v for k, v in locals().items() if k not in ("start", "extra", "checkpoint")}
         text = json.dumps({**options, "image_size": image_size and list(image_size)}, indent=1)
         replace_atomically(os.path.join(checkpoint_dir, RUN_OPTIONS), lambda f: f.write(text.encode()))

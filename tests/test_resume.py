@@ -466,8 +466,8 @@ def test_another_runs_checkpoint_names_the_file(device, tmp_path):
     """Issue 17, item 10: a checkpoint of another model says which file does not fit."""
     checkpoint = tmp_path / "other.clnet"
     small_fit(device, checkpoint, epochs=1, hidden=5)
-    with pytest.raises(clnet.ModelFileError, match=f"^{re.escape(str(checkpoint))}: the weights do not fit this model \\(a checkpoint "
-                                                   "of another run\\?\\): state_dict\\['0.weight'\\] has shape"):
+    message = r"the weights do not fit this model \(a checkpoint of another run\?\): state_dict\['0.weight'\] has shape"
+    with pytest.raises(clnet.ModelFileError, match=f"^{re.escape(str(checkpoint))}: {message}"):
         small_fit(device, checkpoint, epochs=2, resume=True)
 
 
@@ -577,11 +577,13 @@ DAMAGED_OPTIONS = {  # options.json -> what the error says after naming the file
     "epochs as a float": (lambda o: {**o, "epochs": 2.5}, "the field 'epochs' must be a whole number, got 2.5"),
     "epochs of zero": (lambda o: {**o, "epochs": 0}, "the field 'epochs': 0 is not in the range x>=1"),
     "a flag as a number": (lambda o: {**o, "nesterov": 1}, "the field 'nesterov' must be true or false, got 1"),
-    "a count as a flag": (lambda o: {**o, "batch_size": True}, "the field 'batch_size' must be a whole number, got True"),
+    "a count as a flag": (lambda o: {**o, "batch_size": True},
+                          "the field 'batch_size' must be a whole number, got True"),
     "a rate not finite": (lambda o: {**o, "lr": float("inf")}, "the field 'lr': .*inf"),
     "momentum NaN": (lambda o: {**o, "momentum": float("nan")}, "the field 'momentum': .*nan"),
     "a required null": (lambda o: {**o, "seed": None}, "the field 'seed' must be a whole number, got None"),
-    "a preset unknown": (lambda o: {**o, "model_name": "resnet"}, "the field 'model_name': 'resnet' is neither a preset"),
+    "a preset unknown": (lambda o: {**o, "model_name": "resnet"},
+                         "the field 'model_name': 'resnet' is neither a preset"),
     "an image size": (lambda o: {**o, "image_size": [0, 28]}, "the field 'image_size': '0x28' is not HxW"),
     "an augmentation": (lambda o: {**o, "augment": "crop=abc"}, "the field 'augment': unknown augmentation"),
 }
