@@ -462,6 +462,34 @@ def test_optimizer_state_that_is_not_finite_is_refused(device, mid_epoch_checkpo
         small_fit(device, mid_epoch_checkpoint, epochs=3, resume=True)
 
 
+def test_a_callbacks_state_sets_only_its_own_fields():
+    """The default load_state takes the keys state() returns and no others (a file could otherwise
+    set any attribute: a path to write, the trainer)."""
+    class Counter(clnet.callbacks.Callback):
+        def __init__(self):
+            self.count, self.path = 0, "mine.txt"
+
+        def state(self):
+            return {"count": self.count}
+
+    counter = Counter()
+    counter.load_state({"count": 3})
+    assert counter.count == 3
+    with pytest.raises(clnet.InputError, match=r"unknown field 'path' \(this callback keeps 'count'\)"):
+        counter.load_state({"count": 4, "path": "/etc/elsewhere"})
+    assert counter.path == "mine.txt"
+    with pytest.raises(clnet.InputError, match="the state must be an object, got list"):
+        counter.load_state([1])
+
+
+def test_a_corrupt_json_log_is_named(tmp_path):
+    log = tmp_path / "metrics.json"
+    log.write_text('[{"epoch": 1}')
+    with pytest.raises(clnet.ClnetError, match=f"^{re.escape(str(log))}: not a metrics log of clnet"):
+        clnet.callbacks.MetricsLog(log).append({"epoch": 2})
+    assert log.read_text() == '[{"epoch": 1}'
+
+
 def test_another_runs_checkpoint_names_the_file(device, tmp_path):
     """Issue 17, item 10: a checkpoint of another model says which file does not fit."""
     checkpoint = tmp_path / "other.clnet"
