@@ -387,6 +387,7 @@ CRAFTED = {  # what is changed -> what the error says
     "step without an order": (with_state(lambda r, s: s.update(order=None)), "'step' is 3, but state.order is null"),
     "epoch beyond the history": (lambda r: r.update(epoch=10 ** 9), r"state.epochs must list the epochs done, "
                                                                    r"1 to 1000000000"),
+    "epoch of 31 digits": (lambda r: r.update(epoch=10 ** 30), "'epoch' must be an integer from 0 to 9223372036854775807"),
     "history too short": (with_state(lambda r, s: s["history"].update(loss=[])), "state.history must map each metric"),
     "generator position": (with_state(lambda r, s: s["rng"].update(buffer_pos=-5)), "state.rng.buffer_pos must be a "
                                                                                     "whole number >= 0"),
