@@ -517,6 +517,36 @@ def test_a_deep_network_builds_and_plans_in_linear_time(device):
     assert len(model.state_dict()) == 2 * 2001
 
 
+def first_fit_reference(values):
+    """The arena offsets of `values` as the plain first fit gives them: largest first, each at the
+    lowest offset clear of every value placed whose live range meets its own (every pair compared)."""
+    placed, bases = [], {}
+    for v in sorted(values, key=lambda v: (-v.size, v.first)):
+        offset = 0
+        for p in sorted((p for p in placed if p.first <= v.last and v.first <= p.last), key=lambda p: bases[p]):
+            if offset + v.size <= bases[p]:
+                break
+            offset = max(offset, -(-(bases[p] + p.size) // 64) * 64)
+        bases[v] = offset
+        placed.append(v)
+    return bases
+
+
+def test_placement_is_the_plain_first_fit(device):
+    plan = Plan.__new__(Plan)
+    plan.values = []
+    rng = np.random.default_rng(1)
+    for i in range(1500):  # short-lived values, and long-lived ones as a training plan's activations
+        value = Value(plan, (int(rng.integers(1, 500)),), f"v{i}")
+        value.first = int(rng.integers(0, 3000))
+        value.last = value.first + int(rng.choice([0, 1, 2, 70, 200, 2000]))
+        plan.values.append(value)
+    end = plan.place()
+    expected = first_fit_reference(plan.values)
+    assert [v.base for v in plan.values] == [expected[v] for v in plan.values]
+    assert end == max(v.base + v.size for v in plan.values)
+
+
 def test_class_names_that_are_not_unicode_are_refused(device, tmp_path):
     from PIL import Image
     folder_name = os.fsdecode(b"caf\xe9")  # Latin-1 bytes: a lone surrogate in Python's name
