@@ -356,7 +356,8 @@ class Model:
         input_shape = tuple(input_shape or self.input_shape or ())
         if not input_shape:
             raise InputError("check_fits needs the input shape: model.check_fits(input_shape=(1, 28, 28))")
-        target = Target(_count(batch_size, "batch_size", 1), input_shape, False)
+        # uint8 inputs: the least a batch takes in its staging slots, so that nothing that fits is refused
+        target = Target(_count(batch_size, "batch_size", 1), input_shape, False, spec=InputSpec("uint8"))
         for replica in self.replicas:
             self._compile(target, allocate=False, replica=replica).check_fits(replica.store)
 

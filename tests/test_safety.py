@@ -351,7 +351,7 @@ def test_an_input_shape_beyond_the_device_fails_before_any_data_is_read(device, 
     model = clnet.Sequential([L.GlobalAvgPool2D(), L.Flatten(), L.Dense(1, 2)], device=device)
     model.input_shape = (1, 4096, 4096)
     room, values = min(device.info.global_mem, device.info.max_alloc), 4096 * 4096
-    too_many = room // (3 * 4 * values) + 1  # float32 inputs: two staging slots and the input value
+    too_many = room // ((2 + 4) * values) + 1  # uint8 images in two staging slots, and the float32 input
     if too_many * values >= 2**31:
         pytest.skip("this device holds every batch whose indices fit the kernels' int32")
     with pytest.raises(OutOfDeviceMemoryError, match=f"batch size {too_many} of inputs \\(1, 4096, 4096\\) needs"):
