@@ -1,7 +1,19 @@
 """Progress: the progress bar during an epoch and a line of metrics after it."""
 
+import warnings
+
+from ..datasets.stream import skipped_report
 from ..progress import ProgressBar
 from .base import Callback
+
+WAIT_SHOWN = 0.05  # the share of an epoch spent waiting for input from which it is shown
+
+
+def input_wait(trainer, elapsed):
+    """ "  input wait 35%" when the steps waited for their input (decoding, disk) for a noticeable
+    share of the epoch so far: the input pipeline, not the device, is then the bottleneck."""
+    share = trainer.input_wait / max(elapsed, 1e-9)
+    return f"  input wait {share:.0%}" if share >= WAIT_SHOWN else ""
 
 
 def throughput(done, total, batch, elapsed):
@@ -28,14 +40,22 @@ class Progress(Callback):
             trainer = self.trainer
             running = "  ".join(f"{k} {v:.4f}" for k, v in trainer.read_metrics().items())
             self.bar.update(step + 1, throughput(step + 1 - self.first, trainer.steps_per_epoch - self.first,
-                                                 trainer.batch_size, self.bar.elapsed) + "  " + running)
+                                                 trainer.batch_size, self.bar.elapsed) + "  " + running
+                            + input_wait(trainer, self.bar.elapsed))
 
     def on_epoch_end(self, epoch, logs):
         self.bar.close()
         if self.trainer.verbose:
             text = "  ".join(f"{k} {v:.4g}" if k == "lr" else f"{k} {v:.4f}" for k, v in logs.items())
-            print(f"Epoch {epoch}/{self.trainer.epochs}  {text}  ({self.bar.elapsed:.1f} s)", file=self.trainer.stream,
+            print(f"Epoch {epoch}/{self.trainer.epochs}  {text}  ({self.bar.elapsed:.1f} s"
+                  f"{input_wait(self.trainer, self.bar.elapsed).replace('  ', ', ')})", file=self.trainer.stream,
                   flush=True)
+        if self.trainer.skipped:  # a streamed epoch met unreadable images
+            message = f"Epoch {epoch}: {skipped_report(self.trainer.skipped)}"
+            if self.trainer.verbose:
+                print(message, file=self.trainer.stream, flush=True)
+            else:
+                warnings.warn(message, stacklevel=2)
 
     def on_interrupt(self, epoch, steps):
         self.bar.close()
