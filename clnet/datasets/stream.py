@@ -90,7 +90,7 @@ class ImageStream:
         name: for messages.
 
     Attributes:
-        skipped: [(file, reason)] of the unreadable images met by the last `batches()` run.
+        skipped: [(file, reason)] of the unreadable images met by the last `batches()` run, each once.
 
     Example:
         >>> train = ImageFolder("imagenet/train", image_size=224, stream=True, augment="random-resized-crop,flip")
@@ -180,9 +180,10 @@ class ImageStream:
         if pool is None:
             pool = self._pools[b - a] = DecodePool(_Job(self.files, self.on_error), self.image_shape,
                                                    max(b - a, 1), self.workers, self.prefetch)
-        self.skipped = []
+        self.skipped, seen = [], set()
         for images, used, bad in pool.run(cut, seed, epoch, self.transform(train, augment)):
-            self.skipped += bad
+            self.skipped += [(path, reason) for path, reason in bad if path not in seen]
+            seen.update(path for path, _ in bad)
             yield images, used
 
     def statistics(self, seed: int = 0, rows=None, count: int = STATISTICS_SAMPLES) -> tuple:

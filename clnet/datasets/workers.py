@@ -136,7 +136,7 @@ class DecodePool:
         if self._memory is None:
             self._start()
         self._run += 1
-        pending, issued = {}, 0  # batch number -> [chunks left, samples used, skipped]
+        pending, issued = {}, 0  # batch number -> [chunks left, samples used, skipped, errors (row, message)]
         try:
             for k, samples in enumerate(batches):
                 while issued < min(len(batches), k + self.prefetch):
@@ -144,15 +144,19 @@ class DecodePool:
                     issued += 1
                 while pending[k][0]:
                     self._receive(pending)
-                _, used, bad = pending.pop(k)
+                _, used, bad, errors = pending.pop(k)
+                if errors:  # the first in the order, whichever worker failed first
+                    self.close()
+                    raise DatasetError(min(errors)[1])
                 yield self._ring[k % self.slots, :len(samples)], used, bad
-        finally:  # chunks still queued would write into slots of the next run: wait for them
-            try:
-                while any(p[0] for p in pending.values()):
-                    self._receive(pending)
-            except BaseException:
-                self.close()
-                raise
+        finally:  # chunks still queued would write into the slots of the next run: wait for them
+            if self._memory is not None:  # (an error has closed the pool)
+                try:
+                    while any(p[0] for p in pending.values()):
+                        self._receive(pending)
+                except BaseException:
+                    self.close()
+                    raise
 
     def _issue(self, k, samples, how):
         """Queue batch k's chunks, one per worker; returns its pending record."""
@@ -160,7 +164,7 @@ class DecodePool:
         chunks = [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
         for a, b in chunks:
             self._tasks.put((self._run, k % self.slots, int(a), samples[a:b], *how))
-        return [len(chunks), np.empty(len(samples), np.int64), []]
+        return [len(chunks), np.empty(len(samples), np.int64), [], []]
 
     def _receive(self, pending):
         """Take one answer from the workers into `pending`; a dead worker or a worker's error raises."""
@@ -169,25 +173,27 @@ class DecodePool:
                 run, slot, row, used, bad, error = self._results.get(timeout=POLL)
                 break
             except queue.Empty:
-                dead = [p for p in self._processes if not p.is_alive()]
-                if dead:
-                    self.close()
-                    code = dead[0].exitcode
-                    how = (f"killed by signal {signal.Signals(-code).name}" if code and code < 0
-                           else f"exit code {code}")
-                    raise DatasetError(f"an image decoding worker (process {dead[0].pid}) died ({how}): the "
-                                       "stream cannot go on; look for a lack of memory, or pass fewer workers "
-                                       "(--workers)") from None
-        if error is not None:
-            self.close()
-            raise DatasetError(error)
+                self._check_alive()
+        self._check_alive()  # also when others answer: the chunk a dead worker held never will
         if run != self._run:
             return
         k = next(k for k, p in pending.items() if k % self.slots == slot and p[0])
         record = pending[k]
         record[0] -= 1
-        record[1][row:row + len(used)] = used
-        record[2] += bad
+        if error is not None:
+            record[3].append((row, error))
+        else:
+            record[1][row:row + len(used)] = used
+            record[2] += bad
+
+    def _check_alive(self):
+        dead = [p for p in self._processes if not p.is_alive()]
+        if dead:
+            self.close()
+            code = dead[0].exitcode
+            how = f"killed by signal {signal.Signals(-code).name}" if code and code < 0 else f"exit code {code}"
+            raise DatasetError(f"an image decoding worker (process {dead[0].pid}) died ({how}): the stream cannot "
+                               "go on; look for a lack of memory, or pass fewer workers (--workers)")
 
     def close(self):
         """Stop the workers and free the shared memory (the pool starts again when next run)."""
