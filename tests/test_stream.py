@@ -295,6 +295,7 @@ def test_a_killed_worker_ends_the_run_with_a_clear_error(folder):
     next(batches)
     victim = stream._pools[2]._processes[0]
     os.kill(victim.pid, signal.SIGKILL)
+    victim.join(timeout=5)  # dead before the batches left are asked for
     start = time.perf_counter()
     with pytest.raises(DatasetError, match="worker .* died .*SIGKILL"):
         for _ in batches:

@@ -19,18 +19,11 @@ import numpy as np
 
 from ..errors import DatasetError
 from .dataset import Dataset
+from .images import _decode, _import_pillow, to_chw
+from .stream import decoded_bytes, memory_budget, stream_folder
+from .transforms import CROP_FRACTION
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
-PILLOW_HINT = 'reading image folders needs Pillow, which is not installed: pip install "clnet[images]"'
-_GRAY_MODES = {"1", "L", "LA", "F"}
-
-
-def _import_pillow(root):
-    try:
-        from PIL import Image
-    except ImportError:
-        raise DatasetError(f"{root}: {PILLOW_HINT}") from None
-    return Image
 
 
 def _image_size(image_size):
@@ -55,38 +48,6 @@ def _list_images(folder):
         found += [Path(dirpath, f) for f in filenames
                   if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)]
     return sorted(found, key=lambda p: p.relative_to(folder).parts)
-
-
-def convert_mode(Image, im, grayscale):
-    """A PIL image of any mode as "L" (grey) or "RGB": grey modes, 16-bit grey (its high byte) and
-    palettes of greys become "L" unless grayscale is False; colour modes (RGB, RGBA with the alpha
-    dropped, palettes, CMYK, YCbCr, ...) become "RGB", or "L" (ITU-R 601-2 luma) when grayscale is True."""
-    mode = im.mode
-    if mode == "I" or mode.startswith("I;16"):  # 16-bit grayscale PNG: keep the high byte
-        im = Image.fromarray((np.asarray(im).astype(np.int64) >> 8).clip(0, 255).astype(np.uint8))
-    elif mode in _GRAY_MODES:
-        im = im.convert("L")
-    else:  # RGB, RGBA (alpha dropped), P/PA (palette), CMYK, YCbCr, ...
-        im = im.convert("RGB")
-        if mode in ("P", "PA"):  # a palette of greys is a grayscale image
-            rgb = np.asarray(im)
-            if (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all():
-                im = Image.fromarray(np.ascontiguousarray(rgb[..., 0]))
-    if grayscale is True and im.mode == "RGB":
-        im = im.convert("L")  # ITU-R 601-2 luma, as Pillow converts
-    return im
-
-
-def _decode(Image, path, grayscale, size):
-    """One image as uint8 (H, W) when grey or (H, W, 3) when colour (`convert_mode`), resized to
-    `size` (h, w)."""
-    with Image.open(path) as im:
-        im.load()
-        im = convert_mode(Image, im, grayscale)
-        if size is not None and im.size != (size[1], size[0]):
-            bilinear = getattr(getattr(Image, "Resampling", Image), "BILINEAR")
-            im = im.resize((size[1], size[0]), bilinear)
-        return np.array(im, dtype=np.uint8)
 
 
 def list_classes(root: Path) -> tuple[list[str], list[Path], list[int]]:
@@ -116,24 +77,6 @@ def list_classes(root: Path) -> tuple[list[str], list[Path], list[int]]:
         files += images
         labels += [label] * len(images)
     return [d.name for d in class_dirs], files, labels
-
-
-def decodes_to_colour(Image, path: Path) -> bool:
-    """Whether `_decode` gives `path` colour channels (grayscale=None), mostly from the header alone;
-    False for an unreadable file, which decoding then reports."""
-    try:
-        with Image.open(path) as im:
-            mode = im.mode
-        if mode == "I" or mode.startswith("I;16") or mode in _GRAY_MODES:
-            return False
-        return mode not in ("P", "PA") or _decode(Image, path, None, None).ndim == 3  # a palette may be grey
-    except Exception:  # Pillow raises OSError, SyntaxError, ValueError, ... for bad files
-        return False
-
-
-def to_chw(array: np.ndarray) -> np.ndarray:
-    """A decoded image (H, W) or (H, W, 3) as (C, H, W); assigned to 3 channels, grey broadcasts."""
-    return array.transpose(2, 0, 1) if array.ndim == 3 else array
 
 
 class ImageFolder(Dataset):
@@ -175,8 +118,7 @@ class ImageFolder(Dataset):
     def __new__(cls, root: str | os.PathLike | None = None, image_size: int | Sequence[int] | None = None,
                 grayscale: bool | None = None, name: str | None = None, stream: bool | str = "auto",
                 augment: str | None = None, workers: int | None = None, on_error: str = "skip",
-                crop_fraction: float | None = 0.875):
-        from . import stream as streaming  # the stream module reads this one's helpers
+                crop_fraction: float | None = CROP_FRACTION):
         if root is None:  # unpickling, copying
             return super().__new__(cls)
         root = Path(root)
@@ -188,10 +130,10 @@ class ImageFolder(Dataset):
         _import_pillow(root)
         listing = list_classes(root)
         if stream == "auto":
-            stream = streaming.decoded_bytes(root, listing[1], size, grayscale) > streaming.memory_budget()
+            stream = decoded_bytes(root, listing[1], size, grayscale) > memory_budget()
         if stream:
-            return streaming.stream_folder(root, listing[1], listing[2], listing[0], size, grayscale, augment,
-                                           workers, on_error, crop_fraction, name or root.name or str(root))
+            return stream_folder(root, listing[1], listing[2], listing[0], size, grayscale, augment,
+                                  workers, on_error, crop_fraction, name or root.name or str(root))
         folder = super().__new__(cls)
         folder._listing = listing
         return folder
@@ -199,7 +141,7 @@ class ImageFolder(Dataset):
     def __init__(self, root: str | os.PathLike, image_size: int | Sequence[int] | None = None,
                  grayscale: bool | None = None, name: str | None = None, stream: bool | str = "auto",
                  augment: str | None = None, workers: int | None = None, on_error: str = "skip",
-                 crop_fraction: float | None = 0.875):
+                 crop_fraction: float | None = CROP_FRACTION):
         root = Path(root)
         size = _image_size(image_size)
         Image = _import_pillow(root)

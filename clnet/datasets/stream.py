@@ -19,11 +19,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import DatasetError, InputError
 from .feed import channel_statistics, parse_augment
-from .folder import _import_pillow, decodes_to_colour
+from .images import _import_pillow, decodes_to_colour
 from .transforms import CROP_FRACTION, Transform
-from .workers import DecodePool
+from .workers import REPLACEMENTS, DecodePool
 
 MEMORY_ENV = "CLNET_MEMORY_LIMIT"
 COLOUR_PROBES = 32   # images looked at (spread over the folder) to decide grey or colour
@@ -223,9 +223,7 @@ def stream_folder(root, files, labels, classes, size, grayscale, augment, worker
     """The ImageStream of a listed image folder: `size` (h, w), else the first image's; channels
     from `grayscale`, else 3 when any of COLOUR_PROBES images spread over the folder is colour."""
     Image = _import_pillow(root)
-    if size is None:
-        with Image.open(files[0]) as first:
-            size = first.size[::-1]
+    size = size or _first_size(Image, files)
     if grayscale is None:
         probes = files[::max(1, len(files) // COLOUR_PROBES)][:COLOUR_PROBES]
         channels = 3 if any(decodes_to_colour(Image, f) for f in probes) else 1
@@ -237,7 +235,19 @@ def stream_folder(root, files, labels, classes, size, grayscale, augment, worker
 def decoded_bytes(root, files, size, grayscale) -> int:
     """The host memory `files` would take decoded: of `size`, else the first image's size, and 3
     channels unless grayscale is True."""
-    if size is None:
-        with _import_pillow(root).open(files[0]) as first:
-            size = first.size[::-1]
+    try:
+        size = size or _first_size(_import_pillow(root), files)
+    except DatasetError:  # decoded into memory, the first bad file is reported
+        return 0
     return len(files) * (1 if grayscale is True else 3) * size[0] * size[1]
+
+
+def _first_size(Image, files):
+    """(height, width) of the first readable of the first images, from its header."""
+    for path in files[:REPLACEMENTS + 1]:
+        try:
+            with Image.open(path) as image:
+                return image.size[::-1]
+        except Exception:  # Pillow raises OSError, SyntaxError, ValueError, ... for bad files
+            continue
+    raise DatasetError(f"{files[0]} and the images after it are unreadable: pass image_size, or check the folder")

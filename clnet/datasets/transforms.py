@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .folder import convert_mode, to_chw
+from .images import convert_mode, to_chw
 
 SCALE = (0.08, 1.0)           # the box's share of the image's area
 RATIO = (3.0 / 4.0, 4.0 / 3.0)  # the box's width / height
