@@ -289,6 +289,8 @@ class Model:
     def train_on_batch(self, x, y) -> float:
         """One optimizer step on (x, y) as one batch; returns that batch's loss."""
         self._require_compiled("train_on_batch")
+        if isinstance(x, ImageStream):
+            raise InputError("train_on_batch takes one batch of arrays, not an ImageStream: pass the stream to fit")
         x, targets = self._prepare(x, y)
         runner = self._runner(len(x), x.shape[1:], True, targets.dtype, self._spec(x))
         self.metrics.fill(0)

@@ -323,10 +323,28 @@ def test_random_resized_crop_needs_a_stream(folder):
                           verbose=0)
 
 
-def test_clnet_train_streams(folder, tmp_path):
-    from clnet.cli import train
+def test_input_wait_is_shown_when_it_matters():
+    from clnet.callbacks.progress import input_wait
+
+    class Trainer:
+        input_wait = 0.35
+    assert input_wait(Trainer, 1.0) == "  input wait 35%"
+    assert input_wait(Trainer, 100.0) == ""
+
+
+def test_clnet_train_and_eval_stream(folder, tmp_path):
+    from clnet.cli import evaluate, train
+    model_file = str(tmp_path / "m.clnet")
     result = CliRunner().invoke(train, ["--platform", "pocl", "--dataset", str(folder), "--stream", "--workers", "2",
-                                        "--image-size", "12x12", "--model", "mlp", "--epochs", "1",
-                                        "--batch-size", "4", "--augment", "random-resized-crop,flip", "--normalize"])
+                                        "--image-size", "12x12", "--model", "mlp", "--epochs", "1", "--batch-size",
+                                        "4", "--augment", "random-resized-crop,flip", "--normalize",
+                                        "--save", model_file])
     assert result.exit_code == 0, result.output
     assert "Validation accuracy" in result.output and "18 training images of (3, 12, 12)" in result.output
+    result = CliRunner().invoke(evaluate, [model_file, "--platform", "pocl", "--dataset", str(folder), "--stream",
+                                           "--split", "train", "--json"])
+    assert result.exit_code == 0, result.output
+    assert '"samples": 18' in result.output
+    result = CliRunner().invoke(train, ["--platform", "pocl", "--dataset", str(folder), "--no-stream",
+                                        "--image-size", "12x12", "--model", "mlp", "--augment", "random-resized-crop"])
+    assert result.exit_code == 1 and "needs a streamed image folder" in result.output

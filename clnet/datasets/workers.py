@@ -221,4 +221,7 @@ class DecodePool:
             self._memory = None
 
     def __del__(self):
-        self.close()
+        try:
+            self.close()
+        except Exception:  # at the interpreter's exit, what close() uses may be gone already
+            pass
