@@ -206,11 +206,11 @@ class Model:
 
     def _prepare(self, x, y=None):
         """Validated inputs and the loss's targets (y may come with x as a Dataset or ImageStream)."""
-        if isinstance(x, ImageStream):
-            x, y = x, x.y if y is None else y
-        elif isinstance(x, Dataset) and y is None:
-            x, y = x
-        if not isinstance(x, ImageStream):
+        if isinstance(x, ImageStream):  # decoded as used: nothing to check here
+            y = x.y if y is None else y
+        else:
+            if isinstance(x, Dataset) and y is None:
+                x, y = x
             x = _inputs(x)
         if y is None:
             raise InputError("labels are missing: pass y, or a clnet.datasets.Dataset as x")

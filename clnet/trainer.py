@@ -11,8 +11,8 @@ import signal
 import sys
 import threading
 import time
-from contextlib import closing, nullcontext
 from collections.abc import Sequence
+from contextlib import closing, nullcontext
 
 import numpy as np
 
@@ -110,10 +110,9 @@ class Trainer:
         returns the History.
 
         rng: the generator of every epoch's sample order; augment: as `Model.fit` (a stream's own
-        when None); resident: keep
-        the training set in device memory ("auto": when it fits); rows: the indices of the training
-        samples in x (default all), so that held-out rows are never copied out of x, which may be a
-        memory-mapped file: only batches are read from it."""
+        when None); resident: keep the training set in device memory ("auto": when it fits); rows:
+        the indices of the training samples in x (default all), so that held-out rows are never
+        copied out of x, which may be a memory-mapped file: only batches are read from it."""
         model = self.model
         self.targets, self.epochs, self.rng, self.rows = targets, epochs, rng, rows
         samples = len(x) if rows is None else len(rows)
@@ -127,8 +126,10 @@ class Trainer:
             callback.trainer = self
         try:
             self._call("on_train_begin")  # a checkpoint resumes here, normalisation included
-            streamed = isinstance(x, ImageStream)
-            if streamed:  # the workers crop and flip; a padded crop is the device's
+            if isinstance(x, ImageStream):  # the workers crop and flip; a padded crop is the device's
+                if resident is True:
+                    raise InputError("resident=True needs images in memory: a stream is decoded batch by batch "
+                                     "(pass resident='auto' or False)")
                 self._augment = augment if augment is not None else x.augment
                 crop, flip = parse_augment(self._augment).crop, False
                 resident = False

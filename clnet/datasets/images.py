@@ -27,8 +27,9 @@ def convert_mode(Image, im, grayscale):
     if mode == "I" or mode.startswith("I;16"):  # 16-bit grayscale PNG: keep the high byte
         im = Image.fromarray((np.asarray(im).astype(np.int64) >> 8).clip(0, 255).astype(np.uint8))
     elif mode in _GRAY_MODES:
-        im = im.convert("L")
-    else:  # RGB, RGBA (alpha dropped), P/PA (palette), CMYK, YCbCr, ...
+        if mode != "L":
+            im = im.convert("L")
+    elif mode != "RGB":  # RGBA (alpha dropped), P/PA (palette), CMYK, YCbCr, ...
         im = im.convert("RGB")
         if mode in ("P", "PA"):  # a palette of greys is a grayscale image
             rgb = np.asarray(im)
