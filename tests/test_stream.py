@@ -140,6 +140,21 @@ def test_order_and_augmentation_do_not_depend_on_the_workers(folder):
     stream.close()
 
 
+def test_spawned_workers_decode_into_named_shared_memory_alike(folder):
+    """Workers started by spawn (not fork) attach the ring by name and decode the same batches."""
+    from clnet.datasets.workers import DecodePool
+    stream = ImageFolder(folder, image_size=12, stream=True, augment="random-resized-crop,flip", workers=0)
+    order = np.random.default_rng(2).permutation(18)
+    expected = take(stream, order, 8, seed=1, epoch=1, train=True)
+    pool = DecodePool(stream_module._Job(stream.files, "skip"), stream.image_shape, 8, 1, start_method="spawn")
+    cut = [order[i:i + 8] for i in range(0, 18, 8)]
+    got = [(images.copy(), used) for images, used, _ in pool.run(cut, 1, 1, stream.transform(True))]
+    pool.close()
+    for (images, used), (want, want_used) in zip(got, expected):
+        np.testing.assert_array_equal(used, want_used)
+        np.testing.assert_array_equal(images, want)
+
+
 def test_a_rank_streams_its_rows_of_each_global_batch(folder):
     stream = ImageFolder(folder, image_size=12, stream=True, augment="random-resized-crop", workers=2)
     order = np.random.default_rng(1).permutation(18)

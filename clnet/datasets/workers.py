@@ -2,7 +2,8 @@
 
 The main process splits each batch into one chunk of rows per worker and queues the chunks of a few
 batches ahead (`prefetch`); a worker decodes a chunk straight into the batch's slot of one
-shared-memory block and answers with the samples it used (an unreadable image is replaced by the
+shared-memory block (an anonymous shared mapping that forked workers inherit, else a named
+SharedMemory) and answers with the samples it used (an unreadable image is replaced by the
 next sample of the listing, and named). Batches are handed out in order, whatever order the chunks
 finish in. The ring holds `prefetch + HELD` batches and nothing else grows: host memory is bounded
 whatever the dataset's size.
@@ -13,6 +14,7 @@ DatasetError within a second; a worker whose main process died exits on its own.
 
 from __future__ import annotations
 
+import mmap
 import multiprocessing
 import os
 import queue
@@ -22,12 +24,23 @@ from multiprocessing import shared_memory
 import numpy as np
 
 from ..errors import DatasetError
+from ..text import format_bytes
 from .transforms import decode_into, sample_rng
 
 HELD = 3        # batches handed out that the consumer may still read: the runner uploads without
                 # blocking and waits for a staging slot's upload two steps later
 POLL = 0.5      # seconds between checks that the workers live
 REPLACEMENTS = 16  # unreadable images in a row (by sample index) before the run stops
+SHM = "/dev/shm"  # where SharedMemory lives on Linux: a container may make it small
+
+
+def _free_shared_memory():
+    """The bytes free in /dev/shm, None where there is none to ask."""
+    try:
+        info = os.statvfs(SHM)
+    except (OSError, AttributeError):
+        return None
+    return info.f_bavail * info.f_frsize
 
 
 def decode_chunk(job, images: np.ndarray, samples, seed: int, epoch: int, transform):
@@ -57,12 +70,14 @@ def decode_chunk(job, images: np.ndarray, samples, seed: int, epoch: int, transf
     return used, bad
 
 
-def _work(job, memory_name, slot_shape, tasks, results, parent):
-    """A worker's loop: decode the chunks it is given into the shared slots until told to stop."""
+def _work(job, memory, slot_shape, tasks, results, parent):
+    """A worker's loop: decode the chunks it is given into the shared slots until told to stop.
+    `memory` is the ring: an anonymous shared mapping inherited by a fork, or a SharedMemory's name."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
-    memory = shared_memory.SharedMemory(memory_name)
+    if isinstance(memory, str):
+        memory = shared_memory.SharedMemory(memory)
+    ring = np.ndarray(slot_shape, np.uint8, memory if isinstance(memory, mmap.mmap) else memory.buf)
     try:
-        ring = np.ndarray(slot_shape, np.uint8, memory.buf)
         while True:
             try:
                 task = tasks.get(timeout=POLL)
@@ -81,7 +96,8 @@ def _work(job, memory_name, slot_shape, tasks, results, parent):
                              else f"{type(exc).__name__}: {exc}"))
     finally:
         del ring
-        memory.close()
+        if not isinstance(memory, mmap.mmap):
+            memory.close()
 
 
 class DecodePool:
@@ -94,6 +110,7 @@ class DecodePool:
         batch_size: the most rows of a batch.
         workers: processes (0 decodes in this process, for debugging).
         prefetch: batches decoded ahead of the one being consumed.
+        start_method: multiprocessing's ("fork", "spawn", "forkserver"; default its default).
 
     Example:
         >>> pool = DecodePool(job, (3, 224, 224), 256, workers=8)
@@ -103,21 +120,32 @@ class DecodePool:
         >>> pool.close()
     """
 
-    def __init__(self, job, sample_shape, batch_size, workers, prefetch=2):
+    def __init__(self, job, sample_shape, batch_size, workers, prefetch=2, start_method=None):
         self.job, self.workers, self.prefetch = job, int(workers), int(prefetch)
         self.slots = self.prefetch + HELD
         self.slot_shape = (self.slots, int(batch_size), *sample_shape)
         self.nbytes = int(np.prod(self.slot_shape))
+        self._context = multiprocessing.get_context(start_method)
         self._memory, self._processes, self._run = None, [], 0
 
     def _start(self):
-        context = multiprocessing.get_context()
-        self._memory = shared_memory.SharedMemory(create=True, size=max(self.nbytes, 1))
-        self._ring = np.ndarray(self.slot_shape, np.uint8, self._memory.buf)
-        self._tasks, self._results = context.Queue(), context.Queue()
+        size = max(self.nbytes, 1)
+        if self._context.get_start_method() == "fork":  # inherited: not bounded by the size of /dev/shm
+            self._memory = mmap.mmap(-1, size)
+            shared, buffer = self._memory, self._memory
+        else:
+            free = _free_shared_memory()
+            if free is not None and free < size:
+                raise DatasetError(f"the stream's batches need {format_bytes(size)} of shared memory but "
+                                   f"{SHM} has {format_bytes(free)} free: pass a smaller batch size, or give "
+                                   f"{SHM} more room (docker run --shm-size=...)")
+            self._memory = shared_memory.SharedMemory(create=True, size=size)
+            shared, buffer = self._memory.name, self._memory.buf
+        self._ring = np.ndarray(self.slot_shape, np.uint8, buffer)
+        self._tasks, self._results = self._context.Queue(), self._context.Queue()
         for _ in range(self.workers):
-            process = context.Process(target=_work, daemon=True, args=(
-                self.job, self._memory.name, self.slot_shape, self._tasks, self._results, os.getpid()))
+            process = self._context.Process(target=_work, daemon=True, args=(
+                self.job, shared, self.slot_shape, self._tasks, self._results, os.getpid()))
             process.start()
             self._processes.append(process)
 
@@ -213,7 +241,8 @@ class DecodePool:
             for q in (self._tasks, self._results):
                 q.close()
                 q.cancel_join_thread()
-            self._memory.unlink()
+            if not isinstance(self._memory, mmap.mmap):
+                self._memory.unlink()
             try:
                 self._memory.close()
             except BufferError:  # a consumer still holds a batch: the memory goes with its last view
