@@ -193,8 +193,8 @@ RUN_OPTIONS = "options.json"
 
 
 def _run_options(given):
-    """The options a --checkpoint-dir run was started with; where to run and how much to print may
-    change on resuming."""
+    """The options a --checkpoint-dir run was started with; where to run, how much to print and the
+    decoding workers (which do not change the batches) may change on resuming."""
     path = os.path.join(given["resume_dir"], RUN_OPTIONS)
     try:
         with open(path) as f:
@@ -202,7 +202,7 @@ def _run_options(given):
     except (OSError, ValueError) as exc:
         raise ClnetError(f"{given['resume_dir']} is not a run folder of clnet-train --checkpoint-dir "
                          f"({path}: {exc})") from None
-    options.update({key: given[key] for key in ("platform", "device", "quiet")},
+    options.update({key: given[key] for key in ("platform", "device", "quiet", "workers")},
                    resume_dir=given["resume_dir"], checkpoint_dir=given["resume_dir"])
     return options
 

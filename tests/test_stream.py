@@ -201,7 +201,7 @@ def test_a_streamed_run_resumes_mid_epoch_exactly(folder, tmp_path):
     def run(checkpoint=None, resume=False, callbacks=()):
         stream = ImageFolder(folder, image_size=12, stream=True, augment="random-resized-crop,flip", workers=2)
         model = small_model()
-        history = model.fit(stream, epochs=3, batch_size=4, verbose=0, checkpoint=checkpoint, resume=resume,
+        history = model.fit(stream, epochs=2, batch_size=4, verbose=0, checkpoint=checkpoint, resume=resume,
                             callbacks=callbacks)
         return model, history
 
