@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -55,14 +54,19 @@ def memory_budget() -> int:
         return 2 ** 31
 
 
-@dataclass
 class _Job:
-    """What the workers need: the files and what to do with unreadable ones."""
-    files: list
-    on_error: str
+    """What the workers need: the files, as one array of bytes (forked workers read it without
+    touching a Python object per file, so its pages stay shared), and what to do with unreadable ones."""
+
+    def __init__(self, files, on_error):
+        self.paths, self.on_error = np.array([os.fsencode(f) for f in files], dtype=bytes), on_error
+        self.count = len(self.paths)
+
+    def path(self, i):
+        return os.fsdecode(self.paths[i])
 
     def pillow(self):
-        return _import_pillow(self.files[0] if self.files else "images")
+        return _import_pillow(self.path(0) if self.count else "images")
 
 
 class ImageStream:

@@ -44,7 +44,7 @@ def _free_shared_memory():
 
 
 def decode_chunk(job, images: np.ndarray, samples, seed: int, epoch: int, transform):
-    """Decode `samples` (indices of job's files) into `images` (rows of a slot), in order, by
+    """Decode `samples` (indices of job's files, 0 to job.count - 1) into `images` (rows of a slot), in order, by
     `transform` (its draws keyed by seed, epoch and sample); returns (the samples used,
     [(file, reason)] of the unreadable ones). An unreadable image is replaced by the next readable
     one by index (on_error "skip"), or stops with a DatasetError ("raise")."""
@@ -52,19 +52,19 @@ def decode_chunk(job, images: np.ndarray, samples, seed: int, epoch: int, transf
     used, bad = np.empty(len(samples), np.int64), []
     for row, sample in enumerate(samples):
         for tries in range(REPLACEMENTS + 1):
-            candidate = (int(sample) + tries) % len(job.files)
+            candidate = (int(sample) + tries) % job.count
             rng = sample_rng(seed, epoch, candidate) if transform.random else None
             try:
-                decode_into(Image, job.files[candidate], images[row], transform, rng)
+                decode_into(Image, job.path(candidate), images[row], transform, rng)
                 break
             except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, ... for bad files
                 reason = f"{type(exc).__name__}: {exc}"
                 if job.on_error == "raise":
-                    raise DatasetError(f"{job.files[candidate]}: unreadable or corrupt image ({reason}): replace or "
+                    raise DatasetError(f"{job.path(candidate)}: unreadable or corrupt image ({reason}): replace or "
                                        "delete the file, or pass on_error='skip' to skip such images") from None
-                bad.append((str(job.files[candidate]), reason))
+                bad.append((job.path(candidate), reason))
         else:
-            raise DatasetError(f"{job.files[int(sample)]} and the {REPLACEMENTS} images after it are unreadable: "
+            raise DatasetError(f"{job.path(int(sample))} and the {REPLACEMENTS} images after it are unreadable: "
                                "check the folder (a disk or network failure?)")
         used[row] = candidate
     return used, bad
@@ -104,8 +104,8 @@ class DecodePool:
     """Worker processes decoding `job`'s samples into a shared ring of batch slots.
 
     Args:
-        job: what to decode: a picklable object with `files` (paths), `on_error` ("skip" or
-            "raise") and `pillow()` (the PIL.Image module), as a streamed dataset's.
+        job: what to decode: a picklable object with `count` (files), `path(i)`, `on_error`
+            ("skip" or "raise") and `pillow()` (the PIL.Image module), as a streamed dataset's.
         sample_shape: (C, H, W) of one decoded sample.
         batch_size: the most rows of a batch.
         workers: processes (0 decodes in this process, for debugging).
