@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DatasetError
+from ..errors import DatasetError, InputError
 from .dataset import Dataset
 from .images import _decode, _import_pillow, to_chw
 from .stream import decoded_bytes, memory_budget, stream_folder
@@ -126,7 +126,7 @@ class ImageFolder(Dataset):
         if grayscale not in (None, True, False):
             raise ValueError(f"grayscale must be None, True or False, not {grayscale!r}")
         if stream not in (True, False, "auto"):
-            raise ValueError(f"stream must be True, False or 'auto', not {stream!r}")
+            raise InputError(f"stream must be True, False or 'auto', not {stream!r}")
         _import_pillow(root)
         listing = list_classes(root)
         if stream == "auto":

@@ -54,6 +54,14 @@ def memory_budget() -> int:
         return 2 ** 31
 
 
+def available_cores() -> int:
+    """The cores this process may run on (a container's share, where the system says), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 class _Job:
     """What the workers need: the files, as one array of bytes (forked workers read it without
     touching a Python object per file, so its pages stay shared), and what to do with unreadable ones."""
@@ -107,12 +115,15 @@ class ImageStream:
                  augment: str | None = None, workers: int | None = None, on_error: str = "skip",
                  crop_fraction: float | None = CROP_FRACTION, prefetch: int = 2, name: str = "images"):
         if on_error not in ("skip", "raise"):
-            raise ValueError(f"on_error must be 'skip' or 'raise', not {on_error!r}")
-        workers = (os.cpu_count() or 1) if workers is None else int(workers)
+            raise InputError(f"on_error must be 'skip' or 'raise', not {on_error!r}")
+        workers = available_cores() if workers is None else int(workers)
         if workers < 0:
-            raise ValueError(f"workers must be 0 (decode in this process) or more, not {workers}")
+            raise InputError(f"workers must be 0 (decode in this process) or more, not {workers}")
         if crop_fraction is not None and not 0 < crop_fraction <= 1:
-            raise ValueError(f"crop_fraction must lie in (0, 1], not {crop_fraction}")
+            raise InputError(f"crop_fraction must lie in (0, 1], not {crop_fraction}")
+        if channels not in (1, 3) or len(labels) != len(files):
+            raise InputError(f"{name}: channels must be 1 or 3 (got {channels}), and one label per file (got "
+                             f"{len(labels)} for {len(files)} files)")
         parse_augment(augment)  # checked now
         self.files, self.y = [str(f) for f in files], np.asarray(labels, np.int64)
         self.classes, self.name = list(classes), name
