@@ -4,9 +4,9 @@ Loading model files and checkpoints onto a device is here too, above the file fo
 
 from __future__ import annotations
 
+import logging
 import numbers
 import sys
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from math import prod
@@ -27,6 +27,8 @@ from .network import INPUT, Network, loss_input
 from .replicas import Replica, SummedMetrics, capacity, device_list, make_runner, share_weights
 from .text import format_bytes
 from .trainer import History, Trainer
+
+log = logging.getLogger(__name__)
 
 __all__ = ["History", "LoadedCheckpoint", "Model", "Sequential", "load", "load_checkpoint"]
 
@@ -53,12 +55,12 @@ def _inputs(x, what="x"):
 
 def _batches(x, rows, batch_size):
     """(images, their rows) of x (an array or an ImageStream) in batches, over `rows` (default all),
-    in order; a stream's unreadable images are reported in a warning at the end."""
+    in order; a stream's unreadable images are reported at the end (the clnet logger's warning)."""
     n = len(x if rows is None else rows)
     if isinstance(x, ImageStream):
         yield from x.batches(np.arange(n) if rows is None else rows, batch_size)
         if x.skipped:
-            warnings.warn(f"{x.name}: {skipped_report(x.skipped)}", stacklevel=3)
+            log.warning("%s: %s", x.name, skipped_report(x.skipped))
         return
     for start in range(0, n, batch_size):
         if rows is None:
@@ -328,7 +330,7 @@ class Model:
         """Model outputs as numpy: class probabilities for cross-entropy (softmax) and binary
         cross-entropy (sigmoid), the raw outputs otherwise. x as for fit (uint8 images are scaled,
         the model's normalisation applies; a stream's unreadable images give the outputs of
-        their replacements, with a warning)."""
+        their replacements, and a warning)."""
         x = x if isinstance(x, ImageStream) else _inputs(x)
         if len(x) == 0:
             raise InputError("predict needs at least one sample")

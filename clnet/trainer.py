@@ -7,6 +7,7 @@ everything else (progress, logs, checkpoints, schedules, early stopping) is a ca
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 import threading
@@ -18,8 +19,11 @@ import numpy as np
 
 from .datasets import Dataset, ImageStream
 from .datasets.feed import DeviceDataset, parse_augment
+from .datasets.stream import skipped_report
 from .callbacks import Callback
 from .errors import InputError
+
+log = logging.getLogger(__name__)
 
 
 class History:
@@ -198,8 +202,9 @@ class Trainer:
                     runner.sync()
                     self._call("on_interrupt", epoch, step + 1)
                     raise KeyboardInterrupt
-        if feed is not None:
+        if feed is not None and x.skipped:
             self.skipped = x.skipped
+            log.warning("Epoch %d: %s", epoch, skipped_report(x.skipped))
         done = steps - self.start_step
         self.start_step = 0
         logs = self.read_metrics()

@@ -7,7 +7,8 @@ import numpy as np
 
 from ..errors import DatasetError
 
-PILLOW_HINT = 'reading image folders needs Pillow, which is not installed: pip install "clnet[images]"'
+PILLOW_HINT = ("reading image folders needs Pillow, which is not installed: pip install pillow (or clnet's "
+               'images extra: pip install ".[images]" in its checkout)')
 _GRAY_MODES = {"1", "L", "LA", "F"}
 
 

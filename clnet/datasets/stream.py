@@ -197,8 +197,10 @@ class ImageStream:
                                                    max(b - a, 1), self.workers, self.prefetch)
         self.skipped, seen = [], set()
         for images, used, bad in pool.run(cut, seed, epoch, self.transform(train, augment)):
-            self.skipped += [(path, reason) for path, reason in bad if path not in seen]
-            seen.update(path for path, _ in bad)
+            for path, reason in bad:
+                if path not in seen:
+                    seen.add(path)
+                    self.skipped.append((path, reason))
             yield images, used
 
     def statistics(self, seed: int = 0, rows=None, count: int = STATISTICS_SAMPLES) -> tuple:
