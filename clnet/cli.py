@@ -34,7 +34,8 @@ def devices(as_json):
     """List every OpenCL platform and device clnet can use.
 
     Select one elsewhere with --platform and --device (an index, or a case-insensitive name
-    substring), or with the environment variables CLNET_PLATFORM and CLNET_DEVICE.
+    substring), or with the environment variables CLNET_PLATFORM and CLNET_DEVICE, or pyopencl's
+    PYOPENCL_CTX ("platform:device") when neither of those is set.
     """
     infos = list_devices()
     if as_json:

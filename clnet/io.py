@@ -29,7 +29,8 @@ A model file (conventionally named ``*.clnet``) is a zip archive, members stored
 ``weights.npz``
     A numpy ``.npz`` archive (one ``<key>.npy`` member per array) of the model's ``state_dict``:
     float32 arrays under PyTorch's keys and layouts (``"0.weight"``, ``"0.bias"``, batch-norm
-    ``running_mean`` ...), exactly the arrays ``Sequential.state_dict()`` returns.
+    ``running_mean`` ...), the arrays ``Sequential.state_dict()`` returns, all float32 (the int64
+    ``num_batches_tracked`` too, so that every reader of format version 1 reads them).
 
 A **checkpoint** is a model file (``clnet.load`` reads it as one) with three more members:
 
@@ -197,7 +198,8 @@ def _model_members(model, path, classes):
         text = _json_bytes(description)
     except (TypeError, ValueError) as exc:  # a layer config that is not JSON, a NaN normalisation
         raise ModelFileError(path, f"cannot describe the model as JSON: {exc}") from exc
-    return [("model.json", text), ("weights.npz", _npz_bytes(model.state_dict()))]
+    weights = {key: value.astype(np.float32) for key, value in model.state_dict().items()}  # counters too
+    return [("model.json", text), ("weights.npz", _npz_bytes(weights))]
 
 
 def save(model, path: str | os.PathLike, classes: Sequence[str] | None = None) -> None:

@@ -14,7 +14,7 @@ from math import prod
 import numpy as np
 
 from . import callbacks as cb
-from . import io, losses, optim
+from . import io, losses, optim, weights_files
 from .compiler import CompiledStep, Target
 from .datasets import Dataset, ImageStream
 from .datasets.feed import InputSpec, channel_statistics, image_dims
@@ -24,7 +24,9 @@ from .device import device as open_device
 from .errors import InputError, ModelFileError, ShapeError
 from .layers import Layer, SymbolicTensor
 from .network import INPUT, Network, loss_input
+from .params import IncompatibleKeys
 from .replicas import Replica, SummedMetrics, capacity, device_list, make_runner, share_weights
+from .tensor import is_pyopencl_array, pyopencl_images
 from .text import format_bytes
 from .trainer import History, Trainer
 
@@ -33,11 +35,17 @@ log = logging.getLogger(__name__)
 __all__ = ["History", "LoadedCheckpoint", "Model", "Sequential", "load", "load_checkpoint"]
 
 
-def _inputs(x, what="x"):
+def _inputs(x, what="x", devices=None):
     """Images or features with the batch first: uint8 kept as it is (scaled by 1/255 on the
-    device), anything else as float32, checked for NaN and infinity."""
+    device), anything else as float32, checked for NaN and infinity. With `devices` (predict,
+    evaluate), a pyopencl array on them is taken where it lies, as a DeviceTensor."""
     if isinstance(x, Dataset):
         x = x.x
+    if is_pyopencl_array(x):
+        if devices is None:
+            raise InputError(f"{what} is a pyopencl array: training takes host arrays (numpy); pyopencl arrays "
+                             "feed predict and evaluate")
+        return pyopencl_images(x, devices, what)
     x = np.asarray(x)
     if x.dtype.kind not in "fiub":
         raise InputError(f"{what} must be a numeric array, got dtype {x.dtype}")
@@ -206,14 +214,15 @@ class Model:
         if self.loss is None:
             raise InputError(f"call model.compile(loss=..., optimizer=...) before {what}")
 
-    def _prepare(self, x, y=None):
-        """Validated inputs and the loss's targets (y may come with x as a Dataset or ImageStream)."""
+    def _prepare(self, x, y=None, devices=None):
+        """Validated inputs and the loss's targets (y may come with x as a Dataset or ImageStream);
+        x may be a pyopencl array on `devices` when they are given (`_inputs`)."""
         if isinstance(x, ImageStream):  # decoded as used: nothing to check here
             y = x.y if y is None else y
         else:
             if isinstance(x, Dataset) and y is None:
                 x, y = x
-            x = _inputs(x)
+            x = _inputs(x, devices=devices)
         if y is None:
             raise InputError("labels are missing: pass y, or a clnet.datasets.Dataset as x")
         _, out_shape = loss_input(self.network.stages(x.shape[1:], self.loss), x.shape[1:])
@@ -308,9 +317,10 @@ class Model:
 
     # ------------------------------------------------------------------ inference
     def evaluate(self, x, y=None, batch_size: int = 256) -> dict:
-        """{"loss": mean loss, "accuracy": fraction correct} over (x, y) or a Dataset."""
+        """{"loss": mean loss, "accuracy": fraction correct} over (x, y) or a Dataset; x as for
+        predict (a pyopencl array included), y on the host."""
         self._require_compiled("evaluate")
-        return self._evaluate(*self._prepare(x, y), batch_size=batch_size)
+        return self._evaluate(*self._prepare(x, y, self.devices), batch_size=batch_size)
 
     def _evaluate(self, x, targets, rows=None, batch_size=256):
         """evaluate on validated inputs and targets, or on their `rows` (batches gathered from x)."""
@@ -328,10 +338,22 @@ class Model:
 
     def predict(self, x, batch_size: int = 256) -> np.ndarray:
         """Model outputs as numpy: class probabilities for cross-entropy (softmax) and binary
-        cross-entropy (sigmoid), the raw outputs otherwise. x as for fit (uint8 images are scaled,
-        the model's normalisation applies; a stream's unreadable images give the outputs of
-        their replacements, and a warning)."""
-        x = x if isinstance(x, ImageStream) else _inputs(x)
+        cross-entropy (sigmoid), the raw outputs otherwise.
+
+        Args:
+            x: as for fit (uint8 images are scaled, the model's normalisation applies; a stream's
+                unreadable images give the outputs of their replacements, and a warning); or a
+                pyopencl.array.Array (float32 or uint8, C-contiguous) in the model's device's
+                context (`clnet.device(context=...)` or `queue=`), read where it lies: no copy
+                through the host (its values are not checked for NaN).
+            batch_size: samples per step.
+
+        Example:
+            >>> probabilities = model.predict(x_test)
+            >>> dev = clnet.device(queue=queue); model = clnet.load("m.clnet", device=dev)
+            >>> model.predict(pyopencl.array.to_device(queue, x_test))    # the same probabilities
+        """
+        x = x if isinstance(x, ImageStream) else _inputs(x, devices=self.devices)
         if len(x) == 0:
             raise InputError("predict needs at least one sample")
         batch_size = min(_count(batch_size, "batch_size", 1), len(x))  # no plan (nor indices) beyond the data
@@ -350,10 +372,57 @@ class Model:
         """The gradients of the last training step, keyed like state_dict (computed before the update)."""
         return self.param_store.gradients()
 
-    def load_state_dict(self, state: dict) -> None:
-        """Load arrays (numpy, or anything np.asarray takes, such as CPU torch tensors) into every replica."""
+    def load_state_dict(self, state: dict, strict: bool = True) -> IncompatibleKeys:
+        """Load arrays (numpy, or anything np.asarray takes, such as CPU torch tensors) into every
+        replica, as torch.nn.Module.load_state_dict does.
+
+        Args:
+            state: {key: array} under the model's state_dict keys (PyTorch's names and layouts).
+            strict: every key of the model must be in `state` and no other (else an InputError
+                naming them, and nothing is loaded); with False the keys both have are loaded.
+
+        Returns:
+            IncompatibleKeys(missing_keys, unexpected_keys): the model's keys that `state` lacks,
+            and the keys of `state` the model does not have. A shape that differs is a ShapeError
+            naming the key, strict or not.
+
+        Example:
+            >>> result = model.load_state_dict(torchvision.models.resnet18().state_dict(), strict=False)
+            >>> result.missing_keys, result.unexpected_keys
+        """
+        keys = None
         for replica in self.replicas:
-            replica.store.load_state_dict(state)
+            keys = replica.store.load_state_dict(state, strict)
+        return keys
+
+    def save_weights(self, path) -> None:
+        """Write the state_dict to a weights file, atomically, in the format of its suffix:
+        `.safetensors` (the `safetensors` extra), `.pt` / `.pth` (PyTorch's, needs torch) or
+        `.npz`. PyTorch's keys and layouts, so `torch_module.load_state_dict(safetensors.torch.
+        load_file(path))` loads it (BatchNorm's num_batches_tracked is int64, as torch's).
+
+        Args:
+            path: the file to write; its suffix chooses the format.
+
+        Example:
+            >>> model.save_weights("resnet18.safetensors")
+        """
+        weights_files.write_weights(self.state_dict(), path)
+
+    def load_weights(self, path, strict: bool = True) -> IncompatibleKeys:
+        """Load a weights file (`.safetensors`, `.pt` / `.pth`, `.npz`, or a `.clnet` model file's
+        weights) into the model, as `load_state_dict(state, strict)`. A `.pt` file is read with
+        `torch.load(weights_only=True)`: one that pickles a whole module or other code is refused.
+
+        Args:
+            path: the weights file; its suffix chooses the format.
+            strict: as for load_state_dict.
+
+        Example:
+            >>> model = clnet.models.resnet18(classes=10)
+            >>> model.load_weights("resnet18.safetensors")    # saved by torch's safetensors.torch.save_file
+        """
+        return self.load_state_dict(weights_files.read_weights(path), strict)
 
     def optimizer_state_dict(self) -> dict:
         """Everything the optimizer needs to continue: {"class", "config" (hyper-parameters),

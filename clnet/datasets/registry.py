@@ -13,9 +13,11 @@ the dataset's files; IDX files may be gzipped or not, CIFAR may be the archive o
 Files found on disk are not checksummed (Debian's copies are re-gzipped: other bytes, same
 images); the readers check them as they read. With nothing found and `download=True`, the missing
 files are downloaded into the cache: streamed into a temporary file beside their final place,
-checked against the SHA-256 and size below, then renamed into place. Any failure (network, HTTP
-error, wrong bytes, Ctrl-C) deletes the temporary file and raises DatasetError; the cache never
-holds a partial or unverified file.
+checked against the SHA-256 and size below, then renamed into place. Transient failures (no
+connection, a timeout, a cut transfer, HTTP 5xx) are retried a few times with growing waits, each
+attempt resuming with an HTTP Range request; when the attempts run out (or at Ctrl-C) the bytes
+received are kept as `.<file>.partial`, which the next download resumes. Wrong bytes are deleted.
+Any failure raises DatasetError; a file under its final name is always complete and verified.
 
 Mirrors: the environment variable CLNET_DATASET_MIRROR (or `fetch(..., mirror=...)`) replaces the
 folder part of every download URL: file `f` of dataset `d` comes from `<mirror>/f`, where a
