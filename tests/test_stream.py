@@ -238,7 +238,7 @@ def test_memory_stays_bounded_whatever_the_folders_size(tmp_path, monkeypatch):
     monkeypatch.setenv("CLNET_MEMORY_LIMIT", str(decoded // 4))
     assert stream_module.memory_budget() == decoded // 4
     stream = ImageFolder(root, image_size=96, workers=2)  # "auto": more than the limit, so streamed
-    assert isinstance(stream, ImageStream)
+    assert isinstance(stream, ImageStream) and stream.crop_fraction is None  # resized as in memory
     monkeypatch.setenv("CLNET_MEMORY_LIMIT", "1G")
     assert isinstance(ImageFolder(root, image_size=8), clnet.datasets.Dataset)
     order = np.arange(120)

@@ -109,12 +109,14 @@ class ImageFolder(Dataset):
             than `stream.memory_budget()` (half the available memory, or $CLNET_MEMORY_LIMIT); False
             decodes the whole folder now.
         augment: a stream's training transforms: "random-resized-crop" and/or "flip"
-            (ImageStream); evaluation resizes the short side to image_size / crop_fraction and
-            crops the centre (crop_fraction None: the whole image stretched to image_size, as in memory).
+            (ImageStream); its other batches are resized to image_size by `crop_fraction`.
         workers: a stream's decoding processes (default: the cores; 0: in this process).
         on_error: a stream's unreadable images: "skip" (replaced by the next readable one, and
             reported) or "raise"; decoded into memory, an unreadable image always stops the load.
-        crop_fraction: see augment.
+        crop_fraction: a stream resizes the short side to image_size / crop_fraction and crops the
+            centre; None stretches the whole image to image_size, as a folder decoded into memory
+            is; "auto": 0.875 when stream=True, None when "auto" chose to stream, so that a folder
+            too large for memory gives the images it would have given in memory.
 
     Attributes:
         root: `root` as a Path.
@@ -129,7 +131,7 @@ class ImageFolder(Dataset):
     def __new__(cls, root: str | os.PathLike | None = None, image_size: int | Sequence[int] | None = None,
                 grayscale: bool | None = None, name: str | None = None, stream: bool | str = "auto",
                 augment: str | None = None, workers: int | None = None, on_error: str = "skip",
-                crop_fraction: float | None = CROP_FRACTION):
+                crop_fraction: float | None | str = "auto"):
         if root is None:  # unpickling, copying
             return super().__new__(cls)
         root = Path(root)
@@ -142,6 +144,9 @@ class ImageFolder(Dataset):
         listing = list_classes(root)
         if stream == "auto":
             stream = decoded_bytes(root, listing[1], size, grayscale) > memory_budget()
+            crop_fraction = None if crop_fraction == "auto" else crop_fraction
+        elif crop_fraction == "auto":
+            crop_fraction = CROP_FRACTION
         if stream:
             return stream_folder(root, listing[1], listing[2], listing[0], size, grayscale, augment,
                                   workers, on_error, crop_fraction, name or root.name or str(root))
@@ -152,7 +157,7 @@ class ImageFolder(Dataset):
     def __init__(self, root: str | os.PathLike, image_size: int | Sequence[int] | None = None,
                  grayscale: bool | None = None, name: str | None = None, stream: bool | str = "auto",
                  augment: str | None = None, workers: int | None = None, on_error: str = "skip",
-                 crop_fraction: float | None = CROP_FRACTION):
+                 crop_fraction: float | None | str = "auto"):
         root = Path(root)
         size = _image_size(image_size)
         Image = _import_pillow(root)

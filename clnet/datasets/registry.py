@@ -466,20 +466,21 @@ def split_folders(root: Path) -> tuple[Path, Path | None]:
     return root, None
 
 
-def _load_image_folders(root, image_size, stream="auto", **streaming):
-    """(train, test or None) of an image folder: Datasets, or ImageStreams when streamed (`stream`
-    and the `streaming` options as ImageFolder's; test streams without augmentation)."""
+def _load_image_folders(root, image_size, **streaming):
+    """(train, test or None) of an image folder: Datasets, or ImageStreams when streamed (the
+    `streaming` options as ImageFolder's; test streams as train does, without augmentation)."""
     image_folder = _reader("folder", "ImageFolder")
     train_dir, test_dir = split_folders(root)
     if train_dir == root:
-        return image_folder(root, image_size=image_size, name=root.name, stream=stream, **streaming), None
-    train = image_folder(train_dir, image_size=image_size, name=f"{root.name}/train", stream=stream, **streaming)
+        return image_folder(root, image_size=image_size, name=root.name, **streaming), None
+    train = image_folder(train_dir, image_size=image_size, name=f"{root.name}/train", **streaming)
     if test_dir is None:
         return train, None
     streaming["augment"] = None
+    if not isinstance(train, Dataset):  # streamed as train, resized as train
+        streaming.update(stream=True, crop_fraction=train.crop_fraction)
     test = image_folder(test_dir, image_size=image_size, grayscale=train.image_shape[0] == 1,  # same channels
-                        name=f"{root.name}/{test_dir.name}", stream=not isinstance(train, Dataset),  # same transforms
-                        **streaming)
+                        name=f"{root.name}/{test_dir.name}", **streaming)
     if test.classes == train.classes:
         return train, test
     mapping = class_mapping(train.classes, test.classes, test.name)

@@ -7,8 +7,10 @@ they take a Dataset.
 
 When to stream: an image folder streams when asked (`stream=True`, `clnet-train --stream`) and, by
 default (`stream="auto"`), when its decoded images would take more than the memory clnet allows
-itself: `memory_budget()`, half the memory available when the folder is opened (os.sysconf), or
-the bytes in the environment variable CLNET_MEMORY_LIMIT (e.g. "8G").
+itself: `memory_budget()`, half the memory available when the folder is opened (MemAvailable in
+/proc/meminfo, else os.sysconf's free pages), or the bytes in the environment variable
+CLNET_MEMORY_LIMIT (e.g. "8G"). A folder streamed by that rule is resized as it would have been in
+memory (stretched to the size); one streamed when asked is resized and centre-cropped.
 """
 
 from __future__ import annotations
@@ -48,6 +50,11 @@ def memory_budget() -> int:
             return int(float(number) * unit)
         except ValueError:
             raise InputError(f"{MEMORY_ENV}={given!r} is not a number of bytes (e.g. 8G, 512M)") from None
+    try:  # Linux counts the page cache it would give back as available
+        with open("/proc/meminfo") as meminfo:
+            return next(int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:")) // 2
+    except (OSError, StopIteration, ValueError, IndexError):
+        pass
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
     except (ValueError, OSError, AttributeError):  # no sysconf: assume 4 GB
