@@ -27,8 +27,9 @@ from ..errors import DatasetError
 from ..text import format_bytes
 from .transforms import decode_into, sample_rng
 
-HELD = 3        # batches handed out that the consumer may still read: the runner uploads without
-                # blocking and waits for a staging slot's upload two steps later
+HELD = 4        # slots of batches handed out that the consumer may still read: the last one, and the
+                # two before it that the runner may still be uploading (it uploads without blocking
+                # and waits for a staging slot's upload two steps later), and one to spare
 POLL = 0.5      # seconds between checks that the workers live
 REPLACEMENTS = 16  # unreadable images in a row (by sample index) before the run stops
 SHM = "/dev/shm"  # where SharedMemory lives on Linux: a container may make it small
@@ -152,8 +153,8 @@ class DecodePool:
     def run(self, batches, seed: int, epoch: int, transform):
         """Yield (images (n, C, H, W), samples used (n,), [(file, reason)] skipped) for each batch
         of sample indices in `batches`, in order, decoded by `transform` with draws keyed by
-        (seed, epoch, sample). The images are a view of a slot, valid until HELD further batches
-        have been taken."""
+        (seed, epoch, sample). The images are a view of a slot, valid until HELD - 1 further
+        batches have been taken; `prefetch` batches after the one handed out are being decoded."""
         batches = [np.asarray(b, np.int64) for b in batches]
         if self.workers == 0:
             ring = np.empty(self.slot_shape, np.uint8)
@@ -167,7 +168,7 @@ class DecodePool:
         pending, issued = {}, 0  # batch number -> [chunks left, samples used, skipped, errors (row, message)]
         try:
             for k, samples in enumerate(batches):
-                while issued < min(len(batches), k + self.prefetch):
+                while issued < min(len(batches), k + 1 + self.prefetch):
                     pending[issued] = self._issue(issued, batches[issued], (seed, epoch, transform))
                     issued += 1
                 while pending[k][0]:
