@@ -14,8 +14,8 @@ import clnet
 from clnet import layers as L
 from clnet.datasets import ImageFolder, ImageStream, load
 from clnet.datasets import stream as stream_module
-from clnet.datasets.transforms import (Transform, centre_crop_geometry, decode_into, random_resized_crop_box, sample_rng,
-                                       transform_image)
+from clnet.datasets.transforms import (Transform, centre_crop_geometry, decode_into, random_resized_crop_box,
+                                       sample_rng, transform_image)
 from clnet.errors import DatasetError, InputError
 
 Image = pytest.importorskip("PIL.Image")

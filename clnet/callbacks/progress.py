@@ -22,9 +22,10 @@ def input_wait(waited, seconds):
 class Progress(Callback):
     """A bar with the running loss and accuracy and images/s while an epoch runs, then
     "Epoch 3/10  loss 0.2134  accuracy 0.9372 ... (4.1 s, 5,120 img/s)" (", input wait 35%" when
-    the input pipeline held the steps up), on the trainer's stream when it is verbose. The bar is tqdm's on a terminal (fitted to its width) and in a notebook;
-    in a pipe or a file it is a plain line every half minute (clnet.progress). `fit` puts it
-    first, so that the bar is closed before other callbacks print."""
+    the input pipeline held the steps up), on the trainer's stream when it is verbose. The bar is
+    tqdm's on a terminal (fitted to its width) and in a notebook; in a pipe or a file it is a plain
+    line every half minute (clnet.progress). `fit` puts it first, so that the bar is closed before
+    other callbacks print."""
 
     bar = None
 
