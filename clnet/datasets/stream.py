@@ -219,7 +219,11 @@ class ImageStream:
         """
         rows = np.arange(len(self)) if rows is None else np.asarray(rows)
         chosen = np.sort(np.random.default_rng(seed).permutation(rows)[:count])
-        x = np.concatenate([images.copy() for images, _ in self.batches(chosen, min(len(chosen), 64))])
+        batch = min(len(chosen), 64)
+        had_pool = batch in self._pools
+        x = np.concatenate([images.copy() for images, _ in self.batches(chosen, batch)])
+        if not had_pool:  # its workers are not needed any more
+            self._pools.pop(batch).close()
         return channel_statistics(x)
 
     @property
@@ -235,7 +239,8 @@ class ImageStream:
 
 
 def skipped_report(skipped) -> str:
-    """ "3 unreadable images skipped: a.jpg (OSError: ...), ..." naming the first few."""
+    """ "3 unreadable images skipped (replaced by the next readable one): a.jpg (OSError: ...); ..."
+    naming the first few of [(file, reason)]."""
     first = "; ".join(f"{path} ({reason})" for path, reason in skipped[:SHOWN_SKIPPED])
     more = f"; and {len(skipped) - SHOWN_SKIPPED} more" if len(skipped) > SHOWN_SKIPPED else ""
     return f"{len(skipped)} unreadable image{'s' if len(skipped) != 1 else ''} skipped (replaced by the next " \
