@@ -332,6 +332,12 @@ def test_load_streams_train_and_val_folders(tmp_path):
     assert (train.augment, val.augment) == ("flip", None)
     assert val.classes == train.classes and list(val.y) == [0, 0, 2, 2]
     assert train.image_shape == val.image_shape == (3, 10, 10)
+    assert train.crop_fraction == val.crop_fraction == 0.875
+    model = clnet.Sequential([L.Flatten(), L.Dense(300, 3)], device=clnet.device(platform="pocl"))
+    model.compile("cross_entropy", "sgd")
+    history = model.fit(train, validation_data=val, epochs=1, batch_size=4, verbose=0)
+    assert set(history.history) == {"loss", "accuracy", "val_loss", "val_accuracy", "lr"}
+    assert model.predict(val).shape == (4, 3)
 
 
 def test_random_resized_crop_needs_a_stream(folder):
