@@ -3,7 +3,9 @@
 A user mistake exits 2 (usage, from click) or 1 with a one-line message; --debug shows the traceback.
 """
 
+import contextlib
 import csv
+import inspect
 import json
 import os
 import sys
@@ -18,7 +20,7 @@ from .datasets.feed import parse_augment
 from .device import INSTALL_HINT, list_devices
 from .device import devices as open_devices
 from .errors import ClnetError, InputError
-from .files import check_writable
+from .files import check_writable, replace_atomically, special_kind
 from .model import load as load_model
 from .onnx_import import from_onnx
 from .text import format_bytes
@@ -194,18 +196,62 @@ RUN_OPTIONS = "options.json"
 
 
 def _run_options(given):
-    """The options a --checkpoint-dir run was started with; where to run, how much to print and the
-    decoding workers (which do not change the batches) may change on resuming."""
+    """The options a --checkpoint-dir run was started with, checked as the command line's are;
+    where to run, how much to print and the decoding workers (which do not change the batches) may
+    change on resuming."""
     path = os.path.join(given["resume_dir"], RUN_OPTIONS)
+    kind = special_kind(path)
+    if kind:
+        raise ClnetError(f"{path} is {kind}: a run folder's {RUN_OPTIONS} is a file of the options it was started with")
     try:
         with open(path) as f:
             options = json.load(f)
     except (OSError, ValueError) as exc:
         raise ClnetError(f"{given['resume_dir']} is not a run folder of clnet-train --checkpoint-dir "
                          f"({path}: {exc})") from None
+    options = _checked_run_options(path, options)
     options.update({key: given[key] for key in ("platform", "device", "quiet", "workers")},
                    resume_dir=given["resume_dir"], checkpoint_dir=given["resume_dir"])
     return options
+
+
+def _checked_run_options(path, options):
+    """options.json's object checked field by field by the click option of the same name (its type,
+    range, choices and callback), as if given on the command line; a ClnetError names the file and
+    the field. Options added to clnet-train after a run folder was made (a default in `_train`) may
+    be missing."""
+    def fail(problem):
+        raise ClnetError(f"{path}: {problem}; it should hold the options of clnet-train --checkpoint-dir "
+                         "as it wrote them")
+    if not isinstance(options, dict):
+        fail(f"holds a JSON {type(options).__name__}, not an object of options")
+    fields = inspect.signature(_train).parameters
+    unknown = sorted(set(options) - set(fields))
+    if unknown:
+        fail(f"unknown field {unknown[0]!r}")
+    missing = [name for name, field in fields.items() if field.default is field.empty and name not in options]
+    if missing:
+        fail(f"the field {missing[0]!r} is missing")
+    ctx = click.Context(train)
+    params = {param.name: param for param in train.params}
+    checked = {}
+    for name, value in options.items():
+        param = params[name]
+        if name == "image_size" and isinstance(value, list):  # written as [height, width]
+            value = "x".join(map(str, value))
+        if value is None and not isinstance(param.default, (str, int, float, bool)):  # an option without a default
+            checked[name] = None
+            continue
+        kinds, what = ((bool,), "true or false") if isinstance(param.type, click.types.BoolParamType) else \
+            ((int,), "a whole number") if isinstance(param.type, click.types.IntParamType) else \
+            ((int, float), "a number") if isinstance(param.type, click.types.FloatParamType) else ((str,), "a string")
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            fail(f"the field {name!r} must be {what}, got {value!r}")
+        try:
+            checked[name] = param.process_value(ctx, value)
+        except click.BadParameter as exc:
+            fail(f"the field {name!r}: {exc.message.rstrip('.')}")
+    return checked
 
 
 def _check_outputs(*paths):
@@ -228,10 +274,25 @@ def _train(platform, device, dataset, data_dir, offline, image_size, model_name,
         if os.path.exists(os.path.join(checkpoint_dir, RUN_OPTIONS)):  # never overwrite a run
             raise ClnetError(f"{checkpoint_dir} holds a run already: continue it with --resume {checkpoint_dir}, "
                              "or give a new --checkpoint-dir")
-        os.makedirs(checkpoint_dir, exist_ok=True)
+        try:
+            os.makedirs(checkpoint_dir, exist_ok=True)
+        except OSError as exc:
+            raise ClnetError(f"cannot make the --checkpoint-dir folder {checkpoint_dir}: "
+                             f"{exc.strerror or exc}") from None
         options = {k: v for k, v in locals().items() if k not in ("start", "extra", "checkpoint")}
-        with open(os.path.join(checkpoint_dir, RUN_OPTIONS), "w") as f:
-            json.dump({**options, "image_size": image_size and list(image_size)}, f, indent=1)
+        text = json.dumps({**options, "image_size": image_size and list(image_size)}, indent=1)
+        replace_atomically(os.path.join(checkpoint_dir, RUN_OPTIONS), lambda f: f.write(text.encode()))
+    best_path = None
+    if checkpoint_dir:
+        checkpoint = os.path.join(checkpoint_dir, "checkpoint.clnet")
+        if resume_dir and not log_path and not os.path.exists(checkpoint):
+            # killed before its first checkpoint: the run starts again, and so does its own log
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(checkpoint_dir, "metrics.csv"))
+        log_path = log_path or os.path.join(checkpoint_dir, "metrics.csv")
+        save_path = save_path or os.path.join(checkpoint_dir, "model.clnet")
+        best_path = os.path.join(checkpoint_dir, "best.clnet") if validation_split else None
+        _check_outputs(checkpoint, log_path, save_path, best_path)
     dev = _open_devices(platform, device)
     if _is_onnx(model_name):
         model = from_onnx(model_name, dev, seed)
@@ -252,12 +313,8 @@ def _train(platform, device, dataset, data_dir, offline, image_size, model_name,
                                            classes=train_set.num_classes)
     opt = optim.from_options(optimizer, lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
     model.compile(loss="cross_entropy", optimizer=opt, label_smoothing=label_smoothing)
-    if checkpoint_dir:
-        checkpoint = os.path.join(checkpoint_dir, "checkpoint.clnet")
-        log_path = log_path or os.path.join(checkpoint_dir, "metrics.csv")
-        save_path = save_path or os.path.join(checkpoint_dir, "model.clnet")
-        if validation_split:
-            extra.append(callbacks.SaveBest(os.path.join(checkpoint_dir, "best.clnet"), classes=train_set.classes))
+    if best_path:
+        extra.append(callbacks.SaveBest(best_path, classes=train_set.classes))
     if not quiet:
         click.echo(f"Device:    {_label(dev)}")
         click.echo(f"Data:      {train_set.name}, {len(train_set)} training images of {train_set.image_shape} "

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import numbers
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from math import prod
@@ -143,6 +144,7 @@ class Model:
         self.normalization = None  # per-channel (mean, std) applied to every input, set by fit(normalize=...)
         self.classes = None        # class names in output order, kept in model files
         self.history = None        # the History of the last (or current) fit
+        self._warned_not_finite = False  # predict warns once about outputs that are not numbers
         self._runners = {}
 
     def __call__(self, inputs: SymbolicTensor, name: str | None = None) -> SymbolicTensor:
@@ -264,8 +266,9 @@ class Model:
             early_stopping: a callbacks.EarlyStopping.
             callbacks: further clnet.callbacks.Callback objects (SaveBest, PlotCurves, your own).
 
-        A loss that becomes NaN or infinite stops training with a TrainingError (the checkpoint
-        keeps the last good epoch). The history so far is `model.history` while training.
+        A loss (or weights) that becomes NaN or infinite stops training with a TrainingError, and
+        the model gets back the weights and optimizer state of the last good epoch (callbacks.NaNGuard).
+        The history so far is `model.history` while training.
 
         Example:
             >>> history = model.fit(x, y, epochs=10, batch_size=64, validation_split=0.1)
@@ -360,7 +363,12 @@ class Model:
         runner = self._runner(batch_size, x.shape[1:], False, spec=self._spec(x))
         out = [runner.infer(images) for images, _ in _batches(x, None, batch_size)]
         runner.sync()
-        return np.concatenate(out).reshape(len(x), *runner.output_shape)
+        out = np.concatenate(out).reshape(len(x), *runner.output_shape)
+        if not self._warned_not_finite and not np.isfinite(out).all():  # the inputs are finite: the weights are not
+            self._warned_not_finite = True
+            warnings.warn("predict: the model's outputs are NaN or infinite, so its weights are not finite "
+                          "(from a fit that diverged?): load or train good weights", RuntimeWarning, stacklevel=2)
+        return out
 
     # ------------------------------------------------------------------ weights
     def state_dict(self) -> dict:
@@ -456,10 +464,17 @@ class Model:
         """Load a checkpoint (`io.read_checkpoint`'s SavedCheckpoint read from `path`) into this
         model: weights, normalisation, and the optimizer's hyper-parameters, state and steps."""
         saved_optimizer = saved.optimizer and saved.optimizer.optimizer
+        if saved_optimizer is None:
+            raise ModelFileError(path, "holds no optimizer state (it was written from a model not compiled): "
+                                       "it cannot be resumed")
         if type(saved_optimizer) is not type(self.optimizer):
             raise InputError(f"{path} was written by a {type(saved_optimizer).__name__} run: compile "
                              f"with the same optimizer to resume it")
-        self.load_state_dict(saved.model.weights)
+        try:
+            self.load_state_dict(saved.model.weights)
+        except (InputError, ShapeError) as exc:
+            raise ModelFileError(path, f"the weights do not fit this model (a checkpoint of another run?): "
+                                       f"{exc}") from None
         _load_optimizer(self, saved.optimizer, path)
         self.normalization = saved.model.normalization
 

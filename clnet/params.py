@@ -122,16 +122,16 @@ class ParamStore:
         return {e.key: flat[e.offset:e.offset + e.size].reshape(e.shape).copy()
                 for e in self.entries if e.trainable}
 
-    def load_state_dict(self, state, strict=True):
-        """Load the arrays of `state` whose keys the model has; returns IncompatibleKeys. With
-        `strict`, a key missing or unexpected is an InputError and nothing is loaded; either way a
-        shape that does not fit is a ShapeError naming the key, and nothing is loaded."""
+    def check_state_dict(self, state, strict=True):
+        """`state`'s arrays that this store has, as float32, checked (shapes and finite values; with
+        `strict`, no key missing or unexpected), without touching the device; with the
+        IncompatibleKeys. An InputError or ShapeError names the key."""
         expected = {e.key: e for e in self.entries}
         keys = IncompatibleKeys(sorted(set(expected) - set(state)), sorted(set(state) - set(expected)))
         if strict and (keys.missing_keys or keys.unexpected_keys):
             raise InputError(f"state_dict does not fit this model: missing keys {keys.missing_keys}, "
                              f"unexpected keys {keys.unexpected_keys} (strict=False loads the keys that fit)")
-        flats = {True: self.params.download(), False: self.buffers.download()}
+        checked = {}
         for key, e in expected.items():
             if key not in state:
                 continue
@@ -143,7 +143,17 @@ class ParamStore:
                 raise ShapeError(f"state_dict[{key!r}] has shape {value.shape}, the model expects {e.shape}")
             if not np.all(np.isfinite(value)):
                 raise InputError(f"state_dict[{key!r}] contains NaN or infinity")
-            flats[e.trainable][e.offset:e.offset + e.size] = value.reshape(-1)
+            checked[key] = value
+        return checked, keys
+
+    def load_state_dict(self, state, strict=True):
+        """Load the arrays of `state` whose keys the model has (`check_state_dict`: nothing is loaded
+        when one is refused); returns IncompatibleKeys."""
+        checked, keys = self.check_state_dict(state, strict)
+        flats = {True: self.params.download(), False: self.buffers.download()}
+        for e in self.entries:
+            if e.key in checked:
+                flats[e.trainable][e.offset:e.offset + e.size] = checked[e.key].reshape(-1)
         self.params.upload(flats[True])
         self.buffers.upload(flats[False])
         return keys

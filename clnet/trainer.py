@@ -66,6 +66,7 @@ class Trainer:
     """Trains a compiled model with a list of callbacks (`clnet.callbacks`).
 
     What callbacks may read: `model`, `epochs`, `steps_per_epoch`, `batch_size`, `history`,
+    `samples` (how many the fit trains on), `sample_shape` (of one input),
     `rng` (the generator of the sample order), `order` (this epoch's, over the training samples:
     `rows` maps it to rows of x when some are held out), `start_epoch` and
     `start_step` (where the loop begins, moved by a resumed checkpoint), `epoch_seconds` and
@@ -119,7 +120,8 @@ class Trainer:
         copied out of x, which may be a memory-mapped file: only batches are read from it."""
         model = self.model
         self.targets, self.epochs, self.rng, self.rows = targets, epochs, rng, rows
-        samples = len(x) if rows is None else len(rows)
+        samples = self.samples = len(x) if rows is None else len(rows)
+        self.sample_shape = x.shape[1:]
         self.history = model.history = History()
         self.start_epoch, self.start_step, self.order = 1, 0, None
         self.stop_training = False

@@ -365,6 +365,13 @@ def test_clnet_train_and_eval_stream(folder, tmp_path):
                                            "--split", "train", "--json"])
     assert result.exit_code == 0, result.output
     assert '"samples": 18' in result.output
+    run = tmp_path / "run"
+    result = CliRunner().invoke(train, ["--platform", "pocl", "--dataset", str(folder), "--stream", "--workers", "1",
+                                        "--image-size", "12x12", "--model", "mlp", "--epochs", "1",
+                                        "--checkpoint-dir", str(run), "-q"])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(train, ["--resume", str(run), "--workers", "2", "-q"])  # workers may change
+    assert result.exit_code == 0, result.output
     result = CliRunner().invoke(train, ["--platform", "pocl", "--dataset", str(folder), "--no-stream",
                                         "--image-size", "12x12", "--model", "mlp", "--augment", "random-resized-crop"])
     assert result.exit_code == 1 and "needs a streamed image folder" in result.output
