@@ -167,17 +167,21 @@ def test_a_rank_streams_its_rows_of_each_global_batch(folder):
     stream.close()
 
 
-def small_model(seed=0):
-    model = clnet.Sequential([L.Flatten(), L.Dense(3 * 12 * 12, 3)], device=clnet.device(platform="pocl"), seed=seed)
+def small_model(seed=0, replicas=1):
+    device = clnet.device(platform="pocl")
+    model = clnet.Sequential([L.Flatten(), L.Dense(3 * 12 * 12, 3)], device=[device] * replicas if replicas > 1
+                             else device, seed=seed)
     return model.compile("cross_entropy", clnet.optim.SGD(lr=0.05, momentum=0.9))
 
 
-def test_training_on_a_stream_equals_training_on_the_folder_in_memory(folder):
-    """Without augmentation and with crop_fraction=None, streamed batches are the in-memory images."""
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_training_on_a_stream_equals_training_on_the_folder_in_memory(folder, replicas):
+    """Without augmentation and with crop_fraction=None, streamed batches are the in-memory images
+    (also split among replicas)."""
     in_memory = ImageFolder(folder, image_size=12, stream=False)
     stream = ImageFolder(folder, image_size=12, stream=True, workers=2, crop_fraction=None)
     assert isinstance(in_memory, clnet.datasets.Dataset) and isinstance(stream, ImageStream)
-    a, b = small_model(), small_model()
+    a, b = small_model(replicas=replicas), small_model(replicas=replicas)
     history_a = a.fit(in_memory, epochs=2, batch_size=4, validation_split=0.2, verbose=0, resident=False)
     history_b = b.fit(stream, epochs=2, batch_size=4, validation_split=0.2, verbose=0)
     assert history_a.history == history_b.history
