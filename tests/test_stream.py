@@ -100,6 +100,23 @@ def test_evaluation_transform_against_torchvision():
         assert np.abs(ours - theirs).max() <= 2  # one resize of the crop's region instead of two steps
 
 
+def test_large_jpegs_decode_at_a_reduced_scale_close_to_a_full_decode(tmp_path):
+    """A 1200 x 900 photo-like JPEG to 28 x 28: the draft decode (1/8 or 1/4 of the DCT) gives
+    within a few levels what the full decode and resize give, by evaluation's and training's
+    transforms, with the same draws."""
+    y, x = np.mgrid[0:900, 0:1200] / 60.0
+    smooth = np.stack([np.sin(x) * 100 + 128, np.cos(y) * 100 + 128, np.sin(x + y) * 100 + 128], -1)
+    Image.fromarray(smooth.astype(np.uint8)).save(tmp_path / "big.jpg", quality=90)
+    for transform in (Transform((28, 28)), Transform((28, 28), resized_crop=True, flip=True)):
+        for sample in range(3):
+            drafted = np.empty((3, 28, 28), np.uint8)
+            decode_into(Image, tmp_path / "big.jpg", drafted, transform, sample_rng(0, 1, sample))
+            with Image.open(tmp_path / "big.jpg") as image:
+                image.load()
+                full = transform_image(Image, image, transform, False, sample_rng(0, 1, sample)).transpose(2, 0, 1)
+            assert np.abs(drafted.astype(int) - full).mean() < 3, transform
+
+
 def test_every_mode_becomes_the_models_channels(tmp_path):
     """A uniform colour in grey, RGB, RGBA, palette and CMYK (JPEG, PNG) decodes to its RGB or its luma."""
     colour = (200, 100, 50)

@@ -105,9 +105,43 @@ def _bilinear(Image):
     return getattr(getattr(Image, "Resampling", Image), "BILINEAR")
 
 
+def source_box(transform: Transform, height: int, width: int, rng=None) -> tuple:
+    """(left, top, right, bottom): the region of an image of (height, width) that becomes the
+    sample, in its pixels: a random-resized-crop box (drawn from `rng`), the whole image, or the
+    region that the centre crop of the resized image covers (fractional).
+
+    Example:
+        >>> source_box(Transform((224, 224)), 375, 500)     # 256 x 341, then the centre 224 x 224
+        (85.04..., 23.43..., 413.48..., 351.56...)
+    """
+    out_h, out_w = transform.size
+    if transform.resized_crop:
+        top, left, h, w = random_resized_crop_box(rng, height, width)
+        return left, top, left + w, top + h
+    if transform.crop_fraction is None:
+        return 0, 0, width, height
+    (new_h, new_w), (top, left) = centre_crop_geometry(height, width, transform.size, transform.crop_fraction)
+    sy, sx = height / new_h, width / new_w
+    return left * sx, top * sy, (left + out_w) * sx, (top + out_h) * sy
+
+
+def _resample(Image, image, transform, box, scale=(1.0, 1.0)):
+    """The `box` of `image` resized to the transform's size, bilinear; `scale` is how much smaller
+    the image is than the one the box was chosen on (a JPEG decoded at a reduced scale)."""
+    out_h, out_w = transform.size
+    bilinear = _bilinear(Image)
+    if transform.resized_crop and scale == (1.0, 1.0):  # cropped, then resized: torchvision's, to the bit
+        return image.crop(box).resize((out_w, out_h), bilinear)
+    box = (box[0] * scale[0], box[1] * scale[1], box[2] * scale[0], box[3] * scale[1])
+    if box == (0, 0, *image.size) and image.size == (out_w, out_h):
+        return image
+    # the filter reads the pixels around the box too, as a resize of the whole image followed by a crop
+    return image.resize((out_w, out_h), bilinear, box=box)
+
+
 def transform_image(Image, image, transform: Transform, grayscale: bool, rng=None) -> np.ndarray:
     """A PIL image as uint8 (H, W) when grayscale else (H, W, 3), transformed: the training
-    transforms draw from `rng`.
+    transforms draw from `rng` (the box, then the flip).
 
     Args:
         Image: the PIL.Image module.
@@ -120,28 +154,22 @@ def transform_image(Image, image, transform: Transform, grayscale: bool, rng=Non
         >>> with Image.open("cat.jpg") as im:
         ...     x = transform_image(Image, im, Transform((224, 224), True, True), False, sample_rng(0, 1, 5))
     """
-    image = convert_mode(Image, image, grayscale)
-    out_h, out_w = transform.size
-    width, height = image.size
-    if transform.resized_crop:
-        top, left, h, w = random_resized_crop_box(rng, height, width)
-        image = image.crop((left, top, left + w, top + h)).resize((out_w, out_h), _bilinear(Image))
-    elif transform.crop_fraction is None:
-        if image.size != (out_w, out_h):
-            image = image.resize((out_w, out_h), _bilinear(Image))
-    else:  # one resize of the region that the centre crop of the resized image covers
-        (new_h, new_w), (top, left) = centre_crop_geometry(height, width, transform.size, transform.crop_fraction)
-        sy, sx = height / new_h, width / new_w
-        box = (left * sx, top * sy, (left + out_w) * sx, (top + out_h) * sy)
-        image = image.resize((out_w, out_h), _bilinear(Image), box=box)
-    array = np.asarray(image, dtype=np.uint8)
-    if transform.flip and rng.random() < 0.5:
-        array = array[:, ::-1]
-    return array
+    box = source_box(transform, image.size[1], image.size[0], rng)
+    return _flipped(np.asarray(_resample(Image, convert_mode(Image, image, grayscale), transform, box),
+                               dtype=np.uint8), transform, rng)
+
+
+def _flipped(array, transform, rng):
+    return array[:, ::-1] if transform.flip and rng.random() < 0.5 else array
 
 
 def decode_into(Image, path, out: np.ndarray, transform: Transform, rng=None) -> None:
-    """Decode the image file at `path` into `out` (uint8 (C, H, W), C 1 or 3), transformed.
+    """Decode the image file at `path` into `out` (uint8 (C, H, W), C 1 or 3), transformed as
+    `transform_image` does. A JPEG whose region shrinks by 2 or more under a crop (random-resized
+    or centre) is decoded at a reduced scale (1/2, 1/4 or 1/8: Pillow's draft, the DCT scaled),
+    still at least the sample's size: much less work for large photos, and pixels within a few
+    levels of a full decode. Stretched to the size (crop_fraction None), an image is decoded whole,
+    as a folder decoded into memory is.
 
     Args:
         Image: the PIL.Image module.
@@ -154,5 +182,12 @@ def decode_into(Image, path, out: np.ndarray, transform: Transform, rng=None) ->
         >>> decode_into(Image, "cat.jpg", sample, Transform((224, 224)))   # resized and centre-cropped
     """
     with Image.open(path) as image:
+        width, height = image.size
+        box = source_box(transform, height, width, rng)
+        shrink = min((box[2] - box[0]) / transform.size[1], (box[3] - box[1]) / transform.size[0])
+        if shrink >= 2 and (transform.resized_crop or transform.crop_fraction is not None):
+            image.draft(None, (math.ceil(width / shrink), math.ceil(height / shrink)))
         image.load()
-        out[:] = to_chw(transform_image(Image, image, transform, out.shape[0] == 1, rng))
+        scale = (image.size[0] / width, image.size[1] / height)
+        sample = _resample(Image, convert_mode(Image, image, out.shape[0] == 1), transform, box, scale)
+        out[:] = to_chw(_flipped(np.asarray(sample, dtype=np.uint8), transform, rng))
