@@ -68,7 +68,13 @@ _data_options = option_group(
                  "archive, a folder of IDX files or a pack from clnet-pack."),
     click.option("--data-dir", type=click.Path(file_okay=False),
                  help="Where to look for a known dataset first (then the cache, then /usr/share/datasets)."),
-    click.option("--offline", is_flag=True, help="Never download: fail if the files are not on disk."))
+    click.option("--offline", is_flag=True, help="Never download: fail if the files are not on disk."),
+    click.option("--stream/--no-stream", default=None,
+                 help="Decode an image folder batch by batch in worker processes instead of all at once into "
+                 "memory (default: stream when the decoded images would take more than half the available memory, "
+                 "or CLNET_MEMORY_LIMIT). Streamed images are resized (short side to size/0.875) and centre-cropped."),
+    click.option("--workers", type=click.IntRange(min=0), help="Processes decoding a streamed image folder "
+                 "(default: the cores; 0: in the main process)."))
 
 
 def _default_lrs():
@@ -123,6 +129,8 @@ Examples:
   clnet-train --dataset fashion-mnist --data-dir /usr/share/datasets/fashion-mnist
   clnet-train --dataset cifar10 --model cifar-cnn --augment crop,flip --normalize --lr 0.02
   clnet-train --dataset ./my_images/ --image-size 64x64 --model cifar-cnn
+  clnet-train --dataset /data/imagenet --stream --workers 16 --image-size 224 --model resnet18 \
+              --augment random-resized-crop,flip --batch-size 256   # train/ and val/, streamed
   clnet-train --dataset ./my_images/ --model exported.onnx --lr 0.01   # fine-tune an ONNX network
   clnet-train --dataset data.npz --optimizer adam --epochs 20 --save model.clnet
   clnet-train --dataset fashion-mnist --epochs 30 --checkpoint-dir runs/f30 --plot runs/f30/curves.png
@@ -156,8 +164,9 @@ Examples:
 @click.option("--early-stopping", type=click.IntRange(min=1), metavar="PATIENCE",
               help="Stop when val_loss has not improved for PATIENCE epochs, keeping the best weights.")
 @click.option("--augment", callback=_augment,
-              help="On the device, training only: crop (random crops of the image padded by 4 pixels; crop=N for "
-              "N), flip (random horizontal flips), or crop,flip.")
+              help="Training only: crop (random crops of the image padded by 4 pixels; crop=N for N), flip "
+              "(random horizontal flips), or crop,flip, on the device; a streamed folder's workers also draw "
+              "random-resized-crop (and flip).")
 @click.option("--normalize", is_flag=True, help="Normalise each channel by the training images' mean and std.")
 @click.option("--validation-split", type=FiniteFloatRange(min=0, max=1, max_open=True), default=0.1,
               show_default=True, help="Fraction of the training images held out to report val_accuracy.")
@@ -188,7 +197,8 @@ RUN_OPTIONS = "options.json"
 
 def _run_options(given):
     """The options a --checkpoint-dir run was started with, checked as the command line's are;
-    where to run and how much to print may change on resuming."""
+    where to run, how much to print and the decoding workers (which do not change the batches) may
+    change on resuming."""
     path = os.path.join(given["resume_dir"], RUN_OPTIONS)
     kind = special_kind(path)
     if kind:
@@ -200,7 +210,7 @@ def _run_options(given):
         raise ClnetError(f"{given['resume_dir']} is not a run folder of clnet-train --checkpoint-dir "
                          f"({path}: {exc})") from None
     options = _checked_run_options(path, options)
-    options.update({key: given[key] for key in ("platform", "device", "quiet")},
+    options.update({key: given[key] for key in ("platform", "device", "quiet", "workers")},
                    resume_dir=given["resume_dir"], checkpoint_dir=given["resume_dir"])
     return options
 
@@ -254,7 +264,7 @@ def _check_outputs(*paths):
 def _train(platform, device, dataset, data_dir, offline, image_size, model_name, epochs, batch_size, optimizer,
            lr, momentum, nesterov, weight_decay, lr_schedule, warmup, early_stopping, augment, normalize,
            validation_split, seed, save_path, checkpoint_dir, resume_dir, log_path, plot_path, quiet,
-           label_smoothing=0.0):  # a default for run folders made before the option
+           label_smoothing=0.0, stream=None, workers=None):  # defaults for run folders made before the options
     start = time.perf_counter()
     _check_outputs(save_path, log_path, plot_path)
     extra, checkpoint = [], None
@@ -288,7 +298,8 @@ def _train(platform, device, dataset, data_dir, offline, image_size, model_name,
         model = from_onnx(model_name, dev, seed)
         model.check_fits()
         train_set, test_set = datasets.load(dataset, data_dir=data_dir, download=not offline,
-                                            image_size=image_size or _model_image_size(model))
+                                            image_size=image_size or _model_image_size(model),
+                                            **_streaming(stream, workers))
         train_set, test_set = _fit_channels(train_set, model), test_set and _fit_channels(test_set, model)
         outputs = model.network.output_shape(train_set.image_shape)
         if outputs != (train_set.num_classes,):
@@ -299,7 +310,8 @@ def _train(platform, device, dataset, data_dir, offline, image_size, model_name,
     else:
         if image_size:
             _check_image_size(dev, image_size, batch_size)
-        train_set, test_set = datasets.load(dataset, data_dir=data_dir, download=not offline, image_size=image_size)
+        train_set, test_set = datasets.load(dataset, data_dir=data_dir, download=not offline, image_size=image_size,
+                                            **_streaming(stream, workers))
         model = models.PRESETS[model_name](device=dev, seed=seed, input_shape=train_set.image_shape,
                                            classes=train_set.num_classes)
     opt = optim.from_options(optimizer, lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
@@ -353,6 +365,11 @@ def _check_image_size(dev, image_size, batch_size):
                          "or --batch-size")
 
 
+def _streaming(stream, workers):
+    """datasets.load's streaming options from --stream/--no-stream (None: "auto") and --workers."""
+    return {"stream": "auto" if stream is None else stream, "workers": workers}
+
+
 def _open_devices(platform, device):
     """The device the options name, or the list of them (replicas: "--device 0,1", "all", "--platform a,b")."""
     opened = open_devices(platform, device)
@@ -388,6 +405,8 @@ def _fit_channels(data, model):
     shape = model.input_shape
     if not (shape and len(shape) == 3):
         return data
+    if isinstance(data, datasets.ImageStream):
+        return data if data.channels == shape[0] else data.with_channels(shape[0])
     return datasets.Dataset(datasets.match_channels(data.x, shape[0]), data.y, data.classes, data.name)
 
 
@@ -411,14 +430,14 @@ Examples:
 @click.option("--save-matrix", "matrix_path", type=click.Path(dir_okay=False),
               help="Write the confusion matrix to this CSV file (rows: true class, columns: predicted).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
-def evaluate(model_file, platform, device, dataset, data_dir, offline, split, batch_size, k, show_matrix,
-             matrix_path, as_json):
+def evaluate(model_file, platform, device, dataset, data_dir, offline, stream, workers, split, batch_size, k,
+             show_matrix, matrix_path, as_json):
     """Evaluate a saved model (MODEL_FILE, from --save or model.save, or an ONNX file *.onnx) on a
     dataset: loss, accuracy and top-k accuracy, and optionally the confusion matrix and per-class
     precision and recall."""
     dev, model = _open_model(model_file, platform, device)
     train_set, test_set = datasets.load(dataset, data_dir=data_dir, download=not offline,
-                                        image_size=_model_image_size(model))
+                                        image_size=_model_image_size(model), **_streaming(stream, workers))
     data = train_set if split == "train" else test_set
     if data is None:
         raise ClnetError(f"{dataset} has no test split: use --split train")
@@ -426,7 +445,7 @@ def evaluate(model_file, platform, device, dataset, data_dir, offline, split, ba
         raise ClnetError(f"{dataset}: the {split} split has no images")
     data = _fit_channels(data, model)
     result = model.evaluate(data, batch_size=batch_size)
-    probs = model.predict(data.x, batch_size=batch_size)
+    probs = model.predict(data if isinstance(data, datasets.ImageStream) else data.x, batch_size=batch_size)
     if probs.ndim != 2:
         raise ClnetError(f"{model_file}: the model's outputs have shape {probs.shape[1:]}, not one score per class")
     classes_n = probs.shape[1]

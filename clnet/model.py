@@ -4,6 +4,7 @@ Loading model files and checkpoints onto a device is here too, above the file fo
 
 from __future__ import annotations
 
+import logging
 import numbers
 import sys
 import warnings
@@ -16,8 +17,9 @@ import numpy as np
 from . import callbacks as cb
 from . import io, losses, optim, weights_files
 from .compiler import CompiledStep, Target
-from .datasets import Dataset
+from .datasets import Dataset, ImageStream
 from .datasets.feed import InputSpec, channel_statistics, image_dims
+from .datasets.stream import skipped_report
 from .device import Device
 from .device import device as open_device
 from .errors import InputError, ModelFileError, ShapeError
@@ -28,6 +30,8 @@ from .replicas import Replica, SummedMetrics, capacity, device_list, make_runner
 from .tensor import is_pyopencl_array, pyopencl_images
 from .text import format_bytes
 from .trainer import History, Trainer
+
+log = logging.getLogger(__name__)
 
 __all__ = ["History", "LoadedCheckpoint", "Model", "Sequential", "load", "load_checkpoint"]
 
@@ -56,6 +60,22 @@ def _inputs(x, what="x", devices=None):
         raise InputError(f"{what} contains NaN or infinity (first at index {tuple(int(i) for i in bad)}): "
                          "clean or impute the data first")
     return x
+
+
+def _batches(x, rows, batch_size):
+    """(images, their rows) of x (an array or an ImageStream) in batches, over `rows` (default all),
+    in order; a stream's unreadable images are reported at the end (the clnet logger's warning)."""
+    n = len(x if rows is None else rows)
+    if isinstance(x, ImageStream):
+        yield from x.batches(np.arange(n) if rows is None else rows, batch_size)
+        if x.skipped:
+            log.warning("%s: %s", x.name, skipped_report(x.skipped))
+        return
+    for start in range(0, n, batch_size):
+        if rows is None:
+            yield x[start:start + batch_size], np.arange(start, min(start + batch_size, n))
+        else:
+            yield x[rows[start:start + batch_size]], rows[start:start + batch_size]
 
 
 def _count(value, name, least):
@@ -197,11 +217,14 @@ class Model:
             raise InputError(f"call model.compile(loss=..., optimizer=...) before {what}")
 
     def _prepare(self, x, y=None, devices=None):
-        """Validated inputs and the loss's targets (y may come with x as a Dataset); x may be a
-        pyopencl array on `devices` when they are given (`_inputs`)."""
-        if isinstance(x, Dataset) and y is None:
-            x, y = x
-        x = _inputs(x, devices=devices)
+        """Validated inputs and the loss's targets (y may come with x as a Dataset or ImageStream);
+        x may be a pyopencl array on `devices` when they are given (`_inputs`)."""
+        if isinstance(x, ImageStream):  # decoded as used: nothing to check here
+            y = x.y if y is None else y
+        else:
+            if isinstance(x, Dataset) and y is None:
+                x, y = x
+            x = _inputs(x, devices=devices)
         if y is None:
             raise InputError("labels are missing: pass y, or a clnet.datasets.Dataset as x")
         _, out_shape = loss_input(self.network.stages(x.shape[1:], self.loss), x.shape[1:])
@@ -219,7 +242,8 @@ class Model:
 
         Args:
             x: images (N, C, H, W) or features (N, ...), uint8 (scaled to [0, 1]) or float, or a
-                clnet.datasets.Dataset (then y comes with it).
+                clnet.datasets.Dataset or ImageStream (then y comes with it; a stream is decoded
+                batch by batch by its workers).
             y: integer labels (N,) (or one-hot), or float targets as the loss takes them.
             validation_split: hold out a seeded random fraction of (x, y), stratified by class;
                 validation_data=(xv, yv) or a Dataset takes precedence.
@@ -228,7 +252,8 @@ class Model:
             normalize: True computes per-channel mean and std on the training images, or give
                 (mean, std); the model keeps them and applies them in evaluate and predict too.
             augment: "crop" (random crops of the image padded by 4 pixels, "crop=N" for N), "flip"
-                (random horizontal flips), or both "crop,flip"; on the device, training only.
+                (random horizontal flips), or both "crop,flip"; on the device, training only. A
+                stream's workers draw "random-resized-crop" and "flip" (default: the stream's own).
             resident: keep the training set in device memory ("auto": when it fits), so that
                 batches are gathered there and only the epoch's sample order crosses the bus;
                 otherwise each batch is uploaded while the previous one computes.
@@ -267,7 +292,9 @@ class Model:
         reporting = [cb.MetricsLog(log)] if log is not None else []
         reporting += [cb.Checkpoint(checkpoint, resume)] if checkpoint is not None else []
         trainer = Trainer(self, steering + list(callbacks) + reporting, validation_data, verbose, stream)
-        if normalize is True:  # a resumed run takes the checkpoint's instead
+        if normalize is True and isinstance(x, ImageStream):  # a seeded sample of the images, as evaluated
+            self.normalization = x.statistics(self.seed, rows)
+        elif normalize is True:  # a resumed run takes the checkpoint's instead
             self.normalization = channel_statistics(x.reshape(len(x), *image_dims(x.shape[1:])), rows)
         elif normalize:
             self.normalization = tuple(tuple(float(v) for v in np.ravel(part)) for part in normalize)
@@ -276,6 +303,8 @@ class Model:
     def train_on_batch(self, x, y) -> float:
         """One optimizer step on (x, y) as one batch; returns that batch's loss."""
         self._require_compiled("train_on_batch")
+        if isinstance(x, ImageStream):
+            raise InputError("train_on_batch takes one batch of arrays, not an ImageStream: pass the stream to fit")
         x, targets = self._prepare(x, y)
         runner = self._runner(len(x), x.shape[1:], True, targets.dtype, self._spec(x))
         self.metrics.fill(0)
@@ -304,9 +333,8 @@ class Model:
         batch_size = min(_count(batch_size, "batch_size", 1), n)  # no plan (nor indices) beyond the data
         runner = self._runner(batch_size, x.shape[1:], False, targets.dtype, self._spec(x))
         self.metrics.fill(0)
-        for start in range(0, n, batch_size):
-            batch = slice(start, start + batch_size) if rows is None else rows[start:start + batch_size]
-            runner.infer(x[batch], targets[batch], want_output=False)
+        for images, used in _batches(x, rows, batch_size):
+            runner.infer(images, targets[used], want_output=False)
         logs = self._read_metrics(targets)
         runner.sync()
         return logs
@@ -316,7 +344,8 @@ class Model:
         cross-entropy (sigmoid), the raw outputs otherwise.
 
         Args:
-            x: as for fit (uint8 images are scaled, the model's normalisation applies); or a
+            x: as for fit (uint8 images are scaled, the model's normalisation applies; a stream's
+                unreadable images give the outputs of their replacements, and a warning); or a
                 pyopencl.array.Array (float32 or uint8, C-contiguous) in the model's device's
                 context (`clnet.device(context=...)` or `queue=`), read where it lies: no copy
                 through the host (its values are not checked for NaN).
@@ -327,12 +356,12 @@ class Model:
             >>> dev = clnet.device(queue=queue); model = clnet.load("m.clnet", device=dev)
             >>> model.predict(pyopencl.array.to_device(queue, x_test))    # the same probabilities
         """
-        x = _inputs(x, devices=self.devices)
+        x = x if isinstance(x, ImageStream) else _inputs(x, devices=self.devices)
         if len(x) == 0:
             raise InputError("predict needs at least one sample")
         batch_size = min(_count(batch_size, "batch_size", 1), len(x))  # no plan (nor indices) beyond the data
         runner = self._runner(batch_size, x.shape[1:], False, spec=self._spec(x))
-        out = [runner.infer(x[start:start + batch_size]) for start in range(0, len(x), batch_size)]
+        out = [runner.infer(images) for images, _ in _batches(x, None, batch_size)]
         runner.sync()
         out = np.concatenate(out).reshape(len(x), *runner.output_shape)
         if not self._warned_not_finite and not np.isfinite(out).all():  # the inputs are finite: the weights are not

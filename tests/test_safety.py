@@ -373,7 +373,7 @@ def test_clnet_eval_does_not_resize_to_a_crafted_input_shape(tmp_path, monkeypat
     monkeypatch.setattr(memory, "host_memory", lambda: 1 << 30)  # a 1 GiB host
     monkeypatch.setattr(folder, "_decode", lambda *args: pytest.fail("an image was decoded"))
     result = CliRunner().invoke(evaluate, [str(tmp_path / "m.clnet"), "--device", "0", "--dataset",
-                                           str(tmp_path / "data")])
+                                           str(tmp_path / "data"), "--no-stream"])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "2 images of 30000x30000 need 1.7 GiB, more than the host's 1.0 GiB" in result.output or \
         "of inputs (1, 30000, 30000) needs" in result.output, result.output

@@ -8,7 +8,7 @@ import numpy as np
 from ..errors import ClnetError
 from ..files import readable_size
 from ..npyfiles import read_npy, read_npz
-from .folder import PILLOW_HINT, _decode
+from .images import PILLOW_HINT, _decode
 
 ARRAY_EXTENSIONS = (".npz", ".npy")
 
