@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# One call on a lent GPU machine (made for the H200 with NVIDIA's OpenCL driver, issue 16): the
+# benchmark with the built-in defaults, a bounded tuning run that writes the table to ship for the
+# device's class, and the benchmark again with that table as a user gets it (no per-machine cache).
+# Everything lands under $OUT; about 8 minutes with the default budgets.
+#
+#   PYTHONPATH=$PWD OUT=/tmp/out bash scripts/gpu_tuning_run.sh
+#
+# Afterwards: copy $OUT/<class>.json (e.g. nvidia-hopper.json) to clnet/tuned/ and commit it (its
+# cases are checked by tests/test_tuning.py); the bench tables are $OUT/bench-{before,after}-*.md
+# with every number in the .json beside them.
+#
+# Settings (environment): PLATFORM (default nvidia), TABLE_CLASS (default: the device's class, as
+# clnet.tuning.device_class names it), TUNE_SECONDS (total tuning budget, default 300), STAGES (any
+# of "before tune after", default all three).
+set -euo pipefail
+
+OUT=${OUT:?set OUT to the folder for the results}
+PLATFORM=${PLATFORM:-nvidia}
+TUNE_SECONDS=${TUNE_SECONDS:-300}
+STAGES=${STAGES:-before tune after}
+PY=${PYTHON:-python3}
+mkdir -p "$OUT"
+exec > >(tee -a "$OUT/run.log") 2>&1
+
+CLASS=${TABLE_CLASS:-$($PY -c "import clnet, clnet.tuning as t; print(t.device_class(clnet.device('$PLATFORM').info) or '')")}
+if [ -z "$CLASS" ]; then
+    echo "the device on platform $PLATFORM belongs to no known class: set TABLE_CLASS" >&2
+    exit 2
+fi
+TABLE="$OUT/$CLASS.json"
+echo "device class: $CLASS; table: $TABLE; $(date -u +%FT%TZ); commit $(git describe --always --dirty 2>/dev/null || echo '?')"
+
+# The reference networks at batch 128 and 1024, the ResNets at 128 and 512, and the squares.
+bench() {  # bench NAME: both tables of one state (before / after), markdown and JSON
+    local name=$1
+    $PY -m clnet.bench --platform "$PLATFORM" --markdown --repeats 3 --min-time 0.25 \
+        --models mlp mnist-cnn cifar-cnn --batch-sizes 128 1024 --gemm-sizes 512 1024 2048 4096 \
+        --json "$OUT/bench-$name-reference.json" | tee "$OUT/bench-$name-reference.md"
+    $PY -m clnet.bench --platform "$PLATFORM" --markdown --repeats 3 --min-time 0.25 \
+        --models resnet20 resnet18 --batch-sizes 128 512 --no-gemm \
+        --json "$OUT/bench-$name-resnets.json" | tee "$OUT/bench-$name-resnets.md" || \
+        echo "(the ResNet rows failed: see above)"
+}
+
+tune() {  # tune SHARE ARGS...: one bounded tuning run extending the table; SHARE: % of TUNE_SECONDS
+    local share=$1
+    shift
+    CLNET_TUNING_FILE="$OUT/tuning-cache.json" $PY -m clnet.tune --platform "$PLATFORM" --min-time 0.01 \
+        --repeats 2 --max-seconds $((TUNE_SECONDS * share / 100)) --export-table "$TABLE" \
+        --table-class "$CLASS" "$@"
+}
+
+for stage in $STAGES; do
+    case $stage in
+    before)  # the built-in defaults: no cache, no shipped table
+        CLNET_TUNING=0 bench before ;;
+    tune)  # the cases with the most work first within each run; each run extends the table
+        tune 35 --models mlp mnist-cnn cifar-cnn --batch-sizes 128 1024 --sizes 512 1024 2048 4096
+        tune 45 --models resnet20 resnet18 --batch-sizes 128 512 --sizes
+        tune 20 --models resnet50 --batch-sizes 128 --sizes ;;
+    after)  # the table shipped as a user gets it: in clnet/tuned/ of this copy, no per-machine cache
+        cp "$TABLE" "clnet/tuned/$CLASS.json"
+        CLNET_TUNING=1 CLNET_TUNING_FILE="$OUT/no-cache.json" bench after ;;
+    *)
+        echo "unknown stage $stage (before, tune, after)" >&2
+        exit 2 ;;
+    esac
+done
+echo "done $(date -u +%FT%TZ)"
