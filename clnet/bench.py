@@ -34,7 +34,7 @@ import click
 import numpy as np
 import pyopencl as cl
 
-from . import __version__, optim
+from . import __version__, optim, tuning
 from .cli_options import CONTEXT_SETTINGS, Several, SeveralValuesCommand, device_options, friendly_errors
 from .device import Device
 from .device import device as open_device
@@ -73,7 +73,7 @@ UPDATE_FLOOR = 1e-2  # updates below this share of the largest are compared agai
 PEER_FACTOR = 3.0
 GEMM_RTOL = 1e-4     # GEMM: largest error relative to the largest |entry| of the reference
 ENV_SHOWN = ("OMP_NUM_THREADS", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS",
-             "MKL_NUM_THREADS", "POCL_MAX_PTHREAD_COUNT", "CLNET_GEMM", "CUDA_VISIBLE_DEVICES")
+             "MKL_NUM_THREADS", "POCL_MAX_PTHREAD_COUNT", "CLNET_GEMM", "CLNET_TUNING", "CUDA_VISIBLE_DEVICES")
 
 
 class CheckError(ClnetError, RuntimeError):
@@ -405,7 +405,7 @@ def describe(cl_device, torch_device, args, argv):
             "command": ["clnet-bench", *argv],
             "opencl": dataclasses.asdict(cl_device.info), "cpu": cpu_model(), "torch": describe_torch(torch_device),
             "environment": {k: os.environ[k] for k in ENV_SHOWN if k in os.environ},
-            "versions": versions, "protocol": protocol}
+            "tuning": tuning.describe(cl_device), "versions": versions, "protocol": protocol}
 
 
 def header(desc):
@@ -427,7 +427,14 @@ def header(desc):
             f"steps; timed: the median of {p['repeats']} runs, each of "
             + (f"{p['steps_per_run']} steps" if p["steps_per_run"] else f"about {p['min_time_s']} s")
             + f"; training: {p['training']}; inference: {p['inference']}; results checked before timing",
-            "environment: " + (env or "no thread/BLAS variables set")]
+            "environment: " + (env or "no thread/BLAS variables set"), _tuning_line(desc["tuning"])]
+
+
+def _tuning_line(t):
+    table = (f"the {t['class']} table ({t['table_cases']} cases"
+             + ("" if t["table_current"] else ", made for other kernel sources") + ")") if t["table_cases"] else "none"
+    return (f"tuned parameters: {t['mode']}; cache {t['cache']}: {t['cache_cases']} cases for this device; "
+            f"shipped table: {table}")
 
 
 # ---------------------------------------------------------------------- output

@@ -197,6 +197,20 @@ def tuned_cases(device, path=None):
     return set(_entry(device, path))
 
 
+def describe(device, path=None):
+    """What tuned parameters a device's plans take, as JSON-able values (clnet-bench records them).
+
+    Example:
+        >>> tuning.describe(clnet.device("pocl"))["table_cases"]
+    """
+    mode, cls = _mode(), device_class(device.info)
+    table = shipped_table(cls) if mode == "1" else {}
+    return {"mode": {"0": "built-in defaults", "cache": "the cache only"}.get(mode, "the cache, then the table"),
+            "cache": str(Path(path or cache_path())), "cache_cases": 0 if mode == "0" else len(_entry(device, path)),
+            "class": cls, "table_cases": len(table.get("cases", {})),
+            "table_current": table.get("source") == source_hash() if table else None}
+
+
 def table_path(cls):
     return TABLES / f"{cls}.json"
 

@@ -27,8 +27,9 @@ def test_json_has_every_number(device, tmp_path):
                     "--json", str(path))
     assert result.exit_code == 0, result.output
     results = json.loads(path.read_text())
-    assert set(results) == {"date", "command", "opencl", "cpu", "torch", "environment", "versions", "protocol",
-                            "models", "gemm", "profile"}
+    assert set(results) == {"date", "command", "opencl", "cpu", "torch", "environment", "tuning", "versions",
+                            "protocol", "models", "gemm", "profile"}
+    assert results["tuning"]["mode"] == "the cache only" and results["tuning"]["cache_cases"] == 0
     assert results["opencl"]["name"] == device.info.name and results["opencl"]["driver"] == device.info.driver
     assert results["torch"]["device"] is None
     assert results["protocol"]["repeats"] == 1 and results["protocol"]["steps_per_run"] == 1

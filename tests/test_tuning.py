@@ -267,6 +267,9 @@ def test_the_cache_wins_over_the_shipped_table(tables, tmp_path, monkeypatch):
     assert tuning.lookup(device, near, path) == TUNED
     assert tuning.lookup(device, far, path) == shipped
     assert tuning.lookup(device, Case("gemm_tiled", "NT", 4096, 64, 64), path) is None
+    assert tuning.describe(device, path) == {"mode": "the cache, then the table", "cache": str(path),
+                                             "cache_cases": 1, "class": "test-class", "table_cases": 2,
+                                             "table_current": True}
     monkeypatch.setenv("CLNET_TUNING", "cache")
     assert tuning.lookup(device, far, path) is None
     monkeypatch.setenv("CLNET_TUNING", "0")
