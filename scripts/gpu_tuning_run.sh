@@ -11,14 +11,19 @@
 # with every number in the .json beside them.
 #
 # Settings (environment): PLATFORM (default nvidia), TABLE_CLASS (default: the device's class, as
-# clnet.tuning.device_class names it), TUNE_SECONDS (total tuning budget, default 300), STAGES (any
-# of "before tune after", default all three).
+# clnet.tuning.device_class names it), TUNE_SECONDS (total tuning budget, default 270), STAGES (any
+# of "before tune after", default all three: split them over calls if the 10-minute limit is near),
+# REFERENCE / RESNETS / DEEP (the networks of each group), BENCH_TIMING (clnet-bench's timing options).
 set -euo pipefail
 
 OUT=${OUT:?set OUT to the folder for the results}
 PLATFORM=${PLATFORM:-nvidia}
-TUNE_SECONDS=${TUNE_SECONDS:-300}
+TUNE_SECONDS=${TUNE_SECONDS:-270}
 STAGES=${STAGES:-before tune after}
+REFERENCE=${REFERENCE-mlp mnist-cnn cifar-cnn}  # at batch 128 and 1024, with the square GEMMs
+RESNETS=${RESNETS-resnet20 resnet18}            # at batch 128 and 512
+DEEP=${DEEP-resnet50}                           # tuned at batch 128 (not benchmarked)
+BENCH_TIMING=${BENCH_TIMING:---repeats 3 --min-time 0.2}
 PY=${PYTHON:-python3}
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/run.log") 2>&1
@@ -31,16 +36,19 @@ fi
 TABLE="$OUT/$CLASS.json"
 echo "device class: $CLASS; table: $TABLE; $(date -u +%FT%TZ); commit $(git describe --always --dirty 2>/dev/null || echo '?')"
 
-# The reference networks at batch 128 and 1024, the ResNets at 128 and 512, and the squares.
 bench() {  # bench NAME: both tables of one state (before / after), markdown and JSON
     local name=$1
-    $PY -m clnet.bench --platform "$PLATFORM" --markdown --repeats 3 --min-time 0.25 \
-        --models mlp mnist-cnn cifar-cnn --batch-sizes 128 1024 --gemm-sizes 512 1024 2048 4096 \
+    # shellcheck disable=SC2086  # the lists split into arguments
+    $PY -m clnet.bench --platform "$PLATFORM" --markdown $BENCH_TIMING --models $REFERENCE \
+        --batch-sizes 128 1024 --gemm-sizes 512 1024 2048 4096 \
         --json "$OUT/bench-$name-reference.json" | tee "$OUT/bench-$name-reference.md"
-    $PY -m clnet.bench --platform "$PLATFORM" --markdown --repeats 3 --min-time 0.25 \
-        --models resnet20 resnet18 --batch-sizes 128 512 --no-gemm \
-        --json "$OUT/bench-$name-resnets.json" | tee "$OUT/bench-$name-resnets.md" || \
-        echo "(the ResNet rows failed: see above)"
+    if [ -n "$RESNETS" ]; then
+        # shellcheck disable=SC2086
+        $PY -m clnet.bench --platform "$PLATFORM" --markdown $BENCH_TIMING --models $RESNETS \
+            --batch-sizes 128 512 --no-gemm \
+            --json "$OUT/bench-$name-resnets.json" | tee "$OUT/bench-$name-resnets.md" || \
+            echo "(the ResNet rows failed: see above)"
+    fi
 }
 
 tune() {  # tune SHARE ARGS...: one bounded tuning run extending the table; SHARE: % of TUNE_SECONDS
@@ -56,11 +64,14 @@ for stage in $STAGES; do
     before)  # the built-in defaults: no cache, no shipped table
         CLNET_TUNING=0 bench before ;;
     tune)  # the cases with the most work first within each run; each run extends the table
-        tune 35 --models mlp mnist-cnn cifar-cnn --batch-sizes 128 1024 --sizes 512 1024 2048 4096
-        tune 45 --models resnet20 resnet18 --batch-sizes 128 512 --sizes
-        tune 20 --models resnet50 --batch-sizes 128 --sizes ;;
-    after)  # the table shipped as a user gets it: in clnet/tuned/ of this copy, no per-machine cache
-        cp "$TABLE" "clnet/tuned/$CLASS.json"
+        # shellcheck disable=SC2086
+        tune 35 --models $REFERENCE --batch-sizes 128 1024 --sizes 512 1024 2048 4096
+        # shellcheck disable=SC2086
+        [ -z "$RESNETS" ] || tune 45 --models $RESNETS --batch-sizes 128 512 --sizes
+        # shellcheck disable=SC2086
+        [ -z "$DEEP" ] || tune 20 --models $DEEP --batch-sizes 128 --sizes ;;
+    after)  # the table shipped as a user gets it: in clnet/tuned/ of the clnet imported, no per-machine cache
+        cp "$TABLE" "$($PY -c 'import clnet.tuning as t; print(t.TABLES)')/$CLASS.json"
         CLNET_TUNING=1 CLNET_TUNING_FILE="$OUT/no-cache.json" bench after ;;
     *)
         echo "unknown stage $stage (before, tune, after)" >&2
