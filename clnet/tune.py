@@ -43,7 +43,7 @@ REPEATS = 3
 MIN_TIME = 0.02    # seconds per timed run
 AGREE = 1e-3       # a candidate's largest difference from the default, relative to the largest |entry|
 MARGIN = 1.03      # how much faster than the default a candidate must be to replace it
-FINALISTS = 2      # candidates whose switch variants (gemm_tiled's PREFETCH / VECTOR) are timed too
+FINALISTS = 2      # candidates whose switch variants (gemm_tiled's PREFETCH / VECTOR / VLOAD) are timed too
 BUILDERS = 8       # threads that build the candidates' programs on GPUs (one on CPUs)
 
 
