@@ -195,7 +195,8 @@ def judge_updates(before, clnet_after, torch_after, exact_after, keys):
     figures = {"at": worst, "clnet": ours[worst], "torch": theirs[worst], "tolerance": allowed[worst]}
     failures = [f"the first update of {key} differs from float64 PyTorch's by {ours[key]:.2e} of its size, "
                 f"PyTorch's float32 update by {theirs[key]:.2e} (tolerance {allowed[key]:.2e}: the larger of "
-                f"{UPDATE_RTOL:g} and {PEER_FACTOR:g} times PyTorch's)" for key in keys if not ours[key] <= allowed[key]]
+                f"{UPDATE_RTOL:g} and {PEER_FACTOR:g} times PyTorch's)"
+                for key in keys if not ours[key] <= allowed[key]]
     return failures, figures
 
 

@@ -24,9 +24,9 @@ import numpy as np
 import pyopencl as cl
 
 from . import tuning
-from .compiler import Target
 from .cli_options import (CONTEXT_SETTINGS, FiniteFloatRange, Several, SeveralValuesCommand, device_options,
                           friendly_errors)
+from .compiler import Target
 from .device import device as open_device
 from .errors import ClnetError
 from .models import INPUT_SHAPES, PRESETS
@@ -212,7 +212,8 @@ def main(platform, device, models, batch_sizes, sizes, min_time, repeats, max_se
     data and weight gradients), and square ones."""
     dev = open_device(platform=platform, device=device)
     if export_table is not None and not (table_class or tuning.device_class(dev.info)):
-        raise click.BadParameter(f"{dev.info.name} belongs to no known device class: name one", param_hint="--table-class")
+        raise click.BadParameter(f"{dev.info.name} belongs to no known device class: name one",
+                                 param_hint="--table-class")
     path = output or tuning.cache_path()
     cases = collect(dev, models, batch_sizes, sizes)
     if skip_tuned:

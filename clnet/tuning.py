@@ -224,7 +224,8 @@ def shipped_table(cls):
         return {}
     try:
         table = json.loads(path.read_text())
-        if not (isinstance(table, dict) and table.get("format") == TABLE_FORMAT and isinstance(table.get("cases"), dict)):
+        if not (isinstance(table, dict) and table.get("format") == TABLE_FORMAT
+                and isinstance(table.get("cases"), dict)):
             raise ValueError("not a clnet tuned table")
     except (OSError, ValueError) as exc:
         warnings.warn(f"ignoring the shipped tuned table {path} ({exc}): reinstall clnet", stacklevel=2)

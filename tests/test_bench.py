@@ -150,7 +150,8 @@ def test_a_twin_far_from_float64_does_not_fail_clnet(device, tmp_path, monkeypat
     _twin_off_by(monkeypatch, 0.03)
     monkeypatch.setattr(bench, "LOSS_RTOL", 1e-2)  # the loss after the step follows the twin's longer step
     path = tmp_path / "bench.json"
-    result = _bench("--device", str(device.info.index), *TINY, "--torch-device", "cpu", "--no-gemm", "--json", str(path))
+    result = _bench("--device", str(device.info.index), *TINY, "--torch-device", "cpu", "--no-gemm",
+                    "--json", str(path))
     assert result.exit_code == 0, result.output
     check = json.loads(path.read_text())["models"][0]["check"]
     assert check["max_update_difference"] > bench.UPDATE_RTOL
@@ -165,7 +166,8 @@ def test_a_wrong_update_fails_the_check(device, monkeypatch):
 
     def wrong(name, device):
         model = real(name, device)
-        return model.compile(loss="cross_entropy", optimizer=bench.optim.SGD(lr=bench.LR * 1.05, momentum=bench.MOMENTUM))
+        wrong_lr = bench.optim.SGD(lr=bench.LR * 1.05, momentum=bench.MOMENTUM)
+        return model.compile(loss="cross_entropy", optimizer=wrong_lr)
     monkeypatch.setattr(bench, "clnet_model", wrong)
     monkeypatch.setattr(bench, "LOSS_RTOL", 1e-2)
     monkeypatch.setattr(bench, "measure", lambda *args: pytest.fail("timed after a failed check"))
