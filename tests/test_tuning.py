@@ -150,6 +150,15 @@ def test_the_tuner_checks_each_candidate_against_the_default(device, monkeypatch
     assert reports and all("differs from the default" in line for line in reports)
 
 
+def test_exporting_a_table_needs_a_class(device, monkeypatch, tmp_path):
+    """A device of no known class: --export-table is a usage error naming --table-class, before any tuning."""
+    monkeypatch.setattr(tuning, "device_class", lambda info: None)
+    monkeypatch.setattr(tune, "collect", lambda *args: pytest.fail("tuned without a class for the table"))
+    result = CliRunner().invoke(tune.main, ["--device", str(device.info.index), "--export-table",
+                                            str(tmp_path / "t.json")])
+    assert result.exit_code == 2 and "--table-class" in result.output, result.output
+
+
 def test_the_tuner_names_a_missing_device():
     result = CliRunner().invoke(tune.main, ["--platform", "no-such-platform"])
     assert result.exit_code == 1 and re.match("Error: .*no-such-platform", result.output)
