@@ -220,27 +220,29 @@ def main(platform, device, models, batch_sizes, sizes, min_time, repeats, max_se
         done = tuning.tuned_cases(dev, path)
         cases = [(case, call) for case, call in cases if case.key not in done]
     click.echo(f"tuning {len(cases)} GEMMs on {dev.info.label} ({dev.family} family)")
-    started, results = time.perf_counter(), {}
+    note = (f"clnet-tune --models {' '.join(models)} --batch-sizes {' '.join(map(str, batch_sizes))} "
+            f"--sizes {' '.join(map(str, sizes))} on {dev.info.label}, {dev.info.compute_units} compute units")
+    started, tuned = time.perf_counter(), 0
     for case, call in cases:
         if max_seconds is not None and time.perf_counter() - started > max_seconds:
-            click.echo(f"stopped after {max_seconds:g} s: {len(cases) - len(results)} cases left untuned")
+            click.echo(f"stopped after {max_seconds:g} s: {len(cases) - tuned} cases left untuned")
             break
         try:
             result = tune_case(dev, case, call, min_time, repeats)
         except ClnetError as exc:
             click.echo(f"{case.key}: {exc}")
             continue
-        tuning.store(dev, {case: result}, path)  # case by case: an interrupted run keeps its work
-        results[case] = result
+        # case by case, into the cache and the table: an interrupted run keeps its work
+        tuning.store(dev, {case: result}, path)
+        if export_table is not None:
+            tuning.export_table(dev, {case: result}, export_table, table_class, note)
+        tuned += 1
         gflops = 2e-9 * case.m * case.n * case.k * call.groups / result["seconds"]
         click.echo(f"{case.key:<42} {gflops:9.1f} GFLOP/s  x{result['default_seconds'] / result['seconds']:.2f} "
                    f"over the default  {_short(result['params'])}")
-    click.echo(f"wrote {len(results)} tuned cases to {path}")
+    click.echo(f"wrote {tuned} tuned cases to {path}")
     if export_table is not None:
-        note = (f"clnet-tune --models {' '.join(models)} --batch-sizes {' '.join(map(str, batch_sizes))} "
-                f"--sizes {' '.join(map(str, sizes))} on {dev.info.label}, {dev.info.compute_units} compute units")
-        written = tuning.export_table(dev, results, export_table, table_class, note)
-        click.echo(f"wrote the table of {table_class or tuning.device_class(dev.info)} to {written}")
+        click.echo(f"and to the table of {table_class or tuning.device_class(dev.info)}, {export_table}")
 
 
 def _short(params):

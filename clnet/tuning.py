@@ -292,8 +292,8 @@ def store(device, results, path=None):
 
 def export_table(device, results, path, cls=None, note=None):
     """Write (or extend) the shipped table of the device's class at `path` with `results` ({Case:
-    {"params": ...}}), as `clnet-tune --export-table` does. A table of the same class and kernel
-    sources at `path` keeps its other cases, so that several bounded runs build one table.
+    {"params": ...}}), as `clnet-tune --export-table` does, case by case. A table of the same class
+    and kernel sources at `path` keeps its other cases, so that several bounded runs build one table.
 
     Args:
         device: the tuned device; its `DeviceInfo` names the table's origin.

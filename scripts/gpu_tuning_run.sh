@@ -13,7 +13,9 @@
 # Settings (environment): PLATFORM (default nvidia), TABLE_CLASS (default: the device's class, as
 # clnet.tuning.device_class names it), TUNE_SECONDS (total tuning budget, default 270), STAGES (any
 # of "before tune after", default all three: split them over calls if the 10-minute limit is near),
-# REFERENCE / RESNETS / DEEP (the networks of each group), BENCH_TIMING (clnet-bench's timing options).
+# REFERENCE / RESNETS / DEEP (the networks of each group), GEMM_SIZES, BENCH_TIMING (clnet-bench's
+# timing options). The CPU's table the same way, on a quiet machine: PLATFORM=pocl (its class, e.g.
+# cpu-avx512, from PoCL's device name).
 set -euo pipefail
 
 OUT=${OUT:?set OUT to the folder for the results}
@@ -24,6 +26,7 @@ REFERENCE=${REFERENCE-mlp mnist-cnn cifar-cnn}  # at batch 128 and 1024, with th
 RESNETS=${RESNETS-resnet20 resnet18}            # at batch 128 and 512
 DEEP=${DEEP-resnet50}                           # tuned at batch 128 (not benchmarked)
 BENCH_TIMING=${BENCH_TIMING:---repeats 3 --min-time 0.2}
+GEMM_SIZES=${GEMM_SIZES:-512 1024 2048 4096}      # benchmarked and tuned
 PY=${PYTHON:-python3}
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/run.log") 2>&1
@@ -40,7 +43,7 @@ bench() {  # bench NAME: both tables of one state (before / after), markdown and
     local name=$1
     # shellcheck disable=SC2086  # the lists split into arguments
     $PY -m clnet.bench --platform "$PLATFORM" --markdown $BENCH_TIMING --models $REFERENCE \
-        --batch-sizes 128 1024 --gemm-sizes 512 1024 2048 4096 \
+        --batch-sizes 128 1024 --gemm-sizes $GEMM_SIZES \
         --json "$OUT/bench-$name-reference.json" | tee "$OUT/bench-$name-reference.md"
     if [ -n "$RESNETS" ]; then
         # shellcheck disable=SC2086
@@ -54,9 +57,11 @@ bench() {  # bench NAME: both tables of one state (before / after), markdown and
 tune() {  # tune SHARE ARGS...: one bounded tuning run extending the table; SHARE: % of TUNE_SECONDS
     local share=$1
     shift
-    CLNET_TUNING_FILE="$OUT/tuning-cache.json" $PY -m clnet.tune --platform "$PLATFORM" --min-time 0.01 \
-        --repeats 2 --max-seconds $((TUNE_SECONDS * share / 100)) --export-table "$TABLE" \
-        --table-class "$CLASS" "$@"
+    local seconds=$((TUNE_SECONDS * share / 100))
+    # the budget starts after the plans are recorded; cut off 90 s past it (the table is written case by case)
+    CLNET_TUNING_FILE="$OUT/tuning-cache.json" timeout $((seconds + 90)) $PY -m clnet.tune --platform "$PLATFORM" \
+        --min-time 0.01 --repeats 2 --max-seconds "$seconds" --export-table "$TABLE" --table-class "$CLASS" "$@" \
+        || echo "(the tuning run above stopped early: what it tuned is in the table)"
 }
 
 for stage in $STAGES; do
@@ -65,12 +70,13 @@ for stage in $STAGES; do
         CLNET_TUNING=0 bench before ;;
     tune)  # the cases with the most work first within each run; each run extends the table
         # shellcheck disable=SC2086
-        tune 35 --models $REFERENCE --batch-sizes 128 1024 --sizes 512 1024 2048 4096
+        tune 35 --models $REFERENCE --batch-sizes 128 1024 --sizes $GEMM_SIZES
         # shellcheck disable=SC2086
         [ -z "$RESNETS" ] || tune 45 --models $RESNETS --batch-sizes 128 512 --sizes
         # shellcheck disable=SC2086
         [ -z "$DEEP" ] || tune 20 --models $DEEP --batch-sizes 128 --sizes ;;
     after)  # the table shipped as a user gets it: in clnet/tuned/ of the clnet imported, no per-machine cache
+        [ -f "$TABLE" ] || { echo "no table at $TABLE: run the tune stage first" >&2; exit 2; }
         cp "$TABLE" "$($PY -c 'import clnet.tuning as t; print(t.TABLES)')/$CLASS.json"
         CLNET_TUNING=1 CLNET_TUNING_FILE="$OUT/no-cache.json" bench after ;;
     *)
