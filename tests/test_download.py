@@ -550,7 +550,7 @@ class StandIns:
             self.calls.append(("arrays", path.name))
             return tiny(name), None
 
-        def image_folder(root, image_size=None, grayscale=None, name=None):
+        def image_folder(root, image_size=None, grayscale=None, name=None, **streaming):
             self.calls.append(("folder", root.name, image_size))
             return tiny(name)
 
