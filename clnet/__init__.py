@@ -1,6 +1,6 @@
 """clnet: train and run image-classification networks with OpenCL kernels, on any OpenCL device."""
 
-from . import callbacks, datasets, io, layers, losses, models, optim
+from . import callbacks, datasets, distributed, io, layers, losses, models, optim
 from .device import Device, DeviceInfo, device, devices, list_devices
 from .errors import (ClnetError, DatasetError, DeviceNotFoundError, InputError, KernelBuildError,
                      ModelFileError, OutOfDeviceMemoryError, ShapeError, TrainingError)
@@ -12,5 +12,5 @@ from .version import __version__
 
 __all__ = ["ClnetError", "DatasetError", "Device", "DeviceInfo", "DeviceNotFoundError", "History",
            "Input", "InputError", "KernelBuildError", "Model", "ModelFileError", "OutOfDeviceMemoryError", "Sequential",
-           "ShapeError", "TrainingError", "callbacks", "datasets", "device", "devices", "from_onnx", "io", "layers",
-           "list_devices", "load", "load_checkpoint", "losses", "models", "optim"]
+           "ShapeError", "TrainingError", "callbacks", "datasets", "device", "devices", "distributed", "from_onnx", "io",
+           "layers", "list_devices", "load", "load_checkpoint", "losses", "models", "optim"]

@@ -16,7 +16,7 @@ from . import callbacks, datasets, metrics, models, optim
 from .cli_options import CONTEXT_SETTINGS, FiniteFloatRange, device_options, friendly_errors, option_group
 from .datasets.feed import parse_augment
 from .device import INSTALL_HINT, list_devices
-from .device import devices as open_devices
+from .distributed import local_devices, world
 from .errors import ClnetError, InputError
 from .files import check_writable
 from .model import load as load_model
@@ -210,16 +210,18 @@ def _train(platform, device, dataset, data_dir, offline, image_size, model_name,
            validation_split, seed, save_path, checkpoint_dir, resume_dir, log_path, plot_path, quiet,
            label_smoothing=0.0):  # a default for run folders made before the option
     start = time.perf_counter()
+    lead = world().lead  # under MPI only rank 0 prints and writes; every rank trains
+    quiet = quiet or not lead
     _check_outputs(save_path, log_path, plot_path)
     extra, checkpoint = [], None
     if plot_path:
         extra.append(callbacks.PlotCurves(plot_path))
-    if checkpoint_dir and not resume_dir:
+    if checkpoint_dir and not resume_dir and lead:
         if os.path.exists(os.path.join(checkpoint_dir, RUN_OPTIONS)):  # never overwrite a run
             raise ClnetError(f"{checkpoint_dir} holds a run already: continue it with --resume {checkpoint_dir}, "
                              "or give a new --checkpoint-dir")
         os.makedirs(checkpoint_dir, exist_ok=True)
-        options = {k: v for k, v in locals().items() if k not in ("start", "extra", "checkpoint")}
+        options = {k: v for k, v in locals().items() if k not in ("start", "lead", "extra", "checkpoint")}
         with open(os.path.join(checkpoint_dir, RUN_OPTIONS), "w") as f:
             json.dump({**options, "image_size": image_size and list(image_size)}, f, indent=1)
     dev = _open_devices(platform, device)
@@ -241,6 +243,7 @@ def _train(platform, device, dataset, data_dir, offline, image_size, model_name,
     opt = optim.from_options(optimizer, lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
     model.compile(loss="cross_entropy", optimizer=opt, label_smoothing=label_smoothing)
     if checkpoint_dir:
+        world().share(None, "the run folder")  # rank 0 has made it
         checkpoint = os.path.join(checkpoint_dir, "checkpoint.clnet")
         log_path = log_path or os.path.join(checkpoint_dir, "metrics.csv")
         save_path = save_path or os.path.join(checkpoint_dir, "model.clnet")
@@ -261,15 +264,18 @@ def _train(platform, device, dataset, data_dir, offline, image_size, model_name,
                             callbacks=extra)
     except KeyboardInterrupt:
         if checkpoint:
-            click.echo(f"Interrupted: the run is saved in {checkpoint_dir}; continue it with "
-                       f"clnet-train --resume {checkpoint_dir}", err=True)
+            if lead:
+                click.echo(f"Interrupted: the run is saved in {checkpoint_dir}; continue it with "
+                           f"clnet-train --resume {checkpoint_dir}", err=True)
             sys.exit(130)
         raise
     if save_path:
         model.save(save_path, classes=train_set.classes)
+    result = model.evaluate(test_set) if test_set is not None else None  # every rank: evaluation is split
     elapsed = f"({time.perf_counter() - start:.1f} s in all)"
-    if test_set is not None:
-        result = model.evaluate(test_set)
+    if not lead:
+        return
+    if result is not None:
         click.echo(f"Test accuracy {result['accuracy']:.4f}  test loss {result['loss']:.4f}  {elapsed}")
     elif "val_accuracy" in history.history:
         click.echo(f"Validation accuracy {history.history['val_accuracy'][-1]:.4f} (the dataset has no test "
@@ -281,8 +287,9 @@ def _train(platform, device, dataset, data_dir, offline, image_size, model_name,
 
 
 def _open_devices(platform, device):
-    """The device the options name, or the list of them (replicas: "--device 0,1", "all", "--platform a,b")."""
-    opened = open_devices(platform, device)
+    """The device the options name, or the list of them (replicas: "--device 0,1", "all", "--platform a,b");
+    under MPI without --device, the local rank's (clnet.distributed.local_devices)."""
+    opened = local_devices(platform, device)
     return opened[0] if len(opened) == 1 else opened
 
 

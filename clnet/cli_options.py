@@ -13,13 +13,15 @@ from typing import Any, Callable, List, Optional, Sequence
 
 import click
 
+from .distributed import world
 from .errors import ClnetError
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
 
 
 def friendly_errors(command: Callable) -> Callable:
-    """Turn clnet errors (and any unexpected one) into a message and exit status 1, unless --debug.
+    """Turn clnet errors (and any unexpected one) into a message and exit status 1, unless --debug;
+    under MPI an error ends every rank.
 
     Args:
         command: the function of a click command; it gains a --debug flag.
@@ -44,12 +46,12 @@ def friendly_errors(command: Callable) -> Callable:
             if debug:
                 raise
             click.echo("Interrupted.", err=True)
-            sys.exit(130)
+            world().end(130)
         except Exception as exc:  # a bug: still one line, with the way to see more
             if debug:
                 raise
             click.echo(f"Error: {type(exc).__name__}: {exc} (run again with --debug for the traceback)", err=True)
-        sys.exit(1)
+        world().end(1)  # under MPI, every rank ends: the others may be waiting for this one
     return click.option("--debug", is_flag=True, help="Show the full traceback on errors.")(wrapper)
 
 

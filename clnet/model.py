@@ -18,7 +18,7 @@ from .compiler import CompiledStep, Target
 from .datasets import Dataset
 from .datasets.feed import InputSpec, channel_statistics, image_dims
 from .device import Device
-from .device import device as open_device
+from .distributed import local_devices, world
 from .errors import InputError, ModelFileError, ShapeError
 from .layers import Layer, SymbolicTensor
 from .network import INPUT, Network, loss_input
@@ -102,14 +102,15 @@ class Model:
         else:
             network, input_shape = Network.from_symbolic(inputs, outputs), inputs.shape
         self.network = network
-        self.devices = device_list(device if device is not None else open_device())
+        self.world = world()  # the ranks of an MPI run (one without)
+        self.devices = device_list(device if device is not None else local_devices())
         self.device = self.devices[0]  # the first replica's: state_dict, save and summary read it
         self.seed = int(seed)
         self.shares = share_weights(shares, len(self.devices))
         first = Replica(self.device, network, self.seed)
         self.replicas = [first] + [Replica(d, network, self.seed, like=first) for d in self.devices[1:]]
         self.param_store = first.store
-        self.metrics = SummedMetrics(self.replicas)  # loss, -, correct, count over every replica
+        self.metrics = SummedMetrics(self.replicas, self.world)  # loss, -, correct, count over every replica
         self.loss = self.optimizer = None
         self.input_shape = input_shape
         self.normalization = None  # per-channel (mean, std) applied to every input, set by fit(normalize=...)
@@ -178,7 +179,8 @@ class Model:
                         spec)
         if target not in self._runners:
             self._runners[target] = make_runner(self.replicas, self.shares, target,
-                                                lambda replica, t: self._compile(t, replica=replica), self.optimizer)
+                                                lambda replica, t: self._compile(t, replica=replica), self.optimizer,
+                                                self.world)
         self.input_shape = target.input_shape
         return self._runners[target]
 
@@ -270,8 +272,10 @@ class Model:
         runner.train(x, targets)
         return self._read_metrics(targets)["loss"]
 
-    def _read_metrics(self, targets):
-        loss_sum, _, correct, count = self.metrics.download()
+    def _read_metrics(self, targets, local=False):
+        """Loss (and accuracy) of the metrics summed so far: over every rank (a collective under
+        MPI), or with `local` over this process's replicas alone."""
+        loss_sum, _, correct, count = self.metrics.download() if local else self.metrics.total()
         logs = {"loss": float(loss_sum / max(count, 1))}
         if self.loss.has_accuracy(targets):
             logs["accuracy"] = float(correct / max(count, 1))
@@ -326,6 +330,24 @@ class Model:
         for replica in self.replicas:
             replica.store.load_state_dict(state)
 
+    def _broadcast(self) -> None:
+        """Rank 0's parameters, buffers, optimizer state and step count on every rank (under MPI):
+        a fit starts from the same state everywhere, also after a resume."""
+        if self.world.size == 1:
+            return
+        first = self.param_store
+        for name in ("params", "buffers"):
+            values = self.world.broadcast(getattr(first, name).download(), f"the {name}")
+            for replica in self.replicas:
+                getattr(replica.store, name).upload(values)
+        for i, tensor in enumerate(first.optimizer_state):
+            values = self.world.broadcast(tensor.download(), "the optimizer state")
+            for replica in self.replicas:
+                replica.store.optimizer_state[i].upload(values)
+        steps = self.world.share(first.steps, "the step count")
+        for replica in self.replicas:
+            replica.store.steps = steps
+
     def optimizer_state_dict(self) -> dict:
         """Everything the optimizer needs to continue: {"class", "config" (hyper-parameters),
         "steps" (taken), "state": [float32 arrays over the flat parameters]}."""
@@ -352,7 +374,8 @@ class Model:
         weights, the seed, the loss, the input shape, the normalisation and the class names
         (`classes`, in output order; default `model.classes`). `clnet.load(path)` reads it back;
         clnet/io.py documents the format."""
-        io.save(self, path, classes=classes)
+        if self.world.lead:  # under MPI every rank holds the same model: rank 0 writes it
+            io.save(self, path, classes=classes)
 
     def restore(self, saved: io.SavedCheckpoint, path) -> None:
         """Load a checkpoint (`io.read_checkpoint`'s SavedCheckpoint read from `path`) into this
@@ -390,7 +413,7 @@ class Model:
         line = lambda r: "  ".join(v.ljust(w) if c == 0 else v.rjust(w) for c, (v, w) in enumerate(zip(r, widths)))
         rule = "-" * len(line(header))
         training = self.loss is not None
-        shard = capacity(int(batch_size), self.shares)[0]  # the first replica's rows; the batch on one device
+        shard = capacity(int(batch_size), self.shares, self.world)[0]  # the first replica's rows; the batch on one device
         target = Target(shard, input_shape, training,
                         np.dtype(self.loss.target_dtype).str if training else None)
         arena = 4 * self._compile(target, allocate=False).plan.place()  # planned, not allocated

@@ -78,11 +78,14 @@ class Runner:
         if len(self._ahead) > AHEAD:
             self._ahead.popleft().wait()
 
-    def train(self, x, targets, update=True):
-        """Queue one training step on a host batch of at most batch_size samples (raw images).
+    def train(self, x, targets, update=True, rows=None):
+        """Queue one training step on a host batch of at most batch_size samples (raw images):
+        x and targets, or x[rows] and targets[rows] when `rows` are given.
 
         With update=False the step stops at the seam: the batch's gradients are in `store.grads` and
         `update()` applies them. An empty batch only counts the step (a replica without a shard)."""
+        if rows is not None:
+            x, targets = x[rows], targets[rows]
         self._begin_step()
         ranges = [self._update] if update else []
         staged = None

@@ -5,6 +5,7 @@ import os
 import numpy as np
 
 from .. import io
+from ..errors import InputError
 from .base import Callback
 from .early_stopping import EarlyStopping
 from .schedule import LearningRateScheduler
@@ -16,7 +17,8 @@ class Checkpoint(Callback):
     the metrics summed so far, the history, and the state of every callback that has one. With
     `resume`, an existing file is loaded into the model when training begins, so that a run
     interrupted and resumed with the same arguments ends with the same weights as one never
-    interrupted.
+    interrupted. Under MPI rank 0 writes the file, which records the number of ranks: a run resumes
+    with as many (every rank reads the file, so it must lie where every rank sees it).
 
     Example:
         >>> model.fit(x, y, epochs=30, checkpoint="run.clnet", resume=True)   # adds one
@@ -26,7 +28,7 @@ class Checkpoint(Callback):
         self.path, self.resume = os.fspath(path), bool(resume)
 
     def on_train_begin(self):
-        if self.resume and os.path.exists(self.path):
+        if self.resume and self.model.world.share(os.path.exists(self.path), "the checkpoint's presence"):
             self._restore()
 
     def on_epoch_end(self, epoch, logs):
@@ -40,8 +42,10 @@ class Checkpoint(Callback):
         state = {"rng": trainer.rng.bit_generator.state, "history": trainer.history.history,
                  "epochs": trainer.history.epochs, "order": order,
                  "metrics": model.metrics.state() if order is not None else None,
-                 "callbacks": [[type(c).__name__, c.state()] for c in trainer.callbacks if _keeps_state(c)]}
-        io.save_checkpoint(self.path, model, state, epoch=epochs_done, step=steps_done)
+                 "callbacks": [[type(c).__name__, c.state()] for c in trainer.callbacks if _keeps_state(c)],
+                 "ranks": model.world.size}
+        if model.world.lead:
+            io.save_checkpoint(self.path, model, state, epoch=epochs_done, step=steps_done)
 
     def _restore(self):
         """Load the checkpoint into the model and the trainer; the trainer continues from the
@@ -50,8 +54,13 @@ class Checkpoint(Callback):
         afresh."""
         trainer, model = self.trainer, self.model
         saved = io.read_checkpoint(self.path)
-        model.restore(saved, self.path)
         state = saved.state
+        ranks = state.get("ranks", 1)
+        if ranks != model.world.size:
+            raise InputError(f"{self.path} was written by a run of {ranks} process{'es' if ranks > 1 else ''} "
+                             f"(MPI ranks) and this one has {model.world.size}: resume it with "
+                             + (f"mpirun -n {ranks}" if ranks > 1 else "one process, without mpirun"))
+        model.restore(saved, self.path)
         trainer.rng.bit_generator.state = state["rng"]
         by_class = {}
         for name, callback_state in (state["callbacks"] if "schedule" not in state

@@ -20,6 +20,8 @@ class MetricsLog(Callback):
         self.path = str(path)
 
     def on_epoch_end(self, epoch, logs):
+        if not self.model.world.lead:  # under MPI, rank 0 writes
+            return
         seconds = self.trainer.epoch_seconds
         self.append({"epoch": epoch, **logs, "seconds": round(seconds, 3),
                      "images_per_second": round(self.trainer.epoch_images / seconds, 1)})

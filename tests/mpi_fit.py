@@ -1,0 +1,70 @@
+"""A small training script that tests/test_mpi.py runs under `mpiexec -n 2` (and whose pieces it
+runs in one process to compare): python3 mpi_fit.py MODE DEVICE_INDEX OUT_FOLDER.
+
+MODE "step": three train_on_batch steps (rank 0 saves the weights to step.npz), then the fit;
+"fit": the fit alone; "kill", "hang", "fail": the fit, with rank 1 killed (SIGKILL), stuck or
+raising at the fourth step of the second epoch. The fit checkpoints to run.ckpt, every rank asks
+to save saved-<rank>.clnet, and rank 0 writes the test metrics to result.json."""
+
+import json
+import os
+import signal
+import sys
+import time
+
+import numpy as np
+
+import clnet
+from clnet import layers as L
+
+FIT = dict(epochs=2, batch_size=64, verbose=0)
+
+
+def mlp(device):
+    return clnet.Sequential([L.Flatten(), L.Dense(784, 64), L.ReLU(), L.Dense(64, 10)], device=device,
+                            seed=4).compile("cross_entropy", clnet.optim.SGD(lr=0.05, momentum=0.9))
+
+
+def data():
+    (x, y), (xt, yt) = clnet.datasets.load_mnist_5k()
+    return x[:2000], y[:2000], xt, yt
+
+
+class Trouble(clnet.callbacks.Callback):
+    """Rank 1 is killed, hangs or fails at step 3 of epoch 2."""
+
+    def __init__(self, mode):
+        self.mode = mode
+
+    def on_step_end(self, epoch, step):
+        if self.model.world.rank != 1 or (epoch, step) != (2, 3):
+            return
+        if self.mode == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        elif self.mode == "hang":
+            time.sleep(600)
+        elif self.mode == "fail":
+            raise RuntimeError("rank 1 fails on purpose")
+
+
+def main(mode, index, out):
+    world = clnet.distributed.init()
+    device = clnet.device(device=index)
+    x, y, xt, yt = data()
+    model = mlp(device)
+    if mode == "step":
+        for _ in range(3):
+            model.train_on_batch(x[:32], y[:32])
+        if world.lead:
+            np.savez(os.path.join(out, "step.npz"), **model.state_dict())
+        model = mlp(device)
+    model.fit(x, y, checkpoint=os.path.join(out, "run.ckpt"), callbacks=[Trouble(mode)], **FIT)
+    model.save(os.path.join(out, f"saved-{world.rank}.clnet"))
+    result = model.evaluate(xt, yt)
+    if world.lead:
+        with open(os.path.join(out, "result.json"), "w") as f:
+            json.dump(result, f)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]), sys.argv[3])
