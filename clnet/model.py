@@ -22,6 +22,7 @@ from .distributed import local_devices, world
 from .errors import InputError, ModelFileError, ShapeError
 from .layers import Layer, SymbolicTensor
 from .network import INPUT, Network, loss_input
+from .balance import Balancer
 from .replicas import Replica, SummedMetrics, capacity, device_list, make_runner, share_weights
 from .text import format_bytes
 from .trainer import History, Trainer
@@ -82,7 +83,9 @@ class Model:
             one replica per entry (the same device may be listed twice), each step's batch split
             among them and their gradients combined into one update.
         seed: seeds initialisation, dropout, augmentation and (unless fit is given one) shuffling.
-        shares: with several devices, each one's share of every batch (default equal), as weights.
+        shares: with several devices, each one's share of every batch: weights, or "auto" (the
+            default when the devices differ; equal shares otherwise): proportional to each
+            device's measured throughput, re-measured as training goes on (clnet.balance).
 
     Example:
         >>> x = clnet.Input((3, 32, 32))
@@ -94,7 +97,7 @@ class Model:
 
     def __init__(self, inputs: SymbolicTensor | Network, outputs: SymbolicTensor | None = None,
                  device: Device | Sequence[Device] | None = None, seed: int = 0,
-                 shares: Sequence[float] | None = None):
+                 shares: Sequence[float] | str | None = None):
         if isinstance(inputs, Network):
             if outputs is not None:
                 raise TypeError("give a Network alone, or an Input and the outputs made from it")
@@ -106,7 +109,11 @@ class Model:
         self.devices = device_list(device if device is not None else local_devices())
         self.device = self.devices[0]  # the first replica's: state_dict, save and summary read it
         self.seed = int(seed)
-        self.shares = share_weights(shares, len(self.devices))
+        self.shares = share_weights(shares, len(self.devices))  # changed in place when balanced
+        if shares is None and len({d.info.label for d in self.devices}) > 1:
+            shares = "auto"
+        self.balancer = (Balancer(self.shares, [d.name for d in self.devices])
+                         if isinstance(shares, str) and len(self.devices) > 1 else None)
         first = Replica(self.device, network, self.seed)
         self.replicas = [first] + [Replica(d, network, self.seed, like=first) for d in self.devices[1:]]
         self.param_store = first.store
@@ -180,7 +187,7 @@ class Model:
         if target not in self._runners:
             self._runners[target] = make_runner(self.replicas, self.shares, target,
                                                 lambda replica, t: self._compile(t, replica=replica), self.optimizer,
-                                                self.world)
+                                                self.world, self.balancer)
         self.input_shape = target.input_shape
         return self._runners[target]
 
@@ -413,7 +420,8 @@ class Model:
         line = lambda r: "  ".join(v.ljust(w) if c == 0 else v.rjust(w) for c, (v, w) in enumerate(zip(r, widths)))
         rule = "-" * len(line(header))
         training = self.loss is not None
-        shard = capacity(int(batch_size), self.shares, self.world)[0]  # the first replica's rows; the batch on one device
+        # the first replica's rows (the batch on one device)
+        shard = capacity(int(batch_size), self.shares, self.world, self.balancer is not None)[0]
         target = Target(shard, input_shape, training,
                         np.dtype(self.loss.target_dtype).str if training else None)
         arena = 4 * self._compile(target, allocate=False).plan.place()  # planned, not allocated
@@ -449,7 +457,7 @@ class Sequential(Model):
     """
 
     def __init__(self, layers: Sequence[Layer], device: Device | Sequence[Device] | None = None, seed: int = 0,
-                 shares: Sequence[float] | None = None):
+                 shares: Sequence[float] | str | None = None):
         super().__init__(Network.chain(layers), device=device, seed=seed, shares=shares)
 
     @property

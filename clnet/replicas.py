@@ -20,11 +20,12 @@ from dataclasses import replace
 
 import numpy as np
 
+from .balance import Balancer
 from .device import Device
 from .distributed import World
 from .errors import InputError
 from .params import ParamStore
-from .runner import Runner
+from .runner import Runner, Stopwatch
 from .tensor import DeviceTensor
 
 
@@ -38,13 +39,14 @@ def device_list(device) -> list:
 
 
 def share_weights(shares, replicas: int) -> np.ndarray:
-    """The replicas' shares of a batch as fractions summing to 1 (equal when `shares` is None)."""
-    if shares is None:
+    """The replicas' shares of a batch as fractions summing to 1 (equal when `shares` is None, and
+    where "auto" starts)."""
+    if shares is None or (isinstance(shares, str) and shares == "auto"):
         return np.full(replicas, 1.0 / replicas)
-    weights = np.asarray(shares, dtype=np.float64).reshape(-1)
+    weights = np.full(0, np.nan) if isinstance(shares, str) else np.asarray(shares, dtype=np.float64).reshape(-1)
     if len(weights) != replicas or not np.all(np.isfinite(weights)) or np.any(weights < 0) or weights.sum() <= 0:
-        raise InputError(f"shares= needs {replicas} non-negative numbers, one per device, not all zero; "
-                         f"got {shares!r}")
+        raise InputError(f"shares= needs \"auto\" or {replicas} non-negative numbers, one per device, not all "
+                         f"zero; got {shares!r}")
     return weights / weights.sum()
 
 
@@ -128,12 +130,13 @@ class ReplicatedRunner:
 
     Args:
         runners: a Runner per replica, in the replicas' order.
-        weights: the replicas' shares (`share_weights`).
+        weights: the replicas' shares (`share_weights`), an array that `balancer` may change.
         world: the ranks (clnet.distributed.World) whose gradients are summed too.
+        balancer: a clnet.balance.Balancer that measures training steps and moves the shares, or None.
     """
 
-    def __init__(self, runners, weights, world: World):
-        self.runners, self.weights, self.world = runners, weights, world
+    def __init__(self, runners, weights, world: World, balancer: Balancer | None = None):
+        self.runners, self.weights, self.world, self.balancer = runners, weights, world, balancer
         self.output_shape = runners[0].output_shape
         stores = [r.store for r in runners]
         self._grads = [s.grads for s in stores]
@@ -150,10 +153,15 @@ class ReplicatedRunner:
         rows are read): gradients per shard, combined, then the same update everywhere."""
         n = len(x if rows is None else rows)
         shards = self._shards(n)
-        for runner, shard in zip(self.runners, shards):
+        watch = Stopwatch(len(shards)) if self.balancer is not None and self.balancer.due() else None
+        for i, (runner, shard) in enumerate(zip(self.runners, shards)):
             part = shard if rows is None else rows[shard]
             runner.plan.set_dynamic("first_row", shard.start)
             runner.train(x[part], targets[part], update=False)
+            if watch and len(part):
+                watch.mark(i, runner)
+        if watch:
+            self.balancer.record([shard.stop - shard.start for shard in shards], watch.wait())
         weights = [(shard.stop - shard.start) / n for shard in shards]
         combine(self._grads, weights, self.world, "the gradients")
         if self._buffers is not None:
@@ -179,20 +187,25 @@ class ReplicatedRunner:
             runner.sync()
 
 
-def capacity(batch_size: int, weights: np.ndarray, world: World = World()) -> list:
+def capacity(batch_size: int, weights: np.ndarray, world: World = World(), balanced: bool = False) -> list:
     """The rows each of this rank's replicas' steps is compiled for: the most its shard of any
     global batch up to `batch_size` samples holds (at least 1, as a replica without a shard still
-    updates)."""
+    updates); with `balanced` shares, which move during a run, the most this rank's part holds, so
+    that no share needs another compilation."""
     parts = np.diff(shard_bounds(np.arange(1, batch_size + 1), share_weights(None, world.size)), axis=1)
+    if balanced:
+        return [max(1, int(parts[:, world.rank].max()))] * len(weights)
     bounds = shard_bounds(parts[:, world.rank], weights)
     return [max(1, int(c)) for c in np.diff(bounds, axis=1).max(axis=0)]
 
 
-def make_runner(replicas, weights, target, compile_step, optimizer, world: World):
+def make_runner(replicas, weights, target, compile_step, optimizer, world: World, balancer: Balancer | None = None):
     """A Runner for one replica of one process, or a ReplicatedRunner over all of them;
-    `compile_step(replica, target)` compiles one replica's step, `target` the global batch's."""
+    `compile_step(replica, target)` compiles one replica's step, `target` the global batch's; a
+    training runner's steps feed `balancer` when there is one."""
     if len(replicas) == 1 and world.size == 1:
         return Runner(compile_step(replicas[0], target), replicas[0].store, optimizer)
-    runners = [Runner(compile_step(replica, replace(target, batch_size=rows)), replica.store, optimizer)
-               for replica, rows in zip(replicas, capacity(target.batch_size, weights, world))]
-    return ReplicatedRunner(runners, weights, world)
+    rows = capacity(target.batch_size, weights, world, balanced=balancer is not None)
+    runners = [Runner(compile_step(replica, replace(target, batch_size=size)), replica.store, optimizer)
+               for replica, size in zip(replicas, rows)]
+    return ReplicatedRunner(runners, weights, world, balancer if target.training else None)

@@ -4,8 +4,11 @@ prediction, files and bad input."""
 
 import os
 import signal
+import threading
+import time
 
 import numpy as np
+import pyopencl as cl
 import pytest
 
 import clnet
@@ -201,3 +204,64 @@ def test_dropout_and_augmentation_draw_the_whole_batch_masks(device):
         model.fit(x, y, epochs=2, batch_size=7, shuffle=False, augment="crop=2,flip", verbose=0)
     assert replicated.history.history["loss"] == pytest.approx(single.history.history["loss"], rel=1e-5)
     assert_close(single.state_dict(), replicated.state_dict())
+
+
+def slowed(monkeypatch, model, seconds_per_row, seconds_per_step=(0, 0)):
+    """The test hook of slow devices: each replica's device starts its shard late, by
+    seconds_per_row[i] per row and seconds_per_step[i], as a slower device would finish it late:
+    its queue waits for a user event that a timer completes, so the host goes on queuing."""
+    train = clnet.runner.Runner.train
+    stores = [replica.store for replica in model.replicas]
+
+    def slow_train(runner, x, targets, update=True, rows=None):
+        if runner.store in stores and len(x):
+            i = stores.index(runner.store)
+            start = cl.UserEvent(runner.device.context)
+            cl.enqueue_marker(runner.device.queue, wait_for=[start])
+            threading.Timer(seconds_per_row[i] * len(x) + seconds_per_step[i],
+                            start.set_status, [cl.command_execution_status.COMPLETE]).start()
+        return train(runner, x, targets, update, rows)
+    monkeypatch.setattr(clnet.runner.Runner, "train", slow_train)
+
+
+class EpochClock(clnet.callbacks.Callback):
+    """The seconds of each epoch's steps, compilation left out."""
+
+    def on_epoch_begin(self, epoch):
+        self.start = time.perf_counter()
+
+    def on_epoch_metrics(self, epoch, logs):
+        self.seconds = time.perf_counter() - self.start
+
+
+@pytest.mark.parametrize("per_row, per_step", [((0.0002, 0.0006), (0, 0)), ((0, 0), (0, 0.03))],
+                         ids=["slower-per-row", "fixed-cost"])
+def test_auto_shares_follow_the_faster_device(device, monkeypatch, caplog, per_row, per_step):
+    """shares="auto": a replica three times slower per row gets a quarter of each batch, so the
+    step time follows the faster one; one slowed by a fixed cost larger than the other's whole step
+    gets nothing, and the run says so. Either way the weights are one device's."""
+    (x, y), _ = clnet.datasets.load_mnist_5k()
+    x, y = x[:1280], y[:1280]
+    fit = dict(epochs=2, batch_size=64, shuffle=False, verbose=0)
+    seconds = []
+    for shares in ([1, 1], "auto"):
+        model, clock = compiled(mlp, [device, device], shares), EpochClock()
+        slowed(monkeypatch, model, per_row, per_step)
+        model.fit(x, y, callbacks=[clock], **fit)
+        seconds.append(clock.seconds)  # of the second epoch, balanced
+    single = compiled(mlp, device)
+    single.fit(x, y, **fit)
+    assert_close(single.state_dict(), model.state_dict(), rtol=1e-4)
+    assert seconds[1] < 0.75 * seconds[0], (seconds, model.shares)
+    if per_step[1]:
+        assert list(model.shares) == [1, 0] and model.balancer.dropped == {1}
+        assert "gets no rows from now on" in caplog.text
+    else:
+        assert 0.15 < model.shares[1] < 0.35 and not model.balancer.dropped, model.shares
+
+
+def test_auto_is_the_default_for_different_devices(device):
+    assert compiled(mlp, [device, device]).balancer is None
+    assert compiled(mlp, [device, device], "auto").balancer is not None
+    with pytest.raises(InputError, match='"auto" or 2 non-negative numbers'):
+        mlp([device, device], "fast")
