@@ -7,9 +7,9 @@ A training step splits the global batch into contiguous shards: first equally am
 then each rank's part by its replicas' shares; each replica runs input to backward on its shard and
 stops at the seam; the flat gradients are combined, each weighted by its shard's share of the
 global batch, into the gradient of the global batch's mean loss; every replica then applies the
-same update. The combination goes through the host: each replica's flat buffer is read and summed
-in replica order in float64, the ranks' sums are added by MPI (in float64), and the total is
-written back to every replica. BatchNorm's running statistics are combined the same way after the
+same update. The combination goes through the host, in buckets read as the backward pass writes them
+(clnet.reduction): summed in replica order in float64, then over the ranks by MPI (in float64),
+and the total written back to every replica. BatchNorm's running statistics are combined the same way after the
 step (each replica normalised by its own shard's statistics, as PyTorch's DistributedDataParallel
 without SyncBatchNorm).
 """
@@ -25,6 +25,7 @@ from .device import Device
 from .distributed import World
 from .errors import InputError
 from .params import ParamStore
+from .reduction import BucketedSum
 from .runner import Runner, Stopwatch
 from .tensor import DeviceTensor
 
@@ -138,8 +139,9 @@ class ReplicatedRunner:
     def __init__(self, runners, weights, world: World, balancer: Balancer | None = None):
         self.runners, self.weights, self.world, self.balancer = runners, weights, world, balancer
         self.output_shape = runners[0].output_shape
+        self.times = None  # a clnet.reduction.SeamTimes that training steps add to, when set
         stores = [r.store for r in runners]
-        self._grads = [s.grads for s in stores]
+        self._summed = BucketedSum(runners, world) if runners[0].compiled.training else None
         self._buffers = [s.buffers for s in stores] if any(not e.trainable for e in stores[0].entries) else None
 
     def _shards(self, n):
@@ -153,17 +155,22 @@ class ReplicatedRunner:
         rows are read): gradients per shard, combined, then the same update everywhere."""
         n = len(x if rows is None else rows)
         shards = self._shards(n)
+        self._summed.times = self.times
+        if self.times is not None:
+            self.times.begin()
         watch = Stopwatch(len(shards)) if self.balancer is not None and self.balancer.due() else None
         for i, (runner, shard) in enumerate(zip(self.runners, shards)):
             part = shard if rows is None else rows[shard]
             runner.plan.set_dynamic("first_row", shard.start)
             runner.train(x[part], targets[part], update=False)
-            if watch and len(part):
-                watch.mark(i, runner)
+            if shard.stop > shard.start:
+                self._summed.read(i, runner)
+                if watch:
+                    watch.mark(i, runner)
         if watch:
             self.balancer.record([shard.stop - shard.start for shard in shards], watch.wait())
         weights = [(shard.stop - shard.start) / n for shard in shards]
-        combine(self._grads, weights, self.world, "the gradients")
+        self._summed.combine(weights)
         if self._buffers is not None:
             combine(self._buffers, weights, self.world, "the running statistics")
         for runner in self.runners:

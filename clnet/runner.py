@@ -24,6 +24,7 @@ class Runner:
         self.plan, self.device, self.output_shape = compiled.plan, compiled.device, compiled.output_shape
         self._slot, self._slots, self._ahead = 0, [None, None], deque()
         self._source = None
+        self.last_events = []  # of the launches queued by the last run, in order
         self.n_valid = compiled.batch_size
         self._gathers = self.plan.phase_range("input", "input")[1]  # launches of the input stage, first in the plan
         if compiled.training:
@@ -73,6 +74,7 @@ class Runner:
         events = []
         for start, stop in ranges:
             events += self.plan.run(wait_for=staged[0] if staged and not events else None, start=start, stop=stop)
+        self.last_events = events
         if staged:  # the slot may be refilled once the input stage's gathers have read it
             self._slots[self._slot] = (*staged, events[self._gathers - 1])
         # The host stays at most AHEAD steps in front of the device: progress shown is progress made.

@@ -61,6 +61,13 @@ class DeviceTensor:
                         src_offset=self.offset * self.dtype.itemsize, is_blocking=True)
         return out
 
+    def read_into(self, out, queue=None, wait_for=None):
+        """Queue a copy of this tensor into the host array `out` (contiguous, of its size) on
+        `queue` (default the device's) after the events `wait_for`, without waiting; returns the
+        event, which `out` must outlive."""
+        return cl.enqueue_copy(queue or self.device.queue, out, self.buffer,
+                               src_offset=self.offset * self.dtype.itemsize, wait_for=wait_for, is_blocking=False)
+
     @classmethod
     def empty(cls, device, shape, dtype=np.float32, what="a tensor"):
         t = cls(device, shape, dtype=dtype)

@@ -265,3 +265,30 @@ def test_auto_is_the_default_for_different_devices(device):
     assert compiled(mlp, [device, device], "auto").balancer is not None
     with pytest.raises(InputError, match='"auto" or 2 non-negative numbers'):
         mlp([device, device], "fast")
+
+
+def test_bucketed_sum_in_the_order_backward_writes(device, monkeypatch):
+    """Gradients read in small buckets, each after the last backward launch that touches it (the
+    last layer's first), sum to the same weights bit for bit as in one bucket, and to one device's;
+    the seam's times add up."""
+    monkeypatch.setattr(clnet.reduction, "BUCKET", 300)
+    x, y = batch(32)
+    single, small = compiled(mlp, device), compiled(mlp, [device] * 2, [3, 1])
+    times = small.time_seam()
+    for _ in range(3):
+        single.train_on_batch(x, y)
+        small.train_on_batch(x, y)
+    monkeypatch.undo()
+    whole = compiled(mlp, [device] * 2, [3, 1])
+    for _ in range(3):
+        whole.train_on_batch(x, y)
+    runner = next(iter(small._runners.values()))
+    found = runner._summed.buckets[0]
+    assert len(found) == -(-small.param_store.grads.size // 300) and len(runner._summed.buckets[1]) == len(found)
+    assert found[0][1] == small.param_store.grads.size  # the buffer's end: the last layer, written first
+    assert [b[2] for b in found] == sorted(b[2] for b in found) and found[0][2] < found[-1][2]
+    for key, value in whole.state_dict().items():
+        np.testing.assert_array_equal(small.state_dict()[key], value, err_msg=key)
+    assert_close(single.state_dict(), small.state_dict())
+    seam = times.per_step()
+    assert seam["steps"] == 3 and seam["compute"] > 0 and 0 <= seam["hidden"] <= seam["reduction"] > 0
