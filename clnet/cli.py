@@ -15,30 +15,41 @@ import numpy as np
 from . import callbacks, datasets, metrics, models, optim
 from .cli_options import CONTEXT_SETTINGS, FiniteFloatRange, device_options, friendly_errors, option_group
 from .datasets.feed import parse_augment
-from .device import INSTALL_HINT, list_devices
+from .device import INSTALL_HINT, alike, list_devices
 from .distributed import local_devices, world
 from .errors import ClnetError, InputError
 from .files import check_writable
 from .model import load as load_model
 from .onnx_import import from_onnx
+from .replicas import default_shares
 from .text import format_bytes
 
 
 @click.command(context_settings=CONTEXT_SETTINGS, epilog="""\b
 Examples:
   clnet-devices
-  clnet-devices --json""")
+  clnet-devices --json
+  clnet-devices --platform nvidia --device all       # what a run on every NVIDIA GPU uses
+  clnet-devices --platform nvidia,pocl               # every GPU and the CPU, and their shares""")
 @friendly_errors
+@device_options
 @click.option("--json", "as_json", is_flag=True, help="Print the devices as JSON.")
-def devices(as_json):
-    """List every OpenCL platform and device clnet can use.
+def devices(platform, device, as_json):
+    """List every OpenCL platform and device clnet can use, and what a run would use: the best
+    device, the devices each rank of an MPI run takes in turn, and with --platform/--device the
+    devices selected, one replica each, with their shares of every batch.
 
     Select one elsewhere with --platform and --device (an index, or a case-insensitive name
     substring), or with the environment variables CLNET_PLATFORM and CLNET_DEVICE.
     """
     infos = list_devices()
+    selected = _open_devices(platform, device) if platform or device else None
+    selected = selected if selected is None or isinstance(selected, list) else [selected]
     if as_json:
-        click.echo(json.dumps([info.__dict__ for info in infos], indent=2))
+        listed = [info.__dict__ for info in infos]
+        click.echo(json.dumps(listed if selected is None else
+                              {"devices": listed, "selected": [d.info.index for d in selected],
+                               "shares": _shares_text(selected)}, indent=2))
         return
     if not infos:
         raise ClnetError("No OpenCL platform was found. " + INSTALL_HINT)
@@ -56,6 +67,25 @@ def devices(as_json):
                 ("driver", info.driver)]
         for key, value in rows:
             click.echo(f"    {key:<15} {value}")
+    if selected is not None:
+        click.echo(f"Selected: {len(selected)} replica{'s' if len(selected) > 1 else ''}, shares "
+                   f"{_shares_text(selected)}")
+        for dev in selected:
+            click.echo(f"    [{dev.info.index}] {dev.info.label}")
+        return
+    best = alike()
+    click.echo(f"Default: [{best[0].index}] {best[0].label}")
+    click.echo("Under mpirun, the ranks of a machine take in turn: "
+               + ", ".join(f"[{info.index}]" for info in best))
+
+
+def _shares_text(selected):
+    """How a run on these devices splits each batch: "auto (...)", or the equal percentage."""
+    if len(selected) == 1:
+        return "100%"
+    if default_shares(selected) == "auto":
+        return "auto (by throughput measured during the first steps; equal until then)"
+    return f"equal ({100 / len(selected):.3g}% each)"
 
 
 _data_options = option_group(

@@ -24,8 +24,8 @@ from .layers import Layer, SymbolicTensor
 from .network import INPUT, Network, loss_input
 from .balance import Balancer
 from .reduction import SeamTimes
-from .replicas import (Replica, ReplicatedRunner, SummedMetrics, capacity, device_list, make_runner,
-                       share_weights)
+from .replicas import (Replica, ReplicatedRunner, SummedMetrics, capacity, default_shares, device_list,
+                       make_runner, share_weights)
 from .text import format_bytes
 from .trainer import History, Trainer
 
@@ -112,8 +112,7 @@ class Model:
         self.device = self.devices[0]  # the first replica's: state_dict, save and summary read it
         self.seed = int(seed)
         self.shares = share_weights(shares, len(self.devices))  # changed in place when balanced
-        if shares is None and len({d.info.label for d in self.devices}) > 1:
-            shares = "auto"
+        shares = default_shares(self.devices) if shares is None else shares
         self.balancer = (Balancer(self.shares, [d.name for d in self.devices])
                          if isinstance(shares, str) and len(self.devices) > 1 else None)
         first = Replica(self.device, network, self.seed)

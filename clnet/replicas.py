@@ -39,6 +39,12 @@ def device_list(device) -> list:
     return list(devices)
 
 
+def default_shares(devices) -> str | None:
+    """`shares=` when none is given: "auto" (by measured throughput) when the devices differ, else
+    None (equal)."""
+    return "auto" if len({d.info.label for d in devices}) > 1 else None
+
+
 def share_weights(shares, replicas: int) -> np.ndarray:
     """The replicas' shares of a batch as fractions summing to 1 (equal when `shares` is None, and
     where "auto" starts)."""

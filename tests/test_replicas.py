@@ -2,6 +2,7 @@
 times, against the same model on one device: one step, a short fit, shares, tiny batches,
 prediction, files and bad input."""
 
+import json
 import os
 import signal
 import threading
@@ -292,3 +293,17 @@ def test_bucketed_sum_in_the_order_backward_writes(device, monkeypatch):
     assert_close(single.state_dict(), small.state_dict())
     seam = times.per_step()
     assert seam["steps"] == 3 and seam["compute"] > 0 and 0 <= seam["hidden"] <= seam["reduction"] > 0
+
+
+def test_clnet_devices_shows_the_selection_and_its_shares(device):
+    """clnet-devices with --device lists the replicas a run would use and how it splits batches."""
+    from click.testing import CliRunner
+    from clnet.cli import devices
+    index = str(device.info.index)
+    result = CliRunner().invoke(devices, ["--device", f"{index},{index}"])
+    assert result.exit_code == 0, result.output
+    assert f"Selected: 2 replicas, shares equal (50% each)\n    [{index}] {device.info.label}" in result.output
+    listed = json.loads(CliRunner().invoke(devices, ["--device", index, "--json"]).output)
+    assert listed["selected"] == [device.info.index] and listed["shares"] == "100%"
+    plain = CliRunner().invoke(devices, [])
+    assert "Default: [" in plain.output and "Under mpirun, the ranks of a machine take in turn: [" in plain.output
