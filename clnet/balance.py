@@ -1,14 +1,16 @@
 """Shares balanced by measured throughput (`shares="auto"`): how many rows of every batch each
 replica gets, so that the replicas' shards finish together.
 
-During two rounds of a few steps after the start (the first step is a warm-up), and one step in
-every RECHECK after that, the replicated runner records when each replica's input-to-backward
-finished, counted from the step's start. After each round the shares are set proportional to each
-replica's rows per second. A replica that, at the share its throughput gave it, still takes longer
-than the others would take for the whole batch without it (its fixed costs outweigh its rows: a
-slow CPU beside a GPU) gets nothing from then on, and the run says so; one step every RECHECK
-re-measures, and the shares move again when the replicas' times drift apart by more than DRIFT. Shares change only which rows go where: a step's result is the same whatever they
-are (within float32 summation), so balancing never changes what is learnt beyond rounding.
+Shares start from a guess by device type (`first_guess`). During two rounds of a few steps after
+the start (the first step is a warm-up), and one step in every RECHECK after that, the replicated
+runner records when each replica's input-to-backward finished, counted from the step's start.
+After each round the shares are set proportional to each replica's rows per second. A replica
+that, at the share its throughput gave it, still takes longer than the others would take for the
+whole batch without it (its fixed costs outweigh its rows: a slow CPU beside a GPU) gets nothing
+from then on, and the run says so; one step every RECHECK re-measures, and the shares move again
+when the replicas' times drift apart by more than DRIFT. Shares change only which rows go where: a
+step's result is the same whatever they are (within float32 summation), so balancing never changes
+what is learnt beyond rounding.
 """
 
 from __future__ import annotations
@@ -22,6 +24,15 @@ MEASURE = 3     # steps measured in each of the two rounds that set the shares
 RECHECK = 50    # later, one measured step in this many
 DRIFT = 0.15    # relative spread of the replicas' times that moves the shares again; the margin of noise
 LOG = logging.getLogger("clnet")
+CPU_GUESS = 1 / 16  # a CPU's first share beside a GPU's, until measured: most CPUs are far slower
+
+
+def first_guess(devices) -> np.ndarray:
+    """The shares measured steps start from: equal, but a CPU beside a GPU (or an accelerator) gets
+    CPU_GUESS of its share, so that the first steps do not wait for the CPU."""
+    types = [d.info.type for d in devices]
+    weights = np.array([CPU_GUESS if t == "CPU" and set(types) != {"CPU"} else 1.0 for t in types])
+    return weights / weights.sum()
 
 
 class Balancer:

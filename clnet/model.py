@@ -22,7 +22,7 @@ from .distributed import local_devices, world
 from .errors import InputError, ModelFileError, ShapeError
 from .layers import Layer, SymbolicTensor
 from .network import INPUT, Network, loss_input
-from .balance import Balancer
+from .balance import Balancer, first_guess
 from .reduction import SeamTimes
 from .replicas import (Replica, ReplicatedRunner, SummedMetrics, capacity, default_shares, device_list,
                        make_runner, share_weights)
@@ -113,8 +113,10 @@ class Model:
         self.seed = int(seed)
         self.shares = share_weights(shares, len(self.devices))  # changed in place when balanced
         shares = default_shares(self.devices) if shares is None else shares
-        self.balancer = (Balancer(self.shares, [d.name for d in self.devices])
-                         if isinstance(shares, str) and len(self.devices) > 1 else None)
+        self.balancer = None
+        if isinstance(shares, str) and len(self.devices) > 1:
+            self.shares[:] = first_guess(self.devices)
+            self.balancer = Balancer(self.shares, [d.name for d in self.devices])
         first = Replica(self.device, network, self.seed)
         self.replicas = [first] + [Replica(d, network, self.seed, like=first) for d in self.devices[1:]]
         self.param_store = first.store

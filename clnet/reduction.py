@@ -120,6 +120,10 @@ class SeamTimes:
     """
 
     def __init__(self):
+        self.reset()
+
+    def reset(self):
+        """Forget the steps timed so far (after a warm-up)."""
         self.steps, self.compute, self.reduction, self.hidden = 0, 0.0, 0.0, 0.0
         self._start = None
 
