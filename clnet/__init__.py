@@ -12,5 +12,5 @@ from .version import __version__
 
 __all__ = ["ClnetError", "DatasetError", "Device", "DeviceInfo", "DeviceNotFoundError", "History",
            "Input", "InputError", "KernelBuildError", "Model", "ModelFileError", "OutOfDeviceMemoryError", "Sequential",
-           "ShapeError", "TrainingError", "callbacks", "datasets", "device", "devices", "distributed", "from_onnx", "io",
-           "layers", "list_devices", "load", "load_checkpoint", "losses", "models", "optim"]
+           "ShapeError", "TrainingError", "callbacks", "datasets", "device", "devices", "distributed", "from_onnx",
+           "io", "layers", "list_devices", "load", "load_checkpoint", "losses", "models", "optim"]

@@ -149,7 +149,9 @@ class Trainer:
     def _interrupted(self, interrupt):
         """Whether Ctrl-C was pressed: here, or on any rank under MPI (all ranks stop at the same step)."""
         world = self.model.world
-        return interrupt.requested if world.size == 1 else world.any(interrupt.requested, "the check for Ctrl-C after a step")
+        if world.size == 1:
+            return interrupt.requested
+        return world.any(interrupt.requested, "the check for Ctrl-C after a step")
 
     def _rows_of(self, positions):
         """The rows of x at these positions of the training samples."""

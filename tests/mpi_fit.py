@@ -3,8 +3,9 @@ runs in one process to compare): python3 mpi_fit.py MODE DEVICE_INDEX OUT_FOLDER
 
 MODE "step": three train_on_batch steps (rank 0 saves the weights to step.npz), then the fit;
 "fit": the fit alone; "kill", "hang", "fail": the fit, with rank 1 killed (SIGKILL), stuck or
-raising at the fourth step of the second epoch. The fit checkpoints to run.ckpt, every rank asks
-to save saved-<rank>.clnet, and rank 0 writes the test metrics to result.json."""
+raising at the fourth step of the second epoch; "resume": the fit resumed from its checkpoint.
+The fit checkpoints to run.ckpt, every rank asks to save saved-<rank>.clnet, and rank 0 writes the
+test metrics to result.json and the predictions of 50 test images to predictions.npy."""
 
 import json
 import os
@@ -58,12 +59,14 @@ def main(mode, index, out):
         if world.lead:
             np.savez(os.path.join(out, "step.npz"), **model.state_dict())
         model = mlp(device)
-    model.fit(x, y, checkpoint=os.path.join(out, "run.ckpt"), callbacks=[Trouble(mode)], **FIT)
+    model.fit(x, y, checkpoint=os.path.join(out, "run.ckpt"), resume=mode == "resume", callbacks=[Trouble(mode)],
+              **FIT)
     model.save(os.path.join(out, f"saved-{world.rank}.clnet"))
-    result = model.evaluate(xt, yt)
+    result, predictions = model.evaluate(xt, yt), model.predict(xt[:50], batch_size=16)
     if world.lead:
         with open(os.path.join(out, "result.json"), "w") as f:
             json.dump(result, f)
+        np.save(os.path.join(out, "predictions.npy"), predictions)
 
 
 if __name__ == "__main__":

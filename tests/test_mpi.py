@@ -55,6 +55,7 @@ def test_two_ranks_match_one_process(device, tmp_path):
         assert np.abs(ranks[key] - single[key]).max() <= 1e-5 * scale, key
     accuracy = [json.loads((folder / "result.json").read_text())["accuracy"] for folder in (one, tmp_path)]
     assert abs(accuracy[0] - accuracy[1]) <= 0.005 and accuracy[0] > 0.7, accuracy
+    np.testing.assert_allclose(np.load(tmp_path / "predictions.npy"), np.load(one / "predictions.npy"), atol=1e-4)
     assert sorted(p.name for p in tmp_path.glob("saved-*")) == ["saved-0.clnet"]  # rank 1 wrote nothing
     model = mpi_fit.mlp(device)
     x, y, _, _ = mpi_fit.data()
@@ -65,7 +66,8 @@ def test_two_ranks_match_one_process(device, tmp_path):
 @pytest.mark.parametrize("mode, says", [
     ("kill", "KILLED BY SIGNAL: 9|signal 9"),
     ("hang", "rank 0 of 2 waited 3 s for the other ranks"),
-    ("fail", "RuntimeError: rank 1 fails on purpose.*rank 1 of 2 failed; ending every rank")])
+    ("fail", "RuntimeError: rank 1 fails on purpose.*rank 1 of 2 failed; ending every rank")],
+    ids=["kill", "hang", "fail"])
 def test_a_rank_that_stops_ends_the_run(device, tmp_path, mode, says):
     """Rank 1 killed, stuck or raising mid-epoch: the run ends with a clear message within seconds
     (the watchdog waits CLNET_MPI_TIMEOUT=3 s), and the checkpoint of the last epoch loads."""
@@ -75,6 +77,16 @@ def test_a_rank_that_stops_ends_the_run(device, tmp_path, mode, says):
     assert re.search(says, out + err, flags=re.S), out + err
     loaded = clnet.load_checkpoint(tmp_path / "run.ckpt", device=device)
     assert loaded.epoch == 1 and not (tmp_path / "result.json").exists()
+    if mode == "kill":  # resumed on two ranks, the run ends as one process's uninterrupted
+        status, out, err, _ = fit_script("resume", device, tmp_path)
+        assert status == 0, err
+        one = tmp_path / "one"
+        one.mkdir()
+        mpi_fit.main("fit", device.info.index, one)
+        resumed, single = (clnet.load(folder / "saved-0.clnet", device=device).state_dict()
+                           for folder in (tmp_path, one))
+        for key, value in single.items():
+            assert np.abs(resumed[key] - value).max() <= 1e-4 * np.abs(value).max(), key
 
 
 def test_clnet_train_on_two_ranks(device, tmp_path):
