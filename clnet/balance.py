@@ -23,7 +23,7 @@ WARMUP = 1      # steps not measured (first launches, caches)
 MEASURE = 3     # steps measured in each of the two rounds that set the shares
 RECHECK = 50    # later, one measured step in this many
 DRIFT = 0.15    # relative spread of the replicas' times that moves the shares again; the margin of noise
-LOG = logging.getLogger("clnet")
+LOG = logging.getLogger(__name__)
 CPU_GUESS = 1 / 16  # a CPU's first share beside a GPU's, until measured: most CPUs are far slower
 
 
@@ -79,7 +79,7 @@ class Balancer:
             self._leave_out_slow(rows, seconds, throughput, measured)
         throughput[sorted(self.dropped)] = 0
         self.weights[:] = throughput / throughput.sum()
-        LOG.info("clnet: shares by measured throughput: %s",
+        LOG.info("Shares by measured throughput: %s",
                  ", ".join(f"{name} {w:.1%}" for name, w in zip(self.names, self.weights)))
 
     def _leave_out_slow(self, rows, seconds, throughput, measured):
@@ -89,6 +89,6 @@ class Balancer:
         others = throughput.sum() - throughput[slowest]
         if others > 0 and seconds[slowest] > (1 + DRIFT) * rows.sum() / others:  # clearly: not by noise
             self.dropped.add(slowest)
-            LOG.warning("clnet: %s gets no rows from now on: its shard took %.1f ms, longer than the other "
+            LOG.warning("%s gets no rows from now on: its shard took %.1f ms, longer than the other "
                         "devices need for the whole batch (%.1f ms)", self.names[slowest],
                         1e3 * seconds[slowest] / measured, 1e3 * rows.sum() / others / measured)

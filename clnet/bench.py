@@ -46,11 +46,17 @@ from .plan import Plan
 from .tensor import DeviceTensor
 from .timing import Timing, measure
 
-try:
-    import torch
-    from torch import nn
-except ImportError:
-    torch = nn = None
+torch = nn = None  # PyTorch, imported by pick_torch_device (seconds that --help need not wait)
+
+
+def _import_torch() -> None:
+    """Import PyTorch into this module's `torch` and `nn`, where it is installed."""
+    global torch, nn
+    try:
+        import torch
+        from torch import nn
+    except ImportError:
+        pass
 
 SEED = 0
 CLASSES = 10
@@ -324,6 +330,7 @@ def pick_torch_device(choice: str, cl_device: Device) -> Optional["torch.device"
     Example:
         pick_torch_device("auto", clnet.device("pocl"))  # torch.device("cpu"), or None without PyTorch
     """
+    _import_torch()
     if torch is None or choice == "none":
         return None
     if choice == "auto":

@@ -435,8 +435,8 @@ Examples:
               help="How many of the most probable classes to print for each input.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list with one object per input.")
 def predict(model_file, files, platform, device, k, as_json):
-    """Classify image files (PNG, JPEG, BMP: converted to the model's channels and resized to its
-    input size) or the images of .npz/.npy array files with a saved model (MODEL_FILE, or an ONNX
+    """Classify image files (PNG, JPEG, BMP, WebP, TIFF, GIF: converted to the model's channels and
+    resized to its input size) or the images of .npz/.npy array files with a saved model (MODEL_FILE, or an ONNX
     file *.onnx), printing the most probable classes of each with their probabilities."""
     for path in files:
         if not os.path.isfile(path):
@@ -483,7 +483,7 @@ Examples:
               help="ONNX operator set version to target.")
 def export(model_file, out_file, platform, device, opset):
     """Export a saved model (MODEL_FILE, from --save or model.save, or an ONNX file it imports) as an
-    ONNX file (needs the onnx package: pip install "clnet[onnx]").
+    ONNX file (needs the onnx package: pip install onnx, or clnet's onnx extra).
 
     The ONNX graph takes "input": float32 images (N, C, H, W) already scaled to [0, 1] (uint8
     images are not converted), applies the model's normalisation, and returns "probabilities" as

@@ -1,30 +1,46 @@
-"""What every clnet command shares: the device options, the handling of errors, options of several values.
+"""What every clnet command shares: the device options, the handling of errors, diagnostics and
+closed pipes, --version, options of several values.
 
 The commands (clnet/cli.py, clnet/bench.py, clnet/tune.py) are click commands built from these, so
 --platform/--device read and behave the same in all of them, and a user mistake exits 2 (usage,
 from click) or 1 with a one-line message; --debug shows the traceback.
 """
 
+import contextlib
 import functools
+import logging
 import math
+import os
 import re
+import select
 import sys
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, Iterator, List, Optional, Sequence
 
 import click
 
 from .distributed import world
 from .errors import ClnetError
+from .progress import beside_bars
+from .version import __version__
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
+SIGPIPE_STATUS = 141  # 128 + SIGPIPE: what a shell reports for a writer whose reader has gone
+
+version_option = click.version_option(__version__, "--version", "-V", message="clnet %(version)s",
+                                      help="Show clnet's version and exit.")
 
 
 def friendly_errors(command: Callable) -> Callable:
-    """Turn clnet errors (and any unexpected one) into a message and exit status 1, unless --debug;
-    under MPI an error ends every rank.
+    """What every command does around its work: clnet errors (and any unexpected one) become a
+    one-line message and exit status 1, unless --debug (under MPI an error ends every rank); a
+    reader that closes the pipe early (`| head`) ends the command quietly; the "clnet" logger's
+    diagnostics go to stderr (downloads, resumes and warnings; with --verbose also the device
+    chosen, kernel builds and tuning-cache hits; a command's --quiet leaves only warnings);
+    --version / -V.
 
     Args:
-        command: the function of a click command; it gains a --debug flag.
+        command: the function of a click command; it gains the options --debug, --verbose/-v and
+            --version/-V.
 
     Example:
         @click.command(context_settings=CONTEXT_SETTINGS)
@@ -33,12 +49,18 @@ def friendly_errors(command: Callable) -> Callable:
         def hello(platform, device): ...
     """
     @functools.wraps(command)
-    def wrapper(*args, debug=False, **kwargs):
+    def wrapper(*args, debug=False, verbose=False, **kwargs):
+        level = logging.DEBUG if verbose else logging.WARNING if kwargs.get("quiet") else logging.INFO
+        level = level if world().lead else max(level, logging.WARNING)  # under MPI, rank 0 informs
         try:
-            return command(*args, **kwargs)
+            with diagnostics_to_stderr(level):
+                return command(*args, **kwargs)
         except click.ClickException:  # usage errors: click prints them and exits 2
             raise
         except (ClnetError, OSError) as exc:
+            if isinstance(exc, BrokenPipeError) and _reader_gone(sys.stdout):  # `| head` has read enough
+                _silence_stdout()
+                sys.exit(SIGPIPE_STATUS)
             if debug:
                 raise
             click.echo(f"Error: {exc}", err=True)
@@ -52,7 +74,70 @@ def friendly_errors(command: Callable) -> Callable:
                 raise
             click.echo(f"Error: {type(exc).__name__}: {exc} (run again with --debug for the traceback)", err=True)
         world().end(1)  # under MPI, every rank ends: the others may be waiting for this one
-    return click.option("--debug", is_flag=True, help="Show the full traceback on errors.")(wrapper)
+    return option_group(
+        click.option("--verbose", "-v", is_flag=True, help="Also show the device chosen, kernel builds and "
+                     "tuning-cache hits (on stderr)."),
+        click.option("--debug", is_flag=True, help="Show the full traceback on errors."),
+        version_option)(wrapper)
+
+
+def _reader_gone(stream: Any) -> bool:
+    """Whether `stream` is a pipe whose reader has closed it (its end polls as an error), rather
+    than some other pipe of the command (a worker process's) that broke."""
+    try:
+        poller = select.poll()
+        poller.register(stream.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll() (Windows), no file descriptor
+        return False
+
+
+def _silence_stdout() -> None:
+    """Point stdout at the null device, so that the interpreter's last flush of what is still
+    buffered for a reader that has gone fails no more."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+    except (OSError, ValueError):  # a stdout without a file descriptor (a test's capture)
+        pass
+
+
+class _DiagnosticHandler(logging.StreamHandler):
+    """A diagnostic as one line on stderr, beside a progress bar rather than through it: "Warning:
+    ..." for a warning or an error, the message alone below."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return text if record.levelno < logging.WARNING else f"{record.levelname.capitalize()}: {text}"
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with beside_bars(self.stream):
+            super().emit(record)
+
+
+@contextlib.contextmanager
+def diagnostics_to_stderr(level: int) -> Iterator[None]:
+    """Show the "clnet" logger's records of `level` and above on stderr while the block runs; the
+    logger's level and handlers are restored after it (commands may run in one process, as tests
+    run them). Library code never configures logging: only the commands do, through this.
+
+    Args:
+        level: a logging level, e.g. logging.INFO.
+
+    Example:
+        with diagnostics_to_stderr(logging.DEBUG):
+            clnet.device()          # "Opened <the device> (tiled kernels)" on stderr
+    """
+    logger = logging.getLogger("clnet")
+    handler = _DiagnosticHandler(sys.stderr)
+    saved = logger.level
+    logger.setLevel(level)
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved)
 
 
 def option_group(*decorators: Callable) -> Callable:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
 import pyopencl as cl
 
 from .errors import DeviceNotFoundError
+
+log = logging.getLogger(__name__)
 
 FAMILIES = ("tiled", "cpu")  # the kernel families: local-memory tiles (GPUs), packed panels (CPUs)
 INSTALL_HINT = ("Install an OpenCL driver: for the CPU, `pip install pocl-binary-distribution` "
@@ -238,6 +241,7 @@ class Device:
         self.queue = cl.CommandQueue(self.context, properties=properties)
         self.copy_queue = cl.CommandQueue(self.context, properties=properties)  # uploads that overlap the kernels
         self.programs = {}
+        log.debug("Opened %s (%s kernels)", info.label, self.family)
 
     @property
     def name(self) -> str:

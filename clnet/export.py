@@ -1,6 +1,6 @@
 """ONNX export of a clnet model (a Sequential or a graph): `to_onnx(model, "model.onnx")`, or `clnet-export`.
 
-Needs the `onnx` package (`pip install "clnet[onnx]"`). The graph has one input, "input": float32
+Needs the `onnx` package (`pip install onnx`, or clnet's `onnx` extra). The graph has one input, "input": float32
 of shape (N, *input_shape) with a symbolic batch dimension "N", images already scaled to [0, 1]
 (uint8 images are not converted: divide them by 255 first). The model's per-channel normalisation
 ((x - mean) / std) comes first as Sub and Div nodes, then the nodes of each layer's `to_onnx`, in
@@ -41,7 +41,8 @@ from .version import __version__
 if TYPE_CHECKING:
     import onnx
 
-ONNX_HINT = 'ONNX export and import need the onnx package: pip install "clnet[onnx]" (or pip install onnx)'
+ONNX_HINT = ("ONNX export and import need the onnx package: pip install onnx (or clnet's onnx extra: "
+             'pip install ".[onnx]" in its checkout)')
 MIN_OPSET = 9  # BatchNormalization without the "spatial" attribute
 
 

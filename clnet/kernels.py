@@ -4,7 +4,9 @@ and hands out kernels that know their arguments by the names of their OpenCL C s
 Every file is built after common.h; a file may also #include "header.h" the headers beside it.
 """
 
+import logging
 import re
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +14,8 @@ from pathlib import Path
 import pyopencl as cl
 
 from .errors import KernelBuildError, OutOfDeviceMemoryError
+
+log = logging.getLogger(__name__)
 
 HEADER = "common.h"
 
@@ -165,7 +169,9 @@ class KernelLibrary:
         key = (str(self.source_dir), filename, tuple(options))
         cache = self.device.programs
         if key not in cache:
+            started = time.perf_counter()
             cache[key] = (self._build(filename, options), {})
+            log.debug("Built %s %s in %.2f s", filename, " ".join(options), time.perf_counter() - started)
         return cache[key]
 
     def _build(self, filename, options):

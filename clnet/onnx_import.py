@@ -1,7 +1,7 @@
 """ONNX import: `from_onnx("model.onnx")` builds a clnet.Model from the ONNX graph of an image
 classifier, as torch.onnx.export and clnet's own export write them, with its weights loaded.
 
-Needs the `onnx` package (`pip install "clnet[onnx]"`). The graph has one input, float32 (N, C, H, W)
+Needs the `onnx` package (`pip install onnx`, or clnet's `onnx` extra). The graph has one input, float32 (N, C, H, W)
 (or (N, features)) with C, H and W fixed (the batch N may be symbolic), and one output. Each node
 becomes a clnet layer reading the layers its inputs come from:
 

@@ -14,13 +14,15 @@ import functools
 import hashlib
 import json
 import math
+import logging
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from .files import replace_atomically
 from .kernels import kernel_dir, program_source
+
+log = logging.getLogger(__name__)
 
 FORMAT = "clnet-tuning"
 VERSION = 1
@@ -91,7 +93,7 @@ def load(path=None):
         if not (isinstance(parsed, dict) and parsed.get("format") == FORMAT and isinstance(parsed.get("devices"), dict)):
             raise ValueError("not a clnet tuning file")
     except (OSError, ValueError) as exc:
-        warnings.warn(f"ignoring the tuning cache {path} ({exc}); `clnet-tune` writes a new one", stacklevel=2)
+        log.warning("ignoring the tuning cache %s (%s); `clnet-tune` writes a new one", path, exc)
         parsed = {}
     _loaded[path] = (stamp, parsed)
     return parsed
@@ -118,15 +120,18 @@ def _distance(a, b):
 
 def lookup(device, case, path=None):
     """The tuned parameters (a dict) of the nearest comparable case, or None."""
-    best, best_distance = None, None
+    best, best_key, best_distance = None, None, None
     for key, result in _entry(device, path).items():
         try:
             distance = _distance(case, Case.from_key(key))
         except (ValueError, ZeroDivisionError):
             continue
         if distance is not None and (best_distance is None or distance < best_distance):
-            best, best_distance = result, distance
-    return dict(best["params"]) if isinstance(best, dict) and isinstance(best.get("params"), dict) else None
+            best, best_key, best_distance = result, key, distance
+    if not (isinstance(best, dict) and isinstance(best.get("params"), dict)):
+        return None
+    log.debug("Tuned parameters for %s from the tuning cache's %s", case.key, best_key)
+    return dict(best["params"])
 
 
 def store(device, results, path=None):

@@ -10,6 +10,7 @@ import gzip
 import hashlib
 import http.server
 import io
+import logging
 import os
 import pickle
 import socket
@@ -214,10 +215,13 @@ def test_download_is_verified_then_cached(dirs, server, fake_mnist):
     np.testing.assert_array_equal(again.x, train.x)
 
 
-def test_only_missing_files_are_downloaded(dirs, server, fake_mnist):
+def test_only_missing_files_are_downloaded(dirs, server, fake_mnist, caplog):
     write_files(dirs.cache / "mnist", {n: fake_mnist[n] for n in IDX_NAMES[:2]})
-    assert registry.fetch("mnist") == dirs.cache / "mnist"
+    with caplog.at_level(logging.INFO, logger="clnet"):
+        assert registry.fetch("mnist") == dirs.cache / "mnist"
     assert sorted(server.requests) == sorted(f"/mnist/{n}" for n in IDX_NAMES[2:])
+    said = [r.getMessage() for r in caplog.records if r.name == "clnet.datasets.download"]  # a diagnostic each
+    assert [m.split()[0] for m in said] == ["Downloading"] * 2 and IDX_NAMES[2] in said[0]
 
 
 @pytest.mark.parametrize("damage", ["flipped byte", "longer", "shorter"])
@@ -596,7 +600,7 @@ def test_real_arrays_reader(tmp_path):
 # ------------------------------------------------------------------ the progress bar
 
 
-def test_progress_bar_only_on_a_terminal():
+def test_progress_bar_redraws_on_a_terminal_and_writes_a_line_to_a_pipe():
     class Stream(io.StringIO):
         def __init__(self, tty):
             super().__init__()
@@ -607,9 +611,10 @@ def test_progress_bar_only_on_a_terminal():
 
     tty, pipe = Stream(True), Stream(False)
     for stream in (tty, pipe):
-        bar = download.ProgressBar(2_000_000, "f.gz", stream)
-        bar.update(1_000_000, download._transferred(1_000_000, bar))
-        bar.update(2_000_000, download._transferred(2_000_000, bar))
+        bar = download.ProgressBar(2_000_000, "f.gz", stream, scaled=True)
+        bar.update(1_000_000, download._rate(1_000_000, bar))
+        bar.update(2_000_000, download._rate(2_000_000, bar))
         bar.close(keep=True)
-    assert "\rf.gz [" in tty.getvalue() and "100%" in tty.getvalue() and tty.getvalue().endswith("\n")
-    assert pipe.getvalue() == ""
+    assert "\rf.gz 100%" in tty.getvalue() and "2.00M/2.00M" in tty.getvalue() and tty.getvalue().endswith("\n")
+    assert pipe.getvalue().startswith("f.gz 100% 2.00M/2.00M [") and "MB/s]" in pipe.getvalue()
+    assert "\r" not in pipe.getvalue() and pipe.getvalue().count("\n") == 1

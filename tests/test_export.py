@@ -163,8 +163,8 @@ def test_cli_failures_are_one_line(model_file, tmp_path, args, message):
 
 def test_missing_onnx_says_how_to_install(model_file, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx now raises ImportError
-    with pytest.raises(clnet.ClnetError, match=r'pip install "clnet\[onnx\]"'):
+    with pytest.raises(clnet.ClnetError, match=r'pip install onnx .*pip install "\.\[onnx\]"'):
         to_onnx(model_file[1], tmp_path / "m.onnx")
     result = _runner().invoke(export, [str(model_file[0]), str(tmp_path / "m.onnx"), "--device", model_file[3]])
-    assert result.exit_code == 1 and 'pip install "clnet[onnx]"' in result.stderr
+    assert result.exit_code == 1 and 'pip install onnx' in result.stderr
     assert not (tmp_path / "m.onnx").exists()

@@ -1,6 +1,6 @@
 """What a wheel ships: every package of clnet is listed in setup.cfg (a missing one installs a clnet
 that cannot be imported, which only a wheel install would show), the kernel sources go with it, and so
-do the licence and the bundled data's notice."""
+do the licence and the bundled data's notice, the version and the commands."""
 
 import configparser
 import importlib.util
@@ -9,6 +9,8 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
+
+from clnet.version import __version__
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,3 +41,6 @@ def test_the_wheel_ships_the_licence_and_the_notice(tmp_path):
         assert "LICENSE" in shipped and "NOTICE" in shipped, sorted(shipped)
         assert "Copyright (c) 2026 the clnet developers" in wheel.read(shipped["LICENSE"]).decode()
         assert "mnist_5k.npz" in wheel.read(shipped["NOTICE"]).decode()
+        # the version setup.cfg reads from clnet/version.py, and the `clnet` command beside the clnet-* ones
+        assert f"\nVersion: {__version__}\n" in wheel.read(shipped["METADATA"]).decode()
+        assert "clnet = clnet.commands:main" in wheel.read(shipped["entry_points.txt"]).decode()

@@ -140,11 +140,6 @@ def test_metrics_log(device, tmp_path, suffix):
     assert all(float(r["images_per_second"]) > 0 and float(r["seconds"]) > 0 for r in rows)
 
 
-def test_progress_text():
-    from clnet.callbacks.progress import throughput
-    assert throughput(120, 450, 64, 2.0) == "120/450  3,840 img/s  ETA 6 s"
-
-
 def test_a_checkpoint_resumes_on_another_device(tmp_path):
     """Started on one device, continued on another: the run goes on where it stopped (results
     agree with an uninterrupted run on the second device to float32 rounding)."""

@@ -2,6 +2,7 @@
 
 import importlib
 import json
+import logging
 import re
 
 import numpy as np
@@ -63,14 +64,20 @@ def test_entries_of_other_devices_and_other_sources_are_not_used(tmp_path, monke
 
 
 @pytest.mark.parametrize("content", ["{not json", json.dumps({"format": "something else"}), "[]"])
-def test_a_corrupt_cache_is_reported_ignored_and_replaced(tmp_path, content):
+def test_a_corrupt_cache_is_reported_ignored_and_replaced(tmp_path, content, caplog):
     path = tmp_path / "tuning.json"
     path.write_text(content)
     case = Case("gemm_tiled", "NN", 64, 64, 64)
-    with pytest.warns(UserWarning, match="ignoring the tuning cache .*clnet-tune"):
+    with caplog.at_level(logging.DEBUG, logger="clnet"):
         assert tuning.lookup(FakeDevice(), case, path) is None
+    assert [(r.name, r.levelname) for r in caplog.records] == [("clnet.tuning", "WARNING")]
+    assert re.search("ignoring the tuning cache .*clnet-tune", caplog.records[0].getMessage())
     _store(path, {case: TUNED})
-    assert tuning.lookup(FakeDevice(), case, path) == TUNED
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="clnet"):
+        assert tuning.lookup(FakeDevice(), case, path) == TUNED
+    assert caplog.records[0].getMessage() == "Tuned parameters for gemm_tiled NN 64x64x64 from the tuning cache's " \
+        "gemm_tiled NN 64x64x64"
 
 
 def test_invalid_tuned_parameters_fall_back_to_the_defaults(device, monkeypatch):

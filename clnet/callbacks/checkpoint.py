@@ -1,5 +1,6 @@
 """Checkpoint: everything a run needs to continue exactly, written after every epoch and on Ctrl-C."""
 
+import logging
 import os
 
 import numpy as np
@@ -9,6 +10,8 @@ from ..errors import InputError
 from .base import Callback
 from .early_stopping import EarlyStopping
 from .schedule import LearningRateScheduler
+
+log = logging.getLogger(__name__)
 
 
 class Checkpoint(Callback):
@@ -75,6 +78,7 @@ class Checkpoint(Callback):
         if state["order"] is not None:
             model.metrics.load_state(state["metrics"])
             trainer.start_step, trainer.order = saved.step, np.asarray(state["order"])
+        log.info("Resuming from %s at epoch %d, step %d", self.path, trainer.start_epoch, trainer.start_step)
 
 
 def _keeps_state(callback):

@@ -8,7 +8,7 @@ from .base import Callback
 
 class PlotCurves(Callback):
     """Draw loss and accuracy (training and validation) per epoch into a PNG file (needs matplotlib:
-    pip install "clnet[plot]").
+    pip install matplotlib, or clnet's plot extra).
 
     Example:
         >>> model.fit(x, y, epochs=20, callbacks=[PlotCurves("curves.png")])
@@ -18,7 +18,8 @@ class PlotCurves(Callback):
         try:
             import matplotlib
         except ImportError:
-            raise ClnetError('plotting training curves needs matplotlib: pip install "clnet[plot]"') from None
+            raise ClnetError("plotting training curves needs matplotlib: pip install matplotlib (or clnet's plot "
+                             'extra: pip install ".[plot]" in its checkout)') from None
         matplotlib.use("Agg")
         self.path = str(path)
 

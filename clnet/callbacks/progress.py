@@ -4,38 +4,54 @@ from ..progress import ProgressBar
 from .base import Callback
 
 
-def throughput(done, total, batch, elapsed):
-    """ "120/450  5,120 img/s  ETA 3 s": the progress bar's text during an epoch."""
-    rate = done * batch / max(elapsed, 1e-9)
-    return f"{done}/{total}  {rate:,.0f} img/s  ETA {(total - done) * batch / max(rate, 1e-9):.0f} s"
+def images_per_second(images, seconds):
+    """ "3,840 img/s": the rate of `images` in `seconds`."""
+    return f"{images / max(seconds, 1e-9):,.0f} img/s"
 
 
 class Progress(Callback):
-    """A bar with the running loss and images/s while an epoch runs (on a terminal only), then
-    "Epoch 3/10  loss 0.2134  accuracy 0.9372 ... (4.1 s)", on the trainer's stream when it is
-    verbose. `fit` puts it first, so that the bar is closed before other callbacks print."""
+    """A bar with the running loss and accuracy and images/s while an epoch runs, then
+    "Epoch 3/10  loss 0.2134  accuracy 0.9372 ... (4.1 s, 5,120 img/s)", on the trainer's stream
+    when it is verbose. The bar is tqdm's on a terminal (fitted to its width) and in a notebook;
+    in a pipe or a file it is a plain line every half minute (clnet.progress). `fit` puts it
+    first, so that the bar is closed before other callbacks print."""
 
     bar = None
 
     def on_epoch_begin(self, epoch):
         trainer = self.trainer
-        self.bar = ProgressBar(trainer.steps_per_epoch, f"Epoch {epoch}/{trainer.epochs}", trainer.stream,
-                               enabled=trainer.verbose)
         self.first = trainer.start_step
+        self.bar = ProgressBar(trainer.steps_per_epoch, f"Epoch {epoch}/{trainer.epochs}", trainer.stream,
+                               enabled=trainer.verbose, initial=self.first)
 
     def on_step_end(self, epoch, step):
-        if self.bar.due():  # a terminal shows the running loss: one small read now and then
-            trainer = self.trainer
-            running = "  ".join(f"{k} {v:.4f}" for k, v in trainer.read_metrics().items())
-            self.bar.update(step + 1, throughput(step + 1 - self.first, trainer.steps_per_epoch - self.first,
-                                                 trainer.batch_size, self.bar.elapsed) + "  " + running)
+        if self.bar.due():  # the running metrics are one small read: only when they will be shown
+            self.bar.update(step + 1, ", ".join(self.figures(step)))
+
+    def figures(self, step):
+        """What the bar shows after `step` (counted in the epoch from 0), most telling first (a
+        narrow terminal cuts the line's end): the running metrics, then images/s. A figure of your
+        own (an input pipeline's wait, say) goes here: override, and append to what this returns.
+
+        Args:
+            step: the step that has just ended.
+
+        Example:
+            >>> Progress().figures(119)     # during a fit
+            ['loss 0.2134', 'accuracy 0.9372', '5,120 img/s']
+        """
+        trainer = self.trainer
+        rate = images_per_second((step + 1 - self.first) * trainer.batch_size, self.bar.elapsed)
+        return [f"{k} {v:.4f}" for k, v in trainer.read_metrics().items()] + [rate]
 
     def on_epoch_end(self, epoch, logs):
         self.bar.close()
         if self.trainer.verbose:
+            trainer = self.trainer
             text = "  ".join(f"{k} {v:.4g}" if k == "lr" else f"{k} {v:.4f}" for k, v in logs.items())
-            print(f"Epoch {epoch}/{self.trainer.epochs}  {text}  ({self.bar.elapsed:.1f} s)", file=self.trainer.stream,
-                  flush=True)
+            seconds = trainer.epoch_seconds  # validation included, as the metrics log counts it
+            print(f"Epoch {epoch}/{trainer.epochs}  {text}  ({seconds:.1f} s, "
+                  f"{images_per_second(trainer.epoch_images, seconds)})", file=trainer.stream, flush=True)
 
     def on_interrupt(self, epoch, steps):
         self.bar.close()

@@ -2,6 +2,7 @@
 the destination, checked against the expected size and SHA-256, then renamed into place."""
 
 import hashlib
+import logging
 import os
 import tempfile
 import time
@@ -12,6 +13,8 @@ from pathlib import Path
 
 from ..errors import DatasetError
 from ..progress import ProgressBar
+
+log = logging.getLogger(__name__)
 
 TIMEOUT_S = 30.0  # seconds without a byte from the server before a download is given up
 CHUNK = 1 << 16
@@ -31,6 +34,7 @@ def download_file(url, dest, size=None, sha256=None, timeout=None):
         raise DatasetError(f"cannot write into {dest.parent} ({exc}): set CLNET_DATA_DIR to a writable "
                            "folder, or put the files in place yourself") from None
     _sweep_stale(dest)
+    log.info("Downloading %s to %s", url, dest)
     progress = None
     try:
         with os.fdopen(fd, "wb") as out:
@@ -40,7 +44,7 @@ def download_file(url, dest, size=None, sha256=None, timeout=None):
                 offered = int(length) if length and length.strip().isdigit() else None
                 if size is not None and offered is not None and offered != size:
                     raise _Rejected(f"the server offers {offered:,} bytes, expected {size:,}")
-                progress = ProgressBar(offered if offered is not None else size, dest.name)
+                progress = ProgressBar(offered if offered is not None else size, dest.name, scaled=True)
                 digest, done = hashlib.sha256(), 0
                 while True:
                     chunk = response.read(CHUNK)
@@ -51,7 +55,7 @@ def download_file(url, dest, size=None, sha256=None, timeout=None):
                         raise _Rejected(f"the server sent more than the expected {size:,} bytes")
                     digest.update(chunk)
                     out.write(chunk)
-                    progress.update(done, _transferred(done, progress))
+                    progress.update(done, _rate(done, progress))
                 progress.close(keep=True)
         if size is not None and done != size:
             raise _Rejected(f"got {done:,} bytes, expected {size:,} (the transfer was cut short)")
@@ -114,10 +118,6 @@ def _sweep_stale(dest, age_s=24 * 3600):
             pass
 
 
-def _transferred(done, bar):
-    """ "50% 1.0/2.0 MB 3.1 MB/s": what a download's progress bar says."""
-    mb = lambda n: f"{n / 1e6:.1f}"
-    rate = f"{mb(done / max(bar.elapsed, 1e-6))} MB/s"
-    if bar.total:
-        return f"{min(done / bar.total, 1.0):4.0%} {mb(done)}/{mb(bar.total)} MB {rate}"
-    return f"{mb(done)} MB {rate}"
+def _rate(done, bar):
+    """ "3.1 MB/s": the rate a download's progress bar shows beside the bytes done."""
+    return f"{done / max(bar.elapsed, 1e-6) / 1e6:.1f} MB/s"

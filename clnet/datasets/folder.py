@@ -1,16 +1,19 @@
-"""Image folders: one sub-folder per class holding PNG, JPEG or BMP files, read with Pillow.
+"""Image folders: one sub-folder per class holding PNG, JPEG, BMP, WebP, TIFF or GIF files (a GIF's
+or TIFF's first frame), read with Pillow.
 
     root/
       cat/ 001.png 002.jpg ...
-      dog/ a.bmp b.JPEG ...
+      dog/ a.bmp b.JPEG c.webp ...
 
-The sorted sub-folder names are the classes. Files with other extensions, and hidden files and
-folders (names starting with '.', such as macOS '._x.jpg' companions), are ignored. Images in
-nested folders inside a class folder belong to that class.
+The sorted sub-folder names are the classes. Files with other extensions are left out and counted
+in a warning (the "clnet" logger's); hidden files and folders (names starting with '.', such as
+macOS '._x.jpg' companions) are ignored. Images in nested folders inside a class folder belong to
+that class.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,8 +23,11 @@ import numpy as np
 from ..errors import DatasetError
 from .dataset import Dataset
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
-PILLOW_HINT = 'reading image folders needs Pillow, which is not installed: pip install "clnet[images]"'
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif")
+PILLOW_HINT = ("reading image folders needs Pillow, which is not installed: pip install pillow (or clnet's "
+               'images extra: pip install ".[images]" in its checkout)')
 _GRAY_MODES = {"1", "L", "LA", "F"}
 
 
@@ -48,13 +54,15 @@ def _image_size(image_size):
 
 
 def _list_images(folder):
-    """Image files under `folder`, sorted by their path relative to it; hidden entries skipped."""
-    found = []
+    """(image files under `folder`, sorted by their path relative to it; the other files), hidden
+    entries skipped."""
+    found, others = [], []
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        found += [Path(dirpath, f) for f in filenames
-                  if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)]
-    return sorted(found, key=lambda p: p.relative_to(folder).parts)
+        for f in filenames:
+            if not f.startswith("."):
+                (found if f.lower().endswith(IMAGE_EXTENSIONS) else others).append(Path(dirpath, f))
+    return sorted(found, key=lambda p: p.relative_to(folder).parts), others
 
 
 def _decode(Image, path, grayscale, size):
@@ -98,14 +106,18 @@ def list_classes(root: Path) -> tuple[list[str], list[Path], list[int]]:
         raise DatasetError(f"{root}: no class folders{hint}: put the images of each class in a sub-folder "
                            "named after the class")
 
-    files, labels = [], []
+    files, labels, others = [], [], []
     for label, folder in enumerate(class_dirs):
-        images = _list_images(folder)
+        images, not_images = _list_images(folder)
         if not images:
             raise DatasetError(f"{folder}: class folder {folder.name!r} holds no images "
                                f"({', '.join(IMAGE_EXTENSIONS)}): add images or remove the folder")
         files += images
         labels += [label] * len(images)
+        others += not_images
+    if others:
+        log.warning("%s: %d files are not images (%s) and were left out, the first: %s", root, len(others),
+                    ", ".join(IMAGE_EXTENSIONS), sorted(others)[0])
     return [d.name for d in class_dirs], files, labels
 
 

@@ -93,7 +93,7 @@ def read_image(path: str, shape: Optional[Sequence[int]]) -> np.ndarray:
     """An image file as uint8 (C, H, W) in the model's channels and size (needs Pillow).
 
     Args:
-        path: a PNG, JPEG or BMP file.
+        path: an image file Pillow reads (PNG, JPEG, BMP, WebP, TIFF, GIF: the first frame).
         shape: the model's input shape (channels 1 or 3, height, width).
 
     Example:
