@@ -71,6 +71,8 @@ class Balancer:
         seconds = np.sum([s for _, s in self.samples], axis=0)
         measured, self.samples = len(self.samples), []
         active = rows > 0
+        if not active.any():  # this rank's part of the batches was empty
+            return
         spread = seconds[active].max() / max(seconds[active].min(), 1e-9) - 1
         if self.rounds > 2 and spread <= DRIFT:
             return  # still balanced

@@ -21,6 +21,7 @@ from .errors import ClnetError, InputError
 from .files import check_writable
 from .model import load as load_model
 from .onnx_import import from_onnx
+from .balance import first_guess
 from .replicas import default_shares
 from .text import format_bytes
 
@@ -84,7 +85,8 @@ def _shares_text(selected):
     if len(selected) == 1:
         return "100%"
     if default_shares(selected) == "auto":
-        return "auto (by throughput measured during the first steps; equal until then)"
+        guess = " / ".join(f"{w:.1%}" for w in first_guess(selected))
+        return f"auto (by throughput measured during the first steps; {guess} until then)"
     return f"equal ({100 / len(selected):.3g}% each)"
 
 
@@ -240,8 +242,7 @@ def _train(platform, device, dataset, data_dir, offline, image_size, model_name,
            validation_split, seed, save_path, checkpoint_dir, resume_dir, log_path, plot_path, quiet,
            label_smoothing=0.0):  # a default for run folders made before the option
     start = time.perf_counter()
-    lead = world().lead  # under MPI only rank 0 prints and writes; every rank trains
-    quiet = quiet or not lead
+    lead = world().lead  # under MPI only rank 0 writes (and prints: friendly_errors); every rank trains
     _check_outputs(save_path, log_path, plot_path)
     extra, checkpoint = [], None
     if plot_path:
@@ -303,8 +304,6 @@ def _train(platform, device, dataset, data_dir, offline, image_size, model_name,
         model.save(save_path, classes=train_set.classes)
     result = model.evaluate(test_set) if test_set is not None else None  # every rank: evaluation is split
     elapsed = f"({time.perf_counter() - start:.1f} s in all)"
-    if not lead:
-        return
     if result is not None:
         click.echo(f"Test accuracy {result['accuracy']:.4f}  test loss {result['loss']:.4f}  {elapsed}")
     elif "val_accuracy" in history.history:

@@ -51,9 +51,10 @@ def friendly_errors(command: Callable) -> Callable:
     @functools.wraps(command)
     def wrapper(*args, debug=False, verbose=False, **kwargs):
         level = logging.DEBUG if verbose else logging.WARNING if kwargs.get("quiet") else logging.INFO
-        level = level if world().lead else max(level, logging.WARNING)  # under MPI, rank 0 informs
+        lead = world().lead  # under MPI, rank 0 prints and informs; the others warn and fail
+        level = level if lead else max(level, logging.WARNING)
         try:
-            with diagnostics_to_stderr(level):
+            with diagnostics_to_stderr(level), _output_unless(lead):
                 return command(*args, **kwargs)
         except click.ClickException:  # usage errors: click prints them and exits 2
             raise
@@ -79,6 +80,16 @@ def friendly_errors(command: Callable) -> Callable:
                      "tuning-cache hits (on stderr)."),
         click.option("--debug", is_flag=True, help="Show the full traceback on errors."),
         version_option)(wrapper)
+
+
+@contextlib.contextmanager
+def _output_unless(lead: bool) -> Iterator[None]:
+    """stdout as it is on rank 0 (`lead`), the null device on the other ranks of an MPI run."""
+    if lead:
+        yield
+        return
+    with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
+        yield
 
 
 def _reader_gone(stream: Any) -> bool:

@@ -30,6 +30,7 @@ from .errors import ClnetError
 
 LAUNCHER_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK")
 DEFAULT_TIMEOUT = 600.0  # seconds a rank waits in one collective before it ends the run
+OUTPUT_GRACE = 0.5  # seconds a failing rank waits for the launcher to pass its message on
 
 
 def launched() -> bool:
@@ -123,10 +124,16 @@ class World:
         """End this process with exit status `code`; an error (not 0, not an agreed Ctrl-C's 130)
         ends every rank, as the others may be waiting for this one."""
         if self.comm is not None and code not in (0, 130):
-            sys.stdout.flush()
-            sys.stderr.flush()
-            self.comm.Abort(code)
+            self.abort(code)
         sys.exit(code)
+
+    def abort(self, code: int = 1) -> None:
+        """End every rank now (MPI_Abort), after a moment for the launcher to pass on what this
+        rank has printed: it drops what it has not read when the ranks are ended."""
+        sys.stdout.flush()
+        sys.stderr.flush()
+        time.sleep(OUTPUT_GRACE)
+        self.comm.Abort(code)
 
     def __repr__(self):
         return f"<clnet World rank {self.rank} of {self.size}, local {self.local_rank} of {self.local_size}>"
@@ -172,7 +179,7 @@ def _abort_on_exception(kind, value, trace):
     """An exception that ends one rank ends every rank (the others would wait for it)."""
     traceback.print_exception(kind, value, trace)
     print(f"clnet: rank {_world.rank} of {_world.size} failed; ending every rank", file=sys.stderr, flush=True)
-    _world.comm.Abort(1)
+    _world.abort(1)
 
 
 def local_devices(platform: str | None = None, device_name: str | None = None) -> list:
