@@ -3,7 +3,9 @@ runs in one process to compare): python3 mpi_fit.py MODE DEVICE_INDEX OUT_FOLDER
 
 MODE "step": three train_on_batch steps (rank 0 saves the weights to step.npz), then the fit;
 "fit": the fit alone; "kill", "hang", "fail": the fit, with rank 1 killed (SIGKILL), stuck or
-raising at the fourth step of the second epoch; "resume": the fit resumed from its checkpoint.
+raising at the fourth step of the second epoch; "resume": the fit resumed from its checkpoint;
+"dropout": a conv net with Dropout and augmentation fitted on two replicas per rank (rank 0 saves
+the weights to dropout.npz), and nothing else.
 The fit checkpoints to run.ckpt, every rank asks to save saved-<rank>.clnet, and rank 0 writes the
 test metrics to result.json and the predictions of 50 test images to predictions.npy."""
 
@@ -24,6 +26,19 @@ FIT = dict(epochs=2, batch_size=64, verbose=0)
 def mlp(device):
     return clnet.Sequential([L.Flatten(), L.Dense(784, 64), L.ReLU(), L.Dense(64, 10)], device=device,
                             seed=4).compile("cross_entropy", clnet.optim.SGD(lr=0.05, momentum=0.9))
+
+
+def dropout_net(device):
+    return clnet.Sequential([L.Conv2D(1, 3, 3), L.Dropout(0.3), L.ReLU(), L.Flatten(), L.Dense(3 * 26 * 26, 10)],
+                            device=device, seed=4).compile("cross_entropy", clnet.optim.SGD(lr=0.05, momentum=0.9))
+
+
+def fit_dropout(device):
+    """The dropout net fitted on x[:150], whose steps draw masks, crops and flips by global row."""
+    x, y, _, _ = data()
+    model = dropout_net(device)
+    model.fit(x[:150], y[:150], epochs=2, batch_size=50, shuffle=False, augment="crop=2,flip", verbose=0)
+    return model
 
 
 def data():
@@ -51,6 +66,11 @@ class Trouble(clnet.callbacks.Callback):
 def main(mode, index, out):
     world = clnet.distributed.init()
     device = clnet.device(device=index)
+    if mode == "dropout":
+        model = fit_dropout([device, device])
+        if world.lead:
+            np.savez(os.path.join(out, "dropout.npz"), **model.state_dict())
+        return
     x, y, xt, yt = data()
     model = mlp(device)
     if mode == "step":

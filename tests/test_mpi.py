@@ -106,3 +106,13 @@ def test_clnet_train_on_two_ranks(device, tmp_path):
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["best.clnet", "checkpoint.clnet", "metrics.csv",
                                                                     "model.clnet", "options.json"]
     assert len((tmp_path / "run" / "metrics.csv").read_text().splitlines()) == 3  # a header and two epochs
+
+
+def test_replicas_on_ranks_draw_one_devices_masks(device, tmp_path):
+    """Two ranks of two replicas each (shards of 12 and 13 rows): dropout masks, crops and flips
+    keyed by each sample's row in the global batch, so the fit is one device's."""
+    status, out, err, _ = fit_script("dropout", device, tmp_path)
+    assert status == 0, err
+    single, ranks = mpi_fit.fit_dropout(device).state_dict(), np.load(tmp_path / "dropout.npz")
+    for key, value in single.items():
+        assert np.abs(ranks[key] - value).max() <= 1e-5 * np.abs(value).max(), key
