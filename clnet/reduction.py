@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from .tensor import DeviceTensor
+from .tensor import DeviceTensor, pinned
 
 BUCKET = 1 << 20  # elements (4 MiB) per bucket: few enough reads, early enough the first
 
@@ -53,10 +53,10 @@ class BucketedSum:
 
     Example:
         >>> summed = BucketedSum(runners, world)
-        >>> for i, (runner, shard) in enumerate(zip(runners, shards)):
+        >>> for runner, shard in zip(runners, shards):
         ...     runner.train(x[shard], y[shard], update=False)
-        ...     summed.read(i, runner)        # right after its launches are queued
-        >>> summed.combine(weights)           # then each runner.update()
+        >>> summed.read([True] * len(runners))   # once every replica's launches are queued
+        >>> summed.combine(weights)              # then each runner.update()
     """
 
     def __init__(self, runners, world, size: int | None = None):
@@ -67,21 +67,29 @@ class BucketedSum:
         order = sorted(range(len(found[0])), key=lambda b: found[0][b][2])  # as the first replica's are ready
         self.buckets = [[replica[b] for b in order] for replica in found]
         self.starts = [start for start, _ in ranges]
-        self.host = [np.empty(g.size, np.float32) for g in self.grads]
+        self.host = [pinned(g.device, g.size) for g in self.grads]  # page-locked: the reads run on their own
         self.total = np.empty(self.grads[0].size, np.float64)
-        self.out = np.empty(self.grads[0].size, np.float32)
+        self.out = pinned(self.grads[0].device, self.grads[0].size)
         self.reads = [None] * len(runners)
         self.uploads = []  # of the last total, which must be done before `out` is written again
         self.times = None  # a SeamTimes, when the steps are timed
 
-    def read(self, index: int, runner) -> None:
-        """Queue the reads of replica `index`'s buckets, each after its last writer (the launches
-        of its step were just queued)."""
-        events, queue, grads = runner.last_events, runner.device.copy_queue, self.grads[index]
-        self.reads[index] = [grads.view((hi - lo,), lo).read_into(self.host[index][lo:hi], queue,
-                                                                  [events[launch - self.starts[index]]])
-                             for lo, hi, launch in self.buckets[index]]
-        queue.flush()
+    def read(self, trained) -> None:
+        """Queue the reads of the buckets of every replica that `trained` a shard this step (its
+        launches queued last), each after its last writer, on the replica's copy queue: bucket
+        after bucket, each from every replica, so that no replica waits for another's reads (a
+        driver may take a read as soon as it is queued)."""
+        self.reads = [[] if done else None for done in trained]
+        for b in range(len(self.buckets[0])):
+            for i, reads in enumerate(self.reads):
+                if reads is not None:
+                    lo, hi, launch = self.buckets[i][b]
+                    runner = self.runners[i]
+                    reads.append(self.grads[i].view((hi - lo,), lo).read_into(
+                        self.host[i][lo:hi], runner.device.copy_queue, [runner.last_events[launch - self.starts[i]]]))
+        for runner, reads in zip(self.runners, self.reads):
+            if reads is not None:
+                runner.device.copy_queue.flush()
 
     def combine(self, weights) -> None:
         """Write sum_i weights[i] * gradients[i] (float64, in replica order, then over the ranks)

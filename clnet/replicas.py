@@ -169,10 +169,9 @@ class ReplicatedRunner:
             part = shard if rows is None else rows[shard]
             runner.plan.set_dynamic("first_row", shard.start)
             runner.train(x[part], targets[part], update=False)
-            if shard.stop > shard.start:
-                self._summed.read(i, runner)
-                if watch:
-                    watch.mark(i, runner)
+            if watch and shard.stop > shard.start:
+                watch.mark(i, runner)
+        self._summed.read([shard.stop > shard.start for shard in shards])
         if watch:
             self.balancer.record([shard.stop - shard.start for shard in shards], watch.wait())
         weights = [(shard.stop - shard.start) / n for shard in shards]
