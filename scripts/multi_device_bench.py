@@ -177,10 +177,6 @@ def report(results, batch):
     return "\n".join(text)
 
 
-def errors_of(result):
-    return result if result and "error" in result else None
-
-
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--models", "names", default="cifar-cnn,resnet18", show_default=True,
               help="Comma-separated presets (any of clnet's, trained on 3x32x32 images).")
@@ -213,21 +209,25 @@ def main(names, batch_size, platform, cpu_platform, steps, warmup, repeats, skip
     results = {}
     for name in names:
         r = results[name] = {}
-        started = time.perf_counter()
-        r["clnet_1"] = clnet_rate(name, gpus[:1], batch_size, timing)
-        r["clnet_2"] = clnet_rate(name, gpus, batch_size, timing)
+        cases = {"clnet_1": lambda: clnet_rate(name, gpus[:1], batch_size, timing),
+                 "clnet_2": lambda: clnet_rate(name, gpus, batch_size, timing)}
         if "mpi" not in skipped:
-            r["clnet_mpi"] = mpi_rate(name, platform, batch_size, timing, 2)
+            cases["clnet_mpi"] = lambda: mpi_rate(name, platform, batch_size, timing, 2)
         if "torch" not in skipped:
             network = clnet_model(name, gpus[:1]).network
-            r["torch_1"] = ddp_rate(network, batch_size, timing, 1)
-            r["torch_2"] = ddp_rate(network, batch_size, timing, 2)
+            cases["torch_1"] = lambda: ddp_rate(network, batch_size, timing, 1)
+            cases["torch_2"] = lambda: ddp_rate(network, batch_size, timing, 2)
         if "cpu" not in skipped:
-            r["gpu_cpu"] = clnet_rate(name, [gpus[0], clnet.device(platform=cpu_platform)], batch_size, timing)
-        for case, result in r.items():
-            if errors_of(result):
-                click.echo(f"{name} {case}: {result['error']}", err=True)
-        click.echo(f"{name}: measured in {time.perf_counter() - started:.0f} s", err=True)
+            cases["gpu_cpu"] = lambda: clnet_rate(name, [gpus[0], clnet.device(platform=cpu_platform)], batch_size,
+                                                  timing)
+        for case, run in cases.items():
+            started = time.perf_counter()
+            try:
+                r[case] = run()
+            except Exception as exc:  # one case failing (out of memory, no driver) leaves the others
+                r[case] = {"error": f"{type(exc).__name__}: {exc}"}
+            message = r[case].get("error") or f"{number(rate(r[case]))} images/s"
+            click.echo(f"{name} {case}: {message} ({time.perf_counter() - started:.0f} s)", err=True)
     described = {"gpus": [g.info.label for g in gpus], "batch_size": batch_size, "steps": steps, "warmup": warmup,
                  "repeats": repeats, "results": results}
     click.echo(report(results, batch_size))
