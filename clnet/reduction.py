@@ -2,10 +2,10 @@
 them: the flat gradient buffer cut into contiguous buckets from its end (the last layers, whose
 gradients the backward pass writes first), each read into host memory on the device's copy queue
 as soon as the last backward launch touching it has run, while the device goes on with the layers
-before. The host adds each bucket over the replicas in replica order in float64 as it arrives, and
-under MPI sums it over the ranks (one Allreduce per bucket) before the next one is added; the total
-goes back to every replica before its update. The order of every addition is fixed, so the result
-is the same as one sum of whole buffers, bit for bit.
+before. The host adds each bucket over the replicas in replica order in float64 as it arrives
+(several buckets at once, in worker threads), and under MPI sums it over the ranks (one Allreduce
+per bucket, in bucket order); the total goes back to every replica before its update. The order
+of every addition is fixed, so the result is the same as one sum of whole buffers, bit for bit.
 
 `SeamTimes` measures it, step by step: the compute (from the step's start until the last bucket
 has arrived), the reduction work (adding, the ranks' sums and the uploads) and how much of that
@@ -14,13 +14,16 @@ work the compute hid (done before the last bucket arrived).
 
 from __future__ import annotations
 
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from .tensor import DeviceTensor, pinned
 
 BUCKET = 1 << 20  # elements (4 MiB) per bucket: few enough reads, early enough the first
+ADDERS = min(4, os.cpu_count() or 1)  # threads adding buckets over the replicas at once
 
 
 def buckets(plan, grads: DeviceTensor, first: int, stop: int, size: int) -> list:
@@ -72,6 +75,7 @@ class BucketedSum:
         self.out = pinned(self.grads[0].device, self.grads[0].size)
         self.reads = [None] * len(runners)
         self.uploads = []  # of the last total, which must be done before `out` is written again
+        self._adders = ThreadPoolExecutor(ADDERS, thread_name_prefix="clnet-sum")
         self.times = None  # a SeamTimes, when the steps are timed
 
     def read(self, trained) -> None:
@@ -91,24 +95,46 @@ class BucketedSum:
             if reads is not None:
                 runner.device.copy_queue.flush()
 
+    def _add(self, b, weights):
+        """Bucket b's weighted sum over the replicas (float64, in replica order) into `total`, in a
+        worker thread (numpy lets go of the interpreter); returns the seconds it took."""
+        began = time.perf_counter()
+        lo, hi, _ = self.buckets[0][b]
+        part = self.total[lo:hi]
+        part.fill(0)
+        for weight, reads, host in zip(weights, self.reads, self.host):
+            if weight and reads is not None:
+                part += weight * host[lo:hi]
+        return time.perf_counter() - began
+
     def combine(self, weights) -> None:
         """Write sum_i weights[i] * gradients[i] (float64, in replica order, then over the ranks)
-        into every replica's gradients, bucket by bucket as they arrive."""
-        total, work = self.total, 0.0
-        total.fill(0)
-        for b, (lo, hi, _) in enumerate(self.buckets[0]):
+        into every replica's gradients, bucket by bucket as they arrive: each bucket's sum over the
+        replicas in a worker thread, the ranks' sums in bucket order in this one (every rank makes
+        the same collectives in the same order)."""
+        for upload in self.uploads:  # `out` is free again
+            upload.wait()
+        added, summed, work = [], 0, 0.0
+
+        def sum_ranks(b):
+            lo, hi, _ = self.buckets[0][b]
+            seconds = added[b].result()
+            began = time.perf_counter()
+            self.world.sum(self.total[lo:hi], "the gradients")
+            self.out[lo:hi] = self.total[lo:hi]
+            return seconds + time.perf_counter() - began
+
+        for b in range(len(self.buckets[0])):
             for reads in filter(None, self.reads):
                 reads[b].wait()
             arrived = time.perf_counter()
-            for weight, reads, host in zip(weights, self.reads, self.host):
-                if weight and reads is not None:
-                    total[lo:hi] += weight * host[lo:hi]
-            self.world.sum(total[lo:hi], "the gradients")
-            work += time.perf_counter() - arrived
-        for upload in self.uploads:
-            upload.wait()
+            added.append(self._adders.submit(self._add, b, weights))
+            while summed < b and added[summed].done():  # the ranks' sums of buckets ready meanwhile
+                work += sum_ranks(summed)
+                summed += 1
+        for b in range(summed, len(added)):
+            work += sum_ranks(b)
         began = time.perf_counter()
-        self.out[:] = total
         self.uploads = [grads.upload(self.out, wait=False) for grads in self.grads]  # the updates queue after
         self.reads = [None] * len(self.runners)
         if self.times is not None:

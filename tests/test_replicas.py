@@ -235,7 +235,7 @@ class EpochClock(clnet.callbacks.Callback):
         self.seconds = time.perf_counter() - self.start
 
 
-@pytest.mark.parametrize("per_row, per_step", [((0.0002, 0.0006), (0, 0)), ((0, 0), (0, 0.03))],
+@pytest.mark.parametrize("per_row, per_step", [((0.0004, 0.0012), (0, 0)), ((0, 0), (0, 0.03))],
                          ids=["slower-per-row", "fixed-cost"])
 def test_auto_shares_follow_the_faster_device(device, monkeypatch, caplog, per_row, per_step):
     """shares="auto": a replica three times slower per row gets a quarter of each batch, so the
@@ -258,7 +258,7 @@ def test_auto_shares_follow_the_faster_device(device, monkeypatch, caplog, per_r
         assert list(model.shares) == [1, 0] and model.balancer.dropped == {1}
         assert "gets no rows from now on" in caplog.text
     else:
-        assert 0.15 < model.shares[1] < 0.35 and not model.balancer.dropped, model.shares
+        assert 0.12 < model.shares[1] < 0.38 and not model.balancer.dropped, model.shares
 
 
 def test_auto_is_the_default_for_different_devices(device):
