@@ -2,7 +2,7 @@
 clnet needs (sums, broadcasts, gathers), each bounded by a watchdog.
 
 A plain run never imports MPI: only when a launcher's variables say there are several processes
-(OMPI_COMM_WORLD_SIZE, PMI_SIZE, PMIX_RANK) is mpi4py imported and COMM_WORLD used; with one
+(`launched`: OMPI_COMM_WORLD_SIZE, PMI_SIZE, PMIX_RANK) is mpi4py imported and COMM_WORLD used; with one
 process `world()` is a world of one whose collectives return their input. Every rank runs the same
 script: the calls that compute (fit, evaluate, predict, train_on_batch) are collective and must be
 made on every rank; only rank 0 prints and writes files.
@@ -34,9 +34,13 @@ OUTPUT_GRACE = 0.5  # seconds a failing rank waits for the launcher to pass its 
 
 
 def launched() -> bool:
-    """Whether a launcher's variables say this process is one of several (no MPI import)."""
+    """Whether a launcher's variables say this process is one of several (no MPI import): Open
+    MPI's and MPICH's (or Slurm's PMI) world size, or a PMIx rank with more than one task (Slurm's
+    count, or MPI's answer when no count is set)."""
     sizes = [os.environ.get(name) for name in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE")]
-    return any(s and s.strip() != "1" for s in sizes) or "PMIX_RANK" in os.environ
+    if "PMIX_RANK" in os.environ:
+        sizes.append(os.environ.get("SLURM_STEP_NUM_TASKS") or "unknown")
+    return any(s and s.strip() != "1" for s in sizes)
 
 
 class World:

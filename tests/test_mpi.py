@@ -116,3 +116,15 @@ def test_replicas_on_ranks_draw_one_devices_masks(device, tmp_path):
     single, ranks = mpi_fit.fit_dropout(device).state_dict(), np.load(tmp_path / "dropout.npz")
     for key, value in single.items():
         assert np.abs(ranks[key] - value).max() <= 1e-5 * np.abs(value).max(), key
+
+
+@pytest.mark.parametrize("variables, several", [
+    ({}, False), ({"PMI_SIZE": "1"}, False), ({"PMI_SIZE": "4"}, True), ({"OMPI_COMM_WORLD_SIZE": "2"}, True),
+    ({"PMIX_RANK": "0", "SLURM_STEP_NUM_TASKS": "1"}, False), ({"PMIX_RANK": "0"}, True)])
+def test_launcher_variables(monkeypatch, variables, several):
+    """A plain run (or a launcher's single task) never imports MPI; several processes do."""
+    for name in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "SLURM_STEP_NUM_TASKS"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    assert clnet.distributed.launched() is several
