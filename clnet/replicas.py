@@ -156,9 +156,13 @@ class ReplicatedRunner:
         bounds = start + shard_bounds(stop - start, self.weights)
         return [slice(first, end) for first, end in zip(bounds[:-1], bounds[1:])]
 
-    def train(self, x, targets, rows=None):
-        """One step on a host batch (x[rows], targets[rows] when `rows` are given: only this rank's
-        rows are read): gradients per shard, combined, then the same update everywhere."""
+    def train(self, x, targets):
+        """One step on a host batch: gradients per shard, combined, then the same update everywhere."""
+        self.train_rows(x, targets, None)
+
+    def train_rows(self, x, targets, rows):
+        """One step on the batch x[rows], targets[rows] (x, targets with rows None), of which only
+        this rank's shards' rows are read."""
         n = len(x if rows is None else rows)
         shards = self._shards(n)
         self._summed.times = self.times

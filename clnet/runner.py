@@ -82,14 +82,11 @@ class Runner:
         if len(self._ahead) > AHEAD:
             self._ahead.popleft().wait()
 
-    def train(self, x, targets, update=True, rows=None):
-        """Queue one training step on a host batch of at most batch_size samples (raw images):
-        x and targets, or x[rows] and targets[rows] when `rows` are given.
+    def train(self, x, targets, update=True):
+        """Queue one training step on a host batch of at most batch_size samples (raw images).
 
         With update=False the step stops at the seam: the batch's gradients are in `store.grads` and
         `update()` applies them. An empty batch only counts the step (a replica without a shard)."""
-        if rows is not None:
-            x, targets = x[rows], targets[rows]
         self._begin_step()
         ranges = [self._update] if update else []
         staged = None
@@ -103,6 +100,11 @@ class Runner:
     def last_event(self):
         """The event of the last launch queued (None before any)."""
         return self._ahead[-1] if self._ahead else None
+
+    def train_rows(self, x, targets, rows):
+        """Queue one training step on the batch x[rows], targets[rows] (as a replicated runner reads
+        only its rows of it)."""
+        self.train(x[rows], targets[rows])
 
     def update(self):
         """Queue the optimizer's update of a step trained with update=False."""

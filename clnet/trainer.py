@@ -171,7 +171,7 @@ class Trainer:
             if data is not None:
                 runner.train_resident(data, step * size, min(size, samples - step * size))
             else:
-                runner.train(x, targets, rows=self._rows_of(self.order[step * size:(step + 1) * size]))
+                runner.train_rows(x, targets, self._rows_of(self.order[step * size:(step + 1) * size]))
             self._call("on_step_end", epoch, step)
             if self._interrupted(interrupt) and step + 1 < steps:  # keep what is done, then stop
                 runner.sync()

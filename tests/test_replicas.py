@@ -214,14 +214,14 @@ def slowed(monkeypatch, model, seconds_per_row, seconds_per_step=(0, 0)):
     train = clnet.runner.Runner.train
     stores = [replica.store for replica in model.replicas]
 
-    def slow_train(runner, x, targets, update=True, rows=None):
+    def slow_train(runner, x, targets, update=True):
         if runner.store in stores and len(x):
             i = stores.index(runner.store)
             start = cl.UserEvent(runner.device.context)
             cl.enqueue_marker(runner.device.queue, wait_for=[start])
             threading.Timer(seconds_per_row[i] * len(x) + seconds_per_step[i],
                             start.set_status, [cl.command_execution_status.COMPLETE]).start()
-        return train(runner, x, targets, update, rows)
+        return train(runner, x, targets, update)
     monkeypatch.setattr(clnet.runner.Runner, "train", slow_train)
 
 
