@@ -7,11 +7,11 @@ A training step splits the global batch into contiguous shards: first equally am
 then each rank's part by its replicas' shares; each replica runs input to backward on its shard and
 stops at the seam; the flat gradients are combined, each weighted by its shard's share of the
 global batch, into the gradient of the global batch's mean loss; every replica then applies the
-same update. The combination goes through the host, in buckets read as the backward pass writes them
-(clnet.reduction): summed in replica order in float64, then over the ranks by MPI (in float64),
-and the total written back to every replica. BatchNorm's running statistics are combined the same way after the
-step (each replica normalised by its own shard's statistics, as PyTorch's DistributedDataParallel
-without SyncBatchNorm).
+same update. The combination goes through the host, in buckets read as the backward pass writes
+them (clnet.reduction): summed in replica order in float64, then over the ranks by MPI (in
+float64), and the total written back to every replica. BatchNorm's running statistics are combined
+the same way after the step (each replica normalised by its own shard's statistics, as PyTorch's
+DistributedDataParallel without SyncBatchNorm).
 """
 
 from __future__ import annotations
@@ -48,12 +48,14 @@ def default_shares(devices) -> str | None:
 def share_weights(shares, replicas: int) -> np.ndarray:
     """The replicas' shares of a batch as fractions summing to 1 (equal when `shares` is None, and
     where "auto" starts)."""
-    if shares is None or (isinstance(shares, str) and shares == "auto"):
+    wanted = f"shares= needs \"auto\" or {replicas} non-negative numbers, one per device, not all zero"
+    if isinstance(shares, str) and shares != "auto":
+        raise InputError(f"{wanted}; got {shares!r}")
+    if shares is None or isinstance(shares, str):
         return np.full(replicas, 1.0 / replicas)
-    weights = np.full(0, np.nan) if isinstance(shares, str) else np.asarray(shares, dtype=np.float64).reshape(-1)
+    weights = np.asarray(shares, dtype=np.float64).reshape(-1)
     if len(weights) != replicas or not np.all(np.isfinite(weights)) or np.any(weights < 0) or weights.sum() <= 0:
-        raise InputError(f"shares= needs \"auto\" or {replicas} non-negative numbers, one per device, not all "
-                         f"zero; got {shares!r}")
+        raise InputError(f"{wanted}; got {shares!r}")
     return weights / weights.sum()
 
 
