@@ -281,7 +281,8 @@ def _train(platform, device, dataset, data_dir, offline, image_size, model_name,
         if validation_split:
             extra.append(callbacks.SaveBest(os.path.join(checkpoint_dir, "best.clnet"), classes=train_set.classes))
     if not quiet:
-        click.echo(f"Device:    {_label(dev)}")
+        ranks = world().size
+        click.echo(f"Device:    {_label(dev)}" + (f" (rank 0's; {ranks} MPI ranks)" if ranks > 1 else ""))
         click.echo(f"Data:      {train_set.name}, {len(train_set)} training images of {train_set.image_shape} "
                    f"({validation_split:.0%} held out for validation), {train_set.num_classes} classes, "
                    + (f"{len(test_set)} test images" if test_set is not None else "no test set"))
