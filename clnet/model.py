@@ -81,9 +81,10 @@ class Model:
     Args:
         inputs: the network's `clnet.Input(...)`, with `outputs` the symbolic tensor the layers
             called on it make; or a clnet.network.Network (then no `outputs`).
-        device: a clnet.Device (default: the best device, see `clnet.device`), or a list of them:
-            one replica per entry (the same device may be listed twice), each step's batch split
-            among them and their gradients combined into one update.
+        device: a clnet.Device (default: the best device, see `clnet.device`; under mpirun, the
+            local rank's, see `clnet.distributed`), or a list of them: one replica per entry (the
+            same device may be listed twice), each step's batch split among them and their
+            gradients combined into one update.
         seed: seeds initialisation, dropout, augmentation and (unless fit is given one) shuffling.
         shares: with several devices, each one's share of every batch: weights, or "auto" (the
             default when the devices differ; equal shares otherwise): proportional to each
