@@ -8,7 +8,8 @@ After each round the shares are set proportional to each replica's rows per seco
 that, at the share its throughput gave it, still takes longer than the others would take for the
 whole batch without it (its fixed costs outweigh its rows: a slow CPU beside a GPU) gets nothing
 from then on, and the run says so; one step every RECHECK re-measures, and the shares move again
-when the replicas' times drift apart by more than DRIFT. Shares change only which rows go where: a
+when the replicas' times drift apart by more than DRIFT (the step after is measured too, at the
+new shares, where a replica may be left out as above). Shares change only which rows go where: a
 step's result is the same whatever they are (within float32 summation), so balancing never changes
 what is learnt beyond rounding.
 """
@@ -55,30 +56,37 @@ class Balancer:
         self.steps = self.rounds = 0
         self.samples = []          # (rows, seconds) of each measured step of this round
         self.dropped = set()
+        self.confirm = False       # measure the next step: the shares just moved after a drift
 
     def due(self) -> bool:
         """Whether the step about to run is measured (counts the step)."""
         self.steps += 1
-        return WARMUP < self.steps <= WARMUP + 2 * MEASURE or self.steps % RECHECK == 0
+        return WARMUP < self.steps <= WARMUP + 2 * MEASURE or self.confirm or self.steps % RECHECK == 0
 
     def record(self, rows, seconds) -> None:
-        """One measured step: each replica's rows and the seconds until its gradients were ready."""
+        """One measured step: each replica's rows and the seconds until its gradients were ready.
+
+        A replica may be left out only on a measurement right after the shares were set from
+        throughputs (the second round, or the step after a drift moved them): there a slowness
+        its share cannot cure (a fixed cost) shows; a drift alone only moves the shares."""
         self.samples.append((np.asarray(rows, np.float64), np.asarray(seconds, np.float64)))
         if self.rounds < 2 and len(self.samples) < MEASURE:
             return
-        self.rounds += 1
         rows = np.sum([r for r, _ in self.samples], axis=0)
         seconds = np.sum([s for _, s in self.samples], axis=0)
         measured, self.samples = len(self.samples), []
+        confirming, self.confirm = self.confirm, False
         active = rows > 0
         if not active.any():  # this rank's part of the batches was empty
             return
         spread = seconds[active].max() / max(seconds[active].min(), 1e-9) - 1
-        if self.rounds > 2 and spread <= DRIFT:
+        if self.rounds >= 2 and spread <= DRIFT:
             return  # still balanced
         throughput = np.where(active, rows / np.maximum(seconds, 1e-9), 0.0)
-        if self.rounds > 1:  # the shares are the throughputs' already
+        if self.rounds == 1 or confirming:  # the shares are the measured throughputs' already
             self._leave_out_slow(rows, seconds, throughput, measured)
+        self.rounds += 1
+        self.confirm = self.rounds > 2 and not confirming
         throughput[sorted(self.dropped)] = 0
         self.weights[:] = throughput / throughput.sum()
         LOG.info("Shares by measured throughput: %s",

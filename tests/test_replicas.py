@@ -307,3 +307,37 @@ def test_clnet_devices_shows_the_selection_and_its_shares(device):
     assert listed["selected"] == [device.info.index] and listed["shares"] == "100%"
     plain = CliRunner().invoke(devices, [])
     assert "Default: [" in plain.output and "Under mpirun, the ranks of a machine take in turn: [" in plain.output
+
+
+def test_balancer_moves_shares_on_drift_only():
+    """Synthetic timings: two rounds set the shares by throughput; a later measured step moves them
+    only when the devices' times drift apart by more than DRIFT, and the step after may leave a
+    device out."""
+    from clnet import balance
+    balancer = balance.Balancer(np.full(2, 0.5), ["fast", "slow"])
+    while balancer.rounds < 2:  # one device needs 1 ms a row, the other 3 ms
+        if balancer.due():
+            rows = np.diff(shard_bounds(64, balancer.weights))
+            balancer.record(rows, rows * np.array([0.001, 0.003]))
+    assert balancer.weights == pytest.approx([0.75, 0.25]) and not balancer.dropped
+    while not balancer.due():  # the next measured step: as balanced as rounding leaves it
+        pass
+    balancer.record([48, 16], [0.048, 0.048 * (1 + balance.DRIFT / 2)])
+    assert balancer.weights == pytest.approx([0.75, 0.25])
+    while not balancer.due():  # the slow device has become slower: the shares move, no one is left out
+        pass
+    balancer.record([48, 16], [0.048, 0.096])
+    assert balancer.weights == pytest.approx([6 / 7, 1 / 7]) and not balancer.dropped
+    assert balancer.due()  # the step after, at the new shares: a fixed cost shows now
+    balancer.record([55, 9], [0.055, 0.080])
+    assert list(balancer.weights) == [1, 0] and balancer.dropped == {1}
+
+
+def test_first_guess_gives_a_cpu_beside_a_gpu_a_sixteenth():
+    from clnet.balance import first_guess
+
+    class Fake:
+        def __init__(self, kind):
+            self.info = type("Info", (), {"type": kind})()
+    assert first_guess([Fake("GPU"), Fake("CPU")]) == pytest.approx([16 / 17, 1 / 17])
+    assert first_guess([Fake("CPU"), Fake("CPU")]) == pytest.approx([0.5, 0.5])
