@@ -180,7 +180,10 @@ init = world  # clnet.distributed.init(): the name an MPI user looks for
 
 
 def _abort_on_exception(kind, value, trace):
-    """An exception that ends one rank ends every rank (the others would wait for it)."""
+    """An exception that ends one rank ends every rank (the others would wait for it); but Ctrl-C,
+    which a fit stops on at the same step on every rank, ends each rank as it would end alone."""
+    if issubclass(kind, KeyboardInterrupt):
+        return sys.__excepthook__(kind, value, trace)
     traceback.print_exception(kind, value, trace)
     print(f"clnet: rank {_world.rank} of {_world.size} failed; ending every rank", file=sys.stderr, flush=True)
     _world.abort(1)

@@ -2,8 +2,8 @@
 runs in one process to compare): python3 mpi_fit.py MODE DEVICE_INDEX OUT_FOLDER.
 
 MODE "step": three train_on_batch steps (rank 0 saves the weights to step.npz), then the fit;
-"fit": the fit alone; "kill", "hang", "fail": the fit, with rank 1 killed (SIGKILL), stuck or
-raising at the fourth step of the second epoch; "resume": the fit resumed from its checkpoint;
+"fit": the fit alone; "kill", "hang", "fail", "interrupt": the fit, with rank 1 killed (SIGKILL),
+stuck or raising, or rank 0 sent Ctrl-C (SIGINT), at the fourth step of the second epoch; "resume": the fit resumed from its checkpoint;
 "dropout": a conv net with Dropout and augmentation fitted on two replicas per rank (rank 0 saves
 the weights to dropout.npz), and nothing else.
 The fit checkpoints to run.ckpt, every rank asks to save saved-<rank>.clnet, and rank 0 writes the
@@ -47,13 +47,17 @@ def data():
 
 
 class Trouble(clnet.callbacks.Callback):
-    """Rank 1 is killed, hangs or fails at step 3 of epoch 2."""
+    """Rank 1 is killed, hangs or fails, or rank 0 gets Ctrl-C, at step 3 of epoch 2."""
 
     def __init__(self, mode):
         self.mode = mode
 
     def on_step_end(self, epoch, step):
-        if self.model.world.rank != 1 or (epoch, step) != (2, 3):
+        if (epoch, step) != (2, 3):
+            return
+        if self.mode == "interrupt" and self.model.world.rank == 0:
+            os.kill(os.getpid(), signal.SIGINT)
+        if self.model.world.rank != 1:
             return
         if self.mode == "kill":
             os.kill(os.getpid(), signal.SIGKILL)

@@ -128,3 +128,19 @@ def test_launcher_variables(monkeypatch, variables, several):
     for name, value in variables.items():
         monkeypatch.setenv(name, value)
     assert clnet.distributed.launched() is several
+
+
+def test_ctrl_c_on_one_rank_stops_every_rank_at_the_same_step(device, tmp_path):
+    """Ctrl-C reaching rank 0 alone: every rank stops after the same step, the checkpoint holds it
+    (every rank's metrics), and the run resumed on two ranks ends as one process's."""
+    status, out, err, seconds = fit_script("interrupt", device, tmp_path)
+    assert status != 0 and seconds < 60 and "KeyboardInterrupt" in err and "failed; ending" not in err, err
+    saved = clnet.io.read_checkpoint(tmp_path / "run.ckpt")
+    assert (saved.epoch, saved.step) == (1, 4) and np.shape(saved.state["metrics"]) == (2, 4)
+    status, out, err, _ = fit_script("resume", device, tmp_path)
+    assert status == 0, err
+    one = tmp_path / "one"
+    one.mkdir()
+    mpi_fit.main("fit", device.info.index, one)
+    resumed, alone = (json.loads((folder / "result.json").read_text()) for folder in (tmp_path, one))
+    assert resumed == pytest.approx(alone, rel=1e-4)
