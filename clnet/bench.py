@@ -8,7 +8,9 @@ the device time of every kernel of one training step, from OpenCL event profilin
 Protocol: SGD lr 0.01 momentum 0.9, softmax cross-entropy (mean), float32, synthetic data. Before
 anything is timed its results are checked: the twin starts from clnet's weights, and the softmax
 outputs, the loss of a training step, every parameter's first update and the loss after that step
-must agree within float32 tolerances on the very batch to be timed; a GEMM must match its reference.
+must agree within float32 tolerances on the very batch to be timed (where the first updates differ
+by more, both sides are held to the twin's float64 step: clnet within a few times PyTorch's own
+float32 error); a GEMM must match its reference.
 Every training step uploads its batch from host memory on both sides; inference is the forward
 pass to the logits, not read back. Warm-up steps are not timed; each timed run lasts about
 --min-time seconds (or --steps steps) and ends when the device is idle; the median of --repeats
@@ -32,7 +34,7 @@ import click
 import numpy as np
 import pyopencl as cl
 
-from . import __version__, optim
+from . import __version__, optim, tuning
 from .cli_options import CONTEXT_SETTINGS, Several, SeveralValuesCommand, device_options, friendly_errors
 from .device import Device
 from .device import device as open_device
@@ -69,10 +71,15 @@ LOSS_RTOL = 1e-4     # losses: relative difference
 # max-pool window whose two largest inputs differ by a rounding error routes its gradient to either:
 # measured up to 2e-3 between float32 and float64 PyTorch itself for cifar-cnn at batch 32.
 UPDATE_RTOL = 1e-2
-UPDATE_FLOOR = 1e-2  # updates below this share of the largest are compared against it (_update_difference)
+UPDATE_FLOOR = 1e-2  # updates below this share of the largest are compared against it (_update_differences)
+# Where the first updates differ by more, both sides are compared with the twin's step in float64:
+# clnet passes within max(UPDATE_RTOL, PEER_FACTOR x PyTorch's own float32 error) of it, tensor by
+# tensor. Some networks' gradients amplify float32 rounding: mobilenet-v2 at batch 16 on PoCL, where
+# PyTorch's float32 update of a BatchNorm bias is 0.97% off float64 and clnet's 1.5%.
+PEER_FACTOR = 3.0
 GEMM_RTOL = 1e-4     # GEMM: largest error relative to the largest |entry| of the reference
 ENV_SHOWN = ("OMP_NUM_THREADS", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS",
-             "MKL_NUM_THREADS", "POCL_MAX_PTHREAD_COUNT", "CLNET_GEMM", "CUDA_VISIBLE_DEVICES")
+             "MKL_NUM_THREADS", "POCL_MAX_PTHREAD_COUNT", "CLNET_GEMM", "CLNET_TUNING", "CUDA_VISIBLE_DEVICES")
 
 
 class CheckError(ClnetError, RuntimeError):
@@ -112,11 +119,14 @@ class TorchTwin:
     """The PyTorch twin of a clnet model (clnet.torch_twin), from its current weights, with the same
     loss and optimizer."""
 
-    def __init__(self, model, device):
-        self.device = device
+    def __init__(self, model, device, state=None, dtype=None):
+        """`state`: the weights to start from (the model's own by default); `dtype`: torch.float64
+        makes the exact reference of the check."""
+        self.device, self.dtype = device, dtype or torch.float32
         self.net = torch_twin(model.network)
-        self.net.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
-        self.net.to(device)
+        state = model.state_dict() if state is None else state
+        self.net.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
+        self.net.to(device, self.dtype)
         self.loss_fn = nn.CrossEntropyLoss()
         self.optimizer = torch.optim.SGD(self.net.parameters(), lr=LR, momentum=MOMENTUM)
         self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -124,14 +134,14 @@ class TorchTwin:
     def train_step(self, x, y):
         """One optimizer step on host tensors; returns the loss (a device tensor)."""
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self.loss_fn(self.net(x.to(self.device)), y.to(self.device))
+        loss = self.loss_fn(self.net(x.to(self.device, self.dtype)), y.to(self.device))
         loss.backward()
         self.optimizer.step()
         return loss
 
     def logits(self, x):
         with torch.inference_mode():
-            return self.net(x.to(self.device))
+            return self.net(x.to(self.device, self.dtype))
 
     def probabilities(self, x):
         self.net.eval()  # running statistics, as clnet's predict (and no update of them)
@@ -142,7 +152,8 @@ class TorchTwin:
         return self.train_step(torch.from_numpy(x), torch.from_numpy(y).long()).item()
 
     def state_dict(self):
-        return {k: v.detach().cpu().numpy() for k, v in self.net.state_dict().items()}
+        """A copy (on the CPU, .numpy() would share the parameters' memory, which the next step changes)."""
+        return {k: v.detach().cpu().numpy().copy() for k, v in self.net.state_dict().items()}
 
     def rates(self, x, y, timing):
         xh, yh = torch.from_numpy(x), torch.from_numpy(y).long()
@@ -153,41 +164,74 @@ class TorchTwin:
 
 
 # ---------------------------------------------------------------------- correctness
-def _update_difference(before, clnet_after, torch_after, keys):
-    """(difference, key) of the parameter tensor (of `keys`: the trainable ones) whose updates differ
-    most between the two sides, relative to the size of PyTorch's update, or to UPDATE_FLOOR of the
-    largest tensor's update where it is smaller: there it is a sum that cancels (a BatchNorm bias
-    before a residual add), whose float32 rounding is its own size (L2 norms; NaN counts as
-    infinitely different)."""
-    theirs = {key: torch_after[key] - before[key] for key in keys}
+def _update_differences(before, after, reference_after, keys):
+    """{key: difference} for the parameter tensors `keys` (the trainable ones): how far the update
+    `after - before` is from the reference's, relative to the size of the reference's update, or to
+    UPDATE_FLOOR of the largest tensor's update where it is smaller: there it is a sum that cancels
+    (a BatchNorm bias before a residual add), whose float32 rounding is its own size (L2 norms; NaN
+    counts as infinitely different)."""
+    theirs = {key: reference_after[key] - before[key] for key in keys}
     floor = UPDATE_FLOOR * max(np.linalg.norm(update) for update in theirs.values())
 
     def difference(key):
-        ours = clnet_after[key] - before[key]
+        ours = after[key] - before[key]
         size = max(np.linalg.norm(theirs[key]), floor, 1e-30)
         return float(np.nan_to_num(np.linalg.norm(ours - theirs[key]) / size, nan=np.inf))
-    return max((difference(key), key) for key in keys)
+    return {key: difference(key) for key in keys}
+
+
+def judge_updates(before, clnet_after, torch_after, exact_after, keys):
+    """The first updates of clnet and of the float32 twin, each against the twin's update in float64
+    (`exact_after`): (failures, the worst tensor's figures). A tensor fails where clnet's difference
+    exceeds max(UPDATE_RTOL, PEER_FACTOR times PyTorch's own): what float32 can give there, as
+    PyTorch's rounding shows it.
+
+    Args:
+        before: the parameters before the step (name -> array); clnet_after, torch_after, exact_after:
+            after it, on each side.
+        keys: the trainable parameters' names.
+
+    Example:
+        >>> failures, worst = judge_updates(start, model.state_dict(), twin.state_dict(), exact.state_dict(), keys)
+    """
+    ours = _update_differences(before, clnet_after, exact_after, keys)
+    theirs = _update_differences(before, torch_after, exact_after, keys)
+    allowed = {key: max(UPDATE_RTOL, PEER_FACTOR * theirs[key]) for key in keys}
+    worst = max(keys, key=lambda key: ours[key] / allowed[key])
+    figures = {"at": worst, "clnet": ours[worst], "torch": theirs[worst], "tolerance": allowed[worst]}
+    failures = [f"the first update of {key} differs from float64 PyTorch's by {ours[key]:.2e} of its size, "
+                f"PyTorch's float32 update by {theirs[key]:.2e} (tolerance {allowed[key]:.2e}: the larger of "
+                f"{UPDATE_RTOL:g} and {PEER_FACTOR:g} times PyTorch's)"
+                for key in keys if not ours[key] <= allowed[key]]
+    return failures, figures
 
 
 def check_twin(model, twin, x, y):
     """Compare clnet with its twin on the batch (x, y): forward, one training step, the loss after it.
-    Returns the differences found; raises CheckError when one exceeds its tolerance."""
+    The first updates must agree within UPDATE_RTOL, or else, each against the twin's step in float64,
+    clnet's within PEER_FACTOR of PyTorch's own float32 error (`judge_updates`). Returns the
+    differences found; raises CheckError when one exceeds its tolerance."""
     start = model.state_dict()
     prob_diff = float(np.abs(model.predict(x, batch_size=len(x)) - twin.probabilities(x)).max())
     losses = [[model.train_on_batch(x, y), twin.train_loss(x, y)]]
-    update_diff, worst = _update_difference(start, model.state_dict(), twin.state_dict(), model.gradients())
+    keys, clnet_after, torch_after = list(model.gradients()), model.state_dict(), twin.state_dict()
+    differences = _update_differences(start, clnet_after, torch_after, keys)
+    worst = max(keys, key=differences.get)
     losses.append([model.train_on_batch(x, y), twin.train_loss(x, y)])
     found = {"max_probability_difference": prob_diff, "loss": losses[0], "loss_after_step": losses[1],
-             "max_update_difference": update_diff, "max_update_difference_at": worst}
+             "max_update_difference": differences[worst], "max_update_difference_at": worst}
     failures = []
     if not prob_diff <= PROB_ATOL:
         failures.append(f"softmax outputs differ by up to {prob_diff:.2e} (tolerance {PROB_ATOL:g})")
     for what, (ours, theirs) in (("loss", losses[0]), ("loss after one step", losses[1])):
         if not abs(ours - theirs) <= LOSS_RTOL * abs(theirs):
             failures.append(f"{what}: clnet {ours:.6f}, PyTorch {theirs:.6f} (relative tolerance {LOSS_RTOL:g})")
-    if not update_diff <= UPDATE_RTOL:
-        failures.append(f"the first update of {worst} differs by {update_diff:.2e} of its size "
-                        f"(tolerance {UPDATE_RTOL:g})")
+    if not differences[worst] <= UPDATE_RTOL:
+        exact = TorchTwin(model, twin.device, state=start, dtype=torch.float64)
+        exact.train_loss(x, y)
+        update_failures, found["float64_update_difference"] = judge_updates(
+            start, clnet_after, torch_after, exact.state_dict(), keys)
+        failures += update_failures
     if failures:
         raise CheckError("; ".join(failures))
     return found
@@ -364,12 +408,12 @@ def describe(cl_device, torch_device, args, argv):
                 "training": "every step uploads its batch from host memory",
                 "inference": "forward to the logits, not read back",
                 "check": {"probability_atol": PROB_ATOL, "loss_rtol": LOSS_RTOL, "update_rtol": UPDATE_RTOL,
-                          "gemm_rtol": GEMM_RTOL}}
+                          "update_peer_factor": PEER_FACTOR, "gemm_rtol": GEMM_RTOL}}
     return {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
             "command": ["clnet-bench", *argv],
             "opencl": dataclasses.asdict(cl_device.info), "cpu": cpu_model(), "torch": describe_torch(torch_device),
             "environment": {k: os.environ[k] for k in ENV_SHOWN if k in os.environ},
-            "versions": versions, "protocol": protocol}
+            "tuning": tuning.describe(cl_device), "versions": versions, "protocol": protocol}
 
 
 def header(desc):
@@ -391,7 +435,14 @@ def header(desc):
             f"steps; timed: the median of {p['repeats']} runs, each of "
             + (f"{p['steps_per_run']} steps" if p["steps_per_run"] else f"about {p['min_time_s']} s")
             + f"; training: {p['training']}; inference: {p['inference']}; results checked before timing",
-            "environment: " + (env or "no thread/BLAS variables set")]
+            "environment: " + (env or "no thread/BLAS variables set"), _tuning_line(desc["tuning"])]
+
+
+def _tuning_line(t):
+    table = (f"the {t['class']} table ({t['table_cases']} cases"
+             + ("" if t["table_current"] else ", made for other kernel sources") + ")") if t["table_cases"] else "none"
+    return (f"tuned parameters: {t['mode']}; cache {t['cache']}: {t['cache_cases']} cases for this device; "
+            f"shipped table: {table}")
 
 
 # ---------------------------------------------------------------------- output
@@ -442,7 +493,14 @@ def check_note(row):
     return (f"{row['model']} batch {row['batch']}: softmax outputs within {c['max_probability_difference']:.1e}, "
             f"loss {c['loss'][0]:.5f} / {c['loss'][1]:.5f}, after one step {c['loss_after_step'][0]:.5f} / "
             f"{c['loss_after_step'][1]:.5f}, first updates within {c['max_update_difference']:.1e} (relative, "
-            f"at {c['max_update_difference_at']})")
+            f"at {c['max_update_difference_at']})" + _float64_note(c.get("float64_update_difference")))
+
+
+def _float64_note(figures):
+    if not figures:
+        return ""
+    return (f"; against float64 PyTorch at {figures['at']}: clnet {figures['clnet']:.1e}, PyTorch's float32 "
+            f"{figures['torch']:.1e} (tolerance {figures['tolerance']:.1e})")
 
 
 def gemm_table(markdown, reference):

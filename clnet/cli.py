@@ -3,7 +3,9 @@
 A user mistake exits 2 (usage, from click) or 1 with a one-line message; --debug shows the traceback.
 """
 
+import contextlib
 import csv
+import inspect
 import json
 import os
 import sys
@@ -18,7 +20,7 @@ from .datasets.feed import parse_augment
 from .device import INSTALL_HINT, alike, list_devices
 from .distributed import local_devices, world
 from .errors import ClnetError, InputError
-from .files import check_writable
+from .files import check_writable, replace_atomically, special_kind
 from .model import load as load_model
 from .onnx_import import from_onnx
 from .balance import first_guess
@@ -41,7 +43,8 @@ def devices(platform, device, as_json):
     devices selected, one replica each, with their shares of every batch.
 
     Select one elsewhere with --platform and --device (an index, or a case-insensitive name
-    substring), or with the environment variables CLNET_PLATFORM and CLNET_DEVICE.
+    substring), or with the environment variables CLNET_PLATFORM and CLNET_DEVICE, or pyopencl's
+    PYOPENCL_CTX ("platform:device") when neither of those is set.
     """
     infos = list_devices()
     selected = _open_devices(platform, device) if platform or device else None
@@ -97,7 +100,13 @@ _data_options = option_group(
                  "archive, a folder of IDX files or a pack from clnet-pack."),
     click.option("--data-dir", type=click.Path(file_okay=False),
                  help="Where to look for a known dataset first (then the cache, then /usr/share/datasets)."),
-    click.option("--offline", is_flag=True, help="Never download: fail if the files are not on disk."))
+    click.option("--offline", is_flag=True, help="Never download: fail if the files are not on disk."),
+    click.option("--stream/--no-stream", default=None,
+                 help="Decode an image folder batch by batch in worker processes instead of all at once into "
+                 "memory (default: stream when the decoded images would take more than half the available memory, "
+                 "or CLNET_MEMORY_LIMIT). Streamed images are resized (short side to size/0.875) and centre-cropped."),
+    click.option("--workers", type=click.IntRange(min=0), help="Processes decoding a streamed image folder "
+                 "(default: the cores; 0: in the main process)."))
 
 
 def _default_lrs():
@@ -152,6 +161,8 @@ Examples:
   clnet-train --dataset fashion-mnist --data-dir /usr/share/datasets/fashion-mnist
   clnet-train --dataset cifar10 --model cifar-cnn --augment crop,flip --normalize --lr 0.02
   clnet-train --dataset ./my_images/ --image-size 64x64 --model cifar-cnn
+  clnet-train --dataset /data/imagenet --stream --workers 16 --image-size 224 --model resnet18 \
+              --augment random-resized-crop,flip --batch-size 256   # train/ and val/, streamed
   clnet-train --dataset ./my_images/ --model exported.onnx --lr 0.01   # fine-tune an ONNX network
   clnet-train --dataset data.npz --optimizer adam --epochs 20 --save model.clnet
   clnet-train --dataset fashion-mnist --epochs 30 --checkpoint-dir runs/f30 --plot runs/f30/curves.png
@@ -185,8 +196,9 @@ Examples:
 @click.option("--early-stopping", type=click.IntRange(min=1), metavar="PATIENCE",
               help="Stop when val_loss has not improved for PATIENCE epochs, keeping the best weights.")
 @click.option("--augment", callback=_augment,
-              help="On the device, training only: crop (random crops of the image padded by 4 pixels; crop=N for "
-              "N), flip (random horizontal flips), or crop,flip.")
+              help="Training only: crop (random crops of the image padded by 4 pixels; crop=N for N), flip "
+              "(random horizontal flips), or crop,flip, on the device; a streamed folder's workers also draw "
+              "random-resized-crop (and flip).")
 @click.option("--normalize", is_flag=True, help="Normalise each channel by the training images' mean and std.")
 @click.option("--validation-split", type=FiniteFloatRange(min=0, max=1, max_open=True), default=0.1,
               show_default=True, help="Fraction of the training images held out to report val_accuracy.")
@@ -216,18 +228,62 @@ RUN_OPTIONS = "options.json"
 
 
 def _run_options(given):
-    """The options a --checkpoint-dir run was started with; where to run and how much to print may
+    """The options a --checkpoint-dir run was started with, checked as the command line's are;
+    where to run, how much to print and the decoding workers (which do not change the batches) may
     change on resuming."""
     path = os.path.join(given["resume_dir"], RUN_OPTIONS)
+    kind = special_kind(path)
+    if kind:
+        raise ClnetError(f"{path} is {kind}: a run folder's {RUN_OPTIONS} is a file of the options it was started with")
     try:
         with open(path) as f:
             options = json.load(f)
     except (OSError, ValueError) as exc:
         raise ClnetError(f"{given['resume_dir']} is not a run folder of clnet-train --checkpoint-dir "
                          f"({path}: {exc})") from None
-    options.update({key: given[key] for key in ("platform", "device", "quiet")},
+    options = _checked_run_options(path, options)
+    options.update({key: given[key] for key in ("platform", "device", "quiet", "workers")},
                    resume_dir=given["resume_dir"], checkpoint_dir=given["resume_dir"])
     return options
+
+
+def _checked_run_options(path, options):
+    """options.json's object checked field by field by the click option of the same name (its type,
+    range, choices and callback), as if given on the command line; a ClnetError names the file and
+    the field. Options added to clnet-train after a run folder was made (a default in `_train`) may
+    be missing."""
+    def fail(problem):
+        raise ClnetError(f"{path}: {problem}; it should hold the options of clnet-train --checkpoint-dir "
+                         "as it wrote them")
+    if not isinstance(options, dict):
+        fail(f"holds a JSON {type(options).__name__}, not an object of options")
+    fields = inspect.signature(_train).parameters
+    unknown = sorted(set(options) - set(fields))
+    if unknown:
+        fail(f"unknown field {unknown[0]!r}")
+    missing = [name for name, field in fields.items() if field.default is field.empty and name not in options]
+    if missing:
+        fail(f"the field {missing[0]!r} is missing")
+    ctx = click.Context(train)
+    params = {param.name: param for param in train.params}
+    checked = {}
+    for name, value in options.items():
+        param = params[name]
+        if name == "image_size" and isinstance(value, list):  # written as [height, width]
+            value = "x".join(map(str, value))
+        if value is None and not isinstance(param.default, (str, int, float, bool)):  # an option without a default
+            checked[name] = None
+            continue
+        kinds, what = ((bool,), "true or false") if isinstance(param.type, click.types.BoolParamType) else \
+            ((int,), "a whole number") if isinstance(param.type, click.types.IntParamType) else \
+            ((int, float), "a number") if isinstance(param.type, click.types.FloatParamType) else ((str,), "a string")
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            fail(f"the field {name!r} must be {what}, got {value!r}")
+        try:
+            checked[name] = param.process_value(ctx, value)
+        except click.BadParameter as exc:
+            fail(f"the field {name!r}: {exc.message.rstrip('.')}")
+    return checked
 
 
 def _check_outputs(*paths):
@@ -240,7 +296,7 @@ def _check_outputs(*paths):
 def _train(platform, device, dataset, data_dir, offline, image_size, model_name, epochs, batch_size, optimizer,
            lr, momentum, nesterov, weight_decay, lr_schedule, warmup, early_stopping, augment, normalize,
            validation_split, seed, save_path, checkpoint_dir, resume_dir, log_path, plot_path, quiet,
-           label_smoothing=0.0):  # a default for run folders made before the option
+           label_smoothing=0.0, stream=None, workers=None):  # defaults for run folders made before the options
     start = time.perf_counter()
     lead = world().lead  # under MPI only rank 0 writes (and prints: friendly_errors); every rank trains
     _check_outputs(save_path, log_path, plot_path)
@@ -251,15 +307,32 @@ def _train(platform, device, dataset, data_dir, offline, image_size, model_name,
         if os.path.exists(os.path.join(checkpoint_dir, RUN_OPTIONS)):  # never overwrite a run
             raise ClnetError(f"{checkpoint_dir} holds a run already: continue it with --resume {checkpoint_dir}, "
                              "or give a new --checkpoint-dir")
-        os.makedirs(checkpoint_dir, exist_ok=True)
+        try:
+            os.makedirs(checkpoint_dir, exist_ok=True)
+        except OSError as exc:
+            raise ClnetError(f"cannot make the --checkpoint-dir folder {checkpoint_dir}: "
+                             f"{exc.strerror or exc}") from None
         options = {k: v for k, v in locals().items() if k not in ("start", "lead", "extra", "checkpoint")}
-        with open(os.path.join(checkpoint_dir, RUN_OPTIONS), "w") as f:
-            json.dump({**options, "image_size": image_size and list(image_size)}, f, indent=1)
+        text = json.dumps({**options, "image_size": image_size and list(image_size)}, indent=1)
+        replace_atomically(os.path.join(checkpoint_dir, RUN_OPTIONS), lambda f: f.write(text.encode()))
+    best_path = None
+    if checkpoint_dir:
+        world().share(None, "the run folder")  # rank 0 has made it
+        checkpoint = os.path.join(checkpoint_dir, "checkpoint.clnet")
+        if resume_dir and not log_path and not os.path.exists(checkpoint) and lead:
+            # killed before its first checkpoint: the run starts again, and so does its own log
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(checkpoint_dir, "metrics.csv"))
+        log_path = log_path or os.path.join(checkpoint_dir, "metrics.csv")
+        save_path = save_path or os.path.join(checkpoint_dir, "model.clnet")
+        best_path = os.path.join(checkpoint_dir, "best.clnet") if validation_split else None
+        _check_outputs(checkpoint, log_path, save_path, best_path)
     dev = _open_devices(platform, device)
     if _is_onnx(model_name):
         model = from_onnx(model_name, dev, seed)
         train_set, test_set = datasets.load(dataset, data_dir=data_dir, download=not offline,
-                                            image_size=image_size or _model_image_size(model))
+                                            image_size=image_size or _model_image_size(model),
+                                            **_streaming(stream, workers))
         train_set, test_set = _fit_channels(train_set, model), test_set and _fit_channels(test_set, model)
         outputs = model.network.output_shape(train_set.image_shape)
         if outputs != (train_set.num_classes,):
@@ -268,18 +341,14 @@ def _train(platform, device, dataset, data_dir, offline, image_size, model_name,
                              "(for a torchvision network, replace its last layer first, e.g. net.fc = "
                              f"torch.nn.Linear(net.fc.in_features, {train_set.num_classes}))")
     else:
-        train_set, test_set = datasets.load(dataset, data_dir=data_dir, download=not offline, image_size=image_size)
+        train_set, test_set = datasets.load(dataset, data_dir=data_dir, download=not offline, image_size=image_size,
+                                            **_streaming(stream, workers))
         model = models.PRESETS[model_name](device=dev, seed=seed, input_shape=train_set.image_shape,
                                            classes=train_set.num_classes)
     opt = optim.from_options(optimizer, lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
     model.compile(loss="cross_entropy", optimizer=opt, label_smoothing=label_smoothing)
-    if checkpoint_dir:
-        world().share(None, "the run folder")  # rank 0 has made it
-        checkpoint = os.path.join(checkpoint_dir, "checkpoint.clnet")
-        log_path = log_path or os.path.join(checkpoint_dir, "metrics.csv")
-        save_path = save_path or os.path.join(checkpoint_dir, "model.clnet")
-        if validation_split:
-            extra.append(callbacks.SaveBest(os.path.join(checkpoint_dir, "best.clnet"), classes=train_set.classes))
+    if best_path:
+        extra.append(callbacks.SaveBest(best_path, classes=train_set.classes))
     if not quiet:
         ranks = world().size
         click.echo(f"Device:    {_label(dev)}" + (f" (rank 0's; {ranks} MPI ranks)" if ranks > 1 else ""))
@@ -316,6 +385,11 @@ def _train(platform, device, dataset, data_dir, offline, image_size, model_name,
 
 
 
+def _streaming(stream, workers):
+    """datasets.load's streaming options from --stream/--no-stream (None: "auto") and --workers."""
+    return {"stream": "auto" if stream is None else stream, "workers": workers}
+
+
 def _open_devices(platform, device):
     """The device the options name, or the list of them (replicas: "--device 0,1", "all", "--platform a,b");
     under MPI without --device, the local rank's (clnet.distributed.local_devices)."""
@@ -348,6 +422,8 @@ def _fit_channels(data, model):
     shape = model.input_shape
     if not (shape and len(shape) == 3):
         return data
+    if isinstance(data, datasets.ImageStream):
+        return data if data.channels == shape[0] else data.with_channels(shape[0])
     return datasets.Dataset(datasets.match_channels(data.x, shape[0]), data.y, data.classes, data.name)
 
 
@@ -371,14 +447,14 @@ Examples:
 @click.option("--save-matrix", "matrix_path", type=click.Path(dir_okay=False),
               help="Write the confusion matrix to this CSV file (rows: true class, columns: predicted).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
-def evaluate(model_file, platform, device, dataset, data_dir, offline, split, batch_size, k, show_matrix,
-             matrix_path, as_json):
+def evaluate(model_file, platform, device, dataset, data_dir, offline, stream, workers, split, batch_size, k,
+             show_matrix, matrix_path, as_json):
     """Evaluate a saved model (MODEL_FILE, from --save or model.save, or an ONNX file *.onnx) on a
     dataset: loss, accuracy and top-k accuracy, and optionally the confusion matrix and per-class
     precision and recall."""
     dev, model = _open_model(model_file, platform, device)
     train_set, test_set = datasets.load(dataset, data_dir=data_dir, download=not offline,
-                                        image_size=_model_image_size(model))
+                                        image_size=_model_image_size(model), **_streaming(stream, workers))
     data = train_set if split == "train" else test_set
     if data is None:
         raise ClnetError(f"{dataset} has no test split: use --split train")
@@ -386,7 +462,7 @@ def evaluate(model_file, platform, device, dataset, data_dir, offline, split, ba
         raise ClnetError(f"{dataset}: the {split} split has no images")
     data = _fit_channels(data, model)
     result = model.evaluate(data, batch_size=batch_size)
-    probs = model.predict(data.x, batch_size=batch_size)
+    probs = model.predict(data if isinstance(data, datasets.ImageStream) else data.x, batch_size=batch_size)
     if probs.ndim != 2:
         raise ClnetError(f"{model_file}: the model's outputs have shape {probs.shape[1:]}, not one score per class")
     classes_n = probs.shape[1]

@@ -169,11 +169,12 @@ def option_group(*decorators: Callable) -> Callable:
 
 device_options = option_group(
     click.option("--platform", help="OpenCL platform: index or name substring (pocl, nvidia, intel, ...). "
-                 "Default: CLNET_PLATFORM, else the best device's."),
+                 "Default: CLNET_PLATFORM, else PYOPENCL_CTX's, else the best device's."),
     click.option("--device", help="Device: index (within the platform if one is given) or name substring. "
-                 "Default: CLNET_DEVICE, else the best (a GPU before a CPU); under mpirun, each rank's by local rank. "
-                 "clnet-train, -eval, -predict and -devices take several, comma-separated, or all (of the "
-                 "platforms given), as replicas of the model; so does a comma-separated --platform without --device."))
+                 "Default: CLNET_DEVICE, else PYOPENCL_CTX's, else the best (a GPU before a CPU); under mpirun, "
+                 "each rank's by local rank. clnet-train, -eval, -predict and -devices take several, comma-separated, "
+                 "or all (of the platforms given), as replicas of the model; so does a comma-separated --platform "
+                 "without --device."))
 
 
 class FiniteFloatRange(click.FloatRange):

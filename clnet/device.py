@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import pyopencl as cl
 
-from .errors import DeviceNotFoundError
+from .errors import DeviceNotFoundError, InputError
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +152,39 @@ def _select(found, platform, device):
     return min(candidates, key=lambda f: (rank[f[0].type], -f[0].compute_units, f[0].index))
 
 
+def _requested(platform, device):
+    """(platform, device, where) as asked: the arguments; else CLNET_PLATFORM and CLNET_DEVICE; else,
+    when neither of those is set either, PYOPENCL_CTX read as pyopencl reads it ("platform:device",
+    each an index or a name substring, an empty or missing part meaning 0); else (None, None), the
+    best device. `where` names the environment variables used, for errors ("" for arguments)."""
+    where = []
+    if platform is None and os.environ.get("CLNET_PLATFORM"):
+        platform = os.environ["CLNET_PLATFORM"]
+        where.append(f"CLNET_PLATFORM={platform!r}")
+    if device is None and os.environ.get("CLNET_DEVICE"):
+        device = os.environ["CLNET_DEVICE"]
+        where.append(f"CLNET_DEVICE={device!r}")
+    if platform is None and device is None and "PYOPENCL_CTX" in os.environ:
+        where.append(f"PYOPENCL_CTX={os.environ['PYOPENCL_CTX']!r}")
+        parts = os.environ["PYOPENCL_CTX"].split(":")
+        if len(parts) > 2:
+            raise DeviceNotFoundError(f"{where[0]} has more parts than 'platform:device': set it as pyopencl "
+                                      "reads it, e.g. PYOPENCL_CTX=0:1")
+        platform, device = parts[0] or "0", (parts[1:] or ["0"])[0] or "0"
+    return platform, device, " and ".join(where)
+
+
+def _from_requested(select, platform, device):
+    """select(platform, device) with `_requested`'s defaults; an error names the variables used."""
+    platform, device, where = _requested(platform, device)
+    try:
+        return select(_discover(), platform, device)
+    except DeviceNotFoundError as exc:
+        if not where:
+            raise
+        raise DeviceNotFoundError(f"{where}: {exc}") from None
+
+
 def devices(platform: str | None = None, device: str | None = None) -> list[Device]:
     """Open the devices that `platform` and `device` name, for a model's replicas: either may list
     several, comma-separated ("nvidia,pocl"; "0,1"), each platform taking each device, and device
@@ -166,9 +199,7 @@ def devices(platform: str | None = None, device: str | None = None) -> list[Devi
         >>> clnet.models.cifar_cnn(device=clnet.devices("nvidia", "all"))    # every NVIDIA GPU
         >>> clnet.devices("nvidia,pocl")                                       # and the CPU too
     """
-    platform = platform if platform is not None else os.environ.get("CLNET_PLATFORM") or None
-    device = device if device is not None else os.environ.get("CLNET_DEVICE") or None
-    return [Device(info, cl_device) for info, cl_device in _select_several(_discover(), platform, device)]
+    return [Device(info, cl_device) for info, cl_device in _from_requested(_select_several, platform, device)]
 
 
 def alike(platform: str | None = None) -> list[DeviceInfo]:
@@ -217,6 +248,8 @@ class Device:
         cl_device: the pyopencl device it describes.
         profiling: open both queues with profiling enabled.
         family: "tiled" or "cpu"; None takes CLNET_GEMM, else "cpu" for a CPU and "tiled" otherwise.
+        context: a pyopencl context holding `cl_device` to work in (default: a new one).
+        queue: an in-order pyopencl queue of `cl_device` in `context` for the kernels (default: a new one).
 
     Attributes:
         info: the `DeviceInfo`.
@@ -232,16 +265,18 @@ class Device:
     """
 
     def __init__(self, info: DeviceInfo, cl_device: cl.Device, profiling: bool = False,
-                 family: str | None = None):
+                 family: str | None = None, context: cl.Context | None = None, queue: cl.CommandQueue | None = None):
         self.family = _family(info, family)
         self.info = info
         self.cl_device = cl_device
-        self.context = cl.Context([cl_device])
+        self.context = context if context is not None else cl.Context([cl_device])
         properties = cl.command_queue_properties.PROFILING_ENABLE if profiling else 0
-        self.queue = cl.CommandQueue(self.context, properties=properties)
-        self.copy_queue = cl.CommandQueue(self.context, properties=properties)  # uploads that overlap the kernels
+        self.queue = queue if queue is not None else cl.CommandQueue(self.context, cl_device, properties)
+        # uploads that overlap the kernels
+        self.copy_queue = cl.CommandQueue(self.context, cl_device, properties)
         self.programs = {}
-        log.debug("Opened %s (%s kernels)", info.label, self.family)
+        log.debug("Opened %s (%s kernels%s)", info.label, self.family,
+                  "" if context is None else ", in the caller's pyopencl context")
 
     @property
     def name(self) -> str:
@@ -268,16 +303,28 @@ class Device:
 
 
 def device(platform: int | str | None = None, device: int | str | None = None, profiling: bool = False,
-           family: str | None = None) -> Device:
-    """Open an OpenCL device.
+           family: str | None = None, *, context: cl.Context | None = None,
+           queue: cl.CommandQueue | None = None) -> Device:
+    """Open an OpenCL device, or wrap a pyopencl context or queue that the caller already has.
 
     `platform` and `device` are an index or a case-insensitive name substring (a platform matches on
     its name, vendor or version, so "pocl", "nvidia" and "intel" work; a device on its name or its
-    type, "gpu"/"cpu"). Unset, they come from CLNET_PLATFORM / CLNET_DEVICE; with neither, the best
-    device is taken: a GPU before a CPU. A device index counts within the platform when one is
-    given, else across all devices as `clnet-devices` numbers them. `profiling` opens queues whose
-    events carry device timestamps. `family` ("tiled" or "cpu") overrides the kernel family the
-    device's type implies, as CLNET_GEMM does when it is not given.
+    type, "gpu"/"cpu"). Unset, they come from CLNET_PLATFORM / CLNET_DEVICE; with neither, from
+    PYOPENCL_CTX as pyopencl reads it ("0:1", "nvidia:0"); with none of these, the best device is
+    taken: a GPU before a CPU. A device index counts within the platform when one is given, else
+    across all devices as `clnet-devices` numbers them.
+
+    Args:
+        platform, device: which device to open, as above.
+        profiling: open queues whose events carry device timestamps.
+        family: "tiled" or "cpu", overriding the kernel family the device's type implies (as
+            CLNET_GEMM does when it is not given).
+        context: a pyopencl Context to work in instead of creating one: kernels are built and
+            buffers made in it, so that pyopencl arrays of it feed `predict` directly. With several
+            devices in it, `device` (a name substring, or an index as `clnet-devices` numbers the
+            devices) chooses one, else the best of them.
+        queue: a pyopencl CommandQueue (in order) to run the kernels on; its context, device and
+            profiling setting are taken. Uploads go on a second queue made in the same context.
 
     Raises:
         DeviceNotFoundError: nothing matches (its message lists the devices there are), or there is
@@ -286,10 +333,31 @@ def device(platform: int | str | None = None, device: int | str | None = None, p
     Example:
         >>> dev = clnet.device()                                  # the best device
         >>> dev = clnet.device(platform="pocl", device="cpu")
+        >>> dev = clnet.device(queue=my_pyopencl_queue)           # clnet's kernels on your queue
         >>> model = clnet.Sequential(layers, device=dev)
     """
-    platform = platform if platform is not None else os.environ.get("CLNET_PLATFORM") or None
-    device = device if device is not None else os.environ.get("CLNET_DEVICE") or None
-    info, cl_device = _select(_discover(), platform, device)
-    return Device(info, cl_device, profiling, family)
+    if context is None and queue is None:
+        info, cl_device = _from_requested(_select, platform, device)
+        return Device(info, cl_device, profiling, family)
+    if platform is not None:
+        raise InputError("give platform= or a context=/queue=, not both: a context's platform is its own")
+    if queue is not None:
+        if context is not None and queue.context != context:
+            raise InputError("queue= belongs to another context than context=: give one of them")
+        if queue.properties & cl.command_queue_properties.OUT_OF_ORDER_EXEC_MODE_ENABLE:
+            raise InputError("queue= is an out-of-order queue: clnet's steps need an in-order queue")
+        context, chosen = queue.context, [queue.device]
+        profiling = bool(queue.properties & cl.command_queue_properties.PROFILING_ENABLE)
+    else:
+        chosen = context.devices
+    found = _discover()
+    in_context = [next((f for f in found if f[1] == d), None) or _describe_sub_device(d) for d in chosen]
+    info, cl_device = _select(in_context, None, device)
+    return Device(info, cl_device, profiling, family, context, queue)
 
+
+def _describe_sub_device(cl_device):
+    """(DeviceInfo, cl.Device) of a device no platform lists (a sub-device): index -1."""
+    platforms = _platforms()
+    p_index = next((i for i, p in enumerate(platforms) if p == cl_device.platform), -1)
+    return _describe(-1, p_index, -1, cl_device.platform, cl_device), cl_device

@@ -191,7 +191,7 @@ def _abort_on_exception(kind, value, trace):
 
 def local_devices(platform: str | None = None, device_name: str | None = None) -> list:
     """This rank's devices: those `platform` and `device_name` name (as `clnet.devices`), or, when
-    neither they nor CLNET_PLATFORM / CLNET_DEVICE name a device, under MPI the one of this
+    neither they nor CLNET_DEVICE (nor PYOPENCL_CTX) name a device, under MPI the one of this
     machine's ranks by local rank among the devices like the best one (every GPU of its platform,
     in turn); with one process, the best device.
 
@@ -199,7 +199,9 @@ def local_devices(platform: str | None = None, device_name: str | None = None) -
         >>> model = clnet.models.resnet18(device=clnet.distributed.local_devices())   # under mpirun
     """
     here = world()
-    if device_name is not None or os.environ.get("CLNET_DEVICE") or here.size == 1:
+    chosen = device_name is not None or os.environ.get("CLNET_DEVICE") or (
+        platform is None and not os.environ.get("CLNET_PLATFORM") and "PYOPENCL_CTX" in os.environ)
+    if chosen or here.size == 1:
         return devices(platform, device_name)
     infos = alike(platform)
     info = infos[here.local_rank % len(infos)]

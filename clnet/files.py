@@ -2,6 +2,7 @@
 
 import contextlib
 import os
+import re
 import stat
 import tempfile
 
@@ -79,11 +80,13 @@ def replace_atomically(path, write):
     On any failure the temporary file is removed and the exception propagates (OSError included).
     A `path` that exists and is not a regular file (a device, a FIFO, a socket, a folder) is refused
     with a ClnetError, never replaced. A symlink is written through: its target (a regular file or
-    absent) is replaced and the link is kept."""
+    absent) is replaced and the link is kept. The temporary file is named `.<name>.<pid>.<random>.tmp`;
+    those a killed writer left for `path` are removed first (`remove_stale_temporaries`)."""
     refuse_special(path)
     path = os.path.realpath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    fd, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    remove_stale_temporaries(path)
+    fd, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.{os.getpid()}.", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -96,3 +99,41 @@ def replace_atomically(path, write):
             os.unlink(temporary)
         raise
     _fsync_folder(folder)
+
+
+def remove_stale_temporaries(path):
+    """Remove the temporary files that `replace_atomically(path, ...)` left when its process was
+    killed mid-write: only files of its own naming for this target (`.<name>.<pid>.<random>.tmp`,
+    beside it), regular, whose process no longer runs. A live process's file (this one's
+    included) and any other file are never touched; nothing is removed where processes cannot be
+    probed (Windows)."""
+    if os.name != "posix":
+        return
+    path = os.path.realpath(path)
+    folder, name = os.path.split(path)
+    pattern = re.compile(re.escape(f".{name}.") + r"(\d+)\.[a-z0-9_]{8}\.tmp")
+    try:
+        entries = os.listdir(folder)
+    except OSError:
+        return
+    for entry in entries:
+        match = pattern.fullmatch(entry)
+        if not match or _alive(int(match.group(1))):
+            continue
+        leftover = os.path.join(folder, entry)
+        with contextlib.suppress(OSError):
+            if stat.S_ISREG(os.lstat(leftover).st_mode):
+                os.unlink(leftover)
+
+
+def _alive(pid):
+    """Whether process `pid` runs (or may: one that cannot be signalled counts as alive)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, OverflowError):
+        return True
+    return True

@@ -29,7 +29,8 @@ A model file (conventionally named ``*.clnet``) is a zip archive, members stored
 ``weights.npz``
     A numpy ``.npz`` archive (one ``<key>.npy`` member per array) of the model's ``state_dict``:
     float32 arrays under PyTorch's keys and layouts (``"0.weight"``, ``"0.bias"``, batch-norm
-    ``running_mean`` ...), exactly the arrays ``Sequential.state_dict()`` returns.
+    ``running_mean`` ...), the arrays ``Sequential.state_dict()`` returns, all float32 (the int64
+    ``num_batches_tracked`` too, so that every reader of format version 1 reads them).
 
 A **checkpoint** is a model file (``clnet.load`` reads it as one) with three more members:
 
@@ -197,7 +198,8 @@ def _model_members(model, path, classes):
         text = _json_bytes(description)
     except (TypeError, ValueError) as exc:  # a layer config that is not JSON, a NaN normalisation
         raise ModelFileError(path, f"cannot describe the model as JSON: {exc}") from exc
-    return [("model.json", text), ("weights.npz", _npz_bytes(model.state_dict()))]
+    weights = {key: value.astype(np.float32) for key, value in model.state_dict().items()}  # counters too
+    return [("model.json", text), ("weights.npz", _npz_bytes(weights))]
 
 
 def save(model, path: str | os.PathLike, classes: Sequence[str] | None = None) -> None:
@@ -499,6 +501,9 @@ def _decode_state(archive, value, arrays):
     return value
 
 
+_COUNT_LIMIT = 2 ** 63  # epochs and steps beyond any run are refused, not carried as huge integers
+
+
 def _saved_optimizer(archive, record, arrays, loss):
     def check(ok, what):
         if not ok:
@@ -506,11 +511,15 @@ def _saved_optimizer(archive, record, arrays, loss):
     check(isinstance(record, dict) and isinstance(record.get("config"), dict), "'optimizer' must be an object")
     cls = OPTIMIZER_CLASSES.get(record.get("class"))
     check(cls is not None, f"unknown optimizer class {record.get('class')!r}")
-    check(_is_int(record.get("steps")) and record["steps"] >= 0, "the optimizer's 'steps' must be an integer >= 0")
+    check(_is_int(record.get("steps")) and 0 <= record["steps"] < _COUNT_LIMIT,
+          f"the optimizer's 'steps' must be an integer from 0 to {_COUNT_LIMIT - 1}")
     check(_is_int(record.get("arrays")) and sorted(arrays) == sorted(map(str, range(record["arrays"]))),
           f"optimizer.npz holds {sorted(arrays)}, expected {record.get('arrays')!r} arrays")
     if loss is None:
         raise archive.error("checkpoint.json names an optimizer but model.json no loss")
+    for key, value in record["config"].items():  # NaN passes every range check the optimizers make
+        check(all(map(_is_number, value if isinstance(value, list) else [value])) or isinstance(value, bool),
+              f"the optimizer's {key!r} must be a finite number, got {value!r}")
     try:
         optimizer = cls(**record["config"])
     except (TypeError, ValueError) as exc:
@@ -520,6 +529,8 @@ def _saved_optimizer(archive, record, arrays, loss):
     for i, array in enumerate(state):
         if array.dtype.kind != "f":
             raise archive.error(f"optimizer.npz array {i} holds {array.dtype}, not floating point")
+        if not np.isfinite(array).all():
+            raise archive.error(f"optimizer.npz array {i} holds NaN or infinity")
     return SavedOptimizer(optimizer, record["steps"], state)
 
 
@@ -537,8 +548,9 @@ def read_checkpoint(path: str | os.PathLike) -> SavedCheckpoint:
         record = archive.json("checkpoint.json", "is a model file, not a checkpoint: the archive has no "
                               "checkpoint.json", CHECKPOINT_FORMAT, CHECKPOINT_VERSION)
         for key in ("epoch", "step"):
-            if not (_is_int(record.get(key)) and record[key] >= 0):
-                raise archive.error(f"checkpoint.json is invalid: {key!r} must be an integer >= 0")
+            if not (_is_int(record.get(key)) and 0 <= record[key] < _COUNT_LIMIT):
+                raise archive.error(f"checkpoint.json is invalid: {key!r} must be an integer from 0 to "
+                                    f"{_COUNT_LIMIT - 1}")
         optimizer_arrays = archive.arrays("optimizer.npz", "is incomplete: the archive has no optimizer.npz")
         state_arrays = archive.arrays("state.npz", "is incomplete: the archive has no state.npz")
         state = _decode_state(archive, record.get("state"), state_arrays)

@@ -4,8 +4,10 @@ Loading model files and checkpoints onto a device is here too, above the file fo
 
 from __future__ import annotations
 
+import logging
 import numbers
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from math import prod
@@ -13,30 +15,41 @@ from math import prod
 import numpy as np
 
 from . import callbacks as cb
-from . import io, losses, optim
+from . import io, losses, optim, weights_files
+from .balance import Balancer, first_guess
 from .compiler import CompiledStep, Target
-from .datasets import Dataset
+from .datasets import Dataset, ImageStream
 from .datasets.feed import InputSpec, channel_statistics, image_dims
+from .datasets.stream import skipped_report
 from .device import Device
 from .distributed import local_devices, world
 from .errors import InputError, ModelFileError, ShapeError
 from .layers import Layer, SymbolicTensor
 from .network import INPUT, Network, loss_input
-from .balance import Balancer, first_guess
+from .params import IncompatibleKeys
 from .reduction import SeamTimes
 from .replicas import (Replica, ReplicatedRunner, SummedMetrics, capacity, default_shares, device_list,
                        make_runner, share_weights)
+from .tensor import is_pyopencl_array, pyopencl_images
 from .text import format_bytes
 from .trainer import History, Trainer
+
+log = logging.getLogger(__name__)
 
 __all__ = ["History", "LoadedCheckpoint", "Model", "Sequential", "load", "load_checkpoint"]
 
 
-def _inputs(x, what="x"):
+def _inputs(x, what="x", devices=None):
     """Images or features with the batch first: uint8 kept as it is (scaled by 1/255 on the
-    device), anything else as float32, checked for NaN and infinity."""
+    device), anything else as float32, checked for NaN and infinity. With `devices` (predict,
+    evaluate), a pyopencl array on them is taken where it lies, as a DeviceTensor."""
     if isinstance(x, Dataset):
         x = x.x
+    if is_pyopencl_array(x):
+        if devices is None:
+            raise InputError(f"{what} is a pyopencl array: training takes host arrays (numpy); pyopencl arrays "
+                             "feed predict and evaluate")
+        return pyopencl_images(x, devices, what)
     x = np.asarray(x)
     if x.dtype.kind not in "fiub":
         raise InputError(f"{what} must be a numeric array, got dtype {x.dtype}")
@@ -50,6 +63,22 @@ def _inputs(x, what="x"):
         raise InputError(f"{what} contains NaN or infinity (first at index {tuple(int(i) for i in bad)}): "
                          "clean or impute the data first")
     return x
+
+
+def _batches(x, rows, batch_size):
+    """(images, their rows) of x (an array or an ImageStream) in batches, over `rows` (default all),
+    in order; a stream's unreadable images are reported at the end (the clnet logger's warning)."""
+    n = len(x if rows is None else rows)
+    if isinstance(x, ImageStream):
+        yield from x.batches(np.arange(n) if rows is None else rows, batch_size)
+        if x.skipped:
+            log.warning("%s: %s", x.name, skipped_report(x.skipped))
+        return
+    for start in range(0, n, batch_size):
+        if rows is None:
+            yield x[start:start + batch_size], np.arange(start, min(start + batch_size, n))
+        else:
+            yield x[rows[start:start + batch_size]], rows[start:start + batch_size]
 
 
 def _count(value, name, least):
@@ -128,6 +157,7 @@ class Model:
         self.classes = None        # class names in output order, kept in model files
         self.history = None        # the History of the last (or current) fit
         self.seam_times = None     # a SeamTimes that replicated training steps add to (time_seam)
+        self._warned_not_finite = False  # predict warns once about outputs that are not numbers
         self._runners = {}
 
     def __call__(self, inputs: SymbolicTensor, name: str | None = None) -> SymbolicTensor:
@@ -215,11 +245,15 @@ class Model:
         if self.loss is None:
             raise InputError(f"call model.compile(loss=..., optimizer=...) before {what}")
 
-    def _prepare(self, x, y=None):
-        """Validated inputs and the loss's targets (y may come with x as a Dataset)."""
-        if isinstance(x, Dataset) and y is None:
-            x, y = x
-        x = _inputs(x)
+    def _prepare(self, x, y=None, devices=None):
+        """Validated inputs and the loss's targets (y may come with x as a Dataset or ImageStream);
+        x may be a pyopencl array on `devices` when they are given (`_inputs`)."""
+        if isinstance(x, ImageStream):  # decoded as used: nothing to check here
+            y = x.y if y is None else y
+        else:
+            if isinstance(x, Dataset) and y is None:
+                x, y = x
+            x = _inputs(x, devices=devices)
         if y is None:
             raise InputError("labels are missing: pass y, or a clnet.datasets.Dataset as x")
         _, out_shape = loss_input(self.network.stages(x.shape[1:], self.loss), x.shape[1:])
@@ -237,7 +271,8 @@ class Model:
 
         Args:
             x: images (N, C, H, W) or features (N, ...), uint8 (scaled to [0, 1]) or float, or a
-                clnet.datasets.Dataset (then y comes with it).
+                clnet.datasets.Dataset or ImageStream (then y comes with it; a stream is decoded
+                batch by batch by its workers).
             y: integer labels (N,) (or one-hot), or float targets as the loss takes them.
             validation_split: hold out a seeded random fraction of (x, y), stratified by class;
                 validation_data=(xv, yv) or a Dataset takes precedence.
@@ -246,7 +281,8 @@ class Model:
             normalize: True computes per-channel mean and std on the training images, or give
                 (mean, std); the model keeps them and applies them in evaluate and predict too.
             augment: "crop" (random crops of the image padded by 4 pixels, "crop=N" for N), "flip"
-                (random horizontal flips), or both "crop,flip"; on the device, training only.
+                (random horizontal flips), or both "crop,flip"; on the device, training only. A
+                stream's workers draw "random-resized-crop" and "flip" (default: the stream's own).
             resident: keep the training set in device memory ("auto": when it fits), so that
                 batches are gathered there and only the epoch's sample order crosses the bus;
                 otherwise each batch is uploaded while the previous one computes.
@@ -259,8 +295,9 @@ class Model:
             early_stopping: a callbacks.EarlyStopping.
             callbacks: further clnet.callbacks.Callback objects (SaveBest, PlotCurves, your own).
 
-        A loss that becomes NaN or infinite stops training with a TrainingError (the checkpoint
-        keeps the last good epoch). The history so far is `model.history` while training.
+        A loss (or weights) that becomes NaN or infinite stops training with a TrainingError, and
+        the model gets back the weights and optimizer state of the last good epoch (callbacks.NaNGuard).
+        The history so far is `model.history` while training.
 
         Example:
             >>> history = model.fit(x, y, epochs=10, batch_size=64, validation_split=0.1)
@@ -284,7 +321,9 @@ class Model:
         reporting = [cb.MetricsLog(log)] if log is not None else []
         reporting += [cb.Checkpoint(checkpoint, resume)] if checkpoint is not None else []
         trainer = Trainer(self, steering + list(callbacks) + reporting, validation_data, verbose, stream)
-        if normalize is True:  # a resumed run takes the checkpoint's instead
+        if normalize is True and isinstance(x, ImageStream):  # a seeded sample of the images, as evaluated
+            self.normalization = x.statistics(self.seed, rows)
+        elif normalize is True:  # a resumed run takes the checkpoint's instead
             self.normalization = channel_statistics(x.reshape(len(x), *image_dims(x.shape[1:])), rows)
         elif normalize:
             self.normalization = tuple(tuple(float(v) for v in np.ravel(part)) for part in normalize)
@@ -293,6 +332,8 @@ class Model:
     def train_on_batch(self, x, y) -> float:
         """One optimizer step on (x, y) as one batch; returns that batch's loss."""
         self._require_compiled("train_on_batch")
+        if isinstance(x, ImageStream):
+            raise InputError("train_on_batch takes one batch of arrays, not an ImageStream: pass the stream to fit")
         x, targets = self._prepare(x, y)
         runner = self._runner(len(x), x.shape[1:], True, targets.dtype, self._spec(x))
         self.metrics.fill(0)
@@ -310,9 +351,10 @@ class Model:
 
     # ------------------------------------------------------------------ inference
     def evaluate(self, x, y=None, batch_size: int = 256) -> dict:
-        """{"loss": mean loss, "accuracy": fraction correct} over (x, y) or a Dataset."""
+        """{"loss": mean loss, "accuracy": fraction correct} over (x, y) or a Dataset; x as for
+        predict (a pyopencl array included), y on the host."""
         self._require_compiled("evaluate")
-        return self._evaluate(*self._prepare(x, y), batch_size=batch_size)
+        return self._evaluate(*self._prepare(x, y, self.devices), batch_size=batch_size)
 
     def _evaluate(self, x, targets, rows=None, batch_size=256):
         """evaluate on validated inputs and targets, or on their `rows` (batches gathered from x)."""
@@ -322,25 +364,42 @@ class Model:
         batch_size = min(_count(batch_size, "batch_size", 1), n)  # no plan (nor indices) beyond the data
         runner = self._runner(batch_size, x.shape[1:], False, targets.dtype, self._spec(x))
         self.metrics.fill(0)
-        for start in range(0, n, batch_size):
-            batch = slice(start, start + batch_size) if rows is None else rows[start:start + batch_size]
-            runner.infer(x[batch], targets[batch], want_output=False)
+        for images, used in _batches(x, rows, batch_size):
+            runner.infer(images, targets[used], want_output=False)
         logs = self._read_metrics(targets)
         runner.sync()
         return logs
 
     def predict(self, x, batch_size: int = 256) -> np.ndarray:
         """Model outputs as numpy: class probabilities for cross-entropy (softmax) and binary
-        cross-entropy (sigmoid), the raw outputs otherwise. x as for fit (uint8 images are scaled,
-        the model's normalisation applies)."""
-        x = _inputs(x)
+        cross-entropy (sigmoid), the raw outputs otherwise.
+
+        Args:
+            x: as for fit (uint8 images are scaled, the model's normalisation applies; a stream's
+                unreadable images give the outputs of their replacements, and a warning); or a
+                pyopencl.array.Array (float32 or uint8, C-contiguous) in the model's device's
+                context (`clnet.device(context=...)` or `queue=`), read where it lies: no copy
+                through the host (its values are not checked for NaN).
+            batch_size: samples per step.
+
+        Example:
+            >>> probabilities = model.predict(x_test)
+            >>> dev = clnet.device(queue=queue); model = clnet.load("m.clnet", device=dev)
+            >>> model.predict(pyopencl.array.to_device(queue, x_test))    # the same probabilities
+        """
+        x = x if isinstance(x, ImageStream) else _inputs(x, devices=self.devices)
         if len(x) == 0:
             raise InputError("predict needs at least one sample")
         batch_size = min(_count(batch_size, "batch_size", 1), len(x))  # no plan (nor indices) beyond the data
         runner = self._runner(batch_size, x.shape[1:], False, spec=self._spec(x))
-        out = [runner.infer(x[start:start + batch_size]) for start in range(0, len(x), batch_size)]
+        out = [runner.infer(images) for images, _ in _batches(x, None, batch_size)]
         runner.sync()
-        return np.concatenate(out).reshape(len(x), *runner.output_shape)
+        out = np.concatenate(out).reshape(len(x), *runner.output_shape)
+        if not self._warned_not_finite and not np.isfinite(out).all():  # the inputs are finite: the weights are not
+            self._warned_not_finite = True
+            warnings.warn("predict: the model's outputs are NaN or infinite, so its weights are not finite "
+                          "(from a fit that diverged?): load or train good weights", RuntimeWarning, stacklevel=2)
+        return out
 
     # ------------------------------------------------------------------ weights
     def state_dict(self) -> dict:
@@ -352,10 +411,59 @@ class Model:
         """The gradients of the last training step, keyed like state_dict (computed before the update)."""
         return self.param_store.gradients()
 
-    def load_state_dict(self, state: dict) -> None:
-        """Load arrays (numpy, or anything np.asarray takes, such as CPU torch tensors) into every replica."""
+    def load_state_dict(self, state: dict, strict: bool = True) -> IncompatibleKeys:
+        """Load arrays (numpy, or anything np.asarray takes, such as CPU torch tensors) into every
+        replica, as torch.nn.Module.load_state_dict does.
+
+        Args:
+            state: {key: array} under the model's state_dict keys (PyTorch's names and layouts).
+            strict: every key of the model must be in `state` and no other (else an InputError
+                naming them, and nothing is loaded); with False the keys both have are loaded.
+
+        Returns:
+            IncompatibleKeys(missing_keys, unexpected_keys): the model's keys that `state` lacks,
+            and the keys of `state` the model does not have. A shape that differs is a ShapeError
+            naming the key, strict or not.
+
+        Example:
+            >>> result = model.load_state_dict(torchvision.models.resnet18().state_dict(), strict=False)
+            >>> result.missing_keys, result.unexpected_keys
+        """
+        keys = None
         for replica in self.replicas:
-            replica.store.load_state_dict(state)
+            keys = replica.store.load_state_dict(state, strict)
+        return keys
+
+    def save_weights(self, path) -> None:
+        """Write the state_dict to a weights file, atomically, in the format of its suffix:
+        `.safetensors` (the `safetensors` extra), `.pt` / `.pth` (PyTorch's, needs torch) or
+        `.npz`. PyTorch's keys and layouts, so `torch_module.load_state_dict(safetensors.torch.
+        load_file(path))` loads it (BatchNorm's num_batches_tracked is int64, as torch's).
+
+        Args:
+            path: the file to write; its suffix chooses the format.
+
+        Example:
+            >>> model.save_weights("resnet18.safetensors")
+        """
+        state = self.state_dict()
+        if self.world.lead:  # under MPI every rank holds the same weights: rank 0 writes them
+            weights_files.write_weights(state, path)
+
+    def load_weights(self, path, strict: bool = True) -> IncompatibleKeys:
+        """Load a weights file (`.safetensors`, `.pt` / `.pth`, `.npz`, or a `.clnet` model file's
+        weights) into the model, as `load_state_dict(state, strict)`. A `.pt` file is read with
+        `torch.load(weights_only=True)`: one that pickles a whole module or other code is refused.
+
+        Args:
+            path: the weights file; its suffix chooses the format.
+            strict: as for load_state_dict.
+
+        Example:
+            >>> model = clnet.models.resnet18(classes=10)
+            >>> model.load_weights("resnet18.safetensors")    # saved by torch's safetensors.torch.save_file
+        """
+        return self.load_state_dict(weights_files.read_weights(path), strict)
 
     def _broadcast(self) -> None:
         """Rank 0's parameters, buffers, optimizer state and step count on every rank (under MPI):
@@ -408,10 +516,17 @@ class Model:
         """Load a checkpoint (`io.read_checkpoint`'s SavedCheckpoint read from `path`) into this
         model: weights, normalisation, and the optimizer's hyper-parameters, state and steps."""
         saved_optimizer = saved.optimizer and saved.optimizer.optimizer
+        if saved_optimizer is None:
+            raise ModelFileError(path, "holds no optimizer state (it was written from a model not compiled): "
+                                       "it cannot be resumed")
         if type(saved_optimizer) is not type(self.optimizer):
             raise InputError(f"{path} was written by a {type(saved_optimizer).__name__} run: compile "
                              f"with the same optimizer to resume it")
-        self.load_state_dict(saved.model.weights)
+        try:
+            self.load_state_dict(saved.model.weights)
+        except (InputError, ShapeError) as exc:
+            raise ModelFileError(path, f"the weights do not fit this model (a checkpoint of another run?): "
+                                       f"{exc}") from None
         _load_optimizer(self, saved.optimizer, path)
         self.normalization = saved.model.normalization
 

@@ -2,6 +2,7 @@
 device buffer, so that the optimizer is one launch over all of them and a replica's gradients are
 one buffer to reduce."""
 
+from collections import namedtuple
 from math import prod
 
 import numpy as np
@@ -12,14 +13,20 @@ from .tensor import DeviceTensor
 
 PARAM_ALIGN = 16  # elements: each tensor starts on a 64-byte boundary for vector loads
 
+#: What load_state_dict did not load: the model's keys absent from the state, and the state's keys
+#: the model does not have; the fields of torch's result of the same name.
+IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
+
 
 class Entry:
     """Where one parameter or buffer of a node lives in its flat tensor."""
 
-    def __init__(self, node, name, shape, offset, trainable):
+    def __init__(self, node, name, shape, offset, trainable, counter=False):
         self.node, self.name, self.shape, self.offset, self.trainable = node, name, shape, offset, trainable
         self.key = f"{node}.{name}"
         self.size = prod(shape)
+        # float32 on the device like every buffer, int64 in the state_dict as torch keeps it
+        self.dtype = np.dtype(np.int64 if counter else np.float32)
 
 
 class ParamStore:
@@ -40,7 +47,8 @@ class ParamStore:
         for node in network.nodes:
             for trainable, shapes in ((True, node.layer.param_shapes()), (False, node.layer.buffer_shapes())):
                 for name, shape in shapes.items():
-                    self.entries.append(Entry(node.name, name, tuple(shape), sizes[trainable], trainable))
+                    self.entries.append(Entry(node.name, name, tuple(shape), sizes[trainable], trainable,
+                                              name in node.layer.counters))
                     sizes[trainable] += round_up(prod(shape), PARAM_ALIGN)
         self.params = DeviceTensor.empty(device, (max(sizes[True], 1),), what="the parameters")
         self.grads = DeviceTensor.empty(device, (max(sizes[True], 1),), what="the gradients")
@@ -101,23 +109,32 @@ class ParamStore:
         self.steps = int(steps)
 
     def state_dict(self):
+        """{key: array}: float32, and int64 for counters (num_batches_tracked) as torch keeps them."""
         flats = {True: self.params.download(), False: self.buffers.download()}
-        return {e.key: flats[e.trainable][e.offset:e.offset + e.size].reshape(e.shape).copy()
-                for e in self.entries}
+        state = {}
+        for e in self.entries:
+            value = flats[e.trainable][e.offset:e.offset + e.size].reshape(e.shape)
+            state[e.key] = np.array(np.rint(value), e.dtype) if e.dtype.kind == "i" else value.copy()
+        return state
 
     def gradients(self):
         flat = self.grads.download()
         return {e.key: flat[e.offset:e.offset + e.size].reshape(e.shape).copy()
                 for e in self.entries if e.trainable}
 
-    def load_state_dict(self, state):
+    def check_state_dict(self, state, strict=True):
+        """`state`'s arrays that this store has, as float32, checked (shapes and finite values; with
+        `strict`, no key missing or unexpected), without touching the device; with the
+        IncompatibleKeys. An InputError or ShapeError names the key."""
         expected = {e.key: e for e in self.entries}
-        missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-        if missing or unexpected:
-            raise InputError(f"state_dict does not fit this model: missing keys {missing}, "
-                             f"unexpected keys {unexpected}")
-        flats = {True: self.params.download(), False: self.buffers.download()}
+        keys = IncompatibleKeys(sorted(set(expected) - set(state)), sorted(set(state) - set(expected)))
+        if strict and (keys.missing_keys or keys.unexpected_keys):
+            raise InputError(f"state_dict does not fit this model: missing keys {keys.missing_keys}, "
+                             f"unexpected keys {keys.unexpected_keys} (strict=False loads the keys that fit)")
+        checked = {}
         for key, e in expected.items():
+            if key not in state:
+                continue
             try:
                 value = np.asarray(state[key], dtype=np.float32)
             except (TypeError, ValueError) as exc:
@@ -126,6 +143,17 @@ class ParamStore:
                 raise ShapeError(f"state_dict[{key!r}] has shape {value.shape}, the model expects {e.shape}")
             if not np.all(np.isfinite(value)):
                 raise InputError(f"state_dict[{key!r}] contains NaN or infinity")
-            flats[e.trainable][e.offset:e.offset + e.size] = value.reshape(-1)
+            checked[key] = value
+        return checked, keys
+
+    def load_state_dict(self, state, strict=True):
+        """Load the arrays of `state` whose keys the model has (`check_state_dict`: nothing is loaded
+        when one is refused); returns IncompatibleKeys."""
+        checked, keys = self.check_state_dict(state, strict)
+        flats = {True: self.params.download(), False: self.buffers.download()}
+        for e in self.entries:
+            if e.key in checked:
+                flats[e.trainable][e.offset:e.offset + e.size] = checked[e.key].reshape(-1)
         self.params.upload(flats[True])
         self.buffers.upload(flats[False])
+        return keys

@@ -159,22 +159,17 @@ class ReplicatedRunner:
         return [slice(first, end) for first, end in zip(bounds[:-1], bounds[1:])]
 
     def train(self, x, targets):
-        """One step on a host batch: gradients per shard, combined, then the same update everywhere."""
-        self.train_rows(x, targets, None)
-
-    def train_rows(self, x, targets, rows):
-        """One step on the batch x[rows], targets[rows] (x, targets with rows None), of which only
-        this rank's shards' rows are read."""
-        n = len(x if rows is None else rows)
+        """One step on a host batch (the global batch: this rank trains its part of it): gradients
+        per shard, combined, then the same update everywhere."""
+        n = len(x)
         shards = self._shards(n)
         self._summed.times = self.times
         if self.times is not None:
             self.times.begin()
         watch = Stopwatch(len(shards)) if self.balancer is not None and self.balancer.due() else None
         for i, (runner, shard) in enumerate(zip(self.runners, shards)):
-            part = shard if rows is None else rows[shard]
             runner.plan.set_dynamic("first_row", shard.start)
-            runner.train(x[part], targets[part], update=False)
+            runner.train(x[shard], targets[shard], update=False)
             if watch and shard.stop > shard.start:
                 watch.mark(i, runner)
         self._summed.read([shard.stop > shard.start for shard in shards])

@@ -11,6 +11,7 @@ import numpy as np
 import pyopencl as cl
 
 from . import losses
+from .tensor import DeviceTensor
 
 AHEAD = 3  # steps the host may queue before the device has finished them
 
@@ -48,7 +49,8 @@ class Runner:
 
     def _stage(self, x, targets):
         """Upload a batch into the next staging slot on the copy queue; returns the upload events
-        and the host arrays, which must live until the uploads are done.
+        and the host arrays, which must live until the uploads are done. Images already on the
+        device (a DeviceTensor: a pyopencl array's rows) are read where they lie.
 
         A slot is refilled only after the gather that read it two steps ago has run."""
         self._slot ^= 1
@@ -56,15 +58,20 @@ class Runner:
         wait_for = []
         if self._slots[self._slot] is not None:
             uploads, _, gathered = self._slots[self._slot]
-            cl.wait_for_events(uploads)
+            if uploads:
+                cl.wait_for_events(uploads)
             wait_for = [gathered]
         queue = self.device.copy_queue
-        arrays = [np.ascontiguousarray(x, images.dtype)]
-        events = [images.view((len(x), *images.shape[1:])).upload(arrays[0], False, queue, wait_for)]
+        arrays, events = [], []
+        if isinstance(x, DeviceTensor):
+            images = x
+        else:
+            arrays.append(np.ascontiguousarray(x, images.dtype))
+            events.append(images.view((len(x), *images.shape[1:])).upload(arrays[-1], False, queue, wait_for))
         if targets is not None:
             arrays.append(np.ascontiguousarray(targets, target_tensor.dtype).reshape(len(x), -1))
             events.append(target_tensor.view((len(x), *target_tensor.shape[1:]))
-                          .upload(arrays[1], False, queue, wait_for))
+                          .upload(arrays[-1], False, queue, wait_for))
         queue.flush()
         self._bind_source(images, target_tensor if targets is not None else None, self.compiled.identity, 0, len(x))
         return events, arrays
@@ -100,11 +107,6 @@ class Runner:
     def last_event(self):
         """The event of the last launch queued (None before any)."""
         return self._ahead[-1] if self._ahead else None
-
-    def train_rows(self, x, targets, rows):
-        """Queue one training step on the batch x[rows], targets[rows] (as a replicated runner reads
-        only its rows of it)."""
-        self.train(x[rows], targets[rows])
 
     def update(self):
         """Queue the optimizer's update of a step trained with update=False."""

@@ -1,11 +1,13 @@
-"""DeviceTensor: a shaped view (buffer + element offset) of device memory, and the only transfers."""
+"""DeviceTensor: a shaped view (buffer + element offset) of device memory, and the only transfers;
+a caller's pyopencl array seen as a DeviceTensor over its memory."""
 
 from math import prod
 
 import numpy as np
 import pyopencl as cl
+import pyopencl.array as cl_array
 
-from .errors import OutOfDeviceMemoryError
+from .errors import InputError, OutOfDeviceMemoryError
 
 
 def allocate(device, nbytes, what, flags=0):
@@ -55,6 +57,17 @@ class DeviceTensor:
         """A tensor over part of the same memory, `offset` elements further on."""
         return DeviceTensor(self.device, shape, self.buffer, self.offset + offset, self.dtype)
 
+    def __len__(self):
+        return self.shape[0]
+
+    def __getitem__(self, rows):
+        """Rows `start:stop` (a slice of step 1) as a view: a batch of images held on the device."""
+        start, stop, step = rows.indices(self.shape[0]) if isinstance(rows, slice) else (None, None, None)
+        if step != 1:
+            raise TypeError(f"a DeviceTensor is indexed by a slice of rows (step 1), not {rows!r}")
+        stop = max(start, stop)
+        return self.view((stop - start, *self.shape[1:]), start * prod(self.shape[1:]))
+
     def upload(self, array, wait=True, queue=None, wait_for=None):
         """Copy a host array into this tensor (on `queue`, by default the device's, after the events
         `wait_for`); returns the event. The array must outlive it when not waited for."""
@@ -98,3 +111,33 @@ class DeviceTensor:
 
     def __repr__(self):
         return f"<DeviceTensor {self.shape} {self.dtype} @{self.offset}>"
+
+
+def is_pyopencl_array(x):
+    """Whether `x` is a pyopencl.array.Array (images that already lie on a device)."""
+    return isinstance(x, cl_array.Array)
+
+
+def pyopencl_images(array, devices, what="x"):
+    """A pyopencl.array.Array of images (or features), batch first, as a DeviceTensor over its
+    memory, for the input stage to read where it lies: no copy, no trip through the host. It must
+    live in the context of every device (a Device opened with `clnet.device(context=...)` or
+    `queue=`), be C-contiguous, float32 or uint8. Its values are not checked for NaN (that would
+    read them back). Work enqueued on the array's own queue is waited for first."""
+    if array.dtype not in (np.float32, np.uint8):
+        raise InputError(f"{what} is a pyopencl array of {array.dtype}: give float32 or uint8 images")
+    if array.ndim < 2:
+        raise InputError(f"{what} must have a batch dimension first: shape (samples, features...), got {array.shape}")
+    if not array.flags.c_contiguous:
+        raise InputError(f"{what} is a pyopencl array that is not C-contiguous: pass a contiguous copy")
+    if any(d.context != array.context for d in devices):
+        raise InputError(f"{what} is a pyopencl array of another OpenCL context than the model's device: open the "
+                         "device on the array's context (clnet.device(context=x.context) or queue=x.queue), or "
+                         "pass a numpy array")
+    offset, extra = divmod(array.offset, array.dtype.itemsize)
+    if extra or offset + array.size > np.iinfo(np.int32).max:  # the kernels take element offsets as int
+        raise InputError(f"{what} is a pyopencl array at a byte offset of {array.offset} with {array.size} elements: "
+                         "the input stage addresses at most 2**31 - 1 elements: pass it in parts")
+    if array.queue is not None and any(d.queue != array.queue for d in devices):
+        array.queue.finish()  # what was enqueued to write it is done before clnet's queues read it
+    return DeviceTensor(devices[0], array.shape, array.base_data, offset, array.dtype)

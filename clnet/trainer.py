@@ -7,18 +7,23 @@ everything else (progress, logs, checkpoints, schedules, early stopping) is a ca
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 import threading
 import time
 from collections.abc import Sequence
+from contextlib import closing, nullcontext
 
 import numpy as np
 
-from .datasets import Dataset
+from .datasets import Dataset, ImageStream
 from .datasets.feed import DeviceDataset, parse_augment
+from .datasets.stream import skipped_report
 from .callbacks import Callback
 from .errors import InputError
+
+log = logging.getLogger(__name__)
 
 
 class History:
@@ -61,11 +66,14 @@ class Trainer:
     """Trains a compiled model with a list of callbacks (`clnet.callbacks`).
 
     What callbacks may read: `model`, `epochs`, `steps_per_epoch`, `batch_size`, `history`,
+    `samples` (how many the fit trains on), `sample_shape` (of one input),
     `rng` (the generator of the sample order), `order` (this epoch's, over the training samples:
     `rows` maps it to rows of x when some are held out), `start_epoch` and
     `start_step` (where the loop begins, moved by a resumed checkpoint), `epoch_seconds` and
-    `epoch_images` (at the end of an epoch), `read_metrics()` (the running metrics: one small read
-    from the device), `verbose` and `stream`; setting `stop_training` ends the fit after the epoch.
+    `epoch_images` (at the end of an epoch), `input_wait` (the seconds this epoch's steps waited for
+    their input: decoding, reading from disk), `skipped` (the unreadable images a streamed epoch
+    replaced, [(file, reason)]), `read_metrics()` (the running metrics: one small read from the
+    device), `verbose` and `stream`; setting `stop_training` ends the fit after the epoch.
 
     Args:
         model: a compiled clnet model.
@@ -105,26 +113,40 @@ class Trainer:
     def fit(self, x: np.ndarray, targets: np.ndarray, epochs: int, batch_size: int, rng: np.random.Generator,
             shuffle: bool = True, augment: str | dict | None = None, resident: bool | str = "auto",
             rows: np.ndarray | None = None) -> History:
-        """Train on validated inputs `x` and the loss's `targets`; returns the History.
+        """Train on validated inputs `x` (an array, or an ImageStream) and the loss's `targets`;
+        returns the History.
 
-        rng: the generator of every epoch's sample order; augment: as `Model.fit`; resident: keep
-        the training set in device memory ("auto": when it fits); rows: the indices of the training
-        samples in x (default all), so that held-out rows are never copied out of x, which may be a
-        memory-mapped file: only batches are read from it."""
+        rng: the generator of every epoch's sample order; augment: as `Model.fit` (a stream's own
+        when None); resident: keep the training set in device memory ("auto": when it fits); rows:
+        the indices of the training samples in x (default all), so that held-out rows are never
+        copied out of x, which may be a memory-mapped file: only batches are read from it."""
         model = self.model
         self.targets, self.epochs, self.rng, self.rows = targets, epochs, rng, rows
-        samples = len(x) if rows is None else len(rows)
+        samples = self.samples = len(x) if rows is None else len(rows)
+        self.sample_shape = x.shape[1:]
         self.history = model.history = History()
         self.start_epoch, self.start_step, self.order = 1, 0, None
         self.stop_training = False
+        self.input_wait, self.skipped = 0.0, []
         self.batch_size = min(batch_size, samples)
         self.steps_per_epoch = -(-samples // self.batch_size)
         for callback in self.callbacks:
             callback.trainer = self
         try:
             self._call("on_train_begin")  # a checkpoint resumes here, normalisation included
-            runner = model._runner(self.batch_size, x.shape[1:], True, targets.dtype,
-                                   model._spec(x, *parse_augment(augment)))
+            if isinstance(x, ImageStream):  # the workers crop and flip; a padded crop is the device's
+                if resident is True:
+                    raise InputError("resident=True needs images in memory: a stream is decoded batch by batch "
+                                     "(pass resident='auto' or False)")
+                self._augment = augment if augment is not None else x.augment
+                crop, flip = parse_augment(self._augment).crop, False
+                resident = False
+            else:
+                crop, flip, resized_crop = parse_augment(augment)
+                if resized_crop:
+                    raise InputError("random-resized-crop needs a streamed image folder (ImageFolder(..., "
+                                     "stream=True), --stream): use crop and flip for images in memory")
+            runner = model._runner(self.batch_size, x.shape[1:], True, targets.dtype, model._spec(x, crop, flip))
             model._broadcast()  # under MPI, every rank starts from rank 0's state
             if len(model.replicas) > 1 or model.world.size > 1:  # each shard is uploaded: no dataset on one device
                 if resident is True:
@@ -144,6 +166,10 @@ class Trainer:
                         break
         finally:
             self._call("on_train_end")
+            val = self.validation_data
+            for data in (x, val, val[0] if isinstance(val, tuple) else None):
+                if isinstance(data, ImageStream):
+                    data.close()
         return self.history
 
     def _interrupted(self, interrupt):
@@ -165,25 +191,40 @@ class Trainer:
         if data is not None:
             data.shuffle(self._rows_of(self.order))
         self._epoch_start = time.perf_counter()
+        self.input_wait, self.skipped = 0.0, []
         self._call("on_epoch_begin", epoch)
-        for step in range(self.start_step, steps):
-            self._call("on_step_begin", epoch, step)
-            if data is not None:
-                runner.train_resident(data, step * size, min(size, samples - step * size))
-            else:
-                runner.train_rows(x, targets, self._rows_of(self.order[step * size:(step + 1) * size]))
-            self._call("on_step_end", epoch, step)
-            if self._interrupted(interrupt) and step + 1 < steps:  # keep what is done, then stop
-                runner.sync()
-                self._call("on_interrupt", epoch, step + 1)
-                raise KeyboardInterrupt
+        feed = x.batches(self._rows_of(self.order), size, self.start_step, model.seed, epoch, True,
+                         self._augment) if isinstance(x, ImageStream) else None
+        with closing(feed) if feed is not None else nullcontext():  # closing it waits for the batches in flight
+            for step in range(self.start_step, steps):
+                self._call("on_step_begin", epoch, step)
+                waiting = time.perf_counter()
+                if data is not None:
+                    runner.train_resident(data, step * size, min(size, samples - step * size))
+                else:
+                    if feed is not None:
+                        images, used = next(feed)
+                    else:
+                        used = self._rows_of(self.order[step * size:(step + 1) * size])
+                        images = x[used]
+                    self.input_wait += time.perf_counter() - waiting
+                    runner.train(images, targets[used])
+                self._call("on_step_end", epoch, step)
+                if self._interrupted(interrupt) and step + 1 < steps:  # keep what is done, then stop
+                    runner.sync()
+                    self._call("on_interrupt", epoch, step + 1)
+                    raise KeyboardInterrupt
+        if feed is not None and x.skipped:
+            self.skipped = x.skipped
+            log.warning("Epoch %d: %s", epoch, skipped_report(x.skipped))
         done = steps - self.start_step
         self.start_step = 0
         logs = model._read_metrics(self.targets)  # over every rank
         runner.sync()
         self._call("on_epoch_metrics", epoch, logs)
         if self.validation_data is not None:
-            val = (model.evaluate(self.validation_data, batch_size=size) if isinstance(self.validation_data, Dataset)
+            val = (model.evaluate(self.validation_data, batch_size=size)
+                   if isinstance(self.validation_data, (Dataset, ImageStream))
                    else model._evaluate(*self.validation_data, batch_size=size) if len(self.validation_data) == 3
                    else model.evaluate(*self.validation_data, batch_size=size))
             logs.update({f"val_{k}": v for k, v in val.items()})

@@ -1,9 +1,12 @@
 """clnet-tune: times GEMM kernel parameters on this device and caches the fastest (tuning.py).
 
-The cases are the GEMMs of the networks to be run, the implicit convolutions included, as the
-layer graph asks for them (the reference networks at batch 128 and 1024 unless told otherwise),
-plus square GEMMs. Every candidate is first checked against the default parameters' result on the
-same operands; a candidate that fails to build, to launch or to agree is reported and skipped.
+The cases are the GEMMs of the networks to be run, the implicit convolutions included (forward,
+data and weight gradients), as their training and inference plans record them (the reference
+networks at batch 128 and 1024 unless told otherwise), plus square GEMMs; the cases with the most
+work go first, so that --max-seconds spends its time where it counts. --export-table also writes
+the tuned cases as the table that ships for the device's class (tuning.py). Every candidate is
+first checked against the default parameters' result on the same operands; a candidate that fails
+to build, to launch or to agree is reported and skipped.
 Each candidate is timed for about --min-time seconds, several times; the median counts. The winners
 go to the tuning cache, which every later plan on this device reads.
 
@@ -23,6 +26,7 @@ import pyopencl as cl
 from . import tuning
 from .cli_options import (CONTEXT_SETTINGS, FiniteFloatRange, Several, SeveralValuesCommand, device_options,
                           friendly_errors)
+from .compiler import Target
 from .device import device as open_device
 from .errors import ClnetError
 from .models import INPUT_SHAPES, PRESETS
@@ -39,27 +43,30 @@ REPEATS = 3
 MIN_TIME = 0.02    # seconds per timed run
 AGREE = 1e-3       # a candidate's largest difference from the default, relative to the largest |entry|
 MARGIN = 1.03      # how much faster than the default a candidate must be to replace it
-FINALISTS = 2      # candidates whose switch variants (gemm_tiled's PREFETCH / VECTOR) are timed too
+FINALISTS = 2      # candidates whose switch variants (gemm_tiled's PREFETCH / VECTOR / VLOAD) are timed too
 BUILDERS = 8       # threads that build the candidates' programs on GPUs (one on CPUs)
 
 
 def collect(device, models, batch_sizes, sizes):
-    """(Case, Call) of every distinct GEMM of the networks' training and inference graphs, and of
-    square products of `sizes`, in the order first met."""
+    """(Case, Call) of every distinct GEMM of the networks' training and inference graphs (their
+    plans recorded, not allocated), and of square products of `sizes`, the most work first (a
+    case's FLOPs times the launches that share it), so that a bounded run tunes what matters most."""
     with tuning.recording() as calls:
         for name in models:
             model = PRESETS[name](device=device, seed=0).compile("cross_entropy", "sgd")
             for batch in batch_sizes:
-                model._runner(batch, INPUT_SHAPES[name], True, np.int32)
-                model._runner(batch, INPUT_SHAPES[name], False)
+                for training in (True, False):
+                    target = Target(batch, INPUT_SHAPES[name], training, np.dtype(np.int32).str if training else None)
+                    model._compile(target, allocate=False)
         scratch = Plan(device)
         for n in sizes:
             square = scratch.value((n, n), "square")
             gemm(scratch, square, square, square)
-    distinct = {}
+    distinct, work = {}, {}
     for case, call in calls:
         distinct.setdefault(case, call)
-    return list(distinct.items())
+        work[case] = work.get(case, 0) + case.m * case.n * case.k * call.groups
+    return sorted(distinct.items(), key=lambda item: -work[item[0]])
 
 
 class Operands:
@@ -170,11 +177,12 @@ def tune_case(device, case, call, min_time=MIN_TIME, repeats=REPEATS, report=pri
 Examples:
   clnet-tune --platform nvidia
   clnet-tune --platform pocl --models mnist-cnn --batch-sizes 128 --sizes
-  clnet-tune --models --sizes 1024 4096 --max-seconds 300""")
+  clnet-tune --models resnet20 --batch-sizes 128 --sizes --max-seconds 300
+  clnet-tune --models --sizes 512 1024 2048 4096 --export-table nvidia-hopper.json""")
 @friendly_errors
 @device_options
 @click.option("--models", type=Several(click.Choice(list(PRESETS))), default=list(DEFAULT_MODELS), show_default=True,
-              metavar="[MODEL...]", help="Networks whose GEMMs to tune.")
+              metavar="[MODEL...]", help="Networks whose GEMMs and convolutions to tune.")
 @click.option("--batch-sizes", type=Several(click.IntRange(min=1), at_least=1), default=[128, 1024],
               show_default=True, metavar="N...", help="Their batch sizes.")
 @click.option("--sizes", type=Several(click.IntRange(min=1)), default=list(SIZES), show_default=True,
@@ -184,17 +192,37 @@ Examples:
 @click.option("--repeats", type=click.IntRange(min=1), default=REPEATS, show_default=True,
               help="Timed runs per candidate.")
 @click.option("--max-seconds", type=FiniteFloatRange(min=0),
-              help="Stop tuning new cases after this long; what is tuned is kept.")
+              help="Stop tuning new cases after this long (the cases with the most work go first); what is "
+              "tuned is kept.")
+@click.option("--skip-tuned", is_flag=True,
+              help="Skip the cases this device's cache entry holds already: a bounded run goes on where the "
+              "last one stopped.")
 @click.option("--output", type=click.Path(dir_okay=False),
-              help="The tuning cache to update. Default: CLNET_TUNING_FILE, else clnet/tuning.json in "
-              "$XDG_CACHE_HOME or ~/.cache.")
-def main(platform, device, models, batch_sizes, sizes, min_time, repeats, max_seconds, output):
+              help="The tuning cache to update. Default: CLNET_TUNING_FILE, else tuning.json in clnet's user "
+              "cache folder (~/.cache/clnet on Linux).")
+@click.option("--export-table", type=click.Path(dir_okay=False), metavar="PATH",
+              help="Also write the cases tuned here as a table to ship for the device's class "
+              "(clnet/tuned/<class>.json); a table of the same class and kernels at PATH is extended.")
+@click.option("--table-class", metavar="NAME", help="The class of --export-table's table (default: the device's "
+              "class, as `clnet.tuning.device_class` names it).")
+def main(platform, device, models, batch_sizes, sizes, min_time, repeats, max_seconds, skip_tuned, output,
+         export_table, table_class):
     """Time GEMM kernel parameters on this device and cache the fastest, for every later plan: the
-    GEMMs of the networks at these batch sizes (convolutions included), and square ones."""
+    GEMMs of the networks at these batch sizes (their convolutions' implicit GEMMs included: forward,
+    data and weight gradients), and square ones."""
     dev = open_device(platform=platform, device=device)
+    if export_table is not None and not (table_class or tuning.device_class(dev.info)):
+        raise click.BadParameter(f"{dev.info.name} belongs to no known device class: name one",
+                                 param_hint="--table-class")
+    path = output or tuning.cache_path()
     cases = collect(dev, models, batch_sizes, sizes)
+    if skip_tuned:
+        done = tuning.tuned_cases(dev, path)
+        cases = [(case, call) for case, call in cases if case.key not in done]
     click.echo(f"tuning {len(cases)} GEMMs on {dev.info.label} ({dev.family} family)")
-    started, tuned, path = time.perf_counter(), 0, output or tuning.cache_path()
+    note = (f"clnet-tune --models {' '.join(models)} --batch-sizes {' '.join(map(str, batch_sizes))} "
+            f"--sizes {' '.join(map(str, sizes))} on {dev.info.label}, {dev.info.compute_units} compute units")
+    started, tuned = time.perf_counter(), 0
     for case, call in cases:
         if max_seconds is not None and time.perf_counter() - started > max_seconds:
             click.echo(f"stopped after {max_seconds:g} s: {len(cases) - tuned} cases left untuned")
@@ -204,12 +232,17 @@ def main(platform, device, models, batch_sizes, sizes, min_time, repeats, max_se
         except ClnetError as exc:
             click.echo(f"{case.key}: {exc}")
             continue
-        tuning.store(dev, {case: result}, path)  # case by case: an interrupted run keeps its work
+        # case by case, into the cache and the table: an interrupted run keeps its work
+        tuning.store(dev, {case: result}, path)
+        if export_table is not None:
+            tuning.export_table(dev, {case: result}, export_table, table_class, note)
         tuned += 1
-        gflops = 2e-9 * case.m * case.n * case.k / result["seconds"]
+        gflops = 2e-9 * case.m * case.n * case.k * call.groups / result["seconds"]
         click.echo(f"{case.key:<42} {gflops:9.1f} GFLOP/s  x{result['default_seconds'] / result['seconds']:.2f} "
                    f"over the default  {_short(result['params'])}")
     click.echo(f"wrote {tuned} tuned cases to {path}")
+    if export_table is not None:
+        click.echo(f"and to the table of {table_class or tuning.device_class(dev.info)}, {export_table}")
 
 
 def _short(params):

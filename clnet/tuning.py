@@ -1,23 +1,39 @@
-"""The tuning cache: kernel parameters that `clnet-tune` measured best on this machine's devices.
+"""Tuned kernel parameters: the per-machine cache that `clnet-tune` writes, and the tables that ship
+with clnet for classes of devices.
 
-One JSON file, CLNET_TUNING_FILE or else `$XDG_CACHE_HOME/clnet/tuning.json` (`~/.cache/...`),
-holds an entry per device, keyed by platform, device name and driver version. Each entry records
-the hash of the kernel sources it was tuned with: after an upgrade of clnet changes the kernels,
-the entry is stale and ignored until `clnet-tune` runs again. Within an entry, every tuned GEMM
-case (kernel, operand layout, M x N x K) maps to its winning parameters. The GEMM launcher takes
-the case of the same kernel and layout nearest in size (within a factor of two in every
-dimension), else its built-in defaults. CLNET_TUNING=0 ignores the cache.
+The cache is one JSON file, CLNET_TUNING_FILE or else `tuning.json` in platformdirs' user cache
+folder for clnet (`~/.cache/clnet` on Linux), with an entry per device keyed by platform, device
+name and driver version. Each entry records the hash of the kernel sources it was tuned with: after
+an upgrade of clnet changes the kernels, the entry is stale and ignored until `clnet-tune` runs
+again. Within an entry, every tuned GEMM case (kernel, operand layout, M x N x K) maps to its
+winning parameters. Writers merge their cases into the file under a file lock, so that two tuners
+running at once lose nothing.
+
+The shipped tables (`clnet/tuned/<class>.json`, one per device class: `device_class`) hold cases
+in the same form, tuned by `clnet-tune --export-table` on one device of the class. A table made
+for other kernel sources is still used, with a logged note: its parameters are only speed hints
+(every set is checked valid for the kernel, and a test builds and checks each on the current
+kernels), and refusing them would make every kernel edit cost the users their tuned defaults
+until someone re-tunes on each class of hardware.
+
+The GEMM launcher takes the case of the same kernel and layout nearest in size (within a factor
+of two in every dimension) from the cache, else from the device class's table, else its built-in
+defaults. CLNET_TUNING=0 ignores both; CLNET_TUNING=cache ignores the shipped tables.
 """
 
 import contextlib
 import functools
 import hashlib
 import json
-import math
 import logging
+import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
+
+import platformdirs
+from filelock import FileLock
 
 from .files import replace_atomically
 from .kernels import kernel_dir, program_source
@@ -25,11 +41,14 @@ from .kernels import kernel_dir, program_source
 log = logging.getLogger(__name__)
 
 FORMAT = "clnet-tuning"
+TABLE_FORMAT = "clnet-tuned-table"
 VERSION = 1
+TABLES = Path(__file__).resolve().parent / "tuned"  # the shipped tables, <class>.json
+LOCK_TIMEOUT = 60  # seconds to wait for another tuner's write to the cache
 SOURCES = ("gemm_tiled.cl", "gemm_packed.cl", "sum_slices.cl")  # the files of the tuned kernels
 NEAR = 2.0                    # how far, per dimension, a tuned case still speaks for a GEMM
 
-_loaded = {}      # path -> ((mtime_ns, size), parsed file)
+_loaded = {}      # path -> ((inode, mtime_ns, size), parsed file)
 _recorders = []   # lists that `recording()` is filling
 
 
@@ -55,16 +74,77 @@ class Case:
 
 
 def cache_path():
+    """CLNET_TUNING_FILE, else tuning.json in platformdirs' user cache folder for clnet."""
     explicit = os.environ.get("CLNET_TUNING_FILE")
     if explicit:
         return Path(explicit)
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "clnet" / "tuning.json"
+    return Path(platformdirs.user_cache_dir("clnet")) / "tuning.json"
 
 
 def device_key(device):
     info = device.info
     return f"{info.platform} | {info.name} | {info.driver}"
+
+
+# NVIDIA GPUs by architecture, from their names (the first match counts)
+NVIDIA_ARCHITECTURES = (
+    ("nvidia-blackwell", r"\bG?B[12]\d\d\b|RTX (PRO )?50\d\d|RTX PRO \d+ Blackwell"),
+    ("nvidia-hopper", r"\bG?H(100|200|800|20)\b"),
+    ("nvidia-ada", r"RTX 40\d\d|\bL40|\bL4\b|RTX \d+ Ada"),
+    ("nvidia-ampere", r"\bA(100|800|40|30|16|10|2)\b|RTX A\d+|RTX 30\d\d"))
+# LLVM's names of x86 CPUs, which PoCL puts in its CPU device's name ("cpu-znver3-AMD EPYC 7B13",
+# "pthread-skylake-avx512-..."), by the widest vector instructions they have
+AVX512_CPUS = r"avx512|cascadelake|cooperlake|cannonlake|icelake|tigerlake|rocketlake|sapphirerapids|" \
+              r"emeraldrapids|graniterapids|diamondrapids|znver[45]|\bknl\b|\bknm\b|x86-64-v4"
+AVX2_CPUS = r"haswell|broadwell|skylake|kabylake|coffeelake|cometlake|alderlake|raptorlake|meteorlake|" \
+            r"arrowlake|lunarlake|gracemont|sierraforest|grandridge|znver[123]|bdver4|x86-64-v3"
+
+
+@functools.cache
+def device_class(info):
+    """The class of a device whose shipped table of tuned parameters applies (`clnet/tuned/`), from
+    its `DeviceInfo`:
+
+    - a GPU under its vendor's own platform: "nvidia-hopper", "-ampere", "-ada", "-blackwell" by the
+      name (else "nvidia-gpu"), "amd-gpu", "intel-gpu"; None under other platforms (PoCL's GPU
+      drivers, Rusticl), whose compilers differ;
+    - a CPU: "cpu-avx512" or "cpu-avx2" by the LLVM CPU in PoCL's device name, or where the name
+      has none (another CPU runtime), by the host's /proc/cpuinfo flags (the device is the host's
+      CPU); else "cpu".
+
+    Example:
+        >>> tuning.device_class(clnet.device("pocl").info)
+        'cpu-avx2'
+    """
+    vendor, name = f"{info.platform} {info.platform_vendor}".lower(), info.name
+    if info.type == "CPU":
+        isa = _cpu_isa(name.lower()) or _cpu_isa(_host_cpu_flags())
+        return f"cpu-{isa}" if isa else "cpu"
+    if info.type != "GPU":
+        return None
+    if "nvidia" in vendor:
+        return next((cls for cls, pattern in NVIDIA_ARCHITECTURES if re.search(pattern, name)), "nvidia-gpu")
+    if "advanced micro devices" in vendor or vendor.startswith("amd"):
+        return "amd-gpu"
+    if "intel" in vendor:
+        return "intel-gpu"
+    return None
+
+
+def _cpu_isa(text):
+    if re.search(AVX512_CPUS, text) or "avx512f" in text.split():
+        return "avx512"
+    if re.search(AVX2_CPUS, text) or "avx2" in text.split():
+        return "avx2"
+    return None
+
+
+def _host_cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1] for line in f if line.startswith("flags")), "")
+    except OSError:
+        return ""
 
 
 @functools.cache  # every GEMM a plan records looks it up; the installed sources do not change
@@ -85,7 +165,7 @@ def load(path=None):
         stat = path.stat()
     except OSError:
         return {}
-    stamp = (stat.st_mtime_ns, stat.st_size)
+    stamp = (stat.st_ino, stat.st_mtime_ns, stat.st_size)  # every atomic write is a new inode
     if path in _loaded and _loaded[path][0] == stamp:
         return _loaded[path][1]
     try:
@@ -99,15 +179,63 @@ def load(path=None):
     return parsed
 
 
+def _mode():
+    """CLNET_TUNING: "1" (the cache, then the shipped table), "cache" (the cache only) or "0" (neither)."""
+    return os.environ.get("CLNET_TUNING", "1")
+
+
 def _entry(device, path=None):
-    """This device's tuned cases, if tuned for the current kernel sources."""
-    if os.environ.get("CLNET_TUNING", "1") == "0":
-        return {}
+    """This device's tuned cases in the cache, if tuned for the current kernel sources."""
     entry = load(path).get("devices", {}).get(device_key(device))
     if not isinstance(entry, dict) or entry.get("source") != source_hash():
         return {}
     cases = entry.get("cases")
     return cases if isinstance(cases, dict) else {}
+
+
+def tuned_cases(device, path=None):
+    """The keys of the cases the cache holds for this device and the current kernel sources."""
+    return set(_entry(device, path))
+
+
+def describe(device, path=None):
+    """What tuned parameters a device's plans take, as JSON-able values (clnet-bench records them).
+
+    Example:
+        >>> tuning.describe(clnet.device("pocl"))["table_cases"]
+    """
+    mode, cls = _mode(), device_class(device.info)
+    table = shipped_table(cls) if mode == "1" else {}
+    return {"mode": {"0": "built-in defaults", "cache": "the cache only"}.get(mode, "the cache, then the table"),
+            "cache": str(Path(path or cache_path())), "cache_cases": 0 if mode == "0" else len(_entry(device, path)),
+            "class": cls, "table_cases": len(table.get("cases", {})),
+            "table_current": table.get("source") == source_hash() if table else None}
+
+
+def table_path(cls):
+    return TABLES / f"{cls}.json"
+
+
+@functools.cache  # the shipped files do not change while clnet runs
+def shipped_table(cls):
+    """The parsed table of a device class ({} where none ships); made for other kernel sources, it
+    is still used, with a note in the log (see the module's docstring)."""
+    path = table_path(cls) if cls else None
+    if path is None or not path.is_file():
+        return {}
+    try:
+        table = json.loads(path.read_text())
+        if not (isinstance(table, dict) and table.get("format") == TABLE_FORMAT
+                and isinstance(table.get("cases"), dict)):
+            raise ValueError("not a clnet tuned table")
+    except (OSError, ValueError) as exc:
+        log.warning("ignoring the shipped tuned table %s (%s): reinstall clnet", path, exc)
+        return {}
+    if table.get("source") != source_hash():
+        log.info(
+            "the shipped tuned table %s was made for other kernel sources (%s, now %s): using it anyway; "
+            "`clnet-tune` tunes for these", path, table.get("source"), source_hash())
+    return table
 
 
 def _distance(a, b):
@@ -118,10 +246,10 @@ def _distance(a, b):
     return None if max(ratios) > math.log2(NEAR) else sum(ratios)
 
 
-def lookup(device, case, path=None):
-    """The tuned parameters (a dict) of the nearest comparable case, or None."""
+def _nearest(cases, case, where):
+    """The parameters (a dict) of the comparable case nearest to `case` among `cases`, or None."""
     best, best_key, best_distance = None, None, None
-    for key, result in _entry(device, path).items():
+    for key, result in cases.items():
         try:
             distance = _distance(case, Case.from_key(key))
         except (ValueError, ZeroDivisionError):
@@ -130,25 +258,77 @@ def lookup(device, case, path=None):
             best, best_key, best_distance = result, key, distance
     if not (isinstance(best, dict) and isinstance(best.get("params"), dict)):
         return None
-    log.debug("Tuned parameters for %s from the tuning cache's %s", case.key, best_key)
+    log.debug("Tuned parameters for %s from %s's %s", case.key, where, best_key)
     return dict(best["params"])
 
 
+def lookup(device, case, path=None):
+    """The tuned parameters (a dict) of the nearest comparable case in the cache, else in the
+    device class's shipped table, or None."""
+    mode = _mode()
+    if mode == "0":
+        return None
+    found = _nearest(_entry(device, path), case, "the tuning cache")
+    if found is None and mode != "cache":
+        cls = device_class(device.info)
+        found = _nearest(shipped_table(cls).get("cases", {}), case, f"the shipped {cls} table")
+    return found
+
+
 def store(device, results, path=None):
-    """Merge `results` ({Case: {"params": ..., and what was measured}}) into the device's entry,
-    written atomically; entries of other devices are kept, a stale entry of this one is replaced."""
+    """Merge `results` ({Case: {"params": ..., and what was measured}}) into the device's entry: read,
+    merged and written atomically under a file lock (`<path>.lock`), so that tuners writing at once
+    lose nothing; entries of other devices are kept, a stale entry of this one is replaced."""
     path = Path(path or cache_path())
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = load(path) or {"format": FORMAT, "version": VERSION, "devices": {}}
-    entry = data["devices"].get(device_key(device))
-    if not isinstance(entry, dict) or entry.get("source") != source_hash():
-        entry = {"platform": device.info.platform, "device": device.info.name, "driver": device.info.driver,
-                 "source": source_hash(), "cases": {}}
-    entry["cases"].update({case.key: result for case, result in results.items()})
-    data["devices"][device_key(device)] = entry
-    text = json.dumps(data, indent=1, sort_keys=True).encode()
+    with FileLock(f"{path}.lock", timeout=LOCK_TIMEOUT):
+        data = load(path) or {"format": FORMAT, "version": VERSION, "devices": {}}
+        entry = data["devices"].get(device_key(device))
+        if not isinstance(entry, dict) or entry.get("source") != source_hash():
+            entry = {"platform": device.info.platform, "device": device.info.name, "driver": device.info.driver,
+                     "source": source_hash(), "cases": {}}
+        entry["cases"].update({case.key: result for case, result in results.items()})
+        data["devices"][device_key(device)] = entry
+        text = json.dumps(data, indent=1, sort_keys=True).encode()
+        replace_atomically(path, lambda f: f.write(text))
+        _loaded.pop(path, None)
+    return path
+
+
+def export_table(device, results, path, cls=None, note=None):
+    """Write (or extend) the shipped table of the device's class at `path` with `results` ({Case:
+    {"params": ...}}), as `clnet-tune --export-table` does, case by case. A table of the same class
+    and kernel sources at `path` keeps its other cases, so that several bounded runs build one table.
+
+    Args:
+        device: the tuned device; its `DeviceInfo` names the table's origin.
+        results: the tuned cases.
+        path: the table's file (ship it as clnet/tuned/<class>.json).
+        cls: the class, by default `device_class(device.info)`.
+        note: how the table was made, kept in the file.
+
+    Example:
+        >>> tuning.export_table(dev, {case: tune.tune_case(dev, case, call)}, "nvidia-hopper.json")
+    """
+    cls = cls or device_class(device.info)
+    if not cls:
+        raise ValueError(f"{device.info.name} belongs to no device class with a shipped table: name one")
+    path = Path(path)
+    cases = {}
+    try:
+        old = json.loads(path.read_text())
+        if old.get("class") == cls and old.get("source") == source_hash():
+            cases = dict(old["cases"])
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        pass  # none yet, or not one to extend: replaced
+    cases.update({case.key: result for case, result in results.items()})
+    info = device.info
+    table = {"format": TABLE_FORMAT, "version": VERSION, "class": cls, "source": source_hash(),
+             "tuned_on": {"platform": info.platform, "device": info.name, "driver": info.driver,
+                          "note": note or ""},
+             "cases": cases}
+    text = (json.dumps(table, indent=1, sort_keys=True) + "\n").encode()
     replace_atomically(path, lambda f: f.write(text))
-    _loaded.pop(path, None)
     return path
 
 

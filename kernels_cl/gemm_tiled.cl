@@ -23,6 +23,9 @@
 #ifndef VECTOR
 #define VECTOR 0    // 1: local tiles are read as float4 (WPT_M and WPT_N multiples of 4)
 #endif
+#ifndef VLOAD
+#define VLOAD 0     // 1: plain (not gathered) operands are read from global memory in runs of 4
+#endif              // along their rows, a float4 each where the operand is 16-byte aligned
 #define WG_M (TILE_M / WPT_M)
 #define WG_N (TILE_N / WPT_N)
 #define WG_SIZE (WG_M * WG_N)
@@ -52,6 +55,78 @@
 // compiler unrolls it and keeps a_next / b_next in registers.
 #define FOR_ELEMENTS(l, i, loads, total) \
     for (int l = 0, i = tid; l < (loads); l++, i += WG_SIZE) if (i < (total))
+
+// VLOAD: a work-item reads runs of 4 elements of a tile (i = 4 * (tid + l * WG_SIZE)) that lie
+// along the operand's stored rows (its place's fast index: TILE_K, TILE_M and TILE_N are multiples
+// of 4), as one float4 where all 4 are in range and the operand's offset and leading dimension
+// are multiples of 4 (checked once per launch: the same for the whole work-group), else one by one.
+#if VLOAD && !defined(CONV_DX)
+#define A_RUNS 1
+#else
+#define A_RUNS 0
+#endif
+#if VLOAD && !defined(CONV_B) && !defined(CONV_DX)
+#define B_RUNS 1
+#else
+#define B_RUNS 0
+#endif
+#define FOR_RUNS(l, i, loads, total) \
+    for (int l = 0, i = 4 * tid; l < (loads); l++, i += 4 * WG_SIZE) if (i < (total))
+#define RUN_LOADS(total) (((total) / 4 + WG_SIZE - 1) / WG_SIZE)
+
+// p[at], ... p[at + 3], the first `count` of them (the others 0); `aligned`: at is a multiple of 4
+inline float4 load_run(__global const float* restrict p, const int at, const int count, const int aligned)
+{
+    if (count >= 4 && aligned)
+        return *(__global const float4*)(p + at);
+    return (float4)(count > 0 ? p[at] : 0.0f, count > 1 ? p[at + 1] : 0.0f, count > 2 ? p[at + 2] : 0.0f,
+                    count > 3 ? p[at + 3] : 0.0f);
+}
+
+// The global tiles at k0 into registers (FETCH_*), registers into the local tiles of stage s
+// (STAGE_*), global tiles straight into the local tiles (LOAD_*), for A and for B.
+#if A_RUNS
+#if TRANS_A  // a run: 4 rows m of one k
+#define A_RUN(k0) load_run(A, a_off + ((k0) + kk) * lda + m0 + mm, (k0) + kk < k_end ? M - m0 - mm : 0, a_aligned)
+#define PUT_A(s, v) As[s][kk][mm] = (v).x; As[s][kk][mm + 1] = (v).y; As[s][kk][mm + 2] = (v).z; \
+    As[s][kk][mm + 3] = (v).w
+#else        // 4 k of one row m
+#define A_RUN(k0) load_run(A, a_off + (m0 + mm) * lda + (k0) + kk, m0 + mm < M ? k_end - (k0) - kk : 0, a_aligned)
+#define PUT_A(s, v) As[s][kk][mm] = (v).x; As[s][kk + 1][mm] = (v).y; As[s][kk + 2][mm] = (v).z; \
+    As[s][kk + 3][mm] = (v).w
+#endif
+#define A_REGISTERS float4 a_next[RUN_LOADS(TILE_K * TILE_M)]
+#define FETCH_A(k0) FOR_RUNS(l, i, RUN_LOADS(TILE_K * TILE_M), TILE_K * TILE_M) { A_PLACE(i); a_next[l] = A_RUN(k0); }
+#define STAGE_A(s) FOR_RUNS(l, i, RUN_LOADS(TILE_K * TILE_M), TILE_K * TILE_M) { A_PLACE(i); PUT_A(s, a_next[l]); }
+#define LOAD_A(s, k0) FOR_RUNS(l, i, RUN_LOADS(TILE_K * TILE_M), TILE_K * TILE_M) { \
+    A_PLACE(i); const float4 v = A_RUN(k0); PUT_A(s, v); }
+#else
+#define A_REGISTERS float a_next[A_LOADS]
+#define FETCH_A(k0) FOR_ELEMENTS(l, i, A_LOADS, TILE_K * TILE_M) { A_PLACE(i); a_next[l] = A_VALUE(k0); }
+#define STAGE_A(s) FOR_ELEMENTS(l, i, A_LOADS, TILE_K * TILE_M) { A_PLACE(i); As[s][kk][mm] = a_next[l]; }
+#define LOAD_A(s, k0) FOR_ELEMENTS(l, i, A_LOADS, TILE_K * TILE_M) { A_PLACE(i); As[s][kk][mm] = A_VALUE(k0); }
+#endif
+#if B_RUNS
+#if TRANS_B  // a run: 4 k of one column n
+#define B_RUN(k0) load_run(B, b_off + (n0 + nn) * ldb + (k0) + kk, n0 + nn < N ? k_end - (k0) - kk : 0, b_aligned)
+#define PUT_B(s, v) Bs[s][kk][nn] = (v).x; Bs[s][kk + 1][nn] = (v).y; Bs[s][kk + 2][nn] = (v).z; \
+    Bs[s][kk + 3][nn] = (v).w
+#else        // 4 columns n of one k
+#define B_RUN(k0) load_run(B, b_off + ((k0) + kk) * ldb + n0 + nn, (k0) + kk < k_end ? N - n0 - nn : 0, b_aligned)
+#define PUT_B(s, v) Bs[s][kk][nn] = (v).x; Bs[s][kk][nn + 1] = (v).y; Bs[s][kk][nn + 2] = (v).z; \
+    Bs[s][kk][nn + 3] = (v).w
+#endif
+#define B_REGISTERS float4 b_next[RUN_LOADS(TILE_K * TILE_N)]
+#define FETCH_B(k0) FOR_RUNS(l, i, RUN_LOADS(TILE_K * TILE_N), TILE_K * TILE_N) { B_PLACE(i); b_next[l] = B_RUN(k0); }
+#define STAGE_B(s) FOR_RUNS(l, i, RUN_LOADS(TILE_K * TILE_N), TILE_K * TILE_N) { B_PLACE(i); PUT_B(s, b_next[l]); }
+#define LOAD_B(s, k0) FOR_RUNS(l, i, RUN_LOADS(TILE_K * TILE_N), TILE_K * TILE_N) { \
+    B_PLACE(i); const float4 v = B_RUN(k0); PUT_B(s, v); }
+#else
+#define B_REGISTERS float b_next[B_LOADS]
+#define FETCH_B(k0) FOR_ELEMENTS(l, i, B_LOADS, TILE_K * TILE_N) { B_PLACE(i); b_next[l] = B_VALUE(k0); }
+#define STAGE_B(s) FOR_ELEMENTS(l, i, B_LOADS, TILE_K * TILE_N) { B_PLACE(i); Bs[s][kk][nn] = b_next[l]; }
+#define LOAD_B(s, k0) FOR_ELEMENTS(l, i, B_LOADS, TILE_K * TILE_N) { B_PLACE(i); Bs[s][kk][nn] = B_VALUE(k0); }
+#endif
 
 // Output i of a work-item's WPT_M rows (j of its WPT_N columns) is strided by the work-group size,
 // so that the loads from local memory and the stores to C are both coalesced; with VECTOR, in runs
@@ -93,17 +168,9 @@
             for (int j = 0; j < WPT_N; j++) \
                 acc[i][j] = a[i] * b[j] + acc[i][j]; \
     }
-// the global tiles at k0 into registers, registers into the local tiles of stage s, global
-// tiles at k0 straight into the local tiles of stage s
-#define FETCH(k0) \
-    FOR_ELEMENTS(l, i, A_LOADS, TILE_K * TILE_M) { A_PLACE(i); a_next[l] = A_VALUE(k0); } \
-    FOR_ELEMENTS(l, i, B_LOADS, TILE_K * TILE_N) { B_PLACE(i); b_next[l] = B_VALUE(k0); }
-#define STAGE(s) \
-    FOR_ELEMENTS(l, i, A_LOADS, TILE_K * TILE_M) { A_PLACE(i); As[s][kk][mm] = a_next[l]; } \
-    FOR_ELEMENTS(l, i, B_LOADS, TILE_K * TILE_N) { B_PLACE(i); Bs[s][kk][nn] = b_next[l]; }
-#define LOAD(s, k0) \
-    FOR_ELEMENTS(l, i, A_LOADS, TILE_K * TILE_M) { A_PLACE(i); As[s][kk][mm] = A_VALUE(k0); } \
-    FOR_ELEMENTS(l, i, B_LOADS, TILE_K * TILE_N) { B_PLACE(i); Bs[s][kk][nn] = B_VALUE(k0); }
+#define FETCH(k0) FETCH_A(k0) FETCH_B(k0)
+#define STAGE(s) STAGE_A(s) STAGE_B(s)
+#define LOAD(s, k0) LOAD_A(s, k0) LOAD_B(s, k0)
 
 // Work-group (WG_N, WG_M); each work-item owns WPT_M x WPT_N outputs (ROW_OF, COL_OF).
 __kernel __attribute__((reqd_work_group_size(WG_N, WG_M, 1)))
@@ -119,6 +186,12 @@ void gemm_tiled(GEMM_ARGS)
     const int row0 = GROUP_ID * M;  // this group's first row of C; its operands:
     a_off += GROUP_ID * GROUP_A;
     b_off += GROUP_ID * GROUP_B;
+#if A_RUNS
+    const int a_aligned = ((a_off | lda) & 3) == 0;
+#endif
+#if B_RUNS
+    const int b_aligned = ((b_off | ldb) & 3) == 0;
+#endif
 
     float acc[WPT_M][WPT_N];
     for (int i = 0; i < WPT_M; i++)
@@ -133,7 +206,8 @@ void gemm_tiled(GEMM_ARGS)
     const int k_begin = 0, k_end = K;
 #endif
 #if PREFETCH == 2
-    float a_next[A_LOADS], b_next[B_LOADS];
+    A_REGISTERS;
+    B_REGISTERS;
     LOAD(0, k_begin)
     barrier(CLK_LOCAL_MEM_FENCE);
     for (int k0 = k_begin, s = 0; k0 < k_end; k0 += TILE_K, s ^= 1) {
@@ -145,7 +219,8 @@ void gemm_tiled(GEMM_ARGS)
         barrier(CLK_LOCAL_MEM_FENCE);
     }
 #elif PREFETCH == 1
-    float a_next[A_LOADS], b_next[B_LOADS];
+    A_REGISTERS;
+    B_REGISTERS;
     FETCH(k_begin)
     for (int k0 = k_begin; k0 < k_end; k0 += TILE_K) {
         STAGE(0)

@@ -14,8 +14,10 @@ from clnet.plan import Plan
 from clnet.tensor import DeviceTensor
 
 
-# The tests never read the developer's tuning cache (clnet-tune): defaults unless a test says otherwise.
+# The tests never read the developer's tuning cache (clnet-tune), nor the shipped tables of tuned
+# parameters (test_tuning.py checks those): defaults unless a test says otherwise.
 os.environ["CLNET_TUNING_FILE"] = os.path.join(tempfile.mkdtemp(prefix="clnet-tests-"), "tuning.json")
+os.environ["CLNET_TUNING"] = "cache"
 
 
 def _selected():

@@ -71,12 +71,12 @@ def _assert_step_matches_finite_differences(device, layers, x_shape, scale=1.0):
 
 @pytest.mark.parametrize("tile", [(32, 64, 8, 2, 4, 0, 0), (128, 128, 16, 8, 8, 1, 1)])
 def test_implicit_gemms_with_tuned_parameters(device, monkeypatch, tile):
-    """The implicit convolutions with parameters clnet-tune may pick (other tiles, switches, K split
-    in 3) still match the reference, forward and gradients."""
+    """The implicit convolutions with parameters clnet-tune may pick (other tiles, switches, float4
+    runs of the plain operands, K split in 3) still match the reference, forward and gradients."""
     monkeypatch.setattr(device, "family", "tiled")
     tm, tn, tk, wm, wn, prefetch, vector = tile
     params = {"TILE_M": tm, "TILE_N": tn, "TILE_K": tk, "WPT_M": wm, "WPT_N": wn, "PREFETCH": prefetch,
-              "VECTOR": vector, "SLICES": 3}
+              "VECTOR": vector, "VLOAD": vector, "SLICES": 3}
     gemm_module = importlib.import_module("clnet.ops.gemm")  # clnet.ops.gemm is also the function
     assert gemm_module.GEMM_TILED.valid(params)
     monkeypatch.setattr(gemm_module, "lookup", lambda device, case: params)

@@ -1,10 +1,12 @@
 """Device discovery and selection, and the kernel library (no device fixture: these pick their own)."""
 
+import sys
+
 import pyopencl as cl
 import pytest
 
 import clnet
-from clnet.device import _select, _select_several
+from clnet.device import _from_requested, _select, _select_several
 from clnet.kernels import KernelLibrary, kernel_dir, _with_source_lines
 
 
@@ -13,6 +15,8 @@ def fake(index, p_index, d_index, platform, name, kind, units=4):
                             name, kind, units, 2**30, 2**28, 2**16, True, False, "OpenCL C 1.2", "1.0")
     return info, object()
 
+
+device_module = sys.modules["clnet.device"]  # clnet.device is the function that opens one
 
 FAKE = [fake(0, 0, 0, "Portable Computing Language", "pthread-cpu", "CPU", 16),
         fake(1, 1, 0, "NVIDIA CUDA", "NVIDIA H100", "GPU"),
@@ -42,6 +46,48 @@ def test_selection_by_index_or_name(platform, device, expected):
 ])
 def test_several_devices_for_replicas(platform, device, expected):
     assert [f[0].name for f in _select_several(FAKE, platform, device)] == expected
+
+
+@pytest.mark.parametrize("ctx, expected", [
+    ("1:1", "NVIDIA A100"), ("nvidia:h100", "NVIDIA H100"), ("1", "NVIDIA H100"), ("0", "pthread-cpu"),
+    ("", "pthread-cpu"), ("2:", "pthread-cpu-old"), (":0", "pthread-cpu"), ("nvidia:a100", "NVIDIA A100"),
+])
+def test_pyopencl_ctx_chooses_platform_then_device_as_pyopencl(monkeypatch, ctx, expected):
+    monkeypatch.setattr(device_module, "_discover", lambda: FAKE)
+    monkeypatch.delenv("CLNET_PLATFORM", raising=False)
+    monkeypatch.delenv("CLNET_DEVICE", raising=False)
+    monkeypatch.setenv("PYOPENCL_CTX", ctx)
+    assert _from_requested(_select, None, None)[0].name == expected
+    assert [f[0].name for f in _from_requested(_select_several, None, None)] == [expected]
+
+
+def test_arguments_then_clnet_variables_come_before_pyopencl_ctx(monkeypatch):
+    monkeypatch.setattr(device_module, "_discover", lambda: FAKE)
+    monkeypatch.delenv("CLNET_PLATFORM", raising=False)
+    monkeypatch.setenv("PYOPENCL_CTX", "1:0")
+    monkeypatch.setenv("CLNET_DEVICE", "a100")
+    assert _from_requested(_select, None, None)[0].name == "NVIDIA A100"  # CLNET_DEVICE alone: not PYOPENCL_CTX
+    assert _from_requested(_select, None, "h100")[0].name == "NVIDIA H100"  # the argument before the variable
+    monkeypatch.delenv("CLNET_DEVICE")
+    assert _from_requested(_select, None, "3")[0].name == "pthread-cpu-old"
+    assert _from_requested(_select, None, None)[0].name == "NVIDIA H100"
+    monkeypatch.setenv("PYOPENCL_CTX", "amd:0")
+    with pytest.raises(clnet.DeviceNotFoundError, match="^PYOPENCL_CTX='amd:0': No OpenCL platform matches 'amd'"):
+        _from_requested(_select, None, None)
+    monkeypatch.setenv("PYOPENCL_CTX", "0:0:0")
+    with pytest.raises(clnet.DeviceNotFoundError, match="more parts than 'platform:device'"):
+        _from_requested(_select, None, None)
+    monkeypatch.setenv("CLNET_PLATFORM", "7")
+    with pytest.raises(clnet.DeviceNotFoundError, match="^CLNET_PLATFORM='7': No OpenCL platform matches '7'"):
+        _from_requested(_select, None, None)
+
+
+def test_pyopencl_ctx_opens_a_real_device(monkeypatch):
+    monkeypatch.delenv("CLNET_PLATFORM", raising=False)
+    monkeypatch.delenv("CLNET_DEVICE", raising=False)
+    last = clnet.list_devices()[-1]
+    monkeypatch.setenv("PYOPENCL_CTX", f"{last.platform_index}:{last.device_index}")
+    assert clnet.device().info == last and [d.info for d in clnet.devices()] == [last]
 
 
 def test_no_match_lists_what_exists():

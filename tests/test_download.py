@@ -17,6 +17,7 @@ import socket
 import sys
 import tarfile
 import threading
+import time
 import types
 import urllib.parse
 import urllib.request
@@ -94,12 +95,18 @@ def remote(files, base):
 class Server:
     """http.server on 127.0.0.1 in a daemon thread, serving `files` (URL path -> bytes).
 
-    Paths in `truncate` announce their full length but send half and close; paths in `no_length`
-    are sent without a Content-Length (until the connection closes); every request's path is
-    recorded in `requests`."""
+    Range requests ("bytes=N-") get the rest of the file as 206 Partial Content, or 416 beyond its
+    end (or the whole file as 200 when `ranges` is False). Paths in `truncate` announce the length
+    of what they send but send half and close; paths in `no_length` are sent without a
+    Content-Length (until the connection closes); `fail[path]` answers that many next requests
+    with 503; `stall[path]` leaves that many next requests unanswered for a second; `cut[path]` cuts
+    that many next responses after `cut_at` bytes. Every request's path
+    is recorded in `requests`, its Range header (or None) in `ranges_asked`."""
 
     def __init__(self):
         self.files, self.truncate, self.no_length, self.requests = {}, set(), set(), []
+        self.fail, self.cut, self.cut_at, self.ranges, self.ranges_asked = {}, {}, 100, True, []
+        self.stall = {}
         owner = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -107,21 +114,43 @@ class Server:
 
             def do_GET(self):
                 owner.requests.append(self.path)
+                asked = self.headers.get("Range")
+                owner.ranges_asked.append(asked)
                 data = owner.files.get(self.path)
                 if data is None:
                     self.send_error(404)
                     return
-                self.send_response(200)
+                if owner.fail.get(self.path):
+                    owner.fail[self.path] -= 1
+                    self.send_error(503)
+                    return
+                if owner.stall.get(self.path):
+                    owner.stall[self.path] -= 1
+                    time.sleep(1.0)  # longer than the test's timeout: the client has given up
+                    self.close_connection = True
+                    return
+                start = int(asked[len("bytes="):-1]) if asked and owner.ranges else 0
+                if start >= len(data) > 0:
+                    self.send_error(416)
+                    return
+                self.send_response(206 if start else 200)
                 self.send_header("Content-Type", "application/octet-stream")
+                if start:
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                data = data[start:]
                 if self.path not in owner.no_length:
                     self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
+                sent = data
                 if self.path in owner.truncate:
-                    self.wfile.write(data[:len(data) // 2])
+                    sent = data[:len(data) // 2]
+                elif owner.cut.get(self.path):
+                    owner.cut[self.path] -= 1
+                    sent = data[:owner.cut_at]
+                self.wfile.write(sent)
+                if sent is not data:
                     self.wfile.flush()
                     self.close_connection = True
-                    return
-                self.wfile.write(data)
 
             def log_message(self, *args):
                 pass
@@ -173,6 +202,7 @@ def local_only(monkeypatch):
     monkeypatch.setattr(urllib.request, "urlopen", guarded)
     monkeypatch.delenv(registry.MIRROR_ENV, raising=False)
     monkeypatch.setattr(download, "TIMEOUT_S", 5.0)
+    monkeypatch.setattr(download, "BACKOFF_S", 0.0)
 
 
 @pytest.fixture
@@ -196,6 +226,11 @@ def fake_mnist(monkeypatch, server):
 
 def cache_contents(dirs):
     return sorted(p.name for p in dirs.cache.rglob("*")) if dirs.cache.exists() else []
+
+
+def finished(dirs):
+    """The cache's contents but the bytes kept for a download to resume."""
+    return [name for name in cache_contents(dirs) if not name.endswith(".partial")]
 
 
 # ------------------------------------------------------------------ downloads
@@ -249,14 +284,79 @@ def test_wrong_bytes_without_content_length_are_rejected(dirs, server, fake_mnis
     expected = {"flipped byte": "SHA-256", "longer": "more than the expected", "shorter": "cut short"}[damage]
     with pytest.raises(DatasetError, match=expected):
         registry.fetch("mnist")
-    assert cache_contents(dirs) in ([], ["mnist"])
+    # too short is indistinguishable from a cut connection: those bytes are kept to resume
+    assert (finished(dirs) if damage == "shorter" else cache_contents(dirs)) in ([], ["mnist"])
 
 
-def test_cut_short_transfer_leaves_nothing(dirs, server, fake_mnist):
-    server.truncate.add(f"/mnist/{IDX_NAMES[0]}")
-    with pytest.raises(DatasetError, match="nothing of it was kept"):
+def test_transient_failures_are_retried_after_growing_waits(dirs, server, fake_mnist, monkeypatch):
+    waits = []
+    monkeypatch.setattr(download.time, "sleep", waits.append)
+    monkeypatch.setattr(download, "BACKOFF_S", 0.5)
+    path = f"/mnist/{IDX_NAMES[0]}"
+    server.fail[path] = 3
+    registry.fetch("mnist")
+    assert server.requests.count(path) == 4 and waits == [0.5, 1.0, 2.0]
+    assert (dirs.cache / "mnist" / IDX_NAMES[0]).read_bytes() == fake_mnist[IDX_NAMES[0]]
+
+
+def test_a_server_that_does_not_answer_in_time_is_asked_again(dirs, server, fake_mnist, monkeypatch):
+    monkeypatch.setattr(download, "TIMEOUT_S", 0.3)
+    path = f"/mnist/{IDX_NAMES[0]}"
+    server.stall[path] = 1
+    registry.fetch("mnist")
+    assert server.requests.count(path) == 2
+    assert (dirs.cache / "mnist" / IDX_NAMES[0]).read_bytes() == fake_mnist[IDX_NAMES[0]]
+
+
+def test_a_cut_transfer_resumes_where_it_stopped(dirs, server, fake_mnist):
+    path = f"/mnist/{IDX_NAMES[0]}"
+    server.cut[path], server.cut_at = 2, 40
+    registry.fetch("mnist")
+    asked = [r for p, r in zip(server.requests, server.ranges_asked) if p == path]
+    assert asked == [None, "bytes=40-", "bytes=80-"]
+    assert (dirs.cache / "mnist" / IDX_NAMES[0]).read_bytes() == fake_mnist[IDX_NAMES[0]]
+    assert finished(dirs) == cache_contents(dirs)
+
+
+def test_a_server_without_ranges_sends_the_file_again(dirs, server, fake_mnist):
+    path = f"/mnist/{IDX_NAMES[0]}"
+    server.cut[path], server.ranges = 1, False
+    registry.fetch("mnist")
+    assert [r for p, r in zip(server.requests, server.ranges_asked) if p == path] == [None, f"bytes={server.cut_at}-"]
+    assert (dirs.cache / "mnist" / IDX_NAMES[0]).read_bytes() == fake_mnist[IDX_NAMES[0]]
+
+
+def test_attempts_are_bounded_and_their_bytes_kept_for_the_next_fetch(dirs, server, fake_mnist):
+    path = f"/mnist/{IDX_NAMES[0]}"
+    server.truncate.add(path)
+    with pytest.raises(DatasetError, match=r"after 5 attempts.*cut short.*bytes received are kept in .*\.partial"):
         registry.fetch("mnist")
-    assert cache_contents(dirs) in ([], ["mnist"])
+    assert server.requests.count(path) == 1 + download.RETRIES
+    partial = dirs.cache / "mnist" / f".{IDX_NAMES[0]}.partial"
+    kept = partial.read_bytes()
+    assert fake_mnist[IDX_NAMES[0]].startswith(kept) and finished(dirs) in ([], ["mnist"])
+    server.truncate.clear()
+    registry.fetch("mnist")
+    asked = [r for p, r in zip(server.requests, server.ranges_asked) if p == path]
+    assert asked[-1] == f"bytes={len(kept)}-" and len(asked) == 2 + download.RETRIES and not partial.exists()
+    assert (dirs.cache / "mnist" / IDX_NAMES[0]).read_bytes() == fake_mnist[IDX_NAMES[0]]
+
+
+def test_kept_bytes_of_another_file_are_replaced_by_a_fresh_download(dirs, server, fake_mnist):
+    partial = touch(dirs.cache / "mnist" / f".{IDX_NAMES[0]}.partial", b"not the start of the file")
+    registry.fetch("mnist")
+    path = f"/mnist/{IDX_NAMES[0]}"
+    assert [r for p, r in zip(server.requests, server.ranges_asked) if p == path] == ["bytes=25-", None]
+    assert (dirs.cache / "mnist" / IDX_NAMES[0]).read_bytes() == fake_mnist[IDX_NAMES[0]] and not partial.exists()
+
+
+def test_permanent_failures_are_not_retried(dirs, server, fake_mnist):
+    path = f"/mnist/{IDX_NAMES[0]}"
+    data = server.files[path]
+    server.files[path] = data[:-1] + bytes([data[-1] ^ 1])
+    with pytest.raises(DatasetError, match="SHA-256.*nothing of it was kept"):
+        registry.fetch("mnist")
+    assert server.requests.count(path) == 1
 
 
 def test_http_404_is_a_clear_error(dirs, server, fake_mnist):
@@ -264,6 +364,7 @@ def test_http_404_is_a_clear_error(dirs, server, fake_mnist):
     with pytest.raises(DatasetError, match="HTTP 404") as info:
         registry.load("mnist")
     assert "mnist is not on this machine" in str(info.value)
+    assert server.requests.count(f"/mnist/{IDX_NAMES[0]}") == 1  # not retried
     assert cache_contents(dirs) in ([], ["mnist"])
 
 
@@ -277,13 +378,21 @@ def test_connection_refused_is_a_clear_error(dirs, server, fake_mnist, refused_u
     assert server.requests == [] and cache_contents(dirs) in ([], ["mnist"])
 
 
-def test_interrupted_download_leaves_nothing(dirs, server, fake_mnist, monkeypatch):
+def test_an_interrupted_download_keeps_its_bytes_to_resume(dirs, server, fake_mnist, monkeypatch):
     def interrupt(self, done, text=None):
         raise KeyboardInterrupt
+    update = download.ProgressBar.update
     monkeypatch.setattr(download.ProgressBar, "update", interrupt)
+    monkeypatch.setattr(download, "CHUNK", 50)  # interrupted after the first 50 bytes
     with pytest.raises(KeyboardInterrupt):
         registry.fetch("mnist")
-    assert cache_contents(dirs) in ([], ["mnist"])
+    assert finished(dirs) in ([], ["mnist"])
+    kept = (dirs.cache / "mnist" / f".{IDX_NAMES[0]}.partial").read_bytes()
+    assert kept and fake_mnist[IDX_NAMES[0]].startswith(kept)
+    monkeypatch.setattr(download.ProgressBar, "update", update)
+    registry.fetch("mnist")
+    assert f"bytes={len(kept)}-" in server.ranges_asked
+    assert (dirs.cache / "mnist" / IDX_NAMES[0]).read_bytes() == fake_mnist[IDX_NAMES[0]]
 
 
 def test_stale_temporary_files_of_killed_downloads_are_swept(dirs, server, fake_mnist):

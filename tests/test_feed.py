@@ -101,10 +101,11 @@ def test_gather_targets(device, dtype):
 
 
 def test_parse_augment():
-    assert parse_augment(None) == (0, False)
-    assert parse_augment("crop,flip") == (4, True)
-    assert parse_augment("crop=2") == (2, False)
-    assert parse_augment({"flip": True}) == (0, True)
+    assert parse_augment(None) == (0, False, False)
+    assert parse_augment("crop,flip") == (4, True, False)
+    assert parse_augment("crop=2") == (2, False, False)
+    assert parse_augment({"flip": True}) == (0, True, False)
+    assert parse_augment("random-resized-crop,flip") == (0, True, True)
     with pytest.raises(clnet.InputError, match="unknown augmentation 'rotate'"):
         parse_augment("flip,rotate")
 

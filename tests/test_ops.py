@@ -126,12 +126,51 @@ def test_gemm_packed_slices_whatever_the_work_groups(device, monkeypatch):
 
 
 def _tuning_candidates(device, kernel):
+    """The tuner's parameter space (gemm_tiled's with VLOAD off: test_gemm_tiled_float4_global_loads
+    takes VLOAD's runs on their own, at the edges they meet), a third of it splitting K."""
     if kernel == "gemm_packed":
         found = [{"CPU_ROWS": r} for r in gemm_module.GEMM_PACKED.rows]
     else:
         tiled = gemm_module.GEMM_TILED
-        found = [params for tile in tiled.tile_params(device) for params in [tile] + tiled.variants(device, tile)]
+        found = [params for tile in tiled.tile_params(device)
+                 for params in [tile] + [v for v in tiled.variants(device, tile) if not v["VLOAD"]]]
     return [{**params, "SLICES": 3 if i % 3 == 0 else 1} for i, params in enumerate(found)]
+
+
+# (TILE_M, TILE_N, TILE_K, WPT_M, WPT_N, PREFETCH, VECTOR, SLICES) with VLOAD on
+VLOAD_PARAMS = [(64, 64, 16, 4, 4, 1, 0, 1), (128, 128, 8, 8, 8, 2, 1, 3), (32, 64, 16, 4, 4, 0, 1, 1),
+                (64, 32, 32, 4, 2, 2, 0, 3)]
+
+
+@pytest.mark.parametrize("tile", VLOAD_PARAMS, ids=lambda t: "x".join(map(str, t)))
+def test_gemm_tiled_float4_global_loads(device, monkeypatch, tile):
+    """VLOAD's float4 runs, on every layout: operands whose offset and leading dimension are
+    multiples of 4 (the float4 loads) or not (one by one), rows longer than the product reads (NaN
+    beyond them: a run may not read past its row's end, where it holds fewer than 4), K split."""
+    monkeypatch.setattr(device, "family", "tiled")
+    keys = ("TILE_M", "TILE_N", "TILE_K", "WPT_M", "WPT_N", "PREFETCH", "VECTOR", "SLICES")
+    params = {**dict(zip(keys, tile)), "VLOAD": 1}
+    assert GEMM_TILED.valid(params)
+    monkeypatch.setattr(gemm_module, "lookup", lambda device, case: params)
+    rng, plan, cases = np.random.default_rng(5), new_plan(device), []
+    for i, layout in enumerate(LAYOUTS):
+        trans_a, trans_b = LAYOUTS[layout]
+        for m, n, k, offset, pad in ((37, 45, 41, 8, 3), (64, 68, 40, 4, 0), (30, 9, 70, 3, 1)):
+            operands = []
+            for rows, cols in (((k, m) if trans_a else (m, k)), ((n, k) if trans_b else (k, n))):
+                ld = cols + pad  # 41 + 3, 40 + 0: multiples of 4; 70 + 1 is not
+                stored = np.full((rows, ld), np.nan, np.float32)
+                stored[:, :cols] = rng.uniform(-1, 1, (rows, cols))
+                operands.append((Slot(device, stored, offset + 4 * i), rows, cols, ld, stored[:, :cols]))
+            (sa, *a_shape, a), (sb, *b_shape, b) = operands
+            sc = Slot.output(device, (m, n), 0)
+            ops.gemm(plan, ops.Matrix(sa.tensor, *a_shape), ops.Matrix(sb.tensor, *b_shape), sc.tensor,
+                     trans_a=trans_a, trans_b=trans_b)
+            a64, b64 = a.astype(np.float64), b.astype(np.float64)
+            cases.append((sc, (a64.T if trans_a else a64) @ (b64.T if trans_b else b64), k, f"{layout} {m}x{n}x{k}"))
+    execute(plan)
+    for sc, ref, k, what in cases:
+        _check_gemm(sc, ref, k, f"VLOAD {params} {what}")
 
 
 @pytest.mark.parametrize("kernel", ["gemm_tiled", "gemm_packed"])

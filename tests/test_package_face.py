@@ -271,7 +271,7 @@ def test_the_extras():
     extras = {name: requirements(text) for name, text in setup_cfg()["options.extras_require"].items()}
     assert "tqdm" in requirements(options["install_requires"])
     assert extras["onnx"] == {"onnx", "onnxruntime"}
-    assert extras["all"] == extras["images"] | extras["plot"] | extras["onnx"]
+    assert extras["all"] == extras["images"] | extras["plot"] | extras["onnx"] | extras["safetensors"]
     readme = (ROOT / "README.md").read_text()
     assert not re.search(r'pip install "clnet\[\w+\]"', readme)  # clnet is not on the index: from the checkout
     assert 'pip install ".[onnx]"' in readme and 'pip install "clnet[onnx] @ file://' in readme

@@ -3,7 +3,11 @@
 import importlib
 import json
 import logging
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +16,9 @@ from click.testing import CliRunner
 import clnet
 from clnet import layers as L
 from clnet import tune, tuning
-from clnet.ops.gemm import GEMM_TILED, SPECS, Call
+from clnet.ops.gemm import GEMM_TILED, SPECS, Call, Matrix, record_gemm
+from clnet.plan import Plan
+from clnet.tensor import DeviceTensor
 from clnet.tuning import Case
 
 TILED = GEMM_TILED.defaults
@@ -20,7 +26,7 @@ TUNED = {**TILED, "TILE_M": 32, "TILE_N": 64, "WPT_M": 2}
 
 
 class FakeInfo:
-    platform, name, driver = "Some Platform", "Some Device", "1.0"
+    platform, platform_vendor, name, driver, type = "Some Platform", "Some Vendor", "Some Device", "1.0", "GPU"
 
 
 class FakeDevice:
@@ -98,18 +104,37 @@ def test_the_tuner_writes_what_later_plans_use(device, tmp_path, monkeypatch):
     path = tmp_path / "cache" / "tuning.json"
     x = np.random.default_rng(0).normal(size=(8, 1, 28, 28))
     before = clnet.models.mlp(device=device, seed=0).predict(x)
+    table = tmp_path / "some-class.json"
     args = ["--device", str(device.info.index), "--models", "mlp", "--batch-sizes", "8", "--sizes", "40",
-            "--min-time", "0.001", "--repeats", "1", "--output", str(path)]
+            "--min-time", "0.001", "--repeats", "1", "--output", str(path), "--export-table", str(table),
+            "--table-class", "some-class"]
     result = CliRunner().invoke(tune.main, args)
     assert result.exit_code == 0, result.output
     out = result.output
     assert "tuning 9 GEMMs" in out and f"wrote 9 tuned cases to {path}" in out
     entry = json.loads(path.read_text())["devices"][tuning.device_key(device)]
     assert len(entry["cases"]) == 9 and entry["source"] == tuning.source_hash()
+    assert json.loads(table.read_text())["cases"] == entry["cases"]
+    result = CliRunner().invoke(tune.main, args + ["--skip-tuned"])  # nothing left to do
+    assert result.exit_code == 0 and "tuning 0 GEMMs" in result.output, result.output
     for key, result in entry["cases"].items():
         assert result["seconds"] <= result["default_seconds"] and tuning.lookup(device, Case.from_key(key), path)
     monkeypatch.setenv("CLNET_TUNING_FILE", str(path))
     np.testing.assert_allclose(clnet.models.mlp(device=device, seed=0).predict(x), before, rtol=1e-5, atol=1e-6)
+
+
+def test_the_tuner_collects_what_the_steps_launch_the_most_work_first(device):
+    """The cases of a network's plans, recorded without allocating them, are those its real training and
+    inference steps launch: its convolutions' forward, weight and input gradients included."""
+    cases = tune.collect(device, ["lenet5"], [4], [])
+    with tuning.recording() as calls:
+        model = clnet.models.lenet5(device=device, seed=0).compile("cross_entropy", "sgd")
+        model._runner(4, (1, 28, 28), True, np.int32)
+        model._runner(4, (1, 28, 28), False)
+    assert {case for case, _ in cases} == {case for case, _ in calls}
+    assert {"NN+conv", "NT+conv"} <= {case.layout for case, _ in cases}
+    work = [sum(c.m * c.n * c.k for c, _ in calls if c == case) for case, _ in cases]  # launches x FLOPs
+    assert work == sorted(work, reverse=True)
 
 
 def test_the_tuner_checks_each_candidate_against_the_default(device, monkeypatch):
@@ -129,6 +154,15 @@ def test_the_tuner_checks_each_candidate_against_the_default(device, monkeypatch
     result = tune.tune_case(device, case, call, 0.001, 1, reports.append, builders=4)
     assert result["params"] == default
     assert reports and all("differs from the default" in line for line in reports)
+
+
+def test_exporting_a_table_needs_a_class(device, monkeypatch, tmp_path):
+    """A device of no known class: --export-table is a usage error naming --table-class, before any tuning."""
+    monkeypatch.setattr(tuning, "device_class", lambda info: None)
+    monkeypatch.setattr(tune, "collect", lambda *args: pytest.fail("tuned without a class for the table"))
+    result = CliRunner().invoke(tune.main, ["--device", str(device.info.index), "--export-table",
+                                            str(tmp_path / "t.json")])
+    assert result.exit_code == 2 and "--table-class" in result.output, result.output
 
 
 def test_the_tuner_names_a_missing_device():
@@ -187,3 +221,170 @@ def test_the_tuner_takes_grouped_convolutions(device, monkeypatch, family):
         reports = []
         result = tune.tune_case(device, case, call, 0.001, 1, reports.append)
         assert not reports and SPECS[call.kernel].valid(result["params"]), (case.key, reports)
+
+
+# ---------------------------------------------------------------------- the shipped tables
+
+def _info(platform, vendor, name, kind):
+    return clnet.DeviceInfo(0, 0, 0, platform, vendor, "", name, kind, 1, 1, 1, 1, False, False, "", "1.0")
+
+
+@pytest.mark.parametrize("platform, vendor, name, kind, expected", [
+    ("NVIDIA CUDA", "NVIDIA Corporation", "NVIDIA H200", "GPU", "nvidia-hopper"),
+    ("NVIDIA CUDA", "NVIDIA Corporation", "NVIDIA H100 80GB HBM3", "GPU", "nvidia-hopper"),
+    ("NVIDIA CUDA", "NVIDIA Corporation", "NVIDIA A100-SXM4-80GB", "GPU", "nvidia-ampere"),
+    ("NVIDIA CUDA", "NVIDIA Corporation", "NVIDIA GeForce RTX 3090", "GPU", "nvidia-ampere"),
+    ("NVIDIA CUDA", "NVIDIA Corporation", "NVIDIA GeForce RTX 4090", "GPU", "nvidia-ada"),
+    ("NVIDIA CUDA", "NVIDIA Corporation", "Tesla V100-SXM2-16GB", "GPU", "nvidia-gpu"),
+    ("AMD Accelerated Parallel Processing", "Advanced Micro Devices, Inc.", "gfx90a:sramecc+:xnack-", "GPU",
+     "amd-gpu"),
+    ("Intel(R) OpenCL Graphics", "Intel(R) Corporation", "Intel(R) Arc(TM) A770 Graphics", "GPU", "intel-gpu"),
+    ("Portable Computing Language", "The pocl project", "NVIDIA H100 80GB HBM3", "GPU", None),  # PoCL's CUDA
+    ("Portable Computing Language", "The pocl project", "cpu-znver3-AMD EPYC 7B13", "CPU", "cpu-avx2"),
+    ("Portable Computing Language", "The pocl project", "pthread-skylake-avx512-AMD EPYC", "CPU", "cpu-avx512"),
+    ("Portable Computing Language", "The pocl project", "cpu-sapphirerapids-Intel(R) Xeon(R) Platinum 8480+",
+     "CPU", "cpu-avx512"),
+    ("Portable Computing Language", "The pocl project", "cpu-haswell-Intel(R) Core(TM) i7-4770", "CPU",
+     "cpu-avx2"),
+])
+def test_device_classes(platform, vendor, name, kind, expected):
+    assert tuning.device_class(_info(platform, vendor, name, kind)) == expected
+
+
+def test_a_cpu_without_an_llvm_name_is_classed_by_the_hosts_flags(monkeypatch):
+    monkeypatch.setattr(tuning, "_host_cpu_flags", lambda: " fpu sse2 avx avx2 fma")
+    info = _info("Intel(R) CPU Runtime for OpenCL(TM) Applications", "Intel(R) Corporation",
+                 "Intel(R) Xeon(R) CPU E5-2690 v4", "CPU")
+    assert tuning.device_class(info) == "cpu-avx2"
+
+
+@pytest.fixture
+def tables(tmp_path, monkeypatch):
+    """Shipped tables read from a folder of the test's own; the fake device is of class "test-class"."""
+    monkeypatch.setattr(tuning, "TABLES", tmp_path / "tuned")
+    monkeypatch.setattr(tuning, "device_class", lambda info: "test-class")
+    monkeypatch.setenv("CLNET_TUNING", "1")
+    tuning.shipped_table.cache_clear()
+    yield tmp_path / "tuned"
+    tuning.shipped_table.cache_clear()
+
+
+def test_the_cache_wins_over_the_shipped_table(tables, tmp_path, monkeypatch):
+    """The table answers for the cases the machine's own cache has nothing near; CLNET_TUNING=cache
+    and =0 turn it off."""
+    tables.mkdir()
+    device, near, far = FakeDevice(), Case("gemm_tiled", "NN", 128, 128, 128), Case("gemm_tiled", "NN", 4096, 64, 64)
+    shipped = {**TILED, "TILE_K": 8}
+    tuning.export_table(device, {near: {"params": shipped}, far: {"params": shipped}},
+                        tuning.table_path("test-class"), note="a test")
+    path = tmp_path / "tuning.json"
+    _store(path, {near: TUNED})
+    assert tuning.lookup(device, near, path) == TUNED
+    assert tuning.lookup(device, far, path) == shipped
+    assert tuning.lookup(device, Case("gemm_tiled", "NT", 4096, 64, 64), path) is None
+    assert tuning.describe(device, path) == {"mode": "the cache, then the table", "cache": str(path),
+                                             "cache_cases": 1, "class": "test-class", "table_cases": 2,
+                                             "table_current": True}
+    monkeypatch.setenv("CLNET_TUNING", "cache")
+    assert tuning.lookup(device, far, path) is None
+    monkeypatch.setenv("CLNET_TUNING", "0")
+    assert tuning.lookup(device, near, path) is None
+
+
+def test_a_table_for_other_kernel_sources_is_used_with_a_note(tables, tmp_path, monkeypatch, caplog):
+    tables.mkdir()
+    case, shipped = Case("gemm_tiled", "NN", 128, 128, 128), {**TILED, "TILE_K": 8}
+    tuning.export_table(FakeDevice(), {case: {"params": shipped}}, tuning.table_path("test-class"))
+    monkeypatch.setattr(tuning, "source_hash", lambda: "changed-kernels")
+    with caplog.at_level(logging.INFO, logger="clnet.tuning"):
+        assert tuning.lookup(FakeDevice(), case, tmp_path / "none.json") == shipped
+    assert "made for other kernel sources" in caplog.text and "using it anyway" in caplog.text
+
+
+def test_exporting_extends_a_table_of_the_same_class_and_sources(tmp_path):
+    path, one, two = tmp_path / "t.json", Case("gemm_tiled", "NN", 8, 8, 8), Case("gemm_tiled", "NT", 8, 8, 8)
+    tuning.export_table(FakeDevice(), {one: {"params": TILED}}, path, "some-class")
+    tuning.export_table(FakeDevice(), {two: {"params": TUNED}}, path, "some-class")
+    assert set(json.loads(path.read_text())["cases"]) == {one.key, two.key}
+    tuning.export_table(FakeDevice(), {two: {"params": TUNED}}, path, "another-class")  # replaced
+    table = json.loads(path.read_text())
+    assert set(table["cases"]) == {two.key} and table["class"] == "another-class"
+    assert table["source"] == tuning.source_hash() and table["tuned_on"]["device"] == "Some Device"
+    with pytest.raises(ValueError, match="no device class"):
+        tuning.export_table(type("Other", (), {"info": _info("P", "V", "x", "OTHER")})(), {}, path)
+
+
+SHIPPED = sorted(Path(tuning.TABLES).glob("*.json"))
+
+
+def _checked_gemm(device, kernel, params, m, n, k):
+    """The largest error of one GEMM with `params`, relative to the largest |entry| of C."""
+    rng = np.random.default_rng(1)
+    a, b = rng.uniform(-1, 1, (m, k)), rng.uniform(-1, 1, (k, n))
+    plan, c = Plan(device), DeviceTensor.empty(device, (m, n))
+    defines = dict(TRANS_A=0, TRANS_B=0, HAS_BIAS=False, BIAS_PER_ROW=False, ACT=0)
+    record_gemm(plan, kernel, defines, (m, n, k), Matrix(DeviceTensor.from_numpy(device, a), m, k),
+                Matrix(DeviceTensor.from_numpy(device, b), k, n), Matrix(c, m, n), params=params)
+    plan.finalize(plan.place())
+    plan.run()
+    expected = a @ b
+    return float(np.abs(c.download() - expected).max() / np.abs(expected).max())
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_a_shipped_table_is_sound(device, path):
+    """Each shipped table names its class and kernel sources, and every parameter set in it is one
+    its kernel takes, builds with the current sources and computes a GEMM correctly (on the test's
+    device: both kernel families run anywhere). A table made for older kernel sources passes: its
+    parameters are speed hints, used with a note, until `clnet-tune --export-table` refreshes it."""
+    table = json.loads(path.read_text())
+    assert table["format"] == tuning.TABLE_FORMAT and table["class"] == path.stem and table["source"]
+    distinct = set()
+    for key, result in table["cases"].items():
+        case = Case.from_key(key)
+        assert SPECS[case.kernel].valid(result["params"]), key
+        distinct.add((case.kernel, tuple(sorted(result["params"].items()))))
+    for kernel, params in sorted(distinct):
+        assert _checked_gemm(device, kernel, dict(params), 37, 50, 300) <= 1e-5, (kernel, params)
+
+
+def test_tables_ship_in_the_package():
+    assert SHIPPED, "no table in clnet/tuned"
+    assert "tuned/*.json" in (Path(__file__).resolve().parent.parent / "setup.cfg").read_text()
+
+
+# ---------------------------------------------------------------------- the cache under a lock
+
+WRITER = """
+import sys, time
+from pathlib import Path
+from clnet import tuning
+class Info:
+    platform, name, driver = "Some Platform", "Some Device", "1.0"
+class Device:
+    info = Info()
+layout, count, path = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
+Path(f"{path}.{layout}.ready").touch()
+while len(list(path.parent.glob("*.ready"))) < 2:  # both started: their writes overlap
+    time.sleep(0.001)
+for i in range(count):
+    tuning.store(Device(), {tuning.Case("gemm_tiled", layout, 8, 8, i + 1): {"params": {}}}, path)
+"""
+
+
+def test_two_tuners_writing_at_once_lose_nothing(tmp_path):
+    """Each writer reads, merges and writes under the file lock: every case of both is kept (without
+    the lock, most runs lose some)."""
+    path, count = tmp_path / "tuning.json", 100
+    env = {**os.environ, "PYTHONPATH": str(Path(clnet.__file__).resolve().parent.parent)}
+    writers = [subprocess.Popen([sys.executable, "-c", WRITER, layout, str(count), str(path)], env=env)
+               for layout in ("NN", "NT")]
+    assert [writer.wait(timeout=120) for writer in writers] == [0, 0]
+    cases = json.loads(path.read_text())["devices"]["Some Platform | Some Device | 1.0"]["cases"]
+    assert len(cases) == 2 * count
+
+
+def test_the_cache_lives_in_the_user_cache_folder(monkeypatch, tmp_path):
+    monkeypatch.delenv("CLNET_TUNING_FILE")
+    monkeypatch.setattr(tuning.platformdirs, "user_cache_dir", lambda name: str(tmp_path / name))
+    assert tuning.cache_path() == tmp_path / "clnet" / "tuning.json"

@@ -5,7 +5,7 @@ Checkpoint, schedule -> LearningRateScheduler, early_stopping -> EarlyStopping, 
 always; `callbacks=` adds any others (SaveBest, PlotCurves, yours).
 """
 
-from .base import Callback
+from .base import Callback, check_state
 from .checkpoint import Checkpoint
 from .early_stopping import EarlyStopping
 from .metrics_log import MetricsLog
@@ -16,4 +16,4 @@ from .save_best import SaveBest
 from .schedule import SCHEDULES, CosineLR, LearningRateScheduler, ReduceLROnPlateau, Schedule, StepLR
 
 __all__ = ["Callback", "Checkpoint", "CosineLR", "EarlyStopping", "LearningRateScheduler", "MetricsLog", "NaNGuard",
-           "PlotCurves", "Progress", "ReduceLROnPlateau", "SCHEDULES", "SaveBest", "Schedule", "StepLR"]
+           "PlotCurves", "Progress", "ReduceLROnPlateau", "SCHEDULES", "SaveBest", "Schedule", "StepLR", "check_state"]

@@ -2,6 +2,8 @@
 your own. `self.trainer` is the Trainer running (set before `on_train_begin`), `self.model` its
 model."""
 
+import math
+
 from ..errors import InputError
 
 
@@ -22,6 +24,9 @@ class Callback:
     A callback that must remember something across a resume overrides `state()` (JSON values and
     numpy arrays) and `load_state(state)`: checkpoints keep the state of every such callback, by
     class and order, and a resumed fit gives it back to the callback of that class in that place.
+    The state comes from a file: the default `load_state` takes only the keys `state()` returns,
+    and one that takes more checks them (`check_state`); an InputError it raises is reported with
+    the checkpoint's name.
 
     Example:
         >>> class PrintLoss(Callback):
@@ -64,7 +69,51 @@ class Callback:
         return {}
 
     def load_state(self, state: dict) -> None:
-        self.__dict__.update(state)
+        self.__dict__.update(check_state(state, {key: (lambda value: True, "") for key in self.state()}))
+
+
+def is_count(value) -> bool:
+    """A whole number >= 0 (not a bool)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def is_number(value) -> bool:
+    """An int or float that is not NaN (infinities are kept: a metric may overflow)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+
+
+def is_rate(value) -> bool:
+    """A finite number > 0."""
+    return is_number(value) and 0 < value < math.inf
+
+
+def check_state(state, fields: dict) -> dict:
+    """`state` as a checkpoint gives it to `load_state`, checked: a dict whose keys are among
+    `fields` ({key: (test, what the value must be)}) and whose values pass their tests; a key left
+    out keeps its current value. Returns `state`; an InputError names the first field that fails.
+
+    Args:
+        state: what the checkpoint holds for the callback.
+        fields: for each key the callback takes, a predicate and its description.
+
+    Example:
+        >>> check_state({"wait": 2}, {"wait": (is_count, "a whole number >= 0")})
+        {'wait': 2}
+    """
+    if not isinstance(state, dict):
+        raise InputError(f"the state must be an object, got {type(state).__name__}")
+    for key, value in state.items():
+        if key not in fields:
+            raise InputError(f"unknown field {key!r} (this callback keeps {', '.join(map(repr, fields)) or 'none'})")
+        test, what = fields[key]
+        if not test(value):
+            raise InputError(f"{key!r} must be {what}, got {_short(value)}")
+    return state
+
+
+def _short(value):
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def improvement_sign(monitor: str) -> float:

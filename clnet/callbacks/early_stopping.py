@@ -1,8 +1,6 @@
 """EarlyStopping: end training when a metric stops improving, keeping the best weights."""
 
-import numpy as np
-
-from .base import Callback, improvement_sign, monitored
+from .base import Callback, check_state, improvement_sign, is_count, is_number, monitored
 
 
 class EarlyStopping(Callback):
@@ -53,6 +51,10 @@ class EarlyStopping(Callback):
         return {"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait, "weights": self.weights}
 
     def load_state(self, state):
-        self.__dict__.update(state)
-        if self.weights is not None:
-            self.weights = {k: np.asarray(v) for k, v in self.weights.items()}
+        check_state(state, {"best": (lambda v: v is None or is_number(v), "a number or null"),
+                            "best_epoch": (is_count, "a whole number >= 0"), "wait": (is_count, "a whole number >= 0"),
+                            "weights": (lambda v: v is None or isinstance(v, dict), "a state_dict or null")})
+        weights = state.get("weights")
+        if weights is not None:  # the keys, shapes and values this model takes, checked before they are needed
+            weights, _ = self.model.param_store.check_state_dict(weights)
+        self.__dict__.update(state, weights=weights)

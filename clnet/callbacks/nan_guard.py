@@ -1,4 +1,5 @@
-"""NaNGuard: stop training when the loss is no longer a number."""
+"""NaNGuard: stop training when the loss or the weights are no longer numbers, and put back the
+last good weights."""
 
 import numpy as np
 
@@ -8,14 +9,42 @@ from .checkpoint import Checkpoint
 
 
 class NaNGuard(Callback):
-    """Raise a TrainingError, saying what to change, when an epoch's loss is NaN or infinite: as
-    soon as the epoch's training metrics are read, before validation, the history or a checkpoint
-    takes in the diverged epoch."""
+    """Raise a TrainingError, saying what to change, when an epoch's loss is NaN or infinite, or
+    the weights are at its end: as soon as the epoch's training metrics are read, before
+    validation, the history or a checkpoint takes in the diverged epoch. The model then gets back
+    the last good weights, layer buffers and optimizer state (and its step count and
+    hyper-parameters), which the guard keeps in host memory from the end of every good epoch and
+    from the start of the fit: it is never left with NaN weights.
+
+    Example:
+        >>> model.fit(x, y, epochs=10)   # fit adds one; on divergence model holds the last good epoch
+    """
+
+    def on_train_begin(self):
+        self.good = None  # (weights, optimizer state, what they are, the (epochs, steps) they hold)
+
+    def on_epoch_begin(self, epoch):
+        if self.good is None:  # the first epoch of this fit, after a checkpoint it resumes is loaded
+            weights, optimizer = self._snapshot()
+            self.good = weights, optimizer, "the weights the fit started from", (epoch - 1, self.trainer.start_step)
 
     def on_epoch_metrics(self, epoch, logs):
-        if np.isfinite(logs["loss"]):
-            return
-        kept = "".join(f"; {c.path} keeps the last good epoch" for c in self.trainer.callbacks
-                       if isinstance(c, Checkpoint))
-        raise TrainingError(f"the loss became {logs['loss']} in epoch {epoch}: lower the learning "
-                            f"rate (now {self.model.optimizer.lr:g}) or normalise the inputs{kept}")
+        if not np.isfinite(logs["loss"]):
+            problem = f"the loss became {logs['loss']} in epoch {epoch}"
+        else:
+            weights, optimizer = self._snapshot()
+            if all(np.isfinite(a).all() for a in [*weights.values(), *optimizer["state"]]):
+                self.good = weights, optimizer, f"the weights of epoch {epoch} (the last good one)", (epoch, 0)
+                return
+            problem = f"the weights became NaN or infinite in epoch {epoch}"
+        rate = self.model.optimizer.lr
+        weights, optimizer, what, holds = self.good
+        self.model.load_state_dict(weights)
+        self.model.load_optimizer_state_dict(optimizer)
+        kept = "".join(f"; {c.path} keeps them too" for c in self.trainer.callbacks
+                       if isinstance(c, Checkpoint) and c.holds == holds)
+        raise TrainingError(f"{problem}: lower the learning rate (now {rate:g}) or normalise the inputs; "
+                            f"{what} are restored{kept}")
+
+    def _snapshot(self):
+        return self.model.state_dict(), self.model.optimizer_state_dict()

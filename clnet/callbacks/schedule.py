@@ -9,7 +9,7 @@ checkpointed run resumes exactly.
 import math
 
 from ..errors import InputError
-from .base import Callback, improvement_sign, monitored
+from .base import Callback, check_state, improvement_sign, is_count, is_number, is_rate, monitored
 
 
 class Schedule:
@@ -43,7 +43,12 @@ class Schedule:
         return {}
 
     def load_state(self, state):
-        self.__dict__.update(state)
+        """`state()` as a checkpoint keeps it, checked (an InputError names the field): against
+        `state_fields`, or else only its keys."""
+        fields = self.state_fields or {key: (lambda value: True, "") for key in self.state()}
+        self.__dict__.update(check_state(state, fields))
+
+    state_fields = {}  # {key: (test, what the value must be)} of what state() returns
 
 
 class StepLR(Schedule):
@@ -104,6 +109,9 @@ class ReduceLROnPlateau(Schedule):
     def state(self):
         return {"best": self.best, "wait": self.wait, "scale": self.scale}
 
+    state_fields = {"best": (lambda v: v is None or is_number(v), "a number or null"),
+                    "wait": (is_count, "a whole number >= 0"), "scale": (is_rate, "a finite number > 0")}
+
 
 class LearningRateScheduler(Callback):
     """Sets the optimizer's learning rate before every step from `schedule`, taking the rate the
@@ -127,8 +135,13 @@ class LearningRateScheduler(Callback):
         return {"base_lr": self.base_lr, "schedule": self.schedule.state()}
 
     def load_state(self, state):
-        self.base_lr = state["base_lr"]
-        self.schedule.load_state(state["schedule"])
+        check_state(state, {"base_lr": (is_rate, "a finite number > 0"),
+                            "schedule": (lambda v: isinstance(v, dict), "an object")})
+        try:
+            self.schedule.load_state(state.get("schedule", {}))
+        except InputError as exc:
+            raise InputError(f"'schedule' ({type(self.schedule).__name__}): {exc}") from None
+        self.base_lr = state.get("base_lr", self.base_lr)
 
 
 #: The schedules of clnet-train --lr-schedule, made for a run of `epochs` with `warmup`.

@@ -1,6 +1,7 @@
 """Feeding the device: how raw images become the network's input, and datasets held on the device."""
 
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import numpy as np
 
@@ -45,25 +46,37 @@ def image_dims(sample_shape):
     return shape if len(shape) == 3 else (1, *shape) if len(shape) == 2 else (shape[0], 1, 1)
 
 
+class Augment(NamedTuple):
+    """Training augmentation: `crop` (padding of the device's random crops), `flip` and
+    `resized_crop` (a random-resized-crop, of streamed image folders only: their workers draw it)."""
+    crop: int = 0
+    flip: bool = False
+    resized_crop: bool = False
+
+
 def parse_augment(augment):
-    """(crop, flip) from None, "crop,flip", "crop=2,flip" or a dict(crop=..., flip=...)."""
+    """An Augment from None, "crop,flip", "crop=2,flip", "random-resized-crop,flip" or a
+    dict(crop=..., flip=..., resized_crop=...)."""
     if not augment:
-        return 0, False
+        return Augment()
     if isinstance(augment, dict):
-        return int(augment.get("crop", 0)), bool(augment.get("flip", False))
-    crop, flip = 0, False
+        return Augment(int(augment.get("crop", 0)), bool(augment.get("flip", False)),
+                       bool(augment.get("resized_crop", False)))
+    crop, flip, resized_crop = 0, False, False
     for item in str(augment).split(","):
         name, _, value = item.strip().partition("=")
         if name == "crop" and (not value or value.strip().isdecimal()):
             crop = int(value) if value else CROP_PADDING
         elif name == "flip" and not value:
             flip = True
+        elif name == "random-resized-crop" and not value:
+            resized_crop = True
         else:
             raise InputError(f"unknown augmentation {item.strip()!r}: use crop, crop=N (N a whole number of "
-                             "pixels) and/or flip, separated by commas")
+                             "pixels), random-resized-crop (streamed image folders) and/or flip, separated by commas")
     if crop < 0:
         raise InputError(f"crop padding must not be negative, got {crop}")
-    return crop, flip
+    return Augment(crop, flip, resized_crop)
 
 
 def channel_statistics(x, rows=None):

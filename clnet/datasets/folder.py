@@ -20,23 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DatasetError
+from ..errors import DatasetError, InputError
 from .dataset import Dataset
+from .images import _decode, _import_pillow, to_chw
+from .stream import decoded_bytes, memory_budget, stream_folder
+from .transforms import CROP_FRACTION
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif")
-PILLOW_HINT = ("reading image folders needs Pillow, which is not installed: pip install pillow (or clnet's "
-               'images extra: pip install ".[images]" in its checkout)')
-_GRAY_MODES = {"1", "L", "LA", "F"}
-
-
-def _import_pillow(root):
-    try:
-        from PIL import Image
-    except ImportError:
-        raise DatasetError(f"{root}: {PILLOW_HINT}") from None
-    return Image
 
 
 def _image_size(image_size):
@@ -63,29 +55,6 @@ def _list_images(folder):
             if not f.startswith("."):
                 (found if f.lower().endswith(IMAGE_EXTENSIONS) else others).append(Path(dirpath, f))
     return sorted(found, key=lambda p: p.relative_to(folder).parts), others
-
-
-def _decode(Image, path, grayscale, size):
-    """One image as uint8 (H, W) when grayscale or (H, W, 3) when colour, resized to `size` (h, w)."""
-    with Image.open(path) as im:
-        im.load()
-        mode = im.mode
-        if mode == "I" or mode.startswith("I;16"):  # 16-bit grayscale PNG: keep the high byte
-            im = Image.fromarray((np.asarray(im).astype(np.int64) >> 8).clip(0, 255).astype(np.uint8))
-        elif mode in _GRAY_MODES:
-            im = im.convert("L")
-        else:  # RGB, RGBA (alpha dropped), P/PA (palette), CMYK, YCbCr, ...
-            im = im.convert("RGB")
-            if mode in ("P", "PA"):  # a palette of greys is a grayscale image
-                rgb = np.asarray(im)
-                if (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all():
-                    im = Image.fromarray(np.ascontiguousarray(rgb[..., 0]))
-        if grayscale is True and im.mode == "RGB":
-            im = im.convert("L")  # ITU-R 601-2 luma, as Pillow converts
-        if size is not None and im.size != (size[1], size[0]):
-            bilinear = getattr(getattr(Image, "Resampling", Image), "BILINEAR")
-            im = im.resize((size[1], size[0]), bilinear)
-        return np.array(im, dtype=np.uint8)
 
 
 def list_classes(root: Path) -> tuple[list[str], list[Path], list[int]]:
@@ -121,36 +90,33 @@ def list_classes(root: Path) -> tuple[list[str], list[Path], list[int]]:
     return [d.name for d in class_dirs], files, labels
 
 
-def decodes_to_colour(Image, path: Path) -> bool:
-    """Whether `_decode` gives `path` colour channels (grayscale=None), mostly from the header alone;
-    False for an unreadable file, which decoding then reports."""
-    try:
-        with Image.open(path) as im:
-            mode = im.mode
-        if mode == "I" or mode.startswith("I;16") or mode in _GRAY_MODES:
-            return False
-        return mode not in ("P", "PA") or _decode(Image, path, None, None).ndim == 3  # a palette may be grey
-    except Exception:  # Pillow raises OSError, SyntaxError, ValueError, ... for bad files
-        return False
-
-
-def to_chw(array: np.ndarray) -> np.ndarray:
-    """A decoded image (H, W) or (H, W, 3) as (C, H, W); assigned to 3 channels, grey broadcasts."""
-    return array.transpose(2, 0, 1) if array.ndim == 3 else array
-
-
 class ImageFolder(Dataset):
-    """A Dataset read from `root`/<class>/<image>: x uint8 (N, C, H, W), y int64, classes the folder names.
+    """A Dataset read from `root`/<class>/<image>: x uint8 (N, C, H, W), y int64, classes the folder
+    names; or, streamed, an `ImageStream` (clnet.datasets.stream) whose batches worker processes
+    decode as a fit, evaluate or predict uses them, in bounded memory.
 
     `image_size`: (height, width) to resize every image to (bilinear); without it all images must
-    have one size. `grayscale`: None gives RGB when any image is colour and one channel otherwise;
-    True or False forces one or three channels.
+    have one size (streamed: the first image's size). `grayscale`: None gives RGB when any image is
+    colour (streamed: any of 32 spread over the folder) and one channel otherwise; True or False
+    forces one or three channels.
 
     Args:
         root: the folder of class folders.
         image_size: (height, width), or one int for a square; None keeps the images' own size.
         grayscale: None, True or False, as above.
         name: defaults to the folder's name.
+        stream: True streams; "auto" (the default) streams when the decoded images would take more
+            than `stream.memory_budget()` (half the available memory, or $CLNET_MEMORY_LIMIT); False
+            decodes the whole folder now.
+        augment: a stream's training transforms: "random-resized-crop" and/or "flip"
+            (ImageStream); its other batches are resized to image_size by `crop_fraction`.
+        workers: a stream's decoding processes (default: the cores; 0: in this process).
+        on_error: a stream's unreadable images: "skip" (replaced by the next readable one, and
+            reported) or "raise"; decoded into memory, an unreadable image always stops the load.
+        crop_fraction: a stream resizes the short side to image_size / crop_fraction and crops the
+            centre; None stretches the whole image to image_size, as a folder decoded into memory
+            is; "auto": 0.875 when stream=True, None when "auto" chose to stream, so that a folder
+            too large for memory gives the images it would have given in memory.
 
     Attributes:
         root: `root` as a Path.
@@ -159,16 +125,44 @@ class ImageFolder(Dataset):
     Example:
         >>> data = ImageFolder("photos", image_size=(64, 64))
         >>> data.classes, data.x.shape          # e.g. (['cat', 'dog'], (812, 3, 64, 64))
+        >>> train = ImageFolder("imagenet/train", image_size=224, stream=True, augment="random-resized-crop,flip")
     """
 
-    def __init__(self, root: str | os.PathLike, image_size: int | Sequence[int] | None = None,
-                 grayscale: bool | None = None, name: str | None = None):
+    def __new__(cls, root: str | os.PathLike | None = None, image_size: int | Sequence[int] | None = None,
+                grayscale: bool | None = None, name: str | None = None, stream: bool | str = "auto",
+                augment: str | None = None, workers: int | None = None, on_error: str = "skip",
+                crop_fraction: float | None | str = "auto"):
+        if root is None:  # unpickling, copying
+            return super().__new__(cls)
         root = Path(root)
         size = _image_size(image_size)
         if grayscale not in (None, True, False):
             raise ValueError(f"grayscale must be None, True or False, not {grayscale!r}")
+        if stream not in (True, False, "auto"):
+            raise InputError(f"stream must be True, False or 'auto', not {stream!r}")
+        _import_pillow(root)
+        listing = list_classes(root)
+        if stream == "auto":
+            stream = decoded_bytes(root, listing[1], size, grayscale) > memory_budget()
+            crop_fraction = None if crop_fraction == "auto" else crop_fraction
+        elif crop_fraction == "auto":
+            crop_fraction = CROP_FRACTION
+        if stream:
+            return stream_folder(root, listing[1], listing[2], listing[0], size, grayscale, augment,
+                                  workers, on_error, crop_fraction, name or root.name or str(root))
+        folder = super().__new__(cls)
+        folder._listing = listing
+        return folder
+
+    def __init__(self, root: str | os.PathLike, image_size: int | Sequence[int] | None = None,
+                 grayscale: bool | None = None, name: str | None = None, stream: bool | str = "auto",
+                 augment: str | None = None, workers: int | None = None, on_error: str = "skip",
+                 crop_fraction: float | None | str = "auto"):
+        root = Path(root)
+        size = _image_size(image_size)
         Image = _import_pillow(root)
-        classes, files, labels = list_classes(root)
+        classes, files, labels = self._listing
+        del self._listing
 
         arrays, first = [], None
         for path in files:

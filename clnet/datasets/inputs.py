@@ -6,7 +6,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import ClnetError
-from .folder import PILLOW_HINT, _decode
+from .images import PILLOW_HINT, _decode
 
 ARRAY_EXTENSIONS = (".npz", ".npy")
 

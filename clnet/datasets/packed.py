@@ -42,7 +42,8 @@ import numpy as np
 from ..errors import DatasetError
 from ..files import replace_atomically
 from .dataset import Dataset
-from .folder import _decode, _image_size, _import_pillow, decodes_to_colour, list_classes, to_chw
+from .folder import _image_size, list_classes
+from .images import _decode, _import_pillow, decodes_to_colour, to_chw
 from .registry import class_mapping, split_folders
 
 MAGIC = "CLNETPACK"

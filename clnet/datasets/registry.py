@@ -13,9 +13,11 @@ the dataset's files; IDX files may be gzipped or not, CIFAR may be the archive o
 Files found on disk are not checksummed (Debian's copies are re-gzipped: other bytes, same
 images); the readers check them as they read. With nothing found and `download=True`, the missing
 files are downloaded into the cache: streamed into a temporary file beside their final place,
-checked against the SHA-256 and size below, then renamed into place. Any failure (network, HTTP
-error, wrong bytes, Ctrl-C) deletes the temporary file and raises DatasetError; the cache never
-holds a partial or unverified file.
+checked against the SHA-256 and size below, then renamed into place. Transient failures (no
+connection, a timeout, a cut transfer, HTTP 5xx) are retried a few times with growing waits, each
+attempt resuming with an HTTP Range request; when the attempts run out (or at Ctrl-C) the bytes
+received are kept as `.<file>.partial`, which the next download resumes. Wrong bytes are deleted.
+Any failure raises DatasetError; a file under its final name is always complete and verified.
 
 Mirrors: the environment variable CLNET_DATASET_MIRROR (or `fetch(..., mirror=...)`) replaces the
 folder part of every download URL: file `f` of dataset `d` comes from `<mirror>/f`, where a
@@ -274,7 +276,8 @@ def _not_found_message(ds, data_dir, mirror, reason):
 
 def load(name_or_path: str | os.PathLike, data_dir: str | os.PathLike | None = None, download: bool = True,
          image_size: int | Sequence[int] | None = None, label_mode: str = "fine",
-         verify: bool = False) -> tuple[Dataset, Dataset | None]:
+         verify: bool = False, stream: bool | str = "auto", workers: int | None = None,
+         augment: str | None = None, on_error: str = "skip") -> tuple[Dataset, Dataset | None]:
     """(train, test) Datasets for a known dataset name or a path; test is None when the source
     has no test split.
 
@@ -284,12 +287,17 @@ def load(name_or_path: str | os.PathLike, data_dir: str | os.PathLike | None = N
     (int or (h, w)) resizes folders of images and must otherwise match the images' size;
     `label_mode` ("fine" or "coarse") chooses CIFAR-100's labels; `verify` checks a packed
     dataset's images against their checksum (reading them all), see `clnet.datasets.pack`.
+    `stream`, `workers`, `augment` and `on_error` apply to image folders, as ImageFolder's: a
+    streamed folder's splits are ImageStreams (the test split without augmentation); other formats
+    are read into memory, or memory-mapped (packs).
 
     Example:
         >>> train, test = clnet.datasets.load("fashion-mnist")       # found on disk or downloaded
         >>> train, test = clnet.datasets.load("./photos", image_size=64)   # one folder per class
         >>> train, test = clnet.datasets.load("./photos-64")   # clnet-pack photos photos-64 --image-size 64
         >>> model.fit(train, epochs=5, validation_data=test)
+        >>> train, val = clnet.datasets.load("./imagenet", image_size=224, stream=True,   # train/ and val/
+        ...                                  augment="random-resized-crop,flip", workers=16)
     """
     if label_mode not in ("fine", "coarse"):
         raise DatasetError(f"label_mode must be 'fine' or 'coarse', not {label_mode!r}")
@@ -303,7 +311,8 @@ def load(name_or_path: str | os.PathLike, data_dir: str | os.PathLike | None = N
         source = ds.name
     else:
         path = Path(text).expanduser()
-        train, test, fmt = _load_path(path, image_size, label_mode, verify)
+        streaming = {"stream": stream, "workers": workers, "augment": augment, "on_error": on_error}
+        train, test, fmt = _load_path(path, image_size, label_mode, verify, streaming)
         source = str(path)
         if label_mode != "fine" and fmt != "cifar100":
             raise DatasetError(f"{source}: label_mode={label_mode!r} applies to CIFAR-100 only")
@@ -348,7 +357,7 @@ def _reader(module, attr):
     return getattr(importlib.import_module(f"{__package__}.{module}"), attr)
 
 
-def _load_path(path, image_size, label_mode, verify):
+def _load_path(path, image_size, label_mode, verify, streaming):
     """(train, test, format) for a path, dispatched on what is there."""
     if _reader("packed", "is_pack")(path):  # also an unfinished one, for its message
         return (*_reader("packed", "open_pack")(path, verify), "pack")
@@ -375,7 +384,7 @@ def _load_path(path, image_size, label_mode, verify):
     if idx:
         return (*_load_idx_folder(path, idx), "idx")
     if any(p.is_dir() and not p.name.startswith(".") for p in path.iterdir()):
-        return (*_load_image_folders(path, image_size), "folder")
+        return (*_load_image_folders(path, image_size, **streaming), "folder")
     raise DatasetError(f"{path}: no dataset found in this folder. Understood: {FORMATS_UNDERSTOOD}")
 
 
@@ -457,20 +466,28 @@ def split_folders(root: Path) -> tuple[Path, Path | None]:
     return root, None
 
 
-def _load_image_folders(root, image_size):
+def _load_image_folders(root, image_size, **streaming):
+    """(train, test or None) of an image folder: Datasets, or ImageStreams when streamed (the
+    `streaming` options as ImageFolder's; test streams as train does, without augmentation)."""
     image_folder = _reader("folder", "ImageFolder")
     train_dir, test_dir = split_folders(root)
     if train_dir == root:
-        return image_folder(root, image_size=image_size, name=root.name), None
-    train = image_folder(train_dir, image_size=image_size, name=f"{root.name}/train")
+        return image_folder(root, image_size=image_size, name=root.name, **streaming), None
+    train = image_folder(train_dir, image_size=image_size, name=f"{root.name}/train", **streaming)
     if test_dir is None:
         return train, None
-    test = image_folder(test_dir, image_size=image_size, grayscale=train.x.shape[1] == 1,  # same channels
-                        name=f"{root.name}/{test_dir.name}")
+    streaming["augment"] = None
+    if not isinstance(train, Dataset):  # streamed as train, resized as train
+        streaming.update(stream=True, crop_fraction=train.crop_fraction)
+    test = image_folder(test_dir, image_size=image_size, grayscale=train.image_shape[0] == 1,  # same channels
+                        name=f"{root.name}/{test_dir.name}", **streaming)
     if test.classes == train.classes:
         return train, test
     mapping = class_mapping(train.classes, test.classes, test.name)
-    return train, Dataset(test.x, mapping[test.y], classes=train.classes, name=test.name)
+    if isinstance(test, Dataset):
+        return train, Dataset(test.x, mapping[test.y], classes=train.classes, name=test.name)
+    test.y, test.classes = mapping[test.y], list(train.classes)
+    return train, test
 
 
 def class_mapping(train_classes: Sequence[str], test_classes: Sequence[str], name: str) -> np.ndarray:

@@ -40,6 +40,9 @@ class Layer:
 
     #: The node's name given at construction (a subclass that skips Layer.__init__ has none).
     name = None
+    #: Buffers that count (BatchNorm's num_batches_tracked): float32 on the device, int64 in the
+    #: state_dict, as torch keeps them, so that a torch module loads it strictly.
+    counters = ()
     #: True for layers that can apply a following activation as they write their output: the GEMM
     #: epilogue of Dense and Conv2D, BatchNorm's normalisation.
     fuses_activation = False

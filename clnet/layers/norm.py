@@ -25,6 +25,7 @@ class _BatchNorm(Layer):
     expected = ""
     fuses_activation = True
     folds_into_producer = True
+    counters = ("num_batches_tracked",)
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
                  name: str | None = None):

@@ -112,21 +112,23 @@ class GemmSpec:
 
 class TiledSpec(GemmSpec):
     """gemm_tiled (the GPU family): TILE_M x TILE_N of C per work-group, WPT_M x WPT_N per
-    work-item, tiles TILE_K deep staged in local memory; PREFETCH and VECTOR are switches."""
+    work-item, tiles TILE_K deep staged in local memory; PREFETCH, VECTOR (float4 reads of the
+    local tiles) and VLOAD (float4 reads of the global operands) are switches."""
     kernel, file = "gemm_tiled", "gemm_tiled.cl"
     defaults = {"TILE_M": 64, "TILE_N": 64, "TILE_K": 16, "WPT_M": 4, "WPT_N": 4, "PREFETCH": 1, "VECTOR": 0,
-                "SLICES": 1}
+                "VLOAD": 0, "SLICES": 1}
     big = {**defaults, "TILE_M": 128, "TILE_N": 128, "WPT_M": 8, "WPT_N": 8}  # 8 x 8 outputs per work-item
-    switches = {"PREFETCH": (0, 1, 2), "VECTOR": (0, 1)}
+    switches = {"PREFETCH": (0, 1, 2), "VECTOR": (0, 1), "VLOAD": (0, 1)}
     # the tile shapes clnet-tune tries, (TILE_M, TILE_N, TILE_K, WPT_M, WPT_N): work-groups of 8 x 8 to 16 x 16
     tiles = [(64, 64, 16, 4, 4), (128, 128, 16, 8, 8), (128, 128, 8, 8, 8), (128, 128, 32, 8, 8),
              (128, 64, 16, 8, 4), (64, 128, 16, 4, 8), (64, 64, 32, 4, 4), (32, 64, 16, 2, 4),
              (64, 32, 16, 4, 2), (32, 32, 16, 4, 4), (32, 128, 16, 4, 8), (64, 128, 16, 8, 8)]
 
     def _fits_kernel(self, params):
-        """Tiles divisible into work-items (into float4 runs with VECTOR)."""
+        """Tiles divisible into work-items (into float4 runs with VECTOR, and with VLOAD their sides)."""
         step = 4 if params["VECTOR"] else 1
-        return params["WPT_M"] % step == 0 and params["WPT_N"] % step == 0 \
+        runs = not params["VLOAD"] or all(params[side] % 4 == 0 for side in ("TILE_M", "TILE_N", "TILE_K"))
+        return params["WPT_M"] % step == 0 and params["WPT_N"] % step == 0 and runs \
             and params["TILE_M"] % params["WPT_M"] == 0 and params["TILE_N"] % params["WPT_N"] == 0
 
     def fits(self, device, params):
@@ -178,7 +180,8 @@ class TiledSpec(GemmSpec):
         return found
 
     def variants(self, device, params):
-        found = [{**params, "PREFETCH": prefetch, "VECTOR": vector} for prefetch in (1, 2, 0) for vector in (0, 1)]
+        found = [{**params, "PREFETCH": prefetch, "VECTOR": vector, "VLOAD": vload}
+                 for prefetch in (1, 2, 0) for vector in (0, 1) for vload in (0, 1)]
         return [v for v in found if v != params and self.valid(v) and self.fits(device, v)]
 
 
