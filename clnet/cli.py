@@ -330,6 +330,7 @@ def _train(platform, device, dataset, data_dir, offline, image_size, model_name,
     dev = _open_devices(platform, device)
     if _is_onnx(model_name):
         model = from_onnx(model_name, dev, seed)
+        model.check_fits()
         train_set, test_set = datasets.load(dataset, data_dir=data_dir, download=not offline,
                                             image_size=image_size or _model_image_size(model),
                                             **_streaming(stream, workers))
@@ -341,6 +342,8 @@ def _train(platform, device, dataset, data_dir, offline, image_size, model_name,
                              "(for a torchvision network, replace its last layer first, e.g. net.fc = "
                              f"torch.nn.Linear(net.fc.in_features, {train_set.num_classes}))")
     else:
+        if image_size:
+            _check_image_size(dev, image_size, batch_size)
         train_set, test_set = datasets.load(dataset, data_dir=data_dir, download=not offline, image_size=image_size,
                                             **_streaming(stream, workers))
         model = models.PRESETS[model_name](device=dev, seed=seed, input_shape=train_set.image_shape,
@@ -385,6 +388,19 @@ def _train(platform, device, dataset, data_dir, offline, image_size, model_name,
 
 
 
+def _check_image_size(dev, image_size, batch_size):
+    """Fail before any image is decoded when a batch at --image-size cannot fit the device: one
+    channel of uint8 pixels in two staging slots and as float32 input is the least a step holds."""
+    device = dev[0] if isinstance(dev, list) else dev
+    (h, w), bytes_per_pixel = image_size, 2 + 4
+    needed = batch_size * h * w * bytes_per_pixel
+    if needed > device.info.global_mem:
+        raise ClnetError(f"--image-size {h}x{w} at --batch-size {batch_size} needs at least {format_bytes(needed)} "
+                         f"of device memory for the input batches alone, more than the "
+                         f"{format_bytes(device.info.global_mem)} of {device.info.name}: use a smaller --image-size "
+                         "or --batch-size")
+
+
 def _streaming(stream, workers):
     """datasets.load's streaming options from --stream/--no-stream (None: "auto") and --workers."""
     return {"stream": "auto" if stream is None else stream, "workers": workers}
@@ -404,11 +420,15 @@ def _label(dev):
 
 def _open_model(model_file, platform, device):
     """(device, model) for a model file (.clnet, or .onnx), which must exist (checked here for a
-    one-line message)."""
-    if not os.path.isfile(model_file):
+    one-line message); a model whose input shape (as the file says) cannot fit the device even one
+    sample at a time is refused before any data is read or resized to it."""
+    if not os.path.exists(model_file):
         raise ClnetError(f"{model_file}: no such model file")
     dev = _open_devices(platform, device)
-    return dev, (from_onnx(model_file, dev) if _is_onnx(model_file) else load_model(model_file, dev))
+    model = from_onnx(model_file, dev) if _is_onnx(model_file) else load_model(model_file, dev)
+    if model.input_shape:
+        model.check_fits()
+    return dev, model
 
 
 def _model_image_size(model):

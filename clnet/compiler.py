@@ -24,7 +24,7 @@ from .network import INPUT, loss_input
 from .ops import data as data_ops
 from .ops.elementwise import add
 from .ops.random import step_arg
-from .plan import Plan
+from .plan import INDEX_LIMIT, Plan
 from .tensor import DeviceTensor, allocate
 
 @dataclass(frozen=True)
@@ -149,18 +149,29 @@ class CompiledStep:
                 plan.bind_dynamic(name, gather, argument)
         return x
 
-    def _allocate(self, device, store):
-        """Check that the batch fits before allocating anything; say which batch size would."""
+    def check_fits(self, store):
+        """The arena's size in elements, once the plan is found to fit the device beside `store`'s
+        parameters; else an OutOfDeviceMemoryError that says which batch size would."""
+        device = self.device
         arena = self.plan.place()
         staging = [t for pair in self.staging for t in pair if t is not None]
         needed = arena * 4 + sum(t.nbytes for t in staging)  # all scale with the batch size
         # parameters, gradients and up to two optimizer states are already resident
         room = min(device.info.global_mem - 4 * store.params.nbytes, device.info.max_alloc)
+        room = min(room, 4 * INDEX_LIMIT)  # kernels take int offsets into the arena: no element beyond them
         if needed > room:
-            fits = max(1, int(self.batch_size * room / needed * 0.9))
+            fits = int(self.batch_size * room / needed * 0.9)
+            advice = f"use a batch size of {fits} or less" if fits else "even one sample does not fit: use smaller inputs"
             raise OutOfDeviceMemoryError(
-                f"batch size {self.batch_size} needs {needed / 2**20:.0f} MiB for activations and batches on "
-                f"{device.info.name}, which has {room / 2**20:.0f} MiB for them: use a batch size of {fits} or less")
+                f"batch size {self.batch_size} of inputs {self.input_shape} needs {needed / 2**20:.0f} MiB for "
+                f"activations and batches on {device.info.name}, which has {max(room, 0) / 2**20:.0f} MiB for them: "
+                f"{advice}")
+        return arena
+
+    def _allocate(self, device, store):
+        """Check that the batch fits before allocating anything; say which batch size would."""
+        arena = self.check_fits(store)
+        staging = [t for pair in self.staging for t in pair if t is not None]
         for t in staging + [self.identity, self.norm]:
             t.buffer = allocate(device, t.nbytes, "the input batches")
         self.identity.upload(np.arange(self.batch_size, dtype=np.int32))

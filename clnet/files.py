@@ -1,4 +1,5 @@
-"""Writing a file atomically: model files, checkpoints, ONNX exports and the tuning cache."""
+"""Files as clnet reads and writes them: only regular files (never a FIFO or a device, checked with
+stat before opening), written atomically: model files, checkpoints, ONNX exports and the tuning cache."""
 
 import contextlib
 import os
@@ -20,6 +21,10 @@ def special_kind(path):
         mode = os.stat(path).st_mode
     except FileNotFoundError:
         return None
+    return _kind(mode)
+
+
+def _kind(mode):
     if stat.S_ISREG(mode):
         return None
     return next((kind for test, kind in _KINDS if test(mode)), "not a regular file")
@@ -99,6 +104,27 @@ def replace_atomically(path, write):
             os.unlink(temporary)
         raise
     _fsync_folder(folder)
+
+
+def readable_size(path, error=ClnetError) -> int:
+    """The size in bytes of the regular file at `path` (through a symlink too), found with stat
+    before anything opens it: a FIFO would block its reader and a device such as /dev/zero never
+    end. A path that is missing, or not a regular file, raises `error` (a ClnetError class) naming it.
+
+    Example:
+        >>> readable_size("train-images-idx3-ubyte", DatasetError)
+        47040016
+    """
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise error(f"{path}: no such file: check the path") from None
+    except OSError as exc:  # a link loop, a folder on the way that cannot be searched
+        raise error(f"{path}: cannot read the file ({exc.strerror or exc})") from None
+    kind = _kind(info.st_mode)
+    if kind:
+        raise error(f"{path} is {kind}, not a regular file: clnet reads only regular files; give the path of a file")
+    return info.st_size
 
 
 def remove_stale_temporaries(path):

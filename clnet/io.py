@@ -63,6 +63,7 @@ import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from io import BytesIO
+from math import prod
 from typing import Any
 
 import numpy as np
@@ -72,6 +73,9 @@ from . import losses, optim
 from .errors import InputError, ModelFileError, ShapeError
 from .files import replace_atomically, special_kind
 from .network import Network, Node
+from .npyfiles import read_npz
+from .plan import INDEX_LIMIT
+from .text import is_unicode
 from .version import __version__
 
 FORMAT_VERSION = 2  # the newest this clnet reads; a chain of layers is still written as version 1
@@ -186,6 +190,10 @@ def _describe(model, path, classes):
         classes = model.classes
     if classes is not None:
         classes = [c if isinstance(c, str) else str(c) for c in classes]
+        unencodable = next((c for c in classes if not is_unicode(c)), None)
+        if unencodable is not None:
+            raise ModelFileError(path, f"cannot save the class name {unencodable!r}: it is not valid Unicode text "
+                                       "(a folder name in another encoding?): rename it or pass classes=")
     return {"format": MODEL_FORMAT, "format_version": 1 if chain else 2, "clnet_version": __version__,
             **architecture, "seed": model.seed, "loss": loss,
             "input_shape": list(model.input_shape) if model.input_shape else None,
@@ -344,11 +352,17 @@ class _Archive:
         except Exception as exc:  # bad CRC, truncated member, bad header: the bytes are not what was written
             raise self.error(f"is corrupt: {name} cannot be read ({exc})") from None
 
-    def json(self, name, missing, format_name, version):
+    def json(self, name, missing, format_name, version, constants=True):
+        """The JSON object of member `name`; `constants`: whether NaN and Infinity may appear."""
+        def refuse(constant):
+            raise ValueError(f"{constant} is not a number a model file holds")
         try:
-            value = json.loads(self.read(name, missing).decode("utf-8"))
+            value = json.loads(self.read(name, missing).decode("utf-8"), **({} if constants else
+                                                                           {"parse_constant": refuse}))
         except (UnicodeDecodeError, ValueError) as exc:
             raise self.error(f"is corrupt: {name} is not valid JSON ({exc})") from None
+        except RecursionError:
+            raise self.error(f"is corrupt: {name} nests its JSON too deeply to be a clnet file") from None
         if not isinstance(value, dict) or value.get("format") != format_name:
             raise self.error(f"{name} does not describe a {format_name} (no \"format\": \"{format_name}\")")
         found = value.get("format_version")
@@ -361,19 +375,30 @@ class _Archive:
         return value
 
     def arrays(self, name, missing):
-        try:
-            data = self.read(name, missing)
-            with np.load(BytesIO(data), allow_pickle=False) as npz:
-                self.check(npz.zip.infolist(), len(data), f"{name}/")
-                return {key: npz[key] for key in npz.files}
-        except ModelFileError:
-            raise
-        except Exception as exc:
-            raise self.error(f"is corrupt: {name} is not a valid numpy .npz archive ({exc})") from None
+        """The arrays of the .npz member `name`, each .npy header checked against its member's size
+        before the array is allocated (npyfiles.read_npz)."""
+        data = self.read(name, missing)
+        path = self.path
+        return read_npz(BytesIO(data), len(data), name, lambda problem: ModelFileError(path, problem),
+                        compressed=False)
 
 
 def _is_int(value):
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _too_large(value):
+    """The first integer in a layer's description (a JSON value) beyond INDEX_LIMIT, or None."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack += item.values()
+        elif isinstance(item, list):
+            stack += item
+        elif _is_int(item) and abs(item) > INDEX_LIMIT:
+            return item
+    return None
 
 
 def _is_number(value):
@@ -387,12 +412,17 @@ def _check_description(archive, meta):
             raise archive.error(f"model.json is invalid: {what}")
     key = "layers" if meta["format_version"] == 1 else "nodes"
     check(isinstance(meta.get(key), list), f"{key!r} must be a list of {key}")
-    check(_is_int(meta.get("seed")), "'seed' must be an integer")
+    for i, spec in enumerate(meta[key]):
+        large = _too_large(spec)
+        check(large is None, f"layer {i} has the argument {large}, beyond the {INDEX_LIMIT} that clnet's kernels index")
+    check(_is_int(meta.get("seed")) and 0 <= meta["seed"] < 2**63, "'seed' must be an integer in [0, 2**63)")
     loss = meta.get("loss")
-    check(loss is None or loss in losses.LOSSES, f"unknown loss {loss!r}")
+    check(loss is None or (isinstance(loss, str) and loss in losses.LOSSES), f"unknown loss {loss!r}")
     shape = meta.get("input_shape")
     check(shape is None or (isinstance(shape, list) and shape and all(_is_int(s) and s > 0 for s in shape)),
           f"'input_shape' must be a list of positive integers or null, got {shape!r}")
+    check(shape is None or prod(shape) <= INDEX_LIMIT,
+          f"'input_shape' {shape} holds more than the {INDEX_LIMIT} values per sample that clnet's kernels index")
     norm = meta.get("normalization")
     if norm is not None:
         check(isinstance(norm, dict) and isinstance(norm.get("mean"), list) and isinstance(norm.get("std"), list)
@@ -402,6 +432,8 @@ def _check_description(archive, meta):
     classes = meta.get("classes")
     check(classes is None or (isinstance(classes, list) and all(isinstance(c, str) for c in classes)),
           "'classes' must be a list of strings or null")
+    unencodable = next((c for c in classes or () if not is_unicode(c)), None)
+    check(unencodable is None, f"the class name {unencodable!r} is not valid Unicode text (UTF-8)")
 
 
 def _build_layers(archive, specs):
@@ -417,7 +449,7 @@ def _build_layers(archive, specs):
                                 f"{', '.join(sorted(_layers.LAYERS))} (a file from a newer clnet? upgrade clnet)")
         try:
             built.append(cls(**config))
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:
             raise archive.error(f"layer {i} ({name}) has invalid arguments {config}: {exc}") from None
     return built
 
@@ -439,7 +471,7 @@ def _read_model(archive):
     """(model.json's object, the weights) of an open archive."""
     # A truncated file can still open as a zip: that of a stored .npz member, without model.json.
     meta = archive.json("model.json", "is not a clnet model file, or it is truncated: the archive has no "
-                        "model.json", MODEL_FORMAT, FORMAT_VERSION)
+                        "model.json", MODEL_FORMAT, FORMAT_VERSION, constants=False)
     _check_description(archive, meta)
     weights = archive.arrays("weights.npz", "is incomplete: the archive has no weights.npz")
     for key, value in weights.items():
@@ -448,12 +480,35 @@ def _read_model(archive):
     return meta, weights
 
 
+def _check_weights(archive, network, weights):
+    """The weights present are those the layers declare, key by key and shape by shape, checked
+    before any model is built: a file that declares Dense(16000, 16000) without its weights is
+    refused before a GiB of parameters is allocated."""
+    declared = {f"{node.name}.{name}": tuple(shape) for node in network.nodes
+                for shapes in (node.layer.param_shapes(), node.layer.buffer_shapes()) for name, shape in shapes.items()}
+    missing, unexpected = sorted(set(declared) - set(weights)), sorted(set(weights) - set(declared))
+    if missing or unexpected:
+        raise archive.error(f"the weights do not fit the architecture: weights.npz has missing {_some(missing)}, "
+                            f"unexpected {_some(unexpected)}")
+    for key, shape in declared.items():
+        if weights[key].shape != shape:
+            raise archive.error(f"the weights do not fit the architecture: weights.npz holds {key!r} of shape "
+                                f"{weights[key].shape}, the layers declare {shape}")
+
+
+def _some(keys, shown=5):
+    """"keys ['3.bias']" for messages: the first few keys, and how many more."""
+    more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
+    return f"keys {keys[:shown]}{more}"
+
+
 def _saved_model(archive, meta, weights):
     """The SavedModel of model.json's object and the weights."""
     if meta["format_version"] == 1:
         network = Network.chain(_build_layers(archive, meta["layers"]))
     else:
         network = _graph(archive, meta["nodes"])
+    _check_weights(archive, network, weights)
     input_shape = tuple(meta["input_shape"]) if meta.get("input_shape") else None
     if input_shape:
         try:

@@ -401,6 +401,26 @@ class Model:
                           "(from a fit that diverged?): load or train good weights", RuntimeWarning, stacklevel=2)
         return out
 
+    def check_fits(self, input_shape: Sequence[int] | None = None, batch_size: int = 1) -> None:
+        """Plan an inference step for `batch_size` inputs of `input_shape` (default: the model's)
+        without allocating it, and raise an OutOfDeviceMemoryError if it cannot fit the device.
+        Commands call it before decoding data to the size a model file asks for.
+
+        Args:
+            input_shape: the per-sample shape, such as (3, 224, 224).
+            batch_size: the rows of the step (1: the least any step needs).
+
+        Example:
+            >>> clnet.load("big.clnet").check_fits(batch_size=64)
+        """
+        input_shape = tuple(input_shape or self.input_shape or ())
+        if not input_shape:
+            raise InputError("check_fits needs the input shape: model.check_fits(input_shape=(1, 28, 28))")
+        # uint8 inputs: the least a batch takes in its staging slots, so that nothing that fits is refused
+        target = Target(_count(batch_size, "batch_size", 1), input_shape, False, spec=InputSpec("uint8"))
+        for replica in self.replicas:
+            self._compile(target, allocate=False, replica=replica).check_fits(replica.store)
+
     # ------------------------------------------------------------------ weights
     def state_dict(self) -> dict:
         """{"0.weight": array, ...}: float32 numpy arrays in PyTorch's layouts and keys (of the first

@@ -73,9 +73,12 @@ class Network:
         if not self.nodes:
             raise ValueError("a network needs at least one node")
         self.consumers = {name: 0 for name in known}
+        self._readers = {name: [] for name in known}  # each value's reading nodes, once each
         for node in self.nodes:
             for name in node.inputs:
                 self.consumers[name] += 1
+            for name in dict.fromkeys(node.inputs):
+                self._readers[name].append(node)
 
     @classmethod
     def chain(cls, layers: Sequence[Layer]) -> Network:
@@ -148,8 +151,8 @@ class Network:
 
     def following(self, node):
         """The layer that alone reads `node`'s output (it chooses the node's initialisation), or None."""
-        readers = [n.layer for n in self.nodes if node.name in n.inputs]
-        return readers[0] if len(readers) == 1 else None
+        readers = self._readers[node.name]
+        return readers[0].layer if len(readers) == 1 else None
 
     def shapes(self, input_shape: tuple) -> dict:
         """{value name: per-sample shape}; a ShapeError names the node that does not fit."""

@@ -39,6 +39,7 @@ from . import layers as L
 from .device import Device
 from .errors import ModelFileError, ShapeError
 from .export import _import_onnx
+from .files import special_kind
 from .model import Model
 from .network import INPUT
 
@@ -86,16 +87,39 @@ def from_onnx(path: str | os.PathLike, device: Device | list[Device] | None = No
 
 
 def _read(onnx, path):
-    """The onnx.ModelProto in `path`, with a graph to import."""
-    if not os.path.isfile(path):
-        raise ModelFileError(path, "no such ONNX file")
+    """The onnx.ModelProto in `path`, with a graph to import: the file and any external data files
+    its tensors name are regular files (checked with stat before they are opened: a FIFO would block
+    the reader, a device never end)."""
+    _refuse_special(path, path, "an ONNX file")
     try:
-        proto = onnx.load(path)
+        proto = onnx.load(path, load_external_data=False)
+        folder = os.path.dirname(path)
+        helper = onnx.external_data_helper
+        tensors = [*proto.graph.initializer,
+                   *(attribute.t for node in proto.graph.node for attribute in node.attribute if attribute.HasField("t"))]
+        for tensor in filter(helper.uses_external_data, tensors):
+            location = helper.ExternalDataInfo(tensor).location
+            _refuse_special(path, os.path.join(folder, location), f"the data of the tensor {tensor.name!r}")
+            helper.load_external_data_for_tensor(tensor, folder)
+    except ModelFileError:
+        raise
     except Exception as exc:  # protobuf's parse errors have no common class worth naming
         raise ModelFileError(path, f"is not an ONNX model: {type(exc).__name__}: {exc}") from None
     if not proto.HasField("graph") or not proto.graph.node:
         raise ModelFileError(path, "is not an ONNX model: it holds no graph (an empty or corrupt file?)")
     return proto
+
+
+def _refuse_special(path, file, what):
+    """A ModelFileError about the ONNX file `path` unless `file` (it, or its external data) is a regular file."""
+    try:
+        kind = special_kind(file)
+    except OSError as exc:
+        raise ModelFileError(path, f"cannot read {file}: {exc.strerror or exc}") from None
+    if not os.path.exists(file):
+        raise ModelFileError(path, "no such ONNX file" if file == path else f"{what} is in {file}, which does not exist")
+    if kind:
+        raise ModelFileError(path, f"{'it' if file == path else file} is {kind}, not a regular file: give {what}")
 
 
 def _f32(value):

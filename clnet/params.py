@@ -7,9 +7,11 @@ from math import prod
 
 import numpy as np
 
-from .errors import InputError, ShapeError
-from .plan import round_up
+from .errors import InputError, OutOfDeviceMemoryError, ShapeError
+from .memory import check_host_memory
+from .plan import INDEX_LIMIT, round_up
 from .tensor import DeviceTensor
+from .text import format_bytes
 
 PARAM_ALIGN = 16  # elements: each tensor starts on a 64-byte boundary for vector loads
 
@@ -29,6 +31,22 @@ class Entry:
         self.dtype = np.dtype(np.int64 if counter else np.float32)
 
 
+def _check_fits(device, sizes):
+    """Refuse, before anything is allocated, parameters that cannot fit: on the device with their
+    gradients, and on the host as they are initialised (a model file or an image size can ask for any)."""
+    needed = 4 * (2 * sizes[True] + sizes[False])
+    if max(sizes.values()) > INDEX_LIMIT:  # kernels index the flat buffers with int
+        raise OutOfDeviceMemoryError(f"the parameters ({sizes[True]:,} values) are more than the {INDEX_LIMIT:,} "
+                                     "that clnet's kernels index: use a smaller model or smaller images")
+    if needed > device.info.global_mem:
+        raise OutOfDeviceMemoryError(
+            f"the parameters ({sizes[True]:,} values) need {format_bytes(needed)} with their gradients and buffers, "
+            f"more than the {format_bytes(device.info.global_mem)} of {device.info.name}: use a smaller model or "
+            "smaller images")
+    check_host_memory(4 * (sizes[True] + sizes[False]), f"the parameters' initial values ({sizes[True]:,})",
+                      OutOfDeviceMemoryError)
+
+
 class ParamStore:
     """Every trainable parameter of a network in one flat device buffer and every gradient in
     another; non-trainable state (batch-norm running statistics) in a third that the optimizer never
@@ -44,12 +62,16 @@ class ParamStore:
     def __init__(self, device, network, seed, like=None):
         self.device = device
         self.entries, sizes = [], {True: 0, False: 0}
+        self._node_entries = {}  # node name -> its entries: looked up per node, never by a scan of all
         for node in network.nodes:
+            own = self._node_entries.setdefault(node.name, [])
             for trainable, shapes in ((True, node.layer.param_shapes()), (False, node.layer.buffer_shapes())):
                 for name, shape in shapes.items():
-                    self.entries.append(Entry(node.name, name, tuple(shape), sizes[trainable], trainable,
-                                              name in node.layer.counters))
+                    own.append(Entry(node.name, name, tuple(shape), sizes[trainable], trainable,
+                                     name in node.layer.counters))
                     sizes[trainable] += round_up(prod(shape), PARAM_ALIGN)
+            self.entries += own
+        _check_fits(device, sizes)
         self.params = DeviceTensor.empty(device, (max(sizes[True], 1),), what="the parameters")
         self.grads = DeviceTensor.empty(device, (max(sizes[True], 1),), what="the gradients")
         self.buffers = DeviceTensor.empty(device, (max(sizes[False], 1),), what="the layer buffers")
@@ -71,17 +93,16 @@ class ParamStore:
         for i, node in enumerate(network.nodes):
             rng = np.random.Generator(np.random.Philox(np.random.SeedSequence([seed, i])))
             values = node.layer.init_params(rng, network.following(node))
-            for e in self.entries:
-                if e.node == node.name:
-                    flats[e.trainable][e.offset:e.offset + e.size] = values[e.name].reshape(-1)
+            for e in self._node_entries[node.name]:
+                flats[e.trainable][e.offset:e.offset + e.size] = values[e.name].reshape(-1)
         self.params.upload(flats[True])
         self.buffers.upload(flats[False])
 
     def views(self, node, kind):
         """{name: tensor} of one node's "params", "grads" or "buffers"."""
         tensor = {"params": self.params, "grads": self.grads, "buffers": self.buffers}[kind]
-        return {e.name: tensor.view(e.shape, e.offset) for e in self.entries
-                if e.node == node and e.trainable == (kind != "buffers")}
+        return {e.name: tensor.view(e.shape, e.offset) for e in self._node_entries.get(node, ())
+                if e.trainable == (kind != "buffers")}
 
     def reset_optimizer_state(self):
         """No optimizer state and no steps taken, for a newly compiled optimizer."""

@@ -15,6 +15,8 @@ from .kernels import KernelLibrary
 from .tensor import DeviceTensor, allocate
 
 ALIGN = 64  # elements; keeps every arena tensor 256-byte aligned for vector loads
+INDEX_LIMIT = 2**31 - 1  # kernels index with int: no tensor, offset or size in a plan goes beyond
+PLACE_BLOCK = 64  # launches: `place` finds the values live beside a short-lived one by these blocks
 
 
 def round_up(n, multiple):
@@ -27,6 +29,16 @@ def _scalar(value):
     if isinstance(value, (bool, int, np.integer)):
         return np.int32(value)
     return np.float32(value)
+
+
+def _first_fit(bases, sizes, size):
+    """The lowest offset (a multiple of ALIGN) where `size` elements fit below, between or above the
+    values at `bases` of `sizes` that it must not overlap."""
+    order = np.argsort(bases, kind="stable")
+    bases, ends = bases[order], round_up(bases[order] + sizes[order], ALIGN)
+    reached = np.concatenate(([0], np.maximum.accumulate(ends)))  # the offset tried before each value
+    fits = np.flatnonzero(reached[:-1] + size <= bases)
+    return int(reached[fits[0]] if len(fits) else reached[-1])
 
 
 class Value:
@@ -170,19 +182,22 @@ class Plan:
         """
         roots = sorted((v for v in self.values if v.root is v and v.first is not None),
                        key=lambda v: (-v.size, v.first))
-        placed, end = [], 0
-        for v in roots:
-            overlapping = sorted((p for p in placed if p.first <= v.last and v.first <= p.last),
-                                 key=lambda p: p.base)
-            offset = 0
-            for p in overlapping:
-                if offset + v.size <= p.base:
-                    break
-                offset = max(offset, round_up(p.base + p.size, ALIGN))
-            v.base = offset
-            placed.append(v)
-            end = max(end, offset + v.size)
-        return max(end, 1)
+        first, last = (np.array([getattr(v, end) for v in roots], np.int64) for end in ("first", "last"))
+        sizes = np.array([v.size for v in roots], np.int64)
+        bases = np.zeros(len(roots), np.int64)
+        by_block = {}  # launch index // PLACE_BLOCK -> the values placed that live in that block of launches
+        for i, v in enumerate(roots):
+            blocks = range(v.first // PLACE_BLOCK, v.last // PLACE_BLOCK + 1)
+            # a short-lived value meets few others: look only where it lives, so that a deep network's
+            # inference plan is placed in linear time; a long-lived one (an activation kept for the
+            # backward pass) is compared with every value placed, in one vectorised pass
+            near = np.arange(i) if len(blocks) > 2 else \
+                np.fromiter({j for b in blocks for j in by_block.get(b, ())}, np.int64)
+            near = near[(first[near] <= v.last) & (v.first <= last[near])]
+            v.base = bases[i] = _first_fit(bases[near], sizes[near], v.size)
+            for b in blocks:
+                by_block.setdefault(b, []).append(i)
+        return max(int((bases + sizes).max(initial=0)), 1)
 
     def finalize(self, arena_size, what="the plan"):
         """Allocate the arena placed by `place` and bind every launch's arguments once."""

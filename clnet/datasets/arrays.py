@@ -1,67 +1,40 @@
 """numpy arrays: an .npz archive (x, y or x_train, y_train, x_test, y_test), or a folder of .npy files.
 
-Pickled Python objects are never loaded (np.load with allow_pickle=False): a .npy holding a
+Pickled Python objects are never loaded (npyfiles reads plain numeric arrays only): a .npy holding a
 dict, or an object array, is refused.
 """
 
 from __future__ import annotations
 
 import os
-import zipfile
-import zlib
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import DatasetError
-from .dataset import Dataset
+from ..files import readable_size
+from ..npyfiles import read_npy, read_npz
+from .dataset import Dataset, check_labels
 
 NPZ_MAGIC = b"PK\x03\x04"
 NPY_MAGIC = b"\x93NUMPY"
 EXPECTED = "x and y, or x_train, y_train, x_test and y_test (the test pair optional)"
-NO_PICKLES = ("holds pickled Python objects, which clnet does not load (unpickling can run code): "
-              "save plain numeric arrays, e.g. np.savez(path, x=images, y=labels)")
-
-
-def _corrupt(path, exc):
-    return DatasetError(f"{path}: corrupt or unreadable file ({type(exc).__name__}: {exc}): write it again")
-
-
-def _load_npy(path):
-    try:
-        return np.load(path, allow_pickle=False)
-    except ValueError as exc:
-        if "allow_pickle" in str(exc):
-            raise DatasetError(f"{path} {NO_PICKLES}") from None
-        raise _corrupt(path, exc) from None
-    except (OSError, EOFError) as exc:
-        raise _corrupt(path, exc) from None
 
 
 def _read_npz(path):
-    """{key: array} of an .npz archive; `where(key)` names it in messages."""
+    """{key: array} of an .npz archive, each array's size checked against the file before it is read."""
+    size = readable_size(path, DatasetError)
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            keys = list(archive.files)
-            arrays = {}
-            for key in keys:
-                try:
-                    arrays[key] = archive[key]
-                except ValueError as exc:
-                    if "allow_pickle" in str(exc):
-                        raise DatasetError(f"{path}: array {key!r} {NO_PICKLES}") from None
-                    raise
-    except DatasetError:
-        raise
-    except (ValueError, OSError, EOFError, KeyError, zlib.error, zipfile.BadZipFile, zipfile.LargeZipFile) as exc:
-        raise _corrupt(path, exc) from None
-    return arrays
+        with open(path, "rb") as f:
+            return read_npz(f, size, str(path), DatasetError)
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read the file ({exc.strerror or exc})") from None
 
 
 def _read_folder(path):
     names = sorted(p.stem for p in path.glob("*.npy") if p.is_file())
     wanted = {"x", "y", "x_train", "y_train", "x_test", "y_test"}
-    return {stem: _load_npy(path / f"{stem}.npy") for stem in names if stem in wanted}, \
+    return {stem: read_npy(path / f"{stem}.npy", DatasetError) for stem in names if stem in wanted}, \
         [f"{stem}.npy" for stem in names]
 
 
@@ -70,6 +43,8 @@ def _images(x, where):
         raise DatasetError(f"{where}: images must be uint8 or float numbers, got dtype {x.dtype}")
     if x.ndim not in (3, 4):
         raise DatasetError(f"{where}: images must be (N, C, H, W) or (N, H, W), got shape {x.shape}")
+    if not x.size:
+        raise DatasetError(f"{where}: holds no images (shape {x.shape}): save at least one image of at least one pixel")
     if x.ndim == 4 and x.shape[1] > 4 and x.shape[3] in (1, 3):
         raise DatasetError(f"{where}: images of shape {x.shape} look channels-last (N, H, W, C); clnet wants "
                            "(N, C, H, W): save x.transpose(0, 3, 1, 2)")
@@ -94,6 +69,7 @@ def _labels(y, count, where):
         raise DatasetError(f"{where}: {count} images but {len(y)} labels: the two arrays must have one length")
     if len(y) and y.min() < 0:
         raise DatasetError(f"{where}: negative label {y.min()}: labels must be 0, 1, 2, ...")
+    check_labels(y, where)
     return y.astype(np.int64)
 
 
@@ -118,15 +94,16 @@ def load_arrays(path: str | os.PathLike, name: str | None = None) -> tuple[Datas
         what = f"{path} holds .npy files {', '.join(found) or 'none'}"
         suffix = ".npy"
     else:
+        if not path.exists():
+            raise DatasetError(f"{path}: no such file or folder: check the path")
+        readable_size(path, DatasetError)  # a FIFO or a device is refused before it is opened
         try:
             with open(path, "rb") as f:
                 head = f.read(len(NPY_MAGIC))
-        except FileNotFoundError:
-            raise DatasetError(f"{path}: no such file or folder: check the path") from None
         except OSError as exc:
             raise DatasetError(f"{path}: cannot read the file ({exc.strerror or exc})") from None
         if head.startswith(NPY_MAGIC):
-            array = _load_npy(path)  # refuses pickles; a lone array has no labels
+            array = read_npy(path, DatasetError)  # refuses pickles; a lone array has no labels
             raise DatasetError(f"{path} is a single .npy array of shape {array.shape}, without labels: give an "
                                ".npz with x and y (np.savez(path, x=images, y=labels)) or a folder holding "
                                "x.npy and y.npy")

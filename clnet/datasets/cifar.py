@@ -17,15 +17,19 @@ import os
 import pickle
 import tarfile
 import zlib
+from math import prod
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import DatasetError
+from ..files import readable_size
+from ..memory import check_host_memory
 from .dataset import Dataset
 
 PIXELS = 3 * 32 * 32
 REDOWNLOAD = "download it again"
+MAX_MEMBER = 1 << 28  # bytes: the largest CIFAR file (CIFAR-100's train pickle) holds about 160 MB
 
 
 class _Layout:
@@ -76,6 +80,8 @@ class _Folder:
         return str(self.folder / name)
 
     def read(self, name):
+        size = readable_size(self.folder / name, DatasetError)  # a FIFO or a device is never opened
+        check_host_memory(size, self.where(name), DatasetError)
         try:
             return (self.folder / name).read_bytes()
         except OSError as exc:
@@ -99,6 +105,10 @@ class _Archive:
                         continue  # keep a duplicate name only when it is in the expected folder
                     self.members[name] = member.name
                     if name in wanted:
+                        if member.size > MAX_MEMBER:  # a compressed archive can inflate a member to any size
+                            raise DatasetError(f"{self.where(name)} declares {member.size:,} bytes, more than any "
+                                               f"CIFAR file holds ({MAX_MEMBER:,}): not an official archive: "
+                                               f"{REDOWNLOAD}")
                         self.data[name] = tar.extractfile(member).read()
                 # read to the end of the stream, so gzip / bzip2 / xz verify their checksums: a damaged
                 # byte in a stored block is otherwise only caught by the checksum after the tar's end
@@ -185,33 +195,122 @@ def _open_source(path, variant):
 
 
 # --- the restricted unpickler -----------------------------------------------------------------------
+# CIFAR's pickles hold a dict of byte strings, lists of numbers and strings, and numpy arrays. An
+# array is rebuilt as numpy pickles it: _reconstruct(ndarray, (0,), b"b") then a BUILD with (version,
+# shape, dtype, fortran, bytes) (protocols 2 to 4), or _frombuffer(bytes, dtype, shape, order)
+# (protocol 5); a dtype as dtype("u1", False, True) then a BUILD with its byte order. Each global is
+# a stand-in here that checks its arguments: plain numeric dtypes only, and an array's shape and bytes
+# agreeing before a single element is allocated. numpy's own constructors never see the file's values,
+# so ndarray(shape, dtype, buffer, offset, strides), zero strides or an array without a buffer cannot
+# be spelled.
+
+class _Refused(Exception):
+    """A pickle that spells something CIFAR's do not."""
+
+
+def _refuse(what):
+    raise _Refused(f"{what}: not what CIFAR pickles hold")
+
+
+def _nbytes(shape, dtype):
+    if not (isinstance(shape, tuple) and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0
+                                             for n in shape)):
+        _refuse(f"the array shape {shape!r}")
+    return prod(shape) * dtype.itemsize
+
+
+def _as_bytes(data):
+    """An array's bytes as the pickle gave them: bytes, a bytearray (protocol 5), or the latin-1 text
+    that Python 2's byte strings become."""
+    if isinstance(data, str):
+        return data.encode("latin-1")
+    if isinstance(data, (bytes, bytearray, pickle.PickleBuffer)):
+        return memoryview(data).cast("B")
+    _refuse(f"array data of type {type(data).__name__}")
+
+
+class _DType:
+    """numpy.dtype(name, align, copy) for plain numbers ("u1", "i8", "f4", ...), then its state: a
+    byte order and nothing else."""
+
+    def __init__(self, name, align=False, copy=True):
+        if not (isinstance(name, str) and len(name) <= 3 and name[:1] in ("b", "i", "u", "f") and name[1:].isdigit()):
+            _refuse(f"the dtype {name!r}")
+        self.dtype = np.dtype(name)
+
+    def __setstate__(self, state):
+        fresh = self.dtype.__reduce__()[2]
+        if not (isinstance(state, tuple) and len(state) == len(fresh) and state[0] == fresh[0]
+                and state[1] in ("<", ">", "|", "=") and state[2:] == fresh[2:]):
+            _refuse(f"the dtype state {state!r}")
+        if state[1] in ("<", ">"):
+            self.dtype = self.dtype.newbyteorder(state[1])
+
+
+def _checked_dtype(dtype):
+    if not isinstance(dtype, _DType):
+        _refuse(f"the dtype {dtype!r}")
+    return dtype.dtype
+
+
+def _array(data, dtype, shape, fortran):
+    data = _as_bytes(data)
+    if len(data) != _nbytes(shape, dtype):
+        _refuse(f"an array of shape {shape} {dtype} with {len(data)} bytes")
+    return np.frombuffer(data, dtype).reshape(shape, order="F" if fortran else "C").copy()
+
+
+class _Array:
+    """What _reconstruct(ndarray, (0,), b"b") gives: an array to come, made by BUILD from its state."""
+    array = None
+
+    def __setstate__(self, state):
+        if isinstance(state, tuple) and len(state) == 5 and state[0] == 1:
+            state = state[1:]
+        if not (isinstance(state, tuple) and len(state) == 4 and isinstance(state[2], bool)):
+            _refuse("an array state that is not (shape, dtype, fortran, bytes)")
+        shape, dtype, fortran, data = state
+        self.array = _array(data, _checked_dtype(dtype), shape, fortran)
+
+
+def _ndarray(*args):
+    _refuse("numpy.ndarray(...) called with arguments")  # only a marker for _reconstruct
+
+
+def _reconstruct(cls, shape, typecode):
+    if cls is not _ndarray or shape != (0,) or typecode not in (b"b", "b"):
+        _refuse(f"_reconstruct{(cls, shape, typecode)!r}")
+    return _Array()
+
 
 def _frombuffer(buffer, dtype, shape, order):
-    """What numpy's pickles (protocol 5) call to rebuild an array from its bytes, for plain dtypes only."""
-    dtype = np.dtype(dtype)
-    if dtype.hasobject:
-        raise pickle.UnpicklingError("object arrays are not allowed")
-    return np.frombuffer(buffer, dtype=dtype).reshape(shape, order=order).copy()
+    """Protocol 5's array: its bytes, dtype, shape and order ("C" or "F")."""
+    if order not in ("C", "F"):
+        _refuse(f"the array order {order!r}")
+    return _array(buffer, _checked_dtype(dtype), shape, order == "F")
+
+
+def _scalar(dtype, data):
+    """A numpy number (np.int64(3) in a list of labels): its dtype and its bytes."""
+    return _array(data, _checked_dtype(dtype), (), False)[()]
 
 
 def _latin1_encode(text, encoding):
     """Python 3 pickles of bytes at protocol 2 spell them as _codecs.encode(text, 'latin1')."""
     if not isinstance(text, str) or encoding.replace("-", "").replace("_", "").lower() != "latin1":
-        raise pickle.UnpicklingError(f"_codecs.encode with {encoding!r} is not allowed")
+        _refuse(f"_codecs.encode with {encoding!r}")
     return text.encode("latin-1")
 
 
-_RECONSTRUCT = np.zeros(0).__reduce__()[0]  # numpy's array reconstructor, wherever numpy keeps it
-_SCALAR = np.float64(0).__reduce__()[0]
-_ALLOWED = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype, ("_codecs", "encode"): _latin1_encode}
+_ALLOWED = {("numpy", "ndarray"): _ndarray, ("numpy", "dtype"): _DType, ("_codecs", "encode"): _latin1_encode}
 for _core in ("numpy.core", "numpy._core"):  # numpy 1 and numpy 2 spell the module differently
-    _ALLOWED[(f"{_core}.multiarray", "_reconstruct")] = _RECONSTRUCT
-    _ALLOWED[(f"{_core}.multiarray", "scalar")] = _SCALAR
+    _ALLOWED[(f"{_core}.multiarray", "_reconstruct")] = _reconstruct
+    _ALLOWED[(f"{_core}.multiarray", "scalar")] = _scalar
     _ALLOWED[(f"{_core}.numeric", "_frombuffer")] = _frombuffer
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
-    """Rebuilds dicts, lists, strings, numbers and numpy arrays; refuses every other global."""
+    """Rebuilds dicts, lists, strings, numbers and numpy arrays of numbers; refuses every other global."""
 
     def __init__(self, data, where):
         # latin1: Python 2 byte strings (the official pickles) become str, numpy's documented choice
@@ -236,11 +335,20 @@ def _unpickle(data, where):
         obj = _RestrictedUnpickler(data, where).load()
     except DatasetError:
         raise
+    except _Refused as exc:
+        raise DatasetError(f"{where}: refused to unpickle {exc}: {REDOWNLOAD} from the official site") from None
     except Exception as exc:  # a corrupt pickle can fail in many ways
         raise DatasetError(f"{where}: corrupt pickle ({type(exc).__name__}: {exc}): {REDOWNLOAD}") from None
     if not isinstance(obj, dict):
         raise DatasetError(f"{where}: expected a pickled dict, got {type(obj).__name__}: not a CIFAR batch")
-    return {k.decode("latin-1") if isinstance(k, bytes) else k: v for k, v in obj.items()}
+    batch = {}
+    for key, value in obj.items():
+        if isinstance(value, _Array):
+            if value.array is None:
+                raise DatasetError(f"{where}: refused to unpickle an array without its data: {REDOWNLOAD}")
+            value = value.array
+        batch[key.decode("latin-1") if isinstance(key, bytes) else key] = value
+    return batch
 
 
 def _key(batch, key, where):

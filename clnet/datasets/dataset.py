@@ -9,6 +9,33 @@ from numpy.typing import ArrayLike
 
 from ..errors import DatasetError
 
+MIN_CLASS_LIMIT = 1024    # labels below this are always taken as classes (ImageNet has 1000)
+CLASSES_PER_SAMPLE = 16   # beyond MIN_CLASS_LIMIT, a dataset of N samples has fewer than 16 N classes
+
+
+def check_labels(y: np.ndarray, where: str) -> None:
+    """Refuse labels far beyond the data, before a model of that many outputs is built: every label
+    must be below max(1024, 16 x the number of samples). A stray 5_000_000 among 200 labels is a
+    damaged file, not a 5,000,001-class problem.
+
+    Args:
+        y: the integer labels, non-negative.
+        where: names the file (and array) they come from.
+
+    Example:
+        >>> check_labels(np.array([3, 5_000_000]), "data.npz['y']")
+        Traceback (most recent call last):
+        DatasetError: data.npz['y']: label 5000000 (sample 1) is far beyond the data: ...
+    """
+    if not len(y):
+        return
+    limit = max(MIN_CLASS_LIMIT, CLASSES_PER_SAMPLE * len(y))
+    worst = int(np.argmax(y))
+    if y[worst] >= limit:
+        raise DatasetError(f"{where}: label {int(y[worst])} (sample {worst}) is far beyond the data: {len(y)} samples "
+                           f"have labels below {limit:,} (max(1024, 16 x samples)); labels are class numbers "
+                           "0, 1, 2, ...: fix or remove that sample")
+
 
 class Dataset:
     """`x`: images (N, C, H, W), uint8 (0-255, scaled to [0, 1] when training) or float32;
@@ -42,6 +69,7 @@ class Dataset:
             raise DatasetError(f"{name}: {len(x)} images but labels of shape {y.shape}")
         if y.dtype.kind not in "iu" or (len(y) and y.min() < 0):
             raise DatasetError(f"{name}: labels must be non-negative integers")
+        check_labels(y, name)
         self.x, self.y = x, y.astype(np.int64, copy=False)
         self.classes = list(classes) if classes is not None else None
         self.name = name

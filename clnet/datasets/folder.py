@@ -21,6 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DatasetError, InputError
+from ..files import special_kind
+from ..memory import check_host_memory
+from ..text import is_unicode
 from .dataset import Dataset
 from .images import _decode, _import_pillow, to_chw
 from .stream import decoded_bytes, memory_budget, stream_folder
@@ -47,13 +50,17 @@ def _image_size(image_size):
 
 def _list_images(folder):
     """(image files under `folder`, sorted by their path relative to it; the other files), hidden
-    entries skipped."""
+    entries skipped. An image name that is not a regular file (a FIFO would block its reader) is refused."""
     found, others = [], []
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         for f in filenames:
             if not f.startswith("."):
                 (found if f.lower().endswith(IMAGE_EXTENSIONS) else others).append(Path(dirpath, f))
+    for path in found:
+        kind = special_kind(path)
+        if kind:
+            raise DatasetError(f"{path} is {kind}, not an image file: remove it from the image folder")
     return sorted(found, key=lambda p: p.relative_to(folder).parts), others
 
 
@@ -69,6 +76,10 @@ def list_classes(root: Path) -> tuple[list[str], list[Path], list[int]]:
         class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     except OSError as exc:
         raise DatasetError(f"{root}: cannot list the folder ({exc.strerror or exc})") from None
+    unencodable = next((d for d in class_dirs if not is_unicode(d.name)), None)
+    if unencodable is not None:
+        raise DatasetError(f"{unencodable}: the class folder's name is not valid Unicode text (another encoding?): "
+                           "rename the folder, as it becomes the class name")
     if not class_dirs:
         loose = [p.name for p in root.iterdir() if p.name.lower().endswith(IMAGE_EXTENSIONS)]
         hint = f" (it holds {len(loose)} images directly: move them into class folders)" if loose else ""
@@ -163,6 +174,9 @@ class ImageFolder(Dataset):
         Image = _import_pillow(root)
         classes, files, labels = self._listing
         del self._listing
+        if size is not None:  # the decoded images' memory, checked before the first is decoded
+            check_host_memory(len(files) * (1 if grayscale is not False else 3) * size[0] * size[1],
+                              f"{root}: {len(files):,} images of {size[0]}x{size[1]}", DatasetError)
 
         arrays, first = [], None
         for path in files:

@@ -10,11 +10,14 @@ from __future__ import annotations
 import gzip
 import os
 import zlib
+from math import prod
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import DatasetError
+from ..files import readable_size
+from ..memory import check_host_memory
 from .dataset import Dataset
 
 # type code -> big-endian element type
@@ -28,22 +31,59 @@ IDX_TYPES = {
 }
 GZIP_MAGIC = b"\x1f\x8b"
 REDOWNLOAD = "download it again"
+MAX_HEADER = 4 + 4 * 255  # the longest IDX header: 255 dimensions
+CHUNK = 1 << 24           # bytes inflated at a time
+GZIP_MARGIN = 1 << 16     # bytes past the declared values still inflated (to report how many there are)
 
 
 def _read_bytes(path):
-    """The file's bytes, gunzipped when the content is gzip."""
+    """The file's bytes, gunzipped when the content is gzip: a regular file only (a FIFO or a device
+    is refused before it is opened), its size checked against what its IDX header declares before
+    the values are read; a gzip stream is inflated in chunks, and refused once it holds more than
+    its header declares."""
+    size = readable_size(path, DatasetError)
     try:
-        raw = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: no such file: check the path") from None
-    except IsADirectoryError:
-        raise DatasetError(f"{path} is a directory, not an IDX file: give the file's path") from None
+        with open(path, "rb") as f:
+            if f.read(2) == GZIP_MAGIC:
+                f.seek(0)
+                return _gunzip(path, f)
+            f.seek(0)
+            head = f.read(MAX_HEADER)
+            declared = _declared_size(head)
+            if declared is not None and declared > size:
+                raise DatasetError(f"{path} is truncated: its header declares {declared:,} bytes but the file has "
+                                   f"{size:,}: {REDOWNLOAD}")
+            return head + f.read()
     except OSError as exc:
         raise DatasetError(f"{path}: cannot read the file ({exc.strerror or exc})") from None
-    if raw[:2] != GZIP_MAGIC:
-        return raw
+
+
+def _declared_size(head):
+    """The bytes (header and values) that an IDX file starting with `head` declares, or None when
+    `head` holds no whole IDX header (read_idx then says what is wrong)."""
+    if len(head) < 4 or head[:2] != b"\0\0" or head[2] not in IDX_TYPES or not 0 < 4 * head[3] <= len(head) - 4:
+        return None
+    ndim = head[3]
+    count = prod(int.from_bytes(head[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+    return 4 + 4 * ndim + count * IDX_TYPES[head[2]].itemsize
+
+
+def _gunzip(path, f):
+    """The inflated bytes of the gzip file `f`, read in chunks up to what its IDX header declares."""
     try:
-        return gzip.decompress(raw)
+        stream = gzip.GzipFile(fileobj=f)
+        out = bytearray(stream.read(MAX_HEADER))
+        declared = _declared_size(out)
+        if declared is None:
+            return bytes(out)  # no IDX header: read_idx says what is wrong with it
+        check_host_memory(declared, f"{path}: the values its IDX header declares", DatasetError)
+        limit = declared + GZIP_MARGIN + 1  # a few bytes over are reported by read_idx; more are refused here
+        while len(out) < limit and (chunk := stream.read(min(CHUNK, limit - len(out)))):
+            out += chunk
+        if len(out) == limit:
+            raise DatasetError(f"{path}: the gzip stream inflates beyond the {declared:,} bytes its IDX header "
+                               f"declares: the file is corrupt: {REDOWNLOAD}")
+        return bytes(out)
     except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
         raise DatasetError(f"{path}: corrupt gzip stream ({exc}): {REDOWNLOAD}") from None
 

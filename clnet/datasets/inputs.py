@@ -6,6 +6,8 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import ClnetError
+from ..files import readable_size
+from ..npyfiles import read_npy, read_npz
 from .images import PILLOW_HINT, _decode
 
 ARRAY_EXTENSIONS = (".npz", ".npy")
@@ -44,20 +46,18 @@ def read_array_file(path: str) -> np.ndarray:
         >>> read_array_file("digits.npz").shape  # np.savez("digits.npz", x=images)
         (10, 1, 28, 28)
     """
+    if not str(path).lower().endswith(".npz"):
+        return read_npy(path, ClnetError)
+    size = readable_size(path, ClnetError)
     try:
-        data = np.load(path, allow_pickle=False)
-        if isinstance(data, np.lib.npyio.NpzFile):
-            with data:
-                keys = list(data.keys())
-                key = next((k for k in ("x", "x_test", "images") if k in keys), keys[0] if len(keys) == 1 else None)
-                if key is None:
-                    raise ClnetError(f"{path}: holds {', '.join(keys) or 'no arrays'}; expected an array named x")
-                return np.asarray(data[key])
-        return np.asarray(data)
-    except ClnetError:
-        raise
-    except Exception as exc:  # corrupt, truncated, pickled objects, ...
-        raise ClnetError(f"{path}: cannot read the array file ({type(exc).__name__}: {exc})") from None
+        with open(path, "rb") as f:
+            arrays = read_npz(f, size, str(path), ClnetError)
+    except OSError as exc:
+        raise ClnetError(f"{path}: cannot read the file ({exc.strerror or exc})") from None
+    key = next((k for k in ("x", "x_test", "images") if k in arrays), next(iter(arrays)) if len(arrays) == 1 else None)
+    if key is None:
+        raise ClnetError(f"{path}: holds {', '.join(arrays) or 'no arrays'}; expected an array named x")
+    return arrays[key]
 
 
 def fit_array(path: str, x: np.ndarray, shape: Optional[Sequence[int]]) -> np.ndarray:
@@ -131,6 +131,7 @@ def read_inputs(path: str, shape: Optional[Sequence[int]]) -> Tuple[List[str], n
         >>> names[:2], x.shape
         (['digits.npz[0]', 'digits.npz[1]'], (10, 1, 28, 28))
     """
+    readable_size(path, ClnetError)  # a FIFO or a device is refused before it is opened
     if path.lower().endswith(ARRAY_EXTENSIONS):
         x = fit_array(path, read_array_file(path), shape)
         return [f"{path}[{i}]" for i in range(len(x))], x

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DatasetError
-from ..files import replace_atomically
+from ..files import readable_size, replace_atomically
 from .dataset import Dataset
 from .folder import _image_size, list_classes
 from .images import _decode, _import_pillow, decodes_to_colour, to_chw
@@ -299,6 +299,7 @@ def open_pack(path: str | os.PathLike, verify: bool = False) -> tuple[Dataset, D
 def _read_index(path):
     """The JSON of a pack's index, after checking its magic string, version and checksum."""
     damaged = "pack the images again with clnet-pack"
+    readable_size(path / INDEX, DatasetError)  # a FIFO or a device is never opened
     try:
         first, _, body = (path / INDEX).read_bytes().partition(b"\n")
     except OSError as exc:

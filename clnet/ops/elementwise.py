@@ -3,6 +3,8 @@ row copies."""
 
 import numpy as np
 
+from ..errors import ShapeError
+
 FILE = "elementwise.cl"
 LOCAL = 64
 # codes of kernels_cl/common.h
@@ -72,6 +74,7 @@ def copy_rows(plan, src, dst, rows, cols, src_stride, dst_stride):
             raise ValueError(f"copy_rows: {rows} rows of {cols} at stride {stride} do not fit in {what} "
                              f"{tuple(tensor.shape)}")
     if (rows - 1) * max(src_stride, dst_stride) + cols >= 2**31:
-        raise ValueError(f"copy_rows: {rows} rows at strides {src_stride}, {dst_stride} exceed int32 indices")
+        raise ShapeError(f"copy_rows: {rows} rows at strides {src_stride}, {dst_stride} exceed int32 indices: use a "
+                         "smaller batch or smaller images")
     return plan.launch(plan.kernel(FILE, "copy_rows"), (cols, rows), (LOCAL, 1), rows, cols, src_stride, dst_stride,
                        src, dst)

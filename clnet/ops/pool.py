@@ -6,6 +6,7 @@ output size from the output's shape. Shapes are checked before anything is built
 mismatch is a ValueError (layers check their shapes earlier, with a ShapeError naming the layer).
 """
 
+from ..errors import ShapeError
 from . import int_pair
 
 FILE = "pool.cl"
@@ -43,7 +44,8 @@ def _geometry(what, x_shape, y_shape, kernel, stride, padding):
     n, c, h, w = x_shape
     oh, ow = output_hw(h, w, (kh, kw), (sh, sw), (ph, pw))
     if n * c * max(h * w, oh * ow) >= 2**31:
-        raise ValueError(f"{what}: {tuple(x_shape)} is too large for the kernels' int32 indices")
+        raise ShapeError(f"{what}: {tuple(x_shape)} is too large for the kernels' int32 indices: use a smaller batch "
+                         "or smaller images")
     if oh < 1 or ow < 1 or tuple(y_shape) != (n, c, oh, ow):
         raise ValueError(f"{what} shapes: input {tuple(x_shape)} with kernel {(kh, kw)}, stride {(sh, sw)}, "
                          f"padding {(ph, pw)} gives output {(n, c, oh, ow)}, not {tuple(y_shape)}")
@@ -114,7 +116,8 @@ def _adaptive_geometry(what, x_shape, y_shape):
         raise ValueError(f"{what} shapes: output {tuple(y_shape)} is not (N, C, OH, OW) for input {tuple(x_shape)}")
     oh, ow = y_shape[2:]
     if n * c * max(h * w, oh * ow) >= 2**31 or max(oh * h, ow * w) >= 2**31:
-        raise ValueError(f"{what}: {tuple(x_shape)} -> {tuple(y_shape)} is too large for the kernels' int32 indices")
+        raise ShapeError(f"{what}: {tuple(x_shape)} -> {tuple(y_shape)} is too large for the kernels' int32 indices: "
+                         "use a smaller batch or smaller images")
     return n * c, {"POOL_H": h, "POOL_W": w, "POOL_OH": oh, "POOL_OW": ow}
 
 
