@@ -169,14 +169,30 @@ def world() -> World:
                                  "installed: pip install \"clnet[mpi]\" (and an MPI: pip install mpich, or the "
                                  "system's)") from None
             comm = MPI.COMM_WORLD if MPI.COMM_WORLD.Get_size() > 1 else None
-        timeout = float(os.environ.get("CLNET_MPI_TIMEOUT") or DEFAULT_TIMEOUT)
-        _world = World(comm, timeout)
+        _world = World(comm, timeout() if comm is not None else DEFAULT_TIMEOUT)
         if comm is not None:
             sys.excepthook = _abort_on_exception
     return _world
 
 
 init = world  # clnet.distributed.init(): the name an MPI user looks for
+
+
+def timeout() -> float:
+    """The seconds a rank waits in one collective: CLNET_MPI_TIMEOUT, else DEFAULT_TIMEOUT.
+
+    Raises:
+        ClnetError: CLNET_MPI_TIMEOUT is not a number of seconds above 0.
+    """
+    text = os.environ.get("CLNET_MPI_TIMEOUT") or str(DEFAULT_TIMEOUT)
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds > 0 or seconds == float("inf"):
+        raise ClnetError(f"CLNET_MPI_TIMEOUT must be a number of seconds above 0 (default {DEFAULT_TIMEOUT:g}), "
+                         f"got {text!r}")
+    return seconds
 
 
 def _abort_on_exception(kind, value, trace):

@@ -144,3 +144,12 @@ def test_ctrl_c_on_one_rank_stops_every_rank_at_the_same_step(device, tmp_path):
     mpi_fit.main("fit", device.info.index, one)
     resumed, alone = (json.loads((folder / "result.json").read_text()) for folder in (tmp_path, one))
     assert resumed == pytest.approx(alone, rel=1e-4)
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-5", "nan", "inf"])
+def test_a_bad_timeout_is_named(monkeypatch, value):
+    monkeypatch.setenv("CLNET_MPI_TIMEOUT", value)
+    with pytest.raises(clnet.ClnetError, match=f"CLNET_MPI_TIMEOUT must be a number of seconds above 0 .*'{value}'"):
+        clnet.distributed.timeout()
+    monkeypatch.setenv("CLNET_MPI_TIMEOUT", "2.5")
+    assert clnet.distributed.timeout() == 2.5
