@@ -1,7 +1,8 @@
 """clnet: train and run image-classification networks with OpenCL kernels, on any OpenCL device."""
 
 # the modules the README names as clnet.X, so that a plain `import clnet` reaches them
-from . import callbacks, datasets, errors, export, io, layers, losses, metrics, models, network, optim, torch_twin
+from . import (callbacks, datasets, distributed, errors, export, io, layers, losses, metrics, models, network, optim,
+               torch_twin)
 from .device import Device, DeviceInfo, device, devices, list_devices
 from .errors import (ClnetError, DatasetError, DeviceNotFoundError, InputError, KernelBuildError,
                      ModelFileError, OutOfDeviceMemoryError, ShapeError, TrainingError)
@@ -14,7 +15,7 @@ from .version import __version__
 __all__ = ["ClnetError", "DatasetError", "Device", "DeviceInfo", "DeviceNotFoundError", "History", "Input",
            "InputError", "KernelBuildError", "Model", "ModelFileError", "OutOfDeviceMemoryError",
            "Sequential", "ShapeError", "TrainingError", "callbacks", "datasets", "device", "devices",
-           "errors", "export", "from_onnx", "io", "layers", "list_devices", "load", "load_checkpoint",
+           "distributed", "errors", "export", "from_onnx", "io", "layers", "list_devices", "load", "load_checkpoint",
            "losses", "metrics", "models", "network", "optim", "torch_twin"]
 
 _MOVED = {"training": "callbacks"}  # modules renamed since an earlier README named them

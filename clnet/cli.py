@@ -17,31 +17,43 @@ import numpy as np
 from . import callbacks, datasets, metrics, models, optim
 from .cli_options import CONTEXT_SETTINGS, FiniteFloatRange, device_options, friendly_errors, option_group
 from .datasets.feed import parse_augment
-from .device import INSTALL_HINT, list_devices
-from .device import devices as open_devices
+from .device import INSTALL_HINT, alike, list_devices
+from .distributed import local_devices, world
 from .errors import ClnetError, InputError
 from .files import check_writable, replace_atomically, special_kind
 from .model import load as load_model
 from .onnx_import import from_onnx
+from .balance import first_guess
+from .replicas import default_shares
 from .text import format_bytes
 
 
 @click.command(context_settings=CONTEXT_SETTINGS, epilog="""\b
 Examples:
   clnet-devices
-  clnet-devices --json""")
+  clnet-devices --json
+  clnet-devices --platform nvidia --device all       # what a run on every NVIDIA GPU uses
+  clnet-devices --platform nvidia,pocl               # every GPU and the CPU, and their shares""")
 @friendly_errors
+@device_options
 @click.option("--json", "as_json", is_flag=True, help="Print the devices as JSON.")
-def devices(as_json):
-    """List every OpenCL platform and device clnet can use.
+def devices(platform, device, as_json):
+    """List every OpenCL platform and device clnet can use, and what a run would use: the best
+    device, the devices each rank of an MPI run takes in turn, and with --platform/--device the
+    devices selected, one replica each, with their shares of every batch.
 
     Select one elsewhere with --platform and --device (an index, or a case-insensitive name
     substring), or with the environment variables CLNET_PLATFORM and CLNET_DEVICE, or pyopencl's
     PYOPENCL_CTX ("platform:device") when neither of those is set.
     """
     infos = list_devices()
+    selected = _open_devices(platform, device) if platform or device else None
+    selected = selected if selected is None or isinstance(selected, list) else [selected]
     if as_json:
-        click.echo(json.dumps([info.__dict__ for info in infos], indent=2))
+        listed = [info.__dict__ for info in infos]
+        click.echo(json.dumps(listed if selected is None else
+                              {"devices": listed, "selected": [d.info.index for d in selected],
+                               "shares": _shares_text(selected)}, indent=2))
         return
     if not infos:
         raise ClnetError("No OpenCL platform was found. " + INSTALL_HINT)
@@ -59,6 +71,26 @@ def devices(as_json):
                 ("driver", info.driver)]
         for key, value in rows:
             click.echo(f"    {key:<15} {value}")
+    if selected is not None:
+        click.echo(f"Selected: {len(selected)} replica{'s' if len(selected) > 1 else ''}, shares "
+                   f"{_shares_text(selected)}")
+        for dev in selected:
+            click.echo(f"    [{dev.info.index}] {dev.info.label}")
+        return
+    best = alike()
+    click.echo(f"Default: [{best[0].index}] {best[0].label}")
+    click.echo("Under mpirun, the ranks of a machine take in turn: "
+               + ", ".join(f"[{info.index}]" for info in best))
+
+
+def _shares_text(selected):
+    """How a run on these devices splits each batch: "auto (...)", or the equal percentage."""
+    if len(selected) == 1:
+        return "100%"
+    if default_shares(selected) == "auto":
+        guess = " / ".join(f"{w:.1%}" for w in first_guess(selected))
+        return f"auto (by throughput measured during the first steps; {guess} until then)"
+    return f"equal ({100 / len(selected):.3g}% each)"
 
 
 _data_options = option_group(
@@ -266,11 +298,12 @@ def _train(platform, device, dataset, data_dir, offline, image_size, model_name,
            validation_split, seed, save_path, checkpoint_dir, resume_dir, log_path, plot_path, quiet,
            label_smoothing=0.0, stream=None, workers=None):  # defaults for run folders made before the options
     start = time.perf_counter()
+    lead = world().lead  # under MPI only rank 0 writes (and prints: friendly_errors); every rank trains
     _check_outputs(save_path, log_path, plot_path)
     extra, checkpoint = [], None
     if plot_path:
         extra.append(callbacks.PlotCurves(plot_path))
-    if checkpoint_dir and not resume_dir:
+    if checkpoint_dir and not resume_dir and lead:
         if os.path.exists(os.path.join(checkpoint_dir, RUN_OPTIONS)):  # never overwrite a run
             raise ClnetError(f"{checkpoint_dir} holds a run already: continue it with --resume {checkpoint_dir}, "
                              "or give a new --checkpoint-dir")
@@ -279,13 +312,14 @@ def _train(platform, device, dataset, data_dir, offline, image_size, model_name,
         except OSError as exc:
             raise ClnetError(f"cannot make the --checkpoint-dir folder {checkpoint_dir}: "
                              f"{exc.strerror or exc}") from None
-        options = {k: v for k, v in locals().items() if k not in ("start", "extra", "checkpoint")}
+        options = {k: v for k, v in locals().items() if k not in ("start", "lead", "extra", "checkpoint")}
         text = json.dumps({**options, "image_size": image_size and list(image_size)}, indent=1)
         replace_atomically(os.path.join(checkpoint_dir, RUN_OPTIONS), lambda f: f.write(text.encode()))
     best_path = None
     if checkpoint_dir:
+        world().share(None, "the run folder")  # rank 0 has made it
         checkpoint = os.path.join(checkpoint_dir, "checkpoint.clnet")
-        if resume_dir and not log_path and not os.path.exists(checkpoint):
+        if resume_dir and not log_path and not os.path.exists(checkpoint) and lead:
             # killed before its first checkpoint: the run starts again, and so does its own log
             with contextlib.suppress(FileNotFoundError):
                 os.remove(os.path.join(checkpoint_dir, "metrics.csv"))
@@ -319,7 +353,8 @@ def _train(platform, device, dataset, data_dir, offline, image_size, model_name,
     if best_path:
         extra.append(callbacks.SaveBest(best_path, classes=train_set.classes))
     if not quiet:
-        click.echo(f"Device:    {_label(dev)}")
+        ranks = world().size
+        click.echo(f"Device:    {_label(dev)}" + (f" (rank 0's; {ranks} MPI ranks)" if ranks > 1 else ""))
         click.echo(f"Data:      {train_set.name}, {len(train_set)} training images of {train_set.image_shape} "
                    f"({validation_split:.0%} held out for validation), {train_set.num_classes} classes, "
                    + (f"{len(test_set)} test images" if test_set is not None else "no test set"))
@@ -333,15 +368,16 @@ def _train(platform, device, dataset, data_dir, offline, image_size, model_name,
                             callbacks=extra)
     except KeyboardInterrupt:
         if checkpoint:
-            click.echo(f"Interrupted: the run is saved in {checkpoint_dir}; continue it with "
-                       f"clnet-train --resume {checkpoint_dir}", err=True)
+            if lead:
+                click.echo(f"Interrupted: the run is saved in {checkpoint_dir}; continue it with "
+                           f"clnet-train --resume {checkpoint_dir}", err=True)
             sys.exit(130)
         raise
     if save_path:
         model.save(save_path, classes=train_set.classes)
+    result = model.evaluate(test_set) if test_set is not None else None  # every rank: evaluation is split
     elapsed = f"({time.perf_counter() - start:.1f} s in all)"
-    if test_set is not None:
-        result = model.evaluate(test_set)
+    if result is not None:
         click.echo(f"Test accuracy {result['accuracy']:.4f}  test loss {result['loss']:.4f}  {elapsed}")
     elif "val_accuracy" in history.history:
         click.echo(f"Validation accuracy {history.history['val_accuracy'][-1]:.4f} (the dataset has no test "
@@ -371,8 +407,9 @@ def _streaming(stream, workers):
 
 
 def _open_devices(platform, device):
-    """The device the options name, or the list of them (replicas: "--device 0,1", "all", "--platform a,b")."""
-    opened = open_devices(platform, device)
+    """The device the options name, or the list of them (replicas: "--device 0,1", "all", "--platform a,b");
+    under MPI without --device, the local rank's (clnet.distributed.local_devices)."""
+    opened = local_devices(platform, device)
     return opened[0] if len(opened) == 1 else opened
 
 

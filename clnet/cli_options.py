@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterator, List, Optional, Sequence
 
 import click
 
+from .distributed import world
 from .errors import ClnetError
 from .progress import beside_bars
 from .version import __version__
@@ -31,10 +32,11 @@ version_option = click.version_option(__version__, "--version", "-V", message="c
 
 def friendly_errors(command: Callable) -> Callable:
     """What every command does around its work: clnet errors (and any unexpected one) become a
-    one-line message and exit status 1, unless --debug; a reader that closes the pipe early
-    (`| head`) ends the command quietly; the "clnet" logger's diagnostics go to stderr (downloads,
-    resumes and warnings; with --verbose also the device chosen, kernel builds and tuning-cache
-    hits; a command's --quiet leaves only warnings); --version / -V.
+    one-line message and exit status 1, unless --debug (under MPI an error ends every rank); a
+    reader that closes the pipe early (`| head`) ends the command quietly; the "clnet" logger's
+    diagnostics go to stderr (downloads, resumes and warnings; with --verbose also the device
+    chosen, kernel builds and tuning-cache hits; a command's --quiet leaves only warnings);
+    --version / -V.
 
     Args:
         command: the function of a click command; it gains the options --debug, --verbose/-v and
@@ -49,8 +51,10 @@ def friendly_errors(command: Callable) -> Callable:
     @functools.wraps(command)
     def wrapper(*args, debug=False, verbose=False, **kwargs):
         level = logging.DEBUG if verbose else logging.WARNING if kwargs.get("quiet") else logging.INFO
+        lead = world().lead  # under MPI, rank 0 prints and informs; the others warn and fail
+        level = level if lead else max(level, logging.WARNING)
         try:
-            with diagnostics_to_stderr(level):
+            with diagnostics_to_stderr(level), _output_unless(lead):
                 return command(*args, **kwargs)
         except click.ClickException:  # usage errors: click prints them and exits 2
             raise
@@ -65,17 +69,27 @@ def friendly_errors(command: Callable) -> Callable:
             if debug:
                 raise
             click.echo("Interrupted.", err=True)
-            sys.exit(130)
+            world().end(130)
         except Exception as exc:  # a bug: still one line, with the way to see more
             if debug:
                 raise
             click.echo(f"Error: {type(exc).__name__}: {exc} (run again with --debug for the traceback)", err=True)
-        sys.exit(1)
+        world().end(1)  # under MPI, every rank ends: the others may be waiting for this one
     return option_group(
         click.option("--verbose", "-v", is_flag=True, help="Also show the device chosen, kernel builds and "
                      "tuning-cache hits (on stderr)."),
         click.option("--debug", is_flag=True, help="Show the full traceback on errors."),
         version_option)(wrapper)
+
+
+@contextlib.contextmanager
+def _output_unless(lead: bool) -> Iterator[None]:
+    """stdout as it is on rank 0 (`lead`), the null device on the other ranks of an MPI run."""
+    if lead:
+        yield
+        return
+    with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
+        yield
 
 
 def _reader_gone(stream: Any) -> bool:
@@ -157,9 +171,10 @@ device_options = option_group(
     click.option("--platform", help="OpenCL platform: index or name substring (pocl, nvidia, intel, ...). "
                  "Default: CLNET_PLATFORM, else PYOPENCL_CTX's, else the best device's."),
     click.option("--device", help="Device: index (within the platform if one is given) or name substring. "
-                 "Default: CLNET_DEVICE, else PYOPENCL_CTX's, else the best (a GPU before a CPU). clnet-train, -eval and -predict "
-                 "take several, comma-separated, or all (of the platforms given), as replicas of the model; "
-                 "so does a comma-separated --platform without --device."))
+                 "Default: CLNET_DEVICE, else PYOPENCL_CTX's, else the best (a GPU before a CPU); under mpirun, "
+                 "each rank's by local rank. clnet-train, -eval, -predict and -devices take several, comma-separated, "
+                 "or all (of the platforms given), as replicas of the model; so does a comma-separated --platform "
+                 "without --device."))
 
 
 class FiniteFloatRange(click.FloatRange):

@@ -202,6 +202,19 @@ def devices(platform: str | None = None, device: str | None = None) -> list[Devi
     return [Device(info, cl_device) for info, cl_device in _from_requested(_select_several, platform, device)]
 
 
+def alike(platform: str | None = None) -> list[DeviceInfo]:
+    """The devices like the best one (of `platform`, else CLNET_PLATFORM's, else any): those of its
+    platform and type, in order, which a run of one process per device shares out by local rank.
+
+    Example:
+        >>> [d.label for d in alike("nvidia")]   # every NVIDIA GPU
+    """
+    platform = platform if platform is not None else os.environ.get("CLNET_PLATFORM") or None
+    found = _discover()
+    best, _ = _select(found, platform, None)
+    return [info for info, _ in found if info.platform_index == best.platform_index and info.type == best.type]
+
+
 def _select_several(found, platform, device):
     """The (DeviceInfo, cl.Device) pairs `devices` opens."""
     platforms = [p.strip() for p in str(platform).split(",")] if platform is not None else [None]

@@ -16,17 +16,20 @@ import numpy as np
 
 from . import callbacks as cb
 from . import io, losses, optim, weights_files
+from .balance import Balancer, first_guess
 from .compiler import CompiledStep, Target
 from .datasets import Dataset, ImageStream
 from .datasets.feed import InputSpec, channel_statistics, image_dims
 from .datasets.stream import skipped_report
 from .device import Device
-from .device import device as open_device
+from .distributed import local_devices, world
 from .errors import InputError, ModelFileError, ShapeError
 from .layers import Layer, SymbolicTensor
 from .network import INPUT, Network, loss_input
 from .params import IncompatibleKeys
-from .replicas import Replica, SummedMetrics, capacity, device_list, make_runner, share_weights
+from .reduction import SeamTimes
+from .replicas import (Replica, ReplicatedRunner, SummedMetrics, capacity, default_shares, device_list,
+                       make_runner, share_weights)
 from .tensor import is_pyopencl_array, pyopencl_images
 from .text import format_bytes
 from .trainer import History, Trainer
@@ -107,11 +110,14 @@ class Model:
     Args:
         inputs: the network's `clnet.Input(...)`, with `outputs` the symbolic tensor the layers
             called on it make; or a clnet.network.Network (then no `outputs`).
-        device: a clnet.Device (default: the best device, see `clnet.device`), or a list of them:
-            one replica per entry (the same device may be listed twice), each step's batch split
-            among them and their gradients combined into one update.
+        device: a clnet.Device (default: the best device, see `clnet.device`; under mpirun, the
+            local rank's, see `clnet.distributed`), or a list of them: one replica per entry (the
+            same device may be listed twice), each step's batch split among them and their
+            gradients combined into one update.
         seed: seeds initialisation, dropout, augmentation and (unless fit is given one) shuffling.
-        shares: with several devices, each one's share of every batch (default equal), as weights.
+        shares: with several devices, each one's share of every batch: weights, or "auto" (the
+            default when the devices differ; equal shares otherwise): proportional to each
+            device's measured throughput, re-measured as training goes on (clnet.balance).
 
     Example:
         >>> x = clnet.Input((3, 32, 32))
@@ -123,7 +129,7 @@ class Model:
 
     def __init__(self, inputs: SymbolicTensor | Network, outputs: SymbolicTensor | None = None,
                  device: Device | Sequence[Device] | None = None, seed: int = 0,
-                 shares: Sequence[float] | None = None):
+                 shares: Sequence[float] | str | None = None):
         if isinstance(inputs, Network):
             if outputs is not None:
                 raise TypeError("give a Network alone, or an Input and the outputs made from it")
@@ -131,19 +137,26 @@ class Model:
         else:
             network, input_shape = Network.from_symbolic(inputs, outputs), inputs.shape
         self.network = network
-        self.devices = device_list(device if device is not None else open_device())
+        self.world = world()  # the ranks of an MPI run (one without)
+        self.devices = device_list(device if device is not None else local_devices())
         self.device = self.devices[0]  # the first replica's: state_dict, save and summary read it
         self.seed = int(seed)
-        self.shares = share_weights(shares, len(self.devices))
+        self.shares = share_weights(shares, len(self.devices))  # changed in place when balanced
+        shares = default_shares(self.devices) if shares is None else shares
+        self.balancer = None
+        if isinstance(shares, str) and len(self.devices) > 1:
+            self.shares[:] = first_guess(self.devices)
+            self.balancer = Balancer(self.shares, [d.name for d in self.devices])
         first = Replica(self.device, network, self.seed)
         self.replicas = [first] + [Replica(d, network, self.seed, like=first) for d in self.devices[1:]]
         self.param_store = first.store
-        self.metrics = SummedMetrics(self.replicas)  # loss, -, correct, count over every replica
+        self.metrics = SummedMetrics(self.replicas, self.world)  # loss, -, correct, count over every replica
         self.loss = self.optimizer = None
         self.input_shape = input_shape
         self.normalization = None  # per-channel (mean, std) applied to every input, set by fit(normalize=...)
         self.classes = None        # class names in output order, kept in model files
         self.history = None        # the History of the last (or current) fit
+        self.seam_times = None     # a SeamTimes that replicated training steps add to (time_seam)
         self._warned_not_finite = False  # predict warns once about outputs that are not numbers
         self._runners = {}
 
@@ -208,9 +221,25 @@ class Model:
                         spec)
         if target not in self._runners:
             self._runners[target] = make_runner(self.replicas, self.shares, target,
-                                                lambda replica, t: self._compile(t, replica=replica), self.optimizer)
+                                                lambda replica, t: self._compile(t, replica=replica), self.optimizer,
+                                                self.world, self.balancer)
         self.input_shape = target.input_shape
-        return self._runners[target]
+        runner = self._runners[target]
+        if isinstance(runner, ReplicatedRunner):
+            runner.times = self.seam_times
+        return runner
+
+    def time_seam(self) -> SeamTimes:
+        """Time every replicated training step from now on (several devices or MPI ranks): per
+        step, the compute, the reduction of the gradients and how much of it the compute hid.
+
+        Example:
+            >>> times = model.time_seam()
+            >>> model.fit(x, y, batch_size=1024, epochs=1)
+            >>> times.per_step()   # {"steps": 58, "compute": 0.021, "reduction": 0.004, "hidden": 0.003}
+        """
+        self.seam_times = SeamTimes()
+        return self.seam_times
 
     def _require_compiled(self, what):
         if self.loss is None:
@@ -311,8 +340,10 @@ class Model:
         runner.train(x, targets)
         return self._read_metrics(targets)["loss"]
 
-    def _read_metrics(self, targets):
-        loss_sum, _, correct, count = self.metrics.download()
+    def _read_metrics(self, targets, local=False):
+        """Loss (and accuracy) of the metrics summed so far: over every rank (a collective under
+        MPI), or with `local` over this process's replicas alone."""
+        loss_sum, _, correct, count = self.metrics.download() if local else self.metrics.total()
         logs = {"loss": float(loss_sum / max(count, 1))}
         if self.loss.has_accuracy(targets):
             logs["accuracy"] = float(correct / max(count, 1))
@@ -435,7 +466,9 @@ class Model:
         Example:
             >>> model.save_weights("resnet18.safetensors")
         """
-        weights_files.write_weights(self.state_dict(), path)
+        state = self.state_dict()
+        if self.world.lead:  # under MPI every rank holds the same weights: rank 0 writes them
+            weights_files.write_weights(state, path)
 
     def load_weights(self, path, strict: bool = True) -> IncompatibleKeys:
         """Load a weights file (`.safetensors`, `.pt` / `.pth`, `.npz`, or a `.clnet` model file's
@@ -451,6 +484,24 @@ class Model:
             >>> model.load_weights("resnet18.safetensors")    # saved by torch's safetensors.torch.save_file
         """
         return self.load_state_dict(weights_files.read_weights(path), strict)
+
+    def _broadcast(self) -> None:
+        """Rank 0's parameters, buffers, optimizer state and step count on every rank (under MPI):
+        a fit starts from the same state everywhere, also after a resume."""
+        if self.world.size == 1:
+            return
+        first = self.param_store
+        for name in ("params", "buffers"):
+            values = self.world.broadcast(getattr(first, name).download(), f"the {name}")
+            for replica in self.replicas:
+                getattr(replica.store, name).upload(values)
+        for i, tensor in enumerate(first.optimizer_state):
+            values = self.world.broadcast(tensor.download(), "the optimizer state")
+            for replica in self.replicas:
+                replica.store.optimizer_state[i].upload(values)
+        steps = self.world.share(first.steps, "the step count")
+        for replica in self.replicas:
+            replica.store.steps = steps
 
     def optimizer_state_dict(self) -> dict:
         """Everything the optimizer needs to continue: {"class", "config" (hyper-parameters),
@@ -478,7 +529,8 @@ class Model:
         weights, the seed, the loss, the input shape, the normalisation and the class names
         (`classes`, in output order; default `model.classes`). `clnet.load(path)` reads it back;
         clnet/io.py documents the format."""
-        io.save(self, path, classes=classes)
+        if self.world.lead:  # under MPI every rank holds the same model: rank 0 writes it
+            io.save(self, path, classes=classes)
 
     def restore(self, saved: io.SavedCheckpoint, path) -> None:
         """Load a checkpoint (`io.read_checkpoint`'s SavedCheckpoint read from `path`) into this
@@ -523,7 +575,8 @@ class Model:
         line = lambda r: "  ".join(v.ljust(w) if c == 0 else v.rjust(w) for c, (v, w) in enumerate(zip(r, widths)))
         rule = "-" * len(line(header))
         training = self.loss is not None
-        shard = capacity(int(batch_size), self.shares)[0]  # the first replica's rows; the batch on one device
+        # the first replica's rows (the batch on one device)
+        shard = capacity(int(batch_size), self.shares, self.world, self.balancer is not None)[0]
         target = Target(shard, input_shape, training,
                         np.dtype(self.loss.target_dtype).str if training else None)
         arena = 4 * self._compile(target, allocate=False).plan.place()  # planned, not allocated
@@ -559,7 +612,7 @@ class Sequential(Model):
     """
 
     def __init__(self, layers: Sequence[Layer], device: Device | Sequence[Device] | None = None, seed: int = 0,
-                 shares: Sequence[float] | None = None):
+                 shares: Sequence[float] | str | None = None):
         super().__init__(Network.chain(layers), device=device, seed=seed, shares=shares)
 
     @property

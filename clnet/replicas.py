@@ -1,14 +1,17 @@
 """Replicas: one network trained data-parallel on several devices of one process (the same device may
-be listed twice). Each replica holds its own ParamStore, metrics and compiled steps over the same
-network; parameters are identical on every replica at every step.
+be listed twice), and over the ranks of an MPI run (clnet.distributed). Each replica holds its own
+ParamStore, metrics and compiled steps over the same network; parameters are identical on every
+replica of every rank at every step.
 
-A training step splits the global batch into contiguous shards by the replicas' shares; each replica
-runs input to backward on its shard and stops at the seam; the flat gradients are combined, each
-weighted by its shard's share of the batch, into the gradient of the global batch's mean loss; every
-replica then applies the same update. The combination goes through the host for now: each replica's
-flat buffer is read, summed in replica order in float64, and written back to every replica.
-BatchNorm's running statistics are combined the same way after the step (each replica normalised
-by its own shard's statistics, as PyTorch's DistributedDataParallel without SyncBatchNorm).
+A training step splits the global batch into contiguous shards: first equally among the ranks,
+then each rank's part by its replicas' shares; each replica runs input to backward on its shard and
+stops at the seam; the flat gradients are combined, each weighted by its shard's share of the
+global batch, into the gradient of the global batch's mean loss; every replica then applies the
+same update. The combination goes through the host, in buckets read as the backward pass writes
+them (clnet.reduction): summed in replica order in float64, then over the ranks by MPI (in
+float64), and the total written back to every replica. BatchNorm's running statistics are combined
+the same way after the step (each replica normalised by its own shard's statistics, as PyTorch's
+DistributedDataParallel without SyncBatchNorm).
 """
 
 from __future__ import annotations
@@ -17,10 +20,13 @@ from dataclasses import replace
 
 import numpy as np
 
+from .balance import Balancer
 from .device import Device
+from .distributed import World
 from .errors import InputError
 from .params import ParamStore
-from .runner import Runner
+from .reduction import BucketedSum
+from .runner import Runner, Stopwatch
 from .tensor import DeviceTensor
 
 
@@ -33,14 +39,23 @@ def device_list(device) -> list:
     return list(devices)
 
 
+def default_shares(devices) -> str | None:
+    """`shares=` when none is given: "auto" (by measured throughput) when the devices differ, else
+    None (equal)."""
+    return "auto" if len({d.info.label for d in devices}) > 1 else None
+
+
 def share_weights(shares, replicas: int) -> np.ndarray:
-    """The replicas' shares of a batch as fractions summing to 1 (equal when `shares` is None)."""
-    if shares is None:
+    """The replicas' shares of a batch as fractions summing to 1 (equal when `shares` is None, and
+    where "auto" starts)."""
+    wanted = f"shares= needs \"auto\" or {replicas} non-negative numbers, one per device, not all zero"
+    if isinstance(shares, str) and shares != "auto":
+        raise InputError(f"{wanted}; got {shares!r}")
+    if shares is None or isinstance(shares, str):
         return np.full(replicas, 1.0 / replicas)
     weights = np.asarray(shares, dtype=np.float64).reshape(-1)
     if len(weights) != replicas or not np.all(np.isfinite(weights)) or np.any(weights < 0) or weights.sum() <= 0:
-        raise InputError(f"shares= needs {replicas} non-negative numbers, one per device, not all zero; "
-                         f"got {shares!r}")
+        raise InputError(f"{wanted}; got {shares!r}")
     return weights / weights.sum()
 
 
@@ -62,11 +77,12 @@ class Replica:
 
 
 class SummedMetrics:
-    """The metrics of every replica as one, read as their sum; a checkpoint keeps each replica's
-    (`state`), so that a resumed fit adds in the same order as one never interrupted."""
+    """The metrics of every replica as one, read as their sum (`download`: this process's replicas;
+    `total`: over every rank too); a checkpoint keeps each replica's of every rank (`state`), so
+    that a resumed fit adds in the same order as one never interrupted."""
 
-    def __init__(self, replicas):
-        self.tensors = [r.metrics for r in replicas]
+    def __init__(self, replicas, world: World):
+        self.tensors, self.world = [r.metrics for r in replicas], world
 
     def fill(self, value=0):
         for tensor in self.tensors:
@@ -75,90 +91,134 @@ class SummedMetrics:
     def download(self):
         return np.sum([t.download() for t in self.tensors], axis=0, dtype=np.float32)
 
+    def total(self):
+        """The sum over every replica of every rank (a collective under MPI)."""
+        return self.world.sum(self.download().astype(np.float64), "the metrics").astype(np.float32)
+
     def state(self):
-        """Each replica's metrics: (4,) on one device, (replicas, 4) on several."""
-        rows = np.stack([t.download() for t in self.tensors])
+        """Each replica's metrics: (4,) on one device, (replicas, 4) on several, rank after rank
+        under MPI (a collective)."""
+        rows = np.concatenate(self.world.gather(np.stack([t.download() for t in self.tensors]), "the metrics"))
         return rows[0] if len(rows) == 1 else rows
 
     def load_state(self, state):
-        """`state()` of the same replicas, or else metrics as one (4,) row, which the first replica takes."""
+        """`state()` of the same replicas and ranks, or else metrics as one (4,) row, which the first
+        replica takes."""
         rows = np.asarray(state, np.float32).reshape(-1, 4)
+        mine = len(self.tensors)
+        if len(rows) == mine * self.world.size:
+            rows = rows[self.world.rank * mine:(self.world.rank + 1) * mine]
         if len(rows) != len(self.tensors):
             rows = np.concatenate([rows.sum(axis=0, keepdims=True), np.zeros((len(self.tensors) - 1, 4), np.float32)])
         for tensor, row in zip(self.tensors, rows):
             tensor.upload(row)
 
 
-def combine(tensors, weights):
-    """Write sum_i weights[i] * tensors[i] (float64, in replica order) into every tensor."""
+def combine(tensors, weights, world: World, what):
+    """Write sum_i weights[i] * tensors[i] (float64, in replica order, then over the ranks) into
+    every tensor."""
     total = np.zeros(tensors[0].size, np.float64)
     for tensor, weight in zip(tensors, weights):
         if weight:
             total += weight * tensor.download()
-    total = total.astype(np.float32)
+    total = world.sum(total, what).astype(np.float32)
     for tensor in tensors:
         tensor.upload(total)
 
 
+def rank_part(n, world: World):
+    """The rows [start, stop) of a global batch of `n` that this rank's replicas share: equal parts
+    in rank order, as `shard_bounds` splits."""
+    bounds = shard_bounds(n, share_weights(None, world.size))
+    return bounds[world.rank], bounds[world.rank + 1]
+
+
 class ReplicatedRunner:
-    """Runs one step over the replicas' runners, each compiled for the most rows its shard can have.
+    """Runs one step over the replicas' runners, each compiled for the most rows its shard can have,
+    on this rank's part of every global batch.
 
     Args:
         runners: a Runner per replica, in the replicas' order.
-        weights: the replicas' shares (`share_weights`).
+        weights: the replicas' shares (`share_weights`), an array that `balancer` may change.
+        world: the ranks (clnet.distributed.World) whose gradients are summed too.
+        balancer: a clnet.balance.Balancer that measures training steps and moves the shares, or None.
     """
 
-    def __init__(self, runners, weights):
-        self.runners, self.weights = runners, weights
+    def __init__(self, runners, weights, world: World, balancer: Balancer | None = None):
+        self.runners, self.weights, self.world, self.balancer = runners, weights, world, balancer
         self.output_shape = runners[0].output_shape
+        self.times = None  # a clnet.reduction.SeamTimes that training steps add to, when set
         stores = [r.store for r in runners]
-        self._grads = [s.grads for s in stores]
+        self._summed = BucketedSum(runners, world) if runners[0].compiled.training else None
         self._buffers = [s.buffers for s in stores] if any(not e.trainable for e in stores[0].entries) else None
 
     def _shards(self, n):
-        bounds = shard_bounds(n, self.weights)
-        return [slice(start, stop) for start, stop in zip(bounds[:-1], bounds[1:])]
+        """This rank's replicas' shards of a global batch of n rows, as slices of it."""
+        start, stop = rank_part(n, self.world)
+        bounds = start + shard_bounds(stop - start, self.weights)
+        return [slice(first, end) for first, end in zip(bounds[:-1], bounds[1:])]
 
     def train(self, x, targets):
-        """One step on a host batch: gradients per shard, combined, then the same update everywhere."""
-        shards = self._shards(len(x))
-        for runner, shard in zip(self.runners, shards):
+        """One step on a host batch (the global batch: this rank trains its part of it): gradients
+        per shard, combined, then the same update everywhere."""
+        n = len(x)
+        shards = self._shards(n)
+        self._summed.times = self.times
+        if self.times is not None:
+            self.times.begin()
+        watch = Stopwatch(len(shards)) if self.balancer is not None and self.balancer.due() else None
+        for i, (runner, shard) in enumerate(zip(self.runners, shards)):
             runner.plan.set_dynamic("first_row", shard.start)
             runner.train(x[shard], targets[shard], update=False)
-        weights = [(shard.stop - shard.start) / len(x) for shard in shards]
-        combine(self._grads, weights)
+            if watch and shard.stop > shard.start:
+                watch.mark(i, runner)
+        self._summed.read([shard.stop > shard.start for shard in shards])
+        if watch:
+            self.balancer.record([shard.stop - shard.start for shard in shards], watch.wait())
+        weights = [(shard.stop - shard.start) / n for shard in shards]
+        self._summed.combine(weights)
         if self._buffers is not None:
-            combine(self._buffers, weights)
+            combine(self._buffers, weights, self.world, "the running statistics")
         for runner in self.runners:
             runner.update()
 
     def infer(self, x, targets=None, want_output=True):
-        """One evaluation batch split into shards; the outputs of the valid rows in order when asked."""
+        """One evaluation batch split into shards; the outputs of the valid rows in order when asked
+        (gathered from every rank under MPI)."""
         shards = [(runner, shard) for runner, shard in zip(self.runners, self._shards(len(x)))
                   if shard.stop > shard.start]
         for runner, shard in shards:
             runner.infer(x[shard], None if targets is None else targets[shard], want_output, read=False)
-        if want_output:
-            return np.concatenate([runner.output() for runner, _ in shards])
-        return None
+        if not want_output:
+            return None
+        outputs = [runner.output() for runner, _ in shards]
+        mine = np.concatenate(outputs) if outputs else np.zeros((0, *self.output_shape), np.float32)
+        return np.concatenate(self.world.gather(mine, "the outputs")) if self.world.size > 1 else mine
 
     def sync(self):
         for runner in self.runners:
             runner.sync()
 
 
-def capacity(batch_size: int, weights: np.ndarray) -> list:
-    """The rows each replica's step is compiled for: the most its shard of any batch up to
-    `batch_size` samples holds (at least 1, as a replica without a shard still updates)."""
-    bounds = shard_bounds(np.arange(1, batch_size + 1), weights)
+def capacity(batch_size: int, weights: np.ndarray, world: World = World(), balanced: bool = False) -> list:
+    """The rows each of this rank's replicas' steps is compiled for: the most its shard of any
+    global batch up to `batch_size` samples holds (at least 1, as a replica without a shard still
+    updates); with `balanced` shares, which move during a run, the most this rank's part holds, so
+    that no share needs another compilation."""
+    parts = np.diff(shard_bounds(np.arange(1, batch_size + 1), share_weights(None, world.size)), axis=1)
+    if balanced:
+        return [max(1, int(parts[:, world.rank].max()))] * len(weights)
+    bounds = shard_bounds(parts[:, world.rank], weights)
     return [max(1, int(c)) for c in np.diff(bounds, axis=1).max(axis=0)]
 
 
-def make_runner(replicas, weights, target, compile_step, optimizer):
-    """A Runner for one replica, or a ReplicatedRunner over all of them; `compile_step(replica, target)`
-    compiles one replica's step, `target` the global batch's."""
-    if len(replicas) == 1:
+def make_runner(replicas, weights, target, compile_step, optimizer, world: World, balancer: Balancer | None = None):
+    """A Runner for one replica of one process, or a ReplicatedRunner over all of them;
+    `compile_step(replica, target)` compiles one replica's step, `target` the global batch's; a
+    training runner's steps feed `balancer` when there is one."""
+    if len(replicas) == 1 and world.size == 1:
         return Runner(compile_step(replicas[0], target), replicas[0].store, optimizer)
-    runners = [Runner(compile_step(replica, replace(target, batch_size=rows)), replica.store, optimizer)
-               for replica, rows in zip(replicas, capacity(target.batch_size, weights))]
-    return ReplicatedRunner(runners, weights)
+    rows = capacity(target.batch_size, weights, world, balanced=balancer is not None)
+    runners = [Runner(compile_step(replica, replace(target, batch_size=size)), replica.store, optimizer)
+               for replica, size in zip(replicas, rows)]
+    return ReplicatedRunner(runners, weights, world, balancer if target.training else None)

@@ -3,6 +3,8 @@ upload of the next batch overlaps this one's kernels), binds the input stage to 
 batch, or a dataset held on the device), sets the per-step arguments, and keeps the host at most
 AHEAD steps in front of the device."""
 
+import threading
+import time
 from collections import deque
 
 import numpy as np
@@ -23,6 +25,7 @@ class Runner:
         self.plan, self.device, self.output_shape = compiled.plan, compiled.device, compiled.output_shape
         self._slot, self._slots, self._ahead = 0, [None, None], deque()
         self._source = None
+        self.last_events = []  # of the launches queued by the last run, in order
         self.n_valid = compiled.batch_size
         self._gathers = self.plan.phase_range("input", "input")[1]  # launches of the input stage, first in the plan
         if compiled.training:
@@ -78,6 +81,7 @@ class Runner:
         events = []
         for start, stop in ranges:
             events += self.plan.run(wait_for=staged[0] if staged and not events else None, start=start, stop=stop)
+        self.last_events = events
         if staged:  # the slot may be refilled once the input stage's gathers have read it
             self._slots[self._slot] = (*staged, events[self._gathers - 1])
         # The host stays at most AHEAD steps in front of the device: progress shown is progress made.
@@ -98,6 +102,11 @@ class Runner:
             ranges.insert(0, self._gradients)
         if ranges:
             self._run(staged, *ranges)
+
+    @property
+    def last_event(self):
+        """The event of the last launch queued (None before any)."""
+        return self._ahead[-1] if self._ahead else None
 
     def update(self):
         """Queue the optimizer's update of a step trained with update=False."""
@@ -136,3 +145,38 @@ class Runner:
         self._slots = [None, None]
         self._ahead.clear()
         self._source = None
+
+
+class Stopwatch:
+    """When each of several runners' launches queued so far complete, in seconds from the
+    stopwatch's start: a callback on each runner's last event records it as the device finishes,
+    whatever the host is doing then.
+
+    Example:
+        >>> watch = Stopwatch(len(runners))
+        >>> for i, runner in enumerate(runners):
+        ...     runner.train(x, y, update=False)
+        ...     watch.mark(i, runner)
+        >>> watch.wait()    # [seconds until each finished]
+    """
+
+    def __init__(self, count: int):
+        self.start, self.times, self._events = time.perf_counter(), [0.0] * count, []
+        self._done = threading.Semaphore(0)
+
+    def mark(self, index: int, runner: Runner) -> None:
+        """Record when what `runner` has queued completes, as `times[index]`."""
+        event = runner.last_event
+        event.set_callback(cl.command_execution_status.COMPLETE, lambda status: self._record(index))
+        runner.device.queue.flush()  # else a driver may hold the launches back
+        self._events.append(event)
+
+    def _record(self, index):
+        self.times[index] = time.perf_counter() - self.start
+        self._done.release()
+
+    def wait(self) -> list:
+        """The seconds until each marked runner finished (0 for those not marked)."""
+        for _ in self._events:
+            self._done.acquire()
+        return self.times

@@ -10,19 +10,29 @@ import pyopencl.array as cl_array
 from .errors import InputError, OutOfDeviceMemoryError
 
 
-def allocate(device, nbytes, what):
-    """A device buffer of `nbytes`, or an OutOfDeviceMemoryError that says what was asked for."""
+def allocate(device, nbytes, what, flags=0):
+    """A device buffer of `nbytes` (with further cl.mem_flags `flags`), or an OutOfDeviceMemoryError
+    that says what was asked for."""
     info = device.info
     if nbytes > info.max_alloc:
         raise OutOfDeviceMemoryError(
             f"{what} needs {nbytes / 2**20:.1f} MiB in one buffer, but {info.name} allows at most "
             f"{info.max_alloc / 2**20:.1f} MiB per buffer: use a smaller batch size or model, or another device")
     try:
-        return cl.Buffer(device.context, cl.mem_flags.READ_WRITE, size=max(nbytes, 4))
+        return cl.Buffer(device.context, cl.mem_flags.READ_WRITE | flags, size=max(nbytes, 4))
     except cl.MemoryError as exc:
         raise OutOfDeviceMemoryError(
             f"{what} needs {nbytes / 2**20:.1f} MiB and {info.name} could not provide it "
             f"({info.global_mem / 2**20:.0f} MiB in all): use a smaller batch size or model") from exc
+
+
+def pinned(device, size, dtype=np.float32) -> np.ndarray:
+    """A host array of `size` elements in memory the driver allocates for transfers (page-locked
+    where it can), so that copies to and from it run while the host goes on; it stays mapped, and
+    its buffer alive, as long as the array lives."""
+    buffer = allocate(device, size * np.dtype(dtype).itemsize, "a transfer buffer", cl.mem_flags.ALLOC_HOST_PTR)
+    array, _ = cl.enqueue_map_buffer(device.queue, buffer, cl.map_flags.READ | cl.map_flags.WRITE, 0, (size,), dtype)
+    return array
 
 
 class DeviceTensor:
@@ -73,6 +83,13 @@ class DeviceTensor:
         cl.enqueue_copy(self.device.queue, out, self.buffer,
                         src_offset=self.offset * self.dtype.itemsize, is_blocking=True)
         return out
+
+    def read_into(self, out, queue=None, wait_for=None):
+        """Queue a copy of this tensor into the host array `out` (contiguous, of its size) on
+        `queue` (default the device's) after the events `wait_for`, without waiting; returns the
+        event, which `out` must outlive."""
+        return cl.enqueue_copy(queue or self.device.queue, out, self.buffer,
+                               src_offset=self.offset * self.dtype.itemsize, wait_for=wait_for, is_blocking=False)
 
     @classmethod
     def empty(cls, device, shape, dtype=np.float32, what="a tensor"):

@@ -95,14 +95,16 @@ class Trainer:
         if validation_data is None and any(m.startswith("val_") for m in monitors):
             raise InputError(f"{', '.join(monitors)} needs validation data: pass validation_split or validation_data")
         self.model, self.callbacks, self.validation_data = model, list(callbacks), validation_data
-        self.verbose, self.stream = bool(verbose), stream or sys.stdout
+        self.verbose, self.stream = bool(verbose) and model.world.lead, stream or sys.stdout  # rank 0 prints
 
     def _call(self, hook, *args):
         for callback in self.callbacks:
             getattr(callback, hook)(*args)
 
     def read_metrics(self) -> dict:
-        return self.model._read_metrics(self.targets)
+        """The running metrics of this process's replicas (not a collective: under MPI, rank 0's
+        shards only, for the progress bar)."""
+        return self.model._read_metrics(self.targets, local=True)
 
     @property
     def epoch_seconds(self):
@@ -145,10 +147,11 @@ class Trainer:
                     raise InputError("random-resized-crop needs a streamed image folder (ImageFolder(..., "
                                      "stream=True), --stream): use crop and flip for images in memory")
             runner = model._runner(self.batch_size, x.shape[1:], True, targets.dtype, model._spec(x, crop, flip))
-            if len(model.replicas) > 1:  # each replica's shard is uploaded: no dataset held on one device
+            model._broadcast()  # under MPI, every rank starts from rank 0's state
+            if len(model.replicas) > 1 or model.world.size > 1:  # each shard is uploaded: no dataset on one device
                 if resident is True:
-                    raise InputError("resident=True needs a model on one device: a replicated model's fit "
-                                     "uploads each replica's shard (pass resident='auto' or False)")
+                    raise InputError("resident=True needs a model on one device of one process: a replicated "
+                                     "model's fit uploads each replica's shard (pass resident='auto' or False)")
                 resident = False
             if resident == "auto":
                 in_use = runner.plan.arena_bytes + 4 * model.param_store.params.nbytes
@@ -157,7 +160,7 @@ class Trainer:
             with _InterruptBetweenSteps() as interrupt:
                 for epoch in range(self.start_epoch, epochs + 1):
                     self._epoch(epoch, runner, x, targets, samples, data, shuffle, interrupt)
-                    if interrupt.requested:
+                    if self._interrupted(interrupt):
                         raise KeyboardInterrupt
                     if self.stop_training:
                         break
@@ -168,6 +171,13 @@ class Trainer:
                 if isinstance(data, ImageStream):
                     data.close()
         return self.history
+
+    def _interrupted(self, interrupt):
+        """Whether Ctrl-C was pressed: here, or on any rank under MPI (all ranks stop at the same step)."""
+        world = self.model.world
+        if world.size == 1:
+            return interrupt.requested
+        return world.any(interrupt.requested, "the check for Ctrl-C after a step")
 
     def _rows_of(self, positions):
         """The rows of x at these positions of the training samples."""
@@ -200,7 +210,7 @@ class Trainer:
                     self.input_wait += time.perf_counter() - waiting
                     runner.train(images, targets[used])
                 self._call("on_step_end", epoch, step)
-                if interrupt.requested and step + 1 < steps:  # keep what is done, then stop
+                if self._interrupted(interrupt) and step + 1 < steps:  # keep what is done, then stop
                     runner.sync()
                     self._call("on_interrupt", epoch, step + 1)
                     raise KeyboardInterrupt
@@ -209,7 +219,7 @@ class Trainer:
             log.warning("Epoch %d: %s", epoch, skipped_report(x.skipped))
         done = steps - self.start_step
         self.start_step = 0
-        logs = self.read_metrics()
+        logs = model._read_metrics(self.targets)  # over every rank
         runner.sync()
         self._call("on_epoch_metrics", epoch, logs)
         if self.validation_data is not None:

@@ -2,10 +2,14 @@
 times, against the same model on one device: one step, a short fit, shares, tiny batches,
 prediction, files and bad input."""
 
+import json
 import os
 import signal
+import threading
+import time
 
 import numpy as np
+import pyopencl as cl
 import pytest
 
 import clnet
@@ -201,3 +205,139 @@ def test_dropout_and_augmentation_draw_the_whole_batch_masks(device):
         model.fit(x, y, epochs=2, batch_size=7, shuffle=False, augment="crop=2,flip", verbose=0)
     assert replicated.history.history["loss"] == pytest.approx(single.history.history["loss"], rel=1e-5)
     assert_close(single.state_dict(), replicated.state_dict())
+
+
+def slowed(monkeypatch, model, seconds_per_row, seconds_per_step=(0, 0)):
+    """The test hook of slow devices: each replica's device starts its shard late, by
+    seconds_per_row[i] per row and seconds_per_step[i], as a slower device would finish it late:
+    its queue waits for a user event that a timer completes, so the host goes on queuing."""
+    train = clnet.runner.Runner.train
+    stores = [replica.store for replica in model.replicas]
+
+    def slow_train(runner, x, targets, update=True):
+        if runner.store in stores and len(x):
+            i = stores.index(runner.store)
+            start = cl.UserEvent(runner.device.context)
+            cl.enqueue_marker(runner.device.queue, wait_for=[start])
+            threading.Timer(seconds_per_row[i] * len(x) + seconds_per_step[i],
+                            start.set_status, [cl.command_execution_status.COMPLETE]).start()
+        return train(runner, x, targets, update)
+    monkeypatch.setattr(clnet.runner.Runner, "train", slow_train)
+
+
+class EpochClock(clnet.callbacks.Callback):
+    """The seconds of each epoch's steps, compilation left out."""
+
+    def on_epoch_begin(self, epoch):
+        self.start = time.perf_counter()
+
+    def on_epoch_metrics(self, epoch, logs):
+        self.seconds = time.perf_counter() - self.start
+
+
+@pytest.mark.parametrize("per_row, per_step", [((0.0004, 0.0012), (0, 0)), ((0, 0), (0, 0.03))],
+                         ids=["slower-per-row", "fixed-cost"])
+def test_auto_shares_follow_the_faster_device(device, monkeypatch, caplog, per_row, per_step):
+    """shares="auto": a replica three times slower per row gets a quarter of each batch, so the
+    step time follows the faster one; one slowed by a fixed cost larger than the other's whole step
+    gets nothing, and the run says so. Either way the weights are one device's."""
+    (x, y), _ = clnet.datasets.load_mnist_5k()
+    x, y = x[:1280], y[:1280]
+    fit = dict(epochs=2, batch_size=64, shuffle=False, verbose=0)
+    seconds = []
+    for shares in ([1, 1], "auto"):
+        model, clock = compiled(mlp, [device, device], shares), EpochClock()
+        slowed(monkeypatch, model, per_row, per_step)
+        model.fit(x, y, callbacks=[clock], **fit)
+        seconds.append(clock.seconds)  # of the second epoch, balanced
+    single = compiled(mlp, device)
+    single.fit(x, y, **fit)
+    assert_close(single.state_dict(), model.state_dict(), rtol=1e-4)
+    assert seconds[1] < 0.75 * seconds[0], (seconds, model.shares)
+    if per_step[1]:
+        assert list(model.shares) == [1, 0] and model.balancer.dropped == {1}
+        assert "gets no rows from now on" in caplog.text
+    else:
+        assert 0.12 < model.shares[1] < 0.38 and not model.balancer.dropped, model.shares
+
+
+def test_auto_is_the_default_for_different_devices(device):
+    assert compiled(mlp, [device, device]).balancer is None
+    assert compiled(mlp, [device, device], "auto").balancer is not None
+    with pytest.raises(InputError, match='"auto" or 2 non-negative numbers'):
+        mlp([device, device], "fast")
+
+
+def test_bucketed_sum_in_the_order_backward_writes(device, monkeypatch):
+    """Gradients read in small buckets, each after the last backward launch that touches it (the
+    last layer's first), sum to the same weights bit for bit as in one bucket, and to one device's;
+    the seam's times add up."""
+    monkeypatch.setattr(clnet.reduction, "BUCKET", 300)
+    x, y = batch(32)
+    single, small = compiled(mlp, device), compiled(mlp, [device] * 2, [3, 1])
+    times = small.time_seam()
+    for _ in range(3):
+        single.train_on_batch(x, y)
+        small.train_on_batch(x, y)
+    monkeypatch.undo()
+    whole = compiled(mlp, [device] * 2, [3, 1])
+    for _ in range(3):
+        whole.train_on_batch(x, y)
+    runner = next(iter(small._runners.values()))
+    found = runner._summed.buckets[0]
+    assert len(found) == -(-small.param_store.grads.size // 300) and len(runner._summed.buckets[1]) == len(found)
+    assert found[0][1] == small.param_store.grads.size  # the buffer's end: the last layer, written first
+    assert [b[2] for b in found] == sorted(b[2] for b in found) and found[0][2] < found[-1][2]
+    for key, value in whole.state_dict().items():
+        np.testing.assert_array_equal(small.state_dict()[key], value, err_msg=key)
+    assert_close(single.state_dict(), small.state_dict())
+    seam = times.per_step()
+    assert seam["steps"] == 3 and seam["compute"] > 0 and 0 <= seam["hidden"] <= seam["reduction"] > 0
+
+
+def test_clnet_devices_shows_the_selection_and_its_shares(device):
+    """clnet-devices with --device lists the replicas a run would use and how it splits batches."""
+    from click.testing import CliRunner
+    from clnet.cli import devices
+    index = str(device.info.index)
+    result = CliRunner().invoke(devices, ["--device", f"{index},{index}"])
+    assert result.exit_code == 0, result.output
+    assert f"Selected: 2 replicas, shares equal (50% each)\n    [{index}] {device.info.label}" in result.output
+    listed = json.loads(CliRunner().invoke(devices, ["--device", index, "--json"]).output)
+    assert listed["selected"] == [device.info.index] and listed["shares"] == "100%"
+    plain = CliRunner().invoke(devices, [])
+    assert "Default: [" in plain.output and "Under mpirun, the ranks of a machine take in turn: [" in plain.output
+
+
+def test_balancer_moves_shares_on_drift_only():
+    """Synthetic timings: two rounds set the shares by throughput; a later measured step moves them
+    only when the devices' times drift apart by more than DRIFT, and the step after may leave a
+    device out."""
+    from clnet import balance
+    balancer = balance.Balancer(np.full(2, 0.5), ["fast", "slow"])
+    while balancer.rounds < 2:  # one device needs 1 ms a row, the other 3 ms
+        if balancer.due():
+            rows = np.diff(shard_bounds(64, balancer.weights))
+            balancer.record(rows, rows * np.array([0.001, 0.003]))
+    assert balancer.weights == pytest.approx([0.75, 0.25]) and not balancer.dropped
+    while not balancer.due():  # the next measured step: as balanced as rounding leaves it
+        pass
+    balancer.record([48, 16], [0.048, 0.048 * (1 + balance.DRIFT / 2)])
+    assert balancer.weights == pytest.approx([0.75, 0.25])
+    while not balancer.due():  # the slow device has become slower: the shares move, no one is left out
+        pass
+    balancer.record([48, 16], [0.048, 0.096])
+    assert balancer.weights == pytest.approx([6 / 7, 1 / 7]) and not balancer.dropped
+    assert balancer.due()  # the step after, at the new shares: a fixed cost shows now
+    balancer.record([55, 9], [0.055, 0.080])
+    assert list(balancer.weights) == [1, 0] and balancer.dropped == {1}
+
+
+def test_first_guess_gives_a_cpu_beside_a_gpu_a_sixteenth():
+    from clnet.balance import first_guess
+
+    class Fake:
+        def __init__(self, kind):
+            self.info = type("Info", (), {"type": kind})()
+    assert first_guess([Fake("GPU"), Fake("CPU")]) == pytest.approx([16 / 17, 1 / 17])
+    assert first_guess([Fake("CPU"), Fake("CPU")]) == pytest.approx([0.5, 0.5])

@@ -7,7 +7,7 @@ import numpy as np
 
 from .. import io
 from ..datasets.feed import image_dims
-from ..errors import ModelFileError
+from ..errors import InputError, ModelFileError
 from ..files import remove_stale_temporaries
 from .base import Callback, is_count
 from .early_stopping import EarlyStopping
@@ -25,7 +25,9 @@ class Checkpoint(Callback):
     interrupted and resumed with the same arguments ends with the same weights as one never
     interrupted. Everything a resumed fit takes from the file is checked against this fit first
     (a ModelFileError names the file and the field); `holds` is the (epochs, steps) of this fit
-    that the file holds, once it was written or resumed from.
+    that the file holds, once it was written or resumed from. Under MPI rank 0 writes the file,
+    which records the number of ranks: a run resumes with as many (every rank reads the file, so it
+    must lie where every rank sees it).
 
     Example:
         >>> model.fit(x, y, epochs=30, checkpoint="run.clnet", resume=True)   # adds one
@@ -37,8 +39,9 @@ class Checkpoint(Callback):
 
     def on_train_begin(self):
         self.holds = None
-        remove_stale_temporaries(self.path)  # those of a writer killed mid-write
-        if self.resume and os.path.exists(self.path):
+        if self.model.world.lead:
+            remove_stale_temporaries(self.path)  # those of a writer killed mid-write
+        if self.resume and self.model.world.share(os.path.exists(self.path), "the checkpoint's presence"):
             self._restore()
 
     def on_epoch_end(self, epoch, logs):
@@ -52,8 +55,10 @@ class Checkpoint(Callback):
         state = {"rng": trainer.rng.bit_generator.state, "history": trainer.history.history,
                  "epochs": trainer.history.epochs, "order": order,
                  "metrics": model.metrics.state() if order is not None else None,
-                 "callbacks": [[type(c).__name__, c.state()] for c in trainer.callbacks if _keeps_state(c)]}
-        io.save_checkpoint(self.path, model, state, epoch=epochs_done, step=steps_done)
+                 "callbacks": [[type(c).__name__, c.state()] for c in trainer.callbacks if _keeps_state(c)],
+                 "ranks": model.world.size}
+        if model.world.lead:
+            io.save_checkpoint(self.path, model, state, epoch=epochs_done, step=steps_done)
         self.holds = (epochs_done, steps_done)
 
     def _restore(self):
@@ -63,6 +68,11 @@ class Checkpoint(Callback):
         afresh."""
         trainer, model = self.trainer, self.model
         saved = io.read_checkpoint(self.path)
+        ranks = saved.state.get("ranks", 1) if isinstance(saved.state, dict) else 1
+        if ranks != model.world.size:
+            raise InputError(f"{self.path} was written by a run of {ranks} process{'es' if ranks > 1 else ''} "
+                             f"(MPI ranks) and this one has {model.world.size}: resume it with "
+                             + (f"mpirun -n {ranks}" if ranks > 1 else "one process, without mpirun"))
         state = _checked_state(saved, self.path, trainer)
         model.restore(saved, self.path)
         by_class = {}

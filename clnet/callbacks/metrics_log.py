@@ -26,6 +26,8 @@ class MetricsLog(Callback):
         self.rows = None  # the rows the file holds after this log's last append; None: not counted yet
 
     def on_epoch_end(self, epoch, logs):
+        if not self.model.world.lead:  # under MPI, rank 0 writes
+            return
         seconds = self.trainer.epoch_seconds
         self.append({"epoch": epoch, **logs, "seconds": round(seconds, 3),
                      "images_per_second": round(self.trainer.epoch_images / seconds, 1)})

@@ -24,6 +24,8 @@ class PlotCurves(Callback):
         self.path = str(path)
 
     def on_epoch_end(self, epoch, logs):
+        if not self.model.world.lead:  # under MPI, rank 0 draws
+            return
         import matplotlib.pyplot as plt
         history = self.trainer.history
         figure, axes = plt.subplots(1, 2, figsize=(10, 4))

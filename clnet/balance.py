@@ -1,0 +1,104 @@
+"""Shares balanced by measured throughput (`shares="auto"`): how many rows of every batch each
+replica gets, so that the replicas' shards finish together.
+
+Shares start from a guess by device type (`first_guess`). During two rounds of a few steps after
+the start (the first step is a warm-up), and one step in every RECHECK after that, the replicated
+runner records when each replica's input-to-backward finished, counted from the step's start.
+After each round the shares are set proportional to each replica's rows per second. A replica
+that, at the share its throughput gave it, still takes longer than the others would take for the
+whole batch without it (its fixed costs outweigh its rows: a slow CPU beside a GPU) gets nothing
+from then on, and the run says so; one step every RECHECK re-measures, and the shares move again
+when the replicas' times drift apart by more than DRIFT (the step after is measured too, at the
+new shares, where a replica may be left out as above). Shares change only which rows go where: a
+step's result is the same whatever they are (within float32 summation), so balancing never changes
+what is learnt beyond rounding.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+WARMUP = 1      # steps not measured (first launches, caches)
+MEASURE = 3     # steps measured in each of the two rounds that set the shares
+RECHECK = 50    # later, one measured step in this many
+DRIFT = 0.15    # relative spread of the replicas' times that moves the shares again; the margin of noise
+LOG = logging.getLogger(__name__)
+CPU_GUESS = 1 / 16  # a CPU's first share beside a GPU's, until measured: most CPUs are far slower
+
+
+def first_guess(devices) -> np.ndarray:
+    """The shares measured steps start from: equal, but a CPU beside a GPU (or an accelerator) gets
+    CPU_GUESS of its share, so that the first steps do not wait for the CPU."""
+    types = [d.info.type for d in devices]
+    weights = np.array([CPU_GUESS if t == "CPU" and set(types) != {"CPU"} else 1.0 for t in types])
+    return weights / weights.sum()
+
+
+class Balancer:
+    """Measures the replicas of one process and moves their shares (`weights`, changed in place,
+    so every runner that holds the array follows).
+
+    Args:
+        weights: the starting shares (fractions summing to 1), an array the runners read.
+        names: each replica's device name, for the line that says a device was left out.
+
+    Example:
+        >>> balancer = Balancer(np.full(2, 0.5), ["GPU", "CPU"])
+        >>> if balancer.due():
+        ...     balancer.record(rows=[512, 512], seconds=[0.010, 0.080])
+        >>> balancer.weights        # about [0.89, 0.11]
+    """
+
+    def __init__(self, weights: np.ndarray, names):
+        self.weights, self.names = weights, list(names)
+        self.steps = self.rounds = 0
+        self.samples = []          # (rows, seconds) of each measured step of this round
+        self.dropped = set()
+        self.confirm = False       # measure the next step: the shares just moved after a drift
+
+    def due(self) -> bool:
+        """Whether the step about to run is measured (counts the step)."""
+        self.steps += 1
+        return WARMUP < self.steps <= WARMUP + 2 * MEASURE or self.confirm or self.steps % RECHECK == 0
+
+    def record(self, rows, seconds) -> None:
+        """One measured step: each replica's rows and the seconds until its gradients were ready.
+
+        A replica may be left out only on a measurement right after the shares were set from
+        throughputs (the second round, or the step after a drift moved them): there a slowness
+        its share cannot cure (a fixed cost) shows; a drift alone only moves the shares."""
+        self.samples.append((np.asarray(rows, np.float64), np.asarray(seconds, np.float64)))
+        if self.rounds < 2 and len(self.samples) < MEASURE:
+            return
+        rows = np.sum([r for r, _ in self.samples], axis=0)
+        seconds = np.sum([s for _, s in self.samples], axis=0)
+        measured, self.samples = len(self.samples), []
+        confirming, self.confirm = self.confirm, False
+        active = rows > 0
+        if not active.any():  # this rank's part of the batches was empty
+            return
+        spread = seconds[active].max() / max(seconds[active].min(), 1e-9) - 1
+        if self.rounds >= 2 and spread <= DRIFT:
+            return  # still balanced
+        throughput = np.where(active, rows / np.maximum(seconds, 1e-9), 0.0)
+        if self.rounds == 1 or confirming:  # the shares are the measured throughputs' already
+            self._leave_out_slow(rows, seconds, throughput, measured)
+        self.rounds += 1
+        self.confirm = self.rounds > 2 and not confirming
+        throughput[sorted(self.dropped)] = 0
+        self.weights[:] = throughput / throughput.sum()
+        LOG.info("Shares by measured throughput: %s",
+                 ", ".join(f"{name} {w:.1%}" for name, w in zip(self.names, self.weights)))
+
+    def _leave_out_slow(self, rows, seconds, throughput, measured):
+        """Leave out the slowest replica when its shard took longer than the others would take for
+        the whole batch without it."""
+        slowest = int(np.argmax(seconds))
+        others = throughput.sum() - throughput[slowest]
+        if others > 0 and seconds[slowest] > (1 + DRIFT) * rows.sum() / others:  # clearly: not by noise
+            self.dropped.add(slowest)
+            LOG.warning("%s gets no rows from now on: its shard took %.1f ms, longer than the other "
+                        "devices need for the whole batch (%.1f ms)", self.names[slowest],
+                        1e3 * seconds[slowest] / measured, 1e3 * rows.sum() / others / measured)
