@@ -38,7 +38,7 @@ from . import __version__, optim, tuning
 from .cli_options import CONTEXT_SETTINGS, Several, SeveralValuesCommand, device_options, friendly_errors
 from .device import Device
 from .device import device as open_device
-from .errors import ClnetError
+from .errors import ClnetError, OutOfDeviceMemoryError
 from .files import replace_atomically
 from .models import INPUT_SHAPES, PRESETS
 from .layers import Dropout
@@ -457,6 +457,7 @@ class Table:
             print("|" + "|".join(" --- " if i < left else " ---: " for i in range(len(columns))) + "|")
 
     def row(self, cells):
+        cells = cells + [""] * (len(self.widths) - len(cells))
         if self.markdown:
             print("| " + " | ".join(cells) + " |", flush=True)
         else:
@@ -481,6 +482,8 @@ def model_table(markdown, with_torch):
 
 def model_cells(row):
     cells = [row["model"], str(row["batch"])]
+    if row["clnet"] is None:  # the table's other cells of the row stay empty
+        return cells + ["does not fit"]
     for kind in ("train", "infer"):
         cells.append(f"{row['clnet'][kind]['median']:,.0f}")
         if row["torch"] is not None:
@@ -536,7 +539,11 @@ def run_models(args, cl_device, torch_device, timing):
     rows, table = [], model_table(args.markdown, torch_device is not None)
     for name in args.models:
         for batch in args.batch_sizes:
-            rows.append(bench_model(name, batch, cl_device, torch_device, timing))
+            try:
+                rows.append(bench_model(name, batch, cl_device, torch_device, timing))
+            except OutOfDeviceMemoryError as exc:  # a row that does not fit is reported; the others still run
+                rows.append({"model": name, "batch": batch, "check": None, "clnet": None, "torch": None,
+                             "ratio": None, "skipped": str(exc)})
             table.row(model_cells(rows[-1]))
     notes = [("- " if args.markdown else "  ") + check_note(row) for row in rows if row["check"]]
     print("\nchecked before timing (clnet / PyTorch):\n" + "\n".join(notes) if notes else

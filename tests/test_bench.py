@@ -173,3 +173,21 @@ def test_a_wrong_update_fails_the_check(device, monkeypatch):
     monkeypatch.setattr(bench, "measure", lambda *args: pytest.fail("timed after a failed check"))
     result = _bench("--device", str(device.info.index), *TINY, "--torch-device", "cpu", "--no-gemm")
     assert result.exit_code == 1 and "differs from float64 PyTorch's by 5.0" in result.output, result.output
+
+
+def test_a_batch_that_does_not_fit_is_reported_and_the_others_still_run(device, tmp_path, monkeypatch):
+    measured = bench.bench_model
+
+    def too_big_at_8(name, batch, *args):
+        if batch == 8:
+            raise bench.OutOfDeviceMemoryError("batch size 8 needs more memory: use a batch size of 4 or less")
+        return measured(name, batch, *args)
+    monkeypatch.setattr(bench, "bench_model", too_big_at_8)
+    path = tmp_path / "bench.json"
+    result = _bench("--device", str(device.info.index), *TINY[:3], "8", "4", *TINY[4:], "--torch-device", "none",
+                    "--no-gemm", "--json", str(path))
+    assert result.exit_code == 0, result.output
+    assert any(line.split()[:4] == ["mlp", "8", "does", "not"] for line in result.output.splitlines()), result.output
+    skipped, timed = json.loads(path.read_text())["models"]
+    assert skipped["clnet"] is None and "use a batch size of 4" in skipped["skipped"]
+    assert timed["batch"] == 4 and _positive(timed["clnet"]["train"])
