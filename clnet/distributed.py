@@ -166,7 +166,7 @@ def world() -> World:
                 from mpi4py import MPI
             except ImportError:
                 raise ClnetError("clnet runs under an MPI launcher (mpirun, mpiexec or srun) but mpi4py is not "
-                                 "installed: pip install \"clnet[mpi]\" (and an MPI: pip install mpich, or the "
+                                 "installed: pip install mpi4py (the mpi extra) and an MPI (pip install mpich, or the "
                                  "system's)") from None
             comm = MPI.COMM_WORLD if MPI.COMM_WORLD.Get_size() > 1 else None
         _world = World(comm, timeout() if comm is not None else DEFAULT_TIMEOUT)
