@@ -10,6 +10,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from math import prod
 
 import numpy as np
@@ -29,7 +30,7 @@ from .network import INPUT, Network, loss_input
 from .params import IncompatibleKeys
 from .reduction import SeamTimes
 from .replicas import (Replica, ReplicatedRunner, SummedMetrics, capacity, default_shares, device_list,
-                       make_runner, share_weights)
+                       make_runner, rank_part, share_weights)
 from .tensor import is_pyopencl_array, pyopencl_images
 from .text import format_bytes
 from .trainer import History, Trainer
@@ -65,20 +66,27 @@ def _inputs(x, what="x", devices=None):
     return x
 
 
-def _batches(x, rows, batch_size):
-    """(images, their rows) of x (an array or an ImageStream) in batches, over `rows` (default all),
-    in order; a stream's unreadable images are reported at the end (the clnet logger's warning)."""
+def _batches(x, rows, batch_size, world):
+    """(images, their rows, the global batch's size n) of x (an array or an ImageStream) in batches
+    of `batch_size` over `rows` (default all), in order: this rank's rows of each (`rank_part`,
+    all of them in one process); a stream's unreadable images are reported at the end (the clnet
+    logger's warning)."""
     n = len(x if rows is None else rows)
+    part = partial(rank_part, world=world)
+    sizes = [min(batch_size, n - start) for start in range(0, n, batch_size)]
     if isinstance(x, ImageStream):
-        yield from x.batches(np.arange(n) if rows is None else rows, batch_size)
+        batches = x.batches(np.arange(n) if rows is None else rows, batch_size, part=part)
+        for (images, used), size in zip(batches, sizes):
+            yield images, used, size
         if x.skipped:
             log.warning("%s: %s", x.name, skipped_report(x.skipped))
         return
-    for start in range(0, n, batch_size):
-        if rows is None:
-            yield x[start:start + batch_size], np.arange(start, min(start + batch_size, n))
+    for start, size in zip(range(0, n, batch_size), sizes):
+        a, b = part(size)
+        if rows is None:  # a slice: a view of a memory-mapped file or of a pyopencl array
+            yield x[start + a:start + b], np.arange(start + a, start + b), size
         else:
-            yield x[rows[start:start + batch_size]], rows[start:start + batch_size]
+            yield x[rows[start + a:start + b]], rows[start + a:start + b], size
 
 
 def _count(value, name, least):
@@ -340,6 +348,12 @@ class Model:
         runner.train(x, targets)
         return self._read_metrics(targets)["loss"]
 
+    def _rank_batch(self, n) -> dict:
+        """The runner's keywords for a host batch that is this rank's part of a global batch of n
+        rows (`rank_part`): under MPI, where the runner is a ReplicatedRunner; none in one process,
+        where the part is the whole batch."""
+        return {"batch": n} if self.world.size > 1 else {}
+
     def _read_metrics(self, targets, local=False):
         """Loss (and accuracy) of the metrics summed so far: over every rank (a collective under
         MPI), or with `local` over this process's replicas alone."""
@@ -364,8 +378,8 @@ class Model:
         batch_size = min(_count(batch_size, "batch_size", 1), n)  # no plan (nor indices) beyond the data
         runner = self._runner(batch_size, x.shape[1:], False, targets.dtype, self._spec(x))
         self.metrics.fill(0)
-        for images, used in _batches(x, rows, batch_size):
-            runner.infer(images, targets[used], want_output=False)
+        for images, used, size in _batches(x, rows, batch_size, self.world):
+            runner.infer(images, targets[used], want_output=False, **self._rank_batch(size))
         logs = self._read_metrics(targets)
         runner.sync()
         return logs
@@ -392,7 +406,8 @@ class Model:
             raise InputError("predict needs at least one sample")
         batch_size = min(_count(batch_size, "batch_size", 1), len(x))  # no plan (nor indices) beyond the data
         runner = self._runner(batch_size, x.shape[1:], False, spec=self._spec(x))
-        out = [runner.infer(images) for images, _ in _batches(x, None, batch_size)]
+        feed = _batches(x, None, batch_size, self.world)
+        out = [runner.infer(images, **self._rank_batch(size)) for images, _, size in feed]  # every rank's rows
         runner.sync()
         out = np.concatenate(out).reshape(len(x), *runner.output_shape)
         if not self._warned_not_finite and not np.isfinite(out).all():  # the inputs are finite: the weights are not

@@ -128,9 +128,14 @@ def combine(tensors, weights, world: World, what):
 
 def rank_part(n, world: World):
     """The rows [start, stop) of a global batch of `n` that this rank's replicas share: equal parts
-    in rank order, as `shard_bounds` splits."""
+    in rank order, as `shard_bounds` splits (for an array of batch sizes, an array of starts and one
+    of stops). The one split of a global batch among the ranks: what a rank reads, decodes and trains.
+
+    Example:
+        >>> stream.batches(order, 256, part=functools.partial(rank_part, world=world))   # this rank's rows
+    """
     bounds = shard_bounds(n, share_weights(None, world.size))
-    return bounds[world.rank], bounds[world.rank + 1]
+    return np.take(bounds, world.rank, axis=-1), np.take(bounds, world.rank + 1, axis=-1)
 
 
 class ReplicatedRunner:
@@ -152,43 +157,51 @@ class ReplicatedRunner:
         self._summed = BucketedSum(runners, world) if runners[0].compiled.training else None
         self._buffers = [s.buffers for s in stores] if any(not e.trainable for e in stores[0].entries) else None
 
-    def _shards(self, n):
-        """This rank's replicas' shards of a global batch of n rows, as slices of it."""
+    def _shards(self, x, batch):
+        """The global batch's rows n, and this rank's replicas' shards of it as (rows of the global
+        batch, rows of x) slices; x is the whole global batch (`batch` None) or this rank's part of
+        a global batch of `batch` rows."""
+        n = len(x) if batch is None else batch
         start, stop = rank_part(n, self.world)
+        if batch is not None and len(x) != stop - start:
+            raise InputError(f"rank {self.world.rank}'s part of a batch of {batch} is {stop - start} rows, "
+                             f"not {len(x)}: feed it rows rank_part(batch, world)")
+        offset = 0 if batch is None else start  # where x starts in the global batch
         bounds = start + shard_bounds(stop - start, self.weights)
-        return [slice(first, end) for first, end in zip(bounds[:-1], bounds[1:])]
+        return n, [(slice(a, b), slice(a - offset, b - offset)) for a, b in zip(bounds[:-1], bounds[1:])]
 
-    def train(self, x, targets):
-        """One step on a host batch (the global batch: this rank trains its part of it): gradients
-        per shard, combined, then the same update everywhere."""
-        n = len(x)
-        shards = self._shards(n)
+    def train(self, x, targets, batch=None):
+        """One step on a host batch: gradients per shard, combined, then the same update everywhere.
+        x and targets are this rank's part (`rank_part`) of a global batch of `batch` rows, as a fit
+        feeds them, or without `batch` the whole global batch, of which this rank trains its part."""
+        n, shards = self._shards(x, batch)
         self._summed.times = self.times
         if self.times is not None:
             self.times.begin()
         watch = Stopwatch(len(shards)) if self.balancer is not None and self.balancer.due() else None
-        for i, (runner, shard) in enumerate(zip(self.runners, shards)):
-            runner.plan.set_dynamic("first_row", shard.start)
-            runner.train(x[shard], targets[shard], update=False)
+        for i, (runner, (shard, rows)) in enumerate(zip(self.runners, shards)):
+            runner.plan.set_dynamic("first_row", shard.start)  # the global row: draws as one device's
+            runner.train(x[rows], targets[rows], update=False)
             if watch and shard.stop > shard.start:
                 watch.mark(i, runner)
-        self._summed.read([shard.stop > shard.start for shard in shards])
+        sizes = [shard.stop - shard.start for shard, _ in shards]
+        self._summed.read([size > 0 for size in sizes])
         if watch:
-            self.balancer.record([shard.stop - shard.start for shard in shards], watch.wait())
-        weights = [(shard.stop - shard.start) / n for shard in shards]
+            self.balancer.record(sizes, watch.wait())
+        weights = [size / n for size in sizes]
         self._summed.combine(weights)
         if self._buffers is not None:
             combine(self._buffers, weights, self.world, "the running statistics")
         for runner in self.runners:
             runner.update()
 
-    def infer(self, x, targets=None, want_output=True):
-        """One evaluation batch split into shards; the outputs of the valid rows in order when asked
-        (gathered from every rank under MPI)."""
-        shards = [(runner, shard) for runner, shard in zip(self.runners, self._shards(len(x)))
+    def infer(self, x, targets=None, want_output=True, batch=None):
+        """One evaluation batch split into shards (x as for `train`); the outputs of the valid rows
+        of the global batch in order when asked (gathered from every rank under MPI)."""
+        shards = [(runner, rows) for runner, (shard, rows) in zip(self.runners, self._shards(x, batch)[1])
                   if shard.stop > shard.start]
-        for runner, shard in shards:
-            runner.infer(x[shard], None if targets is None else targets[shard], want_output, read=False)
+        for runner, rows in shards:
+            runner.infer(x[rows], None if targets is None else targets[rows], want_output, read=False)
         if not want_output:
             return None
         outputs = [runner.output() for runner, _ in shards]
@@ -205,10 +218,10 @@ def capacity(batch_size: int, weights: np.ndarray, world: World = World(), balan
     global batch up to `batch_size` samples holds (at least 1, as a replica without a shard still
     updates); with `balanced` shares, which move during a run, the most this rank's part holds, so
     that no share needs another compilation."""
-    parts = np.diff(shard_bounds(np.arange(1, batch_size + 1), share_weights(None, world.size)), axis=1)
+    starts, stops = rank_part(np.arange(1, batch_size + 1), world)
     if balanced:
-        return [max(1, int(parts[:, world.rank].max()))] * len(weights)
-    bounds = shard_bounds(parts[:, world.rank], weights)
+        return [max(1, int((stops - starts).max()))] * len(weights)
+    bounds = shard_bounds(stops - starts, weights)
     return [max(1, int(c)) for c in np.diff(bounds, axis=1).max(axis=0)]
 
 

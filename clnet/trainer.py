@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Sequence
 from contextlib import closing, nullcontext
+from functools import partial
 
 import numpy as np
 
@@ -22,6 +23,7 @@ from .datasets.feed import DeviceDataset, parse_augment
 from .datasets.stream import skipped_report
 from .callbacks import Callback
 from .errors import InputError
+from .replicas import rank_part
 
 log = logging.getLogger(__name__)
 
@@ -193,22 +195,25 @@ class Trainer:
         self._epoch_start = time.perf_counter()
         self.input_wait, self.skipped = 0.0, []
         self._call("on_epoch_begin", epoch)
+        part = partial(rank_part, world=model.world)  # this rank reads and decodes its rows of every batch
         feed = x.batches(self._rows_of(self.order), size, self.start_step, model.seed, epoch, True,
-                         self._augment) if isinstance(x, ImageStream) else None
+                         self._augment, part) if isinstance(x, ImageStream) else None
         with closing(feed) if feed is not None else nullcontext():  # closing it waits for the batches in flight
             for step in range(self.start_step, steps):
                 self._call("on_step_begin", epoch, step)
                 waiting = time.perf_counter()
+                first, n = step * size, min(size, samples - step * size)
                 if data is not None:
-                    runner.train_resident(data, step * size, min(size, samples - step * size))
+                    runner.train_resident(data, first, n)
                 else:
                     if feed is not None:
                         images, used = next(feed)
                     else:
-                        used = self._rows_of(self.order[step * size:(step + 1) * size])
+                        a, b = part(n)
+                        used = self._rows_of(self.order[first + a:first + b])
                         images = x[used]
                     self.input_wait += time.perf_counter() - waiting
-                    runner.train(images, targets[used])
+                    runner.train(images, targets[used], **model._rank_batch(n))
                 self._call("on_step_end", epoch, step)
                 if self._interrupted(interrupt) and step + 1 < steps:  # keep what is done, then stop
                     runner.sync()

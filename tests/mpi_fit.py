@@ -5,7 +5,9 @@ MODE "step": three train_on_batch steps (rank 0 saves the weights to step.npz), 
 "fit": the fit alone; "kill", "hang", "fail", "interrupt": the fit, with rank 1 killed (SIGKILL),
 stuck or raising, or rank 0 sent Ctrl-C (SIGINT), at the fourth step of the second epoch; "resume": the fit resumed from its checkpoint;
 "dropout": a conv net with Dropout and augmentation fitted on two replicas per rank (rank 0 saves
-the weights to dropout.npz), and nothing else.
+the weights to dropout.npz), and nothing else; "stream": the streamed image folder OUT_FOLDER/images
+fitted for an epoch, evaluated and predicted (rank 0 saves stream.npz), each rank's workers writing
+the files they decode to decoded-<phase>-<rank>.txt, and nothing else.
 The fit checkpoints to run.ckpt, every rank asks to save saved-<rank>.clnet, and rank 0 writes the
 test metrics to result.json and the predictions of 50 test images to predictions.npy."""
 
@@ -41,6 +43,49 @@ def fit_dropout(device):
     return model
 
 
+def write_images(folder, count=21):
+    """`count` small JPEGs and PNGs of random sizes, in three class folders."""
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        os.makedirs(os.path.join(folder, "abc"[i % 3]), exist_ok=True)
+        h, w = rng.integers(14, 30, 2)
+        image = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        image.save(os.path.join(folder, "abc"[i % 3], f"{i:02d}.{'png' if i % 2 else 'jpg'}"))
+
+
+def fit_stream(device, folder, out):
+    """The streamed folder fitted for one epoch of 21 samples in global batches of 6 (the last of 3:
+    2 rows on rank 0, 1 on rank 1), then evaluated and predicted in batches of 4 (the last of 1: no
+    row on rank 1); returns (model, {"loss": ..., "accuracy": ...}, predictions). The decoding
+    workers, forked from this process, append each file they decode to out/decoded-<phase>-<rank>.txt."""
+    from clnet.datasets import workers
+    decode, rank = workers.decode_into, clnet.distributed.world().rank
+    phase = ["fit"]
+
+    def counted(Image, path, *args):
+        with open(os.path.join(out, f"decoded-{phase[0]}-{rank}.txt"), "a") as log:
+            log.write(path + "\n")
+        return decode(Image, path, *args)
+
+    stream = clnet.datasets.ImageFolder(folder, image_size=12, stream=True, augment="random-resized-crop,flip",
+                                        workers=2)
+    model = clnet.Sequential([L.Flatten(), L.Dense(3 * 12 * 12, 16), L.ReLU(), L.Dense(16, 3)], device=device,
+                             seed=4).compile("cross_entropy", clnet.optim.SGD(lr=0.05, momentum=0.9))
+    workers.decode_into = counted
+    try:
+        model.fit(stream, epochs=1, batch_size=6, verbose=0)  # which closes the stream: its workers end
+        phase[0] = "evaluate"
+        result = model.evaluate(stream, batch_size=4)
+        stream.close()  # the next workers are forked anew, logging to the next phase's file
+        phase[0] = "predict"
+        predictions = model.predict(stream, batch_size=4)
+    finally:
+        workers.decode_into = decode
+        stream.close()
+    return model, result, predictions
+
+
 def data():
     (x, y), (xt, yt) = clnet.datasets.load_mnist_5k()
     return x[:2000], y[:2000], xt, yt
@@ -70,6 +115,12 @@ class Trouble(clnet.callbacks.Callback):
 def main(mode, index, out):
     world = clnet.distributed.init()
     device = clnet.device(device=index)
+    if mode == "stream":
+        model, result, predictions = fit_stream(device, os.path.join(out, "images"), out)
+        if world.lead:
+            np.savez(os.path.join(out, "stream.npz"), predictions=predictions, **model.state_dict(),
+                     **{f"evaluate.{k}": v for k, v in result.items()})
+        return
     if mode == "dropout":
         model = fit_dropout([device, device])
         if world.lead:

@@ -153,3 +153,26 @@ def test_a_bad_timeout_is_named(monkeypatch, value):
         clnet.distributed.timeout()
     monkeypatch.setenv("CLNET_MPI_TIMEOUT", "2.5")
     assert clnet.distributed.timeout() == 2.5
+
+
+def test_ranks_stream_their_rows_of_an_image_folder(device, tmp_path):
+    """A streamed image folder on two ranks: each rank's workers decode only its rows of every
+    global batch (the last, shorter ones included), so that the two ranks decode each sample of an
+    epoch once between them; the epoch's weights, the evaluation and the predictions are one
+    process's (1e-5 relative)."""
+    mpi_fit.write_images(tmp_path / "images")
+    status, out, err, _ = fit_script("stream", device, tmp_path)
+    assert status == 0, err
+    one = tmp_path / "one"
+    one.mkdir()
+    model, result, predictions = mpi_fit.fit_stream(device, tmp_path / "images", one)
+    ranks = np.load(tmp_path / "stream.npz")
+    for key, value in {**model.state_dict(), "predictions": predictions}.items():
+        assert np.abs(ranks[key] - value).max() <= 1e-5 * np.abs(value).max(), key
+    assert {k: float(ranks[f"evaluate.{k}"]) for k in result} == pytest.approx(result, rel=1e-5)
+    files = sorted(str(p) for p in (tmp_path / "images").rglob("*.*"))
+    for phase in ("fit", "evaluate", "predict"):
+        decoded = [(folder / f"decoded-{phase}-{rank}.txt").read_text().split()
+                   for folder, rank in ((tmp_path, 0), (tmp_path, 1), (one, 0))]
+        assert sorted(decoded[0] + decoded[1]) == sorted(decoded[2]) == files, phase  # each file once
+        assert 0 < len(decoded[1]) < len(decoded[0]), phase  # rank 0's part of an odd batch is the larger

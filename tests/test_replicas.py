@@ -7,6 +7,7 @@ import os
 import signal
 import threading
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pyopencl as cl
@@ -15,7 +16,7 @@ import pytest
 import clnet
 from clnet import layers as L
 from clnet.errors import InputError
-from clnet.replicas import capacity, shard_bounds, share_weights
+from clnet.replicas import capacity, rank_part, shard_bounds, share_weights
 
 
 def mlp(devices, shares=None):
@@ -174,6 +175,20 @@ def test_shards_and_capacity():
         bounds = shard_bounds(n, weights)
         assert bounds[0] == 0 and bounds[-1] == n and np.all(np.diff(bounds) >= 0)
         assert np.all(np.diff(bounds) <= rows)
+    sizes, worlds = np.arange(1, 65), [SimpleNamespace(rank=rank, size=3) for rank in range(3)]
+    parts = [rank_part(sizes, world) for world in worlds]  # the ranks' parts tile every batch, in rank order
+    assert np.all(parts[0][0] == 0) and np.all(parts[2][1] == sizes)
+    assert np.all(parts[0][1] == parts[1][0]) and np.all(parts[1][1] == parts[2][0])
+    assert [tuple(rank_part(7, world)) for world in worlds] == [tuple(int(v[6]) for v in p) for p in parts]
+
+
+def test_a_part_of_the_wrong_size_is_refused(device):
+    """A step fed this rank's part of a global batch checks the part's rows against the split."""
+    model = compiled(mlp, [device, device])
+    x, targets = model._prepare(*batch(8))
+    runner = model._runner(8, x.shape[1:], True, targets.dtype, model._spec(x))
+    with pytest.raises(InputError, match="part of a batch of 8 is 8 rows, not 7: feed it rows rank_part"):
+        runner.train(x[:7], targets[:7], batch=8)
 
 
 @pytest.mark.parametrize("device_arg, shares, message", [

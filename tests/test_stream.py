@@ -5,6 +5,8 @@ resume mid-epoch, bounded memory, bad files under both policies, a killed worker
 import os
 import signal
 import time
+from functools import partial
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -17,6 +19,7 @@ from clnet.datasets import stream as stream_module
 from clnet.datasets.transforms import (Transform, centre_crop_geometry, decode_into, random_resized_crop_box,
                                        sample_rng, transform_image)
 from clnet.errors import DatasetError, InputError
+from clnet.replicas import rank_part
 
 Image = pytest.importorskip("PIL.Image")
 
@@ -173,14 +176,19 @@ def test_spawned_workers_decode_into_named_shared_memory_alike(folder):
 
 
 def test_a_rank_streams_its_rows_of_each_global_batch(folder):
+    """Three ranks' parts of every batch (3, 2, 3 of 8 rows, and 1, 0, 1 of the last batch's 2) are
+    the rows of the whole batches, split as the runner splits them."""
     stream = ImageFolder(folder, image_size=12, stream=True, augment="random-resized-crop", workers=2)
     order = np.random.default_rng(1).permutation(18)
     whole = take(stream, order, 8, seed=1, epoch=1, train=True)
-    shard = take(stream, order, 8, seed=1, epoch=1, train=True, part=(3, 6), start=1)
-    assert len(shard) == 2
-    for (images, used), (all_images, all_used) in zip(shard, whole[1:]):
-        np.testing.assert_array_equal(used, all_used[3:6])
-        np.testing.assert_array_equal(images, all_images[3:6])
+    parts = [take(stream, order, 8, seed=1, epoch=1, train=True, start=1,
+                  part=partial(rank_part, world=SimpleNamespace(rank=rank, size=3))) for rank in range(3)]
+    assert [[len(used) for _, used in batches] for batches in parts] == [[3, 1], [2, 0], [3, 1]]
+    for k, (all_images, all_used) in enumerate(whole[1:]):
+        np.testing.assert_array_equal(np.concatenate([batches[k][1] for batches in parts]), all_used)
+        np.testing.assert_array_equal(np.concatenate([batches[k][0] for batches in parts]), all_images)
+    with pytest.raises(InputError, match="part must give rows"):
+        take(stream, order, 8, part=lambda n: (n - n, n + 1))
     stream.close()
 
 

@@ -172,12 +172,13 @@ class ImageStream:
         return Transform(self.image_size, augment.resized_crop, augment.flip, self.crop_fraction)
 
     def batches(self, order, batch_size: int, start: int = 0, seed: int = 0, epoch: int = 0, train: bool = False,
-                augment: str | None = None, part: tuple[int, int] | None = None):
+                augment: str | None = None, part=None):
         """Yield (images uint8 (n, C, H, W), samples used (n,)) for the batches start, start + 1, ...
-        of `order` (sample indices) cut into batches of `batch_size`; with part=(a, b) only rows
-        [a, b) of each batch (a rank's shard of the global batch). The images are valid until three
-        further batches are taken; `samples used` differ from the order's where an unreadable image
-        was replaced (their labels are y[used]). Unreadable images met are in `skipped` at the end.
+        of `order` (sample indices) cut into batches of `batch_size`; with `part`, only the rows
+        part(n) of each batch of n (a rank's part of every global batch, the last and shorter one
+        included). The images are valid until three further batches are taken; `samples used` differ
+        from the order's where an unreadable image was replaced (their labels are y[used]).
+        Unreadable images met are in `skipped` at the end.
 
         Args:
             order: the sample indices in the order wanted.
@@ -186,7 +187,9 @@ class ImageStream:
             seed, epoch: key the training draws with the sample's index.
             train: training transforms (else evaluation's).
             augment: the training transforms, instead of the stream's.
-            part: (a, b), rows of each batch.
+            part: a function of a batch's rows n (an int, or an array of them) giving the rows
+                [a, b) of it to decode (arrays for an array), as `clnet.replicas.rank_part` with its
+                world bound does; None: every row.
 
         Example:
             >>> for images, used in train.batches(np.random.default_rng(0).permutation(len(train)), 256,
@@ -194,14 +197,21 @@ class ImageStream:
             ...     runner.train(images, targets[used])
         """
         order = np.asarray(order, np.int64)
-        a, b = part or (0, batch_size)
-        if not 0 <= a <= b <= batch_size:
-            raise InputError(f"part must be rows (a, b) with 0 <= a <= b <= batch_size {batch_size}, not {part}")
-        cut = [order[i + a:i + b] for i in range(start * batch_size, len(order), batch_size)]
-        pool = self._pools.get(b - a)
+        firsts = np.arange(start * batch_size, len(order), batch_size)
+        if part is None:
+            rows, cut = batch_size, [order[i:i + batch_size] for i in firsts]
+        else:  # the ring holds the most rows `part` gives any batch: a short last one may have more
+            sizes = np.arange(1, batch_size + 1)
+            starts, stops = part(sizes)
+            if not np.all((0 <= starts) & (starts <= stops) & (stops <= sizes)):
+                raise InputError(f"part must give rows (a, b) with 0 <= a <= b <= n of a batch of n, not {part}")
+            rows = int((stops - starts).max())
+            cut = [order[i + starts[n - 1]:i + stops[n - 1]]
+                   for i, n in zip(firsts, np.minimum(len(order) - firsts, batch_size))]
+        pool = self._pools.get(rows)
         if pool is None:
-            pool = self._pools[b - a] = DecodePool(_Job(self.files, self.on_error), self.image_shape,
-                                                   max(b - a, 1), self.workers, self.prefetch)
+            pool = self._pools[rows] = DecodePool(_Job(self.files, self.on_error), self.image_shape,
+                                                  max(rows, 1), self.workers, self.prefetch)
         self.skipped, seen = [], set()
         for images, used, bad in pool.run(cut, seed, epoch, self.transform(train, augment)):
             for path, reason in bad:
