@@ -45,6 +45,16 @@ def _array(f, size, where, error):
     return np.frombuffer(buffer, dtype).reshape(shape, order="F" if fortran else "C")
 
 
+def _read_file(path, error, read):
+    """read(open file, its size) of the regular file at `path`, an OSError raised as `error`."""
+    size = readable_size(path, error)
+    try:
+        with open(path, "rb") as f:
+            return read(f, size)
+    except OSError as exc:
+        raise error(f"{path}: cannot read the file ({exc.strerror or exc})") from None
+
+
 def read_npy(path, error) -> np.ndarray:
     """The array of the .npy file at `path` (a regular file: see files.readable_size).
 
@@ -56,12 +66,21 @@ def read_npy(path, error) -> np.ndarray:
         >>> read_npy("x.npy", DatasetError).shape
         (60000, 1, 28, 28)
     """
-    size = readable_size(path, error)
-    try:
-        with open(path, "rb") as f:
-            return _array(f, size, str(path), error)
-    except OSError as exc:
-        raise error(f"{path}: cannot read the file ({exc.strerror or exc})") from None
+    return _read_file(path, error, lambda f, size: _array(f, size, str(path), error))
+
+
+def read_npz_file(path, error) -> dict[str, np.ndarray]:
+    """{key: array} of the .npz file at `path` (a regular file), as `read_npz` checks its members.
+
+    Args:
+        path: the file.
+        error: the ClnetError class raised, with a message naming `path`.
+
+    Example:
+        >>> sorted(read_npz_file("data.npz", DatasetError))
+        ['x', 'y']
+    """
+    return _read_file(path, error, lambda f, size: read_npz(f, size, str(path), error))
 
 
 def read_npz(source, size: int, where: str, error, compressed: bool = True) -> dict[str, np.ndarray]:

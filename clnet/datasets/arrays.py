@@ -13,22 +13,12 @@ import numpy as np
 
 from ..errors import DatasetError
 from ..files import readable_size
-from ..npyfiles import read_npy, read_npz
+from ..npyfiles import read_npy, read_npz_file
 from .dataset import Dataset, check_labels
 
 NPZ_MAGIC = b"PK\x03\x04"
 NPY_MAGIC = b"\x93NUMPY"
 EXPECTED = "x and y, or x_train, y_train, x_test and y_test (the test pair optional)"
-
-
-def _read_npz(path):
-    """{key: array} of an .npz archive, each array's size checked against the file before it is read."""
-    size = readable_size(path, DatasetError)
-    try:
-        with open(path, "rb") as f:
-            return read_npz(f, size, str(path), DatasetError)
-    except OSError as exc:
-        raise DatasetError(f"{path}: cannot read the file ({exc.strerror or exc})") from None
 
 
 def _read_folder(path):
@@ -110,7 +100,7 @@ def load_arrays(path: str | os.PathLike, name: str | None = None) -> tuple[Datas
         if not head.startswith(NPZ_MAGIC[:2]):
             raise DatasetError(f"{path} is not an .npz archive (it starts with {head[:4]!r}): give an .npz "
                                "written by np.savez or a folder holding x.npy and y.npy")
-        arrays = _read_npz(path)
+        arrays = read_npz_file(path, DatasetError)
         where = lambda key: f"{path}[{key!r}]"
         what = f"{path} has keys {', '.join(sorted(arrays)) or 'none'}"
         suffix = ""

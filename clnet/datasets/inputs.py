@@ -7,7 +7,7 @@ import numpy as np
 
 from ..errors import ClnetError
 from ..files import readable_size
-from ..npyfiles import read_npy, read_npz
+from ..npyfiles import read_npy, read_npz_file
 from .images import PILLOW_HINT, _decode
 
 ARRAY_EXTENSIONS = (".npz", ".npy")
@@ -48,12 +48,7 @@ def read_array_file(path: str) -> np.ndarray:
     """
     if not str(path).lower().endswith(".npz"):
         return read_npy(path, ClnetError)
-    size = readable_size(path, ClnetError)
-    try:
-        with open(path, "rb") as f:
-            arrays = read_npz(f, size, str(path), ClnetError)
-    except OSError as exc:
-        raise ClnetError(f"{path}: cannot read the file ({exc.strerror or exc})") from None
+    arrays = read_npz_file(path, ClnetError)
     key = next((k for k in ("x", "x_test", "images") if k in arrays), next(iter(arrays)) if len(arrays) == 1 else None)
     if key is None:
         raise ClnetError(f"{path}: holds {', '.join(arrays) or 'no arrays'}; expected an array named x")
