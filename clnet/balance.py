@@ -23,6 +23,8 @@ import numpy as np
 WARMUP = 1      # steps not measured (first launches, caches)
 MEASURE = 3     # steps measured in each of the two rounds that set the shares
 RECHECK = 50    # later, one measured step in this many
+SETTLED = WARMUP + 2 * MEASURE  # steps before the shares are set and a slow device left out: until then
+                                # every step runs at the slowest device's pace
 DRIFT = 0.15    # relative spread of the replicas' times that moves the shares again; the margin of noise
 LOG = logging.getLogger(__name__)
 CPU_GUESS = 1 / 16  # a CPU's first share beside a GPU's, until measured: most CPUs are far slower
@@ -30,7 +32,8 @@ CPU_GUESS = 1 / 16  # a CPU's first share beside a GPU's, until measured: most C
 
 def first_guess(devices) -> np.ndarray:
     """The shares measured steps start from: equal, but a CPU beside a GPU (or an accelerator) gets
-    CPU_GUESS of its share, so that the first steps do not wait for the CPU."""
+    CPU_GUESS of its share, so that the first steps wait less for the CPU. They still wait for its
+    fixed costs: a CPU that ends left out sets the pace of the first SETTLED steps."""
     types = [d.info.type for d in devices]
     weights = np.array([CPU_GUESS if t == "CPU" and set(types) != {"CPU"} else 1.0 for t in types])
     return weights / weights.sum()

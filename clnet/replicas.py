@@ -115,15 +115,16 @@ class SummedMetrics:
 
 
 def combine(tensors, weights, world: World, what):
-    """Write sum_i weights[i] * tensors[i] (float64, in replica order, then over the ranks) into
-    every tensor."""
+    """Queue the writing of sum_i weights[i] * tensors[i] (float64, in replica order, then over the
+    ranks) into every tensor; returns (the uploads' events, the host total they read, which must
+    live until they are done). Only tensors of a weight are read: a replica without rows is never
+    waited for."""
     total = np.zeros(tensors[0].size, np.float64)
     for tensor, weight in zip(tensors, weights):
         if weight:
             total += weight * tensor.download()
     total = world.sum(total, what).astype(np.float32)
-    for tensor in tensors:
-        tensor.upload(total)
+    return [tensor.upload(total, wait=False) for tensor in tensors], total
 
 
 def rank_part(n, world: World):
@@ -156,6 +157,7 @@ class ReplicatedRunner:
         stores = [r.store for r in runners]
         self._summed = BucketedSum(runners, world) if runners[0].compiled.training else None
         self._buffers = [s.buffers for s in stores] if any(not e.trainable for e in stores[0].entries) else None
+        self._buffer_uploads = ([], None)  # the last combined running statistics' uploads, and their total
 
     def _shards(self, x, batch):
         """The global batch's rows n, and this rank's replicas' shards of it as (rows of the global
@@ -191,7 +193,9 @@ class ReplicatedRunner:
         weights = [size / n for size in sizes]
         self._summed.combine(weights)
         if self._buffers is not None:
-            combine(self._buffers, weights, self.world, "the running statistics")
+            for upload in self._buffer_uploads[0]:  # their total may go
+                upload.wait()
+            self._buffer_uploads = combine(self._buffers, weights, self.world, "the running statistics")
         for runner in self.runners:
             runner.update()
 

@@ -222,7 +222,7 @@ class Trainer:
         if feed is not None and x.skipped:
             self.skipped = x.skipped
             log.warning("Epoch %d: %s", epoch, skipped_report(x.skipped))
-        done = steps - self.start_step
+        images = samples - self.start_step * size  # a resumed epoch's steps, its short last batch included
         self.start_step = 0
         logs = model._read_metrics(self.targets)  # over every rank
         runner.sync()
@@ -234,7 +234,7 @@ class Trainer:
                    else model.evaluate(*self.validation_data, batch_size=size))
             logs.update({f"val_{k}": v for k, v in val.items()})
         logs["lr"] = model.optimizer.lr
-        self.epoch_images = min(done * size, samples)
+        self.epoch_images = images
         self.history.record(epoch, logs)
         self.order = None
         self._call("on_epoch_end", epoch, logs)

@@ -14,6 +14,7 @@ gradients' reduction and the part of it that the compute hid.
     python scripts/multi_device_bench.py --platform pocl --models cifar-cnn --batch-size 64 --steps 2 --skip torch
 """
 
+import dataclasses
 import json
 import os
 import shutil
@@ -26,7 +27,7 @@ import click
 import numpy as np
 
 import clnet
-from clnet import models, optim
+from clnet import balance, models, optim
 from clnet.timing import Timing, measure
 
 SHAPE, CLASSES, LR, MOMENTUM = (3, 32, 32), 10, 0.01, 0.9
@@ -61,6 +62,8 @@ def clnet_rate(name, devices, batch, timing):
     def sync():
         for device in devices:
             device.finish()
+    if model.balancer:  # time the balanced steps, not the measuring ones at the slowest device's pace
+        timing = dataclasses.replace(timing, warmup=max(timing.warmup, balance.SETTLED))
     result = measure(step, sync, timing).summary(batch, "images/s")
     seam = times.per_step()
     return {"images_per_second": result["median"], "seconds": result["seconds"],
@@ -186,7 +189,7 @@ def report(results, batch):
 @click.option("--cpu-platform", default="pocl", show_default=True, help="The CPU's, for the GPU + CPU case.")
 @click.option("--steps", type=click.IntRange(min=1), default=20, show_default=True, help="Steps per timed run.")
 @click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True,
-              help="Untimed steps first (shares settle within 7).")
+              help="Untimed steps first (at least the 7 that balanced shares take to settle).")
 @click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True, help="Timed runs (median).")
 @click.option("--skip", default="", help="Comma-separated parts to leave out: " + ", ".join(CASES) + ".")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the results here.")

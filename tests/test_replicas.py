@@ -276,6 +276,28 @@ def test_auto_shares_follow_the_faster_device(device, monkeypatch, caplog, per_r
         assert 0.12 < model.shares[1] < 0.38 and not model.balancer.dropped, model.shares
 
 
+def test_a_step_does_not_wait_for_a_replica_without_rows(device):
+    """A replica without rows (a zero share, as a slow device left out by "auto") still gets every
+    update, but the step does not wait for its queue: the BatchNorm statistics and the gradients
+    are queued to it, not waited for. Here its queue is held for 3 s, and a step takes less."""
+    other = clnet.device(device.info.platform_index, device.info.device_index)  # its own queue
+    model = compiled(bn_net, [device, other], [1, 0])
+    x, targets = model._prepare(*batch(16))
+    runner = model._runner(len(x), x.shape[1:], True, targets.dtype, model._spec(x))
+    runner.train(x, targets)
+    runner.sync()
+    held = cl.UserEvent(other.context)
+    cl.enqueue_marker(other.queue, wait_for=[held])
+    other.queue.flush()
+    threading.Timer(3.0, held.set_status, [cl.command_execution_status.COMPLETE]).start()
+    began = time.perf_counter()
+    runner.train(x, targets)
+    took = time.perf_counter() - began
+    runner.sync()
+    assert took < 1.5, took
+    assert_replicas_identical(model)
+
+
 def test_auto_is_the_default_for_different_devices(device):
     assert compiled(mlp, [device, device]).balancer is None
     assert compiled(mlp, [device, device], "auto").balancer is not None

@@ -658,3 +658,22 @@ def test_a_run_killed_before_its_first_checkpoint_starts_its_log_again(run_folde
     result = CliRunner().invoke(train_command, ["--resume", str(run), "--device", "0", "--quiet"])
     assert result.exit_code == 0, result.output
     assert [line.split(",")[0] for line in (run / "metrics.csv").read_text().split()] == ["epoch", "1"]
+
+
+def test_a_resumed_epoch_counts_the_images_of_its_own_steps(device):
+    """epoch_images (the images/s shown and logged) of an epoch resumed at step 2 of 4, batches
+    of 32 over 100 samples: the 36 of steps 2 and 3, the short last batch counted as 4."""
+    class ResumeAtStep2(clnet.callbacks.Callback):
+        def on_train_begin(self):
+            self.trainer.start_step = 2
+
+        def on_epoch_end(self, epoch, logs):
+            self.images = self.trainer.epoch_images
+
+    model = clnet.Sequential([L.Flatten(), L.Dense(16, 4)], device=device, seed=0)
+    model.compile("cross_entropy", clnet.optim.SGD(lr=0.1))
+    rng = np.random.default_rng(0)
+    seen = ResumeAtStep2()
+    model.fit(rng.random((100, 1, 4, 4), np.float32), rng.integers(0, 4, 100), epochs=1, batch_size=32,
+              callbacks=[seen], verbose=0)
+    assert seen.images == 36

@@ -16,6 +16,7 @@ import clnet
 from clnet import layers as L
 from clnet.datasets import ImageFolder, ImageStream, load
 from clnet.datasets import stream as stream_module
+from clnet.datasets import workers as workers_module
 from clnet.datasets.transforms import (Transform, centre_crop_geometry, decode_into, random_resized_crop_box,
                                        sample_rng, transform_image)
 from clnet.errors import DatasetError, InputError
@@ -314,6 +315,23 @@ def test_bad_files_are_skipped_replaced_and_reported(damaged):
     np.testing.assert_array_equal(batches[0][0][0], batches[0][0][1])
     message = stream_module.skipped_report(stream.skipped)
     assert message.startswith("3 unreadable images skipped") and "\n" not in message
+    stream.close()
+
+
+def test_bad_files_are_reported_in_the_order_of_the_rows(damaged, monkeypatch):
+    """The skipped files come in the order of the batch's rows, whichever worker answers first:
+    here the (forked) worker of the first rows is the slower."""
+    root, bad = damaged
+    decode = workers_module.decode_into
+
+    def first_file_slow(Image, path, *args):
+        if path == bad[0]:
+            time.sleep(0.5)
+        return decode(Image, path, *args)
+    monkeypatch.setattr(workers_module, "decode_into", first_file_slow)
+    stream = ImageFolder(root, image_size=12, stream=True, workers=2)
+    take(stream, np.arange(8), 4)
+    assert [path for path, _ in stream.skipped] == bad
     stream.close()
 
 

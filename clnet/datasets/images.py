@@ -22,8 +22,9 @@ def _import_pillow(root):
 
 def convert_mode(Image, im, grayscale):
     """A PIL image of any mode as "L" (grey) or "RGB": grey modes, 16-bit grey (its high byte) and
-    palettes of greys become "L" unless grayscale is False; colour modes (RGB, RGBA with the alpha
-    dropped, palettes, CMYK, YCbCr, ...) become "RGB", or "L" (ITU-R 601-2 luma) when grayscale is True."""
+    palettes of greys become "L" whatever `grayscale` (three channels broadcast it: `to_chw`);
+    colour modes (RGB, RGBA with the alpha dropped, palettes, CMYK, YCbCr, ...) become "RGB", or "L"
+    (ITU-R 601-2 luma) when grayscale is True."""
     mode = im.mode
     if mode == "I" or mode.startswith("I;16"):  # 16-bit grayscale PNG: keep the high byte
         im = Image.fromarray((np.asarray(im).astype(np.int64) >> 8).clip(0, 255).astype(np.uint8))
@@ -41,6 +42,11 @@ def convert_mode(Image, im, grayscale):
     return im
 
 
+def bilinear(Image):
+    """Pillow's bilinear filter, under its name before and after Pillow 9.1 (Image.Resampling)."""
+    return getattr(getattr(Image, "Resampling", Image), "BILINEAR")
+
+
 def _decode(Image, path, grayscale, size):
     """One image as uint8 (H, W) when grey or (H, W, 3) when colour (`convert_mode`), resized to
     `size` (h, w)."""
@@ -48,8 +54,7 @@ def _decode(Image, path, grayscale, size):
         im.load()
         im = convert_mode(Image, im, grayscale)
         if size is not None and im.size != (size[1], size[0]):
-            bilinear = getattr(getattr(Image, "Resampling", Image), "BILINEAR")
-            im = im.resize((size[1], size[0]), bilinear)
+            im = im.resize((size[1], size[0]), bilinear(Image))
         return np.array(im, dtype=np.uint8)
 
 

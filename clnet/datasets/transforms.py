@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .images import convert_mode, to_chw
+from .images import bilinear, convert_mode, to_chw
 
 SCALE = (0.08, 1.0)           # the box's share of the image's area
 RATIO = (3.0 / 4.0, 4.0 / 3.0)  # the box's width / height
@@ -101,10 +101,6 @@ def centre_crop_geometry(height: int, width: int, size: tuple, crop_fraction: fl
     return (new_h, new_w), (int(round((new_h - h) / 2.0)), int(round((new_w - w) / 2.0)))
 
 
-def _bilinear(Image):
-    return getattr(getattr(Image, "Resampling", Image), "BILINEAR")
-
-
 def source_box(transform: Transform, height: int, width: int, rng=None) -> tuple:
     """(left, top, right, bottom): the region of an image of (height, width) that becomes the
     sample, in its pixels: a random-resized-crop box (drawn from `rng`), the whole image, or the
@@ -129,14 +125,13 @@ def _resample(Image, image, transform, box, scale=(1.0, 1.0)):
     """The `box` of `image` resized to the transform's size, bilinear; `scale` is how much smaller
     the image is than the one the box was chosen on (a JPEG decoded at a reduced scale)."""
     out_h, out_w = transform.size
-    bilinear = _bilinear(Image)
     if transform.resized_crop and scale == (1.0, 1.0):  # cropped, then resized: torchvision's, to the bit
-        return image.crop(box).resize((out_w, out_h), bilinear)
+        return image.crop(box).resize((out_w, out_h), bilinear(Image))
     box = (box[0] * scale[0], box[1] * scale[1], box[2] * scale[0], box[3] * scale[1])
     if box == (0, 0, *image.size) and image.size == (out_w, out_h):
         return image
     # the filter reads the pixels around the box too, as a resize of the whole image followed by a crop
-    return image.resize((out_w, out_h), bilinear, box=box)
+    return image.resize((out_w, out_h), bilinear(Image), box=box)
 
 
 def transform_image(Image, image, transform: Transform, grayscale: bool, rng=None) -> np.ndarray:

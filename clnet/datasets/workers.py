@@ -165,7 +165,7 @@ class DecodePool:
         if self._memory is None:
             self._start()
         self._run += 1
-        pending, issued = {}, 0  # batch number -> [chunks left, samples used, skipped, errors (row, message)]
+        pending, issued = {}, 0  # batch number -> [chunks left, samples used, (row, skipped), errors (row, message)]
         try:
             for k, samples in enumerate(batches):
                 while issued < min(len(batches), k + 1 + self.prefetch):
@@ -177,7 +177,8 @@ class DecodePool:
                 if errors:  # the first in the order, whichever worker failed first
                     self.close()
                     raise DatasetError(min(errors)[1])
-                yield self._ring[k % self.slots, :len(samples)], used, bad
+                # in the order of the rows, whichever worker answered first
+                yield self._ring[k % self.slots, :len(samples)], used, [b for _, chunk in sorted(bad) for b in chunk]
         finally:  # chunks still queued would write into the slots of the next run: wait for them
             if self._memory is not None:  # (an error has closed the pool)
                 try:
@@ -213,7 +214,7 @@ class DecodePool:
             record[3].append((row, error))
         else:
             record[1][row:row + len(used)] = used
-            record[2] += bad
+            record[2].append((row, bad))
 
     def _check_alive(self):
         dead = [p for p in self._processes if not p.is_alive()]
