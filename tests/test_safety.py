@@ -94,7 +94,19 @@ def test_metrics_log_refuses_to_append_to_special_files(tmp_path, name):
     os.mkfifo(tmp_path / name)
     with pytest.raises(ClnetError, match="is a FIFO, not a regular file"):
         MetricsLog(tmp_path / name).append({"epoch": 1, "loss": 0.5})
+    with pytest.raises(ClnetError, match="is a FIFO, not a regular file"):  # a checkpoint's count of its rows
+        MetricsLog(tmp_path / name).state()
     assert unchanged(tmp_path / name)
+
+
+def test_fit_checks_its_log_before_the_first_epoch(device, tmp_path):
+    os.mkfifo(tmp_path / "metrics.csv")
+    model = small_net(device)
+    model.compile(loss="cross_entropy", optimizer=clnet.optim.SGD(0.1))
+    with pytest.raises(ClnetError, match="metrics.csv is a FIFO, not a regular file"):
+        model.fit(np.zeros((8, 12), np.float32), np.zeros(8, np.int64), epochs=1, log=tmp_path / "metrics.csv",
+                  verbose=0)
+    assert model.param_store.steps == 0
 
 
 # ---------------------------------------------------------------------- reading

@@ -25,6 +25,10 @@ class MetricsLog(Callback):
         self.path = str(path)
         self.rows = None  # the rows the file holds after this log's last append; None: not counted yet
 
+    def on_train_begin(self):
+        if self.model.world.lead:  # a bad path fails before the first epoch, not after it
+            check_writable(self.path)
+
     def on_epoch_end(self, epoch, logs):
         if not self.model.world.lead:  # under MPI, rank 0 writes
             return
@@ -49,6 +53,7 @@ class MetricsLog(Callback):
         self.rows = rows + 1
 
     def state(self):
+        check_writable(self.path)  # counting the rows of a FIFO would block the checkpoint's writer
         return {"path": os.path.abspath(self.path), "rows": self._count()}
 
     def load_state(self, state):
