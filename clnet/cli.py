@@ -20,7 +20,7 @@ from .datasets.feed import parse_augment
 from .device import INSTALL_HINT, alike, list_devices
 from .distributed import local_devices, world
 from .errors import ClnetError, InputError
-from .files import check_writable, replace_atomically, special_kind
+from .files import check_writable, readable_size, replace_atomically, special_kind
 from .model import load as load_model
 from .onnx_import import from_onnx
 from .balance import first_guess
@@ -535,8 +535,7 @@ def predict(model_file, files, platform, device, k, as_json):
     resized to its input size) or the images of .npz/.npy array files with a saved model (MODEL_FILE, or an ONNX
     file *.onnx), printing the most probable classes of each with their probabilities."""
     for path in files:
-        if not os.path.isfile(path):
-            raise ClnetError(f"{path}: no such file")
+        readable_size(path)  # missing, or a FIFO or a device: refused before the model is loaded
     _, model = _open_model(model_file, platform, device)
     inputs = [datasets.read_inputs(path, model.input_shape) for path in files]  # (names, images) per file
     images = [x for _, x in inputs if x.dtype == np.uint8 and len(x)]
