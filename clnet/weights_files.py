@@ -147,5 +147,8 @@ def _numpy(tensors, path):
 def _read_npz(path):
     """Each array's .npy header checked against its member before the array is allocated (npyfiles)."""
     error = lambda problem: ModelFileError(path, problem)  # noqa: E731
-    with open(path, "rb") as f:
-        return read_npz(f, os.fstat(f.fileno()).st_size, "", error)
+    try:
+        with open(path, "rb") as f:
+            return read_npz(f, os.fstat(f.fileno()).st_size, "", error)
+    except OSError as exc:  # permission denied, an I/O error
+        raise ModelFileError(path, f"cannot be read: {exc.strerror or exc}") from None

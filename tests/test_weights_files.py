@@ -9,6 +9,7 @@ import pytest
 
 import clnet
 from clnet import layers as L
+from clnet import weights_files
 from clnet.errors import InputError, ModelFileError, ShapeError
 from clnet.torch_twin import torch_twin
 
@@ -163,6 +164,13 @@ def test_bad_weights_files_are_one_line_errors(device, tmp_path, monkeypatch):
     (tmp_path / "folder.npz").mkdir()
     with pytest.raises(ModelFileError, match="folder.npz: is a folder"):
         model.load_weights(tmp_path / "folder.npz")
+    np.savez(tmp_path / "locked.npz", w=np.zeros(2, np.float32))
+    def denied(*args, **kwargs):  # what a file without read permission gives (root reads any file)
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(weights_files, "open", denied, raising=False)
+    with pytest.raises(ModelFileError, match="locked.npz: cannot be read: Permission denied"):
+        model.load_weights(tmp_path / "locked.npz")
+    monkeypatch.delattr(weights_files, "open")
     monkeypatch.setitem(sys.modules, "safetensors.numpy", None)  # as if the extra were not installed
     for action in (lambda: model.save_weights(tmp_path / "w.safetensors"),
                    lambda: model.load_weights(tmp_path / "junk.safetensors")):
