@@ -35,7 +35,7 @@ from pathlib import Path
 import platformdirs
 from filelock import FileLock
 
-from .files import replace_atomically
+from .files import refuse_special, replace_atomically
 from .kernels import kernel_dir, program_source
 
 log = logging.getLogger(__name__)
@@ -314,6 +314,7 @@ def export_table(device, results, path, cls=None, note=None):
     if not cls:
         raise ValueError(f"{device.info.name} belongs to no device class with a shipped table: name one")
     path = Path(path)
+    refuse_special(path)  # reading a FIFO would block
     cases = {}
     try:
         old = json.loads(path.read_text())

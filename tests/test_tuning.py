@@ -16,6 +16,7 @@ from click.testing import CliRunner
 import clnet
 from clnet import layers as L
 from clnet import tune, tuning
+from clnet.errors import ClnetError
 from clnet.ops.gemm import GEMM_TILED, SPECS, Call, Matrix, record_gemm
 from clnet.plan import Plan
 from clnet.tensor import DeviceTensor
@@ -163,6 +164,19 @@ def test_exporting_a_table_needs_a_class(device, monkeypatch, tmp_path):
     result = CliRunner().invoke(tune.main, ["--device", str(device.info.index), "--export-table",
                                             str(tmp_path / "t.json")])
     assert result.exit_code == 2 and "--table-class" in result.output, result.output
+
+
+@pytest.mark.parametrize("option", ["--output", "--export-table"])
+def test_the_tuner_refuses_a_special_output_before_tuning(device, monkeypatch, tmp_path, option):
+    """A FIFO given to write is refused before any case is tuned (the table's old cases are read
+    first: a FIFO would block that read)."""
+    os.mkfifo(tmp_path / "fifo.json")
+    monkeypatch.setattr(tune, "collect", lambda *args: pytest.fail("tuned before checking the output"))
+    result = CliRunner().invoke(tune.main, ["--device", str(device.info.index), option, str(tmp_path / "fifo.json"),
+                                            "--table-class", "some-class"])
+    assert result.exit_code == 1 and "fifo.json is a FIFO, not a regular file" in result.output, result.output
+    with pytest.raises(ClnetError, match="fifo.json is a FIFO"):
+        tuning.export_table(device, {}, tmp_path / "fifo.json", "some-class")
 
 
 def test_the_tuner_names_a_missing_device():
