@@ -5,7 +5,7 @@ import json
 import os
 
 from ..errors import ClnetError
-from ..files import check_writable, replace_atomically
+from ..files import check_writable, refuse_special, replace_atomically
 from .base import Callback, check_state, is_count
 
 
@@ -53,7 +53,7 @@ class MetricsLog(Callback):
         self.rows = rows + 1
 
     def state(self):
-        check_writable(self.path)  # counting the rows of a FIFO would block the checkpoint's writer
+        refuse_special(self.path)  # counting the rows of a FIFO would block the checkpoint's writer
         return {"path": os.path.abspath(self.path), "rows": self._count()}
 
     def load_state(self, state):
