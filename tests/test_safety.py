@@ -229,6 +229,20 @@ def test_cifar_and_pack_files_that_are_special_are_refused(tmp_path, no_hang):
         datasets.open_pack(pack)
 
 
+def test_a_cifar_archive_member_beyond_any_cifar_file_is_refused_before_reading(tmp_path, monkeypatch):
+    import tarfile
+    from clnet.datasets import cifar
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for name in ("data_batch_1", "test_batch", "batches.meta"):
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = 1000
+            tar.addfile(info, io.BytesIO(bytes(1000)))
+    monkeypatch.setattr(cifar, "MAX_MEMBER", 999)  # stands for the 256 MiB no CIFAR file reaches
+    with pytest.raises(DatasetError, match="declares 1,000 bytes, more than any CIFAR file holds \\(999\\)"):
+        datasets.load_cifar(archive, "cifar10", "test")
+
+
 def test_an_image_folder_with_a_fifo_is_refused_naming_it(tmp_path, no_hang):
     from PIL import Image
     (tmp_path / "cat").mkdir()
