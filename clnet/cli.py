@@ -6,6 +6,7 @@ A user mistake exits 2 (usage, from click) or 1 with a one-line message; --debug
 import contextlib
 import csv
 import inspect
+import io
 import json
 import os
 import sys
@@ -472,6 +473,7 @@ def evaluate(model_file, platform, device, dataset, data_dir, offline, stream, w
     """Evaluate a saved model (MODEL_FILE, from --save or model.save, or an ONNX file *.onnx) on a
     dataset: loss, accuracy and top-k accuracy, and optionally the confusion matrix and per-class
     precision and recall."""
+    _check_outputs(matrix_path)
     dev, model = _open_model(model_file, platform, device)
     train_set, test_set = datasets.load(dataset, data_dir=data_dir, download=not offline,
                                         image_size=_model_image_size(model), **_streaming(stream, workers))
@@ -510,11 +512,12 @@ def evaluate(model_file, platform, device, dataset, data_dir, offline, stream, w
 
 
 def _write_matrix(path, matrix, classes):
-    """The confusion matrix as CSV: a header of predicted classes, then one row per true class."""
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["true \\ predicted", *classes])
-        writer.writerows([name, *row] for name, row in zip(classes, matrix))
+    """The confusion matrix as CSV, written atomically: a header of predicted classes, then one row per true class."""
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(["true \\ predicted", *classes])
+    writer.writerows([name, *row] for name, row in zip(classes, matrix))
+    replace_atomically(path, lambda f: f.write(text.getvalue().encode()))
 
 
 @click.command(context_settings=CONTEXT_SETTINGS, epilog="""\b
