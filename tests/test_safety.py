@@ -99,6 +99,20 @@ def test_metrics_log_refuses_to_append_to_special_files(tmp_path, name):
     assert unchanged(tmp_path / name)
 
 
+def test_plot_curves_writes_through_a_symlink_atomically(device, tmp_path):
+    pytest.importorskip("matplotlib")
+    from clnet.callbacks import PlotCurves
+    (tmp_path / "plots").mkdir()
+    os.symlink(tmp_path / "plots" / "curves.png", tmp_path / "link.png")
+    model = small_net(device)
+    model.compile(loss="cross_entropy", optimizer=clnet.optim.SGD(0.1))
+    model.fit(np.zeros((8, 12), np.float32), np.zeros(8, np.int64), epochs=1, verbose=0,
+              callbacks=[PlotCurves(tmp_path / "link.png")])
+    assert os.path.islink(tmp_path / "link.png")
+    assert (tmp_path / "plots" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file() or p.is_symlink()) == ["curves.png", "link.png"]
+
+
 def test_fit_checks_its_log_before_the_first_epoch(device, tmp_path):
     os.mkfifo(tmp_path / "metrics.csv")
     model = small_net(device)
