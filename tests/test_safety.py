@@ -399,6 +399,13 @@ def test_an_input_shape_beyond_the_device_fails_before_any_data_is_read(device, 
     model.check_fits(batch_size=1)
 
 
+def test_host_memory_is_bounded_by_an_address_space_limit_where_there_is_one(monkeypatch):
+    physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    assert memory.host_memory() <= physical
+    monkeypatch.setattr(memory, "resource", None)  # as on Windows, which has no resource module
+    assert memory.host_memory() == physical
+
+
 def test_clnet_eval_does_not_resize_to_a_crafted_input_shape(tmp_path, monkeypatch):
     from PIL import Image
     for name in ("a", "b"):
