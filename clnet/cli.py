@@ -235,7 +235,8 @@ def _run_options(given):
     path = os.path.join(given["resume_dir"], RUN_OPTIONS)
     kind = special_kind(path)
     if kind:
-        raise ClnetError(f"{path} is {kind}: a run folder's {RUN_OPTIONS} is a file of the options it was started with")
+        raise ClnetError(f"{path} is {kind}, not the file of options a run folder holds: give --resume a folder "
+                         "that clnet-train --checkpoint-dir made")
     try:
         with open(path) as f:
             options = json.load(f)
