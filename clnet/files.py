@@ -1,5 +1,6 @@
 """Files as clnet reads and writes them: only regular files (never a FIFO or a device, checked with
-stat before opening), written atomically: model files, checkpoints, ONNX exports and the tuning cache."""
+stat before opening), written atomically: model files, checkpoints, weights files, ONNX exports,
+metrics logs, plots, packs, run options, benchmark results and the tuning cache and tables."""
 
 import contextlib
 import os
