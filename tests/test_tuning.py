@@ -70,6 +70,13 @@ def test_entries_of_other_devices_and_other_sources_are_not_used(tmp_path, monke
     assert entry["source"] == "changed-kernels" and list(entry["cases"]) == ["gemm_tiled NN 8x8x8"]
 
 
+def test_a_cache_that_is_a_fifo_is_ignored_without_opening_it(tmp_path, caplog):
+    os.mkfifo(tmp_path / "tuning.json")  # CLNET_TUNING_FILE=<a FIFO> would otherwise block every plan
+    with caplog.at_level(logging.WARNING, logger="clnet"):
+        assert tuning.lookup(FakeDevice(), Case("gemm_tiled", "NN", 64, 64, 64), tmp_path / "tuning.json") is None
+    assert "is a FIFO, not a regular file" in caplog.records[0].getMessage()
+
+
 @pytest.mark.parametrize("content", ["{not json", json.dumps({"format": "something else"}), "[]"])
 def test_a_corrupt_cache_is_reported_ignored_and_replaced(tmp_path, content, caplog):
     path = tmp_path / "tuning.json"
