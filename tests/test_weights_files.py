@@ -188,3 +188,14 @@ def test_bfloat16_safetensors_are_widened(device, tmp_path):
     safetensors_torch.save_file(state, str(tmp_path / "bf16.safetensors"))
     model.load_weights(tmp_path / "bf16.safetensors")
     np.testing.assert_array_equal(model.state_dict()["0.weight"], state["0.weight"].float().numpy())
+
+
+def test_a_bfloat16_file_torch_cannot_read_either_is_a_one_line_error(device, tmp_path, monkeypatch):
+    model = small_model(device)
+    state = {k: v.to(torch.bfloat16) for k, v in trained_twin(model).state_dict().items() if v.is_floating_point()}
+    safetensors_torch.save_file(state, str(tmp_path / "bf16.safetensors"))
+    def unreadable(path, *args, **kwargs):
+        raise RuntimeError("Error while deserializing header")
+    monkeypatch.setattr(safetensors_torch, "load_file", unreadable)
+    with pytest.raises(ModelFileError, match="bf16.safetensors: is not a valid safetensors file .*deserializing"):
+        model.load_weights(tmp_path / "bf16.safetensors")
