@@ -61,6 +61,18 @@ def test_replace_atomically_refuses_special_files_and_leaves_them(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")) == []
 
 
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="the umask is read from /proc")
+def test_a_new_file_gets_the_umask_without_the_umask_being_changed(tmp_path, monkeypatch):
+    previous = os.umask(0o027)
+    try:
+        monkeypatch.setattr(os, "umask", lambda mask: pytest.fail("os.umask changes it for every thread"))
+        replace_atomically(tmp_path / "new", lambda f: f.write(b"x"))
+    finally:
+        monkeypatch.undo()
+        os.umask(previous)
+    assert (tmp_path / "new").stat().st_mode & 0o777 == 0o640
+
+
 def test_replace_atomically_writes_through_a_symlink_and_keeps_it(tmp_path):
     target, link = tmp_path / "target.bin", tmp_path / "link.bin"
     target.write_bytes(b"old")
