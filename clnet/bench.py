@@ -39,7 +39,7 @@ from .cli_options import CONTEXT_SETTINGS, Several, SeveralValuesCommand, device
 from .device import Device
 from .device import device as open_device
 from .errors import ClnetError, OutOfDeviceMemoryError
-from .files import replace_atomically
+from .files import check_writable, replace_atomically
 from .models import INPUT_SHAPES, PRESETS
 from .layers import Dropout
 from .ops import gemm
@@ -594,9 +594,13 @@ def run(args: SimpleNamespace, argv: List[str]) -> Dict[str, Any]:
     return results
 
 
-def _existing_folder(ctx, param, path):
-    if path is not None and not path.parent.is_dir():
-        raise click.BadParameter(f"the folder {path.parent} does not exist")
+def _writable(ctx, param, path):
+    """--json checked before the benchmark runs, not after: a regular file or none, in a writable folder."""
+    if path is not None:
+        try:
+            check_writable(path)
+        except ClnetError as exc:
+            raise click.BadParameter(str(exc)) from None
     return path
 
 
@@ -628,7 +632,7 @@ Examples:
 @click.option("--profile", is_flag=True, default=lambda: os.environ.get("CLNET_PROFILE", "0") not in ("", "0"),
               help="Also print the device time of every kernel of one training step (or CLNET_PROFILE=1).")
 @click.option("--markdown", is_flag=True, help="Print the tables as markdown.")
-@click.option("--json", type=click.Path(dir_okay=False, path_type=Path), callback=_existing_folder, metavar="PATH",
+@click.option("--json", type=click.Path(dir_okay=False, path_type=Path), callback=_writable, metavar="PATH",
               help="Write every number and the hardware description here.")
 @click.pass_context
 def main(ctx, **options):

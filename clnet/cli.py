@@ -6,6 +6,7 @@ A user mistake exits 2 (usage, from click) or 1 with a one-line message; --debug
 import contextlib
 import csv
 import inspect
+import io
 import json
 import os
 import sys
@@ -20,7 +21,7 @@ from .datasets.feed import parse_augment
 from .device import INSTALL_HINT, alike, list_devices
 from .distributed import local_devices, world
 from .errors import ClnetError, InputError
-from .files import check_writable, replace_atomically, special_kind
+from .files import check_writable, readable_size, replace_atomically, special_kind
 from .model import load as load_model
 from .onnx_import import from_onnx
 from .balance import first_guess
@@ -234,7 +235,8 @@ def _run_options(given):
     path = os.path.join(given["resume_dir"], RUN_OPTIONS)
     kind = special_kind(path)
     if kind:
-        raise ClnetError(f"{path} is {kind}: a run folder's {RUN_OPTIONS} is a file of the options it was started with")
+        raise ClnetError(f"{path} is {kind}, not the file of options a run folder holds: give --resume a folder "
+                         "that clnet-train --checkpoint-dir made")
     try:
         with open(path) as f:
             options = json.load(f)
@@ -472,6 +474,7 @@ def evaluate(model_file, platform, device, dataset, data_dir, offline, stream, w
     """Evaluate a saved model (MODEL_FILE, from --save or model.save, or an ONNX file *.onnx) on a
     dataset: loss, accuracy and top-k accuracy, and optionally the confusion matrix and per-class
     precision and recall."""
+    _check_outputs(matrix_path)
     dev, model = _open_model(model_file, platform, device)
     train_set, test_set = datasets.load(dataset, data_dir=data_dir, download=not offline,
                                         image_size=_model_image_size(model), **_streaming(stream, workers))
@@ -510,11 +513,12 @@ def evaluate(model_file, platform, device, dataset, data_dir, offline, stream, w
 
 
 def _write_matrix(path, matrix, classes):
-    """The confusion matrix as CSV: a header of predicted classes, then one row per true class."""
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["true \\ predicted", *classes])
-        writer.writerows([name, *row] for name, row in zip(classes, matrix))
+    """The confusion matrix as CSV, written atomically: a header of predicted classes, then one row per true class."""
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(["true \\ predicted", *classes])
+    writer.writerows([name, *row] for name, row in zip(classes, matrix))
+    replace_atomically(path, lambda f: f.write(text.getvalue().encode()))
 
 
 @click.command(context_settings=CONTEXT_SETTINGS, epilog="""\b
@@ -535,8 +539,7 @@ def predict(model_file, files, platform, device, k, as_json):
     resized to its input size) or the images of .npz/.npy array files with a saved model (MODEL_FILE, or an ONNX
     file *.onnx), printing the most probable classes of each with their probabilities."""
     for path in files:
-        if not os.path.isfile(path):
-            raise ClnetError(f"{path}: no such file")
+        readable_size(path)  # missing, or a FIFO or a device: refused before the model is loaded
     _, model = _open_model(model_file, platform, device)
     inputs = [datasets.read_inputs(path, model.input_shape) for path in files]  # (names, images) per file
     images = [x for _, x in inputs if x.dtype == np.uint8 and len(x)]

@@ -1,5 +1,6 @@
 """Files as clnet reads and writes them: only regular files (never a FIFO or a device, checked with
-stat before opening), written atomically: model files, checkpoints, ONNX exports and the tuning cache."""
+stat before opening), written atomically: model files, checkpoints, weights files, ONNX exports,
+metrics logs, plots, packs, run options, benchmark results and the tuning cache and tables."""
 
 import contextlib
 import os
@@ -74,9 +75,19 @@ def _file_mode(path):
     try:
         return os.stat(path).st_mode & 0o7777
     except OSError:
+        return 0o666 & ~_umask()
+
+
+def _umask():
+    """The process's umask, read from /proc where Linux shows it: os.umask can only read it by
+    setting it, for every thread at once, and a file another thread made meanwhile would get 0666."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
         umask = os.umask(0)
         os.umask(umask)
-        return 0o666 & ~umask
+        return umask
 
 
 def replace_atomically(path, write):

@@ -73,7 +73,7 @@ from . import losses, optim
 from .errors import InputError, ModelFileError, ShapeError
 from .files import replace_atomically, special_kind
 from .network import Network, Node
-from .npyfiles import read_npz
+from .npyfiles import check_member, read_npz
 from .plan import INDEX_LIMIT
 from .text import is_unicode
 from .version import __version__
@@ -331,22 +331,10 @@ class _Archive:
     def error(self, problem):
         return ModelFileError(self.path, problem)
 
-    def check(self, members, size, where=""):
-        """Refuse, before reading them, zip members that are compressed (clnet stores every member
-        as it is, so a compressed one was not written by clnet and could inflate far beyond the file)
-        or that declare more bytes than the `size` of what holds them."""
-        for member in members:
-            if member.compress_type != zipfile.ZIP_STORED:
-                raise self.error(f"is not a clnet model file: member {where}{member.filename} is compressed, "
-                                 "and clnet stores members uncompressed")
-            if member.file_size > size:
-                raise self.error(f"is corrupt: member {where}{member.filename} declares {member.file_size} bytes, "
-                                 f"more than the {size} there are")
-
     def read(self, name, missing):
         if name not in self.zip.namelist():
             raise self.error(missing)
-        self.check([self.zip.getinfo(name)], self.size)
+        check_member(self.zip.getinfo(name), self.size, name, self.error)
         try:
             return self.zip.read(name)
         except Exception as exc:  # bad CRC, truncated member, bad header: the bytes are not what was written

@@ -1,9 +1,13 @@
 """How much memory the host offers, so that a size read from a file is refused before it is allocated."""
 
 import os
-import resource
 
 from .text import format_bytes
+
+try:
+    import resource
+except ImportError:  # Windows: no address-space limit to read
+    resource = None
 
 
 def host_memory() -> int:
@@ -18,6 +22,8 @@ def host_memory() -> int:
         physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (AttributeError, ValueError, OSError):  # no sysconf names (Windows): no bound from here
         physical = 2**63
+    if resource is None:
+        return physical
     limit, _ = resource.getrlimit(resource.RLIMIT_AS)
     return physical if limit == resource.RLIM_INFINITY else min(physical, limit)
 

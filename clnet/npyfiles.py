@@ -83,6 +83,28 @@ def read_npz_file(path, error) -> dict[str, np.ndarray]:
     return _read_file(path, error, lambda f, size: read_npz(f, size, str(path), error))
 
 
+def check_member(member: zipfile.ZipInfo, size: int, name: str, error, compressed: bool = False) -> None:
+    """Refuse, before it is read, a zip member that is compressed where clnet stores members as they
+    are (one it did not write, which could inflate far beyond the file), or a stored member that
+    declares more bytes than the `size` of the archive holding it.
+
+    Args:
+        member: the member's ZipInfo.
+        size: the archive's length in bytes.
+        name: how messages name the member ("weights.npz/0.weight.npy").
+        error: the ClnetError class raised (or a callable making one from a message).
+        compressed: whether compressed members are allowed.
+
+    Example:
+        >>> check_member(archive.getinfo("model.json"), os.path.getsize(path), "model.json", DatasetError)
+    """
+    if member.compress_type != zipfile.ZIP_STORED and not compressed:
+        raise error(f"member {name} is compressed, and clnet stores members uncompressed")
+    if member.compress_type == zipfile.ZIP_STORED and member.file_size > size:
+        raise error(f"member {name} declares {member.file_size} bytes, more than the {size} there are: "
+                    "the file is corrupt")
+
+
 def read_npz(source, size: int, where: str, error, compressed: bool = True) -> dict[str, np.ndarray]:
     """{key: array} of an .npz archive, each member checked before it is read: a `.npy` array
     (nothing else), its declared size that of the bytes the member holds, and a stored member no
@@ -112,11 +134,7 @@ def read_npz(source, size: int, where: str, error, compressed: bool = True) -> d
             name = f"{where}/{member.filename}" if where else member.filename
             if member.is_dir() or not member.filename.endswith(".npy"):
                 raise error(f"{prefix}holds {member.filename!r}, which is not a .npy array: an .npz holds arrays only")
-            if member.compress_type != zipfile.ZIP_STORED and not compressed:
-                raise error(f"member {name} is compressed, and clnet stores members uncompressed")
-            if member.compress_type == zipfile.ZIP_STORED and member.file_size > size:
-                raise error(f"member {name} declares {member.file_size} bytes, more than the {size} there are: "
-                            "the file is corrupt")
+            check_member(member, size, name, error, compressed)
             try:
                 f = archive.open(member)
             except (zipfile.BadZipFile, NotImplementedError, OSError, EOFError, RuntimeError) as exc:

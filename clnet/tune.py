@@ -29,6 +29,7 @@ from .cli_options import (CONTEXT_SETTINGS, FiniteFloatRange, Several, SeveralVa
 from .compiler import Target
 from .device import device as open_device
 from .errors import ClnetError
+from .files import check_writable, refuse_special
 from .models import INPUT_SHAPES, PRESETS
 from .ops.gemm import SPECS, Matrix, gemm, record_gemm
 from .plan import Plan
@@ -215,6 +216,10 @@ def main(platform, device, models, batch_sizes, sizes, min_time, repeats, max_se
         raise click.BadParameter(f"{dev.info.name} belongs to no known device class: name one",
                                  param_hint="--table-class")
     path = output or tuning.cache_path()
+    # a bad path fails before the tuning, not after its first case (the cache's folder is made if missing)
+    refuse_special(path)
+    if export_table is not None:
+        check_writable(export_table)
     cases = collect(dev, models, batch_sizes, sizes)
     if skip_tuned:
         done = tuning.tuned_cases(dev, path)

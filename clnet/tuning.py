@@ -35,7 +35,8 @@ from pathlib import Path
 import platformdirs
 from filelock import FileLock
 
-from .files import replace_atomically
+from .errors import ClnetError
+from .files import readable_size, refuse_special, replace_atomically
 from .kernels import kernel_dir, program_source
 
 log = logging.getLogger(__name__)
@@ -169,10 +170,11 @@ def load(path=None):
     if path in _loaded and _loaded[path][0] == stamp:
         return _loaded[path][1]
     try:
+        readable_size(path)  # a FIFO would block every plan's lookup, /dev/zero never end
         parsed = json.loads(path.read_text())
         if not (isinstance(parsed, dict) and parsed.get("format") == FORMAT and isinstance(parsed.get("devices"), dict)):
             raise ValueError("not a clnet tuning file")
-    except (OSError, ValueError) as exc:
+    except (ClnetError, OSError, ValueError) as exc:
         log.warning("ignoring the tuning cache %s (%s); `clnet-tune` writes a new one", path, exc)
         parsed = {}
     _loaded[path] = (stamp, parsed)
@@ -314,6 +316,7 @@ def export_table(device, results, path, cls=None, note=None):
     if not cls:
         raise ValueError(f"{device.info.name} belongs to no device class with a shipped table: name one")
     path = Path(path)
+    refuse_special(path)  # reading a FIFO would block
     cases = {}
     try:
         old = json.loads(path.read_text())

@@ -105,14 +105,18 @@ def _read_safetensors(path):
     safetensors_numpy = _require("safetensors.numpy", SAFETENSORS_HINT, path)
     try:
         return safetensors_numpy.load_file(path)
-    except TypeError as exc:  # a dtype numpy lacks (bfloat16): torch reads it
+    except TypeError as exc:  # a dtype numpy lacks (bfloat16): torch reads it, below
         if importlib.util.find_spec("torch") is None:
             raise ModelFileError(path, f"holds a dtype that numpy cannot read ({exc}): pip install torch "
                                        "to read it") from None
-        from safetensors.torch import load_file
-        return _numpy(load_file(path), path)
     except Exception as exc:  # SafetensorError: a bad header, a truncated file
         raise ModelFileError(path, f"is not a valid safetensors file ({exc})") from None
+    from safetensors.torch import load_file
+    try:
+        tensors = load_file(path)
+    except Exception as exc:
+        raise ModelFileError(path, f"is not a valid safetensors file ({exc})") from None
+    return _numpy(tensors, path)
 
 
 def _read_torch(path):
@@ -147,5 +151,8 @@ def _numpy(tensors, path):
 def _read_npz(path):
     """Each array's .npy header checked against its member before the array is allocated (npyfiles)."""
     error = lambda problem: ModelFileError(path, problem)  # noqa: E731
-    with open(path, "rb") as f:
-        return read_npz(f, os.fstat(f.fileno()).st_size, "", error)
+    try:
+        with open(path, "rb") as f:
+            return read_npz(f, os.fstat(f.fileno()).st_size, "", error)
+    except OSError as exc:  # permission denied, an I/O error
+        raise ModelFileError(path, f"cannot be read: {exc.strerror or exc}") from None

@@ -2,6 +2,7 @@
 its timings. Speed itself is never asserted."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -41,6 +42,15 @@ def test_json_has_every_number(device, tmp_path):
     assert _positive(result["clnet"]) and _positive(result["reference"]) and result["ratio"] > 0
     assert 0 <= result["max_relative_error"] <= bench.GEMM_RTOL
     assert results["profile"] == []
+
+
+def test_json_path_is_checked_before_the_benchmark(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "run", lambda *args: pytest.fail("benchmarked before checking --json"))
+    os.mkfifo(tmp_path / "fifo.json")
+    for path, problem in ((tmp_path / "fifo.json", "is a FIFO, not a regular file"),
+                          (tmp_path / "absent" / "b.json", "does not exist; create it first")):
+        result = _bench("--json", str(path))
+        assert result.exit_code == 2 and problem in result.output, result.output
 
 
 def test_profile_prints_every_kernel(device, monkeypatch):

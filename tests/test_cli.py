@@ -175,7 +175,7 @@ def test_options_of_several_values_read_as_argparse_did(args, models, batch_size
     (["--batch-sizes"], "expected at least 1 value"),
     (["--batch-sizes", "-4"], "-4 is not in the range x>=1"),
     (["--models", "mlp", "resnet"], "'resnet' is not one of"),
-    (["--json", "no/such/folder/bench.json"], "the folder no/such/folder does not exist"),
+    (["--json", "no/such/folder/bench.json"], "no/such/folder does not exist; create it first"),
 ])
 def test_bench_usage_errors_exit_2(args, message):
     result = CliRunner().invoke(bench.main, args)

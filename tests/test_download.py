@@ -350,6 +350,19 @@ def test_kept_bytes_of_another_file_are_replaced_by_a_fresh_download(dirs, serve
     assert (dirs.cache / "mnist" / IDX_NAMES[0]).read_bytes() == fake_mnist[IDX_NAMES[0]] and not partial.exists()
 
 
+def test_kept_bytes_that_are_not_a_regular_file_are_left_alone(dirs, server, fake_mnist, tmp_path):
+    (dirs.cache / "mnist").mkdir(parents=True, exist_ok=True)
+    target = tmp_path / "elsewhere"
+    target.write_bytes(b"someone else's file")
+    partial = dirs.cache / "mnist" / f".{IDX_NAMES[0]}.partial"
+    os.symlink(target, partial)  # a download resumed into it would write through the link
+    os.mkfifo(dirs.cache / "mnist" / f".{IDX_NAMES[1]}.partial")  # would block the download opening it
+    registry.fetch("mnist")
+    assert [r for p, r in zip(server.requests, server.ranges_asked) if p == f"/mnist/{IDX_NAMES[0]}"] == [None]
+    assert (dirs.cache / "mnist" / IDX_NAMES[0]).read_bytes() == fake_mnist[IDX_NAMES[0]]
+    assert target.read_bytes() == b"someone else's file" and partial.is_symlink()
+
+
 def test_permanent_failures_are_not_retried(dirs, server, fake_mnist):
     path = f"/mnist/{IDX_NAMES[0]}"
     data = server.files[path]

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 import shutil
 import subprocess
 
@@ -143,6 +144,8 @@ def _bad_inputs(tmp, model):
     (tmp / "corrupt.clnet").write_bytes(b"PK\x03\x04 not really a zip archive")
     (tmp / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     np.save(tmp / "wrong.npy", np.zeros((2, 3, 5, 5), np.float32))
+    os.mkfifo(tmp / "fifo.png")
+    os.mkfifo(tmp / "matrix.csv")
     return {
         "missing model": ([predict, str(tmp / "none.clnet"), str(tmp / "broken.png")], "none.clnet: no such model file"),
         "missing model (eval)": ([evaluate, str(tmp / "none.clnet")], "none.clnet: no such model file"),
@@ -150,13 +153,15 @@ def _bad_inputs(tmp, model):
         "corrupt model (predict)": ([predict, str(tmp / "corrupt.clnet"), str(tmp / "wrong.npy")], "corrupt.clnet"),
         "unreadable image": ([predict, model, str(tmp / "broken.png")], "broken.png: cannot read the image"),
         "missing image": ([predict, model, str(tmp / "nothere.png")], "nothere.png: no such file"),
+        "FIFO image": ([predict, model, str(tmp / "fifo.png")], "fifo.png is a FIFO, not a regular file"),
+        "FIFO matrix": ([evaluate, model, "--save-matrix", str(tmp / "matrix.csv")], "matrix.csv is a FIFO"),
         "wrong array shape": ([predict, model, str(tmp / "wrong.npy")], "do not fit the model's input"),
         "unknown dataset": ([evaluate, model, "--dataset", "nmist"], "did you mean 'mnist'"),
     }
 
 
 @pytest.mark.parametrize("case", ["missing model", "missing model (eval)", "corrupt model", "corrupt model (predict)",
-                                  "unreadable image", "missing image", "wrong array shape", "unknown dataset"])
+                                  "unreadable image", "missing image", "FIFO image", "FIFO matrix", "wrong array shape", "unknown dataset"])
 def test_bad_inputs_fail_in_one_line(trained, tmp_path, case):
     pytest.importorskip("PIL.Image")
     (command, *args), message = _bad_inputs(tmp_path, trained["path"])[case]

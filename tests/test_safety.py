@@ -61,6 +61,18 @@ def test_replace_atomically_refuses_special_files_and_leaves_them(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")) == []
 
 
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="the umask is read from /proc")
+def test_a_new_file_gets_the_umask_without_the_umask_being_changed(tmp_path, monkeypatch):
+    previous = os.umask(0o027)
+    try:
+        monkeypatch.setattr(os, "umask", lambda mask: pytest.fail("os.umask changes it for every thread"))
+        replace_atomically(tmp_path / "new", lambda f: f.write(b"x"))
+    finally:
+        monkeypatch.undo()
+        os.umask(previous)
+    assert (tmp_path / "new").stat().st_mode & 0o777 == 0o640
+
+
 def test_replace_atomically_writes_through_a_symlink_and_keeps_it(tmp_path):
     target, link = tmp_path / "target.bin", tmp_path / "link.bin"
     target.write_bytes(b"old")
@@ -94,7 +106,33 @@ def test_metrics_log_refuses_to_append_to_special_files(tmp_path, name):
     os.mkfifo(tmp_path / name)
     with pytest.raises(ClnetError, match="is a FIFO, not a regular file"):
         MetricsLog(tmp_path / name).append({"epoch": 1, "loss": 0.5})
+    with pytest.raises(ClnetError, match="is a FIFO, not a regular file"):  # a checkpoint's count of its rows
+        MetricsLog(tmp_path / name).state()
     assert unchanged(tmp_path / name)
+
+
+def test_plot_curves_writes_through_a_symlink_atomically(device, tmp_path):
+    pytest.importorskip("matplotlib")
+    from clnet.callbacks import PlotCurves
+    (tmp_path / "plots").mkdir()
+    os.symlink(tmp_path / "plots" / "curves.png", tmp_path / "link.png")
+    model = small_net(device)
+    model.compile(loss="cross_entropy", optimizer=clnet.optim.SGD(0.1))
+    model.fit(np.zeros((8, 12), np.float32), np.zeros(8, np.int64), epochs=1, verbose=0,
+              callbacks=[PlotCurves(tmp_path / "link.png")])
+    assert os.path.islink(tmp_path / "link.png")
+    assert (tmp_path / "plots" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file() or p.is_symlink()) == ["curves.png", "link.png"]
+
+
+def test_fit_checks_its_log_before_the_first_epoch(device, tmp_path):
+    os.mkfifo(tmp_path / "metrics.csv")
+    model = small_net(device)
+    model.compile(loss="cross_entropy", optimizer=clnet.optim.SGD(0.1))
+    with pytest.raises(ClnetError, match="metrics.csv is a FIFO, not a regular file"):
+        model.fit(np.zeros((8, 12), np.float32), np.zeros(8, np.int64), epochs=1, log=tmp_path / "metrics.csv",
+                  verbose=0)
+    assert model.param_store.steps == 0
 
 
 # ---------------------------------------------------------------------- reading
@@ -215,6 +253,20 @@ def test_cifar_and_pack_files_that_are_special_are_refused(tmp_path, no_hang):
     os.mkfifo(pack / "index.clnetpack")
     with pytest.raises(DatasetError, match="index.clnetpack is a FIFO, not a regular file"):
         datasets.open_pack(pack)
+
+
+def test_a_cifar_archive_member_beyond_any_cifar_file_is_refused_before_reading(tmp_path, monkeypatch):
+    import tarfile
+    from clnet.datasets import cifar
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for name in ("data_batch_1", "test_batch", "batches.meta"):
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = 1000
+            tar.addfile(info, io.BytesIO(bytes(1000)))
+    monkeypatch.setattr(cifar, "MAX_MEMBER", 999)  # stands for the 256 MiB no CIFAR file reaches
+    with pytest.raises(DatasetError, match="declares 1,000 bytes, more than any CIFAR file holds \\(999\\)"):
+        datasets.load_cifar(archive, "cifar10", "test")
 
 
 def test_an_image_folder_with_a_fifo_is_refused_naming_it(tmp_path, no_hang):
@@ -357,6 +409,13 @@ def test_an_input_shape_beyond_the_device_fails_before_any_data_is_read(device, 
     with pytest.raises(OutOfDeviceMemoryError, match=f"batch size {too_many} of inputs \\(1, 4096, 4096\\) needs"):
         model.check_fits(batch_size=too_many)
     model.check_fits(batch_size=1)
+
+
+def test_host_memory_is_bounded_by_an_address_space_limit_where_there_is_one(monkeypatch):
+    physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    assert memory.host_memory() <= physical
+    monkeypatch.setattr(memory, "resource", None)  # as on Windows, which has no resource module
+    assert memory.host_memory() == physical
 
 
 def test_clnet_eval_does_not_resize_to_a_crafted_input_shape(tmp_path, monkeypatch):

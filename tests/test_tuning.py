@@ -16,6 +16,7 @@ from click.testing import CliRunner
 import clnet
 from clnet import layers as L
 from clnet import tune, tuning
+from clnet.errors import ClnetError
 from clnet.ops.gemm import GEMM_TILED, SPECS, Call, Matrix, record_gemm
 from clnet.plan import Plan
 from clnet.tensor import DeviceTensor
@@ -67,6 +68,13 @@ def test_entries_of_other_devices_and_other_sources_are_not_used(tmp_path, monke
     _store(path, {Case("gemm_tiled", "NN", 8, 8, 8): TUNED})  # replaces the stale entry
     entry = json.loads(path.read_text())["devices"]["Some Platform | Some Device | 1.0"]
     assert entry["source"] == "changed-kernels" and list(entry["cases"]) == ["gemm_tiled NN 8x8x8"]
+
+
+def test_a_cache_that_is_a_fifo_is_ignored_without_opening_it(tmp_path, caplog):
+    os.mkfifo(tmp_path / "tuning.json")  # CLNET_TUNING_FILE=<a FIFO> would otherwise block every plan
+    with caplog.at_level(logging.WARNING, logger="clnet"):
+        assert tuning.lookup(FakeDevice(), Case("gemm_tiled", "NN", 64, 64, 64), tmp_path / "tuning.json") is None
+    assert "is a FIFO, not a regular file" in caplog.records[0].getMessage()
 
 
 @pytest.mark.parametrize("content", ["{not json", json.dumps({"format": "something else"}), "[]"])
@@ -163,6 +171,19 @@ def test_exporting_a_table_needs_a_class(device, monkeypatch, tmp_path):
     result = CliRunner().invoke(tune.main, ["--device", str(device.info.index), "--export-table",
                                             str(tmp_path / "t.json")])
     assert result.exit_code == 2 and "--table-class" in result.output, result.output
+
+
+@pytest.mark.parametrize("option", ["--output", "--export-table"])
+def test_the_tuner_refuses_a_special_output_before_tuning(device, monkeypatch, tmp_path, option):
+    """A FIFO given to write is refused before any case is tuned (the table's old cases are read
+    first: a FIFO would block that read)."""
+    os.mkfifo(tmp_path / "fifo.json")
+    monkeypatch.setattr(tune, "collect", lambda *args: pytest.fail("tuned before checking the output"))
+    result = CliRunner().invoke(tune.main, ["--device", str(device.info.index), option, str(tmp_path / "fifo.json"),
+                                            "--table-class", "some-class"])
+    assert result.exit_code == 1 and "fifo.json is a FIFO, not a regular file" in result.output, result.output
+    with pytest.raises(ClnetError, match="fifo.json is a FIFO"):
+        tuning.export_table(device, {}, tmp_path / "fifo.json", "some-class")
 
 
 def test_the_tuner_names_a_missing_device():

@@ -2,6 +2,7 @@
 and load_state_dict(strict=False), checked against PyTorch: files written by torch's side load into
 clnet and predict what torch predicts, and clnet's load into torch strictly."""
 
+import importlib
 import sys
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 
 import clnet
 from clnet import layers as L
+from clnet import weights_files
 from clnet.errors import InputError, ModelFileError, ShapeError
 from clnet.torch_twin import torch_twin
 
@@ -163,6 +165,13 @@ def test_bad_weights_files_are_one_line_errors(device, tmp_path, monkeypatch):
     (tmp_path / "folder.npz").mkdir()
     with pytest.raises(ModelFileError, match="folder.npz: is a folder"):
         model.load_weights(tmp_path / "folder.npz")
+    np.savez(tmp_path / "locked.npz", w=np.zeros(2, np.float32))
+    def denied(*args, **kwargs):  # what a file without read permission gives (root reads any file)
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(weights_files, "open", denied, raising=False)
+    with pytest.raises(ModelFileError, match="locked.npz: cannot be read: Permission denied"):
+        model.load_weights(tmp_path / "locked.npz")
+    monkeypatch.delattr(weights_files, "open")
     monkeypatch.setitem(sys.modules, "safetensors.numpy", None)  # as if the extra were not installed
     for action in (lambda: model.save_weights(tmp_path / "w.safetensors"),
                    lambda: model.load_weights(tmp_path / "junk.safetensors")):
@@ -180,3 +189,18 @@ def test_bfloat16_safetensors_are_widened(device, tmp_path):
     safetensors_torch.save_file(state, str(tmp_path / "bf16.safetensors"))
     model.load_weights(tmp_path / "bf16.safetensors")
     np.testing.assert_array_equal(model.state_dict()["0.weight"], state["0.weight"].float().numpy())
+
+
+def test_a_bfloat16_file_torch_cannot_read_either_is_a_one_line_error(device, tmp_path, monkeypatch):
+    model = small_model(device)
+    state = {k: v.to(torch.bfloat16) for k, v in trained_twin(model).state_dict().items() if v.is_floating_point()}
+    safetensors_torch.save_file(state, str(tmp_path / "bf16.safetensors"))
+    def no_bfloat16(path, *args, **kwargs):  # numpy without a bfloat16 type (ml_dtypes, once imported, adds one)
+        raise TypeError("data type 'bfloat16' not understood")
+
+    def unreadable(path, *args, **kwargs):
+        raise RuntimeError("Error while deserializing header")
+    monkeypatch.setattr(importlib.import_module("safetensors.numpy"), "load_file", no_bfloat16)
+    monkeypatch.setattr(safetensors_torch, "load_file", unreadable)
+    with pytest.raises(ModelFileError, match="bf16.safetensors: is not a valid safetensors file .*deserializing"):
+        model.load_weights(tmp_path / "bf16.safetensors")

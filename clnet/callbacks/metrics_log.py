@@ -5,7 +5,7 @@ import json
 import os
 
 from ..errors import ClnetError
-from ..files import check_writable, replace_atomically
+from ..files import check_writable, refuse_special, replace_atomically
 from .base import Callback, check_state, is_count
 
 
@@ -24,6 +24,10 @@ class MetricsLog(Callback):
     def __init__(self, path):
         self.path = str(path)
         self.rows = None  # the rows the file holds after this log's last append; None: not counted yet
+
+    def on_train_begin(self):
+        if self.model.world.lead:  # a bad path fails before the first epoch, not after it
+            check_writable(self.path)
 
     def on_epoch_end(self, epoch, logs):
         if not self.model.world.lead:  # under MPI, rank 0 writes
@@ -49,6 +53,7 @@ class MetricsLog(Callback):
         self.rows = rows + 1
 
     def state(self):
+        refuse_special(self.path)  # counting the rows of a FIFO would block the checkpoint's writer
         return {"path": os.path.abspath(self.path), "rows": self._count()}
 
     def load_state(self, state):

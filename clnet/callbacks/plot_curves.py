@@ -1,8 +1,7 @@
 """PlotCurves: the training curves, drawn into a PNG after every epoch."""
 
-import os
-
 from ..errors import ClnetError
+from ..files import replace_atomically
 from .base import Callback
 
 
@@ -37,7 +36,7 @@ class PlotCurves(Callback):
             ax.set_title(metric)
             ax.legend()
         figure.tight_layout()
-        temporary = self.path + ".tmp.png"
-        figure.savefig(temporary)
-        plt.close(figure)
-        os.replace(temporary, self.path)
+        try:  # atomically, as every file clnet writes: a special file refused, a symlink written through
+            replace_atomically(self.path, lambda f: figure.savefig(f, format="png"))
+        finally:
+            plt.close(figure)

@@ -9,6 +9,7 @@ import hashlib
 import logging
 import os
 import socket
+import stat
 import tempfile
 import time
 import urllib.error
@@ -46,8 +47,10 @@ def download_file(url, dest, size=None, sha256=None, timeout=None):
         raise DatasetError(f"cannot write into {dest.parent} ({exc}): set CLNET_DATA_DIR to a writable "
                            "folder, or put the files in place yourself") from None
     _sweep_stale(dest)
-    try:
-        os.replace(partial, tmp)  # taken by this download: another one at the same time starts afresh
+    try:  # taken by this download (another one at the same time starts afresh); a link, a FIFO or a
+        # device is left alone: tmp is opened and written, which would follow the link or block
+        if stat.S_ISREG(os.lstat(partial).st_mode):
+            os.replace(partial, tmp)
     except FileNotFoundError:
         pass
     have = os.path.getsize(tmp)
