@@ -27,9 +27,9 @@ from .distributed import local_devices, world
 from .errors import InputError, ModelFileError, ShapeError
 from .layers import Layer, SymbolicTensor
 from .network import INPUT, Network, loss_input
-from .params import IncompatibleKeys
+from .params import IncompatibleKeys, ParamStore
 from .reduction import SeamTimes
-from .replicas import (Replica, ReplicatedRunner, SummedMetrics, capacity, default_shares, device_list,
+from .replicas import (Lag, Replica, ReplicatedRunner, SummedMetrics, capacity, default_shares, device_list,
                        make_runner, rank_part, share_weights)
 from .tensor import is_pyopencl_array, pyopencl_images
 from .text import format_bytes
@@ -157,7 +157,7 @@ class Model:
             self.balancer = Balancer(self.shares, [d.name for d in self.devices])
         first = Replica(self.device, network, self.seed)
         self.replicas = [first] + [Replica(d, network, self.seed, like=first) for d in self.devices[1:]]
-        self.param_store = first.store
+        self._lag = Lag(self.replicas)  # replicas left behind by one that stepped alone
         self.metrics = SummedMetrics(self.replicas, self.world)  # loss, -, correct, count over every replica
         self.loss = self.optimizer = None
         self.input_shape = input_shape
@@ -211,6 +211,14 @@ class Model:
         self._runners.clear()
         return self
 
+    @property
+    def param_store(self) -> ParamStore:
+        """The first replica's store, which state_dict, save and checkpoints read: brought in line
+        first when it was left behind by a replica that stepped alone."""
+        store = self.replicas[0].store
+        self._lag.current([store])
+        return store
+
     def count_params(self) -> int:
         return self.param_store.count
 
@@ -230,7 +238,7 @@ class Model:
         if target not in self._runners:
             self._runners[target] = make_runner(self.replicas, self.shares, target,
                                                 lambda replica, t: self._compile(t, replica=replica), self.optimizer,
-                                                self.world, self.balancer)
+                                                self.world, self._lag, self.balancer)
         self.input_shape = target.input_shape
         runner = self._runners[target]
         if isinstance(runner, ReplicatedRunner):
@@ -239,7 +247,8 @@ class Model:
 
     def time_seam(self) -> SeamTimes:
         """Time every replicated training step from now on (several devices or MPI ranks): per
-        step, the compute, the reduction of the gradients and how much of it the compute hid.
+        step, the compute, the reduction of the gradients and how much of it the compute hid. A
+        step that one replica takes alone (every row its) has no reduction and is not counted.
 
         Example:
             >>> times = model.time_seam()

@@ -142,7 +142,8 @@ class BucketedSum:
 
 
 class SeamTimes:
-    """Per-step times of a replicated training step, in seconds, summed over the steps timed:
+    """Per-step times of a replicated training step with a seam (not one a replica takes alone),
+    in seconds, summed over the steps timed:
     `compute` (the step's start until its last gradient bucket arrived on the host), `reduction`
     (the host's work on the gradients: adding, the ranks' sums, the uploads) and `hidden` (the part
     of that work done while the devices were still computing).

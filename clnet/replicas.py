@@ -1,7 +1,7 @@
 """Replicas: one network trained data-parallel on several devices of one process (the same device may
 be listed twice), and over the ranks of an MPI run (clnet.distributed). Each replica holds its own
 ParamStore, metrics and compiled steps over the same network; parameters are identical on every
-replica of every rank at every step.
+replica of every rank that runs or is read (`Lag`).
 
 A training step splits the global batch into contiguous shards: first equally among the ranks,
 then each rank's part by its replicas' shares; each replica runs input to backward on its shard and
@@ -12,6 +12,10 @@ them (clnet.reduction): summed in replica order in float64, then over the ranks 
 float64), and the total written back to every replica. BatchNorm's running statistics are combined
 the same way after the step (each replica normalised by its own shard's statistics, as PyTorch's
 DistributedDataParallel without SyncBatchNorm).
+
+Where one replica of a process has every row of a step (the others left out, a zero share) and
+there is one rank, that sum would give back its own gradients: it steps alone on its device, no
+round trip through the host, and the others catch up from it when they are next used (`Lag`).
 """
 
 from __future__ import annotations
@@ -114,6 +118,39 @@ class SummedMetrics:
             tensor.upload(row)
 
 
+class Lag:
+    """Which replica is ahead of the others: the one that took the last steps alone (the only one
+    with rows, in one process), which nothing else saw. `current` is the one place where the others
+    catch up: called before anything runs on replicas or reads one, it copies the state of the one
+    ahead (parameters, gradients, BatchNorm buffers, optimizer state, step count) to every other
+    through the host, unless the replicas about to be used are that one alone. So every replica
+    that runs, or is read, holds the current state, as if all had taken every step.
+
+    Example:
+        >>> lag = Lag(model.replicas)
+        >>> lag.current([runner.store]); runner.train(x, y); lag.ahead = runner.store   # a step alone
+        >>> lag.current([r.store for r in model.replicas])                             # all alike again
+    """
+
+    def __init__(self, replicas):
+        self.stores = [r.store for r in replicas]
+        self.ahead = None  # the store that stepped alone since the replicas were last alike
+
+    def current(self, stores) -> None:
+        """Bring every replica in line with the one ahead, unless `stores` are that one alone."""
+        source = self.ahead
+        if source is None or all(store is source for store in stores):
+            return
+        values = {name: getattr(source, name).download() for name in ("params", "grads", "buffers")}
+        state = [tensor.download() for tensor in source.optimizer_state]
+        for store in self.stores:
+            if store is not source:
+                for name, value in values.items():
+                    getattr(store, name).upload(value)
+                store.load_optimizer_state(state, source.steps)
+        self.ahead = None
+
+
 def combine(tensors, weights, world: World, what):
     """Queue the writing of sum_i weights[i] * tensors[i] (float64, in replica order, then over the
     ranks) into every tensor; returns (the uploads' events, the host total they read, which must
@@ -147,11 +184,12 @@ class ReplicatedRunner:
         runners: a Runner per replica, in the replicas' order.
         weights: the replicas' shares (`share_weights`), an array that `balancer` may change.
         world: the ranks (clnet.distributed.World) whose gradients are summed too.
+        lag: the replicas' Lag, shared by every runner over them.
         balancer: a clnet.balance.Balancer that measures training steps and moves the shares, or None.
     """
 
-    def __init__(self, runners, weights, world: World, balancer: Balancer | None = None):
-        self.runners, self.weights, self.world, self.balancer = runners, weights, world, balancer
+    def __init__(self, runners, weights, world: World, lag: Lag, balancer: Balancer | None = None):
+        self.runners, self.weights, self.world, self.lag, self.balancer = runners, weights, world, lag, balancer
         self.output_shape = runners[0].output_shape
         self.times = None  # a clnet.reduction.SeamTimes that training steps add to, when set
         stores = [r.store for r in runners]
@@ -172,38 +210,54 @@ class ReplicatedRunner:
         bounds = start + shard_bounds(stop - start, self.weights)
         return n, [(slice(a, b), slice(a - offset, b - offset)) for a, b in zip(bounds[:-1], bounds[1:])]
 
+    def _alone(self, sizes) -> bool:
+        """Whether the one replica with rows steps alone: no other replica's gradients, nor another
+        rank's, to add, so the seam's round trip through the host would give back its own."""
+        return sum(size > 0 for size in sizes) == 1 and self.world.size == 1
+
     def train(self, x, targets, batch=None):
-        """One step on a host batch: gradients per shard, combined, then the same update everywhere.
-        x and targets are this rank's part (`rank_part`) of a global batch of `batch` rows, as a fit
-        feeds them, or without `batch` the whole global batch, of which this rank trains its part."""
+        """One step on a host batch: gradients per shard, combined, then the same update everywhere;
+        or, where one replica has every row (`_alone`), its own step on its device, the others
+        left behind until used (`Lag`). x and targets are this rank's part (`rank_part`) of a
+        global batch of `batch` rows, as a fit feeds them, or without `batch` the whole global
+        batch, of which this rank trains its part."""
         n, shards = self._shards(x, batch)
+        sizes = [shard.stop - shard.start for shard, _ in shards]
+        alone = self._alone(sizes)
+        stepping = [i for i, size in enumerate(sizes) if size or not alone]
+        self.lag.current([self.runners[i].store for i in stepping])
         self._summed.times = self.times
-        if self.times is not None:
+        if self.times is not None and not alone:
             self.times.begin()
         watch = Stopwatch(len(shards)) if self.balancer is not None and self.balancer.due() else None
-        for i, (runner, (shard, rows)) in enumerate(zip(self.runners, shards)):
+        for i in stepping:
+            (shard, rows), runner = shards[i], self.runners[i]
             runner.plan.set_dynamic("first_row", shard.start)  # the global row: draws as one device's
             runner.train(x[rows], targets[rows], update=False)
-            if watch and shard.stop > shard.start:
+            if watch and sizes[i]:
                 watch.mark(i, runner)
-        sizes = [shard.stop - shard.start for shard, _ in shards]
-        self._summed.read([size > 0 for size in sizes])
+        if not alone:
+            self._summed.read([size > 0 for size in sizes])
         if watch:
             self.balancer.record(sizes, watch.wait())
-        weights = [size / n for size in sizes]
-        self._summed.combine(weights)
-        if self._buffers is not None:
-            for upload in self._buffer_uploads[0]:  # their total may go
-                upload.wait()
-            self._buffer_uploads = combine(self._buffers, weights, self.world, "the running statistics")
-        for runner in self.runners:
-            runner.update()
+        if not alone:
+            weights = [size / n for size in sizes]
+            self._summed.combine(weights)
+            if self._buffers is not None:
+                for upload in self._buffer_uploads[0]:  # their total may go
+                    upload.wait()
+                self._buffer_uploads = combine(self._buffers, weights, self.world, "the running statistics")
+        for i in stepping:
+            self.runners[i].update()
+        if alone:
+            self.lag.ahead = self.runners[stepping[0]].store
 
     def infer(self, x, targets=None, want_output=True, batch=None):
         """One evaluation batch split into shards (x as for `train`); the outputs of the valid rows
         of the global batch in order when asked (gathered from every rank under MPI)."""
         shards = [(runner, rows) for runner, (shard, rows) in zip(self.runners, self._shards(x, batch)[1])
                   if shard.stop > shard.start]
+        self.lag.current([runner.store for runner, _ in shards])
         for runner, rows in shards:
             runner.infer(x[rows], None if targets is None else targets[rows], want_output, read=False)
         if not want_output:
@@ -229,13 +283,14 @@ def capacity(batch_size: int, weights: np.ndarray, world: World = World(), balan
     return [max(1, int(c)) for c in np.diff(bounds, axis=1).max(axis=0)]
 
 
-def make_runner(replicas, weights, target, compile_step, optimizer, world: World, balancer: Balancer | None = None):
-    """A Runner for one replica of one process, or a ReplicatedRunner over all of them;
-    `compile_step(replica, target)` compiles one replica's step, `target` the global batch's; a
-    training runner's steps feed `balancer` when there is one."""
+def make_runner(replicas, weights, target, compile_step, optimizer, world: World, lag: Lag,
+                balancer: Balancer | None = None):
+    """A Runner for one replica of one process, or a ReplicatedRunner over all of them (behind
+    `lag`, the replicas' Lag); `compile_step(replica, target)` compiles one replica's step, `target`
+    the global batch's; a training runner's steps feed `balancer` when there is one."""
     if len(replicas) == 1 and world.size == 1:
         return Runner(compile_step(replicas[0], target), replicas[0].store, optimizer)
     rows = capacity(target.batch_size, weights, world, balanced=balancer is not None)
     runners = [Runner(compile_step(replica, replace(target, batch_size=size)), replica.store, optimizer)
                for replica, size in zip(replicas, rows)]
-    return ReplicatedRunner(runners, weights, world, balancer if target.training else None)
+    return ReplicatedRunner(runners, weights, world, lag, balancer if target.training else None)

@@ -47,6 +47,9 @@ def assert_close(single, replicated, rtol=1e-5):
 
 
 def assert_replicas_identical(model):
+    """Every replica's state the same, as they run: those that a replica stepping alone left behind
+    catch up first, as any use of them makes them."""
+    model._lag.current([replica.store for replica in model.replicas])
     first = model.replicas[0].store.state_dict()
     for replica in model.replicas[1:]:
         for key, value in replica.store.state_dict().items():
@@ -277,11 +280,11 @@ def test_auto_shares_follow_the_faster_device(device, monkeypatch, caplog, per_r
 
 
 def test_a_step_does_not_wait_for_a_replica_without_rows(device):
-    """A replica without rows (a zero share, as a slow device left out by "auto") still gets every
-    update, but the step does not wait for its queue: the BatchNorm statistics and the gradients
-    are queued to it, not waited for. Here its queue is held for 3 s, and a step takes less."""
+    """A replica without rows (a zero share) beside two with rows still gets every update, but the
+    step does not wait for its queue: the BatchNorm statistics and the gradients are queued to it,
+    not waited for. Here its queue is held for 3 s, and a step takes less."""
     other = clnet.device(device.info.platform_index, device.info.device_index)  # its own queue
-    model = compiled(bn_net, [device, other], [1, 0])
+    model = compiled(bn_net, [device, device, other], [1, 1, 0])
     x, targets = model._prepare(*batch(16))
     runner = model._runner(len(x), x.shape[1:], True, targets.dtype, model._spec(x))
     runner.train(x, targets)
@@ -296,6 +299,57 @@ def test_a_step_does_not_wait_for_a_replica_without_rows(device):
     runner.sync()
     assert took < 1.5, took
     assert_replicas_identical(model)
+
+
+def test_a_replica_with_every_row_steps_alone(device, monkeypatch):
+    """Where one replica has every row (the others left out, as "auto" leaves out a slow device), it
+    steps alone: no gradients through the host, the others left behind. They catch up before
+    anything uses them: evaluation that gives them rows, a step that does, the model's state read
+    from the first replica. Weights, gradients, BatchNorm statistics, Adam's moments and step count
+    (its bias corrections), losses and evaluations: the same bit for bit as every replica in
+    lockstep."""
+    x, y = batch(24)
+    combined = []
+    monkeypatch.setattr(clnet.reduction.BucketedSum, "combine",
+                        lambda summed, weights, combine=clnet.reduction.BucketedSum.combine:
+                        combined.append(1) or combine(summed, weights))
+    runs = []
+    for alone in (True, False):
+        if not alone:
+            monkeypatch.setattr(clnet.replicas.ReplicatedRunner, "_alone", lambda runner, sizes: False)
+        model = bn_net([device] * 2, "auto").compile("cross_entropy", clnet.optim.Adam(lr=0.01))
+        model.balancer.due = lambda: False  # the shares are set here, not measured
+        combined.clear()
+        results = []
+
+        def steps(shares, count):
+            model.shares[:] = shares
+            results.extend(model.train_on_batch(x, y) for _ in range(count))
+        steps([0, 1], 3)  # the first replica is left behind
+        assert [r.store.steps for r in model.replicas] == ([0, 3] if alone else [3, 3])
+        assert len(combined) == (0 if alone else 3)
+        model.shares[:] = [0.5, 0.5]
+        results.append(model.evaluate(x, y, batch_size=10))
+        steps([0, 1], 2)
+        reads = [(model.state_dict(), model.optimizer_state_dict(), model.gradients())]  # of the first, behind
+        steps([0.5, 0.5], 1)  # rows for both again
+        steps([1, 0], 2)  # now the second is left behind, and the first is read
+        reads.append((model.state_dict(), model.optimizer_state_dict(), model.gradients()))
+        assert model.replicas[1].store.steps == (6 if alone else 8)
+        model.shares[:] = [0.5, 0.5]
+        results.append(model.predict(x, batch_size=10))
+        assert_replicas_identical(model)
+        runs.append((reads, results))
+    (reads, results), (lockstep_reads, lockstep_results) = runs
+    for (state, optimizer, gradients), expected, steps_taken in zip(reads, lockstep_reads, (5, 8)):
+        for mine, theirs in ((state, expected[0]), (gradients, expected[2])):
+            for key, value in theirs.items():
+                np.testing.assert_array_equal(mine[key], value, err_msg=key)
+        assert optimizer["steps"] == expected[1]["steps"] == steps_taken
+        for mine, theirs in zip(optimizer["state"], expected[1]["state"]):
+            np.testing.assert_array_equal(mine, theirs)
+    assert results[:-1] == lockstep_results[:-1]
+    np.testing.assert_array_equal(results[-1], lockstep_results[-1])
 
 
 def test_auto_is_the_default_for_different_devices(device):
