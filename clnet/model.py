@@ -473,9 +473,9 @@ class Model:
             >>> result = model.load_state_dict(torchvision.models.resnet18().state_dict(), strict=False)
             >>> result.missing_keys, result.unexpected_keys
         """
-        keys = None
+        checked, keys = self.replicas[0].store.check_state_dict(state, strict)  # once: the replicas are alike
         for replica in self.replicas:
-            keys = replica.store.load_state_dict(state, strict)
+            replica.store.write_checked(checked)
         return keys
 
     def save_weights(self, path) -> None:

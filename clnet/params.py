@@ -167,14 +167,12 @@ class ParamStore:
             checked[key] = value
         return checked, keys
 
-    def load_state_dict(self, state, strict=True):
-        """Load the arrays of `state` whose keys the model has (`check_state_dict`: nothing is loaded
-        when one is refused); returns IncompatibleKeys."""
-        checked, keys = self.check_state_dict(state, strict)
+    def write_checked(self, checked):
+        """Write the arrays that `check_state_dict` returned into the flat buffers (a model checks a
+        state once, then writes it into every replica's store)."""
         flats = {True: self.params.download(), False: self.buffers.download()}
         for e in self.entries:
             if e.key in checked:
                 flats[e.trainable][e.offset:e.offset + e.size] = checked[e.key].reshape(-1)
         self.params.upload(flats[True])
         self.buffers.upload(flats[False])
-        return keys
