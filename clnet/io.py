@@ -366,9 +366,7 @@ class _Archive:
         """The arrays of the .npz member `name`, each .npy header checked against its member's size
         before the array is allocated (npyfiles.read_npz)."""
         data = self.read(name, missing)
-        path = self.path
-        return read_npz(BytesIO(data), len(data), name, lambda problem: ModelFileError(path, problem),
-                        compressed=False)
+        return read_npz(BytesIO(data), len(data), name, self.error, compressed=False)
 
 
 def _is_int(value):

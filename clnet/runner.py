@@ -103,11 +103,6 @@ class Runner:
         if ranges:
             self._run(staged, *ranges)
 
-    @property
-    def last_event(self):
-        """The event of the last launch queued (None before any)."""
-        return self._ahead[-1] if self._ahead else None
-
     def update(self):
         """Queue the optimizer's update of a step trained with update=False."""
         self._run(None, self._update)
@@ -166,7 +161,7 @@ class Stopwatch:
 
     def mark(self, index: int, runner: Runner) -> None:
         """Record when what `runner` has queued completes, as `times[index]`."""
-        event = runner.last_event
+        event = runner.last_events[-1]
         event.set_callback(cl.command_execution_status.COMPLETE, lambda status: self._record(index))
         runner.device.queue.flush()  # else a driver may hold the launches back
         self._events.append(event)
