@@ -48,8 +48,7 @@ def devices(platform, device, as_json):
     PYOPENCL_CTX ("platform:device") when neither of those is set.
     """
     infos = list_devices()
-    selected = _open_devices(platform, device) if platform or device else None
-    selected = selected if selected is None or isinstance(selected, list) else [selected]
+    selected = local_devices(platform, device) if platform or device else None
     if as_json:
         listed = [info.__dict__ for info in infos]
         click.echo(json.dumps(listed if selected is None else

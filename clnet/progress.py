@@ -1,7 +1,7 @@
 """Progress bars (training epochs, downloads) that fit where they are shown, drawn by tqdm.
 
 On a terminal, tqdm's bar, trimmed to the terminal's width as it is now (a redraw that wrapped
-would leave a stale row each time); in a notebook, tqdm's widget (tqdm.auto); in a pipe or a file
+would leave a stale row each time); in a notebook, tqdm's widget (tqdm.autonotebook); in a pipe or a file
 (`| cat`, a log, captured output), no carriage returns: the same figures as a plain line now and
 then, and a last one when the bar is closed to be kept.
 """
@@ -9,8 +9,7 @@ then, and a last one when the bar is closed to be kept.
 import sys
 import time
 
-from tqdm.auto import tqdm as auto_tqdm
-from tqdm.autonotebook import tqdm as chosen_tqdm
+from tqdm.autonotebook import tqdm as chosen_tqdm  # the notebook's widget there, else the terminal's bar
 from tqdm.std import tqdm as terminal_tqdm
 
 # "Epoch 1/5  45%|████▌     | 120/450 [00:03<00:08, 5,120 img/s, loss 0.2134]": the caller's figures
@@ -36,7 +35,7 @@ def beside_bars(stream):
 
 
 def _in_notebook() -> bool:
-    """Whether tqdm.auto draws widgets here (a Jupyter kernel with ipywidgets)."""
+    """Whether tqdm.autonotebook draws widgets here (a Jupyter kernel with ipywidgets)."""
     return chosen_tqdm is not terminal_tqdm
 
 
@@ -73,7 +72,7 @@ class ProgressBar:
         elif (hasattr(self.stream, "isatty") and self.stream.isatty()) or \
                 (_in_notebook() and self.stream in (sys.stdout, sys.stderr)):
             self.mode = "bar"
-            tqdm_class = auto_tqdm if _in_notebook() else terminal_tqdm
+            tqdm_class = chosen_tqdm
             self.bar = tqdm_class(total=total, desc=label, file=self.stream, initial=initial, unit_scale=scaled,
                                   bar_format=self._format(), dynamic_ncols=True, mininterval=self.REDRAW_S,
                                   leave=False)

@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import platformdirs
-from filelock import FileLock
 
 from .errors import ClnetError
 from .files import readable_size, refuse_special, replace_atomically
@@ -283,6 +282,7 @@ def store(device, results, path=None):
     lose nothing; entries of other devices are kept, a stale entry of this one is replaced."""
     path = Path(path or cache_path())
     path.parent.mkdir(parents=True, exist_ok=True)
+    from filelock import FileLock  # here, not at import: only a tuner writes the cache
     with FileLock(f"{path}.lock", timeout=LOCK_TIMEOUT):
         data = load(path) or {"format": FORMAT, "version": VERSION, "devices": {}}
         entry = data["devices"].get(device_key(device))
