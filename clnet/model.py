@@ -515,17 +515,12 @@ class Model:
         if self.world.size == 1:
             return
         first = self.param_store
-        for name in ("params", "buffers"):
-            values = self.world.broadcast(getattr(first, name).download(), f"the {name}")
-            for replica in self.replicas:
-                getattr(replica.store, name).upload(values)
-        for i, tensor in enumerate(first.optimizer_state):
-            values = self.world.broadcast(tensor.download(), "the optimizer state")
-            for replica in self.replicas:
-                replica.store.optimizer_state[i].upload(values)
+        flats = {name: self.world.broadcast(getattr(first, name).download(), f"the {name}")
+                 for name in ("params", "buffers")}
+        state = [self.world.broadcast(tensor.download(), "the optimizer state") for tensor in first.optimizer_state]
         steps = self.world.share(first.steps, "the step count")
         for replica in self.replicas:
-            replica.store.steps = steps
+            replica.store.load_flat_state(flats, state, steps)
 
     def optimizer_state_dict(self) -> dict:
         """Everything the optimizer needs to continue: {"class", "config" (hyper-parameters),

@@ -118,6 +118,13 @@ class ParamStore:
                 tensor.fill(0)
         return self.optimizer_state
 
+    def load_flat_state(self, flats, optimizer_arrays, steps):
+        """Take another store's state of the same network: `flats` {"params"/"grads"/"buffers": the
+        flat array}, the optimizer state and the step count (replicas brought in line)."""
+        for name, values in flats.items():
+            getattr(self, name).upload(values)
+        self.load_optimizer_state(optimizer_arrays, steps)
+
     def load_optimizer_state(self, arrays, steps):
         """Restore saved optimizer state (float32 arrays of the parameters' size) and step count."""
         arrays = [np.ascontiguousarray(a, dtype=np.float32).reshape(-1) for a in arrays]

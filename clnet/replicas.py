@@ -145,9 +145,7 @@ class Lag:
         state = [tensor.download() for tensor in source.optimizer_state]
         for store in self.stores:
             if store is not source:
-                for name, value in values.items():
-                    getattr(store, name).upload(value)
-                store.load_optimizer_state(state, source.steps)
+                store.load_flat_state(values, state, source.steps)
         self.ahead = None
 
 
