@@ -68,8 +68,18 @@ class Callback:
     def state(self) -> dict:
         return {}
 
+    state_fields = {}  # {key: (test, what the value must be)} of what state() returns; none: any value
+
     def load_state(self, state: dict) -> None:
-        self.__dict__.update(check_state(state, {key: (lambda value: True, "") for key in self.state()}))
+        load_checked_state(self, state)
+
+
+def load_checked_state(keeper, state: dict) -> None:
+    """`state` (as a checkpoint keeps a callback's or a schedule's `state()`) into `keeper`'s
+    attributes, checked against its `state_fields`, or else for its keys only (an InputError names
+    the field)."""
+    fields = keeper.state_fields or {key: (lambda value: True, "") for key in keeper.state()}
+    keeper.__dict__.update(check_state(state, fields))
 
 
 def is_count(value) -> bool:
@@ -80,6 +90,9 @@ def is_count(value) -> bool:
 def is_number(value) -> bool:
     """An int or float that is not NaN (infinities are kept: a metric may overflow)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+
+
+NUMBER_OR_NULL = (lambda value: value is None or is_number(value), "a number or null")  # a best value yet to come
 
 
 def is_rate(value) -> bool:

@@ -1,6 +1,6 @@
 """EarlyStopping: end training when a metric stops improving, keeping the best weights."""
 
-from .base import Callback, check_state, improvement_sign, is_count, is_number, monitored
+from .base import NUMBER_OR_NULL, Callback, check_state, improvement_sign, is_count, monitored
 
 
 class EarlyStopping(Callback):
@@ -51,7 +51,7 @@ class EarlyStopping(Callback):
         return {"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait, "weights": self.weights}
 
     def load_state(self, state):
-        check_state(state, {"best": (lambda v: v is None or is_number(v), "a number or null"),
+        check_state(state, {"best": NUMBER_OR_NULL,
                             "best_epoch": (is_count, "a whole number >= 0"), "wait": (is_count, "a whole number >= 0"),
                             "weights": (lambda v: v is None or isinstance(v, dict), "a state_dict or null")})
         weights = state.get("weights")

@@ -1,6 +1,6 @@
 """SaveBest: keep the best model so far in a file."""
 
-from .base import Callback, check_state, improvement_sign, is_number, monitored
+from .base import NUMBER_OR_NULL, Callback, improvement_sign, monitored
 
 
 class SaveBest(Callback):
@@ -28,5 +28,4 @@ class SaveBest(Callback):
     def state(self):
         return {"best": self.best}
 
-    def load_state(self, state):
-        self.__dict__.update(check_state(state, {"best": (lambda v: v is None or is_number(v), "a number or null")}))
+    state_fields = {"best": NUMBER_OR_NULL}

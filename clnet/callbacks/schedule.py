@@ -9,7 +9,7 @@ checkpointed run resumes exactly.
 import math
 
 from ..errors import InputError
-from .base import Callback, check_state, improvement_sign, is_count, is_number, is_rate, monitored
+from .base import NUMBER_OR_NULL, Callback, check_state, improvement_sign, is_count, is_rate, load_checked_state, monitored
 
 
 class Schedule:
@@ -43,10 +43,8 @@ class Schedule:
         return {}
 
     def load_state(self, state):
-        """`state()` as a checkpoint keeps it, checked (an InputError names the field): against
-        `state_fields`, or else only its keys."""
-        fields = self.state_fields or {key: (lambda value: True, "") for key in self.state()}
-        self.__dict__.update(check_state(state, fields))
+        """`state()` as a checkpoint keeps it, checked (an InputError names the field)."""
+        load_checked_state(self, state)
 
     state_fields = {}  # {key: (test, what the value must be)} of what state() returns
 
@@ -109,7 +107,7 @@ class ReduceLROnPlateau(Schedule):
     def state(self):
         return {"best": self.best, "wait": self.wait, "scale": self.scale}
 
-    state_fields = {"best": (lambda v: v is None or is_number(v), "a number or null"),
+    state_fields = {"best": NUMBER_OR_NULL,
                     "wait": (is_count, "a whole number >= 0"), "scale": (is_rate, "a finite number > 0")}
 
 
