@@ -152,7 +152,7 @@ def _select(found, platform, device):
     return min(candidates, key=lambda f: (rank[f[0].type], -f[0].compute_units, f[0].index))
 
 
-def _requested(platform, device):
+def requested(platform, device):
     """(platform, device, where) as asked: the arguments; else CLNET_PLATFORM and CLNET_DEVICE; else,
     when neither of those is set either, PYOPENCL_CTX read as pyopencl reads it ("platform:device",
     each an index or a name substring, an empty or missing part meaning 0); else (None, None), the
@@ -175,8 +175,8 @@ def _requested(platform, device):
 
 
 def _from_requested(select, platform, device):
-    """select(platform, device) with `_requested`'s defaults; an error names the variables used."""
-    platform, device, where = _requested(platform, device)
+    """select(platform, device) with `requested`'s defaults; an error names the variables used."""
+    platform, device, where = requested(platform, device)
     try:
         return select(_discover(), platform, device)
     except DeviceNotFoundError as exc:

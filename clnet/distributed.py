@@ -25,7 +25,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from .device import alike, device, devices
+from .device import alike, device, devices, requested
 from .errors import ClnetError
 
 LAUNCHER_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK")
@@ -215,10 +215,9 @@ def local_devices(platform: str | None = None, device_name: str | None = None) -
         >>> model = clnet.models.resnet18(device=clnet.distributed.local_devices())   # under mpirun
     """
     here = world()
-    chosen = device_name is not None or os.environ.get("CLNET_DEVICE") or (
-        platform is None and not os.environ.get("CLNET_PLATFORM") and "PYOPENCL_CTX" in os.environ)
-    if chosen or here.size == 1:
-        return devices(platform, device_name)
-    infos = alike(platform)
+    named_platform, named_device, _ = requested(platform, device_name)  # the arguments, else the variables
+    if named_device is not None or here.size == 1:
+        return devices(platform, device_name)  # the variables again there, named in its errors
+    infos = alike(named_platform)
     info = infos[here.local_rank % len(infos)]
     return [device(info.platform_index, info.device_index)]
