@@ -50,18 +50,36 @@ def _image_size(image_size):
 
 def _list_images(folder):
     """(image files under `folder`, sorted by their path relative to it; the other files), hidden
-    entries skipped. An image name that is not a regular file (a FIFO would block its reader) is refused."""
-    found, others = [], []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        for f in filenames:
-            if not f.startswith("."):
-                (found if f.lower().endswith(IMAGE_EXTENSIONS) else others).append(Path(dirpath, f))
-    for path in found:
-        kind = special_kind(path)
-        if kind:
-            raise DatasetError(f"{path} is {kind}, not an image file: remove it from the image folder")
+    entries skipped, linked folders not followed (as os.walk). An image name that is not a regular
+    file (a FIFO would block its reader) is refused: the scan's own file types tell, so a folder of a
+    million images costs no stat per file."""
+    found, others, pending = [], [], [folder]
+    while pending:
+        try:
+            entries = list(os.scandir(pending.pop()))
+        except OSError:  # as os.walk: a folder that cannot be listed is passed over
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if _is_folder(entry):
+                if not entry.is_symlink():
+                    pending.append(entry.path)
+            elif not entry.name.lower().endswith(IMAGE_EXTENSIONS):
+                others.append(Path(entry.path))
+            else:
+                kind = None if entry.is_file() else special_kind(entry.path)
+                if kind:
+                    raise DatasetError(f"{entry.path} is {kind}, not an image file: remove it from the image folder")
+                found.append(Path(entry.path))
     return sorted(found, key=lambda p: p.relative_to(folder).parts), others
+
+
+def _is_folder(entry):
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
 
 
 def list_classes(root: Path) -> tuple[list[str], list[Path], list[int]]:
