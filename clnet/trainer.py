@@ -215,7 +215,9 @@ class Trainer:
                     self.input_wait += time.perf_counter() - waiting
                     runner.train(images, targets[used], **model._rank_batch(n))
                 self._call("on_step_end", epoch, step)
-                if self._interrupted(interrupt) and step + 1 < steps:  # keep what is done, then stop
+                # keep what is done, then stop; after the last step fit's own check asks (under MPI
+                # each check is a collective)
+                if step + 1 < steps and self._interrupted(interrupt):
                     runner.sync()
                     self._call("on_interrupt", epoch, step + 1)
                     raise KeyboardInterrupt
