@@ -18,8 +18,8 @@ import numpy as np
 from . import callbacks, datasets, metrics, models, optim
 from .cli_options import CONTEXT_SETTINGS, FiniteFloatRange, device_options, friendly_errors, option_group
 from .datasets.feed import parse_augment
-from .device import INSTALL_HINT, alike, list_devices
-from .distributed import local_devices, world
+from .device import INSTALL_HINT, chosen, list_devices
+from .distributed import in_turn, local_devices, world
 from .errors import ClnetError, InputError
 from .files import check_writable, readable_size, replace_atomically, special_kind
 from .model import load as load_model
@@ -39,9 +39,10 @@ Examples:
 @device_options
 @click.option("--json", "as_json", is_flag=True, help="Print the devices as JSON.")
 def devices(platform, device, as_json):
-    """List every OpenCL platform and device clnet can use, and what a run would use: the best
-    device, the devices each rank of an MPI run takes in turn, and with --platform/--device the
-    devices selected, one replica each, with their shares of every batch.
+    """List every OpenCL platform and device clnet can use, and what a run would use: the device it
+    opens (the environment's, else the best), the devices each rank of an MPI run takes in turn,
+    and with --platform/--device the devices selected, one replica each, with their shares of every
+    batch.
 
     Select one elsewhere with --platform and --device (an index, or a case-insensitive name
     substring), or with the environment variables CLNET_PLATFORM and CLNET_DEVICE, or pyopencl's
@@ -77,10 +78,10 @@ def devices(platform, device, as_json):
         for dev in selected:
             click.echo(f"    [{dev.info.index}] {dev.info.label}")
         return
-    best = alike()
-    click.echo(f"Default: [{best[0].index}] {best[0].label}")
-    click.echo("Under mpirun, the ranks of a machine take in turn: "
-               + ", ".join(f"[{info.index}]" for info in best))
+    click.echo("Default: " + ", ".join(f"[{info.index}] {info.label}" for info in chosen()))
+    infos = in_turn()
+    click.echo("Under mpirun, " + ("every rank takes the same: the environment names it" if infos is None else
+                                   "the ranks of a machine take in turn: " + ", ".join(f"[{i.index}]" for i in infos)))
 
 
 def _shares_text(selected):

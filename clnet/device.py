@@ -202,14 +202,23 @@ def devices(platform: str | None = None, device: str | None = None) -> list[Devi
     return [Device(info, cl_device) for info, cl_device in _from_requested(_select_several, platform, device)]
 
 
+def chosen(platform: str | None = None, device: str | None = None) -> list[DeviceInfo]:
+    """The devices `devices(platform, device)` opens, without opening them: the same rules, the same
+    errors; with one device asked for (or none), the one `device(platform, device)` opens.
+
+    Example:
+        >>> [d.label for d in chosen()]   # what a run here uses: the environment's, else the best
+    """
+    return [info for info, _ in _from_requested(_select_several, platform, device)]
+
+
 def alike(platform: str | None = None) -> list[DeviceInfo]:
-    """The devices like the best one (of `platform`, else CLNET_PLATFORM's, else any): those of its
-    platform and type, in order, which a run of one process per device shares out by local rank.
+    """The devices like the best one (of `platform`, else of any): those of its platform and type,
+    in order, which a run of one process per device shares out by local rank.
 
     Example:
         >>> [d.label for d in alike("nvidia")]   # every NVIDIA GPU
     """
-    platform = platform if platform is not None else os.environ.get("CLNET_PLATFORM") or None
     found = _discover()
     best, _ = _select(found, platform, None)
     return [info for info, _ in found if info.platform_index == best.platform_index and info.type == best.type]
@@ -227,11 +236,11 @@ def _select_several(found, platform, device):
 def _family(info, family):
     """`family`, else CLNET_GEMM, else "tiled" (gemm_tiled, local-memory tiles) on GPUs and
     accelerators and "cpu" (gemm_packed and the other CPU variants) on CPUs."""
-    chosen = family or os.environ.get("CLNET_GEMM") or ("cpu" if info.type == "CPU" else "tiled")
-    if chosen not in FAMILIES:
+    name = family or os.environ.get("CLNET_GEMM") or ("cpu" if info.type == "CPU" else "tiled")
+    if name not in FAMILIES:
         source = "family" if family else "CLNET_GEMM"
-        raise ValueError(f"{source} must be 'tiled' or 'cpu', not {chosen!r}")
-    return chosen
+        raise ValueError(f"{source} must be 'tiled' or 'cpu', not {name!r}")
+    return name
 
 
 class Device:

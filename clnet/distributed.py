@@ -215,9 +215,20 @@ def local_devices(platform: str | None = None, device_name: str | None = None) -
         >>> model = clnet.models.resnet18(device=clnet.distributed.local_devices())   # under mpirun
     """
     here = world()
-    named_platform, named_device, _ = requested(platform, device_name)  # the arguments, else the variables
-    if named_device is not None or here.size == 1:
+    infos = in_turn(platform, device_name) if here.size > 1 else None
+    if infos is None:
         return devices(platform, device_name)  # the variables again there, named in its errors
-    infos = alike(named_platform)
     info = infos[here.local_rank % len(infos)]
     return [device(info.platform_index, info.device_index)]
+
+
+def in_turn(platform: str | None = None, device_name: str | None = None) -> list | None:
+    """The devices (`DeviceInfo`) a machine's ranks take in turn by local rank: those like the best
+    (of the platform the arguments, else the variables, name); None where the arguments or the
+    variables name a device (CLNET_DEVICE, PYOPENCL_CTX), which every rank then takes.
+
+    Example:
+        >>> [d.label for d in in_turn("nvidia")]   # every NVIDIA GPU, one per rank
+    """
+    named_platform, named_device, _ = requested(platform, device_name)  # the arguments, else the variables
+    return None if named_device is not None else alike(named_platform)

@@ -189,7 +189,8 @@ def report(results, batch):
 @click.option("--cpu-platform", default="pocl", show_default=True, help="The CPU's, for the GPU + CPU case.")
 @click.option("--steps", type=click.IntRange(min=1), default=20, show_default=True, help="Steps per timed run.")
 @click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True,
-              help="Untimed steps first (at least the 7 that balanced shares take to settle).")
+              help="Untimed steps first (at least the 7 that balanced shares take to settle; a hopeless "
+                   "device is left out at step 2).")
 @click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True, help="Timed runs (median).")
 @click.option("--skip", default="", help="Comma-separated parts to leave out: " + ", ".join(CASES) + ".")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the results here.")

@@ -23,6 +23,30 @@ def test_devices_lists_every_device():
     assert '"compute_units"' in CliRunner().invoke(devices, ["--json"]).output
 
 
+def test_devices_default_is_the_device_a_run_opens(monkeypatch):
+    """clnet-devices' "Default:" line names the device clnet.device() opens under the same
+    environment (CLNET_DEVICE, PYOPENCL_CTX), and a device that matches nothing is the same error
+    as a run's."""
+    for name in ("CLNET_PLATFORM", "CLNET_DEVICE", "PYOPENCL_CTX"):
+        monkeypatch.delenv(name, raising=False)
+    last = clnet.list_devices()[-1]
+    for name, value in (("CLNET_DEVICE", str(last.index)), ("CLNET_DEVICE", last.type.lower()),
+                        ("PYOPENCL_CTX", f"{last.platform_index}:{last.device_index}")):
+        monkeypatch.setenv(name, value)
+        opened = clnet.device().info
+        result = CliRunner().invoke(devices, [])
+        assert result.exit_code == 0, result.output
+        assert f"Default: [{opened.index}] {opened.label}\nUnder mpirun, every rank takes the same" in result.output
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("CLNET_DEVICE", "no-such-device")
+    with pytest.raises(clnet.DeviceNotFoundError) as error:
+        clnet.device()
+    result, run = CliRunner().invoke(devices, []), CliRunner().invoke(train, ["--model", "mlp", "--epochs", "1"])
+    assert str(error.value).startswith("CLNET_DEVICE='no-such-device': No OpenCL device matches")
+    assert result.exit_code == run.exit_code == 1 and "Default:" not in result.output
+    assert result.output.endswith(f"Error: {error.value}\n") and run.output.endswith(f"Error: {error.value}\n")
+
+
 def test_train_runs_and_reports_test_accuracy():
     result = CliRunner().invoke(train, ["--device", "0", "--platform", str(clnet.list_devices()[0].platform_index),
                                        "--epochs", "2", "--batch-size", "32", "--seed", "1"])

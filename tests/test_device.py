@@ -82,6 +82,33 @@ def test_arguments_then_clnet_variables_come_before_pyopencl_ctx(monkeypatch):
         _from_requested(_select, None, None)
 
 
+@pytest.mark.parametrize("variables, default, in_turn", [
+    ({}, "[2] NVIDIA A100", "take in turn: [1], [2]"),
+    ({"CLNET_DEVICE": "h100", "PYOPENCL_CTX": "1:1"}, "[1] NVIDIA H100", "every rank takes the same"),
+    ({"PYOPENCL_CTX": "1:0"}, "[1] NVIDIA H100", "every rank takes the same"),
+    ({"CLNET_PLATFORM": "2"}, "[3] pthread-cpu-old", "take in turn: [3]"),
+    ({"CLNET_DEVICE": "amd"}, None, None),
+])
+def test_clnet_devices_names_what_device_opens_under_the_same_environment(monkeypatch, variables, default, in_turn):
+    """clnet-devices' "Default:" line is the device `device()` opens (`_from_requested(_select)`),
+    under CLNET_DEVICE and PYOPENCL_CTX too, not the best; its error is the same."""
+    from click.testing import CliRunner
+    from clnet.cli import devices
+    monkeypatch.setattr(device_module, "_discover", lambda: FAKE)
+    for name in ("CLNET_PLATFORM", "CLNET_DEVICE", "PYOPENCL_CTX"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    output = CliRunner().invoke(devices, []).output
+    if default is None:
+        with pytest.raises(clnet.DeviceNotFoundError) as error:
+            _from_requested(_select, None, None)
+        assert output.endswith(f"Error: {error.value}\n")
+        return
+    assert default.endswith(_from_requested(_select, None, None)[0].name)
+    assert f"Default: {default} [" in output and in_turn in output
+
+
 def test_pyopencl_ctx_opens_a_real_device(monkeypatch):
     monkeypatch.delenv("CLNET_PLATFORM", raising=False)
     monkeypatch.delenv("CLNET_DEVICE", raising=False)

@@ -279,6 +279,58 @@ def test_auto_shares_follow_the_faster_device(device, monkeypatch, caplog, per_r
         assert 0.12 < model.shares[1] < 0.38 and not model.balancer.dropped, model.shares
 
 
+def test_a_hopeless_replica_is_left_out_at_the_first_measured_step(device, monkeypatch, caplog):
+    """shares="auto": a replica slowed by a fixed cost far beyond HOPELESS times the other's whole
+    step gets nothing from step 2, the first measured one, not after SETTLED; the steps after it
+    no longer wait for it."""
+    model = compiled(mlp, [device, device], "auto")
+    slowed(monkeypatch, model, (0, 0), (0, 0.6))
+    x, y = batch(64)
+    model.train_on_batch(x, y)  # the warm-up, not measured
+    assert list(model.shares) == [0.5, 0.5] and not model.balancer.dropped
+    model.train_on_batch(x, y)
+    assert model.balancer.steps == 2 and list(model.shares) == [1, 0] and model.balancer.dropped == {1}
+    began = time.perf_counter()
+    for _ in range(5):
+        model.train_on_batch(x, y)
+    assert time.perf_counter() - began < 0.6
+    assert caplog.text.count("gets no rows from now on") == 1
+
+
+def balanced(weights, seconds, steps, batch_size=1024):
+    """A Balancer fed synthetic timings, seconds(rows) each replica's time for its rows; it and the
+    shares after each step."""
+    from clnet import balance
+    balancer, shares = balance.Balancer(np.array(weights, np.float64), ["fast", "slow"]), []
+    for _ in range(steps):
+        if balancer.due():
+            rows = np.diff(shard_bounds(batch_size, balancer.weights))
+            balancer.record(rows, np.where(rows > 0, seconds(rows), 0.0))
+        shares.append(balancer.weights.copy())
+    return balancer, shares
+
+
+def test_balancer_leaves_a_hopeless_device_out_at_once_and_measures_a_close_one_twice(caplog):
+    """An H100 beside a 16-core CPU (cifar-cnn at batch 1024: 12 ms for the GPU's 964 rows, 0.4 s
+    for the CPU's 60 whatever their number): the CPU is left out at step 2, the first measured, and
+    stays out through the rechecks. A CPU whose fixed cost is just under HOPELESS times the GPU's
+    whole step is measured in both rounds and left out at SETTLED, as before; one three times
+    slower per row keeps its share after both rounds."""
+    from clnet import balance
+    gpu_cpu = [16 / 17, 1 / 17]
+    gpu_step = 0.012 * 1024 / 964  # the GPU's whole batch
+    balancer, shares = balanced(gpu_cpu, lambda rows: np.array([0.012 * rows[0] / 964, 0.4]), 2 * balance.RECHECK)
+    assert shares[0] == pytest.approx(gpu_cpu) and all(list(w) == [1, 0] for w in shares[1:])
+    assert balancer.dropped == {1} and caplog.text.count("gets no rows from now on") == 1
+    close = 0.9 * balance.HOPELESS * gpu_step
+    balancer, shares = balanced(gpu_cpu, lambda rows: np.array([0.012 * rows[0] / 964, close]), balance.SETTLED)
+    assert shares[1] == pytest.approx(gpu_cpu)  # step 2 leaves it in
+    assert shares[balance.SETTLED - 2][1] > 0 and list(shares[-1]) == [1, 0] and balancer.dropped == {1}
+    balancer, shares = balanced([0.5, 0.5], lambda rows: rows * np.array([0.001, 0.003]), balance.SETTLED)
+    assert list(shares[1]) == [0.5, 0.5]
+    assert shares[-1] == pytest.approx([0.75, 0.25]) and not balancer.dropped
+
+
 def test_a_step_does_not_wait_for_a_replica_without_rows(device):
     """A replica without rows (a zero share) beside two with rows still gets every update, but the
     step does not wait for its queue: the BatchNorm statistics and the gradients are queued to it,
