@@ -32,19 +32,24 @@ __kernel void activation_backward_from_input(const int n, __global const float* 
 }
 
 // For a dense layer whose output y = act(x W^T + b) has shape rows x cols: dpre = dy * act'(y) and
-// db[c] = sum over rows of dpre. One work-item per column sums the rows in order: deterministic,
-// and neighbouring work-items read neighbouring addresses. Without an activation dpre is dy itself
-// and is not written.
+// db[c] = sum over rows of dpre. Work-item (c, s) of a (cols, S) grid sums slice s of column c's
+// rows in order and writes it to sums[s * cols + c]: db itself when S = 1, else partial sums that
+// sum_slices (sum_slices.cl) adds in slice order; deterministic either way, and neighbouring
+// work-items read neighbouring addresses. The slices give a device work where a few hundred
+// columns alone would keep two of a GPU's 132 compute units busy. Without an activation dpre is
+// dy itself and is not written.
 __kernel void bias_act_backward(const int rows, const int cols,
                                 __global const float* dy, const int dyo,
                                 __global const float* y, const int yo,
                                 __global float* dpre, const int dpo,
-                                __global float* db, const int dbo)
+                                __global float* sums, const int so)
 {
     const int c = get_global_id(0);
     if (c >= cols) return;
+    const int slice = get_global_id(1), share = (rows + get_global_size(1) - 1) / get_global_size(1);
+    const int end = min(rows, (slice + 1) * share);
     float s = 0.0f;
-    for (int r = 0; r < rows; r++) {
+    for (int r = slice * share; r < end; r++) {
         const int i = r * cols + c;
 #if ACT == ACT_NONE
         s += dy[dyo + i];
@@ -55,7 +60,7 @@ __kernel void bias_act_backward(const int rows, const int cols,
 #endif
     }
 #ifdef HAS_BIAS
-    db[dbo + c] = s;
+    sums[so + slice * cols + c] = s;
 #endif
 }
 

@@ -322,6 +322,28 @@ def test_bias_act_backward_in_place_none(device):
     np.testing.assert_allclose(sdb.read(), dy.astype(np.float64).sum(axis=0), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("act", ["none", "relu"])
+@pytest.mark.parametrize("rows, cols", [(1000, 3), (257, 130), (40, 7)])
+def test_bias_act_backward_in_slices(device, act, rows, cols):
+    """The bias gradient of many rows and few columns is summed in slices of rows (slices of
+    unequal length where they do not divide the rows), whose sums sum_slices adds in a fixed order."""
+    rng = np.random.default_rng(7)
+    dy, y = f32(rng.normal(size=(rows, cols))), f32(np.abs(rng.normal(size=(rows, cols))))
+    y[::3] = 0.0  # ReLU's gradient is 0 there
+    sdy, sy = Slot(device, dy, 3), Slot(device, y, 5)
+    sdpre, sdb = Slot.output(device, (rows, cols), 1), Slot.output(device, (cols,), 2)
+    plan = new_plan(device)
+    ops.bias_act_backward(plan, ops.activation(act), sdy.tensor, sy.tensor, sdpre.tensor, sdb.tensor)
+    execute(plan)
+    dpre = dy.astype(np.float64) * (y > 0) if act == "relu" else dy.astype(np.float64)
+    if act == "relu":
+        np.testing.assert_allclose(sdpre.read(), dpre, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(sdb.read(), dpre.sum(axis=0), rtol=1e-5, atol=1e-6 * np.sqrt(rows))
+    sliced = any(launch.kernel.function_name == "sum_slices" for launch in plan.launches)
+    groups = -(-cols // ops.elementwise.LOCAL)
+    assert sliced == (rows >= 2 * ops.elementwise.ROWS_PER_SLICE and groups < 4 * device.info.compute_units)
+
+
 # -------------------------------------------------------------------------------------- softmax
 
 def _softmax_inputs(rng, rows, cols):

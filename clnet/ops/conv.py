@@ -12,8 +12,8 @@ channel per group: a GEMM with K = KH * KW) runs direct kernels of its own inste
 
 from dataclasses import asdict, dataclass
 
-from .elementwise import activation
-from .gemm import SUM_SLICES_FILE, Matrix, gemm, record_gemm
+from .elementwise import activation, slice_totals
+from .gemm import Matrix, gemm, record_gemm
 
 FILE = "conv.cl"
 LOCAL = 64
@@ -82,10 +82,7 @@ def conv_bias_act_backward(plan, act, dy, y, dpre, db):
                     CONV_P=pixels)
     launch = plan.launch(k, (channels * group, slices), (group, 1), batch, channels, dy, y, dpre,
                          sums if sums is not None else dpre)
-    if sums is db:
-        return launch
-    total = plan.kernel(SUM_SLICES_FILE, "sum_slices")
-    return plan.launch(total, (channels,), (LOCAL,), 1, channels, slices, sums, db, channels, db)
+    return launch if sums is db else slice_totals(plan, sums, slices, channels, db)
 
 
 # Implicit convolution: each product below is one GEMM that gathers its operand from the NCHW
@@ -253,7 +250,4 @@ def depthwise_weight_grad(plan, geometry, batch, dpre, x, dweight):
         group //= 2
     k = plan.kernel(DEPTHWISE_FILE, "depthwise_weight_grad", **_depthwise_defines(plan, g, out), DW_WG=group)
     launch = plan.launch(k, (out * group, slices), (group, 1), batch, dpre, x, sums)
-    if slices == 1:
-        return launch
-    total = plan.kernel(SUM_SLICES_FILE, "sum_slices")
-    return plan.launch(total, (out * taps,), (LOCAL,), 1, out * taps, slices, sums, dweight, out * taps, dweight)
+    return launch if slices == 1 else slice_totals(plan, sums, slices, out * taps, dweight)

@@ -6,7 +6,10 @@ import numpy as np
 from ..errors import ShapeError
 
 FILE = "elementwise.cl"
+SUM_SLICES_FILE = "sum_slices.cl"  # split-K GEMMs' slices and the bias gradients' partial sums
 LOCAL = 64
+ROWS_PER_SLICE = 32  # rows of a bias gradient summed by one work-item at least: fewer would make
+                     # the partial sums' total (slice_totals) longer than the slices themselves
 # codes of kernels_cl/common.h
 ACTIVATIONS = {"none": 0, "relu": 1, "sigmoid": 2, "tanh": 3, "relu6": 4, "leaky_relu": 5, "silu": 6}
 
@@ -40,10 +43,21 @@ def activation_backward_from_input(plan, act, x, dy, dx):
 
 def bias_act_backward(plan, act, dy, y, dpre, db):
     """dpre = dy * act'(y) (not written without an activation, act None), db = column sums of dpre
-    (skipped when db is None)."""
+    (skipped when db is None). The rows are cut into slices, as many as give every compute unit
+    about four work-groups, each at least ROWS_PER_SLICE rows; slice_totals adds their sums."""
     rows, cols = dy.shape
+    groups = -(-cols // LOCAL)
+    slices = max(1, min(-(-4 * plan.device.info.compute_units // groups), rows // ROWS_PER_SLICE))
+    sums = db if db is None or slices == 1 else plan.value((slices, cols), "bias gradient slices")
     k = plan.kernel(FILE, "bias_act_backward", **(act or activation()), HAS_BIAS=db is not None)
-    return plan.launch(k, (cols,), (LOCAL,), rows, cols, dy, y, dpre, db if db is not None else dpre)
+    launch = plan.launch(k, (cols, slices), (LOCAL, 1), rows, cols, dy, y, dpre,
+                         sums if sums is not None else dpre)
+    return launch if sums is db else slice_totals(plan, sums, slices, cols, db)
+
+
+def slice_totals(plan, sums, slices, n, out):
+    """out[i] = the sum over s of sums[s * n + i] for i < n, added in slice order (sum_slices.cl)."""
+    return plan.launch(plan.kernel(SUM_SLICES_FILE, "sum_slices"), (n,), (LOCAL,), 1, n, slices, sums, out, n, out)
 
 
 def softmax_forward(plan, x, y):

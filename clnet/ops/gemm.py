@@ -5,9 +5,8 @@ from dataclasses import dataclass
 from math import prod
 
 from ..tuning import Case, lookup, record
-from .elementwise import activation
+from .elementwise import SUM_SLICES_FILE, activation
 
-SUM_SLICES_FILE = "sum_slices.cl"  # split-K: the slices' sum, stored with the epilogue
 SPLIT_MIN = 128    # shortest K slice worth its own work-groups
 PANEL = 16         # columns of a B panel (gemm_packed)
 CPU_GATHER_K = 4096  # gemm_packed: rows of a gathered panel of B at most (256 KiB of local memory)
