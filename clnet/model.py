@@ -505,11 +505,10 @@ class Model:
         a fit starts from the same state everywhere, also after a resume."""
         if self.world.size == 1:
             return
-        first = self.param_store
-        flats = {name: self.world.broadcast(getattr(first, name).download(), f"the {name}")
-                 for name in ("params", "buffers")}
-        state = [self.world.broadcast(tensor.download(), "the optimizer state") for tensor in first.optimizer_state]
-        steps = self.world.share(first.steps, "the step count")
+        flats, state, steps = self.param_store.flat_state()
+        flats = {name: self.world.broadcast(values, f"the {name}") for name, values in flats.items()}
+        state = [self.world.broadcast(values, "the optimizer state") for values in state]
+        steps = self.world.share(steps, "the step count")
         for replica in self.replicas:
             replica.store.load_flat_state(flats, state, steps)
 
@@ -526,12 +525,14 @@ class Model:
             raise ValueError(f"a {state['class']} state cannot be loaded into {type(self.optimizer).__name__}")
         self._restore_optimizer(type(self.optimizer)(**state["config"]), state["state"], state["steps"])
 
-    def _restore_optimizer(self, optimizer, arrays, steps):
+    def _restore_optimizer(self, optimizer, arrays, steps, flats=None):
         """The hyper-parameters of `optimizer` (of this model's optimizer's class), and its state and
-        step count. Steps are compiled again, as the launches hold the hyper-parameters."""
+        step count, in every replica; with `flats` ({"params", "buffers"}: flat arrays of a store of
+        this model, `ParamStore.flat_state`) the weights and buffers too. Steps are compiled again,
+        as the launches hold the hyper-parameters."""
         vars(self.optimizer).update(vars(optimizer))
         for replica in self.replicas:
-            replica.store.load_optimizer_state(arrays, steps)
+            replica.store.load_flat_state(flats or {}, arrays, steps)
         self._runners.clear()
 
     def save(self, path, classes: Sequence[str] | None = None) -> None:

@@ -141,11 +141,10 @@ class Lag:
         source = self.ahead
         if source is None or all(store is source for store in stores):
             return
-        values = {name: getattr(source, name).download() for name in ("params", "grads", "buffers")}
-        state = [tensor.download() for tensor in source.optimizer_state]
+        state = source.flat_state(("params", "grads", "buffers"))
         for store in self.stores:
             if store is not source:
-                store.load_flat_state(values, state, source.steps)
+                store.load_flat_state(*state)
         self.ahead = None
 
 
