@@ -20,6 +20,7 @@ from . import io, losses, optim, weights_files
 from .balance import Balancer, first_guess
 from .compiler import CompiledStep, Target
 from .datasets import Dataset, ImageStream
+from .datasets.batches import host_batches
 from .datasets.feed import InputSpec, channel_statistics, image_dims
 from .datasets.stream import skipped_report
 from .device import Device
@@ -66,27 +67,10 @@ def _inputs(x, what="x", devices=None):
     return x
 
 
-def _batches(x, rows, batch_size, world):
-    """(images, their rows, the global batch's size n) of x (an array or an ImageStream) in batches
-    of `batch_size` over `rows` (default all), in order: this rank's rows of each (`rank_part`,
-    all of them in one process); a stream's unreadable images are reported at the end (the clnet
-    logger's warning)."""
-    n = len(x if rows is None else rows)
-    part = partial(rank_part, world=world)
-    sizes = [min(batch_size, n - start) for start in range(0, n, batch_size)]
-    if isinstance(x, ImageStream):
-        batches = x.batches(np.arange(n) if rows is None else rows, batch_size, part=part)
-        for (images, used), size in zip(batches, sizes):
-            yield images, used, size
-        if x.skipped:
-            log.warning("%s: %s", x.name, skipped_report(x.skipped))
-        return
-    for start, size in zip(range(0, n, batch_size), sizes):
-        a, b = part(size)
-        if rows is None:  # a slice: a view of a memory-mapped file or of a pyopencl array
-            yield x[start + a:start + b], np.arange(start + a, start + b), size
-        else:
-            yield x[rows[start + a:start + b]], rows[start + a:start + b], size
+def _report_skipped(x):
+    """A stream's unreadable images, reported after its batches (the clnet logger's warning)."""
+    if isinstance(x, ImageStream) and x.skipped:
+        log.warning("%s: %s", x.name, skipped_report(x.skipped))
 
 
 def _count(value, name, least):
@@ -357,6 +341,11 @@ class Model:
         runner.train(x, targets)
         return self._read_metrics(targets)["loss"]
 
+    @property
+    def _rank_part(self):
+        """The rows [a, b) of a global batch of n that this rank reads: `rank_part` of the model's world."""
+        return partial(rank_part, world=self.world)
+
     def _rank_batch(self, n) -> dict:
         """The runner's keywords for a host batch that is this rank's part of a global batch of n
         rows (`rank_part`): under MPI, where the runner is a ReplicatedRunner; none in one process,
@@ -387,8 +376,9 @@ class Model:
         batch_size = min(_count(batch_size, "batch_size", 1), n)  # no plan (nor indices) beyond the data
         runner = self._runner(batch_size, x.shape[1:], False, targets.dtype, self._spec(x))
         self.metrics.fill(0)
-        for images, used, size in _batches(x, rows, batch_size, self.world):
+        for images, used, size in host_batches(x, rows, batch_size, self._rank_part):
             runner.infer(images, targets[used], want_output=False, **self._rank_batch(size))
+        _report_skipped(x)
         logs = self._read_metrics(targets)
         runner.sync()
         return logs
@@ -415,8 +405,9 @@ class Model:
             raise InputError("predict needs at least one sample")
         batch_size = min(_count(batch_size, "batch_size", 1), len(x))  # no plan (nor indices) beyond the data
         runner = self._runner(batch_size, x.shape[1:], False, spec=self._spec(x))
-        feed = _batches(x, None, batch_size, self.world)
+        feed = host_batches(x, None, batch_size, self._rank_part)
         out = [runner.infer(images, **self._rank_batch(size)) for images, _, size in feed]  # every rank's rows
+        _report_skipped(x)
         runner.sync()
         out = np.concatenate(out).reshape(len(x), *runner.output_shape)
         if not self._warned_not_finite and not np.isfinite(out).all():  # the inputs are finite: the weights are not
@@ -514,11 +505,10 @@ class Model:
         a fit starts from the same state everywhere, also after a resume."""
         if self.world.size == 1:
             return
-        first = self.param_store
-        flats = {name: self.world.broadcast(getattr(first, name).download(), f"the {name}")
-                 for name in ("params", "buffers")}
-        state = [self.world.broadcast(tensor.download(), "the optimizer state") for tensor in first.optimizer_state]
-        steps = self.world.share(first.steps, "the step count")
+        flats, state, steps = self.param_store.flat_state()
+        flats = {name: self.world.broadcast(values, f"the {name}") for name, values in flats.items()}
+        state = [self.world.broadcast(values, "the optimizer state") for values in state]
+        steps = self.world.share(steps, "the step count")
         for replica in self.replicas:
             replica.store.load_flat_state(flats, state, steps)
 
@@ -535,12 +525,14 @@ class Model:
             raise ValueError(f"a {state['class']} state cannot be loaded into {type(self.optimizer).__name__}")
         self._restore_optimizer(type(self.optimizer)(**state["config"]), state["state"], state["steps"])
 
-    def _restore_optimizer(self, optimizer, arrays, steps):
+    def _restore_optimizer(self, optimizer, arrays, steps, flats=None):
         """The hyper-parameters of `optimizer` (of this model's optimizer's class), and its state and
-        step count. Steps are compiled again, as the launches hold the hyper-parameters."""
+        step count, in every replica; with `flats` ({"params", "buffers"}: flat arrays of a store of
+        this model, `ParamStore.flat_state`) the weights and buffers too. Steps are compiled again,
+        as the launches hold the hyper-parameters."""
         vars(self.optimizer).update(vars(optimizer))
         for replica in self.replicas:
-            replica.store.load_optimizer_state(arrays, steps)
+            replica.store.load_flat_state(flats or {}, arrays, steps)
         self._runners.clear()
 
     def save(self, path, classes: Sequence[str] | None = None) -> None:

@@ -118,9 +118,16 @@ class ParamStore:
                 tensor.fill(0)
         return self.optimizer_state
 
+    def flat_state(self, names=("params", "buffers")):
+        """(flats {name: the flat array} of `names` among "params", "grads" and "buffers", the
+        optimizer state, the step count): each buffer read once, as `load_flat_state` takes them."""
+        return ({name: getattr(self, name).download() for name in names},
+                [tensor.download() for tensor in self.optimizer_state], self.steps)
+
     def load_flat_state(self, flats, optimizer_arrays, steps):
-        """Take another store's state of the same network: `flats` {"params"/"grads"/"buffers": the
-        flat array}, the optimizer state and the step count (replicas brought in line)."""
+        """Take another store's state of the same network (or this one's, kept): `flats`
+        {"params"/"grads"/"buffers": the flat array}, the optimizer state and the step count
+        (replicas brought in line)."""
         for name, values in flats.items():
             getattr(self, name).upload(values)
         self.load_optimizer_state(optimizer_arrays, steps)

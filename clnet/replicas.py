@@ -141,11 +141,10 @@ class Lag:
         source = self.ahead
         if source is None or all(store is source for store in stores):
             return
-        values = {name: getattr(source, name).download() for name in ("params", "grads", "buffers")}
-        state = [tensor.download() for tensor in source.optimizer_state]
+        state = source.flat_state(("params", "grads", "buffers"))
         for store in self.stores:
             if store is not source:
-                store.load_flat_state(values, state, source.steps)
+                store.load_flat_state(*state)
         self.ahead = None
 
 
@@ -189,11 +188,21 @@ class ReplicatedRunner:
     def __init__(self, runners, weights, world: World, lag: Lag, balancer: Balancer | None = None):
         self.runners, self.weights, self.world, self.lag, self.balancer = runners, weights, world, lag, balancer
         self.output_shape = runners[0].output_shape
-        self.times = None  # a clnet.reduction.SeamTimes that training steps add to, when set
         stores = [r.store for r in runners]
         self._summed = BucketedSum(runners, world) if runners[0].compiled.training else None
         self._buffers = [s.buffers for s in stores] if any(not e.trainable for e in stores[0].entries) else None
         self._buffer_uploads = ([], None)  # the last combined running statistics' uploads, and their total
+
+    @property
+    def times(self):
+        """The clnet.reduction.SeamTimes that training steps add to, or None: kept by the gradients'
+        sum, which ends each step's timing (an inference runner has none, and ignores one set)."""
+        return self._summed.times if self._summed is not None else None
+
+    @times.setter
+    def times(self, times):
+        if self._summed is not None:
+            self._summed.times = times
 
     def _shards(self, x, batch):
         """The global batch's rows n, and this rank's replicas' shards of it as (rows of the global
@@ -224,7 +233,6 @@ class ReplicatedRunner:
         alone = self._alone(sizes)
         stepping = [i for i, size in enumerate(sizes) if size or not alone]
         self.lag.current([self.runners[i].store for i in stepping])
-        self._summed.times = self.times
         if self.times is not None and not alone:
             self.times.begin()
         watch = Stopwatch(len(shards)) if self.balancer is not None and self.balancer.due() else None

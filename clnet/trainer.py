@@ -14,16 +14,15 @@ import threading
 import time
 from collections.abc import Sequence
 from contextlib import closing, nullcontext
-from functools import partial
 
 import numpy as np
 
 from .datasets import Dataset, ImageStream
+from .datasets.batches import host_batches
 from .datasets.feed import DeviceDataset, parse_augment
 from .datasets.stream import skipped_report
 from .callbacks import Callback
 from .errors import InputError
-from .replicas import rank_part
 
 log = logging.getLogger(__name__)
 
@@ -195,23 +194,20 @@ class Trainer:
         self._epoch_start = time.perf_counter()
         self.input_wait, self.skipped = 0.0, []
         self._call("on_epoch_begin", epoch)
-        part = partial(rank_part, world=model.world)  # this rank reads and decodes its rows of every batch
-        feed = x.batches(self._rows_of(self.order), size, self.start_step, model.seed, epoch, True,
-                         self._augment, part) if isinstance(x, ImageStream) else None
-        with closing(feed) if feed is not None else nullcontext():  # closing it waits for the batches in flight
+        feed = nullcontext()  # a dataset held on the device: no host batches
+        if data is None:  # this rank reads (a stream's workers decode) its rows of every batch
+            stream = dict(seed=model.seed, epoch=epoch, train=True, augment=self._augment) \
+                if isinstance(x, ImageStream) else {}
+            feed = closing(host_batches(x, self._rows_of(self.order), size, model._rank_part, self.start_step,
+                                        **stream))
+        with feed as batches:  # closing it waits for a stream's batches in flight
             for step in range(self.start_step, steps):
                 self._call("on_step_begin", epoch, step)
                 waiting = time.perf_counter()
-                first, n = step * size, min(size, samples - step * size)
-                if data is not None:
-                    runner.train_resident(data, first, n)
+                if batches is None:
+                    runner.train_resident(data, step * size, min(size, samples - step * size))
                 else:
-                    if feed is not None:
-                        images, used = next(feed)
-                    else:
-                        a, b = part(n)
-                        used = self._rows_of(self.order[first + a:first + b])
-                        images = x[used]
+                    images, used, n = next(batches)
                     self.input_wait += time.perf_counter() - waiting
                     runner.train(images, targets[used], **model._rank_batch(n))
                 self._call("on_step_end", epoch, step)
@@ -221,7 +217,7 @@ class Trainer:
                     runner.sync()
                     self._call("on_interrupt", epoch, step + 1)
                     raise KeyboardInterrupt
-        if feed is not None and x.skipped:
+        if isinstance(x, ImageStream) and x.skipped:
             self.skipped = x.skipped
             log.warning("Epoch %d: %s", epoch, skipped_report(x.skipped))
         images = samples - self.start_step * size  # a resumed epoch's steps, its short last batch included

@@ -350,6 +350,23 @@ def test_kept_bytes_of_another_file_are_replaced_by_a_fresh_download(dirs, serve
     assert (dirs.cache / "mnist" / IDX_NAMES[0]).read_bytes() == fake_mnist[IDX_NAMES[0]] and not partial.exists()
 
 
+@pytest.mark.parametrize("kept", ["part", "whole"])
+def test_a_resumed_download_checks_the_kept_bytes(dirs, server, fake_mnist, kept, caplog):
+    """Kept bytes of the right length with one byte wrong (the file's start, or all of it) fail the
+    resumed download's checksum, hashed as the bytes are kept and then received; it starts afresh."""
+    data = fake_mnist[IDX_NAMES[0]]
+    damaged = bytearray(data[:40] if kept == "part" else data)
+    damaged[3] ^= 0xFF
+    partial = touch(dirs.cache / "mnist" / f".{IDX_NAMES[0]}.partial", bytes(damaged))
+    with caplog.at_level("WARNING", logger="clnet"):
+        registry.fetch("mnist")
+    assert "its SHA-256 is" in caplog.text and "the file is corrupt or not the one expected" in caplog.text
+    path = f"/mnist/{IDX_NAMES[0]}"
+    asked = [r for p, r in zip(server.requests, server.ranges_asked) if p == path]
+    assert asked == (["bytes=40-", None] if kept == "part" else [None])  # the whole file kept: nothing to ask
+    assert (dirs.cache / "mnist" / IDX_NAMES[0]).read_bytes() == data and not partial.exists()
+
+
 def test_kept_bytes_that_are_not_a_regular_file_are_left_alone(dirs, server, fake_mnist, tmp_path):
     (dirs.cache / "mnist").mkdir(parents=True, exist_ok=True)
     target = tmp_path / "elsewhere"

@@ -204,6 +204,47 @@ def test_a_diverged_fit_restores_the_last_good_epoch(device, tmp_path, weights, 
         model.predict(x[:10])  # once
 
 
+def flat_states(model):
+    """Every replica's flat parameters, buffers and optimizer state, and its step count, as they run."""
+    stores = [replica.store for replica in model.replicas]
+    model._lag.current(stores)
+    return [(store.params.download(), store.buffers.download(), [t.download() for t in store.optimizer_state],
+             store.steps) for store in stores]
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_a_diverged_fit_restores_the_last_good_state_exactly(device, replicas):
+    """After NaN weights in epoch 2, every replica holds epoch 1's weights, BatchNorm buffers,
+    Adam's two moments and step count bit for bit, and its hyper-parameters (a learning rate
+    changed in epoch 2 is put back)."""
+    (x, y), _ = clnet.datasets.load_mnist_5k()
+    model = clnet.Sequential([L.Conv2D(1, 8, 3, stride=2), L.BatchNorm2D(8), L.ReLU(), L.Flatten(),
+                              L.Dense(8 * 13 * 13, 10)], device=[device] * replicas if replicas > 1 else device, seed=4)
+    model.compile("cross_entropy", clnet.optim.Adam(lr=1e-3))
+    good = []
+
+    class Remember(clnet.callbacks.Callback):
+        def on_epoch_begin(self, epoch):
+            if epoch == 2:
+                self.model.optimizer.lr = 0.5
+
+        def on_epoch_end(self, epoch, logs):
+            good.append(flat_states(self.model))
+
+    with pytest.raises(clnet.TrainingError, match="weights became NaN .* the weights of epoch 1 .* are restored$"):
+        model.fit(x[:256], y[:256], epochs=3, batch_size=32, verbose=0, callbacks=[Diverge(2, weights=True),
+                                                                                   Remember()])
+    assert len(good) == 1 and model.optimizer.lr == 1e-3
+    after = flat_states(model)
+    assert len(after) == replicas
+    for (params, buffers, state, steps), (params_1, buffers_1, state_1, steps_1) in zip(after, good[0]):
+        np.testing.assert_array_equal(params, params_1)
+        np.testing.assert_array_equal(buffers, buffers_1)
+        assert len(state) == len(state_1) == 2 and steps == steps_1 == 8
+        for moment, moment_1 in zip(state, state_1):
+            np.testing.assert_array_equal(moment, moment_1)
+
+
 @pytest.mark.parametrize("suffix", ["csv", "json"])
 def test_metrics_log(device, tmp_path, suffix):
     (x, y), _ = clnet.datasets.load_mnist_5k()

@@ -62,8 +62,8 @@ def download_file(url, dest, size=None, sha256=None, timeout=None):
     try:
         while True:
             try:
-                resumed = _transfer(url, tmp, size, timeout, progress)  # the size is checked as it comes
-                _verify(tmp, sha256, resumed)
+                resumed, digest = _transfer(url, tmp, size, timeout, progress)  # the size is checked as it comes
+                _verify(digest, sha256, resumed)
                 break
             except (_Rejected, _Transient, OSError, HTTPException) as exc:  # URLError and timeouts are OSErrors
                 afresh = isinstance(exc, _Rejected) and exc.resumed
@@ -94,11 +94,13 @@ def download_file(url, dest, size=None, sha256=None, timeout=None):
 def _transfer(url, tmp, size, timeout, progress):
     """Append to `tmp` what the server has beyond the bytes already there (a Range request; a
     server that sends the whole file instead starts it afresh). Returns whether `tmp` then holds
-    bytes from before this transfer."""
+    bytes from before this transfer, and the SHA-256 of its bytes (hashlib's): the kept bytes read
+    once, then each chunk as it is written, so the file is never read back whole."""
     have = os.path.getsize(tmp)
     if size is not None and have >= size:
         if have == size:
-            return True
+            with open(tmp, "rb") as kept:
+                return True, _hash(kept, hashlib.sha256())
         os.truncate(tmp, 0)
         have = 0
     headers = {"User-Agent": USER_AGENT}
@@ -121,6 +123,7 @@ def _transfer(url, tmp, size, timeout, progress):
             raise _Rejected(f"the server offers {offered:,} bytes, expected {size:,}")
         with open(tmp, "r+b") as out:
             out.truncate(have)
+            digest = _hash(out, hashlib.sha256())  # the kept bytes
             out.seek(have)
             done = have
             while True:
@@ -131,11 +134,19 @@ def _transfer(url, tmp, size, timeout, progress):
                 if size is not None and done > size:
                     raise _Rejected(f"the server sent more than the expected {size:,} bytes")
                 out.write(chunk)
+                digest.update(chunk)
                 progress.update(done, _rate(done, progress))
     expected = size if size is not None else offered
     if expected is not None and done != expected:
         raise _Transient(f"got {done:,} bytes, expected {expected:,} (the transfer was cut short)")
-    return have > 0
+    return have > 0, digest
+
+
+def _hash(f, digest):
+    """`digest` updated with the rest of the open file f, read in blocks; returned."""
+    for block in iter(lambda: f.read(1 << 20), b""):
+        digest.update(block)
+    return digest
 
 
 def _range_starts_at(response, start):
@@ -144,15 +155,11 @@ def _range_starts_at(response, start):
     return unit == "bytes" and span.split("-")[0].strip() == str(start)
 
 
-def _verify(tmp, sha256, resumed):
-    """Raise _Rejected unless the file has the SHA-256 `sha256` (when given); `resumed`: the file
-    holds bytes from an earlier transfer."""
+def _verify(digest, sha256, resumed):
+    """Raise _Rejected unless the file's `digest` (hashlib's) is the SHA-256 `sha256` (when given);
+    `resumed`: the file holds bytes from an earlier transfer."""
     if sha256 is None:
         return
-    digest = hashlib.sha256()
-    with open(tmp, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
     if digest.hexdigest() != sha256.lower():
         raise _Rejected(f"its SHA-256 is {digest.hexdigest()}, expected {sha256}: "
                         "the file is corrupt or not the one expected", resumed)

@@ -172,7 +172,8 @@ class ImageFolder(Dataset):
         _import_pillow(root)
         listing = list_classes(root)
         if stream == "auto":
-            stream = decoded_bytes(root, listing[1], size, grayscale) > memory_budget()
+            # colour assumed: a folder that might not fit in memory is streamed
+            stream = decoded_bytes(root, listing[1], size, grayscale, undecided=3) > memory_budget()
             crop_fraction = None if crop_fraction == "auto" else crop_fraction
         elif crop_fraction == "auto":
             crop_fraction = CROP_FRACTION
@@ -192,8 +193,9 @@ class ImageFolder(Dataset):
         Image = _import_pillow(root)
         classes, files, labels = self._listing
         del self._listing
-        if size is not None:  # the decoded images' memory, checked before the first is decoded
-            check_host_memory(len(files) * (1 if grayscale is not False else 3) * size[0] * size[1],
+        if size is not None:  # the decoded images' memory, checked before the first is decoded, grey
+            # assumed: a folder is refused only where it cannot fit however its images decode
+            check_host_memory(decoded_bytes(root, files, size, grayscale, undecided=1),
                               f"{root}: {len(files):,} images of {size[0]}x{size[1]}", DatasetError)
 
         arrays, first = [], None

@@ -271,14 +271,17 @@ def stream_folder(root, files, labels, classes, size, grayscale, augment, worker
     return ImageStream(files, labels, classes, size, channels, augment, workers, on_error, crop_fraction, name=name)
 
 
-def decoded_bytes(root, files, size, grayscale) -> int:
-    """The host memory `files` would take decoded: of `size`, else the first image's size, and 3
-    channels unless grayscale is True."""
+def decoded_bytes(root, files, size, grayscale, undecided) -> int:
+    """The host memory `files` would take decoded: of `size`, else the first image's size; one
+    channel where grayscale is True, 3 where it is False, and `undecided` channels where it is None
+    (the images' colour then decides, which is not known before they are decoded: ImageFolder
+    assumes colour to choose streaming, grey to refuse a folder, each erring away from a failure)."""
     try:
         size = size or _first_size(_import_pillow(root), files)
     except DatasetError:  # decoded into memory, the first bad file is reported
         return 0
-    return len(files) * (1 if grayscale is True else 3) * size[0] * size[1]
+    channels = {True: 1, False: 3, None: undecided}[grayscale]
+    return len(files) * channels * size[0] * size[1]
 
 
 def _first_size(Image, files):
