@@ -308,11 +308,12 @@ inline float bn_lane_sum(const float16 v) {
     return d.x + d.y;
 }
 
-// The sum of a slice's lanes: the body's and the tails' (an array indexed by constants once unrolled).
+// The sum of a slice's lanes: the body's and the tails' (an array indexed by constants once unrolled;
+// 64-byte aligned and read as a vector, not by vload16: PoCL 3.0's fills only 8 lanes).
 inline float bn_slice_sum(const float16 body, float* tail) {
     #pragma unroll
     for (int j = BN_S - BN_BODY; j < BN_LANES; j++) tail[j] = 0.0f;
-    return bn_lane_sum(body) + bn_lane_sum(vload16(0, tail));
+    return bn_lane_sum(body) + bn_lane_sum(*(const float16*)tail);
 }
 
 // Training forward, the statistics of slice k of channel c (as bn_slice_statistics).
@@ -323,7 +324,7 @@ __kernel void bn_rows_statistics(const int n_valid, const int channels,
     const int first = k * BN_ROWS, last = min(first + BN_ROWS, n_valid), stride = channels * BN_S;
     __global const float* xc = x + xo + c * BN_S;
     float16 body = 0.0f;
-    float tail[BN_LANES];
+    __attribute__((aligned(64))) float tail[BN_LANES];
     #pragma unroll
     for (int j = 0; j < BN_S - BN_BODY; j++) tail[j] = 0.0f;
     for (int r = first; r < last; r++) {
@@ -406,11 +407,11 @@ inline float16 bn_grad16(__global const float* dy, __global const float* y, cons
 #if ACT == ACT_NONE
     return load16(dy + i);
 #else
-    float d[BN_LANES];
-    vstore16(load16(y + i), 0, d);
+    __attribute__((aligned(64))) float d[BN_LANES];  // as in bn_slice_sum, no vload16 / vstore16
+    *(float16*)d = load16(y + i);
     #pragma unroll
     for (int l = 0; l < BN_LANES; l++) d[l] = act_grad_from_output(d[l]);
-    return load16(dy + i) * vload16(0, d);
+    return load16(dy + i) * *(const float16*)d;
 #endif
 }
 
@@ -425,7 +426,7 @@ __kernel void bn_rows_gradient_sums(const int n_valid, const int channels,
     const int first = k * BN_ROWS, last = min(first + BN_ROWS, n_valid), stride = channels * BN_S;
     const float mean = save_mean[smo + c];
     float16 body_g = 0.0f, body_gx = 0.0f;
-    float tail_g[BN_LANES], tail_gx[BN_LANES];
+    __attribute__((aligned(64))) float tail_g[BN_LANES], tail_gx[BN_LANES];
     #pragma unroll
     for (int j = 0; j < BN_S - BN_BODY; j++) tail_g[j] = tail_gx[j] = 0.0f;
     for (int r = first; r < last; r++) {
