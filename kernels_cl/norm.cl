@@ -10,7 +10,8 @@
 // deterministic: within a slice each work-item adds the elements e = start + lid, + BN_LOCAL, ...
 // in order, then a fixed tree over the work-group; the slices are combined in order. Which slice
 // and work-item takes an element depends on e only, so a padded batch gives the same sums as the
-// unpadded one.
+// unpadded one. The CPU family has kernels of its own for the slices and the element-wise passes
+// (bn_rows_*, at the end), whose slices the same combining kernels read.
 //
 // AFFINE: weight and bias exist (else the w, b, dw, db arguments are placeholders).
 // CUMULATIVE: momentum=None, the running statistics are a cumulative average (factor 1 / count).
@@ -22,7 +23,7 @@
 #define BN_LOCAL 128 // work-items of a reducing work-group; a power of two
 #endif
 #ifndef BN_SLICE
-#define BN_SLICE 4096 // values of a channel per reducing work-group; a multiple of BN_LOCAL
+#define BN_SLICE 4096 // values of a channel per reducing work-group; a multiple of BN_LOCAL (CPU: BN_ROWS * BN_S)
 #endif
 
 // The sum of each work-item's v over the work-group; every work-item gets it.
@@ -280,3 +281,202 @@ __kernel void bn_input_gradient(const int total, const int n_valid, const int ch
     const float xhat = (x[xo + i] - save_mean[smo + c]) * invstd;
     dx[dxo + i] = gain * (BN_GRAD(i) - means[mo + c] - xhat * means[mo + channels + c]);
 }
+
+// ---------------------------------------------------------------------------------------------
+// The CPU family (PoCL runs a work-group's work-items as a loop on one core and vectorises only
+// simple loops): BN_S = S is a compile-time constant and every kernel walks whole (row, channel)
+// planes, each S contiguous values, with no division per element. A slice is BN_ROWS rows of one
+// channel (BN_SLICE = BN_ROWS * BN_S values, so that the combining kernels above read its partial
+// results as the GPU's): work-item (k, c) of an exact grid (work-groups of one) takes the rows
+// [k * BN_ROWS, (k + 1) * BN_ROWS) of channel c. Sums run in BN_LANES lanes, value j of a plane in
+// lane j % BN_LANES (the body in a vector, the last S % BN_LANES values in an array of their own),
+// the lanes added pairwise at the end of the slice: a fixed order that depends on the row and the
+// position only, so a padded batch gives the unpadded one's sums. The host bounds BN_ROWS, and with
+// it the values a lane adds in sequence (ops/norm.py).
+#ifdef BN_S
+#ifndef BN_ROWS
+#define BN_ROWS 1 // rows per work-item
+#endif
+#define BN_LANES 16
+#define BN_BODY (BN_S / BN_LANES * BN_LANES) // a plane's values that fill the vector lanes
+
+// The sum of the lanes, pairwise.
+inline float bn_lane_sum(const float16 v) {
+    const float8 a = v.lo + v.hi;
+    const float4 b = a.lo + a.hi;
+    const float2 d = b.lo + b.hi;
+    return d.x + d.y;
+}
+
+// The sum of a slice's lanes: the body's and the tails' (an array indexed by constants once unrolled;
+// 64-byte aligned and read as a vector, not by vload16: PoCL 3.0's fills only 8 lanes).
+inline float bn_slice_sum(const float16 body, float* tail) {
+    #pragma unroll
+    for (int j = BN_S - BN_BODY; j < BN_LANES; j++) tail[j] = 0.0f;
+    return bn_lane_sum(body) + bn_lane_sum(*(const float16*)tail);
+}
+
+// Training forward, the statistics of slice k of channel c (as bn_slice_statistics).
+__kernel void bn_rows_statistics(const int n_valid, const int channels,
+                                 __global const float* x, const int xo, __global float* partial, const int po)
+{
+    const int k = get_global_id(0), c = get_global_id(1);
+    const int first = k * BN_ROWS, last = min(first + BN_ROWS, n_valid), stride = channels * BN_S;
+    __global const float* xc = x + xo + c * BN_S;
+    float16 body = 0.0f;
+    __attribute__((aligned(64))) float tail[BN_LANES];
+    #pragma unroll
+    for (int j = 0; j < BN_S - BN_BODY; j++) tail[j] = 0.0f;
+    for (int r = first; r < last; r++) {
+        __global const float* p = xc + r * stride;
+        for (int j = 0; j < BN_BODY; j += BN_LANES) body += load16(p + j);
+        #pragma unroll
+        for (int j = BN_BODY; j < BN_S; j++) tail[j - BN_BODY] += p[j];
+    }
+    const int m = max(last - first, 0) * BN_S;
+    const float mean = m > 0 ? bn_slice_sum(body, tail) / (float)m : 0.0f;
+    body = 0.0f;
+    #pragma unroll
+    for (int j = 0; j < BN_S - BN_BODY; j++) tail[j] = 0.0f;
+    for (int r = first; r < last; r++) {
+        __global const float* p = xc + r * stride;
+        for (int j = 0; j < BN_BODY; j += BN_LANES) {
+            const float16 d = load16(p + j) - mean;
+            body += d * d;
+        }
+        #pragma unroll
+        for (int j = BN_BODY; j < BN_S; j++) {
+            const float d = p[j] - mean;
+            tail[j - BN_BODY] += d * d;
+        }
+    }
+    partial[po + (k * channels + c) * 2] = mean;
+    partial[po + (k * channels + c) * 2 + 1] = bn_slice_sum(body, tail);
+}
+
+// The element-wise kernels' work-item (k, q) takes the rows [k * BN_ROWS, (k + 1) * BN_ROWS) of
+// the channels [q * BN_CHANNELS, (q + 1) * BN_CHANNELS): one channel for planes long enough to fill
+// the vector lanes; several where S is short, so that the loop over channels is the long one (for
+// S = 1, a row's channels are contiguous).
+#ifndef BN_CHANNELS
+#define BN_CHANNELS 1 // channels per work-item of the element-wise kernels
+#endif
+
+// y = act((x - mean) * invstd * w + b) over the work-item's planes, invstd read from spread or,
+// with `variance` (evaluation), 1 / sqrt(spread + eps).
+inline void bn_rows_apply(const int rows, const int channels, const float eps, const bool variance,
+                          __global const float* x, const int xo, __global float* y, const int yo,
+                          __global const float* w, const int wo, __global const float* b, const int bo,
+                          __global const float* mean, const int mo, __global const float* spread, const int so)
+{
+    const int first = get_global_id(0) * BN_ROWS, last = min(first + BN_ROWS, rows);
+    const int c0 = get_global_id(1) * BN_CHANNELS, c1 = min(c0 + BN_CHANNELS, channels);
+    for (int r = first; r < last; r++) {
+        for (int c = c0; c < c1; c++) {
+            const float m = mean[mo + c];
+            const float2 affine = bn_affine(c, variance ? 1.0f / sqrt(spread[so + c] + eps) : spread[so + c],
+                                            w, wo, b, bo);
+            const int p = (r * channels + c) * BN_S;
+            for (int j = 0; j < BN_S; j++) y[yo + p + j] = act_forward((x[xo + p + j] - m) * affine.x + affine.y);
+        }
+    }
+}
+
+// Training forward, padded rows included (as bn_normalize).
+__kernel void bn_rows_normalize(const int rows, const int channels,
+                                __global const float* x, const int xo, __global float* y, const int yo,
+                                __global const float* w, const int wo, __global const float* b, const int bo,
+                                __global const float* save_mean, const int smo,
+                                __global const float* save_invstd, const int sio)
+{
+    bn_rows_apply(rows, channels, 0.0f, false, x, xo, y, yo, w, wo, b, bo, save_mean, smo, save_invstd, sio);
+}
+
+// Evaluation forward (as bn_forward_eval).
+__kernel void bn_rows_forward_eval(const int rows, const int channels, const float eps,
+                                   __global const float* x, const int xo, __global float* y, const int yo,
+                                   __global const float* w, const int wo, __global const float* b, const int bo,
+                                   __global const float* running_mean, const int rmo,
+                                   __global const float* running_var, const int rvo)
+{
+    bn_rows_apply(rows, channels, eps, true, x, xo, y, yo, w, wo, b, bo, running_mean, rmo, running_var, rvo);
+}
+
+// BN_GRAD of the BN_LANES values from element i on.
+inline float16 bn_grad16(__global const float* dy, __global const float* y, const int i) {
+#if ACT == ACT_NONE
+    return load16(dy + i);
+#else
+    __attribute__((aligned(64))) float d[BN_LANES];  // as in bn_slice_sum, no vload16 / vstore16
+    *(float16*)d = load16(y + i);
+    #pragma unroll
+    for (int l = 0; l < BN_LANES; l++) d[l] = act_grad_from_output(d[l]);
+    return load16(dy + i) * *(const float16*)d;
+#endif
+}
+
+// Training backward, the sums of slice k of channel c (as bn_slice_gradient_sums).
+__kernel void bn_rows_gradient_sums(const int n_valid, const int channels,
+                                    __global const float* x, const int xo, __global const float* y, const int yo,
+                                    __global const float* dy, const int dyo,
+                                    __global const float* save_mean, const int smo,
+                                    __global float* partial, const int po)
+{
+    const int k = get_global_id(0), c = get_global_id(1);
+    const int first = k * BN_ROWS, last = min(first + BN_ROWS, n_valid), stride = channels * BN_S;
+    const float mean = save_mean[smo + c];
+    float16 body_g = 0.0f, body_gx = 0.0f;
+    __attribute__((aligned(64))) float tail_g[BN_LANES], tail_gx[BN_LANES];
+    #pragma unroll
+    for (int j = 0; j < BN_S - BN_BODY; j++) tail_g[j] = tail_gx[j] = 0.0f;
+    for (int r = first; r < last; r++) {
+        const int p = r * stride + c * BN_S;
+        for (int j = 0; j < BN_BODY; j += BN_LANES) {
+            const float16 g = bn_grad16(dy + dyo, y + yo, p + j);
+            body_g += g;
+            body_gx += g * (load16(x + xo + p + j) - mean);
+        }
+        #pragma unroll
+        for (int j = BN_BODY; j < BN_S; j++) {
+            const float g = BN_GRAD(p + j);
+            tail_g[j - BN_BODY] += g;
+            tail_gx[j - BN_BODY] += g * (x[xo + p + j] - mean);
+        }
+    }
+    partial[po + (k * channels + c) * 2] = bn_slice_sum(body_g, tail_g);
+    partial[po + (k * channels + c) * 2 + 1] = bn_slice_sum(body_gx, tail_gx);
+}
+
+// Training backward (as bn_input_gradient).
+__kernel void bn_rows_input_gradient(const int rows, const int n_valid, const int channels,
+                                     __global const float* x, const int xo, __global const float* y, const int yo,
+                                     __global const float* dy, const int dyo, __global float* dx, const int dxo,
+                                     __global const float* w, const int wo,
+                                     __global const float* save_mean, const int smo,
+                                     __global const float* save_invstd, const int sio,
+                                     __global const float* means, const int mo)
+{
+    const int first = get_global_id(0) * BN_ROWS, last = min(first + BN_ROWS, rows);
+    const int c0 = get_global_id(1) * BN_CHANNELS, c1 = min(c0 + BN_CHANNELS, channels);
+    for (int r = first; r < last; r++) {
+        for (int c = c0; c < c1; c++) {
+            const int p = (r * channels + c) * BN_S;
+            if (r >= n_valid) {
+                for (int j = 0; j < BN_S; j++) dx[dxo + p + j] = 0.0f;
+                continue;
+            }
+            const float mean = save_mean[smo + c], invstd = save_invstd[sio + c];
+#ifdef AFFINE
+            const float gain = w[wo + c] * invstd;
+#else
+            const float gain = invstd;
+#endif
+            const float mean_g = means[mo + c], mean_gx = means[mo + channels + c];
+            for (int j = 0; j < BN_S; j++) {
+                const float xhat = (x[xo + p + j] - mean) * invstd;
+                dx[dxo + p + j] = gain * (BN_GRAD(p + j) - mean_g - xhat * mean_gx);
+            }
+        }
+    }
+}
+#endif

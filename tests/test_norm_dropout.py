@@ -20,6 +20,7 @@ from clnet.layers.base import LayerContext
 from clnet.layers.dropout import Dropout
 from clnet.layers.norm import BatchNorm1d, BatchNorm2d
 from clnet.ops import dropout as dropout_ops
+from clnet.ops.elementwise import activation
 from clnet.ops.random import step_arg
 
 from reference import forward, loss, numeric_gradients, philox4x32_10, softmax
@@ -109,17 +110,22 @@ def _bn_input(rng, shape, n_valid):
 
 # (input shape, valid rows): batch 1 with H*W > 1; batch 3; 1, 3, 5 channels; 7 x 5 images; odd
 # feature counts; (F, L) sequences; more values per channel than work-items; padded last batches;
-# channels of several slices (ops.norm.BN_SLICE values each), the padding inside the last one.
+# channels of several slices (ops.norm.BN_SLICE values each, or BLOCK // S rows on the CPU family),
+# the padding inside the last one, or the valid rows ending on a slice's end (empty slices after
+# it); planes of more values than a CPU work-item's block, and not a multiple of its LANES; the
+# CPU family's element-wise blocks of several channels, the last one short (500 = 455 + 45).
 BN_CASES = [((1, 3, 7, 5), 1), ((3, 5, 4, 4), 3), ((4, 1, 7, 5), 2), ((2, 3, 20, 20), 2),
             ((5, 7), 5), ((6, 7), 3), ((4, 3, 9), 4), ((300, 5), 257),
-            ((3, 2, 50, 50), 2), ((40, 3, 16, 16), 37), ((9000, 3), 8999)]
+            ((3, 2, 50, 50), 2), ((40, 3, 16, 16), 37), ((9000, 3), 8999),
+            ((70, 4, 8, 8), 64), ((2, 2, 70, 70), 1), ((3, 500, 9), 2)]
 BN_IDS = [f"{'x'.join(map(str, s))}-valid{v}" for s, v in BN_CASES]
 
 
 @pytest.mark.parametrize("affine,momentum", [(True, 0.1), (False, 0.3), (True, None)])
 @pytest.mark.parametrize("shape,n_valid", BN_CASES, ids=BN_IDS)
-def test_batchnorm_forward_training_and_running_stats(device, shape, n_valid, affine, momentum):
-    """Three steps with new inputs: y, the saved statistics, running mean/var and the batch count."""
+def test_batchnorm_forward_training_and_running_stats(device, gemm_family, shape, n_valid, affine, momentum):
+    """Three steps with new inputs: y, the saved statistics, running mean/var and the batch count,
+    with each kernel family's kernels."""
     rng = np.random.default_rng(prod(shape) + n_valid)
     layer = _bn_layer(shape, affine, momentum)
     ctx, slots = _bn_context(device, layer, rng, training=True)
@@ -151,8 +157,8 @@ def test_batchnorm_forward_training_and_running_stats(device, shape, n_valid, af
 
 
 @pytest.mark.parametrize("affine", [True, False])
-@pytest.mark.parametrize("shape", [(1, 3, 7, 5), (3, 5, 2, 6), (1, 7), (6, 5), (2, 3, 4)])
-def test_batchnorm_forward_evaluation(device, shape, affine):
+@pytest.mark.parametrize("shape", [(1, 3, 7, 5), (3, 5, 2, 6), (1, 7), (6, 5), (2, 3, 4), (3, 500, 9), (2, 2, 70, 70)])
+def test_batchnorm_forward_evaluation(device, gemm_family, shape, affine):
     """Evaluation uses the running statistics and changes nothing."""
     rng = np.random.default_rng(11)
     layer = _bn_layer(shape, affine, eps=1e-3)
@@ -170,7 +176,7 @@ def test_batchnorm_forward_evaluation(device, shape, affine):
 
 @pytest.mark.parametrize("affine,need_dx", [(True, True), (False, True), (True, False)])
 @pytest.mark.parametrize("shape,n_valid", BN_CASES, ids=BN_IDS)
-def test_batchnorm_backward(device, shape, n_valid, affine, need_dx):
+def test_batchnorm_backward(device, gemm_family, shape, n_valid, affine, need_dx):
     """dx (zero on padded rows), dweight and dbias against the float64 formulas; padded rows of x
     and dy are NaN and must not matter."""
     rng = np.random.default_rng(prod(shape) * 7 + n_valid)
@@ -198,6 +204,69 @@ def test_batchnorm_backward(device, shape, n_valid, affine, need_dx):
         np.testing.assert_allclose(slots["dweight"].read(), dw_ref, rtol=1e-4, atol=1e-5 * np.sqrt(m))
         np.testing.assert_allclose(slots["dbias"].read(), db_ref, rtol=1e-4, atol=1e-5 * np.sqrt(m))
     np.testing.assert_array_equal(sdy.read()[:n_valid], dy[:n_valid])
+
+
+ACTIVATIONS = {"relu": (activation("relu"), lambda v: np.maximum(v, 0.0), lambda y: (y > 0) * 1.0),
+               "sigmoid": (activation("sigmoid"), lambda v: 1 / (1 + np.exp(-v)), lambda y: y * (1 - y)),
+               "leaky_relu": (activation("leaky_relu", 0.1), lambda v: np.where(v > 0, v, 0.1 * v),
+                              lambda y: np.where(y > 0, 1.0, 0.1))}
+
+
+@pytest.mark.parametrize("act", sorted(ACTIVATIONS))
+@pytest.mark.parametrize("shape,n_valid", [((6, 3, 5, 7), 4), ((40, 3, 16, 16), 37), ((9, 20), 8)])
+def test_batchnorm_fused_activation(device, gemm_family, shape, n_valid, act):
+    """An activation fused after the normalisation: forward writes act(y), backward takes the
+    gradient of that output and applies act'(y) as it reads it."""
+    options, forward_ref, grad_from_output = ACTIVATIONS[act]
+    rng = np.random.default_rng(prod(shape) + n_valid)
+    layer = _bn_layer(shape)
+    ctx, slots = _bn_context(device, layer, rng, training=True)
+    ctx.act = options
+    x = _bn_input(rng, shape, n_valid)
+    dy = rng.normal(0, 1, shape).astype(np.float32)
+    dy[n_valid:] = np.nan
+    sx, sdy = Slot(device, x, 13), Slot(device, dy, 2)
+    y = layer.forward(ctx, sx.tensor)
+    dx = layer.backward(ctx, sx.tensor, y, sdy.tensor, True)
+    ctx.plan.finalize(ctx.plan.place())
+    ctx.plan.set_dynamic("n_valid", n_valid)
+    ctx.plan.run()
+    params = {k: slots[k].read() for k in layer.param_shapes()}
+    y_ref = forward_ref(layer.reference(params, x[:n_valid], training=True))
+    got = y.tensor().download()
+    np.testing.assert_allclose(got[:n_valid], y_ref, rtol=1e-5, atol=2e-5)
+    g = dy.astype(np.float64)
+    g[:n_valid] *= grad_from_output(f64(got[:n_valid]))
+    dx_ref, dw_ref, db_ref = bn_backward_ref(x, g, n_valid, params["weight"], layer.eps)
+    got = dx.tensor().download()
+    np.testing.assert_allclose(got, dx_ref, rtol=1e-4, atol=1e-5 * np.abs(dx_ref).max())
+    m = n_valid * prod(shape[2:])
+    np.testing.assert_allclose(slots["dweight"].read(), dw_ref, rtol=1e-4, atol=1e-5 * np.sqrt(m))
+    np.testing.assert_allclose(slots["dbias"].read(), db_ref, rtol=1e-4, atol=1e-5 * np.sqrt(m))
+
+
+@pytest.mark.parametrize("shape,n_valid", [((40, 3, 16, 16), 37), ((9000, 3), 8999), ((5, 2, 70, 70), 3)])
+def test_batchnorm_padded_batch_equals_the_unpadded_one(device, gemm_family, shape, n_valid):
+    """A batch padded after n_valid rows gives the statistics, output and gradients of a batch of
+    those rows alone, bit for bit: which slice and lane takes a value does not depend on the batch."""
+    rng = np.random.default_rng(n_valid)
+    x = _bn_input(rng, shape, n_valid)
+    dy = rng.normal(0, 1, shape).astype(np.float32)
+    results = []
+    for rows in (shape[0], n_valid):
+        layer = _bn_layer(shape)
+        ctx, slots = _bn_context(device, layer, np.random.default_rng(5), training=True)
+        sx, sdy = Slot(device, x[:rows], 13), Slot(device, dy[:rows], 2)
+        y = layer.forward(ctx, sx.tensor)
+        dx = layer.backward(ctx, sx.tensor, y, sdy.tensor, True)
+        ctx.plan.finalize(ctx.plan.place())
+        ctx.plan.set_dynamic("n_valid", n_valid)
+        ctx.plan.run()
+        results.append([y.tensor().download()[:n_valid], dx.tensor().download()[:n_valid],
+                        *(v.tensor().download() for v in ctx.saved["stats"]),
+                        *(slots[k].read() for k in ("dweight", "dbias", "running_mean", "running_var"))])
+    for padded, alone in zip(*results):
+        np.testing.assert_array_equal(padded, alone)
 
 
 def test_batchnorm_shape_checks_and_arguments():

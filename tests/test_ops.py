@@ -653,9 +653,10 @@ def test_optimizer_steps(device, name, kwargs, ref_kwargs, n):
     assert np.abs(want - p0).max() > 1e-3  # the steps moved the parameters well beyond the tolerance
 
 
-@pytest.mark.parametrize("n", [1, 67, 1000])
-def test_add(device, n):
-    """out = a + b at odd offsets in NaN-guarded buffers; also into one of its operands."""
+@pytest.mark.parametrize("n", [1, 67, 1000, 2500])
+def test_add(device, gemm_family, n):
+    """out = a + b at odd offsets in NaN-guarded buffers; also into one of its operands. Each
+    family's work-group (the CPU family's is 1024: 2500 ends in a part of one)."""
     from clnet.ops.elementwise import add
     rng = np.random.default_rng(n)
     a, b = f32(rng.normal(size=n)), f32(rng.normal(size=(n, 1)))

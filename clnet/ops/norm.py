@@ -1,5 +1,10 @@
 """Launchers for batch normalisation (kernels_cl/norm.cl) over tensors seen as (N, C, S).
 
+The GPU family reduces each channel in slices of BN_SLICE values, a work-group each, and applies the
+result a work-item per element; the CPU family walks whole (row, channel) planes of S contiguous
+values, S a compile-time constant: a slice is a work-item's block of rows of one channel, and the
+element-wise kernels take a block of rows and channels each (the kernel file says why).
+
 Pointer arguments that a kernel variant does not read (weight and bias without AFFINE, dx without
 NEED_DX) are given another tensor of the call as a placeholder, since every argument must be set.
 """
@@ -12,6 +17,11 @@ FILE = "norm.cl"
 BN_LOCAL = 128   # work-items of a reducing work-group (a power of two)
 BN_SLICE = 4096  # values of a channel per reducing work-group (a multiple of BN_LOCAL)
 LOCAL = 64       # work-group of the element-wise kernels
+# The CPU family: about BLOCK values per work-item, in whole rows. A slice has at most BLOCK / LANES
+# rows, so that each of the LANES lanes of its sums adds at most max(BLOCK, S) / LANES values in
+# sequence (a plane's last S % LANES values take a lane each, one per row).
+BLOCK = 4096
+LANES = 16       # BN_LANES
 
 
 def _dims(x, channels):
@@ -21,9 +31,34 @@ def _dims(x, channels):
     return n, c, s
 
 
-def _slices(n, s):
-    """How many slices of BN_SLICE values a channel of n rows of s values takes."""
-    return -(-n * s // BN_SLICE)
+def _cpu(plan):
+    return plan.device.family != "tiled"
+
+
+def _reduce(plan, name, n, c, s, tensors, what, **defines):
+    """Launch the reduction `name` (bn_slice_<name> on the GPU family, bn_rows_<name> on the CPU
+    family) of each channel's values into partial results per slice, a new value (slices, c, 2).
+    Returns the launch, that value, the slices and the values per slice (the combining kernels'
+    BN_SLICE)."""
+    if _cpu(plan):
+        rows = max(1, min(BLOCK // s, BLOCK // LANES))
+        slices = -(-n // rows)
+        partial = plan.value((slices, c, 2), what)
+        k = plan.kernel(FILE, f"bn_rows_{name}", BN_S=s, BN_ROWS=rows, **defines)
+        return plan.launch(k, (slices, c), (1, 1), n, c, *tensors, partial), partial, slices, rows * s
+    slices = -(-n * s // BN_SLICE)
+    partial = plan.value((slices, c, 2), what)
+    k = plan.kernel(FILE, f"bn_slice_{name}", BN_LOCAL=BN_LOCAL, BN_SLICE=BN_SLICE, **defines)
+    return plan.launch(k, (slices * BN_LOCAL, c), (BN_LOCAL, 1), n, c, s, *tensors, partial), partial, slices, \
+        BN_SLICE
+
+
+def _blocks(n, c, s):
+    """The CPU family's element-wise kernels: their -D options and grid, about BLOCK values per
+    work-item in a block of rows and channels (one channel where a plane fills the lanes)."""
+    channels = 1 if s >= LANES else min(c, max(1, BLOCK // s))
+    rows = max(1, BLOCK // (channels * s))
+    return {"BN_S": s, "BN_ROWS": rows, "BN_CHANNELS": channels}, (-(-n // rows), -(-c // channels))
 
 
 def batchnorm_forward_train(plan, x, y, weight, bias, running_mean, running_var, num_batches_tracked,
@@ -34,29 +69,36 @@ def batchnorm_forward_train(plan, x, y, weight, bias, running_mean, running_var,
     count are updated (momentum None: cumulative average). weight and bias may be None
     (affine=False). Each channel is reduced in slices (kernels_cl/norm.cl), combined in order."""
     n, c, s = _dims(x, running_mean.shape[0])
-    affine, cumulative, slices = weight is not None, momentum is None, _slices(n, s)
-    partial = plan.value((slices, c, 2), "batch norm slice statistics")
-    k = plan.kernel(FILE, "bn_slice_statistics", BN_LOCAL=BN_LOCAL, BN_SLICE=BN_SLICE)
-    reduce = plan.launch(k, (slices * BN_LOCAL, c), (BN_LOCAL, 1), n, c, s, x, partial)
-    k = plan.kernel(FILE, "bn_combine_statistics", BN_SLICE=BN_SLICE, CUMULATIVE=cumulative)
+    affine, cumulative = weight is not None, momentum is None
+    reduce, partial, slices, values = _reduce(plan, "statistics", n, c, s, (x,), "batch norm slice statistics")
+    k = plan.kernel(FILE, "bn_combine_statistics", BN_SLICE=values, CUMULATIVE=cumulative)
     combine = plan.launch(k, (c,), None, n, c, s, slices, float(eps), 0.0 if cumulative else float(momentum),
                           partial, running_mean, running_var, num_batches_tracked, save_mean, save_invstd)
     for launch in (reduce, combine):
         plan.bind_dynamic("n_valid", launch, "n_valid")
     if cumulative:
         plan.launch(plan.kernel(FILE, "bn_count_batch"), (1,), (1,), num_batches_tracked)
-    k = plan.kernel(FILE, "bn_normalize", AFFINE=affine, **(act or activation()))
-    plan.launch(k, (x.size,), (LOCAL,), x.size, c, s, x, y, weight if affine else x, bias if affine else x,
-                save_mean, save_invstd)
+    w, b = (weight, bias) if affine else (x, x)
+    if _cpu(plan):
+        defines, grid = _blocks(n, c, s)
+        k = plan.kernel(FILE, "bn_rows_normalize", **defines, AFFINE=affine, **(act or activation()))
+        plan.launch(k, grid, (1, 1), n, c, x, y, w, b, save_mean, save_invstd)
+    else:
+        k = plan.kernel(FILE, "bn_normalize", AFFINE=affine, **(act or activation()))
+        plan.launch(k, (x.size,), (LOCAL,), x.size, c, s, x, y, w, b, save_mean, save_invstd)
 
 
 def batchnorm_forward_eval(plan, x, y, weight, bias, running_mean, running_var, eps, act=None):
     """y = act((x - running_mean) / sqrt(running_var + eps) * weight + bias), per channel."""
-    _, c, s = _dims(x, running_mean.shape[0])
+    n, c, s = _dims(x, running_mean.shape[0])
     affine = weight is not None
+    w, b = (weight, bias) if affine else (x, x)
+    if _cpu(plan):
+        defines, grid = _blocks(n, c, s)
+        k = plan.kernel(FILE, "bn_rows_forward_eval", **defines, AFFINE=affine, **(act or activation()))
+        return plan.launch(k, grid, (1, 1), n, c, float(eps), x, y, w, b, running_mean, running_var)
     k = plan.kernel(FILE, "bn_forward_eval", AFFINE=affine, **(act or activation()))
-    return plan.launch(k, (x.size,), (LOCAL,), x.size, c, s, float(eps), x, y,
-                       weight if affine else x, bias if affine else x, running_mean, running_var)
+    return plan.launch(k, (x.size,), (LOCAL,), x.size, c, s, float(eps), x, y, w, b, running_mean, running_var)
 
 
 def batchnorm_fold(plan, weight, bias, w, b, running_mean, running_var, eps, folded_weight, folded_bias):
@@ -75,22 +117,26 @@ def batchnorm_backward(plan, x, y, dy, dx, weight, dweight, dbias, save_mean, sa
     the gradient of act's output when an activation `act` was fused (y is read only then, and not
     kept alive otherwise). Each channel's sums are reduced in slices, combined in order."""
     n, c, s = _dims(x, save_mean.shape[0])
-    affine, need_dx, slices = weight is not None, dx is not None, _slices(n, s)
+    affine, need_dx = weight is not None, dx is not None
     if not (affine or need_dx):
         return
     y = y if act else dy
     act = act or activation()
-    partial = plan.value((slices, c, 2), "batch norm slice gradient sums")
+    reduce, partial, slices, values = _reduce(plan, "gradient_sums", n, c, s, (x, y, dy, save_mean),
+                                              "batch norm slice gradient sums", **act)
     means = plan.value((2, c), "batch norm gradient means")
-    k = plan.kernel(FILE, "bn_slice_gradient_sums", BN_LOCAL=BN_LOCAL, BN_SLICE=BN_SLICE, **act)
-    reduce = plan.launch(k, (slices * BN_LOCAL, c), (BN_LOCAL, 1), n, c, s, x, y, dy, save_mean, partial)
-    k = plan.kernel(FILE, "bn_combine_gradient_sums", BN_SLICE=BN_SLICE, AFFINE=affine)
+    k = plan.kernel(FILE, "bn_combine_gradient_sums", BN_SLICE=values, AFFINE=affine)
     combine = plan.launch(k, (c,), None, n, c, s, slices, partial, save_invstd,
                           dweight if affine else means, dbias if affine else means, means)
     launches = [reduce, combine]
-    if need_dx:
+    w = weight if affine else x
+    if need_dx and _cpu(plan):
+        defines, grid = _blocks(n, c, s)
+        k = plan.kernel(FILE, "bn_rows_input_gradient", **defines, AFFINE=affine, **act)
+        launches.append(plan.launch(k, grid, (1, 1), n, n, c, x, y, dy, dx, w, save_mean, save_invstd, means))
+    elif need_dx:
         k = plan.kernel(FILE, "bn_input_gradient", AFFINE=affine, **act)
-        launches.append(plan.launch(k, (x.size,), (LOCAL,), x.size, n, c, s, x, y, dy, dx,
-                                    weight if affine else x, save_mean, save_invstd, means))
+        launches.append(plan.launch(k, (x.size,), (LOCAL,), x.size, n, c, s, x, y, dy, dx, w, save_mean,
+                                    save_invstd, means))
     for launch in launches:
         plan.bind_dynamic("n_valid", launch, "n_valid")
