@@ -1,5 +1,5 @@
-// gemm_packed, the CPU family's GEMM (semantics, operands and epilogue in gemm_common.h), and the
-// copies of its operands into panels.
+// The CPU family's GEMMs (semantics, operands and epilogue in gemm_common.h): gemm_packed with the
+// copies of its operands into panels, and gemm_direct, for products too small for the copies to pay.
 #include "gemm_common.h"
 
 // gemm_packed multiplies operands copied into panels, so that it reads both sequentially: A in

@@ -7,6 +7,7 @@ from ..errors import ShapeError
 
 FILE = "elementwise.cl"
 LOCAL = 64
+CPU_COLUMNS = 16  # bias_act_backward's columns per work-item on CPUs (one float16 vector)
 # codes of kernels_cl/common.h
 ACTIVATIONS = {"none": 0, "relu": 1, "sigmoid": 2, "tanh": 3, "relu6": 4, "leaky_relu": 5, "silu": 6}
 
@@ -42,8 +43,11 @@ def bias_act_backward(plan, act, dy, y, dpre, db):
     """dpre = dy * act'(y) (not written without an activation, act None), db = column sums of dpre
     (skipped when db is None)."""
     rows, cols = dy.shape
-    k = plan.kernel(FILE, "bias_act_backward", **(act or activation()), HAS_BIAS=db is not None)
-    return plan.launch(k, (cols,), (LOCAL,), rows, cols, dy, y, dpre, db if db is not None else dpre)
+    cpu = plan.device.family != "tiled"
+    k = plan.kernel(FILE, "bias_act_backward", **(act or activation()), HAS_BIAS=db is not None,
+                    COLUMNS=CPU_COLUMNS if cpu else None)
+    grid = -(-cols // CPU_COLUMNS) if cpu else cols
+    return plan.launch(k, (grid,), None if cpu else (LOCAL,), rows, cols, dy, y, dpre, db if db is not None else dpre)
 
 
 def softmax_forward(plan, x, y):
