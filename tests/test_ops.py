@@ -288,6 +288,18 @@ def test_gemm_direct_size_rule(device, monkeypatch):
         _check_gemm(sc, ref, k, f"{kernel} {m}x{n}x{k}")
 
 
+def test_gemm_direct_is_for_one_group(device, monkeypatch):
+    """A grouped product, however small, is packed: gemm_direct refuses groups rather than ignore them."""
+    monkeypatch.setattr(device, "family", "cpu")
+    plan = new_plan(device)
+    a, b, c = plan.value((2 * 3, 5), "a"), plan.value((5, 2 * 4), "b"), plan.value((2 * 3, 4), "c")
+    operands = ops.Matrix(a, 3, 5, group_stride=15), ops.Matrix(b, 5, 4, ld=8, group_stride=4), ops.Matrix(c, 3, 4)
+    ops.gemm(plan, *operands, groups=2)
+    assert gemm_module.direct(3, 4, 5) and "gemm_direct" not in {launch.kernel.function_name for launch in plan.launches}
+    with pytest.raises(ValueError, match="one group"):
+        gemm_module.record_gemm(plan, "gemm_direct", dict(TRANS_A=0, TRANS_B=0), (3, 4, 5), *operands, groups=2)
+
+
 @pytest.mark.parametrize("a_shape,b_shape,c_shape,trans_a,trans_b", [
     ((3, 4), (5, 6), (3, 6), False, False),   # K of A (4) != K of B (5)
     ((3, 4), (4, 6), (3, 5), False, False),   # C has the wrong width
