@@ -22,12 +22,12 @@ CPU_SMALL_GRID = 8192  # PoCL 5's own choice made squares of 512 / 1024 1.9x / 1
                        # 16-core Xeon; 4 x 4 and 16 x 1 made them 2x slower on a 2-core EPYC. At
                        # 2048 (21,888 work-items) PoCL's choice is as fast on the Xeon and 1.3x
                        # faster on the EPYC
-CPU_DIRECT_BYTES = 4 << 20  # gemm_direct (one launch, nothing copied) where A and B together take at
-                            # most this, about a core's L2 and its share of L3: on a 2-core EPYC, the
-                            # mlp's products at batch 128 and 1024 (up to 4.0 MiB) ran 1.0-3x faster
-                            # than packing them, the smallest the most; larger ones measured from 10%
-                            # slower to 25% faster (1024^3 and 256 x 784 x 1024 about even), so
-                            # packing, built to stream from memory, keeps them
+CPU_DIRECT_BYTES = 4 << 20  # gemm_direct (one launch, no panels in global memory) where A and B take
+                            # at most this together, about a core's L2 and its share of L3: on a
+                            # 2-core EPYC, the mlp's products at batch 128 and 1024 (up to 4.0 MiB)
+                            # ran 1.0-3x faster than packing them, the smallest the most; larger ones
+                            # measured from 10% slower to 25% faster (1024^3 and 256 x 784 x 1024
+                            # about even), so packing, built to stream from memory, keeps them
 
 
 class Matrix:
