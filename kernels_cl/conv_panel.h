@@ -57,20 +57,6 @@ inline float16 load_run(__global const float* restrict x, const int at, const in
 }
 #endif
 
-// Transposes the 16 x 16 block v[row][column] in registers: four rounds of unzipping pairs of rows,
-// each of which rotates the 8 bits of an element's (row, column) index by one.
-inline void transpose16(float16* v)
-{
-    _Pragma("unroll") for (int round = 0; round < 4; round++) {
-        float16 t[PANEL];
-        _Pragma("unroll") for (int i = 0; i < PANEL / 2; i++) {
-            t[i] = (float16)(v[2 * i].even, v[2 * i + 1].even);
-            t[i + PANEL / 2] = (float16)(v[2 * i].odd, v[2 * i + 1].odd);
-        }
-        _Pragma("unroll") for (int i = 0; i < PANEL; i++) v[i] = t[i];
-    }
-}
-
 // panel[k - k0] = the 16 values of row k of panel p of B (k0 <= k < k1), 0 in the padding and past
 // column N. B is the im2col matrix of x: its columns are pixels and its rows (c, kh, kw), or the
 // other way round with TRANS_B (the weight gradient's dY . cols^T). The parts of the 16 columns are

@@ -68,13 +68,22 @@ def _gemm_case(device, rng, plan, m, n, k, layout, offsets, has_bias=False, act=
     return sc, act_ref(act, pre), pre
 
 
+@pytest.fixture(params=["gemm_tiled", "gemm_packed", "gemm_direct"])
+def gemm_kernel(request, device, monkeypatch):
+    """Runs a test with each GEMM kernel on the test's device (every one runs anywhere): the CPU
+    family's two whatever the size rule would choose for the test's products."""
+    monkeypatch.setattr(device, "family", "tiled" if request.param == "gemm_tiled" else "cpu")
+    monkeypatch.setattr(gemm_module, "direct", lambda m, n, k: request.param == "gemm_direct")
+    return request.param
+
+
 def _check_gemm(sc, ref, k, what):
     got = sc.read()
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6 * (k + 1), err_msg=what)
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
-def test_gemm_layouts(device, gemm_family, layout):
+def test_gemm_layouts(device, gemm_kernel, layout):
     """C = op(A) op(B) for every layout on every awkward shape, operands at odd offsets."""
     rng = np.random.default_rng(1)
     plan = new_plan(device)
@@ -84,12 +93,15 @@ def test_gemm_layouts(device, gemm_family, layout):
         cases.append(((m, n, k), _gemm_case(device, rng, plan, m, n, k, layout, offsets)))
     execute(plan)
     for (m, n, k), (sc, ref, _) in cases:
-        _check_gemm(sc, ref, k, f"{gemm_family} {layout} M={m} N={n} K={k}")
+        _check_gemm(sc, ref, k, f"{gemm_kernel} {layout} M={m} N={n} K={k}")
+    assert {launch.kernel.function_name for launch in plan.launches} >= {gemm_kernel}
 
 
 @pytest.mark.parametrize("layout", ["NN", "TN", "NT"])
-def test_gemm_split_k(device, gemm_family, layout):
-    """Few output tiles and a long K: both families split K over work-groups and sum the slices."""
+def test_gemm_split_k(device, gemm_family, layout, monkeypatch):
+    """Few output tiles and a long K: both families split K over work-groups and sum the slices
+    (the CPU family's packed kernel: gemm_direct splits where tuned to, as every candidate is below)."""
+    monkeypatch.setattr(gemm_module, "direct", lambda m, n, k: False)
     rng = np.random.default_rng(5)
     plan = new_plan(device)
     m, n, k = 5, 70, 3001
@@ -114,6 +126,7 @@ def test_gemm_packed_slices_whatever_the_work_groups(device, monkeypatch):
     """gemm_packed finds its K slice from its global index: a driver free to choose the work-groups
     of a split launch may make them more than one slice deep (PoCL 5 did, on a 16-core Xeon)."""
     monkeypatch.setattr(device, "family", "cpu")
+    monkeypatch.setattr(gemm_module, "direct", lambda m, n, k: False)
     monkeypatch.setattr(gemm_module, "lookup", lambda device, case: {"CPU_ROWS": 4, "SLICES": 4})
     rng = np.random.default_rng(8)
     plan = new_plan(device)
@@ -130,6 +143,8 @@ def _tuning_candidates(device, kernel):
     takes VLOAD's runs on their own, at the edges they meet), a third of it splitting K."""
     if kernel == "gemm_packed":
         found = [{"CPU_ROWS": r} for r in gemm_module.GEMM_PACKED.rows]
+    elif kernel == "gemm_direct":
+        found = [{"CPU_ROWS": r, "CHUNKS": c} for r in gemm_module.GEMM_DIRECT.rows for c in (1, 2, 5)]
     else:
         tiled = gemm_module.GEMM_TILED
         found = [params for tile in tiled.tile_params(device)
@@ -173,12 +188,13 @@ def test_gemm_tiled_float4_global_loads(device, monkeypatch, tile):
         _check_gemm(sc, ref, k, f"VLOAD {params} {what}")
 
 
-@pytest.mark.parametrize("kernel", ["gemm_tiled", "gemm_packed"])
+@pytest.mark.parametrize("kernel", ["gemm_tiled", "gemm_packed", "gemm_direct"])
 def test_gemm_every_tuning_candidate(device, monkeypatch, kernel):
     """Whatever clnet-tune may pick computes the same products: every parameter set of the tuner's
     space (a third of them splitting K), each on one of the layouts the kernel serves in turn, with
     and without a bias and activation, at awkward shapes and offsets."""
     monkeypatch.setattr(device, "family", "tiled" if kernel == "gemm_tiled" else "cpu")
+    monkeypatch.setattr(gemm_module, "direct", lambda m, n, k: kernel == "gemm_direct")
     layouts = list(LAYOUTS)
     rng = np.random.default_rng(3)
     for i, params in enumerate(_tuning_candidates(device, kernel)):
@@ -208,7 +224,7 @@ EPILOGUES = [("none", True, "NT"), ("none", True, "TN"),
 
 
 @pytest.mark.parametrize("act,has_bias,layout", EPILOGUES)
-def test_gemm_bias_activation(device, gemm_family, act, has_bias, layout):
+def test_gemm_bias_activation(device, gemm_kernel, act, has_bias, layout):
     """The fused epilogue act(op(A) op(B) + bias)."""
     rng = np.random.default_rng(2)
     plan = new_plan(device)
@@ -216,10 +232,72 @@ def test_gemm_bias_activation(device, gemm_family, act, has_bias, layout):
     cases = [_gemm_case(device, rng, plan, m, n, k, layout, (3, 41, 17, 9), has_bias, act) for m, n, k in shapes]
     execute(plan)
     for (sc, ref, pre), (m, n, k) in zip(cases, shapes):
-        _check_gemm(sc, ref, k, f"{gemm_family} {layout} {act} bias={has_bias} M={m} N={n} K={k}")
+        _check_gemm(sc, ref, k, f"{gemm_kernel} {layout} {act} bias={has_bias} M={m} N={n} K={k}")
     # The inputs reach where the activation is far from the identity, so ignoring ACT would fail.
     ref, pre = cases[0][1], cases[0][2]
     assert act == "none" or np.abs(ref - pre).max() > 0.5
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_gemm_leading_dimensions(device, gemm_kernel, layout):
+    """Operands inside wider rows (NaN beyond their columns, at odd offsets) and C inside a wider
+    matrix (whose other columns stay as they were), with and without the epilogue, on sizes 1, 3,
+    17, 129 in every position."""
+    trans_a, trans_b = LAYOUTS[layout]
+    rng, plan, cases = np.random.default_rng(6), new_plan(device), []
+    for i, (m, n, k) in enumerate(((1, 1, 1), (3, 17, 129), (17, 3, 1), (129, 33, 17), (20, 129, 3))):
+        stored = []
+        for rows, cols, offset in (((k, m) if trans_a else (m, k)) + (2 * i + 1,),
+                                   ((n, k) if trans_b else (k, n)) + (3 * i + 5,)):
+            full = np.full((rows, cols + 1 + i), np.nan, np.float32)
+            full[:, :cols] = rng.uniform(-1, 1, (rows, cols))
+            stored.append((Slot(device, full, offset), rows, cols, full.shape[1], full[:, :cols]))
+        (sa, a_rows, a_cols, lda, a), (sb, b_rows, b_cols, ldb, b) = stored
+        wide, bias = f32(rng.uniform(-1, 1, (m, n + 2))), f32(rng.uniform(-1, 1, n))
+        sc, sbias = Slot(device, wide, 7 * i), Slot(device, bias, i)
+        epilogue = i % 2 == 1
+        ops.gemm(plan, ops.Matrix(sa.tensor, a_rows, a_cols, ld=lda), ops.Matrix(sb.tensor, b_rows, b_cols, ld=ldb),
+                 ops.Matrix(sc.tensor, m, n, ld=n + 2), trans_a=trans_a, trans_b=trans_b,
+                 bias=sbias.tensor if epilogue else None, act=ops.activation("tanh" if epilogue else "none"))
+        a64, b64 = a.astype(np.float64), b.astype(np.float64)
+        expected = wide.astype(np.float64)
+        product = (a64.T if trans_a else a64) @ (b64.T if trans_b else b64)
+        expected[:, :n] = np.tanh(product + bias) if epilogue else product
+        cases.append((sc, expected, k, f"{gemm_kernel} {layout} {m}x{n}x{k}"))
+    assert {launch.kernel.function_name for launch in plan.launches} >= {gemm_kernel}
+    execute(plan)
+    for sc, expected, k, what in cases:
+        _check_gemm(sc, expected, k, what)
+
+
+def test_gemm_direct_size_rule(device, monkeypatch):
+    """The CPU family multiplies in place up to CPU_DIRECT_BYTES of operands and CPU_GATHER_K rows
+    of B, and packs beyond either; both sides of each bound compute the product."""
+    monkeypatch.setattr(device, "family", "cpu")
+    k_long = gemm_module.CPU_GATHER_K
+    side = gemm_module.CPU_DIRECT_BYTES // (4 * k_long) // 2  # M = N = side: exactly CPU_DIRECT_BYTES
+    shapes = {(side, side, k_long): "gemm_direct", (side, side + 1, k_long): "gemm_packed",
+              (3, 17, k_long): "gemm_direct", (3, 17, k_long + 1): "gemm_packed"}
+    rng = np.random.default_rng(7)
+    for (m, n, k), kernel in shapes.items():
+        plan = new_plan(device)
+        sc, ref, _ = _gemm_case(device, rng, plan, m, n, k, "NT", (1, 2, 3, 4), True, "relu")
+        assert kernel in {launch.kernel.function_name for launch in plan.launches}, (m, n, k)
+        assert gemm_module.direct(m, n, k) == (kernel == "gemm_direct")
+        execute(plan)
+        _check_gemm(sc, ref, k, f"{kernel} {m}x{n}x{k}")
+
+
+def test_gemm_direct_is_for_one_group(device, monkeypatch):
+    """A grouped product, however small, is packed: gemm_direct refuses groups rather than ignore them."""
+    monkeypatch.setattr(device, "family", "cpu")
+    plan = new_plan(device)
+    a, b, c = plan.value((2 * 3, 5), "a"), plan.value((5, 2 * 4), "b"), plan.value((2 * 3, 4), "c")
+    operands = ops.Matrix(a, 3, 5, group_stride=15), ops.Matrix(b, 5, 4, ld=8, group_stride=4), ops.Matrix(c, 3, 4)
+    ops.gemm(plan, *operands, groups=2)
+    assert gemm_module.direct(3, 4, 5) and "gemm_direct" not in {launch.kernel.function_name for launch in plan.launches}
+    with pytest.raises(ValueError, match="one group"):
+        gemm_module.record_gemm(plan, "gemm_direct", dict(TRANS_A=0, TRANS_B=0), (3, 4, 5), *operands, groups=2)
 
 
 @pytest.mark.parametrize("a_shape,b_shape,c_shape,trans_a,trans_b", [
@@ -281,12 +359,13 @@ def test_activation_forward_backward(device, act):
 @pytest.mark.parametrize("act,has_bias", [("none", True), ("relu", True), ("relu", False),
                                           ("sigmoid", True), ("sigmoid", False), ("tanh", True),
                                           ("tanh", False)])
-def test_bias_act_backward(device, act, has_bias):
-    """dpre = dy * act'(y), db = column sums of dpre; for "none" dpre is dy itself (not written)."""
+def test_bias_act_backward(device, gemm_family, act, has_bias):
+    """dpre = dy * act'(y), db = column sums of dpre; for "none" dpre is dy itself (not written). The
+    CPU family's work-items take 16 columns: fewer, 16 and then more, and 48 exactly."""
     rng = np.random.default_rng(4)
     plan = new_plan(device)
     cases = []
-    for i, (rows, cols) in enumerate(((1, 5), (37, 70), (300, 3))):
+    for i, (rows, cols) in enumerate(((1, 5), (37, 70), (300, 3), (9, 48))):
         pre = rng.normal(0, 2, (rows, cols))
         pre[0, 0] = 0.0  # relu: y == 0 has gradient 0
         y = f32(act_ref(act, pre))
@@ -310,7 +389,7 @@ def test_bias_act_backward(device, act, has_bias):
                                        atol=1e-6 * np.sqrt(dy.shape[0]))
 
 
-def test_bias_act_backward_in_place_none(device):
+def test_bias_act_backward_in_place_none(device, gemm_family):
     """Dense without activation passes dy as dpre: only db is written, dy is left alone."""
     rng = np.random.default_rng(5)
     dy = f32(rng.normal(size=(45, 66)))
@@ -324,9 +403,10 @@ def test_bias_act_backward_in_place_none(device):
 
 @pytest.mark.parametrize("act", ["none", "relu"])
 @pytest.mark.parametrize("rows, cols", [(1000, 3), (257, 130), (40, 7)])
-def test_bias_act_backward_in_slices(device, act, rows, cols):
-    """The bias gradient of many rows and few columns is summed in slices of rows (slices of
-    unequal length where they do not divide the rows), whose sums sum_slices adds in a fixed order."""
+def test_bias_act_backward_in_slices(device, gemm_family, act, rows, cols):
+    """On the GPU family the bias gradient of many rows and few columns is summed in slices of rows
+    (of unequal length where they do not divide the rows), whose sums sum_slices adds in a fixed
+    order; the CPU family sums all the rows in one work-item per 16 columns."""
     rng = np.random.default_rng(7)
     dy, y = f32(rng.normal(size=(rows, cols))), f32(np.abs(rng.normal(size=(rows, cols))))
     y[::3] = 0.0  # ReLU's gradient is 0 there
@@ -341,7 +421,8 @@ def test_bias_act_backward_in_slices(device, act, rows, cols):
     np.testing.assert_allclose(sdb.read(), dpre.sum(axis=0), rtol=1e-5, atol=1e-6 * np.sqrt(rows))
     sliced = any(launch.kernel.function_name == "sum_slices" for launch in plan.launches)
     groups = -(-cols // ops.elementwise.LOCAL)
-    assert sliced == (rows >= 2 * ops.elementwise.ROWS_PER_SLICE and groups < 4 * device.info.compute_units)
+    assert sliced == (gemm_family == "tiled" and rows >= 2 * ops.elementwise.ROWS_PER_SLICE
+                      and groups < 4 * device.info.compute_units)
 
 
 # -------------------------------------------------------------------------------------- softmax

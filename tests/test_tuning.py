@@ -211,7 +211,7 @@ def test_the_tuner_covers_what_chunked_convolutions_read(device, monkeypatch):
         assert not reports, reports
 
 
-@pytest.mark.parametrize("kernel", ["gemm_tiled", "gemm_packed"])
+@pytest.mark.parametrize("kernel", ["gemm_tiled", "gemm_packed", "gemm_direct"])
 def test_the_tuner_tries_only_what_the_launcher_takes(device, kernel):
     """One spec per kernel serves both: every candidate (and switch variant) of the tuner is a
     valid parameter set for the launcher, the default first."""

@@ -14,6 +14,7 @@ ROWS_PER_SLICE = 32  # rows of a bias gradient summed by one work-item at least:
 # one vectorised loop at a cost per group; with groups of 64, adds of 2M and 512K elements took 15
 # and 45 % longer than with 1024 (256 to 4096 measure alike).
 CPU_LOCAL = 1024
+CPU_COLUMNS = 16  # bias_act_backward's columns per work-item on CPUs (one float16 vector)
 # codes of kernels_cl/common.h
 ACTIVATIONS = {"none": 0, "relu": 1, "sigmoid": 2, "tanh": 3, "relu6": 4, "leaky_relu": 5, "silu": 6}
 
@@ -52,9 +53,15 @@ def activation_backward_from_input(plan, act, x, dy, dx):
 
 def bias_act_backward(plan, act, dy, y, dpre, db):
     """dpre = dy * act'(y) (not written without an activation, act None), db = column sums of dpre
-    (skipped when db is None). The rows are cut into slices, as many as give every compute unit
-    about four work-groups, each at least ROWS_PER_SLICE rows; slice_totals adds their sums."""
+    (skipped when db is None). On the GPU family the rows are cut into slices, as many as give
+    every compute unit about four work-groups, each at least ROWS_PER_SLICE rows, whose sums
+    slice_totals adds; on the CPU family a work-item sums CPU_COLUMNS columns over all the rows."""
     rows, cols = dy.shape
+    if plan.device.family != "tiled":  # a work-item per CPU_COLUMNS columns, all the rows
+        k = plan.kernel(FILE, "bias_act_backward", **(act or activation()), HAS_BIAS=db is not None,
+                        COLUMNS=CPU_COLUMNS)
+        return plan.launch(k, (-(-cols // CPU_COLUMNS),), None, rows, cols, dy, y, dpre,
+                           db if db is not None else dpre)
     groups = -(-cols // LOCAL)
     slices = max(1, min(-(-4 * plan.device.info.compute_units // groups), rows // ROWS_PER_SLICE))
     sums = db if db is None or slices == 1 else plan.value((slices, cols), "bias gradient slices")

@@ -8,8 +8,9 @@ from ..tuning import Case, lookup, record
 from .elementwise import SUM_SLICES_FILE, activation
 
 SPLIT_MIN = 128    # shortest K slice worth its own work-groups
-PANEL = 16         # columns of a B panel (gemm_packed)
-CPU_GATHER_K = 4096  # gemm_packed: rows of a gathered panel of B at most (256 KiB of local memory)
+PANEL = 16         # columns of a B panel (gemm_packed, gemm_direct)
+CPU_GATHER_K = 4096  # rows of a panel of B in local memory at most (256 KiB): gemm_packed's gathered
+                     # ones, and gemm_direct's
 CPU_GATHER_ITEMS = 64  # work-items wanted for a gathered B at least
 CPU_SLICE = 512    # gemm_packed: K steps per slice when the output is one work-group's worth
 CPU_GROUP = 1024   # work-items of that work-group at most
@@ -20,6 +21,12 @@ CPU_SMALL_GRID = 8192  # PoCL 5's own choice made squares of 512 / 1024 1.9x / 1
                        # 16-core Xeon; 4 x 4 and 16 x 1 made them 2x slower on a 2-core EPYC. At
                        # 2048 (21,888 work-items) PoCL's choice is as fast on the Xeon and 1.3x
                        # faster on the EPYC
+CPU_DIRECT_BYTES = 4 << 20  # gemm_direct (one launch, no panels in global memory) where A and B take
+                            # at most this together, about a core's L2 and its share of L3: on a
+                            # 2-core EPYC, the mlp's products at batch 128 and 1024 (up to 4.0 MiB)
+                            # ran 1.0-3x faster than packing them, the smallest the most; larger ones
+                            # measured from 10% slower to 25% faster (1024^3 and 256 x 784 x 1024
+                            # about even), so packing, built to stream from memory, keeps them
 
 
 class Matrix:
@@ -213,8 +220,32 @@ class PackedSpec(GemmSpec):
         return [{"CPU_ROWS": r, "SLICES": s} for r in self.rows for s in sorted(slices)]
 
 
-GEMM_TILED, GEMM_PACKED = TiledSpec(), PackedSpec()
-SPECS = {spec.kernel: spec for spec in (GEMM_TILED, GEMM_PACKED)}
+class DirectSpec(GemmSpec):
+    """gemm_direct (the CPU family's small products, CPU_DIRECT_BYTES): CPU_ROWS x 16 of C at a time,
+    as gemm_packed, over A read in place; each of CHUNKS work-items per panel of B loads the panel
+    and multiplies its share of the row blocks by it."""
+    kernel, file = "gemm_direct", "gemm_packed.cl"
+    defaults = {"CPU_ROWS": 8, "CHUNKS": 1, "SLICES": 1}
+    rows = PackedSpec.rows
+
+    def default(self, device, m, n, k, defines):
+        """8 rows per work-item (4 for M up to 4: from 4 to 12 rows, the mlp's products ran within 10%
+        of one another on a 2-core EPYC), and enough chunks of them for every compute unit to have a
+        work-item; K unsplit."""
+        rows = 8 if m > 4 else 4
+        chunks = -(-device.info.compute_units // -(-n // PANEL))
+        return {"CPU_ROWS": rows, "CHUNKS": max(1, min(chunks, -(-m // rows))), "SLICES": 1}
+
+    def _alternatives(self, device, shape, default, groups):
+        """Every row block, with the default's chunks, one and twice as many; K unsplit and, where it
+        is long enough, split into CPU_SLICE steps."""
+        chunks = sorted({1, default["CHUNKS"], 2 * default["CHUNKS"]})
+        slices = sorted({1, max(1, shape[2] // CPU_SLICE)})
+        return [{"CPU_ROWS": r, "CHUNKS": c, "SLICES": s} for r in self.rows for c in chunks for s in slices]
+
+
+GEMM_TILED, GEMM_PACKED, GEMM_DIRECT = TiledSpec(), PackedSpec(), DirectSpec()
+SPECS = {spec.kernel: spec for spec in (GEMM_TILED, GEMM_PACKED, GEMM_DIRECT)}
 
 
 def gemm(plan, a, b, c, trans_a=False, trans_b=False, bias=None, act=None, bias_per_row=False, groups=1):
@@ -235,8 +266,17 @@ def gemm(plan, a, b, c, trans_a=False, trans_b=False, bias=None, act=None, bias_
                          f"C{c.shape}")
     defines = dict(TRANS_A=int(trans_a), TRANS_B=int(trans_b), HAS_BIAS=bias is not None,
                    BIAS_PER_ROW=bias_per_row, **(act or activation()))
-    kernel = "gemm_tiled" if plan.device.family == "tiled" else "gemm_packed"
+    if plan.device.family == "tiled":
+        kernel = "gemm_tiled"
+    else:
+        kernel = "gemm_direct" if groups == 1 and direct(m, n, k) else "gemm_packed"
     return record_gemm(plan, kernel, defines, (m, n, k), a, b, c, bias, groups=groups)
+
+
+def direct(m, n, k):
+    """Whether the CPU family's (M, N, K) product runs gemm_direct: operands small enough
+    (CPU_DIRECT_BYTES) and a panel of B that local memory takes whole (CPU_GATHER_K)."""
+    return k <= CPU_GATHER_K and 4 * k * (m + n) <= CPU_DIRECT_BYTES
 
 
 def _span(x, groups=1):
@@ -272,6 +312,12 @@ def record_gemm(plan, kernel, defines, shape, a, b, c, bias=None, params=None, g
     grouping = {"GROUPS": groups} if groups > 1 else {}
     if kernel == "gemm_packed":
         a, b, product, grid, local, slices = _packed_operands(plan, defines, shape, a, b, params, slices, groups)
+    elif kernel == "gemm_direct":  # a work-group (its own panel of B) per chunk of each panel's rows
+        if groups > 1:
+            raise ValueError("gemm_direct multiplies one group: grouped products are packed")
+        product = {"TRANS_A": defines["TRANS_A"], "TRANS_B": defines["TRANS_B"], "CPU_ROWS": params["CPU_ROWS"],
+                   "DIRECT_K": -(-k // slices)}
+        grid, local = (-(-n // PANEL), params["CHUNKS"]), (1, 1)
     else:
         product = {**{key: value for key, value in defines.items() if key not in epilogue}, **params}
         if groups > 1:
