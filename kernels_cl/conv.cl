@@ -75,3 +75,49 @@ void conv_bias_act_backward(const int B, const int C,
 #endif
 }
 #endif
+
+// The CPU family's conv_bias_act_backward (PoCL vectorises a fixed-length loop over contiguous
+// values, not work-items): work-item (k, c) of an exact (ceil(B / CONV_ROWS), C) grid, work-groups
+// of one, takes the rows [k * CONV_ROWS, (k + 1) * CONV_ROWS) of channel c, each a plane of P
+// contiguous values read in order and written as one run of dpre, and writes their sum, in lanes
+// (lanes.h), to sums[k * C + c]: the bias gradient itself when there is one slice, else partial sums
+// that sum_slices adds up. The host bounds CONV_ROWS, and with it the values a lane adds in sequence.
+#ifdef CONV_ROWS
+#include "lanes.h"
+
+#define CONV_BODY (CONV_P / LANES * LANES)  // a plane's values that fill the vector lanes
+
+__kernel void conv_bias_act_backward_rows(const int B, const int C,
+                                          __global const float* restrict dy, const int dyo,
+                                          __global const float* restrict y, const int yo,
+                                          __global float* restrict dpre, const int dpo,
+                                          __global float* restrict sums, const int so)
+{
+    const int P = CONV_P, k = get_global_id(0), c = get_global_id(1);
+    const int first = k * CONV_ROWS, last = min(first + CONV_ROWS, B);
+    float16 body = 0.0f;
+    __attribute__((aligned(64))) float tail[LANES];
+    #pragma unroll
+    for (int j = 0; j < P - CONV_BODY; j++) tail[j] = 0.0f;
+    for (int r = first; r < last; r++) {
+        const int src = (r * C + c) * P;
+        __global float* out = dpre + dpo + (c * B + r) * P;
+        for (int j = 0; j < CONV_BODY; j += LANES) {
+            const float16 g = act_grad16(dy + dyo + src + j, y + yo + src + j);
+            __attribute__((aligned(64))) float v[LANES];  // stored from an aligned array (no vstore16)
+            *(float16*)v = g;
+            for (int l = 0; l < LANES; l++) out[j + l] = v[l];
+            body += g;
+        }
+        #pragma unroll
+        for (int j = CONV_BODY; j < P; j++) {
+            const float g = dy[dyo + src + j] * act_grad_from_output(y[yo + src + j]);
+            out[j] = g;
+            tail[j - CONV_BODY] += g;
+        }
+    }
+#ifdef HAS_BIAS
+    sums[so + k * C + c] = lanes_total(body, tail, P - CONV_BODY);
+#endif
+}
+#endif
