@@ -6,8 +6,10 @@
 // has a row per (c, kh, kw) and a column per (image, oh, ow), with leading dimension ldcol.
 
 // The gradient of im2col as a gather: each input element sums the column entries it was copied to,
-// in a fixed order (no atomics, the same result every run). Global size images*C*H: a work-item
-// handles a row of input pixels. Built only with the geometry.
+// in a fixed order, tap (kh, kw) after tap (no atomics, the same result every run). Global size
+// images*C*H: a work-item handles a row of input pixels, adding each tap's contiguous run of output
+// columns to the pixels it reaches (every sw-th, from a compile-time start: no division per pixel).
+// Built only with the geometry.
 #ifdef CONV_C
 __kernel void col2im(const int images, const int ldcol,
                      __global const float* restrict col, const int co,
@@ -18,17 +20,18 @@ __kernel void col2im(const int images, const int ldcol,
     const int r = get_global_id(0);  // r = (image * C + c) * H + ih
     if (r >= images * C * H) return;
     const int ih = r % H, c = (r / H) % C, g = r / (C * H);
-    float s[CONV_W];  // the row, summed over the taps in order, a tap at a time so that it vectorises
+    float s[CONV_W];  // the row, summed over the taps in order
     for (int iw = 0; iw < W; iw++) s[iw] = 0.0f;
     for (int kh = 0; kh < KH; kh++) {
         const int t = ih + ph - kh * dh, oh = t / sh;
         if (t < 0 || oh * sh != t || oh >= OH) continue;
+        #pragma unroll
         for (int kw = 0; kw < KW; kw++) {
             __global const float* tap = col + co + ((c * KH + kh) * KW + kw) * ldcol + (g * OH + oh) * OW;
-            for (int iw = 0; iw < W; iw++) {
-                const int u = iw + pw - kw * dw, ow = u / sw;
-                if (u >= 0 && ow * sw == u && ow < OW) s[iw] += tap[ow];
-            }
+            // output column ow reaches iw = ow * sw + kw * dw - pw: the ow with 0 <= iw < W
+            const int shift = kw * dw - pw, lo = shift < 0 ? (sw - 1 - shift) / sw : 0;
+            const int hi = min(OW, (W - shift + sw - 1) / sw);
+            for (int ow = lo; ow < hi; ow++) s[ow * sw + shift] += tap[ow];
         }
     }
     for (int iw = 0; iw < W; iw++) dx[xo + r * W + iw] = s[iw];
