@@ -6,8 +6,10 @@
 // has a row per (c, kh, kw) and a column per (image, oh, ow), with leading dimension ldcol.
 
 // The gradient of im2col as a gather: each input element sums the column entries it was copied to,
-// in a fixed order (no atomics, the same result every run). Global size images*C*H: a work-item
-// handles a row of input pixels. Built only with the geometry.
+// in a fixed order, tap (kh, kw) after tap (no atomics, the same result every run). Global size
+// images*C*H: a work-item handles a row of input pixels, adding each tap's contiguous run of output
+// columns to the pixels it reaches (every sw-th, from a compile-time start: no division per pixel).
+// Built only with the geometry.
 #ifdef CONV_C
 __kernel void col2im(const int images, const int ldcol,
                      __global const float* restrict col, const int co,
@@ -18,17 +20,18 @@ __kernel void col2im(const int images, const int ldcol,
     const int r = get_global_id(0);  // r = (image * C + c) * H + ih
     if (r >= images * C * H) return;
     const int ih = r % H, c = (r / H) % C, g = r / (C * H);
-    float s[CONV_W];  // the row, summed over the taps in order, a tap at a time so that it vectorises
+    float s[CONV_W];  // the row, summed over the taps in order
     for (int iw = 0; iw < W; iw++) s[iw] = 0.0f;
     for (int kh = 0; kh < KH; kh++) {
         const int t = ih + ph - kh * dh, oh = t / sh;
         if (t < 0 || oh * sh != t || oh >= OH) continue;
+        #pragma unroll
         for (int kw = 0; kw < KW; kw++) {
             __global const float* tap = col + co + ((c * KH + kh) * KW + kw) * ldcol + (g * OH + oh) * OW;
-            for (int iw = 0; iw < W; iw++) {
-                const int u = iw + pw - kw * dw, ow = u / sw;
-                if (u >= 0 && ow * sw == u && ow < OW) s[iw] += tap[ow];
-            }
+            // output column ow reaches iw = ow * sw + kw * dw - pw: the ow with 0 <= iw < W
+            const int shift = kw * dw - pw, lo = shift < 0 ? (sw - 1 - shift) / sw : 0;
+            const int hi = min(OW, (W - shift + sw - 1) / sw);
+            for (int ow = lo; ow < hi; ow++) s[ow * sw + shift] += tap[ow];
         }
     }
     for (int iw = 0; iw < W; iw++) dx[xo + r * W + iw] = s[iw];
@@ -72,6 +75,52 @@ void conv_bias_act_backward(const int B, const int C,
     }
 #ifdef HAS_BIAS
     if (lid == 0) sums[so + get_group_id(1) * C + c] = part[0];
+#endif
+}
+#endif
+
+// The CPU family's conv_bias_act_backward (PoCL vectorises a fixed-length loop over contiguous
+// values, not work-items): work-item (k, c) of an exact (ceil(B / CONV_ROWS), C) grid, work-groups
+// of one, takes the rows [k * CONV_ROWS, (k + 1) * CONV_ROWS) of channel c, each a plane of P
+// contiguous values read in order and written as one run of dpre, and writes their sum, in lanes
+// (lanes.h), to sums[k * C + c]: the bias gradient itself when there is one slice, else partial sums
+// that sum_slices adds up. The host bounds CONV_ROWS, and with it the values a lane adds in sequence.
+#ifdef CONV_ROWS
+#include "lanes.h"
+
+#define CONV_BODY (CONV_P / LANES * LANES)  // a plane's values that fill the vector lanes
+
+__kernel void conv_bias_act_backward_rows(const int B, const int C,
+                                          __global const float* restrict dy, const int dyo,
+                                          __global const float* restrict y, const int yo,
+                                          __global float* restrict dpre, const int dpo,
+                                          __global float* restrict sums, const int so)
+{
+    const int P = CONV_P, k = get_global_id(0), c = get_global_id(1);
+    const int first = k * CONV_ROWS, last = min(first + CONV_ROWS, B);
+    float16 body = 0.0f;
+    __attribute__((aligned(64))) float tail[LANES];
+    #pragma unroll
+    for (int j = 0; j < P - CONV_BODY; j++) tail[j] = 0.0f;
+    for (int r = first; r < last; r++) {
+        const int src = (r * C + c) * P;
+        __global float* out = dpre + dpo + (c * B + r) * P;
+        for (int j = 0; j < CONV_BODY; j += LANES) {
+            const float16 g = act_grad16(dy + dyo + src + j, y + yo + src + j);
+            __attribute__((aligned(64))) float v[LANES];  // stored from an aligned array (no vstore16)
+            *(float16*)v = g;
+            for (int l = 0; l < LANES; l++) out[j + l] = v[l];
+            body += g;
+        }
+        #pragma unroll
+        for (int j = CONV_BODY; j < P; j++) {
+            const float g = dy[dyo + src + j] * act_grad_from_output(y[yo + src + j]);
+            out[j] = g;
+            tail[j - CONV_BODY] += g;
+        }
+    }
+#ifdef HAS_BIAS
+    sums[so + k * C + c] = lanes_total(body, tail, P - CONV_BODY);
 #endif
 }
 #endif

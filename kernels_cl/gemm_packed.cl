@@ -28,6 +28,39 @@ __kernel void pack_a(const int M, const int K, __global const float* restrict A,
     }
 }
 
+#ifndef PACK_RUN
+#define PACK_RUN 256  // columns of A per work-item of pack_a_runs, a multiple of 16
+#endif
+
+// pack_a where A's rows run along K (neither TRANS_A nor CONV_FLIP), as the weight gradient's dY:
+// work-item (s, q, g) of an exact grid, work-groups of one, copies the columns
+// [s * PACK_RUN, (s + 1) * PACK_RUN) of panel q (PoCL vectorises a work-item's fixed-length loops,
+// not work-items that read rows apart), 16 at a time: a vector from each row, interleaved in
+// registers, stored as one run of the panel.
+__kernel void pack_a_runs(const int M, const int K, __global const float* restrict A, int a_off,
+                          const int lda, __global float* restrict P, const int p_off)
+{
+    const int k0 = get_global_id(0) * PACK_RUN, q = get_global_id(1), k1 = min(k0 + PACK_RUN, K);
+    a_off += GROUP_ID * GROUP_A;
+    __global float* out = P + p_off + (GROUP_ID * ((M + CPU_ROWS - 1) / CPU_ROWS) + q) * K * CPU_ROWS;
+    int k = k0;
+    for (; k + PANEL <= k1; k += PANEL) {
+        __attribute__((aligned(64))) float block[PANEL * CPU_ROWS];  // columns k .. k + 15 of the panel
+        _Pragma("unroll") for (int r = 0; r < CPU_ROWS; r++) {
+            const int m = q * CPU_ROWS + r;
+            __attribute__((aligned(64))) float run[PANEL];  // no vstore16 (see store_block)
+            *(float16*)run = m < M ? load16(A + a_off + m * lda + k) : (float16)(0.0f);
+            _Pragma("unroll") for (int j = 0; j < PANEL; j++) block[j * CPU_ROWS + r] = run[j];
+        }
+        for (int i = 0; i < PANEL * CPU_ROWS; i++) out[k * CPU_ROWS + i] = block[i];
+    }
+    for (; k < k1; k++)  // K's last columns
+        for (int r = 0; r < CPU_ROWS; r++) {
+            const int m = q * CPU_ROWS + r;
+            out[k * CPU_ROWS + r] = m < M ? A_AT(m, k) : 0.0f;
+        }
+}
+
 // Global size (K, ceil(N / 16), GROUPS), the groups' panels one after another as pack_a's.
 __kernel void pack_b(const int K, const int N, __global const float* restrict B, int b_off,
                      const int ldb, __global float* restrict P, const int p_off)

@@ -288,33 +288,17 @@ __kernel void bn_input_gradient(const int total, const int n_valid, const int ch
 // planes, each S contiguous values, with no division per element. A slice is BN_ROWS rows of one
 // channel (BN_SLICE = BN_ROWS * BN_S values, so that the combining kernels above read its partial
 // results as the GPU's): work-item (k, c) of an exact grid (work-groups of one) takes the rows
-// [k * BN_ROWS, (k + 1) * BN_ROWS) of channel c. Sums run in BN_LANES lanes, value j of a plane in
-// lane j % BN_LANES (the body in a vector, the last S % BN_LANES values in an array of their own),
-// the lanes added pairwise at the end of the slice: a fixed order that depends on the row and the
-// position only, so a padded batch gives the unpadded one's sums. The host bounds BN_ROWS, and with
-// it the values a lane adds in sequence (ops/norm.py).
+// [k * BN_ROWS, (k + 1) * BN_ROWS) of channel c. Sums run in lanes (lanes.h), added at the end of
+// the slice: a fixed order that depends on the row and the position only, so a padded batch gives
+// the unpadded one's sums. The host bounds BN_ROWS, and with it the values a lane adds in sequence
+// (ops/norm.py).
 #ifdef BN_S
+#include "lanes.h"
+
 #ifndef BN_ROWS
 #define BN_ROWS 1 // rows per work-item
 #endif
-#define BN_LANES 16
-#define BN_BODY (BN_S / BN_LANES * BN_LANES) // a plane's values that fill the vector lanes
-
-// The sum of the lanes, pairwise.
-inline float bn_lane_sum(const float16 v) {
-    const float8 a = v.lo + v.hi;
-    const float4 b = a.lo + a.hi;
-    const float2 d = b.lo + b.hi;
-    return d.x + d.y;
-}
-
-// The sum of a slice's lanes: the body's and the tails' (an array indexed by constants once unrolled;
-// 64-byte aligned and read as a vector, not by vload16: PoCL 3.0's fills only 8 lanes).
-inline float bn_slice_sum(const float16 body, float* tail) {
-    #pragma unroll
-    for (int j = BN_S - BN_BODY; j < BN_LANES; j++) tail[j] = 0.0f;
-    return bn_lane_sum(body) + bn_lane_sum(*(const float16*)tail);
-}
+#define BN_BODY (BN_S / LANES * LANES) // a plane's values that fill the vector lanes
 
 // Training forward, the statistics of slice k of channel c (as bn_slice_statistics).
 __kernel void bn_rows_statistics(const int n_valid, const int channels,
@@ -324,23 +308,23 @@ __kernel void bn_rows_statistics(const int n_valid, const int channels,
     const int first = k * BN_ROWS, last = min(first + BN_ROWS, n_valid), stride = channels * BN_S;
     __global const float* xc = x + xo + c * BN_S;
     float16 body = 0.0f;
-    __attribute__((aligned(64))) float tail[BN_LANES];
+    __attribute__((aligned(64))) float tail[LANES];
     #pragma unroll
     for (int j = 0; j < BN_S - BN_BODY; j++) tail[j] = 0.0f;
     for (int r = first; r < last; r++) {
         __global const float* p = xc + r * stride;
-        for (int j = 0; j < BN_BODY; j += BN_LANES) body += load16(p + j);
+        for (int j = 0; j < BN_BODY; j += LANES) body += load16(p + j);
         #pragma unroll
         for (int j = BN_BODY; j < BN_S; j++) tail[j - BN_BODY] += p[j];
     }
     const int m = max(last - first, 0) * BN_S;
-    const float mean = m > 0 ? bn_slice_sum(body, tail) / (float)m : 0.0f;
+    const float mean = m > 0 ? lanes_total(body, tail, BN_S - BN_BODY) / (float)m : 0.0f;
     body = 0.0f;
     #pragma unroll
     for (int j = 0; j < BN_S - BN_BODY; j++) tail[j] = 0.0f;
     for (int r = first; r < last; r++) {
         __global const float* p = xc + r * stride;
-        for (int j = 0; j < BN_BODY; j += BN_LANES) {
+        for (int j = 0; j < BN_BODY; j += LANES) {
             const float16 d = load16(p + j) - mean;
             body += d * d;
         }
@@ -351,7 +335,7 @@ __kernel void bn_rows_statistics(const int n_valid, const int channels,
         }
     }
     partial[po + (k * channels + c) * 2] = mean;
-    partial[po + (k * channels + c) * 2 + 1] = bn_slice_sum(body, tail);
+    partial[po + (k * channels + c) * 2 + 1] = lanes_total(body, tail, BN_S - BN_BODY);
 }
 
 // The element-wise kernels' work-item (k, q) takes the rows [k * BN_ROWS, (k + 1) * BN_ROWS) of
@@ -402,19 +386,6 @@ __kernel void bn_rows_forward_eval(const int rows, const int channels, const flo
     bn_rows_apply(rows, channels, eps, true, x, xo, y, yo, w, wo, b, bo, running_mean, rmo, running_var, rvo);
 }
 
-// BN_GRAD of the BN_LANES values from element i on.
-inline float16 bn_grad16(__global const float* dy, __global const float* y, const int i) {
-#if ACT == ACT_NONE
-    return load16(dy + i);
-#else
-    __attribute__((aligned(64))) float d[BN_LANES];  // as in bn_slice_sum, no vload16 / vstore16
-    *(float16*)d = load16(y + i);
-    #pragma unroll
-    for (int l = 0; l < BN_LANES; l++) d[l] = act_grad_from_output(d[l]);
-    return load16(dy + i) * *(const float16*)d;
-#endif
-}
-
 // Training backward, the sums of slice k of channel c (as bn_slice_gradient_sums).
 __kernel void bn_rows_gradient_sums(const int n_valid, const int channels,
                                     __global const float* x, const int xo, __global const float* y, const int yo,
@@ -426,13 +397,13 @@ __kernel void bn_rows_gradient_sums(const int n_valid, const int channels,
     const int first = k * BN_ROWS, last = min(first + BN_ROWS, n_valid), stride = channels * BN_S;
     const float mean = save_mean[smo + c];
     float16 body_g = 0.0f, body_gx = 0.0f;
-    __attribute__((aligned(64))) float tail_g[BN_LANES], tail_gx[BN_LANES];
+    __attribute__((aligned(64))) float tail_g[LANES], tail_gx[LANES];
     #pragma unroll
     for (int j = 0; j < BN_S - BN_BODY; j++) tail_g[j] = tail_gx[j] = 0.0f;
     for (int r = first; r < last; r++) {
         const int p = r * stride + c * BN_S;
-        for (int j = 0; j < BN_BODY; j += BN_LANES) {
-            const float16 g = bn_grad16(dy + dyo, y + yo, p + j);
+        for (int j = 0; j < BN_BODY; j += LANES) {
+            const float16 g = act_grad16(dy + dyo + p + j, y + yo + p + j);
             body_g += g;
             body_gx += g * (load16(x + xo + p + j) - mean);
         }
@@ -443,8 +414,8 @@ __kernel void bn_rows_gradient_sums(const int n_valid, const int channels,
             tail_gx[j - BN_BODY] += g * (x[xo + p + j] - mean);
         }
     }
-    partial[po + (k * channels + c) * 2] = bn_slice_sum(body_g, tail_g);
-    partial[po + (k * channels + c) * 2 + 1] = bn_slice_sum(body_gx, tail_gx);
+    partial[po + (k * channels + c) * 2] = lanes_total(body_g, tail_g, BN_S - BN_BODY);
+    partial[po + (k * channels + c) * 2 + 1] = lanes_total(body_gx, tail_gx, BN_S - BN_BODY);
 }
 
 // Training backward (as bn_input_gradient).

@@ -145,25 +145,41 @@ def test_weights_have_pytorch_layout(device):
 
 
 @pytest.mark.parametrize("act", ["none", "relu"])
-@pytest.mark.parametrize("batch, channels, pixels", [(3, 2, 300), (1, 5, 7), (2, 64, 1100)])
-def test_conv_bias_act_backward_in_slices(device, act, batch, channels, pixels):
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("batch, channels, pixels", [
+    (3, 2, 300), (1, 5, 7), (2, 64, 1100),  # planes of P % 16 values past the lanes, or fewer than 16
+    (7, 1, 1024), (5, 3, 32), (9, 4, 1),    # one channel, odd batches (the CPU family's last slice
+])                                          # short), planes that fill the lanes exactly, P = 1
+def test_conv_bias_act_backward_in_slices(device, gemm_family, act, bias, batch, channels, pixels):
     """dpre transposed to (C, B*P) and the bias gradient, with each channel split into slices
-    (partial sums added in a fixed order) when that gives the device more work-groups."""
+    (partial sums added in a fixed order): on the GPU family when that gives the device more
+    work-groups, on the CPU family when a channel has more rows than a slice (norm.slice_rows)."""
     from clnet import ops
+    from clnet.ops.norm import slice_rows
     rng = np.random.default_rng(6)
     dy, y = rng.normal(size=(batch, channels, pixels)), np.abs(rng.normal(size=(batch, channels, pixels)))
     y[..., ::3] = 0.0  # ReLU's gradient is 0 there
     plan = new_plan(device)
     s_dy, s_y = Slot(device, dy, 3), Slot(device, y, 5)
     dpre, db = Slot.output(device, (channels, batch * pixels), 7), Slot.output(device, (channels,), 2)
-    conv_ops.conv_bias_act_backward(plan, ops.activation(act), s_dy.tensor, s_y.tensor, dpre.tensor, db.tensor)
+    conv_ops.conv_bias_act_backward(plan, ops.activation(act), s_dy.tensor, s_y.tensor, dpre.tensor,
+                                    db.tensor if bias else None)
     execute(plan)
     grad = dy * (y > 0) if act == "relu" else dy
     expected = grad.transpose(1, 0, 2).reshape(channels, -1)
     np.testing.assert_allclose(dpre.read(), expected, rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(db.read(), expected.sum(axis=1), rtol=1e-5, atol=1e-5)
+    if bias:
+        # float32 sums of up to 2200 values: the error scales with the sum of their magnitudes
+        np.testing.assert_allclose(db.read(), expected.sum(axis=1), rtol=1e-5,
+                                   atol=1e-6 * np.abs(expected).sum(axis=1).max())
+    else:
+        assert np.isnan(db.read()).all()  # untouched
     slices = [l for l in plan.launches if l.kernel.function_name == "sum_slices"]
-    assert bool(slices) == (batch * pixels >= 2 * conv_ops.SLICE_MIN and channels < 4 * device.info.compute_units)
+    if gemm_family == "tiled":
+        split = batch * pixels >= 2 * conv_ops.SLICE_MIN and channels < 4 * device.info.compute_units
+    else:
+        split = batch > slice_rows(pixels)
+    assert bool(slices) == (bias and split)
 
 
 # Grouped and depthwise convolutions: (batch, in, height, width, out, kernel, stride, padding, dilation, groups)

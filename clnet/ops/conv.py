@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 
 from .elementwise import activation, slice_totals
 from .gemm import Matrix, gemm, record_gemm
+from .norm import slice_rows
 
 FILE = "conv.cl"
 LOCAL = 64
@@ -71,17 +72,23 @@ def conv_bias_act_backward(plan, act, dy, y, dpre, db):
     """dpre (C, B*P) = dy * act'(y) from dy, y (B, C, P); db[c] = sum of dpre's row c (unless None).
     `act` is the activation's options (`activation(...)`), None for none.
 
-    Each channel is split into enough slices to give every compute unit work; their partial sums
-    are added in a fixed order. A slice is a work-group of LOCAL work-items on the GPU family, of
-    one on the CPU family, which then reads its slice in order instead of in LOCAL strided passes."""
+    Each channel is split into slices whose partial sums are added in a fixed order. On the GPU
+    family a slice is a work-group of LOCAL work-items, and there are enough to give every compute
+    unit work; on the CPU family a slice is a work-item's block of whole rows (planes of P
+    contiguous values, `slice_rows`), whose sums run in vector lanes."""
     batch, channels, pixels = dy.shape
-    slices = max(1, min(-(-4 * plan.device.info.compute_units // channels), batch * pixels // SLICE_MIN))
+    options = {**(act or activation()), "HAS_BIAS": db is not None, "CONV_P": pixels}
+    if plan.device.family == "tiled":
+        slices = max(1, min(-(-4 * plan.device.info.compute_units // channels), batch * pixels // SLICE_MIN))
+        k = plan.kernel(FILE, "conv_bias_act_backward", **options, CONV_WG=LOCAL)
+        size, local = (channels * LOCAL, slices), (LOCAL, 1)
+    else:
+        rows = slice_rows(pixels)
+        slices = -(-batch // rows)
+        k = plan.kernel(FILE, "conv_bias_act_backward_rows", **options, CONV_ROWS=rows)
+        size, local = (slices, channels), (1, 1)
     sums = db if db is None or slices == 1 else plan.value((slices, channels), "bias gradient slices")
-    group = LOCAL if plan.device.family == "tiled" else 1
-    k = plan.kernel(FILE, "conv_bias_act_backward", **(act or activation()), HAS_BIAS=db is not None, CONV_WG=group,
-                    CONV_P=pixels)
-    launch = plan.launch(k, (channels * group, slices), (group, 1), batch, channels, dy, y, dpre,
-                         sums if sums is not None else dpre)
+    launch = plan.launch(k, size, local, batch, channels, dy, y, dpre, sums if sums is not None else dpre)
     return launch if sums is db else slice_totals(plan, sums, slices, channels, db)
 
 

@@ -12,6 +12,7 @@ PANEL = 16         # columns of a B panel (gemm_packed, gemm_direct)
 CPU_GATHER_K = 4096  # rows of a panel of B in local memory at most (256 KiB): gemm_packed's gathered
                      # ones, and gemm_direct's
 CPU_GATHER_ITEMS = 64  # work-items wanted for a gathered B at least
+PACK_RUN = 256    # pack_a_runs: columns of A per work-item (a multiple of PANEL)
 CPU_SLICE = 512    # gemm_packed: K steps per slice when the output is one work-group's worth
 CPU_GROUP = 1024   # work-items of that work-group at most
 CPU_SHARED_B = 8   # gemm_packed: A panels at most for work-groups of one B panel (9-25% faster
@@ -348,10 +349,15 @@ def _packed_operands(plan, defines, shape, a, b, params, slices, groups):
     grid = (-(-n // PANEL), -(-m // rows))
     grouped = {"GROUPS": groups} if groups > 1 else {}
     packed_a = plan.value((groups * grid[1], k, rows), "A panels")
-    pack = plan.kernel(GEMM_PACKED.file, "pack_a", TRANS_A=defines["TRANS_A"], CPU_ROWS=rows,
-                       CONV_FLIP=defines.get("CONV_FLIP"), **grouped, GROUP_A=a.group_stride or None)
+    options = dict(CPU_ROWS=rows, **grouped, GROUP_A=a.group_stride or None)
     z, z_local = ((groups,), (1,)) if groups > 1 else ((), ())  # a third dimension for the groups
-    plan.launch(pack, (k, grid[1], *z), (PANEL, 1, *z_local), m, k, a.tensor, a.ld, packed_a)
+    if defines["TRANS_A"] or defines.get("CONV_FLIP"):
+        pack = plan.kernel(GEMM_PACKED.file, "pack_a", TRANS_A=defines["TRANS_A"], CONV_FLIP=defines.get("CONV_FLIP"),
+                           **options)
+        plan.launch(pack, (k, grid[1], *z), (PANEL, 1, *z_local), m, k, a.tensor, a.ld, packed_a)
+    else:  # rows along K: runs of them
+        pack = plan.kernel(GEMM_PACKED.file, "pack_a_runs", PACK_RUN=PACK_RUN, **options)
+        plan.launch(pack, (-(-k // PACK_RUN), grid[1], *z), (1, 1, *z_local), m, k, a.tensor, a.ld, packed_a)
     packed_a = Matrix(packed_a, m, k, ld=0)
     if defines.get("CONV_B"):  # one work-item per panel of B (or slice of it): every panel of A
         slices = max(slices, -(-k // CPU_GATHER_K))  # (a tuned or forced split may not know the limit)

@@ -21,7 +21,7 @@ LOCAL = 64       # work-group of the element-wise kernels
 # rows, so that each of the LANES lanes of its sums adds at most max(BLOCK, S) / LANES values in
 # sequence (a plane's last S % LANES values take a lane each, one per row).
 BLOCK = 4096
-LANES = 16       # BN_LANES
+LANES = 16       # lanes.h's LANES
 
 
 def _dims(x, channels):
@@ -35,13 +35,19 @@ def _cpu(plan):
     return plan.device.family != "tiled"
 
 
+def slice_rows(s):
+    """Rows of planes of s values in a slice of the CPU family's reductions in lanes (lanes.h):
+    about BLOCK values, and at most BLOCK / LANES rows (see BLOCK)."""
+    return max(1, min(BLOCK // s, BLOCK // LANES))
+
+
 def _reduce(plan, name, n, c, s, tensors, what, **defines):
     """Launch the reduction `name` (bn_slice_<name> on the GPU family, bn_rows_<name> on the CPU
     family) of each channel's values into partial results per slice, a new value (slices, c, 2).
     Returns the launch, that value, the slices and the values per slice (the combining kernels'
     BN_SLICE)."""
     if _cpu(plan):
-        rows = max(1, min(BLOCK // s, BLOCK // LANES))
+        rows = slice_rows(s)
         slices = -(-n // rows)
         partial = plan.value((slices, c, 2), what)
         k = plan.kernel(FILE, f"bn_rows_{name}", BN_S=s, BN_ROWS=rows, **defines)
