@@ -121,15 +121,26 @@ __kernel void bn_combine_statistics(const int n_valid, const int channels, const
         running_var[rvo + c] = (1.0f - factor) * running_var[rvo + c] + factor * (var * (float)m / (float)(m - 1));
 }
 
+// Channel c's scale from its 1 / std: invstd * w (AFFINE), else invstd; the normalisation's
+// factor forward and the input gradient's backward.
+inline float bn_scale(const int c, const float invstd, __global const float* w, const int wo)
+{
+#ifdef AFFINE
+    return invstd * w[wo + c];
+#else
+    return invstd;
+#endif
+}
+
 // Channel c's normalisation as (scale, shift), y = (x - mean) * scale + shift, from its 1 / std:
-// scale = invstd * w, shift = b (AFFINE), else invstd and 0.
+// shift = b (AFFINE), else 0.
 inline float2 bn_affine(const int c, const float invstd, __global const float* w, const int wo,
                         __global const float* b, const int bo)
 {
 #ifdef AFFINE
-    return (float2)(invstd * w[wo + c], b[bo + c]);
+    return (float2)(bn_scale(c, invstd, w, wo), b[bo + c]);
 #else
-    return (float2)(invstd, 0.0f);
+    return (float2)(bn_scale(c, invstd, w, wo), 0.0f);
 #endif
 }
 
@@ -272,12 +283,7 @@ __kernel void bn_input_gradient(const int total, const int n_valid, const int ch
         return;
     }
     const int c = (i / spatial) % channels;
-    const float invstd = save_invstd[sio + c];
-#ifdef AFFINE
-    const float gain = w[wo + c] * invstd;
-#else
-    const float gain = invstd;
-#endif
+    const float invstd = save_invstd[sio + c], gain = bn_scale(c, invstd, w, wo);
     const float xhat = (x[xo + i] - save_mean[smo + c]) * invstd;
     dx[dxo + i] = gain * (BN_GRAD(i) - means[mo + c] - xhat * means[mo + channels + c]);
 }
@@ -437,11 +443,7 @@ __kernel void bn_rows_input_gradient(const int rows, const int n_valid, const in
                 continue;
             }
             const float mean = save_mean[smo + c], invstd = save_invstd[sio + c];
-#ifdef AFFINE
-            const float gain = w[wo + c] * invstd;
-#else
-            const float gain = invstd;
-#endif
+            const float gain = bn_scale(c, invstd, w, wo);
             const float mean_g = means[mo + c], mean_gx = means[mo + channels + c];
             for (int j = 0; j < BN_S; j++) {
                 const float xhat = (x[xo + p + j] - mean) * invstd;
