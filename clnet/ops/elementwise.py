@@ -57,15 +57,15 @@ def bias_act_backward(plan, act, dy, y, dpre, db):
     every compute unit about four work-groups, each at least ROWS_PER_SLICE rows, whose sums
     slice_totals adds; on the CPU family a work-item sums CPU_COLUMNS columns over all the rows."""
     rows, cols = dy.shape
-    if plan.device.family != "tiled":  # a work-item per CPU_COLUMNS columns, all the rows
-        k = plan.kernel(FILE, "bias_act_backward", **(act or activation()), HAS_BIAS=db is not None,
-                        COLUMNS=CPU_COLUMNS)
+    cpu = plan.device.family != "tiled"
+    k = plan.kernel(FILE, "bias_act_backward", **(act or activation()), HAS_BIAS=db is not None,
+                    COLUMNS=CPU_COLUMNS if cpu else None)
+    if cpu:  # a work-item per CPU_COLUMNS columns, all the rows
         return plan.launch(k, (-(-cols // CPU_COLUMNS),), None, rows, cols, dy, y, dpre,
                            db if db is not None else dpre)
     groups = -(-cols // LOCAL)
     slices = max(1, min(-(-4 * plan.device.info.compute_units // groups), rows // ROWS_PER_SLICE))
     sums = db if db is None or slices == 1 else plan.value((slices, cols), "bias gradient slices")
-    k = plan.kernel(FILE, "bias_act_backward", **(act or activation()), HAS_BIAS=db is not None)
     launch = plan.launch(k, (cols, slices), (LOCAL, 1), rows, cols, dy, y, dpre,
                          sums if sums is not None else dpre)
     return launch if sums is db else slice_totals(plan, sums, slices, cols, db)
