@@ -108,6 +108,18 @@ def _bn_input(rng, shape, n_valid):
     return x
 
 
+def _bn_train_step(ctx, layer, x, dy, n_valid, need_dx=True):
+    """A training forward and backward of `layer` in ctx's plan over x and dy (in slots at odd
+    offsets), run with the plan's n_valid set: (dy's slot, y, dx)."""
+    sx, sdy = Slot(ctx.plan.device, x, 13), Slot(ctx.plan.device, dy, 2)
+    y = layer.forward(ctx, sx.tensor)
+    dx = layer.backward(ctx, sx.tensor, y, sdy.tensor, need_dx)
+    ctx.plan.finalize(ctx.plan.place())
+    ctx.plan.set_dynamic("n_valid", n_valid)
+    ctx.plan.run()
+    return sdy, y, dx
+
+
 # (input shape, valid rows): batch 1 with H*W > 1; batch 3; 1, 3, 5 channels; 7 x 5 images; odd
 # feature counts; (F, L) sequences; more values per channel than work-items; padded last batches;
 # channels of several slices (ops.norm.BN_SLICE values each, or BLOCK // S rows on the CPU family),
@@ -185,13 +197,8 @@ def test_batchnorm_backward(device, gemm_family, shape, n_valid, affine, need_dx
     x = _bn_input(rng, shape, n_valid)
     dy = rng.normal(0, 1, shape).astype(np.float32)
     dy[n_valid:] = np.nan
-    sx, sdy = Slot(device, x, 13), Slot(device, dy, 2)
-    y = layer.forward(ctx, sx.tensor)
-    dx = layer.backward(ctx, sx.tensor, y, sdy.tensor, need_dx)
+    sdy, y, dx = _bn_train_step(ctx, layer, x, dy, n_valid, need_dx)
     assert (dx is None) != need_dx
-    ctx.plan.finalize(ctx.plan.place())
-    ctx.plan.set_dynamic("n_valid", n_valid)
-    ctx.plan.run()
     w = slots["weight"].read() if affine else None
     dx_ref, dw_ref, db_ref = bn_backward_ref(x, dy, n_valid, w, layer.eps)
     if need_dx:
@@ -225,12 +232,7 @@ def test_batchnorm_fused_activation(device, gemm_family, shape, n_valid, act):
     x = _bn_input(rng, shape, n_valid)
     dy = rng.normal(0, 1, shape).astype(np.float32)
     dy[n_valid:] = np.nan
-    sx, sdy = Slot(device, x, 13), Slot(device, dy, 2)
-    y = layer.forward(ctx, sx.tensor)
-    dx = layer.backward(ctx, sx.tensor, y, sdy.tensor, True)
-    ctx.plan.finalize(ctx.plan.place())
-    ctx.plan.set_dynamic("n_valid", n_valid)
-    ctx.plan.run()
+    _, y, dx = _bn_train_step(ctx, layer, x, dy, n_valid)
     params = {k: slots[k].read() for k in layer.param_shapes()}
     y_ref = forward_ref(layer.reference(params, x[:n_valid], training=True))
     got = y.tensor().download()
@@ -256,12 +258,7 @@ def test_batchnorm_padded_batch_equals_the_unpadded_one(device, gemm_family, sha
     for rows in (shape[0], n_valid):
         layer = _bn_layer(shape)
         ctx, slots = _bn_context(device, layer, np.random.default_rng(5), training=True)
-        sx, sdy = Slot(device, x[:rows], 13), Slot(device, dy[:rows], 2)
-        y = layer.forward(ctx, sx.tensor)
-        dx = layer.backward(ctx, sx.tensor, y, sdy.tensor, True)
-        ctx.plan.finalize(ctx.plan.place())
-        ctx.plan.set_dynamic("n_valid", n_valid)
-        ctx.plan.run()
+        _, y, dx = _bn_train_step(ctx, layer, x[:rows], dy[:rows], n_valid)
         results.append([y.tensor().download()[:n_valid], dx.tensor().download()[:n_valid],
                         *(v.tensor().download() for v in ctx.saved["stats"]),
                         *(slots[k].read() for k in ("dweight", "dbias", "running_mean", "running_var"))])
