@@ -197,6 +197,17 @@ def resnet18(device: Device | None = None, seed: int = 0, input_shape: Sequence[
     return _imagenet_resnet((2, 2, 2, 2), False, input_shape, classes, stem, device, seed)
 
 
+def resnet18_cifar(device: Device | None = None, seed: int = 0, input_shape: Sequence[int] = (3, 32, 32),
+                   classes: int = 10) -> Model:
+    """ResNet-18 with the CIFAR stem whatever the image size (`resnet18(stem="cifar")`): the
+    network that the CIFAR-10 results of ResNet-18 usually mean, 32x32 images by default.
+
+    Example:
+        >>> model = clnet.models.resnet18_cifar()   # 11.17M parameters, the last stage at 4x4
+    """
+    return resnet18(device, seed, input_shape, classes, stem="cifar")
+
+
 def resnet34(device: Device | None = None, seed: int = 0, input_shape: Sequence[int] = (3, 224, 224),
              classes: int = 10, stem: str = "auto") -> Model:
     """torchvision's ResNet-34: resnet18 with 3, 4, 6 and 3 basic blocks per stage. 21.3M
@@ -348,9 +359,11 @@ def mobilenet_v2(device: Device | None = None, seed: int = 0, input_shape: Seque
 
 
 PRESETS = {"mlp": mlp, "mnist-cnn": mnist_cnn, "cifar-cnn": cifar_cnn, "lenet5": lenet5, "resnet20": resnet20,
-           "resnet32": resnet32, "resnet56": resnet56, "resnet18": resnet18, "resnet34": resnet34,
+           "resnet32": resnet32, "resnet56": resnet56, "resnet18": resnet18,
+           "resnet18-cifar": resnet18_cifar, "resnet34": resnet34,
            "resnet50": resnet50, "vgg11-bn": vgg11_bn, "vgg16-bn": vgg16_bn, "mobilenet-v2": mobilenet_v2}
 INPUT_SHAPES = {"mlp": (1, 28, 28), "mnist-cnn": (1, 28, 28), "cifar-cnn": (3, 32, 32), "lenet5": (1, 28, 28),
                 "resnet20": (3, 32, 32), "resnet32": (3, 32, 32), "resnet56": (3, 32, 32),
-                "resnet18": (3, 224, 224), "resnet34": (3, 224, 224), "resnet50": (3, 224, 224),
+                "resnet18": (3, 224, 224),
+                "resnet18-cifar": (3, 32, 32), "resnet34": (3, 224, 224), "resnet50": (3, 224, 224),
                 "vgg11-bn": (3, 224, 224), "vgg16-bn": (3, 224, 224), "mobilenet-v2": (3, 224, 224)}

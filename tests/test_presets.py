@@ -16,6 +16,7 @@ from clnet.models import INPUT_SHAPES, PRESETS
 # the image size, are counted and trained once each in test_torchvision_presets.py.
 TORCH_PARAMETERS = {"mlp": 235_146, "mnist-cnn": 1_199_882, "cifar-cnn": 2_168_362, "lenet5": 61_706,
                     "resnet20": 272_474, "resnet32": 466_906, "resnet56": 855_770, "resnet18": 11_173_962,
+                    "resnet18-cifar": 11_173_962,
                     "resnet34": 21_282_122, "resnet50": 23_520_842, "mobilenet-v2": 2_236_682}
 SHAPES = {name: (3, 32, 32) if shape == (3, 224, 224) else shape for name, shape in INPUT_SHAPES.items()}
 

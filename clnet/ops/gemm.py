@@ -129,7 +129,8 @@ class TiledSpec(GemmSpec):
     # the tile shapes clnet-tune tries, (TILE_M, TILE_N, TILE_K, WPT_M, WPT_N): work-groups of 8 x 8 to 16 x 16
     tiles = [(64, 64, 16, 4, 4), (128, 128, 16, 8, 8), (128, 128, 8, 8, 8), (128, 128, 32, 8, 8),
              (128, 64, 16, 8, 4), (64, 128, 16, 4, 8), (64, 64, 32, 4, 4), (32, 64, 16, 2, 4),
-             (64, 32, 16, 4, 2), (32, 32, 16, 4, 4), (32, 128, 16, 4, 8), (64, 128, 16, 8, 8)]
+             (64, 32, 16, 4, 2), (32, 32, 16, 4, 4), (32, 128, 16, 4, 8), (64, 128, 16, 8, 8),
+             (128, 256, 8, 8, 16), (256, 128, 8, 16, 8)]  # 128 outputs per work-item: the large squares
 
     def _fits_kernel(self, params):
         """Tiles divisible into work-items (into float4 runs with VECTOR, and with VLOAD their sides)."""
