@@ -5,13 +5,15 @@
 // gradients; the input gradient of the other rows is zero.
 //
 // Training reduces each channel in slices of BN_SLICE values, one work-group a slice, so that a
-// channel of many values occupies many compute units; a second kernel combines a channel's slices
-// in order, one work-item a channel; a third applies the result element by element. Every sum is
-// deterministic: within a slice each work-item adds the elements e = start + lid, + BN_LOCAL, ...
-// in order, then a fixed tree over the work-group; the slices are combined in order. Which slice
-// and work-item takes an element depends on e only, so a padded batch gives the same sums as the
-// unpadded one. The CPU family has kernels of its own for the slices and the element-wise passes
-// (bn_rows_*, at the end), whose slices the same combining kernels read.
+// channel of many values occupies many compute units; then a channel's slices are combined in
+// order and the result applied element by element. On the GPU family the applying kernels combine
+// the slices themselves (bn_normalize, bn_input_gradient: two launches a pass); the CPU family has
+// kernels of its own for the slices and the element-wise passes (bn_rows_*, at the end), and a
+// combining kernel between them, one work-item a channel (bn_combine_*; also the GPU family's
+// backward without dx), with the same arithmetic (bn_combine_slices, bn_combine_gradient_slices). Every sum is deterministic: within a slice each
+// work-item adds the elements e = start + lid, + BN_LOCAL, ... in order, then a fixed tree over the
+// work-group; the slices are combined in order. Which slice and work-item takes an element depends
+// on e only, so a padded batch gives the same sums as the unpadded one.
 //
 // AFFINE: weight and bias exist (else the w, b, dw, db arguments are placeholders).
 // CUMULATIVE: momentum=None, the running statistics are a cumulative average (factor 1 / count).
@@ -24,6 +26,9 @@
 #endif
 #ifndef BN_SLICE
 #define BN_SLICE 4096 // values of a channel per reducing work-group; a multiple of BN_LOCAL (CPU: BN_ROWS * BN_S)
+#endif
+#ifndef BN_APPLY_LOCAL
+#define BN_APPLY_LOCAL 256 // work-items of a GPU applying work-group, and the most channels it combines
 #endif
 
 // The sum of each work-item's v over the work-group; every work-item gets it.
@@ -78,13 +83,57 @@ __kernel void bn_slice_statistics(const int n_valid, const int channels, const i
     }
 }
 
-// Training forward, one work-item per channel: the slices' statistics combined in order (the mean
-// and squared deviations of two parts make those of their union), the batch mean and biased
-// variance saved as mean and 1 / sqrt(var + eps) for backward, the running statistics updated with
-// the unbiased variance. A channel with a single valid value leaves running_var as it is (its
-// unbiased variance does not exist; PyTorch refuses such a batch). Work-item 0 counts the batch in
-// num_batches_tracked, unless CUMULATIVE, where every work-item reads the count and bn_count_batch
-// increments it afterwards.
+// A channel's statistics over its m valid values: the batch mean, biased variance and 1 / std.
+typedef struct { float mean, var, invstd; } bn_statistics;
+
+// Channel c's statistics from its slices' (bn_slice_statistics), combined in order: the mean and
+// squared deviations of two parts make those of their union.
+inline bn_statistics bn_combine_slices(const int m, const float eps, const int channels, const int c,
+                                       const int slices, __global const float* partial, const int po)
+{
+    float n = 0.0f, mean = 0.0f, squares = 0.0f;
+    for (int k = 0; k < slices; k++) {
+        const int2 range = bn_slice(k, m);
+        if (range.y == range.x) break;
+        const float n_k = (float)(range.y - range.x), union_n = n + n_k;
+        const float delta = partial[po + (k * channels + c) * 2] - mean;
+        mean += delta * (n_k / union_n);
+        squares += partial[po + (k * channels + c) * 2 + 1] + delta * delta * (n * n_k / union_n);
+        n = union_n;
+    }
+    bn_statistics s;
+    s.mean = mean;
+    s.var = squares / (float)m;
+    s.invstd = 1.0f / sqrt(s.var + eps);
+    return s;
+}
+
+// What channel c's statistics leave to the rest of the step, written once a step: mean and 1 / std
+// saved for backward, the running statistics updated with the unbiased variance. A channel with a
+// single valid value leaves running_var as it is (its unbiased variance does not exist; PyTorch
+// refuses such a batch). Channel 0 counts the batch in num_batches_tracked, unless CUMULATIVE,
+// where every channel reads the count and bn_count_batch increments it afterwards.
+inline void bn_record_statistics(const int c, const int m, const bn_statistics s, const float momentum,
+                                 __global float* running_mean, const int rmo,
+                                 __global float* running_var, const int rvo,
+                                 __global float* count, const int co,
+                                 __global float* save_mean, const int smo,
+                                 __global float* save_invstd, const int sio)
+{
+    save_mean[smo + c] = s.mean;
+    save_invstd[sio + c] = s.invstd;
+#ifdef CUMULATIVE
+    const float factor = 1.0f / (count[co] + 1.0f);
+#else
+    const float factor = momentum;
+    if (c == 0) count[co] += 1.0f;
+#endif
+    running_mean[rmo + c] = (1.0f - factor) * running_mean[rmo + c] + factor * s.mean;
+    if (m > 1)
+        running_var[rvo + c] = (1.0f - factor) * running_var[rvo + c] + factor * (s.var * (float)m / (float)(m - 1));
+}
+
+// Training forward on the CPU family, one work-item per channel: its slices combined and recorded.
 __kernel void bn_combine_statistics(const int n_valid, const int channels, const int spatial, const int slices,
                                     const float eps, const float momentum,
                                     __global const float* partial, const int po,
@@ -97,28 +146,8 @@ __kernel void bn_combine_statistics(const int n_valid, const int channels, const
     const int c = get_global_id(0);
     if (c >= channels) return;
     const int m = n_valid * spatial;
-    float n = 0.0f, mean = 0.0f, squares = 0.0f;
-    for (int k = 0; k < slices; k++) {
-        const int2 range = bn_slice(k, m);
-        if (range.y == range.x) break;
-        const float n_k = (float)(range.y - range.x), union_n = n + n_k;
-        const float delta = partial[po + (k * channels + c) * 2] - mean;
-        mean += delta * (n_k / union_n);
-        squares += partial[po + (k * channels + c) * 2 + 1] + delta * delta * (n * n_k / union_n);
-        n = union_n;
-    }
-    const float var = squares / (float)m;
-    save_mean[smo + c] = mean;
-    save_invstd[sio + c] = 1.0f / sqrt(var + eps);
-#ifdef CUMULATIVE
-    const float factor = 1.0f / (count[co] + 1.0f);
-#else
-    const float factor = momentum;
-    if (c == 0) count[co] += 1.0f;
-#endif
-    running_mean[rmo + c] = (1.0f - factor) * running_mean[rmo + c] + factor * mean;
-    if (m > 1)
-        running_var[rvo + c] = (1.0f - factor) * running_var[rvo + c] + factor * (var * (float)m / (float)(m - 1));
+    bn_record_statistics(c, m, bn_combine_slices(m, eps, channels, c, slices, partial, po), momentum,
+                         running_mean, rmo, running_var, rvo, count, co, save_mean, smo, save_invstd, sio);
 }
 
 // Channel c's scale from its 1 / std: invstd * w (AFFINE), else invstd; the normalisation's
@@ -144,19 +173,64 @@ inline float2 bn_affine(const int c, const float invstd, __global const float* w
 #endif
 }
 
-// Training forward, one work-item per element of the n x C x S tensor, padded rows included:
-// y = act((x - mean) * invstd * w + b).
-__kernel void bn_normalize(const int total, const int channels, const int spatial,
+// The GPU family's applying kernels: work-group (k = group 0, b = group 1) takes the block b of
+// `block` channels [b * block, (b + 1) * block) (fewer in the last block) and chunk k of the
+// block's values in memory order: a row's values of the block's channels are contiguous, so that
+// where planes are short a work-group still reads runs of about BN_APPLY_LOCAL values (the host
+// gives a block BN_APPLY_LOCAL / S channels, one where S is larger; BatchNorm1d: S = 1). Its first
+// work-items combine the block's channels' slices into local memory, one channel each; those of
+// chunk 0 also write what the combination leaves to the rest of the step, exactly once per
+// channel, and no work-group reads what another writes.
+
+// Value e of the block of channels from c0 (`width` values a row, in memory order): .x its address
+// relative to the tensor start, .y its channel's place in the block.
+inline int2 bn_block_element(const int e, const int c0, const int width, const int channels, const int spatial)
+{
+    const int r = e / width, v = e - r * width;
+    return (int2)((r * channels + c0) * spatial + v, v / spatial);
+}
+
+// The values [first, last) of the block of channels from c0 that chunk k takes, `width` per row.
+inline int2 bn_chunk(const int k, const int chunk, const int rows, const int width)
+{
+    const int first = k * chunk;
+    return (int2)(first, min(first + chunk, rows * width));
+}
+
+// Training forward: the channels' statistics combined (and, by chunk 0, recorded: bn_record_statistics)
+// and y = act((x - mean) * invstd * w + b) over the chunk, padded rows included.
+__kernel void bn_normalize(const int n_valid, const int rows, const int channels, const int spatial,
+                           const int block, const int chunk, const int slices, const float eps, const float momentum,
                            __global const float* x, const int xo, __global float* y, const int yo,
                            __global const float* w, const int wo, __global const float* b, const int bo,
-                           __global const float* save_mean, const int smo,
-                           __global const float* save_invstd, const int sio)
+                           __global const float* partial, const int po,
+                           __global float* running_mean, const int rmo,
+                           __global float* running_var, const int rvo,
+                           __global float* count, const int co,
+                           __global float* save_mean, const int smo,
+                           __global float* save_invstd, const int sio)
 {
-    const int i = get_global_id(0);
-    if (i >= total) return;
-    const int c = (i / spatial) % channels;
-    const float2 affine = bn_affine(c, save_invstd[sio + c], w, wo, b, bo);
-    y[yo + i] = act_forward((x[xo + i] - save_mean[smo + c]) * affine.x + affine.y);
+    __local float mean[BN_APPLY_LOCAL], scale[BN_APPLY_LOCAL], shift[BN_APPLY_LOCAL];
+    const int k = get_group_id(0), c0 = get_group_id(1) * block, lid = get_local_id(0);
+    const int in_block = min(block, channels - c0), width = in_block * spatial;
+    const int2 range = bn_chunk(k, chunk, rows, width);
+    if (range.x >= range.y) return;  // past the last block's values: the whole work-group
+    if (lid < in_block) {
+        const int c = c0 + lid, m = n_valid * spatial;
+        const bn_statistics s = bn_combine_slices(m, eps, channels, c, slices, partial, po);
+        if (k == 0)
+            bn_record_statistics(c, m, s, momentum, running_mean, rmo, running_var, rvo, count, co,
+                                 save_mean, smo, save_invstd, sio);
+        const float2 affine = bn_affine(c, s.invstd, w, wo, b, bo);
+        mean[lid] = s.mean;
+        scale[lid] = affine.x;
+        shift[lid] = affine.y;
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int e = range.x + lid; e < range.y; e += BN_APPLY_LOCAL) {
+        const int2 at = bn_block_element(e, c0, width, channels, spatial);
+        y[yo + at.x] = act_forward((x[xo + at.x] - mean[at.y]) * scale[at.y] + shift[at.y]);
+    }
 }
 
 // num_batches_tracked += 1, after a CUMULATIVE forward has read it. One work-item.
@@ -242,8 +316,32 @@ __kernel void bn_slice_gradient_sums(const int n_valid, const int channels, cons
     }
 }
 
-// Training backward, one work-item per channel: the slices' sums added in order; dw and db (AFFINE)
-// and, for bn_input_gradient, means[c] = db / m and means[channels + c] = dw / m.
+// Channel c's gradient sums from its slices' (bn_slice_gradient_sums), added in order:
+// (sum of g, sum of g * xhat), xhat's sum from that of g * (x - mean) and the channel's invstd.
+inline float2 bn_combine_gradient_slices(const int m, const int channels, const int c, const int slices,
+                                         const float invstd, __global const float* partial, const int po)
+{
+    float sum_g = 0.0f, sum_gx = 0.0f;
+    for (int k = 0; k < slices && k * BN_SLICE < m; k++) {
+        sum_g += partial[po + (k * channels + c) * 2];
+        sum_gx += partial[po + (k * channels + c) * 2 + 1];
+    }
+    return (float2)(sum_g, sum_gx * invstd);
+}
+
+// Channel c's parameter gradients from its sums (AFFINE; nothing without): dw = sum(g * xhat), db = sum(g).
+inline void bn_record_gradients(const int c, const float2 sums, __global float* dw, const int dwo,
+                                __global float* db, const int dbo)
+{
+#ifdef AFFINE
+    dw[dwo + c] = sums.y;
+    db[dbo + c] = sums.x;
+#endif
+}
+
+// Training backward, one work-item per channel (the CPU family, and the GPU family's backward
+// without dx): the slices' sums combined, dw and db (AFFINE) and, for bn_rows_input_gradient,
+// means[c] = db / m and means[channels + c] = dw / m.
 __kernel void bn_combine_gradient_sums(const int n_valid, const int channels, const int spatial, const int slices,
                                        __global const float* partial, const int po,
                                        __global const float* save_invstd, const int sio,
@@ -253,39 +351,52 @@ __kernel void bn_combine_gradient_sums(const int n_valid, const int channels, co
     const int c = get_global_id(0);
     if (c >= channels) return;
     const int m = n_valid * spatial;
-    float sum_g = 0.0f, sum_gx = 0.0f;
-    for (int k = 0; k < slices && k * BN_SLICE < m; k++) {
-        sum_g += partial[po + (k * channels + c) * 2];
-        sum_gx += partial[po + (k * channels + c) * 2 + 1];
-    }
-    const float sum_g_xhat = sum_gx * save_invstd[sio + c];
-#ifdef AFFINE
-    dw[dwo + c] = sum_g_xhat;
-    db[dbo + c] = sum_g;
-#endif
-    means[mo + c] = sum_g / (float)m;
-    means[mo + channels + c] = sum_g_xhat / (float)m;
+    const float2 sums = bn_combine_gradient_slices(m, channels, c, slices, save_invstd[sio + c], partial, po);
+    bn_record_gradients(c, sums, dw, dwo, db, dbo);
+    means[mo + c] = sums.x / (float)m;
+    means[mo + channels + c] = sums.y / (float)m;
 }
 
-// Training backward, one work-item per element: dx from the channel's means (bn_combine_gradient_sums).
-__kernel void bn_input_gradient(const int total, const int n_valid, const int channels, const int spatial,
+// Training backward on the GPU family, the blocks and chunks of bn_normalize: the channels' sums
+// combined (dw and db written by chunk 0: bn_record_gradients) and dx over the chunk.
+__kernel void bn_input_gradient(const int n_valid, const int rows, const int channels, const int spatial,
+                                const int block, const int chunk, const int slices,
                                 __global const float* x, const int xo, __global const float* y, const int yo,
                                 __global const float* dy, const int dyo, __global float* dx, const int dxo,
                                 __global const float* w, const int wo,
                                 __global const float* save_mean, const int smo,
                                 __global const float* save_invstd, const int sio,
-                                __global const float* means, const int mo)
+                                __global const float* partial, const int po,
+                                __global float* dw, const int dwo, __global float* db, const int dbo)
 {
-    const int i = get_global_id(0);
-    if (i >= total) return;
-    if (i / (channels * spatial) >= n_valid) {
-        dx[dxo + i] = 0.0f;
-        return;
+    __local float mean[BN_APPLY_LOCAL], invstd[BN_APPLY_LOCAL], gain[BN_APPLY_LOCAL];
+    __local float mean_g[BN_APPLY_LOCAL], mean_gx[BN_APPLY_LOCAL];
+    const int k = get_group_id(0), c0 = get_group_id(1) * block, lid = get_local_id(0);
+    const int in_block = min(block, channels - c0), width = in_block * spatial;
+    const int2 range = bn_chunk(k, chunk, rows, width);
+    if (range.x >= range.y) return;  // past the last block's values: the whole work-group
+    if (lid < in_block) {
+        const int c = c0 + lid, m = n_valid * spatial;
+        const float channel_invstd = save_invstd[sio + c];
+        const float2 sums = bn_combine_gradient_slices(m, channels, c, slices, channel_invstd, partial, po);
+        if (k == 0) bn_record_gradients(c, sums, dw, dwo, db, dbo);
+        mean[lid] = save_mean[smo + c];
+        invstd[lid] = channel_invstd;
+        gain[lid] = bn_scale(c, channel_invstd, w, wo);
+        mean_g[lid] = sums.x / (float)m;
+        mean_gx[lid] = sums.y / (float)m;
     }
-    const int c = (i / spatial) % channels;
-    const float invstd = save_invstd[sio + c], gain = bn_scale(c, invstd, w, wo);
-    const float xhat = (x[xo + i] - save_mean[smo + c]) * invstd;
-    dx[dxo + i] = gain * (BN_GRAD(i) - means[mo + c] - xhat * means[mo + channels + c]);
+    barrier(CLK_LOCAL_MEM_FENCE);
+    const int valid_end = n_valid * width;  // the chunk's values from here on are padded rows'
+    for (int e = range.x + lid; e < range.y; e += BN_APPLY_LOCAL) {
+        const int2 at = bn_block_element(e, c0, width, channels, spatial);
+        if (e >= valid_end) {
+            dx[dxo + at.x] = 0.0f;
+            continue;
+        }
+        const float xhat = (x[xo + at.x] - mean[at.y]) * invstd[at.y];
+        dx[dxo + at.x] = gain[at.y] * (BN_GRAD(at.x) - mean_g[at.y] - xhat * mean_gx[at.y]);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from clnet.layers.base import LayerContext
 from clnet.layers.dropout import Dropout
 from clnet.layers.norm import BatchNorm1d, BatchNorm2d
 from clnet.ops import dropout as dropout_ops
+from clnet.ops import norm as norm_ops
 from clnet.ops.elementwise import activation
 from clnet.ops.random import step_arg
 
@@ -125,11 +126,15 @@ def _bn_train_step(ctx, layer, x, dy, n_valid, need_dx=True):
 # channels of several slices (ops.norm.BN_SLICE values each, or BLOCK // S rows on the CPU family),
 # the padding inside the last one, or the valid rows ending on a slice's end (empty slices after
 # it); planes of more values than a CPU work-item's block, and not a multiple of its LANES; the
-# CPU family's element-wise blocks of several channels, the last one short (500 = 455 + 45).
+# CPU family's element-wise blocks of several channels, the last one short (500 = 455 + 45); the
+# GPU family's applying work-groups (ops.norm.APPLY_LOCAL) in several chunks of a channel (ending
+# inside a row, or inside the valid rows), in blocks of several channels (short planes), the last
+# block short and with fewer chunks than the others (300 = 256 + 44; 40 = 28 + 12 planes of 9).
 BN_CASES = [((1, 3, 7, 5), 1), ((3, 5, 4, 4), 3), ((4, 1, 7, 5), 2), ((2, 3, 20, 20), 2),
             ((5, 7), 5), ((6, 7), 3), ((4, 3, 9), 4), ((300, 5), 257),
             ((3, 2, 50, 50), 2), ((40, 3, 16, 16), 37), ((9000, 3), 8999),
-            ((70, 4, 8, 8), 64), ((2, 2, 70, 70), 1), ((3, 500, 9), 2)]
+            ((70, 4, 8, 8), 64), ((2, 2, 70, 70), 1), ((3, 500, 9), 2),
+            ((4500, 300), 4400), ((60, 40, 3, 3), 50)]
 BN_IDS = [f"{'x'.join(map(str, s))}-valid{v}" for s, v in BN_CASES]
 
 
@@ -264,6 +269,68 @@ def test_batchnorm_padded_batch_equals_the_unpadded_one(device, gemm_family, sha
                         *(slots[k].read() for k in ("dweight", "dbias", "running_mean", "running_var"))])
     for padded, alone in zip(*results):
         np.testing.assert_array_equal(padded, alone)
+
+
+def _bn_combined_apart(ctx, layer, x, dy, n_valid):
+    """_bn_train_step with each pass's slices combined by a kernel of its own, one work-item a channel
+    (bn_combine_statistics, bn_combine_gradient_sums), and applied by the CPU family's element-wise
+    kernels (the arithmetic per element of the GPU family's before they combined the slices
+    themselves): (y, dx, saved mean, saved 1/std), after the slices of ctx.plan's device family."""
+    plan, buffers, act = ctx.plan, ctx.buffers, ctx.act or activation()
+    (n, c), s = x.shape[:2], prod(x.shape[2:])
+    sx, sdy = Slot(plan.device, x, 13), Slot(plan.device, dy, 2)
+    y, dx = plan.value(x.shape, "y"), plan.value(x.shape, "dx")
+    mean, invstd, means = plan.value((c,), "mean"), plan.value((c,), "invstd"), plan.value((2, c), "means")
+    cumulative = layer.momentum is None
+    reduce, partial, slices, values = norm_ops._reduce(plan, "statistics", n, c, s, (sx.tensor,), "statistics")
+    combine = plan.launch(plan.kernel(norm_ops.FILE, "bn_combine_statistics", BN_SLICE=values, CUMULATIVE=cumulative),
+                          (c,), None, n, c, s, slices, layer.eps, layer.momentum or 0.0, partial,
+                          buffers["running_mean"], buffers["running_var"], buffers["num_batches_tracked"], mean, invstd)
+    if cumulative:
+        plan.launch(plan.kernel(norm_ops.FILE, "bn_count_batch"), (1,), (1,), buffers["num_batches_tracked"])
+    defines, grid = norm_ops._blocks(n, c, s)
+    plan.launch(plan.kernel(norm_ops.FILE, "bn_rows_normalize", **defines, AFFINE=True, **act), grid, (1, 1), n, c,
+                sx.tensor, y, ctx.params["weight"], ctx.params["bias"], mean, invstd)
+    sums = norm_ops._reduce(plan, "gradient_sums", n, c, s, (sx.tensor, y, sdy.tensor, mean), "sums", **act)
+    combine_sums = plan.launch(plan.kernel(norm_ops.FILE, "bn_combine_gradient_sums", BN_SLICE=values, AFFINE=True),
+                               (c,), None, n, c, s, slices, sums[1], invstd, ctx.grads["weight"], ctx.grads["bias"],
+                               means)
+    apply = plan.launch(plan.kernel(norm_ops.FILE, "bn_rows_input_gradient", **defines, AFFINE=True, **act), grid,
+                        (1, 1), n, n, c, sx.tensor, y, sdy.tensor, dx, ctx.params["weight"], mean, invstd, means)
+    plan.finalize(plan.place())
+    for launch in (reduce, combine, sums[0], combine_sums, apply):
+        launch.set("n_valid", n_valid)
+    plan.run()
+    return [v.tensor().download() for v in (y, dx, mean, invstd)]
+
+
+# (an activation keeps y alive through the backward pass: without one, dx may take its memory)
+@pytest.mark.parametrize("shape,n_valid,act,momentum", [((40, 3, 16, 16), 37, "relu", 0.1),
+                                                        ((4500, 300), 4400, "leaky_relu", None)])
+def test_batchnorm_gpu_family_combines_slices_as_the_combining_kernels(device, monkeypatch, shape, n_valid, act,
+                                                                        momentum):
+    """The GPU family's normalising and input-gradient work-groups combine the slices themselves:
+    outputs, saved and running statistics, batch count and gradients are bit for bit those of the
+    slices combined by the combining kernels (the CPU family's) and then applied."""
+    monkeypatch.setattr(device, "family", "tiled")
+    rng = np.random.default_rng(n_valid)
+    x = _bn_input(rng, shape, n_valid)
+    dy = rng.normal(0, 1, shape).astype(np.float32)
+    results = []
+    for run in (_bn_train_step, _bn_combined_apart):
+        layer = _bn_layer(shape, momentum=momentum)
+        ctx, slots = _bn_context(device, layer, np.random.default_rng(5), training=True)
+        ctx.act = ACTIVATIONS[act][0]
+        if run is _bn_train_step:
+            _, y, dx = run(ctx, layer, x, dy, n_valid)
+            outputs = [y.tensor().download(), dx.tensor().download(), *(v.tensor().download() for v in ctx.saved["stats"])]
+        else:
+            outputs = run(ctx, layer, x, dy, n_valid)
+        results.append(outputs + [slots[k].read() for k in ("dweight", "dbias", "running_mean", "running_var",
+                                                            "num_batches_tracked")])
+    names = ("y", "dx", "mean", "invstd", "dweight", "dbias", "running_mean", "running_var", "num_batches_tracked")
+    for name, folded, apart in zip(names, *results):
+        np.testing.assert_array_equal(folded, apart, err_msg=name)
 
 
 def test_batchnorm_shape_checks_and_arguments():

@@ -1,12 +1,14 @@
 """Launchers for batch normalisation (kernels_cl/norm.cl) over tensors seen as (N, C, S).
 
 The GPU family reduces each channel in slices of BN_SLICE values, a work-group each, and applies the
-result a work-item per element; the CPU family walks whole (row, channel) planes of S contiguous
-values, S a compile-time constant: a slice is a work-item's block of rows of one channel, and the
-element-wise kernels take a block of rows and channels each (the kernel file says why).
+result in work-groups over a block of channels and a chunk of its values, which combine the
+channels' slices themselves: two launches a pass. The CPU family walks whole (row, channel) planes
+of S contiguous values, S a compile-time constant: a slice is a work-item's block of rows of one
+channel, the slices are combined a work-item per channel, and the element-wise kernels take a block
+of rows and channels each (the kernel file says why).
 
-Pointer arguments that a kernel variant does not read (weight and bias without AFFINE, dx without
-NEED_DX) are given another tensor of the call as a placeholder, since every argument must be set.
+Pointer arguments that a kernel variant does not use (weight and bias, and their gradients, without
+AFFINE) are given another tensor of the call as a placeholder, since every argument must be set.
 """
 
 from math import prod
@@ -16,7 +18,14 @@ from .elementwise import activation
 FILE = "norm.cl"
 BN_LOCAL = 128   # work-items of a reducing work-group (a power of two)
 BN_SLICE = 4096  # values of a channel per reducing work-group (a multiple of BN_LOCAL)
-LOCAL = 64       # work-group of the element-wise kernels
+LOCAL = 64       # work-group of the element-wise kernels (evaluation, bn_fold)
+# The GPU family's training element-wise kernels (bn_normalize, bn_input_gradient): work-groups of
+# APPLY_LOCAL work-items, each over a block of channels (about APPLY_LOCAL values a row) and a chunk
+# of its values: enough chunks for APPLY_GROUPS work-groups per compute unit, each work-item taking
+# at most APPLY_VALUES values, so that a work-group combines its channels' slices for many values.
+APPLY_LOCAL = 256
+APPLY_GROUPS = 8
+APPLY_VALUES = 16
 # The CPU family: about BLOCK values per work-item, in whole rows. A slice has at most BLOCK / LANES
 # rows, so that each of the LANES lanes of its sums adds at most max(BLOCK, S) / LANES values in
 # sequence (a plane's last S % LANES values take a lane each, one per row).
@@ -59,6 +68,15 @@ def _reduce(plan, name, n, c, s, tensors, what, **defines):
         BN_SLICE
 
 
+def _apply_grid(plan, n, c, s):
+    """The GPU family's training element-wise kernels: (block, chunk, grid): channels per block,
+    values per chunk (a multiple of APPLY_LOCAL) and the grid of (chunks, blocks) work-groups."""
+    block = min(c, max(1, APPLY_LOCAL // s))
+    wanted = APPLY_GROUPS * plan.device.info.compute_units * APPLY_LOCAL
+    chunk = APPLY_LOCAL * min(APPLY_VALUES, max(1, -(-n * c * s // wanted)))
+    return block, chunk, (-(-n * block * s // chunk) * APPLY_LOCAL, -(-c // block))
+
+
 def _blocks(n, c, s):
     """The CPU family's element-wise kernels: their -D options and grid, about BLOCK values per
     work-item in a block of rows and channels (one channel where a plane fills the lanes)."""
@@ -73,25 +91,33 @@ def batchnorm_forward_train(plan, x, y, weight, bias, running_mean, running_var,
     all rows until it is set), then the activation `act` (its kernel options, None for none);
     save_mean / save_invstd get the statistics for backward; the running statistics and the batch
     count are updated (momentum None: cumulative average). weight and bias may be None
-    (affine=False). Each channel is reduced in slices (kernels_cl/norm.cl), combined in order."""
+    (affine=False). Each channel is reduced in slices (kernels_cl/norm.cl), combined in order (on
+    the GPU family by the normalising work-groups)."""
     n, c, s = _dims(x, running_mean.shape[0])
     affine, cumulative = weight is not None, momentum is None
     reduce, partial, slices, values = _reduce(plan, "statistics", n, c, s, (x,), "batch norm slice statistics")
-    k = plan.kernel(FILE, "bn_combine_statistics", BN_SLICE=values, CUMULATIVE=cumulative)
-    combine = plan.launch(k, (c,), None, n, c, s, slices, float(eps), 0.0 if cumulative else float(momentum),
-                          partial, running_mean, running_var, num_batches_tracked, save_mean, save_invstd)
-    for launch in (reduce, combine):
-        plan.bind_dynamic("n_valid", launch, "n_valid")
-    if cumulative:
-        plan.launch(plan.kernel(FILE, "bn_count_batch"), (1,), (1,), num_batches_tracked)
     w, b = (weight, bias) if affine else (x, x)
+    eps, momentum = float(eps), 0.0 if cumulative else float(momentum)
+    act = act or activation()
     if _cpu(plan):
+        k = plan.kernel(FILE, "bn_combine_statistics", BN_SLICE=values, CUMULATIVE=cumulative)
+        combine = plan.launch(k, (c,), None, n, c, s, slices, eps, momentum, partial, running_mean, running_var,
+                              num_batches_tracked, save_mean, save_invstd)
         defines, grid = _blocks(n, c, s)
-        k = plan.kernel(FILE, "bn_rows_normalize", **defines, AFFINE=affine, **(act or activation()))
-        plan.launch(k, grid, (1, 1), n, c, x, y, w, b, save_mean, save_invstd)
+        k = plan.kernel(FILE, "bn_rows_normalize", **defines, AFFINE=affine, **act)
+        normalize = plan.launch(k, grid, (1, 1), n, c, x, y, w, b, save_mean, save_invstd)
+        launches = (reduce, combine)
     else:
-        k = plan.kernel(FILE, "bn_normalize", AFFINE=affine, **(act or activation()))
-        plan.launch(k, (x.size,), (LOCAL,), x.size, c, s, x, y, w, b, save_mean, save_invstd)
+        block, chunk, grid = _apply_grid(plan, n, c, s)
+        k = plan.kernel(FILE, "bn_normalize", BN_SLICE=values, BN_APPLY_LOCAL=APPLY_LOCAL, AFFINE=affine,
+                        CUMULATIVE=cumulative, **act)
+        normalize = plan.launch(k, grid, (APPLY_LOCAL, 1), n, n, c, s, block, chunk, slices, eps, momentum, x, y,
+                                w, b, partial, running_mean, running_var, num_batches_tracked, save_mean, save_invstd)
+        launches = (reduce, normalize)
+    for launch in launches:
+        plan.bind_dynamic("n_valid", launch, "n_valid")
+    if cumulative:  # after every channel has read the count
+        plan.launch(plan.kernel(FILE, "bn_count_batch"), (1,), (1,), num_batches_tracked)
 
 
 def batchnorm_forward_eval(plan, x, y, weight, bias, running_mean, running_var, eps, act=None):
@@ -121,7 +147,8 @@ def batchnorm_backward(plan, x, y, dy, dx, weight, dweight, dbias, save_mean, sa
     """From the training forward's statistics and its output y: dweight, dbias (when weight is not
     None) and dx (when not None; zero on the rows from the plan's dynamic "n_valid" on), dy being
     the gradient of act's output when an activation `act` was fused (y is read only then, and not
-    kept alive otherwise). Each channel's sums are reduced in slices, combined in order."""
+    kept alive otherwise). Each channel's sums are reduced in slices, combined in order (on the GPU
+    family by the input gradient's work-groups, where there is dx)."""
     n, c, s = _dims(x, save_mean.shape[0])
     affine, need_dx = weight is not None, dx is not None
     if not (affine or need_dx):
@@ -130,19 +157,22 @@ def batchnorm_backward(plan, x, y, dy, dx, weight, dweight, dbias, save_mean, sa
     act = act or activation()
     reduce, partial, slices, values = _reduce(plan, "gradient_sums", n, c, s, (x, y, dy, save_mean),
                                               "batch norm slice gradient sums", **act)
-    means = plan.value((2, c), "batch norm gradient means")
-    k = plan.kernel(FILE, "bn_combine_gradient_sums", BN_SLICE=values, AFFINE=affine)
-    combine = plan.launch(k, (c,), None, n, c, s, slices, partial, save_invstd,
-                          dweight if affine else means, dbias if affine else means, means)
-    launches = [reduce, combine]
+    launches = [reduce]
     w = weight if affine else x
-    if need_dx and _cpu(plan):
-        defines, grid = _blocks(n, c, s)
-        k = plan.kernel(FILE, "bn_rows_input_gradient", **defines, AFFINE=affine, **act)
-        launches.append(plan.launch(k, grid, (1, 1), n, n, c, x, y, dy, dx, w, save_mean, save_invstd, means))
-    elif need_dx:
-        k = plan.kernel(FILE, "bn_input_gradient", AFFINE=affine, **act)
-        launches.append(plan.launch(k, (x.size,), (LOCAL,), x.size, n, c, s, x, y, dy, dx, w, save_mean,
-                                    save_invstd, means))
+    if need_dx and not _cpu(plan):  # the slices combined by the input gradient's work-groups
+        block, chunk, grid = _apply_grid(plan, n, c, s)
+        k = plan.kernel(FILE, "bn_input_gradient", BN_SLICE=values, BN_APPLY_LOCAL=APPLY_LOCAL, AFFINE=affine, **act)
+        launches.append(plan.launch(k, grid, (APPLY_LOCAL, 1), n, n, c, s, block, chunk, slices, x, y, dy, dx, w,
+                                    save_mean, save_invstd, partial, dweight if affine else dx,
+                                    dbias if affine else dx))
+    else:
+        means = plan.value((2, c), "batch norm gradient means")
+        k = plan.kernel(FILE, "bn_combine_gradient_sums", BN_SLICE=values, AFFINE=affine)
+        launches.append(plan.launch(k, (c,), None, n, c, s, slices, partial, save_invstd,
+                                    dweight if affine else means, dbias if affine else means, means))
+        if need_dx:
+            defines, grid = _blocks(n, c, s)
+            k = plan.kernel(FILE, "bn_rows_input_gradient", **defines, AFFINE=affine, **act)
+            launches.append(plan.launch(k, grid, (1, 1), n, n, c, x, y, dy, dx, w, save_mean, save_invstd, means))
     for launch in launches:
         plan.bind_dynamic("n_valid", launch, "n_valid")
