@@ -30,7 +30,9 @@ class LayerContext:
 
     def past_activation(self):
         """This context for a backward pass handed the gradient before the fused activation (the
-        compiler applied its derivative): the same plan, tensors and saved values, `act` None."""
+        compiler applied its derivative): the same plan, tensors and saved values, `act` None. The
+        y handed to backward is still the activation's output, so a backward without `act` must not
+        read y as its own output (Dense's, Conv2D's and BatchNorm's do not read it)."""
         ctx = copy(self)
         ctx.act = None
         return ctx
