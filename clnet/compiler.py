@@ -98,15 +98,17 @@ class CompiledStep:
     def _backward(plan, stages, contexts, values, dy):
         """Record the stages' gradients in reverse. The gradient reaching a value is made only when
         a stage before it has parameters; a value read by several stages gets the sum of their
-        gradients, added in the reverse order of the stages (deterministic, no atomics) just before
-        the backward of the stage that made it. Where that stage's activation is fused, the launch
-        that adds the last gradient also takes the sum back through the activation (act'(y)), and
-        the stage's backward runs past it; a stage whose backward does not apply the derivative
-        itself (Add) gets a single gradient through the activation from one launch."""
+        gradients, added in the reverse order of the stages (deterministic, no atomics) as they
+        come, but for the last add, which waits for the backward of the stage that made the value:
+        where that stage's activation is fused, the last add also takes the sum back through the
+        activation (act'(y)), and the stage's backward runs past it. A stage whose backward does not
+        apply the derivative itself (Add) gets a single gradient through the activation from one
+        launch."""
         trainable = {INPUT: False}
         for stage in stages:
             trainable[stage.output] = any(trainable[name] for name in stage.inputs) or bool(stage.layer.param_shapes())
-        grads = {stages[-1].output: [dy]} if stages else {}  # each value's gradients, in reverse stage order
+        # per value: the sum of its earlier gradients where there are any, then its latest one
+        grads = {stages[-1].output: [dy]} if stages else {}
         for ctx, stage in zip(reversed(contexts), reversed(stages)):
             if stage.output not in grads:  # nothing before it learns
                 continue
@@ -122,8 +124,12 @@ class CompiledStep:
             else:
                 dxs = stage.layer.backward(ctx, inputs, y, dy, need)
             for name, dx in zip(stage.inputs, dxs):
-                if dx is not None:
-                    grads.setdefault(name, []).append(dx)
+                if dx is None:
+                    continue
+                pending = grads.setdefault(name, [])
+                if len(pending) == 2:  # read by a third stage or more: add the two before
+                    pending[:] = [_gradient(plan, name, pending)]
+                pending.append(dx)
 
     def _input_stage(self, plan, seed, target_dtype, loss):
         """Record the gathers that fill the input (and targets) from staging buffers or a dataset on
@@ -183,19 +189,17 @@ class CompiledStep:
         self.plan.finalize(arena, what=f"the plan for batch size {self.batch_size}")
 
 
-def _gradient(plan, name, dys, y, act=None):
-    """The gradient of value `name` (y) from its readers' gradients `dys`, added in their order;
-    with `act` (the options of the activation that made y), taken back through it: act'(y) applied
-    by the launch that adds the last gradient, or by one launch of its own for a single one."""
+def _gradient(plan, name, dys, y=None, act=None):
+    """The gradient of value `name` (y) from one or two of its readers' gradients `dys` (added in
+    their order); with `act` (the options of the activation that made y), taken back through it
+    in the same launch: (a + b) * act'(y), or dy * act'(y) for a single gradient."""
     if len(dys) == 1 and act is None:
         return dys[0]
     total = plan.value(dys[0].shape, f"{name} gradient sum" if len(dys) > 1 else f"{name} pre-activation grad")
     if len(dys) == 1:
         activation_backward(plan, act, y, dys[0], total)
-    for i, dx in enumerate(dys[1:], 1):
-        partial = dys[0] if i == 1 else total
-        if act is not None and i == len(dys) - 1:
-            add_act_backward(plan, act, partial, dx, y, total)
-        else:
-            add(plan, partial, dx, total)
+    elif act is None:
+        add(plan, *dys, total)
+    else:
+        add_act_backward(plan, act, *dys, y, total)
     return total
