@@ -22,7 +22,7 @@ from .errors import OutOfDeviceMemoryError
 from .layers import LayerContext
 from .network import INPUT, loss_input
 from .ops import data as data_ops
-from .ops.elementwise import add
+from .ops.elementwise import activation_backward, add, add_act_backward
 from .ops.random import step_arg
 from .plan import INDEX_LIMIT, Plan
 from .tensor import DeviceTensor, allocate
@@ -98,28 +98,38 @@ class CompiledStep:
     def _backward(plan, stages, contexts, values, dy):
         """Record the stages' gradients in reverse. The gradient reaching a value is made only when
         a stage before it has parameters; a value read by several stages gets the sum of their
-        gradients, added in the reverse order of the stages (deterministic, no atomics)."""
+        gradients, added in the reverse order of the stages (deterministic, no atomics) as they
+        come, but for the last add, which waits for the backward of the stage that made the value:
+        where that stage's activation is fused, the last add also takes the sum back through the
+        activation (act'(y)), and the stage's backward runs past it. A stage whose backward does not
+        apply the derivative itself (Add) gets a single gradient through the activation from one
+        launch."""
         trainable = {INPUT: False}
         for stage in stages:
             trainable[stage.output] = any(trainable[name] for name in stage.inputs) or bool(stage.layer.param_shapes())
-        grads = {stages[-1].output: dy} if stages else {}
+        # per value: the sum of its earlier gradients where there are any, then its latest one
+        grads = {stages[-1].output: [dy]} if stages else {}
         for ctx, stage in zip(reversed(contexts), reversed(stages)):
             if stage.output not in grads:  # nothing before it learns
                 continue
+            y, dys = values[stage.output], grads.pop(stage.output)
+            through = stage.act is not None and (len(dys) > 1 or not stage.layer.applies_activation_grad)
+            dy = _gradient(plan, stage.output, dys, y, stage.act if through else None)
+            if through:
+                ctx = ctx.past_activation()
             need = tuple(trainable[name] for name in stage.inputs)
             inputs = tuple(values[name] for name in stage.inputs)
             if stage.layer.arity == 1:
-                dxs = (stage.layer.backward(ctx, inputs[0], values[stage.output], grads[stage.output], need[0]),)
+                dxs = (stage.layer.backward(ctx, inputs[0], y, dy, need[0]),)
             else:
-                dxs = stage.layer.backward(ctx, inputs, values[stage.output], grads[stage.output], need)
+                dxs = stage.layer.backward(ctx, inputs, y, dy, need)
             for name, dx in zip(stage.inputs, dxs):
                 if dx is None:
                     continue
-                if name in grads:  # read by a later stage too
-                    total = plan.value(dx.shape, f"{name} gradient sum")
-                    add(plan, grads[name], dx, total)
-                    dx = total
-                grads[name] = dx
+                pending = grads.setdefault(name, [])
+                if len(pending) == 2:  # read by a third stage or more: add the two before
+                    pending[:] = [_gradient(plan, name, pending)]
+                pending.append(dx)
 
     def _input_stage(self, plan, seed, target_dtype, loss):
         """Record the gathers that fill the input (and targets) from staging buffers or a dataset on
@@ -177,3 +187,19 @@ class CompiledStep:
         self.identity.upload(np.arange(self.batch_size, dtype=np.int32))
         self.norm.upload(self.spec.norm(image_dims(self.input_shape)[0]))
         self.plan.finalize(arena, what=f"the plan for batch size {self.batch_size}")
+
+
+def _gradient(plan, name, dys, y=None, act=None):
+    """The gradient of value `name` (y) from one or two of its readers' gradients `dys` (added in
+    their order); with `act` (the options of the activation that made y), taken back through it
+    in the same launch: (a + b) * act'(y), or dy * act'(y) for a single gradient."""
+    if len(dys) == 1 and act is None:
+        return dys[0]
+    total = plan.value(dys[0].shape, f"{name} gradient sum" if len(dys) > 1 else f"{name} pre-activation grad")
+    if len(dys) == 1:
+        activation_backward(plan, act, y, dys[0], total)
+    elif act is None:
+        add(plan, *dys, total)
+    else:
+        add_act_backward(plan, act, *dys, y, total)
+    return total

@@ -176,8 +176,8 @@ class Network:
         A link layer ending the network (Softmax before cross-entropy) is left to the loss. With
         `fold_norms` (evaluation), a BatchNorm that is the sole reader of a Dense or Conv2D folds
         into its weight and bias. An activation whose producer can fuse it (Dense, Conv2D,
-        BatchNorm; a producer with a BatchNorm folded in) runs as the producer writes when it is the
-        producer's sole reader and its gradient needs only its output (not SiLU).
+        BatchNorm, Add; a producer with a BatchNorm folded in) runs as the producer writes when it
+        is the producer's sole reader and its gradient needs only its output (not SiLU).
         """
         shapes = self.shapes(input_shape)
         nodes = list(self.nodes)

@@ -1,5 +1,5 @@
-// Activations, their gradients, the fused bias/activation backward, row-wise softmax, sums and
-// strided row copies.
+// Activations, their gradients, the fused bias/activation backward, row-wise softmax, sums (an
+// activation fused, forward and backward) and strided row copies.
 // ACT (common.h) selects the activation, ACT_SLOPE LeakyReLU's negative slope.
 
 // y = act(x) over n elements.
@@ -102,13 +102,25 @@ __kernel void softmax_backward(const int rows, const int cols, __global const fl
     for (int c = 0; c < cols; c++) dx[dxo + base + c] = y[yo + base + c] * (dy[dyo + base + c] - dot);
 }
 
-// out = a + b, element by element (out may be a or b).
+// out = act(a + b), element by element (out may be a or b): an Add, its activation fused (ACT).
 __kernel void add_tensors(const int n, __global const float* a, const int ao, __global const float* b, const int bo,
                           __global float* out, const int outo)
 {
     const int i = get_global_id(0);
     if (i >= n) return;
-    out[outo + i] = a[ao + i] + b[bo + i];
+    out[outo + i] = act_forward(a[ao + i] + b[bo + i]);
+}
+
+// out = (a + b) * act'(x), act' written with the activation's output y (out may be a or b): the
+// last two gradients of a value read by several stages added, and taken back through the
+// activation that made the value, in one pass.
+__kernel void add_act_backward(const int n, __global const float* a, const int ao,
+                               __global const float* b, const int bo, __global const float* y, const int yo,
+                               __global float* out, const int outo)
+{
+    const int i = get_global_id(0);
+    if (i >= n) return;
+    out[outo + i] = (a[ao + i] + b[bo + i]) * act_grad_from_output(y[yo + i]);
 }
 
 // Copies a block of rows x cols floats between strided layouts: dst[r * dst_stride + c] =

@@ -96,6 +96,17 @@ def test_output_link_follows_the_loss(device, loss, final, tmp_path):
         assert out.min() < 0 or out.max() > 1  # raw outputs, no link
 
 
+def test_an_add_with_its_activation_fused_exports_as_sum_then_relu(device, tmp_path):
+    """resnet20 runs each block's ReLU in its Add's pass; the graph keeps both nodes."""
+    x = np.random.default_rng(6).random((3, 3, 32, 32), np.float32)
+    model = _trained(clnet.models.resnet20(device=device), x, 10)
+    adds = [stage for stage in model.network.stages((3, 32, 32), fold_norms=True) if isinstance(stage.layer, L.Add)]
+    assert len(adds) == 9 and all(stage.act == L.ReLU().kernel_options() for stage in adds)
+    _check(model, x, tmp_path)
+    nodes = [n.op_type for n in onnx.load(str(tmp_path / "model.onnx")).graph.node]
+    assert [nodes[i + 1] for i, op in enumerate(nodes) if op == "Sum"] == ["Relu"] * 9
+
+
 @pytest.mark.parametrize("opset", [9, 10, 11, 13])
 def test_relu6_exports_at_every_opset(device, opset, tmp_path):
     """Clip's bounds are attributes before opset 11 and inputs from it on."""

@@ -77,6 +77,40 @@ def test_flatten_of_images_and_batch_of_one(device, gemm_family):
     _check(device, layers, "cross_entropy", rng.normal(size=(1, 2, 3, 5)), rng.integers(0, 4, 1))
 
 
+def residual_relus(device):
+    """Activations fused into layers whose output several stages read: Add + ReLU read by three
+    (its gradients' sum taken back through the ReLU by the launch adding the last), Add + ReLU read
+    by one (the ReLU's derivative a launch of its own), BatchNorm + Sigmoid and Dense + Tanh read
+    by two (the sum through the activation, the layer's backward past it: a derivative applied
+    twice would show)."""
+    x = clnet.Input((2, 4, 3))
+    n = L.Sigmoid()(L.BatchNorm2D(3)(L.Conv2D(2, 3, 1, bias=False)(x)), name="n")
+    r1 = L.ReLU()(L.Add()([L.Conv2D(2, 3, 3, padding=1)(x), n]), name="r1")
+    r2 = L.ReLU()(L.Add()([L.Conv2D(3, 3, 3, padding=1)(r1), r1, L.Conv2D(3, 3, 1, bias=False)(r1), n]), name="r2")
+    h = L.Tanh()(L.Dense(36, 5)(L.Flatten()(r2)), name="h")
+    return clnet.Model(x, L.Dense(5, 3)(L.Add()([h, L.Dense(5, 5)(h)])), device=device, seed=6)
+
+
+def test_fused_activations_of_values_read_several_times(device, gemm_family):
+    rng = np.random.default_rng(9)
+    x, y = rng.normal(size=(4, 2, 4, 3)), rng.integers(0, 3, 4)
+    model = residual_relus(device).compile("cross_entropy", clnet.optim.SGD(lr=1e-3))
+    stages = model.network.stages((2, 4, 3))
+    assert {s.output for s in stages if s.act} == {"n", "r1", "r2", "h"}
+    assert len(stages) == len(model.network.nodes) - 4
+    state = model.state_dict()
+    device_loss = model.train_on_batch(x, y)
+    reference = forward(model.network, state, x, training=True)
+    assert device_loss == pytest.approx(loss("cross_entropy_logits", reference, y), rel=1e-4)
+    expected = numeric_gradients(model.network, state, x, y, "cross_entropy_logits", training=True)
+    grads = model.gradients()
+    assert grads.keys() == expected.keys()
+    for key in expected:
+        np.testing.assert_allclose(grads[key], expected[key], rtol=2e-3, atol=2e-5, err_msg=key)
+    kernels = [launch.kernel.function_name for launch in model._runner(4, x.shape[1:], True, np.int32).plan.launches]
+    assert kernels.count("add_act_backward") == 3 and kernels.count("activation_backward") == 1
+
+
 def test_device_loss_agrees_with_its_own_gradient(device):
     """Finite differences of the device's float32 forward pass (coarse) against its backward pass."""
     rng = np.random.default_rng(4)

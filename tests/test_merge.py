@@ -1,8 +1,8 @@
 """The merge layers Add and Concatenate: forward and backward passes on the device against float64
 references, on awkward shapes (unequal channel counts, odd heights and widths, three inputs, batch
 1, feature vectors), with inputs at odd offsets surrounded by NaN and outputs in guarded buffers
-(`SlotPlan`), on both kernel families; the references against each other (backward is the adjoint
-of forward); shapes, errors, flops and configuration.
+(`SlotPlan`), on both kernel families, and an activation fused into Add; the references against
+each other (backward is the adjoint of forward); shapes, errors, flops and configuration.
 """
 
 import json
@@ -39,11 +39,12 @@ def concatenate_backward_ref(dy, shapes):
     return np.split(np.asarray(dy, np.float64), np.cumsum([shape[0] for shape in shapes])[:-1], axis=1)
 
 
-def run_layer(device, layer, xs, dy, need_dx):
+def run_layer(device, layer, xs, dy, need_dx, act=None):
     """The layer's forward and backward on the device: (y, the gradients, the plan, dy's tensor);
-    inputs and dy lie in NaN-filled buffers at odd offsets, values the layer makes in guarded ones."""
+    inputs and dy lie in NaN-filled buffers at odd offsets, values the layer makes in guarded ones.
+    `act`: the activation fused into the layer."""
     plan = SlotPlan(device)
-    ctx = L.LayerContext(plan, {}, {}, {}, training=True)
+    ctx = L.LayerContext(plan, {}, {}, {}, act=act.kernel_options() if act else None, training=True)
     inputs = tuple(Slot(device, x, 7 + 6 * i).tensor for i, x in enumerate(xs))
     dy_tensor = Slot(device, dy, 11).tensor
     y = layer.forward(ctx, *inputs)
@@ -98,6 +99,20 @@ def test_add_forward_and_backward(device, gemm_family, case):
     np.testing.assert_allclose(plan.read(y), layer.reference({}, *xs), rtol=1e-6, atol=1e-6)
     assert [dx is dy_tensor if need else dx is None for dx, need in zip(dxs, need_dx)] == [True] * len(xs)
     assert len(plan.launches) == len(xs) - 1  # a chain of adds; backward launches nothing
+
+
+@pytest.mark.parametrize("act", [L.ReLU(), L.Sigmoid()], ids=repr)
+@pytest.mark.parametrize("case", ADD_CASES, ids=ids(ADD_CASES))
+def test_add_with_a_fused_activation(device, gemm_family, case, act):
+    """act(x0 + x1 + ...), applied by the chain's last add; backward hands on dy, the gradient
+    before the activation (the compiler takes it through act'), launching nothing."""
+    shapes, batch = case
+    layer = L.Add()
+    xs, rng = random_case(shapes, batch, 60 + ADD_CASES.index(case))
+    dy = rng.normal(size=(batch, *shapes[0])).astype(np.float32)
+    y, dxs, plan, dy_tensor = run_layer(device, layer, xs, dy, (True,) * len(xs), act)
+    np.testing.assert_allclose(plan.read(y), act.reference({}, layer.reference({}, *xs)), rtol=1e-6, atol=1e-6)
+    assert all(dx is dy_tensor for dx in dxs) and len(plan.launches) == len(xs) - 1
 
 
 def test_add_sums_in_input_order(device):

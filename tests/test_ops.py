@@ -734,21 +734,34 @@ def test_optimizer_steps(device, name, kwargs, ref_kwargs, n):
     assert np.abs(want - p0).max() > 1e-3  # the steps moved the parameters well beyond the tolerance
 
 
+@pytest.mark.parametrize("act", ["none", "relu", "sigmoid"])
 @pytest.mark.parametrize("n", [1, 67, 1000, 2500])
-def test_add(device, gemm_family, n):
-    """out = a + b at odd offsets in NaN-guarded buffers; also into one of its operands. Each
-    family's work-group (the CPU family's is 1024: 2500 ends in a part of one)."""
-    from clnet.ops.elementwise import add
+def test_add(device, gemm_family, n, act):
+    """out = act(a + b) at odd offsets in NaN-guarded buffers; also into one of its operands; and
+    the gradients' sum through the activation, (a + b) * act'(y), also in place. Each family's
+    work-group (the CPU family's is 1024: 2500 ends in a part of one)."""
+    from clnet.ops.elementwise import add, add_act_backward
     rng = np.random.default_rng(n)
-    a, b = f32(rng.normal(size=n)), f32(rng.normal(size=(n, 1)))
-    sa, sb, out = Slot(device, a, 5), Slot(device, b, 11), Slot.output(device, (n,), 7)
+    a, b = _activation_inputs(rng, n), f32(rng.normal(size=(n, 1)))
+    y = f32(act_ref(act, rng.normal(0, 2, n)))  # a made activation's output, read by its derivative
+    sa, sb, sy = Slot(device, a, 5), Slot(device, b, 11), Slot(device, y, 3)
+    out, grad = Slot.output(device, (n,), 7), Slot.output(device, (n,), 2)
+    options = ops.activation(act)
     plan = new_plan(device)
     add(plan, sa.tensor, sb.tensor, out.tensor)
-    add(plan, out.tensor, sb.tensor, out.tensor)  # in place: out = a + 2 b
+    add(plan, out.tensor, sb.tensor, out.tensor, act=options)  # in place: out = act(a + 2 b)
+    add_act_backward(plan, options, sa.tensor, sb.tensor, sy.tensor, grad.tensor)
+    add_act_backward(plan, options, grad.tensor, sb.tensor, sy.tensor, grad.tensor)  # in place
     execute(plan)
-    np.testing.assert_allclose(out.read(), a.astype(np.float64) + 2 * b[:, 0].astype(np.float64), rtol=1e-6, atol=1e-6)
+    a64, b64 = a.astype(np.float64), b[:, 0].astype(np.float64)
+    np.testing.assert_allclose(out.read(), act_ref(act, f32(a64 + b64) + b64), rtol=2e-6, atol=1e-6)
+    slope = act_grad_ref(act, y)
+    np.testing.assert_allclose(grad.read(), ((a64 + b64) * slope + b64) * slope, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="add of"):
         add(new_plan(device), sa.tensor, sb.tensor.view((n - 1,)) if n > 1 else sa.tensor.view((0,)), out.tensor)
+    with pytest.raises(ValueError, match="add_act_backward of"):
+        add_act_backward(new_plan(device), options, sa.tensor, sb.tensor, sy.tensor.view((n - 1,)) if n > 1
+                         else sa.tensor.view((0,)), grad.tensor)
 
 
 @pytest.mark.parametrize("rows, cols, src_stride, dst_stride",

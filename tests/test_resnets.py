@@ -83,4 +83,5 @@ def test_resnet18_summary_plans_a_training_batch_of_64_at_224(device):
     model = models.resnet18(device=device).compile("cross_entropy", "sgd")
     text = model.summary(batch_size=64, stream=io.StringIO())
     assert "layer4.1.bn2: BatchNorm2D(512)" in text and "(512, 7, 7)" in text
+    assert "layer4.1.relu2: ReLU() <- layer4.1.add" in text  # run in the Add's pass, listed as a node
     assert "11,181,642 parameters" in text and "training at batch size 64" in text

@@ -1,5 +1,5 @@
-"""Activation layers. After a Dense or Conv2D layer the graph fuses those whose gradient needs only
-their output into its GEMM epilogue."""
+"""Activation layers. After a Dense, Conv2D, BatchNorm or Add layer the graph fuses those whose
+gradient needs only their output into the layer's pass (`Network.stages`)."""
 
 from __future__ import annotations
 

@@ -4,6 +4,7 @@ nodes and its float64 numpy reference."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from copy import copy
 from typing import Union
 
 import numpy as np
@@ -20,12 +21,21 @@ class LayerContext:
     """What a layer's passes record with: the plan, the layer's parameter, gradient and buffer
     tensors, the activation fused into it (its kernel options, `ops.activation(...)`, or None),
     whether the plan trains, a seed for its randomness, and `saved`, where forward leaves values for
-    backward (the same context serves both)."""
+    backward (the same context serves both, or for backward its copy `past_activation()`)."""
 
     def __init__(self, plan, params, grads, buffers, act=None, training=False, seed=0):
         self.plan, self.params, self.grads, self.buffers = plan, params, grads, buffers
         self.act, self.training, self.seed = act, training, seed
         self.saved = {}
+
+    def past_activation(self):
+        """This context for a backward pass handed the gradient before the fused activation (the
+        compiler applied its derivative): the same plan, tensors and saved values, `act` None. The
+        y handed to backward is still the activation's output, so a backward without `act` must not
+        read y as its own output (Dense's, Conv2D's and BatchNorm's do not read it)."""
+        ctx = copy(self)
+        ctx.act = None
+        return ctx
 
 
 class Layer:
@@ -44,8 +54,11 @@ class Layer:
     #: state_dict, as torch keeps them, so that a torch module loads it strictly.
     counters = ()
     #: True for layers that can apply a following activation as they write their output: the GEMM
-    #: epilogue of Dense and Conv2D, BatchNorm's normalisation.
+    #: epilogue of Dense and Conv2D, BatchNorm's normalisation, Add's sum.
     fuses_activation = False
+    #: Whether backward applies the fused activation's derivative as it reads dy (Dense, Conv2D,
+    #: BatchNorm); where not (Add), the compiler hands backward the gradient before the activation.
+    applies_activation_grad = True
     #: True for layers whose output channels are the rows of their weight (Dense, Conv2D), so that
     #: a BatchNorm after them folds into their weight and bias for evaluation.
     takes_folded_norm = False

@@ -1,8 +1,9 @@
 """Merge layers, which read two or more values of a graph: Add (their element-wise sum, as a
 ResNet's shortcut) and Concatenate (along channels, as torch.cat(dim=1)).
 
-Add's forward is a chain of `ops.elementwise.add` in input order (deterministic); its backward hands
-every input the output's gradient itself. Concatenate copies each input's block of every sample
+Add's forward is a chain of `ops.elementwise.add` in input order (deterministic), the last applying
+a fused activation; its backward hands every input the output's gradient itself (which the compiler
+takes back through a fused activation first). Concatenate copies each input's block of every sample
 into its range of the output, and back out of the output's gradient (`ops.elementwise.copy_rows`).
 """
 
@@ -37,6 +38,7 @@ class Add(_Merge):
     """The element-wise sum of two or more inputs of one shape, as `x + shortcut` in a ResNet.
 
     Takes no arguments. Its backward pass gives every input the gradient of the output as it is.
+    An activation that alone reads the sum runs as the sum is written (one pass: act(a + b + ...)).
 
     Shape:
         Inputs of any one shape (d1, d2, ...), all equal; the output has that shape.
@@ -45,6 +47,9 @@ class Add(_Merge):
         >>> Add().output_shape((64, 8, 8), (64, 8, 8))  # a residual block's output and its shortcut
         (64, 8, 8)
     """
+
+    fuses_activation = True
+    applies_activation_grad = False  # backward moves dy unchanged: the compiler applies act'(y)
 
     def output_shape(self, *input_shapes: tuple[int, ...]) -> tuple[int, ...]:
         self._require_several(input_shapes)
@@ -61,14 +66,13 @@ class Add(_Merge):
 
     def forward(self, ctx, *xs):
         y = ctx.plan.value((xs[0].shape[0], *self.output_shape(*(x.shape[1:] for x in xs))), f"{self!r} output")
-        add(ctx.plan, xs[0], xs[1], y)
-        for x in xs[2:]:
-            add(ctx.plan, y, x, y)
+        for i, x in enumerate(xs[1:], 1):
+            add(ctx.plan, xs[0] if i == 1 else y, x, y, act=ctx.act if i == len(xs) - 1 else None)
         return y
 
     def backward(self, ctx, xs, y, dy, need_dx):
-        """dy for every input that needs its gradient: no copy, as values are never written after
-        they are made."""
+        """dy, the gradient of the sum (before a fused activation), for every input that needs its
+        gradient: no copy, as values are never written after they are made."""
         return tuple(dy if need else None for need in need_dx)
 
     def to_onnx(self, builder, name, prefix, arrays):

@@ -1,5 +1,5 @@
-"""Launchers for activations, the fused bias/activation backward, row-wise softmax, sums and strided
-row copies."""
+"""Launchers for activations, the fused bias/activation backward, row-wise softmax, sums (an
+activation fused, forward and backward) and strided row copies."""
 
 import numpy as np
 
@@ -86,11 +86,25 @@ def softmax_backward(plan, y, dy, dx):
     return plan.launch(plan.kernel(FILE, "softmax_backward"), (rows,), (LOCAL,), rows, cols, y, dy, dx)
 
 
-def add(plan, a, b, out):
-    """out = a + b over every element (tensors of one size, any shapes)."""
-    if not a.size == b.size == out.size:
-        raise ValueError(f"add of {a.shape} and {b.shape} into {out.shape}")
-    return plan.launch(plan.kernel(FILE, "add_tensors"), (out.size,), _group(plan), out.size, a, b, out)
+def add(plan, a, b, out, act=None):
+    """out = act(a + b) over every element (tensors of one size, any shapes); `act` the
+    activation's options (`activation(...)`), None for none."""
+    _check_sizes("add", a, b, out)
+    k = plan.kernel(FILE, "add_tensors", **(act or activation()))
+    return plan.launch(k, (out.size,), _group(plan), out.size, a, b, out)
+
+
+def add_act_backward(plan, act, a, b, y, out):
+    """out = (a + b) * act'(x), the derivative written with the activation's output y: two
+    gradients of y added and taken back through the activation in one pass."""
+    _check_sizes("add_act_backward", a, b, out, y)
+    k = plan.kernel(FILE, "add_act_backward", **act)
+    return plan.launch(k, (out.size,), _group(plan), out.size, a, b, y, out)
+
+
+def _check_sizes(what, *tensors):
+    if len({t.size for t in tensors}) != 1:
+        raise ValueError(f"{what} of {', '.join(str(tuple(t.shape)) for t in tensors)}: sizes differ")
 
 
 def copy_rows(plan, src, dst, rows, cols, src_stride, dst_stride):
