@@ -1,24 +1,82 @@
-// Winograd F(2x2, 3x3): a 3x3 stride-1 convolution as 16 products of transformed operands
-// (Lavin and Gray, "Fast Algorithms for Convolutional Neural Networks", 2015). Each 2x2 tile of the
-// output is A^T [ (G g G^T) . (B^T d B) ] A, summed over the input channels, where g is a channel
-// pair's 3x3 kernel, d the 4x4 input tile that the output tile reads (its halo included) and "."
-// the element-wise product of 4x4 matrices: 16 multiplications where the direct convolution has 36.
-// The sum over the channels of each of the 16 elements e = 4 * row + col is a GEMM,
+// Winograd F(m x m, 3x3), m = WINO_TILE (2 or 4): a 3x3 stride-1 convolution as n x n products of
+// transformed operands, n = m + 2 (Lavin and Gray, "Fast Algorithms for Convolutional Neural
+// Networks", 2015). Each m x m tile of the output is A^T [ (G g G^T) . (B^T d B) ] A, summed over
+// the input channels, where g is a channel pair's 3x3 kernel, d the n x n input tile that the
+// output tile reads (its halo included) and "." the element-wise product: n^2 multiplications
+// where the direct convolution has 9 m^2 (16 for 36 with F(2x2), 36 for 144 with F(4x4)).
+// The sum over the channels of each of the n^2 elements e = n * row + col is a GEMM,
 // M[e] (O x tiles) = U[e] (O x C) . V[e] (C x tiles), which ops/winograd.py records as one grouped
-// gemm_tiled launch (GROUPS=16, gemm_common.h). The transforms below take only additions and
-// halvings, so float32 keeps close to the direct convolution's accuracy.
+// gemm_tiled launch (GROUPS = n^2, gemm_common.h).
+// F(2x2)'s transforms take only additions and halvings, so float32 keeps close to the direct
+// convolution's accuracy; F(4x4)'s take factors up to 8 and fractions down to 1/24 (not exact in
+// float32), and lose about a decimal digit more.
 //
-// Layouts: U is (16, O, C); V is (16, C, tiles) and M (16, O, tiles), a tile t counting
+// Layouts: U is (n^2, O, C); V is (n^2, C, tiles) and M (n^2, O, tiles), a tile t counting
 // (image, tile row, tile column) over WINO_TH x WINO_TW tiles per image.
 
-// B^T a over 4 values: the input transform along one dimension.
-#define WINO_BT(a0, a1, a2, a3, r0, r1, r2, r3) \
-    do { r0 = (a0) - (a2); r1 = (a1) + (a2); r2 = (a2) - (a1); r3 = (a1) - (a3); } while (0)
-// G a over 3 values (4 results): the weight transform along one dimension.
-#define WINO_G(a0, a1, a2, r0, r1, r2, r3) \
-    do { r0 = (a0); r1 = 0.5f * ((a0) + (a1) + (a2)); r2 = 0.5f * ((a0) - (a1) + (a2)); r3 = (a2); } while (0)
-// A^T a over 4 values (2 results): the output transform along one dimension.
-#define WINO_AT(a0, a1, a2, a3, r0, r1) do { r0 = (a0) + (a1) + (a2); r1 = (a1) - (a2) - (a3); } while (0)
+#ifndef WINO_TILE
+#define WINO_TILE 2  // output pixels per tile side: 2 or 4
+#endif
+#define WINO_N (WINO_TILE + 2)  // input pixels per tile side, and transformed elements
+#define WINO_ELEMENTS (WINO_N * WINO_N)
+
+// The transforms along one dimension, over values `stride` apart in a (private) array: B^T a of n
+// values in place (the input), G a of 3 values into n (the weight), A^T a of n values into m (the
+// output).
+#if WINO_TILE == 2
+inline void input_1d(float* a, const int s)
+{
+    const float a0 = a[0], a1 = a[s], a2 = a[2 * s], a3 = a[3 * s];
+    a[0] = a0 - a2; a[s] = a1 + a2; a[2 * s] = a2 - a1; a[3 * s] = a1 - a3;
+}
+
+inline void weight_1d(const float* a, const int s, float* r, const int rs)
+{
+    r[0] = a[0];
+    r[rs] = 0.5f * (a[0] + a[s] + a[2 * s]);
+    r[2 * rs] = 0.5f * (a[0] - a[s] + a[2 * s]);
+    r[3 * rs] = a[2 * s];
+}
+
+inline void output_1d(const float* a, const int s, float* r, const int rs)
+{
+    r[0] = a[0] + a[s] + a[2 * s];
+    r[rs] = a[s] - a[2 * s] - a[3 * s];
+}
+#elif WINO_TILE == 4
+inline void input_1d(float* a, const int s)
+{
+    const float a0 = a[0], a1 = a[s], a2 = a[2 * s], a3 = a[3 * s], a4 = a[4 * s], a5 = a[5 * s];
+    a[0] = 4.0f * a0 - 5.0f * a2 + a4;
+    a[s] = a3 + a4 - 4.0f * (a1 + a2);
+    a[2 * s] = a4 - a3 + 4.0f * (a1 - a2);
+    a[3 * s] = a4 - a2 + 2.0f * (a3 - a1);
+    a[4 * s] = a4 - a2 + 2.0f * (a1 - a3);
+    a[5 * s] = 4.0f * a1 - 5.0f * a3 + a5;
+}
+
+inline void weight_1d(const float* a, const int s, float* r, const int rs)
+{
+    const float a0 = a[0], a1 = a[s], a2 = a[2 * s];
+    r[0] = 0.25f * a0;
+    r[rs] = (a0 + a1 + a2) * (-1.0f / 6.0f);
+    r[2 * rs] = (a0 - a1 + a2) * (-1.0f / 6.0f);
+    r[3 * rs] = a0 * (1.0f / 24.0f) + a1 * (1.0f / 12.0f) + a2 * (1.0f / 6.0f);
+    r[4 * rs] = a0 * (1.0f / 24.0f) - a1 * (1.0f / 12.0f) + a2 * (1.0f / 6.0f);
+    r[5 * rs] = a2;
+}
+
+inline void output_1d(const float* a, const int s, float* r, const int rs)
+{
+    const float a1 = a[s], a2 = a[2 * s], a3 = a[3 * s], a4 = a[4 * s];
+    r[0] = a[0] + a1 + a2 + a3 + a4;
+    r[rs] = a1 - a2 + 2.0f * (a3 - a4);
+    r[2 * rs] = a1 + a2 + 4.0f * (a3 + a4);
+    r[3 * rs] = a1 - a2 + 8.0f * (a3 - a4) + a[5 * s];
+}
+#else
+#error "WINO_TILE is 2 or 4"
+#endif
 
 // U[e, o, c] = (G g G^T)[e] for the weight w (WINO_O, WINO_C, 3, 3) as stored. With WINO_FLIP, the
 // weight of the input gradient instead: U[e, c, o] from g[kh, kw] = w[o, c, 2 - kh, 2 - kw] (the
@@ -31,39 +89,35 @@ __kernel void winograd_weights(__global const float* restrict w, const int wo,
 {
     const int i = get_global_id(0);  // i = o * WINO_C + c
     if (i >= WINO_O * WINO_C) return;
-    float g[3][3];
+    float g[9];
     for (int k = 0; k < 9; k++) {
 #ifdef WINO_FLIP
-        g[k / 3][k % 3] = w[wo + i * 9 + 8 - k];
+        g[k] = w[wo + i * 9 + 8 - k];
 #else
-        g[k / 3][k % 3] = w[wo + i * 9 + k];
+        g[k] = w[wo + i * 9 + k];
 #endif
     }
-    float gc[4][3];  // G g: each column transformed
-    for (int col = 0; col < 3; col++)
-        WINO_G(g[0][col], g[1][col], g[2][col], gc[0][col], gc[1][col], gc[2][col], gc[3][col]);
+    float gc[WINO_N * 3], ggt[WINO_ELEMENTS];
+    for (int col = 0; col < 3; col++)  // G g: each column transformed
+        weight_1d(g + col, 3, gc + col, 3);
+    for (int row = 0; row < WINO_N; row++)  // (G g) G^T: each row transformed
+        weight_1d(gc + 3 * row, 1, ggt + WINO_N * row, 1);
 #ifdef WINO_FLIP
-    const int o = i / WINO_C, c = i % WINO_C, at = uo + c * WINO_O + o;  // (16, C, O)
+    const int o = i / WINO_C, c = i % WINO_C, at = uo + c * WINO_O + o;  // (n^2, C, O)
 #else
-    const int at = uo + i;                                                // (16, O, C)
+    const int at = uo + i;                                                // (n^2, O, C)
 #endif
-    for (int row = 0; row < 4; row++) {  // (G g) G^T: each row transformed
-        float r0, r1, r2, r3;
-        WINO_G(gc[row][0], gc[row][1], gc[row][2], r0, r1, r2, r3);
-        u[at + (4 * row + 0) * WINO_O * WINO_C] = r0;
-        u[at + (4 * row + 1) * WINO_O * WINO_C] = r1;
-        u[at + (4 * row + 2) * WINO_O * WINO_C] = r2;
-        u[at + (4 * row + 3) * WINO_O * WINO_C] = r3;
-    }
+    for (int e = 0; e < WINO_ELEMENTS; e++)
+        u[at + e * WINO_O * WINO_C] = ggt[e];
 }
 #endif
 #endif
 
 // V[e, c, t] = (B^T d B)[e] for the tiles d of the input x of WINO_C channels of WINO_H x WINO_W,
-// channel c of image n at x[xo + n * WINO_IMAGE_STRIDE + c * WINO_CHANNEL_STRIDE] (NCHW, or dY's layout in the
-// input gradient), padded by WINO_PH rows above and WINO_PW columns left (zeros outside the image:
-// the bottom and right padding follow from the number of tiles). A work-item per (c, t), t fastest,
-// so that the stores of neighbouring work-items are contiguous.
+// channel c of image n at x[xo + n * WINO_IMAGE_STRIDE + c * WINO_CHANNEL_STRIDE] (NCHW, or dY's
+// layout in the input gradient), padded by WINO_PH rows above and WINO_PW columns left (zeros
+// outside the image: the bottom and right padding follow from the number of tiles). A work-item per
+// (c, t), t fastest, so that the stores of neighbouring work-items are contiguous.
 #ifdef WINO_IMAGE_STRIDE
 __kernel void winograd_input(const int images,
                              __global const float* restrict x, const int xo,
@@ -74,32 +128,27 @@ __kernel void winograd_input(const int images,
     if (i >= WINO_C * tiles) return;
     const int c = i / tiles, t = i % tiles;
     const int image = t / (WINO_TH * WINO_TW), ty = t / WINO_TW % WINO_TH, tx = t % WINO_TW;
-    const int top = 2 * ty - WINO_PH, left = 2 * tx - WINO_PW;
+    const int top = WINO_TILE * ty - WINO_PH, left = WINO_TILE * tx - WINO_PW;
     __global const float* plane = x + xo + image * WINO_IMAGE_STRIDE + c * WINO_CHANNEL_STRIDE;
-    float d[4][4];
-    for (int r = 0; r < 4; r++)
-        for (int col = 0; col < 4; col++) {
+    float d[WINO_ELEMENTS];
+    for (int r = 0; r < WINO_N; r++)
+        for (int col = 0; col < WINO_N; col++) {
             const int h = top + r, w = left + col;
-            d[r][col] = h >= 0 && h < WINO_H && w >= 0 && w < WINO_W ? plane[h * WINO_W + w] : 0.0f;
+            d[WINO_N * r + col] = h >= 0 && h < WINO_H && w >= 0 && w < WINO_W ? plane[h * WINO_W + w] : 0.0f;
         }
-    float bd[4][4];  // B^T d: each column transformed
-    for (int col = 0; col < 4; col++)
-        WINO_BT(d[0][col], d[1][col], d[2][col], d[3][col], bd[0][col], bd[1][col], bd[2][col], bd[3][col]);
-    const int at = vo + c * tiles + t, plane_stride = WINO_C * tiles;
-    for (int r = 0; r < 4; r++) {  // (B^T d) B: each row transformed
-        float r0, r1, r2, r3;
-        WINO_BT(bd[r][0], bd[r][1], bd[r][2], bd[r][3], r0, r1, r2, r3);
-        v[at + (4 * r + 0) * plane_stride] = r0;
-        v[at + (4 * r + 1) * plane_stride] = r1;
-        v[at + (4 * r + 2) * plane_stride] = r2;
-        v[at + (4 * r + 3) * plane_stride] = r3;
-    }
+    for (int col = 0; col < WINO_N; col++)  // B^T d: each column transformed
+        input_1d(d + col, WINO_N);
+    for (int r = 0; r < WINO_N; r++)        // (B^T d) B: each row transformed
+        input_1d(d + WINO_N * r, 1);
+    for (int e = 0; e < WINO_ELEMENTS; e++)
+        v[vo + e * WINO_C * tiles + i] = d[e];
 }
 #endif
 
 // y = act(A^T m A + bias) for every tile: y (images, WINO_O, WINO_OH, WINO_OW) NCHW, only the
-// pixels inside it written (the last tile row or column is cut where the size is odd); bias[o]
-// with HAS_BIAS; ACT (common.h), as the GEMM epilogue (gemm_common.h). A work-item per (o, t).
+// pixels inside it written (the last tile row or column is cut where the size is not a multiple of
+// the tile's); bias[o] with HAS_BIAS; ACT (common.h), as the GEMM epilogue (gemm_common.h). A
+// work-item per (o, t).
 #ifdef WINO_OH
 __kernel void winograd_output(const int images,
                               __global const float* restrict m, const int mo,
@@ -111,27 +160,23 @@ __kernel void winograd_output(const int images,
     if (i >= WINO_O * tiles) return;
     const int o = i / tiles, t = i % tiles;
     const int image = t / (WINO_TH * WINO_TW), ty = t / WINO_TW % WINO_TH, tx = t % WINO_TW;
-    const int plane_stride = WINO_O * tiles;
-    float am[2][4];  // A^T m: each column transformed
-    for (int col = 0; col < 4; col++) {
-        const int at = mo + col * plane_stride + i;
-        WINO_AT(m[at], m[at + 4 * plane_stride], m[at + 8 * plane_stride], m[at + 12 * plane_stride],
-                am[0][col], am[1][col]);
-    }
+    float p[WINO_ELEMENTS], am[WINO_TILE * WINO_N], out[WINO_TILE * WINO_TILE];
+    for (int e = 0; e < WINO_ELEMENTS; e++)
+        p[e] = m[mo + e * WINO_O * tiles + i];
+    for (int col = 0; col < WINO_N; col++)  // A^T m: each column transformed
+        output_1d(p + col, WINO_N, am + col, WINO_N);
+    for (int r = 0; r < WINO_TILE; r++)     // (A^T m) A: each row transformed
+        output_1d(am + WINO_N * r, 1, out + WINO_TILE * r, 1);
 #ifdef HAS_BIAS
     const float b = bias[bias_off + o];
 #else
     const float b = 0.0f;
 #endif
-    __global float* out = y + yo + (image * WINO_O + o) * (WINO_OH * WINO_OW);
-    for (int r = 0; r < 2; r++) {  // (A^T m) A: each row transformed
-        const int h = 2 * ty + r, w = 2 * tx;
-        float r0, r1;
-        WINO_AT(am[r][0], am[r][1], am[r][2], am[r][3], r0, r1);
-        if (h < WINO_OH) {
-            out[h * WINO_OW + w] = act_forward(r0 + b);
-            if (w + 1 < WINO_OW) out[h * WINO_OW + w + 1] = act_forward(r1 + b);
+    __global float* plane = y + yo + (image * WINO_O + o) * (WINO_OH * WINO_OW);
+    for (int r = 0; r < WINO_TILE; r++)
+        for (int col = 0; col < WINO_TILE; col++) {
+            const int h = WINO_TILE * ty + r, w = WINO_TILE * tx + col;
+            if (h < WINO_OH && w < WINO_OW) plane[h * WINO_OW + w] = act_forward(out[WINO_TILE * r + col] + b);
         }
-    }
 }
 #endif
