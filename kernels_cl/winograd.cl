@@ -19,6 +19,8 @@
 #endif
 #define WINO_N (WINO_TILE + 2)  // input pixels per tile side, and transformed elements
 #define WINO_ELEMENTS (WINO_N * WINO_N)
+// Every loop over a tile is unrolled: its private arrays are then indexed by constants and live in
+// registers.
 
 // The transforms along one dimension, over values `stride` apart in a (private) array: B^T a of n
 // values in place (the input), G a of 3 values into n (the weight), A^T a of n values into m (the
@@ -81,34 +83,40 @@ inline void output_1d(const float* a, const int s, float* r, const int rs)
 // U[e, o, c] = (G g G^T)[e] for the weight w (WINO_O, WINO_C, 3, 3) as stored. With WINO_FLIP, the
 // weight of the input gradient instead: U[e, c, o] from g[kh, kw] = w[o, c, 2 - kh, 2 - kw] (the
 // convolution of dY, in and out swapped, with every kernel turned by 180 degrees).
-// A work-item per (o, c), reading its 9 taps.
+// A work-item per row of U[e] and column, (o, c) or with WINO_FLIP (c, o), so that the stores of
+// neighbouring work-items are contiguous; each reads its 9 taps.
 #ifdef WINO_O
 #ifdef WINO_C
 __kernel void winograd_weights(__global const float* restrict w, const int wo,
                                __global float* restrict u, const int uo)
 {
-    const int i = get_global_id(0);  // i = o * WINO_C + c
+    const int i = get_global_id(0);
     if (i >= WINO_O * WINO_C) return;
+#ifdef WINO_FLIP
+    const int c = i / WINO_O, o = i % WINO_O;
+#else
+    const int o = i / WINO_C, c = i % WINO_C;
+#endif
+    __global const float* taps = w + wo + (o * WINO_C + c) * 9;
     float g[9];
+    #pragma unroll
     for (int k = 0; k < 9; k++) {
 #ifdef WINO_FLIP
-        g[k] = w[wo + i * 9 + 8 - k];
+        g[k] = taps[8 - k];
 #else
-        g[k] = w[wo + i * 9 + k];
+        g[k] = taps[k];
 #endif
     }
     float gc[WINO_N * 3], ggt[WINO_ELEMENTS];
+    #pragma unroll
     for (int col = 0; col < 3; col++)  // G g: each column transformed
         weight_1d(g + col, 3, gc + col, 3);
+    #pragma unroll
     for (int row = 0; row < WINO_N; row++)  // (G g) G^T: each row transformed
         weight_1d(gc + 3 * row, 1, ggt + WINO_N * row, 1);
-#ifdef WINO_FLIP
-    const int o = i / WINO_C, c = i % WINO_C, at = uo + c * WINO_O + o;  // (n^2, C, O)
-#else
-    const int at = uo + i;                                                // (n^2, O, C)
-#endif
+    #pragma unroll
     for (int e = 0; e < WINO_ELEMENTS; e++)
-        u[at + e * WINO_O * WINO_C] = ggt[e];
+        u[uo + e * WINO_O * WINO_C + i] = ggt[e];
 }
 #endif
 #endif
@@ -117,54 +125,58 @@ __kernel void winograd_weights(__global const float* restrict w, const int wo,
 // channel c of image n at x[xo + n * WINO_IMAGE_STRIDE + c * WINO_CHANNEL_STRIDE] (NCHW, or dY's
 // layout in the input gradient), padded by WINO_PH rows above and WINO_PW columns left (zeros
 // outside the image: the bottom and right padding follow from the number of tiles). A work-item per
-// (c, t), t fastest, so that the stores of neighbouring work-items are contiguous.
+// (t, c) of a 2-D grid, t first, so that the stores of neighbouring work-items are contiguous.
 #ifdef WINO_IMAGE_STRIDE
 __kernel void winograd_input(const int images,
                              __global const float* restrict x, const int xo,
                              __global float* restrict v, const int vo)
 {
-    const int tiles = images * WINO_TH * WINO_TW;
-    const int i = get_global_id(0);  // i = c * tiles + t
-    if (i >= WINO_C * tiles) return;
-    const int c = i / tiles, t = i % tiles;
+    const int tiles = images * WINO_TH * WINO_TW, t = get_global_id(0), c = get_global_id(1);
+    if (t >= tiles || c >= WINO_C) return;
     const int image = t / (WINO_TH * WINO_TW), ty = t / WINO_TW % WINO_TH, tx = t % WINO_TW;
     const int top = WINO_TILE * ty - WINO_PH, left = WINO_TILE * tx - WINO_PW;
     __global const float* plane = x + xo + image * WINO_IMAGE_STRIDE + c * WINO_CHANNEL_STRIDE;
     float d[WINO_ELEMENTS];
+    #pragma unroll
     for (int r = 0; r < WINO_N; r++)
+        #pragma unroll
         for (int col = 0; col < WINO_N; col++) {
             const int h = top + r, w = left + col;
             d[WINO_N * r + col] = h >= 0 && h < WINO_H && w >= 0 && w < WINO_W ? plane[h * WINO_W + w] : 0.0f;
         }
+    #pragma unroll
     for (int col = 0; col < WINO_N; col++)  // B^T d: each column transformed
         input_1d(d + col, WINO_N);
+    #pragma unroll
     for (int r = 0; r < WINO_N; r++)        // (B^T d) B: each row transformed
         input_1d(d + WINO_N * r, 1);
+    #pragma unroll
     for (int e = 0; e < WINO_ELEMENTS; e++)
-        v[vo + e * WINO_C * tiles + i] = d[e];
+        v[vo + (e * WINO_C + c) * tiles + t] = d[e];
 }
 #endif
 
 // y = act(A^T m A + bias) for every tile: y (images, WINO_O, WINO_OH, WINO_OW) NCHW, only the
 // pixels inside it written (the last tile row or column is cut where the size is not a multiple of
 // the tile's); bias[o] with HAS_BIAS; ACT (common.h), as the GEMM epilogue (gemm_common.h). A
-// work-item per (o, t).
+// work-item per (t, o) of a 2-D grid.
 #ifdef WINO_OH
 __kernel void winograd_output(const int images,
                               __global const float* restrict m, const int mo,
                               __global const float* restrict bias, const int bias_off,
                               __global float* restrict y, const int yo)
 {
-    const int tiles = images * WINO_TH * WINO_TW;
-    const int i = get_global_id(0);  // i = o * tiles + t
-    if (i >= WINO_O * tiles) return;
-    const int o = i / tiles, t = i % tiles;
+    const int tiles = images * WINO_TH * WINO_TW, t = get_global_id(0), o = get_global_id(1);
+    if (t >= tiles || o >= WINO_O) return;
     const int image = t / (WINO_TH * WINO_TW), ty = t / WINO_TW % WINO_TH, tx = t % WINO_TW;
     float p[WINO_ELEMENTS], am[WINO_TILE * WINO_N], out[WINO_TILE * WINO_TILE];
+    #pragma unroll
     for (int e = 0; e < WINO_ELEMENTS; e++)
-        p[e] = m[mo + e * WINO_O * tiles + i];
+        p[e] = m[mo + (e * WINO_O + o) * tiles + t];
+    #pragma unroll
     for (int col = 0; col < WINO_N; col++)  // A^T m: each column transformed
         output_1d(p + col, WINO_N, am + col, WINO_N);
+    #pragma unroll
     for (int r = 0; r < WINO_TILE; r++)     // (A^T m) A: each row transformed
         output_1d(am + WINO_N * r, 1, out + WINO_TILE * r, 1);
 #ifdef HAS_BIAS
@@ -173,7 +185,9 @@ __kernel void winograd_output(const int images,
     const float b = 0.0f;
 #endif
     __global float* plane = y + yo + (image * WINO_O + o) * (WINO_OH * WINO_OW);
+    #pragma unroll
     for (int r = 0; r < WINO_TILE; r++)
+        #pragma unroll
         for (int col = 0; col < WINO_TILE; col++) {
             const int h = WINO_TILE * ty + r, w = WINO_TILE * tx + col;
             if (h < WINO_OH && w < WINO_OW) plane[h * WINO_OW + w] = act_forward(out[WINO_TILE * r + col] + b);

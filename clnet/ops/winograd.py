@@ -64,10 +64,10 @@ def _convolve(plan, tile, geometry, batch, x, strides, u, out, y, bias, act):
     k = plan.kernel(FILE, "winograd_input", WINO_TILE=tile, WINO_C=g.C, WINO_H=g.H, WINO_W=g.W, WINO_PH=g.ph,
                     WINO_PW=g.pw, WINO_TH=th, WINO_TW=tw, WINO_IMAGE_STRIDE=image_stride,
                     WINO_CHANNEL_STRIDE=channel_stride)
-    plan.launch(k, (g.C * n,), (LOCAL,), batch, x, v)
+    plan.launch(k, (n, g.C), (LOCAL, 1), batch, x, v)
     m = plan.value((elements, out, n), "winograd products")
     gemm(plan, Matrix(u, out, g.C, group_stride=out * g.C), Matrix(v, g.C, n, group_stride=g.C * n),
          Matrix(m, out, n), groups=elements)
     k = plan.kernel(FILE, "winograd_output", WINO_TILE=tile, WINO_O=out, WINO_OH=g.OH, WINO_OW=g.OW, WINO_TH=th,
                     WINO_TW=tw, HAS_BIAS=bias is not None, **(act or activation()))
-    return plan.launch(k, (out * n,), (LOCAL,), batch, m, bias if bias is not None else m, y)
+    return plan.launch(k, (n, out), (LOCAL, 1), batch, m, bias if bias is not None else m, y)
