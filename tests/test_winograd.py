@@ -1,6 +1,8 @@
-"""Winograd F(2x2, 3x3) (ops/winograd.py, winograd.cl): the forward pass and the input gradient
-against float64 references on odd sizes and offsets, the choice in ops.conv, a network's gradients
-by finite differences and a ResNet against its PyTorch twin with every 3x3 stride-1 layer on it."""
+"""Winograd F(2x2, 3x3) and F(4x4, 3x3) (ops/winograd.py, winograd.cl): the forward pass and the
+input gradient against float64 references on odd sizes and offsets, the choice in ops.conv, a
+network's gradients by finite differences, a ResNet against its PyTorch twin with every 3x3
+stride-1 layer on it, and the transformed operands in the plan. (The whole of test_conv.py and
+test_resnets.py runs on Winograd with CLNET_WINOGRAD=all CLNET_GEMM=tiled.)"""
 
 import dataclasses
 import os
@@ -15,6 +17,7 @@ from clnet.compiler import Target
 from clnet.datasets.feed import InputSpec
 from clnet.errors import OutOfDeviceMemoryError
 from clnet.ops import conv as conv_ops
+from clnet.ops import winograd
 from clnet.ops.conv import ConvGeometry
 
 from conftest import Slot, SlotPlan, execute
@@ -22,12 +25,12 @@ from test_conv import _assert_step_matches_finite_differences
 
 WINOGRAD_LAUNCHES = ["winograd_weights", "winograd_input", "gemm_tiled", "winograd_output"]
 
-CASES = [  # (batch, in, height, width, out, padding, bias, activation)
-    (1, 3, 5, 7, 4, 1, True, L.ReLU()),            # batch 1, odd sizes: cut tiles at the bottom and right
-    (3, 5, 6, 9, 7, 0, False, None),               # no padding: 4 x 7 outputs
-    (2, 4, 1, 1, 3, 1, True, L.LeakyReLU(0.1)),    # one pixel, one cut tile
-    (2, 6, 8, 8, 5, 2, True, L.Tanh()),            # padding 2: the input gradient's of padding 0
-    (2, 33, 9, 10, 35, 1, True, L.ReLU()),         # channels beyond the GEMM's tiles
+CASES = [  # (batch, in, height, width, out, padding, bias, activation, images per chunk)
+    (1, 3, 5, 7, 4, 1, True, L.ReLU(), 1),            # batch 1, odd sizes: cut tiles at the bottom and right
+    (3, 5, 6, 9, 7, 0, False, None, 2),               # no padding: 4 x 7 outputs; chunks of 2 and 1 images
+    (2, 4, 1, 1, 3, 1, True, L.LeakyReLU(0.1), 2),    # one pixel, one cut tile
+    (2, 6, 8, 8, 5, 2, True, L.Tanh(), 2),            # padding 2: the input gradient's of padding 0
+    (2, 33, 9, 10, 35, 1, True, L.ReLU(), 1),         # channels beyond the GEMM's tiles; a chunk per image
 ]
 IDS = [f"c{i}" for i in range(len(CASES))]
 # the errors allowed, of the largest |value| expected, by the output tile's side: measured on PoCL
@@ -48,7 +51,7 @@ def tiled(device, monkeypatch, request):
 
 
 def _operands(case):
-    n, c, h, w, o, p, bias, _ = case
+    n, c, h, w, o, p, bias = case[:7]
     conv = L.Conv2D(c, o, 3, padding=p, bias=bias)
     rng = np.random.default_rng(c * o)
     params = {key: value.astype(np.float64) for key, value in conv.init_params(rng).items()}
@@ -61,6 +64,14 @@ def _tile():
 
 def _kernels(plan):
     return [launch.kernel.function_name for launch in plan.launches]
+
+
+def _in_chunks(monkeypatch, case, channels, size):
+    """Let CHUNK hold the case's images per chunk of a convolution of `channels` at most to `size`
+    outputs; the launches it then records."""
+    n, per, m = case[0], case[-1], _tile()
+    monkeypatch.setattr(winograd, "CHUNK", per * (m + 2) ** 2 * channels * -(-size[0] // m) * -(-size[1] // m))
+    return WINOGRAD_LAUNCHES[:1] + WINOGRAD_LAUNCHES[1:] * -(-n // per)
 
 
 def _input_grad_reference(weight, dy, padding, shape):
@@ -76,16 +87,17 @@ def _input_grad_reference(weight, dy, padding, shape):
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
-def test_forward_matches_reference(tiled, case):
+def test_forward_matches_reference(tiled, monkeypatch, case):
     n, conv, g, params, x = _operands(case)
-    act = case[-1]
+    act = case[7]
     plan = SlotPlan(tiled)
     s_x, s_w = Slot(tiled, x, 5), Slot(tiled, params["weight"].reshape(conv.out_channels, -1), 7)
     s_b = Slot(tiled, params["bias"], 3) if conv.bias else None
     s_y = Slot.output(tiled, (n, conv.out_channels, g.OH, g.OW), 9)
+    launches = _in_chunks(monkeypatch, case, max(g.C, conv.out_channels), (g.OH, g.OW))
     conv_ops.forward(plan, g, n, s_x.tensor, s_w.tensor, s_y.tensor, s_b and s_b.tensor,
                      act and act.kernel_options())
-    assert _kernels(plan) == WINOGRAD_LAUNCHES
+    assert _kernels(plan) == launches
     execute(plan)
     expected = conv.reference(params, x)
     expected = act.reference({}, expected) if act else expected
@@ -93,7 +105,7 @@ def test_forward_matches_reference(tiled, case):
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
-def test_input_grad_matches_reference(tiled, case):
+def test_input_grad_matches_reference(tiled, monkeypatch, case):
     n, conv, g, params, _ = _operands(case)
     o, pixels = conv.out_channels, g.pixels
     dy = np.random.default_rng(1).normal(size=(n, o, g.OH, g.OW))
@@ -101,8 +113,9 @@ def test_input_grad_matches_reference(tiled, case):
     s_w = Slot(tiled, params["weight"].reshape(o, -1), 7)
     s_dy = Slot(tiled, dy.transpose(1, 0, 2, 3).reshape(o, n * pixels), 11)  # dpre: (O, batch * pixels)
     s_dx = Slot.output(tiled, (n, g.C, g.H, g.W), 5)
+    launches = _in_chunks(monkeypatch, case, max(g.C, o), (g.H, g.W))
     conv_ops.input_grad(plan, g, n, s_w.tensor, s_dy.tensor, s_dx.tensor)
-    assert _kernels(plan) == WINOGRAD_LAUNCHES
+    assert _kernels(plan) == launches
     execute(plan)
     expected = _input_grad_reference(params["weight"], dy, g.ph, (n, g.C, g.H, g.W))
     np.testing.assert_allclose(s_dx.read(), expected, rtol=0, atol=ATOL[_tile()] * np.abs(expected).max())

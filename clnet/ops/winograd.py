@@ -6,8 +6,8 @@ applies the activation. `ops.conv` chooses when they run, and m.
 
 Every transformed operand is a plan value: U (n^2, O, C), V (n^2, C, tiles) and M (n^2, O, tiles)
 with tiles = batch * ceil(OH / m) * ceil(OW / m), so V and M each hold about (n / m)^2 times the
-input and the output (4x for F(2x2), 2.25x for F(4x4)); the weights are transformed at every
-step, as they train."""
+input and the output (4x for F(2x2), 2.25x for F(4x4)), up to CHUNK elements; the weights are
+transformed at every step, as they train."""
 
 from .elementwise import activation
 from .gemm import Matrix, gemm
@@ -15,6 +15,8 @@ from .gemm import Matrix, gemm
 FILE = "winograd.cl"
 LOCAL = 64
 TILES = (2, 4)  # the output tiles' sides the kernels have transforms for
+CHUNK = 2**26   # elements of V or of M at most (256 MiB): a larger batch runs in chunks of images,
+                # which still give the GEMM a wide N (5 images of 112 x 112: 62,720 F(2x2) tiles)
 
 
 def fits(geometry):
@@ -55,19 +57,30 @@ def _weights(plan, tile, weight, out, channels, u, flip):
 def _convolve(plan, tile, geometry, batch, x, strides, u, out, y, bias, act):
     """y (batch, out, OH, OW) NCHW = act(bias + the convolution `geometry` of x, whose images and
     channels lie `strides` apart, with the transformed weight u (n^2, out, C)): the input transform,
-    the grouped GEMM, the output transform."""
+    the grouped GEMM and the output transform of each chunk of images (all of them, unless V or M
+    would exceed CHUNK)."""
     g, elements = geometry, (tile + 2) ** 2
     th, tw = -(-g.OH // tile), -(-g.OW // tile)  # tiles per image
-    n = batch * th * tw
-    v = plan.value((elements, g.C, n), "winograd input tiles")
+    per = max(1, min(batch, CHUNK // (elements * max(g.C, out) * th * tw)))  # images per chunk
+    v = plan.value((elements, g.C, per * th * tw), "winograd input tiles")
+    m = plan.value((elements, out, per * th * tw), "winograd products")
     image_stride, channel_stride = strides
-    k = plan.kernel(FILE, "winograd_input", WINO_TILE=tile, WINO_C=g.C, WINO_H=g.H, WINO_W=g.W, WINO_PH=g.ph,
-                    WINO_PW=g.pw, WINO_TH=th, WINO_TW=tw, WINO_IMAGE_STRIDE=image_stride,
-                    WINO_CHANNEL_STRIDE=channel_stride)
-    plan.launch(k, (n, g.C), (LOCAL, 1), batch, x, v)
-    m = plan.value((elements, out, n), "winograd products")
-    gemm(plan, Matrix(u, out, g.C, group_stride=out * g.C), Matrix(v, g.C, n, group_stride=g.C * n),
-         Matrix(m, out, n), groups=elements)
-    k = plan.kernel(FILE, "winograd_output", WINO_TILE=tile, WINO_O=out, WINO_OH=g.OH, WINO_OW=g.OW, WINO_TH=th,
-                    WINO_TW=tw, HAS_BIAS=bias is not None, **(act or activation()))
-    return plan.launch(k, (n, out), (LOCAL, 1), batch, m, bias if bias is not None else m, y)
+    input_options = dict(WINO_TILE=tile, WINO_C=g.C, WINO_H=g.H, WINO_W=g.W, WINO_PH=g.ph, WINO_PW=g.pw, WINO_TH=th,
+                         WINO_TW=tw, WINO_IMAGE_STRIDE=image_stride, WINO_CHANNEL_STRIDE=channel_stride)
+    output_options = dict(WINO_TILE=tile, WINO_O=out, WINO_OH=g.OH, WINO_OW=g.OW, WINO_TH=th, WINO_TW=tw,
+                          HAS_BIAS=bias is not None, **(act or activation()))
+    for start in range(0, batch, per):  # a kernel object per launch: each binds its own arguments
+        images = min(per, batch - start)
+        n = images * th * tw  # V and M: (n^2, C or out, n) in their first elements
+        plan.launch(plan.kernel(FILE, "winograd_input", **input_options), (n, g.C), (LOCAL, 1), images,
+                    _from(x, start * image_stride), v)
+        gemm(plan, Matrix(u, out, g.C, group_stride=out * g.C), Matrix(v, g.C, n, group_stride=g.C * n),
+             Matrix(m, out, n), groups=elements)
+        launch = plan.launch(plan.kernel(FILE, "winograd_output", **output_options), (n, out), (LOCAL, 1), images,
+                             m, bias if bias is not None else m, _from(y, start * out * g.OH * g.OW))
+    return launch
+
+
+def _from(tensor, offset):
+    """The elements of `tensor` from `offset` on."""
+    return tensor.view((tensor.size - offset,), offset)
