@@ -16,7 +16,8 @@ FILE = "winograd.cl"
 LOCAL = 64
 TILES = (2, 4)  # the output tiles' sides the kernels have transforms for
 CHUNK = 2**26   # elements of V or of M at most (256 MiB): a larger batch runs in chunks of images,
-                # which still give the GEMM a wide N (5 images of 112 x 112: 62,720 F(2x2) tiles)
+                # which still give the GEMM a wide N (VGG's first layers at 224 x 224: 5 images, 62,720
+                # F(2x2) tiles)
 
 
 def fits(geometry):
@@ -71,12 +72,12 @@ def _convolve(plan, tile, geometry, batch, x, strides, u, out, y, bias, act):
                           HAS_BIAS=bias is not None, **(act or activation()))
     for start in range(0, batch, per):  # a kernel object per launch: each binds its own arguments
         images = min(per, batch - start)
-        n = images * th * tw  # V and M: (n^2, C or out, n) in their first elements
-        plan.launch(plan.kernel(FILE, "winograd_input", **input_options), (n, g.C), (LOCAL, 1), images,
+        tiles = images * th * tw  # V and M: (n^2, C or out, tiles) in their first elements
+        plan.launch(plan.kernel(FILE, "winograd_input", **input_options), (tiles, g.C), (LOCAL, 1), images,
                     _from(x, start * image_stride), v)
-        gemm(plan, Matrix(u, out, g.C, group_stride=out * g.C), Matrix(v, g.C, n, group_stride=g.C * n),
-             Matrix(m, out, n), groups=elements)
-        launch = plan.launch(plan.kernel(FILE, "winograd_output", **output_options), (n, out), (LOCAL, 1), images,
+        gemm(plan, Matrix(u, out, g.C, group_stride=out * g.C), Matrix(v, g.C, tiles, group_stride=g.C * tiles),
+             Matrix(m, out, tiles), groups=elements)
+        launch = plan.launch(plan.kernel(FILE, "winograd_output", **output_options), (tiles, out), (LOCAL, 1), images,
                              m, bias if bias is not None else m, _from(y, start * out * g.OH * g.OW))
     return launch
 
