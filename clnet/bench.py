@@ -79,7 +79,8 @@ UPDATE_FLOOR = 1e-2  # updates below this share of the largest are compared agai
 PEER_FACTOR = 3.0
 GEMM_RTOL = 1e-4     # GEMM: largest error relative to the largest |entry| of the reference
 ENV_SHOWN = ("OMP_NUM_THREADS", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS",
-             "MKL_NUM_THREADS", "POCL_MAX_PTHREAD_COUNT", "CLNET_GEMM", "CLNET_TUNING", "CUDA_VISIBLE_DEVICES")
+             "MKL_NUM_THREADS", "POCL_MAX_PTHREAD_COUNT", "CLNET_GEMM", "CLNET_TUNING", "CLNET_WINOGRAD",
+             "CLNET_WINOGRAD_TILE", "CUDA_VISIBLE_DEVICES")
 
 
 class CheckError(ClnetError, RuntimeError):

@@ -8,10 +8,14 @@ else a GEMM into a column matrix (in chunks of images within COLUMNS) plus col2i
 
 A grouped convolution runs every one of these GEMMs once for all its groups, a product per group
 in one launch (the groups a dimension of the grid). A depthwise convolution (groups > 1, one input
-channel per group: a GEMM with K = KH * KW) runs direct kernels of its own instead (depthwise.cl)."""
+channel per group: a GEMM with K = KH * KW) runs direct kernels of its own instead (depthwise.cl).
+On the GPU family, a 3x3 stride-1 convolution may run its forward pass and input gradient as
+Winograd F(2x2, 3x3) (or F(4x4, 3x3)) instead (ops/winograd.py): `winograd_tile` says when."""
 
+import os
 from dataclasses import asdict, dataclass
 
+from . import winograd
 from .elementwise import activation, slice_totals
 from .gemm import Matrix, gemm, record_gemm
 from .norm import slice_rows
@@ -116,6 +120,9 @@ def forward(plan, geometry, batch, x, weight, y, bias, act):
     None for none."""
     if depthwise(geometry):
         return depthwise_forward(plan, geometry, batch, x, weight, y, bias, act)
+    tile = winograd_tile(plan, geometry, weight.shape[0])
+    if tile:
+        return winograd.forward(plan, geometry, batch, x, weight, y, bias, act, tile)
     g, out = geometry, weight.shape[0]
     columns, o = batch * g.pixels, out // g.G  # o: the outputs of a group
     defines = _implicit(g, CONV_B=True, HAS_BIAS=bias is not None, BIAS_PER_ROW=True, **(act or {}))
@@ -143,11 +150,46 @@ def input_grad(plan, geometry, batch, weight, dpre, dx):
     of the device's family and the geometry (see the module's docstring)."""
     if depthwise(geometry):
         return depthwise_input_grad(plan, geometry, batch, weight, dpre, dx)
+    t = transposed(geometry, weight.shape[0])
+    tile = winograd_tile(plan, t, geometry.C) if t else None
+    if tile:  # dpre: (O, batch, OH, OW)
+        return winograd.input_grad(plan, geometry, t, batch, weight, dpre, dx, geometry.pixels,
+                                   batch * geometry.pixels, tile)
     if plan.device.family == "tiled":
         return _tiled_input_grad(plan, geometry, batch, weight, dpre, dx)
     if transposed(geometry, weight.shape[0]):  # stride 1: a convolution of dpre
         return _gathered_input_grad(plan, geometry, batch, weight, dpre, dx)
     return _col2im_input_grad(plan, geometry, batch, weight, dpre, dx)
+
+
+# Winograd F(m x m, 3x3) (ops/winograd.py): which convolutions run it, and m.
+
+WINOGRAD = False  # the default where CLNET_WINOGRAD is unset (its "1" when True, "0" when False):
+                  # off until measured faster on a GPU
+WINOGRAD_TILE = 2  # m where CLNET_WINOGRAD_TILE is unset: F(2x2, 3x3), the more accurate
+WINOGRAD_CHANNELS = 32  # input and output channels at least, for CLNET_WINOGRAD=1. F(2x2) moves
+# about 16 x max(C, O) floats per output pixel through memory (the input tiles, 4x the input, written
+# and read; the products, 4x the output, likewise) to save 5 of the 9 multiply-adds per output pixel
+# and pair of channels (16 for a 2x2 tile where the direct convolution has 36): at an H200's
+# 4.8 TB/s against the implicit GEMM's 10-15 TFLOP/s that breaks even at about 20 channels, and
+# wins more the more channels there are.
+
+
+def winograd_tile(plan, geometry, out_channels):
+    """The output tile's side m of the Winograd F(m x m, 3x3) that the convolution `geometry` (to
+    `out_channels`) runs as, or None for none: on the GPU family, for a geometry `winograd.fits`,
+    as CLNET_WINOGRAD says: "0" never, "1" where both channel counts are at least
+    WINOGRAD_CHANNELS, "all" whatever the channels (the tests' way of forcing it onto small layers);
+    unset, as "1" if WINOGRAD else "0". m is CLNET_WINOGRAD_TILE (2 or 4), else WINOGRAD_TILE."""
+    mode = os.environ.get("CLNET_WINOGRAD") or ("1" if WINOGRAD else "0")
+    if mode not in ("0", "1", "all"):
+        raise ValueError(f"CLNET_WINOGRAD must be 0, 1 or all, not {mode!r}")
+    tile = os.environ.get("CLNET_WINOGRAD_TILE") or str(WINOGRAD_TILE)
+    if tile not in map(str, winograd.TILES):
+        raise ValueError(f"CLNET_WINOGRAD_TILE must be {' or '.join(map(str, winograd.TILES))}, not {tile!r}")
+    if mode == "0" or plan.device.family != "tiled" or not winograd.fits(geometry):
+        return None
+    return int(tile) if mode == "all" or min(geometry.C, out_channels) >= WINOGRAD_CHANNELS else None
 
 
 def transposed(geometry, out_channels):
