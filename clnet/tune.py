@@ -92,8 +92,8 @@ class Operands:
         b_rows, b_cols = ((n, k) if dict(call.defines).get("TRANS_B") else (k, n))
         group_a, group_b = call.group_strides
         record_gemm(plan, call.kernel, dict(call.defines), call.shape,
-                    Matrix(self.a, a_rows, a_cols, ld=call.a[1], group_stride=group_a),
-                    Matrix(self.b, b_rows, b_cols, ld=call.b[1], group_stride=group_b),
+                    Matrix(self.a, a_rows, a_cols, ld=call.a[1], image_cols=call.a[2], group_stride=group_a),
+                    Matrix(self.b, b_rows, b_cols, ld=call.b[1], image_cols=call.b[2], group_stride=group_b),
                     Matrix(self.c, m, n, ld=call.c[1], image_cols=call.c[2]), self.bias, params=params,
                     groups=call.groups)
         return plan

@@ -42,12 +42,14 @@ __kernel void col2im(const int images, const int ldcol,
 #define CONV_WG 64  // work-group size of conv_bias_act_backward, a power of two
 #endif
 
-// For a convolution output y (B, C, P) = act(conv + bias), P = CONV_P (a compile-time constant, so
-// that the index arithmetic has no run-time division): dpre = dy * act'(y) transposed to
-// (C, B * P), the layout the weight- and input-gradient GEMMs read, and the bias gradient.
-// Work-group (c, s) of a (C, S) grid handles slice s of channel c's B * P values and writes their
-// sum, reduced in a fixed order, to sums[s * C + c]: the bias gradient itself when S = 1, else
-// partial sums that sum_slices (sum_slices.cl) adds up. Several slices keep a GPU busy.
+// The GPU family's: for a convolution output y (B, C, P) = act(conv + bias), P = CONV_P (a
+// compile-time constant, so that the index arithmetic has no run-time division), dpre = dy * act'(y)
+// in the same (B, C, P) layout, which the weight- and input-gradient GEMMs read (A_IMAGE_COLS and
+// CONV_DX in gemm_common.h; the CPU family's kernel below transposes it), and with HAS_BIAS the bias gradient. Work-group (c, s) of a (C, S) grid
+// handles slice s of channel c's B * P values (consecutive work-items at consecutive addresses
+// within a plane) and writes their sum, reduced in a fixed order, to sums[s * C + c]: the bias
+// gradient itself when S = 1, else partial sums that sum_slices (sum_slices.cl) adds up. Several
+// slices keep a GPU busy.
 #ifdef CONV_P
 __kernel __attribute__((reqd_work_group_size(CONV_WG, 1, 1)))
 void conv_bias_act_backward(const int B, const int C,
@@ -62,18 +64,18 @@ void conv_bias_act_backward(const int B, const int C,
     const int share = (n + slices - 1) / slices, begin = get_group_id(1) * share, end = min(n, begin + share);
     float s = 0.0f;
     for (int i = begin + lid; i < end; i += CONV_WG) {
-        const int src = ((i / P) * C + c) * P + i % P;
-        const float g = dy[dyo + src] * act_grad_from_output(y[yo + src]);
-        dpre[dpo + c * n + i] = g;
+        const int at = ((i / P) * C + c) * P + i % P;
+        const float g = dy[dyo + at] * act_grad_from_output(y[yo + at]);
+        dpre[dpo + at] = g;
         s += g;
     }
+#ifdef HAS_BIAS
     part[lid] = s;
     barrier(CLK_LOCAL_MEM_FENCE);
     for (int stride = CONV_WG / 2; stride > 0; stride >>= 1) {
         if (lid < stride) part[lid] += part[lid + stride];
         barrier(CLK_LOCAL_MEM_FENCE);
     }
-#ifdef HAS_BIAS
     if (lid == 0) sums[so + get_group_id(1) * C + c] = part[0];
 #endif
 }

@@ -29,6 +29,6 @@ inline float conv_output_grad(__global const float* restrict dy, const int dy_of
     const int t = ih + CONV_PH - kh * CONV_DH, u = iw + CONV_PW - kw * CONV_DW;
     const int oh = t / CONV_SH, ow = u / CONV_SW;
     return (t >= 0 && u >= 0 && oh * CONV_SH == t && ow * CONV_SW == u && oh < CONV_OH && ow < CONV_OW)
-        ? dy[dy_off + o * ld + (image * CONV_OH + oh) * CONV_OW + ow] : 0.0f;
+        ? dy[dy_off + image * ld + (o * CONV_OH + oh) * CONV_OW + ow] : 0.0f;  // NCHW, ld between images
 }
 #endif

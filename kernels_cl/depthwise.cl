@@ -5,7 +5,8 @@
 // compile-time constants, as for the GEMMs (conv.cl: CONV_C input channels, CONV_H x CONV_W, kernel
 // CONV_KH x CONV_KW, output CONV_OH x CONV_OW, stride CONV_SH/SW, top/left padding CONV_PH/PW,
 // dilation CONV_DH/DW), with DW_MULT output channels per input channel. The weight is (O, KH * KW);
-// dpre, the gradient before the activation, is (O, B * OH * OW) as conv_bias_act_backward leaves it.
+// dpre, the gradient before the activation, is as conv_bias_act_backward leaves it: (O, B * OH * OW)
+// on the CPU family, in dY's own (B, O, OH, OW) layout on the GPU family.
 // DW_CPU (the CPU family): a work-item computes a plane of outputs row by row, each row's taps
 // along a copy of the input row padded with zeros (loops of constant trip counts, no bounds checks,
 // which the compiler vectorises); otherwise (the GPU family) a work-item computes one output, so
@@ -174,7 +175,7 @@ __kernel void depthwise_input_grad(const int B, __global const float* restrict w
     float acc = 0.0f;
     for (int m = 0; m < DW_MULT; m++) {
         const int o = c * DW_MULT + m;
-        __global const float* d = dpre + dpo + o * (B * DW_P) + image * DW_P;
+        __global const float* d = dpre + dpo + (image * DW_O + o) * DW_P;
         __global const float* wt = w + wo + o * DW_TAPS;
         for (int kh = 0; kh < CONV_KH; kh++) {
             const int oh = dw_reading_output(ih, kh, CONV_PH, CONV_DH, CONV_SH, CONV_OH);
@@ -194,7 +195,7 @@ __kernel void depthwise_input_grad(const int B, __global const float* restrict w
     for (int t = 0; t < DW_TAPS; t++) acc[t] = 0.0f; \
     for (int i = begin + lid; i < end; i += DW_WG) { \
         const int image = i / DW_P, oh = i / CONV_OW % CONV_OH, ow = i % CONV_OW; \
-        const float g = dpre[dpo + o * n + i]; \
+        const float g = dpre[dpo + (image * DW_O + o) * DW_P + i % DW_P]; \
         __global const float* xc = x + xo + (image * CONV_C + c) * CONV_H * CONV_W; \
         for (int kh = 0; kh < CONV_KH; kh++) { \
             const int ih = oh * CONV_SH - CONV_PH + kh * CONV_DH; \

@@ -3,6 +3,9 @@
 // HAS_BIAS adds bias[n], or bias[m] with BIAS_PER_ROW; ACT (common.h) applies an activation.
 // C_IMAGE_COLS=P stores column n as pixel n % P of image n / P of an NCHW tensor whose rows are
 // channels: C[m,n] at c[(n / P) * ldc + m * P + n % P] (ldc is then the image stride).
+// A_IMAGE_COLS=P (gemm_tiled, A not transposed) reads A in the same layout: A[m,k] at
+// a[(k / P) * lda + m * P + k % P], lda the image stride; the GPU family's convolution weight
+// gradient so reads dY where it lies (NCHW), consecutive k at consecutive addresses within an image.
 // SPLIT_K: work-items z of a 3-D launch (work-groups one deep in z) sum their share of K into
 // slice z of a (slices, M, ldc) buffer, which sum_slices then adds up and stores as above: for
 // products with few output tiles and a long K, such as weight gradients and dense layers with many
@@ -30,8 +33,9 @@
 //   (CONV_FLIP).
 // CONV_DX (gemm_tiled only): the input gradient as one product over K = (o, kh, kw):
 //   A[c, (o, kh, kw)] is the weight w[o, c, kh, kw] (a holds the weight as stored) and
-//   B[(o, kh, kw), (image, ih, iw)] is dY[o, (image, oh, ow)] for the output pixel that read input
-//   pixel (ih, iw) through tap (kh, kw), 0 if none; b holds dY as O rows of ldb.
+//   B[(o, kh, kw), (image, ih, iw)] is dY[image, o, oh, ow] for the output pixel that read input
+//   pixel (ih, iw) through tap (kh, kw), 0 if none; b holds dY in its NCHW layout, ldb the stride
+//   between its images.
 // A grouped convolution (CONV_G groups, with GROUPS = CONV_G) is a product per group: CONV_C still
 // counts every input channel (x's layout), a group's rows of the column matrix are its CONV_CG =
 // CONV_C / CONV_G channels, and GROUP_A / GROUP_B move the weight, x and dY to the group's own.
@@ -63,6 +67,15 @@
 #define B_STORED(row, col) B[b_off + (row) * ldb + (col)]
 #endif
 
+// A_INDEX(m, k): where A[m,k] lies from a_off, for an A not transposed
+#if defined(A_IMAGE_COLS) && (TRANS_A || defined(CONV_DX) || defined(CONV_FLIP))
+#error "A_IMAGE_COLS is for an A not transposed"
+#elif defined(A_IMAGE_COLS)
+#define A_INDEX(m, k) (((k) / A_IMAGE_COLS) * lda + (m) * A_IMAGE_COLS + (k) % A_IMAGE_COLS)
+#else
+#define A_INDEX(m, k) ((m) * lda + (k))
+#endif
+
 #ifdef CONV_DX
 #define A_AT(m, k) A[a_off + ((k) / CONV_TAPS) * (CONV_CG * CONV_TAPS) + (m) * CONV_TAPS + (k) % CONV_TAPS]
 #define B_AT(k, n) conv_output_grad(B, b_off, ldb, k, n)
@@ -74,7 +87,7 @@
 #elif TRANS_A
 #define A_AT(m, k) A[a_off + (k) * lda + (m)]
 #else
-#define A_AT(m, k) A[a_off + (m) * lda + (k)]
+#define A_AT(m, k) A[a_off + A_INDEX(m, k)]
 #endif
 #if TRANS_B
 #define B_AT(k, n) B_STORED(n, k)

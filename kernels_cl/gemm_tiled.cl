@@ -25,7 +25,8 @@
 #endif
 #ifndef VLOAD
 #define VLOAD 0     // 1: plain (not gathered) operands are read from global memory in runs of 4
-#endif              // along their rows, a float4 each where the operand is 16-byte aligned
+#endif              // along their rows, a float4 each where the operand is 16-byte aligned (an A
+                    // of A_IMAGE_COLS where the images' pixels come in whole runs)
 #define WG_M (TILE_M / WPT_M)
 #define WG_N (TILE_N / WPT_N)
 #define WG_SIZE (WG_M * WG_N)
@@ -60,7 +61,9 @@
 // along the operand's stored rows (its place's fast index: TILE_K, TILE_M and TILE_N are multiples
 // of 4), as one float4 where all 4 are in range and the operand's offset and leading dimension
 // are multiples of 4 (checked once per launch: the same for the whole work-group), else one by one.
-#if VLOAD && !defined(CONV_DX)
+// An A of A_IMAGE_COLS (a multiple of 4: a run, from a k that is one too, never crosses images)
+// then has its runs at a_off + A_INDEX, aligned as the image stride lda and the offset are.
+#if VLOAD && !defined(CONV_DX) && (!defined(A_IMAGE_COLS) || A_IMAGE_COLS % 4 == 0)
 #define A_RUNS 1
 #else
 #define A_RUNS 0
@@ -91,7 +94,7 @@ inline float4 load_run(__global const float* restrict p, const int at, const int
 #define PUT_A(s, v) As[s][kk][mm] = (v).x; As[s][kk][mm + 1] = (v).y; As[s][kk][mm + 2] = (v).z; \
     As[s][kk][mm + 3] = (v).w
 #else        // 4 k of one row m
-#define A_RUN(k0) load_run(A, a_off + (m0 + mm) * lda + (k0) + kk, m0 + mm < M ? k_end - (k0) - kk : 0, a_aligned)
+#define A_RUN(k0) load_run(A, a_off + A_INDEX(m0 + mm, (k0) + kk), m0 + mm < M ? k_end - (k0) - kk : 0, a_aligned)
 #define PUT_A(s, v) As[s][kk][mm] = (v).x; As[s][kk + 1][mm] = (v).y; As[s][kk + 2][mm] = (v).z; \
     As[s][kk + 3][mm] = (v).w
 #endif

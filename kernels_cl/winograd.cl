@@ -122,11 +122,10 @@ __kernel void winograd_weights(__global const float* restrict w, const int wo,
 #endif
 
 // V[e, c, t] = (B^T d B)[e] for the tiles d of the input x of WINO_C channels of WINO_H x WINO_W,
-// channel c of image n at x[xo + n * WINO_IMAGE_STRIDE + c * WINO_CHANNEL_STRIDE] (NCHW, or dY's
-// layout in the input gradient), padded by WINO_PH rows above and WINO_PW columns left (zeros
+// NCHW (dY in the input gradient), padded by WINO_PH rows above and WINO_PW columns left (zeros
 // outside the image: the bottom and right padding follow from the number of tiles). A work-item per
 // (t, c) of a 2-D grid, t first, so that the stores of neighbouring work-items are contiguous.
-#ifdef WINO_IMAGE_STRIDE
+#ifdef WINO_H
 __kernel void winograd_input(const int images,
                              __global const float* restrict x, const int xo,
                              __global float* restrict v, const int vo)
@@ -135,7 +134,7 @@ __kernel void winograd_input(const int images,
     if (t >= tiles || c >= WINO_C) return;
     const int image = t / (WINO_TH * WINO_TW), ty = t / WINO_TW % WINO_TH, tx = t % WINO_TW;
     const int top = WINO_TILE * ty - WINO_PH, left = WINO_TILE * tx - WINO_PW;
-    __global const float* plane = x + xo + image * WINO_IMAGE_STRIDE + c * WINO_CHANNEL_STRIDE;
+    __global const float* plane = x + xo + (image * WINO_C + c) * (WINO_H * WINO_W);
     float d[WINO_ELEMENTS];
     #pragma unroll
     for (int r = 0; r < WINO_N; r++)

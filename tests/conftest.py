@@ -10,7 +10,7 @@ import pytest
 
 import clnet
 from clnet.device import INSTALL_HINT
-from clnet.plan import Plan
+from clnet.plan import ALIGN, Plan
 from clnet.tensor import DeviceTensor
 
 
@@ -117,14 +117,17 @@ class Slot:
 class SlotPlan(Plan):
     """A plan whose values are `Slot.output`s at odd offsets, each in a buffer of its own: a layer's
     outputs (made with ctx.plan.value) are then checked as an op's, unwritten elements and stray
-    writes included, by `read`. Run it with `execute`."""
+    writes included, by `read`. Run it with `execute`. `aligned`: at offsets of whole ALIGN blocks
+    instead, as the arena places values (the CPU family's GEMM panels are stored as aligned float16)."""
 
-    def __init__(self, device):
+    def __init__(self, device, aligned=False):
         super().__init__(device)
         self.slots = {}  # id of a value's tensor -> its Slot
+        self.aligned = aligned
 
     def value(self, shape, name, dtype=np.float32):
-        slot = Slot.output(self.device, shape, 3 + 2 * len(self.slots), dtype)
+        offset = ALIGN * (1 + len(self.slots)) if self.aligned else 3 + 2 * len(self.slots)
+        slot = Slot.output(self.device, shape, offset, dtype)
         self.slots[id(slot.tensor)] = slot
         return slot.tensor
 

@@ -11,7 +11,7 @@ import clnet
 from clnet import layers as L
 from clnet.ops import conv as conv_ops
 
-from conftest import Slot, execute, new_plan
+from conftest import Slot, SlotPlan, execute, new_plan
 from reference import forward, loss, numeric_gradients
 
 GEOMETRIES = [  # (batch, in, height, width, out, kernel, stride, padding, dilation)
@@ -69,6 +69,90 @@ def _assert_step_matches_finite_differences(device, layers, x_shape, scale=1.0):
         np.testing.assert_allclose(grads[key], expected[key], rtol=2e-3, atol=2e-5, err_msg=key)
 
 
+# Conv2D's backward pass alone: (layer, input shape, batch, fused activation)
+BACKWARD = [
+    (L.Conv2D(3, 4, 3, padding=1, bias=False), (3, 5, 7), 2, None),      # a ResNet's: dY read where it lies
+    (L.Conv2D(4, 6, 1, stride=2, bias=False), (4, 7, 8), 3, None),       # 1x1 stride 2 (a shortcut), P = 16
+    (L.Conv2D(2, 5, (3, 2), stride=(2, 1), padding=(1, 0), dilation=(2, 1)), (2, 9, 8), 2, "relu"),
+    (L.Conv2D(3, 4, 3, padding=1), (3, 4, 6), 1, None),                  # a bias alone, P = 24
+    (L.Conv2D(6, 9, 3, padding=1, groups=3, bias=False), (6, 7, 5), 2, "relu6"),  # grouped, no bias
+    (L.Conv2D(12, 8, (3, 2), stride=(2, 1), groups=4, bias=False), (12, 7, 9), 3, None),
+    (L.Conv2D(5, 5, 3, stride=2, padding=1, groups=5, bias=False), (5, 9, 7), 2, None),  # depthwise
+    (L.Conv2D(3, 6, 3, padding=1, groups=3), (3, 5, 6), 2, "relu6"),     # depthwise, multiplier 2
+]
+BACKWARD_IDS = [f"{layer!r}-{act}" for layer, _, _, act in BACKWARD]
+
+
+def _backward_reference(layer, weight, x, dpre):
+    """dX and dW in float64 for the output gradient dpre (before the activation): the adjoint of
+    `Conv2D.reference`, tap by tap."""
+    (kh, kw), (sh, sw), (dh, dw) = layer.kernel_size, layer.stride, layer.dilation
+    (top, bottom), (left, right) = layer._padding_sides()
+    n, c, h, w = x.shape
+    groups, (oh, ow) = layer.groups, dpre.shape[2:]
+    og = layer.out_channels // groups
+    xp = np.pad(np.float64(x), ((0, 0), (0, 0), (top, bottom), (left, right)))
+    xp = xp.reshape(n, groups, c // groups, *xp.shape[2:])
+    d = np.float64(dpre).reshape(n, groups, og, oh, ow)
+    wt = np.float64(weight).reshape(groups, og, c // groups, kh, kw)
+    dxp, dwt = np.zeros_like(xp), np.zeros_like(wt)
+    for i in range(kh):
+        for j in range(kw):
+            window = (..., slice(i * dh, i * dh + sh * (oh - 1) + 1, sh), slice(j * dw, j * dw + sw * (ow - 1) + 1, sw))
+            dwt[..., i, j] = np.einsum("ngohw,ngchw->goc", d, xp[window])
+            dxp[window] += np.einsum("ngohw,goc->ngchw", d, wt[..., i, j])
+    return dxp[..., top:top + h, left:left + w].reshape(x.shape), dwt.reshape(weight.shape)
+
+
+@pytest.mark.parametrize("case", BACKWARD, ids=BACKWARD_IDS)
+def test_backward_at_odd_offsets(device, gemm_family, case, dy_offset=3):
+    """Conv2D.backward recorded alone, its inputs (x, y, dY, the weight) at odd offsets amid NaN and
+    every value it makes and gradient it writes in a guarded buffer, against the float64 adjoint of
+    its reference: on the GPU family its GEMMs read dY (or dpre) in dY's NCHW layout, and where there
+    is neither bias nor activation nothing runs before them."""
+    from clnet import ops
+    layer, shape, batch, act = case
+    rng = np.random.default_rng(8)
+    params = {key: np.float32(rng.normal(size=s)) for key, s in layer.param_shapes().items()}
+    x = np.float32(rng.normal(size=(batch, *shape)))
+    pre = layer.reference(params, x)
+    y = {None: pre, "relu": np.maximum(pre, 0), "relu6": np.clip(pre, 0, 6)}[act]
+    dy = np.float32(rng.normal(size=pre.shape))
+    dpre = dy * ((y > 0) & (y < 6) if act == "relu6" else y > 0 if act == "relu" else 1)
+    plan = SlotPlan(device, aligned=gemm_family == "cpu")  # the GPU family's dpre, partial sums... at odd offsets
+    sx, sy, sdy = Slot(device, x, 5), Slot(device, y, 9), Slot(device, dy, dy_offset)
+    weights = {key: Slot(device, value, 7 + 4 * i) for i, (key, value) in enumerate(params.items())}
+    grads = {key: Slot.output(device, value.shape, 11 + 2 * i) for i, (key, value) in enumerate(params.items())}
+    ctx = L.LayerContext(plan, {key: slot.tensor for key, slot in weights.items()},
+                         {key: slot.tensor for key, slot in grads.items()}, {},
+                         act=ops.activation(act) if act else None, training=True)
+    dx = layer.backward(ctx, sx.tensor, sy.tensor, sdy.tensor, need_dx=True)
+    execute(plan)
+    expected_dx, expected_dw = _backward_reference(layer, params["weight"], x, dpre)
+    np.testing.assert_allclose(plan.read(dx), expected_dx, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(grads["weight"].read(), expected_dw, rtol=1e-5, atol=1e-5)
+    if layer.bias:
+        np.testing.assert_allclose(grads["bias"].read(), dpre.sum(axis=(0, 2, 3)), rtol=1e-5, atol=1e-5)
+    names = [launch.kernel.function_name for launch in plan.launches]
+    fused = {"cpu": "conv_bias_act_backward_rows", "tiled": "conv_bias_act_backward"}[gemm_family]
+    assert (fused in names) == (gemm_family == "cpu" or layer.bias or act is not None)
+
+
+@pytest.mark.parametrize("dy_offset", [3, 8])
+def test_backward_with_float4_loads_and_k_split(device, monkeypatch, dy_offset):
+    """The GPU family's backward GEMMs with parameters clnet-tune may pick: float4 runs of dY's
+    images (where its planes are multiples of 4: a 16-byte aligned dY at offset 8, one by one at
+    offset 3) and K split in 3."""
+    monkeypatch.setattr(device, "family", "tiled")
+    gemm_module = importlib.import_module("clnet.ops.gemm")
+    params = {**gemm_module.GEMM_TILED.big, "TILE_M": 32, "TILE_N": 32, "WPT_M": 4, "WPT_N": 4, "VECTOR": 1,
+              "VLOAD": 1, "SLICES": 3}
+    assert gemm_module.GEMM_TILED.valid(params)
+    monkeypatch.setattr(gemm_module, "lookup", lambda device, case: params)
+    for case in BACKWARD[:6]:
+        test_backward_at_odd_offsets(device, "tiled", case, dy_offset)
+
+
 @pytest.mark.parametrize("tile", [(32, 64, 8, 2, 4, 0, 0), (128, 128, 16, 8, 8, 1, 1)])
 def test_implicit_gemms_with_tuned_parameters(device, monkeypatch, tile):
     """The implicit convolutions with parameters clnet-tune may pick (other tiles, switches, float4
@@ -122,6 +206,26 @@ def test_chunked_columns_give_the_same_results(device, monkeypatch):
     np.testing.assert_allclose(results[1][1], results[0][1], rtol=1e-5, atol=1e-7)
 
 
+def test_padded_last_batch_trains_like_an_unpadded_one(device, gemm_family):
+    """fit with batch 4 on 7 samples (the second batch padded) equals train_on_batch on the 4 and
+    then the 3 (nothing padded): the convolutions' gradients, one of them read from dY where it lies
+    on the GPU family (no bias, no activation: a BatchNorm follows), count the real rows alone."""
+    layers = lambda: [L.Conv2D(2, 3, 3, padding=1, bias=False), L.BatchNorm2D(3), L.ReLU(), L.Conv2D(3, 4, 3, stride=2),
+                      L.ReLU(), L.Flatten(), L.Dense(4 * 2 * 2, 3)]
+    rng = np.random.default_rng(9)
+    x, y = rng.normal(size=(7, 2, 6, 5)), rng.integers(0, 3, 7)
+    models = []
+    for _ in range(2):
+        models.append(clnet.Sequential(layers(), device=device, seed=5))
+        models[-1].compile("cross_entropy", clnet.optim.SGD(lr=0.1, momentum=0.9))
+    models[0].fit(x, y, epochs=1, batch_size=4, shuffle=False, verbose=0)
+    models[1].train_on_batch(x[:4], y[:4])
+    models[1].train_on_batch(x[4:], y[4:])
+    padded, unpadded = models[0].state_dict(), models[1].state_dict()
+    for key in padded:
+        np.testing.assert_allclose(padded[key], unpadded[key], rtol=1e-5, atol=1e-6, err_msg=key)
+
+
 def test_shapes_are_checked_and_named(device):
     model = clnet.Sequential([L.Conv2D(3, 4, 3), L.Flatten(), L.Dense(4, 2)], device=device)
     with pytest.raises(clnet.ShapeError, match=r"layer 0 \(Conv2D\(3, 4, 3\)\) expects input \(3, height, width\)"):
@@ -151,9 +255,10 @@ def test_weights_have_pytorch_layout(device):
     (7, 1, 1024), (5, 3, 32), (9, 4, 1),    # one channel, odd batches (the CPU family's last slice
 ])                                          # short), planes that fill the lanes exactly, P = 1
 def test_conv_bias_act_backward_in_slices(device, gemm_family, act, bias, batch, channels, pixels):
-    """dpre transposed to (C, B*P) and the bias gradient, with each channel split into slices
-    (partial sums added in a fixed order): on the GPU family when that gives the device more
-    work-groups, on the CPU family when a channel has more rows than a slice (norm.slice_rows)."""
+    """dpre (in dy's (B, C, P) layout on the GPU family, transposed to (C, B*P) on the CPU family)
+    and the bias gradient, with each channel split into slices (partial sums added in a fixed order):
+    on the GPU family when that gives the device more work-groups, on the CPU family when a channel
+    has more rows than a slice (norm.slice_rows)."""
     from clnet import ops
     from clnet.ops.norm import slice_rows
     rng = np.random.default_rng(6)
@@ -161,17 +266,18 @@ def test_conv_bias_act_backward_in_slices(device, gemm_family, act, bias, batch,
     y[..., ::3] = 0.0  # ReLU's gradient is 0 there
     plan = new_plan(device)
     s_dy, s_y = Slot(device, dy, 3), Slot(device, y, 5)
-    dpre, db = Slot.output(device, (channels, batch * pixels), 7), Slot.output(device, (channels,), 2)
+    dpre_shape = (batch, channels, pixels) if gemm_family == "tiled" else (channels, batch * pixels)
+    dpre, db = Slot.output(device, dpre_shape, 7), Slot.output(device, (channels,), 2)
     conv_ops.conv_bias_act_backward(plan, ops.activation(act), s_dy.tensor, s_y.tensor, dpre.tensor,
                                     db.tensor if bias else None)
     execute(plan)
     grad = dy * (y > 0) if act == "relu" else dy
-    expected = grad.transpose(1, 0, 2).reshape(channels, -1)
+    expected = grad if gemm_family == "tiled" else grad.transpose(1, 0, 2).reshape(channels, -1)
     np.testing.assert_allclose(dpre.read(), expected, rtol=1e-6, atol=1e-6)
     if bias:
         # float32 sums of up to 2200 values: the error scales with the sum of their magnitudes
-        np.testing.assert_allclose(db.read(), expected.sum(axis=1), rtol=1e-5,
-                                   atol=1e-6 * np.abs(expected).sum(axis=1).max())
+        np.testing.assert_allclose(db.read(), grad.sum(axis=(0, 2)), rtol=1e-5,
+                                   atol=1e-6 * np.abs(grad).sum(axis=(0, 2)).max())
     else:
         assert np.isnan(db.read()).all()  # untouched
     slices = [l for l in plan.launches if l.kernel.function_name == "sum_slices"]

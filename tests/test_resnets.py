@@ -50,7 +50,7 @@ def torchvision_resnet(depth, stem):
 
 
 @pytest.mark.parametrize("name, n", [("resnet20", 3)])
-def test_cifar_resnet_matches_its_torch_twin(device, name, n):
+def test_cifar_resnet_matches_its_torch_twin(device, gemm_family, name, n):
     model = models.PRESETS[name](device=device, seed=1)
     model.load_state_dict(with_random_batchnorm(model.state_dict(), np.random.default_rng(1)))
     net = CifarResNet(n)

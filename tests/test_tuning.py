@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -217,7 +218,7 @@ def test_the_tuner_tries_only_what_the_launcher_takes(device, kernel):
     valid parameter set for the launcher, the default first."""
     spec = SPECS[kernel]
     for shape in ((300, 200, 1000), (16, 16, 4096)):
-        call = Call(kernel, (("TRANS_B", 1),), shape, (0, 0), (0, 0), (0, 0, None), 0)
+        call = Call(kernel, (("TRANS_B", 1),), shape, (0, 0, None), (0, 0, None), (0, 0, None), 0)
         found = spec.candidates(device, call)
         assert found[0] == spec.default(device, *shape, {"TRANS_B": 1}) and len(found) > 1
         for params in found:
@@ -229,7 +230,9 @@ def test_the_tuner_tries_only_what_the_launcher_takes(device, kernel):
 def test_the_tuner_takes_grouped_convolutions(device, monkeypatch, family):
     """A grouped convolution's GEMMs are cases of their own, keyed by the number of groups (a tuned
     plain product of a group's size does not speak for them, nor for other group counts); the tuner
-    launches them over every group's operands, and every candidate agrees with the default."""
+    launches them over every group's operands, in their layouts (on the GPU family the gradient GEMMs
+    read dY's images: its call records the same GEMM again), and every candidate agrees with the
+    default."""
     monkeypatch.setattr(device, "family", family)
     model = clnet.Sequential([L.Conv2D(6, 9, 3, padding=1), L.ReLU(), L.Conv2D(9, 6, 3, groups=3), L.Flatten(),
                               L.Dense(6 * 5 * 3, 3)], device=device, seed=0).compile("cross_entropy", "sgd")
@@ -238,7 +241,15 @@ def test_the_tuner_takes_grouped_convolutions(device, monkeypatch, family):
     grouped = [(case, call) for case, call in calls if call.groups > 1]
     assert grouped and all(case.layout.endswith("+g3") and call.groups == 3 for case, call in grouped)
     assert {case.layout for case, _ in grouped} >= {"NN+conv+g3", "NT+conv+g3"}
+    images = {case.layout: (call.a[2], call.b[2]) for case, call in grouped}  # dY's pixels (5 x 3) per image
+    assert images["NT+conv+g3"] == ((15, None) if family == "tiled" else (None, None))
+    assert images.get("NN+conv-dx+g3") == ((None, 15) if family == "tiled" else None)
     for case, call in grouped:
+        with tuning.recording() as again:
+            tune.Operands(device, call, np.random.default_rng(0)).record(None)
+        def without_spans(recorded):  # the tuner's operands are buffers of the call's spans
+            return replace(recorded, a=recorded.a[1:], b=recorded.b[1:], c=recorded.c[1:])
+        assert [(c, without_spans(k)) for c, k in again] == [(case, without_spans(call))], case.key
         reports = []
         result = tune.tune_case(device, case, call, 0.001, 1, reports.append)
         assert not reports and SPECS[call.kernel].valid(result["params"]), (case.key, reports)

@@ -107,11 +107,11 @@ def test_forward_matches_reference(tiled, monkeypatch, case):
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_input_grad_matches_reference(tiled, monkeypatch, case):
     n, conv, g, params, _ = _operands(case)
-    o, pixels = conv.out_channels, g.pixels
+    o = conv.out_channels
     dy = np.random.default_rng(1).normal(size=(n, o, g.OH, g.OW))
     plan = SlotPlan(tiled)
     s_w = Slot(tiled, params["weight"].reshape(o, -1), 7)
-    s_dy = Slot(tiled, dy.transpose(1, 0, 2, 3).reshape(o, n * pixels), 11)  # dpre: (O, batch * pixels)
+    s_dy = Slot(tiled, dy, 11)  # the GPU family's dpre: dY's NCHW layout
     s_dx = Slot.output(tiled, (n, g.C, g.H, g.W), 5)
     launches = _in_chunks(monkeypatch, case, max(g.C, o), (g.H, g.W))
     conv_ops.input_grad(plan, g, n, s_w.tensor, s_dy.tensor, s_dx.tensor)
@@ -173,7 +173,7 @@ def test_gradients_match_finite_differences(tiled):
 
 def test_cifar_resnet_matches_its_torch_twin(tiled):
     resnets = pytest.importorskip("test_resnets")
-    resnets.test_cifar_resnet_matches_its_torch_twin(tiled, "resnet20", 3)
+    resnets.test_cifar_resnet_matches_its_torch_twin(tiled, "tiled", "resnet20", 3)
 
 
 def test_the_transformed_operands_are_planned_and_counted_in_what_fits(tiled, monkeypatch):

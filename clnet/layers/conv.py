@@ -7,7 +7,7 @@ import numpy as np
 
 from .. import ops
 from ..ops import conv as conv_ops
-from ..ops.conv import ConvGeometry, conv_bias_act_backward
+from ..ops.conv import ConvGeometry
 from .activation import ReLU
 from .base import INITS, IntOrPair, Layer, weight_and_bias
 
@@ -139,12 +139,8 @@ class Conv2D(Layer):
     def backward(self, ctx, x, y, dy, need_dx):
         plan, batch = ctx.plan, x.shape[0]
         g = self.geometry(x.shape[1:])
-        pixels = batch * g.pixels
-        # dpre: the gradient before the activation, channels first, (out, batch * pixels)
-        dpre = plan.value((self.out_channels, pixels), f"{self!r} pre-activation grad")
-        shape = (batch, self.out_channels, g.pixels)
-        conv_bias_act_backward(plan, ctx.act, dy.view(shape), (y if ctx.act else dy).view(shape), dpre,
-                               ctx.grads.get("bias"))
+        dpre = conv_ops.pre_activation_grad(plan, ctx.act, dy, y, ctx.grads.get("bias"),
+                                            f"{self!r} pre-activation grad")
         weight = ctx.params["weight"].view((self.out_channels, g.rows))
         conv_ops.weight_grad(plan, g, batch, dpre, x, ctx.grads["weight"].view((self.out_channels, g.rows)))
         if not need_dx:

@@ -6,6 +6,11 @@ tensors as the GEMM reads them). The input gradient is one implicit GEMM on the 
 CPU family, for stride 1, the convolution of dY with the flipped weight (again a gathering GEMM),
 else a GEMM into a column matrix (in chunks of images within COLUMNS) plus col2im.
 
+The backward passes read the output gradient before the activation as `pre_activation_grad` leaves
+it: on the GPU family in dY's own NCHW layout (dY itself where there is neither bias nor activation:
+no launch), on the CPU family transposed to (O, batch * OH * OW), whose planes are contiguous runs
+of its GEMMs' rows.
+
 A grouped convolution runs every one of these GEMMs once for all its groups, a product per group
 in one launch (the groups a dimension of the grid). A depthwise convolution (groups > 1, one input
 channel per group: a GEMM with K = KH * KW) runs direct kernels of its own instead (depthwise.cl).
@@ -14,6 +19,7 @@ Winograd F(2x2, 3x3) (or F(4x4, 3x3)) instead (ops/winograd.py): `winograd_tile`
 
 import os
 from dataclasses import asdict, dataclass
+from math import prod
 
 from . import winograd
 from .elementwise import activation, slice_totals
@@ -72,9 +78,28 @@ def col2im(plan, geometry, images, col, dx, ldcol):
     return plan.launch(k, (images * geometry.C * geometry.H,), (LOCAL,), images, ldcol, col, dx)
 
 
+def pre_activation_grad(plan, act, dy, y, db, name):
+    """The output gradient before the activation `act` (its options, None for none), which
+    `weight_grad` and `input_grad` read, from dy and y (batch, O, OH, OW), and the bias gradient db
+    (unless None); `name` names a new value. On the GPU family in dy's layout: dy itself where there
+    is neither bias nor activation (no launch); on the CPU family (O, batch * OH * OW)."""
+    batch, out = dy.shape[:2]
+    pixels = prod(dy.shape[2:])
+    if plan.device.family == "tiled":
+        if act is None and db is None:
+            return dy
+        dpre = plan.value(dy.shape, name)
+    else:
+        dpre = plan.value((out, batch * pixels), name)
+    shape = (batch, out, pixels)
+    conv_bias_act_backward(plan, act, dy.view(shape), (y if act else dy).view(shape), dpre, db)
+    return dpre
+
+
 def conv_bias_act_backward(plan, act, dy, y, dpre, db):
-    """dpre (C, B*P) = dy * act'(y) from dy, y (B, C, P); db[c] = sum of dpre's row c (unless None).
-    `act` is the activation's options (`activation(...)`), None for none.
+    """dpre = dy * act'(y) from dy, y (B, C, P): on the GPU family in their (B, C, P) layout, on the
+    CPU family transposed to (C, B*P); db[c] = the sum of channel c of dpre (unless None). `act` is
+    the activation's options (`activation(...)`), None for none.
 
     Each channel is split into slices whose partial sums are added in a fixed order. On the GPU
     family a slice is a work-group of LOCAL work-items, and there are enough to give every compute
@@ -134,27 +159,37 @@ def forward(plan, geometry, batch, x, weight, y, bias, act):
 
 
 def weight_grad(plan, geometry, batch, dpre, x, dweight):
-    """dweight (O, C/G*KH*KW) = dpre . cols(x)^T per group, dpre being (O, batch*OH*OW)."""
+    """dweight (O, C/G*KH*KW) = dpre . cols(x)^T per group, dpre (as `pre_activation_grad` leaves it)
+    being the (O, batch*OH*OW) matrix."""
     if depthwise(geometry):
         return depthwise_weight_grad(plan, geometry, batch, dpre, x, dweight)
-    g, out = geometry, dpre.shape[0]
+    g, out = geometry, dweight.shape[0]
     columns, o = batch * g.pixels, out // g.G
-    return record_gemm(plan, _kernel(plan), _implicit(g, CONV_B=True, TRANS_B=1), (o, g.rows, columns),
-                       Matrix(dpre, o, columns, group_stride=o * columns),
+    if plan.device.family == "tiled":
+        a = _images(geometry, batch, dpre, out)
+    else:
+        a = Matrix(dpre, o, columns, group_stride=o * columns)
+    return record_gemm(plan, _kernel(plan), _implicit(g, CONV_B=True, TRANS_B=1), (o, g.rows, columns), a,
                        Matrix(x, g.rows, columns, ld=0, group_stride=g.C // g.G * g.H * g.W),
                        Matrix(dweight, o, g.rows), groups=g.G)
 
 
+def _images(geometry, batch, dy, out):
+    """A group's (O/G, batch*OH*OW) matrix of the output gradient dy (batch, O, OH, OW), read in
+    place: column (image, pixel) of row o at dy[image, o, pixel] (`Matrix.image_cols`)."""
+    o, pixels = out // geometry.G, geometry.pixels
+    return Matrix(dy, o, batch * pixels, ld=out * pixels, image_cols=pixels, group_stride=o * pixels)
+
+
 def input_grad(plan, geometry, batch, weight, dpre, dx):
-    """dx (batch, C, H, W) from the weight (O, C/G*KH*KW) and dpre (O, batch*OH*OW), by the algorithm
-    of the device's family and the geometry (see the module's docstring)."""
+    """dx (batch, C, H, W) from the weight (O, C/G*KH*KW) and dpre (as `pre_activation_grad` leaves
+    it), by the algorithm of the device's family and the geometry (see the module's docstring)."""
     if depthwise(geometry):
         return depthwise_input_grad(plan, geometry, batch, weight, dpre, dx)
     t = transposed(geometry, weight.shape[0])
     tile = winograd_tile(plan, t, geometry.C) if t else None
-    if tile:  # dpre: (O, batch, OH, OW)
-        return winograd.input_grad(plan, geometry, t, batch, weight, dpre, dx, geometry.pixels,
-                                   batch * geometry.pixels, tile)
+    if tile:  # the GPU family's: dpre in dY's layout
+        return winograd.input_grad(plan, geometry, t, batch, weight, dpre, dx, tile)
     if plan.device.family == "tiled":
         return _tiled_input_grad(plan, geometry, batch, weight, dpre, dx)
     if transposed(geometry, weight.shape[0]):  # stride 1: a convolution of dpre
@@ -220,15 +255,14 @@ def _gathered_input_grad(plan, geometry, batch, weight, dpre, dx):
 
 
 def _tiled_input_grad(plan, geometry, batch, weight, dpre, dx):
-    """dx (batch, C, H, W) from the weight (O, C/G*KH*KW) and dpre (O, batch*OH*OW): for every input
+    """dx (batch, C, H, W) from the weight (O, C/G*KH*KW) and dpre (batch, O, OH, OW): for every input
     pixel, the sum over the output pixels and taps (of its group) that read it (gemm_tiled only)."""
     g, o = geometry, weight.shape[0] // geometry.G
     columns, taps, c = batch * g.H * g.W, o * g.KH * g.KW, g.C // g.G
     dx_matrix = Matrix(dx, c, columns, ld=g.C * g.H * g.W, image_cols=g.H * g.W)
     return record_gemm(plan, "gemm_tiled", _implicit(g, CONV_DX=True), (c, columns, taps),
                        Matrix(weight, c, taps, ld=0, group_stride=o * g.rows),
-                       Matrix(dpre, taps, batch * g.pixels, ld=batch * g.pixels, group_stride=o * batch * g.pixels),
-                       dx_matrix, groups=g.G)
+                       _images(g, batch, dpre, weight.shape[0]), dx_matrix, groups=g.G)
 
 
 def _col2im_input_grad(plan, geometry, batch, weight, dpre, dx):
@@ -273,8 +307,8 @@ def depthwise_forward(plan, geometry, batch, x, weight, y, bias, act):
 
 
 def depthwise_input_grad(plan, geometry, batch, weight, dpre, dx):
-    """dx (batch, C, H, W) from the weight (O, KH*KW) and dpre (O, batch*OH*OW): for every input
-    pixel, the sum over its channel's outputs and the taps that read it."""
+    """dx (batch, C, H, W) from the weight (O, KH*KW) and dpre (as `pre_activation_grad` leaves it):
+    for every input pixel, the sum over its channel's outputs and the taps that read it."""
     g, out = geometry, weight.shape[0]
     k = plan.kernel(DEPTHWISE_FILE, "depthwise_input_grad", **_depthwise_defines(plan, g, out))
     planes = batch * g.C
@@ -287,9 +321,9 @@ def depthwise_input_grad(plan, geometry, batch, weight, dpre, dx):
 
 def depthwise_weight_grad(plan, geometry, batch, dpre, x, dweight):
     """dweight (O, KH*KW): for each output channel and tap, the sum over the batch's output pixels
-    of dpre (O, batch*OH*OW) times the input the tap read. Each channel is split into slices, as in
-    `conv_bias_act_backward`, whose partial sums sum_slices adds in a fixed order."""
-    g, out = geometry, dpre.shape[0]
+    of dpre (as `pre_activation_grad` leaves it) times the input the tap read. Each channel is split
+    into slices, as in `conv_bias_act_backward`, whose partial sums sum_slices adds in a fixed order."""
+    g, out = geometry, dweight.shape[0]
     taps, n = g.KH * g.KW, batch * g.pixels
     units = plan.device.info.compute_units
     slices = max(1, min(-(-DEPTHWISE_GROUPS * units // out), n // SLICE_MIN))

@@ -34,7 +34,9 @@ class Matrix:
     """A rows x cols row-major matrix inside a tensor, with leading dimension ld.
 
     As the output, `image_cols=P` says that column n is pixel n % P of image n // P of an NCHW
-    tensor whose channels are the rows; ld is then the stride between images.
+    tensor whose channels are the rows; ld is then the stride between images. gemm_tiled also reads
+    an operand A (not transposed) so (A_IMAGE_COLS), and the dY of an implicit input gradient
+    (CONV_DX) always so: the convolution's output gradient where it lies.
 
     In a grouped product (`groups` > 1), an operand A or B is the first group's, and `group_stride`
     the elements between the operands of consecutive groups; the output C is the first group's
@@ -55,9 +57,9 @@ class Call:
     kernel: str
     defines: tuple
     shape: tuple
-    a: tuple    # (elements spanned, ld)
+    a: tuple    # (elements spanned, ld, image_cols)
     b: tuple
-    c: tuple    # (elements spanned, ld, image_cols)
+    c: tuple
     bias: int   # elements, 0 without a bias
     groups: int = 1
     group_strides: tuple = (0, 0)  # A's and B's
@@ -69,7 +71,9 @@ def _matrix(x):
 
 def layout(defines, groups=1):
     """The operand layout of a GEMM as the tuning cache names it, e.g. "NT", "NN+conv", or "NN+conv+g4"
-    for 4 groups (a grouped product is tuned apart from a plain one of its groups' size)."""
+    for 4 groups (a grouped product is tuned apart from a plain one of its groups' size). A's images
+    (A_IMAGE_COLS) add nothing: gemm_tiled reads every convolution's output gradient so, and its
+    "NT+conv" (the weight gradient) and "NN+conv-dx" are those products and no other."""
     name = ("T" if defines.get("TRANS_A") else "N") + ("T" if defines.get("TRANS_B") else "N")
     name += "+conv" if defines.get("CONV_B") else "+conv-dx" if defines.get("CONV_DX") else ""
     return name + (f"+g{groups}" if groups > 1 else "")
@@ -298,12 +302,15 @@ def record_gemm(plan, kernel, defines, shape, a, b, c, bias=None, params=None, g
     computing the (M, N, K) product of Matrix operands, or `groups` of them (a grouped convolution:
     see `Matrix`). `params` (the tuner's candidates) overrides the tuned or default parameters."""
     m, n, k = shape
+    if (a.image_cols and kernel != "gemm_tiled") or bool(b.image_cols) != bool(defines.get("CONV_DX")):
+        raise ValueError(f"{kernel}: an operand A of images is gemm_tiled's, and a B of images is CONV_DX's dY, "
+                         "always")
     spec, case = SPECS[kernel], Case(kernel, layout(defines, groups), m, n, k)
     c_all = Matrix(c.tensor, groups * m, n, c.ld, c.image_cols)  # the rows of every group
-    record(case, Call(kernel, tuple(sorted(defines.items())), shape, (_span(a, groups), a.ld),
-                      (_span(b, groups), b.ld), (_span(c_all), c.ld, c.image_cols),
+    record(case, Call(kernel, tuple(sorted(defines.items())), shape, (_span(a, groups), a.ld, a.image_cols),
+                      (_span(b, groups), b.ld, b.image_cols), (_span(c_all), c.ld, c.image_cols),
                       0 if bias is None else prod(bias.shape), groups, (a.group_stride, b.group_stride)))
-    defines = {**defines, "C_IMAGE_COLS": c.image_cols}
+    defines = {**defines, "A_IMAGE_COLS": a.image_cols, "C_IMAGE_COLS": c.image_cols}
     if params is None:
         params = lookup(plan.device, case)
         if not spec.valid(params):

@@ -34,18 +34,17 @@ def forward(plan, geometry, batch, x, weight, y, bias, act, tile):
     out, g = weight.shape[0], geometry
     u = plan.value(((tile + 2) ** 2, out, g.C), "winograd weights")
     _weights(plan, tile, weight, out, g.C, u, flip=False)
-    return _convolve(plan, tile, g, batch, x, (g.C * g.H * g.W, g.H * g.W), u, out, y, bias, act)
+    return _convolve(plan, tile, g, batch, x, u, out, y, bias, act)
 
 
-def input_grad(plan, geometry, transposed, batch, weight, dy, dx, image_stride, channel_stride, tile):
+def input_grad(plan, geometry, transposed, batch, weight, dy, dx, tile):
     """dx (batch, C, H, W) NCHW of a convolution `geometry` (3x3, stride 1), as the convolution
-    `transposed` (`ops.conv.transposed`: padding 2 - the forward's) of dY (O channels of OH x OW, an
-    image every `image_stride` elements, a channel every `channel_stride`) with the weight (O, C*9)
-    flipped and its in and out swapped, by F(tile x tile, 3x3)."""
+    `transposed` (`ops.conv.transposed`: padding 2 - the forward's) of dY (batch, O, OH, OW) NCHW
+    with the weight (O, C*9) flipped and its in and out swapped, by F(tile x tile, 3x3)."""
     out, g = weight.shape[0], geometry
     u = plan.value(((tile + 2) ** 2, g.C, out), "winograd weights (input gradient)")
     _weights(plan, tile, weight, out, g.C, u, flip=True)
-    return _convolve(plan, tile, transposed, batch, dy, (image_stride, channel_stride), u, g.C, dx, None, None)
+    return _convolve(plan, tile, transposed, batch, dy, u, g.C, dx, None, None)
 
 
 def _weights(plan, tile, weight, out, channels, u, flip):
@@ -55,9 +54,9 @@ def _weights(plan, tile, weight, out, channels, u, flip):
     return plan.launch(k, (out * channels,), (LOCAL,), weight, u)
 
 
-def _convolve(plan, tile, geometry, batch, x, strides, u, out, y, bias, act):
-    """y (batch, out, OH, OW) NCHW = act(bias + the convolution `geometry` of x, whose images and
-    channels lie `strides` apart, with the transformed weight u (n^2, out, C)): the input transform,
+def _convolve(plan, tile, geometry, batch, x, u, out, y, bias, act):
+    """y (batch, out, OH, OW) NCHW = act(bias + the convolution `geometry` of x (batch, C, H, W)
+    NCHW, with the transformed weight u (n^2, out, C)): the input transform,
     the grouped GEMM and the output transform of each chunk of images (all of them, unless V or M
     would exceed CHUNK)."""
     g, elements = geometry, (tile + 2) ** 2
@@ -65,16 +64,15 @@ def _convolve(plan, tile, geometry, batch, x, strides, u, out, y, bias, act):
     per = max(1, min(batch, CHUNK // (elements * max(g.C, out) * th * tw)))  # images per chunk
     v = plan.value((elements, g.C, per * th * tw), "winograd input tiles")
     m = plan.value((elements, out, per * th * tw), "winograd products")
-    image_stride, channel_stride = strides
     input_options = dict(WINO_TILE=tile, WINO_C=g.C, WINO_H=g.H, WINO_W=g.W, WINO_PH=g.ph, WINO_PW=g.pw, WINO_TH=th,
-                         WINO_TW=tw, WINO_IMAGE_STRIDE=image_stride, WINO_CHANNEL_STRIDE=channel_stride)
+                         WINO_TW=tw)
     output_options = dict(WINO_TILE=tile, WINO_O=out, WINO_OH=g.OH, WINO_OW=g.OW, WINO_TH=th, WINO_TW=tw,
                           HAS_BIAS=bias is not None, **(act or activation()))
     for start in range(0, batch, per):  # a kernel object per launch: each binds its own arguments
         images = min(per, batch - start)
         tiles = images * th * tw  # V and M: (n^2, C or out, tiles) in their first elements
         plan.launch(plan.kernel(FILE, "winograd_input", **input_options), (tiles, g.C), (LOCAL, 1), images,
-                    _from(x, start * image_stride), v)
+                    _from(x, start * g.C * g.H * g.W), v)
         gemm(plan, Matrix(u, out, g.C, group_stride=out * g.C), Matrix(v, g.C, tiles, group_stride=g.C * tiles),
              Matrix(m, out, tiles), groups=elements)
         launch = plan.launch(plan.kernel(FILE, "winograd_output", **output_options), (tiles, out), (LOCAL, 1), images,
