@@ -1,9 +1,10 @@
 // The CPU family's input gradient of a strided convolution: col2im of the column-matrix gradient
 // (the forward pass, the weight gradient and a stride-1 input gradient gather their columns inside
-// the GEMM: CONV_B in conv_gather.h; GPUs gather every input gradient: CONV_DX). The geometry comes as compile-time constants, as
-// for the GEMMs: input (CONV_C, CONV_H, CONV_W) per image, kernel CONV_KH x CONV_KW, output CONV_OH x
-// CONV_OW, stride CONV_SH/SW, top/left padding CONV_PH/PW, dilation CONV_DH/DW. The column matrix
-// has a row per (c, kh, kw) and a column per (image, oh, ow), with leading dimension ldcol.
+// the GEMM: CONV_B in conv_gather.h; GPUs gather every input gradient: CONV_DX). The geometry comes
+// as compile-time constants, as for the GEMMs: input (CONV_C, CONV_H, CONV_W) per image, kernel
+// CONV_KH x CONV_KW, output CONV_OH x CONV_OW, stride CONV_SH/SW, top/left padding CONV_PH/PW,
+// dilation CONV_DH/DW. The column matrix has a row per (c, kh, kw) and a column per (image, oh,
+// ow), with leading dimension ldcol.
 
 // The gradient of im2col as a gather: each input element sums the column entries it was copied to,
 // in a fixed order, tap (kh, kw) after tap (no atomics, the same result every run). Global size
@@ -45,11 +46,12 @@ __kernel void col2im(const int images, const int ldcol,
 // The GPU family's: for a convolution output y (B, C, P) = act(conv + bias), P = CONV_P (a
 // compile-time constant, so that the index arithmetic has no run-time division), dpre = dy * act'(y)
 // in the same (B, C, P) layout, which the weight- and input-gradient GEMMs read (A_IMAGE_COLS and
-// CONV_DX in gemm_common.h; the CPU family's kernel below transposes it), and with HAS_BIAS the bias gradient. Work-group (c, s) of a (C, S) grid
-// handles slice s of channel c's B * P values (consecutive work-items at consecutive addresses
-// within a plane) and writes their sum, reduced in a fixed order, to sums[s * C + c]: the bias
-// gradient itself when S = 1, else partial sums that sum_slices (sum_slices.cl) adds up. Several
-// slices keep a GPU busy.
+// CONV_DX in gemm_common.h; the CPU family's kernel below transposes it), and with HAS_BIAS the
+// bias gradient; without an activation the GEMMs read dy itself, and only the bias is summed.
+// Work-group (c, s) of a (C, S) grid handles slice s of channel c's B * P values (consecutive
+// work-items at consecutive addresses within a plane) and writes their sum, reduced in a fixed
+// order, to sums[s * C + c]: the bias gradient itself when S = 1, else partial sums that sum_slices
+// (sum_slices.cl) adds up. Several slices keep a GPU busy.
 #ifdef CONV_P
 __kernel __attribute__((reqd_work_group_size(CONV_WG, 1, 1)))
 void conv_bias_act_backward(const int B, const int C,
@@ -66,7 +68,9 @@ void conv_bias_act_backward(const int B, const int C,
     for (int i = begin + lid; i < end; i += CONV_WG) {
         const int at = ((i / P) * C + c) * P + i % P;
         const float g = dy[dyo + at] * act_grad_from_output(y[yo + at]);
+#if ACT != ACT_NONE  // without an activation dpre is dY itself: only the bias is summed
         dpre[dpo + at] = g;
+#endif
         s += g;
     }
 #ifdef HAS_BIAS

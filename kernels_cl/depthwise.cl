@@ -208,7 +208,8 @@ __kernel void depthwise_input_grad(const int B, __global const float* restrict w
     }
 #endif
 
-// dw[o, kh, kw] = the sum over the batch's output pixels (image, oh, ow) of dpre[o, image, oh, ow]
+// dw[o, kh, kw] = the sum over the batch's output pixels (image, oh, ow) of dpre at (o, image, oh, ow)
+// (the GPU family's in dY's layout [image, o, oh, ow], the CPU family's [o, image, oh, ow])
 // times the input that tap (kh, kw) read for them. Work-group (o, s) of an (O, S) grid handles slice
 // s of channel o's B * OH * OW pixels, every tap at once (DW_SUMS), and writes the taps' sums, each
 // reduced in a fixed order, to sums[(s * O + o) * KH * KW + tap]: the weight gradient itself when

@@ -5,15 +5,17 @@
 // gradients; the input gradient of the other rows is zero.
 //
 // Training reduces each channel in slices of BN_SLICE values, one work-group a slice, so that a
-// channel of many values occupies many compute units; then a channel's slices are combined in
-// order and the result applied element by element. On the GPU family the applying kernels combine
-// the slices themselves (bn_normalize, bn_input_gradient: two launches a pass); the CPU family has
+// channel of many values occupies many compute units; then a channel's slices are combined in order
+// and the result applied element by element. On the GPU family the applying kernels combine the
+// slices themselves (bn_normalize, bn_input_gradient: two launches a pass, bn_count_batch a third
+// with CUMULATIVE); the CPU family has
 // kernels of its own for the slices and the element-wise passes (bn_rows_*, at the end), and a
 // combining kernel between them, one work-item a channel (bn_combine_*; also the GPU family's
-// backward without dx), with the same arithmetic (bn_combine_slices, bn_combine_gradient_slices). Every sum is deterministic: within a slice each
-// work-item adds the elements e = start + lid, + BN_LOCAL, ... in order, then a fixed tree over the
-// work-group; the slices are combined in order. Which slice and work-item takes an element depends
-// on e only, so a padded batch gives the same sums as the unpadded one.
+// backward without dx), with the same arithmetic (bn_combine_slices, bn_combine_gradient_slices).
+// Every sum is deterministic: within a slice each work-item adds the elements e = start + lid, +
+// BN_LOCAL, ... in order, then a fixed tree over the work-group; the slices are combined in order.
+// Which slice and work-item takes an element depends on e only, so a padded batch gives the same
+// sums as the unpadded one.
 //
 // AFFINE: weight and bias exist (else the w, b, dw, db arguments are placeholders).
 // CUMULATIVE: momentum=None, the running statistics are a cumulative average (factor 1 / count).

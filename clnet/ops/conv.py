@@ -82,13 +82,13 @@ def pre_activation_grad(plan, act, dy, y, db, name):
     """The output gradient before the activation `act` (its options, None for none), which
     `weight_grad` and `input_grad` read, from dy and y (batch, O, OH, OW), and the bias gradient db
     (unless None); `name` names a new value. On the GPU family in dy's layout: dy itself where there
-    is neither bias nor activation (no launch); on the CPU family (O, batch * OH * OW)."""
+    is no activation (no launch, or with a bias one that sums it); on the CPU family (O, batch * OH * OW)."""
     batch, out = dy.shape[:2]
     pixels = prod(dy.shape[2:])
     if plan.device.family == "tiled":
         if act is None and db is None:
             return dy
-        dpre = plan.value(dy.shape, name)
+        dpre = plan.value(dy.shape, name) if act is not None else dy
     else:
         dpre = plan.value((out, batch * pixels), name)
     shape = (batch, out, pixels)
@@ -160,13 +160,13 @@ def forward(plan, geometry, batch, x, weight, y, bias, act):
 
 def weight_grad(plan, geometry, batch, dpre, x, dweight):
     """dweight (O, C/G*KH*KW) = dpre . cols(x)^T per group, dpre (as `pre_activation_grad` leaves it)
-    being the (O, batch*OH*OW) matrix."""
+    read as the (O, batch*OH*OW) matrix: on the GPU family in dY's NCHW layout, in place."""
     if depthwise(geometry):
         return depthwise_weight_grad(plan, geometry, batch, dpre, x, dweight)
     g, out = geometry, dweight.shape[0]
     columns, o = batch * g.pixels, out // g.G
     if plan.device.family == "tiled":
-        a = _images(geometry, batch, dpre, out)
+        a = _output_grad_matrix(geometry, batch, dpre, out)
     else:
         a = Matrix(dpre, o, columns, group_stride=o * columns)
     return record_gemm(plan, _kernel(plan), _implicit(g, CONV_B=True, TRANS_B=1), (o, g.rows, columns), a,
@@ -174,7 +174,7 @@ def weight_grad(plan, geometry, batch, dpre, x, dweight):
                        Matrix(dweight, o, g.rows), groups=g.G)
 
 
-def _images(geometry, batch, dy, out):
+def _output_grad_matrix(geometry, batch, dy, out):
     """A group's (O/G, batch*OH*OW) matrix of the output gradient dy (batch, O, OH, OW), read in
     place: column (image, pixel) of row o at dy[image, o, pixel] (`Matrix.image_cols`)."""
     o, pixels = out // geometry.G, geometry.pixels
@@ -262,7 +262,7 @@ def _tiled_input_grad(plan, geometry, batch, weight, dpre, dx):
     dx_matrix = Matrix(dx, c, columns, ld=g.C * g.H * g.W, image_cols=g.H * g.W)
     return record_gemm(plan, "gemm_tiled", _implicit(g, CONV_DX=True), (c, columns, taps),
                        Matrix(weight, c, taps, ld=0, group_stride=o * g.rows),
-                       _images(g, batch, dpre, weight.shape[0]), dx_matrix, groups=g.G)
+                       _output_grad_matrix(g, batch, dpre, weight.shape[0]), dx_matrix, groups=g.G)
 
 
 def _col2im_input_grad(plan, geometry, batch, weight, dpre, dx):

@@ -2,10 +2,11 @@
 
 The GPU family reduces each channel in slices of BN_SLICE values, a work-group each, and applies the
 result in work-groups over a block of channels and a chunk of its values, which combine the
-channels' slices themselves: two launches a pass. The CPU family walks whole (row, channel) planes
-of S contiguous values, S a compile-time constant: a slice is a work-item's block of rows of one
-channel, the slices are combined a work-item per channel, and the element-wise kernels take a block
-of rows and channels each (the kernel file says why).
+channels' slices themselves: two launches a pass (a third counts the batch where momentum is None).
+The CPU family walks whole (row, channel) planes of S contiguous values, S a compile-time constant:
+a slice is a work-item's block of rows of one channel, the slices are combined a work-item per
+channel, and the element-wise kernels take a block of rows and channels each (the kernel file says
+why).
 
 Pointer arguments that a kernel variant does not use (weight and bias, and their gradients, without
 AFFINE) are given another tensor of the call as a placeholder, since every argument must be set.
@@ -22,7 +23,10 @@ LOCAL = 64       # work-group of the element-wise kernels (evaluation, bn_fold)
 # The GPU family's training element-wise kernels (bn_normalize, bn_input_gradient): work-groups of
 # APPLY_LOCAL work-items, each over a block of channels (about APPLY_LOCAL values a row) and a chunk
 # of its values: enough chunks for APPLY_GROUPS work-groups per compute unit, each work-item taking
-# at most APPLY_VALUES values, so that a work-group combines its channels' slices for many values.
+# at most APPLY_VALUES values, so that a work-group combines its channels' slices for many values;
+# but at least as many values as a channel has slices, since one work-item combines them in
+# sequence: a channel of m values then has at most m / (APPLY_LOCAL * slices) chunks, and its
+# combining work grows as m rather than m^2 (a 224 x 224 plane at batch 64: 784 slices).
 APPLY_LOCAL = 256
 APPLY_GROUPS = 8
 APPLY_VALUES = 16
@@ -68,12 +72,13 @@ def _reduce(plan, name, n, c, s, tensors, what, **defines):
         BN_SLICE
 
 
-def _apply_grid(plan, n, c, s):
+def _apply_grid(plan, n, c, s, slices):
     """The GPU family's training element-wise kernels: (block, chunk, grid): channels per block,
-    values per chunk (a multiple of APPLY_LOCAL) and the grid of (chunks, blocks) work-groups."""
+    values per chunk (a multiple of APPLY_LOCAL) and the grid of (chunks, blocks) work-groups, for
+    channels reduced in `slices` slices."""
     block = min(c, max(1, APPLY_LOCAL // s))
     wanted = APPLY_GROUPS * plan.device.info.compute_units * APPLY_LOCAL
-    chunk = APPLY_LOCAL * min(APPLY_VALUES, max(1, -(-n * c * s // wanted)))
+    chunk = APPLY_LOCAL * max(slices, min(APPLY_VALUES, max(1, -(-n * c * s // wanted))))
     return block, chunk, (-(-n * block * s // chunk) * APPLY_LOCAL, -(-c // block))
 
 
@@ -108,7 +113,7 @@ def batchnorm_forward_train(plan, x, y, weight, bias, running_mean, running_var,
         normalize = plan.launch(k, grid, (1, 1), n, c, x, y, w, b, save_mean, save_invstd)
         launches = (reduce, combine)
     else:
-        block, chunk, grid = _apply_grid(plan, n, c, s)
+        block, chunk, grid = _apply_grid(plan, n, c, s, slices)
         k = plan.kernel(FILE, "bn_normalize", BN_SLICE=values, BN_APPLY_LOCAL=APPLY_LOCAL, AFFINE=affine,
                         CUMULATIVE=cumulative, **act)
         normalize = plan.launch(k, grid, (APPLY_LOCAL, 1), n, n, c, s, block, chunk, slices, eps, momentum, x, y,
@@ -160,7 +165,7 @@ def batchnorm_backward(plan, x, y, dy, dx, weight, dweight, dbias, save_mean, sa
     launches = [reduce]
     w = weight if affine else x
     if need_dx and not _cpu(plan):  # the slices combined by the input gradient's work-groups
-        block, chunk, grid = _apply_grid(plan, n, c, s)
+        block, chunk, grid = _apply_grid(plan, n, c, s, slices)
         k = plan.kernel(FILE, "bn_input_gradient", BN_SLICE=values, BN_APPLY_LOCAL=APPLY_LOCAL, AFFINE=affine, **act)
         launches.append(plan.launch(k, grid, (APPLY_LOCAL, 1), n, n, c, s, block, chunk, slices, x, y, dy, dx, w,
                                     save_mean, save_invstd, partial, dweight if affine else dx,
