@@ -56,9 +56,8 @@ def _weights(plan, tile, weight, out, channels, u, flip):
 
 def _convolve(plan, tile, geometry, batch, x, u, out, y, bias, act):
     """y (batch, out, OH, OW) NCHW = act(bias + the convolution `geometry` of x (batch, C, H, W)
-    NCHW, with the transformed weight u (n^2, out, C)): the input transform,
-    the grouped GEMM and the output transform of each chunk of images (all of them, unless V or M
-    would exceed CHUNK)."""
+    NCHW, with the transformed weight u (n^2, out, C)): the input transform, the grouped GEMM and
+    the output transform of each chunk of images (all of them, unless V or M would exceed CHUNK)."""
     g, elements = geometry, (tile + 2) ** 2
     th, tw = -(-g.OH // tile), -(-g.OW // tile)  # tiles per image
     per = max(1, min(batch, CHUNK // (elements * max(g.C, out) * th * tw)))  # images per chunk
