@@ -7,9 +7,9 @@ CPU family, for stride 1, the convolution of dY with the flipped weight (again a
 else a GEMM into a column matrix (in chunks of images within COLUMNS) plus col2im.
 
 The backward passes read the output gradient before the activation as `pre_activation_grad` leaves
-it: on the GPU family in dY's own NCHW layout (dY itself where there is neither bias nor activation:
-no launch), on the CPU family transposed to (O, batch * OH * OW), whose planes are contiguous runs
-of its GEMMs' rows.
+it: on the GPU family in dY's own NCHW layout (dY itself where there is no activation: no launch,
+or with a bias one that only sums it), on the CPU family transposed to (O, batch * OH * OW), whose
+planes are contiguous runs of its GEMMs' rows.
 
 A grouped convolution runs every one of these GEMMs once for all its groups, a product per group
 in one launch (the groups a dimension of the grid). A depthwise convolution (groups > 1, one input
@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from math import prod
 
 from . import winograd
-from .elementwise import activation, slice_totals
+from .elementwise import activation, slice_count, slice_totals
 from .gemm import Matrix, gemm, record_gemm
 from .norm import slice_rows
 
@@ -82,7 +82,8 @@ def pre_activation_grad(plan, act, dy, y, db, name):
     """The output gradient before the activation `act` (its options, None for none), which
     `weight_grad` and `input_grad` read, from dy and y (batch, O, OH, OW), and the bias gradient db
     (unless None); `name` names a new value. On the GPU family in dy's layout: dy itself where there
-    is no activation (no launch, or with a bias one that sums it); on the CPU family (O, batch * OH * OW)."""
+    is no activation (no launch, or with a bias one that sums it); on the CPU family (O, batch * OH
+    * OW)."""
     batch, out = dy.shape[:2]
     pixels = prod(dy.shape[2:])
     if plan.device.family == "tiled":
@@ -108,7 +109,7 @@ def conv_bias_act_backward(plan, act, dy, y, dpre, db):
     batch, channels, pixels = dy.shape
     options = {**(act or activation()), "HAS_BIAS": db is not None, "CONV_P": pixels}
     if plan.device.family == "tiled":
-        slices = max(1, min(-(-4 * plan.device.info.compute_units // channels), batch * pixels // SLICE_MIN))
+        slices = slice_count(plan, channels, batch * pixels, SLICE_MIN)
         k = plan.kernel(FILE, "conv_bias_act_backward", **options, CONV_WG=LOCAL)
         size, local = (channels * LOCAL, slices), (LOCAL, 1)
     else:
@@ -192,7 +193,7 @@ def input_grad(plan, geometry, batch, weight, dpre, dx):
         return winograd.input_grad(plan, geometry, t, batch, weight, dpre, dx, tile)
     if plan.device.family == "tiled":
         return _tiled_input_grad(plan, geometry, batch, weight, dpre, dx)
-    if transposed(geometry, weight.shape[0]):  # stride 1: a convolution of dpre
+    if t:  # stride 1: a convolution of dpre
         return _gathered_input_grad(plan, geometry, batch, weight, dpre, dx)
     return _col2im_input_grad(plan, geometry, batch, weight, dpre, dx)
 
@@ -325,8 +326,7 @@ def depthwise_weight_grad(plan, geometry, batch, dpre, x, dweight):
     into slices, as in `conv_bias_act_backward`, whose partial sums sum_slices adds in a fixed order."""
     g, out = geometry, dweight.shape[0]
     taps, n = g.KH * g.KW, batch * g.pixels
-    units = plan.device.info.compute_units
-    slices = max(1, min(-(-DEPTHWISE_GROUPS * units // out), n // SLICE_MIN))
+    slices = slice_count(plan, out, n, SLICE_MIN, DEPTHWISE_GROUPS)
     sums = dweight if slices == 1 else plan.value((slices, out, taps), "depthwise weight gradient slices")
     group = LOCAL if plan.device.family == "tiled" else 1
     while group > 1 and group * taps * 4 > plan.device.info.local_mem // 2:  # large kernels: the taps' sums

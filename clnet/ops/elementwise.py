@@ -63,12 +63,18 @@ def bias_act_backward(plan, act, dy, y, dpre, db):
     if cpu:  # a work-item per CPU_COLUMNS columns, all the rows
         return plan.launch(k, (-(-cols // CPU_COLUMNS),), None, rows, cols, dy, y, dpre,
                            db if db is not None else dpre)
-    groups = -(-cols // LOCAL)
-    slices = max(1, min(-(-4 * plan.device.info.compute_units // groups), rows // ROWS_PER_SLICE))
+    slices = slice_count(plan, -(-cols // LOCAL), rows, ROWS_PER_SLICE)
     sums = db if db is None or slices == 1 else plan.value((slices, cols), "bias gradient slices")
     launch = plan.launch(k, (cols, slices), (LOCAL, 1), rows, cols, dy, y, dpre,
                          sums if sums is not None else dpre)
     return launch if sums is db else slice_totals(plan, sums, slices, cols, db)
+
+
+def slice_count(plan, groups, length, shortest, per_unit=4):
+    """Slices to cut a reduction of `length` values (or rows) into, beside `groups` work-groups: as
+    many as give every compute unit `per_unit` work-groups, each slice at least `shortest` long, one
+    at least; slice_totals adds their partial sums."""
+    return max(1, min(-(-per_unit * plan.device.info.compute_units // groups), length // shortest))
 
 
 def slice_totals(plan, sums, slices, n, out):
