@@ -32,6 +32,9 @@
 #ifndef BN_APPLY_LOCAL
 #define BN_APPLY_LOCAL 256 // work-items of a GPU applying work-group, and the most channels it combines
 #endif
+#ifndef BN_STAGE
+#define BN_STAGE 1024 // slice pairs a GPU applying work-group stages in local memory at a time; >= BN_APPLY_LOCAL
+#endif
 
 // The sum of each work-item's v over the work-group; every work-item gets it.
 inline float group_sum(__local float* scratch, const float v) {
@@ -88,26 +91,48 @@ __kernel void bn_slice_statistics(const int n_valid, const int channels, const i
 // A channel's statistics over its m valid values: the batch mean, biased variance and 1 / std.
 typedef struct { float mean, var, invstd; } bn_statistics;
 
-// Channel c's statistics from its slices' (bn_slice_statistics), combined in order: the mean and
-// squared deviations of two parts make those of their union.
+// Slices of channel's m values that hold any: the first min(slices, ceil(m / BN_SLICE)).
+inline int bn_slices_used(const int slices, const int m) {
+    return min(slices, (m + BN_SLICE - 1) / BN_SLICE);
+}
+
+// The pair a reducing kernel wrote for slice k of channel c: partial[(k * channels + c) * 2 + 0, 1].
+inline float2 bn_partial(__global const float* partial, const int po, const int k, const int channels, const int c) {
+    const int i = po + (k * channels + c) * 2;
+    return (float2)(partial[i], partial[i + 1]);
+}
+
+// The union of a channel's first slices: its values, their mean and their squared deviations from it.
+typedef struct { float n, mean, squares; } bn_union;
+
+// The union grown by slice k of the channel's m values, of which `slice` holds the mean and the
+// squared deviations (bn_slice_statistics): those of two parts make those of their union.
+inline void bn_absorb_slice(bn_union* u, const int k, const int m, const float2 slice) {
+    const int2 range = bn_slice(k, m);
+    const float n_k = (float)(range.y - range.x), union_n = u->n + n_k;
+    const float delta = slice.x - u->mean;
+    u->mean += delta * (n_k / union_n);
+    u->squares += slice.y + delta * delta * (u->n * n_k / union_n);
+    u->n = union_n;
+}
+
+// A channel's statistics from the union of all its m values' slices.
+inline bn_statistics bn_statistics_of(const bn_union u, const int m, const float eps) {
+    bn_statistics s;
+    s.mean = u.mean;
+    s.var = u.squares / (float)m;
+    s.invstd = 1.0f / sqrt(s.var + eps);
+    return s;
+}
+
+// Channel c's statistics from its slices', combined in order.
 inline bn_statistics bn_combine_slices(const int m, const float eps, const int channels, const int c,
                                        const int slices, __global const float* partial, const int po)
 {
-    float n = 0.0f, mean = 0.0f, squares = 0.0f;
-    for (int k = 0; k < slices; k++) {
-        const int2 range = bn_slice(k, m);
-        if (range.y == range.x) break;
-        const float n_k = (float)(range.y - range.x), union_n = n + n_k;
-        const float delta = partial[po + (k * channels + c) * 2] - mean;
-        mean += delta * (n_k / union_n);
-        squares += partial[po + (k * channels + c) * 2 + 1] + delta * delta * (n * n_k / union_n);
-        n = union_n;
-    }
-    bn_statistics s;
-    s.mean = mean;
-    s.var = squares / (float)m;
-    s.invstd = 1.0f / sqrt(s.var + eps);
-    return s;
+    bn_union u = {0.0f, 0.0f, 0.0f};
+    for (int k = 0; k < bn_slices_used(slices, m); k++)
+        bn_absorb_slice(&u, k, m, bn_partial(partial, po, k, channels, c));
+    return bn_statistics_of(u, m, eps);
 }
 
 // What channel c's statistics leave to the rest of the step, written once a step: mean and 1 / std
@@ -179,8 +204,9 @@ inline float2 bn_affine(const int c, const float invstd, __global const float* w
 // `block` channels [b * block, (b + 1) * block) (fewer in the last block) and chunk k of the
 // block's values in memory order: a row's values of the block's channels are contiguous, so that
 // where planes are short a work-group still reads runs of about BN_APPLY_LOCAL values (the host
-// gives a block BN_APPLY_LOCAL / S channels, one where S is larger; BatchNorm1d: S = 1). Its first
-// work-items combine the block's channels' slices into local memory, one channel each; those of
+// gives a block BN_APPLY_LOCAL / S channels, one where S is larger; BatchNorm1d: S = 1). The
+// work-group stages the block's channels' slices in local memory (bn_stage_slices) and its first
+// work-items combine them, one channel each, with the arithmetic of the combining kernels; those of
 // chunk 0 also write what the combination leaves to the rest of the step, exactly once per
 // channel, and no work-group reads what another writes.
 
@@ -199,6 +225,21 @@ inline int2 bn_chunk(const int k, const int chunk, const int rows, const int wid
     return (int2)(first, min(first + chunk, rows * width));
 }
 
+// The pairs of slices [k0, k0 + count) of the block's in_block channels from c0, loaded by the
+// whole work-group at once: staged[j * in_block + i] = the pair of slice k0 + j of channel c0 + i.
+// A channel's work-item then combines them from local memory, in order, where its loads one after
+// another would each wait for global memory (a channel may have a hundred slices and more).
+inline void bn_stage_slices(__local float2* staged, const int k0, const int count, const int c0, const int in_block,
+                            const int channels, __global const float* partial, const int po)
+{
+    barrier(CLK_LOCAL_MEM_FENCE);  // the pairs staged before are read
+    for (int i = get_local_id(0); i < count * in_block; i += BN_APPLY_LOCAL) {
+        const int j = i / in_block;
+        staged[i] = bn_partial(partial, po, k0 + j, channels, c0 + i - j * in_block);
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+}
+
 // Training forward: the channels' statistics combined (and, by chunk 0, recorded: bn_record_statistics)
 // and y = act((x - mean) * invstd * w + b) over the chunk, padded rows included.
 __kernel void bn_normalize(const int n_valid, const int rows, const int channels, const int spatial,
@@ -213,13 +254,22 @@ __kernel void bn_normalize(const int n_valid, const int rows, const int channels
                            __global float* save_invstd, const int sio)
 {
     __local float mean[BN_APPLY_LOCAL], scale[BN_APPLY_LOCAL], shift[BN_APPLY_LOCAL];
+    __local float2 staged[BN_STAGE];
     const int k = get_group_id(0), c0 = get_group_id(1) * block, lid = get_local_id(0);
     const int in_block = min(block, channels - c0), width = in_block * spatial;
     const int2 range = bn_chunk(k, chunk, rows, width);
     if (range.x >= range.y) return;  // past the last block's values: the whole work-group
+    const int m = n_valid * spatial, used = bn_slices_used(slices, m), per_round = BN_STAGE / in_block;
+    bn_union u = {0.0f, 0.0f, 0.0f};
+    for (int k0 = 0; k0 < used; k0 += per_round) {
+        const int staging = min(per_round, used - k0);
+        bn_stage_slices(staged, k0, staging, c0, in_block, channels, partial, po);
+        for (int j = 0; lid < in_block && j < staging; j++)
+            bn_absorb_slice(&u, k0 + j, m, staged[j * in_block + lid]);
+    }
     if (lid < in_block) {
-        const int c = c0 + lid, m = n_valid * spatial;
-        const bn_statistics s = bn_combine_slices(m, eps, channels, c, slices, partial, po);
+        const int c = c0 + lid;
+        const bn_statistics s = bn_statistics_of(u, m, eps);
         if (k == 0)
             bn_record_statistics(c, m, s, momentum, running_mean, rmo, running_var, rvo, count, co,
                                  save_mean, smo, save_invstd, sio);
@@ -319,16 +369,19 @@ __kernel void bn_slice_gradient_sums(const int n_valid, const int channels, cons
 }
 
 // Channel c's gradient sums from its slices' (bn_slice_gradient_sums), added in order:
-// (sum of g, sum of g * xhat), xhat's sum from that of g * (x - mean) and the channel's invstd.
+// (sum of g, sum of g * (x - mean)).
 inline float2 bn_combine_gradient_slices(const int m, const int channels, const int c, const int slices,
-                                         const float invstd, __global const float* partial, const int po)
+                                         __global const float* partial, const int po)
 {
-    float sum_g = 0.0f, sum_gx = 0.0f;
-    for (int k = 0; k < slices && k * BN_SLICE < m; k++) {
-        sum_g += partial[po + (k * channels + c) * 2];
-        sum_gx += partial[po + (k * channels + c) * 2 + 1];
-    }
-    return (float2)(sum_g, sum_gx * invstd);
+    float2 sums = (float2)(0.0f, 0.0f);
+    for (int k = 0; k < bn_slices_used(slices, m); k++)
+        sums += bn_partial(partial, po, k, channels, c);
+    return sums;
+}
+
+// (sum of g, sum of g * xhat) from (sum of g, sum of g * (x - mean)): xhat = (x - mean) * invstd.
+inline float2 bn_xhat_sums(const float2 sums, const float invstd) {
+    return (float2)(sums.x, sums.y * invstd);
 }
 
 // Channel c's parameter gradients from its sums (AFFINE; nothing without): dw = sum(g * xhat), db = sum(g).
@@ -353,7 +406,7 @@ __kernel void bn_combine_gradient_sums(const int n_valid, const int channels, co
     const int c = get_global_id(0);
     if (c >= channels) return;
     const int m = n_valid * spatial;
-    const float2 sums = bn_combine_gradient_slices(m, channels, c, slices, save_invstd[sio + c], partial, po);
+    const float2 sums = bn_xhat_sums(bn_combine_gradient_slices(m, channels, c, slices, partial, po), save_invstd[sio + c]);
     bn_record_gradients(c, sums, dw, dwo, db, dbo);
     means[mo + c] = sums.x / (float)m;
     means[mo + channels + c] = sums.y / (float)m;
@@ -373,14 +426,23 @@ __kernel void bn_input_gradient(const int n_valid, const int rows, const int cha
 {
     __local float mean[BN_APPLY_LOCAL], invstd[BN_APPLY_LOCAL], gain[BN_APPLY_LOCAL];
     __local float mean_g[BN_APPLY_LOCAL], mean_gx[BN_APPLY_LOCAL];
+    __local float2 staged[BN_STAGE];
     const int k = get_group_id(0), c0 = get_group_id(1) * block, lid = get_local_id(0);
     const int in_block = min(block, channels - c0), width = in_block * spatial;
     const int2 range = bn_chunk(k, chunk, rows, width);
     if (range.x >= range.y) return;  // past the last block's values: the whole work-group
+    const int m = n_valid * spatial, used = bn_slices_used(slices, m), per_round = BN_STAGE / in_block;
+    float2 added = (float2)(0.0f, 0.0f);
+    for (int k0 = 0; k0 < used; k0 += per_round) {
+        const int staging = min(per_round, used - k0);
+        bn_stage_slices(staged, k0, staging, c0, in_block, channels, partial, po);
+        for (int j = 0; lid < in_block && j < staging; j++)
+            added += staged[j * in_block + lid];
+    }
     if (lid < in_block) {
-        const int c = c0 + lid, m = n_valid * spatial;
+        const int c = c0 + lid;
         const float channel_invstd = save_invstd[sio + c];
-        const float2 sums = bn_combine_gradient_slices(m, channels, c, slices, channel_invstd, partial, po);
+        const float2 sums = bn_xhat_sums(added, channel_invstd);
         if (k == 0) bn_record_gradients(c, sums, dw, dwo, db, dbo);
         mean[lid] = save_mean[smo + c];
         invstd[lid] = channel_invstd;

@@ -30,6 +30,7 @@ LOCAL = 64       # work-group of the element-wise kernels (evaluation, bn_fold)
 APPLY_LOCAL = 256
 APPLY_GROUPS = 8
 APPLY_VALUES = 16
+STAGE = 1024     # slice pairs such a work-group stages in local memory at a time; at least APPLY_LOCAL
 # The CPU family: about BLOCK values per work-item, in whole rows. A slice has at most BLOCK / LANES
 # rows, so that each of the LANES lanes of its sums adds at most max(BLOCK, S) / LANES values in
 # sequence (a plane's last S % LANES values take a lane each, one per row).
@@ -114,7 +115,7 @@ def batchnorm_forward_train(plan, x, y, weight, bias, running_mean, running_var,
         launches = (reduce, combine)
     else:
         block, chunk, grid = _apply_grid(plan, n, c, s, slices)
-        k = plan.kernel(FILE, "bn_normalize", BN_SLICE=values, BN_APPLY_LOCAL=APPLY_LOCAL, AFFINE=affine,
+        k = plan.kernel(FILE, "bn_normalize", BN_SLICE=values, BN_APPLY_LOCAL=APPLY_LOCAL, BN_STAGE=STAGE, AFFINE=affine,
                         CUMULATIVE=cumulative, **act)
         normalize = plan.launch(k, grid, (APPLY_LOCAL, 1), n, n, c, s, block, chunk, slices, eps, momentum, x, y,
                                 w, b, partial, running_mean, running_var, num_batches_tracked, save_mean, save_invstd)
@@ -166,7 +167,7 @@ def batchnorm_backward(plan, x, y, dy, dx, weight, dweight, dbias, save_mean, sa
     w = weight if affine else x
     if need_dx and not _cpu(plan):  # the slices combined by the input gradient's work-groups
         block, chunk, grid = _apply_grid(plan, n, c, s, slices)
-        k = plan.kernel(FILE, "bn_input_gradient", BN_SLICE=values, BN_APPLY_LOCAL=APPLY_LOCAL, AFFINE=affine, **act)
+        k = plan.kernel(FILE, "bn_input_gradient", BN_SLICE=values, BN_APPLY_LOCAL=APPLY_LOCAL, BN_STAGE=STAGE, AFFINE=affine, **act)
         launches.append(plan.launch(k, grid, (APPLY_LOCAL, 1), n, n, c, s, block, chunk, slices, x, y, dy, dx, w,
                                     save_mean, save_invstd, partial, dweight if affine else dx,
                                     dbias if affine else dx))
