@@ -17,6 +17,11 @@
 // Which slice and work-item takes an element depends on e only, so a padded batch gives the same
 // sums as the unpadded one.
 //
+// The GPU family's kernels take the plane size S as BN_S, and the applying kernels their block of
+// channels as BN_BLOCK, compile-time constants: the index arithmetic of every element divides by
+// them, which costs a multiplication where a division by a run-time value costs dozens of
+// instructions, more than a value's memory traffic on a GPU.
+//
 // AFFINE: weight and bias exist (else the w, b, dw, db arguments are placeholders).
 // CUMULATIVE: momentum=None, the running statistics are a cumulative average (factor 1 / count).
 // ACT: an activation fused after the normalisation (common.h): the forward kernels write act(y),
@@ -31,6 +36,12 @@
 #endif
 #ifndef BN_APPLY_LOCAL
 #define BN_APPLY_LOCAL 256 // work-items of a GPU applying work-group, and the most channels it combines
+#endif
+#ifndef BN_S
+#define BN_S 1 // the plane size, given to every kernel that reads planes (1 in a program built for another)
+#endif
+#ifndef BN_BLOCK
+#define BN_BLOCK 1 // a GPU applying work-group's channels, given to those kernels
 #endif
 #ifndef BN_STAGE
 #define BN_STAGE 1024 // slice pairs a GPU applying work-group stages in local memory at a time; >= BN_APPLY_LOCAL
@@ -65,10 +76,11 @@ inline int2 bn_slice(const int k, const int m) {
 // Training forward, statistics of slice k = group 0 of channel c = group 1: the mean of its values
 // among the valid rows and the sum of their squared deviations from it (two passes), into
 // partial[(k * channels + c) * 2 + 0, 1].
-__kernel void bn_slice_statistics(const int n_valid, const int channels, const int spatial,
+__kernel void bn_slice_statistics(const int n_valid, const int channels,
                                   __global const float* x, const int xo, __global float* partial, const int po)
 {
     __local float scratch[BN_LOCAL];
+    const int spatial = BN_S;
     const int k = get_group_id(0), c = get_group_id(1), lid = get_local_id(0);
     const int2 range = bn_slice(k, n_valid * spatial);
     __global const float* xs = x + xo;
@@ -201,7 +213,7 @@ inline float2 bn_affine(const int c, const float invstd, __global const float* w
 }
 
 // The GPU family's applying kernels: work-group (k = group 0, b = group 1) takes the block b of
-// `block` channels [b * block, (b + 1) * block) (fewer in the last block) and chunk k of the
+// BN_BLOCK channels [b * BN_BLOCK, (b + 1) * BN_BLOCK) (fewer in the last block) and chunk k of the
 // block's values in memory order: a row's values of the block's channels are contiguous, so that
 // where planes are short a work-group still reads runs of about BN_APPLY_LOCAL values (the host
 // gives a block BN_APPLY_LOCAL / S channels, one where S is larger; BatchNorm1d: S = 1). The
@@ -210,12 +222,14 @@ inline float2 bn_affine(const int c, const float invstd, __global const float* w
 // chunk 0 also write what the combination leaves to the rest of the step, exactly once per
 // channel, and no work-group reads what another writes.
 
-// Value e of the block of channels from c0 (`width` values a row, in memory order): .x its address
-// relative to the tensor start, .y its channel's place in the block.
-inline int2 bn_block_element(const int e, const int c0, const int width, const int channels, const int spatial)
+// Value e of the block of in_block channels from c0 (in_block * BN_S values a row, in memory
+// order): .x its address relative to the tensor start, .y its channel's place in the block. The
+// divisions are by compile-time constants (multiplications) for every block but a shorter last one.
+inline int2 bn_block_element(const int e, const int c0, const int in_block, const int channels)
 {
-    const int r = e / width, v = e - r * width;
-    return (int2)((r * channels + c0) * spatial + v, v / spatial);
+    const int width = in_block * BN_S;
+    const int r = in_block == BN_BLOCK ? e / (BN_BLOCK * BN_S) : e / width, v = e - r * width;
+    return (int2)((r * channels + c0) * BN_S + v, v / BN_S);
 }
 
 // The values [first, last) of the block of channels from c0 that chunk k takes, `width` per row.
@@ -242,8 +256,7 @@ inline void bn_stage_slices(__local float2* staged, const int k0, const int coun
 
 // Training forward: the channels' statistics combined (and, by chunk 0, recorded: bn_record_statistics)
 // and y = act((x - mean) * invstd * w + b) over the chunk, padded rows included.
-__kernel void bn_normalize(const int n_valid, const int rows, const int channels, const int spatial,
-                           const int block, const int chunk, const int slices, const float eps, const float momentum,
+__kernel void bn_normalize(const int n_valid, const int rows, const int channels, const int chunk, const int slices, const float eps, const float momentum,
                            __global const float* x, const int xo, __global float* y, const int yo,
                            __global const float* w, const int wo, __global const float* b, const int bo,
                            __global const float* partial, const int po,
@@ -255,11 +268,11 @@ __kernel void bn_normalize(const int n_valid, const int rows, const int channels
 {
     __local float mean[BN_APPLY_LOCAL], scale[BN_APPLY_LOCAL], shift[BN_APPLY_LOCAL];
     __local float2 staged[BN_STAGE];
-    const int k = get_group_id(0), c0 = get_group_id(1) * block, lid = get_local_id(0);
-    const int in_block = min(block, channels - c0), width = in_block * spatial;
+    const int k = get_group_id(0), c0 = get_group_id(1) * BN_BLOCK, lid = get_local_id(0);
+    const int in_block = min(BN_BLOCK, channels - c0), width = in_block * BN_S;
     const int2 range = bn_chunk(k, chunk, rows, width);
     if (range.x >= range.y) return;  // past the last block's values: the whole work-group
-    const int m = n_valid * spatial, used = bn_slices_used(slices, m), per_round = BN_STAGE / in_block;
+    const int m = n_valid * BN_S, used = bn_slices_used(slices, m), per_round = BN_STAGE / in_block;
     bn_union u = {0.0f, 0.0f, 0.0f};
     for (int k0 = 0; k0 < used; k0 += per_round) {
         const int staging = min(per_round, used - k0);
@@ -280,7 +293,7 @@ __kernel void bn_normalize(const int n_valid, const int rows, const int channels
     }
     barrier(CLK_LOCAL_MEM_FENCE);
     for (int e = range.x + lid; e < range.y; e += BN_APPLY_LOCAL) {
-        const int2 at = bn_block_element(e, c0, width, channels, spatial);
+        const int2 at = bn_block_element(e, c0, in_block, channels);
         y[yo + at.x] = act_forward((x[xo + at.x] - mean[at.y]) * scale[at.y] + shift[at.y]);
     }
 }
@@ -343,13 +356,14 @@ __kernel void bn_fold(const int rows, const int per_row, const float eps,
 
 // Training backward, the sums of slice k = group 0 of channel c = group 1: of g and of
 // g * (x - mean), into partial[(k * channels + c) * 2 + 0, 1].
-__kernel void bn_slice_gradient_sums(const int n_valid, const int channels, const int spatial,
+__kernel void bn_slice_gradient_sums(const int n_valid, const int channels,
                                      __global const float* x, const int xo, __global const float* y, const int yo,
                                      __global const float* dy, const int dyo,
                                      __global const float* save_mean, const int smo,
                                      __global float* partial, const int po)
 {
     __local float scratch[BN_LOCAL];
+    const int spatial = BN_S;
     const int k = get_group_id(0), c = get_group_id(1), lid = get_local_id(0);
     const int2 range = bn_slice(k, n_valid * spatial);
     const float mean = save_mean[smo + c];
@@ -414,8 +428,8 @@ __kernel void bn_combine_gradient_sums(const int n_valid, const int channels, co
 
 // Training backward on the GPU family, the blocks and chunks of bn_normalize: the channels' sums
 // combined (dw and db written by chunk 0: bn_record_gradients) and dx over the chunk.
-__kernel void bn_input_gradient(const int n_valid, const int rows, const int channels, const int spatial,
-                                const int block, const int chunk, const int slices,
+__kernel void bn_input_gradient(const int n_valid, const int rows, const int channels, const int chunk,
+                                const int slices,
                                 __global const float* x, const int xo, __global const float* y, const int yo,
                                 __global const float* dy, const int dyo, __global float* dx, const int dxo,
                                 __global const float* w, const int wo,
@@ -427,11 +441,11 @@ __kernel void bn_input_gradient(const int n_valid, const int rows, const int cha
     __local float mean[BN_APPLY_LOCAL], invstd[BN_APPLY_LOCAL], gain[BN_APPLY_LOCAL];
     __local float mean_g[BN_APPLY_LOCAL], mean_gx[BN_APPLY_LOCAL];
     __local float2 staged[BN_STAGE];
-    const int k = get_group_id(0), c0 = get_group_id(1) * block, lid = get_local_id(0);
-    const int in_block = min(block, channels - c0), width = in_block * spatial;
+    const int k = get_group_id(0), c0 = get_group_id(1) * BN_BLOCK, lid = get_local_id(0);
+    const int in_block = min(BN_BLOCK, channels - c0), width = in_block * BN_S;
     const int2 range = bn_chunk(k, chunk, rows, width);
     if (range.x >= range.y) return;  // past the last block's values: the whole work-group
-    const int m = n_valid * spatial, used = bn_slices_used(slices, m), per_round = BN_STAGE / in_block;
+    const int m = n_valid * BN_S, used = bn_slices_used(slices, m), per_round = BN_STAGE / in_block;
     float2 added = (float2)(0.0f, 0.0f);
     for (int k0 = 0; k0 < used; k0 += per_round) {
         const int staging = min(per_round, used - k0);
@@ -453,7 +467,7 @@ __kernel void bn_input_gradient(const int n_valid, const int rows, const int cha
     barrier(CLK_LOCAL_MEM_FENCE);
     const int valid_end = n_valid * width;  // the chunk's values from here on are padded rows'
     for (int e = range.x + lid; e < range.y; e += BN_APPLY_LOCAL) {
-        const int2 at = bn_block_element(e, c0, width, channels, spatial);
+        const int2 at = bn_block_element(e, c0, in_block, channels);
         if (e >= valid_end) {
             dx[dxo + at.x] = 0.0f;
             continue;
@@ -472,13 +486,10 @@ __kernel void bn_input_gradient(const int n_valid, const int rows, const int cha
 // [k * BN_ROWS, (k + 1) * BN_ROWS) of channel c. Sums run in lanes (lanes.h), added at the end of
 // the slice: a fixed order that depends on the row and the position only, so a padded batch gives
 // the unpadded one's sums. The host bounds BN_ROWS, and with it the values a lane adds in sequence
-// (ops/norm.py).
-#ifdef BN_S
+// (ops/norm.py). BN_ROWS, given with BN_S to every kernel of the family, builds this part.
+#ifdef BN_ROWS
 #include "lanes.h"
 
-#ifndef BN_ROWS
-#define BN_ROWS 1 // rows per work-item
-#endif
 #define BN_BODY (BN_S / LANES * LANES) // a plane's values that fill the vector lanes
 
 // Training forward, the statistics of slice k of channel c (as bn_slice_statistics).
