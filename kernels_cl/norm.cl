@@ -17,6 +17,11 @@
 // Which slice and work-item takes an element depends on e only, so a padded batch gives the same
 // sums as the unpadded one.
 //
+// The GPU family's kernels take the plane size S as BN_S, and the applying kernels their block of
+// channels as BN_BLOCK, compile-time constants: the index arithmetic of every element divides by
+// them, which costs a multiplication where a division by a run-time value costs dozens of
+// instructions, more than a value's memory traffic on a GPU.
+//
 // AFFINE: weight and bias exist (else the w, b, dw, db arguments are placeholders).
 // CUMULATIVE: momentum=None, the running statistics are a cumulative average (factor 1 / count).
 // ACT: an activation fused after the normalisation (common.h): the forward kernels write act(y),
@@ -31,6 +36,15 @@
 #endif
 #ifndef BN_APPLY_LOCAL
 #define BN_APPLY_LOCAL 256 // work-items of a GPU applying work-group, and the most channels it combines
+#endif
+#ifndef BN_S
+#define BN_S 1 // the plane size, given to every kernel that reads planes (1 in a program built for another)
+#endif
+#ifndef BN_BLOCK
+#define BN_BLOCK 1 // a GPU applying work-group's channels, given to those kernels
+#endif
+#ifndef BN_STAGE
+#define BN_STAGE 1024 // slice pairs a GPU applying work-group stages in local memory at a time; >= BN_APPLY_LOCAL
 #endif
 
 // The sum of each work-item's v over the work-group; every work-item gets it.
@@ -62,10 +76,11 @@ inline int2 bn_slice(const int k, const int m) {
 // Training forward, statistics of slice k = group 0 of channel c = group 1: the mean of its values
 // among the valid rows and the sum of their squared deviations from it (two passes), into
 // partial[(k * channels + c) * 2 + 0, 1].
-__kernel void bn_slice_statistics(const int n_valid, const int channels, const int spatial,
+__kernel void bn_slice_statistics(const int n_valid, const int channels,
                                   __global const float* x, const int xo, __global float* partial, const int po)
 {
     __local float scratch[BN_LOCAL];
+    const int spatial = BN_S;
     const int k = get_group_id(0), c = get_group_id(1), lid = get_local_id(0);
     const int2 range = bn_slice(k, n_valid * spatial);
     __global const float* xs = x + xo;
@@ -88,26 +103,48 @@ __kernel void bn_slice_statistics(const int n_valid, const int channels, const i
 // A channel's statistics over its m valid values: the batch mean, biased variance and 1 / std.
 typedef struct { float mean, var, invstd; } bn_statistics;
 
-// Channel c's statistics from its slices' (bn_slice_statistics), combined in order: the mean and
-// squared deviations of two parts make those of their union.
+// Slices of channel's m values that hold any: the first min(slices, ceil(m / BN_SLICE)).
+inline int bn_slices_used(const int slices, const int m) {
+    return min(slices, (m + BN_SLICE - 1) / BN_SLICE);
+}
+
+// The pair a reducing kernel wrote for slice k of channel c: partial[(k * channels + c) * 2 + 0, 1].
+inline float2 bn_partial(__global const float* partial, const int po, const int k, const int channels, const int c) {
+    const int i = po + (k * channels + c) * 2;
+    return (float2)(partial[i], partial[i + 1]);
+}
+
+// The union of a channel's first slices: its values, their mean and their squared deviations from it.
+typedef struct { float n, mean, squares; } bn_union;
+
+// The union grown by slice k of the channel's m values, of which `slice` holds the mean and the
+// squared deviations (bn_slice_statistics): those of two parts make those of their union.
+inline void bn_absorb_slice(bn_union* u, const int k, const int m, const float2 slice) {
+    const int2 range = bn_slice(k, m);
+    const float n_k = (float)(range.y - range.x), union_n = u->n + n_k;
+    const float delta = slice.x - u->mean;
+    u->mean += delta * (n_k / union_n);
+    u->squares += slice.y + delta * delta * (u->n * n_k / union_n);
+    u->n = union_n;
+}
+
+// A channel's statistics from the union of all its m values' slices.
+inline bn_statistics bn_statistics_of(const bn_union u, const int m, const float eps) {
+    bn_statistics s;
+    s.mean = u.mean;
+    s.var = u.squares / (float)m;
+    s.invstd = 1.0f / sqrt(s.var + eps);
+    return s;
+}
+
+// Channel c's statistics from its slices', combined in order.
 inline bn_statistics bn_combine_slices(const int m, const float eps, const int channels, const int c,
                                        const int slices, __global const float* partial, const int po)
 {
-    float n = 0.0f, mean = 0.0f, squares = 0.0f;
-    for (int k = 0; k < slices; k++) {
-        const int2 range = bn_slice(k, m);
-        if (range.y == range.x) break;
-        const float n_k = (float)(range.y - range.x), union_n = n + n_k;
-        const float delta = partial[po + (k * channels + c) * 2] - mean;
-        mean += delta * (n_k / union_n);
-        squares += partial[po + (k * channels + c) * 2 + 1] + delta * delta * (n * n_k / union_n);
-        n = union_n;
-    }
-    bn_statistics s;
-    s.mean = mean;
-    s.var = squares / (float)m;
-    s.invstd = 1.0f / sqrt(s.var + eps);
-    return s;
+    bn_union u = {0.0f, 0.0f, 0.0f};
+    for (int k = 0; k < bn_slices_used(slices, m); k++)
+        bn_absorb_slice(&u, k, m, bn_partial(partial, po, k, channels, c));
+    return bn_statistics_of(u, m, eps);
 }
 
 // What channel c's statistics leave to the rest of the step, written once a step: mean and 1 / std
@@ -176,20 +213,23 @@ inline float2 bn_affine(const int c, const float invstd, __global const float* w
 }
 
 // The GPU family's applying kernels: work-group (k = group 0, b = group 1) takes the block b of
-// `block` channels [b * block, (b + 1) * block) (fewer in the last block) and chunk k of the
+// BN_BLOCK channels [b * BN_BLOCK, (b + 1) * BN_BLOCK) (fewer in the last block) and chunk k of the
 // block's values in memory order: a row's values of the block's channels are contiguous, so that
 // where planes are short a work-group still reads runs of about BN_APPLY_LOCAL values (the host
-// gives a block BN_APPLY_LOCAL / S channels, one where S is larger; BatchNorm1d: S = 1). Its first
-// work-items combine the block's channels' slices into local memory, one channel each; those of
+// gives a block BN_APPLY_LOCAL / S channels, one where S is larger; BatchNorm1d: S = 1). The
+// work-group stages the block's channels' slices in local memory (bn_stage_slices) and its first
+// work-items combine them, one channel each, with the arithmetic of the combining kernels; those of
 // chunk 0 also write what the combination leaves to the rest of the step, exactly once per
 // channel, and no work-group reads what another writes.
 
-// Value e of the block of channels from c0 (`width` values a row, in memory order): .x its address
-// relative to the tensor start, .y its channel's place in the block.
-inline int2 bn_block_element(const int e, const int c0, const int width, const int channels, const int spatial)
+// Value e of the block of in_block channels from c0 (in_block * BN_S values a row, in memory
+// order): .x its address relative to the tensor start, .y its channel's place in the block. The
+// divisions are by compile-time constants (multiplications) for every block but a shorter last one.
+inline int2 bn_block_element(const int e, const int c0, const int in_block, const int channels)
 {
-    const int r = e / width, v = e - r * width;
-    return (int2)((r * channels + c0) * spatial + v, v / spatial);
+    const int width = in_block * BN_S;
+    const int r = in_block == BN_BLOCK ? e / (BN_BLOCK * BN_S) : e / width, v = e - r * width;
+    return (int2)((r * channels + c0) * BN_S + v, v / BN_S);
 }
 
 // The values [first, last) of the block of channels from c0 that chunk k takes, `width` per row.
@@ -199,10 +239,24 @@ inline int2 bn_chunk(const int k, const int chunk, const int rows, const int wid
     return (int2)(first, min(first + chunk, rows * width));
 }
 
+// The pairs of slices [k0, k0 + count) of the block's in_block channels from c0, loaded by the
+// whole work-group at once: staged[j * in_block + i] = the pair of slice k0 + j of channel c0 + i.
+// A channel's work-item then combines them from local memory, in order, where its loads one after
+// another would each wait for global memory (a channel may have a hundred slices and more).
+inline void bn_stage_slices(__local float2* staged, const int k0, const int count, const int c0, const int in_block,
+                            const int channels, __global const float* partial, const int po)
+{
+    barrier(CLK_LOCAL_MEM_FENCE);  // the pairs staged before are read
+    for (int i = get_local_id(0); i < count * in_block; i += BN_APPLY_LOCAL) {
+        const int j = i / in_block;
+        staged[i] = bn_partial(partial, po, k0 + j, channels, c0 + i - j * in_block);
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+}
+
 // Training forward: the channels' statistics combined (and, by chunk 0, recorded: bn_record_statistics)
 // and y = act((x - mean) * invstd * w + b) over the chunk, padded rows included.
-__kernel void bn_normalize(const int n_valid, const int rows, const int channels, const int spatial,
-                           const int block, const int chunk, const int slices, const float eps, const float momentum,
+__kernel void bn_normalize(const int n_valid, const int rows, const int channels, const int chunk, const int slices, const float eps, const float momentum,
                            __global const float* x, const int xo, __global float* y, const int yo,
                            __global const float* w, const int wo, __global const float* b, const int bo,
                            __global const float* partial, const int po,
@@ -213,13 +267,22 @@ __kernel void bn_normalize(const int n_valid, const int rows, const int channels
                            __global float* save_invstd, const int sio)
 {
     __local float mean[BN_APPLY_LOCAL], scale[BN_APPLY_LOCAL], shift[BN_APPLY_LOCAL];
-    const int k = get_group_id(0), c0 = get_group_id(1) * block, lid = get_local_id(0);
-    const int in_block = min(block, channels - c0), width = in_block * spatial;
+    __local float2 staged[BN_STAGE];
+    const int k = get_group_id(0), c0 = get_group_id(1) * BN_BLOCK, lid = get_local_id(0);
+    const int in_block = min(BN_BLOCK, channels - c0), width = in_block * BN_S;
     const int2 range = bn_chunk(k, chunk, rows, width);
     if (range.x >= range.y) return;  // past the last block's values: the whole work-group
+    const int m = n_valid * BN_S, used = bn_slices_used(slices, m), per_round = BN_STAGE / in_block;
+    bn_union u = {0.0f, 0.0f, 0.0f};
+    for (int k0 = 0; k0 < used; k0 += per_round) {
+        const int staging = min(per_round, used - k0);
+        bn_stage_slices(staged, k0, staging, c0, in_block, channels, partial, po);
+        for (int j = 0; lid < in_block && j < staging; j++)
+            bn_absorb_slice(&u, k0 + j, m, staged[j * in_block + lid]);
+    }
     if (lid < in_block) {
-        const int c = c0 + lid, m = n_valid * spatial;
-        const bn_statistics s = bn_combine_slices(m, eps, channels, c, slices, partial, po);
+        const int c = c0 + lid;
+        const bn_statistics s = bn_statistics_of(u, m, eps);
         if (k == 0)
             bn_record_statistics(c, m, s, momentum, running_mean, rmo, running_var, rvo, count, co,
                                  save_mean, smo, save_invstd, sio);
@@ -230,7 +293,7 @@ __kernel void bn_normalize(const int n_valid, const int rows, const int channels
     }
     barrier(CLK_LOCAL_MEM_FENCE);
     for (int e = range.x + lid; e < range.y; e += BN_APPLY_LOCAL) {
-        const int2 at = bn_block_element(e, c0, width, channels, spatial);
+        const int2 at = bn_block_element(e, c0, in_block, channels);
         y[yo + at.x] = act_forward((x[xo + at.x] - mean[at.y]) * scale[at.y] + shift[at.y]);
     }
 }
@@ -293,13 +356,14 @@ __kernel void bn_fold(const int rows, const int per_row, const float eps,
 
 // Training backward, the sums of slice k = group 0 of channel c = group 1: of g and of
 // g * (x - mean), into partial[(k * channels + c) * 2 + 0, 1].
-__kernel void bn_slice_gradient_sums(const int n_valid, const int channels, const int spatial,
+__kernel void bn_slice_gradient_sums(const int n_valid, const int channels,
                                      __global const float* x, const int xo, __global const float* y, const int yo,
                                      __global const float* dy, const int dyo,
                                      __global const float* save_mean, const int smo,
                                      __global float* partial, const int po)
 {
     __local float scratch[BN_LOCAL];
+    const int spatial = BN_S;
     const int k = get_group_id(0), c = get_group_id(1), lid = get_local_id(0);
     const int2 range = bn_slice(k, n_valid * spatial);
     const float mean = save_mean[smo + c];
@@ -319,16 +383,19 @@ __kernel void bn_slice_gradient_sums(const int n_valid, const int channels, cons
 }
 
 // Channel c's gradient sums from its slices' (bn_slice_gradient_sums), added in order:
-// (sum of g, sum of g * xhat), xhat's sum from that of g * (x - mean) and the channel's invstd.
+// (sum of g, sum of g * (x - mean)).
 inline float2 bn_combine_gradient_slices(const int m, const int channels, const int c, const int slices,
-                                         const float invstd, __global const float* partial, const int po)
+                                         __global const float* partial, const int po)
 {
-    float sum_g = 0.0f, sum_gx = 0.0f;
-    for (int k = 0; k < slices && k * BN_SLICE < m; k++) {
-        sum_g += partial[po + (k * channels + c) * 2];
-        sum_gx += partial[po + (k * channels + c) * 2 + 1];
-    }
-    return (float2)(sum_g, sum_gx * invstd);
+    float2 sums = (float2)(0.0f, 0.0f);
+    for (int k = 0; k < bn_slices_used(slices, m); k++)
+        sums += bn_partial(partial, po, k, channels, c);
+    return sums;
+}
+
+// (sum of g, sum of g * xhat) from (sum of g, sum of g * (x - mean)): xhat = (x - mean) * invstd.
+inline float2 bn_xhat_sums(const float2 sums, const float invstd) {
+    return (float2)(sums.x, sums.y * invstd);
 }
 
 // Channel c's parameter gradients from its sums (AFFINE; nothing without): dw = sum(g * xhat), db = sum(g).
@@ -353,7 +420,7 @@ __kernel void bn_combine_gradient_sums(const int n_valid, const int channels, co
     const int c = get_global_id(0);
     if (c >= channels) return;
     const int m = n_valid * spatial;
-    const float2 sums = bn_combine_gradient_slices(m, channels, c, slices, save_invstd[sio + c], partial, po);
+    const float2 sums = bn_xhat_sums(bn_combine_gradient_slices(m, channels, c, slices, partial, po), save_invstd[sio + c]);
     bn_record_gradients(c, sums, dw, dwo, db, dbo);
     means[mo + c] = sums.x / (float)m;
     means[mo + channels + c] = sums.y / (float)m;
@@ -361,8 +428,8 @@ __kernel void bn_combine_gradient_sums(const int n_valid, const int channels, co
 
 // Training backward on the GPU family, the blocks and chunks of bn_normalize: the channels' sums
 // combined (dw and db written by chunk 0: bn_record_gradients) and dx over the chunk.
-__kernel void bn_input_gradient(const int n_valid, const int rows, const int channels, const int spatial,
-                                const int block, const int chunk, const int slices,
+__kernel void bn_input_gradient(const int n_valid, const int rows, const int channels, const int chunk,
+                                const int slices,
                                 __global const float* x, const int xo, __global const float* y, const int yo,
                                 __global const float* dy, const int dyo, __global float* dx, const int dxo,
                                 __global const float* w, const int wo,
@@ -373,14 +440,23 @@ __kernel void bn_input_gradient(const int n_valid, const int rows, const int cha
 {
     __local float mean[BN_APPLY_LOCAL], invstd[BN_APPLY_LOCAL], gain[BN_APPLY_LOCAL];
     __local float mean_g[BN_APPLY_LOCAL], mean_gx[BN_APPLY_LOCAL];
-    const int k = get_group_id(0), c0 = get_group_id(1) * block, lid = get_local_id(0);
-    const int in_block = min(block, channels - c0), width = in_block * spatial;
+    __local float2 staged[BN_STAGE];
+    const int k = get_group_id(0), c0 = get_group_id(1) * BN_BLOCK, lid = get_local_id(0);
+    const int in_block = min(BN_BLOCK, channels - c0), width = in_block * BN_S;
     const int2 range = bn_chunk(k, chunk, rows, width);
     if (range.x >= range.y) return;  // past the last block's values: the whole work-group
+    const int m = n_valid * BN_S, used = bn_slices_used(slices, m), per_round = BN_STAGE / in_block;
+    float2 added = (float2)(0.0f, 0.0f);
+    for (int k0 = 0; k0 < used; k0 += per_round) {
+        const int staging = min(per_round, used - k0);
+        bn_stage_slices(staged, k0, staging, c0, in_block, channels, partial, po);
+        for (int j = 0; lid < in_block && j < staging; j++)
+            added += staged[j * in_block + lid];
+    }
     if (lid < in_block) {
-        const int c = c0 + lid, m = n_valid * spatial;
+        const int c = c0 + lid;
         const float channel_invstd = save_invstd[sio + c];
-        const float2 sums = bn_combine_gradient_slices(m, channels, c, slices, channel_invstd, partial, po);
+        const float2 sums = bn_xhat_sums(added, channel_invstd);
         if (k == 0) bn_record_gradients(c, sums, dw, dwo, db, dbo);
         mean[lid] = save_mean[smo + c];
         invstd[lid] = channel_invstd;
@@ -391,7 +467,7 @@ __kernel void bn_input_gradient(const int n_valid, const int rows, const int cha
     barrier(CLK_LOCAL_MEM_FENCE);
     const int valid_end = n_valid * width;  // the chunk's values from here on are padded rows'
     for (int e = range.x + lid; e < range.y; e += BN_APPLY_LOCAL) {
-        const int2 at = bn_block_element(e, c0, width, channels, spatial);
+        const int2 at = bn_block_element(e, c0, in_block, channels);
         if (e >= valid_end) {
             dx[dxo + at.x] = 0.0f;
             continue;
@@ -410,13 +486,10 @@ __kernel void bn_input_gradient(const int n_valid, const int rows, const int cha
 // [k * BN_ROWS, (k + 1) * BN_ROWS) of channel c. Sums run in lanes (lanes.h), added at the end of
 // the slice: a fixed order that depends on the row and the position only, so a padded batch gives
 // the unpadded one's sums. The host bounds BN_ROWS, and with it the values a lane adds in sequence
-// (ops/norm.py).
-#ifdef BN_S
+// (ops/norm.py). BN_ROWS, given with BN_S to every kernel of the family, builds this part.
+#ifdef BN_ROWS
 #include "lanes.h"
 
-#ifndef BN_ROWS
-#define BN_ROWS 1 // rows per work-item
-#endif
 #define BN_BODY (BN_S / LANES * LANES) // a plane's values that fill the vector lanes
 
 // Training forward, the statistics of slice k of channel c (as bn_slice_statistics).

@@ -305,14 +305,18 @@ def _bn_combined_apart(ctx, layer, x, dy, n_valid):
 
 
 # (an activation keeps y alive through the backward pass: without one, dx may take its memory)
+@pytest.mark.parametrize("stage", [norm_ops.STAGE, norm_ops.APPLY_LOCAL])
 @pytest.mark.parametrize("shape,n_valid,act,momentum", [((40, 3, 16, 16), 37, "relu", 0.1),
                                                         ((4500, 300), 4400, "leaky_relu", None)])
 def test_batchnorm_gpu_family_combines_slices_as_the_combining_kernels(device, monkeypatch, shape, n_valid, act,
-                                                                        momentum):
+                                                                        momentum, stage):
     """The GPU family's normalising and input-gradient work-groups combine the slices themselves:
     outputs, saved and running statistics, batch count and gradients are bit for bit those of the
-    slices combined by the combining kernels (the CPU family's) and then applied."""
+    slices combined by the combining kernels (the CPU family's) and then applied. Staged in local
+    memory APPLY_LOCAL pairs at a time, the second shape's block of 256 channels takes its two
+    slices in two rounds."""
     monkeypatch.setattr(device, "family", "tiled")
+    monkeypatch.setattr(norm_ops, "STAGE", stage)
     rng = np.random.default_rng(n_valid)
     x = _bn_input(rng, shape, n_valid)
     dy = rng.normal(0, 1, shape).astype(np.float32)

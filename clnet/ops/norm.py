@@ -30,6 +30,7 @@ LOCAL = 64       # work-group of the element-wise kernels (evaluation, bn_fold)
 APPLY_LOCAL = 256
 APPLY_GROUPS = 8
 APPLY_VALUES = 16
+STAGE = 1024     # slice pairs such a work-group stages in local memory at a time; at least APPLY_LOCAL
 # The CPU family: about BLOCK values per work-item, in whole rows. A slice has at most BLOCK / LANES
 # rows, so that each of the LANES lanes of its sums adds at most max(BLOCK, S) / LANES values in
 # sequence (a plane's last S % LANES values take a lane each, one per row).
@@ -67,8 +68,8 @@ def _reduce(plan, name, n, c, s, tensors, what, **defines):
         return plan.launch(k, (slices, c), (1, 1), n, c, *tensors, partial), partial, slices, rows * s
     slices = -(-n * s // BN_SLICE)
     partial = plan.value((slices, c, 2), what)
-    k = plan.kernel(FILE, f"bn_slice_{name}", BN_LOCAL=BN_LOCAL, BN_SLICE=BN_SLICE, **defines)
-    return plan.launch(k, (slices * BN_LOCAL, c), (BN_LOCAL, 1), n, c, s, *tensors, partial), partial, slices, \
+    k = plan.kernel(FILE, f"bn_slice_{name}", BN_LOCAL=BN_LOCAL, BN_SLICE=BN_SLICE, BN_S=s, **defines)
+    return plan.launch(k, (slices * BN_LOCAL, c), (BN_LOCAL, 1), n, c, *tensors, partial), partial, slices, \
         BN_SLICE
 
 
@@ -80,6 +81,11 @@ def _apply_grid(plan, n, c, s, slices):
     wanted = APPLY_GROUPS * plan.device.info.compute_units * APPLY_LOCAL
     chunk = APPLY_LOCAL * max(slices, min(APPLY_VALUES, max(1, -(-n * c * s // wanted))))
     return block, chunk, (-(-n * block * s // chunk) * APPLY_LOCAL, -(-c // block))
+
+
+def _apply_defines(values, s, block):
+    """The GPU family's applying kernels' -D options: the reductions' slice, the plane and the block."""
+    return {"BN_SLICE": values, "BN_APPLY_LOCAL": APPLY_LOCAL, "BN_STAGE": STAGE, "BN_S": s, "BN_BLOCK": block}
 
 
 def _blocks(n, c, s):
@@ -114,9 +120,9 @@ def batchnorm_forward_train(plan, x, y, weight, bias, running_mean, running_var,
         launches = (reduce, combine)
     else:
         block, chunk, grid = _apply_grid(plan, n, c, s, slices)
-        k = plan.kernel(FILE, "bn_normalize", BN_SLICE=values, BN_APPLY_LOCAL=APPLY_LOCAL, AFFINE=affine,
+        k = plan.kernel(FILE, "bn_normalize", **_apply_defines(values, s, block), AFFINE=affine,
                         CUMULATIVE=cumulative, **act)
-        normalize = plan.launch(k, grid, (APPLY_LOCAL, 1), n, n, c, s, block, chunk, slices, eps, momentum, x, y,
+        normalize = plan.launch(k, grid, (APPLY_LOCAL, 1), n, n, c, chunk, slices, eps, momentum, x, y,
                                 w, b, partial, running_mean, running_var, num_batches_tracked, save_mean, save_invstd)
         launches = (reduce, normalize)
     for launch in launches:
@@ -166,8 +172,8 @@ def batchnorm_backward(plan, x, y, dy, dx, weight, dweight, dbias, save_mean, sa
     w = weight if affine else x
     if need_dx and not _cpu(plan):  # the slices combined by the input gradient's work-groups
         block, chunk, grid = _apply_grid(plan, n, c, s, slices)
-        k = plan.kernel(FILE, "bn_input_gradient", BN_SLICE=values, BN_APPLY_LOCAL=APPLY_LOCAL, AFFINE=affine, **act)
-        launches.append(plan.launch(k, grid, (APPLY_LOCAL, 1), n, n, c, s, block, chunk, slices, x, y, dy, dx, w,
+        k = plan.kernel(FILE, "bn_input_gradient", **_apply_defines(values, s, block), AFFINE=affine, **act)
+        launches.append(plan.launch(k, grid, (APPLY_LOCAL, 1), n, n, c, chunk, slices, x, y, dy, dx, w,
                                     save_mean, save_invstd, partial, dweight if affine else dx,
                                     dbias if affine else dx))
     else:
