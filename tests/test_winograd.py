@@ -126,14 +126,16 @@ def test_the_choice_follows_the_geometry_the_family_and_clnet_winograd(device, m
     monkeypatch.setattr(device, "family", "tiled")
     monkeypatch.delenv("CLNET_WINOGRAD_TILE", raising=False)
 
-    def chosen(mode, c=32, o=32, kernel=3, stride=1, dilation=1, groups=1):
+    wide = conv_ops.WINOGRAD_CHANNELS
+
+    def chosen(mode, c=wide, o=wide, kernel=3, stride=1, dilation=1, groups=1):
         monkeypatch.setenv("CLNET_WINOGRAD", mode)
         size = 8 - dilation * (kernel - 1)
         g = ConvGeometry(c, 8, 8, kernel, kernel, size, size, stride, stride, 0, 0, dilation, dilation, groups)
         return conv_ops.winograd_tile(plan, g, o)
 
     assert chosen("1") == chosen("all") == 2 and chosen("0") is None
-    assert not chosen("1", c=31) and not chosen("1", o=31) and chosen("all", c=1, o=1)
+    assert not chosen("1", c=wide - 1) and not chosen("1", o=wide - 1) and chosen("all", c=1, o=1)
     assert not any(chosen("all", **other) for other in
                    ({"kernel": 5}, {"kernel": 1}, {"stride": 2}, {"dilation": 2}, {"groups": 2}))
     with pytest.raises(ValueError, match="CLNET_WINOGRAD must be 0, 1 or all, not 'on'"):
@@ -190,8 +192,8 @@ def test_the_transformed_operands_are_planned_and_counted_in_what_fits(tiled, mo
 
     m = _tile()
     elements, tiles = (m + 2) ** 2, 4 * -(-15 // m) ** 2
-    assert arena("1", 4, True) >= 2 * elements * 32 * tiles and arena("1", 4, True) > arena("0", 4, True)
-    room = arena("1", 16, False) * 4 + 16 * 32 * 15 * 15 * 2  # and two uint8 staging slots
+    assert arena("all", 4, True) >= 2 * elements * 32 * tiles and arena("all", 4, True) > arena("0", 4, True)
+    room = arena("all", 16, False) * 4 + 16 * 32 * 15 * 15 * 2  # and two uint8 staging slots
     params = 4 * model.param_store.params.nbytes
     monkeypatch.setattr(tiled, "info", dataclasses.replace(tiled.info, global_mem=params + room))
     with pytest.raises(OutOfDeviceMemoryError, match="use a batch size of") as error:
