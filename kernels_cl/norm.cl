@@ -19,8 +19,7 @@
 //
 // The GPU family's kernels take the plane size S as BN_S, and the applying kernels their block of
 // channels as BN_BLOCK, compile-time constants: the index arithmetic of every element divides by
-// them, which costs a multiplication where a division by a run-time value costs dozens of
-// instructions, more than a value's memory traffic on a GPU.
+// them, a multiplication where a division by a run-time value is dozens of instructions.
 //
 // AFFINE: weight and bias exist (else the w, b, dw, db arguments are placeholders).
 // CUMULATIVE: momentum=None, the running statistics are a cumulative average (factor 1 / count).
@@ -103,7 +102,7 @@ __kernel void bn_slice_statistics(const int n_valid, const int channels,
 // A channel's statistics over its m valid values: the batch mean, biased variance and 1 / std.
 typedef struct { float mean, var, invstd; } bn_statistics;
 
-// Slices of channel's m values that hold any: the first min(slices, ceil(m / BN_SLICE)).
+// The slices of a channel's m values that hold any: the first min(slices, ceil(m / BN_SLICE)).
 inline int bn_slices_used(const int slices, const int m) {
     return min(slices, (m + BN_SLICE - 1) / BN_SLICE);
 }
@@ -256,7 +255,8 @@ inline void bn_stage_slices(__local float2* staged, const int k0, const int coun
 
 // Training forward: the channels' statistics combined (and, by chunk 0, recorded: bn_record_statistics)
 // and y = act((x - mean) * invstd * w + b) over the chunk, padded rows included.
-__kernel void bn_normalize(const int n_valid, const int rows, const int channels, const int chunk, const int slices, const float eps, const float momentum,
+__kernel void bn_normalize(const int n_valid, const int rows, const int channels, const int chunk, const int slices,
+                           const float eps, const float momentum,
                            __global const float* x, const int xo, __global float* y, const int yo,
                            __global const float* w, const int wo, __global const float* b, const int bo,
                            __global const float* partial, const int po,
