@@ -1,12 +1,13 @@
 """A preset trained on CIFAR-10 by clnet and by its PyTorch twin (clnet.torch_twin), side by side:
-the same images, validation split, initial weights and recipe, and the accuracy each reaches.
+the same images, validation split, initial weights and recipe, and the accuracy each reaches, for
+one seed or several (each seed draws other initial weights, shuffles and augmentations).
 
 The recipe (issue 13's): SGD with momentum 0.9 and weight decay 5e-4, learning rate 0.1 along a
 per-step cosine to 0, batch 128, random crops of the image padded by 4 pixels with zeros and
 horizontal flips, each channel normalised by the training images' mean and std. float32 in both
 (PyTorch's TF32 is turned off); the JPEG decoding is not timed.
 
-    python scripts/cifar_accuracy.py /tmp/cifar10-jpg/train --model resnet20 --epochs 30 --json out.json
+    python scripts/cifar_accuracy.py /tmp/cifar10-jpg/train --model resnet20 --epochs 30 --seeds 0 1 2 --json out.json
 """
 
 import argparse
@@ -32,23 +33,23 @@ def split(y, held_out, seed):
     return np.setdiff1d(np.arange(len(y)), validation), np.sort(validation)
 
 
-def train_clnet(model, x, y, x_val, y_val, epochs, normalization):
+def train_clnet(model, x, y, x_val, y_val, epochs, normalization, seed):
     model.compile("cross_entropy", clnet.optim.SGD(lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY))
     start = time.perf_counter()
     history = model.fit(x, y, epochs=epochs, batch_size=BATCH, validation_data=(x_val, y_val), verbose=0,
                         augment=f"crop={CROP},flip", normalize=normalization,
-                        schedule=clnet.callbacks.CosineLR(epochs), seed=0)
+                        schedule=clnet.callbacks.CosineLR(epochs), seed=seed)
     seconds = time.perf_counter() - start
     return {"val_accuracy": history.history["val_accuracy"], "seconds": seconds,
             "device": model.device.info.label}
 
 
-def train_torch(model, initial, x, y, x_val, y_val, epochs, normalization):
+def train_torch(model, initial, x, y, x_val, y_val, epochs, normalization, seed):
     import torch
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     torch.backends.cudnn.benchmark = True
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     twin = torch_twin(model.network)
     twin.load_state_dict({k: torch.from_numpy(v) for k, v in initial.items()})
     twin.to(device)
@@ -104,6 +105,7 @@ def main():
     parser.add_argument("--limit", type=int, help="train on the first LIMIT images only (a quick check)")
     parser.add_argument("--frameworks", default="clnet,torch")
     parser.add_argument("--platform", help="clnet's OpenCL platform (default: the best device)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run of each framework per seed")
     parser.add_argument("--json", help="write the results to this file")
     args = parser.parse_args()
 
@@ -118,20 +120,28 @@ def main():
           flush=True)
 
     device = clnet.device(platform=args.platform) if args.platform else clnet.device()
-    model = clnet.models.PRESETS[args.model](device=device, seed=0, input_shape=x.shape[1:], classes=10)
-    initial = model.state_dict()
     results = {"model": args.model, "epochs": args.epochs, "train": len(x), "validation": len(x_val),
                "recipe": f"SGD lr {LR} momentum {MOMENTUM} weight decay {WEIGHT_DECAY}, per-step cosine, batch "
-                         f"{BATCH}, crop {CROP} + flip, normalised"}
-    for framework in args.frameworks.split(","):
-        if framework == "torch":
-            result = train_torch(model, initial, x, y, x_val, y_val, args.epochs, normalization)
-        else:
-            model.load_state_dict(initial)
-            result = train_clnet(model, x, y, x_val, y_val, args.epochs, normalization)
-        results[framework] = result
-        print(f"{framework}: {result['val_accuracy'][-1]:.4f} validation accuracy after {args.epochs} epochs, "
-              f"{result['seconds']:.1f} s ({result['device']})", flush=True)
+                         f"{BATCH}, crop {CROP} + flip, normalised", "seeds": {}}
+    frameworks = args.frameworks.split(",")
+    for seed in args.seeds:
+        model = clnet.models.PRESETS[args.model](device=device, seed=seed, input_shape=x.shape[1:], classes=10)
+        initial = model.state_dict()
+        results["seeds"][seed] = runs = {}
+        for framework in frameworks:
+            if framework == "torch":
+                result = train_torch(model, initial, x, y, x_val, y_val, args.epochs, normalization, seed)
+            else:
+                model.load_state_dict(initial)
+                result = train_clnet(model, x, y, x_val, y_val, args.epochs, normalization, seed)
+            runs[framework] = result
+            print(f"seed {seed}, {framework}: {result['val_accuracy'][-1]:.4f} validation accuracy after "
+                  f"{args.epochs} epochs, {result['seconds']:.1f} s ({result['device']})", flush=True)
+    for framework in frameworks:
+        final = [results["seeds"][seed][framework]["val_accuracy"][-1] for seed in args.seeds]
+        seconds = [results["seeds"][seed][framework]["seconds"] for seed in args.seeds]
+        print(f"{framework}: mean {np.mean(final):.4f} validation accuracy (from {min(final):.4f} to {max(final):.4f}) "
+              f"over {len(final)} seeds, {np.mean(seconds):.1f} s a run", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
