@@ -19,7 +19,14 @@ until someone re-tunes on each class of hardware.
 The GEMM launcher takes the case of the same kernel and layout nearest in size (within a factor
 of two in every dimension) from the cache, else from the device class's table, else its built-in
 defaults. CLNET_TUNING=0 ignores both; CLNET_TUNING=cache ignores the shipped tables.
+
+A table records the compute units of the device it was tuned on (`tuned_on`'s `compute_units`),
+which other devices of its class need not share: `lookup` says where parameters came from and that
+count, and the launcher rescales the parameters that divide a product's work among the compute
+units (`ops.gemm.GemmSpec.rebalance`). The cache's are this device's own, used as they are.
 """
+
+from __future__ import annotations
 
 import contextlib
 import functools
@@ -50,6 +57,16 @@ NEAR = 2.0                    # how far, per dimension, a tuned case still speak
 
 _loaded = {}      # path -> ((inode, mtime_ns, size), parsed file)
 _recorders = []   # lists that `recording()` is filling
+
+
+@dataclass(frozen=True)
+class Tuned:
+    """Tuned parameters as `lookup` finds them: `origin` says where (for the log), and `units` is the
+    compute units of the device that a shipped table's were tuned on; None where they are taken as
+    they are (the cache's, tuned on this very device, or a table that does not say)."""
+    params: dict
+    origin: str
+    units: int | None = None
 
 
 @dataclass(frozen=True)
@@ -264,16 +281,28 @@ def _nearest(cases, case, where):
 
 
 def lookup(device, case, path=None):
-    """The tuned parameters (a dict) of the nearest comparable case in the cache, else in the
-    device class's shipped table, or None."""
+    """The tuned parameters of the nearest comparable case in the cache, else in the device class's
+    shipped table, as a `Tuned`, or None."""
     mode = _mode()
     if mode == "0":
         return None
     found = _nearest(_entry(device, path), case, "the tuning cache")
-    if found is None and mode != "cache":
+    if found is not None:
+        return Tuned(found, "the tuning cache")
+    if mode != "cache":
         cls = device_class(device.info)
-        found = _nearest(shipped_table(cls).get("cases", {}), case, f"the shipped {cls} table")
-    return found
+        table, origin = shipped_table(cls), f"the shipped {cls} table"
+        found = _nearest(table.get("cases", {}), case, origin)
+        if found is not None:
+            return Tuned(found, origin, _table_units(table))
+    return None
+
+
+def _table_units(table):
+    """The compute units of the device a table was tuned on, None where it does not say (older tables)."""
+    tuned_on = table.get("tuned_on")
+    units = tuned_on.get("compute_units") if isinstance(tuned_on, dict) else None
+    return units if isinstance(units, int) and not isinstance(units, bool) and units > 0 else None
 
 
 def store(device, results, path=None):
@@ -303,7 +332,8 @@ def export_table(device, results, path, cls=None, note=None):
     and kernel sources at `path` keeps its other cases, so that several bounded runs build one table.
 
     Args:
-        device: the tuned device; its `DeviceInfo` names the table's origin.
+        device: the tuned device; its `DeviceInfo` names the table's origin and its compute units
+            (which the parameters of another device of the class are rescaled by).
         results: the tuned cases.
         path: the table's file (ship it as clnet/tuned/<class>.json).
         cls: the class, by default `device_class(device.info)`.
@@ -328,7 +358,7 @@ def export_table(device, results, path, cls=None, note=None):
     info = device.info
     table = {"format": TABLE_FORMAT, "version": VERSION, "class": cls, "source": source_hash(),
              "tuned_on": {"platform": info.platform, "device": info.name, "driver": info.driver,
-                          "note": note or ""},
+                          "compute_units": info.compute_units, "note": note or ""},
              "cases": cases}
     text = (json.dumps(table, indent=1, sort_keys=True) + "\n").encode()
     replace_atomically(path, lambda f: f.write(text))

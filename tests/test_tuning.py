@@ -18,10 +18,10 @@ import clnet
 from clnet import layers as L
 from clnet import tune, tuning
 from clnet.errors import ClnetError
-from clnet.ops.gemm import GEMM_TILED, SPECS, Call, Matrix, record_gemm
+from clnet.ops.gemm import GEMM_TILED, SPECS, Call, Matrix, gemm, record_gemm
 from clnet.plan import Plan
 from clnet.tensor import DeviceTensor
-from clnet.tuning import Case
+from clnet.tuning import Case, Tuned
 
 TILED = GEMM_TILED.defaults
 TUNED = {**TILED, "TILE_M": 32, "TILE_N": 64, "WPT_M": 2}
@@ -30,9 +30,17 @@ TUNED = {**TILED, "TILE_M": 32, "TILE_N": 64, "WPT_M": 2}
 class FakeInfo:
     platform, platform_vendor, name, driver, type = "Some Platform", "Some Vendor", "Some Device", "1.0", "GPU"
 
+    def __init__(self, compute_units=2):
+        self.compute_units = compute_units
+
 
 class FakeDevice:
-    info = FakeInfo()
+    def __init__(self, compute_units=2):
+        self.info = FakeInfo(compute_units)
+
+
+def cached(params):
+    return Tuned(params, "the tuning cache")
 
 
 def _store(path, cases, device=None):
@@ -44,9 +52,9 @@ def test_lookup_takes_the_nearest_case_of_the_same_kernel_and_layout(tmp_path):
     near, far = dict(TUNED), {**TUNED, "TILE_K": 8}
     _store(path, {Case("gemm_tiled", "NT", 128, 256, 784): near, Case("gemm_tiled", "NT", 1024, 256, 784): far})
     device = FakeDevice()
-    assert tuning.lookup(device, Case("gemm_tiled", "NT", 128, 256, 784), path) == near
-    assert tuning.lookup(device, Case("gemm_tiled", "NT", 200, 300, 600), path) == near
-    assert tuning.lookup(device, Case("gemm_tiled", "NT", 900, 256, 784), path) == far
+    assert tuning.lookup(device, Case("gemm_tiled", "NT", 128, 256, 784), path) == cached(near)
+    assert tuning.lookup(device, Case("gemm_tiled", "NT", 200, 300, 600), path) == cached(near)
+    assert tuning.lookup(device, Case("gemm_tiled", "NT", 900, 256, 784), path) == cached(far)
     assert tuning.lookup(device, Case("gemm_tiled", "NT", 128, 1024, 784), path) is None  # 4x away
     assert tuning.lookup(device, Case("gemm_tiled", "NN", 128, 256, 784), path) is None   # another layout
     assert tuning.lookup(device, Case("gemm_packed", "NT", 128, 256, 784), path) is None     # another kernel
@@ -60,7 +68,8 @@ def test_entries_of_other_devices_and_other_sources_are_not_used(tmp_path, monke
     other = FakeDevice()
     other.info = type("Info", (), {"platform": "Some Platform", "name": "Some Device", "driver": "2.0"})()
     _store(path, {case: TILED}, other)  # a driver upgrade is another entry; the first one is kept
-    assert tuning.lookup(FakeDevice(), case, path) == TUNED and tuning.lookup(other, case, path) == TILED
+    assert tuning.lookup(FakeDevice(), case, path) == cached(TUNED)
+    assert tuning.lookup(other, case, path) == cached(TILED)
     monkeypatch.setenv("CLNET_TUNING", "0")
     assert tuning.lookup(FakeDevice(), case, path) is None
     monkeypatch.delenv("CLNET_TUNING")
@@ -90,7 +99,7 @@ def test_a_corrupt_cache_is_reported_ignored_and_replaced(tmp_path, content, cap
     _store(path, {case: TUNED})
     caplog.clear()
     with caplog.at_level(logging.DEBUG, logger="clnet"):
-        assert tuning.lookup(FakeDevice(), case, path) == TUNED
+        assert tuning.lookup(FakeDevice(), case, path) == cached(TUNED)
     assert caplog.records[0].getMessage() == "Tuned parameters for gemm_tiled NN 64x64x64 from the tuning cache's " \
         "gemm_tiled NN 64x64x64"
 
@@ -102,7 +111,7 @@ def test_invalid_tuned_parameters_fall_back_to_the_defaults(device, monkeypatch)
     x = np.random.default_rng(0).normal(size=(4, 5))
     expected = model.predict(x)
     for broken in ({"TILE_M": 64}, {**TILED, "WPT_M": 3}, {**TILED, "TILE_K": 0}, "fast"):
-        monkeypatch.setattr(importlib.import_module("clnet.ops.gemm"), "lookup", lambda d, c: broken)
+        monkeypatch.setattr(importlib.import_module("clnet.ops.gemm"), "lookup", lambda d, c: Tuned(broken, "a test"))
         model = clnet.Sequential([L.Dense(5, 3)], device=device, seed=0)
         np.testing.assert_array_equal(model.predict(x), expected)
 
@@ -311,8 +320,8 @@ def test_the_cache_wins_over_the_shipped_table(tables, tmp_path, monkeypatch):
                         tuning.table_path("test-class"), note="a test")
     path = tmp_path / "tuning.json"
     _store(path, {near: TUNED})
-    assert tuning.lookup(device, near, path) == TUNED
-    assert tuning.lookup(device, far, path) == shipped
+    assert tuning.lookup(device, near, path) == cached(TUNED)
+    assert tuning.lookup(device, far, path) == Tuned(shipped, "the shipped test-class table", 2)
     assert tuning.lookup(device, Case("gemm_tiled", "NT", 4096, 64, 64), path) is None
     assert tuning.describe(device, path) == {"mode": "the cache, then the table", "cache": str(path),
                                              "cache_cases": 1, "class": "test-class", "table_cases": 2,
@@ -329,7 +338,8 @@ def test_a_table_for_other_kernel_sources_is_used_with_a_note(tables, tmp_path, 
     tuning.export_table(FakeDevice(), {case: {"params": shipped}}, tuning.table_path("test-class"))
     monkeypatch.setattr(tuning, "source_hash", lambda: "changed-kernels")
     with caplog.at_level(logging.INFO, logger="clnet.tuning"):
-        assert tuning.lookup(FakeDevice(), case, tmp_path / "none.json") == shipped
+        found = tuning.lookup(FakeDevice(), case, tmp_path / "none.json")
+    assert found == Tuned(shipped, "the shipped test-class table", 2)
     assert "made for other kernel sources" in caplog.text and "using it anyway" in caplog.text
 
 
@@ -342,8 +352,104 @@ def test_exporting_extends_a_table_of_the_same_class_and_sources(tmp_path):
     table = json.loads(path.read_text())
     assert set(table["cases"]) == {two.key} and table["class"] == "another-class"
     assert table["source"] == tuning.source_hash() and table["tuned_on"]["device"] == "Some Device"
+    assert table["tuned_on"]["compute_units"] == 2  # what a device of another unit count rebalances by
     with pytest.raises(ValueError, match="no device class"):
         tuning.export_table(type("Other", (), {"info": _info("P", "V", "x", "OTHER")})(), {}, path)
+
+
+# ---------------------------------------------------------------------- a table of other compute units
+
+def _defines(layout):
+    """A product's fixed options for its layout's name, as record_gemm gives them to the specs."""
+    return {"TRANS_A": int(layout[0] == "T"), "TRANS_B": int(layout[1] == "T"),
+            "CONV_B": int(layout.endswith("+conv")), "GROUPS": 1}
+
+
+DIRECT = {"CPU_ROWS": 8, "CHUNKS": 1, "SLICES": 1}
+
+
+@pytest.mark.parametrize("key, params, then, now, expected", [
+    # gemm_direct: CHUNKS x SLICES by now / then, CHUNKS first, at most one per row block (128 / 8 = 16)
+    ("gemm_direct NT 128x10x128", DIRECT, 2, 16, {"CHUNKS": 8}),  # the mlp's last layer: one work-item was
+    ("gemm_direct NT 128x10x128", {**DIRECT, "CHUNKS": 4}, 2, 16, {"CHUNKS": 16}),  # K unsplit: the default's
+    ("gemm_direct NT 128x10x4096", {**DIRECT, "CHUNKS": 4, "SLICES": 2}, 2, 16, {"CHUNKS": 16, "SLICES": 4}),
+    ("gemm_direct NT 128x10x4096", {**DIRECT, "CHUNKS": 4, "SLICES": 4}, 16, 2, {"CHUNKS": 1, "SLICES": 2}),
+    ("gemm_direct NT 128x10x128", {**DIRECT, "CHUNKS": 32}, 2, 16, {}),  # a near case's, past the bound: kept
+    ("gemm_direct NT 128x10x128", {**DIRECT, "CHUNKS": 32}, 16, 2, {"CHUNKS": 4}),
+    ("gemm_direct NT 128x10x128", {**DIRECT, "CHUNKS": 2}, 16, 2, {"CHUNKS": 1}),  # at least 1
+    # gemm_packed, a gathered B: from the slices it ran (at least K / 4096), at most twice the default,
+    # as the 16-core Xeon's own tuning took them where the 2-core EPYC's table says 1, 1 and 32
+    ("gemm_packed NT+conv 32x288x32768", {"CPU_ROWS": 4, "SLICES": 1}, 2, 16, {"SLICES": 16}),
+    ("gemm_packed NT+conv 64x576x8192", {"CPU_ROWS": 8, "SLICES": 1}, 2, 16, {"SLICES": 4}),
+    ("gemm_packed NT+conv 16x27x131072", {"CPU_ROWS": 8, "SLICES": 32}, 2, 16, {"SLICES": 64}),
+    ("gemm_packed NT+conv 32x288x32768", {"CPU_ROWS": 4, "SLICES": 1}, 2, 3, {"SLICES": 12}),
+    ("gemm_packed NT+conv 32x288x32768", {"CPU_ROWS": 4, "SLICES": 16}, 16, 2, {"SLICES": 8}),  # K / 4096
+    ("gemm_packed NN+conv 32x32768x288", {"CPU_ROWS": 8, "SLICES": 1}, 2, 16, {}),  # a short K: unsplit
+    # gemm_packed, a packed B: split only where the default splits (an output of one work-group's worth)
+    ("gemm_packed NT 128x128x9216", {"CPU_ROWS": 4, "SLICES": 1}, 2, 16, {"SLICES": 8}),
+    ("gemm_packed NT 128x128x9216", {"CPU_ROWS": 4, "SLICES": 8}, 2, 16, {"SLICES": 36}),
+    ("gemm_packed NN 1024x1024x1024", {"CPU_ROWS": 14, "SLICES": 1}, 2, 16, {}),
+    # gemm_tiled: SLICES at most K / 128; an unsplit product split only where the default splits
+    ("gemm_tiled NT+conv 64x576x131072", {**TILED, "SLICES": 118}, 132, 114, {"SLICES": 102}),
+    ("gemm_tiled NT 1024x128x9216", {**TILED, "SLICES": 33}, 132, 528, {"SLICES": 72}),
+    ("gemm_tiled NN 1024x1024x1024", {**GEMM_TILED.big, "SLICES": 1}, 66, 132, {"SLICES": 2}),
+    ("gemm_tiled NN 4096x4096x4096", {**GEMM_TILED.big, "SLICES": 1}, 66, 132, {}),  # 4096 tiles: enough
+])
+def test_parameters_tuned_on_other_compute_units_are_rebalanced(key, params, then, now, expected):
+    """The parameters that divide a product's work among the compute units, tuned on a device of
+    `then` units, scaled by now / then for a device of `now` within each spec's bounds; the rest kept."""
+    case = Case.from_key(key)
+    spec = SPECS[case.kernel]
+    got = spec.rebalance(FakeDevice(now), case.m, case.n, case.k, _defines(case.layout), params, then)
+    assert got == {**params, **expected} and spec.valid(got)
+
+
+def test_only_a_shipped_table_that_names_its_units_is_rebalanced(tables, tmp_path, monkeypatch, caplog):
+    """lookup says where parameters come from and a table's compute units; the launcher rebalances a
+    table's for a device of another count, with a note in the log. The cache's (tuned on this very
+    device) and those of a table that does not name its units are taken as they are."""
+    tables.mkdir()
+    gemm_module = importlib.import_module("clnet.ops.gemm")
+    case, defines, table = Case("gemm_direct", "NT", 128, 10, 128), _defines("NT"), tuning.table_path("test-class")
+    tuning.export_table(FakeDevice(2), {case: {"params": DIRECT}}, table)
+    xeon, origin = FakeDevice(16), "the shipped test-class table"
+    monkeypatch.setenv("CLNET_TUNING_FILE", str(tmp_path / "none.json"))
+    assert tuning.lookup(xeon, case) == Tuned(DIRECT, origin, 2)
+    with caplog.at_level(logging.DEBUG, logger="clnet.ops.gemm"):
+        assert gemm_module._tuned(xeon, SPECS["gemm_direct"], case, defines) == {**DIRECT, "CHUNKS": 8}
+    assert caplog.records[-1].getMessage() == "gemm_direct NT 128x10x128: parameters from the shipped test-class " \
+        "table (tuned on 2 compute units) rebalanced for 16: CHUNKS 1 -> 8"
+    assert gemm_module._tuned(FakeDevice(2), SPECS["gemm_direct"], case, defines) == DIRECT
+    monkeypatch.setenv("CLNET_TUNING_FILE", str(_store(tmp_path / "tuning.json", {case: DIRECT}, xeon)))
+    assert tuning.lookup(xeon, case) == cached(DIRECT)
+    assert gemm_module._tuned(xeon, SPECS["gemm_direct"], case, defines) == DIRECT
+    monkeypatch.setenv("CLNET_TUNING_FILE", str(tmp_path / "none.json"))
+    older = json.loads(table.read_text())
+    del older["tuned_on"]["compute_units"]
+    table.write_text(json.dumps(older))
+    tuning.shipped_table.cache_clear()
+    assert tuning.lookup(xeon, case) == Tuned(DIRECT, origin, None)
+    assert gemm_module._tuned(xeon, SPECS["gemm_direct"], case, defines) == DIRECT
+
+
+def test_a_rebalanced_table_runs_on_the_device(device, tables, tmp_path, monkeypatch):
+    """On the test's device, the mlp's last layer (gemm_direct) with a shipped table tuned on one
+    compute unit: CHUNKS 3 times the device's units (at most its 16 row blocks), not the table's 3 nor
+    the default's; the product still right."""
+    monkeypatch.setattr(device, "family", "cpu")
+    monkeypatch.setenv("CLNET_TUNING_FILE", str(tmp_path / "none.json"))
+    tables.mkdir()
+    tuning.export_table(FakeDevice(1), {Case("gemm_direct", "NT", 128, 10, 128): {"params": {**DIRECT, "CHUNKS": 3}}},
+                        tuning.table_path("test-class"))
+    rng = np.random.default_rng(2)
+    a, b = rng.uniform(-1, 1, (128, 128)).astype(np.float32), rng.uniform(-1, 1, (10, 128)).astype(np.float32)
+    plan, c = Plan(device), DeviceTensor.empty(device, (128, 10))
+    gemm(plan, DeviceTensor.from_numpy(device, a), DeviceTensor.from_numpy(device, b), c, trans_b=True)
+    launch, = [launch for launch in plan.launches if launch.kernel.function_name == "gemm_direct"]
+    assert tuple(launch.global_size) == (1, min(3 * device.info.compute_units, 16))
+    plan.finalize(plan.place())
+    plan.run()
+    np.testing.assert_allclose(c.download(), a.astype(np.float64) @ b.astype(np.float64).T, rtol=1e-5, atol=1e-4)
 
 
 SHIPPED = sorted(Path(tuning.TABLES).glob("*.json"))
@@ -371,6 +477,7 @@ def test_a_shipped_table_is_sound(device, path):
     parameters are speed hints, used with a note, until `clnet-tune --export-table` refreshes it."""
     table = json.loads(path.read_text())
     assert table["format"] == tuning.TABLE_FORMAT and table["class"] == path.stem and table["source"]
+    assert tuning._table_units(table) == table["tuned_on"]["compute_units"]  # a positive int
     distinct = set()
     for key, result in table["cases"].items():
         case = Case.from_key(key)

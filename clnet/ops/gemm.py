@@ -1,11 +1,14 @@
 """GEMM launcher: picks the kernel of the device's family, the layout of the operands, and the
 kernel parameters (tuned by `clnet-tune` where the tuning cache has them, else defaults)."""
 
+import logging
 from dataclasses import dataclass
 from math import prod
 
 from ..tuning import Case, lookup, record
 from .elementwise import SUM_SLICES_FILE, activation
+
+log = logging.getLogger(__name__)
 
 SPLIT_MIN = 128    # shortest K slice worth its own work-groups
 PANEL = 16         # columns of a B panel (gemm_packed, gemm_direct)
@@ -69,6 +72,25 @@ def _matrix(x):
     return x if isinstance(x, Matrix) else Matrix(x, *x.shape)
 
 
+def _gather_slices(k):
+    """The fewest K slices of a gathered B (gemm_packed's implicit convolutions): panels of at most
+    CPU_GATHER_K rows in local memory."""
+    return -(-k // CPU_GATHER_K)
+
+
+def _scaled(value, ratio, most, least=1):
+    """`value` times `ratio`, rounded, within [least, most]; a value already beyond a bound (a near
+    case's, tuned for another size) stays rather than move against the scaling."""
+    return max(min(least, value), min(max(most, value), round(value * ratio)))
+
+
+def _scaled_slices(slices, ratio, default, most, least=1):
+    """A K split scaled (`_scaled`). An unsplit product is split only where the spec's `default`
+    slices for it on this device split K: elsewhere the default judges the output's own work-items
+    enough for every compute unit, and slices would only add partial sums to write and add up."""
+    return 1 if slices == 1 and default == 1 else _scaled(slices, ratio, most, least)
+
+
 def layout(defines, groups=1):
     """The operand layout of a GEMM as the tuning cache names it, e.g. "NT", "NN+conv", or "NN+conv+g4"
     for 4 groups (a grouped product is tuned apart from a plain one of its groups' size). A's images
@@ -119,6 +141,12 @@ class GemmSpec:
         """`params` with the other settings of the switches that the device takes, which clnet-tune
         times on the fastest of the candidates."""
         return []
+
+    def rebalance(self, device, m, n, k, defines, params, units_then):
+        """`params` tuned (for this product or a near one) on a device of `units_then` compute units,
+        for this device of the same class: the parameters that divide the work among the compute
+        units scaled by the ratio of the counts, the tiles and row blocks kept (here: none)."""
+        return params
 
 
 class TiledSpec(GemmSpec):
@@ -192,6 +220,13 @@ class TiledSpec(GemmSpec):
             found += [{**tile, "SLICES": s} for s in ({slices, 2 * slices} if slices > 1 else {1})]
         return found
 
+    def rebalance(self, device, m, n, k, defines, params, units_then):
+        """SLICES scaled, at most K // SPLIT_MIN (as `split_k` bounds them)."""
+        default = self.default(device, m, n, k, defines)["SLICES"]
+        slices = _scaled_slices(params["SLICES"], device.info.compute_units / units_then, default,
+                                max(1, k // SPLIT_MIN))
+        return {**params, "SLICES": slices}
+
     def variants(self, device, params):
         found = [{**params, "PREFETCH": prefetch, "VECTOR": vector, "VLOAD": vload}
                  for prefetch in (1, 2, 0) for vector in (0, 1) for vload in (0, 1)]
@@ -216,7 +251,7 @@ class PackedSpec(GemmSpec):
         rows, groups = 12 if m >= 12 else -(-m // 4) * 4, defines.get("GROUPS", 1)
         if defines.get("CONV_B"):
             wanted = -(-CPU_GATHER_ITEMS // (groups * -(-n // PANEL)))
-            return {"CPU_ROWS": rows, "SLICES": max(-(-k // CPU_GATHER_K), min(wanted, k // CPU_SLICE))}
+            return {"CPU_ROWS": rows, "SLICES": max(_gather_slices(k), min(wanted, k // CPU_SLICE))}
         panels = groups * -(-n // PANEL) * -(-m // rows)
         slices = k // CPU_SLICE if panels <= CPU_GROUP and k >= 2 * CPU_SLICE else 1
         return {"CPU_ROWS": rows, "SLICES": slices}
@@ -225,6 +260,16 @@ class PackedSpec(GemmSpec):
         """Every row block, unsplit and with the default's K slices, twice and half as many."""
         slices = {1, default["SLICES"], 2 * default["SLICES"], max(1, default["SLICES"] // 2)}
         return [{"CPU_ROWS": r, "SLICES": s} for r in self.rows for s in sorted(slices)]
+
+    def rebalance(self, device, m, n, k, defines, params, units_then):
+        """SLICES scaled, at most twice this device's default: the most clnet-tune times (a gathered
+        B's default does not grow with the cores, and a 16-core Xeon's tuner took that most where the
+        2-core EPYC's table has the fewest). A gathered B's are scaled from what the kernel ran, at
+        least `_gather_slices` whatever the table says: a table's 1 for a K of 32768 ran as 8 slices."""
+        least, default = _gather_slices(k) if defines.get("CONV_B") else 1, self.default(device, m, n, k, defines)
+        slices = _scaled_slices(max(params["SLICES"], least), device.info.compute_units / units_then,
+                                default["SLICES"], 2 * default["SLICES"], least)
+        return {**params, "SLICES": slices}
 
 
 class DirectSpec(GemmSpec):
@@ -249,6 +294,17 @@ class DirectSpec(GemmSpec):
         chunks = sorted({1, default["CHUNKS"], 2 * default["CHUNKS"]})
         slices = sorted({1, max(1, shape[2] // CPU_SLICE)})
         return [{"CPU_ROWS": r, "CHUNKS": c, "SLICES": s} for r in self.rows for c in chunks for s in slices]
+
+    def rebalance(self, device, m, n, k, defines, params, units_then):
+        """The work-items per panel of B, CHUNKS x SLICES, scaled (not each of them, which would
+        scale their product twice): CHUNKS first, which costs no partial sums, at most one per row
+        block; SLICES by what CHUNKS could not take, at most K // CPU_SLICE (as clnet-tune splits it),
+        and only where the table's product was split (the default does not split K)."""
+        ratio, default = device.info.compute_units / units_then, self.default(device, m, n, k, defines)
+        chunks = _scaled(params["CHUNKS"], ratio, -(-m // params["CPU_ROWS"]))
+        slices = _scaled_slices(params["SLICES"], ratio * params["CHUNKS"] / chunks, default["SLICES"],
+                                max(1, k // CPU_SLICE))
+        return {**params, "CHUNKS": chunks, "SLICES": slices}
 
 
 GEMM_TILED, GEMM_PACKED, GEMM_DIRECT = TiledSpec(), PackedSpec(), DirectSpec()
@@ -313,7 +369,7 @@ def record_gemm(plan, kernel, defines, shape, a, b, c, bias=None, params=None, g
                       0 if bias is None else prod(bias.shape), groups, (a.group_stride, b.group_stride)))
     defines = {**defines, "A_IMAGE_COLS": a.image_cols, "C_IMAGE_COLS": c.image_cols}
     if params is None:
-        params = lookup(plan.device, case)
+        params = _tuned(plan.device, spec, case, {**defines, "GROUPS": groups})
         if not spec.valid(params):
             params = spec.default(plan.device, m, n, k, {**defines, "GROUPS": groups})
     params = dict(params)
@@ -349,6 +405,23 @@ def record_gemm(plan, kernel, defines, shape, a, b, c, bias=None, params=None, g
     return plan.launch(total, (groups * m * n,), (64,), groups * m, n, slices, partial, c.tensor, c.ld, bias)
 
 
+def _tuned(device, spec, case, defines):
+    """The case's tuned parameters (`lookup`) if the kernel takes them, else None; those of a shipped
+    table tuned on a device of another compute-unit count rebalanced for this one (`spec.rebalance`)."""
+    found = lookup(device, case)
+    if found is None or not spec.valid(found.params):
+        return None
+    units = device.info.compute_units
+    if found.units is None or found.units == units:
+        return found.params
+    params = spec.rebalance(device, case.m, case.n, case.k, defines, found.params, found.units)
+    changed = [f"{key} {found.params[key]} -> {value}" for key, value in params.items() if value != found.params[key]]
+    if changed:
+        log.debug("%s: parameters from %s (tuned on %d compute units) rebalanced for %d: %s", case.key,
+                  found.origin, found.units, units, ", ".join(changed))
+    return params
+
+
 def _packed_operands(plan, defines, shape, a, b, params, slices, groups):
     """Record the copies of the operands into gemm_packed's panels (B's only where it is not an
     implicit convolution's, which gemm_packed gathers itself; every group's, one after another); the
@@ -369,7 +442,7 @@ def _packed_operands(plan, defines, shape, a, b, params, slices, groups):
         plan.launch(pack, (-(-k // PACK_RUN), grid[1], *z), (1, 1, *z_local), m, k, a.tensor, a.ld, packed_a)
     packed_a = Matrix(packed_a, m, k, ld=0)
     if defines.get("CONV_B"):  # one work-item per panel of B (or slice of it): every panel of A
-        slices = max(slices, -(-k // CPU_GATHER_K))  # (a tuned or forced split may not know the limit)
+        slices = max(slices, _gather_slices(k))  # (a tuned or forced split may not know the limit)
         gather = {key: value for key, value in defines.items() if key == "TRANS_B" or key.startswith("CONV_")}
         options = {"CPU_ROWS": rows, "PANEL_K": -(-k // slices), **gather, "GROUP_B": b.group_stride or None}
         return packed_a, b, options, (grid[0], 1), (1, 1), slices
