@@ -7,7 +7,7 @@ import os
 import re
 import subprocess
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,11 +27,14 @@ TILED = GEMM_TILED.defaults
 TUNED = {**TILED, "TILE_M": 32, "TILE_N": 64, "WPT_M": 2}
 
 
+@dataclass(frozen=True)
 class FakeInfo:
-    platform, platform_vendor, name, driver, type = "Some Platform", "Some Vendor", "Some Device", "1.0", "GPU"
-
-    def __init__(self, compute_units=2):
-        self.compute_units = compute_units
+    compute_units: int = 2
+    platform: str = "Some Platform"
+    platform_vendor: str = "Some Vendor"
+    name: str = "Some Device"
+    driver: str = "1.0"
+    type: str = "GPU"
 
 
 class FakeDevice:
@@ -369,35 +372,28 @@ DIRECT = {"CPU_ROWS": 8, "CHUNKS": 1, "SLICES": 1}
 
 
 @pytest.mark.parametrize("key, params, then, now, expected", [
-    # gemm_direct: CHUNKS x SLICES by now / then, CHUNKS first, at most one per row block (128 / 8 = 16)
-    ("gemm_direct NT 128x10x128", DIRECT, 2, 16, {"CHUNKS": 8}),  # the mlp's last layer: one work-item was
-    ("gemm_direct NT 128x10x128", {**DIRECT, "CHUNKS": 4}, 2, 16, {"CHUNKS": 16}),  # K unsplit: the default's
-    ("gemm_direct NT 128x10x4096", {**DIRECT, "CHUNKS": 4, "SLICES": 2}, 2, 16, {"CHUNKS": 16, "SLICES": 4}),
-    ("gemm_direct NT 128x10x4096", {**DIRECT, "CHUNKS": 4, "SLICES": 4}, 16, 2, {"CHUNKS": 1, "SLICES": 2}),
-    ("gemm_direct NT 128x10x128", {**DIRECT, "CHUNKS": 32}, 2, 16, {}),  # a near case's, past the bound: kept
-    ("gemm_direct NT 128x10x128", {**DIRECT, "CHUNKS": 32}, 16, 2, {"CHUNKS": 4}),
-    ("gemm_direct NT 128x10x128", {**DIRECT, "CHUNKS": 2}, 16, 2, {"CHUNKS": 1}),  # at least 1
-    # gemm_packed, a gathered B: from the slices it ran (at least K / 4096), at most twice the default,
-    # as the 16-core Xeon's own tuning took them where the 2-core EPYC's table says 1, 1 and 32
-    ("gemm_packed NT+conv 32x288x32768", {"CPU_ROWS": 4, "SLICES": 1}, 2, 16, {"SLICES": 16}),
-    ("gemm_packed NT+conv 64x576x8192", {"CPU_ROWS": 8, "SLICES": 1}, 2, 16, {"SLICES": 4}),
-    ("gemm_packed NT+conv 16x27x131072", {"CPU_ROWS": 8, "SLICES": 32}, 2, 16, {"SLICES": 64}),
-    ("gemm_packed NT+conv 32x288x32768", {"CPU_ROWS": 4, "SLICES": 1}, 2, 3, {"SLICES": 12}),
-    ("gemm_packed NT+conv 32x288x32768", {"CPU_ROWS": 4, "SLICES": 16}, 16, 2, {"SLICES": 8}),  # K / 4096
-    ("gemm_packed NN+conv 32x32768x288", {"CPU_ROWS": 8, "SLICES": 1}, 2, 16, {}),  # a short K: unsplit
-    # gemm_packed, a packed B: split only where the default splits (an output of one work-group's worth)
-    ("gemm_packed NT 128x128x9216", {"CPU_ROWS": 4, "SLICES": 1}, 2, 16, {"SLICES": 8}),
-    ("gemm_packed NT 128x128x9216", {"CPU_ROWS": 4, "SLICES": 8}, 2, 16, {"SLICES": 36}),
-    ("gemm_packed NN 1024x1024x1024", {"CPU_ROWS": 14, "SLICES": 1}, 2, 16, {}),
-    # gemm_tiled: SLICES at most K / 128; an unsplit product split only where the default splits
-    ("gemm_tiled NT+conv 64x576x131072", {**TILED, "SLICES": 118}, 132, 114, {"SLICES": 102}),
-    ("gemm_tiled NT 1024x128x9216", {**TILED, "SLICES": 33}, 132, 528, {"SLICES": 72}),
-    ("gemm_tiled NN 1024x1024x1024", {**GEMM_TILED.big, "SLICES": 1}, 66, 132, {"SLICES": 2}),
-    ("gemm_tiled NN 4096x4096x4096", {**GEMM_TILED.big, "SLICES": 1}, 66, 132, {}),  # 4096 tiles: enough
+    # gemm_direct: CHUNKS by the defaults' ratio, at most one per block of rows (128 / 8 = 16); K kept
+    ("gemm_direct NT 128x10x128", DIRECT, 2, 16, {"CHUNKS": 8}),  # the mlp's last layer: 1 of 2, now 8 of 16
+    ("gemm_direct NT 128x10x128", {**DIRECT, "CHUNKS": 4}, 2, 16, {"CHUNKS": 16}),  # 32: one per row block
+    ("gemm_direct NT 128x10x4096", {**DIRECT, "CHUNKS": 4, "SLICES": 2}, 2, 16, {"CHUNKS": 16}),
+    ("gemm_direct NT 128x10x128", {**DIRECT, "CHUNKS": 16}, 16, 2, {"CHUNKS": 2}),
+    ("gemm_direct NT 128x10x128", {**DIRECT, "CHUNKS": 2}, 16, 2, {"CHUNKS": 1}),  # 0.25: at least 1
+    ("gemm_direct NT 128x256x784", DIRECT, 2, 16, {}),  # the mlp's first layer: 16 panels, one chunk each on both
+    ("gemm_direct NN 512x512x512", {**DIRECT, "CHUNKS": 2}, 2, 16, {}),  # 32 panels: the defaults agree
+    # gemm_packed: its defaults do not depend on the compute units
+    ("gemm_packed NT+conv 32x288x32768", {"CPU_ROWS": 4, "SLICES": 1}, 2, 16, {}),
+    ("gemm_packed NT 128x128x9216", {"CPU_ROWS": 4, "SLICES": 8}, 2, 16, {}),
+    # gemm_tiled: SLICES by the defaults' ratio (their 64 x 64 tiles), at most K / 128
+    ("gemm_tiled NT+conv 64x576x131072", {**TILED, "SLICES": 118}, 132, 114, {"SLICES": 102}),  # 59 and 51
+    ("gemm_tiled NT 1024x128x9216", {**TILED, "SLICES": 33}, 132, 528, {"SLICES": 72}),  # 33 * 66 / 17 > 72
+    ("gemm_tiled NN 1024x1024x1024", {**GEMM_TILED.big, "SLICES": 4}, 66, 132, {"SLICES": 6}),  # 2 and 3
+    ("gemm_tiled NN 4096x4096x4096", {**GEMM_TILED.big, "SLICES": 1}, 66, 132, {}),  # 4096 tiles: unsplit on both
+    ("gemm_tiled NT+conv 64x576x131072", {**TILED, "SLICES": 118}, 132, 8, {"SLICES": 8}),  # 59 and 4
 ])
 def test_parameters_tuned_on_other_compute_units_are_rebalanced(key, params, then, now, expected):
     """The parameters that divide a product's work among the compute units, tuned on a device of
-    `then` units, scaled by now / then for a device of `now` within each spec's bounds; the rest kept."""
+    `then` units, keep their ratio to the spec's default on a device of `now`, within the kernel's
+    bounds; the rest kept."""
     case = Case.from_key(key)
     spec = SPECS[case.kernel]
     got = spec.rebalance(FakeDevice(now), case.m, case.n, case.k, _defines(case.layout), params, then)

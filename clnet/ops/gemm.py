@@ -2,8 +2,9 @@
 kernel parameters (tuned by `clnet-tune` where the tuning cache has them, else defaults)."""
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from math import prod
+from types import SimpleNamespace
 
 from ..tuning import Case, lookup, record
 from .elementwise import SUM_SLICES_FILE, activation
@@ -78,19 +79,6 @@ def _gather_slices(k):
     return -(-k // CPU_GATHER_K)
 
 
-def _scaled(value, ratio, most, least=1):
-    """`value` times `ratio`, rounded, within [least, most]; a value already beyond a bound (a near
-    case's, tuned for another size) stays rather than move against the scaling."""
-    return max(min(least, value), min(max(most, value), round(value * ratio)))
-
-
-def _scaled_slices(slices, ratio, default, most, least=1):
-    """A K split scaled (`_scaled`). An unsplit product is split only where the spec's `default`
-    slices for it on this device split K: elsewhere the default judges the output's own work-items
-    enough for every compute unit, and slices would only add partial sums to write and add up."""
-    return 1 if slices == 1 and default == 1 else _scaled(slices, ratio, most, least)
-
-
 def layout(defines, groups=1):
     """The operand layout of a GEMM as the tuning cache names it, e.g. "NT", "NN+conv", or "NN+conv+g4"
     for 4 groups (a grouped product is tuned apart from a plain one of its groups' size). A's images
@@ -109,6 +97,7 @@ class GemmSpec:
     kernel = file = None
     defaults = {}
     switches = {}
+    splits = ()  # the parameters by which the defaults divide a product's work among the compute units
 
     def valid(self, params):
         """Parameters the kernel can take: every name it knows, switches at one of their settings,
@@ -143,10 +132,23 @@ class GemmSpec:
         return []
 
     def rebalance(self, device, m, n, k, defines, params, units_then):
-        """`params` tuned (for this product or a near one) on a device of `units_then` compute units,
-        for this device of the same class: the parameters that divide the work among the compute
-        units scaled by the ratio of the counts, the tiles and row blocks kept (here: none)."""
-        return params
+        """`params` tuned (for this product or a near one) on a device of the class with `units_then`
+        compute units, for this device: each parameter by which the defaults divide the work among
+        the compute units (`splits`) keeps its ratio to the default, the two counts' defaults being
+        what differs; the tiles and row blocks are kept. A value at the other device's default thus
+        becomes this one's, and twice it (where the tuner found more work-items faster) twice this
+        one's; at most what the kernel makes use of (`_most`)."""
+        if not self.splits:
+            return params
+        now = self.default(device, m, n, k, defines)
+        then = self.default(_with_units(device, units_then), m, n, k, defines)
+        most = self._most(m, k, params)
+        return {**params, **{key: min(most[key], max(1, round(params[key] * now[key] / then[key])))
+                             for key in self.splits}}
+
+    def _most(self, m, k, params):
+        """The largest value of each of `splits` that the kernel makes use of."""
+        return {}
 
 
 class TiledSpec(GemmSpec):
@@ -158,6 +160,7 @@ class TiledSpec(GemmSpec):
                 "VLOAD": 0, "SLICES": 1}
     big = {**defaults, "TILE_M": 128, "TILE_N": 128, "WPT_M": 8, "WPT_N": 8}  # 8 x 8 outputs per work-item
     switches = {"PREFETCH": (0, 1, 2), "VECTOR": (0, 1), "VLOAD": (0, 1)}
+    splits = ("SLICES",)
     # the tile shapes clnet-tune tries, (TILE_M, TILE_N, TILE_K, WPT_M, WPT_N): work-groups of 8 x 8 to 16 x 16
     tiles = [(64, 64, 16, 4, 4), (128, 128, 16, 8, 8), (128, 128, 8, 8, 8), (128, 128, 32, 8, 8),
              (128, 64, 16, 8, 4), (64, 128, 16, 4, 8), (64, 64, 32, 4, 4), (32, 64, 16, 2, 4),
@@ -220,12 +223,8 @@ class TiledSpec(GemmSpec):
             found += [{**tile, "SLICES": s} for s in ({slices, 2 * slices} if slices > 1 else {1})]
         return found
 
-    def rebalance(self, device, m, n, k, defines, params, units_then):
-        """SLICES scaled, at most K // SPLIT_MIN (as `split_k` bounds them)."""
-        default = self.default(device, m, n, k, defines)["SLICES"]
-        slices = _scaled_slices(params["SLICES"], device.info.compute_units / units_then, default,
-                                max(1, k // SPLIT_MIN))
-        return {**params, "SLICES": slices}
+    def _most(self, m, k, params):
+        return {"SLICES": max(1, k // SPLIT_MIN)}  # as split_k bounds them
 
     def variants(self, device, params):
         found = [{**params, "PREFETCH": prefetch, "VECTOR": vector, "VLOAD": vload}
@@ -236,6 +235,7 @@ class TiledSpec(GemmSpec):
 class PackedSpec(GemmSpec):
     """gemm_packed (the CPU family): CPU_ROWS x 16 of C per work-item."""
     kernel, file = "gemm_packed", "gemm_packed.cl"  # with pack_a and pack_b
+    # (no `splits`: its defaults divide the work by the output's panels, whatever the compute units)
     defaults = {"CPU_ROWS": 12, "SLICES": 1}
     # the row blocks clnet-tune tries; 16 float16 accumulators would take all 32 vector registers,
     # as PoCL splits them into 256-bit halves
@@ -261,22 +261,13 @@ class PackedSpec(GemmSpec):
         slices = {1, default["SLICES"], 2 * default["SLICES"], max(1, default["SLICES"] // 2)}
         return [{"CPU_ROWS": r, "SLICES": s} for r in self.rows for s in sorted(slices)]
 
-    def rebalance(self, device, m, n, k, defines, params, units_then):
-        """SLICES scaled, at most twice this device's default: the most clnet-tune times (a gathered
-        B's default does not grow with the cores, and a 16-core Xeon's tuner took that most where the
-        2-core EPYC's table has the fewest). A gathered B's are scaled from what the kernel ran, at
-        least `_gather_slices` whatever the table says: a table's 1 for a K of 32768 ran as 8 slices."""
-        least, default = _gather_slices(k) if defines.get("CONV_B") else 1, self.default(device, m, n, k, defines)
-        slices = _scaled_slices(max(params["SLICES"], least), device.info.compute_units / units_then,
-                                default["SLICES"], 2 * default["SLICES"], least)
-        return {**params, "SLICES": slices}
-
 
 class DirectSpec(GemmSpec):
     """gemm_direct (the CPU family's small products, CPU_DIRECT_BYTES): CPU_ROWS x 16 of C at a time,
     as gemm_packed, over A read in place; each of CHUNKS work-items per panel of B loads the panel
     and multiplies its share of the row blocks by it."""
     kernel, file = "gemm_direct", "gemm_packed.cl"
+    splits = ("CHUNKS",)  # (its defaults never split K)
     defaults = {"CPU_ROWS": 8, "CHUNKS": 1, "SLICES": 1}
     rows = PackedSpec.rows
 
@@ -295,16 +286,8 @@ class DirectSpec(GemmSpec):
         slices = sorted({1, max(1, shape[2] // CPU_SLICE)})
         return [{"CPU_ROWS": r, "CHUNKS": c, "SLICES": s} for r in self.rows for c in chunks for s in slices]
 
-    def rebalance(self, device, m, n, k, defines, params, units_then):
-        """The work-items per panel of B, CHUNKS x SLICES, scaled (not each of them, which would
-        scale their product twice): CHUNKS first, which costs no partial sums, at most one per row
-        block; SLICES by what CHUNKS could not take, at most K // CPU_SLICE (as clnet-tune splits it),
-        and only where the table's product was split (the default does not split K)."""
-        ratio, default = device.info.compute_units / units_then, self.default(device, m, n, k, defines)
-        chunks = _scaled(params["CHUNKS"], ratio, -(-m // params["CPU_ROWS"]))
-        slices = _scaled_slices(params["SLICES"], ratio * params["CHUNKS"] / chunks, default["SLICES"],
-                                max(1, k // CPU_SLICE))
-        return {**params, "CHUNKS": chunks, "SLICES": slices}
+    def _most(self, m, k, params):
+        return {"CHUNKS": -(-m // params["CPU_ROWS"])}  # a work-item per block of rows
 
 
 GEMM_TILED, GEMM_PACKED, GEMM_DIRECT = TiledSpec(), PackedSpec(), DirectSpec()
@@ -403,6 +386,12 @@ def record_gemm(plan, kernel, defines, shape, a, b, c, bias=None, params=None, g
     plan.launch(program, grid, local, m, n, k, a.tensor, a.ld, b.tensor, b.ld, partial, n, partial)
     total = plan.kernel(SUM_SLICES_FILE, "sum_slices", **epilogue)
     return plan.launch(total, (groups * m * n,), (64,), groups * m, n, slices, partial, c.tensor, c.ld, bias)
+
+
+def _with_units(device, units):
+    """`device` as though it had `units` compute units, for the defaults another device of its class
+    gets (the specs' `default` reads nothing else of the device)."""
+    return SimpleNamespace(info=replace(device.info, compute_units=units))
 
 
 def _tuned(device, spec, case, defines):
