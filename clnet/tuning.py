@@ -329,7 +329,9 @@ def store(device, results, path=None):
 def export_table(device, results, path, cls=None, note=None):
     """Write (or extend) the shipped table of the device's class at `path` with `results` ({Case:
     {"params": ...}}), as `clnet-tune --export-table` does, case by case. A table of the same class
-    and kernel sources at `path` keeps its other cases, so that several bounded runs build one table.
+    and kernel sources at `path`, made on a device of as many compute units, keeps its other cases
+    and its note (a new note is added to it), so that several bounded runs build one table; another
+    is replaced.
 
     Args:
         device: the tuned device; its `DeviceInfo` names the table's origin and its compute units
@@ -347,18 +349,18 @@ def export_table(device, results, path, cls=None, note=None):
         raise ValueError(f"{device.info.name} belongs to no device class with a shipped table: name one")
     path = Path(path)
     refuse_special(path)  # reading a FIFO would block
-    cases = {}
+    info, cases, kept = device.info, {}, ""
     try:
         old = json.loads(path.read_text())
-        if old.get("class") == cls and old.get("source") == source_hash():
-            cases = dict(old["cases"])
+        if (old.get("class"), old.get("source"), _table_units(old)) == (cls, source_hash(), info.compute_units):
+            cases, kept = dict(old["cases"]), str(old["tuned_on"].get("note") or "")
     except (OSError, ValueError, AttributeError, KeyError, TypeError):
         pass  # none yet, or not one to extend: replaced
     cases.update({case.key: result for case, result in results.items()})
-    info = device.info
+    note = kept if not note or note in kept else "; ".join(filter(None, (kept, note)))
     table = {"format": TABLE_FORMAT, "version": VERSION, "class": cls, "source": source_hash(),
              "tuned_on": {"platform": info.platform, "device": info.name, "driver": info.driver,
-                          "compute_units": info.compute_units, "note": note or ""},
+                          "compute_units": info.compute_units, "note": note},
              "cases": cases}
     text = (json.dumps(table, indent=1, sort_keys=True) + "\n").encode()
     replace_atomically(path, lambda f: f.write(text))

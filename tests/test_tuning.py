@@ -346,11 +346,21 @@ def test_a_table_for_other_kernel_sources_is_used_with_a_note(tables, tmp_path, 
     assert "made for other kernel sources" in caplog.text and "using it anyway" in caplog.text
 
 
-def test_exporting_extends_a_table_of_the_same_class_and_sources(tmp_path):
+def test_exporting_extends_a_table_of_the_same_class_sources_and_compute_units(tmp_path):
+    """Bounded runs build one table, their notes kept in order (a run's note once, for all its
+    cases); a table of another class, or made on another count of compute units, is replaced."""
     path, one, two = tmp_path / "t.json", Case("gemm_tiled", "NN", 8, 8, 8), Case("gemm_tiled", "NT", 8, 8, 8)
-    tuning.export_table(FakeDevice(), {one: {"params": TILED}}, path, "some-class")
-    tuning.export_table(FakeDevice(), {two: {"params": TUNED}}, path, "some-class")
-    assert set(json.loads(path.read_text())["cases"]) == {one.key, two.key}
+    tuning.export_table(FakeDevice(), {one: {"params": TILED}}, path, "some-class", note="run 1")
+    tuning.export_table(FakeDevice(), {two: {"params": TILED}}, path, "some-class", note="run 1")
+    tuning.export_table(FakeDevice(), {two: {"params": TUNED}}, path, "some-class", note="run 2")
+    tuning.export_table(FakeDevice(), {}, path, "some-class")
+    table = json.loads(path.read_text())
+    assert table["cases"] == {one.key: {"params": TILED}, two.key: {"params": TUNED}}
+    assert table["tuned_on"]["note"] == "run 1; run 2"
+    tuning.export_table(FakeDevice(16), {one: {"params": TUNED}}, path, "some-class", note="run 3")
+    table = json.loads(path.read_text())
+    assert table["cases"] == {one.key: {"params": TUNED}} and table["tuned_on"]["note"] == "run 3"
+    assert table["tuned_on"]["compute_units"] == 16
     tuning.export_table(FakeDevice(), {two: {"params": TUNED}}, path, "another-class")  # replaced
     table = json.loads(path.read_text())
     assert set(table["cases"]) == {two.key} and table["class"] == "another-class"
