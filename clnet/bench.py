@@ -440,8 +440,8 @@ def header(desc):
 
 
 def _tuning_line(t):
-    table = (f"the {t['class']} table ({t['table_cases']} cases"
-             + ("" if t["table_current"] else ", made for other kernel sources") + ")") if t["table_cases"] else "none"
+    stale = f", {t['table_stale_cases']} of them made for other kernel sources" if t["table_stale_cases"] else ""
+    table = f"the {t['class']} table ({t['table_cases']} cases{stale})" if t["table_cases"] else "none"
     return (f"tuned parameters: {t['mode']}; cache {t['cache']}: {t['cache_cases']} cases for this device; "
             f"shipped table: {table}")
 

@@ -10,15 +10,17 @@ winning parameters. Writers merge their cases into the file under a file lock, s
 running at once lose nothing.
 
 The shipped tables (`clnet/tuned/<class>.json`, one per device class: `device_class`) hold cases
-in the same form, tuned by `clnet-tune --export-table` on one device of the class. A table made
-for other kernel sources is still used, with a logged note: its parameters are only speed hints
-(every set is checked valid for the kernel, and a test builds and checks each on the current
-kernels), and refusing them would make every kernel edit cost the users their tuned defaults
-until someone re-tunes on each class of hardware.
+in the same form, tuned by `clnet-tune --export-table` on one device of the class, with the hash of
+the kernel sources they were tuned for: the table's, or a case's own where a table merges cases of
+several (its "source"). A case made for other kernel sources is still used, after the current ones
+and with a logged note: its parameters are only speed hints (every set is checked valid for the
+kernel, and a test builds and checks each on the current kernels), and refusing them would make
+every kernel edit cost the users their tuned defaults until someone re-tunes on each class of
+hardware.
 
 The GEMM launcher takes the case of the same kernel and layout nearest in size (within a factor
-of two in every dimension) from the cache, else from the device class's table, else its built-in
-defaults. CLNET_TUNING=0 ignores both; CLNET_TUNING=cache ignores the shipped tables.
+of two in every dimension) from the cache, else from the device class's table (its cases for the
+current kernel sources, else the others), else its built-in defaults. CLNET_TUNING=0 ignores both; CLNET_TUNING=cache ignores the shipped tables.
 
 A table records the compute units of the device it was tuned on (`tuned_on`'s `compute_units`),
 which other devices of its class need not share: `lookup` says where parameters came from and that
@@ -227,7 +229,7 @@ def describe(device, path=None):
     return {"mode": {"0": "built-in defaults", "cache": "the cache only"}.get(mode, "the cache, then the table"),
             "cache": str(Path(path or cache_path())), "cache_cases": 0 if mode == "0" else len(_entry(device, path)),
             "class": cls, "table_cases": len(table.get("cases", {})),
-            "table_current": table.get("source") == source_hash() if table else None}
+            "table_stale_cases": len(table.get("cases", {})) - len(_current_cases(table))}
 
 
 def table_path(cls):
@@ -236,8 +238,8 @@ def table_path(cls):
 
 @functools.cache  # the shipped files do not change while clnet runs
 def shipped_table(cls):
-    """The parsed table of a device class ({} where none ships); made for other kernel sources, it
-    is still used, with a note in the log (see the module's docstring)."""
+    """The parsed table of a device class ({} where none ships); cases made for other kernel sources
+    are still used, with a note in the log (see the module's docstring)."""
     path = table_path(cls) if cls else None
     if path is None or not path.is_file():
         return {}
@@ -249,11 +251,19 @@ def shipped_table(cls):
     except (OSError, ValueError) as exc:
         log.warning("ignoring the shipped tuned table %s (%s): reinstall clnet", path, exc)
         return {}
-    if table.get("source") != source_hash():
-        log.info(
-            "the shipped tuned table %s was made for other kernel sources (%s, now %s): using it anyway; "
-            "`clnet-tune` tunes for these", path, table.get("source"), source_hash())
+    stale = len(table["cases"]) - len(_current_cases(table))
+    if stale:
+        log.info("%d of the %d cases of the shipped tuned table %s were made for other kernel sources (now %s): "
+                 "using them after the others; `clnet-tune` tunes for these", stale, len(table["cases"]), path,
+                 source_hash())
     return table
+
+
+def _current_cases(table):
+    """The cases of a table tuned for the current kernel sources: a case's own "source", else the table's."""
+    source = table.get("source")
+    return {key: result for key, result in table.get("cases", {}).items()
+            if (result.get("source", source) if isinstance(result, dict) else source) == source_hash()}
 
 
 def _distance(a, b):
@@ -282,7 +292,7 @@ def _nearest(cases, case, where):
 
 def lookup(device, case, path=None):
     """The tuned parameters of the nearest comparable case in the cache, else in the device class's
-    shipped table, as a `Tuned`, or None."""
+    shipped table (among its cases for the current kernel sources first), as a `Tuned`, or None."""
     mode = _mode()
     if mode == "0":
         return None
@@ -292,7 +302,9 @@ def lookup(device, case, path=None):
     if mode != "cache":
         cls = device_class(device.info)
         table, origin = shipped_table(cls), f"the shipped {cls} table"
-        found = _nearest(table.get("cases", {}), case, origin)
+        found = _nearest(_current_cases(table), case, origin)
+        if found is None:
+            found = _nearest(table.get("cases", {}), case, origin)
         if found is not None:
             return Tuned(found, origin, _table_units(table))
     return None

@@ -328,7 +328,7 @@ def test_the_cache_wins_over_the_shipped_table(tables, tmp_path, monkeypatch):
     assert tuning.lookup(device, Case("gemm_tiled", "NT", 4096, 64, 64), path) is None
     assert tuning.describe(device, path) == {"mode": "the cache, then the table", "cache": str(path),
                                              "cache_cases": 1, "class": "test-class", "table_cases": 2,
-                                             "table_current": True}
+                                             "table_stale_cases": 0}
     monkeypatch.setenv("CLNET_TUNING", "cache")
     assert tuning.lookup(device, far, path) is None
     monkeypatch.setenv("CLNET_TUNING", "0")
@@ -343,7 +343,27 @@ def test_a_table_for_other_kernel_sources_is_used_with_a_note(tables, tmp_path, 
     with caplog.at_level(logging.INFO, logger="clnet.tuning"):
         found = tuning.lookup(FakeDevice(), case, tmp_path / "none.json")
     assert found == Tuned(shipped, "the shipped test-class table", 2)
-    assert "made for other kernel sources" in caplog.text and "using it anyway" in caplog.text
+    assert "1 of the 1 cases of the shipped tuned table" in caplog.text and "made for other kernel sources" in caplog.text
+    assert tuning.describe(FakeDevice(), tmp_path / "none.json")["table_stale_cases"] == 1
+
+
+def test_a_table_s_cases_for_the_current_kernel_sources_come_first(tables, tmp_path):
+    """A table merging cases of several kernel sources (a case's own "source" over the table's)
+    answers with its nearest current case within reach, even where a stale one is nearer; with the
+    stale one where no current case is near."""
+    tables.mkdir()
+    near, far = Case("gemm_tiled", "NN", 128, 128, 128), Case("gemm_tiled", "NN", 128, 256, 128)
+    stale, current = {**TILED, "TILE_K": 8}, {**TILED, "TILE_K": 32}
+    path = tuning.table_path("test-class")
+    tuning.export_table(FakeDevice(), {near: {"params": stale}, far: {"params": current}}, path)
+    table = json.loads(path.read_text())
+    table["cases"][near.key]["source"] = "older-kernels"
+    path.write_text(json.dumps(table))
+    tuning.shipped_table.cache_clear()
+    none, origin = tmp_path / "none.json", "the shipped test-class table"
+    assert tuning.lookup(FakeDevice(), near, none) == Tuned(current, origin, 2)
+    assert tuning.lookup(FakeDevice(), Case("gemm_tiled", "NN", 128, 64, 128), none) == Tuned(stale, origin, 2)
+    assert tuning.describe(FakeDevice(), none)["table_stale_cases"] == 1
 
 
 def test_exporting_extends_a_table_of_the_same_class_sources_and_compute_units(tmp_path):
