@@ -499,8 +499,8 @@ def _checked_gemm(device, kernel, params, m, n, k):
 def test_a_shipped_table_is_sound(device, path):
     """Each shipped table names its class and kernel sources, and every parameter set in it is one
     its kernel takes, builds with the current sources and computes a GEMM correctly (on the test's
-    device: both kernel families run anywhere). A table made for older kernel sources passes: its
-    parameters are speed hints, used with a note, until `clnet-tune --export-table` refreshes it."""
+    device: both kernel families run anywhere). Cases made for older kernel sources pass: their
+    parameters are speed hints, used with a note, until `clnet-tune --export-table` refreshes them."""
     table = json.loads(path.read_text())
     assert table["format"] == tuning.TABLE_FORMAT and table["class"] == path.stem and table["source"]
     assert tuning._table_units(table) == table["tuned_on"]["compute_units"]  # a positive int
@@ -508,6 +508,7 @@ def test_a_shipped_table_is_sound(device, path):
     for key, result in table["cases"].items():
         case = Case.from_key(key)
         assert SPECS[case.kernel].valid(result["params"]), key
+        assert re.fullmatch("[0-9a-f]{16}", result.get("source", table["source"])), key  # a source_hash()
         distinct.add((case.kernel, tuple(sorted(result["params"].items()))))
     for kernel, params in sorted(distinct):
         assert _checked_gemm(device, kernel, dict(params), 37, 50, 300) <= 1e-5, (kernel, params)
