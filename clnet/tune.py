@@ -203,8 +203,8 @@ Examples:
               "cache folder (~/.cache/clnet on Linux).")
 @click.option("--export-table", type=click.Path(dir_okay=False), metavar="PATH",
               help="Also write the cases tuned here as a table to ship for the device's class "
-              "(clnet/tuned/<class>.json); a table at PATH of the same class and kernels, made on as many "
-              "compute units, is extended.")
+              "(clnet/tuned/<class>.json); a table at PATH of the same class, made on as many compute units, "
+              "is extended.")
 @click.option("--table-class", metavar="NAME", help="The class of --export-table's table (default: the device's "
               "class, as `clnet.tuning.device_class` names it).")
 def main(platform, device, models, batch_sizes, sizes, min_time, repeats, max_seconds, skip_tuned, output,

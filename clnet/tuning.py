@@ -20,12 +20,13 @@ hardware.
 
 The GEMM launcher takes the case of the same kernel and layout nearest in size (within a factor
 of two in every dimension) from the cache, else from the device class's table (its cases for the
-current kernel sources, else the others), else its built-in defaults. CLNET_TUNING=0 ignores both; CLNET_TUNING=cache ignores the shipped tables.
+current kernel sources, else the others), else its built-in defaults. CLNET_TUNING=0 ignores
+both; CLNET_TUNING=cache ignores the shipped tables.
 
 A table records the compute units of the device it was tuned on (`tuned_on`'s `compute_units`),
 which other devices of its class need not share: `lookup` says where parameters came from and that
-count, and the launcher rescales the parameters that divide a product's work among the compute
-units (`ops.gemm.GemmSpec.rebalance`). The cache's are this device's own, used as they are.
+count, and the launcher rescales the parameters by which the defaults divide a product's work
+among the compute units (`ops.gemm.GemmSpec.rebalance`). The cache's are this device's own, used as they are.
 """
 
 from __future__ import annotations
@@ -340,10 +341,10 @@ def store(device, results, path=None):
 
 def export_table(device, results, path, cls=None, note=None):
     """Write (or extend) the shipped table of the device's class at `path` with `results` ({Case:
-    {"params": ...}}), as `clnet-tune --export-table` does, case by case. A table of the same class
-    and kernel sources at `path`, made on a device of as many compute units, keeps its other cases
-    and its note (a new note is added to it), so that several bounded runs build one table; another
-    is replaced.
+    {"params": ...}}), as `clnet-tune --export-table` does, case by case. A table at `path` of the
+    same class, made on a device of as many compute units, keeps its other cases and its note (each
+    run's note added once), so that several bounded runs build one table; its cases tuned for other
+    kernel sources name those as their own "source". Another table there is replaced, with a warning.
 
     Args:
         device: the tuned device; its `DeviceInfo` names the table's origin and its compute units
@@ -361,22 +362,42 @@ def export_table(device, results, path, cls=None, note=None):
         raise ValueError(f"{device.info.name} belongs to no device class with a shipped table: name one")
     path = Path(path)
     refuse_special(path)  # reading a FIFO would block
-    info, cases, kept = device.info, {}, ""
-    try:
-        old = json.loads(path.read_text())
-        if (old.get("class"), old.get("source"), _table_units(old)) == (cls, source_hash(), info.compute_units):
-            cases, kept = dict(old["cases"]), str(old["tuned_on"].get("note") or "")
-    except (OSError, ValueError, AttributeError, KeyError, TypeError):
-        pass  # none yet, or not one to extend: replaced
+    info, cases, notes = device.info, {}, []
+    old = _table_to_extend(path, cls, info.compute_units)
+    if old is not None:
+        source, notes = old.get("source"), [part for part in old["tuned_on"]["note"].split("; ") if part]
+        cases = {key: result if source == source_hash() else {"source": source, **result}
+                 for key, result in old["cases"].items()}
     cases.update({case.key: result for case, result in results.items()})
-    note = kept if not note or note in kept else "; ".join(filter(None, (kept, note)))
+    notes += [note] if note and note not in notes else []
     table = {"format": TABLE_FORMAT, "version": VERSION, "class": cls, "source": source_hash(),
              "tuned_on": {"platform": info.platform, "device": info.name, "driver": info.driver,
-                          "compute_units": info.compute_units, "note": note},
+                          "compute_units": info.compute_units, "note": "; ".join(notes)},
              "cases": cases}
     text = (json.dumps(table, indent=1, sort_keys=True) + "\n").encode()
     replace_atomically(path, lambda f: f.write(text))
     return path
+
+
+def _table_to_extend(path, cls, units):
+    """The parsed table at `path` if it is one of class `cls` made on `units` compute units; else
+    None, with a warning where a file there is replaced."""
+    try:
+        old = json.loads(path.read_text())
+        made = (old["class"], _table_units(old))
+        if not (isinstance(old["cases"], dict) and all(isinstance(r, dict) for r in old["cases"].values())
+                and isinstance(old["tuned_on"]["note"], str)):
+            raise ValueError("not a clnet tuned table")
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, AttributeError, KeyError, TypeError) as exc:
+        log.warning("replacing %s, which is no table to extend (%s)", path, exc)
+        return None
+    if made != (cls, units):
+        log.warning("replacing the table %s: made for class %s on %s compute units, this one is %s on %d",
+                    path, *made, cls, units)
+        return None
+    return old
 
 
 @contextlib.contextmanager

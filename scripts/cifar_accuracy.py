@@ -106,7 +106,8 @@ def main():
     parser.add_argument("--frameworks", default="clnet,torch")
     parser.add_argument("--platform", help="clnet's OpenCL platform (default: the best device)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run of each framework per seed")
-    parser.add_argument("--json", help="write the results to this file")
+    parser.add_argument("--json", help="write the results to this file: each seed's runs under \"seeds\", each "
+                        "framework's mean final accuracy and seconds under \"mean\"")
     args = parser.parse_args()
 
     start = time.perf_counter()
@@ -123,8 +124,8 @@ def main():
     results = {"model": args.model, "epochs": args.epochs, "train": len(x), "validation": len(x_val),
                "recipe": f"SGD lr {LR} momentum {MOMENTUM} weight decay {WEIGHT_DECAY}, per-step cosine, batch "
                          f"{BATCH}, crop {CROP} + flip, normalised", "seeds": {}}
-    frameworks = args.frameworks.split(",")
-    for seed in args.seeds:
+    frameworks, seeds = args.frameworks.split(","), list(dict.fromkeys(args.seeds))
+    for seed in seeds:
         model = clnet.models.PRESETS[args.model](device=device, seed=seed, input_shape=x.shape[1:], classes=10)
         initial = model.state_dict()
         results["seeds"][seed] = runs = {}
@@ -137,9 +138,11 @@ def main():
             runs[framework] = result
             print(f"seed {seed}, {framework}: {result['val_accuracy'][-1]:.4f} validation accuracy after "
                   f"{args.epochs} epochs, {result['seconds']:.1f} s ({result['device']})", flush=True)
+    results["mean"] = {}
     for framework in frameworks:
-        final = [results["seeds"][seed][framework]["val_accuracy"][-1] for seed in args.seeds]
-        seconds = [results["seeds"][seed][framework]["seconds"] for seed in args.seeds]
+        final = [results["seeds"][seed][framework]["val_accuracy"][-1] for seed in seeds]
+        seconds = [results["seeds"][seed][framework]["seconds"] for seed in seeds]
+        results["mean"][framework] = {"val_accuracy": float(np.mean(final)), "seconds": float(np.mean(seconds))}
         print(f"{framework}: mean {np.mean(final):.4f} validation accuracy (from {min(final):.4f} to {max(final):.4f}) "
               f"over {len(final)} seeds, {np.mean(seconds):.1f} s a run", flush=True)
     if args.json:

@@ -208,6 +208,8 @@ def test_the_tuner_covers_what_chunked_convolutions_read(device, monkeypatch):
     """On the CPU family the input gradient of a strided convolution runs on chunks of dY: views whose
     leading dimension reaches past their own shape. The tuner's operands span all of it, and every
     candidate agrees."""
+    if not 2 <= device.info.compute_units <= 15:
+        pytest.skip("the table's, the default's and the rebalanced chunks coincide on this count")
     monkeypatch.setattr(device, "family", "cpu")
     monkeypatch.setattr(importlib.import_module("clnet.ops.conv"), "COLUMNS", 3 * 27 * 4)  # 3 images a chunk
     model = clnet.Sequential([L.Conv2D(2, 3, 3, padding=1), L.ReLU(), L.Conv2D(3, 2, 3, stride=2), L.Flatten(),
@@ -364,27 +366,42 @@ def test_a_table_s_cases_for_the_current_kernel_sources_come_first(tables, tmp_p
     assert tuning.lookup(FakeDevice(), near, none) == Tuned(current, origin, 2)
     assert tuning.lookup(FakeDevice(), Case("gemm_tiled", "NN", 128, 64, 128), none) == Tuned(stale, origin, 2)
     assert tuning.describe(FakeDevice(), none)["table_stale_cases"] == 1
+    table = {**table, "source": "older-kernels"}  # a table of older sources with one current case
+    table["cases"] = {near.key: {"params": stale}, far.key: {"params": current, "source": tuning.source_hash()}}
+    path.write_text(json.dumps(table))
+    tuning.shipped_table.cache_clear()
+    assert tuning.lookup(FakeDevice(), near, none) == Tuned(current, origin, 2)
+    assert tuning.describe(FakeDevice(), none)["table_stale_cases"] == 1
 
 
-def test_exporting_extends_a_table_of_the_same_class_sources_and_compute_units(tmp_path):
+def test_exporting_extends_a_table_of_the_same_class_and_compute_units(tmp_path, monkeypatch, caplog):
     """Bounded runs build one table, their notes kept in order (a run's note once, for all its
-    cases); a table of another class, or made on another count of compute units, is replaced."""
+    cases); after a kernel change its older cases stay, each naming the sources it was tuned for; a
+    table of another class, or made on another count of compute units, is replaced with a warning."""
     path, one, two = tmp_path / "t.json", Case("gemm_tiled", "NN", 8, 8, 8), Case("gemm_tiled", "NT", 8, 8, 8)
-    tuning.export_table(FakeDevice(), {one: {"params": TILED}}, path, "some-class", note="run 1")
-    tuning.export_table(FakeDevice(), {two: {"params": TILED}}, path, "some-class", note="run 1")
-    tuning.export_table(FakeDevice(), {two: {"params": TUNED}}, path, "some-class", note="run 2")
+    tuning.export_table(FakeDevice(), {one: {"params": TILED}}, path, "some-class", note="run 10")
+    tuning.export_table(FakeDevice(), {two: {"params": TILED}}, path, "some-class", note="run 10")
+    tuning.export_table(FakeDevice(), {two: {"params": TUNED}}, path, "some-class", note="run 1")
     tuning.export_table(FakeDevice(), {}, path, "some-class")
     table = json.loads(path.read_text())
     assert table["cases"] == {one.key: {"params": TILED}, two.key: {"params": TUNED}}
-    assert table["tuned_on"]["note"] == "run 1; run 2"
-    tuning.export_table(FakeDevice(16), {one: {"params": TUNED}}, path, "some-class", note="run 3")
+    assert table["tuned_on"]["note"] == "run 10; run 1"
+    older = tuning.source_hash()
+    monkeypatch.setattr(tuning, "source_hash", lambda: "changed-kernels")
+    tuning.export_table(FakeDevice(), {two: {"params": TILED}}, path, "some-class", note="run 2")
+    table = json.loads(path.read_text())
+    assert table["source"] == "changed-kernels" and table["tuned_on"]["note"] == "run 10; run 1; run 2"
+    assert table["cases"] == {one.key: {"params": TILED, "source": older}, two.key: {"params": TILED}}
+    with caplog.at_level(logging.WARNING, logger="clnet.tuning"):
+        tuning.export_table(FakeDevice(16), {one: {"params": TUNED}}, path, "some-class", note="run 3")
+    assert "made for class some-class on 2 compute units, this one is some-class on 16" in caplog.text
     table = json.loads(path.read_text())
     assert table["cases"] == {one.key: {"params": TUNED}} and table["tuned_on"]["note"] == "run 3"
     assert table["tuned_on"]["compute_units"] == 16
     tuning.export_table(FakeDevice(), {two: {"params": TUNED}}, path, "another-class")  # replaced
     table = json.loads(path.read_text())
     assert set(table["cases"]) == {two.key} and table["class"] == "another-class"
-    assert table["source"] == tuning.source_hash() and table["tuned_on"]["device"] == "Some Device"
+    assert table["tuned_on"]["device"] == "Some Device"
     assert table["tuned_on"]["compute_units"] == 2  # what a device of another unit count rebalances by
     with pytest.raises(ValueError, match="no device class"):
         tuning.export_table(type("Other", (), {"info": _info("P", "V", "x", "OTHER")})(), {}, path)
@@ -395,7 +412,7 @@ def test_exporting_extends_a_table_of_the_same_class_sources_and_compute_units(t
 def _defines(layout):
     """A product's fixed options for its layout's name, as record_gemm gives them to the specs."""
     return {"TRANS_A": int(layout[0] == "T"), "TRANS_B": int(layout[1] == "T"),
-            "CONV_B": int(layout.endswith("+conv")), "GROUPS": 1}
+            "CONV_B": int(layout.endswith("+conv")), "GROUPS": int(layout.partition("+g")[2] or 1)}
 
 
 DIRECT = {"CPU_ROWS": 8, "CHUNKS": 1, "SLICES": 1}
@@ -410,6 +427,8 @@ DIRECT = {"CPU_ROWS": 8, "CHUNKS": 1, "SLICES": 1}
     ("gemm_direct NT 128x10x128", {**DIRECT, "CHUNKS": 2}, 16, 2, {"CHUNKS": 1}),  # 0.25: at least 1
     ("gemm_direct NT 128x256x784", DIRECT, 2, 16, {}),  # the mlp's first layer: 16 panels, one chunk each on both
     ("gemm_direct NN 512x512x512", {**DIRECT, "CHUNKS": 2}, 2, 16, {}),  # 32 panels: the defaults agree
+    ("gemm_direct NT 24x10x128", {**DIRECT, "CPU_ROWS": 4, "CHUNKS": 2}, 2, 16, {"CHUNKS": 3}),  # the defaults'
+    # own 3 blocks of 8 rows bound their ratio (2 and 3), where this row block has 6
     # gemm_packed: its defaults do not depend on the compute units
     ("gemm_packed NT+conv 32x288x32768", {"CPU_ROWS": 4, "SLICES": 1}, 2, 16, {}),
     ("gemm_packed NT 128x128x9216", {"CPU_ROWS": 4, "SLICES": 8}, 2, 16, {}),
@@ -419,6 +438,8 @@ DIRECT = {"CPU_ROWS": 8, "CHUNKS": 1, "SLICES": 1}
     ("gemm_tiled NN 1024x1024x1024", {**GEMM_TILED.big, "SLICES": 4}, 66, 132, {"SLICES": 6}),  # 2 and 3
     ("gemm_tiled NN 4096x4096x4096", {**GEMM_TILED.big, "SLICES": 1}, 66, 132, {}),  # 4096 tiles: unsplit on both
     ("gemm_tiled NT+conv 64x576x131072", {**TILED, "SLICES": 118}, 132, 8, {"SLICES": 8}),  # 59 and 4
+    ("gemm_tiled NN+g4 64x64x4096", {**TILED, "SLICES": 32}, 132, 8, {"SLICES": 8}),  # 4 groups' tiles: 32 and 8
+    ("gemm_tiled NN 64x64x4096", {**TILED, "SLICES": 32}, 132, 8, {}),  # one group's: 32 on both
 ])
 def test_parameters_tuned_on_other_compute_units_are_rebalanced(key, params, then, now, expected):
     """The parameters that divide a product's work among the compute units, tuned on a device of
@@ -462,6 +483,8 @@ def test_a_rebalanced_table_runs_on_the_device(device, tables, tmp_path, monkeyp
     """On the test's device, the mlp's last layer (gemm_direct) with a shipped table tuned on one
     compute unit: CHUNKS 3 times the device's units (at most its 16 row blocks), not the table's 3 nor
     the default's; the product still right."""
+    if not 2 <= device.info.compute_units <= 15:
+        pytest.skip("the table's, the default's and the rebalanced chunks coincide on this count")
     monkeypatch.setattr(device, "family", "cpu")
     monkeypatch.setenv("CLNET_TUNING_FILE", str(tmp_path / "none.json"))
     tables.mkdir()

@@ -137,16 +137,16 @@ class GemmSpec:
         the compute units (`splits`) keeps its ratio to the default, the two counts' defaults being
         what differs; the tiles and row blocks are kept. A value at the other device's default thus
         becomes this one's, and twice it (where the tuner found more work-items faster) twice this
-        one's; at most what the kernel makes use of (`_most`)."""
+        one's; rounded half up, and at most what the kernel makes use of (`_split_limits`)."""
         if not self.splits:
             return params
         now = self.default(device, m, n, k, defines)
         then = self.default(_with_units(device, units_then), m, n, k, defines)
-        most = self._most(m, k, params)
-        return {**params, **{key: min(most[key], max(1, round(params[key] * now[key] / then[key])))
+        limits = self._split_limits(m, k, params)
+        return {**params, **{key: min(limits[key], max(1, int(params[key] * now[key] / then[key] + 0.5)))
                              for key in self.splits}}
 
-    def _most(self, m, k, params):
+    def _split_limits(self, m, k, params):
         """The largest value of each of `splits` that the kernel makes use of."""
         return {}
 
@@ -223,7 +223,7 @@ class TiledSpec(GemmSpec):
             found += [{**tile, "SLICES": s} for s in ({slices, 2 * slices} if slices > 1 else {1})]
         return found
 
-    def _most(self, m, k, params):
+    def _split_limits(self, m, k, params):
         return {"SLICES": max(1, k // SPLIT_MIN)}  # as split_k bounds them
 
     def variants(self, device, params):
@@ -286,7 +286,7 @@ class DirectSpec(GemmSpec):
         slices = sorted({1, max(1, shape[2] // CPU_SLICE)})
         return [{"CPU_ROWS": r, "CHUNKS": c, "SLICES": s} for r in self.rows for c in chunks for s in slices]
 
-    def _most(self, m, k, params):
+    def _split_limits(self, m, k, params):
         return {"CHUNKS": -(-m // params["CPU_ROWS"])}  # a work-item per block of rows
 
 
