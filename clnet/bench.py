@@ -14,7 +14,8 @@ float32 error); a GEMM must match its reference.
 Every training step uploads its batch from host memory on both sides; inference is the forward
 pass to the logits, not read back. Warm-up steps are not timed; each timed run lasts about
 --min-time seconds (or --steps steps) and ends when the device is idle; the median of --repeats
-runs is reported.
+runs is reported, clnet's runs and PyTorch's taken in turn so that a drift of the machine's speed
+touches both alike.
 
     clnet-bench --platform pocl --models mlp --batch-sizes 128 1024 --json bench.json
     clnet-bench --platform nvidia --markdown --profile
@@ -46,7 +47,7 @@ from .ops import gemm
 from .torch_twin import torch_twin
 from .plan import Plan
 from .tensor import DeviceTensor
-from .timing import Timing, measure
+from .timing import Timing, measure_in_turn
 
 torch = nn = None  # PyTorch, imported by pick_torch_device (seconds that --help need not wait)
 
@@ -107,13 +108,12 @@ def batch_data(batch, shape):
     return rng.random((batch, *shape), dtype=np.float32), rng.integers(0, CLASSES, batch).astype(np.int32)
 
 
-def clnet_rates(model, x, y, timing):
-    """Training and inference Measurements of a compiled clnet model on the batch (x, y)."""
+def clnet_steps(model, x, y):
+    """(step, sync) of a compiled clnet model training, and inferring, on the batch (x, y)."""
     train = model._runner(len(x), x.shape[1:], True, y.dtype)
     infer = model._runner(len(x), x.shape[1:], False)
     finish = model.device.finish
-    return {"train": measure(lambda: train.train(x, y), finish, timing),
-            "infer": measure(lambda: infer.infer(x, want_output=False), finish, timing)}
+    return {"train": (lambda: train.train(x, y), finish), "infer": (lambda: infer.infer(x, want_output=False), finish)}
 
 
 class TorchTwin:
@@ -156,12 +156,11 @@ class TorchTwin:
         """A copy (on the CPU, .numpy() would share the parameters' memory, which the next step changes)."""
         return {k: v.detach().cpu().numpy().copy() for k, v in self.net.state_dict().items()}
 
-    def rates(self, x, y, timing):
+    def steps(self, x, y):
+        """(step, sync) of training, and inferring, on the batch (x, y), each in its mode
+        (`self.net.train(kind == "train")`, which the caller sets)."""
         xh, yh = torch.from_numpy(x), torch.from_numpy(y).long()
-        self.net.train()
-        train = measure(lambda: self.train_step(xh, yh), self.sync, timing)
-        self.net.eval()
-        return {"train": train, "infer": measure(lambda: self.logits(xh), self.sync, timing)}
+        return {"train": (lambda: self.train_step(xh, yh), self.sync), "infer": (lambda: self.logits(xh), self.sync)}
 
 
 # ---------------------------------------------------------------------- correctness
@@ -250,9 +249,15 @@ def bench_model(name, batch, cl_device, torch_device, timing):
         except CheckError as exc:
             raise CheckError(f"{name} at batch {batch}: clnet and PyTorch disagree, so nothing was timed: "
                              f"{exc}") from None
-    row["clnet"] = {k: m.summary(batch, "images/s") for k, m in clnet_rates(model, x, y, timing).items()}
+    steps = {"clnet": clnet_steps(model, x, y), **({"torch": twin.steps(x, y)} if torch_device is not None else {})}
+    for side in steps:
+        row[side] = {}
+    for kind in ("train", "infer"):
+        if torch_device is not None:
+            twin.net.train(kind == "train")
+        for side, measured in zip(steps, measure_in_turn([steps[side][kind] for side in steps], timing)):
+            row[side][kind] = measured.summary(batch, "images/s")
     if torch_device is not None:
-        row["torch"] = {k: m.summary(batch, "images/s") for k, m in twin.rates(x, y, timing).items()}
         row["ratio"] = {k: row["clnet"][k]["median"] / row["torch"][k]["median"] for k in ("train", "infer")}
     return row
 
@@ -309,7 +314,8 @@ def bench_gemm(n, cl_device, reference, timing):
         raise CheckError(f"GEMM {n}x{n}x{n}: clnet differs from {name} by {error:.2e} of the largest entry "
                          f"(tolerance {GEMM_RTOL:g}), so nothing was timed")
     flops = 2.0 * n ** 3
-    ours_rate, theirs_rate = (measure(r.step, r.sync, timing).summary(flops / 1e9, "GFLOP/s") for r in (ours, theirs))
+    ours_rate, theirs_rate = (m.summary(flops / 1e9, "GFLOP/s")
+                              for m in measure_in_turn([(r.step, r.sync) for r in (ours, theirs)], timing))
     return {"n": n, "flop": flops, "max_relative_error": error, "clnet": ours_rate,
             "reference": {"name": name, **theirs_rate}, "ratio": ours_rate["median"] / theirs_rate["median"]}
 
@@ -435,6 +441,7 @@ def header(desc):
             f"warm-up: {p['warmup_steps']} "
             f"steps; timed: the median of {p['repeats']} runs, each of "
             + (f"{p['steps_per_run']} steps" if p["steps_per_run"] else f"about {p['min_time_s']} s")
+            + (", clnet's and PyTorch's in turn" if t["device"] is not None else "")
             + f"; training: {p['training']}; inference: {p['inference']}; results checked before timing",
             "environment: " + (env or "no thread/BLAS variables set"), _tuning_line(desc["tuning"])]
 

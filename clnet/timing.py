@@ -27,16 +27,35 @@ class Measurement:
 
 def measure(step, sync, timing):
     """Time `step` (enqueue one unit of work) under `timing`; `sync` waits for the device."""
+    return measure_in_turn([(step, sync)], timing)[0]
+
+
+def measure_in_turn(pairs, timing):
+    """A Measurement of each (step, sync) pair under `timing`, as `measure` makes one, their timed
+    runs taken in turn (a run of each, `repeats` times) once each has warmed up: where the machine's
+    speed drifts (a shared host, clocks, another tenant), it drifts for all of them alike, and the
+    ratio of their medians compares them over the same stretch of time."""
+    runs = [_timed_runs(step, sync) for step, sync in pairs]
+    steps = []
+    for run in runs:
+        run(timing.warmup)
+        steps.append(timing.steps or calibrate(run, timing.min_time))
+    seconds = [[] for _ in runs]
+    for _ in range(timing.repeats):
+        for run, count, times in zip(runs, steps, seconds):
+            times.append(run(count))
+    return [Measurement(count, times) for count, times in zip(steps, seconds)]
+
+
+def _timed_runs(step, sync):
+    """A function that runs `steps` steps and returns their wall time, the device idle at its end."""
     def run(steps):
         start = time.perf_counter()
         for _ in range(steps):
             step()
         sync()
         return time.perf_counter() - start
-
-    run(timing.warmup)
-    steps = timing.steps or calibrate(run, timing.min_time)
-    return Measurement(steps, [run(steps) for _ in range(timing.repeats)])
+    return run
 
 
 def calibrate(run, min_time):

@@ -89,7 +89,7 @@ def test_disagreement_aborts_before_timing(device, monkeypatch):
     nn = torch.nn
     monkeypatch.setattr(bench, "torch_twin", lambda network: nn.Sequential(
         nn.Flatten(), nn.Linear(784, 256), nn.Tanh(), nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 10)))
-    monkeypatch.setattr(bench, "measure", lambda *args: pytest.fail("timed after a failed check"))
+    monkeypatch.setattr(bench, "measure_in_turn", lambda *args: pytest.fail("timed after a failed check"))
     result = _bench("--device", str(device.info.index), *TINY, "--torch-device", "cpu", "--no-gemm")
     assert result.exit_code == 1
     assert ("Error: mlp at batch 4: clnet and PyTorch disagree, so nothing was timed: softmax outputs differ"
@@ -107,6 +107,16 @@ def test_adaptive_steps_fill_the_minimum_time(monkeypatch):
     assert result.steps in (50, 51)  # calibrated on 1, then 10 steps
     assert result.seconds == pytest.approx([result.steps * 0.001] * 3)
     assert result.summary(10, "items/s")["median"] == pytest.approx(10_000)
+
+
+def test_runs_of_several_steps_are_taken_in_turn():
+    """After each one's warm-up and calibration, the timed runs alternate: a run of each, `repeats` times."""
+    order = []
+    first, second = timing.measure_in_turn([(lambda: order.append("a"), lambda: order.append("|")),
+                                            (lambda: order.append("b"), lambda: order.append("|"))],
+                                           timing.Timing(warmup=1, steps=2, repeats=3, min_time=0))
+    assert "".join(order) == "a|b|" + "aa|bb|" * 3
+    assert (first.steps, second.steps, len(first.seconds), len(second.seconds)) == (2, 2, 3, 3)
 
 
 def _perturbed(update, share, rng):
@@ -180,7 +190,7 @@ def test_a_wrong_update_fails_the_check(device, monkeypatch):
         return model.compile(loss="cross_entropy", optimizer=wrong_lr)
     monkeypatch.setattr(bench, "clnet_model", wrong)
     monkeypatch.setattr(bench, "LOSS_RTOL", 1e-2)
-    monkeypatch.setattr(bench, "measure", lambda *args: pytest.fail("timed after a failed check"))
+    monkeypatch.setattr(bench, "measure_in_turn", lambda *args: pytest.fail("timed after a failed check"))
     result = _bench("--device", str(device.info.index), *TINY, "--torch-device", "cpu", "--no-gemm")
     assert result.exit_code == 1 and "differs from float64 PyTorch's by 5.0" in result.output, result.output
 
