@@ -154,7 +154,7 @@ def test_backward_with_float4_loads_and_k_split(device, monkeypatch, dy_offset):
         test_backward_at_odd_offsets(device, "tiled", case, dy_offset)
 
 
-@pytest.mark.parametrize("tile", [(32, 64, 8, 2, 4, 0, 0), (128, 128, 16, 8, 8, 1, 1)])
+@pytest.mark.parametrize("tile", [(32, 64, 8, 2, 4, 0, 0), (128, 128, 16, 8, 8, 1, 1), (16, 144, 16, 2, 9, 1, 0)])
 def test_implicit_gemms_with_tuned_parameters(device, monkeypatch, tile):
     """The implicit convolutions with parameters clnet-tune may pick (other tiles, switches, float4
     runs of the plain operands, K split in 3) still match the reference, forward and gradients."""

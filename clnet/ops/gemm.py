@@ -166,7 +166,8 @@ class TiledSpec(GemmSpec):
              (128, 64, 16, 8, 4), (64, 128, 16, 4, 8), (64, 64, 32, 4, 4), (32, 64, 16, 2, 4),
              (64, 32, 16, 4, 2), (32, 32, 16, 4, 4), (32, 128, 16, 4, 8), (64, 128, 16, 8, 8),
              (128, 256, 8, 8, 16), (256, 128, 8, 16, 8),  # 128 outputs per work-item: the large squares
-             (16, 128, 16, 2, 8), (16, 64, 16, 2, 4)]  # 16 rows: convolutions of 16 channels (resnet20's first stage)
+             (16, 128, 16, 2, 8), (16, 64, 16, 2, 4),  # 16 rows: convolutions of 16 channels (resnet20's first stage)
+             (16, 144, 16, 2, 9), (16, 48, 16, 2, 3), (32, 144, 16, 4, 9)]  # their weight gradients: 9 x 16 columns
 
     def _fits_kernel(self, params):
         """Tiles divisible into work-items (into float4 runs with VECTOR, and with VLOAD their sides)."""
