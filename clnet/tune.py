@@ -193,8 +193,8 @@ Examples:
 @click.option("--repeats", type=click.IntRange(min=1), default=REPEATS, show_default=True,
               help="Timed runs per candidate.")
 @click.option("--max-seconds", type=FiniteFloatRange(min=0),
-              help="Stop tuning new cases after this long (the cases with the most work go first); what is "
-              "tuned is kept.")
+              help="Begin no case that would, at the average length of a case so far, end later than this "
+              "(the cases with the most work go first); what is tuned is kept.")
 @click.option("--skip-tuned", is_flag=True,
               help="Skip the cases this device's cache entry holds already: a bounded run goes on where the "
               "last one stopped.")
@@ -229,9 +229,11 @@ def main(platform, device, models, batch_sizes, sizes, min_time, repeats, max_se
     note = (f"clnet-tune --models {' '.join(models)} --batch-sizes {' '.join(map(str, batch_sizes))} "
             f"--sizes {' '.join(map(str, sizes))} on {dev.info.label}, {dev.info.compute_units} compute units")
     started, tuned = time.perf_counter(), 0
-    for case, call in cases:
-        if max_seconds is not None and time.perf_counter() - started > max_seconds:
-            click.echo(f"stopped after {max_seconds:g} s: {len(cases) - tuned} cases left untuned")
+    for done, (case, call) in enumerate(cases):
+        elapsed = time.perf_counter() - started
+        # a case is begun only where one of the average length so far would still end in time
+        if max_seconds is not None and elapsed + (elapsed / done if done else 0) >= max_seconds:
+            click.echo(f"stopped after {elapsed:.0f} s of {max_seconds:g}: {len(cases) - done} cases left untuned")
             break
         try:
             result = tune_case(dev, case, call, min_time, repeats)

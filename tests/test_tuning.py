@@ -119,6 +119,26 @@ def test_invalid_tuned_parameters_fall_back_to_the_defaults(device, monkeypatch)
         np.testing.assert_array_equal(model.predict(x), expected)
 
 
+def test_the_tuner_begins_no_case_that_would_end_past_its_time(device, tmp_path, monkeypatch):
+    """--max-seconds: at 10 s a case, a budget of 35 s tunes 3 cases (the 4th would end at 40 s);
+    a budget of 0 tunes none."""
+    clock = [0.0]
+    monkeypatch.setattr(tune.time, "perf_counter", lambda: clock[0])
+    call = type("Call", (), {"groups": 1})()
+    monkeypatch.setattr(tune, "collect", lambda *args: [(Case("gemm_tiled", "NN", 8, 8, n), call) for n in range(8, 14)])
+
+    def tuned(device, case, call, min_time, repeats):
+        clock[0] += 10
+        return {"params": TILED, "seconds": 1.0, "default_seconds": 1.0}
+    monkeypatch.setattr(tune, "tune_case", tuned)
+    for budget, count in (("35", 3), ("0", 0)):
+        result = CliRunner().invoke(tune.main, ["--device", str(device.info.index), "--models", "mlp", "--max-seconds",
+                                                budget, "--output", str(tmp_path / f"{budget}.json")])
+        assert result.exit_code == 0, result.output
+        assert f"stopped after {10 * count} s of {budget}: {6 - count} cases left untuned" in result.output
+        assert f"wrote {count} tuned cases" in result.output
+
+
 def test_the_tuner_writes_what_later_plans_use(device, tmp_path, monkeypatch):
     """clnet-tune on one small network: every GEMM of its training graph is tuned and cached for
     this device, and a model built afterwards computes the same as with the defaults."""
