@@ -31,6 +31,11 @@ def _scalar(value):
     return np.float32(value)
 
 
+def _unchanged(old, new):
+    """Whether a kernel argument set to `new` keeps `old`: the same object, or equal scalars of one type."""
+    return old is new or (type(old) is type(new) and np.isscalar(new) and bool(old == new))
+
+
 def _first_fit(bases, sizes, size):
     """The lowest offset (a multiple of ALIGN) where `size` elements fit below, between or above the
     values at `bases` of `sizes` that it must not overlap."""
@@ -99,10 +104,12 @@ class Launch:
 
     def set(self, name, value):
         """Change the argument `name` (as the kernel's signature names it; a tensor by its pointer),
-        a scalar or a tensor, for later runs."""
+        a scalar or a tensor, for later runs. The same tensor, or an equal scalar of the same type,
+        sets nothing: every step sets its per-step arguments, most of them as they were, and a
+        driver's clSetKernelArg is host time inside the step."""
         position = self.kernel.position(name)
-        self.args[position] = value
-        if self.bound:
+        old, self.args[position] = self.args[position], value
+        if self.bound and not _unchanged(old, value):
             self._set_arg(self.kernel.arguments[position], value)
 
     def _set_arg(self, argument, value):

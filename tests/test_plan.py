@@ -204,6 +204,29 @@ def test_arguments_are_set_by_the_names_of_the_kernel_signature(device):
     np.testing.assert_array_equal(y.download(), [0, 4, 7, 7])
 
 
+def test_an_argument_set_as_it_was_is_not_set_again(device, monkeypatch):
+    """The same tensor, or an equal scalar of the same type, leaves the kernel's argument alone (no
+    clSetKernelArg); another value, an equal one of another type, or a view of the same memory sets it."""
+    x, y = DeviceTensor.from_numpy(device, np.array([-1, 2, -3, 4], np.float32)), DeviceTensor.empty(device, (4,))
+    plan = new_plan(device)
+    launch = ops.activation_forward(plan, ops.activation("relu"), x, y)
+    plan.finalize(plan.place())
+    calls = []
+    set_arg = launch._set_arg
+    monkeypatch.setattr(launch, "_set_arg", lambda argument, value: (calls.append(argument.name), set_arg(argument, value)))
+    launch.set("n", 4)
+    launch.set("x", x)
+    assert calls == []
+    launch.set("n", np.int32(4))  # another type: set (as np.int32, as the first binding did)
+    launch.set("n", np.int32(4))
+    launch.set("x", x.view((4,)))  # another object over the same memory: set
+    launch.set("n", 3)
+    assert calls == ["n", "x", "n"]
+    y.fill(7)
+    plan.run()
+    np.testing.assert_array_equal(y.download(), [0, 2, 0, 7])
+
+
 def test_wrong_argument_counts_and_names_are_errors_naming_the_kernel(device):
     plan = new_plan(device)
     x = plan.value((4,), "x")
