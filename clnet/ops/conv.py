@@ -15,13 +15,14 @@ A grouped convolution runs every one of these GEMMs once for all its groups, a p
 in one launch (the groups a dimension of the grid). A depthwise convolution (groups > 1, one input
 channel per group: a GEMM with K = KH * KW) runs direct kernels of its own instead (depthwise.cl).
 On the GPU family, a 3x3 stride-1 convolution may run its forward pass and input gradient as
-Winograd F(2x2, 3x3) (or F(4x4, 3x3)) instead (ops/winograd.py): `winograd_tile` says when."""
+Winograd F(2x2, 3x3) (or F(4x4, 3x3)) instead (ops/winograd.py): `winograd_tile` says when; one
+of up to 32 channels may run a direct kernel (ops/direct.py), where `direct_conv` says so."""
 
 import os
 from dataclasses import asdict, dataclass
 from math import prod
 
-from . import winograd
+from . import direct, winograd
 from .elementwise import activation, slice_count, slice_totals
 from .gemm import Matrix, gemm, record_gemm
 from .norm import slice_rows
@@ -149,6 +150,8 @@ def forward(plan, geometry, batch, x, weight, y, bias, act):
     tile = winograd_tile(plan, geometry, weight.shape[0])
     if tile:
         return winograd.forward(plan, geometry, batch, x, weight, y, bias, act, tile)
+    if direct_conv(plan, geometry, weight.shape[0]):
+        return direct.forward(plan, geometry, batch, x, weight, y, bias, act)
     g, out = geometry, weight.shape[0]
     columns, o = batch * g.pixels, out // g.G  # o: the outputs of a group
     defines = _implicit(g, CONV_B=True, HAS_BIAS=bias is not None, BIAS_PER_ROW=True, **(act or {}))
@@ -191,6 +194,8 @@ def input_grad(plan, geometry, batch, weight, dpre, dx):
     tile = winograd_tile(plan, t, geometry.C) if t else None
     if tile:  # the GPU family's: dpre in dY's layout
         return winograd.input_grad(plan, geometry, t, batch, weight, dpre, dx, tile)
+    if t and direct_conv(plan, t, geometry.C):  # likewise
+        return direct.input_grad(plan, t, batch, weight, dpre, dx)
     if plan.device.family == "tiled":
         return _tiled_input_grad(plan, geometry, batch, weight, dpre, dx)
     if t:  # stride 1: a convolution of dpre
@@ -226,6 +231,17 @@ def winograd_tile(plan, geometry, out_channels):
     if mode == "0" or plan.device.family != "tiled" or not winograd.fits(geometry):
         return None
     return int(tile) if mode == "all" or min(geometry.C, out_channels) >= WINOGRAD_CHANNELS else None
+
+
+def direct_conv(plan, geometry, out_channels):
+    """Whether the convolution `geometry` (to `out_channels`) runs the direct kernel (ops/direct.py):
+    on the GPU family, for a geometry it fits (3x3, stride 1, up to 32 channels), where
+    CLNET_DIRECT_CONV is "1". Off by default ("0"): not yet timed on a GPU against the implicit
+    GEMMs it would replace (resnet20's first stage: 11 TFLOP/s on an H100)."""
+    mode = os.environ.get("CLNET_DIRECT_CONV") or "0"
+    if mode not in ("0", "1"):
+        raise ValueError(f"CLNET_DIRECT_CONV must be 0 or 1, not {mode!r}")
+    return mode == "1" and plan.device.family == "tiled" and direct.fits(geometry, out_channels)
 
 
 def transposed(geometry, out_channels):
