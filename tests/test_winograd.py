@@ -86,39 +86,51 @@ def _input_grad_reference(weight, dy, padding, shape):
     return padded[:, :, padding:padding + h, padding:padding + w]
 
 
-@pytest.mark.parametrize("case", CASES, ids=IDS)
-def test_forward_matches_reference(tiled, monkeypatch, case):
+def check_forward(device, case, launches, atol):
+    """A 3x3 convolution's forward pass on the GPU family against its float64 reference: the
+    kernels `launches` (given the case's channels and output size), errors within `atol` of the
+    largest |value|."""
     n, conv, g, params, x = _operands(case)
     act = case[7]
-    plan = SlotPlan(tiled)
-    s_x, s_w = Slot(tiled, x, 5), Slot(tiled, params["weight"].reshape(conv.out_channels, -1), 7)
-    s_b = Slot(tiled, params["bias"], 3) if conv.bias else None
-    s_y = Slot.output(tiled, (n, conv.out_channels, g.OH, g.OW), 9)
-    launches = _in_chunks(monkeypatch, case, max(g.C, conv.out_channels), (g.OH, g.OW))
+    plan = SlotPlan(device)
+    s_x, s_w = Slot(device, x, 5), Slot(device, params["weight"].reshape(conv.out_channels, -1), 7)
+    s_b = Slot(device, params["bias"], 3) if conv.bias else None
+    s_y = Slot.output(device, (n, conv.out_channels, g.OH, g.OW), 9)
+    expected_launches = launches(max(g.C, conv.out_channels), (g.OH, g.OW))
     conv_ops.forward(plan, g, n, s_x.tensor, s_w.tensor, s_y.tensor, s_b and s_b.tensor,
                      act and act.kernel_options())
-    assert _kernels(plan) == launches
+    assert _kernels(plan) == expected_launches
     execute(plan)
     expected = conv.reference(params, x)
     expected = act.reference({}, expected) if act else expected
-    np.testing.assert_allclose(s_y.read(), expected, rtol=0, atol=ATOL[_tile()] * np.abs(expected).max())
+    np.testing.assert_allclose(s_y.read(), expected, rtol=0, atol=atol * np.abs(expected).max())
+
+
+def check_input_grad(device, case, launches, atol):
+    """Likewise the input gradient, from dY in its NCHW layout (the GPU family's dpre)."""
+    n, conv, g, params, _ = _operands(case)
+    o = conv.out_channels
+    dy = np.random.default_rng(1).normal(size=(n, o, g.OH, g.OW))
+    plan = SlotPlan(device)
+    s_w = Slot(device, params["weight"].reshape(o, -1), 7)
+    s_dy = Slot(device, dy, 11)
+    s_dx = Slot.output(device, (n, g.C, g.H, g.W), 5)
+    expected_launches = launches(max(g.C, o), (g.H, g.W))
+    conv_ops.input_grad(plan, g, n, s_w.tensor, s_dy.tensor, s_dx.tensor)
+    assert _kernels(plan) == expected_launches
+    execute(plan)
+    expected = _input_grad_reference(params["weight"], dy, g.ph, (n, g.C, g.H, g.W))
+    np.testing.assert_allclose(s_dx.read(), expected, rtol=0, atol=atol * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_forward_matches_reference(tiled, monkeypatch, case):
+    check_forward(tiled, case, lambda channels, size: _in_chunks(monkeypatch, case, channels, size), ATOL[_tile()])
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_input_grad_matches_reference(tiled, monkeypatch, case):
-    n, conv, g, params, _ = _operands(case)
-    o = conv.out_channels
-    dy = np.random.default_rng(1).normal(size=(n, o, g.OH, g.OW))
-    plan = SlotPlan(tiled)
-    s_w = Slot(tiled, params["weight"].reshape(o, -1), 7)
-    s_dy = Slot(tiled, dy, 11)  # the GPU family's dpre: dY's NCHW layout
-    s_dx = Slot.output(tiled, (n, g.C, g.H, g.W), 5)
-    launches = _in_chunks(monkeypatch, case, max(g.C, o), (g.H, g.W))
-    conv_ops.input_grad(plan, g, n, s_w.tensor, s_dy.tensor, s_dx.tensor)
-    assert _kernels(plan) == launches
-    execute(plan)
-    expected = _input_grad_reference(params["weight"], dy, g.ph, (n, g.C, g.H, g.W))
-    np.testing.assert_allclose(s_dx.read(), expected, rtol=0, atol=ATOL[_tile()] * np.abs(expected).max())
+    check_input_grad(tiled, case, lambda channels, size: _in_chunks(monkeypatch, case, channels, size), ATOL[_tile()])
 
 
 def test_the_choice_follows_the_geometry_the_family_and_clnet_winograd(device, monkeypatch):
@@ -165,12 +177,16 @@ def test_padding_beyond_the_kernel_keeps_the_implicit_input_gradient(tiled):
     assert _kernels(plan)[1:] == WINOGRAD_LAUNCHES
 
 
-def test_gradients_match_finite_differences(tiled):
-    """Winograd forward passes with padding 1 and 0, and their input gradients (paddings 1 and 2),
-    between a 1x1 convolution and a dense classifier, on 5 x 7 images."""
+def check_gradients_by_finite_differences(device):
+    """3x3 forward passes with padding 1 and 0, and their input gradients (paddings 1 and 2), between
+    a 1x1 convolution and a dense classifier, on 5 x 7 images."""
     layers = [L.Conv2D(2, 3, 1), L.Tanh(), L.Conv2D(3, 4, 3, padding=1), L.ReLU(), L.Conv2D(4, 3, 3, bias=False),
               L.Sigmoid(), L.Flatten(), L.Dense(3 * 3 * 5, 3)]
-    _assert_step_matches_finite_differences(tiled, layers, (2, 2, 5, 7))
+    _assert_step_matches_finite_differences(device, layers, (2, 2, 5, 7))
+
+
+def test_gradients_match_finite_differences(tiled):
+    check_gradients_by_finite_differences(tiled)
 
 
 def test_cifar_resnet_matches_its_torch_twin(tiled):
