@@ -26,7 +26,8 @@ both; CLNET_TUNING=cache ignores the shipped tables.
 A table records the compute units of the device it was tuned on (`tuned_on`'s `compute_units`),
 which other devices of its class need not share: `lookup` says where parameters came from and that
 count, and the launcher rescales the parameters by which the defaults divide a product's work
-among the compute units (`ops.gemm.GemmSpec.rebalance`). The cache's are this device's own, used as they are.
+among the compute units (`ops.gemm.GemmSpec.rebalance`). The cache's are this device's own, used
+as they are.
 """
 
 from __future__ import annotations
