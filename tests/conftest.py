@@ -2,6 +2,7 @@
 CLNET_TEST_DEVICES: comma-separated global indices or platform/device name substrings
 (e.g. CLNET_TEST_DEVICES=pocl, or =0)."""
 
+import importlib
 import os
 import tempfile
 
@@ -12,6 +13,7 @@ import clnet
 from clnet.device import INSTALL_HINT
 from clnet.plan import ALIGN, Plan
 from clnet.tensor import DeviceTensor
+from clnet.tuning import Tuned
 
 
 # The tests never read the developer's tuning cache (clnet-tune), nor the shipped tables of tuned
@@ -62,6 +64,13 @@ def gemm_family(request, monkeypatch):
 
 def upload(device, array, dtype=np.float32):
     return DeviceTensor.from_numpy(device, np.asarray(array), dtype)
+
+
+def force_gemm_params(monkeypatch, params):
+    """Every GEMM recorded from now on takes `params`, as though tuned so: parameters clnet-tune may
+    pick, under test."""
+    gemm_module = importlib.import_module("clnet.ops.gemm")  # clnet.ops.gemm is also the function's name
+    monkeypatch.setattr(gemm_module, "lookup", lambda device, case: Tuned(params, "a test"))
 
 
 def execute(plan):

@@ -10,9 +10,8 @@ import pytest
 import clnet
 from clnet import layers as L
 from clnet.ops import conv as conv_ops
-from clnet.tuning import Tuned
 
-from conftest import Slot, SlotPlan, execute, new_plan
+from conftest import Slot, SlotPlan, execute, force_gemm_params, new_plan
 from reference import forward, loss, numeric_gradients
 
 GEOMETRIES = [  # (batch, in, height, width, out, kernel, stride, padding, dilation)
@@ -149,7 +148,7 @@ def test_backward_with_float4_loads_and_k_split(device, monkeypatch, dy_offset):
     params = {**gemm_module.GEMM_TILED.big, "TILE_M": 32, "TILE_N": 32, "WPT_M": 4, "WPT_N": 4, "VECTOR": 1,
               "VLOAD": 1, "SLICES": 3}
     assert gemm_module.GEMM_TILED.valid(params)
-    monkeypatch.setattr(gemm_module, "lookup", lambda device, case: Tuned(params, "a test"))
+    force_gemm_params(monkeypatch, params)
     for case in BACKWARD[:6]:
         test_backward_at_odd_offsets(device, "tiled", case, dy_offset)
 
@@ -164,7 +163,7 @@ def test_implicit_gemms_with_tuned_parameters(device, monkeypatch, tile):
               "VECTOR": vector, "VLOAD": vector, "SLICES": 3}
     gemm_module = importlib.import_module("clnet.ops.gemm")  # clnet.ops.gemm is also the function
     assert gemm_module.GEMM_TILED.valid(params)
-    monkeypatch.setattr(gemm_module, "lookup", lambda device, case: Tuned(params, "a test"))
+    force_gemm_params(monkeypatch, params)
     test_forward_matches_reference(device, "tiled", GEOMETRIES[2])
     test_gradients_match_finite_differences(device, "tiled", GEOMETRIES[2])
 
@@ -176,7 +175,7 @@ def test_gathered_panels_in_slices(device, monkeypatch, rows):
     match the reference, forward and gradients."""
     monkeypatch.setattr(device, "family", "cpu")
     gemm_module = importlib.import_module("clnet.ops.gemm")
-    monkeypatch.setattr(gemm_module, "lookup", lambda device, case: Tuned({"CPU_ROWS": rows, "SLICES": 3}, "a test"))
+    force_gemm_params(monkeypatch, {"CPU_ROWS": rows, "SLICES": 3})
     for cap in (gemm_module.CPU_GATHER_K, 5):
         monkeypatch.setattr(gemm_module, "CPU_GATHER_K", cap)
         for geometry in (GEOMETRIES[2], GEOMETRIES[7]):  # input gradients: col2im, and gathered
@@ -257,9 +256,9 @@ def test_weights_have_pytorch_layout(device):
 ])                                          # short), planes that fill the lanes exactly, P = 1
 def test_conv_bias_act_backward_in_slices(device, gemm_family, act, bias, batch, channels, pixels):
     """dpre (in dy's (B, C, P) layout on the GPU family, not written there without an activation;
-    transposed to (C, B*P) on the CPU family) and the bias gradient, with each channel split into slices (partial sums added in a fixed order):
-    on the GPU family when that gives the device more work-groups, on the CPU family when a channel
-    has more rows than a slice (norm.slice_rows)."""
+    transposed to (C, B*P) on the CPU family) and the bias gradient, with each channel split into
+    slices (partial sums added in a fixed order): on the GPU family when that gives the device more
+    work-groups, on the CPU family when a channel has more rows than a slice (norm.slice_rows)."""
     from clnet import ops
     from clnet.ops.norm import slice_rows
     rng = np.random.default_rng(6)
@@ -347,7 +346,7 @@ def test_grouped_products_split_over_k(device, monkeypatch, gemm_family):
     as clnet-tune may pick them, and on the CPU family with gathered panels capped at 5 rows."""
     gemm_module = importlib.import_module("clnet.ops.gemm")
     params = {"CPU_ROWS": 4, "SLICES": 3} if gemm_family == "cpu" else {**gemm_module.GEMM_TILED.defaults, "SLICES": 3}
-    monkeypatch.setattr(gemm_module, "lookup", lambda device, case: Tuned(params, "a test"))
+    force_gemm_params(monkeypatch, params)
     monkeypatch.setattr(gemm_module, "CPU_GATHER_K", 5)
     for geometry in GROUPED[:3]:
         test_grouped_forward_matches_reference(device, gemm_family, geometry)

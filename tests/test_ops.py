@@ -10,11 +10,10 @@ import importlib
 
 import numpy as np
 import pytest
-from conftest import GUARD, Slot, execute, new_plan, upload
+from conftest import GUARD, Slot, execute, force_gemm_params, new_plan, upload
 
 from clnet import losses, ops, optim
 from clnet.ops.gemm import GEMM_PACKED, GEMM_TILED
-from clnet.tuning import Tuned
 
 gemm_module = importlib.import_module("clnet.ops.gemm")  # clnet.ops.gemm is also the function's name
 
@@ -128,7 +127,7 @@ def test_gemm_packed_slices_whatever_the_work_groups(device, monkeypatch):
     of a split launch may make them more than one slice deep (PoCL 5 did, on a 16-core Xeon)."""
     monkeypatch.setattr(device, "family", "cpu")
     monkeypatch.setattr(gemm_module, "direct", lambda m, n, k: False)
-    monkeypatch.setattr(gemm_module, "lookup", lambda device, case: Tuned({"CPU_ROWS": 4, "SLICES": 4}, "a test"))
+    force_gemm_params(monkeypatch, {"CPU_ROWS": 4, "SLICES": 4})
     rng = np.random.default_rng(8)
     plan = new_plan(device)
     sc, ref, _ = _gemm_case(device, rng, plan, 9, 40, 103, "NN", (0, 0, 0, 0), True, "relu")
@@ -167,7 +166,7 @@ def test_gemm_tiled_float4_global_loads(device, monkeypatch, tile):
     keys = ("TILE_M", "TILE_N", "TILE_K", "WPT_M", "WPT_N", "PREFETCH", "VECTOR", "SLICES")
     params = {**dict(zip(keys, tile)), "VLOAD": 1}
     assert GEMM_TILED.valid(params)
-    monkeypatch.setattr(gemm_module, "lookup", lambda device, case: Tuned(params, "a test"))
+    force_gemm_params(monkeypatch, params)
     rng, plan, cases = np.random.default_rng(5), new_plan(device), []
     for i, layout in enumerate(LAYOUTS):
         trans_a, trans_b = LAYOUTS[layout]
@@ -199,7 +198,7 @@ def test_gemm_every_tuning_candidate(device, monkeypatch, kernel):
     layouts = list(LAYOUTS)
     rng = np.random.default_rng(3)
     for i, params in enumerate(_tuning_candidates(device, kernel)):
-        monkeypatch.setattr(gemm_module, "lookup", lambda device, case: Tuned(params, "a test"))
+        force_gemm_params(monkeypatch, params)
         plan, cases, layout = new_plan(device), [], layouts[i % len(layouts)]
         # gemm_packed: the last shape has more panels than one work-group takes (CPU_GROUP), so
         # that split K runs in work-groups of the driver's choosing

@@ -23,6 +23,8 @@ from clnet.plan import Plan
 from clnet.tensor import DeviceTensor
 from clnet.tuning import Case, Tuned
 
+from conftest import force_gemm_params
+
 TILED = GEMM_TILED.defaults
 TUNED = {**TILED, "TILE_M": 32, "TILE_N": 64, "WPT_M": 2}
 
@@ -114,7 +116,7 @@ def test_invalid_tuned_parameters_fall_back_to_the_defaults(device, monkeypatch)
     x = np.random.default_rng(0).normal(size=(4, 5))
     expected = model.predict(x)
     for broken in ({"TILE_M": 64}, {**TILED, "WPT_M": 3}, {**TILED, "TILE_K": 0}, "fast"):
-        monkeypatch.setattr(importlib.import_module("clnet.ops.gemm"), "lookup", lambda d, c: Tuned(broken, "a test"))
+        force_gemm_params(monkeypatch, broken)
         model = clnet.Sequential([L.Dense(5, 3)], device=device, seed=0)
         np.testing.assert_array_equal(model.predict(x), expected)
 
