@@ -3,10 +3,11 @@ with clnet for classes of devices.
 
 The cache is one JSON file, CLNET_TUNING_FILE or else `tuning.json` in platformdirs' user cache
 folder for clnet (`~/.cache/clnet` on Linux), with an entry per device keyed by platform, device
-name and driver version. Each entry records the hash of the kernel sources it was tuned with: after
-an upgrade of clnet changes the kernels, the entry is stale and ignored until `clnet-tune` runs
-again. Within an entry, every tuned GEMM case (kernel, operand layout, M x N x K) maps to its
-winning parameters. Writers merge their cases into the file under a file lock, so that two tuners
+name and driver version. Each entry records the hash of the sources of the device's kernel family
+(`SOURCES`) it was tuned with: after an upgrade of clnet changes those kernels, the entry is stale
+and ignored until `clnet-tune` runs again; an edit to the other family's kernels leaves it current.
+Within an entry, every tuned GEMM case (kernel, operand layout, M x N x K) maps to its winning
+parameters. Writers merge their cases into the file under a file lock, so that two tuners
 running at once lose nothing.
 
 The shipped tables (`clnet/tuned/<class>.json`, one per device class: `device_class`) hold cases
@@ -56,7 +57,9 @@ TABLE_FORMAT = "clnet-tuned-table"
 VERSION = 1
 TABLES = Path(__file__).resolve().parent / "tuned"  # the shipped tables, <class>.json
 LOCK_TIMEOUT = 60  # seconds to wait for another tuner's write to the cache
-SOURCES = ("gemm_tiled.cl", "gemm_packed.cl", "sum_slices.cl")  # the files of the tuned kernels
+# The files of each kernel family's tuned kernels: an edit to one family's kernels leaves the
+# other's tuned parameters current
+SOURCES = {"tiled": ("gemm_tiled.cl", "sum_slices.cl"), "cpu": ("gemm_packed.cl", "sum_slices.cl")}
 NEAR = 2.0                    # how far, per dimension, a tuned case still speaks for a GEMM
 
 _loaded = {}      # path -> ((inode, mtime_ns, size), parsed file)
@@ -169,11 +172,11 @@ def _host_cpu_flags():
 
 
 @functools.cache  # every GEMM a plan records looks it up; the installed sources do not change
-def source_hash():
-    """A short hash of the tuned kernels' whole sources (the headers they include with them):
-    parameters tuned for other sources are stale."""
+def source_hash(family):
+    """A short hash of the whole sources of a kernel family's tuned kernels (the headers they include
+    with them): parameters tuned for other sources are stale."""
     digest = hashlib.sha256()
-    for name in SOURCES:
+    for name in SOURCES[family]:
         digest.update(program_source(kernel_dir(), name).encode())
     return digest.hexdigest()[:16]
 
@@ -209,7 +212,7 @@ def _mode():
 def _entry(device, path=None):
     """This device's tuned cases in the cache, if tuned for the current kernel sources."""
     entry = load(path).get("devices", {}).get(device_key(device))
-    if not isinstance(entry, dict) or entry.get("source") != source_hash():
+    if not isinstance(entry, dict) or entry.get("source") != source_hash(device.family):
         return {}
     cases = entry.get("cases")
     return cases if isinstance(cases, dict) else {}
@@ -227,11 +230,11 @@ def describe(device, path=None):
         >>> tuning.describe(clnet.device("pocl"))["table_cases"]
     """
     mode, cls = _mode(), device_class(device.info)
-    table = shipped_table(cls) if mode == "1" else {}
+    table, current = table_cases(cls, device.family) if mode == "1" else ({}, {})
     return {"mode": {"0": "built-in defaults", "cache": "the cache only"}.get(mode, "the cache, then the table"),
             "cache": str(Path(path or cache_path())), "cache_cases": 0 if mode == "0" else len(_entry(device, path)),
             "class": cls, "table_cases": len(table.get("cases", {})),
-            "table_stale_cases": len(table.get("cases", {})) - len(_current_cases(table))}
+            "table_stale_cases": len(table.get("cases", {})) - len(current)}
 
 
 def table_path(cls):
@@ -240,8 +243,7 @@ def table_path(cls):
 
 @functools.cache  # the shipped files do not change while clnet runs
 def shipped_table(cls):
-    """The parsed table of a device class ({} where none ships); cases made for other kernel sources
-    are still used, with a note in the log (see the module's docstring)."""
+    """The parsed table of a device class ({} where none ships)."""
     path = table_path(cls) if cls else None
     if path is None or not path.is_file():
         return {}
@@ -253,19 +255,24 @@ def shipped_table(cls):
     except (OSError, ValueError) as exc:
         log.warning("ignoring the shipped tuned table %s (%s): reinstall clnet", path, exc)
         return {}
-    stale = len(table["cases"]) - len(_current_cases(table))
-    if stale:
-        log.info("%d of the %d cases of the shipped tuned table %s were made for other kernel sources (now %s): "
-                 "using them after the others; `clnet-tune` tunes for these", stale, len(table["cases"]), path,
-                 source_hash())
     return table
 
 
-def _current_cases(table):
-    """The cases of a table tuned for the current kernel sources: a case's own "source", else the table's."""
+@functools.cache  # every GEMM a plan records looks them up
+def table_cases(cls, family):
+    """(the shipped table of a device class, its cases tuned for the current sources of the kernel
+    family): a case's own "source", else the table's. Cases made for other kernel sources are still
+    used, after these, with a note in the log (see the module's docstring)."""
+    table = shipped_table(cls)
     source = table.get("source")
-    return {key: result for key, result in table.get("cases", {}).items()
-            if (result.get("source", source) if isinstance(result, dict) else source) == source_hash()}
+    current = {key: result for key, result in table.get("cases", {}).items()
+               if (result.get("source", source) if isinstance(result, dict) else source) == source_hash(family)}
+    stale = len(table.get("cases", {})) - len(current)
+    if stale:
+        log.info("%d of the %d cases of the shipped tuned table %s were made for other kernel sources (now %s): "
+                 "using them after the others; `clnet-tune` tunes for these", stale, len(table["cases"]),
+                 table_path(cls), source_hash(family))
+    return table, current
 
 
 def _distance(a, b):
@@ -303,8 +310,8 @@ def lookup(device, case, path=None):
         return Tuned(found, "the tuning cache")
     if mode != "cache":
         cls = device_class(device.info)
-        table, origin = shipped_table(cls), f"the shipped {cls} table"
-        found = _nearest(_current_cases(table), case, origin)
+        (table, current), origin = table_cases(cls, device.family), f"the shipped {cls} table"
+        found = _nearest(current, case, origin)
         if found is None:
             found = _nearest(table.get("cases", {}), case, origin)
         if found is not None:
@@ -329,9 +336,9 @@ def store(device, results, path=None):
     with FileLock(f"{path}.lock", timeout=LOCK_TIMEOUT):
         data = load(path) or {"format": FORMAT, "version": VERSION, "devices": {}}
         entry = data["devices"].get(device_key(device))
-        if not isinstance(entry, dict) or entry.get("source") != source_hash():
+        if not isinstance(entry, dict) or entry.get("source") != source_hash(device.family):
             entry = {"platform": device.info.platform, "device": device.info.name, "driver": device.info.driver,
-                     "source": source_hash(), "cases": {}}
+                     "source": source_hash(device.family), "cases": {}}
         entry["cases"].update({case.key: result for case, result in results.items()})
         data["devices"][device_key(device)] = entry
         text = json.dumps(data, indent=1, sort_keys=True).encode()
@@ -367,11 +374,11 @@ def export_table(device, results, path, cls=None, note=None):
     old = _table_to_extend(path, cls, info.compute_units)
     if old is not None:
         source, notes = old.get("source"), [part for part in old["tuned_on"]["note"].split("; ") if part]
-        cases = {key: result if source == source_hash() else {"source": source, **result}
+        cases = {key: result if source == source_hash(device.family) else {"source": source, **result}
                  for key, result in old["cases"].items()}
     cases.update({case.key: result for case, result in results.items()})
     notes += [note] if note and note not in notes else []
-    table = {"format": TABLE_FORMAT, "version": VERSION, "class": cls, "source": source_hash(),
+    table = {"format": TABLE_FORMAT, "version": VERSION, "class": cls, "source": source_hash(device.family),
              "tuned_on": {"platform": info.platform, "device": info.name, "driver": info.driver,
                           "compute_units": info.compute_units, "note": "; ".join(notes)},
              "cases": cases}

@@ -40,8 +40,16 @@ class FakeInfo:
 
 
 class FakeDevice:
+    family = "tiled"
+
     def __init__(self, compute_units=2):
         self.info = FakeInfo(compute_units)
+
+
+def _reread_tables():
+    """Forget the shipped tables read so far, and their current cases."""
+    tuning.shipped_table.cache_clear()
+    tuning.table_cases.cache_clear()
 
 
 def cached(params):
@@ -78,7 +86,7 @@ def test_entries_of_other_devices_and_other_sources_are_not_used(tmp_path, monke
     monkeypatch.setenv("CLNET_TUNING", "0")
     assert tuning.lookup(FakeDevice(), case, path) is None
     monkeypatch.delenv("CLNET_TUNING")
-    monkeypatch.setattr(tuning, "source_hash", lambda: "changed-kernels")
+    monkeypatch.setattr(tuning, "source_hash", lambda family: "changed-kernels")
     assert tuning.lookup(FakeDevice(), case, path) is None  # tuned for other kernel sources: stale
     _store(path, {Case("gemm_tiled", "NN", 8, 8, 8): TUNED})  # replaces the stale entry
     entry = json.loads(path.read_text())["devices"]["Some Platform | Some Device | 1.0"]
@@ -157,7 +165,7 @@ def test_the_tuner_writes_what_later_plans_use(device, tmp_path, monkeypatch):
     out = result.output
     assert "tuning 9 GEMMs" in out and f"wrote 9 tuned cases to {path}" in out
     entry = json.loads(path.read_text())["devices"][tuning.device_key(device)]
-    assert len(entry["cases"]) == 9 and entry["source"] == tuning.source_hash()
+    assert len(entry["cases"]) == 9 and entry["source"] == tuning.source_hash(device.family)
     assert json.loads(table.read_text())["cases"] == entry["cases"]
     result = CliRunner().invoke(tune.main, args + ["--skip-tuned"])  # nothing left to do
     assert result.exit_code == 0 and "tuning 0 GEMMs" in result.output, result.output
@@ -333,9 +341,9 @@ def tables(tmp_path, monkeypatch):
     monkeypatch.setattr(tuning, "TABLES", tmp_path / "tuned")
     monkeypatch.setattr(tuning, "device_class", lambda info: "test-class")
     monkeypatch.setenv("CLNET_TUNING", "1")
-    tuning.shipped_table.cache_clear()
+    _reread_tables()
     yield tmp_path / "tuned"
-    tuning.shipped_table.cache_clear()
+    _reread_tables()
 
 
 def test_the_cache_wins_over_the_shipped_table(tables, tmp_path, monkeypatch):
@@ -364,7 +372,7 @@ def test_a_table_for_other_kernel_sources_is_used_with_a_note(tables, tmp_path, 
     tables.mkdir()
     case, shipped = Case("gemm_tiled", "NN", 128, 128, 128), {**TILED, "TILE_K": 8}
     tuning.export_table(FakeDevice(), {case: {"params": shipped}}, tuning.table_path("test-class"))
-    monkeypatch.setattr(tuning, "source_hash", lambda: "changed-kernels")
+    monkeypatch.setattr(tuning, "source_hash", lambda family: "changed-kernels")
     with caplog.at_level(logging.INFO, logger="clnet.tuning"):
         found = tuning.lookup(FakeDevice(), case, tmp_path / "none.json")
     assert found == Tuned(shipped, "the shipped test-class table", 2)
@@ -385,15 +393,15 @@ def test_a_table_s_cases_for_the_current_kernel_sources_come_first(tables, tmp_p
     table = json.loads(path.read_text())
     table["cases"][near.key]["source"] = "older-kernels"
     path.write_text(json.dumps(table))
-    tuning.shipped_table.cache_clear()
+    _reread_tables()
     none, origin = tmp_path / "none.json", "the shipped test-class table"
     assert tuning.lookup(FakeDevice(), near, none) == Tuned(current, origin, 2)
     assert tuning.lookup(FakeDevice(), Case("gemm_tiled", "NN", 128, 64, 128), none) == Tuned(stale, origin, 2)
     assert tuning.describe(FakeDevice(), none)["table_stale_cases"] == 1
     table = {**table, "source": "older-kernels"}  # a table of older sources with one current case
-    table["cases"] = {near.key: {"params": stale}, far.key: {"params": current, "source": tuning.source_hash()}}
+    table["cases"] = {near.key: {"params": stale}, far.key: {"params": current, "source": tuning.source_hash("tiled")}}
     path.write_text(json.dumps(table))
-    tuning.shipped_table.cache_clear()
+    _reread_tables()
     assert tuning.lookup(FakeDevice(), near, none) == Tuned(current, origin, 2)
     assert tuning.describe(FakeDevice(), none)["table_stale_cases"] == 1
 
@@ -410,8 +418,8 @@ def test_exporting_extends_a_table_of_the_same_class_and_compute_units(tmp_path,
     table = json.loads(path.read_text())
     assert table["cases"] == {one.key: {"params": TILED}, two.key: {"params": TUNED}}
     assert table["tuned_on"]["note"] == "run 10; run 1"
-    older = tuning.source_hash()
-    monkeypatch.setattr(tuning, "source_hash", lambda: "changed-kernels")
+    older = tuning.source_hash("tiled")
+    monkeypatch.setattr(tuning, "source_hash", lambda family: "changed-kernels")
     tuning.export_table(FakeDevice(), {two: {"params": TILED}}, path, "some-class", note="run 2")
     table = json.loads(path.read_text())
     assert table["source"] == "changed-kernels" and table["tuned_on"]["note"] == "run 10; run 1; run 2"
@@ -498,7 +506,7 @@ def test_only_a_shipped_table_that_names_its_units_is_rebalanced(tables, tmp_pat
     older = json.loads(table.read_text())
     del older["tuned_on"]["compute_units"]
     table.write_text(json.dumps(older))
-    tuning.shipped_table.cache_clear()
+    _reread_tables()
     assert tuning.lookup(xeon, case) == Tuned(DIRECT, origin, None)
     assert gemm_module._tuned(xeon, SPECS["gemm_direct"], case, defines) == DIRECT
 
@@ -575,7 +583,7 @@ from clnet import tuning
 class Info:
     platform, name, driver = "Some Platform", "Some Device", "1.0"
 class Device:
-    info = Info()
+    info, family = Info(), "tiled"
 layout, count, path = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
 Path(f"{path}.{layout}.ready").touch()
 while len(list(path.parent.glob("*.ready"))) < 2:  # both started: their writes overlap
