@@ -38,29 +38,75 @@ inline void gather_row(__local float* out, __global const float* restrict x, con
     }
 }
 
-// Runs of 16 pixels in one output row read 16 consecutive input elements (load_run): the 16
-// columns of a panel (PANEL_RUNS) or, with TRANS_B, 16 rows (K_RUNS).
-#define RUNS (CONV_SW == 1 && CONV_OW >= PANEL && CONV_W >= PANEL)
+// 16 pixels in one output row, or with 8 to a row in two, read runs of consecutive input elements
+// (load_pixels): the 16 columns of a panel (PANEL_RUNS) or, with TRANS_B, 16 rows (K_RUNS).
+#define RUNS (CONV_SW == 1 && (CONV_OW >= PANEL || CONV_OW == 8) && CONV_W >= 8)
 #define PANEL_RUNS (RUNS && !TRANS_B)
 #define K_RUNS (RUNS && TRANS_B)
 
 #if RUNS
-// The 16 elements x[at .. at + 15], input row ih and columns iw .. iw + 15 of an image: one vector
-// load where none is padding, zeros for a row of padding, else read in order up to the edge.
-inline float16 load_run(__global const float* restrict x, const int at, const int ih, const int iw)
+// The N elements x[at .. at + N - 1] (load_run16, load_run8), input row ih and columns iw .. iw + N - 1
+// of an image: one vector load where none is padding, zeros for a row of padding, shifted in
+// registers for one column of padding (a 3 x 3 window's), else read in order up to the edge. (16
+// lanes as two halves of 8 were slower under PoCL.)
+#if CONV_OW >= PANEL
+inline float16 load_run16(__global const float* restrict x, const int at, const int ih, const int iw)
 {
     if ((uint)ih >= CONV_H) return (float16)(0.0f);
     if ((uint)iw <= CONV_W - PANEL) return load16(x + at);
+    if (iw == -1) {
+        const float16 v = load16(x + at + 1);
+        return (float16)(0.0f, v.s0123, v.s4567, v.s89ab, v.scde);
+    }
+    if (iw == CONV_W - PANEL + 1) {
+        const float16 v = load16(x + at - 1);
+        return (float16)(v.s1234, v.s5678, v.s9abc, v.sdef, 0.0f);
+    }
     __attribute__((aligned(64))) float run[PANEL];
     for (int i = 0; i < PANEL; i++) run[i] = (uint)(iw + i) < CONV_W ? x[at + i] : 0.0f;
     return *(float16*)run;
+}
+#else
+inline float8 load_run8(__global const float* restrict x, const int at, const int ih, const int iw)
+{
+    if ((uint)ih >= CONV_H) return (float8)(0.0f);
+    if ((uint)iw <= CONV_W - 8) return vload8(0, x + at);
+    if (iw == -1) {
+        const float8 v = vload8(0, x + at + 1);
+        return (float8)(0.0f, v.s0123, v.s456);
+    }
+    if (iw == CONV_W - 7) {
+        const float8 v = vload8(0, x + at - 1);
+        return (float8)(v.s1234, v.s567, 0.0f);
+    }
+    __attribute__((aligned(32))) float run[8];
+    for (int i = 0; i < 8; i++) run[i] = (uint)(iw + i) < CONV_W ? x[at + i] : 0.0f;
+    return *(float8*)run;
+}
+#endif
+
+// The 16 pixels from (ih, iw) at x[at]: one run, or with 8 to a row two in consecutive output rows
+inline float16 load_pixels(__global const float* restrict x, const int at, const int ih, const int iw)
+{
+#if CONV_OW >= PANEL
+    return load_run16(x, at, ih, iw);
+#else
+    return (float16)(load_run8(x, at, ih, iw), load_run8(x, at + CONV_SH * CONV_W, ih + CONV_SH, iw));
+#endif
+}
+
+// Whether pixels n .. n + 15 are one output row's, or with 8 to a row, two rows of one image
+inline int pixels_run(const int n)
+{
+    const int image = CONV_OH * CONV_OW;
+    return CONV_OW >= PANEL ? n % CONV_OW + PANEL <= CONV_OW : n % CONV_OW == 0 && n / image == (n + PANEL - 1) / image;
 }
 #endif
 
 // panel[k - k0] = the 16 values of row k of panel p of B (k0 <= k < k1), 0 in the padding and past
 // column N. B is the im2col matrix of x: its columns are pixels and its rows (c, kh, kw), or the
 // other way round with TRANS_B (the weight gradient's dY . cols^T). The parts of the 16 columns are
-// found once, those of each k once.
+// found once; those of the rows are stepped along (c, kh, kw), or with TRANS_B found once per row.
 inline void gather_panel(__local float* panel, __global const float* restrict x, const int N,
                          const int p, const int k0, const int k1)
 {
@@ -74,27 +120,16 @@ inline void gather_panel(__local float* panel, __global const float* restrict x,
 #endif
     }
     const int valid = N - p * PANEL;  // ... and then zeroed
-#if PANEL_RUNS
-    const int run = p * PANEL / CONV_OW == (p * PANEL + PANEL - 1) / CONV_OW && valid >= PANEL;
-#endif
+#if TRANS_B
     for (int k = k0; k < k1; k++) {
         int ktop, kleft, kat;
-#if TRANS_B
         pixel_part(k, &ktop, &kleft, &kat);
-#else
-        row_part(k, &ktop, &kleft, &kat);
-#endif
         __local float* out = panel + (k - k0) * PANEL;
-#if PANEL_RUNS
-        if (run) {
-            *(__local float16*)out = load_run(x, at[0] + kat, top[0] + ktop, left[0] + kleft);
-            continue;
-        }
-#elif K_RUNS
-        if (k + PANEL <= k1 && k % CONV_OW + PANEL <= CONV_OW) {  // rows k .. k + 15 as one 16 x 16 block
+#if K_RUNS
+        if (k + PANEL <= k1 && pixels_run(k)) {  // rows k .. k + 15 as one 16 x 16 block
             float16 block[PANEL];  // block[j] = column j over the 16 rows
             _Pragma("unroll") for (int j = 0; j < PANEL; j++)
-                block[j] = load_run(x, at[j] + kat, top[j] + ktop, left[j] + kleft);
+                block[j] = load_pixels(x, at[j] + kat, top[j] + ktop, left[j] + kleft);
             transpose16(block);
             _Pragma("unroll") for (int i = 0; i < PANEL; i++) ((__local float16*)out)[i] = block[i];
             k += PANEL - 1;
@@ -103,6 +138,28 @@ inline void gather_panel(__local float* panel, __global const float* restrict x,
 #endif
         gather_row(out, x, top, left, at, ktop, kleft, kat);
     }
+#else
+#if PANEL_RUNS
+    const int run = valid >= PANEL && pixels_run(p * PANEL);
+#endif
+    int kh = k0 / CONV_KW % CONV_KH, kw = k0 % CONV_KW, channel = k0 / CONV_TAPS * CONV_CHANNEL_STRIDE;
+    for (int k = k0; k < k1; k++) {
+        const int ktop = kh * CONV_DH, kleft = kw * CONV_DW, kat = channel + ktop * CONV_W + kleft;
+#if PANEL_RUNS
+        if (run)
+            ((__local float16*)panel)[k - k0] = load_pixels(x, at[0] + kat, top[0] + ktop, left[0] + kleft);
+        else
+#endif
+            gather_row(panel + (k - k0) * PANEL, x, top, left, at, ktop, kleft, kat);
+        if (++kw == CONV_KW) {
+            kw = 0;
+            if (++kh == CONV_KH) {
+                kh = 0;
+                channel += CONV_CHANNEL_STRIDE;
+            }
+        }
+    }
+#endif
     if (valid < PANEL)
         for (int k = k0; k < k1; k++)
             for (int j = valid; j < PANEL; j++) panel[(k - k0) * PANEL + j] = 0.0f;

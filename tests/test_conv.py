@@ -24,6 +24,8 @@ GEOMETRIES = [  # (batch, in, height, width, out, kernel, stride, padding, dilat
     (1, 3, 3, 3, 17, 3, 1, 1, 1),                  # output channels beyond a tile's edge
     (2, 2, 4, 19, 3, 3, 1, 1, 1),                  # rows of 16+ pixels (vector loads on CPUs), padding
     (1, 2, 3, 18, 3, (1, 2), 1, 0, 1),             # the same without padding
+    (2, 2, 3, 16, 3, 3, 1, 1, 1),                  # rows of 16: padding on both ends of a run
+    (2, 3, 3, 8, 4, 3, 1, 1, 1),                   # rows of 8 (two to a run on CPUs), runs across images
 ]
 
 
@@ -43,7 +45,11 @@ def test_forward_matches_reference(device, gemm_family, geometry):
     np.testing.assert_allclose(model.predict(x), expected.reshape(n, -1), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("geometry", GEOMETRIES[:4] + GEOMETRIES[7:8], ids=[f"g{i}" for i in (0, 1, 2, 3, 7)])
+GRADIENT_GEOMETRIES = (0, 1, 2, 3, 7, 10)
+
+
+@pytest.mark.parametrize("geometry", [GEOMETRIES[i] for i in GRADIENT_GEOMETRIES],
+                         ids=[f"g{i}" for i in GRADIENT_GEOMETRIES])
 def test_gradients_match_finite_differences(device, gemm_family, geometry):
     """A 1x1 convolution, the geometry's (whose input gradient it needs), a second one, then a
     dense classifier."""
