@@ -44,6 +44,13 @@ __kernel void gather_images(const int rows, const int n_valid, const int start, 
     const float mean = norm[no + c], inv_std = norm[no + C + c];
     const int sh = h + dy;
     __global const SRC_T* row = src + so + ((size_t)order[oo + start + b] * C + c) * H * W + sh * W;
+    if (dy == 0 && dx == 0 && !mirror) {  // the row as it is, 8 values at a time (a CPU's lanes)
+        int w = 0;
+        for (; w + 8 <= W; w += 8)
+            vstore8((convert_float8(vload8(0, row + w)) * scale - mean) * inv_std, 0, dst + w);
+        for (; w < W; w++) dst[w] = ((float)row[w] * scale - mean) * inv_std;
+        return;
+    }
     for (int w = 0; w < W; w++) {
         const int sw = (mirror ? W - 1 - w : w) + dx;
         const float v = (sh >= 0 && sh < H && sw >= 0 && sw < W) ? (float)row[sw] * scale : 0.0f;

@@ -52,14 +52,14 @@ def gather_reference(src, order, start, rows, n_valid, spec, seed, step):
 ])
 def test_gather_images_matches_reference(device, dtype, spec):
     rng = np.random.default_rng(0)
-    src = rng.integers(0, 256, (9, 3, 5, 7)).astype(dtype)
+    src = rng.integers(0, 256, (9, 3, 5, 11)).astype(dtype)  # rows of 11: 8 as a vector, then 3
     order = rng.permutation(9).astype(np.int32)
     rows, start, n_valid, seed, step = 4, 3, 3, 12345, 7
     plan = new_plan(device)
     s_src = Slot(device, src, 5, dtype=src.dtype, fill=0)
     s_order = Slot(device, order, 2, dtype=np.int32, fill=0)
     s_norm = Slot(device, spec.norm(3), 1)
-    out = Slot.output(device, (rows, 3, 5, 7), 9)
+    out = Slot.output(device, (rows, 3, 5, 11), 9)
     launch = data_ops.gather_images(plan, s_order.tensor, s_src.tensor, s_norm.tensor, out.tensor, spec.scale,
                                     spec.crop, spec.flip, seed=seed)
     plan.finalize(plan.place())
