@@ -20,6 +20,10 @@ from clnet.tuning import Tuned
 # parameters (test_tuning.py checks those): defaults unless a test says otherwise.
 os.environ["CLNET_TUNING_FILE"] = os.path.join(tempfile.mkdtemp(prefix="clnet-tests-"), "tuning.json")
 os.environ["CLNET_TUNING"] = "cache"
+# The GPU family's small 3x3 convolutions run as implicit GEMMs in the tests (unless the run says
+# otherwise), which cover those paths with the family forced onto any device; test_direct_conv.py
+# turns the direct kernel (the default) on for its own tests.
+os.environ.setdefault("CLNET_DIRECT_CONV", "0")
 
 
 def _selected():

@@ -62,7 +62,7 @@ def test_the_choice_follows_the_geometry_the_family_and_clnet_direct_conv(device
                    ({"c": 33}, {"o": 33}, {"kernel": 5}, {"stride": 2}, {"dilation": 2}, {"groups": 2},
                     {"padding": 3}))
     monkeypatch.delenv("CLNET_DIRECT_CONV")
-    assert not conv_ops.direct_conv(plan, ConvGeometry(16, 8, 8, 3, 3, 8, 8, 1, 1, 1, 1, 1, 1, 1), 16)  # off
+    assert conv_ops.direct_conv(plan, ConvGeometry(16, 8, 8, 3, 3, 8, 8, 1, 1, 1, 1, 1, 1, 1), 16)  # the default
     with pytest.raises(ValueError, match="CLNET_DIRECT_CONV must be 0 or 1, not 'on'"):
         chosen("on")
     monkeypatch.setattr(device, "family", "cpu")
