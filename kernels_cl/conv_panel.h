@@ -40,7 +40,7 @@ inline void gather_row(__local float* out, __global const float* restrict x, con
 
 // 16 pixels in one output row, or with 8 to a row in two, read runs of consecutive input elements
 // (load_pixels): the 16 columns of a panel (PANEL_RUNS) or, with TRANS_B, 16 rows (K_RUNS).
-#define RUNS (CONV_SW == 1 && (CONV_OW >= PANEL || CONV_OW == 8) && CONV_W >= 8)
+#define RUNS (CONV_SW == 1 && (CONV_OW >= PANEL ? CONV_W >= PANEL : CONV_OW == 8 && CONV_W >= 8))
 #define PANEL_RUNS (RUNS && !TRANS_B)
 #define K_RUNS (RUNS && TRANS_B)
 
@@ -49,7 +49,7 @@ inline void gather_row(__local float* out, __global const float* restrict x, con
 // of an image: one vector load where none is padding, zeros for a row of padding, shifted in
 // registers for one column of padding (a 3 x 3 window's), else read in order up to the edge. (16
 // lanes as two halves of 8 were slower under PoCL.)
-#if CONV_OW >= PANEL
+#if CONV_OW >= PANEL  // and CONV_W >= PANEL
 inline float16 load_run16(__global const float* restrict x, const int at, const int ih, const int iw)
 {
     if ((uint)ih >= CONV_H) return (float16)(0.0f);

@@ -26,6 +26,7 @@ GEOMETRIES = [  # (batch, in, height, width, out, kernel, stride, padding, dilat
     (1, 2, 3, 18, 3, (1, 2), 1, 0, 1),             # the same without padding
     (2, 2, 3, 16, 3, 3, 1, 1, 1),                  # rows of 16: padding on both ends of a run
     (2, 3, 3, 8, 4, 3, 1, 1, 1),                   # rows of 8 (two to a run on CPUs), runs across images
+    (2, 2, 3, 14, 3, (1, 3), 1, (0, 3), 1),        # output rows of 18 from input rows of 14
 ]
 
 
@@ -45,7 +46,7 @@ def test_forward_matches_reference(device, gemm_family, geometry):
     np.testing.assert_allclose(model.predict(x), expected.reshape(n, -1), rtol=1e-5, atol=1e-5)
 
 
-GRADIENT_GEOMETRIES = (0, 1, 2, 3, 7, 10)
+GRADIENT_GEOMETRIES = (0, 1, 2, 3, 7, 10, 11)
 
 
 @pytest.mark.parametrize("geometry", [GEOMETRIES[i] for i in GRADIENT_GEOMETRIES],
