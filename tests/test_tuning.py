@@ -609,3 +609,19 @@ def test_the_cache_lives_in_the_user_cache_folder(monkeypatch, tmp_path):
     monkeypatch.delenv("CLNET_TUNING_FILE")
     monkeypatch.setattr(tuning.platformdirs, "user_cache_dir", lambda name: str(tmp_path / name))
     assert tuning.cache_path() == tmp_path / "clnet" / "tuning.json"
+
+
+def test_each_kernel_family_s_tunings_follow_its_own_sources(monkeypatch):
+    """An edit to the CPU family's GEMM kernels changes its source hash (staling its tunings) and
+    leaves the GPU family's, and back."""
+    original = tuning.program_source
+    before = {family: tuning.source_hash(family) for family in tuning.SOURCES}
+    for edited, kept in (("gemm_packed.cl", "tiled"), ("gemm_tiled.cl", "cpu")):
+        monkeypatch.setattr(tuning, "program_source",
+                            lambda folder, name, edited=edited: original(folder, name) + ("//" if name == edited else ""))
+        tuning.source_hash.cache_clear()
+        changed = {family for family in tuning.SOURCES if tuning.source_hash(family) != before[family]}
+        assert changed == set(tuning.SOURCES) - {kept}, edited
+    monkeypatch.undo()
+    tuning.source_hash.cache_clear()
+    assert {family: tuning.source_hash(family) for family in tuning.SOURCES} == before
