@@ -20,9 +20,9 @@ every kernel edit cost the users their tuned defaults until someone re-tunes on 
 hardware.
 
 The GEMM launcher takes the case of the same kernel and layout nearest in size (within a factor
-of two in every dimension) from the cache, else from the device class's table (its cases for the
-current kernel sources, else the others), else its built-in defaults. CLNET_TUNING=0 ignores
-both; CLNET_TUNING=cache ignores the shipped tables.
+of two in every dimension) among the cache's and the device class's table's cases for the current
+kernel sources (the cache's where as near), else the table's others, else its built-in defaults.
+CLNET_TUNING=0 ignores both; CLNET_TUNING=cache ignores the shipped tables.
 
 A table records the compute units of the device it was tuned on (`tuned_on`'s `compute_units`),
 which other devices of its class need not share: `lookup` says where parameters came from and that
@@ -284,7 +284,8 @@ def _distance(a, b):
 
 
 def _nearest(cases, case, where):
-    """The parameters (a dict) of the comparable case nearest to `case` among `cases`, or None."""
+    """(the parameters (a dict), the distance) of the comparable case nearest to `case` among
+    `cases`, or None."""
     best, best_key, best_distance = None, None, None
     for key, result in cases.items():
         try:
@@ -296,27 +297,28 @@ def _nearest(cases, case, where):
     if not (isinstance(best, dict) and isinstance(best.get("params"), dict)):
         return None
     log.debug("Tuned parameters for %s from %s's %s", case.key, where, best_key)
-    return dict(best["params"])
+    return dict(best["params"]), best_distance
 
 
 def lookup(device, case, path=None):
-    """The tuned parameters of the nearest comparable case in the cache, else in the device class's
-    shipped table (among its cases for the current kernel sources first), as a `Tuned`, or None."""
+    """The tuned parameters of the nearest comparable case among the cache's and the device class's
+    shipped table's cases for the current kernel sources, the cache's where as near (this machine's
+    own timings); else of the table's nearest case made for other sources; as a `Tuned`, or None.
+    (A cache tuned at batch 512 holds cases within reach of batch 128's shapes, where the table may
+    hold the exact case: the nearer wins.)"""
     mode = _mode()
     if mode == "0":
         return None
-    found = _nearest(_entry(device, path), case, "the tuning cache")
-    if found is not None:
-        return Tuned(found, "the tuning cache")
-    if mode != "cache":
-        cls = device_class(device.info)
-        (table, current), origin = table_cases(cls, device.family), f"the shipped {cls} table"
-        found = _nearest(current, case, origin)
-        if found is None:
-            found = _nearest(table.get("cases", {}), case, origin)
-        if found is not None:
-            return Tuned(found, origin, _table_units(table))
-    return None
+    cached = _nearest(_entry(device, path), case, "the tuning cache")
+    if mode == "cache":
+        return cached and Tuned(cached[0], "the tuning cache")
+    cls = device_class(device.info)
+    (table, current), origin = table_cases(cls, device.family), f"the shipped {cls} table"
+    shipped = _nearest(current, case, origin)
+    if cached is not None and (shipped is None or cached[1] <= shipped[1]):
+        return Tuned(cached[0], "the tuning cache")
+    shipped = shipped or _nearest(table.get("cases", {}), case, origin)
+    return shipped and Tuned(shipped[0], origin, _table_units(table))
 
 
 def _table_units(table):

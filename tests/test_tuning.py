@@ -347,8 +347,8 @@ def tables(tmp_path, monkeypatch):
 
 
 def test_the_cache_wins_over_the_shipped_table(tables, tmp_path, monkeypatch):
-    """The table answers for the cases the machine's own cache has nothing near; CLNET_TUNING=cache
-    and =0 turn it off."""
+    """The cache answers where its case is as near as the table's, the table where the cache has
+    nothing as near; CLNET_TUNING=cache and =0 turn the table off."""
     tables.mkdir()
     device, near, far = FakeDevice(), Case("gemm_tiled", "NN", 128, 128, 128), Case("gemm_tiled", "NN", 4096, 64, 64)
     shipped = {**TILED, "TILE_K": 8}
@@ -362,8 +362,11 @@ def test_the_cache_wins_over_the_shipped_table(tables, tmp_path, monkeypatch):
     assert tuning.describe(device, path) == {"mode": "the cache, then the table", "cache": str(path),
                                              "cache_cases": 1, "class": "test-class", "table_cases": 2,
                                              "table_stale_cases": 0}
+    _store(path, {Case("gemm_tiled", "NN", 4096, 64, 128): TUNED})  # within reach of `far`, not at it
+    assert tuning.lookup(device, far, path) == Tuned(shipped, "the shipped test-class table", 2)
+    assert tuning.lookup(device, Case("gemm_tiled", "NN", 4096, 64, 256), path) == cached(TUNED)  # nearer
     monkeypatch.setenv("CLNET_TUNING", "cache")
-    assert tuning.lookup(device, far, path) is None
+    assert tuning.lookup(device, far, path) == cached(TUNED)
     monkeypatch.setenv("CLNET_TUNING", "0")
     assert tuning.lookup(device, near, path) is None
 
