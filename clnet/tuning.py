@@ -283,9 +283,9 @@ def _distance(a, b):
     return None if max(ratios) > math.log2(NEAR) else sum(ratios)
 
 
-def _nearest(cases, case, where):
-    """(the parameters (a dict), the distance) of the comparable case nearest to `case` among
-    `cases`, or None."""
+def _nearest(cases, case):
+    """(the parameters (a dict), the distance, the key) of the comparable case nearest to `case`
+    among `cases`, or None."""
     best, best_key, best_distance = None, None, None
     for key, result in cases.items():
         try:
@@ -296,8 +296,14 @@ def _nearest(cases, case, where):
             best, best_key, best_distance = result, key, distance
     if not (isinstance(best, dict) and isinstance(best.get("params"), dict)):
         return None
-    log.debug("Tuned parameters for %s from %s's %s", case.key, where, best_key)
-    return dict(best["params"]), best_distance
+    return dict(best["params"]), best_distance, best_key
+
+
+def _chosen(case, nearest, origin, units=None):
+    """The case `_nearest` found, as a `Tuned`, with a note in the debug log."""
+    params, _, key = nearest
+    log.debug("Tuned parameters for %s from %s's %s", case.key, origin, key)
+    return Tuned(params, origin, units)
 
 
 def lookup(device, case, path=None):
@@ -309,16 +315,16 @@ def lookup(device, case, path=None):
     mode = _mode()
     if mode == "0":
         return None
-    cached = _nearest(_entry(device, path), case, "the tuning cache")
-    if mode == "cache":
-        return cached and Tuned(cached[0], "the tuning cache")
-    cls = device_class(device.info)
-    (table, current), origin = table_cases(cls, device.family), f"the shipped {cls} table"
-    shipped = _nearest(current, case, origin)
+    cached = _nearest(_entry(device, path), case)
+    shipped, table = None, {}
+    if mode != "cache":
+        cls = device_class(device.info)
+        table, current = table_cases(cls, device.family)
+        shipped = _nearest(current, case)
     if cached is not None and (shipped is None or cached[1] <= shipped[1]):
-        return Tuned(cached[0], "the tuning cache")
-    shipped = shipped or _nearest(table.get("cases", {}), case, origin)
-    return shipped and Tuned(shipped[0], origin, _table_units(table))
+        return _chosen(case, cached, "the tuning cache")
+    shipped = shipped or (_nearest(table.get("cases", {}), case) if table else None)
+    return shipped and _chosen(case, shipped, f"the shipped {cls} table", _table_units(table))
 
 
 def _table_units(table):
