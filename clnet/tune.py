@@ -229,11 +229,11 @@ def main(platform, device, models, batch_sizes, sizes, min_time, repeats, max_se
     note = (f"clnet-tune --models {' '.join(models)} --batch-sizes {' '.join(map(str, batch_sizes))} "
             f"--sizes {' '.join(map(str, sizes))} on {dev.info.label}, {dev.info.compute_units} compute units")
     started, tuned = time.perf_counter(), 0
-    for done, (case, call) in enumerate(cases):
+    for begun, (case, call) in enumerate(cases):
         elapsed = time.perf_counter() - started
         # a case is begun only where one of the average length so far would still end in time
-        if max_seconds is not None and elapsed + (elapsed / done if done else 0) >= max_seconds:
-            click.echo(f"stopped after {elapsed:.0f} s of {max_seconds:g}: {len(cases) - done} cases left untuned")
+        if max_seconds is not None and elapsed + (elapsed / begun if begun else 0) >= max_seconds:
+            click.echo(f"stopped after {elapsed:.0f} s of {max_seconds:g}: {len(cases) - begun} cases left untuned")
             break
         try:
             result = tune_case(dev, case, call, min_time, repeats)

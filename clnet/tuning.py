@@ -323,7 +323,7 @@ def lookup(device, case, path=None):
         shipped = _nearest(current, case)
     if cached is not None and (shipped is None or cached[1] <= shipped[1]):
         return _chosen(case, cached, "the tuning cache")
-    shipped = shipped or (_nearest(table.get("cases", {}), case) if table else None)
+    shipped = shipped or _nearest(table.get("cases", {}), case)
     return shipped and _chosen(case, shipped, f"the shipped {cls} table", _table_units(table))
 
 
