@@ -37,10 +37,12 @@ class FakeInfo:
     name: str = "Some Device"
     driver: str = "1.0"
     type: str = "GPU"
+    local_mem: int = 49152
 
 
 class FakeDevice:
     family = "tiled"
+    max_work_group_size = 1024
 
     def __init__(self, compute_units=2):
         self.info = FakeInfo(compute_units)
@@ -269,6 +271,18 @@ def test_the_tuner_tries_only_what_the_launcher_takes(device, kernel):
         for params in found:
             assert spec.valid(params), params
             assert all(spec.valid(variant) for variant in spec.variants(device, params))
+
+
+def test_the_tuner_times_a_split_tile_shape_unsplit_and_half_and_twice_as_split():
+    """Where a tile shape splits K to give every compute unit 4 work-groups, the tuner also times it
+    unsplit, in half as many slices and in twice as many: a product with enough tiles to fill the
+    device once or twice may run faster so."""
+    call = Call("gemm_tiled", (("TRANS_A", 0), ("TRANS_B", 0)), (1024, 1024, 1024), (0, 0, None), (0, 0, None),
+                (0, 0, None), 0)
+    found = GEMM_TILED.candidates(FakeDevice(132), call)
+    big = (GEMM_TILED.big["TILE_M"], GEMM_TILED.big["TILE_N"], GEMM_TILED.big["TILE_K"])
+    assert GEMM_TILED.split_k(FakeDevice(132), 1024, 1024, 1024, GEMM_TILED.big) == 8  # 64 tiles, K / 128 slices
+    assert sorted(p["SLICES"] for p in found if (p["TILE_M"], p["TILE_N"], p["TILE_K"]) == big) == [1, 4, 8, 16]
 
 
 @pytest.mark.parametrize("family", ["tiled", "cpu"])
