@@ -31,6 +31,8 @@ class Runner:
         if compiled.training:
             self._gradients = self.plan.phase_range("input", "backward")
             self._update = self.plan.phase_range("update", "update")
+        elif compiled.loss_launch is not None:  # the last launch of an inference plan: the logits are before it
+            self._logits = self.plan.launches.index(compiled.loss_launch)
 
     def _bind_source(self, images, targets, order, start, n):
         """Point the input stage at a source; arguments are set only when they change."""
@@ -123,10 +125,13 @@ class Runner:
         outputs for the valid rows when asked (that download waits for the queue), or with
         read=False computes them for `output()` to read later."""
         staged = self._stage(x, targets)
+        stop = None
         if self.compiled.loss_launch is not None:
             flags = (losses.PROBS if want_output else 0) | (losses.METRICS if targets is not None else 0)
             self.compiled.loss_launch.set("flags", flags)
-        self._run(staged, (0, None))
+            if not flags:  # the loss launch would write nothing: the batch ends at the logits
+                stop = self._logits
+        self._run(staged, (0, stop))
         return self.output() if want_output and read else None
 
     def output(self):

@@ -93,6 +93,23 @@ def test_training_step_transfers_only_the_batch(device, monkeypatch):
     assert (counter.copies, counter.maps) == (2 + 3 * 2 + guard(3), 0)
 
 
+def test_an_inference_batch_wanting_no_output_ends_at_the_logits(device):
+    """A batch that asks for neither outputs nor metrics (the benchmark's inference) queues the forward
+    pass only: the loss launch, last in the plan, would write nothing. One that asks for outputs
+    after it still gets the model's probabilities."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(16, 6)).astype(np.float32)
+    model = small_mlp(device)
+    model.compile("cross_entropy", "sgd")
+    runner = model._runner(16, (6,), False)
+    assert runner.plan.launches[-1] is runner.compiled.loss_launch
+    runner.infer(x, want_output=False)
+    assert len(runner.last_events) == len(runner.plan.launches) - 1
+    probs = runner.infer(x)
+    assert len(runner.last_events) == len(runner.plan.launches)
+    np.testing.assert_allclose(probs, model.predict(x), rtol=1e-6, atol=1e-7)
+
+
 def test_resident_and_streamed_training_agree(device, mnist):
     """Batches gathered from the dataset on the device, or uploaded into alternating staging
     buffers while the previous step computes: the same steps and augmentation, the same weights,
