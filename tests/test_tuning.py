@@ -276,13 +276,19 @@ def test_the_tuner_tries_only_what_the_launcher_takes(device, kernel):
 def test_the_tuner_times_a_split_tile_shape_unsplit_and_half_and_twice_as_split():
     """Where a tile shape splits K to give every compute unit 4 work-groups, the tuner also times it
     unsplit, in half as many slices and in twice as many: a product with enough tiles to fill the
-    device once or twice may run faster so."""
-    call = Call("gemm_tiled", (("TRANS_A", 0), ("TRANS_B", 0)), (1024, 1024, 1024), (0, 0, None), (0, 0, None),
-                (0, 0, None), 0)
-    found = GEMM_TILED.candidates(FakeDevice(132), call)
+    device once or twice may run faster so. A tile shape that fills the device unsplit stays unsplit."""
     big = (GEMM_TILED.big["TILE_M"], GEMM_TILED.big["TILE_N"], GEMM_TILED.big["TILE_K"])
+
+    def big_tile_slices(n):
+        call = Call("gemm_tiled", (("TRANS_A", 0), ("TRANS_B", 0)), (n, n, n), (0, 0, None), (0, 0, None),
+                    (0, 0, None), 0)
+        found = GEMM_TILED.candidates(FakeDevice(132), call)
+        return sorted(p["SLICES"] for p in found if (p["TILE_M"], p["TILE_N"], p["TILE_K"]) == big)
+
     assert GEMM_TILED.split_k(FakeDevice(132), 1024, 1024, 1024, GEMM_TILED.big) == 8  # 64 tiles, K / 128 slices
-    assert sorted(p["SLICES"] for p in found if (p["TILE_M"], p["TILE_N"], p["TILE_K"]) == big) == [1, 4, 8, 16]
+    assert big_tile_slices(1024) == [1, 4, 8, 16]
+    assert GEMM_TILED.split_k(FakeDevice(132), 4096, 4096, 4096, GEMM_TILED.big) == 1  # 1024 tiles
+    assert big_tile_slices(4096) == [1]
 
 
 @pytest.mark.parametrize("family", ["tiled", "cpu"])

@@ -223,7 +223,8 @@ class TiledSpec(GemmSpec):
         found = []
         for tile in self.tile_params(device):
             slices = self.split_k(device, *shape, tile, groups)
-            found += [{**tile, "SLICES": s} for s in sorted({1, slices // 2 or 1, slices, 2 * slices})]
+            found += [{**tile, "SLICES": s}
+                      for s in (sorted({1, slices // 2 or 1, slices, 2 * slices}) if slices > 1 else [1])]
         return found
 
     def _split_limits(self, m, k, params):
