@@ -35,7 +35,7 @@ __kernel void activation_backward_from_input(const int n, __global const float* 
 // db[c] = sum over rows of dpre. Work-item (j, s) of a (cols / COLUMNS, S) grid sums slice s of the
 // rows of the COLUMNS neighbouring columns from j * COLUMNS, in order, and writes them to
 // sums[s * cols + c]: db itself when S = 1, else partial sums that sum_slices (sum_slices.cl) adds
-// in slice order; deterministic either way, and neighbouring work-items read neighbouring
+// in a fixed order; deterministic either way, and neighbouring work-items read neighbouring
 // addresses. The slices give a GPU work where a few hundred columns alone would keep two of its
 // 132 compute units busy. Without an activation dpre is dy itself and is not written.
 #ifndef COLUMNS

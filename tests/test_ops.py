@@ -7,6 +7,7 @@ Outputs start as NaN, so an element a kernel forgets to write is caught as well.
 """
 
 import importlib
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -120,6 +121,42 @@ def test_gemm_split_k(device, gemm_family, layout, monkeypatch):
     expected = wide.astype(np.float64)
     expected[:, :n] = a.astype(np.float64) @ b.astype(np.float64)
     np.testing.assert_allclose(sw.read(), expected, rtol=1e-5, atol=1e-6 * k)
+
+
+@pytest.mark.parametrize("rows, cols, slices, wanted, lanes, vector", [
+    (3, 8, 37, 1024, 32, 1),      # few outputs, many slices: every lane walks some
+    (2, 5, 3, 1024, 2, 1),        # fewer slices than lanes could be: a power of two no more than them
+    (1, 7, 40, 100000, 32, 1),    # the most lanes, whatever the wanted work-items ask
+    (5, 12, 6, 1, 1, 4),          # many outputs: four a work-item, and every slice in one
+    (3, 10, 4, 1, 1, 1)])         # a row not a multiple of four: one a work-item
+def test_sum_slices_in_lanes_and_fours(device, monkeypatch, rows, cols, slices, wanted, lanes, vector):
+    """The GPU family's sum of slices shares an output's slices among lanes, or takes four outputs
+    a work-item: out = act(sum + bias) in the order the kernel says (each lane's slices in order,
+    then the lanes in order), bit for bit, into a matrix wider than its columns."""
+    monkeypatch.setattr(device, "family", "tiled")
+    elementwise = importlib.import_module("clnet.ops.elementwise")
+    monkeypatch.setattr(device, "info", replace(device.info, compute_units=1))
+    monkeypatch.setattr(elementwise, "SUM_ITEMS_PER_UNIT", wanted)  # the work-items wanted in all
+    rng = np.random.default_rng(rows * cols + slices)
+    parts, bias = f32(rng.uniform(-1, 1, (slices, rows, cols))), f32(rng.uniform(-1, 1, cols))
+    sp, sbias = Slot(device, parts, 3), Slot(device, bias, 5)
+    out = Slot.output(device, (rows, cols + 2), 9)
+    plan, built = new_plan(device), []
+    kernel = plan.kernel
+    monkeypatch.setattr(plan, "kernel", lambda *args, **defines: built.append(defines) or kernel(*args, **defines))
+    elementwise.sum_slices(plan, sp.tensor, slices, rows, cols, out.tensor, cols + 2, sbias.tensor,
+                           {"HAS_BIAS": True, **ops.activation("relu")})
+    assert (built[-1]["SUM_LANES"], built[-1]["SUM_VECTOR"]) == (lanes, vector)
+    execute(plan)
+    lane_sums = [np.float32(0)] * lanes
+    for z in range(slices):
+        lane_sums[z % lanes] = lane_sums[z % lanes] + parts[z]
+    total = lane_sums[0]
+    for extra in lane_sums[1:]:
+        total = total + extra
+    got = out.read()
+    np.testing.assert_array_equal(got[:, :cols], np.maximum(total + bias, 0))
+    assert np.isnan(got[:, cols:]).all()  # the columns past the matrix's are not written
 
 
 def test_gemm_packed_slices_whatever_the_work_groups(device, monkeypatch):

@@ -10,6 +10,11 @@ SUM_SLICES_FILE = "sum_slices.cl"  # split-K GEMMs' slices and the bias gradient
 LOCAL = 64
 ROWS_PER_SLICE = 32  # rows of a bias gradient summed by one work-item at least: fewer would make
                      # the partial sums' total (slice_totals) longer than the slices themselves
+# sum_slices on the GPU family: work-items a compute unit should have to keep its loads in flight,
+# the most lanes an output's slices are shared among, and the work-group (SUM_LOCAL x SUM_LANES)
+SUM_ITEMS_PER_UNIT = 1024
+SUM_MAX_LANES = 32
+SUM_GROUP = 256
 # The CPU family's work-group for the element-wise kernels over tensors: PoCL runs a work-group as
 # one vectorised loop at a cost per group; with groups of 64, adds of 2M and 512K elements took 15
 # and 45 % longer than with 1024 (256 to 4096 measure alike).
@@ -78,8 +83,28 @@ def slice_count(plan, groups, length, shortest, per_unit=4):
 
 
 def slice_totals(plan, sums, slices, n, out):
-    """out[i] = the sum over s of sums[s * n + i] for i < n, added in slice order (sum_slices.cl)."""
-    return plan.launch(plan.kernel(SUM_SLICES_FILE, "sum_slices"), (n,), (LOCAL,), 1, n, slices, sums, out, n, out)
+    """out[i] = the sum over s of sums[s * n + i] for i < n, in a fixed order (sum_slices)."""
+    return sum_slices(plan, sums, slices, 1, n, out, n)
+
+
+def sum_slices(plan, sums, slices, rows, cols, out, ldc, bias=None, epilogue=None):
+    """out[r, c] = act(the sum over s of sums[s, r, c] + bias) for the (rows, cols) outputs of a
+    (slices, rows, cols) value, stored with a GEMM's epilogue (its -D options: HAS_BIAS, ACT,
+    C_IMAGE_COLS; row-major with leading dimension ldc without them): the split-K products' slices
+    and the bias gradients' (sum_slices.cl). On the GPU family, outputs too few to give each compute
+    unit SUM_ITEMS_PER_UNIT work-items share their slices among lanes (SUM_LANES, a power of two),
+    and outputs many times that many are taken four a work-item; the CPU family adds an output's
+    slices in one work-item."""
+    count, lanes, vector, local = rows * cols, 1, 1, LOCAL
+    if plan.device.family == "tiled":
+        wanted = SUM_ITEMS_PER_UNIT * plan.device.info.compute_units
+        vector = 4 if cols % 4 == 0 and count >= 4 * wanted else 1
+        lanes = 1 << (min(SUM_MAX_LANES, slices, max(1, wanted // count)).bit_length() - 1)
+        local = SUM_GROUP // lanes
+    k = plan.kernel(SUM_SLICES_FILE, "sum_slices", **(epilogue or {}), SUM_LANES=lanes, SUM_LOCAL=local,
+                    SUM_VECTOR=vector)
+    return plan.launch(k, (-(-count // vector), lanes), (local, lanes), rows, cols, slices, sums, out, ldc,
+                       bias if bias is not None else out)
 
 
 def softmax_forward(plan, x, y):

@@ -7,7 +7,7 @@ from math import prod
 from types import SimpleNamespace
 
 from ..tuning import Case, lookup, record
-from .elementwise import SUM_SLICES_FILE, activation
+from .elementwise import activation, sum_slices
 
 log = logging.getLogger(__name__)
 
@@ -384,12 +384,11 @@ def record_gemm(plan, kernel, defines, shape, a, b, c, bias=None, params=None, g
     if slices == 1:
         program = plan.kernel(spec.file, kernel, **product, **grouping, **epilogue)
         return plan.launch(program, grid, local, m, n, k, a.tensor, a.ld, b.tensor, b.ld, c.tensor, c.ld, bias)
-    # Partial products of K slices in one 3-D launch, then their sum in slice order (deterministic).
+    # Partial products of K slices in one 3-D launch, then their sum in a fixed order (deterministic).
     partial = plan.value((slices, groups * m, n), "split-K partial sums")
     program = plan.kernel(spec.file, kernel, **product, **grouping, SPLIT_K=True)
     plan.launch(program, grid, local, m, n, k, a.tensor, a.ld, b.tensor, b.ld, partial, n, partial)
-    total = plan.kernel(SUM_SLICES_FILE, "sum_slices", **epilogue)
-    return plan.launch(total, (groups * m * n,), (64,), groups * m, n, slices, partial, c.tensor, c.ld, bias)
+    return sum_slices(plan, partial, slices, groups * m, n, c.tensor, c.ld, bias, epilogue)
 
 
 def _with_units(device, units):
