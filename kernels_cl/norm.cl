@@ -45,6 +45,13 @@
 #ifndef BN_STAGE
 #define BN_STAGE 1024 // slice pairs a GPU applying work-group stages in local memory at a time; >= BN_APPLY_LOCAL
 #endif
+// The GPU family's kernels load BN_UNROLL of a work-item's values (BN_LOCAL or BN_APPLY_LOCAL apart)
+// before they use any: their loads are then in flight together, where a loop that used each value
+// as it came would wait on global memory once a value (the applying kernels' stores could alias
+// their next loads, for all the compiler knows). The sums still add the values in order.
+#ifndef BN_UNROLL
+#define BN_UNROLL 4
+#endif
 
 // The sum of each work-item's v over the work-group; every work-item gets it.
 inline float group_sum(__local float* scratch, const float v) {
@@ -72,6 +79,15 @@ inline int2 bn_slice(const int k, const int m) {
     return (int2)(start, max(start, min(start + BN_SLICE, m)));
 }
 
+// v[u] = channel c's value e0 + u * BN_LOCAL of the tensor xs, for u < BN_UNROLL (those from `end` on
+// are its value end - 1 again, for the caller to leave out).
+inline void bn_load_slice_values(float* v, __global const float* xs, const int e0, const int end, const int c,
+                                 const int channels)
+{
+    #pragma unroll
+    for (int u = 0; u < BN_UNROLL; u++) v[u] = xs[bn_index(min(e0 + u * BN_LOCAL, end - 1), c, channels, BN_S)];
+}
+
 // Training forward, statistics of slice k = group 0 of channel c = group 1: the mean of its values
 // among the valid rows and the sum of their squared deviations from it (two passes), into
 // partial[(k * channels + c) * 2 + 0, 1].
@@ -83,14 +99,19 @@ __kernel void bn_slice_statistics(const int n_valid, const int channels,
     const int k = get_group_id(0), c = get_group_id(1), lid = get_local_id(0);
     const int2 range = bn_slice(k, n_valid * spatial);
     __global const float* xs = x + xo;
-    float s = 0.0f;
-    for (int e = range.x + lid; e < range.y; e += BN_LOCAL) s += xs[bn_index(e, c, channels, spatial)];
+    float s = 0.0f, v[BN_UNROLL];
+    for (int e0 = range.x + lid; e0 < range.y; e0 += BN_UNROLL * BN_LOCAL) {
+        bn_load_slice_values(v, xs, e0, range.y, c, channels);
+        #pragma unroll
+        for (int u = 0; u < BN_UNROLL && e0 + u * BN_LOCAL < range.y; u++) s += v[u];
+    }
     const float total = group_sum(scratch, s);
     const float mean = range.y > range.x ? total / (float)(range.y - range.x) : 0.0f;
     float q = 0.0f;
-    for (int e = range.x + lid; e < range.y; e += BN_LOCAL) {
-        const float d = xs[bn_index(e, c, channels, spatial)] - mean;
-        q += d * d;
+    for (int e0 = range.x + lid; e0 < range.y; e0 += BN_UNROLL * BN_LOCAL) {
+        bn_load_slice_values(v, xs, e0, range.y, c, channels);
+        #pragma unroll
+        for (int u = 0; u < BN_UNROLL && e0 + u * BN_LOCAL < range.y; u++) q += (v[u] - mean) * (v[u] - mean);
     }
     const float squares = group_sum(scratch, q);
     if (lid == 0) {
@@ -292,9 +313,17 @@ __kernel void bn_normalize(const int n_valid, const int rows, const int channels
         shift[lid] = affine.y;
     }
     barrier(CLK_LOCAL_MEM_FENCE);
-    for (int e = range.x + lid; e < range.y; e += BN_APPLY_LOCAL) {
-        const int2 at = bn_block_element(e, c0, in_block, channels);
-        y[yo + at.x] = act_forward((x[xo + at.x] - mean[at.y]) * scale[at.y] + shift[at.y]);
+    for (int e0 = range.x + lid; e0 < range.y; e0 += BN_UNROLL * BN_APPLY_LOCAL) {
+        int2 at[BN_UNROLL];
+        float v[BN_UNROLL];
+        #pragma unroll
+        for (int u = 0; u < BN_UNROLL; u++) {  // past the chunk's end: its last value again, not stored
+            at[u] = bn_block_element(min(e0 + u * BN_APPLY_LOCAL, range.y - 1), c0, in_block, channels);
+            v[u] = x[xo + at[u].x];
+        }
+        #pragma unroll
+        for (int u = 0; u < BN_UNROLL && e0 + u * BN_APPLY_LOCAL < range.y; u++)
+            y[yo + at[u].x] = act_forward((v[u] - mean[at[u].y]) * scale[at[u].y] + shift[at[u].y]);
     }
 }
 
@@ -348,11 +377,13 @@ __kernel void bn_fold(const int rows, const int per_row, const float eps,
 // Training backward. With xhat = (x - mean) * invstd over the valid rows and g = dy * act'(y) the
 // gradient of the normalised value: db = sum(g), dw = sum(g * xhat),
 // dx = w * invstd * (g - db / m - xhat * dw / m); dx = 0 on the padded rows.
+// BN_GRAD_OF(d, out): g from dy's value d and y's value out (not read without an activation).
 #if ACT == ACT_NONE
-#define BN_GRAD(i) dy[dyo + (i)]
+#define BN_GRAD_OF(d, out) (d)
 #else
-#define BN_GRAD(i) (dy[dyo + (i)] * act_grad_from_output(y[yo + (i)]))
+#define BN_GRAD_OF(d, out) ((d) * act_grad_from_output(out))
 #endif
+#define BN_GRAD(i) BN_GRAD_OF(dy[dyo + (i)], y[yo + (i)])
 
 // Training backward, the sums of slice k = group 0 of channel c = group 1: of g and of
 // g * (x - mean), into partial[(k * channels + c) * 2 + 0, 1].
@@ -368,11 +399,19 @@ __kernel void bn_slice_gradient_sums(const int n_valid, const int channels,
     const int2 range = bn_slice(k, n_valid * spatial);
     const float mean = save_mean[smo + c];
     float s = 0.0f, t = 0.0f;
-    for (int e = range.x + lid; e < range.y; e += BN_LOCAL) {
-        const int i = bn_index(e, c, channels, spatial);
-        const float g = BN_GRAD(i);
-        s += g;
-        t += g * (x[xo + i] - mean);
+    for (int e0 = range.x + lid; e0 < range.y; e0 += BN_UNROLL * BN_LOCAL) {
+        float g[BN_UNROLL], d[BN_UNROLL];
+        #pragma unroll
+        for (int u = 0; u < BN_UNROLL; u++) {  // past the slice's end: its last value again, left out
+            const int i = bn_index(min(e0 + u * BN_LOCAL, range.y - 1), c, channels, spatial);
+            g[u] = BN_GRAD(i);
+            d[u] = x[xo + i] - mean;
+        }
+        #pragma unroll
+        for (int u = 0; u < BN_UNROLL && e0 + u * BN_LOCAL < range.y; u++) {
+            s += g[u];
+            t += g[u] * d[u];
+        }
     }
     const float sum_g = group_sum(scratch, s);
     const float sum_gx = group_sum(scratch, t);
@@ -466,14 +505,23 @@ __kernel void bn_input_gradient(const int n_valid, const int rows, const int cha
     }
     barrier(CLK_LOCAL_MEM_FENCE);
     const int valid_end = n_valid * width;  // the chunk's values from here on are padded rows'
-    for (int e = range.x + lid; e < range.y; e += BN_APPLY_LOCAL) {
-        const int2 at = bn_block_element(e, c0, in_block, channels);
-        if (e >= valid_end) {
-            dx[dxo + at.x] = 0.0f;
-            continue;
+    for (int e0 = range.x + lid; e0 < range.y; e0 += BN_UNROLL * BN_APPLY_LOCAL) {
+        int2 at[BN_UNROLL];
+        float d[BN_UNROLL], out[BN_UNROLL], v[BN_UNROLL];
+        #pragma unroll
+        for (int u = 0; u < BN_UNROLL; u++) {  // past the chunk's end: its last value again, not stored
+            at[u] = bn_block_element(min(e0 + u * BN_APPLY_LOCAL, range.y - 1), c0, in_block, channels);
+            d[u] = dy[dyo + at[u].x];
+            out[u] = y[yo + at[u].x];
+            v[u] = x[xo + at[u].x];
         }
-        const float xhat = (x[xo + at.x] - mean[at.y]) * invstd[at.y];
-        dx[dxo + at.x] = gain[at.y] * (BN_GRAD(at.x) - mean_g[at.y] - xhat * mean_gx[at.y]);
+        #pragma unroll
+        for (int u = 0; u < BN_UNROLL && e0 + u * BN_APPLY_LOCAL < range.y; u++) {
+            const int2 a = at[u];
+            const float xhat = (v[u] - mean[a.y]) * invstd[a.y];
+            dx[dxo + a.x] = e0 + u * BN_APPLY_LOCAL < valid_end  // else a padded row's
+                          ? gain[a.y] * (BN_GRAD_OF(d[u], out[u]) - mean_g[a.y] - xhat * mean_gx[a.y]) : 0.0f;
+        }
     }
 }
 
