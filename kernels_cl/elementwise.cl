@@ -1,14 +1,30 @@
 // Activations, their gradients, the fused bias/activation backward, row-wise softmax, sums (an
 // activation fused, forward and backward) and strided row copies.
 // ACT (common.h) selects the activation, ACT_SLOPE LeakyReLU's negative slope.
+//
+// The kernels over every element of tensors (the activations, their gradients and the sums) take
+// ELEMENTS elements a work-item, get_global_size(0) apart, and load all of them before they store
+// any: on GPUs (the host gives 4) their loads are then in flight together, where a work-item a value
+// left each work-group's few loads waiting. Their output may be one of their inputs: a work-item
+// writes only the elements it has read. ELEMENTS_LOAD(u, p, o) loads a work-item's element u of the
+// tensor at p + o (its last element where u's lies past n, for the store to leave out) and
+// ELEMENTS_STORE(u, p, o, v) stores v as element u, if it is one of the n.
+#ifndef ELEMENTS
+#define ELEMENTS 1
+#endif
+#define ELEMENT(u) ((int)get_global_id(0) + (u) * (int)get_global_size(0))
+#define ELEMENTS_LOAD(u, p, o) (p)[(o) + min(ELEMENT(u), n - 1)]
+#define ELEMENTS_STORE(u, p, o, v) if (ELEMENT(u) < n) (p)[(o) + ELEMENT(u)] = (v)
 
 // y = act(x) over n elements.
 __kernel void activation_forward(const int n, __global const float* x, const int xo,
                                  __global float* y, const int yo)
 {
-    const int i = get_global_id(0);
-    if (i >= n) return;
-    y[yo + i] = act_forward(x[xo + i]);
+    float vx[ELEMENTS];
+    #pragma unroll
+    for (int u = 0; u < ELEMENTS; u++) vx[u] = ELEMENTS_LOAD(u, x, xo);
+    #pragma unroll
+    for (int u = 0; u < ELEMENTS; u++) ELEMENTS_STORE(u, y, yo, act_forward(vx[u]));
 }
 
 // dx = dy * act'(x), with act' written in terms of the output y.
@@ -16,9 +32,14 @@ __kernel void activation_backward(const int n, __global const float* y, const in
                                   __global const float* dy, const int dyo,
                                   __global float* dx, const int dxo)
 {
-    const int i = get_global_id(0);
-    if (i >= n) return;
-    dx[dxo + i] = dy[dyo + i] * act_grad_from_output(y[yo + i]);
+    float vy[ELEMENTS], vdy[ELEMENTS];
+    #pragma unroll
+    for (int u = 0; u < ELEMENTS; u++) {
+        vy[u] = ELEMENTS_LOAD(u, y, yo);
+        vdy[u] = ELEMENTS_LOAD(u, dy, dyo);
+    }
+    #pragma unroll
+    for (int u = 0; u < ELEMENTS; u++) ELEMENTS_STORE(u, dx, dxo, vdy[u] * act_grad_from_output(vy[u]));
 }
 
 // dx = dy * act'(x), for activations whose derivative needs the input x (SiLU).
@@ -26,9 +47,14 @@ __kernel void activation_backward_from_input(const int n, __global const float* 
                                              __global const float* dy, const int dyo,
                                              __global float* dx, const int dxo)
 {
-    const int i = get_global_id(0);
-    if (i >= n) return;
-    dx[dxo + i] = dy[dyo + i] * act_grad_from_input(x[xo + i]);
+    float vx[ELEMENTS], vdy[ELEMENTS];
+    #pragma unroll
+    for (int u = 0; u < ELEMENTS; u++) {
+        vx[u] = ELEMENTS_LOAD(u, x, xo);
+        vdy[u] = ELEMENTS_LOAD(u, dy, dyo);
+    }
+    #pragma unroll
+    for (int u = 0; u < ELEMENTS; u++) ELEMENTS_STORE(u, dx, dxo, vdy[u] * act_grad_from_input(vx[u]));
 }
 
 // For a dense layer whose output y = act(x W^T + b) has shape rows x cols: dpre = dy * act'(y) and
@@ -106,9 +132,14 @@ __kernel void softmax_backward(const int rows, const int cols, __global const fl
 __kernel void add_tensors(const int n, __global const float* a, const int ao, __global const float* b, const int bo,
                           __global float* out, const int outo)
 {
-    const int i = get_global_id(0);
-    if (i >= n) return;
-    out[outo + i] = act_forward(a[ao + i] + b[bo + i]);
+    float va[ELEMENTS], vb[ELEMENTS];
+    #pragma unroll
+    for (int u = 0; u < ELEMENTS; u++) {
+        va[u] = ELEMENTS_LOAD(u, a, ao);
+        vb[u] = ELEMENTS_LOAD(u, b, bo);
+    }
+    #pragma unroll
+    for (int u = 0; u < ELEMENTS; u++) ELEMENTS_STORE(u, out, outo, act_forward(va[u] + vb[u]));
 }
 
 // out = (a + b) * act'(x), act' written with the activation's output y (out may be a or b): the
@@ -118,9 +149,16 @@ __kernel void add_act_backward(const int n, __global const float* a, const int a
                                __global const float* b, const int bo, __global const float* y, const int yo,
                                __global float* out, const int outo)
 {
-    const int i = get_global_id(0);
-    if (i >= n) return;
-    out[outo + i] = (a[ao + i] + b[bo + i]) * act_grad_from_output(y[yo + i]);
+    float va[ELEMENTS], vb[ELEMENTS], vy[ELEMENTS];
+    #pragma unroll
+    for (int u = 0; u < ELEMENTS; u++) {
+        va[u] = ELEMENTS_LOAD(u, a, ao);
+        vb[u] = ELEMENTS_LOAD(u, b, bo);
+        vy[u] = ELEMENTS_LOAD(u, y, yo);
+    }
+    #pragma unroll
+    for (int u = 0; u < ELEMENTS; u++)
+        ELEMENTS_STORE(u, out, outo, (va[u] + vb[u]) * act_grad_from_output(vy[u]));
 }
 
 // Copies a block of rows x cols floats between strided layouts: dst[r * dst_stride + c] =

@@ -20,6 +20,10 @@ SUM_GROUP = 256
 # and 45 % longer than with 1024 (256 to 4096 measure alike).
 CPU_LOCAL = 1024
 CPU_COLUMNS = 16  # bias_act_backward's columns per work-item on CPUs (one float16 vector)
+# The GPU family's element-wise kernels over tensors: elements a work-item loads together, and the
+# work-group
+GPU_ELEMENTS = 4
+GPU_LOCAL = 256
 # codes of kernels_cl/common.h
 ACTIVATIONS = {"none": 0, "relu": 1, "sigmoid": 2, "tanh": 3, "relu6": 4, "leaky_relu": 5, "silu": 6}
 
@@ -34,26 +38,29 @@ def activation(kind="none", negative_slope=None):
     return options
 
 
-def _group(plan):
-    """The work-group of the element-wise kernels over a tensor (activations, add)."""
-    return (LOCAL if plan.device.family == "tiled" else min(CPU_LOCAL, plan.device.max_work_group_size),)
+def _over_elements(plan, name, n, *tensors, act):
+    """Launch the element-wise kernel `name` over the n elements of `tensors` (activations, sums):
+    on the GPU family GPU_ELEMENTS elements a work-item in work-groups of GPU_LOCAL, on the CPU
+    family one a work-item (elementwise.cl says why)."""
+    if plan.device.family == "tiled":
+        k = plan.kernel(FILE, name, **act, ELEMENTS=GPU_ELEMENTS)
+        return plan.launch(k, (-(-n // GPU_ELEMENTS),), (min(GPU_LOCAL, plan.device.max_work_group_size),), n, *tensors)
+    k = plan.kernel(FILE, name, **act)
+    return plan.launch(k, (n,), (min(CPU_LOCAL, plan.device.max_work_group_size),), n, *tensors)
 
 
 def activation_forward(plan, act, x, y):
-    k = plan.kernel(FILE, "activation_forward", **act)
-    return plan.launch(k, (x.size,), _group(plan), x.size, x, y)
+    return _over_elements(plan, "activation_forward", x.size, x, y, act=act)
 
 
 def activation_backward(plan, act, y, dy, dx):
     """dx = dy * act'(x), the derivative written with the output y."""
-    k = plan.kernel(FILE, "activation_backward", **act)
-    return plan.launch(k, (y.size,), _group(plan), y.size, y, dy, dx)
+    return _over_elements(plan, "activation_backward", y.size, y, dy, dx, act=act)
 
 
 def activation_backward_from_input(plan, act, x, dy, dx):
     """dx = dy * act'(x), for the activations whose derivative the output does not determine (SiLU)."""
-    k = plan.kernel(FILE, "activation_backward_from_input", **act)
-    return plan.launch(k, (x.size,), _group(plan), x.size, x, dy, dx)
+    return _over_elements(plan, "activation_backward_from_input", x.size, x, dy, dx, act=act)
 
 
 def bias_act_backward(plan, act, dy, y, dpre, db):
@@ -121,16 +128,14 @@ def add(plan, a, b, out, act=None):
     """out = act(a + b) over every element (tensors of one size, any shapes); `act` the
     activation's options (`activation(...)`), None for none."""
     _check_sizes("add", a, b, out)
-    k = plan.kernel(FILE, "add_tensors", **(act or activation()))
-    return plan.launch(k, (out.size,), _group(plan), out.size, a, b, out)
+    return _over_elements(plan, "add_tensors", out.size, a, b, out, act=act or activation())
 
 
 def add_act_backward(plan, act, a, b, y, out):
     """out = (a + b) * act'(x), the derivative written with the activation's output y: two
     gradients of y added and taken back through the activation in one pass."""
     _check_sizes("add_act_backward", a, b, out, y)
-    k = plan.kernel(FILE, "add_act_backward", **act)
-    return plan.launch(k, (out.size,), _group(plan), out.size, a, b, y, out)
+    return _over_elements(plan, "add_act_backward", out.size, a, b, y, out, act=act)
 
 
 def _check_sizes(what, *tensors):
