@@ -45,10 +45,11 @@
 #ifndef BN_STAGE
 #define BN_STAGE 1024 // slice pairs a GPU applying work-group stages in local memory at a time; >= BN_APPLY_LOCAL
 #endif
-// The GPU family's kernels load BN_UNROLL of a work-item's values (BN_LOCAL or BN_APPLY_LOCAL apart)
-// before they use any: their loads are then in flight together, where a loop that used each value
-// as it came would wait on global memory once a value (the applying kernels' stores could alias
-// their next loads, for all the compiler knows). The sums still add the values in order.
+// The GPU family's applying kernels load BN_UNROLL of a work-item's values (BN_APPLY_LOCAL apart)
+// before they store any: their loads are then in flight together, where a loop that stored each
+// value as it came would wait on global memory once a value (a store could alias the next load, for
+// all the compiler knows). The reducing kernels, whose loops only add, gained nothing so (on an
+// H100 they took half as long again).
 #ifndef BN_UNROLL
 #define BN_UNROLL 4
 #endif
@@ -79,15 +80,6 @@ inline int2 bn_slice(const int k, const int m) {
     return (int2)(start, max(start, min(start + BN_SLICE, m)));
 }
 
-// v[u] = channel c's value e0 + u * BN_LOCAL of the tensor xs, for u < BN_UNROLL (those from `end` on
-// are its value end - 1 again, for the caller to leave out).
-inline void bn_load_slice_values(float* v, __global const float* xs, const int e0, const int end, const int c,
-                                 const int channels)
-{
-    #pragma unroll
-    for (int u = 0; u < BN_UNROLL; u++) v[u] = xs[bn_index(min(e0 + u * BN_LOCAL, end - 1), c, channels, BN_S)];
-}
-
 // Training forward, statistics of slice k = group 0 of channel c = group 1: the mean of its values
 // among the valid rows and the sum of their squared deviations from it (two passes), into
 // partial[(k * channels + c) * 2 + 0, 1].
@@ -99,19 +91,14 @@ __kernel void bn_slice_statistics(const int n_valid, const int channels,
     const int k = get_group_id(0), c = get_group_id(1), lid = get_local_id(0);
     const int2 range = bn_slice(k, n_valid * spatial);
     __global const float* xs = x + xo;
-    float s = 0.0f, v[BN_UNROLL];
-    for (int e0 = range.x + lid; e0 < range.y; e0 += BN_UNROLL * BN_LOCAL) {
-        bn_load_slice_values(v, xs, e0, range.y, c, channels);
-        #pragma unroll
-        for (int u = 0; u < BN_UNROLL && e0 + u * BN_LOCAL < range.y; u++) s += v[u];
-    }
+    float s = 0.0f;
+    for (int e = range.x + lid; e < range.y; e += BN_LOCAL) s += xs[bn_index(e, c, channels, spatial)];
     const float total = group_sum(scratch, s);
     const float mean = range.y > range.x ? total / (float)(range.y - range.x) : 0.0f;
     float q = 0.0f;
-    for (int e0 = range.x + lid; e0 < range.y; e0 += BN_UNROLL * BN_LOCAL) {
-        bn_load_slice_values(v, xs, e0, range.y, c, channels);
-        #pragma unroll
-        for (int u = 0; u < BN_UNROLL && e0 + u * BN_LOCAL < range.y; u++) q += (v[u] - mean) * (v[u] - mean);
+    for (int e = range.x + lid; e < range.y; e += BN_LOCAL) {
+        const float d = xs[bn_index(e, c, channels, spatial)] - mean;
+        q += d * d;
     }
     const float squares = group_sum(scratch, q);
     if (lid == 0) {
@@ -399,19 +386,11 @@ __kernel void bn_slice_gradient_sums(const int n_valid, const int channels,
     const int2 range = bn_slice(k, n_valid * spatial);
     const float mean = save_mean[smo + c];
     float s = 0.0f, t = 0.0f;
-    for (int e0 = range.x + lid; e0 < range.y; e0 += BN_UNROLL * BN_LOCAL) {
-        float g[BN_UNROLL], d[BN_UNROLL];
-        #pragma unroll
-        for (int u = 0; u < BN_UNROLL; u++) {  // past the slice's end: its last value again, left out
-            const int i = bn_index(min(e0 + u * BN_LOCAL, range.y - 1), c, channels, spatial);
-            g[u] = BN_GRAD(i);
-            d[u] = x[xo + i] - mean;
-        }
-        #pragma unroll
-        for (int u = 0; u < BN_UNROLL && e0 + u * BN_LOCAL < range.y; u++) {
-            s += g[u];
-            t += g[u] * d[u];
-        }
+    for (int e = range.x + lid; e < range.y; e += BN_LOCAL) {
+        const int i = bn_index(e, c, channels, spatial);
+        const float g = BN_GRAD(i);
+        s += g;
+        t += g * (x[xo + i] - mean);
     }
     const float sum_g = group_sum(scratch, s);
     const float sum_gx = group_sum(scratch, t);
