@@ -79,6 +79,7 @@ UPDATE_FLOOR = 1e-2  # updates below this share of the largest are compared agai
 # PyTorch's float32 update of a BatchNorm bias is 0.97% off float64 and clnet's 1.5%.
 PEER_FACTOR = 3.0
 GEMM_RTOL = 1e-4     # GEMM: largest error relative to the largest |entry| of the reference
+SHARED_CPU_PAUSE = 0.3  # seconds idle before each timed run where both sides run on the CPU
 ENV_SHOWN = ("OMP_NUM_THREADS", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS",
              "MKL_NUM_THREADS", "POCL_MAX_PTHREAD_COUNT", "CLNET_GEMM", "CLNET_TUNING", "CLNET_WINOGRAD",
              "CLNET_WINOGRAD_TILE", "CUDA_VISIBLE_DEVICES")
@@ -404,7 +405,14 @@ def describe_torch(torch_device):
     return {"device": "cpu", "threads": torch.get_num_threads()}
 
 
-def describe(cl_device, torch_device, args, argv):
+def shared_cpu_pause(cl_device, torch_device):
+    """SHARED_CPU_PAUSE where clnet's device and the reference (PyTorch's CPU, or numpy's GEMM, which
+    runs where PyTorch has no CUDA) take the same CPU cores, else 0 (`Timing.pause` says why)."""
+    reference_on_cpu = torch_device is None or torch_device.type != "cuda"
+    return SHARED_CPU_PAUSE if reference_on_cpu and cl_device.info.type == "CPU" else 0.0
+
+
+def describe(cl_device, torch_device, args, argv, pause=0.0):
     """The hardware, software and protocol of this run, as JSON-able values."""
     versions = {"clnet": __version__, "commit": source_commit(), "torch": torch and torch.__version__,
                 "pyopencl": cl.VERSION_TEXT, "numpy": np.__version__, "python": platform.python_version()}
@@ -412,6 +420,7 @@ def describe(cl_device, torch_device, args, argv):
                 "dtype": "float32", "data": "synthetic (uniform images, random labels)", "dropout": "off (p = 0)",
                 "warmup_steps": args.warmup, "steps_per_run": args.steps or None, "min_time_s": args.min_time,
                 "repeats": args.repeats, "statistic": "median of the runs (best also in JSON)",
+                "pause_s": pause,
                 "training": "every step uploads its batch from host memory",
                 "inference": "forward to the logits, not read back",
                 "check": {"probability_atol": PROB_ATOL, "loss_rtol": LOSS_RTOL, "update_rtol": UPDATE_RTOL,
@@ -442,6 +451,7 @@ def header(desc):
             f"steps; timed: the median of {p['repeats']} runs, each of "
             + (f"{p['steps_per_run']} steps" if p["steps_per_run"] else f"about {p['min_time_s']} s")
             + (", clnet's and PyTorch's in turn" if t["device"] is not None else "")
+            + (f", each after {p['pause_s']:g} s idle" if p.get("pause_s") else "")
             + f"; training: {p['training']}; inference: {p['inference']}; results checked before timing",
             "environment: " + (env or "no thread/BLAS variables set"), _tuning_line(desc["tuning"])]
 
@@ -590,8 +600,8 @@ def run(args: SimpleNamespace, argv: List[str]) -> Dict[str, Any]:
     """
     cl_device = open_device(platform=args.platform, device=args.device)
     torch_device = pick_torch_device(args.torch_device, cl_device)
-    timing = Timing(args.warmup, args.steps, args.repeats, args.min_time)
-    results = describe(cl_device, torch_device, args, argv)
+    timing = Timing(args.warmup, args.steps, args.repeats, args.min_time, pause=shared_cpu_pause(cl_device, torch_device))
+    results = describe(cl_device, torch_device, args, argv, timing.pause)
     lines = header(results)
     if args.markdown:
         lines = [f"**{lines[0]}**", ""] + [f"- {line}" for line in lines[1:]]

@@ -12,6 +12,7 @@ class Timing:
     steps: int        # steps per timed run; 0: as many as last about min_time seconds
     repeats: int      # timed runs; their median is reported
     min_time: float
+    pause: float = 0.0  # seconds the host is left idle before each timed run of several taken in turn
 
 
 @dataclasses.dataclass
@@ -34,7 +35,11 @@ def measure_in_turn(pairs, timing):
     """A Measurement of each (step, sync) pair under `timing`, as `measure` makes one, their timed
     runs taken in turn (a run of each, `repeats` times) once each has warmed up: where the machine's
     speed drifts (a shared host, clocks, another tenant), it drifts for all of them alike, and the
-    ratio of their medians compares them over the same stretch of time."""
+    ratio of their medians compares them over the same stretch of time. With `timing.pause`, each
+    timed run of several starts after that many idle seconds: where the sides share the CPU, the
+    threads of the one before still spin for a while after its run (OpenBLAS's, OpenMP's) and
+    would take their cores from the next (a 512 GEMM under PoCL on a 2-core EPYC ran at 165
+    GFLOP/s right after numpy's, 200 after 0.3 s idle or alone)."""
     runs = [_timed_runs(step, sync) for step, sync in pairs]
     steps = []
     for run in runs:
@@ -43,6 +48,8 @@ def measure_in_turn(pairs, timing):
     seconds = [[] for _ in runs]
     for _ in range(timing.repeats):
         for run, count, times in zip(runs, steps, seconds):
+            if len(runs) > 1:
+                time.sleep(timing.pause)
             times.append(run(count))
     return [Measurement(count, times) for count, times in zip(steps, seconds)]
 

@@ -3,6 +3,7 @@ its timings. Speed itself is never asserted."""
 
 import json
 import os
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -117,6 +118,27 @@ def test_runs_of_several_steps_are_taken_in_turn():
                                            timing.Timing(warmup=1, steps=2, repeats=3, min_time=0))
     assert "".join(order) == "a|b|" + "aa|bb|" * 3
     assert (first.steps, second.steps, len(first.seconds), len(second.seconds)) == (2, 2, 3, 3)
+
+
+def test_runs_taken_in_turn_start_after_the_pause(monkeypatch):
+    """Where the sides share the CPU, each timed run of several starts after `pause` idle seconds
+    (the warm-up and calibration need none); a side measured alone never waits."""
+    order = []
+    monkeypatch.setattr(timing.time, "sleep", lambda seconds: order.append(f"z{seconds}"))
+    pairs = [(lambda: order.append("a"), lambda: None), (lambda: order.append("b"), lambda: None)]
+    timing.measure_in_turn(pairs, timing.Timing(warmup=1, steps=1, repeats=2, min_time=0, pause=0.3))
+    assert order == ["a", "b"] + ["z0.3", "a", "z0.3", "b"] * 2
+    order.clear()
+    timing.measure(*pairs[0], timing.Timing(warmup=1, steps=1, repeats=2, min_time=0, pause=0.3))
+    assert order == ["a"] * 3
+
+
+def test_the_pause_is_taken_only_where_both_sides_run_on_the_cpu():
+    cpu, gpu = (SimpleNamespace(info=SimpleNamespace(type=kind)) for kind in ("CPU", "GPU"))
+    cuda, torch_cpu = SimpleNamespace(type="cuda"), SimpleNamespace(type="cpu")
+    assert bench.shared_cpu_pause(cpu, torch_cpu) == bench.shared_cpu_pause(cpu, None) == bench.SHARED_CPU_PAUSE > 0
+    assert bench.shared_cpu_pause(gpu, cuda) == bench.shared_cpu_pause(gpu, torch_cpu) == 0
+    assert bench.shared_cpu_pause(cpu, cuda) == 0
 
 
 def _perturbed(update, share, rng):
