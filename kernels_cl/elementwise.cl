@@ -27,19 +27,28 @@ __kernel void activation_forward(const int n, __global const float* x, const int
     for (int u = 0; u < ELEMENTS; u++) ELEMENTS_STORE(u, y, yo, act_forward(vx[u]));
 }
 
+// dx = dy * act'(x), act' written with v: the output y (from_output), else the input x.
+inline void activation_backward_elements(const int n, __global const float* v, const int vo,
+                                         __global const float* dy, const int dyo,
+                                         __global float* dx, const int dxo, const bool from_output)
+{
+    float vv[ELEMENTS], vdy[ELEMENTS];
+    #pragma unroll
+    for (int u = 0; u < ELEMENTS; u++) {
+        vv[u] = ELEMENTS_LOAD(u, v, vo);
+        vdy[u] = ELEMENTS_LOAD(u, dy, dyo);
+    }
+    #pragma unroll
+    for (int u = 0; u < ELEMENTS; u++)
+        ELEMENTS_STORE(u, dx, dxo, vdy[u] * (from_output ? act_grad_from_output(vv[u]) : act_grad_from_input(vv[u])));
+}
+
 // dx = dy * act'(x), with act' written in terms of the output y.
 __kernel void activation_backward(const int n, __global const float* y, const int yo,
                                   __global const float* dy, const int dyo,
                                   __global float* dx, const int dxo)
 {
-    float vy[ELEMENTS], vdy[ELEMENTS];
-    #pragma unroll
-    for (int u = 0; u < ELEMENTS; u++) {
-        vy[u] = ELEMENTS_LOAD(u, y, yo);
-        vdy[u] = ELEMENTS_LOAD(u, dy, dyo);
-    }
-    #pragma unroll
-    for (int u = 0; u < ELEMENTS; u++) ELEMENTS_STORE(u, dx, dxo, vdy[u] * act_grad_from_output(vy[u]));
+    activation_backward_elements(n, y, yo, dy, dyo, dx, dxo, true);
 }
 
 // dx = dy * act'(x), for activations whose derivative needs the input x (SiLU).
@@ -47,14 +56,7 @@ __kernel void activation_backward_from_input(const int n, __global const float* 
                                              __global const float* dy, const int dyo,
                                              __global float* dx, const int dxo)
 {
-    float vx[ELEMENTS], vdy[ELEMENTS];
-    #pragma unroll
-    for (int u = 0; u < ELEMENTS; u++) {
-        vx[u] = ELEMENTS_LOAD(u, x, xo);
-        vdy[u] = ELEMENTS_LOAD(u, dy, dyo);
-    }
-    #pragma unroll
-    for (int u = 0; u < ELEMENTS; u++) ELEMENTS_STORE(u, dx, dxo, vdy[u] * act_grad_from_input(vx[u]));
+    activation_backward_elements(n, x, xo, dy, dyo, dx, dxo, false);
 }
 
 // For a dense layer whose output y = act(x W^T + b) has shape rows x cols: dpre = dy * act'(y) and
