@@ -13,13 +13,23 @@
 #define ELEMENTS 1
 #endif
 #define ELEMENT(u) ((int)get_global_id(0) + (u) * (int)get_global_size(0))
+// With one element a work-item (CPUs) a work-item past n returns at once (ELEMENTS_BEGIN): PoCL ran
+// the adds 4.6x slower (2M elements, 2-core EPYC) with the clamped load and the guarded store.
+#if ELEMENTS == 1
+#define ELEMENTS_BEGIN if (ELEMENT(0) >= n) return;
+#define ELEMENTS_LOAD(u, p, o) (p)[(o) + ELEMENT(u)]
+#define ELEMENTS_STORE(u, p, o, v) (p)[(o) + ELEMENT(u)] = (v)
+#else
+#define ELEMENTS_BEGIN
 #define ELEMENTS_LOAD(u, p, o) (p)[(o) + min(ELEMENT(u), n - 1)]
 #define ELEMENTS_STORE(u, p, o, v) if (ELEMENT(u) < n) (p)[(o) + ELEMENT(u)] = (v)
+#endif
 
 // y = act(x) over n elements.
 __kernel void activation_forward(const int n, __global const float* x, const int xo,
                                  __global float* y, const int yo)
 {
+    ELEMENTS_BEGIN
     float vx[ELEMENTS];
     #pragma unroll
     for (int u = 0; u < ELEMENTS; u++) vx[u] = ELEMENTS_LOAD(u, x, xo);
@@ -32,6 +42,7 @@ inline void activation_backward_elements(const int n, __global const float* v, c
                                          __global const float* dy, const int dyo,
                                          __global float* dx, const int dxo, const bool from_output)
 {
+    ELEMENTS_BEGIN
     float vv[ELEMENTS], vdy[ELEMENTS];
     #pragma unroll
     for (int u = 0; u < ELEMENTS; u++) {
@@ -134,6 +145,7 @@ __kernel void softmax_backward(const int rows, const int cols, __global const fl
 __kernel void add_tensors(const int n, __global const float* a, const int ao, __global const float* b, const int bo,
                           __global float* out, const int outo)
 {
+    ELEMENTS_BEGIN
     float va[ELEMENTS], vb[ELEMENTS];
     #pragma unroll
     for (int u = 0; u < ELEMENTS; u++) {
@@ -151,6 +163,7 @@ __kernel void add_act_backward(const int n, __global const float* a, const int a
                                __global const float* b, const int bo, __global const float* y, const int yo,
                                __global float* out, const int outo)
 {
+    ELEMENTS_BEGIN
     float va[ELEMENTS], vb[ELEMENTS], vy[ELEMENTS];
     #pragma unroll
     for (int u = 0; u < ELEMENTS; u++) {
