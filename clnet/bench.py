@@ -600,7 +600,8 @@ def run(args: SimpleNamespace, argv: List[str]) -> Dict[str, Any]:
     """
     cl_device = open_device(platform=args.platform, device=args.device)
     torch_device = pick_torch_device(args.torch_device, cl_device)
-    timing = Timing(args.warmup, args.steps, args.repeats, args.min_time, pause=shared_cpu_pause(cl_device, torch_device))
+    timing = Timing(args.warmup, args.steps, args.repeats, args.min_time,
+                    pause=shared_cpu_pause(cl_device, torch_device))
     results = describe(cl_device, torch_device, args, argv, timing.pause)
     lines = header(results)
     if args.markdown:

@@ -44,7 +44,8 @@ def _over_elements(plan, name, n, *tensors, act):
     family one a work-item (elementwise.cl says why)."""
     if plan.device.family == "tiled":
         k = plan.kernel(FILE, name, **act, ELEMENTS=GPU_ELEMENTS)
-        return plan.launch(k, (-(-n // GPU_ELEMENTS),), (min(GPU_LOCAL, plan.device.max_work_group_size),), n, *tensors)
+        local = min(GPU_LOCAL, plan.device.max_work_group_size)
+        return plan.launch(k, (-(-n // GPU_ELEMENTS),), (local,), n, *tensors)
     k = plan.kernel(FILE, name, **act)
     return plan.launch(k, (n,), (min(CPU_LOCAL, plan.device.max_work_group_size),), n, *tensors)
 
@@ -100,8 +101,8 @@ def sum_slices(plan, sums, slices, rows, cols, out, ldc, bias=None, epilogue=Non
     C_IMAGE_COLS; row-major with leading dimension ldc without them): the split-K products' slices
     and the bias gradients' (sum_slices.cl). On the GPU family, outputs too few to give each compute
     unit SUM_ITEMS_PER_UNIT work-items share their slices among lanes (SUM_LANES, a power of two),
-    and outputs many times that many are taken four a work-item; the CPU family adds an output's
-    slices in one work-item."""
+    and outputs four times as many as that are taken four a work-item; the CPU family adds an
+    output's slices in one work-item."""
     count, lanes, vector, local = rows * cols, 1, 1, LOCAL
     if plan.device.family == "tiled":
         wanted = SUM_ITEMS_PER_UNIT * plan.device.info.compute_units
