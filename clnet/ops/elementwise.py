@@ -107,8 +107,9 @@ def sum_slices(plan, sums, slices, rows, cols, out, ldc, bias=None, epilogue=Non
     if plan.device.family == "tiled":
         wanted = SUM_ITEMS_PER_UNIT * plan.device.info.compute_units
         vector = 4 if cols % 4 == 0 and count >= 4 * wanted else 1
-        lanes = 1 << (min(SUM_MAX_LANES, slices, max(1, wanted // count)).bit_length() - 1)
-        local = SUM_GROUP // lanes
+        group = min(SUM_GROUP, plan.device.max_work_group_size)
+        lanes = 1 << (min(SUM_MAX_LANES, group, slices, max(1, wanted // count)).bit_length() - 1)
+        local = group // lanes
     k = plan.kernel(SUM_SLICES_FILE, "sum_slices", **(epilogue or {}), SUM_LANES=lanes, SUM_LOCAL=local,
                     SUM_VECTOR=vector)
     return plan.launch(k, (-(-count // vector), lanes), (local, lanes), rows, cols, slices, sums, out, ldc,
