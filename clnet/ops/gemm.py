@@ -224,7 +224,7 @@ class TiledSpec(GemmSpec):
         for tile in self.tile_params(device):
             slices = self.split_k(device, *shape, tile, groups)
             found += [{**tile, "SLICES": s}
-                      for s in (sorted({1, slices // 2 or 1, slices, 2 * slices}) if slices > 1 else [1])]
+                      for s in (sorted({1, slices // 2, slices, 2 * slices}) if slices > 1 else [1])]
         return found
 
     def _split_limits(self, m, k, params):
