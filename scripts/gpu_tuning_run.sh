@@ -15,7 +15,7 @@
 # of "before tune after", default all three: split them over calls if the 10-minute limit is near),
 # REFERENCE / RESNETS / DEEP (the networks of each group), GEMM_SIZES, BENCH_TIMING (clnet-bench's
 # timing options). The CPU's table the same way, on a quiet machine: PLATFORM=pocl (its class, e.g.
-# cpu-avx512, from PoCL's device name).
+# cpu-avx512-intel, from PoCL's device name and the CPU's brand).
 set -euo pipefail
 
 OUT=${OUT:?set OUT to the folder for the results}

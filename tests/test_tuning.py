@@ -337,22 +337,53 @@ def _info(platform, vendor, name, kind):
      "amd-gpu"),
     ("Intel(R) OpenCL Graphics", "Intel(R) Corporation", "Intel(R) Arc(TM) A770 Graphics", "GPU", "intel-gpu"),
     ("Portable Computing Language", "The pocl project", "NVIDIA H100 80GB HBM3", "GPU", None),  # PoCL's CUDA
-    ("Portable Computing Language", "The pocl project", "cpu-znver3-AMD EPYC 7B13", "CPU", "cpu-avx2"),
-    ("Portable Computing Language", "The pocl project", "pthread-skylake-avx512-AMD EPYC", "CPU", "cpu-avx512"),
+    ("Portable Computing Language", "The pocl project", "cpu-znver3-AMD EPYC 7B13", "CPU", "cpu-avx2-amd"),
+    ("Portable Computing Language", "The pocl project", "pthread-skylake-avx512-AMD EPYC", "CPU",
+     "cpu-avx512-amd"),
+    ("Portable Computing Language", "The pocl project", "cpu-skylake-avx512-Intel(R) Xeon(R) Processor", "CPU",
+     "cpu-avx512-intel"),
     ("Portable Computing Language", "The pocl project", "cpu-sapphirerapids-Intel(R) Xeon(R) Platinum 8480+",
-     "CPU", "cpu-avx512"),
+     "CPU", "cpu-avx512-intel"),
     ("Portable Computing Language", "The pocl project", "cpu-haswell-Intel(R) Core(TM) i7-4770", "CPU",
-     "cpu-avx2"),
+     "cpu-avx2-intel"),
+    ("Portable Computing Language", "The pocl project", "cpu-znver4-AMD Ryzen 9 7950X", "CPU", "cpu-avx512-amd"),
 ])
 def test_device_classes(platform, vendor, name, kind, expected):
     assert tuning.device_class(_info(platform, vendor, name, kind)) == expected
 
 
 def test_a_cpu_without_an_llvm_name_is_classed_by_the_hosts_flags(monkeypatch):
-    monkeypatch.setattr(tuning, "_host_cpu_flags", lambda: " fpu sse2 avx avx2 fma")
+    monkeypatch.setattr(tuning, "_host_cpu", {"flags": " fpu sse2 avx avx2 fma"}.get)
     info = _info("Intel(R) CPU Runtime for OpenCL(TM) Applications", "Intel(R) Corporation",
                  "Intel(R) Xeon(R) CPU E5-2690 v4", "CPU")
-    assert tuning.device_class(info) == "cpu-avx2"
+    assert tuning.device_class(info) == "cpu-avx2-intel"
+
+
+@pytest.mark.parametrize("cpuinfo, expected", [
+    ({"flags": " fpu avx2 avx512f", "vendor_id": " AuthenticAMD"}, "cpu-avx512-amd"),
+    ({"flags": " fpu avx2", "vendor_id": " GenuineIntel"}, "cpu-avx2-intel"),
+    ({"flags": " fpu avx2", "vendor_id": " HygonGenuine"}, "cpu-avx2"),
+    ({"flags": " fpu sse2", "vendor_id": " GenuineIntel"}, "cpu-intel"),
+])
+def test_a_cpu_whose_name_has_no_brand_takes_the_hosts_vendor(monkeypatch, cpuinfo, expected):
+    """The /proc/cpuinfo lines of the host (the device is its CPU) name the vendor, a vendor without
+    tables of its own none."""
+    monkeypatch.setattr(tuning, "_host_cpu", lambda field: cpuinfo.get(field, ""))
+    tuning.device_class.cache_clear()  # (cached by the DeviceInfo, which is the same in every case)
+    try:
+        assert tuning.device_class(_info("Some CPU Runtime", "Someone", "Some CPU", "CPU")) == expected
+    finally:
+        tuning.device_class.cache_clear()
+
+
+def test_the_host_s_cpuinfo_is_read_by_field(monkeypatch, tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu avx2\nflags\t\t: other\n")
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda path, *a, **k: real_open(cpuinfo if path == "/proc/cpuinfo" else path,
+                                                                         *a, **k))
+    assert (tuning._host_cpu("vendor_id"), tuning._host_cpu("flags"), tuning._host_cpu("bugs")) == \
+        (" AuthenticAMD\n", " fpu avx2\n", "")
 
 
 @pytest.fixture
