@@ -151,8 +151,8 @@ def device_class(info):
     vendor, name = f"{info.platform} {info.platform_vendor}".lower(), info.name
     if info.type == "CPU":
         isa = _cpu_isa(name.lower()) or _cpu_isa(_host_cpu("flags"))
-        vendor = _cpu_vendor(name) or HOST_CPU_VENDORS.get(_host_cpu("vendor_id").strip())
-        return "-".join(part for part in ("cpu", isa, vendor) if part)
+        brand = _cpu_vendor(name) or HOST_CPU_VENDORS.get(_host_cpu("vendor_id").strip())
+        return "-".join(part for part in ("cpu", isa, brand) if part)
     if info.type != "GPU":
         return None
     if "nvidia" in vendor:
