@@ -429,7 +429,7 @@ def describe(cl_device, torch_device, args, argv, pause=0.0):
             "command": ["clnet-bench", *argv],
             "opencl": dataclasses.asdict(cl_device.info), "cpu": cpu_model(), "torch": describe_torch(torch_device),
             "environment": {k: os.environ[k] for k in ENV_SHOWN if k in os.environ},
-            "tuning": tuning.describe(cl_device), "versions": versions, "protocol": protocol}
+            "tuning": tuning.describe(cl_device.info, cl_device.family), "versions": versions, "protocol": protocol}
 
 
 def header(desc):
@@ -453,14 +453,10 @@ def header(desc):
             + (", clnet's and PyTorch's in turn" if t["device"] is not None else "")
             + (f", each after {p['pause_s']:g} s idle" if p.get("pause_s") else "")
             + f"; training: {p['training']}; inference: {p['inference']}; results checked before timing",
-            "environment: " + (env or "no thread/BLAS variables set"), _tuning_line(desc["tuning"])]
+            "environment: " + (env or "no thread/BLAS variables set"),
+            "tuned parameters: " + tuning.describe_text(desc["tuning"])]
 
 
-def _tuning_line(t):
-    stale = f", {t['table_stale_cases']} of them made for other kernel sources" if t["table_stale_cases"] else ""
-    table = f"the {t['class']} table ({t['table_cases']} cases{stale})" if t["table_cases"] else "none"
-    return (f"tuned parameters: {t['mode']}; cache {t['cache']}: {t['cache_cases']} cases for this device; "
-            f"shipped table: {table}")
 
 
 # ---------------------------------------------------------------------- output

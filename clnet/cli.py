@@ -15,10 +15,10 @@ import time
 import click
 import numpy as np
 
-from . import callbacks, datasets, metrics, models, optim
+from . import callbacks, datasets, metrics, models, optim, tuning
 from .cli_options import CONTEXT_SETTINGS, FiniteFloatRange, device_options, friendly_errors, option_group
 from .datasets.feed import parse_augment
-from .device import INSTALL_HINT, chosen, list_devices
+from .device import INSTALL_HINT, chosen, kernel_family, list_devices
 from .distributed import in_turn, local_devices, world
 from .errors import ClnetError, InputError
 from .files import check_writable, readable_size, replace_atomically, special_kind
@@ -50,15 +50,16 @@ def devices(platform, device, as_json):
     """
     infos = list_devices()
     selected = local_devices(platform, device) if platform or device else None
+    tunings = [tuning.describe(info, kernel_family(info)) for info in infos]
     if as_json:
-        listed = [info.__dict__ for info in infos]
+        listed = [{**info.__dict__, "tuning": described} for info, described in zip(infos, tunings)]
         click.echo(json.dumps(listed if selected is None else
                               {"devices": listed, "selected": [d.info.index for d in selected],
                                "shares": _shares_text(selected)}, indent=2))
         return
     if not infos:
         raise ClnetError("No OpenCL platform was found. " + INSTALL_HINT)
-    for info in infos:
+    for info, described in zip(infos, tunings):
         click.echo(f"[{info.index}] platform {info.platform_index}, device {info.device_index}: "
                    f"{info.name} ({info.type})")
         rows = [("platform", f"{info.platform} ({info.platform_vendor})"),
@@ -69,7 +70,8 @@ def devices(platform, device, as_json):
                 ("local memory", format_bytes(info.local_mem)),
                 ("fp64 / fp16", f"{'yes' if info.fp64 else 'no'} / {'yes' if info.fp16 else 'no'}"),
                 ("OpenCL C", info.opencl_c),
-                ("driver", info.driver)]
+                ("driver", info.driver),
+                ("tuned params", tuning.describe_text(described))]
         for key, value in rows:
             click.echo(f"    {key:<15} {value}")
     if selected is not None:

@@ -233,9 +233,10 @@ def _select_several(found, platform, device):
     return [_select(found, p, name) for p in platforms for name in names]
 
 
-def _family(info, family):
-    """`family`, else CLNET_GEMM, else "tiled" (gemm_tiled, local-memory tiles) on GPUs and
-    accelerators and "cpu" (gemm_packed and the other CPU variants) on CPUs."""
+def kernel_family(info, family=None):
+    """The kernel family a device of `info` records: `family`, else CLNET_GEMM, else "tiled"
+    (gemm_tiled, local-memory tiles) on GPUs and accelerators and "cpu" (gemm_packed and the other
+    CPU variants) on CPUs."""
     name = family or os.environ.get("CLNET_GEMM") or ("cpu" if info.type == "CPU" else "tiled")
     if name not in FAMILIES:
         source = "family" if family else "CLNET_GEMM"
@@ -275,7 +276,7 @@ class Device:
 
     def __init__(self, info: DeviceInfo, cl_device: cl.Device, profiling: bool = False,
                  family: str | None = None, context: cl.Context | None = None, queue: cl.CommandQueue | None = None):
-        self.family = _family(info, family)
+        self.family = kernel_family(info, family)
         self.info = info
         self.cl_device = cl_device
         self.context = context if context is not None else cl.Context([cl_device])

@@ -106,7 +106,10 @@ def cache_path():
 
 
 def device_key(device):
-    info = device.info
+    return _info_key(device.info)
+
+
+def _info_key(info):
     return f"{info.platform} | {info.name} | {info.driver}"
 
 
@@ -218,6 +221,10 @@ def load(path=None):
     return parsed
 
 
+# CLNET_TUNING's values, as `describe` says them
+MODES = {"1": "the cache, then the table", "cache": "the cache only", "0": "built-in defaults"}
+
+
 def _mode():
     """CLNET_TUNING: "1" (the cache, then the shipped table), "cache" (the cache only) or "0" (neither)."""
     return os.environ.get("CLNET_TUNING", "1")
@@ -225,8 +232,12 @@ def _mode():
 
 def _entry(device, path=None):
     """This device's tuned cases in the cache, if tuned for the current kernel sources."""
-    entry = load(path).get("devices", {}).get(device_key(device))
-    if not isinstance(entry, dict) or entry.get("source") != source_hash(device.family):
+    return _cached_cases(device.info, device.family, path)
+
+
+def _cached_cases(info, family, path=None):
+    entry = load(path).get("devices", {}).get(_info_key(info))
+    if not isinstance(entry, dict) or entry.get("source") != source_hash(family):
         return {}
     cases = entry.get("cases")
     return cases if isinstance(cases, dict) else {}
@@ -237,18 +248,32 @@ def tuned_cases(device, path=None):
     return set(_entry(device, path))
 
 
-def describe(device, path=None):
-    """What tuned parameters a device's plans take, as JSON-able values (clnet-bench records them).
+def describe(info, family, path=None):
+    """What tuned parameters the plans of a device (its `DeviceInfo` and kernel family) take, as
+    JSON-able values (clnet-bench records them, clnet-devices shows them); the device need not be
+    open.
 
     Example:
-        >>> tuning.describe(clnet.device("pocl"))["table_cases"]
+        >>> dev = clnet.device("pocl")
+        >>> tuning.describe(dev.info, dev.family)["table_cases"]
     """
-    mode, cls = _mode(), device_class(device.info)
-    table, current = table_cases(cls, device.family) if mode == "1" else ({}, {})
-    return {"mode": {"0": "built-in defaults", "cache": "the cache only"}.get(mode, "the cache, then the table"),
-            "cache": str(Path(path or cache_path())), "cache_cases": 0 if mode == "0" else len(_entry(device, path)),
+    mode, cls = _mode(), device_class(info)
+    table, current = table_cases(cls, family) if mode == "1" else ({}, {})
+    return {"mode": MODES.get(mode, MODES["1"]),
+            "cache": str(Path(path or cache_path())),
+            "cache_cases": 0 if mode == "0" else len(_cached_cases(info, family, path)),
             "class": cls, "table_cases": len(table.get("cases", {})),
             "table_stale_cases": len(table.get("cases", {})) - len(current)}
+
+
+def describe_text(description):
+    """`describe`'s values as one line of text."""
+    t = description
+    stale = f", {t['table_stale_cases']} of them made for other kernel sources" if t["table_stale_cases"] else ""
+    table = (f"the {t['class']} table ({t['table_cases']} cases{stale})" if t["table_cases"] else
+             "not used" if t["mode"] != MODES["1"] else
+             f"none for class {t['class']}" if t["class"] else "none (the device has no class)")
+    return f"{t['mode']}; cache {t['cache']}: {t['cache_cases']} cases for this device; shipped table: {table}"
 
 
 def table_path(cls):

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 import clnet
-from clnet import bench, tune
+from clnet import bench, tune, tuning
 from clnet.cli import devices, evaluate, pack, train
 
 
@@ -18,9 +18,12 @@ def test_devices_lists_every_device():
     for info in clnet.list_devices():
         assert f"[{info.index}] platform {info.platform_index}, device {info.device_index}: {info.name}" in result.output
     for field in ("compute units", "global memory", "max allocation", "local memory", "fp64 / fp16",
-                  "OpenCL C", "driver"):
+                  "OpenCL C", "driver", "tuned params"):
         assert field in result.output
-    assert '"compute_units"' in CliRunner().invoke(devices, ["--json"]).output
+    listed = json.loads(CliRunner().invoke(devices, ["--json"]).output)
+    for entry, info in zip(listed, clnet.list_devices()):
+        assert entry["compute_units"] == info.compute_units
+        assert entry["tuning"]["class"] == tuning.device_class(info)
 
 
 def test_devices_default_is_the_device_a_run_opens(monkeypatch):

@@ -410,9 +410,9 @@ def test_the_cache_wins_over_the_shipped_table(tables, tmp_path, monkeypatch):
     assert tuning.lookup(device, near, path) == cached(TUNED)
     assert tuning.lookup(device, far, path) == Tuned(shipped, "the shipped test-class table", 2)
     assert tuning.lookup(device, Case("gemm_tiled", "NT", 4096, 64, 64), path) is None
-    assert tuning.describe(device, path) == {"mode": "the cache, then the table", "cache": str(path),
-                                             "cache_cases": 1, "class": "test-class", "table_cases": 2,
-                                             "table_stale_cases": 0}
+    assert tuning.describe(device.info, device.family, path) == {
+        "mode": "the cache, then the table", "cache": str(path), "cache_cases": 1, "class": "test-class",
+        "table_cases": 2, "table_stale_cases": 0}
     _store(path, {Case("gemm_tiled", "NN", 4096, 64, 128): TUNED})  # within reach of `far`, not at it
     assert tuning.lookup(device, far, path) == Tuned(shipped, "the shipped test-class table", 2)
     assert tuning.lookup(device, Case("gemm_tiled", "NN", 4096, 64, 256), path) == cached(TUNED)  # nearer
@@ -420,6 +420,19 @@ def test_the_cache_wins_over_the_shipped_table(tables, tmp_path, monkeypatch):
     assert tuning.lookup(device, far, path) == cached(TUNED)
     monkeypatch.setenv("CLNET_TUNING", "0")
     assert tuning.lookup(device, near, path) is None
+
+
+@pytest.mark.parametrize("mode, cls, table_cases, stale, says", [
+    ("1", "test-class", 2, 1, "shipped table: the test-class table (2 cases, 1 of them made for other kernel sources)"),
+    ("1", "test-class", 2, 0, "shipped table: the test-class table (2 cases)"),
+    ("1", "amd-gpu", 0, 0, "shipped table: none for class amd-gpu"),
+    ("1", None, 0, 0, "shipped table: none (the device has no class)"),
+    ("cache", "test-class", 0, 0, "the cache only; cache c.json: 3 cases for this device; shipped table: not used"),
+])
+def test_what_tuned_parameters_a_device_takes_in_a_line(mode, cls, table_cases, stale, says):
+    described = {"mode": tuning.MODES[mode], "cache": "c.json", "cache_cases": 3, "class": cls,
+                 "table_cases": table_cases, "table_stale_cases": stale}
+    assert tuning.describe_text(described).endswith(says)
 
 
 def test_a_table_for_other_kernel_sources_is_used_with_a_note(tables, tmp_path, monkeypatch, caplog):
@@ -432,7 +445,7 @@ def test_a_table_for_other_kernel_sources_is_used_with_a_note(tables, tmp_path, 
     assert found == Tuned(shipped, "the shipped test-class table", 2)
     assert "1 of the 1 cases of the shipped tuned table" in caplog.text
     assert "made for other kernel sources" in caplog.text
-    assert tuning.describe(FakeDevice(), tmp_path / "none.json")["table_stale_cases"] == 1
+    assert tuning.describe(FakeInfo(2), "tiled", tmp_path / "none.json")["table_stale_cases"] == 1
 
 
 def test_a_table_s_cases_for_the_current_kernel_sources_come_first(tables, tmp_path):
@@ -451,13 +464,13 @@ def test_a_table_s_cases_for_the_current_kernel_sources_come_first(tables, tmp_p
     none, origin = tmp_path / "none.json", "the shipped test-class table"
     assert tuning.lookup(FakeDevice(), near, none) == Tuned(current, origin, 2)
     assert tuning.lookup(FakeDevice(), Case("gemm_tiled", "NN", 128, 64, 128), none) == Tuned(stale, origin, 2)
-    assert tuning.describe(FakeDevice(), none)["table_stale_cases"] == 1
+    assert tuning.describe(FakeInfo(2), "tiled", none)["table_stale_cases"] == 1
     table = {**table, "source": "older-kernels"}  # a table of older sources with one current case
     table["cases"] = {near.key: {"params": stale}, far.key: {"params": current, "source": tuning.source_hash("tiled")}}
     path.write_text(json.dumps(table))
     _reread_tables()
     assert tuning.lookup(FakeDevice(), near, none) == Tuned(current, origin, 2)
-    assert tuning.describe(FakeDevice(), none)["table_stale_cases"] == 1
+    assert tuning.describe(FakeInfo(2), "tiled", none)["table_stale_cases"] == 1
 
 
 def test_exporting_extends_a_table_of_the_same_class_and_compute_units(tmp_path, monkeypatch, caplog):
