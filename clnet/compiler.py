@@ -132,7 +132,7 @@ class CompiledStep:
                 pending.append(dx)
 
     def _input_stage(self, plan, seed, target_dtype, loss):
-        """Record the gathers that fill the input (and targets) from staging buffers or a dataset on
+        """Record the gather that fills the input (and targets) from staging buffers or a dataset on
         the device; the buffers themselves are allocated with the arena."""
         device, rows, spec = plan.device, self.batch_size, self.spec
         images = [DeviceTensor(device, (rows, *self.input_shape), dtype=np.dtype(spec.dtype)) for _ in range(2)]
@@ -140,23 +140,20 @@ class CompiledStep:
         self.identity = DeviceTensor(device, (rows,), dtype=np.int32)
         self.norm = DeviceTensor(device, (2 * image_dims(self.input_shape)[0],))
         x = plan.value((rows, *self.input_shape), "input")
-        gather = data_ops.gather_images(plan, self.identity, images[0], self.norm, x, spec.scale, spec.crop,
-                                        spec.flip, seed=seed)
-        for name, argument in (("n_valid", "n_valid"), ("start", "start"), ("image_order", "order"),
-                               ("image_source", "src")):
-            plan.bind_dynamic(name, gather, argument)
-        if spec.crop or spec.flip:
-            plan.bind_dynamic("step", gather, "step", step_arg)
-            plan.bind_dynamic("first_row", gather, "first_row", np.uint32)
-        self.targets = None
+        self.targets, targets = None, None
         if loss is not None and target_dtype is not None:
             shape = (rows,) if np.dtype(target_dtype) == np.int32 else (rows, prod(self.output_shape))
             self.targets = plan.value(shape, "targets", target_dtype)
             self.staging = [(slot, DeviceTensor(device, shape, dtype=np.dtype(target_dtype))) for slot in images]
-            gather = data_ops.gather_targets(plan, self.identity, self.staging[0][1], self.targets)
-            for name, argument in (("n_valid", "n_valid"), ("start", "start"), ("target_order", "order"),
-                                   ("target_source", "src")):
-                plan.bind_dynamic(name, gather, argument)
+            targets = (self.staging[0][1], self.targets)
+        gather = data_ops.gather_batch(plan, self.identity, images[0], self.norm, x, spec.scale, spec.crop,
+                                       spec.flip, seed=seed, targets=targets)
+        bound = [("n_valid", "n_valid"), ("start", "start"), ("order", "order"), ("image_source", "src")]
+        for name, argument in bound + ([("target_source", "target_src")] if targets else []):
+            plan.bind_dynamic(name, gather, argument)
+        if spec.crop or spec.flip:
+            plan.bind_dynamic("step", gather, "step", step_arg)
+            plan.bind_dynamic("first_row", gather, "first_row", np.uint32)
         return x
 
     def check_fits(self, store):

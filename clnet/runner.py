@@ -39,10 +39,9 @@ class Runner:
         source = (images, targets, order)
         if source != self._source:
             self.plan.set_dynamic("image_source", images)
-            self.plan.set_dynamic("image_order", order)
+            self.plan.set_dynamic("order", order)
             if targets is not None:
                 self.plan.set_dynamic("target_source", targets)
-                self.plan.set_dynamic("target_order", order)
             self._source = source
         self.plan.set_dynamic("start", start)
         if n != self.n_valid:

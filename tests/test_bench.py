@@ -58,7 +58,7 @@ def test_profile_prints_every_kernel(device, monkeypatch):
     monkeypatch.setenv("CLNET_PROFILE", "1")
     out = _bench("--device", str(device.info.index), *TINY, "--torch-device", "none", "--no-gemm").output
     assert "Profile of one training step: mlp, batch 4" in out
-    for name in ("gather_images", "softmax_cross_entropy", "sgd_step", "gemm_"):
+    for name in ("gather_batch", "softmax_cross_entropy", "sgd_step", "gemm_"):
         assert name in out
 
 

@@ -20,7 +20,7 @@ FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 
 def gather_reference(src, order, start, rows, n_valid, spec, seed, step):
-    """float64 twin of gather_images."""
+    """float64 twin of gather_batch's images."""
     n, c, h, w = src.shape
     norm = spec.norm(c).astype(np.float64)
     mean, inv_std = norm[:c], norm[c:]
@@ -60,8 +60,8 @@ def test_gather_images_matches_reference(device, dtype, spec):
     s_order = Slot(device, order, 2, dtype=np.int32, fill=0)
     s_norm = Slot(device, spec.norm(3), 1)
     out = Slot.output(device, (rows, 3, 5, 11), 9)
-    launch = data_ops.gather_images(plan, s_order.tensor, s_src.tensor, s_norm.tensor, out.tensor, spec.scale,
-                                    spec.crop, spec.flip, seed=seed)
+    launch = data_ops.gather_batch(plan, s_order.tensor, s_src.tensor, s_norm.tensor, out.tensor, spec.scale,
+                                   spec.crop, spec.flip, seed=seed)
     plan.finalize(plan.place())
     launch.set("n_valid", n_valid)
     launch.set("start", start)
@@ -82,22 +82,31 @@ def test_augmentation_changes_with_the_step_and_keeps_the_pixels(device):
 
 
 @pytest.mark.parametrize("dtype", [np.int32, np.float32])
-def test_gather_targets(device, dtype):
+def test_gather_batch_gathers_the_targets_in_the_same_launch(device, dtype):
+    """The images and the targets of rows order[start + b], each source at an offset of its own, the
+    rows past n_valid zeroed: the images' work-items first, then the targets' (a work-group holds
+    some of each: 5 x 1 x 2 image rows, then 5 x 3 targets, in work-groups of 64)."""
     rng = np.random.default_rng(1)
+    images = rng.random((8, 1, 2, 3)).astype(np.float32)
     src = rng.integers(0, 9, (8, 3)).astype(dtype)
     order = rng.permutation(8).astype(np.int32)
+    rows, start, n_valid = 5, 2, 4
     plan = new_plan(device)
+    s_images, s_norm = Slot(device, images, 6, fill=0), Slot(device, InputSpec().norm(1), 1)
     s_src, s_order = Slot(device, src, 3, dtype=dtype, fill=0), Slot(device, order, 4, dtype=np.int32, fill=0)
-    out = Slot(device, np.full((5, 3), -7), 2, dtype=dtype, fill=99)
-    launch = data_ops.gather_targets(plan, s_order.tensor, s_src.tensor, out.tensor)
+    x = Slot.output(device, (rows, 1, 2, 3), 7)
+    out = Slot(device, np.full((rows, 3), -7), 2, dtype=dtype, fill=99)
+    launch = data_ops.gather_batch(plan, s_order.tensor, s_images.tensor, s_norm.tensor, x.tensor, 1.0,
+                                   targets=(s_src.tensor, out.tensor))
     plan.finalize(plan.place())
-    launch.set("n_valid", 4)
-    launch.set("start", 2)
+    launch.set("n_valid", n_valid)
+    launch.set("start", start)
     plan.run()
     device.finish()
-    expected = np.zeros((5, 3))
-    expected[:4] = src[order[2:6]]
+    expected = np.zeros((rows, 3))
+    expected[:n_valid] = src[order[start:start + n_valid]]
     np.testing.assert_array_equal(out.read(), expected)
+    np.testing.assert_array_equal(x.read(), gather_reference(images, order, start, rows, n_valid, InputSpec(), 0, 0))
 
 
 def test_parse_augment():

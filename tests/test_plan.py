@@ -252,6 +252,6 @@ def test_kernel_arguments_come_from_signatures_with_macros(device):
     plan = new_plan(device)
     loss = plan.kernel("loss.cl", "softmax_cross_entropy", LOSS_WG=64)
     assert loss.names == ["rows", "cols", "n_valid", "flags", "scale", "z", "grad", "probs", "metrics", "labels"]
-    gather = plan.kernel("data.cl", "gather_images", SRC_UINT8=True)
+    gather = plan.kernel("data.cl", "gather_batch", SRC_UINT8=True)
     assert gather.names[-4:] == ["order", "src", "norm", "out"]
     assert [a.index for a in gather.arguments[-4:]] == [13, 15, 17, 19]
