@@ -40,9 +40,19 @@ inline int window(const int gid, const int H, const int W, const int OH, const i
     return plane * H * W;
 }
 
+// A window's next candidate c (at flat index i) against the best so far, several windows at a
+// time (intN: the comparisons' type): as the loop of maxpool_forward below (c != c: isnan).
+#define PAIR_CANDIDATE(intN, c, i) { \
+        const intN wins = (c > best) | (c != c); \
+        best = select(best, c, wins); \
+        best_at = select(best_at, i, wins); \
+    }
+
 // y = max over each window; if save_argmax, argmax = the flat index h*W+w of the chosen input
 // element within its plane (the first maximum in row-major window order; a NaN wins, as PyTorch).
-// One work-item per output element, or with POOL_ROWS (CPUs) per output row, read in order.
+// One work-item per output element, or with POOL_ROWS (CPUs) per output row, read in order; with
+// POOL_PAIRS too (2 x 2 windows at stride 2 without padding) eight outputs at a time from a float16
+// of each of their two input rows, then four, then the rest of the row one by one.
 __kernel void maxpool_forward(POOL_GEOMETRY, const int save_argmax,
                               __global const float* x, const int xo,
                               __global float* y, const int yo,
@@ -50,11 +60,40 @@ __kernel void maxpool_forward(POOL_GEOMETRY, const int save_argmax,
 {
     POOL_CONSTANTS;
 #ifdef POOL_ROWS
-    const int first = get_global_id(0) * OW, count = OW;
+    int first = get_global_id(0) * OW, count = OW;
 #else
     const int first = get_global_id(0), count = 1;
 #endif
     if (first >= planes * OH * OW) return;
+#if defined(POOL_ROWS) && defined(POOL_PAIRS)
+    const int row = 2 * (first / OW % OH) * W;  // the flat index of the window's first input row
+    __global const float* xp = x + xo + first / (OH * OW) * H * W + row;
+    int ow = 0;
+    for (; ow + 8 <= OW; ow += 8, first += 8, count -= 8) {
+        const float16 top = vload16(0, xp + 2 * ow), bottom = vload16(0, xp + W + 2 * ow);
+        const int8 at = (int8)(row + 2 * ow) + (int8)(0, 2, 4, 6, 8, 10, 12, 14);
+        float8 best = top.even;
+        int8 best_at = at;
+        PAIR_CANDIDATE(int8, top.odd, at + 1)
+        PAIR_CANDIDATE(int8, bottom.even, at + W)
+        PAIR_CANDIDATE(int8, bottom.odd, at + W + 1)
+        vstore8(best, 0, y + yo + first);
+        if (save_argmax) vstore8(best_at, 0, argmax + ao + first);
+    }
+    if (ow + 4 <= OW) {  // four more (rows of 12 outputs, as mnist-cnn's, in two steps)
+        const float8 top = vload8(0, xp + 2 * ow), bottom = vload8(0, xp + W + 2 * ow);
+        const int4 at = (int4)(row + 2 * ow) + (int4)(0, 2, 4, 6);
+        float4 best = top.even;
+        int4 best_at = at;
+        PAIR_CANDIDATE(int4, top.odd, at + 1)
+        PAIR_CANDIDATE(int4, bottom.even, at + W)
+        PAIR_CANDIDATE(int4, bottom.odd, at + W + 1)
+        vstore4(best, 0, y + yo + first);
+        if (save_argmax) vstore4(best_at, 0, argmax + ao + first);
+        first += 4;
+        count -= 4;
+    }
+#endif
     for (int gid = first; gid < first + count; gid++) {
         const int h0 = gid / OW % OH * SH - PH, w0 = gid % OW * SW - PW;  // the window's first row, column
         __global const float* xp = x + xo + gid / (OH * OW) * H * W;
@@ -80,14 +119,55 @@ __kernel void maxpool_forward(POOL_GEOMETRY, const int save_argmax,
 // One work-item per input element; with POOL_CELLS (CPUs, windows that do not overlap), one per
 // output element, writing its cell of the input: rows oh*SH-PH .. (oh+1)*SH-PH-1 (from the image's
 // edge for the first, to it for the last; likewise for columns), which holds its window. The cells
-// cover the image once.
+// cover the image once. With POOL_PAIRS (CPUs, 2 x 2 windows at stride 2 without padding), one per
+// output row, writing the same cells: eight at a time as a float16 of each of their two rows, then
+// four, then the rest of the row one by one, then the columns and (for the last output row) the rows that no
+// window reaches.
 __kernel void maxpool_backward(POOL_GEOMETRY,
                                __global const int* argmax, const int ao,
                                __global const float* dy, const int dyo,
                                __global float* dx, const int dxo)
 {
     POOL_CONSTANTS;
-#ifdef POOL_CELLS
+#if defined(POOL_PAIRS)
+    const int r = get_global_id(0);
+    if (r >= planes * OH) return;
+    const int oh = r % OH, row = 2 * oh * W;  // the flat index of the cells' first row in the plane
+    __global float* top = dx + dxo + r / OH * H * W + row;
+    __global const int* chosen = argmax + ao + r * OW;
+    __global const float* g = dy + dyo + r * OW;
+    int ow = 0;
+    for (; ow + 8 <= OW; ow += 8) {
+        const int8 c = vload8(0, chosen + ow);
+        const float8 v = vload8(0, g + ow);
+        const int16 twice = (int16)(c.s0, c.s0, c.s1, c.s1, c.s2, c.s2, c.s3, c.s3,
+                                    c.s4, c.s4, c.s5, c.s5, c.s6, c.s6, c.s7, c.s7);
+        const float16 value = (float16)(v.s0, v.s0, v.s1, v.s1, v.s2, v.s2, v.s3, v.s3,
+                                        v.s4, v.s4, v.s5, v.s5, v.s6, v.s6, v.s7, v.s7);
+        const int16 at = (int16)(row + 2 * ow) + (int16)(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        vstore16(select((float16)(0.0f), value, twice == at), 0, top + 2 * ow);
+        vstore16(select((float16)(0.0f), value, twice == at + W), 0, top + W + 2 * ow);
+    }
+    if (ow + 4 <= OW) {
+        const int4 c = vload4(0, chosen + ow);
+        const float4 v = vload4(0, g + ow);
+        const int8 twice = (int8)(c.s0, c.s0, c.s1, c.s1, c.s2, c.s2, c.s3, c.s3);
+        const float8 value = (float8)(v.s0, v.s0, v.s1, v.s1, v.s2, v.s2, v.s3, v.s3);
+        const int8 at = (int8)(row + 2 * ow) + (int8)(0, 1, 2, 3, 4, 5, 6, 7);
+        vstore8(select((float8)(0.0f), value, twice == at), 0, top + 2 * ow);
+        vstore8(select((float8)(0.0f), value, twice == at + W), 0, top + W + 2 * ow);
+        ow += 4;
+    }
+    for (; ow < OW; ow++)
+        for (int i = 0; i < 2; i++)
+            for (int j = 0; j < 2; j++) {
+                const int at = row + i * W + 2 * ow + j;
+                top[i * W + 2 * ow + j] = chosen[ow] == at ? g[ow] : 0.0f;
+            }
+    for (int w = 2 * OW; w < W; w++) top[w] = top[W + w] = 0.0f;
+    if (oh == OH - 1)
+        for (int i = 2 * W; i < (H - 2 * oh) * W; i++) top[i] = 0.0f;
+#elif defined(POOL_CELLS)
     const int o = get_global_id(0);
     if (o >= planes * OH * OW) return;
     const int ow = o % OW, oh = o / OW % OH;

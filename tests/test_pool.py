@@ -79,6 +79,9 @@ CASES = [
     (3, 3, 5, 4, (3, 2), 4, 1),               # stride larger than the kernel, with padding
     (1, 2, 5, 5, 5, 1, 2),                    # a window as large as the image, padded
     (1, 1, 1, 1, 1, None, 0),                 # 1x1
+    (2, 3, 6, 35, 2, None, 0),                # 2x2 at stride 2 (CPUs: eights, then a four): 8 + 8 + 1 a row
+    (1, 2, 4, 30, 2, None, 0),                # ... 8 + 4 + 3
+    (1, 2, 5, 16, 2, 2, 0),                   # ... one vector a row, the last row unused
 ]
 CASE_IDS = ["-".join(str(v).replace(" ", "") for v in case) for case in CASES]
 
@@ -276,6 +279,21 @@ def test_maxpool_nan_propagates(device, gemm_family):
     assert np.isnan(y.reshape(3, 3)[covering]).all() and not np.isnan(y.reshape(3, 3)[~covering]).any()
     assert (arg.reshape(3, 3)[covering] == 6).all()
     assert dx[0, 0, 1, 2] == 4
+
+
+def test_maxpool_nans_win_as_in_pytorch(device, gemm_family):
+    """Windows holding one NaN or two (torch takes the last of them: each NaN it meets wins) and
+    NaN-free ones, 2 x 2 at stride 2 over rows of 26 (on CPUs eight outputs at a time, then four,
+    then one)."""
+    torch = pytest.importorskip("torch")
+    x = np.random.default_rng(3).normal(size=(2, 3, 4, 26)).astype(np.float32)
+    x[0, 1, 0, 2] = x[0, 1, 1, 3] = x[0, 2, 0, 18] = x[0, 2, 1, 19] = np.nan   # two in a window
+    x[1, 2, 3, 16] = x[1, 0, 0, 0] = x[1, 0, 2, 5] = x[1, 1, 1, 24] = np.nan
+    y_torch, arg_torch = torch.nn.functional.max_pool2d(torch.from_numpy(x), 2, return_indices=True)
+    dy = np.ones(y_torch.shape, np.float32)
+    y, arg, _ = _run_small(device, x, dy, 2, 2, 0)
+    np.testing.assert_array_equal(y, y_torch.numpy())
+    np.testing.assert_array_equal(arg, arg_torch.numpy())
 
 
 @pytest.mark.parametrize("call", [

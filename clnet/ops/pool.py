@@ -53,6 +53,12 @@ def _geometry(what, x_shape, y_shape, kernel, stride, padding):
     return n * c, {f"POOL_{name}": value for name, value in sizes.items()}
 
 
+def _pairs(sizes):
+    """Whether the windows are 2 x 2 at stride 2 without padding, which the CPU kernels take eight
+    (then four) at a time, as vectors (POOL_PAIRS)."""
+    return [sizes[f"POOL_{name}"] for name in ("KH", "KW", "SH", "SW", "PH", "PW")] == [2, 2, 2, 2, 0, 0]
+
+
 def maxpool_forward(plan, x, y, kernel, stride, padding=0, argmax=None):
     """y = max over each window; argmax (int32, shape of y), when given, gets the flat index h*W+w of
     the chosen element within its (n, c) plane. Without argmax (inference) nothing else is written."""
@@ -60,8 +66,8 @@ def maxpool_forward(plan, x, y, kernel, stride, padding=0, argmax=None):
     if argmax is not None and tuple(argmax.shape) != tuple(y.shape):
         raise ValueError(f"maxpool_forward shapes: argmax {tuple(argmax.shape)} differs from "
                          f"output {tuple(y.shape)}")
-    if plan.device.family == "cpu":  # a work-item per output row
-        k = plan.kernel(FILE, "maxpool_forward", **sizes, POOL_ROWS=True)
+    if plan.device.family == "cpu":  # a work-item per output row (2 x 2 windows at stride 2 by eights)
+        k = plan.kernel(FILE, "maxpool_forward", **sizes, POOL_ROWS=True, POOL_PAIRS=_pairs(sizes))
         grid, local = (y.size // sizes["POOL_OW"],), (CPU_LOCAL,)
     else:
         k = plan.kernel(FILE, "maxpool_forward", **sizes)
@@ -76,6 +82,9 @@ def maxpool_backward(plan, argmax, dy, dx, kernel, stride, padding=0):
     if tuple(argmax.shape) != tuple(dy.shape):
         raise ValueError(f"maxpool_backward shapes: argmax {tuple(argmax.shape)} differs from "
                          f"dy {tuple(dy.shape)}")
+    if plan.device.family == "cpu" and _pairs(sizes):  # a work-item per output row writes its two rows of dx
+        k = plan.kernel(FILE, "maxpool_backward", **sizes, POOL_PAIRS=True)
+        return plan.launch(k, (dy.size // sizes["POOL_OW"],), (CPU_LOCAL,), planes, argmax, dy, dx)
     if plan.device.family == "cpu" and sizes["POOL_SH"] >= sizes["POOL_KH"] and sizes["POOL_SW"] >= sizes["POOL_KW"]:
         # windows that do not overlap: a work-item per output element writes its cell of dx
         k = plan.kernel(FILE, "maxpool_backward", **sizes, POOL_CELLS=True)
