@@ -121,8 +121,8 @@ __kernel void maxpool_forward(POOL_GEOMETRY, const int save_argmax,
 // edge for the first, to it for the last; likewise for columns), which holds its window. The cells
 // cover the image once. With POOL_PAIRS (CPUs, 2 x 2 windows at stride 2 without padding), one per
 // output row, writing the same cells: eight at a time as a float16 of each of their two rows, then
-// four, then the rest of the row one by one, then the columns and (for the last output row) the rows that no
-// window reaches.
+// four, then the rest of the row one by one, then the columns and (for the last output row) the
+// rows that no window reaches.
 __kernel void maxpool_backward(POOL_GEOMETRY,
                                __global const int* argmax, const int ao,
                                __global const float* dy, const int dyo,
