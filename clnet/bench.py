@@ -457,8 +457,6 @@ def header(desc):
             "tuned parameters: " + tuning.describe_text(desc["tuning"])]
 
 
-
-
 # ---------------------------------------------------------------------- output
 class Table:
     """Prints rows as they come, as aligned text or markdown; the first `left` columns align left."""
