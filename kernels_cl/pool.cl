@@ -48,6 +48,22 @@ inline int window(const int gid, const int H, const int W, const int OH, const i
         best_at = select(best_at, i, wins); \
     }
 
+// N windows of a row of 2 x 2 windows, the first of them at column 2 * ow of the input rows at xp
+// and xp + W (flat index row + 2 * ow in the plane), from a float(N2) of each row (N2 = 2N): the first
+// candidate, then the other three in row-major order, stored at y[first] (and argmax[first]);
+// `offsets` the windows' first columns from 2 * ow, (0, 2, ..., N2 - 2).
+#define PAIR_WINDOWS(N, N2, offsets) { \
+        const float##N2 top = vload##N2(0, xp + 2 * ow), bottom = vload##N2(0, xp + W + 2 * ow); \
+        const int##N at = (int##N)(row + 2 * ow) + (int##N)offsets; \
+        float##N best = top.even; \
+        int##N best_at = at; \
+        PAIR_CANDIDATE(int##N, top.odd, at + 1) \
+        PAIR_CANDIDATE(int##N, bottom.even, at + W) \
+        PAIR_CANDIDATE(int##N, bottom.odd, at + W + 1) \
+        vstore##N(best, 0, y + yo + first); \
+        if (save_argmax) vstore##N(best_at, 0, argmax + ao + first); \
+    }
+
 // y = max over each window; if save_argmax, argmax = the flat index h*W+w of the chosen input
 // element within its plane (the first maximum in row-major window order; a NaN wins, as PyTorch).
 // One work-item per output element, or with POOL_ROWS (CPUs) per output row, read in order; with
@@ -69,27 +85,10 @@ __kernel void maxpool_forward(POOL_GEOMETRY, const int save_argmax,
     const int row = 2 * (first / OW % OH) * W;  // the flat index of the window's first input row
     __global const float* xp = x + xo + first / (OH * OW) * H * W + row;
     int ow = 0;
-    for (; ow + 8 <= OW; ow += 8, first += 8, count -= 8) {
-        const float16 top = vload16(0, xp + 2 * ow), bottom = vload16(0, xp + W + 2 * ow);
-        const int8 at = (int8)(row + 2 * ow) + (int8)(0, 2, 4, 6, 8, 10, 12, 14);
-        float8 best = top.even;
-        int8 best_at = at;
-        PAIR_CANDIDATE(int8, top.odd, at + 1)
-        PAIR_CANDIDATE(int8, bottom.even, at + W)
-        PAIR_CANDIDATE(int8, bottom.odd, at + W + 1)
-        vstore8(best, 0, y + yo + first);
-        if (save_argmax) vstore8(best_at, 0, argmax + ao + first);
-    }
+    for (; ow + 8 <= OW; ow += 8, first += 8, count -= 8)
+        PAIR_WINDOWS(8, 16, (0, 2, 4, 6, 8, 10, 12, 14))
     if (ow + 4 <= OW) {  // four more (rows of 12 outputs, as mnist-cnn's, in two steps)
-        const float8 top = vload8(0, xp + 2 * ow), bottom = vload8(0, xp + W + 2 * ow);
-        const int4 at = (int4)(row + 2 * ow) + (int4)(0, 2, 4, 6);
-        float4 best = top.even;
-        int4 best_at = at;
-        PAIR_CANDIDATE(int4, top.odd, at + 1)
-        PAIR_CANDIDATE(int4, bottom.even, at + W)
-        PAIR_CANDIDATE(int4, bottom.odd, at + W + 1)
-        vstore4(best, 0, y + yo + first);
-        if (save_argmax) vstore4(best_at, 0, argmax + ao + first);
+        PAIR_WINDOWS(4, 8, (0, 2, 4, 6))
         first += 4;
         count -= 4;
     }
