@@ -11,6 +11,7 @@ Between backward and update lies the seam where replicas combine their gradients
 The compiler never sees a model object: what it needs comes as arguments.
 """
 
+from collections import Counter
 from dataclasses import dataclass
 from math import prod
 
@@ -19,10 +20,11 @@ import numpy as np
 from . import losses
 from .datasets.feed import InputSpec, image_dims
 from .errors import OutOfDeviceMemoryError
-from .layers import LayerContext
+from .layers import Dense, LayerContext
 from .network import INPUT, loss_input
 from .ops import data as data_ops
 from .ops.elementwise import activation_backward, add, add_act_backward
+from .ops.dense_chain import chains
 from .ops.random import step_arg
 from .plan import INDEX_LIMIT, Plan
 from .tensor import DeviceTensor, allocate
@@ -55,12 +57,18 @@ class CompiledStep:
         x = self._input_stage(plan, seed, target.target_dtype, loss)
         plan.mark("forward")
         contexts, values = [], {INPUT: x}
-        for stage in stages:  # a folded stage's parameters are folded just before it runs
-            ctx = LayerContext(plan, self._params(plan, store, stage), store.views(stage.name, "grads"),
-                               store.views(stage.name, "buffers"), stage.act, self.training,
-                               seed=seed * 1000 + stage.index)
-            contexts.append(ctx)
-            values[stage.output] = stage.layer.forward(ctx, *(values[name] for name in stage.inputs))
+        runs = _runs(stages, device, self.batch_size)
+        for run in runs:  # a folded stage's parameters are folded just before it runs
+            run_contexts = [LayerContext(plan, self._params(plan, store, stage), store.views(stage.name, "grads"),
+                                         store.views(stage.name, "buffers"), stage.act, self.training,
+                                         seed=seed * 1000 + stage.index) for stage in run]
+            contexts += run_contexts
+            if len(run) == 1:
+                stage, ctx = run[0], run_contexts[0]
+                values[stage.output] = stage.layer.forward(ctx, *(values[name] for name in stage.inputs))
+            else:
+                outputs = Dense.forward_chain(run_contexts, [stage.layer for stage in run], values[run[0].inputs[0]])
+                values.update(zip((stage.output for stage in run), outputs))
         z = values[output]
         z2d = z.view((self.batch_size, prod(z.shape[1:]))) if len(z.shape) != 2 else z
 
@@ -70,7 +78,7 @@ class CompiledStep:
             grad = plan.value(z2d.shape, "loss gradient")
             self.loss_launch = loss.record(plan, z2d, self.targets, grad, None, metrics, losses.GRAD | losses.METRICS)
             plan.mark("backward")
-            self._backward(plan, stages, contexts, values, grad.view(z.shape))
+            self._backward(plan, runs, contexts, values, grad.view(z.shape))
             plan.mark("update")
             self.update_launch = optimizer.record(plan, store.params, store.grads,
                                                   store.require_optimizer_state(optimizer.slots))
@@ -95,7 +103,7 @@ class CompiledStep:
         return norm.layer.fold(plan, params, store.views(norm.name, "params"), store.views(norm.name, "buffers"))
 
     @staticmethod
-    def _backward(plan, stages, contexts, values, dy):
+    def _backward(plan, runs, contexts, values, dy):
         """Record the stages' gradients in reverse. The gradient reaching a value is made only when
         a stage before it has parameters; a value read by several stages gets the sum of their
         gradients, added in the reverse order of the stages (deterministic, no atomics) as they
@@ -103,33 +111,47 @@ class CompiledStep:
         where that stage's activation is fused, the last add also takes the sum back through the
         activation (act'(y)), and the stage's backward runs past it. A stage whose backward does not
         apply the derivative itself (Add) gets a single gradient through the activation from one
-        launch."""
+        launch. A run of Dense stages chained forward (`_runs`) whose values but the last have no
+        other reader runs its backward as a chain too."""
+        stages = [stage for run in runs for stage in run]
         trainable = {INPUT: False}
         for stage in stages:
             trainable[stage.output] = any(trainable[name] for name in stage.inputs) or bool(stage.layer.param_shapes())
+        readers = Counter(name for stage in stages for name in stage.inputs)
         # per value: the sum of its earlier gradients where there are any, then its latest one
         grads = {stages[-1].output: [dy]} if stages else {}
-        for ctx, stage in zip(reversed(contexts), reversed(stages)):
-            if stage.output not in grads:  # nothing before it learns
-                continue
-            y, dys = values[stage.output], grads.pop(stage.output)
-            through = stage.act is not None and (len(dys) > 1 or not stage.layer.applies_activation_grad)
-            dy = _gradient(plan, stage.output, dys, y, stage.act if through else None)
-            if through:
-                ctx = ctx.past_activation()
-            need = tuple(trainable[name] for name in stage.inputs)
-            inputs = tuple(values[name] for name in stage.inputs)
-            if stage.layer.arity == 1:
-                dxs = (stage.layer.backward(ctx, inputs[0], y, dy, need[0]),)
+        end = len(stages)
+        for run in reversed(runs):
+            run_contexts, end = contexts[end - len(run):end], end - len(run)
+            if len(run) > 1 and all(readers[stage.output] == 1 for stage in run[:-1]):
+                steps = [(run, run_contexts)]  # the chain's backward: one step over all its stages
             else:
-                dxs = stage.layer.backward(ctx, inputs, y, dy, need)
-            for name, dx in zip(stage.inputs, dxs):
-                if dx is None:
+                steps = [([stage], [ctx]) for stage, ctx in zip(run, run_contexts)]
+            for part, ctxs in reversed(steps):
+                last, first = part[-1], part[0]
+                if last.output not in grads:  # nothing before it learns
                     continue
-                pending = grads.setdefault(name, [])
-                if len(pending) == 2:  # read by a third stage or more: add the two before
-                    pending[:] = [_gradient(plan, name, pending)]
-                pending.append(dx)
+                y, dys = values[last.output], grads.pop(last.output)
+                through = last.act is not None and (len(dys) > 1 or not last.layer.applies_activation_grad)
+                dy = _gradient(plan, last.output, dys, y, last.act if through else None)
+                if through:
+                    ctxs = ctxs[:-1] + [ctxs[-1].past_activation()]
+                need = tuple(trainable[name] for name in first.inputs)
+                inputs = tuple(values[name] for name in first.inputs)
+                if len(part) > 1:
+                    outputs = [values[stage.output] for stage in part]
+                    dxs = (Dense.backward_chain(ctxs, inputs[0], outputs, dy, need[0]),)
+                elif first.layer.arity == 1:
+                    dxs = (first.layer.backward(ctxs[0], inputs[0], y, dy, need[0]),)
+                else:
+                    dxs = first.layer.backward(ctxs[0], inputs, y, dy, need)
+                for name, dx in zip(first.inputs, dxs):
+                    if dx is None:
+                        continue
+                    pending = grads.setdefault(name, [])
+                    if len(pending) == 2:  # read by a third stage or more: add the two before
+                        pending[:] = [_gradient(plan, name, pending)]
+                    pending.append(dx)
 
     def _input_stage(self, plan, seed, target_dtype, loss):
         """Record the gather that fills the input (and targets) from staging buffers or a dataset on
@@ -184,6 +206,22 @@ class CompiledStep:
         self.identity.upload(np.arange(self.batch_size, dtype=np.int32))
         self.norm.upload(self.spec.norm(image_dims(self.input_shape)[0]))
         self.plan.finalize(arena, what=f"the plan for batch size {self.batch_size}")
+
+
+def _runs(stages, device, rows):
+    """The stages in the runs that record their forward passes together: consecutive Dense stages,
+    each reading the one before, that `ops.dense_chain.chains` takes (the CPU family), else one
+    stage a run."""
+    runs = []
+    for stage in stages:
+        if runs and isinstance(stage.layer, Dense) and isinstance(runs[-1][-1].layer, Dense) \
+                and stage.inputs == (runs[-1][-1].output,):
+            runs[-1].append(stage)
+        else:
+            runs.append([stage])
+    chained = lambda run: len(run) > 1 and chains(
+        device, rows, [(stage.layer.in_features, stage.layer.out_features) for stage in run])
+    return [part for run in runs for part in ([run] if chained(run) else [[stage] for stage in run])]
 
 
 def _gradient(plan, name, dys, y=None, act=None):

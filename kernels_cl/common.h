@@ -17,44 +17,43 @@
 
 inline float sigmoid(float x) { return 1.0f / (1.0f + exp(-x)); }
 
-// The activation applied to a pre-activation value x.
-inline float act_forward(float x) {
-#if ACT == ACT_RELU
-    return fmax(x, 0.0f);
-#elif ACT == ACT_SIGMOID
-    return 1.0f / (1.0f + exp(-x));
-#elif ACT == ACT_TANH
-    return tanh(x);
-#elif ACT == ACT_RELU6
-    return fmin(fmax(x, 0.0f), 6.0f);
-#elif ACT == ACT_LEAKY_RELU
-    return x > 0.0f ? x : (ACT_SLOPE) * x;
-#elif ACT == ACT_SILU
-    return x * sigmoid(x);
-#else
-    return x;
+#ifndef ACT_SLOPE
+#define ACT_SLOPE 0.0f  // (read only for LeakyReLU)
 #endif
+
+// Activation `code` applied to a pre-activation value x, `slope` LeakyReLU's negative slope. Every
+// caller passes compile-time constants, which the compiler folds into the one case.
+inline float act_apply(const float x, const int code, const float slope) {
+    switch (code) {
+    case ACT_RELU: return fmax(x, 0.0f);
+    case ACT_SIGMOID: return sigmoid(x);
+    case ACT_TANH: return tanh(x);
+    case ACT_RELU6: return fmin(fmax(x, 0.0f), 6.0f);
+    case ACT_LEAKY_RELU: return x > 0.0f ? x : slope * x;
+    case ACT_SILU: return x * sigmoid(x);
+    default: return x;
+    }
 }
 
+// The activation ACT applied to a pre-activation value x.
+inline float act_forward(float x) { return act_apply(x, ACT, ACT_SLOPE); }
+
 // d act / d x written with the activation's output y, so backward needs only the output (LeakyReLU:
-// for a slope >= 0, where y > 0 exactly when x > 0).
-inline float act_grad_from_output(float y) {
-#if ACT == ACT_RELU
-    return y > 0.0f ? 1.0f : 0.0f;
-#elif ACT == ACT_SIGMOID
-    return y * (1.0f - y);
-#elif ACT == ACT_TANH
-    return 1.0f - y * y;
-#elif ACT == ACT_RELU6
-    return y > 0.0f && y < 6.0f ? 1.0f : 0.0f;
-#elif ACT == ACT_LEAKY_RELU
-    return y > 0.0f ? 1.0f : (ACT_SLOPE);
-#elif ACT == ACT_SILU
-    return NAN;  // not a function of y: SiLU's backward reads its input (act_grad_from_input)
-#else
-    return 1.0f;
-#endif
+// for a slope >= 0, where y > 0 exactly when x > 0); `code` and `slope` as act_apply's.
+inline float act_grad_apply(const float y, const int code, const float slope) {
+    switch (code) {
+    case ACT_RELU: return y > 0.0f ? 1.0f : 0.0f;
+    case ACT_SIGMOID: return y * (1.0f - y);
+    case ACT_TANH: return 1.0f - y * y;
+    case ACT_RELU6: return y > 0.0f && y < 6.0f ? 1.0f : 0.0f;
+    case ACT_LEAKY_RELU: return y > 0.0f ? 1.0f : slope;
+    case ACT_SILU: return NAN;  // not a function of y: SiLU's backward reads its input (act_grad_from_input)
+    default: return 1.0f;
+    }
 }
+
+// That of the activation ACT.
+inline float act_grad_from_output(float y) { return act_grad_apply(y, ACT, ACT_SLOPE); }
 
 // d act / d x written with the input x, for activations whose derivative the output does not
 // determine: SiLU, and LeakyReLU of a negative slope.

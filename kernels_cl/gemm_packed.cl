@@ -8,10 +8,7 @@
 // copy any layout into panels; the last panels are padded with zeros. An implicit convolution
 // (CONV_B) instead gathers each panel of B into local memory, where it stays in cache while every
 // panel of A is multiplied by it: the column matrix never goes through main memory.
-#ifndef CPU_ROWS
-#define CPU_ROWS 12  // rows of C per work-item: float16 accumulators kept in registers
-#endif
-#define PANEL 16     // columns of a B panel: one float16
+#include "register_block.h"
 
 // Global size (K, ceil(M / CPU_ROWS), GROUPS): the panels of each group's A (at a_off + g * GROUP_A)
 // follow those of the group before.
@@ -91,16 +88,6 @@ inline void transpose16(float16* v)
 }
 
 #include "conv_panel.h"
-
-// acc[r] = the sum over k0 <= k < k1, in order, of A_ELEM(r, k) * B_ROW(k): rows r of a CPU_ROWS x 16
-// block of the product. Unrolled, or the accumulators live in memory instead of registers (2-3x
-// slower under PoCL).
-#define MULTIPLY(acc, A_ELEM, B_ROW, k0, k1) \
-    _Pragma("unroll") for (int r = 0; r < CPU_ROWS; r++) acc[r] = (float16)(0.0f); \
-    for (int k = k0; k < k1; k++) { \
-        const float16 bk = B_ROW(k); \
-        _Pragma("unroll") for (int r = 0; r < CPU_ROWS; r++) acc[r] = A_ELEM(r, k) * bk + acc[r]; \
-    }
 
 // Stores the block acc of rows m0 .. (of the group's M, starting at C's row row0) and columns n0 ..
 // n0 + 15, with the epilogue (or into SPLIT_K's slice); rows past M and columns past N are left out.

@@ -24,6 +24,9 @@ os.environ["CLNET_TUNING"] = "cache"
 # otherwise), which cover those paths with the family forced onto any device; test_direct_conv.py
 # turns the direct kernel (the default) on for its own tests.
 os.environ.setdefault("CLNET_DIRECT_CONV", "0")
+# Likewise consecutive Dense layers run a GEMM each, whatever the CPU's compute units (the chains
+# from 8): the tests that cover the chains turn them on.
+os.environ.setdefault("CLNET_DENSE_CHAIN", "0")
 
 
 def _selected():

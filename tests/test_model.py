@@ -311,13 +311,22 @@ def test_a_batch_too_large_for_the_device_says_what_fits(device):
         model._runner(too_many, (4096,), True, np.float32)
 
 
-def test_no_gradient_is_computed_for_the_network_input(device):
-    """Flatten first: the first Dense must not compute d(loss)/d(input), which nobody reads."""
+@pytest.mark.parametrize("chain", ["0", "1"])
+def test_no_gradient_is_computed_for_the_network_input(device, monkeypatch, chain):
+    """Flatten first: the first Dense must not compute d(loss)/d(input), which nobody reads (nor, on
+    the CPU family, the Dense layers' chain)."""
+    monkeypatch.setenv("CLNET_DENSE_CHAIN", chain)
     model = clnet.models.mlp(device=device)
     model.compile("cross_entropy", "sgd")
-    runner = model._runner(8, (1, 28, 28), True, np.int32)
-    gemms = [l for l in runner.plan.launches if l.kernel.function_name.startswith("gemm")]
-    assert len(gemms) == 3 + 3 + 2  # forward, weight gradients, input gradients of layers 3 and 5
+    launches = model._runner(8, (1, 28, 28), True, np.int32).plan.launches
+    kernels = [launch.kernel.function_name for launch in launches]
+    backward = kernels[kernels.index("softmax_cross_entropy") + 1:]
+    if "dense_chain_back" in backward:
+        launch = launches[kernels.index("dense_chain_back")]
+        assert launch.args[launch.kernel.names.index("need_dx")] == 0
+    else:
+        assert sum(name.startswith("gemm") for name in backward) == 3 + 2  # weight gradients, input gradients of 3, 5
+    assert ("dense_chain_back" in backward) == (chain == "1" and device.family == "cpu")
 
 
 @pytest.mark.parametrize("call, name", [

@@ -7,29 +7,38 @@ Outputs start as NaN, so an element a kernel forgets to write is caught as well.
 """
 
 import importlib
+from copy import copy
 from dataclasses import replace
 
 import numpy as np
 import pytest
-from conftest import GUARD, Slot, execute, force_gemm_params, new_plan, upload
+from conftest import GUARD, Slot, SlotPlan, execute, force_gemm_params, new_plan, upload
 
-from clnet import losses, ops, optim
+import clnet
+from clnet import layers as L, losses, ops, optim
+from clnet.ops import dense_chain as chain_ops
 from clnet.ops.gemm import GEMM_PACKED, GEMM_TILED
 
 gemm_module = importlib.import_module("clnet.ops.gemm")  # clnet.ops.gemm is also the function's name
+
+
+LEAKY_SLOPE = 0.125  # (exact in float32)
 
 
 def act_ref(act, x):
     x = np.asarray(x, np.float64)
     return {"none": lambda: x, "relu": lambda: np.maximum(x, 0.0),
             "sigmoid": lambda: 0.5 * (1.0 + np.tanh(0.5 * x)),  # = 1 / (1 + exp(-x)), no overflow
-            "tanh": lambda: np.tanh(x)}[act]()
+            "tanh": lambda: np.tanh(x), "relu6": lambda: np.clip(x, 0.0, 6.0),
+            "leaky_relu": lambda: np.where(x > 0, x, LEAKY_SLOPE * x)}[act]()
 
 
 def act_grad_ref(act, y):
     y = np.asarray(y, np.float64)
     return {"none": lambda: np.ones_like(y), "relu": lambda: (y > 0).astype(np.float64),
-            "sigmoid": lambda: y * (1.0 - y), "tanh": lambda: 1.0 - y * y}[act]()
+            "sigmoid": lambda: y * (1.0 - y), "tanh": lambda: 1.0 - y * y,
+            "relu6": lambda: ((y > 0) & (y < 6)).astype(np.float64),
+            "leaky_relu": lambda: np.where(y > 0, 1.0, LEAKY_SLOPE)}[act]()
 
 
 def softmax_ref(z):
@@ -335,6 +344,130 @@ def test_gemm_direct_is_for_one_group(device, monkeypatch):
     assert gemm_module.direct(3, 4, 5) and "gemm_direct" not in {launch.kernel.function_name for launch in plan.launches}
     with pytest.raises(ValueError, match="one group"):
         gemm_module.record_gemm(plan, "gemm_direct", dict(TRANS_A=0, TRANS_B=0), (3, 4, 5), *operands, groups=2)
+
+
+# (rows, widths, activations, biases): one row; K past whole 16s and N past whole 4s; rows not whole
+# 4s; every activation; 4 + 1 layers (the last a GEMM of its own).
+CHAIN_CASES = [(1, (5, 3, 2), ("relu", "none"), (True, True)),
+               (13, (19, 7, 33, 4), ("tanh", "leaky_relu", "none"), (True, False, True)),
+               (130, (70, 16, 17, 9, 3), ("sigmoid", "relu6", "relu", "none"), (False, True, True, True)),
+               (6, (10, 8, 8, 8, 8, 5), ("relu", "relu", "relu", "relu", "none"), (True,) * 5)]
+
+
+@pytest.mark.parametrize("units", [1, 3, 16])
+@pytest.mark.parametrize("rows, widths, acts, biases", CHAIN_CASES)
+def test_dense_chain(device, units, rows, widths, acts, biases):
+    """ops.dense_chain: Dense layers each reading the one before, forward in one launch (at most 4
+    layers a launch; 5 are 3 + 2), backward in two, every value stored whole (the plan's values at
+    odd offsets, guarded); work-items by rows, as many as the compute units (the last one's rows
+    fewer), and by blocks of the parameters' gradients. Each layer against a float64 reference from
+    the kernel's own values: forward from its input, backward from its output's gradient."""
+    device = copy(device)
+    device.info = replace(device.info, compute_units=units)
+    rng, plan = np.random.default_rng(11), SlotPlan(device)
+    x = f32(rng.uniform(-1, 1, (rows, widths[0])))
+    layers, slots = [], []
+    for i, (k, n, act, has_bias) in enumerate(zip(widths, widths[1:], acts, biases)):
+        weight, bias = f32(rng.uniform(-1, 1, (n, k))), f32(rng.uniform(-1, 1, n))
+        out, dweight = Slot.output(device, (rows, n), 5 + 3 * i), Slot.output(device, (n, k), 2 + i)
+        dbias = Slot.output(device, (n,), 1 + 2 * i) if has_bias else None
+        options = ops.activation(act, LEAKY_SLOPE) if act == "leaky_relu" else ops.activation(act)
+        layers.append((Slot(device, weight, 2 * i + 1).tensor, Slot(device, bias, i).tensor if has_bias else None,
+                       options, out.tensor, dweight.tensor, dbias and dbias.tensor))
+        slots.append((out, dweight, dbias, weight, bias if has_bias else 0.0, act))
+    sx = Slot(device, x, 9)
+    chain_ops.forward(plan, sx.tensor, [layer[:4] for layer in layers])
+    dy = f32(rng.uniform(-1, 1, (rows, widths[-1])))
+    dx = chain_ops.backward(plan, sx.tensor, layers, Slot(device, dy, 4).tensor, need_dx=True)
+    kernels = [launch.kernel.function_name for launch in plan.launches]
+    launches = 1 + (len(layers) > 4)
+    assert kernels == ["dense_chain"] * launches + ["dense_chain_back", "dense_chain_weights"] * launches
+    execute(plan)
+    inputs = [x] + [out.read() for out, *_ in slots]
+    for i, (out, dweight, dbias, weight, bias, act) in enumerate(slots):
+        pre = inputs[i].astype(np.float64) @ weight.T.astype(np.float64) + bias
+        np.testing.assert_allclose(inputs[i + 1], act_ref(act, pre), rtol=1e-5, atol=1e-6 * (widths[i] + 1),
+                                   err_msg=f"layer {i}")
+        assert act in ("none", "relu") or np.abs(act_ref(act, pre) - pre).max() > 0.1  # the activation applied
+    grad = dy.astype(np.float64)
+    for i in reversed(range(len(slots))):
+        out, dweight, dbias, weight, bias, act = slots[i]
+        pre = grad * act_grad_ref(act, inputs[i + 1])
+        np.testing.assert_allclose(dweight.read(), pre.T @ inputs[i], rtol=1e-5, atol=1e-5 * rows, err_msg=f"dW{i}")
+        if dbias is not None:
+            np.testing.assert_allclose(dbias.read(), pre.sum(axis=0), rtol=1e-5, atol=1e-5 * rows, err_msg=f"db{i}")
+        got = plan.read(dx) if i == 0 else None
+        grad = pre @ weight.astype(np.float64)
+        if got is not None:
+            np.testing.assert_allclose(got, grad, rtol=1e-5, atol=1e-5 * widths[i + 1], err_msg="dx")
+
+
+def _dense_graph(kind):
+    """An mlp ("stack"); a chain whose last output two readers share, so that their gradients' sum
+    applies its activation's derivative ("shared output"); a chain whose first output has another
+    reader, so that its backward is not chained ("shared inside")."""
+    if kind == "stack":
+        return [L.Flatten(), L.Dense(12, 9), L.ReLU(), L.Dense(9, 7), L.Tanh(), L.Dense(7, 3)]
+    x = clnet.Input((3, 4))
+    a = L.ReLU()(L.Dense(12, 8)(L.Flatten()(x)))
+    b = L.Sigmoid()(L.Dense(8, 8)(a))
+    merged = L.Add()([b, b]) if kind == "shared output" else L.Add()([a, b])
+    return x, L.Dense(8, 3)(merged)
+
+
+@pytest.mark.parametrize("kind, forward, backward", [("stack", ["dense_chain"], ["dense_chain_back"]),
+                                                     ("shared output", ["dense_chain"], ["dense_chain_back"]),
+                                                     ("shared inside", ["dense_chain"], [])])
+def test_dense_chain_in_plans(device, monkeypatch, kind, forward, backward):
+    """The CPU family runs consecutive Dense layers each reading the one before as dense_chains in
+    training and inference plans (CLNET_DENSE_CHAIN=1; 0: a GEMM each, as the GPU family), backward
+    too where only the last layer's output has other readers, with the same predictions, loss and
+    step."""
+    rng = np.random.default_rng(3)
+    x, y = f32(rng.uniform(-1, 1, (10, 3, 4))), rng.integers(0, 3, 10).astype(np.int32)
+    results = {}
+    for family, mode in (("cpu", "1"), ("cpu", "0"), ("tiled", "1")):
+        monkeypatch.setattr(device, "family", family)
+        monkeypatch.setenv("CLNET_DENSE_CHAIN", mode)
+        graph = _dense_graph(kind)
+        model = (clnet.Sequential(graph, device=device, seed=4) if kind == "stack" else
+                 clnet.Model(*graph, device=device, seed=4))
+        model.compile("cross_entropy", optim.SGD(0.1))
+        predicted, loss = model.predict(x, batch_size=10), model.train_on_batch(x, y)
+        results[family, mode] = predicted, loss, model.state_dict()
+        kernels = {names[0]: names for names in ([launch.kernel.function_name for launch in runner.plan.launches]
+                                                 for runner in model._runners.values())}
+        chained = (family, mode) == ("cpu", "1")
+        for names in kernels.values():
+            assert [name for name in names if name == "dense_chain"] == (forward if chained else [])
+            assert ("gemm_direct" in names) == (family == "cpu" and (not chained or kind != "stack"))
+        trained = [names for names in kernels.values() if "sgd_step" in names][0]
+        assert [name for name in trained if name == "dense_chain_back"] == (backward if chained else [])
+    for key in (("cpu", "0"), ("tiled", "1")):
+        np.testing.assert_allclose(results[key][0], results["cpu", "1"][0], rtol=1e-5, atol=1e-6)
+        assert results[key][1] == pytest.approx(results["cpu", "1"][1], rel=1e-5)
+        for name, value in results[key][2].items():
+            np.testing.assert_allclose(value, results["cpu", "1"][2][name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_dense_chains_need_8_compute_units_by_default(device, monkeypatch):
+    """Chains where launches cost more than their arithmetic does: CPU-family devices of 8 compute
+    units or more, unless CLNET_DENSE_CHAIN says otherwise (0 or 1; anything else is refused)."""
+    cpu = copy(device)
+    cpu.family = "cpu"
+    shapes = [(784, 256), (256, 10)]
+    for units, mode, chained in ((8, "", True), (7, "", False), (2, "1", True), (16, "0", False)):
+        cpu.info = replace(device.info, compute_units=units)
+        monkeypatch.setenv("CLNET_DENSE_CHAIN", mode)
+        assert chain_ops.chains(cpu, 128, shapes) == chained, (units, mode)
+    assert not chain_ops.chains(cpu, 128, [(784, 256)])  # one layer: no chain
+    monkeypatch.setenv("CLNET_DENSE_CHAIN", "1")
+    assert not chain_ops.chains(cpu, 128, [(4096, 4096), (4096, 10)])  # products gemm_direct would not take
+    cpu.family = "tiled"
+    assert not chain_ops.chains(cpu, 128, shapes)
+    monkeypatch.setenv("CLNET_DENSE_CHAIN", "yes")
+    with pytest.raises(ValueError, match="CLNET_DENSE_CHAIN must be 0 or 1"):
+        chain_ops.chains(cpu, 128, shapes)
 
 
 @pytest.mark.parametrize("a_shape,b_shape,c_shape,trans_a,trans_b", [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import ops
+from ..ops import dense_chain as chain_ops
 from .activation import ReLU
 from .base import INITS, Layer, weight_and_bias
 
@@ -69,6 +70,25 @@ class Dense(Layer):
         y = ctx.plan.value((x.shape[0], self.out_features), f"{self!r} output")
         ops.gemm(ctx.plan, x, ctx.params["weight"], y, trans_b=True, bias=ctx.params.get("bias"), act=ctx.act)
         return y
+
+    @staticmethod
+    def forward_chain(contexts, layers, x):
+        """Record `forward` of Dense `layers` that each read the one before (the first x) together,
+        as `ops.dense_chain` launches; their outputs, as `forward` would return them one by one."""
+        plan = contexts[0].plan
+        outputs = [plan.value((x.shape[0], layer.out_features), f"{layer!r} output") for layer in layers]
+        chain_ops.forward(plan, x, [(ctx.params["weight"], ctx.params.get("bias"), ctx.act, y)
+                                    for ctx, y in zip(contexts, outputs)])
+        return outputs
+
+    @staticmethod
+    def backward_chain(contexts, x, outputs, dy, need_dx):
+        """Record `backward` of layers that `forward_chain` recorded (their contexts, input and
+        outputs), given the gradient of the last one's output, as `ops.dense_chain` launches: the
+        gradient of x where `need_dx`, else None."""
+        return chain_ops.backward(contexts[0].plan, x, [
+            (ctx.params["weight"], ctx.params.get("bias"), ctx.act, y, ctx.grads["weight"], ctx.grads.get("bias"))
+            for ctx, y in zip(contexts, outputs)], dy, need_dx)
 
     def backward(self, ctx, x, y, dy, need_dx):
         plan, act = ctx.plan, ctx.act

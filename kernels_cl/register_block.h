@@ -1,0 +1,16 @@
+// The CPU family's register blocks (gemm_packed.cl, dense_chain.cl): CPU_ROWS rows by 16 columns of a
+// product in float16 accumulators.
+#ifndef CPU_ROWS
+#define CPU_ROWS 12  // rows of C per work-item: float16 accumulators kept in registers
+#endif
+#define PANEL 16     // columns of a B panel: one float16
+
+// acc[r] = the sum over k0 <= k < k1, in order, of A_ELEM(r, k) * B_ROW(k): rows r of a CPU_ROWS x 16
+// block of the product. Unrolled, or the accumulators live in memory instead of registers (2-3x
+// slower under PoCL).
+#define MULTIPLY(acc, A_ELEM, B_ROW, k0, k1) \
+    _Pragma("unroll") for (int r = 0; r < CPU_ROWS; r++) acc[r] = (float16)(0.0f); \
+    for (int k = k0; k < k1; k++) { \
+        const float16 bk = B_ROW(k); \
+        _Pragma("unroll") for (int r = 0; r < CPU_ROWS; r++) acc[r] = A_ELEM(r, k) * bk + acc[r]; \
+    }
