@@ -1,7 +1,7 @@
 """Consecutive Dense layers in few launches on the CPU family (kernels_cl/dense_chain.cl): the
 forward pass of up to CHAIN_LAYERS layers in one launch, their backward pass in two. Under PoCL a
-launch costs tens of microseconds (an empty kernel's round trip took 54-68 us with 16 threads on a
-16-core Xeon), as much as an mlp's products at batch 128 take on such a CPU. `chains` says which
+launch costs tens of microseconds on a many-core CPU (an empty kernel enqueued back to back: 36-41
+us on a 16-core Xeon), about what an mlp's products at batch 128 take there. `chains` says which
 layers the compiler records so; every value they make is stored as the layers' own launches store
 it, so the rest of a plan reads them as it would."""
 
@@ -16,9 +16,8 @@ BLOCK = 4         # the forward pass's blocks: 4 rows by 4 outputs
 ROWS = 8          # the backward kernels' register blocks (CPU_ROWS): rows by 16 columns
 WEIGHT_LOCAL = 8  # dense_chain_weights' work-items a work-group
 CHAIN_UNITS = 8   # compute units from which chains pay: PoCL's launch costs grow with its threads
-                  # (an empty kernel's round trip: 32-34 us with 8 threads, 54-68 with 16, on a
-                  # 16-core Xeon), and the chain's products ran 10-15% slower than gemm_direct's on a
-                  # 2-core EPYC, which a launch of about 10 us did not make up for
+                  # (an empty kernel enqueued back to back: 36-41 us on a 16-core Xeon, 2.3 us on a
+                  # 2-core EPYC, whose chained products ran 3-16% slower than its tuned gemm_direct's)
 
 
 def chains(device, rows, shapes):
