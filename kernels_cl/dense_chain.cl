@@ -79,8 +79,33 @@ inline void chain_layer(const int row0, const int row1, __global const float* re
 }
 
 
-// The input gradient of a layer by rows (dense_chain_back): g (M x K) = d (M x N) w (N x K) in CPU_ROWS
-// x 16 blocks, rows of d broadcast, 16 of w's columns as they lie (along a row).
+// out[r][c0 + j] = the sum over t < T, in order, of a[r][t * step] * b[t * ldb + c0 + j]: a CPU_ROWS x 16
+// block, a's CPU_ROWS runs broadcast, 16 of each of b's rows as they lie (past column C: zeros), rows r
+// < rows and columns c0 + j < C stored (out's rows C apart).
+inline void block_product(__global const float** a, const int step, const int T, __global const float* b,
+                          const int ldb, const int c0, const int C, const int rows, __global float* out)
+{
+    float16 acc[CPU_ROWS];
+#define A_RUN(r, t) a[r][(t) * step]
+#define B_RUN(t) load16(b + (t) * ldb + c0)
+#define B_PART(t) load_part16(b + (t) * ldb + c0, C - c0)
+    if (c0 + PANEL <= C) {
+        MULTIPLY(acc, A_RUN, B_RUN, 0, T)
+    } else {
+        MULTIPLY(acc, A_RUN, B_PART, 0, T)
+    }
+#undef A_RUN
+#undef B_RUN
+#undef B_PART
+    for (int r = 0; r < rows; r++) {
+        __attribute__((aligned(64))) float sums[PANEL];
+        *(float16*)sums = acc[r];
+        for (int j = 0; j < PANEL && c0 + j < C; j++) out[r * C + c0 + j] = sums[j];
+    }
+}
+
+// The input gradient of a layer by rows (dense_chain_back): g (M x K) = d (M x N) w (N x K), rows of d
+// broadcast (block_product).
 inline void input_grad(const int row0, const int row1, __global const float* d, __global const float* w,
                        const int N, const int K, __global float* g)
 {
@@ -89,29 +114,14 @@ inline void input_grad(const int row0, const int row1, __global const float* d, 
             __global const float* rows[CPU_ROWS];
             _Pragma("unroll") for (int r = 0; r < CPU_ROWS; r++)
                 rows[r] = d + min(m0 + r, row1 - 1) * N;  // past row1: the last row, not stored
-            float16 acc[CPU_ROWS];
-#define D_AT(r, n) rows[r][n]
-#define W_RUN(n) load16(w + (n) * K + k0)
-#define W_PART(n) load_part16(w + (n) * K + k0, K - k0)
-            if (k0 + PANEL <= K) {
-                MULTIPLY(acc, D_AT, W_RUN, 0, N)
-            } else {
-                MULTIPLY(acc, D_AT, W_PART, 0, N)
-            }
-#undef D_AT
-#undef W_RUN
-#undef W_PART
-            for (int r = 0; r < CPU_ROWS && m0 + r < row1; r++) {
-                __attribute__((aligned(64))) float out[PANEL];
-                *(float16*)out = acc[r];
-                for (int j = 0; j < PANEL && k0 + j < K; j++) g[(m0 + r) * K + k0 + j] = out[j];
-            }
+            block_product(rows, 1, N, w, K, k0, K, min(CPU_ROWS, row1 - m0), g + m0 * K);
         }
 }
 
 // Block `block` of a layer's parameter gradients (dense_chain_weights): dw (N x K) = d^T x, in
-// CPU_ROWS x 16 blocks, then (with a bias) db = d's column sums, 16 a block; each summed over the M
-// rows in order. -1 once done, else the blocks left past this layer's.
+// CPU_ROWS x 16 blocks (block_product: columns of d broadcast), then (with a bias) db = d's column
+// sums, 16 a block; each summed over the M rows in order. -1 once done, else the blocks left past
+// this layer's.
 inline int param_grads(int block, const int M, __global const float* d, __global const float* x, const int N,
                        const int K, const int has_bias, __global float* dw, __global float* db)
 {
@@ -120,23 +130,7 @@ inline int param_grads(int block, const int M, __global const float* d, __global
         const int n0 = block / panels * CPU_ROWS, k0 = block % panels * PANEL;
         __global const float* cols[CPU_ROWS];  // d's column n0 + r (past N: the last, not stored)
         _Pragma("unroll") for (int r = 0; r < CPU_ROWS; r++) cols[r] = d + min(n0 + r, N - 1);
-        float16 acc[CPU_ROWS];
-#define D_COLUMN(r, m) cols[r][(m) * N]
-#define X_RUN(m) load16(x + (m) * K + k0)
-#define X_PART(m) load_part16(x + (m) * K + k0, K - k0)
-        if (k0 + PANEL <= K) {
-            MULTIPLY(acc, D_COLUMN, X_RUN, 0, M)
-        } else {
-            MULTIPLY(acc, D_COLUMN, X_PART, 0, M)
-        }
-#undef D_COLUMN
-#undef X_RUN
-#undef X_PART
-        for (int r = 0; r < CPU_ROWS && n0 + r < N; r++) {
-            __attribute__((aligned(64))) float out[PANEL];
-            *(float16*)out = acc[r];
-            for (int j = 0; j < PANEL && k0 + j < K; j++) dw[(n0 + r) * K + k0 + j] = out[j];
-        }
+        block_product(cols, N, M, x, K, k0, K, min(CPU_ROWS, N - n0), dw + n0 * K);
         return -1;
     }
     block -= weight_blocks;
@@ -153,9 +147,8 @@ inline int param_grads(int block, const int M, __global const float* d, __global
     return block - bias_blocks;
 }
 
-// The kernels' per-layer steps are written out layer by layer (CHAIN_EACH, CHAIN_EACH_BACK), each
-// with its own constants: a loop over the layers, even unrolled, made the forward pass 1.7x slower
-// under PoCL.
+// The kernels' steps are written out layer by layer (CHAIN_EACH, CHAIN_EACH_BACK), so that each
+// step's sizes and activation are compile-time constants.
 #if CHAIN_LAYERS == 2
 #define CHAIN_EACH(F) F(0) F(1)
 #define CHAIN_EACH_BACK(F) F(1) F(0)

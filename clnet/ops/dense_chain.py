@@ -8,7 +8,7 @@ it, so the rest of a plan reads them as it would."""
 import os
 
 from .elementwise import activation
-from .gemm import direct
+from .gemm import PANEL, direct
 
 FILE = "dense_chain.cl"
 CHAIN_LAYERS = 4  # layers a launch at most (the kernels take each one's tensors as arguments)
@@ -89,14 +89,14 @@ def backward(plan, x, layers, dy, need_dx):
             grads[0] = dy  # not written: any tensor
         # each layer's pre-activation gradient: the gradient of its output itself without an activation
         outputs_grads = grads[1:] + [dy]
-        pres = [grad if (act or activation()) == activation() else plan.value(grad.shape, "chain pre-activation grad")
+        pres = [plan.value(grad.shape, "chain pre-activation grad") if act and act != activation() else grad
                 for (weight, bias, act, y, *_), grad in zip(part, outputs_grads)]
         per_item, items = _row_items(plan, rows, ROWS)
         plan.launch(_program(plan, part, "dense_chain_back"), (items,), (1,), rows, per_item, int(need), dy,
                     *[t for (weight, bias, act, y, *_), pre, grad in zip(part, pres, grads)
                       for t in (weight, y, pre, grad)])
-        blocks = sum(-(-weight.shape[0] // ROWS) * -(-weight.shape[1] // 16)
-                     + (-(-weight.shape[0] // 16) if bias is not None else 0) for weight, bias, *_ in part)
+        blocks = sum(-(-weight.shape[0] // ROWS) * -(-weight.shape[1] // PANEL)
+                     + (-(-weight.shape[0] // PANEL) if bias is not None else 0) for weight, bias, *_ in part)
         plan.launch(_program(plan, part, "dense_chain_weights"), (blocks,), (WEIGHT_LOCAL,), rows, first_input,
                     *[t for (weight, bias, act, y, dweight, dbias), pre in zip(part, pres)
                       for t in (y, pre, dweight, dbias if dbias is not None else dweight)])
