@@ -8,10 +8,10 @@
 // channel of many values occupies many compute units; then a channel's slices are combined in order
 // and the result applied element by element. On the GPU family the applying kernels combine the
 // slices themselves (bn_normalize, bn_input_gradient: two launches a pass, bn_count_batch a third
-// with CUMULATIVE); the CPU family has
-// kernels of its own for the slices and the element-wise passes (bn_rows_*, at the end), and a
-// combining kernel between them, one work-item a channel (bn_combine_*; also the GPU family's
-// backward without dx), with the same arithmetic (bn_combine_slices, bn_combine_gradient_slices).
+// with CUMULATIVE); the CPU family has kernels of its own for the slices and the element-wise
+// passes (bn_rows_*, at the end), whose work-items combine their channels' slices likewise; a
+// backward without dx combines them a work-item a channel (bn_combine_gradient_sums). All combine
+// with the same arithmetic (bn_combine_slices, bn_combine_gradient_slices).
 // Every sum is deterministic: within a slice each work-item adds the elements e = start + lid, +
 // BN_LOCAL, ... in order, then a fixed tree over the work-group; the slices are combined in order.
 // Which slice and work-item takes an element depends on e only, so a padded batch gives the same
@@ -180,23 +180,6 @@ inline void bn_record_statistics(const int c, const int m, const bn_statistics s
         running_var[rvo + c] = (1.0f - factor) * running_var[rvo + c] + factor * (s.var * (float)m / (float)(m - 1));
 }
 
-// Training forward on the CPU family, one work-item per channel: its slices combined and recorded.
-__kernel void bn_combine_statistics(const int n_valid, const int channels, const int spatial, const int slices,
-                                    const float eps, const float momentum,
-                                    __global const float* partial, const int po,
-                                    __global float* running_mean, const int rmo,
-                                    __global float* running_var, const int rvo,
-                                    __global float* count, const int co,
-                                    __global float* save_mean, const int smo,
-                                    __global float* save_invstd, const int sio)
-{
-    const int c = get_global_id(0);
-    if (c >= channels) return;
-    const int m = n_valid * spatial;
-    bn_record_statistics(c, m, bn_combine_slices(m, eps, channels, c, slices, partial, po), momentum,
-                         running_mean, rmo, running_var, rvo, count, co, save_mean, smo, save_invstd, sio);
-}
-
 // Channel c's scale from its 1 / std: invstd * w (AFFINE), else invstd; the normalisation's
 // factor forward and the input gradient's backward.
 inline float bn_scale(const int c, const float invstd, __global const float* w, const int wo)
@@ -262,18 +245,20 @@ inline void bn_stage_slices(__local float2* staged, const int k0, const int coun
     barrier(CLK_LOCAL_MEM_FENCE);
 }
 
+// The training forward's tensors (bn_normalize, bn_rows_normalize): input, output, weight and bias,
+// the slices' statistics, and what the combined statistics update.
+#define BN_NORMALIZE_ARGS \
+    __global const float* x, const int xo, __global float* y, const int yo, \
+    __global const float* w, const int wo, __global const float* b, const int bo, \
+    __global const float* partial, const int po, \
+    __global float* running_mean, const int rmo, __global float* running_var, const int rvo, \
+    __global float* count, const int co, __global float* save_mean, const int smo, \
+    __global float* save_invstd, const int sio
+
 // Training forward: the channels' statistics combined (and, by chunk 0, recorded: bn_record_statistics)
 // and y = act((x - mean) * invstd * w + b) over the chunk, padded rows included.
 __kernel void bn_normalize(const int n_valid, const int rows, const int channels, const int chunk, const int slices,
-                           const float eps, const float momentum,
-                           __global const float* x, const int xo, __global float* y, const int yo,
-                           __global const float* w, const int wo, __global const float* b, const int bo,
-                           __global const float* partial, const int po,
-                           __global float* running_mean, const int rmo,
-                           __global float* running_var, const int rvo,
-                           __global float* count, const int co,
-                           __global float* save_mean, const int smo,
-                           __global float* save_invstd, const int sio)
+                           const float eps, const float momentum, BN_NORMALIZE_ARGS)
 {
     __local float mean[BN_APPLY_LOCAL], scale[BN_APPLY_LOCAL], shift[BN_APPLY_LOCAL];
     __local float2 staged[BN_STAGE];
@@ -427,22 +412,17 @@ inline void bn_record_gradients(const int c, const float2 sums, __global float* 
 #endif
 }
 
-// Training backward, one work-item per channel (the CPU family, and the GPU family's backward
-// without dx): the slices' sums combined, dw and db (AFFINE) and, for bn_rows_input_gradient,
-// means[c] = db / m and means[channels + c] = dw / m.
+// Training backward without dx, one work-item per channel: the slices' sums combined, dw and db.
 __kernel void bn_combine_gradient_sums(const int n_valid, const int channels, const int spatial, const int slices,
                                        __global const float* partial, const int po,
                                        __global const float* save_invstd, const int sio,
-                                       __global float* dw, const int dwo, __global float* db, const int dbo,
-                                       __global float* means, const int mo)
+                                       __global float* dw, const int dwo, __global float* db, const int dbo)
 {
     const int c = get_global_id(0);
     if (c >= channels) return;
     const int m = n_valid * spatial;
     const float2 sums = bn_xhat_sums(bn_combine_gradient_slices(m, channels, c, slices, partial, po), save_invstd[sio + c]);
     bn_record_gradients(c, sums, dw, dwo, db, dbo);
-    means[mo + c] = sums.x / (float)m;
-    means[mo + channels + c] = sums.y / (float)m;
 }
 
 // Training backward on the GPU family, the blocks and chunks of bn_normalize: the channels' sums
@@ -509,7 +489,7 @@ __kernel void bn_input_gradient(const int n_valid, const int rows, const int cha
 // The CPU family (PoCL runs a work-group's work-items as a loop on one core and vectorises only
 // simple loops): BN_S = S is a compile-time constant and every kernel walks whole (row, channel)
 // planes, each S contiguous values, with no division per element. A slice is BN_ROWS rows of one
-// channel (BN_SLICE = BN_ROWS * BN_S values, so that the combining kernels above read its partial
+// channel (BN_SLICE = BN_ROWS * BN_S values, so that the combining functions above read its partial
 // results as the GPU's): work-item (k, c) of an exact grid (work-groups of one) takes the rows
 // [k * BN_ROWS, (k + 1) * BN_ROWS) of channel c. Sums run in lanes (lanes.h), added at the end of
 // the slice: a fixed order that depends on the row and the position only, so a padded batch gives
@@ -566,34 +546,45 @@ __kernel void bn_rows_statistics(const int n_valid, const int channels,
 #define BN_CHANNELS 1 // channels per work-item of the element-wise kernels
 #endif
 
-// y = act((x - mean) * invstd * w + b) over the work-item's planes, invstd read from spread or,
-// with `variance` (evaluation), 1 / sqrt(spread + eps).
-inline void bn_rows_apply(const int rows, const int channels, const float eps, const bool variance,
-                          __global const float* x, const int xo, __global float* y, const int yo,
-                          __global const float* w, const int wo, __global const float* b, const int bo,
-                          __global const float* mean, const int mo, __global const float* spread, const int so)
-{
-    const int first = get_global_id(0) * BN_ROWS, last = min(first + BN_ROWS, rows);
+// The work-item's channels [c0, c1) and rows [first, last) of the element-wise kernels.
+#define BN_ROWS_ITEM(rows) \
+    const int first = get_global_id(0) * BN_ROWS, last = min(first + BN_ROWS, rows); \
     const int c0 = get_global_id(1) * BN_CHANNELS, c1 = min(c0 + BN_CHANNELS, channels);
-    for (int r = first; r < last; r++) {
+
+// y = act((x - mean[c]) * affine[c].x + affine[c].y) over the work-item's planes (its channels'
+// mean and (scale, shift) from c0 on), in memory order.
+inline void bn_rows_apply(const int rows, const int channels, __global const float* x, const int xo,
+                          __global float* y, const int yo, __local const float* mean, __local const float2* affine)
+{
+    BN_ROWS_ITEM(rows)
+    for (int r = first; r < last; r++)
         for (int c = c0; c < c1; c++) {
-            const float m = mean[mo + c];
-            const float2 affine = bn_affine(c, variance ? 1.0f / sqrt(spread[so + c] + eps) : spread[so + c],
-                                            w, wo, b, bo);
+            const float m = mean[c - c0];
+            const float2 a = affine[c - c0];
             const int p = (r * channels + c) * BN_S;
-            for (int j = 0; j < BN_S; j++) y[yo + p + j] = act_forward((x[xo + p + j] - m) * affine.x + affine.y);
+            for (int j = 0; j < BN_S; j++) y[yo + p + j] = act_forward((x[xo + p + j] - m) * a.x + a.y);
         }
-    }
 }
 
-// Training forward, padded rows included (as bn_normalize).
-__kernel void bn_rows_normalize(const int rows, const int channels,
-                                __global const float* x, const int xo, __global float* y, const int yo,
-                                __global const float* w, const int wo, __global const float* b, const int bo,
-                                __global const float* save_mean, const int smo,
-                                __global const float* save_invstd, const int sio)
+// Training forward (as bn_normalize), padded rows included: each work-item combines its channels'
+// slices (BN_SLICE values each, in order: every work-item of a channel finds the same statistics),
+// those of the first rows recording them (bn_record_statistics), and normalises its planes.
+__kernel void bn_rows_normalize(const int n_valid, const int rows, const int channels, const int slices,
+                                const float eps, const float momentum, BN_NORMALIZE_ARGS)
 {
-    bn_rows_apply(rows, channels, 0.0f, false, x, xo, y, yo, w, wo, b, bo, save_mean, smo, save_invstd, sio);
+    BN_ROWS_ITEM(rows)
+    __local float mean[BN_CHANNELS];
+    __local float2 affine[BN_CHANNELS];
+    const int m = n_valid * BN_S;
+    for (int c = c0; c < c1; c++) {
+        const bn_statistics s = bn_combine_slices(m, eps, channels, c, slices, partial, po);
+        if (first == 0)
+            bn_record_statistics(c, m, s, momentum, running_mean, rmo, running_var, rvo, count, co,
+                                 save_mean, smo, save_invstd, sio);
+        mean[c - c0] = s.mean;
+        affine[c - c0] = bn_affine(c, s.invstd, w, wo, b, bo);
+    }
+    bn_rows_apply(rows, channels, x, xo, y, yo, mean, affine);
 }
 
 // Evaluation forward (as bn_forward_eval).
@@ -603,7 +594,14 @@ __kernel void bn_rows_forward_eval(const int rows, const int channels, const flo
                                    __global const float* running_mean, const int rmo,
                                    __global const float* running_var, const int rvo)
 {
-    bn_rows_apply(rows, channels, eps, true, x, xo, y, yo, w, wo, b, bo, running_mean, rmo, running_var, rvo);
+    BN_ROWS_ITEM(rows)
+    __local float mean[BN_CHANNELS];
+    __local float2 affine[BN_CHANNELS];
+    for (int c = c0; c < c1; c++) {
+        mean[c - c0] = running_mean[rmo + c];
+        affine[c - c0] = bn_affine(c, 1.0f / sqrt(running_var[rvo + c] + eps), w, wo, b, bo);
+    }
+    bn_rows_apply(rows, channels, x, xo, y, yo, mean, affine);
 }
 
 // Training backward, the sums of slice k of channel c (as bn_slice_gradient_sums).
@@ -638,17 +636,28 @@ __kernel void bn_rows_gradient_sums(const int n_valid, const int channels,
     partial[po + (k * channels + c) * 2 + 1] = lanes_total(body_gx, tail_gx, BN_S - BN_BODY);
 }
 
-// Training backward (as bn_input_gradient).
-__kernel void bn_rows_input_gradient(const int rows, const int n_valid, const int channels,
+// Training backward (as bn_input_gradient): each work-item combines its channels' slices of the
+// gradient sums (BN_SLICE values each, in order), those of the first rows writing dw and db
+// (bn_record_gradients), and makes dx over its planes, zeros on the padded rows.
+__kernel void bn_rows_input_gradient(const int rows, const int n_valid, const int channels, const int slices,
                                      __global const float* x, const int xo, __global const float* y, const int yo,
                                      __global const float* dy, const int dyo, __global float* dx, const int dxo,
                                      __global const float* w, const int wo,
                                      __global const float* save_mean, const int smo,
                                      __global const float* save_invstd, const int sio,
-                                     __global const float* means, const int mo)
+                                     __global const float* partial, const int po,
+                                     __global float* dw, const int dwo, __global float* db, const int dbo)
 {
-    const int first = get_global_id(0) * BN_ROWS, last = min(first + BN_ROWS, rows);
-    const int c0 = get_global_id(1) * BN_CHANNELS, c1 = min(c0 + BN_CHANNELS, channels);
+    BN_ROWS_ITEM(rows)
+    __local float2 means[BN_CHANNELS];  // the channel's mean of g and of g * xhat
+    const int m = n_valid * BN_S;
+    for (int c = c0; c < c1; c++) {
+        const float2 sums = bn_xhat_sums(bn_combine_gradient_slices(m, channels, c, slices, partial, po),
+                                         save_invstd[sio + c]);
+        if (first == 0)
+            bn_record_gradients(c, sums, dw, dwo, db, dbo);
+        means[c - c0] = sums / (float)m;
+    }
     for (int r = first; r < last; r++) {
         for (int c = c0; c < c1; c++) {
             const int p = (r * channels + c) * BN_S;
@@ -658,10 +667,10 @@ __kernel void bn_rows_input_gradient(const int rows, const int n_valid, const in
             }
             const float mean = save_mean[smo + c], invstd = save_invstd[sio + c];
             const float gain = bn_scale(c, invstd, w, wo);
-            const float mean_g = means[mo + c], mean_gx = means[mo + channels + c];
+            const float2 g = means[c - c0];
             for (int j = 0; j < BN_S; j++) {
                 const float xhat = (x[xo + p + j] - mean) * invstd;
-                dx[dxo + p + j] = gain * (BN_GRAD(p + j) - mean_g - xhat * mean_gx);
+                dx[dxo + p + j] = gain * (BN_GRAD(p + j) - g.x - xhat * g.y);
             }
         }
     }

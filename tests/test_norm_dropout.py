@@ -271,34 +271,31 @@ def test_batchnorm_padded_batch_equals_the_unpadded_one(device, gemm_family, sha
         np.testing.assert_array_equal(padded, alone)
 
 
-def _bn_combined_apart(ctx, layer, x, dy, n_valid):
-    """_bn_train_step with each pass's slices combined by a kernel of its own, one work-item a channel
-    (bn_combine_statistics, bn_combine_gradient_sums), and applied by the CPU family's element-wise
-    kernels (the arithmetic per element of the GPU family's before they combined the slices
-    themselves): (y, dx, saved mean, saved 1/std), after the slices of ctx.plan's device family."""
+def _bn_rows_applied(ctx, layer, x, dy, n_valid):
+    """_bn_train_step with the slices of ctx.plan's device family combined and applied by the CPU
+    family's element-wise kernels, a work-item over a block of rows and channels each
+    (bn_rows_normalize, bn_rows_input_gradient): (y, dx, saved mean, saved 1/std)."""
     plan, buffers, act = ctx.plan, ctx.buffers, ctx.act or activation()
     (n, c), s = x.shape[:2], prod(x.shape[2:])
     sx, sdy = Slot(plan.device, x, 13), Slot(plan.device, dy, 2)
     y, dx = plan.value(x.shape, "y"), plan.value(x.shape, "dx")
-    mean, invstd, means = plan.value((c,), "mean"), plan.value((c,), "invstd"), plan.value((2, c), "means")
+    mean, invstd = plan.value((c,), "mean"), plan.value((c,), "invstd")
     cumulative = layer.momentum is None
     reduce, partial, slices, values = norm_ops._reduce(plan, "statistics", n, c, s, (sx.tensor,), "statistics")
-    combine = plan.launch(plan.kernel(norm_ops.FILE, "bn_combine_statistics", BN_SLICE=values, CUMULATIVE=cumulative),
-                          (c,), None, n, c, s, slices, layer.eps, layer.momentum or 0.0, partial,
-                          buffers["running_mean"], buffers["running_var"], buffers["num_batches_tracked"], mean, invstd)
+    defines, grid = norm_ops._blocks(n, c, s)
+    kernel = plan.kernel(norm_ops.FILE, "bn_rows_normalize", **defines, BN_SLICE=values, AFFINE=True,
+                         CUMULATIVE=cumulative, **act)
+    normalize = plan.launch(kernel, grid, (1, 1), n, n, c, slices, layer.eps, layer.momentum or 0.0, sx.tensor, y,
+                            ctx.params["weight"], ctx.params["bias"], partial, buffers["running_mean"],
+                            buffers["running_var"], buffers["num_batches_tracked"], mean, invstd)
     if cumulative:
         plan.launch(plan.kernel(norm_ops.FILE, "bn_count_batch"), (1,), (1,), buffers["num_batches_tracked"])
-    defines, grid = norm_ops._blocks(n, c, s)
-    plan.launch(plan.kernel(norm_ops.FILE, "bn_rows_normalize", **defines, AFFINE=True, **act), grid, (1, 1), n, c,
-                sx.tensor, y, ctx.params["weight"], ctx.params["bias"], mean, invstd)
     sums = norm_ops._reduce(plan, "gradient_sums", n, c, s, (sx.tensor, y, sdy.tensor, mean), "sums", **act)
-    combine_sums = plan.launch(plan.kernel(norm_ops.FILE, "bn_combine_gradient_sums", BN_SLICE=values, AFFINE=True),
-                               (c,), None, n, c, s, slices, sums[1], invstd, ctx.grads["weight"], ctx.grads["bias"],
-                               means)
-    apply = plan.launch(plan.kernel(norm_ops.FILE, "bn_rows_input_gradient", **defines, AFFINE=True, **act), grid,
-                        (1, 1), n, n, c, sx.tensor, y, sdy.tensor, dx, ctx.params["weight"], mean, invstd, means)
+    kernel = plan.kernel(norm_ops.FILE, "bn_rows_input_gradient", **defines, BN_SLICE=values, AFFINE=True, **act)
+    apply = plan.launch(kernel, grid, (1, 1), n, n, c, slices, sx.tensor, y, sdy.tensor, dx, ctx.params["weight"],
+                        mean, invstd, sums[1], ctx.grads["weight"], ctx.grads["bias"])
     plan.finalize(plan.place())
-    for launch in (reduce, combine, sums[0], combine_sums, apply):
+    for launch in (reduce, normalize, sums[0], apply):
         launch.set("n_valid", n_valid)
     plan.run()
     return [v.tensor().download() for v in (y, dx, mean, invstd)]
@@ -308,12 +305,11 @@ def _bn_combined_apart(ctx, layer, x, dy, n_valid):
 @pytest.mark.parametrize("stage", [norm_ops.STAGE, norm_ops.APPLY_LOCAL])
 @pytest.mark.parametrize("shape,n_valid,act,momentum", [((40, 3, 16, 16), 37, "relu", 0.1),
                                                         ((4500, 300), 4400, "leaky_relu", None)])
-def test_batchnorm_gpu_family_combines_slices_as_the_combining_kernels(device, monkeypatch, shape, n_valid, act,
-                                                                        momentum, stage):
-    """The GPU family's normalising and input-gradient work-groups combine the slices themselves:
-    outputs, saved and running statistics, batch count and gradients are bit for bit those of the
-    slices combined by the combining kernels (the CPU family's) and then applied. Staged in local
-    memory APPLY_LOCAL pairs at a time, the second shape's block of 256 channels takes its two
+def test_batchnorm_families_apply_the_same_slices_alike(device, monkeypatch, shape, n_valid, act, momentum, stage):
+    """The GPU family's normalising and input-gradient work-groups and the CPU family's work-items
+    both combine a channel's slices themselves: given the same slices (the GPU family's), outputs,
+    saved and running statistics, batch count and gradients are bit for bit the same. Staged in
+    local memory APPLY_LOCAL pairs at a time, the second shape's block of 256 channels takes its two
     slices in two rounds."""
     monkeypatch.setattr(device, "family", "tiled")
     monkeypatch.setattr(norm_ops, "STAGE", stage)
@@ -321,7 +317,7 @@ def test_batchnorm_gpu_family_combines_slices_as_the_combining_kernels(device, m
     x = _bn_input(rng, shape, n_valid)
     dy = rng.normal(0, 1, shape).astype(np.float32)
     results = []
-    for run in (_bn_train_step, _bn_combined_apart):
+    for run in (_bn_train_step, _bn_rows_applied):
         layer = _bn_layer(shape, momentum=momentum)
         ctx, slots = _bn_context(device, layer, np.random.default_rng(5), training=True)
         ctx.act = ACTIVATIONS[act][0]
@@ -333,8 +329,8 @@ def test_batchnorm_gpu_family_combines_slices_as_the_combining_kernels(device, m
         results.append(outputs + [slots[k].read() for k in ("dweight", "dbias", "running_mean", "running_var",
                                                             "num_batches_tracked")])
     names = ("y", "dx", "mean", "invstd", "dweight", "dbias", "running_mean", "running_var", "num_batches_tracked")
-    for name, folded, apart in zip(names, *results):
-        np.testing.assert_array_equal(folded, apart, err_msg=name)
+    for name, groups, items in zip(names, *results):
+        np.testing.assert_array_equal(groups, items, err_msg=name)
 
 
 def test_batchnorm_shape_checks_and_arguments():

@@ -4,9 +4,9 @@ The GPU family reduces each channel in slices of BN_SLICE values, a work-group e
 result in work-groups over a block of channels and a chunk of its values, which combine the
 channels' slices themselves: two launches a pass (a third counts the batch where momentum is None).
 The CPU family walks whole (row, channel) planes of S contiguous values, S a compile-time constant:
-a slice is a work-item's block of rows of one channel, the slices are combined a work-item per
-channel, and the element-wise kernels take a block of rows and channels each (the kernel file says
-why).
+a slice is a work-item's block of rows of one channel, and the element-wise kernels take a block of
+rows and channels each, combining those channels' slices themselves (the kernel file says why): two
+launches a pass too.
 
 Pointer arguments that a kernel variant does not use (weight and bias, and their gradients, without
 AFFINE) are given another tensor of the call as a placeholder, since every argument must be set.
@@ -103,8 +103,8 @@ def batchnorm_forward_train(plan, x, y, weight, bias, running_mean, running_var,
     all rows until it is set), then the activation `act` (its kernel options, None for none);
     save_mean / save_invstd get the statistics for backward; the running statistics and the batch
     count are updated (momentum None: cumulative average). weight and bias may be None
-    (affine=False). Each channel is reduced in slices (kernels_cl/norm.cl), combined in order (on
-    the GPU family by the normalising work-groups)."""
+    (affine=False). Each channel is reduced in slices (kernels_cl/norm.cl), combined in order by
+    the normalising work-groups (GPU family) or work-items (CPU family)."""
     n, c, s = _dims(x, running_mean.shape[0])
     affine, cumulative = weight is not None, momentum is None
     reduce, partial, slices, values = _reduce(plan, "statistics", n, c, s, (x,), "batch norm slice statistics")
@@ -112,21 +112,18 @@ def batchnorm_forward_train(plan, x, y, weight, bias, running_mean, running_var,
     eps, momentum = float(eps), 0.0 if cumulative else float(momentum)
     act = act or activation()
     if _cpu(plan):
-        k = plan.kernel(FILE, "bn_combine_statistics", BN_SLICE=values, CUMULATIVE=cumulative)
-        combine = plan.launch(k, (c,), None, n, c, s, slices, eps, momentum, partial, running_mean, running_var,
-                              num_batches_tracked, save_mean, save_invstd)
         defines, grid = _blocks(n, c, s)
-        k = plan.kernel(FILE, "bn_rows_normalize", **defines, AFFINE=affine, **act)
-        normalize = plan.launch(k, grid, (1, 1), n, c, x, y, w, b, save_mean, save_invstd)
-        launches = (reduce, combine)
+        k = plan.kernel(FILE, "bn_rows_normalize", **defines, BN_SLICE=values, AFFINE=affine, CUMULATIVE=cumulative,
+                        **act)
+        normalize = plan.launch(k, grid, (1, 1), n, n, c, slices, eps, momentum, x, y, w, b, partial, running_mean,
+                                running_var, num_batches_tracked, save_mean, save_invstd)
     else:
         block, chunk, grid = _apply_grid(plan, n, c, s, slices)
         k = plan.kernel(FILE, "bn_normalize", **_apply_defines(values, s, block), AFFINE=affine,
                         CUMULATIVE=cumulative, **act)
         normalize = plan.launch(k, grid, (APPLY_LOCAL, 1), n, n, c, chunk, slices, eps, momentum, x, y,
                                 w, b, partial, running_mean, running_var, num_batches_tracked, save_mean, save_invstd)
-        launches = (reduce, normalize)
-    for launch in launches:
+    for launch in (reduce, normalize):
         plan.bind_dynamic("n_valid", launch, "n_valid")
     if cumulative:  # after every channel has read the count
         plan.launch(plan.kernel(FILE, "bn_count_batch"), (1,), (1,), num_batches_tracked)
@@ -159,8 +156,8 @@ def batchnorm_backward(plan, x, y, dy, dx, weight, dweight, dbias, save_mean, sa
     """From the training forward's statistics and its output y: dweight, dbias (when weight is not
     None) and dx (when not None; zero on the rows from the plan's dynamic "n_valid" on), dy being
     the gradient of act's output when an activation `act` was fused (y is read only then, and not
-    kept alive otherwise). Each channel's sums are reduced in slices, combined in order (on the GPU
-    family by the input gradient's work-groups, where there is dx)."""
+    kept alive otherwise). Each channel's sums are reduced in slices, combined in order by the input
+    gradient's work-groups or work-items where there is dx, else by a work-item a channel."""
     n, c, s = _dims(x, save_mean.shape[0])
     affine, need_dx = weight is not None, dx is not None
     if not (affine or need_dx):
@@ -169,22 +166,20 @@ def batchnorm_backward(plan, x, y, dy, dx, weight, dweight, dbias, save_mean, sa
     act = act or activation()
     reduce, partial, slices, values = _reduce(plan, "gradient_sums", n, c, s, (x, y, dy, save_mean),
                                               "batch norm slice gradient sums", **act)
-    launches = [reduce]
     w = weight if affine else x
-    if need_dx and not _cpu(plan):  # the slices combined by the input gradient's work-groups
+    dw, db = (dweight, dbias) if affine else (dx, dx)
+    if not need_dx:  # the parameters' gradients alone: a work-item a channel
+        k = plan.kernel(FILE, "bn_combine_gradient_sums", BN_SLICE=values, AFFINE=affine)
+        combine = plan.launch(k, (c,), None, n, c, s, slices, partial, save_invstd, dw, db)
+    elif _cpu(plan):  # the slices combined by the input gradient's work-items (GPU: work-groups)
+        defines, grid = _blocks(n, c, s)
+        k = plan.kernel(FILE, "bn_rows_input_gradient", **defines, BN_SLICE=values, AFFINE=affine, **act)
+        combine = plan.launch(k, grid, (1, 1), n, n, c, slices, x, y, dy, dx, w, save_mean, save_invstd, partial,
+                              dw, db)
+    else:
         block, chunk, grid = _apply_grid(plan, n, c, s, slices)
         k = plan.kernel(FILE, "bn_input_gradient", **_apply_defines(values, s, block), AFFINE=affine, **act)
-        launches.append(plan.launch(k, grid, (APPLY_LOCAL, 1), n, n, c, chunk, slices, x, y, dy, dx, w,
-                                    save_mean, save_invstd, partial, dweight if affine else dx,
-                                    dbias if affine else dx))
-    else:
-        means = plan.value((2, c), "batch norm gradient means")
-        k = plan.kernel(FILE, "bn_combine_gradient_sums", BN_SLICE=values, AFFINE=affine)
-        launches.append(plan.launch(k, (c,), None, n, c, s, slices, partial, save_invstd,
-                                    dweight if affine else means, dbias if affine else means, means))
-        if need_dx:
-            defines, grid = _blocks(n, c, s)
-            k = plan.kernel(FILE, "bn_rows_input_gradient", **defines, AFFINE=affine, **act)
-            launches.append(plan.launch(k, grid, (1, 1), n, n, c, x, y, dy, dx, w, save_mean, save_invstd, means))
-    for launch in launches:
+        combine = plan.launch(k, grid, (APPLY_LOCAL, 1), n, n, c, chunk, slices, x, y, dy, dx, w,
+                              save_mean, save_invstd, partial, dw, db)
+    for launch in (reduce, combine):
         plan.bind_dynamic("n_valid", launch, "n_valid")
