@@ -56,13 +56,15 @@ def test_json_path_is_checked_before_the_benchmark(tmp_path, monkeypatch):
 
 def test_profile_prints_every_kernel(device, monkeypatch):
     monkeypatch.setenv("CLNET_PROFILE", "1")
+    monkeypatch.setenv("CLNET_DENSE_CHAIN", "0")  # the mlp's Dense layers as GEMMs, not a chain
     out = _bench("--device", str(device.info.index), *TINY, "--torch-device", "none", "--no-gemm").output
     assert "Profile of one training step: mlp, batch 4" in out
     for name in ("gather_batch", "softmax_cross_entropy", "sgd_step", "gemm_"):
         assert name in out
 
 
-def test_profile_covers_the_step(device):
+def test_profile_covers_the_step(device, monkeypatch):
+    monkeypatch.setenv("CLNET_DENSE_CHAIN", "0")  # the mlp's Dense layers as GEMMs, not a chain
     profiling = bench.Device(device.info, device.cl_device, profiling=True)
     profile = bench.profile_step("mlp", 4, profiling, warmup=1)
     assert len(profile["launches"]) >= 8  # input stage, 3 forward GEMMs, loss, backward, optimizer

@@ -415,6 +415,8 @@ def test_bucketed_sum_in_the_order_backward_writes(device, monkeypatch):
     """Gradients read in small buckets, each after the last backward launch that touches it (the
     last layer's first), sum to the same weights bit for bit as in one bucket, and to one device's;
     the seam's times add up."""
+    monkeypatch.setenv("CLNET_DENSE_CHAIN", "0")  # a launch a layer's gradients (a chain writes them at once)
+    bucket = clnet.reduction.BUCKET
     monkeypatch.setattr(clnet.reduction, "BUCKET", 300)
     x, y = batch(32)
     single, small = compiled(mlp, device), compiled(mlp, [device] * 2, [3, 1])
@@ -422,7 +424,7 @@ def test_bucketed_sum_in_the_order_backward_writes(device, monkeypatch):
     for _ in range(3):
         single.train_on_batch(x, y)
         small.train_on_batch(x, y)
-    monkeypatch.undo()
+    monkeypatch.setattr(clnet.reduction, "BUCKET", bucket)
     whole = compiled(mlp, [device] * 2, [3, 1])
     for _ in range(3):
         whole.train_on_batch(x, y)

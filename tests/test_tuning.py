@@ -155,6 +155,7 @@ def test_the_tuner_begins_no_case_that_would_end_past_its_time(device, tmp_path,
 def test_the_tuner_writes_what_later_plans_use(device, tmp_path, monkeypatch):
     """clnet-tune on one small network: every GEMM of its training graph is tuned and cached for
     this device, and a model built afterwards computes the same as with the defaults."""
+    monkeypatch.setenv("CLNET_DENSE_CHAIN", "0")  # the mlp's Dense layers as GEMMs, not a chain
     path = tmp_path / "cache" / "tuning.json"
     x = np.random.default_rng(0).normal(size=(8, 1, 28, 28))
     before = clnet.models.mlp(device=device, seed=0).predict(x)
