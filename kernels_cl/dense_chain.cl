@@ -11,14 +11,6 @@
 
 #define CHAIN_BLOCK 4  // rows and outputs of a block of a dense_chain layer: 16 float16 partial sums
 
-// 16 consecutive floats from p, zeros past the first `count`.
-inline float16 load_part16(__global const float* restrict p, const int count)
-{
-    __attribute__((aligned(64))) float v[PANEL];
-    for (int j = 0; j < PANEL; j++) v[j] = j < count ? p[j] : 0.0f;
-    return *(float16*)v;
-}
-
 // The 16 vectors' totals, lane i vector i's: each of four rounds adds the even lanes of each pair of
 // vectors to their odd lanes (the pair's side by side), halving the vectors and each one's lanes.
 inline float16 lane_totals(float16* v)

@@ -171,11 +171,7 @@ inline void load_panel(__local float16* panel, __global const float* restrict B,
         for (int k = k0; k < k1; k++) panel[k - k0] = load16(B + b_off + k * ldb + n0);
         return;
     }
-    for (int k = k0; k < k1; k++) {
-        __attribute__((aligned(64))) float row[PANEL];
-        for (int j = 0; j < PANEL; j++) row[j] = j < valid ? B[b_off + k * ldb + n0 + j] : 0.0f;
-        panel[k - k0] = *(float16*)row;
-    }
+    for (int k = k0; k < k1; k++) panel[k - k0] = load_part16(B + b_off + k * ldb + n0, valid);
 #endif
 }
 

@@ -5,6 +5,14 @@
 #endif
 #define PANEL 16     // columns of a B panel: one float16
 
+// 16 consecutive floats from p, zeros past the first `count` (a panel's last, partial row).
+inline float16 load_part16(__global const float* restrict p, const int count)
+{
+    __attribute__((aligned(64))) float v[PANEL];
+    for (int j = 0; j < PANEL; j++) v[j] = j < count ? p[j] : 0.0f;
+    return *(float16*)v;
+}
+
 // acc[r] = the sum over k0 <= k < k1, in order, of A_ELEM(r, k) * B_ROW(k): rows r of a CPU_ROWS x 16
 // block of the product. Unrolled, or the accumulators live in memory instead of registers (2-3x
 // slower under PoCL).
