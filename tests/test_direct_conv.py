@@ -1,60 +1,80 @@
-"""The GPU family's direct 3x3 convolution (ops/direct.py, conv_direct.cl): the forward pass and the
-input gradient against float64 references on odd sizes, paddings and channel counts, the choice in
-ops.conv, a network's gradients by finite differences, and resnet20 against its PyTorch twin."""
+"""The direct 3x3 convolutions (ops/direct.py): the GPU family's (conv_direct.cl) and the CPU
+family's (conv_rows.cl), each one's forward pass and input gradient against float64 references on
+odd sizes, paddings and channel counts, the choice in ops.conv, a network's gradients by finite
+differences, and resnet20 against its PyTorch twin."""
 
 import pytest
 
 from clnet import layers as L
 from clnet.ops import conv as conv_ops
+from clnet.ops import direct
 from clnet.ops.conv import ConvGeometry
 
 from conftest import SlotPlan
 from test_winograd import check_forward, check_gradients_by_finite_differences, check_input_grad
 
-CASES = [  # (batch, in, height, width, out, padding, bias, activation)
-    (1, 3, 5, 7, 4, 1, True, L.ReLU()),            # odd sizes: one work-group, its tile cut
-    (3, 5, 6, 9, 7, 0, False, None),               # no padding: 4 x 7 outputs
-    (2, 16, 32, 32, 16, 1, False, None),           # resnet20's first stage: 32 columns a work-group
-    (2, 12, 17, 18, 9, 2, True, L.Tanh()),         # padding 2; channels in chunks of 8 and 4; rows cut
-    (2, 32, 16, 16, 32, 1, True, L.LeakyReLU(0.1)),  # the most channels: 16 columns a work-group
-    (2, 2, 1, 1, 3, 1, True, L.ReLU()),            # one pixel
-]
-IDS = [f"c{i}" for i in range(len(CASES))]
+CASES = {  # (batch, in, height, width, out, padding, bias, activation) of each family
+    "tiled": [
+        (1, 3, 5, 7, 4, 1, True, L.ReLU()),            # odd sizes: one work-group, its tile cut
+        (3, 5, 6, 9, 7, 0, False, None),               # no padding: 4 x 7 outputs
+        (2, 16, 32, 32, 16, 1, False, None),           # resnet20's first stage: 32 columns a work-group
+        (2, 12, 17, 18, 9, 2, True, L.Tanh()),         # padding 2; channels in chunks of 8 and 4; rows cut
+        (2, 32, 16, 16, 32, 1, True, L.LeakyReLU(0.1)),  # the most channels: 16 columns a work-group
+        (2, 2, 1, 1, 3, 1, True, L.ReLU()),            # one pixel
+    ],
+    "cpu": [  # rows of 16 outputs at least, in and out
+        (2, 16, 32, 32, 16, 1, False, None),           # resnet20's first stage: two whole vectors a row
+        (1, 3, 5, 17, 4, 1, True, L.ReLU()),           # a vector and one column
+        (3, 5, 6, 19, 7, 0, False, None),              # no padding (the input gradient's: 2)
+        (2, 12, 17, 18, 9, 2, True, L.Tanh()),         # padding 2: 20 columns
+        (2, 4, 6, 16, 5, 2, True, None),               # rows of 16 inputs, 18 outputs
+        (2, 32, 16, 16, 32, 1, True, L.LeakyReLU(0.1)),  # the most channels: two blocks of 16 outputs
+        (2, 20, 3, 16, 20, 1, True, L.ReLU()),         # two blocks of 10 outputs
+    ],
+}
 ATOL = 1e-6  # of the largest |value| expected: sums of at most 288 products in float32
+KERNEL = {"tiled": "conv3x3_direct", "cpu": "conv3x3_rows"}
 
 
-@pytest.fixture
-def tiled(device, monkeypatch):
-    """The test's device with the GPU family's kernels and the direct convolution where it fits."""
-    monkeypatch.setattr(device, "family", "tiled")
+@pytest.fixture(params=["tiled", "cpu"])
+def family(device, monkeypatch, request):
+    """The test's device with the family's kernels and the direct convolution where it fits."""
+    monkeypatch.setattr(device, "family", request.param)
     monkeypatch.setenv("CLNET_DIRECT_CONV", "1")
     monkeypatch.setenv("CLNET_WINOGRAD", "0")
     return device
 
 
-def _one_launch(channels, size):
-    return ["conv3x3_direct"]
+def _one_launch(family):
+    return lambda channels, size: [KERNEL[family]]
 
 
-@pytest.mark.parametrize("case", CASES, ids=IDS)
-def test_forward_matches_reference(tiled, case):
-    check_forward(tiled, case, _one_launch, ATOL)
+def _cases(family):
+    return [pytest.param(family, case, id=f"{family}-c{i}") for i, case in enumerate(CASES[family])]
 
 
-@pytest.mark.parametrize("case", CASES, ids=IDS)
-def test_input_grad_matches_reference(tiled, case):
-    check_input_grad(tiled, case, _one_launch, ATOL)
+FAMILY_CASES = _cases("tiled") + _cases("cpu")
+
+
+@pytest.mark.parametrize("family, case", FAMILY_CASES, indirect=["family"])
+def test_forward_matches_reference(family, case):
+    check_forward(family, case, _one_launch(family.family), ATOL)
+
+
+@pytest.mark.parametrize("family, case", FAMILY_CASES, indirect=["family"])
+def test_input_grad_matches_reference(family, case):
+    check_input_grad(family, case, _one_launch(family.family), ATOL)
 
 
 def test_the_choice_follows_the_geometry_the_family_and_clnet_direct_conv(device, monkeypatch):
     plan = SlotPlan(device)
     monkeypatch.setattr(device, "family", "tiled")
 
-    def chosen(mode, c=16, o=16, kernel=3, stride=1, dilation=1, groups=1, padding=1):
+    def chosen(mode, c=16, o=16, kernel=3, stride=1, dilation=1, groups=1, padding=1, width=8):
         monkeypatch.setenv("CLNET_DIRECT_CONV", mode)
-        size = 8 + 2 * padding - dilation * (kernel - 1)
-        g = ConvGeometry(c, 8, 8, kernel, kernel, size, size, stride, stride, padding, padding, dilation, dilation,
-                         groups)
+        size, columns = (side + 2 * padding - dilation * (kernel - 1) for side in (8, width))
+        g = ConvGeometry(c, 8, width, kernel, kernel, size, columns, stride, stride, padding, padding, dilation,
+                         dilation, groups)
         return conv_ops.direct_conv(plan, g, o)
 
     assert chosen("1") and not chosen("0") and chosen("1", c=32, o=32) and chosen("1", padding=2)
@@ -65,14 +85,21 @@ def test_the_choice_follows_the_geometry_the_family_and_clnet_direct_conv(device
     assert conv_ops.direct_conv(plan, ConvGeometry(16, 8, 8, 3, 3, 8, 8, 1, 1, 1, 1, 1, 1, 1), 16)  # the default
     with pytest.raises(ValueError, match="CLNET_DIRECT_CONV must be 0 or 1, not 'on'"):
         chosen("on")
-    monkeypatch.setattr(device, "family", "cpu")
-    assert not chosen("1")
+    monkeypatch.setattr(device, "family", "cpu")  # rows of 16 outputs at least
+    assert not chosen("1") and chosen("1", width=16) and chosen("1", width=14, padding=2)
+    assert not chosen("1", width=15) and not chosen("0", width=16) and not chosen("1", width=16, c=33)
 
 
-def test_gradients_match_finite_differences(tiled):
-    check_gradients_by_finite_differences(tiled)
+def test_gradients_match_finite_differences(family, monkeypatch):
+    """Both 3x3 layers (on the CPU family on rows of 18) run their forward pass and their input
+    gradient on the direct kernel; their weight gradients are GEMMs."""
+    passes = []
+    launch = direct._launch
+    monkeypatch.setattr(direct, "_launch", lambda *args, **kw: passes.append(kw["flip"]) or launch(*args, **kw))
+    check_gradients_by_finite_differences(family, width=7 if family.family == "tiled" else 18)
+    assert sorted(passes) == [False, False, True, True]
 
 
-def test_cifar_resnet_matches_its_torch_twin(tiled):
+def test_cifar_resnet_matches_its_torch_twin(family):
     resnets = pytest.importorskip("test_resnets")
-    resnets.test_cifar_resnet_matches_its_torch_twin(tiled, "tiled", "resnet20", 3)
+    resnets.test_cifar_resnet_matches_its_torch_twin(family, family.family, "resnet20", 3)

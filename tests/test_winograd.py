@@ -87,7 +87,7 @@ def _input_grad_reference(weight, dy, padding, shape):
 
 
 def check_forward(device, case, launches, atol):
-    """A 3x3 convolution's forward pass on the GPU family against its float64 reference: the
+    """A 3x3 convolution's forward pass on the device's family against its float64 reference: the
     kernels `launches` (given the case's channels and output size), errors within `atol` of the
     largest |value|."""
     n, conv, g, params, x = _operands(case)
@@ -107,13 +107,14 @@ def check_forward(device, case, launches, atol):
 
 
 def check_input_grad(device, case, launches, atol):
-    """Likewise the input gradient, from dY in its NCHW layout (the GPU family's dpre)."""
+    """Likewise the input gradient, from dY as `pre_activation_grad` leaves it: NCHW on the GPU
+    family, (O, batch, OH, OW) on the CPU family."""
     n, conv, g, params, _ = _operands(case)
     o = conv.out_channels
     dy = np.random.default_rng(1).normal(size=(n, o, g.OH, g.OW))
     plan = SlotPlan(device)
     s_w = Slot(device, params["weight"].reshape(o, -1), 7)
-    s_dy = Slot(device, dy, 11)
+    s_dy = Slot(device, dy if device.family == "tiled" else dy.transpose(1, 0, 2, 3), 11)
     s_dx = Slot.output(device, (n, g.C, g.H, g.W), 5)
     expected_launches = launches(max(g.C, o), (g.H, g.W))
     conv_ops.input_grad(plan, g, n, s_w.tensor, s_dy.tensor, s_dx.tensor)
@@ -177,12 +178,12 @@ def test_padding_beyond_the_kernel_keeps_the_implicit_input_gradient(tiled):
     assert _kernels(plan)[1:] == WINOGRAD_LAUNCHES
 
 
-def check_gradients_by_finite_differences(device):
+def check_gradients_by_finite_differences(device, width=7):
     """3x3 forward passes with padding 1 and 0, and their input gradients (paddings 1 and 2), between
-    a 1x1 convolution and a dense classifier, on 5 x 7 images."""
+    a 1x1 convolution and a dense classifier, on images of 5 rows and `width` columns."""
     layers = [L.Conv2D(2, 3, 1), L.Tanh(), L.Conv2D(3, 4, 3, padding=1), L.ReLU(), L.Conv2D(4, 3, 3, bias=False),
-              L.Sigmoid(), L.Flatten(), L.Dense(3 * 3 * 5, 3)]
-    _assert_step_matches_finite_differences(device, layers, (2, 2, 5, 7))
+              L.Sigmoid(), L.Flatten(), L.Dense(3 * 3 * (width - 2), 3)]
+    _assert_step_matches_finite_differences(device, layers, (2, 2, 5, width))
 
 
 def test_gradients_match_finite_differences(tiled):

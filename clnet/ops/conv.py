@@ -15,8 +15,9 @@ A grouped convolution runs every one of these GEMMs once for all its groups, a p
 in one launch (the groups a dimension of the grid). A depthwise convolution (groups > 1, one input
 channel per group: a GEMM with K = KH * KW) runs direct kernels of its own instead (depthwise.cl).
 On the GPU family, a 3x3 stride-1 convolution may run its forward pass and input gradient as
-Winograd F(2x2, 3x3) (or F(4x4, 3x3)) instead (ops/winograd.py): `winograd_tile` says when; one
-of up to 32 channels may run a direct kernel (ops/direct.py), where `direct_conv` says so."""
+Winograd F(2x2, 3x3) (or F(4x4, 3x3)) instead (ops/winograd.py): `winograd_tile` says when. On
+either family, one of up to 32 channels may run a direct kernel (ops/direct.py), where
+`direct_conv` says so."""
 
 import os
 from dataclasses import asdict, dataclass
@@ -194,7 +195,7 @@ def input_grad(plan, geometry, batch, weight, dpre, dx):
     tile = winograd_tile(plan, t, geometry.C) if t else None
     if tile:  # the GPU family's: dpre in dY's layout
         return winograd.input_grad(plan, geometry, t, batch, weight, dpre, dx, tile)
-    if t and direct_conv(plan, t, geometry.C):  # likewise
+    if t and direct_conv(plan, t, geometry.C):
         return direct.input_grad(plan, t, batch, weight, dpre, dx)
     if plan.device.family == "tiled":
         return _tiled_input_grad(plan, geometry, batch, weight, dpre, dx)
@@ -234,14 +235,14 @@ def winograd_tile(plan, geometry, out_channels):
 
 
 def direct_conv(plan, geometry, out_channels):
-    """Whether the convolution `geometry` (to `out_channels`) runs the direct kernel (ops/direct.py):
-    on the GPU family, for a geometry it fits (3x3, stride 1, up to 32 channels), unless
+    """Whether the convolution `geometry` (to `out_channels`) runs the direct kernel of the device's
+    family (ops/direct.py), for a geometry it fits (3x3, stride 1, up to 32 channels), unless
     CLNET_DIRECT_CONV is "0" (then as implicit GEMMs). On an H100 it trained resnet20 at batch 1024
     20% faster and cifar-cnn at batch 128 12% faster than the GEMMs it replaces."""
     mode = os.environ.get("CLNET_DIRECT_CONV") or "1"
     if mode not in ("0", "1"):
         raise ValueError(f"CLNET_DIRECT_CONV must be 0 or 1, not {mode!r}")
-    return mode == "1" and plan.device.family == "tiled" and direct.fits(geometry, out_channels)
+    return mode == "1" and direct.fits(geometry, out_channels, plan.device.family)
 
 
 def transposed(geometry, out_channels):

@@ -1,0 +1,88 @@
+// A direct 3x3 stride-1 convolution for layers of few channels (the CPU family): work-item (s, oh,
+// image) computes the 16 output pixels ow0 = 16 s .. ow0 + 15 of row oh of one image, for every
+// output channel, RC_OB channels at a time in float16 accumulators. Each input vector (16
+// consecutive values of an input row, shifted by the tap's column) is read straight from x and
+// serves RC_OB multiply-adds: no panel is gathered into memory first, as an implicit GEMM's is.
+//
+// With RC_FLIP the weight is read as the input gradient's: w'[o][c][kh][kw] = w[c][o][2-kh][2-kw]
+// (in and out swapped, the taps flipped), so that the input gradient of a convolution is this kernel
+// over dY with the geometry `ops.conv.transposed` gives.
+//
+// x: channel c of image i at x[i * RC_IMAGE_STRIDE + c * RC_CHANNEL_STRIDE] (NCHW unless the strides
+// say otherwise: the CPU family's dY is (O, images, OH, OW)); y (images, RC_O, RC_OH, RC_OW) NCHW;
+// w (RC_O, RC_C, 3, 3) as stored, or (RC_C, RC_O, 3, 3) with RC_FLIP; bias[o] with HAS_BIAS, then ACT
+// (common.h). Global size (ceil(RC_OW / 16), RC_OH, images), work-groups of one.
+
+#define LANES 16
+#ifndef RC_IMAGE_STRIDE
+#define RC_IMAGE_STRIDE (RC_C * RC_H * RC_W)
+#define RC_CHANNEL_STRIDE (RC_H * RC_W)
+#endif
+
+// The weight of output o0 + r, input c and tap t is at[r * W_STEP], from
+// at = w + wo + W_FIRST(o0, c, t): constant distances, so that the multiply-adds read it in place.
+#ifdef RC_FLIP
+#define W_FIRST(o0, c, t) (((c) * RC_O + (o0)) * 9 + 8 - (t))
+#define W_STEP 9
+#else
+#define W_FIRST(o0, c, t) (((o0) * RC_C + (c)) * 9 + (t))
+#define W_STEP (RC_C * 9)
+#endif
+
+// The 16 values of an input row from column iw, zeros outside the row: one vector load inside it,
+// shifted in registers for one column of padding on either side, else read value by value.
+inline float16 window16(__global const float* restrict row, const int iw)
+{
+    if (iw >= 0 && iw <= RC_W - LANES) return load16(row + iw);
+#if RC_W >= LANES
+    if (iw == -1) {
+        const float16 v = load16(row);
+        return (float16)(0.0f, v.s0123, v.s4567, v.s89ab, v.scde);
+    }
+    if (iw == RC_W - LANES + 1) {
+        const float16 v = load16(row + RC_W - LANES);
+        return (float16)(v.s1234, v.s5678, v.s9abc, v.sdef, 0.0f);
+    }
+#endif
+    __attribute__((aligned(64))) float v[LANES];
+    for (int j = 0; j < LANES; j++) v[j] = (uint)(iw + j) < RC_W ? row[iw + j] : 0.0f;
+    return *(float16*)v;
+}
+
+__kernel void conv3x3_rows(__global const float* restrict x, const int xo,
+                           __global const float* restrict w, const int wo,
+                           __global const float* restrict bias, const int bias_off,
+                           __global float* restrict y, const int yo)
+{
+    const int ow0 = get_global_id(0) * LANES, oh = get_global_id(1), image = get_global_id(2);
+    const int valid = min(LANES, RC_OW - ow0);
+    __global const float* in = x + xo + image * RC_IMAGE_STRIDE;
+    for (int o0 = 0; o0 < RC_O; o0 += RC_OB) {
+        float16 acc[RC_OB];
+        _Pragma("unroll") for (int r = 0; r < RC_OB; r++) acc[r] = (float16)(0.0f);
+        for (int kh = 0; kh < 3; kh++) {
+            const int ih = oh + kh - RC_PH;
+            if ((uint)ih >= RC_H) continue;  // a row of padding
+            for (int kw = 0; kw < 3; kw++) {
+                const int iw = ow0 + kw - RC_PW, tap = kh * 3 + kw;
+                for (int c = 0; c < RC_C; c++) {
+                    const float16 v = window16(in + c * RC_CHANNEL_STRIDE + ih * RC_W, iw);
+                    __global const float* at = w + wo + W_FIRST(o0, c, tap);
+                    _Pragma("unroll") for (int r = 0; r < RC_OB; r++)
+                        acc[r] = at[min(r, RC_O - 1 - o0) * W_STEP] * v + acc[r];
+                }
+            }
+        }
+        for (int r = 0; r < RC_OB && o0 + r < RC_O; r++) {
+#ifdef HAS_BIAS
+            const float b = bias[bias_off + o0 + r];
+#else
+            const float b = 0.0f;
+#endif
+            __attribute__((aligned(64))) float out[LANES];
+            *(float16*)out = acc[r];
+            __global float* dst = y + yo + ((image * RC_O + o0 + r) * RC_OH + oh) * RC_OW + ow0;
+            for (int j = 0; j < valid; j++) dst[j] = act_forward(out[j] + b);
+        }
+    }
+}
