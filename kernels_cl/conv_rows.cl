@@ -1,8 +1,8 @@
-// A direct 3x3 stride-1 convolution for layers of few channels (the CPU family): work-item (s, oh,
-// image) computes the 16 output pixels ow0 = 16 s .. ow0 + 15 of row oh of one image, for every
-// output channel, RC_OB channels at a time in float16 accumulators. Each input vector (16
-// consecutive values of an input row, shifted by the tap's column) is read straight from x and
-// serves RC_OB multiply-adds: no panel is gathered into memory first, as an implicit GEMM's is.
+// A direct 3x3 stride-1 convolution to few output channels (the CPU family): work-item (s, oh, image)
+// computes the 16 output pixels ow0 = 16 s .. ow0 + 15 of row oh of one image for each of the RC_O
+// (at most 16) output channels, in float16 accumulators. Each input vector (16 consecutive values
+// of an input row, shifted by the tap's column) is read straight from x and serves RC_O
+// multiply-adds: no panel is gathered into memory first, as an implicit GEMM's is.
 //
 // With RC_FLIP the weight is read as the input gradient's: w'[o][c][kh][kw] = w[c][o][2-kh][2-kw]
 // (in and out swapped, the taps flipped), so that the input gradient of a convolution is this kernel
@@ -19,13 +19,14 @@
 #define RC_CHANNEL_STRIDE (RC_H * RC_W)
 #endif
 
-// The weight of output o0 + r, input c and tap t is at[r * W_STEP], from
-// at = w + wo + W_FIRST(o0, c, t): constant distances, so that the multiply-adds read it in place.
+// The weight of output o, input c and tap t is at[o * W_STEP], from at = w + wo + W_FIRST(c, t):
+// constant distances, so that the multiply-adds read it in place (an index computed for each would
+// cost two integer instructions a multiply-add).
 #ifdef RC_FLIP
-#define W_FIRST(o0, c, t) (((c) * RC_O + (o0)) * 9 + 8 - (t))
+#define W_FIRST(c, t) ((c) * RC_O * 9 + 8 - (t))
 #define W_STEP 9
 #else
-#define W_FIRST(o0, c, t) (((o0) * RC_C + (c)) * 9 + (t))
+#define W_FIRST(c, t) ((c) * 9 + (t))
 #define W_STEP (RC_C * 9)
 #endif
 
@@ -57,32 +58,29 @@ __kernel void conv3x3_rows(__global const float* restrict x, const int xo,
     const int ow0 = get_global_id(0) * LANES, oh = get_global_id(1), image = get_global_id(2);
     const int valid = min(LANES, RC_OW - ow0);
     __global const float* in = x + xo + image * RC_IMAGE_STRIDE;
-    for (int o0 = 0; o0 < RC_O; o0 += RC_OB) {
-        float16 acc[RC_OB];
-        _Pragma("unroll") for (int r = 0; r < RC_OB; r++) acc[r] = (float16)(0.0f);
-        for (int kh = 0; kh < 3; kh++) {
-            const int ih = oh + kh - RC_PH;
-            if ((uint)ih >= RC_H) continue;  // a row of padding
-            for (int kw = 0; kw < 3; kw++) {
-                const int iw = ow0 + kw - RC_PW, tap = kh * 3 + kw;
-                for (int c = 0; c < RC_C; c++) {
-                    const float16 v = window16(in + c * RC_CHANNEL_STRIDE + ih * RC_W, iw);
-                    __global const float* at = w + wo + W_FIRST(o0, c, tap);
-                    _Pragma("unroll") for (int r = 0; r < RC_OB; r++)
-                        acc[r] = at[min(r, RC_O - 1 - o0) * W_STEP] * v + acc[r];
-                }
+    float16 acc[RC_O];
+    _Pragma("unroll") for (int o = 0; o < RC_O; o++) acc[o] = (float16)(0.0f);
+    for (int kh = 0; kh < 3; kh++) {
+        const int ih = oh + kh - RC_PH;
+        if ((uint)ih >= RC_H) continue;  // a row of padding
+        for (int kw = 0; kw < 3; kw++) {
+            const int iw = ow0 + kw - RC_PW, tap = kh * 3 + kw;
+            for (int c = 0; c < RC_C; c++) {
+                const float16 v = window16(in + c * RC_CHANNEL_STRIDE + ih * RC_W, iw);
+                __global const float* at = w + wo + W_FIRST(c, tap);
+                _Pragma("unroll") for (int o = 0; o < RC_O; o++) acc[o] = at[o * W_STEP] * v + acc[o];
             }
         }
-        for (int r = 0; r < RC_OB && o0 + r < RC_O; r++) {
+    }
+    for (int o = 0; o < RC_O; o++) {
 #ifdef HAS_BIAS
-            const float b = bias[bias_off + o0 + r];
+        const float b = bias[bias_off + o];
 #else
-            const float b = 0.0f;
+        const float b = 0.0f;
 #endif
-            __attribute__((aligned(64))) float out[LANES];
-            *(float16*)out = acc[r];
-            __global float* dst = y + yo + ((image * RC_O + o0 + r) * RC_OH + oh) * RC_OW + ow0;
-            for (int j = 0; j < valid; j++) dst[j] = act_forward(out[j] + b);
-        }
+        __attribute__((aligned(64))) float out[LANES];
+        *(float16*)out = acc[o];
+        __global float* dst = y + yo + ((image * RC_O + o) * RC_OH + oh) * RC_OW + ow0;
+        for (int j = 0; j < valid; j++) dst[j] = act_forward(out[j] + b);
     }
 }

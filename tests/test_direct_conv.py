@@ -22,14 +22,13 @@ CASES = {  # (batch, in, height, width, out, padding, bias, activation) of each 
         (2, 32, 16, 16, 32, 1, True, L.LeakyReLU(0.1)),  # the most channels: 16 columns a work-group
         (2, 2, 1, 1, 3, 1, True, L.ReLU()),            # one pixel
     ],
-    "cpu": [  # rows of 16 outputs at least, in and out
+    "cpu": [  # up to 16 channels in and out (each pass's outputs), rows of 16 outputs at least
         (2, 16, 32, 32, 16, 1, False, None),           # resnet20's first stage: two whole vectors a row
         (1, 3, 5, 17, 4, 1, True, L.ReLU()),           # a vector and one column
         (3, 5, 6, 19, 7, 0, False, None),              # no padding (the input gradient's: 2)
         (2, 12, 17, 18, 9, 2, True, L.Tanh()),         # padding 2: 20 columns
         (2, 4, 6, 16, 5, 2, True, None),               # rows of 16 inputs, 18 outputs
-        (2, 32, 16, 16, 32, 1, True, L.LeakyReLU(0.1)),  # the most channels: two blocks of 16 outputs
-        (2, 20, 3, 16, 20, 1, True, L.ReLU()),         # two blocks of 10 outputs
+        (2, 13, 16, 16, 15, 1, True, L.LeakyReLU(0.1)),  # one vector a row
     ],
 }
 ATOL = 1e-6  # of the largest |value| expected: sums of at most 288 products in float32
@@ -85,9 +84,10 @@ def test_the_choice_follows_the_geometry_the_family_and_clnet_direct_conv(device
     assert conv_ops.direct_conv(plan, ConvGeometry(16, 8, 8, 3, 3, 8, 8, 1, 1, 1, 1, 1, 1, 1), 16)  # the default
     with pytest.raises(ValueError, match="CLNET_DIRECT_CONV must be 0 or 1, not 'on'"):
         chosen("on")
-    monkeypatch.setattr(device, "family", "cpu")  # rows of 16 outputs at least
+    monkeypatch.setattr(device, "family", "cpu")  # up to 16 outputs, in rows of 16 at least
     assert not chosen("1") and chosen("1", width=16) and chosen("1", width=14, padding=2)
-    assert not chosen("1", width=15) and not chosen("0", width=16) and not chosen("1", width=16, c=33)
+    assert chosen("1", width=16, c=32) and not chosen("1", width=16, c=33) and not chosen("1", width=16, o=17)
+    assert not chosen("1", width=15) and not chosen("0", width=16)
 
 
 def test_gradients_match_finite_differences(family, monkeypatch):

@@ -5,10 +5,15 @@ when it runs. No operand is transformed or gathered into a matrix.
 - The GPU family (kernels_cl/conv_direct.cl): a work-group stages a tile of the input, its halo
   included, and the weights of a few input channels at a time in local memory, and computes every
   output channel of its pixels from them.
-- The CPU family (kernels_cl/conv_rows.cl): a work-item computes 16 pixels of an output row for every
-  output channel, each input vector read straight from the input and multiplied by the weights in
-  place. Against the implicit GEMMs it replaces (which gather each panel into memory before they
-  multiply it) resnet20's 16- and 32-channel layers ran 16-18% faster on a 2-core EPYC."""
+- The CPU family (kernels_cl/conv_rows.cl), for convolutions to at most 16 channels: a work-item
+  computes 16 pixels of an output row for every output channel, each input vector read straight from
+  the input and multiplied by the weights in place. The implicit GEMMs it replaces gather each panel
+  of 16 pixels into memory before they multiply it, which with 16 rows of A to share it weighs
+  twice what it does at 32. On the 16-core Xeon of the lent machine (PoCL 5, 2026-12-07), resnet20's
+  16-channel layers at batch 128 ran their forward pass in 0.67-0.68 ms against 0.97 (1.43x) and
+  their input gradient in 0.71 against 0.93; at 32 output channels (16 x 16) the two ran about as
+  fast (0.63-0.69 against 0.65-0.71 ms), and cifar-cnn's (32 x 32) trained 0.88-1.03x as fast
+  direct, so a GEMM keeps those."""
 
 from .elementwise import activation
 
@@ -16,16 +21,17 @@ CHANNELS = 32  # input and output channels at most: a GPU work-item keeps 2 x ou
 CHUNK = 8      # input channels staged at a time (with 32 outputs: 20 KiB of local memory)
 ROWS = 8       # output rows of a work-group
 LANES = 16     # the CPU family's output pixels per work-item: a float16
-OUT_BLOCK = 16  # the CPU family's output channels accumulated at a time: float16 registers
+CPU_OUT = 16   # the CPU family's output channels at most: a float16 accumulator each, in registers
 
 
 def fits(geometry, out_channels, family):
     """Whether the family's kernel computes a convolution `geometry` to `out_channels`: 3x3, stride 1,
     dilation 1, one group, padding up to 2, at most CHANNELS channels in and out; on the CPU family
-    only for rows of at least LANES outputs, which fill its vectors."""
+    only to CPU_OUT channels at most, in rows of at least LANES outputs, which fill its vectors."""
     g = geometry
-    return ((g.KH, g.KW, g.sh, g.sw, g.dh, g.dw, g.G) == (3, 3, 1, 1, 1, 1, 1) and max(g.ph, g.pw) <= 2
-            and max(g.C, out_channels) <= CHANNELS and (family == "tiled" or g.OW >= LANES))
+    fitting = ((g.KH, g.KW, g.sh, g.sw, g.dh, g.dw, g.G) == (3, 3, 1, 1, 1, 1, 1) and max(g.ph, g.pw) <= 2
+               and max(g.C, out_channels) <= CHANNELS)
+    return fitting and (family == "tiled" or (out_channels <= CPU_OUT and g.OW >= LANES))
 
 
 def forward(plan, geometry, batch, x, weight, y, bias, act):
@@ -52,9 +58,8 @@ def _launch(plan, g, batch, x, weight, out, y, bias, act, flip):
                         DC_FLIP=flip, **options)
         grid = (-(-g.OW // width) * width // 2, -(-g.OH // ROWS) * ROWS, batch)
         return plan.launch(k, grid, (width // 2, ROWS, 1), x, weight, bias, y)
-    blocks = -(-out // OUT_BLOCK)
     if flip:  # dY's channels one after another, each holding every image's plane
         options.update(RC_IMAGE_STRIDE=g.H * g.W, RC_CHANNEL_STRIDE=batch * g.H * g.W)
     k = plan.kernel("conv_rows.cl", "conv3x3_rows", RC_C=g.C, RC_O=out, RC_H=g.H, RC_W=g.W, RC_OH=g.OH,
-                    RC_OW=g.OW, RC_PH=g.ph, RC_PW=g.pw, RC_OB=-(-out // blocks), RC_FLIP=flip, **options)
+                    RC_OW=g.OW, RC_PH=g.ph, RC_PW=g.pw, RC_FLIP=flip, **options)
     return plan.launch(k, (-(-g.OW // LANES), g.OH, batch), (1, 1, 1), x, weight, bias, y)
