@@ -1,7 +1,9 @@
 """The compiler: a network, its parameters, a loss and an optimizer become one `CompiledStep` for a
 device, a batch size and an input shape: a plan of pre-bound launches in phases.
 
-    input     gather the batch from a source of raw images (converted, normalised, augmented)
+    input     gather the batch from a source of raw images (converted, normalised, augmented): a
+              launch of its own, or taken into the first launch of a chain of Dense layers that
+              reads the input (the CPU family's mlps), which then belongs to this phase
     forward   the stages of the network
     loss      the fused loss (gradient, metrics and/or probabilities)
     backward  the stages' gradients, into the flat gradient buffer
@@ -20,7 +22,7 @@ import numpy as np
 from . import losses
 from .datasets.feed import InputSpec, image_dims
 from .errors import OutOfDeviceMemoryError
-from .layers import Dense, LayerContext
+from .layers import Dense, Flatten, LayerContext
 from .network import INPUT, loss_input
 from .ops import data as data_ops
 from .ops.elementwise import activation_backward, add, add_act_backward
@@ -53,12 +55,15 @@ class CompiledStep:
         stages = network.stages(self.input_shape, loss, fold_norms=not self.training)
         output, self.output_shape = loss_input(stages, self.input_shape)
         plan = self.plan = Plan(device)
-        plan.mark("input")
-        x = self._input_stage(plan, seed, target.target_dtype, loss)
-        plan.mark("forward")
-        contexts, values = [], {INPUT: x}
+        plan.mark("input")  # the launches that read a staging slot: the gather, or the chain that takes it in
+        gather = self._input_stage(plan, seed, target.target_dtype, loss)
         runs = _runs(stages, device, self.batch_size)
-        for run in runs:  # a folded stage's parameters are folded just before it runs
+        taker = _gather_taker(runs)
+        if taker is None:
+            self._bind_input(plan, data_ops.gather_batch(plan, gather))
+            plan.mark("forward")
+        contexts, values = [], {INPUT: gather.out}
+        for index, run in enumerate(runs):  # a folded stage's parameters are folded just before it runs
             run_contexts = [LayerContext(plan, self._params(plan, store, stage), store.views(stage.name, "grads"),
                                          store.views(stage.name, "buffers"), stage.act, self.training,
                                          seed=seed * 1000 + stage.index) for stage in run]
@@ -67,8 +72,12 @@ class CompiledStep:
                 stage, ctx = run[0], run_contexts[0]
                 values[stage.output] = stage.layer.forward(ctx, *(values[name] for name in stage.inputs))
             else:
-                outputs = Dense.forward_chain(run_contexts, [stage.layer for stage in run], values[run[0].inputs[0]])
+                outputs, first = Dense.forward_chain(run_contexts, [stage.layer for stage in run],
+                                                     values[run[0].inputs[0]], gather if index == taker else None)
                 values.update(zip((stage.output for stage in run), outputs))
+                if index == taker:
+                    self._bind_input(plan, first)
+                    plan.mark("forward")
         z = values[output]
         z2d = z.view((self.batch_size, prod(z.shape[1:]))) if len(z.shape) != 2 else z
 
@@ -154,8 +163,8 @@ class CompiledStep:
                     pending.append(dx)
 
     def _input_stage(self, plan, seed, target_dtype, loss):
-        """Record the gather that fills the input (and targets) from staging buffers or a dataset on
-        the device; the buffers themselves are allocated with the arena."""
+        """The gather (`ops.data.Gather`) that fills the input (and targets) from staging buffers or a
+        dataset on the device, not yet recorded; the buffers themselves are allocated with the arena."""
         device, rows, spec = plan.device, self.batch_size, self.spec
         images = [DeviceTensor(device, (rows, *self.input_shape), dtype=np.dtype(spec.dtype)) for _ in range(2)]
         self.staging = [(slot, None) for slot in images]  # (images, targets) of the two slots
@@ -168,15 +177,17 @@ class CompiledStep:
             self.targets = plan.value(shape, "targets", target_dtype)
             self.staging = [(slot, DeviceTensor(device, shape, dtype=np.dtype(target_dtype))) for slot in images]
             targets = (self.staging[0][1], self.targets)
-        gather = data_ops.gather_batch(plan, self.identity, images[0], self.norm, x, spec.scale, spec.crop,
-                                       spec.flip, seed=seed, targets=targets)
+        return data_ops.gather(self.identity, images[0], self.norm, x, spec.scale, spec.crop, spec.flip, seed=seed,
+                               targets=targets)
+
+    def _bind_input(self, plan, launch):
+        """Let the runner point `launch`, the one that gathers the input, at each step's source."""
         bound = [("n_valid", "n_valid"), ("start", "start"), ("order", "order"), ("image_source", "src")]
-        for name, argument in bound + ([("target_source", "target_src")] if targets else []):
-            plan.bind_dynamic(name, gather, argument)
-        if spec.crop or spec.flip:
-            plan.bind_dynamic("step", gather, "step", step_arg)
-            plan.bind_dynamic("first_row", gather, "first_row", np.uint32)
-        return x
+        for name, argument in bound + ([("target_source", "target_src")] if self.targets is not None else []):
+            plan.bind_dynamic(name, launch, argument)
+        if self.spec.crop or self.spec.flip:
+            plan.bind_dynamic("step", launch, "step", step_arg)
+            plan.bind_dynamic("first_row", launch, "first_row", np.uint32)
 
     def check_fits(self, store):
         """The arena's size in elements, once the plan is found to fit the device beside `store`'s
@@ -222,6 +233,21 @@ def _runs(stages, device, rows):
     chained = lambda run: len(run) > 1 and chains(
         device, rows, [(stage.layer.in_features, stage.layer.out_features) for stage in run])
     return [part for run in runs for part in ([run] if chained(run) else [[stage] for stage in run])]
+
+
+def _gather_taker(runs):
+    """The index of the run whose launch takes the input stage's gather in: a chain of Dense layers
+    (`_runs`) that reads the input itself or through Flatten views, the runs before it views alone,
+    so that its launch is the plan's first; None where there is none."""
+    views = {INPUT}
+    for index, run in enumerate(runs):
+        first = run[0]
+        if len(run) > 1:
+            return index if first.inputs[0] in views else None
+        if not (isinstance(first.layer, Flatten) and first.inputs[0] in views):
+            return None
+        views.add(first.output)
+    return None
 
 
 def _gradient(plan, name, dys, y=None, act=None):

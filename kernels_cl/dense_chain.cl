@@ -169,11 +169,28 @@ inline int param_grads(int block, const int M, __global const float* d, __global
 #define FORWARD_ARGS(i) CHAIN_ARG(w, i) CHAIN_ARG(b, i) CHAIN_ARG(y, i)
 #define FORWARD(i) chain_layer(row0, row1, inputs[i], CHAIN_K##i, AT(w, i), CHAIN_N##i, AT(b, i), CHAIN_BIAS##i, \
                                CHAIN_ACT##i, CHAIN_SLOPE##i, AT(y, i));
-// The forward pass: y_i = act_i(y_{i-1} w_i^T + b_i), by rows (chain_layer).
-__kernel void dense_chain(const int M, const int per_item, __global const float* x, const int x_off
-                          CHAIN_EACH(FORWARD_ARGS))
+#ifdef CHAIN_GATHER  // the chain takes the input stage's gather into its launch
+#include "gather.h"
+#define CHAIN_GATHER_ARGS , GATHER_ARGS TARGET_ARGS
+#else
+#define CHAIN_GATHER_ARGS
+#endif
+// The forward pass: y_i = act_i(y_{i-1} w_i^T + b_i), by rows (chain_layer). With CHAIN_GATHER the
+// work-item first gathers its rows of x (and of the targets) as gather_batch would (gather.h): the
+// plan's first launch is then this one, a launch fewer a step.
+__kernel void dense_chain(const int M, const int per_item, __global float* x, const int x_off
+                          CHAIN_EACH(FORWARD_ARGS) CHAIN_GATHER_ARGS)
 {
     CHAIN_ROW_RANGE
+#ifdef CHAIN_GATHER
+    for (int b = row0; b < row1; b++)
+        gather_image(b, n_valid, start, C, H, W, scale, crop, flip, seed_lo, seed_hi, step, first_row, order + oo,
+                     src + so, norm + no, x + x_off);
+#if TARGETS
+    for (int b = row0; b < row1; b++)
+        for (int j = 0; j < width; j++) GATHER_TARGET(b, j)
+#endif
+#endif
     __global const float* inputs[] = {x + x_off CHAIN_EACH(CHAIN_Y)};  // layer i's
     CHAIN_EACH(FORWARD)
 }

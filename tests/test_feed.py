@@ -60,8 +60,8 @@ def test_gather_images_matches_reference(device, dtype, spec):
     s_order = Slot(device, order, 2, dtype=np.int32, fill=0)
     s_norm = Slot(device, spec.norm(3), 1)
     out = Slot.output(device, (rows, 3, 5, 11), 9)
-    launch = data_ops.gather_batch(plan, s_order.tensor, s_src.tensor, s_norm.tensor, out.tensor, spec.scale,
-                                   spec.crop, spec.flip, seed=seed)
+    launch = data_ops.gather_batch(plan, data_ops.gather(s_order.tensor, s_src.tensor, s_norm.tensor, out.tensor,
+                                                         spec.scale, spec.crop, spec.flip, seed=seed))
     plan.finalize(plan.place())
     launch.set("n_valid", n_valid)
     launch.set("start", start)
@@ -96,8 +96,8 @@ def test_gather_batch_gathers_the_targets_in_the_same_launch(device, dtype):
     s_src, s_order = Slot(device, src, 3, dtype=dtype, fill=0), Slot(device, order, 4, dtype=np.int32, fill=0)
     x = Slot.output(device, (rows, 1, 2, 3), 7)
     out = Slot(device, np.full((rows, 3), -7), 2, dtype=dtype, fill=99)
-    launch = data_ops.gather_batch(plan, s_order.tensor, s_images.tensor, s_norm.tensor, x.tensor, 1.0,
-                                   targets=(s_src.tensor, out.tensor))
+    launch = data_ops.gather_batch(plan, data_ops.gather(s_order.tensor, s_images.tensor, s_norm.tensor, x.tensor,
+                                                         1.0, targets=(s_src.tensor, out.tensor)))
     plan.finalize(plan.place())
     launch.set("n_valid", n_valid)
     launch.set("start", start)

@@ -440,6 +440,8 @@ def test_dense_chain_in_plans(device, monkeypatch, kind, forward, backward):
         chained = (family, mode) == ("cpu", "1")
         for names in kernels.values():
             assert [name for name in names if name == "dense_chain"] == (forward if chained else [])
+            assert names[0] == ("dense_chain" if chained else "gather_batch")  # the chain takes the gather in
+            assert ("gather_batch" in names) != chained
             assert ("gemm_direct" in names) == (family == "cpu" and (not chained or kind != "stack"))
         trained = [names for names in kernels.values() if "sgd_step" in names][0]
         assert [name for name in trained if name == "dense_chain_back"] == (backward if chained else [])
@@ -448,6 +450,38 @@ def test_dense_chain_in_plans(device, monkeypatch, kind, forward, backward):
         assert results[key][1] == pytest.approx(results["cpu", "1"][1], rel=1e-5)
         for name, value in results[key][2].items():
             np.testing.assert_allclose(value, results["cpu", "1"][2][name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_a_chain_takes_the_input_stage_in(device, monkeypatch):
+    """A chain that reads the input gathers its own rows (and targets) in its first launch, as
+    gather_batch would: 8-bit images normalised, cropped and flipped from a dataset held on the
+    device (order and start bound each step), the same images normalised alone with labels for the
+    metrics, and staged float features, normalised, with float targets."""
+    (x, y), _ = clnet.datasets.load_mnist_5k()
+    x, y = x[:80], y[:80]
+    features = f32(np.random.default_rng(7).uniform(0, 2, (48, 3, 5, 7)))  # planes of 35: past whole vectors
+    targets = np.eye(4, dtype=np.float32)[np.arange(48) % 4]
+    results = {}
+    for mode in ("1", "0"):
+        monkeypatch.setattr(device, "family", "cpu")
+        monkeypatch.setenv("CLNET_DENSE_CHAIN", mode)
+        model = clnet.models.mlp(device=device, seed=5).compile("cross_entropy", optim.SGD(0.05, momentum=0.9))
+        model.fit(x, y, epochs=2, batch_size=24, augment="crop=2,flip", normalize=True, verbose=0)
+        evaluated = model.evaluate(x, y, batch_size=32)
+        regression = clnet.models.mlp(device=device, seed=6, input_shape=(3, 5, 7), classes=4)
+        regression.compile("mse", optim.SGD(0.05))
+        regression.normalization = ((0.5, 1.0, 1.5), (0.5, 2.0, 1.0))  # as fit(normalize=...) sets it
+        losses = [regression.train_on_batch(features[i:i + 16], targets[i:i + 16]) for i in range(0, 48, 16)]
+        results[mode] = model.state_dict(), evaluated, losses, regression.state_dict()
+        firsts = {runner.plan.launches[0].kernel.function_name for m in (model, regression)
+                  for runner in m._runners.values()}
+        assert firsts == ({"dense_chain"} if mode == "1" else {"gather_batch"})
+    (chained, evaluated, losses, regressed), (reference, evaluated_ref, losses_ref, regressed_ref) = results.values()
+    for name in reference:
+        np.testing.assert_allclose(chained[name], reference[name], rtol=1e-4, atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(regressed[name], regressed_ref[name], rtol=1e-4, atol=1e-6, err_msg=name)
+    assert evaluated == pytest.approx(evaluated_ref, rel=1e-5)
+    assert losses == pytest.approx(losses_ref, rel=1e-5)
 
 
 def test_dense_chains_need_8_compute_units_by_default(device, monkeypatch):

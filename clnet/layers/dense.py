@@ -72,14 +72,15 @@ class Dense(Layer):
         return y
 
     @staticmethod
-    def forward_chain(contexts, layers, x):
+    def forward_chain(contexts, layers, x, gather=None):
         """Record `forward` of Dense `layers` that each read the one before (the first x) together,
-        as `ops.dense_chain` launches; their outputs, as `forward` would return them one by one."""
+        as `ops.dense_chain` launches, the first taking `gather` (of x) in where given; their
+        outputs, as `forward` would return them one by one, and the first launch."""
         plan = contexts[0].plan
         outputs = [plan.value((x.shape[0], layer.out_features), f"{layer!r} output") for layer in layers]
-        chain_ops.forward(plan, x, [(ctx.params["weight"], ctx.params.get("bias"), ctx.act, y)
-                                    for ctx, y in zip(contexts, outputs)])
-        return outputs
+        first = chain_ops.forward(plan, x, [(ctx.params["weight"], ctx.params.get("bias"), ctx.act, y)
+                                            for ctx, y in zip(contexts, outputs)], gather)
+        return outputs, first
 
     @staticmethod
     def backward_chain(contexts, x, outputs, dy, need_dx):

@@ -40,10 +40,11 @@ def _parts(layers):
     return [layers[start:start + size] for start in range(0, len(layers), size)]
 
 
-def _program(plan, part, kernel):
+def _program(plan, part, kernel, **gathering):
     """`kernel` of the chain program of `part`'s layers ((weight, bias or None, act, ...) each): one
-    program for the three kernels where the activations are the same."""
-    options = {"CHAIN_LAYERS": len(part), "CPU_ROWS": ROWS}
+    program for the three kernels where the activations are the same; `gathering`, the options of a
+    forward launch that takes the input stage's gather in, makes a program of its own."""
+    options = {"CHAIN_LAYERS": len(part), "CPU_ROWS": ROWS, **gathering}
     for i, (weight, bias, act, *_) in enumerate(part):
         act = act or activation()
         options.update({f"CHAIN_K{i}": weight.shape[1], f"CHAIN_N{i}": weight.shape[0],
@@ -60,15 +61,22 @@ def _row_items(plan, rows, block):
     return per_item * block, -(-blocks // per_item)
 
 
-def forward(plan, x, layers):
+def forward(plan, x, layers, gather=None):
     """Record the forward pass of Dense layers that each read the one before, the first x (M, K):
     `layers` holds each one's (weight (N, K), bias (N,) or None, act, output (M, N)). A work-item
-    takes blocks of BLOCK rows through every layer of a launch."""
+    takes blocks of BLOCK rows through every layer of a launch. With `gather` (an `ops.data.Gather`
+    of x, the plan's input) the first launch fills x first, each work-item its own rows; returns
+    the first launch."""
+    launches = []
     for part in _parts(layers):
         per_item, items = _row_items(plan, x.shape[0], BLOCK)
-        plan.launch(_program(plan, part, "dense_chain"), (items,), (1,), x.shape[0], per_item, x,
-                    *[t for weight, bias, act, y in part for t in (weight, bias if bias is not None else y, y)])
+        gathering = {"CHAIN_GATHER": True, **gather.defines} if gather and not launches else {}
+        tail = (*gather.args, *gather.target_args) if gathering else ()
+        launches.append(plan.launch(
+            _program(plan, part, "dense_chain", **gathering), (items,), (1,), x.shape[0], per_item, x,
+            *[t for weight, bias, act, y in part for t in (weight, bias if bias is not None else y, y)], *tail))
         x = part[-1][3]
+    return launches[0]
 
 
 def backward(plan, x, layers, dy, need_dx):
