@@ -82,7 +82,7 @@ GEMM_RTOL = 1e-4     # GEMM: largest error relative to the largest |entry| of th
 SHARED_CPU_PAUSE = 0.3  # seconds idle before each timed run where both sides run on the CPU
 ENV_SHOWN = ("OMP_NUM_THREADS", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS",
              "MKL_NUM_THREADS", "POCL_MAX_PTHREAD_COUNT", "CLNET_GEMM", "CLNET_TUNING", "CLNET_WINOGRAD",
-             "CLNET_WINOGRAD_TILE", "CUDA_VISIBLE_DEVICES")
+             "CLNET_WINOGRAD_TILE", "CLNET_DIRECT_CONV", "CLNET_DENSE_CHAIN", "CUDA_VISIBLE_DEVICES")
 
 
 class CheckError(ClnetError, RuntimeError):
@@ -453,7 +453,7 @@ def header(desc):
             + (", clnet's and PyTorch's in turn" if t["device"] is not None else "")
             + (f", each after {p['pause_s']:g} s idle" if p.get("pause_s") else "")
             + f"; training: {p['training']}; inference: {p['inference']}; results checked before timing",
-            "environment: " + (env or "no thread/BLAS variables set"),
+            "environment: " + (env or "no thread, BLAS or clnet algorithm variables set"),
             "tuned parameters: " + tuning.describe_text(desc["tuning"])]
 
 

@@ -1,5 +1,6 @@
-// The input stage's gather, one image row or target row at a time: included by data.cl (gather_batch,
-// a launch of its own) and dense_chain.cl (the gather taken into a chain's launch, CHAIN_GATHER).
+// The input stage's gather, by image rows, whole images or target values: included by data.cl
+// (gather_batch, a launch of its own) and dense_chain.cl (the gather taken into a chain's launch,
+// CHAIN_GATHER).
 // SRC_UINT8 reads 8-bit images, scaled by `scale` (1/255); otherwise floats. TARGET_FLOAT gathers
 // float targets (rows of `width`), otherwise int labels.
 

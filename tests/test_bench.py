@@ -32,6 +32,9 @@ def test_json_has_every_number(device, tmp_path):
     assert set(results) == {"date", "command", "opencl", "cpu", "torch", "environment", "tuning", "versions",
                             "protocol", "models", "gemm", "profile"}
     assert results["tuning"]["mode"] == "the cache only" and results["tuning"]["cache_cases"] == 0
+    # the algorithm switches the tests pin (conftest) are named with the figures they change
+    switches = {name: os.environ[name] for name in ("CLNET_DIRECT_CONV", "CLNET_DENSE_CHAIN")}
+    assert switches.items() <= results["environment"].items()
     assert results["opencl"]["name"] == device.info.name and results["opencl"]["driver"] == device.info.driver
     assert results["torch"]["device"] is None
     assert results["protocol"]["repeats"] == 1 and results["protocol"]["steps_per_run"] == 1
