@@ -29,7 +29,8 @@ __kernel void pack_a(const int M, const int K, __global const float* restrict A,
 #define PACK_RUN 256  // columns of A per work-item of pack_a_runs, a multiple of 16
 #endif
 
-// pack_a where A's rows run along K (neither TRANS_A nor CONV_FLIP), as the weight gradient's dY:
+// pack_a where A's rows run along K (neither TRANS_A nor CONV_FLIP), as the weight gradient's dY
+// (with A_IMAGE_COLS a multiple of 16, in runs of 16 within an image: dY read in its NCHW layout):
 // work-item (s, q, g) of an exact grid, work-groups of one, copies the columns
 // [s * PACK_RUN, (s + 1) * PACK_RUN) of panel q (PoCL vectorises a work-item's fixed-length loops,
 // not work-items that read rows apart), 16 at a time: a vector from each row, interleaved in
@@ -46,7 +47,7 @@ __kernel void pack_a_runs(const int M, const int K, __global const float* restri
         _Pragma("unroll") for (int r = 0; r < CPU_ROWS; r++) {
             const int m = q * CPU_ROWS + r;
             __attribute__((aligned(64))) float run[PANEL];  // no vstore16 (see store_block)
-            *(float16*)run = m < M ? load16(A + a_off + m * lda + k) : (float16)(0.0f);
+            *(float16*)run = m < M ? load16(A + a_off + A_INDEX(m, k)) : (float16)(0.0f);
             _Pragma("unroll") for (int j = 0; j < PANEL; j++) block[j * CPU_ROWS + r] = run[j];
         }
         for (int i = 0; i < PANEL * CPU_ROWS; i++) out[k * CPU_ROWS + i] = block[i];

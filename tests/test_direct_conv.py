@@ -48,11 +48,14 @@ def _one_launch(family):
     return lambda channels, size: [KERNEL[family]]
 
 
-def _cases(family):
-    return [pytest.param(family, case, id=f"{family}-c{i}") for i, case in enumerate(CASES[family])]
+def _cases(family, *extra, suffix=""):
+    return [pytest.param(family, case, *extra, id=f"{family}-c{i}{suffix}") for i, case in enumerate(CASES[family])]
 
 
 FAMILY_CASES = _cases("tiled") + _cases("cpu")
+# the input gradient from dY itself, and on the CPU family from dY transposed too (as
+# `pre_activation_grad` leaves it there before an activation or a bias)
+INPUT_GRAD_CASES = _cases("tiled", False) + _cases("cpu", False) + _cases("cpu", True, suffix="-transposed")
 
 
 @pytest.mark.parametrize("family, case", FAMILY_CASES, indirect=["family"])
@@ -60,9 +63,9 @@ def test_forward_matches_reference(family, case):
     check_forward(family, case, _one_launch(family.family), ATOL)
 
 
-@pytest.mark.parametrize("family, case", FAMILY_CASES, indirect=["family"])
-def test_input_grad_matches_reference(family, case):
-    check_input_grad(family, case, _one_launch(family.family), ATOL)
+@pytest.mark.parametrize("family, case, transposed", INPUT_GRAD_CASES, indirect=["family"])
+def test_input_grad_matches_reference(family, case, transposed):
+    check_input_grad(family, case, _one_launch(family.family), ATOL, transposed)
 
 
 def test_the_choice_follows_the_geometry_the_family_and_clnet_direct_conv(device, monkeypatch):

@@ -106,15 +106,15 @@ def check_forward(device, case, launches, atol):
     np.testing.assert_allclose(s_y.read(), expected, rtol=0, atol=atol * np.abs(expected).max())
 
 
-def check_input_grad(device, case, launches, atol):
-    """Likewise the input gradient, from dY as `pre_activation_grad` leaves it: NCHW on the GPU
-    family, (O, batch, OH, OW) on the CPU family."""
+def check_input_grad(device, case, launches, atol, transposed=False):
+    """Likewise the input gradient, from dY as `pre_activation_grad` leaves it: NCHW, or with
+    `transposed` (the CPU family's, where it transposes) (O, batch * OH * OW)."""
     n, conv, g, params, _ = _operands(case)
     o = conv.out_channels
     dy = np.random.default_rng(1).normal(size=(n, o, g.OH, g.OW))
     plan = SlotPlan(device)
     s_w = Slot(device, params["weight"].reshape(o, -1), 7)
-    s_dy = Slot(device, dy if device.family == "tiled" else dy.transpose(1, 0, 2, 3), 11)
+    s_dy = Slot(device, dy.transpose(1, 0, 2, 3).reshape(o, -1) if transposed else dy, 11)
     s_dx = Slot.output(device, (n, g.C, g.H, g.W), 5)
     expected_launches = launches(max(g.C, o), (g.H, g.W))
     conv_ops.input_grad(plan, g, n, s_w.tensor, s_dy.tensor, s_dx.tensor)

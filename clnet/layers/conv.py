@@ -139,7 +139,7 @@ class Conv2D(Layer):
     def backward(self, ctx, x, y, dy, need_dx):
         plan, batch = ctx.plan, x.shape[0]
         g = self.geometry(x.shape[1:])
-        dpre = conv_ops.pre_activation_grad(plan, ctx.act, dy, y, ctx.grads.get("bias"),
+        dpre = conv_ops.pre_activation_grad(plan, g, ctx.act, dy, y, ctx.grads.get("bias"),
                                             f"{self!r} pre-activation grad")
         weight = ctx.params["weight"].view((self.out_channels, g.rows))
         conv_ops.weight_grad(plan, g, batch, dpre, x, ctx.grads["weight"].view((self.out_channels, g.rows)))

@@ -9,7 +9,9 @@ else a GEMM into a column matrix (in chunks of images within COLUMNS) plus col2i
 The backward passes read the output gradient before the activation as `pre_activation_grad` leaves
 it: on the GPU family in dY's own NCHW layout (dY itself where there is no activation: no launch,
 or with a bias one that only sums it), on the CPU family transposed to (O, batch * OH * OW), whose
-planes are contiguous runs of its GEMMs' rows.
+planes are contiguous runs of its GEMMs' rows, but for dY itself where a stride-1 convolution has
+neither activation nor bias (a ResNet's: the weight gradient packs dY's runs where they lie, and the
+input gradient gathers from them).
 
 A grouped convolution runs every one of these GEMMs once for all its groups, a product per group
 in one launch (the groups a dimension of the grid). A depthwise convolution (groups > 1, one input
@@ -80,15 +82,18 @@ def col2im(plan, geometry, images, col, dx, ldcol):
     return plan.launch(k, (images * geometry.C * geometry.H,), (LOCAL,), images, ldcol, col, dx)
 
 
-def pre_activation_grad(plan, act, dy, y, db, name):
+def pre_activation_grad(plan, geometry, act, dy, y, db, name):
     """The output gradient before the activation `act` (its options, None for none), which
-    `weight_grad` and `input_grad` read, from dy and y (batch, O, OH, OW), and the bias gradient db
-    (unless None); `name` names a new value. On the GPU family in dy's layout: dy itself where there
-    is no activation (no launch, or with a bias one that sums it); on the CPU family (O, batch * OH
-    * OW)."""
+    `weight_grad` and `input_grad` read, from dy and y (batch, O, OH, OW) of the convolution
+    `geometry`, and the bias gradient db (unless None); `name` names a new value. On the GPU family
+    in dy's layout: dy itself where there is no activation (no launch, or with a bias one that sums
+    it). On the CPU family (O, batch * OH * OW), except that dy itself is read where there is neither
+    activation nor bias and the convolution has stride 1 and is not depthwise (every ResNet's 3x3
+    layer): `dy_in_place` tells which."""
     batch, out = dy.shape[:2]
     pixels = prod(dy.shape[2:])
-    if plan.device.family == "tiled":
+    if plan.device.family == "tiled" or (act is None and db is None and transposed(geometry, out)
+                                         and not depthwise(geometry)):
         if act is None and db is None:
             return dy
         dpre = plan.value(dy.shape, name) if act is not None else dy
@@ -97,6 +102,12 @@ def pre_activation_grad(plan, act, dy, y, db, name):
     shape = (batch, out, pixels)
     conv_bias_act_backward(plan, act, dy.view(shape), (y if act else dy).view(shape), dpre, db)
     return dpre
+
+
+def dy_in_place(plan, dpre):
+    """Whether `pre_activation_grad` left the gradient in dY's own NCHW layout (always on the GPU
+    family), rather than transposed to (O, batch * OH * OW)."""
+    return plan.device.family == "tiled" or len(dpre.shape) == 4
 
 
 def conv_bias_act_backward(plan, act, dy, y, dpre, db):
@@ -170,7 +181,7 @@ def weight_grad(plan, geometry, batch, dpre, x, dweight):
         return depthwise_weight_grad(plan, geometry, batch, dpre, x, dweight)
     g, out = geometry, dweight.shape[0]
     columns, o = batch * g.pixels, out // g.G
-    if plan.device.family == "tiled":
+    if dy_in_place(plan, dpre):
         a = _output_grad_matrix(geometry, batch, dpre, out)
     else:
         a = Matrix(dpre, o, columns, group_stride=o * columns)
@@ -200,7 +211,7 @@ def input_grad(plan, geometry, batch, weight, dpre, dx):
     if plan.device.family == "tiled":
         return _tiled_input_grad(plan, geometry, batch, weight, dpre, dx)
     if t:  # stride 1: a convolution of dpre
-        return _gathered_input_grad(plan, geometry, batch, weight, dpre, dx)
+        return _gathered_input_grad(plan, geometry, batch, weight, dpre, dx, dy_in_place(plan, dpre))
     return _col2im_input_grad(plan, geometry, batch, weight, dpre, dx)
 
 
@@ -257,19 +268,21 @@ def transposed(geometry, out_channels):
     return ConvGeometry(out_channels, g.OH, g.OW, g.KH, g.KW, g.H, g.W, 1, 1, ph, pw, g.dh, g.dw, g.G)
 
 
-def _gathered_input_grad(plan, geometry, batch, weight, dpre, dx):
+def _gathered_input_grad(plan, geometry, batch, weight, dpre, dx, in_place):
     """The CPU family's input gradient where `transposed` gives a geometry: dx (batch, C, H, W), the
-    convolution of dpre (O, batch*OH*OW) with the weight (O, C/G*KH*KW) flipped, as one GEMM per
-    group that gathers its panels from dpre."""
+    convolution of dpre (O, batch*OH*OW), or dY (batch, O, OH, OW) itself where `in_place`, with the
+    weight (O, C/G*KH*KW) flipped, as one GEMM per group that gathers its panels from it."""
     g = geometry
     t = transposed(g, weight.shape[0])
     columns, c, o = batch * g.H * g.W, g.C // g.G, weight.shape[0] // g.G
-    defines = _implicit(t, CONV_B=True, CONV_FLIP=g.KH * g.KW, CONV_IMAGE_STRIDE=g.pixels,
-                        CONV_CHANNEL_STRIDE=batch * g.pixels)
+    # dY's images and channels: NCHW (the gather's default), or channels each holding every image
+    strides = {} if in_place else {"CONV_IMAGE_STRIDE": g.pixels, "CONV_CHANNEL_STRIDE": batch * g.pixels}
+    defines = _implicit(t, CONV_B=True, CONV_FLIP=g.KH * g.KW, **strides)
     dx_matrix = Matrix(dx, c, columns, ld=g.C * g.H * g.W, image_cols=g.H * g.W)
+    group = o * g.pixels * (1 if in_place else batch)
     return record_gemm(plan, "gemm_packed", defines, (c, columns, t.rows),
                        Matrix(weight, c, t.rows, ld=0, group_stride=o * g.rows),
-                       Matrix(dpre, t.rows, columns, ld=0, group_stride=o * batch * g.pixels), dx_matrix, groups=g.G)
+                       Matrix(dpre, t.rows, columns, ld=0, group_stride=group), dx_matrix, groups=g.G)
 
 
 def _tiled_input_grad(plan, geometry, batch, weight, dpre, dx):

@@ -43,8 +43,8 @@ def forward(plan, geometry, batch, x, weight, y, bias, act):
 def input_grad(plan, transposed, batch, weight, dpre, dx):
     """dx (batch, C, H, W) of a convolution whose input gradient is the convolution `transposed`
     (`ops.conv.transposed`) of dY with the weight (O, C*9) flipped, in and out swapped. dpre is dY
-    as `ops.conv.pre_activation_grad` leaves it: (batch, O, OH, OW) on the GPU family, (O, batch,
-    OH, OW) on the CPU family."""
+    as `ops.conv.pre_activation_grad` leaves it: (batch, O, OH, OW), or on the CPU family (O,
+    batch * OH * OW) where it transposed it."""
     return _launch(plan, transposed, batch, dpre, weight, dx.shape[1], dx, None, None, flip=True)
 
 
@@ -58,7 +58,7 @@ def _launch(plan, g, batch, x, weight, out, y, bias, act, flip):
                         DC_FLIP=flip, **options)
         grid = (-(-g.OW // width) * width // 2, -(-g.OH // ROWS) * ROWS, batch)
         return plan.launch(k, grid, (width // 2, ROWS, 1), x, weight, bias, y)
-    if flip:  # dY's channels one after another, each holding every image's plane
+    if flip and len(x.shape) == 2:  # dY transposed: its channels one after another, each every image's
         options.update(RC_IMAGE_STRIDE=g.H * g.W, RC_CHANNEL_STRIDE=batch * g.H * g.W)
     k = plan.kernel("conv_rows.cl", "conv3x3_rows", RC_C=g.C, RC_O=out, RC_H=g.H, RC_W=g.W, RC_OH=g.OH,
                     RC_OW=g.OW, RC_PH=g.ph, RC_PW=g.pw, RC_FLIP=flip, **options)

@@ -38,9 +38,10 @@ class Matrix:
     """A rows x cols row-major matrix inside a tensor, with leading dimension ld.
 
     As the output, `image_cols=P` says that column n is pixel n % P of image n // P of an NCHW
-    tensor whose channels are the rows; ld is then the stride between images. gemm_tiled also reads
-    an operand A (not transposed) so (A_IMAGE_COLS), and the dY of an implicit input gradient
-    (CONV_DX) always so: the convolution's output gradient where it lies.
+    tensor whose channels are the rows; ld is then the stride between images. gemm_tiled and
+    gemm_packed's packing also read an operand A (not transposed) so (A_IMAGE_COLS), and gemm_tiled
+    the dY of an implicit input gradient (CONV_DX) always so: the convolution's output gradient where
+    it lies.
 
     In a grouped product (`groups` > 1), an operand A or B is the first group's, and `group_stride`
     the elements between the operands of consecutive groups; the output C is the first group's
@@ -83,7 +84,8 @@ def layout(defines, groups=1):
     """The operand layout of a GEMM as the tuning cache names it, e.g. "NT", "NN+conv", or "NN+conv+g4"
     for 4 groups (a grouped product is tuned apart from a plain one of its groups' size). A's images
     (A_IMAGE_COLS) add nothing: gemm_tiled reads every convolution's output gradient so, and its
-    "NT+conv" (the weight gradient) and "NN+conv-dx" are those products and no other."""
+    "NT+conv" (the weight gradient) and "NN+conv-dx" are those products and no other; gemm_packed
+    multiplies A's panels, however A lay before its packing."""
     name = ("T" if defines.get("TRANS_A") else "N") + ("T" if defines.get("TRANS_B") else "N")
     name += "+conv" if defines.get("CONV_B") else "+conv-dx" if defines.get("CONV_DX") else ""
     return name + (f"+g{groups}" if groups > 1 else "")
@@ -346,9 +348,9 @@ def record_gemm(plan, kernel, defines, shape, a, b, c, bias=None, params=None, g
     computing the (M, N, K) product of Matrix operands, or `groups` of them (a grouped convolution:
     see `Matrix`). `params` (the tuner's candidates) overrides the tuned or default parameters."""
     m, n, k = shape
-    if (a.image_cols and kernel != "gemm_tiled") or bool(b.image_cols) != bool(defines.get("CONV_DX")):
-        raise ValueError(f"{kernel}: an operand A of images is gemm_tiled's, and a B of images is CONV_DX's dY, "
-                         "always")
+    if (a.image_cols and kernel == "gemm_direct") or bool(b.image_cols) != bool(defines.get("CONV_DX")):
+        raise ValueError(f"{kernel}: an operand A of images is gemm_tiled's or gemm_packed's, and a B of images is "
+                         "CONV_DX's dY, always")
     spec, case = SPECS[kernel], Case(kernel, layout(defines, groups), m, n, k)
     c_all = Matrix(c.tensor, groups * m, n, c.ld, c.image_cols)  # the rows of every group
     record(case, Call(kernel, tuple(sorted(defines.items())), shape, (_span(a, groups), a.ld, a.image_cols),
@@ -423,9 +425,9 @@ def _packed_operands(plan, defines, shape, a, b, params, slices, groups):
     grid = (-(-n // PANEL), -(-m // rows))
     grouped = {"GROUPS": groups} if groups > 1 else {}
     packed_a = plan.value((groups * grid[1], k, rows), "A panels")
-    options = dict(CPU_ROWS=rows, **grouped, GROUP_A=a.group_stride or None)
+    options = dict(CPU_ROWS=rows, **grouped, GROUP_A=a.group_stride or None, A_IMAGE_COLS=a.image_cols)
     z, z_local = ((groups,), (1,)) if groups > 1 else ((), ())  # a third dimension for the groups
-    if defines["TRANS_A"] or defines.get("CONV_FLIP"):
+    if defines["TRANS_A"] or defines.get("CONV_FLIP") or (a.image_cols or PANEL) % PANEL:  # no runs of 16
         pack = plan.kernel(GEMM_PACKED.file, "pack_a", TRANS_A=defines["TRANS_A"], CONV_FLIP=defines.get("CONV_FLIP"),
                            **options)
         plan.launch(pack, (k, grid[1], *z), (PANEL, 1, *z_local), m, k, a.tensor, a.ld, packed_a)
