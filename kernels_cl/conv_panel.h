@@ -53,18 +53,7 @@ inline void gather_row(__local float* out, __global const float* restrict x, con
 inline float16 load_run16(__global const float* restrict x, const int at, const int ih, const int iw)
 {
     if ((uint)ih >= CONV_H) return (float16)(0.0f);
-    if ((uint)iw <= CONV_W - PANEL) return load16(x + at);
-    if (iw == -1) {
-        const float16 v = load16(x + at + 1);
-        return (float16)(0.0f, v.s0123, v.s4567, v.s89ab, v.scde);
-    }
-    if (iw == CONV_W - PANEL + 1) {
-        const float16 v = load16(x + at - 1);
-        return (float16)(v.s1234, v.s5678, v.s9abc, v.sdef, 0.0f);
-    }
-    __attribute__((aligned(64))) float run[PANEL];
-    for (int i = 0; i < PANEL; i++) run[i] = (uint)(iw + i) < CONV_W ? x[at + i] : 0.0f;
-    return *(float16*)run;
+    return load_window16(x + at - iw, iw, CONV_W);  // (register_block.h)
 }
 #else
 inline float8 load_run8(__global const float* restrict x, const int at, const int ih, const int iw)

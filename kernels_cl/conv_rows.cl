@@ -1,7 +1,7 @@
 // A direct 3x3 stride-1 convolution to few output channels (the CPU family): work-item (s, oh, image)
 // computes the 16 output pixels ow0 = 16 s .. ow0 + 15 of row oh of one image for each of the RC_O
 // (at most 16) output channels, in float16 accumulators. Each input vector (16 consecutive values
-// of an input row, shifted by the tap's column) is read straight from x and serves RC_O
+// of an input row, shifted by the tap's column: load_window16) is read straight from x and serves RC_O
 // multiply-adds: no panel is gathered into memory first, as an implicit GEMM's is.
 //
 // With RC_FLIP the weight is read as the input gradient's: w'[o][c][kh][kw] = w[c][o][2-kh][2-kw]
@@ -9,11 +9,13 @@
 // over dY with the geometry `ops.conv.transposed` gives.
 //
 // x: channel c of image i at x[i * RC_IMAGE_STRIDE + c * RC_CHANNEL_STRIDE] (NCHW unless the strides
-// say otherwise: the CPU family's dY is (O, images, OH, OW)); y (images, RC_O, RC_OH, RC_OW) NCHW;
+// say otherwise: the CPU family's transposed dY is (O, images, OH, OW)); y (images, RC_O, RC_OH, RC_OW);
 // w (RC_O, RC_C, 3, 3) as stored, or (RC_C, RC_O, 3, 3) with RC_FLIP; bias[o] with HAS_BIAS, then ACT
 // (common.h). Global size (ceil(RC_OW / 16), RC_OH, images), work-groups of one.
 
-#define LANES 16
+#include "register_block.h"
+
+#define LANES PANEL  // output pixels of a work-item: one float16
 #ifndef RC_IMAGE_STRIDE
 #define RC_IMAGE_STRIDE (RC_C * RC_H * RC_W)
 #define RC_CHANNEL_STRIDE (RC_H * RC_W)
@@ -29,26 +31,6 @@
 #define W_FIRST(c, t) ((c) * 9 + (t))
 #define W_STEP (RC_C * 9)
 #endif
-
-// The 16 values of an input row from column iw, zeros outside the row: one vector load inside it,
-// shifted in registers for one column of padding on either side, else read value by value.
-inline float16 window16(__global const float* restrict row, const int iw)
-{
-    if (iw >= 0 && iw <= RC_W - LANES) return load16(row + iw);
-#if RC_W >= LANES
-    if (iw == -1) {
-        const float16 v = load16(row);
-        return (float16)(0.0f, v.s0123, v.s4567, v.s89ab, v.scde);
-    }
-    if (iw == RC_W - LANES + 1) {
-        const float16 v = load16(row + RC_W - LANES);
-        return (float16)(v.s1234, v.s5678, v.s9abc, v.sdef, 0.0f);
-    }
-#endif
-    __attribute__((aligned(64))) float v[LANES];
-    for (int j = 0; j < LANES; j++) v[j] = (uint)(iw + j) < RC_W ? row[iw + j] : 0.0f;
-    return *(float16*)v;
-}
 
 __kernel void conv3x3_rows(__global const float* restrict x, const int xo,
                            __global const float* restrict w, const int wo,
@@ -66,7 +48,7 @@ __kernel void conv3x3_rows(__global const float* restrict x, const int xo,
         for (int kw = 0; kw < 3; kw++) {
             const int iw = ow0 + kw - RC_PW, tap = kh * 3 + kw;
             for (int c = 0; c < RC_C; c++) {
-                const float16 v = window16(in + c * RC_CHANNEL_STRIDE + ih * RC_W, iw);
+                const float16 v = load_window16(in + c * RC_CHANNEL_STRIDE + ih * RC_W, iw, RC_W);
                 __global const float* at = w + wo + W_FIRST(c, tap);
                 _Pragma("unroll") for (int o = 0; o < RC_O; o++) acc[o] = at[o * W_STEP] * v + acc[o];
             }
