@@ -10,6 +10,16 @@
 #define SRC_T float
 #endif
 
+// to[i] = (from[i] * scale - mean) * inv_std for i < count, 8 values at a time (a CPU's lanes).
+inline void normalize_run(__global const SRC_T* restrict from, __global float* restrict to, const int count,
+                          const float scale, const float mean, const float inv_std)
+{
+    int i = 0;
+    for (; i + 8 <= count; i += 8)
+        vstore8((convert_float8(vload8(0, from + i)) * scale - mean) * inv_std, 0, to + i);
+    for (; i < count; i++) to[i] = ((float)from[i] * scale - mean) * inv_std;
+}
+
 // Row r = (b, c, h) of out[b] = normalise(augment(src[order[start + b]] * scale)) for rows
 // b < n_valid, zeros after. norm holds mean[c] then 1/std[c] per channel. Augmentation per sample,
 // from Philox keyed by the seed with counter (first_row + b, step): the same whether the batch was
@@ -39,11 +49,8 @@ inline void gather_image_row(const int r, const int n_valid, const int start, co
     const float mean = norm[c], inv_std = norm[C + c];
     const int sh = h + dy;
     __global const SRC_T* row = src + ((size_t)order[start + b] * C + c) * H * W + sh * W;
-    if (dy == 0 && dx == 0 && !mirror) {  // the row as it is, 8 values at a time (a CPU's lanes)
-        int w = 0;
-        for (; w + 8 <= W; w += 8)
-            vstore8((convert_float8(vload8(0, row + w)) * scale - mean) * inv_std, 0, dst + w);
-        for (; w < W; w++) dst[w] = ((float)row[w] * scale - mean) * inv_std;
+    if (dy == 0 && dx == 0 && !mirror) {  // the row as it is
+        normalize_run(row, dst, W, scale, mean, inv_std);
         return;
     }
     for (int w = 0; w < W; w++) {
@@ -60,8 +67,8 @@ inline void gather_image_row(const int r, const int n_valid, const int start, co
                     __global const SRC_T* restrict src, const int so, __global const float* restrict norm, const int no
 
 // Image b of out as gather_image_row's rows of it would make it, where nothing augments it a channel's
-// plane at a time, 8 values a step (a work-item gathering whole images, dense_chain's, gets no
-// vectors from PoCL across work-items, as gather_batch's rows do).
+// plane at a time (a work-item gathering whole images, dense_chain's, gets no vectors from PoCL
+// across work-items, as gather_batch's rows do).
 inline void gather_image(const int b, const int n_valid, const int start, const int C, const int H, const int W,
                          const float scale, const int crop, const int flip, const uint seed_lo, const uint seed_hi,
                          const uint step, const uint first_row, __global const int* restrict order,
@@ -75,15 +82,9 @@ inline void gather_image(const int b, const int n_valid, const int start, const 
         return;
     }
     const int plane = H * W;
-    for (int c = 0; c < C; c++) {
-        __global const SRC_T* from = src + ((size_t)order[start + b] * C + c) * plane;
-        __global float* to = out + ((size_t)b * C + c) * plane;
-        const float mean = norm[c], inv_std = norm[C + c];
-        int i = 0;
-        for (; i + 8 <= plane; i += 8)
-            vstore8((convert_float8(vload8(0, from + i)) * scale - mean) * inv_std, 0, to + i);
-        for (; i < plane; i++) to[i] = ((float)from[i] * scale - mean) * inv_std;
-    }
+    for (int c = 0; c < C; c++)
+        normalize_run(src + ((size_t)order[start + b] * C + c) * plane, out + ((size_t)b * C + c) * plane, plane,
+                      scale, norm[c], norm[C + c]);
 }
 
 #if TARGETS
