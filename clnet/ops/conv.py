@@ -92,10 +92,10 @@ def pre_activation_grad(plan, geometry, act, dy, y, db, name):
     layer): `dy_in_place` tells which."""
     batch, out = dy.shape[:2]
     pixels = prod(dy.shape[2:])
-    if plan.device.family == "tiled" or (act is None and db is None and transposed(geometry, out)
-                                         and not depthwise(geometry)):
-        if act is None and db is None:
-            return dy
+    tiled = plan.device.family == "tiled"
+    if act is None and db is None and (tiled or (transposed(geometry, out) and not depthwise(geometry))):
+        return dy
+    if tiled:
         dpre = plan.value(dy.shape, name) if act is not None else dy
     else:
         dpre = plan.value((out, batch * pixels), name)
@@ -207,7 +207,7 @@ def input_grad(plan, geometry, batch, weight, dpre, dx):
     if tile:  # the GPU family's: dpre in dY's layout
         return winograd.input_grad(plan, geometry, t, batch, weight, dpre, dx, tile)
     if t and direct_conv(plan, t, geometry.C):
-        return direct.input_grad(plan, t, batch, weight, dpre, dx)
+        return direct.input_grad(plan, t, batch, weight, dpre, dx, dy_in_place(plan, dpre))
     if plan.device.family == "tiled":
         return _tiled_input_grad(plan, geometry, batch, weight, dpre, dx)
     if t:  # stride 1: a convolution of dpre

@@ -20,31 +20,29 @@ class Gather:
     target_src[order[start + b]]. `args` are GATHER_ARGS's (n_valid ... norm), `target_args`
     TARGET_ARGS's; `defines` the program's options."""
     out: Any
-    image_rows: int
     defines: Dict[str, Any]
     args: Tuple
     target_args: Tuple
-    target_items: int
 
 
 def gather(order, src, norm, out, scale, crop=0, flip=False, seed=0, targets=None):
     """The Gather of `out` from `src` (see Gather); `targets` is (target_src, target_out) or None."""
     rows, (c, h, w) = out.shape[0], image_dims(out.shape[1:])
     lo, hi = seed_key(seed)
-    target_args, target_items, defines = (), 0, {"SRC_UINT8": np.dtype(src.dtype) == np.uint8}
+    target_args, defines = (), {"SRC_UINT8": np.dtype(src.dtype) == np.uint8}
     if targets is not None:
         target_src, target_out = targets
-        width = int(np.prod(target_out.shape[1:], dtype=int))
-        target_args, target_items = (width, target_src, target_out), rows * width
+        target_args = (int(np.prod(target_out.shape[1:], dtype=int)), target_src, target_out)
         defines.update(TARGETS=1, TARGET_FLOAT=np.dtype(target_src.dtype) == np.float32)
     args = (rows, 0, c, h, w, np.float32(scale), int(crop), int(bool(flip)), lo, hi, step_arg(0), np.uint32(0),
             order, src, norm)
-    return Gather(out, rows * c * h, defines, args, target_args, target_items)
+    return Gather(out, defines, args, target_args)
 
 
 def gather_batch(plan, batch):
     """Record the Gather `batch` as a launch of its own: a work-item an image row, then one a target
     value."""
+    rows, (c, h, _) = batch.out.shape[0], image_dims(batch.out.shape[1:])
+    targets = rows * batch.target_args[0] if batch.target_args else 0
     k = plan.kernel(FILE, "gather_batch", **batch.defines)
-    return plan.launch(k, (batch.image_rows + batch.target_items,), (LOCAL,), batch.out.shape[0], *batch.args,
-                       batch.out, *batch.target_args)
+    return plan.launch(k, (rows * c * h + targets,), (LOCAL,), rows, *batch.args, batch.out, *batch.target_args)

@@ -40,15 +40,16 @@ def forward(plan, geometry, batch, x, weight, y, bias, act):
     return _launch(plan, geometry, batch, x, weight, weight.shape[0], y, bias, act, flip=False)
 
 
-def input_grad(plan, transposed, batch, weight, dpre, dx):
+def input_grad(plan, transposed, batch, weight, dpre, dx, in_place):
     """dx (batch, C, H, W) of a convolution whose input gradient is the convolution `transposed`
     (`ops.conv.transposed`) of dY with the weight (O, C*9) flipped, in and out swapped. dpre is dY
-    as `ops.conv.pre_activation_grad` leaves it: (batch, O, OH, OW), or on the CPU family (O,
-    batch * OH * OW) where it transposed it."""
-    return _launch(plan, transposed, batch, dpre, weight, dx.shape[1], dx, None, None, flip=True)
+    as `ops.conv.pre_activation_grad` leaves it: (batch, O, OH, OW) where `in_place` (always on the
+    GPU family), else (O, batch * OH * OW)."""
+    return _launch(plan, transposed, batch, dpre, weight, dx.shape[1], dx, None, None, flip=True,
+                   strided=not in_place)
 
 
-def _launch(plan, g, batch, x, weight, out, y, bias, act, flip):
+def _launch(plan, g, batch, x, weight, out, y, bias, act, flip, strided=False):
     options = {"HAS_BIAS": bias is not None, **(act or activation())}
     bias = bias if bias is not None else y
     if plan.device.family == "tiled":
@@ -58,7 +59,7 @@ def _launch(plan, g, batch, x, weight, out, y, bias, act, flip):
                         DC_FLIP=flip, **options)
         grid = (-(-g.OW // width) * width // 2, -(-g.OH // ROWS) * ROWS, batch)
         return plan.launch(k, grid, (width // 2, ROWS, 1), x, weight, bias, y)
-    if flip and len(x.shape) == 2:  # dY transposed: its channels one after another, each every image's
+    if strided:  # dY transposed: its channels one after another, each holding every image's plane
         options.update(RC_IMAGE_STRIDE=g.H * g.W, RC_CHANNEL_STRIDE=batch * g.H * g.W)
     k = plan.kernel("conv_rows.cl", "conv3x3_rows", RC_C=g.C, RC_O=out, RC_H=g.H, RC_W=g.W, RC_OH=g.OH,
                     RC_OW=g.OW, RC_PH=g.ph, RC_PW=g.pw, RC_FLIP=flip, **options)
