@@ -87,20 +87,6 @@ class Value:
         return f"<Value {self.name} {self.shape}>"
 
 
-class Counters:
-    """`count` int32 counters at element `offset` of the plan's counting buffer: memory outside the
-    arena, zeroed when the plan is finalized and never shared, for a kernel that counts with integer
-    atomics and sets its counters back to 0 before it ends (gemm_tiled's SLICE_SUM), so that every
-    replay finds them at 0."""
-
-    def __init__(self, plan, offset, count):
-        self.plan, self.offset, self.count = plan, offset, count
-
-    @property
-    def buffer(self):
-        return self.plan.counting.buffer
-
-
 class Launch:
     """One launch of a `Kernel`, its arguments in the order of the kernel's signature; a tensor
     argument becomes its (buffer, int offset) pair when bound."""
@@ -148,19 +134,11 @@ class Plan:
         self.arena = None
         self.dynamic = {}  # name -> [(launch, argument name, value -> argument)]
         self.phases = {}   # name -> index of the phase's first launch, in recording order
-        self.counted = 0    # int32 counters handed out by `counters`
-        self.counting = None  # their buffer, from `finalize`
 
     def value(self, shape, name, dtype=np.float32):
         v = Value(self, shape, name, dtype=dtype)
         self.values.append(v)
         return v
-
-    def counters(self, count):
-        """`count` zeroed int32 counters of their own for one launch (`Counters`)."""
-        found = Counters(self, self.counted, count)
-        self.counted += count
-        return found
 
     def mark(self, phase):
         """Start the phase `phase`: the launches recorded from now on, until the next mark, are its."""
@@ -232,9 +210,6 @@ class Plan:
         """Allocate the arena placed by `place` and bind every launch's arguments once."""
         self.arena = DeviceTensor(self.device, (arena_size,))
         self.arena.buffer = allocate(self.device, self.arena.nbytes, what)
-        if self.counted:
-            self.counting = DeviceTensor.empty(self.device, (self.counted,), np.int32, f"the counters of {what}")
-            self.counting.fill(0)
         for launch in self.launches:
             launch.bind()
 

@@ -1,6 +1,5 @@
 // gemm_tiled, the GPU family's GEMM (semantics, operands and epilogue in gemm_common.h); the
-// partial products of its K slices are added by sum_slices (sum_slices.cl), or, with SLICE_SUM, by
-// the last of each tile's work-groups to finish (below).
+// partial products of its K slices are added by sum_slices (sum_slices.cl).
 #include "gemm_common.h"
 
 #ifndef TILE_M
@@ -176,27 +175,9 @@ inline float4 load_run(__global const float* restrict p, const int at, const int
 #define STAGE(s) STAGE_A(s) STAGE_B(s)
 #define LOAD(s, k0) LOAD_A(s, k0) LOAD_B(s, k0)
 
-// SLICE_SUM: K is split as with SPLIT_K, and the launch adds its own slices, which saves the
-// launch of sum_slices and its pass over them. Each work-group stores its partial products into
-// `partial`, a (slices, GROUPS * M, N) buffer, and counts itself in tile_counts (an int per output
-// tile, 0 before the launch); the tile's last work-group to count, which then sees every other
-// slice's partials, adds the slices in slice order (the order sum_slices adds them in one lane: the
-// sums are deterministic, whichever work-group is last), stores C with the epilogue and sets the
-// count back to 0 for the next launch. Integer atomics only; no work-group waits for another.
-#ifdef SLICE_SUM
-#define SPLIT_SLICES
-#define SLICE_SUM_ARGS , __global float* restrict partial, const int partial_off, __global int* restrict tile_counts, \
-    const int tile_counts_off
-#else
-#define SLICE_SUM_ARGS
-#endif
-#ifdef SPLIT_K
-#define SPLIT_SLICES
-#endif
-
 // Work-group (WG_N, WG_M); each work-item owns WPT_M x WPT_N outputs (ROW_OF, COL_OF).
 __kernel __attribute__((reqd_work_group_size(WG_N, WG_M, 1)))
-void gemm_tiled(GEMM_ARGS SLICE_SUM_ARGS)
+void gemm_tiled(GEMM_ARGS)
 {
     // Padded rows: the stores below walk the tiles along k, and a row length that is a multiple
     // of the bank count would put them all in one local-memory bank.
@@ -220,7 +201,7 @@ void gemm_tiled(GEMM_ARGS SLICE_SUM_ARGS)
         for (int j = 0; j < WPT_N; j++)
             acc[i][j] = 0.0f;
 
-#ifdef SPLIT_SLICES
+#ifdef SPLIT_K
     const int slices = SLICE_COUNT;
     const int share = (K + slices * TILE_K - 1) / (slices * TILE_K) * TILE_K;
     const int k_begin = SLICE_ID * share, k_end = min(K, k_begin + share);
@@ -260,41 +241,6 @@ void gemm_tiled(GEMM_ARGS SLICE_SUM_ARGS)
     }
 #endif
 
-#ifdef SLICE_SUM
-    // element (m, n) of group GROUP_ID's slice z in `partial`
-#define PARTIAL_AT(z, m, n) (partial_off + (((z) * GROUPS + GROUP_ID) * M + (m)) * N + (n))
-    for (int i = 0; i < WPT_M; i++) {
-        const int m = m0 + ROW_OF(tm, i);
-        for (int j = 0; j < WPT_N; j++) {
-            const int n = n0 + COL_OF(tn, j);
-            if (m < M && n < N) partial[PARTIAL_AT(SLICE_ID, m, n)] = acc[i][j];
-        }
-    }
-    // Each work-item's stores reach the whole device before the work-group counts itself.
-    __local int last;
-    mem_fence(CLK_GLOBAL_MEM_FENCE);
-    barrier(CLK_GLOBAL_MEM_FENCE | CLK_LOCAL_MEM_FENCE);
-    const int tile = tile_counts_off + (GROUP_ID * (int)get_num_groups(1) + (int)get_group_id(1))
-        * (int)get_num_groups(0) + (int)get_group_id(0);
-    if (tid == 0) last = atomic_inc(tile_counts + tile) == slices - 1;
-    barrier(CLK_LOCAL_MEM_FENCE);
-    if (!last) return;
-    if (tid == 0) tile_counts[tile] = 0;
-    mem_fence(CLK_GLOBAL_MEM_FENCE);
-    // volatile: the other work-groups' partials are read from the device's memory, past any cache
-    // this compute unit may hold of it
-    __global volatile const float* partial_in_memory = partial;
-    for (int i = 0; i < WPT_M; i++) {
-        const int m = m0 + ROW_OF(tm, i);
-        for (int j = 0; j < WPT_N; j++) {
-            const int n = n0 + COL_OF(tn, j);
-            if (m >= M || n >= N) continue;
-            float s = 0.0f;
-            for (int z = 0; z < slices; z++) s += z == SLICE_ID ? acc[i][j] : partial_in_memory[PARTIAL_AT(z, m, n)];
-            STORE(row0 + m, n, s);
-        }
-    }
-#else
     for (int i = 0; i < WPT_M; i++) {
         const int m = m0 + ROW_OF(tm, i);
         for (int j = 0; j < WPT_N; j++) {
@@ -302,5 +248,4 @@ void gemm_tiled(GEMM_ARGS SLICE_SUM_ARGS)
             if (m < M && n < N) STORE(row0 + m, n, acc[i][j]);
         }
     }
-#endif
 }

@@ -124,68 +124,12 @@ def test_gemm_split_k(device, gemm_family, layout, monkeypatch):
     wide = f32(rng.uniform(-1, 1, (m, n + 3)))
     sa, sb, sw = Slot(device, a, 1), Slot(device, b, 2), Slot(device, wide, 7)
     ops.gemm(plan, sa.tensor, sb.tensor, ops.Matrix(sw.tensor, m, n, ld=n + 3))
-    names = [launch.kernel.function_name for launch in plan.launches]
-    if gemm_family == "tiled" and GEMM_TILED.split_k(device, m, n, k) <= gemm_module.SLICE_SUM_MAX:
-        assert names == ["gemm_tiled"] * 2 and all("partial" in launch.kernel.names for launch in plan.launches)
-    else:
-        assert names.count("sum_slices") == 2
+    assert [launch.kernel.function_name for launch in plan.launches].count("sum_slices") == 2
     execute(plan)
     _check_gemm(sc, ref, k, f"split-K {layout}")
     expected = wide.astype(np.float64)
     expected[:, :n] = a.astype(np.float64) @ b.astype(np.float64)
     np.testing.assert_allclose(sw.read(), expected, rtol=1e-5, atol=1e-6 * k)
-
-
-# (M, N, K, layout, groups, tile (TILE_M, TILE_N, TILE_K, WPT_M, WPT_N), slices): tiles with partial
-# edges in both directions; one output; two groups; the 8 slices of SLICE_SUM_MAX; 128 x 128 tiles.
-SLICE_SUM_CASES = [(70, 130, 1001, "NN", 1, (64, 64, 16, 4, 4), 3), (1, 1, 700, "TN", 1, (32, 32, 16, 4, 4), 2),
-                   (37, 45, 600, "NT", 2, (32, 64, 16, 2, 4), 4), (20, 300, 1500, "TT", 1, (16, 64, 16, 2, 4), 8),
-                   (200, 260, 333, "NN", 1, (128, 128, 8, 8, 8), 2)]
-
-
-@pytest.mark.parametrize("m, n, k, layout, groups, tile, slices", SLICE_SUM_CASES)
-def test_gemm_adds_its_own_slices(device, monkeypatch, m, n, k, layout, groups, tile, slices):
-    """gemm_tiled split into at most SLICE_SUM_MAX K slices adds them itself (SLICE_SUM): one
-    launch, the last of each tile's work-groups adding the slices in order and storing C with the
-    epilogue, into a wider C at an offset. Its tile counters are back at 0 after every replay (else
-    the next replay would store nothing: C is reset to NaN between them), and it stores the sums
-    sum_slices stores, bit for bit, when the latter adds in one lane."""
-    monkeypatch.setattr(device, "family", "tiled")
-    monkeypatch.setattr(ops.elementwise, "SUM_MAX_LANES", 1)
-    tm, tn, tk, wm, wn = tile
-    force_gemm_params(monkeypatch, {**GEMM_TILED.defaults, "TILE_M": tm, "TILE_N": tn, "TILE_K": tk, "WPT_M": wm,
-                                    "WPT_N": wn, "SLICES": slices})
-    trans_a, trans_b = LAYOUTS[layout]
-    rng = np.random.default_rng(m + n + k)
-    a = [f32(rng.uniform(-1, 1, (k, m) if trans_a else (m, k))) for _ in range(groups)]
-    b = [f32(rng.uniform(-1, 1, (n, k) if trans_b else (k, n))) for _ in range(groups)]
-    bias = f32(rng.uniform(-1, 1, n))
-    sa, sb, sbias = Slot(device, np.concatenate(a), 3), Slot(device, np.concatenate(b), 5), Slot(device, bias, 1)
-    runs = []
-    for sum_max in (gemm_module.SLICE_SUM_MAX, 0):
-        monkeypatch.setattr(gemm_module, "SLICE_SUM_MAX", sum_max)
-        sc = Slot.output(device, (groups * m, n + 2), 7)
-        plan = new_plan(device)
-        ops.gemm(plan, ops.Matrix(sa.tensor, *a[0].shape, group_stride=a[0].size),
-                 ops.Matrix(sb.tensor, *b[0].shape, group_stride=b[0].size), ops.Matrix(sc.tensor, m, n, ld=n + 2),
-                 trans_a=trans_a, trans_b=trans_b, bias=sbias.tensor, act=ops.activation("tanh"), groups=groups)
-        names = [launch.kernel.function_name for launch in plan.launches]
-        assert names == (["gemm_tiled"] if sum_max else ["gemm_tiled", "sum_slices"])
-        execute(plan)
-        replays = [sc.read()]
-        for _ in range(2):
-            sc.whole.upload(np.concatenate([np.full(7, GUARD), np.full(sc.size, np.nan), np.full(29, GUARD)]))
-            plan.run()
-            replays.append(sc.read())
-        for again in replays[1:]:
-            np.testing.assert_array_equal(again, replays[0])
-        runs.append(replays[0])
-    np.testing.assert_array_equal(runs[0], runs[1])
-    for g in range(groups):
-        a64, b64 = a[g].astype(np.float64), b[g].astype(np.float64)
-        pre = (a64.T if trans_a else a64) @ (b64.T if trans_b else b64) + bias
-        np.testing.assert_allclose(runs[0][g * m:(g + 1) * m, :n], np.tanh(pre), rtol=1e-5, atol=1e-6 * k)
-        assert np.isnan(runs[0][g * m:(g + 1) * m, n:]).all()  # the columns past N, as they were
 
 
 @pytest.mark.parametrize("rows, cols, slices, wanted, lanes, vector", [

@@ -12,8 +12,6 @@ from .elementwise import activation, sum_slices
 log = logging.getLogger(__name__)
 
 SPLIT_MIN = 128    # shortest K slice worth its own work-groups
-SLICE_SUM_MAX = 8  # gemm_tiled adds at most this many K slices itself (SLICE_SUM): the last work-group
-                   # of a tile reads them all; more, over few tiles, are spread over sum_slices' lanes
 PANEL = 16         # columns of a B panel (gemm_packed, gemm_direct)
 CPU_GATHER_K = 4096  # rows of a panel of B in local memory at most (256 KiB): gemm_packed's gathered
                      # ones, and gemm_direct's
@@ -388,14 +386,8 @@ def record_gemm(plan, kernel, defines, shape, a, b, c, bias=None, params=None, g
     if slices == 1:
         program = plan.kernel(spec.file, kernel, **product, **grouping, **epilogue)
         return plan.launch(program, grid, local, m, n, k, a.tensor, a.ld, b.tensor, b.ld, c.tensor, c.ld, bias)
-    # Partial products of K slices in one 3-D launch, then their sum in a fixed order (deterministic):
-    # by the launch itself where the slices are few, else by sum_slices.
+    # Partial products of K slices in one 3-D launch, then their sum in a fixed order (deterministic).
     partial = plan.value((slices, groups * m, n), "split-K partial sums")
-    if kernel == "gemm_tiled" and slices <= SLICE_SUM_MAX:
-        program = plan.kernel(spec.file, kernel, **product, **grouping, **epilogue, SLICE_SUM=True)
-        tiles = plan.counters(groups * grid[0] // local[0] * (grid[1] // local[1]))
-        return plan.launch(program, grid, local, m, n, k, a.tensor, a.ld, b.tensor, b.ld, c.tensor, c.ld, bias,
-                           partial, tiles)
     program = plan.kernel(spec.file, kernel, **product, **grouping, SPLIT_K=True)
     plan.launch(program, grid, local, m, n, k, a.tensor, a.ld, b.tensor, b.ld, partial, n, partial)
     return sum_slices(plan, partial, slices, groups * m, n, c.tensor, c.ld, bias, epilogue)
