@@ -119,9 +119,10 @@ class CompiledStep:
         come, but for the last add, which waits for the backward of the stage that made the value:
         where that stage's activation is fused, the last add also takes the sum back through the
         activation (act'(y)), and the stage's backward runs past it. A stage whose backward does not
-        apply the derivative itself (Add) gets a single gradient through the activation from one
-        launch. A run of Dense stages chained forward (`_runs`) whose values but the last have no
-        other reader runs its backward as a chain too."""
+        apply the derivative itself (Add), or that runs a residual Add (whose other input gets the
+        sum's gradient), gets a single gradient through the activation from one launch. A run of
+        Dense stages chained forward (`_runs`) whose values but the last have no other reader runs
+        its backward as a chain too."""
         stages = [stage for run in runs for stage in run]
         trainable = {INPUT: False}
         for stage in stages:
@@ -141,7 +142,8 @@ class CompiledStep:
                 if last.output not in grads:  # nothing before it learns
                     continue
                 y, dys = values[last.output], grads.pop(last.output)
-                through = last.act is not None and (len(dys) > 1 or not last.layer.applies_activation_grad)
+                through = last.act is not None and (len(dys) > 1 or not last.layer.applies_activation_grad
+                                                    or last.residual)
                 dy = _gradient(plan, last.output, dys, y, last.act if through else None)
                 if through:
                     ctxs = ctxs[:-1] + [ctxs[-1].past_activation()]
@@ -152,6 +154,8 @@ class CompiledStep:
                     dxs = (Dense.backward_chain(ctxs, inputs[0], outputs, dy, need[0]),)
                 elif first.layer.arity == 1:
                     dxs = (first.layer.backward(ctxs[0], inputs[0], y, dy, need[0]),)
+                    if first.residual:  # the residual gets the sum's gradient, as Add hands it on
+                        dxs += (dy if need[1] else None,)
                 else:
                     dxs = first.layer.backward(ctxs[0], inputs, y, dy, need)
                 for name, dx in zip(first.inputs, dxs):

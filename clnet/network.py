@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .errors import ShapeError
-from .layers import Activation, Layer, SymbolicTensor
+from .layers import Activation, Add, Layer, SymbolicTensor
 
 INPUT = "input"
 
@@ -29,7 +29,9 @@ class Node:
 class Stage:
     """A node as it runs: `act` is the activation fused into its epilogue (its kernel options, None
     without one), and `output` the name of the value it makes (the fused activation's, when there is
-    one). `index` is the node's position in the network (it keys the node's random streams)."""
+    one). `index` is the node's position in the network (it keys the node's random streams). With
+    `residual`, the stage also runs the Add that alone reads its output: `inputs[1]`, the Add's other
+    input, is added before the activation, and the output is the Add's (or its activation's)."""
     index: int
     name: str
     layer: Layer
@@ -39,6 +41,7 @@ class Stage:
     output: str
     output_shape: tuple
     folded: Node | None = None  # the BatchNorm folded into this Dense or Conv2D (evaluation)
+    residual: bool = False
 
 
 class Network:
@@ -177,7 +180,9 @@ class Network:
         `fold_norms` (evaluation), a BatchNorm that is the sole reader of a Dense or Conv2D folds
         into its weight and bias. An activation whose producer can fuse it (Dense, Conv2D,
         BatchNorm, Add; a producer with a BatchNorm folded in) runs as the producer writes when it
-        is the producer's sole reader and its gradient needs only its output (not SiLU).
+        is the producer's sole reader and its gradient needs only its output (not SiLU). A
+        two-input Add that alone reads a layer that adds residuals (an unfolded BatchNorm: a
+        ResNet block's last) runs in that layer's stage, its activation too: one pass.
         """
         shapes = self.shapes(input_shape)
         nodes = list(self.nodes)
@@ -199,7 +204,16 @@ class Network:
                     and producer is not None and producer.layer.fuses_activation
                     and self.consumers[node.inputs[0]] == 1 and producer.name not in fused):
                 fused[producer.name] = node
-        absorbed = {node.name for node in fused.values()} | set(runs_as)
+        residuals = {}  # Add name -> (the node that adds it, the Add's other input)
+        for node in nodes:
+            if isinstance(node.layer, Add) and len(set(node.inputs)) == 2:
+                for own, other in (node.inputs, node.inputs[::-1]):
+                    adder = by_name.get(own)
+                    if (adder is not None and adder.layer.adds_residual and adder.name not in runs_as
+                            and self.consumers[own] == 1):
+                        residuals[node.name] = (adder, other)
+                        break
+        absorbed = {node.name for node in fused.values()} | set(runs_as) | {a.name for a, _ in residuals.values()}
         index = {node.name: i for i, node in enumerate(self.nodes)}
         stages = []
         for node in nodes:
@@ -208,9 +222,13 @@ class Network:
             last = fused.get(node.name) or folds.get(node.name)
             output = last.name if last else node.name
             act = fused[node.name].layer.kernel_options() if node.name in fused else None
-            stages.append(Stage(index[node.name], node.name, node.layer, act, node.inputs,
-                                tuple(shapes[name] for name in node.inputs), output, shapes[output],
-                                folds.get(node.name)))
+            runner, inputs = node, node.inputs
+            if node.name in residuals:
+                runner, other = residuals[node.name]
+                inputs = (runner.inputs[0], other)
+            stages.append(Stage(index[runner.name], runner.name, runner.layer, act, inputs,
+                                tuple(shapes[name] for name in inputs), output, shapes[output],
+                                folds.get(node.name), node.name in residuals))
         return stages
 
     def __repr__(self):

@@ -26,6 +26,15 @@
 // ACT: an activation fused after the normalisation (common.h): the forward kernels write act(y),
 // and the backward pass takes the gradient of that output and the output itself (y), applying
 // act'(y) as it reads dy, so the activation costs no pass of its own.
+// RESIDUAL: the forward kernels add res, a residual Add's other input, before the activation: they
+// write act(y + res), so that a ResNet block's normalisation, sum and ReLU are one pass (else res is a
+// placeholder). The compiler then hands the backward pass the gradient before the activation.
+
+#ifdef RESIDUAL
+#define PLUS_RESIDUAL(at) + res[reso + (at)]
+#else
+#define PLUS_RESIDUAL(at)
+#endif
 
 #ifndef BN_LOCAL
 #define BN_LOCAL 256 // work-items of a reducing work-group; a power of two
@@ -248,7 +257,7 @@ inline void bn_stage_slices(__local float2* staged, const int k0, const int coun
 // The training forward's tensors (bn_normalize, bn_rows_normalize): input, output, weight and bias,
 // the slices' statistics, and what the combined statistics update.
 #define BN_NORMALIZE_ARGS \
-    __global const float* x, const int xo, __global float* y, const int yo, \
+    __global const float* x, const int xo, __global float* y, const int yo, __global const float* res, const int reso, \
     __global const float* w, const int wo, __global const float* b, const int bo, \
     __global const float* partial, const int po, \
     __global float* running_mean, const int rmo, __global float* running_var, const int rvo, \
@@ -256,7 +265,7 @@ inline void bn_stage_slices(__local float2* staged, const int k0, const int coun
     __global float* save_invstd, const int sio
 
 // Training forward: the channels' statistics combined (and, by chunk 0, recorded: bn_record_statistics)
-// and y = act((x - mean) * invstd * w + b) over the chunk, padded rows included.
+// and y = act((x - mean) * invstd * w + b (+ res)) over the chunk, padded rows included.
 __kernel void bn_normalize(const int n_valid, const int rows, const int channels, const int chunk, const int slices,
                            const float eps, const float momentum, BN_NORMALIZE_ARGS)
 {
@@ -296,7 +305,8 @@ __kernel void bn_normalize(const int n_valid, const int rows, const int channels
         }
         #pragma unroll
         for (int u = 0; u < BN_UNROLL && e0 + u * BN_APPLY_LOCAL < range.y; u++)
-            y[yo + at[u].x] = act_forward((v[u] - mean[at[u].y]) * scale[at[u].y] + shift[at[u].y]);
+            y[yo + at[u].x] = act_forward((v[u] - mean[at[u].y]) * scale[at[u].y] + shift[at[u].y]
+                                          PLUS_RESIDUAL(at[u].x));
     }
 }
 
@@ -309,6 +319,7 @@ __kernel void bn_count_batch(__global float* count, const int co)
 // Evaluation forward with the running statistics, one work-item per element of the n x C x S tensor.
 __kernel void bn_forward_eval(const int total, const int channels, const int spatial, const float eps,
                               __global const float* x, const int xo, __global float* y, const int yo,
+                              __global const float* res, const int reso,
                               __global const float* w, const int wo, __global const float* b, const int bo,
                               __global const float* running_mean, const int rmo,
                               __global const float* running_var, const int rvo)
@@ -317,7 +328,7 @@ __kernel void bn_forward_eval(const int total, const int channels, const int spa
     if (i >= total) return;
     const int c = (i / spatial) % channels;
     const float2 affine = bn_affine(c, 1.0f / sqrt(running_var[rvo + c] + eps), w, wo, b, bo);
-    y[yo + i] = act_forward((x[xo + i] - running_mean[rmo + c]) * affine.x + affine.y);
+    y[yo + i] = act_forward((x[xo + i] - running_mean[rmo + c]) * affine.x + affine.y PLUS_RESIDUAL(i));
 }
 
 // Folds an evaluation BatchNorm into the Dense or Conv2D layer before it, whose output channel o is
@@ -551,10 +562,11 @@ __kernel void bn_rows_statistics(const int n_valid, const int channels,
     const int first = get_global_id(0) * BN_ROWS, last = min(first + BN_ROWS, rows); \
     const int c0 = get_global_id(1) * BN_CHANNELS, c1 = min(c0 + BN_CHANNELS, channels);
 
-// y = act((x - mean[c]) * affine[c].x + affine[c].y) over the work-item's planes (its channels'
-// mean and (scale, shift) from c0 on), in memory order.
+// y = act((x - mean[c]) * affine[c].x + affine[c].y (+ res)) over the work-item's planes (its
+// channels' mean and (scale, shift) from c0 on), in memory order.
 inline void bn_rows_apply(const int rows, const int channels, __global const float* x, const int xo,
-                          __global float* y, const int yo, __local const float* mean, __local const float2* affine)
+                          __global float* y, const int yo, __global const float* res, const int reso,
+                          __local const float* mean, __local const float2* affine)
 {
     BN_ROWS_ITEM(rows)
     for (int r = first; r < last; r++)
@@ -562,7 +574,8 @@ inline void bn_rows_apply(const int rows, const int channels, __global const flo
             const float m = mean[c - c0];
             const float2 a = affine[c - c0];
             const int p = (r * channels + c) * BN_S;
-            for (int j = 0; j < BN_S; j++) y[yo + p + j] = act_forward((x[xo + p + j] - m) * a.x + a.y);
+            for (int j = 0; j < BN_S; j++)
+                y[yo + p + j] = act_forward((x[xo + p + j] - m) * a.x + a.y PLUS_RESIDUAL(p + j));
         }
 }
 
@@ -584,12 +597,13 @@ __kernel void bn_rows_normalize(const int n_valid, const int rows, const int cha
         mean[c - c0] = s.mean;
         affine[c - c0] = bn_affine(c, s.invstd, w, wo, b, bo);
     }
-    bn_rows_apply(rows, channels, x, xo, y, yo, mean, affine);
+    bn_rows_apply(rows, channels, x, xo, y, yo, res, reso, mean, affine);
 }
 
 // Evaluation forward (as bn_forward_eval).
 __kernel void bn_rows_forward_eval(const int rows, const int channels, const float eps,
                                    __global const float* x, const int xo, __global float* y, const int yo,
+                                   __global const float* res, const int reso,
                                    __global const float* w, const int wo, __global const float* b, const int bo,
                                    __global const float* running_mean, const int rmo,
                                    __global const float* running_var, const int rvo)
@@ -601,7 +615,7 @@ __kernel void bn_rows_forward_eval(const int rows, const int channels, const flo
         mean[c - c0] = running_mean[rmo + c];
         affine[c - c0] = bn_affine(c, 1.0f / sqrt(running_var[rvo + c] + eps), w, wo, b, bo);
     }
-    bn_rows_apply(rows, channels, x, xo, y, yo, mean, affine);
+    bn_rows_apply(rows, channels, x, xo, y, yo, res, reso, mean, affine);
 }
 
 // Training backward, the sums of slice k of channel c (as bn_slice_gradient_sums).

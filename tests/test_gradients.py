@@ -7,7 +7,7 @@ import pytest
 import clnet
 from clnet import layers as L
 
-from reference import forward, loss, numeric_gradients
+from reference import forward, loss, numeric_gradients, softmax
 
 LINKS = {"cross_entropy": L.Softmax, "binary_cross_entropy": L.Sigmoid}
 
@@ -77,6 +77,20 @@ def test_flatten_of_images_and_batch_of_one(device, gemm_family):
     _check(device, layers, "cross_entropy", rng.normal(size=(1, 2, 3, 5)), rng.integers(0, 4, 1))
 
 
+def _check_graph(model, x, y):
+    """A cross-entropy graph's training loss and gradients on (x, y) against the float64 reference
+    and its finite differences."""
+    state = model.state_dict()
+    device_loss = model.train_on_batch(x, y)
+    reference = forward(model.network, state, x, training=True)
+    assert device_loss == pytest.approx(loss("cross_entropy_logits", reference, y), rel=1e-4)
+    expected = numeric_gradients(model.network, state, x, y, "cross_entropy_logits", training=True)
+    grads = model.gradients()
+    assert grads.keys() == expected.keys()
+    for key in expected:
+        np.testing.assert_allclose(grads[key], expected[key], rtol=2e-3, atol=2e-5, err_msg=key)
+
+
 def residual_relus(device):
     """Activations fused into layers whose output several stages read: Add + ReLU read by three
     (its gradients' sum taken back through the ReLU by the launch adding the last), Add + ReLU read
@@ -98,17 +112,70 @@ def test_fused_activations_of_values_read_several_times(device, gemm_family):
     stages = model.network.stages((2, 4, 3))
     assert {s.output for s in stages if s.act} == {"n", "r1", "r2", "h"}
     assert len(stages) == len(model.network.nodes) - 4
-    state = model.state_dict()
-    device_loss = model.train_on_batch(x, y)
-    reference = forward(model.network, state, x, training=True)
-    assert device_loss == pytest.approx(loss("cross_entropy_logits", reference, y), rel=1e-4)
-    expected = numeric_gradients(model.network, state, x, y, "cross_entropy_logits", training=True)
-    grads = model.gradients()
-    assert grads.keys() == expected.keys()
-    for key in expected:
-        np.testing.assert_allclose(grads[key], expected[key], rtol=2e-3, atol=2e-5, err_msg=key)
+    _check_graph(model, x, y)
     kernels = [launch.kernel.function_name for launch in model._runner(4, x.shape[1:], True, np.int32).plan.launches]
     assert kernels.count("add_act_backward") == 3 and kernels.count("activation_backward") == 1
+
+
+def residual_norms(device):
+    """BatchNorms whose output only an Add reads, which then run the Add (and its activation) in
+    their stage: a block's last norm before Add + ReLU, its shortcut the block's input (read twice:
+    the gradients' sum), first or second among the Add's inputs; a projection shortcut's norm
+    beside it (one of the two runs the sum); a norm + Add without activation whose sum two stages
+    read; a last block read by one stage (the ReLU's derivative a launch of its own, which the
+    shortcut's gradient passes too); a norm read by two stages, and an Add of three, which stay as
+    they are."""
+    x = clnet.Input((2, 4, 3))
+    stem = L.ReLU()(L.Conv2D(2, 3, 3, padding=1)(x), name="stem")
+    b1 = L.BatchNorm2D(3, name="b1")(L.Conv2D(3, 3, 3, padding=1, bias=False)(stem))
+    r1 = L.ReLU()(L.Add()([stem, b1]), name="r1")
+    b2 = L.BatchNorm2D(4, name="b2")(L.Conv2D(3, 4, 3, padding=1, bias=False)(r1))
+    projection = L.BatchNorm2D(4, name="projection")(L.Conv2D(3, 4, 1, bias=False)(r1))
+    r2 = L.ReLU()(L.Add()([b2, projection]), name="r2")
+    b3 = L.BatchNorm2D(4, name="b3")(L.Conv2D(4, 4, 1)(r2))
+    s3 = L.Add(name="s3")([b3, r2])
+    twice = L.BatchNorm2D(4, name="twice")(s3)
+    three = L.Add()([L.BatchNorm2D(4)(L.Conv2D(4, 4, 1)(s3)), twice, s3])
+    h = L.Add()([twice, L.Tanh()(three)])
+    z = L.ReLU()(L.Add()([L.BatchNorm2D(4, name="b4")(L.Conv2D(4, 4, 1)(h)), h]), name="z")
+    return clnet.Model(x, L.Dense(48, 3)(L.Flatten()(z)), device=device, seed=6)
+
+
+def test_norms_run_the_residual_adds_they_alone_feed(device, gemm_family):
+    rng = np.random.default_rng(10)
+    x, y = rng.normal(size=(5, 2, 4, 3)), rng.integers(0, 3, 5)
+    model = residual_norms(device).compile("cross_entropy", clnet.optim.SGD(lr=1e-3))
+    stages = model.network.stages((2, 4, 3))
+    fused = {(s.name, s.output) for s in stages if s.residual}
+    assert fused == {("b1", "r1"), ("b2", "r2"), ("b3", "s3"), ("b4", "z")}
+    _check_graph(model, x, y)
+    plan = model._runner(5, x.shape[1:], True, np.int32).plan
+    start, stop = plan.phase_range("forward", "forward")
+    sums = [launch for launch in plan.launches[start:stop] if launch.kernel.function_name == "add_tensors"]
+    assert len(sums) == 3  # the three-input Add's two, and h's
+    # evaluation: the norms after a convolution fold into it, an Add after them; the one after an
+    # Add (twice) runs alone
+    assert not any(s.residual for s in model.network.stages((2, 4, 3), fold_norms=True))
+    np.testing.assert_allclose(model.predict(x), softmax(forward(model.network, model.state_dict(), x)),
+                               rtol=1e-4, atol=1e-6)
+
+
+def test_an_unfolded_norm_runs_the_residual_add_in_evaluation(device, gemm_family):
+    """A norm after a pooling (nothing to fold into) runs the Add after it, in training and in
+    evaluation: the running statistics' kernels add the residual too."""
+    x = clnet.Input((3, 4, 4))
+    pooled = L.MaxPool2D(2)(L.Conv2D(3, 3, 3, padding=1)(x))
+    out = L.ReLU()(L.Add()([L.Conv2D(3, 3, 1)(pooled), L.BatchNorm2D(3, name="n")(pooled)]), name="out")
+    model = clnet.Model(x, L.Dense(12, 2)(L.Flatten()(out)), device=device, seed=2)
+    model.compile("cross_entropy", clnet.optim.SGD(lr=0.1))
+    assert [(s.name, s.output) for s in model.network.stages((3, 4, 4), fold_norms=True) if s.residual] == \
+        [("n", "out")]
+    rng = np.random.default_rng(11)
+    x, y = rng.normal(size=(6, 3, 4, 4)), rng.integers(0, 2, 6)
+    for _ in range(3):  # running statistics away from their start
+        model.train_on_batch(x, y)
+    np.testing.assert_allclose(model.predict(x), softmax(forward(model.network, model.state_dict(), x)),
+                               rtol=1e-4, atol=1e-6)
 
 
 def test_device_loss_agrees_with_its_own_gradient(device):

@@ -286,7 +286,7 @@ def _bn_rows_applied(ctx, layer, x, dy, n_valid):
     kernel = plan.kernel(norm_ops.FILE, "bn_rows_normalize", **defines, BN_SLICE=values, AFFINE=True,
                          CUMULATIVE=cumulative, **act)
     normalize = plan.launch(kernel, grid, (1, 1), n, n, c, slices, layer.eps, layer.momentum or 0.0, sx.tensor, y,
-                            ctx.params["weight"], ctx.params["bias"], partial, buffers["running_mean"],
+                            sx.tensor, ctx.params["weight"], ctx.params["bias"], partial, buffers["running_mean"],
                             buffers["running_var"], buffers["num_batches_tracked"], mean, invstd)
     if cumulative:
         plan.launch(plan.kernel(norm_ops.FILE, "bn_count_batch"), (1,), (1,), buffers["num_batches_tracked"])

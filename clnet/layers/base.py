@@ -64,6 +64,9 @@ class Layer:
     takes_folded_norm = False
     #: True for layers that fold into such a layer before them for evaluation (BatchNorm: `fold`).
     folds_into_producer = False
+    #: True for layers whose forward can add a residual Add's other input before the fused activation
+    #: (BatchNorm: `forward(ctx, x, residual)`), so that the graph runs that Add in their stage.
+    adds_residual = False
     #: How many values the layer reads: 1, or None for two or more (Add, Concatenate), whose
     #: output_shape, flops, forward and reference take one argument per input, and whose backward
     #: takes the tuple of inputs and a tuple of need_dx flags and returns a tuple of gradients.

@@ -25,6 +25,7 @@ class _BatchNorm(Layer):
     expected = ""
     fuses_activation = True
     folds_into_producer = True
+    adds_residual = True
     counters = ("num_batches_tracked",)
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
@@ -71,13 +72,14 @@ class _BatchNorm(Layer):
     def flops(self, input_shape):
         return 2 * prod(input_shape)
 
-    def forward(self, ctx, x):
+    def forward(self, ctx, x, residual=None):
+        """The normalised x, plus `residual` where the graph runs a residual Add in this stage."""
         plan, buffers = ctx.plan, ctx.buffers
         y = plan.value(x.shape, f"{self!r} output")
         weight, bias = ctx.params.get("weight"), ctx.params.get("bias")  # None without affine
         if not ctx.training:
             norm_ops.batchnorm_forward_eval(plan, x, y, weight, bias, buffers["running_mean"],
-                                            buffers["running_var"], self.eps, act=ctx.act)
+                                            buffers["running_var"], self.eps, act=ctx.act, residual=residual)
             return y
         per_channel = x.shape[0] * prod(x.shape[2:])
         if per_channel < 2:
@@ -88,7 +90,7 @@ class _BatchNorm(Layer):
         # statistics over the valid rows only: the runner sets the plan's n_valid for a padded last batch
         norm_ops.batchnorm_forward_train(plan, x, y, weight, bias, buffers["running_mean"], buffers["running_var"],
                                          buffers["num_batches_tracked"], mean, invstd, self.eps, self.momentum,
-                                         act=ctx.act)
+                                         act=ctx.act, residual=residual)
         ctx.saved["stats"] = (mean, invstd)
         return y
 

@@ -98,9 +98,10 @@ def _blocks(n, c, s):
 
 
 def batchnorm_forward_train(plan, x, y, weight, bias, running_mean, running_var, num_batches_tracked,
-                            save_mean, save_invstd, eps, momentum, act=None):
+                            save_mean, save_invstd, eps, momentum, act=None, residual=None):
     """y = batch-normalised x (statistics of its first n_valid rows: the plan's dynamic "n_valid",
-    all rows until it is set), then the activation `act` (its kernel options, None for none);
+    all rows until it is set), plus `residual` (a tensor of x's shape) where given, then the
+    activation `act` (its kernel options, None for none);
     save_mean / save_invstd get the statistics for backward; the running statistics and the batch
     count are updated (momentum None: cumulative average). weight and bias may be None
     (affine=False). Each channel is reduced in slices (kernels_cl/norm.cl), combined in order by
@@ -110,18 +111,17 @@ def batchnorm_forward_train(plan, x, y, weight, bias, running_mean, running_var,
     reduce, partial, slices, values = _reduce(plan, "statistics", n, c, s, (x,), "batch norm slice statistics")
     w, b = (weight, bias) if affine else (x, x)
     eps, momentum = float(eps), 0.0 if cumulative else float(momentum)
-    act = act or activation()
+    options = {"AFFINE": affine, "CUMULATIVE": cumulative, "RESIDUAL": residual is not None, **(act or activation())}
+    r = residual if residual is not None else x
     if _cpu(plan):
         defines, grid = _blocks(n, c, s)
-        k = plan.kernel(FILE, "bn_rows_normalize", **defines, BN_SLICE=values, AFFINE=affine, CUMULATIVE=cumulative,
-                        **act)
-        normalize = plan.launch(k, grid, (1, 1), n, n, c, slices, eps, momentum, x, y, w, b, partial, running_mean,
+        k = plan.kernel(FILE, "bn_rows_normalize", **defines, BN_SLICE=values, **options)
+        normalize = plan.launch(k, grid, (1, 1), n, n, c, slices, eps, momentum, x, y, r, w, b, partial, running_mean,
                                 running_var, num_batches_tracked, save_mean, save_invstd)
     else:
         block, chunk, grid = _apply_grid(plan, n, c, s, slices)
-        k = plan.kernel(FILE, "bn_normalize", **_apply_defines(values, s, block), AFFINE=affine,
-                        CUMULATIVE=cumulative, **act)
-        normalize = plan.launch(k, grid, (APPLY_LOCAL, 1), n, n, c, chunk, slices, eps, momentum, x, y,
+        k = plan.kernel(FILE, "bn_normalize", **_apply_defines(values, s, block), **options)
+        normalize = plan.launch(k, grid, (APPLY_LOCAL, 1), n, n, c, chunk, slices, eps, momentum, x, y, r,
                                 w, b, partial, running_mean, running_var, num_batches_tracked, save_mean, save_invstd)
     for launch in (reduce, normalize):
         plan.bind_dynamic("n_valid", launch, "n_valid")
@@ -129,17 +129,19 @@ def batchnorm_forward_train(plan, x, y, weight, bias, running_mean, running_var,
         plan.launch(plan.kernel(FILE, "bn_count_batch"), (1,), (1,), num_batches_tracked)
 
 
-def batchnorm_forward_eval(plan, x, y, weight, bias, running_mean, running_var, eps, act=None):
-    """y = act((x - running_mean) / sqrt(running_var + eps) * weight + bias), per channel."""
+def batchnorm_forward_eval(plan, x, y, weight, bias, running_mean, running_var, eps, act=None, residual=None):
+    """y = act((x - running_mean) / sqrt(running_var + eps) * weight + bias (+ residual)), per channel."""
     n, c, s = _dims(x, running_mean.shape[0])
     affine = weight is not None
     w, b = (weight, bias) if affine else (x, x)
+    options = {"AFFINE": affine, "RESIDUAL": residual is not None, **(act or activation())}
+    r = residual if residual is not None else x
     if _cpu(plan):
         defines, grid = _blocks(n, c, s)
-        k = plan.kernel(FILE, "bn_rows_forward_eval", **defines, AFFINE=affine, **(act or activation()))
-        return plan.launch(k, grid, (1, 1), n, c, float(eps), x, y, w, b, running_mean, running_var)
-    k = plan.kernel(FILE, "bn_forward_eval", AFFINE=affine, **(act or activation()))
-    return plan.launch(k, (x.size,), (LOCAL,), x.size, c, s, float(eps), x, y, w, b, running_mean, running_var)
+        k = plan.kernel(FILE, "bn_rows_forward_eval", **defines, **options)
+        return plan.launch(k, grid, (1, 1), n, c, float(eps), x, y, r, w, b, running_mean, running_var)
+    k = plan.kernel(FILE, "bn_forward_eval", **options)
+    return plan.launch(k, (x.size,), (LOCAL,), x.size, c, s, float(eps), x, y, r, w, b, running_mean, running_var)
 
 
 def batchnorm_fold(plan, weight, bias, w, b, running_mean, running_var, eps, folded_weight, folded_bias):
