@@ -206,7 +206,7 @@ class Network:
                 fused[producer.name] = node
         residuals = {}  # Add name -> (the node that adds it, the Add's other input)
         for node in nodes:
-            if isinstance(node.layer, Add) and len(set(node.inputs)) == 2:
+            if isinstance(node.layer, Add) and len(node.inputs) == 2 and node.inputs[0] != node.inputs[1]:
                 for own, other in (node.inputs, node.inputs[::-1]):
                     adder = by_name.get(own)
                     if (adder is not None and adder.layer.adds_residual and adder.name not in runs_as

@@ -32,8 +32,10 @@
 
 #ifdef RESIDUAL
 #define PLUS_RESIDUAL(at) + res[reso + (at)]
+#define PLUS_SHORTCUT(u) + shortcut[u]
 #else
 #define PLUS_RESIDUAL(at)
+#define PLUS_SHORTCUT(u)
 #endif
 
 #ifndef BN_LOCAL
@@ -297,16 +299,19 @@ __kernel void bn_normalize(const int n_valid, const int rows, const int channels
     barrier(CLK_LOCAL_MEM_FENCE);
     for (int e0 = range.x + lid; e0 < range.y; e0 += BN_UNROLL * BN_APPLY_LOCAL) {
         int2 at[BN_UNROLL];
-        float v[BN_UNROLL];
+        float v[BN_UNROLL], shortcut[BN_UNROLL];  // the residual's values, loaded with x's (else unused)
         #pragma unroll
         for (int u = 0; u < BN_UNROLL; u++) {  // past the chunk's end: its last value again, not stored
             at[u] = bn_block_element(min(e0 + u * BN_APPLY_LOCAL, range.y - 1), c0, in_block, channels);
             v[u] = x[xo + at[u].x];
+#ifdef RESIDUAL
+            shortcut[u] = res[reso + at[u].x];
+#endif
         }
         #pragma unroll
         for (int u = 0; u < BN_UNROLL && e0 + u * BN_APPLY_LOCAL < range.y; u++)
             y[yo + at[u].x] = act_forward((v[u] - mean[at[u].y]) * scale[at[u].y] + shift[at[u].y]
-                                          PLUS_RESIDUAL(at[u].x));
+                                          PLUS_SHORTCUT(u));
     }
 }
 

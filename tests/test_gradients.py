@@ -178,6 +178,18 @@ def test_an_unfolded_norm_runs_the_residual_add_in_evaluation(device, gemm_famil
                                rtol=1e-4, atol=1e-6)
 
 
+def test_an_add_of_a_repeated_input_runs_on_its_own(device, gemm_family):
+    """Add([norm, c, c]) sums c twice: the norm does not take it in (nor Add([norm, norm]))."""
+    x = clnet.Input((3,))
+    c = L.Dense(3, 4)(x)
+    norm, doubled = (L.BatchNorm1D(4, name=name)(L.Dense(3, 4)(x)) for name in ("n", "d"))
+    out = L.Add()([L.ReLU()(L.Add()([norm, c, c])), L.Add()([doubled, doubled])])
+    model = clnet.Model(x, L.Dense(4, 2)(out), device=device, seed=4).compile("cross_entropy", clnet.optim.SGD(lr=1e-3))
+    assert not any(s.residual for s in model.network.stages((3,)))
+    rng = np.random.default_rng(12)
+    _check_graph(model, rng.normal(size=(6, 3)), rng.integers(0, 2, 6))
+
+
 def test_device_loss_agrees_with_its_own_gradient(device):
     """Finite differences of the device's float32 forward pass (coarse) against its backward pass."""
     rng = np.random.default_rng(4)
