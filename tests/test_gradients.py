@@ -168,8 +168,9 @@ def test_an_unfolded_norm_runs_the_residual_add_in_evaluation(device, gemm_famil
     out = L.ReLU()(L.Add()([L.Conv2D(3, 3, 1)(pooled), L.BatchNorm2D(3, name="n")(pooled)]), name="out")
     model = clnet.Model(x, L.Dense(12, 2)(L.Flatten()(out)), device=device, seed=2)
     model.compile("cross_entropy", clnet.optim.SGD(lr=0.1))
-    assert [(s.name, s.output) for s in model.network.stages((3, 4, 4), fold_norms=True) if s.residual] == \
-        [("n", "out")]
+    for fold_norms in (False, True):
+        stages = model.network.stages((3, 4, 4), fold_norms=fold_norms)
+        assert [(s.name, s.output) for s in stages if s.residual] == [("n", "out")]
     rng = np.random.default_rng(11)
     x, y = rng.normal(size=(6, 3, 4, 4)), rng.integers(0, 2, 6)
     for _ in range(3):  # running statistics away from their start
